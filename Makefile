@@ -1,0 +1,44 @@
+# rehearse — the two commands:
+#   make demo   build the tool and rehearse the demo shop (v2 passes, v3 fails) locally
+#   make test   install what the tests need and run every test
+#
+# Everything is installed by these targets, idempotently (see scripts/install-deps.sh).
+
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: all build release deps test-deps demo test bench fmt lint clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+test-deps:
+	@scripts/install-deps.sh --emulator
+
+build:
+	$(CARGO) build --locked
+
+release:
+	$(CARGO) build --locked --release
+
+demo: deps release
+	@scripts/demo.sh target/release/rehearse
+
+test: test-deps
+	$(CARGO) test --locked --no-fail-fast
+
+bench: deps release
+	@scripts/bench.sh
+
+fmt:
+	$(CARGO) fmt
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv demo/backups demo/build

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""The demo shop: a tiny HTTP service backed by PostgreSQL.
+
+Standard library only. It reaches the database through the `psql` client found on
+PATH, so the demo needs no driver package. Each release directory under
+demo/releases/ carries its own copy of this file, because a release is installed
+from its directory alone.
+
+Environment:
+  DATABASE_URL  libpq URI of the shop database (required)
+  PORT          TCP port to listen on (default 8080)
+  HOST          address to bind (default 127.0.0.1)
+  SHOP_RELEASE  reported by /version only when no VERSION file sits next to this file
+
+Endpoints (GET):
+  /health           200 "ok" when `select 1` works against the database, else 503
+  /version          the release version, as plain text
+  /products         JSON list of {id, sku, name, price_cents}
+  /customers/count  JSON {"count": N}
+
+Requests are logged to stderr. SIGTERM or SIGINT stops the server promptly with
+exit status 0.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+QUERY_TIMEOUT_SECONDS = 10
+
+# psql inherits the environment; bound the connection attempt so that /health
+# answers 503 quickly when the database is unreachable instead of hanging.
+PSQL_ENV = dict(os.environ)
+PSQL_ENV.setdefault("PGCONNECT_TIMEOUT", "5")
+PSQL_ENV.setdefault("PGAPPNAME", "shop")
+
+
+def read_release():
+    try:
+        return (HERE / "VERSION").read_text(encoding="utf-8").strip()
+    except OSError:
+        return os.environ.get("SHOP_RELEASE", "unknown")
+
+
+RELEASE = read_release()
+
+
+class DatabaseError(Exception):
+    pass
+
+
+def query(sql):
+    """Run one SQL statement; return psql's unaligned, tuples-only output."""
+    command = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+               "-d", DATABASE_URL, "-c", sql]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True,
+                              env=PSQL_ENV, timeout=QUERY_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise DatabaseError(f"query timed out after {QUERY_TIMEOUT_SECONDS}s") from None
+    except OSError as err:
+        raise DatabaseError(f"cannot run psql: {err}") from None
+    if proc.returncode != 0:
+        raise DatabaseError(proc.stderr.strip() or f"psql exited with {proc.returncode}")
+    return proc.stdout.strip()
+
+
+def health():
+    try:
+        ok = query("select 1") == "1"
+    except DatabaseError as err:
+        return 503, "text/plain", f"unhealthy: {err}\n"
+    if not ok:
+        return 503, "text/plain", "unhealthy: unexpected answer to select 1\n"
+    return 200, "text/plain", "ok\n"
+
+
+def version():
+    return 200, "text/plain", RELEASE + "\n"
+
+
+def products():
+    rows = query("select coalesce(json_agg(p order by p.id), '[]'::json) "
+                 "from (select id, sku, name, price_cents from products) p")
+    return 200, "application/json", json.dumps(json.loads(rows)) + "\n"
+
+
+def customers_count():
+    count = int(query("select count(*) from customers"))
+    return 200, "application/json", json.dumps({"count": count}) + "\n"
+
+
+ROUTES = {
+    "/health": health,
+    "/version": version,
+    "/products": products,
+    "/customers/count": customers_count,
+}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "shop/" + RELEASE
+
+    def do_GET(self):
+        route = ROUTES.get(self.path.split("?", 1)[0])
+        if route is None:
+            self.reply(404, "application/json", '{"error": "not found"}\n')
+            return
+        try:
+            status, content_type, body = route()
+        except DatabaseError as err:
+            self.log_message("database error: %s", err)
+            status, content_type, body = 503, "application/json", '{"error": "database unavailable"}\n'
+        except Exception as err:  # keep serving; report the bug in the log
+            self.log_message("internal error: %r", err)
+            status, content_type, body = 500, "application/json", '{"error": "internal error"}\n'
+        self.reply(status, content_type, body)
+
+    def reply(self, status, content_type, body):
+        data = body.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type + "; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def stop(signum, _frame):
+    # Raised in the main thread, this unwinds serve_forever() at once.
+    raise SystemExit(0)
+
+
+def main():
+    if not DATABASE_URL:
+        print("shop: DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    host = os.environ.get("HOST", "127.0.0.1")
+    try:
+        port = int(os.environ.get("PORT", "8080"))
+        server = ThreadingHTTPServer((host, port), Handler)
+    except (ValueError, OSError) as err:
+        print(f"shop: cannot listen on {host}:{os.environ.get('PORT', '8080')}: {err}",
+              file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"shop {RELEASE} listening on http://{host}:{port}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        print("shop: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

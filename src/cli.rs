@@ -1,0 +1,161 @@
+//! The command line, defined with clap; completions and the man page are generated
+//! from these definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rehearse",
+    version,
+    about = "Dress rehearsals for releases on a throwaway copy of production",
+    long_about = "rehearse builds an isolated copy of production from its latest backup, installs a \
+                  candidate release, runs the automated suites, reports, and tears everything down.",
+    after_help = crate::exit::HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// More detail on stderr (-v info, -vv debug, -vvv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors and the final verdict
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Output format
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// When to use colors (NO_COLOR in the environment means never, unless `always`)
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// Where runs keep their journals and reports [default: $XDG_STATE_HOME/rehearse]
+    #[arg(long, global = true, env = "REHEARSE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Destroy {
+    /// Tear down after every run (default)
+    Always,
+    /// Keep a failed environment for debugging (within its TTL)
+    Passing,
+    /// Keep the environment (within its TTL); remove it with `rehearse down RUN_ID`
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check descriptions; print every problem with file:line:column
+    Validate {
+        /// Description files
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Release version to check templates with
+        #[arg(long, value_name = "VERSION")]
+        release: Option<String>,
+    },
+    /// Show what a run would create, from which production source, at what cost
+    Plan {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Release version (default: the description's release.version)
+        #[arg(long, value_name = "VERSION")]
+        release: Option<String>,
+    },
+    /// Print the JSON Schema of the description format (for editor completion)
+    Schema,
+    /// Full rehearsal: up, install, suites, report, down
+    Run(RunArgs),
+    /// Build the environment and keep it (until `down` or its TTL)
+    Up(RunArgs),
+    /// Tear down a run's environment, from its journal
+    Down {
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+    },
+    /// List runs and kept environments
+    List {
+        /// Include finished runs whose environment is gone
+        #[arg(long)]
+        all: bool,
+    },
+    /// Find expired rehearse resources and remove them (dry run unless --yes)
+    Sweep {
+        /// Really delete (default: only list)
+        #[arg(long)]
+        yes: bool,
+        /// Only resources older than this (e.g. 12h)
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Only this environment's resources
+        #[arg(long, value_name = "NAME")]
+        environment: Option<String>,
+    },
+    /// Print a run's report again
+    Report {
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+    },
+    /// Restore the latest backup once into a golden copy that later runs clone
+    Warm {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print shell completions
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Release version to rehearse (default: the description's release.version)
+    #[arg(long, value_name = "VERSION")]
+    pub release: Option<String>,
+    /// When to tear down (overrides the description's `destroy`)
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub destroy: Option<Destroy>,
+    /// Keep the environment afterwards (same as --destroy never)
+    #[arg(long, conflicts_with = "destroy")]
+    pub keep: bool,
+    /// Don't use the warm golden copy even if one exists
+    #[arg(long)]
+    pub cold: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,145 @@
+//! The description of a system: loading a YAML file, checking it, and the validated
+//! model everything else is built from.
+//!
+//! Loading is two-stage (as ripgrep does with its configuration): [`yaml`] reads the
+//! file into a spanned tree; [`decode`] turns the tree into the [`model`], collecting
+//! every problem with its position; [`validate`] checks what needs the whole picture
+//! (provider rules, references, cycles, files, templates). Nothing is created and no
+//! cloud API is called here.
+
+pub mod decode;
+pub mod model;
+pub mod template;
+pub mod validate;
+pub mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use tera::Tera;
+
+use crate::diag::{Diagnostic, FileDiagnostics};
+pub use model::*;
+
+/// A description that passed every check.
+pub struct Loaded {
+    pub path: PathBuf,
+    /// The directory relative paths in the description are resolved against.
+    pub dir: PathBuf,
+    pub desc: Description,
+    pub positions: decode::Positions,
+    /// Every template of the description, parsed, named by its YAML path
+    /// (`services.web.env.DATABASE_URL`).
+    pub tera: Tera,
+    /// For each service (by name) and suite (`suite:NAME`): what it waits for.
+    pub deps: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Loaded {
+    /// The release version to use: `--release` wins over the description's default.
+    pub fn release_version(&self, cli: Option<&str>) -> Option<String> {
+        cli.map(str::to_string).or_else(|| self.desc.release.version.clone())
+    }
+
+    /// Resolves a path written in the description.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        clean_path(&self.dir.join(p))
+    }
+}
+
+/// Reads and checks a description. `release` is the `--release` override; templates
+/// are checked with it (or the description's default version).
+pub fn load(path: &Path, release: Option<&str>) -> Result<Loaded, FileDiagnostics> {
+    let fail = |source: String, d: Diagnostic| Err(FileDiagnostics::new(path, source, vec![d]));
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(String::new(), Diagnostic::new(yaml::Pos::START, format!("cannot read the file: {e}")));
+        }
+    };
+    if bytes.len() > yaml::MAX_FILE_BYTES {
+        return fail(
+            String::new(),
+            Diagnostic::new(
+                yaml::Pos::START,
+                format!("the file is {} bytes; a description may be at most 1 MiB", bytes.len()),
+            ),
+        );
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let text = String::from_utf8_lossy(valid).into_owned();
+            let line = text.matches('\n').count() as u32 + 1;
+            let col = text.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) as u32 + 1;
+            let source = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            return fail(
+                source,
+                Diagnostic::new(yaml::Pos { line, col }, "the file is not UTF-8 text (is it a binary file?)")
+                    .expected("a YAML description in UTF-8"),
+            );
+        }
+    };
+    load_str(path, text, release)
+}
+
+/// Checks a description given as text (the file name is used in messages and to
+/// resolve relative paths).
+pub fn load_str(path: &Path, text: String, release: Option<&str>) -> Result<Loaded, FileDiagnostics> {
+    let root = match yaml::parse(&text) {
+        Ok(n) => n,
+        Err(e) => {
+            let d = Diagnostic::new(e.pos, e.message);
+            return Err(FileDiagnostics::new(path, text, vec![d]));
+        }
+    };
+    let mut decoder = decode::Decoder::new();
+    let desc = decoder.description(&root);
+    let positions = decoder.positions;
+    let mut diags = decoder.diags;
+    if let Some(v) = release {
+        if let Err(msg) = decode::check_version(v) {
+            diags.push(Diagnostic::new(yaml::Pos::START, format!("invalid `--release {v}`: {msg}")));
+        }
+    }
+    let Some(desc) = desc.filter(|_| diags.is_empty()) else {
+        if diags.is_empty() {
+            diags.push(Diagnostic::new(yaml::Pos::START, "the description is incomplete"));
+        }
+        return Err(FileDiagnostics::new(path, text, diags));
+    };
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let version = release.map(str::to_string).or_else(|| desc.release.version.clone()).unwrap_or_else(|| "v0".into());
+    let (checked, diags) = validate::Validator::new(&desc, &positions, &dir).run(&version);
+    match checked {
+        Some(c) => Ok(Loaded { path: path.to_path_buf(), dir, desc, positions, tera: c.tera, deps: c.deps }),
+        None => Err(FileDiagnostics::new(path, text, diags)),
+    }
+}
+
+/// Normalizes `a/b/../c` to `a/c` without touching the filesystem (the path may not
+/// exist yet), so plans and reports show paths as a person would write them.
+pub fn clean_path(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(c),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
+    }
+}

@@ -1,0 +1,845 @@
+//! Decoding the spanned YAML tree into the [`model`](super::model), collecting every
+//! problem instead of stopping at the first.
+//!
+//! Each mapping is read through an [`Obj`], which records the keys the decoder asks
+//! for; whatever the file has beyond those is an unknown key, reported with the closest
+//! known one. Positions of everything later checks point at (names, references,
+//! templates) are kept in [`Positions`] by their dotted path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::model::*;
+use super::yaml::{Key, Node, Pos, Value};
+use crate::diag::{did_you_mean, Diagnostic};
+
+/// Where each decoded item was written, by dotted path (`services.web.depends_on[0]`).
+#[derive(Debug, Default, Clone)]
+pub struct Positions(HashMap<String, Pos>);
+
+impl Positions {
+    pub fn get(&self, path: &str) -> Pos {
+        // Fall back to the nearest recorded parent, then to the file's start.
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.0.get(p) {
+                return *pos;
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) => p = &p[..i],
+                None => return Pos::START,
+            }
+        }
+    }
+
+    fn set(&mut self, path: &str, pos: Pos) {
+        self.0.entry(path.to_string()).or_insert(pos);
+    }
+}
+
+pub struct Decoder {
+    pub diags: Vec<Diagnostic>,
+    pub positions: Positions,
+}
+
+/// A mapping being read: the keys asked for so far are the known ones.
+struct Obj<'a> {
+    path: String,
+    pos: Pos,
+    entries: &'a [(Key, Node)],
+    asked: Vec<&'static str>,
+}
+
+impl<'a> Obj<'a> {
+    fn child(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{}", self.path, key)
+        }
+    }
+
+    fn where_(&self) -> String {
+        if self.path.is_empty() {
+            "the description".to_string()
+        } else {
+            format!("`{}`", self.path)
+        }
+    }
+}
+
+const TOP_KEYS_HELP: &str = "`name`, `provider`, `owner`, `release` and optionally `region`, \
+                             `ttl`, `tags`, `network`, `variables`, `databases`, `services`, \
+                             `suites`, `destroy`";
+
+impl Decoder {
+    pub fn new() -> Self {
+        Decoder { diags: Vec::new(), positions: Positions::default() }
+    }
+
+    fn err(&mut self, pos: Pos, message: impl Into<String>) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::new(pos, message));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn obj<'a>(&mut self, path: &str, node: &'a Node, what: &str) -> Option<Obj<'a>> {
+        self.positions.set(path, node.pos);
+        match &node.value {
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    let child =
+                        if path.is_empty() { k.name.clone() } else { format!("{path}.{}", k.name) };
+                    self.positions.set(&child, v.pos);
+                    self.positions.set(&format!("{child}#key"), k.pos);
+                }
+                Some(Obj { path: path.to_string(), pos: node.pos, entries, asked: Vec::new() })
+            }
+            other => {
+                let at = if path.is_empty() { "the file".to_string() } else { format!("`{path}`") };
+                let kind = other.kind();
+                self.err(node.pos, format!("{at} must be {what}, found {kind}"));
+                None
+            }
+        }
+    }
+
+    fn get<'a>(&mut self, obj: &mut Obj<'a>, key: &'static str) -> Option<&'a Node> {
+        obj.asked.push(key);
+        obj.entries.iter().find(|(k, _)| k.name == key).map(|(_, v)| v)
+    }
+
+    fn require<'a>(&mut self, obj: &mut Obj<'a>, key: &'static str, what: &str) -> Option<&'a Node> {
+        let found = self.get(obj, key);
+        if found.is_none() {
+            let at = obj.where_();
+            self.err(obj.pos, format!("missing required key `{key}` in {at}"))
+                .expected = Some(what.to_string());
+        }
+        found
+    }
+
+    /// Reports every key of `obj` that was not asked for.
+    fn finish(&mut self, obj: Obj<'_>) {
+        for (k, _) in obj.entries {
+            if obj.asked.contains(&k.name.as_str()) {
+                continue;
+            }
+            let at = obj.where_();
+            let known = obj.asked.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            let d = self.err(k.pos, format!("unknown key `{}` in {}", k.name, at));
+            d.expected = Some(format!("one of {known}"));
+            if let Some(m) = did_you_mean(&k.name, obj.asked.iter().copied()) {
+                d.help = Some(format!("did you mean `{m}`?"));
+            }
+        }
+    }
+
+    fn string(&mut self, path: &str, node: &Node) -> Option<String> {
+        self.positions.set(path, node.pos);
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                let kind = node.value.kind();
+                self.err(node.pos, format!("`{path}` must be a string, found {kind}"))
+                    .help = Some("quote the value to make it a string, e.g. \"4711\"".into());
+                None
+            }
+            other => {
+                let kind = other.kind();
+                self.err(node.pos, format!("`{path}` must be a string, found {kind}"));
+                None
+            }
+        }
+    }
+
+    fn nonempty_string(&mut self, path: &str, node: &Node) -> Option<String> {
+        let s = self.string(path, node)?;
+        if s.trim().is_empty() {
+            self.err(node.pos, format!("`{path}` must not be empty"));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn opt_string(&mut self, obj: &mut Obj<'_>, key: &'static str) -> Option<String> {
+        let node = self.get(obj, key)?;
+        let path = obj.child(key);
+        self.nonempty_string(&path, node)
+    }
+
+    fn req_string(&mut self, obj: &mut Obj<'_>, key: &'static str, what: &str) -> Option<String> {
+        let node = self.require(obj, key, what)?;
+        let path = obj.child(key);
+        self.nonempty_string(&path, node)
+    }
+
+    fn duration(&mut self, path: &str, node: &Node, min: Duration, max: Duration) -> Option<Duration> {
+        self.positions.set(path, node.pos);
+        let text = match &node.value {
+            Value::Str(s) => s.clone(),
+            Value::Int(n) => {
+                self.err(node.pos, format!("`{path}` is a bare number ({n}); durations need a unit"))
+                    .help = Some(format!("write `{n}s`, `{n}m` or `{n}h`"));
+                return None;
+            }
+            other => {
+                let kind = other.kind();
+                self.err(node.pos, format!("`{path}` must be a duration, found {kind}"))
+                    .expected = Some("a duration such as `90s`, `5m`, `2h` or `1h30m`".into());
+                return None;
+            }
+        };
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d < min || d > max => {
+                self.err(
+                    node.pos,
+                    format!("`{path}` is {}, outside the allowed range", format_duration(d)),
+                )
+                .expected = Some(format!(
+                    "a duration from {} to {}",
+                    format_duration(min),
+                    format_duration(max)
+                ));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(node.pos, format!("`{path}` is not a valid duration: `{text}` ({e})"))
+                    .expected = Some("a duration such as `90s`, `5m`, `2h` or `1h30m`".into());
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, path: &str, node: &Node) -> Vec<String> {
+        self.positions.set(path, node.pos);
+        match &node.value {
+            Value::Seq(items) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    if let Some(s) = self.nonempty_string(&p, item) {
+                        out.push(s);
+                    }
+                }
+                out
+            }
+            Value::Str(s) => {
+                self.err(node.pos, format!("`{path}` must be a list, found a string"))
+                    .help = Some(format!("write `[{s}]`"));
+                Vec::new()
+            }
+            other => {
+                let kind = other.kind();
+                self.err(node.pos, format!("`{path}` must be a list of strings, found {kind}"));
+                Vec::new()
+            }
+        }
+    }
+
+    fn string_map(&mut self, path: &str, node: &Node, key_rule: KeyRule) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(obj) = self.obj(path, node, "a mapping of names to strings") else {
+            return out;
+        };
+        for (k, v) in obj.entries {
+            let p = format!("{path}.{}", k.name);
+            if let Err(msg) = key_rule.check(&k.name) {
+                self.err(k.pos, format!("invalid name `{}` in `{path}`: {msg}", k.name));
+                continue;
+            }
+            let value = match &v.value {
+                Value::Str(s) => Some(s.clone()),
+                // Numbers and booleans in a string map are almost always meant as text
+                // (`cost-center: 4711`); taking them as written is what users expect.
+                Value::Int(n) => Some(n.to_string()),
+                Value::Float(f) => Some(f.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                _ => self.string(&p, v),
+            };
+            if let Some(value) = value {
+                out.insert(k.name.clone(), value);
+            }
+        }
+        out
+    }
+
+    fn enum_value<T: Copy>(&mut self, path: &str, node: &Node, choices: &[(&'static str, T)]) -> Option<T> {
+        let s = self.string(path, node)?;
+        if let Some((_, v)) = choices.iter().find(|(name, _)| *name == s) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let d = self.err(node.pos, format!("`{path}` has an unknown value `{s}`"));
+        d.expected = Some(format!(
+            "one of {}",
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        ));
+        if let Some(m) = did_you_mean(&s, names.iter().copied()) {
+            d.help = Some(format!("did you mean `{m}`?"));
+        }
+        None
+    }
+
+    fn integer(&mut self, path: &str, node: &Node, min: i64, max: i64) -> Option<i64> {
+        self.positions.set(path, node.pos);
+        match &node.value {
+            Value::Int(n) if *n >= min && *n <= max => Some(*n),
+            Value::Int(n) => {
+                self.err(node.pos, format!("`{path}` is {n}, outside the allowed range"))
+                    .expected = Some(format!("a whole number from {min} to {max}"));
+                None
+            }
+            other => {
+                let kind = other.kind();
+                self.err(node.pos, format!("`{path}` must be a whole number, found {kind}"))
+                    .expected = Some(format!("a whole number from {min} to {max}"));
+                None
+            }
+        }
+    }
+
+    /// Decodes a whole description. Returns `None` when anything is wrong; the
+    /// problems are in `self.diags`.
+    pub fn description(&mut self, root: &Node) -> Option<Description> {
+        let mut obj = self.obj("", root, "a mapping (`name: ...`, `provider: ...`, ...)")?;
+        if obj.entries.is_empty() {
+            self.err(root.pos, "the description is an empty mapping")
+                .expected = Some(TOP_KEYS_HELP.into());
+            return None;
+        }
+        let name = self.req_string(&mut obj, "name", "the environment's name, e.g. `shop`");
+        if let Some(n) = &name {
+            if let Err(msg) = KeyRule::Identifier.check(n) {
+                let pos = self.positions.get("name");
+                self.err(pos, format!("invalid environment name `{n}`: {msg}"));
+            }
+        }
+        let provider = self
+            .require(&mut obj, "provider", "`aws` or `local`")
+            .and_then(|n| self.enum_value("provider", n, &[("aws", ProviderKind::Aws), ("local", ProviderKind::Local)]));
+        let region = self.opt_string(&mut obj, "region");
+        let ttl = match self.get(&mut obj, "ttl") {
+            Some(n) => self.duration("ttl", n, Duration::from_secs(300), Duration::from_secs(7 * 86400)),
+            None => Some(Duration::from_secs(2 * 3600)),
+        };
+        let owner = self.req_string(&mut obj, "owner", "who answers for the copy, e.g. `team@example.com`");
+        let tags = match self.get(&mut obj, "tags") {
+            Some(n) => self.string_map("tags", n, KeyRule::Tag),
+            None => BTreeMap::new(),
+        };
+        for (k, v) in &tags {
+            if v.chars().count() > 256 {
+                let pos = self.positions.get(&format!("tags.{k}"));
+                self.err(pos, format!("tag `{k}` is longer than 256 characters"));
+            }
+        }
+        let network = self.get(&mut obj, "network").and_then(|n| self.network(n));
+        let variables = match self.get(&mut obj, "variables") {
+            Some(n) => self.string_map("variables", n, KeyRule::Variable),
+            None => BTreeMap::new(),
+        };
+        let release = self
+            .require(&mut obj, "release", "a mapping with `artifact` (and optionally `version`)")
+            .and_then(|n| self.release(n));
+        let databases = self.named("databases", &mut obj, Self::database);
+        let services = self.named("services", &mut obj, Self::service);
+        let suites = self.named("suites", &mut obj, Self::suite);
+        let destroy = match self.get(&mut obj, "destroy") {
+            Some(n) => self.enum_value(
+                "destroy",
+                n,
+                &[
+                    ("always", DestroyPolicy::Always),
+                    ("passing", DestroyPolicy::Passing),
+                    ("never", DestroyPolicy::Never),
+                ],
+            ),
+            None => Some(DestroyPolicy::Always),
+        };
+        self.finish(obj);
+        Some(Description {
+            name: name?,
+            provider: provider?,
+            region,
+            ttl: ttl?,
+            owner: owner?,
+            tags,
+            network,
+            variables,
+            release: release?,
+            databases: databases?,
+            services: services?,
+            suites: suites?,
+            destroy: destroy?,
+        })
+    }
+
+    /// A mapping of user-named items (`services: {web: ..., worker: ...}`).
+    fn named<T>(
+        &mut self,
+        key: &'static str,
+        parent: &mut Obj<'_>,
+        decode: fn(&mut Self, &str, &Node) -> Option<T>,
+    ) -> Option<BTreeMap<String, T>> {
+        let mut out = BTreeMap::new();
+        let Some(node) = self.get(parent, key) else {
+            return Some(out);
+        };
+        if matches!(node.value, Value::Null) {
+            return Some(out);
+        }
+        let obj = self.obj(key, node, "a mapping of names to definitions")?;
+        let mut ok = true;
+        for (k, v) in obj.entries {
+            if let Err(msg) = KeyRule::Identifier.check(&k.name) {
+                self.err(k.pos, format!("invalid name `{}` in `{key}`: {msg}", k.name));
+                ok = false;
+                continue;
+            }
+            let path = format!("{key}.{}", k.name);
+            match decode(self, &path, v) {
+                Some(item) => {
+                    out.insert(k.name.clone(), item);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn network(&mut self, node: &Node) -> Option<Network> {
+        let mut obj = self.obj("network", node, "a mapping with `vpc`, `subnets`, `allow_cidrs`")?;
+        let vpc = self.req_string(&mut obj, "vpc", "the VPC id, e.g. `vpc-0a1b2c3d4e5f60718`");
+        if let Some(v) = &vpc {
+            if !is_aws_id(v, "vpc-") {
+                let pos = self.positions.get("network.vpc");
+                self.err(pos, format!("`network.vpc` is not a VPC id: `{v}`"))
+                    .expected = Some("`vpc-` followed by 8 or 17 hex digits".into());
+            }
+        }
+        let subnets = match self.require(&mut obj, "subnets", "a list of subnet ids") {
+            Some(n) => self.string_list("network.subnets", n),
+            None => Vec::new(),
+        };
+        for (i, s) in subnets.iter().enumerate() {
+            if !is_aws_id(s, "subnet-") {
+                let pos = self.positions.get(&format!("network.subnets[{i}]"));
+                self.err(pos, format!("`{s}` is not a subnet id"))
+                    .expected = Some("`subnet-` followed by 8 or 17 hex digits".into());
+            }
+        }
+        if subnets.is_empty() && obj.entries.iter().any(|(k, _)| k.name == "subnets") {
+            let pos = self.positions.get("network.subnets");
+            self.err(pos, "`network.subnets` is empty").expected =
+                Some("at least one subnet id (two in different zones for databases)".into());
+        }
+        let allow_cidrs = match self.get(&mut obj, "allow_cidrs") {
+            Some(n) => self.string_list("network.allow_cidrs", n),
+            None => Vec::new(),
+        };
+        for (i, c) in allow_cidrs.iter().enumerate() {
+            let pos = self.positions.get(&format!("network.allow_cidrs[{i}]"));
+            match c.parse::<ipnet::IpNet>() {
+                Err(_) => {
+                    self.err(pos, format!("`{c}` is not a CIDR block"))
+                        .expected = Some("an address and prefix length, e.g. `10.20.0.0/16`".into());
+                }
+                Ok(net) if net.prefix_len() == 0 => {
+                    self.err(pos, format!("`{c}` would open the copy of production to the whole internet"))
+                        .expected = Some("the CIDR of your office, VPN or CI runners, e.g. `10.20.0.0/16`".into());
+                }
+                Ok(net) if net.trunc() != net => {
+                    self.err(pos, format!("`{c}` has host bits set"))
+                        .help = Some(format!("did you mean `{}`?", net.trunc()));
+                }
+                Ok(_) => {}
+            }
+        }
+        self.finish(obj);
+        Some(Network { vpc: vpc?, subnets, allow_cidrs })
+    }
+
+    fn release(&mut self, node: &Node) -> Option<Release> {
+        let mut obj = self.obj("release", node, "a mapping with `artifact` and optionally `version`")?;
+        let version = self.opt_string(&mut obj, "version");
+        if let Some(v) = &version {
+            if let Err(msg) = check_version(v) {
+                let pos = self.positions.get("release.version");
+                self.err(pos, format!("invalid release version `{v}`: {msg}"));
+            }
+        }
+        let artifact = self.req_string(
+            &mut obj,
+            "artifact",
+            "where the release artifact is, e.g. `releases/{{ release.version }}.tar.gz`",
+        );
+        self.finish(obj);
+        Some(Release { version, artifact: artifact? })
+    }
+
+    fn database(&mut self, path: &str, node: &Node) -> Option<Database> {
+        let mut obj = self.obj(path, node, "a mapping with `name`, `source`, ...")?;
+        let engine = match self.get(&mut obj, "engine") {
+            Some(n) => self.enum_value(&format!("{path}.engine"), n, &[("postgres", Engine::Postgres)]),
+            None => Some(Engine::Postgres),
+        };
+        let name = self.req_string(&mut obj, "name", "the database name inside the server, e.g. `shop`");
+        let source = self
+            .require(&mut obj, "source", "one of `rds_instance`, `aurora_cluster`, `backup_dir`, `url`")
+            .and_then(|n| self.database_source(&format!("{path}.source"), n));
+        let restore = match self.get(&mut obj, "restore") {
+            Some(n) => self.enum_value(
+                &format!("{path}.restore"),
+                n,
+                &[
+                    ("newest-snapshot", RestoreMode::NewestSnapshot),
+                    ("latest-restorable-time", RestoreMode::LatestRestorableTime),
+                    ("aurora-clone", RestoreMode::AuroraClone),
+                ],
+            ),
+            None => Some(RestoreMode::NewestSnapshot),
+        };
+        let instance_class = self.opt_string(&mut obj, "instance_class");
+        let masking = self.opt_string(&mut obj, "masking").map(PathBuf::from);
+        let timeout = match self.get(&mut obj, "timeout") {
+            Some(n) => Some(self.duration(
+                &format!("{path}.timeout"),
+                n,
+                Duration::from_secs(1),
+                Duration::from_secs(24 * 3600),
+            )?),
+            None => None,
+        };
+        self.finish(obj);
+        Some(Database {
+            engine: engine?,
+            name: name?,
+            source: source?,
+            restore: restore?,
+            instance_class,
+            masking,
+            timeout,
+        })
+    }
+
+    fn database_source(&mut self, path: &str, node: &Node) -> Option<DatabaseSource> {
+        let mut obj = self.obj(path, node, "a mapping with one of `rds_instance`, `aurora_cluster`, `backup_dir`, `url`")?;
+        let mut found = Vec::new();
+        for key in ["rds_instance", "aurora_cluster", "backup_dir", "url"] {
+            if let Some(s) = self.opt_string(&mut obj, key) {
+                found.push((key, s));
+            }
+        }
+        let pos = obj.pos;
+        let has_unknown = obj.entries.iter().any(|(k, _)| !obj.asked.contains(&k.name.as_str()));
+        self.finish(obj);
+        if found.len() > 1 {
+            let keys: Vec<String> = found.iter().map(|(k, _)| format!("`{k}`")).collect();
+            self.err(pos, format!("`{path}` names {} sources ({}); a database has exactly one", found.len(), keys.join(", ")));
+            return None;
+        }
+        let Some((key, value)) = found.pop() else {
+            if !has_unknown {
+                self.err(pos, format!("`{path}` names no source"))
+                    .expected = Some("one of `rds_instance`, `aurora_cluster`, `backup_dir`, `url`".into());
+            }
+            return None;
+        };
+        let vpos = self.positions.get(&format!("{path}.{key}"));
+        Some(match key {
+            "rds_instance" | "aurora_cluster" => {
+                if let Err(msg) = check_rds_identifier(&value) {
+                    self.err(vpos, format!("invalid {} identifier `{value}`: {msg}", if key == "rds_instance" { "RDS instance" } else { "Aurora cluster" }));
+                }
+                if key == "rds_instance" {
+                    DatabaseSource::RdsInstance(value)
+                } else {
+                    DatabaseSource::AuroraCluster(value)
+                }
+            }
+            "backup_dir" => DatabaseSource::BackupDir(PathBuf::from(value)),
+            _ => {
+                if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+                    self.err(vpos, format!("`{path}.url` is not a PostgreSQL URL"))
+                        .expected = Some("`postgres://USER@HOST:PORT/DB` (password from PGPASSWORD or ~/.pgpass)".into());
+                }
+                DatabaseSource::Url(value)
+            }
+        })
+    }
+
+    fn service(&mut self, path: &str, node: &Node) -> Option<Service> {
+        let mut obj = self.obj(path, node, "a mapping with `command` (local) or `image` and `instance_type` (aws)")?;
+        let count = match self.get(&mut obj, "count") {
+            Some(n) => self.integer(&format!("{path}.count"), n, 1, 20).map(|n| n as u32),
+            None => Some(1),
+        };
+        let depends_on = match self.get(&mut obj, "depends_on") {
+            Some(n) => self.string_list(&format!("{path}.depends_on"), n),
+            None => Vec::new(),
+        };
+        let image = self.opt_string(&mut obj, "image");
+        if let Some(img) = &image {
+            if !is_aws_id(img, "ami-") {
+                let pos = self.positions.get(&format!("{path}.image"));
+                self.err(pos, format!("`{img}` is not an AMI id"))
+                    .expected = Some("`ami-` followed by 8 or 17 hex digits".into());
+            }
+        }
+        let instance_type = self.opt_string(&mut obj, "instance_type");
+        if let Some(t) = &instance_type {
+            if !is_instance_type(t) {
+                let pos = self.positions.get(&format!("{path}.instance_type"));
+                self.err(pos, format!("`{t}` is not an EC2 instance type"))
+                    .expected = Some("FAMILY.SIZE, e.g. `t3.small` or `m6i.large`".into());
+            }
+        }
+        let user_data = self.opt_string(&mut obj, "user_data").map(PathBuf::from);
+        let command = self.opt_string(&mut obj, "command");
+        let install = self.opt_string(&mut obj, "install");
+        let templates = match self.get(&mut obj, "templates") {
+            Some(n) => self.config_templates(&format!("{path}.templates"), n),
+            None => Vec::new(),
+        };
+        let env = match self.get(&mut obj, "env") {
+            Some(n) => self.string_map(&format!("{path}.env"), n, KeyRule::EnvVar),
+            None => BTreeMap::new(),
+        };
+        let port = match self.get(&mut obj, "port") {
+            Some(n) => Some(self.integer(&format!("{path}.port"), n, 1, 65535)? as u16),
+            None => None,
+        };
+        let health = match self.get(&mut obj, "health") {
+            Some(n) => Some(self.health(&format!("{path}.health"), n)?),
+            None => None,
+        };
+        self.finish(obj);
+        Some(Service {
+            count: count?,
+            depends_on,
+            image,
+            instance_type,
+            user_data,
+            command,
+            install,
+            templates,
+            env,
+            port,
+            health,
+        })
+    }
+
+    fn config_templates(&mut self, path: &str, node: &Node) -> Vec<ConfigTemplate> {
+        let Value::Seq(items) = &node.value else {
+            let kind = node.value.kind();
+            self.err(node.pos, format!("`{path}` must be a list of `{{source, dest}}` mappings, found {kind}"));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let Some(mut obj) = self.obj(&p, item, "a mapping with `source` and `dest`") else {
+                continue;
+            };
+            let source = self.req_string(&mut obj, "source", "the template file, relative to the description");
+            let dest = self.req_string(&mut obj, "dest", "the file to write, relative to the release");
+            self.finish(obj);
+            if let (Some(source), Some(dest)) = (source, dest) {
+                let dest = PathBuf::from(dest);
+                if dest.is_absolute() || dest.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                    let pos = self.positions.get(&format!("{p}.dest"));
+                    self.err(pos, format!("`{}` points outside the release", dest.display()))
+                        .expected = Some("a relative path inside the unpacked release, e.g. `config/app.conf`".into());
+                    continue;
+                }
+                out.push(ConfigTemplate { source: PathBuf::from(source), dest });
+            }
+        }
+        out
+    }
+
+    fn health(&mut self, path: &str, node: &Node) -> Option<Health> {
+        let mut obj = self.obj(path, node, "a mapping with `path` and `timeout`")?;
+        let hpath = self.req_string(&mut obj, "path", "the HTTP path to GET, e.g. `/health`");
+        if let Some(p) = &hpath {
+            if !p.starts_with('/') {
+                let pos = self.positions.get(&format!("{path}.path"));
+                self.err(pos, format!("health path `{p}` must start with `/`"))
+                    .help = Some(format!("write `/{p}`"));
+            }
+        }
+        let timeout = match self.get(&mut obj, "timeout") {
+            Some(n) => self.duration(&format!("{path}.timeout"), n, Duration::from_secs(1), Duration::from_secs(6 * 3600)),
+            None => Some(Duration::from_secs(60)),
+        };
+        self.finish(obj);
+        Some(Health { path: hpath?, timeout: timeout? })
+    }
+
+    fn suite(&mut self, path: &str, node: &Node) -> Option<Suite> {
+        let mut obj = self.obj(path, node, "a mapping with `command`, `timeout`, `results`")?;
+        let command = self.req_string(&mut obj, "command", "the command that runs the suite");
+        let timeout = self
+            .require(&mut obj, "timeout", "a duration such as `5m`")
+            .and_then(|n| self.duration(&format!("{path}.timeout"), n, Duration::from_secs(1), Duration::from_secs(24 * 3600)));
+        let uses = match self.get(&mut obj, "uses") {
+            Some(n) => self.string_list(&format!("{path}.uses"), n),
+            None => Vec::new(),
+        };
+        let results = self
+            .require(&mut obj, "results", "`exit-code` or `{junit: PATH}`")
+            .and_then(|n| self.suite_results(&format!("{path}.results"), n));
+        let env = match self.get(&mut obj, "env") {
+            Some(n) => self.string_map(&format!("{path}.env"), n, KeyRule::EnvVar),
+            None => BTreeMap::new(),
+        };
+        self.finish(obj);
+        Some(Suite { command: command?, timeout: timeout?, uses, results: results?, env })
+    }
+
+    fn suite_results(&mut self, path: &str, node: &Node) -> Option<SuiteResults> {
+        match &node.value {
+            Value::Str(s) if s == "exit-code" => Some(SuiteResults::ExitCode),
+            Value::Str(s) if s == "junit" => {
+                self.err(node.pos, format!("`{path}: junit` needs the file the suite writes"))
+                    .expected = Some("`{junit: results.xml}`".into());
+                None
+            }
+            Value::Map(_) => {
+                let mut obj = self.obj(path, node, "")?;
+                let junit = self.req_string(&mut obj, "junit", "the JUnit XML file the suite writes");
+                self.finish(obj);
+                Some(SuiteResults::Junit(PathBuf::from(junit?)))
+            }
+            other => {
+                let shown = match other {
+                    Value::Str(s) => format!("`{s}`"),
+                    v => v.kind().to_string(),
+                };
+                let d = self.err(node.pos, format!("`{path}` must be `exit-code` or `{{junit: PATH}}`, found {shown}"));
+                if let Value::Str(s) = other {
+                    if let Some(m) = did_you_mean(s, ["exit-code"]) {
+                        d.help = Some(format!("did you mean `{m}`?"));
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Rules for names written by the user as mapping keys.
+#[derive(Clone, Copy)]
+pub enum KeyRule {
+    /// Environment, service, database and suite names: they end up in resource names,
+    /// tags and environment variable names.
+    Identifier,
+    /// Template variable names: usable as `{{ vars.NAME }}`.
+    Variable,
+    /// Environment variable names.
+    EnvVar,
+    /// AWS tag keys; `aws:` and `rehearse:` are reserved.
+    Tag,
+}
+
+impl KeyRule {
+    pub fn check(self, name: &str) -> Result<(), String> {
+        match self {
+            KeyRule::Identifier => {
+                let ok = name.len() <= 32
+                    && name.starts_with(|c: char| c.is_ascii_lowercase())
+                    && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+                    && !name.ends_with(['-', '_']);
+                if ok {
+                    Ok(())
+                } else {
+                    Err("names are 1 to 32 lowercase letters, digits, `-` or `_`, starting with a letter".into())
+                }
+            }
+            KeyRule::Variable => {
+                let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if ok {
+                    Ok(())
+                } else {
+                    Err("variable names are letters, digits and `_`, not starting with a digit".into())
+                }
+            }
+            KeyRule::EnvVar => {
+                let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if ok {
+                    Ok(())
+                } else {
+                    Err("environment variable names are letters, digits and `_`, not starting with a digit".into())
+                }
+            }
+            KeyRule::Tag => {
+                if name.is_empty() || name.chars().count() > 128 {
+                    Err("tag keys are 1 to 128 characters".into())
+                } else if name.to_ascii_lowercase().starts_with("aws:") || name.starts_with("rehearse:") {
+                    Err("the `aws:` and `rehearse:` prefixes are reserved".into())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn is_aws_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix)
+        .is_some_and(|hex| (hex.len() == 8 || hex.len() == 17) && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+}
+
+fn is_instance_type(s: &str) -> bool {
+    let Some((family, size)) = s.split_once('.') else {
+        return false;
+    };
+    !family.is_empty()
+        && family.starts_with(|c: char| c.is_ascii_lowercase())
+        && family.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && family.chars().any(|c| c.is_ascii_digit())
+        && !size.is_empty()
+        && size.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+/// RDS identifiers: 1–63 letters, digits or hyphens, starting with a letter, no double
+/// or trailing hyphen.
+pub fn check_rds_identifier(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !s.ends_with('-')
+        && !s.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err("1 to 63 letters, digits or hyphens, starting with a letter, without `--` or a trailing `-`".into())
+    }
+}
+
+/// A release version ends up in tags, paths and user-data: keep it to a safe alphabet.
+pub fn check_version(v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err("versions are 1 to 64 letters, digits, `.`, `-`, `_` or `+`".into())
+    }
+}
+
+pub fn is_valid_instance_type(s: &str) -> bool {
+    is_instance_type(s)
+}

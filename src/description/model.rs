@@ -1,0 +1,353 @@
+//! The validated description: what a file says once every key was checked, every
+//! reference resolved and every template parsed.
+//!
+//! These types are the second stage of the two-stage configuration (raw spanned tree →
+//! this model); nothing downstream (plan, engine, providers) ever sees raw YAML. They
+//! also derive the JSON Schema exported by `rehearse schema`, so an editor's completion
+//! matches exactly what the decoder accepts (a test keeps the two in step).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+/// A system to rehearse: where it runs, what production it copies, what release it
+/// installs, which suites judge it.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "rehearse environment description")]
+pub struct Description {
+    /// Name of the environment: lowercase letters, digits and dashes, at most 32
+    /// characters. Example: `shop`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"))]
+    pub name: String,
+    /// Where the copy is built: `aws` (EC2 + RDS) or `local` (processes and a
+    /// throwaway PostgreSQL cluster on this machine).
+    pub provider: ProviderKind,
+    /// AWS region (aws only). Example: `eu-west-1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// How long the copy may live at most, even with `--destroy never`: `rehearse
+    /// sweep` removes it afterwards. Example: `4h`. Default `2h`.
+    #[schemars(with = "DurationText")]
+    #[serde(serialize_with = "ser_duration")]
+    pub ttl: Duration,
+    /// Who answers for the copy (tagged on every resource). Example: `team@example.com`.
+    pub owner: String,
+    /// Extra tags for every resource. Example: `{team: shop}`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Where the copy lives in AWS (aws only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// Values for templates, used as `{{ vars.NAME }}`.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// The candidate release.
+    pub release: Release,
+    /// Databases restored from production backups.
+    #[serde(default)]
+    pub databases: BTreeMap<String, Database>,
+    /// Services running the release.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Automated suites that judge the release.
+    #[serde(default)]
+    pub suites: BTreeMap<String, Suite>,
+    /// When to tear the copy down: `always` (default), `passing` (keep a failed copy
+    /// for debugging, within its TTL) or `never` (keep it, within its TTL).
+    #[serde(default)]
+    pub destroy: DestroyPolicy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Aws,
+    Local,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Aws => "aws",
+            ProviderKind::Local => "local",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DestroyPolicy {
+    #[default]
+    Always,
+    Passing,
+    Never,
+}
+
+impl DestroyPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestroyPolicy::Always => "always",
+            DestroyPolicy::Passing => "passing",
+            DestroyPolicy::Never => "never",
+        }
+    }
+}
+
+/// Existing network to place the copy in (aws only). The copy gets its own security
+/// group; production's are never used or changed.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// VPC id. Example: `vpc-0a1b2c3d4e5f60718`.
+    #[schemars(regex(pattern = r"^vpc-[0-9a-f]{8,17}$"))]
+    pub vpc: String,
+    /// Subnet ids (at least two in different zones for RDS). Example:
+    /// `[subnet-0a1b2c3d4e5f60001, subnet-0a1b2c3d4e5f60002]`.
+    pub subnets: Vec<String>,
+    /// CIDRs allowed into the copy's security group (besides the group itself).
+    /// `0.0.0.0/0` is refused: a copy of production data is never open to the world.
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+}
+
+/// The candidate release: its version and where its artifact is.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Default version when `--release` is not given. Example: `v2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Artifact location, a template. Local: a directory or `.tar.gz` (relative to the
+    /// description). AWS: any URL the instances can fetch (passed to user-data).
+    /// Example: `../demo/releases/{{ release.version }}`.
+    pub artifact: String,
+}
+
+/// A database restored from production's latest backup.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// Database engine. Only `postgres` today.
+    #[serde(default)]
+    pub engine: Engine,
+    /// Database name inside the server (a template). Example: `shop`.
+    pub name: String,
+    /// Where production's backups are.
+    pub source: DatabaseSource,
+    /// Which backup to restore: `newest-snapshot` (default; newest available snapshot or
+    /// newest local archive), `latest-restorable-time` (RDS point-in-time) or
+    /// `aurora-clone` (copy-on-write clone of an Aurora cluster).
+    #[serde(default)]
+    pub restore: RestoreMode,
+    /// RDS instance class (aws only). Example: `db.t3.medium`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_class: Option<String>,
+    /// SQL file run on the copy before anything else touches it (relative to the
+    /// description). Example: `masking.sql`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masking: Option<PathBuf>,
+    /// How long to wait for the copy to be available. Default `30m` on aws, `10m` local.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_duration")]
+    #[schemars(with = "Option<DurationText>")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    #[default]
+    Postgres,
+}
+
+/// Where production's backups are: exactly one of the keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseSource {
+    /// RDS instance identifier of production (aws). Example: `shop-prod-db`.
+    RdsInstance(String),
+    /// Aurora cluster identifier of production (aws, with `restore: aurora-clone`).
+    AuroraCluster(String),
+    /// Directory of `pg_dump` custom-format archives (local); the newest by the time
+    /// recorded in the archive is restored. Example: `../backups`.
+    BackupDir(PathBuf),
+    /// A `postgres://` URL to dump from (local, read-only use).
+    Url(String),
+}
+
+impl DatabaseSource {
+    pub fn key(&self) -> &'static str {
+        match self {
+            DatabaseSource::RdsInstance(_) => "rds_instance",
+            DatabaseSource::AuroraCluster(_) => "aurora_cluster",
+            DatabaseSource::BackupDir(_) => "backup_dir",
+            DatabaseSource::Url(_) => "url",
+        }
+    }
+
+    /// A one-line description of the production source, for plans and reports. URLs
+    /// are shown without their password.
+    pub fn describe(&self) -> String {
+        match self {
+            DatabaseSource::RdsInstance(id) => format!("RDS instance {id}"),
+            DatabaseSource::AuroraCluster(id) => format!("Aurora cluster {id}"),
+            DatabaseSource::BackupDir(dir) => format!("pg_dump archives in {}", dir.display()),
+            DatabaseSource::Url(url) => format!("live dump of {}", redact_url(url)),
+        }
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    #[default]
+    NewestSnapshot,
+    LatestRestorableTime,
+    AuroraClone,
+}
+
+impl RestoreMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreMode::NewestSnapshot => "newest-snapshot",
+            RestoreMode::LatestRestorableTime => "latest-restorable-time",
+            RestoreMode::AuroraClone => "aurora-clone",
+        }
+    }
+}
+
+/// A service running the release: EC2 instances (aws) or local processes.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// How many instances or processes. Default 1, at most 20.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 20))]
+    pub count: u32,
+    /// Databases and services this one needs first.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// AMI id (aws). Example: `ami-0abcdef1234567890`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// EC2 instance type (aws). Example: `t3.small`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// User-data template file (aws), rendered with tera. Example:
+    /// `../templates/user-data.sh.tera`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<PathBuf>,
+    /// Command that starts the service (local), run in the unpacked release with `PORT`
+    /// set to a free port. Example: `python3 app.py`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Install / migration command run once in the unpacked release against the copy
+    /// before the service starts. Example: `sh migrate.sh`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub install: Option<String>,
+    /// Config templates rendered into the unpacked release before install.
+    #[serde(default)]
+    pub templates: Vec<ConfigTemplate>,
+    /// Environment of the service (values are templates). Example:
+    /// `{DATABASE_URL: "{{ databases.db.url }}"}`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Port the service listens on (aws; local services get a free port in `PORT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// HTTP health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A config file rendered from a tera template into the unpacked release.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigTemplate {
+    /// Template file, relative to the description. Example: `shop.conf.tera`.
+    pub source: PathBuf,
+    /// Destination, relative to the unpacked release. Example: `config/shop.conf`.
+    pub dest: PathBuf,
+}
+
+/// An HTTP health check: GET `path` until it answers 2xx, within `timeout`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Path to GET. Example: `/health`.
+    pub path: String,
+    /// How long to wait at most. Default `60s`.
+    #[serde(serialize_with = "ser_duration")]
+    #[schemars(with = "DurationText")]
+    pub timeout: Duration,
+}
+
+/// An automated suite: a command whose results judge the release.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    /// Command, run from the description's directory. Example:
+    /// `python3 suites/smoke.py`.
+    pub command: String,
+    /// Time limit; a suite that exceeds it fails. Example: `5m`.
+    #[serde(serialize_with = "ser_duration")]
+    #[schemars(with = "DurationText")]
+    pub timeout: Duration,
+    /// Services and databases the suite exercises (it starts after they are healthy).
+    /// Default: all services.
+    #[serde(default)]
+    pub uses: Vec<String>,
+    /// Where results appear: `exit-code`, or `{junit: PATH}` (the suite writes JUnit
+    /// XML to `$REHEARSE_JUNIT_PATH`; PATH names the file in the report).
+    pub results: SuiteResults,
+    /// Environment of the suite (values are templates).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuiteResults {
+    ExitCode,
+    Junit(PathBuf),
+}
+
+/// A duration written as a number and a unit: `90s`, `5m`, `2h`, `1h30m`, `7d`.
+#[derive(JsonSchema)]
+#[schemars(transparent)]
+#[allow(dead_code)]
+struct DurationText(#[schemars(regex(pattern = r"^([0-9]+ ?(ms|s|m|h|d) ?)+$"))] String);
+
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}

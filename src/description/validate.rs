@@ -1,0 +1,438 @@
+//! Checks that need the whole description: provider rules, references between
+//! resources, dependency cycles, referenced files and templates.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use tera::Tera;
+
+use super::decode::Positions;
+use super::model::*;
+use super::template::{self, Outputs, Scope};
+use crate::diag::{did_you_mean, Diagnostic};
+
+/// The result of the cross-checks: templates parsed, dependencies resolved.
+pub struct Checked {
+    pub tera: Tera,
+    /// For every service and suite: the databases and services it needs first
+    /// (explicit `depends_on`/`uses` plus what its templates reference).
+    pub deps: BTreeMap<String, BTreeSet<String>>,
+}
+
+pub struct Validator<'a> {
+    desc: &'a Description,
+    pos: &'a Positions,
+    dir: &'a Path,
+    pub diags: Vec<Diagnostic>,
+}
+
+impl<'a> Validator<'a> {
+    pub fn new(desc: &'a Description, pos: &'a Positions, dir: &'a Path) -> Self {
+        Validator { desc, pos, dir, diags: Vec::new() }
+    }
+
+    fn err(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
+        let pos = self.pos.get(path);
+        self.diags.push(Diagnostic::new(pos, message));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn key_err(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
+        let key = format!("{path}#key");
+        let pos = self.pos.get(&key);
+        let pos = if pos == crate::description::yaml::Pos::START { self.pos.get(path) } else { pos };
+        self.diags.push(Diagnostic::new(pos, message));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    pub fn run(mut self, release_version: &str) -> (Option<Checked>, Vec<Diagnostic>) {
+        self.provider_rules();
+        self.names();
+        self.files();
+        let (tera, implicit) = self.templates(release_version);
+        let deps = self.dependencies(implicit);
+        self.cycles(&deps);
+        let ok = self.diags.is_empty();
+        (ok.then_some(Checked { tera, deps }), self.diags)
+    }
+
+    fn provider_rules(&mut self) {
+        let d = self.desc;
+        match d.provider {
+            ProviderKind::Aws => {
+                match &d.region {
+                    None => {
+                        self.err("provider", "the aws provider needs a `region`")
+                            .expected = Some("e.g. `region: eu-west-1`".into());
+                    }
+                    Some(r) if !is_region(r) => {
+                        self.err("region", format!("`{r}` is not an AWS region name"))
+                            .expected = Some("e.g. `eu-west-1` or `us-east-1`".into());
+                    }
+                    Some(_) => {}
+                }
+                if d.network.is_none() {
+                    self.err("provider", "the aws provider needs a `network` (the VPC and subnets to place the copy in)")
+                        .expected = Some("`network: {vpc: vpc-..., subnets: [subnet-..., subnet-...]}`".into());
+                }
+                for (name, s) in &d.services {
+                    let p = format!("services.{name}");
+                    if s.image.is_none() {
+                        self.err(&p, format!("service `{name}` needs an `image` (AMI id) on aws")).expected =
+                            Some("e.g. `image: ami-0abcdef1234567890`".into());
+                    }
+                    if s.instance_type.is_none() {
+                        self.err(&p, format!("service `{name}` needs an `instance_type` on aws")).expected =
+                            Some("e.g. `instance_type: t3.small`".into());
+                    }
+                    if s.command.is_some() {
+                        self.key_err(&format!("{p}.command"), "`command` is for the local provider")
+                            .help = Some("on aws the instance starts the service from its `user_data`".into());
+                    }
+                    if s.health.is_some() && s.port.is_none() {
+                        self.err(&format!("{p}.health"), format!("service `{name}` has a health check but no `port`"))
+                            .expected = Some("the port the service listens on, e.g. `port: 8080`".into());
+                    }
+                }
+                for (name, db) in &d.databases {
+                    let p = format!("databases.{name}");
+                    match &db.source {
+                        DatabaseSource::RdsInstance(_) | DatabaseSource::AuroraCluster(_) => {}
+                        other => {
+                            self.key_err(&format!("{p}.source.{}", other.key()), format!("`{}` is a local source; on aws a database is restored from `rds_instance` or `aurora_cluster`", other.key()));
+                        }
+                    }
+                    match &db.instance_class {
+                        None => {
+                            self.err(&p, format!("database `{name}` needs an `instance_class` on aws")).expected =
+                                Some("e.g. `instance_class: db.t3.medium`".into());
+                        }
+                        Some(c) if !c.strip_prefix("db.").is_some_and(super::decode::is_valid_instance_type) => {
+                            self.err(&format!("{p}.instance_class"), format!("`{c}` is not an RDS instance class"))
+                                .expected = Some("`db.` FAMILY.SIZE, e.g. `db.t3.medium`".into());
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            ProviderKind::Local => {
+                if d.region.is_some() {
+                    self.key_err("region", "`region` has no meaning for the local provider")
+                        .help = Some("remove it, or use `provider: aws`".into());
+                }
+                if d.network.is_some() {
+                    self.key_err("network", "`network` has no meaning for the local provider")
+                        .help = Some("remove it, or use `provider: aws`".into());
+                }
+                for (name, s) in &d.services {
+                    let p = format!("services.{name}");
+                    if s.command.is_none() {
+                        self.err(&p, format!("service `{name}` needs a `command` on the local provider"))
+                            .expected = Some("the command that starts it, e.g. `command: python3 app.py`".into());
+                    }
+                    for (key, set) in [("image", s.image.is_some()), ("instance_type", s.instance_type.is_some()), ("user_data", s.user_data.is_some())] {
+                        if set {
+                            self.key_err(&format!("{p}.{key}"), format!("`{key}` is for the aws provider"))
+                                .help = Some("on the local provider a service runs `command` in the unpacked release".into());
+                        }
+                    }
+                }
+                for (name, db) in &d.databases {
+                    let p = format!("databases.{name}");
+                    match &db.source {
+                        DatabaseSource::BackupDir(_) | DatabaseSource::Url(_) => {}
+                        other => {
+                            self.key_err(&format!("{p}.source.{}", other.key()), format!("`{}` is an AWS source; on the local provider a database is restored from `backup_dir` or `url`", other.key()));
+                        }
+                    }
+                    if db.instance_class.is_some() {
+                        self.key_err(&format!("{p}.instance_class"), "`instance_class` is for the aws provider");
+                    }
+                }
+            }
+        }
+        for (name, db) in &d.databases {
+            let p = format!("databases.{name}.restore");
+            let source_ok = match (db.restore, &db.source) {
+                (RestoreMode::AuroraClone, DatabaseSource::AuroraCluster(_)) => true,
+                (RestoreMode::AuroraClone, _) => false,
+                (_, DatabaseSource::AuroraCluster(_)) => false,
+                (RestoreMode::LatestRestorableTime, DatabaseSource::RdsInstance(_)) => true,
+                (RestoreMode::LatestRestorableTime, _) => false,
+                (RestoreMode::NewestSnapshot, _) => true,
+            };
+            if !source_ok {
+                let expected = match &db.source {
+                    DatabaseSource::AuroraCluster(_) => "`aurora-clone` for an `aurora_cluster` source",
+                    DatabaseSource::RdsInstance(_) => "`newest-snapshot` or `latest-restorable-time` for an `rds_instance` source",
+                    _ => "`newest-snapshot` for a local source",
+                };
+                self.err(&p, format!("restore mode `{}` does not fit a `{}` source", db.restore.as_str(), db.source.key()))
+                    .expected = Some(expected.into());
+            }
+        }
+    }
+
+    /// Names shared by databases and services, and every reference to them.
+    fn names(&mut self) {
+        let d = self.desc;
+        for name in d.services.keys() {
+            if d.databases.contains_key(name) {
+                self.key_err(&format!("services.{name}"), format!("`{name}` names both a database and a service"))
+                    .help = Some("`depends_on` and `uses` refer to either by name: give them different names".into());
+            }
+        }
+        let known: Vec<&str> = d.databases.keys().chain(d.services.keys()).map(String::as_str).collect();
+        for (name, s) in &d.services {
+            for (i, dep) in s.depends_on.iter().enumerate() {
+                let p = format!("services.{name}.depends_on[{i}]");
+                if dep == name {
+                    self.err(&p, format!("service `{name}` depends on itself"));
+                } else if !known.contains(&dep.as_str()) {
+                    self.dangling(&p, dep, &known, "a database or service");
+                }
+            }
+        }
+        for (name, s) in &d.suites {
+            for (i, used) in s.uses.iter().enumerate() {
+                let p = format!("suites.{name}.uses[{i}]");
+                if !known.contains(&used.as_str()) {
+                    self.dangling(&p, used, &known, "a database or service");
+                }
+            }
+        }
+    }
+
+    fn dangling(&mut self, path: &str, name: &str, known: &[&str], what: &str) {
+        let list = if known.is_empty() {
+            "none is defined".to_string()
+        } else {
+            known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        };
+        let d = self.err(path, format!("`{name}` is not a defined database or service"));
+        d.expected = Some(format!("{what}: {list}"));
+        if let Some(m) = did_you_mean(name, known.iter().copied()) {
+            d.help = Some(format!("did you mean `{m}`?"));
+        }
+    }
+
+    fn files(&mut self) {
+        let d = self.desc;
+        let check = |v: &mut Self, path: String, file: &Path, what: &str| {
+            let full = v.dir.join(file);
+            if !full.is_file() {
+                v.err(&path, format!("{what} `{}` does not exist (looked for {})", file.display(), full.display()))
+                    .expected = Some("a path relative to the description's directory".into());
+            }
+        };
+        for (name, db) in &d.databases {
+            if let Some(m) = &db.masking {
+                check(self, format!("databases.{name}.masking"), m, "masking SQL file");
+            }
+        }
+        for (name, s) in &d.services {
+            if let Some(u) = &s.user_data {
+                check(self, format!("services.{name}.user_data"), u, "user-data template");
+            }
+            for (i, t) in s.templates.iter().enumerate() {
+                check(self, format!("services.{name}.templates[{i}].source"), &t.source, "template");
+            }
+        }
+    }
+
+    /// Parses every template, checks what it references, and returns the implicit
+    /// dependencies they create.
+    fn templates(&mut self, release_version: &str) -> (Tera, BTreeMap<String, BTreeSet<String>>) {
+        let d = self.desc;
+        let mut tera = Tera::default();
+        tera.autoescape_on(vec![]);
+        let mut implicit: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let outputs = Outputs::placeholders(d, release_version, "r-validate");
+        let static_ctx = template::context(d, None, &outputs, Scope::Static);
+        let full_ctx = template::context(d, Some(&d.release.artifact), &outputs, Scope::Full);
+
+        // (template name = yaml path, text, scope, owner resource)
+        let mut items: Vec<(String, String, Scope, Option<String>)> = Vec::new();
+        items.push(("release.artifact".into(), d.release.artifact.clone(), Scope::Static, None));
+        for (name, db) in &d.databases {
+            items.push((format!("databases.{name}.name"), db.name.clone(), Scope::Static, None));
+        }
+        for (name, s) in &d.services {
+            let owner = Some(name.clone());
+            let base = format!("services.{name}");
+            for (k, v) in &s.env {
+                items.push((format!("{base}.env.{k}"), v.clone(), Scope::Full, owner.clone()));
+            }
+            if let Some(c) = &s.command {
+                items.push((format!("{base}.command"), c.clone(), Scope::Full, owner.clone()));
+            }
+            if let Some(c) = &s.install {
+                items.push((format!("{base}.install"), c.clone(), Scope::Full, owner.clone()));
+            }
+            if let Some(u) = &s.user_data {
+                if let Ok(text) = std::fs::read_to_string(self.dir.join(u)) {
+                    items.push((format!("{base}.user_data"), text, Scope::Full, owner.clone()));
+                }
+            }
+            for (i, t) in s.templates.iter().enumerate() {
+                if let Ok(text) = std::fs::read_to_string(self.dir.join(&t.source)) {
+                    items.push((format!("{base}.templates[{i}].source"), text, Scope::Full, owner.clone()));
+                }
+            }
+        }
+        for (name, s) in &d.suites {
+            let owner = Some(format!("suite:{name}"));
+            let base = format!("suites.{name}");
+            items.push((format!("{base}.command"), s.command.clone(), Scope::Full, owner.clone()));
+            for (k, v) in &s.env {
+                items.push((format!("{base}.env.{k}"), v.clone(), Scope::Full, owner.clone()));
+            }
+        }
+
+        for (name, text, scope, owner) in items {
+            if let Err(e) = template::parse(&mut tera, &name, &text) {
+                self.err(&name, format!("template in `{name}` does not parse: {e}"))
+                    .expected = Some("tera syntax, e.g. `{{ databases.db.url }}`".into());
+                continue;
+            }
+            for r in template::references(&tera, &name) {
+                if let Some((kind, target)) = template::resource_of(&r) {
+                    let exists = match kind {
+                        "databases" => d.databases.contains_key(target),
+                        _ => d.services.contains_key(target),
+                    };
+                    if !exists {
+                        let known: Vec<&str> = match kind {
+                            "databases" => d.databases.keys().map(String::as_str).collect(),
+                            _ => d.services.keys().map(String::as_str).collect(),
+                        };
+                        let what = if kind == "databases" { "database" } else { "service" };
+                        let diag = self.err(&name, format!("template in `{name}` references `{r}`, but there is no {what} `{target}`"));
+                        if let Some(m) = did_you_mean(target, known.iter().copied()) {
+                            diag.help = Some(format!("did you mean `{kind}.{m}`?"));
+                        }
+                        continue;
+                    }
+                    if scope == Scope::Static {
+                        self.err(&name, format!("`{name}` cannot reference `{r}`: it is resolved before any resource exists"))
+                            .expected = Some("only `release.version`, `run`, `env` and `vars` here".into());
+                        continue;
+                    }
+                    if let Some(owner) = &owner {
+                        if owner == target {
+                            self.err(&name, format!("service `{target}` references its own outputs in `{name}`"));
+                            continue;
+                        }
+                        implicit.entry(owner.clone()).or_default().insert(target.to_string());
+                    }
+                }
+            }
+            let ctx = if scope == Scope::Static { &static_ctx } else { &full_ctx };
+            if let Err(e) = template::render(&tera, &name, ctx) {
+                if !self.diags.iter().any(|d| d.pos == self.pos.get(&name)) {
+                    self.err(&name, format!("template in `{name}` cannot be resolved: {e}"))
+                        .expected = Some(
+                            "variables from `release`, `run`, `env`, `vars`, `databases.NAME` or `services.NAME`".into(),
+                        );
+                }
+            }
+        }
+        (tera, implicit)
+    }
+
+    fn dependencies(&self, implicit: BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, BTreeSet<String>> {
+        let d = self.desc;
+        let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (name, s) in &d.services {
+            let set = deps.entry(name.clone()).or_default();
+            set.extend(s.depends_on.iter().cloned());
+            if let Some(i) = implicit.get(name) {
+                set.extend(i.iter().cloned());
+            }
+        }
+        for (name, s) in &d.suites {
+            let key = format!("suite:{name}");
+            let set = deps.entry(key.clone()).or_default();
+            if s.uses.is_empty() {
+                set.extend(d.services.keys().cloned());
+            } else {
+                set.extend(s.uses.iter().cloned());
+            }
+            if let Some(i) = implicit.get(&key) {
+                set.extend(i.iter().cloned());
+            }
+        }
+        deps
+    }
+
+    fn cycles(&mut self, deps: &BTreeMap<String, BTreeSet<String>>) {
+        // Depth-first search over services; databases have no dependencies.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            Visiting,
+            Done,
+        }
+        let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+        let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
+        fn visit<'a>(
+            node: &'a str,
+            deps: &'a BTreeMap<String, BTreeSet<String>>,
+            marks: &mut BTreeMap<&'a str, Mark>,
+            stack: &mut Vec<&'a str>,
+            found: &mut Vec<Vec<String>>,
+        ) {
+            match marks.get(node) {
+                Some(Mark::Done) => return,
+                Some(Mark::Visiting) => {
+                    let start = stack.iter().position(|n| *n == node).unwrap_or(0);
+                    let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
+                    cycle.push(node.to_string());
+                    found.push(cycle);
+                    return;
+                }
+                None => {}
+            }
+            marks.insert(node, Mark::Visiting);
+            stack.push(node);
+            if let Some(next) = deps.get(node) {
+                for n in next {
+                    visit(n, deps, marks, stack, found);
+                }
+            }
+            stack.pop();
+            marks.insert(node, Mark::Done);
+        }
+        let mut found = Vec::new();
+        for name in self.desc.services.keys() {
+            let mut stack = Vec::new();
+            visit(name, deps, &mut marks, &mut stack, &mut found);
+        }
+        for cycle in found {
+            // Report each cycle once, at the edge that closes it.
+            let mut key = cycle[..cycle.len() - 1].to_vec();
+            key.sort();
+            if !reported.insert(key) {
+                continue;
+            }
+            let from = &cycle[cycle.len() - 2];
+            let to = &cycle[cycle.len() - 1];
+            let path = self.desc.services[from.as_str()]
+                .depends_on
+                .iter()
+                .position(|d| d == to)
+                .map(|i| format!("services.{from}.depends_on[{i}]"))
+                .unwrap_or_else(|| format!("services.{from}"));
+            self.err(&path, format!("dependency cycle: {}", cycle.join(" → ")))
+                .help = Some("a service cannot wait for something that waits for it; remove one of these dependencies (or template references)".into());
+        }
+    }
+}
+
+fn is_region(r: &str) -> bool {
+    let parts: Vec<&str> = r.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[0].chars().all(|c| c.is_ascii_lowercase())
+        && parts[1..parts.len() - 1].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts[parts.len() - 1].parse::<u8>().is_ok()
+}

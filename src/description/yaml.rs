@@ -1,0 +1,291 @@
+//! A YAML document as a tree of values that remember where they were written.
+//!
+//! Deserializing straight into typed structs (plain serde derive) stops at the first
+//! problem; a user fixing a description wants every problem of a file at once, each with
+//! its line and column. So the YAML is first read into this small spanned tree — through
+//! `serde-saphyr`, which gives positions (`Spanned<T>`), YAML syntax errors with
+//! locations, and a budget against alias bombs and deep nesting — and the decoder in
+//! [`super::decode`] then walks the tree collecting diagnostics.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::{Budget, Options, Spanned};
+
+/// Largest description file accepted, in bytes. Real descriptions are a few kilobytes;
+/// anything near this limit is a mistake (or an attack) and is refused before parsing.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+
+/// A 1-based line and column in the description file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl Pos {
+    pub const START: Pos = Pos { line: 1, col: 1 };
+
+    fn from_location(loc: &serde_saphyr::Location) -> Pos {
+        Pos { line: (loc.line().max(1)) as u32, col: (loc.column().max(1)) as u32 }
+    }
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// A value in the tree, with the position where it was written.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub value: Value,
+    pub pos: Pos,
+}
+
+/// A mapping key: always a string in a description, with its position (the place an
+/// "unknown key" error points at).
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub name: String,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Key, Node)>),
+}
+
+impl Value {
+    /// What this value is, for "expected a string, found a list" messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "nothing (null)",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// A YAML syntax or resource-limit error, with its position when the parser knows it.
+#[derive(Debug)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Parses a whole description file into a spanned tree.
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(SyntaxError {
+            pos: Pos::START,
+            message: format!(
+                "file is {} bytes; a description may be at most {} bytes (1 MiB)",
+                text.len(),
+                MAX_FILE_BYTES
+            ),
+        });
+    }
+    let mut budget = Budget::default();
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_nodes = 100_000;
+    budget.max_recorded_anchor_events = 100_000;
+    budget.max_depth = 48;
+    let mut options = Options::default();
+    options.budget = Some(budget);
+    options.with_snippet = false;
+    match serde_saphyr::from_str_with_options::<Option<Node>>(text, options) {
+        Ok(Some(node)) => Ok(node),
+        Ok(None) => Err(SyntaxError {
+            pos: Pos::START,
+            message: "the file is empty; a description is a mapping with at least `name`, \
+                      `provider`, `owner` and `release`"
+                .into(),
+        }),
+        Err(err) => {
+            let pos = err.location().map(|l| Pos::from_location(&l)).unwrap_or(Pos::START);
+            Err(SyntaxError { pos, message: clean_parser_message(&err.to_string()) })
+        }
+    }
+}
+
+/// The parser's message names the location itself ("at line 3, column 5"); ours is
+/// printed in front, so the duplicate is dropped to keep one position per line.
+fn clean_parser_message(message: &str) -> String {
+    let first = message.lines().next().unwrap_or("invalid YAML").trim();
+    let mut text = first.to_string();
+    for marker in [" at line ", " at byte "] {
+        if let Some(idx) = text.find(marker) {
+            text.truncate(idx);
+        }
+    }
+    let text = text.trim_end_matches([':', ',', ' ']).to_string();
+    if text.is_empty() {
+        "invalid YAML".to_string()
+    } else {
+        format!("invalid YAML: {text}")
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<Value>::deserialize(d)?;
+        Ok(Node { value: spanned.value, pos: Pos::from_location(&spanned.referenced) })
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<KeyText>::deserialize(d)?;
+        Ok(Key { name: spanned.value.0, pos: Pos::from_location(&spanned.referenced) })
+    }
+}
+
+/// A mapping key written as any scalar (`1: x` or `true: y` are legal YAML); it is kept
+/// as text so the decoder can say "unknown key `1`" instead of a type error.
+struct KeyText(String);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a plain key (a string)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<KeyText, E> {
+                Ok(KeyText("null".to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+                Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+                Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+                Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+                Ok(Value::Float(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::Str(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+                Ok(Value::Str(v))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Value, E> {
+                Ok(Value::Str(String::from_utf8_lossy(v).into_owned()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Value, D2::Error> {
+                Value::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Node>()? {
+                    items.push(item);
+                }
+                Ok(Value::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let value = map.next_value::<Node>()?;
+                    entries.push((key, value));
+                }
+                Ok(Value::Map(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_positions_of_keys_and_values() {
+        let node = parse("name: demo\nservices:\n  web:\n    count: 2\n").unwrap();
+        let Value::Map(entries) = &node.value else { panic!("not a map") };
+        assert_eq!(entries[0].0.name, "name");
+        assert_eq!(entries[0].0.pos, Pos { line: 1, col: 1 });
+        assert_eq!(entries[0].1.pos, Pos { line: 1, col: 7 });
+        let Value::Map(services) = &entries[1].1.value else { panic!("not a map") };
+        let Value::Map(web) = &services[0].1.value else { panic!("not a map") };
+        assert_eq!(web[0].0.pos, Pos { line: 4, col: 5 });
+        assert!(matches!(web[0].1.value, Value::Int(2)));
+    }
+
+    #[test]
+    fn alias_bomb_is_refused() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        let mut prev = 'a';
+        for name in "bcdefghij".chars() {
+            text.push_str(&format!(
+                "{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+            prev = name;
+        }
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.starts_with("invalid YAML"), "{}", err.message);
+    }
+
+    #[test]
+    fn empty_file_is_an_error() {
+        assert!(parse("").is_err());
+        assert!(parse("# only a comment\n").is_err());
+    }
+}

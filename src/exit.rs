@@ -1,0 +1,26 @@
+//! Exit codes, documented in README.md and `rehearse --help`.
+//!
+//! Every way a command can end maps to exactly one of these; CI gates read them.
+
+/// The rehearsal passed (or the command did what was asked).
+pub const PASSED: i32 = 0;
+/// The environment was built but suites failed (or a suite could not run).
+pub const SUITES_FAILED: i32 = 1;
+/// Bad usage or an invalid description; nothing was created.
+pub const USAGE: i32 = 2;
+/// The environment could not be built (missing backup, refused API call, timeout);
+/// whatever was created was torn down.
+pub const BUILD_FAILED: i32 = 3;
+/// Teardown left resources behind; they are listed with the command that removes them.
+pub const LEFTOVERS: i32 = 4;
+/// Interrupted (SIGINT/SIGTERM) and torn down.
+pub const INTERRUPTED: i32 = 130;
+
+pub const HELP: &str = "\
+Exit codes:
+  0    passed (or the command succeeded)
+  1    suites failed, or a suite could not run or reported no tests
+  2    usage error or invalid description (nothing was created)
+  3    the environment could not be built (whatever was created was torn down)
+  4    teardown left resources behind (listed, with the command that removes them)
+  130  interrupted (SIGINT/SIGTERM); torn down";

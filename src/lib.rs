@@ -1,0 +1,55 @@
+//! rehearse: dress rehearsals for releases on a throwaway copy of production.
+//!
+//! The crate follows a run's path: [`description`] (load and check a YAML file) →
+//! [`plan`] (compile it into a resource graph) → `engine` (lifecycle, journal,
+//! teardown) → `providers` (aws, local) → `suites` → `report`. `main.rs` only calls
+//! [`main_impl`]; everything else lives here so tests can drive it.
+
+pub mod cli;
+pub mod commands;
+pub mod description;
+pub mod diag;
+pub mod exit;
+pub mod plan;
+
+use clap::Parser;
+
+/// Parses the command line, runs the command, returns the process exit code.
+pub fn main_impl() -> i32 {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::PASSED };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_tracing(&cli.global);
+    commands::dispatch(cli)
+}
+
+fn init_tracing(g: &cli::Global) {
+    let level = match (g.quiet, g.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REHEARSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("rehearse={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(commands::use_color(g.color, std::io::IsTerminal::is_terminal(&std::io::stderr())))
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Lifecycle commands (run, up, down, list, sweep, report, warm).
+fn engine_commands(cli: &cli::Cli) -> i32 {
+    let _ = cli;
+    eprintln!("error: this command is not available yet");
+    exit::USAGE
+}

@@ -1,0 +1,445 @@
+//! Building the plan's resource graph from a validated description.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::price;
+use crate::description::template::{self, Outputs, Scope};
+use crate::description::{format_duration, DatabaseSource, Loaded, ProviderKind, RestoreMode, SuiteResults};
+
+/// Version of the JSON plan format (`rehearse plan --format json`); bumped on any
+/// incompatible change. Documented in README.md.
+pub const PLAN_SCHEMA_VERSION: u32 = 1;
+
+/// What a run id looks like before a run assigns one.
+pub const RUN_ID_PLACEHOLDER: &str = "(assigned at run)";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub schema_version: u32,
+    pub environment: String,
+    pub provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub release: ReleasePlan,
+    pub run_id: String,
+    pub ttl: String,
+    pub destroy: String,
+    /// Tags every resource carries (the run's id is filled in at run time).
+    pub tags: BTreeMap<String, String>,
+    /// Resources in an order that respects dependencies (creation order).
+    pub resources: Vec<Resource>,
+    /// Sum of the known hourly prices; `null` when no resource has a known price.
+    pub estimated_cost_per_hour_usd: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReleasePlan {
+    pub version: String,
+    pub artifact: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Resource {
+    /// Stable id, unique in the plan: `network.security-group`, `database.db`,
+    /// `service.web.0`, `suite.smoke`.
+    pub id: String,
+    pub kind: Kind,
+    /// The description's name for it (`web`, `db`, `smoke`).
+    pub name: String,
+    pub depends_on: Vec<String>,
+    /// Provider attributes (instance type, image, commands, environment, ...).
+    pub attributes: Map<String, Value>,
+    /// The production resource this one is copied from: read, never changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<ProductionSource>,
+    /// Rendered templates (user-data), with outputs not yet known shown as markers.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, String>,
+    pub cost_per_hour_usd: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Kind {
+    #[serde(rename = "aws.ec2.security-group")]
+    AwsSecurityGroup,
+    #[serde(rename = "aws.rds.db-subnet-group")]
+    AwsDbSubnetGroup,
+    #[serde(rename = "aws.rds.db-instance")]
+    AwsDbInstance,
+    #[serde(rename = "aws.rds.db-cluster")]
+    AwsDbCluster,
+    #[serde(rename = "aws.ec2.instance")]
+    AwsInstance,
+    #[serde(rename = "local.postgres")]
+    LocalPostgres,
+    #[serde(rename = "local.release")]
+    LocalRelease,
+    #[serde(rename = "local.install")]
+    LocalInstall,
+    #[serde(rename = "local.process")]
+    LocalProcess,
+    #[serde(rename = "suite")]
+    Suite,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::AwsSecurityGroup => "aws.ec2.security-group",
+            Kind::AwsDbSubnetGroup => "aws.rds.db-subnet-group",
+            Kind::AwsDbInstance => "aws.rds.db-instance",
+            Kind::AwsDbCluster => "aws.rds.db-cluster",
+            Kind::AwsInstance => "aws.ec2.instance",
+            Kind::LocalPostgres => "local.postgres",
+            Kind::LocalRelease => "local.release",
+            Kind::LocalInstall => "local.install",
+            Kind::LocalProcess => "local.process",
+            Kind::Suite => "suite",
+        }
+    }
+
+    /// Suites are run, not created; everything else is a resource torn down later.
+    pub fn is_suite(self) -> bool {
+        self == Kind::Suite
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProductionSource {
+    /// `rds_instance`, `aurora_cluster`, `backup_dir` or `url`.
+    pub kind: String,
+    pub identifier: String,
+    pub restore: String,
+    /// Filled by a provider that looked the backup up (snapshot id, ARN, time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Value>,
+}
+
+/// Problems compiling a valid description into a plan (only a missing version today).
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no release version: pass `--release VERSION` or set `release.version` in {0}")]
+    NoVersion(String),
+    #[error("cannot render `{name}`: {message}")]
+    Template { name: String, message: String },
+}
+
+/// Compiles a loaded description into a plan for `release` (or its default version).
+pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Result<Plan, PlanError> {
+    let d = &loaded.desc;
+    let version = loaded
+        .release_version(release)
+        .ok_or_else(|| PlanError::NoVersion(loaded.path.display().to_string()))?;
+    let run_id = run_id.unwrap_or(RUN_ID_PLACEHOLDER).to_string();
+    let outputs = Outputs::placeholders(d, &version, &run_id);
+    let static_ctx = template::context(d, None, &outputs, Scope::Static);
+    let render = |name: &str, ctx: &tera::Context| {
+        template::render(&loaded.tera, name, ctx)
+            .map_err(|message| PlanError::Template { name: name.to_string(), message })
+    };
+    let artifact = render("release.artifact", &static_ctx)?;
+    let full_ctx = template::context(d, Some(&artifact), &outputs, Scope::Full);
+    let region = d.region.clone().unwrap_or_default();
+
+    let mut resources: Vec<Resource> = Vec::new();
+    let new = |id: String, kind: Kind, name: &str| Resource {
+        id,
+        kind,
+        name: name.to_string(),
+        depends_on: Vec::new(),
+        attributes: Map::new(),
+        source: None,
+        templates: BTreeMap::new(),
+        cost_per_hour_usd: None,
+    };
+
+    // What each database / service resolves to in the graph.
+    let mut db_ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut svc_ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+
+    let network_ids: Vec<String> = match d.provider {
+        ProviderKind::Aws => {
+            let net = d.network.as_ref().expect("validated: aws has a network");
+            let mut sg = new("network.security-group".into(), Kind::AwsSecurityGroup, "security-group");
+            sg.attributes.insert("vpc_id".into(), json!(net.vpc));
+            let mut ingress: Vec<String> = net.allow_cidrs.clone();
+            ingress.push("self".into());
+            sg.attributes.insert("ingress_from".into(), json!(ingress));
+            sg.attributes.insert("egress".into(), json!("all"));
+            resources.push(sg);
+            let mut ids = vec!["network.security-group".to_string()];
+            if !d.databases.is_empty() {
+                let mut sng = new("network.db-subnet-group".into(), Kind::AwsDbSubnetGroup, "db-subnet-group");
+                sng.attributes.insert("subnet_ids".into(), json!(net.subnets));
+                resources.push(sng);
+                ids.push("network.db-subnet-group".into());
+            }
+            ids
+        }
+        ProviderKind::Local => Vec::new(),
+    };
+
+    for (name, db) in &d.databases {
+        let db_name = render(&format!("databases.{name}.name"), &static_ctx)?;
+        let source = Some(ProductionSource {
+            kind: db.source.key().to_string(),
+            identifier: match &db.source {
+                DatabaseSource::RdsInstance(s) | DatabaseSource::AuroraCluster(s) => s.clone(),
+                DatabaseSource::BackupDir(p) => loaded.resolve(p).display().to_string(),
+                DatabaseSource::Url(u) => crate::description::redact_url(u),
+            },
+            restore: db.restore.as_str().to_string(),
+            backup: None,
+        });
+        let timeout = db.timeout.unwrap_or(match d.provider {
+            ProviderKind::Aws => std::time::Duration::from_secs(30 * 60),
+            ProviderKind::Local => std::time::Duration::from_secs(10 * 60),
+        });
+        let mut attrs = Map::new();
+        attrs.insert("engine".into(), json!("postgres"));
+        attrs.insert("database_name".into(), json!(db_name));
+        attrs.insert("restore".into(), json!(db.restore.as_str()));
+        attrs.insert("timeout".into(), json!(format_duration(timeout)));
+        if let Some(m) = &db.masking {
+            attrs.insert("masking".into(), json!(loaded.resolve(m).display().to_string()));
+        }
+        match d.provider {
+            ProviderKind::Aws => {
+                let class = db.instance_class.clone().unwrap_or_default();
+                attrs.insert("instance_class".into(), json!(class));
+                attrs.insert("publicly_accessible".into(), json!(false));
+                attrs.insert("deletion_protection".into(), json!(false));
+                attrs.insert("skip_final_snapshot".into(), json!(true));
+                attrs.insert("master_password".into(), json!("(generated at run, never printed)"));
+                let cost = price::rds_hourly(&class, &region);
+                if db.restore == RestoreMode::AuroraClone {
+                    let cluster_id = format!("database.{name}.cluster");
+                    let mut cluster = new(cluster_id.clone(), Kind::AwsDbCluster, name);
+                    cluster.depends_on = network_ids.clone();
+                    cluster.source = source;
+                    cluster.attributes.insert("restore_type".into(), json!("copy-on-write"));
+                    cluster.attributes.insert("deletion_protection".into(), json!(false));
+                    cluster.attributes.insert("skip_final_snapshot".into(), json!(true));
+                    resources.push(cluster);
+                    let mut inst = new(format!("database.{name}"), Kind::AwsDbInstance, name);
+                    inst.depends_on = vec![cluster_id];
+                    inst.depends_on.extend(network_ids.iter().cloned());
+                    inst.attributes = attrs;
+                    inst.cost_per_hour_usd = cost;
+                    resources.push(inst);
+                } else {
+                    let mut inst = new(format!("database.{name}"), Kind::AwsDbInstance, name);
+                    inst.depends_on = network_ids.clone();
+                    inst.source = source;
+                    inst.attributes = attrs;
+                    inst.cost_per_hour_usd = cost;
+                    resources.push(inst);
+                }
+            }
+            ProviderKind::Local => {
+                let mut pg = new(format!("database.{name}"), Kind::LocalPostgres, name);
+                pg.source = source;
+                attrs.insert("listen".into(), json!("127.0.0.1 and a unix socket in the run directory"));
+                attrs.insert("password".into(), json!("(generated at run, never printed)"));
+                pg.attributes = attrs;
+                resources.push(pg);
+            }
+        }
+        db_ids.insert(name, vec![format!("database.{name}")]);
+    }
+
+    if d.provider == ProviderKind::Local && !d.services.is_empty() {
+        let mut rel = new("release".into(), Kind::LocalRelease, "release");
+        rel.attributes.insert("artifact".into(), json!(loaded.resolve(std::path::Path::new(&artifact)).display().to_string()));
+        rel.attributes.insert("version".into(), json!(version));
+        resources.push(rel);
+    }
+
+    // Services in dependency order, so a service's ids exist before its dependants'.
+    for name in service_order(loaded) {
+        let s = &d.services[name.as_str()];
+        let deps_of = |ids: &BTreeMap<&str, Vec<String>>, out: &mut Vec<String>| {
+            for dep in loaded.deps.get(name.as_str()).into_iter().flatten() {
+                if let Some(v) = ids.get(dep.as_str()) {
+                    out.extend(v.iter().cloned());
+                }
+            }
+        };
+        let mut dep_ids: Vec<String> = Vec::new();
+        deps_of(&db_ids, &mut dep_ids);
+        deps_of(&svc_ids, &mut dep_ids);
+        let env: BTreeMap<String, String> = s
+            .env
+            .keys()
+            .map(|k| Ok((k.clone(), render(&format!("services.{name}.env.{k}"), &full_ctx)?)))
+            .collect::<Result<_, PlanError>>()?;
+        let mut ids = Vec::new();
+        match d.provider {
+            ProviderKind::Aws => {
+                let user_data = match &s.user_data {
+                    Some(_) => Some(render(&format!("services.{name}.user_data"), &full_ctx)?),
+                    None => None,
+                };
+                for i in 0..s.count {
+                    let id = format!("service.{name}.{i}");
+                    let mut r = new(id.clone(), Kind::AwsInstance, &name);
+                    r.depends_on = network_ids.iter().filter(|n| n.ends_with("security-group")).cloned().collect();
+                    r.depends_on.extend(dep_ids.iter().cloned());
+                    let itype = s.instance_type.clone().unwrap_or_default();
+                    r.attributes.insert("image_id".into(), json!(s.image));
+                    r.attributes.insert("instance_type".into(), json!(itype));
+                    r.attributes.insert("subnet_id".into(), json!(d.network.as_ref().map(|n| n.subnets[i as usize % n.subnets.len()].clone())));
+                    if let Some(p) = s.port {
+                        r.attributes.insert("port".into(), json!(p));
+                    }
+                    if let Some(h) = &s.health {
+                        r.attributes.insert("health".into(), json!({"path": h.path, "timeout": format_duration(h.timeout)}));
+                    }
+                    r.attributes.insert("env".into(), json!(env));
+                    if let Some(u) = &user_data {
+                        r.templates.insert("user_data".into(), u.clone());
+                    }
+                    r.cost_per_hour_usd = price::ec2_hourly(&itype, &region);
+                    resources.push(r);
+                    ids.push(id);
+                }
+            }
+            ProviderKind::Local => {
+                let install_id = format!("install.{name}");
+                let mut inst = new(install_id.clone(), Kind::LocalInstall, &name);
+                inst.depends_on = vec!["release".into()];
+                inst.depends_on.extend(dep_ids.iter().cloned());
+                if s.install.is_some() {
+                    inst.attributes.insert("command".into(), json!(render(&format!("services.{name}.install"), &full_ctx)?));
+                }
+                let configs: Vec<Value> = s
+                    .templates
+                    .iter()
+                    .map(|t| json!({"source": loaded.resolve(&t.source).display().to_string(), "dest": t.dest.display().to_string()}))
+                    .collect();
+                if !configs.is_empty() {
+                    inst.attributes.insert("templates".into(), json!(configs));
+                }
+                inst.attributes.insert("env".into(), json!(env));
+                resources.push(inst);
+                let command = render(&format!("services.{name}.command"), &full_ctx)?;
+                for i in 0..s.count {
+                    let id = format!("service.{name}.{i}");
+                    let mut r = new(id.clone(), Kind::LocalProcess, &name);
+                    r.depends_on = vec![install_id.clone()];
+                    r.depends_on.extend(dep_ids.iter().cloned());
+                    r.attributes.insert("command".into(), json!(command));
+                    r.attributes.insert("port".into(), json!("(free port, in $PORT)"));
+                    if let Some(h) = &s.health {
+                        r.attributes.insert("health".into(), json!({"path": h.path, "timeout": format_duration(h.timeout)}));
+                    }
+                    r.attributes.insert("env".into(), json!(env));
+                    resources.push(r);
+                    ids.push(id);
+                }
+            }
+        }
+        svc_ids.insert(d.services.get_key_value(name.as_str()).map(|(k, _)| k.as_str()).unwrap_or_default(), ids);
+    }
+
+    for (name, s) in &d.suites {
+        let mut r = new(format!("suite.{name}"), Kind::Suite, name);
+        for dep in loaded.deps.get(&format!("suite:{name}")).into_iter().flatten() {
+            if let Some(v) = svc_ids.get(dep.as_str()).or_else(|| db_ids.get(dep.as_str())) {
+                r.depends_on.extend(v.iter().cloned());
+            }
+        }
+        r.attributes.insert("command".into(), json!(render(&format!("suites.{name}.command"), &full_ctx)?));
+        r.attributes.insert("timeout".into(), json!(format_duration(s.timeout)));
+        r.attributes.insert(
+            "results".into(),
+            match &s.results {
+                SuiteResults::ExitCode => json!("exit-code"),
+                SuiteResults::Junit(p) => json!({"junit": p.display().to_string()}),
+            },
+        );
+        let env: BTreeMap<String, String> = s
+            .env
+            .keys()
+            .map(|k| Ok((k.clone(), render(&format!("suites.{name}.env.{k}"), &full_ctx)?)))
+            .collect::<Result<_, PlanError>>()?;
+        r.attributes.insert("env".into(), json!(env));
+        resources.push(r);
+    }
+
+    for r in &mut resources {
+        let mut seen = BTreeSet::new();
+        r.depends_on.retain(|d| seen.insert(d.clone()));
+    }
+    let known: Vec<f64> = resources.iter().filter_map(|r| r.cost_per_hour_usd).collect();
+    let cost = (!known.is_empty()).then(|| (known.iter().sum::<f64>() * 10_000.0).round() / 10_000.0);
+
+    let mut tags = BTreeMap::new();
+    tags.insert("rehearse:run-id".to_string(), run_id.clone());
+    tags.insert("rehearse:environment".to_string(), d.name.clone());
+    tags.insert("rehearse:owner".to_string(), d.owner.clone());
+    tags.insert("rehearse:expires-at".to_string(), format!("(run start + {})", format_duration(d.ttl)));
+    for (k, v) in &d.tags {
+        tags.insert(k.clone(), v.clone());
+    }
+
+    Ok(Plan {
+        schema_version: PLAN_SCHEMA_VERSION,
+        environment: d.name.clone(),
+        provider: d.provider.as_str().to_string(),
+        region: d.region.clone(),
+        release: ReleasePlan { version, artifact },
+        run_id,
+        ttl: format_duration(d.ttl),
+        destroy: d.destroy.as_str().to_string(),
+        tags,
+        resources,
+        estimated_cost_per_hour_usd: cost,
+    })
+}
+
+/// Service names ordered so that dependencies come first (the description is
+/// validated acyclic). Ties keep alphabetical order, so plans are stable.
+fn service_order(loaded: &Loaded) -> Vec<String> {
+    let services: BTreeSet<&str> = loaded.desc.services.keys().map(String::as_str).collect();
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut order = Vec::new();
+    while order.len() < services.len() {
+        let before = order.len();
+        for s in &services {
+            if done.contains(s) {
+                continue;
+            }
+            let ready = loaded
+                .deps
+                .get(*s)
+                .into_iter()
+                .flatten()
+                .filter(|d| services.contains(d.as_str()))
+                .all(|d| done.contains(d.as_str()));
+            if ready {
+                done.insert(s);
+                order.push(s.to_string());
+            }
+        }
+        if order.len() == before {
+            // Unreachable for a validated description; never loop forever.
+            order.extend(services.iter().filter(|s| !done.contains(*s)).map(|s| s.to_string()));
+        }
+    }
+    order
+}
+
+impl Plan {
+    pub fn resource(&self, id: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.id == id)
+    }
+
+    /// Ids of resources (not suites) that depend on `id`.
+    pub fn dependants(&self, id: &str) -> Vec<&Resource> {
+        self.resources.iter().filter(|r| r.depends_on.iter().any(|d| d == id)).collect()
+    }
+}
