@@ -10,6 +10,8 @@ use crate::description;
 use crate::exit;
 use crate::plan;
 
+mod runs;
+
 pub fn dispatch(cli: Cli) -> i32 {
     let g = &cli.global;
     match &cli.command {
@@ -31,13 +33,13 @@ pub fn dispatch(cli: Cli) -> i32 {
             let _ = std::io::stdout().write_all(&out);
             exit::PASSED
         }
-        Command::Run(_)
-        | Command::Up(_)
-        | Command::Down { .. }
-        | Command::List { .. }
-        | Command::Sweep { .. }
-        | Command::Report { .. }
-        | Command::Warm { .. } => crate::engine_commands(&cli),
+        Command::Run(args) => runs::run(g, args, false),
+        Command::Up(args) => runs::run(g, args, true),
+        Command::Down { run_id } => runs::down(g, run_id),
+        Command::List { all } => runs::list(g, *all),
+        Command::Sweep { yes, older_than, environment } => runs::sweep(g, *yes, older_than.as_deref(), environment.as_deref()),
+        Command::Report { run_id } => runs::report(g, run_id),
+        Command::Warm { file } => runs::warm(g, file),
     }
 }
 

@@ -10,7 +10,11 @@ pub mod commands;
 pub mod description;
 pub mod diag;
 pub mod exit;
+pub mod engine;
 pub mod plan;
+pub mod providers;
+pub mod suites;
+pub mod report;
 
 use clap::Parser;
 
@@ -47,9 +51,3 @@ fn init_tracing(g: &cli::Global) {
         .try_init();
 }
 
-/// Lifecycle commands (run, up, down, list, sweep, report, warm).
-fn engine_commands(cli: &cli::Cli) -> i32 {
-    let _ = cli;
-    eprintln!("error: this command is not available yet");
-    exit::USAGE
-}

@@ -1,0 +1,393 @@
+//! The lifecycle commands: run, up, down, list, sweep, report, warm.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::Utc;
+use futures_util::FutureExt;
+
+use super::{load_or_report, use_color};
+use crate::cli::{Destroy, Format, Global, RunArgs};
+use crate::description::{DestroyPolicy, ProviderKind};
+use crate::engine::events::{Lines, Progress, Reporter, Silent};
+use crate::engine::journal::{self, Journal, Record, State};
+use crate::engine::lifecycle::{self, Options};
+use crate::engine::signals::Signals;
+use crate::engine::{state, teardown};
+use crate::exit;
+use crate::providers::local::LocalProvider;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built")
+}
+
+fn reporter(g: &Global) -> Box<dyn Reporter> {
+    if g.quiet || g.format == Format::Json {
+        Box::new(Silent)
+    } else if std::io::stderr().is_terminal() && use_color(g.color, true) {
+        Box::new(Progress::new())
+    } else {
+        Box::new(Lines { start: Instant::now() })
+    }
+}
+
+pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
+    let loaded = match load_or_report(&args.file, args.release.as_deref()) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Some(release) = loaded.release_version(args.release.as_deref()) else {
+        eprintln!("error: no release version: pass `--release VERSION` or set `release.version` in {}", args.file.display());
+        return exit::USAGE;
+    };
+    if loaded.desc.provider == ProviderKind::Aws {
+        eprintln!(
+            "error: {}: the aws provider is not available in this build yet; use a `provider: local` description",
+            args.file.display()
+        );
+        return exit::USAGE;
+    }
+    let destroy = if args.keep {
+        DestroyPolicy::Never
+    } else {
+        match args.destroy {
+            Some(Destroy::Always) => DestroyPolicy::Always,
+            Some(Destroy::Passing) => DestroyPolicy::Passing,
+            Some(Destroy::Never) => DestroyPolicy::Never,
+            None if up_only => DestroyPolicy::Never,
+            None => loaded.desc.destroy,
+        }
+    };
+    let opts = Options {
+        run_id: state::new_run_id(),
+        release,
+        destroy,
+        cold: args.cold,
+        up_only,
+        state_root: state::state_dir(g.state_dir.as_deref()),
+        work_root: state::work_dir(),
+    };
+    let rt = runtime();
+    let reporter = reporter(g);
+    rt.block_on(async {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return exit::BUILD_FAILED;
+            }
+        };
+        let provider = LocalProvider::new();
+        let result = std::panic::AssertUnwindSafe(lifecycle::run(&provider, &loaded, &opts, reporter.as_ref(), &signals))
+            .catch_unwind()
+            .await;
+        match result {
+            Ok(Ok(outcome)) => {
+                match g.format {
+                    Format::Json => println!("{}", serde_json::to_string_pretty(&outcome.report).unwrap_or_default()),
+                    Format::Text => {
+                        let files = crate::report::ReportFiles::in_dir(&outcome.report_dir);
+                        eprint!("{}", crate::report::terminal_summary(&outcome.report, &files, use_color(g.color, std::io::stderr().is_terminal())));
+                    }
+                }
+                outcome.exit_code
+            }
+            Ok(Err(e)) => {
+                eprintln!("error: {e}");
+                // Whatever the journal says exists is removed.
+                down_after_failure(&opts, &provider, reporter.as_ref(), &signals).await.unwrap_or(exit::BUILD_FAILED)
+            }
+            Err(_) => {
+                eprintln!("error: rehearse crashed (a bug: please report it); tearing down from the journal");
+                down_after_failure(&opts, &provider, reporter.as_ref(), &signals).await.unwrap_or(exit::BUILD_FAILED)
+            }
+        }
+    })
+}
+
+/// After an error outside the normal path: tear down whatever the run's journal lists.
+async fn down_after_failure(opts: &Options, provider: &LocalProvider, reporter: &dyn Reporter, signals: &Signals) -> Option<i32> {
+    let path = state::run_dir(&opts.state_root, &opts.run_id).join("journal.jsonl");
+    let j = Journal::open(&path).ok()?;
+    let out = teardown::run(provider, &j, reporter, signals, signals.count() + 1).await;
+    let _ = j.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
+    if out.complete() {
+        Some(exit::BUILD_FAILED)
+    } else {
+        eprint!("{}", teardown::leftover_text(&opts.run_id, &out.leftovers));
+        Some(exit::LEFTOVERS)
+    }
+}
+
+fn journal_path(g: &Global, run_id: &str) -> PathBuf {
+    state::run_dir(&state::state_dir(g.state_dir.as_deref()), run_id).join("journal.jsonl")
+}
+
+pub fn down(g: &Global, run_id: &str) -> i32 {
+    if !state::valid_run_id(run_id) {
+        eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
+        return exit::USAGE;
+    }
+    let path = journal_path(g, run_id);
+    let rt = runtime();
+    let reporter = reporter(g);
+    rt.block_on(async {
+        let signals = Signals::install().unwrap_or_else(|_| Signals::none());
+        let provider = LocalProvider::new();
+        let journal = if path.is_file() {
+            let records = journal::read(&path).unwrap_or_default();
+            let st = State::from_records(&records);
+            if let Some(meta) = &st.meta {
+                if st.finished.is_none() && meta.pid != std::process::id() && pid_alive(meta.pid) {
+                    eprintln!(
+                        "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
+                        meta.pid, meta.pid
+                    );
+                    return exit::USAGE;
+                }
+            }
+            match Journal::open(&path) {
+                Ok(j) => j,
+                Err(e) => {
+                    eprintln!("error: cannot open the journal {}: {e}", path.display());
+                    return exit::BUILD_FAILED;
+                }
+            }
+        } else {
+            // The journal is gone: rebuild what the run's tag finds. Locally, that is
+            // the run's work directory and every process carrying its id.
+            let work = state::work_dir().join("runs").join(run_id);
+            let found = !crate::providers::local::tagged_processes(run_id).is_empty() || work.exists();
+            if !found {
+                eprintln!("rehearse: no journal and nothing tagged with {run_id} on this machine: nothing to remove");
+                return exit::PASSED;
+            }
+            eprintln!("rehearse: no journal for {run_id}; removing what is tagged with it");
+            match synthetic_journal(g, run_id, &work) {
+                Ok(j) => j,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::BUILD_FAILED;
+                }
+            }
+        };
+        let out = teardown::run(&provider, &journal, reporter.as_ref(), &signals, signals.count() + 1).await;
+        let _ = journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
+        if out.complete() {
+            println!("{run_id}: torn down, nothing left");
+            exit::PASSED
+        } else {
+            eprint!("{}", teardown::leftover_text(run_id, &out.leftovers));
+            exit::LEFTOVERS
+        }
+    })
+}
+
+/// A journal reconstructed for a run whose journal was lost.
+fn synthetic_journal(g: &Global, run_id: &str, work: &Path) -> Result<Journal, String> {
+    let dir = state::run_dir(&state::state_dir(g.state_dir.as_deref()), run_id);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let meta = journal::RunMeta {
+        run_id: run_id.to_string(),
+        environment: "(unknown: journal lost)".into(),
+        provider: "local".into(),
+        description: String::new(),
+        release: String::new(),
+        owner: String::new(),
+        started_at: Utc::now(),
+        expires_at: Utc::now(),
+        destroy: "always".into(),
+        work_dir: Some(work.display().to_string()),
+        region: None,
+        pid: std::process::id(),
+    };
+    let path = dir.join("journal.jsonl");
+    let _ = std::fs::remove_file(&path);
+    let j = Journal::create(&path, &meta).map_err(|e| e.to_string())?;
+    j.created("workspace", "local.workspace", serde_json::json!({"dir": work})).map_err(|e| e.to_string())?;
+    Ok(j)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// A run as `list` and `sweep` see it.
+#[derive(serde::Serialize)]
+struct RunRow {
+    run_id: String,
+    environment: String,
+    release: String,
+    provider: String,
+    status: String,
+    verdict: Option<String>,
+    started_at: chrono::DateTime<Utc>,
+    expires_at: chrono::DateTime<Utc>,
+    remaining: usize,
+}
+
+fn scan_runs(g: &Global) -> Vec<RunRow> {
+    let runs = state::runs_dir(&state::state_dir(g.state_dir.as_deref()));
+    let mut rows = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&runs) else { return rows };
+    for e in rd.flatten() {
+        let path = e.path().join("journal.jsonl");
+        let Ok(records) = journal::read(&path) else { continue };
+        let st = State::from_records(&records);
+        let Some(meta) = st.meta.clone() else { continue };
+        let remaining = st.remaining().len();
+        let status = match (&st.finished, st.torn_down) {
+            (_, Some(true)) if remaining == 0 => "destroyed".to_string(),
+            (Some((_, _, true)), _) => "kept".to_string(),
+            (_, Some(_)) => "left resources".to_string(),
+            (None, None) if pid_alive(meta.pid) => "running".to_string(),
+            _ if remaining == 0 => "destroyed".to_string(),
+            _ => "crashed".to_string(),
+        };
+        rows.push(RunRow {
+            run_id: meta.run_id,
+            environment: meta.environment,
+            release: meta.release,
+            provider: meta.provider,
+            status,
+            verdict: st.finished.map(|f| f.0),
+            started_at: meta.started_at,
+            expires_at: meta.expires_at,
+            remaining,
+        });
+    }
+    rows.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    rows
+}
+
+pub fn list(g: &Global, all: bool) -> i32 {
+    let rows: Vec<RunRow> = scan_runs(g).into_iter().filter(|r| all || r.status != "destroyed").collect();
+    if g.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        return exit::PASSED;
+    }
+    if rows.is_empty() {
+        println!("no {}runs{}", if all { "" } else { "kept or unfinished " }, if all { "" } else { " (--all shows finished ones)" });
+        return exit::PASSED;
+    }
+    println!("{:<26} {:<12} {:<10} {:<15} {:<12} EXPIRES", "RUN", "ENVIRONMENT", "RELEASE", "STATUS", "VERDICT");
+    for r in rows {
+        let hint = match r.status.as_str() {
+            "kept" | "crashed" | "left resources" => format!("  → rehearse down {}", r.run_id),
+            _ => String::new(),
+        };
+        println!(
+            "{:<26} {:<12} {:<10} {:<15} {:<12} {}{hint}",
+            r.run_id,
+            r.environment,
+            r.release,
+            r.status,
+            r.verdict.unwrap_or_else(|| "-".into()),
+            r.expires_at.format("%Y-%m-%d %H:%M UTC"),
+        );
+    }
+    exit::PASSED
+}
+
+pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Option<&str>) -> i32 {
+    let min_age = match older_than.map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
+        Some(Err(e)) => {
+            eprintln!("error: --older-than `{}`: {e} (expected a duration such as 12h)", older_than.unwrap_or_default());
+            return exit::USAGE;
+        }
+    };
+    let now = Utc::now();
+    let candidates: Vec<RunRow> = scan_runs(g)
+        .into_iter()
+        .filter(|r| r.remaining > 0 && r.status != "running")
+        .filter(|r| r.expires_at <= now || r.status == "crashed")
+        .filter(|r| min_age.is_none_or(|age| now - r.started_at >= age))
+        .filter(|r| environment.is_none_or(|e| r.environment == e))
+        .collect();
+    if candidates.is_empty() {
+        println!("nothing to sweep: no expired rehearse environment on this machine");
+        return exit::PASSED;
+    }
+    for r in &candidates {
+        println!(
+            "{} {} ({}, release {}, {}, expired {})",
+            if yes { "removing" } else { "would remove" },
+            r.run_id,
+            r.environment,
+            r.release,
+            r.status,
+            r.expires_at.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
+    if !yes {
+        println!("dry run: {} environment(s); run `rehearse sweep --yes` to remove them", candidates.len());
+        return exit::PASSED;
+    }
+    let mut code = exit::PASSED;
+    for r in &candidates {
+        let c = down(g, &r.run_id);
+        if c != exit::PASSED {
+            code = c;
+        }
+    }
+    code
+}
+
+pub fn report(g: &Global, run_id: &str) -> i32 {
+    if !state::valid_run_id(run_id) {
+        eprintln!("error: `{run_id}` is not a run id; see `rehearse list --all`");
+        return exit::USAGE;
+    }
+    let dir = state::run_dir(&state::state_dir(g.state_dir.as_deref()), run_id).join("report");
+    match crate::report::read_report(&dir) {
+        Ok(r) => {
+            match g.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default()),
+                Format::Text => print!(
+                    "{}",
+                    crate::report::terminal_summary(&r, &crate::report::ReportFiles::in_dir(&dir), use_color(g.color, std::io::stdout().is_terminal()))
+                ),
+            }
+            exit::PASSED
+        }
+        Err(e) => {
+            eprintln!("error: no report for {run_id}: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+pub fn warm(g: &Global, file: &Path) -> i32 {
+    let loaded = match load_or_report(file, None) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if loaded.desc.provider != ProviderKind::Local {
+        eprintln!("error: {}: golden copies are for the local provider", file.display());
+        return exit::USAGE;
+    }
+    let rt = runtime();
+    let reporter = reporter(g);
+    rt.block_on(async {
+        match crate::providers::local::golden::refresh_all(&loaded, &state::work_dir(), reporter.as_ref()).await {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                exit::PASSED
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::BUILD_FAILED
+            }
+        }
+    })
+}

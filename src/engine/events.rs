@@ -1,0 +1,103 @@
+//! What the engine tells the outside world while it works. The engine only emits
+//! typed events; how they look (progress spinners on a terminal, plain lines in CI
+//! logs, nothing with `-q`) is the reporter's business.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A step on a resource began (`restore` of `database.db`).
+    Started { resource: String, action: String, detail: Option<String> },
+    /// A step ended.
+    Finished { resource: String, action: String, ok: bool, elapsed: Duration, detail: Option<String> },
+    /// A line for the person watching (phase changes, warnings, hints).
+    Note(String),
+}
+
+pub trait Reporter: Send + Sync {
+    fn event(&self, ev: Event);
+}
+
+/// Discards everything (`-q`, tests).
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn event(&self, _ev: Event) {}
+}
+
+/// One line per finished step, for CI logs and pipes.
+pub struct Lines {
+    pub start: std::time::Instant,
+}
+
+impl Reporter for Lines {
+    fn event(&self, ev: Event) {
+        let t = self.start.elapsed().as_secs_f64();
+        let line = match ev {
+            Event::Started { .. } => return,
+            Event::Finished { resource, action, ok, elapsed, detail } => format!(
+                "[{t:7.2}s] {} {resource} {action}{} ({:.2}s)",
+                if ok { "ok  " } else { "FAIL" },
+                detail.map(|d| format!(": {d}")).unwrap_or_default(),
+                elapsed.as_secs_f64()
+            ),
+            Event::Note(n) => format!("[{t:7.2}s] {n}"),
+        };
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+/// Spinners for the steps under way, finished steps printed above them.
+pub struct Progress {
+    multi: MultiProgress,
+    bars: Mutex<Vec<(String, ProgressBar)>>,
+    start: std::time::Instant,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Progress { multi: MultiProgress::new(), bars: Mutex::new(Vec::new()), start: std::time::Instant::now() }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reporter for Progress {
+    fn event(&self, ev: Event) {
+        let Ok(mut bars) = self.bars.lock() else { return };
+        match ev {
+            Event::Started { resource, action, detail } => {
+                let pb = self.multi.add(ProgressBar::new_spinner());
+                pb.set_style(ProgressStyle::with_template("  {spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                pb.set_message(format!("{resource} {action}{}", detail.map(|d| format!(" ({d})")).unwrap_or_default()));
+                pb.enable_steady_tick(Duration::from_millis(100));
+                bars.push((format!("{resource}/{action}"), pb));
+            }
+            Event::Finished { resource, action, ok, elapsed, detail } => {
+                let key = format!("{resource}/{action}");
+                if let Some(i) = bars.iter().position(|(k, _)| *k == key) {
+                    let (_, pb) = bars.remove(i);
+                    pb.finish_and_clear();
+                    self.multi.remove(&pb);
+                }
+                let mark = if ok { "\x1b[32m✔\x1b[0m" } else { "\x1b[31m✘\x1b[0m" };
+                let _ = self.multi.println(format!(
+                    "  {mark} {resource} {action}{} \x1b[2m{:.2}s\x1b[0m",
+                    detail.map(|d| format!(": {d}")).unwrap_or_default(),
+                    elapsed.as_secs_f64()
+                ));
+            }
+            Event::Note(n) => {
+                let _ = self.multi.println(format!("\x1b[2m[{:6.2}s]\x1b[0m {n}", self.start.elapsed().as_secs_f64()));
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The run's journal: an append-only JSON-lines file, fsynced after every record.
+//!
+//! It records the *intent* before each create and the provider's identifier right after
+//! it, so a run killed at any instant (even SIGKILL) leaves a file from which
+//! `rehearse down RUN_ID` can finish the job. A torn last line (a crash mid-write) is
+//! ignored when reading.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Record {
+    /// First record: what this run is. Written before anything is created.
+    Run(RunMeta),
+    /// About to create `id` (a crash after this may have created it).
+    Intent { id: String, kind: String, at: DateTime<Utc> },
+    /// `id` exists; `handle` is what the provider needs to find and remove it.
+    Created { id: String, kind: String, handle: Value, at: DateTime<Utc> },
+    /// `id` is gone (or was never there).
+    Deleted { id: String, at: DateTime<Utc> },
+    /// The run ended with this verdict; `kept` when the environment stays up.
+    Finished { verdict: String, exit_code: i32, kept: bool, at: DateTime<Utc> },
+    /// Teardown ran; `complete` when nothing is left.
+    TornDown { complete: bool, at: DateTime<Utc> },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunMeta {
+    pub run_id: String,
+    pub environment: String,
+    pub provider: String,
+    pub description: String,
+    pub release: String,
+    pub owner: String,
+    pub started_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub destroy: String,
+    /// The run's working directory (local provider), removed at teardown.
+    pub work_dir: Option<String>,
+    /// Region (aws).
+    pub region: Option<String>,
+    /// PID of the rehearse process running it.
+    pub pid: u32,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl Journal {
+    /// Creates a new journal; fails if one exists (run ids are unique).
+    pub fn create(path: &Path, meta: &RunMeta) -> std::io::Result<Journal> {
+        let file = OpenOptions::new().create_new(true).append(true).open(path)?;
+        let j = Journal { path: path.to_path_buf(), file: Mutex::new(file) };
+        j.append(&Record::Run(meta.clone()))?;
+        // The directory entry itself must survive a crash too.
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(j)
+    }
+
+    /// Opens an existing journal for appending (for `down`).
+    pub fn open(path: &Path) -> std::io::Result<Journal> {
+        let file = OpenOptions::new().append(true).open(path)?;
+        Ok(Journal { path: path.to_path_buf(), file: Mutex::new(file) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record and fsyncs it before returning.
+    pub fn append(&self, rec: &Record) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut f = self.file.lock().map_err(|_| std::io::Error::other("journal lock poisoned"))?;
+        f.write_all(&line)?;
+        f.sync_data()
+    }
+
+    pub fn intent(&self, id: &str, kind: &str) -> std::io::Result<()> {
+        self.append(&Record::Intent { id: id.into(), kind: kind.into(), at: Utc::now() })
+    }
+
+    pub fn created(&self, id: &str, kind: &str, handle: Value) -> std::io::Result<()> {
+        self.append(&Record::Created { id: id.into(), kind: kind.into(), handle, at: Utc::now() })
+    }
+
+    pub fn deleted(&self, id: &str) -> std::io::Result<()> {
+        self.append(&Record::Deleted { id: id.into(), at: Utc::now() })
+    }
+}
+
+/// Reads every complete record; a torn final line is skipped.
+pub fn read(path: &Path) -> std::io::Result<Vec<Record>> {
+    let f = File::open(path)?;
+    let mut out = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(&line) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!("skipping unreadable journal line in {}: {e}", path.display()),
+        }
+    }
+    Ok(out)
+}
+
+/// A resource as the journal knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    pub kind: String,
+    /// None: intent recorded, creation not confirmed (it may or may not exist).
+    pub handle: Option<Value>,
+    pub deleted: bool,
+}
+
+/// The journal folded into the state of a run.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub meta: Option<RunMeta>,
+    /// In order of first intent (creation order).
+    pub entries: Vec<Entry>,
+    pub finished: Option<(String, i32, bool)>,
+    pub torn_down: Option<bool>,
+}
+
+impl State {
+    pub fn from_records(records: &[Record]) -> State {
+        let mut s = State::default();
+        for r in records {
+            match r {
+                Record::Run(m) => s.meta = Some(m.clone()),
+                Record::Intent { id, kind, .. } => {
+                    if let Some(e) = s.entries.iter_mut().find(|e| &e.id == id) {
+                        e.deleted = false;
+                    } else {
+                        s.entries.push(Entry { id: id.clone(), kind: kind.clone(), handle: None, deleted: false });
+                    }
+                }
+                Record::Created { id, kind, handle, .. } => {
+                    match s.entries.iter_mut().find(|e| &e.id == id) {
+                        Some(e) => {
+                            e.handle = Some(handle.clone());
+                            e.deleted = false;
+                        }
+                        None => s.entries.push(Entry {
+                            id: id.clone(),
+                            kind: kind.clone(),
+                            handle: Some(handle.clone()),
+                            deleted: false,
+                        }),
+                    }
+                }
+                Record::Deleted { id, .. } => {
+                    if let Some(e) = s.entries.iter_mut().find(|e| &e.id == id) {
+                        e.deleted = true;
+                    }
+                }
+                Record::Finished { verdict, exit_code, kept, .. } => {
+                    s.finished = Some((verdict.clone(), *exit_code, *kept))
+                }
+                Record::TornDown { complete, .. } => s.torn_down = Some(*complete),
+            }
+        }
+        s
+    }
+
+    /// Resources that may still exist, newest first (teardown order).
+    pub fn remaining(&self) -> Vec<&Entry> {
+        self.entries.iter().rev().filter(|e| !e.deleted).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> RunMeta {
+        RunMeta {
+            run_id: "r-1".into(),
+            environment: "demo".into(),
+            provider: "local".into(),
+            description: "demo.yaml".into(),
+            release: "v2".into(),
+            owner: "me".into(),
+            started_at: Utc::now(),
+            expires_at: Utc::now(),
+            destroy: "always".into(),
+            work_dir: None,
+            region: None,
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn folds_intents_creations_and_deletions_and_survives_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let j = Journal::create(&path, &meta()).unwrap();
+        j.intent("a", "local.postgres").unwrap();
+        j.created("a", "local.postgres", serde_json::json!({"pid": 1})).unwrap();
+        j.intent("b", "local.process").unwrap();
+        j.intent("c", "local.process").unwrap();
+        j.created("c", "local.process", serde_json::json!({"pid": 2})).unwrap();
+        j.deleted("c").unwrap();
+        drop(j);
+        // A crash in the middle of a write leaves half a line.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"type\":\"deleted\",\"id\":\"a").unwrap();
+        let state = State::from_records(&read(&path).unwrap());
+        assert_eq!(state.meta.unwrap().run_id, "r-1");
+        let remaining: Vec<(&str, bool)> =
+            state.remaining().iter().map(|e| (e.id.as_str(), e.handle.is_some())).collect();
+        assert_eq!(remaining, vec![("b", false), ("a", true)]);
+    }
+}

@@ -1,0 +1,496 @@
+//! The local provider: the same description, built on this machine.
+//!
+//! Databases become throwaway PostgreSQL clusters restored from the newest `pg_dump`
+//! archive (or copied from a warm golden copy); the release is unpacked into the run's
+//! work directory; services are local processes on free ports. Everything lives under
+//! the run's work directory, and every process carries `REHEARSE_RUN_ID` in its
+//! environment — the local equivalent of a tag — so `rehearse down` finds what a
+//! crashed run left even without its journal.
+
+pub mod golden;
+pub mod health;
+pub mod postgres;
+pub mod release;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Ctx, Output, Provider, StepError};
+use crate::description::template::{DatabaseOutputs, ServiceOutputs};
+use crate::description::{DatabaseSource, SuiteResults};
+use crate::engine::journal::{Entry, RunMeta};
+use crate::engine::process::{self, ProcHandle};
+use crate::engine::state;
+use crate::plan::{Kind, Resource};
+use crate::report::model::BackupUsed;
+use postgres::{Cluster, PgBin};
+
+/// How long an install / migration command may take.
+pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long a stopped service gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub struct LocalProvider {
+    /// Children this process started, kept so they are reaped and can be watched.
+    children: Mutex<HashMap<String, tokio::process::Child>>,
+}
+
+/// Golden copy metadata (`meta.json` beside its `data/`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoldenMeta {
+    pub backup: postgres::Backup,
+    pub database_name: String,
+    /// The masking SQL applied to it (a changed file makes the copy stale).
+    pub masking: Option<String>,
+    pub pg_bin: PathBuf,
+}
+
+pub fn golden_dir(root: &Path, env: &str, db: &str) -> PathBuf {
+    root.join(env).join(db)
+}
+
+impl LocalProvider {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tag<'a>(ctx: &'a Ctx<'_>) -> [(&'static str, &'a str); 1] {
+        [("REHEARSE_RUN_ID", ctx.run.run_id.as_str())]
+    }
+
+    async fn database(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let d = &ctx.loaded.desc;
+        let db = &d.databases[res.name.as_str()];
+        let bin = PgBin::find()?;
+        let db_name = ctx.render(&format!("databases.{}.name", res.name))?;
+        let timeout = db.timeout.unwrap_or(Duration::from_secs(600));
+        let tag = Self::tag(ctx);
+        let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
+
+        // Find the production backup first: a missing backup creates nothing.
+        let t = ctx.started(res, "find-backup", None);
+        let (backup, source) = match &db.source {
+            DatabaseSource::BackupDir(dir) => {
+                let dir = ctx.loaded.resolve(dir);
+                let b = postgres::newest_backup(&bin, &dir).await;
+                ctx.step(res, "find-backup", t, b.is_ok(), b.as_ref().ok().map(|b| b.path.display().to_string()));
+                (b?, dir.display().to_string())
+            }
+            DatabaseSource::Url(url) => {
+                let dump = ctx.run.work_dir.join(format!("{}.dump", res.id));
+                let b = dump_url(&bin, url, &dump, &log, ctx).await;
+                ctx.step(res, "find-backup", t, b.is_ok(), Some("pg_dump of the live source".into()));
+                (b?, crate::description::redact_url(url))
+            }
+            other => return Err(StepError::build(format!("the local provider cannot restore from `{}`", other.key()))),
+        };
+
+        let mut cluster = Cluster {
+            base: ctx.run.work_dir.join(format!("db-{}", res.name)),
+            port: process::free_port().map_err(|e| StepError::build(format!("no free port: {e}")))?,
+            run_as: ctx.run.pg_user,
+            postmaster: None,
+        };
+        let masking_sql = match &db.masking {
+            Some(m) => Some(std::fs::read_to_string(ctx.loaded.resolve(m)).map_err(|e| StepError::build(format!("cannot read masking SQL {}: {e}", m.display())))?),
+            None => None,
+        };
+        let golden = golden_dir(&ctx.run.golden_root, &d.name, &res.name);
+        let golden_meta: Option<GoldenMeta> = std::fs::read(golden.join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let wanted = GoldenMeta { backup: backup.clone(), database_name: db_name.clone(), masking: masking_sql.clone(), pg_bin: bin.dir.clone() };
+        let warm = !ctx.run.cold && golden_meta.as_ref() == Some(&wanted) && golden.join("data/PG_VERSION").is_file();
+        if !ctx.run.cold && golden_meta.is_some() && !warm {
+            ctx.reporter.event(crate::engine::events::Event::Note(format!(
+                "golden copy of `{}` is stale (backup or masking changed); restoring cold — refresh it with `rehearse warm {}`",
+                res.name,
+                ctx.loaded.path.display()
+            )));
+        }
+
+        ctx.record(res, json!({"cluster": cluster}))?;
+        let restore_started = Instant::now();
+        if warm {
+            let t = ctx.started(res, "copy-golden", None);
+            postgres::prepare_base(&cluster.base, cluster.run_as)?;
+            let r = copy_golden(&golden.join("data"), &cluster.data(), ctx).await;
+            ctx.step(res, "copy-golden", t, r.is_ok(), Some(golden.display().to_string()));
+            r?;
+            let t = ctx.started(res, "start", None);
+            let r = start_on_free_port(&bin, &mut cluster, ctx, timeout, &tag).await;
+            ctx.step(res, "start", t, r.is_ok(), Some(format!("127.0.0.1:{}", cluster.port)));
+            r?;
+        } else {
+            postgres::prepare_base(&cluster.base, cluster.run_as)?;
+            let t = ctx.started(res, "initdb", None);
+            let r = postgres::initdb(&bin, &cluster, ctx.clock, &tag).await;
+            ctx.step(res, "initdb", t, r.is_ok(), None);
+            r?;
+            let t = ctx.started(res, "start", None);
+            let r = start_on_free_port(&bin, &mut cluster, ctx, timeout, &tag).await;
+            ctx.step(res, "start", t, r.is_ok(), Some(format!("127.0.0.1:{}", cluster.port)));
+            r?;
+            ctx.record(res, json!({"cluster": cluster}))?;
+            let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+            let t = ctx.started(res, "restore", Some(backup.path.display().to_string()));
+            let r = postgres::restore(&bin, &cluster, &db_name, &backup.path, jobs, &log, ctx.clock, timeout).await;
+            ctx.step(res, "restore", t, r.is_ok(), Some(format!("pg_restore -j{jobs}")));
+            r?;
+            if let Some(m) = &db.masking {
+                let t = ctx.started(res, "mask", None);
+                let r = postgres::mask(&bin, &cluster, &db_name, &ctx.loaded.resolve(m), &log, ctx.clock, timeout).await;
+                ctx.step(res, "mask", t, r.is_ok(), Some(m.display().to_string()));
+                r?;
+            }
+        }
+        ctx.record(res, json!({"cluster": cluster}))?;
+        let restore_ms = restore_started.elapsed().as_millis() as u64;
+
+        // A fresh secret for this copy; given on stdin, never on a command line.
+        let password = state::new_secret();
+        let t = ctx.started(res, "rotate-password", None);
+        let r = postgres::psql_stdin(&bin, &cluster, "postgres", &format!("ALTER ROLE {} PASSWORD '{password}';", postgres::SUPERUSER), ctx.clock).await;
+        ctx.step(res, "rotate-password", t, r.is_ok(), None);
+        r?;
+
+        let host = "127.0.0.1".to_string();
+        let port = cluster.port.to_string();
+        let outputs = DatabaseOutputs {
+            url: format!("postgres://{}:{password}@{host}:{port}/{db_name}", postgres::SUPERUSER),
+            endpoint: format!("{host}:{port}"),
+            host,
+            port,
+            name: db_name,
+            user: postgres::SUPERUSER.into(),
+            password,
+        };
+        let backup_used = BackupUsed {
+            database: res.name.clone(),
+            source_kind: db.source.key().into(),
+            source,
+            backup: backup.path.display().to_string(),
+            arn: None,
+            taken_at: Some(backup.taken_at),
+            restore: db.restore.as_str().into(),
+            method: if warm { "warm".into() } else { "cold".into() },
+            restore_ms,
+        };
+        Ok(Output::Database { outputs, backup: backup_used })
+    }
+
+    async fn release(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let artifact = ctx.loaded.resolve(Path::new(&ctx.plan.release.artifact));
+        let dest = ctx.run.work_dir.join("release");
+        ctx.record(res, json!({"dir": dest}))?;
+        let t = ctx.started(res, "unpack", Some(artifact.display().to_string()));
+        let r = release::unpack(&artifact, &dest, ctx.clock).await;
+        ctx.step(res, "unpack", t, r.is_ok(), Some(format!("{} {}", ctx.plan.release.version, artifact.display())));
+        r?;
+        Ok(Output::Release { dir: dest })
+    }
+
+    /// Environment of a release command: the service's `env`, the run's facts, and
+    /// `DATABASE_URL`/`PG*` for the database it depends on when there is exactly one.
+    fn service_env(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Vec<(String, String)>, StepError> {
+        let s = &ctx.loaded.desc.services[res.name.as_str()];
+        let mut env: Vec<(String, String)> = vec![
+            ("REHEARSE_RUN_ID".into(), ctx.run.run_id.clone()),
+            ("REHEARSE_RELEASE".into(), ctx.run.release_version.clone()),
+        ];
+        let dbs: Vec<&String> = ctx.loaded.deps.get(res.name.as_str()).into_iter().flatten().filter(|d| ctx.loaded.desc.databases.contains_key(*d)).collect();
+        if let [db] = dbs.as_slice() {
+            if let Some(o) = ctx.tctx.get("databases").and_then(|v| v.get(db.as_str())) {
+                let f = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                env.extend([
+                    ("DATABASE_URL".to_string(), f("url")),
+                    ("PGHOST".to_string(), f("host")),
+                    ("PGPORT".to_string(), f("port")),
+                    ("PGUSER".to_string(), f("user")),
+                    ("PGPASSWORD".to_string(), f("password")),
+                    ("PGDATABASE".to_string(), f("name")),
+                ]);
+            }
+        }
+        for k in s.env.keys() {
+            let v = ctx.render(&format!("services.{}.env.{k}", res.name))?;
+            env.retain(|(e, _)| e != k);
+            env.push((k.clone(), v));
+        }
+        Ok(env)
+    }
+
+    async fn install(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let s = &ctx.loaded.desc.services[res.name.as_str()];
+        let dir = ctx.run.work_dir.join("release");
+        ctx.record(res, json!({}))?;
+        for (i, t) in s.templates.iter().enumerate() {
+            let text = ctx.render(&format!("services.{}.templates[{i}].source", res.name))?;
+            let dest = dir.join(&t.dest);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| StepError::build(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            std::fs::write(&dest, text).map_err(|e| StepError::build(format!("cannot write {}: {e}", dest.display())))?;
+        }
+        let Some(_) = &s.install else {
+            return Ok(Output::Nothing);
+        };
+        let command = ctx.render(&format!("services.{}.install", res.name))?;
+        let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
+        let mut cmd = process::shell(&command, &dir);
+        cmd.envs(self.service_env(res, ctx)?);
+        let t = ctx.started(res, "install", Some(command.clone()));
+        let f = process::run_logged(&mut cmd, &log, INSTALL_TIMEOUT, ctx.clock).await;
+        let ok = f.as_ref().is_ok_and(|f| f.success());
+        ctx.step(res, "install", t, ok, Some(command.clone()));
+        let f = f.map_err(|e| StepError::build(format!("cannot run `{command}`: {e}")))?;
+        if f.timed_out {
+            return Err(StepError::release(format!("install of `{}` (`{command}`) did not finish within {}s", res.name, INSTALL_TIMEOUT.as_secs())).with_log(&log, 20));
+        }
+        if !f.success() {
+            let err = StepError::release(String::new()).with_log(&log, 20);
+            // The most telling line of the output ("migration 0003_x.sql failed:")
+            // makes the one-line message; the tail carries the database's error.
+            let key = err.log_tail.iter().rev().find(|l| l.to_lowercase().contains("failed")).cloned();
+            let message = match key {
+                Some(line) => format!("install of `{}` failed (exit {}): {}", res.name, f.status.unwrap_or(-1), line.trim().trim_end_matches(':')),
+                None => format!("install of `{}` failed: `{command}` exited with {}", res.name, f.status.unwrap_or(-1)),
+            };
+            return Err(StepError { message, ..err });
+        }
+        Ok(Output::Nothing)
+    }
+
+    async fn service(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let s = &ctx.loaded.desc.services[res.name.as_str()];
+        let index: u32 = res.id.rsplit('.').next().and_then(|i| i.parse().ok()).unwrap_or(0);
+        let dir = ctx.run.work_dir.join("release");
+        let command = ctx.render(&format!("services.{}.command", res.name))?;
+        let port = process::free_port().map_err(|e| StepError::build(format!("no free port: {e}")))?;
+        let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
+        let mut cmd = process::shell(&command, &dir);
+        cmd.envs(self.service_env(res, ctx)?);
+        cmd.env("PORT", port.to_string());
+        let t = ctx.started(res, "start", Some(command.clone()));
+        // Services outlive this step (and, when kept, this process): they are not killed
+        // on drop; teardown stops their whole group explicitly.
+        let (mut child, handle) = process::spawn_logged(&mut cmd, &log, false).map_err(|e| StepError::release(format!("cannot start `{command}`: {e}")))?;
+        // Journaled before anything else can fail or be interrupted.
+        ctx.record(res, json!({"process": handle, "port": port}))?;
+        ctx.step(res, "start", t, true, Some(format!("pid {} port {port}", handle.pid)));
+        if let Some(h) = &s.health {
+            let t = ctx.started(res, "health", Some(h.path.clone()));
+            let deadline = Instant::now() + h.timeout;
+            let _span = ctx.clock.external();
+            let r = health::wait_healthy(port, &h.path, deadline, || match child.try_wait() {
+                Ok(Some(status)) => Err(format!("exited with {status} before it was healthy")),
+                _ => Ok(()),
+            })
+            .await;
+            ctx.step(res, "health", t, r.is_ok(), Some(format!("GET {}", h.path)));
+            if let Err(e) = r {
+                return Err(StepError::release(format!("service `{}` (instance {index}) {e}", res.name)).with_log(&log, 20));
+            }
+        }
+        if let Ok(mut c) = self.children.lock() {
+            c.insert(res.id.clone(), child);
+        }
+        let address = "127.0.0.1".to_string();
+        let url = format!("http://{address}:{port}");
+        Ok(Output::Service {
+            name: res.name.clone(),
+            index,
+            outputs: ServiceOutputs { address: address.clone(), port: port.to_string(), url: url.clone(), addresses: vec![address], urls: vec![url] },
+        })
+    }
+}
+
+async fn start_on_free_port(bin: &PgBin, cluster: &mut Cluster, ctx: &Ctx<'_>, timeout: Duration, tag: &[(&str, &str)]) -> Result<(), StepError> {
+    // The port was free a moment ago; if another process took it meanwhile, try anew.
+    let mut last = None;
+    for _ in 0..3 {
+        match postgres::start(bin, cluster, ctx.clock, timeout, tag).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.log_tail.iter().any(|l| l.contains("could not bind") || l.contains("already in use")) => {
+                cluster.port = process::free_port().map_err(|e| StepError::build(format!("no free port: {e}")))?;
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| StepError::build("PostgreSQL did not start")))
+}
+
+async fn copy_golden(from: &Path, to: &Path, ctx: &Ctx<'_>) -> Result<(), StepError> {
+    let _span = ctx.clock.external();
+    let out = tokio::process::Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(from)
+        .arg(to)
+        .output()
+        .await
+        .map_err(|e| StepError::build(format!("cannot run cp: {e}")))?;
+    if !out.status.success() {
+        return Err(StepError::build(format!("cannot copy the golden copy {}: {}", from.display(), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+async fn dump_url(bin: &PgBin, url: &str, dump: &Path, log: &Path, ctx: &Ctx<'_>) -> Result<postgres::Backup, StepError> {
+    // Read-only use of the source: pg_dump takes a consistent snapshot and writes
+    // nothing to it.
+    let mut cmd = bin.cmd("pg_dump");
+    cmd.args(["-Fc", "--no-owner", "--no-acl", "-f"]).arg(dump).arg(url);
+    let f = process::run_logged(&mut cmd, log, Duration::from_secs(6 * 3600), ctx.clock).await.map_err(|e| StepError::build(format!("cannot run pg_dump: {e}")))?;
+    if !f.success() {
+        return Err(StepError::build(format!("pg_dump of {} failed", crate::description::redact_url(url))).with_log(log, 10));
+    }
+    Ok(postgres::Backup { path: dump.to_path_buf(), taken_at: chrono::Utc::now() })
+}
+
+impl Provider for LocalProvider {
+    async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        match res.kind {
+            Kind::LocalPostgres => self.database(res, ctx).await,
+            Kind::LocalRelease => self.release(res, ctx).await,
+            Kind::LocalInstall => self.install(res, ctx).await,
+            Kind::LocalProcess => self.service(res, ctx).await,
+            other => Err(StepError::build(format!("the local provider cannot create `{}`", other.as_str()))),
+        }
+    }
+
+    async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), String> {
+        match entry.kind.as_str() {
+            "local.process" => {
+                let handle: Option<ProcHandle> = entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("process")?.clone()).ok());
+                if let Some(h) = handle {
+                    if !process::stop_group(&h, STOP_GRACE).await {
+                        return Err(format!("process group {} did not stop", h.pgid));
+                    }
+                }
+                // Reap our own child, if we started it.
+                let child = self.children.lock().ok().and_then(|mut c| c.remove(&entry.id));
+                if let Some(mut c) = child {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), c.wait()).await;
+                }
+                Ok(())
+            }
+            "local.postgres" => {
+                let cluster: Option<Cluster> = entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("cluster")?.clone()).ok());
+                let Some(cluster) = cluster else { return Ok(()) };
+                let bin = PgBin::find().ok();
+                if !postgres::stop(bin.as_ref(), &cluster).await {
+                    return Err(format!("PostgreSQL in {} did not stop", cluster.data().display()));
+                }
+                remove_dir(&cluster.base)
+            }
+            "local.release" => {
+                let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(PathBuf::from));
+                match dir {
+                    Some(d) => remove_dir(&d),
+                    None => Ok(()),
+                }
+            }
+            "local.workspace" => {
+                // Last: whatever a crashed run left that the journal does not name —
+                // processes tagged with the run id, clusters in the work directory.
+                let leftover = tagged_processes(&meta.run_id);
+                for pid in leftover {
+                    let h = ProcHandle { pid, pgid: pid, start_time: process::start_time(pid).unwrap_or(0) };
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                    if process::stop_group(&h, STOP_GRACE).await {
+                        continue;
+                    }
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+                let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(PathBuf::from)).or_else(|| meta.work_dir.as_ref().map(PathBuf::from));
+                if let Some(dir) = dir {
+                    if let Ok(rd) = std::fs::read_dir(&dir) {
+                        let bin = PgBin::find().ok();
+                        for e in rd.flatten() {
+                            if e.path().join("data").is_dir() {
+                                let c = Cluster { base: e.path(), port: 0, run_as: None, postmaster: None };
+                                postgres::stop(bin.as_ref(), &c).await;
+                            }
+                        }
+                    }
+                    remove_dir(&dir)?;
+                }
+                let left = tagged_processes(&meta.run_id);
+                if !left.is_empty() {
+                    return Err(format!("processes still running with REHEARSE_RUN_ID={}: {left:?}", meta.run_id));
+                }
+                Ok(())
+            }
+            // Install steps and suites leave nothing behind.
+            _ => Ok(()),
+        }
+    }
+
+    fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String {
+        match entry.kind.as_str() {
+            "local.process" => {
+                let pgid = entry.handle.as_ref().and_then(|h| h.get("process")?.get("pgid")?.as_i64());
+                match pgid {
+                    Some(g) => format!("kill -TERM -- -{g}"),
+                    None => format!("rehearse down {}", meta.run_id),
+                }
+            }
+            "local.postgres" => {
+                let base = entry.handle.as_ref().and_then(|h| h.get("cluster")?.get("base")?.as_str().map(str::to_string));
+                match base {
+                    Some(b) => format!("pg_ctl -D {b}/data -m fast stop; rm -rf {b}"),
+                    None => format!("rehearse down {}", meta.run_id),
+                }
+            }
+            _ => {
+                let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(str::to_string)).or_else(|| meta.work_dir.clone());
+                match dir {
+                    Some(d) => format!("rm -rf {d}"),
+                    None => format!("rehearse down {}", meta.run_id),
+                }
+            }
+        }
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove {}: {e}", dir.display())),
+    }
+}
+
+/// Processes whose environment carries `REHEARSE_RUN_ID=run_id` (readable for our
+/// own processes, and all of them as root).
+pub fn tagged_processes(run_id: &str) -> Vec<i32> {
+    let needle = format!("REHEARSE_RUN_ID={run_id}");
+    let me = std::process::id() as i32;
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .filter(|pid| {
+            let h = ProcHandle { pid: *pid, pgid: 0, start_time: 0 };
+            process::is_alive(&h)
+        })
+        .collect()
+}
+
+/// Results location of a suite.
+pub fn junit_name(results: &SuiteResults) -> Option<&Path> {
+    match results {
+        SuiteResults::Junit(p) => Some(p.as_path()),
+        SuiteResults::ExitCode => None,
+    }
+}

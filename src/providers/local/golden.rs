@@ -1,0 +1,111 @@
+//! Warm golden copies: the latest backup restored (and masked) once into a stopped
+//! cluster, which runs then copy instead of restoring — with a reflink copy where the
+//! filesystem has one, in well under a second for any size. A golden copy is used only
+//! while it matches the newest backup and the current masking SQL; otherwise runs
+//! restore cold and say so. The nightly job refreshes it with `rehearse warm`.
+
+use std::time::{Duration, Instant};
+
+use super::postgres::{self, Cluster, PgBin};
+use super::{golden_dir, GoldenMeta};
+use crate::description::template::{self, Outputs, Scope};
+use crate::description::{DatabaseSource, Loaded};
+use crate::engine::events::{Event, Reporter};
+use crate::engine::process::{self, RunAs};
+use crate::engine::state;
+use crate::engine::timing::Clock;
+
+/// Refreshes the golden copy of every database restored from a backup directory.
+pub async fn refresh_all(loaded: &Loaded, work_root: &std::path::Path, reporter: &dyn Reporter) -> Result<Vec<String>, String> {
+    let d = &loaded.desc;
+    let bin = PgBin::find().map_err(|e| e.message)?;
+    let clock = Clock::new();
+    let version = d.release.version.clone().unwrap_or_else(|| "golden".into());
+    let outputs = Outputs::placeholders(d, &version, "golden");
+    let ctx = template::context(d, None, &outputs, Scope::Static);
+    let run_as = RunAs::for_postgres();
+    let root = work_root.join("golden");
+    let mut lines = Vec::new();
+    for (name, db) in &d.databases {
+        let DatabaseSource::BackupDir(dir) = &db.source else {
+            lines.push(format!("{name}: skipped (golden copies are made from a `backup_dir` source)"));
+            continue;
+        };
+        let started = Instant::now();
+        let backup = postgres::newest_backup(&bin, &loaded.resolve(dir)).await.map_err(|e| e.message)?;
+        let db_name = template::render(&loaded.tera, &format!("databases.{name}.name"), &ctx)?;
+        let masking = match &db.masking {
+            Some(m) => Some(std::fs::read_to_string(loaded.resolve(m)).map_err(|e| format!("cannot read {}: {e}", m.display()))?),
+            None => None,
+        };
+        let golden = golden_dir(&root, &d.name, name);
+        let parent = golden.parent().unwrap_or(&root).to_path_buf();
+        state::ensure_traversable_dir(&root).map_err(|e| e.to_string())?;
+        state::ensure_traversable_dir(&parent).map_err(|e| e.to_string())?;
+        let staging = parent.join(format!("{name}.new"));
+        discard(&bin, &staging).await?;
+        reporter.event(Event::Started { resource: format!("golden.{name}"), action: "restore".into(), detail: Some(backup.path.display().to_string()) });
+        let mut cluster = Cluster { base: staging.clone(), port: process::free_port().map_err(|e| e.to_string())?, run_as, postmaster: None };
+        let tag = [("REHEARSE_RUN_ID", "golden")];
+        let timeout = db.timeout.unwrap_or(Duration::from_secs(3600));
+        let log = staging.with_extension("log");
+        let result = async {
+            postgres::prepare_base(&cluster.base, run_as)?;
+            postgres::initdb(&bin, &cluster, &clock, &tag).await?;
+            postgres::start(&bin, &mut cluster, &clock, timeout, &tag).await?;
+            let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+            postgres::restore(&bin, &cluster, &db_name, &backup.path, jobs, &log, &clock, timeout).await?;
+            if let Some(m) = &db.masking {
+                postgres::mask(&bin, &cluster, &db_name, &loaded.resolve(m), &log, &clock, timeout).await?;
+            }
+            Ok::<(), crate::providers::StepError>(())
+        }
+        .await;
+        let stopped = postgres::stop(Some(&bin), &cluster).await;
+        reporter.event(Event::Finished {
+            resource: format!("golden.{name}"),
+            action: "restore".into(),
+            ok: result.is_ok() && stopped,
+            elapsed: started.elapsed(),
+            detail: None,
+        });
+        if let Err(e) = result {
+            let _ = discard(&bin, &staging).await;
+            return Err(format!("golden copy of `{name}`: {}{}", e.message, tail_text(&e.log_tail)));
+        }
+        if !stopped {
+            return Err(format!("golden copy of `{name}`: the cluster in {} did not stop", staging.display()));
+        }
+        let meta = GoldenMeta { backup: backup.clone(), database_name: db_name, masking, pg_bin: bin.dir.clone() };
+        std::fs::write(staging.join("meta.json"), serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&log);
+        discard(&bin, &golden).await?;
+        std::fs::rename(&staging, &golden).map_err(|e| format!("cannot move the golden copy into place: {e}"))?;
+        lines.push(format!(
+            "{name}: golden copy refreshed from {} (taken {}) in {:.1}s: {}",
+            backup.path.display(),
+            backup.taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            started.elapsed().as_secs_f64(),
+            golden.display()
+        ));
+    }
+    Ok(lines)
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\n  {}", tail.join("\n  "))
+    }
+}
+
+/// Stops a cluster left in `base` (a crashed earlier refresh) and removes it.
+async fn discard(bin: &PgBin, base: &std::path::Path) -> Result<(), String> {
+    if !base.exists() {
+        return Ok(());
+    }
+    let c = Cluster { base: base.to_path_buf(), port: 0, run_as: None, postmaster: None };
+    postgres::stop(Some(bin), &c).await;
+    std::fs::remove_dir_all(base).map_err(|e| format!("cannot remove {}: {e}", base.display()))
+}

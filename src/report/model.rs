@@ -1,0 +1,209 @@
+//! The report of one run: what was rehearsed, from which backup, how long each phase
+//! took, what the suites said, and what existed. Serialized as `report.json` (its
+//! schema is versioned by [`REPORT_SCHEMA_VERSION`]); every other format (JUnit,
+//! Markdown, HTML, the terminal summary) is rendered from this one value.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Version of `report.json`; bumped on any incompatible change.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunReport {
+    pub schema_version: u32,
+    pub run_id: String,
+    pub environment: String,
+    pub provider: String,
+    /// Path of the description file.
+    pub description: String,
+    pub release: String,
+    pub artifact: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub verdict: Verdict,
+    /// The process exit code this verdict maps to.
+    pub exit_code: i32,
+    /// Why the run did not pass, in one paragraph (None when it passed).
+    pub reason: Option<String>,
+    /// The step that failed first, if any.
+    pub failure: Option<Failure>,
+    /// The production backups the copy was made from.
+    pub backups: Vec<BackupUsed>,
+    /// Phases in order: up, prepare-data, install, health, suites, report, down.
+    pub phases: Vec<PhaseTiming>,
+    /// Every step on a resource (create, restore, install, health, destroy).
+    pub steps: Vec<StepTiming>,
+    pub suites: Vec<SuiteResult>,
+    pub resources: Vec<ResourceRecord>,
+    pub teardown: Teardown,
+    /// Wall time of the whole run, milliseconds.
+    pub total_ms: u64,
+    /// The tool's own time: total minus time spent waiting on PostgreSQL, the
+    /// release's commands, the suites and the cloud. Milliseconds.
+    pub overhead_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Environment built, release installed, every suite passed.
+    Passed,
+    /// The release failed: its install/migration, its health check, or a suite.
+    Failed,
+    /// The environment could not be built (infrastructure, missing backup, ...).
+    BuildFailed,
+    /// SIGINT/SIGTERM.
+    Interrupted,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::BuildFailed => "build-failed",
+            Verdict::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Failure {
+    /// Phase name (`install`, `health`, `up`, ...).
+    pub phase: String,
+    /// Plan resource id (`install.web`), if the failure belongs to one.
+    pub resource: Option<String>,
+    /// What failed, one line: "migration 0003_unique_customer_email.sql failed".
+    pub message: String,
+    /// The last lines of the failing command's output (the database error, ...).
+    pub log_tail: Vec<String>,
+    /// Full log file, if any.
+    pub log: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupUsed {
+    /// Database name in the description.
+    pub database: String,
+    /// `backup_dir`, `url`, `rds_instance`, `aurora_cluster`.
+    pub source_kind: String,
+    /// Production identifier (directory, redacted URL, RDS id).
+    pub source: String,
+    /// The backup itself: archive file, snapshot id.
+    pub backup: String,
+    /// Snapshot ARN (AWS).
+    pub arn: Option<String>,
+    /// When the backup was taken (recorded in the archive / SnapshotCreateTime).
+    pub taken_at: Option<DateTime<Utc>>,
+    /// `newest-snapshot`, `latest-restorable-time`, `aurora-clone`.
+    pub restore: String,
+    /// `cold` (pg_restore / RDS restore) or `warm` (copy of the golden copy).
+    pub method: String,
+    pub restore_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    pub phase: String,
+    /// Offset from the run's start, milliseconds.
+    pub start_ms: u64,
+    pub duration_ms: u64,
+    /// `ok`, `failed`, `skipped`, `interrupted`.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepTiming {
+    pub resource: String,
+    pub kind: String,
+    /// `create`, `restore`, `mask`, `install`, `start`, `health`, `destroy`, ...
+    pub action: String,
+    pub start_ms: u64,
+    pub duration_ms: u64,
+    pub ok: bool,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SuiteResult {
+    pub name: String,
+    pub status: SuiteStatus,
+    /// Why a suite did not pass when no test case says it (could not start, timed
+    /// out, no JUnit file, zero tests, non-zero exit).
+    pub reason: Option<String>,
+    pub command: String,
+    pub duration_ms: u64,
+    pub exit_code: Option<i32>,
+    pub tests: u32,
+    pub failures: u32,
+    pub errors: u32,
+    pub skipped: u32,
+    pub cases: Vec<TestCase>,
+    /// The suite's combined stdout/stderr log file.
+    pub log: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuiteStatus {
+    Passed,
+    Failed,
+    /// Could not start, timed out, produced no results or zero tests: never a pass.
+    Error,
+    /// Not run because the environment never became ready.
+    NotRun,
+}
+
+impl SuiteStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuiteStatus::Passed => "passed",
+            SuiteStatus::Failed => "failed",
+            SuiteStatus::Error => "error",
+            SuiteStatus::NotRun => "not-run",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestCase {
+    pub classname: Option<String>,
+    pub name: String,
+    /// `passed`, `failed`, `error`, `skipped`.
+    pub status: String,
+    pub duration_ms: u64,
+    /// Failure or error message (and its text, trimmed).
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResourceRecord {
+    pub id: String,
+    pub kind: String,
+    /// What the provider calls it: a PID, a data directory, an instance id.
+    pub provider_id: Option<String>,
+    /// `destroyed`, `kept`, `left-behind`, `never-created`.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Teardown {
+    /// `always`, `passing`, `never`.
+    pub policy: String,
+    /// `complete`, `kept`, `incomplete`, `interrupted`.
+    pub status: String,
+    pub duration_ms: u64,
+    pub leftovers: Vec<Leftover>,
+    /// When the kept environment expires (its TTL), if kept.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Leftover {
+    pub id: String,
+    pub kind: String,
+    pub provider_id: Option<String>,
+    /// The exact command that removes it.
+    pub command: String,
+}
