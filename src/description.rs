@@ -51,18 +51,20 @@ impl Loaded {
 /// are checked with it (or the description's default version).
 pub fn load(path: &Path, release: Option<&str>) -> Result<Loaded, FileDiagnostics> {
     let fail = |source: String, d: Diagnostic| Err(FileDiagnostics::new(path, source, vec![d]));
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            return fail(String::new(), Diagnostic::new(yaml::Pos::START, format!("cannot read the file: {e}")));
-        }
-    };
+    // Read at most one byte past the limit: a huge file (or /dev/zero) is refused
+    // without being read whole.
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, yaml::MAX_FILE_BYTES as u64 + 1), &mut bytes));
+    if let Err(e) = read {
+        return fail(String::new(), Diagnostic::new(yaml::Pos::START, format!("cannot read the file: {e}")));
+    }
     if bytes.len() > yaml::MAX_FILE_BYTES {
         return fail(
             String::new(),
             Diagnostic::new(
                 yaml::Pos::START,
-                format!("the file is {} bytes; a description may be at most 1 MiB", bytes.len()),
+                format!("the file is larger than {} bytes (1 MiB), the limit for a description", yaml::MAX_FILE_BYTES),
             ),
         );
     }
@@ -73,9 +75,9 @@ pub fn load(path: &Path, release: Option<&str>) -> Result<Loaded, FileDiagnostic
             let text = String::from_utf8_lossy(valid).into_owned();
             let line = text.matches('\n').count() as u32 + 1;
             let col = text.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) as u32 + 1;
-            let source = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            // No snippet: the bytes are not text.
             return fail(
-                source,
+                String::new(),
                 Diagnostic::new(yaml::Pos { line, col }, "the file is not UTF-8 text (is it a binary file?)")
                     .expected("a YAML description in UTF-8"),
             );
@@ -103,7 +105,7 @@ pub fn load_str(path: &Path, text: String, release: Option<&str>) -> Result<Load
             diags.push(Diagnostic::new(yaml::Pos::START, format!("invalid `--release {v}`: {msg}")));
         }
     }
-    let Some(desc) = desc.filter(|_| diags.is_empty()) else {
+    let Some(desc) = desc else {
         if diags.is_empty() {
             diags.push(Diagnostic::new(yaml::Pos::START, "the description is incomplete"));
         }
@@ -112,10 +114,13 @@ pub fn load_str(path: &Path, text: String, release: Option<&str>) -> Result<Load
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
     let version = release.map(str::to_string).or_else(|| desc.release.version.clone()).unwrap_or_else(|| "v0".into());
-    let (checked, diags) = validate::Validator::new(&desc, &positions, &dir).run(&version);
+    // Cross-checks run even when decoding found problems (an unknown key, say), so a
+    // file's problems are all reported at once.
+    let (checked, more) = validate::Validator::new(&desc, &positions, &dir).run(&version);
+    diags.extend(more);
     match checked {
-        Some(c) => Ok(Loaded { path: path.to_path_buf(), dir, desc, positions, tera: c.tera, deps: c.deps }),
-        None => Err(FileDiagnostics::new(path, text, diags)),
+        Some(c) if diags.is_empty() => Ok(Loaded { path: path.to_path_buf(), dir, desc, positions, tera: c.tera, deps: c.deps }),
+        _ => Err(FileDiagnostics::new(path, text, diags)),
     }
 }
 

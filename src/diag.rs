@@ -115,10 +115,16 @@ fn source_line(source: &str, line: u32) -> Option<String> {
 
 /// The closest known name to `unknown`, if it is close enough to be a likely typo.
 pub fn did_you_mean<'a>(unknown: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // Jaro-Winkler catches long names with a wrong tail (`instance_typ`); an edit
+    // distance with transpositions catches short ones (`wbe` for `web`).
     known
         .into_iter()
-        .map(|k| (strsim::jaro_winkler(unknown, k), k))
-        .filter(|(score, _)| *score > 0.8)
+        .filter_map(|k| {
+            let jw = strsim::jaro_winkler(unknown, k);
+            let edits = strsim::osa_distance(unknown, k);
+            let close = jw > 0.8 || edits <= 1 || (edits <= 2 && k.len() > 5);
+            close.then_some((jw - edits as f64, k))
+        })
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| k)
 }

@@ -113,8 +113,9 @@ impl Decoder {
         let found = self.get(obj, key);
         if found.is_none() {
             let at = obj.where_();
-            self.err(obj.pos, format!("missing required key `{key}` in {at}"))
-                .expected = Some(what.to_string());
+            // Point at the key that opens the mapping (`web:`), not its first entry.
+            let pos = self.positions.0.get(&format!("{}#key", obj.path)).copied().unwrap_or(obj.pos);
+            self.err(pos, format!("missing required key `{key}` in {at}")).expected = Some(what.to_string());
         }
         found
     }
@@ -141,8 +142,14 @@ impl Decoder {
             Value::Str(s) => Some(s.clone()),
             Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
                 let kind = node.value.kind();
+                let shown = match &node.value {
+                    Value::Int(n) => n.to_string(),
+                    Value::Float(f) => f.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => String::new(),
+                };
                 self.err(node.pos, format!("`{path}` must be a string, found {kind}"))
-                    .help = Some("quote the value to make it a string, e.g. \"4711\"".into());
+                    .help = Some(format!("quote the value if you meant it as text: \"{shown}\""));
                 None
             }
             other => {
@@ -204,8 +211,8 @@ impl Decoder {
                 None
             }
             Ok(d) => Some(d),
-            Err(e) => {
-                self.err(node.pos, format!("`{path}` is not a valid duration: `{text}` ({e})"))
+            Err(_) => {
+                self.err(node.pos, format!("`{path}` is not a valid duration: `{text}`"))
                     .expected = Some("a duration such as `90s`, `5m`, `2h` or `1h30m`".into());
                 None
             }

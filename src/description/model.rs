@@ -19,9 +19,9 @@ use serde::Serialize;
 #[serde(deny_unknown_fields)]
 #[schemars(title = "rehearse environment description")]
 pub struct Description {
-    /// Name of the environment: lowercase letters, digits and dashes, at most 32
-    /// characters. Example: `shop`.
-    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"))]
+    /// Name of the environment: lowercase letters, digits, `-` and `_`, starting with a
+    /// letter, at most 32 characters. Example: `shop`.
+    #[schemars(regex(pattern = r"^[a-z]([a-z0-9_-]{0,30}[a-z0-9])?$"))]
     pub name: String,
     /// Where the copy is built: `aws` (EC2 + RDS) or `local` (processes and a
     /// throwaway PostgreSQL cluster on this machine).

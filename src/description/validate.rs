@@ -49,9 +49,9 @@ impl<'a> Validator<'a> {
         self.provider_rules();
         self.names();
         self.files();
-        let (tera, implicit) = self.templates(release_version);
+        let (tera, implicit, sources) = self.templates(release_version);
         let deps = self.dependencies(implicit);
-        self.cycles(&deps);
+        self.cycles(&deps, &sources);
         let ok = self.diags.is_empty();
         (ok.then_some(Checked { tera, deps }), self.diags)
     }
@@ -78,11 +78,11 @@ impl<'a> Validator<'a> {
                 for (name, s) in &d.services {
                     let p = format!("services.{name}");
                     if s.image.is_none() {
-                        self.err(&p, format!("service `{name}` needs an `image` (AMI id) on aws")).expected =
+                        self.key_err(&p, format!("service `{name}` needs an `image` (AMI id) on aws")).expected =
                             Some("e.g. `image: ami-0abcdef1234567890`".into());
                     }
                     if s.instance_type.is_none() {
-                        self.err(&p, format!("service `{name}` needs an `instance_type` on aws")).expected =
+                        self.key_err(&p, format!("service `{name}` needs an `instance_type` on aws")).expected =
                             Some("e.g. `instance_type: t3.small`".into());
                     }
                     if s.command.is_some() {
@@ -90,7 +90,7 @@ impl<'a> Validator<'a> {
                             .help = Some("on aws the instance starts the service from its `user_data`".into());
                     }
                     if s.health.is_some() && s.port.is_none() {
-                        self.err(&format!("{p}.health"), format!("service `{name}` has a health check but no `port`"))
+                        self.key_err(&format!("{p}.health"), format!("service `{name}` has a health check but no `port`"))
                             .expected = Some("the port the service listens on, e.g. `port: 8080`".into());
                     }
                 }
@@ -104,7 +104,7 @@ impl<'a> Validator<'a> {
                     }
                     match &db.instance_class {
                         None => {
-                            self.err(&p, format!("database `{name}` needs an `instance_class` on aws")).expected =
+                            self.key_err(&p, format!("database `{name}` needs an `instance_class` on aws")).expected =
                                 Some("e.g. `instance_class: db.t3.medium`".into());
                         }
                         Some(c) if !c.strip_prefix("db.").is_some_and(super::decode::is_valid_instance_type) => {
@@ -127,7 +127,7 @@ impl<'a> Validator<'a> {
                 for (name, s) in &d.services {
                     let p = format!("services.{name}");
                     if s.command.is_none() {
-                        self.err(&p, format!("service `{name}` needs a `command` on the local provider"))
+                        self.key_err(&p, format!("service `{name}` needs a `command` on the local provider"))
                             .expected = Some("the command that starts it, e.g. `command: python3 app.py`".into());
                     }
                     for (key, set) in [("image", s.image.is_some()), ("instance_type", s.instance_type.is_some()), ("user_data", s.user_data.is_some())] {
@@ -242,11 +242,15 @@ impl<'a> Validator<'a> {
 
     /// Parses every template, checks what it references, and returns the implicit
     /// dependencies they create.
-    fn templates(&mut self, release_version: &str) -> (Tera, BTreeMap<String, BTreeSet<String>>) {
+    /// Also returns, for each implicit dependency (owner, target), the template that
+    /// created it, for error positions.
+    #[allow(clippy::type_complexity)]
+    fn templates(&mut self, release_version: &str) -> (Tera, BTreeMap<String, BTreeSet<String>>, BTreeMap<(String, String), String>) {
         let d = self.desc;
         let mut tera = Tera::default();
         tera.autoescape_on(vec![]);
         let mut implicit: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut sources: BTreeMap<(String, String), String> = BTreeMap::new();
         let outputs = Outputs::placeholders(d, release_version, "r-validate");
         let static_ctx = template::context(d, None, &outputs, Scope::Static);
         let full_ctx = template::context(d, Some(&d.release.artifact), &outputs, Scope::Full);
@@ -291,11 +295,26 @@ impl<'a> Validator<'a> {
 
         for (name, text, scope, owner) in items {
             if let Err(e) = template::parse(&mut tera, &name, &text) {
-                self.err(&name, format!("template in `{name}` does not parse: {e}"))
-                    .expected = Some("tera syntax, e.g. `{{ databases.db.url }}`".into());
+                let (at, what) = template_error_parts(&e);
+                let file = self.template_file(&name);
+                let message = match (file, at) {
+                    (Some(f), Some((l, c))) => format!("template {}:{l}:{c} (`{name}`) does not parse: {what}", f.display()),
+                    (None, Some((l, c))) if text.contains('\n') => format!("template in `{name}` does not parse at its line {l}, column {c}: {what}"),
+                    (None, Some((_, c))) => format!("template in `{name}` does not parse at character {c}: {what}"),
+                    (_, None) => format!("template in `{name}` does not parse: {what}"),
+                };
+                self.err(&name, message).expected = Some("tera syntax, e.g. `{{ databases.db.url }}`".into());
                 continue;
             }
+            let mut bad_reference = false;
             for r in template::references(&tera, &name) {
+                if let Some(msg) = self.check_reference(&r, scope) {
+                    let d = self.err(&name, format!("template in `{name}` references `{r}`: {}", msg.0));
+                    d.expected = msg.1;
+                    d.help = msg.2;
+                    bad_reference = true;
+                    continue;
+                }
                 if let Some((kind, target)) = template::resource_of(&r) {
                     let exists = match kind {
                         "databases" => d.databases.contains_key(target),
@@ -319,15 +338,19 @@ impl<'a> Validator<'a> {
                         continue;
                     }
                     if let Some(owner) = &owner {
-                        if owner == target {
+                        if kind == "services" && owner == target {
                             self.err(&name, format!("service `{target}` references its own outputs in `{name}`"));
                             continue;
                         }
                         implicit.entry(owner.clone()).or_default().insert(target.to_string());
+                        sources.entry((owner.clone(), target.to_string())).or_insert_with(|| name.clone());
                     }
                 }
             }
             let ctx = if scope == Scope::Static { &static_ctx } else { &full_ctx };
+            if bad_reference {
+                continue;
+            }
             if let Err(e) = template::render(&tera, &name, ctx) {
                 if !self.diags.iter().any(|d| d.pos == self.pos.get(&name)) {
                     self.err(&name, format!("template in `{name}` cannot be resolved: {e}"))
@@ -337,7 +360,69 @@ impl<'a> Validator<'a> {
                 }
             }
         }
-        (tera, implicit)
+        (tera, implicit, sources)
+    }
+
+    /// The file behind a template name, for file templates.
+    fn template_file(&self, name: &str) -> Option<std::path::PathBuf> {
+        let d = self.desc;
+        let (svc, rest) = name.strip_prefix("services.")?.split_once('.')?;
+        let s = d.services.get(svc)?;
+        if rest == "user_data" {
+            return s.user_data.as_ref().map(|p| crate::description::clean_path(&self.dir.join(p)));
+        }
+        let i: usize = rest.strip_prefix("templates[")?.split(']').next()?.parse().ok()?;
+        s.templates.get(i).map(|t| crate::description::clean_path(&self.dir.join(&t.source)))
+    }
+
+    /// Checks one variable reference against what exists: (message, expected, help).
+    fn check_reference(&self, r: &str, scope: Scope) -> Option<(String, Option<String>, Option<String>)> {
+        let d = self.desc;
+        let parts: Vec<&str> = r.split(['.', '[']).map(|p| p.trim_matches(|c| c == '"' || c == '\'' || c == ']')).collect();
+        let fields_of = |root: &str| -> &'static [&'static str] {
+            match (root, scope) {
+                ("databases", _) => &["host", "port", "name", "user", "password", "url", "endpoint"],
+                ("services", _) => &["address", "port", "url", "addresses", "urls"],
+                ("release", Scope::Static) => &["version"],
+                ("release", Scope::Full) => &["version", "artifact", "dir"],
+                ("run", _) => &["id", "expires_at"],
+                ("env", _) => &["name", "owner", "provider", "region"],
+                _ => &[],
+            }
+        };
+        let unknown_field = |what: &str, field: &str, fields: &[&str]| {
+            let list = fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ");
+            (
+                format!("{what} has no `{field}`"),
+                Some(format!("one of {list}")),
+                did_you_mean(field, fields.iter().copied()).map(|m| format!("did you mean `{m}`?")),
+            )
+        };
+        match parts.as_slice() {
+            ["vars", var, ..] => {
+                if d.variables.contains_key(*var) {
+                    None
+                } else {
+                    let known: Vec<&str> = d.variables.keys().map(String::as_str).collect();
+                    let list = if known.is_empty() { "none is defined".to_string() } else { known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ") };
+                    Some((
+                        format!("there is no variable `{var}` in `variables`"),
+                        Some(format!("a defined variable: {list}")),
+                        did_you_mean(var, known.iter().copied()).map(|m| format!("did you mean `vars.{m}`?")),
+                    ))
+                }
+            }
+            [root @ ("databases" | "services"), target, field, ..] => {
+                let exists = if *root == "databases" { d.databases.contains_key(*target) } else { d.services.contains_key(*target) };
+                let fields = fields_of(root);
+                (exists && !fields.contains(field)).then(|| unknown_field(&format!("{root}.{target}"), field, fields))
+            }
+            [root @ ("release" | "run" | "env"), field, ..] => {
+                let fields = fields_of(root);
+                (!fields.contains(field)).then(|| unknown_field(root, field, fields))
+            }
+            _ => None,
+        }
     }
 
     fn dependencies(&self, implicit: BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, BTreeSet<String>> {
@@ -365,7 +450,7 @@ impl<'a> Validator<'a> {
         deps
     }
 
-    fn cycles(&mut self, deps: &BTreeMap<String, BTreeSet<String>>) {
+    fn cycles(&mut self, deps: &BTreeMap<String, BTreeSet<String>>, sources: &BTreeMap<(String, String), String>) {
         // Depth-first search over services; databases have no dependencies.
         #[derive(Clone, Copy, PartialEq)]
         enum Mark {
@@ -408,6 +493,10 @@ impl<'a> Validator<'a> {
             visit(name, deps, &mut marks, &mut stack, &mut found);
         }
         for cycle in found {
+            // A self-dependency is reported by `names` already.
+            if cycle.len() == 2 && cycle[0] == cycle[1] {
+                continue;
+            }
             // Report each cycle once, at the edge that closes it.
             let mut key = cycle[..cycle.len() - 1].to_vec();
             key.sort();
@@ -421,6 +510,7 @@ impl<'a> Validator<'a> {
                 .iter()
                 .position(|d| d == to)
                 .map(|i| format!("services.{from}.depends_on[{i}]"))
+                .or_else(|| sources.get(&(from.clone(), to.clone())).cloned())
                 .unwrap_or_else(|| format!("services.{from}"));
             self.err(&path, format!("dependency cycle: {}", cycle.join(" → ")))
                 .help = Some("a service cannot wait for something that waits for it; remove one of these dependencies (or template references)".into());
@@ -435,4 +525,15 @@ fn is_region(r: &str) -> bool {
         && parts[0].chars().all(|c| c.is_ascii_lowercase())
         && parts[1..parts.len() - 1].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
         && parts[parts.len() - 1].parse::<u8>().is_ok()
+}
+
+/// tera's parse error as (line, column) and the "expected ..." part.
+fn template_error_parts(e: &str) -> (Option<(u32, u32)>, String) {
+    let at = e.split("-->").nth(1).and_then(|rest| {
+        let loc = rest.split_whitespace().next()?;
+        let (l, c) = loc.split_once(':')?;
+        Some((l.parse().ok()?, c.parse().ok()?))
+    });
+    let what = e.rsplit("= ").next().map(str::trim).filter(|w| !w.is_empty() && at.is_some()).unwrap_or(e).to_string();
+    (at, what)
 }

@@ -132,6 +132,23 @@ fn clean_parser_message(message: &str) -> String {
         }
     }
     let text = text.trim_end_matches([':', ',', ' ']).to_string();
+    // The parser's wording names its own API; say what it means for a description.
+    let text = if let Some(rest) = text.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        format!("duplicate key `{key}`: a key may appear only once in a mapping")
+    } else if text.starts_with("multiple YAML documents") {
+        "more than one YAML document (`---`) in the file: a description is a single document".to_string()
+    } else if text.contains("budget breached") {
+        if text.contains("Depth") {
+            "nested more than 48 levels deep".to_string()
+        } else if text.contains("Alias") || text.contains("Anchor") {
+            "too many alias expansions (anchors and aliases are limited to protect against alias bombs)".to_string()
+        } else {
+            "the document is too large (more than 100,000 values)".to_string()
+        }
+    } else {
+        text
+    };
     if text.is_empty() {
         "invalid YAML".to_string()
     } else {
