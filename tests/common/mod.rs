@@ -1,0 +1,129 @@
+//! Shared helpers for the integration tests: the real binary, isolated state and work
+//! directories, and the demo's generated production backups.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rehearse"))
+}
+
+/// The rehearse binary with an isolated state and work directory.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::Builder::new().prefix("rehearse-test-").tempdir_in("/tmp").unwrap();
+        // The work directory must be reachable by the unprivileged cluster user.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        std::fs::set_permissions(dir.path().join("work"), std::fs::Permissions::from_mode(0o711)).unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.current_dir(root())
+            .env("REHEARSE_STATE_DIR", self.state())
+            .env("REHEARSE_WORK_DIR", self.work())
+            .env("NO_COLOR", "1")
+            .env_remove("REHEARSE_LOG");
+        c
+    }
+
+    /// Run ids in this sandbox's state directory.
+    pub fn run_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.state().join("runs"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    pub fn report_dir(&self, run_id: &str) -> PathBuf {
+        self.state().join("runs").join(run_id).join("report")
+    }
+
+    pub fn report(&self, run_id: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.report_dir(run_id).join("report.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// Generates the demo's production backups once per test binary.
+pub fn demo_backups() -> PathBuf {
+    static DONE: OnceLock<PathBuf> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = root().join("demo/backups");
+        let out = Command::new("sh").arg(root().join("demo/backup/generate.sh")).output().unwrap();
+        assert!(out.status.success(), "generate.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+    .clone()
+}
+
+/// Processes on this machine whose environment carries REHEARSE_RUN_ID=run_id.
+pub fn tagged_processes(run_id: &str) -> Vec<i32> {
+    let needle = format!("REHEARSE_RUN_ID={run_id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")))
+        .collect()
+}
+
+/// PostgreSQL servers whose data directory is under `dir`.
+pub fn postgres_under(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Asserts that nothing of a run is left on this machine.
+pub fn assert_nothing_left(sb: &Sandbox, run_id: &str) {
+    let procs = tagged_processes(run_id);
+    assert!(procs.is_empty(), "processes of {run_id} still alive: {procs:?}");
+    let pg = postgres_under(&sb.work());
+    assert!(pg.is_empty(), "PostgreSQL still running under {}: {pg:?}", sb.work().display());
+    let work = sb.work().join("runs").join(run_id);
+    assert!(!work.exists(), "run directory {} still exists", work.display());
+}
+
+/// Writes a description into the sandbox, with `{root}` replaced by the repository's
+/// path (so it can reach the demo's releases, backups and suites).
+pub fn write_description(sb: &Sandbox, name: &str, text: &str) -> PathBuf {
+    let path = sb.dir.path().join(name);
+    std::fs::write(&path, text.replace("{root}", &root().display().to_string())).unwrap();
+    path
+}

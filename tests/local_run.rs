@@ -1,0 +1,354 @@
+//! Complete rehearsals on this machine: real PostgreSQL clusters, the demo shop's
+//! releases, real suites — and what is left afterwards on every exit path.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn run_demo(sb: &Sandbox, release: &str, extra: &[&str]) -> (i32, String, String) {
+    demo_backups();
+    let mut args = vec!["run", "environments/demo.yaml", "--release", release];
+    args.extend_from_slice(extra);
+    let out = sb.cmd().args(&args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn v2_passes_on_the_copy_of_production_and_leaves_nothing() {
+    let sb = Sandbox::new();
+    let (code, _, stderr) = run_demo(&sb, "v2", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let ids = sb.run_ids();
+    assert_eq!(ids.len(), 1);
+    let report = sb.report(&ids[0]);
+    assert_eq!(report["verdict"], "passed");
+    assert_eq!(report["exit_code"], 0);
+    // The newest backup by recorded time, not by name.
+    let backup = &report["backups"][0];
+    assert!(backup["backup"].as_str().unwrap().ends_with("shop-2026-nightly.dump"), "{backup}");
+    assert!(backup["taken_at"].is_string());
+    let suites = report["suites"].as_array().unwrap();
+    assert_eq!(suites.len(), 2);
+    for s in suites {
+        assert_eq!(s["status"], "passed", "{s}");
+        assert!(s["tests"].as_u64().unwrap() > 0);
+    }
+    for f in ["report.json", "junit.xml", "summary.md", "report.html"] {
+        assert!(sb.report_dir(&ids[0]).join(f).is_file(), "{f} missing");
+    }
+    let junit = std::fs::read_to_string(sb.report_dir(&ids[0]).join("junit.xml")).unwrap();
+    assert!(junit.contains("<testsuite") && junit.contains("failures=\"0\""), "{junit}");
+    assert_eq!(report["teardown"]["status"], "complete");
+    assert_nothing_left(&sb, &ids[0]);
+}
+
+#[test]
+fn v3_fails_at_its_migration_and_the_summary_says_why() {
+    let sb = Sandbox::new();
+    let (code, _, stderr) = run_demo(&sb, "v3", &[]);
+    assert_eq!(code, 1, "{stderr}");
+    let ids = sb.run_ids();
+    let summary = std::fs::read_to_string(sb.report_dir(&ids[0]).join("summary.md")).unwrap();
+    assert!(summary.contains("0003_unique_customer_email.sql"), "{summary}");
+    assert!(summary.contains("could not create unique index"), "{summary}");
+    let report = sb.report(&ids[0]);
+    assert_eq!(report["verdict"], "failed");
+    assert_eq!(report["failure"]["phase"], "install");
+    // Suites that never ran are not passes.
+    for s in report["suites"].as_array().unwrap() {
+        assert_eq!(s["status"], "not-run");
+    }
+    let junit = std::fs::read_to_string(sb.report_dir(&ids[0]).join("junit.xml")).unwrap();
+    assert!(junit.contains("could not create unique index"), "{junit}");
+    assert_nothing_left(&sb, &ids[0]);
+}
+
+/// A description in the sandbox built from the demo, with the given suites section
+/// and service install command.
+fn custom(sb: &Sandbox, install: &str, suites: &str) -> PathBuf {
+    demo_backups();
+    let text = format!(
+        r#"name: custom
+provider: local
+owner: tests@example.com
+release:
+  version: v2
+  artifact: "{{root}}/demo/releases/{{{{ release.version }}}}"
+databases:
+  db:
+    name: shop
+    source:
+      backup_dir: "{{root}}/demo/backups"
+services:
+  web:
+    depends_on: [db]
+    install: "{install}"
+    command: python3 app.py
+    env:
+      DATABASE_URL: "{{{{ databases.db.url }}}}"
+    health:
+      path: /health
+      timeout: 30s
+suites:
+{suites}
+"#
+    );
+    write_description(sb, "custom.yaml", &text)
+}
+
+fn run_file(sb: &Sandbox, file: &Path) -> (i32, serde_json::Value, String) {
+    let out = sb.cmd().arg("run").arg(file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let ids = sb.run_ids();
+    let report = sb.report(ids.last().expect("a run"));
+    (out.status.code().unwrap_or(-1), report, stderr)
+}
+
+#[test]
+fn a_suite_that_writes_no_junit_file_fails_the_run() {
+    let sb = Sandbox::new();
+    let file = custom(&sb, "sh migrate.sh", "  quiet:\n    command: \"true\"\n    timeout: 10s\n    results:\n      junit: out.xml\n");
+    let (code, report, stderr) = run_file(&sb, &file);
+    assert_eq!(code, 1, "{stderr}");
+    let s = &report["suites"][0];
+    assert_eq!(s["status"], "error");
+    assert!(s["reason"].as_str().unwrap().contains("wrote no JUnit file"), "{s}");
+    assert_nothing_left(&sb, report["run_id"].as_str().unwrap());
+}
+
+#[test]
+fn a_suite_that_reports_zero_tests_fails_the_run() {
+    let sb = Sandbox::new();
+    let suite = "  empty:\n    command: \"echo '<testsuites><testsuite name=\\\"x\\\" tests=\\\"0\\\"></testsuite></testsuites>' > $REHEARSE_JUNIT_PATH\"\n    timeout: 10s\n    results:\n      junit: out.xml\n";
+    let file = custom(&sb, "sh migrate.sh", suite);
+    let (code, report, stderr) = run_file(&sb, &file);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(report["suites"][0]["status"], "error");
+    assert!(report["suites"][0]["reason"].as_str().unwrap().contains("zero tests"));
+}
+
+#[test]
+fn a_suite_that_cannot_start_or_times_out_fails_the_run() {
+    let sb = Sandbox::new();
+    let suites = "  missing:\n    command: ./no-such-suite\n    timeout: 10s\n    results: exit-code\n  slow:\n    command: sleep 30\n    timeout: 1s\n    results: exit-code\n";
+    let file = custom(&sb, "sh migrate.sh", suites);
+    let started = Instant::now();
+    let (code, report, stderr) = run_file(&sb, &file);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(25), "the timeout was not enforced");
+    let by_name = |n: &str| report["suites"].as_array().unwrap().iter().find(|s| s["name"] == n).unwrap().clone();
+    assert_eq!(by_name("missing")["status"], "error");
+    assert!(by_name("missing")["reason"].as_str().unwrap().contains("could not start"));
+    assert_eq!(by_name("slow")["status"], "error");
+    assert!(by_name("slow")["reason"].as_str().unwrap().contains("timed out"));
+    assert_nothing_left(&sb, report["run_id"].as_str().unwrap());
+}
+
+#[test]
+fn a_missing_backup_is_a_build_failure_that_creates_nothing() {
+    let sb = Sandbox::new();
+    let empty = sb.dir.path().join("no-backups");
+    std::fs::create_dir_all(&empty).unwrap();
+    let text = format!(
+        "name: nobackup\nprovider: local\nowner: t\nrelease:\n  version: v2\n  artifact: \"{{root}}/demo/releases/v2\"\ndatabases:\n  db:\n    name: shop\n    source:\n      backup_dir: {}\nsuites:\n  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n",
+        empty.display()
+    );
+    let file = write_description(&sb, "nobackup.yaml", &text);
+    let (code, report, stderr) = run_file(&sb, &file);
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(report["verdict"], "build-failed");
+    assert!(report["reason"].as_str().unwrap().contains("no pg_dump archive found"), "{}", report["reason"]);
+    assert_nothing_left(&sb, report["run_id"].as_str().unwrap());
+}
+
+#[test]
+fn kept_environment_is_listed_and_removed_by_down() {
+    let sb = Sandbox::new();
+    let (code, _, stderr) = run_demo(&sb, "v2", &["--keep"]);
+    assert_eq!(code, 0, "{stderr}");
+    let id = sb.run_ids().pop().unwrap();
+    assert!(!tagged_processes(&id).is_empty(), "the kept service should still run");
+    let list = sb.cmd().args(["list", "--format", "json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows[0]["run_id"], id.as_str());
+    assert_eq!(rows[0]["status"], "kept");
+    let down = sb.cmd().args(["down", &id]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_nothing_left(&sb, &id);
+    // Destroy is idempotent.
+    let again = sb.cmd().args(["down", &id]).output().unwrap();
+    assert_eq!(again.status.code(), Some(0));
+}
+
+/// Starts a run in the background and waits until `marker` exists.
+fn start_until(sb: &Sandbox, file: &Path, marker: &Path) -> Child {
+    let child = sb.cmd().arg("run").arg(file).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", marker.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn wait_exit(mut child: Child, limit: Duration) -> (i32, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return (status.code().unwrap_or(-1), err);
+        }
+        assert!(Instant::now() < deadline, "rehearse did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    unsafe_kill(child.id() as i32, sig);
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+/// A PATH whose `pg_restore` touches a marker and sleeps before restoring, so a test
+/// can interrupt a run in the middle of its restore.
+fn slow_pg_restore(sb: &Sandbox, marker: &Path) -> String {
+    let bin = sb.dir.path().join("slowbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = pg_bindir();
+    for tool in ["initdb", "pg_ctl", "postgres", "psql", "pg_dump"] {
+        std::os::unix::fs::symlink(real.join(tool), bin.join(tool)).unwrap();
+    }
+    let script = format!("#!/bin/sh\ncase \"$*\" in *-l*) exec {real}/pg_restore \"$@\";; esac\ntouch {m}\nsleep 60\nexec {real}/pg_restore \"$@\"\n", real = real.display(), m = marker.display());
+    std::fs::write(bin.join("pg_restore"), script).unwrap();
+    std::fs::set_permissions(bin.join("pg_restore"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+fn pg_bindir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").unwrap().flatten().map(|e| e.path().join("bin")).filter(|d| d.join("initdb").is_file()).collect();
+    dirs.sort();
+    dirs.pop().expect("PostgreSQL server binaries are installed (make test-deps)")
+}
+
+#[test]
+fn sigint_during_restore_tears_down_and_exits_130() {
+    let sb = Sandbox::new();
+    demo_backups();
+    let marker = sb.dir.path().join("restore-started");
+    let path = slow_pg_restore(&sb, &marker);
+    let child = sb.cmd().env("PATH", path).args(["run", "environments/demo.yaml", "--release", "v2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "restore never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = sb.run_ids().pop().unwrap();
+    signal(&child, 2);
+    let (code, stderr) = wait_exit(child, Duration::from_secs(30));
+    assert_eq!(code, 130, "{stderr}");
+    assert_eq!(sb.report(&id)["verdict"], "interrupted");
+    assert_nothing_left(&sb, &id);
+}
+
+#[test]
+fn sigint_during_install_tears_down_and_exits_130() {
+    let sb = Sandbox::new();
+    let marker = sb.dir.path().join("install-started");
+    let file = custom(&sb, &format!("touch {} && sleep 60", marker.display()), "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n");
+    let child = start_until(&sb, &file, &marker);
+    let id = sb.run_ids().pop().unwrap();
+    signal(&child, 2);
+    let (code, stderr) = wait_exit(child, Duration::from_secs(30));
+    assert_eq!(code, 130, "{stderr}");
+    assert_nothing_left(&sb, &id);
+}
+
+#[test]
+fn sigterm_during_suites_tears_down_and_exits_130() {
+    let sb = Sandbox::new();
+    let marker = sb.dir.path().join("suite-started");
+    let suite = format!("  s:\n    command: \"touch {} && sleep 60\"\n    timeout: 2m\n    results: exit-code\n", marker.display());
+    let file = custom(&sb, "sh migrate.sh", &suite);
+    let child = start_until(&sb, &file, &marker);
+    let id = sb.run_ids().pop().unwrap();
+    signal(&child, 15);
+    let (code, stderr) = wait_exit(child, Duration::from_secs(30));
+    assert_eq!(code, 130, "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_nothing_left(&sb, &id);
+}
+
+#[test]
+fn sigkill_then_down_removes_everything_even_without_the_journal() {
+    for lose_journal in [false, true] {
+        let sb = Sandbox::new();
+        let marker = sb.dir.path().join("install-started");
+        let file = custom(&sb, &format!("touch {} && sleep 60", marker.display()), "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n");
+        let child = start_until(&sb, &file, &marker);
+        let id = sb.run_ids().pop().unwrap();
+        signal(&child, 9);
+        let _ = wait_exit(child, Duration::from_secs(10));
+        // The cluster and the install command survived the kill.
+        assert!(!postgres_under(&sb.work()).is_empty(), "the cluster should outlive a SIGKILL");
+        if lose_journal {
+            std::fs::remove_file(sb.state().join("runs").join(&id).join("journal.jsonl")).unwrap();
+        }
+        let list = sb.cmd().args(["list"]).output().unwrap();
+        if !lose_journal {
+            assert!(String::from_utf8_lossy(&list.stdout).contains("crashed"), "{}", String::from_utf8_lossy(&list.stdout));
+        }
+        let down = sb.cmd().args(["down", &id]).output().unwrap();
+        assert_eq!(down.status.code(), Some(0), "lose_journal={lose_journal}: {}", String::from_utf8_lossy(&down.stderr));
+        assert_nothing_left(&sb, &id);
+    }
+}
+
+#[test]
+fn warm_golden_copy_is_used_and_matches_the_backup() {
+    let sb = Sandbox::new();
+    demo_backups();
+    let warm = sb.cmd().args(["warm", "environments/demo.yaml"]).output().unwrap();
+    assert_eq!(warm.status.code(), Some(0), "{}", String::from_utf8_lossy(&warm.stderr));
+    assert!(String::from_utf8_lossy(&warm.stdout).contains("golden copy refreshed"));
+    let (code, _, stderr) = run_demo(&sb, "v2", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let id = sb.run_ids().pop().unwrap();
+    let report = sb.report(&id);
+    assert_eq!(report["backups"][0]["method"], "warm", "{}", report["backups"]);
+    // --cold ignores it.
+    let (code, _, _) = run_demo(&sb, "v2", &["--cold"]);
+    assert_eq!(code, 0);
+    let id = sb.run_ids().pop().unwrap();
+    assert_eq!(sb.report(&id)["backups"][0]["method"], "cold");
+    assert_nothing_left(&sb, &id);
+    // The golden copy itself is stopped: no server runs from it.
+    assert!(postgres_under(&sb.work()).is_empty());
+}
+
+#[test]
+fn report_command_reprints_a_finished_run() {
+    let sb = Sandbox::new();
+    let (code, _, _) = run_demo(&sb, "v2", &[]);
+    assert_eq!(code, 0);
+    let id = sb.run_ids().pop().unwrap();
+    let out = sb.cmd().args(["report", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PASSED"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = sb.cmd().args(["report", "r-nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
