@@ -37,7 +37,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Up(args) => runs::run(g, args, true),
         Command::Down { run_id } => runs::down(g, run_id),
         Command::List { all } => runs::list(g, *all),
-        Command::Sweep { yes, older_than, environment } => runs::sweep(g, *yes, older_than.as_deref(), environment.as_deref()),
+        Command::Sweep { yes, older_than, environment } => {
+            runs::sweep(g, *yes, older_than.as_deref(), environment.as_deref())
+        }
         Command::Report { run_id } => runs::report(g, run_id),
         Command::Warm { file } => runs::warm(g, file),
     }

@@ -54,8 +54,9 @@ pub fn load(path: &Path, release: Option<&str>) -> Result<Loaded, FileDiagnostic
     // Read at most one byte past the limit: a huge file (or /dev/zero) is refused
     // without being read whole.
     let mut bytes = Vec::new();
-    let read = std::fs::File::open(path)
-        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, yaml::MAX_FILE_BYTES as u64 + 1), &mut bytes));
+    let read = std::fs::File::open(path).and_then(|f| {
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, yaml::MAX_FILE_BYTES as u64 + 1), &mut bytes)
+    });
     if let Err(e) = read {
         return fail(String::new(), Diagnostic::new(yaml::Pos::START, format!("cannot read the file: {e}")));
     }
@@ -119,7 +120,9 @@ pub fn load_str(path: &Path, text: String, release: Option<&str>) -> Result<Load
     let (checked, more) = validate::Validator::new(&desc, &positions, &dir).run(&version);
     diags.extend(more);
     match checked {
-        Some(c) if diags.is_empty() => Ok(Loaded { path: path.to_path_buf(), dir, desc, positions, tera: c.tera, deps: c.deps }),
+        Some(c) if diags.is_empty() => {
+            Ok(Loaded { path: path.to_path_buf(), dir, desc, positions, tera: c.tera, deps: c.deps })
+        }
         _ => Err(FileDiagnostics::new(path, text, diags)),
     }
 }

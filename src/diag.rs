@@ -77,11 +77,7 @@ fn render_one(out: &mut String, path: &Path, source: &str, d: &Diagnostic) {
         let gutter = d.pos.line.to_string();
         let pad = " ".repeat(gutter.len());
         let caret_col = line.chars().take(d.pos.col.saturating_sub(1) as usize).count();
-        let marker: String = line
-            .chars()
-            .take(caret_col)
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
-            .collect();
+        let marker: String = line.chars().take(caret_col).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
         let _ = writeln!(out, "{pad} |");
         let _ = writeln!(out, "{gutter} | {line}");
         let _ = writeln!(out, "{pad} | {marker}^");
@@ -105,11 +101,7 @@ fn render_one(out: &mut String, path: &Path, source: &str, d: &Diagnostic) {
 /// as `?` (a binary file must not garble the terminal).
 fn source_line(source: &str, line: u32) -> Option<String> {
     let text = source.lines().nth(line.checked_sub(1)? as usize)?;
-    let clean: String = text
-        .chars()
-        .take(160)
-        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
-        .collect();
+    let clean: String = text.chars().take(160).map(|c| if c.is_control() && c != '\t' { '?' } else { c }).collect();
     Some(clean)
 }
 

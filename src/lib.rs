@@ -9,12 +9,12 @@ pub mod cli;
 pub mod commands;
 pub mod description;
 pub mod diag;
-pub mod exit;
 pub mod engine;
+pub mod exit;
 pub mod plan;
 pub mod providers;
-pub mod suites;
 pub mod report;
+pub mod suites;
 
 use clap::Parser;
 
@@ -50,4 +50,3 @@ fn init_tracing(g: &cli::Global) {
         .without_time()
         .try_init();
 }
-

@@ -102,6 +102,7 @@ impl Ctx<'_> {
 
 /// What a created resource exposes to the resources and suites after it.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per created resource, moved once
 pub enum Output {
     Nothing,
     Database { outputs: DatabaseOutputs, backup: BackupUsed },

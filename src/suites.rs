@@ -92,7 +92,8 @@ pub async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
                 name: s.name.to_string(),
                 status: if ok { "passed".into() } else { "failed".into() },
                 duration_ms: result.duration_ms,
-                message: (!ok).then(|| format!("exited with {}", finished.status.map_or("a signal".into(), |c| c.to_string()))),
+                message: (!ok)
+                    .then(|| format!("exited with {}", finished.status.map_or("a signal".into(), |c| c.to_string()))),
             });
             result.status = if ok { SuiteStatus::Passed } else { SuiteStatus::Failed };
         }
@@ -168,7 +169,10 @@ fn read_junit(path: &Path, result: &mut SuiteResult, exit: Option<i32>) {
     } else if result.failures > 0 || result.errors > 0 {
         SuiteStatus::Failed
     } else if exit != Some(0) {
-        result.reason = Some(format!("its JUnit file shows no failure, but it exited with {}", exit.map_or("a signal".into(), |c| c.to_string())));
+        result.reason = Some(format!(
+            "its JUnit file shows no failure, but it exited with {}",
+            exit.map_or("a signal".into(), |c| c.to_string())
+        ));
         SuiteStatus::Failed
     } else {
         SuiteStatus::Passed
@@ -177,9 +181,18 @@ fn read_junit(path: &Path, result: &mut SuiteResult, exit: Option<i32>) {
 
 /// The environment variables every suite gets besides its own `env`: the run's facts
 /// and every database's and service's endpoints.
-pub fn standard_env(run_id: &str, release: &str, outputs: &crate::description::template::Outputs) -> Vec<(String, String)> {
-    let mut env = vec![("REHEARSE_RUN_ID".to_string(), run_id.to_string()), ("REHEARSE_RELEASE".to_string(), release.to_string())];
-    let var = |kind: &str, name: &str, field: &str| format!("REHEARSE_{kind}_{}_{field}", name.to_uppercase().replace('-', "_"));
+pub fn standard_env(
+    run_id: &str,
+    release: &str,
+    outputs: &crate::description::template::Outputs,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("REHEARSE_RUN_ID".to_string(), run_id.to_string()),
+        ("REHEARSE_RELEASE".to_string(), release.to_string()),
+    ];
+    let var = |kind: &str, name: &str, field: &str| {
+        format!("REHEARSE_{kind}_{}_{field}", name.to_uppercase().replace('-', "_"))
+    };
     for (name, d) in &outputs.databases {
         env.push((var("DB", name, "URL"), d.url.clone()));
         env.push((var("DB", name, "HOST"), d.host.clone()));
@@ -209,4 +222,3 @@ pub fn not_run(name: &str, suite: &Suite, reason: &str) -> SuiteResult {
         log: None,
     }
 }
-

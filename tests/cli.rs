@@ -53,7 +53,10 @@ fn invalid_corpus_is_rejected_with_positions() {
         let prefix = format!("{rel}:");
         let pos: Vec<&str> = first.strip_prefix(&prefix).unwrap_or("").splitn(3, ':').collect();
         assert!(
-            pos.len() == 3 && pos[0].parse::<u32>().is_ok() && pos[1].parse::<u32>().is_ok() && pos[2].starts_with(" error:"),
+            pos.len() == 3
+                && pos[0].parse::<u32>().is_ok()
+                && pos[1].parse::<u32>().is_ok()
+                && pos[2].starts_with(" error:"),
             "{rel}: first line is not FILE:LINE:COL: error: ...\n{stderr}"
         );
         // JSON output never panics either and carries the same positions.
@@ -150,12 +153,38 @@ fn schema_covers_every_key_the_examples_use() {
     assert_eq!(out.status.code(), Some(0));
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let props = schema["properties"].as_object().unwrap();
-    for key in ["name", "provider", "region", "ttl", "owner", "tags", "network", "variables", "release", "databases", "services", "suites", "destroy"] {
+    for key in [
+        "name",
+        "provider",
+        "region",
+        "ttl",
+        "owner",
+        "tags",
+        "network",
+        "variables",
+        "release",
+        "databases",
+        "services",
+        "suites",
+        "destroy",
+    ] {
         assert!(props.contains_key(key), "schema lacks `{key}`");
     }
     let defs = schema["$defs"].as_object().unwrap();
     let service = defs["Service"]["properties"].as_object().unwrap();
-    for key in ["count", "depends_on", "image", "instance_type", "user_data", "command", "install", "templates", "env", "port", "health"] {
+    for key in [
+        "count",
+        "depends_on",
+        "image",
+        "instance_type",
+        "user_data",
+        "command",
+        "install",
+        "templates",
+        "env",
+        "port",
+        "health",
+    ] {
         assert!(service.contains_key(key), "Service schema lacks `{key}`");
     }
     assert_eq!(defs["Service"]["additionalProperties"], false);

@@ -116,7 +116,11 @@ fn run_file(sb: &Sandbox, file: &Path) -> (i32, serde_json::Value, String) {
 #[test]
 fn a_suite_that_writes_no_junit_file_fails_the_run() {
     let sb = Sandbox::new();
-    let file = custom(&sb, "sh migrate.sh", "  quiet:\n    command: \"true\"\n    timeout: 10s\n    results:\n      junit: out.xml\n");
+    let file = custom(
+        &sb,
+        "sh migrate.sh",
+        "  quiet:\n    command: \"true\"\n    timeout: 10s\n    results:\n      junit: out.xml\n",
+    );
     let (code, report, stderr) = run_file(&sb, &file);
     assert_eq!(code, 1, "{stderr}");
     let s = &report["suites"][0];
@@ -240,7 +244,12 @@ fn slow_pg_restore(sb: &Sandbox, marker: &Path) -> String {
 }
 
 fn pg_bindir() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").unwrap().flatten().map(|e| e.path().join("bin")).filter(|d| d.join("initdb").is_file()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|d| d.join("initdb").is_file())
+        .collect();
     dirs.sort();
     dirs.pop().expect("PostgreSQL server binaries are installed (make test-deps)")
 }
@@ -251,7 +260,14 @@ fn sigint_during_restore_tears_down_and_exits_130() {
     demo_backups();
     let marker = sb.dir.path().join("restore-started");
     let path = slow_pg_restore(&sb, &marker);
-    let child = sb.cmd().env("PATH", path).args(["run", "environments/demo.yaml", "--release", "v2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = sb
+        .cmd()
+        .env("PATH", path)
+        .args(["run", "environments/demo.yaml", "--release", "v2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !marker.exists() {
         assert!(Instant::now() < deadline, "restore never started");
@@ -269,7 +285,11 @@ fn sigint_during_restore_tears_down_and_exits_130() {
 fn sigint_during_install_tears_down_and_exits_130() {
     let sb = Sandbox::new();
     let marker = sb.dir.path().join("install-started");
-    let file = custom(&sb, &format!("touch {} && sleep 60", marker.display()), "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n");
+    let file = custom(
+        &sb,
+        &format!("touch {} && sleep 60", marker.display()),
+        "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n",
+    );
     let child = start_until(&sb, &file, &marker);
     let id = sb.run_ids().pop().unwrap();
     signal(&child, 2);
@@ -282,7 +302,10 @@ fn sigint_during_install_tears_down_and_exits_130() {
 fn sigterm_during_suites_tears_down_and_exits_130() {
     let sb = Sandbox::new();
     let marker = sb.dir.path().join("suite-started");
-    let suite = format!("  s:\n    command: \"touch {} && sleep 60\"\n    timeout: 2m\n    results: exit-code\n", marker.display());
+    let suite = format!(
+        "  s:\n    command: \"touch {} && sleep 60\"\n    timeout: 2m\n    results: exit-code\n",
+        marker.display()
+    );
     let file = custom(&sb, "sh migrate.sh", &suite);
     let child = start_until(&sb, &file, &marker);
     let id = sb.run_ids().pop().unwrap();
@@ -298,7 +321,11 @@ fn sigkill_then_down_removes_everything_even_without_the_journal() {
     for lose_journal in [false, true] {
         let sb = Sandbox::new();
         let marker = sb.dir.path().join("install-started");
-        let file = custom(&sb, &format!("touch {} && sleep 60", marker.display()), "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n");
+        let file = custom(
+            &sb,
+            &format!("touch {} && sleep 60", marker.display()),
+            "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n",
+        );
         let child = start_until(&sb, &file, &marker);
         let id = sb.run_ids().pop().unwrap();
         signal(&child, 9);
@@ -310,10 +337,19 @@ fn sigkill_then_down_removes_everything_even_without_the_journal() {
         }
         let list = sb.cmd().args(["list"]).output().unwrap();
         if !lose_journal {
-            assert!(String::from_utf8_lossy(&list.stdout).contains("crashed"), "{}", String::from_utf8_lossy(&list.stdout));
+            assert!(
+                String::from_utf8_lossy(&list.stdout).contains("crashed"),
+                "{}",
+                String::from_utf8_lossy(&list.stdout)
+            );
         }
         let down = sb.cmd().args(["down", &id]).output().unwrap();
-        assert_eq!(down.status.code(), Some(0), "lose_journal={lose_journal}: {}", String::from_utf8_lossy(&down.stderr));
+        assert_eq!(
+            down.status.code(),
+            Some(0),
+            "lose_journal={lose_journal}: {}",
+            String::from_utf8_lossy(&down.stderr)
+        );
         assert_nothing_left(&sb, &id);
     }
 }

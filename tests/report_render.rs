@@ -28,12 +28,7 @@ fn build_failed() -> RunReport {
             log: None,
         }),
         backups: vec![],
-        phases: vec![PhaseTiming {
-            phase: "up".into(),
-            start_ms: 0,
-            duration_ms: 2_000,
-            status: "failed".into(),
-        }],
+        phases: vec![PhaseTiming { phase: "up".into(), start_ms: 0, duration_ms: 2_000, status: "failed".into() }],
         steps: vec![],
         suites: vec![SuiteResult {
             name: "smoke".into(),
@@ -72,37 +67,19 @@ fn build_failure_is_written_read_back_and_summarized() {
     assert_eq!(back.verdict, Verdict::BuildFailed);
     assert_eq!(back.run_id, report.run_id);
 
-    let junit =
-        quick_junit::Report::deserialize_from_str(&std::fs::read_to_string(&files.junit).unwrap())
-            .unwrap();
+    let junit = quick_junit::Report::deserialize_from_str(&std::fs::read_to_string(&files.junit).unwrap()).unwrap();
     assert_eq!(junit.tests, 2, "the not-run suite and the build failure");
-    assert_eq!(
-        junit.failures + junit.errors,
-        2,
-        "nothing in a build failure passes"
-    );
+    assert_eq!(junit.failures + junit.errors, 2, "nothing in a build failure passes");
 
     let md = std::fs::read_to_string(&files.markdown).unwrap();
-    assert!(
-        md.starts_with("## 💥 Environment could not be built: shop, release v2.4.0"),
-        "{md}"
-    );
+    assert!(md.starts_with("## 💥 Environment could not be built: shop, release v2.4.0"), "{md}");
 
     let html = std::fs::read_to_string(&files.html).unwrap();
     assert!(html.contains(r#"class="banner v-build-failed""#));
-    assert!(
-        !html.contains("s3://"),
-        "user data is escaped, even URLs: {html}"
-    );
+    assert!(!html.contains("s3://"), "user data is escaped, even URLs: {html}");
 
     let text = terminal_summary(&report, &files, false);
-    assert!(
-        text.starts_with("✘ COULD NOT BUILD: shop release v2.4.0 in 1m 35s"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("report: {}", files.markdown.display())),
-        "{text}"
-    );
+    assert!(text.starts_with("✘ COULD NOT BUILD: shop release v2.4.0 in 1m 35s"), "{text}");
+    assert!(text.contains(&format!("report: {}", files.markdown.display())), "{text}");
     assert!(text.contains(&files.html.display().to_string()), "{text}");
 }

@@ -107,9 +107,9 @@ as_db "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/postgres.log" -w -t 60 start >/de
 unset PGSERVICE PGSERVICEFILE PGOPTIONS PGSSLMODE PGHOSTADDR PGPASSWORD PGPASSFILE
 export PGHOST="$tmp" PGPORT=5432 PGUSER=postgres PGDATABASE=shop
 export DATABASE_URL="postgresql://postgres@/shop?host=$tmp&port=5432"
-psql="$bindir/psql -X -q -v ON_ERROR_STOP=1"
+run_psql() { "$bindir/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 
-$psql -d postgres -c "create database shop"
+run_psql -d postgres -c "create database shop"
 REHEARSE_RELEASE=v1 sh "$v1/migrate.sh" >/dev/null
 
 n_customers=$((3000 * scale))
@@ -120,7 +120,7 @@ n_older=$((n_orders - 500 * scale))
 
 # Customers and products. Every formula is a function of the row number, so the data
 # are the same on every run.
-$psql -v n_customers="$n_customers" -v n_duplicates="$n_duplicates" \
+run_psql -v n_customers="$n_customers" -v n_duplicates="$n_duplicates" \
     -v n_products="$n_products" -v filler_kb="$filler_kb" <<'SQL'
 begin;
 
@@ -185,7 +185,7 @@ SQL
 
 # Orders with their items, for order numbers lo..hi; run twice around the older dump.
 add_orders() {
-    $psql -v lo="$1" -v hi="$2" -v n_orders="$n_orders" \
+    run_psql -v lo="$1" -v hi="$2" -v n_orders="$n_orders" \
         -v n_customers="$n_customers" -v n_products="$n_products" <<'SQL'
 begin;
 -- The rows are consistent by construction: skip the per-row foreign-key triggers,

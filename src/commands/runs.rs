@@ -42,7 +42,10 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         Err(code) => return code,
     };
     let Some(release) = loaded.release_version(args.release.as_deref()) else {
-        eprintln!("error: no release version: pass `--release VERSION` or set `release.version` in {}", args.file.display());
+        eprintln!(
+            "error: no release version: pass `--release VERSION` or set `release.version` in {}",
+            args.file.display()
+        );
         return exit::USAGE;
     };
     if loaded.desc.provider == ProviderKind::Aws {
@@ -83,16 +86,24 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             }
         };
         let provider = LocalProvider::new();
-        let result = std::panic::AssertUnwindSafe(lifecycle::run(&provider, &loaded, &opts, reporter.as_ref(), &signals))
-            .catch_unwind()
-            .await;
+        let result =
+            std::panic::AssertUnwindSafe(lifecycle::run(&provider, &loaded, &opts, reporter.as_ref(), &signals))
+                .catch_unwind()
+                .await;
         match result {
             Ok(Ok(outcome)) => {
                 match g.format {
                     Format::Json => println!("{}", serde_json::to_string_pretty(&outcome.report).unwrap_or_default()),
                     Format::Text => {
                         let files = crate::report::ReportFiles::in_dir(&outcome.report_dir);
-                        eprint!("{}", crate::report::terminal_summary(&outcome.report, &files, use_color(g.color, std::io::stderr().is_terminal())));
+                        eprint!(
+                            "{}",
+                            crate::report::terminal_summary(
+                                &outcome.report,
+                                &files,
+                                use_color(g.color, std::io::stderr().is_terminal())
+                            )
+                        );
                     }
                 }
                 outcome.exit_code
@@ -111,7 +122,12 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
 }
 
 /// After an error outside the normal path: tear down whatever the run's journal lists.
-async fn down_after_failure(opts: &Options, provider: &LocalProvider, reporter: &dyn Reporter, signals: &Signals) -> Option<i32> {
+async fn down_after_failure(
+    opts: &Options,
+    provider: &LocalProvider,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> Option<i32> {
     let path = state::run_dir(&opts.state_root, &opts.run_id).join("journal.jsonl");
     let j = Journal::open(&path).ok()?;
     let out = teardown::run(provider, &j, reporter, signals, signals.count() + 1).await;
@@ -273,7 +289,11 @@ pub fn list(g: &Global, all: bool) -> i32 {
         return exit::PASSED;
     }
     if rows.is_empty() {
-        println!("no {}runs{}", if all { "" } else { "kept or unfinished " }, if all { "" } else { " (--all shows finished ones)" });
+        println!(
+            "no {}runs{}",
+            if all { "" } else { "kept or unfinished " },
+            if all { "" } else { " (--all shows finished ones)" }
+        );
         return exit::PASSED;
     }
     println!("{:<26} {:<12} {:<10} {:<15} {:<12} EXPIRES", "RUN", "ENVIRONMENT", "RELEASE", "STATUS", "VERDICT");
@@ -300,7 +320,10 @@ pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Optio
         None => None,
         Some(Ok(d)) => Some(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
         Some(Err(e)) => {
-            eprintln!("error: --older-than `{}`: {e} (expected a duration such as 12h)", older_than.unwrap_or_default());
+            eprintln!(
+                "error: --older-than `{}`: {e} (expected a duration such as 12h)",
+                older_than.unwrap_or_default()
+            );
             return exit::USAGE;
         }
     };
@@ -353,7 +376,11 @@ pub fn report(g: &Global, run_id: &str) -> i32 {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default()),
                 Format::Text => print!(
                     "{}",
-                    crate::report::terminal_summary(&r, &crate::report::ReportFiles::in_dir(&dir), use_color(g.color, std::io::stdout().is_terminal()))
+                    crate::report::terminal_summary(
+                        &r,
+                        &crate::report::ReportFiles::in_dir(&dir),
+                        use_color(g.color, std::io::stdout().is_terminal())
+                    )
                 ),
             }
             exit::PASSED

@@ -88,8 +88,7 @@ impl Decoder {
         match &node.value {
             Value::Map(entries) => {
                 for (k, v) in entries {
-                    let child =
-                        if path.is_empty() { k.name.clone() } else { format!("{path}.{}", k.name) };
+                    let child = if path.is_empty() { k.name.clone() } else { format!("{path}.{}", k.name) };
                     self.positions.set(&child, v.pos);
                     self.positions.set(&format!("{child}#key"), k.pos);
                 }
@@ -148,8 +147,8 @@ impl Decoder {
                     Value::Bool(b) => b.to_string(),
                     _ => String::new(),
                 };
-                self.err(node.pos, format!("`{path}` must be a string, found {kind}"))
-                    .help = Some(format!("quote the value if you meant it as text: \"{shown}\""));
+                self.err(node.pos, format!("`{path}` must be a string, found {kind}")).help =
+                    Some(format!("quote the value if you meant it as text: \"{shown}\""));
                 None
             }
             other => {
@@ -186,34 +185,27 @@ impl Decoder {
         let text = match &node.value {
             Value::Str(s) => s.clone(),
             Value::Int(n) => {
-                self.err(node.pos, format!("`{path}` is a bare number ({n}); durations need a unit"))
-                    .help = Some(format!("write `{n}s`, `{n}m` or `{n}h`"));
+                self.err(node.pos, format!("`{path}` is a bare number ({n}); durations need a unit")).help =
+                    Some(format!("write `{n}s`, `{n}m` or `{n}h`"));
                 return None;
             }
             other => {
                 let kind = other.kind();
-                self.err(node.pos, format!("`{path}` must be a duration, found {kind}"))
-                    .expected = Some("a duration such as `90s`, `5m`, `2h` or `1h30m`".into());
+                self.err(node.pos, format!("`{path}` must be a duration, found {kind}")).expected =
+                    Some("a duration such as `90s`, `5m`, `2h` or `1h30m`".into());
                 return None;
             }
         };
         match humantime::parse_duration(text.trim()) {
             Ok(d) if d < min || d > max => {
-                self.err(
-                    node.pos,
-                    format!("`{path}` is {}, outside the allowed range", format_duration(d)),
-                )
-                .expected = Some(format!(
-                    "a duration from {} to {}",
-                    format_duration(min),
-                    format_duration(max)
-                ));
+                self.err(node.pos, format!("`{path}` is {}, outside the allowed range", format_duration(d))).expected =
+                    Some(format!("a duration from {} to {}", format_duration(min), format_duration(max)));
                 None
             }
             Ok(d) => Some(d),
             Err(_) => {
-                self.err(node.pos, format!("`{path}` is not a valid duration: `{text}`"))
-                    .expected = Some("a duration such as `90s`, `5m`, `2h` or `1h30m`".into());
+                self.err(node.pos, format!("`{path}` is not a valid duration: `{text}`")).expected =
+                    Some("a duration such as `90s`, `5m`, `2h` or `1h30m`".into());
                 None
             }
         }
@@ -233,8 +225,8 @@ impl Decoder {
                 out
             }
             Value::Str(s) => {
-                self.err(node.pos, format!("`{path}` must be a list, found a string"))
-                    .help = Some(format!("write `[{s}]`"));
+                self.err(node.pos, format!("`{path}` must be a list, found a string")).help =
+                    Some(format!("write `[{s}]`"));
                 Vec::new()
             }
             other => {
@@ -279,10 +271,7 @@ impl Decoder {
         }
         let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
         let d = self.err(node.pos, format!("`{path}` has an unknown value `{s}`"));
-        d.expected = Some(format!(
-            "one of {}",
-            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-        ));
+        d.expected = Some(format!("one of {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")));
         if let Some(m) = did_you_mean(&s, names.iter().copied()) {
             d.help = Some(format!("did you mean `{m}`?"));
         }
@@ -294,14 +283,14 @@ impl Decoder {
         match &node.value {
             Value::Int(n) if *n >= min && *n <= max => Some(*n),
             Value::Int(n) => {
-                self.err(node.pos, format!("`{path}` is {n}, outside the allowed range"))
-                    .expected = Some(format!("a whole number from {min} to {max}"));
+                self.err(node.pos, format!("`{path}` is {n}, outside the allowed range")).expected =
+                    Some(format!("a whole number from {min} to {max}"));
                 None
             }
             other => {
                 let kind = other.kind();
-                self.err(node.pos, format!("`{path}` must be a whole number, found {kind}"))
-                    .expected = Some(format!("a whole number from {min} to {max}"));
+                self.err(node.pos, format!("`{path}` must be a whole number, found {kind}")).expected =
+                    Some(format!("a whole number from {min} to {max}"));
                 None
             }
         }
@@ -312,8 +301,7 @@ impl Decoder {
     pub fn description(&mut self, root: &Node) -> Option<Description> {
         let mut obj = self.obj("", root, "a mapping (`name: ...`, `provider: ...`, ...)")?;
         if obj.entries.is_empty() {
-            self.err(root.pos, "the description is an empty mapping")
-                .expected = Some(TOP_KEYS_HELP.into());
+            self.err(root.pos, "the description is an empty mapping").expected = Some(TOP_KEYS_HELP.into());
             return None;
         }
         let name = self.req_string(&mut obj, "name", "the environment's name, e.g. `shop`");
@@ -323,9 +311,9 @@ impl Decoder {
                 self.err(pos, format!("invalid environment name `{n}`: {msg}"));
             }
         }
-        let provider = self
-            .require(&mut obj, "provider", "`aws` or `local`")
-            .and_then(|n| self.enum_value("provider", n, &[("aws", ProviderKind::Aws), ("local", ProviderKind::Local)]));
+        let provider = self.require(&mut obj, "provider", "`aws` or `local`").and_then(|n| {
+            self.enum_value("provider", n, &[("aws", ProviderKind::Aws), ("local", ProviderKind::Local)])
+        });
         let region = self.opt_string(&mut obj, "region");
         let ttl = match self.get(&mut obj, "ttl") {
             Some(n) => self.duration("ttl", n, Duration::from_secs(300), Duration::from_secs(7 * 86400)),
@@ -422,8 +410,8 @@ impl Decoder {
         if let Some(v) = &vpc {
             if !is_aws_id(v, "vpc-") {
                 let pos = self.positions.get("network.vpc");
-                self.err(pos, format!("`network.vpc` is not a VPC id: `{v}`"))
-                    .expected = Some("`vpc-` followed by 8 or 17 hex digits".into());
+                self.err(pos, format!("`network.vpc` is not a VPC id: `{v}`")).expected =
+                    Some("`vpc-` followed by 8 or 17 hex digits".into());
             }
         }
         let subnets = match self.require(&mut obj, "subnets", "a list of subnet ids") {
@@ -433,8 +421,8 @@ impl Decoder {
         for (i, s) in subnets.iter().enumerate() {
             if !is_aws_id(s, "subnet-") {
                 let pos = self.positions.get(&format!("network.subnets[{i}]"));
-                self.err(pos, format!("`{s}` is not a subnet id"))
-                    .expected = Some("`subnet-` followed by 8 or 17 hex digits".into());
+                self.err(pos, format!("`{s}` is not a subnet id")).expected =
+                    Some("`subnet-` followed by 8 or 17 hex digits".into());
             }
         }
         if subnets.is_empty() && obj.entries.iter().any(|(k, _)| k.name == "subnets") {
@@ -450,16 +438,16 @@ impl Decoder {
             let pos = self.positions.get(&format!("network.allow_cidrs[{i}]"));
             match c.parse::<ipnet::IpNet>() {
                 Err(_) => {
-                    self.err(pos, format!("`{c}` is not a CIDR block"))
-                        .expected = Some("an address and prefix length, e.g. `10.20.0.0/16`".into());
+                    self.err(pos, format!("`{c}` is not a CIDR block")).expected =
+                        Some("an address and prefix length, e.g. `10.20.0.0/16`".into());
                 }
                 Ok(net) if net.prefix_len() == 0 => {
-                    self.err(pos, format!("`{c}` would open the copy of production to the whole internet"))
-                        .expected = Some("the CIDR of your office, VPN or CI runners, e.g. `10.20.0.0/16`".into());
+                    self.err(pos, format!("`{c}` would open the copy of production to the whole internet")).expected =
+                        Some("the CIDR of your office, VPN or CI runners, e.g. `10.20.0.0/16`".into());
                 }
                 Ok(net) if net.trunc() != net => {
-                    self.err(pos, format!("`{c}` has host bits set"))
-                        .help = Some(format!("did you mean `{}`?", net.trunc()));
+                    self.err(pos, format!("`{c}` has host bits set")).help =
+                        Some(format!("did you mean `{}`?", net.trunc()));
                 }
                 Ok(_) => {}
             }
@@ -532,7 +520,8 @@ impl Decoder {
     }
 
     fn database_source(&mut self, path: &str, node: &Node) -> Option<DatabaseSource> {
-        let mut obj = self.obj(path, node, "a mapping with one of `rds_instance`, `aurora_cluster`, `backup_dir`, `url`")?;
+        let mut obj =
+            self.obj(path, node, "a mapping with one of `rds_instance`, `aurora_cluster`, `backup_dir`, `url`")?;
         let mut found = Vec::new();
         for key in ["rds_instance", "aurora_cluster", "backup_dir", "url"] {
             if let Some(s) = self.opt_string(&mut obj, key) {
@@ -544,13 +533,16 @@ impl Decoder {
         self.finish(obj);
         if found.len() > 1 {
             let keys: Vec<String> = found.iter().map(|(k, _)| format!("`{k}`")).collect();
-            self.err(pos, format!("`{path}` names {} sources ({}); a database has exactly one", found.len(), keys.join(", ")));
+            self.err(
+                pos,
+                format!("`{path}` names {} sources ({}); a database has exactly one", found.len(), keys.join(", ")),
+            );
             return None;
         }
         let Some((key, value)) = found.pop() else {
             if !has_unknown {
-                self.err(pos, format!("`{path}` names no source"))
-                    .expected = Some("one of `rds_instance`, `aurora_cluster`, `backup_dir`, `url`".into());
+                self.err(pos, format!("`{path}` names no source")).expected =
+                    Some("one of `rds_instance`, `aurora_cluster`, `backup_dir`, `url`".into());
             }
             return None;
         };
@@ -558,7 +550,13 @@ impl Decoder {
         Some(match key {
             "rds_instance" | "aurora_cluster" => {
                 if let Err(msg) = check_rds_identifier(&value) {
-                    self.err(vpos, format!("invalid {} identifier `{value}`: {msg}", if key == "rds_instance" { "RDS instance" } else { "Aurora cluster" }));
+                    self.err(
+                        vpos,
+                        format!(
+                            "invalid {} identifier `{value}`: {msg}",
+                            if key == "rds_instance" { "RDS instance" } else { "Aurora cluster" }
+                        ),
+                    );
                 }
                 if key == "rds_instance" {
                     DatabaseSource::RdsInstance(value)
@@ -569,8 +567,8 @@ impl Decoder {
             "backup_dir" => DatabaseSource::BackupDir(PathBuf::from(value)),
             _ => {
                 if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
-                    self.err(vpos, format!("`{path}.url` is not a PostgreSQL URL"))
-                        .expected = Some("`postgres://USER@HOST:PORT/DB` (password from PGPASSWORD or ~/.pgpass)".into());
+                    self.err(vpos, format!("`{path}.url` is not a PostgreSQL URL")).expected =
+                        Some("`postgres://USER@HOST:PORT/DB` (password from PGPASSWORD or ~/.pgpass)".into());
                 }
                 DatabaseSource::Url(value)
             }
@@ -591,16 +589,16 @@ impl Decoder {
         if let Some(img) = &image {
             if !is_aws_id(img, "ami-") {
                 let pos = self.positions.get(&format!("{path}.image"));
-                self.err(pos, format!("`{img}` is not an AMI id"))
-                    .expected = Some("`ami-` followed by 8 or 17 hex digits".into());
+                self.err(pos, format!("`{img}` is not an AMI id")).expected =
+                    Some("`ami-` followed by 8 or 17 hex digits".into());
             }
         }
         let instance_type = self.opt_string(&mut obj, "instance_type");
         if let Some(t) = &instance_type {
             if !is_instance_type(t) {
                 let pos = self.positions.get(&format!("{path}.instance_type"));
-                self.err(pos, format!("`{t}` is not an EC2 instance type"))
-                    .expected = Some("FAMILY.SIZE, e.g. `t3.small` or `m6i.large`".into());
+                self.err(pos, format!("`{t}` is not an EC2 instance type")).expected =
+                    Some("FAMILY.SIZE, e.g. `t3.small` or `m6i.large`".into());
             }
         }
         let user_data = self.opt_string(&mut obj, "user_data").map(PathBuf::from);
@@ -657,8 +655,8 @@ impl Decoder {
                 let dest = PathBuf::from(dest);
                 if dest.is_absolute() || dest.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
                     let pos = self.positions.get(&format!("{p}.dest"));
-                    self.err(pos, format!("`{}` points outside the release", dest.display()))
-                        .expected = Some("a relative path inside the unpacked release, e.g. `config/app.conf`".into());
+                    self.err(pos, format!("`{}` points outside the release", dest.display())).expected =
+                        Some("a relative path inside the unpacked release, e.g. `config/app.conf`".into());
                     continue;
                 }
                 out.push(ConfigTemplate { source: PathBuf::from(source), dest });
@@ -673,12 +671,13 @@ impl Decoder {
         if let Some(p) = &hpath {
             if !p.starts_with('/') {
                 let pos = self.positions.get(&format!("{path}.path"));
-                self.err(pos, format!("health path `{p}` must start with `/`"))
-                    .help = Some(format!("write `/{p}`"));
+                self.err(pos, format!("health path `{p}` must start with `/`")).help = Some(format!("write `/{p}`"));
             }
         }
         let timeout = match self.get(&mut obj, "timeout") {
-            Some(n) => self.duration(&format!("{path}.timeout"), n, Duration::from_secs(1), Duration::from_secs(6 * 3600)),
+            Some(n) => {
+                self.duration(&format!("{path}.timeout"), n, Duration::from_secs(1), Duration::from_secs(6 * 3600))
+            }
             None => Some(Duration::from_secs(60)),
         };
         self.finish(obj);
@@ -688,9 +687,9 @@ impl Decoder {
     fn suite(&mut self, path: &str, node: &Node) -> Option<Suite> {
         let mut obj = self.obj(path, node, "a mapping with `command`, `timeout`, `results`")?;
         let command = self.req_string(&mut obj, "command", "the command that runs the suite");
-        let timeout = self
-            .require(&mut obj, "timeout", "a duration such as `5m`")
-            .and_then(|n| self.duration(&format!("{path}.timeout"), n, Duration::from_secs(1), Duration::from_secs(24 * 3600)));
+        let timeout = self.require(&mut obj, "timeout", "a duration such as `5m`").and_then(|n| {
+            self.duration(&format!("{path}.timeout"), n, Duration::from_secs(1), Duration::from_secs(24 * 3600))
+        });
         let uses = match self.get(&mut obj, "uses") {
             Some(n) => self.string_list(&format!("{path}.uses"), n),
             None => Vec::new(),
@@ -710,8 +709,8 @@ impl Decoder {
         match &node.value {
             Value::Str(s) if s == "exit-code" => Some(SuiteResults::ExitCode),
             Value::Str(s) if s == "junit" => {
-                self.err(node.pos, format!("`{path}: junit` needs the file the suite writes"))
-                    .expected = Some("`{junit: results.xml}`".into());
+                self.err(node.pos, format!("`{path}: junit` needs the file the suite writes")).expected =
+                    Some("`{junit: results.xml}`".into());
                 None
             }
             Value::Map(_) => {
@@ -803,8 +802,9 @@ impl KeyRule {
 }
 
 fn is_aws_id(s: &str, prefix: &str) -> bool {
-    s.strip_prefix(prefix)
-        .is_some_and(|hex| (hex.len() == 8 || hex.len() == 17) && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+    s.strip_prefix(prefix).is_some_and(|hex| {
+        (hex.len() == 8 || hex.len() == 17) && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    })
 }
 
 fn is_instance_type(s: &str) -> bool {

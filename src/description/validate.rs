@@ -62,18 +62,21 @@ impl<'a> Validator<'a> {
             ProviderKind::Aws => {
                 match &d.region {
                     None => {
-                        self.err("provider", "the aws provider needs a `region`")
-                            .expected = Some("e.g. `region: eu-west-1`".into());
+                        self.err("provider", "the aws provider needs a `region`").expected =
+                            Some("e.g. `region: eu-west-1`".into());
                     }
                     Some(r) if !is_region(r) => {
-                        self.err("region", format!("`{r}` is not an AWS region name"))
-                            .expected = Some("e.g. `eu-west-1` or `us-east-1`".into());
+                        self.err("region", format!("`{r}` is not an AWS region name")).expected =
+                            Some("e.g. `eu-west-1` or `us-east-1`".into());
                     }
                     Some(_) => {}
                 }
                 if d.network.is_none() {
-                    self.err("provider", "the aws provider needs a `network` (the VPC and subnets to place the copy in)")
-                        .expected = Some("`network: {vpc: vpc-..., subnets: [subnet-..., subnet-...]}`".into());
+                    self.err(
+                        "provider",
+                        "the aws provider needs a `network` (the VPC and subnets to place the copy in)",
+                    )
+                    .expected = Some("`network: {vpc: vpc-..., subnets: [subnet-..., subnet-...]}`".into());
                 }
                 for (name, s) in &d.services {
                     let p = format!("services.{name}");
@@ -86,12 +89,15 @@ impl<'a> Validator<'a> {
                             Some("e.g. `instance_type: t3.small`".into());
                     }
                     if s.command.is_some() {
-                        self.key_err(&format!("{p}.command"), "`command` is for the local provider")
-                            .help = Some("on aws the instance starts the service from its `user_data`".into());
+                        self.key_err(&format!("{p}.command"), "`command` is for the local provider").help =
+                            Some("on aws the instance starts the service from its `user_data`".into());
                     }
                     if s.health.is_some() && s.port.is_none() {
-                        self.key_err(&format!("{p}.health"), format!("service `{name}` has a health check but no `port`"))
-                            .expected = Some("the port the service listens on, e.g. `port: 8080`".into());
+                        self.key_err(
+                            &format!("{p}.health"),
+                            format!("service `{name}` has a health check but no `port`"),
+                        )
+                        .expected = Some("the port the service listens on, e.g. `port: 8080`".into());
                     }
                 }
                 for (name, db) in &d.databases {
@@ -117,12 +123,12 @@ impl<'a> Validator<'a> {
             }
             ProviderKind::Local => {
                 if d.region.is_some() {
-                    self.key_err("region", "`region` has no meaning for the local provider")
-                        .help = Some("remove it, or use `provider: aws`".into());
+                    self.key_err("region", "`region` has no meaning for the local provider").help =
+                        Some("remove it, or use `provider: aws`".into());
                 }
                 if d.network.is_some() {
-                    self.key_err("network", "`network` has no meaning for the local provider")
-                        .help = Some("remove it, or use `provider: aws`".into());
+                    self.key_err("network", "`network` has no meaning for the local provider").help =
+                        Some("remove it, or use `provider: aws`".into());
                 }
                 for (name, s) in &d.services {
                     let p = format!("services.{name}");
@@ -130,10 +136,14 @@ impl<'a> Validator<'a> {
                         self.key_err(&p, format!("service `{name}` needs a `command` on the local provider"))
                             .expected = Some("the command that starts it, e.g. `command: python3 app.py`".into());
                     }
-                    for (key, set) in [("image", s.image.is_some()), ("instance_type", s.instance_type.is_some()), ("user_data", s.user_data.is_some())] {
+                    for (key, set) in [
+                        ("image", s.image.is_some()),
+                        ("instance_type", s.instance_type.is_some()),
+                        ("user_data", s.user_data.is_some()),
+                    ] {
                         if set {
-                            self.key_err(&format!("{p}.{key}"), format!("`{key}` is for the aws provider"))
-                                .help = Some("on the local provider a service runs `command` in the unpacked release".into());
+                            self.key_err(&format!("{p}.{key}"), format!("`{key}` is for the aws provider")).help =
+                                Some("on the local provider a service runs `command` in the unpacked release".into());
                         }
                     }
                 }
@@ -164,11 +174,16 @@ impl<'a> Validator<'a> {
             if !source_ok {
                 let expected = match &db.source {
                     DatabaseSource::AuroraCluster(_) => "`aurora-clone` for an `aurora_cluster` source",
-                    DatabaseSource::RdsInstance(_) => "`newest-snapshot` or `latest-restorable-time` for an `rds_instance` source",
+                    DatabaseSource::RdsInstance(_) => {
+                        "`newest-snapshot` or `latest-restorable-time` for an `rds_instance` source"
+                    }
                     _ => "`newest-snapshot` for a local source",
                 };
-                self.err(&p, format!("restore mode `{}` does not fit a `{}` source", db.restore.as_str(), db.source.key()))
-                    .expected = Some(expected.into());
+                self.err(
+                    &p,
+                    format!("restore mode `{}` does not fit a `{}` source", db.restore.as_str(), db.source.key()),
+                )
+                .expected = Some(expected.into());
             }
         }
     }
@@ -245,7 +260,10 @@ impl<'a> Validator<'a> {
     /// Also returns, for each implicit dependency (owner, target), the template that
     /// created it, for error positions.
     #[allow(clippy::type_complexity)]
-    fn templates(&mut self, release_version: &str) -> (Tera, BTreeMap<String, BTreeSet<String>>, BTreeMap<(String, String), String>) {
+    fn templates(
+        &mut self,
+        release_version: &str,
+    ) -> (Tera, BTreeMap<String, BTreeSet<String>>, BTreeMap<(String, String), String>) {
         let d = self.desc;
         let mut tera = Tera::default();
         tera.autoescape_on(vec![]);
@@ -298,8 +316,12 @@ impl<'a> Validator<'a> {
                 let (at, what) = template_error_parts(&e);
                 let file = self.template_file(&name);
                 let message = match (file, at) {
-                    (Some(f), Some((l, c))) => format!("template {}:{l}:{c} (`{name}`) does not parse: {what}", f.display()),
-                    (None, Some((l, c))) if text.contains('\n') => format!("template in `{name}` does not parse at its line {l}, column {c}: {what}"),
+                    (Some(f), Some((l, c))) => {
+                        format!("template {}:{l}:{c} (`{name}`) does not parse: {what}", f.display())
+                    }
+                    (None, Some((l, c))) if text.contains('\n') => {
+                        format!("template in `{name}` does not parse at its line {l}, column {c}: {what}")
+                    }
                     (None, Some((_, c))) => format!("template in `{name}` does not parse at character {c}: {what}"),
                     (_, None) => format!("template in `{name}` does not parse: {what}"),
                 };
@@ -326,15 +348,21 @@ impl<'a> Validator<'a> {
                             _ => d.services.keys().map(String::as_str).collect(),
                         };
                         let what = if kind == "databases" { "database" } else { "service" };
-                        let diag = self.err(&name, format!("template in `{name}` references `{r}`, but there is no {what} `{target}`"));
+                        let diag = self.err(
+                            &name,
+                            format!("template in `{name}` references `{r}`, but there is no {what} `{target}`"),
+                        );
                         if let Some(m) = did_you_mean(target, known.iter().copied()) {
                             diag.help = Some(format!("did you mean `{kind}.{m}`?"));
                         }
                         continue;
                     }
                     if scope == Scope::Static {
-                        self.err(&name, format!("`{name}` cannot reference `{r}`: it is resolved before any resource exists"))
-                            .expected = Some("only `release.version`, `run`, `env` and `vars` here".into());
+                        self.err(
+                            &name,
+                            format!("`{name}` cannot reference `{r}`: it is resolved before any resource exists"),
+                        )
+                        .expected = Some("only `release.version`, `run`, `env` and `vars` here".into());
                         continue;
                     }
                     if let Some(owner) = &owner {
@@ -353,10 +381,9 @@ impl<'a> Validator<'a> {
             }
             if let Err(e) = template::render(&tera, &name, ctx) {
                 if !self.diags.iter().any(|d| d.pos == self.pos.get(&name)) {
-                    self.err(&name, format!("template in `{name}` cannot be resolved: {e}"))
-                        .expected = Some(
-                            "variables from `release`, `run`, `env`, `vars`, `databases.NAME` or `services.NAME`".into(),
-                        );
+                    self.err(&name, format!("template in `{name}` cannot be resolved: {e}")).expected = Some(
+                        "variables from `release`, `run`, `env`, `vars`, `databases.NAME` or `services.NAME`".into(),
+                    );
                 }
             }
         }
@@ -378,7 +405,8 @@ impl<'a> Validator<'a> {
     /// Checks one variable reference against what exists: (message, expected, help).
     fn check_reference(&self, r: &str, scope: Scope) -> Option<(String, Option<String>, Option<String>)> {
         let d = self.desc;
-        let parts: Vec<&str> = r.split(['.', '[']).map(|p| p.trim_matches(|c| c == '"' || c == '\'' || c == ']')).collect();
+        let parts: Vec<&str> =
+            r.split(['.', '[']).map(|p| p.trim_matches(|c| c == '"' || c == '\'' || c == ']')).collect();
         let fields_of = |root: &str| -> &'static [&'static str] {
             match (root, scope) {
                 ("databases", _) => &["host", "port", "name", "user", "password", "url", "endpoint"],
@@ -404,7 +432,11 @@ impl<'a> Validator<'a> {
                     None
                 } else {
                     let known: Vec<&str> = d.variables.keys().map(String::as_str).collect();
-                    let list = if known.is_empty() { "none is defined".to_string() } else { known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ") };
+                    let list = if known.is_empty() {
+                        "none is defined".to_string()
+                    } else {
+                        known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    };
                     Some((
                         format!("there is no variable `{var}` in `variables`"),
                         Some(format!("a defined variable: {list}")),
@@ -413,7 +445,11 @@ impl<'a> Validator<'a> {
                 }
             }
             [root @ ("databases" | "services"), target, field, ..] => {
-                let exists = if *root == "databases" { d.databases.contains_key(*target) } else { d.services.contains_key(*target) };
+                let exists = if *root == "databases" {
+                    d.databases.contains_key(*target)
+                } else {
+                    d.services.contains_key(*target)
+                };
                 let fields = fields_of(root);
                 (exists && !fields.contains(field)).then(|| unknown_field(&format!("{root}.{target}"), field, fields))
             }

@@ -76,7 +76,10 @@ impl Reporter for Progress {
         match ev {
             Event::Started { resource, action, detail } => {
                 let pb = self.multi.add(ProgressBar::new_spinner());
-                pb.set_style(ProgressStyle::with_template("  {spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                pb.set_style(
+                    ProgressStyle::with_template("  {spinner} {msg} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
                 pb.set_message(format!("{resource} {action}{}", detail.map(|d| format!(" ({d})")).unwrap_or_default()));
                 pb.enable_steady_tick(Duration::from_millis(100));
                 bars.push((format!("{resource}/{action}"), pb));

@@ -150,20 +150,18 @@ impl State {
                         s.entries.push(Entry { id: id.clone(), kind: kind.clone(), handle: None, deleted: false });
                     }
                 }
-                Record::Created { id, kind, handle, .. } => {
-                    match s.entries.iter_mut().find(|e| &e.id == id) {
-                        Some(e) => {
-                            e.handle = Some(handle.clone());
-                            e.deleted = false;
-                        }
-                        None => s.entries.push(Entry {
-                            id: id.clone(),
-                            kind: kind.clone(),
-                            handle: Some(handle.clone()),
-                            deleted: false,
-                        }),
+                Record::Created { id, kind, handle, .. } => match s.entries.iter_mut().find(|e| &e.id == id) {
+                    Some(e) => {
+                        e.handle = Some(handle.clone());
+                        e.deleted = false;
                     }
-                }
+                    None => s.entries.push(Entry {
+                        id: id.clone(),
+                        kind: kind.clone(),
+                        handle: Some(handle.clone()),
+                        deleted: false,
+                    }),
+                },
                 Record::Deleted { id, .. } => {
                     if let Some(e) = s.entries.iter_mut().find(|e| &e.id == id) {
                         e.deleted = true;
@@ -218,9 +216,14 @@ mod tests {
         j.deleted("c").unwrap();
         drop(j);
         // A crash in the middle of a write leaves half a line.
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"type\":\"deleted\",\"id\":\"a").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"type\":\"deleted\",\"id\":\"a")
+            .unwrap();
         let state = State::from_records(&read(&path).unwrap());
-        assert_eq!(state.meta.unwrap().run_id, "r-1");
+        assert_eq!(state.meta.as_ref().unwrap().run_id, "r-1");
         let remaining: Vec<(&str, bool)> =
             state.remaining().iter().map(|e| (e.id.as_str(), e.handle.is_some())).collect();
         assert_eq!(remaining, vec![("b", false), ("a", true)]);

@@ -68,7 +68,13 @@ type NodeFuture<'a> = Pin<Box<dyn Future<Output = (usize, Done)> + 'a>>;
 
 /// Runs a whole rehearsal. Errors only for problems before anything exists (the state
 /// directory cannot be written, ...); everything after is in the outcome.
-pub async fn run<P: Provider>(provider: &P, loaded: &Loaded, opts: &Options, reporter: &dyn Reporter, signals: &Signals) -> Result<Outcome, String> {
+pub async fn run<P: Provider>(
+    provider: &P,
+    loaded: &Loaded,
+    opts: &Options,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> Result<Outcome, String> {
     let clock = Clock::new();
     let started_at = Utc::now();
     let d = &loaded.desc;
@@ -99,7 +105,8 @@ pub async fn run<P: Provider>(provider: &P, loaded: &Loaded, opts: &Options, rep
         region: d.region.clone(),
         pid: std::process::id(),
     };
-    let journal = Journal::create(&run_state.join("journal.jsonl"), &meta).map_err(|e| format!("cannot create the journal: {e}"))?;
+    let journal = Journal::create(&run_state.join("journal.jsonl"), &meta)
+        .map_err(|e| format!("cannot create the journal: {e}"))?;
     reporter.event(Event::Note(format!(
         "run {run_id}: rehearsing `{}` release {} on {}",
         d.name,
@@ -109,7 +116,8 @@ pub async fn run<P: Provider>(provider: &P, loaded: &Loaded, opts: &Options, rep
 
     if d.provider == ProviderKind::Local {
         journal.intent("workspace", "local.workspace").map_err(|e| e.to_string())?;
-        state::ensure_traversable_dir(&opts.work_root.join("runs")).map_err(|e| format!("cannot create {}: {e}", opts.work_root.display()))?;
+        state::ensure_traversable_dir(&opts.work_root.join("runs"))
+            .map_err(|e| format!("cannot create {}: {e}", opts.work_root.display()))?;
         state::ensure_traversable_dir(&work_dir).map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
         journal.created("workspace", "local.workspace", json!({"dir": work_dir})).map_err(|e| e.to_string())?;
     }
@@ -140,9 +148,9 @@ pub async fn run<P: Provider>(provider: &P, loaded: &Loaded, opts: &Options, rep
                     let why = if interrupted {
                         "interrupted before it could run".to_string()
                     } else if let Some(f) = &graph.failure {
-                        format!("not run: {}", f.1.message)
+                        f.1.message.clone()
                     } else {
-                        "not run".to_string()
+                        "the environment never became ready".to_string()
                     };
                     suite_results.push(suites::not_run(name, s, &why));
                 }
@@ -155,13 +163,18 @@ pub async fn run<P: Provider>(provider: &P, loaded: &Loaded, opts: &Options, rep
     } else if let Some((_, e)) = &graph.failure {
         match e.blame {
             Blame::Build => (Verdict::BuildFailed, Some(format!("the environment could not be built: {}", e.message))),
-            Blame::Release => (Verdict::Failed, Some(format!("the release failed on the copy of production: {}", e.message))),
+            Blame::Release => {
+                (Verdict::Failed, Some(format!("the release failed on the copy of production: {}", e.message)))
+            }
         }
     } else if !opts.up_only && suite_results.is_empty() {
         (Verdict::Failed, Some("the description has no suites: nothing judged the release".to_string()))
     } else if let Some(bad) = suite_results.iter().find(|s| s.status != SuiteStatus::Passed) {
         let n = suite_results.iter().filter(|s| s.status != SuiteStatus::Passed).count();
-        let why = bad.reason.clone().unwrap_or_else(|| format!("{} of {} tests failed", bad.failures + bad.errors, bad.tests));
+        let why = bad
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("{} of {} tests failed", bad.failures + bad.errors, bad.tests));
         (Verdict::Failed, Some(format!("{n} suite(s) did not pass; `{}` {}: {why}", bad.name, bad.status.as_str())))
     } else {
         (Verdict::Passed, None)
@@ -204,7 +217,8 @@ pub async fn run<P: Provider>(provider: &P, loaded: &Loaded, opts: &Options, rep
     if !leftovers.is_empty() {
         exit_code = exit::LEFTOVERS;
     }
-    let _ = journal.append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() });
+    let _ =
+        journal.append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() });
 
     let steps = steps.into_inner().unwrap_or_default();
     let mut phases = phase_timings(&steps, &clock, graph.failure.as_ref().map(|f| f.0.as_str()), &plan);
@@ -231,7 +245,12 @@ pub async fn run<P: Provider>(provider: &P, loaded: &Loaded, opts: &Options, rep
             } else {
                 "destroyed"
             };
-            ResourceRecord { id: r.id.clone(), kind: r.kind.as_str().into(), provider_id: created, status: status.into() }
+            ResourceRecord {
+                id: r.id.clone(),
+                kind: r.kind.as_str().into(),
+                provider_id: created,
+                status: status.into(),
+            }
         })
         .collect();
     let failure = graph.failure.as_ref().map(|(id, e)| Failure {
@@ -272,8 +291,14 @@ pub async fn run<P: Provider>(provider: &P, loaded: &Loaded, opts: &Options, rep
         total_ms: total.as_millis() as u64,
         overhead_ms: total.saturating_sub(clock.external_total()).as_millis() as u64,
     };
-    report.phases.push(PhaseTiming { phase: "report".into(), start_ms: clock.ms(report_phase_start), duration_ms: 0, status: "ok".into() });
-    crate::report::write_all(&report, &report_dir).map_err(|e| format!("cannot write the report to {}: {e}", report_dir.display()))?;
+    report.phases.push(PhaseTiming {
+        phase: "report".into(),
+        start_ms: clock.ms(report_phase_start),
+        duration_ms: 0,
+        status: "ok".into(),
+    });
+    crate::report::write_all(&report, &report_dir)
+        .map_err(|e| format!("cannot write the report to {}: {e}", report_dir.display()))?;
     Ok(Outcome { report, report_dir, exit_code })
 }
 
@@ -334,7 +359,8 @@ async fn execute<P: Provider>(
                     continue;
                 }
                 let r = &plan.resources[i];
-                let ready = r.depends_on.iter().all(|dep| index.get(dep.as_str()).is_some_and(|j| status[*j] == Status::Done));
+                let ready =
+                    r.depends_on.iter().all(|dep| index.get(dep.as_str()).is_some_and(|j| status[*j] == Status::Done));
                 if !ready {
                     continue;
                 }
@@ -353,7 +379,11 @@ async fn execute<P: Provider>(
                                 env.push((k.clone(), v));
                             }
                         }
-                        reporter.event(Event::Started { resource: r.id.clone(), action: "suite".into(), detail: Some(command.clone()) });
+                        reporter.event(Event::Started {
+                            resource: r.id.clone(),
+                            action: "suite".into(),
+                            detail: Some(command.clone()),
+                        });
                         let t = Instant::now();
                         let res = suites::run(
                             suites::SuiteRun {
@@ -372,7 +402,13 @@ async fn execute<P: Provider>(
                             Some(why) => format!("{}: {why}", res.status.as_str()),
                             None => format!("{} tests, {} failed", res.tests, res.failures + res.errors),
                         });
-                        reporter.event(Event::Finished { resource: r.id.clone(), action: "suite".into(), ok, elapsed: t.elapsed(), detail: detail.clone() });
+                        reporter.event(Event::Finished {
+                            resource: r.id.clone(),
+                            action: "suite".into(),
+                            ok,
+                            elapsed: t.elapsed(),
+                            detail: detail.clone(),
+                        });
                         if let Ok(mut s) = steps.lock() {
                             s.push(StepTiming {
                                 resource: r.id.clone(),
@@ -389,7 +425,8 @@ async fn execute<P: Provider>(
                 } else {
                     if let Err(e) = journal.intent(&r.id, r.kind.as_str()) {
                         status[i] = Status::Failed;
-                        result.failure = Some((r.id.clone(), StepError::build(format!("cannot write the journal: {e}"))));
+                        result.failure =
+                            Some((r.id.clone(), StepError::build(format!("cannot write the journal: {e}"))));
                         break;
                     }
                     running.push(Box::pin(async move {
@@ -435,7 +472,8 @@ async fn execute<P: Provider>(
                     Output::Service { name, index, outputs: o } => {
                         result.created.insert(r.id.clone(), o.url.clone());
                         instances.insert((name.clone(), index), o);
-                        let all: Vec<&ServiceOutputs> = instances.iter().filter(|((n, _), _)| *n == name).map(|(_, o)| o).collect();
+                        let all: Vec<&ServiceOutputs> =
+                            instances.iter().filter(|((n, _), _)| *n == name).map(|(_, o)| o).collect();
                         let first = all[0].clone();
                         outputs.services.insert(
                             name,
@@ -495,7 +533,9 @@ fn phase_of(kind: Option<Kind>, e: &StepError) -> String {
 /// Phase spans from the steps, in lifecycle order.
 fn phase_timings(steps: &[StepTiming], _clock: &Clock, failed: Option<&str>, plan: &Plan) -> Vec<PhaseTiming> {
     let order = ["up", "prepare-data", "install", "health", "suites"];
-    let failed_phase = failed.and_then(|id| steps.iter().rev().find(|s| s.resource == id && !s.ok)).map(|s| phase_for(&s.kind, &s.action));
+    let failed_phase = failed
+        .and_then(|id| steps.iter().rev().find(|s| s.resource == id && !s.ok))
+        .map(|s| phase_for(&s.kind, &s.action));
     let _ = plan;
     order
         .iter()

@@ -63,7 +63,11 @@ impl Finished {
 }
 
 /// Spawns `cmd` in its own process group with stdout and stderr appended to `log`.
-pub fn spawn_logged(cmd: &mut Command, log: &Path, kill_on_drop: bool) -> std::io::Result<(tokio::process::Child, ProcHandle)> {
+pub fn spawn_logged(
+    cmd: &mut Command,
+    log: &Path,
+    kill_on_drop: bool,
+) -> std::io::Result<(tokio::process::Child, ProcHandle)> {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(kill_on_drop);
@@ -85,7 +89,11 @@ pub async fn run_logged(cmd: &mut Command, log: &Path, timeout: Duration, clock:
     match res {
         Ok(status) => {
             let status = status?;
-            Ok(Finished { status: status.code().or_else(|| status_signal(&status).map(|s| 128 + s)), timed_out: false, elapsed })
+            Ok(Finished {
+                status: status.code().or_else(|| status_signal(&status).map(|s| 128 + s)),
+                timed_out: false,
+                elapsed,
+            })
         }
         Err(_) => {
             stop_group(&handle, Duration::from_secs(2)).await;

@@ -58,13 +58,7 @@ pub fn run_dir(state: &Path, run_id: &str) -> PathBuf {
 pub fn new_run_id() -> String {
     let mut bytes = [0u8; 3];
     let _ = getrandom::fill(&mut bytes);
-    format!(
-        "r-{}-{:02x}{:02x}{:02x}",
-        Utc::now().format("%Y%m%d-%H%M%S"),
-        bytes[0],
-        bytes[1],
-        bytes[2]
-    )
+    format!("r-{}-{:02x}{:02x}{:02x}", Utc::now().format("%Y%m%d-%H%M%S"), bytes[0], bytes[1], bytes[2])
 }
 
 /// A generated secret (database passwords): 32 characters from a URL- and

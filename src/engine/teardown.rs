@@ -25,7 +25,13 @@ impl Outcome {
 
 /// Destroys everything the journal says may exist. Stops early (listing the rest) when
 /// a second signal arrives.
-pub async fn run<P: Provider>(provider: &P, journal: &Journal, reporter: &dyn Reporter, signals: &Signals, stop_at_signal: u32) -> Outcome {
+pub async fn run<P: Provider>(
+    provider: &P,
+    journal: &Journal,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+    stop_at_signal: u32,
+) -> Outcome {
     let started = Instant::now();
     let records = journal::read(journal.path()).unwrap_or_default();
     let state = State::from_records(&records);
@@ -60,10 +66,22 @@ pub async fn run<P: Provider>(provider: &P, journal: &Journal, reporter: &dyn Re
         match result {
             Some(Ok(())) => {
                 let _ = journal.deleted(&entry.id);
-                reporter.event(Event::Finished { resource: entry.id.clone(), action: "destroy".into(), ok: true, elapsed: t.elapsed(), detail: None });
+                reporter.event(Event::Finished {
+                    resource: entry.id.clone(),
+                    action: "destroy".into(),
+                    ok: true,
+                    elapsed: t.elapsed(),
+                    detail: None,
+                });
             }
             Some(Err(e)) => {
-                reporter.event(Event::Finished { resource: entry.id.clone(), action: "destroy".into(), ok: false, elapsed: t.elapsed(), detail: Some(e) });
+                reporter.event(Event::Finished {
+                    resource: entry.id.clone(),
+                    action: "destroy".into(),
+                    ok: false,
+                    elapsed: t.elapsed(),
+                    detail: Some(e),
+                });
                 leftovers.push(leftover(provider, entry, &meta));
             }
             None => {

@@ -130,9 +130,8 @@ pub enum PlanError {
 /// Compiles a loaded description into a plan for `release` (or its default version).
 pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Result<Plan, PlanError> {
     let d = &loaded.desc;
-    let version = loaded
-        .release_version(release)
-        .ok_or_else(|| PlanError::NoVersion(loaded.path.display().to_string()))?;
+    let version =
+        loaded.release_version(release).ok_or_else(|| PlanError::NoVersion(loaded.path.display().to_string()))?;
     let run_id = run_id.unwrap_or(RUN_ID_PLACEHOLDER).to_string();
     let outputs = Outputs::placeholders(d, &version, &run_id);
     let static_ctx = template::context(d, None, &outputs, Scope::Static);
@@ -253,7 +252,8 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
 
     if d.provider == ProviderKind::Local && !d.services.is_empty() {
         let mut rel = new("release".into(), Kind::LocalRelease, "release");
-        rel.attributes.insert("artifact".into(), json!(loaded.resolve(std::path::Path::new(&artifact)).display().to_string()));
+        rel.attributes
+            .insert("artifact".into(), json!(loaded.resolve(std::path::Path::new(&artifact)).display().to_string()));
         rel.attributes.insert("version".into(), json!(version));
         resources.push(rel);
     }
@@ -291,12 +291,16 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     let itype = s.instance_type.clone().unwrap_or_default();
                     r.attributes.insert("image_id".into(), json!(s.image));
                     r.attributes.insert("instance_type".into(), json!(itype));
-                    r.attributes.insert("subnet_id".into(), json!(d.network.as_ref().map(|n| n.subnets[i as usize % n.subnets.len()].clone())));
+                    r.attributes.insert(
+                        "subnet_id".into(),
+                        json!(d.network.as_ref().map(|n| n.subnets[i as usize % n.subnets.len()].clone())),
+                    );
                     if let Some(p) = s.port {
                         r.attributes.insert("port".into(), json!(p));
                     }
                     if let Some(h) = &s.health {
-                        r.attributes.insert("health".into(), json!({"path": h.path, "timeout": format_duration(h.timeout)}));
+                        r.attributes
+                            .insert("health".into(), json!({"path": h.path, "timeout": format_duration(h.timeout)}));
                     }
                     r.attributes.insert("env".into(), json!(env));
                     if let Some(u) = &user_data {
@@ -313,7 +317,8 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                 inst.depends_on = vec!["release".into()];
                 inst.depends_on.extend(dep_ids.iter().cloned());
                 if s.install.is_some() {
-                    inst.attributes.insert("command".into(), json!(render(&format!("services.{name}.install"), &full_ctx)?));
+                    inst.attributes
+                        .insert("command".into(), json!(render(&format!("services.{name}.install"), &full_ctx)?));
                 }
                 let configs: Vec<Value> = s
                     .templates
@@ -334,7 +339,8 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     r.attributes.insert("command".into(), json!(command));
                     r.attributes.insert("port".into(), json!("(free port, in $PORT)"));
                     if let Some(h) = &s.health {
-                        r.attributes.insert("health".into(), json!({"path": h.path, "timeout": format_duration(h.timeout)}));
+                        r.attributes
+                            .insert("health".into(), json!({"path": h.path, "timeout": format_duration(h.timeout)}));
                     }
                     r.attributes.insert("env".into(), json!(env));
                     resources.push(r);

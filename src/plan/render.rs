@@ -26,12 +26,7 @@ pub fn text(plan: &Plan, color: bool) -> String {
     for r in plan.resources.iter() {
         let marker = if r.kind.is_suite() { "▶" } else { "+" };
         let cost = r.cost_per_hour_usd.map(|c| format!("  ~${c:.4}/h")).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  {green}{marker}{reset} {bold}{:width$}{reset}  {}{cost}",
-            r.id,
-            r.kind.as_str(),
-        );
+        let _ = writeln!(out, "  {green}{marker}{reset} {bold}{:width$}{reset}  {}{cost}", r.id, r.kind.as_str(),);
         resource_details(&mut out, r, dim, reset);
     }
     let created = plan.resources.iter().filter(|r| !r.kind.is_suite()).count();
@@ -50,12 +45,8 @@ pub fn text(plan: &Plan, color: bool) -> String {
         if created == 1 { "" } else { "s" },
         if suites == 1 { "" } else { "s" },
     );
-    let sources: Vec<String> = plan
-        .resources
-        .iter()
-        .filter_map(|r| r.source.as_ref())
-        .map(|s| s.identifier.clone())
-        .collect();
+    let sources: Vec<String> =
+        plan.resources.iter().filter_map(|r| r.source.as_ref()).map(|s| s.identifier.clone()).collect();
     if !sources.is_empty() {
         let _ = writeln!(out, "Production is only read, never changed: {}.", sources.join(", "));
     }

@@ -98,12 +98,21 @@ impl LocalProvider {
             postmaster: None,
         };
         let masking_sql = match &db.masking {
-            Some(m) => Some(std::fs::read_to_string(ctx.loaded.resolve(m)).map_err(|e| StepError::build(format!("cannot read masking SQL {}: {e}", m.display())))?),
+            Some(m) => Some(
+                std::fs::read_to_string(ctx.loaded.resolve(m))
+                    .map_err(|e| StepError::build(format!("cannot read masking SQL {}: {e}", m.display())))?,
+            ),
             None => None,
         };
         let golden = golden_dir(&ctx.run.golden_root, &d.name, &res.name);
-        let golden_meta: Option<GoldenMeta> = std::fs::read(golden.join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        let wanted = GoldenMeta { backup: backup.clone(), database_name: db_name.clone(), masking: masking_sql.clone(), pg_bin: bin.dir.clone() };
+        let golden_meta: Option<GoldenMeta> =
+            std::fs::read(golden.join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let wanted = GoldenMeta {
+            backup: backup.clone(),
+            database_name: db_name.clone(),
+            masking: masking_sql.clone(),
+            pg_bin: bin.dir.clone(),
+        };
         let warm = !ctx.run.cold && golden_meta.as_ref() == Some(&wanted) && golden.join("data/PG_VERSION").is_file();
         if !ctx.run.cold && golden_meta.is_some() && !warm {
             ctx.reporter.event(crate::engine::events::Event::Note(format!(
@@ -143,7 +152,8 @@ impl LocalProvider {
             r?;
             if let Some(m) = &db.masking {
                 let t = ctx.started(res, "mask", None);
-                let r = postgres::mask(&bin, &cluster, &db_name, &ctx.loaded.resolve(m), &log, ctx.clock, timeout).await;
+                let r =
+                    postgres::mask(&bin, &cluster, &db_name, &ctx.loaded.resolve(m), &log, ctx.clock, timeout).await;
                 ctx.step(res, "mask", t, r.is_ok(), Some(m.display().to_string()));
                 r?;
             }
@@ -154,7 +164,14 @@ impl LocalProvider {
         // A fresh secret for this copy; given on stdin, never on a command line.
         let password = state::new_secret();
         let t = ctx.started(res, "rotate-password", None);
-        let r = postgres::psql_stdin(&bin, &cluster, "postgres", &format!("ALTER ROLE {} PASSWORD '{password}';", postgres::SUPERUSER), ctx.clock).await;
+        let r = postgres::psql_stdin(
+            &bin,
+            &cluster,
+            "postgres",
+            &format!("ALTER ROLE {} PASSWORD '{password}';", postgres::SUPERUSER),
+            ctx.clock,
+        )
+        .await;
         ctx.step(res, "rotate-password", t, r.is_ok(), None);
         r?;
 
@@ -202,7 +219,14 @@ impl LocalProvider {
             ("REHEARSE_RUN_ID".into(), ctx.run.run_id.clone()),
             ("REHEARSE_RELEASE".into(), ctx.run.release_version.clone()),
         ];
-        let dbs: Vec<&String> = ctx.loaded.deps.get(res.name.as_str()).into_iter().flatten().filter(|d| ctx.loaded.desc.databases.contains_key(*d)).collect();
+        let dbs: Vec<&String> = ctx
+            .loaded
+            .deps
+            .get(res.name.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|d| ctx.loaded.desc.databases.contains_key(*d))
+            .collect();
         if let [db] = dbs.as_slice() {
             if let Some(o) = ctx.tctx.get("databases").and_then(|v| v.get(db.as_str())) {
                 let f = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
@@ -232,9 +256,11 @@ impl LocalProvider {
             let text = ctx.render(&format!("services.{}.templates[{i}].source", res.name))?;
             let dest = dir.join(&t.dest);
             if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| StepError::build(format!("cannot create {}: {e}", parent.display())))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| StepError::build(format!("cannot create {}: {e}", parent.display())))?;
             }
-            std::fs::write(&dest, text).map_err(|e| StepError::build(format!("cannot write {}: {e}", dest.display())))?;
+            std::fs::write(&dest, text)
+                .map_err(|e| StepError::build(format!("cannot write {}: {e}", dest.display())))?;
         }
         let Some(_) = &s.install else {
             return Ok(Output::Nothing);
@@ -249,7 +275,12 @@ impl LocalProvider {
         ctx.step(res, "install", t, ok, Some(command.clone()));
         let f = f.map_err(|e| StepError::build(format!("cannot run `{command}`: {e}")))?;
         if f.timed_out {
-            return Err(StepError::release(format!("install of `{}` (`{command}`) did not finish within {}s", res.name, INSTALL_TIMEOUT.as_secs())).with_log(&log, 20));
+            return Err(StepError::release(format!(
+                "install of `{}` (`{command}`) did not finish within {}s",
+                res.name,
+                INSTALL_TIMEOUT.as_secs()
+            ))
+            .with_log(&log, 20));
         }
         if !f.success() {
             let err = StepError::release(String::new()).with_log(&log, 20);
@@ -257,7 +288,12 @@ impl LocalProvider {
             // makes the one-line message; the tail carries the database's error.
             let key = err.log_tail.iter().rev().find(|l| l.to_lowercase().contains("failed")).cloned();
             let message = match key {
-                Some(line) => format!("install of `{}` failed (exit {}): {}", res.name, f.status.unwrap_or(-1), line.trim().trim_end_matches(':')),
+                Some(line) => format!(
+                    "install of `{}` failed (exit {}): {}",
+                    res.name,
+                    f.status.unwrap_or(-1),
+                    line.trim().trim_end_matches(':')
+                ),
                 None => format!("install of `{}` failed: `{command}` exited with {}", res.name, f.status.unwrap_or(-1)),
             };
             return Err(StepError { message, ..err });
@@ -278,7 +314,8 @@ impl LocalProvider {
         let t = ctx.started(res, "start", Some(command.clone()));
         // Services outlive this step (and, when kept, this process): they are not killed
         // on drop; teardown stops their whole group explicitly.
-        let (mut child, handle) = process::spawn_logged(&mut cmd, &log, false).map_err(|e| StepError::release(format!("cannot start `{command}`: {e}")))?;
+        let (mut child, handle) = process::spawn_logged(&mut cmd, &log, false)
+            .map_err(|e| StepError::release(format!("cannot start `{command}`: {e}")))?;
         // Journaled before anything else can fail or be interrupted.
         ctx.record(res, json!({"process": handle, "port": port}))?;
         ctx.step(res, "start", t, true, Some(format!("pid {} port {port}", handle.pid)));
@@ -293,7 +330,9 @@ impl LocalProvider {
             .await;
             ctx.step(res, "health", t, r.is_ok(), Some(format!("GET {}", h.path)));
             if let Err(e) = r {
-                return Err(StepError::release(format!("service `{}` (instance {index}) {e}", res.name)).with_log(&log, 20));
+                return Err(
+                    StepError::release(format!("service `{}` (instance {index}) {e}", res.name)).with_log(&log, 20)
+                );
             }
         }
         if let Ok(mut c) = self.children.lock() {
@@ -304,12 +343,24 @@ impl LocalProvider {
         Ok(Output::Service {
             name: res.name.clone(),
             index,
-            outputs: ServiceOutputs { address: address.clone(), port: port.to_string(), url: url.clone(), addresses: vec![address], urls: vec![url] },
+            outputs: ServiceOutputs {
+                address: address.clone(),
+                port: port.to_string(),
+                url: url.clone(),
+                addresses: vec![address],
+                urls: vec![url],
+            },
         })
     }
 }
 
-async fn start_on_free_port(bin: &PgBin, cluster: &mut Cluster, ctx: &Ctx<'_>, timeout: Duration, tag: &[(&str, &str)]) -> Result<(), StepError> {
+async fn start_on_free_port(
+    bin: &PgBin,
+    cluster: &mut Cluster,
+    ctx: &Ctx<'_>,
+    timeout: Duration,
+    tag: &[(&str, &str)],
+) -> Result<(), StepError> {
     // The port was free a moment ago; if another process took it meanwhile, try anew.
     let mut last = None;
     for _ in 0..3 {
@@ -336,19 +387,33 @@ async fn copy_golden(from: &Path, to: &Path, ctx: &Ctx<'_>) -> Result<(), StepEr
         .await
         .map_err(|e| StepError::build(format!("cannot run cp: {e}")))?;
     if !out.status.success() {
-        return Err(StepError::build(format!("cannot copy the golden copy {}: {}", from.display(), String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(StepError::build(format!(
+            "cannot copy the golden copy {}: {}",
+            from.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }
 
-async fn dump_url(bin: &PgBin, url: &str, dump: &Path, log: &Path, ctx: &Ctx<'_>) -> Result<postgres::Backup, StepError> {
+async fn dump_url(
+    bin: &PgBin,
+    url: &str,
+    dump: &Path,
+    log: &Path,
+    ctx: &Ctx<'_>,
+) -> Result<postgres::Backup, StepError> {
     // Read-only use of the source: pg_dump takes a consistent snapshot and writes
     // nothing to it.
     let mut cmd = bin.cmd("pg_dump");
     cmd.args(["-Fc", "--no-owner", "--no-acl", "-f"]).arg(dump).arg(url);
-    let f = process::run_logged(&mut cmd, log, Duration::from_secs(6 * 3600), ctx.clock).await.map_err(|e| StepError::build(format!("cannot run pg_dump: {e}")))?;
+    let f = process::run_logged(&mut cmd, log, Duration::from_secs(6 * 3600), ctx.clock)
+        .await
+        .map_err(|e| StepError::build(format!("cannot run pg_dump: {e}")))?;
     if !f.success() {
-        return Err(StepError::build(format!("pg_dump of {} failed", crate::description::redact_url(url))).with_log(log, 10));
+        return Err(
+            StepError::build(format!("pg_dump of {} failed", crate::description::redact_url(url))).with_log(log, 10)
+        );
     }
     Ok(postgres::Backup { path: dump.to_path_buf(), taken_at: chrono::Utc::now() })
 }
@@ -367,7 +432,8 @@ impl Provider for LocalProvider {
     async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), String> {
         match entry.kind.as_str() {
             "local.process" => {
-                let handle: Option<ProcHandle> = entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("process")?.clone()).ok());
+                let handle: Option<ProcHandle> =
+                    entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("process")?.clone()).ok());
                 if let Some(h) = handle {
                     if !process::stop_group(&h, STOP_GRACE).await {
                         return Err(format!("process group {} did not stop", h.pgid));
@@ -381,7 +447,8 @@ impl Provider for LocalProvider {
                 Ok(())
             }
             "local.postgres" => {
-                let cluster: Option<Cluster> = entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("cluster")?.clone()).ok());
+                let cluster: Option<Cluster> =
+                    entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("cluster")?.clone()).ok());
                 let Some(cluster) = cluster else { return Ok(()) };
                 let bin = PgBin::find().ok();
                 if !postgres::stop(bin.as_ref(), &cluster).await {
@@ -408,7 +475,11 @@ impl Provider for LocalProvider {
                     }
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                 }
-                let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(PathBuf::from)).or_else(|| meta.work_dir.as_ref().map(PathBuf::from));
+                let dir = entry
+                    .handle
+                    .as_ref()
+                    .and_then(|h| h.get("dir")?.as_str().map(PathBuf::from))
+                    .or_else(|| meta.work_dir.as_ref().map(PathBuf::from));
                 if let Some(dir) = dir {
                     if let Ok(rd) = std::fs::read_dir(&dir) {
                         let bin = PgBin::find().ok();
@@ -442,14 +513,19 @@ impl Provider for LocalProvider {
                 }
             }
             "local.postgres" => {
-                let base = entry.handle.as_ref().and_then(|h| h.get("cluster")?.get("base")?.as_str().map(str::to_string));
+                let base =
+                    entry.handle.as_ref().and_then(|h| h.get("cluster")?.get("base")?.as_str().map(str::to_string));
                 match base {
                     Some(b) => format!("pg_ctl -D {b}/data -m fast stop; rm -rf {b}"),
                     None => format!("rehearse down {}", meta.run_id),
                 }
             }
             _ => {
-                let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(str::to_string)).or_else(|| meta.work_dir.clone());
+                let dir = entry
+                    .handle
+                    .as_ref()
+                    .and_then(|h| h.get("dir")?.as_str().map(str::to_string))
+                    .or_else(|| meta.work_dir.clone());
                 match dir {
                     Some(d) => format!("rm -rf {d}"),
                     None => format!("rehearse down {}", meta.run_id),

@@ -29,10 +29,7 @@ pub fn to_xml(report: &RunReport) -> io::Result<String> {
 /// The report as a `quick-junit` report: one testsuite per suite, plus [`RUN_SUITE`]
 /// when the run itself failed.
 pub fn build(report: &RunReport) -> Report {
-    let mut junit = Report::new(format!(
-        "rehearse {} {}",
-        report.environment, report.release
-    ));
+    let mut junit = Report::new(format!("rehearse {} {}", report.environment, report.release));
     junit.set_timestamp(report.started_at);
     junit.set_time(Duration::from_millis(report.total_ms));
     for suite in &report.suites {
@@ -63,14 +60,8 @@ fn suite_of(report: &RunReport, s: &SuiteResult) -> TestSuite {
         let status = match c.status.as_str() {
             "passed" => TestCaseStatus::success(),
             "skipped" => with_message(TestCaseStatus::skipped(), c.message.as_deref()),
-            "failed" => with_message(
-                TestCaseStatus::non_success(NonSuccessKind::Failure),
-                c.message.as_deref(),
-            ),
-            "error" => with_message(
-                TestCaseStatus::non_success(NonSuccessKind::Error),
-                c.message.as_deref(),
-            ),
+            "failed" => with_message(TestCaseStatus::non_success(NonSuccessKind::Failure), c.message.as_deref()),
+            "error" => with_message(TestCaseStatus::non_success(NonSuccessKind::Error), c.message.as_deref()),
             // Fail closed: a status this code does not know is not a pass.
             other => with_message(
                 TestCaseStatus::non_success(NonSuccessKind::Error),
@@ -93,16 +84,11 @@ fn suite_of(report: &RunReport, s: &SuiteResult) -> TestSuite {
         SuiteStatus::Passed => {}
         _ if says_failed => {}
         status => {
-            let message = s
-                .reason
-                .clone()
-                .unwrap_or_else(|| match (status, s.exit_code) {
-                    (SuiteStatus::NotRun, _) => {
-                        "not run: the environment never became ready".to_string()
-                    }
-                    (_, Some(code)) => format!("exited with status {code}"),
-                    (_, None) => "did not produce results".to_string(),
-                });
+            let message = s.reason.clone().unwrap_or_else(|| match (status, s.exit_code) {
+                (SuiteStatus::NotRun, _) => "not run: the environment never became ready".to_string(),
+                (_, Some(code)) => format!("exited with status {code}"),
+                (_, None) => "did not produce results".to_string(),
+            });
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
             status.set_message(message).set_type(s.status.as_str());
             let mut case = TestCase::new(s.name.as_str(), status);
@@ -120,15 +106,9 @@ fn run_suite(report: &RunReport, suites_say_failed: bool) -> Option<TestSuite> {
     suite.set_timestamp(report.started_at);
     suite.set_time(Duration::from_millis(report.total_ms));
 
-    if let Some(f) = report
-        .failure
-        .as_ref()
-        .filter(|f| !failure_is_a_suite(report, f))
-    {
+    if let Some(f) = report.failure.as_ref().filter(|f| !failure_is_a_suite(report, f)) {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-        status
-            .set_message(f.message.as_str())
-            .set_type(f.phase.as_str());
+        status.set_message(f.message.as_str()).set_type(f.phase.as_str());
         if !f.log_tail.is_empty() {
             status.set_description(f.log_tail.join("\n"));
         }
@@ -144,10 +124,7 @@ fn run_suite(report: &RunReport, suites_say_failed: bool) -> Option<TestSuite> {
     if t.status == "incomplete" || t.status == "interrupted" || !t.leftovers.is_empty() {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
         let message = if t.leftovers.is_empty() {
-            format!(
-                "teardown {}: finish it with `rehearse down {}`",
-                t.status, report.run_id
-            )
+            format!("teardown {}: finish it with `rehearse down {}`", t.status, report.run_id)
         } else {
             format!(
                 "teardown left {} resource{} behind",
@@ -160,11 +137,7 @@ fn run_suite(report: &RunReport, suites_say_failed: bool) -> Option<TestSuite> {
             .leftovers
             .iter()
             .map(|l| {
-                let pid = l
-                    .provider_id
-                    .as_deref()
-                    .map(|p| format!(", {p}"))
-                    .unwrap_or_default();
+                let pid = l.provider_id.as_deref().map(|p| format!(", {p}")).unwrap_or_default();
                 format!("# {} ({}{pid})\n{}", l.id, l.kind, l.command)
             })
             .collect();
@@ -180,13 +153,8 @@ fn run_suite(report: &RunReport, suites_say_failed: bool) -> Option<TestSuite> {
     // A run that did not pass must not look green, whatever else is (not) in the file.
     if report.verdict != Verdict::Passed && !suites_say_failed && suite.test_cases.is_empty() {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
-        let message = report
-            .reason
-            .clone()
-            .unwrap_or_else(|| format!("run {}", report.verdict.as_str()));
-        status
-            .set_message(message)
-            .set_type(report.verdict.as_str());
+        let message = report.reason.clone().unwrap_or_else(|| format!("run {}", report.verdict.as_str()));
+        status.set_message(message).set_type(report.verdict.as_str());
         let mut case = TestCase::new("run", status);
         case.set_classname(RUN_SUITE);
         suite.add_test_case(case);
@@ -202,10 +170,7 @@ fn failure_is_a_suite(report: &RunReport, f: &super::model::Failure) -> bool {
         return false;
     };
     let name = resource.strip_prefix("suite.").unwrap_or(resource);
-    report
-        .suites
-        .iter()
-        .any(|s| s.name == name && s.status != SuiteStatus::Passed)
+    report.suites.iter().any(|s| s.name == name && s.status != SuiteStatus::Passed)
 }
 
 fn with_message(mut status: TestCaseStatus, message: Option<&str>) -> TestCaseStatus {

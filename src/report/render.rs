@@ -63,8 +63,7 @@ impl ReportFiles {
 /// `rehearse report` reads back. A failure to write one file does not stop the
 /// others; the first error is returned.
 pub fn write_all(report: &RunReport, dir: &Path) -> io::Result<ReportFiles> {
-    fs::create_dir_all(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
+    fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
     let files = ReportFiles::in_dir(dir);
     let outputs: [(&Path, io::Result<String>); 4] = [
         (&files.json, json(report)),
@@ -131,9 +130,7 @@ pub fn read_report(dir: &Path) -> Result<RunReport, ReadReportError> {
     let path = dir.join(JSON_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ReadReportError::Missing { path })
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadReportError::Missing { path }),
         Err(source) => return Err(ReadReportError::Read { path, source }),
     };
     // Check the version before the shape, so a report from a newer rehearse says so
@@ -142,10 +139,7 @@ pub fn read_report(dir: &Path) -> Result<RunReport, ReadReportError> {
         Ok(v) => v,
         Err(source) => return Err(ReadReportError::Parse { path, source }),
     };
-    match value
-        .get("schema_version")
-        .and_then(serde_json::Value::as_u64)
-    {
+    match value.get("schema_version").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(REPORT_SCHEMA_VERSION) => {}
         Some(found) => return Err(ReadReportError::Version { path, found }),
         None => {}
@@ -157,14 +151,8 @@ pub fn read_report(dir: &Path) -> Result<RunReport, ReadReportError> {
 /// where the report is. `color` adds ANSI colors.
 pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) -> String {
     let paint = |code: &'static str| if color { code } else { "" };
-    let (red, green, yellow, bold, dim, reset) = (
-        paint("\x1b[31m"),
-        paint("\x1b[32m"),
-        paint("\x1b[33m"),
-        paint("\x1b[1m"),
-        paint("\x1b[2m"),
-        paint("\x1b[0m"),
-    );
+    let (red, green, yellow, bold, dim, reset) =
+        (paint("\x1b[31m"), paint("\x1b[32m"), paint("\x1b[33m"), paint("\x1b[1m"), paint("\x1b[2m"), paint("\x1b[0m"));
     let mut out = String::new();
 
     let (mark, word, tint) = match report.verdict {
@@ -185,17 +173,8 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
         let _ = writeln!(out, "  {}", one_line(reason));
     }
     if let Some(f) = &report.failure {
-        let at = f
-            .resource
-            .as_deref()
-            .map(|r| format!(" {r}"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  {red}{}{at}:{reset} {}",
-            f.phase,
-            one_line(&f.message)
-        );
+        let at = f.resource.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
+        let _ = writeln!(out, "  {red}{}{at}:{reset} {}", f.phase, one_line(&f.message));
         // The end of the log is where the database or compiler says what went wrong.
         let start = f.log_tail.len().saturating_sub(5);
         for line in &f.log_tail[start..] {
@@ -206,10 +185,7 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
         }
     }
     for b in &report.backups {
-        let taken = b
-            .taken_at
-            .map(|t| format!(", taken {}", time(t)))
-            .unwrap_or_default();
+        let taken = b.taken_at.map(|t| format!(", taken {}", time(t))).unwrap_or_default();
         let _ = writeln!(
             out,
             "  backup: {} ← {}{taken}; {} restore {}",
@@ -220,12 +196,7 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
         );
     }
 
-    let width = report
-        .suites
-        .iter()
-        .map(|s| s.name.chars().count())
-        .max()
-        .unwrap_or(0);
+    let width = report.suites.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
     for s in &report.suites {
         let (mark, tint) = match s.status {
             SuiteStatus::Passed => ("✔", green),
@@ -267,10 +238,7 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
             let _ = writeln!(out, "  teardown: complete in {}", duration(t.duration_ms));
         }
         "kept" => {
-            let until = t
-                .expires_at
-                .map(time)
-                .unwrap_or_else(|| "its TTL".to_string());
+            let until = t.expires_at.map(time).unwrap_or_else(|| "its TTL".to_string());
             let _ = writeln!(
                 out,
                 "  teardown: {yellow}kept{reset} until {until} — remove with `rehearse down {}`",
@@ -278,27 +246,15 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
             );
         }
         other => {
-            let what = if other == "interrupted" {
-                "INTERRUPTED"
-            } else {
-                "INCOMPLETE"
-            };
+            let what = if other == "interrupted" { "INTERRUPTED" } else { "INCOMPLETE" };
             let _ = writeln!(
                 out,
                 "  teardown: {red}{bold}{what}{reset}: {} left behind{}",
                 plural(t.leftovers.len() as u32, "resource"),
-                if t.leftovers.is_empty() {
-                    ""
-                } else {
-                    "; remove with:"
-                },
+                if t.leftovers.is_empty() { "" } else { "; remove with:" },
             );
             for l in &t.leftovers {
-                let pid = l
-                    .provider_id
-                    .as_deref()
-                    .map(|p| format!(", {p}"))
-                    .unwrap_or_default();
+                let pid = l.provider_id.as_deref().map(|p| format!(", {p}")).unwrap_or_default();
                 let _ = writeln!(out, "    {dim}# {} ({}{pid}){reset}", l.id, l.kind);
                 let _ = writeln!(out, "    {}", l.command);
             }
@@ -313,35 +269,23 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
 }
 
 fn render_template(report: &RunReport, name: &str) -> io::Result<String> {
-    let tera = templates()
-        .map_err(|e| io::Error::other(format!("parse template {name}: {}", error_chain(&e))))?;
+    let tera = templates().map_err(|e| io::Error::other(format!("parse template {name}: {}", error_chain(&e))))?;
     let ctx = Context::from_serialize(View::new(report))
         .map_err(|e| io::Error::other(format!("render {name}: {}", error_chain(&e))))?;
-    tera.render(name, &ctx)
-        .map_err(|e| io::Error::other(format!("render {name}: {}", error_chain(&e))))
+    tera.render(name, &ctx).map_err(|e| io::Error::other(format!("render {name}: {}", error_chain(&e))))
 }
 
 /// The two embedded templates; HTML autoescaped, Markdown escaped by its own filters.
 fn templates() -> tera::Result<Tera> {
     let mut tera = Tera::default();
     tera.autoescape_on(vec![".html"]);
-    tera.register_filter("md", |v: &Value, _: &_| {
-        Ok(Value::String(md_text(&as_text(v))))
+    tera.register_filter("md", |v: &Value, _: &_| Ok(Value::String(md_text(&as_text(v)))));
+    tera.register_filter("code", |v: &Value, _: &_| Ok(Value::String(md_code(&as_text(v)))));
+    tera.register_filter("block", |v: &Value, args: &std::collections::HashMap<String, Value>| {
+        let lang = args.get("lang").and_then(Value::as_str).unwrap_or("");
+        Ok(Value::String(md_block(&as_text(v), lang)))
     });
-    tera.register_filter("code", |v: &Value, _: &_| {
-        Ok(Value::String(md_code(&as_text(v))))
-    });
-    tera.register_filter(
-        "block",
-        |v: &Value, args: &std::collections::HashMap<String, Value>| {
-            let lang = args.get("lang").and_then(Value::as_str).unwrap_or("");
-            Ok(Value::String(md_block(&as_text(v), lang)))
-        },
-    );
-    tera.add_raw_templates(vec![
-        ("summary.md", MARKDOWN_TEMPLATE),
-        ("report.html", HTML_TEMPLATE),
-    ])?;
+    tera.add_raw_templates(vec![("summary.md", MARKDOWN_TEMPLATE), ("report.html", HTML_TEMPLATE)])?;
     Ok(tera)
 }
 
@@ -592,11 +536,7 @@ impl<'a> View<'a> {
             .leftovers
             .iter()
             .map(|l| {
-                let pid = l
-                    .provider_id
-                    .as_deref()
-                    .map(|p| format!(", {p}"))
-                    .unwrap_or_default();
+                let pid = l.provider_id.as_deref().map(|p| format!(", {p}")).unwrap_or_default();
                 format!("# {} ({}{pid})\n{}", l.id, l.kind, l.command)
             })
             .collect::<Vec<_>>()
@@ -633,10 +573,7 @@ impl<'a> View<'a> {
                     source: &b.source,
                     backup: &b.backup,
                     arn: b.arn.as_deref(),
-                    taken: b
-                        .taken_at
-                        .map(time)
-                        .unwrap_or_else(|| "unknown".to_string()),
+                    taken: b.taken_at.map(time).unwrap_or_else(|| "unknown".to_string()),
                     restore: &b.restore,
                     method: &b.method,
                     restore_time: duration(b.restore_ms),
@@ -670,10 +607,7 @@ impl<'a> View<'a> {
                 .suites
                 .iter()
                 .map(|s| {
-                    let has_failed_case = s
-                        .cases
-                        .iter()
-                        .any(|c| c.status != "passed" && c.status != "skipped");
+                    let has_failed_case = s.cases.iter().any(|c| c.status != "passed" && c.status != "skipped");
                     let why = match (s.status, &s.reason) {
                         (SuiteStatus::Passed, _) => None,
                         (_, Some(reason)) => Some(reason.clone()),
@@ -748,19 +682,9 @@ impl<'a> View<'a> {
 /// see the old file or the new one, never a partial one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}-{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;

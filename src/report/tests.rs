@@ -23,23 +23,14 @@ fn case(name: &str, status: &str, message: Option<&str>) -> TestCase {
 }
 
 fn phase(name: &str, start_ms: u64, duration_ms: u64, status: &str) -> PhaseTiming {
-    PhaseTiming {
-        phase: name.into(),
-        start_ms,
-        duration_ms,
-        status: status.into(),
-    }
+    PhaseTiming { phase: name.into(), start_ms, duration_ms, status: status.into() }
 }
 
 fn smoke(cases: Vec<TestCase>) -> SuiteResult {
     let failures = cases.iter().filter(|c| c.status == "failed").count() as u32;
     SuiteResult {
         name: "smoke".into(),
-        status: if failures == 0 {
-            SuiteStatus::Passed
-        } else {
-            SuiteStatus::Failed
-        },
+        status: if failures == 0 { SuiteStatus::Passed } else { SuiteStatus::Failed },
         reason: None,
         command: "python3 ../demo/suites/smoke.py".into(),
         duration_ms: 1_234,
@@ -230,11 +221,7 @@ fn suite_error() -> RunReport {
     r.suites = vec![
         smoke(vec![
             case("health", "passed", None),
-            case(
-                "<script>alert(1)</script>",
-                "failed",
-                Some("expected 200, got 500 <b>boom</b>"),
-            ),
+            case("<script>alert(1)</script>", "failed", Some("expected 200, got 500 <b>boom</b>")),
         ]),
         SuiteResult {
             name: "migrations".into(),
@@ -256,19 +243,14 @@ fn suite_error() -> RunReport {
 
 fn junit_of(r: &RunReport) -> Report {
     let xml = junit::to_xml(r).unwrap();
-    Report::deserialize_from_str(&xml)
-        .unwrap_or_else(|e| panic!("junit.xml does not parse: {e}\n{xml}"))
+    Report::deserialize_from_str(&xml).unwrap_or_else(|e| panic!("junit.xml does not parse: {e}\n{xml}"))
 }
 
 fn non_success_message(status: &TestCaseStatus) -> Option<(NonSuccessKind, String)> {
     match status {
-        TestCaseStatus::NonSuccess { kind, message, .. } => Some((
-            *kind,
-            message
-                .as_ref()
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_default(),
-        )),
+        TestCaseStatus::NonSuccess { kind, message, .. } => {
+            Some((*kind, message.as_ref().map(|m| m.as_str().to_string()).unwrap_or_default()))
+        }
         _ => None,
     }
 }
@@ -276,11 +258,7 @@ fn non_success_message(status: &TestCaseStatus) -> Option<(NonSuccessKind, Strin
 #[test]
 fn junit_passed_run_counts_every_case() {
     let j = junit_of(&passed());
-    assert_eq!(
-        j.test_suites.len(),
-        2,
-        "no `rehearse` suite when the run passed"
-    );
+    assert_eq!(j.test_suites.len(), 2, "no `rehearse` suite when the run passed");
     assert_eq!((j.tests, j.failures, j.errors), (6, 0, 0));
     assert_eq!(j.test_suites[0].name.as_str(), "smoke");
     assert_eq!(j.test_suites[0].tests, 4);
@@ -293,12 +271,7 @@ fn junit_failed_migration_is_a_failure_with_the_log_tail() {
     assert_eq!(j.test_suites.len(), 3);
     assert_eq!(j.failures + j.errors, 3);
     for s in &j.test_suites[..2] {
-        assert_eq!(
-            (s.tests, s.errors),
-            (1, 1),
-            "a suite that did not run is an error: {}",
-            s.name.as_str()
-        );
+        assert_eq!((s.tests, s.errors), (1, 1), "a suite that did not run is an error: {}", s.name.as_str());
         let (kind, message) = non_success_message(&s.test_cases[0].status).unwrap();
         assert_eq!(kind, NonSuccessKind::Error);
         assert_eq!(message, "the release's install failed");
@@ -309,24 +282,11 @@ fn junit_failed_migration_is_a_failure_with_the_log_tail() {
     let case = &run.test_cases[0];
     assert_eq!(case.name.as_str(), "install.web");
     match &case.status {
-        TestCaseStatus::NonSuccess {
-            kind,
-            message,
-            description,
-            ..
-        } => {
+        TestCaseStatus::NonSuccess { kind, message, description, .. } => {
             assert_eq!(*kind, NonSuccessKind::Failure);
-            assert_eq!(
-                message.as_ref().unwrap().as_str(),
-                "migration 0003_unique_customer_email.sql failed"
-            );
+            assert_eq!(message.as_ref().unwrap().as_str(), "migration 0003_unique_customer_email.sql failed");
             let text = description.as_ref().unwrap().as_str();
-            assert!(
-                text.contains(
-                    "ERROR:  could not create unique index \"customers_email_lower_key\""
-                ),
-                "{text}"
-            );
+            assert!(text.contains("ERROR:  could not create unique index \"customers_email_lower_key\""), "{text}");
         }
         other => panic!("expected a failure, got {other:?}"),
     }
@@ -335,19 +295,12 @@ fn junit_failed_migration_is_a_failure_with_the_log_tail() {
 #[test]
 fn junit_suite_without_results_is_an_error_never_a_pass() {
     let j = junit_of(&suite_error());
-    assert_eq!(
-        j.test_suites.len(),
-        2,
-        "the suites already say the run failed"
-    );
+    assert_eq!(j.test_suites.len(), 2, "the suites already say the run failed");
     let smoke = &j.test_suites[0];
     assert_eq!((smoke.tests, smoke.failures, smoke.errors), (2, 1, 0));
     let migrations = &j.test_suites[1];
     assert_eq!(migrations.name.as_str(), "migrations");
-    assert_eq!(
-        (migrations.tests, migrations.failures, migrations.errors),
-        (1, 0, 1)
-    );
+    assert_eq!((migrations.tests, migrations.failures, migrations.errors), (1, 0, 1));
     assert_eq!(migrations.test_cases[0].name.as_str(), "migrations");
     let (kind, message) = non_success_message(&migrations.test_cases[0].status).unwrap();
     assert_eq!(kind, NonSuccessKind::Error);
@@ -373,13 +326,7 @@ fn junit_exit_code_suite_that_passed_has_one_passing_case() {
     r.suites[1].cases.clear();
     r.suites[1].tests = 0;
     let j = junit_of(&r);
-    assert_eq!(
-        (
-            j.test_suites[1].tests,
-            j.test_suites[1].failures + j.test_suites[1].errors
-        ),
-        (1, 0)
-    );
+    assert_eq!((j.test_suites[1].tests, j.test_suites[1].failures + j.test_suites[1].errors), (1, 0));
 }
 
 #[test]
@@ -389,10 +336,7 @@ fn junit_interrupted_run_with_green_suites_is_not_green() {
     r.reason = Some("interrupted by SIGINT during suites".into());
     let j = junit_of(&r);
     assert_eq!(j.errors, 1);
-    assert_eq!(
-        j.test_suites.last().unwrap().test_cases[0].name.as_str(),
-        "run"
-    );
+    assert_eq!(j.test_suites.last().unwrap().test_cases[0].name.as_str(), "run");
 }
 
 fn with_leftovers(mut r: RunReport) -> RunReport {
@@ -401,8 +345,7 @@ fn with_leftovers(mut r: RunReport) -> RunReport {
         id: "database.db".into(),
         kind: "local-postgres".into(),
         provider_id: Some("/tmp/rehearse-k3x9/db".into()),
-        command: "pg_ctl -D /tmp/rehearse-k3x9/db stop -m immediate && rm -rf /tmp/rehearse-k3x9"
-            .into(),
+        command: "pg_ctl -D /tmp/rehearse-k3x9/db stop -m immediate && rm -rf /tmp/rehearse-k3x9".into(),
     }];
     r.resources[0].status = "left-behind".into();
     r.exit_code = 4;
@@ -416,20 +359,9 @@ fn junit_teardown_leftovers_fail_the_run() {
     assert_eq!(run.name.as_str(), junit::RUN_SUITE);
     assert_eq!(run.test_cases[0].name.as_str(), "teardown");
     match &run.test_cases[0].status {
-        TestCaseStatus::NonSuccess {
-            message,
-            description,
-            ..
-        } => {
-            assert_eq!(
-                message.as_ref().unwrap().as_str(),
-                "teardown left 1 resource behind"
-            );
-            assert!(description
-                .as_ref()
-                .unwrap()
-                .as_str()
-                .contains("pg_ctl -D /tmp/rehearse-k3x9/db stop"));
+        TestCaseStatus::NonSuccess { message, description, .. } => {
+            assert_eq!(message.as_ref().unwrap().as_str(), "teardown left 1 resource behind");
+            assert!(description.as_ref().unwrap().as_str().contains("pg_ctl -D /tmp/rehearse-k3x9/db stop"));
         }
         other => panic!("expected an error, got {other:?}"),
     }
@@ -439,18 +371,9 @@ fn junit_teardown_leftovers_fail_the_run() {
 fn markdown_failed_migration_names_the_migration_and_the_database_error() {
     let md = render::markdown(&failed_migration()).unwrap();
     assert!(md.starts_with("## ❌ Rehearsal failed"), "{md}");
-    assert!(
-        md.contains("migration migrations/0003_unique_customer_email.sql failed:"),
-        "{md}"
-    );
-    assert!(
-        md.contains("ERROR:  could not create unique index \"customers_email_lower_key\""),
-        "{md}"
-    );
-    assert!(
-        md.contains("```text\n"),
-        "the log tail is a code block: {md}"
-    );
+    assert!(md.contains("migration migrations/0003_unique_customer_email.sql failed:"), "{md}");
+    assert!(md.contains("ERROR:  could not create unique index \"customers_email_lower_key\""), "{md}");
+    assert!(md.contains("```text\n"), "the log tail is a code block: {md}");
 }
 
 #[test]
@@ -462,19 +385,13 @@ fn markdown_escapes_table_breaking_and_html_text() {
     // Hostile names stay inside code spans, where Markdown shows them as text.
     assert!(md.contains("`<script>alert(1)</script>`"), "{md}");
     assert!(md.contains("got 500 &lt;b&gt;boom&lt;/b&gt;"), "{md}");
-    assert!(
-        md.contains("wrote no JUnit file (expected migrations.xml)"),
-        "{md}"
-    );
+    assert!(md.contains("wrote no JUnit file (expected migrations.xml)"), "{md}");
 }
 
 #[test]
 fn markdown_lists_leftovers_with_their_commands() {
     let md = render::markdown(&with_leftovers(passed())).unwrap();
-    assert!(
-        md.contains("❌ **INCOMPLETE**: 1 resource left behind."),
-        "{md}"
-    );
+    assert!(md.contains("❌ **INCOMPLETE**: 1 resource left behind."), "{md}");
     assert!(
         md.contains("```sh\n# database.db (local-postgres, /tmp/rehearse-k3x9/db)\npg_ctl -D /tmp/rehearse-k3x9/db"),
         "{md}"
@@ -489,10 +406,7 @@ fn markdown_kept_says_until_when_and_how_to_remove() {
     r.teardown.expires_at = Some(at(4, 0, 0));
     let md = render::markdown(&r).unwrap();
     assert!(md.contains("Kept until 2026-05-01 04:00:00 UTC"), "{md}");
-    assert!(
-        md.contains("`rehearse down demo-20260501-020000-k3x9`"),
-        "{md}"
-    );
+    assert!(md.contains("`rehearse down demo-20260501-020000-k3x9`"), "{md}");
 }
 
 #[test]
@@ -502,52 +416,32 @@ fn snapshot_markdown_passed() {
 
 #[test]
 fn snapshot_markdown_failed_migration() {
-    insta::assert_snapshot!(
-        "summary_failed_migration",
-        render::markdown(&failed_migration()).unwrap()
-    );
+    insta::assert_snapshot!("summary_failed_migration", render::markdown(&failed_migration()).unwrap());
 }
 
 #[test]
 fn snapshot_markdown_suite_error() {
-    insta::assert_snapshot!(
-        "summary_suite_error",
-        render::markdown(&suite_error()).unwrap()
-    );
+    insta::assert_snapshot!("summary_suite_error", render::markdown(&suite_error()).unwrap());
 }
 
 #[test]
 fn html_is_self_contained_escaped_and_mobile_ready() {
-    for r in [
-        passed(),
-        failed_migration(),
-        suite_error(),
-        with_leftovers(passed()),
-    ] {
+    for r in [passed(), failed_migration(), suite_error(), with_leftovers(passed())] {
         let html = render::html(&r).unwrap();
         assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
-        assert!(html
-            .contains(r#"<meta name="viewport" content="width=device-width, initial-scale=1">"#));
-        for banned in [
-            "http://", "https://", "<link", "<script", "<img", "<iframe", "@import", "url(",
-        ] {
+        assert!(html.contains(r#"<meta name="viewport" content="width=device-width, initial-scale=1">"#));
+        for banned in ["http://", "https://", "<link", "<script", "<img", "<iframe", "@import", "url("] {
             assert!(!html.contains(banned), "report.html contains {banned:?}");
         }
     }
     let html = render::html(&suite_error()).unwrap();
-    assert!(
-        html.contains("&lt;script&gt;alert(1)&lt;&#x2F;script&gt;"),
-        "{html}"
-    );
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2F;script&gt;"), "{html}");
     assert!(html.contains("&lt;b&gt;boom&lt;&#x2F;b&gt;"), "{html}");
     assert!(html.contains(r#"class="banner v-failed""#));
     assert!(html.contains("wrote no JUnit file"));
 
     let html = render::html(&failed_migration()).unwrap();
-    assert!(
-        html.contains("could not create unique index &quot;customers_email_lower_key&quot;"),
-        "{html}"
-    );
+    assert!(html.contains("could not create unique index &quot;customers_email_lower_key&quot;"), "{html}");
 }
 
 #[test]
@@ -560,26 +454,18 @@ fn write_all_writes_every_file_and_reads_back() {
     for p in [&files.json, &files.junit, &files.markdown, &files.html] {
         assert!(std::fs::metadata(p).unwrap().len() > 0, "{}", p.display());
     }
-    let names: Vec<String> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 4, "no temporary files left: {names:?}");
     let back = render::read_report(&out).unwrap();
-    assert_eq!(
-        serde_json::to_value(&back).unwrap(),
-        serde_json::to_value(&r).unwrap()
-    );
+    assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&r).unwrap());
 }
 
 #[test]
 fn read_report_says_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let err = render::read_report(dir.path()).unwrap_err();
-    assert!(
-        matches!(err, render::ReadReportError::Missing { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, render::ReadReportError::Missing { .. }), "{err}");
 
     let mut v = serde_json::to_value(passed()).unwrap();
     v["schema_version"] = 99.into();
@@ -588,10 +474,7 @@ fn read_report_says_what_is_wrong() {
     assert!(err.to_string().contains("schema version is 99"), "{err}");
 
     std::fs::write(dir.path().join("report.json"), "{").unwrap();
-    assert!(matches!(
-        render::read_report(dir.path()),
-        Err(render::ReadReportError::Parse { .. })
-    ));
+    assert!(matches!(render::read_report(dir.path()), Err(render::ReadReportError::Parse { .. })));
 }
 
 #[test]
@@ -617,24 +500,12 @@ fn terminal_summary_lines() {
     assert_eq!(text, expected);
 
     let text = render::terminal_summary(&passed(), &files, false);
-    assert!(
-        text.starts_with("✔ PASSED: demo release v2 in 19.0s"),
-        "{text}"
-    );
-    assert!(
-        text.contains("  ✔ smoke       4 tests, 0 failures, 1.2s\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("✔ PASSED: demo release v2 in 19.0s"), "{text}");
+    assert!(text.contains("  ✔ smoke       4 tests, 0 failures, 1.2s\n"), "{text}");
 
     let text = render::terminal_summary(&with_leftovers(passed()), &files, false);
-    assert!(
-        text.contains("teardown: INCOMPLETE: 1 resource left behind; remove with:"),
-        "{text}"
-    );
-    assert!(
-        text.contains("    pg_ctl -D /tmp/rehearse-k3x9/db stop -m immediate"),
-        "{text}"
-    );
+    assert!(text.contains("teardown: INCOMPLETE: 1 resource left behind; remove with:"), "{text}");
+    assert!(text.contains("    pg_ctl -D /tmp/rehearse-k3x9/db stop -m immediate"), "{text}");
 
     let colored = render::terminal_summary(&passed(), &files, true);
     assert!(colored.contains("\x1b[32m"));

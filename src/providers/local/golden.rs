@@ -16,7 +16,11 @@ use crate::engine::state;
 use crate::engine::timing::Clock;
 
 /// Refreshes the golden copy of every database restored from a backup directory.
-pub async fn refresh_all(loaded: &Loaded, work_root: &std::path::Path, reporter: &dyn Reporter) -> Result<Vec<String>, String> {
+pub async fn refresh_all(
+    loaded: &Loaded,
+    work_root: &std::path::Path,
+    reporter: &dyn Reporter,
+) -> Result<Vec<String>, String> {
     let d = &loaded.desc;
     let bin = PgBin::find().map_err(|e| e.message)?;
     let clock = Clock::new();
@@ -35,7 +39,9 @@ pub async fn refresh_all(loaded: &Loaded, work_root: &std::path::Path, reporter:
         let backup = postgres::newest_backup(&bin, &loaded.resolve(dir)).await.map_err(|e| e.message)?;
         let db_name = template::render(&loaded.tera, &format!("databases.{name}.name"), &ctx)?;
         let masking = match &db.masking {
-            Some(m) => Some(std::fs::read_to_string(loaded.resolve(m)).map_err(|e| format!("cannot read {}: {e}", m.display()))?),
+            Some(m) => Some(
+                std::fs::read_to_string(loaded.resolve(m)).map_err(|e| format!("cannot read {}: {e}", m.display()))?,
+            ),
             None => None,
         };
         let golden = golden_dir(&root, &d.name, name);
@@ -44,8 +50,17 @@ pub async fn refresh_all(loaded: &Loaded, work_root: &std::path::Path, reporter:
         state::ensure_traversable_dir(&parent).map_err(|e| e.to_string())?;
         let staging = parent.join(format!("{name}.new"));
         discard(&bin, &staging).await?;
-        reporter.event(Event::Started { resource: format!("golden.{name}"), action: "restore".into(), detail: Some(backup.path.display().to_string()) });
-        let mut cluster = Cluster { base: staging.clone(), port: process::free_port().map_err(|e| e.to_string())?, run_as, postmaster: None };
+        reporter.event(Event::Started {
+            resource: format!("golden.{name}"),
+            action: "restore".into(),
+            detail: Some(backup.path.display().to_string()),
+        });
+        let mut cluster = Cluster {
+            base: staging.clone(),
+            port: process::free_port().map_err(|e| e.to_string())?,
+            run_as,
+            postmaster: None,
+        };
         let tag = [("REHEARSE_RUN_ID", "golden")];
         let timeout = db.timeout.unwrap_or(Duration::from_secs(3600));
         let log = staging.with_extension("log");
@@ -77,7 +92,8 @@ pub async fn refresh_all(loaded: &Loaded, work_root: &std::path::Path, reporter:
             return Err(format!("golden copy of `{name}`: the cluster in {} did not stop", staging.display()));
         }
         let meta = GoldenMeta { backup: backup.clone(), database_name: db_name, masking, pg_bin: bin.dir.clone() };
-        std::fs::write(staging.join("meta.json"), serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        std::fs::write(staging.join("meta.json"), serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_file(&log);
         discard(&bin, &golden).await?;
         std::fs::rename(&staging, &golden).map_err(|e| format!("cannot move the golden copy into place: {e}"))?;

@@ -14,7 +14,9 @@ use tokio::net::TcpStream;
 pub async fn get_status(port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
     let attempt = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: rehearse\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: rehearse\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut buf = Vec::with_capacity(256);
         let mut chunk = [0u8; 256];

@@ -34,7 +34,8 @@ impl PgBin {
     /// Finds `initdb`, `pg_ctl`, `pg_restore`, `psql`: on PATH, then
     /// `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
     pub fn find() -> Result<PgBin, StepError> {
-        let complete = |d: &Path| ["initdb", "pg_ctl", "pg_restore", "psql", "postgres"].iter().all(|b| d.join(b).is_file());
+        let complete =
+            |d: &Path| ["initdb", "pg_ctl", "pg_restore", "psql", "postgres"].iter().all(|b| d.join(b).is_file());
         if let Some(path) = std::env::var_os("PATH") {
             for d in std::env::split_paths(&path) {
                 if complete(&d) {
@@ -200,9 +201,17 @@ pub fn prepare_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError>
 pub async fn initdb(bin: &PgBin, cluster: &Cluster, clock: &Clock, tag: &[(&str, &str)]) -> Result<(), StepError> {
     let log = cluster.base.join("initdb.log");
     let mut cmd = cluster.as_user(bin.cmd("initdb"));
-    cmd.arg("-D")
-        .arg(cluster.data())
-        .args(["-U", SUPERUSER, "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]);
+    cmd.arg("-D").arg(cluster.data()).args([
+        "-U",
+        SUPERUSER,
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+        "--no-instructions",
+    ]);
     cmd.envs(tag.iter().copied());
     let f = process::run_logged(&mut cmd, &log, Duration::from_secs(120), clock)
         .await
@@ -214,7 +223,13 @@ pub async fn initdb(bin: &PgBin, cluster: &Cluster, clock: &Clock, tag: &[(&str,
 }
 
 /// Starts the cluster and waits until it accepts connections (bounded by `timeout`).
-pub async fn start(bin: &PgBin, cluster: &mut Cluster, clock: &Clock, timeout: Duration, tag: &[(&str, &str)]) -> Result<(), StepError> {
+pub async fn start(
+    bin: &PgBin,
+    cluster: &mut Cluster,
+    clock: &Clock,
+    timeout: Duration,
+    tag: &[(&str, &str)],
+) -> Result<(), StepError> {
     let opts = format!(
         "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='{}' -c fsync=off \
          -c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB -c checkpoint_timeout=30min \
@@ -224,14 +239,25 @@ pub async fn start(bin: &PgBin, cluster: &mut Cluster, clock: &Clock, timeout: D
     );
     let log = cluster.base.join("pg_ctl.log");
     let mut cmd = cluster.as_user(bin.cmd("pg_ctl"));
-    cmd.arg("-D").arg(cluster.data()).arg("-l").arg(cluster.log()).arg("-o").arg(opts).arg("-w").arg("-t").arg(timeout.as_secs().max(1).to_string()).arg("start");
+    cmd.arg("-D")
+        .arg(cluster.data())
+        .arg("-l")
+        .arg(cluster.log())
+        .arg("-o")
+        .arg(opts)
+        .arg("-w")
+        .arg("-t")
+        .arg(timeout.as_secs().max(1).to_string())
+        .arg("start");
     cmd.envs(tag.iter().copied());
     let f = process::run_logged(&mut cmd, &log, timeout + Duration::from_secs(5), clock)
         .await
         .map_err(|e| StepError::build(format!("cannot run pg_ctl: {e}")))?;
     cluster.postmaster = read_postmaster(&cluster.data());
     if !f.success() {
-        return Err(StepError::build(format!("PostgreSQL did not start on port {}", cluster.port)).with_log(&cluster.log(), 15));
+        return Err(
+            StepError::build(format!("PostgreSQL did not start on port {}", cluster.port)).with_log(&cluster.log(), 15)
+        );
     }
     Ok(())
 }
@@ -245,7 +271,11 @@ fn read_postmaster(data: &Path) -> Option<process::ProcHandle> {
 /// Runs SQL given on stdin (so secrets never appear in a process list).
 pub async fn psql_stdin(bin: &PgBin, cluster: &Cluster, db: &str, sql: &str, clock: &Clock) -> Result<(), StepError> {
     let mut cmd = cluster.client(bin, "psql", db);
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     let _span = clock.external();
     let mut child = cmd.spawn().map_err(|e| StepError::build(format!("cannot run psql: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
@@ -268,13 +298,30 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 /// Restores `backup` into a new database `db` with `jobs` parallel workers.
-pub async fn restore(bin: &PgBin, cluster: &Cluster, db: &str, backup: &Path, jobs: usize, log: &Path, clock: &Clock, timeout: Duration) -> Result<(), StepError> {
+#[allow(clippy::too_many_arguments)] // each is a distinct fact of the restore
+pub async fn restore(
+    bin: &PgBin,
+    cluster: &Cluster,
+    db: &str,
+    backup: &Path,
+    jobs: usize,
+    log: &Path,
+    clock: &Clock,
+    timeout: Duration,
+) -> Result<(), StepError> {
     psql_stdin(bin, cluster, "postgres", &format!("CREATE DATABASE {};", quote_ident(db)), clock).await?;
     let mut cmd = cluster.client(bin, "pg_restore", db);
     cmd.args(["--no-owner", "--no-acl", "--exit-on-error", "-j"]).arg(jobs.max(1).to_string()).arg(backup);
-    let f = process::run_logged(&mut cmd, log, timeout, clock).await.map_err(|e| StepError::build(format!("cannot run pg_restore: {e}")))?;
+    let f = process::run_logged(&mut cmd, log, timeout, clock)
+        .await
+        .map_err(|e| StepError::build(format!("cannot run pg_restore: {e}")))?;
     if f.timed_out {
-        return Err(StepError::build(format!("pg_restore of {} did not finish within {}s", backup.display(), timeout.as_secs())).with_log(log, 15));
+        return Err(StepError::build(format!(
+            "pg_restore of {} did not finish within {}s",
+            backup.display(),
+            timeout.as_secs()
+        ))
+        .with_log(log, 15));
     }
     if !f.success() {
         return Err(StepError::build(format!("pg_restore of {} failed", backup.display())).with_log(log, 15));
@@ -283,12 +330,24 @@ pub async fn restore(bin: &PgBin, cluster: &Cluster, db: &str, backup: &Path, jo
 }
 
 /// Runs the masking SQL on the copy, in one transaction.
-pub async fn mask(bin: &PgBin, cluster: &Cluster, db: &str, sql: &Path, log: &Path, clock: &Clock, timeout: Duration) -> Result<(), StepError> {
+pub async fn mask(
+    bin: &PgBin,
+    cluster: &Cluster,
+    db: &str,
+    sql: &Path,
+    log: &Path,
+    clock: &Clock,
+    timeout: Duration,
+) -> Result<(), StepError> {
     let mut cmd = cluster.client(bin, "psql", db);
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f"]).arg(sql);
-    let f = process::run_logged(&mut cmd, log, timeout, clock).await.map_err(|e| StepError::build(format!("cannot run psql: {e}")))?;
+    let f = process::run_logged(&mut cmd, log, timeout, clock)
+        .await
+        .map_err(|e| StepError::build(format!("cannot run psql: {e}")))?;
     if !f.success() {
-        return Err(StepError::build(format!("masking SQL {} failed; the copy was not used", sql.display())).with_log(log, 15));
+        return Err(
+            StepError::build(format!("masking SQL {} failed; the copy was not used", sql.display())).with_log(log, 15)
+        );
     }
     Ok(())
 }
@@ -304,7 +363,12 @@ pub async fn stop(bin: Option<&PgBin>, cluster: &Cluster) -> bool {
     if let Some(bin) = bin {
         if cluster.data().is_dir() {
             let mut cmd = cluster.as_user(bin.cmd("pg_ctl"));
-            cmd.arg("-D").arg(cluster.data()).args(["-m", "fast", "-w", "-t", "20", "stop"]).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+            cmd.arg("-D")
+                .arg(cluster.data())
+                .args(["-m", "fast", "-w", "-t", "20", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
             if let Ok(child) = cmd.spawn() {
                 let _ = tokio::time::timeout(Duration::from_secs(25), child.wait_with_output()).await;
             }

@@ -62,7 +62,8 @@ fn untar(artifact: &Path, dest: &Path) -> Result<(), StepError> {
     // `unpack` refuses entries that would escape the destination (`..`, absolute).
     tar::Archive::new(reader).unpack(&staging).map_err(err)?;
     // A tarball with one top-level directory (`shop-v2/...`) is unwrapped.
-    let entries: Vec<PathBuf> = std::fs::read_dir(&staging).map_err(err)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let entries: Vec<PathBuf> =
+        std::fs::read_dir(&staging).map_err(err)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     let root = if entries.len() == 1 && entries[0].is_dir() { entries[0].clone() } else { staging.clone() };
     std::fs::rename(&root, dest).map_err(err)?;
     if root != staging {
