@@ -130,7 +130,8 @@ async fn down_after_failure(
 ) -> Option<i32> {
     let path = state::run_dir(&opts.state_root, &opts.run_id).join("journal.jsonl");
     let j = Journal::open(&path).ok()?;
-    let out = teardown::run(provider, &j, reporter, signals, signals.count() + 1).await;
+    let out =
+        teardown::run(provider, &j, reporter, signals, signals.count() + 1, &crate::engine::timing::Clock::new()).await;
     let _ = j.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
     if out.complete() {
         Some(exit::BUILD_FAILED)
@@ -192,7 +193,7 @@ pub fn down(g: &Global, run_id: &str) -> i32 {
                 }
             }
         };
-        let out = teardown::run(&provider, &journal, reporter.as_ref(), &signals, signals.count() + 1).await;
+        let out = teardown::run(&provider, &journal, reporter.as_ref(), &signals, signals.count() + 1, &crate::engine::timing::Clock::new()).await;
         let _ = journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
         if out.complete() {
             println!("{run_id}: torn down, nothing left");

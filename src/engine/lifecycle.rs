@@ -195,7 +195,7 @@ pub async fn run<P: Provider>(
         ("kept".to_string(), Vec::new(), 0)
     } else {
         let stop_at = signals.count() + 1;
-        let out = teardown::run(provider, &journal, reporter, signals, stop_at.max(2)).await;
+        let out = teardown::run(provider, &journal, reporter, signals, stop_at.max(2), &clock).await;
         let status = if out.interrupted {
             "interrupted"
         } else if out.complete() {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::events::{Event, Reporter};
 use super::journal::{self, Journal, State};
 use super::signals::Signals;
+use super::timing::Clock;
 use crate::providers::Provider;
 use crate::report::model::Leftover;
 
@@ -31,6 +32,7 @@ pub async fn run<P: Provider>(
     reporter: &dyn Reporter,
     signals: &Signals,
     stop_at_signal: u32,
+    clock: &Clock,
 ) -> Outcome {
     let started = Instant::now();
     let records = journal::read(journal.path()).unwrap_or_default();
@@ -49,6 +51,8 @@ pub async fn run<P: Provider>(
         reporter.event(Event::Started { resource: entry.id.clone(), action: "destroy".into(), detail: None });
         let t = Instant::now();
         let attempt = async {
+            // Waiting for processes, servers or the cloud to let go is not the tool's time.
+            let _span = clock.external();
             let mut last = String::new();
             for n in 0..3u32 {
                 match provider.destroy(entry, &meta).await {

@@ -78,7 +78,7 @@ impl LocalProvider {
         let (backup, source) = match &db.source {
             DatabaseSource::BackupDir(dir) => {
                 let dir = ctx.loaded.resolve(dir);
-                let b = postgres::newest_backup(&bin, &dir).await;
+                let b = postgres::newest_backup(&bin, &dir, ctx.clock).await;
                 ctx.step(res, "find-backup", t, b.is_ok(), b.as_ref().ok().map(|b| b.path.display().to_string()));
                 (b?, dir.display().to_string())
             }

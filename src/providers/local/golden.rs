@@ -36,7 +36,7 @@ pub async fn refresh_all(
             continue;
         };
         let started = Instant::now();
-        let backup = postgres::newest_backup(&bin, &loaded.resolve(dir)).await.map_err(|e| e.message)?;
+        let backup = postgres::newest_backup(&bin, &loaded.resolve(dir), &clock).await.map_err(|e| e.message)?;
         let db_name = template::render(&loaded.tera, &format!("databases.{name}.name"), &ctx)?;
         let masking = match &db.masking {
             Some(m) => Some(

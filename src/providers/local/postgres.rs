@@ -94,7 +94,8 @@ pub struct Backup {
 
 /// The newest archive in `dir`, by the time `pg_dump` recorded in it (never by file
 /// name or modification time). Files that are not archives are skipped.
-pub async fn newest_backup(bin: &PgBin, dir: &Path) -> Result<Backup, StepError> {
+pub async fn newest_backup(bin: &PgBin, dir: &Path, clock: &Clock) -> Result<Backup, StepError> {
+    let _span = clock.external();
     let entries = std::fs::read_dir(dir).map_err(|e| {
         StepError::build(format!(
             "cannot read the backup directory {}: {e}; it should hold pg_dump archives (pg_dump -Fc)",

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""rehearse's benchmarks (make bench). Prints a Markdown report and writes it to
+target/bench/results.md. Stdlib only.
+
+1. plan: `cargo bench --bench plan` (200-resource description).
+2. demo overhead: the tool's own time in `rehearse run environments/demo.yaml`
+   (total minus time waiting on PostgreSQL, the release's commands and the suites).
+3. restore of a ~1 GB backup: rehearse cold (pg_restore -j) and warm (golden copy)
+   beside raw `pg_restore -j2` and raw `cp -a` of the data directory, same machine,
+   same server settings.
+"""
+import json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target/release/rehearse"
+OUT = ROOT / "target/bench"
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+SCALE = os.environ.get("BENCH_SCALE", "300")
+lines = []
+
+
+def say(s=""):
+    print(s, flush=True)
+    lines.append(s)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def rehearse(*args, env=None):
+    e = dict(os.environ, NO_COLOR="1", REHEARSE_STATE_DIR=str(OUT / "state"), REHEARSE_WORK_DIR=str(OUT / "work"))
+    e.update(env or {})
+    return subprocess.run([str(BIN), *args], text=True, capture_output=True, env=e, cwd=ROOT)
+
+
+def pg_bindir():
+    dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return dirs[-1].parent
+
+
+def as_pg_user():
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if os.geteuid() == 0 else []
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def section_plan():
+    say("## plan, 200 resources")
+    say()
+    r = run(["cargo", "bench", "--bench", "plan"], cwd=ROOT)
+    for l in r.stdout.splitlines():
+        if "200 resources" in l:
+            say(f"- {l}")
+    say()
+
+
+def section_demo():
+    say("## the tool's own overhead on the demo (release v2)")
+    say()
+    run(["sh", "demo/backup/generate.sh"], cwd=ROOT)
+    totals, overheads = [], []
+    for _ in range(5):
+        r = rehearse("run", "environments/demo.yaml", "--release", "v2", "--format", "json")
+        if r.returncode != 0:
+            sys.exit(f"demo run failed: {r.stderr}")
+        rep = json.loads(r.stdout)
+        totals.append(rep["total_ms"])
+        overheads.append(rep["overhead_ms"])
+    say(f"- 5 runs: total median {median(totals):.0f} ms; rehearse's own time (total minus time spent in "
+        f"PostgreSQL tools, the release's commands, health waits and suites) median {median(overheads):.0f} ms, "
+        f"max {max(overheads):.0f} ms (target < 300 ms)")
+    say()
+
+
+def newest_dump(d):
+    best = None
+    for f in sorted(d.glob("*.dump")):
+        out = run([str(pg_bindir() / "pg_restore"), "-l", str(f)]).stdout
+        t = next(l for l in out.splitlines() if l.startswith("; Archive created at"))
+        if best is None or t > best[0]:
+            best = (t, f)
+    return best[1]
+
+
+def raw_restore(dump, jobs=2):
+    """initdb + start (same settings as rehearse) + pg_restore -jN, timed; then stop
+    and time `cp -a` of the data directory."""
+    b = pg_bindir()
+    base = Path(tempfile.mkdtemp(prefix="raw-", dir=OUT))
+    os.chmod(base, 0o700)
+    if os.geteuid() == 0:
+        shutil.chown(base, "nobody", "nogroup")
+    data = base / "data"
+    port = 54000 + os.getpid() % 1000
+    u = as_pg_user()
+    try:
+        run(u + [str(b / "initdb"), "-D", str(data), "-U", "rehearse", "--auth-local=trust", "-E", "UTF8", "--locale=C", "--no-sync"], cwd=base)
+        opts = (f"-c listen_addresses='' -c port={port} -c unix_socket_directories='{base}' -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB -c checkpoint_timeout=30min "
+                "-c maintenance_work_mem=256MB -c wal_level=minimal -c max_wal_senders=0")
+        run(u + [str(b / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-o", opts, "-w", "start"], cwd=base)
+        run([str(b / "psql"), "-h", str(base), "-p", str(port), "-U", "rehearse", "-d", "postgres", "-c", "CREATE DATABASE shop"])
+        t = time.monotonic()
+        run([str(b / "pg_restore"), "-h", str(base), "-p", str(port), "-U", "rehearse", "-d", "shop", "--no-owner", "--no-acl", "-j", str(jobs), str(dump)])
+        restore = time.monotonic() - t
+        run(u + [str(b / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], cwd=base)
+        t = time.monotonic()
+        run(["cp", "-a", str(data), str(base / "copy")])
+        cp = time.monotonic() - t
+        size = int(run(["du", "-sb", str(data)]).stdout.split()[0])
+        return restore, cp, size
+    finally:
+        subprocess.run(u + [str(b / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, cwd=base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def rehearse_ready(desc, cold):
+    """`rehearse up` of a database-only description; returns (restore-or-copy step s,
+    whole database resource s), then tears it down."""
+    args = ["up", str(desc), "--format", "json"] + (["--cold"] if cold else [])
+    r = rehearse(*args)
+    if r.returncode != 0:
+        sys.exit(f"rehearse up failed: {r.stderr}")
+    rep = json.loads(r.stdout)
+    steps = [s for s in rep["steps"] if s["resource"] == "database.db"]
+    key = "restore" if cold else "copy-golden"
+    step = next(s for s in steps if s["action"] == key)["duration_ms"] / 1000
+    ready = (max(s["start_ms"] + s["duration_ms"] for s in steps) - min(s["start_ms"] for s in steps)) / 1000
+    d = rehearse("down", rep["run_id"])
+    if d.returncode != 0:
+        sys.exit(f"rehearse down failed: {d.stderr}")
+    return step, ready
+
+
+def section_restore():
+    backups = OUT / "backups"
+    say(f"## time to a ready copy of a ~1 GB backup (SHOP_SCALE={SCALE})")
+    say()
+    t = time.monotonic()
+    run(["sh", "demo/backup/generate.sh"], cwd=ROOT, env=dict(os.environ, SHOP_SCALE=SCALE, SHOP_BACKUP_DIR=str(backups)))
+    dump = newest_dump(backups)
+    say(f"- backup: `{dump.name}`, {dump.stat().st_size / 1e9:.2f} GB archive (generated in {time.monotonic() - t:.0f} s, cached)")
+    desc = OUT / "bench.yaml"
+    desc.write_text(f"name: bench\nprovider: local\nowner: bench@example.com\nrelease:\n  version: v1\n  artifact: {ROOT}/demo/releases/v1\n"
+                    f"databases:\n  db:\n    name: shop\n    source:\n      backup_dir: {backups}\n    timeout: 2h\n")
+    fs = run(["stat", "-f", "-c", "%T", str(OUT)]).stdout.strip()
+    raw_r, raw_cp, cold, cold_ready, warm, warm_ready = [], [], [], [], [], []
+    size = 0
+    for _ in range(REPS):
+        r, c, size = raw_restore(dump)
+        raw_r.append(r)
+        raw_cp.append(c)
+        s, ready = rehearse_ready(desc, cold=True)
+        cold.append(s)
+        cold_ready.append(ready)
+    w = rehearse("warm", str(desc))
+    if w.returncode != 0:
+        sys.exit(f"rehearse warm failed: {w.stderr}")
+    for _ in range(REPS):
+        s, ready = rehearse_ready(desc, cold=False)
+        warm.append(s)
+        warm_ready.append(ready)
+    say(f"- data directory after restore: {size / 1e9:.2f} GB; filesystem of the work directory: {fs}; {os.cpu_count()} cores; median of {REPS} runs each")
+    say()
+    say("| what | median | ratio |")
+    say("|---|--:|--:|")
+    say(f"| raw `pg_restore -j2` (same server settings) | {median(raw_r):.2f} s | 1.00 |")
+    say(f"| rehearse cold: its `pg_restore -j2` step | {median(cold):.2f} s | {median(cold) / median(raw_r):.2f} × raw pg_restore |")
+    say(f"| rehearse cold: whole copy ready (find backup, initdb, start, restore, password) | {median(cold_ready):.2f} s | {median(cold_ready) / median(raw_r):.2f} × raw pg_restore |")
+    say(f"| raw `cp -a` of the data directory | {median(raw_cp):.2f} s | 1.00 |")
+    say(f"| rehearse warm: its golden-copy `cp -a --reflink=auto` step | {median(warm):.2f} s | {median(warm) / median(raw_cp):.2f} × raw cp |")
+    say(f"| rehearse warm: whole copy ready (copy, start, password) | {median(warm_ready):.2f} s | {median(warm_ready) / median(raw_cp):.2f} × raw cp |")
+    say()
+
+
+def main():
+    if not BIN.is_file():
+        sys.exit("build first: cargo build --release")
+    OUT.mkdir(parents=True, exist_ok=True)
+    os.chmod(OUT, 0o711)
+    for p in (OUT / "work",):
+        p.mkdir(exist_ok=True)
+        os.chmod(p, 0o711)
+    say(f"# rehearse benchmarks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores")
+    say()
+    only = sys.argv[1:] or ["plan", "demo", "restore"]
+    if "plan" in only:
+        section_plan()
+    if "demo" in only:
+        section_demo()
+    if "restore" in only:
+        section_restore()
+    (OUT / "results.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
