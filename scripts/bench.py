@@ -29,8 +29,8 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
-def rehearse(*args, env=None):
-    e = dict(os.environ, NO_COLOR="1", REHEARSE_STATE_DIR=str(OUT / "state"), REHEARSE_WORK_DIR=str(OUT / "work"))
+def rehearse(*args, env=None, work=None):
+    e = dict(os.environ, NO_COLOR="1", REHEARSE_STATE_DIR=str(OUT / "state"), REHEARSE_WORK_DIR=str(work or OUT / "work"))
     e.update(env or {})
     return subprocess.run([str(BIN), *args], text=True, capture_output=True, env=e, cwd=ROOT)
 
@@ -42,6 +42,12 @@ def pg_bindir():
 
 def as_pg_user():
     return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if os.geteuid() == 0 else []
+
+
+def settle():
+    """Flush dirty pages so one measurement does not pay for the previous one's writes."""
+    subprocess.run(["sync"], check=False)
+    time.sleep(1)
 
 
 def median(xs):
@@ -87,8 +93,8 @@ def newest_dump(d):
 
 
 def raw_restore(dump, jobs=2):
-    """initdb + start (same settings as rehearse) + pg_restore -jN, timed; then stop
-    and time `cp -a` of the data directory."""
+    """initdb + start (same settings as rehearse) + pg_restore -jN: the restore alone
+    and the whole sequence, timed."""
     b = pg_bindir()
     base = Path(tempfile.mkdtemp(prefix="raw-", dir=OUT))
     os.chmod(base, 0o700)
@@ -98,6 +104,8 @@ def raw_restore(dump, jobs=2):
     port = 54000 + os.getpid() % 1000
     u = as_pg_user()
     try:
+        settle()
+        t_all = time.monotonic()
         run(u + [str(b / "initdb"), "-D", str(data), "-U", "rehearse", "--auth-local=trust", "-E", "UTF8", "--locale=C", "--no-sync"], cwd=base)
         opts = (f"-c listen_addresses='' -c port={port} -c unix_socket_directories='{base}' -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB -c checkpoint_timeout=30min "
@@ -107,22 +115,20 @@ def raw_restore(dump, jobs=2):
         t = time.monotonic()
         run([str(b / "pg_restore"), "-h", str(base), "-p", str(port), "-U", "rehearse", "-d", "shop", "--no-owner", "--no-acl", "-j", str(jobs), str(dump)])
         restore = time.monotonic() - t
-        run(u + [str(b / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], cwd=base)
-        t = time.monotonic()
-        run(["cp", "-a", str(data), str(base / "copy")])
-        cp = time.monotonic() - t
+        whole = time.monotonic() - t_all
         size = int(run(["du", "-sb", str(data)]).stdout.split()[0])
-        return restore, cp, size
+        return restore, whole, size
     finally:
         subprocess.run(u + [str(b / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, cwd=base)
         shutil.rmtree(base, ignore_errors=True)
 
 
-def rehearse_ready(desc, cold):
+def rehearse_ready(desc, cold, work=None):
     """`rehearse up` of a database-only description; returns (restore-or-copy step s,
     whole database resource s), then tears it down."""
     args = ["up", str(desc), "--format", "json"] + (["--cold"] if cold else [])
-    r = rehearse(*args)
+    settle()
+    r = rehearse(*args, work=work)
     if r.returncode != 0:
         sys.exit(f"rehearse up failed: {r.stderr}")
     rep = json.loads(r.stdout)
@@ -130,7 +136,7 @@ def rehearse_ready(desc, cold):
     key = "restore" if cold else "copy-golden"
     step = next(s for s in steps if s["action"] == key)["duration_ms"] / 1000
     ready = (max(s["start_ms"] + s["duration_ms"] for s in steps) - min(s["start_ms"] for s in steps)) / 1000
-    d = rehearse("down", rep["run_id"])
+    d = rehearse("down", rep["run_id"], work=work)
     if d.returncode != 0:
         sys.exit(f"rehearse down failed: {d.stderr}")
     return step, ready
@@ -145,36 +151,64 @@ def section_restore():
     dump = newest_dump(backups)
     say(f"- backup: `{dump.name}`, {dump.stat().st_size / 1e9:.2f} GB archive (generated in {time.monotonic() - t:.0f} s, cached)")
     desc = OUT / "bench.yaml"
-    desc.write_text(f"name: bench\nprovider: local\nowner: bench@example.com\nrelease:\n  version: v1\n  artifact: {ROOT}/demo/releases/v1\n"
+    desc.write_text(f"name: bench\nprovider: local\nowner: bench@example.com\nrelease:\n  version: v1\n  artifact: {ROOT}/demo/build/releases/v1\n"
                     f"databases:\n  db:\n    name: shop\n    source:\n      backup_dir: {backups}\n    timeout: 2h\n")
     fs = run(["stat", "-f", "-c", "%T", str(OUT)]).stdout.strip()
-    raw_r, raw_cp, cold, cold_ready, warm, warm_ready = [], [], [], [], [], []
+    raw_r, raw_whole, cold, cold_ready = [], [], [], []
     size = 0
     for _ in range(REPS):
-        r, c, size = raw_restore(dump)
+        r, whole, size = raw_restore(dump)
         raw_r.append(r)
-        raw_cp.append(c)
+        raw_whole.append(whole)
         s, ready = rehearse_ready(desc, cold=True)
         cold.append(s)
         cold_ready.append(ready)
-    w = rehearse("warm", str(desc))
-    if w.returncode != 0:
-        sys.exit(f"rehearse warm failed: {w.stderr}")
-    for _ in range(REPS):
-        s, ready = rehearse_ready(desc, cold=False)
-        warm.append(s)
-        warm_ready.append(ready)
-    say(f"- data directory after restore: {size / 1e9:.2f} GB; filesystem of the work directory: {fs}; {os.cpu_count()} cores; median of {REPS} runs each")
+    say(f"- data directory after restore: {size / 1e9:.2f} GB; {os.cpu_count()} cores; median of {REPS} runs each, interleaved")
     say()
     say("| what | median | ratio |")
     say("|---|--:|--:|")
-    say(f"| raw `pg_restore -j2` (same server settings) | {median(raw_r):.2f} s | 1.00 |")
-    say(f"| rehearse cold: its `pg_restore -j2` step | {median(cold):.2f} s | {median(cold) / median(raw_r):.2f} × raw pg_restore |")
-    say(f"| rehearse cold: whole copy ready (find backup, initdb, start, restore, password) | {median(cold_ready):.2f} s | {median(cold_ready) / median(raw_r):.2f} × raw pg_restore |")
-    say(f"| raw `cp -a` of the data directory | {median(raw_cp):.2f} s | 1.00 |")
-    say(f"| rehearse warm: its golden-copy `cp -a --reflink=auto` step | {median(warm):.2f} s | {median(warm) / median(raw_cp):.2f} × raw cp |")
-    say(f"| rehearse warm: whole copy ready (copy, start, password) | {median(warm_ready):.2f} s | {median(warm_ready) / median(raw_cp):.2f} × raw cp |")
+    say(f"| raw `pg_restore -j2` (initdb'd cluster, same server settings) | {median(raw_r):.2f} s | 1.00 |")
+    say(f"| rehearse cold: its `pg_restore -j2` step | {median(cold):.2f} s | {median(cold) / median(raw_r):.2f} × raw |")
+    say(f"| raw initdb + start + createdb + `pg_restore -j2` | {median(raw_whole):.2f} s | 1.00 |")
+    say(f"| rehearse cold: whole copy ready (find backup, initdb, start, restore, password) | {median(cold_ready):.2f} s | {median(cold_ready) / median(raw_whole):.2f} × raw whole |")
+    warm_rows(desc, OUT / "work", fs)
+    reflink = os.environ.get("BENCH_REFLINK_DIR")
+    if reflink:
+        work = Path(reflink) / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        os.chmod(Path(reflink), 0o711)
+        os.chmod(work, 0o711)
+        fs2 = run(["stat", "-f", "-c", "%T", str(work)]).stdout.strip()
+        warm_rows(desc, work, fs2, reflink=True)
     say()
+
+
+def warm_rows(desc, work, fs, reflink=False):
+    """rehearse warm runs beside raw copies of the same golden data directory."""
+    w = rehearse("warm", str(desc), work=work)
+    if w.returncode != 0:
+        sys.exit(f"rehearse warm failed: {w.stderr}")
+    golden = work / "golden" / "bench" / "db" / "data"
+    raw_cp, raw_ref, warm, warm_ready = [], [], [], []
+    for _ in range(REPS):
+        for flag, acc in ((None, raw_cp), ("--reflink=always", raw_ref) if reflink else (None, None)):
+            if acc is None:
+                continue
+            dest = work / "rawcopy"
+            settle()
+            t = time.monotonic()
+            run(["cp", "-a"] + ([flag] if flag else []) + [str(golden), str(dest)])
+            acc.append(time.monotonic() - t)
+            shutil.rmtree(dest)
+            subprocess.run(["sync"], check=False)
+        s, ready = rehearse_ready(desc, cold=False, work=work)
+        warm.append(s)
+        warm_ready.append(ready)
+    say(f"| raw `cp -a` of the golden data directory ({fs}) | {median(raw_cp):.2f} s | 1.00 |")
+    if raw_ref:
+        say(f"| raw `cp -a --reflink=always` ({fs}) | {median(raw_ref):.2f} s | {median(raw_ref) / median(raw_cp):.2f} × raw cp |")
+    say(f"| rehearse warm ({fs}): its `cp -a --reflink=auto` step | {median(warm):.2f} s | {median(warm) / median(raw_cp):.2f} × raw cp |")
+    say(f"| rehearse warm ({fs}): whole copy ready (copy, start, password) | {median(warm_ready):.2f} s | {median(warm_ready) / median(raw_cp):.2f} × raw cp |")
 
 
 def main():

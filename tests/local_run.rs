@@ -82,7 +82,7 @@ provider: local
 owner: tests@example.com
 release:
   version: v2
-  artifact: "{{root}}/demo/releases/{{{{ release.version }}}}"
+  artifact: "{{root}}/demo/build/releases/{{{{ release.version }}}}"
 databases:
   db:
     name: shop
@@ -160,10 +160,11 @@ fn a_suite_that_cannot_start_or_times_out_fails_the_run() {
 #[test]
 fn a_missing_backup_is_a_build_failure_that_creates_nothing() {
     let sb = Sandbox::new();
+    demo_backups();
     let empty = sb.dir.path().join("no-backups");
     std::fs::create_dir_all(&empty).unwrap();
     let text = format!(
-        "name: nobackup\nprovider: local\nowner: t\nrelease:\n  version: v2\n  artifact: \"{{root}}/demo/releases/v2\"\ndatabases:\n  db:\n    name: shop\n    source:\n      backup_dir: {}\nsuites:\n  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n",
+        "name: nobackup\nprovider: local\nowner: t\nrelease:\n  version: v2\n  artifact: \"{{root}}/demo/build/releases/v2\"\ndatabases:\n  db:\n    name: shop\n    source:\n      backup_dir: {}\nsuites:\n  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n",
         empty.display()
     );
     let file = write_description(&sb, "nobackup.yaml", &text);
@@ -228,19 +229,29 @@ fn unsafe_kill(pid: i32, sig: i32) {
     assert!(status.success());
 }
 
-/// A PATH whose `pg_restore` touches a marker and sleeps before restoring, so a test
-/// can interrupt a run in the middle of its restore.
-fn slow_pg_restore(sb: &Sandbox, marker: &Path) -> String {
-    let bin = sb.dir.path().join("slowbin");
+/// A PATH on which `tool` is replaced by `script` (`{real}` is the real binary
+/// directory) and the other PostgreSQL tools are the real ones, so a test can make one
+/// step slow and interrupt the run in the middle of it.
+fn wrapped_pg_path(sb: &Sandbox, tool: &str, script: &str) -> String {
+    let bin = sb.dir.path().join(format!("wrapped-{tool}"));
     std::fs::create_dir_all(&bin).unwrap();
     let real = pg_bindir();
-    for tool in ["initdb", "pg_ctl", "postgres", "psql", "pg_dump"] {
-        std::os::unix::fs::symlink(real.join(tool), bin.join(tool)).unwrap();
+    for t in ["initdb", "pg_ctl", "postgres", "psql", "pg_dump", "pg_restore"].into_iter().filter(|t| *t != tool) {
+        std::os::unix::fs::symlink(real.join(t), bin.join(t)).unwrap();
     }
-    let script = format!("#!/bin/sh\ncase \"$*\" in *-l*) exec {real}/pg_restore \"$@\";; esac\ntouch {m}\nsleep 60\nexec {real}/pg_restore \"$@\"\n", real = real.display(), m = marker.display());
-    std::fs::write(bin.join("pg_restore"), script).unwrap();
-    std::fs::set_permissions(bin.join("pg_restore"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(bin.join(tool), script.replace("{real}", &real.display().to_string())).unwrap();
+    std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
     format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// A `pg_restore` that touches a marker and sleeps before restoring (`-l` listings,
+/// used to find the newest backup, stay fast).
+fn slow_pg_restore(sb: &Sandbox, marker: &Path) -> String {
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in *-l*) exec {{real}}/pg_restore \"$@\";; esac\ntouch {}\nsleep 60\nexec {{real}}/pg_restore \"$@\"\n",
+        marker.display()
+    );
+    wrapped_pg_path(sb, "pg_restore", &script)
 }
 
 fn pg_bindir() -> PathBuf {
@@ -387,4 +398,143 @@ fn report_command_reprints_a_finished_run() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("PASSED"), "{}", String::from_utf8_lossy(&out.stdout));
     let out = sb.cmd().args(["report", "r-nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn tar_gz_artifact_config_templates_and_a_live_url_source() {
+    // "Production" here is a kept rehearsal of the demo: a live PostgreSQL to dump from.
+    let prod = Sandbox::new();
+    let (code, _, stderr) = run_demo(&prod, "v2", &["--keep"]);
+    assert_eq!(code, 0, "{stderr}");
+    let prod_id = prod.run_ids().pop().unwrap();
+    let prod_report = prod.report(&prod_id);
+    let port = prod_report["resources"].as_array().unwrap().iter().find(|r| r["id"] == "database.db").unwrap()
+        ["provider_id"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    // The password is a per-run secret; read it back the way an operator would, from
+    // the kept service's environment (as root, /proc/PID/environ is readable).
+    let pid = tagged_processes(&prod_id)
+        .into_iter()
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("app.py")));
+    let url = pid
+        .and_then(|p| std::fs::read(format!("/proc/{p}/environ")).ok())
+        .and_then(|env| {
+            env.split(|b| *b == 0)
+                .find_map(|kv| String::from_utf8_lossy(kv).strip_prefix("DATABASE_URL=").map(str::to_string))
+        })
+        .expect("the kept service has DATABASE_URL");
+    assert!(url.contains(&format!(":{port}/")), "{url}");
+
+    let sb = Sandbox::new();
+    let tarball = sb.dir.path().join("shop-v2.tar.gz");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(root().join("demo/build/releases"))
+        .arg("v2")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(
+        sb.dir.path().join("app.conf.tera"),
+        "release={{ release.version }}\ndb={{ databases.db.host }}:{{ databases.db.port }}\n",
+    )
+    .unwrap();
+    let text = format!(
+        r#"name: fromurl
+provider: local
+owner: t
+release:
+  version: v2
+  artifact: "{}"
+databases:
+  db:
+    name: shop
+    source:
+      url: "{url}"
+services:
+  web:
+    depends_on: [db]
+    install: "sh migrate.sh && test -f config/app.conf && grep -q release=v2 config/app.conf"
+    command: python3 app.py
+    templates:
+      - source: app.conf.tera
+        dest: config/app.conf
+    health:
+      path: /health
+      timeout: 30s
+suites:
+  smoke:
+    command: python3 {{root}}/demo/suites/smoke.py
+    timeout: 30s
+    results:
+      junit: smoke.xml
+    env:
+      SHOP_URL: "{{{{ services.web.url }}}}"
+"#,
+        tarball.display()
+    );
+    let file = write_description(&sb, "fromurl.yaml", &text);
+    let (code, report, stderr) = run_file(&sb, &file);
+    assert_eq!(code, 0, "{stderr}\n{report}");
+    assert_eq!(report["backups"][0]["source_kind"], "url");
+    // The password never appears in the report.
+    let secret = url.split(':').nth(2).unwrap().split('@').next().unwrap();
+    assert!(!report.to_string().contains(secret), "the report leaks the production password");
+    assert_nothing_left(&sb, report["run_id"].as_str().unwrap());
+
+    let down = prod.cmd().args(["down", &prod_id]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0));
+    assert_nothing_left(&prod, &prod_id);
+}
+
+#[test]
+fn second_signal_stops_teardown_and_lists_what_is_left() {
+    let sb = Sandbox::new();
+    demo_backups();
+    // A pg_ctl whose `stop` hangs: teardown of the database takes long enough to be
+    // interrupted a second time. pg_ctl runs as the cluster's user (nobody, as root),
+    // so its marker goes into a directory anyone may write.
+    let shared = sb.dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let stopping = shared.join("stopping");
+    let script = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = stop ] && touch {} && sleep 60; done\nexec {{real}}/pg_ctl \"$@\"\n",
+        stopping.display()
+    );
+    let path = wrapped_pg_path(&sb, "pg_ctl", &script);
+    let marker = sb.dir.path().join("suite-started");
+    let suite = format!(
+        "  s:\n    command: \"touch {} && sleep 60\"\n    timeout: 2m\n    results: exit-code\n",
+        marker.display()
+    );
+    let file = custom(&sb, "sh migrate.sh", &suite);
+    let child =
+        sb.cmd().env("PATH", path).arg("run").arg(&file).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "suite never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = sb.run_ids().pop().unwrap();
+    signal(&child, 2);
+    while !stopping.exists() {
+        assert!(Instant::now() < deadline, "teardown never reached the database");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, 2);
+    let (code, stderr) = wait_exit(child, Duration::from_secs(30));
+    assert_eq!(code, 4, "resources remain, so the exit code is 4:\n{stderr}");
+    assert!(stderr.contains("database.db") && stderr.contains("rehearse down"), "{stderr}");
+    // What was left is removable with the command it printed.
+    let down = sb.cmd().args(["down", &id]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_nothing_left(&sb, &id);
 }

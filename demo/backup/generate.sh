@@ -33,7 +33,8 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 demo=$(dirname "$here")
-v1="$demo/releases/v1"
+sh "$demo/build-releases.sh"
+v1="$demo/build/releases/v1"
 out=${SHOP_BACKUP_DIR:-$demo/backups}
 scale=${SHOP_SCALE:-1}
 case $scale in
@@ -50,7 +51,7 @@ stamp="$out/.generated"
 settings="scale=$scale filler_kb=$filler_kb"
 
 if [ -f "$older" ] && [ -f "$nightly" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$settings" ] &&
-    [ -z "$(find "$here/generate.sh" "$v1" \( -newer "$older" -o -newer "$nightly" \) -print)" ]; then
+    [ -z "$(find "$here/generate.sh" "$demo/shop" "$demo/migrations/0001_init.sql" \( -newer "$older" -o -newer "$nightly" \) -print)" ]; then
     echo "generate: backups in $out are up to date ($settings); nothing to do"
     exit 0
 fi

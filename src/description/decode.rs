@@ -770,22 +770,14 @@ impl KeyRule {
                     Err("names are 1 to 32 lowercase letters, digits, `-` or `_`, starting with a letter".into())
                 }
             }
-            KeyRule::Variable => {
+            KeyRule::Variable | KeyRule::EnvVar => {
                 let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let what = if matches!(self, KeyRule::Variable) { "variable" } else { "environment variable" };
                 if ok {
                     Ok(())
                 } else {
-                    Err("variable names are letters, digits and `_`, not starting with a digit".into())
-                }
-            }
-            KeyRule::EnvVar => {
-                let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if ok {
-                    Ok(())
-                } else {
-                    Err("environment variable names are letters, digits and `_`, not starting with a digit".into())
+                    Err(format!("{what} names are letters, digits and `_`, not starting with a digit"))
                 }
             }
             KeyRule::Tag => {

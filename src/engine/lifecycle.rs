@@ -207,6 +207,16 @@ pub async fn run<P: Provider>(
         (status.to_string(), out.leftovers, out.duration.as_millis() as u64)
     };
     let down_end = Instant::now();
+    let reason = match (verdict, leftovers.len()) {
+        (Verdict::Interrupted, n) if n > 0 => Some(format!(
+            "interrupted by a signal; teardown was stopped by a second signal and left {n} resource(s) — remove them with `rehearse down {run_id}`"
+        )),
+        (_, n) if n > 0 => Some(format!(
+            "{}teardown left {n} resource(s) behind — remove them with `rehearse down {run_id}`",
+            reason.map(|r| format!("{r}; ")).unwrap_or_default()
+        )),
+        _ => reason,
+    };
 
     let mut exit_code = match verdict {
         Verdict::Passed => exit::PASSED,

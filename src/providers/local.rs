@@ -378,22 +378,7 @@ async fn start_on_free_port(
 
 async fn copy_golden(from: &Path, to: &Path, ctx: &Ctx<'_>) -> Result<(), StepError> {
     let _span = ctx.clock.external();
-    let out = tokio::process::Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg(from)
-        .arg(to)
-        .output()
-        .await
-        .map_err(|e| StepError::build(format!("cannot run cp: {e}")))?;
-    if !out.status.success() {
-        return Err(StepError::build(format!(
-            "cannot copy the golden copy {}: {}",
-            from.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    release::copy_tree(from, to).await
 }
 
 async fn dump_url(

@@ -254,13 +254,10 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
                 if t.leftovers.is_empty() { "" } else { "; remove with:" },
             );
             for l in &t.leftovers {
-                let pid = l.provider_id.as_deref().map(|p| format!(", {p}")).unwrap_or_default();
-                let _ = writeln!(out, "    {dim}# {} ({}{pid}){reset}", l.id, l.kind);
+                let _ = writeln!(out, "    {dim}# {} ({}){reset}", l.id, l.kind);
                 let _ = writeln!(out, "    {}", l.command);
             }
-            if t.leftovers.is_empty() {
-                let _ = writeln!(out, "    finish with `rehearse down {}`", report.run_id);
-            }
+            let _ = writeln!(out, "    or all at once: rehearse down {}", report.run_id);
         }
     }
     let _ = writeln!(out, "  report: {}", files.markdown.display());

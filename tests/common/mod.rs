@@ -79,13 +79,15 @@ pub fn demo_backups() -> PathBuf {
     .clone()
 }
 
+/// PIDs of every process on this machine.
+fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+}
+
 /// Processes on this machine whose environment carries REHEARSE_RUN_ID=run_id.
 pub fn tagged_processes(run_id: &str) -> Vec<i32> {
     let needle = format!("REHEARSE_RUN_ID={run_id}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    pids()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
@@ -98,10 +100,7 @@ pub fn tagged_processes(run_id: &str) -> Vec<i32> {
 /// PostgreSQL servers whose data directory is under `dir`.
 pub fn postgres_under(dir: &Path) -> Vec<i32> {
     let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    pids()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains(&needle))

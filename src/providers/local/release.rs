@@ -16,24 +16,7 @@ pub async fn unpack(artifact: &Path, dest: &Path, clock: &Clock) -> Result<(), S
     }
     let _span = clock.external();
     if artifact.is_dir() {
-        // `cp -a --reflink=auto` shares blocks where the filesystem can (btrfs, XFS)
-        // and preserves modes, links and times; a hand-written walk would do less.
-        let out = tokio::process::Command::new("cp")
-            .arg("-a")
-            .arg("--reflink=auto")
-            .arg(artifact)
-            .arg(dest)
-            .output()
-            .await
-            .map_err(|e| StepError::build(format!("cannot run cp: {e}")))?;
-        if !out.status.success() {
-            return Err(StepError::build(format!(
-                "cannot copy the release from {}: {}",
-                artifact.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        return Ok(());
+        return copy_tree(artifact, dest).await;
     }
     let name = artifact.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if !(name.ends_with(".tar.gz") || name.ends_with(".tgz") || name.ends_with(".tar")) {
@@ -47,6 +30,29 @@ pub async fn unpack(artifact: &Path, dest: &Path, clock: &Clock) -> Result<(), S
     tokio::task::spawn_blocking(move || untar(&artifact, &dest_owned))
         .await
         .map_err(|e| StepError::build(format!("unpacking failed: {e}")))?
+}
+
+/// Copies a directory tree with `cp -a --reflink=auto`: it shares blocks where the
+/// filesystem can (XFS, btrfs), and preserves modes, owners, links and times, which a
+/// hand-written walk would have to re-implement. The caller accounts the time.
+pub async fn copy_tree(from: &Path, to: &Path) -> Result<(), StepError> {
+    let out = tokio::process::Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(from)
+        .arg(to)
+        .output()
+        .await
+        .map_err(|e| StepError::build(format!("cannot run cp: {e}")))?;
+    if !out.status.success() {
+        return Err(StepError::build(format!(
+            "cannot copy {} to {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 fn untar(artifact: &Path, dest: &Path) -> Result<(), StepError> {
