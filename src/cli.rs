@@ -82,6 +82,10 @@ pub enum Command {
         /// Release version (default: the description's release.version)
         #[arg(long, value_name = "VERSION")]
         release: Option<String>,
+        /// Look up which backup each database would be restored from (read-only AWS
+        /// calls: the newest available snapshot); without it the plan calls no API
+        #[arg(long)]
+        resolve_backups: bool,
     },
     /// Print the JSON Schema of the description format (for editor completion)
     Schema,
@@ -93,6 +97,9 @@ pub enum Command {
     Down {
         #[arg(value_name = "RUN_ID")]
         run_id: String,
+        /// AWS region to search by tag when the run's journal is lost
+        #[arg(long, value_name = "REGION")]
+        region: Option<String>,
     },
     /// List runs and kept environments
     List {
@@ -111,6 +118,9 @@ pub enum Command {
         /// Only this environment's resources
         #[arg(long, value_name = "NAME")]
         environment: Option<String>,
+        /// Sweep AWS resources in this region (by their rehearse tags) instead of this machine's runs
+        #[arg(long, value_name = "REGION")]
+        region: Option<String>,
     },
     /// Print a run's report again
     Report {

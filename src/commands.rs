@@ -16,7 +16,7 @@ pub fn dispatch(cli: Cli) -> i32 {
     let g = &cli.global;
     match &cli.command {
         Command::Validate { files, release } => validate(g, files, release.as_deref()),
-        Command::Plan { file, release } => plan_cmd(g, file, release.as_deref()),
+        Command::Plan { file, release, resolve_backups } => plan_cmd(g, file, release.as_deref(), *resolve_backups),
         Command::Schema => schema(),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
@@ -35,10 +35,10 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
         Command::Run(args) => runs::run(g, args, false),
         Command::Up(args) => runs::run(g, args, true),
-        Command::Down { run_id } => runs::down(g, run_id),
+        Command::Down { run_id, region } => runs::down(g, run_id, region.as_deref()),
         Command::List { all } => runs::list(g, *all),
-        Command::Sweep { yes, older_than, environment } => {
-            runs::sweep(g, *yes, older_than.as_deref(), environment.as_deref())
+        Command::Sweep { yes, older_than, environment, region } => {
+            runs::sweep(g, *yes, older_than.as_deref(), environment.as_deref(), region.as_deref())
         }
         Command::Report { run_id } => runs::report(g, run_id),
         Command::Warm { file } => runs::warm(g, file),
@@ -126,18 +126,24 @@ pub fn load_or_report(file: &std::path::Path, release: Option<&str>) -> Result<d
     })
 }
 
-fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str>) -> i32 {
+fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str>, resolve: bool) -> i32 {
     let loaded = match load_or_report(file, release) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let plan = match plan::build(&loaded, release, None) {
+    let mut plan = match plan::build(&loaded, release, None) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;
         }
     };
+    if resolve && loaded.desc.provider == description::ProviderKind::Aws {
+        if let Err(e) = runs::resolve_backups(&loaded, &mut plan) {
+            eprintln!("error: {e}");
+            return exit::BUILD_FAILED;
+        }
+    }
     match g.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default()),
         Format::Text => print!("{}", plan::render::text(&plan, use_color(g.color, std::io::stdout().is_terminal()))),

@@ -5,6 +5,7 @@
 //! entry (or, when the entry has no handle because the run died mid-create, from the
 //! run's tag). Creation and destruction are paired per kind.
 
+pub mod aws;
 pub mod local;
 
 use std::path::PathBuf;
@@ -50,9 +51,26 @@ pub struct Ctx<'a> {
     pub reporter: &'a dyn Reporter,
     pub steps: &'a std::sync::Mutex<Vec<StepTiming>>,
     pub tctx: tera::Context,
+    /// Turns true when another step failed: stop at the next safe point.
+    pub cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Ctx<'_> {
+    /// Runs `fut` unless (or until) the run is cancelled because another step failed.
+    pub async fn unless_cancelled<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, StepError>>,
+    ) -> Result<T, StepError> {
+        let mut rx = self.cancel.clone();
+        if *rx.borrow() {
+            return Err(StepError::build("cancelled: another step failed"));
+        }
+        tokio::select! {
+            r = fut => r,
+            _ = rx.wait_for(|c| *c) => Err(StepError::build("cancelled: another step failed")),
+        }
+    }
+
     /// Journals that `res` exists, with what is needed to remove it.
     pub fn record(&self, res: &Resource, handle: serde_json::Value) -> Result<(), StepError> {
         self.journal
@@ -164,4 +182,11 @@ pub trait Provider {
 
     /// The exact shell command a person can run to remove a resource by hand.
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String;
+
+    /// How long steps in flight may go on after another step failed, so that what they
+    /// were creating gets journaled. Zero: drop them at once (local resources are found
+    /// by convention anyway).
+    fn cancel_grace(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }

@@ -16,7 +16,12 @@ use crate::engine::lifecycle::{self, Options};
 use crate::engine::signals::Signals;
 use crate::engine::{state, teardown};
 use crate::exit;
+use crate::providers::aws::api::tag_value;
+use crate::providers::aws::sdk::Sdk;
+use crate::providers::aws::{AwsProvider, TAG_RESOURCE, TAG_RUN};
 use crate::providers::local::LocalProvider;
+use crate::providers::Provider;
+use std::time::Duration;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -48,13 +53,6 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         );
         return exit::USAGE;
     };
-    if loaded.desc.provider == ProviderKind::Aws {
-        eprintln!(
-            "error: {}: the aws provider is not available in this build yet; use a `provider: local` description",
-            args.file.display()
-        );
-        return exit::USAGE;
-    }
     let destroy = if args.keep {
         DestroyPolicy::Never
     } else {
@@ -85,46 +83,68 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
                 return exit::BUILD_FAILED;
             }
         };
-        let provider = LocalProvider::new();
-        let result =
-            std::panic::AssertUnwindSafe(lifecycle::run(&provider, &loaded, &opts, reporter.as_ref(), &signals))
-                .catch_unwind()
-                .await;
-        match result {
-            Ok(Ok(outcome)) => {
-                match g.format {
-                    Format::Json => println!("{}", serde_json::to_string_pretty(&outcome.report).unwrap_or_default()),
-                    Format::Text => {
-                        let files = crate::report::ReportFiles::in_dir(&outcome.report_dir);
-                        eprint!(
-                            "{}",
-                            crate::report::terminal_summary(
-                                &outcome.report,
-                                &files,
-                                use_color(g.color, std::io::stderr().is_terminal())
-                            )
-                        );
-                    }
-                }
-                outcome.exit_code
-            }
-            Ok(Err(e)) => {
-                eprintln!("error: {e}");
-                // Whatever the journal says exists is removed.
-                down_after_failure(&opts, &provider, reporter.as_ref(), &signals).await.unwrap_or(exit::BUILD_FAILED)
-            }
-            Err(_) => {
-                eprintln!("error: rehearse crashed (a bug: please report it); tearing down from the journal");
-                down_after_failure(&opts, &provider, reporter.as_ref(), &signals).await.unwrap_or(exit::BUILD_FAILED)
+        match loaded.desc.provider {
+            ProviderKind::Local => drive(g, &LocalProvider::new(), &loaded, &opts, reporter.as_ref(), &signals).await,
+            ProviderKind::Aws => {
+                let region = loaded.desc.region.clone().unwrap_or_default();
+                let provider = aws_provider(&region).await;
+                drive(g, &provider, &loaded, &opts, reporter.as_ref(), &signals).await
             }
         }
     })
 }
 
-/// After an error outside the normal path: tear down whatever the run's journal lists.
-async fn down_after_failure(
+/// The AWS provider over the SDK, polling every 1 s at first, backing off to 15 s.
+pub async fn aws_provider(region: &str) -> AwsProvider<Sdk> {
+    AwsProvider::new(Sdk::new(region).await, Duration::from_millis(500), Duration::from_secs(15))
+}
+
+/// Runs the lifecycle with a provider and turns the outcome into output and an exit
+/// code; a crash inside is caught and torn down from the journal.
+async fn drive<P: Provider>(
+    g: &Global,
+    provider: &P,
+    loaded: &crate::description::Loaded,
     opts: &Options,
-    provider: &LocalProvider,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> i32 {
+    let result =
+        std::panic::AssertUnwindSafe(lifecycle::run(provider, loaded, opts, reporter, signals)).catch_unwind().await;
+    match result {
+        Ok(Ok(outcome)) => {
+            match g.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&outcome.report).unwrap_or_default()),
+                Format::Text => {
+                    let files = crate::report::ReportFiles::in_dir(&outcome.report_dir);
+                    eprint!(
+                        "{}",
+                        crate::report::terminal_summary(
+                            &outcome.report,
+                            &files,
+                            use_color(g.color, std::io::stderr().is_terminal())
+                        )
+                    );
+                }
+            }
+            outcome.exit_code
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            // Whatever the journal says exists is removed.
+            down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED)
+        }
+        Err(_) => {
+            eprintln!("error: rehearse crashed (a bug: please report it); tearing down from the journal");
+            down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED)
+        }
+    }
+}
+
+/// After an error outside the normal path: tear down whatever the run's journal lists.
+async fn down_after_failure<P: Provider>(
+    opts: &Options,
+    provider: &P,
     reporter: &dyn Reporter,
     signals: &Signals,
 ) -> Option<i32> {
@@ -145,7 +165,7 @@ fn journal_path(g: &Global, run_id: &str) -> PathBuf {
     state::run_dir(&state::state_dir(g.state_dir.as_deref()), run_id).join("journal.jsonl")
 }
 
-pub fn down(g: &Global, run_id: &str) -> i32 {
+pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
     if !state::valid_run_id(run_id) {
         eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
         return exit::USAGE;
@@ -155,78 +175,143 @@ pub fn down(g: &Global, run_id: &str) -> i32 {
     let reporter = reporter(g);
     rt.block_on(async {
         let signals = Signals::install().unwrap_or_else(|_| Signals::none());
-        let provider = LocalProvider::new();
-        let journal = if path.is_file() {
+        if path.is_file() {
             let records = journal::read(&path).unwrap_or_default();
             let st = State::from_records(&records);
-            if let Some(meta) = &st.meta {
-                if st.finished.is_none() && meta.pid != std::process::id() && pid_alive(meta.pid) {
-                    eprintln!(
-                        "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
-                        meta.pid, meta.pid
-                    );
-                    return exit::USAGE;
-                }
+            let Some(meta) = st.meta.clone() else {
+                eprintln!("error: the journal {} has no run record", path.display());
+                return exit::BUILD_FAILED;
+            };
+            if st.finished.is_none() && meta.pid != std::process::id() && pid_alive(meta.pid) {
+                eprintln!(
+                    "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
+                    meta.pid, meta.pid
+                );
+                return exit::USAGE;
             }
-            match Journal::open(&path) {
+            let journal = match Journal::open(&path) {
                 Ok(j) => j,
                 Err(e) => {
                     eprintln!("error: cannot open the journal {}: {e}", path.display());
                     return exit::BUILD_FAILED;
                 }
-            }
-        } else {
-            // The journal is gone: rebuild what the run's tag finds. Locally, that is
-            // the run's work directory and every process carrying its id.
-            let work = state::work_dir().join("runs").join(run_id);
-            let found = !crate::providers::local::tagged_processes(run_id).is_empty() || work.exists();
-            if !found {
-                eprintln!("rehearse: no journal and nothing tagged with {run_id} on this machine: nothing to remove");
+            };
+            return if meta.provider == "aws" {
+                let provider = aws_provider(meta.region.as_deref().or(region).unwrap_or_default()).await;
+                finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await
+            } else {
+                finish_down(&LocalProvider::new(), &journal, run_id, reporter.as_ref(), &signals).await
+            };
+        }
+        // The journal is gone: rebuild what the run's tags find.
+        if let Some(region) = region {
+            let provider = aws_provider(region).await;
+            let found = match provider.tagged().await {
+                Ok(all) => all.into_iter().filter(|t| tag_value(&t.tags, TAG_RUN) == Some(run_id)).collect::<Vec<_>>(),
+                Err(e) => {
+                    eprintln!("error: cannot list rehearse's resources in {region}: {e}");
+                    return exit::BUILD_FAILED;
+                }
+            };
+            if found.is_empty() {
+                eprintln!("rehearse: no journal and nothing tagged {TAG_RUN}={run_id} in {region}: nothing to remove");
                 return exit::PASSED;
             }
-            eprintln!("rehearse: no journal for {run_id}; removing what is tagged with it");
-            match synthetic_journal(g, run_id, &work) {
+            eprintln!("rehearse: no journal for {run_id}; removing the {} resource(s) tagged with it in {region}", found.len());
+            let journal = match synthetic_journal(g, run_id, "aws", Some(region), None, &found) {
                 Ok(j) => j,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return exit::BUILD_FAILED;
                 }
+            };
+            return finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await;
+        }
+        // Locally, the run's tag is its work directory and every process carrying its id.
+        let work = state::work_dir().join("runs").join(run_id);
+        let found = !crate::providers::local::tagged_processes(run_id).is_empty() || work.exists();
+        if !found {
+            eprintln!(
+                "rehearse: no journal and nothing tagged with {run_id} on this machine: nothing to remove \
+                 (an AWS run? pass --region)"
+            );
+            return exit::PASSED;
+        }
+        eprintln!("rehearse: no journal for {run_id}; removing what is tagged with it");
+        match synthetic_journal(g, run_id, "local", None, Some(&work), &[]) {
+            Ok(j) => finish_down(&LocalProvider::new(), &j, run_id, reporter.as_ref(), &signals).await,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::BUILD_FAILED
             }
-        };
-        let out = teardown::run(&provider, &journal, reporter.as_ref(), &signals, signals.count() + 1, &crate::engine::timing::Clock::new()).await;
-        let _ = journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
-        if out.complete() {
-            println!("{run_id}: torn down, nothing left");
-            exit::PASSED
-        } else {
-            eprint!("{}", teardown::leftover_text(run_id, &out.leftovers));
-            exit::LEFTOVERS
         }
     })
 }
 
-/// A journal reconstructed for a run whose journal was lost.
-fn synthetic_journal(g: &Global, run_id: &str, work: &Path) -> Result<Journal, String> {
+async fn finish_down<P: Provider>(
+    provider: &P,
+    journal: &Journal,
+    run_id: &str,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> i32 {
+    let out =
+        teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::engine::timing::Clock::new())
+            .await;
+    let _ = journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
+    if out.complete() {
+        println!("{run_id}: torn down, nothing left");
+        exit::PASSED
+    } else {
+        eprint!("{}", teardown::leftover_text(run_id, &out.leftovers));
+        exit::LEFTOVERS
+    }
+}
+
+/// A journal reconstructed for a run whose journal was lost: the local work directory,
+/// or the AWS resources found by tag (listed in creation order, so teardown's reverse
+/// order removes users before what they use).
+fn synthetic_journal(
+    g: &Global,
+    run_id: &str,
+    provider: &str,
+    region: Option<&str>,
+    work: Option<&Path>,
+    found: &[crate::providers::aws::Tagged],
+) -> Result<Journal, String> {
     let dir = state::run_dir(&state::state_dir(g.state_dir.as_deref()), run_id);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let meta = journal::RunMeta {
         run_id: run_id.to_string(),
         environment: "(unknown: journal lost)".into(),
-        provider: "local".into(),
+        provider: provider.into(),
         description: String::new(),
         release: String::new(),
         owner: String::new(),
         started_at: Utc::now(),
         expires_at: Utc::now(),
         destroy: "always".into(),
-        work_dir: Some(work.display().to_string()),
-        region: None,
+        work_dir: work.map(|w| w.display().to_string()),
+        region: region.map(str::to_string),
         pid: std::process::id(),
     };
     let path = dir.join("journal.jsonl");
     let _ = std::fs::remove_file(&path);
     let j = Journal::create(&path, &meta).map_err(|e| e.to_string())?;
-    j.created("workspace", "local.workspace", serde_json::json!({"dir": work})).map_err(|e| e.to_string())?;
+    if let Some(work) = work {
+        j.created("workspace", "local.workspace", serde_json::json!({"dir": work})).map_err(|e| e.to_string())?;
+    }
+    for t in found.iter().rev() {
+        let id = tag_value(&t.tags, TAG_RESOURCE).map(str::to_string).unwrap_or_else(|| format!("{}:{}", t.kind, t.id));
+        let key = match t.kind {
+            "aws.ec2.instance" => "instance_id",
+            "aws.rds.db-instance" => "db_instance_id",
+            "aws.rds.db-cluster" => "db_cluster_id",
+            "aws.ec2.security-group" => "group_id",
+            _ => "name",
+        };
+        j.created(&id, t.kind, serde_json::json!({ key: t.id })).map_err(|e| e.to_string())?;
+    }
     Ok(j)
 }
 
@@ -316,7 +401,7 @@ pub fn list(g: &Global, all: bool) -> i32 {
     exit::PASSED
 }
 
-pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Option<&str>) -> i32 {
+pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Option<&str>, region: Option<&str>) -> i32 {
     let min_age = match older_than.map(humantime::parse_duration) {
         None => None,
         Some(Ok(d)) => Some(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
@@ -328,6 +413,9 @@ pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Optio
             return exit::USAGE;
         }
     };
+    if let Some(region) = region {
+        return runtime().block_on(sweep_aws(region, yes, min_age, environment));
+    }
     let now = Utc::now();
     let candidates: Vec<RunRow> = scan_runs(g)
         .into_iter()
@@ -357,7 +445,7 @@ pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Optio
     }
     let mut code = exit::PASSED;
     for r in &candidates {
-        let c = down(g, &r.run_id);
+        let c = down(g, &r.run_id, None);
         if c != exit::PASSED {
             code = c;
         }
@@ -417,5 +505,97 @@ pub fn warm(g: &Global, file: &Path) -> i32 {
                 exit::BUILD_FAILED
             }
         }
+    })
+}
+
+/// `sweep --region`: every resource tagged by rehearse in the region whose
+/// `rehearse:expires-at` has passed (and matching the filters); listed, and with
+/// `--yes` removed through the guard. Untagged resources are never considered, and an
+/// unexpired one (a run in progress, a kept environment within its TTL) never matches.
+async fn sweep_aws(region: &str, yes: bool, min_age: Option<chrono::Duration>, environment: Option<&str>) -> i32 {
+    use crate::providers::aws::{Guard, TAG_CREATED, TAG_ENV, TAG_EXPIRES};
+    let provider = aws_provider(region).await;
+    let all = match provider.tagged().await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: cannot list rehearse's resources in {region}: {e}");
+            return exit::BUILD_FAILED;
+        }
+    };
+    let now = Utc::now();
+    let time = |t: &[crate::providers::aws::api::Tag], k: &str| {
+        tag_value(t, k).and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok()).map(|d| d.with_timezone(&Utc))
+    };
+    let expired: Vec<_> = all
+        .into_iter()
+        .filter(|t| time(&t.tags, TAG_EXPIRES).is_some_and(|e| e <= now))
+        .filter(|t| min_age.is_none_or(|age| time(&t.tags, TAG_CREATED).is_some_and(|c| now - c >= age)))
+        .filter(|t| environment.is_none_or(|e| tag_value(&t.tags, TAG_ENV) == Some(e)))
+        .collect();
+    if expired.is_empty() {
+        println!("nothing to sweep: no expired rehearse resource in {region}");
+        return exit::PASSED;
+    }
+    let mut code = exit::PASSED;
+    for t in &expired {
+        let run = tag_value(&t.tags, TAG_RUN).unwrap_or_default().to_string();
+        let expires = tag_value(&t.tags, TAG_EXPIRES).unwrap_or_default();
+        if !yes {
+            println!("would remove {} {} (run {run}, expired {expires})", t.kind, t.id);
+            continue;
+        }
+        match provider.destroy_id(t.kind, &t.id, &Guard { run_id: run.clone() }).await {
+            Ok(()) => println!("removed {} {} (run {run}, expired {expires})", t.kind, t.id),
+            Err(e) => {
+                eprintln!("error: could not remove {} {}: {e}", t.kind, t.id);
+                code = exit::LEFTOVERS;
+            }
+        }
+    }
+    if !yes {
+        println!("dry run: {} resource(s); run `rehearse sweep --region {region} --yes` to remove them", expired.len());
+    }
+    code
+}
+
+/// Fills each AWS database restore in the plan with the backup it would use (the
+/// newest available snapshot, or the latest restorable time), by read-only calls.
+pub fn resolve_backups(loaded: &crate::description::Loaded, plan: &mut crate::plan::Plan) -> Result<(), String> {
+    use crate::description::{DatabaseSource, RestoreMode};
+    use crate::providers::aws::api::RdsApi;
+    let region = loaded.desc.region.clone().unwrap_or_default();
+    runtime().block_on(async {
+        let provider = aws_provider(&region).await;
+        for r in plan.resources.iter_mut() {
+            let Some(db) = loaded.desc.databases.get(&r.name) else { continue };
+            let Some(source) = r.source.as_mut() else { continue };
+            match (&db.source, db.restore) {
+                (DatabaseSource::RdsInstance(id), RestoreMode::NewestSnapshot) => {
+                    let s = provider.newest_snapshot(id).await.map_err(|e| e.message)?;
+                    source.backup = Some(serde_json::json!({
+                        "snapshot_id": s.id,
+                        "arn": s.arn,
+                        "created": s.created.map(|c| c.to_rfc3339()),
+                        "type": s.kind,
+                    }));
+                }
+                (DatabaseSource::RdsInstance(id), RestoreMode::LatestRestorableTime) => {
+                    let found = provider
+                        .api
+                        .describe_db_instances(std::slice::from_ref(id))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let p = found
+                        .into_iter()
+                        .find(|p| &p.id == id)
+                        .ok_or_else(|| format!("the production RDS instance {id} does not exist"))?;
+                    source.backup = Some(
+                        serde_json::json!({"latest_restorable_time": p.latest_restorable_time.map(|c| c.to_rfc3339())}),
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     })
 }

@@ -362,6 +362,8 @@ async fn execute<P: Provider>(
         status: BTreeMap::new(),
     };
     let mut running: FuturesUnordered<NodeFuture<'_>> = FuturesUnordered::new();
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let mut grace_until: Option<tokio::time::Instant> = None;
     loop {
         if result.failure.is_none() && !result.interrupted {
             for i in 0..n {
@@ -439,8 +441,9 @@ async fn execute<P: Provider>(
                             Some((r.id.clone(), StepError::build(format!("cannot write the journal: {e}"))));
                         break;
                     }
+                    let cancel = cancel_rx.clone();
                     running.push(Box::pin(async move {
-                        let ctx = Ctx { run: info, loaded, plan, journal, clock, reporter, steps, tctx };
+                        let ctx = Ctx { run: info, loaded, plan, journal, clock, reporter, steps, tctx, cancel };
                         (i, Done::Resource(provider.create(r, &ctx).await))
                     }));
                 }
@@ -449,15 +452,25 @@ async fn execute<P: Provider>(
         if running.is_empty() {
             break;
         }
+        // After a failure, steps in flight get the provider's grace period to reach a
+        // point where what they created is journaled (an API call answered), then are
+        // dropped; a signal drops them at once.
+        let grace = async {
+            match grace_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
             next = running.next() => next,
             _ = signals.nth(1), if !result.interrupted => {
                 result.interrupted = true;
                 None
             }
+            _ = grace => None,
         };
         let Some((i, done)) = next else {
-            // Interrupted: dropping the futures in flight cancels them.
+            // Interrupted or out of grace: dropping the futures in flight cancels them.
             break;
         };
         let r = &plan.resources[i];
@@ -502,8 +515,14 @@ async fn execute<P: Provider>(
                 if result.failure.is_none() {
                     result.failure = Some((r.id.clone(), e));
                 }
-                // Stop here: what is in flight is cancelled when `running` drops.
-                break;
+                // No new work; what is in flight is told to stop, and dropped when the
+                // provider's grace period is over.
+                let _ = cancel_tx.send(true);
+                let grace = provider.cancel_grace();
+                if grace.is_zero() {
+                    break;
+                }
+                grace_until.get_or_insert(tokio::time::Instant::now() + grace);
             }
         }
     }

@@ -1,6 +1,6 @@
-//! HTTP health checks against services on loopback.
+//! HTTP health checks: local services on loopback, AWS instances at their address.
 //!
-//! A health check is one `GET` and a status line; the request goes to 127.0.0.1 only.
+//! A health check is one `GET` and a status line.
 //! An HTTP client crate (hyper, reqwest) would bring dozens of dependencies for those
 //! few lines, so this speaks HTTP/1.0 over a tokio `TcpStream` directly, every read and
 //! connect inside a timeout.
@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The status code of `GET path` on 127.0.0.1:port, or why there is none.
-pub async fn get_status(port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
+/// The status code of `GET path` on host:port, or why there is none.
+pub async fn get_status(host: &str, port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
     let attempt = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-        let req = format!(
-            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: rehearse\r\nConnection: close\r\n\r\n"
-        );
+        let mut s = TcpStream::connect((host, port)).await.map_err(|e| e.to_string())?;
+        let req =
+            format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: rehearse\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut buf = Vec::with_capacity(256);
         let mut chunk = [0u8; 256];
@@ -41,13 +40,25 @@ pub async fn wait_healthy(
     port: u16,
     path: &str,
     deadline: Instant,
+    still_running: impl FnMut() -> Result<(), String>,
+) -> Result<Duration, String> {
+    wait_healthy_at("127.0.0.1", port, path, deadline, still_running).await
+}
+
+/// [`wait_healthy`] against any host (an instance's address on AWS; the runner must
+/// reach the VPC).
+pub async fn wait_healthy_at(
+    host: &str,
+    port: u16,
+    path: &str,
+    deadline: Instant,
     mut still_running: impl FnMut() -> Result<(), String>,
 ) -> Result<Duration, String> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(20);
     loop {
         still_running()?;
-        let last = match get_status(port, path, Duration::from_secs(2)).await {
+        let last = match get_status(host, port, path, Duration::from_secs(2)).await {
             Ok(code) if (200..300).contains(&code) => return Ok(start.elapsed()),
             Ok(code) => format!("HTTP {code}"),
             Err(e) => e,

@@ -1,0 +1,815 @@
+//! The AWS provider: an isolated copy of production in EC2 and RDS.
+//!
+//! Every resource is tagged at creation with the run's id, environment, owner, expiry
+//! and its plan id. Production is only read: the newest available snapshot of the
+//! production instance is found (sorted by `SnapshotCreateTime`, all pages), and every
+//! mutating call first passes [`Guard`], which refuses any resource that does not carry
+//! this run's `rehearse:run-id` tag. Restores are verified and corrected after the fact
+//! (private, not deletion protected, new master password), since implementations exist
+//! that ignore those parameters.
+
+pub mod api;
+pub mod poller;
+pub mod sdk;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{Ctx, Output, Provider, StepError};
+use crate::description::template::{DatabaseOutputs, ServiceOutputs};
+use crate::description::{DatabaseSource, RestoreMode};
+use crate::engine::journal::{Entry, RunMeta};
+use crate::engine::state;
+use crate::plan::{Kind, Resource};
+use crate::report::model::BackupUsed;
+use api::*;
+use poller::Poller;
+
+pub const TAG_RUN: &str = "rehearse:run-id";
+pub const TAG_ENV: &str = "rehearse:environment";
+pub const TAG_OWNER: &str = "rehearse:owner";
+pub const TAG_EXPIRES: &str = "rehearse:expires-at";
+pub const TAG_RESOURCE: &str = "rehearse:resource";
+pub const TAG_CREATED: &str = "rehearse:created-at";
+
+/// The single gate every mutating call passes: the resource must carry this run's id.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    pub run_id: String,
+}
+
+impl Guard {
+    pub fn check(&self, what: &str, id: &str, tags: &[Tag]) -> Result<(), String> {
+        match tag_value(tags, TAG_RUN) {
+            Some(v) if v == self.run_id => Ok(()),
+            Some(v) => {
+                Err(format!("refusing to change {what} {id}: it belongs to rehearse run {v}, not {}", self.run_id))
+            }
+            None => Err(format!(
+                "refusing to change {what} {id}: it does not carry the tag {TAG_RUN}={} (production is never changed)",
+                self.run_id
+            )),
+        }
+    }
+}
+
+/// The AWS provider over any [`Ec2Api`] + [`RdsApi`] (the SDK, or a fake).
+pub struct AwsProvider<A> {
+    pub api: A,
+    /// Provider ids of created resources, by plan id (the security group's id, ...).
+    ids: Mutex<BTreeMap<String, String>>,
+    instances: Poller<Instance>,
+    databases: Poller<DbInstance>,
+    clusters: Poller<DbCluster>,
+}
+
+impl<A: Ec2Api + RdsApi> AwsProvider<A> {
+    pub fn new(api: A, min_poll: Duration, max_poll: Duration) -> Self {
+        AwsProvider {
+            api,
+            ids: Mutex::default(),
+            instances: Poller::new(min_poll, max_poll),
+            databases: Poller::new(min_poll, max_poll),
+            clusters: Poller::new(min_poll, max_poll),
+        }
+    }
+
+    /// Describe calls made by the pollers (instances, databases, clusters).
+    pub fn poll_calls(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.instances.calls.load(Relaxed) + self.databases.calls.load(Relaxed) + self.clusters.calls.load(Relaxed)
+    }
+
+    fn id_of(&self, plan_id: &str) -> Result<String, StepError> {
+        self.ids
+            .lock()
+            .ok()
+            .and_then(|m| m.get(plan_id).cloned())
+            .ok_or_else(|| StepError::build(format!("{plan_id} was not created")))
+    }
+
+    fn remember(&self, plan_id: &str, id: &str) {
+        if let Ok(mut m) = self.ids.lock() {
+            m.insert(plan_id.to_string(), id.to_string());
+        }
+    }
+
+    /// A create call failed. When the request provably never left this machine, the
+    /// journal says so at once, so teardown does not look for what cannot exist.
+    fn create_failed(ctx: &Ctx<'_>, res: &Resource, e: &ApiError, message: String) -> StepError {
+        if e.kind == ErrorKind::NotSent {
+            let _ = ctx.journal.deleted(&res.id);
+        }
+        StepError::build(message)
+    }
+
+    /// The tags every resource of the run carries, plus its plan id.
+    fn tags(ctx: &Ctx<'_>, res: &Resource) -> Vec<Tag> {
+        let mut tags: BTreeMap<String, String> = ctx.plan.tags.clone();
+        tags.insert(TAG_RUN.into(), ctx.run.run_id.clone());
+        tags.insert(TAG_EXPIRES.into(), ctx.run.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        tags.insert(TAG_RESOURCE.into(), res.id.clone());
+        tags.insert(TAG_CREATED.into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        tags.entry("Name".into())
+            .or_insert_with(|| format!("rehearse {} {} ({})", ctx.loaded.desc.name, res.id, ctx.run.run_id));
+        tags.into_iter().map(|(key, value)| Tag { key, value }).collect()
+    }
+
+    /// An RDS identifier for a run's resource: lowercase, ≤ 63 characters, unique per run.
+    fn rds_id(run_id: &str, name: &str) -> String {
+        let suffix = run_id.trim_start_matches("r-").replace('-', "");
+        let mut id = format!("rh-{suffix}-{name}").to_lowercase().replace('_', "-");
+        id.truncate(63);
+        id.trim_end_matches('-').to_string()
+    }
+
+    async fn security_group(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let vpc = res.attributes.get("vpc_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let cidrs: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.allow_cidrs.clone()).unwrap_or_default();
+        let name = format!("rehearse-{}", ctx.run.run_id);
+        let t = ctx.started(res, "create", None);
+        let id = self
+            .api
+            .create_security_group(
+                &name,
+                &format!("rehearse run {} of {}", ctx.run.run_id, ctx.loaded.desc.name),
+                &vpc,
+                &Self::tags(ctx, res),
+            )
+            .await
+            .map_err(|e| {
+                Self::create_failed(ctx, res, &e, format!("cannot create the run's security group in {vpc}: {e}"))
+            })?;
+        ctx.record(res, json!({"group_id": id}))?;
+        self.remember(&res.id, &id);
+        self.api
+            .authorize_ingress(&id, &cidrs)
+            .await
+            .map_err(|e| StepError::build(format!("cannot open security group {id} to {cidrs:?}: {e}")))?;
+        ctx.step(res, "create", t, true, Some(id));
+        Ok(Output::Nothing)
+    }
+
+    async fn subnet_group(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let subnets: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.subnets.clone()).unwrap_or_default();
+        let name = format!("rehearse-{}", ctx.run.run_id);
+        let t = ctx.started(res, "create", None);
+        let g = self
+            .api
+            .create_db_subnet_group(&name, &format!("rehearse run {}", ctx.run.run_id), &subnets, &Self::tags(ctx, res))
+            .await
+            .map_err(|e| Self::create_failed(ctx, res, &e, format!("cannot create the run's DB subnet group: {e}")))?;
+        ctx.record(res, json!({"name": g.name}))?;
+        self.remember(&res.id, &g.name);
+        ctx.step(res, "create", t, true, Some(g.name));
+        Ok(Output::Nothing)
+    }
+
+    /// The newest available snapshot of a production instance.
+    pub async fn newest_snapshot(&self, instance: &str) -> Result<Snapshot, StepError> {
+        let prod = self
+            .api
+            .describe_db_instances(&[instance.to_string()])
+            .await
+            .map_err(|e| StepError::build(format!("cannot look up the production RDS instance {instance}: {e}")))?;
+        if prod.iter().all(|d| d.id != instance) {
+            return Err(StepError::build(format!(
+                "the production RDS instance {instance} does not exist in this account and region"
+            )));
+        }
+        let snapshots = self
+            .api
+            .snapshots_of(instance)
+            .await
+            .map_err(|e| StepError::build(format!("cannot list the snapshots of {instance}: {e}")))?;
+        snapshots
+            .into_iter()
+            .filter(|s| s.instance_id.as_deref() == Some(instance) && s.status == "available" && s.created.is_some())
+            .max_by_key(|s| s.created)
+            .ok_or_else(|| {
+                StepError::build(format!("production RDS instance {instance} has no snapshot in state `available`"))
+            })
+    }
+
+    async fn wait_db(&self, id: &str, deadline: Instant) -> Result<DbInstance, StepError> {
+        let api = &self.api;
+        self.databases
+            .wait(
+                id,
+                |ids| async move { api.describe_db_instances(&ids).await },
+                |d| d.id.clone(),
+                |d| match d.map(|d| d.status.as_str()) {
+                    Some("available") => Ok(true),
+                    Some(s @ ("failed" | "incompatible-restore" | "incompatible-parameters" | "restore-error")) => {
+                        Err(format!("DB instance {id} ended in state `{s}`"))
+                    }
+                    _ => Ok(false),
+                },
+                |d| d.map(|d| d.status.clone()).unwrap_or_else(|| "not visible yet".into()),
+                deadline,
+            )
+            .await
+            .map_err(StepError::build)?
+            .ok_or_else(|| StepError::build(format!("DB instance {id} disappeared")))
+    }
+
+    async fn database(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let d = &ctx.loaded.desc;
+        let db = &d.databases[res.name.as_str()];
+        let timeout = db.timeout.unwrap_or(Duration::from_secs(30 * 60));
+        let deadline = Instant::now() + timeout;
+        let db_name = ctx.render(&format!("databases.{}.name", res.name))?;
+        let class = db.instance_class.clone().unwrap_or_default();
+        let id = Self::rds_id(&ctx.run.run_id, &res.name);
+        let sg = self.id_of("network.security-group")?;
+        let subnet_group = self.id_of("network.db-subnet-group")?;
+        let started = std::time::Instant::now();
+
+        let (instance, backup) = match (&db.source, db.restore) {
+            (DatabaseSource::AuroraCluster(source), RestoreMode::AuroraClone) => {
+                let cluster_id = self.id_of(&format!("database.{}.cluster", res.name))?;
+                let t = ctx.started(res, "create-instance", Some(cluster_id.clone()));
+                let engine = self
+                    .api
+                    .describe_db_clusters(std::slice::from_ref(&cluster_id))
+                    .await
+                    .ok()
+                    .and_then(|c| c.first().and_then(|c| c.engine.clone()))
+                    .unwrap_or_else(|| "aurora-postgresql".into());
+                let inst = self
+                    .api
+                    .create_cluster_instance(&id, &cluster_id, &class, &engine, &Self::tags(ctx, res))
+                    .await
+                    .map_err(|e| StepError::build(format!("cannot create an instance in cluster {cluster_id}: {e}")))?;
+                ctx.record(res, json!({"db_instance_id": inst.id}))?;
+                ctx.step(res, "create-instance", t, true, None);
+                let backup = BackupUsed {
+                    database: res.name.clone(),
+                    source_kind: "aurora_cluster".into(),
+                    source: source.clone(),
+                    backup: format!("copy-on-write clone {cluster_id}"),
+                    arn: None,
+                    taken_at: Some(chrono::Utc::now()),
+                    restore: "aurora-clone".into(),
+                    method: "clone".into(),
+                    restore_ms: 0,
+                };
+                (inst, backup)
+            }
+            (DatabaseSource::RdsInstance(source), mode) => {
+                let pitr = mode == RestoreMode::LatestRestorableTime;
+                let t = ctx.started(res, "find-backup", None);
+                let (snapshot_id, arn, taken_at) = if pitr {
+                    let prod = self
+                        .api
+                        .describe_db_instances(std::slice::from_ref(source))
+                        .await
+                        .map_err(|e| StepError::build(format!("cannot look up {source}: {e}")))?;
+                    let p = prod.into_iter().find(|p| &p.id == source).ok_or_else(|| {
+                        StepError::build(format!(
+                            "the production RDS instance {source} does not exist in this account and region"
+                        ))
+                    })?;
+                    (format!("{source} at its latest restorable time"), None, p.latest_restorable_time)
+                } else {
+                    let s = self.newest_snapshot(source).await?;
+                    (s.id, s.arn, s.created)
+                };
+                ctx.step(res, "find-backup", t, true, Some(snapshot_id.clone()));
+                let t = ctx.started(res, "restore", Some(snapshot_id.clone()));
+                let req = RestoreDb {
+                    instance_id: id.clone(),
+                    source: if pitr { source.clone() } else { snapshot_id.clone() },
+                    point_in_time: pitr,
+                    instance_class: class.clone(),
+                    subnet_group,
+                    security_group_id: sg,
+                    tags: Self::tags(ctx, res),
+                };
+                let inst = self.api.restore_db_instance(&req).await.map_err(|e| {
+                    let hint = if e.code.as_deref().is_some_and(|c| c.contains("KMS")) {
+                        " (the snapshot is encrypted with a KMS key this identity cannot use)"
+                    } else {
+                        ""
+                    };
+                    Self::create_failed(ctx, res, &e, format!("cannot restore {snapshot_id} into {id}: {e}{hint}"))
+                })?;
+                ctx.record(res, json!({"db_instance_id": inst.id}))?;
+                ctx.step(res, "restore", t, true, Some(format!("{snapshot_id} → {id}")));
+                let backup = BackupUsed {
+                    database: res.name.clone(),
+                    source_kind: "rds_instance".into(),
+                    source: source.clone(),
+                    backup: snapshot_id,
+                    arn,
+                    taken_at,
+                    restore: mode.as_str().into(),
+                    method: "cold".into(),
+                    restore_ms: 0,
+                };
+                (inst, backup)
+            }
+            (other, _) => {
+                return Err(StepError::build(format!("the aws provider cannot restore from `{}`", other.key())))
+            }
+        };
+
+        let t = ctx.started(res, "wait-available", None);
+        let _span = ctx.clock.external();
+        let ready = ctx.unless_cancelled(self.wait_db(&instance.id, deadline)).await;
+        ctx.step(res, "wait-available", t, ready.is_ok(), None);
+        let ready = ready?;
+
+        // Verify what was asked for and correct it: some implementations ignore
+        // PubliclyAccessible=false / DeletionProtection=false on restores. The new
+        // master password is set in the same call, and never printed.
+        let guard = Guard { run_id: ctx.run.run_id.clone() };
+        guard.check("DB instance", &ready.id, &ready.tags).map_err(StepError::build)?;
+        let password = state::new_secret();
+        let t = ctx.started(res, "secure", None);
+        self.api.secure_db_instance(&ready.id, &password).await.map_err(|e| {
+            StepError::build(format!("cannot secure {} (private, no deletion protection, new password): {e}", ready.id))
+        })?;
+        let ready = ctx.unless_cancelled(self.wait_db(&ready.id, deadline)).await?;
+        if ready.publicly_accessible || ready.deletion_protection {
+            return Err(StepError::build(format!(
+                "{} is still publicly accessible ({}) or deletion protected ({}) after ModifyDBInstance; refusing to use it",
+                ready.id, ready.publicly_accessible, ready.deletion_protection
+            )));
+        }
+        ctx.step(res, "secure", t, true, Some("private, no deletion protection, password rotated".into()));
+
+        let host = ready.address.clone().unwrap_or_default();
+        let port = ready.port.unwrap_or(5432).to_string();
+        let user = ready.master_username.clone().unwrap_or_else(|| "postgres".into());
+        let outputs = DatabaseOutputs {
+            url: format!("postgres://{user}:{password}@{host}:{port}/{db_name}"),
+            endpoint: format!("{host}:{port}"),
+            host,
+            port,
+            name: db_name,
+            user,
+            password,
+        };
+        if let Some(m) = &db.masking {
+            // The runner must reach the VPC (README): masking runs from here with psql.
+            let t = ctx.started(res, "mask", None);
+            let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
+            let mut cmd = tokio::process::Command::new("psql");
+            cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f"])
+                .arg(ctx.loaded.resolve(m))
+                .arg(&outputs.url)
+                .env("PGCONNECT_TIMEOUT", "10");
+            let f = crate::engine::process::run_logged(&mut cmd, &log, timeout, ctx.clock)
+                .await
+                .map_err(|e| StepError::build(format!("cannot run psql for masking: {e}")))?;
+            ctx.step(res, "mask", t, f.success(), None);
+            if !f.success() {
+                return Err(StepError::build(format!(
+                    "masking SQL on {} failed (the runner must reach the VPC)",
+                    outputs.endpoint
+                ))
+                .with_log(&log, 10));
+            }
+        }
+        let backup = BackupUsed { restore_ms: started.elapsed().as_millis() as u64, ..backup };
+        Ok(Output::Database { outputs, backup })
+    }
+
+    async fn cluster(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let db = &ctx.loaded.desc.databases[res.name.as_str()];
+        let DatabaseSource::AuroraCluster(source) = &db.source else {
+            return Err(StepError::build("a cluster clone needs an `aurora_cluster` source"));
+        };
+        let id = Self::rds_id(&ctx.run.run_id, &format!("{}-cluster", res.name));
+        let t = ctx.started(res, "clone", Some(source.clone()));
+        let req = CloneCluster {
+            cluster_id: id.clone(),
+            source_cluster: source.clone(),
+            subnet_group: self.id_of("network.db-subnet-group")?,
+            security_group_id: self.id_of("network.security-group")?,
+            tags: Self::tags(ctx, res),
+        };
+        let c = self
+            .api
+            .clone_db_cluster(&req)
+            .await
+            .map_err(|e| StepError::build(format!("cannot clone Aurora cluster {source}: {e}")))?;
+        ctx.record(res, json!({"db_cluster_id": c.id}))?;
+        self.remember(&res.id, &c.id);
+        let deadline = Instant::now() + db.timeout.unwrap_or(Duration::from_secs(30 * 60));
+        let api = &self.api;
+        let r = self
+            .clusters
+            .wait(
+                &c.id,
+                |ids| async move { api.describe_db_clusters(&ids).await },
+                |c| c.id.clone(),
+                |c| match c.map(|c| c.status.as_str()) {
+                    Some("available") => Ok(true),
+                    Some("failed") => Err(format!("cluster {id} failed")),
+                    _ => Ok(false),
+                },
+                |c| c.map(|c| c.status.clone()).unwrap_or_else(|| "not visible yet".into()),
+                deadline,
+            )
+            .await;
+        ctx.step(res, "clone", t, r.is_ok(), Some(c.id.clone()));
+        r.map_err(StepError::build)?;
+        Ok(Output::Nothing)
+    }
+
+    async fn instance(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let s = &ctx.loaded.desc.services[res.name.as_str()];
+        let index: u32 = res.id.rsplit('.').next().and_then(|i| i.parse().ok()).unwrap_or(0);
+        let user_data = match &s.user_data {
+            Some(_) => Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode(ctx.render(&format!("services.{}.user_data", res.name))?),
+            ),
+            None => None,
+        };
+        let attr = |k: &str| res.attributes.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let req = RunInstances {
+            image_id: attr("image_id"),
+            instance_type: attr("instance_type"),
+            subnet_id: attr("subnet_id"),
+            security_group_id: self.id_of("network.security-group")?,
+            user_data,
+            count: 1,
+            tags: Self::tags(ctx, res),
+            client_token: format!("{}-{}", ctx.run.run_id, res.id).chars().take(64).collect(),
+        };
+        let t = ctx.started(res, "run-instance", None);
+        let ids = self.api.run_instances(&req).await.map_err(|e| {
+            let msg =
+                format!("cannot start {} ({} {} in {}): {e}", res.id, req.instance_type, req.image_id, req.subnet_id);
+            Self::create_failed(ctx, res, &e, msg)
+        })?;
+        let id = ids.first().cloned().ok_or_else(|| StepError::build("RunInstances returned no instance"))?;
+        ctx.record(res, json!({"instance_id": id}))?;
+        ctx.step(res, "run-instance", t, true, Some(id.clone()));
+        let t = ctx.started(res, "wait-running", None);
+        let api = &self.api;
+        let cancelled = async {
+            let mut rx = ctx.cancel.clone();
+            let _ = rx.wait_for(|c| *c).await;
+        };
+        let deadline = Instant::now() + s.health.as_ref().map(|h| h.timeout).unwrap_or(Duration::from_secs(600));
+        let _span = ctx.clock.external();
+        let wait = self.instances.wait(
+            &id,
+            |ids| async move { api.describe_instances(&ids).await },
+            |i| i.id.clone(),
+            |i| match i.map(|i| i.state.as_str()) {
+                Some("running") => Ok(true),
+                Some(s @ ("terminated" | "shutting-down" | "stopped")) => Err(format!("instance {id} is `{s}`")),
+                // Right after RunInstances an instance may not be visible yet.
+                _ => Ok(false),
+            },
+            |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "not visible yet".into()),
+            deadline,
+        );
+        let r = tokio::select! {
+            r = wait => r,
+            _ = cancelled => Err("cancelled: another step failed".to_string()),
+        };
+        ctx.step(res, "wait-running", t, r.is_ok(), None);
+        let inst = r.map_err(StepError::build)?.ok_or_else(|| StepError::build(format!("{id} disappeared")))?;
+        let address = inst.private_ip.clone().unwrap_or_default();
+        let port = s.port.map(|p| p.to_string()).unwrap_or_default();
+        let url = if port.is_empty() { format!("http://{address}") } else { format!("http://{address}:{port}") };
+        if let (Some(h), Some(p)) = (&s.health, s.port) {
+            let t = ctx.started(res, "health", Some(h.path.clone()));
+            let r = super::local::health::wait_healthy_at(
+                &address,
+                p,
+                &h.path,
+                std::time::Instant::now() + h.timeout,
+                || Ok(()),
+            )
+            .await;
+            ctx.step(res, "health", t, r.is_ok(), None);
+            r.map_err(|e| StepError::release(format!("service `{}` (instance {index}, {id}) {e}", res.name)))?;
+        }
+        Ok(Output::Service {
+            name: res.name.clone(),
+            index,
+            outputs: ServiceOutputs {
+                address: address.clone(),
+                port,
+                url: url.clone(),
+                addresses: vec![address],
+                urls: vec![url],
+            },
+        })
+    }
+
+    /// Finds a resource the journal has only an intent for, by its tags.
+    async fn find_by_tag(&self, entry: &Entry, meta: &RunMeta) -> Result<Option<String>, String> {
+        let mine = |tags: &[Tag]| {
+            tag_value(tags, TAG_RUN) == Some(meta.run_id.as_str())
+                && tag_value(tags, TAG_RESOURCE) == Some(entry.id.as_str())
+        };
+        Ok(match entry.kind.as_str() {
+            "aws.ec2.instance" => self
+                .api
+                .instances_tagged(TAG_RUN)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|i| mine(&i.tags) && i.state != "terminated")
+                .map(|i| i.id),
+            "aws.ec2.security-group" => self
+                .api
+                .security_groups_tagged(TAG_RUN)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|g| mine(&g.tags))
+                .map(|g| g.id),
+            "aws.rds.db-instance" => self
+                .api
+                .db_instances_all()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|d| mine(&d.tags))
+                .map(|d| d.id),
+            "aws.rds.db-cluster" => self
+                .api
+                .db_clusters_all()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|d| mine(&d.tags))
+                .map(|d| d.id),
+            "aws.rds.db-subnet-group" => {
+                let name = format!("rehearse-{}", meta.run_id);
+                match self.api.db_subnet_group_tags(&name).await.map_err(|e| e.to_string())? {
+                    Some(tags) if tag_value(&tags, TAG_RUN) == Some(meta.run_id.as_str()) => Some(name),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+    }
+
+    /// Destroys one resource by provider id, through the guard, and waits until it is
+    /// gone (so what depends on it can go next). Gone already counts as done.
+    pub async fn destroy_id(&self, kind: &str, id: &str, guard: &Guard) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(45 * 60);
+        let api = &self.api;
+        match kind {
+            "aws.ec2.instance" => {
+                let found = api.describe_instances(&[id.to_string()]).await;
+                let inst = match found {
+                    Ok(v) => v.into_iter().find(|i| i.id == id),
+                    Err(e) if e.kind == ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.to_string()),
+                };
+                let Some(inst) = inst else { return Ok(()) };
+                if inst.state == "terminated" {
+                    return Ok(());
+                }
+                guard.check("instance", id, &inst.tags)?;
+                api.terminate_instances(&[id.to_string()]).await.map_err(|e| e.to_string())?;
+                self.instances
+                    .wait(
+                        id,
+                        |ids| async move { api.describe_instances(&ids).await },
+                        |i| i.id.clone(),
+                        |i| Ok(i.is_none_or(|i| i.state == "terminated")),
+                        |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "gone".into()),
+                        deadline,
+                    )
+                    .await
+                    .map(|_| ())
+            }
+            "aws.rds.db-instance" => {
+                let found = match api.describe_db_instances(&[id.to_string()]).await {
+                    Ok(v) => v.into_iter().find(|d| d.id == id),
+                    Err(e) if e.kind == ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.to_string()),
+                };
+                let Some(db) = found else { return Ok(()) };
+                guard.check("DB instance", id, &db.tags)?;
+                if db.status != "deleting" {
+                    if db.deletion_protection {
+                        api.secure_db_instance(id, &state::new_secret()).await.map_err(|e| e.to_string())?;
+                    }
+                    match api.delete_db_instance(id).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                self.databases
+                    .wait(
+                        id,
+                        |ids| async move {
+                            match api.describe_db_instances(&ids).await {
+                                Err(e) if e.kind == ErrorKind::NotFound => Ok(Vec::new()),
+                                other => other,
+                            }
+                        },
+                        |d| d.id.clone(),
+                        |d| Ok(d.is_none()),
+                        |d| d.map(|d| d.status.clone()).unwrap_or_else(|| "gone".into()),
+                        deadline,
+                    )
+                    .await
+                    .map(|_| ())
+            }
+            "aws.rds.db-cluster" => {
+                let found = match api.describe_db_clusters(&[id.to_string()]).await {
+                    Ok(v) => v.into_iter().find(|c| c.id == id),
+                    Err(e) if e.kind == ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.to_string()),
+                };
+                let Some(c) = found else { return Ok(()) };
+                guard.check("DB cluster", id, &c.tags)?;
+                match api.delete_db_cluster(id).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            "aws.rds.db-subnet-group" => {
+                let Some(tags) = api.db_subnet_group_tags(id).await.map_err(|e| e.to_string())? else { return Ok(()) };
+                guard.check("DB subnet group", id, &tags)?;
+                retry_in_use(|| api.delete_db_subnet_group(id)).await
+            }
+            "aws.ec2.security-group" => {
+                let found = match api.describe_security_groups(&[id.to_string()]).await {
+                    Ok(v) => v.into_iter().find(|g| g.id == id),
+                    Err(e) if e.kind == ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.to_string()),
+                };
+                let Some(g) = found else { return Ok(()) };
+                guard.check("security group", id, &g.tags)?;
+                retry_in_use(|| api.delete_security_group(id)).await
+            }
+            "aws.rds.db-snapshot" => {
+                let found = api.snapshots_all().await.map_err(|e| e.to_string())?.into_iter().find(|s| s.id == id);
+                let Some(s) = found else { return Ok(()) };
+                guard.check("DB snapshot", id, &s.tags)?;
+                match api.delete_db_snapshot(id).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A resource found by its rehearse tags (for `down` without a journal, and `sweep`).
+#[derive(Clone, Debug)]
+pub struct Tagged {
+    /// Plan kind (`aws.ec2.instance`, ...), which decides the teardown order.
+    pub kind: &'static str,
+    pub id: String,
+    pub tags: Vec<Tag>,
+}
+
+/// The order tagged resources are removed in: users before what they use.
+pub const TEARDOWN_ORDER: [&str; 6] = [
+    "aws.ec2.instance",
+    "aws.rds.db-instance",
+    "aws.rds.db-cluster",
+    "aws.rds.db-snapshot",
+    "aws.rds.db-subnet-group",
+    "aws.ec2.security-group",
+];
+
+impl<A: Ec2Api + RdsApi> AwsProvider<A> {
+    /// Every resource in the region carrying a `rehearse:run-id` tag, in teardown order.
+    pub async fn tagged(&self) -> Result<Vec<Tagged>, String> {
+        let e = |e: ApiError| e.to_string();
+        let has = |t: &[Tag]| tag_value(t, TAG_RUN).is_some();
+        let mut out = Vec::new();
+        for i in self.api.instances_tagged(TAG_RUN).await.map_err(e)? {
+            if i.state != "terminated" && has(&i.tags) {
+                out.push(Tagged { kind: "aws.ec2.instance", id: i.id, tags: i.tags });
+            }
+        }
+        for d in self.api.db_instances_all().await.map_err(e)? {
+            if has(&d.tags) {
+                out.push(Tagged { kind: "aws.rds.db-instance", id: d.id, tags: d.tags });
+            }
+        }
+        for c in self.api.db_clusters_all().await.map_err(e)? {
+            if has(&c.tags) {
+                out.push(Tagged { kind: "aws.rds.db-cluster", id: c.id, tags: c.tags });
+            }
+        }
+        for s in self.api.snapshots_all().await.map_err(e)? {
+            if has(&s.tags) {
+                out.push(Tagged { kind: "aws.rds.db-snapshot", id: s.id, tags: s.tags });
+            }
+        }
+        for g in self.api.db_subnet_groups_all().await.map_err(e)? {
+            // Only rehearse's own naming is worth a tag lookup each.
+            if g.name.starts_with("rehearse-") {
+                if let Some(tags) = self.api.db_subnet_group_tags(&g.name).await.map_err(e)? {
+                    if has(&tags) {
+                        out.push(Tagged { kind: "aws.rds.db-subnet-group", id: g.name, tags });
+                    }
+                }
+            }
+        }
+        for g in self.api.security_groups_tagged(TAG_RUN).await.map_err(e)? {
+            if has(&g.tags) {
+                out.push(Tagged { kind: "aws.ec2.security-group", id: g.id, tags: g.tags });
+            }
+        }
+        out.sort_by_key(|t| TEARDOWN_ORDER.iter().position(|k| *k == t.kind));
+        Ok(out)
+    }
+}
+
+/// Retries a delete refused because something still uses the resource
+/// (`DependencyViolation`: an instance still terminating), with backoff, for up to
+/// ten minutes. Gone counts as deleted.
+async fn retry_in_use<F, Fut>(mut call: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<()>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match call().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind == ErrorKind::InUse && Instant::now() < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(15));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn handle_id(entry: &Entry) -> Option<String> {
+    let h = entry.handle.as_ref()?;
+    ["instance_id", "db_instance_id", "db_cluster_id", "group_id", "name"]
+        .iter()
+        .find_map(|k| h.get(*k).and_then(|v| v.as_str()).map(str::to_string))
+}
+
+impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
+    async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        match res.kind {
+            Kind::AwsSecurityGroup => self.security_group(res, ctx).await,
+            Kind::AwsDbSubnetGroup => self.subnet_group(res, ctx).await,
+            Kind::AwsDbCluster => self.cluster(res, ctx).await,
+            Kind::AwsDbInstance => self.database(res, ctx).await,
+            Kind::AwsInstance => self.instance(res, ctx).await,
+            other => Err(StepError::build(format!("the aws provider cannot create `{}`", other.as_str()))),
+        }
+    }
+
+    async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), String> {
+        let guard = Guard { run_id: meta.run_id.clone() };
+        let id = match handle_id(entry) {
+            Some(id) => Some(id),
+            // Intent without an id: the run died mid-create; find it by its tags.
+            None => self.find_by_tag(entry, meta).await?,
+        };
+        match id {
+            Some(id) => self.destroy_id(&entry.kind, &id, &guard).await,
+            None => Ok(()),
+        }
+    }
+
+    /// An API call in flight answers within its operation timeout; waiting that long
+    /// means the journal learns the id of whatever it created.
+    fn cancel_grace(&self) -> Duration {
+        Duration::from_secs(90)
+    }
+
+    fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String {
+        let region = meta.region.clone().unwrap_or_default();
+        let id = handle_id(entry).unwrap_or_else(|| "<id: see `rehearse down`>".into());
+        match entry.kind.as_str() {
+            "aws.ec2.instance" => format!("aws ec2 terminate-instances --region {region} --instance-ids {id}"),
+            "aws.ec2.security-group" => format!("aws ec2 delete-security-group --region {region} --group-id {id}"),
+            "aws.rds.db-instance" => format!(
+                "aws rds delete-db-instance --region {region} --db-instance-identifier {id} --skip-final-snapshot --delete-automated-backups"
+            ),
+            "aws.rds.db-cluster" => {
+                format!("aws rds delete-db-cluster --region {region} --db-cluster-identifier {id} --skip-final-snapshot")
+            }
+            "aws.rds.db-subnet-group" => format!("aws rds delete-db-subnet-group --region {region} --db-subnet-group-name {id}"),
+            _ => format!("rehearse down {}", meta.run_id),
+        }
+    }
+}

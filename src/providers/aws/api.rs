@@ -1,0 +1,218 @@
+//! The narrow slice of EC2 and RDS that rehearse uses, as two traits over plain types.
+//!
+//! The provider only talks to these traits: the SDK implementation ([`super::sdk`])
+//! speaks the real wire protocol (to AWS, or to an emulator via `AWS_ENDPOINT_URL`),
+//! and a fault-injecting fake can stand in for both in tests. Reads and writes are
+//! separate methods so that every write can pass the ownership guard first.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+/// A tag, as both services store them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+pub fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key == key).map(|t| t.value.as_str())
+}
+
+/// Why a call failed, as much as the caller needs to decide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// The service's error code (`DBInstanceNotFound`, `InvalidGroup.NotFound`, ...).
+    pub code: Option<String>,
+    pub message: String,
+    pub kind: ErrorKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The resource does not exist (or no longer does).
+    NotFound,
+    /// The resource is still in use by another (`DependencyViolation`, invalid state).
+    InUse,
+    /// The endpoint could not be reached or did not answer (the request may have
+    /// been sent).
+    Unreachable,
+    /// The connection was refused or the name did not resolve: the request was never
+    /// sent, so nothing was created.
+    NotSent,
+    /// Anything else the service refused.
+    Refused,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.code {
+            Some(c) => write!(f, "{c}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    /// `pending`, `running`, `shutting-down`, `terminated`, `stopping`, `stopped`.
+    pub state: String,
+    pub private_ip: Option<String>,
+    pub image_id: Option<String>,
+    pub instance_type: Option<String>,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    pub vpc_id: Option<String>,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunInstances {
+    pub image_id: String,
+    pub instance_type: String,
+    pub subnet_id: String,
+    pub security_group_id: String,
+    /// Base64-encoded user-data.
+    pub user_data: Option<String>,
+    pub count: u32,
+    pub tags: Vec<Tag>,
+    /// Makes a retried call idempotent on AWS.
+    pub client_token: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub id: String,
+    pub arn: Option<String>,
+    pub instance_id: Option<String>,
+    /// `available`, `creating`, ...
+    pub status: String,
+    pub created: Option<DateTime<Utc>>,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
+    /// `manual`, `automated`.
+    pub kind: Option<String>,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DbInstance {
+    pub id: String,
+    pub arn: Option<String>,
+    /// `creating`, `available`, `modifying`, `deleting`, `failed`, ...
+    pub status: String,
+    pub address: Option<String>,
+    pub port: Option<i32>,
+    pub publicly_accessible: bool,
+    pub deletion_protection: bool,
+    pub master_username: Option<String>,
+    pub latest_restorable_time: Option<DateTime<Utc>>,
+    pub cluster_id: Option<String>,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DbCluster {
+    pub id: String,
+    pub arn: Option<String>,
+    pub status: String,
+    pub endpoint: Option<String>,
+    pub port: Option<i32>,
+    pub engine: Option<String>,
+    pub deletion_protection: bool,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DbSubnetGroup {
+    pub name: String,
+    pub arn: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoreDb {
+    pub instance_id: String,
+    /// Snapshot id (snapshot restore) or source instance id (point in time).
+    pub source: String,
+    pub point_in_time: bool,
+    pub instance_class: String,
+    pub subnet_group: String,
+    pub security_group_id: String,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CloneCluster {
+    pub cluster_id: String,
+    pub source_cluster: String,
+    pub subnet_group: String,
+    pub security_group_id: String,
+    pub tags: Vec<Tag>,
+}
+
+/// EC2, as rehearse uses it.
+pub trait Ec2Api: Send + Sync {
+    fn create_security_group(
+        &self,
+        name: &str,
+        description: &str,
+        vpc_id: &str,
+        tags: &[Tag],
+    ) -> impl Future<Output = ApiResult<String>> + Send;
+    /// All traffic from `cidrs` and from the group itself.
+    fn authorize_ingress(&self, group_id: &str, cidrs: &[String]) -> impl Future<Output = ApiResult<()>> + Send;
+    fn describe_security_groups(&self, ids: &[String]) -> impl Future<Output = ApiResult<Vec<SecurityGroup>>> + Send;
+    /// Groups carrying `tag_key` (any value).
+    fn security_groups_tagged(&self, tag_key: &str) -> impl Future<Output = ApiResult<Vec<SecurityGroup>>> + Send;
+    fn delete_security_group(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    fn run_instances(&self, req: &RunInstances) -> impl Future<Output = ApiResult<Vec<String>>> + Send;
+    /// One call for many instances (the batched poller's).
+    fn describe_instances(&self, ids: &[String]) -> impl Future<Output = ApiResult<Vec<Instance>>> + Send;
+    fn instances_tagged(&self, tag_key: &str) -> impl Future<Output = ApiResult<Vec<Instance>>> + Send;
+    fn terminate_instances(&self, ids: &[String]) -> impl Future<Output = ApiResult<()>> + Send;
+}
+
+/// RDS, as rehearse uses it.
+pub trait RdsApi: Send + Sync {
+    fn describe_db_instances(&self, ids: &[String]) -> impl Future<Output = ApiResult<Vec<DbInstance>>> + Send;
+    fn db_instances_all(&self) -> impl Future<Output = ApiResult<Vec<DbInstance>>> + Send;
+    /// Every snapshot of an instance, all pages, automated and manual.
+    fn snapshots_of(&self, instance_id: &str) -> impl Future<Output = ApiResult<Vec<Snapshot>>> + Send;
+    fn snapshots_all(&self) -> impl Future<Output = ApiResult<Vec<Snapshot>>> + Send;
+    fn describe_db_clusters(&self, ids: &[String]) -> impl Future<Output = ApiResult<Vec<DbCluster>>> + Send;
+    fn db_clusters_all(&self) -> impl Future<Output = ApiResult<Vec<DbCluster>>> + Send;
+    fn create_db_subnet_group(
+        &self,
+        name: &str,
+        description: &str,
+        subnets: &[String],
+        tags: &[Tag],
+    ) -> impl Future<Output = ApiResult<DbSubnetGroup>> + Send;
+    fn db_subnet_groups_all(&self) -> impl Future<Output = ApiResult<Vec<DbSubnetGroup>>> + Send;
+    fn db_subnet_group_tags(&self, name: &str) -> impl Future<Output = ApiResult<Option<Vec<Tag>>>> + Send;
+    fn delete_db_subnet_group(&self, name: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    fn restore_db_instance(&self, req: &RestoreDb) -> impl Future<Output = ApiResult<DbInstance>> + Send;
+    fn clone_db_cluster(&self, req: &CloneCluster) -> impl Future<Output = ApiResult<DbCluster>> + Send;
+    fn create_cluster_instance(
+        &self,
+        instance_id: &str,
+        cluster_id: &str,
+        class: &str,
+        engine: &str,
+        tags: &[Tag],
+    ) -> impl Future<Output = ApiResult<DbInstance>> + Send;
+    /// Makes the copy private, not deletion protected, and gives it a new password.
+    fn secure_db_instance(&self, id: &str, password: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    fn delete_db_instance(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    fn delete_db_cluster(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    fn delete_db_snapshot(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
+}

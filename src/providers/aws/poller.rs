@@ -1,0 +1,117 @@
+//! One batched poller per kind of resource per run: however many resources are
+//! waiting, each polling interval costs one Describe call covering all of them, with
+//! backoff between calls and a deadline per waiter.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::api::ApiResult;
+
+pub struct Poller<T> {
+    waiting: Mutex<BTreeSet<String>>,
+    /// The latest observation of each id (None: the describe did not return it).
+    seen: Mutex<HashMap<String, Option<T>>>,
+    leader: tokio::sync::Mutex<()>,
+    round: watch::Sender<u64>,
+    /// First and longest interval between two describes.
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    /// Describe calls made (for the benchmark's API-call count).
+    pub calls: std::sync::atomic::AtomicU64,
+}
+
+impl<T: Clone> Poller<T> {
+    pub fn new(min_interval: Duration, max_interval: Duration) -> Self {
+        Poller {
+            waiting: Mutex::default(),
+            seen: Mutex::default(),
+            leader: tokio::sync::Mutex::new(()),
+            round: watch::channel(0).0,
+            min_interval,
+            max_interval,
+            calls: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Waits until `done` says the resource `id` is where it should be (`Ok(true)`),
+    /// fails at once when `done` says it never will (`Err`), and fails at `deadline`
+    /// naming the last state seen. `describe` is called with every id being waited for.
+    pub async fn wait<F, Fut>(
+        &self,
+        id: &str,
+        describe: F,
+        key: impl Fn(&T) -> String,
+        done: impl Fn(Option<&T>) -> Result<bool, String>,
+        state: impl Fn(Option<&T>) -> String,
+        deadline: Instant,
+    ) -> Result<Option<T>, String>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: Future<Output = ApiResult<Vec<T>>>,
+    {
+        self.waiting.lock().expect("poller lock").insert(id.to_string());
+        // Only observations made after this wait began count: a resource just changed
+        // (modified, deleted) must be seen anew, not from before the change.
+        self.seen.lock().expect("poller lock").remove(id);
+        let result = self.wait_inner(id, &describe, &key, &done, &state, deadline).await;
+        self.waiting.lock().expect("poller lock").remove(id);
+        result
+    }
+
+    async fn wait_inner<F, Fut>(
+        &self,
+        id: &str,
+        describe: &F,
+        key: &impl Fn(&T) -> String,
+        done: &impl Fn(Option<&T>) -> Result<bool, String>,
+        state: &impl Fn(Option<&T>) -> String,
+        deadline: Instant,
+    ) -> Result<Option<T>, String>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: Future<Output = ApiResult<Vec<T>>>,
+    {
+        let mut interval = self.min_interval;
+        let mut rx = self.round.subscribe();
+        loop {
+            let latest = self.seen.lock().expect("poller lock").get(id).cloned();
+            if let Some(obs) = &latest {
+                if done(obs.as_ref())? {
+                    return Ok(obs.clone());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("timed out waiting for {id}; last state: {}", state(latest.flatten().as_ref())));
+            }
+            // One waiter leads a round; the others wait for its result.
+            if let Ok(_lead) = self.leader.try_lock() {
+                let sleep = interval.min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(sleep).await;
+                interval = (interval * 2).min(self.max_interval);
+                let ids: Vec<String> = self.waiting.lock().expect("poller lock").iter().cloned().collect();
+                self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match describe(ids.clone()).await {
+                    Ok(found) => {
+                        let mut seen = self.seen.lock().expect("poller lock");
+                        for i in &ids {
+                            seen.insert(i.clone(), None);
+                        }
+                        for t in found {
+                            seen.insert(key(&t), Some(t));
+                        }
+                    }
+                    Err(e) => tracing::debug!("poll failed (will retry): {e}"),
+                }
+                self.round.send_modify(|r| *r += 1);
+            } else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(left, rx.changed()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! [`Ec2Api`] and [`RdsApi`] over the official AWS SDK for Rust.
+//!
+//! One shared configuration from the standard chain (environment, profile, SSO, IMDS),
+//! with `AWS_ENDPOINT_URL` honoured (how the tests reach the emulator), adaptive retry
+//! for throttling, and connect/operation timeouts so an unreachable endpoint fails in
+//! seconds instead of hanging.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types as ec2t;
+use aws_sdk_rds::types as rdst;
+use chrono::{DateTime, Utc};
+
+use super::api::*;
+
+#[derive(Clone)]
+pub struct Sdk {
+    pub ec2: aws_sdk_ec2::Client,
+    pub rds: aws_sdk_rds::Client,
+}
+
+impl Sdk {
+    /// Clients for `region`, from the standard credential chain.
+    pub async fn new(region: &str) -> Sdk {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .retry_config(RetryConfig::adaptive().with_max_attempts(4).with_initial_backoff(Duration::from_millis(200)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .operation_timeout(Duration::from_secs(90))
+                    .build(),
+            )
+            .load()
+            .await;
+        Sdk { ec2: aws_sdk_ec2::Client::new(&config), rds: aws_sdk_rds::Client::new(&config) }
+    }
+}
+
+fn err<E, R>(e: SdkError<E, R>) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let unreachable = matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
+    if unreachable {
+        // The innermost cause says what happened ("Connection refused (os error 111)").
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        let cause = cause.to_string();
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "the AWS API".into());
+        let lower = cause.to_lowercase();
+        let not_sent = lower.contains("refused") || lower.contains("dns") || lower.contains("resolve");
+        let what = if matches!(e, SdkError::TimeoutError(_)) { "did not answer in time".to_string() } else { cause };
+        return ApiError {
+            code: None,
+            message: format!("cannot reach {endpoint}: {what}"),
+            kind: if not_sent { ErrorKind::NotSent } else { ErrorKind::Unreachable },
+        };
+    }
+    let code = e.code().map(str::to_string);
+    let message =
+        e.message().map(str::to_string).unwrap_or_else(|| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string());
+    let kind = {
+        match code.as_deref() {
+            Some(c) if c.contains("NotFound") => ErrorKind::NotFound,
+            Some(
+                "DBInstanceNotFound"
+                | "DBInstanceNotFoundFault"
+                | "DBClusterNotFoundFault"
+                | "DBSubnetGroupNotFoundFault"
+                | "DBSnapshotNotFound"
+                | "DBClusterNotFound",
+            ) => ErrorKind::NotFound,
+            Some(
+                "DependencyViolation"
+                | "InvalidDBInstanceState"
+                | "InvalidDBInstanceStateFault"
+                | "InvalidDBClusterStateFault"
+                | "InvalidDBSubnetGroupStateFault",
+            ) => ErrorKind::InUse,
+            _ => ErrorKind::Refused,
+        }
+    };
+    ApiError { code, message, kind }
+}
+
+fn time(t: Option<&aws_sdk_rds::primitives::DateTime>) -> Option<DateTime<Utc>> {
+    let t = t?;
+    DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
+fn ec2_tags(tags: &[Tag]) -> Vec<ec2t::Tag> {
+    tags.iter().map(|t| ec2t::Tag::builder().key(&t.key).value(&t.value).build()).collect()
+}
+
+fn from_ec2_tags(tags: &[ec2t::Tag]) -> Vec<Tag> {
+    tags.iter()
+        .map(|t| Tag { key: t.key().unwrap_or_default().into(), value: t.value().unwrap_or_default().into() })
+        .collect()
+}
+
+fn rds_tags(tags: &[Tag]) -> Vec<rdst::Tag> {
+    tags.iter().map(|t| rdst::Tag::builder().key(&t.key).value(&t.value).build()).collect()
+}
+
+fn from_rds_tags(tags: &[rdst::Tag]) -> Vec<Tag> {
+    tags.iter()
+        .map(|t| Tag { key: t.key().unwrap_or_default().into(), value: t.value().unwrap_or_default().into() })
+        .collect()
+}
+
+fn spec(kind: ec2t::ResourceType, tags: &[Tag]) -> ec2t::TagSpecification {
+    ec2t::TagSpecification::builder().resource_type(kind).set_tags(Some(ec2_tags(tags))).build()
+}
+
+fn instance(i: &ec2t::Instance) -> Instance {
+    Instance {
+        id: i.instance_id().unwrap_or_default().into(),
+        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+        private_ip: i.private_ip_address().map(str::to_string),
+        image_id: i.image_id().map(str::to_string),
+        instance_type: i.instance_type().map(|t| t.as_str().to_string()),
+        tags: from_ec2_tags(i.tags()),
+    }
+}
+
+fn group(g: &ec2t::SecurityGroup) -> SecurityGroup {
+    SecurityGroup {
+        id: g.group_id().unwrap_or_default().into(),
+        name: g.group_name().unwrap_or_default().into(),
+        vpc_id: g.vpc_id().map(str::to_string),
+        tags: from_ec2_tags(g.tags()),
+    }
+}
+
+fn db_instance(d: &rdst::DbInstance) -> DbInstance {
+    DbInstance {
+        id: d.db_instance_identifier().unwrap_or_default().into(),
+        arn: d.db_instance_arn().map(str::to_string),
+        status: d.db_instance_status().unwrap_or_default().into(),
+        address: d.endpoint().and_then(|e| e.address()).map(str::to_string),
+        port: d.endpoint().and_then(|e| e.port()),
+        publicly_accessible: d.publicly_accessible().unwrap_or(false),
+        deletion_protection: d.deletion_protection().unwrap_or(false),
+        master_username: d.master_username().map(str::to_string),
+        latest_restorable_time: time(d.latest_restorable_time()),
+        cluster_id: d.db_cluster_identifier().map(str::to_string),
+        tags: from_rds_tags(d.tag_list()),
+    }
+}
+
+fn db_cluster(c: &rdst::DbCluster) -> DbCluster {
+    DbCluster {
+        id: c.db_cluster_identifier().unwrap_or_default().into(),
+        arn: c.db_cluster_arn().map(str::to_string),
+        status: c.status().unwrap_or_default().into(),
+        endpoint: c.endpoint().map(str::to_string),
+        port: c.port(),
+        engine: c.engine().map(str::to_string),
+        deletion_protection: c.deletion_protection().unwrap_or(false),
+        tags: from_rds_tags(c.tag_list()),
+    }
+}
+
+fn snapshot(s: &rdst::DbSnapshot) -> Snapshot {
+    Snapshot {
+        id: s.db_snapshot_identifier().unwrap_or_default().into(),
+        arn: s.db_snapshot_arn().map(str::to_string),
+        instance_id: s.db_instance_identifier().map(str::to_string),
+        status: s.status().unwrap_or_default().into(),
+        created: time(s.snapshot_create_time()),
+        encrypted: s.encrypted().unwrap_or(false),
+        kms_key_id: s.kms_key_id().map(str::to_string),
+        kind: s.snapshot_type().map(str::to_string),
+        tags: from_rds_tags(s.tag_list()),
+    }
+}
+
+impl Ec2Api for Sdk {
+    async fn create_security_group(
+        &self,
+        name: &str,
+        description: &str,
+        vpc_id: &str,
+        tags: &[Tag],
+    ) -> ApiResult<String> {
+        let out = self
+            .ec2
+            .create_security_group()
+            .group_name(name)
+            .description(description)
+            .vpc_id(vpc_id)
+            .tag_specifications(spec(ec2t::ResourceType::SecurityGroup, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(out.group_id().unwrap_or_default().to_string())
+    }
+
+    async fn authorize_ingress(&self, group_id: &str, cidrs: &[String]) -> ApiResult<()> {
+        let mut perm = ec2t::IpPermission::builder()
+            .ip_protocol("-1")
+            .user_id_group_pairs(ec2t::UserIdGroupPair::builder().group_id(group_id).build());
+        for c in cidrs {
+            perm = perm.ip_ranges(ec2t::IpRange::builder().cidr_ip(c).description("rehearse: allowed in").build());
+        }
+        self.ec2
+            .authorize_security_group_ingress()
+            .group_id(group_id)
+            .ip_permissions(perm.build())
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn describe_security_groups(&self, ids: &[String]) -> ApiResult<Vec<SecurityGroup>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self.ec2.describe_security_groups().set_group_ids(Some(ids.to_vec())).send().await.map_err(err)?;
+        Ok(out.security_groups().iter().map(group).collect())
+    }
+
+    async fn security_groups_tagged(&self, tag_key: &str) -> ApiResult<Vec<SecurityGroup>> {
+        let mut pages = self
+            .ec2
+            .describe_security_groups()
+            .filters(ec2t::Filter::builder().name("tag-key").values(tag_key).build())
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            out.extend(page.map_err(err)?.security_groups().iter().map(group));
+        }
+        Ok(out)
+    }
+
+    async fn delete_security_group(&self, id: &str) -> ApiResult<()> {
+        self.ec2.delete_security_group().group_id(id).send().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn run_instances(&self, req: &RunInstances) -> ApiResult<Vec<String>> {
+        let out = self
+            .ec2
+            .run_instances()
+            .image_id(&req.image_id)
+            .instance_type(ec2t::InstanceType::from(req.instance_type.as_str()))
+            .min_count(req.count as i32)
+            .max_count(req.count as i32)
+            .subnet_id(&req.subnet_id)
+            .security_group_ids(&req.security_group_id)
+            .set_user_data(req.user_data.clone())
+            .client_token(&req.client_token)
+            .tag_specifications(spec(ec2t::ResourceType::Instance, &req.tags))
+            .tag_specifications(spec(ec2t::ResourceType::Volume, &req.tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(out.instances().iter().filter_map(|i| i.instance_id().map(str::to_string)).collect())
+    }
+
+    async fn describe_instances(&self, ids: &[String]) -> ApiResult<Vec<Instance>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pages = self.ec2.describe_instances().set_instance_ids(Some(ids.to_vec())).into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for r in page.map_err(err)?.reservations() {
+                out.extend(r.instances().iter().map(instance));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn instances_tagged(&self, tag_key: &str) -> ApiResult<Vec<Instance>> {
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .filters(ec2t::Filter::builder().name("tag-key").values(tag_key).build())
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for r in page.map_err(err)?.reservations() {
+                out.extend(r.instances().iter().map(instance));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn terminate_instances(&self, ids: &[String]) -> ApiResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ec2.terminate_instances().set_instance_ids(Some(ids.to_vec())).send().await.map_err(err)?;
+        Ok(())
+    }
+}
+
+impl RdsApi for Sdk {
+    async fn describe_db_instances(&self, ids: &[String]) -> ApiResult<Vec<DbInstance>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = rdst::Filter::builder().name("db-instance-id").set_values(Some(ids.to_vec())).build();
+        let out = self.rds.describe_db_instances().filters(filter).send().await.map_err(err)?;
+        Ok(out.db_instances().iter().map(db_instance).collect())
+    }
+
+    async fn db_instances_all(&self) -> ApiResult<Vec<DbInstance>> {
+        let mut pages = self.rds.describe_db_instances().into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            out.extend(page.map_err(err)?.db_instances().iter().map(db_instance));
+        }
+        Ok(out)
+    }
+
+    async fn snapshots_of(&self, instance_id: &str) -> ApiResult<Vec<Snapshot>> {
+        let mut pages = self.rds.describe_db_snapshots().db_instance_identifier(instance_id).into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            out.extend(page.map_err(err)?.db_snapshots().iter().map(snapshot));
+        }
+        Ok(out)
+    }
+
+    async fn snapshots_all(&self) -> ApiResult<Vec<Snapshot>> {
+        let mut pages = self.rds.describe_db_snapshots().into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            out.extend(page.map_err(err)?.db_snapshots().iter().map(snapshot));
+        }
+        Ok(out)
+    }
+
+    async fn describe_db_clusters(&self, ids: &[String]) -> ApiResult<Vec<DbCluster>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = rdst::Filter::builder().name("db-cluster-id").set_values(Some(ids.to_vec())).build();
+        let out = self.rds.describe_db_clusters().filters(filter).send().await.map_err(err)?;
+        Ok(out.db_clusters().iter().map(db_cluster).collect())
+    }
+
+    async fn db_clusters_all(&self) -> ApiResult<Vec<DbCluster>> {
+        let mut pages = self.rds.describe_db_clusters().into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            out.extend(page.map_err(err)?.db_clusters().iter().map(db_cluster));
+        }
+        Ok(out)
+    }
+
+    async fn create_db_subnet_group(
+        &self,
+        name: &str,
+        description: &str,
+        subnets: &[String],
+        tags: &[Tag],
+    ) -> ApiResult<DbSubnetGroup> {
+        let out = self
+            .rds
+            .create_db_subnet_group()
+            .db_subnet_group_name(name)
+            .db_subnet_group_description(description)
+            .set_subnet_ids(Some(subnets.to_vec()))
+            .set_tags(Some(rds_tags(tags)))
+            .send()
+            .await
+            .map_err(err)?;
+        let g = out.db_subnet_group();
+        Ok(DbSubnetGroup {
+            name: g.and_then(|g| g.db_subnet_group_name()).unwrap_or(name).to_string(),
+            arn: g.and_then(|g| g.db_subnet_group_arn()).map(str::to_string),
+        })
+    }
+
+    async fn db_subnet_groups_all(&self) -> ApiResult<Vec<DbSubnetGroup>> {
+        let mut pages = self.rds.describe_db_subnet_groups().into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for g in page.map_err(err)?.db_subnet_groups() {
+                out.push(DbSubnetGroup {
+                    name: g.db_subnet_group_name().unwrap_or_default().into(),
+                    arn: g.db_subnet_group_arn().map(str::to_string),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn db_subnet_group_tags(&self, name: &str) -> ApiResult<Option<Vec<Tag>>> {
+        let out = match self.rds.describe_db_subnet_groups().db_subnet_group_name(name).send().await.map_err(err) {
+            Ok(o) => o,
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(arn) = out.db_subnet_groups().first().and_then(|g| g.db_subnet_group_arn()) else {
+            return Ok(None);
+        };
+        let tags = self.rds.list_tags_for_resource().resource_name(arn).send().await.map_err(err)?;
+        Ok(Some(from_rds_tags(tags.tag_list())))
+    }
+
+    async fn delete_db_subnet_group(&self, name: &str) -> ApiResult<()> {
+        self.rds.delete_db_subnet_group().db_subnet_group_name(name).send().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn restore_db_instance(&self, req: &RestoreDb) -> ApiResult<DbInstance> {
+        let out = if req.point_in_time {
+            self.rds
+                .restore_db_instance_to_point_in_time()
+                .source_db_instance_identifier(&req.source)
+                .target_db_instance_identifier(&req.instance_id)
+                .use_latest_restorable_time(true)
+                .db_instance_class(&req.instance_class)
+                .db_subnet_group_name(&req.subnet_group)
+                .vpc_security_group_ids(&req.security_group_id)
+                .publicly_accessible(false)
+                .deletion_protection(false)
+                .copy_tags_to_snapshot(false)
+                .set_tags(Some(rds_tags(&req.tags)))
+                .send()
+                .await
+                .map_err(err)?
+                .db_instance()
+                .map(db_instance)
+        } else {
+            self.rds
+                .restore_db_instance_from_db_snapshot()
+                .db_instance_identifier(&req.instance_id)
+                .db_snapshot_identifier(&req.source)
+                .db_instance_class(&req.instance_class)
+                .db_subnet_group_name(&req.subnet_group)
+                .vpc_security_group_ids(&req.security_group_id)
+                .publicly_accessible(false)
+                .deletion_protection(false)
+                .copy_tags_to_snapshot(false)
+                .set_tags(Some(rds_tags(&req.tags)))
+                .send()
+                .await
+                .map_err(err)?
+                .db_instance()
+                .map(db_instance)
+        };
+        out.ok_or_else(|| ApiError {
+            code: None,
+            message: "the restore returned no DB instance".into(),
+            kind: ErrorKind::Refused,
+        })
+    }
+
+    async fn clone_db_cluster(&self, req: &CloneCluster) -> ApiResult<DbCluster> {
+        let out = self
+            .rds
+            .restore_db_cluster_to_point_in_time()
+            .db_cluster_identifier(&req.cluster_id)
+            .source_db_cluster_identifier(&req.source_cluster)
+            .restore_type("copy-on-write")
+            .use_latest_restorable_time(true)
+            .db_subnet_group_name(&req.subnet_group)
+            .vpc_security_group_ids(&req.security_group_id)
+            .deletion_protection(false)
+            .copy_tags_to_snapshot(false)
+            .set_tags(Some(rds_tags(&req.tags)))
+            .send()
+            .await
+            .map_err(err)?;
+        out.db_cluster().map(db_cluster).ok_or_else(|| ApiError {
+            code: None,
+            message: "the clone returned no DB cluster".into(),
+            kind: ErrorKind::Refused,
+        })
+    }
+
+    async fn create_cluster_instance(
+        &self,
+        instance_id: &str,
+        cluster_id: &str,
+        class: &str,
+        engine: &str,
+        tags: &[Tag],
+    ) -> ApiResult<DbInstance> {
+        let out = self
+            .rds
+            .create_db_instance()
+            .db_instance_identifier(instance_id)
+            .db_cluster_identifier(cluster_id)
+            .db_instance_class(class)
+            .engine(engine)
+            .publicly_accessible(false)
+            .set_tags(Some(rds_tags(tags)))
+            .send()
+            .await
+            .map_err(err)?;
+        out.db_instance().map(db_instance).ok_or_else(|| ApiError {
+            code: None,
+            message: "no DB instance returned".into(),
+            kind: ErrorKind::Refused,
+        })
+    }
+
+    async fn secure_db_instance(&self, id: &str, password: &str) -> ApiResult<()> {
+        self.rds
+            .modify_db_instance()
+            .db_instance_identifier(id)
+            .master_user_password(password)
+            .publicly_accessible(false)
+            .deletion_protection(false)
+            .apply_immediately(true)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn delete_db_instance(&self, id: &str) -> ApiResult<()> {
+        self.rds
+            .delete_db_instance()
+            .db_instance_identifier(id)
+            .skip_final_snapshot(true)
+            .delete_automated_backups(true)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
+        self.rds.delete_db_cluster().db_cluster_identifier(id).skip_final_snapshot(true).send().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn delete_db_snapshot(&self, id: &str) -> ApiResult<()> {
+        self.rds.delete_db_snapshot().db_snapshot_identifier(id).send().await.map_err(err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,579 @@
+//! The AWS provider against a real AWS API emulator (moto, installed by
+//! `make test-deps` into .venv): a full rehearsal of the shop, the choice of snapshot,
+//! production left exactly as it was, sweep, and bad input. Every request goes to
+//! 127.0.0.1; credentials are dummies and no configuration file is read.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ec2::config::Credentials;
+use common::*;
+
+const REGION: &str = "eu-west-1";
+
+/// A moto server on a free loopback port, stopped (by PID) when dropped.
+struct Emulator {
+    child: Child,
+    url: String,
+    _log: tempfile::NamedTempFile,
+}
+
+impl Emulator {
+    fn start(validation: bool) -> Emulator {
+        let bin = root().join(".venv/bin/moto_server");
+        assert!(bin.is_file(), "{} is missing: run `make test-deps` (make test does)", bin.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::from(log.reopen().unwrap()))
+            .stderr(Stdio::from(log.reopen().unwrap()));
+        if validation {
+            cmd.env("MOTO_ENABLE_AMI_VALIDATION", "true").env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true");
+        }
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start: {}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Emulator { child, url: format!("http://127.0.0.1:{port}"), _log: log }
+    }
+
+    /// The rehearse binary pointed at this emulator, with dummy credentials.
+    fn rehearse(&self, sb: &Sandbox) -> Command {
+        let mut c = sb.cmd();
+        self.env(&mut c, sb.dir.path());
+        c
+    }
+
+    fn env(&self, c: &mut Command, dir: &Path) {
+        c.env("AWS_ENDPOINT_URL", &self.url)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN");
+    }
+
+    fn clients(&self, rt: &tokio::runtime::Runtime) -> (aws_sdk_ec2::Client, aws_sdk_rds::Client) {
+        let conf = rt.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .endpoint_url(&self.url)
+                .region(Region::new(REGION))
+                .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+                .load(),
+        );
+        (aws_sdk_ec2::Client::new(&conf), aws_sdk_rds::Client::new(&conf))
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Production as the tests seed it.
+struct Prod {
+    ami: String,
+    vpc: String,
+    subnets: Vec<String>,
+    newest_snapshot: String,
+}
+
+fn ec2_tag(k: &str, v: &str) -> aws_sdk_ec2::types::Tag {
+    aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()
+}
+
+fn seed(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, rds: &aws_sdk_rds::Client) -> Prod {
+    use aws_sdk_ec2::types::{ResourceType, TagSpecification};
+    rt.block_on(async {
+        // An AMI the emulator knows (it refuses unknown ones when validation is on).
+        let images = ec2.describe_images().send().await.unwrap();
+        let ami =
+            images.images().iter().filter_map(|i| i.image_id()).next().expect("the emulator lists AMIs").to_string();
+        let vpc = ec2
+            .create_vpc()
+            .cidr_block("10.20.0.0/16")
+            .send()
+            .await
+            .unwrap()
+            .vpc()
+            .unwrap()
+            .vpc_id()
+            .unwrap()
+            .to_string();
+        let mut subnets = Vec::new();
+        for (i, az) in ["eu-west-1a", "eu-west-1b"].iter().enumerate() {
+            let s = ec2
+                .create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block(format!("10.20.{}.0/24", i + 1))
+                .availability_zone(*az)
+                .send()
+                .await
+                .unwrap();
+            subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
+        }
+        let sg = ec2
+            .create_security_group()
+            .group_name("shop-prod")
+            .description("production web")
+            .vpc_id(&vpc)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::SecurityGroup)
+                    .tags(ec2_tag("env", "production"))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .group_id()
+            .unwrap()
+            .to_string();
+        ec2.run_instances()
+            .image_id(&ami)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Small)
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&subnets[0])
+            .security_group_ids(&sg)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(ec2_tag("Name", "shop-prod-web"))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        rds.create_db_subnet_group()
+            .db_subnet_group_name("shop-prod-subnets")
+            .db_subnet_group_description("production")
+            .set_subnet_ids(Some(subnets.clone()))
+            .send()
+            .await
+            .unwrap();
+        for (id, protect) in [("shop-prod-db", true), ("analytics-db", false)] {
+            rds.create_db_instance()
+                .db_instance_identifier(id)
+                .engine("postgres")
+                .db_instance_class("db.t3.medium")
+                .allocated_storage(20)
+                .master_username("shop")
+                .master_user_password("production-secret")
+                .db_subnet_group_name("shop-prod-subnets")
+                .vpc_security_group_ids(&sg)
+                .deletion_protection(protect)
+                .publicly_accessible(false)
+                .tags(aws_sdk_rds::types::Tag::builder().key("env").value("production").build())
+                .send()
+                .await
+                .unwrap();
+        }
+        // An older snapshot of production whose name sorts last, the newest one, and a
+        // still newer snapshot of another instance: only the middle one is right.
+        for (instance, snap) in [
+            ("shop-prod-db", "shop-prod-db-zz-oldest"),
+            ("shop-prod-db", "shop-prod-db-2026-11-25"),
+            ("analytics-db", "analytics-db-newer"),
+        ] {
+            rds.create_db_snapshot()
+                .db_instance_identifier(instance)
+                .db_snapshot_identifier(snap)
+                .send()
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        Prod { ami, vpc, subnets, newest_snapshot: "shop-prod-db-2026-11-25".into() }
+    })
+}
+
+/// Production's state, field by field, as text (everything rehearse must not change).
+fn production_state(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, rds: &aws_sdk_rds::Client) -> Vec<String> {
+    rt.block_on(async {
+        let mut out = Vec::new();
+        let res = ec2.describe_instances().send().await.unwrap();
+        for i in res.reservations().iter().flat_map(|r| r.instances()) {
+            if i.tags().iter().any(|t| t.key() == Some("rehearse:run-id")) {
+                continue;
+            }
+            out.push(format!(
+                "instance {:?} {:?} {:?} {:?} {:?} {:?}",
+                i.instance_id(),
+                i.state().and_then(|s| s.name()),
+                i.instance_type(),
+                i.image_id(),
+                i.security_groups(),
+                i.tags()
+            ));
+        }
+        for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
+            if g.tags().iter().any(|t| t.key() == Some("rehearse:run-id")) {
+                continue;
+            }
+            out.push(format!(
+                "sg {:?} {:?} {:?} {:?} {:?}",
+                g.group_id(),
+                g.group_name(),
+                g.ip_permissions(),
+                g.ip_permissions_egress(),
+                g.tags()
+            ));
+        }
+        for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
+            if d.tag_list().iter().any(|t| t.key() == Some("rehearse:run-id")) {
+                continue;
+            }
+            out.push(format!(
+                "db {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                d.db_instance_identifier(),
+                d.db_instance_status(),
+                d.db_instance_class(),
+                d.publicly_accessible(),
+                d.deletion_protection(),
+                d.vpc_security_groups(),
+                d.endpoint(),
+                d.master_username(),
+                d.tag_list()
+            ));
+        }
+        for s in rds.describe_db_snapshots().send().await.unwrap().db_snapshots() {
+            out.push(format!(
+                "snapshot {:?} {:?} {:?} {:?} {:?}",
+                s.db_snapshot_identifier(),
+                s.db_instance_identifier(),
+                s.status(),
+                s.snapshot_create_time(),
+                s.tag_list()
+            ));
+        }
+        out.sort();
+        out
+    })
+}
+
+/// Everything carrying a rehearse run tag that still exists.
+fn rehearse_leftovers(
+    rt: &tokio::runtime::Runtime,
+    ec2: &aws_sdk_ec2::Client,
+    rds: &aws_sdk_rds::Client,
+    run_id: &str,
+) -> Vec<String> {
+    rt.block_on(async {
+        let mine = |k: Option<&str>, v: Option<&str>| k == Some("rehearse:run-id") && v == Some(run_id);
+        let mut out = Vec::new();
+        for i in ec2.describe_instances().send().await.unwrap().reservations().iter().flat_map(|r| r.instances()) {
+            let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
+            if state != "terminated" && i.tags().iter().any(|t| mine(t.key(), t.value())) {
+                out.push(format!("instance {:?} {state}", i.instance_id()));
+            }
+        }
+        for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
+            if g.tags().iter().any(|t| mine(t.key(), t.value())) {
+                out.push(format!("sg {:?}", g.group_id()));
+            }
+        }
+        for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
+            if d.tag_list().iter().any(|t| mine(t.key(), t.value())) {
+                out.push(format!("db {:?}", d.db_instance_identifier()));
+            }
+        }
+        for g in rds.describe_db_subnet_groups().send().await.unwrap().db_subnet_groups() {
+            if g.db_subnet_group_name() == Some(&format!("rehearse-{run_id}")) {
+                out.push(format!("subnet group {:?}", g.db_subnet_group_name()));
+            }
+        }
+        for s in rds.describe_db_snapshots().send().await.unwrap().db_snapshots() {
+            if s.db_snapshot_identifier().is_some_and(|i| i.starts_with("rh-"))
+                || s.tag_list().iter().any(|t| mine(t.key(), t.value()))
+            {
+                out.push(format!("snapshot {:?}", s.db_snapshot_identifier()));
+            }
+        }
+        out
+    })
+}
+
+/// environments/shop-aws.yaml with the emulator's network ids. Health checks, masking
+/// and suites that would need to reach the (emulated, unreachable) hosts are replaced by
+/// a suite that checks what the runner is given: no traffic leaves 127.0.0.1.
+fn shop_description(sb: &Sandbox, prod: &Prod) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("environments/shop-aws.yaml")).unwrap();
+    let mut text = text
+        .replace("ami-0abcdef1234567890", &prod.ami)
+        .replace("vpc-0a1b2c3d4e5f60718", &prod.vpc)
+        .replace("subnet-0a1b2c3d4e5f60001", &prod.subnets[0])
+        .replace("subnet-0a1b2c3d4e5f60002", &prod.subnets[1])
+        .replace("../templates/", &format!("{}/templates/", root().display()))
+        .replace("    masking: ../demo/masking.sql\n", "")
+        .replace("    health:\n      path: /health\n      timeout: 5m\n", "");
+    let suites = text.find("\nsuites:\n").unwrap();
+    let destroy = text.find("\ndestroy:").unwrap();
+    text.replace_range(
+        suites..destroy,
+        "\nsuites:\n  endpoints:\n    command: 'test -n \"$SHOP_URL\" && test -n \"$DATABASE_URL\" && test -n \"$REHEARSE_SERVICE_WORKER_URL\"'\n    timeout: 1m\n    uses: [web, worker]\n    results: exit-code\n    env:\n      SHOP_URL: \"{{ services.web.url }}\"\n      DATABASE_URL: \"{{ databases.db.url }}\"\n",
+    );
+    assert!(!text.contains("health:") && !text.contains("masking:"));
+    write_description(sb, "shop-aws.yaml", &text)
+}
+
+#[test]
+fn full_rehearsal_of_the_shop_leaves_nothing_and_production_untouched() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+    let sb = Sandbox::new();
+    let file = shop_description(&sb, &prod);
+
+    // The plan, with the backup it would use looked up read-only.
+    let plan = emu
+        .rehearse(&sb)
+        .args(["plan", file.to_str().unwrap(), "--release", "v2", "--resolve-backups"])
+        .output()
+        .unwrap();
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(0), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(plan_text.contains(&prod.newest_snapshot), "{plan_text}");
+    assert!(plan_text.contains("estimated $"), "{plan_text}");
+
+    let out = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let id = sb.run_ids().pop().unwrap();
+    let report = sb.report(&id);
+    assert_eq!(report["verdict"], "passed", "{report}");
+    assert_eq!(report["backups"][0]["backup"], prod.newest_snapshot.as_str(), "{}", report["backups"]);
+    assert!(report["backups"][0]["arn"].is_string());
+    // The copy was secured after the restore (moto copies production's deletion
+    // protection onto a restore; the modify call fixed it, or deleting would fail).
+    assert!(report["steps"].as_array().unwrap().iter().any(|s| s["action"] == "secure" && s["ok"] == true));
+    // The master password never appears in logs or reports.
+    assert!(!stderr.contains("production-secret"));
+
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let after = production_state(&rt, &ec2, &rds);
+    assert_eq!(before, after, "production changed");
+}
+
+#[test]
+fn kept_environment_is_removed_by_down_from_its_journal_or_by_tag_without_it() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+    for lose_journal in [false, true] {
+        let sb = Sandbox::new();
+        let file = shop_description(&sb, &prod);
+        // `up` leaves everything up, as a crash would; then the journal (or the tags) decide.
+        let out = emu.rehearse(&sb).args(["up", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let id = sb.run_ids().pop().unwrap();
+        assert!(!rehearse_leftovers(&rt, &ec2, &rds, &id).is_empty());
+        let mut down = emu.rehearse(&sb);
+        down.args(["down", &id]);
+        if lose_journal {
+            std::fs::remove_file(sb.state().join("runs").join(&id).join("journal.jsonl")).unwrap();
+            down.args(["--region", REGION]);
+        }
+        let out = down.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+        assert!(left.is_empty(), "lose_journal={lose_journal}: left behind: {left:?}");
+    }
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
+}
+
+#[test]
+fn sweep_removes_expired_rehearse_resources_only() {
+    use aws_sdk_ec2::types::{ResourceType, TagSpecification};
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let past = (chrono::Utc::now() - chrono::Duration::hours(3)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let future = (chrono::Utc::now() + chrono::Duration::hours(3)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let make = |name: &str, tags: Vec<(&str, &str)>| {
+        let spec = TagSpecification::builder()
+            .resource_type(ResourceType::SecurityGroup)
+            .set_tags(Some(tags.iter().map(|(k, v)| ec2_tag(k, v)).collect()))
+            .build();
+        rt.block_on(
+            ec2.create_security_group()
+                .group_name(name)
+                .description("t")
+                .vpc_id(&prod.vpc)
+                .tag_specifications(spec)
+                .send(),
+        )
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string()
+    };
+    let expired = make(
+        "old-run",
+        vec![
+            ("rehearse:run-id", "r-20261124-000000-aaaaaa"),
+            ("rehearse:expires-at", &past),
+            ("rehearse:environment", "shop"),
+        ],
+    );
+    let running =
+        make("new-run", vec![("rehearse:run-id", "r-20261125-000000-bbbbbb"), ("rehearse:expires-at", &future)]);
+    let untagged = make("someone-elses", vec![("rehearse:expires-at", &past)]);
+    let before = production_state(&rt, &ec2, &rds);
+
+    let sb = Sandbox::new();
+    let dry = emu.rehearse(&sb).args(["sweep", "--region", REGION]).output().unwrap();
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(0));
+    assert!(text.contains(&expired) && !text.contains(&running) && !text.contains(&untagged), "{text}");
+    let other_env =
+        emu.rehearse(&sb).args(["sweep", "--region", REGION, "--environment", "other", "--yes"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&other_env.stdout).contains("nothing to sweep"));
+
+    let yes = emu.rehearse(&sb).args(["sweep", "--region", REGION, "--yes"]).output().unwrap();
+    assert_eq!(yes.status.code(), Some(0), "{}", String::from_utf8_lossy(&yes.stderr));
+    let groups: Vec<String> = rt
+        .block_on(ec2.describe_security_groups().send())
+        .unwrap()
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_id().map(str::to_string))
+        .collect();
+    assert!(!groups.contains(&expired), "the expired group is gone");
+    assert!(groups.contains(&running) && groups.contains(&untagged), "unexpired and untagged groups stay");
+    let after: Vec<String> = production_state(&rt, &ec2, &rds).into_iter().filter(|l| !l.contains("old-run")).collect();
+    let before: Vec<String> = before.into_iter().filter(|l| !l.contains("old-run")).collect();
+    assert_eq!(before, after, "production changed");
+}
+
+fn run_expecting_build_failure(emu: &Emulator, sb: &Sandbox, file: &Path, expect: &str) {
+    let out = emu.rehearse(sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(expect), "expected `{expect}` in:\n{stderr}");
+}
+
+#[test]
+fn bad_input_is_a_clear_build_failure_that_leaves_nothing() {
+    let emu = Emulator::start(true);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+
+    // A production instance that does not exist.
+    let sb = Sandbox::new();
+    let text = std::fs::read_to_string(shop_description(&sb, &prod))
+        .unwrap()
+        .replace("rds_instance: shop-prod-db", "rds_instance: shop-prod-typo");
+    let file = write_description(&sb, "missing.yaml", &text);
+    run_expecting_build_failure(&emu, &sb, &file, "shop-prod-typo does not exist");
+    assert!(rehearse_leftovers(&rt, &ec2, &rds, &sb.run_ids().pop().unwrap()).is_empty());
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
+
+    // An instance without any available snapshot.
+    let sb = Sandbox::new();
+    rt.block_on(
+        rds.create_db_instance()
+            .db_instance_identifier("fresh-db")
+            .engine("postgres")
+            .db_instance_class("db.t3.medium")
+            .allocated_storage(20)
+            .master_username("x")
+            .master_user_password("password123")
+            .backup_retention_period(0)
+            .send(),
+    )
+    .unwrap();
+    // The emulator takes an automated snapshot at creation; production without any
+    // available snapshot is simulated by removing it.
+    let snaps = rt.block_on(rds.describe_db_snapshots().db_instance_identifier("fresh-db").send()).unwrap();
+    for s in snaps.db_snapshots() {
+        rt.block_on(rds.delete_db_snapshot().db_snapshot_identifier(s.db_snapshot_identifier().unwrap()).send())
+            .unwrap();
+    }
+    // That instance is production too, from here on.
+    let before = production_state(&rt, &ec2, &rds);
+    let text = std::fs::read_to_string(shop_description(&sb, &prod))
+        .unwrap()
+        .replace("rds_instance: shop-prod-db", "rds_instance: fresh-db");
+    let file = write_description(&sb, "nosnap.yaml", &text);
+    run_expecting_build_failure(&emu, &sb, &file, "has no snapshot in state `available`");
+    assert!(rehearse_leftovers(&rt, &ec2, &rds, &sb.run_ids().pop().unwrap()).is_empty());
+
+    // An AMI the emulator (with validation on) does not know.
+    let sb = Sandbox::new();
+    let text =
+        std::fs::read_to_string(shop_description(&sb, &prod)).unwrap().replace(&prod.ami, "ami-0000000000000dead");
+    let file = write_description(&sb, "badami.yaml", &text);
+    run_expecting_build_failure(&emu, &sb, &file, "ami-0000000000000dead");
+    assert!(rehearse_leftovers(&rt, &ec2, &rds, &sb.run_ids().pop().unwrap()).is_empty());
+
+    // An unknown instance type.
+    let sb = Sandbox::new();
+    let text = std::fs::read_to_string(shop_description(&sb, &prod))
+        .unwrap()
+        .replace("instance_type: t3.micro", "instance_type: t3.gigantic");
+    let file = write_description(&sb, "badtype.yaml", &text);
+    run_expecting_build_failure(&emu, &sb, &file, "t3.gigantic");
+    assert!(rehearse_leftovers(&rt, &ec2, &rds, &sb.run_ids().pop().unwrap()).is_empty());
+
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
+}
+
+#[test]
+fn unreachable_endpoint_fails_fast_and_clearly() {
+    let sb = Sandbox::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let prod = Prod {
+        ami: "ami-0abcdef1234567890".into(),
+        vpc: "vpc-0a1b2c3d4e5f60718".into(),
+        subnets: vec!["subnet-0a1b2c3d4e5f60001".into(), "subnet-0a1b2c3d4e5f60002".into()],
+        newest_snapshot: String::new(),
+    };
+    let file = shop_description(&sb, &prod);
+    let mut cmd = sb.cmd();
+    let emu_env = |c: &mut Command| {
+        c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", sb.dir.path().join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", sb.dir.path().join("none"));
+    };
+    emu_env(&mut cmd);
+    let started = Instant::now();
+    let out = cmd.args(["run", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(stderr.contains("could not be built") && stderr.contains("cannot reach"), "{stderr}");
+    assert!(!stderr.contains("DispatchFailure"), "the error names the cause, not the SDK's types:\n{stderr}");
+}
