@@ -43,33 +43,63 @@ pub async fn run<P: Provider>(
     let mut leftovers = Vec::new();
     let mut interrupted = false;
     let remaining: Vec<journal::Entry> = state.remaining().into_iter().cloned().collect();
-    for (i, entry) in remaining.iter().enumerate() {
+    // Waves: consecutive entries (newest first) of one kind go together — instances,
+    // processes — since none of them uses another of its kind; kinds stay in reverse
+    // creation order, so users go before what they use.
+    let mut waves: Vec<Vec<&journal::Entry>> = Vec::new();
+    for e in &remaining {
+        match waves.last_mut() {
+            Some(w) if w[0].kind == e.kind => w.push(e),
+            _ => waves.push(vec![e]),
+        }
+    }
+    for wave in waves {
         if interrupted {
-            leftovers.push(leftover(provider, entry, &meta));
+            leftovers.extend(wave.iter().map(|e| leftover(provider, e, &meta)));
             continue;
         }
-        reporter.event(Event::Started { resource: entry.id.clone(), action: "destroy".into(), detail: None });
-        let t = Instant::now();
-        let attempt = async {
-            // Waiting for processes, servers or the cloud to let go is not the tool's time.
-            let _span = clock.external();
-            let mut last = String::new();
-            for n in 0..3u32 {
-                match provider.destroy(entry, &meta).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => last = e,
-                }
-                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(n))).await;
-            }
-            Err(last)
-        };
-        let result = tokio::select! {
-            r = attempt => Some(r),
+        let all = futures_util::future::join_all(
+            wave.iter().map(|entry| destroy_one(provider, entry, &meta, reporter, clock)),
+        );
+        let results = tokio::select! {
+            r = all => Some(r),
             _ = signals.nth(stop_at_signal) => None,
         };
-        match result {
-            Some(Ok(())) => {
-                let _ = journal.deleted(&entry.id);
+        match results {
+            Some(results) => {
+                for (entry, ok) in wave.iter().zip(results) {
+                    if ok {
+                        let _ = journal.deleted(&entry.id);
+                    } else {
+                        leftovers.push(leftover(provider, entry, &meta));
+                    }
+                }
+            }
+            None => {
+                interrupted = true;
+                leftovers.extend(wave.iter().map(|e| leftover(provider, e, &meta)));
+            }
+        }
+    }
+    Outcome { leftovers, interrupted, duration: started.elapsed() }
+}
+
+/// Destroys one resource, retrying twice with backoff; reports and returns success.
+async fn destroy_one<P: Provider>(
+    provider: &P,
+    entry: &journal::Entry,
+    meta: &journal::RunMeta,
+    reporter: &dyn Reporter,
+    clock: &Clock,
+) -> bool {
+    reporter.event(Event::Started { resource: entry.id.clone(), action: "destroy".into(), detail: None });
+    let t = Instant::now();
+    // Waiting for processes, servers or the cloud to let go is not the tool's time.
+    let _span = clock.external();
+    let mut last = String::new();
+    for n in 0..3u32 {
+        match provider.destroy(entry, meta).await {
+            Ok(()) => {
                 reporter.event(Event::Finished {
                     resource: entry.id.clone(),
                     action: "destroy".into(),
@@ -77,25 +107,20 @@ pub async fn run<P: Provider>(
                     elapsed: t.elapsed(),
                     detail: None,
                 });
+                return true;
             }
-            Some(Err(e)) => {
-                reporter.event(Event::Finished {
-                    resource: entry.id.clone(),
-                    action: "destroy".into(),
-                    ok: false,
-                    elapsed: t.elapsed(),
-                    detail: Some(e),
-                });
-                leftovers.push(leftover(provider, entry, &meta));
-            }
-            None => {
-                interrupted = true;
-                leftovers.push(leftover(provider, entry, &meta));
-                let _ = i;
-            }
+            Err(e) => last = e,
         }
+        tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(n))).await;
     }
-    Outcome { leftovers, interrupted, duration: started.elapsed() }
+    reporter.event(Event::Finished {
+        resource: entry.id.clone(),
+        action: "destroy".into(),
+        ok: false,
+        elapsed: t.elapsed(),
+        detail: Some(last),
+    });
+    false
 }
 
 fn leftover<P: Provider>(provider: &P, entry: &journal::Entry, meta: &journal::RunMeta) -> Leftover {
