@@ -94,9 +94,9 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
     })
 }
 
-/// The AWS provider over the SDK, polling every 1 s at first, backing off to 15 s.
+/// The AWS provider over the SDK: polls 100 ms after a change, backing off to 15 s.
 pub async fn aws_provider(region: &str) -> AwsProvider<Sdk> {
-    AwsProvider::new(Sdk::new(region).await, Duration::from_millis(500), Duration::from_secs(15))
+    AwsProvider::new(Sdk::new(region).await, Duration::from_millis(100), Duration::from_secs(15))
 }
 
 /// Runs the lifecycle with a provider and turns the outcome into output and an exit
