@@ -205,6 +205,16 @@ fn start_until(sb: &Sandbox, file: &Path, marker: &Path) -> Child {
     child
 }
 
+/// Starts a run, waits until `marker` exists, sends `sig`, and waits for the exit:
+/// (run id, exit code, stderr).
+fn interrupt_at(sb: &Sandbox, file: &Path, marker: &Path, sig: i32) -> (String, i32, String) {
+    let child = start_until(sb, file, marker);
+    let id = sb.run_ids().pop().unwrap();
+    signal(&child, sig);
+    let (code, stderr) = wait_exit(child, Duration::from_secs(30));
+    (id, code, stderr)
+}
+
 fn wait_exit(mut child: Child, limit: Duration) -> (i32, String) {
     let deadline = Instant::now() + limit;
     loop {
@@ -301,10 +311,7 @@ fn sigint_during_install_tears_down_and_exits_130() {
         &format!("touch {} && sleep 60", marker.display()),
         "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n",
     );
-    let child = start_until(&sb, &file, &marker);
-    let id = sb.run_ids().pop().unwrap();
-    signal(&child, 2);
-    let (code, stderr) = wait_exit(child, Duration::from_secs(30));
+    let (id, code, stderr) = interrupt_at(&sb, &file, &marker, 2);
     assert_eq!(code, 130, "{stderr}");
     assert_nothing_left(&sb, &id);
 }
@@ -318,10 +325,7 @@ fn sigterm_during_suites_tears_down_and_exits_130() {
         marker.display()
     );
     let file = custom(&sb, "sh migrate.sh", &suite);
-    let child = start_until(&sb, &file, &marker);
-    let id = sb.run_ids().pop().unwrap();
-    signal(&child, 15);
-    let (code, stderr) = wait_exit(child, Duration::from_secs(30));
+    let (id, code, stderr) = interrupt_at(&sb, &file, &marker, 15);
     assert_eq!(code, 130, "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert_nothing_left(&sb, &id);
@@ -337,10 +341,7 @@ fn sigkill_then_down_removes_everything_even_without_the_journal() {
             &format!("touch {} && sleep 60", marker.display()),
             "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n",
         );
-        let child = start_until(&sb, &file, &marker);
-        let id = sb.run_ids().pop().unwrap();
-        signal(&child, 9);
-        let _ = wait_exit(child, Duration::from_secs(10));
+        let (id, _, _) = interrupt_at(&sb, &file, &marker, 9);
         // The cluster and the install command survived the kill.
         assert!(!postgres_under(&sb.work()).is_empty(), "the cluster should outlive a SIGKILL");
         if lose_journal {

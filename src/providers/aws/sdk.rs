@@ -92,6 +92,19 @@ where
     ApiError { code, message, kind }
 }
 
+/// Collects every page of a paginated call, mapping each page to items.
+macro_rules! all_pages {
+    ($pages:expr, |$page:ident| $items:expr) => {{
+        let mut pages = $pages;
+        let mut out = Vec::new();
+        while let Some($page) = pages.next().await {
+            let $page = $page.map_err(err)?;
+            out.extend($items);
+        }
+        out
+    }};
+}
+
 fn time(t: Option<&aws_sdk_rds::primitives::DateTime>) -> Option<DateTime<Utc>> {
     let t = t?;
     DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())
@@ -231,17 +244,9 @@ impl Ec2Api for Sdk {
     }
 
     async fn security_groups_tagged(&self, tag_key: &str) -> ApiResult<Vec<SecurityGroup>> {
-        let mut pages = self
-            .ec2
-            .describe_security_groups()
-            .filters(ec2t::Filter::builder().name("tag-key").values(tag_key).build())
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            out.extend(page.map_err(err)?.security_groups().iter().map(group));
-        }
-        Ok(out)
+        let filter = ec2t::Filter::builder().name("tag-key").values(tag_key).build();
+        let pages = self.ec2.describe_security_groups().filters(filter).into_paginator().send();
+        Ok(all_pages!(pages, |page| page.security_groups().iter().map(group)))
     }
 
     async fn delete_security_group(&self, id: &str) -> ApiResult<()> {
@@ -273,30 +278,21 @@ impl Ec2Api for Sdk {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pages = self.ec2.describe_instances().set_instance_ids(Some(ids.to_vec())).into_paginator().send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            for r in page.map_err(err)?.reservations() {
-                out.extend(r.instances().iter().map(instance));
-            }
-        }
-        Ok(out)
+        Ok(all_pages!(
+            self.ec2.describe_instances().set_instance_ids(Some(ids.to_vec())).into_paginator().send(),
+            |page| page.reservations().iter().flat_map(|r| r.instances()).map(instance).collect::<Vec<_>>()
+        ))
     }
 
     async fn instances_tagged(&self, tag_key: &str) -> ApiResult<Vec<Instance>> {
-        let mut pages = self
-            .ec2
-            .describe_instances()
-            .filters(ec2t::Filter::builder().name("tag-key").values(tag_key).build())
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            for r in page.map_err(err)?.reservations() {
-                out.extend(r.instances().iter().map(instance));
-            }
-        }
-        Ok(out)
+        let filter = ec2t::Filter::builder().name("tag-key").values(tag_key).build();
+        let pages = self.ec2.describe_instances().filters(filter).into_paginator().send();
+        Ok(all_pages!(pages, |page| page
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(instance)
+            .collect::<Vec<_>>()))
     }
 
     async fn terminate_instances(&self, ids: &[String]) -> ApiResult<()> {
@@ -319,30 +315,24 @@ impl RdsApi for Sdk {
     }
 
     async fn db_instances_all(&self) -> ApiResult<Vec<DbInstance>> {
-        let mut pages = self.rds.describe_db_instances().into_paginator().send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            out.extend(page.map_err(err)?.db_instances().iter().map(db_instance));
-        }
-        Ok(out)
+        Ok(all_pages!(self.rds.describe_db_instances().into_paginator().send(), |page| page
+            .db_instances()
+            .iter()
+            .map(db_instance)))
     }
 
     async fn snapshots_of(&self, instance_id: &str) -> ApiResult<Vec<Snapshot>> {
-        let mut pages = self.rds.describe_db_snapshots().db_instance_identifier(instance_id).into_paginator().send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            out.extend(page.map_err(err)?.db_snapshots().iter().map(snapshot));
-        }
-        Ok(out)
+        Ok(all_pages!(
+            self.rds.describe_db_snapshots().db_instance_identifier(instance_id).into_paginator().send(),
+            |page| page.db_snapshots().iter().map(snapshot)
+        ))
     }
 
     async fn snapshots_all(&self) -> ApiResult<Vec<Snapshot>> {
-        let mut pages = self.rds.describe_db_snapshots().into_paginator().send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            out.extend(page.map_err(err)?.db_snapshots().iter().map(snapshot));
-        }
-        Ok(out)
+        Ok(all_pages!(self.rds.describe_db_snapshots().into_paginator().send(), |page| page
+            .db_snapshots()
+            .iter()
+            .map(snapshot)))
     }
 
     async fn describe_db_clusters(&self, ids: &[String]) -> ApiResult<Vec<DbCluster>> {
@@ -355,12 +345,10 @@ impl RdsApi for Sdk {
     }
 
     async fn db_clusters_all(&self) -> ApiResult<Vec<DbCluster>> {
-        let mut pages = self.rds.describe_db_clusters().into_paginator().send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            out.extend(page.map_err(err)?.db_clusters().iter().map(db_cluster));
-        }
-        Ok(out)
+        Ok(all_pages!(self.rds.describe_db_clusters().into_paginator().send(), |page| page
+            .db_clusters()
+            .iter()
+            .map(db_cluster)))
     }
 
     async fn create_db_subnet_group(
@@ -388,17 +376,11 @@ impl RdsApi for Sdk {
     }
 
     async fn db_subnet_groups_all(&self) -> ApiResult<Vec<DbSubnetGroup>> {
-        let mut pages = self.rds.describe_db_subnet_groups().into_paginator().send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            for g in page.map_err(err)?.db_subnet_groups() {
-                out.push(DbSubnetGroup {
-                    name: g.db_subnet_group_name().unwrap_or_default().into(),
-                    arn: g.db_subnet_group_arn().map(str::to_string),
-                });
-            }
-        }
-        Ok(out)
+        let pages = self.rds.describe_db_subnet_groups().into_paginator().send();
+        Ok(all_pages!(pages, |page| page.db_subnet_groups().iter().map(|g| DbSubnetGroup {
+            name: g.db_subnet_group_name().unwrap_or_default().into(),
+            arn: g.db_subnet_group_arn().map(str::to_string),
+        })))
     }
 
     async fn db_subnet_group_tags(&self, name: &str) -> ApiResult<Option<Vec<Tag>>> {
