@@ -258,6 +258,19 @@ fn production_state(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, rds
                 d.tag_list()
             ));
         }
+        for c in rds.describe_db_clusters().send().await.unwrap().db_clusters() {
+            if c.tag_list().iter().any(|t| t.key() == Some("rehearse:run-id")) {
+                continue;
+            }
+            out.push(format!(
+                "cluster {:?} {:?} {:?} {:?} {:?}",
+                c.db_cluster_identifier(),
+                c.status(),
+                c.deletion_protection(),
+                c.db_cluster_members(),
+                c.tag_list()
+            ));
+        }
         for s in rds.describe_db_snapshots().send().await.unwrap().db_snapshots() {
             out.push(format!(
                 "snapshot {:?} {:?} {:?} {:?} {:?}",
@@ -297,6 +310,11 @@ fn rehearse_leftovers(
         for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
             if d.tag_list().iter().any(|t| mine(t.key(), t.value())) {
                 out.push(format!("db {:?}", d.db_instance_identifier()));
+            }
+        }
+        for c in rds.describe_db_clusters().send().await.unwrap().db_clusters() {
+            if c.tag_list().iter().any(|t| mine(t.key(), t.value())) {
+                out.push(format!("cluster {:?}", c.db_cluster_identifier()));
             }
         }
         for g in rds.describe_db_subnet_groups().send().await.unwrap().db_subnet_groups() {
@@ -576,4 +594,53 @@ fn unreachable_endpoint_fails_fast_and_clearly() {
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
     assert!(stderr.contains("could not be built") && stderr.contains("cannot reach"), "{stderr}");
     assert!(!stderr.contains("DispatchFailure"), "the error names the cause, not the SDK's types:\n{stderr}");
+}
+
+#[test]
+fn aurora_copy_on_write_clone_is_created_and_removed() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    rt.block_on(async {
+        rds.create_db_cluster()
+            .db_cluster_identifier("shop-prod-aurora")
+            .engine("aurora-postgresql")
+            .master_username("shop")
+            .master_user_password("production-secret")
+            .db_subnet_group_name("shop-prod-subnets")
+            .deletion_protection(true)
+            .tags(aws_sdk_rds::types::Tag::builder().key("env").value("production").build())
+            .send()
+            .await
+            .unwrap();
+        rds.create_db_instance()
+            .db_instance_identifier("shop-prod-aurora-1")
+            .db_cluster_identifier("shop-prod-aurora")
+            .engine("aurora-postgresql")
+            .db_instance_class("db.r6g.large")
+            .send()
+            .await
+            .unwrap();
+    });
+    let before = production_state(&rt, &ec2, &rds);
+    let sb = Sandbox::new();
+    let text = std::fs::read_to_string(shop_description(&sb, &prod))
+        .unwrap()
+        .replace("rds_instance: shop-prod-db", "aurora_cluster: shop-prod-aurora")
+        .replace("restore: newest-snapshot", "restore: aurora-clone")
+        .replace("instance_class: db.t3.medium", "instance_class: db.r6g.large");
+    let file = write_description(&sb, "aurora.yaml", &text);
+    let out = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let id = sb.run_ids().pop().unwrap();
+    let report = sb.report(&id);
+    assert_eq!(report["backups"][0]["restore"], "aurora-clone", "{}", report["backups"]);
+    let kinds: Vec<&str> =
+        report["resources"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"aws.rds.db-cluster"), "{kinds:?}");
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
 }

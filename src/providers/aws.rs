@@ -332,9 +332,35 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         guard.check("DB instance", &ready.id, &ready.tags).map_err(StepError::build)?;
         let password = state::new_secret();
         let t = ctx.started(res, "secure", None);
-        self.api.secure_db_instance(&ready.id, &password).await.map_err(|e| {
-            StepError::build(format!("cannot secure {} (private, no deletion protection, new password): {e}", ready.id))
-        })?;
+        match &ready.cluster_id {
+            // Aurora: the password (and deletion protection) belong to the cluster.
+            Some(cluster) => {
+                let cluster_tags = self
+                    .api
+                    .describe_db_clusters(std::slice::from_ref(cluster))
+                    .await
+                    .map_err(|e| StepError::build(format!("cannot look up cluster {cluster}: {e}")))?
+                    .into_iter()
+                    .find(|c| &c.id == cluster)
+                    .map(|c| c.tags)
+                    .unwrap_or_default();
+                guard.check("DB cluster", cluster, &cluster_tags).map_err(StepError::build)?;
+                self.api
+                    .secure_db_cluster(cluster, &password)
+                    .await
+                    .map_err(|e| StepError::build(format!("cannot secure cluster {cluster} (new password): {e}")))?;
+                self.api
+                    .secure_db_instance(&ready.id, None)
+                    .await
+                    .map_err(|e| StepError::build(format!("cannot make {} private: {e}", ready.id)))?;
+            }
+            None => self.api.secure_db_instance(&ready.id, Some(&password)).await.map_err(|e| {
+                StepError::build(format!(
+                    "cannot secure {} (private, no deletion protection, new password): {e}",
+                    ready.id
+                ))
+            })?,
+        }
         let ready = ctx.unless_cancelled(self.wait_db(&ready.id, deadline)).await?;
         if ready.publicly_accessible || ready.deletion_protection {
             return Err(StepError::build(format!(
@@ -601,7 +627,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 guard.check("DB instance", id, &db.tags)?;
                 if db.status != "deleting" {
                     if db.deletion_protection {
-                        api.secure_db_instance(id, &state::new_secret()).await.map_err(|e| e.to_string())?;
+                        api.secure_db_instance(id, None).await.map_err(|e| e.to_string())?;
                     }
                     match api.delete_db_instance(id).await {
                         Ok(()) => {}

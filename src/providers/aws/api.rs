@@ -210,8 +210,11 @@ pub trait RdsApi: Send + Sync {
         engine: &str,
         tags: &[Tag],
     ) -> impl Future<Output = ApiResult<DbInstance>> + Send;
-    /// Makes the copy private, not deletion protected, and gives it a new password.
-    fn secure_db_instance(&self, id: &str, password: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Makes the copy private and not deletion protected, and gives it a new password
+    /// (None for an Aurora instance, whose password belongs to its cluster).
+    fn secure_db_instance(&self, id: &str, password: Option<&str>) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Gives an Aurora clone a new master password and no deletion protection.
+    fn secure_db_cluster(&self, id: &str, password: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_instance(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_cluster(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_snapshot(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;

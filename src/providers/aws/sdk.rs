@@ -495,12 +495,25 @@ impl RdsApi for Sdk {
         })
     }
 
-    async fn secure_db_instance(&self, id: &str, password: &str) -> ApiResult<()> {
+    async fn secure_db_instance(&self, id: &str, password: Option<&str>) -> ApiResult<()> {
         self.rds
             .modify_db_instance()
             .db_instance_identifier(id)
-            .master_user_password(password)
+            .set_master_user_password(password.map(str::to_string))
             .publicly_accessible(false)
+            .deletion_protection(false)
+            .apply_immediately(true)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn secure_db_cluster(&self, id: &str, password: &str) -> ApiResult<()> {
+        self.rds
+            .modify_db_cluster()
+            .db_cluster_identifier(id)
+            .master_user_password(password)
             .deletion_protection(false)
             .apply_immediately(true)
             .send()
