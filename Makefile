@@ -23,8 +23,9 @@ build:
 release:
 	$(CARGO) build --locked --release
 
-demo: deps release
-	@scripts/demo.sh target/release/rehearse
+# The demo uses the same (debug) build as the tests: one build of the AWS SDK, not two.
+demo: deps build
+	@scripts/demo.sh target/debug/rehearse
 
 test: test-deps
 	$(CARGO) test --locked --no-fail-fast

@@ -4,7 +4,7 @@
 # Usage: scripts/demo.sh [path/to/rehearse]   (make demo builds it first)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bin=${1:-target/release/rehearse}
+bin=${1:-target/debug/rehearse}
 export REHEARSE_STATE_DIR=${REHEARSE_STATE_DIR:-$PWD/target/demo-state}
 
 start=$(date +%s.%N)
