@@ -8,6 +8,10 @@ target/bench/results.md. Stdlib only.
 3. restore of a ~1 GB backup: rehearse cold (pg_restore -j) and warm (golden copy)
    beside raw `pg_restore -j2` and raw `cp -a` of the data directory, same machine,
    same server settings.
+4. aws (optional, only when asked: `scripts/bench.py aws`): the full lifecycle of
+   environments/shop-aws.yaml against the moto emulator beside the same calls scripted
+   with boto3 and with the `aws` CLI (scripts/bench_aws.py; needs .venv with moto,
+   boto3 and awscli).
 """
 import json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -211,6 +215,16 @@ def warm_rows(desc, work, fs, reflink=False):
     say(f"| rehearse warm ({fs}): whole copy ready (copy, start, password) | {median(warm_ready):.2f} s | {median(warm_ready) / median(raw_cp):.2f} × raw cp |")
 
 
+def section_aws():
+    """scripts/bench_aws.py prints its Markdown section on stdout (progress on stderr)."""
+    r = subprocess.run([sys.executable, "scripts/bench_aws.py"], cwd=ROOT, text=True, stdout=subprocess.PIPE)
+    if r.returncode != 0:
+        sys.exit("the AWS lifecycle benchmark failed (see above)")
+    for l in r.stdout.rstrip("\n").splitlines():
+        say(l)
+    say()
+
+
 def main():
     if not BIN.is_file():
         sys.exit("build first: cargo build --release")
@@ -228,6 +242,8 @@ def main():
         section_demo()
     if "restore" in only:
         section_restore()
+    if "aws" in only:
+        section_aws()
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
 
 

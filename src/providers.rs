@@ -183,6 +183,20 @@ pub trait Provider {
     /// The exact shell command a person can run to remove a resource by hand.
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String;
 
+    /// Teardown order of a kind: every resource of rank n is destroyed before any of
+    /// rank n + 1 (users before what they use); resources of one rank go down together.
+    /// `None` for an unknown kind: teardown then follows reverse creation order.
+    fn teardown_rank(&self, kind: &str) -> Option<u8> {
+        let _ = kind;
+        None
+    }
+
+    /// Destroys several resources of one kind. By default each on its own, all at
+    /// once; a provider can batch them (one terminate for many instances).
+    async fn destroy_many(&self, entries: &[&Entry], meta: &RunMeta) -> Vec<Result<(), String>> {
+        futures_util::future::join_all(entries.iter().map(|e| self.destroy(e, meta))).await
+    }
+
     /// How long steps in flight may go on after another step failed, so that what they
     /// were creating gets journaled. Zero: drop them at once (local resources are found
     /// by convention anyway).

@@ -409,14 +409,13 @@ fn tar_gz_artifact_config_templates_and_a_live_url_source() {
     assert_eq!(code, 0, "{stderr}");
     let prod_id = prod.run_ids().pop().unwrap();
     let prod_report = prod.report(&prod_id);
-    let port = prod_report["resources"].as_array().unwrap().iter().find(|r| r["id"] == "database.db").unwrap()
+    // The report names the copy's server, "PostgreSQL on 127.0.0.1:PORT in DIR".
+    let server = prod_report["resources"].as_array().unwrap().iter().find(|r| r["id"] == "database.db").unwrap()
         ["provider_id"]
         .as_str()
         .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
         .to_string();
+    let port: String = server.split("127.0.0.1:").nth(1).unwrap().chars().take_while(char::is_ascii_digit).collect();
     // The password is a per-run secret; read it back the way an operator would, from
     // the kept service's environment (as root, /proc/PID/environ is readable).
     let pid = tagged_processes(&prod_id)

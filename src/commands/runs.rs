@@ -94,10 +94,10 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
     })
 }
 
-/// The AWS provider over the SDK: polls 20 ms after a change, backing off to 15 s
-/// (a fast operation is seen at once; a slow one costs a few more describes early on).
+/// The AWS provider over the SDK: polls 100 ms after a change, backing off to 15 s
+/// (real operations take seconds to minutes; sooner would only add describes).
 pub async fn aws_provider(region: &str) -> AwsProvider<Sdk> {
-    AwsProvider::new(Sdk::new(region).await, Duration::from_millis(20), Duration::from_secs(15))
+    AwsProvider::new(Sdk::new(region).await, Duration::from_millis(100), Duration::from_secs(15))
 }
 
 /// Runs the lifecycle with a provider and turns the outcome into output and an exit

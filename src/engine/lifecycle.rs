@@ -187,6 +187,7 @@ pub async fn run<P: Provider>(
         Verdict::Failed => opts.destroy != DestroyPolicy::Always,
     };
     let down_start = Instant::now();
+    let mut destroy_steps: Vec<StepTiming> = Vec::new();
     let (teardown_status, leftovers, teardown_ms) = if keep {
         reporter.event(Event::Note(format!(
             "keeping the environment until {} (its TTL); remove it with `rehearse down {run_id}`",
@@ -204,6 +205,19 @@ pub async fn run<P: Provider>(
             "incomplete"
         };
         let _ = journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
+        destroy_steps = out
+            .destroyed
+            .iter()
+            .map(|d| StepTiming {
+                resource: d.id.clone(),
+                kind: d.kind.clone(),
+                action: "destroy".into(),
+                start_ms: clock.ms(d.started),
+                duration_ms: d.took.as_millis() as u64,
+                ok: d.error.is_none(),
+                detail: d.error.clone(),
+            })
+            .collect();
         (status.to_string(), out.leftovers, out.duration.as_millis() as u64)
     };
     let down_end = Instant::now();
@@ -230,7 +244,7 @@ pub async fn run<P: Provider>(
     let _ =
         journal.append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() });
 
-    let steps = steps.into_inner().unwrap_or_default();
+    let mut steps = steps.into_inner().unwrap_or_default();
     let mut phases = phase_timings(&steps, &clock, graph.failure.as_ref().map(|f| f.0.as_str()), &plan);
     if !keep {
         phases.push(PhaseTiming {
@@ -240,12 +254,20 @@ pub async fn run<P: Provider>(
             status: if leftovers.is_empty() { "ok".into() } else { "failed".into() },
         });
     }
+    steps.extend(destroy_steps);
+    // What each resource is called by its provider, from the journal's handles.
+    let handles: BTreeMap<String, String> = super::journal::read(journal.path())
+        .map(|records| super::journal::State::from_records(&records).entries)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| Some((e.id, provider_id(e.handle.as_ref()?)?)))
+        .collect();
     let resources = plan
         .resources
         .iter()
         .filter(|r| !r.kind.is_suite())
         .map(|r| {
-            let created = graph.created.get(&r.id).cloned();
+            let created = handles.get(&r.id).cloned().or_else(|| graph.created.get(&r.id).cloned());
             let status = if created.is_none() && graph.status_of(&r.id) == Some("pending") {
                 "never-created"
             } else if leftovers.iter().any(|l| l.id == r.id) {
@@ -484,7 +506,7 @@ async fn execute<P: Provider>(
                 match out {
                     Output::Nothing => {}
                     Output::Database { outputs: o, backup } => {
-                        result.created.insert(r.id.clone(), format!("127.0.0.1:{}", o.port));
+                        result.created.insert(r.id.clone(), o.endpoint.clone());
                         outputs.databases.insert(r.name.clone(), o);
                         result.backups.push(backup);
                     }
@@ -537,6 +559,26 @@ async fn execute<P: Provider>(
         result.status.insert(r.id.clone(), s);
     }
     result
+}
+
+/// A short provider id from a journal handle: an instance or DB id, a group, a PID, a
+/// directory.
+fn provider_id(h: &serde_json::Value) -> Option<String> {
+    for key in ["instance_id", "db_instance_id", "db_cluster_id", "group_id", "name", "dir"] {
+        if let Some(v) = h.get(key).and_then(|v| v.as_str()) {
+            return Some(v.to_string());
+        }
+    }
+    if let Some(pid) = h.get("process").and_then(|p| p.get("pid")).and_then(|p| p.as_i64()) {
+        let port = h.get("port").and_then(|p| p.as_u64()).map(|p| format!(" on 127.0.0.1:{p}")).unwrap_or_default();
+        return Some(format!("pid {pid}{port}"));
+    }
+    if let Some(c) = h.get("cluster") {
+        let base = c.get("base").and_then(|b| b.as_str()).unwrap_or_default();
+        let port = c.get("port").and_then(|p| p.as_u64()).unwrap_or(0);
+        return Some(format!("PostgreSQL on 127.0.0.1:{port} in {base}"));
+    }
+    None
 }
 
 /// The phase a step belongs to.

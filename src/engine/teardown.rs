@@ -16,6 +16,17 @@ pub struct Outcome {
     pub leftovers: Vec<Leftover>,
     pub interrupted: bool,
     pub duration: Duration,
+    /// Every destroy attempted: (resource id, kind, started, took, ok, error).
+    pub destroyed: Vec<Destroyed>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Destroyed {
+    pub id: String,
+    pub kind: String,
+    pub started: Instant,
+    pub took: Duration,
+    pub error: Option<String>,
 }
 
 impl Outcome {
@@ -38,28 +49,32 @@ pub async fn run<P: Provider>(
     let records = journal::read(journal.path()).unwrap_or_default();
     let state = State::from_records(&records);
     let Some(meta) = state.meta.clone() else {
-        return Outcome { leftovers: Vec::new(), interrupted: false, duration: started.elapsed() };
+        return Outcome {
+            leftovers: Vec::new(),
+            interrupted: false,
+            duration: started.elapsed(),
+            destroyed: Vec::new(),
+        };
     };
     let mut leftovers = Vec::new();
     let mut interrupted = false;
+    let mut destroyed = Vec::new();
     let remaining: Vec<journal::Entry> = state.remaining().into_iter().cloned().collect();
-    // Waves: consecutive entries (newest first) of one kind go together — instances,
-    // processes — since none of them uses another of its kind; kinds stay in reverse
-    // creation order, so users go before what they use.
-    let mut waves: Vec<Vec<&journal::Entry>> = Vec::new();
-    for e in &remaining {
-        match waves.last_mut() {
-            Some(w) if w[0].kind == e.kind => w.push(e),
-            _ => waves.push(vec![e]),
-        }
-    }
-    for wave in waves {
+    for wave in waves(provider, &remaining) {
         if interrupted {
             leftovers.extend(wave.iter().map(|e| leftover(provider, e, &meta)));
             continue;
         }
+        // Within a wave, each kind is one batch for the provider; kinds run together.
+        let mut kinds: Vec<Vec<&journal::Entry>> = Vec::new();
+        for e in &wave {
+            match kinds.iter_mut().find(|k| k[0].kind == e.kind) {
+                Some(k) => k.push(e),
+                None => kinds.push(vec![e]),
+            }
+        }
         let all = futures_util::future::join_all(
-            wave.iter().map(|entry| destroy_one(provider, entry, &meta, reporter, clock)),
+            kinds.iter().map(|batch| destroy_batch(provider, batch, &meta, reporter, clock)),
         );
         let results = tokio::select! {
             r = all => Some(r),
@@ -67,11 +82,15 @@ pub async fn run<P: Provider>(
         };
         match results {
             Some(results) => {
-                for (entry, ok) in wave.iter().zip(results) {
-                    if ok {
-                        let _ = journal.deleted(&entry.id);
-                    } else {
-                        leftovers.push(leftover(provider, entry, &meta));
+                for (batch, oks) in kinds.iter().zip(results) {
+                    for (entry, d) in batch.iter().zip(oks) {
+                        let ok = d.error.is_none();
+                        destroyed.push(d);
+                        if ok {
+                            let _ = journal.deleted(&entry.id);
+                        } else {
+                            leftovers.push(leftover(provider, entry, &meta));
+                        }
                     }
                 }
             }
@@ -81,46 +100,77 @@ pub async fn run<P: Provider>(
             }
         }
     }
-    Outcome { leftovers, interrupted, duration: started.elapsed() }
+    Outcome { leftovers, interrupted, duration: started.elapsed(), destroyed }
 }
 
-/// Destroys one resource, retrying twice with backoff; reports and returns success.
-async fn destroy_one<P: Provider>(
+/// The order of teardown: by the provider's rank of each kind when it knows every
+/// kind (all of a rank together), else consecutive entries of one kind, newest first.
+fn waves<'a, P: Provider>(provider: &P, remaining: &'a [journal::Entry]) -> Vec<Vec<&'a journal::Entry>> {
+    let ranks: Option<Vec<u8>> = remaining.iter().map(|e| provider.teardown_rank(&e.kind)).collect();
+    let mut waves: Vec<Vec<&journal::Entry>> = Vec::new();
+    match ranks {
+        Some(ranks) => {
+            let mut order: Vec<u8> = ranks.clone();
+            order.sort();
+            order.dedup();
+            for r in order {
+                waves.push(remaining.iter().zip(&ranks).filter(|(_, k)| **k == r).map(|(e, _)| e).collect());
+            }
+        }
+        None => {
+            for e in remaining {
+                match waves.last_mut() {
+                    Some(w) if w[0].kind == e.kind => w.push(e),
+                    _ => waves.push(vec![e]),
+                }
+            }
+        }
+    }
+    waves
+}
+
+/// Destroys a batch of one kind, then retries what failed, one by one, twice with
+/// backoff; reports each resource and returns what happened to each.
+async fn destroy_batch<P: Provider>(
     provider: &P,
-    entry: &journal::Entry,
+    batch: &[&journal::Entry],
     meta: &journal::RunMeta,
     reporter: &dyn Reporter,
     clock: &Clock,
-) -> bool {
-    reporter.event(Event::Started { resource: entry.id.clone(), action: "destroy".into(), detail: None });
+) -> Vec<Destroyed> {
     let t = Instant::now();
+    for e in batch {
+        reporter.event(Event::Started { resource: e.id.clone(), action: "destroy".into(), detail: None });
+    }
     // Waiting for processes, servers or the cloud to let go is not the tool's time.
     let _span = clock.external();
-    let mut last = String::new();
-    for n in 0..3u32 {
-        match provider.destroy(entry, meta).await {
-            Ok(()) => {
-                reporter.event(Event::Finished {
-                    resource: entry.id.clone(),
-                    action: "destroy".into(),
-                    ok: true,
-                    elapsed: t.elapsed(),
-                    detail: None,
-                });
-                return true;
+    let first = provider.destroy_many(batch, meta).await;
+    let mut oks = Vec::with_capacity(batch.len());
+    for (entry, result) in batch.iter().zip(first) {
+        let mut result = result;
+        for n in 0..2u32 {
+            if result.is_ok() {
+                break;
             }
-            Err(e) => last = e,
+            tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(n))).await;
+            result = provider.destroy(entry, meta).await;
         }
-        tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(n))).await;
+        reporter.event(Event::Finished {
+            resource: entry.id.clone(),
+            action: "destroy".into(),
+            ok: result.is_ok(),
+            elapsed: t.elapsed(),
+            detail: result.as_ref().err().cloned(),
+        });
+        oks.push(Destroyed {
+            id: entry.id.clone(),
+            kind: entry.kind.clone(),
+            started: t,
+            took: t.elapsed(),
+            error: result.err(),
+        });
     }
-    reporter.event(Event::Finished {
-        resource: entry.id.clone(),
-        action: "destroy".into(),
-        ok: false,
-        elapsed: t.elapsed(),
-        detail: Some(last),
-    });
-    false
+    oks
 }
 
 fn leftover<P: Provider>(provider: &P, entry: &journal::Entry, meta: &journal::RunMeta) -> Leftover {

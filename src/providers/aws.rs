@@ -816,6 +816,85 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
         }
     }
 
+    /// Instances and databases first (they use the groups), then clusters and
+    /// snapshots, then the subnet group and the security group.
+    fn teardown_rank(&self, kind: &str) -> Option<u8> {
+        match kind {
+            "aws.ec2.instance" | "aws.rds.db-instance" => Some(0),
+            "aws.rds.db-cluster" | "aws.rds.db-snapshot" => Some(1),
+            "aws.rds.db-subnet-group" | "aws.ec2.security-group" => Some(2),
+            _ => None,
+        }
+    }
+
+    /// Instances go in one batch: one describe guards them all, one call terminates
+    /// them, and their waits share the batched poller.
+    async fn destroy_many(&self, entries: &[&Entry], meta: &RunMeta) -> Vec<Result<(), String>> {
+        if entries.len() < 2 || entries.iter().any(|e| e.kind != "aws.ec2.instance") {
+            return futures_util::future::join_all(entries.iter().map(|e| self.destroy(e, meta))).await;
+        }
+        let guard = Guard { run_id: meta.run_id.clone() };
+        let mut ids: Vec<Result<Option<String>, String>> = Vec::new();
+        for e in entries {
+            ids.push(match handle_id(e) {
+                Some(id) => Ok(Some(id)),
+                None => self.find_by_tag(e, meta).await,
+            });
+        }
+        let known: Vec<String> = ids.iter().filter_map(|r| r.as_ref().ok().cloned().flatten()).collect();
+        let found = match self.api.describe_instances(&known).await {
+            Ok(v) => v,
+            Err(e) if e.kind == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return entries.iter().map(|_| Err(e.to_string())).collect(),
+        };
+        // Each id: gone already, refused by the guard, or to terminate.
+        let mut verdict: Vec<Result<bool, String>> = Vec::new();
+        for r in &ids {
+            verdict.push(match r {
+                Err(e) => Err(e.clone()),
+                Ok(None) => Ok(false),
+                Ok(Some(id)) => match found.iter().find(|i| &i.id == id) {
+                    None => Ok(false),
+                    Some(i) if i.state == "terminated" => Ok(false),
+                    Some(i) => guard.check("instance", id, &i.tags).map(|_| true),
+                },
+            });
+        }
+        let to_terminate: Vec<String> = ids
+            .iter()
+            .zip(&verdict)
+            .filter(|(_, v)| matches!(v, Ok(true)))
+            .filter_map(|(r, _)| r.as_ref().ok().cloned().flatten())
+            .collect();
+        if !to_terminate.is_empty() {
+            if let Err(e) = self.api.terminate_instances(&to_terminate).await {
+                return entries.iter().map(|_| Err(e.to_string())).collect();
+            }
+        }
+        let api = &self.api;
+        let deadline = Instant::now() + Duration::from_secs(45 * 60);
+        let waits = ids.iter().zip(verdict).map(|(r, v)| async move {
+            match (r, v) {
+                (_, Err(e)) => Err(e),
+                (_, Ok(false)) => Ok(()),
+                (Ok(Some(id)), Ok(true)) => self
+                    .instances
+                    .wait(
+                        id,
+                        |ids| async move { api.describe_instances(&ids).await },
+                        |i| i.id.clone(),
+                        |i| Ok(i.is_none_or(|i| i.state == "terminated")),
+                        |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "gone".into()),
+                        deadline,
+                    )
+                    .await
+                    .map(|_| ()),
+                _ => Ok(()),
+            }
+        });
+        futures_util::future::join_all(waits).await
+    }
+
     /// An API call in flight answers within its operation timeout; waiting that long
     /// means the journal learns the id of whatever it created.
     fn cancel_grace(&self) -> Duration {

@@ -488,6 +488,17 @@ impl Provider for LocalProvider {
         }
     }
 
+    /// Processes (and install steps) first, then the cluster and the release they
+    /// used, then the work directory that held them.
+    fn teardown_rank(&self, kind: &str) -> Option<u8> {
+        match kind {
+            "local.process" | "local.install" => Some(0),
+            "local.postgres" | "local.release" => Some(1),
+            "local.workspace" => Some(2),
+            _ => None,
+        }
+    }
+
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String {
         match entry.kind.as_str() {
             "local.process" => {
