@@ -453,14 +453,16 @@ env = dict(os.environ, SHOP_URL=url(first[p["web_service"]]), DATABASE_URL=db_ur
            REHEARSE_SERVICE_WORKER_URL=url(first[p["worker_service"]]))
 suite = subprocess.run(["sh", "-c", p["suite"]], env=env)
 
-# Teardown: instances (guard describe, terminate; then wait for all), the database
-# (guard describe, delete, wait until gone), the subnet group (describe + tags, delete),
-# the security group (describe, delete, retrying DependencyViolation).
-for i in reversed(ids):
-    found = describe_instances([i])
-    guard("instance", i, found[0].get("Tags"))
-    if found[0]["State"]["Name"] != "terminated":
-        ec2.terminate_instances(InstanceIds=[i])
+# Teardown, as rehearse does it: instances (one guard describe for all, one terminate
+# for all, then wait for all), the database (guard describe, delete, wait until gone),
+# the subnet group (describe + tags, delete), the security group (describe, delete,
+# retrying DependencyViolation).
+found = describe_instances(ids)
+for x in found:
+    guard("instance", x["InstanceId"], x.get("Tags"))
+alive = [x["InstanceId"] for x in found if x["State"]["Name"] != "terminated"]
+if alive:
+    ec2.terminate_instances(InstanceIds=alive)
 wait(lambda: describe_instances(ids), lambda found: all(x["State"]["Name"] == "terminated" for x in found),
      "instances terminated")
 d = describe_db()
@@ -579,16 +581,18 @@ done
 suite=0
 SHOP_URL=$web_url DATABASE_URL=$db_url REHEARSE_SERVICE_WORKER_URL=$worker_url sh -c "$SUITE" || suite=$?
 
-# Teardown: instances (guard describe, terminate; then wait for all), the database
-# (guard describe, delete, wait until gone), the subnet group (describe + tags, delete),
-# the security group (describe, delete, retrying DependencyViolation).
-for ((n = ${#ids[@]} - 1; n >= 0; n--)); do
-  i=${ids[$n]}
-  out=$(aws ec2 describe-instances --instance-ids "$i" --query "Reservations[0].Instances[0].[State.Name,$TAG]" --output text)
-  read -r st owner <<<"$out"
+# Teardown, as rehearse does it: instances (one guard describe for all, one terminate
+# for all, then wait for all), the database (guard describe, delete, wait until gone),
+# the subnet group (describe + tags, delete), the security group (describe, delete,
+# retrying DependencyViolation).
+alive=()
+while read -r i st owner; do
+  [ -n "$i" ] || continue
   guard instance "$i" "$owner"
-  [ "$st" = terminated ] || aws ec2 terminate-instances --instance-ids "$i" >/dev/null
-done
+  [ "$st" = terminated ] || alive+=("$i")
+done < <(aws ec2 describe-instances --instance-ids "${ids[@]}" \
+           --query "Reservations[].Instances[].[InstanceId,State.Name,$TAG]" --output text)
+[ ${#alive[@]} -eq 0 ] || aws ec2 terminate-instances --instance-ids "${alive[@]}" >/dev/null
 ms=100; deadline=$((SECONDS + 2700))
 while :; do
   ms_sleep $ms; ms=$(next_ms $ms)
@@ -972,8 +976,6 @@ def report(results, reports, n_instances, aws_version, moto_version):
                                                                     not kv[0][0].startswith("phase"))):
             say(f"| {res} | {act} | {statistics.median(x[0] for x in v):.0f} ms | "
                 f"{statistics.median(x[1] for x in v):.0f} ms |")
-        say()
-        say("(The report's steps stop at the suite; teardown shows only as the `down` phase.)")
         say()
 
 
