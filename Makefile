@@ -30,7 +30,7 @@ demo: deps build
 test: test-deps
 	$(CARGO) test --locked --no-fail-fast
 
-bench: deps release
+bench: test-deps release
 	@scripts/bench.sh
 
 fmt:

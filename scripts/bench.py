@@ -235,7 +235,7 @@ def main():
         os.chmod(p, 0o711)
     say(f"# rehearse benchmarks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores")
     say()
-    only = sys.argv[1:] or ["plan", "demo", "restore"]
+    only = sys.argv[1:] or ["plan", "demo", "restore", "aws"]
     if "plan" in only:
         section_plan()
     if "demo" in only:

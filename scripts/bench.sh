@@ -3,4 +3,6 @@
 # the command, into BENCHMARKS.md). `scripts/bench.sh plan demo` runs a subset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The AWS benchmark compares against the aws CLI: install it beside the emulator.
+[ -x .venv/bin/aws ] || .venv/bin/pip install -q --disable-pip-version-check awscli
 exec python3 scripts/bench.py "$@"
