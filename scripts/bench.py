@@ -8,7 +8,7 @@ target/bench/results.md. Stdlib only.
 3. restore of a ~1 GB backup: rehearse cold (pg_restore -j) and warm (golden copy)
    beside raw `pg_restore -j2` and raw `cp -a` of the data directory, same machine,
    same server settings.
-4. aws (optional, only when asked: `scripts/bench.py aws`): the full lifecycle of
+4. aws: the full lifecycle of
    environments/shop-aws.yaml against the moto emulator beside the same calls scripted
    with boto3 and with the `aws` CLI (scripts/bench_aws.py; needs .venv with moto,
    boto3 and awscli).
