@@ -492,8 +492,10 @@ fn sweep_removes_expired_rehearse_resources_only() {
 }
 
 fn run_expecting_build_failure(emu: &Emulator, sb: &Sandbox, file: &Path, expect: &str) {
+    let t = Instant::now();
     let out = emu.rehearse(sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{expect}: {:?}", t.elapsed());
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains(expect), "expected `{expect}` in:\n{stderr}");
 }

@@ -9,6 +9,7 @@
 //! that ignore those parameters.
 
 pub mod api;
+pub mod fake;
 pub mod poller;
 pub mod sdk;
 
@@ -99,10 +100,12 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         }
     }
 
-    /// A create call failed. When the request provably never left this machine, the
-    /// journal says so at once, so teardown does not look for what cannot exist.
+    /// A create call failed. When nothing can have been created — the request never
+    /// left this machine, or the service answered with an error (a refusal creates
+    /// nothing) — the journal says so at once, so teardown does not search for what
+    /// cannot exist. Only a lost answer (a timeout) leaves the question open.
     fn create_failed(ctx: &Ctx<'_>, res: &Resource, e: &ApiError, message: String) -> StepError {
-        if e.kind == ErrorKind::NotSent {
+        if matches!(e.kind, ErrorKind::NotSent | ErrorKind::Refused | ErrorKind::NotFound) {
             let _ = ctx.journal.deleted(&res.id);
         }
         StepError::build(message)
@@ -264,22 +267,29 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             (DatabaseSource::RdsInstance(source), mode) => {
                 let pitr = mode == RestoreMode::LatestRestorableTime;
                 let t = ctx.started(res, "find-backup", None);
-                let (snapshot_id, arn, taken_at) = if pitr {
-                    let prod = self
-                        .api
-                        .describe_db_instances(std::slice::from_ref(source))
-                        .await
-                        .map_err(|e| StepError::build(format!("cannot look up {source}: {e}")))?;
-                    let p = prod.into_iter().find(|p| &p.id == source).ok_or_else(|| {
-                        StepError::build(format!(
-                            "the production RDS instance {source} does not exist in this account and region"
-                        ))
-                    })?;
-                    (format!("{source} at its latest restorable time"), None, p.latest_restorable_time)
-                } else {
-                    let s = self.newest_snapshot(source).await?;
-                    (s.id, s.arn, s.created)
-                };
+                let found: Result<_, StepError> = async {
+                    if pitr {
+                        let prod = self
+                            .api
+                            .describe_db_instances(std::slice::from_ref(source))
+                            .await
+                            .map_err(|e| StepError::build(format!("cannot look up {source}: {e}")))?;
+                        let p = prod.into_iter().find(|p| &p.id == source).ok_or_else(|| {
+                            StepError::build(format!(
+                                "the production RDS instance {source} does not exist in this account and region"
+                            ))
+                        })?;
+                        Ok((format!("{source} at its latest restorable time"), None, p.latest_restorable_time))
+                    } else {
+                        let s = self.newest_snapshot(source).await?;
+                        Ok((s.id, s.arn, s.created))
+                    }
+                }
+                .await;
+                // No backup, no restore: nothing of this database was created.
+                let (snapshot_id, arn, taken_at) = found.inspect_err(|_| {
+                    let _ = ctx.journal.deleted(&res.id);
+                })?;
                 ctx.step(res, "find-backup", t, true, Some(snapshot_id.clone()));
                 let t = ctx.started(res, "restore", Some(snapshot_id.clone()));
                 let req = RestoreDb {
@@ -472,10 +482,28 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             client_token: format!("{}-{}", ctx.run.run_id, res.id).chars().take(64).collect(),
         };
         let t = ctx.started(res, "run-instance", None);
-        let ids = self.api.run_instances(&req).await.map_err(|e| {
+        // An answer lost on the way back (a timeout) does not mean nothing was created:
+        // the same client token makes a retry return the same instances.
+        let mut attempt = self.api.run_instances(&req).await;
+        let mut uncertain = false;
+        for _ in 0..3 {
+            match &attempt {
+                Err(e) if e.kind == ErrorKind::Unreachable => {
+                    uncertain = true;
+                    attempt = self.api.run_instances(&req).await;
+                }
+                _ => break,
+            }
+        }
+        let ids = attempt.map_err(|e| {
             let msg =
                 format!("cannot start {} ({} {} in {}): {e}", res.id, req.instance_type, req.image_id, req.subnet_id);
-            Self::create_failed(ctx, res, &e, msg)
+            // After a lost answer, a later refusal says nothing about the first call.
+            if uncertain {
+                StepError::build(msg)
+            } else {
+                Self::create_failed(ctx, res, &e, msg)
+            }
         })?;
         let id = ids.first().cloned().ok_or_else(|| StepError::build("RunInstances returned no instance"))?;
         ctx.record(res, json!({"instance_id": id}))?;
@@ -593,13 +621,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         let api = &self.api;
         match kind {
             "aws.ec2.instance" => {
-                let found = api.describe_instances(&[id.to_string()]).await;
-                let inst = match found {
-                    Ok(v) => v.into_iter().find(|i| i.id == id),
-                    Err(e) if e.kind == ErrorKind::NotFound => None,
-                    Err(e) => return Err(e.to_string()),
-                };
-                let Some(inst) = inst else { return Ok(()) };
+                let Some(inst) = self.describe_instance_patiently(id).await? else { return Ok(()) };
                 if inst.state == "terminated" {
                     return Ok(());
                 }
@@ -761,6 +783,33 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     }
 }
 
+impl<A: Ec2Api + RdsApi> AwsProvider<A> {
+    /// An instance by id. EC2 is eventually consistent: right after RunInstances a
+    /// describe may answer `InvalidInstanceID.NotFound`, so "not found" is believed
+    /// only once it has held for a minute (a terminated instance stays listed as
+    /// `terminated`, so a real absence is rare and costs that minute only then).
+    async fn describe_instance_patiently(&self, id: &str) -> Result<Option<Instance>, String> {
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.api.describe_instances(&[id.to_string()]).await {
+                Ok(v) => {
+                    if let Some(i) = v.into_iter().find(|i| i.id == id) {
+                        return Ok(Some(i));
+                    }
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if Instant::now() >= until {
+                return Ok(None);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(15));
+        }
+    }
+}
+
 /// Retries a delete refused because something still uses the resource
 /// (`DependencyViolation`: an instance still terminating), with backoff, for up to
 /// ten minutes. Gone counts as deleted.
@@ -807,8 +856,20 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
         let guard = Guard { run_id: meta.run_id.clone() };
         let id = match handle_id(entry) {
             Some(id) => Some(id),
-            // Intent without an id: the run died mid-create; find it by its tags.
-            None => self.find_by_tag(entry, meta).await?,
+            // Intent without an id: the run died mid-create; find it by its tags. A
+            // resource just created may not be listed yet (eventual consistency), so
+            // "not found" is believed only after it has held for a while.
+            None => {
+                let mut found = self.find_by_tag(entry, meta).await?;
+                let mut delay = Duration::from_secs(1);
+                let until = Instant::now() + Duration::from_secs(30);
+                while found.is_none() && Instant::now() < until {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    found = self.find_by_tag(entry, meta).await?;
+                }
+                found
+            }
         };
         match id {
             Some(id) => self.destroy_id(&entry.kind, &id, &guard).await,
@@ -843,8 +904,13 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
         }
         let known: Vec<String> = ids.iter().filter_map(|r| r.as_ref().ok().cloned().flatten()).collect();
         let found = match self.api.describe_instances(&known).await {
-            Ok(v) => v,
-            Err(e) if e.kind == ErrorKind::NotFound => Vec::new(),
+            Ok(v) if v.len() == known.len() => v,
+            // Some id unknown — maybe not visible yet (eventual consistency): each
+            // instance on its own, patiently.
+            Ok(_) => return futures_util::future::join_all(entries.iter().map(|e| self.destroy(e, meta))).await,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return futures_util::future::join_all(entries.iter().map(|e| self.destroy(e, meta))).await;
+            }
             Err(e) => return entries.iter().map(|_| Err(e.to_string())).collect(),
         };
         // Each id: gone already, refused by the guard, or to terminate.

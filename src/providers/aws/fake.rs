@@ -1,0 +1,676 @@
+//! A fault-injecting fake of EC2 and RDS behind [`Ec2Api`] and [`RdsApi`], for what the
+//! emulator cannot do: slow provisioning on tokio's (pausable) clock, eventual
+//! consistency, throttling, 5xx, lost responses, capacity errors, dependency
+//! violations and failed restores — each by seeded random choice, so a failing
+//! scenario is reproducible from its seed. It records every call, and flags any
+//! mutating call on a resource that does not carry a `rehearse:run-id` tag.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::api::*;
+
+/// Probabilities (0..1) of each fault per call, and provisioning times.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// A call refused with a throttling error (after the SDK's own retries).
+    pub throttle: f64,
+    /// A 5xx: the call did nothing.
+    pub server_error: f64,
+    /// The call was executed but its answer was lost (a timeout).
+    pub lost_response: f64,
+    /// RunInstances refused with InsufficientInstanceCapacity.
+    pub capacity: f64,
+    /// A restore that ends in state `failed`.
+    pub failed_restore: f64,
+    /// How long a new instance stays invisible to describes.
+    pub invisible_for: Duration,
+    pub boot: (Duration, Duration),
+    pub restore: (Duration, Duration),
+    pub delete: (Duration, Duration),
+}
+
+impl Faults {
+    /// Realistic timings and no faults (for the critical-path benchmark).
+    pub fn none() -> Faults {
+        Faults {
+            throttle: 0.0,
+            server_error: 0.0,
+            lost_response: 0.0,
+            capacity: 0.0,
+            failed_restore: 0.0,
+            invisible_for: Duration::from_secs(2),
+            boot: (Duration::from_secs(30), Duration::from_secs(90)),
+            restore: (Duration::from_secs(600), Duration::from_secs(1500)),
+            delete: (Duration::from_secs(30), Duration::from_secs(90)),
+        }
+    }
+
+    /// Every fault with a small probability.
+    pub fn chaos() -> Faults {
+        Faults {
+            throttle: 0.03,
+            server_error: 0.03,
+            lost_response: 0.03,
+            capacity: 0.1,
+            failed_restore: 0.1,
+            ..Faults::none()
+        }
+    }
+}
+
+/// A recorded call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub op: &'static str,
+    pub target: String,
+    pub mutating: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Res {
+    kind: &'static str,
+    tags: Vec<Tag>,
+    /// Visible to describes from then on.
+    visible_at: Instant,
+    /// Ready (running / available) from then on.
+    ready_at: Instant,
+    /// Being deleted: gone from then on.
+    gone_at: Option<Instant>,
+    failed: bool,
+    private: bool,
+    protected: bool,
+    snapshot_of: Option<String>,
+    created: chrono::DateTime<chrono::Utc>,
+}
+
+struct State {
+    rng: u64,
+    next: u64,
+    res: BTreeMap<String, Res>,
+    tokens: BTreeMap<String, Vec<String>>,
+    calls: Vec<Call>,
+    violations: Vec<String>,
+    injected: u64,
+}
+
+/// The fake cloud. Cheap to clone (shared state), so a run and a later `down` see the
+/// same world.
+#[derive(Clone)]
+pub struct FakeCloud {
+    faults: Faults,
+    state: Arc<Mutex<State>>,
+}
+
+const PROD_TAG: &str = "env";
+
+impl FakeCloud {
+    /// A world with production: an instance, its security group, the RDS instance
+    /// `shop-prod-db` with two snapshots, and an unrelated newer snapshot.
+    pub fn new(seed: u64, faults: Faults) -> FakeCloud {
+        let now = Instant::now();
+        let prod = vec![Tag { key: PROD_TAG.into(), value: "production".into() }];
+        let mut res = BTreeMap::new();
+        let base = Res {
+            kind: "",
+            tags: prod.clone(),
+            visible_at: now,
+            ready_at: now,
+            gone_at: None,
+            failed: false,
+            private: true,
+            protected: true,
+            snapshot_of: None,
+            created: chrono::Utc::now() - chrono::Duration::days(2),
+        };
+        res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
+        res.insert("sg-prod".into(), Res { kind: "sg", ..base.clone() });
+        res.insert("shop-prod-db".into(), Res { kind: "db", ..base.clone() });
+        res.insert(
+            "shop-prod-db-old".into(),
+            Res { kind: "snapshot", snapshot_of: Some("shop-prod-db".into()), ..base.clone() },
+        );
+        res.insert(
+            "shop-prod-db-new".into(),
+            Res {
+                kind: "snapshot",
+                snapshot_of: Some("shop-prod-db".into()),
+                created: chrono::Utc::now() - chrono::Duration::hours(3),
+                ..base.clone()
+            },
+        );
+        FakeCloud {
+            faults,
+            state: Arc::new(Mutex::new(State {
+                rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1),
+                next: 1,
+                res,
+                tokens: BTreeMap::new(),
+                calls: Vec::new(),
+                violations: Vec::new(),
+                injected: 0,
+            })),
+        }
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.state.lock().expect("fake lock").injected
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().expect("fake lock").calls.clone()
+    }
+
+    /// Mutating calls made on resources without a `rehearse:run-id` tag.
+    pub fn violations(&self) -> Vec<String> {
+        self.state.lock().expect("fake lock").violations.clone()
+    }
+
+    /// Resources rehearse created that still exist (or are still being deleted).
+    pub fn leftovers(&self) -> Vec<String> {
+        let now = Instant::now();
+        let st = self.state.lock().expect("fake lock");
+        st.res
+            .iter()
+            .filter(|(_, r)| tag_value(&r.tags, "rehearse:run-id").is_some())
+            .filter(|(_, r)| r.gone_at.is_none_or(|g| g > now))
+            .map(|(id, r)| format!("{} {id}", r.kind))
+            .collect()
+    }
+
+    /// Production as it was seeded, field by field (tags, protection, presence).
+    pub fn production(&self) -> Vec<String> {
+        let st = self.state.lock().expect("fake lock");
+        st.res
+            .iter()
+            .filter(|(_, r)| tag_value(&r.tags, PROD_TAG).is_some())
+            .map(|(id, r)| format!("{id} {} {:?} {} {} {:?}", r.kind, r.tags, r.private, r.protected, r.gone_at))
+            .collect()
+    }
+}
+
+fn rand(st: &mut State) -> f64 {
+    // SplitMix64: small, seeded, reproducible.
+    st.rng = st.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = st.rng;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn between(st: &mut State, (a, b): (Duration, Duration)) -> Duration {
+    a + (b.saturating_sub(a)).mul_f64(rand(st))
+}
+
+fn fail(code: &str, kind: ErrorKind) -> ApiError {
+    ApiError { code: Some(code.into()), message: format!("injected {code}"), kind }
+}
+
+impl FakeCloud {
+    /// Records a call and draws the faults that happen before it runs.
+    fn enter(&self, op: &'static str, target: &str, mutating: bool) -> Result<(), ApiError> {
+        let mut st = self.state.lock().expect("fake lock");
+        st.calls.push(Call { op, target: target.into(), mutating });
+        if rand(&mut st) < self.faults.throttle {
+            st.injected += 1;
+            return Err(fail("Throttling", ErrorKind::Refused));
+        }
+        if rand(&mut st) < self.faults.server_error {
+            st.injected += 1;
+            return Err(fail("InternalError", ErrorKind::Refused));
+        }
+        Ok(())
+    }
+
+    /// After a mutating call ran: maybe its answer is lost.
+    fn leave<T>(&self, value: T) -> ApiResult<T> {
+        let mut st = self.state.lock().expect("fake lock");
+        if rand(&mut st) < self.faults.lost_response {
+            st.injected += 1;
+            return Err(ApiError {
+                code: None,
+                message: "injected timeout (the call ran)".into(),
+                kind: ErrorKind::Unreachable,
+            });
+        }
+        Ok(value)
+    }
+
+    /// The guard's contract, audited: a mutation on an untagged resource is a violation.
+    fn audit(&self, op: &str, id: &str) {
+        let mut st = self.state.lock().expect("fake lock");
+        let tagged = st.res.get(id).is_none_or(|r| tag_value(&r.tags, "rehearse:run-id").is_some());
+        if !tagged {
+            st.violations.push(format!("{op} on untagged {id}"));
+        }
+    }
+
+    fn new_id(&self, prefix: &str) -> String {
+        let mut st = self.state.lock().expect("fake lock");
+        st.next += 1;
+        format!("{prefix}-{:017x}", st.next)
+    }
+
+    fn create(&self, id: &str, kind: &'static str, tags: &[Tag], ready_in: Duration, invisible: Duration) {
+        let now = Instant::now();
+        let mut st = self.state.lock().expect("fake lock");
+        st.res.insert(
+            id.into(),
+            Res {
+                kind,
+                tags: tags.to_vec(),
+                visible_at: now + invisible,
+                ready_at: now + ready_in,
+                gone_at: None,
+                failed: false,
+                private: true,
+                protected: false,
+                snapshot_of: None,
+                created: chrono::Utc::now(),
+            },
+        );
+    }
+
+    fn live(&self, kind: &str) -> Vec<(String, Res)> {
+        let now = Instant::now();
+        let st = self.state.lock().expect("fake lock");
+        st.res
+            .iter()
+            .filter(|(_, r)| r.kind == kind && r.visible_at <= now && r.gone_at.is_none_or(|g| g > now))
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect()
+    }
+
+    fn delete(&self, id: &str, kind: &str) -> ApiResult<()> {
+        let now = Instant::now();
+        let mut st = self.state.lock().expect("fake lock");
+        let took = between(&mut st, self.faults.delete);
+        match st.res.get_mut(id) {
+            Some(r) if r.kind == kind && r.gone_at.is_none_or(|g| g > now) => {
+                if r.protected {
+                    return Err(fail("InvalidParameterCombination", ErrorKind::Refused));
+                }
+                r.gone_at.get_or_insert(now + took);
+                Ok(())
+            }
+            _ => Err(fail("NotFound", ErrorKind::NotFound)),
+        }
+    }
+
+    fn instance(id: &str, r: &Res) -> Instance {
+        let now = Instant::now();
+        let state = match r.gone_at {
+            Some(g) if g <= now => "terminated",
+            Some(_) => "shutting-down",
+            None if r.ready_at <= now => "running",
+            None => "pending",
+        };
+        Instance {
+            id: id.into(),
+            state: state.into(),
+            private_ip: Some("192.0.2.10".into()),
+            image_id: None,
+            instance_type: None,
+            tags: r.tags.clone(),
+        }
+    }
+
+    fn db(id: &str, r: &Res) -> DbInstance {
+        let now = Instant::now();
+        let status = match r.gone_at {
+            Some(_) => "deleting",
+            None if r.failed && r.ready_at <= now => "failed",
+            None if r.ready_at <= now => "available",
+            None => "creating",
+        };
+        DbInstance {
+            id: id.into(),
+            arn: Some(format!("arn:aws:rds:fake:0:db:{id}")),
+            status: status.into(),
+            address: Some(format!("{id}.fake.invalid")),
+            port: Some(5432),
+            publicly_accessible: !r.private,
+            deletion_protection: r.protected,
+            master_username: Some("postgres".into()),
+            latest_restorable_time: None,
+            cluster_id: None,
+            tags: r.tags.clone(),
+        }
+    }
+}
+
+impl Ec2Api for FakeCloud {
+    async fn create_security_group(
+        &self,
+        _name: &str,
+        _description: &str,
+        _vpc_id: &str,
+        tags: &[Tag],
+    ) -> ApiResult<String> {
+        self.enter("CreateSecurityGroup", "", true)?;
+        let id = self.new_id("sg");
+        self.create(&id, "sg", tags, Duration::ZERO, Duration::ZERO);
+        self.leave(id)
+    }
+
+    async fn authorize_ingress(&self, group_id: &str, _cidrs: &[String]) -> ApiResult<()> {
+        self.enter("AuthorizeSecurityGroupIngress", group_id, true)?;
+        self.audit("AuthorizeSecurityGroupIngress", group_id);
+        self.leave(())
+    }
+
+    async fn describe_security_groups(&self, ids: &[String]) -> ApiResult<Vec<SecurityGroup>> {
+        self.enter("DescribeSecurityGroups", &ids.join(","), false)?;
+        Ok(self
+            .live("sg")
+            .into_iter()
+            .filter(|(id, _)| ids.contains(id))
+            .map(|(id, r)| SecurityGroup { id, name: String::new(), vpc_id: None, tags: r.tags })
+            .collect())
+    }
+
+    async fn security_groups_tagged(&self, tag_key: &str) -> ApiResult<Vec<SecurityGroup>> {
+        self.enter("DescribeSecurityGroups", tag_key, false)?;
+        Ok(self
+            .live("sg")
+            .into_iter()
+            .filter(|(_, r)| tag_value(&r.tags, tag_key).is_some())
+            .map(|(id, r)| SecurityGroup { id, name: String::new(), vpc_id: None, tags: r.tags })
+            .collect())
+    }
+
+    async fn delete_security_group(&self, id: &str) -> ApiResult<()> {
+        self.enter("DeleteSecurityGroup", id, true)?;
+        self.audit("DeleteSecurityGroup", id);
+        // Still used by an instance or database that is not gone yet.
+        let now = Instant::now();
+        let in_use = {
+            let st = self.state.lock().expect("fake lock");
+            st.res.values().any(|r| {
+                (r.kind == "instance" || r.kind == "db")
+                    && tag_value(&r.tags, "rehearse:run-id").is_some()
+                    && r.gone_at.is_none_or(|g| g > now)
+            })
+        };
+        if in_use {
+            return Err(fail("DependencyViolation", ErrorKind::InUse));
+        }
+        let mut st = self.state.lock().expect("fake lock");
+        match st.res.get_mut(id) {
+            Some(r) if r.gone_at.is_none() => r.gone_at = Some(now),
+            _ => return Err(fail("InvalidGroup.NotFound", ErrorKind::NotFound)),
+        }
+        drop(st);
+        self.leave(())
+    }
+
+    async fn run_instances(&self, req: &RunInstances) -> ApiResult<Vec<String>> {
+        self.enter("RunInstances", &req.client_token, true)?;
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            // A retried call with the same client token gets the same instances.
+            if let Some(ids) = st.tokens.get(&req.client_token).cloned() {
+                drop(st);
+                return self.leave(ids);
+            }
+            if rand(&mut st) < self.faults.capacity {
+                st.injected += 1;
+                return Err(fail("InsufficientInstanceCapacity", ErrorKind::Refused));
+            }
+        }
+        let mut ids = Vec::new();
+        for _ in 0..req.count {
+            let id = self.new_id("i");
+            let boot = {
+                let mut st = self.state.lock().expect("fake lock");
+                between(&mut st, self.faults.boot)
+            };
+            self.create(&id, "instance", &req.tags, boot, self.faults.invisible_for);
+            ids.push(id);
+        }
+        self.state.lock().expect("fake lock").tokens.insert(req.client_token.clone(), ids.clone());
+        self.leave(ids)
+    }
+
+    async fn describe_instances(&self, ids: &[String]) -> ApiResult<Vec<Instance>> {
+        self.enter("DescribeInstances", &ids.join(","), false)?;
+        let now = Instant::now();
+        let st = self.state.lock().expect("fake lock");
+        // Eventual consistency: an id not visible yet is unknown.
+        if ids.iter().any(|id| st.res.get(id).is_some_and(|r| r.visible_at > now)) {
+            return Err(fail("InvalidInstanceID.NotFound", ErrorKind::NotFound));
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| st.res.get(id).filter(|r| r.kind == "instance").map(|r| Self::instance(id, r)))
+            .collect())
+    }
+
+    async fn instances_tagged(&self, tag_key: &str) -> ApiResult<Vec<Instance>> {
+        self.enter("DescribeInstances", tag_key, false)?;
+        let now = Instant::now();
+        let st = self.state.lock().expect("fake lock");
+        Ok(st
+            .res
+            .iter()
+            .filter(|(_, r)| r.kind == "instance" && r.visible_at <= now && tag_value(&r.tags, tag_key).is_some())
+            .map(|(id, r)| Self::instance(id, r))
+            .collect())
+    }
+
+    async fn terminate_instances(&self, ids: &[String]) -> ApiResult<()> {
+        self.enter("TerminateInstances", &ids.join(","), true)?;
+        for id in ids {
+            self.audit("TerminateInstances", id);
+        }
+        let now = Instant::now();
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            for id in ids {
+                let took = between(&mut st, self.faults.delete);
+                if let Some(r) = st.res.get_mut(id) {
+                    r.gone_at.get_or_insert(now + took);
+                }
+            }
+        }
+        self.leave(())
+    }
+}
+
+impl RdsApi for FakeCloud {
+    async fn describe_db_instances(&self, ids: &[String]) -> ApiResult<Vec<DbInstance>> {
+        self.enter("DescribeDBInstances", &ids.join(","), false)?;
+        Ok(self.live("db").into_iter().filter(|(id, _)| ids.contains(id)).map(|(id, r)| Self::db(&id, &r)).collect())
+    }
+
+    async fn db_instances_all(&self) -> ApiResult<Vec<DbInstance>> {
+        self.enter("DescribeDBInstances", "", false)?;
+        Ok(self.live("db").into_iter().map(|(id, r)| Self::db(&id, &r)).collect())
+    }
+
+    async fn snapshots_of(&self, instance_id: &str) -> ApiResult<Vec<Snapshot>> {
+        self.enter("DescribeDBSnapshots", instance_id, false)?;
+        Ok(self.snapshots().into_iter().filter(|s| s.instance_id.as_deref() == Some(instance_id)).collect())
+    }
+
+    async fn snapshots_all(&self) -> ApiResult<Vec<Snapshot>> {
+        self.enter("DescribeDBSnapshots", "", false)?;
+        Ok(self.snapshots())
+    }
+
+    async fn describe_db_clusters(&self, _ids: &[String]) -> ApiResult<Vec<DbCluster>> {
+        Ok(Vec::new())
+    }
+
+    async fn db_clusters_all(&self) -> ApiResult<Vec<DbCluster>> {
+        Ok(Vec::new())
+    }
+
+    async fn create_db_subnet_group(
+        &self,
+        name: &str,
+        _description: &str,
+        _subnets: &[String],
+        tags: &[Tag],
+    ) -> ApiResult<DbSubnetGroup> {
+        self.enter("CreateDBSubnetGroup", name, true)?;
+        self.create(name, "subnet-group", tags, Duration::ZERO, Duration::ZERO);
+        self.leave(DbSubnetGroup { name: name.into(), arn: None })
+    }
+
+    async fn db_subnet_groups_all(&self) -> ApiResult<Vec<DbSubnetGroup>> {
+        self.enter("DescribeDBSubnetGroups", "", false)?;
+        Ok(self.live("subnet-group").into_iter().map(|(id, _)| DbSubnetGroup { name: id, arn: None }).collect())
+    }
+
+    async fn db_subnet_group_tags(&self, name: &str) -> ApiResult<Option<Vec<Tag>>> {
+        self.enter("ListTagsForResource", name, false)?;
+        Ok(self.live("subnet-group").into_iter().find(|(id, _)| id == name).map(|(_, r)| r.tags))
+    }
+
+    async fn delete_db_subnet_group(&self, name: &str) -> ApiResult<()> {
+        self.enter("DeleteDBSubnetGroup", name, true)?;
+        self.audit("DeleteDBSubnetGroup", name);
+        self.delete(name, "subnet-group")?;
+        // Subnet groups go at once.
+        if let Some(r) = self.state.lock().expect("fake lock").res.get_mut(name) {
+            r.gone_at = Some(Instant::now());
+        }
+        self.leave(())
+    }
+
+    async fn restore_db_instance(&self, req: &RestoreDb) -> ApiResult<DbInstance> {
+        self.enter("RestoreDBInstanceFromDBSnapshot", &req.instance_id, true)?;
+        if self.live("db").iter().any(|(id, _)| id == &req.instance_id) {
+            return Err(fail("DBInstanceAlreadyExists", ErrorKind::Refused));
+        }
+        let (took, failed) = {
+            let mut st = self.state.lock().expect("fake lock");
+            (between(&mut st, self.faults.restore), rand(&mut st) < self.faults.failed_restore)
+        };
+        self.create(&req.instance_id, "db", &req.tags, took, Duration::ZERO);
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            if let Some(r) = st.res.get_mut(&req.instance_id) {
+                r.failed = failed;
+                // Like some implementations: the restore ignores the asked-for flags and
+                // copies production's.
+                r.protected = true;
+                r.private = false;
+            }
+        }
+        let r = self.live("db").into_iter().find(|(id, _)| id == &req.instance_id).map(|(id, r)| Self::db(&id, &r));
+        self.leave(r.ok_or_else(|| fail("Internal", ErrorKind::Refused))?)
+    }
+
+    async fn clone_db_cluster(&self, _req: &CloneCluster) -> ApiResult<DbCluster> {
+        Err(fail("NotImplementedInFake", ErrorKind::Refused))
+    }
+
+    async fn create_cluster_instance(
+        &self,
+        _i: &str,
+        _c: &str,
+        _class: &str,
+        _engine: &str,
+        _tags: &[Tag],
+    ) -> ApiResult<DbInstance> {
+        Err(fail("NotImplementedInFake", ErrorKind::Refused))
+    }
+
+    async fn secure_db_instance(&self, id: &str, _password: Option<&str>) -> ApiResult<()> {
+        self.enter("ModifyDBInstance", id, true)?;
+        self.audit("ModifyDBInstance", id);
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            match st.res.get_mut(id) {
+                Some(r) => {
+                    r.protected = false;
+                    r.private = true;
+                }
+                None => return Err(fail("DBInstanceNotFound", ErrorKind::NotFound)),
+            }
+        }
+        self.leave(())
+    }
+
+    async fn secure_db_cluster(&self, _id: &str, _password: &str) -> ApiResult<()> {
+        Err(fail("NotImplementedInFake", ErrorKind::Refused))
+    }
+
+    async fn delete_db_instance(&self, id: &str) -> ApiResult<()> {
+        self.enter("DeleteDBInstance", id, true)?;
+        self.audit("DeleteDBInstance", id);
+        self.delete(id, "db")?;
+        self.leave(())
+    }
+
+    async fn delete_db_cluster(&self, _id: &str) -> ApiResult<()> {
+        Ok(())
+    }
+
+    async fn delete_db_snapshot(&self, id: &str) -> ApiResult<()> {
+        self.enter("DeleteDBSnapshot", id, true)?;
+        self.audit("DeleteDBSnapshot", id);
+        self.delete(id, "snapshot")?;
+        self.leave(())
+    }
+}
+
+impl FakeCloud {
+    fn snapshots(&self) -> Vec<Snapshot> {
+        self.live("snapshot")
+            .into_iter()
+            .map(|(id, r)| Snapshot {
+                arn: Some(format!("arn:aws:rds:fake:0:snapshot:{id}")),
+                instance_id: r.snapshot_of.clone(),
+                status: "available".into(),
+                created: Some(r.created),
+                encrypted: false,
+                kms_key_id: None,
+                kind: Some("manual".into()),
+                tags: r.tags.clone(),
+                id,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_audit_flags_a_mutation_on_production() {
+        let cloud = FakeCloud::new(1, Faults::none());
+        cloud.terminate_instances(&["i-prod".to_string()]).await.unwrap();
+        assert_eq!(cloud.violations(), vec!["TerminateInstances on untagged i-prod".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_instances_are_invisible_then_boot_on_the_virtual_clock() {
+        let cloud = FakeCloud::new(2, Faults::none());
+        let tags = vec![Tag { key: "rehearse:run-id".into(), value: "r-1".into() }];
+        let req = RunInstances {
+            image_id: "ami-1".into(),
+            instance_type: "t3.small".into(),
+            subnet_id: "subnet-1".into(),
+            security_group_id: "sg-1".into(),
+            user_data: None,
+            count: 1,
+            tags,
+            client_token: "tok".into(),
+        };
+        let ids = cloud.run_instances(&req).await.unwrap();
+        assert_eq!(cloud.run_instances(&req).await.unwrap(), ids, "the client token makes a retry idempotent");
+        assert_eq!(cloud.describe_instances(&ids).await.unwrap_err().kind, ErrorKind::NotFound);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(cloud.describe_instances(&ids).await.unwrap()[0].state, "pending");
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(cloud.describe_instances(&ids).await.unwrap()[0].state, "running");
+    }
+}
