@@ -646,3 +646,62 @@ fn aurora_copy_on_write_clone_is_created_and_removed() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
 }
+
+/// Polls a run's journal until `needle` appears in it.
+fn wait_for_journal(sb: &Sandbox, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(id) = sb.run_ids().pop() {
+            let j = std::fs::read_to_string(sb.state().join("runs").join(&id).join("journal.jsonl")).unwrap_or_default();
+            if j.contains(needle) {
+                return id;
+            }
+        }
+        assert!(Instant::now() < deadline, "{needle} never appeared in the journal");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigkill_during_provisioning_then_down_and_sigint_during_suites() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+
+    // SIGKILL once the database copy exists, while the rest is still being built.
+    let sb = Sandbox::new();
+    let file = shop_description(&sb, &prod);
+    let mut child = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).stderr(Stdio::null()).spawn().unwrap();
+    let id = wait_for_journal(&sb, r#""type":"created","id":"database.db""#);
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(!rehearse_leftovers(&rt, &ec2, &rds, &id).is_empty(), "the kill should leave resources for `down`");
+    let down = emu.rehearse(&sb).args(["down", &id]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+    assert!(left.is_empty(), "left behind after down: {left:?}");
+
+    // SIGINT while the suite runs: teardown completes, exit 130.
+    let sb = Sandbox::new();
+    let marker = sb.dir.path().join("suite-started");
+    let text = std::fs::read_to_string(shop_description(&sb, &prod))
+        .unwrap()
+        .replace("    command: 'test -n", &format!("    command: 'touch {} && sleep 60 && test -n", marker.display()))
+        .replace("    timeout: 1m\n", "    timeout: 5m\n");
+    let file = write_description(&sb, "slow-suite.yaml", &text);
+    let child = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the suite never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = sb.run_ids().pop().unwrap();
+    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+    assert!(left.is_empty(), "left behind after SIGINT: {left:?}");
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
+}
