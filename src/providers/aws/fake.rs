@@ -95,6 +95,8 @@ struct State {
     calls: Vec<Call>,
     violations: Vec<String>,
     injected: u64,
+    /// Every provisioning or deletion time drawn: (kind, "create" | "delete", time).
+    drawn: Vec<(&'static str, &'static str, Duration)>,
 }
 
 /// The fake cloud. Cheap to clone (shared state), so a run and a later `down` see the
@@ -152,8 +154,16 @@ impl FakeCloud {
                 calls: Vec::new(),
                 violations: Vec::new(),
                 injected: 0,
+                drawn: Vec::new(),
             })),
         }
+    }
+
+    /// The longest time drawn for (kind, "create" | "delete"): with no faults, the
+    /// plan's critical path is restore + slowest boot + slowest of (terminate, delete).
+    pub fn longest(&self, kind: &str, what: &str) -> Duration {
+        let st = self.state.lock().expect("fake lock");
+        st.drawn.iter().filter(|(k, w, _)| *k == kind && *w == what).map(|(_, _, d)| *d).max().unwrap_or_default()
     }
 
     /// Faults injected so far.
@@ -289,6 +299,9 @@ impl FakeCloud {
         let now = Instant::now();
         let mut st = self.state.lock().expect("fake lock");
         let took = between(&mut st, self.faults.delete);
+        if let Some(kind) = st.res.get(id).map(|r| r.kind) {
+            st.drawn.push((kind, "delete", took));
+        }
         match st.res.get_mut(id) {
             Some(r) if r.kind == kind && r.gone_at.is_none_or(|g| g > now) => {
                 if r.protected {
@@ -427,7 +440,9 @@ impl Ec2Api for FakeCloud {
             let id = self.new_id("i");
             let boot = {
                 let mut st = self.state.lock().expect("fake lock");
-                between(&mut st, self.faults.boot)
+                let d = between(&mut st, self.faults.boot);
+                st.drawn.push(("instance", "create", d));
+                d
             };
             self.create(&id, "instance", &req.tags, boot, self.faults.invisible_for);
             ids.push(id);
@@ -472,6 +487,7 @@ impl Ec2Api for FakeCloud {
             let mut st = self.state.lock().expect("fake lock");
             for id in ids {
                 let took = between(&mut st, self.faults.delete);
+                st.drawn.push(("instance", "delete", took));
                 if let Some(r) = st.res.get_mut(id) {
                     r.gone_at.get_or_insert(now + took);
                 }
@@ -550,7 +566,9 @@ impl RdsApi for FakeCloud {
         }
         let (took, failed) = {
             let mut st = self.state.lock().expect("fake lock");
-            (between(&mut st, self.faults.restore), rand(&mut st) < self.faults.failed_restore)
+            let took = between(&mut st, self.faults.restore);
+            st.drawn.push(("db", "create", took));
+            (took, rand(&mut st) < self.faults.failed_restore)
         };
         self.create(&req.instance_id, "db", &req.tags, took, Duration::ZERO);
         {

@@ -1,0 +1,125 @@
+//! The lifecycle of environments/shop-aws.yaml against the fake cloud with realistic
+//! timings (RDS restore 10–25 min, boot 30–90 s, deletes 30–90 s), on tokio's paused
+//! clock: the run's virtual wall time beside the plan's critical path, the Describe
+//! calls per polling interval, and 50 concurrent runs in one process (memory).
+//! Run with `cargo bench --bench fake_lifecycle` (part of `make bench`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rehearse::description::{self, DestroyPolicy};
+use rehearse::engine::events::Silent;
+use rehearse::engine::lifecycle::{self, Options};
+use rehearse::engine::signals::Signals;
+use rehearse::providers::aws::fake::{FakeCloud, Faults};
+use rehearse::providers::aws::AwsProvider;
+
+fn description(dir: &Path) -> description::Loaded {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("environments/shop-aws.yaml")).unwrap();
+    let mut text = text
+        .replace("../templates/", &format!("{}/templates/", root.display()))
+        .replace("    masking: ../demo/masking.sql\n", "")
+        .replace("    health:\n      path: /health\n      timeout: 5m\n", "");
+    let suites = text.find("\nsuites:\n").unwrap();
+    let destroy = text.find("\ndestroy:").unwrap();
+    text.replace_range(suites..destroy, "\n");
+    let path = dir.join("shop-aws.yaml");
+    std::fs::write(&path, text).unwrap();
+    description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn main() {
+    let dir = tempfile::Builder::new().prefix("rehearse-bench-").tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+    let loaded = description(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+
+    let mut ratios = Vec::new();
+    let mut per_interval = Vec::new();
+    for seed in 0..20u64 {
+        let (ratio, calls_per_interval) = rt.block_on(async {
+            let cloud = FakeCloud::new(seed, Faults::none());
+            let provider = AwsProvider::new(cloud.clone(), Duration::from_millis(100), Duration::from_secs(15));
+            let opts = Options {
+                run_id: format!("r-20261125-000000-{seed:06x}"),
+                release: "v2".into(),
+                destroy: DestroyPolicy::Always,
+                cold: false,
+                up_only: false,
+                state_root: dir.path().join(format!("one-{seed}")),
+                work_root: dir.path().join("work"),
+            };
+            let start = tokio::time::Instant::now();
+            let signals = Signals::none();
+            let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &signals).await.unwrap();
+            assert!(outcome.report.teardown.leftovers.is_empty());
+            let wall = start.elapsed();
+            // The critical path: the restore, then the slowest boot, then the slowest
+            // of the instance terminations and the database deletion (groups go at once).
+            let critical = cloud.longest("db", "create")
+                + cloud.longest("instance", "create")
+                + cloud.longest("instance", "delete").max(cloud.longest("db", "delete"));
+            let describes = cloud.calls().iter().filter(|c| c.op.starts_with("Describe")).count() as f64;
+            // Polling intervals reach 15 s; count intervals on that scale.
+            let intervals = wall.as_secs_f64() / 15.0;
+            (wall.as_secs_f64() / critical.as_secs_f64(), describes / intervals)
+        });
+        ratios.push(ratio);
+        per_interval.push(calls_per_interval);
+    }
+    ratios.sort_by(f64::total_cmp);
+    per_interval.sort_by(f64::total_cmp);
+    println!(
+        "virtual wall time ÷ critical path, 20 seeded runs: median {:.4}, max {:.4} (target ≤ 1.03)",
+        ratios[ratios.len() / 2],
+        ratios[ratios.len() - 1]
+    );
+    println!(
+        "Describe calls per 15 s of run, all services together: median {:.2}, max {:.2}",
+        per_interval[per_interval.len() / 2],
+        per_interval[per_interval.len() - 1]
+    );
+
+    // 50 concurrent runs in one process.
+    let before = peak_rss_mb();
+    let left = rt.block_on(async {
+        let cloud = FakeCloud::new(99, Faults::none());
+        let provider = AwsProvider::new(cloud.clone(), Duration::from_millis(100), Duration::from_secs(15));
+        let runs = (0..50u64).map(|i| {
+            let opts = Options {
+                run_id: format!("r-20261125-000001-{i:06x}"),
+                release: "v2".into(),
+                destroy: DestroyPolicy::Always,
+                cold: false,
+                up_only: false,
+                state_root: dir.path().join(format!("many-{i}")),
+                work_root: dir.path().join("work"),
+            };
+            let provider = &provider;
+            let loaded = &loaded;
+            async move {
+                let signals = Signals::none();
+                let outcome = lifecycle::run(provider, loaded, &opts, &Silent, &signals).await.unwrap();
+                outcome.report.teardown.leftovers.len()
+            }
+        });
+        let results = futures_util::future::join_all(runs).await;
+        assert!(cloud.leftovers().is_empty());
+        results.into_iter().sum::<usize>()
+    });
+    println!(
+        "50 concurrent runs in one process: {left} resources left, peak RSS {:.0} MB (before them {:.0} MB; target < 200 MB)",
+        peak_rss_mb(),
+        before
+    );
+}
