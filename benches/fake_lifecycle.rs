@@ -5,7 +5,6 @@
 //! Run with `cargo bench --bench fake_lifecycle` (part of `make bench`).
 
 use std::path::Path;
-use std::time::Duration;
 
 use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::Silent;
@@ -40,7 +39,11 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() {
-    let dir = tempfile::Builder::new().prefix("rehearse-bench-").tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("rehearse-bench-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     let loaded = description(dir.path());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
 
@@ -49,7 +52,11 @@ fn main() {
     for seed in 0..20u64 {
         let (ratio, calls_per_interval) = rt.block_on(async {
             let cloud = FakeCloud::new(seed, Faults::none());
-            let provider = AwsProvider::new(cloud.clone(), Duration::from_millis(100), Duration::from_secs(15));
+            let provider = AwsProvider::new(
+                cloud.clone(),
+                rehearse::providers::aws::POLL_FIRST,
+                rehearse::providers::aws::POLL_MAX,
+            );
             let opts = Options {
                 run_id: format!("r-20261125-000000-{seed:06x}"),
                 release: "v2".into(),
@@ -94,7 +101,8 @@ fn main() {
     let before = peak_rss_mb();
     let left = rt.block_on(async {
         let cloud = FakeCloud::new(99, Faults::none());
-        let provider = AwsProvider::new(cloud.clone(), Duration::from_millis(100), Duration::from_secs(15));
+        let provider =
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
         let runs = (0..50u64).map(|i| {
             let opts = Options {
                 run_id: format!("r-20261125-000001-{i:06x}"),

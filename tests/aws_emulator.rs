@@ -652,7 +652,8 @@ fn wait_for_journal(sb: &Sandbox, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(id) = sb.run_ids().pop() {
-            let j = std::fs::read_to_string(sb.state().join("runs").join(&id).join("journal.jsonl")).unwrap_or_default();
+            let j =
+                std::fs::read_to_string(sb.state().join("runs").join(&id).join("journal.jsonl")).unwrap_or_default();
             if j.contains(needle) {
                 return id;
             }
@@ -673,7 +674,12 @@ fn sigkill_during_provisioning_then_down_and_sigint_during_suites() {
     // SIGKILL once the database copy exists, while the rest is still being built.
     let sb = Sandbox::new();
     let file = shop_description(&sb, &prod);
-    let mut child = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = emu
+        .rehearse(&sb)
+        .args(["run", file.to_str().unwrap(), "--release", "v2"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let id = wait_for_journal(&sb, r#""type":"created","id":"database.db""#);
     child.kill().unwrap();
     let _ = child.wait();
@@ -691,7 +697,12 @@ fn sigkill_during_provisioning_then_down_and_sigint_during_suites() {
         .replace("    command: 'test -n", &format!("    command: 'touch {} && sleep 60 && test -n", marker.display()))
         .replace("    timeout: 1m\n", "    timeout: 5m\n");
     let file = write_description(&sb, "slow-suite.yaml", &text);
-    let child = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).stderr(Stdio::piped()).spawn().unwrap();
+    let child = emu
+        .rehearse(&sb)
+        .args(["run", file.to_str().unwrap(), "--release", "v2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !marker.exists() {
         assert!(Instant::now() < deadline, "the suite never started");

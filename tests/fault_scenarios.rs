@@ -40,7 +40,8 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<(bo
     rt.block_on(async {
         let cloud = FakeCloud::new(seed, Faults::chaos());
         let production = cloud.production();
-        let provider = AwsProvider::new(cloud.clone(), Duration::from_millis(100), Duration::from_secs(15));
+        let provider =
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
         let run_id = format!("r-20261125-000000-{seed:06x}");
         let opts = Options {
             run_id: run_id.clone(),
@@ -62,7 +63,8 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<(bo
         // runs it again while it reports leftovers (faults also hit teardown).
         let journal_path = state.join("runs").join(&run_id).join("journal.jsonl");
         let journal = Journal::open(&journal_path).map_err(|e| format!("no journal: {e}"))?;
-        let down = AwsProvider::new(cloud.clone(), Duration::from_millis(100), Duration::from_secs(15));
+        let down =
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
         let mut complete = false;
         for _ in 0..6 {
             let out = teardown::run(&down, &journal, &Silent, &Signals::none(), 1, &Clock::new()).await;

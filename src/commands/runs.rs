@@ -21,7 +21,6 @@ use crate::providers::aws::sdk::Sdk;
 use crate::providers::aws::{AwsProvider, TAG_RESOURCE, TAG_RUN};
 use crate::providers::local::LocalProvider;
 use crate::providers::Provider;
-use std::time::Duration;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -94,10 +93,10 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
     })
 }
 
-/// The AWS provider over the SDK: polls 100 ms after a change, backing off to 15 s
-/// (real operations take seconds to minutes; sooner would only add describes).
+/// The AWS provider over the SDK, with the standard polling schedule
+/// (`POLL_FIRST`, `POLL_MAX`).
 pub async fn aws_provider(region: &str) -> AwsProvider<Sdk> {
-    AwsProvider::new(Sdk::new(region).await, Duration::from_millis(100), Duration::from_secs(15))
+    AwsProvider::new(Sdk::new(region).await, crate::providers::aws::POLL_FIRST, crate::providers::aws::POLL_MAX)
 }
 
 /// Runs the lifecycle with a provider and turns the outcome into output and an exit

@@ -38,6 +38,12 @@ pub const TAG_EXPIRES: &str = "rehearse:expires-at";
 pub const TAG_RESOURCE: &str = "rehearse:resource";
 pub const TAG_CREATED: &str = "rehearse:created-at";
 
+/// The pollers look 100 ms after a change, then back off to at most 10 s: a long
+/// operation is noticed at most 10 s late (BENCHMARKS.md: about 1 % of a rehearsal's
+/// critical path), at one Describe call per kind of resource per interval.
+pub const POLL_FIRST: Duration = Duration::from_millis(100);
+pub const POLL_MAX: Duration = Duration::from_secs(10);
+
 /// The single gate every mutating call passes: the resource must carry this run's id.
 #[derive(Clone, Debug)]
 pub struct Guard {
