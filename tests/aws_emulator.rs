@@ -337,21 +337,14 @@ fn rehearse_leftovers(
 /// and suites that would need to reach the (emulated, unreachable) hosts are replaced by
 /// a suite that checks what the runner is given: no traffic leaves 127.0.0.1.
 fn shop_description(sb: &Sandbox, prod: &Prod) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("environments/shop-aws.yaml")).unwrap();
-    let mut text = text
+    let text = std::fs::read_to_string(root().join("environments/shop-aws.yaml"))
+        .unwrap()
         .replace("ami-0abcdef1234567890", &prod.ami)
         .replace("vpc-0a1b2c3d4e5f60718", &prod.vpc)
         .replace("subnet-0a1b2c3d4e5f60001", &prod.subnets[0])
-        .replace("subnet-0a1b2c3d4e5f60002", &prod.subnets[1])
-        .replace("../templates/", &format!("{}/templates/", root().display()))
-        .replace("    masking: ../demo/masking.sql\n", "")
-        .replace("    health:\n      path: /health\n      timeout: 5m\n", "");
-    let suites = text.find("\nsuites:\n").unwrap();
-    let destroy = text.find("\ndestroy:").unwrap();
-    text.replace_range(
-        suites..destroy,
-        "\nsuites:\n  endpoints:\n    command: 'test -n \"$SHOP_URL\" && test -n \"$DATABASE_URL\" && test -n \"$REHEARSE_SERVICE_WORKER_URL\"'\n    timeout: 1m\n    uses: [web, worker]\n    results: exit-code\n    env:\n      SHOP_URL: \"{{ services.web.url }}\"\n      DATABASE_URL: \"{{ databases.db.url }}\"\n",
-    );
+        .replace("subnet-0a1b2c3d4e5f60002", &prod.subnets[1]);
+    let suite = "suites:\n  endpoints:\n    command: 'test -n \"$SHOP_URL\" && test -n \"$DATABASE_URL\" && test -n \"$REHEARSE_SERVICE_WORKER_URL\"'\n    timeout: 1m\n    uses: [web, worker]\n    results: exit-code\n    env:\n      SHOP_URL: \"{{ services.web.url }}\"\n      DATABASE_URL: \"{{ databases.db.url }}\"\n";
+    let text = rehearse::providers::aws::fake::unreachable_hosts_variant(&text, &root(), suite);
     assert!(!text.contains("health:") && !text.contains("masking:"));
     write_description(sb, "shop-aws.yaml", &text)
 }

@@ -633,35 +633,18 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 }
                 guard.check("instance", id, &inst.tags)?;
                 api.terminate_instances(&[id.to_string()]).await.map_err(|e| e.to_string())?;
-                self.instances
-                    .wait(
-                        id,
-                        |ids| async move { api.describe_instances(&ids).await },
-                        |i| i.id.clone(),
-                        |i| Ok(i.is_none_or(|i| i.state == "terminated")),
-                        |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "gone".into()),
-                        deadline,
-                    )
-                    .await
-                    .map(|_| ())
+                self.wait_terminated(id, deadline).await
             }
             "aws.rds.db-instance" => {
-                let found = match api.describe_db_instances(&[id.to_string()]).await {
-                    Ok(v) => v.into_iter().find(|d| d.id == id),
-                    Err(e) if e.kind == ErrorKind::NotFound => None,
-                    Err(e) => return Err(e.to_string()),
+                let Some(db) = one(api.describe_db_instances(&[id.to_string()]).await, |d| d.id == id)? else {
+                    return Ok(());
                 };
-                let Some(db) = found else { return Ok(()) };
                 guard.check("DB instance", id, &db.tags)?;
                 if db.status != "deleting" {
                     if db.deletion_protection {
                         api.secure_db_instance(id, None).await.map_err(|e| e.to_string())?;
                     }
-                    match api.delete_db_instance(id).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
-                        Err(e) => return Err(e.to_string()),
-                    }
+                    gone_ok(api.delete_db_instance(id).await)?;
                 }
                 self.databases
                     .wait(
@@ -681,18 +664,11 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     .map(|_| ())
             }
             "aws.rds.db-cluster" => {
-                let found = match api.describe_db_clusters(&[id.to_string()]).await {
-                    Ok(v) => v.into_iter().find(|c| c.id == id),
-                    Err(e) if e.kind == ErrorKind::NotFound => None,
-                    Err(e) => return Err(e.to_string()),
+                let Some(c) = one(api.describe_db_clusters(&[id.to_string()]).await, |c| c.id == id)? else {
+                    return Ok(());
                 };
-                let Some(c) = found else { return Ok(()) };
                 guard.check("DB cluster", id, &c.tags)?;
-                match api.delete_db_cluster(id).await {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
+                gone_ok(api.delete_db_cluster(id).await)
             }
             "aws.rds.db-subnet-group" => {
                 let Some(tags) = api.db_subnet_group_tags(id).await.map_err(|e| e.to_string())? else { return Ok(()) };
@@ -700,24 +676,16 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 retry_in_use(|| api.delete_db_subnet_group(id)).await
             }
             "aws.ec2.security-group" => {
-                let found = match api.describe_security_groups(&[id.to_string()]).await {
-                    Ok(v) => v.into_iter().find(|g| g.id == id),
-                    Err(e) if e.kind == ErrorKind::NotFound => None,
-                    Err(e) => return Err(e.to_string()),
+                let Some(g) = one(api.describe_security_groups(&[id.to_string()]).await, |g| g.id == id)? else {
+                    return Ok(());
                 };
-                let Some(g) = found else { return Ok(()) };
                 guard.check("security group", id, &g.tags)?;
                 retry_in_use(|| api.delete_security_group(id)).await
             }
             "aws.rds.db-snapshot" => {
-                let found = api.snapshots_all().await.map_err(|e| e.to_string())?.into_iter().find(|s| s.id == id);
-                let Some(s) = found else { return Ok(()) };
+                let Some(s) = one(api.snapshots_all().await, |s| s.id == id)? else { return Ok(()) };
                 guard.check("DB snapshot", id, &s.tags)?;
-                match api.delete_db_snapshot(id).await {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
+                gone_ok(api.delete_db_snapshot(id).await)
             }
             _ => Ok(()),
         }
@@ -790,6 +758,22 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
 }
 
 impl<A: Ec2Api + RdsApi> AwsProvider<A> {
+    /// Waits (through the batched poller) until an instance is terminated or gone.
+    async fn wait_terminated(&self, id: &str, deadline: Instant) -> Result<(), String> {
+        let api = &self.api;
+        self.instances
+            .wait(
+                id,
+                |ids| async move { api.describe_instances(&ids).await },
+                |i| i.id.clone(),
+                |i| Ok(i.is_none_or(|i| i.state == "terminated")),
+                |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "gone".into()),
+                deadline,
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// An instance by id. EC2 is eventually consistent: right after RunInstances a
     /// describe may answer `InvalidInstanceID.NotFound`, so "not found" is believed
     /// only once it has held for a minute (a terminated instance stays listed as
@@ -813,6 +797,23 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(15));
         }
+    }
+}
+
+/// The one element of a describe whose id is `id`; "not found" is `None`.
+fn one<T>(found: ApiResult<Vec<T>>, is: impl Fn(&T) -> bool) -> Result<Option<T>, String> {
+    match found {
+        Ok(v) => Ok(v.into_iter().find(is)),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A delete whose target is already gone counts as done.
+fn gone_ok(r: ApiResult<()>) -> Result<(), String> {
+    match r {
+        Err(e) if e.kind != ErrorKind::NotFound => Err(e.to_string()),
+        _ => Ok(()),
     }
 }
 
@@ -943,24 +944,11 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
                 return entries.iter().map(|_| Err(e.to_string())).collect();
             }
         }
-        let api = &self.api;
         let deadline = Instant::now() + Duration::from_secs(45 * 60);
         let waits = ids.iter().zip(verdict).map(|(r, v)| async move {
             match (r, v) {
                 (_, Err(e)) => Err(e),
-                (_, Ok(false)) => Ok(()),
-                (Ok(Some(id)), Ok(true)) => self
-                    .instances
-                    .wait(
-                        id,
-                        |ids| async move { api.describe_instances(&ids).await },
-                        |i| i.id.clone(),
-                        |i| Ok(i.is_none_or(|i| i.state == "terminated")),
-                        |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "gone".into()),
-                        deadline,
-                    )
-                    .await
-                    .map(|_| ()),
+                (Ok(Some(id)), Ok(true)) => self.wait_terminated(id, deadline).await,
                 _ => Ok(()),
             }
         });

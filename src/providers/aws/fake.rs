@@ -13,6 +13,22 @@ use tokio::time::Instant;
 
 use super::api::*;
 
+/// environments/shop-aws.yaml (as `text`, from the repository at `root`) made runnable
+/// where its hosts cannot be reached — the fake here, the emulator in the tests: the
+/// user-data path made absolute, health checks and masking removed (they would
+/// contact the instances and the database), and the suites replaced by `suites` (a
+/// YAML `suites:` section, or "" for none).
+pub fn unreachable_hosts_variant(text: &str, root: &std::path::Path, suites: &str) -> String {
+    let mut text = text
+        .replace("../templates/", &format!("{}/templates/", root.display()))
+        .replace("    masking: ../demo/masking.sql\n", "")
+        .replace("    health:\n      path: /health\n      timeout: 5m\n", "");
+    if let (Some(from), Some(to)) = (text.find("\nsuites:\n"), text.find("\ndestroy:")) {
+        text.replace_range(from..to, &format!("\n{suites}"));
+    }
+    text
+}
+
 /// Probabilities (0..1) of each fault per call, and provisioning times.
 #[derive(Clone, Debug)]
 pub struct Faults {
