@@ -1,7 +1,8 @@
 //! The lifecycle of environments/shop-aws.yaml against the fake cloud with realistic
 //! timings (RDS restore 10–25 min, boot 30–90 s, deletes 30–90 s), on tokio's paused
 //! clock: the run's virtual wall time beside the plan's critical path, the Describe
-//! calls per polling interval, and 50 concurrent runs in one process (memory).
+//! calls per polling interval, and 50 concurrent runs in one process under the account's
+//! request rate limits (throttling absorbed, memory).
 //! Run with `cargo bench --bench fake_lifecycle` (part of `make bench`).
 
 use std::path::Path;
@@ -91,12 +92,15 @@ fn main() {
         per_interval[per_interval.len() - 1]
     );
 
-    // 50 concurrent runs in one process.
+    // 50 concurrent runs in one process, against an account with EC2's and RDS's
+    // documented request rate limits, plus throttling bursts and 5xx answers.
     let before = peak_rss_mb();
-    let left = rt.block_on(async {
-        let cloud = FakeCloud::new(99, Faults::none());
+    let faults = Faults { rate_limits: true, throttle: 0.05, server_error: 0.02, ..Faults::none() };
+    let (left, steps_failed, throttle_errors, throttled, injected, retried, slowest) = rt.block_on(async {
+        let cloud = FakeCloud::new(99, faults);
         let provider =
             AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
+        let start = tokio::time::Instant::now();
         let runs = (0..50u64).map(|i| {
             let opts = Options {
                 run_id: format!("r-20261125-000001-{i:06x}"),
@@ -112,15 +116,30 @@ fn main() {
             async move {
                 let signals = Signals::none();
                 let outcome = lifecycle::run(provider, loaded, &opts, &Silent, &signals).await.unwrap();
-                outcome.report.teardown.leftovers.len()
+                let text = serde_json::to_string(&outcome.report).unwrap();
+                let failed = outcome.report.steps.iter().filter(|s| !s.ok).count();
+                let throttle = ["Throttling", "RequestLimitExceeded", "InternalError"].iter().any(|w| text.contains(w));
+                (outcome.report.teardown.leftovers.len(), failed, usize::from(throttle), start.elapsed())
             }
         });
         let results = futures_util::future::join_all(runs).await;
         assert!(cloud.leftovers().is_empty());
-        results.into_iter().sum::<usize>()
+        (
+            results.iter().map(|r| r.0).sum::<usize>(),
+            results.iter().map(|r| r.1).sum::<usize>(),
+            results.iter().map(|r| r.2).sum::<usize>(),
+            cloud.throttled(),
+            cloud.injected(),
+            provider.api.retried(),
+            results.iter().map(|r| r.3).max().unwrap_or_default(),
+        )
     });
     println!(
-        "50 concurrent runs in one process: {left} resources left, peak RSS {:.0} MB (before them {:.0} MB; target < 200 MB)",
+        "50 concurrent runs in one process, account rate limits + 5 % throttling bursts + 2 % 5xx: \
+         {throttled} calls refused by the rate limits, {injected} faults injected, {retried} answers absorbed by retries; \
+         {steps_failed} steps failed, {throttle_errors} runs with a throttling error in their report, {left} resources left; \
+         slowest run {:.1} virtual min; peak RSS {:.0} MB (before them {:.0} MB; target < 200 MB)",
+        slowest.as_secs_f64() / 60.0,
         peak_rss_mb(),
         before
     );

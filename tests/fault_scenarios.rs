@@ -35,7 +35,8 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<(bo
         let cloud = FakeCloud::new(seed, Faults::chaos());
         let production = cloud.production();
         let provider =
-            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
+                .seeded(seed);
         let run_id = format!("r-20261125-000000-{seed:06x}");
         let opts = Options {
             run_id: run_id.clone(),
@@ -58,7 +59,8 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<(bo
         let journal_path = state.join("runs").join(&run_id).join("journal.jsonl");
         let journal = Journal::open(&journal_path).map_err(|e| format!("no journal: {e}"))?;
         let down =
-            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
+                .seeded(!seed);
         let mut complete = false;
         for _ in 0..6 {
             let out = teardown::run(&down, &journal, &Silent, &Signals::none(), 1, &Clock::new()).await;
@@ -123,4 +125,65 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
         assert!(killed > n / 10 && killed < n * 9 / 10, "{killed} of {n} killed");
         assert!(faults > n as u64, "only {faults} faults in {n} scenarios");
     }
+}
+
+/// Fifty rehearsals at once in one process, against an account with EC2's and RDS's
+/// documented request rate limits and, on top, throttling bursts and 5xx answers from
+/// elsewhere: every step of every run succeeds, everything is torn down, and no
+/// throttling error reaches the user.
+#[test]
+fn fifty_concurrent_runs_under_rate_limits_see_no_throttling_error() {
+    let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
+    let dir = tempfile::Builder::new().prefix("rehearse-limits-").tempdir_in(base).unwrap();
+    let loaded = description(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let faults = Faults { rate_limits: true, throttle: 0.05, server_error: 0.02, ..Faults::none() };
+        let cloud = FakeCloud::new(7, faults);
+        let production = cloud.production();
+        let provider =
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
+                .seeded(7);
+        let runs = (0..50u64).map(|i| {
+            let opts = Options {
+                run_id: format!("r-20261125-000002-{i:06x}"),
+                release: "v2".into(),
+                destroy: DestroyPolicy::Always,
+                cold: false,
+                up_only: false,
+                state_root: dir.path().join(format!("run-{i}")),
+                work_root: dir.path().join("work"),
+            };
+            let (provider, loaded) = (&provider, &loaded);
+            async move {
+                let signals = Signals::none();
+                let outcome = lifecycle::run(provider, loaded, &opts, &Silent, &signals).await.unwrap();
+                (outcome.exit_code, serde_json::to_string(&outcome.report).unwrap())
+            }
+        });
+        let outcomes = futures_util::future::join_all(runs).await;
+        let throttled = cloud.throttled();
+        assert!(throttled > 50, "the rate limits were hardly reached ({throttled} calls refused)");
+        for (i, (code, report)) in outcomes.iter().enumerate() {
+            for word in ["Throttling", "RequestLimitExceeded", "InternalError"] {
+                assert!(!report.contains(word), "run {i}: `{word}` reached the report: {report}");
+            }
+            // No suites here (the fake's hosts cannot be reached), so no run can pass;
+            // every step must have succeeded and nothing but that be held against it.
+            let r: serde_json::Value = serde_json::from_str(report).unwrap();
+            assert!(r["failure"].is_null(), "run {i} failed: {report}");
+            assert_eq!(r["reason"], "the description has no suites: nothing judged the release", "run {i}");
+            let steps = r["steps"].as_array().unwrap();
+            assert!(steps.len() >= 8 && steps.iter().all(|s| s["ok"] == true), "run {i}: {report}");
+            assert_eq!(*code, 1, "run {i}");
+        }
+        assert!(cloud.leftovers().is_empty(), "left behind: {:?}", cloud.leftovers());
+        assert!(cloud.violations().is_empty(), "{:?}", cloud.violations());
+        assert_eq!(cloud.production(), production);
+        eprintln!(
+            "50 concurrent runs: {throttled} calls refused by the rate limits, {} faults injected, {} answers absorbed by retries",
+            cloud.injected(),
+            provider.api.retried()
+        );
+    });
 }

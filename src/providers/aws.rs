@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod fake;
+pub mod patient;
 pub mod poller;
 pub mod sdk;
 
@@ -29,6 +30,7 @@ use crate::engine::state;
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
 use api::*;
+use patient::Patient;
 use poller::Poller;
 
 pub const TAG_RUN: &str = "rehearse:run-id";
@@ -65,9 +67,10 @@ impl Guard {
     }
 }
 
-/// The AWS provider over any [`Ec2Api`] + [`RdsApi`] (the SDK, or a fake).
+/// The AWS provider over any [`Ec2Api`] + [`RdsApi`] (the SDK, or a fake), which it
+/// calls through [`Patient`]: throttling and 5xx answers are waited out, not reported.
 pub struct AwsProvider<A> {
-    pub api: A,
+    pub api: Patient<A>,
     /// Provider ids of created resources, by plan id (the security group's id, ...).
     ids: Mutex<BTreeMap<String, String>>,
     instances: Poller<Instance>,
@@ -78,12 +81,17 @@ pub struct AwsProvider<A> {
 impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     pub fn new(api: A, min_poll: Duration, max_poll: Duration) -> Self {
         AwsProvider {
-            api,
+            api: Patient::new(api),
             ids: Mutex::default(),
             instances: Poller::new(min_poll, max_poll),
             databases: Poller::new(min_poll, max_poll),
             clusters: Poller::new(min_poll, max_poll),
         }
+    }
+
+    /// Retry pauses drawn from `seed` (a reproducible scenario).
+    pub fn seeded(self, seed: u64) -> Self {
+        AwsProvider { api: self.api.seeded(seed), ..self }
     }
 
     /// Describe calls made by the pollers (instances, databases, clusters).
@@ -107,11 +115,11 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     }
 
     /// A create call failed. When nothing can have been created — the request never
-    /// left this machine, or the service answered with an error (a refusal creates
+    /// left this machine, or the service refused it (a refusal or throttling creates
     /// nothing) — the journal says so at once, so teardown does not search for what
-    /// cannot exist. Only a lost answer (a timeout) leaves the question open.
+    /// cannot exist. A lost answer (a timeout) or a 5xx leaves the question open.
     fn create_failed(ctx: &Ctx<'_>, res: &Resource, e: &ApiError, message: String) -> StepError {
-        if matches!(e.kind, ErrorKind::NotSent | ErrorKind::Refused | ErrorKind::NotFound) {
+        if matches!(e.kind, ErrorKind::NotSent | ErrorKind::Refused | ErrorKind::NotFound | ErrorKind::Throttled) {
             let _ = ctx.journal.deleted(&res.id);
         }
         StepError::build(message)

@@ -41,8 +41,22 @@ pub enum ErrorKind {
     /// The connection was refused or the name did not resolve: the request was never
     /// sent, so nothing was created.
     NotSent,
+    /// The service asked to slow down (throttling): the call was not executed and
+    /// may be sent again.
+    Throttled,
+    /// The service failed on its side (a 5xx): the call may or may not have run, so it
+    /// is sent again only where a repeat is harmless (reads, deletes, client tokens,
+    /// names that make a second create fail with "already exists").
+    ServerError,
     /// Anything else the service refused.
     Refused,
+}
+
+impl ApiError {
+    /// Worth sending again after a pause.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throttled | ErrorKind::ServerError)
+    }
 }
 
 impl std::fmt::Display for ApiError {

@@ -2,7 +2,8 @@
 //! emulator cannot do: slow provisioning on tokio's (pausable) clock, eventual
 //! consistency, throttling, 5xx, lost responses, capacity errors, dependency
 //! violations and failed restores — each by seeded random choice, so a failing
-//! scenario is reproducible from its seed. It records every call, and flags any
+//! scenario is reproducible from its seed — and, on demand, the account's request rate
+//! limits (token buckets, as EC2 and RDS document them), shared by every caller. It records every call, and flags any
 //! mutating call on a resource that does not carry a `rehearse:run-id` tag.
 
 use std::collections::BTreeMap;
@@ -32,10 +33,14 @@ pub fn unreachable_hosts_variant(text: &str, root: &std::path::Path, suites: &st
 /// Probabilities (0..1) of each fault per call, and provisioning times.
 #[derive(Clone, Debug)]
 pub struct Faults {
-    /// A call refused with a throttling error (after the SDK's own retries).
+    /// A call refused with a throttling error (a burst from elsewhere in the account).
     pub throttle: f64,
-    /// A 5xx: the call did nothing.
+    /// A 5xx, half of them before the call did anything, half after it ran.
     pub server_error: f64,
+    /// The account's request rate limits: EC2 per action (`RunInstances` 5 tokens,
+    /// refilled 2 a second; `TerminateInstances` 100 / 5; other changes 200 / 5;
+    /// describes 100 / 20), RDS for the whole service (300 / 12).
+    pub rate_limits: bool,
     /// The call was executed but its answer was lost (a timeout).
     pub lost_response: f64,
     /// RunInstances refused with InsufficientInstanceCapacity.
@@ -55,6 +60,7 @@ impl Faults {
         Faults {
             throttle: 0.0,
             server_error: 0.0,
+            rate_limits: false,
             lost_response: 0.0,
             capacity: 0.0,
             failed_restore: 0.0,
@@ -101,6 +107,8 @@ struct Res {
     protected: bool,
     snapshot_of: Option<String>,
     created: chrono::DateTime<chrono::Utc>,
+    /// A security group's name (unique while it exists).
+    name: String,
 }
 
 struct State {
@@ -111,6 +119,10 @@ struct State {
     calls: Vec<Call>,
     violations: Vec<String>,
     injected: u64,
+    /// Calls refused by the rate limits.
+    throttled: u64,
+    /// Token buckets: tokens left and when they were counted, per bucket.
+    buckets: BTreeMap<&'static str, (f64, Instant)>,
     /// Every provisioning or deletion time drawn: (kind, "create" | "delete", time).
     drawn: Vec<(&'static str, &'static str, Duration)>,
 }
@@ -143,9 +155,10 @@ impl FakeCloud {
             protected: true,
             snapshot_of: None,
             created: chrono::Utc::now() - chrono::Duration::days(2),
+            name: String::new(),
         };
         res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
-        res.insert("sg-prod".into(), Res { kind: "sg", ..base.clone() });
+        res.insert("sg-prod".into(), Res { kind: "sg", name: "shop-prod".into(), ..base.clone() });
         res.insert("shop-prod-db".into(), Res { kind: "db", ..base.clone() });
         res.insert(
             "shop-prod-db-old".into(),
@@ -170,6 +183,8 @@ impl FakeCloud {
                 calls: Vec::new(),
                 violations: Vec::new(),
                 injected: 0,
+                throttled: 0,
+                buckets: BTreeMap::new(),
                 drawn: Vec::new(),
             })),
         }
@@ -180,6 +195,11 @@ impl FakeCloud {
     pub fn longest(&self, kind: &str, what: &str) -> Duration {
         let st = self.state.lock().expect("fake lock");
         st.drawn.iter().filter(|(k, w, _)| *k == kind && *w == what).map(|(_, _, d)| *d).max().unwrap_or_default()
+    }
+
+    /// Calls refused by the rate limits so far.
+    pub fn throttled(&self) -> u64 {
+        self.state.lock().expect("fake lock").throttled
     }
 
     /// Faults injected so far.
@@ -232,6 +252,27 @@ fn between(st: &mut State, (a, b): (Duration, Duration)) -> Duration {
     a + (b.saturating_sub(a)).mul_f64(rand(st))
 }
 
+/// One token from the call's bucket, refilled for the time since it was last counted.
+fn take_token(st: &mut State, op: &'static str, rds: bool) -> bool {
+    let (key, capacity, per_second) = match op {
+        _ if rds => ("rds", 300.0, 12.0),
+        "RunInstances" => (op, 5.0, 2.0),
+        "TerminateInstances" => (op, 100.0, 5.0),
+        _ if op.starts_with("Describe") => (op, 100.0, 20.0),
+        _ => (op, 200.0, 5.0),
+    };
+    let now = Instant::now();
+    let (tokens, at) = st.buckets.entry(key).or_insert((capacity, now));
+    *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(capacity);
+    *at = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
 fn fail(code: &str, kind: ErrorKind) -> ApiError {
     ApiError { code: Some(code.into()), message: format!("injected {code}"), kind }
 }
@@ -241,20 +282,30 @@ impl FakeCloud {
     fn enter(&self, op: &'static str, target: &str, mutating: bool) -> Result<(), ApiError> {
         let mut st = self.state.lock().expect("fake lock");
         st.calls.push(Call { op, target: target.into(), mutating });
+        let rds = op.contains("DB") || op == "ListTagsForResource";
+        let throttled = fail(if rds { "Throttling" } else { "RequestLimitExceeded" }, ErrorKind::Throttled);
+        if self.faults.rate_limits && !take_token(&mut st, op, rds) {
+            st.throttled += 1;
+            return Err(throttled);
+        }
         if rand(&mut st) < self.faults.throttle {
             st.injected += 1;
-            return Err(fail("Throttling", ErrorKind::Refused));
+            return Err(throttled);
         }
-        if rand(&mut st) < self.faults.server_error {
+        if rand(&mut st) < self.faults.server_error / 2.0 {
             st.injected += 1;
-            return Err(fail("InternalError", ErrorKind::Refused));
+            return Err(fail("InternalError", ErrorKind::ServerError));
         }
         Ok(())
     }
 
-    /// After a mutating call ran: maybe its answer is lost.
+    /// After a mutating call ran: maybe a 5xx comes back anyway, or the answer is lost.
     fn leave<T>(&self, value: T) -> ApiResult<T> {
         let mut st = self.state.lock().expect("fake lock");
+        if rand(&mut st) < self.faults.server_error / 2.0 {
+            st.injected += 1;
+            return Err(fail("InternalError", ErrorKind::ServerError));
+        }
         if rand(&mut st) < self.faults.lost_response {
             st.injected += 1;
             return Err(ApiError {
@@ -282,6 +333,18 @@ impl FakeCloud {
     }
 
     fn create(&self, id: &str, kind: &'static str, tags: &[Tag], ready_in: Duration, invisible: Duration) {
+        self.create_named(id, "", kind, tags, ready_in, invisible)
+    }
+
+    fn create_named(
+        &self,
+        id: &str,
+        name: &str,
+        kind: &'static str,
+        tags: &[Tag],
+        ready_in: Duration,
+        invisible: Duration,
+    ) {
         let now = Instant::now();
         let mut st = self.state.lock().expect("fake lock");
         st.res.insert(
@@ -297,6 +360,7 @@ impl FakeCloud {
                 protected: false,
                 snapshot_of: None,
                 created: chrono::Utc::now(),
+                name: name.into(),
             },
         );
     }
@@ -375,14 +439,17 @@ impl FakeCloud {
 impl Ec2Api for FakeCloud {
     async fn create_security_group(
         &self,
-        _name: &str,
+        name: &str,
         _description: &str,
         _vpc_id: &str,
         tags: &[Tag],
     ) -> ApiResult<String> {
-        self.enter("CreateSecurityGroup", "", true)?;
+        self.enter("CreateSecurityGroup", name, true)?;
+        if self.live("sg").iter().any(|(_, r)| r.name == name) {
+            return Err(fail("InvalidGroup.Duplicate", ErrorKind::Refused));
+        }
         let id = self.new_id("sg");
-        self.create(&id, "sg", tags, Duration::ZERO, Duration::ZERO);
+        self.create_named(&id, name, "sg", tags, Duration::ZERO, Duration::ZERO);
         self.leave(id)
     }
 
@@ -398,7 +465,7 @@ impl Ec2Api for FakeCloud {
             .live("sg")
             .into_iter()
             .filter(|(id, _)| ids.contains(id))
-            .map(|(id, r)| SecurityGroup { id, name: String::new(), vpc_id: None, tags: r.tags })
+            .map(|(id, r)| SecurityGroup { id, name: r.name, vpc_id: None, tags: r.tags })
             .collect())
     }
 
@@ -408,7 +475,7 @@ impl Ec2Api for FakeCloud {
             .live("sg")
             .into_iter()
             .filter(|(_, r)| tag_value(&r.tags, tag_key).is_some())
-            .map(|(id, r)| SecurityGroup { id, name: String::new(), vpc_id: None, tags: r.tags })
+            .map(|(id, r)| SecurityGroup { id, name: r.name, vpc_id: None, tags: r.tags })
             .collect())
     }
 
@@ -550,6 +617,9 @@ impl RdsApi for FakeCloud {
         tags: &[Tag],
     ) -> ApiResult<DbSubnetGroup> {
         self.enter("CreateDBSubnetGroup", name, true)?;
+        if self.live("subnet-group").iter().any(|(id, _)| id == name) {
+            return Err(fail("DBSubnetGroupAlreadyExists", ErrorKind::Refused));
+        }
         self.create(name, "subnet-group", tags, Duration::ZERO, Duration::ZERO);
         self.leave(DbSubnetGroup { name: name.into(), arn: None })
     }

@@ -42,10 +42,28 @@ impl Sdk {
     }
 }
 
-fn err<E, R>(e: SdkError<E, R>) -> ApiError
+/// Throttling codes of EC2 and RDS (the SDK's own list, less the quota errors).
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "BandwidthLimitExceeded",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+];
+
+/// Failures on the service's side.
+const SERVER: &[&str] =
+    &["InternalError", "InternalFailure", "InternalServerError", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
+
+fn err<E>(e: SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> ApiError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let unreachable = matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
     if unreachable {
@@ -86,6 +104,9 @@ where
                 | "InvalidDBClusterStateFault"
                 | "InvalidDBSubnetGroupStateFault",
             ) => ErrorKind::InUse,
+            Some(c) if THROTTLING.contains(&c) => ErrorKind::Throttled,
+            Some(c) if SERVER.contains(&c) => ErrorKind::ServerError,
+            _ if e.raw_response().is_some_and(|r| r.status().is_server_error()) => ErrorKind::ServerError,
             _ => ErrorKind::Refused,
         }
     };
@@ -542,5 +563,32 @@ impl RdsApi for Sdk {
     async fn delete_db_snapshot(&self, id: &str) -> ApiResult<()> {
         self.rds.delete_db_snapshot().db_snapshot_identifier(id).send().await.map_err(err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_rds::operation::describe_db_instances::DescribeDBInstancesError;
+    use aws_smithy_runtime_api::http::{Response, StatusCode};
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn answer(status: u16, code: &str) -> ApiError {
+        let e = DescribeDBInstancesError::generic(ErrorMetadata::builder().code(code).message("m").build());
+        let raw = Response::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
+        err(SdkError::service_error(e, raw))
+    }
+
+    #[test]
+    fn throttling_and_server_failures_are_told_apart_from_refusals() {
+        assert_eq!(answer(400, "Throttling").kind, ErrorKind::Throttled);
+        assert_eq!(answer(503, "RequestLimitExceeded").kind, ErrorKind::Throttled);
+        assert_eq!(answer(500, "InternalFailure").kind, ErrorKind::ServerError);
+        assert_eq!(answer(502, "SomethingNew").kind, ErrorKind::ServerError);
+        assert_eq!(answer(400, "InvalidParameterValue").kind, ErrorKind::Refused);
+        assert_eq!(answer(404, "DBInstanceNotFound").kind, ErrorKind::NotFound);
+        assert_eq!(answer(400, "DependencyViolation").kind, ErrorKind::InUse);
+        assert!(answer(400, "Throttling").is_transient() && !answer(400, "QuotaExceeded").is_transient());
     }
 }

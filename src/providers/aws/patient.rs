@@ -1,0 +1,359 @@
+//! Patience with a busy cloud: [`Patient`] wraps any [`Ec2Api`] + [`RdsApi`] and sends a
+//! call again when the service asked to slow down (throttling) or failed on its side
+//! (a 5xx), with exponential backoff and jitter, for up to ten minutes.
+//!
+//! The SDK already retries a few times within a second or two; that is not enough when
+//! fifty rehearsals start together against an account whose `RunInstances` bucket holds
+//! five tokens and refills two a second. Above the SDK, the provider must not turn such
+//! an answer into a failed rehearsal.
+//!
+//! Sending a call again is harmless here: a throttled call was not executed; reads,
+//! deletes and modifies are idempotent (a delete that finds nothing counts as done);
+//! `RunInstances` carries a client token; and every other create names what it creates,
+//! so a repeat of a create that did run (a 5xx after the work was done) fails with
+//! "already exists". That resource is then adopted — but only when it carries this
+//! run's id and the same plan id in its tags, i.e. when it can only be this call's.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::api::*;
+use super::{TAG_RESOURCE, TAG_RUN};
+
+/// First pause, longest pause and total patience per call.
+const FIRST: Duration = Duration::from_millis(250);
+const LONGEST: Duration = Duration::from_secs(20);
+const PATIENCE: Duration = Duration::from_secs(600);
+
+pub struct Patient<A> {
+    pub inner: A,
+    /// SplitMix64 state for the jitter: random per process, so that runs started
+    /// together do not retry in lockstep; fixed by [`Patient::seeded`] in tests.
+    rng: Mutex<u64>,
+    retried: AtomicU64,
+}
+
+impl<A> Patient<A> {
+    pub fn new(inner: A) -> Self {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        Patient { inner, rng: Mutex::new(u64::from_le_bytes(seed)), retried: AtomicU64::new(0) }
+    }
+
+    /// Jitter drawn from `seed`: the same scenario retries at the same instants.
+    pub fn seeded(self, seed: u64) -> Self {
+        Patient { rng: Mutex::new(seed), ..self }
+    }
+
+    /// Throttled or failed answers absorbed by sending the call again.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
+    /// The pause before attempt `n + 1`: half of an exponential step, plus up to the
+    /// other half at random ("equal jitter": never zero, never in lockstep).
+    fn pause(&self, n: u32) -> Duration {
+        let step = FIRST.saturating_mul(1 << n.min(16)).min(LONGEST);
+        let mut st = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        *st = st.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *st;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let r = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+        step / 2 + (step / 2).mul_f64(r)
+    }
+
+    async fn retrying<T, F, Fut>(&self, op: &str, mut call: F) -> ApiResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ApiResult<T>>,
+    {
+        let until = Instant::now() + PATIENCE;
+        let mut n = 0;
+        loop {
+            match call().await {
+                Err(e) if e.is_transient() && Instant::now() < until => {
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                    let pause = self.pause(n).min(until.saturating_duration_since(Instant::now()));
+                    tracing::debug!("{op}: {e}; sending it again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    n += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Created by the same call: the same run and the same plan id.
+fn same_owner(found: &[Tag], asked: &[Tag]) -> bool {
+    let same = |k: &str| tag_value(found, k).is_some() && tag_value(found, k) == tag_value(asked, k);
+    same(TAG_RUN) && same(TAG_RESOURCE)
+}
+
+fn already_exists(e: &ApiError) -> bool {
+    e.code.as_deref().is_some_and(|c| c.contains("AlreadyExists") || c.ends_with(".Duplicate"))
+}
+
+impl<A: Ec2Api> Ec2Api for Patient<A> {
+    async fn create_security_group(
+        &self,
+        name: &str,
+        description: &str,
+        vpc_id: &str,
+        tags: &[Tag],
+    ) -> ApiResult<String> {
+        let r = self
+            .retrying("CreateSecurityGroup", || self.inner.create_security_group(name, description, vpc_id, tags))
+            .await;
+        match r {
+            Err(e) if already_exists(&e) => {
+                let groups =
+                    self.retrying("DescribeSecurityGroups", || self.inner.security_groups_tagged(TAG_RUN)).await?;
+                groups.into_iter().find(|g| g.name == name && same_owner(&g.tags, tags)).map(|g| g.id).ok_or(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn authorize_ingress(&self, group_id: &str, cidrs: &[String]) -> ApiResult<()> {
+        match self.retrying("AuthorizeSecurityGroupIngress", || self.inner.authorize_ingress(group_id, cidrs)).await {
+            // An earlier attempt added the rules: what was asked for holds.
+            Err(e) if already_exists(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn describe_security_groups(&self, ids: &[String]) -> ApiResult<Vec<SecurityGroup>> {
+        self.retrying("DescribeSecurityGroups", || self.inner.describe_security_groups(ids)).await
+    }
+
+    async fn security_groups_tagged(&self, tag_key: &str) -> ApiResult<Vec<SecurityGroup>> {
+        self.retrying("DescribeSecurityGroups", || self.inner.security_groups_tagged(tag_key)).await
+    }
+
+    async fn delete_security_group(&self, id: &str) -> ApiResult<()> {
+        self.retrying("DeleteSecurityGroup", || self.inner.delete_security_group(id)).await
+    }
+
+    async fn run_instances(&self, req: &RunInstances) -> ApiResult<Vec<String>> {
+        // The client token makes a repeat return the instances of the first call.
+        self.retrying("RunInstances", || self.inner.run_instances(req)).await
+    }
+
+    async fn describe_instances(&self, ids: &[String]) -> ApiResult<Vec<Instance>> {
+        self.retrying("DescribeInstances", || self.inner.describe_instances(ids)).await
+    }
+
+    async fn instances_tagged(&self, tag_key: &str) -> ApiResult<Vec<Instance>> {
+        self.retrying("DescribeInstances", || self.inner.instances_tagged(tag_key)).await
+    }
+
+    async fn terminate_instances(&self, ids: &[String]) -> ApiResult<()> {
+        self.retrying("TerminateInstances", || self.inner.terminate_instances(ids)).await
+    }
+}
+
+impl<A: RdsApi> RdsApi for Patient<A> {
+    async fn describe_db_instances(&self, ids: &[String]) -> ApiResult<Vec<DbInstance>> {
+        self.retrying("DescribeDBInstances", || self.inner.describe_db_instances(ids)).await
+    }
+
+    async fn db_instances_all(&self) -> ApiResult<Vec<DbInstance>> {
+        self.retrying("DescribeDBInstances", || self.inner.db_instances_all()).await
+    }
+
+    async fn snapshots_of(&self, instance_id: &str) -> ApiResult<Vec<Snapshot>> {
+        self.retrying("DescribeDBSnapshots", || self.inner.snapshots_of(instance_id)).await
+    }
+
+    async fn snapshots_all(&self) -> ApiResult<Vec<Snapshot>> {
+        self.retrying("DescribeDBSnapshots", || self.inner.snapshots_all()).await
+    }
+
+    async fn describe_db_clusters(&self, ids: &[String]) -> ApiResult<Vec<DbCluster>> {
+        self.retrying("DescribeDBClusters", || self.inner.describe_db_clusters(ids)).await
+    }
+
+    async fn db_clusters_all(&self) -> ApiResult<Vec<DbCluster>> {
+        self.retrying("DescribeDBClusters", || self.inner.db_clusters_all()).await
+    }
+
+    async fn create_db_subnet_group(
+        &self,
+        name: &str,
+        description: &str,
+        subnets: &[String],
+        tags: &[Tag],
+    ) -> ApiResult<DbSubnetGroup> {
+        let r = self
+            .retrying("CreateDBSubnetGroup", || self.inner.create_db_subnet_group(name, description, subnets, tags))
+            .await;
+        match r {
+            Err(e) if already_exists(&e) => {
+                match self.retrying("ListTagsForResource", || self.inner.db_subnet_group_tags(name)).await? {
+                    Some(found) if same_owner(&found, tags) => Ok(DbSubnetGroup { name: name.to_string(), arn: None }),
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn db_subnet_groups_all(&self) -> ApiResult<Vec<DbSubnetGroup>> {
+        self.retrying("DescribeDBSubnetGroups", || self.inner.db_subnet_groups_all()).await
+    }
+
+    async fn db_subnet_group_tags(&self, name: &str) -> ApiResult<Option<Vec<Tag>>> {
+        self.retrying("ListTagsForResource", || self.inner.db_subnet_group_tags(name)).await
+    }
+
+    async fn delete_db_subnet_group(&self, name: &str) -> ApiResult<()> {
+        self.retrying("DeleteDBSubnetGroup", || self.inner.delete_db_subnet_group(name)).await
+    }
+
+    async fn restore_db_instance(&self, req: &RestoreDb) -> ApiResult<DbInstance> {
+        match self.retrying("RestoreDBInstance", || self.inner.restore_db_instance(req)).await {
+            Err(e) if already_exists(&e) => self.adopt_db_instance(&req.instance_id, &req.tags, e).await,
+            other => other,
+        }
+    }
+
+    async fn clone_db_cluster(&self, req: &CloneCluster) -> ApiResult<DbCluster> {
+        match self.retrying("RestoreDBClusterToPointInTime", || self.inner.clone_db_cluster(req)).await {
+            Err(e) if already_exists(&e) => {
+                let ids = std::slice::from_ref(&req.cluster_id);
+                let found = self.retrying("DescribeDBClusters", || self.inner.describe_db_clusters(ids)).await?;
+                found.into_iter().find(|c| c.id == req.cluster_id && same_owner(&c.tags, &req.tags)).ok_or(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn create_cluster_instance(
+        &self,
+        instance_id: &str,
+        cluster_id: &str,
+        class: &str,
+        engine: &str,
+        tags: &[Tag],
+    ) -> ApiResult<DbInstance> {
+        let r = self
+            .retrying("CreateDBInstance", || {
+                self.inner.create_cluster_instance(instance_id, cluster_id, class, engine, tags)
+            })
+            .await;
+        match r {
+            Err(e) if already_exists(&e) => self.adopt_db_instance(instance_id, tags, e).await,
+            other => other,
+        }
+    }
+
+    async fn secure_db_instance(&self, id: &str, password: Option<&str>) -> ApiResult<()> {
+        self.retrying("ModifyDBInstance", || self.inner.secure_db_instance(id, password)).await
+    }
+
+    async fn secure_db_cluster(&self, id: &str, password: &str) -> ApiResult<()> {
+        self.retrying("ModifyDBCluster", || self.inner.secure_db_cluster(id, password)).await
+    }
+
+    async fn delete_db_instance(&self, id: &str) -> ApiResult<()> {
+        self.retrying("DeleteDBInstance", || self.inner.delete_db_instance(id)).await
+    }
+
+    async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
+        self.retrying("DeleteDBCluster", || self.inner.delete_db_cluster(id)).await
+    }
+
+    async fn delete_db_snapshot(&self, id: &str) -> ApiResult<()> {
+        self.retrying("DeleteDBSnapshot", || self.inner.delete_db_snapshot(id)).await
+    }
+}
+
+impl<A: RdsApi> Patient<A> {
+    /// A DB instance a create was told "already exists" about: this call's own, made by
+    /// an earlier attempt whose answer was lost, or the refusal stands.
+    async fn adopt_db_instance(&self, id: &str, tags: &[Tag], refusal: ApiError) -> ApiResult<DbInstance> {
+        let ids = [id.to_string()];
+        let found = self.retrying("DescribeDBInstances", || self.inner.describe_db_instances(&ids)).await?;
+        found.into_iter().find(|d| d.id == id && same_owner(&d.tags, tags)).ok_or(refusal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{FakeCloud, Faults};
+    use super::*;
+
+    fn tags(run: &str, resource: &str) -> Vec<Tag> {
+        vec![Tag { key: TAG_RUN.into(), value: run.into() }, Tag { key: TAG_RESOURCE.into(), value: resource.into() }]
+    }
+
+    /// Every other answer a 5xx, half of them after the call ran.
+    fn flaky() -> Faults {
+        Faults { server_error: 1.0, ..Faults::none() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn creates_that_ran_before_a_5xx_are_adopted_not_duplicated() {
+        let cloud = FakeCloud::new(3, flaky());
+        let api = Patient::new(cloud.clone()).seeded(3);
+        let t = tags("r-1", "network.security-group");
+        let sg = api.create_security_group("rehearse-r-1", "d", "vpc-1", &t).await.unwrap();
+        let g = api.create_db_subnet_group("rehearse-r-1", "d", &[], &tags("r-1", "network.db-subnet-group")).await;
+        assert_eq!(g.unwrap().name, "rehearse-r-1");
+        let req = RestoreDb {
+            instance_id: "rh-r1-db".into(),
+            source: "shop-prod-db-new".into(),
+            point_in_time: false,
+            instance_class: "db.t3.micro".into(),
+            subnet_group: "rehearse-r-1".into(),
+            security_group_id: sg.clone(),
+            tags: tags("r-1", "database.db"),
+        };
+        assert_eq!(api.restore_db_instance(&req).await.unwrap().id, "rh-r1-db");
+        let mut left = cloud.leftovers();
+        left.sort();
+        assert_eq!(left, vec!["db rh-r1-db".to_string(), format!("sg {sg}"), "subnet-group rehearse-r-1".to_string()]);
+        assert!(api.retried() > 0 && cloud.injected() > 0, "the 5xx answers were absorbed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_another_run_created_under_the_same_name_is_never_adopted() {
+        let cloud = FakeCloud::new(4, Faults::none());
+        cloud
+            .create_security_group("rehearse-r-1", "d", "vpc-1", &tags("r-other", "network.security-group"))
+            .await
+            .unwrap();
+        let api = Patient::new(cloud.clone());
+        let e = api.create_security_group("rehearse-r-1", "d", "vpc-1", &tags("r-1", "network.security-group")).await;
+        assert_eq!(e.unwrap_err().code.as_deref(), Some("InvalidGroup.Duplicate"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_is_waited_out_and_a_refusal_is_not() {
+        let cloud = FakeCloud::new(5, Faults { throttle: 0.9, ..Faults::none() });
+        let api = Patient::new(cloud.clone()).seeded(5);
+        let started = Instant::now();
+        assert_eq!(api.snapshots_of("shop-prod-db").await.unwrap().len(), 2);
+        assert_eq!(cloud.calls().len() as u64, api.retried() + 1);
+        assert!(api.retried() > 2, "seed 5 throttles the first calls");
+        assert!(started.elapsed() < PATIENCE);
+        // Throttled for good: the error surfaces once patience runs out, as throttling.
+        let jammed = FakeCloud::new(5, Faults { throttle: 1.0, ..Faults::none() });
+        let api = Patient::new(jammed.clone());
+        let started = Instant::now();
+        assert_eq!(api.snapshots_all().await.unwrap_err().kind, ErrorKind::Throttled);
+        assert!(started.elapsed() >= PATIENCE && started.elapsed() < PATIENCE + LONGEST);
+        // A refusal is the answer: sent once.
+        let quiet = FakeCloud::new(6, Faults::none());
+        let api = Patient::new(quiet.clone());
+        assert!(api.delete_db_snapshot("no-such-snapshot").await.is_err());
+        assert_eq!(quiet.calls().len(), 1);
+        assert_eq!(api.retried(), 0);
+    }
+}
