@@ -177,6 +177,13 @@ pub trait Provider {
     /// [`Ctx::record`] as soon as it exists.
     async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError>;
 
+    /// The idempotency key of `res`'s create in run `run_id` (a client token, or the
+    /// name it will be created under), journaled with the intent before the create.
+    fn idempotency_key(&self, res: &Resource, run_id: &str) -> Option<String> {
+        let _ = (res, run_id);
+        None
+    }
+
     /// Removes a journaled resource. A resource that is already gone is success.
     async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), String>;
 

@@ -82,6 +82,19 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<(bo
             eprintln!("{}", std::fs::read_to_string(&journal_path).unwrap_or_default());
             eprintln!("calls: {:?}", cloud.calls().iter().filter(|c| c.mutating).collect::<Vec<_>>());
         }
+        // Every RunInstances call carried a client token journaled (fsynced) with the
+        // intent before the call.
+        let records = rehearse::engine::journal::read(&journal_path).map_err(|e| e.to_string())?;
+        let keys: Vec<String> = records
+            .iter()
+            .filter_map(|r| match r {
+                rehearse::engine::journal::Record::Intent { key: Some(k), .. } => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(c) = cloud.calls().iter().find(|c| c.op == "RunInstances" && !keys.contains(&c.target)) {
+            return Err(format!("RunInstances with client token {} not in the journal", c.target));
+        }
         if !complete || !left.is_empty() {
             return Err(format!("left behind: {left:?} (down complete: {complete})"));
         }

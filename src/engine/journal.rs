@@ -19,8 +19,17 @@ use serde_json::Value;
 pub enum Record {
     /// First record: what this run is. Written before anything is created.
     Run(RunMeta),
-    /// About to create `id` (a crash after this may have created it).
-    Intent { id: String, kind: String, at: DateTime<Utc> },
+    /// About to create `id` (a crash after this may have created it). `key` is the
+    /// create's idempotency key, when the provider has one: the client token
+    /// (`RunInstances`) or the name (RDS identifiers, group names) that makes a repeat
+    /// of the create return, or refuse, the same resource.
+    Intent {
+        id: String,
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        at: DateTime<Utc>,
+    },
     /// `id` exists; `handle` is what the provider needs to find and remove it.
     Created { id: String, kind: String, handle: Value, at: DateTime<Utc> },
     /// `id` is gone (or was never there).
@@ -87,8 +96,8 @@ impl Journal {
         f.sync_data()
     }
 
-    pub fn intent(&self, id: &str, kind: &str) -> std::io::Result<()> {
-        self.append(&Record::Intent { id: id.into(), kind: kind.into(), at: Utc::now() })
+    pub fn intent(&self, id: &str, kind: &str, key: Option<&str>) -> std::io::Result<()> {
+        self.append(&Record::Intent { id: id.into(), kind: kind.into(), key: key.map(str::to_string), at: Utc::now() })
     }
 
     pub fn created(&self, id: &str, kind: &str, handle: Value) -> std::io::Result<()> {
@@ -124,6 +133,8 @@ pub struct Entry {
     pub kind: String,
     /// None: intent recorded, creation not confirmed (it may or may not exist).
     pub handle: Option<Value>,
+    /// The create's idempotency key, from the intent.
+    pub key: Option<String>,
     pub deleted: bool,
 }
 
@@ -143,11 +154,18 @@ impl State {
         for r in records {
             match r {
                 Record::Run(m) => s.meta = Some(m.clone()),
-                Record::Intent { id, kind, .. } => {
+                Record::Intent { id, kind, key, .. } => {
                     if let Some(e) = s.entries.iter_mut().find(|e| &e.id == id) {
                         e.deleted = false;
+                        e.key = key.clone().or(e.key.take());
                     } else {
-                        s.entries.push(Entry { id: id.clone(), kind: kind.clone(), handle: None, deleted: false });
+                        s.entries.push(Entry {
+                            id: id.clone(),
+                            kind: kind.clone(),
+                            handle: None,
+                            key: key.clone(),
+                            deleted: false,
+                        });
                     }
                 }
                 Record::Created { id, kind, handle, .. } => match s.entries.iter_mut().find(|e| &e.id == id) {
@@ -159,6 +177,7 @@ impl State {
                         id: id.clone(),
                         kind: kind.clone(),
                         handle: Some(handle.clone()),
+                        key: None,
                         deleted: false,
                     }),
                 },
@@ -208,10 +227,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let j = Journal::create(&path, &meta()).unwrap();
-        j.intent("a", "local.postgres").unwrap();
+        j.intent("a", "local.postgres", None).unwrap();
         j.created("a", "local.postgres", serde_json::json!({"pid": 1})).unwrap();
-        j.intent("b", "local.process").unwrap();
-        j.intent("c", "local.process").unwrap();
+        j.intent("b", "local.process", Some("b-key")).unwrap();
+        j.intent("c", "local.process", None).unwrap();
         j.created("c", "local.process", serde_json::json!({"pid": 2})).unwrap();
         j.deleted("c").unwrap();
         drop(j);
@@ -227,5 +246,7 @@ mod tests {
         let remaining: Vec<(&str, bool)> =
             state.remaining().iter().map(|e| (e.id.as_str(), e.handle.is_some())).collect();
         assert_eq!(remaining, vec![("b", false), ("a", true)]);
+        // An intent keeps the create's idempotency key, for `down` to look it up by.
+        assert_eq!(state.remaining()[0].key.as_deref(), Some("b-key"));
     }
 }

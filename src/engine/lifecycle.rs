@@ -115,7 +115,7 @@ pub async fn run<P: Provider>(
     )));
 
     if d.provider == ProviderKind::Local {
-        journal.intent("workspace", "local.workspace").map_err(|e| e.to_string())?;
+        journal.intent("workspace", "local.workspace", None).map_err(|e| e.to_string())?;
         state::ensure_traversable_dir(&opts.work_root.join("runs"))
             .map_err(|e| format!("cannot create {}: {e}", opts.work_root.display()))?;
         state::ensure_traversable_dir(&work_dir).map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
@@ -457,7 +457,8 @@ async fn execute<P: Provider>(
                         (i, Done::Suite(res))
                     }));
                 } else {
-                    if let Err(e) = journal.intent(&r.id, r.kind.as_str()) {
+                    let key = provider.idempotency_key(r, &info.run_id);
+                    if let Err(e) = journal.intent(&r.id, r.kind.as_str(), key.as_deref()) {
                         status[i] = Status::Failed;
                         result.failure =
                             Some((r.id.clone(), StepError::build(format!("cannot write the journal: {e}"))));

@@ -145,10 +145,32 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         id.trim_end_matches('-').to_string()
     }
 
+    /// The name of the run's security group and DB subnet group.
+    fn group_name(run_id: &str) -> String {
+        format!("rehearse-{run_id}")
+    }
+
+    /// `RunInstances`' client token for a run's instance (≤ 64 characters).
+    fn client_token(run_id: &str, res: &Resource) -> String {
+        format!("{run_id}-{}", res.id).chars().take(64).collect()
+    }
+
+    /// What makes a create idempotent — the name it creates under, or the client
+    /// token — journaled with the intent, so `down` can look the resource up by it.
+    fn create_key(res: &Resource, run_id: &str) -> Option<String> {
+        match res.kind {
+            Kind::AwsSecurityGroup | Kind::AwsDbSubnetGroup => Some(Self::group_name(run_id)),
+            Kind::AwsDbInstance => Some(Self::rds_id(run_id, &res.name)),
+            Kind::AwsDbCluster => Some(Self::rds_id(run_id, &format!("{}-cluster", res.name))),
+            Kind::AwsInstance => Some(Self::client_token(run_id, res)),
+            _ => None,
+        }
+    }
+
     async fn security_group(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let vpc = res.attributes.get("vpc_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
         let cidrs: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.allow_cidrs.clone()).unwrap_or_default();
-        let name = format!("rehearse-{}", ctx.run.run_id);
+        let name = Self::group_name(&ctx.run.run_id);
         let t = ctx.started(res, "create", None);
         let id = self
             .api
@@ -174,7 +196,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
 
     async fn subnet_group(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let subnets: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.subnets.clone()).unwrap_or_default();
-        let name = format!("rehearse-{}", ctx.run.run_id);
+        let name = Self::group_name(&ctx.run.run_id);
         let t = ctx.started(res, "create", None);
         let g = self
             .api
@@ -493,7 +515,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             user_data,
             count: 1,
             tags: Self::tags(ctx, res),
-            client_token: format!("{}-{}", ctx.run.run_id, res.id).chars().take(64).collect(),
+            client_token: Self::client_token(&ctx.run.run_id, res),
         };
         let t = ctx.started(res, "run-instance", None);
         // An answer lost on the way back (a timeout) does not mean nothing was created:
@@ -601,24 +623,27 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 .into_iter()
                 .find(|g| mine(&g.tags))
                 .map(|g| g.id),
-            "aws.rds.db-instance" => self
-                .api
-                .db_instances_all()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|d| mine(&d.tags))
-                .map(|d| d.id),
-            "aws.rds.db-cluster" => self
-                .api
-                .db_clusters_all()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|d| mine(&d.tags))
-                .map(|d| d.id),
+            // RDS identifiers are the journaled key: one describe, not a listing.
+            "aws.rds.db-instance" => {
+                let found = match &entry.key {
+                    Some(k) => one(self.api.describe_db_instances(std::slice::from_ref(k)).await, |d| &d.id == k)?
+                        .into_iter()
+                        .collect(),
+                    None => self.api.db_instances_all().await.map_err(|e| e.to_string())?,
+                };
+                found.into_iter().find(|d| mine(&d.tags)).map(|d| d.id)
+            }
+            "aws.rds.db-cluster" => {
+                let found = match &entry.key {
+                    Some(k) => one(self.api.describe_db_clusters(std::slice::from_ref(k)).await, |c| &c.id == k)?
+                        .into_iter()
+                        .collect(),
+                    None => self.api.db_clusters_all().await.map_err(|e| e.to_string())?,
+                };
+                found.into_iter().find(|c| mine(&c.tags)).map(|c| c.id)
+            }
             "aws.rds.db-subnet-group" => {
-                let name = format!("rehearse-{}", meta.run_id);
+                let name = entry.key.clone().unwrap_or_else(|| Self::group_name(&meta.run_id));
                 match self.api.db_subnet_group_tags(&name).await.map_err(|e| e.to_string())? {
                     Some(tags) if tag_value(&tags, TAG_RUN) == Some(meta.run_id.as_str()) => Some(name),
                     _ => None,
@@ -890,6 +915,10 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
             Some(id) => self.destroy_id(&entry.kind, &id, &guard).await,
             None => Ok(()),
         }
+    }
+
+    fn idempotency_key(&self, res: &Resource, run_id: &str) -> Option<String> {
+        Self::create_key(res, run_id)
     }
 
     /// Instances and databases first (they use the groups), then clusters and
