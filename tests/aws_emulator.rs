@@ -620,11 +620,10 @@ fn aurora_copy_on_write_clone_is_created_and_removed() {
     });
     let before = production_state(&rt, &ec2, &rds);
     let sb = Sandbox::new();
-    let text = std::fs::read_to_string(shop_description(&sb, &prod))
-        .unwrap()
-        .replace("rds_instance: shop-prod-db", "aurora_cluster: shop-prod-aurora")
-        .replace("restore: newest-snapshot", "restore: aurora-clone")
-        .replace("instance_class: db.t3.medium", "instance_class: db.r6g.large");
+    let text = rehearse::providers::aws::fake::aurora_variant(
+        &std::fs::read_to_string(shop_description(&sb, &prod)).unwrap(),
+        "shop-prod-aurora",
+    );
     let file = write_description(&sb, "aurora.yaml", &text);
     let out = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

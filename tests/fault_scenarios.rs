@@ -18,12 +18,16 @@ use rehearse::providers::aws::fake::{FakeCloud, Faults};
 use rehearse::providers::aws::AwsProvider;
 
 /// environments/shop-aws.yaml without what needs reachable hosts (health checks,
-/// masking, suites): the fake cloud's addresses are not real.
-fn description(dir: &Path) -> description::Loaded {
+/// masking, suites): the fake cloud's addresses are not real. With `aurora`, its
+/// database is a copy-on-write clone of the production Aurora cluster instead.
+fn description(dir: &Path, aurora: bool) -> description::Loaded {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("environments/shop-aws.yaml")).unwrap();
-    let text = rehearse::providers::aws::fake::unreachable_hosts_variant(&text, root, "");
-    let path = dir.join("shop-aws.yaml");
+    let mut text = rehearse::providers::aws::fake::unreachable_hosts_variant(&text, root, "");
+    if aurora {
+        text = rehearse::providers::aws::fake::aurora_variant(&text, "shop-prod-aurora");
+    }
+    let path = dir.join(if aurora { "shop-aurora.yaml" } else { "shop-aws.yaml" });
     std::fs::write(&path, text).unwrap();
     description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
 }
@@ -113,7 +117,8 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
     // Journals on tmpfs when there is one: 500 runs fsync a few thousand records.
     let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
     let dir = tempfile::Builder::new().prefix("rehearse-faults-").tempdir_in(base).unwrap();
-    let loaded = description(dir.path());
+    // Even seeds restore the newest snapshot, odd seeds clone the Aurora cluster.
+    let variants = [description(dir.path(), false), description(dir.path(), true)];
     let seeds: Vec<u64> = match std::env::var("REHEARSE_SEED") {
         Ok(s) => vec![s.parse().expect("REHEARSE_SEED is a number")],
         Err(_) => (0..500).collect(),
@@ -122,7 +127,7 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
     let (mut failures, mut killed, mut faults) = (Vec::new(), 0, 0);
     for seed in seeds {
         let state = dir.path().join(format!("s{seed}"));
-        match scenario(seed, &loaded, &state) {
+        match scenario(seed, &variants[(seed % 2) as usize], &state) {
             Ok((k, f)) => {
                 killed += usize::from(k);
                 faults += f;
@@ -148,7 +153,7 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
 fn fifty_concurrent_runs_under_rate_limits_see_no_throttling_error() {
     let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
     let dir = tempfile::Builder::new().prefix("rehearse-limits-").tempdir_in(base).unwrap();
-    let loaded = description(dir.path());
+    let loaded = description(dir.path(), false);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
     rt.block_on(async {
         let faults = Faults { rate_limits: true, throttle: 0.05, server_error: 0.02, ..Faults::none() };

@@ -701,7 +701,31 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     return Ok(());
                 };
                 guard.check("DB cluster", id, &c.tags)?;
-                gone_ok(api.delete_db_cluster(id).await)
+                if c.status != "deleting" {
+                    // A clone may carry the source's deletion protection (a run killed
+                    // before its secure step): lift it, with a throwaway password.
+                    if c.deletion_protection {
+                        api.secure_db_cluster(id, &state::new_secret()).await.map_err(|e| e.to_string())?;
+                    }
+                    // Its instances may still be on their way out.
+                    retry_in_use(|| api.delete_db_cluster(id)).await?;
+                }
+                self.clusters
+                    .wait(
+                        id,
+                        |ids| async move {
+                            match api.describe_db_clusters(&ids).await {
+                                Err(e) if e.kind == ErrorKind::NotFound => Ok(Vec::new()),
+                                other => other,
+                            }
+                        },
+                        |c| c.id.clone(),
+                        |c| Ok(c.is_none()),
+                        |c| c.map(|c| c.status.clone()).unwrap_or_else(|| "gone".into()),
+                        deadline,
+                    )
+                    .await
+                    .map(|_| ())
             }
             "aws.rds.db-subnet-group" => {
                 let Some(tags) = api.db_subnet_group_tags(id).await.map_err(|e| e.to_string())? else { return Ok(()) };

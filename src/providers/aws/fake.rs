@@ -30,6 +30,14 @@ pub fn unreachable_hosts_variant(text: &str, root: &std::path::Path, suites: &st
     text
 }
 
+/// The same description restoring its database as an Aurora copy-on-write clone of
+/// `cluster` instead of from the newest snapshot of an instance.
+pub fn aurora_variant(text: &str, cluster: &str) -> String {
+    text.replace("rds_instance: shop-prod-db", &format!("aurora_cluster: {cluster}"))
+        .replace("restore: newest-snapshot", "restore: aurora-clone")
+        .replace("instance_class: db.t3.medium", "instance_class: db.r6g.large")
+}
+
 /// Probabilities (0..1) of each fault per call, and provisioning times.
 #[derive(Clone, Debug)]
 pub struct Faults {
@@ -51,6 +59,9 @@ pub struct Faults {
     pub invisible_for: Duration,
     pub boot: (Duration, Duration),
     pub restore: (Duration, Duration),
+    /// An Aurora copy-on-write clone, and an instance in it.
+    pub clone: (Duration, Duration),
+    pub cluster_instance: (Duration, Duration),
     pub delete: (Duration, Duration),
 }
 
@@ -67,6 +78,8 @@ impl Faults {
             invisible_for: Duration::from_secs(2),
             boot: (Duration::from_secs(30), Duration::from_secs(90)),
             restore: (Duration::from_secs(600), Duration::from_secs(1500)),
+            clone: (Duration::from_secs(240), Duration::from_secs(360)),
+            cluster_instance: (Duration::from_secs(300), Duration::from_secs(600)),
             delete: (Duration::from_secs(30), Duration::from_secs(90)),
         }
     }
@@ -109,6 +122,8 @@ struct Res {
     created: chrono::DateTime<chrono::Utc>,
     /// A security group's name (unique while it exists).
     name: String,
+    /// A DB instance's Aurora cluster.
+    cluster: Option<String>,
 }
 
 struct State {
@@ -139,7 +154,8 @@ const PROD_TAG: &str = "env";
 
 impl FakeCloud {
     /// A world with production: an instance, its security group, the RDS instance
-    /// `shop-prod-db` with two snapshots, and an unrelated newer snapshot.
+    /// `shop-prod-db` with two snapshots, and the Aurora cluster `shop-prod-aurora`
+    /// with its instance.
     pub fn new(seed: u64, faults: Faults) -> FakeCloud {
         let now = Instant::now();
         let prod = vec![Tag { key: PROD_TAG.into(), value: "production".into() }];
@@ -156,10 +172,16 @@ impl FakeCloud {
             snapshot_of: None,
             created: chrono::Utc::now() - chrono::Duration::days(2),
             name: String::new(),
+            cluster: None,
         };
         res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
         res.insert("sg-prod".into(), Res { kind: "sg", name: "shop-prod".into(), ..base.clone() });
         res.insert("shop-prod-db".into(), Res { kind: "db", ..base.clone() });
+        res.insert("shop-prod-aurora".into(), Res { kind: "cluster", ..base.clone() });
+        res.insert(
+            "shop-prod-aurora-1".into(),
+            Res { kind: "db", cluster: Some("shop-prod-aurora".into()), ..base.clone() },
+        );
         res.insert(
             "shop-prod-db-old".into(),
             Res { kind: "snapshot", snapshot_of: Some("shop-prod-db".into()), ..base.clone() },
@@ -361,6 +383,7 @@ impl FakeCloud {
                 snapshot_of: None,
                 created: chrono::Utc::now(),
                 name: name.into(),
+                cluster: None,
             },
         );
     }
@@ -430,9 +453,40 @@ impl FakeCloud {
             deletion_protection: r.protected,
             master_username: Some("postgres".into()),
             latest_restorable_time: None,
-            cluster_id: None,
+            cluster_id: r.cluster.clone(),
             tags: r.tags.clone(),
         }
+    }
+
+    fn cluster(id: &str, r: &Res) -> DbCluster {
+        let now = Instant::now();
+        let status = match r.gone_at {
+            Some(_) => "deleting",
+            None if r.failed && r.ready_at <= now => "failed",
+            None if r.ready_at <= now => "available",
+            None => "creating",
+        };
+        DbCluster {
+            id: id.into(),
+            arn: Some(format!("arn:aws:rds:fake:0:cluster:{id}")),
+            status: status.into(),
+            endpoint: Some(format!("{id}.cluster.fake.invalid")),
+            port: Some(5432),
+            engine: Some("aurora-postgresql".into()),
+            deletion_protection: r.protected,
+            tags: r.tags.clone(),
+        }
+    }
+
+    /// A tagged DB instance or cluster that is not gone: what keeps groups in use.
+    fn databases_remain(&self, kinds: &[&str]) -> bool {
+        let now = Instant::now();
+        let st = self.state.lock().expect("fake lock");
+        st.res.values().any(|r| {
+            kinds.contains(&r.kind)
+                && tag_value(&r.tags, "rehearse:run-id").is_some()
+                && r.gone_at.is_none_or(|g| g > now)
+        })
     }
 }
 
@@ -482,19 +536,11 @@ impl Ec2Api for FakeCloud {
     async fn delete_security_group(&self, id: &str) -> ApiResult<()> {
         self.enter("DeleteSecurityGroup", id, true)?;
         self.audit("DeleteSecurityGroup", id);
-        // Still used by an instance or database that is not gone yet.
-        let now = Instant::now();
-        let in_use = {
-            let st = self.state.lock().expect("fake lock");
-            st.res.values().any(|r| {
-                (r.kind == "instance" || r.kind == "db")
-                    && tag_value(&r.tags, "rehearse:run-id").is_some()
-                    && r.gone_at.is_none_or(|g| g > now)
-            })
-        };
-        if in_use {
+        // Still used by an instance, database or cluster that is not gone yet.
+        if self.databases_remain(&["instance", "db", "cluster"]) {
             return Err(fail("DependencyViolation", ErrorKind::InUse));
         }
+        let now = Instant::now();
         let mut st = self.state.lock().expect("fake lock");
         match st.res.get_mut(id) {
             Some(r) if r.gone_at.is_none() => r.gone_at = Some(now),
@@ -601,12 +647,19 @@ impl RdsApi for FakeCloud {
         Ok(self.snapshots())
     }
 
-    async fn describe_db_clusters(&self, _ids: &[String]) -> ApiResult<Vec<DbCluster>> {
-        Ok(Vec::new())
+    async fn describe_db_clusters(&self, ids: &[String]) -> ApiResult<Vec<DbCluster>> {
+        self.enter("DescribeDBClusters", &ids.join(","), false)?;
+        Ok(self
+            .live("cluster")
+            .into_iter()
+            .filter(|(id, _)| ids.contains(id))
+            .map(|(id, r)| Self::cluster(&id, &r))
+            .collect())
     }
 
     async fn db_clusters_all(&self) -> ApiResult<Vec<DbCluster>> {
-        Ok(Vec::new())
+        self.enter("DescribeDBClusters", "", false)?;
+        Ok(self.live("cluster").into_iter().map(|(id, r)| Self::cluster(&id, &r)).collect())
     }
 
     async fn create_db_subnet_group(
@@ -637,6 +690,9 @@ impl RdsApi for FakeCloud {
     async fn delete_db_subnet_group(&self, name: &str) -> ApiResult<()> {
         self.enter("DeleteDBSubnetGroup", name, true)?;
         self.audit("DeleteDBSubnetGroup", name);
+        if self.databases_remain(&["db", "cluster"]) {
+            return Err(fail("InvalidDBSubnetGroupStateFault", ErrorKind::InUse));
+        }
         self.delete(name, "subnet-group")?;
         // Subnet groups go at once.
         if let Some(r) = self.state.lock().expect("fake lock").res.get_mut(name) {
@@ -671,19 +727,61 @@ impl RdsApi for FakeCloud {
         self.leave(r.ok_or_else(|| fail("Internal", ErrorKind::Refused))?)
     }
 
-    async fn clone_db_cluster(&self, _req: &CloneCluster) -> ApiResult<DbCluster> {
-        Err(fail("NotImplementedInFake", ErrorKind::Refused))
+    async fn clone_db_cluster(&self, req: &CloneCluster) -> ApiResult<DbCluster> {
+        self.enter("RestoreDBClusterToPointInTime", &req.cluster_id, true)?;
+        if self.live("cluster").iter().any(|(id, _)| id == &req.cluster_id) {
+            return Err(fail("DBClusterAlreadyExistsFault", ErrorKind::Refused));
+        }
+        if !self.live("cluster").iter().any(|(id, _)| id == &req.source_cluster) {
+            return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound));
+        }
+        let (took, failed) = {
+            let mut st = self.state.lock().expect("fake lock");
+            let took = between(&mut st, self.faults.clone);
+            st.drawn.push(("cluster", "create", took));
+            (took, rand(&mut st) < self.faults.failed_restore)
+        };
+        self.create(&req.cluster_id, "cluster", &req.tags, took, Duration::ZERO);
+        if let Some(r) = self.state.lock().expect("fake lock").res.get_mut(&req.cluster_id) {
+            r.failed = failed;
+            // Copies the source's deletion protection, whatever was asked.
+            r.protected = true;
+        }
+        let c = self.live("cluster").into_iter().find(|(id, _)| id == &req.cluster_id);
+        self.leave(c.map(|(id, r)| Self::cluster(&id, &r)).ok_or_else(|| fail("Internal", ErrorKind::Refused))?)
     }
 
     async fn create_cluster_instance(
         &self,
-        _i: &str,
-        _c: &str,
+        instance_id: &str,
+        cluster_id: &str,
         _class: &str,
         _engine: &str,
-        _tags: &[Tag],
+        tags: &[Tag],
     ) -> ApiResult<DbInstance> {
-        Err(fail("NotImplementedInFake", ErrorKind::Refused))
+        self.enter("CreateDBInstance", instance_id, true)?;
+        if self.live("db").iter().any(|(id, _)| id == instance_id) {
+            return Err(fail("DBInstanceAlreadyExists", ErrorKind::Refused));
+        }
+        match self.live("cluster").into_iter().find(|(id, _)| id == cluster_id) {
+            None => return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound)),
+            Some((_, c)) if c.ready_at > Instant::now() || c.gone_at.is_some() => {
+                return Err(fail("InvalidDBClusterStateFault", ErrorKind::InUse))
+            }
+            Some(_) => {}
+        }
+        let took = {
+            let mut st = self.state.lock().expect("fake lock");
+            let took = between(&mut st, self.faults.cluster_instance);
+            st.drawn.push(("cluster-instance", "create", took));
+            took
+        };
+        self.create(instance_id, "db", tags, took, Duration::ZERO);
+        if let Some(r) = self.state.lock().expect("fake lock").res.get_mut(instance_id) {
+            r.cluster = Some(cluster_id.into());
+        }
+        let d = self.live("db").into_iter().find(|(id, _)| id == instance_id);
+        self.leave(d.map(|(id, r)| Self::db(&id, &r)).ok_or_else(|| fail("Internal", ErrorKind::Refused))?)
     }
 
     async fn secure_db_instance(&self, id: &str, _password: Option<&str>) -> ApiResult<()> {
@@ -702,8 +800,14 @@ impl RdsApi for FakeCloud {
         self.leave(())
     }
 
-    async fn secure_db_cluster(&self, _id: &str, _password: &str) -> ApiResult<()> {
-        Err(fail("NotImplementedInFake", ErrorKind::Refused))
+    async fn secure_db_cluster(&self, id: &str, _password: &str) -> ApiResult<()> {
+        self.enter("ModifyDBCluster", id, true)?;
+        self.audit("ModifyDBCluster", id);
+        match self.state.lock().expect("fake lock").res.get_mut(id) {
+            Some(r) if r.kind == "cluster" => r.protected = false,
+            _ => return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound)),
+        }
+        self.leave(())
     }
 
     async fn delete_db_instance(&self, id: &str) -> ApiResult<()> {
@@ -713,8 +817,20 @@ impl RdsApi for FakeCloud {
         self.leave(())
     }
 
-    async fn delete_db_cluster(&self, _id: &str) -> ApiResult<()> {
-        Ok(())
+    async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
+        self.enter("DeleteDBCluster", id, true)?;
+        self.audit("DeleteDBCluster", id);
+        // Not while an instance of it remains.
+        let now = Instant::now();
+        let members = {
+            let st = self.state.lock().expect("fake lock");
+            st.res.values().any(|r| r.cluster.as_deref() == Some(id) && r.gone_at.is_none_or(|g| g > now))
+        };
+        if members {
+            return Err(fail("InvalidDBClusterStateFault", ErrorKind::InUse));
+        }
+        self.delete(id, "cluster")?;
+        self.leave(())
     }
 
     async fn delete_db_snapshot(&self, id: &str) -> ApiResult<()> {
