@@ -679,22 +679,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     }
                     gone_ok(api.delete_db_instance(id).await)?;
                 }
-                self.databases
-                    .wait(
-                        id,
-                        |ids| async move {
-                            match api.describe_db_instances(&ids).await {
-                                Err(e) if e.kind == ErrorKind::NotFound => Ok(Vec::new()),
-                                other => other,
-                            }
-                        },
-                        |d| d.id.clone(),
-                        |d| Ok(d.is_none()),
-                        |d| d.map(|d| d.status.clone()).unwrap_or_else(|| "gone".into()),
-                        deadline,
-                    )
-                    .await
-                    .map(|_| ())
+                let describe = |ids: Vec<String>| async move { api.describe_db_instances(&ids).await };
+                wait_gone(&self.databases, id, describe, |d| (d.id.clone(), d.status.clone()), deadline).await
             }
             "aws.rds.db-cluster" => {
                 let Some(c) = one(api.describe_db_clusters(&[id.to_string()]).await, |c| c.id == id)? else {
@@ -710,22 +696,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     // Its instances may still be on their way out.
                     retry_in_use(|| api.delete_db_cluster(id)).await?;
                 }
-                self.clusters
-                    .wait(
-                        id,
-                        |ids| async move {
-                            match api.describe_db_clusters(&ids).await {
-                                Err(e) if e.kind == ErrorKind::NotFound => Ok(Vec::new()),
-                                other => other,
-                            }
-                        },
-                        |c| c.id.clone(),
-                        |c| Ok(c.is_none()),
-                        |c| c.map(|c| c.status.clone()).unwrap_or_else(|| "gone".into()),
-                        deadline,
-                    )
-                    .await
-                    .map(|_| ())
+                let describe = |ids: Vec<String>| async move { api.describe_db_clusters(&ids).await };
+                wait_gone(&self.clusters, id, describe, |c| (c.id.clone(), c.status.clone()), deadline).await
             }
             "aws.rds.db-subnet-group" => {
                 let Some(tags) = api.db_subnet_group_tags(id).await.map_err(|e| e.to_string())? else { return Ok(()) };
@@ -855,6 +827,40 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             delay = (delay * 2).min(Duration::from_secs(15));
         }
     }
+}
+
+/// Waits (through the batched `poller`) until `id` is no longer listed; a describe
+/// answering "not found" counts as not listed. `id_status` gives an item's id and status.
+async fn wait_gone<T: Clone, F, Fut>(
+    poller: &Poller<T>,
+    id: &str,
+    describe: F,
+    id_status: impl Fn(&T) -> (String, String),
+    deadline: Instant,
+) -> Result<(), String>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Vec<T>>>,
+{
+    poller
+        .wait(
+            id,
+            |ids| {
+                let found = describe(ids);
+                async move {
+                    match found.await {
+                        Err(e) if e.kind == ErrorKind::NotFound => Ok(Vec::new()),
+                        other => other,
+                    }
+                }
+            },
+            |t| id_status(t).0,
+            |t| Ok(t.is_none()),
+            |t| t.map(|t| id_status(t).1).unwrap_or_else(|| "gone".into()),
+            deadline,
+        )
+        .await
+        .map(|_| ())
 }
 
 /// The one element of a describe whose id is `id`; "not found" is `None`.

@@ -435,18 +435,22 @@ impl FakeCloud {
         }
     }
 
-    fn db(id: &str, r: &Res) -> DbInstance {
+    /// An RDS instance's or cluster's status.
+    fn rds_status(r: &Res) -> &'static str {
         let now = Instant::now();
-        let status = match r.gone_at {
+        match r.gone_at {
             Some(_) => "deleting",
             None if r.failed && r.ready_at <= now => "failed",
             None if r.ready_at <= now => "available",
             None => "creating",
-        };
+        }
+    }
+
+    fn db(id: &str, r: &Res) -> DbInstance {
         DbInstance {
             id: id.into(),
             arn: Some(format!("arn:aws:rds:fake:0:db:{id}")),
-            status: status.into(),
+            status: Self::rds_status(r).into(),
             address: Some(format!("{id}.fake.invalid")),
             port: Some(5432),
             publicly_accessible: !r.private,
@@ -459,17 +463,10 @@ impl FakeCloud {
     }
 
     fn cluster(id: &str, r: &Res) -> DbCluster {
-        let now = Instant::now();
-        let status = match r.gone_at {
-            Some(_) => "deleting",
-            None if r.failed && r.ready_at <= now => "failed",
-            None if r.ready_at <= now => "available",
-            None => "creating",
-        };
         DbCluster {
             id: id.into(),
             arn: Some(format!("arn:aws:rds:fake:0:cluster:{id}")),
-            status: status.into(),
+            status: Self::rds_status(r).into(),
             endpoint: Some(format!("{id}.cluster.fake.invalid")),
             port: Some(5432),
             engine: Some("aurora-postgresql".into()),
