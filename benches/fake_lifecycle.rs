@@ -98,8 +98,10 @@ fn main() {
     let faults = Faults { rate_limits: true, throttle: 0.05, server_error: 0.02, ..Faults::none() };
     let (left, steps_failed, throttle_errors, throttled, injected, retried, slowest) = rt.block_on(async {
         let cloud = FakeCloud::new(99, faults);
+        // Seeded retry jitter: the same figures on every run of the benchmark.
         let provider =
-            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
+                .seeded(99);
         let start = tokio::time::Instant::now();
         let runs = (0..50u64).map(|i| {
             let opts = Options {
