@@ -10,7 +10,9 @@ export REHEARSE_STATE_DIR=${REHEARSE_STATE_DIR:-$PWD/target/demo-state}
 start=$(date +%s.%N)
 sh demo/backup/generate.sh || exit 1
 
-banner() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
+# Bold only on a terminal, and not when NO_COLOR is set (https://no-color.org).
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+banner() { printf '\n%s== %s ==%s\n' "$bold" "$*" "$plain"; }
 
 banner "rehearse run environments/demo.yaml --release v2"
 "$bin" run environments/demo.yaml --release v2
