@@ -98,12 +98,20 @@ fn main() {
     let faults = Faults { rate_limits: true, throttle: 0.05, server_error: 0.02, ..Faults::none() };
     let (left, steps_failed, throttle_errors, throttled, injected, retried, slowest) = rt.block_on(async {
         let cloud = FakeCloud::new(99, faults);
-        // Seeded retry jitter: the same figures on every run of the benchmark.
-        let provider =
-            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
-                .seeded(99);
+        // One provider per run, as fifty `rehearse run` processes would have (each polls
+        // on its own), with seeded retry jitter: the same figures on every run.
+        let providers: Vec<_> = (0..50u64)
+            .map(|i| {
+                AwsProvider::new(
+                    cloud.clone(),
+                    rehearse::providers::aws::POLL_FIRST,
+                    rehearse::providers::aws::POLL_MAX,
+                )
+                .seeded(i)
+            })
+            .collect();
         let start = tokio::time::Instant::now();
-        let runs = (0..50u64).map(|i| {
+        let runs = providers.iter().zip(0..50u64).map(|(provider, i)| {
             let opts = Options {
                 run_id: format!("r-20261125-000001-{i:06x}"),
                 release: "v2".into(),
@@ -113,7 +121,6 @@ fn main() {
                 state_root: dir.path().join(format!("many-{i}")),
                 work_root: dir.path().join("work"),
             };
-            let provider = &provider;
             let loaded = &loaded;
             async move {
                 let signals = Signals::none();
@@ -132,13 +139,14 @@ fn main() {
             results.iter().map(|r| r.2).sum::<usize>(),
             cloud.throttled(),
             cloud.injected(),
-            provider.api.retried(),
+            providers.iter().map(|p| p.api.retried()).sum::<u64>(),
             results.iter().map(|r| r.3).max().unwrap_or_default(),
         )
     });
     println!(
         "50 concurrent runs in one process, account rate limits + 5 % throttling bursts + 2 % 5xx: \
-         {throttled} calls refused by the rate limits, {injected} faults injected, {retried} answers absorbed by retries; \
+         {throttled} calls refused by the rate limits, {injected} faults injected, {retried} calls sent again by the providers \
+         (failed describes of the pollers wait for their next round instead); \
          {steps_failed} steps failed, {throttle_errors} runs with a throttling error in their report, {left} resources left; \
          slowest run {:.1} virtual min; peak RSS {:.0} MB (before them {:.0} MB; target < 200 MB)",
         slowest.as_secs_f64() / 60.0,

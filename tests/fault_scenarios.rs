@@ -32,8 +32,18 @@ fn description(dir: &Path, aurora: bool) -> description::Loaded {
     description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
 }
 
-/// What a scenario exercised: (killed before the run ended, faults injected).
-fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<(bool, u64), String> {
+/// What a scenario exercised.
+struct Seen {
+    /// Killed before the run ended.
+    killed: bool,
+    faults: u64,
+    /// The scenario had an outage longer than the provider's patience.
+    outage: bool,
+    /// The run ended on a service error that patience could not absorb.
+    surfaced: bool,
+}
+
+fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<Seen, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
     rt.block_on(async {
         let cloud = FakeCloud::new(seed, Faults::chaos());
@@ -55,7 +65,12 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<(bo
         let kill_at = Duration::from_secs(seed.wrapping_mul(2_654_435_761) % 2400);
         let no_signals = Signals::none();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &no_signals);
-        let killed = tokio::time::timeout(kill_at, run).await.is_err();
+        let finished = tokio::time::timeout(kill_at, run).await.ok();
+        let killed = finished.is_none();
+        let report = finished.and_then(Result::ok).map(|o| serde_json::to_string(&o.report).unwrap());
+        let surfaced = report.is_some_and(|r| {
+            ["Throttling", "RequestLimitExceeded", "InternalError", "may have run"].iter().any(|w| r.contains(w))
+        });
         drop(provider);
 
         // `rehearse down RUN_ID`, from the journal, with a fresh provider; an operator
@@ -108,7 +123,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<(bo
         if cloud.production() != production {
             return Err("production changed".into());
         }
-        Ok((killed, cloud.injected()))
+        Ok(Seen { killed, faults: cloud.injected(), outage: cloud.has_outage(), surfaced })
     })
 }
 
@@ -124,24 +139,32 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
         Err(_) => (0..500).collect(),
     };
     let n = seeds.len();
-    let (mut failures, mut killed, mut faults) = (Vec::new(), 0, 0);
+    let (mut failures, mut killed, mut faults, mut outages, mut surfaced) = (Vec::new(), 0, 0, 0, 0);
     for seed in seeds {
         let state = dir.path().join(format!("s{seed}"));
         match scenario(seed, &variants[(seed % 2) as usize], &state) {
-            Ok((k, f)) => {
-                killed += usize::from(k);
-                faults += f;
+            Ok(seen) => {
+                killed += usize::from(seen.killed);
+                faults += seen.faults;
+                outages += usize::from(seen.outage);
+                surfaced += usize::from(seen.surfaced);
             }
             Err(e) => failures
                 .push(format!("seed {seed}: {e} (rerun: REHEARSE_SEED={seed} cargo test --test fault_scenarios)")),
         }
     }
     assert!(failures.is_empty(), "{} failing scenario(s):\n{}", failures.len(), failures.join("\n"));
-    eprintln!("{n} scenarios: {killed} killed mid-run, {} ran to the end; {faults} faults injected", n - killed);
+    eprintln!(
+        "{n} scenarios: {killed} killed mid-run, {} ran to the end; {faults} faults injected; \
+         {outages} with an outage, {surfaced} runs ended on a service error patience could not absorb",
+        n - killed
+    );
     if n >= 100 {
-        // The scenarios really vary: many runs are killed, many are not, and faults hit.
+        // The scenarios really vary: many runs are killed, many are not, faults hit,
+        // and some outages outlast the provider's patience (so its failure paths run).
         assert!(killed > n / 10 && killed < n * 9 / 10, "{killed} of {n} killed");
         assert!(faults > n as u64, "only {faults} faults in {n} scenarios");
+        assert!(surfaced > 0 && surfaced <= outages, "{surfaced} surfaced, {outages} outages");
     }
 }
 
@@ -159,10 +182,19 @@ fn fifty_concurrent_runs_under_rate_limits_see_no_throttling_error() {
         let faults = Faults { rate_limits: true, throttle: 0.05, server_error: 0.02, ..Faults::none() };
         let cloud = FakeCloud::new(7, faults);
         let production = cloud.production();
-        let provider =
-            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
-                .seeded(7);
-        let runs = (0..50u64).map(|i| {
+        // One provider per run, as fifty `rehearse run` processes would have: each polls
+        // on its own.
+        let providers: Vec<_> = (0..50u64)
+            .map(|i| {
+                AwsProvider::new(
+                    cloud.clone(),
+                    rehearse::providers::aws::POLL_FIRST,
+                    rehearse::providers::aws::POLL_MAX,
+                )
+                .seeded(i)
+            })
+            .collect();
+        let runs = providers.iter().zip(0..50u64).map(|(provider, i)| {
             let opts = Options {
                 run_id: format!("r-20261125-000002-{i:06x}"),
                 release: "v2".into(),
@@ -172,7 +204,7 @@ fn fifty_concurrent_runs_under_rate_limits_see_no_throttling_error() {
                 state_root: dir.path().join(format!("run-{i}")),
                 work_root: dir.path().join("work"),
             };
-            let (provider, loaded) = (&provider, &loaded);
+            let loaded = &loaded;
             async move {
                 let signals = Signals::none();
                 let outcome = lifecycle::run(provider, loaded, &opts, &Silent, &signals).await.unwrap();
@@ -199,9 +231,54 @@ fn fifty_concurrent_runs_under_rate_limits_see_no_throttling_error() {
         assert!(cloud.violations().is_empty(), "{:?}", cloud.violations());
         assert_eq!(cloud.production(), production);
         eprintln!(
-            "50 concurrent runs: {throttled} calls refused by the rate limits, {} faults injected, {} answers absorbed by retries",
+            "50 concurrent runs: {throttled} calls refused by the rate limits, {} faults injected; {} calls sent again \
+             by the providers (the pollers' describes are retried at their next round instead)",
             cloud.injected(),
-            provider.api.retried()
+            providers.iter().map(|p| p.api.retried()).sum::<u64>()
         );
+    });
+}
+
+/// An outage longer than the provider's patience, starting once the database copy is
+/// being restored: the run fails naming the throttling, and `down` afterwards removes
+/// everything.
+#[test]
+fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
+    let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
+    let dir = tempfile::Builder::new().prefix("rehearse-outage-").tempdir_in(base).unwrap();
+    let loaded = description(dir.path(), false);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let cloud = FakeCloud::new(11, Faults::none()).with_outage(Duration::from_secs(60), Duration::from_secs(3600));
+        let provider =
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
+        let opts = Options {
+            run_id: "r-20261125-000003-000000".into(),
+            release: "v2".into(),
+            destroy: DestroyPolicy::Always,
+            cold: false,
+            up_only: false,
+            state_root: dir.path().join("state"),
+            work_root: dir.path().join("work"),
+        };
+        let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
+        // The database never became visible as available, and the timeout says why.
+        let reason = outcome.report.reason.clone().unwrap_or_default();
+        assert!(reason.contains("timed out waiting for") && reason.contains("Throttling"), "{reason}");
+        // Teardown, in the outage too, could not finish: exit 4, leftovers listed with
+        // the command that removes them.
+        assert_eq!(outcome.exit_code, 4, "{reason}");
+        assert!(!outcome.report.teardown.leftovers.is_empty());
+        assert!(reason.contains("rehearse down r-20261125-000003-000000"), "{reason}");
+        // Once the outage is over, `down` from the journal removes everything.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let journal = Journal::open(&dir.path().join("state/runs/r-20261125-000003-000000/journal.jsonl")).unwrap();
+        let down =
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
+        let out = teardown::run(&down, &journal, &Silent, &Signals::none(), 1, &Clock::new()).await;
+        assert!(out.complete());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(cloud.leftovers().is_empty(), "{:?}", cloud.leftovers());
+        assert!(cloud.violations().is_empty());
     });
 }

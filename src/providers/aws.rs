@@ -137,12 +137,25 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         tags.into_iter().map(|(key, value)| Tag { key, value }).collect()
     }
 
-    /// An RDS identifier for a run's resource: lowercase, ≤ 63 characters, unique per run.
+    /// An RDS identifier for a run's resource: a letter first, then lowercase letters,
+    /// digits and single hyphens, ≤ 63 characters, unique per run and name. A name that
+    /// had to be changed to fit (`a_b` and `a-b` would both become `a-b`; a long one is
+    /// cut) gets a hash of the original, so two names never share an identifier.
     fn rds_id(run_id: &str, name: &str) -> String {
         let suffix = run_id.trim_start_matches("r-").replace('-', "");
-        let mut id = format!("rh-{suffix}-{name}").to_lowercase().replace('_', "-");
-        id.truncate(63);
-        id.trim_end_matches('-').to_string()
+        let raw = format!("rh-{suffix}-{name}");
+        let mut id = String::new();
+        for c in raw.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }) {
+            if !(c == '-' && id.ends_with('-')) {
+                id.push(c);
+            }
+        }
+        let mut id = id.trim_end_matches('-').to_string();
+        if id != raw || id.len() > 63 {
+            id.truncate(54);
+            id = format!("{}-{:08x}", id.trim_end_matches('-'), fnv1a(&raw) as u32);
+        }
+        id
     }
 
     /// The name of the run's security group and DB subnet group.
@@ -150,9 +163,15 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         format!("rehearse-{run_id}")
     }
 
-    /// `RunInstances`' client token for a run's instance (≤ 64 characters).
-    fn client_token(run_id: &str, res: &Resource) -> String {
-        format!("{run_id}-{}", res.id).chars().take(64).collect()
+    /// `RunInstances`' client token for a run's instance: ≤ 64 ASCII characters, unique
+    /// per run and instance (a long one is cut and given a hash of the whole, so that
+    /// `service.<long name>.0` and `.1` never share a token).
+    fn client_token(run_id: &str, res_id: &str) -> String {
+        let full = format!("{run_id}-{res_id}");
+        if full.len() <= 64 {
+            return full;
+        }
+        format!("{}-{:016x}", &full[..47], fnv1a(&full))
     }
 
     /// What makes a create idempotent — the name it creates under, or the client
@@ -162,7 +181,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             Kind::AwsSecurityGroup | Kind::AwsDbSubnetGroup => Some(Self::group_name(run_id)),
             Kind::AwsDbInstance => Some(Self::rds_id(run_id, &res.name)),
             Kind::AwsDbCluster => Some(Self::rds_id(run_id, &format!("{}-cluster", res.name))),
-            Kind::AwsInstance => Some(Self::client_token(run_id, res)),
+            Kind::AwsInstance => Some(Self::client_token(run_id, &res.id)),
             _ => None,
         }
     }
@@ -236,7 +255,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     }
 
     async fn wait_db(&self, id: &str, deadline: Instant) -> Result<DbInstance, StepError> {
-        let api = &self.api;
+        // The poller retries a failed describe at its next interval: no retry stacked on it.
+        let api = &self.api.inner;
         self.databases
             .wait(
                 id,
@@ -475,7 +495,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         ctx.record(res, json!({"db_cluster_id": c.id}))?;
         self.remember(&res.id, &c.id);
         let deadline = Instant::now() + db.timeout.unwrap_or(Duration::from_secs(30 * 60));
-        let api = &self.api;
+        // The poller retries a failed describe at its next interval: no retry stacked on it.
+        let api = &self.api.inner;
         let r = self
             .clusters
             .wait(
@@ -515,7 +536,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             user_data,
             count: 1,
             tags: Self::tags(ctx, res),
-            client_token: Self::client_token(&ctx.run.run_id, res),
+            client_token: Self::client_token(&ctx.run.run_id, &res.id),
         };
         let t = ctx.started(res, "run-instance", None);
         // An answer lost on the way back (a timeout) does not mean nothing was created:
@@ -545,7 +566,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         ctx.record(res, json!({"instance_id": id}))?;
         ctx.step(res, "run-instance", t, true, Some(id.clone()));
         let t = ctx.started(res, "wait-running", None);
-        let api = &self.api;
+        // The poller retries a failed describe at its next interval: no retry stacked on it.
+        let api = &self.api.inner;
         let cancelled = async {
             let mut rx = ctx.cancel.clone();
             let _ = rx.wait_for(|c| *c).await;
@@ -660,7 +682,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         let api = &self.api;
         match kind {
             "aws.ec2.instance" => {
-                let Some(inst) = self.describe_instance_patiently(id).await? else { return Ok(()) };
+                let describe = || async move { one(api.describe_instances(&[id.to_string()]).await, |i| i.id == id) };
+                let Some(inst) = self.find_patiently(describe).await? else { return Ok(()) };
                 if inst.state == "terminated" {
                     return Ok(());
                 }
@@ -677,9 +700,14 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     if db.deletion_protection {
                         api.secure_db_instance(id, None).await.map_err(|e| e.to_string())?;
                     }
-                    gone_ok(api.delete_db_instance(id).await)?;
+                    let deleting = || async move {
+                        let d = one(api.describe_db_instances(&[id.to_string()]).await, |d| d.id == id)?;
+                        Ok(d.is_none_or(|d| d.status == "deleting"))
+                    };
+                    retry_in_use(|| api.delete_db_instance(id), deleting).await?;
                 }
-                let describe = |ids: Vec<String>| async move { api.describe_db_instances(&ids).await };
+                let inner = &self.api.inner;
+                let describe = |ids: Vec<String>| async move { inner.describe_db_instances(&ids).await };
                 wait_gone(&self.databases, id, describe, |d| (d.id.clone(), d.status.clone()), deadline).await
             }
             "aws.rds.db-cluster" => {
@@ -694,27 +722,36 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                         api.secure_db_cluster(id, &state::new_secret()).await.map_err(|e| e.to_string())?;
                     }
                     // Its instances may still be on their way out.
-                    retry_in_use(|| api.delete_db_cluster(id)).await?;
+                    let deleting = || async move {
+                        let c = one(api.describe_db_clusters(&[id.to_string()]).await, |c| c.id == id)?;
+                        Ok(c.is_none_or(|c| c.status == "deleting"))
+                    };
+                    retry_in_use(|| api.delete_db_cluster(id), deleting).await?;
                 }
-                let describe = |ids: Vec<String>| async move { api.describe_db_clusters(&ids).await };
+                let inner = &self.api.inner;
+                let describe = |ids: Vec<String>| async move { inner.describe_db_clusters(&ids).await };
                 wait_gone(&self.clusters, id, describe, |c| (c.id.clone(), c.status.clone()), deadline).await
             }
             "aws.rds.db-subnet-group" => {
                 let Some(tags) = api.db_subnet_group_tags(id).await.map_err(|e| e.to_string())? else { return Ok(()) };
                 guard.check("DB subnet group", id, &tags)?;
-                retry_in_use(|| api.delete_db_subnet_group(id)).await
+                retry_in_use(|| api.delete_db_subnet_group(id), never).await
             }
             "aws.ec2.security-group" => {
-                let Some(g) = one(api.describe_security_groups(&[id.to_string()]).await, |g| g.id == id)? else {
-                    return Ok(());
-                };
+                let describe =
+                    || async move { one(api.describe_security_groups(&[id.to_string()]).await, |g| g.id == id) };
+                let Some(g) = self.find_patiently(describe).await? else { return Ok(()) };
                 guard.check("security group", id, &g.tags)?;
-                retry_in_use(|| api.delete_security_group(id)).await
+                retry_in_use(|| api.delete_security_group(id), never).await
             }
             "aws.rds.db-snapshot" => {
                 let Some(s) = one(api.snapshots_all().await, |s| s.id == id)? else { return Ok(()) };
                 guard.check("DB snapshot", id, &s.tags)?;
-                gone_ok(api.delete_db_snapshot(id).await)
+                let deleting = || async move {
+                    let s = one(api.snapshots_all().await, |s| s.id == id)?;
+                    Ok(s.is_none_or(|s| s.status == "deleting"))
+                };
+                retry_in_use(|| api.delete_db_snapshot(id), deleting).await
             }
             _ => Ok(()),
         }
@@ -789,7 +826,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
 impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     /// Waits (through the batched poller) until an instance is terminated or gone.
     async fn wait_terminated(&self, id: &str, deadline: Instant) -> Result<(), String> {
-        let api = &self.api;
+        // The poller retries a failed describe at its next interval: no retry stacked on it.
+        let api = &self.api.inner;
         self.instances
             .wait(
                 id,
@@ -803,22 +841,21 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             .map(|_| ())
     }
 
-    /// An instance by id. EC2 is eventually consistent: right after RunInstances a
-    /// describe may answer `InvalidInstanceID.NotFound`, so "not found" is believed
-    /// only once it has held for a minute (a terminated instance stays listed as
-    /// `terminated`, so a real absence is rare and costs that minute only then).
-    async fn describe_instance_patiently(&self, id: &str) -> Result<Option<Instance>, String> {
+    /// An EC2 resource by id (`describe` lists it or not). EC2 is eventually
+    /// consistent: right after it was created a describe may answer "not found", so
+    /// "not found" is believed only once it has held for a minute (a terminated instance
+    /// stays listed as `terminated`, so a real absence is rare and costs that minute
+    /// only then).
+    async fn find_patiently<T, F, Fut>(&self, mut describe: F) -> Result<Option<T>, String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, String>>,
+    {
         let until = Instant::now() + Duration::from_secs(60);
         let mut delay = Duration::from_secs(1);
         loop {
-            match self.api.describe_instances(&[id.to_string()]).await {
-                Ok(v) => {
-                    if let Some(i) = v.into_iter().find(|i| i.id == id) {
-                        return Ok(Some(i));
-                    }
-                }
-                Err(e) if e.kind == ErrorKind::NotFound => {}
-                Err(e) => return Err(e.to_string()),
+            if let Some(found) = describe().await? {
+                return Ok(Some(found));
             }
             if Instant::now() >= until {
                 return Ok(None);
@@ -827,6 +864,12 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             delay = (delay * 2).min(Duration::from_secs(15));
         }
     }
+}
+
+/// FNV-1a: a short, stable hash for names (stable across builds and Rust versions,
+/// unlike `std`'s `DefaultHasher`; eight lines do not justify a crate).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Waits (through the batched `poller`) until `id` is no longer listed; a describe
@@ -872,21 +915,17 @@ fn one<T>(found: ApiResult<Vec<T>>, is: impl Fn(&T) -> bool) -> Result<Option<T>
     }
 }
 
-/// A delete whose target is already gone counts as done.
-fn gone_ok(r: ApiResult<()>) -> Result<(), String> {
-    match r {
-        Err(e) if e.kind != ErrorKind::NotFound => Err(e.to_string()),
-        _ => Ok(()),
-    }
-}
-
 /// Retries a delete refused because something still uses the resource
-/// (`DependencyViolation`: an instance still terminating), with backoff, for up to
-/// ten minutes. Gone counts as deleted.
-async fn retry_in_use<F, Fut>(mut call: F) -> Result<(), String>
+/// (`DependencyViolation`: an instance still terminating; a cluster whose instances
+/// are still leaving), with backoff, for up to ten minutes — unless `under_way` says
+/// its deletion has begun already (an earlier attempt of this delete ran before its
+/// answer was lost) or it is gone. Gone counts as deleted.
+async fn retry_in_use<F, Fut, U, UFut>(mut call: F, mut under_way: U) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ApiResult<()>>,
+    U: FnMut() -> UFut,
+    UFut: std::future::Future<Output = Result<bool, String>>,
 {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut delay = Duration::from_millis(500);
@@ -894,13 +933,24 @@ where
         match call().await {
             Ok(()) => return Ok(()),
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.kind == ErrorKind::InUse && Instant::now() < deadline => {
+            Err(e) if e.kind == ErrorKind::InUse => {
+                if under_way().await? {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Err(e.to_string());
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(15));
             }
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// For resources whose deletion is immediate: never "under way".
+async fn never() -> Result<bool, String> {
+    Ok(false)
 }
 
 fn handle_id(entry: &Entry) -> Option<String> {
@@ -1043,5 +1093,44 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
             "aws.rds.db-subnet-group" => format!("aws rds delete-db-subnet-group --region {region} --db-subnet-group-name {id}"),
             _ => format!("rehearse down {}", meta.run_id),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeCloud;
+    use super::*;
+
+    type P = AwsProvider<FakeCloud>;
+    const RUN: &str = "r-20261125-193606-4d81b4";
+
+    fn valid_rds_id(id: &str) -> bool {
+        id.len() <= 63
+            && id.starts_with(|c: char| c.is_ascii_lowercase())
+            && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !id.contains("--")
+            && !id.ends_with('-')
+    }
+
+    #[test]
+    fn rds_identifiers_are_valid_and_never_shared_by_two_names() {
+        assert_eq!(P::rds_id(RUN, "db"), "rh-202611251936064d81b4-db");
+        let long = "a".repeat(32);
+        let names = ["orders_db", "orders-db", "a__b", "a-b", &long, &format!("{long}-cluster")];
+        let ids: Vec<String> = names.iter().map(|n| P::rds_id(RUN, n)).collect();
+        for (n, id) in names.iter().zip(&ids) {
+            assert!(valid_rds_id(id), "{n} → {id}");
+        }
+        let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    }
+
+    #[test]
+    fn client_tokens_fit_and_tell_instances_apart() {
+        let long = "payments-reconciliation-worker01";
+        let (a, b) =
+            (P::client_token(RUN, &format!("service.{long}.0")), P::client_token(RUN, &format!("service.{long}.1")));
+        assert!(a.len() <= 64 && b.len() <= 64 && a != b, "{a} {b}");
+        assert_eq!(P::client_token(RUN, "service.web.0"), format!("{RUN}-service.web.0"));
     }
 }

@@ -53,6 +53,9 @@ pub struct Faults {
     pub lost_response: f64,
     /// RunInstances refused with InsufficientInstanceCapacity.
     pub capacity: f64,
+    /// The chance that the scenario has one outage: every call throttled for 15–25
+    /// minutes (longer than the provider's patience), starting within the first 30.
+    pub outage: f64,
     /// A restore that ends in state `failed`.
     pub failed_restore: f64,
     /// How long a new instance stays invisible to describes.
@@ -74,6 +77,7 @@ impl Faults {
             rate_limits: false,
             lost_response: 0.0,
             capacity: 0.0,
+            outage: 0.0,
             failed_restore: 0.0,
             invisible_for: Duration::from_secs(2),
             boot: (Duration::from_secs(30), Duration::from_secs(90)),
@@ -91,6 +95,7 @@ impl Faults {
             server_error: 0.03,
             lost_response: 0.03,
             capacity: 0.1,
+            outage: 0.2,
             failed_restore: 0.1,
             ..Faults::none()
         }
@@ -124,6 +129,8 @@ struct Res {
     name: String,
     /// A DB instance's Aurora cluster.
     cluster: Option<String>,
+    /// A security group's ingress rules were added.
+    authorized: bool,
 }
 
 struct State {
@@ -136,6 +143,8 @@ struct State {
     injected: u64,
     /// Calls refused by the rate limits.
     throttled: u64,
+    /// The outage window, if the scenario has one.
+    outage: Option<(Instant, Instant)>,
     /// Token buckets: tokens left and when they were counted, per bucket.
     buckets: BTreeMap<&'static str, (f64, Instant)>,
     /// Every provisioning or deletion time drawn: (kind, "create" | "delete", time).
@@ -173,6 +182,7 @@ impl FakeCloud {
             created: chrono::Utc::now() - chrono::Duration::days(2),
             name: String::new(),
             cluster: None,
+            authorized: true,
         };
         res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
         res.insert("sg-prod".into(), Res { kind: "sg", name: "shop-prod".into(), ..base.clone() });
@@ -195,21 +205,37 @@ impl FakeCloud {
                 ..base.clone()
             },
         );
-        FakeCloud {
-            faults,
-            state: Arc::new(Mutex::new(State {
-                rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1),
-                next: 1,
-                res,
-                tokens: BTreeMap::new(),
-                calls: Vec::new(),
-                violations: Vec::new(),
-                injected: 0,
-                throttled: 0,
-                buckets: BTreeMap::new(),
-                drawn: Vec::new(),
-            })),
+        let mut state = State {
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1),
+            next: 1,
+            res,
+            tokens: BTreeMap::new(),
+            calls: Vec::new(),
+            violations: Vec::new(),
+            injected: 0,
+            throttled: 0,
+            buckets: BTreeMap::new(),
+            outage: None,
+            drawn: Vec::new(),
+        };
+        if faults.outage > 0.0 && rand(&mut state) < faults.outage {
+            let start = now + Duration::from_secs(1800).mul_f64(rand(&mut state));
+            let len = between(&mut state, (Duration::from_secs(900), Duration::from_secs(1500)));
+            state.outage = Some((start, start + len));
         }
+        FakeCloud { faults, state: Arc::new(Mutex::new(state)) }
+    }
+
+    /// An outage (every call throttled) from `after` from now, for `len`.
+    pub fn with_outage(self, after: Duration, len: Duration) -> Self {
+        let start = Instant::now() + after;
+        self.state.lock().expect("fake lock").outage = Some((start, start + len));
+        self
+    }
+
+    /// Whether this scenario has an outage.
+    pub fn has_outage(&self) -> bool {
+        self.state.lock().expect("fake lock").outage.is_some()
     }
 
     /// The longest time drawn for (kind, "create" | "delete"): with no faults, the
@@ -306,6 +332,11 @@ impl FakeCloud {
         st.calls.push(Call { op, target: target.into(), mutating });
         let rds = op.contains("DB") || op == "ListTagsForResource";
         let throttled = fail(if rds { "Throttling" } else { "RequestLimitExceeded" }, ErrorKind::Throttled);
+        let now = Instant::now();
+        if st.outage.is_some_and(|(from, to)| from <= now && now < to) {
+            st.injected += 1;
+            return Err(throttled);
+        }
         if self.faults.rate_limits && !take_token(&mut st, op, rds) {
             st.throttled += 1;
             return Err(throttled);
@@ -384,8 +415,17 @@ impl FakeCloud {
                 created: chrono::Utc::now(),
                 name: name.into(),
                 cluster: None,
+                authorized: false,
             },
         );
+    }
+
+    /// Whether a resource of `kind` matching `is` exists (listed yet or not): what makes
+    /// a second create with the same name fail.
+    fn exists(&self, kind: &str, is: impl Fn(&str, &Res) -> bool) -> bool {
+        let now = Instant::now();
+        let st = self.state.lock().expect("fake lock");
+        st.res.iter().any(|(id, r)| r.kind == kind && r.gone_at.is_none_or(|g| g > now) && is(id, r))
     }
 
     fn live(&self, kind: &str) -> Vec<(String, Res)> {
@@ -406,12 +446,21 @@ impl FakeCloud {
             st.drawn.push((kind, "delete", took));
         }
         match st.res.get_mut(id) {
-            Some(r) if r.kind == kind && r.gone_at.is_none_or(|g| g > now) => {
+            Some(r) if r.kind == kind && r.gone_at.is_none() => {
                 if r.protected {
                     return Err(fail("InvalidParameterCombination", ErrorKind::Refused));
                 }
-                r.gone_at.get_or_insert(now + took);
+                r.gone_at = Some(now + took);
                 Ok(())
+            }
+            // Already being deleted: RDS refuses a second delete by the state.
+            Some(r) if r.kind == kind && r.gone_at.is_some_and(|g| g > now) => {
+                let code = match kind {
+                    "cluster" => "InvalidDBClusterStateFault",
+                    "snapshot" => "InvalidDBSnapshotState",
+                    _ => "InvalidDBInstanceState",
+                };
+                Err(fail(code, ErrorKind::InUse))
             }
             _ => Err(fail("NotFound", ErrorKind::NotFound)),
         }
@@ -475,13 +524,17 @@ impl FakeCloud {
         }
     }
 
-    /// A tagged DB instance or cluster that is not gone: what keeps groups in use.
-    fn databases_remain(&self, kinds: &[&str]) -> bool {
+    /// A resource of `kinds` of the same run as the group `group` that is not gone:
+    /// what keeps the group in use.
+    fn in_use(&self, group: &str, kinds: &[&str]) -> bool {
         let now = Instant::now();
         let st = self.state.lock().expect("fake lock");
+        let Some(run) = st.res.get(group).and_then(|g| tag_value(&g.tags, "rehearse:run-id")) else {
+            return false;
+        };
         st.res.values().any(|r| {
             kinds.contains(&r.kind)
-                && tag_value(&r.tags, "rehearse:run-id").is_some()
+                && tag_value(&r.tags, "rehearse:run-id") == Some(run)
                 && r.gone_at.is_none_or(|g| g > now)
         })
     }
@@ -496,17 +549,23 @@ impl Ec2Api for FakeCloud {
         tags: &[Tag],
     ) -> ApiResult<String> {
         self.enter("CreateSecurityGroup", name, true)?;
-        if self.live("sg").iter().any(|(_, r)| r.name == name) {
+        if self.exists("sg", |_, r| r.name == name) {
             return Err(fail("InvalidGroup.Duplicate", ErrorKind::Refused));
         }
         let id = self.new_id("sg");
-        self.create_named(&id, name, "sg", tags, Duration::ZERO, Duration::ZERO);
+        // Describes are eventually consistent for groups too.
+        self.create_named(&id, name, "sg", tags, Duration::ZERO, self.faults.invisible_for);
         self.leave(id)
     }
 
     async fn authorize_ingress(&self, group_id: &str, _cidrs: &[String]) -> ApiResult<()> {
         self.enter("AuthorizeSecurityGroupIngress", group_id, true)?;
         self.audit("AuthorizeSecurityGroupIngress", group_id);
+        match self.state.lock().expect("fake lock").res.get_mut(group_id) {
+            Some(r) if r.authorized => return Err(fail("InvalidPermission.Duplicate", ErrorKind::Refused)),
+            Some(r) => r.authorized = true,
+            None => return Err(fail("InvalidGroup.NotFound", ErrorKind::NotFound)),
+        }
         self.leave(())
     }
 
@@ -534,7 +593,7 @@ impl Ec2Api for FakeCloud {
         self.enter("DeleteSecurityGroup", id, true)?;
         self.audit("DeleteSecurityGroup", id);
         // Still used by an instance, database or cluster that is not gone yet.
-        if self.databases_remain(&["instance", "db", "cluster"]) {
+        if self.in_use(id, &["instance", "db", "cluster"]) {
             return Err(fail("DependencyViolation", ErrorKind::InUse));
         }
         let now = Instant::now();
@@ -667,7 +726,7 @@ impl RdsApi for FakeCloud {
         tags: &[Tag],
     ) -> ApiResult<DbSubnetGroup> {
         self.enter("CreateDBSubnetGroup", name, true)?;
-        if self.live("subnet-group").iter().any(|(id, _)| id == name) {
+        if self.exists("subnet-group", |id, _| id == name) {
             return Err(fail("DBSubnetGroupAlreadyExists", ErrorKind::Refused));
         }
         self.create(name, "subnet-group", tags, Duration::ZERO, Duration::ZERO);
@@ -687,7 +746,7 @@ impl RdsApi for FakeCloud {
     async fn delete_db_subnet_group(&self, name: &str) -> ApiResult<()> {
         self.enter("DeleteDBSubnetGroup", name, true)?;
         self.audit("DeleteDBSubnetGroup", name);
-        if self.databases_remain(&["db", "cluster"]) {
+        if self.in_use(name, &["db", "cluster"]) {
             return Err(fail("InvalidDBSubnetGroupStateFault", ErrorKind::InUse));
         }
         self.delete(name, "subnet-group")?;
@@ -700,7 +759,7 @@ impl RdsApi for FakeCloud {
 
     async fn restore_db_instance(&self, req: &RestoreDb) -> ApiResult<DbInstance> {
         self.enter("RestoreDBInstanceFromDBSnapshot", &req.instance_id, true)?;
-        if self.live("db").iter().any(|(id, _)| id == &req.instance_id) {
+        if self.exists("db", |id, _| id == req.instance_id) {
             return Err(fail("DBInstanceAlreadyExists", ErrorKind::Refused));
         }
         let (took, failed) = {
@@ -726,7 +785,7 @@ impl RdsApi for FakeCloud {
 
     async fn clone_db_cluster(&self, req: &CloneCluster) -> ApiResult<DbCluster> {
         self.enter("RestoreDBClusterToPointInTime", &req.cluster_id, true)?;
-        if self.live("cluster").iter().any(|(id, _)| id == &req.cluster_id) {
+        if self.exists("cluster", |id, _| id == req.cluster_id) {
             return Err(fail("DBClusterAlreadyExistsFault", ErrorKind::Refused));
         }
         if !self.live("cluster").iter().any(|(id, _)| id == &req.source_cluster) {
@@ -757,7 +816,7 @@ impl RdsApi for FakeCloud {
         tags: &[Tag],
     ) -> ApiResult<DbInstance> {
         self.enter("CreateDBInstance", instance_id, true)?;
-        if self.live("db").iter().any(|(id, _)| id == instance_id) {
+        if self.exists("db", |id, _| id == instance_id) {
             return Err(fail("DBInstanceAlreadyExists", ErrorKind::Refused));
         }
         match self.live("cluster").into_iter().find(|(id, _)| id == cluster_id) {

@@ -28,6 +28,8 @@ use super::{TAG_RESOURCE, TAG_RUN};
 const FIRST: Duration = Duration::from_millis(250);
 const LONGEST: Duration = Duration::from_secs(20);
 const PATIENCE: Duration = Duration::from_secs(600);
+/// How long a resource reported as existing may stay unlisted.
+const ADOPT_PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct Patient<A> {
     pub inner: A,
@@ -74,18 +76,61 @@ impl<A> Patient<A> {
     {
         let until = Instant::now() + PATIENCE;
         let mut n = 0;
+        // A 5xx may come after the call ran: then a later refusal (throttled until
+        // patience ran out, say) does not mean that nothing was done.
+        let mut may_have_run = false;
         loop {
             match call().await {
                 Err(e) if e.is_transient() && Instant::now() < until => {
+                    may_have_run |= e.kind == ErrorKind::ServerError;
                     self.retried.fetch_add(1, Ordering::Relaxed);
                     let pause = self.pause(n).min(until.saturating_duration_since(Instant::now()));
                     tracing::debug!("{op}: {e}; sending it again in {pause:?}");
                     tokio::time::sleep(pause).await;
                     n += 1;
                 }
+                Err(e) if may_have_run && matches!(e.kind, ErrorKind::Throttled | ErrorKind::NotSent) => {
+                    return Err(uncertain(e))
+                }
                 other => return other,
             }
         }
+    }
+
+    /// A create was told "already exists". `find` gives what exists under the asked-for
+    /// name, with its tags. This call's own — an earlier attempt that ran before its
+    /// 5xx — is adopted; someone else's leaves the refusal standing. Nothing listed yet
+    /// (listings are eventually consistent) is looked for again for a minute; then the
+    /// refusal stands as uncertain, so that teardown still looks for it.
+    async fn adopt<T, F, Fut>(&self, refusal: ApiError, asked: &[Tag], mut find: F) -> ApiResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ApiResult<Option<(T, Vec<Tag>)>>>,
+    {
+        let until = Instant::now() + ADOPT_PATIENCE;
+        let mut n = 0;
+        loop {
+            match find().await {
+                Ok(Some((found, tags))) if same_owner(&tags, asked) => return Ok(found),
+                Ok(Some(_)) => return Err(refusal),
+                Ok(None) if Instant::now() < until => {
+                    tokio::time::sleep(self.pause(n)).await;
+                    n += 1;
+                }
+                Ok(None) => return Err(uncertain(refusal)),
+                Err(e) => return Err(uncertain(e)),
+            }
+        }
+    }
+}
+
+/// An error after which the call may have run: its kind says so (`ServerError`), so a
+/// create is not taken as never done.
+fn uncertain(e: ApiError) -> ApiError {
+    ApiError {
+        kind: ErrorKind::ServerError,
+        message: format!("{} (an earlier attempt may have run)", e.message),
+        code: e.code,
     }
 }
 
@@ -112,9 +157,12 @@ impl<A: Ec2Api> Ec2Api for Patient<A> {
             .await;
         match r {
             Err(e) if already_exists(&e) => {
-                let groups =
-                    self.retrying("DescribeSecurityGroups", || self.inner.security_groups_tagged(TAG_RUN)).await?;
-                groups.into_iter().find(|g| g.name == name && same_owner(&g.tags, tags)).map(|g| g.id).ok_or(e)
+                self.adopt(e, tags, || async {
+                    let groups =
+                        self.retrying("DescribeSecurityGroups", || self.inner.security_groups_tagged(TAG_RUN)).await?;
+                    Ok(groups.into_iter().find(|g| g.name == name).map(|g| (g.id, g.tags)))
+                })
+                .await
             }
             other => other,
         }
@@ -195,10 +243,11 @@ impl<A: RdsApi> RdsApi for Patient<A> {
             .await;
         match r {
             Err(e) if already_exists(&e) => {
-                match self.retrying("ListTagsForResource", || self.inner.db_subnet_group_tags(name)).await? {
-                    Some(found) if same_owner(&found, tags) => Ok(DbSubnetGroup { name: name.to_string(), arn: None }),
-                    _ => Err(e),
-                }
+                self.adopt(e, tags, || async {
+                    let found = self.retrying("ListTagsForResource", || self.inner.db_subnet_group_tags(name)).await?;
+                    Ok(found.map(|t| (DbSubnetGroup { name: name.to_string(), arn: None }, t)))
+                })
+                .await
             }
             other => other,
         }
@@ -226,9 +275,15 @@ impl<A: RdsApi> RdsApi for Patient<A> {
     async fn clone_db_cluster(&self, req: &CloneCluster) -> ApiResult<DbCluster> {
         match self.retrying("RestoreDBClusterToPointInTime", || self.inner.clone_db_cluster(req)).await {
             Err(e) if already_exists(&e) => {
-                let ids = std::slice::from_ref(&req.cluster_id);
-                let found = self.retrying("DescribeDBClusters", || self.inner.describe_db_clusters(ids)).await?;
-                found.into_iter().find(|c| c.id == req.cluster_id && same_owner(&c.tags, &req.tags)).ok_or(e)
+                self.adopt(e, &req.tags, || async {
+                    let ids = std::slice::from_ref(&req.cluster_id);
+                    let found = self.retrying("DescribeDBClusters", || self.inner.describe_db_clusters(ids)).await;
+                    Ok(listed(found)?.into_iter().find(|c| c.id == req.cluster_id).map(|c| {
+                        let tags = c.tags.clone();
+                        (c, tags)
+                    }))
+                })
+                .await
             }
             other => other,
         }
@@ -279,8 +334,22 @@ impl<A: RdsApi> Patient<A> {
     /// an earlier attempt whose answer was lost, or the refusal stands.
     async fn adopt_db_instance(&self, id: &str, tags: &[Tag], refusal: ApiError) -> ApiResult<DbInstance> {
         let ids = [id.to_string()];
-        let found = self.retrying("DescribeDBInstances", || self.inner.describe_db_instances(&ids)).await?;
-        found.into_iter().find(|d| d.id == id && same_owner(&d.tags, tags)).ok_or(refusal)
+        self.adopt(refusal, tags, || async {
+            let found = self.retrying("DescribeDBInstances", || self.inner.describe_db_instances(&ids)).await;
+            Ok(listed(found)?.into_iter().find(|d| d.id == id).map(|d| {
+                let tags = d.tags.clone();
+                (d, tags)
+            }))
+        })
+        .await
+    }
+}
+
+/// A describe by id: "not found" is an empty list.
+fn listed<T>(found: ApiResult<Vec<T>>) -> ApiResult<Vec<T>> {
+    match found {
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(Vec::new()),
+        other => other,
     }
 }
 
@@ -320,6 +389,72 @@ mod tests {
         left.sort();
         assert_eq!(left, vec!["db rh-r1-db".to_string(), format!("sg {sg}"), "subnet-group rehearse-r-1".to_string()]);
         assert!(api.retried() > 0 && cloud.injected() > 0, "the 5xx answers were absorbed");
+    }
+
+    /// EC2 answering `CreateSecurityGroup` from a script, listing no group.
+    struct Scripted(Mutex<Vec<ApiResult<String>>>);
+
+    fn answer(kind: ErrorKind, code: &str) -> ApiResult<String> {
+        Err(ApiError { code: Some(code.into()), message: code.into(), kind })
+    }
+
+    impl Ec2Api for Scripted {
+        async fn create_security_group(&self, _: &str, _: &str, _: &str, _: &[Tag]) -> ApiResult<String> {
+            let mut script = self.0.lock().unwrap();
+            if script.len() > 1 {
+                script.remove(0)
+            } else {
+                script[0].clone()
+            }
+        }
+        async fn security_groups_tagged(&self, _: &str) -> ApiResult<Vec<SecurityGroup>> {
+            Ok(Vec::new())
+        }
+        async fn authorize_ingress(&self, _: &str, _: &[String]) -> ApiResult<()> {
+            unreachable!()
+        }
+        async fn describe_security_groups(&self, _: &[String]) -> ApiResult<Vec<SecurityGroup>> {
+            unreachable!()
+        }
+        async fn delete_security_group(&self, _: &str) -> ApiResult<()> {
+            unreachable!()
+        }
+        async fn run_instances(&self, _: &RunInstances) -> ApiResult<Vec<String>> {
+            unreachable!()
+        }
+        async fn describe_instances(&self, _: &[String]) -> ApiResult<Vec<Instance>> {
+            unreachable!()
+        }
+        async fn instances_tagged(&self, _: &str) -> ApiResult<Vec<Instance>> {
+            unreachable!()
+        }
+        async fn terminate_instances(&self, _: &[String]) -> ApiResult<()> {
+            unreachable!()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_5xx_a_later_refusal_does_not_claim_nothing_was_created() {
+        let t = tags("r-1", "network.security-group");
+        // A 5xx (the call may have run), then throttled until patience runs out.
+        let api = Patient::new(Scripted(Mutex::new(vec![
+            answer(ErrorKind::ServerError, "InternalError"),
+            answer(ErrorKind::Throttled, "RequestLimitExceeded"),
+        ])));
+        let e = api.create_security_group("rehearse-r-1", "d", "vpc-1", &t).await.unwrap_err();
+        assert_eq!((e.kind, e.code.as_deref()), (ErrorKind::ServerError, Some("RequestLimitExceeded")));
+        // "Already exists" for the run's own name, but not listed even after a minute:
+        // it may be this call's, so it is not taken as never created either.
+        let api = Patient::new(Scripted(Mutex::new(vec![
+            answer(ErrorKind::ServerError, "InternalError"),
+            answer(ErrorKind::Refused, "InvalidGroup.Duplicate"),
+        ])));
+        let e = api.create_security_group("rehearse-r-1", "d", "vpc-1", &t).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ServerError, "{e}");
+        // Throttled only: certainly not created.
+        let api = Patient::new(Scripted(Mutex::new(vec![answer(ErrorKind::Throttled, "RequestLimitExceeded")])));
+        let e = api.create_security_group("rehearse-r-1", "d", "vpc-1", &t).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Throttled);
     }
 
     #[tokio::test(start_paused = true)]

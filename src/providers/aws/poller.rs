@@ -16,6 +16,9 @@ pub struct Poller<T> {
     waiting: Mutex<BTreeSet<String>>,
     /// The latest observation of each id (None: the describe did not return it).
     seen: Mutex<HashMap<String, Option<T>>>,
+    /// Why the latest describe failed, if it did: a timeout names it, since "last state:
+    /// creating" alone would hide that nothing could be seen.
+    failing: Mutex<Option<String>>,
     leader: tokio::sync::Mutex<()>,
     round: watch::Sender<u64>,
     /// First and longest interval between two describes.
@@ -30,6 +33,7 @@ impl<T: Clone> Poller<T> {
         Poller {
             waiting: Mutex::default(),
             seen: Mutex::default(),
+            failing: Mutex::default(),
             leader: tokio::sync::Mutex::new(()),
             round: watch::channel(0).0,
             min_interval,
@@ -86,7 +90,11 @@ impl<T: Clone> Poller<T> {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!("timed out waiting for {id}; last state: {}", state(latest.flatten().as_ref())));
+                let mut why = format!("timed out waiting for {id}; last state: {}", state(latest.flatten().as_ref()));
+                if let Some(e) = self.failing.lock().expect("poller lock").as_ref() {
+                    why.push_str(&format!(" (the latest describe failed: {e})"));
+                }
+                return Err(why);
             }
             // One waiter leads a round; the others wait for its result.
             if let Ok(_lead) = self.leader.try_lock() {
@@ -97,6 +105,7 @@ impl<T: Clone> Poller<T> {
                 self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match describe(ids.clone()).await {
                     Ok(found) => {
+                        *self.failing.lock().expect("poller lock") = None;
                         let mut seen = self.seen.lock().expect("poller lock");
                         for i in &ids {
                             seen.insert(i.clone(), None);
@@ -105,7 +114,10 @@ impl<T: Clone> Poller<T> {
                             seen.insert(key(&t), Some(t));
                         }
                     }
-                    Err(e) => tracing::debug!("poll failed (will retry): {e}"),
+                    Err(e) => {
+                        tracing::debug!("poll failed (will retry): {e}");
+                        *self.failing.lock().expect("poller lock") = Some(e.to_string());
+                    }
                 }
                 self.round.send_modify(|r| *r += 1);
             } else {

@@ -50,6 +50,7 @@ const THROTTLING: &[&str] = &[
     "RequestThrottledException",
     "TooManyRequestsException",
     "RequestLimitExceeded",
+    "RequestResourceCountExceeded",
     "RequestThrottled",
     "BandwidthLimitExceeded",
     "SlowDown",
@@ -102,8 +103,13 @@ where
                 | "InvalidDBInstanceState"
                 | "InvalidDBInstanceStateFault"
                 | "InvalidDBClusterStateFault"
-                | "InvalidDBSubnetGroupStateFault",
+                | "InvalidDBSubnetGroupStateFault"
+                | "InvalidDBSnapshotState"
+                | "InvalidDBSnapshotStateFault",
             ) => ErrorKind::InUse,
+            // EC2 answers these with a 500, but they are an answer: no capacity for
+            // this type in this zone now. Waiting ten minutes on them helps nobody.
+            Some(c) if c.starts_with("Insufficient") && c.ends_with("Capacity") => ErrorKind::Refused,
             Some(c) if THROTTLING.contains(&c) => ErrorKind::Throttled,
             Some(c) if SERVER.contains(&c) => ErrorKind::ServerError,
             _ if e.raw_response().is_some_and(|r| r.status().is_server_error()) => ErrorKind::ServerError,
@@ -587,6 +593,8 @@ mod tests {
         assert_eq!(answer(500, "InternalFailure").kind, ErrorKind::ServerError);
         assert_eq!(answer(502, "SomethingNew").kind, ErrorKind::ServerError);
         assert_eq!(answer(400, "InvalidParameterValue").kind, ErrorKind::Refused);
+        assert_eq!(answer(500, "InsufficientInstanceCapacity").kind, ErrorKind::Refused);
+        assert_eq!(answer(400, "InstanceLimitExceeded").kind, ErrorKind::Refused);
         assert_eq!(answer(404, "DBInstanceNotFound").kind, ErrorKind::NotFound);
         assert_eq!(answer(400, "DependencyViolation").kind, ErrorKind::InUse);
         assert!(answer(400, "Throttling").is_transient() && !answer(400, "QuotaExceeded").is_transient());
