@@ -205,9 +205,9 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             })?;
         ctx.record(res, json!({"group_id": id}))?;
         self.remember(&res.id, &id);
-        self.api
-            .authorize_ingress(&id, &cidrs)
+        again_if_lost(|| self.api.authorize_ingress(&id, &cidrs))
             .await
+            .0
             .map_err(|e| StepError::build(format!("cannot open security group {id} to {cidrs:?}: {e}")))?;
         ctx.step(res, "create", t, true, Some(id));
         Ok(Output::Nothing)
@@ -411,16 +411,16 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     .map(|c| c.tags)
                     .unwrap_or_default();
                 guard.check("DB cluster", cluster, &cluster_tags).map_err(StepError::build)?;
-                self.api
-                    .secure_db_cluster(cluster, &password)
+                again_if_lost(|| self.api.secure_db_cluster(cluster, &password))
                     .await
+                    .0
                     .map_err(|e| StepError::build(format!("cannot secure cluster {cluster} (new password): {e}")))?;
-                self.api
-                    .secure_db_instance(&ready.id, None)
+                again_if_lost(|| self.api.secure_db_instance(&ready.id, None))
                     .await
+                    .0
                     .map_err(|e| StepError::build(format!("cannot make {} private: {e}", ready.id)))?;
             }
-            None => self.api.secure_db_instance(&ready.id, Some(&password)).await.map_err(|e| {
+            None => again_if_lost(|| self.api.secure_db_instance(&ready.id, Some(&password))).await.0.map_err(|e| {
                 StepError::build(format!(
                     "cannot secure {} (private, no deletion protection, new password): {e}",
                     ready.id
@@ -539,19 +539,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             client_token: Self::client_token(&ctx.run.run_id, &res.id),
         };
         let t = ctx.started(res, "run-instance", None);
-        // An answer lost on the way back (a timeout) does not mean nothing was created:
-        // the same client token makes a retry return the same instances.
-        let mut attempt = self.api.run_instances(&req).await;
-        let mut uncertain = false;
-        for _ in 0..3 {
-            match &attempt {
-                Err(e) if e.kind == ErrorKind::Unreachable => {
-                    uncertain = true;
-                    attempt = self.api.run_instances(&req).await;
-                }
-                _ => break,
-            }
-        }
+        // The same client token makes a repeat return the same instances.
+        let (attempt, uncertain) = again_if_lost(|| self.api.run_instances(&req)).await;
         let ids = attempt.map_err(|e| {
             let msg =
                 format!("cannot start {} ({} {} in {}): {e}", res.id, req.instance_type, req.image_id, req.subnet_id);
@@ -864,6 +853,29 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             delay = (delay * 2).min(Duration::from_secs(15));
         }
     }
+}
+
+/// Sends a call again when its answer was lost on the way back (a timeout: it may have
+/// run), up to three more times — only for calls a repeat cannot harm (a client token,
+/// a modify, ingress rules that count as added when they exist). The flag says whether
+/// an answer was lost: after that, a refusal says nothing about the first attempt.
+async fn again_if_lost<T, F, Fut>(mut call: F) -> (ApiResult<T>, bool)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<T>>,
+{
+    let mut attempt = call().await;
+    let mut lost = false;
+    for _ in 0..3 {
+        match &attempt {
+            Err(e) if e.kind == ErrorKind::Unreachable => {
+                lost = true;
+                attempt = call().await;
+            }
+            _ => break,
+        }
+    }
+    (attempt, lost)
 }
 
 /// FNV-1a: a short, stable hash for names (stable across builds and Rust versions,
