@@ -98,40 +98,17 @@ fn main() {
     let faults = Faults { rate_limits: true, throttle: 0.05, server_error: 0.02, ..Faults::none() };
     let (left, steps_failed, throttle_errors, throttled, injected, retried, slowest) = rt.block_on(async {
         let cloud = FakeCloud::new(99, faults);
-        // One provider per run, as fifty `rehearse run` processes would have (each polls
-        // on its own), with seeded retry jitter: the same figures on every run.
-        let providers: Vec<_> = (0..50u64)
-            .map(|i| {
-                AwsProvider::new(
-                    cloud.clone(),
-                    rehearse::providers::aws::POLL_FIRST,
-                    rehearse::providers::aws::POLL_MAX,
-                )
-                .seeded(i)
-            })
-            .collect();
-        let start = tokio::time::Instant::now();
-        let runs = providers.iter().zip(0..50u64).map(|(provider, i)| {
-            let opts = Options {
-                run_id: format!("r-20261125-000001-{i:06x}"),
-                release: "v2".into(),
-                destroy: DestroyPolicy::Always,
-                cold: false,
-                up_only: false,
-                state_root: dir.path().join(format!("many-{i}")),
-                work_root: dir.path().join("work"),
-            };
-            let loaded = &loaded;
-            async move {
-                let signals = Signals::none();
-                let outcome = lifecycle::run(provider, loaded, &opts, &Silent, &signals).await.unwrap();
+        let (outcomes, retried) =
+            rehearse::providers::aws::fake::concurrent_runs(&cloud, &loaded, 50, "r-20261125-000001", dir.path()).await;
+        let results: Vec<_> = outcomes
+            .iter()
+            .map(|(outcome, took)| {
                 let text = serde_json::to_string(&outcome.report).unwrap();
                 let failed = outcome.report.steps.iter().filter(|s| !s.ok).count();
                 let throttle = ["Throttling", "RequestLimitExceeded", "InternalError"].iter().any(|w| text.contains(w));
-                (outcome.report.teardown.leftovers.len(), failed, usize::from(throttle), start.elapsed())
-            }
-        });
-        let results = futures_util::future::join_all(runs).await;
+                (outcome.report.teardown.leftovers.len(), failed, usize::from(throttle), *took)
+            })
+            .collect();
         assert!(cloud.leftovers().is_empty());
         (
             results.iter().map(|r| r.0).sum::<usize>(),
@@ -139,7 +116,7 @@ fn main() {
             results.iter().map(|r| r.2).sum::<usize>(),
             cloud.throttled(),
             cloud.injected(),
-            providers.iter().map(|p| p.api.retried()).sum::<u64>(),
+            retried,
             results.iter().map(|r| r.3).max().unwrap_or_default(),
         )
     });

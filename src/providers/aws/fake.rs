@@ -38,6 +38,41 @@ pub fn aurora_variant(text: &str, cluster: &str) -> String {
         .replace("instance_class: db.t3.medium", "instance_class: db.r6g.large")
 }
 
+/// `n` rehearsals of `loaded` (release v2, destroy always) at once against `cloud`, each
+/// with its own provider — as `n` `rehearse run` processes would have: each polls on
+/// its own — with retry jitter seeded by its index; state under `dir`, run ids from
+/// `prefix`. Each run's outcome and virtual duration, and the calls the providers sent
+/// again. For the tests and the benchmark.
+pub async fn concurrent_runs(
+    cloud: &FakeCloud,
+    loaded: &crate::description::Loaded,
+    n: u64,
+    prefix: &str,
+    dir: &std::path::Path,
+) -> (Vec<(crate::engine::lifecycle::Outcome, Duration)>, u64) {
+    use crate::engine::lifecycle::{self, Options};
+    let providers: Vec<_> =
+        (0..n).map(|i| super::AwsProvider::new(cloud.clone(), super::POLL_FIRST, super::POLL_MAX).seeded(i)).collect();
+    let start = Instant::now();
+    let runs = providers.iter().zip(0..n).map(|(provider, i)| async move {
+        let opts = Options {
+            run_id: format!("{prefix}-{i:06x}"),
+            release: "v2".into(),
+            destroy: crate::description::DestroyPolicy::Always,
+            cold: false,
+            up_only: false,
+            state_root: dir.join(format!("run-{i}")),
+            work_root: dir.join("work"),
+        };
+        let signals = crate::engine::signals::Signals::none();
+        let events = crate::engine::events::Silent;
+        let outcome = lifecycle::run(provider, loaded, &opts, &events, &signals).await.expect("the run starts");
+        (outcome, start.elapsed())
+    });
+    let outcomes = futures_util::future::join_all(runs).await;
+    (outcomes, providers.iter().map(|p| p.api.retried()).sum())
+}
+
 /// Probabilities (0..1) of each fault per call, and provisioning times.
 #[derive(Clone, Debug)]
 pub struct Faults {
