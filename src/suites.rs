@@ -26,7 +26,8 @@ pub struct SuiteRun<'a> {
 }
 
 pub async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
-    let mut result = empty(s.name, &s.command, SuiteStatus::Error, None);
+    // Error until proven otherwise (fail closed).
+    let mut result = SuiteResult::without_tests(s.name, &s.command, SuiteStatus::Error, None);
     if let Err(e) = std::fs::create_dir_all(&s.out_dir) {
         result.reason = Some(format!("cannot create {}: {e}", s.out_dir.display()));
         return result;
@@ -194,23 +195,5 @@ pub fn standard_env(
 
 /// A suite that never ran because the environment was not ready.
 pub fn not_run(name: &str, suite: &Suite, reason: &str) -> SuiteResult {
-    empty(name, &suite.command, SuiteStatus::NotRun, Some(reason.to_string()))
-}
-
-/// A result with no tests yet: error until proven otherwise (fail closed).
-fn empty(name: &str, command: &str, status: SuiteStatus, reason: Option<String>) -> SuiteResult {
-    SuiteResult {
-        name: name.to_string(),
-        status,
-        reason,
-        command: command.to_string(),
-        duration_ms: 0,
-        exit_code: None,
-        tests: 0,
-        failures: 0,
-        errors: 0,
-        skipped: 0,
-        cases: Vec::new(),
-        log: None,
-    }
+    SuiteResult::without_tests(name, &suite.command, SuiteStatus::NotRun, Some(reason.to_string()))
 }

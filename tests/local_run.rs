@@ -302,15 +302,21 @@ fn sigint_during_restore_tears_down_and_exits_130() {
     assert_nothing_left(&sb, &id);
 }
 
-#[test]
-fn sigint_during_install_tears_down_and_exits_130() {
-    let sb = Sandbox::new();
+/// A description whose install touches the returned marker, then hangs for a minute.
+fn hanging_install(sb: &Sandbox) -> (PathBuf, PathBuf) {
     let marker = sb.dir.path().join("install-started");
     let file = custom(
-        &sb,
+        sb,
         &format!("touch {} && sleep 60", marker.display()),
         "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n",
     );
+    (file, marker)
+}
+
+#[test]
+fn sigint_during_install_tears_down_and_exits_130() {
+    let sb = Sandbox::new();
+    let (file, marker) = hanging_install(&sb);
     let (id, code, stderr) = interrupt_at(&sb, &file, &marker, 2);
     assert_eq!(code, 130, "{stderr}");
     assert_nothing_left(&sb, &id);
@@ -335,12 +341,7 @@ fn sigterm_during_suites_tears_down_and_exits_130() {
 fn sigkill_then_down_removes_everything_even_without_the_journal() {
     for lose_journal in [false, true] {
         let sb = Sandbox::new();
-        let marker = sb.dir.path().join("install-started");
-        let file = custom(
-            &sb,
-            &format!("touch {} && sleep 60", marker.display()),
-            "  s:\n    command: \"true\"\n    timeout: 5s\n    results: exit-code\n",
-        );
+        let (file, marker) = hanging_install(&sb);
         let (id, _, _) = interrupt_at(&sb, &file, &marker, 9);
         // The cluster and the install command survived the kill.
         assert!(!postgres_under(&sb.work()).is_empty(), "the cluster should outlive a SIGKILL");

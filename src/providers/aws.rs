@@ -205,9 +205,9 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             })?;
         ctx.record(res, json!({"group_id": id}))?;
         self.remember(&res.id, &id);
-        again_if_lost(|| self.api.authorize_ingress(&id, &cidrs))
+        self.api
+            .authorize_ingress(&id, &cidrs)
             .await
-            .0
             .map_err(|e| StepError::build(format!("cannot open security group {id} to {cidrs:?}: {e}")))?;
         ctx.step(res, "create", t, true, Some(id));
         Ok(Output::Nothing)
@@ -411,16 +411,16 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     .map(|c| c.tags)
                     .unwrap_or_default();
                 guard.check("DB cluster", cluster, &cluster_tags).map_err(StepError::build)?;
-                again_if_lost(|| self.api.secure_db_cluster(cluster, &password))
+                self.api
+                    .secure_db_cluster(cluster, &password)
                     .await
-                    .0
                     .map_err(|e| StepError::build(format!("cannot secure cluster {cluster} (new password): {e}")))?;
-                again_if_lost(|| self.api.secure_db_instance(&ready.id, None))
+                self.api
+                    .secure_db_instance(&ready.id, None)
                     .await
-                    .0
                     .map_err(|e| StepError::build(format!("cannot make {} private: {e}", ready.id)))?;
             }
-            None => again_if_lost(|| self.api.secure_db_instance(&ready.id, Some(&password))).await.0.map_err(|e| {
+            None => self.api.secure_db_instance(&ready.id, Some(&password)).await.map_err(|e| {
                 StepError::build(format!(
                     "cannot secure {} (private, no deletion protection, new password): {e}",
                     ready.id
@@ -539,17 +539,12 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             client_token: Self::client_token(&ctx.run.run_id, &res.id),
         };
         let t = ctx.started(res, "run-instance", None);
-        // The same client token makes a repeat return the same instances.
-        let (attempt, uncertain) = again_if_lost(|| self.api.run_instances(&req)).await;
-        let ids = attempt.map_err(|e| {
+        // A lost answer is sent again (`Patient`): the client token makes the repeat
+        // return the same instances, and a later refusal comes back as uncertain.
+        let ids = self.api.run_instances(&req).await.map_err(|e| {
             let msg =
                 format!("cannot start {} ({} {} in {}): {e}", res.id, req.instance_type, req.image_id, req.subnet_id);
-            // After a lost answer, a later refusal says nothing about the first call.
-            if uncertain {
-                StepError::build(msg)
-            } else {
-                Self::create_failed(ctx, res, &e, msg)
-            }
+            Self::create_failed(ctx, res, &e, msg)
         })?;
         let id = ids.first().cloned().ok_or_else(|| StepError::build("RunInstances returned no instance"))?;
         ctx.record(res, json!({"instance_id": id}))?;
@@ -681,18 +676,14 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 self.wait_terminated(id, deadline).await
             }
             "aws.rds.db-instance" => {
-                let Some(db) = one(api.describe_db_instances(&[id.to_string()]).await, |d| d.id == id)? else {
-                    return Ok(());
-                };
+                let find = || async move { one(api.describe_db_instances(&[id.to_string()]).await, |d| d.id == id) };
+                let Some(db) = find().await? else { return Ok(()) };
                 guard.check("DB instance", id, &db.tags)?;
                 if db.status != "deleting" {
                     if db.deletion_protection {
                         api.secure_db_instance(id, None).await.map_err(|e| e.to_string())?;
                     }
-                    let deleting = || async move {
-                        let d = one(api.describe_db_instances(&[id.to_string()]).await, |d| d.id == id)?;
-                        Ok(d.is_none_or(|d| d.status == "deleting"))
-                    };
+                    let deleting = || async { Ok(find().await?.is_none_or(|d| d.status == "deleting")) };
                     retry_in_use(|| api.delete_db_instance(id), deleting).await?;
                 }
                 let inner = &self.api.inner;
@@ -700,9 +691,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 wait_gone(&self.databases, id, describe, |d| (d.id.clone(), d.status.clone()), deadline).await
             }
             "aws.rds.db-cluster" => {
-                let Some(c) = one(api.describe_db_clusters(&[id.to_string()]).await, |c| c.id == id)? else {
-                    return Ok(());
-                };
+                let find = || async move { one(api.describe_db_clusters(&[id.to_string()]).await, |c| c.id == id) };
+                let Some(c) = find().await? else { return Ok(()) };
                 guard.check("DB cluster", id, &c.tags)?;
                 if c.status != "deleting" {
                     // A clone may carry the source's deletion protection (a run killed
@@ -711,10 +701,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                         api.secure_db_cluster(id, &state::new_secret()).await.map_err(|e| e.to_string())?;
                     }
                     // Its instances may still be on their way out.
-                    let deleting = || async move {
-                        let c = one(api.describe_db_clusters(&[id.to_string()]).await, |c| c.id == id)?;
-                        Ok(c.is_none_or(|c| c.status == "deleting"))
-                    };
+                    let deleting = || async { Ok(find().await?.is_none_or(|c| c.status == "deleting")) };
                     retry_in_use(|| api.delete_db_cluster(id), deleting).await?;
                 }
                 let inner = &self.api.inner;
@@ -734,12 +721,10 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 retry_in_use(|| api.delete_security_group(id), never).await
             }
             "aws.rds.db-snapshot" => {
-                let Some(s) = one(api.snapshots_all().await, |s| s.id == id)? else { return Ok(()) };
+                let find = || async move { one(api.snapshots_all().await, |s| s.id == id) };
+                let Some(s) = find().await? else { return Ok(()) };
                 guard.check("DB snapshot", id, &s.tags)?;
-                let deleting = || async move {
-                    let s = one(api.snapshots_all().await, |s| s.id == id)?;
-                    Ok(s.is_none_or(|s| s.status == "deleting"))
-                };
+                let deleting = || async { Ok(find().await?.is_none_or(|s| s.status == "deleting")) };
                 retry_in_use(|| api.delete_db_snapshot(id), deleting).await
             }
             _ => Ok(()),
@@ -853,29 +838,6 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             delay = (delay * 2).min(Duration::from_secs(15));
         }
     }
-}
-
-/// Sends a call again when its answer was lost on the way back (a timeout: it may have
-/// run), up to three more times — only for calls a repeat cannot harm (a client token,
-/// a modify, ingress rules that count as added when they exist). The flag says whether
-/// an answer was lost: after that, a refusal says nothing about the first attempt.
-async fn again_if_lost<T, F, Fut>(mut call: F) -> (ApiResult<T>, bool)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ApiResult<T>>,
-{
-    let mut attempt = call().await;
-    let mut lost = false;
-    for _ in 0..3 {
-        match &attempt {
-            Err(e) if e.kind == ErrorKind::Unreachable => {
-                lost = true;
-                attempt = call().await;
-            }
-            _ => break,
-        }
-    }
-    (attempt, lost)
 }
 
 /// FNV-1a: a short, stable hash for names (stable across builds and Rust versions,

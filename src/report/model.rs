@@ -144,6 +144,26 @@ pub struct SuiteResult {
     pub log: Option<String>,
 }
 
+impl SuiteResult {
+    /// A result with no test case (yet): not run, or an error before any JUnit.
+    pub fn without_tests(name: &str, command: &str, status: SuiteStatus, reason: Option<String>) -> SuiteResult {
+        SuiteResult {
+            name: name.to_string(),
+            status,
+            reason,
+            command: command.to_string(),
+            duration_ms: 0,
+            exit_code: None,
+            tests: 0,
+            failures: 0,
+            errors: 0,
+            skipped: 0,
+            cases: Vec::new(),
+            log: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SuiteStatus {

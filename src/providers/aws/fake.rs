@@ -463,6 +463,32 @@ impl FakeCloud {
         st.res.iter().any(|(id, r)| r.kind == kind && r.gone_at.is_none_or(|g| g > now) && is(id, r))
     }
 
+    /// Starts provisioning `id` of `kind`: draws how long it takes (recorded under
+    /// `drawn_as` for the critical path) and, when it `may_fail`, whether it ends
+    /// `failed`; `set` adjusts the new resource. The resource as created.
+    fn provision(
+        &self,
+        id: &str,
+        (kind, drawn_as): (&'static str, &'static str),
+        tags: &[Tag],
+        takes: (Duration, Duration),
+        may_fail: bool,
+        set: impl FnOnce(&mut Res),
+    ) -> Res {
+        let (took, failed) = {
+            let mut st = self.state.lock().expect("fake lock");
+            let took = between(&mut st, takes);
+            st.drawn.push((drawn_as, "create", took));
+            (took, may_fail && rand(&mut st) < self.faults.failed_restore)
+        };
+        self.create(id, kind, tags, took, Duration::ZERO);
+        let mut st = self.state.lock().expect("fake lock");
+        let r = st.res.get_mut(id).expect("just created");
+        r.failed = failed;
+        set(r);
+        r.clone()
+    }
+
     fn live(&self, kind: &str) -> Vec<(String, Res)> {
         let now = Instant::now();
         let st = self.state.lock().expect("fake lock");
@@ -797,25 +823,13 @@ impl RdsApi for FakeCloud {
         if self.exists("db", |id, _| id == req.instance_id) {
             return Err(fail("DBInstanceAlreadyExists", ErrorKind::Refused));
         }
-        let (took, failed) = {
-            let mut st = self.state.lock().expect("fake lock");
-            let took = between(&mut st, self.faults.restore);
-            st.drawn.push(("db", "create", took));
-            (took, rand(&mut st) < self.faults.failed_restore)
-        };
-        self.create(&req.instance_id, "db", &req.tags, took, Duration::ZERO);
-        {
-            let mut st = self.state.lock().expect("fake lock");
-            if let Some(r) = st.res.get_mut(&req.instance_id) {
-                r.failed = failed;
-                // Like some implementations: the restore ignores the asked-for flags and
-                // copies production's.
-                r.protected = true;
-                r.private = false;
-            }
-        }
-        let r = self.live("db").into_iter().find(|(id, _)| id == &req.instance_id).map(|(id, r)| Self::db(&id, &r));
-        self.leave(r.ok_or_else(|| fail("Internal", ErrorKind::Refused))?)
+        // Like some implementations: the restore ignores the asked-for flags and copies
+        // production's.
+        let r = self.provision(&req.instance_id, ("db", "db"), &req.tags, self.faults.restore, true, |r| {
+            r.protected = true;
+            r.private = false;
+        });
+        self.leave(Self::db(&req.instance_id, &r))
     }
 
     async fn clone_db_cluster(&self, req: &CloneCluster) -> ApiResult<DbCluster> {
@@ -826,20 +840,11 @@ impl RdsApi for FakeCloud {
         if !self.live("cluster").iter().any(|(id, _)| id == &req.source_cluster) {
             return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound));
         }
-        let (took, failed) = {
-            let mut st = self.state.lock().expect("fake lock");
-            let took = between(&mut st, self.faults.clone);
-            st.drawn.push(("cluster", "create", took));
-            (took, rand(&mut st) < self.faults.failed_restore)
-        };
-        self.create(&req.cluster_id, "cluster", &req.tags, took, Duration::ZERO);
-        if let Some(r) = self.state.lock().expect("fake lock").res.get_mut(&req.cluster_id) {
-            r.failed = failed;
-            // Copies the source's deletion protection, whatever was asked.
-            r.protected = true;
-        }
-        let c = self.live("cluster").into_iter().find(|(id, _)| id == &req.cluster_id);
-        self.leave(c.map(|(id, r)| Self::cluster(&id, &r)).ok_or_else(|| fail("Internal", ErrorKind::Refused))?)
+        // Copies the source's deletion protection, whatever was asked.
+        let c = self.provision(&req.cluster_id, ("cluster", "cluster"), &req.tags, self.faults.clone, true, |r| {
+            r.protected = true
+        });
+        self.leave(Self::cluster(&req.cluster_id, &c))
     }
 
     async fn create_cluster_instance(
@@ -861,18 +866,11 @@ impl RdsApi for FakeCloud {
             }
             Some(_) => {}
         }
-        let took = {
-            let mut st = self.state.lock().expect("fake lock");
-            let took = between(&mut st, self.faults.cluster_instance);
-            st.drawn.push(("cluster-instance", "create", took));
-            took
-        };
-        self.create(instance_id, "db", tags, took, Duration::ZERO);
-        if let Some(r) = self.state.lock().expect("fake lock").res.get_mut(instance_id) {
-            r.cluster = Some(cluster_id.into());
-        }
-        let d = self.live("db").into_iter().find(|(id, _)| id == instance_id);
-        self.leave(d.map(|(id, r)| Self::db(&id, &r)).ok_or_else(|| fail("Internal", ErrorKind::Refused))?)
+        let d =
+            self.provision(instance_id, ("db", "cluster-instance"), tags, self.faults.cluster_instance, false, |r| {
+                r.cluster = Some(cluster_id.into())
+            });
+        self.leave(Self::db(instance_id, &d))
     }
 
     async fn secure_db_instance(&self, id: &str, _password: Option<&str>) -> ApiResult<()> {
@@ -952,8 +950,22 @@ impl FakeCloud {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A request for one t3.small with client token `token`.
+    pub(crate) fn one_instance(token: &str, tags: Vec<Tag>) -> RunInstances {
+        RunInstances {
+            image_id: "ami-1".into(),
+            instance_type: "t3.small".into(),
+            subnet_id: "subnet-1".into(),
+            security_group_id: "sg-1".into(),
+            user_data: None,
+            count: 1,
+            tags,
+            client_token: token.into(),
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_audit_flags_a_mutation_on_production() {
@@ -965,17 +977,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn new_instances_are_invisible_then_boot_on_the_virtual_clock() {
         let cloud = FakeCloud::new(2, Faults::none());
-        let tags = vec![Tag { key: "rehearse:run-id".into(), value: "r-1".into() }];
-        let req = RunInstances {
-            image_id: "ami-1".into(),
-            instance_type: "t3.small".into(),
-            subnet_id: "subnet-1".into(),
-            security_group_id: "sg-1".into(),
-            user_data: None,
-            count: 1,
-            tags,
-            client_token: "tok".into(),
-        };
+        let req = one_instance("tok", vec![Tag { key: "rehearse:run-id".into(), value: "r-1".into() }]);
         let ids = cloud.run_instances(&req).await.unwrap();
         assert_eq!(cloud.run_instances(&req).await.unwrap(), ids, "the client token makes a retry idempotent");
         assert_eq!(cloud.describe_instances(&ids).await.unwrap_err().kind, ErrorKind::NotFound);

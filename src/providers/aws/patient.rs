@@ -13,6 +13,10 @@
 //! so a repeat of a create that did run (a 5xx after the work was done) fails with
 //! "already exists". That resource is then adopted — but only when it carries this
 //! run's id and the same plan id in its tags, i.e. when it can only be this call's.
+//!
+//! A lost answer (a timeout after the SDK's own retries) is sent again only where the
+//! repeat cannot harm: `RunInstances`, ingress rules and the modifies. After a 5xx or a
+//! lost answer, a later failure is reported as uncertain, never as "nothing was done".
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,18 +73,45 @@ impl<A> Patient<A> {
         step / 2 + (step / 2).mul_f64(r)
     }
 
-    async fn retrying<T, F, Fut>(&self, op: &str, mut call: F) -> ApiResult<T>
+    async fn retrying<T, F, Fut>(&self, op: &str, call: F) -> ApiResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ApiResult<T>>,
+    {
+        self.send(op, false, call).await
+    }
+
+    /// Like [`Patient::retrying`], and a call whose answer was lost on the way back (a
+    /// timeout, after the SDK's own retries: it may have run) is sent up to three more
+    /// times — only for calls a repeat cannot harm: `RunInstances` with its client
+    /// token, ingress rules (existing ones count as added), modifies.
+    async fn repeatable<T, F, Fut>(&self, op: &str, call: F) -> ApiResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ApiResult<T>>,
+    {
+        self.send(op, true, call).await
+    }
+
+    async fn send<T, F, Fut>(&self, op: &str, repeat_lost: bool, mut call: F) -> ApiResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = ApiResult<T>>,
     {
         let until = Instant::now() + PATIENCE;
         let mut n = 0;
-        // A 5xx may come after the call ran: then a later refusal (throttled until
-        // patience ran out, say) does not mean that nothing was done.
+        let mut lost = 0;
+        // A 5xx or a lost answer may come after the call ran: then a later refusal
+        // (throttled until patience ran out, say) does not mean that nothing was done.
         let mut may_have_run = false;
         loop {
             match call().await {
+                Err(e) if repeat_lost && e.kind == ErrorKind::Unreachable && lost < 3 => {
+                    may_have_run = true;
+                    lost += 1;
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("{op}: {e}; sending it again");
+                }
                 Err(e) if e.is_transient() && Instant::now() < until => {
                     may_have_run |= e.kind == ErrorKind::ServerError;
                     self.retried.fetch_add(1, Ordering::Relaxed);
@@ -89,7 +120,10 @@ impl<A> Patient<A> {
                     tokio::time::sleep(pause).await;
                     n += 1;
                 }
-                Err(e) if may_have_run && matches!(e.kind, ErrorKind::Throttled | ErrorKind::NotSent) => {
+                Err(e)
+                    if may_have_run
+                        && matches!(e.kind, ErrorKind::Throttled | ErrorKind::NotSent | ErrorKind::Refused) =>
+                {
                     return Err(uncertain(e))
                 }
                 other => return other,
@@ -97,16 +131,29 @@ impl<A> Patient<A> {
         }
     }
 
-    /// A create was told "already exists". `find` gives what exists under the asked-for
-    /// name, with its tags. This call's own — an earlier attempt that ran before its
-    /// 5xx — is adopted; someone else's leaves the refusal standing. Nothing listed yet
-    /// (listings are eventually consistent) is looked for again for a minute; then the
-    /// refusal stands as uncertain, so that teardown still looks for it.
-    async fn adopt<T, F, Fut>(&self, refusal: ApiError, asked: &[Tag], mut find: F) -> ApiResult<T>
+    /// A create, sent until it is answered. Told "already exists", `find` gives what
+    /// exists under the asked-for name, with its tags: this call's own — an earlier
+    /// attempt that ran before its 5xx — is adopted; someone else's leaves the refusal
+    /// standing. Nothing listed yet (listings are eventually consistent) is looked for
+    /// again for a minute; then the refusal stands as uncertain, so that teardown still
+    /// looks for it.
+    async fn create_or_adopt<T, C, CFut, F, FFut>(
+        &self,
+        op: &str,
+        asked: &[Tag],
+        create: C,
+        mut find: F,
+    ) -> ApiResult<T>
     where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = ApiResult<Option<(T, Vec<Tag>)>>>,
+        C: FnMut() -> CFut,
+        CFut: Future<Output = ApiResult<T>>,
+        F: FnMut() -> FFut,
+        FFut: Future<Output = ApiResult<Option<(T, Vec<Tag>)>>>,
     {
+        let refusal = match self.retrying(op, create).await {
+            Err(e) if already_exists(&e) => e,
+            other => return other,
+        };
         let until = Instant::now() + ADOPT_PATIENCE;
         let mut n = 0;
         loop {
@@ -152,24 +199,21 @@ impl<A: Ec2Api> Ec2Api for Patient<A> {
         vpc_id: &str,
         tags: &[Tag],
     ) -> ApiResult<String> {
-        let r = self
-            .retrying("CreateSecurityGroup", || self.inner.create_security_group(name, description, vpc_id, tags))
-            .await;
-        match r {
-            Err(e) if already_exists(&e) => {
-                self.adopt(e, tags, || async {
-                    let groups =
-                        self.retrying("DescribeSecurityGroups", || self.inner.security_groups_tagged(TAG_RUN)).await?;
-                    Ok(groups.into_iter().find(|g| g.name == name).map(|g| (g.id, g.tags)))
-                })
-                .await
-            }
-            other => other,
-        }
+        self.create_or_adopt(
+            "CreateSecurityGroup",
+            tags,
+            || self.inner.create_security_group(name, description, vpc_id, tags),
+            || async {
+                let groups =
+                    self.retrying("DescribeSecurityGroups", || self.inner.security_groups_tagged(TAG_RUN)).await?;
+                Ok(groups.into_iter().find(|g| g.name == name).map(|g| (g.id, g.tags)))
+            },
+        )
+        .await
     }
 
     async fn authorize_ingress(&self, group_id: &str, cidrs: &[String]) -> ApiResult<()> {
-        match self.retrying("AuthorizeSecurityGroupIngress", || self.inner.authorize_ingress(group_id, cidrs)).await {
+        match self.repeatable("AuthorizeSecurityGroupIngress", || self.inner.authorize_ingress(group_id, cidrs)).await {
             // An earlier attempt added the rules: what was asked for holds.
             Err(e) if already_exists(&e) => Ok(()),
             other => other,
@@ -190,7 +234,7 @@ impl<A: Ec2Api> Ec2Api for Patient<A> {
 
     async fn run_instances(&self, req: &RunInstances) -> ApiResult<Vec<String>> {
         // The client token makes a repeat return the instances of the first call.
-        self.retrying("RunInstances", || self.inner.run_instances(req)).await
+        self.repeatable("RunInstances", || self.inner.run_instances(req)).await
     }
 
     async fn describe_instances(&self, ids: &[String]) -> ApiResult<Vec<Instance>> {
@@ -238,19 +282,16 @@ impl<A: RdsApi> RdsApi for Patient<A> {
         subnets: &[String],
         tags: &[Tag],
     ) -> ApiResult<DbSubnetGroup> {
-        let r = self
-            .retrying("CreateDBSubnetGroup", || self.inner.create_db_subnet_group(name, description, subnets, tags))
-            .await;
-        match r {
-            Err(e) if already_exists(&e) => {
-                self.adopt(e, tags, || async {
-                    let found = self.retrying("ListTagsForResource", || self.inner.db_subnet_group_tags(name)).await?;
-                    Ok(found.map(|t| (DbSubnetGroup { name: name.to_string(), arn: None }, t)))
-                })
-                .await
-            }
-            other => other,
-        }
+        self.create_or_adopt(
+            "CreateDBSubnetGroup",
+            tags,
+            || self.inner.create_db_subnet_group(name, description, subnets, tags),
+            || async {
+                let found = self.retrying("ListTagsForResource", || self.inner.db_subnet_group_tags(name)).await?;
+                Ok(found.map(|t| (DbSubnetGroup { name: name.to_string(), arn: None }, t)))
+            },
+        )
+        .await
     }
 
     async fn db_subnet_groups_all(&self) -> ApiResult<Vec<DbSubnetGroup>> {
@@ -266,27 +307,18 @@ impl<A: RdsApi> RdsApi for Patient<A> {
     }
 
     async fn restore_db_instance(&self, req: &RestoreDb) -> ApiResult<DbInstance> {
-        match self.retrying("RestoreDBInstance", || self.inner.restore_db_instance(req)).await {
-            Err(e) if already_exists(&e) => self.adopt_db_instance(&req.instance_id, &req.tags, e).await,
-            other => other,
-        }
+        let find = || self.db_instance_named(&req.instance_id);
+        self.create_or_adopt("RestoreDBInstance", &req.tags, || self.inner.restore_db_instance(req), find).await
     }
 
     async fn clone_db_cluster(&self, req: &CloneCluster) -> ApiResult<DbCluster> {
-        match self.retrying("RestoreDBClusterToPointInTime", || self.inner.clone_db_cluster(req)).await {
-            Err(e) if already_exists(&e) => {
-                self.adopt(e, &req.tags, || async {
-                    let ids = std::slice::from_ref(&req.cluster_id);
-                    let found = self.retrying("DescribeDBClusters", || self.inner.describe_db_clusters(ids)).await;
-                    Ok(listed(found)?.into_iter().find(|c| c.id == req.cluster_id).map(|c| {
-                        let tags = c.tags.clone();
-                        (c, tags)
-                    }))
-                })
-                .await
-            }
-            other => other,
-        }
+        let find = || async {
+            let ids = std::slice::from_ref(&req.cluster_id);
+            let found = listed(self.retrying("DescribeDBClusters", || self.inner.describe_db_clusters(ids)).await)?;
+            Ok(found.into_iter().find(|c| c.id == req.cluster_id).map(|c| (c.clone(), c.tags)))
+        };
+        self.create_or_adopt("RestoreDBClusterToPointInTime", &req.tags, || self.inner.clone_db_cluster(req), find)
+            .await
     }
 
     async fn create_cluster_instance(
@@ -297,23 +329,16 @@ impl<A: RdsApi> RdsApi for Patient<A> {
         engine: &str,
         tags: &[Tag],
     ) -> ApiResult<DbInstance> {
-        let r = self
-            .retrying("CreateDBInstance", || {
-                self.inner.create_cluster_instance(instance_id, cluster_id, class, engine, tags)
-            })
-            .await;
-        match r {
-            Err(e) if already_exists(&e) => self.adopt_db_instance(instance_id, tags, e).await,
-            other => other,
-        }
+        let create = || self.inner.create_cluster_instance(instance_id, cluster_id, class, engine, tags);
+        self.create_or_adopt("CreateDBInstance", tags, create, || self.db_instance_named(instance_id)).await
     }
 
     async fn secure_db_instance(&self, id: &str, password: Option<&str>) -> ApiResult<()> {
-        self.retrying("ModifyDBInstance", || self.inner.secure_db_instance(id, password)).await
+        self.repeatable("ModifyDBInstance", || self.inner.secure_db_instance(id, password)).await
     }
 
     async fn secure_db_cluster(&self, id: &str, password: &str) -> ApiResult<()> {
-        self.retrying("ModifyDBCluster", || self.inner.secure_db_cluster(id, password)).await
+        self.repeatable("ModifyDBCluster", || self.inner.secure_db_cluster(id, password)).await
     }
 
     async fn delete_db_instance(&self, id: &str) -> ApiResult<()> {
@@ -330,18 +355,11 @@ impl<A: RdsApi> RdsApi for Patient<A> {
 }
 
 impl<A: RdsApi> Patient<A> {
-    /// A DB instance a create was told "already exists" about: this call's own, made by
-    /// an earlier attempt whose answer was lost, or the refusal stands.
-    async fn adopt_db_instance(&self, id: &str, tags: &[Tag], refusal: ApiError) -> ApiResult<DbInstance> {
+    /// The DB instance `id`, with its tags, if it is listed.
+    async fn db_instance_named(&self, id: &str) -> ApiResult<Option<(DbInstance, Vec<Tag>)>> {
         let ids = [id.to_string()];
-        self.adopt(refusal, tags, || async {
-            let found = self.retrying("DescribeDBInstances", || self.inner.describe_db_instances(&ids)).await;
-            Ok(listed(found)?.into_iter().find(|d| d.id == id).map(|d| {
-                let tags = d.tags.clone();
-                (d, tags)
-            }))
-        })
-        .await
+        let found = listed(self.retrying("DescribeDBInstances", || self.inner.describe_db_instances(&ids)).await)?;
+        Ok(found.into_iter().find(|d| d.id == id).map(|d| (d.clone(), d.tags)))
     }
 }
 
@@ -455,6 +473,21 @@ mod tests {
         let api = Patient::new(Scripted(Mutex::new(vec![answer(ErrorKind::Throttled, "RequestLimitExceeded")])));
         let e = api.create_security_group("rehearse-r-1", "d", "vpc-1", &t).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Throttled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_is_sent_again_only_where_a_repeat_cannot_harm() {
+        let cloud = FakeCloud::new(8, Faults { lost_response: 1.0, ..Faults::none() });
+        let api = Patient::new(cloud.clone());
+        let req = super::super::fake::tests::one_instance("r-1-service.web.0", tags("r-1", "service.web.0"));
+        // Every answer lost: sent four times in all, one instance (the client token).
+        assert_eq!(api.run_instances(&req).await.unwrap_err().kind, ErrorKind::Unreachable);
+        assert_eq!(cloud.calls().iter().filter(|c| c.op == "RunInstances").count(), 4);
+        assert_eq!(cloud.leftovers().len(), 1, "{:?}", cloud.leftovers());
+        // A create without a token is sent once: its answer says nothing more.
+        let e = api.create_security_group("rehearse-r-1", "d", "vpc-1", &tags("r-1", "network.security-group")).await;
+        assert_eq!(e.unwrap_err().kind, ErrorKind::Unreachable);
+        assert_eq!(cloud.calls().iter().filter(|c| c.op == "CreateSecurityGroup").count(), 1);
     }
 
     #[tokio::test(start_paused = true)]
