@@ -2,7 +2,10 @@
 # Installs what rehearse's demo and tests need on Debian/Ubuntu, idempotently:
 #   - PostgreSQL server binaries (Debian's `postgresql` package) for the local provider,
 #   - python3 (the demo shop and its suites are stdlib Python),
-#   - with `--emulator`: moto[server] (the AWS API emulator) in ./.venv.
+#   - the system users rehearse-db and rehearse, which the PostgreSQL copies and the
+#     release run as when rehearse runs as root,
+#   - with `--emulator`: moto[server] (the AWS API emulator) and parliament (the IAM
+#     policy linter that checks docs/iam-policy.json) in ./.venv.
 # Each step checks first and does nothing when the thing is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,15 +55,29 @@ if ! command -v setpriv >/dev/null 2>&1; then
   apt_install util-linux
 fi
 
+# When rehearse runs as root it runs nothing it restores or installs as root: the
+# PostgreSQL copies run as `rehearse-db`, the release, its services and the suites as
+# `rehearse` (README, "Security model"). Two system users without a login or a home.
+for user in rehearse-db rehearse; do
+  if ! getent passwd "$user" >/dev/null; then
+    if [ "$SUDO" = "__none__" ]; then
+      echo "install-deps: not root: skipping the system user $user (only needed when rehearse runs as root)" >&2
+      continue
+    fi
+    echo "install-deps: creating the system user $user"
+    $SUDO useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
+  fi
+done
+
 if [ "$want_emulator" -eq 1 ]; then
-  if [ ! -x .venv/bin/moto_server ]; then
-    echo "install-deps: installing moto[server] into .venv"
+  if [ ! -x .venv/bin/moto_server ] || [ ! -x .venv/bin/parliament ]; then
+    echo "install-deps: installing moto[server] and parliament (IAM policy linter) into .venv"
     if ! python3 -m venv .venv 2>/dev/null; then
       rm -rf .venv
       apt_install python3-venv
       python3 -m venv .venv
     fi
-    .venv/bin/pip install -q --disable-pip-version-check 'moto[server]>=5,<6' boto3
+    .venv/bin/pip install -q --disable-pip-version-check 'moto[server]>=5,<6' boto3 'parliament>=1.6,<2'
   fi
 fi
 echo "install-deps: ok"

@@ -157,6 +157,10 @@ pub struct RunArgs {
     /// Don't use the warm golden copy even if one exists
     #[arg(long)]
     pub cold: bool,
+    /// When rehearse runs as root: the unprivileged user the release's install, its
+    /// services and the suites run as [default: rehearse]
+    #[arg(long, env = "REHEARSE_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
 }
 
 #[cfg(test)]

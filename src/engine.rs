@@ -5,12 +5,15 @@
 //! - [`journal`]: intent before every create, the identifier after it, fsynced;
 //! - [`teardown`]: reverse-order destroy from the journal, leftovers with commands;
 //! - [`signals`]: first SIGINT/SIGTERM tears down, the second stops teardown;
-//! - [`process`], [`timing`], [`state`], [`events`]: the pieces they share.
+//! - [`process`], [`timing`], [`state`], [`events`]: the pieces they share;
+//! - [`secure_fs`], [`secrets`]: what keeps other local users out of a run.
 
 pub mod events;
 pub mod journal;
 pub mod lifecycle;
 pub mod process;
+pub mod secrets;
+pub mod secure_fs;
 pub mod signals;
 pub mod state;
 pub mod teardown;

@@ -20,6 +20,8 @@ use clap::Parser;
 
 /// Parses the command line, runs the command, returns the process exit code.
 pub fn main_impl() -> i32 {
+    // Whatever rehearse creates is private to its user, unless handed on on purpose.
+    engine::secure_fs::private_umask();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

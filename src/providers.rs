@@ -16,7 +16,7 @@ use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::Loaded;
 use crate::engine::events::Reporter;
 use crate::engine::journal::{Entry, Journal, RunMeta};
-use crate::engine::process::RunAs;
+use crate::engine::process::{RunAs, Users};
 use crate::engine::timing::Clock;
 use crate::plan::{Plan, Resource};
 use crate::report::model::{BackupUsed, StepTiming};
@@ -34,8 +34,11 @@ pub struct RunInfo {
     pub golden_root: PathBuf,
     pub release_version: String,
     pub expires_at: DateTime<Utc>,
-    /// Who PostgreSQL runs as (None: the invoking user).
-    pub pg_user: Option<RunAs>,
+    /// Who PostgreSQL and the release run as (None: the invoking user).
+    pub users: Users,
+    /// HOME of the release's processes when they run as another user: a directory of
+    /// their own in the run's work directory.
+    pub home: PathBuf,
     /// Skip the warm golden copy.
     pub cold: bool,
 }
@@ -53,6 +56,21 @@ pub struct Ctx<'a> {
     pub tctx: tera::Context,
     /// Turns true when another step failed: stop at the next safe point.
     pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+impl RunInfo {
+    /// The release's user and HOME, when it runs as another user.
+    pub fn release_user(&self) -> Option<(RunAs, PathBuf)> {
+        self.users.release.map(|u| (u, self.home.clone()))
+    }
+
+    /// Makes `cmd` run as the release's user (rehearse runs as root), with its HOME.
+    pub fn as_release_user(&self, cmd: &mut tokio::process::Command) {
+        if let Some((u, home)) = self.release_user() {
+            u.apply(cmd);
+            cmd.env("HOME", home);
+        }
+    }
 }
 
 impl Ctx<'_> {

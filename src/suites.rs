@@ -8,9 +8,16 @@
 use std::path::{Path, PathBuf};
 
 use crate::description::{Suite, SuiteResults};
-use crate::engine::process;
+use crate::engine::process::{self, RunAs};
+use crate::engine::secure_fs::{Dir, FsError};
 use crate::engine::timing::Clock;
 use crate::report::model::{SuiteResult, SuiteStatus, TestCase};
+
+/// The largest JUnit file read (a bigger one fails the suite: reading it would cost
+/// memory, and the reports would repeat it three times).
+pub const MAX_JUNIT_BYTES: u64 = 16 * 1024 * 1024;
+/// Test cases kept in the report per suite (failures first); counts stay exact.
+pub const MAX_CASES: usize = 1000;
 
 /// Everything needed to run one suite.
 pub struct SuiteRun<'a> {
@@ -21,8 +28,14 @@ pub struct SuiteRun<'a> {
     /// Working directory: the description's directory.
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
-    /// Directory for this suite's log and results.
+    /// Directory for this suite's log and a copy of its results (the run's state).
     pub out_dir: PathBuf,
+    /// Where the suite's own scratch directory is created (`$REHEARSE_SUITE_DIR`,
+    /// holding `$REHEARSE_JUNIT_PATH`): in the run's work directory, owned by the
+    /// user the suite runs as.
+    pub scratch_parent: PathBuf,
+    /// The unprivileged user the suite runs as (rehearse runs as root), and its HOME.
+    pub run_as: Option<(RunAs, PathBuf)>,
 }
 
 pub async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
@@ -32,25 +45,31 @@ pub async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
         result.reason = Some(format!("cannot create {}: {e}", s.out_dir.display()));
         return result;
     }
+    let scratch = match scratch_dir(&s) {
+        Ok(d) => d,
+        Err(e) => {
+            result.reason = Some(format!("cannot create its scratch directory: {e}"));
+            return result;
+        }
+    };
     let log = s.out_dir.join("output.log");
     result.log = Some(log.display().to_string());
-    let junit_path = match &s.suite.results {
-        SuiteResults::Junit(p) => {
-            let name = p.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("results.xml"));
-            Some(s.out_dir.join(name))
-        }
+    let junit_name: Option<std::ffi::OsString> = match &s.suite.results {
+        SuiteResults::Junit(p) => Some(
+            p.file_name().filter(|n| n.len() <= 200).map(|n| n.to_os_string()).unwrap_or_else(|| "results.xml".into()),
+        ),
         SuiteResults::ExitCode => None,
     };
-    if let Some(j) = &junit_path {
-        // A stale file from an earlier attempt must never count as results.
-        let _ = std::fs::remove_file(j);
-    }
     let mut cmd = process::shell(&s.command, &s.cwd);
     cmd.envs(s.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    if let Some(j) = &junit_path {
-        cmd.env("REHEARSE_JUNIT_PATH", j);
+    if let Some(j) = &junit_name {
+        cmd.env("REHEARSE_JUNIT_PATH", scratch.path().join(j));
     }
-    cmd.env("REHEARSE_SUITE", s.name).env("REHEARSE_SUITE_DIR", &s.out_dir);
+    cmd.env("REHEARSE_SUITE", s.name).env("REHEARSE_SUITE_DIR", scratch.path());
+    if let Some((user, home)) = &s.run_as {
+        user.apply(&mut cmd);
+        cmd.env("HOME", home);
+    }
     let finished = process::run_logged(&mut cmd, &log, s.suite.timeout, clock).await;
     let finished = match finished {
         Ok(f) => f,
@@ -69,7 +88,7 @@ pub async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
         result.reason = Some(format!("could not start: `{}` was not found (exit 127)", s.command));
         return result;
     }
-    match junit_path {
+    match junit_name {
         None => {
             // Exit-code suites count as one test: the command.
             result.tests = 1;
@@ -85,25 +104,50 @@ pub async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
             });
             result.status = if ok { SuiteStatus::Passed } else { SuiteStatus::Failed };
         }
-        Some(path) => read_junit(&path, &mut result, finished.status),
+        Some(name) => {
+            // The suite's output is not trusted: the file is read without following a
+            // link, only if it is a regular file, and only up to the limit.
+            let shown = scratch.path().join(&name);
+            match scratch.read_file(&name, MAX_JUNIT_BYTES) {
+                Ok(bytes) => {
+                    // A copy beside the log, for the record.
+                    let _ = std::fs::write(s.out_dir.join(&name), &bytes);
+                    read_junit(&shown, &String::from_utf8_lossy(&bytes), &mut result, finished.status)
+                }
+                Err(FsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    result.reason = Some(format!(
+                        "wrote no JUnit file (expected {}; exit code {})",
+                        shown.display(),
+                        finished.status.map_or("none".into(), |c| c.to_string())
+                    ));
+                }
+                Err(FsError::TooLarge { .. }) => {
+                    result.reason = Some(format!(
+                        "its JUnit file {} is larger than {} MiB, the most rehearse reads",
+                        shown.display(),
+                        MAX_JUNIT_BYTES >> 20
+                    ));
+                }
+                Err(e) => result.reason = Some(format!("its JUnit file cannot be used: {e}")),
+            }
+        }
     }
     result
 }
 
-/// Fills `result` from a JUnit XML file.
-fn read_junit(path: &Path, result: &mut SuiteResult, exit: Option<i32>) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(_) => {
-            result.reason = Some(format!(
-                "wrote no JUnit file (expected {}; exit code {})",
-                path.display(),
-                exit.map_or("none".into(), |c| c.to_string())
-            ));
-            return;
-        }
-    };
-    let report = match quick_junit::Report::deserialize_from_str(&text) {
+/// Creates the suite's scratch directory, owned by the user it runs as.
+fn scratch_dir(s: &SuiteRun<'_>) -> Result<Dir, FsError> {
+    let parent = Dir::open(&s.scratch_parent)?;
+    let dir = parent.create_dir(std::ffi::OsStr::new(s.name), 0o700)?;
+    if let Some((user, _)) = &s.run_as {
+        dir.chown(user.uid, user.gid)?;
+    }
+    Ok(dir)
+}
+
+/// Fills `result` from the text of a JUnit XML file (`path` for messages).
+fn read_junit(path: &Path, text: &str, result: &mut SuiteResult, exit: Option<i32>) {
+    let report = match quick_junit::Report::deserialize_from_str(text) {
         Ok(r) => r,
         Err(e) => {
             result.reason = Some(format!("its JUnit file {} does not parse: {e}", path.display()));
@@ -138,6 +182,17 @@ fn read_junit(path: &Path, result: &mut SuiteResult, exit: Option<i32>) {
                 _ => {}
             }
             result.tests += 1;
+            let passing = status == "passed";
+            if result.cases.len() >= MAX_CASES {
+                result.cases_omitted += 1;
+                // Failures matter more than passes: one takes a passing case's place.
+                match result.cases.iter().rposition(|c| c.status == "passed").filter(|_| !passing) {
+                    Some(i) => {
+                        result.cases.remove(i);
+                    }
+                    None => continue,
+                }
+            }
             result.cases.push(TestCase {
                 classname: tc.classname.as_ref().map(|c| c.to_string()),
                 name: tc.name.to_string(),
@@ -189,6 +244,11 @@ pub fn standard_env(
     for (name, s) in &outputs.services {
         env.push((var("SERVICE", name, "URL"), s.url.clone()));
         env.push((var("SERVICE", name, "URLS"), s.urls.join(" ")));
+    }
+    // With one database, `psql` and every libpq client reach it without arguments
+    // (and without a password on their command line).
+    if let [(_, d)] = outputs.databases.iter().collect::<Vec<_>>().as_slice() {
+        env.extend(d.libpq_env());
     }
     env
 }

@@ -683,7 +683,7 @@ fn sigkill_during_provisioning_then_down_and_sigint_during_suites() {
 
     // SIGINT while the suite runs: teardown completes, exit 130.
     let sb = Sandbox::new();
-    let marker = sb.dir.path().join("suite-started");
+    let marker = sb.shared().join("suite-started");
     let text = std::fs::read_to_string(shop_description(&sb, &prod))
         .unwrap()
         .replace("    command: 'test -n", &format!("    command: 'touch {} && sleep 60 && test -n", marker.display()))

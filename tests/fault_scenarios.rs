@@ -50,7 +50,8 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
         let production = cloud.production();
         let provider =
             AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
-                .seeded(seed);
+                .seeded(seed)
+                .with_work_root(&state.join("work"));
         let run_id = format!("r-20261125-000000-{seed:06x}");
         let opts = Options {
             run_id: run_id.clone(),
@@ -60,6 +61,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             up_only: false,
             state_root: state.to_path_buf(),
             work_root: state.join("work"),
+            run_as: None,
         };
         // Kill at a random virtual instant within the run's usual length (~40 min).
         let kill_at = Duration::from_secs(seed.wrapping_mul(2_654_435_761) % 2400);
@@ -79,7 +81,8 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
         let journal = Journal::open(&journal_path).map_err(|e| format!("no journal: {e}"))?;
         let down =
             AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
-                .seeded(!seed);
+                .seeded(!seed)
+                .with_work_root(&state.join("work"));
         let mut complete = false;
         for _ in 0..6 {
             let out = teardown::run(&down, &journal, &Silent, &Signals::none(), 1, &Clock::new()).await;
@@ -225,7 +228,8 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
     rt.block_on(async {
         let cloud = FakeCloud::new(11, Faults::none()).with_outage(Duration::from_secs(60), Duration::from_secs(3600));
         let provider =
-            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
+                .with_work_root(&dir.path().join("work"));
         let opts = Options {
             run_id: "r-20261125-000003-000000".into(),
             release: "v2".into(),
@@ -234,6 +238,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             up_only: false,
             state_root: dir.path().join("state"),
             work_root: dir.path().join("work"),
+            run_as: None,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -248,7 +253,8 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         let journal = Journal::open(&dir.path().join("state/runs/r-20261125-000003-000000/journal.jsonl")).unwrap();
         let down =
-            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX);
+            AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
+                .with_work_root(&dir.path().join("work"));
         let out = teardown::run(&down, &journal, &Silent, &Signals::none(), 1, &Clock::new()).await;
         assert!(out.complete());
         tokio::time::sleep(Duration::from_secs(600)).await;

@@ -304,7 +304,7 @@ fn sigint_during_restore_tears_down_and_exits_130() {
 
 /// A description whose install touches the returned marker, then hangs for a minute.
 fn hanging_install(sb: &Sandbox) -> (PathBuf, PathBuf) {
-    let marker = sb.dir.path().join("install-started");
+    let marker = sb.shared().join("install-started");
     let file = custom(
         sb,
         &format!("touch {} && sleep 60", marker.display()),
@@ -325,7 +325,7 @@ fn sigint_during_install_tears_down_and_exits_130() {
 #[test]
 fn sigterm_during_suites_tears_down_and_exits_130() {
     let sb = Sandbox::new();
-    let marker = sb.dir.path().join("suite-started");
+    let marker = sb.shared().join("suite-started");
     let suite = format!(
         "  s:\n    command: \"touch {} && sleep 60\"\n    timeout: 2m\n    results: exit-code\n",
         marker.display()
@@ -500,18 +500,15 @@ fn second_signal_stops_teardown_and_lists_what_is_left() {
     let sb = Sandbox::new();
     demo_backups();
     // A pg_ctl whose `stop` hangs: teardown of the database takes long enough to be
-    // interrupted a second time. pg_ctl runs as the cluster's user (nobody, as root),
-    // so its marker goes into a directory anyone may write.
-    let shared = sb.dir.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let stopping = shared.join("stopping");
+    // interrupted a second time. pg_ctl runs as the cluster's user (rehearse-db, as
+    // root), so its marker goes into a directory anyone may write.
+    let stopping = sb.shared().join("stopping");
     let script = format!(
         "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = stop ] && touch {} && sleep 60; done\nexec {{real}}/pg_ctl \"$@\"\n",
         stopping.display()
     );
     let path = wrapped_pg_path(&sb, "pg_ctl", &script);
-    let marker = sb.dir.path().join("suite-started");
+    let marker = sb.shared().join("suite-started");
     let suite = format!(
         "  s:\n    command: \"touch {} && sleep 60\"\n    timeout: 2m\n    results: exit-code\n",
         marker.display()

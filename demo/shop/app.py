@@ -7,7 +7,9 @@ demo/releases/ carries its own copy of this file, because a release is installed
 from its directory alone.
 
 Environment:
-  DATABASE_URL  libpq URI of the shop database (required)
+  PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE
+                libpq's connection settings for the shop database (required; psql
+                reads them, so no password ever appears on a command line)
   PORT          TCP port to listen on (default 8080)
   HOST          address to bind (default 127.0.0.1)
   SHOP_RELEASE  reported by /version only when no VERSION file sits next to this file
@@ -31,7 +33,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
 QUERY_TIMEOUT_SECONDS = 10
 
 # psql inherits the environment; bound the connection attempt so that /health
@@ -57,8 +58,7 @@ class DatabaseError(Exception):
 
 def query(sql):
     """Run one SQL statement; return psql's unaligned, tuples-only output."""
-    command = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-               "-d", DATABASE_URL, "-c", sql]
+    command = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]
     try:
         proc = subprocess.run(command, capture_output=True, text=True,
                               env=PSQL_ENV, timeout=QUERY_TIMEOUT_SECONDS)
@@ -137,8 +137,10 @@ def stop(signum, _frame):
 
 
 def main():
-    if not DATABASE_URL:
-        print("shop: DATABASE_URL is not set", file=sys.stderr)
+    missing = [v for v in ("PGHOST", "PGDATABASE") if not os.environ.get(v)]
+    if missing:
+        print(f"shop: {' and '.join(missing)} not set (libpq's PG* variables name the database)",
+              file=sys.stderr)
         return 2
     host = os.environ.get("HOST", "127.0.0.1")
     try:

@@ -7,8 +7,9 @@
 # it, so a failed migration leaves neither a half-applied schema nor a record.
 #
 # Environment:
-#   DATABASE_URL      libpq URI of the database; when unset, psql's own PGHOST, PGPORT,
-#                     PGUSER, PGPASSWORD and PGDATABASE apply
+#   PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE
+#                     libpq's connection settings (psql reads them: no password on a
+#                     command line, where every user of the machine could read it)
 #   REHEARSE_RELEASE  optional; only shown in the summary line
 #
 # Exit status 0 when every migration is applied. On failure, exit status 1 and stderr
@@ -18,11 +19,7 @@ set -eu
 cd "$(dirname "$0")"
 
 run_psql() {
-    if [ -n "${DATABASE_URL:-}" ]; then
-        psql -X -q -v ON_ERROR_STOP=1 -d "$DATABASE_URL" "$@"
-    else
-        psql -X -q -v ON_ERROR_STOP=1 "$@"
-    fi
+    psql -X -q -v ON_ERROR_STOP=1 "$@"
 }
 
 errors=$(mktemp)

@@ -5,7 +5,9 @@ One check per migrations/*.sql file of the release (recorded in schema_migration
 under its file name without ".sql"), plus row-count sanity checks.
 
 Environment:
-  DATABASE_URL         libpq URI of the copy (when unset, psql's PG* variables apply)
+  PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE
+                       libpq's connection settings for the copy (rehearse sets them for
+                       a suite when the description has one database)
   RELEASE_DIR          the installed release directory, holding migrations/ (required)
   REHEARSE_JUNIT_PATH  where to write the JUnit XML (else argv[1], else ./migrations.xml)
 
@@ -21,15 +23,12 @@ sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
 from junit import Suite  # noqa: E402  (the helper next to this file)
 
 QUERY_TIMEOUT_SECONDS = 30
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
 RELEASE_DIR = os.environ.get("RELEASE_DIR", "")
 
 
 def query(sql):
     """Run one SQL statement with psql; return rows as lists of strings."""
     command = ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
-    if DATABASE_URL:
-        command += ["-d", DATABASE_URL]
     proc = subprocess.run(command + ["-c", sql], capture_output=True, text=True,
                           timeout=QUERY_TIMEOUT_SECONDS)
     assert proc.returncode == 0, f"psql failed: {proc.stderr.strip()}"

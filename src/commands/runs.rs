@@ -14,7 +14,7 @@ use crate::engine::events::{Lines, Progress, Reporter, Silent};
 use crate::engine::journal::{self, Journal, Record, State};
 use crate::engine::lifecycle::{self, Options};
 use crate::engine::signals::Signals;
-use crate::engine::{state, teardown};
+use crate::engine::{secure_fs, state, teardown};
 use crate::exit;
 use crate::providers::aws::api::tag_value;
 use crate::providers::aws::sdk::Sdk;
@@ -71,6 +71,7 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         up_only,
         state_root: state::state_dir(g.state_dir.as_deref()),
         work_root: state::work_dir(),
+        run_as: args.run_as.clone(),
     };
     let rt = runtime();
     let reporter = reporter(g);
@@ -83,7 +84,9 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             }
         };
         match loaded.desc.provider {
-            ProviderKind::Local => drive(g, &LocalProvider::new(), &loaded, &opts, reporter.as_ref(), &signals).await,
+            ProviderKind::Local => {
+                drive(g, &LocalProvider::new(&opts.work_root), &loaded, &opts, reporter.as_ref(), &signals).await
+            }
             ProviderKind::Aws => {
                 let region = loaded.desc.region.clone().unwrap_or_default();
                 let provider = aws_provider(&region).await;
@@ -130,7 +133,7 @@ async fn drive<P: Provider>(
             outcome.exit_code
         }
         Ok(Err(e)) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::engine::secrets::redact(&e));
             // Whatever the journal says exists is removed.
             down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED)
         }
@@ -156,13 +159,26 @@ async fn down_after_failure<P: Provider>(
     if out.complete() {
         Some(exit::BUILD_FAILED)
     } else {
-        eprint!("{}", teardown::leftover_text(&opts.run_id, &out.leftovers));
+        eprint!("{}", teardown::leftover_text(&opts.run_id, &out.left(&format!("rehearse down {}", opts.run_id))));
         Some(exit::LEFTOVERS)
     }
 }
 
-fn journal_path(g: &Global, run_id: &str) -> PathBuf {
-    state::run_dir(&state::state_dir(g.state_dir.as_deref()), run_id).join("journal.jsonl")
+/// The state directory, checked: `Ok(None)` when it does not exist yet; an error
+/// (printed) when another user could have written what is in it.
+fn checked_state(g: &Global) -> Result<Option<PathBuf>, i32> {
+    let root = state::state_dir(g.state_dir.as_deref());
+    for dir in [root.clone(), state::runs_dir(&root)] {
+        match secure_fs::check_private_dir(&dir) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                eprintln!("error: {e}; rehearse reads journals only from a directory no one else can write");
+                return Err(exit::USAGE);
+            }
+        }
+    }
+    Ok(Some(root))
 }
 
 pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
@@ -170,38 +186,55 @@ pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
         eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
         return exit::USAGE;
     }
-    let path = journal_path(g, run_id);
+    let state_root = match checked_state(g) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let path = state_root.map(|r| state::run_dir(&r, run_id).join("journal.jsonl"));
     let rt = runtime();
     let reporter = reporter(g);
+    let work_root = state::work_dir();
     rt.block_on(async {
         let signals = Signals::install().unwrap_or_else(|_| Signals::none());
-        if path.is_file() {
-            let records = journal::read(&path).unwrap_or_default();
-            let st = State::from_records(&records);
-            let Some(meta) = st.meta.clone() else {
-                eprintln!("error: the journal {} has no run record", path.display());
-                return exit::BUILD_FAILED;
-            };
-            if st.finished.is_none() && meta.pid != std::process::id() && pid_alive(meta.pid) {
-                eprintln!(
-                    "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
-                    meta.pid, meta.pid
-                );
-                return exit::USAGE;
-            }
-            let journal = match Journal::open(&path) {
-                Ok(j) => j,
-                Err(e) => {
-                    eprintln!("error: cannot open the journal {}: {e}", path.display());
-                    return exit::BUILD_FAILED;
+        if let Some(path) = path.filter(|p| p.is_file()) {
+            match journal::read(&path).map(|records| State::from_records(&records)) {
+                Ok(st) if st.meta.is_some() => {
+                    let meta = st.meta.clone().unwrap_or_else(|| unreachable!("checked above"));
+                    if meta.run_id != run_id {
+                        eprintln!("error: the journal {} belongs to run {}, not {run_id}", path.display(), meta.run_id);
+                        return exit::USAGE;
+                    }
+                    if st.finished.is_none() && meta.pid != std::process::id() && pid_alive(meta.pid, meta.pid_start) {
+                        eprintln!(
+                            "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
+                            meta.pid, meta.pid
+                        );
+                        return exit::USAGE;
+                    }
+                    let journal = match Journal::open(&path) {
+                        Ok(j) => j,
+                        Err(e) => {
+                            eprintln!("error: cannot open the journal {}: {e}", path.display());
+                            return exit::BUILD_FAILED;
+                        }
+                    };
+                    return if meta.provider == "aws" {
+                        let provider = aws_provider(meta.region.as_deref().or(region).unwrap_or_default()).await;
+                        finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await
+                    } else {
+                        finish_down(&LocalProvider::new(&work_root), &journal, run_id, reporter.as_ref(), &signals)
+                            .await
+                    };
                 }
-            };
-            return if meta.provider == "aws" {
-                let provider = aws_provider(meta.region.as_deref().or(region).unwrap_or_default()).await;
-                finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await
-            } else {
-                finish_down(&LocalProvider::new(), &journal, run_id, reporter.as_ref(), &signals).await
-            };
+                Ok(_) => eprintln!(
+                    "rehearse: the journal {} has no run record; looking for what is tagged with {run_id} instead",
+                    path.display()
+                ),
+                Err(e) => eprintln!(
+                    "rehearse: the journal {} cannot be read ({e}); looking for what is tagged with {run_id} instead",
+                    path.display()
+                ),
+            }
         }
         // The journal is gone: rebuild what the run's tags find.
         if let Some(region) = region {
@@ -228,7 +261,7 @@ pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
             return finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await;
         }
         // Locally, the run's tag is its work directory and every process carrying its id.
-        let work = state::work_dir().join("runs").join(run_id);
+        let work = std::path::absolute(&work_root).unwrap_or_else(|_| work_root.clone()).join("runs").join(run_id);
         let found = !crate::providers::local::tagged_processes(run_id).is_empty() || work.exists();
         if !found {
             eprintln!(
@@ -239,7 +272,7 @@ pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
         }
         eprintln!("rehearse: no journal for {run_id}; removing what is tagged with it");
         match synthetic_journal(g, run_id, "local", None, Some(&work), &[]) {
-            Ok(j) => finish_down(&LocalProvider::new(), &j, run_id, reporter.as_ref(), &signals).await,
+            Ok(j) => finish_down(&LocalProvider::new(&work_root), &j, run_id, reporter.as_ref(), &signals).await,
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::BUILD_FAILED
@@ -263,7 +296,13 @@ async fn finish_down<P: Provider>(
         println!("{run_id}: torn down, nothing left");
         exit::PASSED
     } else {
-        eprint!("{}", teardown::leftover_text(run_id, &out.leftovers));
+        eprint!(
+            "{}",
+            teardown::leftover_text(
+                run_id,
+                &out.left(&format!("rehearse down {run_id} (--region REGION for an AWS run)"))
+            )
+        );
         exit::LEFTOVERS
     }
 }
@@ -279,8 +318,14 @@ fn synthetic_journal(
     work: Option<&Path>,
     found: &[crate::providers::aws::Tagged],
 ) -> Result<Journal, String> {
-    let dir = state::run_dir(&state::state_dir(g.state_dir.as_deref()), run_id);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let root = state::private_dir(&state::state_dir(g.state_dir.as_deref())).map_err(|e| e.to_string())?;
+    let runs = state::private_dir(&state::runs_dir(&root)).map_err(|e| e.to_string())?;
+    let dir = runs.join(run_id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
     let meta = journal::RunMeta {
         run_id: run_id.to_string(),
         environment: "(unknown: journal lost)".into(),
@@ -294,9 +339,14 @@ fn synthetic_journal(
         work_dir: work.map(|w| w.display().to_string()),
         region: region.map(str::to_string),
         pid: std::process::id(),
+        pid_start: crate::engine::process::start_time(std::process::id() as i32).unwrap_or(0),
     };
     let path = dir.join("journal.jsonl");
-    let _ = std::fs::remove_file(&path);
+    // An unreadable journal is kept beside, for a person to look at.
+    if path.exists() {
+        let _ =
+            std::fs::rename(&path, dir.join(format!("journal.damaged-{}.jsonl", Utc::now().format("%Y%m%d-%H%M%S"))));
+    }
     let j = Journal::create(&path, &meta).map_err(|e| e.to_string())?;
     if let Some(work) = work {
         j.created("workspace", "local.workspace", serde_json::json!({"dir": work})).map_err(|e| e.to_string())?;
@@ -315,9 +365,17 @@ fn synthetic_journal(
     Ok(j)
 }
 
-fn pid_alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+/// Whether the rehearse process that ran a journal is still running: its PID *and*
+/// its start time (a journal from before start times were recorded falls back to the
+/// PID alone).
+fn pid_alive(pid: u32, start_time: u64) -> bool {
+    use crate::engine::process::{is_alive, ProcHandle};
+    let pid = pid as i32;
+    if start_time == 0 {
+        return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    }
+    is_alive(&ProcHandle { pid, pgid: 0, start_time })
 }
 
 /// A run as `list` and `sweep` see it.
@@ -334,21 +392,46 @@ struct RunRow {
     remaining: usize,
 }
 
-fn scan_runs(g: &Global) -> Vec<RunRow> {
-    let runs = state::runs_dir(&state::state_dir(g.state_dir.as_deref()));
+/// The runs in the state directory (checked first: `Err` is the exit code).
+fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
     let mut rows = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&runs) else { return rows };
+    let Some(root) = checked_state(g)? else { return Ok(rows) };
+    let Ok(rd) = std::fs::read_dir(state::runs_dir(&root)) else { return Ok(rows) };
     for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !state::valid_run_id(&name) {
+            continue;
+        }
         let path = e.path().join("journal.jsonl");
-        let Ok(records) = journal::read(&path) else { continue };
-        let st = State::from_records(&records);
-        let Some(meta) = st.meta.clone() else { continue };
+        let st = match journal::read(&path) {
+            Ok(records) => State::from_records(&records),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!("{}: {e}", path.display());
+                State::default()
+            }
+        };
+        let Some(meta) = st.meta.clone().filter(|m| m.run_id == name) else {
+            // Not knowing what a run holds is worth showing: `down` finds it by tag.
+            rows.push(RunRow {
+                run_id: name,
+                environment: "?".into(),
+                release: "?".into(),
+                provider: "?".into(),
+                status: "unreadable".into(),
+                verdict: None,
+                started_at: Utc::now(),
+                expires_at: Utc::now(),
+                remaining: 1,
+            });
+            continue;
+        };
         let remaining = st.remaining().len();
         let status = match (&st.finished, st.torn_down) {
             (_, Some(true)) if remaining == 0 => "destroyed".to_string(),
             (Some((_, _, true)), _) => "kept".to_string(),
             (_, Some(_)) => "left resources".to_string(),
-            (None, None) if pid_alive(meta.pid) => "running".to_string(),
+            (None, None) if pid_alive(meta.pid, meta.pid_start) => "running".to_string(),
             _ if remaining == 0 => "destroyed".to_string(),
             _ => "crashed".to_string(),
         };
@@ -365,11 +448,15 @@ fn scan_runs(g: &Global) -> Vec<RunRow> {
         });
     }
     rows.sort_by(|a, b| a.run_id.cmp(&b.run_id));
-    rows
+    Ok(rows)
 }
 
 pub fn list(g: &Global, all: bool) -> i32 {
-    let rows: Vec<RunRow> = scan_runs(g).into_iter().filter(|r| all || r.status != "destroyed").collect();
+    let rows = match scan_runs(g) {
+        Ok(rows) => rows,
+        Err(code) => return code,
+    };
+    let rows: Vec<RunRow> = rows.into_iter().filter(|r| all || r.status != "destroyed").collect();
     if g.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
         return exit::PASSED;
@@ -385,7 +472,7 @@ pub fn list(g: &Global, all: bool) -> i32 {
     println!("{:<26} {:<12} {:<10} {:<15} {:<12} EXPIRES", "RUN", "ENVIRONMENT", "RELEASE", "STATUS", "VERDICT");
     for r in rows {
         let hint = match r.status.as_str() {
-            "kept" | "crashed" | "left resources" => format!("  → rehearse down {}", r.run_id),
+            "kept" | "crashed" | "left resources" | "unreadable" => format!("  → rehearse down {}", r.run_id),
             _ => String::new(),
         };
         println!(
@@ -417,7 +504,11 @@ pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Optio
         return runtime().block_on(sweep_aws(region, yes, min_age, environment));
     }
     let now = Utc::now();
-    let candidates: Vec<RunRow> = scan_runs(g)
+    let rows = match scan_runs(g) {
+        Ok(rows) => rows,
+        Err(code) => return code,
+    };
+    let candidates: Vec<RunRow> = rows
         .into_iter()
         .filter(|r| r.remaining > 0 && r.status != "running")
         .filter(|r| r.expires_at <= now || r.status == "crashed")

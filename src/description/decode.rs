@@ -832,11 +832,15 @@ pub fn check_version(v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 64
         && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
-    if ok {
-        Ok(())
-    } else {
-        Err("versions are 1 to 64 letters, digits, `.`, `-`, `_` or `+`".into())
+    if !ok {
+        return Err("versions are 1 to 64 letters, digits, `.`, `-`, `_` or `+`".into());
     }
+    // A version lands in paths (`releases/{{ release.version }}`): `.` or `..` there
+    // would point at the releases directory or its parent.
+    if v == "." || v == ".." {
+        return Err("`.` and `..` are not versions (they would name a directory, not a release)".into());
+    }
+    Ok(())
 }
 
 pub fn is_valid_instance_type(s: &str) -> bool {

@@ -29,6 +29,20 @@ pub struct DatabaseOutputs {
     pub endpoint: String,
 }
 
+impl DatabaseOutputs {
+    /// libpq's environment for this database (`psql` and every libpq client read it),
+    /// so that no password has to go on a command line.
+    pub fn libpq_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PGHOST".into(), self.host.clone()),
+            ("PGPORT".into(), self.port.clone()),
+            ("PGUSER".into(), self.user.clone()),
+            ("PGPASSWORD".into(), self.password.clone()),
+            ("PGDATABASE".into(), self.name.clone()),
+        ]
+    }
+}
+
 /// What a service exposes once it runs: the first instance's address and all of them.
 #[derive(Clone, Debug, Serialize)]
 pub struct ServiceOutputs {
@@ -154,10 +168,31 @@ pub fn render(tera: &Tera, name: &str, ctx: &Context) -> Result<String, String> 
     tera.render(name, ctx).map_err(|e| error_chain(&e))
 }
 
-/// Renders a one-off string template (no file), with tera's autoescaping off.
-pub fn render_str(text: &str, ctx: &Context) -> Result<String, String> {
+/// A template engine for descriptions: no HTML autoescaping (templates make shell
+/// commands, URLs and config files), and the `shell_quote` filter.
+pub fn new_tera() -> Tera {
     let mut tera = Tera::default();
     tera.autoescape_on(vec![]);
+    tera.register_filter("shell_quote", shell_quote);
+    tera
+}
+
+/// `{{ value | shell_quote }}`: the value as one shell word, quoted so that `sh`
+/// takes it literally (commands in a description run through `sh -c`).
+fn shell_quote(value: &tera::Value, _: &std::collections::HashMap<String, tera::Value>) -> tera::Result<tera::Value> {
+    let text = match value {
+        tera::Value::String(s) => s.clone(),
+        tera::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    shlex::try_quote(&text)
+        .map(|q| tera::Value::String(q.into_owned()))
+        .map_err(|e| tera::Error::msg(format!("shell_quote: {e}")))
+}
+
+/// Renders a one-off string template (no file), with tera's autoescaping off.
+pub fn render_str(text: &str, ctx: &Context) -> Result<String, String> {
+    let mut tera = new_tera();
     parse(&mut tera, "inline", text)?;
     render(&tera, "inline", ctx)
 }

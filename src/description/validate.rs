@@ -265,8 +265,7 @@ impl<'a> Validator<'a> {
         release_version: &str,
     ) -> (Tera, BTreeMap<String, BTreeSet<String>>, BTreeMap<(String, String), String>) {
         let d = self.desc;
-        let mut tera = Tera::default();
-        tera.autoescape_on(vec![]);
+        let mut tera = template::new_tera();
         let mut implicit: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut sources: BTreeMap<(String, String), String> = BTreeMap::new();
         let outputs = Outputs::placeholders(d, release_version, "r-validate");

@@ -104,3 +104,22 @@ impl Reporter for Progress {
         }
     }
 }
+
+/// Passes events on with every registered secret redacted and terminal control
+/// sequences removed from their text (details carry commands and program output).
+pub struct Redacting<'a>(pub &'a dyn Reporter);
+
+impl Reporter for Redacting<'_> {
+    fn event(&self, ev: Event) {
+        let clean = |s: String| super::process::printable(&super::secrets::redact(&s));
+        self.0.event(match ev {
+            Event::Started { resource, action, detail } => {
+                Event::Started { resource: clean(resource), action, detail: detail.map(clean) }
+            }
+            Event::Finished { resource, action, ok, elapsed, detail } => {
+                Event::Finished { resource: clean(resource), action, ok, elapsed, detail: detail.map(clean) }
+            }
+            Event::Note(n) => Event::Note(clean(n)),
+        })
+    }
+}

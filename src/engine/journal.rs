@@ -57,6 +57,10 @@ pub struct RunMeta {
     pub region: Option<String>,
     /// PID of the rehearse process running it.
     pub pid: u32,
+    /// That process's start time (clock ticks since boot), to tell it from a later
+    /// process with the same PID; 0 in journals written before it was recorded.
+    #[serde(default)]
+    pub pid_start: u64,
 }
 
 pub struct Journal {
@@ -109,19 +113,31 @@ impl Journal {
     }
 }
 
-/// Reads every complete record; a torn final line is skipped.
+/// Reads every record. A torn final line (a crash mid-write) is skipped; an
+/// unreadable line anywhere else is an error: the journal is damaged, and what it no
+/// longer says may still exist.
 pub fn read(path: &Path) -> std::io::Result<Vec<Record>> {
     let f = File::open(path)?;
     let mut out = Vec::new();
-    for line in BufReader::new(f).lines() {
+    let mut torn: Option<(usize, serde_json::Error)> = None;
+    for (n, line) in BufReader::new(f).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
+        if let Some((at, e)) = torn.take() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {} is not a journal record ({e}); the journal is damaged", at + 1),
+            ));
+        }
         match serde_json::from_str(&line) {
             Ok(r) => out.push(r),
-            Err(e) => tracing::warn!("skipping unreadable journal line in {}: {e}", path.display()),
+            Err(e) => torn = Some((n, e)),
         }
+    }
+    if let Some((at, e)) = torn {
+        tracing::warn!("skipping the torn last line {} of {}: {e}", at + 1, path.display());
     }
     Ok(out)
 }
@@ -219,6 +235,7 @@ mod tests {
             work_dir: None,
             region: None,
             pid: 1,
+            pid_start: 0,
         }
     }
 
@@ -248,5 +265,17 @@ mod tests {
         assert_eq!(remaining, vec![("b", false), ("a", true)]);
         // An intent keeps the create's idempotency key, for `down` to look it up by.
         assert_eq!(state.remaining()[0].key.as_deref(), Some("b-key"));
+    }
+
+    #[test]
+    fn a_damaged_line_before_the_end_is_an_error_not_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let j = Journal::create(&path, &meta()).unwrap();
+        j.intent("a", "local.postgres", None).unwrap();
+        drop(j);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}garbage\n{text}")).unwrap();
+        assert_eq!(read(&path).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
     }
 }

@@ -19,12 +19,13 @@ use chrono::Utc;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 
-use super::events::{Event, Reporter};
+use super::events::{Event, Redacting, Reporter};
 use super::journal::{Journal, Record, RunMeta};
+use super::process::{self, Users};
+use super::secure_fs::{Dir, FsError};
 use super::signals::Signals;
-use super::state;
-use super::teardown;
 use super::timing::Clock;
+use super::{secrets, state, teardown};
 use crate::description::template::{self, Outputs, Scope, ServiceOutputs};
 use crate::description::{DestroyPolicy, Loaded, ProviderKind};
 use crate::exit;
@@ -43,6 +44,9 @@ pub struct Options {
     pub up_only: bool,
     pub state_root: PathBuf,
     pub work_root: PathBuf,
+    /// The user the release runs as when rehearse runs as root (`--run-as`; default
+    /// [`super::process::RELEASE_USER`]).
+    pub run_as: Option<String>,
 }
 
 pub struct Outcome {
@@ -84,13 +88,38 @@ pub async fn run<P: Provider>(
         plan.resources.retain(|r| !r.kind.is_suite());
     }
     let expires_at = started_at + chrono::Duration::from_std(d.ttl).unwrap_or_else(|_| chrono::Duration::hours(2));
+    // Who the copy and the release run as (rehearse as root): decided before anything
+    // exists, and refused when the users are missing.
+    let users = Users::resolve(opts.run_as.as_deref())?;
+    // A live source's password never reaches a log, a report or the terminal.
+    for db in d.databases.values() {
+        if let crate::description::DatabaseSource::Url(url) = &db.source {
+            if let Ok(u) = url::Url::parse(url) {
+                if let Some(p) = u.password() {
+                    secrets::register(p);
+                    secrets::register(&percent_encoding::percent_decode_str(p).decode_utf8_lossy());
+                }
+            }
+        }
+    }
+    let redacting = Redacting(reporter);
+    let reporter: &dyn Reporter = &redacting;
 
-    // Directories and the journal exist before the first create.
-    let run_state = state::run_dir(&opts.state_root, &run_id);
+    // Directories and the journal exist before the first create: the state directory
+    // private to this user, the work directory traversable (never listable) by the
+    // users the copy and the release run as; each checked, so that no other user can
+    // have placed or redirected them.
+    let dir_err = |e: super::secure_fs::FsError| e.to_string();
+    let state_root = state::private_dir(&opts.state_root).map_err(dir_err)?;
+    let runs_root = state::private_dir(&state::runs_dir(&state_root)).map_err(dir_err)?;
+    let run_state = runs_root.join(&run_id);
+    std::fs::create_dir(&run_state).map_err(|e| format!("cannot create {}: {e}", run_state.display()))?;
     let logs_dir = run_state.join("logs");
     let report_dir = run_state.join("report");
-    std::fs::create_dir_all(&logs_dir).map_err(|e| format!("cannot create {}: {e}", logs_dir.display()))?;
-    let work_dir = opts.work_root.join("runs").join(&run_id);
+    std::fs::create_dir(&logs_dir).map_err(|e| format!("cannot create {}: {e}", logs_dir.display()))?;
+    let work_root = state::traversable_dir(&opts.work_root).map_err(dir_err)?;
+    let work_runs = state::traversable_dir(&work_root.join("runs")).map_err(dir_err)?;
+    let work_dir = work_runs.join(&run_id);
     let meta = RunMeta {
         run_id: run_id.clone(),
         environment: d.name.clone(),
@@ -101,9 +130,10 @@ pub async fn run<P: Provider>(
         started_at,
         expires_at,
         destroy: opts.destroy.as_str().into(),
-        work_dir: (d.provider == ProviderKind::Local).then(|| work_dir.display().to_string()),
+        work_dir: Some(work_dir.display().to_string()),
         region: d.region.clone(),
         pid: std::process::id(),
+        pid_start: process::start_time(std::process::id() as i32).unwrap_or(0),
     };
     let journal = Journal::create(&run_state.join("journal.jsonl"), &meta)
         .map_err(|e| format!("cannot create the journal: {e}"))?;
@@ -114,12 +144,22 @@ pub async fn run<P: Provider>(
         d.provider.as_str()
     )));
 
-    if d.provider == ProviderKind::Local {
-        journal.intent("workspace", "local.workspace", None).map_err(|e| e.to_string())?;
-        state::ensure_traversable_dir(&opts.work_root.join("runs"))
-            .map_err(|e| format!("cannot create {}: {e}", opts.work_root.display()))?;
-        state::ensure_traversable_dir(&work_dir).map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
-        journal.created("workspace", "local.workspace", json!({"dir": work_dir})).map_err(|e| e.to_string())?;
+    // The run's own corner of the work directory: the local copy, the release, the
+    // suites' scratch directories, the HOME of the release's user.
+    journal.intent("workspace", "local.workspace", None).map_err(|e| e.to_string())?;
+    let home = work_dir.join("home");
+    workspace(&work_runs, &run_id, users).map_err(dir_err)?;
+    journal.created("workspace", "local.workspace", json!({"dir": work_dir})).map_err(|e| e.to_string())?;
+    if let Some(u) = users.release {
+        if !opts.up_only && !d.suites.is_empty() && !process::can_enter(&loaded.dir, u) {
+            return Err(format!(
+                "the suites run from {} as the unprivileged user {} (uid {}), who cannot enter it; make the \
+                 directory and its parents traversable (chmod o+x), or pass --run-as with a user who can",
+                loaded.dir.display(),
+                process::user_name(u.uid),
+                u.uid
+            ));
+        }
     }
 
     let info = RunInfo {
@@ -127,10 +167,11 @@ pub async fn run<P: Provider>(
         state_dir: run_state.clone(),
         logs_dir: logs_dir.clone(),
         work_dir: work_dir.clone(),
-        golden_root: opts.work_root.join("golden"),
+        golden_root: work_root.join("golden"),
         release_version: opts.release.clone(),
         expires_at,
-        pg_user: crate::engine::process::RunAs::for_postgres(),
+        users,
+        home,
         cold: opts.cold,
     };
     let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
@@ -188,6 +229,11 @@ pub async fn run<P: Provider>(
     };
     let down_start = Instant::now();
     let mut destroy_steps: Vec<StepTiming> = Vec::new();
+    let down_command = match &d.region {
+        Some(region) if d.provider == ProviderKind::Aws => format!("rehearse down {run_id} --region {region}"),
+        _ => format!("rehearse down {run_id}"),
+    };
+    let mut unknown: Option<String> = None;
     let (teardown_status, leftovers, teardown_ms) = if keep {
         reporter.event(Event::Note(format!(
             "keeping the environment until {} (its TTL); remove it with `rehearse down {run_id}`",
@@ -201,9 +247,12 @@ pub async fn run<P: Provider>(
             "interrupted"
         } else if out.complete() {
             "complete"
+        } else if out.unknown.is_some() {
+            "unknown"
         } else {
             "incomplete"
         };
+        unknown = out.unknown.clone();
         let _ = journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
         destroy_steps = out
             .destroyed
@@ -218,10 +267,16 @@ pub async fn run<P: Provider>(
                 detail: d.error.clone(),
             })
             .collect();
-        (status.to_string(), out.leftovers, out.duration.as_millis() as u64)
+        (status.to_string(), out.left(&down_command), out.duration.as_millis() as u64)
     };
     let down_end = Instant::now();
     let reason = match (verdict, leftovers.len()) {
+        (_, _) if unknown.is_some() => Some(format!(
+            "{}teardown could not tell what exists ({}): what the run created may still be there — find and \
+             remove it by its tags with `{down_command}`",
+            reason.map(|r| format!("{r}; ")).unwrap_or_default(),
+            unknown.as_deref().unwrap_or_default()
+        )),
         (Verdict::Interrupted, n) if n > 0 => Some(format!(
             "interrupted by a signal; teardown was stopped by a second signal and left {n} resource(s) — remove them with `rehearse down {run_id}`"
         )),
@@ -329,6 +384,13 @@ pub async fn run<P: Provider>(
         duration_ms: 0,
         status: "ok".into(),
     });
+    // Secrets stay out of what outlives the run: the logs (their writers have stopped,
+    // unless the environment is kept and its services still write theirs) and the
+    // report in all its formats.
+    if !keep {
+        redact_logs(&run_state);
+    }
+    let report = redacted(report)?;
     crate::report::write_all(&report, &report_dir)
         .map_err(|e| format!("cannot write the report to {}: {e}", report_dir.display()))?;
     Ok(Outcome { report, report_dir, exit_code })
@@ -402,6 +464,7 @@ async fn execute<P: Provider>(
                 let tctx = template::context(d, Some(&plan.release.artifact), &outputs, Scope::Full);
                 if r.kind.is_suite() {
                     let suite_outputs = outputs.clone();
+                    let mut cancelled = cancel_rx.clone();
                     running.push(Box::pin(async move {
                         let name = r.name.as_str();
                         let s = &d.suites[name];
@@ -419,7 +482,7 @@ async fn execute<P: Provider>(
                             detail: Some(command.clone()),
                         });
                         let t = Instant::now();
-                        let res = suites::run(
+                        let run = suites::run(
                             suites::SuiteRun {
                                 name,
                                 suite: s,
@@ -427,10 +490,17 @@ async fn execute<P: Provider>(
                                 cwd: loaded.dir.clone(),
                                 env,
                                 out_dir: info.state_dir.join("suites").join(name),
+                                scratch_parent: info.work_dir.join("suites"),
+                                run_as: info.release_user(),
                             },
                             clock,
-                        )
-                        .await;
+                        );
+                        // An interrupt stops a suite at once (its process group is
+                        // killed when the future is dropped): it creates nothing.
+                        let res = tokio::select! {
+                            res = run => res,
+                            _ = cancelled.wait_for(|c| *c) => suites::not_run(name, s, "interrupted before it finished"),
+                        };
                         let ok = res.status == SuiteStatus::Passed;
                         let detail = Some(match &res.reason {
                             Some(why) => format!("{}: {why}", res.status.as_str()),
@@ -484,17 +554,36 @@ async fn execute<P: Provider>(
                 None => std::future::pending().await,
             }
         };
+        enum Next<T> {
+            Finished(Option<T>),
+            Interrupted,
+            Abandon,
+        }
         let next = tokio::select! {
-            next = running.next() => next,
-            _ = signals.nth(1), if !result.interrupted => {
-                result.interrupted = true;
-                None
-            }
-            _ = grace => None,
+            next = running.next() => Next::Finished(next),
+            _ = signals.nth(1), if !result.interrupted => Next::Interrupted,
+            // A second signal: the user will not wait for what is in flight.
+            _ = signals.nth(2), if result.interrupted => Next::Abandon,
+            _ = grace => Next::Abandon,
         };
-        let Some((i, done)) = next else {
-            // Interrupted or out of grace: dropping the futures in flight cancels them.
-            break;
+        let (i, done) = match next {
+            Next::Finished(Some(x)) => x,
+            Next::Finished(None) | Next::Abandon => break,
+            Next::Interrupted => {
+                // No new work; what is in flight is told to stop at its next safe point
+                // and gets the provider's grace period to get there — a create whose
+                // call is on its way is answered and journaled, so that teardown
+                // removes what it made instead of missing it. Suites stop at once.
+                result.interrupted = true;
+                let _ = cancel_tx.send(true);
+                let grace = provider.cancel_grace();
+                if grace.is_zero() {
+                    break;
+                }
+                let until = tokio::time::Instant::now() + grace;
+                grace_until = Some(grace_until.map_or(until, |g| g.min(until)));
+                continue;
+            }
         };
         let r = &plan.resources[i];
         match done {
@@ -534,6 +623,10 @@ async fn execute<P: Provider>(
             }
             Done::Resource(Err(e)) => {
                 status[i] = Status::Failed;
+                if result.interrupted {
+                    // Stopped by the interrupt, not a failure of its own.
+                    continue;
+                }
                 reporter.event(Event::Note(format!("{} failed: {}", r.id, e.message)));
                 if result.failure.is_none() {
                     result.failure = Some((r.id.clone(), e));
@@ -560,6 +653,42 @@ async fn execute<P: Provider>(
         result.status.insert(r.id.clone(), s);
     }
     result
+}
+
+/// The report with every registered secret redacted, in every field.
+fn redacted(report: RunReport) -> Result<RunReport, String> {
+    let mut v = serde_json::to_value(&report).map_err(|e| format!("cannot serialize the report: {e}"))?;
+    secrets::redact_json(&mut v);
+    serde_json::from_value(v).map_err(|e| format!("cannot serialize the report: {e}"))
+}
+
+/// Rewrites the run's logs (`logs/`, `suites/*/`) with secrets redacted. A log that
+/// cannot be rewritten is reported, not fatal: it is private to this user anyway.
+fn redact_logs(run_state: &std::path::Path) {
+    let mut dirs = vec![run_state.join("logs")];
+    if let Ok(rd) = std::fs::read_dir(run_state.join("suites")) {
+        dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for f in rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())) {
+            if let Err(e) = secrets::redact_file(&f.path()) {
+                tracing::warn!("cannot redact {}: {e}", f.path().display());
+            }
+        }
+    }
+}
+
+/// Creates the run's work directory (`WORK/runs/RUN_ID`, traversable) with the release
+/// user's HOME and the parent of the suites' scratch directories inside.
+fn workspace(runs: &std::path::Path, run_id: &str, users: Users) -> Result<(), FsError> {
+    let dir = Dir::open(runs)?.create_dir(std::ffi::OsStr::new(run_id), state::TRAVERSABLE)?;
+    let home = dir.create_dir(std::ffi::OsStr::new("home"), 0o700)?;
+    if let Some(u) = users.release {
+        home.chown(u.uid, u.gid)?;
+    }
+    dir.create_dir(std::ffi::OsStr::new("suites"), state::TRAVERSABLE)?;
+    Ok(())
 }
 
 /// A short provider id from a journal handle: an instance or DB id, a group, a PID, a

@@ -15,8 +15,7 @@ use tokio::process::Command;
 
 use super::timing::Clock;
 
-/// Who a command runs as: the invoking user, or (when rehearse runs as root)
-/// PostgreSQL's required unprivileged user.
+/// Who a command runs as: a user id and its primary group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunAs {
     pub uid: u32,
@@ -24,17 +23,106 @@ pub struct RunAs {
 }
 
 impl RunAs {
-    /// `nobody` when running as root, since PostgreSQL refuses to run as root.
-    pub fn for_postgres() -> Option<RunAs> {
-        if !nix::unistd::geteuid().is_root() {
-            return None;
-        }
-        let user = nix::unistd::User::from_name("nobody").ok().flatten()?;
-        Some(RunAs { uid: user.uid.as_raw(), gid: user.gid.as_raw() })
-    }
-
+    /// Runs `cmd` as this user (std drops the supplementary groups too).
     pub fn apply(self, cmd: &mut Command) {
         cmd.uid(self.uid).gid(self.gid);
+    }
+
+    fn lookup(name: &str) -> Result<Option<RunAs>, String> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(Some(RunAs { uid: u.uid.as_raw(), gid: u.gid.as_raw() })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("cannot look up the user `{name}`: {e}")),
+        }
+    }
+}
+
+/// The user the PostgreSQL copies run as when rehearse runs as root (PostgreSQL
+/// refuses root). `scripts/install-deps.sh` creates it.
+pub const CLUSTER_USER: &str = "rehearse-db";
+/// The user the release runs as — its install, its services and the suites — when
+/// rehearse runs as root, unless `--run-as` names another. `scripts/install-deps.sh`
+/// creates it.
+pub const RELEASE_USER: &str = "rehearse";
+
+/// Who the run's processes run as. Both `None` when rehearse does not run as root:
+/// then everything runs as the invoking user, who owns the copy anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Users {
+    pub cluster: Option<RunAs>,
+    pub release: Option<RunAs>,
+}
+
+impl Users {
+    /// As root: the cluster user and the release user (`run_as`, else
+    /// [`RELEASE_USER`]), two different unprivileged users, so the release can neither
+    /// read the copy's files nor signal its server. Not root: nobody to switch to.
+    pub fn resolve(run_as: Option<&str>) -> Result<Users, String> {
+        if !nix::unistd::geteuid().is_root() {
+            if let Some(u) = run_as {
+                return Err(format!("--run-as {u} needs root: only root can run the release as another user"));
+            }
+            return Ok(Users::default());
+        }
+        let missing = |name: &str| {
+            format!(
+                "rehearse runs as root, so it runs the PostgreSQL copies as the unprivileged user `{CLUSTER_USER}` and \
+                 the release, its services and the suites as `{RELEASE_USER}` (or the user given with --run-as); \
+                 the user `{name}` does not exist — create them with `make deps` (scripts/install-deps.sh), or by hand: \
+                 `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}`"
+            )
+        };
+        let cluster = RunAs::lookup(CLUSTER_USER)?.ok_or_else(|| missing(CLUSTER_USER))?;
+        let name = run_as.unwrap_or(RELEASE_USER);
+        let release = RunAs::lookup(name)?.ok_or_else(|| missing(name))?;
+        if release.uid == 0 {
+            return Err(format!("--run-as {name}: the release must not run as root"));
+        }
+        if release.uid == cluster.uid {
+            return Err(format!(
+                "--run-as {name}: the release must not run as the PostgreSQL copies' user `{CLUSTER_USER}` \
+                 (it could read every copy's files)"
+            ));
+        }
+        Ok(Users { cluster: Some(cluster), release: Some(release) })
+    }
+
+    /// Only the cluster user (`rehearse warm`: no release code runs).
+    pub fn cluster_only() -> Result<Option<RunAs>, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        RunAs::lookup(CLUSTER_USER)?.map(Some).ok_or_else(|| {
+            format!(
+                "rehearse runs as root, so it runs PostgreSQL as the unprivileged user `{CLUSTER_USER}`, which does \
+                 not exist; create it with `make deps` (scripts/install-deps.sh) or by hand: \
+                 `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {CLUSTER_USER}`"
+            )
+        })
+    }
+}
+
+/// Whether `user` can enter `dir`, tried for real as that user (permissions, ACLs and
+/// groups all count).
+pub fn can_enter(dir: &Path, user: RunAs) -> bool {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("sh")
+        .args(["-c", "cd -- \"$1\"", "sh"])
+        .arg(dir)
+        .uid(user.uid)
+        .gid(user.gid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A user's name, for messages (the number when it has none).
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
     }
 }
 
@@ -62,13 +150,20 @@ impl Finished {
     }
 }
 
-/// Spawns `cmd` in its own process group with stdout and stderr appended to `log`.
+/// Opens (creating it, 0600) a log file for appending.
+fn open_log(log: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW).open(log)
+}
+
+/// Spawns `cmd` in its own process group with stdout and stderr appended to `log`
+/// (a long-running service: it writes the file itself, and may outlive rehearse).
 pub fn spawn_logged(
     cmd: &mut Command,
     log: &Path,
     kill_on_drop: bool,
 ) -> std::io::Result<(tokio::process::Child, ProcHandle)> {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = open_log(log)?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(kill_on_drop);
     let child = cmd.spawn()?;
@@ -77,30 +172,52 @@ pub fn spawn_logged(
     Ok((child, handle))
 }
 
-/// Runs a command to completion with a timeout, output appended to `log`; on timeout
-/// (or when the future is dropped) the whole process group is killed.
+/// Runs a command to completion with a timeout, output appended to `log` with every
+/// registered secret redacted on the way (stdout and stderr share one pipe, so their
+/// order is kept); on timeout (or when the future is dropped) the whole process group
+/// is killed.
 pub async fn run_logged(cmd: &mut Command, log: &Path, timeout: Duration, clock: &Clock) -> std::io::Result<Finished> {
     let started = Instant::now();
-    let (mut child, handle) = spawn_logged(cmd, log, true)?;
-    let _guard = GroupGuard(handle.pgid);
+    let mut file = open_log(log)?;
+    // Close-on-exec, so no other child started meanwhile inherits the pipe and keeps
+    // it open (the command's own stdout and stderr are set up by spawn).
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let writer2 = writer.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0).kill_on_drop(true);
+    let spawned = cmd.spawn();
+    // `cmd` holds the pipe's write end until its output is set anew: then only the
+    // command's processes hold it, and the copier sees the end when they are gone.
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = spawned?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let handle = ProcHandle { pid, pgid: pid, start_time: start_time(pid).unwrap_or(0) };
+    let guard = GroupGuard(pid);
+    let copier = std::thread::spawn(move || super::secrets::redacting_copy(std::fs::File::from(reader), &mut file));
     let _span = clock.external();
     let res = tokio::time::timeout(timeout, child.wait()).await;
     let elapsed = started.elapsed();
-    match res {
+    let finished = match res {
         Ok(status) => {
             let status = status?;
-            Ok(Finished {
+            Finished {
                 status: status.code().or_else(|| status_signal(&status).map(|s| 128 + s)),
                 timed_out: false,
                 elapsed,
-            })
+            }
         }
         Err(_) => {
             stop_group(&handle, Duration::from_secs(2)).await;
             let _ = child.wait().await;
-            Ok(Finished { status: None, timed_out: true, elapsed })
+            Finished { status: None, timed_out: true, elapsed }
         }
-    }
+    };
+    // Whatever the command left running in its group goes with it; then the pipe
+    // closes and the copier finishes.
+    drop(guard);
+    // A process that left the group (setsid) may hold the pipe: the log then ends
+    // here, and the copier finishes whenever that process does.
+    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || copier.join())).await;
+    Ok(finished)
 }
 
 fn status_signal(status: &std::process::ExitStatus) -> Option<i32> {
@@ -109,7 +226,9 @@ fn status_signal(status: &std::process::ExitStatus) -> Option<i32> {
 }
 
 /// Kills a process group when dropped: a command abandoned mid-way (Ctrl-C, a failed
-/// sibling) never outlives the step that started it.
+/// sibling) never outlives the step that started it. (The group's id cannot name
+/// another group while our child, its leader, is unreaped: the `Child` is dropped
+/// after this guard.)
 pub struct GroupGuard(pub i32);
 
 impl Drop for GroupGuard {
@@ -140,12 +259,19 @@ fn state_and_group(pid: i32) -> Option<(char, i32)> {
     Some((state, pgrp))
 }
 
-/// Whether the journaled process itself is still alive (not a zombie, not a new
-/// process with the same PID).
+/// The real user id of a process, from /proc.
+pub fn owner_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// Whether the journaled process itself is still alive: not a zombie, and not a new
+/// process that reuses its PID. A handle without a start time cannot tell the two
+/// apart, so it never counts as alive.
 pub fn is_alive(h: &ProcHandle) -> bool {
     match state_and_group(h.pid) {
         Some((state, _)) if state != 'Z' && state != 'X' => {
-            h.start_time == 0 || start_time(h.pid) == Some(h.start_time)
+            h.start_time != 0 && start_time(h.pid) == Some(h.start_time)
         }
         _ => false,
     }
@@ -162,29 +288,67 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether the group `h` led is still ours to signal. A process (or zombie) under the
+/// leader's PID is ours only with the recorded start time. With no process under that
+/// PID, members of the group are the leader's: the kernel keeps a PID allocated while
+/// any process uses it as its group id. But when another process runs under the
+/// leader's PID, the PID was free, so our group ended long ago and those members
+/// belong to a stranger.
+fn group_is_ours(h: &ProcHandle) -> bool {
+    match start_time(h.pid) {
+        Some(t) => h.start_time != 0 && t == h.start_time,
+        None => !group_members(h.pgid).is_empty(),
+    }
+}
+
 /// Stops a process group: SIGTERM, up to `grace` for it to exit, then SIGKILL.
-/// Returns whether nothing of the group is left.
+/// Returns whether nothing of the group is left. A group whose leader's PID now
+/// belongs to another process is not ours: it is never signalled.
 pub async fn stop_group(h: &ProcHandle, grace: Duration) -> bool {
-    if h.pgid <= 0 {
+    if h.pgid <= 0 || !group_is_ours(h) {
         return true;
-    }
-    // Only signal the group if its leader is the process we started, or members
-    // remain from it (the leader may have exited and left children behind).
-    let leader_ok = is_alive(h);
-    let members = group_members(h.pgid);
-    if !leader_ok && members.is_empty() {
-        return true;
-    }
-    if !leader_ok && h.start_time != 0 && start_time(h.pid).is_some() {
-        // The PID was reused by an unrelated process that is not in the group: only
-        // the group's members are ours.
     }
     let _ = killpg(Pid::from_raw(h.pgid), Signal::SIGTERM);
     if wait_group_gone(h.pgid, grace).await {
         return true;
     }
+    if !group_is_ours(h) {
+        return true;
+    }
     let _ = killpg(Pid::from_raw(h.pgid), Signal::SIGKILL);
     wait_group_gone(h.pgid, Duration::from_secs(5)).await
+}
+
+/// Sends `sig` to exactly the process `h` names: its PID is pinned with a pidfd, and
+/// the signal goes out only if that process has the recorded start time (a PID reused
+/// by another process is never signalled). Returns whether the signal was sent.
+pub fn signal_exact(h: &ProcHandle, sig: Signal) -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if h.pid <= 0 || h.start_time == 0 {
+        return false;
+    }
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, h.pid, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the syscall returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if start_time(h.pid) != Some(h.start_time) {
+        return false;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig as i32,
+            std::ptr::null::<nix::libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
 }
 
 async fn wait_group_gone(pgid: i32, limit: Duration) -> bool {
@@ -202,14 +366,75 @@ async fn wait_group_gone(pgid: i32, limit: Duration) -> bool {
     }
 }
 
-/// The last `n` lines of a log file, for error messages and reports.
+/// How much of a log's end is read for its tail: enough for 20 long lines.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `n` non-empty lines of a log file, for error messages and reports, read
+/// from its end (a log may be gigabytes), each cut to 400 characters, with terminal
+/// control and escape sequences removed and secrets redacted: a log is the output
+/// of a program rehearse does not control.
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
         return Vec::new();
     };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(TAIL_BYTES);
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    if f.take(TAIL_BYTES).read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let bytes = super::secrets::redact_bytes(&bytes);
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.chars().take(400).collect()).collect()
+    let mut lines: Vec<&str> = text.lines().collect();
+    if from > 0 && !lines.is_empty() {
+        // The first line read is most likely cut.
+        lines.remove(0);
+    }
+    let lines: Vec<&str> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| printable(l).chars().take(400).collect()).collect()
+}
+
+/// `text` without terminal escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ...
+/// BEL/ST`, other `ESC x`) and other control characters (tabs become spaces): what
+/// a program printed cannot move the cursor, retitle or recolor the terminal it is
+/// shown on.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                Some('[') => {
+                    // Parameters and intermediates, up to a final byte @..~.
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') | Some('P') | Some('_') | Some('^') => {
+                    // Up to BEL or ESC \.
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || (c == '\u{1b}' && chars.peek() == Some(&'\\')) {
+                            if c == '\u{1b}' {
+                                chars.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\t' => out.push(' '),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it soon after).
@@ -218,13 +443,54 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// `sh -c COMMAND` in `dir`.
+/// A command from a description, run by `sh` in `dir`. The text travels in the
+/// environment (`REHEARSE_COMMAND`), not on `sh`'s command line, where every local user
+/// could read whatever a template put into it.
 pub fn shell(command: &str, dir: &Path) -> Command {
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(command).current_dir(dir);
+    cmd.arg("-c").arg("eval \"$REHEARSE_COMMAND\"").env("REHEARSE_COMMAND", command).current_dir(dir);
     cmd
 }
 
 pub fn log_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{}.log", name.replace(['/', ' '], "_")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_strips_escapes_and_controls() {
+        let s = "a\u{1b}[31mred\u{1b}[0m b\u{1b}]0;title\u{7}c\u{8}\u{1b}]8;;http://x\u{1b}\\link\r\tend";
+        assert_eq!(printable(s), "ared bclink end");
+    }
+
+    #[test]
+    fn tail_reads_the_end_of_a_big_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.log");
+        let mut text = "x".repeat(1 << 20);
+        text.push_str("\nsecond to last\nlast \u{1b}[1mline\u{1b}[0m\n");
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(tail(&p, 2), vec!["second to last".to_string(), "last line".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_reused_pid_is_never_signalled() {
+        // A process of ours, as if journaled with another start time: a PID reused
+        // by a process that is not the one we started.
+        let mut child = tokio::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let pid = child.id().unwrap() as i32;
+        let real = start_time(pid).unwrap();
+        let stranger = ProcHandle { pid, pgid: pid, start_time: real + 1 };
+        assert!(!is_alive(&stranger));
+        assert!(!signal_exact(&stranger, Signal::SIGKILL));
+        assert!(stop_group(&stranger, Duration::from_millis(100)).await, "not ours: nothing of ours is left");
+        assert!(child.try_wait().unwrap().is_none(), "the stranger was signalled");
+        let ours = ProcHandle { pid, pgid: pid, start_time: real };
+        assert!(is_alive(&ours));
+        assert!(stop_group(&ours, Duration::from_secs(2)).await);
+        let _ = child.wait().await;
+    }
 }

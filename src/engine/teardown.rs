@@ -18,6 +18,9 @@ pub struct Outcome {
     pub duration: Duration,
     /// Every destroy attempted: (resource id, kind, started, took, ok, error).
     pub destroyed: Vec<Destroyed>,
+    /// Why it is not known what exists (the journal could not be read): then nothing
+    /// was removed, and the run is not clean.
+    pub unknown: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -30,8 +33,24 @@ pub struct Destroyed {
 }
 
 impl Outcome {
+    /// Nothing is left, as far as the journal can tell — and the journal could tell.
     pub fn complete(&self) -> bool {
-        self.leftovers.is_empty()
+        self.leftovers.is_empty() && self.unknown.is_none()
+    }
+
+    /// What is left, as listed to a person: the leftovers, or — when the journal could
+    /// not be read — one entry saying so, with `command` to find the rest by tag.
+    pub fn left(&self, command: &str) -> Vec<Leftover> {
+        let mut out = self.leftovers.clone();
+        if let Some(why) = &self.unknown {
+            out.push(Leftover {
+                id: "(unknown)".into(),
+                kind: "journal".into(),
+                provider_id: Some(why.clone()),
+                command: command.to_string(),
+            });
+        }
+        out
     }
 }
 
@@ -46,15 +65,21 @@ pub async fn run<P: Provider>(
     clock: &Clock,
 ) -> Outcome {
     let started = Instant::now();
-    let records = journal::read(journal.path()).unwrap_or_default();
+    // Fail closed: a journal that cannot be read says nothing about what exists.
+    let unknown = |why: String| Outcome {
+        leftovers: Vec::new(),
+        interrupted: false,
+        duration: started.elapsed(),
+        destroyed: Vec::new(),
+        unknown: Some(why),
+    };
+    let records = match journal::read(journal.path()) {
+        Ok(r) => r,
+        Err(e) => return unknown(format!("the journal {} cannot be read: {e}", journal.path().display())),
+    };
     let state = State::from_records(&records);
     let Some(meta) = state.meta.clone() else {
-        return Outcome {
-            leftovers: Vec::new(),
-            interrupted: false,
-            duration: started.elapsed(),
-            destroyed: Vec::new(),
-        };
+        return unknown(format!("the journal {} has no run record", journal.path().display()));
     };
     let mut leftovers = Vec::new();
     let mut interrupted = false;
@@ -100,7 +125,7 @@ pub async fn run<P: Provider>(
             }
         }
     }
-    Outcome { leftovers, interrupted, duration: started.elapsed(), destroyed }
+    Outcome { leftovers, interrupted, duration: started.elapsed(), destroyed, unknown: None }
 }
 
 /// The order of teardown: by the provider's rank of each kind when it knows every
@@ -187,6 +212,14 @@ fn leftover<P: Provider>(provider: &P, entry: &journal::Entry, meta: &journal::R
 pub fn leftover_text(run_id: &str, leftovers: &[Leftover]) -> String {
     let mut out = format!("rehearse: teardown of {run_id} is INCOMPLETE; left behind:\n");
     for l in leftovers {
+        if l.kind == "journal" {
+            out.push_str(&format!(
+                "  unknown: {}\n    find and remove by tag with: {}\n",
+                l.provider_id.as_deref().unwrap_or("the journal cannot be read"),
+                l.command
+            ));
+            continue;
+        }
         out.push_str(&format!("  {} ({})\n    remove with: {}\n", l.id, l.kind, l.command));
     }
     out.push_str(&format!("  or retry everything: rehearse down {run_id}\n"));

@@ -26,7 +26,7 @@ use super::{Ctx, Output, Provider, StepError};
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::{DatabaseSource, RestoreMode};
 use crate::engine::journal::{Entry, RunMeta};
-use crate::engine::state;
+use crate::engine::secrets;
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
 use api::*;
@@ -76,17 +76,26 @@ pub struct AwsProvider<A> {
     instances: Poller<Instance>,
     databases: Poller<DbInstance>,
     clusters: Poller<DbCluster>,
+    /// This machine's work directory: a run's local workspace (its suites' scratch
+    /// directories) is removed only from `WORK/runs/RUN_ID`.
+    work_root: std::path::PathBuf,
 }
 
 impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     pub fn new(api: A, min_poll: Duration, max_poll: Duration) -> Self {
         AwsProvider {
+            work_root: crate::engine::state::work_dir(),
             api: Patient::new(api),
             ids: Mutex::default(),
             instances: Poller::new(min_poll, max_poll),
             databases: Poller::new(min_poll, max_poll),
             clusters: Poller::new(min_poll, max_poll),
         }
+    }
+
+    /// Runs whose work directories live under `work_root` (default: this machine's).
+    pub fn with_work_root(self, work_root: &std::path::Path) -> Self {
+        AwsProvider { work_root: work_root.to_path_buf(), ..self }
     }
 
     /// Retry pauses drawn from `seed` (a reproducible scenario).
@@ -396,7 +405,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         // master password is set in the same call, and never printed.
         let guard = Guard { run_id: ctx.run.run_id.clone() };
         guard.check("DB instance", &ready.id, &ready.tags).map_err(StepError::build)?;
-        let password = state::new_secret();
+        let password = secrets::generate();
         let t = ctx.started(res, "secure", None);
         match &ready.cluster_id {
             // Aurora: the password (and deletion protection) belong to the cluster.
@@ -452,10 +461,14 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             // The runner must reach the VPC (README): masking runs from here with psql.
             let t = ctx.started(res, "mask", None);
             let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
+            // The connection (and its password) in libpq's environment, never on the
+            // command line, where every user of this machine could read it.
             let mut cmd = tokio::process::Command::new("psql");
             cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f"])
                 .arg(ctx.loaded.resolve(m))
-                .arg(&outputs.url)
+                .env_remove("PGSERVICE")
+                .env_remove("PGOPTIONS")
+                .envs(outputs.libpq_env())
                 .env("PGCONNECT_TIMEOUT", "10");
             let f = crate::engine::process::run_logged(&mut cmd, &log, timeout, ctx.clock)
                 .await
@@ -698,7 +711,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     // A clone may carry the source's deletion protection (a run killed
                     // before its secure step): lift it, with a throwaway password.
                     if c.deletion_protection {
-                        api.secure_db_cluster(id, &state::new_secret()).await.map_err(|e| e.to_string())?;
+                        api.secure_db_cluster(id, &secrets::generate()).await.map_err(|e| e.to_string())?;
                     }
                     // Its instances may still be on their way out.
                     let deleting = || async { Ok(find().await?.is_none_or(|c| c.status == "deleting")) };
@@ -720,13 +733,6 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 guard.check("security group", id, &g.tags)?;
                 retry_in_use(|| api.delete_security_group(id), never).await
             }
-            "aws.rds.db-snapshot" => {
-                let find = || async move { one(api.snapshots_all().await, |s| s.id == id) };
-                let Some(s) = find().await? else { return Ok(()) };
-                guard.check("DB snapshot", id, &s.tags)?;
-                let deleting = || async { Ok(find().await?.is_none_or(|s| s.status == "deleting")) };
-                retry_in_use(|| api.delete_db_snapshot(id), deleting).await
-            }
             _ => Ok(()),
         }
     }
@@ -742,11 +748,10 @@ pub struct Tagged {
 }
 
 /// The order tagged resources are removed in: users before what they use.
-pub const TEARDOWN_ORDER: [&str; 6] = [
+pub const TEARDOWN_ORDER: [&str; 5] = [
     "aws.ec2.instance",
     "aws.rds.db-instance",
     "aws.rds.db-cluster",
-    "aws.rds.db-snapshot",
     "aws.rds.db-subnet-group",
     "aws.ec2.security-group",
 ];
@@ -770,11 +775,6 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         for c in self.api.db_clusters_all().await.map_err(e)? {
             if has(&c.tags) {
                 out.push(Tagged { kind: "aws.rds.db-cluster", id: c.id, tags: c.tags });
-            }
-        }
-        for s in self.api.snapshots_all().await.map_err(e)? {
-            if has(&s.tags) {
-                out.push(Tagged { kind: "aws.rds.db-snapshot", id: s.id, tags: s.tags });
             }
         }
         for g in self.api.db_subnet_groups_all().await.map_err(e)? {
@@ -947,6 +947,18 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
     }
 
     async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), String> {
+        if entry.kind == "local.workspace" {
+            // The run's corner of this machine: its suites' scratch directories.
+            let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(std::path::PathBuf::from));
+            return match dir {
+                Some(d) => crate::engine::state::remove_tree(&crate::engine::state::in_run_work_dir(
+                    &d,
+                    &self.work_root,
+                    &meta.run_id,
+                )?),
+                None => Ok(()),
+            };
+        }
         let guard = Guard { run_id: meta.run_id.clone() };
         let id = match handle_id(entry) {
             Some(id) => Some(id),
@@ -975,13 +987,14 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
         Self::create_key(res, run_id)
     }
 
-    /// Instances and databases first (they use the groups), then clusters and
-    /// snapshots, then the subnet group and the security group.
+    /// Instances and databases first (they use the groups), then clusters, then the
+    /// subnet group and the security group, then the run's local workspace.
     fn teardown_rank(&self, kind: &str) -> Option<u8> {
         match kind {
             "aws.ec2.instance" | "aws.rds.db-instance" => Some(0),
-            "aws.rds.db-cluster" | "aws.rds.db-snapshot" => Some(1),
+            "aws.rds.db-cluster" => Some(1),
             "aws.rds.db-subnet-group" | "aws.ec2.security-group" => Some(2),
+            "local.workspace" => Some(3),
             _ => None,
         }
     }

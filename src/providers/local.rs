@@ -25,7 +25,7 @@ use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::{DatabaseSource, SuiteResults};
 use crate::engine::journal::{Entry, RunMeta};
 use crate::engine::process::{self, ProcHandle};
-use crate::engine::state;
+use crate::engine::{secrets, secure_fs, state};
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
 use postgres::{Cluster, PgBin};
@@ -35,10 +35,12 @@ pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long a stopped service gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
 pub struct LocalProvider {
     /// Children this process started, kept so they are reaped and can be watched.
     children: Mutex<HashMap<String, tokio::process::Child>>,
+    /// The work directory of this machine's runs (`WORK`): every directory a journal
+    /// names for removal must lie below `WORK/runs/RUN_ID`, whatever the journal says.
+    work_root: PathBuf,
 }
 
 /// Golden copy metadata (`meta.json` beside its `data/`).
@@ -49,15 +51,30 @@ pub struct GoldenMeta {
     /// The masking SQL applied to it (a changed file makes the copy stale).
     pub masking: Option<String>,
     pub pg_bin: PathBuf,
+    /// The user its files belong to (another cluster user makes it stale).
+    #[serde(default)]
+    pub cluster_uid: Option<u32>,
+    /// How its roles are laid out ([`GOLDEN_LAYOUT`]; an older layout is stale).
+    #[serde(default)]
+    pub layout: u32,
 }
+
+/// Golden copies hold the release's role ([`postgres::APP_ROLE`]) owning the data.
+pub const GOLDEN_LAYOUT: u32 = 2;
 
 pub fn golden_dir(root: &Path, env: &str, db: &str) -> PathBuf {
     root.join(env).join(db)
 }
 
 impl LocalProvider {
-    pub fn new() -> Self {
-        Self::default()
+    /// A provider for runs whose work directories live under `work_root`.
+    pub fn new(work_root: &Path) -> Self {
+        LocalProvider { children: Mutex::default(), work_root: work_root.to_path_buf() }
+    }
+
+    /// `dir` if it lies in this run's work directory (see [`state::in_run_work_dir`]).
+    fn owned_path(&self, dir: &Path, meta: &RunMeta) -> Result<PathBuf, String> {
+        state::in_run_work_dir(dir, &self.work_root, &meta.run_id)
     }
 
     fn tag<'a>(ctx: &'a Ctx<'_>) -> [(&'static str, &'a str); 1] {
@@ -94,7 +111,7 @@ impl LocalProvider {
         let mut cluster = Cluster {
             base: ctx.run.work_dir.join(format!("db-{}", res.name)),
             port: process::free_port().map_err(|e| StepError::build(format!("no free port: {e}")))?,
-            run_as: ctx.run.pg_user,
+            run_as: ctx.run.users.cluster,
             postmaster: None,
         };
         let masking_sql = match &db.masking {
@@ -112,6 +129,8 @@ impl LocalProvider {
             database_name: db_name.clone(),
             masking: masking_sql.clone(),
             pg_bin: bin.dir.clone(),
+            cluster_uid: cluster.run_as.map(|u| u.uid),
+            layout: GOLDEN_LAYOUT,
         };
         let warm = !ctx.run.cold && golden_meta.as_ref() == Some(&wanted) && golden.join("data/PG_VERSION").is_file();
         if !ctx.run.cold && golden_meta.is_some() && !warm {
@@ -157,33 +176,28 @@ impl LocalProvider {
                 ctx.step(res, "mask", t, r.is_ok(), Some(m.display().to_string()));
                 r?;
             }
+            postgres::hand_over(&bin, &cluster, &db_name, ctx.clock).await?;
         }
         ctx.record(res, json!({"cluster": cluster}))?;
         let restore_ms = restore_started.elapsed().as_millis() as u64;
 
-        // A fresh secret for this copy; given on stdin, never on a command line.
-        let password = state::new_secret();
+        // A fresh secret for this copy; given on stdin, never on a command line, and
+        // redacted from everything written from now on.
+        let password = secrets::generate();
         let t = ctx.started(res, "rotate-password", None);
-        let r = postgres::psql_stdin(
-            &bin,
-            &cluster,
-            "postgres",
-            &format!("ALTER ROLE {} PASSWORD '{password}';", postgres::SUPERUSER),
-            ctx.clock,
-        )
-        .await;
+        let r = postgres::set_app_password(&bin, &cluster, &password, ctx.clock).await;
         ctx.step(res, "rotate-password", t, r.is_ok(), None);
         r?;
 
         let host = "127.0.0.1".to_string();
         let port = cluster.port.to_string();
         let outputs = DatabaseOutputs {
-            url: format!("postgres://{}:{password}@{host}:{port}/{db_name}", postgres::SUPERUSER),
+            url: format!("postgres://{}:{password}@{host}:{port}/{db_name}", postgres::APP_ROLE),
             endpoint: format!("{host}:{port}"),
             host,
             port,
             name: db_name,
-            user: postgres::SUPERUSER.into(),
+            user: postgres::APP_ROLE.into(),
             password,
         };
         let backup_used = BackupUsed {
@@ -208,6 +222,13 @@ impl LocalProvider {
         let r = release::unpack(&artifact, &dest, ctx.clock).await;
         ctx.step(res, "unpack", t, r.is_ok(), Some(format!("{} {}", ctx.plan.release.version, artifact.display())));
         r?;
+        // The release's files belong to the user it runs as; rehearse writes into the
+        // directory afterwards only through no-follow descriptors.
+        if let Some(u) = ctx.run.users.release {
+            secure_fs::Dir::open(&dest)
+                .and_then(|d| d.chown_tree(u.uid, u.gid))
+                .map_err(|e| StepError::build(format!("cannot hand the release to its user: {e}")))?;
+        }
         Ok(Output::Release { dir: dest })
     }
 
@@ -230,14 +251,17 @@ impl LocalProvider {
         if let [db] = dbs.as_slice() {
             if let Some(o) = ctx.tctx.get("databases").and_then(|v| v.get(db.as_str())) {
                 let f = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                env.extend([
-                    ("DATABASE_URL".to_string(), f("url")),
-                    ("PGHOST".to_string(), f("host")),
-                    ("PGPORT".to_string(), f("port")),
-                    ("PGUSER".to_string(), f("user")),
-                    ("PGPASSWORD".to_string(), f("password")),
-                    ("PGDATABASE".to_string(), f("name")),
-                ]);
+                let outputs = DatabaseOutputs {
+                    host: f("host"),
+                    port: f("port"),
+                    name: f("name"),
+                    user: f("user"),
+                    password: f("password"),
+                    url: f("url"),
+                    endpoint: f("endpoint"),
+                };
+                env.push(("DATABASE_URL".to_string(), outputs.url.clone()));
+                env.extend(outputs.libpq_env());
             }
         }
         for k in s.env.keys() {
@@ -252,15 +276,18 @@ impl LocalProvider {
         let s = &ctx.loaded.desc.services[res.name.as_str()];
         let dir = ctx.run.work_dir.join("release");
         ctx.record(res, json!({}))?;
-        for (i, t) in s.templates.iter().enumerate() {
-            let text = ctx.render(&format!("services.{}.templates[{i}].source", res.name))?;
-            let dest = dir.join(&t.dest);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| StepError::build(format!("cannot create {}: {e}", parent.display())))?;
+        if !s.templates.is_empty() {
+            // The release's directory is its user's: written through descriptors that
+            // follow no link, each file replaced by a rename, owned by that user, 0600.
+            let release_dir = secure_fs::Dir::open(&dir)
+                .map_err(|e| StepError::build(format!("cannot open the release directory: {e}")))?;
+            let owner = ctx.run.users.release.map(|u| (u.uid, u.gid));
+            for (i, t) in s.templates.iter().enumerate() {
+                let text = ctx.render(&format!("services.{}.templates[{i}].source", res.name))?;
+                release_dir
+                    .write_file(&t.dest, text.as_bytes(), owner)
+                    .map_err(|e| StepError::build(format!("cannot write the config template: {e}")))?;
             }
-            std::fs::write(&dest, text)
-                .map_err(|e| StepError::build(format!("cannot write {}: {e}", dest.display())))?;
         }
         let Some(_) = &s.install else {
             return Ok(Output::Nothing);
@@ -269,6 +296,7 @@ impl LocalProvider {
         let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
         let mut cmd = process::shell(&command, &dir);
         cmd.envs(self.service_env(res, ctx)?);
+        ctx.run.as_release_user(&mut cmd);
         let t = ctx.started(res, "install", Some(command.clone()));
         let f = process::run_logged(&mut cmd, &log, INSTALL_TIMEOUT, ctx.clock).await;
         let ok = f.as_ref().is_ok_and(|f| f.success());
@@ -311,6 +339,7 @@ impl LocalProvider {
         let mut cmd = process::shell(&command, &dir);
         cmd.envs(self.service_env(res, ctx)?);
         cmd.env("PORT", port.to_string());
+        ctx.run.as_release_user(&mut cmd);
         let t = ctx.started(res, "start", Some(command.clone()));
         // Services outlive this step (and, when kept, this process): they are not killed
         // on drop; teardown stops their whole group explicitly.
@@ -389,9 +418,15 @@ async fn dump_url(
     ctx: &Ctx<'_>,
 ) -> Result<postgres::Backup, StepError> {
     // Read-only use of the source: pg_dump takes a consistent snapshot and writes
-    // nothing to it.
+    // nothing to it. Its password goes in the environment, never on the command line.
+    let (url_without_password, password) = split_password(url)?;
     let mut cmd = bin.cmd("pg_dump");
-    cmd.args(["-Fc", "--no-owner", "--no-acl", "-f"]).arg(dump).arg(url);
+    cmd.args(["-Fc", "--no-owner", "--no-acl", "-f"]).arg(dump).arg("-d").arg(&url_without_password);
+    cmd.env_remove("PGPASSWORD");
+    if let Some(p) = password {
+        secrets::register(&p);
+        cmd.env("PGPASSWORD", p);
+    }
     let f = process::run_logged(&mut cmd, log, Duration::from_secs(6 * 3600), ctx.clock)
         .await
         .map_err(|e| StepError::build(format!("cannot run pg_dump: {e}")))?;
@@ -401,6 +436,32 @@ async fn dump_url(
         );
     }
     Ok(postgres::Backup { path: dump.to_path_buf(), taken_at: chrono::Utc::now() })
+}
+
+/// A `postgres://` URL without its password, and the password (from the user info or
+/// a `password=` parameter), percent-decoded, for `PGPASSWORD`.
+pub fn split_password(url: &str) -> Result<(String, Option<String>), StepError> {
+    let bad = |why: String| StepError::build(format!("the source URL {} {why}", crate::description::redact_url(url)));
+    let mut u = url::Url::parse(url).map_err(|e| bad(format!("does not parse: {e}")))?;
+    let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
+    let mut password = u.password().map(decode);
+    if u.password().is_some() {
+        u.set_password(None).map_err(|_| bad("cannot carry a password".into()))?;
+    }
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (k, v) in u.query_pairs() {
+        if k == "password" {
+            password = Some(v.into_owned());
+        } else {
+            pairs.push((k.into_owned(), v.into_owned()));
+        }
+    }
+    if pairs.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    Ok((u.to_string(), password.filter(|p| !p.is_empty())))
 }
 
 impl Provider for LocalProvider {
@@ -434,55 +495,25 @@ impl Provider for LocalProvider {
             "local.postgres" => {
                 let cluster: Option<Cluster> =
                     entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("cluster")?.clone()).ok());
-                let Some(cluster) = cluster else { return Ok(()) };
+                let Some(mut cluster) = cluster else { return Ok(()) };
+                let base = self.owned_path(&cluster.base, meta)?;
+                if cluster.run_as.is_some_and(|u| u.uid == 0) {
+                    cluster.run_as = None;
+                }
                 let bin = PgBin::find().ok();
                 if !postgres::stop(bin.as_ref(), &cluster).await {
                     return Err(format!("PostgreSQL in {} did not stop", cluster.data().display()));
                 }
-                remove_dir(&cluster.base)
+                remove_dir(&base)
             }
             "local.release" => {
                 let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(PathBuf::from));
                 match dir {
-                    Some(d) => remove_dir(&d),
+                    Some(d) => remove_dir(&self.owned_path(&d, meta)?),
                     None => Ok(()),
                 }
             }
-            "local.workspace" => {
-                // Last: whatever a crashed run left that the journal does not name —
-                // processes tagged with the run id, clusters in the work directory.
-                let leftover = tagged_processes(&meta.run_id);
-                for pid in leftover {
-                    let h = ProcHandle { pid, pgid: pid, start_time: process::start_time(pid).unwrap_or(0) };
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-                    if process::stop_group(&h, STOP_GRACE).await {
-                        continue;
-                    }
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
-                let dir = entry
-                    .handle
-                    .as_ref()
-                    .and_then(|h| h.get("dir")?.as_str().map(PathBuf::from))
-                    .or_else(|| meta.work_dir.as_ref().map(PathBuf::from));
-                if let Some(dir) = dir {
-                    if let Ok(rd) = std::fs::read_dir(&dir) {
-                        let bin = PgBin::find().ok();
-                        for e in rd.flatten() {
-                            if e.path().join("data").is_dir() {
-                                let c = Cluster { base: e.path(), port: 0, run_as: None, postmaster: None };
-                                postgres::stop(bin.as_ref(), &c).await;
-                            }
-                        }
-                    }
-                    remove_dir(&dir)?;
-                }
-                let left = tagged_processes(&meta.run_id);
-                if !left.is_empty() {
-                    return Err(format!("processes still running with REHEARSE_RUN_ID={}: {left:?}", meta.run_id));
-                }
-                Ok(())
-            }
+            "local.workspace" => self.remove_workspace(entry, meta).await,
             // Install steps and suites leave nothing behind.
             _ => Ok(()),
         }
@@ -512,7 +543,10 @@ impl Provider for LocalProvider {
                 let base =
                     entry.handle.as_ref().and_then(|h| h.get("cluster")?.get("base")?.as_str().map(str::to_string));
                 match base {
-                    Some(b) => format!("pg_ctl -D {b}/data -m fast stop; rm -rf {b}"),
+                    Some(b) => {
+                        let data = quote(&format!("{b}/data"));
+                        format!("pg_ctl -D {data} -m fast stop; rm -rf -- {}", quote(&b))
+                    }
                     None => format!("rehearse down {}", meta.run_id),
                 }
             }
@@ -523,7 +557,7 @@ impl Provider for LocalProvider {
                     .and_then(|h| h.get("dir")?.as_str().map(str::to_string))
                     .or_else(|| meta.work_dir.clone());
                 match dir {
-                    Some(d) => format!("rm -rf {d}"),
+                    Some(d) => format!("rm -rf -- {}", quote(&d)),
                     None => format!("rehearse down {}", meta.run_id),
                 }
             }
@@ -531,12 +565,53 @@ impl Provider for LocalProvider {
     }
 }
 
-fn remove_dir(dir: &Path) -> Result<(), String> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot remove {}: {e}", dir.display())),
+/// A path as one shell word, for the removal commands printed to a person.
+fn quote(s: &str) -> String {
+    shlex::try_quote(s).map(|q| q.into_owned()).unwrap_or_else(|_| format!("'{}'", s.replace('\0', "")))
+}
+
+impl LocalProvider {
+    /// Last: whatever a crashed run left that the journal does not name — processes
+    /// tagged with the run id, clusters in the work directory — then the directory.
+    async fn remove_workspace(&self, entry: &Entry, meta: &RunMeta) -> Result<(), String> {
+        for pid in tagged_processes(&meta.run_id) {
+            let Some(start_time) = process::start_time(pid) else { continue };
+            let h = ProcHandle { pid, pgid: pid, start_time };
+            process::signal_exact(&h, nix::sys::signal::Signal::SIGTERM);
+            if !process::stop_group(&h, STOP_GRACE).await {
+                process::signal_exact(&h, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let dir = entry
+            .handle
+            .as_ref()
+            .and_then(|h| h.get("dir")?.as_str().map(PathBuf::from))
+            .or_else(|| meta.work_dir.as_ref().map(PathBuf::from));
+        if let Some(dir) = dir {
+            let dir = self.owned_path(&dir, meta)?;
+            let cluster_user = process::Users::cluster_only().ok().flatten();
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                let bin = PgBin::find().ok();
+                for e in rd.flatten() {
+                    let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                    if is_dir && e.path().join("data").is_dir() {
+                        let c = Cluster { base: e.path(), port: 0, run_as: cluster_user, postmaster: None };
+                        postgres::stop(bin.as_ref(), &c).await;
+                    }
+                }
+            }
+            remove_dir(&dir)?;
+        }
+        let left = tagged_processes(&meta.run_id);
+        if !left.is_empty() {
+            return Err(format!("processes still running with REHEARSE_RUN_ID={}: {left:?}", meta.run_id));
+        }
+        Ok(())
     }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), String> {
+    state::remove_tree(dir)
 }
 
 /// Processes whose environment carries `REHEARSE_RUN_ID=run_id` (readable for our
@@ -553,8 +628,8 @@ pub fn tagged_processes(run_id: &str) -> Vec<i32> {
                 .unwrap_or(false)
         })
         .filter(|pid| {
-            let h = ProcHandle { pid: *pid, pgid: 0, start_time: 0 };
-            process::is_alive(&h)
+            process::start_time(*pid)
+                .is_some_and(|start_time| process::is_alive(&ProcHandle { pid: *pid, pgid: 0, start_time }))
         })
         .collect()
 }

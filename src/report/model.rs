@@ -139,9 +139,18 @@ pub struct SuiteResult {
     pub failures: u32,
     pub errors: u32,
     pub skipped: u32,
+    /// Test cases, at most [`crate::suites::MAX_CASES`] (failures first); the counts
+    /// above cover every case.
     pub cases: Vec<TestCase>,
+    /// Cases counted but not listed in `cases`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cases_omitted: u32,
     /// The suite's combined stdout/stderr log file.
     pub log: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl SuiteResult {
@@ -159,6 +168,7 @@ impl SuiteResult {
             errors: 0,
             skipped: 0,
             cases: Vec::new(),
+            cases_omitted: 0,
             log: None,
         }
     }

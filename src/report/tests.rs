@@ -40,6 +40,7 @@ fn smoke(cases: Vec<TestCase>) -> SuiteResult {
         errors: 0,
         skipped: 0,
         cases,
+        cases_omitted: 0,
         log: Some("/state/runs/r1/suites/smoke.log".into()),
     }
 }
@@ -134,6 +135,7 @@ fn passed() -> RunReport {
                         message: None,
                     },
                 ],
+                cases_omitted: 0,
                 log: None,
             },
         ],

@@ -30,6 +30,18 @@ impl Sandbox {
         Sandbox { dir }
     }
 
+    /// A directory anyone may write (sticky, like /tmp), for markers that the run's
+    /// processes leave: as root, rehearse runs the release as an unprivileged user,
+    /// which cannot write into the sandbox itself.
+    pub fn shared(&self) -> PathBuf {
+        let d = self.dir.path().join("shared");
+        if !d.exists() {
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        }
+        d
+    }
+
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }

@@ -201,7 +201,6 @@ pub trait RdsApi: Send + Sync {
     fn db_instances_all(&self) -> impl Future<Output = ApiResult<Vec<DbInstance>>> + Send;
     /// Every snapshot of an instance, all pages, automated and manual.
     fn snapshots_of(&self, instance_id: &str) -> impl Future<Output = ApiResult<Vec<Snapshot>>> + Send;
-    fn snapshots_all(&self) -> impl Future<Output = ApiResult<Vec<Snapshot>>> + Send;
     fn describe_db_clusters(&self, ids: &[String]) -> impl Future<Output = ApiResult<Vec<DbCluster>>> + Send;
     fn db_clusters_all(&self) -> impl Future<Output = ApiResult<Vec<DbCluster>>> + Send;
     fn create_db_subnet_group(
@@ -231,5 +230,4 @@ pub trait RdsApi: Send + Sync {
     fn secure_db_cluster(&self, id: &str, password: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_instance(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_cluster(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
-    fn delete_db_snapshot(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
 }

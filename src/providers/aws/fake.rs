@@ -51,8 +51,13 @@ pub async fn concurrent_runs(
     dir: &std::path::Path,
 ) -> (Vec<(crate::engine::lifecycle::Outcome, Duration)>, u64) {
     use crate::engine::lifecycle::{self, Options};
-    let providers: Vec<_> =
-        (0..n).map(|i| super::AwsProvider::new(cloud.clone(), super::POLL_FIRST, super::POLL_MAX).seeded(i)).collect();
+    let providers: Vec<_> = (0..n)
+        .map(|i| {
+            super::AwsProvider::new(cloud.clone(), super::POLL_FIRST, super::POLL_MAX)
+                .seeded(i)
+                .with_work_root(&dir.join("work"))
+        })
+        .collect();
     let start = Instant::now();
     let runs = providers.iter().zip(0..n).map(|(provider, i)| async move {
         let opts = Options {
@@ -63,6 +68,7 @@ pub async fn concurrent_runs(
             up_only: false,
             state_root: dir.join(format!("run-{i}")),
             work_root: dir.join("work"),
+            run_as: None,
         };
         let signals = crate::engine::signals::Signals::none();
         let events = crate::engine::events::Silent;
@@ -759,11 +765,6 @@ impl RdsApi for FakeCloud {
         Ok(self.snapshots().into_iter().filter(|s| s.instance_id.as_deref() == Some(instance_id)).collect())
     }
 
-    async fn snapshots_all(&self) -> ApiResult<Vec<Snapshot>> {
-        self.enter("DescribeDBSnapshots", "", false)?;
-        Ok(self.snapshots())
-    }
-
     async fn describe_db_clusters(&self, ids: &[String]) -> ApiResult<Vec<DbCluster>> {
         self.enter("DescribeDBClusters", &ids.join(","), false)?;
         Ok(self
@@ -919,13 +920,6 @@ impl RdsApi for FakeCloud {
             return Err(fail("InvalidDBClusterStateFault", ErrorKind::InUse));
         }
         self.delete(id, "cluster")?;
-        self.leave(())
-    }
-
-    async fn delete_db_snapshot(&self, id: &str) -> ApiResult<()> {
-        self.enter("DeleteDBSnapshot", id, true)?;
-        self.audit("DeleteDBSnapshot", id);
-        self.delete(id, "snapshot")?;
         self.leave(())
     }
 }

@@ -263,10 +263,6 @@ impl<A: RdsApi> RdsApi for Patient<A> {
         self.retrying("DescribeDBSnapshots", || self.inner.snapshots_of(instance_id)).await
     }
 
-    async fn snapshots_all(&self) -> ApiResult<Vec<Snapshot>> {
-        self.retrying("DescribeDBSnapshots", || self.inner.snapshots_all()).await
-    }
-
     async fn describe_db_clusters(&self, ids: &[String]) -> ApiResult<Vec<DbCluster>> {
         self.retrying("DescribeDBClusters", || self.inner.describe_db_clusters(ids)).await
     }
@@ -347,10 +343,6 @@ impl<A: RdsApi> RdsApi for Patient<A> {
 
     async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
         self.retrying("DeleteDBCluster", || self.inner.delete_db_cluster(id)).await
-    }
-
-    async fn delete_db_snapshot(&self, id: &str) -> ApiResult<()> {
-        self.retrying("DeleteDBSnapshot", || self.inner.delete_db_snapshot(id)).await
     }
 }
 
@@ -515,12 +507,12 @@ mod tests {
         let jammed = FakeCloud::new(5, Faults { throttle: 1.0, ..Faults::none() });
         let api = Patient::new(jammed.clone());
         let started = Instant::now();
-        assert_eq!(api.snapshots_all().await.unwrap_err().kind, ErrorKind::Throttled);
+        assert_eq!(api.snapshots_of("shop-prod-db").await.unwrap_err().kind, ErrorKind::Throttled);
         assert!(started.elapsed() >= PATIENCE && started.elapsed() < PATIENCE + LONGEST);
         // A refusal is the answer: sent once.
         let quiet = FakeCloud::new(6, Faults::none());
         let api = Patient::new(quiet.clone());
-        assert!(api.delete_db_snapshot("no-such-snapshot").await.is_err());
+        assert!(api.delete_db_subnet_group("no-such-group").await.is_err());
         assert_eq!(quiet.calls().len(), 1);
         assert_eq!(api.retried(), 0);
     }

@@ -355,13 +355,6 @@ impl RdsApi for Sdk {
         ))
     }
 
-    async fn snapshots_all(&self) -> ApiResult<Vec<Snapshot>> {
-        Ok(all_pages!(self.rds.describe_db_snapshots().into_paginator().send(), |page| page
-            .db_snapshots()
-            .iter()
-            .map(snapshot)))
-    }
-
     async fn describe_db_clusters(&self, ids: &[String]) -> ApiResult<Vec<DbCluster>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -563,11 +556,6 @@ impl RdsApi for Sdk {
 
     async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
         self.rds.delete_db_cluster().db_cluster_identifier(id).skip_final_snapshot(true).send().await.map_err(err)?;
-        Ok(())
-    }
-
-    async fn delete_db_snapshot(&self, id: &str) -> ApiResult<()> {
-        self.rds.delete_db_snapshot().db_snapshot_identifier(id).send().await.map_err(err)?;
         Ok(())
     }
 }

@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use super::postgres::{self, Cluster, PgBin};
-use super::{golden_dir, GoldenMeta};
+use super::{golden_dir, GoldenMeta, GOLDEN_LAYOUT};
 use crate::description::template::{self, Outputs, Scope};
 use crate::description::{DatabaseSource, Loaded};
 use crate::engine::events::{Event, Reporter};
-use crate::engine::process::{self, RunAs};
+use crate::engine::process;
 use crate::engine::state;
 use crate::engine::timing::Clock;
 
@@ -27,7 +27,7 @@ pub async fn refresh_all(
     let version = d.release.version.clone().unwrap_or_else(|| "golden".into());
     let outputs = Outputs::placeholders(d, &version, "golden");
     let ctx = template::context(d, None, &outputs, Scope::Static);
-    let run_as = RunAs::for_postgres();
+    let run_as = process::Users::cluster_only()?;
     let root = work_root.join("golden");
     let mut lines = Vec::new();
     for (name, db) in &d.databases {
@@ -46,10 +46,11 @@ pub async fn refresh_all(
         };
         let golden = golden_dir(&root, &d.name, name);
         let parent = golden.parent().unwrap_or(&root).to_path_buf();
-        state::ensure_traversable_dir(&root).map_err(|e| e.to_string())?;
-        state::ensure_traversable_dir(&parent).map_err(|e| e.to_string())?;
+        state::traversable_dir(work_root).map_err(|e| e.to_string())?;
+        state::traversable_dir(&root).map_err(|e| e.to_string())?;
+        state::traversable_dir(&parent).map_err(|e| e.to_string())?;
         let staging = parent.join(format!("{name}.new"));
-        discard(&bin, &staging).await?;
+        discard(&bin, &staging, run_as).await?;
         reporter.event(Event::Started {
             resource: format!("golden.{name}"),
             action: "restore".into(),
@@ -73,6 +74,7 @@ pub async fn refresh_all(
             if let Some(m) = &db.masking {
                 postgres::mask(&bin, &cluster, &db_name, &loaded.resolve(m), &log, &clock, timeout).await?;
             }
+            postgres::hand_over(&bin, &cluster, &db_name, &clock).await?;
             Ok::<(), crate::providers::StepError>(())
         }
         .await;
@@ -85,17 +87,27 @@ pub async fn refresh_all(
             detail: None,
         });
         if let Err(e) = result {
-            let _ = discard(&bin, &staging).await;
+            let _ = discard(&bin, &staging, run_as).await;
             return Err(format!("golden copy of `{name}`: {}{}", e.message, tail_text(&e.log_tail)));
         }
         if !stopped {
             return Err(format!("golden copy of `{name}`: the cluster in {} did not stop", staging.display()));
         }
-        let meta = GoldenMeta { backup: backup.clone(), database_name: db_name, masking, pg_bin: bin.dir.clone() };
-        std::fs::write(staging.join("meta.json"), serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?)
+        let meta = GoldenMeta {
+            backup: backup.clone(),
+            database_name: db_name,
+            masking,
+            pg_bin: bin.dir.clone(),
+            cluster_uid: run_as.map(|u| u.uid),
+            layout: GOLDEN_LAYOUT,
+        };
+        // The directory is the cluster user's: written without following a link.
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
+        crate::engine::secure_fs::Dir::open(&staging)
+            .and_then(|d| d.write_file(std::path::Path::new("meta.json"), &bytes, None))
             .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_file(&log);
-        discard(&bin, &golden).await?;
+        discard(&bin, &golden, run_as).await?;
         std::fs::rename(&staging, &golden).map_err(|e| format!("cannot move the golden copy into place: {e}"))?;
         lines.push(format!(
             "{name}: golden copy refreshed from {} (taken {}) in {:.1}s: {}",
@@ -117,11 +129,11 @@ fn tail_text(tail: &[String]) -> String {
 }
 
 /// Stops a cluster left in `base` (a crashed earlier refresh) and removes it.
-async fn discard(bin: &PgBin, base: &std::path::Path) -> Result<(), String> {
-    if !base.exists() {
+async fn discard(bin: &PgBin, base: &std::path::Path, run_as: Option<process::RunAs>) -> Result<(), String> {
+    if std::fs::symlink_metadata(base).is_err() {
         return Ok(());
     }
-    let c = Cluster { base: base.to_path_buf(), port: 0, run_as: None, postmaster: None };
+    let c = Cluster { base: base.to_path_buf(), port: 0, run_as, postmaster: None };
     postgres::stop(Some(bin), &c).await;
     std::fs::remove_dir_all(base).map_err(|e| format!("cannot remove {}: {e}", base.display()))
 }

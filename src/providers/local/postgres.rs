@@ -6,7 +6,16 @@
 //! directory, nowhere else. Durability settings are off (`fsync`, `full_page_writes`,
 //! `synchronous_commit`): the copy is thrown away, and a restore of production-sized
 //! data should take what the hardware allows, not what crash safety costs. When
-//! rehearse runs as root the cluster runs as `nobody`, because PostgreSQL refuses root.
+//! rehearse runs as root the cluster runs as the unprivileged `rehearse-db`
+//! ([`crate::engine::process::CLUSTER_USER`]), because PostgreSQL refuses root.
+//!
+//! Roles: rehearse's own superuser ([`SUPERUSER`], the bootstrap role, no password,
+//! reachable only over the cluster's private socket) restores and masks; the release
+//! gets [`APP_ROLE`], which owns the database and everything restored into it but is
+//! not a superuser — as RDS's master user is not. So the release cannot run programs
+//! as the cluster's user (`COPY … TO PROGRAM`), write the server's files, or create
+//! roles; and rehearse never trusts a file the server's user can write (the server is
+//! stopped through the PID and start time recorded when it started).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,11 +27,19 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::engine::process::{self, RunAs};
+use crate::engine::secure_fs::Dir;
 use crate::engine::timing::Clock;
 use crate::providers::StepError;
 
-/// The role rehearse creates in every throwaway cluster.
+/// The bootstrap superuser of every throwaway cluster: rehearse's own, over the
+/// private socket only (it has no password, and TCP needs one).
 pub const SUPERUSER: &str = "rehearse";
+/// The role the release connects as: owns the database, not a superuser.
+pub const APP_ROLE: &str = "app";
+/// A superuser that exists only while a backup is restored and masked: what it
+/// creates is handed to [`APP_ROLE`] in one `REASSIGN OWNED` (the bootstrap superuser's
+/// objects cannot be reassigned), then it is dropped.
+const RESTORE_ROLE: &str = "rehearse_restore";
 
 /// Where the PostgreSQL binaries are.
 #[derive(Clone, Debug)]
@@ -178,22 +195,35 @@ impl Cluster {
 
     /// A psql/pg_restore command connected over the unix socket as the superuser.
     pub fn client(&self, bin: &PgBin, tool: &str, db: &str) -> Command {
+        self.client_as(bin, tool, db, SUPERUSER)
+    }
+
+    /// A client connected over the unix socket as `role` (trust: only root and the
+    /// cluster's user can reach the socket's directory).
+    fn client_as(&self, bin: &PgBin, tool: &str, db: &str, role: &str) -> Command {
         let mut c = bin.cmd(tool);
-        c.arg("-h").arg(&self.base).arg("-p").arg(self.port.to_string()).arg("-U").arg(SUPERUSER).arg("-d").arg(db);
-        c.env_remove("PGPASSWORD").env_remove("PGSERVICE").env("PGAPPNAME", "rehearse");
+        c.arg("-h").arg(&self.base).arg("-p").arg(self.port.to_string()).arg("-U").arg(role).arg("-d").arg(db);
+        c.env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE")
+            .env_remove("PGSERVICE")
+            .env_remove("PGOPTIONS")
+            .env("PGAPPNAME", "rehearse");
         c
     }
 }
 
-/// Creates the cluster's directory, owned by the cluster user.
+/// Creates the cluster's directory (it must not exist), private to the cluster user:
+/// created, then handed over by file descriptor, never through a path someone else
+/// could have swapped.
 pub fn prepare_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(base).map_err(|e| StepError::build(format!("cannot create {}: {e}", base.display())))?;
-    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| StepError::build(format!("cannot set permissions on {}: {e}", base.display())))?;
+    let fail =
+        |e: crate::engine::secure_fs::FsError| StepError::build(format!("cannot prepare the cluster's directory: {e}"));
+    let (Some(parent), Some(name)) = (base.parent(), base.file_name()) else {
+        return Err(StepError::build(format!("{} is not a directory inside the run's", base.display())));
+    };
+    let dir = Dir::open(parent).map_err(fail)?.create_dir(name, 0o700).map_err(fail)?;
     if let Some(u) = run_as {
-        nix::unistd::chown(base, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid)))
-            .map_err(|e| StepError::build(format!("cannot hand {} to the cluster user: {e}", base.display())))?;
+        dir.chown(u.uid, u.gid).map_err(fail)?;
     }
     Ok(())
 }
@@ -254,7 +284,9 @@ pub async fn start(
     let f = process::run_logged(&mut cmd, &log, timeout + Duration::from_secs(5), clock)
         .await
         .map_err(|e| StepError::build(format!("cannot run pg_ctl: {e}")))?;
-    cluster.postmaster = read_postmaster(&cluster.data());
+    // Read now, before anything but PostgreSQL has run in the cluster: from here on
+    // the file is the cluster user's to write, and only this record is trusted.
+    cluster.postmaster = read_postmaster(&cluster.data(), cluster.run_as);
     if !f.success() {
         return Err(
             StepError::build(format!("PostgreSQL did not start on port {}", cluster.port)).with_log(&cluster.log(), 15)
@@ -263,10 +295,16 @@ pub async fn start(
     Ok(())
 }
 
-fn read_postmaster(data: &Path) -> Option<process::ProcHandle> {
+/// The postmaster a cluster just started: the PID in `postmaster.pid`, if that process
+/// runs as the cluster's user, with its start time.
+fn read_postmaster(data: &Path, run_as: Option<RunAs>) -> Option<process::ProcHandle> {
     let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    Some(process::ProcHandle { pid, pgid: 0, start_time: process::start_time(pid).unwrap_or(0) })
+    let uid = run_as.map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid);
+    if pid <= 0 || process::owner_uid(pid) != Some(uid) {
+        return None;
+    }
+    Some(process::ProcHandle { pid, pgid: 0, start_time: process::start_time(pid)? })
 }
 
 /// Runs SQL given on stdin (so secrets never appear in a process list).
@@ -298,7 +336,9 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Restores `backup` into a new database `db` with `jobs` parallel workers.
+/// Restores `backup` into a new database `db` owned by [`APP_ROLE`] (created here,
+/// without a password), with `jobs` parallel workers, as the restore role; then
+/// [`mask`] and [`hand_over`] follow.
 #[allow(clippy::too_many_arguments)] // each is a distinct fact of the restore
 pub async fn restore(
     bin: &PgBin,
@@ -310,8 +350,16 @@ pub async fn restore(
     clock: &Clock,
     timeout: Duration,
 ) -> Result<(), StepError> {
-    psql_stdin(bin, cluster, "postgres", &format!("CREATE DATABASE {};", quote_ident(db)), clock).await?;
-    let mut cmd = cluster.client(bin, "pg_restore", db);
+    let setup = format!(
+        "CREATE ROLE {app} LOGIN NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS CREATEDB;\n\
+         CREATE ROLE {restore} LOGIN SUPERUSER;\n\
+         CREATE DATABASE {db} OWNER {app};",
+        app = quote_ident(APP_ROLE),
+        restore = quote_ident(RESTORE_ROLE),
+        db = quote_ident(db),
+    );
+    psql_stdin(bin, cluster, "postgres", &setup, clock).await?;
+    let mut cmd = cluster.client_as(bin, "pg_restore", db, RESTORE_ROLE);
     cmd.args(["--no-owner", "--no-acl", "--exit-on-error", "-j"]).arg(jobs.max(1).to_string()).arg(backup);
     let f = process::run_logged(&mut cmd, log, timeout, clock)
         .await
@@ -330,7 +378,7 @@ pub async fn restore(
     Ok(())
 }
 
-/// Runs the masking SQL on the copy, in one transaction.
+/// Runs the masking SQL on the copy, in one transaction, as the restore role.
 pub async fn mask(
     bin: &PgBin,
     cluster: &Cluster,
@@ -340,7 +388,7 @@ pub async fn mask(
     clock: &Clock,
     timeout: Duration,
 ) -> Result<(), StepError> {
-    let mut cmd = cluster.client(bin, "psql", db);
+    let mut cmd = cluster.client_as(bin, "psql", db, RESTORE_ROLE);
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f"]).arg(sql);
     let f = process::run_logged(&mut cmd, log, timeout, clock)
         .await
@@ -353,15 +401,64 @@ pub async fn mask(
     Ok(())
 }
 
-/// Stops a cluster: fast shutdown through pg_ctl, then the postmaster by signal if
-/// pg_ctl could not. Returns whether it is down.
+/// Gives everything the restore (and masking) created in `db` to [`APP_ROLE`] and
+/// drops the restore role: from here on, no superuser but rehearse's own exists.
+pub async fn hand_over(bin: &PgBin, cluster: &Cluster, db: &str, clock: &Clock) -> Result<(), StepError> {
+    let (app, restore) = (quote_ident(APP_ROLE), quote_ident(RESTORE_ROLE));
+    psql_stdin(bin, cluster, db, &format!("REASSIGN OWNED BY {restore} TO {app};\nDROP OWNED BY {restore};"), clock)
+        .await?;
+    psql_stdin(bin, cluster, "postgres", &format!("DROP ROLE {restore};"), clock).await
+}
+
+/// Gives the release's role a new password (on stdin, never on a command line).
+pub async fn set_app_password(bin: &PgBin, cluster: &Cluster, password: &str, clock: &Clock) -> Result<(), StepError> {
+    let sql = format!("ALTER ROLE {} PASSWORD '{}';", quote_ident(APP_ROLE), password.replace('\'', "''"));
+    psql_stdin(bin, cluster, "postgres", &sql, clock).await
+}
+
+/// The user a cluster's server runs as (the effective user when none was recorded).
+fn server_uid(cluster: &Cluster) -> u32 {
+    cluster.run_as.map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid)
+}
+
+/// Servers of this cluster still running: the postmaster recorded when it started,
+/// if it is still that process; and, for a cluster whose start was never recorded (a
+/// crash), processes of the cluster's user started with exactly its data directory.
+fn servers(cluster: &Cluster) -> Vec<process::ProcHandle> {
+    let mut out: Vec<process::ProcHandle> =
+        cluster.postmaster.iter().filter(|h| process::is_alive(h)).cloned().collect();
+    let data = cluster.data();
+    let uid = server_uid(cluster);
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for pid in rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        if out.iter().any(|h| h.pid == pid) || process::owner_uid(pid) != Some(uid) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let mut args = cmdline.split(|b| *b == 0);
+        let serves = args.any(|a| a == b"-D") && args.next() == Some(data.as_os_str().as_encoded_bytes());
+        if serves {
+            if let Some(start_time) = process::start_time(pid) {
+                let h = process::ProcHandle { pid, pgid: 0, start_time };
+                if process::is_alive(&h) {
+                    out.push(h);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Stops a cluster: fast shutdown through `pg_ctl` (run as the cluster's user, so it
+/// can only ever signal that user's processes), then the server by signal — only the
+/// process recorded when it started, pinned by PID and start time, never a PID read
+/// from a file the server's user could write. Returns whether it is down.
 pub async fn stop(bin: Option<&PgBin>, cluster: &Cluster) -> bool {
-    let pid = read_postmaster(&cluster.data()).or_else(|| cluster.postmaster.clone());
-    let running = pid.as_ref().is_some_and(process::is_alive);
-    if !running {
+    if servers(cluster).is_empty() {
         return true;
     }
-    if let Some(bin) = bin {
+    let as_root = nix::unistd::geteuid().is_root() && cluster.run_as.is_none_or(|u| u.uid == 0);
+    if let (Some(bin), false) = (bin, as_root) {
         if cluster.data().is_dir() {
             let mut cmd = cluster.as_user(bin.cmd("pg_ctl"));
             cmd.arg("-D")
@@ -375,21 +472,19 @@ pub async fn stop(bin: Option<&PgBin>, cluster: &Cluster) -> bool {
             }
         }
     }
-    let Some(h) = pid else { return true };
-    if !process::is_alive(&h) {
-        return true;
-    }
     // pg_ctl could not stop it: immediate shutdown, then kill.
     for sig in [nix::sys::signal::Signal::SIGQUIT, nix::sys::signal::Signal::SIGKILL] {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(h.pid), sig);
+        for h in servers(cluster) {
+            process::signal_exact(&h, sig);
+        }
         for _ in 0..50 {
-            if !process::is_alive(&h) {
+            if servers(cluster).is_empty() {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    !process::is_alive(&h)
+    servers(cluster).is_empty()
 }
 
 #[cfg(test)]
