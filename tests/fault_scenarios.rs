@@ -1,8 +1,10 @@
 //! Crash safety under faults: seeded scenarios of the shop's lifecycle against the
-//! fault-injecting fake cloud on tokio's paused clock (virtual time), each killed at a
-//! random point and then torn down from its journal as `rehearse down` does. Every
-//! scenario must end with nothing left and no mutating call on an untagged resource.
-//! A failing seed is printed; `REHEARSE_SEED=N` reruns just that one.
+//! fault-injecting fake cloud on tokio's paused clock (virtual time). Three in four are
+//! killed at a random point and then torn down from their journal as `rehearse down`
+//! does; one in four is interrupted in process (as by Ctrl-C) the moment a create's
+//! answer is on its way, and tears itself down — a teardown it calls complete must have
+//! left nothing. Every scenario must end with nothing left and no mutating call on an
+//! untagged resource. A failing seed is printed; `REHEARSE_SEED=N` reruns just that one.
 
 use std::path::Path;
 use std::time::Duration;
@@ -41,12 +43,18 @@ struct Seen {
     outage: bool,
     /// The run ended on a service error that patience could not absorb.
     surfaced: bool,
+    /// Interrupted in process while a create was in flight.
+    interrupted_in_flight: bool,
 }
 
 fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<Seen, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
     rt.block_on(async {
-        let cloud = FakeCloud::new(seed, Faults::chaos());
+        // Every fourth scenario is interrupted in process while creates are in flight
+        // (their answers come late more often there).
+        let interrupt = seed % 4 == 3;
+        let faults = if interrupt { Faults { slow_answer: 0.5, ..Faults::chaos() } } else { Faults::chaos() };
+        let cloud = FakeCloud::new(seed, faults);
         let production = cloud.production();
         let provider =
             AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
@@ -63,11 +71,41 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             work_root: state.join("work"),
             run_as: None,
         };
-        // Kill at a random virtual instant within the run's usual length (~40 min).
-        let kill_at = Duration::from_secs(seed.wrapping_mul(2_654_435_761) % 2400);
-        let no_signals = Signals::none();
-        let run = lifecycle::run(&provider, loaded, &opts, &Silent, &no_signals);
-        let finished = tokio::time::timeout(kill_at, run).await.ok();
+        let (signals, trigger) = Signals::manual();
+        let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
+        let (finished, interrupted_in_flight) = if interrupt {
+            // Ctrl-C the moment a create's answer is on its way: the run must wait for
+            // it, journal what it made, and tear that down too.
+            let mut fired = false;
+            let watcher = async {
+                while cloud.creates_in_flight() == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                trigger.interrupt();
+                std::future::pending::<()>().await;
+            };
+            let outcome = tokio::select! {
+                o = run => o,
+                _ = watcher => unreachable!("the watcher never ends"),
+            };
+            if signals.count() > 0 {
+                fired = true;
+            }
+            let outcome = outcome.map_err(|e| format!("the run did not start: {e}"))?;
+            if outcome.report.teardown.status == "complete" {
+                // Deletions in progress finish in virtual time.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                let left = cloud.leftovers();
+                if !left.is_empty() {
+                    return Err(format!("the run's own teardown said complete but left {left:?}"));
+                }
+            }
+            (Some(Ok(outcome)), fired)
+        } else {
+            // Kill at a random virtual instant within the run's usual length (~40 min).
+            let kill_at = Duration::from_secs(seed.wrapping_mul(2_654_435_761) % 2400);
+            (tokio::time::timeout(kill_at, run).await.ok(), false)
+        };
         let killed = finished.is_none();
         let report = finished.and_then(Result::ok).map(|o| serde_json::to_string(&o.report).unwrap());
         let surfaced = report.is_some_and(|r| {
@@ -126,7 +164,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
         if cloud.production() != production {
             return Err("production changed".into());
         }
-        Ok(Seen { killed, faults: cloud.injected(), outage: cloud.has_outage(), surfaced })
+        Ok(Seen { killed, faults: cloud.injected(), outage: cloud.has_outage(), surfaced, interrupted_in_flight })
     })
 }
 
@@ -142,7 +180,7 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
         Err(_) => (0..500).collect(),
     };
     let n = seeds.len();
-    let (mut failures, mut killed, mut faults, mut outages, mut surfaced) = (Vec::new(), 0, 0, 0, 0);
+    let (mut failures, mut killed, mut faults, mut outages, mut surfaced, mut in_flight) = (Vec::new(), 0, 0, 0, 0, 0);
     for seed in seeds {
         let state = dir.path().join(format!("s{seed}"));
         match scenario(seed, &variants[(seed % 2) as usize], &state) {
@@ -151,6 +189,7 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
                 faults += seen.faults;
                 outages += usize::from(seen.outage);
                 surfaced += usize::from(seen.surfaced);
+                in_flight += usize::from(seen.interrupted_in_flight);
             }
             Err(e) => failures
                 .push(format!("seed {seed}: {e} (rerun: REHEARSE_SEED={seed} cargo test --test fault_scenarios)")),
@@ -158,14 +197,16 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
     }
     assert!(failures.is_empty(), "{} failing scenario(s):\n{}", failures.len(), failures.join("\n"));
     eprintln!(
-        "{n} scenarios: {killed} killed mid-run, {} ran to the end; {faults} faults injected; \
-         {outages} with an outage, {surfaced} runs ended on a service error patience could not absorb",
-        n - killed
+        "{n} scenarios: {killed} killed mid-run, {in_flight} interrupted with a create in flight, {} ran to the \
+         end; {faults} faults injected; {outages} with an outage, {surfaced} runs ended on a service error patience \
+         could not absorb",
+        n - killed - in_flight
     );
     if n >= 100 {
         // The scenarios really vary: many runs are killed, many are not, faults hit,
         // and some outages outlast the provider's patience (so its failure paths run).
         assert!(killed > n / 10 && killed < n * 9 / 10, "{killed} of {n} killed");
+        assert!(in_flight > n / 10, "only {in_flight} of {n} interrupted with a create in flight");
         assert!(faults > n as u64, "only {faults} faults in {n} scenarios");
         assert!(surfaced > 0 && surfaced <= outages, "{surfaced} surfaced, {outages} outages");
     }

@@ -45,6 +45,9 @@ pub const TAG_CREATED: &str = "rehearse:created-at";
 /// critical path), at one Describe call per kind of resource per interval.
 pub const POLL_FIRST: Duration = Duration::from_millis(100);
 pub const POLL_MAX: Duration = Duration::from_secs(10);
+/// How long a resource with an intent but no id in the journal must stay unlisted
+/// before teardown believes it was never created.
+pub const UNJOURNALED_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The single gate every mutating call passes: the resource must carry this run's id.
 #[derive(Clone, Debug)]
@@ -619,6 +622,22 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         })
     }
 
+    /// A resource the journal has only an intent for: the run died or was stopped
+    /// mid-create. It is looked up by its tags (or key); one just created may not be
+    /// listed yet (eventual consistency), so "not found" is believed only after it has
+    /// held for [`UNJOURNALED_PATIENCE`].
+    async fn find_unjournaled(&self, entry: &Entry, meta: &RunMeta) -> Result<Option<String>, String> {
+        let mut found = self.find_by_tag(entry, meta).await?;
+        let mut delay = Duration::from_secs(1);
+        let until = Instant::now() + UNJOURNALED_PATIENCE;
+        while found.is_none() && Instant::now() < until {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+            found = self.find_by_tag(entry, meta).await?;
+        }
+        Ok(found)
+    }
+
     /// Finds a resource the journal has only an intent for, by its tags.
     async fn find_by_tag(&self, entry: &Entry, meta: &RunMeta) -> Result<Option<String>, String> {
         let mine = |tags: &[Tag]| {
@@ -962,20 +981,7 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
         let guard = Guard { run_id: meta.run_id.clone() };
         let id = match handle_id(entry) {
             Some(id) => Some(id),
-            // Intent without an id: the run died mid-create; find it by its tags. A
-            // resource just created may not be listed yet (eventual consistency), so
-            // "not found" is believed only after it has held for a while.
-            None => {
-                let mut found = self.find_by_tag(entry, meta).await?;
-                let mut delay = Duration::from_secs(1);
-                let until = Instant::now() + Duration::from_secs(30);
-                while found.is_none() && Instant::now() < until {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                    found = self.find_by_tag(entry, meta).await?;
-                }
-                found
-            }
+            None => self.find_unjournaled(entry, meta).await?,
         };
         match id {
             Some(id) => self.destroy_id(&entry.kind, &id, &guard).await,
@@ -1006,13 +1012,16 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
             return futures_util::future::join_all(entries.iter().map(|e| self.destroy(e, meta))).await;
         }
         let guard = Guard { run_id: meta.run_id.clone() };
-        let mut ids: Vec<Result<Option<String>, String>> = Vec::new();
-        for e in entries {
-            ids.push(match handle_id(e) {
-                Some(id) => Ok(Some(id)),
-                None => self.find_by_tag(e, meta).await,
-            });
-        }
+        // Those without an id are looked for as patiently as one on its own would be,
+        // all at once.
+        let ids: Vec<Result<Option<String>, String>> =
+            futures_util::future::join_all(entries.iter().map(|e| async move {
+                match handle_id(e) {
+                    Some(id) => Ok(Some(id)),
+                    None => self.find_unjournaled(e, meta).await,
+                }
+            }))
+            .await;
         let known: Vec<String> = ids.iter().filter_map(|r| r.as_ref().ok().cloned().flatten()).collect();
         let found = match self.api.describe_instances(&known).await {
             Ok(v) if v.len() == known.len() => v,
@@ -1110,6 +1119,58 @@ mod tests {
         }
         let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    }
+
+    fn meta(run_id: &str) -> RunMeta {
+        RunMeta {
+            run_id: run_id.into(),
+            environment: "shop".into(),
+            provider: "aws".into(),
+            description: String::new(),
+            release: "v2".into(),
+            owner: "t".into(),
+            started_at: chrono::Utc::now(),
+            expires_at: chrono::Utc::now(),
+            destroy: "always".into(),
+            work_dir: None,
+            region: Some("eu-west-1".into()),
+            pid: 1,
+            pid_start: 0,
+        }
+    }
+
+    fn instance_entry(id: &str, handle: Option<&str>) -> Entry {
+        Entry {
+            id: id.into(),
+            kind: "aws.ec2.instance".into(),
+            handle: handle.map(|h| json!({ "instance_id": h })),
+            key: None,
+            deleted: false,
+        }
+    }
+
+    /// A run stopped while `RunInstances` calls were in flight: the journal has their
+    /// intents, but no ids. Teardown's batch path looks for them as patiently as the
+    /// single path: an instance that becomes visible only seconds later is found and
+    /// terminated, not journaled as never created.
+    #[tokio::test(start_paused = true)]
+    async fn the_batch_teardown_waits_for_instances_without_an_id_to_become_visible() {
+        let cloud =
+            fake::FakeCloud::new(9, fake::Faults { invisible_for: Duration::from_secs(8), ..fake::Faults::none() });
+        let tags = |res: &str| {
+            vec![Tag { key: TAG_RUN.into(), value: RUN.into() }, Tag { key: TAG_RESOURCE.into(), value: res.into() }]
+        };
+        let known =
+            cloud.run_instances(&fake::tests::one_instance("t0", tags("service.web.0"))).await.unwrap().remove(0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Just launched: invisible to describes for a while.
+        cloud.run_instances(&fake::tests::one_instance("t1", tags("service.web.1"))).await.unwrap();
+        let provider = P::new(cloud.clone(), POLL_FIRST, POLL_MAX);
+        let entries = [instance_entry("service.web.0", Some(&known)), instance_entry("service.web.1", None)];
+        let results = provider.destroy_many(&entries.iter().collect::<Vec<_>>(), &meta(RUN)).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(cloud.leftovers().is_empty(), "left running: {:?}", cloud.leftovers());
     }
 
     #[test]

@@ -99,6 +99,15 @@ pub struct Faults {
     pub outage: f64,
     /// A restore that ends in state `failed`.
     pub failed_restore: f64,
+    /// A create whose answer comes late (`answer_delay`): the resource exists from the
+    /// moment the call arrived, but the caller hears of it only then — an interrupt in
+    /// between finds the call in flight.
+    pub slow_answer: f64,
+    pub answer_delay: (Duration, Duration),
+    /// After a lost answer, the next attempt of the same call is refused before it is
+    /// sent (connection refused): an attempt that may have run, followed by one that
+    /// certainly did not — which must not be taken to mean that nothing was done.
+    pub refused_after_lost: f64,
     /// How long a new instance stays invisible to describes.
     pub invisible_for: Duration,
     pub boot: (Duration, Duration),
@@ -120,6 +129,9 @@ impl Faults {
             capacity: 0.0,
             outage: 0.0,
             failed_restore: 0.0,
+            slow_answer: 0.0,
+            answer_delay: (Duration::from_secs(5), Duration::from_secs(60)),
+            refused_after_lost: 0.0,
             invisible_for: Duration::from_secs(2),
             boot: (Duration::from_secs(30), Duration::from_secs(90)),
             restore: (Duration::from_secs(600), Duration::from_secs(1500)),
@@ -138,6 +150,8 @@ impl Faults {
             capacity: 0.1,
             outage: 0.2,
             failed_restore: 0.1,
+            slow_answer: 0.1,
+            refused_after_lost: 0.5,
             ..Faults::none()
         }
     }
@@ -186,6 +200,10 @@ struct State {
     throttled: u64,
     /// The outage window, if the scenario has one.
     outage: Option<(Instant, Instant)>,
+    /// Calls (operation, target) whose next attempt is refused before it is sent.
+    refuse_next: std::collections::BTreeSet<(&'static str, String)>,
+    /// Creates whose answer has not reached their caller yet.
+    creates_in_flight: u64,
     /// Token buckets: tokens left and when they were counted, per bucket.
     buckets: BTreeMap<&'static str, (f64, Instant)>,
     /// Every provisioning or deletion time drawn: (kind, "create" | "delete", time).
@@ -257,6 +275,8 @@ impl FakeCloud {
             throttled: 0,
             buckets: BTreeMap::new(),
             outage: None,
+            refuse_next: std::collections::BTreeSet::new(),
+            creates_in_flight: 0,
             drawn: Vec::new(),
         };
         if faults.outage > 0.0 && rand(&mut state) < faults.outage {
@@ -284,6 +304,11 @@ impl FakeCloud {
     pub fn longest(&self, kind: &str, what: &str) -> Duration {
         let st = self.state.lock().expect("fake lock");
         st.drawn.iter().filter(|(k, w, _)| *k == kind && *w == what).map(|(_, _, d)| *d).max().unwrap_or_default()
+    }
+
+    /// Creates whose answer is still on its way (the caller waits for it).
+    pub fn creates_in_flight(&self) -> u64 {
+        self.state.lock().expect("fake lock").creates_in_flight
     }
 
     /// Calls refused by the rate limits so far.
@@ -368,12 +393,21 @@ fn fail(code: &str, kind: ErrorKind) -> ApiError {
 
 impl FakeCloud {
     /// Records a call and draws the faults that happen before it runs.
-    fn enter(&self, op: &'static str, target: &str, mutating: bool) -> Result<(), ApiError> {
+    fn enter(&self, op: &'static str, target: &str, mutating: bool) -> Result<Call, ApiError> {
         let mut st = self.state.lock().expect("fake lock");
+        let now = Instant::now();
+        if st.refuse_next.remove(&(op, target.to_string())) {
+            // Never sent: not recorded as a call.
+            st.injected += 1;
+            return Err(ApiError {
+                code: None,
+                message: "injected: connection refused (the call was not sent)".into(),
+                kind: ErrorKind::NotSent,
+            });
+        }
         st.calls.push(Call { op, target: target.into(), mutating });
         let rds = op.contains("DB") || op == "ListTagsForResource";
         let throttled = fail(if rds { "Throttling" } else { "RequestLimitExceeded" }, ErrorKind::Throttled);
-        let now = Instant::now();
         if st.outage.is_some_and(|(from, to)| from <= now && now < to) {
             st.injected += 1;
             return Err(throttled);
@@ -390,11 +424,11 @@ impl FakeCloud {
             st.injected += 1;
             return Err(fail("InternalError", ErrorKind::ServerError));
         }
-        Ok(())
+        Ok(Call { op, target: target.into(), mutating })
     }
 
     /// After a mutating call ran: maybe a 5xx comes back anyway, or the answer is lost.
-    fn leave<T>(&self, value: T) -> ApiResult<T> {
+    fn leave<T>(&self, call: &Call, value: T) -> ApiResult<T> {
         let mut st = self.state.lock().expect("fake lock");
         if rand(&mut st) < self.faults.server_error / 2.0 {
             st.injected += 1;
@@ -402,6 +436,9 @@ impl FakeCloud {
         }
         if rand(&mut st) < self.faults.lost_response {
             st.injected += 1;
+            if rand(&mut st) < self.faults.refused_after_lost {
+                st.refuse_next.insert((call.op, call.target.clone()));
+            }
             return Err(ApiError {
                 code: None,
                 message: "injected timeout (the call ran)".into(),
@@ -409,6 +446,40 @@ impl FakeCloud {
             });
         }
         Ok(value)
+    }
+
+    /// The answer to a create of `ids`: maybe late (the resources exist, invisible to
+    /// describes, while the answer is on its way; the call counts as in flight), then
+    /// as [`FakeCloud::leave`] has it.
+    async fn answer<T>(&self, call: &Call, ids: &[String], value: T) -> ApiResult<T> {
+        let delay = {
+            let mut st = self.state.lock().expect("fake lock");
+            if rand(&mut st) < self.faults.slow_answer {
+                st.injected += 1;
+                let d = between(&mut st, self.faults.answer_delay);
+                let now = Instant::now();
+                for id in ids {
+                    if let Some(r) = st.res.get_mut(id) {
+                        r.visible_at = r.visible_at.max(now + d);
+                    }
+                }
+                Some(d)
+            } else {
+                None
+            }
+        };
+        if let Some(d) = delay {
+            struct InFlight<'a>(&'a FakeCloud);
+            impl Drop for InFlight<'_> {
+                fn drop(&mut self) {
+                    self.0.state.lock().expect("fake lock").creates_in_flight -= 1;
+                }
+            }
+            self.state.lock().expect("fake lock").creates_in_flight += 1;
+            let _in_flight = InFlight(self);
+            tokio::time::sleep(d).await;
+        }
+        self.leave(call, value)
     }
 
     /// The guard's contract, audited: a mutation on an untagged resource is a violation.
@@ -615,25 +686,25 @@ impl Ec2Api for FakeCloud {
         _vpc_id: &str,
         tags: &[Tag],
     ) -> ApiResult<String> {
-        self.enter("CreateSecurityGroup", name, true)?;
+        let call = self.enter("CreateSecurityGroup", name, true)?;
         if self.exists("sg", |_, r| r.name == name) {
             return Err(fail("InvalidGroup.Duplicate", ErrorKind::Refused));
         }
         let id = self.new_id("sg");
         // Describes are eventually consistent for groups too.
         self.create_named(&id, name, "sg", tags, Duration::ZERO, self.faults.invisible_for);
-        self.leave(id)
+        self.answer(&call, std::slice::from_ref(&id), id.clone()).await
     }
 
     async fn authorize_ingress(&self, group_id: &str, _cidrs: &[String]) -> ApiResult<()> {
-        self.enter("AuthorizeSecurityGroupIngress", group_id, true)?;
+        let call = self.enter("AuthorizeSecurityGroupIngress", group_id, true)?;
         self.audit("AuthorizeSecurityGroupIngress", group_id);
         match self.state.lock().expect("fake lock").res.get_mut(group_id) {
             Some(r) if r.authorized => return Err(fail("InvalidPermission.Duplicate", ErrorKind::Refused)),
             Some(r) => r.authorized = true,
             None => return Err(fail("InvalidGroup.NotFound", ErrorKind::NotFound)),
         }
-        self.leave(())
+        self.leave(&call, ())
     }
 
     async fn describe_security_groups(&self, ids: &[String]) -> ApiResult<Vec<SecurityGroup>> {
@@ -657,7 +728,7 @@ impl Ec2Api for FakeCloud {
     }
 
     async fn delete_security_group(&self, id: &str) -> ApiResult<()> {
-        self.enter("DeleteSecurityGroup", id, true)?;
+        let call = self.enter("DeleteSecurityGroup", id, true)?;
         self.audit("DeleteSecurityGroup", id);
         // Still used by an instance, database or cluster that is not gone yet.
         if self.in_use(id, &["instance", "db", "cluster"]) {
@@ -670,17 +741,17 @@ impl Ec2Api for FakeCloud {
             _ => return Err(fail("InvalidGroup.NotFound", ErrorKind::NotFound)),
         }
         drop(st);
-        self.leave(())
+        self.leave(&call, ())
     }
 
     async fn run_instances(&self, req: &RunInstances) -> ApiResult<Vec<String>> {
-        self.enter("RunInstances", &req.client_token, true)?;
+        let call = self.enter("RunInstances", &req.client_token, true)?;
         {
             let mut st = self.state.lock().expect("fake lock");
             // A retried call with the same client token gets the same instances.
             if let Some(ids) = st.tokens.get(&req.client_token).cloned() {
                 drop(st);
-                return self.leave(ids);
+                return self.leave(&call, ids);
             }
             if rand(&mut st) < self.faults.capacity {
                 st.injected += 1;
@@ -700,7 +771,7 @@ impl Ec2Api for FakeCloud {
             ids.push(id);
         }
         self.state.lock().expect("fake lock").tokens.insert(req.client_token.clone(), ids.clone());
-        self.leave(ids)
+        self.answer(&call, &ids, ids.clone()).await
     }
 
     async fn describe_instances(&self, ids: &[String]) -> ApiResult<Vec<Instance>> {
@@ -730,7 +801,7 @@ impl Ec2Api for FakeCloud {
     }
 
     async fn terminate_instances(&self, ids: &[String]) -> ApiResult<()> {
-        self.enter("TerminateInstances", &ids.join(","), true)?;
+        let call = self.enter("TerminateInstances", &ids.join(","), true)?;
         for id in ids {
             self.audit("TerminateInstances", id);
         }
@@ -745,7 +816,7 @@ impl Ec2Api for FakeCloud {
                 }
             }
         }
-        self.leave(())
+        self.leave(&call, ())
     }
 }
 
@@ -787,12 +858,12 @@ impl RdsApi for FakeCloud {
         _subnets: &[String],
         tags: &[Tag],
     ) -> ApiResult<DbSubnetGroup> {
-        self.enter("CreateDBSubnetGroup", name, true)?;
+        let call = self.enter("CreateDBSubnetGroup", name, true)?;
         if self.exists("subnet-group", |id, _| id == name) {
             return Err(fail("DBSubnetGroupAlreadyExists", ErrorKind::Refused));
         }
         self.create(name, "subnet-group", tags, Duration::ZERO, Duration::ZERO);
-        self.leave(DbSubnetGroup { name: name.into(), arn: None })
+        self.answer(&call, &[name.to_string()], DbSubnetGroup { name: name.into(), arn: None }).await
     }
 
     async fn db_subnet_groups_all(&self) -> ApiResult<Vec<DbSubnetGroup>> {
@@ -806,7 +877,7 @@ impl RdsApi for FakeCloud {
     }
 
     async fn delete_db_subnet_group(&self, name: &str) -> ApiResult<()> {
-        self.enter("DeleteDBSubnetGroup", name, true)?;
+        let call = self.enter("DeleteDBSubnetGroup", name, true)?;
         self.audit("DeleteDBSubnetGroup", name);
         if self.in_use(name, &["db", "cluster"]) {
             return Err(fail("InvalidDBSubnetGroupStateFault", ErrorKind::InUse));
@@ -816,11 +887,11 @@ impl RdsApi for FakeCloud {
         if let Some(r) = self.state.lock().expect("fake lock").res.get_mut(name) {
             r.gone_at = Some(Instant::now());
         }
-        self.leave(())
+        self.leave(&call, ())
     }
 
     async fn restore_db_instance(&self, req: &RestoreDb) -> ApiResult<DbInstance> {
-        self.enter("RestoreDBInstanceFromDBSnapshot", &req.instance_id, true)?;
+        let call = self.enter("RestoreDBInstanceFromDBSnapshot", &req.instance_id, true)?;
         if self.exists("db", |id, _| id == req.instance_id) {
             return Err(fail("DBInstanceAlreadyExists", ErrorKind::Refused));
         }
@@ -830,11 +901,11 @@ impl RdsApi for FakeCloud {
             r.protected = true;
             r.private = false;
         });
-        self.leave(Self::db(&req.instance_id, &r))
+        self.answer(&call, std::slice::from_ref(&req.instance_id), Self::db(&req.instance_id, &r)).await
     }
 
     async fn clone_db_cluster(&self, req: &CloneCluster) -> ApiResult<DbCluster> {
-        self.enter("RestoreDBClusterToPointInTime", &req.cluster_id, true)?;
+        let call = self.enter("RestoreDBClusterToPointInTime", &req.cluster_id, true)?;
         if self.exists("cluster", |id, _| id == req.cluster_id) {
             return Err(fail("DBClusterAlreadyExistsFault", ErrorKind::Refused));
         }
@@ -845,7 +916,7 @@ impl RdsApi for FakeCloud {
         let c = self.provision(&req.cluster_id, ("cluster", "cluster"), &req.tags, self.faults.clone, true, |r| {
             r.protected = true
         });
-        self.leave(Self::cluster(&req.cluster_id, &c))
+        self.answer(&call, std::slice::from_ref(&req.cluster_id), Self::cluster(&req.cluster_id, &c)).await
     }
 
     async fn create_cluster_instance(
@@ -856,7 +927,7 @@ impl RdsApi for FakeCloud {
         _engine: &str,
         tags: &[Tag],
     ) -> ApiResult<DbInstance> {
-        self.enter("CreateDBInstance", instance_id, true)?;
+        let call = self.enter("CreateDBInstance", instance_id, true)?;
         if self.exists("db", |id, _| id == instance_id) {
             return Err(fail("DBInstanceAlreadyExists", ErrorKind::Refused));
         }
@@ -871,11 +942,11 @@ impl RdsApi for FakeCloud {
             self.provision(instance_id, ("db", "cluster-instance"), tags, self.faults.cluster_instance, false, |r| {
                 r.cluster = Some(cluster_id.into())
             });
-        self.leave(Self::db(instance_id, &d))
+        self.answer(&call, &[instance_id.to_string()], Self::db(instance_id, &d)).await
     }
 
     async fn secure_db_instance(&self, id: &str, _password: Option<&str>) -> ApiResult<()> {
-        self.enter("ModifyDBInstance", id, true)?;
+        let call = self.enter("ModifyDBInstance", id, true)?;
         self.audit("ModifyDBInstance", id);
         {
             let mut st = self.state.lock().expect("fake lock");
@@ -887,28 +958,28 @@ impl RdsApi for FakeCloud {
                 None => return Err(fail("DBInstanceNotFound", ErrorKind::NotFound)),
             }
         }
-        self.leave(())
+        self.leave(&call, ())
     }
 
     async fn secure_db_cluster(&self, id: &str, _password: &str) -> ApiResult<()> {
-        self.enter("ModifyDBCluster", id, true)?;
+        let call = self.enter("ModifyDBCluster", id, true)?;
         self.audit("ModifyDBCluster", id);
         match self.state.lock().expect("fake lock").res.get_mut(id) {
             Some(r) if r.kind == "cluster" => r.protected = false,
             _ => return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound)),
         }
-        self.leave(())
+        self.leave(&call, ())
     }
 
     async fn delete_db_instance(&self, id: &str) -> ApiResult<()> {
-        self.enter("DeleteDBInstance", id, true)?;
+        let call = self.enter("DeleteDBInstance", id, true)?;
         self.audit("DeleteDBInstance", id);
         self.delete(id, "db")?;
-        self.leave(())
+        self.leave(&call, ())
     }
 
     async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
-        self.enter("DeleteDBCluster", id, true)?;
+        let call = self.enter("DeleteDBCluster", id, true)?;
         self.audit("DeleteDBCluster", id);
         // Not while an instance of it remains.
         let now = Instant::now();
@@ -920,7 +991,7 @@ impl RdsApi for FakeCloud {
             return Err(fail("InvalidDBClusterStateFault", ErrorKind::InUse));
         }
         self.delete(id, "cluster")?;
-        self.leave(())
+        self.leave(&call, ())
     }
 }
 

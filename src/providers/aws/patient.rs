@@ -14,8 +14,11 @@
 //! "already exists". That resource is then adopted — but only when it carries this
 //! run's id and the same plan id in its tags, i.e. when it can only be this call's.
 //!
-//! A lost answer (a timeout after the SDK's own retries) is sent again only where the
-//! repeat cannot harm: `RunInstances`, ingress rules and the modifies. After a 5xx or a
+//! The SDK makes one attempt per call (`sdk.rs`), so every repeat is decided here. A
+//! lost answer (a timeout: the call may have run) is sent again only where the repeat
+//! cannot harm: reads, deletes (a second delete finds the resource gone or going),
+//! `RunInstances` (its client token), ingress rules and the modifies — never another
+//! create, which instead fails the step and is looked for by teardown. After a 5xx or a
 //! lost answer, a later failure is reported as uncertain, never as "nothing was done".
 
 use std::future::Future;
@@ -73,18 +76,20 @@ impl<A> Patient<A> {
         step / 2 + (step / 2).mul_f64(r)
     }
 
+    /// A read or a delete: throttling and 5xx are waited out, and a lost answer is sent
+    /// again (a repeat reads again, or deletes what is already gone or going).
     async fn retrying<T, F, Fut>(&self, op: &str, call: F) -> ApiResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = ApiResult<T>>,
     {
-        self.send(op, false, call).await
+        self.send(op, true, call).await
     }
 
-    /// Like [`Patient::retrying`], and a call whose answer was lost on the way back (a
-    /// timeout, after the SDK's own retries: it may have run) is sent up to three more
-    /// times — only for calls a repeat cannot harm: `RunInstances` with its client
-    /// token, ingress rules (existing ones count as added), modifies.
+    /// A call whose answer was lost on the way back (a timeout: it may have run) is
+    /// sent up to three more times — only for calls a repeat cannot harm: reads,
+    /// deletes, `RunInstances` with its client token, ingress rules (existing ones
+    /// count as added), modifies.
     async fn repeatable<T, F, Fut>(&self, op: &str, call: F) -> ApiResult<T>
     where
         F: FnMut() -> Fut,
@@ -150,7 +155,9 @@ impl<A> Patient<A> {
         F: FnMut() -> FFut,
         FFut: Future<Output = ApiResult<Option<(T, Vec<Tag>)>>>,
     {
-        let refusal = match self.retrying(op, create).await {
+        // A create is not sent again after a lost answer: what it made is found by
+        // teardown (its name or tags), not adopted on the strength of a guess.
+        let refusal = match self.send(op, false, create).await {
             Err(e) if already_exists(&e) => e,
             other => return other,
         };
@@ -480,6 +487,21 @@ mod tests {
         let e = api.create_security_group("rehearse-r-1", "d", "vpc-1", &tags("r-1", "network.security-group")).await;
         assert_eq!(e.unwrap_err().kind, ErrorKind::Unreachable);
         assert_eq!(cloud.calls().iter().filter(|c| c.op == "CreateSecurityGroup").count(), 1);
+    }
+
+    /// The sequence the SDK's own retries used to hide: an attempt whose answer was
+    /// lost (it ran: the instance exists), then an attempt whose connection was
+    /// refused. Not "never sent": uncertain, so the step is not journaled as never
+    /// created and teardown looks for what it made.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_then_a_refused_connection_is_uncertain() {
+        let cloud = FakeCloud::new(8, Faults { lost_response: 1.0, refused_after_lost: 1.0, ..Faults::none() });
+        let api = Patient::new(cloud.clone());
+        let req = super::super::fake::tests::one_instance("r-1-service.web.0", tags("r-1", "service.web.0"));
+        let e = api.run_instances(&req).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ServerError, "{e}");
+        assert!(e.message.contains("may have run"), "{e}");
+        assert_eq!(cloud.leftovers().len(), 1, "the first attempt ran");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,9 +1,15 @@
 //! [`Ec2Api`] and [`RdsApi`] over the official AWS SDK for Rust.
 //!
 //! One shared configuration from the standard chain (environment, profile, SSO, IMDS),
-//! with `AWS_ENDPOINT_URL` honoured (how the tests reach the emulator), adaptive retry
-//! for throttling, and connect/operation timeouts so an unreachable endpoint fails in
-//! seconds instead of hanging.
+//! with `AWS_ENDPOINT_URL` honoured (how the tests reach the emulator), and
+//! connect/attempt timeouts so an unreachable endpoint fails in seconds instead of
+//! hanging.
+//!
+//! The SDK makes exactly one attempt per call: sending again is [`super::patient`]'s
+//! decision, made with what it knows about the call (a read, a delete, a create with a
+//! client token). Retries in both layers would multiply, and an error that is the last
+//! of several attempts describes only that attempt: an attempt that timed out (it may
+//! have run) followed by one whose connection was refused came back as "never sent".
 
 use std::time::Duration;
 
@@ -23,22 +29,60 @@ pub struct Sdk {
     pub rds: aws_sdk_rds::Client,
 }
 
+/// How long one attempt of a call may take before it counts as lost.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Sdk {
     /// Clients for `region`, from the standard credential chain.
     pub async fn new(region: &str) -> Sdk {
-        let config = aws_config::defaults(BehaviorVersion::latest())
+        Sdk::from_config(&Sdk::loader(region, ATTEMPT_TIMEOUT).load().await)
+    }
+
+    /// The configuration rehearse uses: one attempt per call, bounded connect and
+    /// attempt times (a test shortens `attempt_timeout` and sets an endpoint).
+    pub fn loader(region: &str, attempt_timeout: Duration) -> aws_config::ConfigLoader {
+        aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
-            .retry_config(RetryConfig::adaptive().with_max_attempts(4).with_initial_backoff(Duration::from_millis(200)))
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(30))
-                    .operation_timeout(Duration::from_secs(90))
+                    .operation_attempt_timeout(attempt_timeout)
+                    .operation_timeout(attempt_timeout + Duration::from_secs(5))
                     .build(),
             )
-            .load()
-            .await;
-        Sdk { ec2: aws_sdk_ec2::Client::new(&config), rds: aws_sdk_rds::Client::new(&config) }
+    }
+
+    pub fn from_config(config: &aws_config::SdkConfig) -> Sdk {
+        Sdk { ec2: aws_sdk_ec2::Client::new(config), rds: aws_sdk_rds::Client::new(config) }
+    }
+}
+
+/// Whether a failed call certainly never reached the service: the request could not be
+/// built, or the connection was refused (an `io::Error` of that kind in the cause
+/// chain). Anything else during dispatch — a timeout, a reset, a name that did not
+/// resolve — may have happened after the request was sent.
+fn never_sent<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ConstructionFailure(_) => true,
+        SdkError::DispatchFailure(d) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> =
+                d.as_connector_error().map(|c| c as &(dyn std::error::Error + 'static));
+            while let Some(c) = cause {
+                if c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+                {
+                    return true;
+                }
+                cause = c.source();
+            }
+            false
+        }
+        _ => false,
     }
 }
 
@@ -66,7 +110,8 @@ fn err<E>(e: SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> ApiError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let unreachable = matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
+    let unreachable =
+        matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ConstructionFailure(_));
     if unreachable {
         // The innermost cause says what happened ("Connection refused (os error 111)").
         let mut cause: &dyn std::error::Error = &e;
@@ -75,13 +120,11 @@ where
         }
         let cause = cause.to_string();
         let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "the AWS API".into());
-        let lower = cause.to_lowercase();
-        let not_sent = lower.contains("refused") || lower.contains("dns") || lower.contains("resolve");
         let what = if matches!(e, SdkError::TimeoutError(_)) { "did not answer in time".to_string() } else { cause };
         return ApiError {
             code: None,
             message: format!("cannot reach {endpoint}: {what}"),
-            kind: if not_sent { ErrorKind::NotSent } else { ErrorKind::Unreachable },
+            kind: if never_sent(&e) { ErrorKind::NotSent } else { ErrorKind::Unreachable },
         };
     }
     let code = e.code().map(str::to_string);
@@ -586,5 +629,34 @@ mod tests {
         assert_eq!(answer(404, "DBInstanceNotFound").kind, ErrorKind::NotFound);
         assert_eq!(answer(400, "DependencyViolation").kind, ErrorKind::InUse);
         assert!(answer(400, "Throttling").is_transient() && !answer(400, "QuotaExceeded").is_transient());
+    }
+
+    /// An endpoint that takes the first connection and never answers, then goes away
+    /// (later connections are refused): the call's one attempt timed out — it may have
+    /// run — so the create is uncertain, never "not sent". (With the SDK's own retries,
+    /// the refused second attempt used to make it "not sent", and the resource was
+    /// journaled as never created.)
+    #[tokio::test]
+    async fn a_timed_out_attempt_is_never_taken_for_one_that_was_not_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            drop(listener);
+            std::thread::sleep(Duration::from_secs(4));
+            drop(conn);
+        });
+        let config = Sdk::loader("eu-west-1", Duration::from_secs(1))
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+            .load()
+            .await;
+        let sdk = Sdk::from_config(&config);
+        let e = sdk.create_security_group("rehearse-r-1", "d", "vpc-1", &[]).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
+        server.join().unwrap();
+        // Now the port is closed: that attempt certainly did not leave this machine.
+        let e = sdk.create_security_group("rehearse-r-1", "d", "vpc-1", &[]).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotSent, "{e}");
     }
 }
