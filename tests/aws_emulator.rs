@@ -708,3 +708,130 @@ fn sigkill_during_provisioning_then_down_and_sigint_during_suites() {
     assert!(left.is_empty(), "left behind after SIGINT: {left:?}");
     assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
 }
+
+/// A proxy between rehearse and the emulator that holds every `RunInstances` request
+/// for `hold` before passing it on — as a request still on its way inside AWS — and
+/// passes it on even when rehearse no longer waits for the answer. Counts the requests
+/// held and those passed on. It keeps the order AWS would: a `DeleteSecurityGroup`
+/// waits until the launches held are through (AWS refuses to delete a group an
+/// instance uses, with `DependencyViolation`; the emulator does not).
+struct SlowRunInstances {
+    url: String,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn slow_run_instances(upstream: &str, hold: Duration) -> SlowRunInstances {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let (held, forwarded) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, f) = (held.clone(), forwarded.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let (upstream, held, forwarded) = (upstream.clone(), h.clone(), f.clone());
+            std::thread::spawn(move || {
+                let mut client = client;
+                // One request: the head, then Content-Length bytes of body (the query
+                // protocol's form); the emulator closes after each answer.
+                let mut req = Vec::new();
+                let mut buf = [0u8; 8192];
+                let head_end = loop {
+                    let Ok(n) = client.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&req[..head_end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while req.len() < head_end + len {
+                    let Ok(n) = client.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                let body = String::from_utf8_lossy(&req[head_end..]).into_owned();
+                let slow = body.contains("Action=RunInstances");
+                if slow {
+                    held.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(hold);
+                }
+                if body.contains("Action=DeleteSecurityGroup") {
+                    while forwarded.load(Ordering::SeqCst) < held.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                let mut up = std::net::TcpStream::connect(&upstream).unwrap();
+                up.write_all(&req).unwrap();
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer);
+                if slow {
+                    forwarded.fetch_add(1, Ordering::SeqCst);
+                }
+                // Rehearse may have stopped listening: that does not undo the call.
+                let _ = client.write_all(&answer);
+            });
+        }
+    });
+    SlowRunInstances { url, held, forwarded }
+}
+
+/// Ctrl-C while `RunInstances` calls are on their way: the run waits (within its grace
+/// period) for their answers, journals the instances they made and terminates them; a
+/// run that dropped them instead would tear down before they exist and report
+/// "complete" while they run on. The calls are held longer than teardown looks for an
+/// instance it has no id for (`UNJOURNALED_PATIENCE`), so only the waiting saves them.
+#[test]
+fn sigint_with_instances_being_created_waits_for_them_and_leaves_nothing() {
+    use std::sync::atomic::Ordering;
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+    let hold = rehearse::providers::aws::UNJOURNALED_PATIENCE + Duration::from_secs(5);
+    let proxy = slow_run_instances(&emu.url, hold);
+    let sb = Sandbox::new();
+    let file = shop_description(&sb, &prod);
+    let child = emu
+        .rehearse(&sb)
+        .env("AWS_ENDPOINT_URL", &proxy.url)
+        .args(["run", file.to_str().unwrap(), "--release", "v2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.held.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no RunInstances call was ever sent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let id = sb.run_ids().pop().unwrap();
+    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    // Every held call has reached the emulator by now (or does so shortly).
+    let deadline = Instant::now() + hold + Duration::from_secs(10);
+    while proxy.forwarded.load(Ordering::SeqCst) < proxy.held.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the proxy never passed the calls on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let report = sb.report(&id);
+    assert_eq!(report["teardown"]["status"], "complete", "{stderr}");
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+    assert!(left.is_empty(), "teardown said complete, but left: {left:?}\n{stderr}");
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
+}

@@ -47,7 +47,7 @@ pub const POLL_FIRST: Duration = Duration::from_millis(100);
 pub const POLL_MAX: Duration = Duration::from_secs(10);
 /// How long a resource with an intent but no id in the journal must stay unlisted
 /// before teardown believes it was never created.
-pub const UNJOURNALED_PATIENCE: Duration = Duration::from_secs(30);
+pub const UNJOURNALED_PATIENCE: Duration = Duration::from_secs(20);
 
 /// The single gate every mutating call passes: the resource must carry this run's id.
 #[derive(Clone, Debug)]
@@ -622,6 +622,19 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         })
     }
 
+    /// Destroys instances one by one: those with an id through the single path; those
+    /// without one were looked for already and are gone.
+    async fn each_instance(&self, ids: &[Result<Option<String>, String>], guard: &Guard) -> Vec<Result<(), String>> {
+        futures_util::future::join_all(ids.iter().map(|r| async move {
+            match r {
+                Err(e) => Err(e.clone()),
+                Ok(None) => Ok(()),
+                Ok(Some(id)) => self.destroy_id("aws.ec2.instance", id, guard).await,
+            }
+        }))
+        .await
+    }
+
     /// A resource the journal has only an intent for: the run died or was stopped
     /// mid-create. It is looked up by its tags (or key); one just created may not be
     /// listed yet (eventual consistency), so "not found" is believed only after it has
@@ -631,7 +644,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         let mut delay = Duration::from_secs(1);
         let until = Instant::now() + UNJOURNALED_PATIENCE;
         while found.is_none() && Instant::now() < until {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(delay.min(until - Instant::now())).await;
             delay = (delay * 2).min(Duration::from_secs(10));
             found = self.find_by_tag(entry, meta).await?;
         }
@@ -1023,14 +1036,14 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
             }))
             .await;
         let known: Vec<String> = ids.iter().filter_map(|r| r.as_ref().ok().cloned().flatten()).collect();
-        let found = match self.api.describe_instances(&known).await {
+        // (No ids: nothing to describe — and a describe without ids lists everything.)
+        let described = if known.is_empty() { Ok(Vec::new()) } else { self.api.describe_instances(&known).await };
+        let found = match described {
             Ok(v) if v.len() == known.len() => v,
             // Some id unknown — maybe not visible yet (eventual consistency): each
-            // instance on its own, patiently.
-            Ok(_) => return futures_util::future::join_all(entries.iter().map(|e| self.destroy(e, meta))).await,
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                return futures_util::future::join_all(entries.iter().map(|e| self.destroy(e, meta))).await;
-            }
+            // instance on its own, patiently (those without an id were looked for).
+            Ok(_) => return self.each_instance(&ids, &guard).await,
+            Err(e) if e.kind == ErrorKind::NotFound => return self.each_instance(&ids, &guard).await,
             Err(e) => return entries.iter().map(|_| Err(e.to_string())).collect(),
         };
         // Each id: gone already, refused by the guard, or to terminate.
