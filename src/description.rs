@@ -121,6 +121,13 @@ pub fn load_str(path: &Path, text: String, release: Option<&str>) -> Result<Load
     diags.extend(more);
     match checked {
         Some(c) if diags.is_empty() => {
+            // A live source's password is a secret from the moment the file is read:
+            // no plan, log, report or terminal line shows it.
+            for db in desc.databases.values() {
+                if let DatabaseSource::Url(url) = &db.source {
+                    url_secrets(url).iter().for_each(|s| crate::secrets::register(s));
+                }
+            }
             Ok(Loaded { path: path.to_path_buf(), dir, desc, positions, tera: c.tera, deps: c.deps })
         }
         _ => Err(FileDiagnostics::new(path, text, diags)),

@@ -6,13 +6,12 @@
 //! - [`teardown`]: reverse-order destroy from the journal, leftovers with commands;
 //! - [`signals`]: first SIGINT/SIGTERM tears down, the second stops teardown;
 //! - [`process`], [`timing`], [`state`], [`events`]: the pieces they share;
-//! - [`secure_fs`], [`secrets`]: what keeps other local users out of a run.
+//! - [`secure_fs`]: directories and files other local users can neither read nor steer.
 
 pub mod events;
 pub mod journal;
 pub mod lifecycle;
 pub mod process;
-pub mod secrets;
 pub mod secure_fs;
 pub mod signals;
 pub mod state;

@@ -2,7 +2,8 @@
 //!
 //! The crate follows a run's path: [`description`] (load and check a YAML file) →
 //! [`plan`] (compile it into a resource graph) → `engine` (lifecycle, journal,
-//! teardown) → `providers` (aws, local) → `suites` → `report`. `main.rs` only calls
+//! teardown) → `providers` (aws, local) → `suites` → `report`; [`secrets`] is what
+//! every layer redacts. `main.rs` only calls
 //! [`main_impl`]; everything else lives here so tests can drive it.
 
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod exit;
 pub mod plan;
 pub mod providers;
 pub mod report;
+pub mod secrets;
 pub mod suites;
 
 use clap::Parser;

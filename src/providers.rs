@@ -63,14 +63,6 @@ impl RunInfo {
     pub fn release_user(&self) -> Option<(RunAs, PathBuf)> {
         self.users.release.map(|u| (u, self.home.clone()))
     }
-
-    /// Makes `cmd` run as the release's user (rehearse runs as root), with its HOME.
-    pub fn as_release_user(&self, cmd: &mut tokio::process::Command) {
-        if let Some((u, home)) = self.release_user() {
-            u.apply(cmd);
-            cmd.env("HOME", home);
-        }
-    }
 }
 
 impl Ctx<'_> {

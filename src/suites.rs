@@ -60,16 +60,12 @@ pub async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
         ),
         SuiteResults::ExitCode => None,
     };
-    let mut cmd = process::shell(&s.command, &s.cwd);
+    let mut cmd = process::shell(&s.command, &s.cwd, s.run_as.clone());
     cmd.envs(s.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if let Some(j) = &junit_name {
         cmd.env("REHEARSE_JUNIT_PATH", scratch.path().join(j));
     }
     cmd.env("REHEARSE_SUITE", s.name).env("REHEARSE_SUITE_DIR", scratch.path());
-    if let Some((user, home)) = &s.run_as {
-        user.apply(&mut cmd);
-        cmd.env("HOME", home);
-    }
     let finished = process::run_logged(&mut cmd, &log, s.suite.timeout, clock).await;
     let finished = match finished {
         Ok(f) => f,

@@ -133,7 +133,7 @@ async fn drive<P: Provider>(
             outcome.exit_code
         }
         Ok(Err(e)) => {
-            eprintln!("error: {}", crate::engine::secrets::redact(&e));
+            eprintln!("error: {}", crate::secrets::redact(&e));
             // Whatever the journal says exists is removed.
             down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED)
         }
@@ -549,7 +549,14 @@ pub fn report(g: &Global, run_id: &str) -> i32 {
         eprintln!("error: `{run_id}` is not a run id; see `rehearse list --all`");
         return exit::USAGE;
     }
-    let dir = state::run_dir(&state::state_dir(g.state_dir.as_deref()), run_id).join("report");
+    let Some(root) = (match checked_state(g) {
+        Ok(r) => r,
+        Err(code) => return code,
+    }) else {
+        eprintln!("error: no report for {run_id}: there are no runs yet (see `rehearse list --all`)");
+        return exit::USAGE;
+    };
+    let dir = state::run_dir(&root, run_id).join("report");
     match crate::report::read_report(&dir) {
         Ok(r) => {
             match g.format {
@@ -584,12 +591,26 @@ pub fn warm(g: &Global, file: &Path) -> i32 {
     let rt = runtime();
     let reporter = reporter(g);
     rt.block_on(async {
-        match crate::providers::local::golden::refresh_all(&loaded, &state::work_dir(), reporter.as_ref()).await {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return exit::BUILD_FAILED;
+            }
+        };
+        let refreshed =
+            crate::providers::local::golden::refresh_all(&loaded, &state::work_dir(), reporter.as_ref(), &signals)
+                .await;
+        match refreshed {
             Ok(lines) => {
                 for l in lines {
                     println!("{l}");
                 }
                 exit::PASSED
+            }
+            Err(e) if signals.count() > 0 => {
+                eprintln!("rehearse: interrupted; the half-made golden copy was removed ({e})");
+                exit::INTERRUPTED
             }
             Err(e) => {
                 eprintln!("error: {e}");

@@ -566,9 +566,23 @@ impl Decoder {
             }
             "backup_dir" => DatabaseSource::BackupDir(PathBuf::from(value)),
             _ => {
-                if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+                if !(value.starts_with("postgres://") || value.starts_with("postgresql://"))
+                    || url::Url::parse(&value).is_err()
+                {
                     self.err(vpos, format!("`{path}.url` is not a PostgreSQL URL")).expected =
                         Some("`postgres://USER@HOST:PORT/DB` (password from PGPASSWORD or ~/.pgpass)".into());
+                } else if let Some(short) =
+                    super::url_secrets(&value).into_iter().find(|p| p.len() < crate::secrets::MIN_LEN)
+                {
+                    let d = self.err(
+                        vpos,
+                        format!(
+                            "`{path}.url` carries a password of {} character(s), too short to be told apart and \
+                             kept out of logs and reports",
+                            short.chars().count()
+                        ),
+                    );
+                    d.help = Some("leave the password out of the URL: pass it in PGPASSWORD or ~/.pgpass".into());
                 }
                 DatabaseSource::Url(value)
             }

@@ -200,16 +200,62 @@ impl DatabaseSource {
     }
 }
 
-/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+/// Query parameters of a PostgreSQL URL that carry a secret.
+const SECRET_PARAMS: [&str; 2] = ["password", "sslpassword"];
+
+/// A URL with its password (in the user info, or a `password` / `sslpassword`
+/// parameter) replaced by `***`. A URL that does not parse loses everything between
+/// `://` and its last `@`.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
+    let Ok(mut u) = url::Url::parse(url) else {
+        return match (url.split_once("://"), url.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+            _ => url.to_string(),
+        };
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query_pairs().any(|(k, _)| SECRET_PARAMS.contains(&k.as_ref())) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if SECRET_PARAMS.contains(&k.as_ref()) { "***".to_string() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+/// The secrets a URL carries, as written and percent-decoded (both forms can end up
+/// in a log): the user info's password and `password` / `sslpassword` parameters.
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let Ok(u) = url::Url::parse(url) else { return Vec::new() };
+    let mut out = Vec::new();
+    if let Some(p) = u.password() {
+        out.push(p.to_string());
+        out.push(percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned());
+    }
+    for (k, v) in u.query_pairs() {
+        if SECRET_PARAMS.contains(&k.as_ref()) {
+            out.push(v.into_owned());
+        }
+    }
+    if let Some(q) = u.query() {
+        for raw in q.split('&') {
+            if let Some((k, v)) = raw.split_once('=') {
+                if SECRET_PARAMS.contains(&k) {
+                    out.push(v.to_string());
+                }
             }
         }
     }
-    url.to_string()
+    out.retain(|s| !s.is_empty());
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
@@ -349,5 +395,24 @@ fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<
     match d {
         Some(d) => ser_duration(d, s),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_every_password_they_carry() {
+        let url = "postgres://reader:p%40ss@replica:5432/shop?sslmode=require&password=S3cr%40t&sslpassword=k3y";
+        let shown = redact_url(url);
+        assert!(!shown.contains("p%40ss") && !shown.contains("S3cr") && !shown.contains("k3y"), "{shown}");
+        assert!(shown.contains("reader:***@replica") && shown.contains("sslmode=require"), "{shown}");
+        let secrets = url_secrets(url);
+        for s in ["p%40ss", "p@ss", "S3cr%40t", "S3cr@t", "k3y"] {
+            assert!(secrets.iter().any(|x| x == s), "{s} not in {secrets:?}");
+        }
+        // Not a URL the parser takes: everything before the last `@` goes.
+        assert_eq!(redact_url("postgres://u:p@ss@h[/db"), "postgres://***@h[/db");
     }
 }

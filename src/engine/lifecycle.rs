@@ -25,13 +25,14 @@ use super::process::{self, Users};
 use super::secure_fs::{Dir, FsError};
 use super::signals::Signals;
 use super::timing::Clock;
-use super::{secrets, state, teardown};
+use super::{state, teardown};
 use crate::description::template::{self, Outputs, Scope, ServiceOutputs};
 use crate::description::{DestroyPolicy, Loaded, ProviderKind};
 use crate::exit;
 use crate::plan::{self, Kind, Plan};
 use crate::providers::{Blame, Ctx, Output, Provider, RunInfo, StepError};
 use crate::report::model::*;
+use crate::secrets;
 use crate::suites;
 
 pub struct Options {
@@ -90,18 +91,7 @@ pub async fn run<P: Provider>(
     let expires_at = started_at + chrono::Duration::from_std(d.ttl).unwrap_or_else(|_| chrono::Duration::hours(2));
     // Who the copy and the release run as (rehearse as root): decided before anything
     // exists, and refused when the users are missing.
-    let users = Users::resolve(opts.run_as.as_deref())?;
-    // A live source's password never reaches a log, a report or the terminal.
-    for db in d.databases.values() {
-        if let crate::description::DatabaseSource::Url(url) = &db.source {
-            if let Ok(u) = url::Url::parse(url) {
-                if let Some(p) = u.password() {
-                    secrets::register(p);
-                    secrets::register(&percent_encoding::percent_decode_str(p).decode_utf8_lossy());
-                }
-            }
-        }
-    }
+    let users = Users::resolve(opts.run_as.as_deref(), d.provider == ProviderKind::Local)?;
     let redacting = Redacting(reporter);
     let reporter: &dyn Reporter = &redacting;
 
@@ -110,6 +100,8 @@ pub async fn run<P: Provider>(
     // users the copy and the release run as; each checked, so that no other user can
     // have placed or redirected them.
     let dir_err = |e: super::secure_fs::FsError| e.to_string();
+    let work_root = state::traversable_dir(&opts.work_root).map_err(dir_err)?;
+    let work_runs = state::traversable_dir(&work_root.join("runs")).map_err(dir_err)?;
     let state_root = state::private_dir(&opts.state_root).map_err(dir_err)?;
     let runs_root = state::private_dir(&state::runs_dir(&state_root)).map_err(dir_err)?;
     let run_state = runs_root.join(&run_id);
@@ -117,8 +109,6 @@ pub async fn run<P: Provider>(
     let logs_dir = run_state.join("logs");
     let report_dir = run_state.join("report");
     std::fs::create_dir(&logs_dir).map_err(|e| format!("cannot create {}: {e}", logs_dir.display()))?;
-    let work_root = state::traversable_dir(&opts.work_root).map_err(dir_err)?;
-    let work_runs = state::traversable_dir(&work_root.join("runs")).map_err(dir_err)?;
     let work_dir = work_runs.join(&run_id);
     let meta = RunMeta {
         run_id: run_id.clone(),

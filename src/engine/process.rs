@@ -54,10 +54,11 @@ pub struct Users {
 }
 
 impl Users {
-    /// As root: the cluster user and the release user (`run_as`, else
-    /// [`RELEASE_USER`]), two different unprivileged users, so the release can neither
-    /// read the copy's files nor signal its server. Not root: nobody to switch to.
-    pub fn resolve(run_as: Option<&str>) -> Result<Users, String> {
+    /// As root: the cluster user (`with_cluster`: the local provider) and the release
+    /// user (`run_as`, else [`RELEASE_USER`]), two different unprivileged users, so the
+    /// release can neither read the copy's files nor signal its server. Not root:
+    /// nobody to switch to.
+    pub fn resolve(run_as: Option<&str>, with_cluster: bool) -> Result<Users, String> {
         if !nix::unistd::geteuid().is_root() {
             if let Some(u) = run_as {
                 return Err(format!("--run-as {u} needs root: only root can run the release as another user"));
@@ -72,19 +73,26 @@ impl Users {
                  `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}`"
             )
         };
-        let cluster = RunAs::lookup(CLUSTER_USER)?.ok_or_else(|| missing(CLUSTER_USER))?;
+        let cluster =
+            if with_cluster { Some(RunAs::lookup(CLUSTER_USER)?.ok_or_else(|| missing(CLUSTER_USER))?) } else { None };
         let name = run_as.unwrap_or(RELEASE_USER);
         let release = RunAs::lookup(name)?.ok_or_else(|| missing(name))?;
         if release.uid == 0 {
             return Err(format!("--run-as {name}: the release must not run as root"));
         }
-        if release.uid == cluster.uid {
+        if name == "nobody" || release.uid == 65534 {
+            return Err(format!(
+                "--run-as {name}: `nobody` is shared by other daemons, which could then read the release's files; \
+                 use a user of rehearse's own (`{RELEASE_USER}`)"
+            ));
+        }
+        if cluster.is_some_and(|c| c.uid == release.uid) {
             return Err(format!(
                 "--run-as {name}: the release must not run as the PostgreSQL copies' user `{CLUSTER_USER}` \
                  (it could read every copy's files)"
             ));
         }
-        Ok(Users { cluster: Some(cluster), release: Some(release) })
+        Ok(Users { cluster, release: Some(release) })
     }
 
     /// Only the cluster user (`rehearse warm`: no release code runs).
@@ -192,7 +200,7 @@ pub async fn run_logged(cmd: &mut Command, log: &Path, timeout: Duration, clock:
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let handle = ProcHandle { pid, pgid: pid, start_time: start_time(pid).unwrap_or(0) };
     let guard = GroupGuard(pid);
-    let copier = std::thread::spawn(move || super::secrets::redacting_copy(std::fs::File::from(reader), &mut file));
+    let copier = std::thread::spawn(move || crate::secrets::redacting_copy(std::fs::File::from(reader), &mut file));
     let _span = clock.external();
     let res = tokio::time::timeout(timeout, child.wait()).await;
     let elapsed = started.elapsed();
@@ -226,14 +234,14 @@ fn status_signal(status: &std::process::ExitStatus) -> Option<i32> {
 }
 
 /// Kills a process group when dropped: a command abandoned mid-way (Ctrl-C, a failed
-/// sibling) never outlives the step that started it. (The group's id cannot name
-/// another group while our child, its leader, is unreaped: the `Child` is dropped
-/// after this guard.)
+/// sibling) never outlives the step that started it.
 pub struct GroupGuard(pub i32);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if self.0 > 0 {
+        // Only a group with members: the kernel keeps its id allocated while it has
+        // any, so it is still ours even when its leader has been reaped already.
+        if self.0 > 0 && !group_members(self.0).is_empty() {
             let _ = killpg(Pid::from_raw(self.0), Signal::SIGKILL);
         }
     }
@@ -375,7 +383,14 @@ const TAIL_BYTES: u64 = 64 * 1024;
 /// of a program rehearse does not control.
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Some logs are written by the cluster's user: never through a link, never a FIFO.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|f| if f.metadata()?.is_file() { Ok(f) } else { Err(std::io::Error::other("not a file")) });
+    let Ok(mut f) = opened else {
         return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -387,7 +402,7 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
     if f.take(TAIL_BYTES).read_to_end(&mut bytes).is_err() {
         return Vec::new();
     }
-    let bytes = super::secrets::redact_bytes(&bytes);
+    let bytes = crate::secrets::redact_bytes(&bytes);
     let text = String::from_utf8_lossy(&bytes);
     let mut lines: Vec<&str> = text.lines().collect();
     if from > 0 && !lines.is_empty() {
@@ -437,17 +452,70 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// The sockets (by inode) listening on TCP `port`, on any address, IPv4 and IPv6.
+pub fn listening_sockets(port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let listening = f.get(3) == Some(&"0A");
+            let on_port = f.get(1).and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if let (true, true, Some(inode)) = (listening, on_port, f.get(9).and_then(|i| i.parse().ok())) {
+                out.push(inode);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a member of process group `pgid` holds the socket `inode`.
+pub fn group_holds_socket(pgid: i32, inode: u64) -> bool {
+    let needle = format!("socket:[{inode}]");
+    group_members(pgid).into_iter().any(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|rd| {
+            rd.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == needle.as_str()))
+        })
+    })
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it soon after).
 pub fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
-/// A command from a description, run by `sh` in `dir`. The text travels in the
-/// environment (`REHEARSE_COMMAND`), not on `sh`'s command line, where every local user
-/// could read whatever a template put into it.
-pub fn shell(command: &str, dir: &Path) -> Command {
+/// What a process run as another user keeps of rehearse's environment: where programs
+/// are and how text and time are shown. Everything else — cloud credentials, CI
+/// tokens, the operator's settings — stays behind.
+const KEPT_ENV: [&str; 5] = ["PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+
+/// Makes `cmd` run as `user`, with a clean environment ([`KEPT_ENV`] and the locale's
+/// `LC_*`) and `home` as its HOME. Call it before adding the command's own variables.
+pub fn drop_to(cmd: &mut Command, user: RunAs, home: &Path) {
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        let keep = k.to_str().is_some_and(|k| KEPT_ENV.contains(&k) || k.starts_with("LC_"));
+        if keep {
+            cmd.env(k, v);
+        }
+    }
+    let name = user_name(user.uid);
+    cmd.env("HOME", home).env("USER", &name).env("LOGNAME", &name);
+    user.apply(cmd);
+}
+
+/// A command from a description, run by `sh` in `dir` (as `user`, with its HOME, when
+/// rehearse runs as root). The text travels in the environment (`REHEARSE_COMMAND`),
+/// not on `sh`'s command line, where every local user could read whatever a template
+/// put into it.
+pub fn shell(command: &str, dir: &Path, user: Option<(RunAs, PathBuf)>) -> Command {
     let mut cmd = Command::new("sh");
+    if let Some((u, home)) = user {
+        drop_to(&mut cmd, u, &home);
+    }
     cmd.arg("-c").arg("eval \"$REHEARSE_COMMAND\"").env("REHEARSE_COMMAND", command).current_dir(dir);
     cmd
 }

@@ -128,8 +128,19 @@ fn check_own(path: &Path, m: &std::fs::Metadata) -> Result<(), FsError> {
 }
 
 /// Every ancestor of `path` (which exists), resolved through symbolic links, passes
-/// [`check_ancestor`].
+/// [`check_ancestor`]; and a symbolic link on the way as written belongs to root or us
+/// (in `/tmp`, only a link's owner can replace it).
 fn check_ancestors(path: &Path) -> Result<(), FsError> {
+    for a in absolute(path)?.ancestors() {
+        if let Ok(m) = std::fs::symlink_metadata(a) {
+            if m.file_type().is_symlink() && m.uid() != 0 && m.uid() != euid() {
+                return Err(FsError::unsafe_(
+                    a,
+                    format!("it is a symbolic link owned by uid {}, who can point it elsewhere", m.uid()),
+                ));
+            }
+        }
+    }
     let real = path.canonicalize().map_err(|e| FsError::io("resolve", path, e))?;
     for a in real.ancestors() {
         let m = std::fs::symlink_metadata(a).map_err(|e| FsError::io("inspect", a, e))?;
@@ -206,6 +217,30 @@ pub fn check_private_dir(path: &Path) -> Result<bool, FsError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(FsError::io("inspect", &abs, e)),
     }
+}
+
+/// Checks a file or directory rehearse reads on a description's word (a backup, the
+/// masking SQL, a release): neither it nor a directory above it may be writable by
+/// every user (root-owned sticky directories such as `/tmp` excepted), or anyone could
+/// swap in their own backup, masking or release. (Group-writable is allowed: on
+/// systems with a private group per user that is the norm.)
+pub fn check_input(path: &Path) -> Result<(), FsError> {
+    let real = path.canonicalize().map_err(|e| FsError::io("resolve", path, e))?;
+    for (i, a) in real.ancestors().enumerate() {
+        let m = std::fs::symlink_metadata(a).map_err(|e| FsError::io("inspect", a, e))?;
+        let sticky_root = m.mode() & 0o1000 != 0 && m.uid() == 0 && i > 0;
+        if m.mode() & 0o002 != 0 && !sticky_root {
+            return Err(FsError::unsafe_(
+                a,
+                format!(
+                    "it is writable by every user of this machine (mode {:o}), who could replace {}",
+                    m.mode() & 0o7777,
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `inner` lies strictly below `outer`, compared component by component after
@@ -382,9 +417,11 @@ impl Dir {
         Ok(out)
     }
 
-    /// Gives this directory and everything below it to `uid`:`gid`, by descriptor and
-    /// without following symbolic links (a link itself changes owner).
-    pub fn chown_tree(&self, uid: u32, gid: u32) -> Result<(), FsError> {
+    /// Makes this directory and everything below it private — no permission for
+    /// group or others, whatever the artifact said — and gives it to `owner` when one
+    /// is named: by descriptor, never following a symbolic link (a link itself only
+    /// changes owner).
+    pub fn make_private_tree(&self, owner: Option<(u32, u32)>) -> Result<(), FsError> {
         let dup = self.fd.try_clone().map_err(|e| FsError::io("open", &self.path, e))?;
         let entries = nix::dir::Dir::from_fd(dup).map_err(|e| FsError::io("list", &self.path, e))?;
         let mut names = Vec::new();
@@ -395,24 +432,38 @@ impl Dir {
                 names.push(std::ffi::OsString::from(OsStr::from_bytes(name)));
             }
         }
+        let (uid, gid) = (owner.map(|o| Uid::from_raw(o.0)), owner.map(|o| Gid::from_raw(o.1)));
         for name in names {
             let path = self.path.join(&name);
             let st = nix::sys::stat::fstatat(&self.fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
                 .map_err(|e| FsError::io("inspect", &path, e))?;
-            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
-                self.open_dir(&name)?.chown_tree(uid, gid)?;
-            } else {
-                nix::unistd::fchownat(
-                    &self.fd,
-                    name.as_os_str(),
-                    Some(Uid::from_raw(uid)),
-                    Some(Gid::from_raw(gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| FsError::io("change the owner of", &path, e))?;
+            match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+                SFlag::S_IFDIR => self.open_dir(&name)?.make_private_tree(owner)?,
+                SFlag::S_IFREG => {
+                    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+                    let fd = nix::fcntl::openat(&self.fd, name.as_os_str(), flags, Mode::empty())
+                        .map_err(|e| FsError::io("open", &path, e))?;
+                    nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(st.st_mode & 0o700))
+                        .map_err(|e| FsError::io("set the mode of", &path, e))?;
+                    if owner.is_some() {
+                        nix::unistd::fchown(&fd, uid, gid).map_err(|e| FsError::io("change the owner of", &path, e))?;
+                    }
+                }
+                SFlag::S_IFLNK => {
+                    if owner.is_some() {
+                        nix::unistd::fchownat(&self.fd, name.as_os_str(), uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+                            .map_err(|e| FsError::io("change the owner of", &path, e))?;
+                    }
+                }
+                _ => return Err(FsError::unsafe_(&path, "neither a file, a directory nor a link")),
             }
         }
-        self.chown(uid, gid)
+        let st = nix::sys::stat::fstat(&self.fd).map_err(|e| FsError::io("inspect", &self.path, e))?;
+        self.chmod((st.st_mode & 0o700) | 0o700)?;
+        if let Some((u, g)) = owner {
+            self.chown(u, g)?;
+        }
+        Ok(())
     }
 
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {

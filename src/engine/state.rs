@@ -4,12 +4,15 @@
 //!   `$XDG_STATE_HOME/rehearse`, else `~/.local/state/rehearse`) holds, per run,
 //!   `runs/RUN_ID/journal.jsonl`, `logs/` and `report/` — small files that outlive the
 //!   environment;
-//! - the *work directory* (`$REHEARSE_WORK_DIR`, else `/var/tmp/rehearse-UID`) holds
+//! - the *work directory* (`$REHEARSE_WORK_DIR`, else `/var/lib/rehearse` for root and
+//!   `$XDG_CACHE_HOME/rehearse` (`~/.cache/rehearse`) for anyone else) holds
 //!   what the environment itself is made of on this machine (throwaway PostgreSQL
 //!   clusters, the unpacked release) and the warm golden copies. It is separate because
 //!   when rehearse runs as root the clusters run as an unprivileged user, which must be
-//!   able to reach them (a home directory usually is not reachable), and because
-//!   reflink copies need the golden copy and the run on one filesystem.
+//!   able to reach them (root's home directory is not reachable), and because reflink
+//!   copies need the golden copy and the run on one filesystem. Its default is never
+//!   in a directory everyone can write (`/tmp`, `/var/tmp`): there, another user could
+//!   claim the name first.
 //!
 //! Both are checked before use ([`super::secure_fs`]): a directory that is a symbolic
 //! link, belongs to someone else or is writable by others is refused, since another
@@ -35,7 +38,7 @@ pub fn state_dir(cli: Option<&Path>) -> PathBuf {
         .filter(|h| h.is_absolute() && h != Path::new("/"));
     match home {
         Some(h) => h.join(".local/state/rehearse"),
-        None => work_dir().join("state"),
+        None => PathBuf::from(format!("/var/tmp/rehearse-state-{}", nix::unistd::geteuid().as_raw())),
     }
 }
 
@@ -43,7 +46,22 @@ pub fn work_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("REHEARSE_WORK_DIR").filter(|v| !v.is_empty()) {
         return PathBuf::from(x);
     }
-    PathBuf::from(format!("/var/tmp/rehearse-{}", nix::unistd::geteuid().as_raw()))
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/rehearse");
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("rehearse");
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.dir))
+        .filter(|h| h.is_absolute() && h != Path::new("/"));
+    match home {
+        Some(h) => h.join(".cache/rehearse"),
+        // No home at all: a directory of our own name; refused if someone else has it.
+        None => PathBuf::from(format!("/var/tmp/rehearse-{}", nix::unistd::geteuid().as_raw())),
+    }
 }
 
 /// Mode of the work directories the unprivileged cluster and release users must
@@ -61,15 +79,40 @@ pub fn private_dir(p: &Path) -> Result<PathBuf, super::secure_fs::FsError> {
     super::secure_fs::private_dir(p, 0o700)
 }
 
-/// `dir` if it is run `run_id`'s work directory under `work_root` or lies inside it;
-/// else why it is refused. Journals name directories to remove, and a journal is a
-/// file: what it names is removed only where rehearse itself puts such things.
-pub fn in_run_work_dir(dir: &Path, work_root: &Path, run_id: &str) -> Result<PathBuf, String> {
+/// Run `run_id`'s work directory, from its journal: literally `WORK/runs/RUN_ID`, where
+/// `WORK` and `WORK/runs` are directories of this user that no one else can write (the
+/// journal itself lies in a checked state directory). A journal that names none
+/// (written by `down` after the real one was lost) means `fallback_root`'s.
+pub fn journaled_work_dir(journaled: Option<&str>, fallback_root: &Path, run_id: &str) -> Result<PathBuf, String> {
     if !valid_run_id(run_id) {
         return Err(format!("the journal names a run `{run_id}` that is not a run id"));
     }
-    let run_dir = std::path::absolute(work_root).unwrap_or_else(|_| work_root.to_path_buf()).join("runs").join(run_id);
-    if dir == run_dir || super::secure_fs::is_strictly_below(dir, &run_dir) {
+    let run_dir = match journaled {
+        Some(j) => PathBuf::from(j),
+        None => {
+            std::path::absolute(fallback_root).unwrap_or_else(|_| fallback_root.to_path_buf()).join("runs").join(run_id)
+        }
+    };
+    let runs = run_dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "runs"));
+    let (Some(runs), true) = (runs, run_dir.is_absolute() && run_dir.file_name().is_some_and(|n| n == run_id)) else {
+        return Err(format!(
+            "refusing to remove anything under {}: a run's work directory is WORK/runs/{run_id} (is the journal damaged?)",
+            run_dir.display()
+        ));
+    };
+    for d in [runs.parent().unwrap_or(runs), runs] {
+        if let Err(e) = super::secure_fs::check_private_dir(d) {
+            return Err(format!("{e}; nothing is removed from a directory someone else could have changed"));
+        }
+    }
+    Ok(run_dir)
+}
+
+/// `dir` if it is the run's work directory `run_dir` or lies inside it; else why it is
+/// refused. Journals name directories to remove, and a journal is a file: what it
+/// names is removed only where rehearse itself puts such things.
+pub fn in_run_work_dir(dir: &Path, run_dir: &Path) -> Result<PathBuf, String> {
+    if dir == run_dir || super::secure_fs::is_strictly_below(dir, run_dir) {
         Ok(dir.to_path_buf())
     } else {
         Err(format!(

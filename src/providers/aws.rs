@@ -26,9 +26,9 @@ use super::{Ctx, Output, Provider, StepError};
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::{DatabaseSource, RestoreMode};
 use crate::engine::journal::{Entry, RunMeta};
-use crate::engine::secrets;
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
+use crate::secrets;
 use api::*;
 use patient::Patient;
 use poller::Poller;
@@ -983,11 +983,11 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
             // The run's corner of this machine: its suites' scratch directories.
             let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(std::path::PathBuf::from));
             return match dir {
-                Some(d) => crate::engine::state::remove_tree(&crate::engine::state::in_run_work_dir(
-                    &d,
-                    &self.work_root,
-                    &meta.run_id,
-                )?),
+                Some(d) => {
+                    use crate::engine::state;
+                    let run_dir = state::journaled_work_dir(meta.work_dir.as_deref(), &self.work_root, &meta.run_id)?;
+                    state::remove_tree(&state::in_run_work_dir(&d, &run_dir)?)
+                }
                 None => Ok(()),
             };
         }

@@ -25,9 +25,10 @@ use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::{DatabaseSource, SuiteResults};
 use crate::engine::journal::{Entry, RunMeta};
 use crate::engine::process::{self, ProcHandle};
-use crate::engine::{secrets, secure_fs, state};
+use crate::engine::{secure_fs, state};
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
+use crate::secrets;
 use postgres::{Cluster, PgBin};
 
 /// How long an install / migration command may take.
@@ -72,9 +73,11 @@ impl LocalProvider {
         LocalProvider { children: Mutex::default(), work_root: work_root.to_path_buf() }
     }
 
-    /// `dir` if it lies in this run's work directory (see [`state::in_run_work_dir`]).
+    /// `dir` if it lies in this run's work directory, as its journal names it (see
+    /// [`state::journaled_work_dir`]).
     fn owned_path(&self, dir: &Path, meta: &RunMeta) -> Result<PathBuf, String> {
-        state::in_run_work_dir(dir, &self.work_root, &meta.run_id)
+        let run_dir = state::journaled_work_dir(meta.work_dir.as_deref(), &self.work_root, &meta.run_id)?;
+        state::in_run_work_dir(dir, &run_dir)
     }
 
     fn tag<'a>(ctx: &'a Ctx<'_>) -> [(&'static str, &'a str); 1] {
@@ -115,15 +118,24 @@ impl LocalProvider {
             postmaster: None,
         };
         let masking_sql = match &db.masking {
-            Some(m) => Some(
-                std::fs::read_to_string(ctx.loaded.resolve(m))
-                    .map_err(|e| StepError::build(format!("cannot read masking SQL {}: {e}", m.display())))?,
-            ),
+            Some(m) => {
+                let path = ctx.loaded.resolve(m);
+                secure_fs::check_input(&path)
+                    .map_err(|e| StepError::build(format!("the masking SQL cannot be trusted: {e}")))?;
+                Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| StepError::build(format!("cannot read masking SQL {}: {e}", m.display())))?,
+                )
+            }
             None => None,
         };
         let golden = golden_dir(&ctx.run.golden_root, &d.name, &res.name);
-        let golden_meta: Option<GoldenMeta> =
-            std::fs::read(golden.join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        // The golden directory is the cluster user's: its metadata is read without
+        // following a link, and only so much of it.
+        let golden_meta: Option<GoldenMeta> = secure_fs::Dir::open(&golden)
+            .and_then(|d| d.read_file(std::ffi::OsStr::new("meta.json"), 1 << 20))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let wanted = GoldenMeta {
             backup: backup.clone(),
             database_name: db_name.clone(),
@@ -132,8 +144,17 @@ impl LocalProvider {
             cluster_uid: cluster.run_as.map(|u| u.uid),
             layout: GOLDEN_LAYOUT,
         };
-        let warm = !ctx.run.cold && golden_meta.as_ref() == Some(&wanted) && golden.join("data/PG_VERSION").is_file();
-        if !ctx.run.cold && golden_meta.is_some() && !warm {
+        let fresh = !ctx.run.cold && golden_meta.as_ref() == Some(&wanted) && golden.join("data/PG_VERSION").is_file();
+        // Copied under a shared lock; while `warm` replaces it, this run restores cold.
+        let golden_lock = if fresh { golden::lock_for_copy(&golden) } else { None };
+        if fresh && golden_lock.is_none() {
+            ctx.reporter.event(crate::engine::events::Event::Note(format!(
+                "golden copy of `{}` is being refreshed (`rehearse warm`); restoring cold",
+                res.name
+            )));
+        }
+        let warm = fresh && golden_lock.is_some();
+        if !ctx.run.cold && golden_meta.is_some() && !fresh {
             ctx.reporter.event(crate::engine::events::Event::Note(format!(
                 "golden copy of `{}` is stale (backup or masking changed); restoring cold — refresh it with `rehearse warm {}`",
                 res.name,
@@ -145,22 +166,26 @@ impl LocalProvider {
         let restore_started = Instant::now();
         if warm {
             let t = ctx.started(res, "copy-golden", None);
-            postgres::prepare_base(&cluster.base, cluster.run_as)?;
+            // Copied while the directory is still rehearse's (nothing the cluster's user
+            // could have placed in it is followed), then handed over.
+            postgres::prepare_base(&cluster.base, None)?;
             let r = copy_golden(&golden.join("data"), &cluster.data(), ctx).await;
             ctx.step(res, "copy-golden", t, r.is_ok(), Some(golden.display().to_string()));
             r?;
+            drop(golden_lock);
+            postgres::hand_base(&cluster.base, cluster.run_as)?;
             let t = ctx.started(res, "start", None);
-            let r = start_on_free_port(&bin, &mut cluster, ctx, timeout, &tag).await;
+            let r = start_on_free_port(&bin, &mut cluster, &log, ctx, timeout, &tag).await;
             ctx.step(res, "start", t, r.is_ok(), Some(format!("127.0.0.1:{}", cluster.port)));
             r?;
         } else {
             postgres::prepare_base(&cluster.base, cluster.run_as)?;
             let t = ctx.started(res, "initdb", None);
-            let r = postgres::initdb(&bin, &cluster, ctx.clock, &tag).await;
+            let r = postgres::initdb(&bin, &cluster, &log, ctx.clock, &tag).await;
             ctx.step(res, "initdb", t, r.is_ok(), None);
             r?;
             let t = ctx.started(res, "start", None);
-            let r = start_on_free_port(&bin, &mut cluster, ctx, timeout, &tag).await;
+            let r = start_on_free_port(&bin, &mut cluster, &log, ctx, timeout, &tag).await;
             ctx.step(res, "start", t, r.is_ok(), Some(format!("127.0.0.1:{}", cluster.port)));
             r?;
             ctx.record(res, json!({"cluster": cluster}))?;
@@ -219,16 +244,13 @@ impl LocalProvider {
         let dest = ctx.run.work_dir.join("release");
         ctx.record(res, json!({"dir": dest}))?;
         let t = ctx.started(res, "unpack", Some(artifact.display().to_string()));
-        let r = release::unpack(&artifact, &dest, ctx.clock).await;
+        // The release is private (whatever modes the artifact carried: no one else may
+        // read or change it before it runs) and belongs to the user it runs as;
+        // rehearse writes into it afterwards only through no-follow descriptors.
+        let owner = ctx.run.users.release.map(|u| (u.uid, u.gid));
+        let r = release::unpack(&artifact, &dest, owner, ctx.clock).await;
         ctx.step(res, "unpack", t, r.is_ok(), Some(format!("{} {}", ctx.plan.release.version, artifact.display())));
         r?;
-        // The release's files belong to the user it runs as; rehearse writes into the
-        // directory afterwards only through no-follow descriptors.
-        if let Some(u) = ctx.run.users.release {
-            secure_fs::Dir::open(&dest)
-                .and_then(|d| d.chown_tree(u.uid, u.gid))
-                .map_err(|e| StepError::build(format!("cannot hand the release to its user: {e}")))?;
-        }
         Ok(Output::Release { dir: dest })
     }
 
@@ -294,9 +316,8 @@ impl LocalProvider {
         };
         let command = ctx.render(&format!("services.{}.install", res.name))?;
         let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
-        let mut cmd = process::shell(&command, &dir);
+        let mut cmd = process::shell(&command, &dir, ctx.run.release_user());
         cmd.envs(self.service_env(res, ctx)?);
-        ctx.run.as_release_user(&mut cmd);
         let t = ctx.started(res, "install", Some(command.clone()));
         let f = process::run_logged(&mut cmd, &log, INSTALL_TIMEOUT, ctx.clock).await;
         let ok = f.as_ref().is_ok_and(|f| f.success());
@@ -336,10 +357,9 @@ impl LocalProvider {
         let command = ctx.render(&format!("services.{}.command", res.name))?;
         let port = process::free_port().map_err(|e| StepError::build(format!("no free port: {e}")))?;
         let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
-        let mut cmd = process::shell(&command, &dir);
+        let mut cmd = process::shell(&command, &dir, ctx.run.release_user());
         cmd.envs(self.service_env(res, ctx)?);
         cmd.env("PORT", port.to_string());
-        ctx.run.as_release_user(&mut cmd);
         let t = ctx.started(res, "start", Some(command.clone()));
         // Services outlive this step (and, when kept, this process): they are not killed
         // on drop; teardown stops their whole group explicitly.
@@ -357,6 +377,19 @@ impl LocalProvider {
                 _ => Ok(()),
             })
             .await;
+            // The port was free when it was chosen; between then and the service's bind,
+            // anyone could have taken it. What answered must be the service itself.
+            let r = r.and_then(|_| {
+                let sockets = process::listening_sockets(port);
+                if !sockets.is_empty() && sockets.iter().all(|i| process::group_holds_socket(handle.pgid, *i)) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "answered on port {port}, but from a process that is not the service (another user may have \
+                         taken the port): refusing to run suites against it"
+                    ))
+                }
+            });
             ctx.step(res, "health", t, r.is_ok(), Some(format!("GET {}", h.path)));
             if let Err(e) = r {
                 return Err(
@@ -386,6 +419,7 @@ impl LocalProvider {
 async fn start_on_free_port(
     bin: &PgBin,
     cluster: &mut Cluster,
+    log: &Path,
     ctx: &Ctx<'_>,
     timeout: Duration,
     tag: &[(&str, &str)],
@@ -393,7 +427,7 @@ async fn start_on_free_port(
     // The port was free a moment ago; if another process took it meanwhile, try anew.
     let mut last = None;
     for _ in 0..3 {
-        match postgres::start(bin, cluster, ctx.clock, timeout, tag).await {
+        match postgres::start(bin, cluster, log, ctx.clock, timeout, tag).await {
             Ok(()) => return Ok(()),
             Err(e) if e.log_tail.iter().any(|l| l.contains("could not bind") || l.contains("already in use")) => {
                 cluster.port = process::free_port().map_err(|e| StepError::build(format!("no free port: {e}")))?;

@@ -3,6 +3,11 @@
 //! filesystem has one, in well under a second for any size. A golden copy is used only
 //! while it matches the newest backup and the current masking SQL; otherwise runs
 //! restore cold and say so. The nightly job refreshes it with `rehearse warm`.
+//!
+//! A refresh holds the golden copy's lock exclusively while it replaces it; a run
+//! copies it under a shared lock, or restores cold while a refresh holds it. An
+//! interrupt stops a refresh and removes the half-made copy (restored production data
+//! may not be masked yet): nothing of it outlives `warm`.
 
 use std::time::{Duration, Instant};
 
@@ -12,14 +17,37 @@ use crate::description::template::{self, Outputs, Scope};
 use crate::description::{DatabaseSource, Loaded};
 use crate::engine::events::{Event, Reporter};
 use crate::engine::process;
+use crate::engine::signals::Signals;
 use crate::engine::state;
 use crate::engine::timing::Clock;
+use nix::fcntl::{Flock, FlockArg};
 
-/// Refreshes the golden copy of every database restored from a backup directory.
+/// The lock a golden copy is refreshed and copied under (beside it, in rehearse's own
+/// directory).
+fn lock_file(golden: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(golden.with_extension("lock"))
+}
+
+/// A shared lock on a golden copy for a run that copies it, or `None` when a refresh
+/// holds it (the run then restores cold).
+pub fn lock_for_copy(golden: &std::path::Path) -> Option<Flock<std::fs::File>> {
+    Flock::lock(lock_file(golden).ok()?, FlockArg::LockSharedNonblock).ok()
+}
+
+/// Refreshes the golden copy of every database restored from a backup directory; the
+/// first of `signals` stops it (and removes what it made).
 pub async fn refresh_all(
     loaded: &Loaded,
     work_root: &std::path::Path,
     reporter: &dyn Reporter,
+    signals: &Signals,
 ) -> Result<Vec<String>, String> {
     let d = &loaded.desc;
     let bin = PgBin::find().map_err(|e| e.message)?;
@@ -50,6 +78,12 @@ pub async fn refresh_all(
         state::traversable_dir(&root).map_err(|e| e.to_string())?;
         state::traversable_dir(&parent).map_err(|e| e.to_string())?;
         let staging = parent.join(format!("{name}.new"));
+        // Runs copying the current golden copy finish first; later ones restore cold.
+        let lock = lock_file(&golden).map_err(|e| format!("cannot open the lock of {}: {e}", golden.display()))?;
+        let _lock = tokio::task::spawn_blocking(move || Flock::lock(lock, FlockArg::LockExclusive))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|(_, e)| format!("cannot lock {}: {e}", golden.display()))?;
         discard(&bin, &staging, run_as).await?;
         reporter.event(Event::Started {
             resource: format!("golden.{name}"),
@@ -65,10 +99,10 @@ pub async fn refresh_all(
         let tag = [("REHEARSE_RUN_ID", "golden")];
         let timeout = db.timeout.unwrap_or(Duration::from_secs(3600));
         let log = staging.with_extension("log");
-        let result = async {
+        let built = async {
             postgres::prepare_base(&cluster.base, run_as)?;
-            postgres::initdb(&bin, &cluster, &clock, &tag).await?;
-            postgres::start(&bin, &mut cluster, &clock, timeout, &tag).await?;
+            postgres::initdb(&bin, &cluster, &log, &clock, &tag).await?;
+            postgres::start(&bin, &mut cluster, &log, &clock, timeout, &tag).await?;
             let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
             postgres::restore(&bin, &cluster, &db_name, &backup.path, jobs, &log, &clock, timeout).await?;
             if let Some(m) = &db.masking {
@@ -76,8 +110,13 @@ pub async fn refresh_all(
             }
             postgres::hand_over(&bin, &cluster, &db_name, &clock).await?;
             Ok::<(), crate::providers::StepError>(())
-        }
-        .await;
+        };
+        // Interrupted: the steps in flight are dropped (their commands killed), and the
+        // server, recorded or not, is stopped and its directory removed below.
+        let result = tokio::select! {
+            r = built => r,
+            _ = signals.nth(1) => Err(crate::providers::StepError::build("interrupted")),
+        };
         let stopped = postgres::stop(Some(&bin), &cluster).await;
         reporter.event(Event::Finished {
             resource: format!("golden.{name}"),

@@ -136,14 +136,18 @@ pub async fn newest_backup(bin: &PgBin, dir: &Path, clock: &Clock) -> Result<Bac
             None => skipped += 1,
         }
     }
-    best.ok_or_else(|| {
+    let best = best.ok_or_else(|| {
         StepError::build(format!(
             "no pg_dump archive found in {}{}; create one with `pg_dump -Fc -f {}/NAME.dump DATABASE`",
             dir.display(),
             if skipped > 0 { format!(" ({skipped} other file(s) are not archives)") } else { String::new() },
             dir.display()
         ))
-    })
+    })?;
+    // What is restored runs as a superuser inside the copy: it must be production's.
+    crate::engine::secure_fs::check_input(&best.path)
+        .map_err(|e| StepError::build(format!("the backup cannot be trusted: {e}")))?;
+    Ok(best)
 }
 
 /// Reads "; Archive created at 2026-11-25 16:40:01 UTC" from the archive's table of
@@ -185,9 +189,11 @@ impl Cluster {
         self.base.join("postgres.log")
     }
 
+    /// A server command run as the cluster's user, with a clean environment (none of
+    /// rehearse's credentials) and the cluster's directory as its HOME.
     fn as_user(&self, mut cmd: Command) -> Command {
         if let Some(u) = self.run_as {
-            u.apply(&mut cmd);
+            process::drop_to(&mut cmd, u, &self.base);
         }
         cmd.current_dir(&self.base);
         cmd
@@ -228,9 +234,24 @@ pub fn prepare_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError>
     Ok(())
 }
 
-/// `initdb` a new, empty cluster in `cluster.base/data`.
-pub async fn initdb(bin: &PgBin, cluster: &Cluster, clock: &Clock, tag: &[(&str, &str)]) -> Result<(), StepError> {
-    let log = cluster.base.join("initdb.log");
+/// Gives an existing cluster directory (prepared with no user) to the cluster user,
+/// by descriptor.
+pub fn hand_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError> {
+    let Some(u) = run_as else { return Ok(()) };
+    Dir::open(base)
+        .and_then(|d| d.chown(u.uid, u.gid))
+        .map_err(|e| StepError::build(format!("cannot hand the cluster's directory to its user: {e}")))
+}
+
+/// `initdb` a new, empty cluster in `cluster.base/data`, its output appended to `log`
+/// (rehearse's own, outside the cluster's directory).
+pub async fn initdb(
+    bin: &PgBin,
+    cluster: &Cluster,
+    log: &Path,
+    clock: &Clock,
+    tag: &[(&str, &str)],
+) -> Result<(), StepError> {
     let mut cmd = cluster.as_user(bin.cmd("initdb"));
     cmd.arg("-D").arg(cluster.data()).args([
         "-U",
@@ -244,19 +265,21 @@ pub async fn initdb(bin: &PgBin, cluster: &Cluster, clock: &Clock, tag: &[(&str,
         "--no-instructions",
     ]);
     cmd.envs(tag.iter().copied());
-    let f = process::run_logged(&mut cmd, &log, Duration::from_secs(120), clock)
+    let f = process::run_logged(&mut cmd, log, Duration::from_secs(120), clock)
         .await
         .map_err(|e| StepError::build(format!("cannot run initdb: {e}")))?;
     if !f.success() {
-        return Err(StepError::build("initdb failed").with_log(&log, 15));
+        return Err(StepError::build("initdb failed").with_log(log, 15));
     }
     Ok(())
 }
 
-/// Starts the cluster and waits until it accepts connections (bounded by `timeout`).
+/// Starts the cluster and waits until it accepts connections (bounded by `timeout`);
+/// `pg_ctl`'s own output is appended to `log`, the server's goes to its directory.
 pub async fn start(
     bin: &PgBin,
     cluster: &mut Cluster,
+    log: &Path,
     clock: &Clock,
     timeout: Duration,
     tag: &[(&str, &str)],
@@ -268,7 +291,6 @@ pub async fn start(
         cluster.port,
         cluster.base.display()
     );
-    let log = cluster.base.join("pg_ctl.log");
     let mut cmd = cluster.as_user(bin.cmd("pg_ctl"));
     cmd.arg("-D")
         .arg(cluster.data())
@@ -281,7 +303,7 @@ pub async fn start(
         .arg(timeout.as_secs().max(1).to_string())
         .arg("start");
     cmd.envs(tag.iter().copied());
-    let f = process::run_logged(&mut cmd, &log, timeout + Duration::from_secs(5), clock)
+    let f = process::run_logged(&mut cmd, log, timeout + Duration::from_secs(5), clock)
         .await
         .map_err(|e| StepError::build(format!("cannot run pg_ctl: {e}")))?;
     // Read now, before anything but PostgreSQL has run in the cluster: from here on
@@ -298,7 +320,9 @@ pub async fn start(
 /// The postmaster a cluster just started: the PID in `postmaster.pid`, if that process
 /// runs as the cluster's user, with its start time.
 fn read_postmaster(data: &Path, run_as: Option<RunAs>) -> Option<process::ProcHandle> {
-    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    // The cluster user's file: read without following a link, at most a page.
+    let bytes = Dir::open(data).ok()?.read_file(std::ffi::OsStr::new("postmaster.pid"), 4096).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     let uid = run_as.map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid);
     if pid <= 0 || process::owner_uid(pid) != Some(uid) {

@@ -21,8 +21,11 @@ pub const MAX_UNPACKED_BYTES: u64 = 16 << 30;
 /// The most entries (files, directories, links) an artifact may hold.
 pub const MAX_ENTRIES: u64 = 200_000;
 
-/// Copies or unpacks `artifact` into `dest` (which must not exist yet).
-pub async fn unpack(artifact: &Path, dest: &Path, clock: &Clock) -> Result<(), StepError> {
+/// Copies or unpacks `artifact` into `dest` (which must not exist yet), private to
+/// `owner` (or to rehearse's user): it is unpacked inside a private staging directory,
+/// checked there, made private and handed over, and only then moved to `dest` — no one
+/// else can read or change a file of it at any moment.
+pub async fn unpack(artifact: &Path, dest: &Path, owner: Option<(u32, u32)>, clock: &Clock) -> Result<(), StepError> {
     if !artifact.exists() {
         return Err(StepError::build(format!(
             "release artifact {} does not exist; build the release first or pass another --release",
@@ -30,29 +33,52 @@ pub async fn unpack(artifact: &Path, dest: &Path, clock: &Clock) -> Result<(), S
         )));
     }
     let _span = clock.external();
-    if artifact.is_dir() {
-        let root = artifact.to_path_buf();
-        tokio::task::spawn_blocking(move || check_tree(&root))
+    crate::engine::secure_fs::check_input(artifact)
+        .map_err(|e| StepError::build(format!("the release artifact cannot be trusted: {e}")))?;
+    let is_dir = artifact.is_dir();
+    if !is_dir {
+        let name = artifact.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !(name.ends_with(".tar.gz") || name.ends_with(".tgz") || name.ends_with(".tar")) {
+            return Err(StepError::build(format!(
+                "release artifact {} is neither a directory nor a .tar.gz / .tgz / .tar archive",
+                artifact.display()
+            )));
+        }
+        let size = std::fs::metadata(artifact).map(|m| m.len()).unwrap_or(0);
+        if size > MAX_ARCHIVE_BYTES {
+            return Err(refused(artifact, format!("it is larger than {} GiB", MAX_ARCHIVE_BYTES >> 30)));
+        }
+    }
+    let staging = dest.with_extension("unpacking");
+    std::fs::create_dir(&staging).map_err(|e| StepError::build(format!("cannot create {}: {e}", staging.display())))?;
+    let root = if is_dir {
+        let tree = artifact.to_path_buf();
+        tokio::task::spawn_blocking(move || check_tree(&tree, &tree, true))
             .await
             .map_err(|e| StepError::build(format!("checking the release failed: {e}")))??;
-        return copy_tree(artifact, dest).await;
-    }
-    let name = artifact.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    if !(name.ends_with(".tar.gz") || name.ends_with(".tgz") || name.ends_with(".tar")) {
-        return Err(StepError::build(format!(
-            "release artifact {} is neither a directory nor a .tar.gz / .tgz / .tar archive",
-            artifact.display()
-        )));
-    }
-    let size = std::fs::metadata(artifact).map(|m| m.len()).unwrap_or(0);
-    if size > MAX_ARCHIVE_BYTES {
-        return Err(refused(artifact, format!("it is larger than {} GiB", MAX_ARCHIVE_BYTES >> 30)));
-    }
-    let artifact = artifact.to_path_buf();
-    let dest_owned = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || untar(&artifact, &dest_owned))
+        let copy = staging.join("release");
+        copy_tree(artifact, &copy).await?;
+        copy
+    } else {
+        let (a, st) = (artifact.to_path_buf(), staging.clone());
+        tokio::task::spawn_blocking(move || untar(&a, &st))
+            .await
+            .map_err(|e| StepError::build(format!("unpacking failed: {e}")))??
+    };
+    // Links are judged again where they ended up (a top directory unwrapped makes a
+    // link one level higher; a link through another link goes where that one goes).
+    let (a, r) = (artifact.to_path_buf(), root.clone());
+    tokio::task::spawn_blocking(move || check_tree(&a, &r, false))
         .await
-        .map_err(|e| StepError::build(format!("unpacking failed: {e}")))?
+        .map_err(|e| StepError::build(format!("checking the release failed: {e}")))??;
+    crate::engine::secure_fs::Dir::open(&root)
+        .and_then(|d| d.make_private_tree(owner))
+        .map_err(|e| StepError::build(format!("cannot make the release private to its user: {e}")))?;
+    std::fs::rename(&root, dest).map_err(|e| StepError::build(format!("cannot move the release into place: {e}")))?;
+    if root != staging {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    Ok(())
 }
 
 fn refused(artifact: &Path, why: String) -> StepError {
@@ -151,35 +177,83 @@ fn check_link(artifact: &Path, at: &Path, target: &Path) -> Result<(), StepError
     Ok(())
 }
 
-/// Checks a release directory before it is copied: the same rules as an archive's.
-fn check_tree(root: &Path) -> Result<(), StepError> {
+/// Checks a release tree (`artifact` names it in messages): every link relative, not at
+/// the top, and resolving — step by step through the tree as it is, following any link
+/// on the way — to a place inside the release; only files, directories and links; the
+/// caps.
+/// (`on_disk`: the release directory itself, which must not be writable by every user;
+/// an unpacked archive's modes are the archive's word only, and made private anyway.)
+fn check_tree(artifact: &Path, root: &Path, on_disk: bool) -> Result<(), StepError> {
     let mut tally = Tally::default();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
-        let rd = std::fs::read_dir(&dir).map_err(|e| refused(root, format!("cannot read {}: {e}", dir.display())))?;
+        let rd =
+            std::fs::read_dir(&dir).map_err(|e| refused(artifact, format!("cannot read {}: {e}", dir.display())))?;
         for e in rd {
-            let e = e.map_err(|e| refused(root, format!("cannot read {}: {e}", dir.display())))?;
+            let e = e.map_err(|e| refused(artifact, format!("cannot read {}: {e}", dir.display())))?;
             let at = rel.join(e.file_name());
             let m = std::fs::symlink_metadata(e.path())
-                .map_err(|err| refused(root, format!("cannot inspect {}: {err}", at.display())))?;
-            tally.add(root, if m.is_file() { m.len() } else { 0 })?;
+                .map_err(|err| refused(artifact, format!("cannot inspect {}: {err}", at.display())))?;
+            tally.add(artifact, if m.is_file() { m.len() } else { 0 })?;
             let t = m.file_type();
+            if on_disk && !t.is_symlink() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o002 != 0 {
+                return Err(refused(artifact, format!("{} is writable by every user of this machine", at.display())));
+            }
             if t.is_symlink() {
                 let target = std::fs::read_link(e.path())
-                    .map_err(|err| refused(root, format!("cannot read the link {}: {err}", at.display())))?;
-                check_link(root, &at, &target)?;
+                    .map_err(|err| refused(artifact, format!("cannot read the link {}: {err}", at.display())))?;
+                check_link(artifact, &at, &target)?;
+                resolve_inside(artifact, root, &at, 0)?;
             } else if t.is_dir() {
                 stack.push(at);
             } else if !t.is_file() {
-                return Err(refused(root, format!("{} is neither a file, a directory nor a link", at.display())));
+                return Err(refused(artifact, format!("{} is neither a file, a directory nor a link", at.display())));
             }
         }
     }
     Ok(())
 }
 
-fn untar(artifact: &Path, dest: &Path) -> Result<(), StepError> {
+/// Follows the link at `at` (relative to `root`) component by component, through any
+/// further link on the way (at most 40, as the kernel allows), and refuses it if it
+/// ever steps above `root`. Returns where it leads, as components below `root`.
+fn resolve_inside(artifact: &Path, root: &Path, at: &Path, hops: u32) -> Result<Vec<std::ffi::OsString>, StepError> {
+    let escape = || refused(artifact, format!("{} is a symbolic link that leads outside the release", at.display()));
+    if hops > 40 {
+        return Err(refused(artifact, format!("{} is a symbolic link in a loop", at.display())));
+    }
+    let target = std::fs::read_link(root.join(at)).map_err(|_| escape())?;
+    if target.is_absolute() {
+        return Err(escape());
+    }
+    // Where the link sits, as components below the root.
+    let mut path: Vec<std::ffi::OsString> =
+        at.parent().into_iter().flat_map(|p| p.components()).map(|c| c.as_os_str().to_os_string()).collect();
+    for c in target.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if path.pop().is_none() {
+                    return Err(escape());
+                }
+            }
+            Component::Normal(n) => {
+                path.push(n.to_os_string());
+                let here: PathBuf = path.iter().collect();
+                if std::fs::symlink_metadata(root.join(&here)).is_ok_and(|m| m.file_type().is_symlink()) {
+                    path = resolve_inside(artifact, root, &here, hops + 1)?;
+                }
+            }
+            _ => return Err(escape()),
+        }
+    }
+    Ok(path)
+}
+
+/// Unpacks an archive into `staging` (private), checking every entry first; returns
+/// the release's root: the archive's single top directory, or `staging` itself.
+fn untar(artifact: &Path, staging: &Path) -> Result<PathBuf, StepError> {
     let err = |e: std::io::Error| StepError::build(format!("cannot unpack {}: {e}", artifact.display()));
     let open = || -> Result<tar::Archive<Box<dyn std::io::Read>>, StepError> {
         let file = std::fs::File::open(artifact).map_err(err)?;
@@ -190,8 +264,6 @@ fn untar(artifact: &Path, dest: &Path) -> Result<(), StepError> {
         };
         Ok(tar::Archive::new(reader))
     };
-    let staging = dest.with_extension("unpacking");
-    std::fs::create_dir(&staging).map_err(err)?;
     let mut archive = open()?;
     let mut tally = Tally::default();
     for entry in archive.entries().map_err(err)? {
@@ -225,21 +297,16 @@ fn untar(artifact: &Path, dest: &Path) -> Result<(), StepError> {
             }
         }
         // `unpack_in` refuses anything that would land outside the staging directory.
-        if !entry.unpack_in(&staging).map_err(err)? {
+        if !entry.unpack_in(staging).map_err(err)? {
             return Err(refused(artifact, format!("{} would land outside the release", path.display())));
         }
     }
     // A tarball with one top-level directory (`shop-v2/...`) is unwrapped — only a
     // real directory, never a link.
     let entries: Vec<PathBuf> =
-        std::fs::read_dir(&staging).map_err(err)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        std::fs::read_dir(staging).map_err(err)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     let single_dir = entries.len() == 1 && std::fs::symlink_metadata(&entries[0]).is_ok_and(|m| m.file_type().is_dir());
-    let root = if single_dir { entries[0].clone() } else { staging.clone() };
-    std::fs::rename(&root, dest).map_err(err)?;
-    if root != staging {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    Ok(())
+    Ok(if single_dir { entries[0].clone() } else { staging.to_path_buf() })
 }
 
 #[cfg(test)]
@@ -264,7 +331,8 @@ mod tests {
     }
 
     fn unpacked(dir: &Path, artifact: &Path) -> Result<(), String> {
-        untar(artifact, &dir.join("out")).map_err(|e| e.message)
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(unpack(artifact, &dir.join("out"), None, &Clock::new())).map_err(|e| e.message)
     }
 
     #[test]
@@ -303,6 +371,22 @@ mod tests {
             b.append_data(&mut header(tar::EntryType::Fifo, 0), "app/fifo", &b""[..]).unwrap();
         });
         assert!(unpacked(t.path(), &art).unwrap_err().contains("neither a file"));
+        // Unwrapping the top directory would make `x/up -> ..` a link to the run's own
+        // directory, one level above the release.
+        let t = tempfile::tempdir().unwrap();
+        let art = tarball(t.path(), |b| {
+            b.append_data(&mut header(tar::EntryType::Regular, 2), "x/run.sh", &b"ok"[..]).unwrap();
+            b.append_link(&mut header(tar::EntryType::Symlink, 0), "x/up", "..").unwrap();
+        });
+        assert!(unpacked(t.path(), &art).unwrap_err().contains("top of the release"));
+        // A link through another link: each looks inside on its own.
+        let t = tempfile::tempdir().unwrap();
+        let art = tarball(t.path(), |b| {
+            b.append_data(&mut header(tar::EntryType::Regular, 2), "r/a/b/f", &b"ok"[..]).unwrap();
+            b.append_link(&mut header(tar::EntryType::Symlink, 0), "r/a/b/l", "../..").unwrap();
+            b.append_link(&mut header(tar::EntryType::Symlink, 0), "r/a/root", "b/l/../../../..").unwrap();
+        });
+        assert!(unpacked(t.path(), &art).unwrap_err().contains("outside the release"));
         let mut tally = Tally { entries: MAX_ENTRIES, bytes: 0 };
         assert!(tally.add(Path::new("a"), 0).unwrap_err().message.contains("more than"));
         let mut tally = Tally::default();
@@ -317,11 +401,11 @@ mod tests {
         std::fs::write(root.join("app/run.sh"), "ok").unwrap();
         // app/x -> ../run.sh leaves app/ but stays inside the release: allowed.
         std::os::unix::fs::symlink("../run.sh", root.join("app/x")).unwrap();
-        check_tree(&root).unwrap();
+        check_tree(&root, &root, true).unwrap();
         std::os::unix::fs::symlink("../../secret", root.join("app/y")).unwrap();
-        assert!(check_tree(&root).unwrap_err().message.contains("outside the release"));
+        assert!(check_tree(&root, &root, true).unwrap_err().message.contains("outside the release"));
         std::fs::remove_file(root.join("app/y")).unwrap();
         std::os::unix::fs::symlink("app", root.join("top")).unwrap();
-        assert!(check_tree(&root).unwrap_err().message.contains("top of the release"));
+        assert!(check_tree(&root, &root, true).unwrap_err().message.contains("top of the release"));
     }
 }

@@ -21,8 +21,8 @@ static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 pub const MASK: &str = "***";
 
 /// Shorter strings are not treated as secrets: redacting a 3-letter password would
-/// garble every log it happens to occur in (and such a password protects nothing).
-const MIN_LEN: usize = 6;
+/// garble every log it happens to occur in. Descriptions may not carry a shorter one.
+pub const MIN_LEN: usize = 4;
 
 /// Registers a secret for redaction.
 pub fn register(secret: &str) {
