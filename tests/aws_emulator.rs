@@ -405,6 +405,20 @@ fn kept_environment_is_removed_by_down_from_its_journal_or_by_tag_without_it() {
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         let id = sb.run_ids().pop().unwrap();
         assert!(!rehearse_leftovers(&rt, &ec2, &rds, &id).is_empty());
+        // The run's group lets in TCP to the copy's and the services' ports only.
+        let groups = rt.block_on(ec2.describe_security_groups().send()).unwrap();
+        let group = groups
+            .security_groups()
+            .iter()
+            .find(|g| g.group_name() == Some(&format!("rehearse-{id}")))
+            .expect("the run's security group");
+        let mut rules: Vec<String> = group
+            .ip_permissions()
+            .iter()
+            .map(|p| format!("{}:{:?}-{:?}", p.ip_protocol().unwrap_or_default(), p.from_port(), p.to_port()))
+            .collect();
+        rules.sort();
+        assert_eq!(rules, ["tcp:Some(5432)-Some(5432)", "tcp:Some(8080)-Some(8080)"], "{group:?}");
         let mut down = emu.rehearse(&sb);
         down.args(["down", &id]);
         if lose_journal {
@@ -447,16 +461,50 @@ fn sweep_removes_expired_rehearse_resources_only() {
         .to_string()
     };
     let expired = make(
-        "old-run",
+        "rehearse-r-20261124-000000-aaaaaa",
         vec![
             ("rehearse:run-id", "r-20261124-000000-aaaaaa"),
+            ("rehearse:resource", "network.security-group"),
             ("rehearse:expires-at", &past),
             ("rehearse:environment", "shop"),
         ],
     );
-    let running =
-        make("new-run", vec![("rehearse:run-id", "r-20261125-000000-bbbbbb"), ("rehearse:expires-at", &future)]);
+    let running = make(
+        "rehearse-r-20261125-000000-bbbbbb",
+        vec![
+            ("rehearse:run-id", "r-20261125-000000-bbbbbb"),
+            ("rehearse:resource", "network.security-group"),
+            ("rehearse:expires-at", &future),
+        ],
+    );
     let untagged = make("someone-elses", vec![("rehearse:expires-at", &past)]);
+    // Carries rehearse's tags (someone copied them, or a script tagged production), but
+    // not the name rehearse gives its groups: never swept.
+    let lookalike = make(
+        "prod-web",
+        vec![
+            ("rehearse:run-id", "r-20261124-000000-cccccc"),
+            ("rehearse:resource", "network.security-group"),
+            ("rehearse:expires-at", &past),
+        ],
+    );
+    // Named and tagged like a copy, but deletion-protected: never swept either.
+    let rds_tag = |k: &str, v: &str| aws_sdk_rds::types::Tag::builder().key(k).value(v).build();
+    rt.block_on(
+        rds.create_db_instance()
+            .db_instance_identifier("rh-20261124000000dddddd-db")
+            .db_instance_class("db.t3.micro")
+            .engine("postgres")
+            .master_username("postgres")
+            .master_user_password("not-a-secret-of-anyone")
+            .allocated_storage(20)
+            .deletion_protection(true)
+            .tags(rds_tag("rehearse:run-id", "r-20261124-000000-dddddd"))
+            .tags(rds_tag("rehearse:resource", "database.db"))
+            .tags(rds_tag("rehearse:expires-at", &past))
+            .send(),
+    )
+    .unwrap();
     let before = production_state(&rt, &ec2, &rds);
 
     let sb = Sandbox::new();
@@ -464,6 +512,9 @@ fn sweep_removes_expired_rehearse_resources_only() {
     let text = String::from_utf8_lossy(&dry.stdout);
     assert_eq!(dry.status.code(), Some(0));
     assert!(text.contains(&expired) && !text.contains(&running) && !text.contains(&untagged), "{text}");
+    assert!(text.contains(&format!("not sweeping aws.ec2.security-group {lookalike}")), "{text}");
+    assert!(text.contains("not sweeping aws.rds.db-instance rh-20261124000000dddddd-db"), "{text}");
+    assert!(text.contains("deletion protection is on"), "{text}");
     let other_env =
         emu.rehearse(&sb).args(["sweep", "--region", REGION, "--environment", "other", "--yes"]).output().unwrap();
     assert!(String::from_utf8_lossy(&other_env.stdout).contains("nothing to sweep"));
@@ -479,6 +530,10 @@ fn sweep_removes_expired_rehearse_resources_only() {
         .collect();
     assert!(!groups.contains(&expired), "the expired group is gone");
     assert!(groups.contains(&running) && groups.contains(&untagged), "unexpired and untagged groups stay");
+    assert!(groups.contains(&lookalike), "a group with rehearse's tags but not its name stays");
+    let protected =
+        rt.block_on(rds.describe_db_instances().db_instance_identifier("rh-20261124000000dddddd-db").send());
+    assert!(protected.is_ok_and(|o| !o.db_instances().is_empty()), "a deletion-protected copy stays");
     let after: Vec<String> = production_state(&rt, &ec2, &rds).into_iter().filter(|l| !l.contains("old-run")).collect();
     let before: Vec<String> = before.into_iter().filter(|l| !l.contains("old-run")).collect();
     assert_eq!(before, after, "production changed");

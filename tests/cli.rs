@@ -133,7 +133,11 @@ fn plan_text_reads_like_terraform() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("+ network.security-group"), "{text}");
     assert!(text.contains("newest available snapshot of RDS instance shop-prod-db (read-only)"), "{text}");
-    assert!(text.contains("Plan: 6 resources to create, 2 suites to run, estimated $"), "{text}");
+    assert!(text.contains("Plan: 8 resources to create, 2 suites to run, estimated $"), "{text}");
+    // The copies' port opens only after the copies exist (and are secured).
+    let ingress = text.find("+ network.ingress.databases").expect("the databases' ingress is planned");
+    assert!(text.find("+ database.db").unwrap() < ingress, "{text}");
+    assert!(text.contains("depends on: network.security-group, database.db\n"), "{text}");
     assert!(text.contains("REHEARSE_RELEASE=v2"), "user-data is rendered:\n{text}");
 }
 
@@ -205,4 +209,28 @@ fn help_lists_exit_codes_and_completions_and_man_page_render() {
 fn unknown_subcommand_is_a_usage_error() {
     let out = rehearse(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A public CIDR is accepted only when the description says so, and the plan says
+/// what it means.
+#[test]
+fn a_public_cidr_needs_allow_public_and_the_plan_warns_about_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("environments/shop-aws.yaml"))
+        .unwrap()
+        .replace("../", &format!("{}/", root().display()))
+        .replace("allow_cidrs: [10.20.0.0/16]", "allow_cidrs: [10.20.0.0/16, 203.0.113.0/24]");
+    assert!(text.contains("203.0.113.0/24"), "the example's allow_cidrs line changed");
+    let refused = dir.path().join("public.yaml");
+    std::fs::write(&refused, &text).unwrap();
+    let out = rehearse(&["validate", refused.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`203.0.113.0/24` is not a private range"));
+    let allowed = dir.path().join("allowed.yaml");
+    std::fs::write(&allowed, text.replace("  allow_cidrs:", "  allow_public: true\n  allow_cidrs:")).unwrap();
+    let out = rehearse(&["plan", allowed.to_str().unwrap(), "--release", "v2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("warning: 203.0.113.0/24 is not a private range"), "{stdout}");
+    assert!(!stdout.contains("warning: 10.20.0.0/16"), "{stdout}");
 }

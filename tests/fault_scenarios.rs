@@ -159,7 +159,9 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             return Err(format!("left behind: {left:?} (down complete: {complete})"));
         }
         if !violations.is_empty() {
-            return Err(format!("mutating calls on untagged resources: {violations:?}"));
+            return Err(format!(
+                "violations (a change to what the run does not own, or a copy exposed): {violations:?}"
+            ));
         }
         if cloud.production() != production {
             return Err("production changed".into());

@@ -239,13 +239,23 @@ pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
         // The journal is gone: rebuild what the run's tags find.
         if let Some(region) = region {
             let provider = aws_provider(region).await;
-            let found = match provider.tagged().await {
+            let tagged = match provider.tagged().await {
                 Ok(all) => all.into_iter().filter(|t| tag_value(&t.tags, TAG_RUN) == Some(run_id)).collect::<Vec<_>>(),
                 Err(e) => {
                     eprintln!("error: cannot list rehearse's resources in {region}: {e}");
                     return exit::BUILD_FAILED;
                 }
             };
+            // A tag is not enough: only what rehearse demonstrably made is removed.
+            let (found, doubtful): (Vec<_>, Vec<_>) = tagged.into_iter().partition(|t| t.evidence().is_ok());
+            for t in &doubtful {
+                eprintln!(
+                    "rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {}",
+                    t.kind,
+                    t.id,
+                    t.evidence().err().unwrap_or_default()
+                );
+            }
             if found.is_empty() {
                 eprintln!("rehearse: no journal and nothing tagged {TAG_RUN}={run_id} in {region}: nothing to remove");
                 return exit::PASSED;
@@ -638,12 +648,23 @@ async fn sweep_aws(region: &str, yes: bool, min_age: Option<chrono::Duration>, e
     let time = |t: &[crate::providers::aws::api::Tag], k: &str| {
         tag_value(t, k).and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok()).map(|d| d.with_timezone(&Utc))
     };
-    let expired: Vec<_> = all
+    let matching: Vec<_> = all
         .into_iter()
         .filter(|t| time(&t.tags, TAG_EXPIRES).is_some_and(|e| e <= now))
         .filter(|t| min_age.is_none_or(|age| time(&t.tags, TAG_CREATED).is_some_and(|c| now - c >= age)))
         .filter(|t| environment.is_none_or(|e| tag_value(&t.tags, TAG_ENV) == Some(e)))
         .collect();
+    // Tags anyone may set are not enough: only what carries rehearse's own names (and
+    // no deletion protection) is swept; the rest is listed, never touched.
+    let (expired, doubtful): (Vec<_>, Vec<_>) = matching.into_iter().partition(|t| t.evidence().is_ok());
+    for t in &doubtful {
+        println!(
+            "not sweeping {} {}: it carries rehearse's tags, but {}",
+            t.kind,
+            t.id,
+            t.evidence().err().unwrap_or_default()
+        );
+    }
     if expired.is_empty() {
         println!("nothing to sweep: no expired rehearse resource in {region}");
         return exit::PASSED;

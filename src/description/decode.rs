@@ -405,7 +405,8 @@ impl Decoder {
     }
 
     fn network(&mut self, node: &Node) -> Option<Network> {
-        let mut obj = self.obj("network", node, "a mapping with `vpc`, `subnets`, `allow_cidrs`")?;
+        let mut obj =
+            self.obj("network", node, "a mapping with `vpc`, `subnets`, `allow_cidrs` and optionally `allow_public`")?;
         let vpc = self.req_string(&mut obj, "vpc", "the VPC id, e.g. `vpc-0a1b2c3d4e5f60718`");
         if let Some(v) = &vpc {
             if !is_aws_id(v, "vpc-") {
@@ -434,6 +435,17 @@ impl Decoder {
             Some(n) => self.string_list("network.allow_cidrs", n),
             None => Vec::new(),
         };
+        let allow_public = match self.get(&mut obj, "allow_public") {
+            Some(n) => match n.value {
+                Value::Bool(b) => b,
+                _ => {
+                    let kind = n.value.kind();
+                    self.err(n.pos, format!("`network.allow_public` must be true or false, found {kind}"));
+                    false
+                }
+            },
+            None => false,
+        };
         for (i, c) in allow_cidrs.iter().enumerate() {
             let pos = self.positions.get(&format!("network.allow_cidrs[{i}]"));
             match c.parse::<ipnet::IpNet>() {
@@ -449,11 +461,26 @@ impl Decoder {
                     self.err(pos, format!("`{c}` has host bits set")).help =
                         Some(format!("did you mean `{}`?", net.trunc()));
                 }
+                Ok(net) if !allow_public && !super::is_private_net(&net) => {
+                    let d = self.err(
+                        pos,
+                        format!(
+                            "`{c}` is not a private range: the copy of production would be reachable from the internet"
+                        ),
+                    );
+                    d.expected =
+                        Some("a range inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10".into());
+                    d.help = Some(
+                        "if the copy must be reachable from it (an office's public address), say so with \
+                         `allow_public: true` under `network`"
+                            .into(),
+                    );
+                }
                 Ok(_) => {}
             }
         }
         self.finish(obj);
-        Some(Network { vpc: vpc?, subnets, allow_cidrs })
+        Some(Network { vpc: vpc?, subnets, allow_cidrs, allow_public })
     }
 
     fn release(&mut self, node: &Node) -> Option<Release> {

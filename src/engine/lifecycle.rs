@@ -133,6 +133,9 @@ pub async fn run<P: Provider>(
         opts.release,
         d.provider.as_str()
     )));
+    for w in &plan.warnings {
+        reporter.event(Event::Note(format!("warning: {w}")));
+    }
 
     // The run's own corner of the work directory: the local copy, the release, the
     // suites' scratch directories, the HOME of the release's user.

@@ -13,6 +13,10 @@ use crate::description::{format_duration, DatabaseSource, Loaded, ProviderKind, 
 /// incompatible change. Documented in README.md.
 pub const PLAN_SCHEMA_VERSION: u32 = 1;
 
+/// The ingress rules of the copies' ports and of the services' ports (aws).
+pub const DB_INGRESS: &str = "network.ingress.databases";
+pub const SERVICE_INGRESS: &str = "network.ingress.services";
+
 /// What a run id looks like before a run assigns one.
 pub const RUN_ID_PLACEHOLDER: &str = "(assigned at run)";
 
@@ -33,6 +37,9 @@ pub struct Plan {
     pub resources: Vec<Resource>,
     /// Sum of the known hourly prices; `null` when no resource has a known price.
     pub estimated_cost_per_hour_usd: Option<f64>,
+    /// What the description allows that deserves a second look (public CIDRs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -73,6 +80,10 @@ pub enum Kind {
     AwsDbCluster,
     #[serde(rename = "aws.ec2.instance")]
     AwsInstance,
+    /// Ingress rules of the run's security group: TCP to the copies' or the services'
+    /// ports from `allow_cidrs` and the group itself.
+    #[serde(rename = "aws.ec2.ingress")]
+    AwsIngress,
     #[serde(rename = "local.postgres")]
     LocalPostgres,
     #[serde(rename = "local.release")]
@@ -93,6 +104,7 @@ impl Kind {
             Kind::AwsDbInstance => "aws.rds.db-instance",
             Kind::AwsDbCluster => "aws.rds.db-cluster",
             Kind::AwsInstance => "aws.ec2.instance",
+            Kind::AwsIngress => "aws.ec2.ingress",
             Kind::LocalPostgres => "local.postgres",
             Kind::LocalRelease => "local.release",
             Kind::LocalInstall => "local.install",
@@ -164,9 +176,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
             let net = d.network.as_ref().expect("validated: aws has a network");
             let mut sg = new("network.security-group".into(), Kind::AwsSecurityGroup, "security-group");
             sg.attributes.insert("vpc_id".into(), json!(net.vpc));
-            let mut ingress: Vec<String> = net.allow_cidrs.clone();
-            ingress.push("self".into());
-            sg.attributes.insert("ingress_from".into(), json!(ingress));
+            sg.attributes.insert("ingress".into(), json!("none until opened below"));
             sg.attributes.insert("egress".into(), json!("all"));
             resources.push(sg);
             let mut ids = vec!["network.security-group".to_string()];
@@ -250,6 +260,32 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         db_ids.insert(name, vec![format!("database.{name}")]);
     }
 
+    // On AWS the run's group opens only TCP, only to what is needed, and the copies'
+    // port only once every copy has the run's own password: before that, a copy still
+    // has production's master password.
+    let mut ingress_from: Vec<String> = d.network.as_ref().map(|n| n.allow_cidrs.clone()).unwrap_or_default();
+    ingress_from.push("self".into());
+    let db_ingress = (d.provider == ProviderKind::Aws && !d.databases.is_empty()).then(|| {
+        let mut r = new(DB_INGRESS.into(), Kind::AwsIngress, "databases");
+        r.depends_on = vec!["network.security-group".into()];
+        r.depends_on.extend(db_ids.values().flatten().cloned());
+        r.attributes.insert("protocol".into(), json!("tcp"));
+        r.attributes.insert("ports".into(), json!("each copy's port, once its password is rotated"));
+        r.attributes.insert("from".into(), json!(ingress_from));
+        resources.push(r);
+        DB_INGRESS.to_string()
+    });
+    let service_ports: BTreeSet<u16> = d.services.values().filter_map(|s| s.port).collect();
+    let service_ingress = (d.provider == ProviderKind::Aws && !service_ports.is_empty()).then(|| {
+        let mut r = new(SERVICE_INGRESS.into(), Kind::AwsIngress, "services");
+        r.depends_on = vec!["network.security-group".into()];
+        r.attributes.insert("protocol".into(), json!("tcp"));
+        r.attributes.insert("ports".into(), json!(service_ports));
+        r.attributes.insert("from".into(), json!(ingress_from));
+        resources.push(r);
+        SERVICE_INGRESS.to_string()
+    });
+
     if d.provider == ProviderKind::Local && !d.services.is_empty() {
         let mut rel = new("release".into(), Kind::LocalRelease, "release");
         rel.attributes
@@ -288,6 +324,14 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     let mut r = new(id.clone(), Kind::AwsInstance, &name);
                     r.depends_on = network_ids.iter().filter(|n| n.ends_with("security-group")).cloned().collect();
                     r.depends_on.extend(dep_ids.iter().cloned());
+                    // A service that uses a copy reaches it once its port is open; one
+                    // with a port is checked (and used by the suites) once that is.
+                    if dep_ids.iter().any(|i| i.starts_with("database.")) {
+                        r.depends_on.extend(db_ingress.iter().cloned());
+                    }
+                    if s.port.is_some() {
+                        r.depends_on.extend(service_ingress.iter().cloned());
+                    }
                     let itype = s.instance_type.clone().unwrap_or_default();
                     r.attributes.insert("image_id".into(), json!(s.image));
                     r.attributes.insert("instance_type".into(), json!(itype));
@@ -404,6 +448,18 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         tags,
         resources,
         estimated_cost_per_hour_usd: cost,
+        warnings: d
+            .network
+            .iter()
+            .flat_map(|n| n.allow_cidrs.iter())
+            .filter(|c| c.parse::<ipnet::IpNet>().is_ok_and(|n| !crate::description::is_private_net(&n)))
+            .map(|c| {
+                format!(
+                    "{c} is not a private range: the copies' and the services' ports are open to it \
+                     (network.allow_public: true)"
+                )
+            })
+            .collect(),
     })
 }
 

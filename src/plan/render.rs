@@ -21,6 +21,9 @@ pub fn text(plan: &Plan, color: bool) -> String {
         "  every resource is tagged with the run's id and expires {} after the run starts; destroy: {}",
         plan.ttl, plan.destroy
     );
+    for w in &plan.warnings {
+        let _ = writeln!(out, "  {bold}warning:{reset} {w}");
+    }
     let _ = writeln!(out);
     let width = plan.resources.iter().map(|r| r.id.len()).max().unwrap_or(0);
     for r in plan.resources.iter() {

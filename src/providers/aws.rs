@@ -84,6 +84,47 @@ pub struct AwsProvider<A> {
     work_root: std::path::PathBuf,
 }
 
+/// The names rehearse creates things under, derived from the run id: what `sweep`
+/// checks a tagged resource against.
+impl<A> AwsProvider<A> {
+    /// An RDS identifier for a run's resource: a letter first, then lowercase letters,
+    /// digits and single hyphens, ≤ 63 characters, unique per run and name. A name that
+    /// had to be changed to fit (`a_b` and `a-b` would both become `a-b`; a long one is
+    /// cut) gets a hash of the original, so two names never share an identifier.
+    pub(crate) fn rds_id(run_id: &str, name: &str) -> String {
+        let suffix = run_id.trim_start_matches("r-").replace('-', "");
+        let raw = format!("rh-{suffix}-{name}");
+        let mut id = String::new();
+        for c in raw.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }) {
+            if !(c == '-' && id.ends_with('-')) {
+                id.push(c);
+            }
+        }
+        let mut id = id.trim_end_matches('-').to_string();
+        if id != raw || id.len() > 63 {
+            id.truncate(54);
+            id = format!("{}-{:08x}", id.trim_end_matches('-'), fnv1a(&raw) as u32);
+        }
+        id
+    }
+
+    /// The name of the run's security group and DB subnet group.
+    pub(crate) fn group_name(run_id: &str) -> String {
+        format!("rehearse-{run_id}")
+    }
+
+    /// `RunInstances`' client token for a run's instance: ≤ 64 ASCII characters, unique
+    /// per run and instance (a long one is cut and given a hash of the whole, so that
+    /// `service.<long name>.0` and `.1` never share a token).
+    pub(crate) fn client_token(run_id: &str, res_id: &str) -> String {
+        let full = format!("{run_id}-{res_id}");
+        if full.len() <= 64 {
+            return full;
+        }
+        format!("{}-{:016x}", &full[..47], fnv1a(&full))
+    }
+}
+
 impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     pub fn new(api: A, min_poll: Duration, max_poll: Duration) -> Self {
         AwsProvider {
@@ -149,43 +190,6 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         tags.into_iter().map(|(key, value)| Tag { key, value }).collect()
     }
 
-    /// An RDS identifier for a run's resource: a letter first, then lowercase letters,
-    /// digits and single hyphens, ≤ 63 characters, unique per run and name. A name that
-    /// had to be changed to fit (`a_b` and `a-b` would both become `a-b`; a long one is
-    /// cut) gets a hash of the original, so two names never share an identifier.
-    fn rds_id(run_id: &str, name: &str) -> String {
-        let suffix = run_id.trim_start_matches("r-").replace('-', "");
-        let raw = format!("rh-{suffix}-{name}");
-        let mut id = String::new();
-        for c in raw.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }) {
-            if !(c == '-' && id.ends_with('-')) {
-                id.push(c);
-            }
-        }
-        let mut id = id.trim_end_matches('-').to_string();
-        if id != raw || id.len() > 63 {
-            id.truncate(54);
-            id = format!("{}-{:08x}", id.trim_end_matches('-'), fnv1a(&raw) as u32);
-        }
-        id
-    }
-
-    /// The name of the run's security group and DB subnet group.
-    fn group_name(run_id: &str) -> String {
-        format!("rehearse-{run_id}")
-    }
-
-    /// `RunInstances`' client token for a run's instance: ≤ 64 ASCII characters, unique
-    /// per run and instance (a long one is cut and given a hash of the whole, so that
-    /// `service.<long name>.0` and `.1` never share a token).
-    fn client_token(run_id: &str, res_id: &str) -> String {
-        let full = format!("{run_id}-{res_id}");
-        if full.len() <= 64 {
-            return full;
-        }
-        format!("{}-{:016x}", &full[..47], fnv1a(&full))
-    }
-
     /// What makes a create idempotent — the name it creates under, or the client
     /// token — journaled with the intent, so `down` can look the resource up by it.
     fn create_key(res: &Resource, run_id: &str) -> Option<String> {
@@ -200,7 +204,6 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
 
     async fn security_group(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let vpc = res.attributes.get("vpc_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let cidrs: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.allow_cidrs.clone()).unwrap_or_default();
         let name = Self::group_name(&ctx.run.run_id);
         let t = ctx.started(res, "create", None);
         let id = self
@@ -217,11 +220,40 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             })?;
         ctx.record(res, json!({"group_id": id}))?;
         self.remember(&res.id, &id);
-        self.api
-            .authorize_ingress(&id, &cidrs)
-            .await
-            .map_err(|e| StepError::build(format!("cannot open security group {id} to {cidrs:?}: {e}")))?;
+        // No ingress yet: the rules come per port, the copies' only once they are secured.
         ctx.step(res, "create", t, true, Some(id));
+        Ok(Output::Nothing)
+    }
+
+    /// Opens the run's group: TCP to the services' ports, or to every copy's port (by
+    /// then each copy is private and has the run's own password), from `allow_cidrs`
+    /// and from the group itself.
+    async fn ingress(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let sg = self.id_of("network.security-group")?;
+        let cidrs: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.allow_cidrs.clone()).unwrap_or_default();
+        let mut ports: Vec<u16> = if res.id == crate::plan::DB_INGRESS {
+            ctx.tctx
+                .get("databases")
+                .and_then(|d| d.as_object())
+                .into_iter()
+                .flat_map(|dbs| dbs.values())
+                .filter_map(|d| d.get("port")?.as_str()?.parse().ok())
+                .collect()
+        } else {
+            res.attributes.get("ports").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default()
+        };
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.is_empty() {
+            return Err(StepError::build(format!("{}: no port to open", res.id)));
+        }
+        let shown = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        let t = ctx.started(res, "authorize", Some(format!("tcp {shown}")));
+        self.api.authorize_ingress(&sg, &cidrs, &ports).await.map_err(|e| {
+            StepError::build(format!("cannot open tcp {shown} of security group {sg} to {cidrs:?} and itself: {e}"))
+        })?;
+        ctx.record(res, json!({"group_id": sg, "ports": ports}))?;
+        ctx.step(res, "authorize", t, true, Some(format!("tcp {shown} from {} and the group", cidrs.join(", "))));
         Ok(Output::Nothing)
     }
 
@@ -776,7 +808,46 @@ pub struct Tagged {
     /// Plan kind (`aws.ec2.instance`, ...), which decides the teardown order.
     pub kind: &'static str,
     pub id: String,
+    /// The name it was created under: a group's name, an RDS identifier, an
+    /// instance's client token (empty when it has none).
+    pub name: String,
+    /// Deletion protection is on (RDS).
+    pub protected: bool,
     pub tags: Vec<Tag>,
+}
+
+impl Tagged {
+    /// Evidence that rehearse made this, beyond tags anyone with tagging rights could
+    /// set: the run id in the tags has rehearse's shape, and the resource's name is the
+    /// one rehearse derives from that run id and the tagged plan id (its security group
+    /// and subnet group name, its RDS identifier, its instances' client token). And
+    /// deletion protection is off: rehearse never leaves a copy protected.
+    pub fn evidence(&self) -> Result<(), String> {
+        let run = tag_value(&self.tags, TAG_RUN).unwrap_or_default();
+        let res = tag_value(&self.tags, TAG_RESOURCE).unwrap_or_default();
+        if !crate::engine::state::valid_run_id(run) || res.is_empty() {
+            return Err(format!("its tags {TAG_RUN}={run:?} / {TAG_RESOURCE}={res:?} are not rehearse's"));
+        }
+        if self.protected {
+            return Err("deletion protection is on (rehearse never leaves a copy protected)".into());
+        }
+        type P = AwsProvider<()>;
+        let expected = match self.kind {
+            "aws.ec2.instance" => P::client_token(run, res),
+            "aws.rds.db-instance" => P::rds_id(run, res.strip_prefix("database.").unwrap_or(res)),
+            "aws.rds.db-cluster" => {
+                let name = res.strip_prefix("database.").and_then(|r| r.strip_suffix(".cluster")).unwrap_or(res);
+                P::rds_id(run, &format!("{name}-cluster"))
+            }
+            "aws.rds.db-subnet-group" | "aws.ec2.security-group" => P::group_name(run),
+            other => return Err(format!("rehearse does not make a {other}")),
+        };
+        if self.name == expected {
+            Ok(())
+        } else {
+            Err(format!("its name {:?} is not the one rehearse gives it ({expected:?})", self.name))
+        }
+    }
 }
 
 /// The order tagged resources are removed in: users before what they use.
@@ -796,17 +867,20 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         let mut out = Vec::new();
         for i in self.api.instances_tagged(TAG_RUN).await.map_err(e)? {
             if i.state != "terminated" && has(&i.tags) {
-                out.push(Tagged { kind: "aws.ec2.instance", id: i.id, tags: i.tags });
+                let name = i.client_token.clone().unwrap_or_default();
+                out.push(Tagged { kind: "aws.ec2.instance", id: i.id, name, protected: false, tags: i.tags });
             }
         }
         for d in self.api.db_instances_all().await.map_err(e)? {
             if has(&d.tags) {
-                out.push(Tagged { kind: "aws.rds.db-instance", id: d.id, tags: d.tags });
+                let (name, protected) = (d.id.clone(), d.deletion_protection);
+                out.push(Tagged { kind: "aws.rds.db-instance", id: d.id, name, protected, tags: d.tags });
             }
         }
         for c in self.api.db_clusters_all().await.map_err(e)? {
             if has(&c.tags) {
-                out.push(Tagged { kind: "aws.rds.db-cluster", id: c.id, tags: c.tags });
+                let (name, protected) = (c.id.clone(), c.deletion_protection);
+                out.push(Tagged { kind: "aws.rds.db-cluster", id: c.id, name, protected, tags: c.tags });
             }
         }
         for g in self.api.db_subnet_groups_all().await.map_err(e)? {
@@ -814,14 +888,16 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             if g.name.starts_with("rehearse-") {
                 if let Some(tags) = self.api.db_subnet_group_tags(&g.name).await.map_err(e)? {
                     if has(&tags) {
-                        out.push(Tagged { kind: "aws.rds.db-subnet-group", id: g.name, tags });
+                        let name = g.name.clone();
+                        out.push(Tagged { kind: "aws.rds.db-subnet-group", id: g.name, name, protected: false, tags });
                     }
                 }
             }
         }
         for g in self.api.security_groups_tagged(TAG_RUN).await.map_err(e)? {
             if has(&g.tags) {
-                out.push(Tagged { kind: "aws.ec2.security-group", id: g.id, tags: g.tags });
+                let name = g.name.clone();
+                out.push(Tagged { kind: "aws.ec2.security-group", id: g.id, name, protected: false, tags: g.tags });
             }
         }
         out.sort_by_key(|t| TEARDOWN_ORDER.iter().position(|k| *k == t.kind));
@@ -974,6 +1050,7 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
             Kind::AwsDbCluster => self.cluster(res, ctx).await,
             Kind::AwsDbInstance => self.database(res, ctx).await,
             Kind::AwsInstance => self.instance(res, ctx).await,
+            Kind::AwsIngress => self.ingress(res, ctx).await,
             other => Err(StepError::build(format!("the aws provider cannot create `{}`", other.as_str()))),
         }
     }
@@ -990,6 +1067,10 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
                 }
                 None => Ok(()),
             };
+        }
+        if entry.kind == "aws.ec2.ingress" {
+            // Rules live and die with their group.
+            return Ok(());
         }
         let guard = Guard { run_id: meta.run_id.clone() };
         let id = match handle_id(entry) {
@@ -1012,7 +1093,7 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
         match kind {
             "aws.ec2.instance" | "aws.rds.db-instance" => Some(0),
             "aws.rds.db-cluster" => Some(1),
-            "aws.rds.db-subnet-group" | "aws.ec2.security-group" => Some(2),
+            "aws.rds.db-subnet-group" | "aws.ec2.security-group" | "aws.ec2.ingress" => Some(2),
             "local.workspace" => Some(3),
             _ => None,
         }
@@ -1184,6 +1265,36 @@ mod tests {
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         tokio::time::sleep(Duration::from_secs(600)).await;
         assert!(cloud.leftovers().is_empty(), "left running: {:?}", cloud.leftovers());
+    }
+
+    #[test]
+    fn sweep_wants_rehearses_own_names_not_just_its_tags() {
+        let tags = |res: &str| {
+            vec![Tag { key: TAG_RUN.into(), value: RUN.into() }, Tag { key: TAG_RESOURCE.into(), value: res.into() }]
+        };
+        let t = |kind: &'static str, name: String, res: &str, protected: bool| Tagged {
+            kind,
+            id: "x".into(),
+            name,
+            protected,
+            tags: tags(res),
+        };
+        let db = P::rds_id(RUN, "db");
+        assert!(t("aws.rds.db-instance", db.clone(), "database.db", false).evidence().is_ok());
+        assert!(t("aws.rds.db-instance", db.clone(), "database.db", true).evidence().is_err(), "protected");
+        assert!(t("aws.rds.db-instance", "shop-prod-db".into(), "database.db", false).evidence().is_err());
+        let cluster = P::rds_id(RUN, "db-cluster");
+        assert!(t("aws.rds.db-cluster", cluster, "database.db.cluster", false).evidence().is_ok());
+        let token = P::client_token(RUN, "service.web.0");
+        assert!(t("aws.ec2.instance", token, "service.web.0", false).evidence().is_ok());
+        assert!(t("aws.ec2.instance", String::new(), "service.web.0", false).evidence().is_err(), "no token");
+        let group = P::group_name(RUN);
+        assert!(t("aws.ec2.security-group", group.clone(), "network.security-group", false).evidence().is_ok());
+        assert!(t("aws.ec2.security-group", "prod-web".into(), "network.security-group", false).evidence().is_err());
+        // A run id that is not rehearse's shape is no evidence either.
+        let mut odd = t("aws.ec2.security-group", group, "network.security-group", false);
+        odd.tags[0].value = "prod".into();
+        assert!(odd.evidence().is_err());
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct Instance {
     pub private_ip: Option<String>,
     pub image_id: Option<String>,
     pub instance_type: Option<String>,
+    /// The client token it was launched with (rehearse's are derived from the run id).
+    pub client_token: Option<String>,
     pub tags: Vec<Tag>,
 }
 
@@ -182,8 +184,13 @@ pub trait Ec2Api: Send + Sync {
         vpc_id: &str,
         tags: &[Tag],
     ) -> impl Future<Output = ApiResult<String>> + Send;
-    /// All traffic from `cidrs` and from the group itself.
-    fn authorize_ingress(&self, group_id: &str, cidrs: &[String]) -> impl Future<Output = ApiResult<()>> + Send;
+    /// TCP to `ports` from `cidrs` and from the group itself.
+    fn authorize_ingress(
+        &self,
+        group_id: &str,
+        cidrs: &[String],
+        ports: &[u16],
+    ) -> impl Future<Output = ApiResult<()>> + Send;
     fn describe_security_groups(&self, ids: &[String]) -> impl Future<Output = ApiResult<Vec<SecurityGroup>>> + Send;
     /// Groups carrying `tag_key` (any value).
     fn security_groups_tagged(&self, tag_key: &str) -> impl Future<Output = ApiResult<Vec<SecurityGroup>>> + Send;

@@ -184,8 +184,10 @@ struct Res {
     name: String,
     /// A DB instance's Aurora cluster.
     cluster: Option<String>,
-    /// A security group's ingress rules were added.
-    authorized: bool,
+    /// A database's (or Aurora cluster's) master password was replaced by the run's.
+    rotated: bool,
+    /// A security group's ingress rules: the TCP ports opened.
+    authorized: std::collections::BTreeSet<u16>,
 }
 
 struct State {
@@ -241,7 +243,8 @@ impl FakeCloud {
             created: chrono::Utc::now() - chrono::Duration::days(2),
             name: String::new(),
             cluster: None,
-            authorized: true,
+            rotated: false,
+            authorized: [5432].into(),
         };
         res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
         res.insert("sg-prod".into(), Res { kind: "sg", name: "shop-prod".into(), ..base.clone() });
@@ -491,6 +494,36 @@ impl FakeCloud {
         }
     }
 
+    /// Opening the copies' port (5432, as the fake's databases listen) of the run's
+    /// group while one of its copies still has production's master password (not yet
+    /// rotated) is a violation: anyone allowed in could log in.
+    fn audit_ingress(&self, group_id: &str, ports: &[u16]) {
+        if !ports.contains(&5432) {
+            return;
+        }
+        let now = Instant::now();
+        let mut st = self.state.lock().expect("fake lock");
+        let Some(run) = st.res.get(group_id).and_then(|g| tag_value(&g.tags, "rehearse:run-id")).map(str::to_string)
+        else {
+            return;
+        };
+        let exposed: Vec<String> = st
+            .res
+            .iter()
+            .filter(|(_, r)| r.kind == "db" && tag_value(&r.tags, "rehearse:run-id") == Some(run.as_str()))
+            .filter(|(_, r)| r.gone_at.is_none_or(|g| g > now))
+            .filter(|(_, r)| {
+                let owner = r.cluster.as_ref().and_then(|c| st.res.get(c));
+                !owner.unwrap_or(r).rotated
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in exposed {
+            st.violations
+                .push(format!("AuthorizeSecurityGroupIngress on {group_id} while {id} has production's password"));
+        }
+    }
+
     fn new_id(&self, prefix: &str) -> String {
         let mut st = self.state.lock().expect("fake lock");
         st.next += 1;
@@ -527,7 +560,8 @@ impl FakeCloud {
                 created: chrono::Utc::now(),
                 name: name.into(),
                 cluster: None,
-                authorized: false,
+                rotated: false,
+                authorized: std::collections::BTreeSet::new(),
             },
         );
     }
@@ -618,6 +652,7 @@ impl FakeCloud {
             private_ip: Some("192.0.2.10".into()),
             image_id: None,
             instance_type: None,
+            client_token: (!r.name.is_empty()).then(|| r.name.clone()),
             tags: r.tags.clone(),
         }
     }
@@ -696,12 +731,15 @@ impl Ec2Api for FakeCloud {
         self.answer(&call, std::slice::from_ref(&id), id.clone()).await
     }
 
-    async fn authorize_ingress(&self, group_id: &str, _cidrs: &[String]) -> ApiResult<()> {
+    async fn authorize_ingress(&self, group_id: &str, _cidrs: &[String], ports: &[u16]) -> ApiResult<()> {
         let call = self.enter("AuthorizeSecurityGroupIngress", group_id, true)?;
         self.audit("AuthorizeSecurityGroupIngress", group_id);
+        self.audit_ingress(group_id, ports);
         match self.state.lock().expect("fake lock").res.get_mut(group_id) {
-            Some(r) if r.authorized => return Err(fail("InvalidPermission.Duplicate", ErrorKind::Refused)),
-            Some(r) => r.authorized = true,
+            Some(r) if ports.iter().any(|p| r.authorized.contains(p)) => {
+                return Err(fail("InvalidPermission.Duplicate", ErrorKind::Refused))
+            }
+            Some(r) => r.authorized.extend(ports.iter().copied()),
             None => return Err(fail("InvalidGroup.NotFound", ErrorKind::NotFound)),
         }
         self.leave(&call, ())
@@ -767,7 +805,7 @@ impl Ec2Api for FakeCloud {
                 st.drawn.push(("instance", "create", d));
                 d
             };
-            self.create(&id, "instance", &req.tags, boot, self.faults.invisible_for);
+            self.create_named(&id, &req.client_token, "instance", &req.tags, boot, self.faults.invisible_for);
             ids.push(id);
         }
         self.state.lock().expect("fake lock").tokens.insert(req.client_token.clone(), ids.clone());
@@ -945,7 +983,7 @@ impl RdsApi for FakeCloud {
         self.answer(&call, &[instance_id.to_string()], Self::db(instance_id, &d)).await
     }
 
-    async fn secure_db_instance(&self, id: &str, _password: Option<&str>) -> ApiResult<()> {
+    async fn secure_db_instance(&self, id: &str, password: Option<&str>) -> ApiResult<()> {
         let call = self.enter("ModifyDBInstance", id, true)?;
         self.audit("ModifyDBInstance", id);
         {
@@ -954,6 +992,7 @@ impl RdsApi for FakeCloud {
                 Some(r) => {
                     r.protected = false;
                     r.private = true;
+                    r.rotated |= password.is_some();
                 }
                 None => return Err(fail("DBInstanceNotFound", ErrorKind::NotFound)),
             }
@@ -965,7 +1004,10 @@ impl RdsApi for FakeCloud {
         let call = self.enter("ModifyDBCluster", id, true)?;
         self.audit("ModifyDBCluster", id);
         match self.state.lock().expect("fake lock").res.get_mut(id) {
-            Some(r) if r.kind == "cluster" => r.protected = false,
+            Some(r) if r.kind == "cluster" => {
+                r.protected = false;
+                r.rotated = true;
+            }
             _ => return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound)),
         }
         self.leave(&call, ())

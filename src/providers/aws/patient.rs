@@ -219,8 +219,9 @@ impl<A: Ec2Api> Ec2Api for Patient<A> {
         .await
     }
 
-    async fn authorize_ingress(&self, group_id: &str, cidrs: &[String]) -> ApiResult<()> {
-        match self.repeatable("AuthorizeSecurityGroupIngress", || self.inner.authorize_ingress(group_id, cidrs)).await {
+    async fn authorize_ingress(&self, group_id: &str, cidrs: &[String], ports: &[u16]) -> ApiResult<()> {
+        let call = || self.inner.authorize_ingress(group_id, cidrs, ports);
+        match self.repeatable("AuthorizeSecurityGroupIngress", call).await {
             // An earlier attempt added the rules: what was asked for holds.
             Err(e) if already_exists(&e) => Ok(()),
             other => other,
@@ -427,7 +428,7 @@ mod tests {
         async fn security_groups_tagged(&self, _: &str) -> ApiResult<Vec<SecurityGroup>> {
             Ok(Vec::new())
         }
-        async fn authorize_ingress(&self, _: &str, _: &[String]) -> ApiResult<()> {
+        async fn authorize_ingress(&self, _: &str, _: &[String], _: &[u16]) -> ApiResult<()> {
             unreachable!()
         }
         async fn describe_security_groups(&self, _: &[String]) -> ApiResult<Vec<SecurityGroup>> {

@@ -211,6 +211,7 @@ fn instance(i: &ec2t::Instance) -> Instance {
         private_ip: i.private_ip_address().map(str::to_string),
         image_id: i.image_id().map(str::to_string),
         instance_type: i.instance_type().map(|t| t.as_str().to_string()),
+        client_token: i.client_token().filter(|t| !t.is_empty()).map(str::to_string),
         tags: from_ec2_tags(i.tags()),
     }
 }
@@ -288,17 +289,26 @@ impl Ec2Api for Sdk {
         Ok(out.group_id().unwrap_or_default().to_string())
     }
 
-    async fn authorize_ingress(&self, group_id: &str, cidrs: &[String]) -> ApiResult<()> {
-        let mut perm = ec2t::IpPermission::builder()
-            .ip_protocol("-1")
-            .user_id_group_pairs(ec2t::UserIdGroupPair::builder().group_id(group_id).build());
-        for c in cidrs {
-            perm = perm.ip_ranges(ec2t::IpRange::builder().cidr_ip(c).description("rehearse: allowed in").build());
-        }
+    async fn authorize_ingress(&self, group_id: &str, cidrs: &[String], ports: &[u16]) -> ApiResult<()> {
+        let perms: Vec<ec2t::IpPermission> = ports
+            .iter()
+            .map(|p| {
+                let mut perm = ec2t::IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(i32::from(*p))
+                    .to_port(i32::from(*p))
+                    .user_id_group_pairs(ec2t::UserIdGroupPair::builder().group_id(group_id).build());
+                for c in cidrs {
+                    perm =
+                        perm.ip_ranges(ec2t::IpRange::builder().cidr_ip(c).description("rehearse: allowed in").build());
+                }
+                perm.build()
+            })
+            .collect();
         self.ec2
             .authorize_security_group_ingress()
             .group_id(group_id)
-            .ip_permissions(perm.build())
+            .set_ip_permissions(Some(perms))
             .send()
             .await
             .map_err(err)?;
