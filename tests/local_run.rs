@@ -536,3 +536,116 @@ fn second_signal_stops_teardown_and_lists_what_is_left() {
     assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
     assert_nothing_left(&sb, &id);
 }
+
+/// The terminal closing (SIGHUP) or a quit (SIGQUIT) tears down like SIGTERM: the copy
+/// of production never outlives the session that started it.
+#[test]
+fn sighup_and_sigquit_tear_down_like_sigterm() {
+    for sig in [1, 3] {
+        let sb = Sandbox::new();
+        let marker = sb.shared().join("suite-started");
+        let suite = format!(
+            "  s:\n    command: \"touch {} && sleep 60\"\n    timeout: 2m\n    results: exit-code\n",
+            marker.display()
+        );
+        let file = custom(&sb, "sh migrate.sh", &suite);
+        let (id, code, stderr) = interrupt_at(&sb, &file, &marker, sig);
+        assert_eq!(code, 130, "signal {sig}: {stderr}");
+        assert_eq!(sb.report(&id)["verdict"], "interrupted", "signal {sig}");
+        assert_eq!(sb.report(&id)["teardown"]["status"], "complete", "signal {sig}");
+        assert_nothing_left(&sb, &id);
+    }
+}
+
+/// A journal whose recorded PID now belongs to another process (the PID was reused
+/// after the run died) is not "still in progress": `list` says crashed and `down`
+/// removes the run.
+#[test]
+fn a_reused_pid_does_not_keep_a_dead_run_alive() {
+    let sb = Sandbox::new();
+    let (file, marker) = hanging_install(&sb);
+    let (id, _, _) = interrupt_at(&sb, &file, &marker, 9);
+    // Another process, alive, now under the PID the journal names (as if reused).
+    let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
+    let journal = sb.state().join("runs").join(&id).join("journal.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines[0]["pid"] = serde_json::json!(stranger.id());
+    // Its start time is not the stranger's (the run's process started earlier).
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", stranger.id())).unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().nth(19).unwrap().parse().unwrap();
+    lines[0]["pid_start"] = serde_json::json!(start - 1);
+    let rewritten: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&journal, rewritten).unwrap();
+
+    let list = sb.cmd().args(["list", "--format", "json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows[0]["status"], "crashed", "{rows}");
+    let down = sb.cmd().args(["down", &id]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_nothing_left(&sb, &id);
+    assert!(stranger.try_wait().unwrap().is_none(), "the process under the reused PID was signalled");
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+}
+
+/// A suite's output is not trusted: a JUnit file over the size limit fails the suite
+/// (it is not read into memory, nor copied into three reports), and a JUnit "file"
+/// that is a link to a file only root may read is not followed.
+#[test]
+fn junit_files_that_are_too_large_or_links_are_refused() {
+    let sb = Sandbox::new();
+    let suites = "  big:\n    command: \"head -c 17000000 /dev/zero | tr '\\\\0' x > $REHEARSE_JUNIT_PATH\"\n    timeout: 30s\n    results:\n      junit: big.xml\n  link:\n    command: \"ln -s /etc/shadow $REHEARSE_JUNIT_PATH\"\n    timeout: 30s\n    results:\n      junit: link.xml\n";
+    let file = custom(&sb, "sh migrate.sh", suites);
+    let (code, report, stderr) = run_file(&sb, &file);
+    assert_eq!(code, 1, "{stderr}");
+    let suite = |name: &str| report["suites"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap().clone();
+    let big = suite("big");
+    assert_eq!(big["status"], "error", "{big}");
+    assert!(big["reason"].as_str().unwrap().contains("larger than 16 MiB"), "{big}");
+    let link = suite("link");
+    assert_eq!(link["status"], "error", "{link}");
+    assert!(link["reason"].as_str().unwrap().contains("symbolic link"), "{link}");
+    let dir = sb.report_dir(report["run_id"].as_str().unwrap());
+    for f in ["report.json", "junit.xml", "summary.md", "report.html"] {
+        let len = std::fs::metadata(dir.join(f)).unwrap().len();
+        assert!(len < 1 << 20, "{f} is {len} bytes");
+        assert!(!std::fs::read_to_string(dir.join(f)).unwrap().contains("root:"), "{f} holds /etc/shadow");
+    }
+    assert_nothing_left(&sb, report["run_id"].as_str().unwrap());
+}
+
+/// A suite command templated with the database URL (password included): the password
+/// reaches neither the report files, nor the logs, nor the terminal.
+#[test]
+fn a_templated_password_is_redacted_from_reports_logs_and_terminal() {
+    let sb = Sandbox::new();
+    let capture = sb.shared().join("seen-password");
+    let suites = format!(
+        "  leaky:\n    command: \"echo url={{{{ databases.db.url }}}} && printf %s \\\"$PGPASSWORD\\\" > {} && exit 1\"\n    timeout: 30s\n    results: exit-code\n",
+        capture.display()
+    );
+    let file = custom(&sb, "sh migrate.sh", &suites);
+    let (code, report, stderr) = run_file(&sb, &file);
+    assert_eq!(code, 1, "{stderr}");
+    let password = std::fs::read_to_string(&capture).unwrap();
+    assert!(password.len() >= 20, "the suite saw the password: {password:?}");
+    assert!(!stderr.contains(&password), "the terminal shows the password");
+    let run = sb.state().join("runs").join(report["run_id"].as_str().unwrap());
+    let mut files = vec![run.clone()];
+    let mut checked = 0;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+        } else {
+            let bytes = std::fs::read(&p).unwrap();
+            assert!(!String::from_utf8_lossy(&bytes).contains(&password), "{} holds the password", p.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} files checked");
+    // What the suite printed is there, with the password masked.
+    let log = std::fs::read_to_string(run.join("suites/leaky/output.log")).unwrap();
+    assert!(log.contains("url=postgres://app:***@127.0.0.1:"), "{log}");
+    assert_nothing_left(&sb, report["run_id"].as_str().unwrap());
+}

@@ -301,3 +301,17 @@ pub fn resource_of(reference: &str) -> Option<(&str, &str)> {
     let name = parts.next()?.trim_matches(|c| c == '"' || c == '\'' || c == ']');
     Some((root, name))
 }
+
+#[cfg(test)]
+mod shell_quote_tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_makes_one_literal_word() {
+        let mut ctx = Context::new();
+        ctx.insert("v", "a b'c $(rm -rf /) `x`; y");
+        let quoted = render_str("echo {{ v | shell_quote }}", &ctx).unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(&quoted).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a b'c $(rm -rf /) `x`; y\n", "{quoted}");
+    }
+}

@@ -675,3 +675,46 @@ pub fn junit_name(results: &SuiteResults) -> Option<&Path> {
         SuiteResults::ExitCode => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_commands_quote_their_paths() {
+        let meta = RunMeta {
+            run_id: "r-20261126-000000-abcdef".into(),
+            environment: "demo".into(),
+            provider: "local".into(),
+            description: String::new(),
+            release: "v2".into(),
+            owner: "t".into(),
+            started_at: chrono::Utc::now(),
+            expires_at: chrono::Utc::now(),
+            destroy: "always".into(),
+            work_dir: Some("/srv/my work/runs/r-20261126-000000-abcdef".into()),
+            region: None,
+            pid: 1,
+            pid_start: 0,
+        };
+        let entry = |kind: &str, handle: serde_json::Value| Entry {
+            id: "x".into(),
+            kind: kind.into(),
+            handle: Some(handle),
+            key: None,
+            deleted: false,
+        };
+        let p = LocalProvider::new(Path::new("/srv/my work"));
+        let cmd = p
+            .removal_command(&entry("local.release", json!({"dir": "/srv/my work/runs/r-1/release; rm -rf ~"})), &meta);
+        assert_eq!(cmd, "rm -rf -- '/srv/my work/runs/r-1/release; rm -rf ~'");
+        let cmd = p.removal_command(
+            &entry(
+                "local.postgres",
+                json!({"cluster": {"base": "/srv/my work/db", "port": 0, "run_as": null, "postmaster": null}}),
+            ),
+            &meta,
+        );
+        assert_eq!(cmd, "pg_ctl -D '/srv/my work/db/data' -m fast stop; rm -rf -- '/srv/my work/db'");
+    }
+}

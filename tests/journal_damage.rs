@@ -1,0 +1,59 @@
+//! Teardown fails closed: when the run's journal cannot be read, nothing says what the
+//! run created, so the run must not be reported as torn down — exit 4, with the reason
+//! and the command that finds what is left by its tags.
+
+use std::path::Path;
+
+use rehearse::description::{self, DestroyPolicy};
+use rehearse::engine::events::Silent;
+use rehearse::engine::journal::{Entry, RunMeta};
+use rehearse::engine::lifecycle::{self, Options};
+use rehearse::engine::signals::Signals;
+use rehearse::plan::Resource;
+use rehearse::providers::{Ctx, Output, Provider, StepError};
+
+/// A provider whose resources exist only in the journal — and the disk under the
+/// journal fails while the run is under way: its file is overwritten with garbage.
+struct DamagingProvider;
+
+impl Provider for DamagingProvider {
+    async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        ctx.record(res, serde_json::json!({"name": res.id}))?;
+        std::fs::write(ctx.journal.path(), b"\0\0\0 not a journal \0\0\0\n\x7f garbage\n").unwrap();
+        Ok(Output::Nothing)
+    }
+
+    async fn destroy(&self, _: &Entry, _: &RunMeta) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn removal_command(&self, _: &Entry, meta: &RunMeta) -> String {
+        format!("rehearse down {}", meta.run_id)
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_journal_at_teardown_is_exit_4_never_complete() {
+    let dir = tempfile::Builder::new().prefix("rehearse-journal-").tempdir_in("/tmp").unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let loaded = description::load(&root.join("environments/demo.yaml"), Some("v2"))
+        .unwrap_or_else(|d| panic!("{}", d.render()));
+    let opts = Options {
+        run_id: "r-20261126-000000-0d0d0d".into(),
+        release: "v2".into(),
+        destroy: DestroyPolicy::Always,
+        cold: false,
+        up_only: true,
+        state_root: dir.path().join("state"),
+        work_root: dir.path().join("work"),
+        run_as: None,
+    };
+    let outcome = lifecycle::run(&DamagingProvider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
+    assert_eq!(outcome.exit_code, 4, "{:?}", outcome.report.reason);
+    assert_eq!(outcome.report.teardown.status, "unknown");
+    let reason = outcome.report.reason.unwrap_or_default();
+    assert!(reason.contains("cannot be read") && reason.contains("rehearse down r-20261126-000000-0d0d0d"), "{reason}");
+    let left = &outcome.report.teardown.leftovers;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].kind, "journal");
+}
