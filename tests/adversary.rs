@@ -18,7 +18,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -146,13 +146,18 @@ impl Drop for Kept<'_> {
 
 /// `rehearse up environments/demo.yaml` as root: a kept copy of the demo.
 fn up_demo(sb: &Sandbox) -> Kept<'_> {
+    keep_demo(sb, &["up", "environments/demo.yaml"])
+}
+
+/// A kept demo run made by `rehearse ARGS` as root (`up ...`, `run ... --keep`).
+fn keep_demo<'a>(sb: &'a Sandbox, args: &[&str]) -> Kept<'a> {
     demo_backups();
     let (code, _, err) = output({
         let mut c = sb.cmd();
-        c.args(["up", "environments/demo.yaml"]);
+        c.args(args);
         c
     });
-    assert_eq!(code, 0, "rehearse up environments/demo.yaml as root failed:\n{err}");
+    assert_eq!(code, 0, "rehearse {} as root failed:\n{err}", args.join(" "));
     let id = sb.run_ids().pop().expect("a run id");
     Kept { sb, id, journal_backup: None }
 }
@@ -336,14 +341,13 @@ while IFS="$tab" read -r kind p; do
 done
 "#;
     let mut child = attacker(PROBE, &[]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for (p, m) in paths {
-            let kind = if m.is_dir() { "d" } else { "f" };
-            writeln!(stdin, "{kind}\t{}", p.display()).unwrap();
-        }
-    }
+    // Fed from a thread: the probe's answers must be read while it is fed.
+    let input: String =
+        paths.iter().map(|(p, m)| format!("{}\t{}\n", if m.is_dir() { "d" } else { "f" }, p.display())).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut failures = Vec::new();
     for line in text.lines() {
@@ -373,15 +377,30 @@ done
     failures
 }
 
-/// Paths that give "others" any permission, except the search bit on directories
-/// (rehearse's work directories are 0711: traversable by its users, never listable).
-/// Sockets are judged by whether the attacker can reach them ([`attacker_probe`]):
-/// PostgreSQL makes its socket 0777 inside its private 0700 directory.
-fn others_bits(paths: &[(PathBuf, std::fs::Metadata)]) -> Vec<String> {
+/// Paths that give "others" any permission, except the search bit on rehearse's
+/// traversable work directories (0711: `WORK`, `WORK/runs`, `WORK/runs/RUN_ID`, its
+/// `suites/`, and golden copies' directories — reachable by its users, never
+/// listable). Sockets are judged by whether the attacker can reach them
+/// ([`attacker_probe`]): PostgreSQL makes its socket 0777 inside its private 0700
+/// directory.
+fn others_bits(work: &Path, paths: &[(PathBuf, std::fs::Metadata)]) -> Vec<String> {
+    let traversable = |p: &Path| {
+        let Ok(rel) = p.strip_prefix(work) else { return false };
+        let parts: Vec<&OsStr> = rel.iter().collect();
+        match parts.as_slice() {
+            [] => true,
+            [runs] | [runs, _] => *runs == "runs",
+            [runs, _, suites] => *runs == "runs" && *suites == "suites",
+            [golden, ..] => *golden == "golden",
+        }
+    };
     paths
         .iter()
         .filter(|(_, m)| !m.file_type().is_socket() && !m.file_type().is_symlink())
-        .filter(|(_, m)| if m.is_dir() { m.mode() & 0o006 != 0 } else { m.mode() & 0o007 != 0 })
+        .filter(|(p, m)| {
+            let allowed = if m.is_dir() && traversable(p) { 0o001 } else { 0 };
+            m.mode() & 0o007 & !allowed != 0
+        })
         .map(|(p, m)| {
             format!("{} is {:o} (owner uid {}): others may {}", p.display(), m.mode() & 0o7777, m.uid(), {
                 let o = m.mode() & 0o007;
@@ -426,8 +445,10 @@ fn report_failures(what: &str, failures: &[String]) {
 struct Sampled {
     /// Every distinct command line seen (NUL-separated argv).
     cmdlines: HashSet<Vec<u8>>,
-    /// PGPASSWORD (and DATABASE_URL passwords) of processes carrying REHEARSE_RUN_ID.
-    passwords: BTreeSet<String>,
+    /// PGPASSWORD (and DATABASE_URL passwords) of processes carrying REHEARSE_RUN_ID,
+    /// by run id (other tests' runs may be going on meanwhile); after [`run_sampled`],
+    /// only the sandbox's own runs.
+    passwords: BTreeMap<String, BTreeSet<String>>,
     rounds: u64,
 }
 
@@ -443,7 +464,7 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut s = Sampled { cmdlines: HashSet::new(), passwords: BTreeSet::new(), rounds: 0 };
+            let mut s = Sampled { cmdlines: HashSet::new(), passwords: BTreeMap::new(), rounds: 0 };
             let mut env_seen: HashSet<(u32, Vec<u8>)> = HashSet::new();
             loop {
                 let last = flag.load(Ordering::SeqCst);
@@ -457,14 +478,15 @@ impl Sampler {
                         if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
                             let vars: Vec<String> =
                                 env.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
-                            if vars.iter().any(|v| v.starts_with("REHEARSE_RUN_ID=")) {
+                            if let Some(run) = vars.iter().find_map(|v| v.strip_prefix("REHEARSE_RUN_ID=")) {
+                                let found = s.passwords.entry(run.to_string()).or_default();
                                 for v in &vars {
                                     if let Some(p) = v.strip_prefix("PGPASSWORD=") {
-                                        s.passwords.insert(p.to_string());
+                                        found.insert(p.to_string());
                                     }
                                     if let Some(u) = v.strip_prefix("DATABASE_URL=") {
                                         if let Some(p) = u.split_once("://app:").and_then(|(_, r)| r.split_once('@')) {
-                                            s.passwords.insert(p.0.to_string());
+                                            found.insert(p.0.to_string());
                                         }
                                     }
                                 }
@@ -479,7 +501,9 @@ impl Sampler {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
-            s.passwords.retain(|p| p.len() >= 16);
+            for found in s.passwords.values_mut() {
+                found.retain(|p| p.len() >= 16);
+            }
             s
         });
         Sampler { stop, thread }
@@ -496,7 +520,9 @@ fn run_sampled(sb: &Sandbox, args: &[&OsStr]) -> (i32, String, Sampled) {
     let sampler = Sampler::start();
     std::thread::sleep(Duration::from_millis(20));
     let out = sb.cmd().args(args).output().unwrap();
-    let sampled = sampler.finish();
+    let mut sampled = sampler.finish();
+    let mine = sb.run_ids();
+    sampled.passwords.retain(|run, found| mine.contains(run) && !found.is_empty());
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text, sampled)
 }
@@ -505,8 +531,9 @@ fn run_sampled(sb: &Sandbox, args: &[&OsStr]) -> (i32, String, Sampled) {
 /// nothing), it is in no sampled command line, not on the terminal, in no file under
 /// the state or work directory; and nothing there is open to others.
 fn assert_run_kept_its_secrets(sb: &Sandbox, what: &str, terminal: &str, sampled: &Sampled) {
+    let passwords: BTreeSet<String> = sampled.passwords.values().flatten().cloned().collect();
     assert!(
-        !sampled.passwords.is_empty(),
+        !passwords.is_empty(),
         "{what}: the sampler never saw PGPASSWORD in the environment of the run's processes \
          ({} rounds, {} command lines): the secrecy checks would prove nothing",
         sampled.rounds,
@@ -520,7 +547,7 @@ fn assert_run_kept_its_secrets(sb: &Sandbox, what: &str, terminal: &str, sampled
     let mut failures = Vec::new();
     for c in &sampled.cmdlines {
         let line = String::from_utf8_lossy(c).replace('\0', " ");
-        for p in &sampled.passwords {
+        for p in &passwords {
             if line.contains(p.as_str()) {
                 failures.push(format!(
                     "the generated password is in the argv of a process (any local user reads /proc/PID/cmdline): {}",
@@ -529,17 +556,17 @@ fn assert_run_kept_its_secrets(sb: &Sandbox, what: &str, terminal: &str, sampled
             }
         }
     }
-    for p in &sampled.passwords {
+    for p in &passwords {
         if terminal.contains(p.as_str()) {
             failures.push("the generated password is on rehearse's terminal output".to_string());
         }
     }
-    for hit in files_containing(&[sb.state(), sb.work()], &sampled.passwords) {
+    for hit in files_containing(&[sb.state(), sb.work()], &passwords) {
         failures.push(format!("the generated password is written in {hit}"));
     }
     let mut paths = walk(&sb.state());
     paths.extend(walk(&sb.work()));
-    failures.extend(others_bits(&paths));
+    failures.extend(others_bits(&sb.work(), &paths));
     report_failures(&format!("{what}: secrets or modes"), &failures);
 }
 
@@ -549,8 +576,9 @@ fn assert_run_kept_its_secrets(sb: &Sandbox, what: &str, terminal: &str, sampled
 
 /// The attacker plants the work directory (or `runs/` in it) before a run as root:
 /// as their own directory, as a symbolic link to one they control, or to a root-owned
-/// directory. Each run must refuse with an error naming the path, and nothing may land
-/// in (or be chowned in) what the attacker prepared; no release code may run from it.
+/// directory. Each `run` (and `warm`) must refuse with an error naming the path, and
+/// nothing may land in (or be chowned in) what the attacker prepared; no release code
+/// may run from it — not even the attacker's migrate.sh swapped in while the run goes.
 #[test]
 fn a_work_directory_planted_by_another_user_is_refused() {
     if !root_or_skip("a_work_directory_planted_by_another_user_is_refused") {
@@ -689,6 +717,20 @@ done"#,
                 named.display()
             ));
         }
+        // `rehearse warm` keeps its golden copies in the same work directory (in
+        // `golden/`, not `runs/`: a planted `runs/` is no concern of it).
+        let (code, out, err) = output({
+            let mut c = sb.cmd();
+            c.env("REHEARSE_WORK_DIR", &work).args(["warm", "environments/demo.yaml"]);
+            c
+        });
+        if named == work && (code == 0 || !format!("{out}{err}").contains("refusing to use")) {
+            failures.push(format!(
+                "{}: `rehearse warm` as root with REHEARSE_WORK_DIR={} exited {code} without \"refusing to use\":\n{out}{err}",
+                case.name,
+                work.display()
+            ));
+        }
         if pwned.exists() {
             failures.push(format!(
                 "{}: the attacker's migrate.sh ran, as: {}",
@@ -769,6 +811,8 @@ while run_id is None:
 run_real = os.path.join(root_owned, "work", "runs", run_id)
 real = os.path.join(run_real, "release")
 while not os.path.exists(os.path.join(real, "migrate.sh")):
+    if os.path.exists(stop):
+        sys.exit(0)
     time.sleep(0.002)
 time.sleep(0.05)
 # The attacker's tree mirrors the run's: the cluster's directory and the rest are
@@ -806,6 +850,13 @@ print("swapped", run_id, flush=True)
         c
     });
     std::fs::write(&stop, "").unwrap();
+    // The attacker gives up once told to stop (or is stopped: it is our child).
+    let mut attacker_proc = attacker_proc;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attacker_proc.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = attacker_proc.kill();
     let attacker_out = attacker_proc.wait_with_output().unwrap();
     let id = sb.run_ids().pop();
     // Whatever the run left: the copy's directory in the root-owned tree (a copy of
@@ -953,7 +1004,8 @@ fn another_user_cannot_read_a_kept_run_or_connect_to_its_copy() {
     }
     attacker_is_unprivileged();
     let sb = Sandbox::new();
-    let kept = up_demo(&sb);
+    // `run --keep`: the copy, the release, the service, and what the suites left.
+    let kept = keep_demo(&sb, &["run", "environments/demo.yaml", "--release", "v2", "--keep"]);
     let (base, port) = cluster_of(&kept.journal());
     let mut failures = Vec::new();
 
@@ -966,7 +1018,7 @@ fn another_user_cannot_read_a_kept_run_or_connect_to_its_copy() {
     for f in attacker_probe(&paths) {
         failures.push(format!("during the kept run: {f}"));
     }
-    for f in others_bits(&paths) {
+    for f in others_bits(&sb.work(), &paths) {
         failures.push(format!("during the kept run: {f}"));
     }
 
@@ -1022,7 +1074,7 @@ fn another_user_cannot_read_a_kept_run_or_connect_to_its_copy() {
     for f in attacker_probe(&after) {
         failures.push(format!("after down: {f}"));
     }
-    for f in others_bits(&after) {
+    for f in others_bits(&sb.work(), &after) {
         failures.push(format!("after down: {f}"));
     }
     report_failures("another user could read or reach a kept run", &failures);
@@ -1124,11 +1176,16 @@ exit 0
                 rolsuper.trim()
             ));
         }
+        // Refused for lack of privilege: psql failed with a server ERROR saying so
+        // ("permission denied ..." or, in PostgreSQL's words, "must be superuser ...").
         let refused = |what: &str, attempt: &str, needle: &str, failures: &mut Vec<String>| {
             let text = read(what);
             let rc = text.lines().last().unwrap_or("").trim().to_string();
-            if rc == "0" || !text.to_lowercase().contains(needle) {
-                failures.push(format!("the {stage}'s {attempt} was not refused with \"{needle}\": {text}"));
+            let lower = text.to_lowercase();
+            let denied = lower.contains(needle) || lower.contains("error:  must be superuser");
+            if rc == "0" || rc.is_empty() || !denied {
+                failures
+                    .push(format!("the {stage}'s {attempt} was not refused for lack of privilege (exit {rc}): {text}"));
             }
         };
         refused(
@@ -1320,8 +1377,6 @@ fn a_state_directory_another_user_controls_is_refused() {
         // time, and a root directory at a place a run's release would be.
         let mut victim = bait();
         let work_run = sb.work().join("runs").join(run_id);
-        std::fs::create_dir_all(work_run.join("release")).unwrap();
-        std::fs::write(work_run.join("release/canary"), "root's").unwrap();
         let records = [
             planted_run_record(run_id, &work_run),
             created("workspace", "local.workspace", serde_json::json!({"dir": work_run})),
@@ -1345,6 +1400,10 @@ fn a_state_directory_another_user_controls_is_refused() {
         ));
         let planted = code == 0;
         assert!(!planted || state.join("runs").join(run_id).join("journal.jsonl").is_file(), "{name}: planting failed");
+        if planted {
+            std::fs::create_dir_all(work_run.join("release")).unwrap();
+            std::fs::write(work_run.join("release/canary"), "root's").unwrap();
+        }
         let attempts: [&[&str]; 5] = [
             &["list"],
             &["list", "--all", "--format", "json"],
@@ -1382,7 +1441,7 @@ fn a_state_directory_another_user_controls_is_refused() {
             ));
         }
         kill_bait(victim);
-        if !work_run.join("release/canary").exists() {
+        if planted && !work_run.join("release/canary").exists() {
             failures.push(format!(
                 "{name}: rehearse as root removed {} as the attacker's journal asked",
                 work_run.join("release").display()
@@ -1506,7 +1565,7 @@ fn a_demo_run_leaks_its_password_nowhere_and_leaves_nothing_readable() {
         "sampled {} rounds, {} distinct command lines, {} password(s)",
         sampled.rounds,
         sampled.cmdlines.len(),
-        sampled.passwords.len()
+        sampled.passwords.values().map(BTreeSet::len).sum::<usize>()
     );
     assert_run_kept_its_secrets(&sb, "make demo-style run", &text, &sampled);
     let id = sb.run_ids().pop().unwrap();
@@ -1556,4 +1615,13 @@ exit 1
     let (code, text, sampled) = run_sampled(&sb, &[os("run"), file.as_os_str()]);
     assert_eq!(code, 1, "the leaky suite fails, so the run should exit 1:\n{text}");
     assert_run_kept_its_secrets(&sb, "a run whose release prints its secrets", &text, &sampled);
+    // The release really printed them (redacted): else this test proved nothing.
+    let masked = walk(&sb.state())
+        .into_iter()
+        .filter(|(_, m)| m.is_file())
+        .any(|(p, _)| std::fs::read_to_string(p).is_ok_and(|t| t.contains("install sees ***")));
+    assert!(
+        masked,
+        "no log under the state directory shows the install's printed password masked (`install sees ***`)"
+    );
 }
