@@ -51,7 +51,8 @@ fn main() {
                 cloud.clone(),
                 rehearse::providers::aws::POLL_FIRST,
                 rehearse::providers::aws::POLL_MAX,
-            );
+            )
+            .with_work_root(&dir.path().join("work"));
             let opts = Options {
                 run_id: format!("r-20261125-000000-{seed:06x}"),
                 release: "v2".into(),
@@ -60,6 +61,7 @@ fn main() {
                 up_only: false,
                 state_root: dir.path().join(format!("one-{seed}")),
                 work_root: dir.path().join("work"),
+                run_as: None,
             };
             let start = tokio::time::Instant::now();
             let signals = Signals::none();
