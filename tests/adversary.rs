@@ -244,36 +244,9 @@ fn tagged_with_cmdline(run_id: &str) -> Vec<(i32, String)> {
 }
 
 /// A description built from the demo with the given service install command, service
-/// command and suites section (like `custom()` in tests/local_run.rs).
+/// command and suites section.
 fn custom(sb: &Sandbox, install: &str, command: &str, suites: &str) -> PathBuf {
-    demo_backups();
-    let text = format!(
-        r#"name: custom
-provider: local
-owner: tests@example.com
-release:
-  version: v2
-  artifact: "{{root}}/demo/build/releases/{{{{ release.version }}}}"
-databases:
-  db:
-    name: shop
-    source:
-      backup_dir: "{{root}}/demo/backups"
-services:
-  web:
-    depends_on: [db]
-    install: "{install}"
-    command: "{command}"
-    env:
-      DATABASE_URL: "{{{{ databases.db.url }}}}"
-    health:
-      path: /health
-      timeout: 30s
-suites:
-{suites}
-"#
-    );
-    write_description(sb, "custom.yaml", &text)
+    custom_description(sb, install, command, suites)
 }
 
 /// A script in the sandbox the release's user can read and run.

@@ -75,34 +75,7 @@ fn v3_fails_at_its_migration_and_the_summary_says_why() {
 /// A description in the sandbox built from the demo, with the given suites section
 /// and service install command.
 fn custom(sb: &Sandbox, install: &str, suites: &str) -> PathBuf {
-    demo_backups();
-    let text = format!(
-        r#"name: custom
-provider: local
-owner: tests@example.com
-release:
-  version: v2
-  artifact: "{{root}}/demo/build/releases/{{{{ release.version }}}}"
-databases:
-  db:
-    name: shop
-    source:
-      backup_dir: "{{root}}/demo/backups"
-services:
-  web:
-    depends_on: [db]
-    install: "{install}"
-    command: python3 app.py
-    env:
-      DATABASE_URL: "{{{{ databases.db.url }}}}"
-    health:
-      path: /health
-      timeout: 30s
-suites:
-{suites}
-"#
-    );
-    write_description(sb, "custom.yaml", &text)
+    custom_description(sb, install, "python3 app.py", suites)
 }
 
 fn run_file(sb: &Sandbox, file: &Path) -> (i32, serde_json::Value, String) {

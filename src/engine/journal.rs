@@ -63,6 +63,28 @@ pub struct RunMeta {
     pub pid_start: u64,
 }
 
+#[cfg(test)]
+impl RunMeta {
+    /// A run's facts for unit tests.
+    pub(crate) fn sample(run_id: &str, provider: &str, work_dir: Option<&str>) -> RunMeta {
+        RunMeta {
+            run_id: run_id.into(),
+            environment: "shop".into(),
+            provider: provider.into(),
+            description: String::new(),
+            release: "v2".into(),
+            owner: "t".into(),
+            started_at: Utc::now(),
+            expires_at: Utc::now(),
+            destroy: "always".into(),
+            work_dir: work_dir.map(str::to_string),
+            region: (provider == "aws").then(|| "eu-west-1".into()),
+            pid: 1,
+            pid_start: 0,
+        }
+    }
+}
+
 pub struct Journal {
     path: PathBuf,
     file: Mutex<File>,
@@ -222,21 +244,7 @@ mod tests {
     use super::*;
 
     fn meta() -> RunMeta {
-        RunMeta {
-            run_id: "r-1".into(),
-            environment: "demo".into(),
-            provider: "local".into(),
-            description: "demo.yaml".into(),
-            release: "v2".into(),
-            owner: "me".into(),
-            started_at: Utc::now(),
-            expires_at: Utc::now(),
-            destroy: "always".into(),
-            work_dir: None,
-            region: None,
-            pid: 1,
-            pid_start: 0,
-        }
+        RunMeta::sample("r-1", "local", None)
     }
 
     #[test]

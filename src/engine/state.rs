@@ -29,17 +29,21 @@ pub fn state_dir(cli: Option<&Path>) -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("rehearse");
     }
-    // Without HOME, the home directory the password database gives; without one,
-    // a private directory beside the work directory — never a shared /tmp path.
-    let home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.dir))
-        .filter(|h| h.is_absolute() && h != Path::new("/"));
-    match home {
+    // Without HOME, the home directory the password database gives; without one, a
+    // directory of our own name — refused if someone else has it, never shared.
+    match home_dir() {
         Some(h) => h.join(".local/state/rehearse"),
         None => PathBuf::from(format!("/var/tmp/rehearse-state-{}", nix::unistd::geteuid().as_raw())),
     }
+}
+
+/// This user's home: `HOME`, else the password database's; not `/`.
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.dir))
+        .filter(|h| h.is_absolute() && h != Path::new("/"))
 }
 
 pub fn work_dir() -> PathBuf {
@@ -52,12 +56,7 @@ pub fn work_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("rehearse");
     }
-    let home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.dir))
-        .filter(|h| h.is_absolute() && h != Path::new("/"));
-    match home {
+    match home_dir() {
         Some(h) => h.join(".cache/rehearse"),
         // No home at all: a directory of our own name; refused if someone else has it.
         None => PathBuf::from(format!("/var/tmp/rehearse-{}", nix::unistd::geteuid().as_raw())),

@@ -1216,21 +1216,7 @@ mod tests {
     }
 
     fn meta(run_id: &str) -> RunMeta {
-        RunMeta {
-            run_id: run_id.into(),
-            environment: "shop".into(),
-            provider: "aws".into(),
-            description: String::new(),
-            release: "v2".into(),
-            owner: "t".into(),
-            started_at: chrono::Utc::now(),
-            expires_at: chrono::Utc::now(),
-            destroy: "always".into(),
-            work_dir: None,
-            region: Some("eu-west-1".into()),
-            pid: 1,
-            pid_start: 0,
-        }
+        RunMeta::sample(run_id, "aws", None)
     }
 
     fn instance_entry(id: &str, handle: Option<&str>) -> Entry {

@@ -682,21 +682,8 @@ mod tests {
 
     #[test]
     fn removal_commands_quote_their_paths() {
-        let meta = RunMeta {
-            run_id: "r-20261126-000000-abcdef".into(),
-            environment: "demo".into(),
-            provider: "local".into(),
-            description: String::new(),
-            release: "v2".into(),
-            owner: "t".into(),
-            started_at: chrono::Utc::now(),
-            expires_at: chrono::Utc::now(),
-            destroy: "always".into(),
-            work_dir: Some("/srv/my work/runs/r-20261126-000000-abcdef".into()),
-            region: None,
-            pid: 1,
-            pid_start: 0,
-        };
+        let meta =
+            RunMeta::sample("r-20261126-000000-abcdef", "local", Some("/srv/my work/runs/r-20261126-000000-abcdef"));
         let entry = |kind: &str, handle: serde_json::Value| Entry {
             id: "x".into(),
             kind: kind.into(),

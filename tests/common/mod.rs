@@ -138,3 +138,36 @@ pub fn write_description(sb: &Sandbox, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text.replace("{root}", &root().display().to_string())).unwrap();
     path
 }
+
+/// A description in the sandbox built from the demo, with the given service install
+/// command, service command and suites section.
+pub fn custom_description(sb: &Sandbox, install: &str, command: &str, suites: &str) -> PathBuf {
+    demo_backups();
+    let text = format!(
+        r#"name: custom
+provider: local
+owner: tests@example.com
+release:
+  version: v2
+  artifact: "{{root}}/demo/build/releases/{{{{ release.version }}}}"
+databases:
+  db:
+    name: shop
+    source:
+      backup_dir: "{{root}}/demo/backups"
+services:
+  web:
+    depends_on: [db]
+    install: "{install}"
+    command: "{command}"
+    env:
+      DATABASE_URL: "{{{{ databases.db.url }}}}"
+    health:
+      path: /health
+      timeout: 30s
+suites:
+{suites}
+"#
+    );
+    write_description(sb, "custom.yaml", &text)
+}
