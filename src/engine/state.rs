@@ -33,7 +33,17 @@ pub fn state_dir(cli: Option<&Path>) -> PathBuf {
     // directory of our own name — refused if someone else has it, never shared.
     match home_dir() {
         Some(h) => h.join(".local/state/rehearse"),
-        None => PathBuf::from(format!("/var/tmp/rehearse-state-{}", nix::unistd::geteuid().as_raw())),
+        None => private_fallback("state"),
+    }
+}
+
+/// Where to keep things with no home at all: the session's private runtime directory
+/// (`$XDG_RUNTIME_DIR`, 0700 and this user's), else a directory of our own name in
+/// `/var/tmp` — checked before use, and refused if someone else has it.
+fn private_fallback(what: &str) -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(r) => PathBuf::from(r).join("rehearse").join(what),
+        None => PathBuf::from(format!("/var/tmp/rehearse-{what}-{}", nix::unistd::geteuid().as_raw())),
     }
 }
 
@@ -58,8 +68,7 @@ pub fn work_dir() -> PathBuf {
     }
     match home_dir() {
         Some(h) => h.join(".cache/rehearse"),
-        // No home at all: a directory of our own name; refused if someone else has it.
-        None => PathBuf::from(format!("/var/tmp/rehearse-{}", nix::unistd::geteuid().as_raw())),
+        None => private_fallback("work"),
     }
 }
 
