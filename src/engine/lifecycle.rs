@@ -488,11 +488,13 @@ async fn execute<P: Provider>(
                             },
                             clock,
                         );
-                        // An interrupt stops a suite at once (its process group is
-                        // killed when the future is dropped): it creates nothing.
+                        // An interrupt (or another step's failure) stops a suite at once
+                        // (its process group is killed when the future is dropped): it
+                        // creates nothing that teardown would have to wait for.
+                        let stopped = "stopped before it finished: the run was interrupted or another step failed";
                         let res = tokio::select! {
                             res = run => res,
-                            _ = cancelled.wait_for(|c| *c) => suites::not_run(name, s, "interrupted before it finished"),
+                            _ = cancelled.wait_for(|c| *c) => suites::not_run(name, s, stopped),
                         };
                         let ok = res.status == SuiteStatus::Passed;
                         let detail = Some(match &res.reason {
