@@ -62,27 +62,20 @@ pub fn redact_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
     let mut out: Cow<[u8]> = Cow::Borrowed(bytes);
     for x in s.iter() {
         let needle = x.as_bytes();
-        if find(&out, needle).is_none() {
+        if memchr::memmem::find(&out, needle).is_none() {
             continue;
         }
         let mut next = Vec::with_capacity(out.len());
-        let mut rest: &[u8] = &out;
-        while let Some(i) = find(rest, needle) {
-            next.extend_from_slice(&rest[..i]);
+        let mut from = 0;
+        for i in memchr::memmem::find_iter(&out, needle) {
+            next.extend_from_slice(&out[from..i]);
             next.extend_from_slice(MASK.as_bytes());
-            rest = &rest[i + needle.len()..];
+            from = i + needle.len();
         }
-        next.extend_from_slice(rest);
+        next.extend_from_slice(&out[from..]);
         out = Cow::Owned(next);
     }
     out
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Rewrites a file with its secrets redacted (a log whose writer has stopped).

@@ -18,7 +18,7 @@ use crate::engine::{secure_fs, state, teardown};
 use crate::exit;
 use crate::providers::aws::api::tag_value;
 use crate::providers::aws::sdk::Sdk;
-use crate::providers::aws::{AwsProvider, TAG_RESOURCE, TAG_RUN};
+use crate::providers::aws::{AwsProvider, Tagged, TAG_RESOURCE, TAG_RUN};
 use crate::providers::local::LocalProvider;
 use crate::providers::Provider;
 
@@ -198,13 +198,12 @@ pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
         let signals = Signals::install().unwrap_or_else(|_| Signals::none());
         if let Some(path) = path.filter(|p| p.is_file()) {
             match journal::read(&path).map(|records| State::from_records(&records)) {
-                Ok(st) if st.meta.is_some() => {
-                    let meta = st.meta.clone().unwrap_or_else(|| unreachable!("checked above"));
+                Ok(State { meta: Some(meta), finished, .. }) => {
                     if meta.run_id != run_id {
                         eprintln!("error: the journal {} belongs to run {}, not {run_id}", path.display(), meta.run_id);
                         return exit::USAGE;
                     }
-                    if st.finished.is_none() && meta.pid != std::process::id() && pid_alive(meta.pid, meta.pid_start) {
+                    if finished.is_none() && meta.pid != std::process::id() && pid_alive(meta.pid, meta.pid_start) {
                         eprintln!(
                             "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
                             meta.pid, meta.pid
@@ -247,14 +246,9 @@ pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
                 }
             };
             // A tag is not enough: only what rehearse demonstrably made is removed.
-            let (found, doubtful): (Vec<_>, Vec<_>) = tagged.into_iter().partition(|t| t.evidence().is_ok());
-            for t in &doubtful {
-                eprintln!(
-                    "rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {}",
-                    t.kind,
-                    t.id,
-                    t.evidence().err().unwrap_or_default()
-                );
+            let (found, doubtful) = by_evidence(tagged);
+            for (t, why) in &doubtful {
+                eprintln!("rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {why}", t.kind, t.id);
             }
             if found.is_empty() {
                 eprintln!("rehearse: no journal and nothing tagged {TAG_RUN}={run_id} in {region}: nothing to remove");
@@ -315,6 +309,19 @@ async fn finish_down<P: Provider>(
         );
         exit::LEFTOVERS
     }
+}
+
+/// What rehearse demonstrably made (see [`Tagged::evidence`]), and the rest with why
+/// it is left alone: a tag alone is something anyone with tagging rights could set.
+fn by_evidence(tagged: Vec<Tagged>) -> (Vec<Tagged>, Vec<(Tagged, String)>) {
+    let (mut made, mut doubtful) = (Vec::new(), Vec::new());
+    for t in tagged {
+        match t.evidence() {
+            Ok(()) => made.push(t),
+            Err(why) => doubtful.push((t, why)),
+        }
+    }
+    (made, doubtful)
 }
 
 /// A journal reconstructed for a run whose journal was lost: the local work directory,
@@ -656,14 +663,9 @@ async fn sweep_aws(region: &str, yes: bool, min_age: Option<chrono::Duration>, e
         .collect();
     // Tags anyone may set are not enough: only what carries rehearse's own names (and
     // no deletion protection) is swept; the rest is listed, never touched.
-    let (expired, doubtful): (Vec<_>, Vec<_>) = matching.into_iter().partition(|t| t.evidence().is_ok());
-    for t in &doubtful {
-        println!(
-            "not sweeping {} {}: it carries rehearse's tags, but {}",
-            t.kind,
-            t.id,
-            t.evidence().err().unwrap_or_default()
-        );
+    let (expired, doubtful) = by_evidence(matching);
+    for (t, why) in &doubtful {
+        println!("not sweeping {} {}: it carries rehearse's tags, but {why}", t.kind, t.id);
     }
     if expired.is_empty() {
         println!("nothing to sweep: no expired rehearse resource in {region}");

@@ -243,6 +243,31 @@ pub fn redact_url(url: &str) -> String {
     u.to_string()
 }
 
+/// A URL without its password, and the password (from the user info or a `password=`
+/// parameter), percent-decoded, for `PGPASSWORD`; or why the URL cannot be split.
+pub fn split_password(url: &str) -> Result<(String, Option<String>), String> {
+    let mut u = url::Url::parse(url).map_err(|e| format!("does not parse: {e}"))?;
+    let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
+    let mut password = u.password().map(decode);
+    if u.password().is_some() {
+        u.set_password(None).map_err(|_| "cannot carry a password".to_string())?;
+    }
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (k, v) in u.query_pairs() {
+        if k == "password" {
+            password = Some(v.into_owned());
+        } else {
+            pairs.push((k.into_owned(), v.into_owned()));
+        }
+    }
+    if pairs.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    Ok((u.to_string(), password.filter(|p| !p.is_empty())))
+}
+
 /// The secrets a URL carries, as written and percent-decoded (both forms can end up
 /// in a log): the user info's password and `password` / `sslpassword` parameters.
 pub fn url_secrets(url: &str) -> Vec<String> {
@@ -428,5 +453,18 @@ mod tests {
         }
         // Not a URL the parser takes: everything before the last `@` goes.
         assert_eq!(redact_url("postgres://u:p@ss@h[/db"), "postgres://***@h[/db");
+    }
+
+    #[test]
+    fn a_password_leaves_the_url_for_the_environment() {
+        let (bare, p) = split_password("postgres://reader:p%40ss@replica:5432/shop?sslmode=require").unwrap();
+        assert_eq!(
+            (bare.as_str(), p.as_deref()),
+            ("postgres://reader@replica:5432/shop?sslmode=require", Some("p@ss"))
+        );
+        let (bare, p) = split_password("postgres://reader@replica/shop?password=S3cr%40t").unwrap();
+        assert_eq!((bare.as_str(), p.as_deref()), ("postgres://reader@replica/shop", Some("S3cr@t")));
+        assert_eq!(split_password("postgres://replica/shop").unwrap().1, None);
+        assert!(split_password("not a url").is_err());
     }
 }

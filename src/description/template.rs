@@ -9,14 +9,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tera::ast::{Expr, ExprVal, Node as TNode};
 use tera::{Context, Tera};
 
 use super::model::Description;
 
 /// What a database exposes to templates and suites once it exists.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DatabaseOutputs {
     pub host: String,
     pub port: String,

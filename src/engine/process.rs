@@ -66,11 +66,12 @@ impl Users {
             return Ok(Users::default());
         }
         let missing = |name: &str| {
-            format!(
-                "rehearse runs as root, so it runs the PostgreSQL copies as the unprivileged user `{CLUSTER_USER}` and \
-                 the release, its services and the suites as `{RELEASE_USER}` (or the user given with --run-as); \
-                 the user `{name}` does not exist — create them with `make deps` (scripts/install-deps.sh), or by hand: \
-                 `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}`"
+            no_such_user(
+                name,
+                &format!(
+                    "the PostgreSQL copies as the unprivileged user `{CLUSTER_USER}` and the release, its services \
+                     and the suites as `{RELEASE_USER}` (or the user given with --run-as)"
+                ),
             )
         };
         let cluster =
@@ -100,14 +101,18 @@ impl Users {
         if !nix::unistd::geteuid().is_root() {
             return Ok(None);
         }
-        RunAs::lookup(CLUSTER_USER)?.map(Some).ok_or_else(|| {
-            format!(
-                "rehearse runs as root, so it runs PostgreSQL as the unprivileged user `{CLUSTER_USER}`, which does \
-                 not exist; create it with `make deps` (scripts/install-deps.sh) or by hand: \
-                 `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {CLUSTER_USER}`"
-            )
-        })
+        let missing = || no_such_user(CLUSTER_USER, &format!("PostgreSQL as the unprivileged user `{CLUSTER_USER}`"));
+        RunAs::lookup(CLUSTER_USER)?.map(Some).ok_or_else(missing)
     }
+}
+
+/// Why a run as root cannot start: `name`, a user it runs `what` as, does not exist.
+fn no_such_user(name: &str, what: &str) -> String {
+    format!(
+        "rehearse runs as root, so it runs {what}; the user `{name}` does not exist — create it with `make deps` \
+         (scripts/install-deps.sh), or by hand: \
+         `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}`"
+    )
 }
 
 /// Whether `user` can enter `dir`, tried for real as that user (permissions, ACLs and

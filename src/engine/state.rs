@@ -87,11 +87,27 @@ pub fn private_dir(p: &Path) -> Result<PathBuf, super::secure_fs::FsError> {
     super::secure_fs::private_dir(p, 0o700)
 }
 
-/// Run `run_id`'s work directory, from its journal: literally `WORK/runs/RUN_ID`, where
-/// `WORK` and `WORK/runs` are directories of this user that no one else can write (the
-/// journal itself lies in a checked state directory). A journal that names none
-/// (written by `down` after the real one was lost) means `fallback_root`'s.
-pub fn journaled_work_dir(journaled: Option<&str>, fallback_root: &Path, run_id: &str) -> Result<PathBuf, String> {
+/// `dir` if it is the run's work directory or lies inside it; else why it is refused.
+/// Journals name directories to remove, and a journal is a file: what it names is
+/// removed only where rehearse itself puts such things. The work directory is the one
+/// `meta` journals, literally `WORK/runs/RUN_ID`, where `WORK` and `WORK/runs` are
+/// directories of this user that no one else can write (the journal itself lies in a
+/// checked state directory); a journal that names none (written by `down` after the
+/// real one was lost) means `fallback_root`'s.
+pub fn confined_to_run(dir: &Path, meta: &super::journal::RunMeta, fallback_root: &Path) -> Result<PathBuf, String> {
+    let run_dir = journaled_work_dir(meta.work_dir.as_deref(), fallback_root, &meta.run_id)?;
+    if dir == run_dir || super::secure_fs::is_strictly_below(dir, &run_dir) {
+        Ok(dir.to_path_buf())
+    } else {
+        Err(format!(
+            "refusing to remove {}: it is not inside the run's work directory {} (is the journal damaged?)",
+            dir.display(),
+            run_dir.display()
+        ))
+    }
+}
+
+fn journaled_work_dir(journaled: Option<&str>, fallback_root: &Path, run_id: &str) -> Result<PathBuf, String> {
     if !valid_run_id(run_id) {
         return Err(format!("the journal names a run `{run_id}` that is not a run id"));
     }
@@ -114,21 +130,6 @@ pub fn journaled_work_dir(journaled: Option<&str>, fallback_root: &Path, run_id:
         }
     }
     Ok(run_dir)
-}
-
-/// `dir` if it is the run's work directory `run_dir` or lies inside it; else why it is
-/// refused. Journals name directories to remove, and a journal is a file: what it
-/// names is removed only where rehearse itself puts such things.
-pub fn in_run_work_dir(dir: &Path, run_dir: &Path) -> Result<PathBuf, String> {
-    if dir == run_dir || super::secure_fs::is_strictly_below(dir, run_dir) {
-        Ok(dir.to_path_buf())
-    } else {
-        Err(format!(
-            "refusing to remove {}: it is not inside the run's work directory {} (is the journal damaged?)",
-            dir.display(),
-            run_dir.display()
-        ))
-    }
 }
 
 /// Removes a directory tree (without following links inside it); gone already is fine.

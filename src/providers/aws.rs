@@ -672,15 +672,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     /// listed yet (eventual consistency), so "not found" is believed only after it has
     /// held for [`UNJOURNALED_PATIENCE`].
     async fn find_unjournaled(&self, entry: &Entry, meta: &RunMeta) -> Result<Option<String>, String> {
-        let mut found = self.find_by_tag(entry, meta).await?;
-        let mut delay = Duration::from_secs(1);
-        let until = Instant::now() + UNJOURNALED_PATIENCE;
-        while found.is_none() && Instant::now() < until {
-            tokio::time::sleep(delay.min(until - Instant::now())).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
-            found = self.find_by_tag(entry, meta).await?;
-        }
-        Ok(found)
+        find_patiently(|| self.find_by_tag(entry, meta), UNJOURNALED_PATIENCE).await
     }
 
     /// Finds a resource the journal has only an intent for, by its tags.
@@ -744,7 +736,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         match kind {
             "aws.ec2.instance" => {
                 let describe = || async move { one(api.describe_instances(&[id.to_string()]).await, |i| i.id == id) };
-                let Some(inst) = self.find_patiently(describe).await? else { return Ok(()) };
+                let Some(inst) = find_patiently(describe, LISTING_PATIENCE).await? else { return Ok(()) };
                 if inst.state == "terminated" {
                     return Ok(());
                 }
@@ -793,7 +785,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             "aws.ec2.security-group" => {
                 let describe =
                     || async move { one(api.describe_security_groups(&[id.to_string()]).await, |g| g.id == id) };
-                let Some(g) = self.find_patiently(describe).await? else { return Ok(()) };
+                let Some(g) = find_patiently(describe, LISTING_PATIENCE).await? else { return Ok(()) };
                 guard.check("security group", id, &g.tags)?;
                 retry_in_use(|| api.delete_security_group(id), never).await
             }
@@ -922,29 +914,33 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             .await
             .map(|_| ())
     }
+}
 
-    /// An EC2 resource by id (`describe` lists it or not). EC2 is eventually
-    /// consistent: right after it was created a describe may answer "not found", so
-    /// "not found" is believed only once it has held for a minute (a terminated instance
-    /// stays listed as `terminated`, so a real absence is rare and costs that minute
-    /// only then).
-    async fn find_patiently<T, F, Fut>(&self, mut describe: F) -> Result<Option<T>, String>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Option<T>, String>>,
-    {
-        let until = Instant::now() + Duration::from_secs(60);
-        let mut delay = Duration::from_secs(1);
-        loop {
-            if let Some(found) = describe().await? {
-                return Ok(Some(found));
-            }
-            if Instant::now() >= until {
-                return Ok(None);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(15));
+/// How long an EC2 resource known by id must stay unlisted before teardown believes it
+/// is gone: a terminated instance stays listed as `terminated`, so a real absence is
+/// rare and costs this only then.
+const LISTING_PATIENCE: Duration = Duration::from_secs(60);
+
+/// What `describe` finds, looked for again with backoff (1 s doubling to 10 s) until
+/// `patience` has passed: listings are eventually consistent, so right after a create
+/// "not found" is not believed at once. The last look is at the deadline.
+async fn find_patiently<T, F, Fut>(mut describe: F, patience: Duration) -> Result<Option<T>, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let until = Instant::now() + patience;
+    let mut delay = Duration::from_secs(1);
+    loop {
+        if let Some(found) = describe().await? {
+            return Ok(Some(found));
         }
+        let now = Instant::now();
+        if now >= until {
+            return Ok(None);
+        }
+        tokio::time::sleep(delay.min(until - now)).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -1062,8 +1058,7 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
             return match dir {
                 Some(d) => {
                     use crate::engine::state;
-                    let run_dir = state::journaled_work_dir(meta.work_dir.as_deref(), &self.work_root, &meta.run_id)?;
-                    state::remove_tree(&state::in_run_work_dir(&d, &run_dir)?)
+                    state::remove_tree(&state::confined_to_run(&d, meta, &self.work_root)?)
                 }
                 None => Ok(()),
             };

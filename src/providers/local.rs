@@ -73,11 +73,9 @@ impl LocalProvider {
         LocalProvider { children: Mutex::default(), work_root: work_root.to_path_buf() }
     }
 
-    /// `dir` if it lies in this run's work directory, as its journal names it (see
-    /// [`state::journaled_work_dir`]).
+    /// `dir` if it lies in this run's work directory (see [`state::confined_to_run`]).
     fn owned_path(&self, dir: &Path, meta: &RunMeta) -> Result<PathBuf, String> {
-        let run_dir = state::journaled_work_dir(meta.work_dir.as_deref(), &self.work_root, &meta.run_id)?;
-        state::in_run_work_dir(dir, &run_dir)
+        state::confined_to_run(dir, meta, &self.work_root)
     }
 
     fn tag<'a>(ctx: &'a Ctx<'_>) -> [(&'static str, &'a str); 1] {
@@ -271,17 +269,8 @@ impl LocalProvider {
             .filter(|d| ctx.loaded.desc.databases.contains_key(*d))
             .collect();
         if let [db] = dbs.as_slice() {
-            if let Some(o) = ctx.tctx.get("databases").and_then(|v| v.get(db.as_str())) {
-                let f = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                let outputs = DatabaseOutputs {
-                    host: f("host"),
-                    port: f("port"),
-                    name: f("name"),
-                    user: f("user"),
-                    password: f("password"),
-                    url: f("url"),
-                    endpoint: f("endpoint"),
-                };
+            let o = ctx.tctx.get("databases").and_then(|v| v.get(db.as_str()));
+            if let Some(outputs) = o.and_then(|o| DatabaseOutputs::deserialize(o).ok()) {
                 env.push(("DATABASE_URL".to_string(), outputs.url.clone()));
                 env.extend(outputs.libpq_env());
             }
@@ -453,12 +442,12 @@ async fn dump_url(
 ) -> Result<postgres::Backup, StepError> {
     // Read-only use of the source: pg_dump takes a consistent snapshot and writes
     // nothing to it. Its password goes in the environment, never on the command line.
-    let (url_without_password, password) = split_password(url)?;
+    let (url_without_password, password) = crate::description::split_password(url)
+        .map_err(|why| StepError::build(format!("the source URL {} {why}", crate::description::redact_url(url))))?;
     let mut cmd = bin.cmd("pg_dump");
     cmd.args(["-Fc", "--no-owner", "--no-acl", "-f"]).arg(dump).arg("-d").arg(&url_without_password);
     cmd.env_remove("PGPASSWORD");
     if let Some(p) = password {
-        secrets::register(&p);
         cmd.env("PGPASSWORD", p);
     }
     let f = process::run_logged(&mut cmd, log, Duration::from_secs(6 * 3600), ctx.clock)
@@ -470,32 +459,6 @@ async fn dump_url(
         );
     }
     Ok(postgres::Backup { path: dump.to_path_buf(), taken_at: chrono::Utc::now() })
-}
-
-/// A `postgres://` URL without its password, and the password (from the user info or
-/// a `password=` parameter), percent-decoded, for `PGPASSWORD`.
-pub fn split_password(url: &str) -> Result<(String, Option<String>), StepError> {
-    let bad = |why: String| StepError::build(format!("the source URL {} {why}", crate::description::redact_url(url)));
-    let mut u = url::Url::parse(url).map_err(|e| bad(format!("does not parse: {e}")))?;
-    let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
-    let mut password = u.password().map(decode);
-    if u.password().is_some() {
-        u.set_password(None).map_err(|_| bad("cannot carry a password".into()))?;
-    }
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for (k, v) in u.query_pairs() {
-        if k == "password" {
-            password = Some(v.into_owned());
-        } else {
-            pairs.push((k.into_owned(), v.into_owned()));
-        }
-    }
-    if pairs.is_empty() {
-        u.set_query(None);
-    } else {
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    Ok((u.to_string(), password.filter(|p| !p.is_empty())))
 }
 
 impl Provider for LocalProvider {
@@ -529,21 +492,18 @@ impl Provider for LocalProvider {
             "local.postgres" => {
                 let cluster: Option<Cluster> =
                     entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("cluster")?.clone()).ok());
-                let Some(mut cluster) = cluster else { return Ok(()) };
+                let Some(cluster) = cluster else { return Ok(()) };
                 let base = self.owned_path(&cluster.base, meta)?;
-                if cluster.run_as.is_some_and(|u| u.uid == 0) {
-                    cluster.run_as = None;
-                }
                 let bin = PgBin::find().ok();
                 if !postgres::stop(bin.as_ref(), &cluster).await {
                     return Err(format!("PostgreSQL in {} did not stop", cluster.data().display()));
                 }
-                remove_dir(&base)
+                state::remove_tree(&base)
             }
             "local.release" => {
                 let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(PathBuf::from));
                 match dir {
-                    Some(d) => remove_dir(&self.owned_path(&d, meta)?),
+                    Some(d) => state::remove_tree(&self.owned_path(&d, meta)?),
                     None => Ok(()),
                 }
             }
@@ -634,7 +594,7 @@ impl LocalProvider {
                     }
                 }
             }
-            remove_dir(&dir)?;
+            state::remove_tree(&dir)?;
         }
         let left = tagged_processes(&meta.run_id);
         if !left.is_empty() {
@@ -642,10 +602,6 @@ impl LocalProvider {
         }
         Ok(())
     }
-}
-
-fn remove_dir(dir: &Path) -> Result<(), String> {
-    state::remove_tree(dir)
 }
 
 /// Processes whose environment carries `REHEARSE_RUN_ID=run_id` (readable for our
