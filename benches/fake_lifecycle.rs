@@ -10,14 +10,14 @@ use std::path::Path;
 use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::Silent;
 use rehearse::engine::lifecycle::{self, Options};
-use rehearse::engine::signals::Signals;
-use rehearse::providers::aws::fake::{FakeCloud, Faults};
 use rehearse::providers::aws::AwsProvider;
+use rehearse::sys::signals::Signals;
+use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
 
 fn description(dir: &Path) -> description::Loaded {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("environments/shop-aws.yaml")).unwrap();
-    let text = rehearse::providers::aws::fake::unreachable_hosts_variant(&text, root, "");
+    let text = rehearse::testkit::scenarios::unreachable_hosts_variant(&text, root, "");
     let path = dir.join("shop-aws.yaml");
     std::fs::write(&path, text).unwrap();
     description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
@@ -101,7 +101,7 @@ fn main() {
     let (left, steps_failed, throttle_errors, throttled, injected, retried, slowest) = rt.block_on(async {
         let cloud = FakeCloud::new(99, faults);
         let (outcomes, retried) =
-            rehearse::providers::aws::fake::concurrent_runs(&cloud, &loaded, 50, "r-20261125-000001", dir.path()).await;
+            rehearse::testkit::scenarios::concurrent_runs(&cloud, &loaded, 50, "r-20261125-000001", dir.path()).await;
         let results: Vec<_> = outcomes
             .iter()
             .map(|(outcome, took)| {

@@ -1,19 +1,18 @@
 //! The engine: runs a plan through its lifecycle with a provider, keeps the journal,
-//! and tears down on every exit path.
+//! and tears down on every exit path. It owns the contract providers implement
+//! ([`provider`]) and never names a provider: commands hand it one.
 //!
-//! - [`lifecycle`]: the run loop (graph-driven, concurrent, cancellable);
-//! - [`journal`]: intent before every create, the identifier after it, fsynced;
-//! - [`teardown`]: reverse-order destroy from the journal, leftovers with commands;
-//! - [`signals`]: first SIGINT/SIGTERM tears down, the second stops teardown;
-//! - [`process`], [`timing`], [`state`], [`events`]: the pieces they share;
-//! - [`secure_fs`]: directories and files other local users can neither read nor steer.
+//! - [`provider`]: the contract — what a provider creates and destroys, and what it
+//!   reports back (created with a handle, nothing created, or maybe created);
+//! - [`lifecycle`]: the run loop (graph-driven, concurrent, cancellable), returning the
+//!   run's report;
+//! - [`journal`]: intent before every create, the identifier after it, fsynced; only the
+//!   engine writes it;
+//! - [`teardown`]: destroy from the journal in rank order, leftovers with commands;
+//! - [`events`]: progress as it happens, for a terminal or a log.
 
 pub mod events;
 pub mod journal;
 pub mod lifecycle;
-pub mod process;
-pub mod secure_fs;
-pub mod signals;
-pub mod state;
+pub mod provider;
 pub mod teardown;
-pub mod timing;

@@ -17,13 +17,16 @@ pub mod providers;
 pub mod report;
 pub mod secrets;
 pub mod suites;
+pub mod sys;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
 use clap::Parser;
 
 /// Parses the command line, runs the command, returns the process exit code.
 pub fn main_impl() -> i32 {
     // Whatever rehearse creates is private to its user, unless handed on on purpose.
-    engine::secure_fs::private_umask();
+    sys::secure_fs::private_umask();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

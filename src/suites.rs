@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::description::{Suite, SuiteResults};
-use crate::engine::process::{self, RunAs};
-use crate::engine::secure_fs::{Dir, FsError};
-use crate::engine::timing::Clock;
 use crate::report::model::{SuiteResult, SuiteStatus, TestCase};
+use crate::sys::process::{self, RunAs};
+use crate::sys::secure_fs::{Dir, FsError};
+use crate::sys::timing::Clock;
 
 /// The largest JUnit file read (a bigger one fails the suite: reading it would cost
 /// memory, and the reports would repeat it three times).

@@ -344,7 +344,7 @@ fn shop_description(sb: &Sandbox, prod: &Prod) -> PathBuf {
         .replace("subnet-0a1b2c3d4e5f60001", &prod.subnets[0])
         .replace("subnet-0a1b2c3d4e5f60002", &prod.subnets[1]);
     let suite = "suites:\n  endpoints:\n    command: 'test -n \"$SHOP_URL\" && test -n \"$DATABASE_URL\" && test -n \"$REHEARSE_SERVICE_WORKER_URL\"'\n    timeout: 1m\n    uses: [web, worker]\n    results: exit-code\n    env:\n      SHOP_URL: \"{{ services.web.url }}\"\n      DATABASE_URL: \"{{ databases.db.url }}\"\n";
-    let text = rehearse::providers::aws::fake::unreachable_hosts_variant(&text, &root(), suite);
+    let text = rehearse::testkit::scenarios::unreachable_hosts_variant(&text, &root(), suite);
     assert!(!text.contains("health:") && !text.contains("masking:"));
     write_description(sb, "shop-aws.yaml", &text)
 }
@@ -675,7 +675,7 @@ fn aurora_copy_on_write_clone_is_created_and_removed() {
     });
     let before = production_state(&rt, &ec2, &rds);
     let sb = Sandbox::new();
-    let text = rehearse::providers::aws::fake::aurora_variant(
+    let text = rehearse::testkit::scenarios::aurora_variant(
         &std::fs::read_to_string(shop_description(&sb, &prod)).unwrap(),
         "shop-prod-aurora",
     );

@@ -13,11 +13,11 @@ use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::Silent;
 use rehearse::engine::journal::Journal;
 use rehearse::engine::lifecycle::{self, Options};
-use rehearse::engine::signals::Signals;
 use rehearse::engine::teardown;
-use rehearse::engine::timing::Clock;
-use rehearse::providers::aws::fake::{FakeCloud, Faults};
 use rehearse::providers::aws::AwsProvider;
+use rehearse::sys::signals::Signals;
+use rehearse::sys::timing::Clock;
+use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
 
 /// environments/shop-aws.yaml without what needs reachable hosts (health checks,
 /// masking, suites): the fake cloud's addresses are not real. With `aurora`, its
@@ -25,9 +25,9 @@ use rehearse::providers::aws::AwsProvider;
 fn description(dir: &Path, aurora: bool) -> description::Loaded {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("environments/shop-aws.yaml")).unwrap();
-    let mut text = rehearse::providers::aws::fake::unreachable_hosts_variant(&text, root, "");
+    let mut text = rehearse::testkit::scenarios::unreachable_hosts_variant(&text, root, "");
     if aurora {
-        text = rehearse::providers::aws::fake::aurora_variant(&text, "shop-prod-aurora");
+        text = rehearse::testkit::scenarios::aurora_variant(&text, "shop-prod-aurora");
     }
     let path = dir.join(if aurora { "shop-aurora.yaml" } else { "shop-aws.yaml" });
     std::fs::write(&path, text).unwrap();
@@ -229,7 +229,7 @@ fn fifty_concurrent_runs_under_rate_limits_see_no_throttling_error() {
         let cloud = FakeCloud::new(7, faults);
         let production = cloud.production();
         let (outcomes, retried) =
-            rehearse::providers::aws::fake::concurrent_runs(&cloud, &loaded, 50, "r-20261125-000002", dir.path()).await;
+            rehearse::testkit::scenarios::concurrent_runs(&cloud, &loaded, 50, "r-20261125-000002", dir.path()).await;
         let outcomes: Vec<(i32, String)> =
             outcomes.iter().map(|(o, _)| (o.exit_code, serde_json::to_string(&o.report).unwrap())).collect();
         let throttled = cloud.throttled();

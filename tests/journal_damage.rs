@@ -8,9 +8,9 @@ use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::Silent;
 use rehearse::engine::journal::{Entry, RunMeta};
 use rehearse::engine::lifecycle::{self, Options};
-use rehearse::engine::signals::Signals;
+use rehearse::engine::provider::{Ctx, Output, Provider, StepError};
 use rehearse::plan::Resource;
-use rehearse::providers::{Ctx, Output, Provider, StepError};
+use rehearse::sys::signals::Signals;
 
 /// A provider whose resources exist only in the journal — and the disk under the
 /// journal fails while the run is under way: its file is overwritten with garbage.

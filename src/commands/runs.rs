@@ -13,14 +13,15 @@ use crate::description::{DestroyPolicy, ProviderKind};
 use crate::engine::events::{Lines, Progress, Reporter, Silent};
 use crate::engine::journal::{self, Journal, Record, State};
 use crate::engine::lifecycle::{self, Options};
-use crate::engine::signals::Signals;
-use crate::engine::{secure_fs, state, teardown};
+use crate::engine::provider::Provider;
+use crate::engine::teardown;
 use crate::exit;
 use crate::providers::aws::api::tag_value;
 use crate::providers::aws::sdk::Sdk;
 use crate::providers::aws::{AwsProvider, Tagged, TAG_RESOURCE, TAG_RUN};
 use crate::providers::local::LocalProvider;
-use crate::providers::Provider;
+use crate::sys::signals::Signals;
+use crate::sys::{secure_fs, state};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -154,7 +155,7 @@ async fn down_after_failure<P: Provider>(
     let path = state::run_dir(&opts.state_root, &opts.run_id).join("journal.jsonl");
     let j = Journal::open(&path).ok()?;
     let out =
-        teardown::run(provider, &j, reporter, signals, signals.count() + 1, &crate::engine::timing::Clock::new()).await;
+        teardown::run(provider, &j, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new()).await;
     let _ = j.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
     if out.complete() {
         Some(exit::BUILD_FAILED)
@@ -293,7 +294,7 @@ async fn finish_down<P: Provider>(
     signals: &Signals,
 ) -> i32 {
     let out =
-        teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::engine::timing::Clock::new())
+        teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new())
             .await;
     let _ = journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
     if out.complete() {
@@ -356,7 +357,7 @@ fn synthetic_journal(
         work_dir: work.map(|w| w.display().to_string()),
         region: region.map(str::to_string),
         pid: std::process::id(),
-        pid_start: crate::engine::process::start_time(std::process::id() as i32).unwrap_or(0),
+        pid_start: crate::sys::process::start_time(std::process::id() as i32).unwrap_or(0),
     };
     let path = dir.join("journal.jsonl");
     // An unreadable journal is kept beside, for a person to look at.
@@ -386,7 +387,7 @@ fn synthetic_journal(
 /// its start time (a journal from before start times were recorded falls back to the
 /// PID alone).
 fn pid_alive(pid: u32, start_time: u64) -> bool {
-    use crate::engine::process::{is_alive, ProcHandle};
+    use crate::sys::process::{is_alive, ProcHandle};
     let pid = pid as i32;
     if start_time == 0 {
         return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()

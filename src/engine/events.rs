@@ -111,7 +111,7 @@ pub struct Redacting<'a>(pub &'a dyn Reporter);
 
 impl Reporter for Redacting<'_> {
     fn event(&self, ev: Event) {
-        let clean = |s: String| super::process::printable(&crate::secrets::redact(&s));
+        let clean = |s: String| crate::sys::process::printable(&crate::secrets::redact(&s));
         self.0.event(match ev {
             Event::Started { resource, action, detail } => {
                 Event::Started { resource: clean(resource), action, detail: detail.map(clean) }

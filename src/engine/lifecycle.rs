@@ -21,19 +21,20 @@ use serde_json::json;
 
 use super::events::{Event, Redacting, Reporter};
 use super::journal::{Journal, Record, RunMeta};
-use super::process::{self, Users};
-use super::secure_fs::{Dir, FsError};
-use super::signals::Signals;
-use super::timing::Clock;
-use super::{state, teardown};
+use super::teardown;
 use crate::description::template::{self, Outputs, Scope, ServiceOutputs};
 use crate::description::{DestroyPolicy, Loaded, ProviderKind};
+use crate::engine::provider::{Blame, Ctx, Output, Provider, RunInfo, StepError};
 use crate::exit;
 use crate::plan::{self, Kind, Plan};
-use crate::providers::{Blame, Ctx, Output, Provider, RunInfo, StepError};
 use crate::report::model::*;
 use crate::secrets;
 use crate::suites;
+use crate::sys::process::{self, Users};
+use crate::sys::secure_fs::{Dir, FsError};
+use crate::sys::signals::Signals;
+use crate::sys::state;
+use crate::sys::timing::Clock;
 
 pub struct Options {
     /// Chosen by the caller, so that even a panic can be cleaned up from its journal.
@@ -46,7 +47,7 @@ pub struct Options {
     pub state_root: PathBuf,
     pub work_root: PathBuf,
     /// The user the release runs as when rehearse runs as root (`--run-as`; default
-    /// [`super::process::RELEASE_USER`]).
+    /// [`crate::sys::process::RELEASE_USER`]).
     pub run_as: Option<String>,
 }
 
@@ -99,7 +100,7 @@ pub async fn run<P: Provider>(
     // private to this user, the work directory traversable (never listable) by the
     // users the copy and the release run as; each checked, so that no other user can
     // have placed or redirected them.
-    let dir_err = |e: super::secure_fs::FsError| e.to_string();
+    let dir_err = |e: crate::sys::secure_fs::FsError| e.to_string();
     let work_root = state::traversable_dir(&opts.work_root).map_err(dir_err)?;
     let work_runs = state::traversable_dir(&work_root.join("runs")).map_err(dir_err)?;
     let state_root = state::private_dir(&opts.state_root).map_err(dir_err)?;

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter};
 use super::journal::{self, Journal, State};
-use super::signals::Signals;
-use super::timing::Clock;
-use crate::providers::Provider;
+use crate::engine::provider::Provider;
 use crate::report::model::Leftover;
+use crate::sys::signals::Signals;
+use crate::sys::timing::Clock;
 
 pub struct Outcome {
     pub leftovers: Vec<Leftover>,

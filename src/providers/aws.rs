@@ -9,7 +9,6 @@
 //! that ignore those parameters.
 
 pub mod api;
-pub mod fake;
 pub mod patient;
 pub mod poller;
 pub mod sdk;
@@ -22,10 +21,10 @@ use base64::Engine as _;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{Ctx, Output, Provider, StepError};
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::{DatabaseSource, RestoreMode};
 use crate::engine::journal::{Entry, RunMeta};
+use crate::engine::provider::{Ctx, Output, Provider, StepError};
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
 use crate::secrets;
@@ -128,7 +127,7 @@ impl<A> AwsProvider<A> {
 impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     pub fn new(api: A, min_poll: Duration, max_poll: Duration) -> Self {
         AwsProvider {
-            work_root: crate::engine::state::work_dir(),
+            work_root: crate::sys::state::work_dir(),
             api: Patient::new(api),
             ids: Mutex::default(),
             instances: Poller::new(min_poll, max_poll),
@@ -145,6 +144,11 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     /// Retry pauses drawn from `seed` (a reproducible scenario).
     pub fn seeded(self, seed: u64) -> Self {
         AwsProvider { api: self.api.seeded(seed), ..self }
+    }
+
+    /// Calls sent again after a lost answer, a throttle or a 5xx.
+    pub fn retried(&self) -> u64 {
+        self.api.retried()
     }
 
     /// Describe calls made by the pollers (instances, databases, clusters).
@@ -505,7 +509,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 .env_remove("PGOPTIONS")
                 .envs(outputs.libpq_env())
                 .env("PGCONNECT_TIMEOUT", "10");
-            let f = crate::engine::process::run_logged(&mut cmd, &log, timeout, ctx.clock)
+            let f = crate::sys::process::run_logged(&mut cmd, &log, timeout, ctx.clock)
                 .await
                 .map_err(|e| StepError::build(format!("cannot run psql for masking: {e}")))?;
             ctx.step(res, "mask", t, f.success(), None);
@@ -630,7 +634,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         let url = if port.is_empty() { format!("http://{address}") } else { format!("http://{address}:{port}") };
         if let (Some(h), Some(p)) = (&s.health, s.port) {
             let t = ctx.started(res, "health", Some(h.path.clone()));
-            let r = super::local::health::wait_healthy_at(
+            let r = crate::sys::health::wait_healthy_at(
                 &address,
                 p,
                 &h.path,
@@ -817,7 +821,7 @@ impl Tagged {
     pub fn evidence(&self) -> Result<(), String> {
         let run = tag_value(&self.tags, TAG_RUN).unwrap_or_default();
         let res = tag_value(&self.tags, TAG_RESOURCE).unwrap_or_default();
-        if !crate::engine::state::valid_run_id(run) || res.is_empty() {
+        if !crate::sys::state::valid_run_id(run) || res.is_empty() {
             return Err(format!("its tags {TAG_RUN}={run:?} / {TAG_RESOURCE}={res:?} are not rehearse's"));
         }
         if self.protected {
@@ -1057,8 +1061,13 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
             let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(std::path::PathBuf::from));
             return match dir {
                 Some(d) => {
-                    use crate::engine::state;
-                    state::remove_tree(&state::confined_to_run(&d, meta, &self.work_root)?)
+                    use crate::sys::state;
+                    state::remove_tree(&state::confined_to_run(
+                        &d,
+                        &meta.run_id,
+                        meta.work_dir.as_deref(),
+                        &self.work_root,
+                    )?)
                 }
                 None => Ok(()),
             };
@@ -1183,8 +1192,8 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
 
 #[cfg(test)]
 mod tests {
-    use super::fake::FakeCloud;
     use super::*;
+    use crate::testkit::fake_cloud::{self as fake, FakeCloud};
 
     type P = AwsProvider<FakeCloud>;
     const RUN: &str = "r-20261125-193606-4d81b4";

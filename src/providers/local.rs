@@ -8,7 +8,6 @@
 //! crashed run left even without its journal.
 
 pub mod golden;
-pub mod health;
 pub mod postgres;
 pub mod release;
 
@@ -20,15 +19,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Ctx, Output, Provider, StepError};
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::{DatabaseSource, SuiteResults};
 use crate::engine::journal::{Entry, RunMeta};
-use crate::engine::process::{self, ProcHandle};
-use crate::engine::{secure_fs, state};
+use crate::engine::provider::{Ctx, Output, Provider, StepError};
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
 use crate::secrets;
+use crate::sys::health;
+use crate::sys::process::{self, ProcHandle};
+use crate::sys::{secure_fs, state};
 use postgres::{Cluster, PgBin};
 
 /// How long an install / migration command may take.
@@ -75,7 +75,7 @@ impl LocalProvider {
 
     /// `dir` if it lies in this run's work directory (see [`state::confined_to_run`]).
     fn owned_path(&self, dir: &Path, meta: &RunMeta) -> Result<PathBuf, String> {
-        state::confined_to_run(dir, meta, &self.work_root)
+        state::confined_to_run(dir, &meta.run_id, meta.work_dir.as_deref(), &self.work_root)
     }
 
     fn tag<'a>(ctx: &'a Ctx<'_>) -> [(&'static str, &'a str); 1] {

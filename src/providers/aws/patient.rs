@@ -373,8 +373,8 @@ fn listed<T>(found: ApiResult<Vec<T>>) -> ApiResult<Vec<T>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{FakeCloud, Faults};
     use super::*;
+    use crate::testkit::fake_cloud::{FakeCloud, Faults};
 
     fn tags(run: &str, resource: &str) -> Vec<Tag> {
         vec![Tag { key: TAG_RUN.into(), value: run.into() }, Tag { key: TAG_RESOURCE.into(), value: resource.into() }]
@@ -479,7 +479,7 @@ mod tests {
     async fn a_lost_answer_is_sent_again_only_where_a_repeat_cannot_harm() {
         let cloud = FakeCloud::new(8, Faults { lost_response: 1.0, ..Faults::none() });
         let api = Patient::new(cloud.clone());
-        let req = super::super::fake::tests::one_instance("r-1-service.web.0", tags("r-1", "service.web.0"));
+        let req = crate::testkit::fake_cloud::tests::one_instance("r-1-service.web.0", tags("r-1", "service.web.0"));
         // Every answer lost: sent four times in all, one instance (the client token).
         assert_eq!(api.run_instances(&req).await.unwrap_err().kind, ErrorKind::Unreachable);
         assert_eq!(cloud.calls().iter().filter(|c| c.op == "RunInstances").count(), 4);
@@ -498,7 +498,7 @@ mod tests {
     async fn a_lost_answer_then_a_refused_connection_is_uncertain() {
         let cloud = FakeCloud::new(8, Faults { lost_response: 1.0, refused_after_lost: 1.0, ..Faults::none() });
         let api = Patient::new(cloud.clone());
-        let req = super::super::fake::tests::one_instance("r-1-service.web.0", tags("r-1", "service.web.0"));
+        let req = crate::testkit::fake_cloud::tests::one_instance("r-1-service.web.0", tags("r-1", "service.web.0"));
         let e = api.run_instances(&req).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::ServerError, "{e}");
         assert!(e.message.contains("may have run"), "{e}");

@@ -16,10 +16,10 @@ use super::{golden_dir, GoldenMeta, GOLDEN_LAYOUT};
 use crate::description::template::{self, Outputs, Scope};
 use crate::description::{DatabaseSource, Loaded};
 use crate::engine::events::{Event, Reporter};
-use crate::engine::process;
-use crate::engine::signals::Signals;
-use crate::engine::state;
-use crate::engine::timing::Clock;
+use crate::sys::process;
+use crate::sys::signals::Signals;
+use crate::sys::state;
+use crate::sys::timing::Clock;
 use nix::fcntl::{Flock, FlockArg};
 
 /// The lock a golden copy is refreshed and copied under (beside it, in rehearse's own
@@ -109,13 +109,13 @@ pub async fn refresh_all(
                 postgres::mask(&bin, &cluster, &db_name, &loaded.resolve(m), &log, &clock, timeout).await?;
             }
             postgres::hand_over(&bin, &cluster, &db_name, &clock).await?;
-            Ok::<(), crate::providers::StepError>(())
+            Ok::<(), crate::engine::provider::StepError>(())
         };
         // Interrupted: the steps in flight are dropped (their commands killed), and the
         // server, recorded or not, is stopped and its directory removed below.
         let result = tokio::select! {
             r = built => r,
-            _ = signals.nth(1) => Err(crate::providers::StepError::build("interrupted")),
+            _ = signals.nth(1) => Err(crate::engine::provider::StepError::build("interrupted")),
         };
         let stopped = postgres::stop(Some(&bin), &cluster).await;
         reporter.event(Event::Finished {
@@ -142,7 +142,7 @@ pub async fn refresh_all(
         };
         // The directory is the cluster user's: written without following a link.
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
-        crate::engine::secure_fs::Dir::open(&staging)
+        crate::sys::secure_fs::Dir::open(&staging)
             .and_then(|d| d.write_file(std::path::Path::new("meta.json"), &bytes, None))
             .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_file(&log);

@@ -7,7 +7,7 @@
 //! `synchronous_commit`): the copy is thrown away, and a restore of production-sized
 //! data should take what the hardware allows, not what crash safety costs. When
 //! rehearse runs as root the cluster runs as the unprivileged `rehearse-db`
-//! ([`crate::engine::process::CLUSTER_USER`]), because PostgreSQL refuses root.
+//! ([`crate::sys::process::CLUSTER_USER`]), because PostgreSQL refuses root.
 //!
 //! Roles: rehearse's own superuser ([`SUPERUSER`], the bootstrap role, no password,
 //! reachable only over the cluster's private socket) restores and masks; the release
@@ -26,10 +26,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::engine::process::{self, RunAs};
-use crate::engine::secure_fs::Dir;
-use crate::engine::timing::Clock;
-use crate::providers::StepError;
+use crate::engine::provider::StepError;
+use crate::sys::process::{self, RunAs};
+use crate::sys::secure_fs::Dir;
+use crate::sys::timing::Clock;
 
 /// The bootstrap superuser of every throwaway cluster: rehearse's own, over the
 /// private socket only (it has no password, and TCP needs one).
@@ -145,7 +145,7 @@ pub async fn newest_backup(bin: &PgBin, dir: &Path, clock: &Clock) -> Result<Bac
         ))
     })?;
     // What is restored runs as a superuser inside the copy: it must be production's.
-    crate::engine::secure_fs::check_input(&best.path)
+    crate::sys::secure_fs::check_input(&best.path)
         .map_err(|e| StepError::build(format!("the backup cannot be trusted: {e}")))?;
     Ok(best)
 }
@@ -223,7 +223,7 @@ impl Cluster {
 /// could have swapped.
 pub fn prepare_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError> {
     let fail =
-        |e: crate::engine::secure_fs::FsError| StepError::build(format!("cannot prepare the cluster's directory: {e}"));
+        |e: crate::sys::secure_fs::FsError| StepError::build(format!("cannot prepare the cluster's directory: {e}"));
     let (Some(parent), Some(name)) = (base.parent(), base.file_name()) else {
         return Err(StepError::build(format!("{} is not a directory inside the run's", base.display())));
     };

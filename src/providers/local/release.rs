@@ -11,8 +11,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::engine::timing::Clock;
-use crate::providers::StepError;
+use crate::engine::provider::StepError;
+use crate::sys::timing::Clock;
 
 /// The largest artifact file unpacked.
 pub const MAX_ARCHIVE_BYTES: u64 = 4 << 30;
@@ -33,7 +33,7 @@ pub async fn unpack(artifact: &Path, dest: &Path, owner: Option<(u32, u32)>, clo
         )));
     }
     let _span = clock.external();
-    crate::engine::secure_fs::check_input(artifact)
+    crate::sys::secure_fs::check_input(artifact)
         .map_err(|e| StepError::build(format!("the release artifact cannot be trusted: {e}")))?;
     let is_dir = artifact.is_dir();
     if !is_dir {
@@ -71,7 +71,7 @@ pub async fn unpack(artifact: &Path, dest: &Path, owner: Option<(u32, u32)>, clo
     tokio::task::spawn_blocking(move || check_tree(&a, &r, false))
         .await
         .map_err(|e| StepError::build(format!("checking the release failed: {e}")))??;
-    crate::engine::secure_fs::Dir::open(&root)
+    crate::sys::secure_fs::Dir::open(&root)
         .and_then(|d| d.make_private_tree(owner))
         .map_err(|e| StepError::build(format!("cannot make the release private to its user: {e}")))?;
     std::fs::rename(&root, dest).map_err(|e| StepError::build(format!("cannot move the release into place: {e}")))?;

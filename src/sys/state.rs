@@ -90,12 +90,17 @@ pub fn private_dir(p: &Path) -> Result<PathBuf, super::secure_fs::FsError> {
 /// `dir` if it is the run's work directory or lies inside it; else why it is refused.
 /// Journals name directories to remove, and a journal is a file: what it names is
 /// removed only where rehearse itself puts such things. The work directory is the one
-/// `meta` journals, literally `WORK/runs/RUN_ID`, where `WORK` and `WORK/runs` are
+/// the run journals (`work_dir`), literally `WORK/runs/RUN_ID`, where `WORK` and `WORK/runs` are
 /// directories of this user that no one else can write (the journal itself lies in a
 /// checked state directory); a journal that names none (written by `down` after the
 /// real one was lost) means `fallback_root`'s.
-pub fn confined_to_run(dir: &Path, meta: &super::journal::RunMeta, fallback_root: &Path) -> Result<PathBuf, String> {
-    let run_dir = journaled_work_dir(meta.work_dir.as_deref(), fallback_root, &meta.run_id)?;
+pub fn confined_to_run(
+    dir: &Path,
+    run_id: &str,
+    work_dir: Option<&str>,
+    fallback_root: &Path,
+) -> Result<PathBuf, String> {
+    let run_dir = journaled_work_dir(work_dir, fallback_root, run_id)?;
     if dir == run_dir || super::secure_fs::is_strictly_below(dir, &run_dir) {
         Ok(dir.to_path_buf())
     } else {
