@@ -62,6 +62,7 @@ fn main() {
                 state_root: dir.path().join(format!("one-{seed}")),
                 work_root: dir.path().join("work"),
                 run_as: None,
+                exit_code: rehearse::commands::exit_code,
             };
             let start = tokio::time::Instant::now();
             let signals = Signals::none();

@@ -2,15 +2,26 @@
 //! choosing text or JSON, and return an exit code.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, ColorChoice, Command, Format};
+use crate::cli::{Cli, ColorChoice, Command, Format, Global};
 use crate::description;
+use crate::engine::events::{Lines, Progress, Reporter, Silent};
 use crate::exit;
 use crate::plan;
+use crate::providers::aws::sdk::Sdk;
+use crate::providers::aws::AwsProvider;
+use crate::sys::{secure_fs, state};
 
-mod runs;
+mod down;
+mod inventory;
+mod run;
+mod warm;
+
+pub use run::exit_code;
 
 pub fn dispatch(cli: Cli) -> i32 {
     let g = &cli.global;
@@ -30,18 +41,23 @@ pub fn dispatch(cli: Cli) -> i32 {
                 eprintln!("error: failed to render the man page: {e}");
                 return exit::USAGE;
             }
-            let _ = std::io::stdout().write_all(&out);
-            exit::PASSED
+            match std::io::stdout().write_all(&out) {
+                Ok(()) => exit::PASSED,
+                Err(e) => {
+                    eprintln!("error: cannot write the man page: {e}");
+                    exit::USAGE
+                }
+            }
         }
-        Command::Run(args) => runs::run(g, args, false),
-        Command::Up(args) => runs::run(g, args, true),
-        Command::Down { run_id, region } => runs::down(g, run_id, region.as_deref()),
-        Command::List { all } => runs::list(g, *all),
+        Command::Run(args) => run::run(g, args, false),
+        Command::Up(args) => run::run(g, args, true),
+        Command::Down { run_id, region } => down::down(g, run_id, region.as_deref()),
+        Command::List { all } => inventory::list(g, *all),
         Command::Sweep { yes, older_than, environment, region } => {
-            runs::sweep(g, *yes, older_than.as_deref(), environment.as_deref(), region.as_deref())
+            inventory::sweep(g, *yes, older_than.as_deref(), environment.as_deref(), region.as_deref())
         }
-        Command::Report { run_id } => runs::report(g, run_id),
-        Command::Warm { file } => runs::warm(g, file),
+        Command::Report { run_id } => inventory::report(g, run_id),
+        Command::Warm { file } => warm::warm(g, file),
     }
 }
 
@@ -101,7 +117,9 @@ fn validate(g: &crate::cli::Global, files: &[std::path::PathBuf], release: Optio
         }
     }
     if g.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&json_items).unwrap_or_default());
+        if let Err(code) = print_json(&json_items) {
+            return code;
+        }
     }
     if failed {
         exit::USAGE
@@ -139,13 +157,16 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
         }
     };
     if resolve && loaded.desc.provider == description::ProviderKind::Aws {
-        if let Err(e) = runs::resolve_backups(&loaded, &mut plan) {
+        let region = loaded.desc.region.clone().unwrap_or_default();
+        let resolved =
+            runtime().block_on(async { aws_provider(&region).await.resolve_backups(&loaded, &mut plan).await });
+        if let Err(e) = resolved {
             eprintln!("error: {e}");
             return exit::BUILD_FAILED;
         }
     }
     match g.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default()),
+        Format::Json => return print_json(&plan).map_or_else(|code| code, |()| exit::PASSED),
         Format::Text => print!("{}", plan::render::text(&plan, use_color(g.color, std::io::stdout().is_terminal()))),
     }
     exit::PASSED
@@ -153,6 +174,61 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
 
 fn schema() -> i32 {
     let schema = schemars::schema_for!(description::Description);
-    println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
-    exit::PASSED
+    print_json(&schema).map_or_else(|code| code, |()| exit::PASSED)
+}
+
+/// Prints `value` as pretty JSON on stdout. Serializing rehearse's own types fails only
+/// through a bug; then nothing half-written is printed, and the error says so.
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), i32> {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: cannot print JSON: {e} (a bug: please report it)");
+            Err(exit::BUILD_FAILED)
+        }
+    }
+}
+
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built")
+}
+
+fn reporter(g: &Global) -> Box<dyn Reporter> {
+    if g.quiet || g.format == Format::Json {
+        Box::new(Silent)
+    } else if std::io::stderr().is_terminal() && use_color(g.color, true) {
+        Box::new(Progress::new())
+    } else {
+        Box::new(Lines { start: Instant::now() })
+    }
+}
+
+/// The AWS provider over the SDK, with the standard polling schedule
+/// (`POLL_FIRST`, `POLL_MAX`).
+pub async fn aws_provider(region: &str) -> AwsProvider<Sdk> {
+    AwsProvider::new(Sdk::new(region).await, crate::providers::aws::POLL_FIRST, crate::providers::aws::POLL_MAX)
+}
+
+/// The state directory, checked: `Ok(None)` when it does not exist yet; an error
+/// (printed) when another user could have written what is in it.
+fn checked_state(g: &Global) -> Result<Option<PathBuf>, i32> {
+    let root = state::state_dir(g.state_dir.as_deref());
+    for dir in [root.clone(), state::runs_dir(&root)] {
+        match secure_fs::check_private_dir(&dir) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                eprintln!("error: {e}; rehearse reads journals only from a directory no one else can write");
+                return Err(exit::USAGE);
+            }
+        }
+    }
+    Ok(Some(root))
 }

@@ -11,8 +11,10 @@
 //! - [`teardown`]: destroy from the journal in rank order, leftovers with commands;
 //! - [`events`]: progress as it happens, for a terminal or a log.
 
+mod assemble;
 pub mod events;
 pub mod journal;
 pub mod lifecycle;
 pub mod provider;
+mod steps;
 pub mod teardown;

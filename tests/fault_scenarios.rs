@@ -70,6 +70,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             state_root: state.to_path_buf(),
             work_root: state.join("work"),
             run_as: None,
+            exit_code: rehearse::commands::exit_code,
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -231,7 +232,7 @@ fn fifty_concurrent_runs_under_rate_limits_see_no_throttling_error() {
         let (outcomes, retried) =
             rehearse::testkit::scenarios::concurrent_runs(&cloud, &loaded, 50, "r-20261125-000002", dir.path()).await;
         let outcomes: Vec<(i32, String)> =
-            outcomes.iter().map(|(o, _)| (o.exit_code, serde_json::to_string(&o.report).unwrap())).collect();
+            outcomes.iter().map(|(o, _)| (o.report.exit_code, serde_json::to_string(&o.report).unwrap())).collect();
         let throttled = cloud.throttled();
         assert!(throttled > 50, "the rate limits were hardly reached ({throttled} calls refused)");
         for (i, (code, report)) in outcomes.iter().enumerate() {
@@ -282,6 +283,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             state_root: dir.path().join("state"),
             work_root: dir.path().join("work"),
             run_as: None,
+            exit_code: rehearse::commands::exit_code,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -289,7 +291,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
         assert!(reason.contains("timed out waiting for") && reason.contains("Throttling"), "{reason}");
         // Teardown, in the outage too, could not finish: exit 4, leftovers listed with
         // the command that removes them.
-        assert_eq!(outcome.exit_code, 4, "{reason}");
+        assert_eq!(outcome.report.exit_code, 4, "{reason}");
         assert!(!outcome.report.teardown.leftovers.is_empty());
         assert!(reason.contains("rehearse down r-20261125-000003-000000"), "{reason}");
         // Once the outage is over, `down` from the journal removes everything.

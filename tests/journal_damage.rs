@@ -8,7 +8,7 @@ use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::Silent;
 use rehearse::engine::journal::{Entry, RunMeta};
 use rehearse::engine::lifecycle::{self, Options};
-use rehearse::engine::provider::{Ctx, Output, Provider, StepError};
+use rehearse::engine::provider::{Ctx, DestroyError, Handle, Output, Provider, StepError};
 use rehearse::plan::Resource;
 use rehearse::sys::signals::Signals;
 
@@ -18,12 +18,13 @@ struct DamagingProvider;
 
 impl Provider for DamagingProvider {
     async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
-        ctx.record(res, serde_json::json!({"name": res.id}))?;
-        std::fs::write(ctx.journal.path(), b"\0\0\0 not a journal \0\0\0\n\x7f garbage\n").unwrap();
+        ctx.created(res, Handle::new(serde_json::json!({"name": res.id})))?;
+        std::fs::write(ctx.run.state_dir.join("journal.jsonl"), b"\0\0\0 not a journal \0\0\0\n\x7f garbage\n")
+            .unwrap();
         Ok(Output::Nothing)
     }
 
-    async fn destroy(&self, _: &Entry, _: &RunMeta) -> Result<(), String> {
+    async fn destroy(&self, _: &Entry, _: &RunMeta) -> Result<(), DestroyError> {
         Ok(())
     }
 
@@ -47,9 +48,10 @@ async fn an_unreadable_journal_at_teardown_is_exit_4_never_complete() {
         state_root: dir.path().join("state"),
         work_root: dir.path().join("work"),
         run_as: None,
+        exit_code: rehearse::commands::exit_code,
     };
     let outcome = lifecycle::run(&DamagingProvider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
-    assert_eq!(outcome.exit_code, 4, "{:?}", outcome.report.reason);
+    assert_eq!(outcome.report.exit_code, 4, "{:?}", outcome.report.reason);
     assert_eq!(outcome.report.teardown.status, "unknown");
     let reason = outcome.report.reason.unwrap_or_default();
     assert!(reason.contains("cannot be read") && reason.contains("rehearse down r-20261126-000000-0d0d0d"), "{reason}");

@@ -14,6 +14,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::plan::Kind;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Record {
@@ -25,13 +27,13 @@ pub enum Record {
     /// of the create return, or refuse, the same resource.
     Intent {
         id: String,
-        kind: String,
+        kind: Kind,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
         at: DateTime<Utc>,
     },
     /// `id` exists; `handle` is what the provider needs to find and remove it.
-    Created { id: String, kind: String, handle: Value, at: DateTime<Utc> },
+    Created { id: String, kind: Kind, handle: Value, at: DateTime<Utc> },
     /// `id` is gone (or was never there).
     Deleted { id: String, at: DateTime<Utc> },
     /// The run ended with this verdict; `kept` when the environment stays up.
@@ -122,12 +124,12 @@ impl Journal {
         f.sync_data()
     }
 
-    pub fn intent(&self, id: &str, kind: &str, key: Option<&str>) -> std::io::Result<()> {
-        self.append(&Record::Intent { id: id.into(), kind: kind.into(), key: key.map(str::to_string), at: Utc::now() })
+    pub fn intent(&self, id: &str, kind: Kind, key: Option<&str>) -> std::io::Result<()> {
+        self.append(&Record::Intent { id: id.into(), kind, key: key.map(str::to_string), at: Utc::now() })
     }
 
-    pub fn created(&self, id: &str, kind: &str, handle: Value) -> std::io::Result<()> {
-        self.append(&Record::Created { id: id.into(), kind: kind.into(), handle, at: Utc::now() })
+    pub fn created(&self, id: &str, kind: Kind, handle: Value) -> std::io::Result<()> {
+        self.append(&Record::Created { id: id.into(), kind, handle, at: Utc::now() })
     }
 
     pub fn deleted(&self, id: &str) -> std::io::Result<()> {
@@ -168,7 +170,7 @@ pub fn read(path: &Path) -> std::io::Result<Vec<Record>> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub id: String,
-    pub kind: String,
+    pub kind: Kind,
     /// None: intent recorded, creation not confirmed (it may or may not exist).
     pub handle: Option<Value>,
     /// The create's idempotency key, from the intent.
@@ -199,7 +201,7 @@ impl State {
                     } else {
                         s.entries.push(Entry {
                             id: id.clone(),
-                            kind: kind.clone(),
+                            kind: *kind,
                             handle: None,
                             key: key.clone(),
                             deleted: false,
@@ -213,7 +215,7 @@ impl State {
                     }
                     None => s.entries.push(Entry {
                         id: id.clone(),
-                        kind: kind.clone(),
+                        kind: *kind,
                         handle: Some(handle.clone()),
                         key: None,
                         deleted: false,
@@ -252,11 +254,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let j = Journal::create(&path, &meta()).unwrap();
-        j.intent("a", "local.postgres", None).unwrap();
-        j.created("a", "local.postgres", serde_json::json!({"pid": 1})).unwrap();
-        j.intent("b", "local.process", Some("b-key")).unwrap();
-        j.intent("c", "local.process", None).unwrap();
-        j.created("c", "local.process", serde_json::json!({"pid": 2})).unwrap();
+        j.intent("a", Kind::LocalPostgres, None).unwrap();
+        j.created("a", Kind::LocalPostgres, serde_json::json!({"pid": 1})).unwrap();
+        j.intent("b", Kind::LocalProcess, Some("b-key")).unwrap();
+        j.intent("c", Kind::LocalProcess, None).unwrap();
+        j.created("c", Kind::LocalProcess, serde_json::json!({"pid": 2})).unwrap();
         j.deleted("c").unwrap();
         drop(j);
         // A crash in the middle of a write leaves half a line.
@@ -280,7 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let j = Journal::create(&path, &meta()).unwrap();
-        j.intent("a", "local.postgres", None).unwrap();
+        j.intent("a", Kind::LocalPostgres, None).unwrap();
         drop(j);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("{text}garbage\n{text}")).unwrap();

@@ -9,26 +9,22 @@
 //! policy keeps the environment (never for a build failure or an interrupt).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use chrono::Utc;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 
+use super::assemble::{journaled, phase_of, phase_timings, provider_id, redact_logs, redacted};
 use super::events::{Event, Redacting, Reporter};
 use super::journal::{Journal, Record, RunMeta};
-use super::teardown;
-use crate::description::template::{self, Outputs, Scope, ServiceOutputs};
-use crate::description::{DestroyPolicy, Loaded, ProviderKind};
-use crate::engine::provider::{Blame, Ctx, Output, Provider, RunInfo, StepError};
-use crate::exit;
-use crate::plan::{self, Kind, Plan};
+use super::provider::{Blame, Provider, RunInfo};
+use super::steps::execute;
+use super::teardown::{self, Left};
+use crate::description::{format_duration, DestroyPolicy, Loaded, ProviderKind};
+use crate::plan::{self, Kind};
 use crate::report::model::*;
-use crate::secrets;
 use crate::suites;
 use crate::sys::process::{self, Users};
 use crate::sys::secure_fs::{Dir, FsError};
@@ -49,28 +45,18 @@ pub struct Options {
     /// The user the release runs as when rehearse runs as root (`--run-as`; default
     /// [`crate::sys::process::RELEASE_USER`]).
     pub run_as: Option<String>,
+    /// The process's exit code for a verdict and the number of resources teardown
+    /// left: the command decides it, the engine records it in the journal and the
+    /// report.
+    pub exit_code: fn(Verdict, usize) -> i32,
 }
 
+/// A finished run: its report (redacted), and where its files belong — the command
+/// that ran it writes them.
 pub struct Outcome {
     pub report: RunReport,
     pub report_dir: PathBuf,
-    pub exit_code: i32,
 }
-
-#[derive(Clone, Copy, PartialEq)]
-enum Status {
-    Pending,
-    Running,
-    Done,
-    Failed,
-}
-
-enum Done {
-    Resource(Result<Output, StepError>),
-    Suite(SuiteResult),
-}
-
-type NodeFuture<'a> = Pin<Box<dyn Future<Output = (usize, Done)> + 'a>>;
 
 /// Runs a whole rehearsal. Errors only for problems before anything exists (the state
 /// directory cannot be written, ...); everything after is in the outcome.
@@ -89,7 +75,8 @@ pub async fn run<P: Provider>(
     if opts.up_only {
         plan.resources.retain(|r| !r.kind.is_suite());
     }
-    let expires_at = started_at + chrono::Duration::from_std(d.ttl).unwrap_or_else(|_| chrono::Duration::hours(2));
+    let ttl = chrono::Duration::from_std(d.ttl).map_err(|_| format!("ttl {} is too long", format_duration(d.ttl)))?;
+    let expires_at = started_at + ttl;
     // Who the copy and the release run as (rehearse as root): decided before anything
     // exists, and refused when the users are missing.
     let users = Users::resolve(opts.run_as.as_deref(), d.provider == ProviderKind::Local)?;
@@ -140,10 +127,10 @@ pub async fn run<P: Provider>(
 
     // The run's own corner of the work directory: the local copy, the release, the
     // suites' scratch directories, the HOME of the release's user.
-    journal.intent("workspace", "local.workspace", None).map_err(|e| e.to_string())?;
+    journal.intent("workspace", Kind::Workspace, None).map_err(|e| e.to_string())?;
     let home = work_dir.join("home");
     workspace(&work_runs, &run_id, users).map_err(dir_err)?;
-    journal.created("workspace", "local.workspace", json!({"dir": work_dir})).map_err(|e| e.to_string())?;
+    journal.created("workspace", Kind::Workspace, json!({"dir": work_dir})).map_err(|e| e.to_string())?;
     if let Some(u) = users.release {
         if !opts.up_only && !d.suites.is_empty() && !process::can_enter(&loaded.dir, u) {
             return Err(format!(
@@ -237,31 +224,28 @@ pub async fn run<P: Provider>(
     } else {
         let stop_at = signals.count() + 1;
         let out = teardown::run(provider, &journal, reporter, signals, stop_at.max(2), &clock).await;
-        let status = if out.interrupted {
-            "interrupted"
-        } else if out.complete() {
-            "complete"
-        } else if out.unknown.is_some() {
-            "unknown"
-        } else {
-            "incomplete"
+        let status = match (&out.left, out.interrupted) {
+            (_, true) => "interrupted",
+            (Left::Clear, _) => "complete",
+            (Left::Unknown(_), _) => "unknown",
+            (Left::Remaining(_) | Left::Orphaned(_), _) => "incomplete",
         };
-        unknown = out.unknown.clone();
-        let _ = journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() });
+        unknown = out.unknown().map(str::to_string);
+        journaled(reporter, journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() }));
         destroy_steps = out
             .destroyed
             .iter()
             .map(|d| StepTiming {
                 resource: d.id.clone(),
-                kind: d.kind.clone(),
+                kind: d.kind.to_string(),
                 action: "destroy".into(),
                 start_ms: clock.ms(d.started),
                 duration_ms: d.took.as_millis() as u64,
                 ok: d.error.is_none(),
-                detail: d.error.clone(),
+                detail: d.error.as_ref().map(ToString::to_string),
             })
             .collect();
-        (status.to_string(), out.left(&down_command), out.duration.as_millis() as u64)
+        (status.to_string(), out.listed(&down_command), out.duration.as_millis() as u64)
     };
     let down_end = Instant::now();
     let reason = match (verdict, leftovers.len()) {
@@ -281,20 +265,15 @@ pub async fn run<P: Provider>(
         _ => reason,
     };
 
-    let mut exit_code = match verdict {
-        Verdict::Passed => exit::PASSED,
-        Verdict::Failed => exit::SUITES_FAILED,
-        Verdict::BuildFailed => exit::BUILD_FAILED,
-        Verdict::Interrupted => exit::INTERRUPTED,
-    };
-    if !leftovers.is_empty() {
-        exit_code = exit::LEFTOVERS;
-    }
-    let _ =
-        journal.append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() });
+    let exit_code = (opts.exit_code)(verdict, leftovers.len());
+    journaled(
+        reporter,
+        journal.append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() }),
+    );
 
-    let mut steps = steps.into_inner().unwrap_or_default();
-    let mut phases = phase_timings(&steps, &clock, graph.failure.as_ref().map(|f| f.0.as_str()), &plan);
+    // A step that panicked while holding the lock left the timings before it intact.
+    let mut steps = steps.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut phases = phase_timings(&steps, graph.failure.as_ref().map(|f| f.0.as_str()));
     if !keep {
         phases.push(PhaseTiming {
             phase: "down".into(),
@@ -304,7 +283,9 @@ pub async fn run<P: Provider>(
         });
     }
     steps.extend(destroy_steps);
-    // What each resource is called by its provider, from the journal's handles.
+    // What each resource is called by its provider, from the journal's handles. A
+    // journal that cannot be read here was reported by teardown already (the run is
+    // "unknown"); the report then names resources by the outputs the steps returned.
     let handles: BTreeMap<String, String> = super::journal::read(journal.path())
         .map(|records| super::journal::State::from_records(&records).entries)
         .unwrap_or_default()
@@ -385,294 +366,7 @@ pub async fn run<P: Provider>(
         redact_logs(&run_state);
     }
     let report = redacted(report)?;
-    crate::report::write_all(&report, &report_dir)
-        .map_err(|e| format!("cannot write the report to {}: {e}", report_dir.display()))?;
-    Ok(Outcome { report, report_dir, exit_code })
-}
-
-struct GraphResult {
-    failure: Option<(String, StepError)>,
-    interrupted: bool,
-    suites: BTreeMap<String, SuiteResult>,
-    backups: Vec<BackupUsed>,
-    /// Resource id → provider id (for the report).
-    created: BTreeMap<String, String>,
-    status: BTreeMap<String, &'static str>,
-}
-
-impl GraphResult {
-    fn status_of(&self, id: &str) -> Option<&'static str> {
-        self.status.get(id).copied()
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn execute<P: Provider>(
-    provider: &P,
-    loaded: &Loaded,
-    plan: &Plan,
-    info: &RunInfo,
-    journal: &Journal,
-    clock: &Clock,
-    reporter: &dyn Reporter,
-    steps: &Mutex<Vec<StepTiming>>,
-    signals: &Signals,
-) -> GraphResult {
-    let d = &loaded.desc;
-    let n = plan.resources.len();
-    let index: BTreeMap<&str, usize> = plan.resources.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
-    let mut status = vec![Status::Pending; n];
-    let mut outputs = Outputs {
-        run_id: info.run_id.clone(),
-        expires_at: info.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        release_version: info.release_version.clone(),
-        release_dir: String::new(),
-        databases: BTreeMap::new(),
-        services: BTreeMap::new(),
-    };
-    let mut instances: BTreeMap<(String, u32), ServiceOutputs> = BTreeMap::new();
-    let mut result = GraphResult {
-        failure: None,
-        interrupted: false,
-        suites: BTreeMap::new(),
-        backups: Vec::new(),
-        created: BTreeMap::new(),
-        status: BTreeMap::new(),
-    };
-    let mut running: FuturesUnordered<NodeFuture<'_>> = FuturesUnordered::new();
-    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
-    let mut grace_until: Option<tokio::time::Instant> = None;
-    loop {
-        if result.failure.is_none() && !result.interrupted {
-            for i in 0..n {
-                if status[i] != Status::Pending {
-                    continue;
-                }
-                let r = &plan.resources[i];
-                let ready =
-                    r.depends_on.iter().all(|dep| index.get(dep.as_str()).is_some_and(|j| status[*j] == Status::Done));
-                if !ready {
-                    continue;
-                }
-                status[i] = Status::Running;
-                let tctx = template::context(d, Some(&plan.release.artifact), &outputs, Scope::Full);
-                if r.kind.is_suite() {
-                    let suite_outputs = outputs.clone();
-                    let mut cancelled = cancel_rx.clone();
-                    running.push(Box::pin(async move {
-                        let name = r.name.as_str();
-                        let s = &d.suites[name];
-                        let render = |key: &str| template::render(&loaded.tera, key, &tctx);
-                        let command = render(&format!("suites.{name}.command")).unwrap_or_else(|_| s.command.clone());
-                        let mut env = suites::standard_env(&info.run_id, &info.release_version, &suite_outputs);
-                        for k in s.env.keys() {
-                            if let Ok(v) = render(&format!("suites.{name}.env.{k}")) {
-                                env.push((k.clone(), v));
-                            }
-                        }
-                        reporter.event(Event::Started {
-                            resource: r.id.clone(),
-                            action: "suite".into(),
-                            detail: Some(command.clone()),
-                        });
-                        let t = Instant::now();
-                        let run = suites::run(
-                            suites::SuiteRun {
-                                name,
-                                suite: s,
-                                command,
-                                cwd: loaded.dir.clone(),
-                                env,
-                                out_dir: info.state_dir.join("suites").join(name),
-                                scratch_parent: info.work_dir.join("suites"),
-                                run_as: info.release_user(),
-                            },
-                            clock,
-                        );
-                        // An interrupt (or another step's failure) stops a suite at once
-                        // (its process group is killed when the future is dropped): it
-                        // creates nothing that teardown would have to wait for.
-                        let stopped = "stopped before it finished: the run was interrupted or another step failed";
-                        let res = tokio::select! {
-                            res = run => res,
-                            _ = cancelled.wait_for(|c| *c) => suites::not_run(name, s, stopped),
-                        };
-                        let ok = res.status == SuiteStatus::Passed;
-                        let detail = Some(match &res.reason {
-                            Some(why) => format!("{}: {why}", res.status.as_str()),
-                            None => format!("{} tests, {} failed", res.tests, res.failures + res.errors),
-                        });
-                        reporter.event(Event::Finished {
-                            resource: r.id.clone(),
-                            action: "suite".into(),
-                            ok,
-                            elapsed: t.elapsed(),
-                            detail: detail.clone(),
-                        });
-                        if let Ok(mut s) = steps.lock() {
-                            s.push(StepTiming {
-                                resource: r.id.clone(),
-                                kind: "suite".into(),
-                                action: "suite".into(),
-                                start_ms: clock.ms(t),
-                                duration_ms: t.elapsed().as_millis() as u64,
-                                ok,
-                                detail,
-                            });
-                        }
-                        (i, Done::Suite(res))
-                    }));
-                } else {
-                    let key = provider.idempotency_key(r, &info.run_id);
-                    if let Err(e) = journal.intent(&r.id, r.kind.as_str(), key.as_deref()) {
-                        status[i] = Status::Failed;
-                        result.failure =
-                            Some((r.id.clone(), StepError::build(format!("cannot write the journal: {e}"))));
-                        break;
-                    }
-                    let cancel = cancel_rx.clone();
-                    running.push(Box::pin(async move {
-                        let ctx = Ctx { run: info, loaded, plan, journal, clock, reporter, steps, tctx, cancel };
-                        (i, Done::Resource(provider.create(r, &ctx).await))
-                    }));
-                }
-            }
-        }
-        if running.is_empty() {
-            break;
-        }
-        // After a failure, steps in flight get the provider's grace period to reach a
-        // point where what they created is journaled (an API call answered), then are
-        // dropped; a signal drops them at once.
-        let grace = async {
-            match grace_until {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        enum Next<T> {
-            Finished(Option<T>),
-            Interrupted,
-            Abandon,
-        }
-        let next = tokio::select! {
-            next = running.next() => Next::Finished(next),
-            _ = signals.nth(1), if !result.interrupted => Next::Interrupted,
-            // A second signal: the user will not wait for what is in flight.
-            _ = signals.nth(2), if result.interrupted => Next::Abandon,
-            _ = grace => Next::Abandon,
-        };
-        let (i, done) = match next {
-            Next::Finished(Some(x)) => x,
-            Next::Finished(None) | Next::Abandon => break,
-            Next::Interrupted => {
-                // No new work; what is in flight is told to stop at its next safe point
-                // and gets the provider's grace period to get there — a create whose
-                // call is on its way is answered and journaled, so that teardown
-                // removes what it made instead of missing it. Suites stop at once.
-                result.interrupted = true;
-                let _ = cancel_tx.send(true);
-                let grace = provider.cancel_grace();
-                if grace.is_zero() {
-                    break;
-                }
-                let until = tokio::time::Instant::now() + grace;
-                grace_until = Some(grace_until.map_or(until, |g| g.min(until)));
-                continue;
-            }
-        };
-        let r = &plan.resources[i];
-        match done {
-            Done::Suite(s) => {
-                status[i] = Status::Done;
-                result.suites.insert(r.name.clone(), s);
-            }
-            Done::Resource(Ok(out)) => {
-                status[i] = Status::Done;
-                match out {
-                    Output::Nothing => {}
-                    Output::Database { outputs: o, backup } => {
-                        result.created.insert(r.id.clone(), o.endpoint.clone());
-                        outputs.databases.insert(r.name.clone(), o);
-                        result.backups.push(backup);
-                    }
-                    Output::Release { dir } => {
-                        result.created.insert(r.id.clone(), dir.display().to_string());
-                        outputs.release_dir = dir.display().to_string();
-                    }
-                    Output::Service { name, index, outputs: o } => {
-                        result.created.insert(r.id.clone(), o.url.clone());
-                        instances.insert((name.clone(), index), o);
-                        let all: Vec<&ServiceOutputs> =
-                            instances.iter().filter(|((n, _), _)| *n == name).map(|(_, o)| o).collect();
-                        let first = all[0].clone();
-                        outputs.services.insert(
-                            name,
-                            ServiceOutputs {
-                                addresses: all.iter().map(|o| o.address.clone()).collect(),
-                                urls: all.iter().map(|o| o.url.clone()).collect(),
-                                ..first
-                            },
-                        );
-                    }
-                }
-            }
-            Done::Resource(Err(e)) => {
-                status[i] = Status::Failed;
-                if result.interrupted {
-                    // Stopped by the interrupt, not a failure of its own.
-                    continue;
-                }
-                reporter.event(Event::Note(format!("{} failed: {}", r.id, e.message)));
-                if result.failure.is_none() {
-                    result.failure = Some((r.id.clone(), e));
-                }
-                // No new work; what is in flight is told to stop, and dropped when the
-                // provider's grace period is over.
-                let _ = cancel_tx.send(true);
-                let grace = provider.cancel_grace();
-                if grace.is_zero() {
-                    break;
-                }
-                grace_until.get_or_insert(tokio::time::Instant::now() + grace);
-            }
-        }
-    }
-    drop(running);
-    for (i, r) in plan.resources.iter().enumerate() {
-        let s = match status[i] {
-            Status::Pending => "pending",
-            Status::Running => "cancelled",
-            Status::Done => "done",
-            Status::Failed => "failed",
-        };
-        result.status.insert(r.id.clone(), s);
-    }
-    result
-}
-
-/// The report with every registered secret redacted, in every field.
-fn redacted(report: RunReport) -> Result<RunReport, String> {
-    let mut v = serde_json::to_value(&report).map_err(|e| format!("cannot serialize the report: {e}"))?;
-    secrets::redact_json(&mut v);
-    serde_json::from_value(v).map_err(|e| format!("cannot serialize the report: {e}"))
-}
-
-/// Rewrites the run's logs (`logs/`, `suites/*/`) with secrets redacted. A log that
-/// cannot be rewritten is reported, not fatal: it is private to this user anyway.
-fn redact_logs(run_state: &std::path::Path) {
-    let mut dirs = vec![run_state.join("logs")];
-    if let Ok(rd) = std::fs::read_dir(run_state.join("suites")) {
-        dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-    }
-    for dir in dirs {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
-        for f in rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())) {
-            if let Err(e) = secrets::redact_file(&f.path()) {
-                tracing::warn!("cannot redact {}: {e}", f.path().display());
-            }
-        }
-    }
+    Ok(Outcome { report, report_dir })
 }
 
 /// Creates the run's work directory (`WORK/runs/RUN_ID`, traversable) with the release
@@ -685,70 +379,4 @@ fn workspace(runs: &std::path::Path, run_id: &str, users: Users) -> Result<(), F
     }
     dir.create_dir(std::ffi::OsStr::new("suites"), state::TRAVERSABLE)?;
     Ok(())
-}
-
-/// A short provider id from a journal handle: an instance or DB id, a group, a PID, a
-/// directory.
-fn provider_id(h: &serde_json::Value) -> Option<String> {
-    for key in ["instance_id", "db_instance_id", "db_cluster_id", "group_id", "name", "dir"] {
-        if let Some(v) = h.get(key).and_then(|v| v.as_str()) {
-            return Some(v.to_string());
-        }
-    }
-    if let Some(pid) = h.get("process").and_then(|p| p.get("pid")).and_then(|p| p.as_i64()) {
-        let port = h.get("port").and_then(|p| p.as_u64()).map(|p| format!(" on 127.0.0.1:{p}")).unwrap_or_default();
-        return Some(format!("pid {pid}{port}"));
-    }
-    if let Some(c) = h.get("cluster") {
-        let base = c.get("base").and_then(|b| b.as_str()).unwrap_or_default();
-        let port = c.get("port").and_then(|p| p.as_u64()).unwrap_or(0);
-        return Some(format!("PostgreSQL on 127.0.0.1:{port} in {base}"));
-    }
-    None
-}
-
-/// The phase a step belongs to.
-fn phase_for(kind: &str, action: &str) -> &'static str {
-    match (kind, action) {
-        (_, "suite") => "suites",
-        (_, "mask") => "prepare-data",
-        (_, "install") => "install",
-        ("local.process", _) | ("aws.ec2.instance", "health") => "health",
-        _ => "up",
-    }
-}
-
-fn phase_of(kind: Option<Kind>, e: &StepError) -> String {
-    match (kind, e.blame) {
-        (Some(Kind::LocalInstall), _) => "install".into(),
-        (Some(Kind::LocalProcess), _) => "health".into(),
-        (_, Blame::Release) => "install".into(),
-        _ => "up".into(),
-    }
-}
-
-/// Phase spans from the steps, in lifecycle order.
-fn phase_timings(steps: &[StepTiming], _clock: &Clock, failed: Option<&str>, plan: &Plan) -> Vec<PhaseTiming> {
-    let order = ["up", "prepare-data", "install", "health", "suites"];
-    let failed_phase = failed
-        .and_then(|id| steps.iter().rev().find(|s| s.resource == id && !s.ok))
-        .map(|s| phase_for(&s.kind, &s.action));
-    let _ = plan;
-    order
-        .iter()
-        .map(|phase| {
-            let mine: Vec<&StepTiming> = steps.iter().filter(|s| phase_for(&s.kind, &s.action) == *phase).collect();
-            if mine.is_empty() {
-                return PhaseTiming { phase: phase.to_string(), start_ms: 0, duration_ms: 0, status: "skipped".into() };
-            }
-            let start = mine.iter().map(|s| s.start_ms).min().unwrap_or(0);
-            let end = mine.iter().map(|s| s.start_ms + s.duration_ms).max().unwrap_or(start);
-            let status = if failed_phase == Some(*phase) || mine.iter().any(|s| !s.ok && s.kind != "suite") {
-                "failed"
-            } else {
-                "ok"
-            };
-            PhaseTiming { phase: phase.to_string(), start_ms: start, duration_ms: end - start, status: status.into() }
-        })
-        .collect()
 }

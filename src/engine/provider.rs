@@ -13,7 +13,7 @@ use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::Loaded;
 use crate::engine::events::Reporter;
 use crate::engine::journal::{Entry, Journal, RunMeta};
-use crate::plan::{Plan, Resource};
+use crate::plan::{Kind, Plan, Resource};
 use crate::report::model::{BackupUsed, StepTiming};
 use crate::sys::process::{RunAs, Users};
 use crate::sys::timing::Clock;
@@ -40,19 +40,46 @@ pub struct RunInfo {
     pub cold: bool,
 }
 
-/// What a step works with: the run, the description, the plan, the journal, and the
-/// template context with the outputs of everything created so far.
+/// What a step works with: the run, the description, the plan, and the template context
+/// with the outputs of everything created so far. A step reports what it created through
+/// [`Ctx::created`]; the journal behind it is the engine's alone.
 pub struct Ctx<'a> {
     pub run: &'a RunInfo,
     pub loaded: &'a Loaded,
     pub plan: &'a Plan,
-    pub journal: &'a Journal,
     pub clock: &'a Clock,
     pub reporter: &'a dyn Reporter,
-    pub steps: &'a std::sync::Mutex<Vec<StepTiming>>,
     pub tctx: tera::Context,
     /// Turns true when another step failed: stop at the next safe point.
     pub cancel: tokio::sync::watch::Receiver<bool>,
+    journal: &'a Journal,
+    steps: &'a std::sync::Mutex<Vec<StepTiming>>,
+}
+
+/// What finds and removes a created resource (an instance id, a cluster's directory
+/// and port, a process group), as the provider shapes it; the engine journals it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handle(pub serde_json::Value);
+
+impl Handle {
+    pub fn new(value: serde_json::Value) -> Handle {
+        Handle(value)
+    }
+}
+
+/// What a failed create leaves behind, as far as the provider can tell: together with
+/// the handles reported through [`Ctx::created`], the typed outcome of a create —
+/// created (a handle was reported), not created, or maybe created (the engine has the
+/// intent's idempotency key, and teardown looks the resource up by it or by its tags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Creation {
+    /// The create call may have gone through: its answer was lost, the service failed
+    /// on its side, or the step failed after it.
+    #[default]
+    Maybe,
+    /// Nothing was created: the request never left this machine, the service refused
+    /// it, or the step failed before any create call.
+    Nothing,
 }
 
 impl RunInfo {
@@ -62,7 +89,7 @@ impl RunInfo {
     }
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     /// Runs `fut` unless (or until) the run is cancelled because another step failed.
     pub async fn unless_cancelled<T>(
         &self,
@@ -78,10 +105,28 @@ impl Ctx<'_> {
         }
     }
 
-    /// Journals that `res` exists, with what is needed to remove it.
-    pub fn record(&self, res: &Resource, handle: serde_json::Value) -> Result<(), StepError> {
+    /// The engine's side of a step: what the provider's create runs with.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::engine) fn new(
+        run: &'a RunInfo,
+        loaded: &'a Loaded,
+        plan: &'a Plan,
+        journal: &'a Journal,
+        clock: &'a Clock,
+        reporter: &'a dyn Reporter,
+        steps: &'a std::sync::Mutex<Vec<StepTiming>>,
+        tctx: tera::Context,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Ctx<'a> {
+        Ctx { run, loaded, plan, clock, reporter, tctx, cancel, journal, steps }
+    }
+
+    /// Reports that `res` exists, with what is needed to remove it: the engine journals
+    /// it (fsynced) before this returns. Reported again when the handle changes (a
+    /// cluster that moved to another port).
+    pub fn created(&self, res: &Resource, handle: Handle) -> Result<(), StepError> {
         self.journal
-            .created(&res.id, res.kind.as_str(), handle)
+            .created(&res.id, res.kind, handle.0)
             .map_err(|e| StepError::build(format!("cannot write the journal: {e}")))
     }
 
@@ -147,6 +192,8 @@ pub enum Blame {
 #[derive(Clone, Debug)]
 pub struct StepError {
     pub blame: Blame,
+    /// Whether the failed step may have created its resource.
+    pub creation: Creation,
     /// One line: what failed.
     pub message: String,
     /// The last lines of the failing command's output.
@@ -156,11 +203,29 @@ pub struct StepError {
 
 impl StepError {
     pub fn build(message: impl Into<String>) -> Self {
-        StepError { blame: Blame::Build, message: message.into(), log_tail: Vec::new(), log: None }
+        StepError {
+            blame: Blame::Build,
+            creation: Creation::Maybe,
+            message: message.into(),
+            log_tail: Vec::new(),
+            log: None,
+        }
     }
 
     pub fn release(message: impl Into<String>) -> Self {
-        StepError { blame: Blame::Release, message: message.into(), log_tail: Vec::new(), log: None }
+        StepError {
+            blame: Blame::Release,
+            creation: Creation::Maybe,
+            message: message.into(),
+            log_tail: Vec::new(),
+            log: None,
+        }
+    }
+
+    /// The step failed before anything of its resource could exist.
+    pub fn nothing_created(mut self) -> Self {
+        self.creation = Creation::Nothing;
+        self
     }
 
     pub fn with_log(mut self, log: &std::path::Path, lines: usize) -> Self {
@@ -176,12 +241,75 @@ impl std::fmt::Display for StepError {
     }
 }
 
+impl std::error::Error for StepError {}
+
+/// Why a resource could not be removed, in the terms teardown acts on: what is worth
+/// another attempt, and what a person must look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestroyErrorKind {
+    /// Something still uses it (an instance still terminating holds its security
+    /// group): another attempt later can succeed.
+    InUse,
+    /// The service could not be reached, throttled, failed on its side, or the
+    /// resource did not go within the time allowed: another attempt can succeed.
+    Unavailable,
+    /// This identity may not remove it (`AccessDenied`, `UnauthorizedOperation`):
+    /// trying again changes nothing.
+    Denied,
+    /// It is not this run's (the ownership guard refused, or a journaled path lies
+    /// outside the run's directory): never removed, never retried.
+    NotOurs,
+    /// Anything else the service or the system refused.
+    Failed,
+}
+
+/// A failed removal: its kind, one line for a person, and the underlying error.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DestroyError {
+    pub kind: DestroyErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl From<crate::sys::state::RemoveError> for DestroyError {
+    fn from(e: crate::sys::state::RemoveError) -> Self {
+        use crate::sys::state::RemoveError;
+        let kind = match e {
+            RemoveError::NotOurs { .. } | RemoveError::Unsafe { .. } => DestroyErrorKind::NotOurs,
+            RemoveError::Io { .. } => DestroyErrorKind::Failed,
+        };
+        DestroyError::caused(kind, e.to_string(), e)
+    }
+}
+
+impl DestroyError {
+    pub fn new(kind: DestroyErrorKind, message: impl Into<String>) -> Self {
+        DestroyError { kind, message: message.into(), source: None }
+    }
+
+    /// `source`, described by `message`, as a failure of `kind`.
+    pub fn caused(
+        kind: DestroyErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        DestroyError { kind, message: message.into(), source: Some(std::sync::Arc::new(source)) }
+    }
+
+    /// Worth another attempt after a pause.
+    pub fn retryable(&self) -> bool {
+        matches!(self.kind, DestroyErrorKind::InUse | DestroyErrorKind::Unavailable)
+    }
+}
 /// A provider of resources. Implemented by the local provider here, the AWS
 /// provider, and the fault-injecting fake used in tests.
 #[allow(async_fn_in_trait)]
 pub trait Provider {
-    /// Creates `res` (the engine has journaled the intent); journals its handle through
-    /// [`Ctx::record`] as soon as it exists.
+    /// Creates `res` (the engine has journaled the intent). Reports its handle through
+    /// [`Ctx::created`] as soon as it exists; a failure says through
+    /// [`StepError::creation`] whether anything may have been created.
     async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError>;
 
     /// The idempotency key of `res`'s create in run `run_id` (a client token, or the
@@ -192,7 +320,7 @@ pub trait Provider {
     }
 
     /// Removes a journaled resource. A resource that is already gone is success.
-    async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), String>;
+    async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError>;
 
     /// The exact shell command a person can run to remove a resource by hand.
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String;
@@ -200,14 +328,14 @@ pub trait Provider {
     /// Teardown order of a kind: every resource of rank n is destroyed before any of
     /// rank n + 1 (users before what they use); resources of one rank go down together.
     /// `None` for an unknown kind: teardown then follows reverse creation order.
-    fn teardown_rank(&self, kind: &str) -> Option<u8> {
+    fn teardown_rank(&self, kind: Kind) -> Option<u8> {
         let _ = kind;
         None
     }
 
     /// Destroys several resources of one kind. By default each on its own, all at
     /// once; a provider can batch them (one terminate for many instances).
-    async fn destroy_many(&self, entries: &[&Entry], meta: &RunMeta) -> Vec<Result<(), String>> {
+    async fn destroy_many(&self, entries: &[&Entry], meta: &RunMeta) -> Vec<Result<(), DestroyError>> {
         futures_util::future::join_all(entries.iter().map(|e| self.destroy(e, meta))).await
     }
 

@@ -7,50 +7,91 @@ use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter};
 use super::journal::{self, Journal, State};
-use crate::engine::provider::Provider;
+use super::provider::{DestroyError, Provider};
+use crate::plan::Kind;
 use crate::report::model::Leftover;
 use crate::sys::signals::Signals;
 use crate::sys::timing::Clock;
 
+/// What teardown leaves, in the terms a person acts on (as bottlerocket's test system
+/// reports its resources: clear, orphaned, remaining, unknown).
+#[derive(Clone, Debug)]
+pub enum Left {
+    /// Nothing is left, as far as the journal can tell — and the journal could tell.
+    Clear,
+    /// Resources are left and each one's id is known: the listed commands remove them.
+    Remaining(Vec<Leftover>),
+    /// Among what is left are resources journaled without an id (the run stopped
+    /// mid-create, and teardown could neither find nor rule them out): found only by
+    /// the run's tags (`rehearse down` looks again).
+    Orphaned(Vec<Leftover>),
+    /// What exists cannot be told (the journal cannot be read): nothing was removed.
+    Unknown(String),
+}
+
+impl Left {
+    fn of(leftovers: Vec<Leftover>) -> Left {
+        if leftovers.is_empty() {
+            Left::Clear
+        } else if leftovers.iter().any(|l| l.provider_id.is_none()) {
+            Left::Orphaned(leftovers)
+        } else {
+            Left::Remaining(leftovers)
+        }
+    }
+
+    /// The resources known to be left (none when clear or unknown).
+    pub fn leftovers(&self) -> &[Leftover] {
+        match self {
+            Left::Remaining(l) | Left::Orphaned(l) => l,
+            Left::Clear | Left::Unknown(_) => &[],
+        }
+    }
+}
+
 pub struct Outcome {
-    pub leftovers: Vec<Leftover>,
+    pub left: Left,
     pub interrupted: bool,
     pub duration: Duration,
-    /// Every destroy attempted: (resource id, kind, started, took, ok, error).
+    /// Every destroy attempted.
     pub destroyed: Vec<Destroyed>,
-    /// Why it is not known what exists (the journal could not be read): then nothing
-    /// was removed, and the run is not clean.
-    pub unknown: Option<String>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Destroyed {
     pub id: String,
-    pub kind: String,
+    pub kind: Kind,
     pub started: Instant,
     pub took: Duration,
-    pub error: Option<String>,
+    pub error: Option<DestroyError>,
 }
 
 impl Outcome {
     /// Nothing is left, as far as the journal can tell — and the journal could tell.
     pub fn complete(&self) -> bool {
-        self.leftovers.is_empty() && self.unknown.is_none()
+        matches!(self.left, Left::Clear)
+    }
+
+    /// Why it is not known what exists, if it is not.
+    pub fn unknown(&self) -> Option<&str> {
+        match &self.left {
+            Left::Unknown(why) => Some(why),
+            _ => None,
+        }
     }
 
     /// What is left, as listed to a person: the leftovers, or — when the journal could
     /// not be read — one entry saying so, with `command` to find the rest by tag.
-    pub fn left(&self, command: &str) -> Vec<Leftover> {
-        let mut out = self.leftovers.clone();
-        if let Some(why) = &self.unknown {
-            out.push(Leftover {
+    pub fn listed(&self, command: &str) -> Vec<Leftover> {
+        match &self.left {
+            Left::Unknown(why) => vec![Leftover {
                 id: "(unknown)".into(),
                 kind: "journal".into(),
                 provider_id: Some(why.clone()),
                 command: command.to_string(),
-            });
+            }],
+            left => left.leftovers().to_vec(),
         }
-        out
     }
 }
 
@@ -67,11 +108,10 @@ pub async fn run<P: Provider>(
     let started = Instant::now();
     // Fail closed: a journal that cannot be read says nothing about what exists.
     let unknown = |why: String| Outcome {
-        leftovers: Vec::new(),
+        left: Left::Unknown(why),
         interrupted: false,
         duration: started.elapsed(),
         destroyed: Vec::new(),
-        unknown: Some(why),
     };
     let records = match journal::read(journal.path()) {
         Ok(r) => r,
@@ -125,13 +165,13 @@ pub async fn run<P: Provider>(
             }
         }
     }
-    Outcome { leftovers, interrupted, duration: started.elapsed(), destroyed, unknown: None }
+    Outcome { left: Left::of(leftovers), interrupted, duration: started.elapsed(), destroyed }
 }
 
 /// The order of teardown: by the provider's rank of each kind when it knows every
 /// kind (all of a rank together), else consecutive entries of one kind, newest first.
 fn waves<'a, P: Provider>(provider: &P, remaining: &'a [journal::Entry]) -> Vec<Vec<&'a journal::Entry>> {
-    let ranks: Option<Vec<u8>> = remaining.iter().map(|e| provider.teardown_rank(&e.kind)).collect();
+    let ranks: Option<Vec<u8>> = remaining.iter().map(|e| provider.teardown_rank(e.kind)).collect();
     let mut waves: Vec<Vec<&journal::Entry>> = Vec::new();
     match ranks {
         Some(ranks) => {
@@ -154,8 +194,9 @@ fn waves<'a, P: Provider>(provider: &P, remaining: &'a [journal::Entry]) -> Vec<
     waves
 }
 
-/// Destroys a batch of one kind, then retries what failed, one by one, twice with
-/// backoff; reports each resource and returns what happened to each.
+/// Destroys a batch of one kind, then retries what failed and is worth retrying (in
+/// use, unavailable — not denied, not someone else's), one by one, twice with backoff;
+/// reports each resource and returns what happened to each.
 async fn destroy_batch<P: Provider>(
     provider: &P,
     batch: &[&journal::Entry],
@@ -174,8 +215,9 @@ async fn destroy_batch<P: Provider>(
     for (entry, result) in batch.iter().zip(first) {
         let mut result = result;
         for n in 0..2u32 {
-            if result.is_ok() {
-                break;
+            match &result {
+                Err(e) if e.retryable() => {}
+                _ => break,
             }
             tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(n))).await;
             result = provider.destroy(entry, meta).await;
@@ -185,11 +227,11 @@ async fn destroy_batch<P: Provider>(
             action: "destroy".into(),
             ok: result.is_ok(),
             elapsed: t.elapsed(),
-            detail: result.as_ref().err().cloned(),
+            detail: result.as_ref().err().map(ToString::to_string),
         });
         oks.push(Destroyed {
             id: entry.id.clone(),
-            kind: entry.kind.clone(),
+            kind: entry.kind,
             started: t,
             took: t.elapsed(),
             error: result.err(),
@@ -201,7 +243,7 @@ async fn destroy_batch<P: Provider>(
 fn leftover<P: Provider>(provider: &P, entry: &journal::Entry, meta: &journal::RunMeta) -> Leftover {
     Leftover {
         id: entry.id.clone(),
-        kind: entry.kind.clone(),
+        kind: entry.kind.to_string(),
         provider_id: entry.handle.as_ref().map(|h| h.to_string()),
         command: provider.removal_command(entry, meta),
     }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::price;
@@ -68,7 +68,9 @@ pub struct Resource {
     pub cost_per_hour_usd: Option<f64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// What a resource is: in the plan, in the journal (serialized by these names), and in
+/// a provider's match over what it can create and destroy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
     #[serde(rename = "aws.ec2.security-group")]
     AwsSecurityGroup,
@@ -94,6 +96,11 @@ pub enum Kind {
     LocalProcess,
     #[serde(rename = "suite")]
     Suite,
+    /// The run's own directory on this machine (its suites' scratch space, logs of
+    /// local tools, the local provider's clusters and release): created by the engine
+    /// before any resource, never part of a plan.
+    #[serde(rename = "local.workspace")]
+    Workspace,
 }
 
 impl Kind {
@@ -110,12 +117,19 @@ impl Kind {
             Kind::LocalInstall => "local.install",
             Kind::LocalProcess => "local.process",
             Kind::Suite => "suite",
+            Kind::Workspace => "local.workspace",
         }
     }
 
     /// Suites are run, not created; everything else is a resource torn down later.
     pub fn is_suite(self) -> bool {
         self == Kind::Suite
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::{DatabaseSource, SuiteResults};
 use crate::engine::journal::{Entry, RunMeta};
-use crate::engine::provider::{Ctx, Output, Provider, StepError};
+use crate::engine::provider::{Ctx, DestroyError, DestroyErrorKind, Handle, Output, Provider, StepError};
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
 use crate::secrets;
@@ -74,7 +74,7 @@ impl LocalProvider {
     }
 
     /// `dir` if it lies in this run's work directory (see [`state::confined_to_run`]).
-    fn owned_path(&self, dir: &Path, meta: &RunMeta) -> Result<PathBuf, String> {
+    fn owned_path(&self, dir: &Path, meta: &RunMeta) -> Result<PathBuf, state::RemoveError> {
         state::confined_to_run(dir, &meta.run_id, meta.work_dir.as_deref(), &self.work_root)
     }
 
@@ -160,7 +160,7 @@ impl LocalProvider {
             )));
         }
 
-        ctx.record(res, json!({"cluster": cluster}))?;
+        ctx.created(res, Handle::new(json!({"cluster": cluster})))?;
         let restore_started = Instant::now();
         if warm {
             let t = ctx.started(res, "copy-golden", None);
@@ -186,7 +186,7 @@ impl LocalProvider {
             let r = start_on_free_port(&bin, &mut cluster, &log, ctx, timeout, &tag).await;
             ctx.step(res, "start", t, r.is_ok(), Some(format!("127.0.0.1:{}", cluster.port)));
             r?;
-            ctx.record(res, json!({"cluster": cluster}))?;
+            ctx.created(res, Handle::new(json!({"cluster": cluster})))?;
             let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
             let t = ctx.started(res, "restore", Some(backup.path.display().to_string()));
             let r = postgres::restore(&bin, &cluster, &db_name, &backup.path, jobs, &log, ctx.clock, timeout).await;
@@ -201,7 +201,7 @@ impl LocalProvider {
             }
             postgres::hand_over(&bin, &cluster, &db_name, ctx.clock).await?;
         }
-        ctx.record(res, json!({"cluster": cluster}))?;
+        ctx.created(res, Handle::new(json!({"cluster": cluster})))?;
         let restore_ms = restore_started.elapsed().as_millis() as u64;
 
         // A fresh secret for this copy; given on stdin, never on a command line, and
@@ -240,7 +240,7 @@ impl LocalProvider {
     async fn release(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let artifact = ctx.loaded.resolve(Path::new(&ctx.plan.release.artifact));
         let dest = ctx.run.work_dir.join("release");
-        ctx.record(res, json!({"dir": dest}))?;
+        ctx.created(res, Handle::new(json!({"dir": dest})))?;
         let t = ctx.started(res, "unpack", Some(artifact.display().to_string()));
         // The release is private (whatever modes the artifact carried: no one else may
         // read or change it before it runs) and belongs to the user it runs as;
@@ -286,7 +286,7 @@ impl LocalProvider {
     async fn install(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let s = &ctx.loaded.desc.services[res.name.as_str()];
         let dir = ctx.run.work_dir.join("release");
-        ctx.record(res, json!({}))?;
+        ctx.created(res, Handle::new(json!({})))?;
         if !s.templates.is_empty() {
             // The release's directory is its user's: written through descriptors that
             // follow no link, each file replaced by a rename, owned by that user, 0600.
@@ -355,7 +355,7 @@ impl LocalProvider {
         let (mut child, handle) = process::spawn_logged(&mut cmd, &log, false)
             .map_err(|e| StepError::release(format!("cannot start `{command}`: {e}")))?;
         // Journaled before anything else can fail or be interrupted.
-        ctx.record(res, json!({"process": handle, "port": port}))?;
+        ctx.created(res, Handle::new(json!({"process": handle, "port": port})))?;
         ctx.step(res, "start", t, true, Some(format!("pid {} port {port}", handle.pid)));
         if let Some(h) = &s.health {
             let t = ctx.started(res, "health", Some(h.path.clone()));
@@ -472,14 +472,14 @@ impl Provider for LocalProvider {
         }
     }
 
-    async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), String> {
-        match entry.kind.as_str() {
-            "local.process" => {
+    async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError> {
+        match entry.kind {
+            Kind::LocalProcess => {
                 let handle: Option<ProcHandle> =
                     entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("process")?.clone()).ok());
                 if let Some(h) = handle {
                     if !process::stop_group(&h, STOP_GRACE).await {
-                        return Err(format!("process group {} did not stop", h.pgid));
+                        return Err(not_stopped(format!("process group {} did not stop", h.pgid)));
                     }
                 }
                 // Reap our own child, if we started it.
@@ -489,25 +489,25 @@ impl Provider for LocalProvider {
                 }
                 Ok(())
             }
-            "local.postgres" => {
+            Kind::LocalPostgres => {
                 let cluster: Option<Cluster> =
                     entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("cluster")?.clone()).ok());
                 let Some(cluster) = cluster else { return Ok(()) };
                 let base = self.owned_path(&cluster.base, meta)?;
                 let bin = PgBin::find().ok();
                 if !postgres::stop(bin.as_ref(), &cluster).await {
-                    return Err(format!("PostgreSQL in {} did not stop", cluster.data().display()));
+                    return Err(not_stopped(format!("PostgreSQL in {} did not stop", cluster.data().display())));
                 }
-                state::remove_tree(&base)
+                Ok(state::remove_tree(&base)?)
             }
-            "local.release" => {
+            Kind::LocalRelease => {
                 let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(PathBuf::from));
                 match dir {
-                    Some(d) => state::remove_tree(&self.owned_path(&d, meta)?),
+                    Some(d) => Ok(state::remove_tree(&self.owned_path(&d, meta)?)?),
                     None => Ok(()),
                 }
             }
-            "local.workspace" => self.remove_workspace(entry, meta).await,
+            Kind::Workspace => self.remove_workspace(entry, meta).await,
             // Install steps and suites leave nothing behind.
             _ => Ok(()),
         }
@@ -515,25 +515,25 @@ impl Provider for LocalProvider {
 
     /// Processes (and install steps) first, then the cluster and the release they
     /// used, then the work directory that held them.
-    fn teardown_rank(&self, kind: &str) -> Option<u8> {
+    fn teardown_rank(&self, kind: Kind) -> Option<u8> {
         match kind {
-            "local.process" | "local.install" => Some(0),
-            "local.postgres" | "local.release" => Some(1),
-            "local.workspace" => Some(2),
+            Kind::LocalProcess | Kind::LocalInstall => Some(0),
+            Kind::LocalPostgres | Kind::LocalRelease => Some(1),
+            Kind::Workspace => Some(2),
             _ => None,
         }
     }
 
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String {
-        match entry.kind.as_str() {
-            "local.process" => {
+        match entry.kind {
+            Kind::LocalProcess => {
                 let pgid = entry.handle.as_ref().and_then(|h| h.get("process")?.get("pgid")?.as_i64());
                 match pgid {
                     Some(g) => format!("kill -TERM -- -{g}"),
                     None => format!("rehearse down {}", meta.run_id),
                 }
             }
-            "local.postgres" => {
+            Kind::LocalPostgres => {
                 let base =
                     entry.handle.as_ref().and_then(|h| h.get("cluster")?.get("base")?.as_str().map(str::to_string));
                 match base {
@@ -559,6 +559,11 @@ impl Provider for LocalProvider {
     }
 }
 
+/// A process or a server that did not stop when asked: another attempt may succeed.
+fn not_stopped(why: String) -> DestroyError {
+    DestroyError::new(DestroyErrorKind::Unavailable, why)
+}
+
 /// A path as one shell word, for the removal commands printed to a person.
 fn quote(s: &str) -> String {
     shlex::try_quote(s).map(|q| q.into_owned()).unwrap_or_else(|_| format!("'{}'", s.replace('\0', "")))
@@ -567,7 +572,7 @@ fn quote(s: &str) -> String {
 impl LocalProvider {
     /// Last: whatever a crashed run left that the journal does not name — processes
     /// tagged with the run id, clusters in the work directory — then the directory.
-    async fn remove_workspace(&self, entry: &Entry, meta: &RunMeta) -> Result<(), String> {
+    async fn remove_workspace(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError> {
         for pid in tagged_processes(&meta.run_id) {
             let Some(start_time) = process::start_time(pid) else { continue };
             let h = ProcHandle { pid, pgid: pid, start_time };
@@ -598,7 +603,7 @@ impl LocalProvider {
         }
         let left = tagged_processes(&meta.run_id);
         if !left.is_empty() {
-            return Err(format!("processes still running with REHEARSE_RUN_ID={}: {left:?}", meta.run_id));
+            return Err(not_stopped(format!("processes still running with REHEARSE_RUN_ID={}: {left:?}", meta.run_id)));
         }
         Ok(())
     }
@@ -640,20 +645,22 @@ mod tests {
     fn removal_commands_quote_their_paths() {
         let meta =
             RunMeta::sample("r-20261126-000000-abcdef", "local", Some("/srv/my work/runs/r-20261126-000000-abcdef"));
-        let entry = |kind: &str, handle: serde_json::Value| Entry {
+        let entry = |kind: Kind, handle: serde_json::Value| Entry {
             id: "x".into(),
-            kind: kind.into(),
+            kind,
             handle: Some(handle),
             key: None,
             deleted: false,
         };
         let p = LocalProvider::new(Path::new("/srv/my work"));
-        let cmd = p
-            .removal_command(&entry("local.release", json!({"dir": "/srv/my work/runs/r-1/release; rm -rf ~"})), &meta);
+        let cmd = p.removal_command(
+            &entry(Kind::LocalRelease, json!({"dir": "/srv/my work/runs/r-1/release; rm -rf ~"})),
+            &meta,
+        );
         assert_eq!(cmd, "rm -rf -- '/srv/my work/runs/r-1/release; rm -rf ~'");
         let cmd = p.removal_command(
             &entry(
-                "local.postgres",
+                Kind::LocalPostgres,
                 json!({"cluster": {"base": "/srv/my work/db", "port": 0, "run_as": null, "postmaster": null}}),
             ),
             &meta,

@@ -87,62 +87,82 @@ pub fn private_dir(p: &Path) -> Result<PathBuf, super::secure_fs::FsError> {
     super::secure_fs::private_dir(p, 0o700)
 }
 
+/// Why a journaled directory was not removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// It is not where rehearse puts a run's things: never removed.
+    #[error("refusing to remove {}: {why} (is the journal damaged?)", .dir.display())]
+    NotOurs { dir: PathBuf, why: String },
+    /// A directory on the way could have been changed by someone else.
+    #[error("{source}; nothing is removed from a directory someone else could have changed")]
+    Unsafe {
+        #[source]
+        source: super::secure_fs::FsError,
+    },
+    #[error("cannot remove {}: {source}", .dir.display())]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// `dir` if it is the run's work directory or lies inside it; else why it is refused.
 /// Journals name directories to remove, and a journal is a file: what it names is
 /// removed only where rehearse itself puts such things. The work directory is the one
-/// the run journals (`work_dir`), literally `WORK/runs/RUN_ID`, where `WORK` and `WORK/runs` are
-/// directories of this user that no one else can write (the journal itself lies in a
-/// checked state directory); a journal that names none (written by `down` after the
-/// real one was lost) means `fallback_root`'s.
+/// the run journals (`work_dir`), literally `WORK/runs/RUN_ID`, where `WORK` and
+/// `WORK/runs` are directories of this user that no one else can write (the journal
+/// itself lies in a checked state directory); a journal that names none (written by
+/// `down` after the real one was lost) means `fallback_root`'s.
 pub fn confined_to_run(
     dir: &Path,
     run_id: &str,
     work_dir: Option<&str>,
     fallback_root: &Path,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, RemoveError> {
     let run_dir = journaled_work_dir(work_dir, fallback_root, run_id)?;
     if dir == run_dir || super::secure_fs::is_strictly_below(dir, &run_dir) {
         Ok(dir.to_path_buf())
     } else {
-        Err(format!(
-            "refusing to remove {}: it is not inside the run's work directory {} (is the journal damaged?)",
-            dir.display(),
-            run_dir.display()
-        ))
+        Err(RemoveError::NotOurs {
+            dir: dir.to_path_buf(),
+            why: format!("it is not inside the run's work directory {}", run_dir.display()),
+        })
     }
 }
 
-fn journaled_work_dir(journaled: Option<&str>, fallback_root: &Path, run_id: &str) -> Result<PathBuf, String> {
-    if !valid_run_id(run_id) {
-        return Err(format!("the journal names a run `{run_id}` that is not a run id"));
-    }
+fn journaled_work_dir(journaled: Option<&str>, fallback_root: &Path, run_id: &str) -> Result<PathBuf, RemoveError> {
     let run_dir = match journaled {
         Some(j) => PathBuf::from(j),
         None => {
             std::path::absolute(fallback_root).unwrap_or_else(|_| fallback_root.to_path_buf()).join("runs").join(run_id)
         }
     };
+    if !valid_run_id(run_id) {
+        return Err(RemoveError::NotOurs {
+            dir: run_dir,
+            why: format!("the journal names a run `{run_id}` that is not a run id"),
+        });
+    }
     let runs = run_dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "runs"));
     let (Some(runs), true) = (runs, run_dir.is_absolute() && run_dir.file_name().is_some_and(|n| n == run_id)) else {
-        return Err(format!(
-            "refusing to remove anything under {}: a run's work directory is WORK/runs/{run_id} (is the journal damaged?)",
-            run_dir.display()
-        ));
+        return Err(RemoveError::NotOurs {
+            why: format!("a run's work directory is WORK/runs/{run_id}, and nothing is removed outside it"),
+            dir: run_dir,
+        });
     };
     for d in [runs.parent().unwrap_or(runs), runs] {
-        if let Err(e) = super::secure_fs::check_private_dir(d) {
-            return Err(format!("{e}; nothing is removed from a directory someone else could have changed"));
-        }
+        super::secure_fs::check_private_dir(d).map_err(|source| RemoveError::Unsafe { source })?;
     }
     Ok(run_dir)
 }
 
 /// Removes a directory tree (without following links inside it); gone already is fine.
-pub fn remove_tree(dir: &Path) -> Result<(), String> {
+pub fn remove_tree(dir: &Path) -> Result<(), RemoveError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot remove {}: {e}", dir.display())),
+        Err(source) => Err(RemoveError::Io { dir: dir.to_path_buf(), source }),
     }
 }
 
@@ -157,7 +177,12 @@ pub fn run_dir(state: &Path, run_id: &str) -> PathBuf {
 /// A new run id: time-sortable and unique (`r-20261125-164001-7f3a9c`).
 pub fn new_run_id() -> String {
     let mut bytes = [0u8; 3];
-    let _ = getrandom::fill(&mut bytes);
+    if getrandom::fill(&mut bytes).is_err() {
+        // No system randomness (never seen on Linux): the process id and the clock's
+        // nanoseconds still tell two runs started in the same second apart.
+        let n = u64::from(std::process::id()) ^ u64::from(Utc::now().timestamp_subsec_nanos());
+        bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+    }
     format!("r-{}-{:02x}{:02x}{:02x}", Utc::now().format("%Y%m%d-%H%M%S"), bytes[0], bytes[1], bytes[2])
 }
 

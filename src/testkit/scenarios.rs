@@ -61,6 +61,7 @@ pub async fn concurrent_runs(
             state_root: dir.join(format!("run-{i}")),
             work_root: dir.join("work"),
             run_as: None,
+            exit_code: crate::commands::exit_code,
         };
         let signals = crate::sys::signals::Signals::none();
         let events = crate::engine::events::Silent;

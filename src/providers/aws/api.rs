@@ -48,6 +48,9 @@ pub enum ErrorKind {
     /// is sent again only where a repeat is harmless (reads, deletes, client tokens,
     /// names that make a second create fail with "already exists").
     ServerError,
+    /// This identity may not make the call (`AccessDenied`, `UnauthorizedOperation`):
+    /// nothing was done, and asking again changes nothing.
+    Denied,
     /// Anything else the service refused.
     Refused,
 }
@@ -67,6 +70,8 @@ impl std::fmt::Display for ApiError {
         }
     }
 }
+
+impl std::error::Error for ApiError {}
 
 pub type ApiResult<T> = Result<T, ApiError>;
 

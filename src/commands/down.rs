@@ -1,0 +1,245 @@
+//! `rehearse down`: tear a run down from its journal — or, when the journal is lost,
+//! from what its tags find, removing only what rehearse demonstrably made.
+
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+
+use super::reporter;
+use crate::cli::Global;
+use crate::engine::events::Reporter;
+use crate::engine::journal::{self, Journal, Record, State};
+use crate::engine::provider::Provider;
+use crate::engine::teardown;
+use crate::exit;
+use crate::plan::Kind;
+use crate::providers::aws::api::tag_value;
+use crate::providers::aws::{by_evidence, Tagged, TAG_RESOURCE, TAG_RUN};
+use crate::providers::local::LocalProvider;
+use crate::sys::signals::Signals;
+use crate::sys::state;
+
+/// Why a journal could not be rebuilt for a run whose journal was lost.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntheticError {
+    #[error(transparent)]
+    Directory(#[from] crate::sys::secure_fs::FsError),
+    #[error("cannot write {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Records that teardown ran; a journal that cannot take the record is said, not
+/// fatal: teardown's own output already says what is left.
+pub(super) fn close_journal(journal: &Journal, complete: bool) {
+    if let Err(e) = journal.append(&Record::TornDown { complete, at: Utc::now() }) {
+        eprintln!("rehearse: warning: cannot record the teardown in {}: {e}", journal.path().display());
+    }
+}
+
+pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
+    if !state::valid_run_id(run_id) {
+        eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
+        return exit::USAGE;
+    }
+    let state_root = match super::checked_state(g) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let path = state_root.map(|r| state::run_dir(&r, run_id).join("journal.jsonl"));
+    let rt = super::runtime();
+    let reporter = reporter(g);
+    let work_root = state::work_dir();
+    rt.block_on(async {
+        // Without signal handlers, `down` still works: it only cannot be stopped early.
+        let signals = Signals::install().unwrap_or_else(|_| Signals::none());
+        if let Some(path) = path.filter(|p| p.is_file()) {
+            match journal::read(&path).map(|records| State::from_records(&records)) {
+                Ok(State { meta: Some(meta), finished, .. }) => {
+                    if meta.run_id != run_id {
+                        eprintln!("error: the journal {} belongs to run {}, not {run_id}", path.display(), meta.run_id);
+                        return exit::USAGE;
+                    }
+                    if finished.is_none() && meta.pid != std::process::id() && pid_alive(meta.pid, meta.pid_start) {
+                        eprintln!(
+                            "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
+                            meta.pid, meta.pid
+                        );
+                        return exit::USAGE;
+                    }
+                    let journal = match Journal::open(&path) {
+                        Ok(j) => j,
+                        Err(e) => {
+                            eprintln!("error: cannot open the journal {}: {e}", path.display());
+                            return exit::BUILD_FAILED;
+                        }
+                    };
+                    return if meta.provider == "aws" {
+                        let provider = super::aws_provider(meta.region.as_deref().or(region).unwrap_or_default()).await;
+                        finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await
+                    } else {
+                        finish_down(&LocalProvider::new(&work_root), &journal, run_id, reporter.as_ref(), &signals)
+                            .await
+                    };
+                }
+                Ok(_) => eprintln!(
+                    "rehearse: the journal {} has no run record; looking for what is tagged with {run_id} instead",
+                    path.display()
+                ),
+                Err(e) => eprintln!(
+                    "rehearse: the journal {} cannot be read ({e}); looking for what is tagged with {run_id} instead",
+                    path.display()
+                ),
+            }
+        }
+        // The journal is gone: rebuild what the run's tags find.
+        if let Some(region) = region {
+            let provider = super::aws_provider(region).await;
+            let tagged = match provider.tagged().await {
+                Ok(all) => all.into_iter().filter(|t| tag_value(&t.tags, TAG_RUN) == Some(run_id)).collect::<Vec<_>>(),
+                Err(e) => {
+                    eprintln!("error: cannot list rehearse's resources in {region}: {e}");
+                    return exit::BUILD_FAILED;
+                }
+            };
+            // A tag is not enough: only what rehearse demonstrably made is removed.
+            let (found, doubtful) = by_evidence(tagged);
+            for (t, why) in &doubtful {
+                eprintln!("rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {why}", t.kind, t.id);
+            }
+            if found.is_empty() {
+                eprintln!("rehearse: no journal and nothing tagged {TAG_RUN}={run_id} in {region}: nothing to remove");
+                return exit::PASSED;
+            }
+            eprintln!("rehearse: no journal for {run_id}; removing the {} resource(s) tagged with it in {region}", found.len());
+            let journal = match synthetic_journal(g, run_id, "aws", Some(region), None, &found) {
+                Ok(j) => j,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::BUILD_FAILED;
+                }
+            };
+            return finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await;
+        }
+        // Locally, the run's tag is its work directory and every process carrying its id.
+        let work = std::path::absolute(&work_root).unwrap_or_else(|_| work_root.clone()).join("runs").join(run_id);
+        let found = !crate::providers::local::tagged_processes(run_id).is_empty() || work.exists();
+        if !found {
+            eprintln!(
+                "rehearse: no journal and nothing tagged with {run_id} on this machine: nothing to remove \
+                 (an AWS run? pass --region)"
+            );
+            return exit::PASSED;
+        }
+        eprintln!("rehearse: no journal for {run_id}; removing what is tagged with it");
+        match synthetic_journal(g, run_id, "local", None, Some(&work), &[]) {
+            Ok(j) => finish_down(&LocalProvider::new(&work_root), &j, run_id, reporter.as_ref(), &signals).await,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::BUILD_FAILED
+            }
+        }
+    })
+}
+
+async fn finish_down<P: Provider>(
+    provider: &P,
+    journal: &Journal,
+    run_id: &str,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> i32 {
+    let out =
+        teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new())
+            .await;
+    close_journal(journal, out.complete());
+    if out.complete() {
+        println!("{run_id}: torn down, nothing left");
+        exit::PASSED
+    } else {
+        eprint!(
+            "{}",
+            teardown::leftover_text(
+                run_id,
+                &out.listed(&format!("rehearse down {run_id} (--region REGION for an AWS run)"))
+            )
+        );
+        exit::LEFTOVERS
+    }
+}
+
+/// A journal reconstructed for a run whose journal was lost: the local work directory,
+/// or the AWS resources found by tag (listed in creation order, so teardown's reverse
+/// order removes users before what they use).
+fn synthetic_journal(
+    g: &Global,
+    run_id: &str,
+    provider: &str,
+    region: Option<&str>,
+    work: Option<&Path>,
+    found: &[Tagged],
+) -> Result<Journal, SyntheticError> {
+    let root = state::private_dir(&state::state_dir(g.state_dir.as_deref()))?;
+    let runs = state::private_dir(&state::runs_dir(&root))?;
+    let dir = runs.join(run_id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(SyntheticError::Io { path: dir, source }),
+    }
+    let meta = journal::RunMeta {
+        run_id: run_id.to_string(),
+        environment: "(unknown: journal lost)".into(),
+        provider: provider.into(),
+        description: String::new(),
+        release: String::new(),
+        owner: String::new(),
+        started_at: Utc::now(),
+        expires_at: Utc::now(),
+        destroy: "always".into(),
+        work_dir: work.map(|w| w.display().to_string()),
+        region: region.map(str::to_string),
+        pid: std::process::id(),
+        pid_start: crate::sys::process::start_time(std::process::id() as i32).unwrap_or(0),
+    };
+    let path = dir.join("journal.jsonl");
+    // An unreadable journal is kept beside, for a person to look at; if it cannot be
+    // moved, the new journal cannot be created either, and that error is the one said.
+    if path.exists() {
+        let kept = dir.join(format!("journal.damaged-{}.jsonl", Utc::now().format("%Y%m%d-%H%M%S")));
+        std::fs::rename(&path, &kept).map_err(|source| SyntheticError::Io { path: path.clone(), source })?;
+    }
+    let io = |source| SyntheticError::Io { path: path.clone(), source };
+    let j = Journal::create(&path, &meta).map_err(io)?;
+    if let Some(work) = work {
+        j.created("workspace", Kind::Workspace, serde_json::json!({"dir": work})).map_err(io)?;
+    }
+    for t in found.iter().rev() {
+        let id = tag_value(&t.tags, TAG_RESOURCE).map(str::to_string).unwrap_or_else(|| format!("{}:{}", t.kind, t.id));
+        let key = match t.kind {
+            Kind::AwsInstance => "instance_id",
+            Kind::AwsDbInstance => "db_instance_id",
+            Kind::AwsDbCluster => "db_cluster_id",
+            Kind::AwsSecurityGroup => "group_id",
+            _ => "name",
+        };
+        j.created(&id, t.kind, serde_json::json!({ key: t.id })).map_err(io)?;
+    }
+    Ok(j)
+}
+
+/// Whether the rehearse process that ran a journal is still running: its PID *and*
+/// its start time (a journal from before start times were recorded falls back to the
+/// PID alone).
+pub(super) fn pid_alive(pid: u32, start_time: u64) -> bool {
+    use crate::sys::process::{is_alive, ProcHandle};
+    let pid = pid as i32;
+    if start_time == 0 {
+        return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    }
+    is_alive(&ProcHandle { pid, pgid: 0, start_time })
+}

@@ -1,0 +1,263 @@
+//! What runs there are: `list`, `sweep` (local runs from their journals; AWS
+//! resources from their tags) and `report`.
+
+use std::io::IsTerminal;
+
+use chrono::Utc;
+
+use super::down::{down, pid_alive};
+use super::{checked_state, runtime, use_color};
+use crate::cli::{Format, Global};
+use crate::engine::journal::{self, State};
+use crate::exit;
+use crate::providers::aws::api::tag_value;
+use crate::providers::aws::TAG_RUN;
+use crate::sys::state;
+
+/// A run as `list` and `sweep` see it.
+#[derive(serde::Serialize)]
+struct RunRow {
+    run_id: String,
+    environment: String,
+    release: String,
+    provider: String,
+    status: String,
+    verdict: Option<String>,
+    started_at: chrono::DateTime<Utc>,
+    expires_at: chrono::DateTime<Utc>,
+    remaining: usize,
+}
+
+/// The runs in the state directory (checked first: `Err` is the exit code).
+fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
+    let mut rows = Vec::new();
+    let Some(root) = checked_state(g)? else { return Ok(rows) };
+    let Ok(rd) = std::fs::read_dir(state::runs_dir(&root)) else { return Ok(rows) };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !state::valid_run_id(&name) {
+            continue;
+        }
+        let path = e.path().join("journal.jsonl");
+        let st = match journal::read(&path) {
+            Ok(records) => State::from_records(&records),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!("{}: {e}", path.display());
+                State::default()
+            }
+        };
+        let Some(meta) = st.meta.clone().filter(|m| m.run_id == name) else {
+            // Not knowing what a run holds is worth showing: `down` finds it by tag.
+            rows.push(RunRow {
+                run_id: name,
+                environment: "?".into(),
+                release: "?".into(),
+                provider: "?".into(),
+                status: "unreadable".into(),
+                verdict: None,
+                started_at: Utc::now(),
+                expires_at: Utc::now(),
+                remaining: 1,
+            });
+            continue;
+        };
+        let remaining = st.remaining().len();
+        let status = match (&st.finished, st.torn_down) {
+            (_, Some(true)) if remaining == 0 => "destroyed".to_string(),
+            (Some((_, _, true)), _) => "kept".to_string(),
+            (_, Some(_)) => "left resources".to_string(),
+            (None, None) if pid_alive(meta.pid, meta.pid_start) => "running".to_string(),
+            _ if remaining == 0 => "destroyed".to_string(),
+            _ => "crashed".to_string(),
+        };
+        rows.push(RunRow {
+            run_id: meta.run_id,
+            environment: meta.environment,
+            release: meta.release,
+            provider: meta.provider,
+            status,
+            verdict: st.finished.map(|f| f.0),
+            started_at: meta.started_at,
+            expires_at: meta.expires_at,
+            remaining,
+        });
+    }
+    rows.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    Ok(rows)
+}
+
+pub fn list(g: &Global, all: bool) -> i32 {
+    let rows = match scan_runs(g) {
+        Ok(rows) => rows,
+        Err(code) => return code,
+    };
+    let rows: Vec<RunRow> = rows.into_iter().filter(|r| all || r.status != "destroyed").collect();
+    if g.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        return exit::PASSED;
+    }
+    if rows.is_empty() {
+        println!(
+            "no {}runs{}",
+            if all { "" } else { "kept or unfinished " },
+            if all { "" } else { " (--all shows finished ones)" }
+        );
+        return exit::PASSED;
+    }
+    println!("{:<26} {:<12} {:<10} {:<15} {:<12} EXPIRES", "RUN", "ENVIRONMENT", "RELEASE", "STATUS", "VERDICT");
+    for r in rows {
+        let hint = match r.status.as_str() {
+            "kept" | "crashed" | "left resources" | "unreadable" => format!("  → rehearse down {}", r.run_id),
+            _ => String::new(),
+        };
+        println!(
+            "{:<26} {:<12} {:<10} {:<15} {:<12} {}{hint}",
+            r.run_id,
+            r.environment,
+            r.release,
+            r.status,
+            r.verdict.unwrap_or_else(|| "-".into()),
+            r.expires_at.format("%Y-%m-%d %H:%M UTC"),
+        );
+    }
+    exit::PASSED
+}
+
+pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Option<&str>, region: Option<&str>) -> i32 {
+    let min_age = match older_than.map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
+        Some(Err(e)) => {
+            eprintln!(
+                "error: --older-than `{}`: {e} (expected a duration such as 12h)",
+                older_than.unwrap_or_default()
+            );
+            return exit::USAGE;
+        }
+    };
+    if let Some(region) = region {
+        return runtime().block_on(sweep_aws(region, yes, min_age, environment));
+    }
+    let now = Utc::now();
+    let rows = match scan_runs(g) {
+        Ok(rows) => rows,
+        Err(code) => return code,
+    };
+    let candidates: Vec<RunRow> = rows
+        .into_iter()
+        .filter(|r| r.remaining > 0 && r.status != "running")
+        .filter(|r| r.expires_at <= now || r.status == "crashed")
+        .filter(|r| min_age.is_none_or(|age| now - r.started_at >= age))
+        .filter(|r| environment.is_none_or(|e| r.environment == e))
+        .collect();
+    if candidates.is_empty() {
+        println!("nothing to sweep: no expired rehearse environment on this machine");
+        return exit::PASSED;
+    }
+    for r in &candidates {
+        println!(
+            "{} {} ({}, release {}, {}, expired {})",
+            if yes { "removing" } else { "would remove" },
+            r.run_id,
+            r.environment,
+            r.release,
+            r.status,
+            r.expires_at.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
+    if !yes {
+        println!("dry run: {} environment(s); run `rehearse sweep --yes` to remove them", candidates.len());
+        return exit::PASSED;
+    }
+    let mut code = exit::PASSED;
+    for r in &candidates {
+        let c = down(g, &r.run_id, None);
+        if c != exit::PASSED {
+            code = c;
+        }
+    }
+    code
+}
+
+pub fn report(g: &Global, run_id: &str) -> i32 {
+    if !state::valid_run_id(run_id) {
+        eprintln!("error: `{run_id}` is not a run id; see `rehearse list --all`");
+        return exit::USAGE;
+    }
+    let Some(root) = (match checked_state(g) {
+        Ok(r) => r,
+        Err(code) => return code,
+    }) else {
+        eprintln!("error: no report for {run_id}: there are no runs yet (see `rehearse list --all`)");
+        return exit::USAGE;
+    };
+    let dir = state::run_dir(&root, run_id).join("report");
+    match crate::report::read_report(&dir) {
+        Ok(r) => {
+            match g.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default()),
+                Format::Text => print!(
+                    "{}",
+                    crate::report::terminal_summary(
+                        &r,
+                        &crate::report::ReportFiles::in_dir(&dir),
+                        use_color(g.color, std::io::stdout().is_terminal())
+                    )
+                ),
+            }
+            exit::PASSED
+        }
+        Err(e) => {
+            eprintln!("error: no report for {run_id}: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+/// `sweep --region`: every resource tagged by rehearse in the region whose
+/// `rehearse:expires-at` has passed (and matching the filters); listed, and with
+/// `--yes` removed through the guard. Untagged resources are never considered, and an
+/// unexpired one (a run in progress, a kept environment within its TTL) never matches.
+async fn sweep_aws(region: &str, yes: bool, min_age: Option<chrono::Duration>, environment: Option<&str>) -> i32 {
+    use crate::providers::aws::{by_evidence, expired, Guard, TAG_EXPIRES};
+    let provider = super::aws_provider(region).await;
+    let all = match provider.tagged().await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: cannot list rehearse's resources in {region}: {e}");
+            return exit::BUILD_FAILED;
+        }
+    };
+    let matching = expired(all, Utc::now(), min_age, environment);
+    // Tags anyone may set are not enough: only what carries rehearse's own names (and
+    // no deletion protection) is swept; the rest is listed, never touched.
+    let (expired, doubtful) = by_evidence(matching);
+    for (t, why) in &doubtful {
+        println!("not sweeping {} {}: it carries rehearse's tags, but {why}", t.kind, t.id);
+    }
+    if expired.is_empty() {
+        println!("nothing to sweep: no expired rehearse resource in {region}");
+        return exit::PASSED;
+    }
+    let mut code = exit::PASSED;
+    for t in &expired {
+        let run = tag_value(&t.tags, TAG_RUN).unwrap_or_default().to_string();
+        let expires = tag_value(&t.tags, TAG_EXPIRES).unwrap_or_default();
+        if !yes {
+            println!("would remove {} {} (run {run}, expired {expires})", t.kind, t.id);
+            continue;
+        }
+        match provider.destroy_id(t.kind, &t.id, &Guard { run_id: run.clone() }).await {
+            Ok(()) => println!("removed {} {} (run {run}, expired {expires})", t.kind, t.id),
+            Err(e) => {
+                eprintln!("error: could not remove {} {}: {e}", t.kind, t.id);
+                code = exit::LEFTOVERS;
+            }
+        }
+    }
+    if !yes {
+        println!("dry run: {} resource(s); run `rehearse sweep --region {region} --yes` to remove them", expired.len());
+    }
+    code
+}

@@ -1,0 +1,52 @@
+//! `rehearse warm`: refresh the local provider's golden copies, so that the next run
+//! restores in a copy instead of a `pg_restore`.
+
+use std::path::Path;
+
+use super::{load_or_report, reporter, runtime};
+use crate::cli::Global;
+use crate::description::ProviderKind;
+use crate::exit;
+use crate::sys::signals::Signals;
+use crate::sys::state;
+
+pub fn warm(g: &Global, file: &Path) -> i32 {
+    let loaded = match load_or_report(file, None) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if loaded.desc.provider != ProviderKind::Local {
+        eprintln!("error: {}: golden copies are for the local provider", file.display());
+        return exit::USAGE;
+    }
+    let rt = runtime();
+    let reporter = reporter(g);
+    rt.block_on(async {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return exit::BUILD_FAILED;
+            }
+        };
+        let refreshed =
+            crate::providers::local::golden::refresh_all(&loaded, &state::work_dir(), reporter.as_ref(), &signals)
+                .await;
+        match refreshed {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                exit::PASSED
+            }
+            Err(e) if signals.count() > 0 => {
+                eprintln!("rehearse: interrupted; the half-made golden copy was removed ({e})");
+                exit::INTERRUPTED
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::BUILD_FAILED
+            }
+        }
+    })
+}

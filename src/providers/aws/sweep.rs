@@ -1,0 +1,117 @@
+//! Everything rehearse tagged in a region — what `down` without a journal and `sweep`
+//! work from — and the read-only lookups `plan --resolve-backups` makes.
+
+use super::*;
+
+/// The order tagged resources are removed in: users before what they use.
+pub const TEARDOWN_ORDER: [Kind; 5] =
+    [Kind::AwsInstance, Kind::AwsDbInstance, Kind::AwsDbCluster, Kind::AwsDbSubnetGroup, Kind::AwsSecurityGroup];
+
+impl<A: Ec2Api + RdsApi> AwsProvider<A> {
+    /// Every resource in the region carrying a `rehearse:run-id` tag, in teardown order.
+    pub async fn tagged(&self) -> ApiResult<Vec<Tagged>> {
+        let e = |e: ApiError| e;
+        let has = |t: &[Tag]| tag_value(t, TAG_RUN).is_some();
+        let mut out = Vec::new();
+        for i in self.api.instances_tagged(TAG_RUN).await.map_err(e)? {
+            if i.state != "terminated" && has(&i.tags) {
+                let name = i.client_token.clone().unwrap_or_default();
+                out.push(Tagged { kind: Kind::AwsInstance, id: i.id, name, protected: false, tags: i.tags });
+            }
+        }
+        for d in self.api.db_instances_all().await.map_err(e)? {
+            if has(&d.tags) {
+                let (name, protected) = (d.id.clone(), d.deletion_protection);
+                out.push(Tagged { kind: Kind::AwsDbInstance, id: d.id, name, protected, tags: d.tags });
+            }
+        }
+        for c in self.api.db_clusters_all().await.map_err(e)? {
+            if has(&c.tags) {
+                let (name, protected) = (c.id.clone(), c.deletion_protection);
+                out.push(Tagged { kind: Kind::AwsDbCluster, id: c.id, name, protected, tags: c.tags });
+            }
+        }
+        for g in self.api.db_subnet_groups_all().await.map_err(e)? {
+            // Only rehearse's own naming is worth a tag lookup each.
+            if g.name.starts_with("rehearse-") {
+                if let Some(tags) = self.api.db_subnet_group_tags(&g.name).await.map_err(e)? {
+                    if has(&tags) {
+                        let name = g.name.clone();
+                        out.push(Tagged { kind: Kind::AwsDbSubnetGroup, id: g.name, name, protected: false, tags });
+                    }
+                }
+            }
+        }
+        for g in self.api.security_groups_tagged(TAG_RUN).await.map_err(e)? {
+            if has(&g.tags) {
+                let name = g.name.clone();
+                out.push(Tagged { kind: Kind::AwsSecurityGroup, id: g.id, name, protected: false, tags: g.tags });
+            }
+        }
+        out.sort_by_key(|t| TEARDOWN_ORDER.iter().position(|k| *k == t.kind));
+        Ok(out)
+    }
+}
+
+/// The time in an RFC 3339 tag, if it holds one.
+fn tag_time(tags: &[Tag], key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    tag_value(tags, key)
+        .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+        .map(|d| d.with_timezone(&chrono::Utc))
+}
+
+/// Of `tagged`, those whose `rehearse:expires-at` has passed by `now`, created at least
+/// `min_age` ago, of `environment`: what `sweep` may remove. Untagged resources never
+/// get here, and an unexpired one (a run in progress, a kept environment within its
+/// TTL) never matches.
+pub fn expired(
+    tagged: Vec<Tagged>,
+    now: chrono::DateTime<chrono::Utc>,
+    min_age: Option<chrono::Duration>,
+    environment: Option<&str>,
+) -> Vec<Tagged> {
+    tagged
+        .into_iter()
+        .filter(|t| tag_time(&t.tags, TAG_EXPIRES).is_some_and(|e| e <= now))
+        .filter(|t| min_age.is_none_or(|age| tag_time(&t.tags, TAG_CREATED).is_some_and(|c| now - c >= age)))
+        .filter(|t| environment.is_none_or(|e| tag_value(&t.tags, TAG_ENV) == Some(e)))
+        .collect()
+}
+
+impl<A: Ec2Api + RdsApi> AwsProvider<A> {
+    /// Fills each AWS database restore in `plan` with the backup it would use (the
+    /// newest available snapshot, or the latest restorable time), by read-only calls.
+    pub async fn resolve_backups(&self, loaded: &Loaded, plan: &mut crate::plan::Plan) -> Result<(), StepError> {
+        for r in plan.resources.iter_mut() {
+            let Some(db) = loaded.desc.databases.get(&r.name) else { continue };
+            let Some(source) = r.source.as_mut() else { continue };
+            match (&db.source, db.restore) {
+                (DatabaseSource::RdsInstance(id), RestoreMode::NewestSnapshot) => {
+                    let s = self.newest_snapshot(id).await?;
+                    source.backup = Some(serde_json::json!({
+                        "snapshot_id": s.id,
+                        "arn": s.arn,
+                        "created": s.created.map(|c| c.to_rfc3339()),
+                        "type": s.kind,
+                    }));
+                }
+                (DatabaseSource::RdsInstance(id), RestoreMode::LatestRestorableTime) => {
+                    let found = self
+                        .api
+                        .describe_db_instances(std::slice::from_ref(id))
+                        .await
+                        .map_err(|e| StepError::build(e.to_string()))?;
+                    let p = found
+                        .into_iter()
+                        .find(|p| &p.id == id)
+                        .ok_or_else(|| StepError::build(format!("the production RDS instance {id} does not exist")))?;
+                    source.backup = Some(
+                        serde_json::json!({"latest_restorable_time": p.latest_restorable_time.map(|c| c.to_rfc3339())}),
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
