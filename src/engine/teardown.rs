@@ -267,3 +267,67 @@ pub fn leftover_text(run_id: &str, leftovers: &[Leftover]) -> String {
     out.push_str(&format!("  or retry everything: rehearse down {run_id}\n"));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::engine::events::Silent;
+    use crate::engine::journal::{Entry, RunMeta};
+    use crate::engine::provider::{Ctx, DestroyErrorKind, Output, StepError};
+    use crate::plan::Resource;
+
+    /// Refuses every removal with `kind`, counting the attempts.
+    struct Refusing {
+        kind: DestroyErrorKind,
+        attempts: AtomicU32,
+    }
+
+    impl Provider for Refusing {
+        async fn create(&self, _: &Resource, _: &Ctx<'_>) -> Result<Output, StepError> {
+            Ok(Output::Nothing)
+        }
+        async fn destroy(&self, _: &Entry, _: &RunMeta) -> Result<(), DestroyError> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            Err(DestroyError::new(self.kind, format!("refused: {:?}", self.kind)))
+        }
+        fn removal_command(&self, e: &Entry, _: &RunMeta) -> String {
+            format!("remove {}", e.id)
+        }
+    }
+
+    async fn attempts_and_left(kind: DestroyErrorKind) -> (u32, Left) {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(&dir.path().join("journal.jsonl"), &RunMeta::sample("r-1", "local", None)).unwrap();
+        j.created("x", Kind::LocalRelease, serde_json::json!({"dir": "/nowhere"})).unwrap();
+        let p = Refusing { kind, attempts: AtomicU32::new(0) };
+        let out = run(&p, &j, &Silent, &Signals::none(), 1, &Clock::new()).await;
+        (p.attempts.load(Ordering::SeqCst), out.left)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_in_use_is_tried_again_what_is_denied_or_not_ours_is_not() {
+        for kind in [DestroyErrorKind::InUse, DestroyErrorKind::Unavailable] {
+            let (n, left) = attempts_and_left(kind).await;
+            assert_eq!(n, 3, "{kind:?}: one attempt and two retries");
+            assert!(matches!(left, Left::Remaining(ref l) if l.len() == 1), "{kind:?}: {left:?}");
+        }
+        for kind in [DestroyErrorKind::Denied, DestroyErrorKind::NotOurs, DestroyErrorKind::Failed] {
+            let (n, left) = attempts_and_left(kind).await;
+            assert_eq!(n, 1, "{kind:?}: asking again changes nothing");
+            assert!(matches!(left, Left::Remaining(_)), "{kind:?}: {left:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resource_journaled_without_an_id_that_stays_is_orphaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(&dir.path().join("journal.jsonl"), &RunMeta::sample("r-1", "local", None)).unwrap();
+        j.intent("x", Kind::LocalRelease, None).unwrap();
+        let p = Refusing { kind: DestroyErrorKind::Unavailable, attempts: AtomicU32::new(0) };
+        let out = run(&p, &j, &Silent, &Signals::none(), 1, &Clock::new()).await;
+        assert!(matches!(out.left, Left::Orphaned(ref l) if l[0].provider_id.is_none()), "{:?}", out.left);
+        assert!(!out.complete());
+    }
+}

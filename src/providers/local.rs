@@ -418,7 +418,8 @@ async fn start_on_free_port(
     for _ in 0..3 {
         match postgres::start(bin, cluster, log, ctx.clock, timeout, tag).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.log_tail.iter().any(|l| l.contains("could not bind") || l.contains("already in use")) => {
+            // Someone took the port between its choice and the server's bind.
+            Err(e) if process::port_taken(cluster.port) => {
                 cluster.port = process::free_port().map_err(|e| StepError::build(format!("no free port: {e}")))?;
                 last = Some(e);
             }

@@ -492,6 +492,12 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Whether something else listens on 127.0.0.1:`port` now: binding it is refused as
+/// "address in use". (Asked of the system, not read from a server's log.)
+pub fn port_taken(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
 /// What a process run as another user keeps of rehearse's environment: where programs
 /// are and how text and time are shown. Everything else — cloud credentials, CI
 /// tokens, the operator's settings — stays behind.
@@ -532,6 +538,15 @@ pub fn log_path(dir: &Path, name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_someone_listens_on_is_taken_and_free_again_after() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(port_taken(port));
+        drop(l);
+        assert!(!port_taken(port));
+    }
 
     #[test]
     fn printable_strips_escapes_and_controls() {

@@ -102,6 +102,56 @@ const THROTTLING: &[&str] = &[
     "EC2ThrottledException",
 ];
 
+/// "Does not exist" codes that follow neither naming convention below.
+const NOT_FOUND: &[&str] = &["DBInstanceNotFound", "DBClusterNotFound", "DBSnapshotNotFound"];
+
+/// A "does not exist" code by the services' documented conventions: EC2's
+/// `Invalid<Resource>.NotFound`, RDS's `<Resource>NotFoundFault`.
+fn is_not_found(code: &str) -> bool {
+    code.ends_with(".NotFound") || code.ends_with("NotFoundFault") || NOT_FOUND.contains(&code)
+}
+
+/// "Still in use" codes: a dependency not yet gone, or a state that does not allow it.
+const IN_USE: &[&str] = &[
+    "DependencyViolation",
+    "InvalidDBInstanceState",
+    "InvalidDBInstanceStateFault",
+    "InvalidDBClusterStateFault",
+    "InvalidDBSubnetGroupStateFault",
+    "InvalidDBSnapshotState",
+    "InvalidDBSnapshotStateFault",
+];
+
+/// "Not allowed" codes: this identity may not make the call.
+const DENIED: &[&str] = &["AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthFailure"];
+
+/// No capacity for this type in this zone now. EC2 answers these with a 500, but they
+/// are an answer: waiting ten minutes on them helps nobody.
+const NO_CAPACITY: &[&str] = &[
+    "InsufficientInstanceCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity",
+    "InsufficientDBInstanceCapacity",
+    "InsufficientDBInstanceCapacityFault",
+    "InsufficientDBClusterCapacityFault",
+];
+
+/// An error by its code — the service's machine-readable name for it, compared
+/// exactly, never its message — and, for a code rehearse does not know, whether the
+/// answer was a 5xx.
+fn classify(code: Option<&str>, server_error: bool) -> ErrorKind {
+    match code {
+        Some(c) if is_not_found(c) => ErrorKind::NotFound,
+        Some(c) if IN_USE.contains(&c) => ErrorKind::InUse,
+        Some(c) if DENIED.contains(&c) => ErrorKind::Denied,
+        Some(c) if NO_CAPACITY.contains(&c) => ErrorKind::Refused,
+        Some(c) if THROTTLING.contains(&c) => ErrorKind::Throttled,
+        Some(c) if SERVER.contains(&c) => ErrorKind::ServerError,
+        _ if server_error => ErrorKind::ServerError,
+        _ => ErrorKind::Refused,
+    }
+}
+
 /// Failures on the service's side.
 const SERVER: &[&str] =
     &["InternalError", "InternalFailure", "InternalServerError", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
@@ -130,35 +180,8 @@ where
     let code = e.code().map(str::to_string);
     let message =
         e.message().map(str::to_string).unwrap_or_else(|| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string());
-    let kind = {
-        match code.as_deref() {
-            Some(c) if c.contains("NotFound") => ErrorKind::NotFound,
-            Some(
-                "DBInstanceNotFound"
-                | "DBInstanceNotFoundFault"
-                | "DBClusterNotFoundFault"
-                | "DBSubnetGroupNotFoundFault"
-                | "DBSnapshotNotFound"
-                | "DBClusterNotFound",
-            ) => ErrorKind::NotFound,
-            Some(
-                "DependencyViolation"
-                | "InvalidDBInstanceState"
-                | "InvalidDBInstanceStateFault"
-                | "InvalidDBClusterStateFault"
-                | "InvalidDBSubnetGroupStateFault"
-                | "InvalidDBSnapshotState"
-                | "InvalidDBSnapshotStateFault",
-            ) => ErrorKind::InUse,
-            // EC2 answers these with a 500, but they are an answer: no capacity for
-            // this type in this zone now. Waiting ten minutes on them helps nobody.
-            Some(c) if c.starts_with("Insufficient") && c.ends_with("Capacity") => ErrorKind::Refused,
-            Some(c) if THROTTLING.contains(&c) => ErrorKind::Throttled,
-            Some(c) if SERVER.contains(&c) => ErrorKind::ServerError,
-            _ if e.raw_response().is_some_and(|r| r.status().is_server_error()) => ErrorKind::ServerError,
-            _ => ErrorKind::Refused,
-        }
-    };
+    let server_error = e.raw_response().is_some_and(|r| r.status().is_server_error());
+    let kind = classify(code.as_deref(), server_error);
     ApiError { code, message, kind }
 }
 
@@ -638,6 +661,11 @@ mod tests {
         assert_eq!(answer(400, "InstanceLimitExceeded").kind, ErrorKind::Refused);
         assert_eq!(answer(404, "DBInstanceNotFound").kind, ErrorKind::NotFound);
         assert_eq!(answer(400, "DependencyViolation").kind, ErrorKind::InUse);
+        assert_eq!(answer(403, "AccessDenied").kind, ErrorKind::Denied);
+        assert_eq!(answer(403, "UnauthorizedOperation").kind, ErrorKind::Denied);
+        assert_eq!(answer(400, "InvalidInstanceID.NotFound").kind, ErrorKind::NotFound);
+        // A code is compared whole: one that merely mentions "NotFound" is not one.
+        assert_eq!(answer(400, "InvalidParameterValue.NotFoundIsNotACode").kind, ErrorKind::Refused);
         assert!(answer(400, "Throttling").is_transient() && !answer(400, "QuotaExceeded").is_transient());
     }
 
