@@ -23,6 +23,7 @@ use tera::{Context, Tera, Value};
 use super::junit;
 use super::model::{RunReport, SuiteStatus, Verdict, REPORT_SCHEMA_VERSION};
 use crate::description::template::error_chain;
+use crate::style::{paint, Styles};
 
 pub const JSON_FILE: &str = "report.json";
 pub const JUNIT_FILE: &str = "junit.xml";
@@ -147,41 +148,39 @@ pub fn read_report(dir: &Path) -> Result<RunReport, ReadReportError> {
     serde_json::from_value(value).map_err(|source| ReadReportError::Parse { path, source })
 }
 
-/// The lines printed at the end of a run: verdict, reason, failure, suites, teardown and
-/// where the report is. `color` adds ANSI colors.
-pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) -> String {
-    let paint = |code: &'static str| if color { code } else { "" };
-    let (red, green, yellow, bold, dim, reset) =
-        (paint("\x1b[31m"), paint("\x1b[32m"), paint("\x1b[33m"), paint("\x1b[1m"), paint("\x1b[2m"), paint("\x1b[0m"));
+/// The end-of-run summary of `report`, whose files are `files`, painted with
+/// `styles` (a `bool` works too: `true` for colours, `false` for none).
+pub fn terminal_summary(report: &RunReport, files: &ReportFiles, styles: impl Into<Styles>) -> String {
+    let s: Styles = styles.into();
     let mut out = String::new();
 
     let (mark, word, tint) = match report.verdict {
-        Verdict::Passed => ("✔", "PASSED", green),
-        Verdict::Failed => ("✘", "FAILED", red),
-        Verdict::BuildFailed => ("✘", "COULD NOT BUILD", red),
-        Verdict::Interrupted => ("⏹", "INTERRUPTED", yellow),
+        Verdict::Passed => ("✔", "PASSED", s.pass),
+        Verdict::Failed => ("✘", "FAILED", s.fail),
+        Verdict::BuildFailed => ("✘", "COULD NOT BUILD", s.fail),
+        Verdict::Interrupted => ("⏹", "INTERRUPTED", s.warn),
     };
     let _ = writeln!(
         out,
-        "{tint}{bold}{mark} {word}{reset}{bold}: {} release {}{reset} in {} {dim}(run {}){reset}",
-        report.environment,
-        report.release,
+        "{}{} in {} {}",
+        paint(s.strong(tint), format_args!("{mark} {word}")),
+        paint(s.bold, format_args!(": {} release {}", report.environment, report.release)),
         duration(report.total_ms),
-        report.run_id,
+        paint(s.dim, format_args!("(run {})", report.run_id)),
     );
     if let Some(reason) = &report.reason {
         let _ = writeln!(out, "  {}", one_line(reason));
     }
     if let Some(f) = &report.failure {
         let at = f.resource.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
-        let _ = writeln!(out, "  {red}{}{at}:{reset} {}", f.phase, one_line(&f.message));
+        let _ = writeln!(out, "  {} {}", paint(s.fail, format_args!("{}{at}:", f.phase)), one_line(&f.message));
         // The end of the log is where the database or compiler says what went wrong.
         let start = f.log_tail.len().saturating_sub(5);
         for line in &f.log_tail[start..] {
-            let _ = writeln!(out, "    {dim}│{reset} {line}");
+            let _ = writeln!(out, "    {} {line}", paint(s.dim, "│"));
         }
         if let Some(log) = &f.log {
-            let _ = writeln!(out, "    {dim}full log: {log}{reset}");
+            let _ = writeln!(out, "    {}", paint(s.dim, format_args!("full log: {log}")));
         }
     }
     for b in &report.backups {
@@ -197,18 +196,18 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
     }
 
     let width = report.suites.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
-    for s in &report.suites {
-        let (mark, tint) = match s.status {
-            SuiteStatus::Passed => ("✔", green),
-            SuiteStatus::Failed | SuiteStatus::Error => ("✘", red),
-            SuiteStatus::NotRun => ("-", yellow),
+    for suite in &report.suites {
+        let (mark, tint) = match suite.status {
+            SuiteStatus::Passed => ("✔", s.pass),
+            SuiteStatus::Failed | SuiteStatus::Error => ("✘", s.fail),
+            SuiteStatus::NotRun => ("-", s.warn),
         };
-        let name = format!("{:width$}", s.name);
-        let mut line = format!("  {tint}{mark}{reset} {bold}{name}{reset}  ");
-        match s.status {
+        let name = format!("{:width$}", suite.name);
+        let mut line = format!("  {} {}  ", paint(tint, mark), paint(s.bold, name));
+        match suite.status {
             SuiteStatus::NotRun => {
                 line.push_str("not run");
-                if let Some(reason) = &s.reason {
+                if let Some(reason) = &suite.reason {
                     let _ = write!(line, ": {}", one_line(reason));
                 }
             }
@@ -216,16 +215,16 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
                 let _ = write!(
                     line,
                     "{}, {}, {}",
-                    plural(s.tests, "test"),
-                    plural(s.failures + s.errors, "failure"),
-                    duration(s.duration_ms)
+                    plural(suite.tests, "test"),
+                    plural(suite.failures + suite.errors, "failure"),
+                    duration(suite.duration_ms)
                 );
             }
         }
-        if s.status == SuiteStatus::Failed || s.status == SuiteStatus::Error {
-            if let Some(reason) = &s.reason {
+        if matches!(suite.status, SuiteStatus::Failed | SuiteStatus::Error) {
+            if let Some(reason) = &suite.reason {
                 let _ = write!(line, " — {}", one_line(reason));
-            } else if s.status == SuiteStatus::Error {
+            } else if suite.status == SuiteStatus::Error {
                 line.push_str(" — error");
             }
         }
@@ -241,7 +240,8 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
             let until = t.expires_at.map(time).unwrap_or_else(|| "its TTL".to_string());
             let _ = writeln!(
                 out,
-                "  teardown: {yellow}kept{reset} until {until} — remove with `rehearse down {}`",
+                "  teardown: {} until {until} — remove with `rehearse down {}`",
+                paint(s.warn, "kept"),
                 report.run_id
             );
         }
@@ -249,12 +249,13 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, color: bool) ->
             let what = if other == "interrupted" { "INTERRUPTED" } else { "INCOMPLETE" };
             let _ = writeln!(
                 out,
-                "  teardown: {red}{bold}{what}{reset}: {} left behind{}",
+                "  teardown: {}: {} left behind{}",
+                paint(s.strong(s.fail), what),
                 plural(t.leftovers.len() as u32, "resource"),
                 if t.leftovers.is_empty() { "" } else { "; remove with:" },
             );
             for l in &t.leftovers {
-                let _ = writeln!(out, "    {dim}# {} ({}){reset}", l.id, l.kind);
+                let _ = writeln!(out, "    {}", paint(s.dim, format_args!("# {} ({})", l.id, l.kind)));
                 let _ = writeln!(out, "    {}", l.command);
             }
             let _ = writeln!(out, "    or all at once: rehearse down {}", report.run_id);

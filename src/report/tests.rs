@@ -505,8 +505,16 @@ fn terminal_summary_lines() {
     assert!(text.contains("teardown: INCOMPLETE: 1 resource left behind; remove with:"), "{text}");
     assert!(text.contains("    pg_ctl -D /tmp/rehearse-k3x9/db stop -m immediate"), "{text}");
 
-    let colored = render::terminal_summary(&passed(), &files, true);
-    assert!(colored.contains("\x1b[32m"));
+    let colored = render::terminal_summary(&passed(), &files, crate::style::Styles::colored());
+    assert!(
+        colored.starts_with("\x1b[1m\x1b[32m✔ PASSED\x1b[0m\x1b[1m: demo release v2\x1b[0m in 19.0s"),
+        "{colored:?}"
+    );
+    assert_eq!(colored, render::terminal_summary(&passed(), &files, true), "`true` is the colored styles");
+    assert_eq!(
+        render::terminal_summary(&passed(), &files, crate::style::Styles::plain()),
+        render::terminal_summary(&passed(), &files, false)
+    );
 }
 
 #[test]
