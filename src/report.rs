@@ -4,7 +4,7 @@
 //!
 //! One file per output: [`files`] writes and reads the report directory, [`junit`],
 //! [`markdown`] and [`html`] render a format each ([`view`] is what their templates
-//! see), [`terminal`] prints the summary.
+//! see, [`timeline`] the HTML page's chart of steps), [`terminal`] prints the summary.
 //! The templates are compiled into the binary so it renders the same from any
 //! working directory.
 
@@ -15,6 +15,7 @@ pub mod markdown;
 pub mod model;
 pub mod terminal;
 pub mod text;
+mod timeline;
 mod view;
 
 pub use files::{read_report, write_all, ReadReportError, ReportFiles};

@@ -467,6 +467,35 @@ fn html_status_marks_are_drawn_svg_never_emoji() {
 }
 
 #[test]
+fn html_timeline_draws_every_step_and_escapes_its_text() {
+    let mut r = failed_migration();
+    r.steps.push(StepTiming {
+        resource: "service.</svg><script>alert(1)</script>".into(),
+        kind: "local-process".into(),
+        action: "start".into(),
+        start_ms: 8_000,
+        duration_ms: 500,
+        ok: false,
+        detail: Some("exit 1: \"quoted\" & <b>bold</b>".into()),
+    });
+    let html = html::html(&r).unwrap();
+    let svg = &html[html.find(r#"<svg class="tl" id="timeline""#).unwrap()..];
+    let svg = &svg[..svg.find("</svg></div>").unwrap()];
+    assert_eq!(svg.matches(r#"<g class="step"#).count(), 3);
+    assert_eq!(svg.matches(r#"<g class="step failed">"#).count(), 1);
+    assert_eq!(svg.matches(r#"<path class="x""#).count(), 1, "the failed step is crossed");
+    assert!(svg.contains("service.&lt;&#x2F;svg&gt;&lt;script&gt;alert(1)&lt;&#x2F;script&gt;"), "{svg}");
+    assert!(svg.contains("exit 1: &quot;quoted&quot; &amp; &lt;b&gt;bold&lt;&#x2F;b&gt;"), "{svg}");
+    assert!(!html.contains("<script"), "{html}");
+    for tick in [">0s</text>", ">2s</text>", ">14s</text>"] {
+        assert!(svg.contains(tick), "no tick {tick}: {svg}");
+    }
+
+    r.steps.clear();
+    assert!(!html::html(&r).unwrap().contains("id=\"timeline\""), "no steps, no timeline");
+}
+
+#[test]
 fn write_all_writes_every_file_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("runs/r1");
