@@ -4,8 +4,10 @@
 #   - python3 (the demo shop and its suites are stdlib Python),
 #   - the system users rehearse-db and rehearse, which the PostgreSQL copies and the
 #     release run as when rehearse runs as root,
-#   - with `--emulator`: moto[server] (the AWS API emulator) and parliament (the IAM
-#     policy linter that checks docs/iam-policy.json) in ./.venv.
+#   - with `--emulator` (the test dependencies): moto[server] (the AWS API emulator)
+#     and parliament (the IAM policy linter that checks docs/iam-policy.json) in
+#     ./.venv, and Debian's `chromium`, in which tests/report_browser.rs renders
+#     report.html headless.
 # Each step checks first and does nothing when the thing is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -78,6 +80,12 @@ if [ "$want_emulator" -eq 1 ]; then
       python3 -m venv .venv
     fi
     .venv/bin/pip install -q --disable-pip-version-check 'moto[server]>=5,<6' boto3 'parliament>=1.6,<2'
+  fi
+fi
+if [ "$want_emulator" -eq 1 ]; then
+  if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    echo "install-deps: installing Chromium (Debian package chromium) for the report's browser test"
+    apt_install chromium
   fi
 fi
 echo "install-deps: ok"

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod providers;
 pub mod report;
 pub mod secrets;
+pub mod style;
 pub mod suites;
 pub mod sys;
 #[cfg(any(test, feature = "testkit"))]

@@ -69,6 +69,9 @@ fn build_failure_is_written_read_back_and_summarized() {
     let html = std::fs::read_to_string(&files.html).unwrap();
     assert!(html.contains(r#"class="banner v-build-failed""#));
     assert!(!html.contains("s3://"), "user data is escaped, even URLs: {html}");
+    assert!(html.contains(r#"<h1><svg class="mark""#), "the verdict's mark is drawn, not a glyph: {html}");
+    assert!(!html.contains('💥') && !html.contains('✅') && !html.contains('❌'), "no emoji in the page: {html}");
+    assert!(!html.contains(r#"id="timeline""#), "a run without steps has no timeline");
 
     let text = terminal_summary(&report, &files, false);
     assert!(text.starts_with("✘ COULD NOT BUILD: shop release v2.4.0 in 1m 35s"), "{text}");

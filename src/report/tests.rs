@@ -4,9 +4,10 @@
 use chrono::{DateTime, TimeZone, Utc};
 use quick_junit::{NonSuccessKind, Report, TestCaseStatus};
 
+use super::files::{self, ReportFiles};
 use super::junit;
 use super::model::*;
-use super::render::{self, ReportFiles};
+use super::{html, markdown, terminal, text};
 
 fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 5, 1, h, m, s).unwrap()
@@ -46,7 +47,7 @@ fn smoke(cases: Vec<TestCase>) -> SuiteResult {
 }
 
 /// (a) release v2 of the demo: everything passed and was torn down.
-fn passed() -> RunReport {
+pub(super) fn passed() -> RunReport {
     RunReport {
         schema_version: REPORT_SCHEMA_VERSION,
         run_id: "demo-20260501-020000-k3x9".into(),
@@ -367,7 +368,7 @@ fn junit_teardown_leftovers_fail_the_run() {
 
 #[test]
 fn markdown_failed_migration_names_the_migration_and_the_database_error() {
-    let md = render::markdown(&failed_migration()).unwrap();
+    let md = markdown::markdown(&failed_migration()).unwrap();
     assert!(md.starts_with("## ❌ Rehearsal failed"), "{md}");
     assert!(md.contains("migration migrations/0003_unique_customer_email.sql failed:"), "{md}");
     assert!(md.contains("ERROR:  could not create unique index \"customers_email_lower_key\""), "{md}");
@@ -378,7 +379,7 @@ fn markdown_failed_migration_names_the_migration_and_the_database_error() {
 fn markdown_escapes_table_breaking_and_html_text() {
     let mut r = suite_error();
     r.suites[1].name = "a|b".into();
-    let md = render::markdown(&r).unwrap();
+    let md = markdown::markdown(&r).unwrap();
     assert!(md.contains("| a\\|b |"), "{md}");
     // Hostile names stay inside code spans, where Markdown shows them as text.
     assert!(md.contains("`<script>alert(1)</script>`"), "{md}");
@@ -388,7 +389,7 @@ fn markdown_escapes_table_breaking_and_html_text() {
 
 #[test]
 fn markdown_lists_leftovers_with_their_commands() {
-    let md = render::markdown(&with_leftovers(passed())).unwrap();
+    let md = markdown::markdown(&with_leftovers(passed())).unwrap();
     assert!(md.contains("❌ **INCOMPLETE**: 1 resource left behind."), "{md}");
     assert!(
         md.contains("```sh\n# database.db (local-postgres, /tmp/rehearse-k3x9/db)\npg_ctl -D /tmp/rehearse-k3x9/db"),
@@ -402,44 +403,96 @@ fn markdown_kept_says_until_when_and_how_to_remove() {
     r.teardown.status = "kept".into();
     r.teardown.policy = "never".into();
     r.teardown.expires_at = Some(at(4, 0, 0));
-    let md = render::markdown(&r).unwrap();
+    let md = markdown::markdown(&r).unwrap();
     assert!(md.contains("Kept until 2026-05-01 04:00:00 UTC"), "{md}");
     assert!(md.contains("`rehearse down demo-20260501-020000-k3x9`"), "{md}");
 }
 
 #[test]
 fn snapshot_markdown_passed() {
-    insta::assert_snapshot!("summary_passed", render::markdown(&passed()).unwrap());
+    insta::assert_snapshot!("summary_passed", markdown::markdown(&passed()).unwrap());
 }
 
 #[test]
 fn snapshot_markdown_failed_migration() {
-    insta::assert_snapshot!("summary_failed_migration", render::markdown(&failed_migration()).unwrap());
+    insta::assert_snapshot!("summary_failed_migration", markdown::markdown(&failed_migration()).unwrap());
 }
 
 #[test]
 fn snapshot_markdown_suite_error() {
-    insta::assert_snapshot!("summary_suite_error", render::markdown(&suite_error()).unwrap());
+    insta::assert_snapshot!("summary_suite_error", markdown::markdown(&suite_error()).unwrap());
 }
 
 #[test]
 fn html_is_self_contained_escaped_and_mobile_ready() {
     for r in [passed(), failed_migration(), suite_error(), with_leftovers(passed())] {
-        let html = render::html(&r).unwrap();
+        let html = html::html(&r).unwrap();
         assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
         assert!(html.contains(r#"<meta name="viewport" content="width=device-width, initial-scale=1">"#));
         for banned in ["http://", "https://", "<link", "<script", "<img", "<iframe", "@import", "url("] {
             assert!(!html.contains(banned), "report.html contains {banned:?}");
         }
     }
-    let html = render::html(&suite_error()).unwrap();
+    let html = html::html(&suite_error()).unwrap();
     assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2F;script&gt;"), "{html}");
     assert!(html.contains("&lt;b&gt;boom&lt;&#x2F;b&gt;"), "{html}");
     assert!(html.contains(r#"class="banner v-failed""#));
     assert!(html.contains("wrote no JUnit file"));
 
-    let html = render::html(&failed_migration()).unwrap();
+    let html = html::html(&failed_migration()).unwrap();
     assert!(html.contains("could not create unique index &quot;customers_email_lower_key&quot;"), "{html}");
+}
+
+/// Code points that only an emoji or symbol font draws (arrows, dingbats, emoji): a
+/// browser without such a font shows empty boxes.
+fn symbols(text: &str) -> Vec<char> {
+    text.chars().filter(|c| matches!(u32::from(*c), 0x2190..=0x2BFF | 0x1F000..=0x1FAFF | 0xFE0F)).collect()
+}
+
+#[test]
+fn html_status_marks_are_drawn_svg_never_emoji() {
+    for r in [passed(), failed_migration(), suite_error(), with_leftovers(passed())] {
+        let html = html::html(&r).unwrap();
+        assert_eq!(symbols(&html), Vec::<char>::new(), "{}", r.verdict.as_str());
+        let statuses = html.matches(r#"class="status "#).count();
+        // Phases, suites, failed cases, resources, steps and the teardown line.
+        let failed_cases = r.suites.iter().flat_map(|s| &s.cases).filter(|c| c.status == "failed").count();
+        assert_eq!(statuses, r.phases.len() + r.suites.len() + failed_cases + r.resources.len() + r.steps.len() + 1);
+        for cell in html.split(r#"class="status "#).skip(1) {
+            let mark = &cell[cell.find('>').unwrap() + 1..];
+            assert!(mark.starts_with(r#"<svg class="mark""#), "a status without its mark: {}", &cell[..80]);
+        }
+        assert!(html.contains(r#"<h1><svg class="mark""#), "the verdict has a mark");
+    }
+}
+
+#[test]
+fn html_timeline_draws_every_step_and_escapes_its_text() {
+    let mut r = failed_migration();
+    r.steps.push(StepTiming {
+        resource: "service.</svg><script>alert(1)</script>".into(),
+        kind: "local-process".into(),
+        action: "start".into(),
+        start_ms: 8_000,
+        duration_ms: 500,
+        ok: false,
+        detail: Some("exit 1: \"quoted\" & <b>bold</b>".into()),
+    });
+    let html = html::html(&r).unwrap();
+    let svg = &html[html.find(r#"<svg class="tl" id="timeline""#).unwrap()..];
+    let svg = &svg[..svg.find("</svg></div>").unwrap()];
+    assert_eq!(svg.matches(r#"<g class="step"#).count(), 3);
+    assert_eq!(svg.matches(r#"<g class="step failed">"#).count(), 1);
+    assert_eq!(svg.matches(r#"<path class="x""#).count(), 1, "the failed step is crossed");
+    assert!(svg.contains("service.&lt;&#x2F;svg&gt;&lt;script&gt;alert(1)&lt;&#x2F;script&gt;"), "{svg}");
+    assert!(svg.contains("exit 1: &quot;quoted&quot; &amp; &lt;b&gt;bold&lt;&#x2F;b&gt;"), "{svg}");
+    assert!(!html.contains("<script"), "{html}");
+    for tick in [">0s</text>", ">2s</text>", ">14s</text>"] {
+        assert!(svg.contains(tick), "no tick {tick}: {svg}");
+    }
+
+    r.steps.clear();
+    assert!(!html::html(&r).unwrap().contains("id=\"timeline\""), "no steps, no timeline");
 }
 
 #[test]
@@ -447,7 +500,7 @@ fn write_all_writes_every_file_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("runs/r1");
     let r = failed_migration();
-    let files = render::write_all(&r, &out).unwrap();
+    let files = files::write_all(&r, &out).unwrap();
     assert_eq!(files, ReportFiles::in_dir(&out));
     for p in [&files.json, &files.junit, &files.markdown, &files.html] {
         assert!(std::fs::metadata(p).unwrap().len() > 0, "{}", p.display());
@@ -455,30 +508,30 @@ fn write_all_writes_every_file_and_reads_back() {
     let names: Vec<String> =
         std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 4, "no temporary files left: {names:?}");
-    let back = render::read_report(&out).unwrap();
+    let back = files::read_report(&out).unwrap();
     assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&r).unwrap());
 }
 
 #[test]
 fn read_report_says_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let err = render::read_report(dir.path()).unwrap_err();
-    assert!(matches!(err, render::ReadReportError::Missing { .. }), "{err}");
+    let err = files::read_report(dir.path()).unwrap_err();
+    assert!(matches!(err, files::ReadReportError::Missing { .. }), "{err}");
 
     let mut v = serde_json::to_value(passed()).unwrap();
     v["schema_version"] = 99.into();
     std::fs::write(dir.path().join("report.json"), v.to_string()).unwrap();
-    let err = render::read_report(dir.path()).unwrap_err();
+    let err = files::read_report(dir.path()).unwrap_err();
     assert!(err.to_string().contains("schema version is 99"), "{err}");
 
     std::fs::write(dir.path().join("report.json"), "{").unwrap();
-    assert!(matches!(render::read_report(dir.path()), Err(render::ReadReportError::Parse { .. })));
+    assert!(matches!(files::read_report(dir.path()), Err(files::ReadReportError::Parse { .. })));
 }
 
 #[test]
 fn terminal_summary_lines() {
     let files = ReportFiles::in_dir(std::path::Path::new("/state/runs/r1"));
-    let text = render::terminal_summary(&failed_migration(), &files, false);
+    let text = terminal::terminal_summary(&failed_migration(), &files, false);
     let expected = "\
 ✘ FAILED: demo release v3 in 15.0s (run demo-20260501-020000-k3x9)
   the release's install failed on the copy of production: migration 0003_unique_customer_email.sql failed; the suites were not run.
@@ -497,22 +550,30 @@ fn terminal_summary_lines() {
 ";
     assert_eq!(text, expected);
 
-    let text = render::terminal_summary(&passed(), &files, false);
+    let text = terminal::terminal_summary(&passed(), &files, false);
     assert!(text.starts_with("✔ PASSED: demo release v2 in 19.0s"), "{text}");
     assert!(text.contains("  ✔ smoke       4 tests, 0 failures, 1.2s\n"), "{text}");
 
-    let text = render::terminal_summary(&with_leftovers(passed()), &files, false);
+    let text = terminal::terminal_summary(&with_leftovers(passed()), &files, false);
     assert!(text.contains("teardown: INCOMPLETE: 1 resource left behind; remove with:"), "{text}");
     assert!(text.contains("    pg_ctl -D /tmp/rehearse-k3x9/db stop -m immediate"), "{text}");
 
-    let colored = render::terminal_summary(&passed(), &files, true);
-    assert!(colored.contains("\x1b[32m"));
+    let colored = terminal::terminal_summary(&passed(), &files, crate::style::Styles::colored());
+    assert!(
+        colored.starts_with("\x1b[1m\x1b[32m✔ PASSED\x1b[0m\x1b[1m: demo release v2\x1b[0m in 19.0s"),
+        "{colored:?}"
+    );
+    assert_eq!(colored, terminal::terminal_summary(&passed(), &files, true), "`true` is the colored styles");
+    assert_eq!(
+        terminal::terminal_summary(&passed(), &files, crate::style::Styles::plain()),
+        terminal::terminal_summary(&passed(), &files, false)
+    );
 }
 
 #[test]
 fn durations_read_naturally() {
-    assert_eq!(render::duration(850), "850ms");
-    assert_eq!(render::duration(4_210), "4.2s");
-    assert_eq!(render::duration(123_000), "2m 03s");
-    assert_eq!(render::duration(3_840_000), "1h 04m");
+    assert_eq!(text::duration(850), "850ms");
+    assert_eq!(text::duration(4_210), "4.2s");
+    assert_eq!(text::duration(123_000), "2m 03s");
+    assert_eq!(text::duration(3_840_000), "1h 04m");
 }

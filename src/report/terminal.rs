@@ -1,0 +1,128 @@
+//! The lines printed at the end of a run (and by `rehearse report`): verdict, reason,
+//! failure, backups, suites, teardown and where the report is. Colour comes from the
+//! caller's [`Styles`], so `--color` and `NO_COLOR` decide it in one place.
+
+use std::fmt::Write as _;
+
+use super::files::ReportFiles;
+use super::model::{RunReport, SuiteStatus, Verdict};
+use super::text::{duration, one_line, plural, time};
+use crate::style::{paint, Styles};
+
+/// The end-of-run summary of `report`, whose files are `files`, painted with
+/// `styles` (a `bool` works too: `true` for colours, `false` for none).
+pub fn terminal_summary(report: &RunReport, files: &ReportFiles, styles: impl Into<Styles>) -> String {
+    let s: Styles = styles.into();
+    let mut out = String::new();
+
+    let (mark, word, tint) = match report.verdict {
+        Verdict::Passed => ("✔", "PASSED", s.pass),
+        Verdict::Failed => ("✘", "FAILED", s.fail),
+        Verdict::BuildFailed => ("✘", "COULD NOT BUILD", s.fail),
+        Verdict::Interrupted => ("⏹", "INTERRUPTED", s.warn),
+    };
+    let _ = writeln!(
+        out,
+        "{}{} in {} {}",
+        paint(s.strong(tint), format_args!("{mark} {word}")),
+        paint(s.bold, format_args!(": {} release {}", report.environment, report.release)),
+        duration(report.total_ms),
+        paint(s.dim, format_args!("(run {})", report.run_id)),
+    );
+    if let Some(reason) = &report.reason {
+        let _ = writeln!(out, "  {}", one_line(reason));
+    }
+    if let Some(f) = &report.failure {
+        let at = f.resource.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
+        let _ = writeln!(out, "  {} {}", paint(s.fail, format_args!("{}{at}:", f.phase)), one_line(&f.message));
+        // The end of the log is where the database or compiler says what went wrong.
+        let start = f.log_tail.len().saturating_sub(5);
+        for line in &f.log_tail[start..] {
+            let _ = writeln!(out, "    {} {line}", paint(s.dim, "│"));
+        }
+        if let Some(log) = &f.log {
+            let _ = writeln!(out, "    {}", paint(s.dim, format_args!("full log: {log}")));
+        }
+    }
+    for b in &report.backups {
+        let taken = b.taken_at.map(|t| format!(", taken {}", time(t))).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  backup: {} ← {}{taken}; {} restore {}",
+            b.database,
+            b.backup,
+            b.method,
+            duration(b.restore_ms)
+        );
+    }
+
+    let width = report.suites.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+    for suite in &report.suites {
+        let (mark, tint) = match suite.status {
+            SuiteStatus::Passed => ("✔", s.pass),
+            SuiteStatus::Failed | SuiteStatus::Error => ("✘", s.fail),
+            SuiteStatus::NotRun => ("-", s.warn),
+        };
+        let name = format!("{:width$}", suite.name);
+        let mut line = format!("  {} {}  ", paint(tint, mark), paint(s.bold, name));
+        match suite.status {
+            SuiteStatus::NotRun => {
+                line.push_str("not run");
+                if let Some(reason) = &suite.reason {
+                    let _ = write!(line, ": {}", one_line(reason));
+                }
+            }
+            _ => {
+                let _ = write!(
+                    line,
+                    "{}, {}, {}",
+                    plural(suite.tests, "test"),
+                    plural(suite.failures + suite.errors, "failure"),
+                    duration(suite.duration_ms)
+                );
+            }
+        }
+        if matches!(suite.status, SuiteStatus::Failed | SuiteStatus::Error) {
+            if let Some(reason) = &suite.reason {
+                let _ = write!(line, " — {}", one_line(reason));
+            } else if suite.status == SuiteStatus::Error {
+                line.push_str(" — error");
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+
+    let t = &report.teardown;
+    match t.status.as_str() {
+        "complete" => {
+            let _ = writeln!(out, "  teardown: complete in {}", duration(t.duration_ms));
+        }
+        "kept" => {
+            let until = t.expires_at.map(time).unwrap_or_else(|| "its TTL".to_string());
+            let _ = writeln!(
+                out,
+                "  teardown: {} until {until} — remove with `rehearse down {}`",
+                paint(s.warn, "kept"),
+                report.run_id
+            );
+        }
+        other => {
+            let what = if other == "interrupted" { "INTERRUPTED" } else { "INCOMPLETE" };
+            let _ = writeln!(
+                out,
+                "  teardown: {}: {} left behind{}",
+                paint(s.strong(s.fail), what),
+                plural(t.leftovers.len() as u32, "resource"),
+                if t.leftovers.is_empty() { "" } else { "; remove with:" },
+            );
+            for l in &t.leftovers {
+                let _ = writeln!(out, "    {}", paint(s.dim, format_args!("# {} ({})", l.id, l.kind)));
+                let _ = writeln!(out, "    {}", l.command);
+            }
+            let _ = writeln!(out, "    or all at once: rehearse down {}", report.run_id);
+        }
+    }
+    let _ = writeln!(out, "  report: {}", files.markdown.display());
+    let _ = writeln!(out, "          {}", files.html.display());
+    out
+}
