@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, ColorChoice, Command, Format, Global};
+use crate::cli::{Cli, Command, Format, Global};
 use crate::description;
 use crate::engine::events::{Lines, Progress, Reporter, Silent};
 use crate::exit;
 use crate::plan;
 use crate::providers::aws::sdk::Sdk;
 use crate::providers::aws::AwsProvider;
+use crate::style::Styles;
 use crate::sys::{secure_fs, state};
 
 mod down;
@@ -61,15 +62,8 @@ pub fn dispatch(cli: Cli) -> i32 {
     }
 }
 
-/// Whether to color output on a stream: `always`, `never`, or (auto) when the stream
-/// is a terminal and NO_COLOR is not set (<https://no-color.org>).
-pub fn use_color(choice: ColorChoice, is_tty: bool) -> bool {
-    match choice {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-    }
-}
+/// Whether to color output on a stream (one rule, in [`crate::style`]).
+pub use crate::style::use_color;
 
 fn validate(g: &crate::cli::Global, files: &[std::path::PathBuf], release: Option<&str>) -> i32 {
     let mut failed = false;
@@ -167,7 +161,7 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
     }
     match g.format {
         Format::Json => return print_json(&plan).map_or_else(|code| code, |()| exit::PASSED),
-        Format::Text => print!("{}", plan::render::text(&plan, use_color(g.color, std::io::stdout().is_terminal()))),
+        Format::Text => print!("{}", plan::render::text(&plan, Styles::stdout(g.color))),
     }
     exit::PASSED
 }
@@ -203,10 +197,11 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
 fn reporter(g: &Global) -> Box<dyn Reporter> {
     if g.quiet || g.format == Format::Json {
         Box::new(Silent)
-    } else if std::io::stderr().is_terminal() && use_color(g.color, true) {
-        Box::new(Progress::new())
+    } else if std::io::stderr().is_terminal() && Styles::stderr(g.color).is_colored() {
+        // Spinners where colour is wanted; `--color never` on a terminal gets lines.
+        Box::new(Progress::new(Styles::stderr(g.color)))
     } else {
-        Box::new(Lines { start: Instant::now() })
+        Box::new(Lines { start: Instant::now(), styles: Styles::stderr(g.color) })
     }
 }
 

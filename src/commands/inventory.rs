@@ -1,12 +1,10 @@
 //! What runs there are: `list`, `sweep` (local runs from their journals; AWS
 //! resources from their tags) and `report`.
 
-use std::io::IsTerminal;
-
 use chrono::Utc;
 
 use super::down::{down, pid_alive};
-use super::{checked_state, runtime, use_color};
+use super::{checked_state, runtime};
 use crate::cli::{Format, Global};
 use crate::engine::journal::{self, State};
 use crate::exit;
@@ -202,7 +200,7 @@ pub fn report(g: &Global, run_id: &str) -> i32 {
                     crate::report::terminal_summary(
                         &r,
                         &crate::report::ReportFiles::in_dir(&dir),
-                        use_color(g.color, std::io::stdout().is_terminal())
+                        crate::style::Styles::stdout(g.color)
                     )
                 ),
             }

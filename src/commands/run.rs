@@ -1,11 +1,9 @@
 //! `rehearse run` and `rehearse up`: a rehearsal through the engine, its report
 //! written and its exit code decided here.
 
-use std::io::IsTerminal;
-
 use futures_util::FutureExt;
 
-use super::{load_or_report, reporter, runtime, use_color};
+use super::{load_or_report, reporter, runtime};
 use crate::cli::{Destroy, Format, Global, RunArgs};
 use crate::description::{DestroyPolicy, ProviderKind};
 use crate::engine::events::Reporter;
@@ -119,11 +117,7 @@ async fn drive<P: Provider>(
                     let files = crate::report::ReportFiles::in_dir(&outcome.report_dir);
                     eprint!(
                         "{}",
-                        crate::report::terminal_summary(
-                            &outcome.report,
-                            &files,
-                            use_color(g.color, std::io::stderr().is_terminal())
-                        )
+                        crate::report::terminal_summary(&outcome.report, &files, crate::style::Styles::stderr(g.color))
                     );
                 }
             }

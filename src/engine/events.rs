@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use crate::style::{paint, Styles};
+
 #[derive(Clone, Debug)]
 pub enum Event {
     /// A step on a resource began (`restore` of `database.db`).
@@ -32,6 +34,7 @@ impl Reporter for Silent {
 /// One line per finished step, for CI logs and pipes.
 pub struct Lines {
     pub start: std::time::Instant,
+    pub styles: Styles,
 }
 
 impl Reporter for Lines {
@@ -41,7 +44,7 @@ impl Reporter for Lines {
             Event::Started { .. } => return,
             Event::Finished { resource, action, ok, elapsed, detail } => format!(
                 "[{t:7.2}s] {} {resource} {action}{} ({:.2}s)",
-                if ok { "ok  " } else { "FAIL" },
+                if ok { paint(self.styles.pass, "ok  ") } else { paint(self.styles.fail, "FAIL") },
                 detail.map(|d| format!(": {d}")).unwrap_or_default(),
                 elapsed.as_secs_f64()
             ),
@@ -56,17 +59,12 @@ pub struct Progress {
     multi: MultiProgress,
     bars: Mutex<Vec<(String, ProgressBar)>>,
     start: std::time::Instant,
+    styles: Styles,
 }
 
 impl Progress {
-    pub fn new() -> Self {
-        Progress { multi: MultiProgress::new(), bars: Mutex::new(Vec::new()), start: std::time::Instant::now() }
-    }
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Self::new()
+    pub fn new(styles: Styles) -> Self {
+        Progress { multi: MultiProgress::new(), bars: Mutex::new(Vec::new()), start: std::time::Instant::now(), styles }
     }
 }
 
@@ -91,15 +89,17 @@ impl Reporter for Progress {
                     pb.finish_and_clear();
                     self.multi.remove(&pb);
                 }
-                let mark = if ok { "\x1b[32m✔\x1b[0m" } else { "\x1b[31m✘\x1b[0m" };
+                let s = &self.styles;
+                let mark = if ok { paint(s.pass, "✔") } else { paint(s.fail, "✘") };
                 let _ = self.multi.println(format!(
-                    "  {mark} {resource} {action}{} \x1b[2m{:.2}s\x1b[0m",
+                    "  {mark} {resource} {action}{} {}",
                     detail.map(|d| format!(": {d}")).unwrap_or_default(),
-                    elapsed.as_secs_f64()
+                    paint(s.dim, format_args!("{:.2}s", elapsed.as_secs_f64()))
                 ));
             }
             Event::Note(n) => {
-                let _ = self.multi.println(format!("\x1b[2m[{:6.2}s]\x1b[0m {n}", self.start.elapsed().as_secs_f64()));
+                let at = paint(self.styles.dim, format_args!("[{:6.2}s]", self.start.elapsed().as_secs_f64()));
+                let _ = self.multi.println(format!("{at} {n}"));
             }
         }
     }

@@ -3,16 +3,17 @@
 use std::fmt::Write as _;
 
 use super::graph::{Plan, Resource};
+use crate::style::Styles;
 
-/// Renders the plan as text. `color` adds ANSI colors to the `+` markers.
-pub fn text(plan: &Plan, color: bool) -> String {
-    let (green, bold, dim, reset) =
-        if color { ("\x1b[32m", "\x1b[1m", "\x1b[2m", "\x1b[0m") } else { ("", "", "", "") };
+/// Renders the plan as text, painted with `styles` (plain ones paint nothing).
+pub fn text(plan: &Plan, styles: Styles) -> String {
+    // `{style}` opens a style, `{style:#}` closes it; a plain style writes nothing.
+    let (green, bold, dim) = (styles.pass, styles.bold, styles.dim);
     let mut out = String::new();
     let region = plan.region.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
     let _ = writeln!(
         out,
-        "{bold}Plan for `{}` on {}{region}, release {}{reset}",
+        "{bold}Plan for `{}` on {}{region}, release {}{bold:#}",
         plan.environment, plan.provider, plan.release.version
     );
     let _ = writeln!(out, "  artifact: {}", plan.release.artifact);
@@ -22,15 +23,15 @@ pub fn text(plan: &Plan, color: bool) -> String {
         plan.ttl, plan.destroy
     );
     for w in &plan.warnings {
-        let _ = writeln!(out, "  {bold}warning:{reset} {w}");
+        let _ = writeln!(out, "  {bold}warning:{bold:#} {w}");
     }
     let _ = writeln!(out);
     let width = plan.resources.iter().map(|r| r.id.len()).max().unwrap_or(0);
     for r in plan.resources.iter() {
         let marker = if r.kind.is_suite() { "▶" } else { "+" };
         let cost = r.cost_per_hour_usd.map(|c| format!("  ~${c:.4}/h")).unwrap_or_default();
-        let _ = writeln!(out, "  {green}{marker}{reset} {bold}{:width$}{reset}  {}{cost}", r.id, r.kind.as_str(),);
-        resource_details(&mut out, r, dim, reset);
+        let _ = writeln!(out, "  {green}{marker}{green:#} {bold}{:width$}{bold:#}  {}{cost}", r.id, r.kind.as_str(),);
+        resource_details(&mut out, r, dim);
     }
     let created = plan.resources.iter().filter(|r| !r.kind.is_suite()).count();
     let suites = plan.resources.len() - created;
@@ -44,7 +45,7 @@ pub fn text(plan: &Plan, color: bool) -> String {
     };
     let _ = writeln!(
         out,
-        "{bold}Plan: {created} resource{} to create, {suites} suite{} to run{cost}.{reset}",
+        "{bold}Plan: {created} resource{} to create, {suites} suite{} to run{cost}.{bold:#}",
         if created == 1 { "" } else { "s" },
         if suites == 1 { "" } else { "s" },
     );
@@ -56,7 +57,7 @@ pub fn text(plan: &Plan, color: bool) -> String {
     out
 }
 
-fn resource_details(out: &mut String, r: &Resource, dim: &str, reset: &str) {
+fn resource_details(out: &mut String, r: &Resource, dim: anstyle::Style) {
     let pad = "      ";
     if let Some(s) = &r.source {
         let what = match s.kind.as_str() {
@@ -77,7 +78,7 @@ fn resource_details(out: &mut String, r: &Resource, dim: &str, reset: &str) {
     for (k, v) in &r.templates {
         let _ = writeln!(out, "{pad}{k:<w$} = <<EOT");
         for line in v.lines() {
-            let _ = writeln!(out, "{pad}  {dim}{line}{reset}");
+            let _ = writeln!(out, "{pad}  {dim}{line}{dim:#}");
         }
         let _ = writeln!(out, "{pad}  EOT");
     }
