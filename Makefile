@@ -36,9 +36,11 @@ bench: test-deps release
 fmt:
 	$(CARGO) fmt
 
+# Formatting, clippy with warnings as errors, and the direction of module dependencies.
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	@scripts/check-layers.sh
 
 clean:
 	$(CARGO) clean

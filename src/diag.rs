@@ -5,11 +5,29 @@
 //! offending source line with a caret, what was expected, and a "did you mean" hint.
 //! miette's graphical reports were considered; they do not lead with that greppable
 //! line, and the renderer below is short.
+// Text is built with `write!` into a `String`, which cannot fail: the `fmt::Result`
+// of each write is dropped on purpose.
+#![allow(clippy::let_underscore_must_use)]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::description::yaml::Pos;
+/// A 1-based line and column in a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl Pos {
+    pub const START: Pos = Pos { line: 1, col: 1 };
+}
+
+impl std::fmt::Display for Pos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {

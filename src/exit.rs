@@ -3,20 +3,20 @@
 //! Every way a command can end maps to exactly one of these; CI gates read them.
 
 /// The rehearsal passed (or the command did what was asked).
-pub const PASSED: i32 = 0;
+pub(crate) const PASSED: i32 = 0;
 /// The environment was built but suites failed (or a suite could not run).
-pub const SUITES_FAILED: i32 = 1;
+pub(crate) const SUITES_FAILED: i32 = 1;
 /// Bad usage or an invalid description; nothing was created.
-pub const USAGE: i32 = 2;
+pub(crate) const USAGE: i32 = 2;
 /// The environment could not be built (missing backup, refused API call, timeout);
 /// whatever was created was torn down.
-pub const BUILD_FAILED: i32 = 3;
+pub(crate) const BUILD_FAILED: i32 = 3;
 /// Teardown left resources behind; they are listed with the command that removes them.
-pub const LEFTOVERS: i32 = 4;
+pub(crate) const LEFTOVERS: i32 = 4;
 /// Interrupted (SIGINT/SIGTERM) and torn down.
-pub const INTERRUPTED: i32 = 130;
+pub(crate) const INTERRUPTED: i32 = 130;
 
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 Exit codes:
   0    passed (or the command succeeded)
   1    suites failed, or a suite could not run or reported no tests

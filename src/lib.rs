@@ -1,23 +1,41 @@
 //! rehearse: dress rehearsals for releases on a throwaway copy of production.
 //!
-//! The crate follows a run's path: [`description`] (load and check a YAML file) →
-//! [`plan`] (compile it into a resource graph) → `engine` (lifecycle, journal,
-//! teardown) → `providers` (aws, local) → `suites` → `report`; [`secrets`] is what
-//! every layer redacts. `main.rs` only calls
-//! [`main_impl`]; everything else lives here so tests can drive it.
+//! The crate follows a run's path, and its modules are layered so that arrows point
+//! one way (`scripts/check-layers.sh` checks it in `make lint`):
+//!
+//! - [`commands`]: one function per subcommand; chooses a provider, hands it to the
+//!   engine, decides the exit code and writes the report's files;
+//! - [`engine`]: the lifecycle, the journal and teardown, and the contract providers
+//!   implement ([`engine::provider`]); it never names a provider;
+//! - [`providers`]: `aws` (EC2, RDS) and `local` (PostgreSQL and processes here),
+//!   each implementing the engine's contract;
+//! - `suites` (the commands that judge a release) and [`report`] (JSON, JUnit,
+//!   Markdown, HTML and the terminal summary);
+//! - [`plan`] (a description compiled into a resource graph) over [`description`]
+//!   (a YAML file loaded and checked);
+//! - [`sys`]: what everything above stands on — processes, private files, state
+//!   paths, signals, the clock, health checks; with `secrets` (what every layer
+//!   redacts), `style` (colour), `diag` and `exit`.
+//!
+//! [`testkit`] (the fake cloud) is compiled for tests and benchmarks only. `main.rs`
+//! only calls [`main_impl`]; everything else lives here so tests can drive it.
 
-pub mod cli;
+// In the shipped code a `let _ =` of a Result says why the error does not matter, item
+// by item (`#[allow]` with a comment); tests drop cleanup results freely.
+#![warn(clippy::let_underscore_must_use)]
+
+pub(crate) mod cli;
 pub mod commands;
 pub mod description;
-pub mod diag;
+pub(crate) mod diag;
 pub mod engine;
-pub mod exit;
+pub(crate) mod exit;
 pub mod plan;
 pub mod providers;
 pub mod report;
-pub mod secrets;
-pub mod style;
-pub mod suites;
+pub(crate) mod secrets;
+pub(crate) mod style;
+pub(crate) mod suites;
 pub mod sys;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
@@ -32,6 +50,8 @@ pub fn main_impl() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { exit::USAGE } else { exit::PASSED };
+            // Best effort: clap's own message to a closed terminal: nowhere else to say it.
+            #[allow(clippy::let_underscore_must_use)]
             let _ = e.print();
             return code;
         }
@@ -50,6 +70,8 @@ fn init_tracing(g: &cli::Global) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REHEARSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("rehearse={level}")));
+    // Best effort: a subscriber set already (by a test harness) keeps its own settings.
+    #[allow(clippy::let_underscore_must_use)]
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -18,14 +18,14 @@ use std::sync::RwLock;
 static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// What a secret is replaced with.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// Shorter strings are not treated as secrets: redacting a 3-letter password would
 /// garble every log it happens to occur in. Descriptions may not carry a shorter one.
-pub const MIN_LEN: usize = 4;
+pub(crate) const MIN_LEN: usize = 4;
 
 /// Registers a secret for redaction.
-pub fn register(secret: &str) {
+pub(crate) fn register(secret: &str) {
     if secret.len() < MIN_LEN {
         return;
     }
@@ -38,12 +38,12 @@ pub fn register(secret: &str) {
 }
 
 /// The longest registered secret, in bytes (0 when there is none).
-pub fn longest() -> usize {
+pub(crate) fn longest() -> usize {
     SECRETS.read().unwrap_or_else(|p| p.into_inner()).first().map_or(0, String::len)
 }
 
 /// `text` with every registered secret replaced by [`MASK`].
-pub fn redact(text: &str) -> Cow<'_, str> {
+pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     let s = SECRETS.read().unwrap_or_else(|p| p.into_inner());
     if !s.iter().any(|x| text.contains(x.as_str())) {
         return Cow::Borrowed(text);
@@ -57,7 +57,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 
 /// Bytes with every registered secret replaced by [`MASK`] (for logs, which need not
 /// be UTF-8).
-pub fn redact_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
+pub(crate) fn redact_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
     let s = SECRETS.read().unwrap_or_else(|p| p.into_inner());
     let mut out: Cow<[u8]> = Cow::Borrowed(bytes);
     for x in s.iter() {
@@ -79,7 +79,7 @@ pub fn redact_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// Rewrites a file with its secrets redacted (a log whose writer has stopped).
-pub fn redact_file(path: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn redact_file(path: &std::path::Path) -> std::io::Result<()> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -93,7 +93,7 @@ pub fn redact_file(path: &std::path::Path) -> std::io::Result<()> {
 
 /// A generated secret (database passwords): 32 characters from a URL- and
 /// shell-safe alphabet, from the OS's random source; registered for redaction.
-pub fn generate() -> String {
+pub(crate) fn generate() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     // Rejection sampling keeps every character equally likely.
     let limit = (256 / ALPHABET.len() * ALPHABET.len()) as u8;
@@ -113,7 +113,7 @@ pub fn generate() -> String {
 
 /// Redacts every string inside a JSON value (reports are redacted as a whole before
 /// they are written).
-pub fn redact_json(v: &mut serde_json::Value) {
+pub(crate) fn redact_json(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::String(s) => {
             if let Cow::Owned(r) = redact(s) {
@@ -129,7 +129,7 @@ pub fn redact_json(v: &mut serde_json::Value) {
 /// Copies `reader` to `out`, redacting secrets. Works line by line (secrets hold no
 /// newline); a line longer than the buffer is passed on in pieces, keeping back enough
 /// bytes that a secret cut in two is still seen whole.
-pub fn redacting_copy(mut reader: impl std::io::Read, out: &mut impl std::io::Write) -> std::io::Result<()> {
+pub(crate) fn redacting_copy(mut reader: impl std::io::Read, out: &mut impl std::io::Write) -> std::io::Result<()> {
     const CHUNK: usize = 64 * 1024;
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; CHUNK];

@@ -15,25 +15,25 @@ use crate::cli::ColorChoice;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Styles {
     /// Something passed or was done (`✔`, `PASSED`).
-    pub pass: Style,
+    pub(crate) pass: Style,
     /// Something failed or was left behind (`✘`, `FAILED`, `INCOMPLETE`).
-    pub fail: Style,
+    pub(crate) fail: Style,
     /// Neither passed nor failed: not run, kept, interrupted.
-    pub warn: Style,
+    pub(crate) warn: Style,
     /// Secondary text: run ids, timings, log excerpts' gutters.
-    pub dim: Style,
+    pub(crate) dim: Style,
     /// What the eye should find first: names, the verdict line.
-    pub bold: Style,
+    pub(crate) bold: Style,
 }
 
 impl Styles {
     /// No colour at all: every role renders as nothing.
-    pub const fn plain() -> Self {
+    pub(crate) const fn plain() -> Self {
         Styles { pass: Style::new(), fail: Style::new(), warn: Style::new(), dim: Style::new(), bold: Style::new() }
     }
 
     /// ANSI colours, whatever the stream is.
-    pub const fn colored() -> Self {
+    pub(crate) const fn colored() -> Self {
         Styles {
             pass: Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Green))),
             fail: Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Red))),
@@ -45,22 +45,22 @@ impl Styles {
 
     /// The styles for a stream: `--color always` or `never` as asked; `auto` colours a
     /// terminal unless `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
-    pub fn new(choice: ColorChoice, is_terminal: bool) -> Self {
+    pub(crate) fn new(choice: ColorChoice, is_terminal: bool) -> Self {
         Self::when(use_color(choice, is_terminal))
     }
 
     /// The styles for standard error (progress, the end-of-run summary).
-    pub fn stderr(choice: ColorChoice) -> Self {
+    pub(crate) fn stderr(choice: ColorChoice) -> Self {
         Self::new(choice, std::io::IsTerminal::is_terminal(&std::io::stderr()))
     }
 
     /// The styles for standard output (`rehearse report`, `rehearse plan`).
-    pub fn stdout(choice: ColorChoice) -> Self {
+    pub(crate) fn stdout(choice: ColorChoice) -> Self {
         Self::new(choice, std::io::IsTerminal::is_terminal(&std::io::stdout()))
     }
 
     /// [`Styles::colored`] when `color`, else [`Styles::plain`].
-    pub const fn when(color: bool) -> Self {
+    pub(crate) const fn when(color: bool) -> Self {
         if color {
             Self::colored()
         } else {
@@ -70,12 +70,12 @@ impl Styles {
 
     /// Whether anything is painted at all (a progress display with spinners, say,
     /// only makes sense where colour does).
-    pub fn is_colored(&self) -> bool {
+    pub(crate) fn is_colored(&self) -> bool {
         *self != Self::plain()
     }
 
     /// `role` in bold too (the verdict, `INCOMPLETE`); stays plain when styles are.
-    pub fn strong(&self, role: Style) -> Style {
+    pub(crate) fn strong(&self, role: Style) -> Style {
         role.effects(role.get_effects() | self.bold.get_effects())
     }
 }

@@ -15,30 +15,30 @@ use crate::sys::timing::Clock;
 
 /// The largest JUnit file read (a bigger one fails the suite: reading it would cost
 /// memory, and the reports would repeat it three times).
-pub const MAX_JUNIT_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_JUNIT_BYTES: u64 = 16 * 1024 * 1024;
 /// Test cases kept in the report per suite (failures first); counts stay exact.
-pub const MAX_CASES: usize = 1000;
+pub(crate) const MAX_CASES: usize = 1000;
 
 /// Everything needed to run one suite.
-pub struct SuiteRun<'a> {
-    pub name: &'a str,
-    pub suite: &'a Suite,
+pub(crate) struct SuiteRun<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) suite: &'a Suite,
     /// The rendered command.
-    pub command: String,
+    pub(crate) command: String,
     /// Working directory: the description's directory.
-    pub cwd: PathBuf,
-    pub env: Vec<(String, String)>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) env: Vec<(String, String)>,
     /// Directory for this suite's log and a copy of its results (the run's state).
-    pub out_dir: PathBuf,
+    pub(crate) out_dir: PathBuf,
     /// Where the suite's own scratch directory is created (`$REHEARSE_SUITE_DIR`,
     /// holding `$REHEARSE_JUNIT_PATH`): in the run's work directory, owned by the
     /// user the suite runs as.
-    pub scratch_parent: PathBuf,
+    pub(crate) scratch_parent: PathBuf,
     /// The unprivileged user the suite runs as (rehearse runs as root), and its HOME.
-    pub run_as: Option<(RunAs, PathBuf)>,
+    pub(crate) run_as: Option<(RunAs, PathBuf)>,
 }
 
-pub async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
+pub(crate) async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
     // Error until proven otherwise (fail closed).
     let mut result = SuiteResult::without_tests(s.name, &s.command, SuiteStatus::Error, None);
     if let Err(e) = std::fs::create_dir_all(&s.out_dir) {
@@ -107,6 +107,8 @@ pub async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
             match scratch.read_file(&name, MAX_JUNIT_BYTES) {
                 Ok(bytes) => {
                     // A copy beside the log, for the record.
+                    // Best effort: a copy for the record; the results were read from the bytes already.
+                    #[allow(clippy::let_underscore_must_use)]
                     let _ = std::fs::write(s.out_dir.join(&name), &bytes);
                     read_junit(&shown, &String::from_utf8_lossy(&bytes), &mut result, finished.status)
                 }
@@ -220,7 +222,7 @@ fn read_junit(path: &Path, text: &str, result: &mut SuiteResult, exit: Option<i3
 
 /// The environment variables every suite gets besides its own `env`: the run's facts
 /// and every database's and service's endpoints.
-pub fn standard_env(
+pub(crate) fn standard_env(
     run_id: &str,
     release: &str,
     outputs: &crate::description::template::Outputs,
@@ -250,6 +252,6 @@ pub fn standard_env(
 }
 
 /// A suite that never ran because the environment was not ready.
-pub fn not_run(name: &str, suite: &Suite, reason: &str) -> SuiteResult {
+pub(crate) fn not_run(name: &str, suite: &Suite, reason: &str) -> SuiteResult {
     SuiteResult::without_tests(name, &suite.command, SuiteStatus::NotRun, Some(reason.to_string()))
 }

@@ -21,7 +21,7 @@ use crate::sys::state;
 
 /// Why a journal could not be rebuilt for a run whose journal was lost.
 #[derive(Debug, thiserror::Error)]
-pub enum SyntheticError {
+pub(crate) enum SyntheticError {
     #[error(transparent)]
     Directory(#[from] crate::sys::secure_fs::FsError),
     #[error("cannot write {}: {source}", .path.display())]
@@ -40,7 +40,7 @@ pub(super) fn close_journal(journal: &Journal, complete: bool) {
     }
 }
 
-pub fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
+pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
     if !state::valid_run_id(run_id) {
         eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
         return exit::USAGE;

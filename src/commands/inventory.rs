@@ -85,7 +85,7 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
     Ok(rows)
 }
 
-pub fn list(g: &Global, all: bool) -> i32 {
+pub(crate) fn list(g: &Global, all: bool) -> i32 {
     let rows = match scan_runs(g) {
         Ok(rows) => rows,
         Err(code) => return code,
@@ -122,7 +122,13 @@ pub fn list(g: &Global, all: bool) -> i32 {
     exit::PASSED
 }
 
-pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Option<&str>, region: Option<&str>) -> i32 {
+pub(crate) fn sweep(
+    g: &Global,
+    yes: bool,
+    older_than: Option<&str>,
+    environment: Option<&str>,
+    region: Option<&str>,
+) -> i32 {
     let min_age = match older_than.map(humantime::parse_duration) {
         None => None,
         Some(Ok(d)) => Some(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
@@ -178,7 +184,7 @@ pub fn sweep(g: &Global, yes: bool, older_than: Option<&str>, environment: Optio
     code
 }
 
-pub fn report(g: &Global, run_id: &str) -> i32 {
+pub(crate) fn report(g: &Global, run_id: &str) -> i32 {
     if !state::valid_run_id(run_id) {
         eprintln!("error: `{run_id}` is not a run id; see `rehearse list --all`");
         return exit::USAGE;

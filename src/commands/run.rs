@@ -30,7 +30,7 @@ pub fn exit_code(verdict: Verdict, leftovers: usize) -> i32 {
     }
 }
 
-pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
+pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
     let loaded = match load_or_report(&args.file, args.release.as_deref()) {
         Ok(l) => l,
         Err(code) => return code,

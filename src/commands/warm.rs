@@ -10,7 +10,7 @@ use crate::exit;
 use crate::sys::signals::Signals;
 use crate::sys::state;
 
-pub fn warm(g: &Global, file: &Path) -> i32 {
+pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
     let loaded = match load_or_report(file, None) {
         Ok(l) => l,
         Err(code) => return code,

@@ -228,6 +228,8 @@ pub fn redact_url(url: &str) -> String {
         };
     };
     if u.password().is_some() {
+        // Best effort: a URL that cannot carry a password has none to hide.
+        #[allow(clippy::let_underscore_must_use)]
         let _ = u.set_password(Some("***"));
     }
     if u.query_pairs().any(|(k, _)| SECRET_PARAMS.contains(&k.as_ref())) {

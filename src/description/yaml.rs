@@ -16,25 +16,11 @@ use serde_saphyr::{Budget, Options, Spanned};
 /// anything near this limit is a mistake (or an attack) and is refused before parsing.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 
-/// A 1-based line and column in the description file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Pos {
-    pub line: u32,
-    pub col: u32,
-}
+pub use crate::diag::Pos;
 
-impl Pos {
-    pub const START: Pos = Pos { line: 1, col: 1 };
-
-    fn from_location(loc: &serde_saphyr::Location) -> Pos {
-        Pos { line: (loc.line().max(1)) as u32, col: (loc.column().max(1)) as u32 }
-    }
-}
-
-impl fmt::Display for Pos {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.line, self.col)
-    }
+/// The position of a parser location.
+fn pos_of(loc: &serde_saphyr::Location) -> Pos {
+    Pos { line: (loc.line().max(1)) as u32, col: (loc.column().max(1)) as u32 }
 }
 
 /// A value in the tree, with the position where it was written.
@@ -115,7 +101,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 .into(),
         }),
         Err(err) => {
-            let pos = err.location().map(|l| Pos::from_location(&l)).unwrap_or(Pos::START);
+            let pos = err.location().map(|l| pos_of(&l)).unwrap_or(Pos::START);
             Err(SyntaxError { pos, message: clean_parser_message(&err.to_string()) })
         }
     }
@@ -159,14 +145,14 @@ fn clean_parser_message(message: &str) -> String {
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spanned = Spanned::<Value>::deserialize(d)?;
-        Ok(Node { value: spanned.value, pos: Pos::from_location(&spanned.referenced) })
+        Ok(Node { value: spanned.value, pos: pos_of(&spanned.referenced) })
     }
 }
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spanned = Spanned::<KeyText>::deserialize(d)?;
-        Ok(Key { name: spanned.value.0, pos: Pos::from_location(&spanned.referenced) })
+        Ok(Key { name: spanned.value.0, pos: pos_of(&spanned.referenced) })
     }
 }
 

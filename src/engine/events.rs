@@ -50,6 +50,8 @@ impl Reporter for Lines {
             ),
             Event::Note(n) => format!("[{t:7.2}s] {n}"),
         };
+        // Best effort: progress on a closed terminal: nowhere else to show it.
+        #[allow(clippy::let_underscore_must_use)]
         let _ = writeln!(std::io::stderr(), "{line}");
     }
 }
@@ -91,6 +93,8 @@ impl Reporter for Progress {
                 }
                 let s = &self.styles;
                 let mark = if ok { paint(s.pass, "✔") } else { paint(s.fail, "✘") };
+                // Best effort: progress on a closed terminal: nowhere else to show it.
+                #[allow(clippy::let_underscore_must_use)]
                 let _ = self.multi.println(format!(
                     "  {mark} {resource} {action}{} {}",
                     detail.map(|d| format!(": {d}")).unwrap_or_default(),
@@ -99,6 +103,8 @@ impl Reporter for Progress {
             }
             Event::Note(n) => {
                 let at = paint(self.styles.dim, format_args!("[{:6.2}s]", self.start.elapsed().as_secs_f64()));
+                // Best effort: progress on a closed terminal: nowhere else to show it.
+                #[allow(clippy::let_underscore_must_use)]
                 let _ = self.multi.println(format!("{at} {n}"));
             }
         }

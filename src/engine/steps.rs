@@ -233,6 +233,7 @@ pub(super) async fn execute<P: Provider>(
                 // removes what it made instead of missing it. Suites stop at once.
                 result.interrupted = true;
                 // (Sending fails only when no step is left to listen: nothing to stop.)
+                #[allow(clippy::let_underscore_must_use)]
                 let _ = cancel_tx.send(true);
                 let grace = provider.cancel_grace();
                 if grace.is_zero() {
@@ -299,6 +300,7 @@ pub(super) async fn execute<P: Provider>(
                 // No new work; what is in flight is told to stop, and dropped when the
                 // provider's grace period is over. (Sending fails only when no step is
                 // left to listen.)
+                #[allow(clippy::let_underscore_must_use)]
                 let _ = cancel_tx.send(true);
                 let grace = provider.cancel_grace();
                 if grace.is_zero() {

@@ -152,7 +152,10 @@ pub async fn run<P: Provider>(
                         let ok = d.error.is_none();
                         destroyed.push(d);
                         if ok {
-                            let _ = journal.deleted(&entry.id);
+                            // Unrecorded, the next `down` tries again, and gone counts as done.
+                            if let Err(e) = journal.deleted(&entry.id) {
+                                reporter.event(Event::Note(format!("{}: cannot record its removal: {e}", entry.id)));
+                            }
                         } else {
                             leftovers.push(leftover(provider, entry, &meta));
                         }

@@ -1,4 +1,7 @@
 //! The plan as a person reads it, in the spirit of `terraform plan`.
+// Text is built with `write!` into a `String`, which cannot fail: the `fmt::Result`
+// of each write is dropped on purpose.
+#![allow(clippy::let_underscore_must_use)]
 
 use std::fmt::Write as _;
 

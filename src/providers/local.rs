@@ -7,9 +7,9 @@
 //! environment — the local equivalent of a tag — so `rehearse down` finds what a
 //! crashed run left even without its journal.
 
-pub mod golden;
-pub mod postgres;
-pub mod release;
+pub(crate) mod golden;
+pub(crate) mod postgres;
+pub(crate) mod release;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
-use crate::description::{DatabaseSource, SuiteResults};
+use crate::description::DatabaseSource;
 use crate::engine::journal::{Entry, RunMeta};
 use crate::engine::provider::{Ctx, DestroyError, DestroyErrorKind, Handle, Output, Provider, StepError};
 use crate::plan::{Kind, Resource};
@@ -32,11 +32,11 @@ use crate::sys::{secure_fs, state};
 use postgres::{Cluster, PgBin};
 
 /// How long an install / migration command may take.
-pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub(crate) const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long a stopped service gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
-pub struct LocalProvider {
+pub(crate) struct LocalProvider {
     /// Children this process started, kept so they are reaped and can be watched.
     children: Mutex<HashMap<String, tokio::process::Child>>,
     /// The work directory of this machine's runs (`WORK`): every directory a journal
@@ -46,30 +46,30 @@ pub struct LocalProvider {
 
 /// Golden copy metadata (`meta.json` beside its `data/`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GoldenMeta {
-    pub backup: postgres::Backup,
-    pub database_name: String,
+pub(crate) struct GoldenMeta {
+    pub(crate) backup: postgres::Backup,
+    pub(crate) database_name: String,
     /// The masking SQL applied to it (a changed file makes the copy stale).
-    pub masking: Option<String>,
-    pub pg_bin: PathBuf,
+    pub(crate) masking: Option<String>,
+    pub(crate) pg_bin: PathBuf,
     /// The user its files belong to (another cluster user makes it stale).
     #[serde(default)]
-    pub cluster_uid: Option<u32>,
+    pub(crate) cluster_uid: Option<u32>,
     /// How its roles are laid out ([`GOLDEN_LAYOUT`]; an older layout is stale).
     #[serde(default)]
-    pub layout: u32,
+    pub(crate) layout: u32,
 }
 
 /// Golden copies hold the release's role ([`postgres::APP_ROLE`]) owning the data.
-pub const GOLDEN_LAYOUT: u32 = 2;
+pub(crate) const GOLDEN_LAYOUT: u32 = 2;
 
-pub fn golden_dir(root: &Path, env: &str, db: &str) -> PathBuf {
+pub(crate) fn golden_dir(root: &Path, env: &str, db: &str) -> PathBuf {
     root.join(env).join(db)
 }
 
 impl LocalProvider {
     /// A provider for runs whose work directories live under `work_root`.
-    pub fn new(work_root: &Path) -> Self {
+    pub(crate) fn new(work_root: &Path) -> Self {
         LocalProvider { children: Mutex::default(), work_root: work_root.to_path_buf() }
     }
 
@@ -486,6 +486,8 @@ impl Provider for LocalProvider {
                 // Reap our own child, if we started it.
                 let child = self.children.lock().ok().and_then(|mut c| c.remove(&entry.id));
                 if let Some(mut c) = child {
+                    // Best effort: reaping our own child after its group was stopped; its status is not wanted.
+                    #[allow(clippy::let_underscore_must_use)]
                     let _ = tokio::time::timeout(Duration::from_secs(2), c.wait()).await;
                 }
                 Ok(())
@@ -612,7 +614,7 @@ impl LocalProvider {
 
 /// Processes whose environment carries `REHEARSE_RUN_ID=run_id` (readable for our
 /// own processes, and all of them as root).
-pub fn tagged_processes(run_id: &str) -> Vec<i32> {
+pub(crate) fn tagged_processes(run_id: &str) -> Vec<i32> {
     let needle = format!("REHEARSE_RUN_ID={run_id}");
     let me = std::process::id() as i32;
     let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -628,14 +630,6 @@ pub fn tagged_processes(run_id: &str) -> Vec<i32> {
                 .is_some_and(|start_time| process::is_alive(&ProcHandle { pid: *pid, pgid: 0, start_time }))
         })
         .collect()
-}
-
-/// Results location of a suite.
-pub fn junit_name(results: &SuiteResults) -> Option<&Path> {
-    match results {
-        SuiteResults::Junit(p) => Some(p.as_path()),
-        SuiteResults::ExitCode => None,
-    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::model::{RunReport, REPORT_SCHEMA_VERSION};
 use super::{html, junit, markdown};
 
-pub const JSON_FILE: &str = "report.json";
-pub const JUNIT_FILE: &str = "junit.xml";
-pub const MARKDOWN_FILE: &str = "summary.md";
-pub const HTML_FILE: &str = "report.html";
+pub(crate) const JSON_FILE: &str = "report.json";
+pub(crate) const JUNIT_FILE: &str = "junit.xml";
+pub(crate) const MARKDOWN_FILE: &str = "summary.md";
+pub(crate) const HTML_FILE: &str = "report.html";
 
 /// Where [`write_all`] put each format.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct ReportFiles {
 
 impl ReportFiles {
     /// The paths the report of a run in `dir` has (or will have).
-    pub fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         ReportFiles {
             json: dir.join(JSON_FILE),
             junit: dir.join(JUNIT_FILE),
@@ -66,7 +66,7 @@ pub fn write_all(report: &RunReport, dir: &Path) -> io::Result<ReportFiles> {
 }
 
 /// `report.json`: pretty JSON, newline-terminated.
-pub fn json(report: &RunReport) -> io::Result<String> {
+pub(crate) fn json(report: &RunReport) -> io::Result<String> {
     let mut text = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
     text.push('\n');
     Ok(text)
@@ -132,6 +132,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
+        // Best effort: the write's error is the one returned; a leftover temporary file is only untidy.
+        #[allow(clippy::let_underscore_must_use)]
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))

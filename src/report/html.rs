@@ -15,7 +15,7 @@ use super::view;
 const TEMPLATE: &str = include_str!("../../templates/report.html.tera");
 
 /// `report.html`.
-pub fn html(report: &RunReport) -> io::Result<String> {
+pub(crate) fn html(report: &RunReport) -> io::Result<String> {
     let ctx = view::context(report).and_then(|mut ctx| {
         ctx.try_insert("timeline", &timeline(report))?;
         Ok(ctx)

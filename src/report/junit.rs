@@ -19,16 +19,16 @@ use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, Te
 use super::model::{RunReport, SuiteResult, SuiteStatus, Verdict};
 
 /// Name of the testsuite holding the run's own failures.
-pub const RUN_SUITE: &str = "rehearse";
+pub(crate) const RUN_SUITE: &str = "rehearse";
 
 /// The JUnit XML text of a report.
-pub fn to_xml(report: &RunReport) -> io::Result<String> {
+pub(crate) fn to_xml(report: &RunReport) -> io::Result<String> {
     build(report).to_string().map_err(io::Error::other)
 }
 
 /// The report as a `quick-junit` report: one testsuite per suite, plus [`RUN_SUITE`]
 /// when the run itself failed.
-pub fn build(report: &RunReport) -> Report {
+pub(crate) fn build(report: &RunReport) -> Report {
     let mut junit = Report::new(format!("rehearse {} {}", report.environment, report.release));
     junit.set_timestamp(report.started_at);
     junit.set_time(Duration::from_millis(report.total_ms));

@@ -17,7 +17,7 @@ use super::view;
 const TEMPLATE: &str = include_str!("../../templates/summary.md.tera");
 
 /// `summary.md`.
-pub fn markdown(report: &RunReport) -> io::Result<String> {
+pub(crate) fn markdown(report: &RunReport) -> io::Result<String> {
     view::render("summary.md", templates(), view::context(report))
 }
 

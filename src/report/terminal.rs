@@ -1,6 +1,9 @@
 //! The lines printed at the end of a run (and by `rehearse report`): verdict, reason,
 //! failure, backups, suites, teardown and where the report is. Colour comes from the
 //! caller's [`Styles`], so `--color` and `NO_COLOR` decide it in one place.
+// Text is built with `write!` into a `String`, which cannot fail: the `fmt::Result`
+// of each write is dropped on purpose.
+#![allow(clippy::let_underscore_must_use)]
 
 use std::fmt::Write as _;
 

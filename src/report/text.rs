@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 /// `850ms`, `4.2s`, `2m 03s`, `1h 04m`.
-pub fn duration(ms: u64) -> String {
+pub(crate) fn duration(ms: u64) -> String {
     if ms < 1_000 {
         format!("{ms}ms")
     } else if ms < 60_000 {
@@ -19,12 +19,12 @@ pub fn duration(ms: u64) -> String {
 }
 
 /// `2026-05-01 02:00:00 UTC`.
-pub fn time(t: DateTime<Utc>) -> String {
+pub(crate) fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 /// `1 test`, `2 tests`.
-pub fn plural(n: u32, word: &str) -> String {
+pub(crate) fn plural(n: u32, word: &str) -> String {
     if n == 1 {
         format!("1 {word}")
     } else {
@@ -33,6 +33,6 @@ pub fn plural(n: u32, word: &str) -> String {
 }
 
 /// `s` on one line, runs of whitespace (newlines included) as one space.
-pub fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

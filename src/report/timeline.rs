@@ -19,7 +19,7 @@ use super::model::{RunReport, StepTiming};
 use super::text::duration;
 
 /// Resources with a row of their own; more would make rows too thin to read.
-pub const MAX_ROWS: usize = 40;
+pub(crate) const MAX_ROWS: usize = 40;
 
 /// Width of the drawing; the page scales it to its column.
 const WIDTH: f64 = 960.0;
@@ -42,58 +42,58 @@ const TITLE_CHARS: usize = 300;
 const MAX_TICKS: u64 = 8;
 
 #[derive(Debug, Serialize)]
-pub struct Timeline {
-    pub width: f64,
-    pub height: f64,
-    pub label_width: f64,
-    pub plot_x: f64,
-    pub plot_right: f64,
-    pub axis_y: f64,
-    pub row_height: f64,
-    pub bar_height: f64,
+pub(crate) struct Timeline {
+    pub(crate) width: f64,
+    pub(crate) height: f64,
+    pub(crate) label_width: f64,
+    pub(crate) plot_x: f64,
+    pub(crate) plot_right: f64,
+    pub(crate) axis_y: f64,
+    pub(crate) row_height: f64,
+    pub(crate) bar_height: f64,
     /// What the chart shows, for screen readers.
-    pub caption: String,
-    pub ticks: Vec<Tick>,
+    pub(crate) caption: String,
+    pub(crate) ticks: Vec<Tick>,
     /// The run's phases, in a lane above the resources.
-    pub phases: Option<Row>,
-    pub rows: Vec<Row>,
-    pub resources: usize,
-    pub hidden_resources: usize,
-    pub steps: usize,
-    pub failed_steps: usize,
+    pub(crate) phases: Option<Row>,
+    pub(crate) rows: Vec<Row>,
+    pub(crate) resources: usize,
+    pub(crate) hidden_resources: usize,
+    pub(crate) steps: usize,
+    pub(crate) failed_steps: usize,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Tick {
-    pub x: f64,
-    pub label: String,
+pub(crate) struct Tick {
+    pub(crate) x: f64,
+    pub(crate) label: String,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// Top of the row's band, the bars' top, and the label's baseline.
-    pub y: f64,
-    pub bar_y: f64,
-    pub text_y: f64,
+    pub(crate) y: f64,
+    pub(crate) bar_y: f64,
+    pub(crate) text_y: f64,
     /// The label as shown (shortened) and in full.
-    pub label: String,
-    pub name: String,
-    pub failed: bool,
-    pub bars: Vec<Bar>,
+    pub(crate) label: String,
+    pub(crate) name: String,
+    pub(crate) failed: bool,
+    pub(crate) bars: Vec<Bar>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Bar {
-    pub x: f64,
-    pub width: f64,
-    pub ok: bool,
+pub(crate) struct Bar {
+    pub(crate) x: f64,
+    pub(crate) width: f64,
+    pub(crate) ok: bool,
     /// The action, drawn inside the bar when it fits.
-    pub text: Option<String>,
-    pub title: String,
+    pub(crate) text: Option<String>,
+    pub(crate) title: String,
 }
 
 /// The timeline of `report`'s steps; `None` when it has none.
-pub fn timeline(report: &RunReport) -> Option<Timeline> {
+pub(crate) fn timeline(report: &RunReport) -> Option<Timeline> {
     if report.steps.is_empty() {
         return None;
     }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The status code of `GET path` on host:port, or why there is none.
-pub async fn get_status(host: &str, port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
+pub(crate) async fn get_status(host: &str, port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
     let attempt = async {
         let mut s = TcpStream::connect((host, port)).await.map_err(|e| e.to_string())?;
         let req =
@@ -36,7 +36,7 @@ pub async fn get_status(host: &str, port: u16, path: &str, timeout: Duration) ->
 /// Polls until `GET path` answers 2xx, with backoff from 20 ms to 500 ms, until
 /// `deadline`. `still_running` is checked between attempts so a crashed service fails
 /// the check at once instead of at the deadline.
-pub async fn wait_healthy(
+pub(crate) async fn wait_healthy(
     port: u16,
     path: &str,
     deadline: Instant,
@@ -47,7 +47,7 @@ pub async fn wait_healthy(
 
 /// [`wait_healthy`] against any host (an instance's address on AWS; the runner must
 /// reach the VPC).
-pub async fn wait_healthy_at(
+pub(crate) async fn wait_healthy_at(
     host: &str,
     port: u16,
     path: &str,

@@ -18,13 +18,13 @@ use super::timing::Clock;
 /// Who a command runs as: a user id and its primary group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunAs {
-    pub uid: u32,
-    pub gid: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 impl RunAs {
     /// Runs `cmd` as this user (std drops the supplementary groups too).
-    pub fn apply(self, cmd: &mut Command) {
+    pub(crate) fn apply(self, cmd: &mut Command) {
         cmd.uid(self.uid).gid(self.gid);
     }
 
@@ -39,18 +39,18 @@ impl RunAs {
 
 /// The user the PostgreSQL copies run as when rehearse runs as root (PostgreSQL
 /// refuses root). `scripts/install-deps.sh` creates it.
-pub const CLUSTER_USER: &str = "rehearse-db";
+pub(crate) const CLUSTER_USER: &str = "rehearse-db";
 /// The user the release runs as — its install, its services and the suites — when
 /// rehearse runs as root, unless `--run-as` names another. `scripts/install-deps.sh`
 /// creates it.
-pub const RELEASE_USER: &str = "rehearse";
+pub(crate) const RELEASE_USER: &str = "rehearse";
 
 /// Who the run's processes run as. Both `None` when rehearse does not run as root:
 /// then everything runs as the invoking user, who owns the copy anyway.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Users {
-    pub cluster: Option<RunAs>,
-    pub release: Option<RunAs>,
+    pub(crate) cluster: Option<RunAs>,
+    pub(crate) release: Option<RunAs>,
 }
 
 impl Users {
@@ -58,7 +58,7 @@ impl Users {
     /// user (`run_as`, else [`RELEASE_USER`]), two different unprivileged users, so the
     /// release can neither read the copy's files nor signal its server. Not root:
     /// nobody to switch to.
-    pub fn resolve(run_as: Option<&str>, with_cluster: bool) -> Result<Users, String> {
+    pub(crate) fn resolve(run_as: Option<&str>, with_cluster: bool) -> Result<Users, String> {
         if !nix::unistd::geteuid().is_root() {
             if let Some(u) = run_as {
                 return Err(format!("--run-as {u} needs root: only root can run the release as another user"));
@@ -97,7 +97,7 @@ impl Users {
     }
 
     /// Only the cluster user (`rehearse warm`: no release code runs).
-    pub fn cluster_only() -> Result<Option<RunAs>, String> {
+    pub(crate) fn cluster_only() -> Result<Option<RunAs>, String> {
         if !nix::unistd::geteuid().is_root() {
             return Ok(None);
         }
@@ -117,7 +117,7 @@ fn no_such_user(name: &str, what: &str) -> String {
 
 /// Whether `user` can enter `dir`, tried for real as that user (permissions, ACLs and
 /// groups all count).
-pub fn can_enter(dir: &Path, user: RunAs) -> bool {
+pub(crate) fn can_enter(dir: &Path, user: RunAs) -> bool {
     use std::os::unix::process::CommandExt;
     std::process::Command::new("sh")
         .args(["-c", "cd -- \"$1\"", "sh"])
@@ -132,7 +132,7 @@ pub fn can_enter(dir: &Path, user: RunAs) -> bool {
 }
 
 /// A user's name, for messages (the number when it has none).
-pub fn user_name(uid: u32) -> String {
+pub(crate) fn user_name(uid: u32) -> String {
     match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
         Ok(Some(u)) => u.name,
         _ => uid.to_string(),
@@ -141,24 +141,24 @@ pub fn user_name(uid: u32) -> String {
 
 /// A started long-running process, as journaled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcHandle {
-    pub pid: i32,
+pub(crate) struct ProcHandle {
+    pub(crate) pid: i32,
     /// The process group (the child leads its own group).
-    pub pgid: i32,
+    pub(crate) pgid: i32,
     /// Start time in clock ticks since boot, from /proc; 0 if unknown.
-    pub start_time: u64,
+    pub(crate) start_time: u64,
 }
 
 /// The output of a finished command.
 #[derive(Debug)]
-pub struct Finished {
-    pub status: Option<i32>,
-    pub timed_out: bool,
-    pub elapsed: Duration,
+pub(crate) struct Finished {
+    pub(crate) status: Option<i32>,
+    pub(crate) timed_out: bool,
+    pub(crate) elapsed: Duration,
 }
 
 impl Finished {
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         !self.timed_out && self.status == Some(0)
     }
 }
@@ -171,7 +171,7 @@ fn open_log(log: &Path) -> std::io::Result<std::fs::File> {
 
 /// Spawns `cmd` in its own process group with stdout and stderr appended to `log`
 /// (a long-running service: it writes the file itself, and may outlive rehearse).
-pub fn spawn_logged(
+pub(crate) fn spawn_logged(
     cmd: &mut Command,
     log: &Path,
     kill_on_drop: bool,
@@ -189,7 +189,12 @@ pub fn spawn_logged(
 /// registered secret redacted on the way (stdout and stderr share one pipe, so their
 /// order is kept); on timeout (or when the future is dropped) the whole process group
 /// is killed.
-pub async fn run_logged(cmd: &mut Command, log: &Path, timeout: Duration, clock: &Clock) -> std::io::Result<Finished> {
+pub(crate) async fn run_logged(
+    cmd: &mut Command,
+    log: &Path,
+    timeout: Duration,
+    clock: &Clock,
+) -> std::io::Result<Finished> {
     let started = Instant::now();
     let mut file = open_log(log)?;
     // Close-on-exec, so no other child started meanwhile inherits the pipe and keeps
@@ -220,6 +225,8 @@ pub async fn run_logged(cmd: &mut Command, log: &Path, timeout: Duration, clock:
         }
         Err(_) => {
             stop_group(&handle, Duration::from_secs(2)).await;
+            // Best effort: reaping a child whose group was just stopped; its status is not wanted.
+            #[allow(clippy::let_underscore_must_use)]
             let _ = child.wait().await;
             Finished { status: None, timed_out: true, elapsed }
         }
@@ -229,6 +236,8 @@ pub async fn run_logged(cmd: &mut Command, log: &Path, timeout: Duration, clock:
     drop(guard);
     // A process that left the group (setsid) may hold the pipe: the log then ends
     // here, and the copier finishes whenever that process does.
+    // Best effort: the log is complete up to here either way (see above).
+    #[allow(clippy::let_underscore_must_use)]
     let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || copier.join())).await;
     Ok(finished)
 }
@@ -240,13 +249,15 @@ fn status_signal(status: &std::process::ExitStatus) -> Option<i32> {
 
 /// Kills a process group when dropped: a command abandoned mid-way (Ctrl-C, a failed
 /// sibling) never outlives the step that started it.
-pub struct GroupGuard(pub i32);
+pub(crate) struct GroupGuard(pub i32);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         // Only a group with members: the kernel keeps its id allocated while it has
         // any, so it is still ours even when its leader has been reaped already.
         if self.0 > 0 && !group_members(self.0).is_empty() {
+            // Best effort: on drop there is nobody to tell; the group may be gone already.
+            #[allow(clippy::let_underscore_must_use)]
             let _ = killpg(Pid::from_raw(self.0), Signal::SIGKILL);
         }
     }
@@ -254,7 +265,7 @@ impl Drop for GroupGuard {
 
 /// Start time of a process (clock ticks since boot), to tell it from a later process
 /// that reuses its PID.
-pub fn start_time(pid: i32) -> Option<u64> {
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -273,7 +284,7 @@ fn state_and_group(pid: i32) -> Option<(char, i32)> {
 }
 
 /// The real user id of a process, from /proc.
-pub fn owner_uid(pid: i32) -> Option<u32> {
+pub(crate) fn owner_uid(pid: i32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
 }
@@ -281,7 +292,7 @@ pub fn owner_uid(pid: i32) -> Option<u32> {
 /// Whether the journaled process itself is still alive: not a zombie, and not a new
 /// process that reuses its PID. A handle without a start time cannot tell the two
 /// apart, so it never counts as alive.
-pub fn is_alive(h: &ProcHandle) -> bool {
+pub(crate) fn is_alive(h: &ProcHandle) -> bool {
     match state_and_group(h.pid) {
         Some((state, _)) if state != 'Z' && state != 'X' => {
             h.start_time != 0 && start_time(h.pid) == Some(h.start_time)
@@ -291,7 +302,7 @@ pub fn is_alive(h: &ProcHandle) -> bool {
 }
 
 /// Live (non-zombie) members of a process group.
-pub fn group_members(pgid: i32) -> Vec<i32> {
+pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -317,10 +328,12 @@ fn group_is_ours(h: &ProcHandle) -> bool {
 /// Stops a process group: SIGTERM, up to `grace` for it to exit, then SIGKILL.
 /// Returns whether nothing of the group is left. A group whose leader's PID now
 /// belongs to another process is not ours: it is never signalled.
-pub async fn stop_group(h: &ProcHandle, grace: Duration) -> bool {
+pub(crate) async fn stop_group(h: &ProcHandle, grace: Duration) -> bool {
     if h.pgid <= 0 || !group_is_ours(h) {
         return true;
     }
+    // Best effort: the group may have gone meanwhile; whether it is gone is checked next.
+    #[allow(clippy::let_underscore_must_use)]
     let _ = killpg(Pid::from_raw(h.pgid), Signal::SIGTERM);
     if wait_group_gone(h.pgid, grace).await {
         return true;
@@ -328,6 +341,8 @@ pub async fn stop_group(h: &ProcHandle, grace: Duration) -> bool {
     if !group_is_ours(h) {
         return true;
     }
+    // Best effort: the group may have gone meanwhile; whether it is gone is checked next.
+    #[allow(clippy::let_underscore_must_use)]
     let _ = killpg(Pid::from_raw(h.pgid), Signal::SIGKILL);
     wait_group_gone(h.pgid, Duration::from_secs(5)).await
 }
@@ -335,33 +350,21 @@ pub async fn stop_group(h: &ProcHandle, grace: Duration) -> bool {
 /// Sends `sig` to exactly the process `h` names: its PID is pinned with a pidfd, and
 /// the signal goes out only if that process has the recorded start time (a PID reused
 /// by another process is never signalled). Returns whether the signal was sent.
-pub fn signal_exact(h: &ProcHandle, sig: Signal) -> bool {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    if h.pid <= 0 || h.start_time == 0 {
+pub(crate) fn signal_exact(h: &ProcHandle, sig: Signal) -> bool {
+    use rustix::process::{pidfd_open, pidfd_send_signal, Pid as RawPid, PidfdFlags};
+    if h.start_time == 0 {
         return false;
     }
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, h.pid, 0) };
-    if fd < 0 {
+    let (Some(pid), Some(sig)) = (RawPid::from_raw(h.pid), rustix::process::Signal::from_named_raw(sig as i32)) else {
         return false;
-    }
-    // SAFETY: the syscall returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    };
+    let Ok(fd) = pidfd_open(pid, PidfdFlags::empty()) else { return false };
+    // The descriptor pins the process: if it still has the recorded start time now,
+    // the signal can only reach it.
     if start_time(h.pid) != Some(h.start_time) {
         return false;
     }
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
-    let r = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            sig as i32,
-            std::ptr::null::<nix::libc::siginfo_t>(),
-            0,
-        )
-    };
-    r == 0
+    pidfd_send_signal(&fd, sig).is_ok()
 }
 
 async fn wait_group_gone(pgid: i32, limit: Duration) -> bool {
@@ -386,7 +389,7 @@ const TAIL_BYTES: u64 = 64 * 1024;
 /// from its end (a log may be gigabytes), each cut to 400 characters, with terminal
 /// control and escape sequences removed and secrets redacted: a log is the output
 /// of a program rehearse does not control.
-pub fn tail(path: &Path, n: usize) -> Vec<String> {
+pub(crate) fn tail(path: &Path, n: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
     // Some logs are written by the cluster's user: never through a link, never a FIFO.
@@ -422,7 +425,7 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
 /// BEL/ST`, other `ESC x`) and other control characters (tabs become spaces): what
 /// a program printed cannot move the cursor, retitle or recolor the terminal it is
 /// shown on.
-pub fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -458,7 +461,7 @@ pub fn printable(text: &str) -> String {
 }
 
 /// The sockets (by inode) listening on TCP `port`, on any address, IPv4 and IPv6.
-pub fn listening_sockets(port: u16) -> Vec<u64> {
+pub(crate) fn listening_sockets(port: u16) -> Vec<u64> {
     let mut out = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else { continue };
@@ -477,7 +480,7 @@ pub fn listening_sockets(port: u16) -> Vec<u64> {
 }
 
 /// Whether a member of process group `pgid` holds the socket `inode`.
-pub fn group_holds_socket(pgid: i32, inode: u64) -> bool {
+pub(crate) fn group_holds_socket(pgid: i32, inode: u64) -> bool {
     let needle = format!("socket:[{inode}]");
     group_members(pgid).into_iter().any(|pid| {
         std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|rd| {
@@ -487,14 +490,14 @@ pub fn group_holds_socket(pgid: i32, inode: u64) -> bool {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it soon after).
-pub fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
 /// Whether something else listens on 127.0.0.1:`port` now: binding it is refused as
 /// "address in use". (Asked of the system, not read from a server's log.)
-pub fn port_taken(port: u16) -> bool {
+pub(crate) fn port_taken(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
@@ -505,7 +508,7 @@ const KEPT_ENV: [&str; 5] = ["PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
 
 /// Makes `cmd` run as `user`, with a clean environment ([`KEPT_ENV`] and the locale's
 /// `LC_*`) and `home` as its HOME. Call it before adding the command's own variables.
-pub fn drop_to(cmd: &mut Command, user: RunAs, home: &Path) {
+pub(crate) fn drop_to(cmd: &mut Command, user: RunAs, home: &Path) {
     cmd.env_clear();
     for (k, v) in std::env::vars_os() {
         let keep = k.to_str().is_some_and(|k| KEPT_ENV.contains(&k) || k.starts_with("LC_"));
@@ -522,17 +525,13 @@ pub fn drop_to(cmd: &mut Command, user: RunAs, home: &Path) {
 /// rehearse runs as root). The text travels in the environment (`REHEARSE_COMMAND`),
 /// not on `sh`'s command line, where every local user could read whatever a template
 /// put into it.
-pub fn shell(command: &str, dir: &Path, user: Option<(RunAs, PathBuf)>) -> Command {
+pub(crate) fn shell(command: &str, dir: &Path, user: Option<(RunAs, PathBuf)>) -> Command {
     let mut cmd = Command::new("sh");
     if let Some((u, home)) = user {
         drop_to(&mut cmd, u, &home);
     }
     cmd.arg("-c").arg("eval \"$REHEARSE_COMMAND\"").env("REHEARSE_COMMAND", command).current_dir(dir);
     cmd
-}
-
-pub fn log_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{}.log", name.replace(['/', ' '], "_")))
 }
 
 #[cfg(test)]
@@ -579,6 +578,6 @@ mod tests {
         let ours = ProcHandle { pid, pgid: pid, start_time: real };
         assert!(is_alive(&ours));
         assert!(stop_group(&ours, Duration::from_secs(2)).await);
-        let _ = child.wait().await;
+        child.wait().await.unwrap();
     }
 }

@@ -21,7 +21,7 @@
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -32,7 +32,7 @@ use nix::unistd::{Gid, Uid};
 
 /// Why a path was refused or could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum FsError {
+pub(crate) enum FsError {
     /// The path exists but someone else could steer what rehearse does with it.
     #[error("refusing to use {path}: {why}")]
     Unsafe { path: PathBuf, why: String },
@@ -59,7 +59,7 @@ impl FsError {
 }
 
 /// Files rehearse writes are readable by their owner only (set once, at start).
-pub fn private_umask() {
+pub(crate) fn private_umask() {
     nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
 }
 
@@ -156,7 +156,7 @@ fn absolute(path: &Path) -> Result<PathBuf, FsError> {
 /// Creates `path` (and missing parents) as a private directory with `mode`, or checks
 /// the one that is there: never a symbolic link, someone else's, or writable by
 /// others, below ancestors no one else can change. Returns the path made absolute.
-pub fn private_dir(path: &Path, mode: u32) -> Result<PathBuf, FsError> {
+pub(crate) fn private_dir(path: &Path, mode: u32) -> Result<PathBuf, FsError> {
     let abs = absolute(path)?;
     // The part that exists, and the components to create below it.
     let mut existing = abs.clone();
@@ -204,7 +204,7 @@ pub fn private_dir(path: &Path, mode: u32) -> Result<PathBuf, FsError> {
 
 /// Checks a directory rehearse reads state from (journals, reports): `Ok(false)` if it
 /// does not exist, an error if it exists but someone else could have written it.
-pub fn check_private_dir(path: &Path) -> Result<bool, FsError> {
+pub(crate) fn check_private_dir(path: &Path) -> Result<bool, FsError> {
     let abs = absolute(path)?;
     match std::fs::symlink_metadata(&abs) {
         Ok(m) => {
@@ -224,7 +224,7 @@ pub fn check_private_dir(path: &Path) -> Result<bool, FsError> {
 /// every user (root-owned sticky directories such as `/tmp` excepted), or anyone could
 /// swap in their own backup, masking or release. (Group-writable is allowed: on
 /// systems with a private group per user that is the norm.)
-pub fn check_input(path: &Path) -> Result<(), FsError> {
+pub(crate) fn check_input(path: &Path) -> Result<(), FsError> {
     let real = path.canonicalize().map_err(|e| FsError::io("resolve", path, e))?;
     for (i, a) in real.ancestors().enumerate() {
         let m = std::fs::symlink_metadata(a).map_err(|e| FsError::io("inspect", a, e))?;
@@ -246,7 +246,7 @@ pub fn check_input(path: &Path) -> Result<(), FsError> {
 /// Whether `inner` lies strictly below `outer`, compared component by component after
 /// making both absolute (no `..`, no symbolic links resolved: a journaled path must be
 /// literally where rehearse puts such things).
-pub fn is_strictly_below(inner: &Path, outer: &Path) -> bool {
+pub(crate) fn is_strictly_below(inner: &Path, outer: &Path) -> bool {
     let (Ok(inner), Ok(outer)) = (std::path::absolute(inner), std::path::absolute(outer)) else {
         return false;
     };
@@ -267,7 +267,7 @@ fn one_component(name: &OsStr) -> bool {
 
 /// An opened directory; everything done through it is relative to the descriptor and
 /// never follows a symbolic link.
-pub struct Dir {
+pub(crate) struct Dir {
     fd: OwnedFd,
     path: PathBuf,
 }
@@ -277,7 +277,7 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::
 impl Dir {
     /// Opens `path`, refusing a final symbolic link. (Its ancestors are the caller's
     /// business: they are rehearse's own, checked directories.)
-    pub fn open(path: &Path) -> Result<Dir, FsError> {
+    pub(crate) fn open(path: &Path) -> Result<Dir, FsError> {
         let fd = nix::fcntl::openat(nix::fcntl::AT_FDCWD, path, DIR_FLAGS, Mode::empty()).map_err(|e| {
             if e == nix::errno::Errno::ELOOP {
                 FsError::unsafe_(path, "it is a symbolic link")
@@ -288,23 +288,23 @@ impl Dir {
         Ok(Dir { fd, path: path.to_path_buf() })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The directory's owner, by descriptor.
-    pub fn chown(&self, uid: u32, gid: u32) -> Result<(), FsError> {
+    pub(crate) fn chown(&self, uid: u32, gid: u32) -> Result<(), FsError> {
         nix::unistd::fchown(&self.fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
             .map_err(|e| FsError::io("change the owner of", &self.path, e))
     }
 
-    pub fn chmod(&self, mode: u32) -> Result<(), FsError> {
+    pub(crate) fn chmod(&self, mode: u32) -> Result<(), FsError> {
         nix::sys::stat::fchmod(&self.fd, Mode::from_bits_truncate(mode))
             .map_err(|e| FsError::io("set the mode of", &self.path, e))
     }
 
     /// Opens the subdirectory `name` (one component), never through a symbolic link.
-    pub fn open_dir(&self, name: &OsStr) -> Result<Dir, FsError> {
+    pub(crate) fn open_dir(&self, name: &OsStr) -> Result<Dir, FsError> {
         let path = self.path.join(name);
         if !one_component(name) {
             return Err(FsError::unsafe_(&path, "not a plain name inside its directory"));
@@ -319,7 +319,7 @@ impl Dir {
     }
 
     /// Creates the subdirectory `name` with `mode` (it must not exist) and opens it.
-    pub fn create_dir(&self, name: &OsStr, mode: u32) -> Result<Dir, FsError> {
+    pub(crate) fn create_dir(&self, name: &OsStr, mode: u32) -> Result<Dir, FsError> {
         let path = self.path.join(name);
         if !one_component(name) {
             return Err(FsError::unsafe_(&path, "not a plain name inside its directory"));
@@ -352,7 +352,7 @@ impl Dir {
     /// only. No component is followed through a symbolic link; the file is written
     /// under a fresh name and renamed over `rel`, so an existing file or link there is
     /// replaced, never written through.
-    pub fn write_file(&self, rel: &Path, contents: &[u8], owner: Option<(u32, u32)>) -> Result<(), FsError> {
+    pub(crate) fn write_file(&self, rel: &Path, contents: &[u8], owner: Option<(u32, u32)>) -> Result<(), FsError> {
         let full = self.path.join(rel);
         let mut names: Vec<&OsStr> = Vec::new();
         for c in rel.components() {
@@ -384,6 +384,8 @@ impl Dir {
         f.write_all(contents).map_err(|e| FsError::io("write", &full, e))?;
         drop(f);
         nix::fcntl::renameat(&parent.fd, tmp.as_str(), &parent.fd, *file).map_err(|e| {
+            // Best effort: the rename's error is the one returned; a leftover temporary file is only untidy.
+            #[allow(clippy::let_underscore_must_use)]
             let _ = nix::unistd::unlinkat(&parent.fd, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
             FsError::io("write", &full, e)
         })
@@ -391,7 +393,7 @@ impl Dir {
 
     /// Reads the regular file `name` (one component), at most `limit` bytes; a
     /// symbolic link, a FIFO or device, or a bigger file is refused.
-    pub fn read_file(&self, name: &OsStr, limit: u64) -> Result<Vec<u8>, FsError> {
+    pub(crate) fn read_file(&self, name: &OsStr, limit: u64) -> Result<Vec<u8>, FsError> {
         let path = self.path.join(name);
         if !one_component(name) {
             return Err(FsError::unsafe_(&path, "not a plain name inside its directory"));
@@ -421,7 +423,7 @@ impl Dir {
     /// group or others, whatever the artifact said — and gives it to `owner` when one
     /// is named: by descriptor, never following a symbolic link (a link itself only
     /// changes owner).
-    pub fn make_private_tree(&self, owner: Option<(u32, u32)>) -> Result<(), FsError> {
+    pub(crate) fn make_private_tree(&self, owner: Option<(u32, u32)>) -> Result<(), FsError> {
         let dup = self.fd.try_clone().map_err(|e| FsError::io("open", &self.path, e))?;
         let entries = nix::dir::Dir::from_fd(dup).map_err(|e| FsError::io("list", &self.path, e))?;
         let mut names = Vec::new();
@@ -464,10 +466,6 @@ impl Dir {
             self.chown(u, g)?;
         }
         Ok(())
-    }
-
-    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 }
 

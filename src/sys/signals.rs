@@ -64,6 +64,8 @@ impl Signals {
                 } else {
                     "\nrehearse: second interrupt — stopping teardown".to_string()
                 };
+                // Best effort: stderr is the only place to say it; if it is gone there is nowhere else.
+                #[allow(clippy::let_underscore_must_use)]
                 let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
             }
         });
@@ -90,6 +92,8 @@ impl Signals {
     /// Resolves once at least `n` signals have arrived.
     pub async fn nth(&self, n: u32) {
         let mut rx = self.rx.clone();
+        // Best effort: a closed channel means the signal handler task is gone: no further signal can come.
+        #[allow(clippy::let_underscore_must_use)]
         let _ = rx.wait_for(|c| *c >= n).await;
     }
 }
@@ -97,11 +101,15 @@ impl Signals {
 /// Points standard output and error that were the terminal at /dev/null.
 fn detach_from_terminal((stdout, stderr): (bool, bool)) {
     use std::os::fd::AsFd;
+    // Best effort: if /dev/null cannot take their place, writes to a closed terminal
+    // fail with EIO, which the writers already ignore.
     let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else { return };
     if stdout {
+        #[allow(clippy::let_underscore_must_use)]
         let _ = nix::unistd::dup2_stdout(null.as_fd());
     }
     if stderr {
+        #[allow(clippy::let_underscore_must_use)]
         let _ = nix::unistd::dup2_stderr(null.as_fd());
     }
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 
-pub fn state_dir(cli: Option<&Path>) -> PathBuf {
+pub(crate) fn state_dir(cli: Option<&Path>) -> PathBuf {
     if let Some(p) = cli {
         return p.to_path_buf();
     }
@@ -56,7 +56,7 @@ fn home_dir() -> Option<PathBuf> {
         .filter(|h| h.is_absolute() && h != Path::new("/"))
 }
 
-pub fn work_dir() -> PathBuf {
+pub(crate) fn work_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("REHEARSE_WORK_DIR").filter(|v| !v.is_empty()) {
         return PathBuf::from(x);
     }
@@ -74,22 +74,22 @@ pub fn work_dir() -> PathBuf {
 
 /// Mode of the work directories the unprivileged cluster and release users must
 /// traverse (never list): `WORK/`, `WORK/runs/`, `WORK/runs/RUN_ID/`, `WORK/golden/...`.
-pub const TRAVERSABLE: u32 = 0o711;
+pub(crate) const TRAVERSABLE: u32 = 0o711;
 
 /// Creates (or checks) a work directory others may traverse but not list, refusing
 /// one that is a symbolic link, someone else's or writable by others.
-pub fn traversable_dir(p: &Path) -> Result<PathBuf, super::secure_fs::FsError> {
+pub(crate) fn traversable_dir(p: &Path) -> Result<PathBuf, super::secure_fs::FsError> {
     super::secure_fs::private_dir(p, TRAVERSABLE)
 }
 
 /// Creates (or checks) a directory only this user may enter.
-pub fn private_dir(p: &Path) -> Result<PathBuf, super::secure_fs::FsError> {
+pub(crate) fn private_dir(p: &Path) -> Result<PathBuf, super::secure_fs::FsError> {
     super::secure_fs::private_dir(p, 0o700)
 }
 
 /// Why a journaled directory was not removed.
 #[derive(Debug, thiserror::Error)]
-pub enum RemoveError {
+pub(crate) enum RemoveError {
     /// It is not where rehearse puts a run's things: never removed.
     #[error("refusing to remove {}: {why} (is the journal damaged?)", .dir.display())]
     NotOurs { dir: PathBuf, why: String },
@@ -114,7 +114,7 @@ pub enum RemoveError {
 /// `WORK/runs` are directories of this user that no one else can write (the journal
 /// itself lies in a checked state directory); a journal that names none (written by
 /// `down` after the real one was lost) means `fallback_root`'s.
-pub fn confined_to_run(
+pub(crate) fn confined_to_run(
     dir: &Path,
     run_id: &str,
     work_dir: Option<&str>,
@@ -158,7 +158,7 @@ fn journaled_work_dir(journaled: Option<&str>, fallback_root: &Path, run_id: &st
 }
 
 /// Removes a directory tree (without following links inside it); gone already is fine.
-pub fn remove_tree(dir: &Path) -> Result<(), RemoveError> {
+pub(crate) fn remove_tree(dir: &Path) -> Result<(), RemoveError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -166,16 +166,16 @@ pub fn remove_tree(dir: &Path) -> Result<(), RemoveError> {
     }
 }
 
-pub fn runs_dir(state: &Path) -> PathBuf {
+pub(crate) fn runs_dir(state: &Path) -> PathBuf {
     state.join("runs")
 }
 
-pub fn run_dir(state: &Path, run_id: &str) -> PathBuf {
+pub(crate) fn run_dir(state: &Path, run_id: &str) -> PathBuf {
     runs_dir(state).join(run_id)
 }
 
 /// A new run id: time-sortable and unique (`r-20261125-164001-7f3a9c`).
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     let mut bytes = [0u8; 3];
     if getrandom::fill(&mut bytes).is_err() {
         // No system randomness (never seen on Linux): the process id and the clock's
@@ -187,6 +187,6 @@ pub fn new_run_id() -> String {
 }
 
 /// Run ids are used in paths: refuse anything but the generated shape.
-pub fn valid_run_id(id: &str) -> bool {
+pub(crate) fn valid_run_id(id: &str) -> bool {
     id.len() <= 64 && id.starts_with("r-") && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }

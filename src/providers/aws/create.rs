@@ -32,12 +32,6 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         self.api.retried()
     }
 
-    /// Describe calls made by the pollers (instances, databases, clusters).
-    pub fn poll_calls(&self) -> u64 {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.instances.calls.load(Relaxed) + self.databases.calls.load(Relaxed) + self.clusters.calls.load(Relaxed)
-    }
-
     fn id_of(&self, plan_id: &str) -> Result<String, StepError> {
         self.ids
             .lock()
@@ -489,6 +483,8 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         let api = &self.api.inner;
         let cancelled = async {
             let mut rx = ctx.cancel.clone();
+            // Best effort: a closed channel means the run is over: the select then ends with the wait.
+            #[allow(clippy::let_underscore_must_use)]
             let _ = rx.wait_for(|c| *c).await;
         };
         let deadline = Instant::now() + s.health.as_ref().map(|h| h.timeout).unwrap_or(Duration::from_secs(600));

@@ -184,7 +184,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
 
     /// Destroys one resource by provider id, through the guard, and waits until it is
     /// gone (so what depends on it can go next). Gone already counts as done.
-    pub async fn destroy_id(&self, kind: Kind, id: &str, guard: &Guard) -> Result<(), DestroyError> {
+    pub(crate) async fn destroy_id(&self, kind: Kind, id: &str, guard: &Guard) -> Result<(), DestroyError> {
         let deadline = Instant::now() + Duration::from_secs(45 * 60);
         let api = &self.api;
         match kind {

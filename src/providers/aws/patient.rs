@@ -39,7 +39,7 @@ const PATIENCE: Duration = Duration::from_secs(600);
 const ADOPT_PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct Patient<A> {
-    pub inner: A,
+    pub(crate) inner: A,
     /// SplitMix64 state for the jitter: random per process, so that runs started
     /// together do not retry in lockstep; fixed by [`Patient::seeded`] in tests.
     rng: Mutex<u64>,
@@ -47,19 +47,21 @@ pub struct Patient<A> {
 }
 
 impl<A> Patient<A> {
-    pub fn new(inner: A) -> Self {
+    pub(crate) fn new(inner: A) -> Self {
         let mut seed = [0u8; 8];
+        // Best effort: without system randomness the jitter is merely the same for every run.
+        #[allow(clippy::let_underscore_must_use)]
         let _ = getrandom::fill(&mut seed);
         Patient { inner, rng: Mutex::new(u64::from_le_bytes(seed)), retried: AtomicU64::new(0) }
     }
 
     /// Jitter drawn from `seed`: the same scenario retries at the same instants.
-    pub fn seeded(self, seed: u64) -> Self {
+    pub(crate) fn seeded(self, seed: u64) -> Self {
         Patient { rng: Mutex::new(seed), ..self }
     }
 
     /// Throttled or failed answers absorbed by sending the call again.
-    pub fn retried(&self) -> u64 {
+    pub(crate) fn retried(&self) -> u64 {
         self.retried.load(Ordering::Relaxed)
     }
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::api::ApiResult;
 
-pub struct Poller<T> {
+pub(crate) struct Poller<T> {
     waiting: Mutex<BTreeSet<String>>,
     /// The latest observation of each id (None: the describe did not return it).
     seen: Mutex<HashMap<String, Option<T>>>,
@@ -22,14 +22,14 @@ pub struct Poller<T> {
     leader: tokio::sync::Mutex<()>,
     round: watch::Sender<u64>,
     /// First and longest interval between two describes.
-    pub min_interval: Duration,
-    pub max_interval: Duration,
+    pub(crate) min_interval: Duration,
+    pub(crate) max_interval: Duration,
     /// Describe calls made (for the benchmark's API-call count).
-    pub calls: std::sync::atomic::AtomicU64,
+    pub(crate) calls: std::sync::atomic::AtomicU64,
 }
 
 impl<T: Clone> Poller<T> {
-    pub fn new(min_interval: Duration, max_interval: Duration) -> Self {
+    pub(crate) fn new(min_interval: Duration, max_interval: Duration) -> Self {
         Poller {
             waiting: Mutex::default(),
             seen: Mutex::default(),
@@ -45,7 +45,7 @@ impl<T: Clone> Poller<T> {
     /// Waits until `done` says the resource `id` is where it should be (`Ok(true)`),
     /// fails at once when `done` says it never will (`Err`), and fails at `deadline`
     /// naming the last state seen. `describe` is called with every id being waited for.
-    pub async fn wait<F, Fut>(
+    pub(crate) async fn wait<F, Fut>(
         &self,
         id: &str,
         describe: F,
@@ -122,6 +122,8 @@ impl<T: Clone> Poller<T> {
                 self.round.send_modify(|r| *r += 1);
             } else {
                 let left = deadline.saturating_duration_since(Instant::now());
+                // Best effort: a timeout only means it is time to look again.
+                #[allow(clippy::let_underscore_must_use)]
                 let _ = tokio::time::timeout(left, rx.changed()).await;
             }
         }

@@ -25,22 +25,22 @@ use super::api::*;
 
 #[derive(Clone)]
 pub struct Sdk {
-    pub ec2: aws_sdk_ec2::Client,
-    pub rds: aws_sdk_rds::Client,
+    pub(crate) ec2: aws_sdk_ec2::Client,
+    pub(crate) rds: aws_sdk_rds::Client,
 }
 
 /// How long one attempt of a call may take before it counts as lost.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Sdk {
     /// Clients for `region`, from the standard credential chain.
-    pub async fn new(region: &str) -> Sdk {
+    pub(crate) async fn new(region: &str) -> Sdk {
         Sdk::from_config(&Sdk::loader(region, ATTEMPT_TIMEOUT).load().await)
     }
 
     /// The configuration rehearse uses: one attempt per call, bounded connect and
     /// attempt times (a test shortens `attempt_timeout` and sets an endpoint).
-    pub fn loader(region: &str, attempt_timeout: Duration) -> aws_config::ConfigLoader {
+    pub(crate) fn loader(region: &str, attempt_timeout: Duration) -> aws_config::ConfigLoader {
         aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .retry_config(RetryConfig::standard().with_max_attempts(1))
@@ -53,7 +53,7 @@ impl Sdk {
             )
     }
 
-    pub fn from_config(config: &aws_config::SdkConfig) -> Sdk {
+    pub(crate) fn from_config(config: &aws_config::SdkConfig) -> Sdk {
         Sdk { ec2: aws_sdk_ec2::Client::new(config), rds: aws_sdk_rds::Client::new(config) }
     }
 }

@@ -37,13 +37,13 @@ fn lock_file(golden: &std::path::Path) -> std::io::Result<std::fs::File> {
 
 /// A shared lock on a golden copy for a run that copies it, or `None` when a refresh
 /// holds it (the run then restores cold).
-pub fn lock_for_copy(golden: &std::path::Path) -> Option<Flock<std::fs::File>> {
+pub(crate) fn lock_for_copy(golden: &std::path::Path) -> Option<Flock<std::fs::File>> {
     Flock::lock(lock_file(golden).ok()?, FlockArg::LockSharedNonblock).ok()
 }
 
 /// Refreshes the golden copy of every database restored from a backup directory; the
 /// first of `signals` stops it (and removes what it made).
-pub async fn refresh_all(
+pub(crate) async fn refresh_all(
     loaded: &Loaded,
     work_root: &std::path::Path,
     reporter: &dyn Reporter,
@@ -126,6 +126,8 @@ pub async fn refresh_all(
             detail: None,
         });
         if let Err(e) = result {
+            // Best effort: the refresh's own error is the one returned; the staging directory is replaced next time.
+            #[allow(clippy::let_underscore_must_use)]
             let _ = discard(&bin, &staging, run_as).await;
             return Err(format!("golden copy of `{name}`: {}{}", e.message, tail_text(&e.log_tail)));
         }
@@ -145,6 +147,8 @@ pub async fn refresh_all(
         crate::sys::secure_fs::Dir::open(&staging)
             .and_then(|d| d.write_file(std::path::Path::new("meta.json"), &bytes, None))
             .map_err(|e| e.to_string())?;
+        // Best effort: the refresh succeeded; its log is only removed to save space.
+        #[allow(clippy::let_underscore_must_use)]
         let _ = std::fs::remove_file(&log);
         discard(&bin, &golden, run_as).await?;
         std::fs::rename(&staging, &golden).map_err(|e| format!("cannot move the golden copy into place: {e}"))?;

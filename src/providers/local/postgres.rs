@@ -33,9 +33,9 @@ use crate::sys::timing::Clock;
 
 /// The bootstrap superuser of every throwaway cluster: rehearse's own, over the
 /// private socket only (it has no password, and TCP needs one).
-pub const SUPERUSER: &str = "rehearse";
+pub(crate) const SUPERUSER: &str = "rehearse";
 /// The role the release connects as: owns the database, not a superuser.
-pub const APP_ROLE: &str = "app";
+pub(crate) const APP_ROLE: &str = "app";
 /// A superuser that exists only while a backup is restored and masked: what it
 /// creates is handed to [`APP_ROLE`] in one `REASSIGN OWNED` (the bootstrap superuser's
 /// objects cannot be reassigned), then it is dropped.
@@ -43,14 +43,14 @@ const RESTORE_ROLE: &str = "rehearse_restore";
 
 /// Where the PostgreSQL binaries are.
 #[derive(Clone, Debug)]
-pub struct PgBin {
-    pub dir: PathBuf,
+pub(crate) struct PgBin {
+    pub(crate) dir: PathBuf,
 }
 
 impl PgBin {
     /// Finds `initdb`, `pg_ctl`, `pg_restore`, `psql`: on PATH, then
     /// `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
-    pub fn find() -> Result<PgBin, StepError> {
+    pub(crate) fn find() -> Result<PgBin, StepError> {
         let complete =
             |d: &Path| ["initdb", "pg_ctl", "pg_restore", "psql", "postgres"].iter().all(|b| d.join(b).is_file());
         if let Some(path) = std::env::var_os("PATH") {
@@ -95,7 +95,7 @@ impl PgBin {
         ))
     }
 
-    pub fn cmd(&self, tool: &str) -> Command {
+    pub(crate) fn cmd(&self, tool: &str) -> Command {
         let mut c = Command::new(self.dir.join(tool));
         c.env("PGCONNECT_TIMEOUT", "10");
         c
@@ -104,14 +104,14 @@ impl PgBin {
 
 /// A production backup: a `pg_dump` archive and when it was taken.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Backup {
-    pub path: PathBuf,
-    pub taken_at: DateTime<Utc>,
+pub(crate) struct Backup {
+    pub(crate) path: PathBuf,
+    pub(crate) taken_at: DateTime<Utc>,
 }
 
 /// The newest archive in `dir`, by the time `pg_dump` recorded in it (never by file
 /// name or modification time). Files that are not archives are skipped.
-pub async fn newest_backup(bin: &PgBin, dir: &Path, clock: &Clock) -> Result<Backup, StepError> {
+pub(crate) async fn newest_backup(bin: &PgBin, dir: &Path, clock: &Clock) -> Result<Backup, StepError> {
     let _span = clock.external();
     let entries = std::fs::read_dir(dir).map_err(|e| {
         StepError::build(format!(
@@ -171,21 +171,21 @@ fn parse_archive_time(s: &str) -> Option<DateTime<Utc>> {
 
 /// A running (or stopped) throwaway cluster, as journaled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// Directory holding `data/`, the socket and the server log.
-    pub base: PathBuf,
-    pub port: u16,
-    pub run_as: Option<RunAs>,
+    pub(crate) base: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) run_as: Option<RunAs>,
     /// The postmaster, once started.
-    pub postmaster: Option<process::ProcHandle>,
+    pub(crate) postmaster: Option<process::ProcHandle>,
 }
 
 impl Cluster {
-    pub fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.base.join("data")
     }
 
-    pub fn log(&self) -> PathBuf {
+    pub(crate) fn log(&self) -> PathBuf {
         self.base.join("postgres.log")
     }
 
@@ -200,7 +200,7 @@ impl Cluster {
     }
 
     /// A psql/pg_restore command connected over the unix socket as the superuser.
-    pub fn client(&self, bin: &PgBin, tool: &str, db: &str) -> Command {
+    pub(crate) fn client(&self, bin: &PgBin, tool: &str, db: &str) -> Command {
         self.client_as(bin, tool, db, SUPERUSER)
     }
 
@@ -221,7 +221,7 @@ impl Cluster {
 /// Creates the cluster's directory (it must not exist), private to the cluster user:
 /// created, then handed over by file descriptor, never through a path someone else
 /// could have swapped.
-pub fn prepare_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError> {
+pub(crate) fn prepare_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError> {
     let fail =
         |e: crate::sys::secure_fs::FsError| StepError::build(format!("cannot prepare the cluster's directory: {e}"));
     let (Some(parent), Some(name)) = (base.parent(), base.file_name()) else {
@@ -236,7 +236,7 @@ pub fn prepare_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError>
 
 /// Gives an existing cluster directory (prepared with no user) to the cluster user,
 /// by descriptor.
-pub fn hand_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError> {
+pub(crate) fn hand_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError> {
     let Some(u) = run_as else { return Ok(()) };
     Dir::open(base)
         .and_then(|d| d.chown(u.uid, u.gid))
@@ -245,7 +245,7 @@ pub fn hand_base(base: &Path, run_as: Option<RunAs>) -> Result<(), StepError> {
 
 /// `initdb` a new, empty cluster in `cluster.base/data`, its output appended to `log`
 /// (rehearse's own, outside the cluster's directory).
-pub async fn initdb(
+pub(crate) async fn initdb(
     bin: &PgBin,
     cluster: &Cluster,
     log: &Path,
@@ -276,7 +276,7 @@ pub async fn initdb(
 
 /// Starts the cluster and waits until it accepts connections (bounded by `timeout`);
 /// `pg_ctl`'s own output is appended to `log`, the server's goes to its directory.
-pub async fn start(
+pub(crate) async fn start(
     bin: &PgBin,
     cluster: &mut Cluster,
     log: &Path,
@@ -332,7 +332,13 @@ fn read_postmaster(data: &Path, run_as: Option<RunAs>) -> Option<process::ProcHa
 }
 
 /// Runs SQL given on stdin (so secrets never appear in a process list).
-pub async fn psql_stdin(bin: &PgBin, cluster: &Cluster, db: &str, sql: &str, clock: &Clock) -> Result<(), StepError> {
+pub(crate) async fn psql_stdin(
+    bin: &PgBin,
+    cluster: &Cluster,
+    db: &str,
+    sql: &str,
+    clock: &Clock,
+) -> Result<(), StepError> {
     let mut cmd = cluster.client(bin, "psql", db);
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
         .stdin(Stdio::piped())
@@ -356,7 +362,7 @@ pub async fn psql_stdin(bin: &PgBin, cluster: &Cluster, db: &str, sql: &str, clo
 }
 
 /// Double-quotes an SQL identifier.
-pub fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -364,7 +370,7 @@ pub fn quote_ident(s: &str) -> String {
 /// without a password), with `jobs` parallel workers, as the restore role; then
 /// [`mask`] and [`hand_over`] follow.
 #[allow(clippy::too_many_arguments)] // each is a distinct fact of the restore
-pub async fn restore(
+pub(crate) async fn restore(
     bin: &PgBin,
     cluster: &Cluster,
     db: &str,
@@ -403,7 +409,7 @@ pub async fn restore(
 }
 
 /// Runs the masking SQL on the copy, in one transaction, as the restore role.
-pub async fn mask(
+pub(crate) async fn mask(
     bin: &PgBin,
     cluster: &Cluster,
     db: &str,
@@ -427,7 +433,7 @@ pub async fn mask(
 
 /// Gives everything the restore (and masking) created in `db` to [`APP_ROLE`] and
 /// drops the restore role: from here on, no superuser but rehearse's own exists.
-pub async fn hand_over(bin: &PgBin, cluster: &Cluster, db: &str, clock: &Clock) -> Result<(), StepError> {
+pub(crate) async fn hand_over(bin: &PgBin, cluster: &Cluster, db: &str, clock: &Clock) -> Result<(), StepError> {
     let (app, restore) = (quote_ident(APP_ROLE), quote_ident(RESTORE_ROLE));
     psql_stdin(bin, cluster, db, &format!("REASSIGN OWNED BY {restore} TO {app};\nDROP OWNED BY {restore};"), clock)
         .await?;
@@ -435,7 +441,12 @@ pub async fn hand_over(bin: &PgBin, cluster: &Cluster, db: &str, clock: &Clock) 
 }
 
 /// Gives the release's role a new password (on stdin, never on a command line).
-pub async fn set_app_password(bin: &PgBin, cluster: &Cluster, password: &str, clock: &Clock) -> Result<(), StepError> {
+pub(crate) async fn set_app_password(
+    bin: &PgBin,
+    cluster: &Cluster,
+    password: &str,
+    clock: &Clock,
+) -> Result<(), StepError> {
     let sql = format!("ALTER ROLE {} PASSWORD '{}';", quote_ident(APP_ROLE), password.replace('\'', "''"));
     psql_stdin(bin, cluster, "postgres", &sql, clock).await
 }
@@ -477,7 +488,7 @@ fn servers(cluster: &Cluster) -> Vec<process::ProcHandle> {
 /// can only ever signal that user's processes), then the server by signal — only the
 /// process recorded when it started, pinned by PID and start time, never a PID read
 /// from a file the server's user could write. Returns whether it is down.
-pub async fn stop(bin: Option<&PgBin>, cluster: &Cluster) -> bool {
+pub(crate) async fn stop(bin: Option<&PgBin>, cluster: &Cluster) -> bool {
     if servers(cluster).is_empty() {
         return true;
     }
@@ -492,6 +503,8 @@ pub async fn stop(bin: Option<&PgBin>, cluster: &Cluster) -> bool {
                 .stderr(Stdio::null())
                 .kill_on_drop(true);
             if let Ok(child) = cmd.spawn() {
+                // Best effort: last resort on a cluster that did not stop: what is left is reported by the caller.
+                #[allow(clippy::let_underscore_must_use)]
                 let _ = tokio::time::timeout(Duration::from_secs(25), child.wait_with_output()).await;
             }
         }

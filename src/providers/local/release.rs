@@ -15,17 +15,22 @@ use crate::engine::provider::StepError;
 use crate::sys::timing::Clock;
 
 /// The largest artifact file unpacked.
-pub const MAX_ARCHIVE_BYTES: u64 = 4 << 30;
+pub(crate) const MAX_ARCHIVE_BYTES: u64 = 4 << 30;
 /// The most an artifact may hold, unpacked.
-pub const MAX_UNPACKED_BYTES: u64 = 16 << 30;
+pub(crate) const MAX_UNPACKED_BYTES: u64 = 16 << 30;
 /// The most entries (files, directories, links) an artifact may hold.
-pub const MAX_ENTRIES: u64 = 200_000;
+pub(crate) const MAX_ENTRIES: u64 = 200_000;
 
 /// Copies or unpacks `artifact` into `dest` (which must not exist yet), private to
 /// `owner` (or to rehearse's user): it is unpacked inside a private staging directory,
 /// checked there, made private and handed over, and only then moved to `dest` — no one
 /// else can read or change a file of it at any moment.
-pub async fn unpack(artifact: &Path, dest: &Path, owner: Option<(u32, u32)>, clock: &Clock) -> Result<(), StepError> {
+pub(crate) async fn unpack(
+    artifact: &Path,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+    clock: &Clock,
+) -> Result<(), StepError> {
     if !artifact.exists() {
         return Err(StepError::build(format!(
             "release artifact {} does not exist; build the release first or pass another --release",
@@ -76,6 +81,8 @@ pub async fn unpack(artifact: &Path, dest: &Path, owner: Option<(u32, u32)>, clo
         .map_err(|e| StepError::build(format!("cannot make the release private to its user: {e}")))?;
     std::fs::rename(&root, dest).map_err(|e| StepError::build(format!("cannot move the release into place: {e}")))?;
     if root != staging {
+        // Best effort: the release is in place; the empty staging directory is removed with the run's.
+        #[allow(clippy::let_underscore_must_use)]
         let _ = std::fs::remove_dir_all(&staging);
     }
     Ok(())
@@ -88,7 +95,7 @@ fn refused(artifact: &Path, why: String) -> StepError {
 /// Copies a directory tree with `cp -a --reflink=auto`: it shares blocks where the
 /// filesystem can (XFS, btrfs), and preserves modes, owners, links and times, which a
 /// hand-written walk would have to re-implement. The caller accounts the time.
-pub async fn copy_tree(from: &Path, to: &Path) -> Result<(), StepError> {
+pub(crate) async fn copy_tree(from: &Path, to: &Path) -> Result<(), StepError> {
     let out = tokio::process::Command::new("cp")
         .arg("-a")
         .arg("--reflink=auto")

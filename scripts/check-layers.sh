@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Checks that module dependencies point one way (part of `make lint`):
+#
+#   commands → engine ← providers        (the engine owns the provider contract)
+#   engine, providers → suites, report → plan → description → sys, secrets, style, diag, exit
+#
+# A layer may use what is below it, never what is above it or beside it where the
+# table says so. Test-only code (`#[cfg(test)]` modules, `tests.rs`) may use the
+# testkit; nothing else may. Prints each violation as FILE:LINE: TEXT and exits 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+status=0
+# forbid DIR REGEX WHY: no non-test line of a .rs file under DIR (or the file DIR.rs) matches.
+forbid() {
+    local dir=$1 pattern=$2 why=$3 files
+    files=$(find "src/$dir" "src/$dir.rs" -name '*.rs' 2>/dev/null | grep -v '/tests\.rs$' || true)
+    [ -n "$files" ] || return 0
+    # Stop reading a file at its test module: what follows `#[cfg(test)]` is test code.
+    local hits
+    hits=$(awk -v pat="$pattern" '
+        FNR == 1 { intest = 0 }
+        /^#\[cfg\(test\)\]/ { intest = 1 }
+        !intest && $0 ~ pat && $0 !~ /^[[:space:]]*\/\// { print FILENAME ":" FNR ": " $0 }
+    ' $files)
+    if [ -n "$hits" ]; then
+        echo "layering: $why" >&2
+        echo "$hits" >&2
+        status=1
+    fi
+}
+
+forbid engine      'crate::(providers|commands|testkit)' "the engine never names a provider or a command"
+forbid providers   'crate::(commands|testkit)'           "providers do not use the commands"
+forbid providers/aws 'providers::local|super::local'     "the AWS provider uses no local module"
+forbid providers/local 'providers::aws|super::aws'       "the local provider uses no AWS module"
+forbid suites      'crate::(engine|providers|commands)'  "suites are below the engine"
+forbid report      'crate::(engine|providers|commands|suites)' "the report is below the engine"
+forbid plan        'crate::(engine|providers|commands|report|suites)' "the plan is below the engine"
+forbid description 'crate::(engine|providers|commands|report|suites|plan)' "the description is the bottom of the run's path"
+for low in sys secrets style diag exit; do
+    forbid "$low" 'crate::(engine|providers|commands|report|suites|plan|description)' "$low is below everything that uses it"
+done
+
+# The fake cloud ships in no default build: its module is compiled for tests only.
+if ! grep -q '^#\[cfg(any(test, feature = "testkit"))\]$' src/lib.rs; then
+    echo "layering: src/lib.rs must compile the testkit only for tests (cfg(any(test, feature = \"testkit\")))" >&2
+    status=1
+fi
+exit $status
