@@ -124,7 +124,7 @@ async fn drive<P: Provider>(
             code
         }
         Ok(Err(e)) => {
-            eprintln!("error: {}", crate::secrets::redact(&e));
+            eprintln!("error: {}", crate::secrets::redact(&e.to_string()));
             // Whatever the journal says exists is removed.
             down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED)
         }

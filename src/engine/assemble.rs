@@ -16,10 +16,10 @@ pub(super) fn journaled(reporter: &dyn Reporter, written: std::io::Result<()>) {
 }
 
 /// The report with every registered secret redacted, in every field.
-pub(super) fn redacted(report: RunReport) -> Result<RunReport, String> {
-    let mut v = serde_json::to_value(&report).map_err(|e| format!("cannot serialize the report: {e}"))?;
+pub(super) fn redacted(report: RunReport) -> Result<RunReport, serde_json::Error> {
+    let mut v = serde_json::to_value(&report)?;
     secrets::redact_json(&mut v);
-    serde_json::from_value(v).map_err(|e| format!("cannot serialize the report: {e}"))
+    serde_json::from_value(v)
 }
 
 /// Rewrites the run's logs (`logs/`, `suites/*/`) with secrets redacted. A log that

@@ -51,6 +51,37 @@ pub struct Options {
     pub exit_code: fn(Verdict, usize) -> i32,
 }
 
+/// Why a run could not start, or could not assemble its report: nothing of the
+/// copy exists yet (or teardown has run already); the command says it and tears down
+/// whatever the journal lists.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error("ttl {0} is too long")]
+    Ttl(String),
+    #[error("{0}")]
+    Users(String),
+    #[error(transparent)]
+    Directory(#[from] FsError),
+    #[error("cannot create {}: {source}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the journal: {0}")]
+    Journal(#[source] std::io::Error),
+    #[error(
+        "the suites run from {} as the unprivileged user {user} (uid {uid}), who cannot enter it; make the \
+         directory and its parents traversable (chmod o+x), or pass --run-as with a user who can",
+        .dir.display()
+    )]
+    SuitesUnreachable { dir: PathBuf, user: String, uid: u32 },
+    #[error("cannot serialize the report: {0}")]
+    Report(#[from] serde_json::Error),
+}
+
 /// A finished run: its report (redacted), and where its files belong — the command
 /// that ran it writes them.
 pub struct Outcome {
@@ -66,20 +97,20 @@ pub async fn run<P: Provider>(
     opts: &Options,
     reporter: &dyn Reporter,
     signals: &Signals,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, RunError> {
     let clock = Clock::new();
     let started_at = Utc::now();
     let d = &loaded.desc;
     let run_id = opts.run_id.clone();
-    let mut plan = plan::build(loaded, Some(&opts.release), Some(&run_id)).map_err(|e| e.to_string())?;
+    let mut plan = plan::build(loaded, Some(&opts.release), Some(&run_id))?;
     if opts.up_only {
         plan.resources.retain(|r| !r.kind.is_suite());
     }
-    let ttl = chrono::Duration::from_std(d.ttl).map_err(|_| format!("ttl {} is too long", format_duration(d.ttl)))?;
+    let ttl = chrono::Duration::from_std(d.ttl).map_err(|_| RunError::Ttl(format_duration(d.ttl)))?;
     let expires_at = started_at + ttl;
     // Who the copy and the release run as (rehearse as root): decided before anything
     // exists, and refused when the users are missing.
-    let users = Users::resolve(opts.run_as.as_deref(), d.provider == ProviderKind::Local)?;
+    let users = Users::resolve(opts.run_as.as_deref(), d.provider == ProviderKind::Local).map_err(RunError::Users)?;
     let redacting = Redacting(reporter);
     let reporter: &dyn Reporter = &redacting;
 
@@ -87,16 +118,17 @@ pub async fn run<P: Provider>(
     // private to this user, the work directory traversable (never listable) by the
     // users the copy and the release run as; each checked, so that no other user can
     // have placed or redirected them.
-    let dir_err = |e: crate::sys::secure_fs::FsError| e.to_string();
-    let work_root = state::traversable_dir(&opts.work_root).map_err(dir_err)?;
-    let work_runs = state::traversable_dir(&work_root.join("runs")).map_err(dir_err)?;
-    let state_root = state::private_dir(&opts.state_root).map_err(dir_err)?;
-    let runs_root = state::private_dir(&state::runs_dir(&state_root)).map_err(dir_err)?;
+    let work_root = state::traversable_dir(&opts.work_root)?;
+    let work_runs = state::traversable_dir(&work_root.join("runs"))?;
+    let state_root = state::private_dir(&opts.state_root)?;
+    let runs_root = state::private_dir(&state::runs_dir(&state_root))?;
     let run_state = runs_root.join(&run_id);
-    std::fs::create_dir(&run_state).map_err(|e| format!("cannot create {}: {e}", run_state.display()))?;
+    let create =
+        |path: &PathBuf| std::fs::create_dir(path).map_err(|source| RunError::Create { path: path.clone(), source });
+    create(&run_state)?;
     let logs_dir = run_state.join("logs");
     let report_dir = run_state.join("report");
-    std::fs::create_dir(&logs_dir).map_err(|e| format!("cannot create {}: {e}", logs_dir.display()))?;
+    create(&logs_dir)?;
     let work_dir = work_runs.join(&run_id);
     let meta = RunMeta {
         run_id: run_id.clone(),
@@ -113,8 +145,7 @@ pub async fn run<P: Provider>(
         pid: std::process::id(),
         pid_start: process::start_time(std::process::id() as i32).unwrap_or(0),
     };
-    let journal = Journal::create(&run_state.join("journal.jsonl"), &meta)
-        .map_err(|e| format!("cannot create the journal: {e}"))?;
+    let journal = Journal::create(&run_state.join("journal.jsonl"), &meta).map_err(RunError::Journal)?;
     reporter.event(Event::Note(format!(
         "run {run_id}: rehearsing `{}` release {} on {}",
         d.name,
@@ -127,19 +158,17 @@ pub async fn run<P: Provider>(
 
     // The run's own corner of the work directory: the local copy, the release, the
     // suites' scratch directories, the HOME of the release's user.
-    journal.intent("workspace", Kind::Workspace, None).map_err(|e| e.to_string())?;
+    journal.intent("workspace", Kind::Workspace, None).map_err(RunError::Journal)?;
     let home = work_dir.join("home");
-    workspace(&work_runs, &run_id, users).map_err(dir_err)?;
-    journal.created("workspace", Kind::Workspace, json!({"dir": work_dir})).map_err(|e| e.to_string())?;
+    workspace(&work_runs, &run_id, users)?;
+    journal.created("workspace", Kind::Workspace, json!({"dir": work_dir})).map_err(RunError::Journal)?;
     if let Some(u) = users.release {
         if !opts.up_only && !d.suites.is_empty() && !process::can_enter(&loaded.dir, u) {
-            return Err(format!(
-                "the suites run from {} as the unprivileged user {} (uid {}), who cannot enter it; make the \
-                 directory and its parents traversable (chmod o+x), or pass --run-as with a user who can",
-                loaded.dir.display(),
-                process::user_name(u.uid),
-                u.uid
-            ));
+            return Err(RunError::SuitesUnreachable {
+                dir: loaded.dir.clone(),
+                user: process::user_name(u.uid),
+                uid: u.uid,
+            });
         }
     }
 

@@ -368,7 +368,7 @@ impl LocalProvider {
             .await;
             // The port was free when it was chosen; between then and the service's bind,
             // anyone could have taken it. What answered must be the service itself.
-            let r = r.and_then(|_| {
+            let r = r.map_err(|e| e.to_string()).and_then(|_| {
                 let sockets = process::listening_sockets(port);
                 if !sockets.is_empty() && sockets.iter().all(|i| process::group_holds_socket(handle.pgid, *i)) {
                     Ok(())

@@ -32,7 +32,7 @@ use nix::unistd::{Gid, Uid};
 
 /// Why a path was refused or could not be used.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FsError {
+pub enum FsError {
     /// The path exists but someone else could steer what rehearse does with it.
     #[error("refusing to use {path}: {why}")]
     Unsafe { path: PathBuf, why: String },
