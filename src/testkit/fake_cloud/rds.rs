@@ -1,0 +1,205 @@
+//! The fake's RDS: restores from snapshots, Aurora clones, subnet groups.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+
+impl RdsApi for FakeCloud {
+    async fn describe_db_instances(&self, ids: &[String]) -> ApiResult<Vec<DbInstance>> {
+        self.enter("DescribeDBInstances", &ids.join(","), false)?;
+        Ok(self.live("db").into_iter().filter(|(id, _)| ids.contains(id)).map(|(id, r)| Self::db(&id, &r)).collect())
+    }
+
+    async fn db_instances_all(&self) -> ApiResult<Vec<DbInstance>> {
+        self.enter("DescribeDBInstances", "", false)?;
+        Ok(self.live("db").into_iter().map(|(id, r)| Self::db(&id, &r)).collect())
+    }
+
+    async fn snapshots_of(&self, instance_id: &str) -> ApiResult<Vec<Snapshot>> {
+        self.enter("DescribeDBSnapshots", instance_id, false)?;
+        Ok(self.snapshots().into_iter().filter(|s| s.instance_id.as_deref() == Some(instance_id)).collect())
+    }
+
+    async fn describe_db_clusters(&self, ids: &[String]) -> ApiResult<Vec<DbCluster>> {
+        self.enter("DescribeDBClusters", &ids.join(","), false)?;
+        Ok(self
+            .live("cluster")
+            .into_iter()
+            .filter(|(id, _)| ids.contains(id))
+            .map(|(id, r)| Self::cluster(&id, &r))
+            .collect())
+    }
+
+    async fn db_clusters_all(&self) -> ApiResult<Vec<DbCluster>> {
+        self.enter("DescribeDBClusters", "", false)?;
+        Ok(self.live("cluster").into_iter().map(|(id, r)| Self::cluster(&id, &r)).collect())
+    }
+
+    async fn create_db_subnet_group(
+        &self,
+        name: &str,
+        _description: &str,
+        _subnets: &[String],
+        tags: &[Tag],
+    ) -> ApiResult<DbSubnetGroup> {
+        let call = self.enter("CreateDBSubnetGroup", name, true)?;
+        if self.exists("subnet-group", |id, _| id == name) {
+            return Err(fail("DBSubnetGroupAlreadyExists", ErrorKind::Refused));
+        }
+        self.create(name, "subnet-group", tags, Duration::ZERO, Duration::ZERO);
+        self.answer(&call, &[name.to_string()], DbSubnetGroup { name: name.into(), arn: None }).await
+    }
+
+    async fn db_subnet_groups_all(&self) -> ApiResult<Vec<DbSubnetGroup>> {
+        self.enter("DescribeDBSubnetGroups", "", false)?;
+        Ok(self.live("subnet-group").into_iter().map(|(id, _)| DbSubnetGroup { name: id, arn: None }).collect())
+    }
+
+    async fn db_subnet_group_tags(&self, name: &str) -> ApiResult<Option<Vec<Tag>>> {
+        self.enter("ListTagsForResource", name, false)?;
+        Ok(self.live("subnet-group").into_iter().find(|(id, _)| id == name).map(|(_, r)| r.tags))
+    }
+
+    async fn delete_db_subnet_group(&self, name: &str) -> ApiResult<()> {
+        let call = self.enter("DeleteDBSubnetGroup", name, true)?;
+        self.audit("DeleteDBSubnetGroup", name);
+        if self.in_use(name, &["db", "cluster"]) {
+            return Err(fail("InvalidDBSubnetGroupStateFault", ErrorKind::InUse));
+        }
+        self.delete(name, "subnet-group")?;
+        // Subnet groups go at once.
+        if let Some(r) = self.state.lock().expect("fake lock").res.get_mut(name) {
+            r.gone_at = Some(Instant::now());
+        }
+        self.leave(&call, ())
+    }
+
+    async fn restore_db_instance(&self, req: &RestoreDb) -> ApiResult<DbInstance> {
+        let call = self.enter("RestoreDBInstanceFromDBSnapshot", &req.instance_id, true)?;
+        if self.exists("db", |id, _| id == req.instance_id) {
+            return Err(fail("DBInstanceAlreadyExists", ErrorKind::Refused));
+        }
+        // Like some implementations: the restore ignores the asked-for flags and copies
+        // production's.
+        let r = self.provision(&req.instance_id, ("db", "db"), &req.tags, self.faults.restore, true, |r| {
+            r.protected = true;
+            r.private = false;
+        });
+        self.answer(&call, std::slice::from_ref(&req.instance_id), Self::db(&req.instance_id, &r)).await
+    }
+
+    async fn clone_db_cluster(&self, req: &CloneCluster) -> ApiResult<DbCluster> {
+        let call = self.enter("RestoreDBClusterToPointInTime", &req.cluster_id, true)?;
+        if self.exists("cluster", |id, _| id == req.cluster_id) {
+            return Err(fail("DBClusterAlreadyExistsFault", ErrorKind::Refused));
+        }
+        if !self.live("cluster").iter().any(|(id, _)| id == &req.source_cluster) {
+            return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound));
+        }
+        // Copies the source's deletion protection, whatever was asked.
+        let c = self.provision(&req.cluster_id, ("cluster", "cluster"), &req.tags, self.faults.clone, true, |r| {
+            r.protected = true
+        });
+        self.answer(&call, std::slice::from_ref(&req.cluster_id), Self::cluster(&req.cluster_id, &c)).await
+    }
+
+    async fn create_cluster_instance(
+        &self,
+        instance_id: &str,
+        cluster_id: &str,
+        _class: &str,
+        _engine: &str,
+        tags: &[Tag],
+    ) -> ApiResult<DbInstance> {
+        let call = self.enter("CreateDBInstance", instance_id, true)?;
+        if self.exists("db", |id, _| id == instance_id) {
+            return Err(fail("DBInstanceAlreadyExists", ErrorKind::Refused));
+        }
+        match self.live("cluster").into_iter().find(|(id, _)| id == cluster_id) {
+            None => return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound)),
+            Some((_, c)) if c.ready_at > Instant::now() || c.gone_at.is_some() => {
+                return Err(fail("InvalidDBClusterStateFault", ErrorKind::InUse))
+            }
+            Some(_) => {}
+        }
+        let d =
+            self.provision(instance_id, ("db", "cluster-instance"), tags, self.faults.cluster_instance, false, |r| {
+                r.cluster = Some(cluster_id.into())
+            });
+        self.answer(&call, &[instance_id.to_string()], Self::db(instance_id, &d)).await
+    }
+
+    async fn secure_db_instance(&self, id: &str, password: Option<&str>) -> ApiResult<()> {
+        let call = self.enter("ModifyDBInstance", id, true)?;
+        self.audit("ModifyDBInstance", id);
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            match st.res.get_mut(id) {
+                Some(r) => {
+                    r.protected = false;
+                    r.private = true;
+                    r.rotated |= password.is_some();
+                }
+                None => return Err(fail("DBInstanceNotFound", ErrorKind::NotFound)),
+            }
+        }
+        self.leave(&call, ())
+    }
+
+    async fn secure_db_cluster(&self, id: &str, _password: &str) -> ApiResult<()> {
+        let call = self.enter("ModifyDBCluster", id, true)?;
+        self.audit("ModifyDBCluster", id);
+        match self.state.lock().expect("fake lock").res.get_mut(id) {
+            Some(r) if r.kind == "cluster" => {
+                r.protected = false;
+                r.rotated = true;
+            }
+            _ => return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound)),
+        }
+        self.leave(&call, ())
+    }
+
+    async fn delete_db_instance(&self, id: &str) -> ApiResult<()> {
+        let call = self.enter("DeleteDBInstance", id, true)?;
+        self.audit("DeleteDBInstance", id);
+        self.delete(id, "db")?;
+        self.leave(&call, ())
+    }
+
+    async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
+        let call = self.enter("DeleteDBCluster", id, true)?;
+        self.audit("DeleteDBCluster", id);
+        // Not while an instance of it remains.
+        let now = Instant::now();
+        let members = {
+            let st = self.state.lock().expect("fake lock");
+            st.res.values().any(|r| r.cluster.as_deref() == Some(id) && r.gone_at.is_none_or(|g| g > now))
+        };
+        if members {
+            return Err(fail("InvalidDBClusterStateFault", ErrorKind::InUse));
+        }
+        self.delete(id, "cluster")?;
+        self.leave(&call, ())
+    }
+}
+
+impl FakeCloud {
+    fn snapshots(&self) -> Vec<Snapshot> {
+        self.live("snapshot")
+            .into_iter()
+            .map(|(id, r)| Snapshot {
+                arn: Some(format!("arn:aws:rds:fake:0:snapshot:{id}")),
+                instance_id: r.snapshot_of.clone(),
+                status: "available".into(),
+                created: Some(r.created),
+                encrypted: false,
+                kms_key_id: None,
+                kind: Some("manual".into()),
+                tags: r.tags.clone(),
+                id,
+            })
+            .collect()
+    }
+}
