@@ -47,4 +47,21 @@ if ! grep -q '^#\[cfg(any(test, feature = "testkit"))\]$' src/lib.rs; then
     echo "layering: src/lib.rs must compile the testkit only for tests (cfg(any(test, feature = \"testkit\")))" >&2
     status=1
 fi
+# README's module map lists exactly the files of src/.
+if ! python3 - <<'PY'
+import pathlib, re, sys
+readme = pathlib.Path("README.md").read_text()
+block = readme.split("<!-- module map", 1)[1].split("```", 2)[1]
+listed = {l.split()[0] for l in block.splitlines() if l.strip() and not l.startswith("#")}
+actual = {str(p.relative_to("src")) for p in pathlib.Path("src").rglob("*.rs")}
+missing, stale = sorted(actual - listed), sorted(listed - actual)
+for f in missing:
+    print(f"layering: README's module map does not list src/{f}", file=sys.stderr)
+for f in stale:
+    print(f"layering: README's module map lists src/{f}, which does not exist", file=sys.stderr)
+sys.exit(1 if missing or stale else 0)
+PY
+then
+    status=1
+fi
 exit $status
