@@ -171,6 +171,15 @@ fn schema() -> i32 {
     print_json(&schema).map_or_else(|code| code, |()| exit::PASSED)
 }
 
+/// Signal handlers for a command that creates things: without them an interrupt
+/// would kill it before its teardown, so it does not start (`Err`: the exit code).
+fn signals() -> Result<crate::sys::signals::Signals, i32> {
+    crate::sys::signals::Signals::install().map_err(|e| {
+        eprintln!("error: cannot install signal handlers: {e}");
+        exit::BUILD_FAILED
+    })
+}
+
 /// Prints `value` as pretty JSON on stdout. Serializing rehearse's own types fails only
 /// through a bug; then nothing half-written is printed, and the error says so.
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), i32> {

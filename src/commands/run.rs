@@ -67,12 +67,9 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
     let rt = runtime();
     let reporter = reporter(g);
     rt.block_on(async {
-        let signals = match Signals::install() {
+        let signals = match super::signals() {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot install signal handlers: {e}");
-                return exit::BUILD_FAILED;
-            }
+            Err(code) => return code,
         };
         match loaded.desc.provider {
             ProviderKind::Local => {

@@ -7,7 +7,6 @@ use super::{load_or_report, reporter, runtime};
 use crate::cli::Global;
 use crate::description::ProviderKind;
 use crate::exit;
-use crate::sys::signals::Signals;
 use crate::sys::state;
 
 pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
@@ -22,12 +21,9 @@ pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
     let rt = runtime();
     let reporter = reporter(g);
     rt.block_on(async {
-        let signals = match Signals::install() {
+        let signals = match super::signals() {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot install signal handlers: {e}");
-                return exit::BUILD_FAILED;
-            }
+            Err(code) => return code,
         };
         let refreshed =
             crate::providers::local::golden::refresh_all(&loaded, &state::work_dir(), reporter.as_ref(), &signals)
