@@ -93,7 +93,7 @@ pub fn load_str(path: &Path, text: String, release: Option<&str>) -> Result<Load
     let root = match yaml::parse(&text) {
         Ok(n) => n,
         Err(e) => {
-            let d = Diagnostic::new(e.pos, e.message);
+            let d = Diagnostic::new(e.pos(), e.to_string());
             return Err(FileDiagnostics::new(path, text, vec![d]));
         }
     };
