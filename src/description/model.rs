@@ -243,14 +243,23 @@ pub fn redact_url(url: &str) -> String {
     u.to_string()
 }
 
+/// Why a URL's password cannot be taken out of it.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitPasswordError {
+    #[error("does not parse: {0}")]
+    Parse(#[source] url::ParseError),
+    #[error("cannot carry a password")]
+    CannotCarryPassword,
+}
+
 /// A URL without its password, and the password (from the user info or a `password=`
 /// parameter), percent-decoded, for `PGPASSWORD`; or why the URL cannot be split.
-pub fn split_password(url: &str) -> Result<(String, Option<String>), String> {
-    let mut u = url::Url::parse(url).map_err(|e| format!("does not parse: {e}"))?;
+pub fn split_password(url: &str) -> Result<(String, Option<String>), SplitPasswordError> {
+    let mut u = url::Url::parse(url).map_err(SplitPasswordError::Parse)?;
     let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
     let mut password = u.password().map(decode);
     if u.password().is_some() {
-        u.set_password(None).map_err(|_| "cannot carry a password".to_string())?;
+        u.set_password(None).map_err(|()| SplitPasswordError::CannotCarryPassword)?;
     }
     let mut pairs: Vec<(String, String)> = Vec::new();
     for (k, v) in u.query_pairs() {

@@ -312,7 +312,7 @@ impl<'a> Validator<'a> {
 
         for (name, text, scope, owner) in items {
             if let Err(e) = template::parse(&mut tera, &name, &text) {
-                let (at, what) = template_error_parts(&e);
+                let (at, what) = template_error_parts(&e.to_string());
                 let file = self.template_file(&name);
                 let message = match (file, at) {
                     (Some(f), Some((l, c))) => {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::price;
-use crate::description::template::{self, Outputs, Scope};
+use crate::description::template::{self, Outputs, Scope, TemplateError};
 use crate::description::{format_duration, DatabaseSource, Loaded, ProviderKind, RestoreMode, SuiteResults};
 
 /// Version of the JSON plan format (`rehearse plan --format json`); bumped on any
@@ -135,8 +135,12 @@ pub struct ProductionSource {
 pub enum PlanError {
     #[error("no release version: pass `--release VERSION` or set `release.version` in {0}")]
     NoVersion(String),
-    #[error("cannot render `{name}`: {message}")]
-    Template { name: String, message: String },
+    #[error("cannot render `{name}`: {source}")]
+    Template {
+        name: String,
+        #[source]
+        source: TemplateError,
+    },
 }
 
 /// Compiles a loaded description into a plan for `release` (or its default version).
@@ -149,7 +153,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
     let static_ctx = template::context(d, None, &outputs, Scope::Static);
     let render = |name: &str, ctx: &tera::Context| {
         template::render(&loaded.tera, name, ctx)
-            .map_err(|message| PlanError::Template { name: name.to_string(), message })
+            .map_err(|source| PlanError::Template { name: name.to_string(), source })
     };
     let artifact = render("release.artifact", &static_ctx)?;
     let full_ctx = template::context(d, Some(&artifact), &outputs, Scope::Full);
