@@ -38,9 +38,7 @@ impl<'a> Validator<'a> {
     }
 
     fn key_err(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
-        let key = format!("{path}#key");
-        let pos = self.pos.get(&key);
-        let pos = if pos == crate::description::yaml::Pos::START { self.pos.get(path) } else { pos };
+        let pos = self.pos.key(path);
         self.diags.push(Diagnostic::new(pos, message));
         self.diags.last_mut().expect("just pushed")
     }
@@ -113,7 +111,7 @@ impl<'a> Validator<'a> {
                             self.key_err(&p, format!("database `{name}` needs an `instance_class` on aws")).expected =
                                 Some("e.g. `instance_class: db.t3.medium`".into());
                         }
-                        Some(c) if !c.strip_prefix("db.").is_some_and(super::decode::is_valid_instance_type) => {
+                        Some(c) if !c.strip_prefix("db.").is_some_and(super::decode::is_instance_type) => {
                             self.err(&format!("{p}.instance_class"), format!("`{c}` is not an RDS instance class"))
                                 .expected = Some("`db.` FAMILY.SIZE, e.g. `db.t3.medium`".into());
                         }
