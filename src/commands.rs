@@ -65,7 +65,7 @@ fn validate(g: &crate::cli::Global, files: &[std::path::PathBuf], release: Optio
                 let summary = format!(
                     "{}: valid ({} provider, {} database{}, {} service{}, {} suite{})",
                     file.display(),
-                    d.provider.as_str(),
+                    d.provider().as_str(),
                     d.databases.len(),
                     plural(d.databases.len()),
                     d.services.len(),
@@ -138,7 +138,7 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
             return exit::USAGE;
         }
     };
-    if resolve && loaded.desc.provider == description::ProviderKind::Aws {
+    if resolve && loaded.desc.provider() == description::ProviderKind::Aws {
         if let Err(e) = runs::resolve_backups(&loaded, &mut plan) {
             eprintln!("error: {e}");
             return exit::BUILD_FAILED;

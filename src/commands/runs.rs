@@ -83,12 +83,12 @@ pub fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
                 return exit::BUILD_FAILED;
             }
         };
-        match loaded.desc.provider {
+        match loaded.desc.provider() {
             ProviderKind::Local => {
                 drive(g, &LocalProvider::new(&opts.work_root), &loaded, &opts, reporter.as_ref(), &signals).await
             }
             ProviderKind::Aws => {
-                let region = loaded.desc.region.clone().unwrap_or_default();
+                let region = loaded.desc.region().unwrap_or_default().to_string();
                 let provider = aws_provider(&region).await;
                 drive(g, &provider, &loaded, &opts, reporter.as_ref(), &signals).await
             }
@@ -601,7 +601,7 @@ pub fn warm(g: &Global, file: &Path) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    if loaded.desc.provider != ProviderKind::Local {
+    if loaded.desc.provider() != ProviderKind::Local {
         eprintln!("error: {}: golden copies are for the local provider", file.display());
         return exit::USAGE;
     }
@@ -698,7 +698,7 @@ async fn sweep_aws(region: &str, yes: bool, min_age: Option<chrono::Duration>, e
 pub fn resolve_backups(loaded: &crate::description::Loaded, plan: &mut crate::plan::Plan) -> Result<(), String> {
     use crate::description::{DatabaseSource, RestoreMode};
     use crate::providers::aws::api::RdsApi;
-    let region = loaded.desc.region.clone().unwrap_or_default();
+    let region = loaded.desc.region().unwrap_or_default().to_string();
     runtime().block_on(async {
         let provider = aws_provider(&region).await;
         for r in plan.resources.iter_mut() {

@@ -13,6 +13,9 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+mod provider;
+pub use provider::*;
+
 /// A system to rehearse: where it runs, what production it copies, what release it
 /// installs, which suites judge it.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
@@ -23,12 +26,9 @@ pub struct Description {
     /// letter, at most 32 characters. Example: `shop`.
     #[schemars(regex(pattern = r"^[a-z]([a-z0-9_-]{0,30}[a-z0-9])?$"))]
     pub name: String,
-    /// Where the copy is built: `aws` (EC2 + RDS) or `local` (processes and a
-    /// throwaway PostgreSQL cluster on this machine).
-    pub provider: ProviderKind,
-    /// AWS region (aws only). Example: `eu-west-1`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
+    /// Where the copy is built (`provider`), with what only that provider needs.
+    #[serde(flatten)]
+    pub target: Target,
     /// How long the copy may live at most, even with `--destroy never`: `rehearse
     /// sweep` removes it afterwards. Example: `4h`. Default `2h`.
     #[schemars(with = "DurationText")]
@@ -39,9 +39,6 @@ pub struct Description {
     /// Extra tags for every resource. Example: `{team: shop}`.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
-    /// Where the copy lives in AWS (aws only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network: Option<Network>,
     /// Values for templates, used as `{{ vars.NAME }}`.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
@@ -62,6 +59,31 @@ pub struct Description {
     pub destroy: DestroyPolicy,
 }
 
+impl Description {
+    /// Where the copy is built.
+    pub fn provider(&self) -> ProviderKind {
+        self.target.provider()
+    }
+
+    /// What the aws provider needs (region, network); `None` on the local provider.
+    pub fn aws(&self) -> Option<&AwsTarget> {
+        match &self.target {
+            Target::Aws(aws) => Some(aws),
+            Target::Local => None,
+        }
+    }
+
+    /// The AWS region; `None` on the local provider.
+    pub fn region(&self) -> Option<&str> {
+        self.aws().map(|a| a.region.as_str())
+    }
+
+    /// The network the copy is placed in; `None` on the local provider.
+    pub fn network(&self) -> Option<&Network> {
+        self.aws().map(|a| &a.network)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -70,6 +92,8 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    pub const ALL: [ProviderKind; 2] = [ProviderKind::Aws, ProviderKind::Local];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Aws => "aws",
@@ -157,9 +181,9 @@ pub struct Database {
     /// `aurora-clone` (copy-on-write clone of an Aurora cluster).
     #[serde(default)]
     pub restore: RestoreMode,
-    /// RDS instance class (aws only). Example: `db.t3.medium`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance_class: Option<String>,
+    /// What only the description's provider needs (aws: `instance_class`).
+    #[serde(flatten)]
+    pub target: DatabaseTarget,
     /// SQL file run on the copy before anything else touches it (relative to the
     /// description). Example: `masking.sql`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,6 +217,15 @@ pub enum DatabaseSource {
 }
 
 impl DatabaseSource {
+    /// The provider a source belongs to: RDS and Aurora on aws, archives and live
+    /// dumps locally.
+    pub fn provider(&self) -> ProviderKind {
+        match self {
+            DatabaseSource::RdsInstance(_) | DatabaseSource::AuroraCluster(_) => ProviderKind::Aws,
+            DatabaseSource::BackupDir(_) | DatabaseSource::Url(_) => ProviderKind::Local,
+        }
+    }
+
     pub fn key(&self) -> &'static str {
         match self {
             DatabaseSource::RdsInstance(_) => "rds_instance",
@@ -336,20 +369,10 @@ pub struct Service {
     /// Databases and services this one needs first.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// AMI id (aws). Example: `ami-0abcdef1234567890`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// EC2 instance type (aws). Example: `t3.small`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance_type: Option<String>,
-    /// User-data template file (aws), rendered with tera. Example:
-    /// `../templates/user-data.sh.tera`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_data: Option<PathBuf>,
-    /// Command that starts the service (local), run in the unpacked release with `PORT`
-    /// set to a free port. Example: `python3 app.py`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
+    /// What only the description's provider needs (aws: `image`, `instance_type`,
+    /// `user_data`; local: `command`).
+    #[serde(flatten)]
+    pub target: ServiceTarget,
     /// Install / migration command run once in the unpacked release against the copy
     /// before the service starts. Example: `sh migrate.sh`.
     #[serde(skip_serializing_if = "Option::is_none")]

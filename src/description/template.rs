@@ -146,8 +146,8 @@ pub fn context(desc: &Description, artifact: Option<&str>, outputs: &Outputs, sc
         &serde_json::json!({
             "name": desc.name,
             "owner": desc.owner,
-            "provider": desc.provider.as_str(),
-            "region": desc.region.clone().unwrap_or_default(),
+            "provider": desc.provider().as_str(),
+            "region": desc.region().unwrap_or_default(),
         }),
     );
     ctx.insert("vars", &desc.variables);

@@ -230,7 +230,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     /// and from the group itself.
     async fn ingress(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let sg = self.id_of("network.security-group")?;
-        let cidrs: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.allow_cidrs.clone()).unwrap_or_default();
+        let cidrs: Vec<String> = ctx.loaded.desc.network().map(|n| n.allow_cidrs.clone()).unwrap_or_default();
         let mut ports: Vec<u16> = if res.id == crate::plan::DB_INGRESS {
             ctx.tctx
                 .get("databases")
@@ -258,7 +258,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     }
 
     async fn subnet_group(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
-        let subnets: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.subnets.clone()).unwrap_or_default();
+        let subnets: Vec<String> = ctx.loaded.desc.network().map(|n| n.subnets.clone()).unwrap_or_default();
         let name = Self::group_name(&ctx.run.run_id);
         let t = ctx.started(res, "create", None);
         let g = self
@@ -327,7 +327,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         let timeout = db.timeout.unwrap_or(Duration::from_secs(30 * 60));
         let deadline = Instant::now() + timeout;
         let db_name = ctx.render(&format!("databases.{}.name", res.name))?;
-        let class = db.instance_class.clone().unwrap_or_default();
+        let class = db.instance_class().unwrap_or_default().to_string();
         let id = Self::rds_id(&ctx.run.run_id, &res.name);
         let sg = self.id_of("network.security-group")?;
         let subnet_group = self.id_of("network.db-subnet-group")?;
@@ -568,7 +568,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     async fn instance(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let s = &ctx.loaded.desc.services[res.name.as_str()];
         let index: u32 = res.id.rsplit('.').next().and_then(|i| i.parse().ok()).unwrap_or(0);
-        let user_data = match &s.user_data {
+        let user_data = match s.user_data() {
             Some(_) => Some(
                 base64::engine::general_purpose::STANDARD
                     .encode(ctx.render(&format!("services.{}.user_data", res.name))?),

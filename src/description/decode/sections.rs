@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::rules::{check_rds_identifier, check_version, is_aws_id, is_instance_type, KeyRule};
+use super::rules::{check_rds_identifier, check_version, is_aws_id, is_instance_type, KeyRule, ServiceKeys};
 use super::Decoder;
 use crate::description::model::*;
 use crate::description::yaml::{Node, Value};
@@ -58,8 +58,8 @@ impl Decoder {
         let release = self
             .require(&mut obj, "release", "a mapping with `artifact` (and optionally `version`)")
             .and_then(|n| self.release(n));
-        let databases = self.named("databases", &mut obj, |d, _, path, n| d.database(path, n));
-        let services = self.named("services", &mut obj, |d, _, path, n| d.service(path, n));
+        let databases = self.named("databases", &mut obj, |d, name, path, n| d.database(provider, name, path, n));
+        let services = self.named("services", &mut obj, |d, name, path, n| d.service(provider, name, path, n));
         let suites = self.named("suites", &mut obj, |d, _, path, n| d.suite(path, n));
         let destroy = match self.get(&mut obj, "destroy") {
             Some(n) => self.enum_value(
@@ -74,14 +74,13 @@ impl Decoder {
             None => Some(DestroyPolicy::Always),
         };
         self.finish(obj);
+        let target = self.target(provider?, region, network);
         Some(Description {
             name: name?,
-            provider: provider?,
-            region,
+            target,
             ttl: ttl?,
             owner: owner?,
             tags,
-            network,
             variables,
             release: release?,
             databases: databases?,
@@ -188,13 +187,13 @@ impl Decoder {
         Some(Release { version, artifact: artifact? })
     }
 
-    fn database(&mut self, path: &str, node: &Node) -> Option<Database> {
+    fn database(&mut self, provider: Option<ProviderKind>, name: &str, path: &str, node: &Node) -> Option<Database> {
         let mut obj = self.obj(path, node, "a mapping with `name`, `source`, ...")?;
         let engine = match self.get(&mut obj, "engine") {
             Some(n) => self.enum_value(&format!("{path}.engine"), n, &[("postgres", Engine::Postgres)]),
             None => Some(Engine::Postgres),
         };
-        let name = self.req_string(&mut obj, "name", "the database name inside the server, e.g. `shop`");
+        let db_name = self.req_string(&mut obj, "name", "the database name inside the server, e.g. `shop`");
         let source = self
             .require(&mut obj, "source", "one of `rds_instance`, `aurora_cluster`, `backup_dir`, `url`")
             .and_then(|n| self.database_source(&format!("{path}.source"), n));
@@ -222,15 +221,9 @@ impl Decoder {
             None => None,
         };
         self.finish(obj);
-        Some(Database {
-            engine: engine?,
-            name: name?,
-            source: source?,
-            restore: restore?,
-            instance_class,
-            masking,
-            timeout,
-        })
+        let (source, restore) = (source?, restore?);
+        let target = self.database_target(provider?, name, &source, restore, instance_class);
+        Some(Database { engine: engine?, name: db_name?, source, restore, target, masking, timeout })
     }
 
     fn database_source(&mut self, path: &str, node: &Node) -> Option<DatabaseSource> {
@@ -302,7 +295,7 @@ impl Decoder {
         })
     }
 
-    fn service(&mut self, path: &str, node: &Node) -> Option<Service> {
+    fn service(&mut self, provider: Option<ProviderKind>, name: &str, path: &str, node: &Node) -> Option<Service> {
         let mut obj = self.obj(path, node, "a mapping with `command` (local) or `image` and `instance_type` (aws)")?;
         let count = match self.get(&mut obj, "count") {
             Some(n) => self.integer(&format!("{path}.count"), n, 1, 20).map(|n| n as u32),
@@ -348,19 +341,9 @@ impl Decoder {
             None => None,
         };
         self.finish(obj);
-        Some(Service {
-            count: count?,
-            depends_on,
-            image,
-            instance_type,
-            user_data,
-            command,
-            install,
-            templates,
-            env,
-            port,
-            health,
-        })
+        let keys = ServiceKeys { image, instance_type, user_data, command, has_health: health.is_some(), port };
+        let target = self.service_target(provider?, name, keys);
+        Some(Service { count: count?, depends_on, target, install, templates, env, port, health })
     }
 
     fn config_templates(&mut self, path: &str, node: &Node) -> Vec<ConfigTemplate> {
