@@ -152,7 +152,7 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
 }
 
 fn schema() -> i32 {
-    let schema = schemars::schema_for!(description::Description);
+    let schema = description::schema();
     println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
     exit::PASSED
 }

@@ -9,6 +9,7 @@
 
 pub mod decode;
 pub mod model;
+mod schema;
 pub mod template;
 pub mod validate;
 pub mod yaml;
@@ -20,6 +21,7 @@ use tera::Tera;
 
 use crate::diag::{Diagnostic, FileDiagnostics};
 pub use model::*;
+pub use schema::schema;
 
 /// A description that passed every check.
 pub struct Loaded {

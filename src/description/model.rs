@@ -32,15 +32,17 @@ pub struct Description {
     /// How long the copy may live at most, even with `--destroy never`: `rehearse
     /// sweep` removes it afterwards. Example: `4h`. Default `2h`.
     #[schemars(with = "DurationText")]
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(default = "default_ttl", serialize_with = "ser_duration")]
     pub ttl: Duration,
     /// Who answers for the copy (tagged on every resource). Example: `team@example.com`.
     pub owner: String,
     /// Extra tags for every resource. Example: `{team: shop}`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ScalarText>")]
     pub tags: BTreeMap<String, String>,
     /// Values for templates, used as `{{ vars.NAME }}`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ScalarText>")]
     pub variables: BTreeMap<String, String>,
     /// The candidate release.
     pub release: Release,
@@ -57,6 +59,11 @@ pub struct Description {
     /// for debugging, within its TTL) or `never` (keep it, within its TTL).
     #[serde(default)]
     pub destroy: DestroyPolicy,
+}
+
+/// The TTL of a description that does not set one.
+pub fn default_ttl() -> Duration {
+    Duration::from_secs(2 * 3600)
 }
 
 impl Description {
@@ -226,6 +233,14 @@ impl DatabaseSource {
         }
     }
 
+    /// The keys naming a provider's sources in a description.
+    pub fn keys_of(provider: ProviderKind) -> &'static [&'static str] {
+        match provider {
+            ProviderKind::Aws => &["rds_instance", "aurora_cluster"],
+            ProviderKind::Local => &["backup_dir", "url"],
+        }
+    }
+
     pub fn key(&self) -> &'static str {
         match self {
             DatabaseSource::RdsInstance(_) => "rds_instance",
@@ -383,9 +398,11 @@ pub struct Service {
     /// Environment of the service (values are templates). Example:
     /// `{DATABASE_URL: "{{ databases.db.url }}"}`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ScalarText>")]
     pub env: BTreeMap<String, String>,
     /// Port the service listens on (aws; local services get a free port in `PORT`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub port: Option<u16>,
     /// HTTP health check.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -413,9 +430,14 @@ pub struct Health {
     /// Path to GET. Example: `/health`.
     pub path: String,
     /// How long to wait at most. Default `60s`.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(default = "default_health_timeout", serialize_with = "ser_duration")]
     #[schemars(with = "DurationText")]
     pub timeout: Duration,
+}
+
+/// The timeout of a health check that does not set one.
+pub fn default_health_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// An automated suite: a command whose results judge the release.
@@ -438,6 +460,7 @@ pub struct Suite {
     pub results: SuiteResults,
     /// Environment of the suite (values are templates).
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ScalarText>")]
     pub env: BTreeMap<String, String>,
 }
 
@@ -448,11 +471,35 @@ pub enum SuiteResults {
     Junit(PathBuf),
 }
 
-/// A duration written as a number and a unit: `90s`, `5m`, `2h`, `1h30m`, `7d`.
+/// A duration written as a number and a unit: `90s`, `5m`, `2h`, `1h30m`, `7d` (any
+/// unit humantime reads: `ms`, `sec`, `min`, `hours`, `days`, `weeks`, ...).
 #[derive(JsonSchema)]
 #[schemars(transparent)]
 #[allow(dead_code)]
-struct DurationText(#[schemars(regex(pattern = r"^([0-9]+ ?(ms|s|m|h|d) ?)+$"))] String);
+struct DurationText(
+    #[schemars(regex(
+        pattern = r"^\s*([0-9]+(\.[0-9]+)?\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+$"
+    ))]
+    String,
+);
+
+/// A value in a mapping of strings (tags, variables, environments): numbers and
+/// booleans are taken as written (`cost-center: 4711`).
+struct ScalarText;
+
+impl JsonSchema for ScalarText {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ScalarText".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+}
 
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")

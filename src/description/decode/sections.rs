@@ -37,7 +37,7 @@ impl Decoder {
         let region = self.opt_string(&mut obj, "region");
         let ttl = match self.get(&mut obj, "ttl") {
             Some(n) => self.duration("ttl", n, Duration::from_secs(300), Duration::from_secs(7 * 86400)),
-            None => Some(Duration::from_secs(2 * 3600)),
+            None => Some(default_ttl()),
         };
         let owner = self.req_string(&mut obj, "owner", "who answers for the copy, e.g. `team@example.com`");
         let tags = match self.get(&mut obj, "tags") {
@@ -388,7 +388,7 @@ impl Decoder {
             Some(n) => {
                 self.duration(&format!("{path}.timeout"), n, Duration::from_secs(1), Duration::from_secs(6 * 3600))
             }
-            None => Some(Duration::from_secs(60)),
+            None => Some(default_health_timeout()),
         };
         self.finish(obj);
         Some(Health { path: hpath?, timeout: timeout? })
