@@ -75,7 +75,7 @@ fn validate(g: &crate::cli::Global, files: &[std::path::PathBuf], release: Optio
                 let summary = format!(
                     "{}: valid ({} provider, {} database{}, {} service{}, {} suite{})",
                     file.display(),
-                    d.provider.as_str(),
+                    d.provider().as_str(),
                     d.databases.len(),
                     plural(d.databases.len()),
                     d.services.len(),
@@ -150,8 +150,8 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
             return exit::USAGE;
         }
     };
-    if resolve && loaded.desc.provider == description::ProviderKind::Aws {
-        let region = loaded.desc.region.clone().unwrap_or_default();
+    if let (true, Some(aws)) = (resolve, loaded.desc.aws()) {
+        let region = aws.region.clone();
         let resolved =
             runtime().block_on(async { aws_provider(&region).await.resolve_backups(&loaded, &mut plan).await });
         if let Err(e) = resolved {
@@ -167,7 +167,7 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
 }
 
 fn schema() -> i32 {
-    let schema = schemars::schema_for!(description::Description);
+    let schema = description::schema();
     print_json(&schema).map_or_else(|code| code, |()| exit::PASSED)
 }
 

@@ -9,6 +9,7 @@
 
 pub mod decode;
 pub mod model;
+mod schema;
 pub mod template;
 pub mod validate;
 pub mod yaml;
@@ -20,6 +21,7 @@ use tera::Tera;
 
 use crate::diag::{Diagnostic, FileDiagnostics};
 pub use model::*;
+pub use schema::schema;
 
 /// A description that passed every check.
 pub struct Loaded {
@@ -93,7 +95,7 @@ pub fn load_str(path: &Path, text: String, release: Option<&str>) -> Result<Load
     let root = match yaml::parse(&text) {
         Ok(n) => n,
         Err(e) => {
-            let d = Diagnostic::new(e.pos, e.message);
+            let d = Diagnostic::new(e.pos(), e.to_string());
             return Err(FileDiagnostics::new(path, text, vec![d]));
         }
     };

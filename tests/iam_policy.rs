@@ -2,7 +2,7 @@
 //! production: every change it allows is confined to what rehearse itself creates
 //! (`rh-*` / `rehearse-*` names, the `rehearse:run-id` tag), tags are written only in
 //! the call that creates a resource, production is only ever the source of a copy, and
-//! the policy grants exactly the calls `src/providers/aws/sdk.rs` makes — a new call
+//! the policy grants exactly the calls `src/providers/aws/sdk.rs` (and `sdk/`) makes — a new call
 //! without a policy line, or a grant the code no longer needs, fails here. parliament
 //! (the IAM policy linter `make test-deps` installs) must find nothing in it.
 
@@ -210,8 +210,13 @@ fn iam_name(method: &str) -> String {
         .collect()
 }
 
+/// The SDK adapter: `src/providers/aws/sdk.rs` and its EC2 and RDS halves in `sdk/`.
 fn sdk_source() -> String {
-    std::fs::read_to_string(root().join("src/providers/aws/sdk.rs")).expect("src/providers/aws/sdk.rs is readable")
+    let mut files = vec![root().join("src/providers/aws/sdk.rs")];
+    let dir = std::fs::read_dir(root().join("src/providers/aws/sdk")).expect("src/providers/aws/sdk/ is readable");
+    files.extend(dir.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "rs")));
+    files.sort();
+    files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()))).collect()
 }
 
 /// Every AWS operation the code calls: the fluent `self.ec2.op()` / `self.rds.op()` calls

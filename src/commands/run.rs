@@ -5,7 +5,7 @@ use futures_util::FutureExt;
 
 use super::{load_or_report, reporter, runtime};
 use crate::cli::{Destroy, Format, Global, RunArgs};
-use crate::description::{DestroyPolicy, ProviderKind};
+use crate::description::{DestroyPolicy, Target};
 use crate::engine::events::Reporter;
 use crate::engine::journal::Journal;
 use crate::engine::lifecycle::{self, Options};
@@ -71,13 +71,12 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             Ok(s) => s,
             Err(code) => return code,
         };
-        match loaded.desc.provider {
-            ProviderKind::Local => {
+        match &loaded.desc.target {
+            Target::Local => {
                 drive(g, &LocalProvider::new(&opts.work_root), &loaded, &opts, reporter.as_ref(), &signals).await
             }
-            ProviderKind::Aws => {
-                let region = loaded.desc.region.clone().unwrap_or_default();
-                let provider = super::aws_provider(&region).await;
+            Target::Aws(aws) => {
+                let provider = super::aws_provider(&aws.region).await;
                 drive(g, &provider, &loaded, &opts, reporter.as_ref(), &signals).await
             }
         }

@@ -14,7 +14,7 @@ pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    if loaded.desc.provider != ProviderKind::Local {
+    if loaded.desc.provider() != ProviderKind::Local {
         eprintln!("error: {}: golden copies are for the local provider", file.display());
         return exit::USAGE;
     }

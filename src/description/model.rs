@@ -13,6 +13,9 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+mod provider;
+pub use provider::*;
+
 /// A system to rehearse: where it runs, what production it copies, what release it
 /// installs, which suites judge it.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
@@ -23,27 +26,23 @@ pub struct Description {
     /// letter, at most 32 characters. Example: `shop`.
     #[schemars(regex(pattern = r"^[a-z]([a-z0-9_-]{0,30}[a-z0-9])?$"))]
     pub name: String,
-    /// Where the copy is built: `aws` (EC2 + RDS) or `local` (processes and a
-    /// throwaway PostgreSQL cluster on this machine).
-    pub provider: ProviderKind,
-    /// AWS region (aws only). Example: `eu-west-1`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
+    /// Where the copy is built (`provider`), with what only that provider needs.
+    #[serde(flatten)]
+    pub target: Target,
     /// How long the copy may live at most, even with `--destroy never`: `rehearse
     /// sweep` removes it afterwards. Example: `4h`. Default `2h`.
     #[schemars(with = "DurationText")]
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(default = "default_ttl", serialize_with = "ser_duration")]
     pub ttl: Duration,
     /// Who answers for the copy (tagged on every resource). Example: `team@example.com`.
     pub owner: String,
     /// Extra tags for every resource. Example: `{team: shop}`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ScalarText>")]
     pub tags: BTreeMap<String, String>,
-    /// Where the copy lives in AWS (aws only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network: Option<Network>,
     /// Values for templates, used as `{{ vars.NAME }}`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ScalarText>")]
     pub variables: BTreeMap<String, String>,
     /// The candidate release.
     pub release: Release,
@@ -62,6 +61,36 @@ pub struct Description {
     pub destroy: DestroyPolicy,
 }
 
+/// The TTL of a description that does not set one.
+pub fn default_ttl() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
+
+impl Description {
+    /// Where the copy is built.
+    pub fn provider(&self) -> ProviderKind {
+        self.target.provider()
+    }
+
+    /// What the aws provider needs (region, network); `None` on the local provider.
+    pub fn aws(&self) -> Option<&AwsTarget> {
+        match &self.target {
+            Target::Aws(aws) => Some(aws),
+            Target::Local => None,
+        }
+    }
+
+    /// The AWS region; `None` on the local provider.
+    pub fn region(&self) -> Option<&str> {
+        self.aws().map(|a| a.region.as_str())
+    }
+
+    /// The network the copy is placed in; `None` on the local provider.
+    pub fn network(&self) -> Option<&Network> {
+        self.aws().map(|a| &a.network)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -70,6 +99,8 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    pub const ALL: [ProviderKind; 2] = [ProviderKind::Aws, ProviderKind::Local];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Aws => "aws",
@@ -157,9 +188,9 @@ pub struct Database {
     /// `aurora-clone` (copy-on-write clone of an Aurora cluster).
     #[serde(default)]
     pub restore: RestoreMode,
-    /// RDS instance class (aws only). Example: `db.t3.medium`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance_class: Option<String>,
+    /// What only the description's provider needs (aws: `instance_class`).
+    #[serde(flatten)]
+    pub target: DatabaseTarget,
     /// SQL file run on the copy before anything else touches it (relative to the
     /// description). Example: `masking.sql`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,6 +224,23 @@ pub enum DatabaseSource {
 }
 
 impl DatabaseSource {
+    /// The provider a source belongs to: RDS and Aurora on aws, archives and live
+    /// dumps locally.
+    pub fn provider(&self) -> ProviderKind {
+        match self {
+            DatabaseSource::RdsInstance(_) | DatabaseSource::AuroraCluster(_) => ProviderKind::Aws,
+            DatabaseSource::BackupDir(_) | DatabaseSource::Url(_) => ProviderKind::Local,
+        }
+    }
+
+    /// The keys naming a provider's sources in a description.
+    pub fn keys_of(provider: ProviderKind) -> &'static [&'static str] {
+        match provider {
+            ProviderKind::Aws => &["rds_instance", "aurora_cluster"],
+            ProviderKind::Local => &["backup_dir", "url"],
+        }
+    }
+
     pub fn key(&self) -> &'static str {
         match self {
             DatabaseSource::RdsInstance(_) => "rds_instance",
@@ -245,14 +293,23 @@ pub fn redact_url(url: &str) -> String {
     u.to_string()
 }
 
+/// Why a URL's password cannot be taken out of it.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitPasswordError {
+    #[error("does not parse: {0}")]
+    Parse(#[source] url::ParseError),
+    #[error("cannot carry a password")]
+    CannotCarryPassword,
+}
+
 /// A URL without its password, and the password (from the user info or a `password=`
 /// parameter), percent-decoded, for `PGPASSWORD`; or why the URL cannot be split.
-pub fn split_password(url: &str) -> Result<(String, Option<String>), String> {
-    let mut u = url::Url::parse(url).map_err(|e| format!("does not parse: {e}"))?;
+pub fn split_password(url: &str) -> Result<(String, Option<String>), SplitPasswordError> {
+    let mut u = url::Url::parse(url).map_err(SplitPasswordError::Parse)?;
     let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
     let mut password = u.password().map(decode);
     if u.password().is_some() {
-        u.set_password(None).map_err(|_| "cannot carry a password".to_string())?;
+        u.set_password(None).map_err(|()| SplitPasswordError::CannotCarryPassword)?;
     }
     let mut pairs: Vec<(String, String)> = Vec::new();
     for (k, v) in u.query_pairs() {
@@ -329,20 +386,10 @@ pub struct Service {
     /// Databases and services this one needs first.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// AMI id (aws). Example: `ami-0abcdef1234567890`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// EC2 instance type (aws). Example: `t3.small`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance_type: Option<String>,
-    /// User-data template file (aws), rendered with tera. Example:
-    /// `../templates/user-data.sh.tera`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_data: Option<PathBuf>,
-    /// Command that starts the service (local), run in the unpacked release with `PORT`
-    /// set to a free port. Example: `python3 app.py`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
+    /// What only the description's provider needs (aws: `image`, `instance_type`,
+    /// `user_data`; local: `command`).
+    #[serde(flatten)]
+    pub target: ServiceTarget,
     /// Install / migration command run once in the unpacked release against the copy
     /// before the service starts. Example: `sh migrate.sh`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -353,9 +400,11 @@ pub struct Service {
     /// Environment of the service (values are templates). Example:
     /// `{DATABASE_URL: "{{ databases.db.url }}"}`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ScalarText>")]
     pub env: BTreeMap<String, String>,
     /// Port the service listens on (aws; local services get a free port in `PORT`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub port: Option<u16>,
     /// HTTP health check.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -383,9 +432,14 @@ pub struct Health {
     /// Path to GET. Example: `/health`.
     pub path: String,
     /// How long to wait at most. Default `60s`.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(default = "default_health_timeout", serialize_with = "ser_duration")]
     #[schemars(with = "DurationText")]
     pub timeout: Duration,
+}
+
+/// The timeout of a health check that does not set one.
+pub fn default_health_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// An automated suite: a command whose results judge the release.
@@ -408,6 +462,7 @@ pub struct Suite {
     pub results: SuiteResults,
     /// Environment of the suite (values are templates).
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ScalarText>")]
     pub env: BTreeMap<String, String>,
 }
 
@@ -418,11 +473,35 @@ pub enum SuiteResults {
     Junit(PathBuf),
 }
 
-/// A duration written as a number and a unit: `90s`, `5m`, `2h`, `1h30m`, `7d`.
+/// A duration written as a number and a unit: `90s`, `5m`, `2h`, `1h30m`, `7d` (any
+/// unit humantime reads: `ms`, `sec`, `min`, `hours`, `days`, `weeks`, ...).
 #[derive(JsonSchema)]
 #[schemars(transparent)]
 #[allow(dead_code)]
-struct DurationText(#[schemars(regex(pattern = r"^([0-9]+ ?(ms|s|m|h|d) ?)+$"))] String);
+struct DurationText(
+    #[schemars(regex(
+        pattern = r"^\s*([0-9]+(\.[0-9]+)?\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+$"
+    ))]
+    String,
+);
+
+/// A value in a mapping of strings (tags, variables, environments): numbers and
+/// booleans are taken as written (`cost-center: 4711`).
+struct ScalarText;
+
+impl JsonSchema for ScalarText {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ScalarText".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+}
 
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")

@@ -146,8 +146,8 @@ pub fn context(desc: &Description, artifact: Option<&str>, outputs: &Outputs, sc
         &serde_json::json!({
             "name": desc.name,
             "owner": desc.owner,
-            "provider": desc.provider.as_str(),
-            "region": desc.region.clone().unwrap_or_default(),
+            "provider": desc.provider().as_str(),
+            "region": desc.region().unwrap_or_default(),
         }),
     );
     ctx.insert("vars", &desc.variables);
@@ -158,14 +158,30 @@ pub fn context(desc: &Description, artifact: Option<&str>, outputs: &Outputs, sc
     ctx
 }
 
-/// Parses a template; the error is tera's message chain on one line.
-pub fn parse(tera: &mut Tera, name: &str, text: &str) -> Result<(), String> {
-    tera.add_raw_template(name, text).map_err(|e| error_chain(&e))
+/// A template that does not parse, or cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct TemplateError {
+    /// tera's message chain on one line, without its "Failed to render" wrappers.
+    message: String,
+    #[source]
+    source: tera::Error,
+}
+
+impl From<tera::Error> for TemplateError {
+    fn from(source: tera::Error) -> Self {
+        TemplateError { message: error_chain(&source), source }
+    }
+}
+
+/// Parses a template.
+pub fn parse(tera: &mut Tera, name: &str, text: &str) -> Result<(), TemplateError> {
+    Ok(tera.add_raw_template(name, text)?)
 }
 
 /// Renders a parsed template.
-pub fn render(tera: &Tera, name: &str, ctx: &Context) -> Result<String, String> {
-    tera.render(name, ctx).map_err(|e| error_chain(&e))
+pub fn render(tera: &Tera, name: &str, ctx: &Context) -> Result<String, TemplateError> {
+    Ok(tera.render(name, ctx)?)
 }
 
 /// A template engine for descriptions: no HTML autoescaping (templates make shell
@@ -191,7 +207,7 @@ fn shell_quote(value: &tera::Value, _: &std::collections::HashMap<String, tera::
 }
 
 /// Renders a one-off string template (no file), with tera's autoescaping off.
-pub fn render_str(text: &str, ctx: &Context) -> Result<String, String> {
+pub fn render_str(text: &str, ctx: &Context) -> Result<String, TemplateError> {
     let mut tera = new_tera();
     parse(&mut tera, "inline", text)?;
     render(&tera, "inline", ctx)

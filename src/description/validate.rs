@@ -1,5 +1,6 @@
-//! Checks that need the whole description: provider rules, references between
-//! resources, dependency cycles, referenced files and templates.
+//! Checks that need the whole description: references between resources, dependency
+//! cycles, referenced files and templates. (What each provider requires is checked as
+//! the description is decoded: [`super::decode`].)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -38,15 +39,12 @@ impl<'a> Validator<'a> {
     }
 
     fn key_err(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
-        let key = format!("{path}#key");
-        let pos = self.pos.get(&key);
-        let pos = if pos == crate::description::yaml::Pos::START { self.pos.get(path) } else { pos };
+        let pos = self.pos.key(path);
         self.diags.push(Diagnostic::new(pos, message));
         self.diags.last_mut().expect("just pushed")
     }
 
     pub fn run(mut self, release_version: &str) -> (Option<Checked>, Vec<Diagnostic>) {
-        self.provider_rules();
         self.names();
         self.files();
         let (tera, implicit, sources) = self.templates(release_version);
@@ -54,138 +52,6 @@ impl<'a> Validator<'a> {
         self.cycles(&deps, &sources);
         let ok = self.diags.is_empty();
         (ok.then_some(Checked { tera, deps }), self.diags)
-    }
-
-    fn provider_rules(&mut self) {
-        let d = self.desc;
-        match d.provider {
-            ProviderKind::Aws => {
-                match &d.region {
-                    None => {
-                        self.err("provider", "the aws provider needs a `region`").expected =
-                            Some("e.g. `region: eu-west-1`".into());
-                    }
-                    Some(r) if !is_region(r) => {
-                        self.err("region", format!("`{r}` is not an AWS region name")).expected =
-                            Some("e.g. `eu-west-1` or `us-east-1`".into());
-                    }
-                    Some(_) => {}
-                }
-                if d.network.is_none() {
-                    self.err(
-                        "provider",
-                        "the aws provider needs a `network` (the VPC and subnets to place the copy in)",
-                    )
-                    .expected = Some("`network: {vpc: vpc-..., subnets: [subnet-..., subnet-...]}`".into());
-                }
-                for (name, s) in &d.services {
-                    let p = format!("services.{name}");
-                    if s.image.is_none() {
-                        self.key_err(&p, format!("service `{name}` needs an `image` (AMI id) on aws")).expected =
-                            Some("e.g. `image: ami-0abcdef1234567890`".into());
-                    }
-                    if s.instance_type.is_none() {
-                        self.key_err(&p, format!("service `{name}` needs an `instance_type` on aws")).expected =
-                            Some("e.g. `instance_type: t3.small`".into());
-                    }
-                    if s.command.is_some() {
-                        self.key_err(&format!("{p}.command"), "`command` is for the local provider").help =
-                            Some("on aws the instance starts the service from its `user_data`".into());
-                    }
-                    if s.health.is_some() && s.port.is_none() {
-                        self.key_err(
-                            &format!("{p}.health"),
-                            format!("service `{name}` has a health check but no `port`"),
-                        )
-                        .expected = Some("the port the service listens on, e.g. `port: 8080`".into());
-                    }
-                }
-                for (name, db) in &d.databases {
-                    let p = format!("databases.{name}");
-                    match &db.source {
-                        DatabaseSource::RdsInstance(_) | DatabaseSource::AuroraCluster(_) => {}
-                        other => {
-                            self.key_err(&format!("{p}.source.{}", other.key()), format!("`{}` is a local source; on aws a database is restored from `rds_instance` or `aurora_cluster`", other.key()));
-                        }
-                    }
-                    match &db.instance_class {
-                        None => {
-                            self.key_err(&p, format!("database `{name}` needs an `instance_class` on aws")).expected =
-                                Some("e.g. `instance_class: db.t3.medium`".into());
-                        }
-                        Some(c) if !c.strip_prefix("db.").is_some_and(super::decode::is_valid_instance_type) => {
-                            self.err(&format!("{p}.instance_class"), format!("`{c}` is not an RDS instance class"))
-                                .expected = Some("`db.` FAMILY.SIZE, e.g. `db.t3.medium`".into());
-                        }
-                        Some(_) => {}
-                    }
-                }
-            }
-            ProviderKind::Local => {
-                if d.region.is_some() {
-                    self.key_err("region", "`region` has no meaning for the local provider").help =
-                        Some("remove it, or use `provider: aws`".into());
-                }
-                if d.network.is_some() {
-                    self.key_err("network", "`network` has no meaning for the local provider").help =
-                        Some("remove it, or use `provider: aws`".into());
-                }
-                for (name, s) in &d.services {
-                    let p = format!("services.{name}");
-                    if s.command.is_none() {
-                        self.key_err(&p, format!("service `{name}` needs a `command` on the local provider"))
-                            .expected = Some("the command that starts it, e.g. `command: python3 app.py`".into());
-                    }
-                    for (key, set) in [
-                        ("image", s.image.is_some()),
-                        ("instance_type", s.instance_type.is_some()),
-                        ("user_data", s.user_data.is_some()),
-                    ] {
-                        if set {
-                            self.key_err(&format!("{p}.{key}"), format!("`{key}` is for the aws provider")).help =
-                                Some("on the local provider a service runs `command` in the unpacked release".into());
-                        }
-                    }
-                }
-                for (name, db) in &d.databases {
-                    let p = format!("databases.{name}");
-                    match &db.source {
-                        DatabaseSource::BackupDir(_) | DatabaseSource::Url(_) => {}
-                        other => {
-                            self.key_err(&format!("{p}.source.{}", other.key()), format!("`{}` is an AWS source; on the local provider a database is restored from `backup_dir` or `url`", other.key()));
-                        }
-                    }
-                    if db.instance_class.is_some() {
-                        self.key_err(&format!("{p}.instance_class"), "`instance_class` is for the aws provider");
-                    }
-                }
-            }
-        }
-        for (name, db) in &d.databases {
-            let p = format!("databases.{name}.restore");
-            let source_ok = match (db.restore, &db.source) {
-                (RestoreMode::AuroraClone, DatabaseSource::AuroraCluster(_)) => true,
-                (RestoreMode::AuroraClone, _) => false,
-                (_, DatabaseSource::AuroraCluster(_)) => false,
-                (RestoreMode::LatestRestorableTime, DatabaseSource::RdsInstance(_)) => true,
-                (RestoreMode::LatestRestorableTime, _) => false,
-                (RestoreMode::NewestSnapshot, _) => true,
-            };
-            if !source_ok {
-                let expected = match &db.source {
-                    DatabaseSource::AuroraCluster(_) => "`aurora-clone` for an `aurora_cluster` source",
-                    DatabaseSource::RdsInstance(_) => {
-                        "`newest-snapshot` or `latest-restorable-time` for an `rds_instance` source"
-                    }
-                    _ => "`newest-snapshot` for a local source",
-                };
-                self.err(
-                    &p,
-                    format!("restore mode `{}` does not fit a `{}` source", db.restore.as_str(), db.source.key()),
-                )
-                .expected = Some(expected.into());
-            }
-        }
     }
 
     /// Names shared by databases and services, and every reference to them.
@@ -246,7 +112,7 @@ impl<'a> Validator<'a> {
             }
         }
         for (name, s) in &d.services {
-            if let Some(u) = &s.user_data {
+            if let Some(u) = s.user_data() {
                 check(self, format!("services.{name}.user_data"), u, "user-data template");
             }
             for (i, t) in s.templates.iter().enumerate() {
@@ -284,13 +150,13 @@ impl<'a> Validator<'a> {
             for (k, v) in &s.env {
                 items.push((format!("{base}.env.{k}"), v.clone(), Scope::Full, owner.clone()));
             }
-            if let Some(c) = &s.command {
-                items.push((format!("{base}.command"), c.clone(), Scope::Full, owner.clone()));
+            if let Some(c) = s.command() {
+                items.push((format!("{base}.command"), c.to_string(), Scope::Full, owner.clone()));
             }
             if let Some(c) = &s.install {
                 items.push((format!("{base}.install"), c.clone(), Scope::Full, owner.clone()));
             }
-            if let Some(u) = &s.user_data {
+            if let Some(u) = s.user_data() {
                 if let Ok(text) = std::fs::read_to_string(self.dir.join(u)) {
                     items.push((format!("{base}.user_data"), text, Scope::Full, owner.clone()));
                 }
@@ -312,7 +178,7 @@ impl<'a> Validator<'a> {
 
         for (name, text, scope, owner) in items {
             if let Err(e) = template::parse(&mut tera, &name, &text) {
-                let (at, what) = template_error_parts(&e);
+                let (at, what) = template_error_parts(&e.to_string());
                 let file = self.template_file(&name);
                 let message = match (file, at) {
                     (Some(f), Some((l, c))) => {
@@ -395,7 +261,7 @@ impl<'a> Validator<'a> {
         let (svc, rest) = name.strip_prefix("services.")?.split_once('.')?;
         let s = d.services.get(svc)?;
         if rest == "user_data" {
-            return s.user_data.as_ref().map(|p| crate::description::clean_path(&self.dir.join(p)));
+            return s.user_data().map(|p| crate::description::clean_path(&self.dir.join(p)));
         }
         let i: usize = rest.strip_prefix("templates[")?.split(']').next()?.parse().ok()?;
         s.templates.get(i).map(|t| crate::description::clean_path(&self.dir.join(&t.source)))
@@ -551,15 +417,6 @@ impl<'a> Validator<'a> {
                 .help = Some("a service cannot wait for something that waits for it; remove one of these dependencies (or template references)".into());
         }
     }
-}
-
-fn is_region(r: &str) -> bool {
-    let parts: Vec<&str> = r.split('-').collect();
-    parts.len() >= 3
-        && parts[0].len() == 2
-        && parts[0].chars().all(|c| c.is_ascii_lowercase())
-        && parts[1..parts.len() - 1].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
-        && parts[parts.len() - 1].parse::<u8>().is_ok()
 }
 
 /// tera's parse error as (line, column) and the "expected ..." part.

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::{Budget, Options, Spanned};
+use serde_saphyr::{Budget, DefaultMessageFormatter, MessageFormatter, Options, Spanned};
 
 /// Largest description file accepted, in bytes. Real descriptions are a few kilobytes;
 /// anything near this limit is a mistake (or an attack) and is refused before parsing.
@@ -64,81 +64,118 @@ impl Value {
     }
 }
 
-/// A YAML syntax or resource-limit error, with its position when the parser knows it.
-#[derive(Debug)]
-pub struct SyntaxError {
-    pub pos: Pos,
-    pub message: String,
+/// Why a file is not a YAML document the decoder can read.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntaxError {
+    #[error("file is {bytes} bytes; a description may be at most {MAX_FILE_BYTES} bytes (1 MiB)")]
+    TooLarge { bytes: usize },
+    #[error("the file is empty; a description is a mapping with at least `name`, `provider`, `owner` and `release`")]
+    Empty,
+    /// The parser refused the text; `pos` is where, when it knows.
+    #[error("{problem}")]
+    Yaml {
+        pos: Pos,
+        problem: YamlProblem,
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
 }
+
+impl SyntaxError {
+    /// Where the problem is (the file's start when nobody knows better).
+    pub fn pos(&self) -> Pos {
+        match self {
+            SyntaxError::Yaml { pos, .. } => *pos,
+            SyntaxError::TooLarge { .. } | SyntaxError::Empty => Pos::START,
+        }
+    }
+}
+
+/// What the YAML parser refused, said in a description's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum YamlProblem {
+    #[error("invalid YAML: duplicate key `{0}`: a key may appear only once in a mapping")]
+    DuplicateKey(String),
+    #[error("invalid YAML: more than one YAML document (`---`) in the file: a description is a single document")]
+    MultipleDocuments,
+    #[error("invalid YAML: nested more than {MAX_DEPTH} levels deep")]
+    TooDeep,
+    #[error(
+        "invalid YAML: too many alias expansions (anchors and aliases are limited to protect against alias bombs)"
+    )]
+    TooManyAliases,
+    #[error("invalid YAML: the document is too large (more than 100,000 values)")]
+    TooManyValues,
+    /// Anything else, in the parser's words (without its position: ours is printed
+    /// in front).
+    #[error("invalid YAML{}", if .0.is_empty() { String::new() } else { format!(": {}", .0) })]
+    Other(String),
+}
+
+impl YamlProblem {
+    fn of(err: &serde_saphyr::Error) -> YamlProblem {
+        use serde_saphyr::budget::BudgetBreach;
+        use serde_saphyr::Error;
+        // A wrapper adds a snippet, or where an alias was used; the problem is inside.
+        let mut err = err;
+        while let Error::WithSnippet { error, .. } | Error::AliasError { error, .. } = err {
+            err = error;
+        }
+        match err {
+            Error::DuplicateMappingKey { key: Some(key), .. } => YamlProblem::DuplicateKey(key.clone()),
+            Error::MultipleDocuments { .. } => YamlProblem::MultipleDocuments,
+            Error::Budget { breach, .. } => match breach {
+                BudgetBreach::Depth { .. }
+                | BudgetBreach::InclusionDepth { .. }
+                | BudgetBreach::PropertyExpansionDepth { .. } => YamlProblem::TooDeep,
+                BudgetBreach::Aliases { .. }
+                | BudgetBreach::Anchors { .. }
+                | BudgetBreach::AliasAnchorRatio { .. }
+                | BudgetBreach::RecordedAnchorEvents { .. }
+                | BudgetBreach::RecordedAnchorBytes { .. } => YamlProblem::TooManyAliases,
+                _ => YamlProblem::TooManyValues,
+            },
+            other => {
+                let text = DefaultMessageFormatter.format_message(other);
+                // Control characters in a message would garble the terminal.
+                let mut shown = String::new();
+                for c in text.trim().chars() {
+                    if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                        shown.extend(c.escape_debug());
+                    } else {
+                        shown.push(c);
+                    }
+                }
+                YamlProblem::Other(shown)
+            }
+        }
+    }
+}
+
+/// Nesting deeper than this is refused (no description needs a tenth of it).
+const MAX_DEPTH: usize = 48;
 
 /// Parses a whole description file into a spanned tree.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     if text.len() > MAX_FILE_BYTES {
-        return Err(SyntaxError {
-            pos: Pos::START,
-            message: format!(
-                "file is {} bytes; a description may be at most {} bytes (1 MiB)",
-                text.len(),
-                MAX_FILE_BYTES
-            ),
-        });
+        return Err(SyntaxError::TooLarge { bytes: text.len() });
     }
     let mut budget = Budget::default();
     budget.max_aliases = 1_000;
     budget.max_anchors = 1_000;
     budget.max_nodes = 100_000;
     budget.max_recorded_anchor_events = 100_000;
-    budget.max_depth = 48;
+    budget.max_depth = MAX_DEPTH;
     let mut options = Options::default();
     options.budget = Some(budget);
     options.with_snippet = false;
     match serde_saphyr::from_str_with_options::<Option<Node>>(text, options) {
         Ok(Some(node)) => Ok(node),
-        Ok(None) => Err(SyntaxError {
-            pos: Pos::START,
-            message: "the file is empty; a description is a mapping with at least `name`, \
-                      `provider`, `owner` and `release`"
-                .into(),
-        }),
-        Err(err) => {
-            let pos = err.location().map(|l| pos_of(&l)).unwrap_or(Pos::START);
-            Err(SyntaxError { pos, message: clean_parser_message(&err.to_string()) })
+        Ok(None) => Err(SyntaxError::Empty),
+        Err(source) => {
+            let pos = source.location().map(|l| pos_of(&l)).unwrap_or(Pos::START);
+            Err(SyntaxError::Yaml { pos, problem: YamlProblem::of(&source), source: Box::new(source) })
         }
-    }
-}
-
-/// The parser's message names the location itself ("at line 3, column 5"); ours is
-/// printed in front, so the duplicate is dropped to keep one position per line.
-fn clean_parser_message(message: &str) -> String {
-    let first = message.lines().next().unwrap_or("invalid YAML").trim();
-    let mut text = first.to_string();
-    for marker in [" at line ", " at byte "] {
-        if let Some(idx) = text.find(marker) {
-            text.truncate(idx);
-        }
-    }
-    let text = text.trim_end_matches([':', ',', ' ']).to_string();
-    // The parser's wording names its own API; say what it means for a description.
-    let text = if let Some(rest) = text.strip_prefix("duplicate mapping key: ") {
-        let key = rest.split(',').next().unwrap_or(rest).trim();
-        format!("duplicate key `{key}`: a key may appear only once in a mapping")
-    } else if text.starts_with("multiple YAML documents") {
-        "more than one YAML document (`---`) in the file: a description is a single document".to_string()
-    } else if text.contains("budget breached") {
-        if text.contains("Depth") {
-            "nested more than 48 levels deep".to_string()
-        } else if text.contains("Alias") || text.contains("Anchor") {
-            "too many alias expansions (anchors and aliases are limited to protect against alias bombs)".to_string()
-        } else {
-            "the document is too large (more than 100,000 values)".to_string()
-        }
-    } else {
-        text
-    };
-    if text.is_empty() {
-        "invalid YAML".to_string()
-    } else {
-        format!("invalid YAML: {text}")
     }
 }
 
@@ -283,7 +320,7 @@ mod tests {
             prev = name;
         }
         let err = parse(&text).unwrap_err();
-        assert!(err.message.starts_with("invalid YAML"), "{}", err.message);
+        assert!(matches!(err, SyntaxError::Yaml { problem: YamlProblem::TooManyAliases, .. }), "{err}");
     }
 
     #[test]

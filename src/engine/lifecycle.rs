@@ -110,7 +110,7 @@ pub async fn run<P: Provider>(
     let expires_at = started_at + ttl;
     // Who the copy and the release run as (rehearse as root): decided before anything
     // exists, and refused when the users are missing.
-    let users = Users::resolve(opts.run_as.as_deref(), d.provider == ProviderKind::Local).map_err(RunError::Users)?;
+    let users = Users::resolve(opts.run_as.as_deref(), d.provider() == ProviderKind::Local).map_err(RunError::Users)?;
     let redacting = Redacting(reporter);
     let reporter: &dyn Reporter = &redacting;
 
@@ -133,7 +133,7 @@ pub async fn run<P: Provider>(
     let meta = RunMeta {
         run_id: run_id.clone(),
         environment: d.name.clone(),
-        provider: d.provider.as_str().into(),
+        provider: d.provider().as_str().into(),
         description: loaded.path.display().to_string(),
         release: opts.release.clone(),
         owner: d.owner.clone(),
@@ -141,7 +141,7 @@ pub async fn run<P: Provider>(
         expires_at,
         destroy: opts.destroy.as_str().into(),
         work_dir: Some(work_dir.display().to_string()),
-        region: d.region.clone(),
+        region: d.region().map(str::to_string),
         pid: std::process::id(),
         pid_start: process::start_time(std::process::id() as i32).unwrap_or(0),
     };
@@ -150,7 +150,7 @@ pub async fn run<P: Provider>(
         "run {run_id}: rehearsing `{}` release {} on {}",
         d.name,
         opts.release,
-        d.provider.as_str()
+        d.provider().as_str()
     )));
     for w in &plan.warnings {
         reporter.event(Event::Note(format!("warning: {w}")));
@@ -239,9 +239,9 @@ pub async fn run<P: Provider>(
     };
     let down_start = Instant::now();
     let mut destroy_steps: Vec<StepTiming> = Vec::new();
-    let down_command = match &d.region {
-        Some(region) if d.provider == ProviderKind::Aws => format!("rehearse down {run_id} --region {region}"),
-        _ => format!("rehearse down {run_id}"),
+    let down_command = match d.aws() {
+        Some(aws) => format!("rehearse down {run_id} --region {}", aws.region),
+        None => format!("rehearse down {run_id}"),
     };
     let mut unknown: Option<String> = None;
     let (teardown_status, leftovers, teardown_ms) = if keep {
@@ -357,7 +357,7 @@ pub async fn run<P: Provider>(
         schema_version: REPORT_SCHEMA_VERSION,
         run_id: run_id.clone(),
         environment: d.name.clone(),
-        provider: d.provider.as_str().into(),
+        provider: d.provider().as_str().into(),
         description: loaded.path.display().to_string(),
         release: opts.release.clone(),
         artifact: plan.release.artifact.clone(),

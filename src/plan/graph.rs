@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::price;
-use crate::description::template::{self, Outputs, Scope};
-use crate::description::{format_duration, DatabaseSource, Loaded, ProviderKind, RestoreMode, SuiteResults};
+use crate::description::template::{self, Outputs, Scope, TemplateError};
+use crate::description::{
+    format_duration, DatabaseSource, DatabaseTarget, Loaded, ProviderKind, RestoreMode, ServiceTarget, SuiteResults,
+    Target,
+};
 
 /// Version of the JSON plan format (`rehearse plan --format json`); bumped on any
 /// incompatible change. Documented in README.md.
@@ -149,8 +152,12 @@ pub struct ProductionSource {
 pub enum PlanError {
     #[error("no release version: pass `--release VERSION` or set `release.version` in {0}")]
     NoVersion(String),
-    #[error("cannot render `{name}`: {message}")]
-    Template { name: String, message: String },
+    #[error("cannot render `{name}`: {source}")]
+    Template {
+        name: String,
+        #[source]
+        source: TemplateError,
+    },
 }
 
 /// Compiles a loaded description into a plan for `release` (or its default version).
@@ -163,11 +170,10 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
     let static_ctx = template::context(d, None, &outputs, Scope::Static);
     let render = |name: &str, ctx: &tera::Context| {
         template::render(&loaded.tera, name, ctx)
-            .map_err(|message| PlanError::Template { name: name.to_string(), message })
+            .map_err(|source| PlanError::Template { name: name.to_string(), source })
     };
     let artifact = render("release.artifact", &static_ctx)?;
     let full_ctx = template::context(d, Some(&artifact), &outputs, Scope::Full);
-    let region = d.region.clone().unwrap_or_default();
 
     let mut resources: Vec<Resource> = Vec::new();
     let new = |id: String, kind: Kind, name: &str| Resource {
@@ -185,9 +191,11 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
     let mut db_ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut svc_ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
 
-    let network_ids: Vec<String> = match d.provider {
-        ProviderKind::Aws => {
-            let net = d.network.as_ref().expect("validated: aws has a network");
+    // The decoder builds every part of a description for its provider: an aws
+    // description's databases and services are aws ones.
+    let network_ids: Vec<String> = match &d.target {
+        Target::Aws(aws) => {
+            let net = &aws.network;
             let mut sg = new("network.security-group".into(), Kind::AwsSecurityGroup, "security-group");
             sg.attributes.insert("vpc_id".into(), json!(net.vpc));
             sg.attributes.insert("ingress".into(), json!("none until opened below"));
@@ -202,7 +210,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
             }
             ids
         }
-        ProviderKind::Local => Vec::new(),
+        Target::Local => Vec::new(),
     };
 
     for (name, db) in &d.databases {
@@ -217,7 +225,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
             restore: db.restore.as_str().to_string(),
             backup: None,
         });
-        let timeout = db.timeout.unwrap_or(match d.provider {
+        let timeout = db.timeout.unwrap_or(match d.provider() {
             ProviderKind::Aws => std::time::Duration::from_secs(30 * 60),
             ProviderKind::Local => std::time::Duration::from_secs(10 * 60),
         });
@@ -229,15 +237,15 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         if let Some(m) = &db.masking {
             attrs.insert("masking".into(), json!(loaded.resolve(m).display().to_string()));
         }
-        match d.provider {
-            ProviderKind::Aws => {
-                let class = db.instance_class.clone().unwrap_or_default();
+        match (&d.target, &db.target) {
+            (Target::Aws(aws), DatabaseTarget::Aws(rds)) => {
+                let class = &rds.instance_class;
                 attrs.insert("instance_class".into(), json!(class));
                 attrs.insert("publicly_accessible".into(), json!(false));
                 attrs.insert("deletion_protection".into(), json!(false));
                 attrs.insert("skip_final_snapshot".into(), json!(true));
                 attrs.insert("master_password".into(), json!("(generated at run, never printed)"));
-                let cost = price::rds_hourly(&class, &region);
+                let cost = price::rds_hourly(class, &aws.region);
                 if db.restore == RestoreMode::AuroraClone {
                     let cluster_id = format!("database.{name}.cluster");
                     let mut cluster = new(cluster_id.clone(), Kind::AwsDbCluster, name);
@@ -262,7 +270,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     resources.push(inst);
                 }
             }
-            ProviderKind::Local => {
+            _ => {
                 let mut pg = new(format!("database.{name}"), Kind::LocalPostgres, name);
                 pg.source = source;
                 attrs.insert("listen".into(), json!("127.0.0.1 and a unix socket in the run directory"));
@@ -277,9 +285,12 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
     // On AWS the run's group opens only TCP, only to what is needed, and the copies'
     // port only once every copy has the run's own password: before that, a copy still
     // has production's master password.
-    let mut ingress_from: Vec<String> = d.network.as_ref().map(|n| n.allow_cidrs.clone()).unwrap_or_default();
-    ingress_from.push("self".into());
-    let db_ingress = (d.provider == ProviderKind::Aws && !d.databases.is_empty()).then(|| {
+    let ingress_from: Option<Vec<String>> = d.aws().map(|aws| {
+        let mut from = aws.network.allow_cidrs.clone();
+        from.push("self".into());
+        from
+    });
+    let db_ingress = ingress_from.as_ref().filter(|_| !d.databases.is_empty()).map(|ingress_from| {
         let mut r = new(DB_INGRESS.into(), Kind::AwsIngress, "databases");
         r.depends_on = vec!["network.security-group".into()];
         r.depends_on.extend(db_ids.values().flatten().cloned());
@@ -290,7 +301,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         DB_INGRESS.to_string()
     });
     let service_ports: BTreeSet<u16> = d.services.values().filter_map(|s| s.port).collect();
-    let service_ingress = (d.provider == ProviderKind::Aws && !service_ports.is_empty()).then(|| {
+    let service_ingress = ingress_from.as_ref().filter(|_| !service_ports.is_empty()).map(|ingress_from| {
         let mut r = new(SERVICE_INGRESS.into(), Kind::AwsIngress, "services");
         r.depends_on = vec!["network.security-group".into()];
         r.attributes.insert("protocol".into(), json!("tcp"));
@@ -300,7 +311,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         SERVICE_INGRESS.to_string()
     });
 
-    if d.provider == ProviderKind::Local && !d.services.is_empty() {
+    if matches!(d.target, Target::Local) && !d.services.is_empty() {
         let mut rel = new("release".into(), Kind::LocalRelease, "release");
         rel.attributes
             .insert("artifact".into(), json!(loaded.resolve(std::path::Path::new(&artifact)).display().to_string()));
@@ -327,9 +338,9 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
             .map(|k| Ok((k.clone(), render(&format!("services.{name}.env.{k}"), &full_ctx)?)))
             .collect::<Result<_, PlanError>>()?;
         let mut ids = Vec::new();
-        match d.provider {
-            ProviderKind::Aws => {
-                let user_data = match &s.user_data {
+        match (&d.target, &s.target) {
+            (Target::Aws(aws), ServiceTarget::Aws(ec2)) => {
+                let user_data = match &ec2.user_data {
                     Some(_) => Some(render(&format!("services.{name}.user_data"), &full_ctx)?),
                     None => None,
                 };
@@ -346,13 +357,9 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     if s.port.is_some() {
                         r.depends_on.extend(service_ingress.iter().cloned());
                     }
-                    let itype = s.instance_type.clone().unwrap_or_default();
-                    r.attributes.insert("image_id".into(), json!(s.image));
-                    r.attributes.insert("instance_type".into(), json!(itype));
-                    r.attributes.insert(
-                        "subnet_id".into(),
-                        json!(d.network.as_ref().map(|n| n.subnets[i as usize % n.subnets.len()].clone())),
-                    );
+                    r.attributes.insert("image_id".into(), json!(ec2.image));
+                    r.attributes.insert("instance_type".into(), json!(ec2.instance_type));
+                    r.attributes.insert("subnet_id".into(), json!(aws.network.subnets.iter().cycle().nth(i as usize)));
                     if let Some(p) = s.port {
                         r.attributes.insert("port".into(), json!(p));
                     }
@@ -364,12 +371,12 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     if let Some(u) = &user_data {
                         r.templates.insert("user_data".into(), u.clone());
                     }
-                    r.cost_per_hour_usd = price::ec2_hourly(&itype, &region);
+                    r.cost_per_hour_usd = price::ec2_hourly(&ec2.instance_type, &aws.region);
                     resources.push(r);
                     ids.push(id);
                 }
             }
-            ProviderKind::Local => {
+            _ => {
                 let install_id = format!("install.{name}");
                 let mut inst = new(install_id.clone(), Kind::LocalInstall, &name);
                 inst.depends_on = vec!["release".into()];
@@ -453,8 +460,8 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
     Ok(Plan {
         schema_version: PLAN_SCHEMA_VERSION,
         environment: d.name.clone(),
-        provider: d.provider.as_str().to_string(),
-        region: d.region.clone(),
+        provider: d.provider().as_str().to_string(),
+        region: d.region().map(str::to_string),
         release: ReleasePlan { version, artifact },
         run_id,
         ttl: format_duration(d.ttl),
@@ -463,8 +470,8 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         resources,
         estimated_cost_per_hour_usd: cost,
         warnings: d
-            .network
-            .iter()
+            .network()
+            .into_iter()
             .flat_map(|n| n.allow_cidrs.iter())
             .filter(|c| c.parse::<ipnet::IpNet>().is_ok_and(|n| !crate::description::is_private_net(&n)))
             .map(|c| {

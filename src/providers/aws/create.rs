@@ -113,7 +113,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     /// and from the group itself.
     pub(super) async fn ingress(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let sg = self.id_of("network.security-group")?;
-        let cidrs: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.allow_cidrs.clone()).unwrap_or_default();
+        let cidrs: Vec<String> = aws_target(ctx)?.network.allow_cidrs.clone();
         let mut ports: Vec<u16> = if res.id == crate::plan::DB_INGRESS {
             ctx.tctx
                 .get("databases")
@@ -141,7 +141,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     }
 
     pub(super) async fn subnet_group(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
-        let subnets: Vec<String> = ctx.loaded.desc.network.as_ref().map(|n| n.subnets.clone()).unwrap_or_default();
+        let subnets: Vec<String> = aws_target(ctx)?.network.subnets.clone();
         let name = Self::group_name(&ctx.run.run_id);
         let t = ctx.started(res, "create", None);
         let g = self
@@ -210,7 +210,10 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         let timeout = db.timeout.unwrap_or(Duration::from_secs(30 * 60));
         let deadline = Instant::now() + timeout;
         let db_name = ctx.render(&format!("databases.{}.name", res.name))?;
-        let class = db.instance_class.clone().unwrap_or_default();
+        let class = db
+            .instance_class()
+            .ok_or_else(|| StepError::build(format!("database `{}` has no instance_class for aws", res.name)))?
+            .to_string();
         let id = Self::rds_id(&ctx.run.run_id, &res.name);
         let sg = self.id_of("network.security-group")?;
         let subnet_group = self.id_of("network.db-subnet-group")?;
@@ -449,7 +452,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     pub(super) async fn instance(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let s = &ctx.loaded.desc.services[res.name.as_str()];
         let index: u32 = res.id.rsplit('.').next().and_then(|i| i.parse().ok()).unwrap_or(0);
-        let user_data = match &s.user_data {
+        let user_data = match s.user_data() {
             Some(_) => Some(
                 base64::engine::general_purpose::STANDARD
                     .encode(ctx.render(&format!("services.{}.user_data", res.name))?),
@@ -536,4 +539,13 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             },
         })
     }
+}
+
+/// The AWS side of the description: what this provider is only ever given (a
+/// description for another provider is a caller's mistake, said as such).
+fn aws_target<'a>(ctx: &'a Ctx<'_>) -> Result<&'a crate::description::AwsTarget, StepError> {
+    ctx.loaded
+        .desc
+        .aws()
+        .ok_or_else(|| StepError::build("the aws provider was given a description for another provider"))
 }

@@ -65,7 +65,8 @@ pub(crate) async fn refresh_all(
         };
         let started = Instant::now();
         let backup = postgres::newest_backup(&bin, &loaded.resolve(dir), &clock).await.map_err(|e| e.message)?;
-        let db_name = template::render(&loaded.tera, &format!("databases.{name}.name"), &ctx)?;
+        let db_name =
+            template::render(&loaded.tera, &format!("databases.{name}.name"), &ctx).map_err(|e| e.to_string())?;
         let masking = match &db.masking {
             Some(m) => Some(
                 std::fs::read_to_string(loaded.resolve(m)).map_err(|e| format!("cannot read {}: {e}", m.display()))?,
