@@ -1185,6 +1185,16 @@ def compare_with_rehearse(results):
             else:
                 consistent += 1
         runs = len(results[a]["runs_ops"])
+        if a == "boto3-nofloor":
+            # Not equal work by design (no sleep before a describe: more describes); said in sum.
+            def without(ops):
+                return sorted(o for o in ops if o != "DescribeInstances")
+            ok = sum(1 for ops in results[a]["runs_ops"] if without(ops) == without(rh_runs[0]))
+            di = sorted({ops.count("DescribeInstances") for ops in results[a]["runs_ops"]})
+            out.append(f"- {a}: apart from DescribeInstances ({di[0]}–{di[-1]} instead of "
+                       f"{rh_runs[0].count('DescribeInstances')}: no sleep before a describe, see above), the same "
+                       f"calls as rehearse in {ok} of {runs} runs.")
+            continue
         out.append(f"- {a}: {same} of {runs} runs made the same calls as rehearse; {consistent} of {runs} in an order "
                    "that keeps every order rehearse kept in all its runs (differences only between steps rehearse "
                    "runs concurrently).")
@@ -1349,7 +1359,7 @@ def report(results, startup, loads, reports, n_instances, has_ports, aws_version
         say(f"| {o} | {ops['rehearse'].get(o, 0)} | {ops['boto3'].get(o, 0)} | {ops['cli'].get(o, 0)} |")
     say(f"| **total** | {sum(ops['rehearse'].values())} | {sum(ops['boto3'].values())} | {sum(ops['cli'].values())} |")
     say()
-    for a in results:
+    for a in (x for x in results if x != "boto3-nofloor"):
         for other in results[a].get("other_ops", []):
             if sorted(other) == sorted(results[a]["ops"]):
                 continue  # the same calls in another order: compare_with_rehearse covers order
