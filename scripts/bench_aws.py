@@ -1,30 +1,40 @@
 #!/usr/bin/env python3
-"""The AWS lifecycle benchmark: wall time and API calls of the full rehearsal of
-environments/shop-aws.yaml against the moto emulator, beside the same calls scripted
+"""The AWS lifecycle benchmark: wall time, CPU time and API calls of the full rehearsal
+of environments/shop-aws.yaml against the moto emulator, beside the same calls scripted
 with boto3 (one process) and with the `aws` CLI (one process per call), in one run.
 
-    python3 scripts/bench_aws.py          # BENCH_AWS_REPS=3 by default
+    python3 scripts/bench_aws.py          # BENCH_AWS_REPS=10 repetitions by default
     python3 scripts/bench_aws.py --trace  # one run each through a timestamping relay:
                                           # every call's time, written to target/bench/aws-trace.md
+    python3 scripts/bench_aws.py --serve  # a seeded emulator left running, and the commands
+                                          # to time the approaches from outside (Ctrl-C stops it)
 
 Needs target/release/rehearse and .venv (scripts/install-deps.sh --emulator) with
 boto3 and awscli (`.venv/bin/pip install awscli`). Re-executes itself with the venv's
 Python. Every request goes to a moto_server on 127.0.0.1 started here (and stopped by
 PID at the end); credentials are dummies and no AWS configuration file is read.
 
-For each repetition and approach: reset moto, seed "production" as
-tests/aws_emulator.rs does, then time the approach as a whole process and count the
-requests it made from moto's request log (one line per request). Both scripts make the
-same calls as rehearse in the same order, one at a time: where rehearse has calls of
-independent steps in flight together, the scripts send them one after the other in
-rehearse's order (so the instances' and the database's teardown share one wait, as in
-rehearse). Same guard describes; same polling (first describe 100 ms after a change,
-doubling up to 10 s: rehearse's POLL_FIRST and POLL_MAX); the same two ingress calls
-(TCP to the services' ports once the group exists, TCP to the copy's port only once
-the copy has the run's password); and, like rehearse's SDK, one attempt per call (no
-retries by boto3 or the CLI). The scripts are written to target/bench/aws/ so they can
-be read and rerun. Each script's calls are compared with rehearse's (the same calls;
-no order that rehearse kept in all its runs reversed) and any difference is printed.
+Equal work. Both scripts make rehearse's calls with rehearse's concurrency: the steps
+of its plan that are independent run side by side (threads in a ThreadPoolExecutor for
+boto3, background jobs for the CLI), each as soon as what it depends on is done; the
+instances' and the database's waits go through one batched poller per kind, as
+rehearse's do. Same guard describes; same polling (first describe 100 ms after a change,
+doubling up to 10 s: rehearse's POLL_FIRST and POLL_MAX, which it cannot be told to
+change, so the floor it puts under the emulator's figures is paid by both sides and
+subtracted from both); the same two ingress calls (TCP to the services' ports once the
+group exists, TCP to the copy's port only once the copy has the run's password); and,
+like rehearse's SDK, one attempt per call (no retries by boto3 or the CLI). The boto3
+script builds its clients before its lifecycle timer starts and reports the import, the
+clients and the lifecycle separately; process start-up is measured on its own
+(`rehearse --version` against an interpreter that imports boto3 and builds the two
+clients). The scripts are written to target/bench/aws/ so they can be read and rerun.
+Each script's calls are compared with rehearse's (the same calls; no order that
+rehearse kept in all its runs reversed) and any difference is printed.
+
+For each repetition: the start-up pairs, then each approach (in an order that rotates
+from one repetition to the next) on a freshly reset emulator seeded with "production"
+as tests/aws_emulator.rs seeds it, timed as a whole process (wall, and user + sys from
+wait4), its requests counted from moto's request log and named by its recorder.
 
 Prints a Markdown section and writes it to target/bench/aws.md.
 """
@@ -50,6 +60,7 @@ WORK = OUT / "aws"
 MOTO = VENV / "bin/moto_server"
 AWS = VENV / "bin/aws"
 TRACE = "--trace" in sys.argv[1:]
+SERVE = "--serve" in sys.argv[1:]
 REPS = 1 if TRACE else int(os.environ.get("BENCH_AWS_REPS", "10"))
 # Start-up pairs (`rehearse --version`, boto3's interpreter + import + clients) per repetition.
 STARTUP_PER_REP = int(os.environ.get("BENCH_AWS_STARTUP", "3"))
@@ -950,6 +961,48 @@ def machine_load():
             "at": time.strftime("%H:%M UTC", time.gmtime())}
 
 
+def serve():
+    """A seeded emulator left running, with a description for rehearse and a params file
+    for the boto3 script (a fresh run id each time), so that both can be timed as whole
+    processes, in turn, by any outside timer; stopped (by its PID) on Ctrl-C."""
+    d = WORK / "serve"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    os.chmod(d, 0o711)
+    (d / "lifecycle_boto3.py").write_text(BOTO3_SCRIPT)
+    (d / "startup_boto3.py").write_text(STARTUP_SCRIPT)
+    emu = Emulator(d)
+    try:
+        ec2, rds = clients(emu)
+        prod = seed(ec2, rds)
+        desc = variant(prod, d / "shop-aws.yaml")
+        (d / "params.json").write_text(json.dumps(script_params(desc, prod, "@RUN_ID@", d)))
+        for x in ("state", "work"):
+            (d / x).mkdir()
+            os.chmod(d / x, 0o711)
+        env = aws_env(emu, d)
+        (d / "env.sh").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()
+                                          if k.startswith("AWS_"))
+                                  + f"export REHEARSE_STATE_DIR={d}/state REHEARSE_WORK_DIR={d}/work NO_COLOR=1\n")
+        r = os.path.relpath
+        print(f"""moto (PID {emu.proc.pid}) on {emu.url}, seeded. In another shell, from {ROOT}:
+
+    . {r(d / 'env.sh', ROOT)}
+    hyperfine -N -w 1 -r 20 '{r(BIN, ROOT)} --version' '{r(VPY, ROOT)} {r(d / 'startup_boto3.py', ROOT)}'
+    hyperfine -N -w 1 -r 10 '{r(BIN, ROOT)} run {r(d / 'shop-aws.yaml', ROOT)} --release {RELEASE} --format json' \\
+        '{r(VPY, ROOT)} {r(d / 'lifecycle_boto3.py', ROOT)} {r(d / 'params.json', ROOT)}'
+
+(or /usr/bin/time -f '%e s %U user %S sys' on each). Ctrl-C here stops moto.""", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.stop()
+
+
 APPROACHES = ("rehearse", "boto3", "boto3-nofloor", "cli")
 
 
@@ -1389,4 +1442,7 @@ def report(results, startup, loads, reports, n_instances, has_ports, aws_version
 
 
 if __name__ == "__main__":
-    main()
+    if SERVE:
+        serve()
+    else:
+        main()
