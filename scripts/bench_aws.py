@@ -1197,7 +1197,7 @@ def compare_with_rehearse(results):
     Calls are named by operation and occurrence (the 2nd DescribeDBInstances, ...);
     every pair that came in the same order in all of rehearse's runs must come in that
     order in the script's run too. Pairs rehearse ordered both ways are concurrent steps
-    and may come in either order in a sequential script."""
+    and may come in either order in a script too."""
     out = []
     rh_runs = results["rehearse"]["runs_ops"]
     if not rh_runs:
