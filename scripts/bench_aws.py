@@ -965,7 +965,7 @@ def serve():
     """A seeded emulator left running, with a description for rehearse and a params file
     for the boto3 script (a fresh run id each time), so that both can be timed as whole
     processes, in turn, by any outside timer; stopped (by its PID) on Ctrl-C."""
-    d = WORK / "serve"
+    d = OUT / "aws-serve"  # not under WORK, which each benchmark run clears
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
