@@ -3,8 +3,14 @@
 //! consistency, throttling, 5xx, lost responses, capacity errors, dependency
 //! violations and failed restores — each by seeded random choice, so a failing
 //! scenario is reproducible from its seed — and, on demand, the account's request rate
-//! limits (token buckets, as EC2 and RDS document them), shared by every caller. It records every call, and flags any
-//! mutating call on a resource that does not carry a `rehearse:run-id` tag.
+//! limits (token buckets, as EC2 and RDS document them), shared by every caller. It
+//! records every call, and flags any mutating call on a resource that does not carry a
+//! `rehearse:run-id` tag.
+//!
+//! The services' calls are in [`ec2`] and [`rds`]; this file is the one state and fault
+//! model they share (about 600 lines with its tests: the faults, the resource table,
+//! the clock's view of each resource, the audit), kept whole because every fault is
+//! drawn from one seeded sequence and every call passes the same `enter`/`leave`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
