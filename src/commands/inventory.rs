@@ -12,6 +12,49 @@ use crate::providers::aws::api::tag_value;
 use crate::providers::aws::TAG_RUN;
 use crate::sys::state;
 
+/// Where a run stands, from its journal (and whether its process still lives).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum RunStatus {
+    /// Its process is still running it.
+    Running,
+    /// Finished and kept (destroy policy), within its TTL.
+    Kept,
+    /// Torn down, nothing left.
+    Destroyed,
+    /// Torn down, but teardown left resources.
+    #[serde(rename = "left resources")]
+    LeftResources,
+    /// Its process died before the end: what it created may still exist.
+    Crashed,
+    /// The journal cannot be read: `down` finds what it made by its tags.
+    Unreadable,
+}
+
+impl RunStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Kept => "kept",
+            RunStatus::Destroyed => "destroyed",
+            RunStatus::LeftResources => "left resources",
+            RunStatus::Crashed => "crashed",
+            RunStatus::Unreadable => "unreadable",
+        }
+    }
+
+    /// Whether something of the run may still exist that `rehearse down` removes.
+    fn needs_down(self) -> bool {
+        matches!(self, RunStatus::Kept | RunStatus::Crashed | RunStatus::LeftResources | RunStatus::Unreadable)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// A run as `list` and `sweep` see it.
 #[derive(serde::Serialize)]
 struct RunRow {
@@ -19,7 +62,7 @@ struct RunRow {
     environment: String,
     release: String,
     provider: String,
-    status: String,
+    status: RunStatus,
     verdict: Option<String>,
     started_at: chrono::DateTime<Utc>,
     expires_at: chrono::DateTime<Utc>,
@@ -52,7 +95,7 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
                 environment: "?".into(),
                 release: "?".into(),
                 provider: "?".into(),
-                status: "unreadable".into(),
+                status: RunStatus::Unreadable,
                 verdict: None,
                 started_at: Utc::now(),
                 expires_at: Utc::now(),
@@ -62,12 +105,12 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
         };
         let remaining = st.remaining().len();
         let status = match (&st.finished, st.torn_down) {
-            (_, Some(true)) if remaining == 0 => "destroyed".to_string(),
-            (Some((_, _, true)), _) => "kept".to_string(),
-            (_, Some(_)) => "left resources".to_string(),
-            (None, None) if pid_alive(meta.pid, meta.pid_start) => "running".to_string(),
-            _ if remaining == 0 => "destroyed".to_string(),
-            _ => "crashed".to_string(),
+            (_, Some(true)) if remaining == 0 => RunStatus::Destroyed,
+            (Some((_, _, true)), _) => RunStatus::Kept,
+            (_, Some(_)) => RunStatus::LeftResources,
+            (None, None) if pid_alive(meta.pid, meta.pid_start) => RunStatus::Running,
+            _ if remaining == 0 => RunStatus::Destroyed,
+            _ => RunStatus::Crashed,
         };
         rows.push(RunRow {
             run_id: meta.run_id,
@@ -90,7 +133,7 @@ pub(crate) fn list(g: &Global, all: bool) -> i32 {
         Ok(rows) => rows,
         Err(code) => return code,
     };
-    let rows: Vec<RunRow> = rows.into_iter().filter(|r| all || r.status != "destroyed").collect();
+    let rows: Vec<RunRow> = rows.into_iter().filter(|r| all || r.status != RunStatus::Destroyed).collect();
     if g.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
         return exit::PASSED;
@@ -105,10 +148,7 @@ pub(crate) fn list(g: &Global, all: bool) -> i32 {
     }
     println!("{:<26} {:<12} {:<10} {:<15} {:<12} EXPIRES", "RUN", "ENVIRONMENT", "RELEASE", "STATUS", "VERDICT");
     for r in rows {
-        let hint = match r.status.as_str() {
-            "kept" | "crashed" | "left resources" | "unreadable" => format!("  → rehearse down {}", r.run_id),
-            _ => String::new(),
-        };
+        let hint = if r.status.needs_down() { format!("  → rehearse down {}", r.run_id) } else { String::new() };
         println!(
             "{:<26} {:<12} {:<10} {:<15} {:<12} {}{hint}",
             r.run_id,
@@ -150,8 +190,8 @@ pub(crate) fn sweep(
     };
     let candidates: Vec<RunRow> = rows
         .into_iter()
-        .filter(|r| r.remaining > 0 && r.status != "running")
-        .filter(|r| r.expires_at <= now || r.status == "crashed")
+        .filter(|r| r.remaining > 0 && r.status != RunStatus::Running)
+        .filter(|r| r.expires_at <= now || r.status == RunStatus::Crashed)
         .filter(|r| min_age.is_none_or(|age| now - r.started_at >= age))
         .filter(|r| environment.is_none_or(|e| r.environment == e))
         .collect();
