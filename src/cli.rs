@@ -45,6 +45,10 @@ pub struct Global {
 pub enum Format {
     Text,
     Json,
+    /// `export NAME='value'` lines, for `eval "$(rehearse env RUN)"` (env only)
+    Shell,
+    /// `NAME='value'` lines, for a `.env` file (env only)
+    Dotenv,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,6 +130,34 @@ pub enum Command {
     Report {
         #[arg(value_name = "RUN_ID")]
         run_id: String,
+    },
+    /// Print a kept environment's connection details, secrets included (default: shell
+    /// `export` lines; --format dotenv or json)
+    Env {
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+    },
+    /// Run psql against a kept environment's database (the connection in PG* variables)
+    Psql {
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+        /// The database (may be left out when there is one)
+        #[arg(value_name = "DB")]
+        database: Option<String>,
+        /// Arguments for psql, after `--`
+        #[arg(last = true, value_name = "PSQL_ARGS")]
+        args: Vec<String>,
+    },
+    /// Print (or follow) a log of a kept environment: a service's, an install's or a suite's
+    #[command(after_help = "TARGET: SERVICE, `install [SERVICE]` or `suite NAME`; none lists the logs.")]
+    Logs {
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+        #[arg(value_name = "TARGET")]
+        target: Vec<String>,
+        /// Keep printing what is appended, until interrupted
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Restore the latest backup once into a golden copy that later runs clone
     Warm {

@@ -17,6 +17,7 @@ use crate::providers::aws::AwsProvider;
 use crate::style::Styles;
 use crate::sys::{secure_fs, state};
 
+mod access;
 mod down;
 mod inventory;
 mod run;
@@ -26,6 +27,10 @@ pub use run::exit_code;
 
 pub fn dispatch(cli: Cli) -> i32 {
     let g = &cli.global;
+    if matches!(g.format, Format::Shell | Format::Dotenv) && !matches!(cli.command, Command::Env { .. }) {
+        eprintln!("error: --format shell and --format dotenv are for `rehearse env`; elsewhere use text or json");
+        return exit::USAGE;
+    }
     match &cli.command {
         Command::Validate { files, release } => validate(g, files, release.as_deref()),
         Command::Plan { file, release, resolve_backups } => plan_cmd(g, file, release.as_deref(), *resolve_backups),
@@ -59,6 +64,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
         Command::Report { run_id } => inventory::report(g, run_id),
         Command::Warm { file } => warm::warm(g, file),
+        Command::Env { run_id } => access::env(g, run_id),
+        Command::Psql { run_id, database, args } => access::psql(g, run_id, database.as_deref(), args),
+        Command::Logs { run_id, target, follow } => access::logs(g, run_id, target, *follow),
     }
 }
 
@@ -92,7 +100,7 @@ fn validate(g: &crate::cli::Global, files: &[std::path::PathBuf], release: Optio
             Err(diags) => {
                 failed = true;
                 match g.format {
-                    Format::Text => eprint!("{}", diags.render()),
+                    Format::Text | Format::Shell | Format::Dotenv => eprint!("{}", diags.render()),
                     Format::Json => {
                         let problems: Vec<_> = diags
                             .items
@@ -161,7 +169,9 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
     }
     match g.format {
         Format::Json => return print_json(&plan).map_or_else(|code| code, |()| exit::PASSED),
-        Format::Text => print!("{}", plan::render::text(&plan, Styles::stdout(g.color))),
+        Format::Text | Format::Shell | Format::Dotenv => {
+            print!("{}", plan::render::text(&plan, Styles::stdout(g.color)))
+        }
     }
     exit::PASSED
 }

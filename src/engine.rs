@@ -9,9 +9,11 @@
 //! - [`journal`]: intent before every create, the identifier after it, fsynced; only the
 //!   engine writes it;
 //! - [`teardown`]: destroy from the journal in rank order, leftovers with commands;
-//! - [`events`]: progress as it happens, for a terminal or a log.
+//! - [`events`]: progress as it happens, for a terminal or a log;
+//! - [`connection`]: how to reach a kept environment, secrets included, for its owner.
 
 mod assemble;
+pub mod connection;
 pub mod events;
 pub mod journal;
 pub mod lifecycle;

@@ -622,3 +622,116 @@ fn a_templated_password_is_redacted_from_reports_logs_and_terminal() {
     assert!(log.contains("url=postgres://app:***@127.0.0.1:"), "{log}");
     assert_nothing_left(&sb, report["run_id"].as_str().unwrap());
 }
+
+/// Rows of `table` in a pg_dump archive, counted from its data as pg_restore prints it.
+fn rows_in_backup(archive: &str, table: &str) -> usize {
+    let out = Command::new(pg_bindir().join("pg_restore"))
+        .args(["--data-only", "-t", table, "-f", "-", archive])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(&format!("COPY public.{table} ")));
+    assert!(lines.next().is_some(), "no COPY of {table} in {archive}");
+    lines.take_while(|l| *l != "\\.").count()
+}
+
+/// Every process's command line on this machine, as one text.
+fn all_argv() -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()) {
+            if let Ok(b) = std::fs::read(e.path().join("cmdline")) {
+                out.push_str(&String::from_utf8_lossy(&b).replace('\0', " "));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_kept_dry_run_is_reachable_with_env_psql_and_logs_and_its_password_shows_only_in_env() {
+    let sb = Sandbox::new();
+    demo_backups();
+    let up = sb.cmd().args(["up", "environments/demo.yaml", "--release", "v2", "--format", "json"]).output().unwrap();
+    let up_err = String::from_utf8_lossy(&up.stderr).into_owned();
+    assert_eq!(up.status.code(), Some(0), "{up_err}");
+    let report: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    let id = report["run_id"].as_str().unwrap().to_string();
+    // `up` says how to reach it: the service's URL and the database's address.
+    let access = &report["access"];
+    let url = access["services"]["web"][0].as_str().expect("the service URL in up's output").to_string();
+    assert_eq!(access["databases"]["db"]["name"], "shop", "{access}");
+    assert!(access["commands"].as_array().unwrap().iter().any(|c| c == &format!("rehearse psql {id} db")));
+    let text_up = sb.cmd().args(["report", &id]).output().unwrap();
+    let text_up = String::from_utf8_lossy(&text_up.stdout).into_owned();
+    assert!(text_up.contains(&url) && text_up.contains("rehearse env"), "{text_up}");
+
+    // `env --format json`: the service URL and the database URL, password included.
+    let env = sb.cmd().args(["env", &id, "--format", "json"]).output().unwrap();
+    assert_eq!(env.status.code(), Some(0), "{}", String::from_utf8_lossy(&env.stderr));
+    let conn: serde_json::Value = serde_json::from_slice(&env.stdout).unwrap();
+    assert_eq!(conn["services"]["web"]["url"], url.as_str());
+    let password = conn["databases"]["db"]["password"].as_str().unwrap().to_string();
+    assert!(password.len() >= 16, "{conn}");
+    let db_url = conn["databases"]["db"]["url"].as_str().unwrap();
+    assert!(db_url.starts_with("postgres://") && db_url.contains(&password), "{db_url}");
+    // The shell form evaluates in a shell.
+    let shell = sb.cmd().args(["env", &id]).output().unwrap();
+    let check = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{}\nprintf %s \"$PGPASSWORD\"", String::from_utf8_lossy(&shell.stdout)))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&check.stdout), password);
+
+    // psql on the copy: production's row count (from the backup the copy was made of).
+    let backup = report["backups"][0]["backup"].as_str().unwrap().to_string();
+    let expected = rows_in_backup(&backup, "customers");
+    let psql = sb.cmd().args(["psql", &id, "--", "-Atc", "select count(*) from customers"]).output().unwrap();
+    assert_eq!(psql.status.code(), Some(0), "{}", String::from_utf8_lossy(&psql.stderr));
+    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), expected.to_string());
+    assert!(expected > 0);
+
+    // The service answers on the printed URL, and its log shows it.
+    let health = Command::new("curl").args(["-fsS", &format!("{url}/health")]).output();
+    let answered = match health {
+        Ok(o) => o.status.success(),
+        // Without curl: one GET by hand.
+        Err(_) => {
+            let addr = url.trim_start_matches("http://");
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            use std::io::{Read, Write};
+            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200")
+        }
+    };
+    assert!(answered, "{url}/health did not answer");
+    let logs = sb.cmd().args(["logs", &id, "web"]).output().unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
+    assert!(logs.contains("listening on") && logs.contains("GET /health"), "{logs}");
+
+    // The password shows in `env` only: not in up's output, the reports, the journal,
+    // the logs as `logs` prints them, or any process's command line.
+    assert!(!up_err.contains(&password) && !String::from_utf8_lossy(&up.stdout).contains(&password));
+    assert!(!text_up.contains(&password) && !logs.contains(&password));
+    let run_dir = sb.state().join("runs").join(&id);
+    for f in ["journal.jsonl", "report/report.json", "report/summary.md", "report/report.html", "report/junit.xml"] {
+        let text = std::fs::read_to_string(run_dir.join(f)).unwrap();
+        assert!(!text.contains(&password), "the password is in {f}");
+    }
+    assert!(!all_argv().contains(&password), "the password is on a command line");
+    // The connection file holds it, for the owner only.
+    let meta = std::fs::metadata(run_dir.join("connection.json")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let down = sb.cmd().args(["down", &id]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_nothing_left(&sb, &id);
+    assert!(!run_dir.join("connection.json").exists(), "the connection details outlive the environment");
+    let gone = sb.cmd().args(["env", &id]).output().unwrap();
+    assert_eq!(gone.status.code(), Some(2));
+}

@@ -157,6 +157,12 @@ async fn finish_down<P: Provider>(
             .await;
     close_journal(journal, out.complete());
     if out.complete() {
+        // Nothing left to connect to: its connection details (and their secrets) go too.
+        if let Some(dir) = journal.path().parent() {
+            if let Err(e) = crate::engine::connection::Connection::remove(dir) {
+                eprintln!("rehearse: warning: cannot remove the connection details in {}: {e}", dir.display());
+            }
+        }
         println!("{run_id}: torn down, nothing left");
         exit::PASSED
     } else {

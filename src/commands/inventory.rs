@@ -241,7 +241,7 @@ pub(crate) fn report(g: &Global, run_id: &str) -> i32 {
         Ok(r) => {
             match g.format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default()),
-                Format::Text => print!(
+                Format::Text | Format::Shell | Format::Dotenv => print!(
                     "{}",
                     crate::report::terminal_summary(
                         &r,

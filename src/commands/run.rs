@@ -109,7 +109,7 @@ async fn drive<P: Provider>(
                         return if code == exit::PASSED { c } else { code };
                     }
                 }
-                Format::Text => {
+                Format::Text | Format::Shell | Format::Dotenv => {
                     let files = crate::report::ReportFiles::in_dir(&outcome.report_dir);
                     eprint!(
                         "{}",

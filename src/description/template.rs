@@ -44,7 +44,7 @@ impl DatabaseOutputs {
 }
 
 /// What a service exposes once it runs: the first instance's address and all of them.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceOutputs {
     pub address: String,
     pub port: String,

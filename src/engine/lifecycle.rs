@@ -17,6 +17,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::assemble::{journaled, phase_of, phase_timings, provider_id, redact_logs, redacted};
+use super::connection::Connection;
 use super::events::{Event, Redacting, Reporter};
 use super::journal::{Journal, Record, RunMeta};
 use super::provider::{Blame, Provider, RunInfo};
@@ -381,7 +382,21 @@ pub async fn run<P: Provider>(
         },
         total_ms: total.as_millis() as u64,
         overhead_ms: total.saturating_sub(clock.external_total()).as_millis() as u64,
+        access: None,
     };
+    // A kept environment says how to reach it: addresses in the report, secrets only
+    // in the owner's private connection file.
+    if keep {
+        let connection = Connection {
+            run_id: run_id.clone(),
+            databases: graph.outputs.databases.clone(),
+            services: graph.outputs.services.clone(),
+        };
+        match connection.write(&run_state) {
+            Ok(()) => report.access = Some(access(&connection, &run_id, expires_at, &logs_dir)),
+            Err(e) => reporter.event(Event::Note(format!("warning: cannot keep the connection details: {e}"))),
+        }
+    }
     report.phases.push(PhaseTiming {
         phase: "report".into(),
         start_ms: clock.ms(report_phase_start),
@@ -396,6 +411,38 @@ pub async fn run<P: Provider>(
     }
     let report = redacted(report)?;
     Ok(Outcome { report, report_dir })
+}
+
+/// How to reach a kept environment, without its secrets.
+fn access(c: &Connection, run_id: &str, expires_at: chrono::DateTime<Utc>, logs_dir: &std::path::Path) -> Access {
+    let databases: BTreeMap<String, DatabaseAccess> = c
+        .databases
+        .iter()
+        .map(|(name, d)| {
+            let d = DatabaseAccess {
+                host: d.host.clone(),
+                port: d.port.clone(),
+                name: d.name.clone(),
+                user: d.user.clone(),
+            };
+            (name.clone(), d)
+        })
+        .collect();
+    let mut commands = vec![format!("rehearse env {run_id}")];
+    if let Some(db) = databases.keys().next() {
+        commands.push(format!("rehearse psql {run_id} {db}"));
+    }
+    if let Some(service) = c.services.keys().next() {
+        commands.push(format!("rehearse logs {run_id} {service}"));
+    }
+    commands.push(format!("rehearse down {run_id}"));
+    Access {
+        expires_at,
+        logs_dir: logs_dir.display().to_string(),
+        services: c.services.iter().map(|(name, s)| (name.clone(), s.urls.clone())).collect(),
+        databases,
+        commands,
+    }
 }
 
 /// Creates the run's work directory (`WORK/runs/RUN_ID`, traversable) with the release

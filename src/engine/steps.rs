@@ -45,6 +45,8 @@ pub(super) struct GraphResult {
     /// Resource id → provider id (for the report).
     pub(super) created: BTreeMap<String, String>,
     pub(super) status: BTreeMap<String, &'static str>,
+    /// What the created resources expose (addresses, URLs, the copies' connections).
+    pub(super) outputs: Outputs,
 }
 
 impl GraphResult {
@@ -85,6 +87,7 @@ pub(super) async fn execute<P: Provider>(
         backups: Vec::new(),
         created: BTreeMap::new(),
         status: BTreeMap::new(),
+        outputs: Outputs::default(),
     };
     let mut running: FuturesUnordered<NodeFuture<'_>> = FuturesUnordered::new();
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
@@ -320,5 +323,6 @@ pub(super) async fn execute<P: Provider>(
         };
         result.status.insert(r.id.clone(), s);
     }
+    result.outputs = outputs;
     result
 }

@@ -3,6 +3,8 @@
 //! schema is versioned by [`REPORT_SCHEMA_VERSION`]); every other format (JUnit,
 //! Markdown, HTML, the terminal summary) is rendered from this one value.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +44,31 @@ pub struct RunReport {
     /// The tool's own time: total minus time spent waiting on PostgreSQL, the
     /// release's commands, the suites and the cloud. Milliseconds.
     pub overhead_ms: u64,
+    /// How to reach a kept environment (no secret in it: `rehearse env` has those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+}
+
+/// How to reach a kept environment: its services, its databases (without their
+/// password), its logs, its expiry and the commands that use it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Access {
+    pub expires_at: DateTime<Utc>,
+    pub logs_dir: String,
+    /// Service name → the URL of each instance.
+    pub services: BTreeMap<String, Vec<String>>,
+    pub databases: BTreeMap<String, DatabaseAccess>,
+    /// Commands for a person: connection details, psql, logs, teardown.
+    pub commands: Vec<String>,
+}
+
+/// A copy's address, without its password.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DatabaseAccess {
+    pub host: String,
+    pub port: String,
+    pub name: String,
+    pub user: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -127,5 +127,29 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, styles: impl In
     }
     let _ = writeln!(out, "  report: {}", files.markdown.display());
     let _ = writeln!(out, "          {}", files.html.display());
+    if let Some(a) = &report.access {
+        access(&mut out, a, &s);
+    }
     out
+}
+
+/// How to reach a kept environment: every service URL, every database's address (its
+/// password only through `rehearse env`), the logs, the expiry and the commands.
+fn access(out: &mut String, a: &crate::report::model::Access, s: &Styles) {
+    let _ = writeln!(out, "  {}", paint(s.bold, "reach it:"));
+    for (name, urls) in &a.services {
+        let _ = writeln!(out, "    service {name}: {}", urls.join(" "));
+    }
+    for (name, d) in &a.databases {
+        let _ = writeln!(
+            out,
+            "    database {name}: host {} port {} database {} user {} (password: rehearse env)",
+            d.host, d.port, d.name, d.user
+        );
+    }
+    let _ = writeln!(out, "    logs: {}", a.logs_dir);
+    let _ = writeln!(out, "    expires: {}", time(a.expires_at));
+    for c in &a.commands {
+        let _ = writeln!(out, "    {}", paint(s.dim, format_args!("$ {c}")));
+    }
 }
