@@ -63,6 +63,7 @@ fn main() {
                 work_root: dir.path().join("work"),
                 run_as: None,
                 exit_code: rehearse::commands::exit_code,
+                name: None,
             };
             let start = tokio::time::Instant::now();
             let signals = Signals::none();

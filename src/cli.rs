@@ -110,6 +110,9 @@ pub enum Command {
         /// Include finished runs whose environment is gone
         #[arg(long)]
         all: bool,
+        /// Only the runs this user started
+        #[arg(long)]
+        mine: bool,
     },
     /// Find expired rehearse resources and remove them (dry run unless --yes)
     Sweep {
@@ -130,6 +133,14 @@ pub enum Command {
     Report {
         #[arg(value_name = "RUN_ID")]
         run_id: String,
+    },
+    /// Push a kept environment's expiry out (up to the description's max_ttl from its start)
+    Extend {
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+        /// How much longer, e.g. 1h or 2d
+        #[arg(value_name = "DURATION")]
+        duration: String,
     },
     /// Print a kept environment's connection details, secrets included (default: shell
     /// `export` lines; --format dotenv or json)
@@ -186,6 +197,9 @@ pub struct RunArgs {
     /// Keep the environment afterwards (same as --destroy never)
     #[arg(long, conflicts_with = "destroy")]
     pub keep: bool,
+    /// A name for the run, usable wherever a run id is (unique among live runs)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Don't use the warm golden copy even if one exists
     #[arg(long)]
     pub cold: bool,

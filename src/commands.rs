@@ -57,16 +57,19 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
         Command::Run(args) => run::run(g, args, false),
         Command::Up(args) => run::run(g, args, true),
-        Command::Down { run_id, region } => down::down(g, run_id, region.as_deref()),
-        Command::List { all } => inventory::list(g, *all),
+        Command::Down { run_id, region } => named(g, run_id, |id| down::down(g, id, region.as_deref())),
+        Command::List { all, mine } => inventory::list(g, *all, *mine),
         Command::Sweep { yes, older_than, environment, region } => {
             inventory::sweep(g, *yes, older_than.as_deref(), environment.as_deref(), region.as_deref())
         }
-        Command::Report { run_id } => inventory::report(g, run_id),
+        Command::Report { run_id } => named(g, run_id, |id| inventory::report(g, id)),
+        Command::Extend { run_id, duration } => inventory::extend(g, run_id, duration),
         Command::Warm { file } => warm::warm(g, file),
-        Command::Env { run_id } => access::env(g, run_id),
-        Command::Psql { run_id, database, args } => access::psql(g, run_id, database.as_deref(), args),
-        Command::Logs { run_id, target, follow } => access::logs(g, run_id, target, *follow),
+        Command::Env { run_id } => named(g, run_id, |id| access::env(g, id)),
+        Command::Psql { run_id, database, args } => {
+            named(g, run_id, |id| access::psql(g, id, database.as_deref(), args))
+        }
+        Command::Logs { run_id, target, follow } => named(g, run_id, |id| access::logs(g, id, target, *follow)),
     }
 }
 
@@ -179,6 +182,14 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
 fn schema() -> i32 {
     let schema = description::schema();
     print_json(&schema).map_or_else(|code| code, |()| exit::PASSED)
+}
+
+/// Runs `f` with the run id that `arg` names: a run id, or a live run's name.
+fn named(g: &Global, arg: &str, f: impl FnOnce(&str) -> i32) -> i32 {
+    match inventory::resolve_run(g, arg) {
+        Ok(id) => f(&id),
+        Err(code) => code,
+    }
 }
 
 /// Signal handlers for a command that creates things: without them an interrupt

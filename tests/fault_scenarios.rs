@@ -71,6 +71,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             work_root: state.join("work"),
             run_as: None,
             exit_code: rehearse::commands::exit_code,
+            name: None,
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -284,6 +285,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             work_root: dir.path().join("work"),
             run_as: None,
             exit_code: rehearse::commands::exit_code,
+            name: None,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.

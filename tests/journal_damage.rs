@@ -49,6 +49,7 @@ async fn an_unreadable_journal_at_teardown_is_exit_4_never_complete() {
         work_root: dir.path().join("work"),
         run_as: None,
         exit_code: rehearse::commands::exit_code,
+        name: None,
     };
     let outcome = lifecycle::run(&DamagingProvider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
     assert_eq!(outcome.report.exit_code, 4, "{:?}", outcome.report.reason);

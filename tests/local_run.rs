@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -733,5 +734,63 @@ fn a_kept_dry_run_is_reachable_with_env_psql_and_logs_and_its_password_shows_onl
     assert_nothing_left(&sb, &id);
     assert!(!run_dir.join("connection.json").exists(), "the connection details outlive the environment");
     let gone = sb.cmd().args(["env", &id]).output().unwrap();
+    assert_eq!(gone.status.code(), Some(2));
+}
+
+#[test]
+fn a_named_dry_run_is_extended_within_its_max_ttl_and_sweep_honours_the_new_expiry() {
+    let sb = Sandbox::new();
+    demo_backups();
+    let up = sb.cmd().args(["up", "environments/demo.yaml", "--release", "v2", "--name", "my-try"]).output().unwrap();
+    assert_eq!(up.status.code(), Some(0), "{}", String::from_utf8_lossy(&up.stderr));
+    let id = sb.run_ids().pop().unwrap();
+    // The name is taken while the run lives.
+    let again =
+        sb.cmd().args(["up", "environments/demo.yaml", "--release", "v2", "--name", "my-try"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is taken by the live run"), "{again:?}");
+    assert_eq!(sb.run_ids().len(), 1, "a refused name creates nothing");
+
+    let rows = |sb: &Sandbox| -> serde_json::Value {
+        let out = sb.cmd().args(["list", "--mine", "--format", "json"]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = rows(&sb);
+    assert_eq!(before[0]["name"], "my-try", "{before}");
+    assert_eq!(before[0]["run_id"], id.as_str());
+    let expires =
+        |v: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(v[0]["expires_at"].as_str().unwrap()).unwrap();
+    let t0 = expires(&before);
+
+    // The name works where the id does.
+    let env = sb.cmd().args(["env", "my-try", "--format", "json"]).output().unwrap();
+    assert_eq!(env.status.code(), Some(0), "{}", String::from_utf8_lossy(&env.stderr));
+    let extend = sb.cmd().args(["extend", "my-try", "1h"]).output().unwrap();
+    assert_eq!(extend.status.code(), Some(0), "{}", String::from_utf8_lossy(&extend.stderr));
+    let t1 = expires(&rows(&sb));
+    assert_eq!(t1 - t0, chrono::Duration::hours(1), "{t0} → {t1}");
+    // Not past max_ttl (7 days from its start by default).
+    let too_far = sb.cmd().args(["extend", "my-try", "8d"]).output().unwrap();
+    assert_eq!(too_far.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&too_far.stderr).contains("max_ttl"), "{too_far:?}");
+    assert_eq!(expires(&rows(&sb)), t1, "a refused extension changes nothing");
+
+    // Sweep goes by the journal's latest expiry: as if its time had run out, then extended.
+    let journal = sb.state().join("runs").join(&id).join("journal.jsonl");
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let record = format!("{{\"type\":\"extended\",\"expires_at\":\"{past}\",\"at\":\"{past}\"}}\n");
+    std::fs::OpenOptions::new().append(true).open(&journal).unwrap().write_all(record.as_bytes()).unwrap();
+    let sweep = sb.cmd().args(["sweep"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&sweep.stdout).contains(&format!("would remove {id}")), "{sweep:?}");
+    let extend = sb.cmd().args(["extend", &id, "30m"]).output().unwrap();
+    assert_eq!(extend.status.code(), Some(0), "{}", String::from_utf8_lossy(&extend.stderr));
+    let sweep = sb.cmd().args(["sweep"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&sweep.stdout).contains("nothing to sweep"), "{sweep:?}");
+
+    let down = sb.cmd().args(["down", "my-try"]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_nothing_left(&sb, &id);
+    // Once the run is gone, so is its name.
+    let gone = sb.cmd().args(["env", "my-try"]).output().unwrap();
     assert_eq!(gone.status.code(), Some(2));
 }

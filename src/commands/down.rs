@@ -210,6 +210,9 @@ fn synthetic_journal(
         region: region.map(str::to_string),
         pid: std::process::id(),
         pid_start: crate::sys::process::start_time(std::process::id() as i32).unwrap_or(0),
+        name: None,
+        user: Some(crate::sys::process::user_name(nix::unistd::geteuid().as_raw())),
+        max_ttl_secs: None,
     };
     let path = dir.join("journal.jsonl");
     // An unreadable journal is kept beside, for a person to look at; if it cannot be

@@ -67,6 +67,53 @@ struct RunRow {
     started_at: chrono::DateTime<Utc>,
     expires_at: chrono::DateTime<Utc>,
     remaining: usize,
+    /// The name it goes by (`up --name`).
+    name: Option<String>,
+    /// The local user who started it.
+    user: Option<String>,
+    /// The description's owner.
+    owner: String,
+}
+
+impl RunRow {
+    /// Whether the environment may still be there.
+    fn live(&self) -> bool {
+        self.status != RunStatus::Destroyed
+    }
+}
+
+/// The run a person means by `arg`: a run id as it is, or the name of a live run of
+/// this state directory (`up --name`). `Err`: the exit code, said.
+pub(super) fn resolve_run(g: &Global, arg: &str) -> Result<String, i32> {
+    if state::valid_run_id(arg) {
+        return Ok(arg.to_string());
+    }
+    let rows = scan_runs(g)?;
+    match rows.into_iter().find(|r| r.live() && r.name.as_deref() == Some(arg)) {
+        Some(r) => Ok(r.run_id),
+        None => {
+            eprintln!(
+                "error: `{arg}` is neither a run id (r-20261125-164001-7f3a9c) nor the name of a live run; see `rehearse list`"
+            );
+            Err(exit::USAGE)
+        }
+    }
+}
+
+/// Refuses a name already taken by a live run (`Err`: the exit code, said).
+pub(super) fn check_name_free(g: &Global, name: &str) -> Result<(), i32> {
+    if let Err(why) = crate::description::decode::KeyRule::Identifier.check(name) {
+        eprintln!("error: --name `{name}`: {why}");
+        return Err(exit::USAGE);
+    }
+    if let Some(r) = scan_runs(g)?.into_iter().find(|r| r.live() && r.name.as_deref() == Some(name)) {
+        eprintln!(
+            "error: the name `{name}` is taken by the live run {} ({}); pick another or `rehearse down {name}`",
+            r.run_id, r.status
+        );
+        return Err(exit::USAGE);
+    }
+    Ok(())
 }
 
 /// The runs in the state directory (checked first: `Err` is the exit code).
@@ -100,6 +147,9 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
                 started_at: Utc::now(),
                 expires_at: Utc::now(),
                 remaining: 1,
+                name: None,
+                user: None,
+                owner: "?".into(),
             });
             continue;
         };
@@ -112,6 +162,7 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
             _ if remaining == 0 => RunStatus::Destroyed,
             _ => RunStatus::Crashed,
         };
+        let expires_at = st.expires_at().unwrap_or(meta.expires_at);
         rows.push(RunRow {
             run_id: meta.run_id,
             environment: meta.environment,
@@ -120,23 +171,30 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
             status,
             verdict: st.finished.map(|f| f.0),
             started_at: meta.started_at,
-            expires_at: meta.expires_at,
+            expires_at,
             remaining,
+            name: meta.name,
+            user: meta.user,
+            owner: meta.owner,
         });
     }
     rows.sort_by(|a, b| a.run_id.cmp(&b.run_id));
     Ok(rows)
 }
 
-pub(crate) fn list(g: &Global, all: bool) -> i32 {
+pub(crate) fn list(g: &Global, all: bool, mine: bool) -> i32 {
     let rows = match scan_runs(g) {
         Ok(rows) => rows,
         Err(code) => return code,
     };
-    let rows: Vec<RunRow> = rows.into_iter().filter(|r| all || r.status != RunStatus::Destroyed).collect();
+    let me = crate::sys::process::user_name(nix::unistd::geteuid().as_raw());
+    let rows: Vec<RunRow> = rows
+        .into_iter()
+        .filter(|r| all || r.live())
+        .filter(|r| !mine || r.user.as_deref() == Some(me.as_str()))
+        .collect();
     if g.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
-        return exit::PASSED;
+        return super::print_json(&rows).map_or_else(|code| code, |()| exit::PASSED);
     }
     if rows.is_empty() {
         println!(
@@ -146,19 +204,116 @@ pub(crate) fn list(g: &Global, all: bool) -> i32 {
         );
         return exit::PASSED;
     }
-    println!("{:<26} {:<12} {:<10} {:<15} {:<12} EXPIRES", "RUN", "ENVIRONMENT", "RELEASE", "STATUS", "VERDICT");
+    println!(
+        "{:<26} {:<12} {:<12} {:<10} {:<15} {:<10} {:<10} {:>6} {:>9}",
+        "RUN", "NAME", "ENVIRONMENT", "RELEASE", "STATUS", "VERDICT", "USER", "AGE", "TIME LEFT"
+    );
+    let now = Utc::now();
     for r in rows {
-        let hint = if r.status.needs_down() { format!("  → rehearse down {}", r.run_id) } else { String::new() };
+        let handle = r.name.clone().unwrap_or_else(|| r.run_id.clone());
+        let hint = if r.status.needs_down() { format!("  → rehearse down {handle}") } else { String::new() };
+        let left = if r.live() { short(r.expires_at - now) } else { "-".into() };
         println!(
-            "{:<26} {:<12} {:<10} {:<15} {:<12} {}{hint}",
+            "{:<26} {:<12} {:<12} {:<10} {:<15} {:<10} {:<10} {:>6} {:>9}{hint}",
             r.run_id,
+            r.name.as_deref().unwrap_or("-"),
             r.environment,
             r.release,
             r.status,
-            r.verdict.unwrap_or_else(|| "-".into()),
-            r.expires_at.format("%Y-%m-%d %H:%M UTC"),
+            r.verdict.as_deref().unwrap_or("-"),
+            r.user.as_deref().unwrap_or("-"),
+            short(now - r.started_at),
+            left,
         );
     }
+    exit::PASSED
+}
+
+/// A time span the way a person reads it in a column: `45s`, `12m`, `3h`, `2d`;
+/// `expired` when it is over.
+fn short(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        ..0 => "expired".into(),
+        0..120 => format!("{s}s"),
+        120..7_200 => format!("{}m", s / 60),
+        7_200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// `rehearse extend RUN DURATION`: pushes a kept environment's expiry out by
+/// `duration`, up to its `max_ttl` from its start; `list` and `sweep` honour it.
+pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
+    let by = match humantime::parse_duration(duration).ok().and_then(|d| chrono::Duration::from_std(d).ok()) {
+        Some(d) if d > chrono::Duration::zero() => d,
+        _ => {
+            eprintln!("error: `{duration}` is not a duration (such as 1h or 2d)");
+            return exit::USAGE;
+        }
+    };
+    let run_id = match resolve_run(g, run) {
+        Ok(id) => id,
+        Err(code) => return code,
+    };
+    let Some(root) = (match checked_state(g) {
+        Ok(r) => r,
+        Err(code) => return code,
+    }) else {
+        eprintln!("error: no run {run_id} on this machine; see `rehearse list`");
+        return exit::USAGE;
+    };
+    let path = state::run_dir(&root, &run_id).join("journal.jsonl");
+    let st = match journal::read(&path) {
+        Ok(records) => State::from_records(&records),
+        Err(e) => {
+            eprintln!("error: cannot read the journal of {run_id} ({}): {e}", path.display());
+            return exit::USAGE;
+        }
+    };
+    let Some(meta) = st.meta.clone() else {
+        eprintln!("error: the journal of {run_id} has no run record");
+        return exit::USAGE;
+    };
+    if st.torn_down == Some(true) && st.remaining().is_empty() {
+        eprintln!("error: run {run_id} is torn down already: there is nothing to extend");
+        return exit::USAGE;
+    }
+    if meta.provider == "aws" {
+        // Its resources carry their expiry in a tag that `sweep --region` reads: until
+        // those tags are rewritten too, a longer life here would be a promise sweep
+        // breaks.
+        eprintln!(
+            "error: extending an AWS run is not available yet: its rehearse:expires-at tags would still say {}",
+            meta.expires_at
+        );
+        return exit::USAGE;
+    }
+    let current = st.expires_at().unwrap_or(meta.expires_at);
+    let wanted = current.max(Utc::now()) + by;
+    let latest = meta.latest_expiry();
+    if wanted > latest {
+        eprintln!(
+            "error: run {run_id} may live until {} at most (`max_ttl` {} from its start); it expires {} now",
+            latest.format("%Y-%m-%d %H:%M UTC"),
+            crate::description::format_duration(std::time::Duration::from_secs(
+                meta.max_ttl_secs.unwrap_or(crate::description::default_max_ttl().as_secs())
+            )),
+            current.format("%Y-%m-%d %H:%M UTC"),
+        );
+        return exit::USAGE;
+    }
+    let appended = journal::Journal::open(&path)
+        .and_then(|j| j.append(&journal::Record::Extended { expires_at: wanted, at: Utc::now() }));
+    if let Err(e) = appended {
+        eprintln!("error: cannot write the journal {}: {e}", path.display());
+        return exit::BUILD_FAILED;
+    }
+    println!(
+        "{run_id}: expires {} (was {})",
+        wanted.format("%Y-%m-%d %H:%M:%S UTC"),
+        current.format("%Y-%m-%d %H:%M:%S UTC")
+    );
     exit::PASSED
 }
 

@@ -53,6 +53,11 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             None => loaded.desc.destroy,
         }
     };
+    if let Some(name) = &args.name {
+        if let Err(code) = super::inventory::check_name_free(g, name) {
+            return code;
+        }
+    }
     let opts = Options {
         run_id: state::new_run_id(),
         release,
@@ -63,6 +68,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         work_root: state::work_dir(),
         run_as: args.run_as.clone(),
         exit_code,
+        name: args.name.clone(),
     };
     let rt = runtime();
     let reporter = reporter(g);

@@ -34,6 +34,11 @@ pub struct Description {
     #[schemars(with = "DurationText")]
     #[serde(default = "default_ttl", serialize_with = "ser_duration")]
     pub ttl: Duration,
+    /// How far `rehearse extend` may push a kept environment's expiry, counted from its
+    /// start. Example: `3d`. Default `7d`.
+    #[schemars(with = "DurationText")]
+    #[serde(default = "default_max_ttl", serialize_with = "ser_duration")]
+    pub max_ttl: Duration,
     /// Who answers for the copy (tagged on every resource). Example: `team@example.com`.
     pub owner: String,
     /// Extra tags for every resource. Example: `{team: shop}`.
@@ -64,6 +69,10 @@ pub struct Description {
 /// The TTL of a description that does not set one.
 pub fn default_ttl() -> Duration {
     Duration::from_secs(2 * 3600)
+}
+
+pub fn default_max_ttl() -> Duration {
+    Duration::from_secs(7 * 86400)
 }
 
 impl Description {

@@ -18,6 +18,7 @@ use crate::plan::Kind;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "kebab-case")]
+#[allow(clippy::large_enum_variant)] // one `run` record per journal; records are written one at a time
 pub enum Record {
     /// First record: what this run is. Written before anything is created.
     Run(RunMeta),
@@ -40,6 +41,8 @@ pub enum Record {
     Finished { verdict: String, exit_code: i32, kept: bool, at: DateTime<Utc> },
     /// Teardown ran; `complete` when nothing is left.
     TornDown { complete: bool, at: DateTime<Utc> },
+    /// `rehearse extend` moved the expiry (within the run's `max_ttl`).
+    Extended { expires_at: DateTime<Utc>, at: DateTime<Utc> },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -63,6 +66,24 @@ pub struct RunMeta {
     /// process with the same PID; 0 in journals written before it was recorded.
     #[serde(default)]
     pub pid_start: u64,
+    /// The name the run goes by besides its id (`rehearse up --name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The local user who started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// How far its expiry may be pushed, from `started_at` (the description's
+    /// `max_ttl`); journals from before it was recorded get the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl_secs: Option<u64>,
+}
+
+impl RunMeta {
+    /// The latest expiry `rehearse extend` may set.
+    pub fn latest_expiry(&self) -> DateTime<Utc> {
+        let max = self.max_ttl_secs.unwrap_or(crate::description::default_max_ttl().as_secs());
+        self.started_at + chrono::Duration::seconds(i64::try_from(max).unwrap_or(i64::MAX / 2_000))
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +104,9 @@ impl RunMeta {
             region: (provider == "aws").then(|| "eu-west-1".into()),
             pid: 1,
             pid_start: 0,
+            name: None,
+            user: None,
+            max_ttl_secs: None,
         }
     }
 }
@@ -186,6 +210,8 @@ pub struct State {
     pub entries: Vec<Entry>,
     pub finished: Option<(String, i32, bool)>,
     pub torn_down: Option<bool>,
+    /// The expiry set by the latest `rehearse extend`, if any.
+    pub extended_to: Option<DateTime<Utc>>,
 }
 
 impl State {
@@ -230,9 +256,15 @@ impl State {
                     s.finished = Some((verdict.clone(), *exit_code, *kept))
                 }
                 Record::TornDown { complete, .. } => s.torn_down = Some(*complete),
+                Record::Extended { expires_at, .. } => s.extended_to = Some(*expires_at),
             }
         }
         s
+    }
+
+    /// When the run expires: its extension, else what it started with.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.extended_to.or(self.meta.as_ref().map(|m| m.expires_at))
     }
 
     /// Resources that may still exist, newest first (teardown order).

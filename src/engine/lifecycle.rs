@@ -50,6 +50,9 @@ pub struct Options {
     /// left: the command decides it, the engine records it in the journal and the
     /// report.
     pub exit_code: fn(Verdict, usize) -> i32,
+    /// The name the run goes by besides its id (`up --name`), unique among the live
+    /// runs of this state directory (the command checks).
+    pub name: Option<String>,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the
@@ -145,6 +148,9 @@ pub async fn run<P: Provider>(
         region: d.region().map(str::to_string),
         pid: std::process::id(),
         pid_start: process::start_time(std::process::id() as i32).unwrap_or(0),
+        name: opts.name.clone(),
+        user: Some(process::user_name(nix::unistd::geteuid().as_raw())),
+        max_ttl_secs: Some(d.max_ttl.as_secs()),
     };
     let journal = Journal::create(&run_state.join("journal.jsonl"), &meta).map_err(RunError::Journal)?;
     reporter.event(Event::Note(format!(

@@ -62,6 +62,7 @@ pub async fn concurrent_runs(
             work_root: dir.join("work"),
             run_as: None,
             exit_code: crate::commands::exit_code,
+            name: None,
         };
         let signals = crate::sys::signals::Signals::none();
         let events = crate::engine::events::Silent;

@@ -12,7 +12,7 @@ use crate::description::yaml::{Node, Value};
 use crate::diag::did_you_mean;
 
 const TOP_KEYS_HELP: &str = "`name`, `provider`, `owner`, `release` and optionally `region`, \
-                             `ttl`, `tags`, `network`, `variables`, `databases`, `services`, \
+                             `ttl`, `max_ttl`, `tags`, `network`, `variables`, `databases`, `services`, \
                              `suites`, `destroy`";
 
 impl Decoder {
@@ -39,6 +39,19 @@ impl Decoder {
             Some(n) => self.duration("ttl", n, Duration::from_secs(300), Duration::from_secs(7 * 86400)),
             None => Some(default_ttl()),
         };
+        let max_ttl = match self.get(&mut obj, "max_ttl") {
+            Some(n) => self.duration("max_ttl", n, Duration::from_secs(300), Duration::from_secs(90 * 86400)),
+            None => Some(default_max_ttl()),
+        };
+        if let (Some(t), Some(m)) = (ttl, max_ttl) {
+            if t > m {
+                let pos = self.positions.get("ttl");
+                self.err(
+                    pos,
+                    format!("`ttl` ({}) is longer than `max_ttl` ({})", format_duration(t), format_duration(m)),
+                );
+            }
+        }
         let owner = self.req_string(&mut obj, "owner", "who answers for the copy, e.g. `team@example.com`");
         let tags = match self.get(&mut obj, "tags") {
             Some(n) => self.string_map("tags", n, KeyRule::Tag),
@@ -79,6 +92,7 @@ impl Decoder {
             name: name?,
             target,
             ttl: ttl?,
+            max_ttl: max_ttl?,
             owner: owner?,
             tags,
             variables,
