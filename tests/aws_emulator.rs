@@ -890,3 +890,143 @@ fn sigint_with_instances_being_created_waits_for_them_and_leaves_nothing() {
     assert!(left.is_empty(), "teardown said complete, but left: {left:?}\n{stderr}");
     assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
 }
+
+/// Every `rehearse:expires-at` tag on the resources of `run_id`: (resource, value).
+fn expiry_tags(
+    rt: &tokio::runtime::Runtime,
+    ec2: &aws_sdk_ec2::Client,
+    rds: &aws_sdk_rds::Client,
+    run_id: &str,
+) -> Vec<(String, String)> {
+    rt.block_on(async {
+        let mut out = Vec::new();
+        let ec2_value = |tags: &[aws_sdk_ec2::types::Tag]| -> Option<String> {
+            tags.iter().any(|t| t.key() == Some("rehearse:run-id") && t.value() == Some(run_id)).then(|| {
+                tags.iter()
+                    .find(|t| t.key() == Some("rehearse:expires-at"))
+                    .and_then(|t| t.value())
+                    .unwrap_or("")
+                    .into()
+            })
+        };
+        let rds_value = |tags: &[aws_sdk_rds::types::Tag]| -> Option<String> {
+            tags.iter().any(|t| t.key() == Some("rehearse:run-id") && t.value() == Some(run_id)).then(|| {
+                tags.iter()
+                    .find(|t| t.key() == Some("rehearse:expires-at"))
+                    .and_then(|t| t.value())
+                    .unwrap_or("")
+                    .into()
+            })
+        };
+        for i in ec2.describe_instances().send().await.unwrap().reservations().iter().flat_map(|r| r.instances()) {
+            let live = i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated");
+            if let (true, Some(v)) = (live, ec2_value(i.tags())) {
+                out.push((format!("instance {}", i.instance_id().unwrap_or_default()), v));
+            }
+        }
+        for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
+            if let Some(v) = ec2_value(g.tags()) {
+                out.push((format!("security group {}", g.group_id().unwrap_or_default()), v));
+            }
+        }
+        for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
+            if let Some(v) = rds_value(d.tag_list()) {
+                out.push((format!("db {}", d.db_instance_identifier().unwrap_or_default()), v));
+            }
+        }
+        for g in rds.describe_db_subnet_groups().send().await.unwrap().db_subnet_groups() {
+            let arn = g.db_subnet_group_arn().unwrap_or_default();
+            let tags = rds.list_tags_for_resource().resource_name(arn).send().await.unwrap();
+            if let Some(v) = rds_value(tags.tag_list()) {
+                out.push((format!("subnet group {}", g.db_subnet_group_name().unwrap_or_default()), v));
+            }
+        }
+        out.sort();
+        out
+    })
+}
+
+/// Sets `rehearse:expires-at` of every resource of `run_id` to `value`, as the test's
+/// stand-in for the passing of time.
+fn set_expiry_tags(
+    rt: &tokio::runtime::Runtime,
+    ec2: &aws_sdk_ec2::Client,
+    rds: &aws_sdk_rds::Client,
+    run_id: &str,
+    value: &str,
+) {
+    rt.block_on(async {
+        let mut ids = Vec::new();
+        for i in ec2.describe_instances().send().await.unwrap().reservations().iter().flat_map(|r| r.instances()) {
+            if i.tags().iter().any(|t| t.value() == Some(run_id)) {
+                ids.push(i.instance_id().unwrap_or_default().to_string());
+            }
+        }
+        for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
+            if g.tags().iter().any(|t| t.value() == Some(run_id)) {
+                ids.push(g.group_id().unwrap_or_default().to_string());
+            }
+        }
+        ec2.create_tags().set_resources(Some(ids)).tags(ec2_tag("rehearse:expires-at", value)).send().await.unwrap();
+        let tag = aws_sdk_rds::types::Tag::builder().key("rehearse:expires-at").value(value).build();
+        for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
+            if d.tag_list().iter().any(|t| t.value() == Some(run_id)) {
+                let arn = d.db_instance_arn().unwrap_or_default();
+                rds.add_tags_to_resource().resource_name(arn).tags(tag.clone()).send().await.unwrap();
+            }
+        }
+        for g in rds.describe_db_subnet_groups().send().await.unwrap().db_subnet_groups() {
+            if g.db_subnet_group_name() == Some(&format!("rehearse-{run_id}")) {
+                let arn = g.db_subnet_group_arn().unwrap_or_default();
+                rds.add_tags_to_resource().resource_name(arn).tags(tag.clone()).send().await.unwrap();
+            }
+        }
+    });
+}
+
+#[test]
+fn extend_moves_the_expiry_tag_of_every_resource_and_sweep_waits_for_it() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let sb = Sandbox::new();
+    let file = shop_description(&sb, &prod);
+    let out = emu.rehearse(&sb).args(["up", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = sb.run_ids().pop().unwrap();
+    let before = expiry_tags(&rt, &ec2, &rds, &id);
+    // Three instances, the group, the copy, the subnet group: every one carries the expiry.
+    assert!(before.len() >= 6, "{before:?}");
+    let t0 = chrono::DateTime::parse_from_rfc3339(&before[0].1).unwrap();
+    assert!(before.iter().all(|(_, v)| chrono::DateTime::parse_from_rfc3339(v).unwrap() == t0), "{before:?}");
+
+    // Time passes (the tags say so): sweep would take it.
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    set_expiry_tags(&rt, &ec2, &rds, &id, &past);
+    let sweep = emu.rehearse(&sb).args(["sweep", "--region", REGION]).output().unwrap();
+    let listed = String::from_utf8_lossy(&sweep.stdout).into_owned();
+    assert!(listed.contains(&format!("(run {id},")), "{listed}");
+
+    // `extend` rewrites the tag of every resource of the run, and the journal.
+    let extend = emu.rehearse(&sb).args(["extend", &id, "1h"]).output().unwrap();
+    assert_eq!(extend.status.code(), Some(0), "{}", String::from_utf8_lossy(&extend.stderr));
+    let after = expiry_tags(&rt, &ec2, &rds, &id);
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    let t1 = chrono::DateTime::parse_from_rfc3339(&after[0].1).unwrap();
+    assert!(after.iter().all(|(_, v)| chrono::DateTime::parse_from_rfc3339(v).unwrap() == t1), "{after:?}");
+    assert_eq!(t1 - t0, chrono::Duration::hours(1), "{t0} → {t1}");
+    let list = emu.rehearse(&sb).args(["list", "--format", "json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(chrono::DateTime::parse_from_rfc3339(rows[0]["expires_at"].as_str().unwrap()).unwrap(), t1);
+
+    // Sweep now leaves it alone, until the new expiry.
+    let sweep = emu.rehearse(&sb).args(["sweep", "--region", REGION, "--yes"]).output().unwrap();
+    let said = String::from_utf8_lossy(&sweep.stdout).into_owned();
+    assert!(!said.contains(&format!("(run {id},")), "{said}");
+    assert_eq!(expiry_tags(&rt, &ec2, &rds, &id).len(), before.len(), "sweep removed part of the extended run");
+
+    let down = emu.rehearse(&sb).args(["down", &id]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(rehearse_leftovers(&rt, &ec2, &rds, &id).is_empty());
+}

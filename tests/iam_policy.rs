@@ -364,8 +364,24 @@ fn every_creation_requires_the_run_tag() {
     }
 }
 
+/// Whether a statement allows tagging only what already carries the run tag, and only
+/// the run's own keys (`rehearse extend` moving an expiry): nothing can be adopted, no
+/// other tag changed.
+fn only_moves_the_run_tags(s: &Statement) -> bool {
+    let on_tagged = s.conditions.iter().any(|(op, k, v)| {
+        op == "StringLike" && k.eq_ignore_ascii_case("aws:ResourceTag/rehearse:run-id") && v == &["r-*".to_string()]
+    });
+    let keys: Vec<&String> = s
+        .conditions
+        .iter()
+        .filter(|(op, k, _)| op == "ForAllValues:StringEquals" && k.eq_ignore_ascii_case("aws:TagKeys"))
+        .flat_map(|(_, _, values)| values)
+        .collect();
+    on_tagged && !keys.is_empty() && keys.iter().all(|k| *k == "rehearse:run-id" || *k == "rehearse:expires-at")
+}
+
 #[test]
-fn tags_are_written_only_at_creation() {
+fn tags_are_written_only_at_creation_or_moved_on_what_is_the_runs_already() {
     for s in allows() {
         if s.has_action("ec2:CreateTags") {
             let create_actions: Vec<&String> = s
@@ -375,8 +391,9 @@ fn tags_are_written_only_at_creation() {
                 .flat_map(|(_, _, values)| values)
                 .collect();
             assert!(
-                !create_actions.is_empty(),
-                "{}: ec2:CreateTags without StringEquals ec2:CreateAction could tag (and so adopt) any instance",
+                !create_actions.is_empty() || only_moves_the_run_tags(&s),
+                "{}: ec2:CreateTags without StringEquals ec2:CreateAction, or a run tag on the resource and only \
+                 the run's keys, could tag (and so adopt) any instance",
                 s.sid
             );
             for a in create_actions {

@@ -279,18 +279,10 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
         eprintln!("error: run {run_id} is torn down already: there is nothing to extend");
         return exit::USAGE;
     }
-    if meta.provider == "aws" {
-        // Its resources carry their expiry in a tag that `sweep --region` reads: until
-        // those tags are rewritten too, a longer life here would be a promise sweep
-        // breaks.
-        eprintln!(
-            "error: extending an AWS run is not available yet: its rehearse:expires-at tags would still say {}",
-            meta.expires_at
-        );
-        return exit::USAGE;
-    }
     let current = st.expires_at().unwrap_or(meta.expires_at);
+    // Whole seconds: what the journal says and what the tags say are then the same.
     let wanted = current.max(Utc::now()) + by;
+    let wanted = chrono::DateTime::from_timestamp(wanted.timestamp(), 0).unwrap_or(wanted);
     let latest = meta.latest_expiry();
     if wanted > latest {
         eprintln!(
@@ -302,6 +294,25 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
             current.format("%Y-%m-%d %H:%M UTC"),
         );
         return exit::USAGE;
+    }
+    // On AWS the expiry is also in every resource's tag, which `sweep --region` reads:
+    // those move first, and only then the journal.
+    if meta.provider == "aws" {
+        let Some(region) = meta.region.clone() else {
+            eprintln!("error: the journal of {run_id} names no region: its tags cannot be found");
+            return exit::USAGE;
+        };
+        let retagged =
+            runtime().block_on(async { super::aws_provider(&region).await.retag_expiry(&run_id, wanted).await });
+        match retagged {
+            Ok(n) => {
+                eprintln!("rehearse: moved the rehearse:expires-at tag of {n} resource(s) of {run_id} in {region}")
+            }
+            Err(e) => {
+                eprintln!("error: cannot move the expiry tags of {run_id} in {region}: {e}; its expiry is unchanged");
+                return exit::BUILD_FAILED;
+            }
+        }
     }
     let appended = journal::Journal::open(&path)
         .and_then(|j| j.append(&journal::Record::Extended { expires_at: wanted, at: Utc::now() }));

@@ -427,6 +427,19 @@ impl FakeCloud {
     }
 
     /// The guard's contract, audited: a mutation on an untagged resource is a violation.
+    /// Sets `tags` on the resources `ids` (a key they carry is overwritten).
+    fn set_tags(&self, ids: &[String], tags: &[Tag]) {
+        let mut st = self.state.lock().expect("fake lock");
+        for id in ids {
+            if let Some(r) = st.res.get_mut(id) {
+                for t in tags {
+                    r.tags.retain(|x| x.key != t.key);
+                    r.tags.push(t.clone());
+                }
+            }
+        }
+    }
+
     fn audit(&self, op: &str, id: &str) {
         let mut st = self.state.lock().expect("fake lock");
         let tagged = st.res.get(id).is_none_or(|r| tag_value(&r.tags, "rehearse:run-id").is_some());

@@ -205,6 +205,9 @@ pub trait Ec2Api: Send + Sync {
     fn describe_instances(&self, ids: &[String]) -> impl Future<Output = ApiResult<Vec<Instance>>> + Send;
     fn instances_tagged(&self, tag_key: &str) -> impl Future<Output = ApiResult<Vec<Instance>>> + Send;
     fn terminate_instances(&self, ids: &[String]) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Sets `tags` on existing instances or security groups (a key they carry is
+    /// overwritten): how `extend` moves a run's expiry.
+    fn create_tags(&self, ids: &[String], tags: &[Tag]) -> impl Future<Output = ApiResult<()>> + Send;
 }
 
 /// RDS, as rehearse uses it.
@@ -242,4 +245,6 @@ pub trait RdsApi: Send + Sync {
     fn secure_db_cluster(&self, id: &str, password: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_instance(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_cluster(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Sets `tags` on the RDS resource `arn` (a key it carries is overwritten).
+    fn add_tags(&self, arn: &str, tags: &[Tag]) -> impl Future<Output = ApiResult<()>> + Send;
 }

@@ -48,6 +48,8 @@ pub struct Tagged {
     pub name: String,
     /// Deletion protection is on (RDS).
     pub protected: bool,
+    /// Its ARN (RDS resources: what tags are set on).
+    pub arn: Option<String>,
     pub tags: Vec<Tag>,
 }
 

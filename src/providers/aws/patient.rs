@@ -258,6 +258,11 @@ impl<A: Ec2Api> Ec2Api for Patient<A> {
     async fn terminate_instances(&self, ids: &[String]) -> ApiResult<()> {
         self.retrying("TerminateInstances", || self.inner.terminate_instances(ids)).await
     }
+
+    // Setting a tag twice sets it once: a repeat is harmless.
+    async fn create_tags(&self, ids: &[String], tags: &[Tag]) -> ApiResult<()> {
+        self.retrying("CreateTags", || self.inner.create_tags(ids, tags)).await
+    }
 }
 
 impl<A: RdsApi> RdsApi for Patient<A> {
@@ -354,6 +359,10 @@ impl<A: RdsApi> RdsApi for Patient<A> {
     async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
         self.retrying("DeleteDBCluster", || self.inner.delete_db_cluster(id)).await
     }
+
+    async fn add_tags(&self, arn: &str, tags: &[Tag]) -> ApiResult<()> {
+        self.retrying("AddTagsToResource", || self.inner.add_tags(arn, tags)).await
+    }
 }
 
 impl<A: RdsApi> Patient<A> {
@@ -449,6 +458,9 @@ mod tests {
             unreachable!()
         }
         async fn terminate_instances(&self, _: &[String]) -> ApiResult<()> {
+            unreachable!()
+        }
+        async fn create_tags(&self, _: &[String], _: &[Tag]) -> ApiResult<()> {
             unreachable!()
         }
     }

@@ -16,19 +16,19 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         for i in self.api.instances_tagged(TAG_RUN).await.map_err(e)? {
             if i.state != "terminated" && has(&i.tags) {
                 let name = i.client_token.clone().unwrap_or_default();
-                out.push(Tagged { kind: Kind::AwsInstance, id: i.id, name, protected: false, tags: i.tags });
+                out.push(Tagged { kind: Kind::AwsInstance, id: i.id, name, protected: false, arn: None, tags: i.tags });
             }
         }
         for d in self.api.db_instances_all().await.map_err(e)? {
             if has(&d.tags) {
                 let (name, protected) = (d.id.clone(), d.deletion_protection);
-                out.push(Tagged { kind: Kind::AwsDbInstance, id: d.id, name, protected, tags: d.tags });
+                out.push(Tagged { kind: Kind::AwsDbInstance, id: d.id, name, protected, arn: d.arn, tags: d.tags });
             }
         }
         for c in self.api.db_clusters_all().await.map_err(e)? {
             if has(&c.tags) {
                 let (name, protected) = (c.id.clone(), c.deletion_protection);
-                out.push(Tagged { kind: Kind::AwsDbCluster, id: c.id, name, protected, tags: c.tags });
+                out.push(Tagged { kind: Kind::AwsDbCluster, id: c.id, name, protected, arn: c.arn, tags: c.tags });
             }
         }
         for g in self.api.db_subnet_groups_all().await.map_err(e)? {
@@ -37,7 +37,14 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                 if let Some(tags) = self.api.db_subnet_group_tags(&g.name).await.map_err(e)? {
                     if has(&tags) {
                         let name = g.name.clone();
-                        out.push(Tagged { kind: Kind::AwsDbSubnetGroup, id: g.name, name, protected: false, tags });
+                        out.push(Tagged {
+                            kind: Kind::AwsDbSubnetGroup,
+                            id: g.name,
+                            name,
+                            protected: false,
+                            arn: g.arn,
+                            tags,
+                        });
                     }
                 }
             }
@@ -45,7 +52,14 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         for g in self.api.security_groups_tagged(TAG_RUN).await.map_err(e)? {
             if has(&g.tags) {
                 let name = g.name.clone();
-                out.push(Tagged { kind: Kind::AwsSecurityGroup, id: g.id, name, protected: false, tags: g.tags });
+                out.push(Tagged {
+                    kind: Kind::AwsSecurityGroup,
+                    id: g.id,
+                    name,
+                    protected: false,
+                    arn: None,
+                    tags: g.tags,
+                });
             }
         }
         out.sort_by_key(|t| TEARDOWN_ORDER.iter().position(|k| *k == t.kind));
@@ -113,5 +127,41 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             }
         }
         Ok(())
+    }
+}
+
+impl<A: Ec2Api + RdsApi> AwsProvider<A> {
+    /// Moves the `rehearse:expires-at` tag of every resource of run `run_id` that
+    /// rehearse demonstrably made (see [`Tagged::evidence`]) to `expires_at`, so that
+    /// `sweep --region` leaves it alone until then. Returns how many were retagged.
+    pub async fn retag_expiry(&self, run_id: &str, expires_at: chrono::DateTime<chrono::Utc>) -> ApiResult<usize> {
+        let mine: Vec<Tagged> =
+            self.tagged().await?.into_iter().filter(|t| tag_value(&t.tags, TAG_RUN) == Some(run_id)).collect();
+        let (made, _doubtful) = by_evidence(mine);
+        // The run's tag goes with the new expiry: a policy can then allow tagging only
+        // what already carries it (docs/iam-policy.json).
+        let tags = [
+            Tag { key: TAG_RUN.into(), value: run_id.into() },
+            Tag { key: TAG_EXPIRES.into(), value: expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) },
+        ];
+        let ec2: Vec<String> = made
+            .iter()
+            .filter(|t| matches!(t.kind, Kind::AwsInstance | Kind::AwsSecurityGroup))
+            .map(|t| t.id.clone())
+            .collect();
+        if !ec2.is_empty() {
+            self.api.create_tags(&ec2, &tags).await?;
+        }
+        for t in made.iter().filter(|t| !matches!(t.kind, Kind::AwsInstance | Kind::AwsSecurityGroup)) {
+            let Some(arn) = &t.arn else {
+                return Err(ApiError {
+                    code: None,
+                    message: format!("{} {} was listed without its ARN: its tags cannot be set", t.kind, t.id),
+                    kind: ErrorKind::Refused,
+                });
+            };
+            self.api.add_tags(arn, &tags).await?;
+        }
+        Ok(made.len())
     }
 }

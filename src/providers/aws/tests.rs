@@ -71,6 +71,7 @@ fn sweep_wants_rehearses_own_names_not_just_its_tags() {
         id: "x".into(),
         name,
         protected,
+        arn: None,
         tags: tags(res),
     };
     let db = P::rds_id(RUN, "db");

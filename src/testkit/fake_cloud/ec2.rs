@@ -132,6 +132,15 @@ impl Ec2Api for FakeCloud {
             .collect())
     }
 
+    async fn create_tags(&self, ids: &[String], tags: &[Tag]) -> ApiResult<()> {
+        let call = self.enter("CreateTags", &ids.join(","), true)?;
+        for id in ids {
+            self.audit("CreateTags", id);
+        }
+        self.set_tags(ids, tags);
+        self.leave(&call, ())
+    }
+
     async fn terminate_instances(&self, ids: &[String]) -> ApiResult<()> {
         let call = self.enter("TerminateInstances", &ids.join(","), true)?;
         for id in ids {

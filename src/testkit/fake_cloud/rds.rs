@@ -168,6 +168,14 @@ impl RdsApi for FakeCloud {
         self.leave(&call, ())
     }
 
+    async fn add_tags(&self, arn: &str, tags: &[Tag]) -> ApiResult<()> {
+        let call = self.enter("AddTagsToResource", arn, true)?;
+        let id = arn.rsplit(':').next().unwrap_or(arn).to_string();
+        self.audit("AddTagsToResource", &id);
+        self.set_tags(std::slice::from_ref(&id), tags);
+        self.leave(&call, ())
+    }
+
     async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
         let call = self.enter("DeleteDBCluster", id, true)?;
         self.audit("DeleteDBCluster", id);

@@ -154,4 +154,15 @@ impl Ec2Api for Sdk {
         self.ec2.terminate_instances().set_instance_ids(Some(ids.to_vec())).send().await.map_err(err)?;
         Ok(())
     }
+
+    async fn create_tags(&self, ids: &[String], tags: &[Tag]) -> ApiResult<()> {
+        self.ec2
+            .create_tags()
+            .set_resources(Some(ids.to_vec()))
+            .set_tags(Some(ec2_tags(tags)))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
 }

@@ -292,4 +292,9 @@ impl RdsApi for Sdk {
         self.rds.delete_db_cluster().db_cluster_identifier(id).skip_final_snapshot(true).send().await.map_err(err)?;
         Ok(())
     }
+
+    async fn add_tags(&self, arn: &str, tags: &[Tag]) -> ApiResult<()> {
+        self.rds.add_tags_to_resource().resource_name(arn).set_tags(Some(rds_tags(tags))).send().await.map_err(err)?;
+        Ok(())
+    }
 }
