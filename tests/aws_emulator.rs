@@ -995,6 +995,39 @@ fn extend_moves_the_expiry_tag_of_every_resource_and_sweep_waits_for_it() {
     let out = emu.rehearse(&sb).args(["up", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let id = sb.run_ids().pop().unwrap();
+    // On AWS too, `env` gives the copy's RDS endpoint and its rotated password, and the
+    // instances' private addresses.
+    let env = emu.rehearse(&sb).args(["env", &id, "--format", "json"]).output().unwrap();
+    assert_eq!(env.status.code(), Some(0), "{}", String::from_utf8_lossy(&env.stderr));
+    let conn: serde_json::Value = serde_json::from_slice(&env.stdout).unwrap();
+    let copy = &conn["databases"]["db"];
+    let endpoint = rt.block_on(rds.describe_db_instances().send()).unwrap();
+    let endpoint = endpoint
+        .db_instances()
+        .iter()
+        .find(|d| d.tag_list().iter().any(|t| t.value() == Some(id.as_str())))
+        .and_then(|d| d.endpoint().and_then(|e| e.address()).map(str::to_string))
+        .expect("the copy has an endpoint");
+    assert_eq!(copy["host"], endpoint.as_str(), "{conn}");
+    assert!(copy["password"].as_str().is_some_and(|p| p.len() >= 16), "{conn}");
+    // Every instance of every service (web has two, worker one), by its private address.
+    let urls: Vec<String> = conn["services"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|s| s["urls"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(urls.len(), 3, "{conn}");
+    let private: Vec<String> = rt
+        .block_on(ec2.describe_instances().send())
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| i.tags().iter().any(|t| t.value() == Some(id.as_str())))
+        .filter_map(|i| i.private_ip_address().map(str::to_string))
+        .collect();
+    assert!(urls.iter().all(|u| private.iter().any(|ip| u.contains(&format!("//{ip}")))), "{urls:?} {private:?}");
     let before = expiry_tags(&rt, &ec2, &rds, &id);
     // Three instances, the group, the copy, the subnet group: every one carries the expiry.
     assert!(before.len() >= 6, "{before:?}");
