@@ -729,8 +729,34 @@ fn a_kept_dry_run_is_reachable_with_env_psql_and_logs_and_its_password_shows_onl
     let meta = std::fs::metadata(run_dir.join("connection.json")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
-    let down = sb.cmd().args(["down", &id]).output().unwrap();
+    // `env` does not hand out the tag of the run's own processes: a program started
+    // from a shell that evaluated it is not stopped by `down`. Nor is a shell that
+    // carries the tag from its start (a CI job that set it) and runs `down` itself.
+    assert!(!String::from_utf8_lossy(&shell.stdout).contains("REHEARSE_RUN_ID"));
+    let mut down = sb.cmd();
+    let rehearse = down.get_program().to_owned();
+    let envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)> =
+        down.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
+    let mut sh = Command::new("sh");
+    for (k, v) in envs {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    if let Some(dir) = down.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    sh.env("REHEARSE_RUN_ID", &id);
+    let script = format!(
+        "unset REHEARSE_RUN_ID\n{}\nsleep 30 &\nsibling=$!\n\"$0\" down {id} || exit 9\n\
+         kill -0 $sibling && echo the sibling survived\nkill $sibling\necho the shell survived",
+        String::from_utf8_lossy(&shell.stdout)
+    );
+    let down = sh.arg("-c").arg(script).arg(&rehearse).output().unwrap();
     assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    let said = String::from_utf8_lossy(&down.stdout);
+    assert!(said.contains("the sibling survived") && said.contains("the shell survived"), "{down:?}");
     assert_nothing_left(&sb, &id);
     assert!(!run_dir.join("connection.json").exists(), "the connection details outlive the environment");
     let gone = sb.cmd().args(["env", &id]).output().unwrap();

@@ -54,9 +54,11 @@ pub(super) fn env(g: &Global, run_id: &str) -> i32 {
         services: c.services.clone(),
         ..Outputs::default()
     };
+    // Not REHEARSE_RUN_ID: it tags the run's own processes, which teardown stops; a
+    // shell that evaluated this output is not one of them.
     let mut vars: Vec<(String, String)> = crate::suites::standard_env(&c.run_id, "", &outputs)
         .into_iter()
-        .filter(|(k, _)| k != "REHEARSE_RELEASE")
+        .filter(|(k, _)| k != "REHEARSE_RELEASE" && k != "REHEARSE_RUN_ID")
         .collect();
     if let [(_, db)] = c.databases.iter().collect::<Vec<_>>().as_slice() {
         vars.push(("DATABASE_URL".into(), db.url.clone()));

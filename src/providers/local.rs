@@ -239,10 +239,12 @@ impl LocalProvider {
 /// own processes, and all of them as root).
 pub(crate) fn tagged_processes(run_id: &str) -> Vec<i32> {
     let needle = format!("REHEARSE_RUN_ID={run_id}");
-    let me = std::process::id() as i32;
+    // Not this process, nor the shell (or CI job) it runs in: a person who exported the
+    // run's variables (`eval "$(rehearse env RUN)"` once did) is not part of the run.
+    let mine = process::self_and_ancestors();
     let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
     rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me)
+        .filter(|pid| !mine.contains(pid))
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))

@@ -283,6 +283,23 @@ fn state_and_group(pid: i32) -> Option<(char, i32)> {
     Some((state, pgrp))
 }
 
+/// The parent of a process, from /proc.
+fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// This process and every process it descends from, up to init: what rehearse never
+/// started, and so never stops — whatever their environment says.
+pub(crate) fn self_and_ancestors() -> Vec<i32> {
+    let mut out = vec![std::process::id() as i32];
+    while let Some(p) = out.last().and_then(|p| parent(*p)).filter(|p| *p > 0 && !out.contains(p)) {
+        out.push(p);
+    }
+    out
+}
+
 /// The real user id of a process, from /proc.
 pub(crate) fn owner_uid(pid: i32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
