@@ -733,7 +733,7 @@ fn a_kept_dry_run_is_reachable_with_env_psql_and_logs_and_its_password_shows_onl
     // from a shell that evaluated it is not stopped by `down`. Nor is a shell that
     // carries the tag from its start (a CI job that set it) and runs `down` itself.
     assert!(!String::from_utf8_lossy(&shell.stdout).contains("REHEARSE_RUN_ID"));
-    let mut down = sb.cmd();
+    let down = sb.cmd();
     let rehearse = down.get_program().to_owned();
     let envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)> =
         down.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
