@@ -714,6 +714,46 @@ fn a_kept_dry_run_is_reachable_with_env_psql_and_logs_and_its_password_shows_onl
     let logs = sb.cmd().args(["logs", &id, "web"]).output().unwrap();
     let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
     assert!(logs.contains("listening on") && logs.contains("GET /health"), "{logs}");
+    // `-f` shows what the service writes next.
+    let mut follow = sb.cmd().args(["logs", &id, "web", "-f"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let seen = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in lines.by_ref().map_while(Result::ok) {
+            if seen.0.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // First what is there already; only then a request, whose line can come only from
+    // following the file.
+    let start = Instant::now();
+    while !seen.1.recv_timeout(Duration::from_secs(1)).is_ok_and(|l| l.contains("listening on")) {
+        assert!(start.elapsed() < Duration::from_secs(20), "`logs -f` printed nothing");
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let addr = url.trim_start_matches("http://").to_string();
+    let mut found = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !found && Instant::now() < deadline {
+        {
+            use std::io::Write as _;
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /followed-by-logs HTTP/1.0\r\n\r\n").unwrap();
+            let mut sink = Vec::new();
+            std::io::Read::read_to_end(&mut s, &mut sink).unwrap();
+        }
+        while let Ok(line) = seen.1.recv_timeout(Duration::from_millis(500)) {
+            if line.contains("GET /followed-by-logs") {
+                found = true;
+                break;
+            }
+        }
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    reader.join().unwrap();
+    assert!(found, "`logs -f` did not show the request made after it started");
 
     // The password shows in `env` only: not in up's output, the reports, the journal,
     // the logs as `logs` prints them, or any process's command line.
