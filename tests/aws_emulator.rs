@@ -286,51 +286,91 @@ fn production_state(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, rds
     })
 }
 
-/// Everything carrying a rehearse run tag that still exists.
+/// A resource of a run as the emulator lists it: what it is, its id, its ARN (RDS) and
+/// its tags.
+struct RunResource {
+    what: &'static str,
+    id: String,
+    arn: Option<String>,
+    tags: Vec<(String, String)>,
+}
+
+impl RunResource {
+    fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Everything of run `run_id` in the emulator: live instances, security groups, DB
+/// instances and clusters carrying its tag, its subnet group (by name) and any `rh-`
+/// snapshot.
+fn run_resources(
+    rt: &tokio::runtime::Runtime,
+    ec2: &aws_sdk_ec2::Client,
+    rds: &aws_sdk_rds::Client,
+    run_id: &str,
+) -> Vec<RunResource> {
+    let pairs = |tags: Vec<(Option<&str>, Option<&str>)>| -> Vec<(String, String)> {
+        tags.into_iter().map(|(k, v)| (k.unwrap_or_default().to_string(), v.unwrap_or_default().to_string())).collect()
+    };
+    let ec2_tags = |t: &[aws_sdk_ec2::types::Tag]| pairs(t.iter().map(|t| (t.key(), t.value())).collect());
+    let rds_tags = |t: &[aws_sdk_rds::types::Tag]| pairs(t.iter().map(|t| (t.key(), t.value())).collect());
+    let mine = |tags: &[(String, String)]| tags.iter().any(|(k, v)| k == "rehearse:run-id" && v == run_id);
+    rt.block_on(async {
+        let mut out = Vec::new();
+        let mut push = |what, id: Option<&str>, arn: Option<&str>, tags| {
+            out.push(RunResource { what, id: id.unwrap_or_default().into(), arn: arn.map(str::to_string), tags })
+        };
+        for i in ec2.describe_instances().send().await.unwrap().reservations().iter().flat_map(|r| r.instances()) {
+            let live = i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated");
+            let tags = ec2_tags(i.tags());
+            if live && mine(&tags) {
+                push("instance", i.instance_id(), None, tags);
+            }
+        }
+        for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
+            let tags = ec2_tags(g.tags());
+            if mine(&tags) {
+                push("security group", g.group_id(), None, tags);
+            }
+        }
+        for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
+            let tags = rds_tags(d.tag_list());
+            if mine(&tags) {
+                push("db", d.db_instance_identifier(), d.db_instance_arn(), tags);
+            }
+        }
+        for c in rds.describe_db_clusters().send().await.unwrap().db_clusters() {
+            let tags = rds_tags(c.tag_list());
+            if mine(&tags) {
+                push("cluster", c.db_cluster_identifier(), c.db_cluster_arn(), tags);
+            }
+        }
+        for g in rds.describe_db_subnet_groups().send().await.unwrap().db_subnet_groups() {
+            if g.db_subnet_group_name() == Some(&format!("rehearse-{run_id}")) {
+                let arn = g.db_subnet_group_arn().unwrap_or_default();
+                let listed = rds.list_tags_for_resource().resource_name(arn).send().await.unwrap();
+                push("subnet group", g.db_subnet_group_name(), Some(arn), rds_tags(listed.tag_list()));
+            }
+        }
+        for sn in rds.describe_db_snapshots().send().await.unwrap().db_snapshots() {
+            let tags = rds_tags(sn.tag_list());
+            if sn.db_snapshot_identifier().is_some_and(|i| i.starts_with("rh-")) || mine(&tags) {
+                push("snapshot", sn.db_snapshot_identifier(), sn.db_snapshot_arn(), tags);
+            }
+        }
+        out
+    })
+}
+
+/// What run `run_id` left in the emulator, one line each.
 fn rehearse_leftovers(
     rt: &tokio::runtime::Runtime,
     ec2: &aws_sdk_ec2::Client,
     rds: &aws_sdk_rds::Client,
     run_id: &str,
 ) -> Vec<String> {
-    rt.block_on(async {
-        let mine = |k: Option<&str>, v: Option<&str>| k == Some("rehearse:run-id") && v == Some(run_id);
-        let mut out = Vec::new();
-        for i in ec2.describe_instances().send().await.unwrap().reservations().iter().flat_map(|r| r.instances()) {
-            let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
-            if state != "terminated" && i.tags().iter().any(|t| mine(t.key(), t.value())) {
-                out.push(format!("instance {:?} {state}", i.instance_id()));
-            }
-        }
-        for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
-            if g.tags().iter().any(|t| mine(t.key(), t.value())) {
-                out.push(format!("sg {:?}", g.group_id()));
-            }
-        }
-        for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
-            if d.tag_list().iter().any(|t| mine(t.key(), t.value())) {
-                out.push(format!("db {:?}", d.db_instance_identifier()));
-            }
-        }
-        for c in rds.describe_db_clusters().send().await.unwrap().db_clusters() {
-            if c.tag_list().iter().any(|t| mine(t.key(), t.value())) {
-                out.push(format!("cluster {:?}", c.db_cluster_identifier()));
-            }
-        }
-        for g in rds.describe_db_subnet_groups().send().await.unwrap().db_subnet_groups() {
-            if g.db_subnet_group_name() == Some(&format!("rehearse-{run_id}")) {
-                out.push(format!("subnet group {:?}", g.db_subnet_group_name()));
-            }
-        }
-        for s in rds.describe_db_snapshots().send().await.unwrap().db_snapshots() {
-            if s.db_snapshot_identifier().is_some_and(|i| i.starts_with("rh-"))
-                || s.tag_list().iter().any(|t| mine(t.key(), t.value()))
-            {
-                out.push(format!("snapshot {:?}", s.db_snapshot_identifier()));
-            }
-        }
-        out
-    })
+    run_resources(rt, ec2, rds, run_id).iter().map(|r| format!("{} {}", r.what, r.id)).collect()
 }
 
 /// environments/shop-aws.yaml with the emulator's network ids. Health checks, masking
@@ -898,52 +938,13 @@ fn expiry_tags(
     rds: &aws_sdk_rds::Client,
     run_id: &str,
 ) -> Vec<(String, String)> {
-    rt.block_on(async {
-        let mut out = Vec::new();
-        let ec2_value = |tags: &[aws_sdk_ec2::types::Tag]| -> Option<String> {
-            tags.iter().any(|t| t.key() == Some("rehearse:run-id") && t.value() == Some(run_id)).then(|| {
-                tags.iter()
-                    .find(|t| t.key() == Some("rehearse:expires-at"))
-                    .and_then(|t| t.value())
-                    .unwrap_or("")
-                    .into()
-            })
-        };
-        let rds_value = |tags: &[aws_sdk_rds::types::Tag]| -> Option<String> {
-            tags.iter().any(|t| t.key() == Some("rehearse:run-id") && t.value() == Some(run_id)).then(|| {
-                tags.iter()
-                    .find(|t| t.key() == Some("rehearse:expires-at"))
-                    .and_then(|t| t.value())
-                    .unwrap_or("")
-                    .into()
-            })
-        };
-        for i in ec2.describe_instances().send().await.unwrap().reservations().iter().flat_map(|r| r.instances()) {
-            let live = i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated");
-            if let (true, Some(v)) = (live, ec2_value(i.tags())) {
-                out.push((format!("instance {}", i.instance_id().unwrap_or_default()), v));
-            }
-        }
-        for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
-            if let Some(v) = ec2_value(g.tags()) {
-                out.push((format!("security group {}", g.group_id().unwrap_or_default()), v));
-            }
-        }
-        for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
-            if let Some(v) = rds_value(d.tag_list()) {
-                out.push((format!("db {}", d.db_instance_identifier().unwrap_or_default()), v));
-            }
-        }
-        for g in rds.describe_db_subnet_groups().send().await.unwrap().db_subnet_groups() {
-            let arn = g.db_subnet_group_arn().unwrap_or_default();
-            let tags = rds.list_tags_for_resource().resource_name(arn).send().await.unwrap();
-            if let Some(v) = rds_value(tags.tag_list()) {
-                out.push((format!("subnet group {}", g.db_subnet_group_name().unwrap_or_default()), v));
-            }
-        }
-        out.sort();
-        out
-    })
+    let mut out: Vec<(String, String)> = run_resources(rt, ec2, rds, run_id)
+        .iter()
+        .filter(|r| r.what != "snapshot")
+        .map(|r| (format!("{} {}", r.what, r.id), r.tag("rehearse:expires-at").unwrap_or_default().to_string()))
+        .collect();
+    out.sort();
+    out
 }
 
 /// Sets `rehearse:expires-at` of every resource of `run_id` to `value`, as the test's
@@ -955,31 +956,15 @@ fn set_expiry_tags(
     run_id: &str,
     value: &str,
 ) {
+    let found = run_resources(rt, ec2, rds, run_id);
     rt.block_on(async {
-        let mut ids = Vec::new();
-        for i in ec2.describe_instances().send().await.unwrap().reservations().iter().flat_map(|r| r.instances()) {
-            if i.tags().iter().any(|t| t.value() == Some(run_id)) {
-                ids.push(i.instance_id().unwrap_or_default().to_string());
-            }
-        }
-        for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
-            if g.tags().iter().any(|t| t.value() == Some(run_id)) {
-                ids.push(g.group_id().unwrap_or_default().to_string());
-            }
-        }
+        let ids: Vec<String> =
+            found.iter().filter(|r| r.what == "instance" || r.what == "security group").map(|r| r.id.clone()).collect();
         ec2.create_tags().set_resources(Some(ids)).tags(ec2_tag("rehearse:expires-at", value)).send().await.unwrap();
         let tag = aws_sdk_rds::types::Tag::builder().key("rehearse:expires-at").value(value).build();
-        for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
-            if d.tag_list().iter().any(|t| t.value() == Some(run_id)) {
-                let arn = d.db_instance_arn().unwrap_or_default();
-                rds.add_tags_to_resource().resource_name(arn).tags(tag.clone()).send().await.unwrap();
-            }
-        }
-        for g in rds.describe_db_subnet_groups().send().await.unwrap().db_subnet_groups() {
-            if g.db_subnet_group_name() == Some(&format!("rehearse-{run_id}")) {
-                let arn = g.db_subnet_group_arn().unwrap_or_default();
-                rds.add_tags_to_resource().resource_name(arn).tags(tag.clone()).send().await.unwrap();
-            }
+        for r in found.iter().filter(|r| r.what == "db" || r.what == "cluster" || r.what == "subnet group") {
+            let arn = r.arn.as_deref().unwrap();
+            rds.add_tags_to_resource().resource_name(arn).tags(tag.clone()).send().await.unwrap();
         }
     });
 }

@@ -755,6 +755,17 @@ fn a_kept_dry_run_is_reachable_with_env_psql_and_logs_and_its_password_shows_onl
     reader.join().unwrap();
     assert!(found, "`logs -f` did not show the request made after it started");
 
+    // `extend RUN 1h` moves the expiry that `list` shows by an hour.
+    let expiry = |sb: &Sandbox| {
+        let out = sb.cmd().args(["list", "--format", "json"]).output().unwrap();
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        chrono::DateTime::parse_from_rfc3339(rows[0]["expires_at"].as_str().unwrap()).unwrap()
+    };
+    let before = expiry(&sb);
+    let extend = sb.cmd().args(["extend", &id, "1h"]).output().unwrap();
+    assert_eq!(extend.status.code(), Some(0), "{}", String::from_utf8_lossy(&extend.stderr));
+    assert_eq!(expiry(&sb) - before, chrono::Duration::hours(1));
+
     // The password shows in `env` only: not in up's output, the reports, the journal,
     // the logs as `logs` prints them, or any process's command line.
     assert!(!up_err.contains(&password) && !String::from_utf8_lossy(&up.stdout).contains(&password));
