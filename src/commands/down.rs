@@ -78,7 +78,11 @@ pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
                         }
                     };
                     return if meta.provider == "aws" {
-                        let provider = super::aws_provider(meta.region.as_deref().or(region).unwrap_or_default()).await;
+                        let Some(region) = meta.region.as_deref().or(region) else {
+                            eprintln!("error: the journal of {run_id} names no region: pass --region REGION");
+                            return exit::USAGE;
+                        };
+                        let provider = super::aws_provider(region).await;
                         finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await
                     } else {
                         finish_down(&LocalProvider::new(&work_root), &journal, run_id, reporter.as_ref(), &signals)

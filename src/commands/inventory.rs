@@ -406,7 +406,11 @@ pub(crate) fn report(g: &Global, run_id: &str) -> i32 {
     match crate::report::read_report(&dir) {
         Ok(r) => {
             match g.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default()),
+                Format::Json => {
+                    if let Err(code) = super::print_json(&r) {
+                        return code;
+                    }
+                }
                 Format::Text | Format::Shell | Format::Dotenv => print!(
                     "{}",
                     crate::report::terminal_summary(
