@@ -281,8 +281,7 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     }
     let current = st.expires_at().unwrap_or(meta.expires_at);
     // Whole seconds: what the journal says and what the tags say are then the same.
-    let wanted = current.max(Utc::now()) + by;
-    let wanted = chrono::DateTime::from_timestamp(wanted.timestamp(), 0).unwrap_or(wanted);
+    let wanted = chrono::SubsecRound::trunc_subsecs(current.max(Utc::now()) + by, 0);
     let latest = meta.latest_expiry();
     if wanted > latest {
         eprintln!(

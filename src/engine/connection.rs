@@ -49,11 +49,12 @@ impl Connection {
 
     /// Reads the details of the run whose state directory is `run_state`.
     pub fn read(run_state: &Path, run_id: &str) -> Result<Connection, ConnectionError> {
-        let dir = Dir::open(run_state)?;
-        if !run_state.join(FILE).exists() {
-            return Err(ConnectionError::Missing(run_id.to_string()));
-        }
-        let bytes = dir.read_file(OsStr::new(FILE), 1 << 20)?;
+        let bytes = match Dir::open(run_state)?.read_file(OsStr::new(FILE), 1 << 20) {
+            Err(FsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConnectionError::Missing(run_id.to_string()))
+            }
+            other => other?,
+        };
         serde_json::from_slice(&bytes).map_err(|source| ConnectionError::Damaged { run_id: run_id.to_string(), source })
     }
 

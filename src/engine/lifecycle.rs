@@ -112,8 +112,7 @@ pub async fn run<P: Provider>(
     }
     let ttl = chrono::Duration::from_std(d.ttl).map_err(|_| RunError::Ttl(format_duration(d.ttl)))?;
     // Whole seconds, as the AWS tags carry it: journal and tags say the same instant.
-    let expires_at = started_at + ttl;
-    let expires_at = chrono::DateTime::from_timestamp(expires_at.timestamp(), 0).unwrap_or(expires_at);
+    let expires_at = chrono::SubsecRound::trunc_subsecs(started_at + ttl, 0);
     // Who the copy and the release run as (rehearse as root): decided before anything
     // exists, and refused when the users are missing.
     let users = Users::resolve(opts.run_as.as_deref(), d.provider() == ProviderKind::Local).map_err(RunError::Users)?;
