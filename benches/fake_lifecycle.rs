@@ -64,6 +64,7 @@ fn main() {
                 run_as: None,
                 exit_code: rehearse::commands::exit_code,
                 name: None,
+                shared: None,
             };
             let start = tokio::time::Instant::now();
             let signals = Signals::none();

@@ -39,6 +39,10 @@ pub struct Global {
     /// Where runs keep their journals and reports [default: $XDG_STATE_HOME/rehearse]
     #[arg(long, global = true, env = "REHEARSE_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The state store runs are kept in: file:///DIR (this machine, the default) or
+    /// s3://BUCKET/PREFIX (shared: any machine pointed at it can list, report and tear down)
+    #[arg(long, global = true, env = "REHEARSE_STATE", value_name = "URL")]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -174,6 +178,26 @@ pub enum Command {
     Warm {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Hold a named lock in the state store while COMMAND runs (exit 5 if someone else holds it)
+    Lock {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// How long the lock holds without renewal (it is renewed every third of it
+        /// while COMMAND runs; a holder killed outright frees it after this)
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        lease: String,
+        /// The command, after `--`
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Remove a named lock, whoever holds it (for a human, when its holder is known dead)
+    Unlock {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Really remove it (without: say who holds it)
+        #[arg(long)]
+        force: bool,
     },
     /// Print shell completions
     Completions {

@@ -16,11 +16,14 @@ use crate::providers::aws::sdk::Sdk;
 use crate::providers::aws::AwsProvider;
 use crate::style::Styles;
 use crate::sys::{secure_fs, state};
+use store::Part;
 
 mod access;
 mod down;
 mod inventory;
+mod lock;
 mod run;
+mod store;
 mod warm;
 
 pub use run::exit_code;
@@ -57,19 +60,30 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
         Command::Run(args) => run::run(g, args, false),
         Command::Up(args) => run::run(g, args, true),
-        Command::Down { run_id, region } => named(g, run_id, |id| down::down(g, id, region.as_deref())),
-        Command::List { all, mine } => inventory::list(g, *all, *mine),
-        Command::Sweep { yes, older_than, environment, region } => {
+        Command::Down { run_id, region } => {
+            named(g, run_id, &[Part::Journal, Part::Connection], |id| down::down(g, id, region.as_deref()))
+        }
+        Command::List { all, mine } => {
+            store::fetched(g, None, &[], || inventory::list(g, *all, *mine)).unwrap_or_else(|code| code)
+        }
+        Command::Sweep { yes, older_than, environment, region } => store::fetched(g, None, &[], || {
             inventory::sweep(g, *yes, older_than.as_deref(), environment.as_deref(), region.as_deref())
+        })
+        .unwrap_or_else(|code| code),
+        Command::Report { run_id } => named(g, run_id, &[Part::Journal, Part::Report], |id| inventory::report(g, id)),
+        Command::Extend { run_id, duration } => {
+            named(g, run_id, &[Part::Journal], |id| inventory::extend(g, id, duration))
         }
-        Command::Report { run_id } => named(g, run_id, |id| inventory::report(g, id)),
-        Command::Extend { run_id, duration } => inventory::extend(g, run_id, duration),
         Command::Warm { file } => warm::warm(g, file),
-        Command::Env { run_id } => named(g, run_id, |id| access::env(g, id)),
+        Command::Env { run_id } => named(g, run_id, &[Part::Journal, Part::Connection], |id| access::env(g, id)),
         Command::Psql { run_id, database, args } => {
-            named(g, run_id, |id| access::psql(g, id, database.as_deref(), args))
+            named(g, run_id, &[Part::Journal, Part::Connection], |id| access::psql(g, id, database.as_deref(), args))
         }
-        Command::Logs { run_id, target, follow } => named(g, run_id, |id| access::logs(g, id, target, *follow)),
+        Command::Logs { run_id, target, follow } => {
+            named(g, run_id, &[Part::Journal, Part::Logs], |id| access::logs(g, id, target, *follow))
+        }
+        Command::Lock { name, lease, command } => lock::lock(g, name, lease, command),
+        Command::Unlock { name, force } => lock::unlock(g, name, *force),
     }
 }
 
@@ -184,11 +198,14 @@ fn schema() -> i32 {
     print_json(&schema).map_or_else(|code| code, |()| exit::PASSED)
 }
 
-/// Runs `f` with the run id that `arg` names: a run id, or a live run's name.
-fn named(g: &Global, arg: &str, f: impl FnOnce(&str) -> i32) -> i32 {
-    match inventory::resolve_run(g, arg) {
-        Ok(id) => f(&id),
-        Err(code) => code,
+/// Runs `f` with the run id that `arg` names: a run id, or a live run's name; with a
+/// shared state store, the `parts` of that run are fetched from it first.
+fn named(g: &Global, arg: &str, parts: &[Part], f: impl FnOnce(&str) -> i32) -> i32 {
+    let by_name = !state::valid_run_id(arg);
+    let id = store::fetched(g, (!by_name).then_some(arg), &[Part::Journal], || inventory::resolve_run(g, arg));
+    match id {
+        Ok(Ok(id)) => store::fetched(g, Some(&id), parts, || f(&id)).unwrap_or_else(|code| code),
+        Ok(Err(code)) | Err(code) => code,
     }
 }
 
@@ -244,7 +261,7 @@ pub async fn aws_provider(region: &str) -> AwsProvider<Sdk> {
 /// The state directory, checked: `Ok(None)` when it does not exist yet; an error
 /// (printed) when another user could have written what is in it.
 fn checked_state(g: &Global) -> Result<Option<PathBuf>, i32> {
-    let root = state::state_dir(g.state_dir.as_deref());
+    let root = store::local_root(g);
     for dir in [root.clone(), state::runs_dir(&root)] {
         match secure_fs::check_private_dir(&dir) {
             Ok(true) => {}

@@ -19,4 +19,5 @@ pub mod journal;
 pub mod lifecycle;
 pub mod provider;
 mod steps;
+pub mod store;
 pub mod teardown;

@@ -13,6 +13,8 @@ pub(crate) const USAGE: i32 = 2;
 pub(crate) const BUILD_FAILED: i32 = 3;
 /// Teardown left resources behind; they are listed with the command that removes them.
 pub(crate) const LEFTOVERS: i32 = 4;
+/// A lock (`rehearse lock`, `up --name`) is held by someone else; nothing was done.
+pub(crate) const LOCKED: i32 = 5;
 /// Interrupted (SIGINT/SIGTERM) and torn down.
 pub(crate) const INTERRUPTED: i32 = 130;
 
@@ -23,4 +25,5 @@ Exit codes:
   2    usage error or invalid description (nothing was created)
   3    the environment could not be built (whatever was created was torn down)
   4    teardown left resources behind (listed, with the command that removes them)
+  5    a lock is held by someone else (said: who, since when, until when); nothing was done
   130  interrupted (SIGINT/SIGTERM); torn down";

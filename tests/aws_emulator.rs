@@ -4,92 +4,17 @@
 //! 127.0.0.1; credentials are dummies and no configuration file is read.
 
 mod common;
+#[path = "common/emulator.rs"]
+mod emulator;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ec2::config::Credentials;
 use common::*;
+use emulator::*;
 
 const REGION: &str = "eu-west-1";
-
-/// A moto server on a free loopback port, stopped (by PID) when dropped.
-struct Emulator {
-    child: Child,
-    url: String,
-    _log: tempfile::NamedTempFile,
-}
-
-impl Emulator {
-    fn start(validation: bool) -> Emulator {
-        let bin = root().join(".venv/bin/moto_server");
-        assert!(bin.is_file(), "{} is missing: run `make test-deps` (make test does)", bin.display());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = Command::new(&bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::from(log.reopen().unwrap()))
-            .stderr(Stdio::from(log.reopen().unwrap()));
-        if validation {
-            cmd.env("MOTO_ENABLE_AMI_VALIDATION", "true").env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true");
-        }
-        let child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto did not start: {}",
-                std::fs::read_to_string(log.path()).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Emulator { child, url: format!("http://127.0.0.1:{port}"), _log: log }
-    }
-
-    /// The rehearse binary pointed at this emulator, with dummy credentials.
-    fn rehearse(&self, sb: &Sandbox) -> Command {
-        let mut c = sb.cmd();
-        self.env(&mut c, sb.dir.path());
-        c
-    }
-
-    fn env(&self, c: &mut Command, dir: &Path) {
-        c.env("AWS_ENDPOINT_URL", &self.url)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", REGION)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_SESSION_TOKEN");
-    }
-
-    fn clients(&self, rt: &tokio::runtime::Runtime) -> (aws_sdk_ec2::Client, aws_sdk_rds::Client) {
-        let conf = rt.block_on(
-            aws_config::defaults(BehaviorVersion::latest())
-                .endpoint_url(&self.url)
-                .region(Region::new(REGION))
-                .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-                .load(),
-        );
-        (aws_sdk_ec2::Client::new(&conf), aws_sdk_rds::Client::new(&conf))
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
 
 /// Production as the tests seed it.
 struct Prod {

@@ -4,20 +4,26 @@
 //! does; one in four is interrupted in process (as by Ctrl-C) the moment a create's
 //! answer is on its way, and tears itself down — a teardown it calls complete must have
 //! left nothing. Every scenario must end with nothing left and no mutating call on an
-//! untagged resource. A failing seed is printed; `REHEARSE_SEED=N` reruns just that one.
+//! untagged resource. Every run keeps its journal in a shared state store too (the fake
+//! S3, with lost answers, 409s, 5xx and lagging listings), and `down` runs as on
+//! another machine: from the journal it fetches from the store, never the local one.
+//! A failing seed is printed; `REHEARSE_SEED=N` reruns just that one.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::Silent;
 use rehearse::engine::journal::Journal;
 use rehearse::engine::lifecycle::{self, Options};
+use rehearse::engine::store::records::RemoteJournal;
 use rehearse::engine::teardown;
 use rehearse::providers::aws::AwsProvider;
 use rehearse::sys::signals::Signals;
 use rehearse::sys::timing::Clock;
 use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
+use rehearse::testkit::fake_s3::{FakeS3, S3Faults};
 
 /// environments/shop-aws.yaml without what needs reachable hosts (health checks,
 /// masking, suites): the fake cloud's addresses are not real. With `aurora`, its
@@ -61,6 +67,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
                 .seeded(seed)
                 .with_work_root(&state.join("work"));
         let run_id = format!("r-20261125-000000-{seed:06x}");
+        let s3 = Arc::new(FakeS3::new(seed, S3Faults::chaos()));
         let opts = Options {
             run_id: run_id.clone(),
             release: "v2".into(),
@@ -72,6 +79,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             run_as: None,
             exit_code: rehearse::commands::exit_code,
             name: None,
+            shared: Some(s3.clone()),
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -115,10 +123,30 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
         });
         drop(provider);
 
-        // `rehearse down RUN_ID`, from the journal, with a fresh provider; an operator
-        // runs it again while it reports leftovers (faults also hit teardown).
-        let journal_path = state.join("runs").join(&run_id).join("journal.jsonl");
+        // `rehearse down RUN_ID` on another machine, from the journal in the shared
+        // store, with a fresh provider; an operator runs it again while it reports
+        // leftovers (faults also hit teardown).
+        let elsewhere = state.join("elsewhere").join(&run_id);
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let in_store = rehearse::engine::store::sync::pull_journal(s3.as_ref(), &run_id, &elsewhere)
+            .await
+            .map_err(|e| format!("the journal cannot be fetched from the store: {e}"))?;
+        let journal_path = elsewhere.join("journal.jsonl");
+        if in_store == 0 {
+            // Killed before its first record reached the store: then nothing may have
+            // been attempted — the local journal holds the run's record at most.
+            let local = state.join("runs").join(&run_id).join("journal.jsonl");
+            let n = rehearse::engine::journal::read(&local).map(|r| r.len()).unwrap_or(0);
+            if n > 1 {
+                return Err(format!("the store has no journal, but the run journaled {n} records locally"));
+            }
+            std::fs::copy(&local, &journal_path).map_err(|e| format!("no journal anywhere: {e}"))?;
+        }
         let journal = Journal::open(&journal_path).map_err(|e| format!("no journal: {e}"))?;
+        let journal = journal
+            .mirror_to(RemoteJournal::after(s3.clone(), &run_id, in_store))
+            .await
+            .map_err(|e| format!("cannot append to the journal in the store: {e}"))?;
         let down =
             AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
                 .seeded(!seed)
@@ -144,8 +172,8 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             eprintln!("{}", std::fs::read_to_string(&journal_path).unwrap_or_default());
             eprintln!("calls: {:?}", cloud.calls().iter().filter(|c| c.mutating).collect::<Vec<_>>());
         }
-        // Every RunInstances call carried a client token journaled (fsynced) with the
-        // intent before the call.
+        // Every RunInstances call carried a client token that the journal in the store
+        // (read back by the other machine) held with the intent before the call.
         let records = rehearse::engine::journal::read(&journal_path).map_err(|e| e.to_string())?;
         let keys: Vec<String> = records
             .iter()
@@ -286,6 +314,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             run_as: None,
             exit_code: rehearse::commands::exit_code,
             name: None,
+            shared: None,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.

@@ -18,7 +18,7 @@ struct DamagingProvider;
 
 impl Provider for DamagingProvider {
     async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
-        ctx.created(res, Handle::new(serde_json::json!({"name": res.id})))?;
+        ctx.created(res, Handle::new(serde_json::json!({"name": res.id}))).await?;
         std::fs::write(ctx.run.state_dir.join("journal.jsonl"), b"\0\0\0 not a journal \0\0\0\n\x7f garbage\n")
             .unwrap();
         Ok(Output::Nothing)
@@ -50,6 +50,7 @@ async fn an_unreadable_journal_at_teardown_is_exit_4_never_complete() {
         run_as: None,
         exit_code: rehearse::commands::exit_code,
         name: None,
+        shared: None,
     };
     let outcome = lifecycle::run(&DamagingProvider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
     assert_eq!(outcome.report.exit_code, 4, "{:?}", outcome.report.reason);

@@ -34,8 +34,8 @@ pub(crate) enum SyntheticError {
 
 /// Records that teardown ran; a journal that cannot take the record is said, not
 /// fatal: teardown's own output already says what is left.
-pub(super) fn close_journal(journal: &Journal, complete: bool) {
-    if let Err(e) = journal.append(&Record::TornDown { complete, at: Utc::now() }) {
+pub(super) async fn close_journal(journal: &Journal, complete: bool) {
+    if let Err(e) = journal.append(&Record::TornDown { complete, at: Utc::now() }).await {
         eprintln!("rehearse: warning: cannot record the teardown in {}: {e}", journal.path().display());
     }
 }
@@ -63,14 +63,22 @@ pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
                         eprintln!("error: the journal {} belongs to run {}, not {run_id}", path.display(), meta.run_id);
                         return exit::USAGE;
                     }
-                    if finished.is_none() && meta.pid != std::process::id() && pid_alive(meta.pid, meta.pid_start) {
+                    if finished.is_none() && meta.pid != std::process::id() && run_alive(&meta, path.parent()) {
+                        if let Some(lease) = other_host_lease(&meta, path.parent()) {
+                            eprintln!(
+                                "error: run {run_id} is still in progress on {} (its lease runs until {}); interrupt it there and it tears itself down",
+                                lease.host,
+                                lease.lease_until.format("%Y-%m-%d %H:%M:%SZ")
+                            );
+                            return exit::USAGE;
+                        }
                         eprintln!(
                             "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
                             meta.pid, meta.pid
                         );
                         return exit::USAGE;
                     }
-                    let journal = match Journal::open(&path) {
+                    let journal = match super::store::open_journal(g, run_id, &path).await {
                         Ok(j) => j,
                         Err(e) => {
                             eprintln!("error: cannot open the journal {}: {e}", path.display());
@@ -83,9 +91,9 @@ pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
                             return exit::USAGE;
                         };
                         let provider = super::aws_provider(region).await;
-                        finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await
+                        finish_down(g, &provider, &journal, run_id, reporter.as_ref(), &signals).await
                     } else {
-                        finish_down(&LocalProvider::new(&work_root), &journal, run_id, reporter.as_ref(), &signals)
+                        finish_down(g, &LocalProvider::new(&work_root), &journal, run_id, reporter.as_ref(), &signals)
                             .await
                     };
                 }
@@ -119,14 +127,14 @@ pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
                 return exit::PASSED;
             }
             eprintln!("rehearse: no journal for {run_id}; removing the {} resource(s) tagged with it in {region}", found.len());
-            let journal = match synthetic_journal(g, run_id, "aws", Some(region), None, &found) {
+            let journal = match synthetic_journal(g, run_id, "aws", Some(region), None, &found).await {
                 Ok(j) => j,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return exit::BUILD_FAILED;
                 }
             };
-            return finish_down(&provider, &journal, run_id, reporter.as_ref(), &signals).await;
+            return finish_down(g, &provider, &journal, run_id, reporter.as_ref(), &signals).await;
         }
         // Locally, the run's tag is its work directory and every process carrying its id.
         let work = std::path::absolute(&work_root).unwrap_or_else(|_| work_root.clone()).join("runs").join(run_id);
@@ -139,8 +147,8 @@ pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
             return exit::PASSED;
         }
         eprintln!("rehearse: no journal for {run_id}; removing what is tagged with it");
-        match synthetic_journal(g, run_id, "local", None, Some(&work), &[]) {
-            Ok(j) => finish_down(&LocalProvider::new(&work_root), &j, run_id, reporter.as_ref(), &signals).await,
+        match synthetic_journal(g, run_id, "local", None, Some(&work), &[]).await {
+            Ok(j) => finish_down(g, &LocalProvider::new(&work_root), &j, run_id, reporter.as_ref(), &signals).await,
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::BUILD_FAILED
@@ -150,6 +158,7 @@ pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
 }
 
 async fn finish_down<P: Provider>(
+    g: &Global,
     provider: &P,
     journal: &Journal,
     run_id: &str,
@@ -159,12 +168,17 @@ async fn finish_down<P: Provider>(
     let out =
         teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new())
             .await;
-    close_journal(journal, out.complete());
+    close_journal(journal, out.complete()).await;
     if out.complete() {
         // Nothing left to connect to: its connection details (and their secrets) go too.
         if let Some(dir) = journal.path().parent() {
             if let Err(e) = crate::engine::connection::Connection::remove(dir) {
                 eprintln!("rehearse: warning: cannot remove the connection details in {}: {e}", dir.display());
+            }
+        }
+        if let Ok(Some(store)) = super::store::shared(g).await {
+            if let Err(e) = crate::engine::store::sync::remove_connection(store.as_ref(), run_id).await {
+                eprintln!("rehearse: warning: cannot remove the connection details from {}: {e}", store.url());
             }
         }
         println!("{run_id}: torn down, nothing left");
@@ -184,7 +198,7 @@ async fn finish_down<P: Provider>(
 /// A journal reconstructed for a run whose journal was lost: the local work directory,
 /// or the AWS resources found by tag (listed in creation order, so teardown's reverse
 /// order removes users before what they use).
-fn synthetic_journal(
+async fn synthetic_journal(
     g: &Global,
     run_id: &str,
     provider: &str,
@@ -192,7 +206,7 @@ fn synthetic_journal(
     work: Option<&Path>,
     found: &[Tagged],
 ) -> Result<Journal, SyntheticError> {
-    let root = state::private_dir(&state::state_dir(g.state_dir.as_deref()))?;
+    let root = state::private_dir(&super::store::local_root(g))?;
     let runs = state::private_dir(&state::runs_dir(&root))?;
     let dir = runs.join(run_id);
     match std::fs::create_dir(&dir) {
@@ -217,6 +231,7 @@ fn synthetic_journal(
         name: None,
         user: Some(crate::sys::process::user_name(nix::unistd::geteuid().as_raw())),
         max_ttl_secs: None,
+        host: Some(crate::sys::process::host_name()),
     };
     let path = dir.join("journal.jsonl");
     // An unreadable journal is kept beside, for a person to look at; if it cannot be
@@ -227,8 +242,13 @@ fn synthetic_journal(
     }
     let io = |source| SyntheticError::Io { path: path.clone(), source };
     let j = Journal::create(&path, &meta).map_err(io)?;
+    // With a shared store, the rebuilt journal goes there too (after whatever it has).
+    let j = match super::store::shared(g).await {
+        Ok(Some(store)) => super::store::mirror(j, store, run_id).await.map_err(io)?,
+        _ => j,
+    };
     if let Some(work) = work {
-        j.created("workspace", Kind::Workspace, serde_json::json!({"dir": work})).map_err(io)?;
+        j.created("workspace", Kind::Workspace, serde_json::json!({"dir": work})).await.map_err(io)?;
     }
     for t in found.iter().rev() {
         let id = tag_value(&t.tags, TAG_RESOURCE).map(str::to_string).unwrap_or_else(|| format!("{}:{}", t.kind, t.id));
@@ -239,9 +259,36 @@ fn synthetic_journal(
             Kind::AwsSecurityGroup => "group_id",
             _ => "name",
         };
-        j.created(&id, t.kind, serde_json::json!({ key: t.id })).map_err(io)?;
+        j.created(&id, t.kind, serde_json::json!({ key: t.id })).await.map_err(io)?;
     }
     Ok(j)
+}
+
+/// The lock name of a run's liveness lease in a shared store.
+pub(crate) fn run_lease_name(run_id: &str) -> String {
+    format!("run.{run_id}")
+}
+
+/// A run's lease as last fetched from the shared store, when the run is on another
+/// machine (`runs/RUN_ID/lease.json`).
+fn other_host_lease(meta: &journal::RunMeta, run_dir: Option<&Path>) -> Option<crate::engine::store::lock::LockInfo> {
+    let host = meta.host.as_deref()?;
+    if host == crate::sys::process::host_name() {
+        return None;
+    }
+    let text = std::fs::read(run_dir?.join("lease.json")).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Whether the process running a journal's run still lives: on this machine, its PID
+/// and start time; on another (a shared store), its lease has not run out.
+pub(super) fn run_alive(meta: &journal::RunMeta, run_dir: Option<&Path>) -> bool {
+    match meta.host.as_deref() {
+        Some(h) if h != crate::sys::process::host_name() => {
+            other_host_lease(meta, run_dir).is_some_and(|l| l.lease_until > Utc::now())
+        }
+        _ => pid_alive(meta.pid, meta.pid_start),
+    }
 }
 
 /// Whether the rehearse process that ran a journal is still running: its PID *and*

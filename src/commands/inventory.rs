@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 
-use super::down::{down, pid_alive};
+use super::down::{down, run_alive};
 use super::{checked_state, runtime};
 use crate::cli::{Format, Global};
 use crate::engine::journal::{self, State};
@@ -158,7 +158,7 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
             (_, Some(true)) if remaining == 0 => RunStatus::Destroyed,
             (Some((_, _, true)), _) => RunStatus::Kept,
             (_, Some(_)) => RunStatus::LeftResources,
-            (None, None) if pid_alive(meta.pid, meta.pid_start) => RunStatus::Running,
+            (None, None) if run_alive(&meta, Some(&e.path())) => RunStatus::Running,
             _ if remaining == 0 => RunStatus::Destroyed,
             _ => RunStatus::Crashed,
         };
@@ -313,8 +313,12 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
             }
         }
     }
-    let appended = journal::Journal::open(&path)
-        .and_then(|j| j.append(&journal::Record::Extended { expires_at: wanted, at: Utc::now() }));
+    let appended = runtime().block_on(async {
+        super::store::open_journal(g, &run_id, &path)
+            .await?
+            .append(&journal::Record::Extended { expires_at: wanted, at: Utc::now() })
+            .await
+    });
     if let Err(e) = appended {
         eprintln!("error: cannot write the journal {}: {e}", path.display());
         return exit::BUILD_FAILED;

@@ -54,22 +54,12 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         }
     };
     if let Some(name) = &args.name {
-        if let Err(code) = super::inventory::check_name_free(g, name) {
-            return code;
+        if let Err(why) = crate::description::decode::KeyRule::Identifier.check(name) {
+            eprintln!("error: --name `{name}`: {why}");
+            return exit::USAGE;
         }
     }
-    let opts = Options {
-        run_id: state::new_run_id(),
-        release,
-        destroy,
-        cold: args.cold,
-        up_only,
-        state_root: state::state_dir(g.state_dir.as_deref()),
-        work_root: state::work_dir(),
-        run_as: args.run_as.clone(),
-        exit_code,
-        name: args.name.clone(),
-    };
+    let run_id = state::new_run_id();
     let rt = runtime();
     let reporter = reporter(g);
     rt.block_on(async {
@@ -77,7 +67,59 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             Ok(s) => s,
             Err(code) => return code,
         };
-        match &loaded.desc.target {
+        let shared = match super::store::shared(g).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let lease = super::store::lease();
+        // A name is claimed under its lock: of two runs asking for the same name at
+        // once, one waits for nothing and the other is told who has it.
+        let name_lock = match &args.name {
+            Some(name) => {
+                let verb = if up_only { "up" } else { "run" };
+                let held =
+                    match super::lock::take(g, name, &format!("rehearse {verb} --name {name}"), Some(&run_id), lease)
+                        .await
+                    {
+                        Ok(l) => l,
+                        Err(code) => return code,
+                    };
+                let free = match super::store::fetch_all(g).await {
+                    Ok(()) => super::inventory::check_name_free(g, name),
+                    Err(code) => Err(code),
+                };
+                if let Err(code) = free {
+                    super::lock::give_back(held, name).await;
+                    return code;
+                }
+                Some((held, name.clone()))
+            }
+            None => None,
+        };
+        // With a shared store, the run's lease tells other machines that it still lives.
+        let alive = match &shared {
+            Some(_) => {
+                match super::lock::take(g, &super::down::run_lease_name(&run_id), "run", Some(&run_id), lease).await {
+                    Ok(l) => Some(l),
+                    Err(code) => return code,
+                }
+            }
+            None => None,
+        };
+        let opts = Options {
+            run_id: run_id.clone(),
+            release,
+            destroy,
+            cold: args.cold,
+            up_only,
+            state_root: super::store::local_root(g),
+            work_root: state::work_dir(),
+            run_as: args.run_as.clone(),
+            exit_code,
+            name: args.name.clone(),
+            shared,
+        };
+        let code = match &loaded.desc.target {
             Target::Local => {
                 drive(g, &LocalProvider::new(&opts.work_root), &loaded, &opts, reporter.as_ref(), &signals).await
             }
@@ -85,7 +127,14 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
                 let provider = super::aws_provider(&aws.region).await;
                 drive(g, &provider, &loaded, &opts, reporter.as_ref(), &signals).await
             }
+        };
+        if let Some(l) = alive {
+            super::lock::give_back(l, &super::down::run_lease_name(&run_id)).await;
         }
+        if let Some((l, name)) = name_lock {
+            super::lock::give_back(l, &name).await;
+        }
+        code
     })
 }
 
@@ -99,8 +148,36 @@ async fn drive<P: Provider>(
     reporter: &dyn Reporter,
     signals: &Signals,
 ) -> i32 {
-    let result =
-        std::panic::AssertUnwindSafe(lifecycle::run(provider, loaded, opts, reporter, signals)).catch_unwind().await;
+    let run_state = state::run_dir(&opts.state_root, &opts.run_id);
+    let result = {
+        let run =
+            std::panic::AssertUnwindSafe(lifecycle::run(provider, loaded, opts, reporter, signals)).catch_unwind();
+        // Long runs show their logs in the shared store as they go.
+        let logs = super::store::publish_logs_periodically(opts.shared.clone(), &opts.run_id, &run_state);
+        tokio::pin!(logs);
+        tokio::select! {
+            r = run => r,
+            () = &mut logs => unreachable_publisher(),
+        }
+    };
+    let code = finish(g, result, opts, provider, reporter, signals).await;
+    super::store::publish(opts.shared.as_deref(), &opts.run_id, &run_state).await;
+    code
+}
+
+/// The periodic publisher never ends by itself; if it did, the run would be lost.
+fn unreachable_publisher() -> Result<Result<lifecycle::Outcome, lifecycle::RunError>, Box<dyn std::any::Any + Send>> {
+    Err(Box::new("the log publisher ended"))
+}
+
+async fn finish<P: Provider>(
+    g: &Global,
+    result: Result<Result<lifecycle::Outcome, lifecycle::RunError>, Box<dyn std::any::Any + Send>>,
+    opts: &Options,
+    provider: &P,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> i32 {
     match result {
         Ok(Ok(outcome)) => {
             let code = outcome.report.exit_code;
@@ -146,9 +223,13 @@ async fn down_after_failure<P: Provider>(
 ) -> Option<i32> {
     let path = state::run_dir(&opts.state_root, &opts.run_id).join("journal.jsonl");
     let j = Journal::open(&path).ok()?;
+    let j = match &opts.shared {
+        Some(store) => super::store::mirror(j, store.clone(), &opts.run_id).await.ok()?,
+        None => j,
+    };
     let out =
         teardown::run(provider, &j, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new()).await;
-    super::down::close_journal(&j, out.complete());
+    super::down::close_journal(&j, out.complete()).await;
     if out.complete() {
         Some(exit::BUILD_FAILED)
     } else {

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::engine::store::records::RemoteJournal;
 use crate::plan::Kind;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -76,6 +77,10 @@ pub struct RunMeta {
     /// `max_ttl`); journals from before it was recorded get the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ttl_secs: Option<u64>,
+    /// The machine it runs on: its PID means something only there (elsewhere, the
+    /// run's lease in the shared store says whether it still lives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl RunMeta {
@@ -107,6 +112,7 @@ impl RunMeta {
             name: None,
             user: None,
             max_ttl_secs: None,
+            host: None,
         }
     }
 }
@@ -114,51 +120,125 @@ impl RunMeta {
 pub struct Journal {
     path: PathBuf,
     file: Mutex<File>,
+    /// The same records in the state store, when it is shared (`s3://`).
+    remote: Mutex<Option<RemoteWriter>>,
+}
+
+/// A record for the store, and where to say how its upload went.
+type Upload = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// The task that makes records durable in the store, one at a time and in the order
+/// they were written here. A task of its own, so that a record's upload goes on
+/// whether or not the future that appended it is being polled: no lock is ever held
+/// across an await, and an append left waiting cannot block the others.
+struct RemoteWriter {
+    tx: tokio::sync::mpsc::UnboundedSender<Upload>,
+    url: String,
+}
+
+fn line_of(rec: &Record) -> std::io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+fn write_line(f: &mut File, line: &[u8]) -> std::io::Result<()> {
+    f.write_all(line)?;
+    f.sync_data()
+}
+
+fn poisoned<T>(_: T) -> std::io::Error {
+    std::io::Error::other("journal lock poisoned")
 }
 
 impl Journal {
     /// Creates a new journal; fails if one exists (run ids are unique).
     pub fn create(path: &Path, meta: &RunMeta) -> std::io::Result<Journal> {
-        let file = OpenOptions::new().create_new(true).append(true).open(path)?;
-        let j = Journal { path: path.to_path_buf(), file: Mutex::new(file) };
-        j.append(&Record::Run(meta.clone()))?;
+        let mut file = OpenOptions::new().create_new(true).append(true).open(path)?;
+        write_line(&mut file, &line_of(&Record::Run(meta.clone()))?)?;
         // The directory entry itself must survive a crash too.
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        Ok(j)
+        Ok(Journal { path: path.to_path_buf(), file: Mutex::new(file), remote: Mutex::new(None) })
     }
 
     /// Opens an existing journal for appending (for `down`).
     pub fn open(path: &Path) -> std::io::Result<Journal> {
         let file = OpenOptions::new().append(true).open(path)?;
-        Ok(Journal { path: path.to_path_buf(), file: Mutex::new(file) })
+        Ok(Journal { path: path.to_path_buf(), file: Mutex::new(file), remote: Mutex::new(None) })
+    }
+
+    /// From now on every record is also made durable in the state store before
+    /// `append` returns; the records the store does not have yet (those before it was
+    /// attached) are sent first. Inside a tokio runtime.
+    pub async fn mirror_to(self, mut remote: RemoteJournal) -> std::io::Result<Journal> {
+        let have = usize::try_from(remote.written()).unwrap_or(usize::MAX);
+        for rec in read(&self.path)?.iter().skip(have) {
+            remote.append(&line_of(rec)?).await.map_err(|e| store_error(&remote.url(), e))?;
+        }
+        let url = remote.url();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Upload>();
+        tokio::spawn(async move {
+            while let Some((line, done)) = rx.recv().await {
+                let r = remote.append(&line).await.map_err(|e| e.to_string());
+                // The appender may have been dropped (its step was cancelled): the
+                // record is in the store all the same.
+                #[allow(clippy::let_underscore_must_use)]
+                let _ = done.send(r);
+            }
+        });
+        *self.remote.lock().map_err(poisoned)? = Some(RemoteWriter { tx, url });
+        Ok(self)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends one record and fsyncs it before returning.
-    pub fn append(&self, rec: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut f = self.file.lock().map_err(|_| std::io::Error::other("journal lock poisoned"))?;
-        f.write_all(&line)?;
-        f.sync_data()
+    /// Appends one record, fsynced here and durable in the shared store (if any),
+    /// before returning.
+    pub async fn append(&self, rec: &Record) -> std::io::Result<()> {
+        let line = line_of(rec)?;
+        let uploaded = {
+            let mut f = self.file.lock().map_err(poisoned)?;
+            write_line(&mut f, &line)?;
+            // Queued while the file is still held: the store gets records in file order.
+            let remote = self.remote.lock().map_err(poisoned)?;
+            match remote.as_ref() {
+                None => None,
+                Some(w) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    w.tx.send((line, tx)).map_err(|_| std::io::Error::other("the journal's store writer stopped"))?;
+                    Some((rx, w.url.clone()))
+                }
+            }
+        };
+        if let Some((rx, url)) = uploaded {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(std::io::Error::other(format!("the journal in the state store {url}: {e}"))),
+                Err(_) => return Err(std::io::Error::other(format!("the journal's writer to {url} stopped"))),
+            }
+        }
+        Ok(())
     }
 
-    pub fn intent(&self, id: &str, kind: Kind, key: Option<&str>) -> std::io::Result<()> {
-        self.append(&Record::Intent { id: id.into(), kind, key: key.map(str::to_string), at: Utc::now() })
+    pub async fn intent(&self, id: &str, kind: Kind, key: Option<&str>) -> std::io::Result<()> {
+        self.append(&Record::Intent { id: id.into(), kind, key: key.map(str::to_string), at: Utc::now() }).await
     }
 
-    pub fn created(&self, id: &str, kind: Kind, handle: Value) -> std::io::Result<()> {
-        self.append(&Record::Created { id: id.into(), kind, handle, at: Utc::now() })
+    pub async fn created(&self, id: &str, kind: Kind, handle: Value) -> std::io::Result<()> {
+        self.append(&Record::Created { id: id.into(), kind, handle, at: Utc::now() }).await
     }
 
-    pub fn deleted(&self, id: &str) -> std::io::Result<()> {
-        self.append(&Record::Deleted { id: id.into(), at: Utc::now() })
+    pub async fn deleted(&self, id: &str) -> std::io::Result<()> {
+        self.append(&Record::Deleted { id: id.into(), at: Utc::now() }).await
     }
+}
+
+fn store_error(url: &str, e: crate::engine::store::StoreError) -> std::io::Error {
+    std::io::Error::other(format!("the journal in the state store {url}: {e}"))
 }
 
 /// Reads every record. A torn final line (a crash mid-write) is skipped; an
@@ -281,17 +361,17 @@ mod tests {
         RunMeta::sample("r-1", "local", None)
     }
 
-    #[test]
-    fn folds_intents_creations_and_deletions_and_survives_a_torn_line() {
+    #[tokio::test]
+    async fn folds_intents_creations_and_deletions_and_survives_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let j = Journal::create(&path, &meta()).unwrap();
-        j.intent("a", Kind::LocalPostgres, None).unwrap();
-        j.created("a", Kind::LocalPostgres, serde_json::json!({"pid": 1})).unwrap();
-        j.intent("b", Kind::LocalProcess, Some("b-key")).unwrap();
-        j.intent("c", Kind::LocalProcess, None).unwrap();
-        j.created("c", Kind::LocalProcess, serde_json::json!({"pid": 2})).unwrap();
-        j.deleted("c").unwrap();
+        j.intent("a", Kind::LocalPostgres, None).await.unwrap();
+        j.created("a", Kind::LocalPostgres, serde_json::json!({"pid": 1})).await.unwrap();
+        j.intent("b", Kind::LocalProcess, Some("b-key")).await.unwrap();
+        j.intent("c", Kind::LocalProcess, None).await.unwrap();
+        j.created("c", Kind::LocalProcess, serde_json::json!({"pid": 2})).await.unwrap();
+        j.deleted("c").await.unwrap();
         drop(j);
         // A crash in the middle of a write leaves half a line.
         std::fs::OpenOptions::new()
@@ -309,12 +389,12 @@ mod tests {
         assert_eq!(state.remaining()[0].key.as_deref(), Some("b-key"));
     }
 
-    #[test]
-    fn a_damaged_line_before_the_end_is_an_error_not_a_gap() {
+    #[tokio::test]
+    async fn a_damaged_line_before_the_end_is_an_error_not_a_gap() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let j = Journal::create(&path, &meta()).unwrap();
-        j.intent("a", Kind::LocalPostgres, None).unwrap();
+        j.intent("a", Kind::LocalPostgres, None).await.unwrap();
         drop(j);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("{text}garbage\n{text}")).unwrap();

@@ -53,6 +53,9 @@ pub struct Options {
     /// The name the run goes by besides its id (`up --name`), unique among the live
     /// runs of this state directory (the command checks).
     pub name: Option<String>,
+    /// The shared state store (`s3://`), where every journal record is also made
+    /// durable before `append` returns.
+    pub shared: Option<std::sync::Arc<dyn crate::engine::store::ObjectStore>>,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the
@@ -152,8 +155,17 @@ pub async fn run<P: Provider>(
         name: opts.name.clone(),
         user: Some(process::user_name(nix::unistd::geteuid().as_raw())),
         max_ttl_secs: Some(d.max_ttl.as_secs()),
+        host: Some(process::host_name()),
     };
     let journal = Journal::create(&run_state.join("journal.jsonl"), &meta).map_err(RunError::Journal)?;
+    // With a shared state store, the journal is there too before anything is created.
+    let journal = match &opts.shared {
+        Some(store) => journal
+            .mirror_to(crate::engine::store::records::RemoteJournal::new(store.clone(), &run_id))
+            .await
+            .map_err(RunError::Journal)?,
+        None => journal,
+    };
     reporter.event(Event::Note(format!(
         "run {run_id}: rehearsing `{}` release {} on {}",
         d.name,
@@ -166,10 +178,10 @@ pub async fn run<P: Provider>(
 
     // The run's own corner of the work directory: the local copy, the release, the
     // suites' scratch directories, the HOME of the release's user.
-    journal.intent("workspace", Kind::Workspace, None).map_err(RunError::Journal)?;
+    journal.intent("workspace", Kind::Workspace, None).await.map_err(RunError::Journal)?;
     let home = work_dir.join("home");
     workspace(&work_runs, &run_id, users)?;
-    journal.created("workspace", Kind::Workspace, json!({"dir": work_dir})).map_err(RunError::Journal)?;
+    journal.created("workspace", Kind::Workspace, json!({"dir": work_dir})).await.map_err(RunError::Journal)?;
     if let Some(u) = users.release {
         if !opts.up_only && !d.suites.is_empty() && !process::can_enter(&loaded.dir, u) {
             return Err(RunError::SuitesUnreachable {
@@ -268,7 +280,7 @@ pub async fn run<P: Provider>(
             (Left::Remaining(_) | Left::Orphaned(_), _) => "incomplete",
         };
         unknown = out.unknown().map(str::to_string);
-        journaled(reporter, journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() }));
+        journaled(reporter, journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() }).await);
         destroy_steps = out
             .destroyed
             .iter()
@@ -305,7 +317,9 @@ pub async fn run<P: Provider>(
     let exit_code = (opts.exit_code)(verdict, leftovers.len());
     journaled(
         reporter,
-        journal.append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() }),
+        journal
+            .append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() })
+            .await,
     );
 
     // A step that panicked while holding the lock left the timings before it intact.

@@ -124,9 +124,10 @@ impl<'a> Ctx<'a> {
     /// Reports that `res` exists, with what is needed to remove it: the engine journals
     /// it (fsynced) before this returns. Reported again when the handle changes (a
     /// cluster that moved to another port).
-    pub fn created(&self, res: &Resource, handle: Handle) -> Result<(), StepError> {
+    pub async fn created(&self, res: &Resource, handle: Handle) -> Result<(), StepError> {
         self.journal
             .created(&res.id, res.kind, handle.0)
+            .await
             .map_err(|e| StepError::build(format!("cannot write the journal: {e}")))
     }
 

@@ -188,7 +188,7 @@ pub(super) async fn execute<P: Provider>(
                     }));
                 } else {
                     let key = provider.idempotency_key(r, &info.run_id);
-                    if let Err(e) = journal.intent(&r.id, r.kind, key.as_deref()) {
+                    if let Err(e) = journal.intent(&r.id, r.kind, key.as_deref()).await {
                         status[i] = Status::Failed;
                         result.failure =
                             Some((r.id.clone(), StepError::build(format!("cannot write the journal: {e}"))));
@@ -288,7 +288,7 @@ pub(super) async fn execute<P: Provider>(
                 // The provider knows nothing was created: the journal says so at once,
                 // so teardown does not look for what cannot exist.
                 if e.creation == Creation::Nothing {
-                    if let Err(je) = journal.deleted(&r.id) {
+                    if let Err(je) = journal.deleted(&r.id).await {
                         reporter.event(Event::Note(format!("{}: cannot write the journal: {je}", r.id)));
                     }
                 }

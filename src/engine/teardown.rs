@@ -153,7 +153,7 @@ pub async fn run<P: Provider>(
                         destroyed.push(d);
                         if ok {
                             // Unrecorded, the next `down` tries again, and gone counts as done.
-                            if let Err(e) = journal.deleted(&entry.id) {
+                            if let Err(e) = journal.deleted(&entry.id).await {
                                 reporter.event(Event::Note(format!("{}: cannot record its removal: {e}", entry.id)));
                             }
                         } else {
@@ -303,7 +303,7 @@ mod tests {
     async fn attempts_and_left(kind: DestroyErrorKind) -> (u32, Left) {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(&dir.path().join("journal.jsonl"), &RunMeta::sample("r-1", "local", None)).unwrap();
-        j.created("x", Kind::LocalRelease, serde_json::json!({"dir": "/nowhere"})).unwrap();
+        j.created("x", Kind::LocalRelease, serde_json::json!({"dir": "/nowhere"})).await.unwrap();
         let p = Refusing { kind, attempts: AtomicU32::new(0) };
         let out = run(&p, &j, &Silent, &Signals::none(), 1, &Clock::new()).await;
         (p.attempts.load(Ordering::SeqCst), out.left)
@@ -327,7 +327,7 @@ mod tests {
     async fn a_resource_journaled_without_an_id_that_stays_is_orphaned() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(&dir.path().join("journal.jsonl"), &RunMeta::sample("r-1", "local", None)).unwrap();
-        j.intent("x", Kind::LocalRelease, None).unwrap();
+        j.intent("x", Kind::LocalRelease, None).await.unwrap();
         let p = Refusing { kind: DestroyErrorKind::Unavailable, attempts: AtomicU32::new(0) };
         let out = run(&p, &j, &Silent, &Signals::none(), 1, &Clock::new()).await;
         assert!(matches!(out.left, Left::Orphaned(ref l) if l[0].provider_id.is_none()), "{:?}", out.left);

@@ -139,6 +139,15 @@ pub(crate) fn user_name(uid: u32) -> String {
     }
 }
 
+/// This machine's name, for journals and locks (`REHEARSE_HOST` stands in for it, so a
+/// test can play a second machine).
+pub(crate) fn host_name() -> String {
+    if let Some(h) = std::env::var("REHEARSE_HOST").ok().filter(|h| !h.is_empty()) {
+        return h;
+    }
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+}
+
 /// A started long-running process, as journaled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProcHandle {

@@ -63,6 +63,7 @@ pub async fn concurrent_runs(
             run_as: None,
             exit_code: crate::commands::exit_code,
             name: None,
+            shared: None,
         };
         let signals = crate::sys::signals::Signals::none();
         let events = crate::engine::events::Silent;

@@ -101,7 +101,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             )
             .await
             .map_err(|e| Self::create_failed(&e, format!("cannot create the run's security group in {vpc}: {e}")))?;
-        ctx.created(res, Handle::new(json!({"group_id": id})))?;
+        ctx.created(res, Handle::new(json!({"group_id": id}))).await?;
         self.remember(&res.id, &id);
         // No ingress yet: the rules come per port, the copies' only once they are secured.
         ctx.step(res, "create", t, true, Some(id));
@@ -135,7 +135,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         self.api.authorize_ingress(&sg, &cidrs, &ports).await.map_err(|e| {
             StepError::build(format!("cannot open tcp {shown} of security group {sg} to {cidrs:?} and itself: {e}"))
         })?;
-        ctx.created(res, Handle::new(json!({"group_id": sg, "ports": ports})))?;
+        ctx.created(res, Handle::new(json!({"group_id": sg, "ports": ports}))).await?;
         ctx.step(res, "authorize", t, true, Some(format!("tcp {shown} from {} and the group", cidrs.join(", "))));
         Ok(Output::Nothing)
     }
@@ -149,7 +149,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             .create_db_subnet_group(&name, &format!("rehearse run {}", ctx.run.run_id), &subnets, &Self::tags(ctx, res))
             .await
             .map_err(|e| Self::create_failed(&e, format!("cannot create the run's DB subnet group: {e}")))?;
-        ctx.created(res, Handle::new(json!({"name": g.name})))?;
+        ctx.created(res, Handle::new(json!({"name": g.name}))).await?;
         self.remember(&res.id, &g.name);
         ctx.step(res, "create", t, true, Some(g.name));
         Ok(Output::Nothing)
@@ -235,7 +235,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     .create_cluster_instance(&id, &cluster_id, &class, &engine, &Self::tags(ctx, res))
                     .await
                     .map_err(|e| StepError::build(format!("cannot create an instance in cluster {cluster_id}: {e}")))?;
-                ctx.created(res, Handle::new(json!({"db_instance_id": inst.id})))?;
+                ctx.created(res, Handle::new(json!({"db_instance_id": inst.id}))).await?;
                 ctx.step(res, "create-instance", t, true, None);
                 let backup = BackupUsed {
                     database: res.name.clone(),
@@ -293,7 +293,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
                     };
                     Self::create_failed(&e, format!("cannot restore {snapshot_id} into {id}: {e}{hint}"))
                 })?;
-                ctx.created(res, Handle::new(json!({"db_instance_id": inst.id})))?;
+                ctx.created(res, Handle::new(json!({"db_instance_id": inst.id}))).await?;
                 ctx.step(res, "restore", t, true, Some(format!("{snapshot_id} → {id}")));
                 let backup = BackupUsed {
                     database: res.name.clone(),
@@ -424,7 +424,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             .clone_db_cluster(&req)
             .await
             .map_err(|e| StepError::build(format!("cannot clone Aurora cluster {source}: {e}")))?;
-        ctx.created(res, Handle::new(json!({"db_cluster_id": c.id})))?;
+        ctx.created(res, Handle::new(json!({"db_cluster_id": c.id}))).await?;
         self.remember(&res.id, &c.id);
         let deadline = Instant::now() + db.timeout.unwrap_or(Duration::from_secs(30 * 60));
         // The poller retries a failed describe at its next interval: no retry stacked on it.
@@ -479,7 +479,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             Self::create_failed(&e, msg)
         })?;
         let id = ids.first().cloned().ok_or_else(|| StepError::build("RunInstances returned no instance"))?;
-        ctx.created(res, Handle::new(json!({"instance_id": id})))?;
+        ctx.created(res, Handle::new(json!({"instance_id": id}))).await?;
         ctx.step(res, "run-instance", t, true, Some(id.clone()));
         let t = ctx.started(res, "wait-running", None);
         // The poller retries a failed describe at its next interval: no retry stacked on it.

@@ -153,7 +153,7 @@ fn classify(code: Option<&str>, server_error: bool) -> ErrorKind {
 const SERVER: &[&str] =
     &["InternalError", "InternalFailure", "InternalServerError", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
 
-fn err<E>(e: SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> ApiError
+pub(crate) fn err<E>(e: SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> ApiError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -197,6 +197,7 @@ macro_rules! all_pages {
 
 mod ec2;
 mod rds;
+pub mod s3;
 
 #[cfg(test)]
 mod tests {

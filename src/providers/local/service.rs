@@ -7,7 +7,7 @@ impl LocalProvider {
     pub(super) async fn release(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let artifact = ctx.loaded.resolve(Path::new(&ctx.plan.release.artifact));
         let dest = ctx.run.work_dir.join("release");
-        ctx.created(res, Handle::new(json!({"dir": dest})))?;
+        ctx.created(res, Handle::new(json!({"dir": dest}))).await?;
         let t = ctx.started(res, "unpack", Some(artifact.display().to_string()));
         // The release is private (whatever modes the artifact carried: no one else may
         // read or change it before it runs) and belongs to the user it runs as;
@@ -53,7 +53,7 @@ impl LocalProvider {
     pub(super) async fn install(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let s = &ctx.loaded.desc.services[res.name.as_str()];
         let dir = ctx.run.work_dir.join("release");
-        ctx.created(res, Handle::new(json!({})))?;
+        ctx.created(res, Handle::new(json!({}))).await?;
         if !s.templates.is_empty() {
             // The release's directory is its user's: written through descriptors that
             // follow no link, each file replaced by a rename, owned by that user, 0600.
@@ -122,7 +122,7 @@ impl LocalProvider {
         let (mut child, handle) = process::spawn_logged(&mut cmd, &log, false)
             .map_err(|e| StepError::release(format!("cannot start `{command}`: {e}")))?;
         // Journaled before anything else can fail or be interrupted.
-        ctx.created(res, Handle::new(json!({"process": handle, "port": port})))?;
+        ctx.created(res, Handle::new(json!({"process": handle, "port": port}))).await?;
         ctx.step(res, "start", t, true, Some(format!("pid {} port {port}", handle.pid)));
         if let Some(h) = &s.health {
             let t = ctx.started(res, "health", Some(h.path.clone()));

@@ -1,0 +1,184 @@
+//! `rehearse lock NAME -- COMMAND` and `rehearse unlock NAME --force`: the state
+//! store's named locks, for scripts and CI jobs that must not overlap (two jobs
+//! rebuilding the same staging) and for the human who clears a dead holder's lock.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::store;
+use crate::cli::Global;
+use crate::engine::store::lock::{self, Acquired, Lease, LockInfo};
+use crate::exit;
+
+/// A lock name: what a description's names may be (letters, digits, `-`, `_`).
+fn checked_name(name: &str) -> Result<(), i32> {
+    crate::description::decode::KeyRule::Identifier.check(name).map_err(|why| {
+        eprintln!("error: lock name `{name}`: {why}");
+        exit::USAGE
+    })
+}
+
+/// The lease `--lease` asks for (at least a second).
+fn lease_of(text: &str) -> Result<Duration, i32> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        Ok(_) => {
+            eprintln!("error: --lease {text}: a lease of less than a second would lapse between renewals");
+            Err(exit::USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: --lease {text}: {e} (e.g. 30s, 5m)");
+            Err(exit::USAGE)
+        }
+    }
+}
+
+/// Takes `name` for this process, or says who holds it (`Err`: the exit code).
+pub(crate) async fn take(
+    g: &Global,
+    name: &str,
+    purpose: &str,
+    run_id: Option<&str>,
+    lease: Duration,
+) -> Result<Lease, i32> {
+    let store = store::lock_store(g).await?;
+    let me = LockInfo::for_this_process(name, purpose, run_id);
+    match lock::acquire(store.as_ref(), &me, lease, &Utc::now).await {
+        Ok(Acquired::Held(held)) => {
+            if let Some(stale) = &held.took_over {
+                eprintln!(
+                    "rehearse: took over the lock `{name}`: its lease ran out at {} ({})",
+                    stale.lease_until.format("%Y-%m-%d %H:%M:%SZ"),
+                    stale.refusal()
+                );
+            }
+            Ok(Lease::keep(store, held, lease))
+        }
+        Ok(Acquired::Refused(holder)) => {
+            eprintln!("error: {}", holder.refusal());
+            Err(exit::LOCKED)
+        }
+        Err(e) => {
+            eprintln!("error: cannot take the lock `{name}` in {}: {e}", store.url());
+            Err(exit::BUILD_FAILED)
+        }
+    }
+}
+
+/// Gives a lock back; a lock lost on the way is said.
+pub(crate) async fn give_back(lease: Lease, name: &str) {
+    match lease.release().await {
+        Ok(true) => {}
+        Ok(false) => eprintln!("rehearse: warning: the lock `{name}` was no longer this process's when it ended"),
+        Err(e) => eprintln!(
+            "rehearse: warning: cannot release the lock `{name}` ({e}); it frees itself when its lease runs out"
+        ),
+    }
+}
+
+pub(crate) fn lock(g: &Global, name: &str, lease: &str, command: &[String]) -> i32 {
+    if let Err(code) = checked_name(name).and_then(|()| lease_of(lease).map(|_| ())) {
+        return code;
+    }
+    let Ok(lease) = lease_of(lease) else { return exit::USAGE };
+    super::runtime().block_on(async {
+        let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(i), Ok(t)) => (i, t),
+            _ => {
+                eprintln!("error: cannot install signal handlers");
+                return exit::BUILD_FAILED;
+            }
+        };
+        let held = match take(g, name, &format!("rehearse lock -- {}", command.join(" ")), None, lease).await {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        let mut lost = held.lost.clone();
+        let mut child = match tokio::process::Command::new(&command[0]).args(&command[1..]).kill_on_drop(true).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: cannot start `{}`: {e}", command[0]);
+                give_back(held, name).await;
+                return exit::USAGE;
+            }
+        };
+        let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+        let stop = |why: &str| {
+            eprintln!("rehearse: {why}: stopping `{}`", command[0]);
+            if let Some(pid) = pid {
+                // Gone already is fine: it is stopping anyway.
+                #[allow(clippy::let_underscore_must_use)]
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+        };
+        let code = tokio::select! {
+            status = child.wait() => status.map(|s| s.code().unwrap_or(exit::INTERRUPTED)).unwrap_or(exit::BUILD_FAILED),
+            why = lost.wait_for(|l| l.is_some()) => {
+                let why = why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default();
+                stop(&why);
+                #[allow(clippy::let_underscore_must_use)]
+                // Its status no longer matters: the lock was lost, and that is the exit code.
+                let _ = child.wait().await;
+                return exit::LOCKED;
+            }
+            _ = int.recv() => { stop("interrupted"); wait_code(&mut child).await }
+            _ = term.recv() => { stop("terminated"); wait_code(&mut child).await }
+        };
+        give_back(held, name).await;
+        code
+    })
+}
+
+async fn wait_code(child: &mut tokio::process::Child) -> i32 {
+    match child.wait().await {
+        Ok(s) if s.success() => exit::INTERRUPTED,
+        Ok(s) => s.code().unwrap_or(exit::INTERRUPTED),
+        Err(_) => exit::INTERRUPTED,
+    }
+}
+
+pub(crate) fn unlock(g: &Global, name: &str, force: bool) -> i32 {
+    if let Err(code) = checked_name(name) {
+        return code;
+    }
+    super::runtime().block_on(async {
+        let store = match store::lock_store(g).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let fail = |e: lock::LockError| {
+            eprintln!("error: the lock `{name}` in {}: {e}", store.url());
+            exit::BUILD_FAILED
+        };
+        if !force {
+            return match lock::holder(store.as_ref(), name).await {
+                Ok(None) => {
+                    println!("`{name}` is not locked");
+                    exit::PASSED
+                }
+                Ok(Some((info, _))) => {
+                    let stale = if info.lease_until <= Utc::now() { " (its lease has run out)" } else { "" };
+                    eprintln!(
+                        "error: {}{stale}; `rehearse unlock {name} --force` removes it — only do that when its holder is dead",
+                        info.refusal()
+                    );
+                    exit::LOCKED
+                }
+                Err(e) => fail(e),
+            };
+        }
+        match lock::force_unlock(store.as_ref(), name).await {
+            Ok(None) => {
+                println!("`{name}` is not locked");
+                exit::PASSED
+            }
+            Ok(Some(info)) => {
+                println!("removed the lock {}", info.refusal().trim_start_matches(&format!("`{name}` is locked ")));
+                exit::PASSED
+            }
+            Err(e) => fail(e),
+        }
+    })
+}

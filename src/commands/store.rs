@@ -1,0 +1,267 @@
+//! Which state store a command uses (`--state URL`, `$REHEARSE_STATE`, a
+//! description's `state:`), and fetching from a shared one what a command reads.
+//!
+//! `file://DIR` is this machine's state directory (the default). With `s3://BUCKET/PREFIX`
+//! this machine's state directory remains the fsynced local copy: a run writes every
+//! journal record there and to the store, and commands that read a run fetch it from
+//! the store into it first — so `list`, `report`, `down`, `env`, `psql` and `logs` work
+//! from any machine pointed at the same store, the same way they work locally.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::cli::Global;
+use crate::engine::journal::Journal;
+use crate::engine::store::file::FileStore;
+use crate::engine::store::records::{self, RemoteJournal};
+use crate::engine::store::{sync, ObjectStore, StoreError};
+use crate::exit;
+use crate::sys::state;
+
+/// A state store, as its URL names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum StateUrl {
+    File(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl StateUrl {
+    pub(crate) fn parse(url: &str) -> Result<StateUrl, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(format!("`{url}`: a file:// state store needs an absolute path (file:///var/lib/...)"));
+            }
+            return Ok(StateUrl::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let ok = (3..=63).contains(&bucket.len())
+                && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            if !ok {
+                return Err(format!("`{url}`: `{bucket}` is not an S3 bucket name (3-63 of a-z, 0-9, `-`, `.`)"));
+            }
+            let prefix = prefix.trim_matches('/');
+            if !prefix.is_empty() && !crate::engine::store::valid_key(prefix) {
+                return Err(format!("`{url}`: the prefix `{prefix}` has an empty, `.` or `..` segment"));
+            }
+            return Ok(StateUrl::S3 { bucket: bucket.to_string(), prefix: prefix.to_string() });
+        }
+        Err(format!("`{url}` is not a state store: use file:///DIR or s3://BUCKET/PREFIX"))
+    }
+}
+
+/// The store named on the command line or in the environment (`Err`: the exit code, said).
+pub(crate) fn url(g: &Global) -> Result<Option<StateUrl>, i32> {
+    match g.state.as_deref() {
+        None => Ok(None),
+        Some(u) => StateUrl::parse(u).map(Some).map_err(|e| {
+            eprintln!("error: --state {e}");
+            exit::USAGE
+        }),
+    }
+}
+
+/// This machine's state directory: `--state file://DIR`, else `--state-dir`, else the default.
+pub(crate) fn local_root(g: &Global) -> PathBuf {
+    match url(g) {
+        Ok(Some(StateUrl::File(dir))) => dir,
+        _ => state::state_dir(g.state_dir.as_deref()),
+    }
+}
+
+/// The shared store, when there is one (`s3://`); `None` for the local default.
+pub(crate) async fn shared(g: &Global) -> Result<Option<Arc<dyn ObjectStore>>, i32> {
+    shared_for(url(g)?).await
+}
+
+pub(crate) async fn shared_for(url: Option<StateUrl>) -> Result<Option<Arc<dyn ObjectStore>>, i32> {
+    match url {
+        Some(StateUrl::S3 { bucket, prefix }) => {
+            Ok(Some(Arc::new(crate::providers::aws::sdk::s3::S3Store::new(&bucket, &prefix).await)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Where locks live: the shared store, else `locks/` in this machine's state directory.
+pub(crate) async fn lock_store(g: &Global) -> Result<Arc<dyn ObjectStore>, i32> {
+    if let Some(s) = shared(g).await? {
+        return Ok(s);
+    }
+    let root = local_root(g);
+    FileStore::open(&root).map(|s| Arc::new(s) as Arc<dyn ObjectStore>).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+fn said(store: &dyn ObjectStore, e: StoreError) -> i32 {
+    eprintln!("error: the state store {}: {e}", store.url());
+    exit::BUILD_FAILED
+}
+
+/// What of a run a command reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    Journal,
+    Report,
+    Logs,
+    Connection,
+}
+
+/// The checked local runs directory, created if needed.
+fn local_runs(g: &Global) -> Result<PathBuf, i32> {
+    let root = state::private_dir(&local_root(g)).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })?;
+    state::private_dir(&state::runs_dir(&root)).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+/// Fetches `parts` of `run_id` from the shared store (if any) into the local state
+/// directory. A run the store does not have is left as this machine has it.
+pub(crate) async fn fetch(g: &Global, run_id: &str, parts: &[Part]) -> Result<(), i32> {
+    let Some(store) = shared(g).await? else { return Ok(()) };
+    if !state::valid_run_id(run_id) {
+        return Ok(());
+    }
+    let dir = local_runs(g)?.join(run_id);
+    for part in parts {
+        let got = match part {
+            Part::Journal => match sync::pull_journal(store.as_ref(), run_id, &dir).await {
+                Ok(0) => Ok(()),
+                Ok(_) => sync::pull_lease(store.as_ref(), run_id, &dir).await,
+                Err(e) => Err(e),
+            },
+            Part::Report => sync::pull_files(store.as_ref(), run_id, "report", &dir).await.map(|_| ()),
+            Part::Logs => sync::pull_files(store.as_ref(), run_id, "logs", &dir).await.map(|_| ()),
+            Part::Connection => sync::pull_connection(store.as_ref(), run_id, &dir).await.map(|_| ()),
+        };
+        got.map_err(|e| said(store.as_ref(), e))?;
+    }
+    Ok(())
+}
+
+/// Fetches every run's journal from the shared store (for `list`, names and `sweep`).
+pub(crate) async fn fetch_all(g: &Global) -> Result<(), i32> {
+    let Some(store) = shared(g).await? else { return Ok(()) };
+    let runs = local_runs(g)?;
+    let ids = sync::run_ids(store.as_ref()).await.map_err(|e| said(store.as_ref(), e))?;
+    let pulls = ids.iter().map(|id| {
+        let (store, dir) = (store.clone(), runs.join(id));
+        async move {
+            sync::pull_journal(store.as_ref(), id, &dir).await?;
+            sync::pull_lease(store.as_ref(), id, &dir).await
+        }
+    });
+    for r in futures_util::future::join_all(pulls).await {
+        r.map_err(|e| said(store.as_ref(), e))?;
+    }
+    Ok(())
+}
+
+/// Opens a run's local journal for appending, mirrored to the shared store (if any)
+/// after the records the store already has.
+pub(crate) async fn open_journal(g: &Global, run_id: &str, path: &std::path::Path) -> std::io::Result<Journal> {
+    let j = Journal::open(path)?;
+    let store = shared(g).await.map_err(|_| std::io::Error::other("the state store cannot be opened"))?;
+    match store {
+        None => Ok(j),
+        Some(store) => mirror(j, store, run_id).await,
+    }
+}
+
+/// Mirrors `j` to `store` after the records the store has of `run_id`.
+pub(crate) async fn mirror(j: Journal, store: Arc<dyn ObjectStore>, run_id: &str) -> std::io::Result<Journal> {
+    let have = records::read(store.as_ref(), run_id)
+        .await
+        .map_err(|e| std::io::Error::other(format!("the state store {}: {e}", store.url())))?
+        .len();
+    j.mirror_to(RemoteJournal::after(store, run_id, have)).await
+}
+
+/// Runs `f` inside a runtime with the shared store's copy fetched first.
+pub(crate) fn fetched<T>(g: &Global, run_id: Option<&str>, parts: &[Part], f: impl FnOnce() -> T) -> Result<T, i32> {
+    if url(g)?.is_some_and(|u| matches!(u, StateUrl::S3 { .. })) {
+        super::runtime().block_on(async {
+            match run_id {
+                Some(id) => fetch(g, id, parts).await,
+                None => fetch_all(g).await,
+            }
+        })?;
+    }
+    Ok(f())
+}
+
+/// How long a lease runs without renewal: `$REHEARSE_LEASE` (a duration, at least a
+/// second; tests shorten it), else a minute.
+pub(crate) fn lease() -> std::time::Duration {
+    std::env::var("REHEARSE_LEASE")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .filter(|d| *d >= std::time::Duration::from_secs(1))
+        .unwrap_or(std::time::Duration::from_secs(60))
+}
+
+/// How often a run's logs are sent to the shared store while it runs.
+const LOG_PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends the run's new log text to the shared store every [`LOG_PUBLISH_EVERY`]
+/// (redacted); never ends (and does nothing without a shared store).
+pub(crate) async fn publish_logs_periodically(
+    shared: Option<Arc<dyn ObjectStore>>,
+    run_id: &str,
+    run_state: &std::path::Path,
+) {
+    let mut seen = std::collections::HashMap::new();
+    let prefix = crate::engine::store::run_files(run_id, "logs");
+    loop {
+        tokio::time::sleep(LOG_PUBLISH_EVERY).await;
+        if let Some(store) = &shared {
+            if let Err(e) = sync::push_dir(store.as_ref(), &run_state.join("logs"), &prefix, true, &mut seen).await {
+                tracing::warn!("cannot send the logs to {}: {e}", store.url());
+            }
+        }
+    }
+}
+
+/// Sends what a finished run leaves (its report, its logs redacted, a kept
+/// environment's connection details) to the shared store; a failure is said, not
+/// fatal: the journal there is complete, and these are copies of local files.
+pub(crate) async fn publish(shared: Option<&dyn ObjectStore>, run_id: &str, run_state: &std::path::Path) {
+    let Some(store) = shared else { return };
+    let mut seen = std::collections::HashMap::new();
+    for (what, redact) in [("report", false), ("logs", true)] {
+        let prefix = crate::engine::store::run_files(run_id, what);
+        if let Err(e) = sync::push_dir(store, &run_state.join(what), &prefix, redact, &mut seen).await {
+            eprintln!("rehearse: warning: cannot send the {what} to {}: {e}", store.url());
+        }
+    }
+    let conn = run_state.join("connection.json");
+    if conn.is_file() {
+        if let Err(e) = sync::push_file(store, &crate::engine::store::connection_key(run_id), &conn).await {
+            eprintln!("rehearse: warning: cannot send the connection details to {}: {e}", store.url());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_urls() {
+        assert_eq!(StateUrl::parse("file:///var/lib/x").unwrap(), StateUrl::File("/var/lib/x".into()));
+        assert_eq!(
+            StateUrl::parse("s3://team-state/rehearse/").unwrap(),
+            StateUrl::S3 { bucket: "team-state".into(), prefix: "rehearse".into() }
+        );
+        assert_eq!(StateUrl::parse("s3://b-1").unwrap(), StateUrl::S3 { bucket: "b-1".into(), prefix: String::new() });
+        for bad in ["file://relative", "s3://UPPER/x", "s3://b/../x", "gs://b/x", "/var/lib/x"] {
+            assert!(StateUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! A moto server for the tests that talk to an AWS API (`tests/aws_emulator.rs`,
+//! `tests/state_store.rs`), and a proxy that gives its S3 the atomicity S3 has.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ec2::config::Credentials;
+
+use super::common::{root, Sandbox};
+
+pub const REGION: &str = "eu-west-1";
+
+/// A moto server on a free loopback port, stopped (by PID) when dropped.
+pub struct Emulator {
+    child: Child,
+    pub url: String,
+    _log: tempfile::NamedTempFile,
+}
+
+impl Emulator {
+    pub fn start(validation: bool) -> Emulator {
+        let bin = root().join(".venv/bin/moto_server");
+        assert!(bin.is_file(), "{} is missing: run `make test-deps` (make test does)", bin.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::from(log.reopen().unwrap()))
+            .stderr(Stdio::from(log.reopen().unwrap()));
+        if validation {
+            cmd.env("MOTO_ENABLE_AMI_VALIDATION", "true").env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true");
+        }
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start: {}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Emulator { child, url: format!("http://127.0.0.1:{port}"), _log: log }
+    }
+
+    /// The rehearse binary pointed at this emulator, with dummy credentials.
+    pub fn rehearse(&self, sb: &Sandbox) -> Command {
+        let mut c = sb.cmd();
+        self.env(&mut c, sb.dir.path());
+        c
+    }
+
+    pub fn env(&self, c: &mut Command, dir: &Path) {
+        c.env("AWS_ENDPOINT_URL", &self.url)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN");
+    }
+
+    pub fn clients(&self, rt: &tokio::runtime::Runtime) -> (aws_sdk_ec2::Client, aws_sdk_rds::Client) {
+        let conf = rt.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .endpoint_url(&self.url)
+                .region(Region::new(REGION))
+                .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+                .load(),
+        );
+        (aws_sdk_ec2::Client::new(&conf), aws_sdk_rds::Client::new(&conf))
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+impl Emulator {
+    /// An S3 client of the emulator, and `bucket` created in it.
+    pub fn bucket(&self, rt: &tokio::runtime::Runtime, bucket: &str) -> aws_sdk_s3::Client {
+        let conf = rt.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .endpoint_url(&self.url)
+                .region(Region::new(REGION))
+                .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+                .load(),
+        );
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
+        rt.block_on(
+            s3.create_bucket()
+                .bucket(bucket)
+                .create_bucket_configuration(
+                    aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                        .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(REGION))
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+        s3
+    }
+
+    /// Every key in `bucket` under `prefix`.
+    pub fn keys(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        s3: &aws_sdk_s3::Client,
+        bucket: &str,
+        prefix: &str,
+    ) -> Vec<String> {
+        let out = rt.block_on(s3.list_objects_v2().bucket(bucket).prefix(prefix).send()).unwrap();
+        out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
+    }
+}
+
+/// A proxy in front of the emulator that passes one request at a time.
+///
+/// moto checks an S3 write's condition (`If-None-Match: *`, `If-Match`) and stores the
+/// object in two steps with nothing held between them, so two conditional puts of one
+/// key that arrive together can both succeed — seen here in about one round in ten of
+/// twenty processes taking one lock. S3 applies a conditional write atomically. Letting
+/// one request through at a time gives moto that atomicity and changes nothing else.
+pub struct OneAtATime {
+    pub url: String,
+}
+
+pub fn one_at_a_time(upstream: &str) -> OneAtATime {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let turn = Arc::new(Mutex::new(()));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let (upstream, turn) = (upstream.clone(), turn.clone());
+            std::thread::spawn(move || {
+                let mut client = client;
+                let mut req = Vec::new();
+                let mut buf = [0u8; 8192];
+                let head_end = loop {
+                    let Ok(n) = client.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&req[..head_end]).to_lowercase();
+                assert!(!head.contains("transfer-encoding: chunked"), "the proxy reads bodies by Content-Length");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while req.len() < head_end + len {
+                    let Ok(n) = client.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                // One request, one connection: the answer says `Connection: close`.
+                let answer = {
+                    let _one = turn.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut up = std::net::TcpStream::connect(&upstream).unwrap();
+                    up.write_all(&req).unwrap();
+                    let mut answer = Vec::new();
+                    let _ = up.read_to_end(&mut answer);
+                    answer
+                };
+                let _ = client.write_all(&answer);
+            });
+        }
+    });
+    OneAtATime { url }
+}

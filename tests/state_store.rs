@@ -1,0 +1,250 @@
+//! The state store's locks: one holder at a time, whatever the interleaving.
+//!
+//! - on the fault-injecting fake S3 (latency, lost answers, 409s, 5xx) on tokio's
+//!   paused clock: contenders that take the lock, renew it, stall past their lease or
+//!   give it back, over many seeds — no two holders ever;
+//! - with real processes: twenty `rehearse lock` at once against the local default
+//!   (a lock file) and against the emulator's S3 — exactly one holder, the others told
+//!   who holds it, with exit code 5; a holder killed outright (SIGKILL) holds the lock
+//!   until its lease runs out, and the next attempt then takes it over.
+
+mod common;
+#[path = "common/emulator.rs"]
+mod emulator;
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use emulator::*;
+use rehearse::engine::store::lock::{self, Acquired, LockInfo, RenewError};
+use rehearse::testkit::fake_s3::{FakeS3, S3Faults};
+
+/// A small seeded generator for the contenders' choices (splitmix64).
+struct Draw(u64);
+
+impl Draw {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn millis(&mut self, max: u64) -> Duration {
+        Duration::from_millis(self.next() % max.max(1))
+    }
+}
+
+/// One holding: who, from the moment it heard it had the lock until the moment it
+/// stopped believing so (its release, or the end of the lease it last wrote).
+type Holding = (usize, DateTime<Utc>, DateTime<Utc>);
+
+/// Six contenders, four attempts each, on one lock in the fake S3: the holdings, and how
+/// many were takeovers of a stale lock.
+fn contend(seed: u64) -> (Vec<Holding>, usize) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let store = Arc::new(FakeS3::new(seed, S3Faults::chaos()));
+        let start = tokio::time::Instant::now();
+        let base = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        // The contenders' shared clock: virtual time.
+        let now = move || base + chrono::Duration::from_std(tokio::time::Instant::now() - start).unwrap();
+        let lease = Duration::from_secs(10);
+        let holdings: Arc<Mutex<Vec<Holding>>> = Arc::default();
+        let takeovers = Arc::new(Mutex::new(0usize));
+        let contenders = (0..6).map(|i| {
+            let (store, holdings, takeovers) = (store.clone(), holdings.clone(), takeovers.clone());
+            async move {
+                let mut draw = Draw(seed.wrapping_mul(31).wrapping_add(i as u64));
+                for round in 0..4 {
+                    tokio::time::sleep(draw.millis(15_000)).await;
+                    let mut me = LockInfo::for_this_process("staging", "test", None);
+                    me.token = format!("{i}-{round}");
+                    let Ok(Acquired::Held(mut held)) = lock::acquire(store.as_ref(), &me, lease, &now).await else {
+                        continue;
+                    };
+                    if held.took_over.is_some() {
+                        *takeovers.lock().unwrap() += 1;
+                    }
+                    let from = now();
+                    let mut believed = held.info.lease_until;
+                    // Half the holders renew while they work; the others stall, and
+                    // their lease runs out under them.
+                    let renews = draw.next().is_multiple_of(2);
+                    let work_until = from + chrono::Duration::from_std(draw.millis(30_000)).unwrap();
+                    let mut lost = false;
+                    while now() < work_until {
+                        tokio::time::sleep(lease / 3).await;
+                        if renews {
+                            match lock::renew(store.as_ref(), &mut held, lease, &now).await {
+                                Ok(()) => believed = held.info.lease_until,
+                                Err(RenewError::Lost(_)) => lost = true,
+                                Err(RenewError::Store(_)) => {}
+                            }
+                        }
+                        if lost || now() >= believed {
+                            lost = true;
+                            break;
+                        }
+                    }
+                    let until = now().min(believed);
+                    holdings.lock().unwrap().push((i, from, until));
+                    if !lost {
+                        let _ = lock::release(store.as_ref(), &held).await;
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(contenders).await;
+        let h = holdings.lock().unwrap().clone();
+        let t = *takeovers.lock().unwrap();
+        (h, t)
+    })
+}
+
+#[test]
+fn no_two_holders_over_many_seeded_interleavings_on_a_faulty_s3() {
+    let (mut holdings, mut takeovers) = (0, 0);
+    for seed in 0..300 {
+        let (mut h, t) = contend(seed);
+        h.sort_by_key(|(_, from, _)| *from);
+        for pair in h.windows(2) {
+            let ((a, _, a_until), (b, b_from, _)) = (pair[0], pair[1]);
+            assert!(
+                b_from >= a_until,
+                "seed {seed}: contender {b} held the lock from {b_from} while {a} held it until {a_until}"
+            );
+        }
+        holdings += h.len();
+        takeovers += t;
+    }
+    eprintln!("300 seeds: {holdings} holdings, {takeovers} of them takeovers of a lease that ran out");
+    // The interleavings really vary: the lock changes hands often, stale leases are
+    // taken over, and most attempts are refused.
+    assert!(holdings > 600 && holdings < 300 * 24, "{holdings} holdings");
+    assert!(takeovers > 100, "{takeovers} takeovers");
+}
+
+/// `rehearse lock` with the sandbox's state (and `extra` environment).
+fn lock_cmd(sb: &Sandbox, emu: Option<(&Emulator, &str)>, name: &str, lease: &str, command: &[&str]) -> Command {
+    let mut c = match emu {
+        Some((e, url)) => {
+            let mut c = e.rehearse(sb);
+            c.env("AWS_ENDPOINT_URL", url).env("REHEARSE_STATE", "s3://team-state/rehearse");
+            c
+        }
+        None => sb.cmd(),
+    };
+    c.args(["lock", name, "--lease", lease, "--"]).args(command);
+    c
+}
+
+/// Twenty processes ask for one lock at once, each holding it (if it gets it) for a
+/// while: one runs its command, nineteen exit 5 naming the holder.
+fn twenty_at_once(sb: &Sandbox, emu: Option<(&Emulator, &str)>) {
+    let marks = sb.shared();
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let script = format!("echo {i} >> {}/held; sleep 4", marks.display());
+            lock_cmd(sb, emu, "staging", "30s", &["sh", "-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let held = std::fs::read_to_string(marks.join("held")).unwrap_or_default();
+    let winners: Vec<&str> = held.lines().collect();
+    assert_eq!(winners.len(), 1, "holders: {winners:?}");
+    let codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap_or(-1)).collect();
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "{codes:?}");
+    for o in outs.iter().filter(|o| o.status.code() != Some(0)) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(5), "{err}");
+        assert!(
+            err.contains("error: `staging` is locked by root@") || err.contains("`staging` is locked by "),
+            "{err}"
+        );
+        assert!(err.contains(" since ") && err.contains(", lease until "), "{err}");
+    }
+}
+
+#[test]
+fn twenty_processes_one_lock_file_holder() {
+    twenty_at_once(&Sandbox::new(), None);
+}
+
+#[test]
+fn twenty_processes_one_lock_in_s3_and_a_killed_holder_is_taken_over_after_its_lease() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let s3 = emu.bucket(&rt, "team-state");
+    let proxy = one_at_a_time(&emu.url);
+    let sb = Sandbox::new();
+    twenty_at_once(&sb, Some((&emu, &proxy.url)));
+    // Released by its holder: nothing is left in the store's locks.
+    assert!(emu.keys(&rt, &s3, "team-state", "rehearse/locks/").is_empty());
+
+    // A holder killed outright keeps the lock until its lease runs out…
+    let marks = sb.shared();
+    let script = format!("echo $$ > {}/pid; exec sleep 60", marks.display());
+    let mut holder = lock_cmd(&sb, Some((&emu, &proxy.url)), "nightly", "3s", &["sh", "-c", &script])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !marks.join("pid").is_file() {
+        assert!(std::time::Instant::now() < deadline, "the holder never ran its command");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    holder.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    let sleeper: i32 = std::fs::read_to_string(marks.join("pid")).unwrap().trim().parse().unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleeper), nix::sys::signal::Signal::SIGKILL);
+    let out = lock_cmd(&sb, Some((&emu, &proxy.url)), "nightly", "3s", &["true"]).output().unwrap();
+    if killed_at.elapsed() < Duration::from_secs(2) {
+        assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // …and then the next attempt takes it over, saying whose it was.
+    std::thread::sleep(Duration::from_secs(4));
+    let out = lock_cmd(&sb, Some((&emu, &proxy.url)), "nightly", "3s", &["true"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("took over the lock `nightly`: its lease ran out"), "{err}");
+    assert!(emu.keys(&rt, &s3, "team-state", "rehearse/locks/").is_empty());
+
+    // `unlock` says who holds a lock and removes it only with --force.
+    let mut holder = lock_cmd(&sb, Some((&emu, &proxy.url)), "nightly", "30s", &["sleep", "30"]).spawn().unwrap();
+    let unlock = |force: bool| {
+        let mut c = emu.rehearse(&sb);
+        c.env("AWS_ENDPOINT_URL", &proxy.url)
+            .env("REHEARSE_STATE", "s3://team-state/rehearse")
+            .args(["unlock", "nightly"]);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = unlock(false);
+        if out.status.code() == Some(5) || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`nightly` is locked by ") && err.contains("--force"), "{err}");
+    let out = unlock(true);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed the lock"));
+    // The holder finds out at its next renewal and stops its command.
+    let status = holder.wait().unwrap();
+    assert_eq!(status.code(), Some(5));
+}
