@@ -973,3 +973,128 @@ fn extend_moves_the_expiry_tag_of_every_resource_and_sweep_waits_for_it() {
     assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
     assert!(rehearse_leftovers(&rt, &ec2, &rds, &id).is_empty());
 }
+
+/// The journal records of `run_id` in the emulator's S3, in order.
+fn store_records(rt: &tokio::runtime::Runtime, emu: &Emulator, s3: &aws_sdk_s3::Client, run_id: &str) -> Vec<String> {
+    let keys = emu.keys(rt, s3, "team-state", &format!("rehearse/runs/{run_id}/journal/"));
+    keys.iter()
+        .map(|k| {
+            let o = rt.block_on(s3.get_object().bucket("team-state").key(k).send()).unwrap();
+            String::from_utf8(rt.block_on(o.body.collect()).unwrap().into_bytes().to_vec()).unwrap()
+        })
+        .collect()
+}
+
+/// A team's shared state on S3: a kept environment made on one machine is listed,
+/// reported, connected to and torn down from another after the first machine's state
+/// directory is gone; and a run killed (SIGKILL) right after an intent reached the
+/// store is torn down from another machine from the journal in S3 alone — refused
+/// while the dead run's lease still runs, done once it has run out.
+#[test]
+fn shared_state_on_s3_serves_another_machine_and_outlives_a_killed_runner() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let s3 = emu.bucket(&rt, "team-state");
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+    let shared = |sb: &Sandbox, host: &str| {
+        let mut c = emu.rehearse(sb);
+        c.env("REHEARSE_STATE", "s3://team-state/rehearse").env("REHEARSE_HOST", host);
+        c
+    };
+
+    // Machine A rehearses and keeps the environment under a name.
+    let a = Sandbox::new();
+    let file = shop_description(&a, &prod);
+    let out = shared(&a, "machine-a")
+        .args(["run", file.to_str().unwrap(), "--release", "v2", "--keep", "--name", "shop-dev"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = a.run_ids().pop().unwrap();
+    // The store holds the same journal, record for record, the report and the
+    // connection; the run's locks (its name, its lease) are given back.
+    let local = std::fs::read_to_string(a.state().join("runs").join(&id).join("journal.jsonl")).unwrap();
+    let remote = store_records(&rt, &emu, &s3, &id);
+    assert_eq!(remote.concat(), local);
+    let keys = emu.keys(&rt, &s3, "team-state", "rehearse/");
+    for want in ["report/report.json", "report/report.html", "report/junit.xml", "connection.json"] {
+        assert!(keys.contains(&format!("rehearse/runs/{id}/{want}")), "{want} missing from {keys:?}");
+    }
+    assert!(!keys.iter().any(|k| k.starts_with("rehearse/locks/")), "{keys:?}");
+    std::fs::remove_dir_all(a.state()).unwrap();
+
+    // Machine B has never seen the run.
+    let b = Sandbox::new();
+    let out = shared(&b, "machine-b").args(["--format", "json", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["run_id"] == id.as_str()).expect("the run is listed");
+    assert_eq!((row["status"].as_str(), row["name"].as_str()), (Some("kept"), Some("shop-dev")), "{row}");
+    let out = shared(&b, "machine-b").args(["report", "shop-dev"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("PASSED") && text.contains(&id), "{text}");
+    let out = shared(&b, "machine-b").args(["--format", "json", "env", "shop-dev"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let conn: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(conn["databases"]["db"]["url"].as_str().is_some_and(|u| u.starts_with("postgres://")), "{conn}");
+    // A second environment cannot take the name while this one lives.
+    let out = shared(&b, "machine-b")
+        .args(["up", file.to_str().unwrap(), "--release", "v2", "--name", "shop-dev"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("the name `shop-dev` is taken by the live run {id}"))
+    );
+    let out = shared(&b, "machine-b").args(["down", "shop-dev"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rehearse_leftovers(&rt, &ec2, &rds, &id).is_empty());
+    let keys = emu.keys(&rt, &s3, "team-state", "rehearse/");
+    assert!(!keys.contains(&format!("rehearse/runs/{id}/connection.json")), "{keys:?}");
+    // The teardown is in the shared journal: a third machine sees the run destroyed.
+    let c = Sandbox::new();
+    let out = shared(&c, "machine-c").args(["--format", "json", "list", "--all"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["run_id"] == id.as_str()).expect("the run is listed");
+    assert_eq!(row["status"], "destroyed", "{row}");
+
+    // Machine D is killed right after the intent of the database copy reached the store.
+    let d = Sandbox::new();
+    let file = shop_description(&d, &prod);
+    let mut child = shared(&d, "machine-d")
+        .env("REHEARSE_LEASE", "6s")
+        .args(["run", file.to_str().unwrap(), "--release", "v2"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = wait_for_journal(&d, r#""type":"intent","id":"database.db""#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !store_records(&rt, &emu, &s3, &id).iter().any(|r| r.contains(r#""type":"intent","id":"database.db""#)) {
+        assert!(Instant::now() < deadline, "the intent never reached the store");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    std::fs::remove_dir_all(d.state()).unwrap();
+    // Machine E cannot tell a dead runner from a live one but by its lease: while it
+    // runs, `down` refuses; once it has run out, `down` removes what the journal in the
+    // store says (the copy's restore may or may not have been sent: it is looked up
+    // by its name).
+    let e = Sandbox::new();
+    let out = shared(&e, "machine-e").args(["down", &id]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is still in progress on machine-d (its lease runs until "), "{err}");
+    std::thread::sleep(Duration::from_secs(7));
+    let out = shared(&e, "machine-e").args(["down", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+    assert!(left.is_empty(), "left behind after down from the store: {left:?}");
+    // The dead run's lease went with it.
+    let keys = emu.keys(&rt, &s3, "team-state", "rehearse/locks/");
+    assert!(keys.is_empty(), "{keys:?}");
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
+}

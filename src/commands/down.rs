@@ -180,6 +180,17 @@ async fn finish_down<P: Provider>(
             if let Err(e) = crate::engine::store::sync::remove_connection(store.as_ref(), run_id).await {
                 eprintln!("rehearse: warning: cannot remove the connection details from {}: {e}", store.url());
             }
+            // A runner killed outright leaves its lease behind: once it has run out,
+            // it goes with the run (the version read is the version removed).
+            let lease = run_lease_name(run_id);
+            if let Ok(Some((info, etag))) = crate::engine::store::lock::holder(store.as_ref(), &lease).await {
+                if info.lease_until <= Utc::now() {
+                    let key = crate::engine::store::lock_key(&lease);
+                    if let Err(e) = store.delete(&key, Some(etag)).await {
+                        eprintln!("rehearse: warning: cannot remove the run's lapsed lease from {}: {e}", store.url());
+                    }
+                }
+            }
         }
         println!("{run_id}: torn down, nothing left");
         exit::PASSED
