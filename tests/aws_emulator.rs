@@ -1061,10 +1061,14 @@ fn shared_state_on_s3_serves_another_machine_and_outlives_a_killed_runner() {
     let row = rows.as_array().unwrap().iter().find(|r| r["run_id"] == id.as_str()).expect("the run is listed");
     assert_eq!(row["status"], "destroyed", "{row}");
 
-    // Machine D is killed right after the intent of the database copy reached the store.
+    // Machine D is killed right after the intent of the database copy reached the
+    // store — the store its description names (`state:`), not the command line.
     let d = Sandbox::new();
-    let file = shop_description(&d, &prod);
-    let mut child = shared(&d, "machine-d")
+    let text = std::fs::read_to_string(shop_description(&d, &prod)).unwrap();
+    let file = write_description(&d, "shop-shared.yaml", &format!("{text}state: s3://team-state/rehearse\n"));
+    let mut child = emu
+        .rehearse(&d)
+        .env("REHEARSE_HOST", "machine-d")
         .env("REHEARSE_LEASE", "6s")
         .args(["run", file.to_str().unwrap(), "--release", "v2"])
         .stderr(Stdio::null())

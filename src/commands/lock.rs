@@ -2,6 +2,7 @@
 //! store's named locks, for scripts and CI jobs that must not overlap (two jobs
 //! rebuilding the same staging) and for the human who clears a dead holder's lock.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -10,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::store;
 use crate::cli::Global;
 use crate::engine::store::lock::{self, Acquired, Lease, LockInfo};
+use crate::engine::store::ObjectStore;
 use crate::exit;
 
 /// A lock name: what a description's names may be (letters, digits, `-`, `_`).
@@ -37,13 +39,12 @@ fn lease_of(text: &str) -> Result<Duration, i32> {
 
 /// Takes `name` for this process, or says who holds it (`Err`: the exit code).
 pub(crate) async fn take(
-    g: &Global,
+    store: Arc<dyn ObjectStore>,
     name: &str,
     purpose: &str,
     run_id: Option<&str>,
     lease: Duration,
 ) -> Result<Lease, i32> {
-    let store = store::lock_store(g).await?;
     let me = LockInfo::for_this_process(name, purpose, run_id);
     match lock::acquire(store.as_ref(), &me, lease, &Utc::now).await {
         Ok(Acquired::Held(held)) => {
@@ -91,7 +92,11 @@ pub(crate) fn lock(g: &Global, name: &str, lease: &str, command: &[String]) -> i
                 return exit::BUILD_FAILED;
             }
         };
-        let held = match take(g, name, &format!("rehearse lock -- {}", command.join(" ")), None, lease).await {
+        let store = match store::lock_store(g).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let held = match take(store, name, &format!("rehearse lock -- {}", command.join(" ")), None, lease).await {
             Ok(l) => l,
             Err(code) => return code,
         };

@@ -59,6 +59,16 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             return exit::USAGE;
         }
     }
+    // A description's `state:` is where its runs go, unless the command line says
+    // otherwise: every step below (names, locks, the journal) then uses that store.
+    let described;
+    let g = match (&g.state, &loaded.desc.state) {
+        (None, Some(s)) => {
+            described = Global { state: Some(s.clone()), ..g.clone() };
+            &described
+        }
+        _ => g,
+    };
     let run_id = state::new_run_id();
     let rt = runtime();
     let reporter = reporter(g);
@@ -67,7 +77,15 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             Ok(s) => s,
             Err(code) => return code,
         };
-        let shared = match super::store::shared(g).await {
+        let url = match super::store::effective(g, loaded.desc.state.as_deref()) {
+            Ok(u) => u,
+            Err(code) => return code,
+        };
+        let shared = match super::store::shared_for(url.clone()).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let locks = match super::store::lock_store_for(g, url.as_ref(), shared.clone()) {
             Ok(s) => s,
             Err(code) => return code,
         };
@@ -77,13 +95,18 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         let name_lock = match &args.name {
             Some(name) => {
                 let verb = if up_only { "up" } else { "run" };
-                let held =
-                    match super::lock::take(g, name, &format!("rehearse {verb} --name {name}"), Some(&run_id), lease)
-                        .await
-                    {
-                        Ok(l) => l,
-                        Err(code) => return code,
-                    };
+                let held = match super::lock::take(
+                    locks.clone(),
+                    name,
+                    &format!("rehearse {verb} --name {name}"),
+                    Some(&run_id),
+                    lease,
+                )
+                .await
+                {
+                    Ok(l) => l,
+                    Err(code) => return code,
+                };
                 let free = match super::store::fetch_all(g).await {
                     Ok(()) => super::inventory::check_name_free(g, name),
                     Err(code) => Err(code),
@@ -99,7 +122,15 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         // With a shared store, the run's lease tells other machines that it still lives.
         let alive = match &shared {
             Some(_) => {
-                match super::lock::take(g, &super::down::run_lease_name(&run_id), "run", Some(&run_id), lease).await {
+                match super::lock::take(
+                    locks.clone(),
+                    &super::down::run_lease_name(&run_id),
+                    "run",
+                    Some(&run_id),
+                    lease,
+                )
+                .await
+                {
                     Ok(l) => Some(l),
                     Err(code) => return code,
                 }
@@ -112,7 +143,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             destroy,
             cold: args.cold,
             up_only,
-            state_root: super::store::local_root(g),
+            state_root: super::store::local_root_for(g, url.as_ref()),
             work_root: state::work_dir(),
             run_as: args.run_as.clone(),
             exit_code,

@@ -16,39 +16,7 @@ use crate::engine::store::file::FileStore;
 use crate::engine::store::records::{self, RemoteJournal};
 use crate::engine::store::{sync, ObjectStore, StoreError};
 use crate::exit;
-use crate::sys::state;
-
-/// A state store, as its URL names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum StateUrl {
-    File(PathBuf),
-    S3 { bucket: String, prefix: String },
-}
-
-impl StateUrl {
-    pub(crate) fn parse(url: &str) -> Result<StateUrl, String> {
-        if let Some(path) = url.strip_prefix("file://") {
-            if !path.starts_with('/') {
-                return Err(format!("`{url}`: a file:// state store needs an absolute path (file:///var/lib/...)"));
-            }
-            return Ok(StateUrl::File(PathBuf::from(path)));
-        }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let ok = (3..=63).contains(&bucket.len())
-                && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-            if !ok {
-                return Err(format!("`{url}`: `{bucket}` is not an S3 bucket name (3-63 of a-z, 0-9, `-`, `.`)"));
-            }
-            let prefix = prefix.trim_matches('/');
-            if !prefix.is_empty() && !crate::engine::store::valid_key(prefix) {
-                return Err(format!("`{url}`: the prefix `{prefix}` has an empty, `.` or `..` segment"));
-            }
-            return Ok(StateUrl::S3 { bucket: bucket.to_string(), prefix: prefix.to_string() });
-        }
-        Err(format!("`{url}` is not a state store: use file:///DIR or s3://BUCKET/PREFIX"))
-    }
-}
+use crate::sys::state::{self, StateUrl};
 
 /// The store named on the command line or in the environment (`Err`: the exit code, said).
 pub(crate) fn url(g: &Global) -> Result<Option<StateUrl>, i32> {
@@ -61,10 +29,28 @@ pub(crate) fn url(g: &Global) -> Result<Option<StateUrl>, i32> {
     }
 }
 
+/// The store a run of a description uses: `--state` / `$REHEARSE_STATE`, else the
+/// description's `state:` (checked when it was loaded), else none (the local default).
+pub(crate) fn effective(g: &Global, described: Option<&str>) -> Result<Option<StateUrl>, i32> {
+    match (url(g)?, described) {
+        (Some(u), _) => Ok(Some(u)),
+        (None, Some(d)) => StateUrl::parse(d).map(Some).map_err(|e| {
+            eprintln!("error: state: {e}");
+            exit::USAGE
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
 /// This machine's state directory: `--state file://DIR`, else `--state-dir`, else the default.
 pub(crate) fn local_root(g: &Global) -> PathBuf {
-    match url(g) {
-        Ok(Some(StateUrl::File(dir))) => dir,
+    local_root_for(g, url(g).ok().flatten().as_ref())
+}
+
+/// This machine's state directory when `url` names the store.
+pub(crate) fn local_root_for(g: &Global, url: Option<&StateUrl>) -> PathBuf {
+    match url {
+        Some(StateUrl::File(dir)) => dir.clone(),
         _ => state::state_dir(g.state_dir.as_deref()),
     }
 }
@@ -85,10 +71,21 @@ pub(crate) async fn shared_for(url: Option<StateUrl>) -> Result<Option<Arc<dyn O
 
 /// Where locks live: the shared store, else `locks/` in this machine's state directory.
 pub(crate) async fn lock_store(g: &Global) -> Result<Arc<dyn ObjectStore>, i32> {
-    if let Some(s) = shared(g).await? {
+    let url = url(g)?;
+    let shared = shared_for(url.clone()).await?;
+    lock_store_for(g, url.as_ref(), shared)
+}
+
+/// Where locks live when `url` names the store and `shared` is it opened.
+pub(crate) fn lock_store_for(
+    g: &Global,
+    url: Option<&StateUrl>,
+    shared: Option<Arc<dyn ObjectStore>>,
+) -> Result<Arc<dyn ObjectStore>, i32> {
+    if let Some(s) = shared {
         return Ok(s);
     }
-    let root = local_root(g);
+    let root = local_root_for(g, url);
     FileStore::open(&root).map(|s| Arc::new(s) as Arc<dyn ObjectStore>).map_err(|e| {
         eprintln!("error: {e}");
         exit::USAGE
@@ -244,24 +241,6 @@ pub(crate) async fn publish(shared: Option<&dyn ObjectStore>, run_id: &str, run_
     if conn.is_file() {
         if let Err(e) = sync::push_file(store, &crate::engine::store::connection_key(run_id), &conn).await {
             eprintln!("rehearse: warning: cannot send the connection details to {}: {e}", store.url());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_urls() {
-        assert_eq!(StateUrl::parse("file:///var/lib/x").unwrap(), StateUrl::File("/var/lib/x".into()));
-        assert_eq!(
-            StateUrl::parse("s3://team-state/rehearse/").unwrap(),
-            StateUrl::S3 { bucket: "team-state".into(), prefix: "rehearse".into() }
-        );
-        assert_eq!(StateUrl::parse("s3://b-1").unwrap(), StateUrl::S3 { bucket: "b-1".into(), prefix: String::new() });
-        for bad in ["file://relative", "s3://UPPER/x", "s3://b/../x", "gs://b/x", "/var/lib/x"] {
-            assert!(StateUrl::parse(bad).is_err(), "{bad}");
         }
     }
 }

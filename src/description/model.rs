@@ -64,6 +64,13 @@ pub struct Description {
     /// for debugging, within its TTL) or `never` (keep it, within its TTL).
     #[serde(default)]
     pub destroy: DestroyPolicy,
+    /// Where this description's runs keep their journals, reports and locks:
+    /// `file:///DIR` or `s3://BUCKET/PREFIX` (a team's shared store). `--state` and
+    /// `$REHEARSE_STATE` take precedence. Default: this machine's state directory.
+    /// Example: `s3://acme-rehearse/shop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(file:///|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$))"))]
+    pub state: Option<String>,
 }
 
 /// The TTL of a description that does not set one.

@@ -166,6 +166,39 @@ pub(crate) fn remove_tree(dir: &Path) -> Result<(), RemoveError> {
     }
 }
 
+/// A state store, as its URL names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateUrl {
+    File(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl StateUrl {
+    pub fn parse(url: &str) -> Result<StateUrl, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(format!("`{url}`: a file:// state store needs an absolute path (file:///var/lib/...)"));
+            }
+            return Ok(StateUrl::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let ok = (3..=63).contains(&bucket.len())
+                && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            if !ok {
+                return Err(format!("`{url}`: `{bucket}` is not an S3 bucket name (3-63 of a-z, 0-9, `-`, `.`)"));
+            }
+            let prefix = prefix.trim_matches('/');
+            let bad = |seg: &str| seg.is_empty() || seg == "." || seg == ".." || seg.chars().any(char::is_control);
+            if !prefix.is_empty() && prefix.split('/').any(bad) {
+                return Err(format!("`{url}`: the prefix `{prefix}` has an empty, `.` or `..` segment"));
+            }
+            return Ok(StateUrl::S3 { bucket: bucket.to_string(), prefix: prefix.to_string() });
+        }
+        Err(format!("`{url}` is not a state store: use file:///DIR or s3://BUCKET/PREFIX"))
+    }
+}
+
 pub(crate) fn runs_dir(state: &Path) -> PathBuf {
     state.join("runs")
 }
@@ -189,4 +222,22 @@ pub(crate) fn new_run_id() -> String {
 /// Run ids are used in paths: refuse anything but the generated shape.
 pub(crate) fn valid_run_id(id: &str) -> bool {
     id.len() <= 64 && id.starts_with("r-") && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_urls() {
+        assert_eq!(StateUrl::parse("file:///var/lib/x").unwrap(), StateUrl::File("/var/lib/x".into()));
+        assert_eq!(
+            StateUrl::parse("s3://team-state/rehearse/").unwrap(),
+            StateUrl::S3 { bucket: "team-state".into(), prefix: "rehearse".into() }
+        );
+        assert_eq!(StateUrl::parse("s3://b-1").unwrap(), StateUrl::S3 { bucket: "b-1".into(), prefix: String::new() });
+        for bad in ["file://relative", "s3://UPPER/x", "s3://b/../x", "gs://b/x", "/var/lib/x"] {
+            assert!(StateUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

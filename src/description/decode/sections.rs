@@ -13,7 +13,7 @@ use crate::diag::did_you_mean;
 
 const TOP_KEYS_HELP: &str = "`name`, `provider`, `owner`, `release` and optionally `region`, \
                              `ttl`, `max_ttl`, `tags`, `network`, `variables`, `databases`, `services`, \
-                             `suites`, `destroy`";
+                             `suites`, `destroy`, `state`";
 
 impl Decoder {
     /// The whole description, or `None` when a part it cannot do without is missing
@@ -86,6 +86,14 @@ impl Decoder {
             ),
             None => Some(DestroyPolicy::Always),
         };
+        let state = self.opt_string(&mut obj, "state");
+        if let Some(url) = &state {
+            if let Err(why) = crate::sys::state::StateUrl::parse(url) {
+                let pos = self.positions.get("state");
+                self.err(pos, format!("`state`: {why}")).expected =
+                    Some("`file:///DIR` or `s3://BUCKET/PREFIX`".into());
+            }
+        }
         self.finish(obj);
         let target = self.target(provider?, region, network);
         Some(Description {
@@ -101,6 +109,7 @@ impl Decoder {
             services: services?,
             suites: suites?,
             destroy: destroy?,
+            state,
         })
     }
 
