@@ -3,7 +3,9 @@
 //! (`rh-*` / `rehearse-*` names, the `rehearse:run-id` tag), tags are written only in
 //! the call that creates a resource, production is only ever the source of a copy, and
 //! the policy grants exactly the calls `src/providers/aws/sdk.rs` (and `sdk/`) makes — a new call
-//! without a policy line, or a grant the code no longer needs, fails here. parliament
+//! without a policy line, or a grant the code no longer needs, fails here. The state store
+//! on S3 (`--state s3://BUCKET/PREFIX`) is confined to its bucket and prefix, and journal
+//! records there can only be created, never overwritten or deleted. parliament
 //! (the IAM policy linter `make test-deps` installs) must find nothing in it.
 
 use std::collections::BTreeSet;
@@ -15,6 +17,14 @@ use serde_json::Value;
 
 const RUN_TAG_IN_REQUEST: &str = "aws:RequestTag/rehearse:run-id";
 const RUN_TAG_ON_RESOURCE: &str = "aws:ResourceTag/rehearse:run-id";
+
+/// The state bucket and the objects under the state prefix, as the policy spells them:
+/// placeholders the user replaces with the bucket and prefix of `--state s3://BUCKET/PREFIX`.
+const STATE_BUCKET: &str = "arn:aws:s3:::REHEARSE_STATE_BUCKET";
+const STATE_OBJECTS: &str = "arn:aws:s3:::REHEARSE_STATE_BUCKET/REHEARSE_STATE_PREFIX/";
+const STATE_PREFIX: &str = "REHEARSE_STATE_PREFIX/";
+/// S3's condition key for the `If-None-Match` header of a write (`*`: create only).
+const IF_NONE_MATCH: &str = "s3:if-none-match";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -60,6 +70,15 @@ impl Statement {
     /// Tagged by the run: in the request (creation) or on the resource (change).
     fn requires_run_tag(&self) -> bool {
         self.requires(RUN_TAG_IN_REQUEST) || self.requires(RUN_TAG_ON_RESOURCE)
+    }
+
+    /// The statement applies only when `key` is in the request (`"Null": {key: "false"}`), or,
+    /// with `present` false, only when it is not (`"Null": {key: "true"}`).
+    fn requires_null(&self, key: &str, present: bool) -> bool {
+        let want = if present { "false" } else { "true" };
+        self.conditions
+            .iter()
+            .any(|(op, k, v)| op == "Null" && k.eq_ignore_ascii_case(key) && v.len() == 1 && v[0] == want)
     }
 }
 
@@ -122,6 +141,31 @@ fn arn(resource: &str) -> (String, String, String) {
     }
     let (kind, name) = fields[5].split_once([':', '/']).unwrap_or((fields[5], ""));
     (fields[2].to_string(), kind.to_string(), name.to_string())
+}
+
+/// An object (or object pattern) under the state prefix of the state bucket.
+fn is_state_object(resource: &str) -> bool {
+    resource.strip_prefix(STATE_OBJECTS).is_some_and(|rest| !rest.is_empty())
+}
+
+/// IAM's matching of a resource pattern: `*` any run of characters (`/` included), `?` one.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // matches[j]: pattern[..i] matches text[..j], row by row.
+    let mut matches = vec![false; t.len() + 1];
+    matches[0] = true;
+    for c in p {
+        let mut next = vec![false; t.len() + 1];
+        for j in 0..=t.len() {
+            next[j] = match c {
+                '*' => matches[j] || (j > 0 && next[j - 1]),
+                '?' => j > 0 && matches[j - 1],
+                c => j > 0 && matches[j - 1] && t[j - 1] == c,
+            };
+        }
+        matches = next;
+    }
+    matches[t.len()]
 }
 
 /// A name only rehearse gives: `rh-…` DB instances, clusters (and a cluster's final
@@ -196,6 +240,15 @@ const SOURCES: &[(&str, &str)] = &[
 /// IAM's spelling of the words the SDK's snake_case method names lower.
 const IRREGULAR: &[(&str, &str)] = &[("db", "DB")];
 
+/// S3's IAM actions are not the SDK's method names spelled differently: a listing is
+/// authorized as `ListBucket`. Every S3 method the code calls must be here.
+const S3_ACTIONS: &[(&str, &str)] = &[
+    ("get_object", "GetObject"),
+    ("put_object", "PutObject"),
+    ("delete_object", "DeleteObject"),
+    ("list_objects_v2", "ListBucket"),
+];
+
 /// `restore_db_instance_from_db_snapshot` → `RestoreDBInstanceFromDBSnapshot`.
 fn iam_name(method: &str) -> String {
     method
@@ -210,7 +263,7 @@ fn iam_name(method: &str) -> String {
         .collect()
 }
 
-/// The SDK adapter: `src/providers/aws/sdk.rs` and its EC2 and RDS halves in `sdk/`.
+/// The SDK adapter: `src/providers/aws/sdk.rs` and its EC2, RDS and S3 parts in `sdk/`.
 fn sdk_source() -> String {
     let mut files = vec![root().join("src/providers/aws/sdk.rs")];
     let dir = std::fs::read_dir(root().join("src/providers/aws/sdk")).expect("src/providers/aws/sdk/ is readable");
@@ -219,22 +272,39 @@ fn sdk_source() -> String {
     files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()))).collect()
 }
 
-/// Every AWS operation the code calls: the fluent `self.ec2.op()` / `self.rds.op()` calls
-/// of `sdk.rs` (whitespace removed, so a call split over lines counts).
+/// Every AWS operation the code calls: the fluent `self.ec2.op()` / `self.rds.op()` /
+/// `self.s3.op()` calls of `sdk.rs` and `sdk/` (whitespace removed, so a call split over
+/// lines counts).
 fn sdk_calls() -> BTreeSet<String> {
     let flat: String = sdk_source().chars().filter(|c| !c.is_whitespace()).collect();
     let mut calls = BTreeSet::new();
-    for (client, service) in [(".ec2.", "ec2"), (".rds.", "rds")] {
+    for (client, service) in [(".ec2.", "ec2"), (".rds.", "rds"), (".s3.", "s3")] {
         for (at, _) in flat.match_indices(client) {
             let rest = &flat[at + client.len()..];
-            let method: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-            if !method.is_empty() && rest[method.len()..].starts_with("()") {
-                calls.insert(format!("{service}:{}", iam_name(&method)));
+            let method: String =
+                rest.chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            if method.is_empty() || !rest[method.len()..].starts_with("()") {
+                continue;
             }
+            let action = if service == "s3" {
+                let (_, action) = S3_ACTIONS.iter().find(|(m, _)| *m == method).unwrap_or_else(|| {
+                    panic!("sdk/ calls s3 {method}(): add its IAM action to S3_ACTIONS in this test")
+                });
+                action.to_string()
+            } else {
+                iam_name(&method)
+            };
+            calls.insert(format!("{service}:{action}"));
         }
     }
     // If this finds nothing the extraction broke, and every check below would pass vacuously.
-    for expected in ["ec2:RunInstances", "rds:RestoreDBInstanceFromDBSnapshot", "rds:DescribeDBInstances"] {
+    for expected in [
+        "ec2:RunInstances",
+        "rds:RestoreDBInstanceFromDBSnapshot",
+        "rds:DescribeDBInstances",
+        "s3:PutObject",
+        "s3:ListBucket",
+    ] {
         assert!(
             calls.contains(expected),
             "no `{expected}` found in sdk.rs: did the call syntax change? found {calls:?}"
@@ -294,6 +364,17 @@ fn every_change_is_confined_to_what_rehearse_creates() {
                 assert!(s.requires("kms:ViaService"), "{}: {action} must be limited to use through RDS", s.sid);
                 continue;
             }
+            // The state store: rehearse's own objects are those under the state prefix.
+            if action.starts_with("s3:") {
+                for resource in &s.resources {
+                    assert!(
+                        is_state_object(resource),
+                        "{}: {action} on {resource}, not an object under {STATE_OBJECTS}",
+                        s.sid
+                    );
+                }
+                continue;
+            }
             assert!(
                 !s.resources.iter().any(|r| r == "*") || s.requires_run_tag(),
                 "{}: {action} on Resource \"*\" without a rehearse:run-id tag condition",
@@ -321,7 +402,10 @@ fn changes_to_existing_resources_need_the_run_tag_on_them() {
     for s in allows() {
         for action in &s.actions {
             let name = action.split_once(':').map_or(action.as_str(), |(_, n)| n);
-            if !["Modify", "Delete", "Terminate", "Authorize"].iter().any(|verb| name.starts_with(verb)) {
+            // S3 objects carry no run tag: the state store has its own test below.
+            if action.starts_with("s3:")
+                || !["Modify", "Delete", "Terminate", "Authorize"].iter().any(|verb| name.starts_with(verb))
+            {
                 continue;
             }
             assert!(s.requires(RUN_TAG_ON_RESOURCE), "{}: {action} without an {RUN_TAG_ON_RESOURCE} condition", s.sid);
@@ -443,6 +527,127 @@ fn production_is_only_a_source_of_restores() {
     }
 }
 
+/// Keys rehearse writes in the state store (`src/engine/store.rs`), under the prefix.
+const RUN: &str = "runs/r-20261125-164001-7f3a9c";
+const JOURNAL_RECORD: &str = "runs/r-20261125-164001-7f3a9c/journal/0000000001.json";
+
+fn state_object(key: &str) -> String {
+    format!("{STATE_OBJECTS}{key}")
+}
+
+/// The statements of `effect` that name `action` on a resource matching `object`.
+fn covering<'a>(policy: &'a [Statement], effect: &str, action: &str, object: &str) -> Vec<&'a Statement> {
+    policy
+        .iter()
+        .filter(|s| s.effect == effect && s.has_action(action) && s.resources.iter().any(|r| glob(r, object)))
+        .collect()
+}
+
+#[test]
+fn the_state_store_is_confined_to_its_bucket_and_prefix() {
+    let policy = policy();
+    let s3: Vec<&Statement> = policy.iter().filter(|s| s.actions.iter().any(|a| a.starts_with("s3:"))).collect();
+    assert!(!s3.is_empty(), "no s3 statement: the state store on S3 needs some");
+    for s in s3 {
+        for action in &s.actions {
+            assert!(action.starts_with("s3:"), "{}: {action} shares a statement with the state store's", s.sid);
+        }
+        for resource in &s.resources {
+            assert!(resource != "*", "{}: an s3 action on Resource \"*\": any bucket of the account", s.sid);
+            if s.has_action("s3:ListBucket") {
+                assert_eq!(resource, STATE_BUCKET, "{}: s3:ListBucket names the state bucket only", s.sid);
+            } else {
+                assert!(is_state_object(resource), "{}: {resource} is not an object under {STATE_OBJECTS}", s.sid);
+            }
+        }
+        if s.allows() && s.has_action("s3:ListBucket") {
+            let prefixes: Vec<&String> = s
+                .conditions
+                .iter()
+                .filter(|(op, k, _)| op == "StringLike" && k.eq_ignore_ascii_case("s3:prefix"))
+                .flat_map(|(_, _, values)| values)
+                .collect();
+            assert!(
+                !prefixes.is_empty() && prefixes.iter().all(|p| p.starts_with(STATE_PREFIX)),
+                "{}: s3:ListBucket without a StringLike s3:prefix under {STATE_PREFIX}: it lists the whole bucket",
+                s.sid
+            );
+        }
+    }
+}
+
+#[test]
+fn journal_records_in_the_state_store_can_only_be_created() {
+    let policy = policy();
+    let record = state_object(JOURNAL_RECORD);
+    let puts = covering(&policy, "Allow", "s3:PutObject", &record);
+    assert!(!puts.is_empty(), "nothing allows s3:PutObject of a journal record ({record})");
+    for s in puts {
+        assert!(
+            s.requires_null(IF_NONE_MATCH, true),
+            "{}: s3:PutObject of a journal record without \"Null\": {{\"{IF_NONE_MATCH}\": \"false\"}}: it could \
+             overwrite a record",
+            s.sid
+        );
+    }
+    assert!(
+        covering(&policy, "Deny", "s3:PutObject", &record).iter().any(|d| d.requires_null(IF_NONE_MATCH, false)),
+        "no Deny of s3:PutObject of a journal record without If-None-Match (\"Null\": {{\"{IF_NONE_MATCH}\": \"true\"}})"
+    );
+    let deletes: Vec<&str> =
+        covering(&policy, "Allow", "s3:DeleteObject", &record).iter().map(|s| s.sid.as_str()).collect();
+    assert!(deletes.is_empty(), "{deletes:?}: s3:DeleteObject of a journal record: rehearse never deletes one");
+    assert!(
+        covering(&policy, "Deny", "s3:DeleteObject", &record).iter().any(|d| d.conditions.is_empty()),
+        "no unconditional Deny of s3:DeleteObject of a journal record"
+    );
+}
+
+#[test]
+fn the_state_store_allows_what_rehearse_does_there() {
+    let policy = policy();
+    let writes = [
+        format!("{RUN}/report/report.html"),
+        format!("{RUN}/logs/app/output.log"),
+        format!("{RUN}/connection.json"),
+        "locks/staging.json".to_string(),
+        "locks/run.r-20261125-164001-7f3a9c.json".to_string(),
+    ];
+    let deletes = [format!("{RUN}/connection.json"), "locks/staging.json".to_string()];
+    for key in writes.iter().chain([&JOURNAL_RECORD.to_string()]) {
+        assert!(!covering(&policy, "Allow", "s3:GetObject", &state_object(key)).is_empty(), "{key} cannot be read");
+    }
+    for key in &writes {
+        let object = state_object(key);
+        assert!(
+            covering(&policy, "Allow", "s3:PutObject", &object).iter().any(|s| s.conditions.is_empty()),
+            "{key} cannot be written (reports and logs are written again, locks replaced with If-Match)"
+        );
+        let denies: Vec<&str> =
+            covering(&policy, "Deny", "s3:PutObject", &object).iter().map(|s| s.sid.as_str()).collect();
+        assert!(denies.is_empty(), "{denies:?} refuse writing {key}");
+    }
+    for key in &deletes {
+        assert!(
+            !covering(&policy, "Allow", "s3:DeleteObject", &state_object(key)).is_empty(),
+            "{key} cannot be deleted"
+        );
+    }
+    // `runs/` to find the runs (with delimiter `/`), a run's `report/` and `logs/` to fetch them.
+    let listed = ["runs/".to_string(), format!("{RUN}/report/"), format!("{RUN}/logs/")];
+    for prefix in listed {
+        let full = format!("{STATE_PREFIX}{prefix}");
+        let allowed = policy.iter().any(|s| {
+            s.allows()
+                && s.has_action("s3:ListBucket")
+                && s.conditions.iter().any(|(op, k, values)| {
+                    op == "StringLike" && k.eq_ignore_ascii_case("s3:prefix") && values.iter().any(|v| glob(v, &full))
+                })
+        });
+        assert!(allowed, "listing {full} is not allowed (s3:ListBucket with s3:prefix)");
+    }
+}
+
 #[test]
 fn every_aws_call_in_the_code_is_allowed() {
     let allows = allows();
@@ -467,7 +672,8 @@ fn nothing_is_granted_that_the_code_does_not_use() {
                 "{}: {action} is granted: rehearse deletes with SkipFinalSnapshot and never deletes a snapshot",
                 s.sid
             );
-            if action.starts_with("kms:") || is_read(action) {
+            // Reads are granted where EC2 and RDS need no resource; the state store's are not.
+            if action.starts_with("kms:") || (is_read(action) && !action.starts_with("s3:")) {
                 continue;
             }
             assert!(
