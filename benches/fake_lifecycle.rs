@@ -13,6 +13,7 @@ use rehearse::engine::lifecycle::{self, Options};
 use rehearse::providers::aws::AwsProvider;
 use rehearse::sys::signals::Signals;
 use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
+use rehearse::testkit::fake_s3::{FakeS3, S3Faults};
 
 fn description(dir: &Path) -> description::Loaded {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -21,6 +22,28 @@ fn description(dir: &Path) -> description::Loaded {
     let path = dir.join("shop-aws.yaml");
     std::fs::write(&path, text).unwrap();
     description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
+}
+
+/// A run of v2, torn down always, its state in `dir/state`, its work in `dir/work`.
+fn options(
+    run_id: String,
+    dir: &Path,
+    state: &str,
+    shared: Option<std::sync::Arc<dyn rehearse::engine::store::ObjectStore>>,
+) -> Options {
+    Options {
+        run_id,
+        release: "v2".into(),
+        destroy: DestroyPolicy::Always,
+        cold: false,
+        up_only: false,
+        state_root: dir.join(state),
+        work_root: dir.join("work"),
+        run_as: None,
+        exit_code: rehearse::commands::exit_code,
+        name: None,
+        shared,
+    }
 }
 
 fn peak_rss_mb() -> f64 {
@@ -53,19 +76,7 @@ fn main() {
                 rehearse::providers::aws::POLL_MAX,
             )
             .with_work_root(&dir.path().join("work"));
-            let opts = Options {
-                run_id: format!("r-20261125-000000-{seed:06x}"),
-                release: "v2".into(),
-                destroy: DestroyPolicy::Always,
-                cold: false,
-                up_only: false,
-                state_root: dir.path().join(format!("one-{seed}")),
-                work_root: dir.path().join("work"),
-                run_as: None,
-                exit_code: rehearse::commands::exit_code,
-                name: None,
-                shared: None,
-            };
+            let opts = options(format!("r-20261125-000000-{seed:06x}"), dir.path(), &format!("one-{seed}"), None);
             let start = tokio::time::Instant::now();
             let signals = Signals::none();
             let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &signals).await.unwrap();
@@ -95,6 +106,60 @@ fn main() {
         "Describe calls per 15 s of run, all services together: median {:.2}, max {:.2}",
         per_interval[per_interval.len() / 2],
         per_interval[per_interval.len() - 1]
+    );
+
+    // The shared state store: the same 20 seeded runs with their journal also in S3
+    // (the fake, with S3's usual latencies of 15–60 ms per call): the virtual wall time
+    // it adds, and its calls.
+    let mut added = Vec::new();
+    let mut calls: std::collections::BTreeMap<&'static str, Vec<u64>> = Default::default();
+    for seed in 0..20u64 {
+        let mut walls = Vec::new();
+        for with_store in [false, true] {
+            let (wall, s3_calls) = rt.block_on(async {
+                let cloud = FakeCloud::new(seed, Faults::none());
+                let provider = AwsProvider::new(
+                    cloud.clone(),
+                    rehearse::providers::aws::POLL_FIRST,
+                    rehearse::providers::aws::POLL_MAX,
+                )
+                .with_work_root(&dir.path().join("work"));
+                let s3 = std::sync::Arc::new(FakeS3::new(seed, S3Faults::realistic()));
+                let opts = options(
+                    format!("r-20261125-00000{}-{seed:06x}", 3 + u8::from(with_store)),
+                    dir.path(),
+                    &format!("store-{seed}-{with_store}"),
+                    with_store.then(|| s3.clone() as std::sync::Arc<dyn rehearse::engine::store::ObjectStore>),
+                );
+                let start = tokio::time::Instant::now();
+                let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
+                assert!(outcome.report.teardown.leftovers.is_empty());
+                (start.elapsed(), s3.calls())
+            });
+            walls.push(wall);
+            if with_store {
+                for (op, n) in s3_calls {
+                    calls.entry(op).or_default().push(n);
+                }
+            }
+        }
+        added.push(walls[1].as_secs_f64() - walls[0].as_secs_f64());
+    }
+    added.sort_by(f64::total_cmp);
+    let per_op: Vec<String> = calls
+        .iter_mut()
+        .map(|(op, v)| {
+            v.sort();
+            format!("{op} {}", v[v.len() / 2])
+        })
+        .collect();
+    println!(
+        "shared state store (fake S3, 15–60 ms a call), 20 seeded runs each way: added virtual wall time min {:.2} s, \
+         median {:.2} s, max {:.2} s; S3 calls per run (median): {}",
+        added[0],
+        added[added.len() / 2],
+        added[added.len() - 1],
+        per_op.join(", ")
     );
 
     // 50 concurrent runs in one process, against an account with EC2's and RDS's

@@ -755,33 +755,8 @@ fn slow_run_instances(upstream: &str, hold: Duration) -> SlowRunInstances {
             let (upstream, held, forwarded) = (upstream.clone(), h.clone(), f.clone());
             std::thread::spawn(move || {
                 let mut client = client;
-                // One request: the head, then Content-Length bytes of body (the query
-                // protocol's form); the emulator closes after each answer.
-                let mut req = Vec::new();
-                let mut buf = [0u8; 8192];
-                let head_end = loop {
-                    let Ok(n) = client.read(&mut buf) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                    if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&req[..head_end]).to_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while req.len() < head_end + len {
-                    let Ok(n) = client.read(&mut buf) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                }
+                let Some((req, head)) = read_request(&mut client) else { return };
+                let head_end = req.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |i| i + 4);
                 let body = String::from_utf8_lossy(&req[head_end..]).into_owned();
                 let slow = body.contains("Action=RunInstances");
                 if slow {

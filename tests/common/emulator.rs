@@ -66,14 +66,19 @@ impl Emulator {
             .env_remove("AWS_SESSION_TOKEN");
     }
 
-    pub fn clients(&self, rt: &tokio::runtime::Runtime) -> (aws_sdk_ec2::Client, aws_sdk_rds::Client) {
-        let conf = rt.block_on(
+    /// The SDK's configuration for the emulator, with dummy credentials.
+    pub fn conf(&self, rt: &tokio::runtime::Runtime) -> aws_config::SdkConfig {
+        rt.block_on(
             aws_config::defaults(BehaviorVersion::latest())
                 .endpoint_url(&self.url)
                 .region(Region::new(REGION))
                 .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
                 .load(),
-        );
+        )
+    }
+
+    pub fn clients(&self, rt: &tokio::runtime::Runtime) -> (aws_sdk_ec2::Client, aws_sdk_rds::Client) {
+        let conf = self.conf(rt);
         (aws_sdk_ec2::Client::new(&conf), aws_sdk_rds::Client::new(&conf))
     }
 }
@@ -92,13 +97,7 @@ pub fn rt() -> tokio::runtime::Runtime {
 impl Emulator {
     /// An S3 client of the emulator, and `bucket` created in it.
     pub fn bucket(&self, rt: &tokio::runtime::Runtime, bucket: &str) -> aws_sdk_s3::Client {
-        let conf = rt.block_on(
-            aws_config::defaults(BehaviorVersion::latest())
-                .endpoint_url(&self.url)
-                .region(Region::new(REGION))
-                .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-                .load(),
-        );
+        let conf = self.conf(rt);
         let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
         rt.block_on(
             s3.create_bucket()
@@ -127,6 +126,30 @@ impl Emulator {
     }
 }
 
+/// One HTTP request from `client`: the head, then Content-Length bytes of body (the
+/// emulator closes the connection after each answer, so there is one per connection);
+/// the bytes and the head in lower case. `None` when the client went away.
+pub fn read_request(client: &mut std::net::TcpStream) -> Option<(Vec<u8>, String)> {
+    use std::io::Read;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        let n = client.read(&mut buf).ok().filter(|n| *n > 0)?;
+        req.extend_from_slice(&buf[..n]);
+        if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&req[..head_end]).to_lowercase();
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    while req.len() < head_end + len {
+        let n = client.read(&mut buf).ok().filter(|n| *n > 0)?;
+        req.extend_from_slice(&buf[..n]);
+    }
+    Some((req, head))
+}
+
 /// A proxy in front of the emulator that passes one request at a time.
 ///
 /// moto checks an S3 write's condition (`If-None-Match: *`, `If-Match`) and stores the
@@ -150,32 +173,8 @@ pub fn one_at_a_time(upstream: &str) -> OneAtATime {
             let (upstream, turn) = (upstream.clone(), turn.clone());
             std::thread::spawn(move || {
                 let mut client = client;
-                let mut req = Vec::new();
-                let mut buf = [0u8; 8192];
-                let head_end = loop {
-                    let Ok(n) = client.read(&mut buf) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                    if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&req[..head_end]).to_lowercase();
+                let Some((req, head)) = read_request(&mut client) else { return };
                 assert!(!head.contains("transfer-encoding: chunked"), "the proxy reads bodies by Content-Length");
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while req.len() < head_end + len {
-                    let Ok(n) = client.read(&mut buf) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                }
                 // One request, one connection: the answer says `Connection: close`.
                 let answer = {
                     let _one = turn.lock().unwrap_or_else(|p| p.into_inner());
