@@ -755,7 +755,7 @@ fn slow_run_instances(upstream: &str, hold: Duration) -> SlowRunInstances {
             let (upstream, held, forwarded) = (upstream.clone(), h.clone(), f.clone());
             std::thread::spawn(move || {
                 let mut client = client;
-                let Some((req, head)) = read_request(&mut client) else { return };
+                let Some((req, _)) = read_request(&mut client) else { return };
                 let head_end = req.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |i| i + 4);
                 let body = String::from_utf8_lossy(&req[head_end..]).into_owned();
                 let slow = body.contains("Action=RunInstances");
