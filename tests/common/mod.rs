@@ -56,7 +56,10 @@ impl Sandbox {
             .env("REHEARSE_STATE_DIR", self.state())
             .env("REHEARSE_WORK_DIR", self.work())
             .env("NO_COLOR", "1")
-            .env_remove("REHEARSE_LOG");
+            .env_remove("REHEARSE_LOG")
+            .env_remove("REHEARSE_STATE")
+            .env_remove("REHEARSE_LEASE")
+            .env_remove("REHEARSE_HOST");
         c
     }
 
