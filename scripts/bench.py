@@ -15,6 +15,9 @@ target/bench/results.md. Stdlib only.
    environments/shop-aws.yaml against the moto emulator beside the same calls scripted
    with boto3 and with the `aws` CLI (scripts/bench_aws.py; needs .venv with moto,
    boto3 and awscli).
+5. state: S3 calls and added wall time per run of the same lifecycle with the shared
+   state store on S3 (`--state s3://…`) beside local state (scripts/bench_state.py;
+   needs .venv with moto and boto3).
 """
 import json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -305,6 +308,16 @@ def section_aws():
     say()
 
 
+def section_state():
+    """scripts/bench_state.py prints its Markdown section on stdout (progress on stderr)."""
+    r = subprocess.run([sys.executable, "scripts/bench_state.py"], cwd=ROOT, text=True, stdout=subprocess.PIPE)
+    if r.returncode != 0:
+        sys.exit("the state store benchmark failed (see above)")
+    for l in r.stdout.rstrip("\n").splitlines():
+        say(l)
+    say()
+
+
 def main():
     if not BIN.is_file():
         sys.exit("build first: cargo build --release")
@@ -315,7 +328,7 @@ def main():
         os.chmod(p, 0o711)
     say(f"# rehearse benchmarks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores")
     say()
-    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws"]
+    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state"]
     if "plan" in only:
         section_plan()
     if "fake" in only:
@@ -326,6 +339,8 @@ def main():
         section_restore()
     if "aws" in only:
         section_aws()
+    if "state" in only:
+        section_state()
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     if failed:
         sys.exit(f"failed: {', '.join(failed)} (see target/bench/results.md)")
