@@ -24,6 +24,12 @@ fn description(dir: &Path) -> description::Loaded {
     description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
 }
 
+/// The AWS provider over the fake, with the standard polling, its work in `dir/work`.
+fn provider(cloud: &FakeCloud, dir: &Path) -> AwsProvider<FakeCloud> {
+    AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
+        .with_work_root(&dir.join("work"))
+}
+
 /// A run of v2, torn down always, its state in `dir/state`, its work in `dir/work`.
 fn options(
     run_id: String,
@@ -70,12 +76,7 @@ fn main() {
     for seed in 0..20u64 {
         let (ratio, calls_per_interval) = rt.block_on(async {
             let cloud = FakeCloud::new(seed, Faults::none());
-            let provider = AwsProvider::new(
-                cloud.clone(),
-                rehearse::providers::aws::POLL_FIRST,
-                rehearse::providers::aws::POLL_MAX,
-            )
-            .with_work_root(&dir.path().join("work"));
+            let provider = provider(&cloud, dir.path());
             let opts = options(format!("r-20261125-000000-{seed:06x}"), dir.path(), &format!("one-{seed}"), None);
             let start = tokio::time::Instant::now();
             let signals = Signals::none();
@@ -118,12 +119,7 @@ fn main() {
         for with_store in [false, true] {
             let (wall, s3_calls) = rt.block_on(async {
                 let cloud = FakeCloud::new(seed, Faults::none());
-                let provider = AwsProvider::new(
-                    cloud.clone(),
-                    rehearse::providers::aws::POLL_FIRST,
-                    rehearse::providers::aws::POLL_MAX,
-                )
-                .with_work_root(&dir.path().join("work"));
+                let provider = provider(&cloud, dir.path());
                 let s3 = std::sync::Arc::new(FakeS3::new(seed, S3Faults::realistic()));
                 let opts = options(
                     format!("r-20261125-00000{}-{seed:06x}", 3 + u8::from(with_store)),

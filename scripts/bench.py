@@ -298,24 +298,22 @@ def warm_rows(desc, work, fs, reflink=False):
     say(f"| rehearse warm ({fs}): whole copy ready (copy, start, password) | {median(warm_ready):.2f} s | {median(warm_ready) / median(raw_cp):.2f} × raw cp |")
 
 
-def section_aws():
-    """scripts/bench_aws.py prints its Markdown section on stdout (progress on stderr)."""
-    r = subprocess.run([sys.executable, "scripts/bench_aws.py"], cwd=ROOT, text=True, stdout=subprocess.PIPE)
+def section_script(script, what):
+    """`script` prints its Markdown section on stdout (progress on stderr)."""
+    r = subprocess.run([sys.executable, script], cwd=ROOT, text=True, stdout=subprocess.PIPE)
     if r.returncode != 0:
-        sys.exit("the AWS lifecycle benchmark failed (see above)")
+        sys.exit(f"the {what} benchmark failed (see above)")
     for l in r.stdout.rstrip("\n").splitlines():
         say(l)
     say()
+
+
+def section_aws():
+    section_script("scripts/bench_aws.py", "AWS lifecycle")
 
 
 def section_state():
-    """scripts/bench_state.py prints its Markdown section on stdout (progress on stderr)."""
-    r = subprocess.run([sys.executable, "scripts/bench_state.py"], cwd=ROOT, text=True, stdout=subprocess.PIPE)
-    if r.returncode != 0:
-        sys.exit("the state store benchmark failed (see above)")
-    for l in r.stdout.rstrip("\n").splitlines():
-        say(l)
-    say()
+    section_script("scripts/bench_state.py", "state store")
 
 
 def main():

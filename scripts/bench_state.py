@@ -64,16 +64,7 @@ LEASE = os.environ.get("BENCH_STATE_LEASE")
 BUCKET, PREFIX = "rehearse-state", "bench"
 STATE_URL = f"s3://{BUCKET}/{PREFIX}"
 VARIANTS = ("local", "s3")
-lines = []
-
-
-def say(s=""):
-    print(s, flush=True)
-    lines.append(s)
-
-
-def log(s):
-    print(s, file=sys.stderr, flush=True)
+say, log, lines = bench_aws.say, bench_aws.log, bench_aws.lines
 
 
 def command():

@@ -201,8 +201,11 @@ fn schema() -> i32 {
 /// Runs `f` with the run id that `arg` names: a run id, or a live run's name; with a
 /// shared state store, the `parts` of that run are fetched from it first.
 fn named(g: &Global, arg: &str, parts: &[Part], f: impl FnOnce(&str) -> i32) -> i32 {
-    let by_name = !state::valid_run_id(arg);
-    let id = store::fetched(g, (!by_name).then_some(arg), &[Part::Journal], || inventory::resolve_run(g, arg));
+    // A name is resolved among every run the store has; a run id needs no resolving.
+    let id = match state::valid_run_id(arg) {
+        true => Ok(Ok(arg.to_string())),
+        false => store::fetched(g, None, &[], || inventory::resolve_run(g, arg)),
+    };
     match id {
         Ok(Ok(id)) => store::fetched(g, Some(&id), parts, || f(&id)).unwrap_or_else(|code| code),
         Ok(Err(code)) | Err(code) => code,

@@ -182,7 +182,7 @@ async fn finish_down<P: Provider>(
             }
             // A runner killed outright leaves its lease behind: once it has run out,
             // it goes with the run (the version read is the version removed).
-            let lease = run_lease_name(run_id);
+            let lease = crate::engine::store::run_lease(run_id);
             if let Ok(Some((info, etag))) = crate::engine::store::lock::holder(store.as_ref(), &lease).await {
                 if info.lease_until <= Utc::now() {
                     let key = crate::engine::store::lock_key(&lease);
@@ -273,11 +273,6 @@ async fn synthetic_journal(
         j.created(&id, t.kind, serde_json::json!({ key: t.id })).await.map_err(io)?;
     }
     Ok(j)
-}
-
-/// The lock name of a run's liveness lease in a shared store.
-pub(crate) fn run_lease_name(run_id: &str) -> String {
-    format!("run.{run_id}")
 }
 
 /// A run's lease as last fetched from the shared store, when the run is on another

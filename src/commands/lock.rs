@@ -80,10 +80,10 @@ pub(crate) async fn give_back(lease: Lease, name: &str) {
 }
 
 pub(crate) fn lock(g: &Global, name: &str, lease: &str, command: &[String]) -> i32 {
-    if let Err(code) = checked_name(name).and_then(|()| lease_of(lease).map(|_| ())) {
-        return code;
-    }
-    let Ok(lease) = lease_of(lease) else { return exit::USAGE };
+    let lease = match checked_name(name).and_then(|()| lease_of(lease)) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     super::runtime().block_on(async {
         let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
             (Ok(i), Ok(t)) => (i, t),

@@ -77,7 +77,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             Ok(s) => s,
             Err(code) => return code,
         };
-        let url = match super::store::effective(g, loaded.desc.state.as_deref()) {
+        let url = match super::store::url(g) {
             Ok(u) => u,
             Err(code) => return code,
         };
@@ -124,7 +124,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             Some(_) => {
                 match super::lock::take(
                     locks.clone(),
-                    &super::down::run_lease_name(&run_id),
+                    &crate::engine::store::run_lease(&run_id),
                     "run",
                     Some(&run_id),
                     lease,
@@ -160,7 +160,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             }
         };
         if let Some(l) = alive {
-            super::lock::give_back(l, &super::down::run_lease_name(&run_id)).await;
+            super::lock::give_back(l, &crate::engine::store::run_lease(&run_id)).await;
         }
         if let Some((l, name)) = name_lock {
             super::lock::give_back(l, &name).await;

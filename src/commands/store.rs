@@ -29,19 +29,6 @@ pub(crate) fn url(g: &Global) -> Result<Option<StateUrl>, i32> {
     }
 }
 
-/// The store a run of a description uses: `--state` / `$REHEARSE_STATE`, else the
-/// description's `state:` (checked when it was loaded), else none (the local default).
-pub(crate) fn effective(g: &Global, described: Option<&str>) -> Result<Option<StateUrl>, i32> {
-    match (url(g)?, described) {
-        (Some(u), _) => Ok(Some(u)),
-        (None, Some(d)) => StateUrl::parse(d).map(Some).map_err(|e| {
-            eprintln!("error: state: {e}");
-            exit::USAGE
-        }),
-        (None, None) => Ok(None),
-    }
-}
-
 /// This machine's state directory: `--state file://DIR`, else `--state-dir`, else the default.
 pub(crate) fn local_root(g: &Global) -> PathBuf {
     local_root_for(g, url(g).ok().flatten().as_ref())

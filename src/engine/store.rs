@@ -163,6 +163,11 @@ pub fn connection_key(run_id: &str) -> String {
     format!("runs/{run_id}/connection.json")
 }
 
+/// The lock that says a run still lives (its lease), for machines that cannot ask its PID.
+pub fn run_lease(run_id: &str) -> String {
+    format!("run.{run_id}")
+}
+
 pub fn lock_key(name: &str) -> String {
     format!("locks/{name}.json")
 }

@@ -147,7 +147,7 @@ pub async fn pull_connection(store: &dyn ObjectStore, run_id: &str, run_dir: &Pa
 /// Brings the run's liveness lease (`locks/run.RUN_ID.json`) into `run_dir/lease.json`,
 /// or removes the local copy when the store has none.
 pub async fn pull_lease(store: &dyn ObjectStore, run_id: &str, run_dir: &Path) -> Result<(), StoreError> {
-    let key = super::lock_key(&format!("run.{run_id}"));
+    let key = super::lock_key(&super::run_lease(run_id));
     let path = run_dir.join("lease.json");
     match retrying(|| store.get(&key)).await? {
         Some(o) => write_private(&path, &o.body),
