@@ -32,7 +32,7 @@ report and log files, connection details, and locks left (which must be none).
 Prints a Markdown section and writes it to target/bench/state.md.
 """
 import os, shutil, signal, statistics, subprocess, sys, tempfile, time
-import json, re
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -51,7 +51,7 @@ if sys.argv[1:]:
 os.environ.setdefault("BENCH_AWS_REEXEC", "1")
 sys.path.insert(0, str(SCRIPTS))
 import bench_aws  # noqa: E402
-from bench_aws import Emulator, REQUEST_LINE, RELEASE, REGION, aws_env, clients, leftovers, machine_load  # noqa: E402
+from bench_aws import ANSI, Emulator, REQUEST_LINE, RELEASE, REGION, aws_env, clients, leftovers, machine_load  # noqa: E402
 from bench_aws import production_state, seed, timed, variant  # noqa: E402
 import boto3  # noqa: E402
 
@@ -79,13 +79,6 @@ def command():
 def s3_client(emu):
     s = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
     return s.client("s3", endpoint_url=emu.url)
-
-
-# werkzeug colours the request line of every answer but a 200 (a 204 DeleteObject, a
-# 404 GetObject, a 412 precondition failed): `"\x1b[35m\x1b[1mDELETE /… HTTP/1.1\x1b[0m" 204`.
-# bench_aws's REQUEST_LINE needs the quote right before the method, so its counter
-# misses those lines; they are counted here with the colour codes taken out.
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def settle(emu):

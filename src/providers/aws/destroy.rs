@@ -50,7 +50,9 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     /// else each on its own, all at once.
     pub(super) async fn destroy_batch(&self, entries: &[&Entry], meta: &RunMeta) -> Vec<Result<(), DestroyError>> {
         if entries.len() < 2 || entries.iter().any(|e| e.kind != Kind::AwsInstance) {
-            return futures_util::future::join_all(entries.iter().map(|e| self.destroy_entry(e, meta))).await;
+            // Each through `destroy`, which knows the local workspace (a batch of one is
+            // any kind at all, the workspace included).
+            return futures_util::future::join_all(entries.iter().map(|e| Provider::destroy(self, e, meta))).await;
         }
         let guard = Guard { run_id: meta.run_id.clone() };
         // Those without an id are looked for as patiently as one on its own would be,

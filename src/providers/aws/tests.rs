@@ -100,3 +100,26 @@ fn client_tokens_fit_and_tell_instances_apart() {
     assert!(a.len() <= 64 && b.len() <= 64 && a != b, "{a} {b}");
     assert_eq!(P::client_token(RUN, "service.web.0"), format!("{RUN}-service.web.0"));
 }
+
+/// The run's workspace reaches teardown in a batch of its own: it is removed from this
+/// machine at once, not looked for by its tags in the cloud (a 20 s wait) and left.
+#[tokio::test(start_paused = true)]
+async fn the_workspace_is_removed_locally_in_a_batch_without_a_cloud_lookup() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("runs").join(RUN).join("workspace");
+    std::fs::create_dir_all(dir.join("suite")).unwrap();
+    let cloud = fake::FakeCloud::new(3, fake::Faults::none());
+    let provider = P::new(cloud, POLL_FIRST, POLL_MAX).with_work_root(root.path());
+    let entry = Entry {
+        id: "workspace".into(),
+        kind: Kind::Workspace,
+        handle: Some(json!({ "dir": dir.to_str().unwrap() })),
+        key: None,
+        deleted: false,
+    };
+    let started = Instant::now();
+    let results = provider.destroy_many(&[&entry], &meta(RUN)).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+    assert!(!dir.exists(), "the workspace was left at {}", dir.display());
+}
