@@ -13,7 +13,7 @@ use crate::diag::did_you_mean;
 
 const TOP_KEYS_HELP: &str = "`name`, `provider`, `owner`, `release` and optionally `region`, \
                              `ttl`, `max_ttl`, `tags`, `network`, `variables`, `databases`, `services`, \
-                             `suites`, `destroy`, `state`";
+                             `suites`, `destroy`, `state`, `stage`";
 
 impl Decoder {
     /// The whole description, or `None` when a part it cannot do without is missing
@@ -94,6 +94,10 @@ impl Decoder {
                     Some("`file:///DIR` or `s3://BUCKET/PREFIX`".into());
             }
         }
+        let stage = match self.get(&mut obj, "stage") {
+            Some(n) => self.stage(n, provider, databases.as_ref(), services.as_ref()),
+            None => None,
+        };
         self.finish(obj);
         let target = self.target(provider?, region, network);
         Some(Description {
@@ -110,7 +114,117 @@ impl Decoder {
             suites: suites?,
             destroy: destroy?,
             state,
+            stage,
         })
+    }
+
+    /// `stage:`: its name, its drain, and a stable name per database or service — a
+    /// port locally, a DNS name in the Route 53 zone on AWS.
+    fn stage(
+        &mut self,
+        node: &Node,
+        provider: Option<ProviderKind>,
+        databases: Option<&BTreeMap<String, Database>>,
+        services: Option<&BTreeMap<String, Service>>,
+    ) -> Option<Stage> {
+        let mut obj = self.obj("stage", node, "a mapping with `name` and `names`")?;
+        let name = self.req_string(&mut obj, "name", "the stage's name, e.g. `staging`");
+        if let Some(n) = &name {
+            if let Err(msg) = KeyRule::Identifier.check(n) {
+                let pos = self.positions.get("stage.name");
+                self.err(pos, format!("invalid stage name `{n}`: {msg}"));
+            }
+        }
+        let drain = match self.get(&mut obj, "drain") {
+            Some(n) => self.duration("stage.drain", n, Duration::ZERO, Duration::from_secs(24 * 3600)),
+            None => Some(default_drain()),
+        };
+        let zone = self.opt_string(&mut obj, "zone");
+        let record_ttl = match self.get(&mut obj, "record_ttl") {
+            Some(n) => self.duration("stage.record_ttl", n, Duration::from_secs(1), Duration::from_secs(3600)),
+            None => Some(default_record_ttl()),
+        };
+        let names_node = self.require(&mut obj, "names", "a stable name per database and service, e.g. `{db: 25432}`");
+        self.finish(obj);
+        let mut names = BTreeMap::new();
+        if let Some(n) = names_node {
+            let entries = self.obj("stage.names", n, "a mapping of databases and services to stable names")?;
+            for (k, v) in entries.entries {
+                let path = format!("stage.names.{}", k.name);
+                let known = databases.is_none_or(|d| d.contains_key(&k.name))
+                    || services.is_none_or(|s| s.contains_key(&k.name));
+                if !known {
+                    let all =
+                        databases.into_iter().flat_map(|d| d.keys()).chain(services.into_iter().flat_map(|s| s.keys()));
+                    let d = self.err(k.pos, format!("`{path}` names no database or service of this description"));
+                    if let Some(m) = did_you_mean(&k.name, all.map(String::as_str)) {
+                        d.help = Some(format!("did you mean `{m}`?"));
+                    }
+                    continue;
+                }
+                let stable = match &v.value {
+                    Value::Int(_) => self.integer(&path, v, 1024, 65535).map(|p| StableName::Port(p as u16)),
+                    Value::Str(s) => Some(StableName::Record(s.clone())),
+                    other => {
+                        let kind = other.kind();
+                        self.err(v.pos, format!("`{path}` must be a port (local) or a DNS name (aws), found {kind}"));
+                        None
+                    }
+                };
+                match (provider, stable) {
+                    (Some(ProviderKind::Local), Some(StableName::Record(r))) => {
+                        self.err(
+                            v.pos,
+                            format!("`{path}` is `{r}`; the local provider's stable names are ports on 127.0.0.1"),
+                        )
+                        .expected = Some("a port from 1024 to 65535, e.g. `25432`".into());
+                    }
+                    (Some(ProviderKind::Aws), Some(StableName::Port(p))) => {
+                        self.err(v.pos, format!("`{path}` is the port {p}; the aws provider's stable names are DNS names in `stage.zone`")).expected =
+                            Some("a DNS name, e.g. `db.staging.shop.internal`".into());
+                    }
+                    (Some(ProviderKind::Aws), Some(StableName::Record(r))) if !is_dns_name(&r) => {
+                        self.err(v.pos, format!("`{path}` is not a DNS name: `{r}`")).expected = Some(
+                            "labels of letters, digits and `-`, separated by dots, e.g. `db.staging.shop.internal`"
+                                .into(),
+                        );
+                    }
+                    (_, Some(stable)) => {
+                        if let Some((other, _)) = names.iter().find(|(_, s)| **s == stable) {
+                            self.err(v.pos, format!("`{path}` is `{stable}`, already the stable name of `{other}`"));
+                        } else {
+                            names.insert(k.name.clone(), stable);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if entries.entries.is_empty() {
+                self.err(n.pos, "`stage.names` is empty: a stage needs at least one stable name").expected =
+                    Some("a stable name per database and service, e.g. `{db: 25432}`".into());
+            }
+        }
+        match (provider, &zone) {
+            (Some(ProviderKind::Aws), None) => {
+                let pos = self.positions.get("stage#key");
+                self.err(
+                    pos,
+                    "the aws provider's stable names live in a private Route 53 hosted zone: set `stage.zone`",
+                )
+                .expected = Some("the zone's id, e.g. `Z0123456789ABCDEFGHIJ`".into());
+            }
+            (Some(ProviderKind::Local), Some(_)) => {
+                let pos = self.positions.get("stage.zone");
+                self.err(pos, "the local provider does not use `stage.zone`: its stable names are ports on 127.0.0.1");
+            }
+            (Some(ProviderKind::Aws), Some(z)) if !is_zone_id(z) => {
+                let pos = self.positions.get("stage.zone");
+                self.err(pos, format!("`stage.zone` is not a Route 53 hosted zone id: `{z}`")).expected =
+                    Some("`Z` followed by up to 31 capital letters and digits, e.g. `Z0123456789ABCDEFGHIJ`".into());
+            }
+            _ => {}
+        }
+        Some(Stage { name: name?, drain: drain?, zone, record_ttl: record_ttl?, names })
     }
 
     fn network(&mut self, node: &Node) -> Option<Network> {
@@ -467,4 +581,26 @@ impl Decoder {
             }
         }
     }
+}
+
+/// A DNS name as Route 53 takes it: dot-separated labels of letters, digits and `-`
+/// (not at either end), at most 63 characters each and 253 in all.
+fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// A hosted zone id: `Z` and capital letters and digits (the `/hostedzone/` prefix the
+/// API sometimes adds is accepted).
+fn is_zone_id(s: &str) -> bool {
+    let s = s.strip_prefix("/hostedzone/").unwrap_or(s);
+    s.starts_with('Z') && (2..=32).contains(&s.len()) && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
