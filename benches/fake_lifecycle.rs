@@ -49,6 +49,7 @@ fn options(
         exit_code: rehearse::commands::exit_code,
         name: None,
         shared,
+        stage: None,
     }
 }
 

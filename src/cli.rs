@@ -199,6 +199,14 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Rebuild a stage: a new generation from the newest backup with the release, its
+    /// suites as acceptance, then every stable name switched to it at once
+    Rebuild(RebuildArgs),
+    /// A stage's generations and stable names (status, rollback, destroy, env)
+    Stage {
+        #[command(subcommand)]
+        command: StageCommand,
+    },
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -231,6 +239,62 @@ pub struct RunArgs {
     /// services and the suites run as [default: rehearse]
     #[arg(long, env = "REHEARSE_RUN_AS", value_name = "USER")]
     pub run_as: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RebuildArgs {
+    /// The description, with a `stage:` section
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Release version to build (default: the description's release.version)
+    #[arg(long, value_name = "VERSION")]
+    pub release: Option<String>,
+    /// How long the replaced generation keeps serving the connections opened before the
+    /// switch, before it is retired (default: the stage's `drain`, else 5m)
+    #[arg(long, value_name = "DURATION")]
+    pub drain: Option<String>,
+    /// Keep a generation that failed its acceptance, for debugging (within its TTL)
+    #[arg(long)]
+    pub keep_failed: bool,
+    /// Don't use the warm golden copy even if one exists
+    #[arg(long)]
+    pub cold: bool,
+    /// When rehearse runs as root: the unprivileged user the release's install, its
+    /// services and the suites run as [default: rehearse]
+    #[arg(long, env = "REHEARSE_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StageCommand {
+    /// The current generation, its release and backup, the stable names and where they
+    /// point, and every earlier generation's fate
+    Status {
+        #[arg(value_name = "STAGE")]
+        stage: String,
+    },
+    /// Point every stable name back at the previous generation, while it still drains
+    Rollback {
+        #[arg(value_name = "STAGE")]
+        stage: String,
+    },
+    /// Remove everything of the stage: every generation, the stable names, its record
+    Destroy {
+        #[arg(value_name = "STAGE")]
+        stage: String,
+    },
+    /// Print how to reach the stage through its stable names, its password included
+    /// (default: shell `export` lines; --format dotenv or json)
+    Env {
+        #[arg(value_name = "STAGE")]
+        stage: String,
+    },
+    /// The local stable names' forwarder (started by `rebuild`)
+    #[command(hide = true)]
+    Forward {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod down;
 mod inventory;
 mod lock;
 mod run;
+mod stage;
 mod store;
 mod warm;
 
@@ -30,7 +31,12 @@ pub use run::exit_code;
 
 pub fn dispatch(cli: Cli) -> i32 {
     let g = &cli.global;
-    if matches!(g.format, Format::Shell | Format::Dotenv) && !matches!(cli.command, Command::Env { .. }) {
+    if matches!(g.format, Format::Shell | Format::Dotenv)
+        && !matches!(
+            cli.command,
+            Command::Env { .. } | Command::Stage { command: crate::cli::StageCommand::Env { .. } }
+        )
+    {
         eprintln!("error: --format shell and --format dotenv are for `rehearse env`; elsewhere use text or json");
         return exit::USAGE;
     }
@@ -84,6 +90,8 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
         Command::Lock { name, lease, command } => lock::lock(g, name, lease, command),
         Command::Unlock { name, force } => lock::unlock(g, name, *force),
+        Command::Rebuild(args) => stage::rebuild(g, args),
+        Command::Stage { command } => stage::stage(g, command),
     }
 }
 

@@ -80,6 +80,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             exit_code: rehearse::commands::exit_code,
             name: None,
             shared: Some(s3.clone()),
+            stage: None,
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -315,6 +316,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             exit_code: rehearse::commands::exit_code,
             name: None,
             shared: None,
+            stage: None,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.

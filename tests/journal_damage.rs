@@ -51,6 +51,7 @@ async fn an_unreadable_journal_at_teardown_is_exit_4_never_complete() {
         exit_code: rehearse::commands::exit_code,
         name: None,
         shared: None,
+        stage: None,
     };
     let outcome = lifecycle::run(&DamagingProvider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
     assert_eq!(outcome.report.exit_code, 4, "{:?}", outcome.report.reason);

@@ -45,8 +45,13 @@ pub(super) fn env(g: &Global, run_id: &str) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    print_connection(g, &c)
+}
+
+/// Prints connection details as `env` does (shell, dotenv or JSON).
+pub(super) fn print_connection(g: &Global, c: &Connection) -> i32 {
     if g.format == Format::Json {
-        return print_json(&c).map_or_else(|code| code, |()| exit::PASSED);
+        return print_json(c).map_or_else(|code| code, |()| exit::PASSED);
     }
     let outputs = Outputs {
         run_id: c.run_id.clone(),

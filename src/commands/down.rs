@@ -41,6 +41,11 @@ pub(super) async fn close_journal(journal: &Journal, complete: bool) {
 }
 
 pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
+    down_run(g, run_id, region, false)
+}
+
+/// `down`; a stage's current generation only with `stage_current` (`stage destroy`).
+pub(crate) fn down_run(g: &Global, run_id: &str, region: Option<&str>, stage_current: bool) -> i32 {
     if !state::valid_run_id(run_id) {
         eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
         return exit::USAGE;
@@ -77,6 +82,20 @@ pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
                             meta.pid, meta.pid
                         );
                         return exit::USAGE;
+                    }
+                    let current = match (&meta.stage, stage_current) {
+                        (Some(s), false) => super::stage::current_generation_of(g, run_id, s).await,
+                        _ => None,
+                    };
+                    {
+                        if let Some(stage) = current {
+                            eprintln!(
+                                "error: run {run_id} is the current generation of stage `{stage}`, which serves through \
+                                 its stable names; it goes when a later generation replaces it, or with \
+                                 `rehearse stage destroy {stage}`"
+                            );
+                            return exit::USAGE;
+                        }
                     }
                     let journal = match super::store::open_journal(g, run_id, &path).await {
                         Ok(j) => j,
@@ -243,6 +262,7 @@ async fn synthetic_journal(
         user: Some(crate::sys::process::user_name(nix::unistd::geteuid().as_raw())),
         max_ttl_secs: None,
         host: Some(crate::sys::process::host_name()),
+        stage: None,
     };
     let path = dir.join("journal.jsonl");
     // An unreadable journal is kept beside, for a person to look at; if it cannot be

@@ -73,6 +73,8 @@ struct RunRow {
     user: Option<String>,
     /// The description's owner.
     owner: String,
+    /// The stage generation it is (`rehearse rebuild`).
+    stage: Option<crate::engine::stage::StageRef>,
 }
 
 impl RunRow {
@@ -150,6 +152,7 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
                 name: None,
                 user: None,
                 owner: "?".into(),
+                stage: None,
             });
             continue;
         };
@@ -176,6 +179,7 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
             name: meta.name,
             user: meta.user,
             owner: meta.owner,
+            stage: meta.stage,
         });
     }
     rows.sort_by(|a, b| a.run_id.cmp(&b.run_id));
@@ -363,6 +367,21 @@ pub(crate) fn sweep(
         .filter(|r| r.expires_at <= now || r.status == RunStatus::Crashed)
         .filter(|r| min_age.is_none_or(|age| now - r.started_at >= age))
         .filter(|r| environment.is_none_or(|e| r.environment == e))
+        .collect();
+    // A stage's current generation serves through the stage's stable names: no TTL
+    // removes it, only a later generation or `rehearse stage destroy`.
+    let candidates: Vec<RunRow> = candidates
+        .into_iter()
+        .filter(|r| {
+            let Some(stage) = &r.stage else { return true };
+            match runtime().block_on(super::stage::current_generation_of(g, &r.run_id, stage)) {
+                Some(name) => {
+                    println!("keeping {}: the current generation of stage `{name}`", r.run_id);
+                    false
+                }
+                None => true,
+            }
+        })
         .collect();
     if candidates.is_empty() {
         println!("nothing to sweep: no expired rehearse environment on this machine");

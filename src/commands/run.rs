@@ -59,16 +59,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             return exit::USAGE;
         }
     }
-    // A description's `state:` is where its runs go, unless the command line says
-    // otherwise: every step below (names, locks, the journal) then uses that store.
-    let described;
-    let g = match (&g.state, &loaded.desc.state) {
-        (None, Some(s)) => {
-            described = Global { state: Some(s.clone()), ..g.clone() };
-            &described
-        }
-        _ => g,
-    };
+    let g = &described(g, &loaded);
     let run_id = state::new_run_id();
     let rt = runtime();
     let reporter = reporter(g);
@@ -119,24 +110,6 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             }
             None => None,
         };
-        // With a shared store, the run's lease tells other machines that it still lives.
-        let alive = match &shared {
-            Some(_) => {
-                match super::lock::take(
-                    locks.clone(),
-                    &crate::engine::store::run_lease(&run_id),
-                    "run",
-                    Some(&run_id),
-                    lease,
-                )
-                .await
-                {
-                    Ok(l) => Some(l),
-                    Err(code) => return code,
-                }
-            }
-            None => None,
-        };
         let opts = Options {
             run_id: run_id.clone(),
             release,
@@ -149,24 +122,57 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             exit_code,
             name: args.name.clone(),
             shared,
+            stage: None,
         };
-        let code = match &loaded.desc.target {
-            Target::Local => {
-                drive(g, &LocalProvider::new(&opts.work_root), &loaded, &opts, reporter.as_ref(), &signals).await
-            }
-            Target::Aws(aws) => {
-                let provider = super::aws_provider(&aws.region).await;
-                drive(g, &provider, &loaded, &opts, reporter.as_ref(), &signals).await
-            }
-        };
-        if let Some(l) = alive {
-            super::lock::give_back(l, &crate::engine::store::run_lease(&run_id)).await;
-        }
+        let code = rehearse(g, &loaded, &opts, locks, reporter.as_ref(), &signals).await;
         if let Some((l, name)) = name_lock {
             super::lock::give_back(l, &name).await;
         }
         code
     })
+}
+
+/// The global options with the description's `state:` where the command line names no
+/// store: every step (names, locks, the journal) then uses that store.
+pub(super) fn described(g: &Global, loaded: &crate::description::Loaded) -> Global {
+    match (&g.state, &loaded.desc.state) {
+        (None, Some(s)) => Global { state: Some(s.clone()), ..g.clone() },
+        _ => g.clone(),
+    }
+}
+
+/// A run with its options decided: its lease taken in a shared store (other machines
+/// then know it lives), its provider chosen, driven to its exit code.
+pub(super) async fn rehearse(
+    g: &Global,
+    loaded: &crate::description::Loaded,
+    opts: &Options,
+    locks: std::sync::Arc<dyn crate::engine::store::ObjectStore>,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> i32 {
+    let run_id = &opts.run_id;
+    let alive = match &opts.shared {
+        Some(_) => {
+            let lease = super::store::lease();
+            match super::lock::take(locks, &crate::engine::store::run_lease(run_id), "run", Some(run_id), lease).await {
+                Ok(l) => Some(l),
+                Err(code) => return code,
+            }
+        }
+        None => None,
+    };
+    let code = match &loaded.desc.target {
+        Target::Local => drive(g, &LocalProvider::new(&opts.work_root), loaded, opts, reporter, signals).await,
+        Target::Aws(aws) => {
+            let provider = super::aws_provider(&aws.region).await;
+            drive(g, &provider, loaded, opts, reporter, signals).await
+        }
+    };
+    if let Some(l) = alive {
+        super::lock::give_back(l, &crate::engine::store::run_lease(run_id)).await;
+    }
+    code
 }
 
 /// Runs the lifecycle with a provider and turns the outcome into output and an exit

@@ -81,6 +81,9 @@ pub struct RunMeta {
     /// run's lease in the shared store says whether it still lives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The stage and generation the run builds (`rehearse rebuild`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<super::stage::StageRef>,
 }
 
 impl RunMeta {
@@ -113,6 +116,7 @@ impl RunMeta {
             user: None,
             max_ttl_secs: None,
             host: None,
+            stage: None,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct Options {
     /// The shared state store (`s3://`), where every journal record is also made
     /// durable before `append` returns.
     pub shared: Option<std::sync::Arc<dyn crate::engine::store::ObjectStore>>,
+    /// The stage generation the run builds (`rehearse rebuild`): kept when it passes.
+    pub stage: Option<super::stage::StageRun>,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the
@@ -156,6 +158,7 @@ pub async fn run<P: Provider>(
         user: Some(process::user_name(nix::unistd::geteuid().as_raw())),
         max_ttl_secs: Some(d.max_ttl.as_secs()),
         host: Some(process::host_name()),
+        stage: opts.stage.as_ref().map(|s| super::stage::StageRef { stage: s.stage.clone(), generation: s.generation }),
     };
     let journal = Journal::create(&run_state.join("journal.jsonl"), &meta).map_err(RunError::Journal)?;
     // With a shared state store, the journal is there too before anything is created.
@@ -203,6 +206,7 @@ pub async fn run<P: Provider>(
         users,
         home,
         cold: opts.cold,
+        password: opts.stage.as_ref().map(|s| s.password.clone()),
     };
     let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
 
@@ -254,7 +258,8 @@ pub async fn run<P: Provider>(
     // Down: per the destroy policy; a build failure or an interrupt always tears down.
     let keep = match verdict {
         Verdict::Interrupted | Verdict::BuildFailed => false,
-        Verdict::Passed => opts.destroy == DestroyPolicy::Never,
+        // A stage's generation that passed its acceptance is what the stage promotes.
+        Verdict::Passed => opts.destroy == DestroyPolicy::Never || opts.stage.is_some(),
         Verdict::Failed => opts.destroy != DestroyPolicy::Always,
     };
     let down_start = Instant::now();
@@ -265,10 +270,16 @@ pub async fn run<P: Provider>(
     };
     let mut unknown: Option<String> = None;
     let (teardown_status, leftovers, teardown_ms) = if keep {
-        reporter.event(Event::Note(format!(
-            "keeping the environment until {} (its TTL); remove it with `rehearse down {run_id}`",
-            expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )));
+        reporter.event(Event::Note(match (&opts.stage, verdict) {
+            (Some(s), Verdict::Passed) => format!(
+                "keeping generation {} of stage `{}`: it passed its acceptance and is promoted next",
+                s.generation, s.stage
+            ),
+            _ => format!(
+                "keeping the environment until {} (its TTL); remove it with `rehearse down {run_id}`",
+                expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        }));
         ("kept".to_string(), Vec::new(), 0)
     } else {
         let stop_at = signals.count() + 1;

@@ -38,6 +38,9 @@ pub struct RunInfo {
     pub home: PathBuf,
     /// Skip the warm golden copy.
     pub cold: bool,
+    /// The databases' password, when it must not change from run to run (a stage's
+    /// generations: clients configured once keep it); else each run makes its own.
+    pub password: Option<String>,
 }
 
 /// What a step works with: the run, the description, the plan, and the template context

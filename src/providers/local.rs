@@ -8,6 +8,7 @@
 //! crashed run left even without its journal.
 
 mod database;
+pub(crate) mod forward;
 pub(crate) mod golden;
 pub(crate) mod postgres;
 pub(crate) mod release;

@@ -64,6 +64,7 @@ pub async fn concurrent_runs(
             exit_code: crate::commands::exit_code,
             name: None,
             shared: None,
+            stage: None,
         };
         let signals = crate::sys::signals::Signals::none();
         let events = crate::engine::events::Silent;

@@ -324,7 +324,7 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         // master password is set in the same call, and never printed.
         let guard = Guard { run_id: ctx.run.run_id.clone() };
         guard.check("DB instance", &ready.id, &ready.tags).map_err(|e| StepError::build(e.to_string()))?;
-        let password = secrets::generate();
+        let password = ctx.run.password.clone().unwrap_or_else(secrets::generate);
         let t = ctx.started(res, "secure", None);
         match &ready.cluster_id {
             // Aurora: the password (and deletion protection) belong to the cluster.

@@ -129,7 +129,7 @@ impl LocalProvider {
 
         // A fresh secret for this copy; given on stdin, never on a command line, and
         // redacted from everything written from now on.
-        let password = secrets::generate();
+        let password = ctx.run.password.clone().unwrap_or_else(secrets::generate);
         let t = ctx.started(res, "rotate-password", None);
         let r = postgres::set_app_password(&bin, &cluster, &password, ctx.clock).await;
         ctx.step(res, "rotate-password", t, r.is_ok(), None);

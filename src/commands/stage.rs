@@ -1,0 +1,807 @@
+//! `rehearse rebuild` and `rehearse stage`: a stage rebuilt as cattle.
+//!
+//! A rebuild holds the stage's lock from start to end: it tidies what earlier rebuilds
+//! left (a generation whose rebuild died mid-build is torn down, a drained one
+//! retired), builds generation N+1 as a run of the description with the stage's stable
+//! password, judges it by the suites, and only when they pass promotes it in the
+//! stage's record (compare-and-swap) and points every stable name at it at once. The
+//! generation it replaced serves the connections opened before the switch for the
+//! drain, then is torn down. Whatever fails before the promotion leaves generation N
+//! current and serving.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::{load_or_report, print_json, reporter, runtime};
+use crate::cli::{Format, Global, RebuildArgs, StageCommand};
+use crate::description::template::{DatabaseOutputs, ServiceOutputs};
+use crate::description::{format_duration, DestroyPolicy, Loaded, StableName, Stage};
+use crate::engine::connection::Connection;
+use crate::engine::events::Reporter;
+use crate::engine::lifecycle::Options;
+use crate::engine::stage::{self as st, Fate, Generation, GenerationBackup, StableDatabase, StableNames, StageRecord};
+use crate::engine::store::{put_checked, retrying, Condition, ObjectStore, StoreError};
+use crate::exit;
+use crate::report::model::{RunReport, Verdict};
+use crate::sys::signals::Signals;
+use crate::sys::state::{self, StateUrl};
+
+/// The stage's store and names, opened for a command.
+struct Opened {
+    store: Arc<dyn ObjectStore>,
+    shared: Option<Arc<dyn ObjectStore>>,
+    url: Option<StateUrl>,
+}
+
+async fn open(g: &Global) -> Result<Opened, i32> {
+    let url = super::store::url(g)?;
+    let shared = super::store::shared_for(url.clone()).await?;
+    let store = super::store::lock_store_for(g, url.as_ref(), shared.clone())?;
+    Ok(Opened { store, shared, url })
+}
+
+fn store_error(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {what} in the state store {}: {e}", store.url());
+    exit::BUILD_FAILED
+}
+
+/// The stage's stable names as its record (or, before the first rebuild, its
+/// description) has them.
+fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Result<Box<dyn StableNames>, i32> {
+    match record.provider.as_str() {
+        "local" => {
+            let mut ports = BTreeMap::new();
+            for (name, stable) in &record.names {
+                let port = stable.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                match port {
+                    Some(p) => ports.insert(name.clone(), p),
+                    None => {
+                        eprintln!("error: the stage's record names `{stable}` for `{name}`, which is not a local port");
+                        return Err(exit::BUILD_FAILED);
+                    }
+                };
+            }
+            let dir = super::store::local_root_for(g, opened.url.as_ref()).join("stages").join(&record.stage);
+            crate::providers::local::forward::LocalNames::new(&dir, ports)
+                .map(|n| Box::new(n) as Box<dyn StableNames>)
+                .map_err(|e| {
+                    eprintln!("error: the stage's directory {}: {e}", dir.display());
+                    exit::USAGE
+                })
+        }
+        other => {
+            eprintln!(
+                "error: stable names for the {other} provider (Route 53 records) are not built yet; \
+                 a stage runs on the local provider for now"
+            );
+            Err(exit::USAGE)
+        }
+    }
+}
+
+/// The record a description's stage starts from (its names, as strings).
+fn fresh_record(loaded: &Loaded, stage: &Stage, drain: Duration) -> StageRecord {
+    let names = stage.names.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    let mut r = StageRecord::new(&stage.name, &loaded.desc.name, loaded.desc.provider().as_str(), names);
+    r.zone = stage.zone.clone();
+    r.record_ttl_secs = stage.record_ttl.as_secs();
+    r.drain_secs = drain.as_secs();
+    r
+}
+
+/// The stage's database password: made once, kept in the store, the same for every
+/// generation (a client configured once keeps working).
+async fn password(store: &dyn ObjectStore, stage: &str) -> Result<String, StoreError> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Secret {
+        password: String,
+    }
+    let key = st::secret_key(stage);
+    if let Some(o) = retrying(|| store.get(&key)).await? {
+        if let Ok(s) = serde_json::from_slice::<Secret>(&o.body) {
+            return Ok(s.password);
+        }
+    }
+    let mine = Secret { password: crate::secrets::generate() };
+    let body = serde_json::to_vec(&mine).map_err(|e| StoreError::Failed(e.to_string()))?;
+    match put_checked(store, &key, &body, Condition::Absent).await {
+        Ok(_) => Ok(mine.password),
+        // Someone else made it first: theirs is the stage's.
+        Err(StoreError::PreconditionFailed) => {
+            let o = retrying(|| store.get(&key)).await?.ok_or(StoreError::PreconditionFailed)?;
+            serde_json::from_slice::<Secret>(&o.body).map(|s| s.password).map_err(|e| StoreError::Failed(e.to_string()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `rehearse down RUN` from a blocking thread (it runs its own runtime), allowed to
+/// remove a stage's generation.
+async fn down_generation(g: &Global, run_id: &str) -> i32 {
+    let (g, run_id) = (g.clone(), run_id.to_string());
+    tokio::task::spawn_blocking(move || {
+        super::store::fetched(&g, Some(&run_id), &[super::store::Part::Journal, super::store::Part::Connection], || {
+            super::down::down_run(&g, &run_id, None, true)
+        })
+        .unwrap_or_else(|code| code)
+    })
+    .await
+    .unwrap_or(exit::BUILD_FAILED)
+}
+
+/// Retires generation `n`: marked retired first (a rollback can no longer choose it),
+/// then torn down. A generation that became current again (rolled back to) is left.
+async fn retire(g: &Global, store: &dyn ObjectStore, stage: &str, n: u64) -> Result<(), i32> {
+    let mut run_id = String::new();
+    let marked = st::update(store, stage, |r| {
+        let mut r = r.ok_or("the stage has no record")?;
+        if r.current == Some(n) {
+            return Err(format!("generation {n} is current again (rolled back to)"));
+        }
+        let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
+        if gen.fate == Fate::Retired {
+            return Err(format!("generation {n} was retired already"));
+        }
+        gen.fate = Fate::Retired;
+        gen.retired_at = Some(Utc::now());
+        run_id = gen.run_id.clone();
+        Ok(r)
+    })
+    .await;
+    match marked {
+        Ok(_) => {}
+        Err(st::UpdateError::Refused(why)) => {
+            eprintln!("rehearse: not retiring generation {n}: {why}");
+            return Ok(());
+        }
+        Err(e) => return Err(store_error(store, &format!("cannot retire generation {n}"), e)),
+    }
+    eprintln!("rehearse: retiring generation {n} ({run_id})");
+    match down_generation(g, &run_id).await {
+        exit::PASSED => Ok(()),
+        code => {
+            eprintln!("rehearse: generation {n} was not torn down completely; remove what is left with `rehearse down {run_id}`");
+            Err(code)
+        }
+    }
+}
+
+/// What earlier rebuilds left, under the stage's lock: a generation still "building"
+/// belongs to a rebuild that died (the lock is ours now) and is torn down; a drained
+/// generation is retired; the names are pointed where the record says.
+async fn tidy(g: &Global, store: &dyn ObjectStore, stage: &str, names: &dyn StableNames) -> Result<(), i32> {
+    let Some((record, _)) = st::load(store, stage).await.map_err(|e| store_error(store, "cannot read the stage", e))?
+    else {
+        return Ok(());
+    };
+    let now = Utc::now();
+    for gen in &record.generations {
+        match gen.fate {
+            Fate::Building => {
+                eprintln!(
+                    "rehearse: generation {} ({}) was left mid-build by a rebuild that ended; tearing it down",
+                    gen.number, gen.run_id
+                );
+                let code = down_generation(g, &gen.run_id).await;
+                let n = gen.number;
+                st::update(store, stage, |r| {
+                    let mut r = r.ok_or("the stage has no record")?;
+                    let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
+                    if gen.fate != Fate::Building {
+                        return Err(format!("generation {n} is {} now", gen.fate.as_str()));
+                    }
+                    gen.fate = Fate::Interrupted;
+                    gen.reason = Some("its rebuild ended before the acceptance suites judged it".into());
+                    Ok(r)
+                })
+                .await
+                .map_err(|e| store_error(store, "cannot record the interrupted generation", e))?;
+                if code != exit::PASSED {
+                    return Err(code);
+                }
+            }
+            Fate::Draining if gen.retire_at.is_none_or(|t| t <= now) => retire(g, store, stage, gen.number).await?,
+            _ => {}
+        }
+    }
+    if record.current.is_some() {
+        st::converge(store, stage, names).await.map_err(|e| {
+            eprintln!("error: cannot point the stage's names at its current generation: {e}");
+            exit::BUILD_FAILED
+        })?;
+    }
+    Ok(())
+}
+
+fn read_report(state_root: &std::path::Path, run_id: &str) -> Option<RunReport> {
+    let path = state::run_dir(state_root, run_id).join("report").join("report.json");
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn backups_of(report: Option<&RunReport>) -> Vec<GenerationBackup> {
+    report
+        .map(|r| {
+            r.backups
+                .iter()
+                .map(|b| GenerationBackup {
+                    database: b.database.clone(),
+                    backup: b.backup.clone(),
+                    taken_at: b.taken_at,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// "still on generation 2 (release v1, backup …)", or that nothing serves yet.
+fn still_on(record: Option<&StageRecord>, stage: &str) -> String {
+    match record.and_then(StageRecord::current_generation) {
+        Some(cur) => format!("stage `{stage}` still on {}", cur.describe()),
+        None => format!("stage `{stage}` has no generation serving yet"),
+    }
+}
+
+pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
+    let loaded = match load_or_report(&args.file, args.release.as_deref()) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Some(stage) = loaded.desc.stage.clone() else {
+        eprintln!(
+            "error: {} has no `stage:` section; a stage needs its name and a stable name per database and \
+             service (see environments/staging.yaml)",
+            args.file.display()
+        );
+        return exit::USAGE;
+    };
+    let Some(release) = loaded.release_version(args.release.as_deref()) else {
+        eprintln!(
+            "error: no release version: pass `--release VERSION` or set `release.version` in {}",
+            args.file.display()
+        );
+        return exit::USAGE;
+    };
+    let drain = match &args.drain {
+        None => stage.drain,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: --drain {text}: {e} (e.g. 0s, 30s, 5m)");
+                return exit::USAGE;
+            }
+        },
+    };
+    let g = &super::run::described(g, &loaded);
+    let rt = runtime();
+    let reporter = reporter(g);
+    rt.block_on(async {
+        let signals = match super::signals() {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let opened = match open(g).await {
+            Ok(o) => o,
+            Err(code) => return code,
+        };
+        let lock = st::lock_name(&stage.name);
+        let purpose = format!("rehearse rebuild {} --release {release}", args.file.display());
+        let held = match super::lock::take(opened.store.clone(), &lock, &purpose, None, super::store::lease()).await {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        let job = Job { g, loaded: &loaded, stage: &stage, release: &release, drain, args, opened: &opened };
+        let code = job.run(reporter.as_ref(), &signals).await;
+        super::lock::give_back(held, &lock).await;
+        code
+    })
+}
+
+/// One rebuild, under the stage's lock.
+struct Job<'a> {
+    g: &'a Global,
+    loaded: &'a Loaded,
+    stage: &'a Stage,
+    release: &'a str,
+    drain: Duration,
+    args: &'a RebuildArgs,
+    opened: &'a Opened,
+}
+
+impl Job<'_> {
+    async fn run(&self, reporter: &dyn Reporter, signals: &Signals) -> i32 {
+        let (g, name) = (self.g, self.stage.name.as_str());
+        let store = self.opened.store.as_ref();
+        let fresh = fresh_record(self.loaded, self.stage, self.drain);
+        let names = match stable_names(g, self.opened, &fresh) {
+            Ok(n) => n,
+            Err(code) => return code,
+        };
+        if let Err(code) = tidy(g, store, name, names.as_ref()).await {
+            return code;
+        }
+        let password = match password(store, name).await {
+            Ok(p) => p,
+            Err(e) => return store_error(store, "cannot read or make the stage's password", e),
+        };
+        // Generation N+1, registered before anything of it exists: a rebuild that dies
+        // from here on leaves a "building" generation the next one tears down.
+        let run_id = state::new_run_id();
+        let mut number = 0;
+        let mut seen_current = None;
+        let registered = st::update(store, name, |r| {
+            let mut r = match r {
+                Some(mut r) => {
+                    // The description's names, TTL and drain are the stage's from now on.
+                    r.names = fresh.names.clone();
+                    r.zone = fresh.zone.clone();
+                    r.record_ttl_secs = fresh.record_ttl_secs;
+                    r.drain_secs = fresh.drain_secs;
+                    r
+                }
+                None => fresh.clone(),
+            };
+            seen_current = r.current;
+            number = r.next_number();
+            r.generations.push(Generation {
+                number,
+                run_id: run_id.clone(),
+                release: self.release.to_string(),
+                started_at: Utc::now(),
+                fate: Fate::Building,
+                backups: Vec::new(),
+                targets: BTreeMap::new(),
+                promoted_at: None,
+                retire_at: None,
+                retired_at: None,
+                reason: None,
+            });
+            Ok(r)
+        })
+        .await;
+        let before = match registered {
+            Ok(r) => r,
+            Err(e) => return store_error(store, "cannot register the new generation", e),
+        };
+        match before.current_generation() {
+            Some(cur) => eprintln!(
+                "rehearse: stage `{name}`: building generation {number} (release {}) beside {}, which serves meanwhile",
+                self.release,
+                cur.describe()
+            ),
+            None => eprintln!("rehearse: stage `{name}`: building generation {number} (release {})", self.release),
+        }
+
+        let url = self.opened.url.as_ref();
+        let opts = Options {
+            run_id: run_id.clone(),
+            release: self.release.to_string(),
+            destroy: if self.args.keep_failed { DestroyPolicy::Passing } else { DestroyPolicy::Always },
+            cold: self.args.cold,
+            up_only: false,
+            state_root: super::store::local_root_for(g, url),
+            work_root: state::work_dir(),
+            run_as: self.args.run_as.clone(),
+            exit_code: super::run::exit_code,
+            name: None,
+            shared: self.opened.shared.clone(),
+            stage: Some(st::StageRun { stage: name.to_string(), generation: number, password }),
+        };
+        let code = super::run::rehearse(g, self.loaded, &opts, self.opened.store.clone(), reporter, signals).await;
+        let report = read_report(&opts.state_root, &run_id);
+        let backups = backups_of(report.as_ref());
+        let passed = code == exit::PASSED && report.as_ref().is_some_and(|r| r.verdict == Verdict::Passed);
+        if !passed {
+            let fate = match report.as_ref().map(|r| r.verdict) {
+                Some(Verdict::Interrupted) => Fate::Interrupted,
+                _ => Fate::Failed,
+            };
+            let reason = report.as_ref().and_then(|r| r.reason.clone());
+            let after = st::update(store, name, |r| {
+                let mut r = r.ok_or("the stage has no record")?;
+                let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
+                gen.fate = fate;
+                gen.reason = reason.clone();
+                gen.backups = backups.clone();
+                Ok(r)
+            })
+            .await;
+            let after = match after {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("rehearse: warning: cannot record generation {number}'s failure: {e}");
+                    Some(before)
+                }
+            };
+            eprintln!("rehearse: generation {number} was not promoted; {}", still_on(after.as_ref(), name));
+            return if code == exit::PASSED { exit::BUILD_FAILED } else { code };
+        }
+        self.promote(number, &run_id, seen_current, backups, &opts, names.as_ref(), signals).await
+    }
+
+    /// The generation passed: promoted in the record, every name switched, the one it
+    /// replaced drained and retired.
+    #[allow(clippy::too_many_arguments)]
+    async fn promote(
+        &self,
+        number: u64,
+        run_id: &str,
+        seen_current: Option<u64>,
+        backups: Vec<GenerationBackup>,
+        opts: &Options,
+        names: &dyn StableNames,
+        signals: &Signals,
+    ) -> i32 {
+        let (g, name) = (self.g, self.stage.name.as_str());
+        let store = self.opened.store.as_ref();
+        let connection = match Connection::read(&state::run_dir(&opts.state_root, run_id), run_id) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: generation {number} passed, but its connection details cannot be read: {e}");
+                return exit::BUILD_FAILED;
+            }
+        };
+        let targets = st::targets(&connection);
+        let databases: BTreeMap<String, StableDatabase> = connection
+            .databases
+            .iter()
+            .map(|(db, d)| {
+                let port = match self.stage.names.get(db) {
+                    Some(StableName::Port(p)) => p.to_string(),
+                    _ => d.port.clone(),
+                };
+                (db.clone(), StableDatabase { name: d.name.clone(), user: d.user.clone(), port })
+            })
+            .collect();
+        let now = Utc::now();
+        let retire_at = now + chrono::Duration::from_std(self.drain).unwrap_or(chrono::Duration::MAX);
+        let promoted = st::update(store, name, |r| {
+            let mut r = r.ok_or("the stage has no record")?;
+            if r.current != seen_current {
+                return Err(format!(
+                    "the stage moved to generation {} while generation {number} was built",
+                    r.current.unwrap_or(0)
+                ));
+            }
+            let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
+            if gen.fate != Fate::Building {
+                return Err(format!("generation {number} is {} now", gen.fate.as_str()));
+            }
+            gen.targets = targets.clone();
+            gen.backups = backups.clone();
+            r.databases = databases.clone();
+            r.promote(number, now, retire_at);
+            Ok(r)
+        })
+        .await;
+        let record = match promoted {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: generation {number} passed but cannot be promoted: {e}; tearing it down");
+                if down_generation(g, run_id).await != exit::PASSED {
+                    eprintln!("rehearse: remove what is left of generation {number} with `rehearse down {run_id}`");
+                }
+                return exit::BUILD_FAILED;
+            }
+        };
+        let started = Instant::now();
+        if let Err(e) = st::converge(store, name, names).await {
+            eprintln!(
+                "error: generation {number} is the stage's current generation, but its stable names could not be \
+                 switched: {e}; `rehearse stage status {name}` shows where they point, and the next rebuild points \
+                 them again"
+            );
+            return exit::BUILD_FAILED;
+        }
+        let current = record.current_generation().map(Generation::describe).unwrap_or_default();
+        eprintln!(
+            "rehearse: stage `{name}` now on {current}: every stable name switched in {} ms",
+            started.elapsed().as_millis()
+        );
+        let Some(previous) = seen_current else { return exit::PASSED };
+        eprintln!(
+            "rehearse: generation {previous} drains until {} (drain {}), then is retired",
+            retire_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            format_duration(self.drain)
+        );
+        tokio::select! {
+            () = tokio::time::sleep(self.drain) => {}
+            () = signals.nth(1) => {
+                eprintln!(
+                    "rehearse: interrupted while generation {previous} drains; the next rebuild retires it \
+                     (`rehearse stage status {name}`)"
+                );
+                return exit::INTERRUPTED;
+            }
+        }
+        match retire(g, store, name, previous).await {
+            Ok(()) => exit::PASSED,
+            Err(code) => code,
+        }
+    }
+}
+
+pub(crate) fn stage(g: &Global, command: &StageCommand) -> i32 {
+    match command {
+        StageCommand::Status { stage } => with_record(g, stage, |opened, record| status(g, opened, record)),
+        StageCommand::Env { stage } => with_record(g, stage, |opened, record| env(g, opened, record)),
+        StageCommand::Rollback { stage } => with_record(g, stage, |opened, record| rollback(g, opened, record)),
+        StageCommand::Destroy { stage } => with_record(g, stage, |opened, record| destroy(g, opened, record)),
+        StageCommand::Forward { dir } => runtime().block_on(async {
+            match crate::providers::local::forward::serve(dir).await {
+                Ok(()) => exit::PASSED,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::BUILD_FAILED
+                }
+            }
+        }),
+    }
+}
+
+/// Runs `f` with the stage's record, or says there is no such stage.
+fn with_record<F>(g: &Global, stage: &str, f: impl FnOnce(Opened, StageRecord) -> F) -> i32
+where
+    F: std::future::Future<Output = i32>,
+{
+    if let Err(why) = crate::description::decode::KeyRule::Identifier.check(stage) {
+        eprintln!("error: `{stage}` is not a stage name: {why}");
+        return exit::USAGE;
+    }
+    runtime().block_on(async {
+        let opened = match open(g).await {
+            Ok(o) => o,
+            Err(code) => return code,
+        };
+        match st::load(opened.store.as_ref(), stage).await {
+            Ok(Some((record, _))) => f(opened, record).await,
+            Ok(None) => {
+                eprintln!(
+                    "error: no stage `{stage}` in the state store {} (a stage begins with `rehearse rebuild FILE`; \
+                     pass --state if its description names another store)",
+                    opened.store.url()
+                );
+                exit::USAGE
+            }
+            Err(e) => store_error(opened.store.as_ref(), &format!("cannot read the stage `{stage}`"), e),
+        }
+    })
+}
+
+async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+    let opened = &opened;
+    let pointing_at = match stable_names(g, opened, &record) {
+        Ok(names) => names.pointing_at().await.ok().flatten(),
+        Err(_) => None,
+    };
+    if g.format == Format::Json {
+        let value = serde_json::json!({ "stage": record, "names_point_at": pointing_at });
+        return print_json(&value).map_or_else(|code| code, |()| exit::PASSED);
+    }
+    let now = Utc::now();
+    // To the second: an age, not a measurement.
+    let ago = |t: chrono::DateTime<Utc>| {
+        format_duration(Duration::from_secs((now - t).to_std().unwrap_or_default().as_secs()))
+    };
+    println!("stage {} ({} provider, environment {})", record.stage, record.provider, record.environment);
+    match record.current_generation() {
+        Some(cur) => {
+            let promoted =
+                cur.promoted_at.map(|t| format!(", promoted {} ({} ago)", t.format("%Y-%m-%d %H:%M UTC"), ago(t)));
+            println!("current: {}{}", cur.describe(), promoted.unwrap_or_default());
+            for b in &cur.backups {
+                if let Some(t) = b.taken_at {
+                    println!("  backup of `{}` is {} old", b.database, ago(t));
+                }
+            }
+        }
+        None => println!("current: none (no generation has passed its acceptance yet)"),
+    }
+    println!("stable names:");
+    let targets = record.current_generation().map(|c| c.targets.clone()).unwrap_or_default();
+    for (component, stable) in &record.names {
+        let to = targets.get(component).map(|t| t.join(", ")).unwrap_or_else(|| "nothing".into());
+        println!("  {component:<12} {stable} -> {to}");
+    }
+    match (pointing_at, record.current) {
+        (Some(p), Some(c)) if p == c => println!("  (they point at generation {p})"),
+        (p, c) => println!(
+            "  warning: the names point at {}, the stage's record says {}; `rehearse rebuild` or `rehearse stage \
+             rollback` points them again",
+            p.map_or("nothing".to_string(), |p| format!("generation {p}")),
+            c.map_or("none".to_string(), |c| format!("generation {c}"))
+        ),
+    }
+    println!("generations:");
+    for gen in record.generations.iter().rev() {
+        let when = match gen.fate {
+            Fate::Draining => gen.retire_at.map(|t| format!("retired after {}", t.format("%Y-%m-%d %H:%M:%S UTC"))),
+            Fate::Retired => gen.retired_at.map(|t| format!("retired {}", t.format("%Y-%m-%d %H:%M UTC"))),
+            Fate::Current => gen.promoted_at.map(|t| format!("promoted {}", t.format("%Y-%m-%d %H:%M UTC"))),
+            _ => gen.reason.clone(),
+        };
+        println!(
+            "  {:>3}  {:<11} release {:<10} {}  {}",
+            gen.number,
+            gen.fate.as_str(),
+            gen.release,
+            gen.run_id,
+            when.unwrap_or_default()
+        );
+    }
+    exit::PASSED
+}
+
+/// How to reach the stage through its stable names, its password included.
+async fn env(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+    let opened = &opened;
+    let Some(cur) = record.current_generation() else {
+        eprintln!("error: stage `{}` has no current generation yet", record.stage);
+        return exit::USAGE;
+    };
+    let password = match password(opened.store.as_ref(), &record.stage).await {
+        Ok(p) => p,
+        Err(e) => return store_error(opened.store.as_ref(), "cannot read the stage's password", e),
+    };
+    let host_port = |stable: &str, default_port: &str| match stable.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.to_string()),
+        _ => (stable.to_string(), default_port.to_string()),
+    };
+    let mut databases = BTreeMap::new();
+    let mut services = BTreeMap::new();
+    for (component, stable) in &record.names {
+        if let Some(db) = record.databases.get(component) {
+            let (host, port) = host_port(stable, &db.port);
+            let url = format!("postgres://{}:{password}@{host}:{port}/{}", db.user, db.name);
+            databases.insert(
+                component.clone(),
+                DatabaseOutputs {
+                    host: host.clone(),
+                    port: port.clone(),
+                    name: db.name.clone(),
+                    user: db.user.clone(),
+                    password: password.clone(),
+                    url,
+                    endpoint: format!("{host}:{port}"),
+                },
+            );
+        } else {
+            let (host, port) = host_port(stable, "");
+            let url = if port.is_empty() { format!("http://{host}") } else { format!("http://{host}:{port}") };
+            services.insert(
+                component.clone(),
+                ServiceOutputs {
+                    address: host.clone(),
+                    port,
+                    url: url.clone(),
+                    addresses: vec![host],
+                    urls: vec![url],
+                },
+            );
+        }
+    }
+    let c = Connection { run_id: cur.run_id.clone(), databases, services };
+    super::access::print_connection(g, &c)
+}
+
+async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+    let opened = &opened;
+    let store = opened.store.as_ref();
+    let name = record.stage.clone();
+    let (Some(current), Some(previous)) = (record.current, record.previous().map(|p| p.number)) else {
+        eprintln!(
+            "error: stage `{name}` has no generation to roll back to: the one before {} was retired (a rollback \
+             is possible while the replaced generation drains: `rebuild --drain`)",
+            record.current.map_or("the first".to_string(), |c| format!("generation {c}"))
+        );
+        return exit::USAGE;
+    };
+    let names = match stable_names(g, opened, &record) {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let now = Utc::now();
+    let drain = Duration::from_secs(record.drain_secs);
+    let retire_at = now + chrono::Duration::from_std(drain).unwrap_or(chrono::Duration::MAX);
+    let rolled = st::update(store, &name, |r| {
+        let mut r = r.ok_or("the stage has no record")?;
+        if r.current != Some(current) {
+            return Err(format!("the stage moved to generation {} meanwhile", r.current.unwrap_or(0)));
+        }
+        match r.generation(previous) {
+            Some(p) if p.fate == Fate::Draining => {}
+            _ => return Err(format!("generation {previous} was retired meanwhile")),
+        }
+        r.promote(previous, now, retire_at);
+        Ok(r)
+    })
+    .await;
+    let record = match rolled {
+        Ok(r) => r,
+        Err(st::UpdateError::Refused(why)) => {
+            eprintln!("error: cannot roll stage `{name}` back: {why}");
+            return exit::USAGE;
+        }
+        Err(e) => return store_error(store, "cannot roll back", e),
+    };
+    if let Err(e) = st::converge(store, &name, names.as_ref()).await {
+        eprintln!("error: rolled back in the stage's record, but the stable names could not be switched: {e}");
+        return exit::BUILD_FAILED;
+    }
+    let cur = record.current_generation().map(Generation::describe).unwrap_or_default();
+    println!(
+        "stage `{name}` rolled back to {cur}; generation {current} drains until {} and is retired by the next rebuild",
+        retire_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    exit::PASSED
+}
+
+/// Everything of the stage: every generation still there, the names, the record.
+async fn destroy(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+    let opened = &opened;
+    let store = opened.store.as_ref();
+    let name = record.stage.clone();
+    let lock = st::lock_name(&name);
+    let held = match super::lock::take(
+        opened.store.clone(),
+        &lock,
+        &format!("rehearse stage destroy {name}"),
+        None,
+        super::store::lease(),
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let code = destroy_locked(g, opened, store, &name, &record).await;
+    super::lock::give_back(held, &lock).await;
+    code
+}
+
+async fn destroy_locked(g: &Global, opened: &Opened, store: &dyn ObjectStore, name: &str, record: &StageRecord) -> i32 {
+    let mut code = exit::PASSED;
+    for gen in record.generations.iter().filter(|g| g.fate != Fate::Retired) {
+        eprintln!("rehearse: removing generation {} ({}, {})", gen.number, gen.run_id, gen.fate.as_str());
+        let c = down_generation(g, &gen.run_id).await;
+        if c != exit::PASSED {
+            code = c;
+        }
+    }
+    if code != exit::PASSED {
+        eprintln!("error: some generations of stage `{name}` were not removed; the stage's record and names are kept");
+        return code;
+    }
+    match stable_names(g, opened, record) {
+        Ok(names) => {
+            if let Err(e) = names.remove().await {
+                eprintln!("error: cannot remove the stage's stable names: {e}");
+                return exit::LEFTOVERS;
+            }
+        }
+        Err(c) => return c,
+    }
+    for key in [st::record_key(name), st::secret_key(name)] {
+        if let Err(e) = retrying(|| store.delete(&key, None)).await {
+            return store_error(store, &format!("cannot remove {key}"), e);
+        }
+    }
+    println!("stage `{name}` destroyed: {} generation(s), its stable names and its record", record.generations.len());
+    exit::PASSED
+}
+
+/// Whether the run is a stage's current generation (which `down` and `sweep` leave to
+/// `rehearse stage destroy`): the stage's name, when it is.
+/// A record that cannot be read counts as saying yes: removing a stage's serving
+/// generation by mistake is the worse error.
+pub(super) async fn current_generation_of(g: &Global, run_id: &str, stage: &st::StageRef) -> Option<String> {
+    let unknown = || Some(format!("{} (its record cannot be read now)", stage.stage));
+    let Ok(opened) = open(g).await else { return unknown() };
+    match st::load(opened.store.as_ref(), &stage.stage).await {
+        Ok(Some((record, _))) => record.is_current_run(run_id).then(|| stage.stage.clone()),
+        Ok(None) => None,
+        Err(_) => unknown(),
+    }
+}

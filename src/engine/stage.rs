@@ -1,0 +1,407 @@
+//! A stage: one description rebuilt as generations behind stable names
+//! (`rehearse rebuild`), as cattle rather than a pet that drifts.
+//!
+//! The stage's record (`stages/NAME/stage.json` in the state store) says which
+//! generation is current, what each generation was built from and what became of it.
+//! It is only ever written by compare-and-swap — `If-None-Match: *` for the first
+//! version, `If-Match` on the version read for every later one — and every change
+//! checks its precondition on the version it replaces: of two promotions from the same
+//! current generation exactly one wins, and a generation is retired only while it is
+//! not current.
+//!
+//! The stable names themselves (a forwarder's ports locally, Route 53 records on AWS)
+//! follow the record: [`converge`] points them at the current generation and checks
+//! that the record did not move meanwhile, so that two switchers racing end with the
+//! names where the record says.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::store::{put_checked, retrying, Condition, Etag, ObjectStore, StoreError};
+
+/// The stage's record in the state store.
+pub fn record_key(stage: &str) -> String {
+    format!("stages/{stage}/stage.json")
+}
+
+/// The stage's stable database password: clients configured once keep it.
+pub fn secret_key(stage: &str) -> String {
+    format!("stages/{stage}/secret.json")
+}
+
+/// The lock a rebuild of the stage holds from start to retirement.
+pub fn lock_name(stage: &str) -> String {
+    format!("stage.{stage}")
+}
+
+/// Which stage and generation a run builds, as its journal records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRef {
+    pub stage: String,
+    pub generation: u64,
+}
+
+/// What a run needs to build a stage's generation.
+#[derive(Clone, Debug)]
+pub struct StageRun {
+    pub stage: String,
+    pub generation: u64,
+    /// The stage's stable database password.
+    pub password: String,
+}
+
+/// What became of a generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fate {
+    /// Being built and judged by its acceptance suites.
+    Building,
+    /// Its build or its acceptance failed; it never served.
+    Failed,
+    /// The rebuild that built it ended before it was judged (killed, interrupted).
+    Interrupted,
+    /// Every stable name points at it.
+    Current,
+    /// Replaced (or rolled back from); it serves the connections opened before the
+    /// switch until `retire_at`.
+    Draining,
+    /// Torn down after its drain.
+    Retired,
+}
+
+impl Fate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fate::Building => "building",
+            Fate::Failed => "failed",
+            Fate::Interrupted => "interrupted",
+            Fate::Current => "current",
+            Fate::Draining => "draining",
+            Fate::Retired => "retired",
+        }
+    }
+}
+
+/// The backup a generation was restored from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationBackup {
+    pub database: String,
+    pub backup: String,
+    pub taken_at: Option<DateTime<Utc>>,
+}
+
+/// One generation: a run of the description, kept while it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    pub number: u64,
+    pub run_id: String,
+    pub release: String,
+    pub started_at: DateTime<Utc>,
+    pub fate: Fate,
+    #[serde(default)]
+    pub backups: Vec<GenerationBackup>,
+    /// Where each stable name sends its clients for this generation (`host:port`).
+    #[serde(default)]
+    pub targets: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<DateTime<Utc>>,
+    /// Why it failed, or was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Generation {
+    /// "generation 3 (release v2, backup shop-2026-nightly.dump of 2026-11-26 02:00 UTC)".
+    pub fn describe(&self) -> String {
+        let backups: Vec<String> = self
+            .backups
+            .iter()
+            .map(|b| match b.taken_at {
+                Some(t) => format!("backup {} of {}", b.backup, t.format("%Y-%m-%d %H:%M UTC")),
+                None => format!("backup {}", b.backup),
+            })
+            .collect();
+        let from = if backups.is_empty() { String::new() } else { format!(", {}", backups.join(", ")) };
+        format!("generation {} (release {}{from})", self.number, self.release)
+    }
+}
+
+/// How clients reach a database of the stage, besides its stable name and password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StableDatabase {
+    pub name: String,
+    pub user: String,
+    /// The port clients use at the stable name (the forwarder's locally, 5432 on AWS).
+    pub port: String,
+}
+
+/// The stage as the state store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: String,
+    pub environment: String,
+    pub provider: String,
+    /// Counts the record's versions; with `written_by`, makes every version's bytes
+    /// unique (a retried write recognises its own).
+    pub revision: u64,
+    pub written_by: String,
+    pub updated_at: DateTime<Utc>,
+    /// The generation every stable name points at.
+    pub current: Option<u64>,
+    /// Each database's and service's stable name (`127.0.0.1:25432`, `db.staging.internal`).
+    pub names: BTreeMap<String, String>,
+    #[serde(default)]
+    pub databases: BTreeMap<String, StableDatabase>,
+    /// AWS: the Route 53 hosted zone of the names, and their TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub record_ttl_secs: u64,
+    /// How long a replaced generation drains (the last rebuild's `--drain`).
+    #[serde(default)]
+    pub drain_secs: u64,
+    pub generations: Vec<Generation>,
+}
+
+impl StageRecord {
+    pub fn new(stage: &str, environment: &str, provider: &str, names: BTreeMap<String, String>) -> StageRecord {
+        StageRecord {
+            stage: stage.into(),
+            environment: environment.into(),
+            provider: provider.into(),
+            revision: 0,
+            written_by: String::new(),
+            updated_at: Utc::now(),
+            current: None,
+            names,
+            databases: BTreeMap::new(),
+            zone: None,
+            record_ttl_secs: 0,
+            drain_secs: 0,
+            generations: Vec::new(),
+        }
+    }
+
+    pub fn generation(&self, number: u64) -> Option<&Generation> {
+        self.generations.iter().find(|g| g.number == number)
+    }
+
+    pub fn generation_mut(&mut self, number: u64) -> Option<&mut Generation> {
+        self.generations.iter_mut().find(|g| g.number == number)
+    }
+
+    pub fn current_generation(&self) -> Option<&Generation> {
+        self.current.and_then(|n| self.generation(n))
+    }
+
+    /// The generation a rollback returns to: the newest draining one older than the
+    /// current.
+    pub fn previous(&self) -> Option<&Generation> {
+        let current = self.current?;
+        self.generations.iter().filter(|g| g.number < current && g.fate == Fate::Draining).max_by_key(|g| g.number)
+    }
+
+    pub fn next_number(&self) -> u64 {
+        self.generations.iter().map(|g| g.number).max().unwrap_or(0) + 1
+    }
+
+    /// Whether `run_id` is the current generation (never removed by `sweep` or a TTL).
+    pub fn is_current_run(&self, run_id: &str) -> bool {
+        self.current_generation().is_some_and(|g| g.run_id == run_id)
+    }
+
+    /// Marks generation `n` current and the one it replaces draining until `retire_at`.
+    pub fn promote(&mut self, n: u64, now: DateTime<Utc>, retire_at: DateTime<Utc>) {
+        if let Some(old) = self.current.and_then(|c| self.generation_mut(c)) {
+            old.fate = Fate::Draining;
+            old.retire_at = Some(retire_at);
+        }
+        if let Some(g) = self.generation_mut(n) {
+            g.fate = Fate::Current;
+            g.promoted_at = Some(now);
+            g.retire_at = None;
+        }
+        self.current = Some(n);
+    }
+}
+
+/// Why the stage's record could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("the state store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the stage's record is damaged: {0}")]
+    Damaged(String),
+    /// The change no longer applies to the record as it now is (someone else promoted,
+    /// the generation was retired, ...).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the stage's record kept changing under this update ({0} attempts)")]
+    Contended(u32),
+}
+
+/// The stage's record and its version, or `None` for a stage never built.
+pub async fn load(store: &dyn ObjectStore, stage: &str) -> Result<Option<(StageRecord, Etag)>, UpdateError> {
+    let key = record_key(stage);
+    match retrying(|| store.get(&key)).await? {
+        None => Ok(None),
+        Some(o) => {
+            let r: StageRecord = serde_json::from_slice(&o.body).map_err(|e| UpdateError::Damaged(e.to_string()))?;
+            Ok(Some((r, o.etag)))
+        }
+    }
+}
+
+/// Reads the record, lets `change` edit it (or refuse), and writes it back only if
+/// nobody wrote it meanwhile; on a lost race, reads again and asks `change` again, so
+/// its precondition is always checked on the version it replaces.
+pub async fn update(
+    store: &dyn ObjectStore,
+    stage: &str,
+    mut change: impl FnMut(Option<StageRecord>) -> Result<StageRecord, String>,
+) -> Result<StageRecord, UpdateError> {
+    const ATTEMPTS: u32 = 20;
+    let key = record_key(stage);
+    for _ in 0..ATTEMPTS {
+        let read = load(store, stage).await?;
+        let (cond, old) = match read {
+            Some((r, etag)) => (Condition::Matches(etag), Some(r)),
+            None => (Condition::Absent, None),
+        };
+        let revision = old.as_ref().map_or(0, |r| r.revision);
+        let mut new = change(old).map_err(UpdateError::Refused)?;
+        new.revision = revision + 1;
+        new.written_by = crate::secrets::generate();
+        new.updated_at = Utc::now();
+        let body = serde_json::to_vec_pretty(&new).map_err(|e| UpdateError::Damaged(e.to_string()))?;
+        match put_checked(store, &key, &body, cond).await {
+            Ok(_) => return Ok(new),
+            Err(StoreError::PreconditionFailed) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(UpdateError::Contended(ATTEMPTS))
+}
+
+/// A boxed future, so that stable names can be chosen at run time.
+pub type NamesFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// The stable names of a stage: a forwarder's ports on this machine, or Route 53
+/// records.
+pub trait StableNames: Send + Sync {
+    /// Points every stable name at generation `number`'s `targets`, all at once, and
+    /// returns once clients see the change.
+    fn switch<'a>(&'a self, number: u64, targets: &'a BTreeMap<String, Vec<String>>) -> NamesFuture<'a, ()>;
+    /// The generation the names point at now, if they exist.
+    fn pointing_at(&self) -> NamesFuture<'_, Option<u64>>;
+    /// Removes the names (and whatever serves them).
+    fn remove(&self) -> NamesFuture<'_, ()>;
+}
+
+/// Points the names where the record says, until the record holds still across a
+/// switch; the generation they point at (`None`: the stage has no current generation).
+pub async fn converge(store: &dyn ObjectStore, stage: &str, names: &dyn StableNames) -> Result<Option<u64>, String> {
+    for _ in 0..10 {
+        let Some((record, _)) = load(store, stage).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let Some(current) = record.current_generation() else { return Ok(None) };
+        if names.pointing_at().await? != Some(current.number) {
+            names.switch(current.number, &current.targets).await?;
+        }
+        let again = load(store, stage).await.map_err(|e| e.to_string())?.map(|(r, _)| r.current);
+        if again == Some(record.current) {
+            return Ok(record.current);
+        }
+    }
+    Err("the stage's record kept moving while its names were switched".into())
+}
+
+/// Where each database and service of a kept run is reached (`host:port`), from its
+/// connection details.
+pub fn targets(connection: &super::connection::Connection) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for (name, d) in &connection.databases {
+        out.insert(name.clone(), vec![format!("{}:{}", d.host, d.port)]);
+    }
+    for (name, s) in &connection.services {
+        let hosts: Vec<String> = s
+            .addresses
+            .iter()
+            .map(|a| if a.contains(':') || s.port.is_empty() { a.clone() } else { format!("{a}:{}", s.port) })
+            .collect();
+        out.insert(name.clone(), hosts);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::store::file::FileStore;
+
+    fn generation(n: u64) -> Generation {
+        Generation {
+            number: n,
+            run_id: format!("r-20261127-00000{n}-abcdef"),
+            release: "v2".into(),
+            started_at: Utc::now(),
+            fate: Fate::Building,
+            backups: Vec::new(),
+            targets: BTreeMap::new(),
+            promoted_at: None,
+            retire_at: None,
+            retired_at: None,
+            reason: None,
+        }
+    }
+
+    /// Two rebuilds that both saw generation 1 current promote at once: exactly one
+    /// wins, whatever the interleaving.
+    #[tokio::test]
+    async fn of_two_promotions_from_the_same_generation_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FileStore::open(dir.path()).unwrap());
+        update(store.as_ref(), "staging", |_| {
+            let mut r = StageRecord::new("staging", "staging", "local", BTreeMap::new());
+            r.generations = vec![generation(1), generation(2), generation(3)];
+            r.promote(1, Utc::now(), Utc::now());
+            Ok(r)
+        })
+        .await
+        .unwrap();
+        let promote = |n: u64| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                update(store.as_ref(), "staging", |r| {
+                    let mut r = r.ok_or("no record")?;
+                    if r.current != Some(1) {
+                        return Err(format!("generation {} was promoted meanwhile", r.current.unwrap_or(0)));
+                    }
+                    r.promote(n, Utc::now(), Utc::now());
+                    Ok(r)
+                })
+                .await
+            })
+        };
+        let (a, b) = (promote(2), promote(3));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        assert!(a.is_ok() != b.is_ok(), "{a:?} / {b:?}");
+        let (r, _) = load(store.as_ref(), "staging").await.unwrap().unwrap();
+        let winner = if a.is_ok() { 2 } else { 3 };
+        assert_eq!(r.current, Some(winner));
+        assert_eq!(r.generations.iter().filter(|g| g.fate == Fate::Current).count(), 1);
+        assert_eq!(r.generation(1).unwrap().fate, Fate::Draining);
+    }
+}

@@ -1,0 +1,248 @@
+//! A local stage's stable names: a small TCP forwarder on fixed ports of 127.0.0.1
+//! that connects every new connection to the current generation.
+//!
+//! The stage's directory (`STATE/stages/NAME/`, private to its owner) holds:
+//! - `listen.json`: the stable port of each database and service;
+//! - `targets.json`: the generation the ports lead to and its `host:port` addresses,
+//!   replaced whole by a rename (an atomic pointer swap), read again for every new
+//!   connection, so a switch takes effect at the next connection;
+//! - `forwarder.json`: the forwarder process (pid and start time), written by it once
+//!   every port listens;
+//! - `forwarder.log`.
+//!
+//! A connection opened before a switch stays with the generation it reached until
+//! either side closes it; the old generation keeps serving it through its drain.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::stage::{NamesFuture, StableNames};
+use crate::sys::process::{self, ProcHandle};
+use crate::sys::secure_fs::Dir;
+
+const LISTEN: &str = "listen.json";
+const TARGETS: &str = "targets.json";
+const PIDFILE: &str = "forwarder.json";
+const LOG: &str = "forwarder.log";
+/// How long a connection to a generation may take before the next address is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Targets {
+    generation: u64,
+    targets: BTreeMap<String, Vec<String>>,
+}
+
+/// The forwarder process as it recorded itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ForwarderProcess {
+    pub(crate) pid: i32,
+    pub(crate) start_time: u64,
+    pub(crate) ports: BTreeMap<String, u16>,
+}
+
+/// A local stage's stable ports.
+pub(crate) struct LocalNames {
+    dir: PathBuf,
+    ports: BTreeMap<String, u16>,
+}
+
+impl LocalNames {
+    /// The names of the stage whose directory is `dir` (created private if missing).
+    pub(crate) fn new(dir: &Path, ports: BTreeMap<String, u16>) -> Result<LocalNames, String> {
+        crate::sys::state::private_dir(dir).map_err(|e| e.to_string())?;
+        Ok(LocalNames { dir: dir.to_path_buf(), ports })
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        // Written beside and renamed over: a reader sees the old file or the new one.
+        let dir = Dir::open(&self.dir).map_err(|e| e.to_string())?;
+        let tmp = format!(".{name}.tmp");
+        dir.write_file(Path::new(&tmp), bytes, None).map_err(|e| e.to_string())?;
+        std::fs::rename(self.dir.join(&tmp), self.dir.join(name))
+            .map_err(|e| format!("cannot replace {}: {e}", self.dir.join(name).display()))
+    }
+
+    /// The forwarder, if it runs.
+    pub(crate) fn running(&self) -> Option<ForwarderProcess> {
+        let f: ForwarderProcess = serde_json::from_slice(&std::fs::read(self.dir.join(PIDFILE)).ok()?).ok()?;
+        process::is_alive(&ProcHandle { pid: f.pid, pgid: f.pid, start_time: f.start_time }).then_some(f)
+    }
+
+    /// Starts the forwarder unless it runs on the right ports; returns once every port
+    /// listens.
+    pub(crate) async fn ensure_running(&self) -> Result<ForwarderProcess, String> {
+        if let Some(f) = self.running() {
+            if f.ports == self.ports {
+                return Ok(f);
+            }
+            self.stop().await?;
+        }
+        let listen = serde_json::to_vec_pretty(&self.ports).map_err(|e| e.to_string())?;
+        self.write(LISTEN, &listen)?;
+        // Whatever an earlier forwarder recorded is stale now.
+        remove_if_there(&self.dir.join(PIDFILE))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(LOG))
+            .map_err(|e| format!("cannot open {}: {e}", self.dir.join(LOG).display()))?;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find rehearse's own executable: {e}"))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["stage", "forward"])
+            .arg(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .env_remove("REHEARSE_RUN_ID");
+        // Its own session: it outlives the rebuild that started it, and a terminal's
+        // ^C to the rebuild does not reach it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start the stage's forwarder: {e}"))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(f) = self.running().filter(|f| f.pid == child.id() as i32) {
+                // Not waited for: it outlives this process, and init reaps it then.
+                drop(child);
+                return Ok(f);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the stage's forwarder exited ({status}) before listening: {}",
+                    crate::secrets::redact(&tail(&self.dir.join(LOG)))
+                ));
+            }
+            if tokio::time::Instant::now() > deadline {
+                let stopped = child.kill().and_then(|()| child.wait());
+                return Err(format!(
+                    "the stage's forwarder did not listen within 10 s{}",
+                    stopped.err().map(|e| format!(" (and could not be stopped: {e})")).unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&self) -> Result<(), String> {
+        if let Some(f) = self.running() {
+            let h = ProcHandle { pid: f.pid, pgid: f.pid, start_time: f.start_time };
+            if !process::stop_group(&h, Duration::from_secs(5)).await {
+                return Err(format!("the stage's forwarder (pid {}) did not stop", f.pid));
+            }
+        }
+        remove_if_there(&self.dir.join(PIDFILE))
+    }
+
+    fn read_targets(&self) -> Option<Targets> {
+        serde_json::from_slice(&std::fs::read(self.dir.join(TARGETS)).ok()?).ok()
+    }
+}
+
+fn remove_if_there(path: &Path) -> Result<(), String> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("cannot remove {}: {e}", path.display())),
+        _ => Ok(()),
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+impl StableNames for LocalNames {
+    fn switch<'a>(&'a self, number: u64, targets: &'a BTreeMap<String, Vec<String>>) -> NamesFuture<'a, ()> {
+        Box::pin(async move {
+            let t = Targets { generation: number, targets: targets.clone() };
+            self.write(TARGETS, &serde_json::to_vec_pretty(&t).map_err(|e| e.to_string())?)?;
+            self.ensure_running().await.map(|_| ())
+        })
+    }
+
+    fn pointing_at(&self) -> NamesFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            match self.running() {
+                Some(_) => Ok(self.read_targets().map(|t| t.generation)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn remove(&self) -> NamesFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop().await?;
+            crate::sys::state::remove_tree(&self.dir).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// `rehearse stage forward DIR`: the forwarder itself. Listens on every port of
+/// `listen.json`, records itself in `forwarder.json`, and forwards until SIGTERM.
+pub(crate) async fn serve(dir: &Path) -> Result<(), String> {
+    let ports: BTreeMap<String, u16> = serde_json::from_slice(
+        &std::fs::read(dir.join(LISTEN)).map_err(|e| format!("cannot read {}: {e}", dir.join(LISTEN).display()))?,
+    )
+    .map_err(|e| format!("{} is damaged: {e}", dir.join(LISTEN).display()))?;
+    let mut listeners = Vec::new();
+    for (name, port) in &ports {
+        let l = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], *port)))
+            .await
+            .map_err(|e| format!("cannot listen on 127.0.0.1:{port} for `{name}`: {e}"))?;
+        listeners.push((name.clone(), l));
+    }
+    let me = std::process::id() as i32;
+    let record = ForwarderProcess { pid: me, start_time: process::start_time(me).unwrap_or(0), ports: ports.clone() };
+    let names = LocalNames { dir: dir.to_path_buf(), ports };
+    names.write(PIDFILE, &serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?)?;
+    eprintln!("rehearse forwarder {me}: listening on {:?}", record.ports);
+    let names = Arc::new(names);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, listener) in listeners {
+        let names = names.clone();
+        tasks.spawn(async move {
+            let next = Arc::new(AtomicUsize::new(0));
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                let (names, name, next) = (names.clone(), name.clone(), next.clone());
+                tokio::spawn(async move { forward(&names, &name, client, &next).await });
+            }
+        });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    term.recv().await;
+    tasks.abort_all();
+    Ok(())
+}
+
+/// One client: to the current generation's address for `name` (round robin over its
+/// instances, the next one when one refuses), then bytes both ways until either closes.
+async fn forward(names: &LocalNames, name: &str, mut client: tokio::net::TcpStream, next: &AtomicUsize) {
+    let Some(t) = names.read_targets() else { return };
+    let Some(addrs) = t.targets.get(name).filter(|a| !a.is_empty()) else { return };
+    let start = next.fetch_add(1, Ordering::Relaxed);
+    for i in 0..addrs.len() {
+        let addr = &addrs[(start + i) % addrs.len()];
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr.as_str())).await {
+            Ok(Ok(mut upstream)) => {
+                // Small queries answered at once: no Nagle delay on either leg.
+                if let Err(e) = client.set_nodelay(true).and_then(|()| upstream.set_nodelay(true)) {
+                    eprintln!("rehearse forwarder: `{name}`: cannot set TCP_NODELAY: {e}");
+                }
+                // A reset by either side ends the connection as it would without us.
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!("`{name}` via {addr}: {e}");
+                }
+                return;
+            }
+            _ => eprintln!("rehearse forwarder: `{name}` of generation {}: {addr} refused", t.generation),
+        }
+    }
+}
