@@ -1,0 +1,271 @@
+//! A stage rebuilt as cattle (`rehearse rebuild`), on this machine: real PostgreSQL,
+//! the demo shop's releases, and clients that only know the stage's stable ports.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// environments/staging.yaml in the sandbox: the same description, its paths pointed at
+/// the repository, its stable ports free ones (tests run side by side).
+fn staging(sb: &Sandbox) -> (PathBuf, u16, u16) {
+    demo_backups();
+    let (db, web) = (free_port(), free_port());
+    let text = std::fs::read_to_string(root().join("environments/staging.yaml"))
+        .unwrap()
+        .replace("../demo/", "{root}/demo/")
+        .replace("db: 25432", &format!("db: {db}"))
+        .replace("web: 28080", &format!("web: {web}"));
+    assert!(text.contains(&format!("db: {db}")) && text.contains(&format!("web: {web}")), "{text}");
+    (write_description(sb, "staging.yaml", &text), db, web)
+}
+
+fn rebuild(sb: &Sandbox, file: &std::path::Path, release: &str, drain: &str) -> (i32, String) {
+    let out = sb.cmd().args(["rebuild"]).arg(file).args(["--release", release, "--drain", drain]).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn status(sb: &Sandbox) -> serde_json::Value {
+    let out = sb.cmd().args(["--format", "json", "stage", "status", "staging"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The stage's connection through its stable names, as `rehearse stage env` prints it.
+fn stage_env(sb: &Sandbox) -> Vec<(String, String)> {
+    let out = sb.cmd().args(["--format", "json", "stage", "env", "staging"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let db = &c["databases"]["db"];
+    ["host", "port", "user", "password", "name"]
+        .iter()
+        .zip(["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"])
+        .map(|(k, var)| (var.to_string(), db[*k].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// One query on a new connection through the stable database port: the port of the
+/// server that answered and the newest migration it has.
+fn query(env: &[(String, String)]) -> Result<(u16, String), String> {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg("select inet_server_port(), (select max(version) from schema_migrations)")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (port, version) = text.split_once('|').ok_or(format!("unexpected answer `{text}`"))?;
+    Ok((port.parse().map_err(|_| format!("unexpected answer `{text}`"))?, version.to_string()))
+}
+
+/// The release the shop says it is, through the stable web port.
+fn shop_version(web: u16) -> String {
+    let out =
+        Command::new("curl").args(["-sS", "--max-time", "5"]).arg(format!("http://127.0.0.1:{web}/version")).output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => format!("(curl failed: {})", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => format!("(curl: {e})"),
+    }
+}
+
+/// The port generation `n`'s database listens on, from the stage's record.
+fn db_port_of(status: &serde_json::Value, n: u64) -> u16 {
+    let gens = status["stage"]["generations"].as_array().unwrap();
+    let g = gens.iter().find(|g| g["number"] == n).unwrap();
+    g["targets"]["db"][0].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+fn fate_of(status: &serde_json::Value, n: u64) -> String {
+    let gens = status["stage"]["generations"].as_array().unwrap();
+    gens.iter().find(|g| g["number"] == n).unwrap()["fate"].as_str().unwrap().to_string()
+}
+
+/// Queries through the stable database port, each on a new connection, until stopped.
+struct Client {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Result<(u16, String), String>>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Client {
+    fn start(env: Vec<(String, String)>) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let answer = query(&env);
+                r.lock().unwrap().push(answer);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Client { stop, seen, thread }
+    }
+
+    fn finish(self) -> Vec<Result<(u16, String), String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        Arc::try_unwrap(self.seen).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Three nightly rebuilds — pass, fail, pass — seen by clients that only know the
+/// stable ports: generation 1 after the first, still generation 1 after the failing
+/// one, generation 3 after the third; a client querying all along never fails.
+#[test]
+fn three_rebuilds_pass_fail_pass_behind_stable_ports() {
+    let sb = Sandbox::new();
+    let (file, _db, web) = staging(&sb);
+
+    // 1: v1 passes and becomes generation 1.
+    let (code, stderr) = rebuild(&sb, &file, "v1", "0s");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("stage `staging` now on generation 1 (release v1"), "{stderr}");
+    let s = status(&sb);
+    assert_eq!(s["stage"]["current"], 1);
+    assert_eq!(s["names_point_at"], 1);
+    let env = stage_env(&sb);
+    let gen1 = db_port_of(&s, 1);
+    assert_eq!(query(&env), Ok((gen1, "0001_init".to_string())));
+    assert_eq!(shop_version(web), "v1");
+
+    // 2: v3's migration fails on production's data: nothing moves, and it says so.
+    let client = Client::start(env.clone());
+    let (code, stderr) = rebuild(&sb, &file, "v3", "0s");
+    let seen = client.finish();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("generation 2 was not promoted; stage `staging` still on generation 1 (release v1, backup"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("0003_unique_customer_email.sql"), "{stderr}");
+    assert!(seen.len() > 5, "the client queried {} times", seen.len());
+    assert!(seen.iter().all(|a| *a == Ok((gen1, "0001_init".to_string()))), "{seen:?}");
+    let s = status(&sb);
+    assert_eq!(s["stage"]["current"], 1);
+    assert_eq!(fate_of(&s, 2), "failed");
+    assert_eq!(query(&env), Ok((gen1, "0001_init".to_string())));
+    assert_eq!(shop_version(web), "v1");
+    let gen2 = s["stage"]["generations"][1]["run_id"].as_str().unwrap().to_string();
+    assert_run_gone(&sb, &gen2);
+
+    // 3: v2 passes; the client querying through the promotion and the drain never fails,
+    // and moves from generation 1 to generation 3 once, never back.
+    let client = Client::start(env.clone());
+    let started = Instant::now();
+    let (code, stderr) = rebuild(&sb, &file, "v2", "3s");
+    let took = started.elapsed();
+    let seen = client.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("stage `staging` now on generation 3 (release v2"), "{stderr}");
+    let s = status(&sb);
+    assert_eq!(s["stage"]["current"], 3);
+    assert_eq!(s["names_point_at"], 3);
+    let gen3 = db_port_of(&s, 3);
+    let failures: Vec<&String> = seen.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(failures.is_empty(), "{} of {} queries failed: {failures:?}", failures.len(), seen.len());
+    let ports: Vec<u16> = seen.iter().map(|a| a.as_ref().unwrap().0).collect();
+    let switch = ports.iter().position(|p| *p == gen3).expect("the client never reached generation 3");
+    assert!(switch > 0, "the client saw generation 3 before the promotion: {ports:?}");
+    assert!(ports[..switch].iter().all(|p| *p == gen1), "{ports:?}");
+    assert!(ports[switch..].iter().all(|p| *p == gen3), "the client went back: {ports:?}");
+    assert!(took >= Duration::from_secs(3), "the drain was not waited for: {took:?}");
+    assert_eq!(query(&env), Ok((gen3, "0002_add_order_status".to_string())));
+    assert_eq!(shop_version(web), "v2");
+    // Generation 1 drained and was retired: nothing of it is left.
+    assert_eq!(fate_of(&s, 1), "retired");
+    let gen1_run = s["stage"]["generations"][0]["run_id"].as_str().unwrap().to_string();
+    assert_run_gone(&sb, &gen1_run);
+
+    // The current generation is no TTL's or `down`'s to remove.
+    let gen3_run = s["stage"]["generations"][2]["run_id"].as_str().unwrap().to_string();
+    let out = sb.cmd().args(["down", &gen3_run]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("current generation of stage `staging`"));
+    assert_eq!(query(&env), Ok((gen3, "0002_add_order_status".to_string())));
+
+    // `stage destroy` removes everything, the forwarder and its ports included.
+    let out = sb.cmd().args(["stage", "destroy", "staging"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_nothing_left(&sb, &gen3_run);
+    assert!(query(&env).is_err(), "the stable port still answers");
+    assert!(!sb.state().join("stages/staging").exists());
+    let out = sb.cmd().args(["stage", "status", "staging"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// A rollback points every name back at the previous generation while it drains.
+#[test]
+fn a_rollback_returns_to_the_draining_generation() {
+    let sb = Sandbox::new();
+    let (file, _db, web) = staging(&sb);
+    assert_eq!(rebuild(&sb, &file, "v1", "0s").0, 0);
+    // Nothing to roll back to yet.
+    let out = sb.cmd().args(["stage", "rollback", "staging"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    // The second rebuild drains for long; roll back while it does.
+    let mut child = sb
+        .cmd()
+        .arg("rebuild")
+        .arg(&file)
+        .args(["--release", "v2", "--drain", "10m"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while shop_version(web) != "v2" {
+        assert!(Instant::now() < deadline, "generation 2 was never promoted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = sb.cmd().args(["stage", "rollback", "staging"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rolled back to generation 1"));
+    assert_eq!(shop_version(web), "v1");
+    let s = status(&sb);
+    assert_eq!(s["stage"]["current"], 1);
+    assert_eq!(fate_of(&s, 2), "draining");
+    // The draining rebuild, interrupted, leaves the stage as the rollback made it.
+    unsafe_kill(child.id() as i32, 2);
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(130));
+    assert_eq!(shop_version(web), "v1");
+    let out = sb.cmd().args(["stage", "destroy", "staging"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for g in status_runs(&s) {
+        assert_nothing_left(&sb, &g);
+    }
+}
+
+/// Nothing of one run is left (other generations may well run beside it).
+fn assert_run_gone(sb: &Sandbox, run_id: &str) {
+    let procs = tagged_processes(run_id);
+    assert!(procs.is_empty(), "processes of {run_id} still alive: {procs:?}");
+    let dir = sb.work().join("runs").join(run_id);
+    let pg = postgres_under(&dir);
+    assert!(pg.is_empty(), "PostgreSQL of {run_id} still running: {pg:?}");
+    assert!(!dir.exists(), "run directory {} still exists", dir.display());
+}
+
+fn status_runs(s: &serde_json::Value) -> Vec<String> {
+    s["stage"]["generations"].as_array().unwrap().iter().map(|g| g["run_id"].as_str().unwrap().to_string()).collect()
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
