@@ -54,9 +54,12 @@ fn stage_env(sb: &Sandbox) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A query's answer: the answering server's port and its newest migration, or the error.
+type Answer = Result<(u16, String), String>;
+
 /// One query on a new connection through the stable database port: the port of the
 /// server that answered and the newest migration it has.
-fn query(env: &[(String, String)]) -> Result<(u16, String), String> {
+fn query(env: &[(String, String)]) -> Answer {
     let out = Command::new("psql")
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
         .arg("select inet_server_port(), (select max(version) from schema_migrations)")
@@ -98,7 +101,7 @@ fn fate_of(status: &serde_json::Value, n: u64) -> String {
 /// Queries through the stable database port, each on a new connection, until stopped.
 struct Client {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Result<(u16, String), String>>>>,
+    seen: Arc<Mutex<Vec<Answer>>>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -117,7 +120,7 @@ impl Client {
         Client { stop, seen, thread }
     }
 
-    fn finish(self) -> Vec<Result<(u16, String), String>> {
+    fn finish(self) -> Vec<Answer> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap();
         Arc::try_unwrap(self.seen).unwrap().into_inner().unwrap()
