@@ -1077,3 +1077,207 @@ fn shared_state_on_s3_serves_another_machine_and_outlives_a_killed_runner() {
     assert!(keys.is_empty(), "{keys:?}");
     assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
 }
+
+/// environments/staging-aws.yaml with the emulator's ids, its private zone and the
+/// test's bucket; a suite that passes for every release but v3 (as v3's migration
+/// fails on production's data).
+fn staging_description(sb: &Sandbox, prod: &Prod, zone: &str) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("environments/staging-aws.yaml"))
+        .unwrap()
+        .replace("ami-0abcdef1234567890", &prod.ami)
+        .replace("vpc-0a1b2c3d4e5f60718", &prod.vpc)
+        .replace("subnet-0a1b2c3d4e5f60001", &prod.subnets[0])
+        .replace("subnet-0a1b2c3d4e5f60002", &prod.subnets[1])
+        .replace("Z0123456789ABCDEFGHIJ", zone)
+        .replace("s3://acme-rehearse/shop", "s3://team-state/rehearse");
+    let suite = "suites:\n  acceptance:\n    command: 'test -n \"$SHOP_URL\" && test \"$REHEARSE_RELEASE\" != v3'\n    timeout: 1m\n    uses: [web]\n    results: exit-code\n    env:\n      SHOP_URL: \"{{ services.web.url }}\"\n";
+    let text = rehearse::testkit::scenarios::unreachable_hosts_variant(&text, &root(), suite);
+    assert!(text.contains(zone) && text.contains("s3://team-state/rehearse"), "{text}");
+    write_description(sb, "staging-aws.yaml", &text)
+}
+
+/// The stage's record sets in the zone, as `NAME TYPE VALUE…` lines (SOA and NS left out).
+fn zone_records(rt: &tokio::runtime::Runtime, r53: &aws_sdk_route53::Client, zone: &str) -> Vec<String> {
+    rt.block_on(async {
+        let out = r53.list_resource_record_sets().hosted_zone_id(zone).send().await.unwrap();
+        out.resource_record_sets()
+            .iter()
+            .filter(|s| !matches!(s.r#type().as_str(), "SOA" | "NS"))
+            .map(|s| {
+                let values: Vec<&str> = s.resource_records().iter().map(|r| r.value()).collect();
+                format!("{} {} {}", s.name(), s.r#type().as_str(), values.join(","))
+            })
+            .collect()
+    })
+}
+
+/// Where generation `n` of the stage can be reached: its RDS endpoint and its web
+/// instances' private addresses, as the cloud has them.
+fn generation_addresses(
+    rt: &tokio::runtime::Runtime,
+    ec2: &aws_sdk_ec2::Client,
+    rds: &aws_sdk_rds::Client,
+    run_id: &str,
+) -> (String, Vec<String>) {
+    rt.block_on(async {
+        let dbs = rds.describe_db_instances().send().await.unwrap();
+        let db = dbs
+            .db_instances()
+            .iter()
+            .find(|d| d.tag_list().iter().any(|t| t.key() == Some("rehearse:run-id") && t.value() == Some(run_id)))
+            .expect("the generation's database");
+        let endpoint = db.endpoint().and_then(|e| e.address()).unwrap().to_string();
+        let mut ips: Vec<String> = ec2
+            .describe_instances()
+            .send()
+            .await
+            .unwrap()
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() == "running"))
+            .filter(|i| {
+                let tag = |k: &str, v: &str| i.tags().iter().any(|t| t.key() == Some(k) && t.value() == Some(v));
+                tag("rehearse:run-id", run_id)
+                    && i.tags().iter().any(|t| t.value().is_some_and(|v| v.starts_with("service.web.")))
+            })
+            .filter_map(|i| i.private_ip_address().map(str::to_string))
+            .collect();
+        ips.sort();
+        (endpoint, ips)
+    })
+}
+
+/// The nightly rebuild on AWS (moto's Route 53 and S3): the names point at generation
+/// 1, stay there after a failing rebuild, move to generation 3 in one change batch;
+/// generation 1 is gone after the drain; `stage destroy` leaves nothing, records
+/// included, and production is untouched.
+#[test]
+fn a_stage_on_aws_moves_its_route53_names_only_to_a_generation_that_passed() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let s3 = emu.bucket(&rt, "team-state");
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+    let r53 = aws_sdk_route53::Client::new(&emu.conf(&rt));
+    let zone = rt.block_on(async {
+        let vpc = aws_sdk_route53::types::Vpc::builder()
+            .vpc_id(&prod.vpc)
+            .vpc_region(aws_sdk_route53::types::VpcRegion::EuWest1)
+            .build();
+        let z = r53
+            .create_hosted_zone()
+            .name("staging.shop.internal")
+            .caller_reference("rehearse-test")
+            .vpc(vpc)
+            .hosted_zone_config(aws_sdk_route53::types::HostedZoneConfig::builder().private_zone(true).build())
+            .send()
+            .await
+            .unwrap();
+        z.hosted_zone().unwrap().id().trim_start_matches("/hostedzone/").to_string()
+    });
+    let sb = Sandbox::new();
+    let file = staging_description(&sb, &prod, &zone);
+    let rebuild = |release: &str, drain: &str| {
+        let out = emu
+            .rehearse(&sb)
+            .args(["rebuild", file.to_str().unwrap(), "--release", release, "--drain", drain])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let status = || {
+        let out = emu
+            .rehearse(&sb)
+            .env("REHEARSE_STATE", "s3://team-state/rehearse")
+            .args(["--format", "json", "stage", "status", "staging"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let run_of = |s: &serde_json::Value, n: u64| {
+        let gens = s["stage"]["generations"].as_array().unwrap();
+        gens.iter().find(|g| g["number"] == n).unwrap()["run_id"].as_str().unwrap().to_string()
+    };
+    let expected = |run_id: &str, n: u64| {
+        let (endpoint, ips) = generation_addresses(&rt, &ec2, &rds, run_id);
+        let mut want = vec![
+            format!("_rehearse-generation.db.staging.shop.internal. TXT \"generation={n}\""),
+            format!("db.staging.shop.internal. CNAME {endpoint}"),
+            format!("web.staging.shop.internal. A {}", ips.join(",")),
+        ];
+        want.sort();
+        want
+    };
+    let records = || {
+        let mut r = zone_records(&rt, &r53, &zone);
+        r.sort();
+        r
+    };
+
+    // Generation 1 passes: every name points at it.
+    let (code, stderr) = rebuild("v2", "0s");
+    assert_eq!(code, Some(0), "{stderr}");
+    let s = status();
+    assert_eq!((s["stage"]["current"].as_u64(), s["names_point_at"].as_u64()), (Some(1), Some(1)), "{s}");
+    let gen1 = run_of(&s, 1);
+    assert_eq!(records(), expected(&gen1, 1));
+    let at_gen1 = records();
+
+    // Generation 2 fails its acceptance: nothing moves, and it is torn down.
+    let (code, stderr) = rebuild("v3", "0s");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("stage `staging` still on generation 1 (release v2"), "{stderr}");
+    assert_eq!(records(), at_gen1);
+    let s = status();
+    assert_eq!(s["stage"]["current"], 1);
+    let gen2 = run_of(&s, 2);
+    assert!(rehearse_leftovers(&rt, &ec2, &rds, &gen2).is_empty());
+    assert!(!rehearse_leftovers(&rt, &ec2, &rds, &gen1).is_empty(), "generation 1 must still serve");
+
+    // Generation 3 passes: the names move to it; generation 1 is gone after the drain.
+    let (code, stderr) = rebuild("v2", "1s");
+    assert_eq!(code, Some(0), "{stderr}");
+    let s = status();
+    assert_eq!((s["stage"]["current"].as_u64(), s["names_point_at"].as_u64()), (Some(3), Some(3)), "{s}");
+    let gen3 = run_of(&s, 3);
+    assert_eq!(records(), expected(&gen3, 3));
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &gen1);
+    assert!(left.is_empty(), "generation 1 left after its drain: {left:?}");
+    let gens = s["stage"]["generations"].as_array().unwrap();
+    let fates: Vec<&str> = gens.iter().map(|g| g["fate"].as_str().unwrap()).collect();
+    assert_eq!(fates, ["retired", "failed", "current"]);
+
+    // The current generation outlives its TTL: a sweep by tags leaves it serving.
+    set_expiry_tags(&rt, &ec2, &rds, &gen3, "2020-01-01T00:00:00Z");
+    let out = emu
+        .rehearse(&sb)
+        .env("REHEARSE_STATE", "s3://team-state/rehearse")
+        .args(["sweep", "--region", REGION, "--yes"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the current generation of stage `staging`"), "{text}");
+    assert_eq!(records(), expected(&gen3, 3), "the sweep moved the names");
+    assert!(!rehearse_leftovers(&rt, &ec2, &rds, &gen3).is_empty(), "the sweep removed the current generation");
+
+    // `stage destroy`: nothing is left, records included.
+    let out = emu
+        .rehearse(&sb)
+        .env("REHEARSE_STATE", "s3://team-state/rehearse")
+        .args(["stage", "destroy", "staging"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for run in [&gen1, &gen2, &gen3] {
+        let left = rehearse_leftovers(&rt, &ec2, &rds, run);
+        assert!(left.is_empty(), "{run} left: {left:?}");
+    }
+    assert!(records().is_empty(), "records left: {:?}", records());
+    let keys = emu.keys(&rt, &s3, "team-state", "rehearse/stages/");
+    assert!(keys.is_empty(), "{keys:?}");
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
+}

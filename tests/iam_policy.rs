@@ -20,6 +20,7 @@ const RUN_TAG_ON_RESOURCE: &str = "aws:ResourceTag/rehearse:run-id";
 
 /// The state bucket and the objects under the state prefix, as the policy spells them:
 /// placeholders the user replaces with the bucket and prefix of `--state s3://BUCKET/PREFIX`.
+const STAGE_ZONE: &str = "arn:aws:route53:::hostedzone/REHEARSE_STAGE_ZONE";
 const STATE_BUCKET: &str = "arn:aws:s3:::REHEARSE_STATE_BUCKET";
 const STATE_OBJECTS: &str = "arn:aws:s3:::REHEARSE_STATE_BUCKET/REHEARSE_STATE_PREFIX/";
 const STATE_PREFIX: &str = "REHEARSE_STATE_PREFIX/";
@@ -54,9 +55,12 @@ impl Statement {
 
     /// The statement applies only when `key` is present and matches (a positive operator).
     fn requires(&self, key: &str) -> bool {
-        self.conditions
-            .iter()
-            .any(|(op, k, _)| matches!(op.as_str(), "StringEquals" | "StringLike") && k.eq_ignore_ascii_case(key))
+        self.conditions.iter().any(|(op, k, _)| {
+            // Multivalued keys (a change batch's names and types) with `ForAllValues:`:
+            // every value must match.
+            let op = op.strip_prefix("ForAllValues:").unwrap_or(op);
+            matches!(op, "StringEquals" | "StringLike") && k.eq_ignore_ascii_case(key)
+        })
     }
 
     /// The statement applies when `key` is absent or does not match (a negated operator):
@@ -278,7 +282,7 @@ fn sdk_source() -> String {
 fn sdk_calls() -> BTreeSet<String> {
     let flat: String = sdk_source().chars().filter(|c| !c.is_whitespace()).collect();
     let mut calls = BTreeSet::new();
-    for (client, service) in [(".ec2.", "ec2"), (".rds.", "rds"), (".s3.", "s3")] {
+    for (client, service) in [(".ec2.", "ec2"), (".rds.", "rds"), (".s3.", "s3"), (".r53.", "route53")] {
         for (at, _) in flat.match_indices(client) {
             let rest = &flat[at + client.len()..];
             let method: String =
@@ -304,6 +308,7 @@ fn sdk_calls() -> BTreeSet<String> {
         "rds:DescribeDBInstances",
         "s3:PutObject",
         "s3:ListBucket",
+        "route53:ChangeResourceRecordSets",
     ] {
         assert!(
             calls.contains(expected),
@@ -362,6 +367,17 @@ fn every_change_is_confined_to_what_rehearse_creates() {
         for action in s.actions.iter().filter(|a| !is_read(a)) {
             if action.starts_with("kms:") {
                 assert!(s.requires("kms:ViaService"), "{}: {action} must be limited to use through RDS", s.sid);
+                continue;
+            }
+            // A stage's names: the stage's zone, names under its domain, nothing else.
+            if action.starts_with("route53:") {
+                assert_eq!(s.resources, [STAGE_ZONE], "{}: {action} outside the stage's zone", s.sid);
+                assert!(
+                    s.requires("route53:ChangeResourceRecordSetsNormalizedRecordNames")
+                        && s.requires("route53:ChangeResourceRecordSetsRecordTypes"),
+                    "{}: {action} without conditions on the names and types it may change",
+                    s.sid
+                );
                 continue;
             }
             // The state store: rehearse's own objects are those under the state prefix.
@@ -612,8 +628,15 @@ fn the_state_store_allows_what_rehearse_does_there() {
         format!("{RUN}/connection.json"),
         "locks/staging.json".to_string(),
         "locks/run.r-20261125-164001-7f3a9c.json".to_string(),
+        "stages/staging/stage.json".to_string(),
+        "stages/staging/secret.json".to_string(),
     ];
-    let deletes = [format!("{RUN}/connection.json"), "locks/staging.json".to_string()];
+    let deletes = [
+        format!("{RUN}/connection.json"),
+        "locks/staging.json".to_string(),
+        "stages/staging/stage.json".to_string(),
+        "stages/staging/secret.json".to_string(),
+    ];
     for key in writes.iter().chain([&JOURNAL_RECORD.to_string()]) {
         assert!(!covering(&policy, "Allow", "s3:GetObject", &state_object(key)).is_empty(), "{key} cannot be read");
     }

@@ -354,7 +354,7 @@ pub(crate) fn sweep(
         }
     };
     if let Some(region) = region {
-        return runtime().block_on(sweep_aws(region, yes, min_age, environment));
+        return runtime().block_on(sweep_aws(g, region, yes, min_age, environment));
     }
     let now = Utc::now();
     let rows = match scan_runs(g) {
@@ -455,8 +455,14 @@ pub(crate) fn report(g: &Global, run_id: &str) -> i32 {
 /// `rehearse:expires-at` has passed (and matching the filters); listed, and with
 /// `--yes` removed through the guard. Untagged resources are never considered, and an
 /// unexpired one (a run in progress, a kept environment within its TTL) never matches.
-async fn sweep_aws(region: &str, yes: bool, min_age: Option<chrono::Duration>, environment: Option<&str>) -> i32 {
-    use crate::providers::aws::{by_evidence, expired, Guard, TAG_EXPIRES};
+async fn sweep_aws(
+    g: &Global,
+    region: &str,
+    yes: bool,
+    min_age: Option<chrono::Duration>,
+    environment: Option<&str>,
+) -> i32 {
+    use crate::providers::aws::{by_evidence, expired, Guard, TAG_EXPIRES, TAG_GENERATION, TAG_STAGE};
     let provider = super::aws_provider(region).await;
     let all = match provider.tagged().await {
         Ok(a) => a,
@@ -466,6 +472,26 @@ async fn sweep_aws(region: &str, yes: bool, min_age: Option<chrono::Duration>, e
         }
     };
     let matching = expired(all, Utc::now(), min_age, environment);
+    // A stage's current generation serves through the stage's names: no TTL removes it.
+    let mut serving = std::collections::BTreeMap::new();
+    for t in &matching {
+        let (Some(run), Some(stage)) = (tag_value(&t.tags, TAG_RUN), tag_value(&t.tags, TAG_STAGE)) else { continue };
+        if !serving.contains_key(run) {
+            let generation = tag_value(&t.tags, TAG_GENERATION).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let r = crate::engine::stage::StageRef { stage: stage.to_string(), generation };
+            serving.insert(run.to_string(), super::stage::current_generation_of(g, run, &r).await);
+        }
+    }
+    let matching: Vec<_> = matching
+        .into_iter()
+        .filter(|t| match tag_value(&t.tags, TAG_RUN).and_then(|r| serving.get(r)).cloned().flatten() {
+            Some(stage) => {
+                println!("keeping {} {}: the current generation of stage `{stage}`", t.kind, t.id);
+                false
+            }
+            None => true,
+        })
+        .collect();
     // Tags anyone may set are not enough: only what carries rehearse's own names (and
     // no deletion protection) is swept; the rest is listed, never touched.
     let (expired, doubtful) = by_evidence(matching);

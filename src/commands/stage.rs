@@ -50,7 +50,7 @@ fn store_error(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -
 
 /// The stage's stable names as its record (or, before the first rebuild, its
 /// description) has them.
-fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Result<Box<dyn StableNames>, i32> {
+async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Result<Box<dyn StableNames>, i32> {
     match record.provider.as_str() {
         "local" => {
             let mut ports = BTreeMap::new();
@@ -72,11 +72,21 @@ fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Result<Box
                     exit::USAGE
                 })
         }
+        "aws" => {
+            let Some(zone) = record.zone.clone() else {
+                eprintln!("error: the stage `{}` names no Route 53 zone (`stage.zone`)", record.stage);
+                return Err(exit::USAGE);
+            };
+            Ok(Box::new(crate::providers::aws::dns::Route53Names {
+                api: crate::providers::aws::sdk::route53::Route53::new().await,
+                zone,
+                ttl: record.record_ttl_secs.max(1),
+                names: record.names.clone(),
+                databases: record.databases.keys().cloned().collect(),
+            }))
+        }
         other => {
-            eprintln!(
-                "error: stable names for the {other} provider (Route 53 records) are not built yet; \
-                 a stage runs on the local provider for now"
-            );
+            eprintln!("error: the stage `{}` is on the unknown provider `{other}`", record.stage);
             Err(exit::USAGE)
         }
     }
@@ -88,6 +98,14 @@ fn fresh_record(loaded: &Loaded, stage: &Stage, drain: Duration) -> StageRecord 
     let mut r = StageRecord::new(&stage.name, &loaded.desc.name, loaded.desc.provider().as_str(), names);
     r.zone = stage.zone.clone();
     r.record_ttl_secs = stage.record_ttl.as_secs();
+    // Which names are databases' (a CNAME each on AWS); completed at the promotion.
+    r.databases = loaded
+        .desc
+        .databases
+        .iter()
+        .filter(|(db, _)| stage.names.contains_key(*db))
+        .map(|(db, d)| (db.clone(), StableDatabase { name: d.name.clone(), user: String::new(), port: String::new() }))
+        .collect();
     r.drain_secs = drain.as_secs();
     r
 }
@@ -315,7 +333,7 @@ impl Job<'_> {
         let (g, name) = (self.g, self.stage.name.as_str());
         let store = self.opened.store.as_ref();
         let fresh = fresh_record(self.loaded, self.stage, self.drain);
-        let names = match stable_names(g, self.opened, &fresh) {
+        let names = match stable_names(g, self.opened, &fresh).await {
             Ok(n) => n,
             Err(code) => return code,
         };
@@ -336,6 +354,9 @@ impl Job<'_> {
                 Some(mut r) => {
                     // The description's names, TTL and drain are the stage's from now on.
                     r.names = fresh.names.clone();
+                    for (db, d) in &fresh.databases {
+                        r.databases.entry(db.clone()).or_insert_with(|| d.clone());
+                    }
                     r.zone = fresh.zone.clone();
                     r.record_ttl_secs = fresh.record_ttl_secs;
                     r.drain_secs = fresh.drain_secs;
@@ -572,7 +593,7 @@ where
 
 async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
     let opened = &opened;
-    let pointing_at = match stable_names(g, opened, &record) {
+    let pointing_at = match stable_names(g, opened, &record).await {
         Ok(names) => names.pointing_at().await.ok().flatten(),
         Err(_) => None,
     };
@@ -698,7 +719,7 @@ async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
         );
         return exit::USAGE;
     };
-    let names = match stable_names(g, opened, &record) {
+    let names = match stable_names(g, opened, &record).await {
         Ok(n) => n,
         Err(code) => return code,
     };
@@ -774,7 +795,7 @@ async fn destroy_locked(g: &Global, opened: &Opened, store: &dyn ObjectStore, na
         eprintln!("error: some generations of stage `{name}` were not removed; the stage's record and names are kept");
         return code;
     }
-    match stable_names(g, opened, record) {
+    match stable_names(g, opened, record).await {
         Ok(names) => {
             if let Err(e) = names.remove().await {
                 eprintln!("error: cannot remove the stage's stable names: {e}");

@@ -207,6 +207,7 @@ pub async fn run<P: Provider>(
         home,
         cold: opts.cold,
         password: opts.stage.as_ref().map(|s| s.password.clone()),
+        stage: meta.stage.clone(),
     };
     let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
 

@@ -41,6 +41,8 @@ pub struct RunInfo {
     /// The databases' password, when it must not change from run to run (a stage's
     /// generations: clients configured once keep it); else each run makes its own.
     pub password: Option<String>,
+    /// The stage and generation the run builds, tagged on what it creates.
+    pub stage: Option<super::stage::StageRef>,
 }
 
 /// What a step works with: the run, the description, the plan, and the template context

@@ -11,6 +11,7 @@
 pub mod api;
 mod create;
 mod destroy;
+pub mod dns;
 mod guard;
 mod naming;
 pub mod patient;
@@ -48,6 +49,10 @@ pub const TAG_OWNER: &str = "rehearse:owner";
 pub const TAG_EXPIRES: &str = "rehearse:expires-at";
 pub const TAG_RESOURCE: &str = "rehearse:resource";
 pub const TAG_CREATED: &str = "rehearse:created-at";
+/// A stage's generation: the stage's name and the generation's number. No TTL removes
+/// the stage's current generation (`sweep` asks the stage's record).
+pub const TAG_STAGE: &str = "rehearse:stage";
+pub const TAG_GENERATION: &str = "rehearse:generation";
 
 /// The pollers look 100 ms after a change, then back off to at most 10 s: a long
 /// operation is noticed at most 10 s late (BENCHMARKS.md: about 1 % of a rehearsal's

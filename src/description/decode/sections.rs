@@ -220,7 +220,7 @@ impl Decoder {
             (Some(ProviderKind::Aws), Some(z)) if !is_zone_id(z) => {
                 let pos = self.positions.get("stage.zone");
                 self.err(pos, format!("`stage.zone` is not a Route 53 hosted zone id: `{z}`")).expected =
-                    Some("`Z` followed by up to 31 capital letters and digits, e.g. `Z0123456789ABCDEFGHIJ`".into());
+                    Some("capital letters and digits, e.g. `Z0123456789ABCDEFGHIJ`".into());
             }
             _ => {}
         }
@@ -598,9 +598,9 @@ fn is_dns_name(s: &str) -> bool {
         })
 }
 
-/// A hosted zone id: `Z` and capital letters and digits (the `/hostedzone/` prefix the
-/// API sometimes adds is accepted).
+/// A hosted zone id: capital letters and digits (AWS's start with `Z`; the
+/// `/hostedzone/` prefix the API sometimes adds is accepted).
 fn is_zone_id(s: &str) -> bool {
     let s = s.strip_prefix("/hostedzone/").unwrap_or(s);
-    s.starts_with('Z') && (2..=32).contains(&s.len()) && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    (2..=32).contains(&s.len()) && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }

@@ -70,6 +70,10 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         tags.insert(TAG_EXPIRES.into(), ctx.run.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         tags.insert(TAG_RESOURCE.into(), res.id.clone());
         tags.insert(TAG_CREATED.into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        if let Some(s) = &ctx.run.stage {
+            tags.insert(TAG_STAGE.into(), s.stage.clone());
+            tags.insert(TAG_GENERATION.into(), s.generation.to_string());
+        }
         tags.entry("Name".into())
             .or_insert_with(|| format!("rehearse {} {} ({})", ctx.loaded.desc.name, res.id, ctx.run.run_id));
         tags.into_iter().map(|(key, value)| Tag { key, value }).collect()

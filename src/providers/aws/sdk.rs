@@ -197,6 +197,7 @@ macro_rules! all_pages {
 
 mod ec2;
 mod rds;
+pub mod route53;
 pub mod s3;
 
 #[cfg(test)]

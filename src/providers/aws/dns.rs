@@ -1,0 +1,219 @@
+//! An AWS stage's stable names: records in a private Route 53 hosted zone.
+//!
+//! A database's name is a CNAME to its generation's RDS endpoint, a service's an A
+//! record set of its generation's private addresses, all with the stage's short TTL.
+//! A switch is one change batch — every name and a TXT record saying which generation
+//! they point at (`_rehearse-generation.FIRST-NAME`) — which Route 53 applies all or
+//! nothing; it is waited for until `INSYNC` (every Route 53 server answers with it),
+//! after which resolvers see it within the TTL.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use super::api::{ApiError, ApiResult};
+use crate::engine::stage::{NamesFuture, StableNames};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    A,
+    Cname,
+    Txt,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::A => "A",
+            RecordKind::Cname => "CNAME",
+            RecordKind::Txt => "TXT",
+        }
+    }
+}
+
+/// A record set as rehearse writes them: simple routing, one name, one type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordSet {
+    pub name: String,
+    pub kind: RecordKind,
+    pub ttl: u64,
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Upsert,
+    Delete,
+}
+
+/// The slice of Route 53 a stage uses.
+pub trait DnsApi: Send + Sync {
+    /// Applies every change or none (one change batch); the change's id.
+    fn change(
+        &self,
+        zone: &str,
+        changes: &[(Action, RecordSet)],
+        comment: &str,
+    ) -> impl Future<Output = ApiResult<String>> + Send;
+    /// Whether the change has reached every Route 53 server (`INSYNC`).
+    fn in_sync(&self, change_id: &str) -> impl Future<Output = ApiResult<bool>> + Send;
+    /// The record set of `name` and `kind`, if there is one.
+    fn record(
+        &self,
+        zone: &str,
+        name: &str,
+        kind: RecordKind,
+    ) -> impl Future<Output = ApiResult<Option<RecordSet>>> + Send;
+}
+
+/// How long a change may take to be `INSYNC` (Route 53 says "generally within 60
+/// seconds"); how often it is asked.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
+pub const SYNC_POLL: Duration = Duration::from_secs(1);
+
+/// A stage's names in a hosted zone.
+pub struct Route53Names<A> {
+    pub api: A,
+    pub zone: String,
+    pub ttl: u64,
+    /// Component (database or service) → its DNS name.
+    pub names: BTreeMap<String, String>,
+    /// The components that are databases (a CNAME each); the rest are services.
+    pub databases: Vec<String>,
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+/// `host:port` → `host`.
+fn host(target: &str) -> &str {
+    match target.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => target,
+    }
+}
+
+impl<A: DnsApi> Route53Names<A> {
+    /// The TXT record that says which generation the names point at.
+    fn marker(&self) -> Option<String> {
+        self.names.values().next().map(|first| fqdn(&format!("_rehearse-generation.{}", first.trim_end_matches('.'))))
+    }
+
+    /// The record sets pointing every name at `targets`, and the marker.
+    fn records(&self, number: u64, targets: &BTreeMap<String, Vec<String>>) -> Result<Vec<RecordSet>, String> {
+        let mut out = Vec::new();
+        for (component, name) in &self.names {
+            let to: Vec<&str> = targets.get(component).map(|t| t.iter().map(|x| host(x)).collect()).unwrap_or_default();
+            if to.is_empty() {
+                return Err(format!("generation {number} has no address for `{component}`"));
+            }
+            let (kind, values) = if self.databases.contains(component) {
+                (RecordKind::Cname, vec![to[0].to_string()])
+            } else {
+                (RecordKind::A, to.iter().map(|s| s.to_string()).collect())
+            };
+            out.push(RecordSet { name: fqdn(name), kind, ttl: self.ttl, values });
+        }
+        if let Some(marker) = self.marker() {
+            out.push(RecordSet {
+                name: marker,
+                kind: RecordKind::Txt,
+                ttl: self.ttl,
+                values: vec![format!("\"generation={number}\"")],
+            });
+        }
+        Ok(out)
+    }
+
+    async fn wait_in_sync(&self, change_id: &str) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
+        // Route 53 applies a change in well under a second on most calls: looked at
+        // soon, then once a second.
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if self.api.in_sync(change_id).await? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError {
+                    code: None,
+                    message: format!("change {change_id} was not INSYNC after {} s", SYNC_TIMEOUT.as_secs()),
+                    kind: super::api::ErrorKind::Unreachable,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = SYNC_POLL;
+        }
+    }
+
+    /// Sends a change batch, again while the answer is throttled or lost (an UPSERT
+    /// and a DELETE of what is there are safe to repeat), and waits for it.
+    async fn apply(&self, changes: &[(Action, RecordSet)], comment: &str) -> Result<(), ApiError> {
+        let mut attempt = 0;
+        let id = loop {
+            match self.api.change(&self.zone, changes, comment).await {
+                Ok(id) => break id,
+                Err(e) if e.is_transient() && attempt < 8 => {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.wait_in_sync(&id).await
+    }
+
+    async fn read_marker(&self) -> Result<Option<u64>, ApiError> {
+        let Some(marker) = self.marker() else { return Ok(None) };
+        let set = self.api.record(&self.zone, &marker, RecordKind::Txt).await?;
+        Ok(set.and_then(|s| {
+            s.values.iter().find_map(|v| v.trim_matches('"').strip_prefix("generation=")?.parse::<u64>().ok())
+        }))
+    }
+}
+
+impl<A: DnsApi> StableNames for Route53Names<A> {
+    fn switch<'a>(&'a self, number: u64, targets: &'a BTreeMap<String, Vec<String>>) -> NamesFuture<'a, ()> {
+        Box::pin(async move {
+            let changes: Vec<(Action, RecordSet)> =
+                self.records(number, targets)?.into_iter().map(|r| (Action::Upsert, r)).collect();
+            self.apply(&changes, &format!("rehearse: stage names to generation {number}"))
+                .await
+                .map_err(|e| format!("Route 53 zone {}: {e}", self.zone))
+        })
+    }
+
+    fn pointing_at(&self) -> NamesFuture<'_, Option<u64>> {
+        Box::pin(async move { self.read_marker().await.map_err(|e| format!("Route 53 zone {}: {e}", self.zone)) })
+    }
+
+    fn remove(&self) -> NamesFuture<'_, ()> {
+        Box::pin(async move {
+            // A DELETE names the record set exactly as it is: each is read first.
+            let mut wanted: Vec<(String, RecordKind)> = self
+                .names
+                .iter()
+                .map(|(c, n)| (fqdn(n), if self.databases.contains(c) { RecordKind::Cname } else { RecordKind::A }))
+                .collect();
+            wanted.extend(self.marker().map(|m| (m, RecordKind::Txt)));
+            let mut changes = Vec::new();
+            for (name, kind) in wanted {
+                let found = self.api.record(&self.zone, &name, kind).await.map_err(|e| e.to_string())?;
+                if let Some(set) = found {
+                    changes.push((Action::Delete, set));
+                }
+            }
+            if changes.is_empty() {
+                return Ok(());
+            }
+            self.apply(&changes, "rehearse: stage destroyed")
+                .await
+                .map_err(|e| format!("Route 53 zone {}: {e}", self.zone))
+        })
+    }
+}
