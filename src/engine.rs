@@ -18,6 +18,7 @@ pub mod events;
 pub mod journal;
 pub mod lifecycle;
 pub mod provider;
+pub mod rebuild;
 pub mod stage;
 mod steps;
 pub mod store;

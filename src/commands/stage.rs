@@ -11,18 +11,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 
 use super::{load_or_report, print_json, reporter, runtime};
 use crate::cli::{Format, Global, RebuildArgs, StageCommand};
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
-use crate::description::{format_duration, DestroyPolicy, Loaded, StableName, Stage};
+use crate::description::{format_duration, DestroyPolicy, Loaded, Stage};
 use crate::engine::connection::Connection;
 use crate::engine::events::Reporter;
 use crate::engine::lifecycle::Options;
-use crate::engine::stage::{self as st, Fate, Generation, GenerationBackup, StableDatabase, StableNames, StageRecord};
+use crate::engine::rebuild::{
+    fresh_record, rebuild as engine_rebuild, Built, Generations, LocalFuture, Outcome, Plan, RebuildError,
+};
+use crate::engine::stage::{self as st, Fate, Generation, GenerationBackup, StableNames, StageRecord};
 use crate::engine::store::{put_checked, retrying, Condition, ObjectStore, StoreError};
 use crate::exit;
 use crate::report::model::{RunReport, Verdict};
@@ -92,24 +95,6 @@ async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Resu
     }
 }
 
-/// The record a description's stage starts from (its names, as strings).
-fn fresh_record(loaded: &Loaded, stage: &Stage, drain: Duration) -> StageRecord {
-    let names = stage.names.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-    let mut r = StageRecord::new(&stage.name, &loaded.desc.name, loaded.desc.provider().as_str(), names);
-    r.zone = stage.zone.clone();
-    r.record_ttl_secs = stage.record_ttl.as_secs();
-    // Which names are databases' (a CNAME each on AWS); completed at the promotion.
-    r.databases = loaded
-        .desc
-        .databases
-        .iter()
-        .filter(|(db, _)| stage.names.contains_key(*db))
-        .map(|(db, d)| (db.clone(), StableDatabase { name: d.name.clone(), user: String::new(), port: String::new() }))
-        .collect();
-    r.drain_secs = drain.as_secs();
-    r
-}
-
 /// The stage's database password: made once, kept in the store, the same for every
 /// generation (a client configured once keeps working).
 async fn password(store: &dyn ObjectStore, stage: &str) -> Result<String, StoreError> {
@@ -150,113 +135,14 @@ async fn down_generation(g: &Global, run_id: &str) -> i32 {
     .unwrap_or(exit::BUILD_FAILED)
 }
 
-/// Retires generation `n`: marked retired first (a rollback can no longer choose it),
-/// then torn down. A generation that became current again (rolled back to) is left.
-async fn retire(g: &Global, store: &dyn ObjectStore, stage: &str, n: u64) -> Result<(), i32> {
-    let mut run_id = String::new();
-    let marked = st::update(store, stage, |r| {
-        let mut r = r.ok_or("the stage has no record")?;
-        if r.current == Some(n) {
-            return Err(format!("generation {n} is current again (rolled back to)"));
-        }
-        let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
-        if gen.fate == Fate::Retired {
-            return Err(format!("generation {n} was retired already"));
-        }
-        gen.fate = Fate::Retired;
-        gen.retired_at = Some(Utc::now());
-        run_id = gen.run_id.clone();
-        Ok(r)
-    })
-    .await;
-    match marked {
-        Ok(_) => {}
-        Err(st::UpdateError::Refused(why)) => {
-            eprintln!("rehearse: not retiring generation {n}: {why}");
-            return Ok(());
-        }
-        Err(e) => return Err(store_error(store, &format!("cannot retire generation {n}"), e)),
-    }
-    eprintln!("rehearse: retiring generation {n} ({run_id})");
-    match down_generation(g, &run_id).await {
-        exit::PASSED => Ok(()),
-        code => {
-            eprintln!("rehearse: generation {n} was not torn down completely; remove what is left with `rehearse down {run_id}`");
-            Err(code)
-        }
-    }
-}
-
-/// What earlier rebuilds left, under the stage's lock: a generation still "building"
-/// belongs to a rebuild that died (the lock is ours now) and is torn down; a drained
-/// generation is retired; the names are pointed where the record says.
-async fn tidy(g: &Global, store: &dyn ObjectStore, stage: &str, names: &dyn StableNames) -> Result<(), i32> {
-    let Some((record, _)) = st::load(store, stage).await.map_err(|e| store_error(store, "cannot read the stage", e))?
-    else {
-        return Ok(());
-    };
-    let now = Utc::now();
-    for gen in &record.generations {
-        match gen.fate {
-            Fate::Building => {
-                eprintln!(
-                    "rehearse: generation {} ({}) was left mid-build by a rebuild that ended; tearing it down",
-                    gen.number, gen.run_id
-                );
-                let code = down_generation(g, &gen.run_id).await;
-                let n = gen.number;
-                st::update(store, stage, |r| {
-                    let mut r = r.ok_or("the stage has no record")?;
-                    let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
-                    if gen.fate != Fate::Building {
-                        return Err(format!("generation {n} is {} now", gen.fate.as_str()));
-                    }
-                    gen.fate = Fate::Interrupted;
-                    gen.reason = Some("its rebuild ended before the acceptance suites judged it".into());
-                    Ok(r)
-                })
-                .await
-                .map_err(|e| store_error(store, "cannot record the interrupted generation", e))?;
-                if code != exit::PASSED {
-                    return Err(code);
-                }
-            }
-            Fate::Draining if gen.retire_at.is_none_or(|t| t <= now) => retire(g, store, stage, gen.number).await?,
-            _ => {}
-        }
-    }
-    if record.current.is_some() {
-        st::converge(store, stage, names).await.map_err(|e| {
-            eprintln!("error: cannot point the stage's names at its current generation: {e}");
-            exit::BUILD_FAILED
-        })?;
-    }
-    Ok(())
-}
-
 fn read_report(state_root: &std::path::Path, run_id: &str) -> Option<RunReport> {
     let path = state::run_dir(state_root, run_id).join("report").join("report.json");
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-fn backups_of(report: Option<&RunReport>) -> Vec<GenerationBackup> {
-    report
-        .map(|r| {
-            r.backups
-                .iter()
-                .map(|b| GenerationBackup {
-                    database: b.database.clone(),
-                    backup: b.backup.clone(),
-                    taken_at: b.taken_at,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// "still on generation 2 (release v1, backup …)", or that nothing serves yet.
-fn still_on(record: Option<&StageRecord>, stage: &str) -> String {
-    match record.and_then(StageRecord::current_generation) {
+fn still_on(current: Option<&Generation>, stage: &str) -> String {
+    match current {
         Some(cur) => format!("stage `{stage}` still on {}", cur.describe()),
         None => format!("stage `{stage}` has no generation serving yet"),
     }
@@ -310,237 +196,153 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
             Ok(l) => l,
             Err(code) => return code,
         };
-        let job = Job { g, loaded: &loaded, stage: &stage, release: &release, drain, args, opened: &opened };
-        let code = job.run(reporter.as_ref(), &signals).await;
+        let code = rebuild_locked(g, &loaded, &stage, release, drain, args, &opened, reporter.as_ref(), &signals).await;
         super::lock::give_back(held, &lock).await;
         code
     })
 }
 
-/// One rebuild, under the stage's lock.
-struct Job<'a> {
-    g: &'a Global,
-    loaded: &'a Loaded,
-    stage: &'a Stage,
-    release: &'a str,
+/// A rebuild under the stage's lock: the engine's, with generations built as runs of
+/// the description and torn down by `rehearse down`.
+#[allow(clippy::too_many_arguments)]
+async fn rebuild_locked(
+    g: &Global,
+    loaded: &Loaded,
+    stage: &Stage,
+    release: String,
     drain: Duration,
-    args: &'a RebuildArgs,
-    opened: &'a Opened,
+    args: &RebuildArgs,
+    opened: &Opened,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> i32 {
+    let store = opened.store.as_ref();
+    let name = stage.name.as_str();
+    let fresh = fresh_record(stage, &loaded.desc.name, loaded.desc.provider().as_str(), &loaded.desc.databases, drain);
+    let names = match stable_names(g, opened, &fresh).await {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let password = match password(store, name).await {
+        Ok(p) => p,
+        Err(e) => return store_error(store, "cannot read or make the stage's password", e),
+    };
+    let gens = Runs { g, loaded, release: &release, args, opened, reporter, signals, stage: name };
+    let plan = Plan { stage, fresh, release: release.clone(), run_id: state::new_run_id(), drain };
+    match engine_rebuild(store, names.as_ref(), &gens, plan, &password, reporter, signals).await {
+        Ok(Outcome::Promoted { current, switched_in, interrupted, .. }) => {
+            eprintln!(
+                "rehearse: stage `{name}` now on {}: every stable name switched in {} ms",
+                current.describe(),
+                switched_in.as_millis()
+            );
+            if interrupted {
+                exit::INTERRUPTED
+            } else {
+                exit::PASSED
+            }
+        }
+        Ok(Outcome::NotPromoted { number, exit_code, still_on: current }) => {
+            eprintln!("rehearse: generation {number} was not promoted; {}", still_on(current.as_ref(), name));
+            if exit_code == exit::PASSED {
+                exit::BUILD_FAILED
+            } else {
+                exit_code
+            }
+        }
+        Err(e) => {
+            eprintln!("error: stage `{name}`: {e}");
+            match e {
+                RebuildError::TearDown(_) => exit::LEFTOVERS,
+                _ => exit::BUILD_FAILED,
+            }
+        }
+    }
 }
 
-impl Job<'_> {
-    async fn run(&self, reporter: &dyn Reporter, signals: &Signals) -> i32 {
-        let (g, name) = (self.g, self.stage.name.as_str());
-        let store = self.opened.store.as_ref();
-        let fresh = fresh_record(self.loaded, self.stage, self.drain);
-        let names = match stable_names(g, self.opened, &fresh).await {
-            Ok(n) => n,
-            Err(code) => return code,
-        };
-        if let Err(code) = tidy(g, store, name, names.as_ref()).await {
-            return code;
-        }
-        let password = match password(store, name).await {
-            Ok(p) => p,
-            Err(e) => return store_error(store, "cannot read or make the stage's password", e),
-        };
-        // Generation N+1, registered before anything of it exists: a rebuild that dies
-        // from here on leaves a "building" generation the next one tears down.
-        let run_id = state::new_run_id();
-        let mut number = 0;
-        let mut seen_current = None;
-        let registered = st::update(store, name, |r| {
-            let mut r = match r {
-                Some(mut r) => {
-                    // The description's names, TTL and drain are the stage's from now on.
-                    r.names = fresh.names.clone();
-                    for (db, d) in &fresh.databases {
-                        r.databases.entry(db.clone()).or_insert_with(|| d.clone());
-                    }
-                    r.zone = fresh.zone.clone();
-                    r.record_ttl_secs = fresh.record_ttl_secs;
-                    r.drain_secs = fresh.drain_secs;
-                    r
-                }
-                None => fresh.clone(),
-            };
-            seen_current = r.current;
-            number = r.next_number();
-            r.generations.push(Generation {
-                number,
-                run_id: run_id.clone(),
-                release: self.release.to_string(),
-                started_at: Utc::now(),
-                fate: Fate::Building,
-                backups: Vec::new(),
-                targets: BTreeMap::new(),
-                promoted_at: None,
-                retire_at: None,
-                retired_at: None,
-                reason: None,
-            });
-            Ok(r)
-        })
-        .await;
-        let before = match registered {
-            Ok(r) => r,
-            Err(e) => return store_error(store, "cannot register the new generation", e),
-        };
-        match before.current_generation() {
-            Some(cur) => eprintln!(
-                "rehearse: stage `{name}`: building generation {number} (release {}) beside {}, which serves meanwhile",
-                self.release,
-                cur.describe()
-            ),
-            None => eprintln!("rehearse: stage `{name}`: building generation {number} (release {})", self.release),
-        }
+/// Generations as runs of the description on this machine's provider.
+struct Runs<'a> {
+    g: &'a Global,
+    loaded: &'a Loaded,
+    release: &'a str,
+    args: &'a RebuildArgs,
+    opened: &'a Opened,
+    reporter: &'a dyn Reporter,
+    signals: &'a Signals,
+    stage: &'a str,
+}
 
-        let url = self.opened.url.as_ref();
-        let opts = Options {
-            run_id: run_id.clone(),
-            release: self.release.to_string(),
-            destroy: if self.args.keep_failed { DestroyPolicy::Passing } else { DestroyPolicy::Always },
-            cold: self.args.cold,
-            up_only: false,
-            state_root: super::store::local_root_for(g, url),
-            work_root: state::work_dir(),
-            run_as: self.args.run_as.clone(),
-            exit_code: super::run::exit_code,
-            name: None,
-            shared: self.opened.shared.clone(),
-            stage: Some(st::StageRun { stage: name.to_string(), generation: number, password }),
-        };
-        let code = super::run::rehearse(g, self.loaded, &opts, self.opened.store.clone(), reporter, signals).await;
-        let report = read_report(&opts.state_root, &run_id);
-        let backups = backups_of(report.as_ref());
-        let passed = code == exit::PASSED && report.as_ref().is_some_and(|r| r.verdict == Verdict::Passed);
-        if !passed {
-            let fate = match report.as_ref().map(|r| r.verdict) {
-                Some(Verdict::Interrupted) => Fate::Interrupted,
-                _ => Fate::Failed,
+impl Generations for Runs<'_> {
+    fn build<'a>(&'a self, number: u64, run_id: &'a str, password: &'a str) -> LocalFuture<'a, Built> {
+        Box::pin(async move {
+            let url = self.opened.url.as_ref();
+            let opts = Options {
+                run_id: run_id.to_string(),
+                release: self.release.to_string(),
+                destroy: if self.args.keep_failed { DestroyPolicy::Passing } else { DestroyPolicy::Always },
+                cold: self.args.cold,
+                up_only: false,
+                state_root: super::store::local_root_for(self.g, url),
+                work_root: state::work_dir(),
+                run_as: self.args.run_as.clone(),
+                exit_code: super::run::exit_code,
+                name: None,
+                shared: self.opened.shared.clone(),
+                stage: Some(st::StageRun {
+                    stage: self.stage.to_string(),
+                    generation: number,
+                    password: password.to_string(),
+                }),
             };
-            let reason = report.as_ref().and_then(|r| r.reason.clone());
-            let after = st::update(store, name, |r| {
-                let mut r = r.ok_or("the stage has no record")?;
-                let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
-                gen.fate = fate;
-                gen.reason = reason.clone();
-                gen.backups = backups.clone();
-                Ok(r)
-            })
+            let code = super::run::rehearse(
+                self.g,
+                self.loaded,
+                &opts,
+                self.opened.store.clone(),
+                self.reporter,
+                self.signals,
+            )
             .await;
-            let after = match after {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    eprintln!("rehearse: warning: cannot record generation {number}'s failure: {e}");
-                    Some(before)
+            let report = read_report(&opts.state_root, run_id);
+            let backups = report
+                .as_ref()
+                .map(|r| {
+                    r.backups
+                        .iter()
+                        .map(|b| GenerationBackup {
+                            database: b.database.clone(),
+                            backup: b.backup.clone(),
+                            taken_at: b.taken_at,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let verdict = report.as_ref().map_or(Verdict::BuildFailed, |r| r.verdict);
+            let connection = (code == exit::PASSED && verdict == Verdict::Passed)
+                .then(|| Connection::read(&state::run_dir(&opts.state_root, run_id), run_id))
+                .transpose();
+            match connection {
+                Ok(connection) => {
+                    Built { verdict, exit_code: code, reason: report.and_then(|r| r.reason), backups, connection }
                 }
-            };
-            eprintln!("rehearse: generation {number} was not promoted; {}", still_on(after.as_ref(), name));
-            return if code == exit::PASSED { exit::BUILD_FAILED } else { code };
-        }
-        self.promote(number, &run_id, seen_current, backups, &opts, names.as_ref(), signals).await
+                Err(e) => Built {
+                    verdict: Verdict::BuildFailed,
+                    exit_code: exit::BUILD_FAILED,
+                    reason: Some(format!("its connection details cannot be read: {e}")),
+                    backups,
+                    connection: None,
+                },
+            }
+        })
     }
 
-    /// The generation passed: promoted in the record, every name switched, the one it
-    /// replaced drained and retired.
-    #[allow(clippy::too_many_arguments)]
-    async fn promote(
-        &self,
-        number: u64,
-        run_id: &str,
-        seen_current: Option<u64>,
-        backups: Vec<GenerationBackup>,
-        opts: &Options,
-        names: &dyn StableNames,
-        signals: &Signals,
-    ) -> i32 {
-        let (g, name) = (self.g, self.stage.name.as_str());
-        let store = self.opened.store.as_ref();
-        let connection = match Connection::read(&state::run_dir(&opts.state_root, run_id), run_id) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: generation {number} passed, but its connection details cannot be read: {e}");
-                return exit::BUILD_FAILED;
+    fn tear_down<'a>(&'a self, run_id: &'a str) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            match down_generation(self.g, run_id).await {
+                exit::PASSED => Ok(()),
+                code => Err(format!("`rehearse down {run_id}` exited with {code}")),
             }
-        };
-        let targets = st::targets(&connection);
-        let databases: BTreeMap<String, StableDatabase> = connection
-            .databases
-            .iter()
-            .map(|(db, d)| {
-                let port = match self.stage.names.get(db) {
-                    Some(StableName::Port(p)) => p.to_string(),
-                    _ => d.port.clone(),
-                };
-                (db.clone(), StableDatabase { name: d.name.clone(), user: d.user.clone(), port })
-            })
-            .collect();
-        let now = Utc::now();
-        let retire_at = now + chrono::Duration::from_std(self.drain).unwrap_or(chrono::Duration::MAX);
-        let promoted = st::update(store, name, |r| {
-            let mut r = r.ok_or("the stage has no record")?;
-            if r.current != seen_current {
-                return Err(format!(
-                    "the stage moved to generation {} while generation {number} was built",
-                    r.current.unwrap_or(0)
-                ));
-            }
-            let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
-            if gen.fate != Fate::Building {
-                return Err(format!("generation {number} is {} now", gen.fate.as_str()));
-            }
-            gen.targets = targets.clone();
-            gen.backups = backups.clone();
-            r.databases = databases.clone();
-            r.promote(number, now, retire_at);
-            Ok(r)
         })
-        .await;
-        let record = match promoted {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: generation {number} passed but cannot be promoted: {e}; tearing it down");
-                if down_generation(g, run_id).await != exit::PASSED {
-                    eprintln!("rehearse: remove what is left of generation {number} with `rehearse down {run_id}`");
-                }
-                return exit::BUILD_FAILED;
-            }
-        };
-        let started = Instant::now();
-        if let Err(e) = st::converge(store, name, names).await {
-            eprintln!(
-                "error: generation {number} is the stage's current generation, but its stable names could not be \
-                 switched: {e}; `rehearse stage status {name}` shows where they point, and the next rebuild points \
-                 them again"
-            );
-            return exit::BUILD_FAILED;
-        }
-        let current = record.current_generation().map(Generation::describe).unwrap_or_default();
-        eprintln!(
-            "rehearse: stage `{name}` now on {current}: every stable name switched in {} ms",
-            started.elapsed().as_millis()
-        );
-        let Some(previous) = seen_current else { return exit::PASSED };
-        eprintln!(
-            "rehearse: generation {previous} drains until {} (drain {}), then is retired",
-            retire_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            format_duration(self.drain)
-        );
-        tokio::select! {
-            () = tokio::time::sleep(self.drain) => {}
-            () = signals.nth(1) => {
-                eprintln!(
-                    "rehearse: interrupted while generation {previous} drains; the next rebuild retires it \
-                     (`rehearse stage status {name}`)"
-                );
-                return exit::INTERRUPTED;
-            }
-        }
-        match retire(g, store, name, previous).await {
-            Ok(()) => exit::PASSED,
-            Err(code) => code,
-        }
     }
 }
 

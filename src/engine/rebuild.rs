@@ -1,0 +1,392 @@
+//! One rebuild of a stage, whatever builds its generations: tidy what earlier rebuilds
+//! left, register generation N+1, build and judge it, promote it by compare-and-swap
+//! only when it passed, point every stable name at it, drain and retire the one it
+//! replaced.
+//!
+//! The order is what keeps the names safe when a rebuild dies at any instant:
+//! - a generation is registered (`building`) before anything of it exists, so the next
+//!   rebuild finds and tears down whatever a dead one was building;
+//! - the promotion is the commit point: the record says the new generation is current
+//!   before any name moves, and names only ever move to what the record says is
+//!   current ([`super::stage::converge`]) — a generation that did not pass is never
+//!   current, so no name can point at it;
+//! - a generation is marked `retired` before it is torn down, so a rollback can no
+//!   longer choose it; the current one is never torn down here.
+//!
+//! The caller holds the stage's lock ([`super::stage::lock_name`]) throughout.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::connection::Connection;
+use super::events::{Event, Reporter};
+use super::stage::{self as st, Fate, Generation, GenerationBackup, StableDatabase, StableNames, StageRecord};
+use super::store::ObjectStore;
+use crate::description::{format_duration, StableName, Stage};
+use crate::report::model::Verdict;
+use crate::sys::signals::Signals;
+
+/// What building and judging a generation came to.
+pub struct Built {
+    pub verdict: Verdict,
+    /// The run's exit code (the command's, when the generation is not promoted).
+    pub exit_code: i32,
+    pub reason: Option<String>,
+    pub backups: Vec<GenerationBackup>,
+    /// How to reach it: a generation that passed has it (without, it counts as failed).
+    pub connection: Option<Connection>,
+}
+
+pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// How a stage's generations come and go: a run of the description (with the stage's
+/// password) and its teardown from the journal.
+pub trait Generations {
+    fn build<'a>(&'a self, number: u64, run_id: &'a str, password: &'a str) -> LocalFuture<'a, Built>;
+    fn tear_down<'a>(&'a self, run_id: &'a str) -> LocalFuture<'a, Result<(), String>>;
+}
+
+/// What a rebuild is asked to do.
+pub struct Plan<'a> {
+    pub stage: &'a Stage,
+    /// The stage's record as the description has it (names, zone, TTL, drain).
+    pub fresh: StageRecord,
+    pub release: String,
+    pub run_id: String,
+    pub drain: Duration,
+}
+
+/// How a rebuild ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The generation passed and serves; the one it replaced was retired (or, when the
+    /// rebuild was interrupted while it drained, is retired by the next rebuild).
+    Promoted { current: Generation, switched_in: Duration, retired: Option<u64>, interrupted: bool },
+    /// The generation failed (or was interrupted); the stage is as it was.
+    NotPromoted { number: u64, exit_code: i32, still_on: Option<Generation> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("the stage's record: {0}")]
+    Record(#[from] st::UpdateError),
+    #[error("the stage's names: {0}")]
+    Names(String),
+    #[error("{0}")]
+    TearDown(String),
+    #[error("{0}")]
+    Promotion(String),
+}
+
+fn note(reporter: &dyn Reporter, text: String) {
+    reporter.event(Event::Note(text));
+}
+
+/// Retires generation `n`: marked retired first (a rollback can no longer choose it),
+/// then torn down. A generation that became current again (rolled back to) is left.
+pub async fn retire(
+    store: &dyn ObjectStore,
+    stage: &str,
+    n: u64,
+    gens: &dyn Generations,
+    reporter: &dyn Reporter,
+) -> Result<(), RebuildError> {
+    let mut run_id = String::new();
+    let marked = st::update(store, stage, |r| {
+        let mut r = r.ok_or("the stage has no record")?;
+        if r.current == Some(n) {
+            return Err(format!("generation {n} is current again (rolled back to)"));
+        }
+        let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
+        if gen.fate == Fate::Retired {
+            return Err(format!("generation {n} was retired already"));
+        }
+        gen.fate = Fate::Retired;
+        gen.retired_at = Some(Utc::now());
+        run_id = gen.run_id.clone();
+        Ok(r)
+    })
+    .await;
+    match marked {
+        Ok(_) => {}
+        Err(st::UpdateError::Refused(why)) => {
+            note(reporter, format!("not retiring generation {n}: {why}"));
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    note(reporter, format!("retiring generation {n} ({run_id})"));
+    gens.tear_down(&run_id).await.map_err(|why| {
+        RebuildError::TearDown(format!(
+            "generation {n} was not torn down completely ({why}); remove what is left with `rehearse down {run_id}`"
+        ))
+    })
+}
+
+/// What earlier rebuilds left: a generation still `building` belongs to a rebuild that
+/// died (the caller holds the lock now) and is torn down; a drained generation is
+/// retired; the names are pointed where the record says.
+pub async fn tidy(
+    store: &dyn ObjectStore,
+    stage: &str,
+    names: &dyn StableNames,
+    gens: &dyn Generations,
+    reporter: &dyn Reporter,
+) -> Result<(), RebuildError> {
+    let Some((record, _)) = st::load(store, stage).await? else { return Ok(()) };
+    // Names first: a rebuild that died between its promotion and its switch left them
+    // behind the record.
+    if record.current.is_some() {
+        st::converge(store, stage, names).await.map_err(RebuildError::Names)?;
+    }
+    let now = Utc::now();
+    for gen in &record.generations {
+        match gen.fate {
+            Fate::Building => {
+                note(
+                    reporter,
+                    format!(
+                        "generation {} ({}) was left mid-build by a rebuild that ended; tearing it down",
+                        gen.number, gen.run_id
+                    ),
+                );
+                gens.tear_down(&gen.run_id).await.map_err(|why| {
+                    RebuildError::TearDown(format!(
+                        "generation {} was left mid-build and could not be torn down ({why}); remove it with \
+                         `rehearse down {}`",
+                        gen.number, gen.run_id
+                    ))
+                })?;
+                let n = gen.number;
+                st::update(store, stage, |r| {
+                    let mut r = r.ok_or("the stage has no record")?;
+                    let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
+                    if gen.fate != Fate::Building {
+                        return Err(format!("generation {n} is {} now", gen.fate.as_str()));
+                    }
+                    gen.fate = Fate::Interrupted;
+                    gen.reason = Some("its rebuild ended before the acceptance suites judged it".into());
+                    Ok(r)
+                })
+                .await?;
+            }
+            Fate::Draining if gen.retire_at.is_none_or(|t| t <= now) => {
+                retire(store, stage, gen.number, gens, reporter).await?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One rebuild (the caller holds the stage's lock).
+pub async fn rebuild(
+    store: &dyn ObjectStore,
+    names: &dyn StableNames,
+    gens: &dyn Generations,
+    plan: Plan<'_>,
+    password: &str,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> Result<Outcome, RebuildError> {
+    let name = plan.stage.name.as_str();
+    tidy(store, name, names, gens, reporter).await?;
+    // Generation N+1, registered before anything of it exists.
+    let mut number = 0;
+    let mut seen_current = None;
+    let before = st::update(store, name, |r| {
+        let mut r = match r {
+            Some(mut r) => {
+                // The description's names, TTL and drain are the stage's from now on.
+                r.names = plan.fresh.names.clone();
+                r.zone = plan.fresh.zone.clone();
+                r.record_ttl_secs = plan.fresh.record_ttl_secs;
+                r.drain_secs = plan.fresh.drain_secs;
+                for (db, d) in &plan.fresh.databases {
+                    r.databases.entry(db.clone()).or_insert_with(|| d.clone());
+                }
+                r
+            }
+            None => plan.fresh.clone(),
+        };
+        seen_current = r.current;
+        number = r.next_number();
+        r.generations.push(Generation {
+            number,
+            run_id: plan.run_id.clone(),
+            release: plan.release.clone(),
+            started_at: Utc::now(),
+            fate: Fate::Building,
+            backups: Vec::new(),
+            targets: BTreeMap::new(),
+            promoted_at: None,
+            retire_at: None,
+            retired_at: None,
+            reason: None,
+        });
+        Ok(r)
+    })
+    .await?;
+    note(
+        reporter,
+        match before.current_generation() {
+            Some(cur) => format!(
+                "stage `{name}`: building generation {number} (release {}) beside {}, which serves meanwhile",
+                plan.release,
+                cur.describe()
+            ),
+            None => format!("stage `{name}`: building generation {number} (release {})", plan.release),
+        },
+    );
+
+    let built = gens.build(number, &plan.run_id, password).await;
+    let passed = built.verdict == Verdict::Passed && built.connection.is_some();
+    if !passed {
+        let fate = if built.verdict == Verdict::Interrupted { Fate::Interrupted } else { Fate::Failed };
+        let after = st::update(store, name, |r| {
+            let mut r = r.ok_or("the stage has no record")?;
+            let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
+            gen.fate = fate;
+            gen.reason = built.reason.clone();
+            gen.backups = built.backups.clone();
+            Ok(r)
+        })
+        .await?;
+        return Ok(Outcome::NotPromoted {
+            number,
+            exit_code: built.exit_code,
+            still_on: after.current_generation().cloned(),
+        });
+    }
+    let connection = built.connection.as_ref().expect("a generation that passed has its connection");
+    promote(store, names, gens, &plan, number, seen_current, &built.backups, connection, reporter, signals).await
+}
+
+/// The generation passed: promoted in the record, every name switched, the one it
+/// replaced drained and retired.
+#[allow(clippy::too_many_arguments)]
+async fn promote(
+    store: &dyn ObjectStore,
+    names: &dyn StableNames,
+    gens: &dyn Generations,
+    plan: &Plan<'_>,
+    number: u64,
+    seen_current: Option<u64>,
+    backups: &[GenerationBackup],
+    connection: &Connection,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> Result<Outcome, RebuildError> {
+    let name = plan.stage.name.as_str();
+    let targets = st::targets(connection);
+    let databases: BTreeMap<String, StableDatabase> = connection
+        .databases
+        .iter()
+        .map(|(db, d)| {
+            let port = match plan.stage.names.get(db) {
+                Some(StableName::Port(p)) => p.to_string(),
+                _ => d.port.clone(),
+            };
+            (db.clone(), StableDatabase { name: d.name.clone(), user: d.user.clone(), port })
+        })
+        .collect();
+    let now = Utc::now();
+    let retire_at = now + chrono::Duration::from_std(plan.drain).unwrap_or(chrono::Duration::MAX);
+    let promoted = st::update(store, name, |r| {
+        let mut r = r.ok_or("the stage has no record")?;
+        if r.current != seen_current {
+            return Err(format!(
+                "the stage moved to generation {} while generation {number} was built",
+                r.current.unwrap_or(0)
+            ));
+        }
+        let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
+        if gen.fate != Fate::Building {
+            return Err(format!("generation {number} is {} now", gen.fate.as_str()));
+        }
+        gen.targets = targets.clone();
+        gen.backups = backups.to_vec();
+        r.databases = databases.clone();
+        r.promote(number, now, retire_at);
+        Ok(r)
+    })
+    .await;
+    let record = match promoted {
+        Ok(r) => r,
+        Err(e) => {
+            // Not current, so nothing points at it: torn down at once.
+            let why = format!("generation {number} passed but cannot be promoted: {e}");
+            let torn = gens.tear_down(&plan.run_id).await;
+            let mark = st::update(store, name, |r| {
+                let mut r = r.ok_or("the stage has no record")?;
+                let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
+                if gen.fate == Fate::Building {
+                    gen.fate = Fate::Failed;
+                    gen.reason = Some(why.clone());
+                }
+                Ok(r)
+            })
+            .await;
+            return Err(RebuildError::Promotion(match (torn, mark) {
+                (Ok(()), _) => format!("{why}; it was torn down"),
+                (Err(t), _) => format!("{why}; tearing it down failed ({t}): `rehearse down {}`", plan.run_id),
+            }));
+        }
+    };
+    let started = Instant::now();
+    st::converge(store, name, names).await.map_err(|e| {
+        RebuildError::Names(format!(
+            "generation {number} is the stage's current generation, but its stable names could not be switched: \
+             {e}; the next rebuild points them again"
+        ))
+    })?;
+    let switched_in = started.elapsed();
+    let current = record.current_generation().cloned().expect("just promoted");
+    note(reporter, format!("stage `{name}` now on {}: every stable name switched", current.describe()));
+    let Some(previous) = seen_current else {
+        return Ok(Outcome::Promoted { current, switched_in, retired: None, interrupted: false });
+    };
+    note(
+        reporter,
+        format!(
+            "generation {previous} drains until {} (drain {}), then is retired",
+            retire_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            format_duration(plan.drain)
+        ),
+    );
+    tokio::select! {
+        () = tokio::time::sleep(plan.drain) => {}
+        () = signals.nth(1) => {
+            note(reporter, format!("interrupted while generation {previous} drains; the next rebuild retires it"));
+            return Ok(Outcome::Promoted { current, switched_in, retired: None, interrupted: true });
+        }
+    }
+    retire(store, name, previous, gens, reporter).await?;
+    Ok(Outcome::Promoted { current, switched_in, retired: Some(previous), interrupted: false })
+}
+
+/// A description's stage as a record to start from.
+pub fn fresh_record(
+    stage: &Stage,
+    environment: &str,
+    provider: &str,
+    databases: &BTreeMap<String, crate::description::Database>,
+    drain: Duration,
+) -> StageRecord {
+    let names = stage.names.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    let mut r = StageRecord::new(&stage.name, environment, provider, names);
+    r.zone = stage.zone.clone();
+    r.record_ttl_secs = stage.record_ttl.as_secs();
+    r.drain_secs = drain.as_secs();
+    // Which names are databases' (a CNAME each on AWS); completed at the promotion.
+    r.databases = databases
+        .iter()
+        .filter(|(db, _)| stage.names.contains_key(*db))
+        .map(|(db, d)| (db.clone(), StableDatabase { name: d.name.clone(), user: String::new(), port: String::new() }))
+        .collect();
+    r
+}
