@@ -23,7 +23,8 @@ use crate::engine::connection::Connection;
 use crate::engine::events::Reporter;
 use crate::engine::lifecycle::Options;
 use crate::engine::rebuild::{
-    fresh_record, rebuild as engine_rebuild, Built, Generations, LocalFuture, Outcome, Plan, RebuildError,
+    destroy as engine_destroy, fresh_record, rebuild as engine_rebuild, Built, Generations, LocalFuture, Outcome, Plan,
+    RebuildError,
 };
 use crate::engine::stage::{self as st, Fate, Generation, GenerationBackup, StableNames, StageRecord};
 use crate::engine::store::{put_checked, retrying, Condition, ObjectStore, StoreError};
@@ -227,7 +228,8 @@ async fn rebuild_locked(
         Ok(p) => p,
         Err(e) => return store_error(store, "cannot read or make the stage's password", e),
     };
-    let gens = Runs { g, loaded, release: &release, args, opened, reporter, signals, stage: name };
+    let gens =
+        Runs { g, loaded: Some(loaded), release: &release, args: Some(args), opened, reporter, signals, stage: name };
     let plan = Plan { stage, fresh, release: release.clone(), run_id: state::new_run_id(), drain };
     match engine_rebuild(store, names.as_ref(), &gens, plan, &password, reporter, signals).await {
         Ok(Outcome::Promoted { current, switched_in, interrupted, .. }) => {
@@ -263,9 +265,10 @@ async fn rebuild_locked(
 /// Generations as runs of the description on this machine's provider.
 struct Runs<'a> {
     g: &'a Global,
-    loaded: &'a Loaded,
+    /// The description and the command's arguments (a rebuild); none to tear down only.
+    loaded: Option<&'a Loaded>,
     release: &'a str,
-    args: &'a RebuildArgs,
+    args: Option<&'a RebuildArgs>,
     opened: &'a Opened,
     reporter: &'a dyn Reporter,
     signals: &'a Signals,
@@ -275,16 +278,26 @@ struct Runs<'a> {
 impl Generations for Runs<'_> {
     fn build<'a>(&'a self, number: u64, run_id: &'a str, password: &'a str) -> LocalFuture<'a, Built> {
         Box::pin(async move {
+            let (Some(loaded), Some(args)) = (self.loaded, self.args) else {
+                return Built {
+                    verdict: Verdict::BuildFailed,
+                    exit_code: exit::BUILD_FAILED,
+                    reason: Some("no description to build from".into()),
+                    backups: Vec::new(),
+                    connection: None,
+                    kept: false,
+                };
+            };
             let url = self.opened.url.as_ref();
             let opts = Options {
                 run_id: run_id.to_string(),
                 release: self.release.to_string(),
-                destroy: if self.args.keep_failed { DestroyPolicy::Passing } else { DestroyPolicy::Always },
-                cold: self.args.cold,
+                destroy: if args.keep_failed { DestroyPolicy::Passing } else { DestroyPolicy::Always },
+                cold: args.cold,
                 up_only: false,
                 state_root: super::store::local_root_for(self.g, url),
                 work_root: state::work_dir(),
-                run_as: self.args.run_as.clone(),
+                run_as: args.run_as.clone(),
                 exit_code: super::run::exit_code,
                 name: None,
                 shared: self.opened.shared.clone(),
@@ -294,15 +307,9 @@ impl Generations for Runs<'_> {
                     password: password.to_string(),
                 }),
             };
-            let code = super::run::rehearse(
-                self.g,
-                self.loaded,
-                &opts,
-                self.opened.store.clone(),
-                self.reporter,
-                self.signals,
-            )
-            .await;
+            let code =
+                super::run::rehearse(self.g, loaded, &opts, self.opened.store.clone(), self.reporter, self.signals)
+                    .await;
             let report = read_report(&opts.state_root, run_id);
             let backups = report
                 .as_ref()
@@ -322,15 +329,21 @@ impl Generations for Runs<'_> {
                 .then(|| Connection::read(&state::run_dir(&opts.state_root, run_id), run_id))
                 .transpose();
             match connection {
-                Ok(connection) => {
-                    Built { verdict, exit_code: code, reason: report.and_then(|r| r.reason), backups, connection }
-                }
+                Ok(connection) => Built {
+                    verdict,
+                    exit_code: code,
+                    kept: report.as_ref().is_some_and(|r| r.teardown.status == "kept"),
+                    reason: report.and_then(|r| r.reason),
+                    backups,
+                    connection,
+                },
                 Err(e) => Built {
                     verdict: Verdict::BuildFailed,
                     exit_code: exit::BUILD_FAILED,
                     reason: Some(format!("its connection details cannot be read: {e}")),
                     backups,
                     connection: None,
+                    kept: false,
                 },
             }
         })
@@ -585,34 +598,35 @@ async fn destroy(g: &Global, opened: Opened, record: StageRecord) -> i32 {
 }
 
 async fn destroy_locked(g: &Global, opened: &Opened, store: &dyn ObjectStore, name: &str, record: &StageRecord) -> i32 {
-    let mut code = exit::PASSED;
-    for gen in record.generations.iter().filter(|g| g.fate != Fate::Retired) {
-        eprintln!("rehearse: removing generation {} ({}, {})", gen.number, gen.run_id, gen.fate.as_str());
-        let c = down_generation(g, &gen.run_id).await;
-        if c != exit::PASSED {
-            code = c;
+    let names = match stable_names(g, opened, record).await {
+        Ok(n) => n,
+        Err(c) => return c,
+    };
+    let reporter = reporter(g);
+    let signals = Signals::none();
+    let gens = Runs {
+        g,
+        loaded: None,
+        release: "",
+        args: None,
+        opened,
+        reporter: reporter.as_ref(),
+        signals: &signals,
+        stage: name,
+    };
+    match engine_destroy(store, record, names.as_ref(), &gens, reporter.as_ref()).await {
+        Ok(n) => {
+            println!("stage `{name}` destroyed: {n} generation(s) removed, its stable names and its record");
+            exit::PASSED
         }
-    }
-    if code != exit::PASSED {
-        eprintln!("error: some generations of stage `{name}` were not removed; the stage's record and names are kept");
-        return code;
-    }
-    match stable_names(g, opened, record).await {
-        Ok(names) => {
-            if let Err(e) = names.remove().await {
-                eprintln!("error: cannot remove the stage's stable names: {e}");
-                return exit::LEFTOVERS;
+        Err(e) => {
+            eprintln!("error: stage `{name}`: {e}");
+            match e {
+                RebuildError::TearDown(_) | RebuildError::Names(_) => exit::LEFTOVERS,
+                _ => exit::BUILD_FAILED,
             }
         }
-        Err(c) => return c,
     }
-    for key in [st::record_key(name), st::secret_key(name)] {
-        if let Err(e) = retrying(|| store.delete(&key, None)).await {
-            return store_error(store, &format!("cannot remove {key}"), e);
-        }
-    }
-    println!("stage `{name}` destroyed: {} generation(s), its stable names and its record", record.generations.len());
-    exit::PASSED
 }
 
 /// Whether the run is a stage's current generation (which `down` and `sweep` leave to

@@ -39,6 +39,9 @@ pub struct Built {
     pub backups: Vec<GenerationBackup>,
     /// How to reach it: a generation that passed has it (without, it counts as failed).
     pub connection: Option<Connection>,
+    /// A generation that did not pass was kept for debugging (`--keep-failed`); else
+    /// its run tore it down, and the rebuild makes sure of it.
+    pub kept: bool,
 }
 
 pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -86,8 +89,10 @@ fn note(reporter: &dyn Reporter, text: String) {
     reporter.event(Event::Note(text));
 }
 
-/// Retires generation `n`: marked retired first (a rollback can no longer choose it),
-/// then torn down. A generation that became current again (rolled back to) is left.
+/// Retires generation `n`: marked `retiring` first (a rollback can no longer choose
+/// it), torn down, then marked `retired`; a rebuild that dies in between leaves it
+/// `retiring`, and the next one tears it down again. A generation that became current
+/// again (rolled back to) is left.
 pub async fn retire(
     store: &dyn ObjectStore,
     stage: &str,
@@ -105,8 +110,7 @@ pub async fn retire(
         if gen.fate == Fate::Retired {
             return Err(format!("generation {n} was retired already"));
         }
-        gen.fate = Fate::Retired;
-        gen.retired_at = Some(Utc::now());
+        gen.fate = Fate::Retiring;
         run_id = gen.run_id.clone();
         Ok(r)
     })
@@ -124,7 +128,40 @@ pub async fn retire(
         RebuildError::TearDown(format!(
             "generation {n} was not torn down completely ({why}); remove what is left with `rehearse down {run_id}`"
         ))
+    })?;
+    set_fate(store, stage, n, &[Fate::Retiring], Fate::Retired, None).await
+}
+
+/// Moves generation `n` from one of `from` to `to` (with a reason); from any other
+/// fate it is left as it is.
+async fn set_fate(
+    store: &dyn ObjectStore,
+    stage: &str,
+    n: u64,
+    from: &[Fate],
+    to: Fate,
+    reason: Option<String>,
+) -> Result<(), RebuildError> {
+    let changed = st::update(store, stage, |r| {
+        let mut r = r.ok_or("the stage has no record")?;
+        let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
+        if !from.contains(&gen.fate) {
+            return Err(format!("generation {n} is {} now", gen.fate.as_str()));
+        }
+        gen.fate = to;
+        if to == Fate::Retired {
+            gen.retired_at = Some(Utc::now());
+        }
+        if reason.is_some() {
+            gen.reason = reason.clone();
+        }
+        Ok(r)
     })
+    .await;
+    match changed {
+        Ok(_) | Err(st::UpdateError::Refused(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What earlier rebuilds left: a generation still `building` belongs to a rebuild that
@@ -161,22 +198,13 @@ pub async fn tidy(
                         gen.number, gen.run_id
                     ))
                 })?;
-                let n = gen.number;
-                st::update(store, stage, |r| {
-                    let mut r = r.ok_or("the stage has no record")?;
-                    let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
-                    if gen.fate != Fate::Building {
-                        return Err(format!("generation {n} is {} now", gen.fate.as_str()));
-                    }
-                    gen.fate = Fate::Interrupted;
-                    gen.reason = Some("its rebuild ended before the acceptance suites judged it".into());
-                    Ok(r)
-                })
-                .await?;
+                let why = "its rebuild ended before the acceptance suites judged it".to_string();
+                set_fate(store, stage, gen.number, &[Fate::Building], Fate::Interrupted, Some(why)).await?;
             }
             Fate::Draining if gen.retire_at.is_none_or(|t| t <= now) => {
                 retire(store, stage, gen.number, gens, reporter).await?
             }
+            Fate::Retiring => retire(store, stage, gen.number, gens, reporter).await?,
             _ => {}
         }
     }
@@ -247,6 +275,17 @@ pub async fn rebuild(
     let passed = built.verdict == Verdict::Passed && built.connection.is_some();
     if !passed {
         let fate = if built.verdict == Verdict::Interrupted { Fate::Interrupted } else { Fate::Failed };
+        // Its run tore it down (unless kept for debugging); a teardown that left
+        // something is tried again here, before the generation is marked.
+        if !built.kept {
+            gens.tear_down(&plan.run_id).await.map_err(|why| {
+                RebuildError::TearDown(format!(
+                    "generation {number} did not pass and was not torn down completely ({why}); remove what is \
+                     left with `rehearse down {}`",
+                    plan.run_id
+                ))
+            })?;
+        }
         let after = st::update(store, name, |r| {
             let mut r = r.ok_or("the stage has no record")?;
             let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
@@ -367,6 +406,35 @@ async fn promote(
     }
     retire(store, name, previous, gens, reporter).await?;
     Ok(Outcome::Promoted { current, switched_in, retired: Some(previous), interrupted: false })
+}
+
+/// Everything of a stage (the caller holds its lock): every generation not retired yet
+/// torn down, the names removed, the record and password deleted. The number of
+/// generations removed.
+pub async fn destroy(
+    store: &dyn ObjectStore,
+    record: &StageRecord,
+    names: &dyn StableNames,
+    gens: &dyn Generations,
+    reporter: &dyn Reporter,
+) -> Result<usize, RebuildError> {
+    let mut removed = 0;
+    for gen in record.generations.iter().filter(|g| g.fate != Fate::Retired) {
+        note(reporter, format!("removing generation {} ({}, {})", gen.number, gen.run_id, gen.fate.as_str()));
+        gens.tear_down(&gen.run_id).await.map_err(|why| {
+            RebuildError::TearDown(format!(
+                "generation {} was not removed ({why}); the stage's names and record are kept: run `rehearse \
+                 stage destroy {}` again",
+                gen.number, record.stage
+            ))
+        })?;
+        removed += 1;
+    }
+    names.remove().await.map_err(RebuildError::Names)?;
+    for key in [st::record_key(&record.stage), st::secret_key(&record.stage)] {
+        super::store::retrying(|| store.delete(&key, None)).await.map_err(st::UpdateError::from)?;
+    }
+    Ok(removed)
 }
 
 /// A description's stage as a record to start from.

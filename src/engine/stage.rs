@@ -69,6 +69,8 @@ pub enum Fate {
     /// Replaced (or rolled back from); it serves the connections opened before the
     /// switch until `retire_at`.
     Draining,
+    /// Being torn down after its drain (no rollback can choose it any more).
+    Retiring,
     /// Torn down after its drain.
     Retired,
 }
@@ -81,6 +83,7 @@ impl Fate {
             Fate::Interrupted => "interrupted",
             Fate::Current => "current",
             Fate::Draining => "draining",
+            Fate::Retiring => "retiring",
             Fate::Retired => "retired",
         }
     }

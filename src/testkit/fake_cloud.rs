@@ -603,7 +603,11 @@ impl FakeCloud {
         Instance {
             id: id.into(),
             state: state.into(),
-            private_ip: Some("192.0.2.10".into()),
+            // An address of TEST-NET-1 per instance (its id's hash): generations differ.
+            private_ip: Some(format!(
+                "192.0.2.{}",
+                1 + id.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into())) % 254
+            )),
             image_id: None,
             instance_type: None,
             client_token: (!r.name.is_empty()).then(|| r.name.clone()),
