@@ -7,5 +7,6 @@
 //! - [`scenarios`]: descriptions made runnable against it, and many runs at once.
 
 pub mod fake_cloud;
+pub mod fake_dns;
 pub mod fake_s3;
 pub mod scenarios;

@@ -23,6 +23,7 @@ use rehearse::providers::aws::AwsProvider;
 use rehearse::sys::signals::Signals;
 use rehearse::sys::timing::Clock;
 use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
+use rehearse::testkit::fake_dns::{DnsFaults, FakeDns};
 use rehearse::testkit::fake_s3::{FakeS3, S3Faults};
 
 /// environments/shop-aws.yaml without what needs reachable hosts (health checks,
@@ -339,4 +340,410 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
         assert!(cloud.leftovers().is_empty(), "{:?}", cloud.leftovers());
         assert!(cloud.violations().is_empty());
     });
+}
+
+/// A stage's generations built on the fake cloud, as `rehearse rebuild` builds them:
+/// the lifecycle keeps what it built (`up`), and the acceptance — the suites, which the
+/// fake's hosts cannot serve — is a seeded coin (three in four pass). Teardown is
+/// `rehearse down` on another machine: from the journal in the shared store.
+struct FakeGenerations<'a> {
+    cloud: FakeCloud,
+    s3: Arc<FakeS3>,
+    loaded: &'a description::Loaded,
+    state: std::path::PathBuf,
+    seed: u64,
+    rng: std::cell::Cell<u64>,
+    /// Every generation that passed its acceptance, by run id.
+    passed: std::cell::RefCell<std::collections::BTreeSet<String>>,
+    /// The final rebuild's generation passes whatever the coin says.
+    force_pass: std::cell::Cell<bool>,
+    downs: std::cell::Cell<u64>,
+}
+
+impl FakeGenerations<'_> {
+    fn draw(&self) -> f64 {
+        let mut z = self.rng.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.rng.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    }
+
+    fn provider(&self, salt: u64) -> AwsProvider<FakeCloud> {
+        AwsProvider::new(self.cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
+            .seeded(self.seed ^ salt)
+            .with_work_root(&self.state.join("work"))
+    }
+
+    /// `rehearse down RUN_ID` from the journal in the store, run again while it leaves
+    /// something (faults hit teardown too).
+    async fn down(&self, run_id: &str) -> Result<(), String> {
+        let n = self.downs.get() + 1;
+        self.downs.set(n);
+        let elsewhere = self.state.join("elsewhere").join(format!("{run_id}-{n}"));
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let in_store = rehearse::engine::store::sync::pull_journal(self.s3.as_ref(), run_id, &elsewhere)
+            .await
+            .map_err(|e| format!("the journal of {run_id} cannot be fetched: {e}"))?;
+        let journal_path = elsewhere.join("journal.jsonl");
+        if in_store == 0 {
+            // Killed before its first record reached the store: nothing was attempted.
+            let local = self.state.join("runs").join(run_id).join("journal.jsonl");
+            if !local.exists() {
+                return Ok(());
+            }
+            std::fs::copy(&local, &journal_path).map_err(|e| e.to_string())?;
+        }
+        let journal = Journal::open(&journal_path)
+            .map_err(|e| e.to_string())?
+            .mirror_to(RemoteJournal::after(self.s3.clone(), run_id, in_store))
+            .await
+            .map_err(|e| e.to_string())?;
+        let down = self.provider(!n);
+        for _ in 0..6 {
+            let out = teardown::run(&down, &journal, &Silent, &Signals::none(), 1, &Clock::new()).await;
+            if out.complete() {
+                return Ok(());
+            }
+            if std::env::var("REHEARSE_SEED").is_ok() {
+                eprintln!("journal: {}", std::fs::read_to_string(&journal_path).unwrap_or_default());
+                for d in out.destroyed.iter() {
+                    eprintln!("down {run_id}: {} {}: {:?}", d.kind, d.id, d.error);
+                }
+            }
+        }
+        Err(format!("down {run_id} left resources"))
+    }
+}
+
+impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
+    fn build<'a>(
+        &'a self,
+        number: u64,
+        run_id: &'a str,
+        password: &'a str,
+    ) -> rehearse::engine::rebuild::LocalFuture<'a, rehearse::engine::rebuild::Built> {
+        use rehearse::engine::rebuild::Built;
+        use rehearse::report::model::Verdict;
+        Box::pin(async move {
+            let provider = self.provider(number);
+            let opts = Options {
+                run_id: run_id.to_string(),
+                release: "v2".into(),
+                destroy: DestroyPolicy::Always,
+                cold: false,
+                up_only: true,
+                state_root: self.state.clone(),
+                work_root: self.state.join("work"),
+                run_as: None,
+                exit_code: rehearse::commands::exit_code,
+                name: None,
+                shared: Some(self.s3.clone()),
+                stage: Some(rehearse::engine::stage::StageRun {
+                    stage: "staging".into(),
+                    generation: number,
+                    password: password.to_string(),
+                }),
+            };
+            let failed = |verdict, reason: String| Built {
+                verdict,
+                exit_code: 1,
+                reason: Some(reason),
+                backups: Vec::new(),
+                connection: None,
+                kept: false,
+            };
+            let outcome = match lifecycle::run(&provider, self.loaded, &opts, &Silent, &Signals::none()).await {
+                Ok(o) => o,
+                Err(e) => return failed(Verdict::BuildFailed, e.to_string()),
+            };
+            if outcome.report.verdict != Verdict::Passed {
+                return failed(outcome.report.verdict, outcome.report.reason.unwrap_or_default());
+            }
+            if !self.force_pass.get() && self.draw() < 0.25 {
+                return failed(Verdict::Failed, "the acceptance suites failed (seeded)".into());
+            }
+            let dir = self.state.join("runs").join(run_id);
+            match rehearse::engine::connection::Connection::read(&dir, run_id) {
+                Ok(c) => {
+                    self.passed.borrow_mut().insert(run_id.to_string());
+                    Built {
+                        verdict: Verdict::Passed,
+                        exit_code: 0,
+                        reason: None,
+                        backups: Vec::new(),
+                        connection: Some(c),
+                        kept: true,
+                    }
+                }
+                Err(e) => failed(Verdict::BuildFailed, e.to_string()),
+            }
+        })
+    }
+
+    fn tear_down<'a>(&'a self, run_id: &'a str) -> rehearse::engine::rebuild::LocalFuture<'a, Result<(), String>> {
+        Box::pin(self.down(run_id))
+    }
+}
+
+/// The stable names as the fake Route 53 has them: every name and the marker must say
+/// the same generation, one that passed its acceptance and still exists.
+fn check_names(
+    dns: &FakeDns,
+    record: Option<&rehearse::engine::stage::StageRecord>,
+    gens: &FakeGenerations<'_>,
+    ever_pointed: &mut bool,
+) -> Result<(), String> {
+    use rehearse::providers::aws::dns::RecordKind;
+    let records = dns.records();
+    if records.is_empty() {
+        return if *ever_pointed { Err("the stable names are gone".into()) } else { Ok(()) };
+    }
+    let marker = records.iter().find(|r| r.kind == RecordKind::Txt).ok_or("names without a generation marker")?;
+    let n: u64 =
+        marker.values[0].trim_matches('"').trim_start_matches("generation=").parse().map_err(|_| "bad marker")?;
+    let record = record.ok_or("names exist, the stage's record does not")?;
+    let gen = record.generation(n).ok_or(format!("the names point at generation {n}, which the record lacks"))?;
+    if !gens.passed.borrow().contains(&gen.run_id) {
+        return Err(format!("the names point at generation {n} ({}), which did not pass", gen.run_id));
+    }
+    if records.len() != 3 {
+        return Err(format!("expected 2 names and the marker, found {records:?}"));
+    }
+    for r in &records {
+        let want: Vec<String> = match r.kind {
+            RecordKind::Txt => continue,
+            RecordKind::Cname => gen.targets["db"].iter().map(|t| t.rsplit_once(':').unwrap().0.to_string()).collect(),
+            RecordKind::A => gen.targets["web"].iter().map(|t| t.rsplit_once(':').unwrap().0.to_string()).collect(),
+        };
+        if r.values != want {
+            return Err(format!("{} {:?} is {:?}, generation {n} is at {want:?}", r.name, r.kind, r.values));
+        }
+    }
+    let live = gens.cloud.leftovers_by_run();
+    let alive = live.get(&gen.run_id).map(Vec::as_slice).unwrap_or_default();
+    if !alive.iter().any(|r| r.starts_with("db ") || r.contains("DBInstance"))
+        && !alive.iter().any(|r| r.contains("instance"))
+    {
+        return Err(format!("the names point at generation {n}, which no longer exists: {live:?}"));
+    }
+    *ever_pointed = true;
+    Ok(())
+}
+
+/// The current generation as the stage's record says, read without a call.
+fn current_in(s3: &FakeS3) -> Option<u64> {
+    let body = s3.peek(&rehearse::engine::stage::record_key("staging"))?;
+    serde_json::from_slice::<rehearse::engine::stage::StageRecord>(&body).ok()?.current
+}
+
+/// What a stage scenario exercised.
+#[derive(Default)]
+struct StageSeen {
+    kills: u64,
+    promotions: u64,
+    failed: u64,
+    errors: u64,
+}
+
+fn stage_scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<StageSeen, String> {
+    use rehearse::engine::rebuild::{destroy, fresh_record, rebuild, Outcome, Plan, Stagehand};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let cloud = FakeCloud::new(seed, Faults::chaos());
+        let production = cloud.production();
+        let s3 = Arc::new(FakeS3::new(seed, S3Faults::chaos()));
+        let dns = Arc::new(FakeDns::new(seed, DnsFaults::chaos()));
+        let stage = loaded.desc.stage.clone().expect("the description has a stage");
+        let names = rehearse::providers::aws::dns::Route53Names {
+            api: dns.clone(),
+            zone: stage.zone.clone().unwrap(),
+            ttl: stage.record_ttl.as_secs(),
+            names: stage.names.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            databases: vec!["db".into()],
+        };
+        let gens = FakeGenerations {
+            cloud: cloud.clone(),
+            s3: s3.clone(),
+            loaded,
+            state: state.to_path_buf(),
+            seed,
+            rng: std::cell::Cell::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d)),
+            passed: Default::default(),
+            force_pass: std::cell::Cell::new(false),
+            downs: std::cell::Cell::new(0),
+        };
+        let drain = Duration::from_secs(300);
+        // The stage's clock follows virtual time: a drain's end is seen when it comes.
+        let (wall0, virtual0) = (chrono::Utc::now(), tokio::time::Instant::now());
+        let now = move || wall0 + chrono::Duration::from_std(virtual0.elapsed()).unwrap();
+        let hand = Stagehand { store: s3.as_ref(), names: &names, gens: &gens, reporter: &Silent, now: &now };
+        let fresh = || fresh_record(&stage, &loaded.desc.name, "aws", &loaded.desc.databases, drain);
+        let mut seen = StageSeen::default();
+        let mut ever_pointed = false;
+        // Three nightly rebuilds, each killed at a random instant three times in four;
+        // then rebuilds until one promotes its generation (a rebuild may fail under
+        // an outage, as a night's can: the next night's follows an hour later here).
+        let mut promoted_last = false;
+        for step in 0..18u64 {
+            let last = step >= 3;
+            if last && promoted_last {
+                break;
+            }
+            gens.force_pass.set(last);
+            let run_id = format!("r-20261127-{step:06}-{seed:06x}");
+            let plan = Plan { stage: &stage, fresh: fresh(), release: "v2".into(), run_id: run_id.clone(), drain };
+            let signals = Signals::none();
+            let run = rebuild(&hand, plan, "stage-password-0123456789", &signals);
+            // Killed three times in four: at a random instant within a rebuild's usual
+            // length (a restore, instances, the drain: ~45 min), or at the instants
+            // that matter most — right after the promotion reached the record, or
+            // while a change of the names is on its way.
+            let kill = !last && gens.draw() < 0.75;
+            let result = if kill {
+                let how = gens.draw();
+                let promoted_before = current_in(&s3);
+                let (mut writes, mut applied) = (s3.writes(), dns.applied());
+                let watcher = async {
+                    if how < 0.5 {
+                        tokio::time::sleep(Duration::from_secs_f64(gens.draw() * 2700.0)).await;
+                    } else if how < 0.75 {
+                        // The moment the promotion is in the record, before any name moved.
+                        while current_in(&s3) == promoted_before {
+                            if writes.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    } else if applied.changed().await.is_err() {
+                        // The moment a change of the names is applied, before INSYNC.
+                        std::future::pending::<()>().await;
+                    }
+                };
+                // `biased`: when both are ready, the run is polled first, every time
+                // (tokio picks at random otherwise, and the seed must say everything).
+                tokio::select! {
+                    biased;
+                    r = run => Some(r),
+                    () = watcher => None,
+                }
+            } else {
+                Some(run.await)
+            };
+            if std::env::var("REHEARSE_SEED").is_ok() {
+                eprintln!("step {step} at {:?}: {result:?}", tokio::time::Instant::now());
+                eprintln!("  live: {:?}", cloud.leftovers_by_run());
+                eprintln!("  dns: {:?} calls {:?}", dns.records(), dns.calls());
+                let body = s3.peek(&rehearse::engine::stage::record_key("staging")).unwrap_or_default();
+                if let Ok(r) = serde_json::from_slice::<rehearse::engine::stage::StageRecord>(&body) {
+                    for g in &r.generations {
+                        eprintln!("  gen {} {:?} {:?}", g.number, g.fate, g.reason);
+                    }
+                }
+                eprintln!(
+                    "  calls: {:?}",
+                    cloud.calls().iter().filter(|c| c.mutating && c.target.contains("-db")).collect::<Vec<_>>()
+                );
+            }
+            match &result {
+                None => {
+                    seen.kills += 1;
+                    // Half the time an operator runs `down` on the killed generation
+                    // before the next rebuild (which tidies it up either way) — which
+                    // `down` refuses when it is the stage's current generation.
+                    let record = rehearse::engine::stage::load(s3.as_ref(), "staging").await.ok().flatten();
+                    let current = record.is_some_and(|(r, _)| r.is_current_run(&run_id));
+                    if gens.draw() < 0.5 && !current && gens.down(&run_id).await.is_err() {
+                        seen.errors += 1;
+                    }
+                }
+                Some(Ok(Outcome::Promoted { current, .. })) => {
+                    seen.promotions += 1;
+                    promoted_last = last && current.run_id == run_id;
+                }
+                Some(Ok(Outcome::NotPromoted { .. })) => seen.failed += 1,
+                Some(Err(_)) => seen.errors += 1,
+            }
+            let record = rehearse::engine::stage::load(s3.as_ref(), "staging").await.map_err(|e| e.to_string())?;
+            check_names(&dns, record.as_ref().map(|(r, _)| r), &gens, &mut ever_pointed)
+                .map_err(|e| format!("after step {step} ({}): {e}", if kill { "killed" } else { "ran" }))?;
+            // The next night's rebuild comes later: drains have ended by then.
+            tokio::time::sleep(Duration::from_secs_f64(gens.draw() * 7200.0)).await;
+        }
+        if !promoted_last {
+            return Err("fifteen rebuilds in a row without a kill did not promote a generation".into());
+        }
+        // Nothing leaks: only the current generation is left, then nothing at all.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let (record, _) = rehearse::engine::stage::load(s3.as_ref(), "staging").await.unwrap().unwrap();
+        let current = record.current_generation().unwrap().run_id.clone();
+        let live = cloud.leftovers_by_run();
+        if live.keys().any(|run| *run != current) {
+            return Err(format!("generations other than the current one ({current}) left: {live:?}"));
+        }
+        destroy(&hand, &record).await.map_err(|e| format!("destroy: {e}"))?;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        if !cloud.leftovers().is_empty() {
+            return Err(format!("left after stage destroy: {:?}", cloud.leftovers()));
+        }
+        if !dns.records().is_empty() {
+            return Err(format!("records left after stage destroy: {:?}", dns.records()));
+        }
+        if s3.keys().iter().any(|k| k.starts_with("stages/")) {
+            return Err(format!("the stage's objects left: {:?}", s3.keys()));
+        }
+        if !cloud.violations().is_empty() {
+            return Err(format!("violations: {:?}", cloud.violations()));
+        }
+        if cloud.production() != production {
+            return Err("production changed".into());
+        }
+        Ok(seen)
+    })
+}
+
+/// 200 seeded nightly rebuilds of a stage on the fake cloud, Route 53 and S3 (all
+/// with faults), killed at random instants and followed by `down` or the next
+/// rebuild: the stable names always point at one generation that passed its
+/// acceptance and still exists — never at none once they existed, never at two — and
+/// in the end only the current generation is left, then nothing.
+#[test]
+fn two_hundred_seeded_rebuilds_killed_at_random_keep_the_names_on_a_generation_that_passed() {
+    let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
+    let dir = tempfile::Builder::new().prefix("rehearse-stages-").tempdir_in(base).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("environments/staging-aws.yaml")).unwrap();
+    let text = rehearse::testkit::scenarios::unreachable_hosts_variant(&text, root, "");
+    let path = dir.path().join("staging-aws.yaml");
+    std::fs::write(&path, text).unwrap();
+    let loaded = description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()));
+    let seeds: Vec<u64> = match std::env::var("REHEARSE_SEED") {
+        Ok(s) => vec![s.parse().expect("REHEARSE_SEED is a number")],
+        Err(_) => (0..200).collect(),
+    };
+    let n = seeds.len();
+    let (mut failures, mut total) = (Vec::new(), StageSeen::default());
+    for seed in seeds {
+        match stage_scenario(seed, &loaded, &dir.path().join(format!("s{seed}"))) {
+            Ok(s) => {
+                total.kills += s.kills;
+                total.promotions += s.promotions;
+                total.failed += s.failed;
+                total.errors += s.errors;
+            }
+            Err(e) => failures.push(format!(
+                "seed {seed}: {e} (rerun: REHEARSE_SEED={seed} cargo test --test fault_scenarios two_hundred)"
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{} failing scenario(s):\n{}", failures.len(), failures.join("\n"));
+    eprintln!(
+        "{n} stage scenarios: {} rebuilds killed, {} promoted, {} not promoted, {} ended on an error",
+        total.kills, total.promotions, total.failed, total.errors
+    );
+    if n >= 100 {
+        assert!(
+            total.kills as usize > n / 2 && total.promotions as usize > n && total.failed as usize > n / 4,
+            "too little variety"
+        );
+    }
 }

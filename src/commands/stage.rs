@@ -24,7 +24,7 @@ use crate::engine::events::Reporter;
 use crate::engine::lifecycle::Options;
 use crate::engine::rebuild::{
     destroy as engine_destroy, fresh_record, rebuild as engine_rebuild, Built, Generations, LocalFuture, Outcome, Plan,
-    RebuildError,
+    RebuildError, Stagehand,
 };
 use crate::engine::stage::{self as st, Fate, Generation, GenerationBackup, StableNames, StageRecord};
 use crate::engine::store::{put_checked, retrying, Condition, ObjectStore, StoreError};
@@ -231,7 +231,8 @@ async fn rebuild_locked(
     let gens =
         Runs { g, loaded: Some(loaded), release: &release, args: Some(args), opened, reporter, signals, stage: name };
     let plan = Plan { stage, fresh, release: release.clone(), run_id: state::new_run_id(), drain };
-    match engine_rebuild(store, names.as_ref(), &gens, plan, &password, reporter, signals).await {
+    let hand = Stagehand { store, names: names.as_ref(), gens: &gens, reporter, now: &Utc::now };
+    match engine_rebuild(&hand, plan, &password, signals).await {
         Ok(Outcome::Promoted { current, switched_in, interrupted, .. }) => {
             eprintln!(
                 "rehearse: stage `{name}` now on {}: every stable name switched in {} ms",
@@ -614,7 +615,8 @@ async fn destroy_locked(g: &Global, opened: &Opened, store: &dyn ObjectStore, na
         signals: &signals,
         stage: name,
     };
-    match engine_destroy(store, record, names.as_ref(), &gens, reporter.as_ref()).await {
+    let hand = Stagehand { store, names: names.as_ref(), gens: &gens, reporter: reporter.as_ref(), now: &Utc::now };
+    match engine_destroy(&hand, record).await {
         Ok(n) => {
             println!("stage `{name}` destroyed: {n} generation(s) removed, its stable names and its record");
             exit::PASSED

@@ -284,6 +284,8 @@ pub struct Entry {
     /// The create's idempotency key, from the intent.
     pub key: Option<String>,
     pub deleted: bool,
+    /// When its (latest) intent was journaled.
+    pub intent_at: Option<DateTime<Utc>>,
 }
 
 /// The journal folded into the state of a run.
@@ -304,10 +306,11 @@ impl State {
         for r in records {
             match r {
                 Record::Run(m) => s.meta = Some(m.clone()),
-                Record::Intent { id, kind, key, .. } => {
+                Record::Intent { id, kind, key, at } => {
                     if let Some(e) = s.entries.iter_mut().find(|e| &e.id == id) {
                         e.deleted = false;
                         e.key = key.clone().or(e.key.take());
+                        e.intent_at = Some(*at);
                     } else {
                         s.entries.push(Entry {
                             id: id.clone(),
@@ -315,6 +318,7 @@ impl State {
                             handle: None,
                             key: key.clone(),
                             deleted: false,
+                            intent_at: Some(*at),
                         });
                     }
                 }
@@ -328,6 +332,7 @@ impl State {
                         kind: *kind,
                         handle: Some(handle.clone()),
                         key: None,
+                        intent_at: None,
                         deleted: false,
                     }),
                 },

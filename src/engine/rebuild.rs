@@ -20,11 +20,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-
 use super::connection::Connection;
 use super::events::{Event, Reporter};
 use super::stage::{self as st, Fate, Generation, GenerationBackup, StableDatabase, StableNames, StageRecord};
+use super::store::lock::Now;
 use super::store::ObjectStore;
 use crate::description::{format_duration, StableName, Stage};
 use crate::report::model::Verdict;
@@ -51,6 +50,16 @@ pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 pub trait Generations {
     fn build<'a>(&'a self, number: u64, run_id: &'a str, password: &'a str) -> LocalFuture<'a, Built>;
     fn tear_down<'a>(&'a self, run_id: &'a str) -> LocalFuture<'a, Result<(), String>>;
+}
+
+/// What a rebuild works with: the state store (the stage's record), the stage's
+/// names, its generations, where its notes go, and the clock (virtual in tests).
+pub struct Stagehand<'a> {
+    pub store: &'a dyn ObjectStore,
+    pub names: &'a dyn StableNames,
+    pub gens: &'a dyn Generations,
+    pub reporter: &'a dyn Reporter,
+    pub now: Now<'a>,
 }
 
 /// What a rebuild is asked to do.
@@ -93,13 +102,8 @@ fn note(reporter: &dyn Reporter, text: String) {
 /// it), torn down, then marked `retired`; a rebuild that dies in between leaves it
 /// `retiring`, and the next one tears it down again. A generation that became current
 /// again (rolled back to) is left.
-pub async fn retire(
-    store: &dyn ObjectStore,
-    stage: &str,
-    n: u64,
-    gens: &dyn Generations,
-    reporter: &dyn Reporter,
-) -> Result<(), RebuildError> {
+pub async fn retire(hand: &Stagehand<'_>, stage: &str, n: u64) -> Result<(), RebuildError> {
+    let Stagehand { store, gens, reporter, .. } = *hand;
     let mut run_id = String::new();
     let marked = st::update(store, stage, |r| {
         let mut r = r.ok_or("the stage has no record")?;
@@ -129,20 +133,20 @@ pub async fn retire(
             "generation {n} was not torn down completely ({why}); remove what is left with `rehearse down {run_id}`"
         ))
     })?;
-    set_fate(store, stage, n, &[Fate::Retiring], Fate::Retired, None).await
+    set_fate(hand, stage, n, &[Fate::Retiring], Fate::Retired, None).await
 }
 
 /// Moves generation `n` from one of `from` to `to` (with a reason); from any other
 /// fate it is left as it is.
 async fn set_fate(
-    store: &dyn ObjectStore,
+    hand: &Stagehand<'_>,
     stage: &str,
     n: u64,
     from: &[Fate],
     to: Fate,
     reason: Option<String>,
 ) -> Result<(), RebuildError> {
-    let changed = st::update(store, stage, |r| {
+    let changed = st::update(hand.store, stage, |r| {
         let mut r = r.ok_or("the stage has no record")?;
         let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
         if !from.contains(&gen.fate) {
@@ -150,7 +154,7 @@ async fn set_fate(
         }
         gen.fate = to;
         if to == Fate::Retired {
-            gen.retired_at = Some(Utc::now());
+            gen.retired_at = Some((hand.now)());
         }
         if reason.is_some() {
             gen.reason = reason.clone();
@@ -167,62 +171,44 @@ async fn set_fate(
 /// What earlier rebuilds left: a generation still `building` belongs to a rebuild that
 /// died (the caller holds the lock now) and is torn down; a drained generation is
 /// retired; the names are pointed where the record says.
-pub async fn tidy(
-    store: &dyn ObjectStore,
-    stage: &str,
-    names: &dyn StableNames,
-    gens: &dyn Generations,
-    reporter: &dyn Reporter,
-) -> Result<(), RebuildError> {
+pub async fn tidy(hand: &Stagehand<'_>, stage: &str) -> Result<(), RebuildError> {
+    let Stagehand { store, names, gens, reporter, .. } = *hand;
     let Some((record, _)) = st::load(store, stage).await? else { return Ok(()) };
     // Names first: a rebuild that died between its promotion and its switch left them
     // behind the record.
     if record.current.is_some() {
         st::converge(store, stage, names).await.map_err(RebuildError::Names)?;
     }
-    let now = Utc::now();
-    for gen in &record.generations {
-        match gen.fate {
-            Fate::Building => {
-                note(
-                    reporter,
-                    format!(
-                        "generation {} ({}) was left mid-build by a rebuild that ended; tearing it down",
-                        gen.number, gen.run_id
-                    ),
-                );
-                gens.tear_down(&gen.run_id).await.map_err(|why| {
-                    RebuildError::TearDown(format!(
-                        "generation {} was left mid-build and could not be torn down ({why}); remove it with \
-                         `rehearse down {}`",
-                        gen.number, gen.run_id
-                    ))
-                })?;
-                let why = "its rebuild ended before the acceptance suites judged it".to_string();
-                set_fate(store, stage, gen.number, &[Fate::Building], Fate::Interrupted, Some(why)).await?;
-            }
-            Fate::Draining if gen.retire_at.is_none_or(|t| t <= now) => {
-                retire(store, stage, gen.number, gens, reporter).await?
-            }
-            Fate::Retiring => retire(store, stage, gen.number, gens, reporter).await?,
-            _ => {}
-        }
+    for gen in record.generations.iter().filter(|g| g.fate == Fate::Building) {
+        note(
+            reporter,
+            format!(
+                "generation {} ({}) was left mid-build by a rebuild that ended; tearing it down",
+                gen.number, gen.run_id
+            ),
+        );
+        gens.tear_down(&gen.run_id).await.map_err(|why| {
+            RebuildError::TearDown(format!(
+                "generation {} was left mid-build and could not be torn down ({why}); remove it with `rehearse down {}`",
+                gen.number, gen.run_id
+            ))
+        })?;
+        let why = "its rebuild ended before the acceptance suites judged it".to_string();
+        set_fate(hand, stage, gen.number, &[Fate::Building], Fate::Interrupted, Some(why)).await?;
     }
-    Ok(())
+    retire_drained(hand, stage).await
 }
 
 /// One rebuild (the caller holds the stage's lock).
 pub async fn rebuild(
-    store: &dyn ObjectStore,
-    names: &dyn StableNames,
-    gens: &dyn Generations,
+    hand: &Stagehand<'_>,
     plan: Plan<'_>,
     password: &str,
-    reporter: &dyn Reporter,
     signals: &Signals,
 ) -> Result<Outcome, RebuildError> {
+    let Stagehand { store, gens, reporter, .. } = *hand;
     let name = plan.stage.name.as_str();
-    tidy(store, name, names, gens, reporter).await?;
+    tidy(hand, name).await?;
     // Generation N+1, registered before anything of it exists.
     let mut number = 0;
     let mut seen_current = None;
@@ -247,7 +233,7 @@ pub async fn rebuild(
             number,
             run_id: plan.run_id.clone(),
             release: plan.release.clone(),
-            started_at: Utc::now(),
+            started_at: (hand.now)(),
             fate: Fate::Building,
             backups: Vec::new(),
             targets: BTreeMap::new(),
@@ -302,24 +288,21 @@ pub async fn rebuild(
         });
     }
     let connection = built.connection.as_ref().expect("a generation that passed has its connection");
-    promote(store, names, gens, &plan, number, seen_current, &built.backups, connection, reporter, signals).await
+    promote(hand, &plan, number, seen_current, &built.backups, connection, signals).await
 }
 
 /// The generation passed: promoted in the record, every name switched, the one it
 /// replaced drained and retired.
-#[allow(clippy::too_many_arguments)]
 async fn promote(
-    store: &dyn ObjectStore,
-    names: &dyn StableNames,
-    gens: &dyn Generations,
+    hand: &Stagehand<'_>,
     plan: &Plan<'_>,
     number: u64,
     seen_current: Option<u64>,
     backups: &[GenerationBackup],
     connection: &Connection,
-    reporter: &dyn Reporter,
     signals: &Signals,
 ) -> Result<Outcome, RebuildError> {
+    let Stagehand { store, names, reporter, .. } = *hand;
     let name = plan.stage.name.as_str();
     let targets = st::targets(connection);
     let databases: BTreeMap<String, StableDatabase> = connection
@@ -333,7 +316,7 @@ async fn promote(
             (db.clone(), StableDatabase { name: d.name.clone(), user: d.user.clone(), port })
         })
         .collect();
-    let now = Utc::now();
+    let now = (hand.now)();
     let retire_at = now + chrono::Duration::from_std(plan.drain).unwrap_or(chrono::Duration::MAX);
     let promoted = st::update(store, name, |r| {
         let mut r = r.ok_or("the stage has no record")?;
@@ -356,24 +339,32 @@ async fn promote(
     .await;
     let record = match promoted {
         Ok(r) => r,
+        Err(st::UpdateError::Refused(why)) => {
+            return Err(not_promoted(
+                hand,
+                plan,
+                number,
+                format!("generation {number} passed but was not promoted: {why}"),
+            )
+            .await)
+        }
         Err(e) => {
-            // Not current, so nothing points at it: torn down at once.
-            let why = format!("generation {number} passed but cannot be promoted: {e}");
-            let torn = gens.tear_down(&plan.run_id).await;
-            let mark = st::update(store, name, |r| {
-                let mut r = r.ok_or("the stage has no record")?;
-                let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
-                if gen.fate == Fate::Building {
-                    gen.fate = Fate::Failed;
-                    gen.reason = Some(why.clone());
+            // No answer: the promotion may have landed. The record says.
+            match st::load(store, name).await {
+                Ok(Some((r, _))) if r.current == Some(number) => r,
+                Ok(Some(_)) => {
+                    let why = format!("generation {number} passed but the promotion failed ({e})");
+                    return Err(not_promoted(hand, plan, number, why).await);
                 }
-                Ok(r)
-            })
-            .await;
-            return Err(RebuildError::Promotion(match (torn, mark) {
-                (Ok(()), _) => format!("{why}; it was torn down"),
-                (Err(t), _) => format!("{why}; tearing it down failed ({t}): `rehearse down {}`", plan.run_id),
-            }));
+                _ => {
+                    // Unknown either way: left as it is (`building` or current); the next
+                    // rebuild sees which and tidies accordingly.
+                    return Err(RebuildError::Promotion(format!(
+                        "generation {number} passed, but whether it was promoted is unknown ({e}); the next \
+                         rebuild settles it"
+                    )));
+                }
+            }
         }
     };
     let started = Instant::now();
@@ -404,20 +395,62 @@ async fn promote(
             return Ok(Outcome::Promoted { current, switched_in, retired: None, interrupted: true });
         }
     }
-    retire(store, name, previous, gens, reporter).await?;
+    retire(hand, name, previous).await?;
+    // Generations whose drain ended meanwhile (an earlier rebuild's, interrupted while
+    // its generation drained) go too.
+    retire_drained(hand, name).await?;
     Ok(Outcome::Promoted { current, switched_in, retired: Some(previous), interrupted: false })
+}
+
+/// A generation that passed but is not current: marked failed first — a promotion
+/// still in flight then finds the record changed and cannot land — and only then torn
+/// down. When it cannot even be marked, it is left `building` for the next rebuild.
+async fn not_promoted(hand: &Stagehand<'_>, plan: &Plan<'_>, number: u64, why: String) -> RebuildError {
+    let name = plan.stage.name.as_str();
+    let marked = st::update(hand.store, name, |r| {
+        let mut r = r.ok_or("the stage has no record")?;
+        if r.current == Some(number) {
+            return Err(format!("generation {number} is current after all"));
+        }
+        let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
+        gen.fate = Fate::Failed;
+        gen.reason = Some(why.clone());
+        Ok(r)
+    })
+    .await;
+    if let Err(e) = marked {
+        return RebuildError::Promotion(format!("{why}; it is left for the next rebuild to settle ({e})"));
+    }
+    match hand.gens.tear_down(&plan.run_id).await {
+        Ok(()) => RebuildError::Promotion(format!("{why}; it was torn down")),
+        Err(t) => {
+            RebuildError::TearDown(format!("{why}; tearing it down failed ({t}): `rehearse down {}`", plan.run_id))
+        }
+    }
+}
+
+/// Retires every generation whose drain is over, and any left `retiring`.
+async fn retire_drained(hand: &Stagehand<'_>, stage: &str) -> Result<(), RebuildError> {
+    let Some((record, _)) = st::load(hand.store, stage).await? else { return Ok(()) };
+    let now = (hand.now)();
+    for gen in &record.generations {
+        let due = match gen.fate {
+            Fate::Draining => gen.retire_at.is_none_or(|t| t <= now),
+            Fate::Retiring => true,
+            _ => false,
+        };
+        if due && record.current != Some(gen.number) {
+            retire(hand, stage, gen.number).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Everything of a stage (the caller holds its lock): every generation not retired yet
 /// torn down, the names removed, the record and password deleted. The number of
 /// generations removed.
-pub async fn destroy(
-    store: &dyn ObjectStore,
-    record: &StageRecord,
-    names: &dyn StableNames,
-    gens: &dyn Generations,
-    reporter: &dyn Reporter,
-) -> Result<usize, RebuildError> {
+pub async fn destroy(hand: &Stagehand<'_>, record: &StageRecord) -> Result<usize, RebuildError> {
+    let Stagehand { store, names, gens, reporter, .. } = *hand;
     let mut removed = 0;
     for gen in record.generations.iter().filter(|g| g.fate != Fate::Retired) {
         note(reporter, format!("removing generation {} ({}, {})", gen.number, gen.run_id, gen.fate.as_str()));

@@ -59,9 +59,12 @@ pub const TAG_GENERATION: &str = "rehearse:generation";
 /// critical path), at one Describe call per kind of resource per interval.
 pub const POLL_FIRST: Duration = Duration::from_millis(100);
 pub const POLL_MAX: Duration = Duration::from_secs(10);
-/// How long a resource with an intent but no id in the journal must stay unlisted
-/// before teardown believes it was never created.
-pub const UNJOURNALED_PATIENCE: Duration = Duration::from_secs(20);
+/// How long after its intent a resource with no id in the journal must stay unlisted
+/// before teardown believes it was never created: a create in flight when its run died
+/// is answered (or cut by the client) within its operation timeout, and listed within
+/// seconds after — the same bound as [`Provider::cancel_grace`]. A `down` long after
+/// the run died does not wait at all.
+pub const UNJOURNALED_PATIENCE: Duration = Duration::from_secs(90);
 
 /// The AWS provider over any [`Ec2Api`] + [`RdsApi`] (the SDK, or a fake), which it
 /// calls through [`Patient`]: throttling and 5xx answers are waited out, not reported.

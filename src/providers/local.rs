@@ -272,6 +272,7 @@ mod tests {
             handle: Some(handle),
             key: None,
             deleted: false,
+            intent_at: None,
         };
         let p = LocalProvider::new(Path::new("/srv/my work"));
         let cmd = p.removal_command(

@@ -286,6 +286,19 @@ impl FakeCloud {
             .collect()
     }
 
+    /// [`FakeCloud::leftovers`] by run id.
+    pub fn leftovers_by_run(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let now = Instant::now();
+        let st = self.state.lock().expect("fake lock");
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+        for (id, r) in st.res.iter().filter(|(_, r)| r.gone_at.is_none_or(|g| g > now)) {
+            if let Some(run) = tag_value(&r.tags, "rehearse:run-id") {
+                out.entry(run.to_string()).or_default().push(format!("{} {id}", r.kind));
+            }
+        }
+        out
+    }
+
     /// Production as it was seeded, field by field (tags, protection, presence).
     pub fn production(&self) -> Vec<String> {
         let st = self.state.lock().expect("fake lock");

@@ -71,6 +71,8 @@ struct State {
 pub struct FakeS3 {
     faults: S3Faults,
     state: Mutex<State>,
+    /// Counts applied writes, for a test that acts the moment one lands.
+    writes: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a call meets, drawn before it runs.
@@ -92,12 +94,23 @@ impl FakeS3 {
                 deleted: BTreeMap::new(),
                 calls: BTreeMap::new(),
             }),
+            writes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes each time a write is applied (whether or not its answer is lost).
+    pub fn writes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writes.subscribe()
     }
 
     /// Calls made so far, per operation (`PutObject`, `GetObject`, ...).
     pub fn calls(&self) -> BTreeMap<&'static str, u64> {
         self.lock().calls.clone()
+    }
+
+    /// An object's body as stored now, without a call (no latency, no fault, not counted).
+    pub fn peek(&self, key: &str) -> Option<Vec<u8>> {
+        self.lock().objects.get(key).map(|o| o.body.clone())
     }
 
     /// Every key stored now (exact, unlike a listing).
@@ -216,6 +229,7 @@ impl ObjectStore for FakeS3 {
                     let etag = Etag(format!("{}-{n}", etag_of(&body).0));
                     st.deleted.remove(key);
                     st.objects.insert(key.to_string(), Stored { body, etag: etag.clone(), at: Instant::now() });
+                    self.writes.send_modify(|n| *n += 1);
                     Ok(etag)
                 } else {
                     Err(StoreError::PreconditionFailed)

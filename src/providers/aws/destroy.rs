@@ -128,7 +128,9 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
     /// listed yet (eventual consistency), so "not found" is believed only after it has
     /// held for [`UNJOURNALED_PATIENCE`].
     async fn find_unjournaled(&self, entry: &Entry, meta: &RunMeta) -> Found {
-        find_patiently(|| self.find_by_tag(entry, meta), UNJOURNALED_PATIENCE).await
+        // Counted from the intent: a run that died long ago is looked at once.
+        let age = entry.intent_at.and_then(|at| (chrono::Utc::now() - at).to_std().ok()).unwrap_or_default();
+        find_patiently(|| self.find_by_tag(entry, meta), UNJOURNALED_PATIENCE.saturating_sub(age)).await
     }
 
     /// Finds a resource the journal has only an intent for, by its tags.

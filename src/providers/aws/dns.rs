@@ -66,6 +66,29 @@ pub trait DnsApi: Send + Sync {
     ) -> impl Future<Output = ApiResult<Option<RecordSet>>> + Send;
 }
 
+/// One Route 53 shared by several users (tests inspect a fake while names use it).
+impl<A: DnsApi> DnsApi for std::sync::Arc<A> {
+    fn change(
+        &self,
+        zone: &str,
+        changes: &[(Action, RecordSet)],
+        comment: &str,
+    ) -> impl Future<Output = ApiResult<String>> + Send {
+        self.as_ref().change(zone, changes, comment)
+    }
+    fn in_sync(&self, change_id: &str) -> impl Future<Output = ApiResult<bool>> + Send {
+        self.as_ref().in_sync(change_id)
+    }
+    fn record(
+        &self,
+        zone: &str,
+        name: &str,
+        kind: RecordKind,
+    ) -> impl Future<Output = ApiResult<Option<RecordSet>>> + Send {
+        self.as_ref().record(zone, name, kind)
+    }
+}
+
 /// How long a change may take to be `INSYNC` (Route 53 says "generally within 60
 /// seconds"); how often it is asked.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
@@ -136,7 +159,7 @@ impl<A: DnsApi> Route53Names<A> {
         // soon, then once a second.
         let mut pause = Duration::from_millis(100);
         loop {
-            if self.api.in_sync(change_id).await? {
+            if patiently(|| self.api.in_sync(change_id)).await? {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -151,26 +174,47 @@ impl<A: DnsApi> Route53Names<A> {
         }
     }
 
-    /// Sends a change batch, again while the answer is throttled or lost (an UPSERT
-    /// and a DELETE of what is there are safe to repeat), and waits for it.
+    /// Sends a change batch and waits for it. UPSERTs are sent again while the answer
+    /// is throttled, failed or lost: applying them twice is applying them once.
     async fn apply(&self, changes: &[(Action, RecordSet)], comment: &str) -> Result<(), ApiError> {
-        let mut attempt = 0;
-        let id = loop {
-            match self.api.change(&self.zone, changes, comment).await {
-                Ok(id) => break id,
-                Err(e) if e.is_transient() && attempt < 8 => {
-                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
-                    attempt += 1;
+        let id = patiently_even_if_lost(|| self.api.change(&self.zone, changes, comment)).await?;
+        self.wait_in_sync(&id).await
+    }
+
+    /// Deletes the record sets of `wanted` that exist, each exactly as it is (read
+    /// first); when the batch is refused because one changed or went meanwhile (or a
+    /// lost answer's first try applied it), reads again.
+    async fn delete_all(&self, wanted: &[(String, RecordKind)]) -> Result<(), ApiError> {
+        let mut last = None;
+        for _ in 0..5 {
+            let mut changes = Vec::new();
+            for (name, kind) in wanted {
+                if let Some(set) = patiently(|| self.api.record(&self.zone, name, *kind)).await? {
+                    changes.push((Action::Delete, set));
+                }
+            }
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let sent = patiently(|| self.api.change(&self.zone, &changes, "rehearse: stage destroyed")).await;
+            match sent {
+                Ok(id) => return self.wait_in_sync(&id).await,
+                Err(e) if matches!(e.kind, super::api::ErrorKind::Refused | super::api::ErrorKind::Unreachable) => {
+                    last = Some(e);
                 }
                 Err(e) => return Err(e),
             }
-        };
-        self.wait_in_sync(&id).await
+        }
+        Err(last.unwrap_or_else(|| ApiError {
+            code: None,
+            message: "the stage's records kept changing".into(),
+            kind: super::api::ErrorKind::Refused,
+        }))
     }
 
     async fn read_marker(&self) -> Result<Option<u64>, ApiError> {
         let Some(marker) = self.marker() else { return Ok(None) };
-        let set = self.api.record(&self.zone, &marker, RecordKind::Txt).await?;
+        let set = patiently(|| self.api.record(&self.zone, &marker, RecordKind::Txt)).await?;
         Ok(set.and_then(|s| {
             s.values.iter().find_map(|v| v.trim_matches('"').strip_prefix("generation=")?.parse::<u64>().ok())
         }))
@@ -194,26 +238,50 @@ impl<A: DnsApi> StableNames for Route53Names<A> {
 
     fn remove(&self) -> NamesFuture<'_, ()> {
         Box::pin(async move {
-            // A DELETE names the record set exactly as it is: each is read first.
             let mut wanted: Vec<(String, RecordKind)> = self
                 .names
                 .iter()
                 .map(|(c, n)| (fqdn(n), if self.databases.contains(c) { RecordKind::Cname } else { RecordKind::A }))
                 .collect();
             wanted.extend(self.marker().map(|m| (m, RecordKind::Txt)));
-            let mut changes = Vec::new();
-            for (name, kind) in wanted {
-                let found = self.api.record(&self.zone, &name, kind).await.map_err(|e| e.to_string())?;
-                if let Some(set) = found {
-                    changes.push((Action::Delete, set));
-                }
-            }
-            if changes.is_empty() {
-                return Ok(());
-            }
-            self.apply(&changes, "rehearse: stage destroyed")
-                .await
-                .map_err(|e| format!("Route 53 zone {}: {e}", self.zone))
+            self.delete_all(&wanted).await.map_err(|e| format!("Route 53 zone {}: {e}", self.zone))
         })
+    }
+}
+
+/// A call sent again while it is throttled or fails on the service's side.
+async fn patiently<T, F, Fut>(mut call: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ApiResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && attempt < 8 => {
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`patiently`], and also when the answer was lost: for calls whose repeat does
+/// nothing more (UPSERTs, reads).
+async fn patiently_even_if_lost<T, F, Fut>(mut call: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ApiResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(e) if (e.is_transient() || e.kind == super::api::ErrorKind::Unreachable) && attempt < 8 => {
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }

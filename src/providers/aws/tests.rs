@@ -36,6 +36,7 @@ fn instance_entry(id: &str, handle: Option<&str>) -> Entry {
         handle: handle.map(|h| json!({ "instance_id": h })),
         key: None,
         deleted: false,
+        intent_at: None,
     }
 }
 
@@ -116,6 +117,7 @@ async fn the_workspace_is_removed_locally_in_a_batch_without_a_cloud_lookup() {
         handle: Some(json!({ "dir": dir.to_str().unwrap() })),
         key: None,
         deleted: false,
+        intent_at: None,
     };
     let started = Instant::now();
     let results = provider.destroy_many(&[&entry], &meta(RUN)).await;
