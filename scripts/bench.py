@@ -18,6 +18,10 @@ target/bench/results.md. Stdlib only.
 5. state: S3 calls and added wall time per run of the same lifecycle with the shared
    state store on S3 (`--state s3://…`) beside local state (scripts/bench_state.py;
    needs .venv with moto and boto3).
+6. stage: a stage's switch, from a generation's acceptance passed to every stable name
+   switched — `cargo bench --bench stage_switch` (the fakes with Route 53's propagation
+   times) and `rehearse rebuild` against the emulator's Route 53 and S3
+   (scripts/bench_stage.py).
 """
 import json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -316,6 +320,15 @@ def section_state():
     section_script("scripts/bench_state.py", "state store")
 
 
+def section_stage():
+    r = cargo_bench("stage_switch")
+    for l in (r.stdout.splitlines() if r else []):
+        if not l.startswith(("running", "test result")):
+            say(l)
+    say()
+    section_script("scripts/bench_stage.py", "stage switch")
+
+
 def main():
     if not BIN.is_file():
         sys.exit("build first: cargo build --release")
@@ -326,7 +339,7 @@ def main():
         os.chmod(p, 0o711)
     say(f"# rehearse benchmarks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores")
     say()
-    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state"]
+    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state", "stage"]
     if "plan" in only:
         section_plan()
     if "fake" in only:
@@ -339,6 +352,8 @@ def main():
         section_aws()
     if "state" in only:
         section_state()
+    if "stage" in only:
+        section_stage()
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     if failed:
         sys.exit(f"failed: {', '.join(failed)} (see target/bench/results.md)")

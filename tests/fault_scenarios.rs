@@ -419,10 +419,9 @@ impl FakeGenerations<'_> {
 impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
     fn build<'a>(
         &'a self,
-        number: u64,
-        run_id: &'a str,
-        password: &'a str,
+        spec: &'a rehearse::engine::rebuild::Spec,
     ) -> rehearse::engine::rebuild::LocalFuture<'a, rehearse::engine::rebuild::Built> {
+        let (number, run_id) = (spec.number, spec.run_id.as_str());
         use rehearse::engine::rebuild::Built;
         use rehearse::report::model::Verdict;
         Box::pin(async move {
@@ -439,11 +438,7 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
                 exit_code: rehearse::commands::exit_code,
                 name: None,
                 shared: Some(self.s3.clone()),
-                stage: Some(rehearse::engine::stage::StageRun {
-                    stage: "staging".into(),
-                    generation: number,
-                    password: password.to_string(),
-                }),
+                stage: Some(spec.run("staging")),
             };
             let failed = |verdict, reason: String| Built {
                 verdict,

@@ -166,6 +166,12 @@ fn three_rebuilds_pass_fail_pass_behind_stable_ports() {
     assert_eq!(shop_version(web), "v1");
     let gen2 = s["stage"]["generations"][1]["run_id"].as_str().unwrap().to_string();
     assert_run_gone(&sb, &gen2);
+    // Its report, as any run's, says why — and what still serves.
+    let report = sb.report(&gen2);
+    assert_eq!(report["verdict"], "failed");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.contains("0003_unique_customer_email.sql"), "{reason}");
+    assert!(reason.contains("stage `staging` still on generation 1 (release v1, backup"), "{reason}");
 
     // 3: v2 passes; the client querying through the promotion and the drain never fails,
     // and moves from generation 1 to generation 3 once, never back.

@@ -24,7 +24,7 @@ use crate::engine::events::Reporter;
 use crate::engine::lifecycle::Options;
 use crate::engine::rebuild::{
     destroy as engine_destroy, fresh_record, rebuild as engine_rebuild, Built, Generations, LocalFuture, Outcome, Plan,
-    RebuildError, Stagehand,
+    RebuildError, Spec, Stagehand,
 };
 use crate::engine::stage::{self as st, Fate, Generation, GenerationBackup, StableNames, StageRecord};
 use crate::engine::store::{put_checked, retrying, Condition, ObjectStore, StoreError};
@@ -235,7 +235,7 @@ async fn rebuild_locked(
     match engine_rebuild(&hand, plan, &password, signals).await {
         Ok(Outcome::Promoted { current, switched_in, interrupted, .. }) => {
             eprintln!(
-                "rehearse: stage `{name}` now on {}: every stable name switched in {} ms",
+                "rehearse: stage `{name}` now on {}: every stable name switched {} ms after its acceptance passed",
                 current.describe(),
                 switched_in.as_millis()
             );
@@ -277,7 +277,8 @@ struct Runs<'a> {
 }
 
 impl Generations for Runs<'_> {
-    fn build<'a>(&'a self, number: u64, run_id: &'a str, password: &'a str) -> LocalFuture<'a, Built> {
+    fn build<'a>(&'a self, spec: &'a Spec) -> LocalFuture<'a, Built> {
+        let run_id = spec.run_id.as_str();
         Box::pin(async move {
             let (Some(loaded), Some(args)) = (self.loaded, self.args) else {
                 return Built {
@@ -302,11 +303,7 @@ impl Generations for Runs<'_> {
                 exit_code: super::run::exit_code,
                 name: None,
                 shared: self.opened.shared.clone(),
-                stage: Some(st::StageRun {
-                    stage: self.stage.to_string(),
-                    generation: number,
-                    password: password.to_string(),
-                }),
+                stage: Some(spec.run(self.stage)),
             };
             let code =
                 super::run::rehearse(self.g, loaded, &opts, self.opened.store.clone(), self.reporter, self.signals)

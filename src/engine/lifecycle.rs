@@ -256,6 +256,16 @@ pub async fn run<P: Provider>(
         (Verdict::Passed, None)
     };
 
+    // A stage's generation that did not pass leaves the stage as it was: its report says
+    // what still serves.
+    let reason = match (&opts.stage, verdict, reason) {
+        (Some(s), v, Some(r)) if v != Verdict::Passed => Some(match &s.serving {
+            Some(serving) => format!("{r}; stage `{}` still on {serving}", s.stage),
+            None => format!("{r}; stage `{}` has no generation serving yet", s.stage),
+        }),
+        (_, _, r) => r,
+    };
+
     // Down: per the destroy policy; a build failure or an interrupt always tears down.
     let keep = match verdict {
         Verdict::Interrupted | Verdict::BuildFailed => false,

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::connection::Connection;
 use super::events::{Event, Reporter};
@@ -48,7 +48,7 @@ pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 /// How a stage's generations come and go: a run of the description (with the stage's
 /// password) and its teardown from the journal.
 pub trait Generations {
-    fn build<'a>(&'a self, number: u64, run_id: &'a str, password: &'a str) -> LocalFuture<'a, Built>;
+    fn build<'a>(&'a self, spec: &'a Spec) -> LocalFuture<'a, Built>;
     fn tear_down<'a>(&'a self, run_id: &'a str) -> LocalFuture<'a, Result<(), String>>;
 }
 
@@ -60,6 +60,29 @@ pub struct Stagehand<'a> {
     pub gens: &'a dyn Generations,
     pub reporter: &'a dyn Reporter,
     pub now: Now<'a>,
+}
+
+/// The generation to build.
+pub struct Spec {
+    pub number: u64,
+    pub run_id: String,
+    /// The stage's stable database password.
+    pub password: String,
+    /// What serves meanwhile ("generation 2 (release v1, backup …)"), for the report
+    /// of a generation that does not pass.
+    pub serving: Option<String>,
+}
+
+impl Spec {
+    /// What the run of this generation needs to know.
+    pub fn run(&self, stage: &str) -> st::StageRun {
+        st::StageRun {
+            stage: stage.to_string(),
+            generation: self.number,
+            password: self.password.clone(),
+            serving: self.serving.clone(),
+        }
+    }
 }
 
 /// What a rebuild is asked to do.
@@ -77,6 +100,8 @@ pub struct Plan<'a> {
 pub enum Outcome {
     /// The generation passed and serves; the one it replaced was retired (or, when the
     /// rebuild was interrupted while it drained, is retired by the next rebuild).
+    /// `switched_in`: from the acceptance passed to every stable name switched (the
+    /// promotion written, the names' change applied and, on AWS, `INSYNC`).
     Promoted { current: Generation, switched_in: Duration, retired: Option<u64>, interrupted: bool },
     /// The generation failed (or was interrupted); the stage is as it was.
     NotPromoted { number: u64, exit_code: i32, still_on: Option<Generation> },
@@ -257,7 +282,13 @@ pub async fn rebuild(
         },
     );
 
-    let built = gens.build(number, &plan.run_id, password).await;
+    let spec = Spec {
+        number,
+        run_id: plan.run_id.clone(),
+        password: password.to_string(),
+        serving: before.current_generation().map(Generation::describe),
+    };
+    let built = gens.build(&spec).await;
     let passed = built.verdict == Verdict::Passed && built.connection.is_some();
     if !passed {
         let fate = if built.verdict == Verdict::Interrupted { Fate::Interrupted } else { Fate::Failed };
@@ -303,6 +334,9 @@ async fn promote(
     signals: &Signals,
 ) -> Result<Outcome, RebuildError> {
     let Stagehand { store, names, reporter, .. } = *hand;
+    // From here — the acceptance passed — to every name switched (tokio's clock: real
+    // time, or virtual time in tests and benchmarks).
+    let accepted = tokio::time::Instant::now();
     let name = plan.stage.name.as_str();
     let targets = st::targets(connection);
     let databases: BTreeMap<String, StableDatabase> = connection
@@ -367,14 +401,13 @@ async fn promote(
             }
         }
     };
-    let started = Instant::now();
     st::converge(store, name, names).await.map_err(|e| {
         RebuildError::Names(format!(
             "generation {number} is the stage's current generation, but its stable names could not be switched: \
              {e}; the next rebuild points them again"
         ))
     })?;
-    let switched_in = started.elapsed();
+    let switched_in = accepted.elapsed();
     let current = record.current_generation().cloned().expect("just promoted");
     note(reporter, format!("stage `{name}` now on {}: every stable name switched", current.describe()));
     let Some(previous) = seen_current else {

@@ -52,6 +52,9 @@ pub struct StageRun {
     pub generation: u64,
     /// The stage's stable database password.
     pub password: String,
+    /// What serves meanwhile ("generation 2 (release v1, backup …)"): a run that does
+    /// not pass says so in its report.
+    pub serving: Option<String>,
 }
 
 /// What became of a generation.
