@@ -296,25 +296,55 @@ def leftovers(ec2, rds):
 
 # --------------------------------------------------------------------------- the description
 
-def variant(prod, path: Path):
-    """environments/shop-aws.yaml with the emulator's ids, as tests/aws_emulator.rs
-    `shop_description` builds it: no masking, no health checks, one exit-code suite
-    that only checks its environment (nothing is sent to the instances' 10.x
-    addresses)."""
-    text = (ROOT / "environments/shop-aws.yaml").read_text()
-    text = (text.replace("ami-0abcdef1234567890", prod["ami"])
-            .replace("vpc-0a1b2c3d4e5f60718", prod["vpc"])
-            .replace("subnet-0a1b2c3d4e5f60001", prod["subnets"][0])
-            .replace("subnet-0a1b2c3d4e5f60002", prod["subnets"][1])
-            .replace("../templates/", f"{ROOT}/templates/")
-            .replace("    masking: ../demo/masking.sql\n", "")
-            .replace("    health:\n      path: /health\n      timeout: 5m\n", ""))
+def settle(emu):
+    """Waits until moto's log has stopped growing (a request's line is written just
+    after its answer is sent, so possibly after the client has exited)."""
+    last, since = -1, time.monotonic()
+    while True:
+        n = emu.log_path.stat().st_size
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > 0.3:
+            return n
+        time.sleep(0.05)
+
+
+def requests_since(emu, offset):
+    """The (method, path, status) of every request logged after byte `offset` of
+    moto's log, moto's own /moto-api/ calls excluded."""
+    out = []
+    with open(emu.log_path, errors="replace") as f:
+        f.seek(offset)
+        for l in f:
+            m = REQUEST_LINE.search(ANSI.sub("", l))
+            if m and not m.group(2).startswith("/moto-api/"):
+                out.append((m.group(1), m.group(2), m.group(0).rsplit(" ", 1)[1]))
+    return out
+
+
+def runnable(name, prod, replace=()):
+    """environments/NAME with the emulator's ids (and the `replace` pairs), as
+    tests/aws_emulator.rs builds its descriptions: no masking, no health checks, one
+    exit-code suite that only checks its environment (nothing is sent to the
+    instances' 10.x addresses). The text."""
+    text = (ROOT / "environments" / name).read_text()
+    for a, b in [("ami-0abcdef1234567890", prod["ami"]), ("vpc-0a1b2c3d4e5f60718", prod["vpc"]),
+                 ("subnet-0a1b2c3d4e5f60001", prod["subnets"][0]), ("subnet-0a1b2c3d4e5f60002", prod["subnets"][1]),
+                 *replace, ("../templates/", f"{ROOT}/templates/"), ("    masking: ../demo/masking.sql\n", ""),
+                 ("    health:\n      path: /health\n      timeout: 5m\n", "")]:
+        text = text.replace(a, b)
     a, b = text.index("\nsuites:\n"), text.index("\ndestroy:")
     text = text[:a] + (
         "\nsuites:\n  endpoints:\n    command: '" + SUITE + "'\n    timeout: 1m\n    uses: [web, worker]\n"
         "    results: exit-code\n    env:\n      SHOP_URL: \"{{ services.web.url }}\"\n"
         "      DATABASE_URL: \"{{ databases.db.url }}\"\n") + text[b:]
     assert "health:" not in text and "masking:" not in text
+    return text
+
+
+def variant(prod, path: Path):
+    """environments/shop-aws.yaml made runnable (see `runnable`), written to `path`."""
+    text = runnable("shop-aws.yaml", prod)
     path.write_text(text)
     return yaml.safe_load(text)
 

@@ -65,6 +65,7 @@ os.environ.setdefault("BENCH_AWS_REEXEC", "1")
 sys.path.insert(0, str(SCRIPTS))
 import bench_aws  # noqa: E402
 from bench_aws import ANSI, Emulator, REQUEST_LINE, RELEASE, REGION, SUITE, aws_env, clients, leftovers  # noqa: E402
+from bench_aws import requests_since, runnable, settle  # noqa: E402
 from bench_aws import machine_load, production_state, seed, timed  # noqa: E402
 import boto3  # noqa: E402
 import yaml  # noqa: E402
@@ -124,32 +125,6 @@ def session():
     return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
 
 
-def settle(emu):
-    """Waits until moto's log has stopped growing (a request's line is written just
-    after its answer is sent, so possibly after the client has exited)."""
-    last, since = -1, time.monotonic()
-    while True:
-        n = emu.log_path.stat().st_size
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since > 0.3:
-            return n
-        time.sleep(0.05)
-
-
-def requests_since(emu, offset):
-    """The (method, path, status) of every request logged after byte `offset` of
-    moto's log, moto's own /moto-api/ calls excluded."""
-    out = []
-    with open(emu.log_path, errors="replace") as f:
-        f.seek(offset)
-        for l in f:
-            m = REQUEST_LINE.search(ANSI.sub("", l))
-            if m and not m.group(2).startswith("/moto-api/"):
-                out.append((m.group(1), m.group(2), m.group(0).rsplit(" ", 1)[1]))
-    return out
-
-
 def r53_op(method, path):
     """The Route 53 operation of a request under /2013-04-01/, from its method and path."""
     p = path.split("?", 1)[0].removeprefix("/2013-04-01/")
@@ -203,22 +178,7 @@ def description(prod, zone, path: Path):
     """environments/staging-aws.yaml with the emulator's ids, its zone and bucket, no
     masking, no health checks and one suite that only checks its environment, as
     tests/aws_emulator.rs `staging_description` builds it (the suite is bench_aws.py's)."""
-    text = (ROOT / "environments/staging-aws.yaml").read_text()
-    text = (text.replace("ami-0abcdef1234567890", prod["ami"])
-            .replace("vpc-0a1b2c3d4e5f60718", prod["vpc"])
-            .replace("subnet-0a1b2c3d4e5f60001", prod["subnets"][0])
-            .replace("subnet-0a1b2c3d4e5f60002", prod["subnets"][1])
-            .replace("Z0123456789ABCDEFGHIJ", zone)
-            .replace("s3://acme-rehearse/shop", STATE_URL)
-            .replace("../templates/", f"{ROOT}/templates/")
-            .replace("    masking: ../demo/masking.sql\n", "")
-            .replace("    health:\n      path: /health\n      timeout: 5m\n", ""))
-    a, b = text.index("\nsuites:\n"), text.index("\ndestroy:")
-    text = text[:a] + (
-        "\nsuites:\n  endpoints:\n    command: '" + SUITE + "'\n    timeout: 1m\n    uses: [web, worker]\n"
-        "    results: exit-code\n    env:\n      SHOP_URL: \"{{ services.web.url }}\"\n"
-        "      DATABASE_URL: \"{{ databases.db.url }}\"\n") + text[b:]
-    assert "health:" not in text and "masking:" not in text
+    text = runnable("staging-aws.yaml", prod, [("Z0123456789ABCDEFGHIJ", zone), ("s3://acme-rehearse/shop", STATE_URL)])
     desc = yaml.safe_load(text)
     assert desc.get("state") == STATE_URL and desc["stage"]["zone"] == zone, text
     assert desc["stage"]["name"] == STAGE and list(desc["suites"]) == ["endpoints"], text

@@ -51,7 +51,7 @@ if sys.argv[1:]:
 os.environ.setdefault("BENCH_AWS_REEXEC", "1")
 sys.path.insert(0, str(SCRIPTS))
 import bench_aws  # noqa: E402
-from bench_aws import ANSI, Emulator, REQUEST_LINE, RELEASE, REGION, aws_env, clients, leftovers, machine_load  # noqa: E402
+from bench_aws import ANSI, Emulator, REQUEST_LINE, requests_since, settle, RELEASE, REGION, aws_env, clients, leftovers, machine_load  # noqa: E402
 from bench_aws import production_state, seed, timed, variant  # noqa: E402
 import boto3  # noqa: E402
 
@@ -79,32 +79,6 @@ def command():
 def s3_client(emu):
     s = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
     return s.client("s3", endpoint_url=emu.url)
-
-
-def settle(emu):
-    """Waits until moto's log has stopped growing (a request's line is written just
-    after its answer is sent, so possibly after the client has exited)."""
-    last, since = -1, time.monotonic()
-    while True:
-        n = emu.log_path.stat().st_size
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since > 0.3:
-            return n
-        time.sleep(0.05)
-
-
-def requests_since(emu, offset):
-    """The (method, path, status) of every request logged after byte `offset` of
-    moto's log, moto's own /moto-api/ calls excluded."""
-    out = []
-    with open(emu.log_path, errors="replace") as f:
-        f.seek(offset)
-        for l in f:
-            m = REQUEST_LINE.search(ANSI.sub("", l))
-            if m and not m.group(2).startswith("/moto-api/"):
-                out.append((m.group(1), m.group(2), m.group(0).rsplit(" ", 1)[1]))
-    return out
 
 
 def kind(path):

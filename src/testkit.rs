@@ -10,3 +10,12 @@ pub mod fake_cloud;
 pub mod fake_dns;
 pub mod fake_s3;
 pub mod scenarios;
+
+/// A uniform draw in [0, 1) from a seeded state (SplitMix64: small, reproducible).
+pub fn draw(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as f64 / u64::MAX as f64
+}

@@ -362,11 +362,10 @@ struct FakeGenerations<'a> {
 
 impl FakeGenerations<'_> {
     fn draw(&self) -> f64 {
-        let mut z = self.rng.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        self.rng.set(z);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+        let mut state = self.rng.get();
+        let d = rehearse::testkit::draw(&mut state);
+        self.rng.set(state);
+        d
     }
 
     fn provider(&self, salt: u64) -> AwsProvider<FakeCloud> {

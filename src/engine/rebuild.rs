@@ -254,19 +254,7 @@ pub async fn rebuild(
         };
         seen_current = r.current;
         number = r.next_number();
-        r.generations.push(Generation {
-            number,
-            run_id: plan.run_id.clone(),
-            release: plan.release.clone(),
-            started_at: (hand.now)(),
-            fate: Fate::Building,
-            backups: Vec::new(),
-            targets: BTreeMap::new(),
-            promoted_at: None,
-            retire_at: None,
-            retired_at: None,
-            reason: None,
-        });
+        r.generations.push(Generation::building(number, &plan.run_id, &plan.release, (hand.now)()));
         Ok(r)
     })
     .await?;

@@ -125,6 +125,23 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// A generation just registered: being built, nothing of it known yet.
+    pub fn building(number: u64, run_id: &str, release: &str, started_at: DateTime<Utc>) -> Generation {
+        Generation {
+            number,
+            run_id: run_id.to_string(),
+            release: release.to_string(),
+            started_at,
+            fate: Fate::Building,
+            backups: Vec::new(),
+            targets: BTreeMap::new(),
+            promoted_at: None,
+            retire_at: None,
+            retired_at: None,
+            reason: None,
+        }
+    }
+
     /// "generation 3 (release v2, backup shop-2026-nightly.dump of 2026-11-26 02:00 UTC)".
     pub fn describe(&self) -> String {
         let backups: Vec<String> = self
@@ -358,19 +375,7 @@ mod tests {
     use crate::engine::store::file::FileStore;
 
     fn generation(n: u64) -> Generation {
-        Generation {
-            number: n,
-            run_id: format!("r-20261127-00000{n}-abcdef"),
-            release: "v2".into(),
-            started_at: Utc::now(),
-            fate: Fate::Building,
-            backups: Vec::new(),
-            targets: BTreeMap::new(),
-            promoted_at: None,
-            retire_at: None,
-            retired_at: None,
-            reason: None,
-        }
+        Generation::building(n, &format!("r-20261127-00000{n}-abcdef"), "v2", Utc::now())
     }
 
     /// Two rebuilds that both saw generation 1 current promote at once: exactly one

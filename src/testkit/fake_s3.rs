@@ -124,11 +124,7 @@ impl FakeS3 {
 
     /// A uniform draw in [0, 1) (splitmix64).
     fn draw(st: &mut State) -> f64 {
-        st.rng = st.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = st.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+        super::draw(&mut st.rng)
     }
 
     /// Counts the call, waits its latency (before it is applied) and draws its fate.

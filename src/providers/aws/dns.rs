@@ -250,26 +250,27 @@ impl<A: DnsApi> StableNames for Route53Names<A> {
 }
 
 /// A call sent again while it is throttled or fails on the service's side.
-async fn patiently<T, F, Fut>(mut call: F) -> Result<T, ApiError>
+async fn patiently<T, F, Fut>(call: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ApiResult<T>>,
 {
-    let mut attempt = 0;
-    loop {
-        match call().await {
-            Err(e) if e.is_transient() && attempt < 8 => {
-                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    again_while(call, ApiError::is_transient).await
 }
 
 /// [`patiently`], and also when the answer was lost: for calls whose repeat does
 /// nothing more (UPSERTs, reads).
-async fn patiently_even_if_lost<T, F, Fut>(mut call: F) -> Result<T, ApiError>
+async fn patiently_even_if_lost<T, F, Fut>(call: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ApiResult<T>>,
+{
+    again_while(call, |e| e.is_transient() || e.kind == super::api::ErrorKind::Unreachable).await
+}
+
+/// Sends `call` again (8 times at most, backing off from 200 ms to 6.4 s) while its
+/// error is `worth_again`.
+async fn again_while<T, F, Fut>(mut call: F, worth_again: impl Fn(&ApiError) -> bool) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ApiResult<T>>,
@@ -277,7 +278,7 @@ where
     let mut attempt = 0;
     loop {
         match call().await {
-            Err(e) if (e.is_transient() || e.kind == super::api::ErrorKind::Unreachable) && attempt < 8 => {
+            Err(e) if worth_again(&e) && attempt < 8 => {
                 tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
                 attempt += 1;
             }
