@@ -786,8 +786,10 @@ fn slow_run_instances(upstream: &str, hold: Duration) -> SlowRunInstances {
 /// Ctrl-C while `RunInstances` calls are on their way: the run waits (within its grace
 /// period) for their answers, journals the instances they made and terminates them; a
 /// run that dropped them instead would tear down before they exist and report
-/// "complete" while they run on. The calls are held longer than teardown looks for an
-/// instance it has no id for (`UNJOURNALED_PATIENCE`), so only the waiting saves them.
+/// "complete" while they run on. The calls are held 25 s, just within the SDK's 30 s
+/// attempt timeout (longer, and the SDK would give up and send them again); teardown
+/// also looks for an instance it has no id for until `UNJOURNALED_PATIENCE` after its
+/// intent, so the two together must leave nothing.
 #[test]
 fn sigint_with_instances_being_created_waits_for_them_and_leaves_nothing() {
     use std::sync::atomic::Ordering;
@@ -796,7 +798,7 @@ fn sigint_with_instances_being_created_waits_for_them_and_leaves_nothing() {
     let (ec2, rds) = emu.clients(&rt);
     let prod = seed(&rt, &ec2, &rds);
     let before = production_state(&rt, &ec2, &rds);
-    let hold = rehearse::providers::aws::UNJOURNALED_PATIENCE + Duration::from_secs(5);
+    let hold = Duration::from_secs(25);
     let proxy = slow_run_instances(&emu.url, hold);
     let sb = Sandbox::new();
     let file = shop_description(&sb, &prod);

@@ -61,10 +61,12 @@ pub const POLL_FIRST: Duration = Duration::from_millis(100);
 pub const POLL_MAX: Duration = Duration::from_secs(10);
 /// How long after its intent a resource with no id in the journal must stay unlisted
 /// before teardown believes it was never created: a create in flight when its run died
-/// is answered (or cut by the client) within its operation timeout, and listed within
-/// seconds after — the same bound as [`Provider::cancel_grace`]. A `down` long after
-/// the run died does not wait at all.
-pub const UNJOURNALED_PATIENCE: Duration = Duration::from_secs(90);
+/// is answered (or cut by the client) within its attempt timeout (30 s) and listed
+/// within seconds after; 75 s covers that with room (the fake cloud answers creates up
+/// to 60 s late). It is shorter than the 90 s an interrupted run waits for its own
+/// creates in flight ([`Provider::cancel_grace`]), which it knows and can wait out. A
+/// `down` long after the run died does not wait at all.
+pub const UNJOURNALED_PATIENCE: Duration = Duration::from_secs(75);
 
 /// The AWS provider over any [`Ec2Api`] + [`RdsApi`] (the SDK, or a fake), which it
 /// calls through [`Patient`]: throttling and 5xx answers are waited out, not reported.
