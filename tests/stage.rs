@@ -201,8 +201,14 @@ fn three_rebuilds_pass_fail_pass_behind_stable_ports() {
     let gen1_run = s["stage"]["generations"][0]["run_id"].as_str().unwrap().to_string();
     assert_run_gone(&sb, &gen1_run);
 
-    // The current generation is no TTL's or `down`'s to remove.
     let gen3_run = s["stage"]["generations"][2]["run_id"].as_str().unwrap().to_string();
+    // `list` names each generation after its stage and points at the stage, not `down`.
+    let out = sb.cmd().arg("list").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().find(|l| l.contains(&gen3_run)).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("staging#3") && row.contains("→ rehearse stage status staging"), "{row}");
+
+    // The current generation is no TTL's or `down`'s to remove.
     let out = sb.cmd().args(["down", &gen3_run]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("current generation of stage `staging`"));

@@ -215,12 +215,23 @@ pub(crate) fn list(g: &Global, all: bool, mine: bool) -> i32 {
     let now = Utc::now();
     for r in rows {
         let handle = r.name.clone().unwrap_or_else(|| r.run_id.clone());
-        let hint = if r.status.needs_down() { format!("  → rehearse down {handle}") } else { String::new() };
+        // A stage's kept generation goes with its stage (`down` refuses the current one);
+        // one left by a rebuild that died is any run's.
+        let hint = match (&r.stage, r.status.needs_down()) {
+            (Some(s), true) if r.status == RunStatus::Kept => format!("  → rehearse stage status {}", s.stage),
+            (_, true) => format!("  → rehearse down {handle}"),
+            (_, false) => String::new(),
+        };
         let left = if r.live() { short(r.expires_at - now) } else { "-".into() };
+        let name = match (&r.name, &r.stage) {
+            (Some(n), _) => n.clone(),
+            (None, Some(s)) => format!("{}#{}", s.stage, s.generation),
+            (None, None) => "-".into(),
+        };
         println!(
             "{:<26} {:<12} {:<12} {:<10} {:<15} {:<10} {:<10} {:>6} {:>9}{hint}",
             r.run_id,
-            r.name.as_deref().unwrap_or("-"),
+            name,
             r.environment,
             r.release,
             r.status,
