@@ -137,8 +137,7 @@ async fn down_generation(g: &Global, run_id: &str) -> i32 {
 }
 
 fn read_report(state_root: &std::path::Path, run_id: &str) -> Option<RunReport> {
-    let path = state::run_dir(state_root, run_id).join("report").join("report.json");
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    crate::report::read_report(&state::run_dir(state_root, run_id).join("report")).ok()
 }
 
 /// "still on generation 2 (release v1, backup …)", or that nothing serves yet.
