@@ -1283,3 +1283,188 @@ fn a_stage_on_aws_moves_its_route53_names_only_to_a_generation_that_passed() {
     assert!(keys.is_empty(), "{keys:?}");
     assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
 }
+
+/// An IAM instance profile (with its role) in the emulator, through boto3 from the
+/// project's virtualenv: the SDK crates rehearse builds with have no IAM client.
+fn instance_profile(emu: &Emulator, name: &str) -> String {
+    let script = format!(
+        "import boto3, json\n\
+         iam = boto3.client('iam', endpoint_url='{url}', region_name='{REGION}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+         doc = json.dumps({{'Version': '2012-10-17', 'Statement': [{{'Effect': 'Allow', 'Principal': {{'Service': 'ec2.amazonaws.com'}}, 'Action': 'sts:AssumeRole'}}]}})\n\
+         iam.create_role(RoleName='{name}-role', AssumeRolePolicyDocument=doc)\n\
+         p = iam.create_instance_profile(InstanceProfileName='{name}')\n\
+         iam.add_role_to_instance_profile(InstanceProfileName='{name}', RoleName='{name}-role')\n\
+         print(p['InstanceProfile']['Arn'])\n",
+        url = emu.url
+    );
+    let out = Command::new(root().join(".venv/bin/python")).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A release archive: `migrate.sh` and whatever `files` add, as `shop-VERSION/...`.
+fn release_archive(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, text) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, format!("shop/{path}"), text.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn the_release_reaches_instances_by_profile_or_presigned_link_never_with_credentials() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let profile_arn = instance_profile(&emu, "shop-web");
+    let s3 = emu.bucket(&rt, "shop-releases");
+    let archive = release_archive(&[("VERSION", "v2\n")]);
+    rt.block_on(s3.put_object().bucket("shop-releases").key("shop-v2.tar.gz").body(archive.clone().into()).send())
+        .unwrap();
+    let sb = Sandbox::new();
+    let file = shop_description(&sb, &prod);
+    // The web instances read the artifact with their profile; the worker gets a link.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("    instance_type: t3.small\n", "    instance_type: t3.small\n    instance_profile: shop-web\n");
+    std::fs::write(&file, text).unwrap();
+    let secret = "wJalrXUtnFEMI-never-in-user-data";
+    let out = emu
+        .rehearse(&sb)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .args(["up", file.to_str().unwrap(), "--release", "v2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = sb.run_ids().pop().unwrap();
+
+    let instances: Vec<(String, String, Option<String>)> = rt.block_on(async {
+        let all = ec2.describe_instances().send().await.unwrap();
+        all.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.tags().iter().any(|t| t.key() == Some("rehearse:run-id") && t.value() == Some(&id)))
+            .map(|i| {
+                let res = i.tags().iter().find(|t| t.key() == Some("rehearse:resource")).and_then(|t| t.value());
+                (
+                    res.unwrap_or_default().to_string(),
+                    i.instance_id().unwrap().to_string(),
+                    i.iam_instance_profile().and_then(|p| p.arn()).map(str::to_string),
+                )
+            })
+            .collect()
+    });
+    assert_eq!(instances.len(), 3, "{instances:?}");
+    for (res, instance, profile) in &instances {
+        // The profile reached RunInstances for the web instances only.
+        let web = res.starts_with("service.web.");
+        assert_eq!(profile.as_deref(), web.then_some(profile_arn.as_str()), "{res}");
+        let attr = rt
+            .block_on(
+                ec2.describe_instance_attribute()
+                    .instance_id(instance)
+                    .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                    .send(),
+            )
+            .unwrap();
+        let encoded = attr.user_data().and_then(|u| u.value()).expect("user-data").to_string();
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap();
+        let user_data = String::from_utf8(bytes).unwrap();
+        for never in [secret, "AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", "X-Amz-Security-Token"] {
+            assert!(!user_data.contains(never), "{res}: `{never}` in user-data:\n{user_data}");
+        }
+        assert!(user_data.contains("rehearse-bootstrap: exit="), "{res}: no bootstrap marker");
+        if web {
+            assert!(user_data.contains("aws s3 cp s3://shop-releases/shop-v2.tar.gz"), "{user_data}");
+            assert!(!user_data.contains("X-Amz-Signature"), "{user_data}");
+        } else {
+            // A presigned link to the artifact, and it works without any credentials.
+            let link = user_data
+                .lines()
+                .find(|l| l.starts_with("curl "))
+                .and_then(|l| l.split_whitespace().last())
+                .map(|l| l.trim_matches('\'').to_string())
+                .expect("a curl line");
+            assert!(link.contains("/shop-releases/shop-v2.tar.gz?") && link.contains("X-Amz-Signature="), "{link}");
+            assert!(link.contains("X-Amz-Expires="), "{link}");
+            let fetched = Command::new(root().join(".venv/bin/python"))
+                .args([
+                    "-c",
+                    "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
+                    &link,
+                ])
+                .output()
+                .unwrap();
+            assert!(fetched.status.success(), "{}", String::from_utf8_lossy(&fetched.stderr));
+            assert_eq!(fetched.stdout, archive, "the link serves the artifact");
+        }
+    }
+    let out = emu.rehearse(&sb).args(["down", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_failing_install_runs_once_from_here_and_ends_the_run_before_any_instance() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+    let s3 = emu.bucket(&rt, "shop-releases");
+    let migrate = "#!/bin/sh\n\
+                   test -n \"$DATABASE_URL\" && test -n \"$PGHOST\" || { echo 'no connection given'; exit 2; }\n\
+                   echo \"applying 0001_init.sql to $PGHOST\"\n\
+                   echo 'migration 0002_orders_total.sql failed:'\n\
+                   echo 'ERROR:  column \"total\" of relation \"orders\" contains null values' >&2\n\
+                   exit 3\n";
+    let archive = release_archive(&[("migrate.sh", migrate)]);
+    rt.block_on(s3.put_object().bucket("shop-releases").key("shop-v3.tar.gz").body(archive.into()).send()).unwrap();
+    let sb = Sandbox::new();
+    let file = shop_description(&sb, &prod);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("    port: 8080\n", "    port: 8080\n    install: sh migrate.sh\n");
+    std::fs::write(&file, text).unwrap();
+
+    let plan = emu.rehearse(&sb).args(["plan", file.to_str().unwrap(), "--release", "v3"]).output().unwrap();
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(0), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(plan_text.contains("install.web"), "{plan_text}");
+
+    let out = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v3"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let id = sb.run_ids().pop().unwrap();
+    let report = sb.report(&id);
+    assert_eq!(report["verdict"], "failed", "{report}");
+    let failure = &report["failure"];
+    assert_eq!(failure["resource"], "install.web", "{failure}");
+    let message = failure["message"].as_str().unwrap();
+    assert!(message.contains("migration 0002_orders_total.sql failed") && message.contains("exit 3"), "{message}");
+    let tail = failure["log_tail"].to_string();
+    assert!(tail.contains("contains null values"), "{tail}");
+    assert!(stderr.contains("0002_orders_total.sql"), "{stderr}");
+    // Once, from here, with the copy's connection; no instance was ever started.
+    let log = std::fs::read_to_string(sb.state().join("runs").join(&id).join("logs/install.web.log")).unwrap();
+    assert_eq!(log.matches("applying 0001_init.sql").count(), 1, "{log}");
+    let launched = rt.block_on(async {
+        let all = ec2.describe_instances().send().await.unwrap();
+        all.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.tags().iter().any(|t| t.key() == Some("rehearse:run-id") && t.value() == Some(&id)))
+            .count()
+    });
+    assert_eq!(launched, 0, "an instance was started before the install passed");
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!sb.work().join("runs").join(&id).exists(), "the release unpacked here is gone");
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
+}

@@ -24,6 +24,11 @@ const STAGE_ZONE: &str = "arn:aws:route53:::hostedzone/REHEARSE_STAGE_ZONE";
 const STATE_BUCKET: &str = "arn:aws:s3:::REHEARSE_STATE_BUCKET";
 const STATE_OBJECTS: &str = "arn:aws:s3:::REHEARSE_STATE_BUCKET/REHEARSE_STATE_PREFIX/";
 const STATE_PREFIX: &str = "REHEARSE_STATE_PREFIX/";
+/// The release artifacts (`release.artifact: s3://BUCKET/PREFIX…`): read, to presign a
+/// link for the instances and to download the release for an install run here.
+const ARTIFACTS: &str = "arn:aws:s3:::REHEARSE_ARTIFACT_BUCKET/REHEARSE_ARTIFACT_PREFIX*";
+/// The one role rehearse may hand to its instances (a service's `instance_profile`).
+const INSTANCE_ROLE: &str = "arn:aws:iam::*:role/REHEARSE_INSTANCE_ROLE";
 /// S3's condition key for the `If-None-Match` header of a write (`*`: create only).
 const IF_NONE_MATCH: &str = "s3:if-none-match";
 
@@ -329,6 +334,10 @@ fn implied_actions() -> BTreeSet<String> {
     if src.contains(".tag_specifications(") {
         implied.insert("ec2:CreateTags".to_string());
     }
+    // Launching with an instance profile passes its role.
+    if src.contains(".set_iam_instance_profile(") {
+        implied.insert("iam:PassRole".to_string());
+    }
     implied
 }
 
@@ -378,6 +387,17 @@ fn every_change_is_confined_to_what_rehearse_creates() {
                     "{}: {action} without conditions on the names and types it may change",
                     s.sid
                 );
+                continue;
+            }
+            // The one role rehearse passes, and only to EC2.
+            if action == "iam:PassRole" {
+                assert_eq!(s.resources, [INSTANCE_ROLE], "{}: iam:PassRole names the instance role only", s.sid);
+                assert!(s.requires("iam:PassedToService"), "{}: iam:PassRole without iam:PassedToService", s.sid);
+                continue;
+            }
+            // The release artifacts: read only.
+            if s.resources == [ARTIFACTS] {
+                assert_eq!(action, "s3:GetObject", "{}: the release artifacts are only read", s.sid);
                 continue;
             }
             // The state store: rehearse's own objects are those under the state prefix.
@@ -567,6 +587,11 @@ fn the_state_store_is_confined_to_its_bucket_and_prefix() {
     for s in s3 {
         for action in &s.actions {
             assert!(action.starts_with("s3:"), "{}: {action} shares a statement with the state store's", s.sid);
+        }
+        // The release artifacts' statement reads them, nothing else (checked above).
+        if s.resources == [ARTIFACTS] {
+            assert_eq!(s.actions, ["s3:GetObject"], "{}: the release artifacts are only read", s.sid);
+            continue;
         }
         for resource in &s.resources {
             assert!(resource != "*", "{}: an s3 action on Resource \"*\": any bucket of the account", s.sid);

@@ -60,6 +60,9 @@ pub struct Outputs {
     pub expires_at: String,
     pub release_version: String,
     pub release_dir: String,
+    /// Where an instance fetches the release: a presigned HTTPS link for an `s3://`
+    /// artifact on aws; empty for the artifact as written.
+    pub release_url: String,
     pub databases: BTreeMap<String, DatabaseOutputs>,
     pub services: BTreeMap<String, ServiceOutputs>,
 }
@@ -110,6 +113,7 @@ impl Outputs {
             expires_at: known_after("run.expires_at".into()),
             release_version: release_version.to_string(),
             release_dir: known_after("release.dir".into()),
+            release_url: known_after("release.url".into()),
             databases,
             services,
         }
@@ -136,6 +140,8 @@ pub fn context(desc: &Description, artifact: Option<&str>, outputs: &Outputs, sc
     if scope == Scope::Full {
         if let Some(a) = artifact {
             release.insert("artifact".into(), a.into());
+            let url = if outputs.release_url.is_empty() { a } else { outputs.release_url.as_str() };
+            release.insert("url".into(), url.into());
         }
         release.insert("dir".into(), outputs.release_dir.clone().into());
     }

@@ -277,7 +277,7 @@ impl<'a> Validator<'a> {
                 ("databases", _) => &["host", "port", "name", "user", "password", "url", "endpoint"],
                 ("services", _) => &["address", "port", "url", "addresses", "urls"],
                 ("release", Scope::Static) => &["version"],
-                ("release", Scope::Full) => &["version", "artifact", "dir"],
+                ("release", Scope::Full) => &["version", "artifact", "url", "dir"],
                 ("run", _) => &["id", "expires_at"],
                 ("env", _) => &["name", "owner", "provider", "region"],
                 _ => &[],

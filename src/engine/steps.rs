@@ -76,6 +76,7 @@ pub(super) async fn execute<P: Provider>(
         expires_at: info.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         release_version: info.release_version.clone(),
         release_dir: String::new(),
+        release_url: String::new(),
         databases: BTreeMap::new(),
         services: BTreeMap::new(),
     };

@@ -311,11 +311,21 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         SERVICE_INGRESS.to_string()
     });
 
-    if matches!(d.target, Target::Local) && !d.services.is_empty() {
+    // The release is unpacked on this machine for the local provider's processes, and
+    // on aws for the installs (migrations) that run from here before the instances.
+    let installs_here = d.aws().is_some() && d.services.values().any(|s| s.install.is_some());
+    if (matches!(d.target, Target::Local) && !d.services.is_empty()) || installs_here {
         let mut rel = new("release".into(), Kind::LocalRelease, "release");
-        rel.attributes
-            .insert("artifact".into(), json!(loaded.resolve(std::path::Path::new(&artifact)).display().to_string()));
+        let shown = if artifact.contains("://") {
+            artifact.clone()
+        } else {
+            loaded.resolve(std::path::Path::new(&artifact)).display().to_string()
+        };
+        rel.attributes.insert("artifact".into(), json!(shown));
         rel.attributes.insert("version".into(), json!(version));
+        if installs_here {
+            rel.attributes.insert("on".into(), json!("this machine, for the installs"));
+        }
         resources.push(rel);
     }
 
@@ -344,6 +354,23 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     Some(_) => Some(render(&format!("services.{name}.user_data"), &full_ctx)?),
                     None => None,
                 };
+                // The install runs once, from here, against the copy; the instances
+                // start only after it passed.
+                if s.install.is_some() {
+                    let mut inst = new(format!("install.{name}"), Kind::LocalInstall, &name);
+                    // The copies it migrates, never other services: every
+                    // instance waits for every install (below).
+                    inst.depends_on = vec!["release".into()];
+                    inst.depends_on.extend(dep_ids.iter().filter(|i| i.starts_with("database.")).cloned());
+                    if dep_ids.iter().any(|i| i.starts_with("database.")) {
+                        inst.depends_on.extend(db_ingress.iter().cloned());
+                    }
+                    inst.attributes
+                        .insert("command".into(), json!(render(&format!("services.{name}.install"), &full_ctx)?));
+                    inst.attributes.insert("on".into(), json!("this machine, once, before the instances"));
+                    inst.attributes.insert("env".into(), json!(env));
+                    resources.push(inst);
+                }
                 for i in 0..s.count {
                     let id = format!("service.{name}.{i}");
                     let mut r = new(id.clone(), Kind::AwsInstance, &name);
@@ -368,6 +395,9 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                             .insert("health".into(), json!({"path": h.path, "timeout": format_duration(h.timeout)}));
                     }
                     r.attributes.insert("env".into(), json!(env));
+                    if let Some(p) = &ec2.instance_profile {
+                        r.attributes.insert("instance_profile".into(), json!(p));
+                    }
                     if let Some(u) = &user_data {
                         r.templates.insert("user_data".into(), u.clone());
                     }
@@ -414,6 +444,14 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
             }
         }
         svc_ids.insert(d.services.get_key_value(name.as_str()).map(|(k, _)| k.as_str()).unwrap_or_default(), ids);
+    }
+
+    // On aws an install migrates the copy every service shares: no instance of any
+    // service starts before every install passed.
+    let installs: Vec<String> =
+        resources.iter().filter(|r| r.kind == Kind::LocalInstall && d.aws().is_some()).map(|r| r.id.clone()).collect();
+    for r in resources.iter_mut().filter(|r| r.kind == Kind::AwsInstance) {
+        r.depends_on.extend(installs.iter().cloned());
     }
 
     for (name, s) in &d.suites {

@@ -68,6 +68,16 @@ pub const POLL_MAX: Duration = Duration::from_secs(10);
 /// `down` long after the run died does not wait at all.
 pub const UNJOURNALED_PATIENCE: Duration = Duration::from_secs(75);
 
+/// What user-data writes last (templates/user-data.sh.tera), followed by its exit
+/// status: read from the instance's console, it says how the bootstrap ended.
+pub const BOOTSTRAP_MARKER: &str = "rehearse-bootstrap: exit=";
+/// How often an instance's console is read while its bootstrap runs.
+pub const CONSOLE_POLL: Duration = Duration::from_secs(5);
+/// How long an instance without a health check may take to bootstrap by default.
+pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest a presigned link can be valid (SigV4).
+pub const PRESIGN_MAX: Duration = Duration::from_secs(7 * 86400);
+
 /// The AWS provider over any [`Ec2Api`] + [`RdsApi`] (the SDK, or a fake), which it
 /// calls through [`Patient`]: throttling and 5xx answers are waited out, not reported.
 pub struct AwsProvider<A> {
@@ -82,7 +92,7 @@ pub struct AwsProvider<A> {
     work_root: std::path::PathBuf,
 }
 
-impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api> Provider for AwsProvider<A> {
     async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         match res.kind {
             Kind::AwsSecurityGroup => self.security_group(res, ctx).await,
@@ -91,13 +101,20 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
             Kind::AwsDbInstance => self.database(res, ctx).await,
             Kind::AwsInstance => self.instance(res, ctx).await,
             Kind::AwsIngress => self.ingress(res, ctx).await,
+            Kind::LocalRelease => self.release(res, ctx).await,
+            Kind::LocalInstall => crate::providers::install::install(res, ctx, &ctx.run.work_dir.join("release")).await,
             other => Err(StepError::build(format!("the aws provider cannot create `{}`", other.as_str()))),
         }
     }
 
     async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError> {
-        if entry.kind == Kind::Workspace {
-            // The run's corner of this machine: its suites' scratch directories.
+        if entry.kind == Kind::LocalInstall {
+            // An install leaves nothing of its own behind.
+            return Ok(());
+        }
+        if matches!(entry.kind, Kind::Workspace | Kind::LocalRelease) {
+            // The run's corner of this machine (its suites' scratch directories), and
+            // the release unpacked there for the installs.
             let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(std::path::PathBuf::from));
             if let Some(d) = dir {
                 let run_id = &meta.run_id;
@@ -116,9 +133,9 @@ impl<A: Ec2Api + RdsApi> Provider for AwsProvider<A> {
     /// subnet group and the security group, then the run's local workspace.
     fn teardown_rank(&self, kind: Kind) -> Option<u8> {
         match kind {
-            Kind::AwsInstance | Kind::AwsDbInstance => Some(0),
+            Kind::AwsInstance | Kind::AwsDbInstance | Kind::LocalInstall => Some(0),
             Kind::AwsDbCluster => Some(1),
-            Kind::AwsDbSubnetGroup | Kind::AwsSecurityGroup | Kind::AwsIngress => Some(2),
+            Kind::AwsDbSubnetGroup | Kind::AwsSecurityGroup | Kind::AwsIngress | Kind::LocalRelease => Some(2),
             Kind::Workspace => Some(3),
             _ => None,
         }

@@ -11,7 +11,6 @@ mod database;
 pub(crate) mod forward;
 pub(crate) mod golden;
 pub(crate) mod postgres;
-pub(crate) mod release;
 mod service;
 
 use std::collections::HashMap;
@@ -34,8 +33,6 @@ use crate::sys::process::{self, ProcHandle};
 use crate::sys::{secure_fs, state};
 use postgres::{Cluster, PgBin};
 
-/// How long an install / migration command may take.
-pub(crate) const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long a stopped service gets between SIGTERM and SIGKILL.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 

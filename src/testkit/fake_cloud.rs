@@ -129,6 +129,9 @@ struct Res {
     rotated: bool,
     /// A security group's ingress rules: the TCP ports opened.
     authorized: std::collections::BTreeSet<u16>,
+    /// An instance's user-data (decoded) and instance profile.
+    user_data: Option<String>,
+    profile: Option<String>,
 }
 
 struct State {
@@ -151,6 +154,10 @@ struct State {
     buckets: BTreeMap<&'static str, (f64, Instant)>,
     /// Every provisioning or deletion time drawn: (kind, "create" | "delete", time).
     drawn: Vec<(&'static str, &'static str, Duration)>,
+    /// Release artifacts in the fake's S3, by (bucket, key).
+    artifacts: BTreeMap<(String, String), Vec<u8>>,
+    /// Instances whose bootstrap fails: (plan id prefix, exit status, last lines).
+    failing_boots: Vec<(String, i32, Vec<String>)>,
 }
 
 /// The fake cloud. Cheap to clone (shared state), so a run and a later `down` see the
@@ -186,6 +193,8 @@ impl FakeCloud {
             cluster: None,
             rotated: false,
             authorized: [5432].into(),
+            user_data: None,
+            profile: None,
         };
         res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
         res.insert("sg-prod".into(), Res { kind: "sg", name: "shop-prod".into(), ..base.clone() });
@@ -222,6 +231,8 @@ impl FakeCloud {
             refuse_next: std::collections::BTreeSet::new(),
             creates_in_flight: 0,
             drawn: Vec::new(),
+            artifacts: BTreeMap::new(),
+            failing_boots: Vec::new(),
         };
         if faults.outage > 0.0 && rand(&mut state) < faults.outage {
             let start = now + Duration::from_secs(1800).mul_f64(rand(&mut state));
@@ -529,6 +540,8 @@ impl FakeCloud {
                 cluster: None,
                 rotated: false,
                 authorized: std::collections::BTreeSet::new(),
+                user_data: None,
+                profile: None,
             },
         );
     }
@@ -684,6 +697,7 @@ impl FakeCloud {
     }
 }
 
+mod boot;
 mod ec2;
 mod rds;
 
@@ -703,6 +717,7 @@ pub(crate) mod tests {
             count: 1,
             tags,
             client_token: token.into(),
+            instance_profile: None,
         }
     }
 

@@ -11,11 +11,13 @@ use crate::providers::aws::{self, AwsProvider};
 /// environments/shop-aws.yaml (as `text`, from the repository at `root`) made runnable
 /// where its hosts cannot be reached — the fake here, the emulator in the tests: the
 /// user-data path made absolute, health checks and masking removed (they would
-/// contact the instances and the database), and the suites replaced by `suites` (a
+/// contact the instances and the database), the bootstrap marker not waited for (the
+/// emulator's console output is fixed text), and the suites replaced by `suites` (a
 /// YAML `suites:` section, or "" for none).
 pub fn unreachable_hosts_variant(text: &str, root: &std::path::Path, suites: &str) -> String {
     let mut text = text
         .replace("../templates/", &format!("{}/templates/", root.display()))
+        .replace("user-data.sh.tera\n", "user-data.sh.tera\n    bootstrap_timeout: 0s\n")
         .replace("    masking: ../demo/masking.sql\n", "")
         .replace("    health:\n      path: /health\n      timeout: 5m\n", "");
     if let (Some(from), Some(to)) = (text.find("\nsuites:\n"), text.find("\ndestroy:")) {

@@ -21,6 +21,8 @@ pub(super) struct ServiceKeys {
     pub image: Option<String>,
     pub instance_type: Option<String>,
     pub user_data: Option<PathBuf>,
+    pub instance_profile: Option<String>,
+    pub bootstrap_timeout: Option<std::time::Duration>,
     pub command: Option<String>,
     pub has_health: bool,
     pub port: Option<u16>,
@@ -113,7 +115,13 @@ impl Decoder {
                     )
                     .expected = Some("the port the service listens on, e.g. `port: 8080`".into());
                 }
-                ServiceTarget::Aws(AwsService { image, instance_type, user_data: keys.user_data })
+                ServiceTarget::Aws(AwsService {
+                    image,
+                    instance_type,
+                    user_data: keys.user_data,
+                    instance_profile: keys.instance_profile,
+                    bootstrap_timeout: keys.bootstrap_timeout,
+                })
             }
             ProviderKind::Local => {
                 let command = keys.command.unwrap_or_else(|| {
@@ -125,6 +133,8 @@ impl Decoder {
                     ("image", keys.image.is_some()),
                     ("instance_type", keys.instance_type.is_some()),
                     ("user_data", keys.user_data.is_some()),
+                    ("instance_profile", keys.instance_profile.is_some()),
+                    ("bootstrap_timeout", keys.bootstrap_timeout.is_some()),
                 ] {
                     if set {
                         self.rule_key_err(&format!("{p}.{key}"), format!("`{key}` is for the aws provider")).help =
@@ -276,6 +286,26 @@ impl KeyRule {
                     Ok(())
                 }
             }
+        }
+    }
+}
+
+/// An IAM instance profile: its name (IAM's `[\w+=,.@-]{1,128}`), or its ARN
+/// (`arn:PARTITION:iam::ACCOUNT:instance-profile/PATH/NAME`).
+pub(super) fn is_instance_profile(s: &str) -> bool {
+    let name_ok =
+        |n: &str| (1..=128).contains(&n.len()) && n.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+    match s.strip_prefix("arn:") {
+        None => name_ok(s),
+        Some(rest) => {
+            let parts: Vec<&str> = rest.splitn(5, ':').collect();
+            matches!(parts.as_slice(), [partition, "iam", "", account, resource]
+                if partition.starts_with("aws")
+                    && account.len() == 12
+                    && account.chars().all(|c| c.is_ascii_digit())
+                    && resource
+                        .strip_prefix("instance-profile/")
+                        .is_some_and(|p| p.split('/').all(|seg| !seg.is_empty() && name_ok(seg))))
         }
     }
 }

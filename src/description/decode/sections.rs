@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::rules::{check_rds_identifier, check_version, is_aws_id, is_instance_type, KeyRule, ServiceKeys};
+use super::rules::{
+    check_rds_identifier, check_version, is_aws_id, is_instance_profile, is_instance_type, KeyRule, ServiceKeys,
+};
 use super::Decoder;
 use crate::description::model::*;
 use crate::description::yaml::{Node, Value};
@@ -459,6 +461,26 @@ impl Decoder {
             }
         }
         let user_data = self.opt_string(&mut obj, "user_data").map(PathBuf::from);
+        let instance_profile = self.opt_string(&mut obj, "instance_profile");
+        if let Some(p) = &instance_profile {
+            if !is_instance_profile(p) {
+                let pos = self.positions.get(&format!("{path}.instance_profile"));
+                self.err(pos, format!("`{p}` is not an IAM instance profile")).expected = Some(
+                    "a profile name (letters, digits and `+=,.@_-`, at most 128) or its ARN, \
+                     `arn:aws:iam::ACCOUNT:instance-profile/NAME`"
+                        .into(),
+                );
+            }
+        }
+        let bootstrap_timeout = match self.get(&mut obj, "bootstrap_timeout") {
+            Some(n) => Some(self.duration(
+                &format!("{path}.bootstrap_timeout"),
+                n,
+                Duration::ZERO,
+                Duration::from_secs(2 * 3600),
+            )?),
+            None => None,
+        };
         let command = self.opt_string(&mut obj, "command");
         let install = self.opt_string(&mut obj, "install");
         let templates = match self.get(&mut obj, "templates") {
@@ -478,7 +500,16 @@ impl Decoder {
             None => None,
         };
         self.finish(obj);
-        let keys = ServiceKeys { image, instance_type, user_data, command, has_health: health.is_some(), port };
+        let keys = ServiceKeys {
+            image,
+            instance_type,
+            user_data,
+            instance_profile,
+            bootstrap_timeout,
+            command,
+            has_health: health.is_some(),
+            port,
+        };
         let target = self.service_target(provider?, name, keys);
         Some(Service { count: count?, depends_on, target, install, templates, env, port, health })
     }

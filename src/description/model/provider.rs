@@ -66,6 +66,19 @@ pub struct AwsService {
     /// `../templates/user-data.sh.tera`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_data: Option<PathBuf>,
+    /// IAM instance profile the instances run with (aws), by name or ARN: what the
+    /// service itself needs from AWS. Without one, an `s3://` artifact reaches the
+    /// instance as a presigned HTTPS URL (`{{ release.url }}`), and the instance needs
+    /// no credentials at all. Example: `shop-web`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_profile: Option<String>,
+    /// How long rehearse waits for the user-data's bootstrap marker (aws) on an
+    /// instance without a health check before giving up; `0s`: an instance without a
+    /// health check is ready once it runs. A bootstrap that reports a failure fails the
+    /// run as soon as it is read, health check or not. Default `10m`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::ser_opt_duration")]
+    #[schemars(with = "Option<super::DurationText>")]
+    pub bootstrap_timeout: Option<std::time::Duration>,
 }
 
 /// A service as local processes.

@@ -108,6 +108,8 @@ pub struct RunInstances {
     pub tags: Vec<Tag>,
     /// Makes a retried call idempotent on AWS.
     pub client_token: String,
+    /// The IAM instance profile the instances get, by name or ARN.
+    pub instance_profile: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -208,6 +210,24 @@ pub trait Ec2Api: Send + Sync {
     /// Sets `tags` on existing instances or security groups (a key they carry is
     /// overwritten): how `extend` moves a run's expiry.
     fn create_tags(&self, ids: &[String], tags: &[Tag]) -> impl Future<Output = ApiResult<()>> + Send;
+    /// The latest text of an instance's serial console (`GetConsoleOutput`, decoded);
+    /// `None` while it has none yet. Needs no agent and no role on the instance.
+    fn console_output(&self, id: &str) -> impl Future<Output = ApiResult<Option<String>>> + Send;
+}
+
+/// S3, as rehearse uses it for release artifacts: a link an instance can fetch one
+/// object through without credentials, and the object itself for an install run here.
+pub trait S3Api: Send + Sync {
+    /// A presigned HTTPS GET of `s3://bucket/key`, valid for `expires_in` (SigV4 allows
+    /// at most 7 days; a link signed with temporary credentials ends with them).
+    fn presign_get(
+        &self,
+        bucket: &str,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> impl Future<Output = ApiResult<String>> + Send;
+    /// Writes the object to `dest` (created, not overwritten); returns its size.
+    fn download(&self, bucket: &str, key: &str, dest: &std::path::Path) -> impl Future<Output = ApiResult<u64>> + Send;
 }
 
 /// RDS, as rehearse uses it.

@@ -5,7 +5,7 @@
 
 use super::*;
 
-impl<A: Ec2Api + RdsApi> AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
     pub fn new(api: A, min_poll: Duration, max_poll: Duration) -> Self {
         AwsProvider {
             work_root: crate::sys::state::work_dir(),
@@ -455,24 +455,24 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
 
     pub(super) async fn instance(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let s = &ctx.loaded.desc.services[res.name.as_str()];
+        let profile = s.aws().and_then(|a| a.instance_profile.clone());
         let index: u32 = res.id.rsplit('.').next().and_then(|i| i.parse().ok()).unwrap_or(0);
         let user_data = match s.user_data() {
-            Some(_) => Some(
-                base64::engine::general_purpose::STANDARD
-                    .encode(ctx.render(&format!("services.{}.user_data", res.name))?),
-            ),
+            Some(_) => Some(self.user_data(res, ctx, profile.is_some()).await?),
             None => None,
         };
+        let bootstrap = user_data.as_deref().is_some_and(|u| u.contains(BOOTSTRAP_MARKER));
         let attr = |k: &str| res.attributes.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
         let req = RunInstances {
             image_id: attr("image_id"),
             instance_type: attr("instance_type"),
             subnet_id: attr("subnet_id"),
             security_group_id: self.id_of("network.security-group")?,
-            user_data,
+            user_data: user_data.map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
             count: 1,
             tags: Self::tags(ctx, res),
             client_token: Self::client_token(&ctx.run.run_id, &res.id),
+            instance_profile: profile,
         };
         let t = ctx.started(res, "run-instance", None);
         // A lost answer is sent again (`Patient`): the client token makes the repeat
@@ -518,18 +518,34 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
         let address = inst.private_ip.clone().unwrap_or_default();
         let port = s.port.map(|p| p.to_string()).unwrap_or_default();
         let url = if port.is_empty() { format!("http://{address}") } else { format!("http://{address}:{port}") };
-        if let (Some(h), Some(p)) = (&s.health, s.port) {
-            let t = ctx.started(res, "health", Some(h.path.clone()));
-            let r = crate::sys::health::wait_healthy_at(
-                &address,
-                p,
-                &h.path,
-                std::time::Instant::now() + h.timeout,
-                || Ok(()),
-            )
-            .await;
-            ctx.step(res, "health", t, r.is_ok(), None);
-            r.map_err(|e| StepError::release(format!("service `{}` (instance {index}, {id}) {e}", res.name)))?;
+        let who = format!("service `{}` (instance {index}, {id})", res.name);
+        match (&s.health, s.port) {
+            (Some(h), Some(p)) => {
+                let t = ctx.started(res, "health", Some(h.path.clone()));
+                let healthy = crate::sys::health::wait_healthy_at(
+                    &address,
+                    p,
+                    &h.path,
+                    std::time::Instant::now() + h.timeout,
+                    || Ok(()),
+                );
+                // A bootstrap that reports a failure ends the wait at once.
+                let r = tokio::select! {
+                    r = healthy => r.map(|_| ()).map_err(|e| StepError::release(format!("{who} {e}"))),
+                    e = self.watch_bootstrap(&id, res, ctx, &who, None), if bootstrap => e,
+                };
+                ctx.step(res, "health", t, r.is_ok(), None);
+                r?;
+            }
+            _ => {
+                let timeout = s.aws().and_then(|a| a.bootstrap_timeout).unwrap_or(BOOTSTRAP_TIMEOUT);
+                if bootstrap && !timeout.is_zero() {
+                    let t = ctx.started(res, "bootstrap", None);
+                    let r = self.watch_bootstrap(&id, res, ctx, &who, Some(Instant::now() + timeout)).await;
+                    ctx.step(res, "bootstrap", t, r.is_ok(), None);
+                    r?;
+                }
+            }
         }
         Ok(Output::Service {
             name: res.name.clone(),
@@ -543,6 +559,153 @@ impl<A: Ec2Api + RdsApi> AwsProvider<A> {
             },
         })
     }
+}
+
+impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
+    /// The service's user-data, rendered with `release.url`: a presigned HTTPS link for
+    /// an `s3://` artifact when the instance has no profile to read it with, valid until
+    /// the run expires — the instance needs no credentials, and none is ever written
+    /// into user-data (anyone who may describe the instance can read it).
+    async fn user_data(&self, res: &Resource, ctx: &Ctx<'_>, has_profile: bool) -> Result<String, StepError> {
+        let name = format!("services.{}.user_data", res.name);
+        let artifact = &ctx.plan.release.artifact;
+        let Some((bucket, key)) = s3_location(artifact).filter(|_| !has_profile) else {
+            return ctx.render(&name);
+        };
+        let left = (ctx.run.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
+        let expires_in = left.clamp(Duration::from_secs(15 * 60), PRESIGN_MAX);
+        let url = self.api.presign_get(bucket, key, expires_in).await.map_err(|e| {
+            StepError::build(format!("cannot presign {artifact} for the instances of `{}`: {e}", res.name))
+                .nothing_created()
+        })?;
+        let mut tctx = ctx.tctx.clone();
+        let mut release = tctx.get("release").cloned().unwrap_or_else(|| json!({}));
+        release["url"] = json!(url);
+        tctx.insert("release", &release);
+        crate::description::template::render(&ctx.loaded.tera, &name, &tctx)
+            .map_err(|e| StepError::build(format!("cannot render `{name}`: {e}")).nothing_created())
+    }
+
+    /// Reads the instance's console until its bootstrap marker says how user-data
+    /// ended: a failure is the run's failure, with the output's tail; success returns
+    /// when `deadline` is given (the instance is ready), else the watch goes on (a
+    /// health check decides). Without a marker by `deadline`, the run fails.
+    async fn watch_bootstrap(
+        &self,
+        id: &str,
+        res: &Resource,
+        ctx: &Ctx<'_>,
+        who: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), StepError> {
+        loop {
+            match self.api.console_output(id).await {
+                Ok(Some(text)) => match bootstrap_status(&text) {
+                    Some((0, _)) if deadline.is_some() => return Ok(()),
+                    // Success: the health check decides from here.
+                    Some((0, _)) => return std::future::pending().await,
+                    Some((code, before)) => {
+                        let log = ctx.run.logs_dir.join(format!("{}.console.log", res.id));
+                        // Best effort: the tail below carries the essentials if the log cannot be written.
+                        #[allow(clippy::let_underscore_must_use)]
+                        let _ = std::fs::write(&log, &text);
+                        let last = before.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+                        let mut err = StepError::release(format!(
+                            "{who}: its bootstrap (user-data) failed with exit {code}: {}",
+                            last.trim()
+                        ));
+                        err.log_tail = before.iter().rev().take(20).rev().cloned().collect();
+                        err.log = Some(log);
+                        return Err(err);
+                    }
+                    None => {}
+                },
+                Ok(None) => {}
+                // Unreadable console: say so once and leave the decision to the health
+                // check, or fail when the marker was what the instance waited for.
+                Err(e) => {
+                    let why = format!("{who}: cannot read its console output: {e}");
+                    if deadline.is_some() {
+                        return Err(StepError::build(why));
+                    }
+                    ctx.reporter.event(crate::engine::events::Event::Note(why));
+                    return std::future::pending().await;
+                }
+            }
+            if let Some(d) = deadline {
+                if Instant::now() >= d {
+                    return Err(StepError::release(format!(
+                        "{who}: no bootstrap marker (`{BOOTSTRAP_MARKER}N`) on its console within the \
+                         bootstrap timeout; the instance's user-data must end by writing it \
+                         (templates/user-data.sh.tera does)"
+                    )));
+                }
+            }
+            let mut cancel = ctx.cancel.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(CONSOLE_POLL) => {}
+                _ = cancel.wait_for(|c| *c) => return Err(StepError::build("cancelled: another step failed")),
+            }
+        }
+    }
+}
+
+impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
+    /// The release on this machine, for the installs that run from here: an `s3://`
+    /// artifact downloaded with this identity (a path on this machine as it is), then
+    /// unpacked and checked as the local provider does.
+    pub(super) async fn release(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let artifact = &ctx.plan.release.artifact;
+        let Some((bucket, key)) = s3_location(artifact) else {
+            if artifact.contains("://") {
+                return Err(StepError::build(format!(
+                    "an install on aws runs from this machine, which fetches the release from `s3://BUCKET/KEY` \
+                     (or a path here); `{artifact}` is neither"
+                ))
+                .nothing_created());
+            }
+            return crate::providers::release::place(res, ctx, &ctx.loaded.resolve(std::path::Path::new(artifact)))
+                .await;
+        };
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let dir = ctx.run.work_dir.join("artifact");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StepError::build(format!("cannot create {}: {e}", dir.display())).nothing_created())?;
+        let file = dir.join(name);
+        let t = ctx.started(res, "download", Some(artifact.clone()));
+        let got = {
+            let _span = ctx.clock.external();
+            self.api.download(bucket, key, &file).await
+        };
+        ctx.step(res, "download", t, got.is_ok(), got.as_ref().ok().map(|n| format!("{n} bytes")));
+        got.map_err(|e| {
+            let why = if e.kind == ErrorKind::NotFound { " (no such object: build the release first?)" } else { "" };
+            StepError::build(format!("cannot download the release artifact {artifact}: {e}{why}")).nothing_created()
+        })?;
+        let placed = crate::providers::release::place(res, ctx, &file).await;
+        // Best effort: the archive is unpacked (or refused); the run's work directory goes at teardown anyway.
+        #[allow(clippy::let_underscore_must_use)]
+        let _ = std::fs::remove_dir_all(&dir);
+        placed
+    }
+}
+
+/// The bucket and key of an `s3://BUCKET/KEY` artifact.
+pub(crate) fn s3_location(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/')?;
+    (!bucket.is_empty() && !key.is_empty()).then_some((bucket, key))
+}
+
+/// The exit status the bootstrap marker reports on a console, and the lines before it.
+pub(crate) fn bootstrap_status(console: &str) -> Option<(i32, Vec<String>)> {
+    let lines: Vec<&str> = console.lines().collect();
+    lines.iter().enumerate().rev().find_map(|(i, line)| {
+        let at = line.find(BOOTSTRAP_MARKER)?;
+        let digits: String = line[at + BOOTSTRAP_MARKER.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        let code = digits.parse().ok()?;
+        Some((code, lines[..i].iter().map(|l| l.to_string()).collect()))
+    })
 }
 
 /// The AWS side of the description: what this provider is only ever given (a

@@ -263,6 +263,28 @@ impl<A: Ec2Api> Ec2Api for Patient<A> {
     async fn create_tags(&self, ids: &[String], tags: &[Tag]) -> ApiResult<()> {
         self.retrying("CreateTags", || self.inner.create_tags(ids, tags)).await
     }
+
+    async fn console_output(&self, id: &str) -> ApiResult<Option<String>> {
+        self.retrying("GetConsoleOutput", || self.inner.console_output(id)).await
+    }
+}
+
+impl<A: S3Api> S3Api for Patient<A> {
+    // Signing happens here, with no call: nothing to send again.
+    async fn presign_get(&self, bucket: &str, key: &str, expires_in: std::time::Duration) -> ApiResult<String> {
+        self.inner.presign_get(bucket, key, expires_in).await
+    }
+
+    // A read: a repeat writes the same bytes again (the file is removed first).
+    async fn download(&self, bucket: &str, key: &str, dest: &std::path::Path) -> ApiResult<u64> {
+        self.retrying("GetObject", || async {
+            // Best effort: a part left by an attempt whose answer was lost.
+            #[allow(clippy::let_underscore_must_use)]
+            let _ = std::fs::remove_file(dest);
+            self.inner.download(bucket, key, dest).await
+        })
+        .await
+    }
 }
 
 impl<A: RdsApi> RdsApi for Patient<A> {
@@ -461,6 +483,9 @@ mod tests {
             unreachable!()
         }
         async fn create_tags(&self, _: &[String], _: &[Tag]) -> ApiResult<()> {
+            unreachable!()
+        }
+        async fn console_output(&self, _: &str) -> ApiResult<Option<String>> {
             unreachable!()
         }
     }

@@ -24,6 +24,8 @@ use super::api::*;
 pub struct Sdk {
     pub(crate) ec2: aws_sdk_ec2::Client,
     pub(crate) rds: aws_sdk_rds::Client,
+    /// Release artifacts (presigned links, downloads for an install run here).
+    pub(crate) s3: aws_sdk_s3::Client,
 }
 
 /// How long one attempt of a call may take before it counts as lost.
@@ -51,7 +53,14 @@ impl Sdk {
     }
 
     pub(crate) fn from_config(config: &aws_config::SdkConfig) -> Sdk {
-        Sdk { ec2: aws_sdk_ec2::Client::new(config), rds: aws_sdk_rds::Client::new(config) }
+        // Path-style addressing with an explicit endpoint (an emulator on 127.0.0.1 has
+        // no bucket subdomains), virtual-hosted on AWS.
+        let endpoint_set =
+            config.endpoint_url().is_some() || std::env::var("AWS_ENDPOINT_URL_S3").is_ok_and(|u| !u.is_empty());
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(config).force_path_style(endpoint_set).build(),
+        );
+        Sdk { ec2: aws_sdk_ec2::Client::new(config), rds: aws_sdk_rds::Client::new(config), s3 }
     }
 }
 

@@ -187,7 +187,7 @@ async fn start_on_free_port(
 
 async fn copy_golden(from: &Path, to: &Path, ctx: &Ctx<'_>) -> Result<(), StepError> {
     let _span = ctx.clock.external();
-    release::copy_tree(from, to).await
+    crate::providers::release::copy_tree(from, to).await
 }
 
 async fn dump_url(

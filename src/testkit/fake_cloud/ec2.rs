@@ -100,6 +100,7 @@ impl Ec2Api for FakeCloud {
                 d
             };
             self.create_named(&id, &req.client_token, "instance", &req.tags, boot, self.faults.invisible_for);
+            self.launched_with(&id, req);
             ids.push(id);
         }
         self.state.lock().expect("fake lock").tokens.insert(req.client_token.clone(), ids.clone());
@@ -130,6 +131,10 @@ impl Ec2Api for FakeCloud {
             .filter(|(_, r)| r.kind == "instance" && r.visible_at <= now && tag_value(&r.tags, tag_key).is_some())
             .map(|(id, r)| Self::instance(id, r))
             .collect())
+    }
+
+    async fn console_output(&self, id: &str) -> ApiResult<Option<String>> {
+        self.console_of(id).await
     }
 
     async fn create_tags(&self, ids: &[String], tags: &[Tag]) -> ApiResult<()> {

@@ -118,6 +118,14 @@ impl Ec2Api for Sdk {
             .security_group_ids(&req.security_group_id)
             .set_user_data(req.user_data.clone())
             .client_token(&req.client_token)
+            .set_iam_instance_profile(req.instance_profile.as_deref().map(|p| {
+                let spec = ec2t::IamInstanceProfileSpecification::builder();
+                if p.starts_with("arn:") {
+                    spec.arn(p).build()
+                } else {
+                    spec.name(p).build()
+                }
+            }))
             .tag_specifications(spec(ec2t::ResourceType::Instance, &req.tags))
             .tag_specifications(spec(ec2t::ResourceType::Volume, &req.tags))
             .send()
@@ -164,5 +172,19 @@ impl Ec2Api for Sdk {
             .await
             .map_err(err)?;
         Ok(())
+    }
+
+    async fn console_output(&self, id: &str) -> ApiResult<Option<String>> {
+        // `latest`: the newest text on instances that keep it (Nitro), instead of the
+        // copy AWS posts a while after boot.
+        let out = self.ec2.get_console_output().instance_id(id).latest(true).send().await.map_err(err)?;
+        let Some(text) = out.output().filter(|o| !o.is_empty()) else { return Ok(None) };
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text.trim()).map_err(|e| ApiError {
+                code: None,
+                message: format!("console output of {id} is not base64: {e}"),
+                kind: ErrorKind::Refused,
+            })?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
     }
 }

@@ -175,3 +175,51 @@ impl S3Store {
         Ok(out)
     }
 }
+
+/// Release artifacts, read with the identity rehearse runs as.
+impl crate::providers::aws::api::S3Api for super::Sdk {
+    async fn presign_get(
+        &self,
+        bucket: &str,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> crate::providers::aws::api::ApiResult<String> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in).map_err(|e| {
+            crate::providers::aws::api::ApiError {
+                code: None,
+                message: format!("cannot presign s3://{bucket}/{key} for {expires_in:?}: {e}"),
+                kind: ErrorKind::Refused,
+            }
+        })?;
+        let req = self.s3.get_object().bucket(bucket).key(key).presigned(config).await.map_err(super::err)?;
+        Ok(req.uri().to_string())
+    }
+
+    async fn download(
+        &self,
+        bucket: &str,
+        key: &str,
+        dest: &std::path::Path,
+    ) -> crate::providers::aws::api::ApiResult<u64> {
+        use tokio::io::AsyncWriteExt;
+        let io = |e: std::io::Error| crate::providers::aws::api::ApiError {
+            code: None,
+            message: format!("cannot write {}: {e}", dest.display()),
+            kind: ErrorKind::Refused,
+        };
+        let out = self.s3.get_object().bucket(bucket).key(key).send().await.map_err(super::err)?;
+        let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(dest).await.map_err(io)?;
+        let mut body = out.body;
+        let mut size = 0u64;
+        while let Some(chunk) = body.try_next().await.map_err(|e| crate::providers::aws::api::ApiError {
+            code: None,
+            message: format!("reading s3://{bucket}/{key} failed: {e}"),
+            kind: ErrorKind::Unreachable,
+        })? {
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        Ok(size)
+    }
+}

@@ -1,4 +1,5 @@
-//! The release on this machine: unpack the artifact (a directory or a `.tar.gz`) into
+//! The release on this machine (the local provider's, and the one an install on aws
+//! runs from): unpack the artifact (a directory or a `.tar.gz`) into
 //! the run's work directory and render config templates into it.
 //!
 //! rehearse unpacks as the user it runs as (root, in CI), so what an artifact holds is
@@ -11,8 +12,27 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::engine::provider::StepError;
+use serde_json::json;
+
+use crate::engine::provider::{Ctx, Handle, Output, StepError};
+use crate::plan::Resource;
 use crate::sys::timing::Clock;
+
+/// The release step: `artifact` (a directory or an archive on this machine) unpacked
+/// into the run's work directory as `release/`, journaled before it is written.
+pub(crate) async fn place(res: &Resource, ctx: &Ctx<'_>, artifact: &Path) -> Result<Output, StepError> {
+    let dest = ctx.run.work_dir.join("release");
+    ctx.created(res, Handle::new(json!({"dir": dest}))).await?;
+    let t = ctx.started(res, "unpack", Some(artifact.display().to_string()));
+    // The release is private (whatever modes the artifact carried: no one else may
+    // read or change it before it runs) and belongs to the user it runs as;
+    // rehearse writes into it afterwards only through no-follow descriptors.
+    let owner = ctx.run.users.release.map(|u| (u.uid, u.gid));
+    let r = unpack(artifact, &dest, owner, ctx.clock).await;
+    ctx.step(res, "unpack", t, r.is_ok(), Some(format!("{} {}", ctx.plan.release.version, artifact.display())));
+    r?;
+    Ok(Output::Release { dir: dest })
+}
 
 /// The largest artifact file unpacked.
 pub(crate) const MAX_ARCHIVE_BYTES: u64 = 4 << 30;
