@@ -17,6 +17,7 @@ mod naming;
 pub mod patient;
 pub mod poller;
 pub mod sdk;
+pub mod ssm;
 mod sweep;
 
 use destroy::handle_id;

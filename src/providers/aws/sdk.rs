@@ -208,6 +208,7 @@ mod ec2;
 mod rds;
 pub mod route53;
 pub mod s3;
+pub mod ssm;
 
 #[cfg(test)]
 mod tests {
