@@ -67,7 +67,8 @@ fn a_failing_bootstrap_ends_the_run_within_one_console_poll_with_its_tail() {
             7,
             &["starting the worker", "worker: cannot connect to the queue `orders`: connection refused"],
         );
-        let provider = AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX).with_work_root(&dir.path().join("work"));
+        let provider =
+            AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX).with_work_root(&dir.path().join("work"));
         let seen = Arc::new(Finished::default());
         let outcome = lifecycle::run(&provider, &loaded, &options(dir.path(), "r-boot"), &*seen, &Signals::none())
             .await
@@ -99,7 +100,12 @@ fn a_failing_bootstrap_ends_the_run_within_one_console_poll_with_its_tail() {
         let late = failed_at.duration_since(ended);
         assert!(late <= aws::CONSOLE_POLL, "reported {late:?} after the marker (poll {:?})", aws::CONSOLE_POLL);
         // The web instances bootstrapped, and were not what failed.
-        assert!(seen.0.lock().unwrap().iter().any(|(_, r, a, ok)| r.starts_with("service.web.") && a == "bootstrap" && *ok));
+        assert!(seen
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, r, a, ok)| r.starts_with("service.web.") && a == "bootstrap" && *ok));
         // The user-data had no credentials, and a presigned link for the artifact.
         let (user_data, profile) = cloud.launched(&worker).unwrap();
         let user_data = user_data.unwrap();

@@ -119,6 +119,22 @@ impl<'a> Validator<'a> {
                 check(self, format!("services.{name}.templates[{i}].source"), &t.source, "template");
             }
         }
+        if let Some(crate::description::Runner::Ssm(r)) = &d.runner {
+            if let Some(b) = &r.bundle {
+                let full = self.dir.join(b);
+                if !full.is_dir() {
+                    self.err(
+                        "runner.ssm.bundle",
+                        format!(
+                            "the runner's bundle `{}` is not a directory (looked for {})",
+                            b.display(),
+                            full.display()
+                        ),
+                    )
+                    .expected = Some("a directory relative to the description's, holding the suites' files".into());
+                }
+            }
+        }
     }
 
     /// Parses every template, checks what it references, and returns the implicit
