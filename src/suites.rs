@@ -54,12 +54,7 @@ pub(crate) async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
     };
     let log = s.out_dir.join("output.log");
     result.log = Some(log.display().to_string());
-    let junit_name: Option<std::ffi::OsString> = match &s.suite.results {
-        SuiteResults::Junit(p) => Some(
-            p.file_name().filter(|n| n.len() <= 200).map(|n| n.to_os_string()).unwrap_or_else(|| "results.xml".into()),
-        ),
-        SuiteResults::ExitCode => None,
-    };
+    let junit_name = junit_name(s.suite);
     let mut cmd = process::shell(&s.command, &s.cwd, s.run_as.clone());
     cmd.envs(s.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if let Some(j) = &junit_name {
@@ -74,6 +69,86 @@ pub(crate) async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
             return result;
         }
     };
+    // The suite's output is not trusted: the file is read without following a link,
+    // only if it is a regular file, and only up to the limit.
+    let junit = junit_name.map(|name| {
+        let shown = scratch.path().join(&name);
+        let file = match scratch.read_file(&name, MAX_JUNIT_BYTES) {
+            Ok(bytes) => JunitFile::Read(bytes),
+            Err(FsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => JunitFile::Missing,
+            Err(FsError::TooLarge { .. }) => JunitFile::TooLarge,
+            Err(e) => JunitFile::Unusable(e.to_string()),
+        };
+        (name, shown, file)
+    });
+    let ran = Ran { status: finished.status, timed_out: finished.timed_out, elapsed: finished.elapsed };
+    judge(&s, ran, junit, result)
+}
+
+/// How a suite's command ended, here or on a runner.
+pub struct Ran {
+    pub status: Option<i32>,
+    pub timed_out: bool,
+    pub elapsed: std::time::Duration,
+}
+
+/// The JUnit file a suite left, as far as it could be read.
+pub(crate) enum JunitFile {
+    Read(Vec<u8>),
+    Missing,
+    TooLarge,
+    Unusable(String),
+}
+
+/// The name a suite's JUnit file gets (`results: {junit: PATH}`'s file name).
+pub(crate) fn junit_name(suite: &Suite) -> Option<std::ffi::OsString> {
+    match &suite.results {
+        SuiteResults::Junit(p) => Some(
+            p.file_name().filter(|n| n.len() <= 200).map(|n| n.to_os_string()).unwrap_or_else(|| "results.xml".into()),
+        ),
+        SuiteResults::ExitCode => None,
+    }
+}
+
+/// A suite that ran elsewhere (on a runner inside the copy's network): its output
+/// goes to the log in `out_dir`, and it is judged as one run here is.
+pub(crate) fn judge_elsewhere(
+    s: &SuiteRun<'_>,
+    ran: Ran,
+    output: &[u8],
+    junit: Option<Vec<u8>>,
+    shown_at: &str,
+) -> SuiteResult {
+    let mut result = SuiteResult::without_tests(s.name, &s.command, SuiteStatus::Error, None);
+    if let Err(e) = std::fs::create_dir_all(&s.out_dir) {
+        result.reason = Some(format!("cannot create {}: {e}", s.out_dir.display()));
+        return result;
+    }
+    let log = s.out_dir.join("output.log");
+    if let Err(e) = std::fs::write(&log, output) {
+        result.reason = Some(format!("cannot write {}: {e}", log.display()));
+        return result;
+    }
+    result.log = Some(log.display().to_string());
+    let junit = junit_name(s.suite).map(|name| {
+        let shown = PathBuf::from(shown_at).join(&name);
+        let file = match junit {
+            Some(b) if b.len() as u64 > MAX_JUNIT_BYTES => JunitFile::TooLarge,
+            Some(b) => JunitFile::Read(b),
+            None => JunitFile::Missing,
+        };
+        (name, shown, file)
+    });
+    judge(s, ran, junit, result)
+}
+
+/// Judges a suite from how its command ended and the JUnit file it left (fail closed).
+fn judge(
+    s: &SuiteRun<'_>,
+    finished: Ran,
+    junit: Option<(std::ffi::OsString, PathBuf, JunitFile)>,
+    mut result: SuiteResult,
+) -> SuiteResult {
     result.duration_ms = finished.elapsed.as_millis() as u64;
     result.exit_code = finished.status;
     if finished.timed_out {
@@ -84,7 +159,7 @@ pub(crate) async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
         result.reason = Some(format!("could not start: `{}` was not found (exit 127)", s.command));
         return result;
     }
-    match junit_name {
+    match junit {
         None => {
             // Exit-code suites count as one test: the command.
             result.tests = 1;
@@ -100,35 +175,30 @@ pub(crate) async fn run(s: SuiteRun<'_>, clock: &Clock) -> SuiteResult {
             });
             result.status = if ok { SuiteStatus::Passed } else { SuiteStatus::Failed };
         }
-        Some(name) => {
-            // The suite's output is not trusted: the file is read without following a
-            // link, only if it is a regular file, and only up to the limit.
-            let shown = scratch.path().join(&name);
-            match scratch.read_file(&name, MAX_JUNIT_BYTES) {
-                Ok(bytes) => {
-                    // A copy beside the log, for the record.
-                    // Best effort: a copy for the record; the results were read from the bytes already.
-                    #[allow(clippy::let_underscore_must_use)]
-                    let _ = std::fs::write(s.out_dir.join(&name), &bytes);
-                    read_junit(&shown, &String::from_utf8_lossy(&bytes), &mut result, finished.status)
-                }
-                Err(FsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    result.reason = Some(format!(
-                        "wrote no JUnit file (expected {}; exit code {})",
-                        shown.display(),
-                        finished.status.map_or("none".into(), |c| c.to_string())
-                    ));
-                }
-                Err(FsError::TooLarge { .. }) => {
-                    result.reason = Some(format!(
-                        "its JUnit file {} is larger than {} MiB, the most rehearse reads",
-                        shown.display(),
-                        MAX_JUNIT_BYTES >> 20
-                    ));
-                }
-                Err(e) => result.reason = Some(format!("its JUnit file cannot be used: {e}")),
+        Some((name, shown, file)) => match file {
+            JunitFile::Read(bytes) => {
+                // A copy beside the log, for the record.
+                // Best effort: a copy for the record; the results were read from the bytes already.
+                #[allow(clippy::let_underscore_must_use)]
+                let _ = std::fs::write(s.out_dir.join(&name), &bytes);
+                read_junit(&shown, &String::from_utf8_lossy(&bytes), &mut result, finished.status)
             }
-        }
+            JunitFile::Missing => {
+                result.reason = Some(format!(
+                    "wrote no JUnit file (expected {}; exit code {})",
+                    shown.display(),
+                    finished.status.map_or("none".into(), |c| c.to_string())
+                ));
+            }
+            JunitFile::TooLarge => {
+                result.reason = Some(format!(
+                    "its JUnit file {} is larger than {} MiB, the most rehearse reads",
+                    shown.display(),
+                    MAX_JUNIT_BYTES >> 20
+                ));
+            }
+            JunitFile::Unusable(e) => result.reason = Some(format!("its JUnit file cannot be used: {e}")),
+        },
     }
     result
 }

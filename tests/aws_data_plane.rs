@@ -55,6 +55,17 @@ impl Reporter for Finished {
     }
 }
 
+/// Every event on stderr with its virtual time, when REHEARSE_DEBUG is set.
+struct Printed;
+
+impl Reporter for Printed {
+    fn event(&self, ev: Event) {
+        if std::env::var("REHEARSE_DEBUG").is_ok() {
+            eprintln!("{:?} {ev:?}", tokio::time::Instant::now());
+        }
+    }
+}
+
 #[test]
 fn a_failing_bootstrap_ends_the_run_within_one_console_poll_with_its_tail() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,6 +123,241 @@ fn a_failing_bootstrap_ends_the_run_within_one_console_poll_with_its_tail() {
         assert!(user_data.contains("X-Amz-Signature=") && profile.is_none(), "{user_data}");
         // Torn down: nothing left, nothing of production touched.
         assert!(cloud.leftovers().is_empty(), "left: {:?}", cloud.leftovers());
+        assert!(cloud.violations().is_empty(), "{:?}", cloud.violations());
+    });
+}
+
+/// A throwaway PostgreSQL server on 127.0.0.1 (trust authentication, user
+/// `postgres`, database `shop`): the "RDS copy" the fake cloud's restores point at, so
+/// that masking, the install and the suites, run by the fake's SSM on this machine,
+/// really reach a database. As root it runs as `nobody` (PostgreSQL refuses root).
+struct Postgres {
+    dir: tempfile::TempDir,
+    bindir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        use std::process::Command;
+        let bindir = Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|d| d.join("initdb").is_file())
+            .or_else(|| {
+                let mut dirs: Vec<_> =
+                    std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+                dirs.sort();
+                dirs.pop()
+            })
+            .expect("PostgreSQL's server binaries (make test-deps installs them)");
+        let dir = tempfile::Builder::new().prefix("rehearse-ssm-pg.").tempdir_in("/tmp").unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        let as_db = |cmd: &mut Command| {
+            if root {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=nobody", "--regid=nogroup", "--init-groups"])
+                    .arg(cmd.get_program())
+                    .args(cmd.get_args());
+                c
+            } else {
+                let mut c = Command::new(cmd.get_program());
+                c.args(cmd.get_args());
+                c
+            }
+        };
+        if root {
+            Command::new("chown").args(["nobody:nogroup"]).arg(dir.path()).status().unwrap();
+        }
+        let data = dir.path().join("data");
+        let out = as_db(Command::new(bindir.join("initdb")).arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n",
+            dir.path().display()
+        );
+        let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        let out = as_db(
+            Command::new(bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.path().join("log"))
+                .args(["-w", "-t", "60", "start"]),
+        )
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        let pg = Postgres { dir, bindir, port };
+        pg.psql("CREATE DATABASE shop", "postgres");
+        pg
+    }
+
+    /// Runs `sql` in `db`; its output.
+    fn psql(&self, sql: &str, db: &str) -> String {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", db])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut c = std::process::Command::new(if nix::unistd::geteuid().is_root() { "setpriv" } else { "sh" });
+        if nix::unistd::geteuid().is_root() {
+            c.args(["--reuid=nobody", "--regid=nogroup", "--init-groups"]).arg(self.bindir.join("pg_ctl"));
+        } else {
+            c.arg("-c").arg("exec \"$0\" \"$@\"").arg(self.bindir.join("pg_ctl"));
+        }
+        let _ = c
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .current_dir(self.dir.path())
+            .output();
+    }
+}
+
+/// A release archive (`shop/…`), gzipped.
+fn release_archive(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, text) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, format!("shop/{path}"), text.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// The shop on the fake with `runner: ssm`: masking (real SQL), an install on `web`,
+/// and a suite that checks the copy and writes a JUnit file of
+/// `cases` test cases; all in `dir/desc`, which the runner gets.
+fn ssm_description(dir: &Path, cases: u32) -> description::Loaded {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("environments/shop-aws.yaml")).unwrap();
+    let suites = "suites:\n  copy:\n    command: sh check.sh\n    timeout: 5m\n    uses: [web, worker]\n    results:\n      junit: copy.xml\n    env:\n      SHOP_URL: \"{{ services.web.url }}\"\n";
+    let text = rehearse::testkit::scenarios::unreachable_hosts_variant(&text, root, suites)
+        .replace("    port: 8080\n", "    port: 8080\n    install: sh migrate.sh\n")
+        .replace("    instance_class: db.t3.medium\n", "    instance_class: db.t3.medium\n    masking: masking.sql\n")
+        .replace(
+            "\ndestroy: always",
+            "\nrunner:\n  ssm:\n    image: ami-0abcdef1234567890\n    instance_profile: rehearse-runner\n    outputs: \"s3://acme-rehearse/runner\"\n\ndestroy: always",
+        );
+    // The description's directory is what the runner gets (the default bundle).
+    let dir = &dir.join("desc");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("masking.sql"),
+        "CREATE TABLE IF NOT EXISTS masked (at timestamptz NOT NULL DEFAULT now());\nINSERT INTO masked DEFAULT VALUES;\n",
+    )
+    .unwrap();
+    // The suite: the copy was masked and migrated; then `cases` passing cases, in a
+    // JUnit file well beyond SSM's 24,000 inline characters.
+    std::fs::write(
+        dir.join("check.sh"),
+        format!(
+            "set -e\n\
+             test \"$(psql -X -t -A -c 'SELECT count(*) FROM masked')\" = 1\n\
+             test \"$(psql -X -t -A -c 'SELECT release FROM migrated')\" = v2\n\
+             echo \"checked the copy at $PGHOST:$PGPORT from $(pwd)\"\n\
+             {{ echo '<testsuites><testsuite name=\"copy\" tests=\"{cases}\">'\n\
+               i=0; while [ $i -lt {cases} ]; do echo \"<testcase classname=\\\"copy.rows\\\" name=\\\"case number $i of the copy checks, named at length to fill the file\\\" time=\\\"0.001\\\"/>\"; i=$((i+1)); done\n\
+               echo '</testsuite></testsuites>'; }} > \"$REHEARSE_JUNIT_PATH\"\n"
+        ),
+    )
+    .unwrap();
+    let path = dir.join("shop-ssm.yaml");
+    std::fs::write(&path, text).unwrap();
+    description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
+}
+
+/// The release v2 in the fake's S3: its migration records itself in the copy.
+async fn publish_release(cloud: &FakeCloud) {
+    let migrate = "set -e\necho 'applying 0001_migrated.sql'\npsql -X -q -v ON_ERROR_STOP=1 -c \"CREATE TABLE migrated (release text); INSERT INTO migrated VALUES ('$REHEARSE_RELEASE')\"\n";
+    cloud.put_object_now("shop-releases", "shop-v2.tar.gz", release_archive(&[("migrate.sh", migrate)])).await;
+}
+
+#[test]
+fn runner_ssm_masks_installs_and_runs_suites_inside_the_vpc_with_junit_beyond_24kb() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = ssm_description(dir.path(), 300);
+    if std::env::var("REHEARSE_DEBUG").is_ok() {
+        for r in rehearse::plan::build(&loaded, Some("v2"), Some("r-ssm")).unwrap().resources {
+            eprintln!("{} {:?} <- {:?}", r.id, r.kind, r.depends_on);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let cloud = FakeCloud::new(41, Faults::none());
+        cloud.serving_links();
+        cloud.databases_at("127.0.0.1", pg.port);
+        publish_release(&cloud).await;
+        let provider =
+            AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX).with_work_root(&dir.path().join("work"));
+        let outcome = lifecycle::run(&provider, &loaded, &options(dir.path(), "r-ssm"), &Printed, &Signals::none())
+            .await
+            .expect("the run starts");
+        let report = &outcome.report;
+        assert_eq!(report.exit_code, 0, "{:?}\n{:?}", report.failure, report.suites);
+        let suite = report.suites.iter().find(|s| s.name == "copy").expect("the suite ran");
+        assert_eq!(suite.tests, 300, "the whole JUnit file came back: {suite:?}");
+        // It was far beyond what GetCommandInvocation shows inline.
+        let junit = std::fs::read(dir.path().join("state/runs/r-ssm/suites/copy/copy.xml")).unwrap();
+        assert!(junit.len() > 24_000, "{} bytes", junit.len());
+        let log = std::fs::read_to_string(dir.path().join("state/runs/r-ssm/suites/copy/output.log")).unwrap();
+        assert!(log.contains("checked the copy at 127.0.0.1"), "{log}");
+        // Masking and the install ran once each, on the runner, against the copy.
+        assert_eq!(pg.psql("SELECT count(*) FROM masked", "shop"), "1");
+        assert_eq!(pg.psql("SELECT release FROM migrated", "shop"), "v2");
+        let install_log = std::fs::read_to_string(dir.path().join("state/runs/r-ssm/logs/install.web.log")).unwrap();
+        assert_eq!(install_log.matches("applying 0001_migrated.sql").count(), 1, "{install_log}");
+        // Every command went to the runner the run launched, none with a secret in it.
+        let sent = cloud.ssm().sent();
+        let runner = cloud.instances_by_resource().into_iter().find(|(r, _)| r == "runner").map(|(_, id)| id).unwrap();
+        assert!(sent.len() >= 4, "{} commands", sent.len());
+        for c in &sent {
+            assert_eq!(c.instance_id, runner);
+            assert!(c.output_bucket.as_deref() == Some("acme-rehearse") || c.commands == ["true"], "{c:?}");
+            let text = c.commands.join("\n");
+            assert!(
+                !text.contains("PGPASSWORD=") && !text.contains("DATABASE_URL="),
+                "a secret in the command: {text}"
+            );
+        }
+        let (_, profile) = cloud.launched(&runner).unwrap();
+        assert_eq!(profile.as_deref(), Some("rehearse-runner"));
+        // Nothing left: the runner is terminated, the run's keys are gone.
+        assert!(cloud.leftovers().is_empty(), "left: {:?}", cloud.leftovers());
+        let keys: Vec<String> = cloud.s3_keys().into_iter().filter(|k| k.starts_with("acme-rehearse/")).collect();
+        assert!(keys.is_empty(), "the run's keys are left: {keys:?}");
         assert!(cloud.violations().is_empty(), "{:?}", cloud.violations());
     });
 }

@@ -309,6 +309,28 @@ impl DestroyError {
         matches!(self.kind, DestroyErrorKind::InUse | DestroyErrorKind::Unavailable)
     }
 }
+/// A suite for a provider that runs suites inside the copy's network (aws with
+/// `runner: ssm`), rendered: what runs, with what, from where.
+pub struct SuiteJob<'a> {
+    pub name: &'a str,
+    pub suite: &'a crate::description::Suite,
+    pub command: &'a str,
+    pub env: &'a [(String, String)],
+    /// The description's directory: the suite runs from its copy there.
+    pub cwd: &'a std::path::Path,
+    pub run: &'a RunInfo,
+    pub loaded: &'a Loaded,
+}
+
+/// What came back of a suite run elsewhere: how it ended, its output, its JUnit file,
+/// and where it ran (for messages).
+pub struct SuiteDone {
+    pub ran: crate::suites::Ran,
+    pub output: Vec<u8>,
+    pub junit: Option<Vec<u8>>,
+    pub shown_at: String,
+}
+
 /// A provider of resources. Implemented by the local provider here, the AWS
 /// provider, and the fault-injecting fake used in tests.
 #[allow(async_fn_in_trait)]
@@ -350,5 +372,12 @@ pub trait Provider {
     /// by convention anyway).
     fn cancel_grace(&self) -> std::time::Duration {
         std::time::Duration::ZERO
+    }
+
+    /// Runs a suite inside the copy's network, when this provider does; `None`: the
+    /// suite runs here (the default). An error is the suite's failure to run.
+    async fn run_suite(&self, job: &SuiteJob<'_>) -> Option<Result<SuiteDone, String>> {
+        let _ = job;
+        None
     }
 }

@@ -13,7 +13,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::events::{Event, Reporter};
 use super::journal::Journal;
-use super::provider::{Creation, Ctx, Output, Provider, RunInfo, StepError};
+use super::provider::{Creation, Ctx, Output, Provider, RunInfo, StepError, SuiteJob};
 use crate::description::template::{self, Outputs, Scope, ServiceOutputs};
 use crate::description::Loaded;
 use crate::plan::Plan;
@@ -141,19 +141,36 @@ pub(super) async fn execute<P: Provider>(
                             detail: Some(command.clone()),
                         });
                         let t = Instant::now();
-                        let run = suites::run(
-                            suites::SuiteRun {
+                        let spec = suites::SuiteRun {
+                            name,
+                            suite: s,
+                            command: command.clone(),
+                            cwd: loaded.dir.clone(),
+                            env: env.clone(),
+                            out_dir: info.state_dir.join("suites").join(name),
+                            scratch_parent: info.work_dir.join("suites"),
+                            run_as: info.release_user(),
+                        };
+                        // Inside the copy's network when the provider runs suites there,
+                        // else here.
+                        let run = async {
+                            let job = SuiteJob {
                                 name,
                                 suite: s,
-                                command,
-                                cwd: loaded.dir.clone(),
-                                env,
-                                out_dir: info.state_dir.join("suites").join(name),
-                                scratch_parent: info.work_dir.join("suites"),
-                                run_as: info.release_user(),
-                            },
-                            clock,
-                        );
+                                command: &command,
+                                env: &env,
+                                cwd: &loaded.dir,
+                                run: info,
+                                loaded,
+                            };
+                            match provider.run_suite(&job).await {
+                                None => suites::run(spec, clock).await,
+                                Some(Ok(done)) => {
+                                    suites::judge_elsewhere(&spec, done.ran, &done.output, done.junit, &done.shown_at)
+                                }
+                                Some(Err(why)) => suites::not_run(name, s, &why),
+                            }
+                        };
                         // An interrupt (or another step's failure) stops a suite at once
                         // (its process group is killed when the future is dropped): it
                         // creates nothing that teardown would have to wait for.

@@ -19,6 +19,9 @@ pub const PLAN_SCHEMA_VERSION: u32 = 1;
 /// The ingress rules of the copies' ports and of the services' ports (aws).
 pub const DB_INGRESS: &str = "network.ingress.databases";
 pub const SERVICE_INGRESS: &str = "network.ingress.services";
+/// The SSM runner (`runner: ssm` with an `image`) and its keys in the outputs bucket.
+pub const RUNNER: &str = "runner";
+pub const RUNNER_DATA: &str = "runner.data";
 
 /// What a run id looks like before a run assigns one.
 pub const RUN_ID_PLACEHOLDER: &str = "(assigned at run)";
@@ -89,6 +92,10 @@ pub enum Kind {
     /// ports from `allow_cidrs` and the group itself.
     #[serde(rename = "aws.ec2.ingress")]
     AwsIngress,
+    /// The run's keys in the SSM runner's bucket (`runner.ssm.outputs`): the runner's
+    /// inputs and the commands' output, removed with the run.
+    #[serde(rename = "aws.s3.prefix")]
+    AwsS3Prefix,
     #[serde(rename = "local.postgres")]
     LocalPostgres,
     #[serde(rename = "local.release")]
@@ -115,6 +122,7 @@ impl Kind {
             Kind::AwsDbCluster => "aws.rds.db-cluster",
             Kind::AwsInstance => "aws.ec2.instance",
             Kind::AwsIngress => "aws.ec2.ingress",
+            Kind::AwsS3Prefix => "aws.s3.prefix",
             Kind::LocalPostgres => "local.postgres",
             Kind::LocalRelease => "local.release",
             Kind::LocalInstall => "local.install",
@@ -213,6 +221,43 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         Target::Local => Vec::new(),
     };
 
+    // With `runner: ssm`, the commands that need the copy's network run on a runner
+    // instance in the run's group: its keys in the outputs bucket first, then (unless
+    // an existing instance is named) the runner itself.
+    let runner = match (&d.target, &d.runner) {
+        (Target::Aws(aws), Some(crate::description::Runner::Ssm(r))) => {
+            let mut data = new(RUNNER_DATA.into(), Kind::AwsS3Prefix, "runner");
+            data.attributes.insert("location".into(), json!(format!("{}/{run_id}/", r.outputs.trim_end_matches('/'))));
+            data.attributes.insert("holds".into(), json!("the runner's inputs and its commands' output"));
+            resources.push(data);
+            let mut ids = vec![RUNNER_DATA.to_string()];
+            match (&r.image, &r.instance) {
+                (Some(image), _) => {
+                    let mut inst = new(RUNNER.into(), Kind::AwsInstance, "runner");
+                    inst.depends_on = vec!["network.security-group".into(), RUNNER_DATA.into()];
+                    inst.attributes.insert("image_id".into(), json!(image));
+                    inst.attributes.insert("instance_type".into(), json!(r.instance_type));
+                    inst.attributes.insert("subnet_id".into(), json!(aws.network.subnets.first()));
+                    if let Some(p) = &r.instance_profile {
+                        inst.attributes.insert("instance_profile".into(), json!(p));
+                    }
+                    inst.attributes.insert("runs".into(), json!("masking, installs, health checks, suites (SSM)"));
+                    inst.cost_per_hour_usd = price::ec2_hourly(&r.instance_type, &aws.region);
+                    resources.push(inst);
+                    ids.push(RUNNER.into());
+                }
+                (None, Some(existing)) => {
+                    if let Some(data) = resources.last_mut() {
+                        data.attributes.insert("runner".into(), json!(existing));
+                    }
+                }
+                (None, None) => {}
+            }
+            ids
+        }
+        _ => Vec::new(),
+    };
+
     for (name, db) in &d.databases {
         let db_name = render(&format!("databases.{name}.name"), &static_ctx)?;
         let source = Some(ProductionSource {
@@ -258,12 +303,20 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     let mut inst = new(format!("database.{name}"), Kind::AwsDbInstance, name);
                     inst.depends_on = vec![cluster_id];
                     inst.depends_on.extend(network_ids.iter().cloned());
+                    if db.masking.is_some() && !runner.is_empty() {
+                        inst.depends_on.push(RUNNER_DATA.into());
+                    }
                     inst.attributes = attrs;
                     inst.cost_per_hour_usd = cost;
                     resources.push(inst);
                 } else {
                     let mut inst = new(format!("database.{name}"), Kind::AwsDbInstance, name);
                     inst.depends_on = network_ids.clone();
+                    // Masking runs on the runner: its keys exist before (the runner
+                    // itself is waited for inside, the restore does not wait for it).
+                    if db.masking.is_some() && !runner.is_empty() {
+                        inst.depends_on.push(RUNNER_DATA.into());
+                    }
                     inst.source = source;
                     inst.attributes = attrs;
                     inst.cost_per_hour_usd = cost;
@@ -313,7 +366,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
 
     // The release is unpacked on this machine for the local provider's processes, and
     // on aws for the installs (migrations) that run from here before the instances.
-    let installs_here = d.aws().is_some() && d.services.values().any(|s| s.install.is_some());
+    let installs_here = d.aws().is_some() && runner.is_empty() && d.services.values().any(|s| s.install.is_some());
     if (matches!(d.target, Target::Local) && !d.services.is_empty()) || installs_here {
         let mut rel = new("release".into(), Kind::LocalRelease, "release");
         let shown = if artifact.contains("://") {
@@ -360,14 +413,16 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     let mut inst = new(format!("install.{name}"), Kind::LocalInstall, &name);
                     // The copies it migrates, never other services: every
                     // instance waits for every install (below).
-                    inst.depends_on = vec!["release".into()];
+                    // From the release unpacked here, or fetched by the runner.
+                    inst.depends_on = if runner.is_empty() { vec!["release".into()] } else { runner.clone() };
                     inst.depends_on.extend(dep_ids.iter().filter(|i| i.starts_with("database.")).cloned());
                     if dep_ids.iter().any(|i| i.starts_with("database.")) {
                         inst.depends_on.extend(db_ingress.iter().cloned());
                     }
                     inst.attributes
                         .insert("command".into(), json!(render(&format!("services.{name}.install"), &full_ctx)?));
-                    inst.attributes.insert("on".into(), json!("this machine, once, before the instances"));
+                    let on = if runner.is_empty() { "this machine" } else { "the runner (SSM)" };
+                    inst.attributes.insert("on".into(), json!(format!("{on}, once, before the instances")));
                     inst.attributes.insert("env".into(), json!(env));
                     resources.push(inst);
                 }
@@ -450,12 +505,13 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
     // service starts before every install passed.
     let installs: Vec<String> =
         resources.iter().filter(|r| r.kind == Kind::LocalInstall && d.aws().is_some()).map(|r| r.id.clone()).collect();
-    for r in resources.iter_mut().filter(|r| r.kind == Kind::AwsInstance) {
+    for r in resources.iter_mut().filter(|r| r.kind == Kind::AwsInstance && r.id != RUNNER) {
         r.depends_on.extend(installs.iter().cloned());
     }
 
     for (name, s) in &d.suites {
         let mut r = new(format!("suite.{name}"), Kind::Suite, name);
+        r.depends_on.extend(runner.iter().cloned());
         for dep in loaded.deps.get(&format!("suite:{name}")).into_iter().flatten() {
             if let Some(v) = svc_ids.get(dep.as_str()).or_else(|| db_ids.get(dep.as_str())) {
                 r.depends_on.extend(v.iter().cloned());

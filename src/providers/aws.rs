@@ -16,6 +16,7 @@ mod guard;
 mod naming;
 pub mod patient;
 pub mod poller;
+mod runner;
 pub mod sdk;
 pub mod ssm;
 mod sweep;
@@ -43,6 +44,7 @@ use crate::sys::state;
 use api::*;
 use patient::Patient;
 use poller::Poller;
+use ssm::SsmApi;
 
 pub const TAG_RUN: &str = "rehearse:run-id";
 pub const TAG_ENV: &str = "rehearse:environment";
@@ -91,18 +93,25 @@ pub struct AwsProvider<A> {
     /// This machine's work directory: a run's local workspace (its suites' scratch
     /// directories) is removed only from `WORK/runs/RUN_ID`.
     work_root: std::path::PathBuf,
+    /// The SSM runner's instance, once it takes commands (`runner: ssm`).
+    runner: tokio::sync::watch::Sender<Option<String>>,
+    /// The suites' files for the runner, packed once per run.
+    bundle: tokio::sync::OnceCell<Result<Vec<u8>, String>>,
 }
 
-impl<A: Ec2Api + RdsApi + S3Api> Provider for AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
     async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         match res.kind {
             Kind::AwsSecurityGroup => self.security_group(res, ctx).await,
             Kind::AwsDbSubnetGroup => self.subnet_group(res, ctx).await,
             Kind::AwsDbCluster => self.cluster(res, ctx).await,
             Kind::AwsDbInstance => self.database(res, ctx).await,
+            Kind::AwsInstance if res.id == crate::plan::RUNNER => self.launch_runner(res, ctx).await,
             Kind::AwsInstance => self.instance(res, ctx).await,
+            Kind::AwsS3Prefix => self.runner_data(res, ctx).await,
             Kind::AwsIngress => self.ingress(res, ctx).await,
             Kind::LocalRelease => self.release(res, ctx).await,
+            Kind::LocalInstall if runner::configured(ctx.loaded).is_some() => self.install_on_runner(res, ctx).await,
             Kind::LocalInstall => crate::providers::install::install(res, ctx, &ctx.run.work_dir.join("release")).await,
             other => Err(StepError::build(format!("the aws provider cannot create `{}`", other.as_str()))),
         }
@@ -112,6 +121,9 @@ impl<A: Ec2Api + RdsApi + S3Api> Provider for AwsProvider<A> {
         if entry.kind == Kind::LocalInstall {
             // An install leaves nothing of its own behind.
             return Ok(());
+        }
+        if entry.kind == Kind::AwsS3Prefix {
+            return self.remove_runner_data(entry, meta).await;
         }
         if matches!(entry.kind, Kind::Workspace | Kind::LocalRelease) {
             // The run's corner of this machine (its suites' scratch directories), and
@@ -135,7 +147,8 @@ impl<A: Ec2Api + RdsApi + S3Api> Provider for AwsProvider<A> {
     fn teardown_rank(&self, kind: Kind) -> Option<u8> {
         match kind {
             Kind::AwsInstance | Kind::AwsDbInstance | Kind::LocalInstall => Some(0),
-            Kind::AwsDbCluster => Some(1),
+            // The runner's keys once the runner (whose agent writes them) is gone.
+            Kind::AwsDbCluster | Kind::AwsS3Prefix => Some(1),
             Kind::AwsDbSubnetGroup | Kind::AwsSecurityGroup | Kind::AwsIngress | Kind::LocalRelease => Some(2),
             Kind::Workspace => Some(3),
             _ => None,
@@ -154,6 +167,15 @@ impl<A: Ec2Api + RdsApi + S3Api> Provider for AwsProvider<A> {
         Duration::from_secs(90)
     }
 
+    /// With `runner: ssm`, suites run on the runner inside the VPC.
+    async fn run_suite(
+        &self,
+        job: &crate::engine::provider::SuiteJob<'_>,
+    ) -> Option<Result<crate::engine::provider::SuiteDone, String>> {
+        runner::configured(job.loaded)?;
+        Some(self.suite_on_runner(job).await)
+    }
+
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String {
         let region = meta.region.clone().unwrap_or_default();
         let id = handle_id(entry).unwrap_or_else(|| "<id: see `rehearse down`>".into());
@@ -167,6 +189,13 @@ impl<A: Ec2Api + RdsApi + S3Api> Provider for AwsProvider<A> {
                 format!("aws rds delete-db-cluster --region {region} --db-cluster-identifier {id} --skip-final-snapshot")
             }
             Kind::AwsDbSubnetGroup => format!("aws rds delete-db-subnet-group --region {region} --db-subnet-group-name {id}"),
+            Kind::AwsS3Prefix => {
+                let h = entry.handle.as_ref();
+                match (h.and_then(|h| h.get("bucket")?.as_str()), h.and_then(|h| h.get("prefix")?.as_str())) {
+                    (Some(b), Some(p)) => format!("aws s3 rm --recursive s3://{b}/{p}"),
+                    _ => format!("rehearse down {}", meta.run_id),
+                }
+            }
             _ => format!("rehearse down {}", meta.run_id),
         }
     }

@@ -76,29 +76,42 @@ pub(crate) async fn install(res: &Resource, ctx: &Ctx<'_>, dir: &Path) -> Result
     let ok = f.as_ref().is_ok_and(|f| f.success());
     ctx.step(res, "install", t, ok, Some(command.clone()));
     let f = f.map_err(|e| StepError::build(format!("cannot run `{command}`: {e}")))?;
-    if f.timed_out {
-        return Err(StepError::release(format!(
-            "install of `{}` (`{command}`) did not finish within {}s",
-            res.name,
-            INSTALL_TIMEOUT.as_secs()
-        ))
-        .with_log(&log, 20));
-    }
-    if !f.success() {
-        let err = StepError::release(String::new()).with_log(&log, 20);
-        // The most telling line of the output ("migration 0003_x.sql failed:")
-        // makes the one-line message; the tail carries the database's error.
-        let key = err.log_tail.iter().rev().find(|l| l.to_lowercase().contains("failed")).cloned();
-        let message = match key {
-            Some(line) => format!(
-                "install of `{}` failed (exit {}): {}",
-                res.name,
-                f.status.unwrap_or(-1),
-                line.trim().trim_end_matches(':')
-            ),
-            None => format!("install of `{}` failed: `{command}` exited with {}", res.name, f.status.unwrap_or(-1)),
-        };
-        return Err(StepError { message, ..err });
+    if let Some(e) = failure(&res.name, &command, f.status, f.timed_out, INSTALL_TIMEOUT, &log) {
+        return Err(e);
     }
     Ok(Output::Nothing)
+}
+
+/// What an install that ended with `status` (or ran out of `limit`) says, from its
+/// log: `None` when it passed. The most telling line of the output ("migration
+/// 0003_x.sql failed:") makes the one-line message; the tail carries the database's
+/// error. The same wherever the install ran (here, or on the runner).
+pub(crate) fn failure(
+    service: &str,
+    command: &str,
+    status: Option<i32>,
+    timed_out: bool,
+    limit: Duration,
+    log: &Path,
+) -> Option<StepError> {
+    if timed_out {
+        return Some(
+            StepError::release(format!(
+                "install of `{service}` (`{command}`) did not finish within {}s",
+                limit.as_secs()
+            ))
+            .with_log(log, 20),
+        );
+    }
+    if status == Some(0) {
+        return None;
+    }
+    let err = StepError::release(String::new()).with_log(log, 20);
+    let key = err.log_tail.iter().rev().find(|l| l.to_lowercase().contains("failed")).cloned();
+    let code = status.unwrap_or(-1);
+    let message = match key {
+        Some(line) => format!("install of `{service}` failed (exit {code}): {}", line.trim().trim_end_matches(':')),
+        None => format!("install of `{service}` failed: `{command}` exited with {code}"),
+    };
+    Some(StepError { message, ..err })
 }

@@ -132,6 +132,8 @@ struct Res {
     /// An instance's user-data (decoded) and instance profile.
     user_data: Option<String>,
     profile: Option<String>,
+    /// Where a restored database answers (a real server in a test), if not nowhere.
+    endpoint: Option<(String, u16)>,
 }
 
 struct State {
@@ -154,10 +156,10 @@ struct State {
     buckets: BTreeMap<&'static str, (f64, Instant)>,
     /// Every provisioning or deletion time drawn: (kind, "create" | "delete", time).
     drawn: Vec<(&'static str, &'static str, Duration)>,
-    /// Release artifacts in the fake's S3, by (bucket, key).
-    artifacts: BTreeMap<(String, String), Vec<u8>>,
     /// Instances whose bootstrap fails: (plan id prefix, exit status, last lines).
     failing_boots: Vec<(String, i32, Vec<String>)>,
+    /// Where restored databases answer from now on.
+    db_endpoint: Option<(String, u16)>,
 }
 
 /// The fake cloud. Cheap to clone (shared state), so a run and a later `down` see the
@@ -166,6 +168,13 @@ struct State {
 pub struct FakeCloud {
     faults: Faults,
     state: Arc<Mutex<State>>,
+    /// The account's S3 (objects as `BUCKET/KEY`): release artifacts, the SSM runner's
+    /// inputs and its commands' output.
+    s3: Arc<super::fake_s3::FakeS3>,
+    /// SSM Run Command, executing the commands on this machine.
+    ssm: Arc<super::fake_ssm::FakeSsm>,
+    /// Where presigned links are served over HTTP on 127.0.0.1, once asked for.
+    links: Arc<std::sync::OnceLock<String>>,
 }
 
 const PROD_TAG: &str = "env";
@@ -195,6 +204,7 @@ impl FakeCloud {
             authorized: [5432].into(),
             user_data: None,
             profile: None,
+            endpoint: None,
         };
         res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
         res.insert("sg-prod".into(), Res { kind: "sg", name: "shop-prod".into(), ..base.clone() });
@@ -231,15 +241,17 @@ impl FakeCloud {
             refuse_next: std::collections::BTreeSet::new(),
             creates_in_flight: 0,
             drawn: Vec::new(),
-            artifacts: BTreeMap::new(),
             failing_boots: Vec::new(),
+            db_endpoint: None,
         };
         if faults.outage > 0.0 && rand(&mut state) < faults.outage {
             let start = now + Duration::from_secs(1800).mul_f64(rand(&mut state));
             let len = between(&mut state, (Duration::from_secs(900), Duration::from_secs(1500)));
             state.outage = Some((start, start + len));
         }
-        FakeCloud { faults, state: Arc::new(Mutex::new(state)) }
+        let s3 = Arc::new(super::fake_s3::FakeS3::new(seed, super::fake_s3::S3Faults::realistic()));
+        let ssm = super::fake_ssm::FakeSsm::new(seed, super::fake_ssm::SsmFaults::realistic()).with_s3(s3.clone());
+        FakeCloud { faults, state: Arc::new(Mutex::new(state)), s3, ssm: Arc::new(ssm), links: Arc::default() }
     }
 
     /// An outage (every call throttled) from `after` from now, for `len`.
@@ -542,6 +554,7 @@ impl FakeCloud {
                 authorized: std::collections::BTreeSet::new(),
                 user_data: None,
                 profile: None,
+                endpoint: None,
             },
         );
     }
@@ -657,8 +670,8 @@ impl FakeCloud {
             id: id.into(),
             arn: Some(format!("arn:aws:rds:fake:0:db:{id}")),
             status: Self::rds_status(r).into(),
-            address: Some(format!("{id}.fake.invalid")),
-            port: Some(5432),
+            address: Some(r.endpoint.as_ref().map_or_else(|| format!("{id}.fake.invalid"), |e| e.0.clone())),
+            port: Some(r.endpoint.as_ref().map_or(5432, |e| i32::from(e.1))),
             publicly_accessible: !r.private,
             deletion_protection: r.protected,
             master_username: Some("postgres".into()),

@@ -228,6 +228,12 @@ pub trait S3Api: Send + Sync {
     ) -> impl Future<Output = ApiResult<String>> + Send;
     /// Writes the object to `dest` (created, not overwritten); returns its size.
     fn download(&self, bucket: &str, key: &str, dest: &std::path::Path) -> impl Future<Output = ApiResult<u64>> + Send;
+    /// Writes an object (the SSM runner's inputs).
+    fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Reads an object; `None` when there is none (a command's output, as SSM wrote it).
+    fn get_object(&self, bucket: &str, key: &str) -> impl Future<Output = ApiResult<Option<Vec<u8>>>> + Send;
+    /// Deletes every object under `prefix`; how many there were.
+    fn delete_prefix(&self, bucket: &str, prefix: &str) -> impl Future<Output = ApiResult<u64>> + Send;
 }
 
 /// RDS, as rehearse uses it.

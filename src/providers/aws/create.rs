@@ -5,7 +5,7 @@
 
 use super::*;
 
-impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     pub fn new(api: A, min_poll: Duration, max_poll: Duration) -> Self {
         AwsProvider {
             work_root: crate::sys::state::work_dir(),
@@ -14,6 +14,8 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
             instances: Poller::new(min_poll, max_poll),
             databases: Poller::new(min_poll, max_poll),
             clusters: Poller::new(min_poll, max_poll),
+            runner: tokio::sync::watch::Sender::new(None),
+            bundle: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -32,7 +34,7 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
         self.api.retried()
     }
 
-    fn id_of(&self, plan_id: &str) -> Result<String, StepError> {
+    pub(super) fn id_of(&self, plan_id: &str) -> Result<String, StepError> {
         self.ids
             .lock()
             .ok()
@@ -51,7 +53,7 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
     /// nothing) — the step says so, and the engine journals it at once, so teardown
     /// does not search for what cannot exist. A lost answer (a timeout) or a 5xx leaves
     /// the question open.
-    fn create_failed(e: &ApiError, message: String) -> StepError {
+    pub(super) fn create_failed(e: &ApiError, message: String) -> StepError {
         let err = StepError::build(message);
         if matches!(
             e.kind,
@@ -64,7 +66,7 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
     }
 
     /// The tags every resource of the run carries, plus its plan id.
-    fn tags(ctx: &Ctx<'_>, res: &Resource) -> Vec<Tag> {
+    pub(super) fn tags(ctx: &Ctx<'_>, res: &Resource) -> Vec<Tag> {
         let mut tags: BTreeMap<String, String> = ctx.plan.tags.clone();
         tags.insert(TAG_RUN.into(), ctx.run.run_id.clone());
         tags.insert(TAG_EXPIRES.into(), ctx.run.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
@@ -380,7 +382,12 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
             user,
             password,
         };
-        if let Some(m) = &db.masking {
+        if let (Some(m), Some(_)) = (&db.masking, super::runner::configured(ctx.loaded)) {
+            let t = ctx.started(res, "mask", Some("on the runner".into()));
+            let r = self.mask_on_runner(res, ctx, &ctx.loaded.resolve(m), &outputs, timeout).await;
+            ctx.step(res, "mask", t, r.is_ok(), None);
+            r?;
+        } else if let Some(m) = &db.masking {
             // The runner must reach the VPC (README): masking runs from here with psql.
             let t = ctx.started(res, "mask", None);
             let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
@@ -486,35 +493,10 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
         ctx.created(res, Handle::new(json!({"instance_id": id}))).await?;
         ctx.step(res, "run-instance", t, true, Some(id.clone()));
         let t = ctx.started(res, "wait-running", None);
-        // The poller retries a failed describe at its next interval: no retry stacked on it.
-        let api = &self.api.inner;
-        let cancelled = async {
-            let mut rx = ctx.cancel.clone();
-            // Best effort: a closed channel means the run is over: the select then ends with the wait.
-            #[allow(clippy::let_underscore_must_use)]
-            let _ = rx.wait_for(|c| *c).await;
-        };
         let deadline = Instant::now() + s.health.as_ref().map(|h| h.timeout).unwrap_or(Duration::from_secs(600));
-        let _span = ctx.clock.external();
-        let wait = self.instances.wait(
-            &id,
-            |ids| async move { api.describe_instances(&ids).await },
-            |i| i.id.clone(),
-            |i| match i.map(|i| i.state.as_str()) {
-                Some("running") => Ok(true),
-                Some(s @ ("terminated" | "shutting-down" | "stopped")) => Err(format!("instance {id} is `{s}`")),
-                // Right after RunInstances an instance may not be visible yet.
-                _ => Ok(false),
-            },
-            |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "not visible yet".into()),
-            deadline,
-        );
-        let r = tokio::select! {
-            r = wait => r,
-            _ = cancelled => Err("cancelled: another step failed".to_string()),
-        };
+        let r = self.wait_running(&id, deadline, ctx).await;
         ctx.step(res, "wait-running", t, r.is_ok(), None);
-        let inst = r.map_err(StepError::build)?.ok_or_else(|| StepError::build(format!("{id} disappeared")))?;
+        let inst = r?;
         let address = inst.private_ip.clone().unwrap_or_default();
         let port = s.port.map(|p| p.to_string()).unwrap_or_default();
         let url = if port.is_empty() { format!("http://{address}") } else { format!("http://{address}:{port}") };
@@ -522,16 +504,21 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
         match (&s.health, s.port) {
             (Some(h), Some(p)) => {
                 let t = ctx.started(res, "health", Some(h.path.clone()));
-                let healthy = crate::sys::health::wait_healthy_at(
-                    &address,
-                    p,
-                    &h.path,
-                    std::time::Instant::now() + h.timeout,
-                    || Ok(()),
-                );
+                let healthy = async {
+                    if super::runner::configured(ctx.loaded).is_some() {
+                        let url = format!("http://{address}:{p}{}", h.path);
+                        self.health_on_runner(res, ctx, &url, h.timeout).await
+                    } else {
+                        let deadline = std::time::Instant::now() + h.timeout;
+                        crate::sys::health::wait_healthy_at(&address, p, &h.path, deadline, || Ok(()))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                };
                 // A bootstrap that reports a failure ends the wait at once.
                 let r = tokio::select! {
-                    r = healthy => r.map(|_| ()).map_err(|e| StepError::release(format!("{who} {e}"))),
+                    r = healthy => r.map_err(|e| StepError::release(format!("{who} {e}"))),
                     e = self.watch_bootstrap(&id, res, ctx, &who, None), if bootstrap => e,
                 };
                 ctx.step(res, "health", t, r.is_ok(), None);
@@ -561,7 +548,38 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
     }
 }
 
-impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
+    /// Waits until instance `id` runs (the batched poller), or the run is cancelled.
+    pub(super) async fn wait_running(&self, id: &str, deadline: Instant, ctx: &Ctx<'_>) -> Result<Instance, StepError> {
+        // The poller retries a failed describe at its next interval: no retry stacked on it.
+        let api = &self.api.inner;
+        let cancelled = async {
+            let mut rx = ctx.cancel.clone();
+            // Best effort: a closed channel means the run is over: the select then ends with the wait.
+            #[allow(clippy::let_underscore_must_use)]
+            let _ = rx.wait_for(|c| *c).await;
+        };
+        let _span = ctx.clock.external();
+        let wait = self.instances.wait(
+            id,
+            |ids| async move { api.describe_instances(&ids).await },
+            |i| i.id.clone(),
+            |i| match i.map(|i| i.state.as_str()) {
+                Some("running") => Ok(true),
+                Some(s @ ("terminated" | "shutting-down" | "stopped")) => Err(format!("instance {id} is `{s}`")),
+                // Right after RunInstances an instance may not be visible yet.
+                _ => Ok(false),
+            },
+            |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "not visible yet".into()),
+            deadline,
+        );
+        let r = tokio::select! {
+            r = wait => r,
+            _ = cancelled => Err("cancelled: another step failed".to_string()),
+        };
+        r.map_err(StepError::build)?.ok_or_else(|| StepError::build(format!("{id} disappeared")))
+    }
+
     /// The service's user-data, rendered with `release.url`: a presigned HTTPS link for
     /// an `s3://` artifact when the instance has no profile to read it with, valid until
     /// the run expires — the instance needs no credentials, and none is ever written
@@ -650,7 +668,7 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
     }
 }
 
-impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// The release on this machine, for the installs that run from here: an `s3://`
     /// artifact downloaded with this identity (a path on this machine as it is), then
     /// unpacked and checked as the local provider does.

@@ -27,7 +27,7 @@ fn not_gone(why: String) -> DestroyError {
     DestroyError::new(DestroyErrorKind::Unavailable, why)
 }
 
-impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// Removes one journaled resource: by its id, or — journaled without one — by its
     /// tags, looked for patiently. Ingress rules live and die with their group.
     pub(super) async fn destroy_entry(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError> {

@@ -285,6 +285,19 @@ impl<A: S3Api> S3Api for Patient<A> {
         })
         .await
     }
+
+    // Writing the same bytes again is harmless.
+    async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> ApiResult<()> {
+        self.retrying("PutObject", || self.inner.put_object(bucket, key, body.clone())).await
+    }
+
+    async fn get_object(&self, bucket: &str, key: &str) -> ApiResult<Option<Vec<u8>>> {
+        self.retrying("GetObject", || self.inner.get_object(bucket, key)).await
+    }
+
+    async fn delete_prefix(&self, bucket: &str, prefix: &str) -> ApiResult<u64> {
+        self.retrying("DeleteObject", || self.inner.delete_prefix(bucket, prefix)).await
+    }
 }
 
 impl<A: RdsApi> RdsApi for Patient<A> {

@@ -24,8 +24,11 @@ use super::api::*;
 pub struct Sdk {
     pub(crate) ec2: aws_sdk_ec2::Client,
     pub(crate) rds: aws_sdk_rds::Client,
-    /// Release artifacts (presigned links, downloads for an install run here).
+    /// Release artifacts (presigned links, downloads for an install run here), the SSM
+    /// runner's inputs and output.
     pub(crate) s3: aws_sdk_s3::Client,
+    /// SSM Run Command on the runner (`runner: ssm`).
+    pub(crate) ssm: std::sync::Arc<ssm::SdkSsm>,
 }
 
 /// How long one attempt of a call may take before it counts as lost.
@@ -60,7 +63,12 @@ impl Sdk {
         let s3 = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(config).force_path_style(endpoint_set).build(),
         );
-        Sdk { ec2: aws_sdk_ec2::Client::new(config), rds: aws_sdk_rds::Client::new(config), s3 }
+        Sdk {
+            ec2: aws_sdk_ec2::Client::new(config),
+            rds: aws_sdk_rds::Client::new(config),
+            s3,
+            ssm: std::sync::Arc::new(ssm::SdkSsm::from_config(config)),
+        }
     }
 }
 

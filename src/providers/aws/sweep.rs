@@ -7,7 +7,7 @@ use super::*;
 pub const TEARDOWN_ORDER: [Kind; 5] =
     [Kind::AwsInstance, Kind::AwsDbInstance, Kind::AwsDbCluster, Kind::AwsDbSubnetGroup, Kind::AwsSecurityGroup];
 
-impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// Every resource in the region carrying a `rehearse:run-id` tag, in teardown order.
     pub async fn tagged(&self) -> ApiResult<Vec<Tagged>> {
         let e = |e: ApiError| e;
@@ -92,7 +92,7 @@ pub fn expired(
         .collect()
 }
 
-impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// Fills each AWS database restore in `plan` with the backup it would use (the
     /// newest available snapshot, or the latest restorable time), by read-only calls.
     pub async fn resolve_backups(&self, loaded: &Loaded, plan: &mut crate::plan::Plan) -> Result<(), StepError> {
@@ -130,7 +130,7 @@ impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
     }
 }
 
-impl<A: Ec2Api + RdsApi + S3Api> AwsProvider<A> {
+impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// Moves the `rehearse:expires-at` tag of every resource of run `run_id` that
     /// rehearse demonstrably made (see [`Tagged::evidence`]) to `expires_at`, so that
     /// `sweep --region` leaves it alone until then. Returns how many were retagged.

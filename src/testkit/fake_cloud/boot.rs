@@ -60,9 +60,45 @@ impl FakeCloud {
             .collect()
     }
 
-    /// Puts a release artifact into the fake's S3.
-    pub fn put_artifact(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
-        self.state.lock().expect("fake lock").artifacts.insert((bucket.into(), key.into()), bytes);
+    /// Puts an object (a release artifact) into the fake's S3.
+    pub async fn put_object_now(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
+        use crate::engine::store::{Condition, ObjectStore};
+        let full = format!("{bucket}/{key}");
+        crate::engine::store::retrying(|| self.s3.put(&full, bytes.clone(), Condition::Always))
+            .await
+            .expect("the fake S3 takes the object");
+    }
+
+    /// Databases restored from now on answer at `host:port` (a real server the test
+    /// started: masking, installs and suites then really reach a copy).
+    pub fn databases_at(&self, host: &str, port: u16) {
+        self.state.lock().expect("fake lock").db_endpoint = Some((host.into(), port));
+    }
+
+    /// Every key in the fake's S3 (as `BUCKET/KEY`).
+    pub fn s3_keys(&self) -> Vec<String> {
+        self.s3.keys()
+    }
+
+    /// SSM as the fake runs it: the commands sent, cancelled, and how often.
+    pub fn ssm(&self) -> &crate::testkit::fake_ssm::FakeSsm {
+        &self.ssm
+    }
+
+    /// Serves presigned links over HTTP on 127.0.0.1 from now on (a runner's `curl`
+    /// fetches its inputs through them); its base URL. The server stops once the last
+    /// handle of this cloud is gone.
+    pub fn serving_links(&self) -> String {
+        self.links
+            .get_or_init(|| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+                let base = format!("http://{}", listener.local_addr().expect("its address"));
+                listener.set_nonblocking(true).expect("non-blocking accept");
+                let s3 = Arc::downgrade(&self.s3);
+                std::thread::spawn(move || serve_links(listener, s3));
+                base
+            })
+            .clone()
     }
 
     /// The console of a running instance: boot lines, then its user-data's output and
@@ -100,15 +136,63 @@ impl FakeCloud {
     }
 }
 
+/// Answers GET /BUCKET/KEY?… with the object, as S3 answers a presigned link (the
+/// signature is not checked: the fake has no secret).
+fn serve_links(listener: std::net::TcpListener, s3: std::sync::Weak<crate::testkit::fake_s3::FakeS3>) {
+    use std::io::{BufRead, Write};
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if s3.strong_count() == 0 {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            Err(_) => return,
+        };
+        // Best effort: a client that goes away mid-answer is its own problem.
+        #[allow(clippy::let_underscore_must_use)]
+        let _ = (|| -> std::io::Result<()> {
+            stream.set_nonblocking(false)?;
+            let mut reader = std::io::BufReader::new(stream.try_clone()?);
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header)? == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let path = path.split('?').next().unwrap_or("/").trim_start_matches('/');
+            let key = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
+            let body = s3.upgrade().and_then(|s| s.peek(&key));
+            let mut out = stream;
+            match body {
+                Some(b) => {
+                    write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len())?;
+                    out.write_all(&b)?;
+                }
+                None => out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?,
+            }
+            out.flush()
+        })();
+    }
+}
+
 impl S3Api for FakeCloud {
     /// A link of the shape S3 signs (SigV4 query parameters), its signature a hash of
-    /// what it grants: no secret in it, as on S3.
+    /// what it grants: no secret in it, as on S3. Served on 127.0.0.1 once
+    /// [`FakeCloud::serving_links`] was called.
     async fn presign_get(&self, bucket: &str, key: &str, expires_in: Duration) -> ApiResult<String> {
         use sha2::Digest;
         let signature = sha2::Sha256::digest(format!("{bucket}/{key}/{}", expires_in.as_secs()).as_bytes());
         let hex: String = signature.iter().map(|b| format!("{b:02x}")).collect();
+        let base = self.links.get().cloned().unwrap_or_else(|| "https://s3.amazonaws.com".into());
         Ok(format!(
-            "https://{bucket}.s3.amazonaws.com/{key}?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+            "{base}/{bucket}/{key}?X-Amz-Algorithm=AWS4-HMAC-SHA256\
              &X-Amz-Credential=AKIAFAKEFAKEFAKEFAKE%2F20261127%2Fus-east-1%2Fs3%2Faws4_request\
              &X-Amz-Expires={}&X-Amz-SignedHeaders=host&X-Amz-Signature={hex}",
             expires_in.as_secs()
@@ -116,14 +200,71 @@ impl S3Api for FakeCloud {
     }
 
     async fn download(&self, bucket: &str, key: &str, dest: &std::path::Path) -> ApiResult<u64> {
-        self.enter("GetObject", &format!("{bucket}/{key}"), false)?;
-        let bytes = self.state.lock().expect("fake lock").artifacts.get(&(bucket.into(), key.into())).cloned();
-        let bytes = bytes.ok_or_else(|| fail("NoSuchKey", ErrorKind::NotFound))?;
+        let bytes = self.get_object(bucket, key).await?.ok_or_else(|| fail("NoSuchKey", ErrorKind::NotFound))?;
         std::fs::write(dest, &bytes).map_err(|e| ApiError {
             code: None,
             message: e.to_string(),
             kind: ErrorKind::Refused,
         })?;
         Ok(bytes.len() as u64)
+    }
+
+    async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> ApiResult<()> {
+        use crate::engine::store::{Condition, ObjectStore};
+        self.enter("PutObject", &format!("{bucket}/{key}"), true)?;
+        self.s3.put(&format!("{bucket}/{key}"), body, Condition::Always).await.map(|_| ()).map_err(s3_error)
+    }
+
+    async fn get_object(&self, bucket: &str, key: &str) -> ApiResult<Option<Vec<u8>>> {
+        use crate::engine::store::ObjectStore;
+        self.enter("GetObject", &format!("{bucket}/{key}"), false)?;
+        Ok(self.s3.get(&format!("{bucket}/{key}")).await.map_err(s3_error)?.map(|o| o.body))
+    }
+
+    async fn delete_prefix(&self, bucket: &str, prefix: &str) -> ApiResult<u64> {
+        use crate::engine::store::ObjectStore;
+        self.enter("DeleteObject", &format!("{bucket}/{prefix}"), true)?;
+        let keys =
+            self.s3.keys().into_iter().filter(|k| k.starts_with(&format!("{bucket}/{prefix}"))).collect::<Vec<_>>();
+        for k in &keys {
+            self.s3.delete(k, None).await.map_err(s3_error)?;
+        }
+        Ok(keys.len() as u64)
+    }
+}
+
+fn s3_error(e: crate::engine::store::StoreError) -> ApiError {
+    let kind = if e.is_transient() { ErrorKind::ServerError } else { ErrorKind::Refused };
+    ApiError { code: None, message: e.to_string(), kind }
+}
+
+impl crate::providers::aws::ssm::SsmApi for FakeCloud {
+    /// Only to a running instance whose agent has registered (10 s after it runs).
+    async fn send_command(&self, req: &crate::providers::aws::ssm::SendCommand) -> ApiResult<String> {
+        let now = Instant::now();
+        let registered = {
+            let st = self.state.lock().expect("fake lock");
+            st.res.get(&req.instance_id).is_some_and(|r| {
+                r.kind == "instance" && r.gone_at.is_none() && r.ready_at + Duration::from_secs(10) <= now
+            })
+        };
+        if !registered {
+            self.audit("SendCommand", &req.instance_id);
+            return Err(fail("InvalidInstanceId", ErrorKind::Refused));
+        }
+        self.audit("SendCommand", &req.instance_id);
+        self.ssm.send_command(req).await
+    }
+
+    async fn get_command_invocation(
+        &self,
+        command_id: &str,
+        instance_id: &str,
+    ) -> ApiResult<crate::providers::aws::ssm::Invocation> {
+        self.ssm.get_command_invocation(command_id, instance_id).await
+    }
+
+    async fn cancel_command(&self, command_id: &str, instance_ids: &[String]) -> ApiResult<()> {
+        self.ssm.cancel_command(command_id, instance_ids).await
     }
 }

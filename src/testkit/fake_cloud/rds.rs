@@ -83,9 +83,11 @@ impl RdsApi for FakeCloud {
         }
         // Like some implementations: the restore ignores the asked-for flags and copies
         // production's.
+        let endpoint = self.state.lock().expect("fake lock").db_endpoint.clone();
         let r = self.provision(&req.instance_id, ("db", "db"), &req.tags, self.faults.restore, true, |r| {
             r.protected = true;
             r.private = false;
+            r.endpoint = endpoint;
         });
         self.answer(&call, std::slice::from_ref(&req.instance_id), Self::db(&req.instance_id, &r)).await
     }

@@ -222,4 +222,37 @@ impl crate::providers::aws::api::S3Api for super::Sdk {
         file.sync_all().await.map_err(io)?;
         Ok(size)
     }
+
+    async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> crate::providers::aws::api::ApiResult<()> {
+        self.s3.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).send().await.map_err(super::err)?;
+        Ok(())
+    }
+
+    async fn get_object(&self, bucket: &str, key: &str) -> crate::providers::aws::api::ApiResult<Option<Vec<u8>>> {
+        match self.s3.get_object().bucket(bucket).key(key).send().await {
+            Ok(out) => {
+                let bytes = out.body.collect().await.map_err(|e| crate::providers::aws::api::ApiError {
+                    code: None,
+                    message: format!("reading s3://{bucket}/{key} failed: {e}"),
+                    kind: ErrorKind::Unreachable,
+                })?;
+                Ok(Some(bytes.into_bytes().to_vec()))
+            }
+            Err(e) if is_no_such_key(&e) => Ok(None),
+            Err(e) => Err(super::err(e)),
+        }
+    }
+
+    async fn delete_prefix(&self, bucket: &str, prefix: &str) -> crate::providers::aws::api::ApiResult<u64> {
+        let mut keys = Vec::new();
+        let mut pages = self.s3.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(super::err)?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+        }
+        for key in &keys {
+            self.s3.delete_object().bucket(bucket).key(key).send().await.map_err(super::err)?;
+        }
+        Ok(keys.len() as u64)
+    }
 }

@@ -105,3 +105,18 @@ impl SsmApi for SdkSsm {
         Ok(())
     }
 }
+
+/// The provider's SDK clients speak SSM through this one.
+impl SsmApi for super::Sdk {
+    async fn send_command(&self, req: &SendCommand) -> ApiResult<String> {
+        self.ssm.send_command(req).await
+    }
+
+    async fn get_command_invocation(&self, command_id: &str, instance_id: &str) -> ApiResult<Invocation> {
+        self.ssm.get_command_invocation(command_id, instance_id).await
+    }
+
+    async fn cancel_command(&self, command_id: &str, instance_ids: &[String]) -> ApiResult<()> {
+        self.ssm.cancel_command(command_id, instance_ids).await
+    }
+}
