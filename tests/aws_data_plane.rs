@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::{Event, Reporter};
@@ -260,6 +261,12 @@ fn release_archive(files: &[(&str, &str)]) -> Vec<u8> {
 /// and a suite that checks the copy and writes a JUnit file of
 /// `cases` test cases; all in `dir/desc`, which the runner gets.
 fn ssm_description(dir: &Path, cases: u32) -> description::Loaded {
+    ssm_description_at(dir, cases, "=")
+}
+
+/// As [`ssm_description`], the suite's checks compared with `cmp` (`-ge` when several
+/// runs share one server).
+fn ssm_description_at(dir: &Path, cases: u32, cmp: &str) -> description::Loaded {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("environments/shop-aws.yaml")).unwrap();
     let suites = "suites:\n  copy:\n    command: sh check.sh\n    timeout: 5m\n    uses: [web, worker]\n    results:\n      junit: copy.xml\n    env:\n      SHOP_URL: \"{{ services.web.url }}\"\n";
@@ -284,8 +291,8 @@ fn ssm_description(dir: &Path, cases: u32) -> description::Loaded {
         dir.join("check.sh"),
         format!(
             "set -e\n\
-             test \"$(psql -X -t -A -c 'SELECT count(*) FROM masked')\" = 1\n\
-             test \"$(psql -X -t -A -c 'SELECT release FROM migrated')\" = v2\n\
+             test \"$(psql -X -t -A -c 'SELECT count(*) FROM masked')\" {cmp} 1\n\
+             test \"$(psql -X -t -A -c \"SELECT count(*) FROM migrated WHERE release = 'v2'\")\" {cmp} 1\n\
              echo \"checked the copy at $PGHOST:$PGPORT from $(pwd)\"\n\
              {{ echo '<testsuites><testsuite name=\"copy\" tests=\"{cases}\">'\n\
                i=0; while [ $i -lt {cases} ]; do echo \"<testcase classname=\\\"copy.rows\\\" name=\\\"case number $i of the copy checks, named at length to fill the file\\\" time=\\\"0.001\\\"/>\"; i=$((i+1)); done\n\
@@ -300,7 +307,7 @@ fn ssm_description(dir: &Path, cases: u32) -> description::Loaded {
 
 /// The release v2 in the fake's S3: its migration records itself in the copy.
 async fn publish_release(cloud: &FakeCloud) {
-    let migrate = "set -e\necho 'applying 0001_migrated.sql'\npsql -X -q -v ON_ERROR_STOP=1 -c \"CREATE TABLE migrated (release text); INSERT INTO migrated VALUES ('$REHEARSE_RELEASE')\"\n";
+    let migrate = "set -e\necho 'applying 0001_migrated.sql'\npsql -X -q -v ON_ERROR_STOP=1 -c \"CREATE TABLE IF NOT EXISTS migrated (release text); INSERT INTO migrated VALUES ('$REHEARSE_RELEASE')\"\n";
     cloud.put_object_now("shop-releases", "shop-v2.tar.gz", release_archive(&[("migrate.sh", migrate)])).await;
 }
 
@@ -360,4 +367,102 @@ fn runner_ssm_masks_installs_and_runs_suites_inside_the_vpc_with_junit_beyond_24
         assert!(keys.is_empty(), "the run's keys are left: {keys:?}");
         assert!(cloud.violations().is_empty(), "{:?}", cloud.violations());
     });
+}
+
+/// Seeded runs with `runner: ssm` under the fake's faults, killed while SSM commands
+/// run (a random while after the k-th command was sent), then torn down from their
+/// journal as `rehearse down` does: the runner, the instances, the copy and the run's
+/// keys in the outputs bucket are gone, and nothing untagged was touched.
+#[test]
+fn seeded_kills_during_ssm_commands_leave_nothing_runner_and_keys_included() {
+    use rehearse::engine::journal::Journal;
+    use rehearse::engine::teardown;
+    use rehearse::sys::timing::Clock;
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = ssm_description_at(dir.path(), 20, "-ge");
+    let seeds: Vec<u64> = match std::env::var("REHEARSE_SEED") {
+        Ok(s) => vec![s.parse().unwrap()],
+        Err(_) => (1..=40).collect(),
+    };
+    let (mut killed, mut commands) = (0, 0);
+    for seed in seeds {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        let state = dir.path().join(format!("seed-{seed}"));
+        let run_id = format!("r-20261127-000000-{seed:06x}");
+        let result: Result<bool, String> = rt.block_on(async {
+            let cloud =
+                FakeCloud::new(seed, Faults { outage: 0.0, capacity: 0.0, failed_restore: 0.0, ..Faults::chaos() });
+            cloud.serving_links();
+            cloud.databases_at("127.0.0.1", pg.port);
+            publish_release(&cloud).await;
+            let provider = AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX)
+                .seeded(seed)
+                .with_work_root(&state.join("work"));
+            let opts =
+                Options { state_root: state.join("state"), work_root: state.join("work"), ..options(&state, &run_id) };
+            // Killed after the k-th command, 0-19 s (virtual) into what follows.
+            // A run sends four: the runner's probe, masking, the install, the suite.
+            let k = 1 + (seed % 4) as usize;
+            let after = Duration::from_secs(seed.wrapping_mul(2_654_435_761) % 20);
+            let killer = async {
+                while cloud.ssm().sent().len() < k {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                tokio::time::sleep(after).await;
+            };
+            let signals = Signals::none();
+            let run = lifecycle::run(&provider, &loaded, &opts, &Printed, &signals);
+            let finished = tokio::select! {
+                biased;
+                o = run => Some(o),
+                _ = killer => None,
+            };
+            drop(provider);
+            if let Some(o) = &finished {
+                let o = o.as_ref().map_err(|e| format!("the run did not start: {e}"))?;
+                // A run may fail on a fault the fake injected (a restore whose answer
+                // was lost is not sent again); on nothing else.
+                let injected = o.report.failure.as_ref().is_some_and(|f| f.message.contains("injected"));
+                if o.report.exit_code != 0 && !injected {
+                    return Err(format!("seed {seed}: the run failed: {:?}", o.report.failure));
+                }
+            }
+            // `rehearse down RUN_ID` from the journal, again while it reports leftovers.
+            let journal = Journal::open(&opts.state_root.join("runs").join(&run_id).join("journal.jsonl"))
+                .map_err(|e| format!("no journal: {e}"))?;
+            let down = AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX)
+                .seeded(!seed)
+                .with_work_root(&state.join("work"));
+            let mut complete = false;
+            for _ in 0..6 {
+                let out = teardown::run(&down, &journal, &Printed, &Signals::none(), 1, &Clock::new()).await;
+                if out.complete() {
+                    complete = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            let left = cloud.leftovers();
+            let keys: Vec<String> = cloud
+                .s3_keys()
+                .into_iter()
+                .filter(|k| k.starts_with(&format!("acme-rehearse/runner/{run_id}")))
+                .collect();
+            if !complete || !left.is_empty() || !keys.is_empty() {
+                return Err(format!("seed {seed}: left {left:?} and keys {keys:?} (down complete: {complete})"));
+            }
+            if !cloud.violations().is_empty() {
+                return Err(format!("seed {seed}: {:?}", cloud.violations()));
+            }
+            commands += cloud.ssm().sent().len();
+            Ok(finished.is_none())
+        });
+        match result {
+            Ok(k) => killed += usize::from(k),
+            Err(e) => panic!("{e} (rerun with REHEARSE_SEED=N REHEARSE_DEBUG=1)"),
+        }
+    }
+    eprintln!("{killed} runs killed during SSM commands, {commands} commands sent");
+    assert!(killed >= 28 || std::env::var("REHEARSE_SEED").is_ok(), "only {killed} of 40 runs were killed mid-SSM");
 }

@@ -27,6 +27,12 @@ const STATE_PREFIX: &str = "REHEARSE_STATE_PREFIX/";
 /// The release artifacts (`release.artifact: s3://BUCKET/PREFIX…`): read, to presign a
 /// link for the instances and to download the release for an install run here.
 const ARTIFACTS: &str = "arn:aws:s3:::REHEARSE_ARTIFACT_BUCKET/REHEARSE_ARTIFACT_PREFIX*";
+/// The SSM runner's bucket and the objects under its prefix (`runner.ssm.outputs`): its
+/// inputs, written by rehearse, and the commands' output, written by SSM.
+const RUNNER_BUCKET: &str = "arn:aws:s3:::REHEARSE_RUNNER_BUCKET";
+const RUNNER_OBJECTS: &str = "arn:aws:s3:::REHEARSE_RUNNER_BUCKET/REHEARSE_RUNNER_PREFIX/*";
+/// The one document rehearse sends: a shell script.
+const SHELL_DOCUMENT: &str = "arn:aws:ssm:*:*:document/AWS-RunShellScript";
 /// The one role rehearse may hand to its instances (a service's `instance_profile`).
 const INSTANCE_ROLE: &str = "arn:aws:iam::*:role/REHEARSE_INSTANCE_ROLE";
 /// S3's condition key for the `If-None-Match` header of a write (`*`: create only).
@@ -200,6 +206,9 @@ fn is_input(action: &str, resource: &str) -> bool {
         (a, "og" | "pg" | "cluster-pg") => a.starts_with("rds:Restore") || a == "rds:CreateDBInstance",
         ("ec2:RunInstances", "image" | "subnet" | "network-interface") => true,
         ("ec2:CreateSecurityGroup", "vpc") => true,
+        // The document it runs is AWS's shell script; the bucket is where output goes.
+        ("ssm:SendCommand", "document") => resource == SHELL_DOCUMENT,
+        ("ssm:SendCommand", _) => resource == RUNNER_BUCKET,
         _ => false,
     }
 }
@@ -287,7 +296,9 @@ fn sdk_source() -> String {
 fn sdk_calls() -> BTreeSet<String> {
     let flat: String = sdk_source().chars().filter(|c| !c.is_whitespace()).collect();
     let mut calls = BTreeSet::new();
-    for (client, service) in [(".ec2.", "ec2"), (".rds.", "rds"), (".s3.", "s3"), (".r53.", "route53")] {
+    for (client, service) in
+        [(".ec2.", "ec2"), (".rds.", "rds"), (".s3.", "s3"), (".r53.", "route53"), (".ssm.", "ssm")]
+    {
         for (at, _) in flat.match_indices(client) {
             let rest = &flat[at + client.len()..];
             let method: String =
@@ -393,6 +404,16 @@ fn every_change_is_confined_to_what_rehearse_creates() {
             if action == "iam:PassRole" {
                 assert_eq!(s.resources, [INSTANCE_ROLE], "{}: iam:PassRole names the instance role only", s.sid);
                 assert!(s.requires("iam:PassedToService"), "{}: iam:PassRole without iam:PassedToService", s.sid);
+                continue;
+            }
+            // Cancelling a command takes no resource (IAM has none for it): it can only
+            // stop a command, never start, change or read one.
+            if action == "ssm:CancelCommand" {
+                assert_eq!(s.actions, ["ssm:CancelCommand"], "{}: CancelCommand shares its statement", s.sid);
+                continue;
+            }
+            // The runner's inputs and output, under its prefix only.
+            if s.resources == [RUNNER_OBJECTS] || (s.resources == [RUNNER_BUCKET] && action == "s3:ListBucket") {
                 continue;
             }
             // The release artifacts: read only.
@@ -587,6 +608,14 @@ fn the_state_store_is_confined_to_its_bucket_and_prefix() {
     for s in s3 {
         for action in &s.actions {
             assert!(action.starts_with("s3:"), "{}: {action} shares a statement with the state store's", s.sid);
+        }
+        // The runner's prefix (inputs, output) is its own; listing only under it.
+        if s.resources == [RUNNER_OBJECTS] {
+            continue;
+        }
+        if s.resources == [RUNNER_BUCKET] {
+            assert!(s.requires("s3:prefix"), "{}: listing the runner's bucket without s3:prefix", s.sid);
+            continue;
         }
         // The release artifacts' statement reads them, nothing else (checked above).
         if s.resources == [ARTIFACTS] {

@@ -289,9 +289,15 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         let started = std::time::Instant::now();
         // Delivery and the agent's own start take a little beyond the time limit.
         let deadline = Instant::now() + job.timeout + Duration::from_secs(120);
-        let finished = ssm::run_command(&self.api.inner, &req, fetch, RUNNER_POLL, deadline, cancel)
-            .await
-            .map_err(|e| StepError::build(format!("{} on the runner {instance}: {e}", job.id)))?;
+        let finished = ssm::run_command(&self.api.inner, &req, fetch, RUNNER_POLL, deadline, cancel).await;
+        // The inputs (the environment holds the copy's password) are not kept once the
+        // job ended; teardown removes whatever an interrupted job left.
+        if finished.is_ok() {
+            if let Err(e) = self.api.delete_prefix(&bucket, &inputs_at).await {
+                tracing::debug!("cannot remove the runner's inputs s3://{bucket}/{inputs_at}: {e}");
+            }
+        }
+        let finished = finished.map_err(|e| StepError::build(format!("{} on the runner {instance}: {e}", job.id)))?;
         let (output, files) = split_files(&finished.output, &marker);
         let mut output = output;
         if !finished.stderr.is_empty() {
