@@ -97,6 +97,7 @@ pub enum Runner {
 /// A runner instance rehearse sends commands to through SSM Run Command.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["image"]}, {"required": ["instance"]}]))]
 pub struct SsmRunner {
     /// AMI with the SSM agent, `bash`, `curl`, `tar` and `psql` (and whatever the
     /// suites run), launched in the run's first subnet and security group and torn down
@@ -118,6 +119,7 @@ pub struct SsmRunner {
     /// Where SSM writes each command's full output (`s3://BUCKET/PREFIX`), and where
     /// rehearse puts the runner's inputs (suites' files, masking SQL); the run's keys
     /// are removed at teardown. Example: `s3://acme-rehearse/runner`.
+    #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)"))]
     pub outputs: String,
     /// The directory whose files the suites need on the runner (their commands run
     /// from the description's directory inside it). Default: the description's
