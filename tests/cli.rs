@@ -87,7 +87,7 @@ fn plan_json_is_a_graph_that_never_depends_on_production() {
     let out = rehearse(&["plan", "environments/shop-aws.yaml", "--release", "v2", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan is JSON");
-    assert_eq!(plan["schema_version"], 1);
+    assert_eq!(plan["schema_version"], 2);
     assert_eq!(plan["release"]["version"], "v2");
     let resources = plan["resources"].as_array().unwrap();
     let ids: Vec<&str> = resources.iter().map(|r| r["id"].as_str().unwrap()).collect();

@@ -72,7 +72,7 @@ pub(super) fn phase_for(kind: &str, action: &str) -> &'static str {
 
 pub(super) fn phase_of(kind: Option<Kind>, e: &StepError) -> String {
     match (kind, e.blame) {
-        (Some(Kind::LocalInstall), _) => "install".into(),
+        (Some(Kind::Install), _) => "install".into(),
         (Some(Kind::LocalProcess), _) => "health".into(),
         (_, Blame::Release) => "install".into(),
         _ => "up".into(),

@@ -14,7 +14,7 @@ use crate::description::{
 
 /// Version of the JSON plan format (`rehearse plan --format json`); bumped on any
 /// incompatible change. Documented in README.md.
-pub const PLAN_SCHEMA_VERSION: u32 = 1;
+pub const PLAN_SCHEMA_VERSION: u32 = 2;
 
 /// The ingress rules of the copies' ports and of the services' ports (aws).
 pub const DB_INGRESS: &str = "network.ingress.databases";
@@ -100,8 +100,10 @@ pub enum Kind {
     LocalPostgres,
     #[serde(rename = "local.release")]
     LocalRelease,
-    #[serde(rename = "local.install")]
-    LocalInstall,
+    /// A service's install (migrations), run once against the copy before any of its
+    /// processes or instances: from this machine, or on the SSM runner.
+    #[serde(rename = "install", alias = "local.install")]
+    Install,
     #[serde(rename = "local.process")]
     LocalProcess,
     #[serde(rename = "suite")]
@@ -125,7 +127,7 @@ impl Kind {
             Kind::AwsS3Prefix => "aws.s3.prefix",
             Kind::LocalPostgres => "local.postgres",
             Kind::LocalRelease => "local.release",
-            Kind::LocalInstall => "local.install",
+            Kind::Install => "install",
             Kind::LocalProcess => "local.process",
             Kind::Suite => "suite",
             Kind::Workspace => "local.workspace",
@@ -410,7 +412,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                 // The install runs once, from here, against the copy; the instances
                 // start only after it passed.
                 if s.install.is_some() {
-                    let mut inst = new(format!("install.{name}"), Kind::LocalInstall, &name);
+                    let mut inst = new(format!("install.{name}"), Kind::Install, &name);
                     // The copies it migrates, never other services: every
                     // instance waits for every install (below).
                     // From the release unpacked here, or fetched by the runner.
@@ -463,7 +465,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
             }
             _ => {
                 let install_id = format!("install.{name}");
-                let mut inst = new(install_id.clone(), Kind::LocalInstall, &name);
+                let mut inst = new(install_id.clone(), Kind::Install, &name);
                 inst.depends_on = vec!["release".into()];
                 inst.depends_on.extend(dep_ids.iter().cloned());
                 if s.install.is_some() {
@@ -504,7 +506,7 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
     // On aws an install migrates the copy every service shares: no instance of any
     // service starts before every install passed.
     let installs: Vec<String> =
-        resources.iter().filter(|r| r.kind == Kind::LocalInstall && d.aws().is_some()).map(|r| r.id.clone()).collect();
+        resources.iter().filter(|r| r.kind == Kind::Install && d.aws().is_some()).map(|r| r.id.clone()).collect();
     for r in resources.iter_mut().filter(|r| r.kind == Kind::AwsInstance && r.id != RUNNER) {
         r.depends_on.extend(installs.iter().cloned());
     }
@@ -618,5 +620,17 @@ impl Plan {
     /// Ids of resources (not suites) that depend on `id`.
     pub fn dependants(&self, id: &str) -> Vec<&Resource> {
         self.resources.iter().filter(|r| r.depends_on.iter().any(|d| d == id)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn journals_written_before_the_install_kind_was_renamed_still_read() {
+        let old: Kind = serde_json::from_str("\"local.install\"").unwrap();
+        assert_eq!(old, Kind::Install);
+        assert_eq!(serde_json::to_string(&Kind::Install).unwrap(), "\"install\"");
     }
 }

@@ -111,14 +111,14 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
             Kind::AwsS3Prefix => self.runner_data(res, ctx).await,
             Kind::AwsIngress => self.ingress(res, ctx).await,
             Kind::LocalRelease => self.release(res, ctx).await,
-            Kind::LocalInstall if runner::configured(ctx.loaded).is_some() => self.install_on_runner(res, ctx).await,
-            Kind::LocalInstall => crate::providers::install::install(res, ctx, &ctx.run.work_dir.join("release")).await,
+            Kind::Install if runner::configured(ctx.loaded).is_some() => self.install_on_runner(res, ctx).await,
+            Kind::Install => crate::providers::install::install(res, ctx, &ctx.run.work_dir.join("release")).await,
             other => Err(StepError::build(format!("the aws provider cannot create `{}`", other.as_str()))),
         }
     }
 
     async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError> {
-        if entry.kind == Kind::LocalInstall {
+        if entry.kind == Kind::Install {
             // An install leaves nothing of its own behind.
             return Ok(());
         }
@@ -146,7 +146,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
     /// subnet group and the security group, then the run's local workspace.
     fn teardown_rank(&self, kind: Kind) -> Option<u8> {
         match kind {
-            Kind::AwsInstance | Kind::AwsDbInstance | Kind::LocalInstall => Some(0),
+            Kind::AwsInstance | Kind::AwsDbInstance | Kind::Install => Some(0),
             // The runner's keys once the runner (whose agent writes them) is gone.
             Kind::AwsDbCluster | Kind::AwsS3Prefix => Some(1),
             Kind::AwsDbSubnetGroup | Kind::AwsSecurityGroup | Kind::AwsIngress | Kind::LocalRelease => Some(2),

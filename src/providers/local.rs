@@ -88,7 +88,7 @@ impl Provider for LocalProvider {
         match res.kind {
             Kind::LocalPostgres => self.database(res, ctx).await,
             Kind::LocalRelease => self.release(res, ctx).await,
-            Kind::LocalInstall => self.install(res, ctx).await,
+            Kind::Install => self.install(res, ctx).await,
             Kind::LocalProcess => self.service(res, ctx).await,
             other => Err(StepError::build(format!("the local provider cannot create `{}`", other.as_str()))),
         }
@@ -141,7 +141,7 @@ impl Provider for LocalProvider {
     /// used, then the work directory that held them.
     fn teardown_rank(&self, kind: Kind) -> Option<u8> {
         match kind {
-            Kind::LocalProcess | Kind::LocalInstall => Some(0),
+            Kind::LocalProcess | Kind::Install => Some(0),
             Kind::LocalPostgres | Kind::LocalRelease => Some(1),
             Kind::Workspace => Some(2),
             _ => None,
