@@ -15,6 +15,9 @@ use rehearse::sys::signals::Signals;
 use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
 use tokio::time::Instant;
 
+mod common;
+use common::release_archive;
+
 /// environments/shop-aws.yaml on the fake, waiting for each instance's bootstrap
 /// marker (no health checks: the fake's addresses are not real).
 fn description(dir: &Path) -> description::Loaded {
@@ -242,19 +245,6 @@ impl Drop for Postgres {
             .current_dir(self.dir.path())
             .output();
     }
-}
-
-/// A release archive (`shop/…`), gzipped.
-fn release_archive(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, text) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o755);
-        h.set_cksum();
-        b.append_data(&mut h, format!("shop/{path}"), text.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
 }
 
 /// The shop on the fake with `runner: ssm`: masking (real SQL), an install on `web`,

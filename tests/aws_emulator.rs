@@ -1302,19 +1302,6 @@ fn instance_profile(emu: &Emulator, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A release archive: `migrate.sh` and whatever `files` add, as `shop-VERSION/...`.
-fn release_archive(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, text) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o755);
-        h.set_cksum();
-        b.append_data(&mut h, format!("shop/{path}"), text.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
-
 #[test]
 fn the_release_reaches_instances_by_profile_or_presigned_link_never_with_credentials() {
     let emu = Emulator::start(false);

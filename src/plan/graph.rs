@@ -441,6 +441,10 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     if s.port.is_some() {
                         r.depends_on.extend(service_ingress.iter().cloned());
                     }
+                    // Its health check runs on the runner.
+                    if s.health.is_some() {
+                        r.depends_on.extend(runner.iter().cloned());
+                    }
                     r.attributes.insert("image_id".into(), json!(ec2.image));
                     r.attributes.insert("instance_type".into(), json!(ec2.instance_type));
                     r.attributes.insert("subnet_id".into(), json!(aws.network.subnets.iter().cycle().nth(i as usize)));

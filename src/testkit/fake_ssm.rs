@@ -261,26 +261,19 @@ impl SsmApi for FakeSsm {
                 return Err(fail("InvocationDoesNotExist", ErrorKind::NotFound));
             }
             let Some(c) = st.commands.get_mut(command_id) else { unreachable!("looked up above") };
+            // Not ended (or never will): a status, no output yet.
+            let unfinished = |status: &str| Invocation {
+                status: status.into(),
+                response_code: -1,
+                stdout: String::new(),
+                stderr: String::new(),
+                stdout_url: None,
+                stderr_url: None,
+            };
             if c.cancelled {
-                let inv = Invocation {
-                    status: "Cancelled".into(),
-                    response_code: -1,
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    stdout_url: None,
-                    stderr_url: None,
-                };
-                (inv, Vec::new())
+                (unfinished("Cancelled"), Vec::new())
             } else if Instant::now() < c.done_at {
-                let inv = Invocation {
-                    status: "InProgress".into(),
-                    response_code: -1,
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    stdout_url: None,
-                    stderr_url: None,
-                };
-                (inv, Vec::new())
+                (unfinished("InProgress"), Vec::new())
             } else {
                 let mut writes = Vec::new();
                 let mut url = |stream: &str, body: &str| {

@@ -174,3 +174,17 @@ suites:
     );
     write_description(sb, "custom.yaml", &text)
 }
+
+/// A release archive (`shop/PATH` for each of `files`, mode 0755), gzipped: what an
+/// artifact in S3 holds in the AWS tests.
+pub fn release_archive(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, text) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, format!("shop/{path}"), text.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
