@@ -133,7 +133,10 @@ fn plan_text_reads_like_terraform() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("+ network.security-group"), "{text}");
     assert!(text.contains("newest available snapshot of RDS instance shop-prod-db (read-only)"), "{text}");
-    assert!(text.contains("Plan: 8 resources to create, 2 suites to run, estimated $"), "{text}");
+    assert!(text.contains("Plan: 9 resources to create, 2 suites to run, estimated $"), "{text}");
+    // Masking runs once the copy's port is open, and what uses the copy waits for it.
+    assert!(text.contains("depends on: database.db, network.ingress.databases\n"), "{text}");
+    assert!(text.contains("depends on: network.security-group, database.db, mask.db,"), "{text}");
     // The copies' port opens only after the copies exist (and are secured).
     let ingress = text.find("+ network.ingress.databases").expect("the databases' ingress is planned");
     assert!(text.find("+ database.db").unwrap() < ingress, "{text}");

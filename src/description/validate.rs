@@ -119,6 +119,25 @@ impl<'a> Validator<'a> {
                 check(self, format!("services.{name}.templates[{i}].source"), &t.source, "template");
             }
         }
+        // On aws every install runs before any instance starts: its environment (the
+        // service's `env`) cannot use another service's address yet.
+        if d.aws().is_some() {
+            for (name, s) in d.services.iter().filter(|(_, s)| s.install.is_some()) {
+                for (k, v) in &s.env {
+                    let templated = v.contains("{{") || v.contains("{%");
+                    if templated && v.contains("services.") {
+                        self.err(
+                            &format!("services.{name}.env.{k}"),
+                            format!(
+                                "`services.{name}.env.{k}` uses a service's address, but on aws `{name}`'s install runs \
+                                 (with this environment) before any instance starts"
+                            ),
+                        )
+                        .help = Some("pass the address at run time from user-data instead, or drop the install".into());
+                    }
+                }
+            }
+        }
         if let Some(crate::description::Runner::Ssm(r)) = &d.runner {
             if let Some(b) = &r.bundle {
                 let full = self.dir.join(b);

@@ -320,6 +320,8 @@ pub struct SuiteJob<'a> {
     pub cwd: &'a std::path::Path,
     pub run: &'a RunInfo,
     pub loaded: &'a Loaded,
+    /// Turns true when the run stops: a suite run elsewhere is stopped there too.
+    pub cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What came back of a suite run elsewhere: how it ended, its output, its JUnit file,
@@ -372,6 +374,14 @@ pub trait Provider {
     /// by convention anyway).
     fn cancel_grace(&self) -> std::time::Duration {
         std::time::Duration::ZERO
+    }
+
+    /// Whether this provider runs the suites of `loaded` elsewhere ([`Provider::run_suite`]):
+    /// such a suite is told to stop (through [`SuiteJob::cancel`]) and waited for, not
+    /// dropped, so that it is stopped where it runs.
+    fn runs_suites_elsewhere(&self, loaded: &Loaded) -> bool {
+        let _ = loaded;
+        false
     }
 
     /// Runs a suite inside the copy's network, when this provider does; `None`: the

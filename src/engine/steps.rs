@@ -153,6 +153,8 @@ pub(super) async fn execute<P: Provider>(
                         };
                         // Inside the copy's network when the provider runs suites there,
                         // else here.
+                        let elsewhere = provider.runs_suites_elsewhere(loaded);
+                        let told = cancelled.clone();
                         let run = async {
                             let job = SuiteJob {
                                 name,
@@ -162,6 +164,7 @@ pub(super) async fn execute<P: Provider>(
                                 cwd: &loaded.dir,
                                 run: info,
                                 loaded,
+                                cancel: told,
                             };
                             match provider.run_suite(&job).await {
                                 None => suites::run(spec, clock).await,
@@ -175,9 +178,19 @@ pub(super) async fn execute<P: Provider>(
                         // (its process group is killed when the future is dropped): it
                         // creates nothing that teardown would have to wait for.
                         let stopped = "stopped before it finished: the run was interrupted or another step failed";
-                        let res = tokio::select! {
-                            res = run => res,
-                            _ = cancelled.wait_for(|c| *c) => suites::not_run(name, s, stopped),
+                        // A suite run elsewhere is told to stop there, and waited for.
+                        let res = if elsewhere {
+                            let res = run.await;
+                            if *cancelled.borrow() {
+                                suites::not_run(name, s, stopped)
+                            } else {
+                                res
+                            }
+                        } else {
+                            tokio::select! {
+                                res = run => res,
+                                _ = cancelled.wait_for(|c| *c) => suites::not_run(name, s, stopped),
+                            }
                         };
                         let ok = res.status == SuiteStatus::Passed;
                         let detail = Some(match &res.reason {

@@ -92,6 +92,10 @@ pub enum Kind {
     /// ports from `allow_cidrs` and the group itself.
     #[serde(rename = "aws.ec2.ingress")]
     AwsIngress,
+    /// Masking SQL on an AWS copy, once its port is open (the local provider masks
+    /// inside its restore).
+    #[serde(rename = "mask")]
+    Mask,
     /// The run's keys in the SSM runner's bucket (`runner.ssm.outputs`): the runner's
     /// inputs and the commands' output, removed with the run.
     #[serde(rename = "aws.s3.prefix")]
@@ -125,6 +129,7 @@ impl Kind {
             Kind::AwsInstance => "aws.ec2.instance",
             Kind::AwsIngress => "aws.ec2.ingress",
             Kind::AwsS3Prefix => "aws.s3.prefix",
+            Kind::Mask => "mask",
             Kind::LocalPostgres => "local.postgres",
             Kind::LocalRelease => "local.release",
             Kind::Install => "install",
@@ -305,20 +310,14 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     let mut inst = new(format!("database.{name}"), Kind::AwsDbInstance, name);
                     inst.depends_on = vec![cluster_id];
                     inst.depends_on.extend(network_ids.iter().cloned());
-                    if db.masking.is_some() && !runner.is_empty() {
-                        inst.depends_on.push(RUNNER_DATA.into());
-                    }
+
                     inst.attributes = attrs;
                     inst.cost_per_hour_usd = cost;
                     resources.push(inst);
                 } else {
                     let mut inst = new(format!("database.{name}"), Kind::AwsDbInstance, name);
                     inst.depends_on = network_ids.clone();
-                    // Masking runs on the runner: its keys exist before (the runner
-                    // itself is waited for inside, the restore does not wait for it).
-                    if db.masking.is_some() && !runner.is_empty() {
-                        inst.depends_on.push(RUNNER_DATA.into());
-                    }
+
                     inst.source = source;
                     inst.attributes = attrs;
                     inst.cost_per_hour_usd = cost;
@@ -355,6 +354,25 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         resources.push(r);
         DB_INGRESS.to_string()
     });
+    // On AWS a copy is masked once its port is open (from here or the runner), and
+    // whatever uses the copy waits for the masking.
+    if let Some(ingress) = &db_ingress {
+        for (name, db) in d.databases.iter().filter(|(_, db)| db.masking.is_some()) {
+            let id = format!("mask.{name}");
+            let mut m = new(id.clone(), Kind::Mask, name);
+            m.depends_on = vec![format!("database.{name}"), ingress.clone()];
+            m.depends_on.extend(runner.iter().cloned());
+            if let Some(sql) = &db.masking {
+                m.attributes.insert("sql".into(), json!(loaded.resolve(sql).display().to_string()));
+            }
+            let on = if runner.is_empty() { "this machine" } else { "the runner (SSM)" };
+            m.attributes.insert("on".into(), json!(format!("{on}, in one transaction")));
+            resources.push(m);
+            if let Some(ids) = db_ids.get_mut(name.as_str()) {
+                ids.push(id);
+            }
+        }
+    }
     let service_ports: BTreeSet<u16> = d.services.values().filter_map(|s| s.port).collect();
     let service_ingress = ingress_from.as_ref().filter(|_| !service_ports.is_empty()).map(|ingress_from| {
         let mut r = new(SERVICE_INGRESS.into(), Kind::AwsIngress, "services");
@@ -417,7 +435,9 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
                     // instance waits for every install (below).
                     // From the release unpacked here, or fetched by the runner.
                     inst.depends_on = if runner.is_empty() { vec!["release".into()] } else { runner.clone() };
-                    inst.depends_on.extend(dep_ids.iter().filter(|i| i.starts_with("database.")).cloned());
+                    inst.depends_on.extend(
+                        dep_ids.iter().filter(|i| i.starts_with("database.") || i.starts_with("mask.")).cloned(),
+                    );
                     if dep_ids.iter().any(|i| i.starts_with("database.")) {
                         inst.depends_on.extend(db_ingress.iter().cloned());
                     }

@@ -109,6 +109,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
             Kind::AwsInstance if res.id == crate::plan::RUNNER => self.launch_runner(res, ctx).await,
             Kind::AwsInstance => self.instance(res, ctx).await,
             Kind::AwsS3Prefix => self.runner_data(res, ctx).await,
+            Kind::Mask => self.mask(res, ctx).await,
             Kind::AwsIngress => self.ingress(res, ctx).await,
             Kind::LocalRelease => self.release(res, ctx).await,
             Kind::Install if runner::configured(ctx.loaded).is_some() => self.install_on_runner(res, ctx).await,
@@ -118,8 +119,8 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
     }
 
     async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError> {
-        if entry.kind == Kind::Install {
-            // An install leaves nothing of its own behind.
+        if matches!(entry.kind, Kind::Install | Kind::Mask) {
+            // An install or a masking leaves nothing of its own behind.
             return Ok(());
         }
         if entry.kind == Kind::AwsS3Prefix {
@@ -146,7 +147,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
     /// subnet group and the security group, then the run's local workspace.
     fn teardown_rank(&self, kind: Kind) -> Option<u8> {
         match kind {
-            Kind::AwsInstance | Kind::AwsDbInstance | Kind::Install => Some(0),
+            Kind::AwsInstance | Kind::AwsDbInstance | Kind::Install | Kind::Mask => Some(0),
             // The runner's keys once the runner (whose agent writes them) is gone.
             Kind::AwsDbCluster | Kind::AwsS3Prefix => Some(1),
             Kind::AwsDbSubnetGroup | Kind::AwsSecurityGroup | Kind::AwsIngress | Kind::LocalRelease => Some(2),
@@ -165,6 +166,10 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
     /// means the journal learns the id of whatever it created.
     fn cancel_grace(&self) -> Duration {
         Duration::from_secs(90)
+    }
+
+    fn runs_suites_elsewhere(&self, loaded: &crate::description::Loaded) -> bool {
+        runner::configured(loaded).is_some()
     }
 
     /// With `runner: ssm`, suites run on the runner inside the VPC.

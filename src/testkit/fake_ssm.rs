@@ -1,6 +1,6 @@
 //! A fake of SSM Run Command behind [`SsmApi`] that really runs the commands, here.
 //!
-//! `SendCommand` runs the script's lines at once, joined into one `bash -c` script, in
+//! `SendCommand` runs the script's lines at once, joined into one `sh -c` script, in
 //! a fresh temporary directory (the "instance"), with `REHEARSE_FAKE_INSTANCE` set to
 //! the instance id, and keeps its exit status, stdout and stderr. It runs as a plain
 //! blocking child process, so tokio's paused clock does not move while it does; the
@@ -111,7 +111,8 @@ fn execute(instance_id: &str, lines: &[String]) -> (i32, String, String) {
             Err(e) => return (-1, String::new(), format!("cannot make the fake instance's directory: {e}")),
         }
     };
-    let out = std::process::Command::new("bash")
+    // `sh`, as the agent may run it (dash on Debian and Ubuntu): no bashism passes here.
+    let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(lines.join("\n"))
         .current_dir(&dir)

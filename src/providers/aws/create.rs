@@ -4,6 +4,7 @@
 //! a failure says whether anything may have been created.
 
 use super::*;
+use serde::Deserialize;
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     pub fn new(api: A, min_poll: Duration, max_poll: Duration) -> Self {
@@ -382,38 +383,54 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             user,
             password,
         };
-        if let (Some(m), Some(_)) = (&db.masking, super::runner::configured(ctx.loaded)) {
+        let backup = BackupUsed { restore_ms: started.elapsed().as_millis() as u64, ..backup };
+        Ok(Output::Database { outputs, backup })
+    }
+
+    /// `mask.NAME`: the masking SQL on a copy, once its port is open (from here, or on
+    /// the runner), in one transaction; everything that uses the copy waits for it.
+    pub(super) async fn mask(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        let db = &ctx.loaded.desc.databases[res.name.as_str()];
+        let Some(m) = &db.masking else { return Ok(Output::Nothing) };
+        let outputs = ctx
+            .tctx
+            .get("databases")
+            .and_then(|d| d.get(res.name.as_str()))
+            .and_then(|o| DatabaseOutputs::deserialize(o).ok())
+            .ok_or_else(|| StepError::build(format!("database `{}` has no connection to mask through", res.name)))?;
+        let timeout = db.timeout.unwrap_or(Duration::from_secs(30 * 60));
+        ctx.created(res, Handle::new(json!({}))).await?;
+        if super::runner::configured(ctx.loaded).is_some() {
             let t = ctx.started(res, "mask", Some("on the runner".into()));
             let r = self.mask_on_runner(res, ctx, &ctx.loaded.resolve(m), &outputs, timeout).await;
             ctx.step(res, "mask", t, r.is_ok(), None);
             r?;
-        } else if let Some(m) = &db.masking {
-            // The runner must reach the VPC (README): masking runs from here with psql.
-            let t = ctx.started(res, "mask", None);
-            let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
-            // The connection (and its password) in libpq's environment, never on the
-            // command line, where every user of this machine could read it.
-            let mut cmd = tokio::process::Command::new("psql");
-            cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f"])
-                .arg(ctx.loaded.resolve(m))
-                .env_remove("PGSERVICE")
-                .env_remove("PGOPTIONS")
-                .envs(outputs.libpq_env())
-                .env("PGCONNECT_TIMEOUT", "10");
-            let f = crate::sys::process::run_logged(&mut cmd, &log, timeout, ctx.clock)
-                .await
-                .map_err(|e| StepError::build(format!("cannot run psql for masking: {e}")))?;
-            ctx.step(res, "mask", t, f.success(), None);
-            if !f.success() {
-                return Err(StepError::build(format!(
-                    "masking SQL on {} failed (the runner must reach the VPC)",
-                    outputs.endpoint
-                ))
-                .with_log(&log, 10));
-            }
+            return Ok(Output::Nothing);
         }
-        let backup = BackupUsed { restore_ms: started.elapsed().as_millis() as u64, ..backup };
-        Ok(Output::Database { outputs, backup })
+        // The machine running rehearse must reach the VPC (README): psql from here.
+        let t = ctx.started(res, "mask", None);
+        let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
+        // The connection (and its password) in libpq's environment, never on the
+        // command line, where every user of this machine could read it.
+        let mut cmd = tokio::process::Command::new("psql");
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f"])
+            .arg(ctx.loaded.resolve(m))
+            .env_remove("PGSERVICE")
+            .env_remove("PGOPTIONS")
+            .envs(outputs.libpq_env())
+            .env("PGCONNECT_TIMEOUT", "10");
+        let f = crate::sys::process::run_logged(&mut cmd, &log, timeout, ctx.clock)
+            .await
+            .map_err(|e| StepError::build(format!("cannot run psql for masking: {e}")))?;
+        ctx.step(res, "mask", t, f.success(), None);
+        if !f.success() {
+            return Err(StepError::build(format!(
+                "masking SQL on {} failed (this machine must reach the VPC, or use `runner: ssm`)",
+                outputs.endpoint
+            ))
+            .with_log(&log, 10));
+        }
+        Ok(Output::Nothing)
     }
 
     pub(super) async fn cluster(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
@@ -590,8 +607,18 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         let Some((bucket, key)) = s3_location(artifact).filter(|_| !has_profile) else {
             return ctx.render(&name);
         };
+        // User-data runs once, at first boot: the link lives as long as the boot may
+        // take (the health check's or bootstrap's time) and a quarter of an hour — not
+        // the run's whole life — and never past the run.
+        let s = &ctx.loaded.desc.services[res.name.as_str()];
+        let boot = s
+            .health
+            .as_ref()
+            .map(|h| h.timeout)
+            .unwrap_or_default()
+            .max(s.aws().and_then(|a| a.bootstrap_timeout).unwrap_or(BOOTSTRAP_TIMEOUT));
         let left = (ctx.run.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
-        let expires_in = left.clamp(Duration::from_secs(15 * 60), PRESIGN_MAX);
+        let expires_in = (boot + Duration::from_secs(15 * 60)).min(left).clamp(Duration::from_secs(60), PRESIGN_MAX);
         let url = self.api.presign_get(bucket, key, expires_in).await.map_err(|e| {
             StepError::build(format!("cannot presign {artifact} for the instances of `{}`: {e}", res.name))
                 .nothing_created()
@@ -616,6 +643,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         who: &str,
         deadline: Option<Instant>,
     ) -> Result<(), StepError> {
+        let mut told = false;
         loop {
             match self.api.console_output(id).await {
                 Ok(Some(text)) => match bootstrap_status(&text) {
@@ -639,15 +667,20 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     None => {}
                 },
                 Ok(None) => {}
-                // Unreadable console: say so once and leave the decision to the health
-                // check, or fail when the marker was what the instance waited for.
+                // Unreadable console (a refusal this identity cannot change ends the
+                // watch at once; anything else may pass): said once, read again until
+                // the deadline; without one, the health check decides.
                 Err(e) => {
                     let why = format!("{who}: cannot read its console output: {e}");
-                    if deadline.is_some() {
-                        return Err(StepError::build(why));
+                    if !told {
+                        ctx.reporter.event(crate::engine::events::Event::Note(why.clone()));
+                        told = true;
                     }
-                    ctx.reporter.event(crate::engine::events::Event::Note(why));
-                    return std::future::pending().await;
+                    match deadline {
+                        Some(_) if e.kind == ErrorKind::Denied => return Err(StepError::build(why)),
+                        None if e.kind == ErrorKind::Denied => return std::future::pending().await,
+                        _ => {}
+                    }
                 }
             }
             if let Some(d) = deadline {

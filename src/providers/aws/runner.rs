@@ -34,6 +34,8 @@ use crate::plan::Resource;
 pub const RUNNER_POLL: Duration = Duration::from_secs(2);
 /// How long a launched runner's SSM agent may take to register once it runs.
 const AGENT_PATIENCE: Duration = Duration::from_secs(600);
+/// How long the links to a job's inputs are valid.
+const INPUT_LINK_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// The largest suites' bundle uploaded.
 const MAX_BUNDLE_BYTES: u64 = 512 << 20;
 
@@ -232,8 +234,10 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         let instance = self.runner_instance(cancel.clone()).await?;
         let (bucket, base) = run_prefix(runner, &run.run_id)?;
         let inputs_at = format!("{base}in/{}/", job.id);
-        // Links live as long as the job may: its time limit and an hour's slack.
-        let valid = (job.timeout + Duration::from_secs(3600)).min(super::PRESIGN_MAX);
+        // The links stand in the command's parameters, which SSM keeps in its history:
+        // they are fetched first thing, so they live a quarter of an hour (queueing on
+        // the agent included), and the inputs are deleted when the job ends.
+        let valid = INPUT_LINK_LIFETIME;
         let env: String = job.env.iter().map(|(k, v)| format!("{k}={}\n", quote(v))).collect();
         let mut fetches = Vec::new();
         let inputs = std::iter::once(Input::Bytes { name: "env.sh".into(), bytes: env.into_bytes() }).chain(job.inputs);
@@ -265,6 +269,8 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         ];
         script.extend(fetches);
         script.push("set -a; . ./env.sh; set +a; rm -f env.sh".into());
+        // The job's own commands run as they would anywhere: no `set -u` imposed.
+        script.push("set +u".into());
         script.push("(".into());
         script.extend(job.body.lines().map(str::to_string));
         script.push(") 2>&1".into());
@@ -291,11 +297,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         let deadline = Instant::now() + job.timeout + Duration::from_secs(120);
         let finished = ssm::run_command(&self.api.inner, &req, fetch, RUNNER_POLL, deadline, cancel).await;
         // The inputs (the environment holds the copy's password) are not kept once the
-        // job ended; teardown removes whatever an interrupted job left.
-        if finished.is_ok() {
-            if let Err(e) = self.api.delete_prefix(&bucket, &inputs_at).await {
-                tracing::debug!("cannot remove the runner's inputs s3://{bucket}/{inputs_at}: {e}");
-            }
+        // job ended, however it ended; teardown removes whatever a killed run left.
+        if let Err(e) = self.api.delete_prefix(&bucket, &inputs_at).await {
+            tracing::debug!("cannot remove the runner's inputs s3://{bucket}/{inputs_at}: {e}");
         }
         let finished = finished.map_err(|e| StepError::build(format!("{} on the runner {instance}: {e}", job.id)))?;
         let (output, files) = split_files(&finished.output, &marker);
@@ -378,7 +382,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             }
         };
         let body = format!(
-            "mkdir release && tar -xzf release.tar.gz -C release || exit 125\n\
+            "mkdir release && tar -xf release.tar.gz -C release || exit 125\n\
              cd release\n\
              set -- *\n\
              if [ $# -eq 1 ] && [ -d \"$1\" ] && [ ! -L \"$1\" ]; then cd \"$1\"; fi\n\
@@ -419,14 +423,14 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         timeout: Duration,
     ) -> Result<(), String> {
         let secs = timeout.as_secs().max(1);
+        // POSIX sh: the agent may run the script with dash.
         let body = format!(
-            "end=$((SECONDS + {secs}))\n\
+            "end=$(( $(date +%s) + {secs} ))\n\
              until curl -fsS -o /dev/null --max-time 5 {u}; do\n\
-             if [ $SECONDS -ge $end ]; then echo \"no 2xx from {shown} within {secs}s\"; exit 1; fi\n\
+             if [ \"$(date +%s)\" -ge \"$end\" ]; then echo \"no 2xx from \"{u}\" within {secs}s\"; exit 1; fi\n\
              sleep 2\n\
              done",
             u = quote(url),
-            shown = url
         );
         let job = Job {
             id: format!("health.{}", res.id.trim_start_matches("service.")),
@@ -464,14 +468,13 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         let junit = crate::suites::junit_name(job.suite).map(|n| n.to_string_lossy().into_owned());
         let mut env: Vec<(String, String)> = job.env.to_vec();
         env.push(("REHEARSE_SUITE".into(), job.name.to_string()));
-        let mut body = String::from("mkdir results bundle && tar -xzf bundle.tar.gz -C bundle || exit 125\n");
+        let mut body = String::from("mkdir results bundle && tar -xf bundle.tar.gz -C bundle || exit 125\n");
         body.push_str("export REHEARSE_SUITE_DIR=\"$work/results\"\n");
         if let Some(j) = &junit {
             body.push_str(&format!("export REHEARSE_JUNIT_PATH=\"$work/results/\"{}\n", quote(j)));
         }
         body.push_str(&format!("cd bundle/{} || exit 125\n", quote(&relative.display().to_string())));
         body.push_str(job.command);
-        let (cancel_tx, cancel) = watch::channel(false);
         let remote = Job {
             id: format!("suite.{}", job.name),
             inputs: vec![Input::Bytes { name: "bundle.tar.gz".into(), bytes: bundle }],
@@ -480,9 +483,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             timeout: job.suite.timeout,
             files_back: junit.iter().map(|j| format!("results/{j}")).collect(),
         };
-        let done = self.on_runner(job.run, job.loaded, remote, cancel).await.map_err(|e| e.message);
-        drop(cancel_tx);
-        let done = done?;
+        let done = self.on_runner(job.run, job.loaded, remote, job.cancel.clone()).await.map_err(|e| e.message)?;
         if done.exit == 125 && done.output.contains("rehearse: the runner cannot fetch") {
             return Err(format!("the runner {} could not fetch the suite's files", done.instance));
         }
@@ -511,15 +512,11 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     b.follow_symlinks(false);
                     for entry in std::fs::read_dir(&dir).map_err(err)? {
                         let entry = entry.map_err(err)?;
-                        if entry.file_name() == ".git" {
+                        if skipped(&entry.file_name()) {
                             continue;
                         }
                         let path = entry.path();
-                        if entry.file_type().map_err(err)?.is_dir() {
-                            b.append_dir_all(entry.file_name(), &path).map_err(err)?;
-                        } else {
-                            b.append_path_with_name(&path, entry.file_name()).map_err(err)?;
-                        }
+                        pack(&mut b, &path, Path::new(&entry.file_name())).map_err(err)?;
                     }
                     let bytes = b.into_inner().map_err(err)?.finish().map_err(err)?;
                     if bytes.len() as u64 > MAX_BUNDLE_BYTES {
@@ -552,7 +549,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         let bucket = h.and_then(|h| h.get("bucket")?.as_str());
         let prefix = h.and_then(|h| h.get("prefix")?.as_str());
         let (Some(bucket), Some(prefix)) = (bucket, prefix) else { return Ok(()) };
-        if !prefix.ends_with(&format!("{}/", meta.run_id)) || prefix.split('/').any(|p| p == "..") {
+        let last = prefix.trim_end_matches('/').rsplit('/').next();
+        let well_formed = meta.run_id.starts_with("r-") && meta.run_id.len() > 2;
+        if !well_formed || last != Some(meta.run_id.as_str()) || !prefix.ends_with('/') || prefix.contains("..") {
             return Err(DestroyError::new(
                 DestroyErrorKind::NotOurs,
                 format!("s3://{bucket}/{prefix} is not this run's prefix; not removed"),
@@ -566,6 +565,29 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             };
             DestroyError::caused(kind, format!("cannot remove s3://{bucket}/{prefix}: {e}"), e)
         })
+    }
+}
+
+/// What the bundle leaves out, at any depth: hidden files and directories (`.git`,
+/// `.env`, `.venv`, keys), and build output (`target`, `node_modules`).
+fn skipped(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with('.') || name == "target" || name == "node_modules"
+}
+
+/// Adds `path` to the bundle as `at`, a directory with what it holds but [`skipped`].
+fn pack(b: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>, path: &Path, at: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        b.append_dir(at, path)?;
+        let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries.into_iter().filter(|e| !skipped(&e.file_name())) {
+            pack(b, &e.path(), &at.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        b.append_path_with_name(path, at)
     }
 }
 

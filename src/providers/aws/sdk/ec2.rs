@@ -1,5 +1,6 @@
 //! [`Ec2Api`] over the SDK's EC2 client: instances and security groups.
 
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types as ec2t;
 
 use super::{err, Sdk};
@@ -177,7 +178,14 @@ impl Ec2Api for Sdk {
     async fn console_output(&self, id: &str) -> ApiResult<Option<String>> {
         // `latest`: the newest text on instances that keep it (Nitro), instead of the
         // copy AWS posts a while after boot.
-        let out = self.ec2.get_console_output().instance_id(id).latest(true).send().await.map_err(err)?;
+        let out = match self.ec2.get_console_output().instance_id(id).latest(true).send().await {
+            Ok(out) => out,
+            // `latest` is for Nitro instances; others have the copy AWS posts after boot.
+            Err(e) if e.code() == Some("UnsupportedOperation") => {
+                self.ec2.get_console_output().instance_id(id).send().await.map_err(err)?
+            }
+            Err(e) => return Err(err(e)),
+        };
         let Some(text) = out.output().filter(|o| !o.is_empty()) else { return Ok(None) };
         let bytes =
             base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text.trim()).map_err(|e| ApiError {
