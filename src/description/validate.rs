@@ -119,6 +119,16 @@ impl<'a> Validator<'a> {
                 check(self, format!("services.{name}.templates[{i}].source"), &t.source, "template");
             }
         }
+        // On aws instances fetch the release themselves: from S3 or over HTTP(S), never
+        // from a path on this machine.
+        if d.aws().is_some() && d.services.values().any(|s| s.user_data().is_some()) {
+            let a = d.release.artifact.trim_start();
+            let fetchable = ["s3://", "https://", "http://", "{{"].iter().any(|p| a.starts_with(p));
+            if !fetchable {
+                self.err("release.artifact", format!("`{a}` is not a URL the instances can fetch")).expected =
+                    Some("`s3://BUCKET/KEY` (presigned for the instances) or an `https://` URL".into());
+            }
+        }
         // On aws every install runs before any instance starts: its environment (the
         // service's `env`) cannot use another service's address yet.
         if d.aws().is_some() {

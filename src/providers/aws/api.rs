@@ -232,6 +232,14 @@ pub trait S3Api: Send + Sync {
     fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> impl Future<Output = ApiResult<()>> + Send;
     /// Reads an object; `None` when there is none (a command's output, as SSM wrote it).
     fn get_object(&self, bucket: &str, key: &str) -> impl Future<Output = ApiResult<Option<Vec<u8>>>> + Send;
+    /// The last `max` bytes of an object, and whether its start was left out; `None`
+    /// when there is no such object (a command's output that might be huge).
+    fn get_object_tail(
+        &self,
+        bucket: &str,
+        key: &str,
+        max: u64,
+    ) -> impl Future<Output = ApiResult<Option<(Vec<u8>, bool)>>> + Send;
     /// Deletes every object under `prefix`; how many there were.
     fn delete_prefix(&self, bucket: &str, prefix: &str) -> impl Future<Output = ApiResult<u64>> + Send;
 }

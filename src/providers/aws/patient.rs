@@ -295,6 +295,10 @@ impl<A: S3Api> S3Api for Patient<A> {
         self.retrying("GetObject", || self.inner.get_object(bucket, key)).await
     }
 
+    async fn get_object_tail(&self, bucket: &str, key: &str, max: u64) -> ApiResult<Option<(Vec<u8>, bool)>> {
+        self.retrying("GetObject", || self.inner.get_object_tail(bucket, key, max)).await
+    }
+
     async fn delete_prefix(&self, bucket: &str, prefix: &str) -> ApiResult<u64> {
         self.retrying("DeleteObject", || self.inner.delete_prefix(bucket, prefix)).await
     }

@@ -36,6 +36,9 @@ pub const RUNNER_POLL: Duration = Duration::from_secs(2);
 const AGENT_PATIENCE: Duration = Duration::from_secs(600);
 /// How long the links to a job's inputs are valid.
 const INPUT_LINK_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// How much of a job's output is read back: its last 64 MiB, and room for a JUnit
+/// file at the most rehearse reads (base64).
+const OUTPUT_CAP: u64 = (64 << 20) + crate::suites::MAX_JUNIT_BYTES * 4 / 3 + 4096;
 /// The largest suites' bundle uploaded.
 const MAX_BUNDLE_BYTES: u64 = 512 << 20;
 
@@ -291,7 +294,23 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             timeout_secs: job.timeout.as_secs().max(1) as u32,
             comment: format!("rehearse {} {}", run.run_id, job.id),
         };
-        let fetch = |b: String, k: String| async move { self.api.get_object(&b, &k).await.map_err(|e| e.to_string()) };
+        // Only the output's last part is kept (the returned files come last): a chatty
+        // job cannot run this machine out of memory.
+        let fetch = |b: String, k: String| async move {
+            match self.api.get_object_tail(&b, &k, OUTPUT_CAP).await.map_err(|e| e.to_string())? {
+                Some((bytes, true)) => {
+                    let mut out = format!(
+                        "[rehearse: the start of this output, beyond its last {} MiB, was left out]\n",
+                        OUTPUT_CAP >> 20
+                    )
+                    .into_bytes();
+                    out.extend(bytes);
+                    Ok(Some(out))
+                }
+                Some((bytes, false)) => Ok(Some(bytes)),
+                None => Ok(None),
+            }
+        };
         let started = std::time::Instant::now();
         // Delivery and the agent's own start take a little beyond the time limit.
         let deadline = Instant::now() + job.timeout + Duration::from_secs(120);

@@ -221,6 +221,13 @@ impl S3Api for FakeCloud {
         Ok(self.s3.get(&format!("{bucket}/{key}")).await.map_err(s3_error)?.map(|o| o.body))
     }
 
+    async fn get_object_tail(&self, bucket: &str, key: &str, max: u64) -> ApiResult<Option<(Vec<u8>, bool)>> {
+        Ok(self.get_object(bucket, key).await?.map(|b| {
+            let cut = b.len() as u64 > max;
+            (b[b.len().saturating_sub(max as usize)..].to_vec(), cut)
+        }))
+    }
+
     async fn delete_prefix(&self, bucket: &str, prefix: &str) -> ApiResult<u64> {
         use crate::engine::store::ObjectStore;
         self.enter("DeleteObject", &format!("{bucket}/{prefix}"), true)?;

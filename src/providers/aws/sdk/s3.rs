@@ -243,6 +243,30 @@ impl crate::providers::aws::api::S3Api for super::Sdk {
         }
     }
 
+    async fn get_object_tail(
+        &self,
+        bucket: &str,
+        key: &str,
+        max: u64,
+    ) -> crate::providers::aws::api::ApiResult<Option<(Vec<u8>, bool)>> {
+        match self.s3.get_object().bucket(bucket).key(key).range(format!("bytes=-{max}")).send().await {
+            Ok(out) => {
+                // `bytes START-END/TOTAL`: the start was left out when TOTAL is more.
+                let total = out.content_range().and_then(|r| r.rsplit('/').next()?.parse::<u64>().ok());
+                let bytes = out.body.collect().await.map_err(|e| crate::providers::aws::api::ApiError {
+                    code: None,
+                    message: format!("reading s3://{bucket}/{key} failed: {e}"),
+                    kind: ErrorKind::Unreachable,
+                })?;
+                let bytes = bytes.into_bytes().to_vec();
+                let cut = total.is_some_and(|t| t > bytes.len() as u64);
+                Ok(Some((bytes, cut)))
+            }
+            Err(e) if is_no_such_key(&e) => Ok(None),
+            Err(e) => Err(super::err(e)),
+        }
+    }
+
     async fn delete_prefix(&self, bucket: &str, prefix: &str) -> crate::providers::aws::api::ApiResult<u64> {
         let mut keys = Vec::new();
         let mut pages = self.s3.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
