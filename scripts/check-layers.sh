@@ -36,6 +36,7 @@ forbid providers/aws 'providers::local|super::local'     "the AWS provider uses 
 forbid providers/local 'providers::aws|super::aws'       "the local provider uses no AWS module"
 forbid suites      'crate::(engine|providers|commands)'  "suites are below the engine"
 forbid report      'crate::(engine|providers|commands|suites)' "the report is below the engine"
+forbid compare     'crate::(engine|providers|commands|suites)' "the judge is below the engine"
 forbid plan        'crate::(engine|providers|commands|report|suites)' "the plan is below the engine"
 forbid description 'crate::(engine|providers|commands|report|suites|plan)' "the description is the bottom of the run's path"
 for low in sys secrets style diag exit; do

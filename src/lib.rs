@@ -10,7 +10,8 @@
 //! - [`providers`]: `aws` (EC2, RDS) and `local` (PostgreSQL and processes here),
 //!   each implementing the engine's contract;
 //! - `suites` (the commands that judge a release) and [`report`] (JSON, JUnit,
-//!   Markdown, HTML and the terminal summary);
+//!   Markdown, HTML and the terminal summary); [`compare`] (baseline against candidate:
+//!   the statistics and the judge) beside them;
 //! - [`plan`] (a description compiled into a resource graph) over [`description`]
 //!   (a YAML file loaded and checked);
 //! - [`sys`]: what everything above stands on — processes, private files, state
@@ -26,6 +27,7 @@
 
 pub(crate) mod cli;
 pub mod commands;
+pub mod compare;
 pub mod description;
 pub(crate) mod diag;
 pub mod engine;

@@ -1,0 +1,10 @@
+//! Baseline versus candidate (`rehearse compare`): two copies of production from the
+//! same backup, the baseline release on one and the candidate on the other, the same
+//! load on both, and a judge with known semantics over what was measured.
+//!
+//! - [`stats`]: the Mann-Whitney U test, the Hodges-Lehmann estimate and its interval
+//!   (R's `wilcox.test`, as Kayenta ported it);
+//! - [`judge`]: per-metric classification and the score (Kayenta's NetflixACAJudge).
+
+pub mod judge;
+pub mod stats;
