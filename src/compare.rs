@@ -4,7 +4,9 @@
 //!
 //! - [`stats`]: the Mann-Whitney U test, the Hodges-Lehmann estimate and its interval
 //!   (R's `wilcox.test`, as Kayenta ported it);
-//! - [`judge`]: per-metric classification and the score (Kayenta's NetflixACAJudge).
+//! - [`judge`]: per-metric classification and the score (Kayenta's NetflixACAJudge);
+//! - [`load`]: a request file replayed at a fixed rate against both at once.
 
 pub mod judge;
+pub mod load;
 pub mod stats;

@@ -1,0 +1,263 @@
+//! The same load on the baseline and the candidate at the same time: requests from a
+//! file, replayed at a fixed rate for a duration against each environment's URL.
+//!
+//! The request file has one request a line — `METHOD PATH [BODY]`, e.g. lines taken
+//! from an access log — and `#` comments. Requests go out in the file's order, cycling,
+//! on a fixed schedule (request `i` at `start + i / rate`), to both environments at
+//! once: an open loop, so a slow environment gets the same arrivals as a fast one
+//! instead of fewer (no coordinated omission). Each request is one HTTP/1.1 exchange on
+//! its own connection; its latency runs from the connect to the end of the answer. A
+//! status of 500 or more, no answer within the timeout, or a failed connection is an
+//! error. Endpoints are `METHOD PATH` without the query string.
+//!
+//! An HTTP client crate would bring dozens of dependencies for a request line, a few
+//! headers and a body, as with the health checks (`sys::health`): this speaks HTTP/1.1
+//! over a tokio `TcpStream`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One request of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The path and query.
+    pub path: String,
+    pub body: Option<String>,
+}
+
+impl Request {
+    /// `METHOD PATH`, without the query: what latencies and errors are grouped by.
+    pub fn endpoint(&self) -> String {
+        format!("{} {}", self.method, self.path.split('?').next().unwrap_or(&self.path))
+    }
+}
+
+/// A malformed line of a request file (1-based).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("line {line}: {message}")]
+pub struct RequestFileError {
+    pub line: usize,
+    pub message: String,
+}
+
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Reads a request file: `METHOD PATH [BODY]` a line, `#` comments, blank lines.
+pub fn parse_requests(text: &str) -> Result<Vec<Request>, RequestFileError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let err = |message: String| RequestFileError { line: i + 1, message };
+        let mut parts = line.splitn(3, char::is_whitespace);
+        let method = parts.next().unwrap_or_default().to_ascii_uppercase();
+        if !METHODS.contains(&method.as_str()) {
+            return Err(err(format!("`{method}` is not an HTTP method ({})", METHODS.join(", "))));
+        }
+        let path = parts.next().unwrap_or_default().to_string();
+        if !path.starts_with('/') || path.chars().any(|c| c.is_control()) {
+            return Err(err(format!("`{path}` is not a path (it must start with `/`)")));
+        }
+        let body = parts.next().map(|b| b.trim().to_string()).filter(|b| !b.is_empty());
+        out.push(Request { method, path, body });
+    }
+    if out.is_empty() {
+        return Err(RequestFileError { line: 0, message: "the file holds no request".into() });
+    }
+    Ok(out)
+}
+
+/// What one request came to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub endpoint: String,
+    /// From the connect to the end of the answer (to the timeout when there was none).
+    pub latency_ms: f64,
+    pub status: Option<u16>,
+    pub error: bool,
+}
+
+/// Everything one environment was sent, by endpoint: latencies (ms) and whether each
+/// request failed (1.0) or not (0.0), in the order they were sent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    pub latencies: BTreeMap<String, Vec<f64>>,
+    pub errors: BTreeMap<String, Vec<f64>>,
+}
+
+impl Measured {
+    fn add(&mut self, s: &Sample) {
+        self.latencies.entry(s.endpoint.clone()).or_default().push(s.latency_ms);
+        self.errors.entry(s.endpoint.clone()).or_default().push(if s.error { 1.0 } else { 0.0 });
+    }
+
+    /// How many requests were sent.
+    pub fn requests(&self) -> usize {
+        self.errors.values().map(Vec::len).sum()
+    }
+}
+
+/// Where an environment answers: `http://HOST:PORT` (a path after it is ignored).
+pub fn target(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (authority, 80),
+    };
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+/// One exchange: its status, or why there is none.
+async fn exchange(host: &str, port: u16, req: &Request) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect((host, port)).await?;
+    let body = req.body.as_deref().unwrap_or("");
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: rehearse-compare\r\nConnection: close\r\n",
+        req.method, req.path
+    );
+    if req.body.is_some() {
+        let kind = if body.starts_with('{') || body.starts_with('[') { "application/json" } else { "text/plain" };
+        head.push_str(&format!("Content-Type: {kind}\r\nContent-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body.as_bytes()).await?;
+    // The whole answer (Connection: close): its end is the latency's end.
+    let mut answer = Vec::with_capacity(1024);
+    s.read_to_end(&mut answer).await?;
+    let line = String::from_utf8_lossy(&answer[..answer.len().min(256)]).into_owned();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response"))
+}
+
+/// Sends `requests` to every target at `rate` a second for `duration`, on one schedule;
+/// what each target was measured at, in the targets' order.
+pub async fn replay(
+    requests: &[Request],
+    targets: &[(String, u16)],
+    rate: f64,
+    duration: Duration,
+    timeout: Duration,
+) -> Vec<Measured> {
+    let total = (rate * duration.as_secs_f64()).floor() as usize;
+    let period = Duration::from_secs_f64(1.0 / rate.max(f64::MIN_POSITIVE));
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
+        let req = requests[i % requests.len()].clone();
+        for (t, (host, port)) in targets.iter().enumerate() {
+            let (req, host, port) = (req.clone(), host.clone(), *port);
+            tasks.spawn(async move {
+                let begun = Instant::now();
+                let r = tokio::time::timeout(timeout, exchange(&host, port, &req)).await;
+                let latency_ms = begun.elapsed().as_secs_f64() * 1000.0;
+                let (status, error) = match r {
+                    Ok(Ok(code)) => (Some(code), code >= 500),
+                    Ok(Err(_)) | Err(_) => (None, true),
+                };
+                (t, i, Sample { endpoint: req.endpoint(), latency_ms, status, error })
+            });
+        }
+    }
+    let mut done: Vec<(usize, usize, Sample)> = Vec::with_capacity(total * targets.len());
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(x) = r {
+            done.push(x);
+        }
+    }
+    // In the order sent, per target.
+    done.sort_by_key(|(t, i, _)| (*t, *i));
+    let mut out = vec![Measured::default(); targets.len()];
+    for (t, _, s) in &done {
+        out[*t].add(s);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_files_are_read_and_refused_with_their_line() {
+        let text = "# from the access log\nGET /products?page=2\n\npost /orders {\"product\": 3}\nDELETE /cart/7\n";
+        let r = parse_requests(text).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].endpoint(), "GET /products");
+        assert_eq!((r[1].method.as_str(), r[1].body.as_deref()), ("POST", Some("{\"product\": 3}")));
+        assert_eq!(parse_requests("GET /\nFETCH /x\n").unwrap_err().line, 2);
+        assert_eq!(parse_requests("GET products\n").unwrap_err().line, 1);
+        assert!(parse_requests("# nothing\n").is_err());
+        assert_eq!(target("http://127.0.0.1:8080/x"), Some(("127.0.0.1".into(), 8080)));
+        assert_eq!(target("https://example.com"), None);
+    }
+
+    /// A server answering `/slow` after `delay`, `/boom` with a 500, anything else at once.
+    async fn server(delay: Duration) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if req.contains(" /slow") {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let status = if req.contains(" /boom") { "500 Internal Server Error" } else { "200 OK" };
+                    let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok");
+                    s.write_all(answer.as_bytes()).await.ok();
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn both_environments_get_the_same_requests_on_one_schedule() {
+        let (a, b) = (server(Duration::from_millis(1)).await, server(Duration::from_millis(60)).await);
+        let requests = parse_requests("GET /fast\nGET /slow\nPOST /boom {}\nGET /fast?x=1\n").unwrap();
+        let targets = [("127.0.0.1".to_string(), a), ("127.0.0.1".to_string(), b)];
+        let t = Instant::now();
+        let m = replay(&requests, &targets, 40.0, Duration::from_secs(1), Duration::from_secs(5)).await;
+        assert!(t.elapsed() >= Duration::from_millis(975), "a fixed schedule over the duration");
+        for (side, measured) in m.iter().enumerate() {
+            assert_eq!(measured.requests(), 40, "side {side}");
+            assert_eq!(measured.latencies["GET /fast"].len(), 20);
+            assert_eq!(measured.errors["POST /boom"], vec![1.0; 10]);
+            assert!(measured.errors["GET /slow"].iter().all(|e| *e == 0.0));
+        }
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        assert!(median(&m[1].latencies["GET /slow"]) >= 60.0, "{:?}", m[1].latencies["GET /slow"]);
+        assert!(median(&m[0].latencies["GET /slow"]) < 60.0);
+        // A closed port: every request an error, none lost.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let m = replay(
+            &requests,
+            &[("127.0.0.1".into(), closed)],
+            20.0,
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(m[0].requests(), 10);
+        assert!(m[0].errors.values().flatten().all(|e| *e == 1.0));
+    }
+}
