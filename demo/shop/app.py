@@ -14,6 +14,9 @@ Environment:
   HOST          address to bind (default 127.0.0.1)
   SHOP_RELEASE  reported by /version only when no VERSION file sits next to this file
 
+A SLOW file next to this one ("PATH MILLISECONDS", release v2-slow) makes that endpoint
+answer that much later: a deliberate regression for `rehearse compare` to find.
+
 Endpoints (GET):
   /health           200 "ok" when `select 1` works against the database, else 503
   /version          the release version, as plain text
@@ -29,6 +32,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -50,6 +54,18 @@ def read_release():
 
 
 RELEASE = read_release()
+
+
+def read_slow():
+    """(path, seconds) of a deliberately slow endpoint, from a SLOW file beside this one."""
+    try:
+        path, ms = (HERE / "SLOW").read_text(encoding="utf-8").split()
+        return path, int(ms) / 1000.0
+    except (OSError, ValueError):
+        return None, 0.0
+
+
+SLOW_PATH, SLOW_SECONDS = read_slow()
 
 
 class DatabaseError(Exception):
@@ -108,7 +124,10 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "shop/" + RELEASE
 
     def do_GET(self):
-        route = ROUTES.get(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        if path == SLOW_PATH:
+            time.sleep(SLOW_SECONDS)
+        route = ROUTES.get(path)
         if route is None:
             self.reply(404, "application/json", '{"error": "not found"}\n')
             return
