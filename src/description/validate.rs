@@ -148,6 +148,9 @@ impl<'a> Validator<'a> {
                 }
             }
         }
+        if let Some(c) = &d.compare {
+            check(self, "compare.load.requests".into(), &c.load.requests, "request file");
+        }
         if let Some(crate::description::Runner::Ssm(r)) = &d.runner {
             if let Some(b) = &r.bundle {
                 let full = self.dir.join(b);

@@ -283,6 +283,27 @@ impl Decoder {
         None
     }
 
+    /// A number (whole or not) within `min..=max`.
+    pub(super) fn number(&mut self, path: &str, node: &Node, min: f64, max: f64) -> Option<f64> {
+        self.positions.set(path, node.pos);
+        let n = match &node.value {
+            Value::Int(n) => *n as f64,
+            Value::Float(f) => *f,
+            other => {
+                let kind = other.kind();
+                self.err(node.pos, format!("`{path}` must be a number, found {kind}")).expected =
+                    Some(format!("a number from {min} to {max}"));
+                return None;
+            }
+        };
+        if !(min..=max).contains(&n) {
+            self.err(node.pos, format!("`{path}` is {n}, outside the allowed range")).expected =
+                Some(format!("a number from {min} to {max}"));
+            return None;
+        }
+        Some(n)
+    }
+
     pub(super) fn integer(&mut self, path: &str, node: &Node, min: i64, max: i64) -> Option<i64> {
         self.positions.set(path, node.pos);
         match &node.value {
