@@ -199,6 +199,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Baseline against candidate: twin copies of production from one backup, the same
+    /// load on both, judged metric by metric (exit 0 pass, 1 fail)
+    Compare(CompareArgs),
     /// Rebuild a stage: a new generation from the newest backup with the release, its
     /// suites as acceptance, then every stable name switched to it at once
     Rebuild(RebuildArgs),
@@ -237,6 +240,28 @@ pub struct RunArgs {
     pub cold: bool,
     /// When rehearse runs as root: the unprivileged user the release's install, its
     /// services and the suites run as [default: rehearse]
+    #[arg(long, env = "REHEARSE_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompareArgs {
+    /// The description, with a `compare:` section
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The release running now (the reference)
+    #[arg(long, value_name = "VERSION")]
+    pub baseline: String,
+    /// The release to judge against it
+    #[arg(long, value_name = "VERSION")]
+    pub candidate: String,
+    /// Where in the request file the load starts (repetitions replay other stretches)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Don't use the warm golden copy even if one exists
+    #[arg(long)]
+    pub cold: bool,
+    /// When rehearse runs as root: the unprivileged user the release runs as [default: rehearse]
     #[arg(long, env = "REHEARSE_RUN_AS", value_name = "USER")]
     pub run_as: Option<String>,
 }

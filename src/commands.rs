@@ -19,6 +19,7 @@ use crate::sys::{secure_fs, state};
 use store::Part;
 
 mod access;
+mod compare;
 mod down;
 mod inventory;
 mod lock;
@@ -90,6 +91,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
         Command::Lock { name, lease, command } => lock::lock(g, name, lease, command),
         Command::Unlock { name, force } => lock::unlock(g, name, *force),
+        Command::Compare(args) => compare::compare(g, args),
         Command::Rebuild(args) => stage::rebuild(g, args),
         Command::Stage { command } => stage::stage(g, command),
     }

@@ -5,8 +5,10 @@
 //! - [`stats`]: the Mann-Whitney U test, the Hodges-Lehmann estimate and its interval
 //!   (R's `wilcox.test`, as Kayenta ported it);
 //! - [`judge`]: per-metric classification and the score (Kayenta's NetflixACAJudge);
-//! - [`load`]: a request file replayed at a fixed rate against both at once.
+//! - [`load`]: a request file replayed at a fixed rate against both at once;
+//! - [`page`]: `compare.html`, the two side by side.
 
 pub mod judge;
 pub mod load;
+pub mod page;
 pub mod stats;

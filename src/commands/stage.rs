@@ -124,7 +124,7 @@ async fn password(store: &dyn ObjectStore, stage: &str) -> Result<String, StoreE
 
 /// `rehearse down RUN` from a blocking thread (it runs its own runtime), allowed to
 /// remove a stage's generation.
-async fn down_generation(g: &Global, run_id: &str) -> i32 {
+pub(super) async fn down_generation(g: &Global, run_id: &str) -> i32 {
     let (g, run_id) = (g.clone(), run_id.to_string());
     tokio::task::spawn_blocking(move || {
         super::store::fetched(&g, Some(&run_id), &[super::store::Part::Journal, super::store::Part::Connection], || {

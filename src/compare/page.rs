@@ -1,0 +1,96 @@
+//! `compare.html`: one self-contained page (no scripts, fonts or requests) with the
+//! baseline and the candidate side by side — each endpoint's latency distribution as an
+//! inline SVG box plot on one scale, error rates, migration times, every metric's
+//! verdict and interval. Rendered by `templates/compare.html.tera`, autoescaped.
+
+use serde_json::{json, Value};
+
+const TEMPLATE: &str = include_str!("../../templates/compare.html.tera");
+
+/// The quantile `q` (0..1) of sorted `v` (nearest rank).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// A box of one side's samples on a 400-wide scale up to `max`.
+fn boxed(label: &str, samples: &[f64], max: f64, fill: &str) -> Value {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let x = |q: f64| 400.0 * quantile(&v, q) / max.max(f64::MIN_POSITIVE);
+    json!({
+        "label": label, "n": v.len(), "fill": fill,
+        "p50": quantile(&v, 0.5), "p95": quantile(&v, 0.95),
+        "x_min": x(0.0), "x_p25": x(0.25), "x_p50": x(0.5), "x_max": x(0.99),
+        "w_box": (x(0.75) - x(0.25)).max(1.0),
+    })
+}
+
+/// The page for a comparison (compare.json's value).
+pub fn render(c: &Value) -> String {
+    let empty = json!({});
+    let lat = |side: &str| c[side]["measured"]["latencies"].as_object().cloned().unwrap_or_default();
+    let (bl, cl) = (lat("baseline"), lat("candidate"));
+    let mut endpoints: Vec<&String> = bl.keys().chain(cl.keys()).collect();
+    endpoints.sort();
+    endpoints.dedup();
+    let samples = |m: &serde_json::Map<String, Value>, e: &str| -> Vec<f64> {
+        m.get(e).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+    };
+    let verdict_of = |name: &str| {
+        c["verdicts"].as_array().and_then(|vs| vs.iter().find(|v| v["metric"] == name)).unwrap_or(&empty).clone()
+    };
+    let latency: Vec<Value> = endpoints
+        .iter()
+        .map(|e| {
+            let (b, k) = (samples(&bl, e), samples(&cl, e));
+            let mut all: Vec<f64> = b.iter().chain(&k).copied().collect();
+            all.sort_by(f64::total_cmp);
+            let max = quantile(&all, 0.99).max(1.0);
+            let v = verdict_of(&format!("latency {e}"));
+            json!({
+                "endpoint": e,
+                "classification": v["classification"].as_str().unwrap_or("NoData"),
+                "boxes": [boxed("baseline", &b, max, "#ddf4ff"), boxed("candidate", &k, max, "#fff8c5")],
+            })
+        })
+        .collect();
+    let side = |key: &str, label: &str| {
+        let s = &c[key];
+        let requests: usize = s["measured"]["errors"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(Value::as_array).map(Vec::len).sum());
+        let migration: Vec<String> = s["migration_ms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).map(|ms| format!("{:.0} ms", ms)).collect())
+            .unwrap_or_default();
+        json!({
+            "label": label, "release": s["release"], "run_id": s["run_id"], "verdict": s["verdict"],
+            "reason": s["reason"], "requests": requests, "migration": migration.join(", "),
+        })
+    };
+    let mut ctx = tera::Context::new();
+    let score = &c["score"];
+    ctx.insert("outcome", score["outcome"].as_str().unwrap_or("fail"));
+    ctx.insert("score", &score["score"]);
+    ctx.insert("passed", &score["passed"]);
+    ctx.insert("judged", &score["judged"]);
+    for key in ["environment", "baseline", "candidate", "settings", "load", "reason", "verdicts", "schema_version"] {
+        ctx.insert(key, &c[key]);
+    }
+    ctx.insert("sides", &[side("baseline", "Baseline"), side("candidate", "Candidate")]);
+    ctx.insert("latency", &latency);
+    let mut tera = tera::Tera::default();
+    tera.autoescape_on(vec![".html"]);
+    tera.add_raw_template("compare.html", TEMPLATE).and_then(|()| tera.render("compare.html", &ctx)).unwrap_or_else(
+        |e| {
+            let why = crate::description::template::TemplateError::from(e).to_string();
+            format!(
+                "<!doctype html><meta charset=utf-8><title>compare</title><p>the page could not be drawn: {}</p>",
+                why.replace('<', "&lt;")
+            )
+        },
+    )
+}
