@@ -22,16 +22,21 @@ banner "rehearse run environments/demo.yaml --release v3"
 "$bin" run environments/demo.yaml --release v3
 v3=$?
 
+banner "rehearse compare environments/demo.yaml --baseline v2 --candidate v2-slow"
+"$bin" compare environments/demo.yaml --baseline v2 --candidate v2-slow
+slow=$?
+
 end=$(date +%s.%N)
 verdict() { case $1 in 0) echo "passed (exit 0)";; 1) echo "FAILED (exit 1)";; *) echo "error (exit $1)";; esac; }
 banner "verdicts"
 echo "release v2: $(verdict $v2)   — its migrations work on the copy of production"
 echo "release v3: $(verdict $v3)   — its unique index trips over production's duplicate emails"
+echo "v2-slow against v2: $(verdict $slow)   — the same traffic on twin copies: GET /products is slower"
 printf 'demo took %.1fs (after the build); reports are under %s/runs\n' "$(echo "$end - $start" | bc 2>/dev/null || python3 -c "print($end-$start)")" "$REHEARSE_STATE_DIR"
 
-if [ "$v2" -eq 0 ] && [ "$v3" -eq 1 ]; then
-  echo "demo: as expected — the rehearsal caught v3 before production did."
+if [ "$v2" -eq 0 ] && [ "$v3" -eq 1 ] && [ "$slow" -eq 1 ]; then
+  echo "demo: as expected — the rehearsal caught v3, and the comparison v2-slow, before production did."
   exit 0
 fi
-echo "demo: unexpected verdicts (v2 should pass, v3 should fail)" >&2
+echo "demo: unexpected verdicts (v2 should pass, v3 and v2-slow should fail)" >&2
 exit 1

@@ -1,0 +1,84 @@
+//! `rehearse compare` on the demo (real PostgreSQL, the demo's releases, the request
+//! file in environments/load/): the same release on both sides never raises an alarm
+//! over seeded repetitions; v2-slow fails on exactly the endpoint it slows; v3 fails at
+//! its migration and says so, the baseline still measured; nothing is left.
+
+mod common;
+
+use common::*;
+
+/// One comparison at a time: both environments of a comparison share this machine's two
+/// cores, and a second comparison beside them would drown a 40 ms slowdown in queueing.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `rehearse compare` of the demo; its exit code, stdout and compare.json.
+fn compare(sb: &Sandbox, candidate: &str, seed: u64) -> (Option<i32>, String, serde_json::Value) {
+    let out = sb
+        .cmd()
+        .args(["-q", "compare", "environments/demo.yaml", "--baseline", "v2", "--candidate", candidate])
+        .args(["--seed", &seed.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let page = stdout.lines().last().and_then(|l| l.strip_prefix("open this: ")).unwrap_or_else(|| {
+        panic!("the page's path is printed last: {stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    let dir = std::path::Path::new(page).parent().unwrap();
+    let json = serde_json::from_str(&std::fs::read_to_string(dir.join("compare.json")).unwrap()).unwrap();
+    assert!(dir.join("compare.xml").is_file());
+    (out.status.code(), stdout, json)
+}
+
+fn failed(json: &serde_json::Value) -> Vec<String> {
+    json["score"]["failed"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect()
+}
+
+fn nothing_left(sb: &Sandbox, json: &serde_json::Value) {
+    for side in ["baseline", "candidate"] {
+        assert_nothing_left(sb, json[side]["run_id"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn the_same_release_passes_twenty_seeded_repetitions() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    demo_backups();
+    let sb = Sandbox::new();
+    let mut alarms = Vec::new();
+    for seed in 1..=20 {
+        let (code, stdout, json) = compare(&sb, "v2", seed);
+        if code != Some(0) {
+            alarms.push(format!("seed {seed}: exit {code:?}: {stdout}"));
+        }
+        // Every latency metric was judged on enough samples.
+        let judged = json["verdicts"].as_array().unwrap().iter().filter(|v| v["classification"] != "NoData").count();
+        assert!(judged >= 6, "seed {seed}: {json}");
+        nothing_left(&sb, &json);
+    }
+    assert!(alarms.is_empty(), "false alarms: {alarms:#?}");
+}
+
+#[test]
+fn a_slowed_endpoint_fails_on_its_latency_alone_and_a_failing_migration_says_so() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    demo_backups();
+    let sb = Sandbox::new();
+    let (code, stdout, json) = compare(&sb, "v2-slow", 1);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(failed(&json), ["latency GET /products"], "{stdout}");
+    assert!(stdout.contains("latency GET /products"), "the failing metric is named: {stdout}");
+    let products =
+        json["verdicts"].as_array().unwrap().iter().find(|v| v["metric"] == "latency GET /products").unwrap();
+    assert_eq!(products["classification"], "High");
+    nothing_left(&sb, &json);
+
+    let (code, stdout, json) = compare(&sb, "v3", 1);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(json["candidate"]["verdict"], "failed", "{json}");
+    let reason = json["reason"].as_str().unwrap();
+    assert!(reason.contains("v3") && reason.contains("migration"), "{reason}");
+    // The baseline was still built, measured and shown.
+    assert_eq!(json["baseline"]["verdict"], "passed");
+    assert!(json["baseline"]["measured"]["latencies"]["GET /products"].as_array().unwrap().len() >= 50);
+    nothing_left(&sb, &json);
+}
