@@ -638,3 +638,84 @@ fn screenshot_at_1280_shows_a_rendered_page() {
     assert_eq!((width, height), (1280, 2000));
     assert!(bytes.len() > 60_000, "a screenshot of {} bytes is too plain to be the page", bytes.len());
 }
+
+// ---------------------------------------------------------------------------------
+// compare.html: baseline and candidate side by side.
+
+/// A comparison as compare.json holds it: three endpoints, one slowed, hostile text in
+/// a reason.
+fn comparison() -> Value {
+    let lat =
+        |centre: f64, n: usize| -> Vec<f64> { (0..n).map(|i| centre * (0.8 + 0.4 * (i as f64 / n as f64))).collect() };
+    let zeros = |n: usize| vec![0.0; n];
+    let side = |release: &str, products: f64| {
+        serde_json::json!({
+            "release": release, "run_id": format!("r-20261127-000000-{release}"), "verdict": "passed",
+            "exit_code": 0, "reason": null, "migration_ms": [160.0],
+            "measured": {
+                "latencies": {"GET /products": lat(products, 60), "GET /version": lat(2.0, 60), "GET /customers/count": lat(78.0, 60)},
+                "errors": {"GET /products": zeros(60), "GET /version": zeros(60), "GET /customers/count": zeros(60)}
+            }
+        })
+    };
+    let verdict = |metric: &str, class: &str| {
+        serde_json::json!({
+            "metric": metric, "classification": class, "direction": "increase", "critical": false,
+            "baseline_samples": 60, "candidate_samples": 60, "estimate": 57.5, "interval": [51.2, 64.6],
+            "tolerance": 14.4, "p_value": 0.0001, "reason": format!("{class}: {HOSTILE}")
+        })
+    };
+    serde_json::json!({
+        "schema_version": 1, "id": "c-20261127-000000-abcdef", "environment": "demo",
+        "baseline": side("v2", 62.0), "candidate": side("v2-slow", 118.0),
+        "load": {"requests": "load/shop.requests", "target": "web", "rate": 15.0, "duration": "12s", "seed": 1},
+        "settings": {"confidence": 0.98, "tolerance": 0.25, "min_samples": 50, "pass": 95.0, "marginal": 75.0},
+        "verdicts": [verdict("latency GET /products", "High"), verdict("latency GET /version", "Pass"), verdict("migration time", "NoData")],
+        "score": {"score": 83.3, "judged": 6, "passed": 5, "outcome": "marginal", "failed": ["latency GET /products"], "reason": "marginal"},
+        "reason": "score 83.3 is marginal; failed: latency GET /products"
+    })
+}
+
+#[test]
+fn compare_page_shows_both_sides_at_1280_and_asks_for_nothing() {
+    let scratch = out_dir().join("compare");
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch).unwrap();
+    let html = rehearse::compare::page::render(&comparison());
+    assert!(!html.contains("<script>document"), "markup in a reason stays text");
+    assert!(!html.contains("http://") && !html.contains("https://"), "compare.html names a web address");
+    let page = scratch.join("compare.html");
+    fs::write(&page, &html).unwrap();
+    // A copy measures what a person sees: where each side's column is.
+    let measure = r#"<pre id="rehearse-measure"></pre><script>
+      const r = [...document.querySelectorAll('.side')].map(e => e.getBoundingClientRect());
+      const svgs = document.querySelectorAll('svg rect').length;
+      document.getElementById('rehearse-measure').textContent = btoa(JSON.stringify({
+        page_width: document.documentElement.scrollWidth, sides: r.map(b => [b.left, b.right, b.top, b.width]),
+        boxes: svgs, title: document.title }));
+    </script>"#;
+    let body_end = html.rfind("</body>").unwrap();
+    let copy = scratch.join("measured.html");
+    fs::write(&copy, format!("{}{measure}{}", &html[..body_end], &html[body_end..])).unwrap();
+    let run = browse(&copy, 1280, 1100, &[], "--dump-dom", &scratch.join("dom"));
+    assert_no_requests(&run.netlog);
+    let start = run.stdout.find(r#"<pre id="rehearse-measure">"#).expect("the measuring script ran");
+    let encoded = &run.stdout[start + r#"<pre id="rehearse-measure">"#.len()..];
+    let encoded = &encoded[..encoded.find("</pre>").unwrap()];
+    let m: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(encoded.trim()).unwrap()).unwrap();
+    assert!(m["page_width"].as_u64().unwrap() <= 1280, "the page scrolls sideways: {m}");
+    let sides = m["sides"].as_array().unwrap();
+    assert_eq!(sides.len(), 2, "{m}");
+    let (b, c) = (&sides[0], &sides[1]);
+    // Side by side: the same row, baseline left of candidate, both within the window.
+    assert_eq!(b[2], c[2], "{m}");
+    assert!(b[1].as_f64().unwrap() <= c[0].as_f64().unwrap() && c[1].as_f64().unwrap() <= 1280.0, "{m}");
+    assert!(b[3].as_f64().unwrap() > 300.0 && c[3].as_f64().unwrap() > 300.0, "{m}");
+    assert_eq!(m["boxes"], 6, "a box a side an endpoint: {m}");
+    assert_eq!(m["title"], "MARGINAL: demo v2-slow against v2");
+    let shot = scratch.join("compare.png");
+    let run = browse(&page, 1280, 1100, &[], &format!("--screenshot={}", shot.display()), &scratch.join("shot"));
+    assert_no_requests(&run.netlog);
+    assert!(fs::metadata(&shot).unwrap().len() > 10_000, "the screenshot shows a rendered page");
+}
