@@ -103,19 +103,11 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             Ok(s) => s,
             Err(code) => return code,
         };
-        let url = match super::store::url(g) {
-            Ok(u) => u,
+        let super::store::Opened { shared, locks, local_root: state_root } = match super::store::open_for_runs(g).await
+        {
+            Ok(o) => o,
             Err(code) => return code,
         };
-        let shared = match super::store::shared_for(url.clone()).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
-        let locks = match super::store::lock_store_for(g, url.as_ref(), shared.clone()) {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
-        let state_root = super::store::local_root_for(g, url.as_ref());
         let options = |release: &str| Options {
             run_id: state::new_run_id(),
             release: release.to_string(),

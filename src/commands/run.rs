@@ -68,16 +68,8 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             Ok(s) => s,
             Err(code) => return code,
         };
-        let url = match super::store::url(g) {
-            Ok(u) => u,
-            Err(code) => return code,
-        };
-        let shared = match super::store::shared_for(url.clone()).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
-        let locks = match super::store::lock_store_for(g, url.as_ref(), shared.clone()) {
-            Ok(s) => s,
+        let super::store::Opened { shared, locks, local_root } = match super::store::open_for_runs(g).await {
+            Ok(o) => o,
             Err(code) => return code,
         };
         let lease = super::store::lease();
@@ -116,7 +108,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             destroy,
             cold: args.cold,
             up_only,
-            state_root: super::store::local_root_for(g, url.as_ref()),
+            state_root: local_root,
             work_root: state::work_dir(),
             run_as: args.run_as.clone(),
             exit_code,

@@ -35,6 +35,23 @@ pub(crate) fn local_root(g: &Global) -> PathBuf {
 }
 
 /// This machine's state directory when `url` names the store.
+/// The state store a creating command works with: where its runs' journals are shared
+/// (if anywhere), where locks are taken, and the local state directory.
+pub(crate) struct Opened {
+    pub shared: Option<Arc<dyn ObjectStore>>,
+    pub locks: Arc<dyn ObjectStore>,
+    pub local_root: PathBuf,
+}
+
+/// Opens the state store `g` names (or the local one); the exit code when it cannot be.
+pub(crate) async fn open_for_runs(g: &Global) -> Result<Opened, i32> {
+    let url = url(g)?;
+    let shared = shared_for(url.clone()).await?;
+    let locks = lock_store_for(g, url.as_ref(), shared.clone())?;
+    let local_root = local_root_for(g, url.as_ref());
+    Ok(Opened { shared, locks, local_root })
+}
+
 pub(crate) fn local_root_for(g: &Global, url: Option<&StateUrl>) -> PathBuf {
     match url {
         Some(StateUrl::File(dir)) => dir.clone(),
