@@ -1290,7 +1290,7 @@ fn instance_profile(emu: &Emulator, name: &str) -> String {
     let script = format!(
         "import boto3, json\n\
          iam = boto3.client('iam', endpoint_url='{url}', region_name='{REGION}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-         doc = json.dumps({{'Version': '2012-10-17', 'Statement': [{{'Effect': 'Allow', 'Principal': {{'Service': 'ec2.amazonaws.com'}}, 'Action': 'sts:AssumeRole'}}]}})\n\
+         doc = json.dumps({{'Version': '2012-10-17', 'Statement': [{{'Effect': 'Allow', 'Principal': {{'AWS': 'arn:aws:iam::123456789012:root'}}, 'Action': 'sts:AssumeRole'}}]}})\n\
          iam.create_role(RoleName='{name}-role', AssumeRolePolicyDocument=doc)\n\
          p = iam.create_instance_profile(InstanceProfileName='{name}')\n\
          iam.add_role_to_instance_profile(InstanceProfileName='{name}', RoleName='{name}-role')\n\

@@ -170,34 +170,29 @@ pub fn classify(m: &Metric<'_>, s: &Settings) -> Verdict {
     let increase_bad = matches!(m.direction, Direction::Increase | Direction::Either);
     let decrease_bad = matches!(m.direction, Direction::Decrease | Direction::Either);
     let shown = |x: f64| format!("{x:.4}");
-    if increase_bad && lo > tolerance {
-        v.classification = Classification::High;
-        v.reason = format!(
-            "higher: the {:.0} % interval of the shift [{}, {}] lies above the tolerance {}",
+    let outside = |word: &str, side: &str, sign: &str| {
+        format!(
+            "{word}: the {:.0} % interval of the shift [{}, {}] lies {side} the tolerance {sign}{}",
             s.confidence * 100.0,
             shown(lo),
             shown(hi),
             shown(tolerance)
-        );
+        )
+    };
+    (v.classification, v.reason) = if increase_bad && lo > tolerance {
+        (Classification::High, outside("higher", "above", ""))
     } else if decrease_bad && hi < -tolerance {
-        v.classification = Classification::Low;
-        v.reason = format!(
-            "lower: the {:.0} % interval of the shift [{}, {}] lies below the tolerance -{}",
-            s.confidence * 100.0,
-            shown(lo),
-            shown(hi),
-            shown(tolerance)
-        );
+        (Classification::Low, outside("lower", "below", "-"))
     } else {
-        v.classification = Classification::Pass;
-        v.reason = format!(
+        let why = format!(
             "within tolerance: shift {} in [{}, {}] (p = {:.3})",
             shown(t.estimate),
             shown(lo),
             shown(hi),
             t.p_value
         );
-    }
+        (Classification::Pass, why)
+    };
     v
 }
 

@@ -283,7 +283,7 @@ impl SsmApi for FakeSsm {
                     if !c.written && !body.is_empty() {
                         writes.push((format!("{bucket}/{key}"), body.as_bytes().to_vec()));
                     }
-                    Some(format!("https://s3.amazonaws.com/{bucket}/{key}"))
+                    Some(format!("https://s3.fake.invalid/{bucket}/{key}"))
                 };
                 let (stdout_url, stderr_url) = (url("stdout", &c.stdout), url("stderr", &c.stderr));
                 c.written = true;

@@ -190,7 +190,8 @@ impl S3Api for FakeCloud {
         use sha2::Digest;
         let signature = sha2::Sha256::digest(format!("{bucket}/{key}/{}", expires_in.as_secs()).as_bytes());
         let hex: String = signature.iter().map(|b| format!("{b:02x}")).collect();
-        let base = self.links.get().cloned().unwrap_or_else(|| "https://s3.amazonaws.com".into());
+        // Unresolvable unless served: a fake never names a real host.
+        let base = self.links.get().cloned().unwrap_or_else(|| "https://s3.fake.invalid".into());
         Ok(format!(
             "{base}/{bucket}/{key}?X-Amz-Algorithm=AWS4-HMAC-SHA256\
              &X-Amz-Credential=AKIAFAKEFAKEFAKEFAKE%2F20261127%2Fus-east-1%2Fs3%2Faws4_request\
