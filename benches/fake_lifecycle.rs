@@ -50,6 +50,7 @@ fn options(
         name: None,
         shared,
         stage: None,
+        pins: Default::default(),
     }
 }
 

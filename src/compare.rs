@@ -5,10 +5,14 @@
 //! - [`stats`]: the Mann-Whitney U test, the Hodges-Lehmann estimate and its interval
 //!   (R's `wilcox.test`, as Kayenta ported it);
 //! - [`judge`]: per-metric classification and the score (Kayenta's NetflixACAJudge);
+//! - [`database`]: each copy's size and its statements' times over the load;
 //! - [`load`]: a request file replayed at a fixed rate against both at once;
+//! - [`tool`]: the results of a load tool of your own (k6, vegeta, samples);
 //! - [`page`]: `compare.html`, the two side by side.
 
+pub mod database;
 pub mod judge;
 pub mod load;
 pub mod page;
 pub mod stats;
+pub mod tool;

@@ -44,6 +44,7 @@ fn options(dir: &Path, run_id: &str) -> Options {
         name: None,
         shared: None,
         stage: None,
+        pins: Default::default(),
     }
 }
 
@@ -455,4 +456,68 @@ fn seeded_kills_during_ssm_commands_leave_nothing_runner_and_keys_included() {
     }
     eprintln!("{killed} runs killed during SSM commands, {commands} commands sent");
     assert!(killed >= 28 || std::env::var("REHEARSE_SEED").is_ok(), "only {killed} of 40 runs were killed mid-SSM");
+}
+
+/// `compare` on AWS: both twins restore the one snapshot (or point in time) pinned
+/// before either starts, though a newer snapshot lands while they build. Aurora
+/// clones cannot be pinned (RDS takes no RestoreToTime with copy-on-write): both
+/// clone the live cluster. Nothing is left.
+#[test]
+fn twins_restore_the_pinned_snapshot_or_point_in_time_whatever_lands_meanwhile() {
+    use rehearse::engine::provider::{Pin, Provider};
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = description(dir.path());
+    let variant = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
+    };
+    let base = std::fs::read_to_string(dir.path().join("shop-aws.yaml")).unwrap();
+    let pitr = variant("pitr.yaml", base.replace("restore: newest-snapshot", "restore: latest-restorable-time"));
+    let aurora = variant("aurora.yaml", rehearse::testkit::scenarios::aurora_variant(&base, "shop-prod-aurora"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        for (loaded, what) in [(&loaded, "snapshot"), (&pitr, "pitr"), (&aurora, "clone")] {
+            let cloud = FakeCloud::new(15, Faults::none());
+            // A provider a run, as `compare` has it (a provider remembers its run's ids).
+            let provider = || {
+                AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX).with_work_root(&dir.path().join("work"))
+            };
+            let (one, two) = (provider(), provider());
+            let pins = one.pin_sources(loaded).await.expect("pinned");
+            match (pins.get("db"), what) {
+                (Some(Pin::Snapshot(id)), "snapshot") => assert_eq!(id, "shop-prod-db-new"),
+                (Some(Pin::Time(_)), "pitr") | (None, "clone") => {}
+                other => panic!("{what}: {other:?}"),
+            }
+            // A newer backup lands, and time passes, before the twins restore.
+            cloud.take_snapshot("shop-prod-db-newest", "shop-prod-db");
+            tokio::time::sleep(Duration::from_secs(90)).await;
+            let twin = |id: &str| Options { pins: pins.clone(), ..options(dir.path(), id) };
+            let (a, b) = (twin(&format!("r-{what}-a")), twin(&format!("r-{what}-b")));
+            let signals = Signals::none();
+            let (ra, rb) = tokio::join!(
+                lifecycle::run(&one, loaded, &a, &Printed, &signals),
+                lifecycle::run(&two, loaded, &b, &Printed, &signals),
+            );
+            for r in [ra, rb] {
+                // Built whole (the variant has no suites, so nothing judged it).
+                let r = r.expect("the run starts").report;
+                assert!(r.failure.is_none(), "{what}: {:?}", r.failure);
+                if let Some(Pin::Snapshot(id)) = pins.get("db") {
+                    assert_eq!(&r.backups[0].backup, id, "the report names the pinned snapshot");
+                }
+            }
+            let restores: Vec<(String, Option<chrono::DateTime<chrono::Utc>>)> =
+                cloud.restores().into_iter().map(|(_, source, at)| (source, at)).collect();
+            let expected = match pins.get("db") {
+                Some(Pin::Snapshot(id)) => (id.clone(), None),
+                Some(Pin::Time(t)) => ("shop-prod-db".to_string(), Some(*t)),
+                _ => ("shop-prod-aurora".to_string(), None),
+            };
+            assert_eq!(restores, vec![expected.clone(), expected], "{what}");
+            assert!(cloud.leftovers().is_empty(), "{what}: left {:?}", cloud.leftovers());
+            assert!(cloud.violations().is_empty(), "{:?}", cloud.violations());
+        }
+    });
 }

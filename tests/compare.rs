@@ -1,7 +1,8 @@
 //! `rehearse compare` on the demo (real PostgreSQL, the demo's releases, the request
-//! file in environments/load/): the same release on both sides never raises an alarm
-//! over seeded repetitions; v2-slow fails on exactly the endpoint it slows; v3 fails at
-//! its migration and says so, the baseline still measured; nothing is left.
+//! file in environments/load/ or the example tool environments/load/replay.py): the
+//! same release on both sides never raises an alarm over seeded repetitions; v2-slow
+//! fails on exactly the endpoint it slows; v3 fails at its migration and says so, the
+//! baseline still measured; both restore the one pinned backup; nothing is left.
 
 mod common;
 
@@ -13,9 +14,13 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `rehearse compare` of the demo; its exit code, stdout and compare.json.
 fn compare(sb: &Sandbox, candidate: &str, seed: u64) -> (Option<i32>, String, serde_json::Value) {
+    compare_file(sb, "environments/demo.yaml", candidate, seed)
+}
+
+fn compare_file(sb: &Sandbox, file: &str, candidate: &str, seed: u64) -> (Option<i32>, String, serde_json::Value) {
     let out = sb
         .cmd()
-        .args(["-q", "compare", "environments/demo.yaml", "--baseline", "v2", "--candidate", candidate])
+        .args(["-q", "compare", file, "--baseline", "v2", "--candidate", candidate])
         .args(["--seed", &seed.to_string()])
         .output()
         .unwrap();
@@ -70,6 +75,24 @@ fn a_slowed_endpoint_fails_on_its_latency_alone_and_a_failing_migration_says_so(
     let products =
         json["verdicts"].as_array().unwrap().iter().find(|v| v["metric"] == "latency GET /products").unwrap();
     assert_eq!(products["classification"], "High");
+    // One restore: the newest backup pinned, made into the golden copy once, copied by
+    // both sides.
+    let pinned = json["restored_from"]["db"]["backup"].as_str().unwrap();
+    assert!(pinned.ends_with("demo/backups/shop-2026-nightly.dump"), "{pinned}");
+    for side in ["baseline", "candidate"] {
+        let b = &json[side]["backups"][0];
+        assert_eq!((b["backup"].as_str(), b["method"].as_str()), (Some(pinned), Some("warm")), "{side}: {b}");
+        // The database after the migration, and the statements the load ran in it.
+        let db = &json[side]["databases"]["db"];
+        assert!(db["size_bytes"].as_u64().unwrap() > 1 << 20, "{side}: {db}");
+        let products = db["statements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["query"].as_str().unwrap().contains("from products"));
+        let calls = products.map(|s| s["calls"].as_u64().unwrap()).unwrap_or(0);
+        assert!(calls >= 50, "{side}: the load's /products queries are counted: {db}");
+    }
     nothing_left(&sb, &json);
 
     let (code, stdout, json) = compare(&sb, "v3", 1);
@@ -80,5 +103,40 @@ fn a_slowed_endpoint_fails_on_its_latency_alone_and_a_failing_migration_says_so(
     // The baseline was still built, measured and shown.
     assert_eq!(json["baseline"]["verdict"], "passed");
     assert!(json["baseline"]["measured"]["latencies"]["GET /products"].as_array().unwrap().len() >= 50);
+    nothing_left(&sb, &json);
+}
+
+/// The load from a tool of the user's own (environments/load/replay.py, writing the
+/// `samples` format), run once per environment at the same time, as the release's
+/// user under root: the slowed endpoint's latency fails, alone.
+#[test]
+fn a_load_command_of_your_own_is_judged_the_same() {
+    use std::os::unix::fs::PermissionsExt;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    demo_backups();
+    let sb = Sandbox::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    // The suites' user must reach the description's directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let load = root.join("environments/load");
+    let text = std::fs::read_to_string(root.join("environments/demo.yaml"))
+        .unwrap()
+        .replace("../demo/", &format!("{}/demo/", root.display()))
+        .replace(
+            "requests: load/shop.requests",
+            &format!("command: python3 {0}/replay.py {0}/shop.requests\n    format: samples", load.display()),
+        );
+    let file = dir.path().join("demo-tool.yaml");
+    std::fs::write(&file, text).unwrap();
+    let (code, stdout, json) = compare_file(&sb, file.to_str().unwrap(), "v2-slow", 1);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(failed(&json), ["latency GET /products"], "{stdout}");
+    assert_eq!(json["load"]["format"], "samples", "{}", json["load"]);
+    for side in ["baseline", "candidate"] {
+        let n = json[side]["measured"]["latencies"]["GET /products"].as_array().map_or(0, Vec::len);
+        assert!(n >= 50, "{side}: {n} samples from the tool");
+        assert!(json[side]["load_error"].is_null(), "{}", json[side]["load_error"]);
+    }
     nothing_left(&sb, &json);
 }

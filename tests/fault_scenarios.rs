@@ -82,6 +82,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             name: None,
             shared: Some(s3.clone()),
             stage: None,
+            pins: Default::default(),
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -318,6 +319,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             name: None,
             shared: None,
             stage: None,
+            pins: Default::default(),
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -438,6 +440,7 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
                 name: None,
                 shared: Some(self.s3.clone()),
                 stage: Some(spec.run("staging")),
+                pins: Default::default(),
             };
             let failed = |verdict, reason: String| Built {
                 verdict,

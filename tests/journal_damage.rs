@@ -52,6 +52,7 @@ async fn an_unreadable_journal_at_teardown_is_exit_4_never_complete() {
         name: None,
         shared: None,
         stage: None,
+        pins: Default::default(),
     };
     let outcome = lifecycle::run(&DamagingProvider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
     assert_eq!(outcome.report.exit_code, 4, "{:?}", outcome.report.reason);

@@ -17,7 +17,9 @@ use crate::exit;
 use crate::report::model::{RunReport, Verdict as RunVerdict};
 use crate::sys::state;
 
-use super::run::{described, exit_code, rehearse};
+use super::run::{described, exit_code, rehearse, twins};
+
+mod tool;
 use super::{load_or_report, reporter, runtime};
 
 /// Version of compare.json; bumped on any incompatible change.
@@ -34,7 +36,14 @@ struct Side {
     reason: Option<String>,
     /// The install steps' durations, ms (one a service with an install).
     migration_ms: Vec<f64>,
+    /// The production backups the side was restored from (the same for both).
+    backups: Vec<crate::report::model::BackupUsed>,
     measured: Measured,
+    /// Why the load could not measure this side (the load command failed).
+    load_error: Option<String>,
+    /// Per database: its size after the migration and the suites, and the statements
+    /// the load ran (`pg_stat_statements`).
+    databases: BTreeMap<String, crate::compare::database::Measured>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -44,6 +53,8 @@ struct Comparison {
     environment: String,
     baseline: Side,
     candidate: Side,
+    /// What both restored, by database.
+    restored_from: crate::engine::provider::Pins,
     load: serde_json::Value,
     settings: Settings,
     verdicts: Vec<Verdict>,
@@ -62,7 +73,10 @@ fn side(release: &str, run_id: &str, report: Option<&RunReport>, code: i32) -> S
         migration_ms: report
             .map(|r| r.steps.iter().filter(|s| s.action == "install" && s.ok).map(|s| s.duration_ms as f64).collect())
             .unwrap_or_default(),
+        backups: report.map(|r| r.backups.clone()).unwrap_or_default(),
         measured: Measured::default(),
+        load_error: None,
+        databases: BTreeMap::new(),
     }
 }
 
@@ -79,21 +93,31 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         );
         return exit::USAGE;
     };
-    let requests = match std::fs::read_to_string(loaded.resolve(&spec.load.requests))
-        .map_err(|e| e.to_string())
-        .and_then(|t| load::parse_requests(&t).map_err(|e| e.to_string()))
-    {
-        Ok(r) => r,
+    let requests: Vec<load::Request> = match &spec.load.requests {
+        Some(file) => match std::fs::read_to_string(loaded.resolve(file))
+            .map_err(|e| e.to_string())
+            .and_then(|t| load::parse_requests(&t).map_err(|e| e.to_string()))
+        {
+            // A seed turns where in the request file each side's schedule starts (the
+            // same start for both): seeded repetitions replay different stretches.
+            Ok(r) => {
+                let start = args.seed.unwrap_or(0) as usize % r.len();
+                r[start..].iter().chain(&r[..start]).cloned().collect()
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", loaded.resolve(file).display());
+                return exit::USAGE;
+            }
+        },
+        None => Vec::new(),
+    };
+    // The load command runs as the release's user when rehearse runs as root.
+    let tool_user = match crate::sys::process::Users::resolve(args.run_as.as_deref(), false) {
+        Ok(u) => u.release,
         Err(e) => {
-            eprintln!("error: {}: {e}", loaded.resolve(&spec.load.requests).display());
+            eprintln!("error: {e}");
             return exit::USAGE;
         }
-    };
-    // A seed turns where in the request file each side's schedule starts (the same
-    // start for both): seeded repetitions replay different stretches of traffic.
-    let requests: Vec<load::Request> = {
-        let start = args.seed.unwrap_or(0) as usize % requests.len();
-        requests[start..].iter().chain(&requests[..start]).cloned().collect()
     };
     let g = &described(g, &loaded);
     let rt = runtime();
@@ -108,6 +132,30 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             Ok(o) => o,
             Err(code) => return code,
         };
+        // One point of production for both: pinned now, restored once.
+        let (pins, golden) = match twins(&loaded, args.cold, &state::work_dir(), reporter.as_ref(), &signals).await {
+            Ok(t) => t,
+            Err(e) if signals.count() > 0 => {
+                eprintln!("rehearse: interrupted before the twins were built ({e})");
+                return exit::INTERRUPTED;
+            }
+            Err(e) => {
+                eprintln!("error: cannot fix the backup both environments restore: {e}");
+                return exit::BUILD_FAILED;
+            }
+        };
+        for (db, pin) in &pins {
+            eprintln!("compare: both environments restore `{db}` from {pin}");
+        }
+        for (db, _) in loaded.desc.databases.iter().filter(|(n, _)| !pins.contains_key(n.as_str())) {
+            eprintln!(
+                "compare: `{db}` is not pinned: both clone the live source at once (an Aurora clone cannot be \
+                 made at a fixed time), so they differ by what production writes between the two calls"
+            );
+        }
+        for line in golden {
+            eprintln!("compare: {line}");
+        }
         let options = |release: &str| Options {
             run_id: state::new_run_id(),
             release: release.to_string(),
@@ -122,6 +170,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             name: None,
             shared: shared.clone(),
             stage: None,
+            pins: pins.clone(),
         };
         let (ob, oc) = (options(&args.baseline), options(&args.candidate));
         let (cb, cc) = tokio::join!(
@@ -134,21 +183,27 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         let mut baseline = side(&args.baseline, &ob.run_id, rb.as_ref(), cb);
         let mut candidate = side(&args.candidate, &oc.run_id, rc.as_ref(), cc);
         // The load, on both at once, on what passed its suites and stayed up.
-        let url_of = |o: &Options, r: Option<&RunReport>| -> Option<(String, u16)> {
+        let connection = |o: &Options, r: Option<&RunReport>| -> Option<Connection> {
             if r.is_none_or(|r| r.verdict != RunVerdict::Passed) {
                 return None;
             }
-            let c = Connection::read(&state::run_dir(&o.state_root, &o.run_id), &o.run_id).ok()?;
-            load::target(&c.services.get(&spec.load.target)?.url)
+            Connection::read(&state::run_dir(&o.state_root, &o.run_id), &o.run_id).ok()
         };
-        let targets: Vec<(usize, (String, u16))> = [url_of(&ob, rb.as_ref()), url_of(&oc, rc.as_ref())]
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, t)| t.map(|t| (i, t)))
-            .collect();
+        let (kb, kc) = (connection(&ob, rb.as_ref()), connection(&oc, rc.as_ref()));
+        let url_of = |c: &Option<Connection>| load::target(&c.as_ref()?.services.get(&spec.load.target)?.url);
+        let targets: Vec<(usize, (String, u16))> =
+            [url_of(&kb), url_of(&kc)].into_iter().enumerate().filter_map(|(i, t)| t.map(|t| (i, t))).collect();
+        let id = format!("c-{}", state::new_run_id().trim_start_matches("r-"));
+        let dir = state_root.join("compares").join(&id);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            eprintln!("error: cannot create {}: {e}", dir.display());
+        }
+        // Each database's size and statement counters before the load, both at once.
+        let (sb, sc) = tokio::join!(db_stats(kb.as_ref()), db_stats(kc.as_ref()));
         if !targets.is_empty() && signals.count() == 0 {
             eprintln!(
-                "compare: {} requests a second for {} to {}",
+                "compare: {}{} requests a second for {} to {}",
+                spec.load.command.as_ref().map(|c| format!("`{c}`: ")).unwrap_or_default(),
                 spec.load.rate,
                 crate::description::format_duration(spec.load.duration),
                 targets
@@ -157,16 +212,42 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                     .collect::<Vec<_>>()
                     .join(" and ")
             );
-            let hosts: Vec<(String, u16)> = targets.iter().map(|(_, t)| t.clone()).collect();
-            let measured = load::replay(&requests, &hosts, spec.load.rate, spec.load.duration, spec.load.timeout).await;
+            let measured: Vec<Result<Measured, String>> = if spec.load.command.is_some() {
+                let sides: Vec<tool::Side> = targets
+                    .iter()
+                    .filter_map(|(i, _)| {
+                        let (name, c) = if *i == 0 { ("baseline", &kb) } else { ("candidate", &kc) };
+                        Some(tool::Side { name, services: &c.as_ref()?.services })
+                    })
+                    .collect();
+                let scratch = state::work_dir().join("compares").join(&id);
+                let m = tool::run_all(&spec.load, &loaded, &sides, &scratch, &dir, tool_user).await;
+                // Best effort: the tool's scratch (its HOME and results) is read already.
+                #[allow(clippy::let_underscore_must_use)]
+                let _ = std::fs::remove_dir_all(&scratch);
+                m
+            } else {
+                let hosts: Vec<(String, u16)> = targets.iter().map(|(_, t)| t.clone()).collect();
+                load::replay(&requests, &hosts, spec.load.rate, spec.load.duration, spec.load.timeout)
+                    .await
+                    .into_iter()
+                    .map(Ok)
+                    .collect()
+            };
             for ((i, _), m) in targets.iter().zip(measured) {
-                if *i == 0 {
-                    baseline.measured = m;
-                } else {
-                    candidate.measured = m;
+                let (label, side) = if *i == 0 { ("baseline", &mut baseline) } else { ("candidate", &mut candidate) };
+                match m {
+                    Ok(m) => side.measured = m,
+                    Err(e) => {
+                        eprintln!("compare: the {label} was not measured: {e}");
+                        side.load_error = Some(e);
+                    }
                 }
             }
         }
+        let (ab, ac) = tokio::join!(db_stats(kb.as_ref()), db_stats(kc.as_ref()));
+        baseline.databases = statements_during(sb, ab);
+        candidate.databases = statements_during(sc, ac);
         // Both down, from their journals, whatever came of them.
         let mut left = 0;
         for o in [&ob, &oc] {
@@ -197,20 +278,28 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         } else if broken(&baseline) {
             score.outcome = Outcome::Fail;
             format!("the baseline {} did not pass its rehearsal: nothing to compare against", baseline.release)
+        } else if let Some((label, e)) = [("baseline", &baseline), ("candidate", &candidate)]
+            .into_iter()
+            .find_map(|(l, s)| s.load_error.as_ref().map(|e| (l, e)))
+        {
+            score.outcome = Outcome::Fail;
+            format!("the load could not measure the {label}: {e}")
         } else if score.failed.is_empty() {
             score.reason.clone()
         } else {
             format!("{}; failed: {}", score.reason, score.failed.join(", "))
         };
-        let id = format!("c-{}", state::new_run_id().trim_start_matches("r-"));
         let comparison = Comparison {
             schema_version: COMPARE_SCHEMA_VERSION,
             id: id.clone(),
             environment: loaded.desc.name.clone(),
             baseline,
             candidate,
+            restored_from: pins,
             load: serde_json::json!({
-                "requests": loaded.resolve(&spec.load.requests).display().to_string(),
+                "requests": spec.load.requests.as_ref().map(|r| loaded.resolve(r).display().to_string()),
+                "command": spec.load.command,
+                "format": spec.load.command.as_ref().map(|_| spec.load.format.as_str()),
                 "target": spec.load.target,
                 "rate": spec.load.rate,
                 "duration": crate::description::format_duration(spec.load.duration),
@@ -221,7 +310,6 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             score,
             reason,
         };
-        let dir = state_root.join("compares").join(&id);
         match write(&dir, &comparison) {
             Ok(()) => {}
             Err(e) => {
@@ -271,6 +359,82 @@ fn judge_all(b: &Side, c: &Side, critical: &[String], s: &Settings) -> Vec<Verdi
     }
     add("migration time".into(), if b.migration_ms.is_empty() { &empty } else { &b.migration_ms }, &c.migration_ms);
     out
+}
+
+/// A database's size and statement counters, or why they could not be read.
+struct DbStats {
+    size_bytes: Option<u64>,
+    counters: Result<Vec<crate::compare::database::Counters>, String>,
+}
+
+/// Reads every database of a kept environment over its connection (the release's
+/// role, in the cluster's `postgres` database, where `pg_stat_statements` lives).
+async fn db_stats(c: Option<&Connection>) -> BTreeMap<String, DbStats> {
+    let Some(c) = c else { return BTreeMap::new() };
+    let mut out = BTreeMap::new();
+    for (name, db) in &c.databases {
+        let lit = format!("'{}'", db.name.replace('\'', "''"));
+        let size = psql(db, &format!("SELECT pg_database_size({lit})")).await.ok().and_then(|s| s.trim().parse().ok());
+        let sql = format!(
+            "SELECT coalesce(json_agg(json_build_object('query', s.query, 'calls', s.calls, \
+             'total_ms', s.total_exec_time)), '[]') FROM pg_stat_statements s \
+             JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = {lit} \
+             AND s.userid = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+        );
+        let counters = psql(db, &sql).await.and_then(|s| {
+            serde_json::from_str(s.trim()).map_err(|e| format!("unexpected pg_stat_statements output: {e}"))
+        });
+        out.insert(name.clone(), DbStats { size_bytes: size, counters });
+    }
+    out
+}
+
+/// What the load ran in each database: the counters after it less those before.
+fn statements_during(
+    before: BTreeMap<String, DbStats>,
+    mut after: BTreeMap<String, DbStats>,
+) -> BTreeMap<String, crate::compare::database::Measured> {
+    use crate::compare::database::{during, Measured};
+    before
+        .into_iter()
+        .map(|(name, b)| {
+            let a = after.remove(&name).map(|a| a.counters).unwrap_or_else(|| Err("not read after the load".into()));
+            let size_bytes = b.size_bytes;
+            let m = match (b.counters, a) {
+                (Ok(b), Ok(a)) => Measured { size_bytes, statements: during(&b, &a), note: None },
+                (Err(e), _) | (_, Err(e)) => {
+                    Measured { size_bytes, statements: Vec::new(), note: Some(format!("no per-statement times: {e}")) }
+                }
+            };
+            (name, m)
+        })
+        .collect()
+}
+
+/// One query through `psql` with the database's libpq environment (the password
+/// never on a command line), in the cluster's `postgres` database; its output.
+async fn psql(db: &crate::description::template::DatabaseOutputs, sql: &str) -> Result<String, String> {
+    // PostgreSQL's own psql when this machine has its server binaries; else the PATH's.
+    let bin = crate::providers::local::postgres::PgBin::find()
+        .map(|b| b.dir.join("psql"))
+        .unwrap_or_else(|_| PathBuf::from("psql"));
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .envs(db.libpq_env())
+        .env("PGDATABASE", "postgres")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+        .await
+        .map_err(|_| "psql took longer than 30 s".to_string())?
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(err.lines().next().unwrap_or("psql failed").trim().to_string())
+    }
 }
 
 fn write(dir: &PathBuf, c: &Comparison) -> std::io::Result<()> {

@@ -115,6 +115,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             name: args.name.clone(),
             shared,
             stage: None,
+            pins: Default::default(),
         };
         let code = rehearse(g, &loaded, &opts, locks, reporter.as_ref(), &signals).await;
         if let Some((l, name)) = name_lock {
@@ -165,6 +166,34 @@ pub(super) async fn rehearse(
         super::lock::give_back(l, &crate::engine::store::run_lease(run_id)).await;
     }
     code
+}
+
+/// What both twins of a comparison restore: every database's source pinned now (a
+/// backup landing in between changes neither). Locally, unless `cold`, the golden copy
+/// is then made from the pinned backup where it is not already: one restore, which
+/// both twins copy. Returns the pins and what was done to the golden copies.
+pub(super) async fn twins(
+    loaded: &crate::description::Loaded,
+    cold: bool,
+    work_root: &std::path::Path,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> Result<(crate::engine::provider::Pins, Vec<String>), String> {
+    match &loaded.desc.target {
+        Target::Local => {
+            let pins = LocalProvider::new(work_root).pin_sources(loaded).await.map_err(|e| e.message)?;
+            if cold {
+                return Ok((pins, Vec::new()));
+            }
+            use crate::providers::local::golden::{refresh_all, Refresh};
+            let lines = refresh_all(loaded, work_root, Refresh::Stale(&pins), reporter, signals).await?;
+            Ok((pins, lines))
+        }
+        Target::Aws(aws) => {
+            let provider = super::aws_provider(&aws.region).await;
+            Ok((provider.pin_sources(loaded).await.map_err(|e| e.message)?, Vec::new()))
+        }
+    }
 }
 
 /// Runs the lifecycle with a provider and turns the outcome into output and an exit

@@ -303,6 +303,7 @@ impl Generations for Runs<'_> {
                 name: None,
                 shared: self.opened.shared.clone(),
                 stage: Some(spec.run(self.stage)),
+                pins: Default::default(),
             };
             let code =
                 super::run::rehearse(self.g, loaded, &opts, self.opened.store.clone(), self.reporter, self.signals)

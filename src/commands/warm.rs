@@ -25,9 +25,14 @@ pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
             Ok(s) => s,
             Err(code) => return code,
         };
-        let refreshed =
-            crate::providers::local::golden::refresh_all(&loaded, &state::work_dir(), reporter.as_ref(), &signals)
-                .await;
+        let refreshed = crate::providers::local::golden::refresh_all(
+            &loaded,
+            &state::work_dir(),
+            crate::providers::local::golden::Refresh::All,
+            reporter.as_ref(),
+            &signals,
+        )
+        .await;
         match refreshed {
             Ok(lines) => {
                 for l in lines {

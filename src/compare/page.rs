@@ -28,6 +28,34 @@ fn boxed(label: &str, samples: &[f64], max: f64, fill: &str) -> Value {
     })
 }
 
+/// Each database: its size on both sides, and the statements of the load side by side
+/// (matched by text; at most 20, the candidate's costliest first).
+fn databases(c: &Value) -> Vec<Value> {
+    use super::database::{side_by_side, Measured, Statement};
+    let of = |side: &str| -> std::collections::BTreeMap<String, Measured> {
+        serde_json::from_value(c[side]["databases"].clone()).unwrap_or_default()
+    };
+    let (b, k) = (of("baseline"), of("candidate"));
+    let mut names: Vec<&String> = b.keys().chain(k.keys()).collect();
+    names.sort();
+    names.dedup();
+    let none = Measured::default();
+    let mib = |m: &Measured| m.size_bytes.map(|s| format!("{:.1} MiB", s as f64 / 1048576.0));
+    let cell = |s: Option<&Statement>| s.map(|s| json!({"calls": s.calls, "mean_ms": s.mean_ms}));
+    names
+        .into_iter()
+        .map(|n| {
+            let (mb, mk) = (b.get(n).unwrap_or(&none), k.get(n).unwrap_or(&none));
+            let rows: Vec<Value> = side_by_side(&mb.statements, &mk.statements, 20)
+                .into_iter()
+                .map(|(q, x, y)| json!({"query": q, "baseline": cell(x), "candidate": cell(y)}))
+                .collect();
+            let notes: Vec<&String> = [&mb.note, &mk.note].into_iter().flatten().collect();
+            json!({"name": n, "size": [mib(mb), mib(mk)], "statements": rows, "notes": notes})
+        })
+        .collect()
+}
+
 /// The page for a comparison (compare.json's value).
 pub fn render(c: &Value) -> String {
     let empty = json!({});
@@ -82,6 +110,7 @@ pub fn render(c: &Value) -> String {
     }
     ctx.insert("sides", &[side("baseline", "Baseline"), side("candidate", "Candidate")]);
     ctx.insert("latency", &latency);
+    ctx.insert("databases", &databases(c));
     let mut tera = tera::Tera::default();
     tera.autoescape_on(vec![".html"]);
     tera.add_raw_template("compare.html", TEMPLATE).and_then(|()| tera.render("compare.html", &ctx)).unwrap_or_else(

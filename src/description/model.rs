@@ -106,7 +106,22 @@ pub struct Compare {
 pub struct Load {
     /// A request file (`METHOD PATH [BODY]` a line, `#` comments), relative to the
     /// description, replayed at `rate` for `duration`. Example: `load/shop.requests`.
-    pub requests: PathBuf,
+    /// Either this or `command`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<PathBuf>,
+    /// Your own load tool instead (k6, vegeta, locust…): a shell command run once per
+    /// environment, both at once, from the description's directory, with
+    /// `REHEARSE_URL` (the target's URL), `REHEARSE_SIDE`, `REHEARSE_RATE`,
+    /// `REHEARSE_DURATION` (seconds) and `REHEARSE_RESULTS` (the file it writes its
+    /// results to, in `format`). It gets `duration` + 60 s. Example:
+    /// `k6 run --out json=$REHEARSE_RESULTS load/shop.js`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// What `command` writes to `$REHEARSE_RESULTS`: `samples` (CSV lines
+    /// `ENDPOINT,LATENCY_MS,OK`), `k6` (`k6 run --out json=…`) or `vegeta` (`vegeta
+    /// encode --to csv`). Default `samples`.
+    #[serde(default)]
+    pub format: LoadFormat,
     /// The service the requests go to (its first instance's URL). Example: `web`.
     pub target: String,
     /// Requests a second, to each environment. Default 20.
@@ -120,6 +135,29 @@ pub struct Load {
     #[serde(default = "default_load_timeout", serialize_with = "ser_duration")]
     #[schemars(with = "DurationText")]
     pub timeout: Duration,
+}
+
+/// The results file format of a load command.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadFormat {
+    /// `ENDPOINT,LATENCY_MS,OK` a line (OK: 1/0 or true/false; a header line is skipped).
+    #[default]
+    Samples,
+    /// k6's JSON output (`--out json=FILE`): `http_req_duration` and `http_req_failed` points.
+    K6,
+    /// `vegeta encode --to csv`: one attack result a line.
+    Vegeta,
+}
+
+impl LoadFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadFormat::Samples => "samples",
+            LoadFormat::K6 => "k6",
+            LoadFormat::Vegeta => "vegeta",
+        }
+    }
 }
 
 pub fn default_load_rate() -> f64 {

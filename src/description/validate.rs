@@ -149,7 +149,9 @@ impl<'a> Validator<'a> {
             }
         }
         if let Some(c) = &d.compare {
-            check(self, "compare.load.requests".into(), &c.load.requests, "request file");
+            if let Some(r) = &c.load.requests {
+                check(self, "compare.load.requests".into(), r, "request file");
+            }
         }
         if let Some(crate::description::Runner::Ssm(r)) = &d.runner {
             if let Some(b) = &r.bundle {

@@ -58,6 +58,9 @@ pub struct Options {
     pub shared: Option<std::sync::Arc<dyn crate::engine::store::ObjectStore>>,
     /// The stage generation the run builds (`rehearse rebuild`): kept when it passes.
     pub stage: Option<super::stage::StageRun>,
+    /// What each database restores from, fixed by the caller (`compare` pins both twins
+    /// to one backup); a database not named here restores from its newest.
+    pub pins: super::provider::Pins,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the
@@ -208,6 +211,7 @@ pub async fn run<P: Provider>(
         cold: opts.cold,
         password: opts.stage.as_ref().map(|s| s.password.clone()),
         stage: meta.stage.clone(),
+        pins: opts.pins.clone(),
     };
     let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
 

@@ -18,6 +18,32 @@ use crate::report::model::{BackupUsed, StepTiming};
 use crate::sys::process::{RunAs, Users};
 use crate::sys::timing::Clock;
 
+/// The one point of production a database restores from, fixed before a run (both
+/// twins of a comparison restore the same one, whatever lands in between).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pin {
+    /// A `pg_dump` archive (local).
+    Backup(PathBuf),
+    /// A DB snapshot identifier (RDS).
+    Snapshot(String),
+    /// A point in time of the source (point-in-time restore, Aurora clone).
+    Time(DateTime<Utc>),
+}
+
+impl std::fmt::Display for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pin::Backup(p) => write!(f, "{}", p.display()),
+            Pin::Snapshot(s) => write!(f, "snapshot {s}"),
+            Pin::Time(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%SZ")),
+        }
+    }
+}
+
+/// Pins by database name.
+pub type Pins = std::collections::BTreeMap<String, Pin>;
+
 /// Facts about the run every step needs.
 #[derive(Clone, Debug)]
 pub struct RunInfo {
@@ -43,6 +69,8 @@ pub struct RunInfo {
     pub password: Option<String>,
     /// The stage and generation the run builds, tagged on what it creates.
     pub stage: Option<super::stage::StageRef>,
+    /// What databases restore from, when fixed by the caller.
+    pub pins: Pins,
 }
 
 /// What a step works with: the run, the description, the plan, and the template context
@@ -389,5 +417,12 @@ pub trait Provider {
     async fn run_suite(&self, job: &SuiteJob<'_>) -> Option<Result<SuiteDone, String>> {
         let _ = job;
         None
+    }
+
+    /// Fixes what each database of `loaded` would restore from now (its newest backup,
+    /// snapshot or restorable time), for runs that must restore the same.
+    async fn pin_sources(&self, loaded: &Loaded) -> Result<Pins, StepError> {
+        let _ = loaded;
+        Ok(Pins::new())
     }
 }

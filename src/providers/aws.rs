@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::{DatabaseSource, Loaded, RestoreMode};
 use crate::engine::journal::{Entry, RunMeta};
-use crate::engine::provider::{Ctx, DestroyError, DestroyErrorKind, Handle, Output, Provider, StepError};
+use crate::engine::provider::{Ctx, DestroyError, DestroyErrorKind, Handle, Output, Pin, Pins, Provider, StepError};
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
 use crate::secrets;
@@ -100,6 +100,10 @@ pub struct AwsProvider<A> {
 }
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
+    async fn pin_sources(&self, loaded: &Loaded) -> Result<Pins, StepError> {
+        self.pins(loaded).await
+    }
+
     async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         match res.kind {
             Kind::AwsSecurityGroup => self.security_group(res, ctx).await,

@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::DatabaseSource;
 use crate::engine::journal::{Entry, RunMeta};
-use crate::engine::provider::{Ctx, DestroyError, DestroyErrorKind, Handle, Output, Provider, StepError};
+use crate::engine::provider::{Ctx, DestroyError, DestroyErrorKind, Handle, Output, Pin, Pins, Provider, StepError};
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
 use crate::secrets;
@@ -135,6 +135,20 @@ impl Provider for LocalProvider {
             // Install steps and suites leave nothing behind.
             _ => Ok(()),
         }
+    }
+
+    /// The newest archive of every database restored from a backup directory.
+    async fn pin_sources(&self, loaded: &crate::description::Loaded) -> Result<Pins, StepError> {
+        let bin = PgBin::find()?;
+        let clock = crate::sys::timing::Clock::new();
+        let mut pins = Pins::new();
+        for (name, db) in &loaded.desc.databases {
+            if let DatabaseSource::BackupDir(dir) = &db.source {
+                let b = postgres::newest_backup(&bin, &loaded.resolve(dir), &clock).await?;
+                pins.insert(name.clone(), Pin::Backup(std::path::absolute(&b.path).unwrap_or(b.path)));
+            }
+        }
+        Ok(pins)
     }
 
     /// Processes (and install steps) first, then the cluster and the release they

@@ -160,6 +160,8 @@ struct State {
     failing_boots: Vec<(String, i32, Vec<String>)>,
     /// Where restored databases answer from now on.
     db_endpoint: Option<(String, u16)>,
+    /// Every restore and clone asked for: (new id, snapshot or source, point in time).
+    restores: Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>)>,
 }
 
 /// The fake cloud. Cheap to clone (shared state), so a run and a later `down` see the
@@ -243,6 +245,7 @@ impl FakeCloud {
             drawn: Vec::new(),
             failing_boots: Vec::new(),
             db_endpoint: None,
+            restores: Vec::new(),
         };
         if faults.outage > 0.0 && rand(&mut state) < faults.outage {
             let start = now + Duration::from_secs(1800).mul_f64(rand(&mut state));
@@ -286,6 +289,29 @@ impl FakeCloud {
     /// Faults injected so far.
     pub fn injected(&self) -> u64 {
         self.state.lock().expect("fake lock").injected
+    }
+
+    /// Every restore and clone asked for: (new id, snapshot or source, point in time).
+    pub fn restores(&self) -> Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>)> {
+        self.state.lock().expect("fake lock").restores.clone()
+    }
+
+    /// A new available snapshot of `instance`, taken now (a backup landing mid-run).
+    pub fn take_snapshot(&self, id: &str, instance: &str) {
+        let mut st = self.state.lock().expect("fake lock");
+        let Some(prod) = st.res.get(instance).cloned() else { return };
+        let now = Instant::now();
+        st.res.insert(
+            id.into(),
+            Res {
+                kind: "snapshot",
+                snapshot_of: Some(instance.into()),
+                created: chrono::Utc::now(),
+                visible_at: now,
+                ready_at: now,
+                ..prod
+            },
+        );
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -675,7 +701,8 @@ impl FakeCloud {
             publicly_accessible: !r.private,
             deletion_protection: r.protected,
             master_username: Some("postgres".into()),
-            latest_restorable_time: None,
+            // Production keeps five minutes of log to restore from, like RDS.
+            latest_restorable_time: Some(chrono::Utc::now() - chrono::Duration::minutes(5)),
             cluster_id: r.cluster.clone(),
             tags: r.tags.clone(),
         }

@@ -67,6 +67,7 @@ pub async fn concurrent_runs(
             name: None,
             shared: None,
             stage: None,
+            pins: Default::default(),
         };
         let signals = crate::sys::signals::Signals::none();
         let events = crate::engine::events::Silent;

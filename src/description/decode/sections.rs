@@ -146,9 +146,17 @@ impl Decoder {
     }
 
     fn load(&mut self, node: &Node, services: Option<&BTreeMap<String, Service>>) -> Option<Load> {
-        let mut obj = self.obj("compare.load", node, "a mapping with `requests` and `target`")?;
-        let requests =
-            self.req_string(&mut obj, "requests", "a request file, `METHOD PATH [BODY]` a line").map(PathBuf::from);
+        let mut obj = self.obj("compare.load", node, "a mapping with `requests` (or `command`) and `target`")?;
+        let requests = self.opt_string(&mut obj, "requests").map(PathBuf::from);
+        let command = self.opt_string(&mut obj, "command");
+        let format = match self.get(&mut obj, "format") {
+            Some(n) => self.enum_value(
+                "compare.load.format",
+                n,
+                &[("samples", LoadFormat::Samples), ("k6", LoadFormat::K6), ("vegeta", LoadFormat::Vegeta)],
+            ),
+            None => Some(LoadFormat::Samples),
+        };
         let target = self.req_string(&mut obj, "target", "the service the requests go to, e.g. `web`");
         let rate = match self.get(&mut obj, "rate") {
             Some(n) => self.number("compare.load.rate", n, 0.1, 1000.0),
@@ -163,6 +171,24 @@ impl Decoder {
             None => Some(default_load_timeout()),
         };
         self.finish(obj);
+        // A key's position, or (not there) the section's.
+        let pos = |d: &Self, key: &str| d.positions.get(&format!("compare.load.{key}"));
+        match (&requests, &command) {
+            (Some(_), Some(_)) => {
+                let p = pos(self, "command");
+                self.err(p, "`compare.load` has both `requests` and `command`: the load is one or the other").help =
+                    Some("keep `requests` to have rehearse replay the file, or `command` to run your own tool".into());
+            }
+            (None, None) => {
+                let p = self.positions.get("compare.load");
+                self.err(p, "`compare.load` needs `requests` (a request file) or `command` (your load tool)");
+            }
+            _ => {}
+        }
+        if requests.is_some() && format.is_some_and(|f| f != LoadFormat::Samples) {
+            let p = pos(self, "format");
+            self.err(p, "`compare.load.format` is for a `command`'s results; a request file is replayed by rehearse");
+        }
         if let (Some(t), Some(services)) = (&target, services) {
             if !services.contains_key(t) {
                 let pos = self.positions.get("compare.load.target");
@@ -172,7 +198,15 @@ impl Decoder {
                 }
             }
         }
-        Some(Load { requests: requests?, target: target?, rate: rate?, duration: duration?, timeout: timeout? })
+        Some(Load {
+            requests,
+            command,
+            format: format?,
+            target: target?,
+            rate: rate?,
+            duration: duration?,
+            timeout: timeout?,
+        })
     }
 
     fn judge(&mut self, node: &Node) -> Option<JudgeSettings> {

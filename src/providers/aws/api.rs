@@ -167,6 +167,8 @@ pub struct RestoreDb {
     /// Snapshot id (snapshot restore) or source instance id (point in time).
     pub source: String,
     pub point_in_time: bool,
+    /// The point in time restored (None: the latest restorable time).
+    pub restore_time: Option<DateTime<Utc>>,
     pub instance_class: String,
     pub subnet_group: String,
     pub security_group_id: String,

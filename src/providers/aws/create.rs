@@ -162,6 +162,49 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         Ok(Output::Nothing)
     }
 
+    /// The snapshot `id` of a production instance, pinned by the caller: it must still
+    /// be there, be `instance`'s and be available.
+    async fn snapshot(&self, instance: &str, id: &str) -> Result<Snapshot, StepError> {
+        let snapshots = self
+            .api
+            .snapshots_of(instance)
+            .await
+            .map_err(|e| StepError::build(format!("cannot list the snapshots of {instance}: {e}")))?;
+        snapshots
+            .into_iter()
+            .find(|s| s.id == id && s.instance_id.as_deref() == Some(instance) && s.status == "available")
+            .ok_or_else(|| {
+                StepError::build(format!("the pinned snapshot {id} of {instance} is not available any more"))
+            })
+    }
+
+    /// What each RDS instance's copy restores from now: its newest snapshot, or its
+    /// latest restorable time. Aurora clones are not pinned (see below).
+    pub async fn pins(&self, loaded: &crate::description::Loaded) -> Result<Pins, StepError> {
+        let mut pins = Pins::new();
+        for (name, db) in &loaded.desc.databases {
+            let pin = match (&db.source, db.restore) {
+                (DatabaseSource::RdsInstance(source), RestoreMode::LatestRestorableTime) => {
+                    let prod = self
+                        .api
+                        .describe_db_instances(std::slice::from_ref(source))
+                        .await
+                        .map_err(|e| StepError::build(format!("cannot look up {source}: {e}")))?;
+                    let at = prod.into_iter().find(|p| &p.id == source).and_then(|p| p.latest_restorable_time);
+                    Pin::Time(at.ok_or_else(|| {
+                        StepError::build(format!("the production RDS instance {source} has no restorable time"))
+                    })?)
+                }
+                (DatabaseSource::RdsInstance(source), _) => Pin::Snapshot(self.newest_snapshot(source).await?.id),
+                // A copy-on-write clone is of the cluster as it is: RDS takes no
+                // RestoreToTime with it. Unpinned; twins clone it at the same moment.
+                _ => continue,
+            };
+            pins.insert(name.clone(), pin);
+        }
+        Ok(pins)
+    }
+
     /// The newest available snapshot of a production instance.
     pub async fn newest_snapshot(&self, instance: &str) -> Result<Snapshot, StepError> {
         let prod = self
@@ -259,9 +302,19 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             }
             (DatabaseSource::RdsInstance(source), mode) => {
                 let pitr = mode == RestoreMode::LatestRestorableTime;
+                let pin = ctx.run.pins.get(res.name.as_str());
+                let restore_time = match pin {
+                    Some(Pin::Time(t)) if pitr => Some(*t),
+                    _ => None,
+                };
                 let t = ctx.started(res, "find-backup", None);
                 let found: Result<_, StepError> = async {
-                    if pitr {
+                    if let Some(at) = restore_time {
+                        Ok((format!("{source} at {}", at.format("%Y-%m-%dT%H:%M:%SZ")), None, Some(at)))
+                    } else if let (Some(Pin::Snapshot(id)), false) = (pin, pitr) {
+                        let s = self.snapshot(source, id).await?;
+                        Ok((s.id, s.arn, s.created))
+                    } else if pitr {
                         let prod = self
                             .api
                             .describe_db_instances(std::slice::from_ref(source))
@@ -287,6 +340,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     instance_id: id.clone(),
                     source: if pitr { source.clone() } else { snapshot_id.clone() },
                     point_in_time: pitr,
+                    restore_time,
                     instance_class: class.clone(),
                     subnet_group,
                     security_group_id: sg,

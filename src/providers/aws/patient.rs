@@ -447,6 +447,7 @@ mod tests {
             instance_id: "rh-r1-db".into(),
             source: "shop-prod-db-new".into(),
             point_in_time: false,
+            restore_time: None,
             instance_class: "db.t3.micro".into(),
             subnet_group: "rehearse-r-1".into(),
             security_group_id: sg.clone(),

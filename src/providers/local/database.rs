@@ -19,7 +19,10 @@ impl LocalProvider {
         let (backup, source) = match &db.source {
             DatabaseSource::BackupDir(dir) => {
                 let dir = ctx.loaded.resolve(dir);
-                let b = postgres::newest_backup(&bin, &dir, ctx.clock).await;
+                let b = match ctx.run.pins.get(res.name.as_str()) {
+                    Some(Pin::Backup(path)) => postgres::backup_at(&bin, path, ctx.clock).await,
+                    _ => postgres::newest_backup(&bin, &dir, ctx.clock).await,
+                };
                 ctx.step(res, "find-backup", t, b.is_ok(), b.as_ref().ok().map(|b| b.path.display().to_string()));
                 (b?, dir.display().to_string())
             }
@@ -51,12 +54,7 @@ impl LocalProvider {
             None => None,
         };
         let golden = golden_dir(&ctx.run.golden_root, &d.name, &res.name);
-        // The golden directory is the cluster user's: its metadata is read without
-        // following a link, and only so much of it.
-        let golden_meta: Option<GoldenMeta> = secure_fs::Dir::open(&golden)
-            .and_then(|d| d.read_file(std::ffi::OsStr::new("meta.json"), 1 << 20))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let golden_meta = golden::current(&golden);
         let wanted = GoldenMeta {
             backup: backup.clone(),
             database_name: db_name.clone(),
@@ -65,7 +63,7 @@ impl LocalProvider {
             cluster_uid: cluster.run_as.map(|u| u.uid),
             layout: GOLDEN_LAYOUT,
         };
-        let fresh = !ctx.run.cold && golden_meta.as_ref() == Some(&wanted) && golden.join("data/PG_VERSION").is_file();
+        let fresh = !ctx.run.cold && golden_meta.as_ref() == Some(&wanted);
         // Copied under a shared lock; while `warm` replaces it, this run restores cold.
         let golden_lock = if fresh { golden::lock_for_copy(&golden) } else { None };
         if fresh && golden_lock.is_none() {
@@ -134,6 +132,10 @@ impl LocalProvider {
         let r = postgres::set_app_password(&bin, &cluster, &password, ctx.clock).await;
         ctx.step(res, "rotate-password", t, r.is_ok(), None);
         r?;
+        // Best effort: without it, `compare` has no per-statement times, and says so.
+        if let Err(e) = postgres::enable_statement_stats(&bin, &cluster, ctx.clock).await {
+            tracing::warn!("pg_stat_statements not enabled in {}: {}", res.id, e.message);
+        }
 
         let host = "127.0.0.1".to_string();
         let port = cluster.port.to_string();

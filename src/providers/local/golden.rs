@@ -16,6 +16,7 @@ use super::{golden_dir, GoldenMeta, GOLDEN_LAYOUT};
 use crate::description::template::{self, Outputs, Scope};
 use crate::description::{DatabaseSource, Loaded};
 use crate::engine::events::{Event, Reporter};
+use crate::engine::provider::{Pin, Pins};
 use crate::sys::process;
 use crate::sys::signals::Signals;
 use crate::sys::state;
@@ -41,11 +42,22 @@ pub(crate) fn lock_for_copy(golden: &std::path::Path) -> Option<Flock<std::fs::F
     Flock::lock(lock_file(golden).ok()?, FlockArg::LockSharedNonblock).ok()
 }
 
+/// Which golden copies a refresh makes, from which backup.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Refresh<'a> {
+    /// Every one, from the newest backup (`rehearse warm`).
+    All,
+    /// Only those not already made from the pinned backups (`rehearse compare`: one
+    /// restore, which both twins then copy).
+    Stale(&'a Pins),
+}
+
 /// Refreshes the golden copy of every database restored from a backup directory; the
 /// first of `signals` stops it (and removes what it made).
 pub(crate) async fn refresh_all(
     loaded: &Loaded,
     work_root: &std::path::Path,
+    refresh: Refresh<'_>,
     reporter: &dyn Reporter,
     signals: &Signals,
 ) -> Result<Vec<String>, String> {
@@ -64,7 +76,15 @@ pub(crate) async fn refresh_all(
             continue;
         };
         let started = Instant::now();
-        let backup = postgres::newest_backup(&bin, &loaded.resolve(dir), &clock).await.map_err(|e| e.message)?;
+        let pinned = match refresh {
+            Refresh::Stale(pins) => pins.get(name.as_str()),
+            Refresh::All => None,
+        };
+        let backup = match pinned {
+            Some(Pin::Backup(path)) => postgres::backup_at(&bin, path, &clock).await,
+            _ => postgres::newest_backup(&bin, &loaded.resolve(dir), &clock).await,
+        }
+        .map_err(|e| e.message)?;
         let db_name =
             template::render(&loaded.tera, &format!("databases.{name}.name"), &ctx).map_err(|e| e.to_string())?;
         let masking = match &db.masking {
@@ -74,6 +94,18 @@ pub(crate) async fn refresh_all(
             None => None,
         };
         let golden = golden_dir(&root, &d.name, name);
+        let meta = GoldenMeta {
+            backup: backup.clone(),
+            database_name: db_name,
+            masking,
+            pg_bin: bin.dir.clone(),
+            cluster_uid: run_as.map(|u| u.uid),
+            layout: GOLDEN_LAYOUT,
+        };
+        if matches!(refresh, Refresh::Stale(_)) && current(&golden).as_ref() == Some(&meta) {
+            lines.push(format!("{name}: golden copy is current ({})", backup.path.display()));
+            continue;
+        }
         let parent = golden.parent().unwrap_or(&root).to_path_buf();
         state::traversable_dir(work_root).map_err(|e| e.to_string())?;
         state::traversable_dir(&root).map_err(|e| e.to_string())?;
@@ -105,11 +137,11 @@ pub(crate) async fn refresh_all(
             postgres::initdb(&bin, &cluster, &log, &clock, &tag).await?;
             postgres::start(&bin, &mut cluster, &log, &clock, timeout, &tag).await?;
             let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
-            postgres::restore(&bin, &cluster, &db_name, &backup.path, jobs, &log, &clock, timeout).await?;
+            postgres::restore(&bin, &cluster, &meta.database_name, &backup.path, jobs, &log, &clock, timeout).await?;
             if let Some(m) = &db.masking {
-                postgres::mask(&bin, &cluster, &db_name, &loaded.resolve(m), &log, &clock, timeout).await?;
+                postgres::mask(&bin, &cluster, &meta.database_name, &loaded.resolve(m), &log, &clock, timeout).await?;
             }
-            postgres::hand_over(&bin, &cluster, &db_name, &clock).await?;
+            postgres::hand_over(&bin, &cluster, &meta.database_name, &clock).await?;
             Ok::<(), crate::engine::provider::StepError>(())
         };
         // Interrupted: the steps in flight are dropped (their commands killed), and the
@@ -135,14 +167,6 @@ pub(crate) async fn refresh_all(
         if !stopped {
             return Err(format!("golden copy of `{name}`: the cluster in {} did not stop", staging.display()));
         }
-        let meta = GoldenMeta {
-            backup: backup.clone(),
-            database_name: db_name,
-            masking,
-            pg_bin: bin.dir.clone(),
-            cluster_uid: run_as.map(|u| u.uid),
-            layout: GOLDEN_LAYOUT,
-        };
         // The directory is the cluster user's: written without following a link.
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
         crate::sys::secure_fs::Dir::open(&staging)
@@ -162,6 +186,16 @@ pub(crate) async fn refresh_all(
         ));
     }
     Ok(lines)
+}
+
+/// The metadata of the golden copy in `golden`, when it holds a cluster (read without
+/// following a link: the directory is the cluster user's).
+pub(crate) fn current(golden: &std::path::Path) -> Option<GoldenMeta> {
+    let meta = crate::sys::secure_fs::Dir::open(golden)
+        .and_then(|d| d.read_file(std::ffi::OsStr::new("meta.json"), 1 << 20))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())?;
+    golden.join("data/PG_VERSION").is_file().then_some(meta)
 }
 
 fn tail_text(tail: &[String]) -> String {

@@ -48,6 +48,12 @@ pub(crate) struct PgBin {
 }
 
 impl PgBin {
+    /// Whether the server can load `pg_stat_statements` (Debian ships it with the
+    /// server, in `../lib` of the binaries).
+    pub(crate) fn has_statement_stats(&self) -> bool {
+        self.dir.parent().is_some_and(|d| d.join("lib/pg_stat_statements.so").is_file())
+    }
+
     /// Finds `initdb`, `pg_ctl`, `pg_restore`, `psql`: on PATH, then
     /// `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
     pub(crate) fn find() -> Result<PgBin, StepError> {
@@ -148,6 +154,18 @@ pub(crate) async fn newest_backup(bin: &PgBin, dir: &Path, clock: &Clock) -> Res
     crate::sys::secure_fs::check_input(&best.path)
         .map_err(|e| StepError::build(format!("the backup cannot be trusted: {e}")))?;
     Ok(best)
+}
+
+/// The archive at `path`, pinned by the caller: it must still be there, be an
+/// archive, and be trusted like any backup.
+pub(crate) async fn backup_at(bin: &PgBin, path: &Path, clock: &Clock) -> Result<Backup, StepError> {
+    let _span = clock.external();
+    let taken_at = archive_time(bin, path).await.ok_or_else(|| {
+        StepError::build(format!("the pinned backup {} is gone or is not a pg_dump archive any more", path.display()))
+    })?;
+    crate::sys::secure_fs::check_input(path)
+        .map_err(|e| StepError::build(format!("the backup cannot be trusted: {e}")))?;
+    Ok(Backup { path: path.to_path_buf(), taken_at })
 }
 
 /// Reads "; Archive created at 2026-11-25 16:40:01 UTC" from the archive's table of
@@ -284,13 +302,17 @@ pub(crate) async fn start(
     timeout: Duration,
     tag: &[(&str, &str)],
 ) -> Result<(), StepError> {
-    let opts = format!(
+    let mut opts = format!(
         "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='{}' -c fsync=off \
          -c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB -c checkpoint_timeout=30min \
          -c maintenance_work_mem=256MB -c wal_level=minimal -c max_wal_senders=0 -c logging_collector=off",
         cluster.port,
         cluster.base.display()
     );
+    // Per-statement times for `compare`, where the server has the module.
+    if bin.has_statement_stats() {
+        opts.push_str(" -c shared_preload_libraries=pg_stat_statements");
+    }
     let mut cmd = cluster.as_user(bin.cmd("pg_ctl"));
     cmd.arg("-D")
         .arg(cluster.data())
@@ -438,6 +460,16 @@ pub(crate) async fn hand_over(bin: &PgBin, cluster: &Cluster, db: &str, clock: &
     psql_stdin(bin, cluster, db, &format!("REASSIGN OWNED BY {restore} TO {app};\nDROP OWNED BY {restore};"), clock)
         .await?;
     psql_stdin(bin, cluster, "postgres", &format!("DROP ROLE {restore};"), clock).await
+}
+
+/// Makes `pg_stat_statements` readable in the cluster's `postgres` database (never in
+/// the copy's own, which stays production's); the release's role sees its own
+/// statements there. Nothing when the server lacks the module.
+pub(crate) async fn enable_statement_stats(bin: &PgBin, cluster: &Cluster, clock: &Clock) -> Result<(), StepError> {
+    if !bin.has_statement_stats() {
+        return Ok(());
+    }
+    psql_stdin(bin, cluster, "postgres", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;", clock).await
 }
 
 /// Gives the release's role a new password (on stdin, never on a command line).

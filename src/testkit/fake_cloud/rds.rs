@@ -83,7 +83,11 @@ impl RdsApi for FakeCloud {
         }
         // Like some implementations: the restore ignores the asked-for flags and copies
         // production's.
-        let endpoint = self.state.lock().expect("fake lock").db_endpoint.clone();
+        let endpoint = {
+            let mut st = self.state.lock().expect("fake lock");
+            st.restores.push((req.instance_id.clone(), req.source.clone(), req.restore_time));
+            st.db_endpoint.clone()
+        };
         let r = self.provision(&req.instance_id, ("db", "db"), &req.tags, self.faults.restore, true, |r| {
             r.protected = true;
             r.private = false;
@@ -100,6 +104,7 @@ impl RdsApi for FakeCloud {
         if !self.live("cluster").iter().any(|(id, _)| id == &req.source_cluster) {
             return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound));
         }
+        self.state.lock().expect("fake lock").restores.push((req.cluster_id.clone(), req.source_cluster.clone(), None));
         // Copies the source's deletion protection, whatever was asked.
         let c = self.provision(&req.cluster_id, ("cluster", "cluster"), &req.tags, self.faults.clone, true, |r| {
             r.protected = true

@@ -12,6 +12,10 @@ fn time(t: Option<&aws_sdk_rds::primitives::DateTime>) -> Option<DateTime<Utc>> 
     DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())
 }
 
+fn smithy_time(t: DateTime<Utc>) -> aws_sdk_rds::primitives::DateTime {
+    aws_sdk_rds::primitives::DateTime::from_secs_and_nanos(t.timestamp(), t.timestamp_subsec_nanos())
+}
+
 fn rds_tags(tags: &[Tag]) -> Vec<rdst::Tag> {
     tags.iter().map(|t| rdst::Tag::builder().key(&t.key).value(&t.value).build()).collect()
 }
@@ -161,7 +165,8 @@ impl RdsApi for Sdk {
                 .restore_db_instance_to_point_in_time()
                 .source_db_instance_identifier(&req.source)
                 .target_db_instance_identifier(&req.instance_id)
-                .use_latest_restorable_time(true)
+                .set_use_latest_restorable_time(req.restore_time.is_none().then_some(true))
+                .set_restore_time(req.restore_time.map(smithy_time))
                 .db_instance_class(&req.instance_class)
                 .db_subnet_group_name(&req.subnet_group)
                 .vpc_security_group_ids(&req.security_group_id)

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""A load tool of your own, as `compare.load.command` runs one (standard library only).
+
+rehearse runs it once per environment, both at the same time, with:
+  REHEARSE_URL       where the environment's target service answers
+  REHEARSE_SIDE      baseline or candidate
+  REHEARSE_RATE      requests a second
+  REHEARSE_DURATION  seconds
+  REHEARSE_RESULTS   the file to write: `ENDPOINT,LATENCY_MS,OK` a line (format: samples)
+
+It replays the request file given as its argument (`METHOD PATH [BODY]` a line) on an
+open-loop schedule: a request leaves at its time whether or not the last one answered.
+A 5xx, a timeout or no connection is an error, as in rehearse's own replay.
+"""
+import concurrent.futures
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+env = os.environ
+url = env["REHEARSE_URL"].rstrip("/")
+rate = float(env["REHEARSE_RATE"])
+duration = float(env["REHEARSE_DURATION"])
+results = env["REHEARSE_RESULTS"]
+
+requests = []
+with open(sys.argv[1]) as f:
+    for line in f:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            parts = line.split(None, 2)
+            requests.append((parts[0].upper(), parts[1], parts[2] if len(parts) > 2 else None))
+
+
+def one(method, path, body):
+    data = body.encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method=method)
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+            ok = r.status < 500
+    except urllib.error.HTTPError as e:
+        ok = e.code < 500
+    except Exception:
+        ok = False
+    return f"{method} {path.split('?')[0]},{(time.perf_counter() - started) * 1000:.3f},{int(ok)}"
+
+
+count = int(rate * duration)
+start = time.monotonic()
+with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+    futures = []
+    for i in range(count):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        futures.append(pool.submit(one, *requests[i % len(requests)]))
+    lines = [f.result() for f in futures]
+with open(results, "w") as out:
+    out.write("endpoint,latency_ms,ok\n" + "\n".join(lines) + "\n")

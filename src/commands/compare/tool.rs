@@ -1,0 +1,107 @@
+//! `compare.load.command`: the user's own load tool (k6, vegeta, locust…), run once
+//! per environment, both at the same time, from the description's directory — as the
+//! release's user when rehearse runs as root, like a suite. It is told where to send
+//! the load and where to write what it measured; rehearse reads that file in its
+//! `format` (see [`crate::compare::tool`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::compare::load::Measured;
+use crate::description::template::ServiceOutputs;
+use crate::description::{Load, Loaded};
+use crate::sys::process::{self, RunAs};
+use crate::sys::secure_fs::Dir;
+use crate::sys::timing::Clock;
+
+/// The most of a results file read (a bigger one is refused, not truncated).
+const MAX_RESULTS: u64 = 256 << 20;
+/// A load command gets its duration and this much more to start and write its results.
+const GRACE: Duration = Duration::from_secs(60);
+
+/// One environment the tool loads.
+pub(super) struct Side<'a> {
+    /// `baseline` or `candidate`.
+    pub(super) name: &'static str,
+    pub(super) services: &'a BTreeMap<String, ServiceOutputs>,
+}
+
+/// Runs the load command against every side at once; what each measured, or why not.
+/// `scratch` holds a private directory per side (the tool's HOME and results), `logs`
+/// its output (`SIDE.load.log`).
+pub(super) async fn run_all(
+    load: &Load,
+    loaded: &Loaded,
+    sides: &[Side<'_>],
+    scratch: &Path,
+    logs: &Path,
+    user: Option<RunAs>,
+) -> Vec<Result<Measured, String>> {
+    let runs = sides.iter().map(|s| run_one(load, loaded, s, scratch, logs, user));
+    futures_util::future::join_all(runs).await
+}
+
+async fn run_one(
+    load: &Load,
+    loaded: &Loaded,
+    side: &Side<'_>,
+    scratch: &Path,
+    logs: &Path,
+    user: Option<RunAs>,
+) -> Result<Measured, String> {
+    let command = load.command.as_deref().ok_or("no load command")?;
+    let url = &side.services.get(&load.target).ok_or_else(|| format!("no service `{}`", load.target))?.url;
+    let dir = private_dir(scratch, side.name, user)?;
+    let results = dir.join("results");
+    let mut cmd = process::shell(command, &loaded.dir, user.map(|u| (u, dir.clone())));
+    cmd.env("REHEARSE_URL", url)
+        .env("REHEARSE_SIDE", side.name)
+        .env("REHEARSE_RATE", load.rate.to_string())
+        .env("REHEARSE_DURATION", load.duration.as_secs().max(1).to_string())
+        .env("REHEARSE_RESULTS", &results);
+    for (name, s) in side.services {
+        cmd.env(format!("REHEARSE_SERVICE_{}_URL", name.to_uppercase().replace('-', "_")), &s.url);
+    }
+    let log = logs.join(format!("{}.load.log", side.name));
+    let limit = load.duration + GRACE;
+    let finished = process::run_logged(&mut cmd, &log, limit, &Clock::new())
+        .await
+        .map_err(|e| format!("cannot run the load command: {e}"))?;
+    if finished.timed_out {
+        return Err(format!(
+            "the load command ran past {} (its duration + {} s) and was stopped; its output: {}",
+            crate::description::format_duration(limit),
+            GRACE.as_secs(),
+            log.display()
+        ));
+    }
+    // A tool may exit non-zero over its own thresholds (k6: 99) and still have
+    // measured: its results decide, and are judged like any.
+    let text =
+        Dir::open(&dir).and_then(|d| d.read_file(std::ffi::OsStr::new("results"), MAX_RESULTS)).map_err(|e| {
+            format!(
+                "the load command (exit {}) wrote no readable results to $REHEARSE_RESULTS: {e}; its output: {}",
+                finished.status.map_or("by a signal".into(), |c| c.to_string()),
+                log.display()
+            )
+        })?;
+    crate::compare::tool::parse(load.format, &String::from_utf8_lossy(&text)).map_err(|e| {
+        format!("its results ($REHEARSE_RESULTS, format `{}`) are not readable: {e}", load.format.as_str())
+    })
+}
+
+/// `scratch/SIDE`, new, 0700, the tool's user's.
+fn private_dir(scratch: &Path, side: &str, user: Option<RunAs>) -> Result<PathBuf, String> {
+    let why =
+        |e: &dyn std::fmt::Display| format!("cannot make the load command's directory in {}: {e}", scratch.display());
+    // Traversable, not listable: the tool's user reaches its own directory only.
+    for d in [scratch.parent().unwrap_or(scratch), scratch] {
+        crate::sys::state::traversable_dir(d).map_err(|e| why(&e))?;
+    }
+    let d = Dir::open(scratch).and_then(|d| d.create_dir(std::ffi::OsStr::new(side), 0o700)).map_err(|e| why(&e))?;
+    if let Some(u) = user {
+        d.chown(u.uid, u.gid).map_err(|e| why(&e))?;
+    }
+    Ok(scratch.join(side))
+}
