@@ -648,10 +648,19 @@ fn comparison() -> Value {
     let lat =
         |centre: f64, n: usize| -> Vec<f64> { (0..n).map(|i| centre * (0.8 + 0.4 * (i as f64 / n as f64))).collect() };
     let zeros = |n: usize| vec![0.0; n];
+    // A statement as pg_stat_statements normalizes it: long, unbroken, and hostile.
+    let long =
+        format!("select {} from products where name = {HOSTILE}", "p.a_very_long_column_name_without_spaces".repeat(8));
     let side = |release: &str, products: f64| {
+        let other =
+            if release == "v2" { "select count(*) from customers" } else { "select * from orders where id = $1" };
         serde_json::json!({
             "release": release, "run_id": format!("r-20261127-000000-{release}"), "verdict": "passed",
             "exit_code": 0, "reason": null, "migration_ms": [160.0],
+            "databases": {"db": {"size_bytes": 11787623, "note": null, "statements": [
+                {"query": long, "calls": 60, "mean_ms": products / 100.0},
+                {"query": other, "calls": 60, "mean_ms": 0.39}
+            ]}},
             "measured": {
                 "latencies": {"GET /products": lat(products, 60), "GET /version": lat(2.0, 60), "GET /customers/count": lat(78.0, 60)},
                 "errors": {"GET /products": zeros(60), "GET /version": zeros(60), "GET /customers/count": zeros(60)}
@@ -690,9 +699,10 @@ fn compare_page_shows_both_sides_at_1280_and_asks_for_nothing() {
     let measure = r#"<pre id="rehearse-measure"></pre><script>
       const r = [...document.querySelectorAll('.side')].map(e => e.getBoundingClientRect());
       const svgs = document.querySelectorAll('svg rect').length;
+      const rows = document.querySelectorAll('table.statements tr').length;
       document.getElementById('rehearse-measure').textContent = btoa(JSON.stringify({
         page_width: document.documentElement.scrollWidth, sides: r.map(b => [b.left, b.right, b.top, b.width]),
-        boxes: svgs, title: document.title }));
+        boxes: svgs, rows, title: document.title }));
     </script>"#;
     let body_end = html.rfind("</body>").unwrap();
     let copy = scratch.join("measured.html");
@@ -713,6 +723,9 @@ fn compare_page_shows_both_sides_at_1280_and_asks_for_nothing() {
     assert!(b[1].as_f64().unwrap() <= c[0].as_f64().unwrap() && c[1].as_f64().unwrap() <= 1280.0, "{m}");
     assert!(b[3].as_f64().unwrap() > 300.0 && c[3].as_f64().unwrap() > 300.0, "{m}");
     assert_eq!(m["boxes"], 6, "a box a side an endpoint: {m}");
+    // The statements side by side: the shared one in one row, each side's own in its
+    // own (a header and three rows), the long one wrapped within the window.
+    assert_eq!(m["rows"], 4, "{m}");
     assert_eq!(m["title"], "MARGINAL: demo v2-slow against v2");
     let shot = scratch.join("compare.png");
     let run = browse(&page, 1280, 1100, &[], &format!("--screenshot={}", shot.display()), &scratch.join("shot"));
