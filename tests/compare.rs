@@ -77,7 +77,7 @@ fn a_slowed_endpoint_fails_on_its_latency_alone_and_a_failing_migration_says_so(
     assert_eq!(products["classification"], "High");
     // One restore: the newest backup pinned, made into the golden copy once, copied by
     // both sides.
-    let pinned = json["restored_from"]["db"]["backup"].as_str().unwrap();
+    let pinned = json["restored_from"]["db"]["backup"]["path"].as_str().unwrap();
     assert!(pinned.ends_with("demo/backups/shop-2026-nightly.dump"), "{pinned}");
     for side in ["baseline", "candidate"] {
         let b = &json[side]["backups"][0];

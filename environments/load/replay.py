@@ -9,8 +9,10 @@ rehearse runs it once per environment, both at the same time, with:
   REHEARSE_RESULTS   the file to write: `ENDPOINT,LATENCY_MS,OK` a line (format: samples)
 
 It replays the request file given as its argument (`METHOD PATH [BODY]` a line) on an
-open-loop schedule: a request leaves at its time whether or not the last one answered.
-A 5xx, a timeout or no connection is an error, as in rehearse's own replay.
+open-loop schedule: a request leaves at its time whether or not the last one answered,
+and its latency counts from that time (a request kept waiting for a free worker is
+slow, not excused). A 5xx, a timeout (10 s) or no connection is an error, as in
+rehearse's own replay.
 """
 import concurrent.futures
 import os
@@ -34,10 +36,9 @@ with open(sys.argv[1]) as f:
             requests.append((parts[0].upper(), parts[1], parts[2] if len(parts) > 2 else None))
 
 
-def one(method, path, body):
+def one(scheduled, method, path, body):
     data = body.encode() if body is not None else None
     req = urllib.request.Request(url + path, data=data, method=method)
-    started = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             r.read()
@@ -46,18 +47,20 @@ def one(method, path, body):
         ok = e.code < 500
     except Exception:
         ok = False
-    return f"{method} {path.split('?')[0]},{(time.perf_counter() - started) * 1000:.3f},{int(ok)}"
+    return f"{method} {path.split('?')[0]},{(time.monotonic() - scheduled) * 1000:.3f},{int(ok)}"
 
 
 count = int(rate * duration)
 start = time.monotonic()
-with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+# Enough workers for every request that can be in flight (rate × the 10 s timeout).
+with concurrent.futures.ThreadPoolExecutor(max_workers=min(1000, max(8, int(rate * 10) + 1))) as pool:
     futures = []
     for i in range(count):
-        delay = start + i / rate - time.monotonic()
+        scheduled = start + i / rate
+        delay = scheduled - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        futures.append(pool.submit(one, *requests[i % len(requests)]))
+        futures.append(pool.submit(one, scheduled, *requests[i % len(requests)]))
     lines = [f.result() for f in futures]
 with open(results, "w") as out:
     out.write("endpoint,latency_ms,ok\n" + "\n".join(lines) + "\n")

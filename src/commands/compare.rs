@@ -147,11 +147,14 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         for (db, pin) in &pins {
             eprintln!("compare: both environments restore `{db}` from {pin}");
         }
-        for (db, _) in loaded.desc.databases.iter().filter(|(n, _)| !pins.contains_key(n.as_str())) {
-            eprintln!(
-                "compare: `{db}` is not pinned: both clone the live source at once (an Aurora clone cannot be \
-                 made at a fixed time), so they differ by what production writes between the two calls"
-            );
+        for (db, d) in loaded.desc.databases.iter().filter(|(n, _)| !pins.contains_key(n.as_str())) {
+            let why = match &d.source {
+                crate::description::DatabaseSource::AuroraCluster(_) => {
+                    "both clone the live cluster, started at once (RDS makes no copy-on-write clone of a fixed time)"
+                }
+                _ => "each side dumps the live source on its own (a live database cannot be pinned)",
+            };
+            eprintln!("compare: `{db}` is not pinned: {why}; the twins differ by what it wrote in between");
         }
         for line in golden {
             eprintln!("compare: {line}");
@@ -190,7 +193,14 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             Connection::read(&state::run_dir(&o.state_root, &o.run_id), &o.run_id).ok()
         };
         let (kb, kc) = (connection(&ob, rb.as_ref()), connection(&oc, rc.as_ref()));
-        let url_of = |c: &Option<Connection>| load::target(&c.as_ref()?.services.get(&spec.load.target)?.url);
+        // A load command takes the URL as it is (https included); the replay speaks plain HTTP.
+        let url_of = |c: &Option<Connection>| {
+            let url = &c.as_ref()?.services.get(&spec.load.target)?.url;
+            match spec.load.command {
+                Some(_) => Some((url.clone(), 0)),
+                None => load::target(url),
+            }
+        };
         let targets: Vec<(usize, (String, u16))> =
             [url_of(&kb), url_of(&kc)].into_iter().enumerate().filter_map(|(i, t)| t.map(|t| (i, t))).collect();
         let id = format!("c-{}", state::new_run_id().trim_start_matches("r-"));
@@ -221,18 +231,23 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                     })
                     .collect();
                 let scratch = state::work_dir().join("compares").join(&id);
-                let m = tool::run_all(&spec.load, &loaded, &sides, &scratch, &dir, tool_user).await;
+                // Interrupted: the commands' process groups are killed as their futures drop.
+                let m = tokio::select! {
+                    m = tool::run_all(&spec.load, &loaded, &sides, &scratch, &dir, tool_user) => m,
+                    _ = signals.nth(1) => Vec::new(),
+                };
                 // Best effort: the tool's scratch (its HOME and results) is read already.
                 #[allow(clippy::let_underscore_must_use)]
                 let _ = std::fs::remove_dir_all(&scratch);
                 m
             } else {
                 let hosts: Vec<(String, u16)> = targets.iter().map(|(_, t)| t.clone()).collect();
-                load::replay(&requests, &hosts, spec.load.rate, spec.load.duration, spec.load.timeout)
-                    .await
-                    .into_iter()
-                    .map(Ok)
-                    .collect()
+                tokio::select! {
+                    m = load::replay(&requests, &hosts, spec.load.rate, spec.load.duration, spec.load.timeout) => {
+                        m.into_iter().map(Ok).collect()
+                    }
+                    _ = signals.nth(1) => Vec::new(),
+                }
             };
             for ((i, _), m) in targets.iter().zip(measured) {
                 let (label, side) = if *i == 0 { ("baseline", &mut baseline) } else { ("candidate", &mut candidate) };
@@ -374,16 +389,32 @@ async fn db_stats(c: Option<&Connection>) -> BTreeMap<String, DbStats> {
     let mut out = BTreeMap::new();
     for (name, db) in &c.databases {
         let lit = format!("'{}'", db.name.replace('\'', "''"));
-        let size = psql(db, &format!("SELECT pg_database_size({lit})")).await.ok().and_then(|s| s.trim().parse().ok());
+        // Not reachable from here (an RDS copy inside its VPC): said once, not retried.
+        let size = match psql(db, &db.name, "SELECT pg_database_size(current_database())").await {
+            Ok(s) => s.trim().parse().ok(),
+            Err(e) => {
+                let counters = Err(format!("cannot query the copy from here: {e}"));
+                out.insert(name.clone(), DbStats { size_bytes: None, counters });
+                continue;
+            }
+        };
         let sql = format!(
             "SELECT coalesce(json_agg(json_build_object('query', s.query, 'calls', s.calls, \
              'total_ms', s.total_exec_time)), '[]') FROM pg_stat_statements s \
              JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = {lit} \
              AND s.userid = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
         );
-        let counters = psql(db, &sql).await.and_then(|s| {
-            serde_json::from_str(s.trim()).map_err(|e| format!("unexpected pg_stat_statements output: {e}"))
-        });
+        // The cluster's `postgres` database, where rehearse creates the extension
+        // locally; else the copy's own, where one made on RDS usually is.
+        let mut counters = Err(String::new());
+        for in_db in ["postgres", db.name.as_str()] {
+            counters = psql(db, in_db, &sql).await.and_then(|s| {
+                serde_json::from_str(s.trim()).map_err(|e| format!("unexpected pg_stat_statements output: {e}"))
+            });
+            if counters.is_ok() {
+                break;
+            }
+        }
         out.insert(name.clone(), DbStats { size_bytes: size, counters });
     }
     out
@@ -412,8 +443,8 @@ fn statements_during(
 }
 
 /// One query through `psql` with the database's libpq environment (the password
-/// never on a command line), in the cluster's `postgres` database; its output.
-async fn psql(db: &crate::description::template::DatabaseOutputs, sql: &str) -> Result<String, String> {
+/// never on a command line), in `database` of its server; its output.
+async fn psql(db: &crate::description::template::DatabaseOutputs, database: &str, sql: &str) -> Result<String, String> {
     // PostgreSQL's own psql when this machine has its server binaries; else the PATH's.
     let bin = crate::providers::local::postgres::PgBin::find()
         .map(|b| b.dir.join("psql"))
@@ -421,8 +452,8 @@ async fn psql(db: &crate::description::template::DatabaseOutputs, sql: &str) -> 
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .envs(db.libpq_env())
-        .env("PGDATABASE", "postgres")
-        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGDATABASE", database)
+        .env("PGCONNECT_TIMEOUT", "5")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())

@@ -182,7 +182,8 @@ pub(super) async fn twins(
     match &loaded.desc.target {
         Target::Local => {
             let pins = LocalProvider::new(work_root).pin_sources(loaded).await.map_err(|e| e.message)?;
-            if cold {
+            // Nothing restored from a backup (no database, or live `url:` sources): no golden copy.
+            if cold || pins.is_empty() {
                 return Ok((pins, Vec::new()));
             }
             use crate::providers::local::golden::{refresh_all, Refresh};

@@ -26,13 +26,14 @@ pub struct ResultsError {
     pub message: String,
 }
 
-/// The samples in `text`, a results file in `format`.
-pub fn parse(format: LoadFormat, text: &str) -> Result<Measured, ResultsError> {
+/// The samples in a results file in `format`, read as a stream (a long load's k6
+/// output runs to gigabytes; only the samples are kept).
+pub fn parse(format: LoadFormat, input: impl std::io::BufRead) -> Result<Measured, ResultsError> {
     let mut m = Measured::default();
     match format {
-        LoadFormat::Samples => samples(text, &mut m)?,
-        LoadFormat::K6 => k6(text, &mut m)?,
-        LoadFormat::Vegeta => vegeta(text, &mut m)?,
+        LoadFormat::Samples => samples(input, &mut m)?,
+        LoadFormat::K6 => k6(input, &mut m)?,
+        LoadFormat::Vegeta => vegeta(input, &mut m)?,
     }
     if m.requests() == 0 && m.latencies.values().all(Vec::is_empty) {
         return Err(ResultsError { line: 0, message: "the file holds no request".into() });
@@ -52,12 +53,12 @@ fn path_of(url: &str) -> &str {
     }
 }
 
-fn records(text: &str) -> csv::Reader<&[u8]> {
-    csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes())
+fn records<R: std::io::Read>(input: R) -> csv::Reader<R> {
+    csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(input)
 }
 
-fn samples(text: &str, m: &mut Measured) -> Result<(), ResultsError> {
-    for (i, r) in records(text).records().enumerate() {
+fn samples(input: impl std::io::Read, m: &mut Measured) -> Result<(), ResultsError> {
+    for (i, r) in records(input).records().enumerate() {
         let line = i + 1;
         let r = r.map_err(|e| ResultsError { line, message: e.to_string() })?;
         if r.len() == 1 && r[0].trim().is_empty() {
@@ -89,7 +90,7 @@ fn samples(text: &str, m: &mut Measured) -> Result<(), ResultsError> {
     Ok(())
 }
 
-fn k6(text: &str, m: &mut Measured) -> Result<(), ResultsError> {
+fn k6(input: impl std::io::BufRead, m: &mut Measured) -> Result<(), ResultsError> {
     #[derive(serde::Deserialize)]
     struct Line {
         #[serde(rename = "type")]
@@ -97,12 +98,13 @@ fn k6(text: &str, m: &mut Measured) -> Result<(), ResultsError> {
         metric: String,
         data: serde_json::Value,
     }
-    for (i, l) in text.lines().enumerate() {
+    for (i, l) in input.lines().enumerate() {
+        let l = l.map_err(|e| ResultsError { line: i + 1, message: e.to_string() })?;
         if l.trim().is_empty() {
             continue;
         }
         let line: Line =
-            serde_json::from_str(l).map_err(|e| ResultsError { line: i + 1, message: format!("not k6 JSON: {e}") })?;
+            serde_json::from_str(&l).map_err(|e| ResultsError { line: i + 1, message: format!("not k6 JSON: {e}") })?;
         if line.kind != "Point" || !matches!(line.metric.as_str(), "http_req_duration" | "http_req_failed") {
             continue;
         }
@@ -122,8 +124,8 @@ fn k6(text: &str, m: &mut Measured) -> Result<(), ResultsError> {
     Ok(())
 }
 
-fn vegeta(text: &str, m: &mut Measured) -> Result<(), ResultsError> {
-    for (i, r) in records(text).records().enumerate() {
+fn vegeta(input: impl std::io::Read, m: &mut Measured) -> Result<(), ResultsError> {
+    for (i, r) in records(input).records().enumerate() {
         let line = i + 1;
         let r = r.map_err(|e| ResultsError { line, message: e.to_string() })?;
         if r.len() < 11 {
@@ -150,15 +152,16 @@ mod tests {
     fn samples_with_a_header_and_queries_dropped() {
         let m = parse(
             LoadFormat::Samples,
-            "endpoint,latency_ms,ok\nGET /products?page=2,12.5,1\nget /products,20,true\n\"POST /orders\",7,0\n",
+            "endpoint,latency_ms,ok\nGET /products?page=2,12.5,1\nget /products,20,true\n\"POST /orders\",7,0\n"
+                .as_bytes(),
         )
         .unwrap();
         assert_eq!(m.latencies["GET /products"], [12.5, 20.0]);
         assert_eq!(m.errors["GET /products"], [0.0, 0.0]);
         assert_eq!(m.errors["POST /orders"], [1.0]);
-        let e = parse(LoadFormat::Samples, "GET /a,1,1\nGET /a,fast,1\n").unwrap_err();
+        let e = parse(LoadFormat::Samples, "GET /a,1,1\nGET /a,fast,1\n".as_bytes()).unwrap_err();
         assert_eq!(e.line, 2, "{e}");
-        assert!(parse(LoadFormat::Samples, "endpoint,latency_ms,ok\n").is_err(), "no request is an error");
+        assert!(parse(LoadFormat::Samples, "endpoint,latency_ms,ok\n".as_bytes()).is_err(), "no request is an error");
     }
 
     /// Lines as k6 v0.5x writes them with `--out json=FILE` (k6 docs, "JSON" output).
@@ -171,11 +174,11 @@ mod tests {
 {"type":"Point","data":{"time":"2026-11-27T11:20:01.2+00:00","value":1,"tags":{"method":"GET","name":"http://127.0.0.1:34497/version","status":"0"}},"metric":"http_req_failed"}
 {"type":"Point","data":{"time":"2026-11-27T11:20:01.2+00:00","value":1,"tags":{"group":""}},"metric":"iterations"}
 "#;
-        let m = parse(LoadFormat::K6, text).unwrap();
+        let m = parse(LoadFormat::K6, text.as_bytes()).unwrap();
         assert_eq!(m.latencies["GET /products"], [5.549]);
         assert_eq!(m.errors["GET /products"], [0.0]);
         assert_eq!(m.errors["GET /version"], [1.0]);
-        assert!(parse(LoadFormat::K6, "not json\n").is_err());
+        assert!(parse(LoadFormat::K6, "not json\n".as_bytes()).is_err());
     }
 
     /// `vegeta encode --to csv` lines (vegeta 12.8+: method and url included).
@@ -184,11 +187,11 @@ mod tests {
         let text = "1764242401000000000,200,4500000,0,52,,W10=,,0,GET,http://127.0.0.1:34497/products,\n\
                     1764242401050000000,0,10000000000,0,0,\"Get \"\"http://127.0.0.1:34497/version\"\": timeout, sorry\",,,1,GET,http://127.0.0.1:34497/version,\n\
                     1764242401100000000,503,2000000,0,0,,,,2,GET,http://127.0.0.1:34497/products?x=1,\n";
-        let m = parse(LoadFormat::Vegeta, text).unwrap();
+        let m = parse(LoadFormat::Vegeta, text.as_bytes()).unwrap();
         assert_eq!(m.latencies["GET /products"], [4.5, 2.0]);
         assert_eq!(m.errors["GET /products"], [0.0, 1.0]);
         assert_eq!(m.errors["GET /version"], [1.0]);
         assert_eq!(m.latencies["GET /version"], [10000.0]);
-        assert!(parse(LoadFormat::Vegeta, "1,200,3\n").is_err(), "too few fields");
+        assert!(parse(LoadFormat::Vegeta, "1,200,3\n".as_bytes()).is_err(), "too few fields");
     }
 }

@@ -23,8 +23,9 @@ use crate::sys::timing::Clock;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pin {
-    /// A `pg_dump` archive (local).
-    Backup(PathBuf),
+    /// A `pg_dump` archive (local), and when it was taken: an archive rewritten in
+    /// place since is refused, not restored.
+    Backup { path: PathBuf, taken_at: DateTime<Utc> },
     /// A DB snapshot identifier (RDS).
     Snapshot(String),
     /// A point in time of the source (point-in-time restore, Aurora clone).
@@ -34,7 +35,9 @@ pub enum Pin {
 impl std::fmt::Display for Pin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Pin::Backup(p) => write!(f, "{}", p.display()),
+            Pin::Backup { path, taken_at } => {
+                write!(f, "{} (taken {})", path.display(), taken_at.format("%Y-%m-%d %H:%M:%S"))
+            }
             Pin::Snapshot(s) => write!(f, "snapshot {s}"),
             Pin::Time(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%SZ")),
         }

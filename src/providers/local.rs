@@ -139,13 +139,16 @@ impl Provider for LocalProvider {
 
     /// The newest archive of every database restored from a backup directory.
     async fn pin_sources(&self, loaded: &crate::description::Loaded) -> Result<Pins, StepError> {
+        let mut pins = Pins::new();
+        if !loaded.desc.databases.values().any(|d| matches!(d.source, DatabaseSource::BackupDir(_))) {
+            return Ok(pins);
+        }
         let bin = PgBin::find()?;
         let clock = crate::sys::timing::Clock::new();
-        let mut pins = Pins::new();
         for (name, db) in &loaded.desc.databases {
             if let DatabaseSource::BackupDir(dir) = &db.source {
                 let b = postgres::newest_backup(&bin, &loaded.resolve(dir), &clock).await?;
-                pins.insert(name.clone(), Pin::Backup(std::path::absolute(&b.path).unwrap_or(b.path)));
+                pins.insert(name.clone(), Pin::Backup { path: b.path, taken_at: b.taken_at });
             }
         }
         Ok(pins)

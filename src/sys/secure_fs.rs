@@ -395,6 +395,20 @@ impl Dir {
     /// symbolic link, a FIFO or device, or a bigger file is refused.
     pub(crate) fn read_file(&self, name: &OsStr, limit: u64) -> Result<Vec<u8>, FsError> {
         let path = self.path.join(name);
+        let (file, size) = self.open_file(name, limit)?;
+        let mut out = Vec::with_capacity(size as usize);
+        file.take(limit + 1).read_to_end(&mut out).map_err(|e| FsError::io("read", &path, e))?;
+        if out.len() as u64 > limit {
+            return Err(FsError::TooLarge { path, limit });
+        }
+        Ok(out)
+    }
+
+    /// Opens the regular file `name` in this directory for reading — never through a
+    /// symbolic link, never a FIFO or device — when it holds at most `limit` bytes;
+    /// the file and its size. A caller reading it whole still stops at `limit`.
+    pub(crate) fn open_file(&self, name: &OsStr, limit: u64) -> Result<(std::fs::File, u64), FsError> {
+        let path = self.path.join(name);
         if !one_component(name) {
             return Err(FsError::unsafe_(&path, "not a plain name inside its directory"));
         }
@@ -411,12 +425,7 @@ impl Dir {
         if st.st_size as u64 > limit {
             return Err(FsError::TooLarge { path, limit });
         }
-        let mut out = Vec::with_capacity(st.st_size.max(0) as usize);
-        std::fs::File::from(fd).take(limit + 1).read_to_end(&mut out).map_err(|e| FsError::io("read", &path, e))?;
-        if out.len() as u64 > limit {
-            return Err(FsError::TooLarge { path, limit });
-        }
-        Ok(out)
+        Ok((std::fs::File::from(fd), st.st_size.max(0) as u64))
     }
 
     /// Makes this directory and everything below it private — no permission for

@@ -15,8 +15,10 @@ use crate::sys::process::{self, RunAs};
 use crate::sys::secure_fs::Dir;
 use crate::sys::timing::Clock;
 
-/// The most of a results file read (a bigger one is refused, not truncated).
-const MAX_RESULTS: u64 = 256 << 20;
+/// The largest results file read (a bigger one is refused, not truncated). It is
+/// read as a stream: k6's JSON output takes about 4 KB a request, so this is a
+/// million requests of k6, many more of the CSV formats.
+const MAX_RESULTS: u64 = 4 << 30;
 /// A load command gets its duration and this much more to start and write its results.
 const GRACE: Duration = Duration::from_secs(60);
 
@@ -78,15 +80,17 @@ async fn run_one(
     }
     // A tool may exit non-zero over its own thresholds (k6: 99) and still have
     // measured: its results decide, and are judged like any.
-    let text =
-        Dir::open(&dir).and_then(|d| d.read_file(std::ffi::OsStr::new("results"), MAX_RESULTS)).map_err(|e| {
+    let (file, _) =
+        Dir::open(&dir).and_then(|d| d.open_file(std::ffi::OsStr::new("results"), MAX_RESULTS)).map_err(|e| {
             format!(
                 "the load command (exit {}) wrote no readable results to $REHEARSE_RESULTS: {e}; its output: {}",
                 finished.status.map_or("by a signal".into(), |c| c.to_string()),
                 log.display()
             )
         })?;
-    crate::compare::tool::parse(load.format, &String::from_utf8_lossy(&text)).map_err(|e| {
+    use std::io::Read as _;
+    let input = std::io::BufReader::new(file.take(MAX_RESULTS));
+    crate::compare::tool::parse(load.format, input).map_err(|e| {
         format!("its results ($REHEARSE_RESULTS, format `{}`) are not readable: {e}", load.format.as_str())
     })
 }

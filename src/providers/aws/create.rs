@@ -165,17 +165,22 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// The snapshot `id` of a production instance, pinned by the caller: it must still
     /// be there, be `instance`'s and be available.
     async fn snapshot(&self, instance: &str, id: &str) -> Result<Snapshot, StepError> {
+        self.available_snapshots(instance).await?.into_iter().find(|s| s.id == id).ok_or_else(|| {
+            StepError::build(format!("the pinned snapshot {id} of {instance} is not available any more"))
+        })
+    }
+
+    /// The snapshots of `instance` in state `available`.
+    async fn available_snapshots(&self, instance: &str) -> Result<Vec<Snapshot>, StepError> {
         let snapshots = self
             .api
             .snapshots_of(instance)
             .await
             .map_err(|e| StepError::build(format!("cannot list the snapshots of {instance}: {e}")))?;
-        snapshots
+        Ok(snapshots
             .into_iter()
-            .find(|s| s.id == id && s.instance_id.as_deref() == Some(instance) && s.status == "available")
-            .ok_or_else(|| {
-                StepError::build(format!("the pinned snapshot {id} of {instance} is not available any more"))
-            })
+            .filter(|s| s.instance_id.as_deref() == Some(instance) && s.status == "available")
+            .collect())
     }
 
     /// What each RDS instance's copy restores from now: its newest snapshot, or its
@@ -191,9 +196,11 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                         .await
                         .map_err(|e| StepError::build(format!("cannot look up {source}: {e}")))?;
                     let at = prod.into_iter().find(|p| &p.id == source).and_then(|p| p.latest_restorable_time);
-                    Pin::Time(at.ok_or_else(|| {
+                    let at = at.ok_or_else(|| {
                         StepError::build(format!("the production RDS instance {source} has no restorable time"))
-                    })?)
+                    })?;
+                    // RestoreTime must lie before the latest restorable time.
+                    Pin::Time(at - chrono::Duration::seconds(1))
                 }
                 (DatabaseSource::RdsInstance(source), _) => Pin::Snapshot(self.newest_snapshot(source).await?.id),
                 // A copy-on-write clone is of the cluster as it is: RDS takes no
@@ -217,14 +224,10 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 "the production RDS instance {instance} does not exist in this account and region"
             )));
         }
-        let snapshots = self
-            .api
-            .snapshots_of(instance)
-            .await
-            .map_err(|e| StepError::build(format!("cannot list the snapshots of {instance}: {e}")))?;
-        snapshots
+        self.available_snapshots(instance)
+            .await?
             .into_iter()
-            .filter(|s| s.instance_id.as_deref() == Some(instance) && s.status == "available" && s.created.is_some())
+            .filter(|s| s.created.is_some())
             .max_by_key(|s| s.created)
             .ok_or_else(|| {
                 StepError::build(format!("production RDS instance {instance} has no snapshot in state `available`"))

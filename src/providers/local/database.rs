@@ -20,7 +20,7 @@ impl LocalProvider {
             DatabaseSource::BackupDir(dir) => {
                 let dir = ctx.loaded.resolve(dir);
                 let b = match ctx.run.pins.get(res.name.as_str()) {
-                    Some(Pin::Backup(path)) => postgres::backup_at(&bin, path, ctx.clock).await,
+                    Some(Pin::Backup { path, taken_at }) => postgres::backup_at(&bin, path, *taken_at, ctx.clock).await,
                     _ => postgres::newest_backup(&bin, &dir, ctx.clock).await,
                 };
                 ctx.step(res, "find-backup", t, b.is_ok(), b.as_ref().ok().map(|b| b.path.display().to_string()));

@@ -81,16 +81,22 @@ pub(crate) async fn refresh_all(
             Refresh::All => None,
         };
         let backup = match pinned {
-            Some(Pin::Backup(path)) => postgres::backup_at(&bin, path, &clock).await,
+            Some(Pin::Backup { path, taken_at }) => postgres::backup_at(&bin, path, *taken_at, &clock).await,
             _ => postgres::newest_backup(&bin, &loaded.resolve(dir), &clock).await,
         }
         .map_err(|e| e.message)?;
         let db_name =
             template::render(&loaded.tera, &format!("databases.{name}.name"), &ctx).map_err(|e| e.to_string())?;
         let masking = match &db.masking {
-            Some(m) => Some(
-                std::fs::read_to_string(loaded.resolve(m)).map_err(|e| format!("cannot read {}: {e}", m.display()))?,
-            ),
+            Some(m) => {
+                // It runs as a superuser in the copy: trusted like any input (as a run checks it).
+                crate::sys::secure_fs::check_input(&loaded.resolve(m))
+                    .map_err(|e| format!("the masking SQL cannot be trusted: {e}"))?;
+                Some(
+                    std::fs::read_to_string(loaded.resolve(m))
+                        .map_err(|e| format!("cannot read {}: {e}", m.display()))?,
+                )
+            }
             None => None,
         };
         let golden = golden_dir(&root, &d.name, name);

@@ -153,16 +153,31 @@ pub(crate) async fn newest_backup(bin: &PgBin, dir: &Path, clock: &Clock) -> Res
     // What is restored runs as a superuser inside the copy: it must be production's.
     crate::sys::secure_fs::check_input(&best.path)
         .map_err(|e| StepError::build(format!("the backup cannot be trusted: {e}")))?;
-    Ok(best)
+    // Absolute, so that a golden copy's record matches whatever directory rehearse was
+    // started from.
+    let path = std::path::absolute(&best.path).unwrap_or(best.path);
+    Ok(Backup { path, ..best })
 }
 
-/// The archive at `path`, pinned by the caller: it must still be there, be an
-/// archive, and be trusted like any backup.
-pub(crate) async fn backup_at(bin: &PgBin, path: &Path, clock: &Clock) -> Result<Backup, StepError> {
+/// The archive at `path`, pinned by the caller as taken at `pinned`: it must still be
+/// there, be that archive (not one written over it since), and be trusted like any
+/// backup.
+pub(crate) async fn backup_at(
+    bin: &PgBin,
+    path: &Path,
+    pinned: DateTime<Utc>,
+    clock: &Clock,
+) -> Result<Backup, StepError> {
     let _span = clock.external();
     let taken_at = archive_time(bin, path).await.ok_or_else(|| {
         StepError::build(format!("the pinned backup {} is gone or is not a pg_dump archive any more", path.display()))
     })?;
+    if taken_at != pinned {
+        return Err(StepError::build(format!(
+            "the pinned backup {} was written over: it was taken {pinned}, it now says {taken_at}",
+            path.display()
+        )));
+    }
     crate::sys::secure_fs::check_input(path)
         .map_err(|e| StepError::build(format!("the backup cannot be trusted: {e}")))?;
     Ok(Backup { path: path.to_path_buf(), taken_at })
