@@ -1455,3 +1455,100 @@ fn a_failing_install_runs_once_from_here_and_ends_the_run_before_any_instance() 
     assert!(!sb.work().join("runs").join(&id).exists(), "the release unpacked here is gone");
     assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
 }
+
+/// `compare`'s twins against the emulator's RDS: the newest snapshot (or, with
+/// `restore: latest-restorable-time`, a point in time) is pinned first; a newer
+/// snapshot lands; both twins, built at once, restore the pinned one — over the SDK,
+/// `RestoreDBInstanceFromDBSnapshot` and `RestoreDBInstanceToPointInTime` with a
+/// `RestoreTime`. Nothing is left, production unchanged.
+#[test]
+fn twins_restore_the_pinned_snapshot_or_time_over_the_sdk() {
+    use rehearse::description::DestroyPolicy;
+    use rehearse::engine::lifecycle::{self, Options};
+    use rehearse::engine::provider::{Pin, Provider};
+    use rehearse::providers::aws::{self, sdk::Sdk, AwsProvider};
+    use rehearse::sys::signals::Signals;
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+    let sb = Sandbox::new();
+    let file = shop_description(&sb, &prod);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let pitr = write_description(
+        &sb,
+        "pitr.yaml",
+        &text.replace("restore: newest-snapshot", "restore: latest-restorable-time"),
+    );
+    let conf = emu.conf(&rt);
+    let mut runs = Vec::new();
+    for (n, file) in [file, pitr].iter().enumerate() {
+        let loaded = rehearse::description::load(file, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()));
+        let provider =
+            || AwsProvider::new(Sdk::from_config(&conf), aws::POLL_FIRST, aws::POLL_MAX).with_work_root(&sb.work());
+        let (one, two) = (provider(), provider());
+        let pins = rt.block_on(one.pin_sources(&loaded)).expect("pinned");
+        match (n, pins.get("db")) {
+            (0, Some(Pin::Snapshot(id))) => assert_eq!(id, &prod.newest_snapshot),
+            (1, Some(Pin::Time(_))) => {}
+            other => panic!("{other:?}"),
+        }
+        rt.block_on(async {
+            rds.create_db_snapshot()
+                .db_instance_identifier("shop-prod-db")
+                .db_snapshot_identifier(format!("shop-prod-db-landed-{n}"))
+                .send()
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        });
+        let options = |id: String| Options {
+            run_id: id,
+            release: "v2".into(),
+            destroy: DestroyPolicy::Always,
+            cold: false,
+            up_only: false,
+            state_root: sb.state(),
+            work_root: sb.work(),
+            run_as: None,
+            exit_code: rehearse::commands::exit_code,
+            name: None,
+            shared: None,
+            stage: None,
+            pins: pins.clone(),
+        };
+        let (a, b) = (options(format!("r-twin-{n}-a")), options(format!("r-twin-{n}-b")));
+        let reporter = rehearse::engine::events::Silent;
+        let signals = Signals::none();
+        let (ra, rb) = rt.block_on(async {
+            tokio::join!(
+                lifecycle::run(&one, &loaded, &a, &reporter, &signals),
+                lifecycle::run(&two, &loaded, &b, &reporter, &signals),
+            )
+        });
+        for r in [ra, rb] {
+            let r = r.expect("the run starts").report;
+            assert_eq!(r.exit_code, 0, "{:?}", r.failure);
+            match pins.get("db") {
+                Some(Pin::Snapshot(id)) => assert_eq!(&r.backups[0].backup, id),
+                Some(Pin::Time(t)) => {
+                    assert!(
+                        r.backups[0].backup.contains(&t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                        "{:?}",
+                        r.backups
+                    )
+                }
+                _ => unreachable!(),
+            }
+            runs.push(r.run_id);
+        }
+    }
+    for id in &runs {
+        let left = rehearse_leftovers(&rt, &ec2, &rds, id);
+        assert!(left.is_empty(), "{id} left behind: {left:?}");
+    }
+    let after: Vec<String> =
+        production_state(&rt, &ec2, &rds).into_iter().filter(|s| !s.contains("shop-prod-db-landed-")).collect();
+    assert_eq!(before, after, "production changed");
+}

@@ -55,7 +55,7 @@ impl Sdk {
             )
     }
 
-    pub(crate) fn from_config(config: &aws_config::SdkConfig) -> Sdk {
+    pub fn from_config(config: &aws_config::SdkConfig) -> Sdk {
         // Path-style addressing with an explicit endpoint (an emulator on 127.0.0.1 has
         // no bucket subdomains), virtual-hosted on AWS.
         let endpoint_set =
