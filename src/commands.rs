@@ -224,6 +224,18 @@ fn named(g: &Global, arg: &str, parts: &[Part], f: impl FnOnce(&str) -> i32) -> 
 
 /// Signal handlers for a command that creates things: without them an interrupt
 /// would kill it before its teardown, so it does not start (`Err`: the exit code).
+/// A command's async body on a new runtime, with the reporter `g` asks for and the
+/// signal handlers installed (or the exit code of why they could not be).
+fn with_signals(g: &Global, body: impl AsyncFnOnce(&dyn Reporter, &crate::sys::signals::Signals) -> i32) -> i32 {
+    let reporter = reporter(g);
+    runtime().block_on(async {
+        match signals() {
+            Ok(s) => body(reporter.as_ref(), &s).await,
+            Err(code) => code,
+        }
+    })
+}
+
 fn signals() -> Result<crate::sys::signals::Signals, i32> {
     crate::sys::signals::Signals::install().map_err(|e| {
         eprintln!("error: cannot install signal handlers: {e}");

@@ -20,7 +20,7 @@ use crate::sys::state;
 use super::run::{described, exit_code, rehearse, twins};
 
 mod tool;
-use super::{load_or_report, reporter, runtime};
+use super::load_or_report;
 
 /// Version of compare.json; bumped on any incompatible change.
 pub const COMPARE_SCHEMA_VERSION: u32 = 1;
@@ -120,20 +120,14 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         }
     };
     let g = &described(g, &loaded);
-    let rt = runtime();
-    let reporter = reporter(g);
-    rt.block_on(async {
-        let signals = match super::signals() {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    super::with_signals(g, async |reporter, signals| {
         let super::store::Opened { shared, locks, local_root: state_root } = match super::store::open_for_runs(g).await
         {
             Ok(o) => o,
             Err(code) => return code,
         };
         // One point of production for both: pinned now, restored once.
-        let (pins, golden) = match twins(&loaded, args.cold, &state::work_dir(), reporter.as_ref(), &signals).await {
+        let (pins, golden) = match twins(&loaded, args.cold, &state::work_dir(), reporter, signals).await {
             Ok(t) => t,
             Err(e) if signals.count() > 0 => {
                 eprintln!("rehearse: interrupted before the twins were built ({e})");
@@ -177,8 +171,8 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         };
         let (ob, oc) = (options(&args.baseline), options(&args.candidate));
         let (cb, cc) = tokio::join!(
-            rehearse(g, &loaded, &ob, locks.clone(), reporter.as_ref(), &signals),
-            rehearse(g, &loaded, &oc, locks.clone(), reporter.as_ref(), &signals),
+            rehearse(g, &loaded, &ob, locks.clone(), reporter, signals),
+            rehearse(g, &loaded, &oc, locks.clone(), reporter, signals),
         );
         let report =
             |o: &Options| crate::report::read_report(&state::run_dir(&o.state_root, &o.run_id).join("report")).ok();
@@ -196,12 +190,9 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         // A load command takes the URL as it is (https included); the replay speaks plain HTTP.
         let url_of = |c: &Option<Connection>| {
             let url = &c.as_ref()?.services.get(&spec.load.target)?.url;
-            match spec.load.command {
-                Some(_) => Some((url.clone(), 0)),
-                None => load::target(url),
-            }
+            (spec.load.command.is_some() || load::target(url).is_some()).then(|| url.clone())
         };
-        let targets: Vec<(usize, (String, u16))> =
+        let targets: Vec<(usize, String)> =
             [url_of(&kb), url_of(&kc)].into_iter().enumerate().filter_map(|(i, t)| t.map(|t| (i, t))).collect();
         let id = format!("c-{}", state::new_run_id().trim_start_matches("r-"));
         let dir = state_root.join("compares").join(&id);
@@ -241,7 +232,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                 let _ = std::fs::remove_dir_all(&scratch);
                 m
             } else {
-                let hosts: Vec<(String, u16)> = targets.iter().map(|(_, t)| t.clone()).collect();
+                let hosts: Vec<(String, u16)> = targets.iter().filter_map(|(_, url)| load::target(url)).collect();
                 tokio::select! {
                     m = load::replay(&requests, &hosts, spec.load.rate, spec.load.duration, spec.load.timeout) => {
                         m.into_iter().map(Ok).collect()
@@ -260,9 +251,8 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                 }
             }
         }
-        let (ab, ac) = tokio::join!(db_stats(kb.as_ref()), db_stats(kc.as_ref()));
-        baseline.databases = statements_during(sb, ab);
-        candidate.databases = statements_during(sc, ac);
+        (baseline.databases, candidate.databases) =
+            tokio::join!(statements_during(kb.as_ref(), sb), statements_during(kc.as_ref(), sc));
         // Both down, from their journals, whatever came of them.
         let mut left = 0;
         for o in [&ob, &oc] {
@@ -376,19 +366,36 @@ fn judge_all(b: &Side, c: &Side, critical: &[String], s: &Settings) -> Vec<Verdi
     out
 }
 
-/// A database's size and statement counters, or why they could not be read.
+/// A database's size before the load, and its statement counters with the database
+/// of its server they were read in, or why they could not be read.
 struct DbStats {
     size_bytes: Option<u64>,
-    counters: Result<Vec<crate::compare::database::Counters>, String>,
+    counters: Result<(String, Vec<crate::compare::database::Counters>), String>,
 }
 
-/// Reads every database of a kept environment over its connection (the release's
-/// role, in the cluster's `postgres` database, where `pg_stat_statements` lives).
+/// The release's role's statements in database `db` of the server, as
+/// `pg_stat_statements` (in database `in_db`) counts them.
+async fn counters(
+    db: &crate::description::template::DatabaseOutputs,
+    in_db: &str,
+) -> Result<Vec<crate::compare::database::Counters>, String> {
+    let sql = format!(
+        "SELECT coalesce(json_agg(json_build_object('query', s.query, 'calls', s.calls, \
+         'total_ms', s.total_exec_time)), '[]') FROM pg_stat_statements s \
+         JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '{}' \
+         AND s.userid = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+        db.name.replace('\'', "''")
+    );
+    let out = psql(db, in_db, &sql).await?;
+    serde_json::from_str(out.trim()).map_err(|e| format!("unexpected pg_stat_statements output: {e}"))
+}
+
+/// Before the load: every database's size and statement counters, over the kept
+/// environment's connection (the release's role).
 async fn db_stats(c: Option<&Connection>) -> BTreeMap<String, DbStats> {
     let Some(c) = c else { return BTreeMap::new() };
     let mut out = BTreeMap::new();
     for (name, db) in &c.databases {
-        let lit = format!("'{}'", db.name.replace('\'', "''"));
         // Not reachable from here (an RDS copy inside its VPC): said once, not retried.
         let size = match psql(db, &db.name, "SELECT pg_database_size(current_database())").await {
             Ok(s) => s.trim().parse().ok(),
@@ -398,48 +405,44 @@ async fn db_stats(c: Option<&Connection>) -> BTreeMap<String, DbStats> {
                 continue;
             }
         };
-        let sql = format!(
-            "SELECT coalesce(json_agg(json_build_object('query', s.query, 'calls', s.calls, \
-             'total_ms', s.total_exec_time)), '[]') FROM pg_stat_statements s \
-             JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = {lit} \
-             AND s.userid = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
-        );
         // The cluster's `postgres` database, where rehearse creates the extension
         // locally; else the copy's own, where one made on RDS usually is.
-        let mut counters = Err(String::new());
+        let mut found = Err(String::new());
         for in_db in ["postgres", db.name.as_str()] {
-            counters = psql(db, in_db, &sql).await.and_then(|s| {
-                serde_json::from_str(s.trim()).map_err(|e| format!("unexpected pg_stat_statements output: {e}"))
-            });
-            if counters.is_ok() {
+            found = counters(db, in_db).await.map(|c| (in_db.to_string(), c));
+            if found.is_ok() {
                 break;
             }
         }
-        out.insert(name.clone(), DbStats { size_bytes: size, counters });
+        out.insert(name.clone(), DbStats { size_bytes: size, counters: found });
     }
     out
 }
 
-/// What the load ran in each database: the counters after it less those before.
-fn statements_during(
+/// After the load: what it ran in each database, the counters now (read where they
+/// were before) less those before.
+async fn statements_during(
+    c: Option<&Connection>,
     before: BTreeMap<String, DbStats>,
-    mut after: BTreeMap<String, DbStats>,
 ) -> BTreeMap<String, crate::compare::database::Measured> {
     use crate::compare::database::{during, Measured};
-    before
-        .into_iter()
-        .map(|(name, b)| {
-            let a = after.remove(&name).map(|a| a.counters).unwrap_or_else(|| Err("not read after the load".into()));
-            let size_bytes = b.size_bytes;
-            let m = match (b.counters, a) {
-                (Ok(b), Ok(a)) => Measured { size_bytes, statements: during(&b, &a), note: None },
-                (Err(e), _) | (_, Err(e)) => {
-                    Measured { size_bytes, statements: Vec::new(), note: Some(format!("no per-statement times: {e}")) }
-                }
-            };
-            (name, m)
-        })
-        .collect()
+    let mut out = BTreeMap::new();
+    for (name, b) in before {
+        let statements = match (&b.counters, c.and_then(|c| c.databases.get(&name))) {
+            (Ok((in_db, before)), Some(db)) => counters(db, in_db).await.map(|after| during(before, &after)),
+            (Ok(_), None) => Err("not read after the load".into()),
+            (Err(e), _) => Err(e.clone()),
+        };
+        let size_bytes = b.size_bytes;
+        let m = match statements {
+            Ok(statements) => Measured { size_bytes, statements, note: None },
+            Err(e) => {
+                Measured { size_bytes, statements: Vec::new(), note: Some(format!("no per-statement times: {e}")) }
+            }
+        };
+        out.insert(name, m);
+    }
+    out
 }
 
 /// One query through `psql` with the database's libpq environment (the password

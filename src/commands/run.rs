@@ -3,7 +3,7 @@
 
 use futures_util::FutureExt;
 
-use super::{load_or_report, reporter, runtime};
+use super::load_or_report;
 use crate::cli::{Destroy, Format, Global, RunArgs};
 use crate::description::{DestroyPolicy, Target};
 use crate::engine::events::Reporter;
@@ -61,13 +61,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
     }
     let g = &described(g, &loaded);
     let run_id = state::new_run_id();
-    let rt = runtime();
-    let reporter = reporter(g);
-    rt.block_on(async {
-        let signals = match super::signals() {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    super::with_signals(g, async |reporter, signals| {
         let super::store::Opened { shared, locks, local_root } = match super::store::open_for_runs(g).await {
             Ok(o) => o,
             Err(code) => return code,
@@ -117,7 +111,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             stage: None,
             pins: Default::default(),
         };
-        let code = rehearse(g, &loaded, &opts, locks, reporter.as_ref(), &signals).await;
+        let code = rehearse(g, &loaded, &opts, locks, reporter, signals).await;
         if let Some((l, name)) = name_lock {
             super::lock::give_back(l, &name).await;
         }

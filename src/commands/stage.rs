@@ -179,13 +179,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
         },
     };
     let g = &super::run::described(g, &loaded);
-    let rt = runtime();
-    let reporter = reporter(g);
-    rt.block_on(async {
-        let signals = match super::signals() {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    super::with_signals(g, async |reporter, signals| {
         let opened = match open(g).await {
             Ok(o) => o,
             Err(code) => return code,
@@ -196,7 +190,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
             Ok(l) => l,
             Err(code) => return code,
         };
-        let code = rebuild_locked(g, &loaded, &stage, release, drain, args, &opened, reporter.as_ref(), &signals).await;
+        let code = rebuild_locked(g, &loaded, &stage, release, drain, args, &opened, reporter, signals).await;
         super::lock::give_back(held, &lock).await;
         code
     })

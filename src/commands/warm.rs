@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{load_or_report, reporter, runtime};
+use super::load_or_report;
 use crate::cli::Global;
 use crate::description::ProviderKind;
 use crate::exit;
@@ -18,19 +18,13 @@ pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
         eprintln!("error: {}: golden copies are for the local provider", file.display());
         return exit::USAGE;
     }
-    let rt = runtime();
-    let reporter = reporter(g);
-    rt.block_on(async {
-        let signals = match super::signals() {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    super::with_signals(g, async |reporter, signals| {
         let refreshed = crate::providers::local::golden::refresh_all(
             &loaded,
             &state::work_dir(),
             crate::providers::local::golden::Refresh::All,
-            reporter.as_ref(),
-            &signals,
+            reporter,
+            signals,
         )
         .await;
         match refreshed {

@@ -63,6 +63,18 @@ pub(crate) struct GoldenMeta {
 /// Golden copies hold the release's role ([`postgres::APP_ROLE`]) owning the data.
 pub(crate) const GOLDEN_LAYOUT: u32 = 2;
 
+/// The text of a database's masking SQL, if it has one. It runs as a superuser in the
+/// copy, so it must be trusted like any input (`secure_fs::check_input`).
+pub(crate) fn masking_sql(
+    loaded: &crate::description::Loaded,
+    db: &crate::description::Database,
+) -> Result<Option<String>, String> {
+    let Some(m) = &db.masking else { return Ok(None) };
+    let path = loaded.resolve(m);
+    secure_fs::check_input(&path).map_err(|e| format!("the masking SQL cannot be trusted: {e}"))?;
+    std::fs::read_to_string(&path).map(Some).map_err(|e| format!("cannot read masking SQL {}: {e}", m.display()))
+}
+
 pub(crate) fn golden_dir(root: &Path, env: &str, db: &str) -> PathBuf {
     root.join(env).join(db)
 }

@@ -534,6 +534,29 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         Ok(Output::Nothing)
     }
 
+    /// One instance of the planned resource `res` (its image, type and subnet), in the
+    /// run's security group, tagged, with a client token that makes a repeat idempotent.
+    pub(super) fn launch_request(
+        &self,
+        res: &Resource,
+        ctx: &Ctx<'_>,
+        user_data: Option<&str>,
+        instance_profile: Option<String>,
+    ) -> Result<RunInstances, StepError> {
+        let attr = |k: &str| res.attributes.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        Ok(RunInstances {
+            image_id: attr("image_id"),
+            instance_type: attr("instance_type"),
+            subnet_id: attr("subnet_id"),
+            security_group_id: self.id_of("network.security-group")?,
+            user_data: user_data.map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
+            count: 1,
+            tags: Self::tags(ctx, res),
+            client_token: Self::client_token(&ctx.run.run_id, &res.id),
+            instance_profile,
+        })
+    }
+
     pub(super) async fn instance(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let s = &ctx.loaded.desc.services[res.name.as_str()];
         let profile = s.aws().and_then(|a| a.instance_profile.clone());
@@ -543,18 +566,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             None => None,
         };
         let bootstrap = user_data.as_deref().is_some_and(|u| u.contains(BOOTSTRAP_MARKER));
-        let attr = |k: &str| res.attributes.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let req = RunInstances {
-            image_id: attr("image_id"),
-            instance_type: attr("instance_type"),
-            subnet_id: attr("subnet_id"),
-            security_group_id: self.id_of("network.security-group")?,
-            user_data: user_data.map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
-            count: 1,
-            tags: Self::tags(ctx, res),
-            client_token: Self::client_token(&ctx.run.run_id, &res.id),
-            instance_profile: profile,
-        };
+        let req = self.launch_request(res, ctx, user_data.as_deref(), profile)?;
         let t = ctx.started(res, "run-instance", None);
         // A lost answer is sent again (`Patient`): the client token makes the repeat
         // return the same instances, and a later refusal comes back as uncertain.

@@ -147,18 +147,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// subnet, ready once its SSM agent takes commands.
     pub(super) async fn launch_runner(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let runner = configured(ctx.loaded).ok_or_else(|| StepError::build("no runner in the description"))?;
-        let attr = |k: &str| res.attributes.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let req = RunInstances {
-            image_id: attr("image_id"),
-            instance_type: attr("instance_type"),
-            subnet_id: attr("subnet_id"),
-            security_group_id: self.id_of("network.security-group")?,
-            user_data: None,
-            count: 1,
-            tags: Self::tags(ctx, res),
-            client_token: Self::client_token(&ctx.run.run_id, &res.id),
-            instance_profile: runner.instance_profile.clone(),
-        };
+        let req = self.launch_request(res, ctx, None, runner.instance_profile.clone())?;
         let t = ctx.started(res, "run-instance", Some("the SSM runner".into()));
         let ids = self.api.run_instances(&req).await.map_err(|e| {
             Self::create_failed(

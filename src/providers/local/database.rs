@@ -41,18 +41,7 @@ impl LocalProvider {
             run_as: ctx.run.users.cluster,
             postmaster: None,
         };
-        let masking_sql = match &db.masking {
-            Some(m) => {
-                let path = ctx.loaded.resolve(m);
-                secure_fs::check_input(&path)
-                    .map_err(|e| StepError::build(format!("the masking SQL cannot be trusted: {e}")))?;
-                Some(
-                    std::fs::read_to_string(&path)
-                        .map_err(|e| StepError::build(format!("cannot read masking SQL {}: {e}", m.display())))?,
-                )
-            }
-            None => None,
-        };
+        let masking_sql = masking_sql(ctx.loaded, db).map_err(StepError::build)?;
         let golden = golden_dir(&ctx.run.golden_root, &d.name, &res.name);
         let golden_meta = golden::current(&golden);
         let wanted = GoldenMeta {

@@ -87,18 +87,7 @@ pub(crate) async fn refresh_all(
         .map_err(|e| e.message)?;
         let db_name =
             template::render(&loaded.tera, &format!("databases.{name}.name"), &ctx).map_err(|e| e.to_string())?;
-        let masking = match &db.masking {
-            Some(m) => {
-                // It runs as a superuser in the copy: trusted like any input (as a run checks it).
-                crate::sys::secure_fs::check_input(&loaded.resolve(m))
-                    .map_err(|e| format!("the masking SQL cannot be trusted: {e}"))?;
-                Some(
-                    std::fs::read_to_string(loaded.resolve(m))
-                        .map_err(|e| format!("cannot read {}: {e}", m.display()))?,
-                )
-            }
-            None => None,
-        };
+        let masking = super::masking_sql(loaded, db)?;
         let golden = golden_dir(&root, &d.name, name);
         let meta = GoldenMeta {
             backup: backup.clone(),
