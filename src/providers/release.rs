@@ -170,6 +170,11 @@ fn inside(path: &Path) -> Option<Vec<&std::ffi::OsStr>> {
     (!parts.is_empty()).then_some(parts)
 }
 
+/// Whether `path` names the release's root itself (`.`, `./`).
+fn is_root(path: &Path) -> bool {
+    path.components().all(|c| c == Component::CurDir)
+}
+
 /// Checks a symbolic link at `at` (inside the release) pointing at `target`: relative,
 /// not at the release's top level, and resolving (lexically, from the link's
 /// directory) to a place inside the release.
@@ -296,10 +301,14 @@ fn untar(artifact: &Path, staging: &Path) -> Result<PathBuf, StepError> {
     for entry in archive.entries().map_err(err)? {
         let mut entry = entry.map_err(err)?;
         let path = entry.path().map_err(err)?.into_owned();
+        let kind = entry.header().entry_type();
+        // `tar -czf v2.tar.gz -C build/v2 .` starts with `./`: the release's own root.
+        if is_root(&path) && kind.is_dir() {
+            continue;
+        }
         if inside(&path).is_none() {
             return Err(refused(artifact, format!("{} is not a path inside the release", path.display())));
         }
-        let kind = entry.header().entry_type();
         tally.add(artifact, if kind.is_file() { entry.header().size().unwrap_or(u64::MAX) } else { 0 })?;
         match kind {
             k if k.is_file() || k.is_dir() => {}
@@ -418,6 +427,58 @@ mod tests {
         assert!(tally.add(Path::new("a"), 0).unwrap_err().message.contains("more than"));
         let mut tally = Tally::default();
         assert!(tally.add(Path::new("a"), MAX_UNPACKED_BYTES + 1).unwrap_err().message.contains("GiB"));
+    }
+
+    /// Regression: `tar -czf v2.tar.gz -C build/v2 .`, the way most build scripts pack
+    /// a directory, starts with a `./` entry, which was refused as "not a path inside
+    /// the release".
+    #[test]
+    fn an_archive_of_dot_made_by_tar_is_the_release() {
+        let t = tempfile::tempdir().unwrap();
+        let build = t.path().join("build");
+        std::fs::create_dir_all(build.join("migrations")).unwrap();
+        std::fs::write(build.join("app.py"), "print('v2')").unwrap();
+        std::fs::write(build.join("migrations/0001.sql"), "select 1;").unwrap();
+        std::os::unix::fs::symlink("../app.py", build.join("migrations/app")).unwrap();
+        let art = t.path().join("v2.tar.gz");
+        let out =
+            std::process::Command::new("tar").arg("-czf").arg(&art).arg("-C").arg(&build).arg(".").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let first = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&art).unwrap()))
+            .entries()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .unwrap()
+            .into_owned();
+        assert_eq!(first, Path::new("./"), "tar's first entry");
+        unpacked(t.path(), &art).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("out/app.py")).unwrap(), "print('v2')");
+        assert_eq!(std::fs::read_to_string(t.path().join("out/migrations/app")).unwrap(), "print('v2')");
+        // `./` is the release; what leaves it still does not get in.
+        for (path, why) in [("./../x", "not a path inside"), ("./a/../../x", "not a path inside")] {
+            let t = tempfile::tempdir().unwrap();
+            let art = tarball(t.path(), |b| {
+                b.append_data(&mut header(tar::EntryType::Directory, 0), "./", &b""[..]).unwrap();
+                let mut h = header(tar::EntryType::Regular, 2);
+                // The tar crate refuses to write `..`; set the name by hand, as an attacker would.
+                h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+                h.set_cksum();
+                b.append(&h, &b"ok"[..]).unwrap();
+            });
+            let e = unpacked(t.path(), &art).unwrap_err();
+            assert!(e.contains(why), "{path}: {e}");
+        }
+        let t = tempfile::tempdir().unwrap();
+        let art = tarball(t.path(), |b| {
+            let mut h = header(tar::EntryType::Regular, 2);
+            h.as_old_mut().name[..2].copy_from_slice(b"./");
+            h.set_cksum();
+            b.append(&h, &b"ok"[..]).unwrap();
+        });
+        assert!(unpacked(t.path(), &art).unwrap_err().contains("not a path inside"), "a file named `./`");
     }
 
     #[test]
