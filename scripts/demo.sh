@@ -21,22 +21,40 @@ v2=$?
 banner "rehearse run environments/demo.yaml --release v3"
 "$bin" run environments/demo.yaml --release v3
 v3=$?
+# It must fail at its migration (the install step), not anywhere else.
+if [ "$v3" -eq 1 ]; then
+  last=$(ls -t "$REHEARSE_STATE_DIR/runs" | head -n 1)
+  if ! python3 -c 'import json, sys
+f = json.load(open(sys.argv[1])).get("failure") or {}
+sys.exit(0 if f.get("phase") == "install" and "migration" in f.get("message", "") else 1)' \
+      "$REHEARSE_STATE_DIR/runs/$last/report/report.json"; then
+    echo "demo: v3 failed, but not at its migration" >&2
+    v3=wrong
+  fi
+fi
 
 banner "rehearse compare environments/demo.yaml --baseline v2 --candidate v2-slow"
-"$bin" compare environments/demo.yaml --baseline v2 --candidate v2-slow
+compared=$("$bin" compare environments/demo.yaml --baseline v2 --candidate v2-slow)
 slow=$?
+printf '%s\n' "$compared"
+# The comparison must fail for the right reason: GET /products judged slower (High),
+# not a side that was never built.
+if [ "$slow" -eq 1 ] && ! printf '%s\n' "$compared" | grep -Eq '^  High +latency GET /products:'; then
+  echo "demo: the comparison failed, but not on latency GET /products" >&2
+  slow=wrong
+fi
 
 end=$(date +%s.%N)
-verdict() { case $1 in 0) echo "passed (exit 0)";; 1) echo "FAILED (exit 1)";; *) echo "error (exit $1)";; esac; }
+verdict() { case $1 in 0) echo "passed (exit 0)";; 1) echo "FAILED (exit 1)";; wrong) echo "FAILED, but not where it should";; *) echo "error (exit $1)";; esac; }
 banner "verdicts"
 echo "release v2: $(verdict $v2)   — its migrations work on the copy of production"
 echo "release v3: $(verdict $v3)   — its unique index trips over production's duplicate emails"
 echo "v2-slow against v2: $(verdict $slow)   — the same traffic on twin copies: GET /products is slower"
 printf 'demo took %.1fs (after the build); reports are under %s/runs\n' "$(echo "$end - $start" | bc 2>/dev/null || python3 -c "print($end-$start)")" "$REHEARSE_STATE_DIR"
 
-if [ "$v2" -eq 0 ] && [ "$v3" -eq 1 ] && [ "$slow" -eq 1 ]; then
+if [ "$v2" = 0 ] && [ "$v3" = 1 ] && [ "$slow" = 1 ]; then
   echo "demo: as expected — the rehearsal caught v3, and the comparison v2-slow, before production did."
   exit 0
 fi
-echo "demo: unexpected verdicts (v2 should pass, v3 and v2-slow should fail)" >&2
+echo "demo: unexpected verdicts (v2 should pass, v3 should fail at its migration, v2-slow on latency GET /products)" >&2
 exit 1

@@ -1,6 +1,7 @@
 //! What the engine and the providers both stand on: the operating system's side of a
 //! run. Nothing here knows about plans, providers or reports.
 //!
+//! - [`bundle`]: the suites' files, copied for the user the suites run as;
 //! - [`process`]: commands run as the right user, logged, timed, killed by group;
 //! - [`secure_fs`]: directories and files other local users can neither read nor steer;
 //! - [`state`]: where runs keep their files (state and work directories, run ids);
@@ -8,6 +9,7 @@
 //! - [`timing`]: the clock that tells the tool's own time from time spent waiting;
 //! - [`health`]: HTTP health checks of a service, on this machine or across a network.
 
+pub mod bundle;
 pub mod health;
 pub mod process;
 pub mod secure_fs;

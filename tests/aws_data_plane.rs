@@ -132,6 +132,79 @@ fn a_failing_bootstrap_ends_the_run_within_one_console_poll_with_its_tail() {
     });
 }
 
+/// Every event, with the virtual instant it came.
+#[derive(Default)]
+struct Everything(Mutex<Vec<(Instant, Event)>>);
+
+impl Reporter for Everything {
+    fn event(&self, ev: Event) {
+        self.0.lock().unwrap().push((Instant::now(), ev));
+    }
+}
+
+/// Regression: a run against an emulator (whose instances never write a console)
+/// waited ten minutes for each bootstrap marker and, without a terminal, said nothing.
+/// Every wait that lasts beyond a few seconds now says once what it waits for and until
+/// when; the fake's bootstraps take 5 to 40 s.
+#[test]
+fn a_wait_of_more_than_a_few_seconds_says_once_what_it_waits_for_and_until_when() {
+    use rehearse::engine::events::WAIT_NOTICE;
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = description(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let cloud = FakeCloud::new(3, Faults::none());
+        let provider =
+            AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX).with_work_root(&dir.path().join("work"));
+        let seen = Arc::new(Everything::default());
+        let wall = chrono::Utc::now();
+        // Built and kept (`up`: the fake's description has no suites), then torn down.
+        let opts = Options { up_only: true, destroy: DestroyPolicy::Always, ..options(dir.path(), "r-waits") };
+        let outcome =
+            lifecycle::run(&provider, &loaded, &opts, &*seen, &Signals::none()).await.expect("the run starts");
+        assert_eq!(outcome.report.exit_code, 0, "{:?}", outcome.report.reason);
+        let events = seen.0.lock().unwrap();
+        let mut long = 0;
+        for service in ["service.web.0", "service.web.1", "service.worker.0"] {
+            let when = |action: &str, finished: bool| {
+                events.iter().find_map(|(t, e)| match e {
+                    Event::Started { resource, action: a, .. } if !finished && resource == service && a == action => {
+                        Some(*t)
+                    }
+                    Event::Finished { resource, action: a, .. } if finished && resource == service && a == action => {
+                        Some(*t)
+                    }
+                    _ => None,
+                })
+            };
+            let (start, end) = (when("bootstrap", false).unwrap(), when("bootstrap", true).unwrap());
+            let said: Vec<_> = events
+                .iter()
+                .filter_map(|(t, e)| match e {
+                    Event::Waiting { resource, what, until } if resource == service && what.contains("bootstrap") => {
+                        Some((*t, what.clone(), *until))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if end.duration_since(start) > WAIT_NOTICE {
+                long += 1;
+                assert_eq!(said.len(), 1, "{service}: a bootstrap of {:?} is said once: {said:?}", end - start);
+                let (t, what, until) = &said[0];
+                assert_eq!(t.duration_since(start), WAIT_NOTICE, "{service}: said after {WAIT_NOTICE:?}");
+                assert!(what.contains("rehearse-bootstrap: exit=N") && what.contains("bootstrap_timeout"), "{what}");
+                // Until the bootstrap timeout (10 min by default) from the wait's start.
+                let bound = (*until - wall).num_seconds();
+                assert!((590..=610).contains(&bound), "{service}: until {until} is {bound} s after the start");
+            } else {
+                assert!(said.is_empty(), "{service}: a bootstrap of {:?} is not worth a line: {said:?}", end - start);
+            }
+        }
+        assert!(long > 0, "seed 3 has a bootstrap longer than {WAIT_NOTICE:?}");
+        assert!(cloud.leftovers().is_empty(), "left: {:?}", cloud.leftovers());
+    });
+}
+
 /// A throwaway PostgreSQL server on 127.0.0.1 (trust authentication, user
 /// `postgres`, database `shop`): the "RDS copy" the fake cloud's restores point at, so
 /// that masking, the install and the suites, run by the fake's SSM on this machine,

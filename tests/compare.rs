@@ -111,24 +111,18 @@ fn a_slowed_endpoint_fails_on_its_latency_alone_and_a_failing_migration_says_so(
 /// user under root: the slowed endpoint's latency fails, alone.
 #[test]
 fn a_load_command_of_your_own_is_judged_the_same() {
-    use std::os::unix::fs::PermissionsExt;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     demo_backups();
     let sb = Sandbox::new();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
-    // The suites' user must reach the description's directory.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let load = root.join("environments/load");
-    let text = std::fs::read_to_string(root.join("environments/demo.yaml"))
-        .unwrap()
-        .replace("../demo/", &format!("{}/demo/", root.display()))
+    // The tool runs from its own copy of the description's directory (load/ is there),
+    // in a project the release's user cannot enter.
+    let text = from_repository(&std::fs::read_to_string(root().join("environments/demo.yaml")).unwrap())
+        .replace("bundle: [../demo/suites]", "bundle: [., ../demo/suites]")
         .replace(
             "requests: load/shop.requests",
-            &format!("command: python3 {0}/replay.py {0}/shop.requests\n    format: samples", load.display()),
+            "command: python3 load/replay.py load/shop.requests\n    format: samples",
         );
-    let file = dir.path().join("demo-tool.yaml");
-    std::fs::write(&file, text).unwrap();
+    let file = write_description(&sb, "demo-tool.yaml", &text);
     let (code, stdout, json) = compare_file(&sb, file.to_str().unwrap(), "v2-slow", 1);
     assert_eq!(code, Some(1), "{stdout}");
     // The slowed endpoint fails High. A Python client's own threads, busier on the
@@ -147,5 +141,29 @@ fn a_load_command_of_your_own_is_judged_the_same() {
         assert!(n >= 50, "{side}: {n} samples from the tool");
         assert!(json[side]["load_error"].is_null(), "{}", json[side]["load_error"]);
     }
+    nothing_left(&sb, &json);
+}
+
+/// Regression: when neither side could be built, compare printed a judged failure
+/// ("FAILED … NoData migration time", exit 1). A side that was never built is no verdict
+/// on the candidate: exit 3, each side's reason, no load sent.
+#[test]
+fn a_side_that_could_not_be_built_is_exit_3_with_its_reason() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    demo_backups();
+    let sb = Sandbox::new();
+    let (code, stdout, json) = compare(&sb, "v9-missing", 1);
+    assert_eq!(code, Some(3), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ERROR: demo v9-missing against v2: nothing was compared")),
+        "{stdout}"
+    );
+    let reason = json["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the candidate v9-missing could not be built") && reason.contains("does not exist"),
+        "{reason}"
+    );
+    assert!(!stdout.contains("NoData"), "no metric is shown as judged: {stdout}");
+    assert!(json["baseline"]["measured"]["latencies"].as_object().is_none_or(|l| l.is_empty()), "no load: {json}");
     nothing_left(&sb, &json);
 }

@@ -416,11 +416,6 @@ fn tar_gz_artifact_config_templates_and_a_live_url_source() {
         .status()
         .unwrap();
     assert!(status.success());
-    std::fs::write(
-        sb.dir.path().join("app.conf.tera"),
-        "release={{ release.version }}\ndb={{ databases.db.host }}:{{ databases.db.port }}\n",
-    )
-    .unwrap();
     let text = format!(
         r#"name: fromurl
 provider: local
@@ -444,9 +439,10 @@ services:
     health:
       path: /health
       timeout: 30s
+bundle: [../demo/suites]
 suites:
   smoke:
-    command: python3 {{root}}/demo/suites/smoke.py
+    command: python3 ../demo/suites/smoke.py
     timeout: 30s
     results:
       junit: smoke.xml
@@ -456,6 +452,11 @@ suites:
         tarball.display()
     );
     let file = write_description(&sb, "fromurl.yaml", &text);
+    std::fs::write(
+        file.with_file_name("app.conf.tera"),
+        "release={{ release.version }}\ndb={{ databases.db.host }}:{{ databases.db.port }}\n",
+    )
+    .unwrap();
     let (code, report, stderr) = run_file(&sb, &file);
     assert_eq!(code, 0, "{stderr}\n{report}");
     assert_eq!(report["backups"][0]["source_kind"], "url");

@@ -21,9 +21,7 @@ fn free_port() -> u16 {
 fn staging(sb: &Sandbox) -> (PathBuf, u16, u16) {
     demo_backups();
     let (db, web) = (free_port(), free_port());
-    let text = std::fs::read_to_string(root().join("environments/staging.yaml"))
-        .unwrap()
-        .replace("../demo/", "{root}/demo/")
+    let text = from_repository(&std::fs::read_to_string(root().join("environments/staging.yaml")).unwrap())
         .replace("db: 25432", &format!("db: {db}"))
         .replace("web: 28080", &format!("web: {web}"));
     assert!(text.contains(&format!("db: {db}")) && text.contains(&format!("web: {web}")), "{text}");

@@ -63,13 +63,13 @@ struct Comparison {
     reason: String,
 }
 
-fn side(release: &str, run_id: &str, report: Option<&RunReport>, code: i32) -> Side {
+fn side(release: &str, run_id: &str, report: Option<&RunReport>, ended: super::run::Ended) -> Side {
     Side {
         release: release.to_string(),
         run_id: run_id.to_string(),
         verdict: report.map(|r| r.verdict.as_str().to_string()).unwrap_or_else(|| "build-failed".into()),
-        exit_code: code,
-        reason: report.and_then(|r| r.reason.clone()),
+        exit_code: ended.code,
+        reason: report.and_then(|r| r.reason.clone()).or(ended.error),
         migration_ms: report
             .map(|r| r.steps.iter().filter(|s| s.action == "install" && s.ok).map(|s| s.duration_ms as f64).collect())
             .unwrap_or_default(),
@@ -192,8 +192,12 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             let url = &c.as_ref()?.services.get(&spec.load.target)?.url;
             (spec.load.command.is_some() || load::target(url).is_some()).then(|| url.clone())
         };
-        let targets: Vec<(usize, String)> =
-            [url_of(&kb), url_of(&kc)].into_iter().enumerate().filter_map(|(i, t)| t.map(|t| (i, t))).collect();
+        // A side that was never built leaves nothing to compare: no load at all then.
+        let built = |s: &Side| s.verdict == "passed" || s.verdict == "failed";
+        let targets: Vec<(usize, String)> = match built(&baseline) && built(&candidate) {
+            true => [url_of(&kb), url_of(&kc)].into_iter().enumerate().filter_map(|(i, t)| t.map(|t| (i, t))).collect(),
+            false => Vec::new(),
+        };
         let id = format!("c-{}", state::new_run_id().trim_start_matches("r-"));
         let dir = state_root.join("compares").join(&id);
         if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -222,9 +226,10 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                     })
                     .collect();
                 let scratch = state::work_dir().join("compares").join(&id);
+                let own = [state_root.clone(), state::work_dir()];
                 // Interrupted: the commands' process groups are killed as their futures drop.
                 let m = tokio::select! {
-                    m = tool::run_all(&spec.load, &loaded, &sides, &scratch, &dir, tool_user) => m,
+                    m = tool::run_all(&spec.load, &loaded, &sides, &scratch, &dir, tool_user, &own) => m,
                     _ = signals.nth(1) => Vec::new(),
                 };
                 // Best effort: the tool's scratch (its HOME and results) is read already.
@@ -270,9 +275,35 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         };
         let verdicts = judge_all(&baseline, &candidate, &spec.judge.critical, &settings);
         let mut score = judge::score(&verdicts, &settings);
+        // A side that was never built (or was interrupted) leaves nothing to judge: the
+        // comparison says why for each side, and is no verdict on the candidate.
+        let unbuilt: Vec<String> = [("baseline", &baseline), ("candidate", &candidate)]
+            .into_iter()
+            .filter(|(_, s)| !built(s))
+            .map(|(label, s)| {
+                format!(
+                    "the {label} {} could not be built ({}, exit {}): {}",
+                    s.release,
+                    s.verdict,
+                    s.exit_code,
+                    s.reason.as_deref().unwrap_or("no reason recorded")
+                )
+            })
+            .collect();
         // A candidate that did not get through its build or its suites fails, said as such.
         let broken = |s: &Side| s.verdict != "passed";
-        let reason = if broken(&candidate) {
+        let reason = if !unbuilt.is_empty() {
+            score.outcome = Outcome::Fail;
+            format!("nothing was compared: {}", unbuilt.join("; "))
+        } else if broken(&baseline) {
+            score.outcome = Outcome::Fail;
+            format!(
+                "the baseline {} did not pass its own rehearsal ({}), so there is nothing to compare against: {}",
+                baseline.release,
+                baseline.verdict,
+                baseline.reason.clone().unwrap_or_default()
+            )
+        } else if broken(&candidate) {
             score.outcome = Outcome::Fail;
             format!(
                 "the candidate {} did not pass its rehearsal ({}): {}",
@@ -280,9 +311,6 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                 candidate.verdict,
                 candidate.reason.clone().unwrap_or_default()
             )
-        } else if broken(&baseline) {
-            score.outcome = Outcome::Fail;
-            format!("the baseline {} did not pass its rehearsal: nothing to compare against", baseline.release)
         } else if let Some((label, e)) = [("baseline", &baseline), ("candidate", &candidate)]
             .into_iter()
             .find_map(|(l, s)| s.load_error.as_ref().map(|e| (l, e)))
@@ -322,21 +350,33 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                 return exit::BUILD_FAILED;
             }
         }
-        let mark = if comparison.score.outcome == Outcome::Pass { "PASSED" } else { "FAILED" };
+        // Exit 1 is a verdict on the candidate: both sides built, and the judge (or the
+        // candidate's own rehearsal) failed it. A side never built, or a baseline that
+        // failed its own rehearsal, is no such verdict: exit 3.
+        let no_comparison = !unbuilt.is_empty() || broken(&comparison.baseline);
+        let mark = match (comparison.score.outcome, no_comparison) {
+            (_, true) => "ERROR",
+            (Outcome::Pass, _) => "PASSED",
+            _ => "FAILED",
+        };
         println!(
             "{mark}: {} {} against {}: {}",
             comparison.environment, comparison.candidate.release, comparison.baseline.release, comparison.reason
         );
-        for v in comparison.verdicts.iter().filter(|v| v.classification != judge::Classification::Pass) {
-            println!("  {:<7} {}: {}", v.classification.as_str(), v.metric, v.reason);
+        if !no_comparison {
+            for v in comparison.verdicts.iter().filter(|v| v.classification != judge::Classification::Pass) {
+                println!("  {:<7} {}: {}", v.classification.as_str(), v.metric, v.reason);
+            }
         }
         println!("open this: {}", dir.join("compare.html").display());
         if signals.count() > 0 {
             return exit::INTERRUPTED;
         }
-        match (comparison.score.outcome, left) {
-            (Outcome::Pass, 0) => exit::PASSED,
-            (Outcome::Pass, _) => exit::LEFTOVERS,
+        // As for a run: what teardown left behind comes first.
+        match comparison.score.outcome {
+            _ if left > 0 => exit::LEFTOVERS,
+            _ if no_comparison => exit::BUILD_FAILED,
+            Outcome::Pass => exit::PASSED,
             _ => exit::SUITES_FAILED,
         }
     })

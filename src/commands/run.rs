@@ -111,7 +111,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             stage: None,
             pins: Default::default(),
         };
-        let code = rehearse(g, &loaded, &opts, locks, reporter, signals).await;
+        let code = rehearse(g, &loaded, &opts, locks, reporter, signals).await.code;
         if let Some((l, name)) = name_lock {
             super::lock::give_back(l, &name).await;
         }
@@ -128,6 +128,13 @@ pub(super) fn described(g: &Global, loaded: &crate::description::Loaded) -> Glob
     }
 }
 
+/// How a rehearsal ended: its exit code and, when it ended before it had a report
+/// (its lease could not be taken, its directories or files were refused), why.
+pub(super) struct Ended {
+    pub code: i32,
+    pub error: Option<String>,
+}
+
 /// A run with its options decided: its lease taken in a shared store (other machines
 /// then know it lives), its provider chosen, driven to its exit code.
 pub(super) async fn rehearse(
@@ -137,19 +144,21 @@ pub(super) async fn rehearse(
     locks: std::sync::Arc<dyn crate::engine::store::ObjectStore>,
     reporter: &dyn Reporter,
     signals: &Signals,
-) -> i32 {
+) -> Ended {
     let run_id = &opts.run_id;
     let alive = match &opts.shared {
         Some(_) => {
             let lease = super::store::lease();
             match super::lock::take(locks, &crate::engine::store::run_lease(run_id), "run", Some(run_id), lease).await {
                 Ok(l) => Some(l),
-                Err(code) => return code,
+                Err(code) => {
+                    return Ended { code, error: Some(format!("the run's lease in the state store (exit {code})")) }
+                }
             }
         }
         None => None,
     };
-    let code = match &loaded.desc.target {
+    let ended = match &loaded.desc.target {
         Target::Local => drive(g, &LocalProvider::new(&opts.work_root), loaded, opts, reporter, signals).await,
         Target::Aws(aws) => {
             let provider = super::aws_provider(&aws.region).await;
@@ -159,7 +168,7 @@ pub(super) async fn rehearse(
     if let Some(l) = alive {
         super::lock::give_back(l, &crate::engine::store::run_lease(run_id)).await;
     }
-    code
+    ended
 }
 
 /// What both twins of a comparison restore: every database's source pinned now (a
@@ -200,7 +209,7 @@ async fn drive<P: Provider>(
     opts: &Options,
     reporter: &dyn Reporter,
     signals: &Signals,
-) -> i32 {
+) -> Ended {
     let run_state = state::run_dir(&opts.state_root, &opts.run_id);
     let result = {
         let run =
@@ -213,9 +222,9 @@ async fn drive<P: Provider>(
             () = &mut logs => unreachable_publisher(),
         }
     };
-    let code = finish(g, result, opts, provider, reporter, signals).await;
+    let ended = finish(g, result, opts, provider, reporter, signals).await;
     super::store::publish(opts.shared.as_deref(), &opts.run_id, &run_state).await;
-    code
+    ended
 }
 
 /// The periodic publisher never ends by itself; if it did, the run would be lost.
@@ -230,19 +239,22 @@ async fn finish<P: Provider>(
     provider: &P,
     reporter: &dyn Reporter,
     signals: &Signals,
-) -> i32 {
+) -> Ended {
+    let code = |code: i32| Ended { code, error: None };
     match result {
         Ok(Ok(outcome)) => {
-            let code = outcome.report.exit_code;
+            let verdict = outcome.report.exit_code;
             // The report's files, written here: the engine only assembles the report.
             if let Err(e) = crate::report::write_all(&outcome.report, &outcome.report_dir) {
-                eprintln!("error: cannot write the report to {}: {e}", outcome.report_dir.display());
-                return if code == exit::PASSED { exit::BUILD_FAILED } else { code };
+                let why = format!("cannot write the report to {}: {e}", outcome.report_dir.display());
+                eprintln!("error: {why}");
+                let c = if verdict == exit::PASSED { exit::BUILD_FAILED } else { verdict };
+                return Ended { code: c, error: Some(why) };
             }
             match g.format {
                 Format::Json => {
                     if let Err(c) = super::print_json(&outcome.report) {
-                        return if code == exit::PASSED { c } else { code };
+                        return code(if verdict == exit::PASSED { c } else { verdict });
                     }
                 }
                 Format::Text | Format::Shell | Format::Dotenv => {
@@ -253,16 +265,26 @@ async fn finish<P: Provider>(
                     );
                 }
             }
-            code
+            code(verdict)
         }
         Ok(Err(e)) => {
-            eprintln!("error: {}", crate::secrets::redact(&e.to_string()));
+            let why = crate::secrets::redact(&e.to_string()).into_owned();
+            eprintln!("error: {why}");
             // Whatever the journal says exists is removed.
-            down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED)
+            let c = down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED);
+            // Suites' files that cannot be handed over are the description's to fix:
+            // nothing of the copy was built.
+            let c = match (&e, c) {
+                (lifecycle::RunError::Bundle(_), exit::BUILD_FAILED) => exit::USAGE,
+                (_, c) => c,
+            };
+            Ended { code: c, error: Some(why) }
         }
         Err(_) => {
-            eprintln!("error: rehearse crashed (a bug: please report it); tearing down from the journal");
-            down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED)
+            let why = "rehearse crashed (a bug: please report it); tearing down from the journal";
+            eprintln!("error: {why}");
+            let c = down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED);
+            Ended { code: c, error: Some(why.into()) }
         }
     }
 }

@@ -301,7 +301,8 @@ impl Generations for Runs<'_> {
             };
             let code =
                 super::run::rehearse(self.g, loaded, &opts, self.opened.store.clone(), self.reporter, self.signals)
-                    .await;
+                    .await
+                    .code;
             let report = read_report(&opts.state_root, run_id);
             let backups = report
                 .as_ref()

@@ -89,6 +89,14 @@ pub struct Description {
     /// 30s}}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<Compare>,
+    /// The files and directories the suites and a load command need (relative to the
+    /// description's directory): copied for the user they run as, each at the same
+    /// place relative to the description's directory, from which the commands run
+    /// inside the copy (hidden files, `target` and `node_modules` left out; at most 256
+    /// MiB in 20,000 entries). Default: `[.]`, the description's directory. Example:
+    /// `[., ../tests]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<Vec<PathBuf>>,
 }
 
 /// `compare:` — the load both environments get, and the judge's settings.
@@ -263,7 +271,7 @@ pub struct SsmRunner {
     pub outputs: String,
     /// The directory whose files the suites need on the runner (their commands run
     /// from the description's directory inside it). Default: the description's
-    /// directory. Example: `..`.
+    /// `bundle`, else its directory. Example: `..`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<PathBuf>,
 }

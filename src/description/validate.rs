@@ -153,6 +153,16 @@ impl<'a> Validator<'a> {
                 check(self, "compare.load.requests".into(), r, "request file");
             }
         }
+        for (i, p) in d.bundle.iter().flatten().enumerate() {
+            let full = crate::description::clean_path(&self.dir.join(p));
+            if !full.exists() {
+                self.err(
+                    &format!("bundle[{i}]"),
+                    format!("`{}` does not exist (looked for {})", p.display(), full.display()),
+                )
+                .expected = Some("a file or directory the suites need, relative to the description's directory".into());
+            }
+        }
         if let Some(crate::description::Runner::Ssm(r)) = &d.runner {
             if let Some(b) = &r.bundle {
                 let full = self.dir.join(b);

@@ -18,6 +18,44 @@ pub enum Event {
     Finished { resource: String, action: String, ok: bool, elapsed: Duration, detail: Option<String> },
     /// A line for the person watching (phase changes, warnings, hints).
     Note(String),
+    /// A step has been waiting a while (see [`announce_wait`]): for what, and until
+    /// when at most.
+    Waiting { resource: String, what: String, until: chrono::DateTime<chrono::Utc> },
+}
+
+/// How long a wait goes on before it is announced: shorter ones pass unsaid.
+pub const WAIT_NOTICE: Duration = Duration::from_secs(5);
+
+/// Awaits `fut`; if it has not finished after [`WAIT_NOTICE`], says once (in every
+/// output, plain lines included) what `resource` waits for and until when at most
+/// (`bound` from the wait's start), then goes on waiting. On tokio's clock, so a
+/// paused test clock sees the same.
+pub async fn announce_wait<T>(
+    reporter: &dyn Reporter,
+    resource: &str,
+    what: &str,
+    bound: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    let until = chrono::Utc::now() + chrono::Duration::from_std(bound).unwrap_or(chrono::Duration::MAX);
+    tokio::pin!(fut);
+    tokio::select! {
+        out = &mut fut => return out,
+        () = tokio::time::sleep(WAIT_NOTICE) => {}
+    }
+    reporter.event(Event::Waiting { resource: resource.to_string(), what: what.to_string(), until });
+    fut.await
+}
+
+/// "waiting for X, until 14:05:03 UTC (in 39m55s)".
+fn waiting_line(resource: &str, what: &str, until: chrono::DateTime<chrono::Utc>) -> String {
+    let left = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+    let left = Duration::from_secs(left.as_secs());
+    format!(
+        "{resource}: waiting for {what}, until {} at the latest (in {})",
+        until.format("%Y-%m-%d %H:%M:%S UTC"),
+        crate::description::format_duration(left)
+    )
 }
 
 pub trait Reporter: Send + Sync {
@@ -49,6 +87,7 @@ impl Reporter for Lines {
                 elapsed.as_secs_f64()
             ),
             Event::Note(n) => format!("[{t:7.2}s] {n}"),
+            Event::Waiting { resource, what, until } => format!("[{t:7.2}s] {}", waiting_line(&resource, &what, until)),
         };
         // Best effort: progress on a closed terminal: nowhere else to show it.
         #[allow(clippy::let_underscore_must_use)]
@@ -107,6 +146,12 @@ impl Reporter for Progress {
                 #[allow(clippy::let_underscore_must_use)]
                 let _ = self.multi.println(format!("{at} {n}"));
             }
+            Event::Waiting { resource, what, until } => {
+                let at = paint(self.styles.dim, format_args!("[{:6.2}s]", self.start.elapsed().as_secs_f64()));
+                // Best effort: progress on a closed terminal: nowhere else to show it.
+                #[allow(clippy::let_underscore_must_use)]
+                let _ = self.multi.println(format!("{at} {}", waiting_line(&resource, &what, until)));
+            }
         }
     }
 }
@@ -126,6 +171,48 @@ impl Reporter for Redacting<'_> {
                 Event::Finished { resource: clean(resource), action, ok, elapsed, detail: detail.map(clean) }
             }
             Event::Note(n) => Event::Note(clean(n)),
+            Event::Waiting { resource, what, until } => {
+                Event::Waiting { resource: clean(resource), what: clean(what), until }
+            }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Event>>);
+
+    impl Reporter for Seen {
+        fn event(&self, ev: Event) {
+            self.0.lock().unwrap().push(ev);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_wait_that_goes_on_is_announced_and_only_once() {
+        let seen = Seen::default();
+        let quick = announce_wait(&seen, "db", "a quick thing", Duration::from_secs(60), async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            1
+        })
+        .await;
+        assert_eq!((quick, seen.0.lock().unwrap().len()), (1, 0));
+        let started = tokio::time::Instant::now();
+        let slow = announce_wait(&seen, "db", "RDS", Duration::from_secs(600), async {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            2
+        })
+        .await;
+        assert_eq!(slow, 2);
+        assert_eq!(tokio::time::Instant::now() - started, Duration::from_secs(120), "the wait itself is not changed");
+        let events = seen.0.lock().unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let Event::Waiting { resource, what, until } = &events[0] else { panic!("{events:?}") };
+        assert_eq!((resource.as_str(), what.as_str()), ("db", "RDS"));
+        let line = waiting_line(resource, what, *until);
+        assert!(line.starts_with("db: waiting for RDS, until ") && line.contains(" UTC at the latest (in "), "{line}");
     }
 }

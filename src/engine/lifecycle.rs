@@ -84,12 +84,9 @@ pub enum RunError {
     },
     #[error("cannot write the journal: {0}")]
     Journal(#[source] std::io::Error),
-    #[error(
-        "the suites run from {} as the unprivileged user {user} (uid {uid}), who cannot enter it; make the \
-         directory and its parents traversable (chmod o+x), or pass --run-as with a user who can",
-        .dir.display()
-    )]
-    SuitesUnreachable { dir: PathBuf, user: String, uid: u32 },
+    /// The suites' files cannot be handed to the suites (`bundle:`): nothing is built.
+    #[error(transparent)]
+    Bundle(#[from] crate::sys::bundle::BundleError),
     #[error("cannot serialize the report: {0}")]
     Report(#[from] serde_json::Error),
 }
@@ -126,6 +123,18 @@ pub async fn run<P: Provider>(
     let users = Users::resolve(opts.run_as.as_deref(), d.provider() == ProviderKind::Local).map_err(RunError::Users)?;
     let redacting = Redacting(reporter);
     let reporter: &dyn Reporter = &redacting;
+    // The suites' files, listed and checked before anything exists; copied for the
+    // suites' user once the run's work directory is there (on a runner elsewhere, the
+    // provider packs its own).
+    let suites_here = !opts.up_only && !d.suites.is_empty() && !provider.runs_suites_elsewhere(loaded);
+    let bundle = match suites_here {
+        true => Some(crate::sys::bundle::list(
+            &loaded.dir,
+            d.bundle.as_deref().unwrap_or(&[PathBuf::new()]),
+            &[opts.state_root.clone(), opts.work_root.clone()],
+        )?),
+        false => None,
+    };
 
     // Directories and the journal exist before the first create: the state directory
     // private to this user, the work directory traversable (never listable) by the
@@ -188,15 +197,24 @@ pub async fn run<P: Provider>(
     let home = work_dir.join("home");
     workspace(&work_runs, &run_id, users)?;
     journal.created("workspace", Kind::Workspace, json!({"dir": work_dir})).await.map_err(RunError::Journal)?;
-    if let Some(u) = users.release {
-        if !opts.up_only && !d.suites.is_empty() && !process::can_enter(&loaded.dir, u) {
-            return Err(RunError::SuitesUnreachable {
-                dir: loaded.dir.clone(),
-                user: process::user_name(u.uid),
-                uid: u.uid,
-            });
+    // The suites run from the description's directory inside a copy of their own,
+    // owned by their user: they never need the operator's tree.
+    let suites_dir = match &bundle {
+        Some(listing) => {
+            let t = Instant::now();
+            let owner = users.release.map(|u| (u.uid, u.gid));
+            let copy = crate::sys::bundle::copy(listing, &work_dir, "bundle", owner)?;
+            let (files, bytes) = (listing.items.len(), listing.bytes);
+            reporter.event(Event::Note(format!(
+                "suites' files: {} ({files} entries, {} KiB) copied for the suites in {} ms",
+                listing.root.display(),
+                bytes.div_ceil(1024),
+                t.elapsed().as_millis()
+            )));
+            crate::sys::bundle::inside(listing, &loaded.dir, &copy)?
         }
-    }
+        None => loaded.dir.clone(),
+    };
 
     let info = RunInfo {
         run_id: run_id.clone(),
@@ -212,6 +230,7 @@ pub async fn run<P: Provider>(
         password: opts.stage.as_ref().map(|s| s.password.clone()),
         stage: meta.stage.clone(),
         pins: opts.pins.clone(),
+        suites_dir,
     };
     let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
 

@@ -74,6 +74,9 @@ pub struct RunInfo {
     pub stage: Option<super::stage::StageRef>,
     /// What databases restore from, when fixed by the caller.
     pub pins: Pins,
+    /// Where suites run here start: the description's directory inside the run's copy
+    /// of the suites' files (`WORK/runs/RUN_ID/bundle/…`).
+    pub suites_dir: PathBuf,
 }
 
 /// What a step works with: the run, the description, the plan, and the template context
@@ -139,6 +142,18 @@ impl<'a> Ctx<'a> {
             r = fut => r,
             _ = rx.wait_for(|c| *c) => Err(StepError::build("cancelled: another step failed")),
         }
+    }
+
+    /// Awaits `fut`, a wait of `res` for `what` bounded by `bound`: one that goes on
+    /// for more than a few seconds says so, and until when ([`super::events::announce_wait`]).
+    pub async fn waiting<T>(
+        &self,
+        res: &Resource,
+        what: &str,
+        bound: std::time::Duration,
+        fut: impl std::future::Future<Output = T>,
+    ) -> T {
+        super::events::announce_wait(self.reporter, &res.id, what, bound, fut).await
     }
 
     /// The engine's side of a step: what the provider's create runs with.

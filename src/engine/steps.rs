@@ -145,7 +145,7 @@ pub(super) async fn execute<P: Provider>(
                             name,
                             suite: s,
                             command: command.clone(),
-                            cwd: loaded.dir.clone(),
+                            cwd: info.suites_dir.clone(),
                             env: env.clone(),
                             out_dir: info.state_dir.join("suites").join(name),
                             scratch_parent: info.work_dir.join("suites"),
@@ -174,6 +174,8 @@ pub(super) async fn execute<P: Provider>(
                                 Some(Err(why)) => suites::not_run(name, s, &why),
                             }
                         };
+                        let what = format!("suite `{name}` to finish");
+                        let run = super::events::announce_wait(reporter, &r.id, &what, s.timeout, run);
                         // An interrupt (or another step's failure) stops a suite at once
                         // (its process group is killed when the future is dropped): it
                         // creates nothing that teardown would have to wait for.

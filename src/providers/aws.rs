@@ -96,7 +96,7 @@ pub struct AwsProvider<A> {
     /// The SSM runner's instance, once it takes commands (`runner: ssm`).
     runner: tokio::sync::watch::Sender<Option<String>>,
     /// The suites' files for the runner, packed once per run.
-    bundle: tokio::sync::OnceCell<Result<Vec<u8>, String>>,
+    bundle: tokio::sync::OnceCell<Result<(std::path::PathBuf, Vec<u8>), String>>,
 }
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {

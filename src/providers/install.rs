@@ -72,7 +72,9 @@ pub(crate) async fn install(res: &Resource, ctx: &Ctx<'_>, dir: &Path) -> Result
     let mut cmd = process::shell(&command, dir, ctx.run.release_user());
     cmd.envs(service_env(res, ctx)?);
     let t = ctx.started(res, "install", Some(command.clone()));
-    let f = process::run_logged(&mut cmd, &log, INSTALL_TIMEOUT, ctx.clock).await;
+    let what = format!("the install `{command}` to finish");
+    let f =
+        ctx.waiting(res, &what, INSTALL_TIMEOUT, process::run_logged(&mut cmd, &log, INSTALL_TIMEOUT, ctx.clock)).await;
     let ok = f.as_ref().is_ok_and(|f| f.success());
     ctx.step(res, "install", t, ok, Some(command.clone()));
     let f = f.map_err(|e| StepError::build(format!("cannot run `{command}`: {e}")))?;

@@ -115,22 +115,6 @@ fn no_such_user(name: &str, what: &str) -> String {
     )
 }
 
-/// Whether `user` can enter `dir`, tried for real as that user (permissions, ACLs and
-/// groups all count).
-pub(crate) fn can_enter(dir: &Path, user: RunAs) -> bool {
-    use std::os::unix::process::CommandExt;
-    std::process::Command::new("sh")
-        .args(["-c", "cd -- \"$1\"", "sh"])
-        .arg(dir)
-        .uid(user.uid)
-        .gid(user.gid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// A user's name, for messages (the number when it has none).
 pub(crate) fn user_name(uid: u32) -> String {
     match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {

@@ -19,6 +19,7 @@ pub fn unreachable_hosts_variant(text: &str, root: &std::path::Path, suites: &st
         .replace("../templates/", &format!("{}/templates/", root.display()))
         .replace("user-data.sh.tera\n", "user-data.sh.tera\n    bootstrap_timeout: 0s\n")
         .replace("    masking: ../demo/masking.sql\n", "")
+        .replace("bundle: [../demo/suites]\n", "")
         .replace("    health:\n      path: /health\n      timeout: 5m\n", "");
     if let (Some(from), Some(to)) = (text.find("\nsuites:\n"), text.find("\ndestroy:")) {
         text.replace_range(from..to, &format!("\n{suites}"));

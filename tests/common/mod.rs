@@ -134,12 +134,44 @@ pub fn assert_nothing_left(sb: &Sandbox, run_id: &str) {
     assert!(!work.exists(), "run directory {} still exists", work.display());
 }
 
-/// Writes a description into the sandbox, with `{root}` replaced by the repository's
-/// path (so it can reach the demo's releases, backups and suites).
+/// Writes a description into the sandbox's project (`project/environments/NAME`),
+/// with `{root}` replaced by the repository's path, so it can reach the demo's releases
+/// and backups, which rehearse reads itself.
+///
+/// The project is laid out as the repository is — `project/demo/suites` and
+/// `project/environments/load` are copies of the repository's — inside a directory of
+/// mode 0700, as a checkout in a home directory is: the release's user cannot enter it,
+/// and the suites reach it only through rehearse's copy of their files (`bundle:`).
 pub fn write_description(sb: &Sandbox, name: &str, text: &str) -> PathBuf {
-    let path = sb.dir.path().join(name);
+    let project = sb.dir.path().join("project");
+    if !project.exists() {
+        std::fs::create_dir(&project).unwrap();
+        std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for dir in ["demo/suites", "environments/load"] {
+            copy_dir(&root().join(dir), &project.join(dir));
+        }
+    }
+    let path = project.join("environments").join(name);
     std::fs::write(&path, text.replace("{root}", &root().display().to_string())).unwrap();
     path
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A description of the repository's (`environments/*.yaml`) as the sandbox's project
+/// holds it: what rehearse reads itself (backups, releases, masking) from the
+/// repository, the suites (`../demo/suites`) from the project's copy.
+pub fn from_repository(text: &str) -> String {
+    text.replace("../demo/suites", "\u{0}").replace("../demo/", "{root}/demo/").replace('\u{0}', "../demo/suites")
 }
 
 /// A description in the sandbox built from the demo, with the given service install

@@ -1,5 +1,6 @@
 //! `compare.load.command`: the user's own load tool (k6, vegeta, locust…), run once
-//! per environment, both at the same time, from the description's directory — as the
+//! per environment, both at the same time, from the description's directory inside a
+//! private copy of the suites' files (`bundle:`, [`crate::sys::bundle`]) — as the
 //! release's user when rehearse runs as root, like a suite. It is told where to send
 //! the load and where to write what it measured; rehearse reads that file in its
 //! `format` (see [`crate::compare::tool`]).
@@ -39,14 +40,21 @@ pub(super) async fn run_all(
     scratch: &Path,
     logs: &Path,
     user: Option<RunAs>,
+    own: &[PathBuf],
 ) -> Vec<Result<Measured, String>> {
-    let runs = sides.iter().map(|s| run_one(load, loaded, s, scratch, logs, user));
+    let paths = loaded.desc.bundle.clone().unwrap_or_else(|| vec![PathBuf::new()]);
+    let listing = match crate::sys::bundle::list(&loaded.dir, &paths, own) {
+        Ok(l) => l,
+        Err(e) => return sides.iter().map(|_| Err(e.to_string())).collect(),
+    };
+    let runs = sides.iter().map(|s| run_one(load, loaded, &listing, s, scratch, logs, user));
     futures_util::future::join_all(runs).await
 }
 
 async fn run_one(
     load: &Load,
     loaded: &Loaded,
+    listing: &crate::sys::bundle::Listing,
     side: &Side<'_>,
     scratch: &Path,
     logs: &Path,
@@ -56,7 +64,13 @@ async fn run_one(
     let url = &side.services.get(&load.target).ok_or_else(|| format!("no service `{}`", load.target))?.url;
     let dir = private_dir(scratch, side.name, user)?;
     let results = dir.join("results");
-    let mut cmd = process::shell(command, &loaded.dir, user.map(|u| (u, dir.clone())));
+    // The tool's own copy of the suites' files, beside its private directory (made
+    // where only rehearse can write, then handed over).
+    let owner = user.map(|u| (u.uid, u.gid));
+    let copy = crate::sys::bundle::copy(listing, scratch, &format!("{}.bundle", side.name), owner)
+        .map_err(|e| e.to_string())?;
+    let cwd = crate::sys::bundle::inside(listing, &loaded.dir, &copy).map_err(|e| e.to_string())?;
+    let mut cmd = process::shell(command, &cwd, user.map(|u| (u, dir.clone())));
     cmd.env("REHEARSE_URL", url)
         .env("REHEARSE_SIDE", side.name)
         .env("REHEARSE_RATE", load.rate.to_string())

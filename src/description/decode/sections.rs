@@ -15,7 +15,7 @@ use crate::diag::did_you_mean;
 
 const TOP_KEYS_HELP: &str = "`name`, `provider`, `owner`, `release` and optionally `region`, \
                              `ttl`, `max_ttl`, `tags`, `network`, `variables`, `databases`, `services`, \
-                             `suites`, `destroy`, `state`, `stage`, `runner`, `compare`";
+                             `suites`, `destroy`, `state`, `stage`, `runner`, `compare`, `bundle`";
 
 impl Decoder {
     /// The whole description, or `None` when a part it cannot do without is missing
@@ -108,6 +108,9 @@ impl Decoder {
             Some(n) => self.compare(n, services.as_ref()),
             None => None,
         };
+        let bundle = self
+            .get(&mut obj, "bundle")
+            .map(|n| self.string_list("bundle", n).into_iter().map(PathBuf::from).collect::<Vec<_>>());
         self.finish(obj);
         let target = self.target(provider?, region, network);
         Some(Description {
@@ -127,6 +130,7 @@ impl Decoder {
             stage,
             runner,
             compare,
+            bundle,
         })
     }
 

@@ -379,7 +379,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
 
         let t = ctx.started(res, "wait-available", None);
         let _span = ctx.clock.external();
-        let ready = ctx.unless_cancelled(self.wait_db(&instance.id, deadline)).await;
+        let what = format!("RDS to make DB instance {} available", instance.id);
+        let bound = deadline.saturating_duration_since(Instant::now());
+        let ready = ctx.waiting(res, &what, bound, ctx.unless_cancelled(self.wait_db(&instance.id, deadline))).await;
         ctx.step(res, "wait-available", t, ready.is_ok(), None);
         let ready = ready?;
 
@@ -419,7 +421,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 ))
             })?,
         }
-        let ready = ctx.unless_cancelled(self.wait_db(&ready.id, deadline)).await?;
+        let what = format!("RDS to apply the changes to DB instance {}", ready.id);
+        let bound = deadline.saturating_duration_since(Instant::now());
+        let ready = ctx.waiting(res, &what, bound, ctx.unless_cancelled(self.wait_db(&ready.id, deadline))).await?;
         if ready.publicly_accessible || ready.deletion_protection {
             return Err(StepError::build(format!(
                 "{} is still publicly accessible ({}) or deletion protected ({}) after ModifyDBInstance; refusing to use it",
@@ -514,21 +518,21 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         let deadline = Instant::now() + db.timeout.unwrap_or(Duration::from_secs(30 * 60));
         // The poller retries a failed describe at its next interval: no retry stacked on it.
         let api = &self.api.inner;
-        let r = self
-            .clusters
-            .wait(
-                &c.id,
-                |ids| async move { api.describe_db_clusters(&ids).await },
-                |c| c.id.clone(),
-                |c| match c.map(|c| c.status.as_str()) {
-                    Some("available") => Ok(true),
-                    Some("failed") => Err(format!("cluster {id} failed")),
-                    _ => Ok(false),
-                },
-                |c| c.map(|c| c.status.clone()).unwrap_or_else(|| "not visible yet".into()),
-                deadline,
-            )
-            .await;
+        let what = format!("RDS to make the cloned cluster {} available", c.id);
+        let bound = deadline.saturating_duration_since(Instant::now());
+        let wait = self.clusters.wait(
+            &c.id,
+            |ids| async move { api.describe_db_clusters(&ids).await },
+            |c| c.id.clone(),
+            |c| match c.map(|c| c.status.as_str()) {
+                Some("available") => Ok(true),
+                Some("failed") => Err(format!("cluster {id} failed")),
+                _ => Ok(false),
+            },
+            |c| c.map(|c| c.status.clone()).unwrap_or_else(|| "not visible yet".into()),
+            deadline,
+        );
+        let r = ctx.waiting(res, &what, bound, wait).await;
         ctx.step(res, "clone", t, r.is_ok(), Some(c.id.clone()));
         r.map_err(StepError::build)?;
         Ok(Output::Nothing)
@@ -579,8 +583,11 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         ctx.created(res, Handle::new(json!({"instance_id": id}))).await?;
         ctx.step(res, "run-instance", t, true, Some(id.clone()));
         let t = ctx.started(res, "wait-running", None);
-        let deadline = Instant::now() + s.health.as_ref().map(|h| h.timeout).unwrap_or(Duration::from_secs(600));
-        let r = self.wait_running(&id, deadline, ctx).await;
+        let bound = s.health.as_ref().map(|h| h.timeout).unwrap_or(Duration::from_secs(600));
+        let deadline = Instant::now() + bound;
+        let r = ctx
+            .waiting(res, &format!("instance {id} to be running"), bound, self.wait_running(&id, deadline, ctx))
+            .await;
         ctx.step(res, "wait-running", t, r.is_ok(), None);
         let inst = r?;
         let address = inst.private_ip.clone().unwrap_or_default();
@@ -603,10 +610,14 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     }
                 };
                 // A bootstrap that reports a failure ends the wait at once.
-                let r = tokio::select! {
-                    r = healthy => r.map_err(|e| StepError::release(format!("{who} {e}"))),
-                    e = self.watch_bootstrap(&id, res, ctx, &who, None), if bootstrap => e,
+                let checked = async {
+                    tokio::select! {
+                        r = healthy => r.map_err(|e| StepError::release(format!("{who} {e}"))),
+                        e = self.watch_bootstrap(&id, res, ctx, &who, None), if bootstrap => e,
+                    }
                 };
+                let what = format!("GET {url}{} on {id} to answer 200", h.path);
+                let r = ctx.waiting(res, &what, h.timeout, checked).await;
                 ctx.step(res, "health", t, r.is_ok(), None);
                 r?;
             }
@@ -614,7 +625,13 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 let timeout = s.aws().and_then(|a| a.bootstrap_timeout).unwrap_or(BOOTSTRAP_TIMEOUT);
                 if bootstrap && !timeout.is_zero() {
                     let t = ctx.started(res, "bootstrap", None);
-                    let r = self.watch_bootstrap(&id, res, ctx, &who, Some(Instant::now() + timeout)).await;
+                    let what = format!(
+                        "the bootstrap marker (`{BOOTSTRAP_MARKER}N`) on the console of {id}, written when its \
+                         user-data ends (services.{}.bootstrap_timeout)",
+                        res.name
+                    );
+                    let watch = self.watch_bootstrap(&id, res, ctx, &who, Some(Instant::now() + timeout));
+                    let r = ctx.waiting(res, &what, timeout, watch).await;
                     ctx.step(res, "bootstrap", t, r.is_ok(), None);
                     r?;
                 }

@@ -14,7 +14,7 @@
 //! runner, which the run launched from `image` (and terminates) or was given.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -39,8 +39,6 @@ const INPUT_LINK_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// How much of a job's output is read back: its last 64 MiB, and room for a JUnit
 /// file at the most rehearse reads (base64).
 const OUTPUT_CAP: u64 = (64 << 20) + crate::suites::MAX_JUNIT_BYTES * 4 / 3 + 4096;
-/// The largest suites' bundle uploaded.
-const MAX_BUNDLE_BYTES: u64 = 512 << 20;
 
 /// One command on the runner.
 pub(super) struct Job {
@@ -159,7 +157,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         ctx.created(res, Handle::new(json!({"instance_id": id}))).await?;
         ctx.step(res, "run-instance", t, true, Some(id.clone()));
         let t = ctx.started(res, "wait-running", None);
-        let r = self.wait_running(&id, Instant::now() + AGENT_PATIENCE, ctx).await;
+        let what = format!("the SSM runner {id} to be running");
+        let r =
+            ctx.waiting(res, &what, AGENT_PATIENCE, self.wait_running(&id, Instant::now() + AGENT_PATIENCE, ctx)).await;
         ctx.step(res, "wait-running", t, r.is_ok(), None);
         r?;
         // The agent registers a while after the instance runs: until then SendCommand
@@ -174,31 +174,32 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             timeout_secs: 60,
             comment: format!("rehearse {}: runner ready?", ctx.run.run_id),
         };
-        loop {
-            match self.api.inner.send_command(&probe).await {
-                Ok(_) => break,
-                Err(e) if e.kind == ErrorKind::Refused || e.kind == ErrorKind::NotFound || e.is_transient() => {
-                    if Instant::now() >= deadline {
-                        ctx.step(res, "ssm-agent", t, false, None);
-                        return Err(StepError::build(format!(
-                            "the SSM runner {id} did not take commands within {}s ({e}): its instance profile must \
-                             allow SSM (AmazonSSMManagedInstanceCore) and its subnet reach SSM's endpoints",
-                            AGENT_PATIENCE.as_secs()
-                        )));
+        let agent = async {
+            loop {
+                match self.api.inner.send_command(&probe).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.kind == ErrorKind::Refused || e.kind == ErrorKind::NotFound || e.is_transient() => {
+                        if Instant::now() >= deadline {
+                            return Err(StepError::build(format!(
+                                "the SSM runner {id} did not take commands within {}s ({e}): its instance profile \
+                                 must allow SSM (AmazonSSMManagedInstanceCore) and its subnet reach SSM's endpoints",
+                                AGENT_PATIENCE.as_secs()
+                            )));
+                        }
                     }
+                    Err(e) => return Err(StepError::build(format!("SSM refused a command to the runner {id}: {e}"))),
                 }
-                Err(e) => {
-                    ctx.step(res, "ssm-agent", t, false, None);
-                    return Err(StepError::build(format!("SSM refused a command to the runner {id}: {e}")));
+                let mut cancel = ctx.cancel.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = cancel.wait_for(|c| *c) => return Err(StepError::build("cancelled: another step failed")),
                 }
             }
-            let mut cancel = ctx.cancel.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = cancel.wait_for(|c| *c) => return Err(StepError::build("cancelled: another step failed")),
-            }
-        }
-        ctx.step(res, "ssm-agent", t, true, None);
+        };
+        let what = format!("the SSM agent on the runner {id} to take commands");
+        let r = ctx.waiting(res, &what, AGENT_PATIENCE, agent).await;
+        ctx.step(res, "ssm-agent", t, r.is_ok(), None);
+        r?;
         self.runner.send_replace(Some(id));
         Ok(Output::Nothing)
     }
@@ -346,7 +347,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             files_back: Vec::new(),
         };
         let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
-        let done = self.on_runner(ctx.run, ctx.loaded, job, ctx.cancel.clone()).await?;
+        let what = format!("the masking SQL {} to run on the copy, from the SSM runner", sql.display());
+        let done =
+            ctx.waiting(res, &what, timeout, self.on_runner(ctx.run, ctx.loaded, job, ctx.cancel.clone())).await?;
         write_log(&log, &done.output);
         if done.exit != 0 {
             return Err(StepError::build(format!(
@@ -406,7 +409,8 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         };
         let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
         let t = ctx.started(res, "install", Some(format!("{command} (on the runner)")));
-        let done = self.on_runner(ctx.run, ctx.loaded, job, ctx.cancel.clone()).await;
+        let what = format!("the install `{command}` on the SSM runner");
+        let done = ctx.waiting(res, &what, limit, self.on_runner(ctx.run, ctx.loaded, job, ctx.cancel.clone())).await;
         let ok = done.as_ref().is_ok_and(|d| d.exit == 0);
         ctx.step(res, "install", t, ok, Some(command.clone()));
         let done = done?;
@@ -461,18 +465,17 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// command run from the description's directory inside it; its JUnit file returned.
     pub(super) async fn suite_on_runner(&self, job: &SuiteJob<'_>) -> Result<SuiteDone, String> {
         let runner = configured(job.loaded).ok_or("no runner in the description")?;
-        let bundle_dir = job.loaded.resolve(runner.bundle.as_deref().unwrap_or(Path::new(".")));
-        let bundle_dir = std::fs::canonicalize(&bundle_dir)
-            .map_err(|e| format!("the runner's bundle {} cannot be used: {e}", bundle_dir.display()))?;
-        let cwd = std::fs::canonicalize(job.cwd).map_err(|e| format!("{}: {e}", job.cwd.display()))?;
-        let relative = cwd.strip_prefix(&bundle_dir).map_err(|_| {
-            format!(
-                "the suites run from {}, which is outside the runner's bundle {} (runner.ssm.bundle)",
-                cwd.display(),
-                bundle_dir.display()
-            )
-        })?;
-        let bundle = self.bundle(&bundle_dir).await?;
+        let paths = match (&runner.bundle, &job.loaded.desc.bundle) {
+            (Some(dir), _) => vec![dir.clone()],
+            (None, Some(paths)) => paths.clone(),
+            (None, None) => vec![PathBuf::new()],
+        };
+        // rehearse's own directories never travel, wherever they are.
+        let own = [&job.run.state_dir, &job.run.work_dir]
+            .into_iter()
+            .filter_map(|d| d.ancestors().nth(2).map(Path::to_path_buf))
+            .collect::<Vec<_>>();
+        let (relative, bundle) = self.bundle(paths, job.cwd, own).await?;
         let junit = crate::suites::junit_name(job.suite).map(|n| n.to_string_lossy().into_owned());
         let mut env: Vec<(String, String)> = job.env.to_vec();
         env.push(("REHEARSE_SUITE".into(), job.name.to_string()));
@@ -508,35 +511,19 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         })
     }
 
-    /// The suites' bundle: `dir` as a .tar.gz (without `.git`), made once per run.
-    async fn bundle(&self, dir: &Path) -> Result<Vec<u8>, String> {
-        let dir = dir.to_path_buf();
+    /// The suites' bundle (`paths`, listed as [`crate::sys::bundle`] lists it) as a
+    /// .tar.gz, made once per run, and where `cwd` lies inside it.
+    async fn bundle(&self, paths: Vec<PathBuf>, cwd: &Path, own: Vec<PathBuf>) -> Result<(PathBuf, Vec<u8>), String> {
+        let cwd = cwd.to_path_buf();
         self.bundle
             .get_or_init(|| async move {
-                tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-                    let err = |e: std::io::Error| format!("cannot pack the runner's bundle {}: {e}", dir.display());
-                    let mut b =
-                        tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-                    b.follow_symlinks(false);
-                    for entry in std::fs::read_dir(&dir).map_err(err)? {
-                        let entry = entry.map_err(err)?;
-                        if skipped(&entry.file_name()) {
-                            continue;
-                        }
-                        let path = entry.path();
-                        pack(&mut b, &path, Path::new(&entry.file_name())).map_err(err)?;
-                    }
-                    let bytes = b.into_inner().map_err(err)?.finish().map_err(err)?;
-                    if bytes.len() as u64 > MAX_BUNDLE_BYTES {
-                        return Err(format!(
-                            "the runner's bundle {} is {} MiB packed, more than {} MiB: point runner.ssm.bundle at \
-                             the suites' own directory",
-                            dir.display(),
-                            bytes.len() >> 20,
-                            MAX_BUNDLE_BYTES >> 20
-                        ));
-                    }
-                    Ok(bytes)
+                tokio::task::spawn_blocking(move || -> Result<(PathBuf, Vec<u8>), String> {
+                    let listing = crate::sys::bundle::list(&cwd, &paths, &own).map_err(|e| e.to_string())?;
+                    let relative =
+                        crate::sys::bundle::inside(&listing, &cwd, Path::new("")).map_err(|e| e.to_string())?;
+                    let bytes = crate::sys::bundle::pack(&listing)
+                        .map_err(|e| format!("cannot pack the runner's bundle {}: {e}", listing.root.display()))?;
+                    Ok((relative, bytes))
                 })
                 .await
                 .map_err(|e| format!("packing the runner's bundle failed: {e}"))?
@@ -573,29 +560,6 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             };
             DestroyError::caused(kind, format!("cannot remove s3://{bucket}/{prefix}: {e}"), e)
         })
-    }
-}
-
-/// What the bundle leaves out, at any depth: hidden files and directories (`.git`,
-/// `.env`, `.venv`, keys), and build output (`target`, `node_modules`).
-fn skipped(name: &std::ffi::OsStr) -> bool {
-    let name = name.to_string_lossy();
-    name.starts_with('.') || name == "target" || name == "node_modules"
-}
-
-/// Adds `path` to the bundle as `at`, a directory with what it holds but [`skipped`].
-fn pack(b: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>, path: &Path, at: &Path) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        b.append_dir(at, path)?;
-        let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries.into_iter().filter(|e| !skipped(&e.file_name())) {
-            pack(b, &e.path(), &at.join(e.file_name()))?;
-        }
-        Ok(())
-    } else {
-        b.append_path_with_name(path, at)
     }
 }
 

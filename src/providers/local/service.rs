@@ -35,11 +35,12 @@ impl LocalProvider {
             let t = ctx.started(res, "health", Some(h.path.clone()));
             let deadline = Instant::now() + h.timeout;
             let _span = ctx.clock.external();
-            let r = health::wait_healthy(port, &h.path, deadline, || match child.try_wait() {
+            let healthy = health::wait_healthy(port, &h.path, deadline, || match child.try_wait() {
                 Ok(Some(status)) => Err(format!("exited with {status} before it was healthy")),
                 _ => Ok(()),
-            })
-            .await;
+            });
+            let what = format!("GET http://127.0.0.1:{port}{} to answer 200", h.path);
+            let r = ctx.waiting(res, &what, h.timeout, healthy).await;
             // The port was free when it was chosen; between then and the service's bind,
             // anyone could have taken it. What answered must be the service itself.
             let r = r.map_err(|e| e.to_string()).and_then(|_| {
