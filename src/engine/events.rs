@@ -38,7 +38,9 @@ pub async fn announce_wait<T>(
     fut: impl std::future::Future<Output = T>,
 ) -> T {
     let until = chrono::Utc::now() + chrono::Duration::from_std(bound).unwrap_or(chrono::Duration::MAX);
-    tokio::pin!(fut);
+    // On the heap: the waits it wraps (a whole restore, a suite) are large futures, and
+    // a run's steps are polled together on one stack.
+    let mut fut = Box::pin(fut);
     tokio::select! {
         out = &mut fut => return out,
         () = tokio::time::sleep(WAIT_NOTICE) => {}

@@ -99,13 +99,17 @@ impl LocalProvider {
             ctx.created(res, Handle::new(json!({"cluster": cluster}))).await?;
             let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
             let t = ctx.started(res, "restore", Some(backup.path.display().to_string()));
-            let r = postgres::restore(&bin, &cluster, &db_name, &backup.path, jobs, &log, ctx.clock, timeout).await;
+            let restore = postgres::restore(&bin, &cluster, &db_name, &backup.path, jobs, &log, ctx.clock, timeout);
+            let what = format!("pg_restore of {} into the copy", backup.path.display());
+            let r = ctx.waiting(res, &what, timeout, restore).await;
             ctx.step(res, "restore", t, r.is_ok(), Some(format!("pg_restore -j{jobs}")));
             r?;
             if let Some(m) = &db.masking {
                 let t = ctx.started(res, "mask", None);
-                let r =
-                    postgres::mask(&bin, &cluster, &db_name, &ctx.loaded.resolve(m), &log, ctx.clock, timeout).await;
+                let sql = ctx.loaded.resolve(m);
+                let masking = postgres::mask(&bin, &cluster, &db_name, &sql, &log, ctx.clock, timeout);
+                let what = format!("the masking SQL {} to run on the copy", m.display());
+                let r = ctx.waiting(res, &what, timeout, masking).await;
                 ctx.step(res, "mask", t, r.is_ok(), Some(m.display().to_string()));
                 r?;
             }
