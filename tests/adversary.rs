@@ -904,6 +904,7 @@ fn down_and_sweep_refuse_a_work_directory_the_attacker_recreated() {
         for d in [sb.state(), sb.state().join("runs"), runs.clone()] {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
+        rehearse::engine::journal::mark_here(&runs, run_id).unwrap();
         write_journal(
             &runs.join("journal.jsonl"),
             &[

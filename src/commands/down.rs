@@ -68,6 +68,14 @@ pub(crate) fn down_run(g: &Global, run_id: &str, region: Option<&str>, stage_cur
                         eprintln!("error: the journal {} belongs to run {}, not {run_id}", path.display(), meta.run_id);
                         return exit::USAGE;
                     }
+                    // A local run's processes and files are the machine's that journaled it;
+                    // what a journal from the store names here is nobody's to remove.
+                    if meta.provider != "aws" {
+                        if let Err(why) = journal::journaled_here(path.parent().unwrap_or(Path::new(".")), run_id) {
+                            eprintln!("{}", not_here_text(run_id, &meta, &why));
+                            return exit::USAGE;
+                        }
+                    }
                     if finished.is_none() && meta.pid != std::process::id() && run_alive(&meta, path.parent()) {
                         if let Some(lease) = other_host_lease(&meta, path.parent()) {
                             eprintln!(
@@ -187,6 +195,10 @@ async fn finish_down<P: Provider>(
     let out =
         teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new())
             .await;
+    if let Some(why) = out.not_here() {
+        eprintln!("rehearse: {run_id}: not this host's run: left alone ({why})");
+        return exit::USAGE;
+    }
     close_journal(journal, out.complete()).await;
     if out.complete() {
         // Nothing left to connect to: its connection details (and their secrets) go too.
@@ -293,6 +305,16 @@ async fn synthetic_journal(
         j.created(&id, t.kind, serde_json::json!({ key: t.id })).await.map_err(io)?;
     }
     Ok(j)
+}
+
+/// What `down` and `sweep` say of a local run this machine did not journal.
+pub(super) fn not_here_text(run_id: &str, meta: &journal::RunMeta, why: &str) -> String {
+    let claim =
+        meta.host.as_deref().map(|h| format!("; its journal says host `{}`", h.escape_debug())).unwrap_or_default();
+    format!(
+        "rehearse: {run_id}: not this host's run: left alone ({why}{claim}); a local run's processes and files are \
+         removed only on the machine that ran it, with `rehearse down {run_id}` there"
+    )
 }
 
 /// A run's lease as last fetched from the shared store, when the run is on another
