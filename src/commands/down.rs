@@ -41,11 +41,18 @@ pub(super) async fn close_journal(journal: &Journal, complete: bool) {
 }
 
 pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
-    down_run(g, run_id, region, false)
+    down_run(g, run_id, region, None)
 }
 
-/// `down`; a stage's current generation only with `stage_current` (`stage destroy`).
-pub(crate) fn down_run(g: &Global, run_id: &str, region: Option<&str>, stage_current: bool) -> i32 {
+/// `down`; with `generation` (a rebuild or `stage destroy` tearing down that stage's
+/// generation), also a stage's current generation — and only a run whose journal says
+/// it is that generation.
+pub(crate) fn down_run(
+    g: &Global,
+    run_id: &str,
+    region: Option<&str>,
+    generation: Option<&crate::engine::stage::StageRef>,
+) -> i32 {
     if !state::valid_run_id(run_id) {
         eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
         return exit::USAGE;
@@ -91,8 +98,21 @@ pub(crate) fn down_run(g: &Global, run_id: &str, region: Option<&str>, stage_cur
                         );
                         return exit::USAGE;
                     }
-                    let current = match (&meta.stage, stage_current) {
-                        (Some(s), false) => super::stage::current_generation_of(g, run_id, s).await,
+                    if let Some(want) = generation.filter(|want| meta.stage.as_ref() != Some(*want)) {
+                        eprintln!(
+                            "error: run {run_id} is not generation {} of stage `{}` (its journal says {}): left alone",
+                            want.generation,
+                            want.stage,
+                            meta.stage.as_ref().map_or("it is no stage's".to_string(), |s| format!(
+                                "generation {} of `{}`",
+                                s.generation,
+                                s.stage.escape_debug()
+                            ))
+                        );
+                        return exit::USAGE;
+                    }
+                    let current = match (&meta.stage, generation) {
+                        (Some(s), None) => super::stage::current_generation_of(g, run_id, s).await,
                         _ => None,
                     };
                     {

@@ -52,9 +52,19 @@ fn store_error(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -
     exit::BUILD_FAILED
 }
 
-/// The stage's stable names as its record (or, before the first rebuild, its
-/// description) has them.
-async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Result<Box<dyn StableNames>, i32> {
+/// The stage `stage`'s stable names as its record (checked against `stage` when it
+/// was loaded) or, for a rebuild, its description has them. The stage's directory is
+/// built from `stage`, the name given on the command line or in the description.
+async fn stable_names(
+    g: &Global,
+    opened: &Opened,
+    stage: &str,
+    record: &StageRecord,
+) -> Result<Box<dyn StableNames>, i32> {
+    if let Err(why) = record.check(stage) {
+        eprintln!("error: the stage `{stage}`: {why}");
+        return Err(exit::USAGE);
+    }
     match record.provider.as_str() {
         "local" => {
             let mut ports = BTreeMap::new();
@@ -68,7 +78,7 @@ async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Resu
                     }
                 };
             }
-            let dir = super::store::local_root_for(g, opened.url.as_ref()).join("stages").join(&record.stage);
+            let dir = super::store::local_root_for(g, opened.url.as_ref()).join("stages").join(stage);
             crate::providers::local::forward::LocalNames::new(&dir, ports)
                 .map(|n| Box::new(n) as Box<dyn StableNames>)
                 .map_err(|e| {
@@ -81,13 +91,19 @@ async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Resu
                 eprintln!("error: the stage `{}` names no Route 53 zone (`stage.zone`)", record.stage);
                 return Err(exit::USAGE);
             };
-            Ok(Box::new(crate::providers::aws::dns::Route53Names {
+            let names = crate::providers::aws::dns::Route53Names {
                 api: crate::providers::aws::sdk::route53::Route53::new().await,
                 zone,
                 ttl: record.record_ttl_secs.max(1),
                 names: record.names.clone(),
                 databases: record.databases.keys().cloned().collect(),
-            }))
+            };
+            // Every name it will upsert or delete must lie inside the zone.
+            if let Err(why) = names.check_in_zone().await {
+                eprintln!("error: the stage `{stage}`: {why}");
+                return Err(exit::USAGE);
+            }
+            Ok(Box::new(names))
         }
         other => {
             eprintln!("error: the stage `{}` is on the unknown provider `{other}`", record.stage);
@@ -122,13 +138,14 @@ async fn password(store: &dyn ObjectStore, stage: &str) -> Result<String, StoreE
     }
 }
 
-/// `rehearse down RUN` from a blocking thread (it runs its own runtime), allowed to
-/// remove a stage's generation.
-pub(super) async fn down_generation(g: &Global, run_id: &str) -> i32 {
+/// `rehearse down RUN` from a blocking thread (it runs its own runtime); with
+/// `generation`, allowed to remove that generation of a stage — and only if the run's
+/// journal says it is that generation.
+pub(super) async fn down_generation(g: &Global, run_id: &str, generation: Option<st::StageRef>) -> i32 {
     let (g, run_id) = (g.clone(), run_id.to_string());
     tokio::task::spawn_blocking(move || {
         super::store::fetched(&g, Some(&run_id), &[super::store::Part::Journal, super::store::Part::Connection], || {
-            super::down::down_run(&g, &run_id, None, true)
+            super::down::down_run(&g, &run_id, None, generation.as_ref())
         })
         .unwrap_or_else(|code| code)
     })
@@ -213,7 +230,7 @@ async fn rebuild_locked(
     let store = opened.store.as_ref();
     let name = stage.name.as_str();
     let fresh = fresh_record(stage, &loaded.desc.name, loaded.desc.provider().as_str(), &loaded.desc.databases, drain);
-    let names = match stable_names(g, opened, &fresh).await {
+    let names = match stable_names(g, opened, name, &fresh).await {
         Ok(n) => n,
         Err(code) => return code,
     };
@@ -341,9 +358,10 @@ impl Generations for Runs<'_> {
         })
     }
 
-    fn tear_down<'a>(&'a self, run_id: &'a str) -> LocalFuture<'a, Result<(), String>> {
+    fn tear_down<'a>(&'a self, run_id: &'a str, number: u64) -> LocalFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            match down_generation(self.g, run_id).await {
+            let generation = st::StageRef { stage: self.stage.to_string(), generation: number };
+            match down_generation(self.g, run_id, Some(generation)).await {
                 exit::PASSED => Ok(()),
                 code => Err(format!("`rehearse down {run_id}` exited with {code}")),
             }
@@ -353,10 +371,10 @@ impl Generations for Runs<'_> {
 
 pub(crate) fn stage(g: &Global, command: &StageCommand) -> i32 {
     match command {
-        StageCommand::Status { stage } => with_record(g, stage, |opened, record| status(g, opened, record)),
-        StageCommand::Env { stage } => with_record(g, stage, |opened, record| env(g, opened, record)),
-        StageCommand::Rollback { stage } => with_record(g, stage, |opened, record| rollback(g, opened, record)),
-        StageCommand::Destroy { stage } => with_record(g, stage, |opened, record| destroy(g, opened, record)),
+        StageCommand::Status { stage } => with_record(g, stage, |opened, record| status(g, opened, stage, record)),
+        StageCommand::Env { stage } => with_record(g, stage, |opened, record| env(g, opened, stage, record)),
+        StageCommand::Rollback { stage } => with_record(g, stage, |opened, record| rollback(g, opened, stage, record)),
+        StageCommand::Destroy { stage } => with_record(g, stage, |opened, record| destroy(g, opened, stage, record)),
         StageCommand::Forward { dir } => runtime().block_on(async {
             match crate::providers::local::forward::serve(dir).await {
                 Ok(()) => exit::PASSED,
@@ -398,9 +416,9 @@ where
     })
 }
 
-async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+async fn status(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
-    let pointing_at = match stable_names(g, opened, &record).await {
+    let pointing_at = match stable_names(g, opened, stage, &record).await {
         Ok(names) => names.pointing_at().await.ok().flatten(),
         Err(_) => None,
     };
@@ -463,13 +481,13 @@ async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
 }
 
 /// How to reach the stage through its stable names, its password included.
-async fn env(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+async fn env(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
     let Some(cur) = record.current_generation() else {
-        eprintln!("error: stage `{}` has no current generation yet", record.stage);
+        eprintln!("error: stage `{stage}` has no current generation yet");
         return exit::USAGE;
     };
-    let password = match password(opened.store.as_ref(), &record.stage).await {
+    let password = match password(opened.store.as_ref(), stage).await {
         Ok(p) => p,
         Err(e) => return store_error(opened.store.as_ref(), "cannot read the stage's password", e),
     };
@@ -514,10 +532,10 @@ async fn env(g: &Global, opened: Opened, record: StageRecord) -> i32 {
     super::access::print_connection(g, &c)
 }
 
-async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+async fn rollback(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
     let store = opened.store.as_ref();
-    let name = record.stage.clone();
+    let name = stage.to_string();
     let (Some(current), Some(previous)) = (record.current, record.previous().map(|p| p.number)) else {
         eprintln!(
             "error: stage `{name}` has no generation to roll back to: the one before {} was retired (a rollback \
@@ -526,7 +544,7 @@ async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
         );
         return exit::USAGE;
     };
-    let names = match stable_names(g, opened, &record).await {
+    let names = match stable_names(g, opened, &name, &record).await {
         Ok(n) => n,
         Err(code) => return code,
     };
@@ -567,10 +585,10 @@ async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
 }
 
 /// Everything of the stage: every generation still there, the names, the record.
-async fn destroy(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+async fn destroy(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
     let store = opened.store.as_ref();
-    let name = record.stage.clone();
+    let name = stage.to_string();
     let lock = st::lock_name(&name);
     let held = match super::lock::take(
         opened.store.clone(),
@@ -590,7 +608,7 @@ async fn destroy(g: &Global, opened: Opened, record: StageRecord) -> i32 {
 }
 
 async fn destroy_locked(g: &Global, opened: &Opened, store: &dyn ObjectStore, name: &str, record: &StageRecord) -> i32 {
-    let names = match stable_names(g, opened, record).await {
+    let names = match stable_names(g, opened, name, record).await {
         Ok(n) => n,
         Err(c) => return c,
     };
