@@ -376,7 +376,19 @@ pub(crate) fn stage(g: &Global, command: &StageCommand) -> i32 {
         StageCommand::Rollback { stage } => with_record(g, stage, |opened, record| rollback(g, opened, stage, record)),
         StageCommand::Destroy { stage } => with_record(g, stage, |opened, record| destroy(g, opened, stage, record)),
         StageCommand::Forward { dir } => runtime().block_on(async {
-            match crate::providers::local::forward::serve(dir).await {
+            // A stage's name (its systemd unit's `rehearse stage forward staging`), or the
+            // stage's directory (as `rebuild` starts it).
+            let dir = match dir.to_str() {
+                Some(name) if crate::description::decode::KeyRule::Identifier.check(name).is_ok() => {
+                    super::store::local_root(g).join("stages").join(name)
+                }
+                _ => dir.clone(),
+            };
+            if let Err(e) = crate::sys::state::private_dir(&dir) {
+                eprintln!("error: the stage's directory: {e}");
+                return exit::USAGE;
+            }
+            match crate::providers::local::forward::serve(&dir).await {
                 Ok(()) => exit::PASSED,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -418,13 +430,20 @@ where
 
 async fn status(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
-    let pointing_at = match stable_names(g, opened, stage, &record).await {
-        Ok(names) => names.pointing_at().await.ok().flatten(),
-        Err(_) => None,
+    let (pointing_at, unanswered) = match stable_names(g, opened, stage, &record).await {
+        Ok(names) => (
+            names.pointing_at().await.ok().flatten(),
+            names.unanswered().await.unwrap_or_else(|e| vec![format!("cannot tell who answers them: {e}")]),
+        ),
+        // Said already; the record is still worth showing.
+        Err(_) => (None, vec!["its stable names cannot be checked (see above)".to_string()]),
     };
+    // Names answered by something else than rehearse's are a failure of the stage.
+    let code = if unanswered.is_empty() { exit::PASSED } else { exit::BUILD_FAILED };
     if g.format == Format::Json {
-        let value = serde_json::json!({ "stage": record, "names_point_at": pointing_at });
-        return print_json(&value).map_or_else(|code| code, |()| exit::PASSED);
+        let value =
+            serde_json::json!({ "stage": record, "names_point_at": pointing_at, "names_unanswered": unanswered });
+        return print_json(&value).map_or_else(|code| code, |()| code);
     }
     let now = Utc::now();
     // To the second: an age, not a measurement.
@@ -460,6 +479,12 @@ async fn status(g: &Global, opened: Opened, stage: &str, record: StageRecord) ->
             c.map_or("none".to_string(), |c| format!("generation {c}"))
         ),
     }
+    for why in &unanswered {
+        println!("  error: {why}");
+    }
+    if !unanswered.is_empty() {
+        println!("  {}", unanswered_remedy(stage));
+    }
     println!("generations:");
     for gen in record.generations.iter().rev() {
         let when = match gen.fate {
@@ -477,7 +502,16 @@ async fn status(g: &Global, opened: Opened, stage: &str, record: StageRecord) ->
             when.unwrap_or_default()
         );
     }
-    exit::PASSED
+    code
+}
+
+/// What to do when a stage's names are not answered by its forwarder alone.
+fn unanswered_remedy(stage: &str) -> String {
+    format!(
+        "a client of the stable names would reach whatever answers them, and hand it the stage's password: stop any \
+         process that is not rehearse's on those ports, then start the forwarder (`systemctl start \
+         rehearse-forward@{stage}`, or `rehearse stage forward {stage}`; README: Staging as cattle)"
+    )
 }
 
 /// How to reach the stage through its stable names, its password included.
@@ -487,6 +521,19 @@ async fn env(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i3
         eprintln!("error: stage `{stage}` has no current generation yet");
         return exit::USAGE;
     };
+    // Handed out only while every name is answered by what rehearse set up for it.
+    let names = match stable_names(g, opened, stage, &record).await {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let unanswered = names.unanswered().await.unwrap_or_else(|e| vec![format!("cannot tell who answers them: {e}")]);
+    if !unanswered.is_empty() {
+        for why in &unanswered {
+            eprintln!("error: stage `{stage}`: {why}");
+        }
+        eprintln!("error: not handing out the stage's connection: {}", unanswered_remedy(stage));
+        return exit::BUILD_FAILED;
+    }
     let password = match password(opened.store.as_ref(), stage).await {
         Ok(p) => p,
         Err(e) => return store_error(opened.store.as_ref(), "cannot read the stage's password", e),
@@ -495,12 +542,16 @@ async fn env(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i3
         Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.to_string()),
         _ => (stable.to_string(), default_port.to_string()),
     };
+    // The stage's databases ask for SCRAM (`--auth-host=scram-sha-256`): a client that
+    // insists on it never sends the password to whatever else might answer a name.
+    // libpq 16 and later honour `require_auth`; libpq 15 refuses a URL that has it.
+    let require_auth = if libpq_takes_require_auth() { "?require_auth=scram-sha-256" } else { "" };
     let mut databases = BTreeMap::new();
     let mut services = BTreeMap::new();
     for (component, stable) in &record.names {
         if let Some(db) = record.databases.get(component) {
             let (host, port) = host_port(stable, &db.port);
-            let url = format!("postgres://{}:{password}@{host}:{port}/{}", db.user, db.name);
+            let url = format!("postgres://{}:{password}@{host}:{port}/{}{require_auth}", db.user, db.name);
             databases.insert(
                 component.clone(),
                 DatabaseOutputs {
@@ -529,7 +580,28 @@ async fn env(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i3
         }
     }
     let c = Connection { run_id: cur.run_id.clone(), databases, services };
-    super::access::print_connection(g, &c)
+    // libpq 15 ignores PGREQUIREAUTH; 16 and later refuse any authentication but SCRAM.
+    let extra = if c.databases.is_empty() { vec![] } else { vec![("PGREQUIREAUTH", "scram-sha-256")] };
+    super::access::print_connection_with(g, &c, &extra)
+}
+
+/// Whether this machine's libpq takes `require_auth` (16 and later): asked of its
+/// `psql` itself, with a connection string that cannot connect anywhere — libpq 15 says
+/// "invalid connection option" before trying.
+fn libpq_takes_require_auth() -> bool {
+    let psql = crate::providers::local::postgres::PgBin::find()
+        .map(|b| b.dir.join("psql"))
+        .unwrap_or_else(|_| std::path::PathBuf::from("psql"));
+    let out = std::process::Command::new(psql)
+        .args(["-X", "-w", "-d", "host=/nonexistent/rehearse-probe require_auth=scram-sha-256", "-c", ""])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .output();
+    out.is_ok_and(|o| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        !err.is_empty() && !err.contains("require_auth")
+    })
 }
 
 async fn rollback(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {

@@ -480,6 +480,12 @@ pub trait StableNames: Send + Sync {
     fn pointing_at(&self) -> NamesFuture<'_, Option<u64>>;
     /// Removes the names (and whatever serves them).
     fn remove(&self) -> NamesFuture<'_, ()>;
+    /// What is wrong with who answers the names now, one line per name (empty: each is
+    /// answered by what rehearse set up for it). Locally: a port another process holds
+    /// (a squatter would be handed every client's connection), or one nothing answers.
+    fn unanswered(&self) -> NamesFuture<'_, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Points the names where the record says, until the record holds still across a

@@ -601,6 +601,24 @@ pub(crate) fn group_holds_socket(pgid: i32, inode: u64) -> bool {
     })
 }
 
+/// Whether process `pid` itself holds the socket `inode` (its threads share its
+/// descriptors).
+pub(crate) fn process_holds_socket(pid: i32, inode: u64) -> bool {
+    let needle = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|rd| {
+        rd.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == needle.as_str()))
+    })
+}
+
+/// The processes holding the socket `inode` (those whose descriptors this user may
+/// read: all of them as root).
+pub(crate) fn socket_holders(inode: u64) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| process_holds_socket(*pid, inode))
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it soon after).
 pub(crate) fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
