@@ -64,7 +64,7 @@ impl Generations for Instant_ {
         })
     }
 
-    fn tear_down<'a>(&'a self, _run_id: &'a str) -> LocalFuture<'a, Result<(), String>> {
+    fn tear_down<'a>(&'a self, _run_id: &'a str, _number: u64) -> LocalFuture<'a, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -904,6 +904,7 @@ fn down_and_sweep_refuse_a_work_directory_the_attacker_recreated() {
         for d in [sb.state(), sb.state().join("runs"), runs.clone()] {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
+        rehearse::engine::journal::mark_here(&runs, run_id).unwrap();
         write_journal(
             &runs.join("journal.jsonl"),
             &[
@@ -1597,4 +1598,201 @@ exit 1
         masked,
         "no log under the state directory shows the install's printed password masked (`install sees ***`)"
     );
+}
+
+// =================================================================================
+// A stage's stable ports (issue 23, part 2, item 7)
+// =================================================================================
+
+/// What the attacker runs to squat a port: a PostgreSQL server in appearance, which
+/// asks every client for its password in clear text and writes what it gets to
+/// `DIR/captured`. Arguments: address, port, DIR.
+const SQUATTER: &str = r#"
+import socket, struct, sys
+host, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)
+s.bind((host, port))
+s.listen(8)
+open(out + '/listening', 'w').close()
+def packet(c):
+    n = struct.unpack('!I', c.recv(4))[0]
+    return c.recv(n - 4)
+while True:
+    c, _ = s.accept()
+    try:
+        body = packet(c)
+        while struct.unpack('!I', body[:4])[0] in (80877103, 80877104):  # SSL, GSS: no
+            c.sendall(b'N')
+            body = packet(c)
+        c.sendall(b'R' + struct.pack('!II', 8, 3))  # AuthenticationCleartextPassword
+        if c.recv(1) == b'p':
+            open(out + '/captured', 'wb').write(packet(c))
+    except Exception:
+        pass
+    c.close()
+"#;
+
+/// The export lines of `rehearse stage env` as (name, value).
+fn exported(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+/// A local stage as a rebuild leaves it — its record and password in the store, the
+/// forwarder's ports and targets in its directory — with its forwarder down (the
+/// generation is long gone: the test is about the names). Its stable database port, its
+/// password and the stage's directory.
+fn stage_with_its_forwarder_down(sb: &Sandbox) -> (u16, &'static str, PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = sb.state().join("stages").join("staging");
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in [sb.state(), sb.state().join("stages"), dir.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let password = "Stage-password-that-no-squatter-may-see-4f1c";
+    let record = serde_json::json!({
+        "stage": "staging", "environment": "staging", "provider": "local", "revision": 3,
+        "written_by": "x", "updated_at": "2026-11-27T02:00:00Z", "current": 1,
+        "names": {"db": format!("127.0.0.1:{port}")},
+        "databases": {"db": {"name": "shop", "user": "app", "port": port.to_string()}},
+        "generations": [{"number": 1, "run_id": "r-20261127-020000-abcdef", "release": "v1",
+            "started_at": "2026-11-27T02:00:00Z", "fate": "current", "targets": {"db": ["127.0.0.1:1"]}}]
+    });
+    std::fs::write(dir.join("stage.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+    std::fs::write(dir.join("secret.json"), serde_json::json!({ "password": password }).to_string()).unwrap();
+    std::fs::write(dir.join("listen.json"), serde_json::json!({ "db": port }).to_string()).unwrap();
+    std::fs::write(dir.join("targets.json"), r#"{"generation": 1, "targets": {"db": ["127.0.0.1:1"]}}"#).unwrap();
+    (port, password, dir)
+}
+
+/// The attacker's squatter on `host`:`port`, once it listens; `Err`: why it could not.
+fn squat(sb: &Sandbox, host: &str, port: u16) -> Result<Child, String> {
+    let shared = sb.shared();
+    let _ = std::fs::remove_file(shared.join("listening"));
+    let mut child = attacker(
+        "exec python3 -c \"$1\" \"$2\" \"$3\" \"$4\"",
+        &[os(SQUATTER), os(host), os(&port.to_string()), os(&shared)],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !shared.join("listening").exists() {
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child)
+}
+
+/// `rehearse stage ARGS` as root: (exit code, stdout, stderr).
+fn stage_cmd(sb: &Sandbox, args: &[&str]) -> (i32, String, String) {
+    output({
+        let mut c = sb.cmd();
+        c.arg("stage").args(args);
+        c
+    })
+}
+
+/// A local stage whose forwarder is down (after a reboot): another local user binds
+/// its stable database port and answers as PostgreSQL would, asking for the password
+/// in clear text. `stage status` said the names point at nothing, `stage env` handed
+/// out the connection anyway, and psql sent the stage's password to the squatter. Now
+/// `stage env` refuses while anything but the forwarder answers a stable name, says
+/// who does and what to do, and `stage status` fails saying the same.
+#[test]
+fn a_squatter_on_a_stage_port_is_handed_no_connection_and_no_password() {
+    if !root_or_skip("a_squatter_on_a_stage_port_is_handed_no_connection_and_no_password") {
+        return;
+    }
+    attacker_is_unprivileged();
+    let sb = Sandbox::new();
+    let (port, password, _) = stage_with_its_forwarder_down(&sb);
+    let mut squatter = squat(&sb, "127.0.0.1", port).expect("the attacker could not bind the stage's free port");
+    let (code, out, err) = stage_cmd(&sb, &["env", "staging"]);
+    if code == 0 {
+        // What a client does with it: psql, as the README shows.
+        let _ = Command::new("psql")
+            .args(["-X", "-w", "-c", "select 1"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .envs(exported(&out))
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output();
+    }
+    let captured = std::fs::read(sb.shared().join("captured")).unwrap_or_default();
+    let (s_code, s_out, s_err) = stage_cmd(&sb, &["status", "staging"]);
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    assert!(
+        !String::from_utf8_lossy(&captured).contains(password),
+        "psql sent the stage's password to the user {ATTACKER} squatting its stable port, with what `stage env` \
+         handed out:\n{out}{err}"
+    );
+    assert_eq!(code, 3, "`stage env` handed out the connection while {ATTACKER} held the stable port:\n{out}{err}");
+    assert!(!out.contains(password), "{out}");
+    let who = format!(
+        "port {port} of `db` is answered by pid {} (user {ATTACKER}), not by the stage's forwarder",
+        squatter.id()
+    );
+    assert!(err.contains(&who) && err.contains("not handing out the stage's connection"), "{err}");
+    assert!(err.contains("rehearse stage forward staging"), "the refusal says what to do: {err}");
+    assert_eq!(s_code, 3, "`stage status` with a squatter on its port:\n{s_out}{s_err}");
+    assert!(s_out.contains(&who), "{s_out}");
+}
+
+/// The stage's forwarder (as its systemd unit starts it after a reboot) listened on
+/// 127.0.0.1 only: another user could bind [::1] on the same port, and a client that
+/// resolves `localhost` to ::1 reached them. It holds both loopback addresses now;
+/// `stage env` then hands out the connection, asking libpq for SCRAM.
+#[test]
+fn the_stage_forwarder_leaves_no_loopback_address_of_its_ports_to_another_user() {
+    if !root_or_skip("the_stage_forwarder_leaves_no_loopback_address_of_its_ports_to_another_user") {
+        return;
+    }
+    attacker_is_unprivileged();
+    let sb = Sandbox::new();
+    let (port, password, dir) = stage_with_its_forwarder_down(&sb);
+    let mut forwarder = sb
+        .cmd()
+        .args(["stage", "forward"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("forwarder.json").exists() {
+        assert!(forwarder.try_wait().unwrap().is_none(), "the forwarder exited");
+        assert!(Instant::now() < deadline, "the forwarder did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let squatted = squat(&sb, "::1", port);
+    let (code, out, err) = stage_cmd(&sb, &["env", "staging"]);
+    let (s_code, s_out, s_err) = stage_cmd(&sb, &["status", "staging"]);
+    let squatted = squatted.map(|mut s| {
+        let _ = s.kill();
+        let _ = s.wait();
+    });
+    let _ =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(forwarder.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = forwarder.wait();
+    assert!(
+        squatted.is_err(),
+        "the user {ATTACKER} bound [::1]:{port} while the stage's forwarder served 127.0.0.1:{port} (`stage env` \
+         exited {code}):\n{out}{err}"
+    );
+    assert_eq!(code, 0, "{err}");
+    let vars: BTreeMap<String, String> = exported(&out).into_iter().collect();
+    assert_eq!(vars.get("PGREQUIREAUTH").map(String::as_str), Some("scram-sha-256"), "{out}");
+    assert_eq!(vars.get("PGPASSWORD").map(String::as_str), Some(password), "{out}");
+    assert_eq!(s_code, 0, "{s_out}{s_err}");
 }

@@ -478,7 +478,11 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
         })
     }
 
-    fn tear_down<'a>(&'a self, run_id: &'a str) -> rehearse::engine::rebuild::LocalFuture<'a, Result<(), String>> {
+    fn tear_down<'a>(
+        &'a self,
+        run_id: &'a str,
+        _number: u64,
+    ) -> rehearse::engine::rebuild::LocalFuture<'a, Result<(), String>> {
         Box::pin(self.down(run_id))
     }
 }

@@ -2,6 +2,8 @@
 //! the demo shop's releases, and clients that only know the stage's stable ports.
 
 mod common;
+#[path = "common/emulator.rs"]
+mod emulator;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -281,4 +283,170 @@ fn status_runs(s: &serde_json::Value) -> Vec<String> {
 fn unsafe_kill(pid: i32, sig: i32) {
     let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
     assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A stage's record as rehearse writes it (local provider, one current generation),
+/// with `edit` applied.
+fn stage_record(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut record = serde_json::json!({
+        "stage": "staging", "environment": "staging", "provider": "local", "revision": 3,
+        "written_by": "x", "updated_at": "2026-11-27T02:00:00Z", "current": 1,
+        "names": {"db": "127.0.0.1:25432"},
+        "databases": {"db": {"name": "shop", "user": "app", "port": "25432"}},
+        "record_ttl_secs": 0, "drain_secs": 0,
+        "generations": [{
+            "number": 1, "run_id": "r-20261127-020000-abcdef", "release": "v1",
+            "started_at": "2026-11-27T02:00:00Z", "fate": "current",
+            "targets": {"db": ["127.0.0.1:5432"]}
+        }]
+    });
+    edit(&mut record);
+    serde_json::to_vec_pretty(&record).unwrap()
+}
+
+/// Where a test plants a stage's record: the directory store (`file://`) or the
+/// emulator's S3 — written as anyone with the shipped IAM policy may (a plain PUT).
+enum Store<'a> {
+    File(PathBuf),
+    S3(&'a emulator::Emulator, &'a tokio::runtime::Runtime, aws_sdk_s3::Client),
+}
+
+impl Store<'_> {
+    fn url(&self) -> String {
+        match self {
+            Store::File(state) => format!("file://{}", state.display()),
+            Store::S3(..) => "s3://team-state/rehearse".into(),
+        }
+    }
+
+    fn plant(&self, body: Vec<u8>) {
+        use std::os::unix::fs::PermissionsExt;
+        match self {
+            Store::File(state) => {
+                let dir = state.join("stages").join("staging");
+                std::fs::create_dir_all(&dir).unwrap();
+                for d in [state.clone(), state.join("stages"), dir.clone()] {
+                    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+                }
+                std::fs::write(dir.join("stage.json"), body).unwrap();
+            }
+            Store::S3(_, rt, s3) => {
+                let put =
+                    s3.put_object().bucket("team-state").key("rehearse/stages/staging/stage.json").body(body.into());
+                rt.block_on(put.send()).unwrap();
+            }
+        }
+    }
+
+    fn cmd(&self, sb: &Sandbox) -> Command {
+        let mut c = match self {
+            Store::File(_) => sb.cmd(),
+            Store::S3(emu, ..) => emu.rehearse(sb),
+        };
+        c.env("REHEARSE_STATE", self.url());
+        c
+    }
+}
+
+/// Mode and entries of a directory: what must not change.
+fn dir_state(dir: &std::path::Path) -> (u32, Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0);
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    (mode, names)
+}
+
+/// The state store is a stranger's input (issue 23, part 2, item 1): a stage record
+/// planted under `stages/staging/stage.json` whose `stage` is `../../victimdir` made
+/// `stage status staging` change a directory outside the state directory to 0700 and
+/// (with an S3 store) `stage destroy staging` delete it. Such a record is refused now,
+/// with its key named, and the directory is untouched; so are records whose names,
+/// targets or run ids lack their grammar (a target elsewhere than 127.0.0.1 would have
+/// the forwarder hand clients — and the stage's password — to a stranger), and a
+/// rebuild refuses a record with a stable name its description does not have.
+#[test]
+fn a_forged_stage_record_is_refused_and_reaches_nothing_outside_the_stage() {
+    use std::os::unix::fs::PermissionsExt;
+    let emu = emulator::Emulator::start(false);
+    let rt = emulator::rt();
+    let s3 = emu.bucket(&rt, "team-state");
+    for shared in [true, false] {
+        let sb = Sandbox::new();
+        let store = if shared { Store::S3(&emu, &rt, s3.clone()) } else { Store::File(sb.state()) };
+        // The state directory as any local stage leaves it.
+        std::fs::create_dir_all(sb.state().join("stages")).unwrap();
+        for d in [sb.state(), sb.state().join("stages")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let stage = |args: &[&str]| {
+            let out = store.cmd(&sb).arg("stage").args(args).output().unwrap();
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status.code().unwrap_or(-1), said)
+        };
+        let key = format!("{}/stages/staging/stage.json", store.url());
+        // A directory beside the state directory, as `STATE/stages/../../victimdir` names it.
+        let victim = sb.dir.path().join("victimdir");
+        let make_victim = || {
+            std::fs::create_dir_all(&victim).unwrap();
+            std::fs::write(victim.join("canary"), "must survive").unwrap();
+            std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+            dir_state(&victim)
+        };
+        let before = make_victim();
+        store.plant(stage_record(|r| r["stage"] = "../../victimdir".into()));
+        let mut failures = Vec::new();
+        for args in [&["status", "staging"][..], &["env", "staging"], &["destroy", "staging"]] {
+            let (code, said) = stage(args);
+            let command = format!("`rehearse stage {}` with a forged record in {}", args.join(" "), store.url());
+            let after = dir_state(&victim);
+            if after != before {
+                failures.push(format!("{command} changed {} from {before:?} to {after:?}:\n{said}", victim.display()));
+                make_victim();
+            }
+            let refused = said.contains(&format!("refusing the stage's record {key}"))
+                && said.contains(r#"its `stage` is "../../victimdir", not `staging`"#);
+            if code == 0 || !refused {
+                failures.push(format!("{command} exited {code} without refusing the record:\n{said}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+        // Names, targets, run ids, database names: each must have its grammar.
+        type Edit = fn(&mut serde_json::Value);
+        let forged: [(&str, Edit); 5] = [
+            ("a target elsewhere", |r| r["generations"][0]["targets"]["db"][0] = "203.0.113.7:5432".into()),
+            ("a stable name that is no port", |r| r["names"]["db"] = "127.0.0.1:25432/../../x".into()),
+            ("a run id with a path in it", |r| r["generations"][0]["run_id"] = "r-1/../../../etc".into()),
+            ("a database name with URL parameters", |r| r["databases"]["db"]["name"] = "shop?host=203.0.113.7".into()),
+            ("a current generation it does not have", |r| r["current"] = 7.into()),
+        ];
+        for (what, edit) in forged {
+            store.plant(stage_record(edit));
+            let (code, said) = stage(&["status", "staging"]);
+            assert_ne!(code, 0, "a record with {what} was accepted:\n{said}");
+            assert!(said.contains(&format!("refusing the stage's record {key}")), "{what}: {said}");
+        }
+        if shared {
+            continue;
+        }
+
+        // With the description at hand, the record must agree with it.
+        let (file, db, web) = staging(&sb);
+        store.plant(stage_record(|r| {
+            r["names"] = serde_json::json!({"db": format!("127.0.0.1:{db}"), "web": format!("127.0.0.1:{web}"),
+                "admin": "127.0.0.1:29999"});
+        }));
+        let out = store.cmd(&sb).arg("rebuild").arg(&file).args(["--release", "v1"]).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{said}");
+        assert!(said.contains(&format!("refusing the stage's record {key}")), "{said}");
+        assert!(
+            said.contains("it has a stable name for `admin` (127.0.0.1:29999), which the description does not"),
+            "{said}"
+        );
+        assert!(sb.run_ids().is_empty(), "a generation was built from a record that disagrees with the description");
+    }
 }

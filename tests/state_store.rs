@@ -248,3 +248,180 @@ fn twenty_processes_one_lock_in_s3_and_a_killed_holder_is_taken_over_after_its_l
     let status = holder.wait().unwrap();
     assert_eq!(status.code(), Some(5));
 }
+
+// ---------------------------------------------------------------------------------
+// Journals in the store are a stranger's input (issue 23, part 2, item 2)
+// ---------------------------------------------------------------------------------
+
+/// A process of this machine in a process group of its own, that rehearse must never
+/// signal (as root: a root process).
+fn bait() -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    Command::new("sleep").arg("600").process_group(0).stdin(Stdio::null()).spawn().unwrap()
+}
+
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+fn alive(c: &mut std::process::Child) -> bool {
+    c.try_wait().unwrap().is_none()
+}
+
+/// Writes `records` as journal records `first`, `first + 1`, … of `run_id` in the
+/// emulator's S3, as anyone with the shipped IAM policy may (If-None-Match: *).
+fn plant_records(
+    rt: &tokio::runtime::Runtime,
+    s3: &aws_sdk_s3::Client,
+    run_id: &str,
+    first: usize,
+    records: &[serde_json::Value],
+) {
+    for (i, r) in records.iter().enumerate() {
+        let key = format!("rehearse/runs/{run_id}/journal/{:010}.json", first + i);
+        rt.block_on(
+            s3.put_object()
+                .bucket("team-state")
+                .key(&key)
+                .if_none_match("*")
+                .body(format!("{r}\n").into_bytes().into())
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("cannot plant {key}: {e:?}"));
+    }
+}
+
+/// A forged journal in the shared store of a local run "from another host": its
+/// process handle names a live process with its true start time (here: this test) as
+/// the pid and a victim's process group as the pgid, its cluster's postmaster another
+/// victim — the finding used `{pid: 1, start_time: <init's>, pgid: <victim>}`.
+/// `sweep --yes` killed both (local teardown never compared the journal's host, checked
+/// the start time on `pid` and signalled `pgid`). This machine did not journal the run:
+/// `sweep` and `down` leave it alone and say so, with no command that would remove it.
+#[test]
+fn a_forged_journal_from_another_host_never_signals_a_process_here() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let s3 = emu.bucket(&rt, "team-state");
+    let sb = Sandbox::new();
+    // The run's work directory would be WORK/runs/RUN: its parents exist, and are ours.
+    std::fs::create_dir_all(sb.work().join("runs")).unwrap();
+    std::fs::set_permissions(sb.work().join("runs"), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    let run_id = "r-20000101-000000-f0f0f0";
+    let work = sb.work().join("runs").join(run_id);
+    let (mut group_victim, mut server_victim) = (bait(), bait());
+    let me = std::process::id();
+    let dead = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let records = [
+        serde_json::json!({
+            "type": "run", "run_id": run_id, "environment": "shop", "provider": "local",
+            "description": "environments/demo.yaml", "release": "v2", "owner": "ci@example.com",
+            "started_at": "2000-01-01T00:00:00Z", "expires_at": "2000-01-01T02:00:00Z", "destroy": "always",
+            "work_dir": work, "region": null, "pid": dead, "pid_start": 1, "host": "ci-7"
+        }),
+        serde_json::json!({
+            "type": "created", "id": "database.db", "kind": "local.postgres", "at": "2000-01-01T00:00:01Z",
+            "handle": {"cluster": {"base": work.join("db-db"), "port": 5432, "run_as": null,
+                "postmaster": {"pid": server_victim.id(), "pgid": 0, "start_time": start_time(server_victim.id())}}}
+        }),
+        serde_json::json!({
+            "type": "created", "id": "service.web.0", "kind": "local.process", "at": "2000-01-01T00:00:02Z",
+            "handle": {"port": 8080, "process": {"pid": me, "start_time": start_time(me), "pgid": group_victim.id()}}
+        }),
+    ];
+    plant_records(&rt, &s3, run_id, 1, &records);
+    let shared = || {
+        let mut c = emu.rehearse(&sb);
+        c.env("REHEARSE_STATE", "s3://team-state/rehearse");
+        c
+    };
+
+    let sweep = shared().args(["sweep", "--yes"]).output().unwrap();
+    let down = shared().args(["down", run_id]).output().unwrap();
+    let (group_alive, server_alive) = (alive(&mut group_victim), alive(&mut server_victim));
+    for mut c in [group_victim, server_victim] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let said = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    let (sweep_said, down_said) = (said(&sweep), said(&down));
+    assert!(
+        group_alive && server_alive,
+        "a forged journal had processes here killed (its process handle's group: {}, its postmaster: {}):\n\
+         {sweep_said}\n{down_said}",
+        if group_alive { "alive" } else { "KILLED" },
+        if server_alive { "alive" } else { "KILLED" },
+    );
+    assert_eq!(sweep.status.code(), Some(0), "{sweep_said}");
+    assert!(sweep_said.contains(&format!("{run_id}: not this host's run: left alone")), "{sweep_said}");
+    assert_eq!(down.status.code(), Some(2), "{down_said}");
+    assert!(down_said.contains(&format!("{run_id}: not this host's run: left alone")), "{down_said}");
+    for text in [&sweep_said, &down_said] {
+        assert!(!text.contains("kill ") && !text.contains("remove with"), "a removal command was offered:\n{text}");
+    }
+}
+
+/// A run this machine journaled, kept, with a shared store: another writer appends a
+/// `created` record to its journal in the store naming a process of this machine —
+/// well formed, group leader, true start time. Fetching the journal used to replace
+/// the local one whenever the store had more records, and `down` then stopped that
+/// process. The machine's own journal is kept: the record is refused with its key
+/// named, the stranger's process lives, and the run is still removed completely.
+#[test]
+fn a_record_appended_in_the_store_to_this_machines_run_is_refused() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let s3 = emu.bucket(&rt, "team-state");
+    let sb = Sandbox::new();
+    let release = sb.dir.path().join("release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("README"), "a release with nothing in it\n").unwrap();
+    let file = write_description(
+        &sb,
+        "mini.yaml",
+        &format!(
+            "name: mini\nprovider: local\nowner: tests@example.com\nrelease:\n  version: v1\n  artifact: \"{}\"\n\
+             services:\n  web:\n    command: \"exec sleep 300\"\n",
+            release.display()
+        ),
+    );
+    let shared = || {
+        let mut c = emu.rehearse(&sb);
+        c.env("REHEARSE_STATE", "s3://team-state/rehearse");
+        c
+    };
+    let up = shared().arg("up").arg(&file).output().unwrap();
+    assert_eq!(up.status.code(), Some(0), "{}", String::from_utf8_lossy(&up.stderr));
+    let run_id = sb.run_ids().pop().unwrap();
+    let have = emu.keys(&rt, &s3, "team-state", &format!("rehearse/runs/{run_id}/journal/")).len();
+    let mut victim = bait();
+    let forged = serde_json::json!({
+        "type": "created", "id": "service.web.1", "kind": "local.process", "at": "2026-01-01T00:00:00Z",
+        "handle": {"port": 8080, "process": {"pid": victim.id(), "pgid": victim.id(), "start_time": start_time(victim.id())}}
+    });
+    plant_records(&rt, &s3, &run_id, have + 1, &[forged]);
+
+    let down = shared().args(["down", &run_id]).output().unwrap();
+    let victim_alive = alive(&mut victim);
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let said = format!("{}{}", String::from_utf8_lossy(&down.stdout), String::from_utf8_lossy(&down.stderr));
+    assert!(victim_alive, "a record appended in the store had `down` kill a process it never started:\n{said}");
+    assert_eq!(down.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "refusing the record s3://team-state/rehearse/runs/{run_id}/journal/{:010}.json",
+            have + 1
+        )),
+        "{said}"
+    );
+    assert_nothing_left(&sb, &run_id);
+}

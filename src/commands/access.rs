@@ -50,6 +50,12 @@ pub(super) fn env(g: &Global, run_id: &str) -> i32 {
 
 /// Prints connection details as `env` does (shell, dotenv or JSON).
 pub(super) fn print_connection(g: &Global, c: &Connection) -> i32 {
+    print_connection_with(g, c, &[])
+}
+
+/// [`print_connection`], with `extra` variables after the connection's (shell and
+/// dotenv; JSON is the connection alone).
+pub(super) fn print_connection_with(g: &Global, c: &Connection, extra: &[(&str, &str)]) -> i32 {
     if g.format == Format::Json {
         return print_json(c).map_or_else(|code| code, |()| exit::PASSED);
     }
@@ -69,6 +75,7 @@ pub(super) fn print_connection(g: &Global, c: &Connection) -> i32 {
         vars.push(("DATABASE_URL".into(), db.url.clone()));
         vars.extend(db.libpq_env());
     }
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     // Each variable once (the standard set may carry libpq's already), first place kept.
     let mut seen = std::collections::BTreeSet::new();
     vars.retain(|(k, _)| seen.insert(k.clone()));

@@ -261,7 +261,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         // Both down, from their journals, whatever came of them.
         let mut left = 0;
         for o in [&ob, &oc] {
-            if super::stage::down_generation(g, &o.run_id).await != exit::PASSED {
+            if super::stage::down_generation(g, &o.run_id, None).await != exit::PASSED {
                 left += 1;
                 eprintln!("compare: run {} is not fully torn down: `rehearse down {}`", o.run_id, o.run_id);
             }

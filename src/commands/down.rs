@@ -41,11 +41,18 @@ pub(super) async fn close_journal(journal: &Journal, complete: bool) {
 }
 
 pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
-    down_run(g, run_id, region, false)
+    down_run(g, run_id, region, None)
 }
 
-/// `down`; a stage's current generation only with `stage_current` (`stage destroy`).
-pub(crate) fn down_run(g: &Global, run_id: &str, region: Option<&str>, stage_current: bool) -> i32 {
+/// `down`; with `generation` (a rebuild or `stage destroy` tearing down that stage's
+/// generation), also a stage's current generation — and only a run whose journal says
+/// it is that generation.
+pub(crate) fn down_run(
+    g: &Global,
+    run_id: &str,
+    region: Option<&str>,
+    generation: Option<&crate::engine::stage::StageRef>,
+) -> i32 {
     if !state::valid_run_id(run_id) {
         eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
         return exit::USAGE;
@@ -68,6 +75,14 @@ pub(crate) fn down_run(g: &Global, run_id: &str, region: Option<&str>, stage_cur
                         eprintln!("error: the journal {} belongs to run {}, not {run_id}", path.display(), meta.run_id);
                         return exit::USAGE;
                     }
+                    // A local run's processes and files are the machine's that journaled it;
+                    // what a journal from the store names here is nobody's to remove.
+                    if meta.provider != "aws" {
+                        if let Err(why) = journal::journaled_here(path.parent().unwrap_or(Path::new(".")), run_id) {
+                            eprintln!("{}", not_here_text(run_id, &meta, &why));
+                            return exit::USAGE;
+                        }
+                    }
                     if finished.is_none() && meta.pid != std::process::id() && run_alive(&meta, path.parent()) {
                         if let Some(lease) = other_host_lease(&meta, path.parent()) {
                             eprintln!(
@@ -83,8 +98,21 @@ pub(crate) fn down_run(g: &Global, run_id: &str, region: Option<&str>, stage_cur
                         );
                         return exit::USAGE;
                     }
-                    let current = match (&meta.stage, stage_current) {
-                        (Some(s), false) => super::stage::current_generation_of(g, run_id, s).await,
+                    if let Some(want) = generation.filter(|want| meta.stage.as_ref() != Some(*want)) {
+                        eprintln!(
+                            "error: run {run_id} is not generation {} of stage `{}` (its journal says {}): left alone",
+                            want.generation,
+                            want.stage,
+                            meta.stage.as_ref().map_or("it is no stage's".to_string(), |s| format!(
+                                "generation {} of `{}`",
+                                s.generation,
+                                s.stage.escape_debug()
+                            ))
+                        );
+                        return exit::USAGE;
+                    }
+                    let current = match (&meta.stage, generation) {
+                        (Some(s), None) => super::stage::current_generation_of(g, run_id, s).await,
                         _ => None,
                     };
                     {
@@ -187,6 +215,10 @@ async fn finish_down<P: Provider>(
     let out =
         teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new())
             .await;
+    if let Some(why) = out.not_here() {
+        eprintln!("rehearse: {run_id}: not this host's run: left alone ({why})");
+        return exit::USAGE;
+    }
     close_journal(journal, out.complete()).await;
     if out.complete() {
         // Nothing left to connect to: its connection details (and their secrets) go too.
@@ -293,6 +325,16 @@ async fn synthetic_journal(
         j.created(&id, t.kind, serde_json::json!({ key: t.id })).await.map_err(io)?;
     }
     Ok(j)
+}
+
+/// What `down` and `sweep` say of a local run this machine did not journal.
+pub(super) fn not_here_text(run_id: &str, meta: &journal::RunMeta, why: &str) -> String {
+    let claim =
+        meta.host.as_deref().map(|h| format!("; its journal says host `{}`", h.escape_debug())).unwrap_or_default();
+    format!(
+        "rehearse: {run_id}: not this host's run: left alone ({why}{claim}); a local run's processes and files are \
+         removed only on the machine that ran it, with `rehearse down {run_id}` there"
+    )
 }
 
 /// A run's lease as last fetched from the shared store, when the run is on another

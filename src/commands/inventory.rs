@@ -75,6 +75,10 @@ struct RunRow {
     owner: String,
     /// The stage generation it is (`rehearse rebuild`).
     stage: Option<crate::engine::stage::StageRef>,
+    /// A local run this machine did not journal (fetched from the store): why it is
+    /// left alone here.
+    #[serde(skip)]
+    not_here: Option<(String, Option<String>)>,
 }
 
 impl RunRow {
@@ -153,9 +157,13 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
                 user: None,
                 owner: "?".into(),
                 stage: None,
+                not_here: None,
             });
             continue;
         };
+        let not_here = (meta.provider != "aws")
+            .then(|| journal::journaled_here(&e.path(), &meta.run_id).err().map(|why| (why, meta.host.clone())))
+            .flatten();
         let remaining = st.remaining().len();
         let status = match (&st.finished, st.torn_down) {
             (_, Some(true)) if remaining == 0 => RunStatus::Destroyed,
@@ -180,6 +188,7 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
             user: meta.user,
             owner: meta.owner,
             stage: meta.stage,
+            not_here,
         });
     }
     rows.sort_by(|a, b| a.run_id.cmp(&b.run_id));
@@ -378,6 +387,22 @@ pub(crate) fn sweep(
         .filter(|r| r.expires_at <= now || r.status == RunStatus::Crashed)
         .filter(|r| min_age.is_none_or(|age| now - r.started_at >= age))
         .filter(|r| environment.is_none_or(|e| r.environment == e))
+        .collect();
+    // A local run this machine did not journal (its journal came from the store) names
+    // nothing here that is provably its own: left alone, whatever its journal says.
+    let candidates: Vec<RunRow> = candidates
+        .into_iter()
+        .filter(|r| match &r.not_here {
+            Some((why, host)) => {
+                let claim = host
+                    .as_deref()
+                    .map(|h| format!("; its journal says host `{}`", h.escape_debug()))
+                    .unwrap_or_default();
+                println!("{}: not this host's run: left alone ({why}{claim})", r.run_id);
+                false
+            }
+            None => true,
+        })
         .collect();
     // A stage's current generation serves through the stage's stable names: no TTL
     // removes it, only a later generation or `rehearse stage destroy`.

@@ -52,9 +52,19 @@ fn store_error(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -
     exit::BUILD_FAILED
 }
 
-/// The stage's stable names as its record (or, before the first rebuild, its
-/// description) has them.
-async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Result<Box<dyn StableNames>, i32> {
+/// The stage `stage`'s stable names as its record (checked against `stage` when it
+/// was loaded) or, for a rebuild, its description has them. The stage's directory is
+/// built from `stage`, the name given on the command line or in the description.
+async fn stable_names(
+    g: &Global,
+    opened: &Opened,
+    stage: &str,
+    record: &StageRecord,
+) -> Result<Box<dyn StableNames>, i32> {
+    if let Err(why) = record.check(stage) {
+        eprintln!("error: the stage `{stage}`: {why}");
+        return Err(exit::USAGE);
+    }
     match record.provider.as_str() {
         "local" => {
             let mut ports = BTreeMap::new();
@@ -68,7 +78,7 @@ async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Resu
                     }
                 };
             }
-            let dir = super::store::local_root_for(g, opened.url.as_ref()).join("stages").join(&record.stage);
+            let dir = super::store::local_root_for(g, opened.url.as_ref()).join("stages").join(stage);
             crate::providers::local::forward::LocalNames::new(&dir, ports)
                 .map(|n| Box::new(n) as Box<dyn StableNames>)
                 .map_err(|e| {
@@ -81,13 +91,19 @@ async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Resu
                 eprintln!("error: the stage `{}` names no Route 53 zone (`stage.zone`)", record.stage);
                 return Err(exit::USAGE);
             };
-            Ok(Box::new(crate::providers::aws::dns::Route53Names {
+            let names = crate::providers::aws::dns::Route53Names {
                 api: crate::providers::aws::sdk::route53::Route53::new().await,
                 zone,
                 ttl: record.record_ttl_secs.max(1),
                 names: record.names.clone(),
                 databases: record.databases.keys().cloned().collect(),
-            }))
+            };
+            // Every name it will upsert or delete must lie inside the zone.
+            if let Err(why) = names.check_in_zone().await {
+                eprintln!("error: the stage `{stage}`: {why}");
+                return Err(exit::USAGE);
+            }
+            Ok(Box::new(names))
         }
         other => {
             eprintln!("error: the stage `{}` is on the unknown provider `{other}`", record.stage);
@@ -122,13 +138,14 @@ async fn password(store: &dyn ObjectStore, stage: &str) -> Result<String, StoreE
     }
 }
 
-/// `rehearse down RUN` from a blocking thread (it runs its own runtime), allowed to
-/// remove a stage's generation.
-pub(super) async fn down_generation(g: &Global, run_id: &str) -> i32 {
+/// `rehearse down RUN` from a blocking thread (it runs its own runtime); with
+/// `generation`, allowed to remove that generation of a stage — and only if the run's
+/// journal says it is that generation.
+pub(super) async fn down_generation(g: &Global, run_id: &str, generation: Option<st::StageRef>) -> i32 {
     let (g, run_id) = (g.clone(), run_id.to_string());
     tokio::task::spawn_blocking(move || {
         super::store::fetched(&g, Some(&run_id), &[super::store::Part::Journal, super::store::Part::Connection], || {
-            super::down::down_run(&g, &run_id, None, true)
+            super::down::down_run(&g, &run_id, None, generation.as_ref())
         })
         .unwrap_or_else(|code| code)
     })
@@ -213,7 +230,7 @@ async fn rebuild_locked(
     let store = opened.store.as_ref();
     let name = stage.name.as_str();
     let fresh = fresh_record(stage, &loaded.desc.name, loaded.desc.provider().as_str(), &loaded.desc.databases, drain);
-    let names = match stable_names(g, opened, &fresh).await {
+    let names = match stable_names(g, opened, name, &fresh).await {
         Ok(n) => n,
         Err(code) => return code,
     };
@@ -342,9 +359,10 @@ impl Generations for Runs<'_> {
         })
     }
 
-    fn tear_down<'a>(&'a self, run_id: &'a str) -> LocalFuture<'a, Result<(), String>> {
+    fn tear_down<'a>(&'a self, run_id: &'a str, number: u64) -> LocalFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            match down_generation(self.g, run_id).await {
+            let generation = st::StageRef { stage: self.stage.to_string(), generation: number };
+            match down_generation(self.g, run_id, Some(generation)).await {
                 exit::PASSED => Ok(()),
                 code => Err(format!("`rehearse down {run_id}` exited with {code}")),
             }
@@ -354,12 +372,24 @@ impl Generations for Runs<'_> {
 
 pub(crate) fn stage(g: &Global, command: &StageCommand) -> i32 {
     match command {
-        StageCommand::Status { stage } => with_record(g, stage, |opened, record| status(g, opened, record)),
-        StageCommand::Env { stage } => with_record(g, stage, |opened, record| env(g, opened, record)),
-        StageCommand::Rollback { stage } => with_record(g, stage, |opened, record| rollback(g, opened, record)),
-        StageCommand::Destroy { stage } => with_record(g, stage, |opened, record| destroy(g, opened, record)),
+        StageCommand::Status { stage } => with_record(g, stage, |opened, record| status(g, opened, stage, record)),
+        StageCommand::Env { stage } => with_record(g, stage, |opened, record| env(g, opened, stage, record)),
+        StageCommand::Rollback { stage } => with_record(g, stage, |opened, record| rollback(g, opened, stage, record)),
+        StageCommand::Destroy { stage } => with_record(g, stage, |opened, record| destroy(g, opened, stage, record)),
         StageCommand::Forward { dir } => runtime().block_on(async {
-            match crate::providers::local::forward::serve(dir).await {
+            // A stage's name (its systemd unit's `rehearse stage forward staging`), or the
+            // stage's directory (as `rebuild` starts it).
+            let dir = match dir.to_str() {
+                Some(name) if crate::description::decode::KeyRule::Identifier.check(name).is_ok() => {
+                    super::store::local_root(g).join("stages").join(name)
+                }
+                _ => dir.clone(),
+            };
+            if let Err(e) = crate::sys::state::private_dir(&dir) {
+                eprintln!("error: the stage's directory: {e}");
+                return exit::USAGE;
+            }
+            match crate::providers::local::forward::serve(&dir).await {
                 Ok(()) => exit::PASSED,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -399,15 +429,22 @@ where
     })
 }
 
-async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+async fn status(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
-    let pointing_at = match stable_names(g, opened, &record).await {
-        Ok(names) => names.pointing_at().await.ok().flatten(),
-        Err(_) => None,
+    let (pointing_at, unanswered) = match stable_names(g, opened, stage, &record).await {
+        Ok(names) => (
+            names.pointing_at().await.ok().flatten(),
+            names.unanswered().await.unwrap_or_else(|e| vec![format!("cannot tell who answers them: {e}")]),
+        ),
+        // Said already; the record is still worth showing.
+        Err(_) => (None, vec!["its stable names cannot be checked (see above)".to_string()]),
     };
+    // Names answered by something else than rehearse's are a failure of the stage.
+    let code = if unanswered.is_empty() { exit::PASSED } else { exit::BUILD_FAILED };
     if g.format == Format::Json {
-        let value = serde_json::json!({ "stage": record, "names_point_at": pointing_at });
-        return print_json(&value).map_or_else(|code| code, |()| exit::PASSED);
+        let value =
+            serde_json::json!({ "stage": record, "names_point_at": pointing_at, "names_unanswered": unanswered });
+        return print_json(&value).map_or_else(|code| code, |()| code);
     }
     let now = Utc::now();
     // To the second: an age, not a measurement.
@@ -443,6 +480,12 @@ async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
             c.map_or("none".to_string(), |c| format!("generation {c}"))
         ),
     }
+    for why in &unanswered {
+        println!("  error: {why}");
+    }
+    if !unanswered.is_empty() {
+        println!("  {}", unanswered_remedy(stage));
+    }
     println!("generations:");
     for gen in record.generations.iter().rev() {
         let when = match gen.fate {
@@ -460,17 +503,39 @@ async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
             when.unwrap_or_default()
         );
     }
-    exit::PASSED
+    code
+}
+
+/// What to do when a stage's names are not answered by its forwarder alone.
+fn unanswered_remedy(stage: &str) -> String {
+    format!(
+        "a client of the stable names would reach whatever answers them, and hand it the stage's password: stop any \
+         process that is not rehearse's on those ports, then start the forwarder (`systemctl start \
+         rehearse-forward@{stage}`, or `rehearse stage forward {stage}`; README: Staging as cattle)"
+    )
 }
 
 /// How to reach the stage through its stable names, its password included.
-async fn env(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+async fn env(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
     let Some(cur) = record.current_generation() else {
-        eprintln!("error: stage `{}` has no current generation yet", record.stage);
+        eprintln!("error: stage `{stage}` has no current generation yet");
         return exit::USAGE;
     };
-    let password = match password(opened.store.as_ref(), &record.stage).await {
+    // Handed out only while every name is answered by what rehearse set up for it.
+    let names = match stable_names(g, opened, stage, &record).await {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let unanswered = names.unanswered().await.unwrap_or_else(|e| vec![format!("cannot tell who answers them: {e}")]);
+    if !unanswered.is_empty() {
+        for why in &unanswered {
+            eprintln!("error: stage `{stage}`: {why}");
+        }
+        eprintln!("error: not handing out the stage's connection: {}", unanswered_remedy(stage));
+        return exit::BUILD_FAILED;
+    }
+    let password = match password(opened.store.as_ref(), stage).await {
         Ok(p) => p,
         Err(e) => return store_error(opened.store.as_ref(), "cannot read the stage's password", e),
     };
@@ -478,12 +543,16 @@ async fn env(g: &Global, opened: Opened, record: StageRecord) -> i32 {
         Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.to_string()),
         _ => (stable.to_string(), default_port.to_string()),
     };
+    // The stage's databases ask for SCRAM (`--auth-host=scram-sha-256`): a client that
+    // insists on it never sends the password to whatever else might answer a name.
+    // libpq 16 and later honour `require_auth`; libpq 15 refuses a URL that has it.
+    let require_auth = if libpq_takes_require_auth() { "?require_auth=scram-sha-256" } else { "" };
     let mut databases = BTreeMap::new();
     let mut services = BTreeMap::new();
     for (component, stable) in &record.names {
         if let Some(db) = record.databases.get(component) {
             let (host, port) = host_port(stable, &db.port);
-            let url = format!("postgres://{}:{password}@{host}:{port}/{}", db.user, db.name);
+            let url = format!("postgres://{}:{password}@{host}:{port}/{}{require_auth}", db.user, db.name);
             databases.insert(
                 component.clone(),
                 DatabaseOutputs {
@@ -512,13 +581,34 @@ async fn env(g: &Global, opened: Opened, record: StageRecord) -> i32 {
         }
     }
     let c = Connection { run_id: cur.run_id.clone(), databases, services };
-    super::access::print_connection(g, &c)
+    // libpq 15 ignores PGREQUIREAUTH; 16 and later refuse any authentication but SCRAM.
+    let extra = if c.databases.is_empty() { vec![] } else { vec![("PGREQUIREAUTH", "scram-sha-256")] };
+    super::access::print_connection_with(g, &c, &extra)
 }
 
-async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+/// Whether this machine's libpq takes `require_auth` (16 and later): asked of its
+/// `psql` itself, with a connection string that cannot connect anywhere — libpq 15 says
+/// "invalid connection option" before trying.
+fn libpq_takes_require_auth() -> bool {
+    let psql = crate::providers::local::postgres::PgBin::find()
+        .map(|b| b.dir.join("psql"))
+        .unwrap_or_else(|_| std::path::PathBuf::from("psql"));
+    let out = std::process::Command::new(psql)
+        .args(["-X", "-w", "-d", "host=/nonexistent/rehearse-probe require_auth=scram-sha-256", "-c", ""])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .output();
+    out.is_ok_and(|o| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        !err.is_empty() && !err.contains("require_auth")
+    })
+}
+
+async fn rollback(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
     let store = opened.store.as_ref();
-    let name = record.stage.clone();
+    let name = stage.to_string();
     let (Some(current), Some(previous)) = (record.current, record.previous().map(|p| p.number)) else {
         eprintln!(
             "error: stage `{name}` has no generation to roll back to: the one before {} was retired (a rollback \
@@ -527,7 +617,7 @@ async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
         );
         return exit::USAGE;
     };
-    let names = match stable_names(g, opened, &record).await {
+    let names = match stable_names(g, opened, &name, &record).await {
         Ok(n) => n,
         Err(code) => return code,
     };
@@ -568,10 +658,10 @@ async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
 }
 
 /// Everything of the stage: every generation still there, the names, the record.
-async fn destroy(g: &Global, opened: Opened, record: StageRecord) -> i32 {
+async fn destroy(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
     let store = opened.store.as_ref();
-    let name = record.stage.clone();
+    let name = stage.to_string();
     let lock = st::lock_name(&name);
     let held = match super::lock::take(
         opened.store.clone(),
@@ -591,7 +681,7 @@ async fn destroy(g: &Global, opened: Opened, record: StageRecord) -> i32 {
 }
 
 async fn destroy_locked(g: &Global, opened: &Opened, store: &dyn ObjectStore, name: &str, record: &StageRecord) -> i32 {
-    let names = match stable_names(g, opened, record).await {
+    let names = match stable_names(g, opened, name, record).await {
         Ok(n) => n,
         Err(c) => return c,
     };

@@ -14,6 +14,7 @@ mod sections;
 
 pub use reader::Positions;
 pub use rules::{check_rds_identifier, check_version, FormatError, KeyRule};
+pub use sections::{is_dns_name, is_zone_id};
 
 use super::model::Description;
 use super::yaml::Node;

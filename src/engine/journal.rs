@@ -155,10 +155,80 @@ fn poisoned<T>(_: T) -> std::io::Error {
     std::io::Error::other("journal lock poisoned")
 }
 
+/// Beside a journal this machine created (`runs/RUN_ID/journaled-here.json`): the run
+/// id and this machine's id. Only [`Journal::create`] writes it; nothing fetched from a
+/// shared store ever does (the store's files land in `journal.jsonl`, `lease.json`,
+/// `connection.json`, `report/` and `logs/`). A run's `host` field is a claim anyone
+/// with write access to the store can make; this file, in the private state
+/// directory, is this machine's own word that it journaled the run.
+pub const HERE: &str = "journaled-here.json";
+
+#[derive(Serialize, Deserialize)]
+struct Here {
+    run_id: String,
+    machine: String,
+}
+
+/// Writes [`HERE`] into `dir` for `run_id` (0600, never through a link), fsynced: what
+/// [`Journal::create`] does (and a test that writes a journal by hand, as this machine
+/// would have).
+pub fn mark_here(dir: &Path, run_id: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let here = Here { run_id: run_id.to_string(), machine: crate::sys::process::machine_id() };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(dir.join(HERE))?;
+    f.write_all(&serde_json::to_vec(&here).map_err(std::io::Error::other)?)?;
+    f.sync_all()
+}
+
+/// Whether this machine journaled run `run_id` whose journal is in `dir`: `Err` says
+/// why not (no mark of this machine's there: the journal came from a shared store).
+pub fn journaled_here(dir: &Path, run_id: &str) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(HERE);
+    let read = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&path)
+        .and_then(|f| if f.metadata()?.is_file() { Ok(f) } else { Err(std::io::Error::other("not a file")) })
+        .and_then(|f| {
+            let mut bytes = Vec::new();
+            f.take(4096).read_to_end(&mut bytes).map(|_| bytes)
+        });
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "this machine did not journal it: its journal came from the state store ({} is missing)",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(format!("{} cannot be read: {e}", path.display())),
+    };
+    let here: Here = serde_json::from_slice(&bytes).map_err(|e| format!("{} is damaged: {e}", path.display()))?;
+    if here.run_id != run_id {
+        return Err(format!("{} is of run {}, not {run_id}", path.display(), here.run_id));
+    }
+    if here.machine != crate::sys::process::machine_id() {
+        return Err(format!("{} was written on another machine ({})", path.display(), here.machine));
+    }
+    Ok(())
+}
+
 impl Journal {
-    /// Creates a new journal; fails if one exists (run ids are unique).
+    /// Creates a new journal; fails if one exists (run ids are unique). Marks it as
+    /// this machine's ([`HERE`]) before its first record.
     pub fn create(path: &Path, meta: &RunMeta) -> std::io::Result<Journal> {
         let mut file = OpenOptions::new().create_new(true).append(true).open(path)?;
+        if let Some(dir) = path.parent() {
+            mark_here(dir, &meta.run_id)?;
+        }
         write_line(&mut file, &line_of(&Record::Run(meta.clone()))?)?;
         // The directory entry itself must survive a crash too.
         if let Some(dir) = path.parent() {

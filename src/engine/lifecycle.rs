@@ -321,10 +321,10 @@ pub async fn run<P: Provider>(
         let status = match (&out.left, out.interrupted) {
             (_, true) => "interrupted",
             (Left::Clear, _) => "complete",
-            (Left::Unknown(_), _) => "unknown",
+            (Left::Unknown(_) | Left::NotHere(_), _) => "unknown",
             (Left::Remaining(_) | Left::Orphaned(_), _) => "incomplete",
         };
-        unknown = out.unknown().map(str::to_string);
+        unknown = out.unknown().or(out.not_here()).map(str::to_string);
         journaled(reporter, journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() }).await);
         destroy_steps = out
             .destroyed

@@ -401,6 +401,14 @@ pub trait Provider {
     /// The exact shell command a person can run to remove a resource by hand.
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String;
 
+    /// Whether its resources are this machine's processes and files: then teardown
+    /// acts only on runs this machine journaled ([`super::journal::journaled_here`]); a
+    /// journal fetched from a shared store names nothing here that is provably the
+    /// run's. Cloud resources are found (and guarded) by their own evidence.
+    fn acts_on_this_machine(&self) -> bool {
+        false
+    }
+
     /// Teardown order of a kind: every resource of rank n is destroyed before any of
     /// rank n + 1 (users before what they use); resources of one rank go down together.
     /// `None` for an unknown kind: teardown then follows reverse creation order.

@@ -49,7 +49,9 @@ pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 /// password) and its teardown from the journal.
 pub trait Generations {
     fn build<'a>(&'a self, spec: &'a Spec) -> LocalFuture<'a, Built>;
-    fn tear_down<'a>(&'a self, run_id: &'a str) -> LocalFuture<'a, Result<(), String>>;
+    /// Tears down generation `number`, the run `run_id` (which must be that
+    /// generation's: the record saying so is not enough).
+    fn tear_down<'a>(&'a self, run_id: &'a str, number: u64) -> LocalFuture<'a, Result<(), String>>;
 }
 
 /// What a rebuild works with: the state store (the stage's record), the stage's
@@ -153,7 +155,7 @@ pub async fn retire(hand: &Stagehand<'_>, stage: &str, n: u64) -> Result<(), Reb
         Err(e) => return Err(e.into()),
     }
     note(reporter, format!("retiring generation {n} ({run_id})"));
-    gens.tear_down(&run_id).await.map_err(|why| {
+    gens.tear_down(&run_id, n).await.map_err(|why| {
         RebuildError::TearDown(format!(
             "generation {n} was not torn down completely ({why}); remove what is left with `rehearse down {run_id}`"
         ))
@@ -212,7 +214,7 @@ pub async fn tidy(hand: &Stagehand<'_>, stage: &str) -> Result<(), RebuildError>
                 gen.number, gen.run_id
             ),
         );
-        gens.tear_down(&gen.run_id).await.map_err(|why| {
+        gens.tear_down(&gen.run_id, gen.number).await.map_err(|why| {
             RebuildError::TearDown(format!(
                 "generation {} was left mid-build and could not be torn down ({why}); remove it with `rehearse down {}`",
                 gen.number, gen.run_id
@@ -233,6 +235,10 @@ pub async fn rebuild(
 ) -> Result<Outcome, RebuildError> {
     let Stagehand { store, gens, reporter, .. } = *hand;
     let name = plan.stage.name.as_str();
+    // The description at hand says what the stage is: a record that disagrees is refused.
+    if let Some((record, _)) = st::load(store, name).await? {
+        st::agrees_with(store, &record, &plan.fresh)?;
+    }
     tidy(hand, name).await?;
     // Generation N+1, registered before anything of it exists.
     let mut number = 0;
@@ -283,7 +289,7 @@ pub async fn rebuild(
         // Its run tore it down (unless kept for debugging); a teardown that left
         // something is tried again here, before the generation is marked.
         if !built.kept {
-            gens.tear_down(&plan.run_id).await.map_err(|why| {
+            gens.tear_down(&plan.run_id, number).await.map_err(|why| {
                 RebuildError::TearDown(format!(
                     "generation {number} did not pass and was not torn down completely ({why}); remove what is \
                      left with `rehearse down {}`",
@@ -442,7 +448,7 @@ async fn not_promoted(hand: &Stagehand<'_>, plan: &Plan<'_>, number: u64, why: S
     if let Err(e) = marked {
         return RebuildError::Promotion(format!("{why}; it is left for the next rebuild to settle ({e})"));
     }
-    match hand.gens.tear_down(&plan.run_id).await {
+    match hand.gens.tear_down(&plan.run_id, number).await {
         Ok(()) => RebuildError::Promotion(format!("{why}; it was torn down")),
         Err(t) => {
             RebuildError::TearDown(format!("{why}; tearing it down failed ({t}): `rehearse down {}`", plan.run_id))
@@ -475,7 +481,7 @@ pub async fn destroy(hand: &Stagehand<'_>, record: &StageRecord) -> Result<usize
     let mut removed = 0;
     for gen in record.generations.iter().filter(|g| g.fate != Fate::Retired) {
         note(reporter, format!("removing generation {} ({}, {})", gen.number, gen.run_id, gen.fate.as_str()));
-        gens.tear_down(&gen.run_id).await.map_err(|why| {
+        gens.tear_down(&gen.run_id, gen.number).await.map_err(|why| {
             RebuildError::TearDown(format!(
                 "generation {} was not removed ({why}); the stage's names and record are kept: run `rehearse \
                  stage destroy {}` again",
@@ -508,7 +514,7 @@ pub fn fresh_record(
     r.databases = databases
         .iter()
         .filter(|(db, _)| stage.names.contains_key(*db))
-        .map(|(db, d)| (db.clone(), StableDatabase { name: d.name.clone(), user: String::new(), port: String::new() }))
+        .map(|(db, _)| (db.clone(), StableDatabase { name: String::new(), user: String::new(), port: String::new() }))
         .collect();
     r
 }

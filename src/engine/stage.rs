@@ -241,6 +241,113 @@ impl StageRecord {
         self.current_generation().is_some_and(|g| g.run_id == run_id)
     }
 
+    /// Refuses a record that rehearse could not have written for the stage `asked` (the
+    /// name its key was read under): every byte of it is a stranger's input. Its
+    /// `stage` must be `asked`; names, generation numbers, run ids and database names
+    /// must have their grammar; a local stage's names and targets must be ports of
+    /// 127.0.0.1, an AWS stage's DNS names (`host[:port]`), in a hosted zone with an id's
+    /// grammar. What a name builds — a path, a DNS name, a connection — then comes from
+    /// `asked` or from values checked here.
+    pub fn check(&self, asked: &str) -> Result<(), String> {
+        use crate::description::decode::{is_dns_name, is_zone_id, KeyRule};
+        let ident = |what: &str, s: &str| {
+            KeyRule::Identifier.check(s).map_err(|e| format!("{what} {:?} is not a name: {e}", s.escape_debug()))
+        };
+        if self.stage != asked {
+            return Err(format!("its `stage` is \"{}\", not `{asked}`", self.stage.escape_debug()));
+        }
+        ident("the stage", asked)?;
+        let local = match self.provider.as_str() {
+            "local" => true,
+            "aws" => false,
+            other => return Err(format!("its provider \"{}\" is neither `local` nor `aws`", other.escape_debug())),
+        };
+        match (&self.zone, local) {
+            (Some(z), true) => {
+                return Err(format!("it names a Route 53 zone \"{}\" for a local stage", z.escape_debug()))
+            }
+            (Some(z), false) if !is_zone_id(z) => {
+                return Err(format!("its zone \"{}\" is not a Route 53 hosted zone id", z.escape_debug()))
+            }
+            _ => {}
+        }
+        // `127.0.0.1:PORT` locally; `HOST` or `HOST:PORT` with a DNS name (or IPv4) on AWS.
+        let address = |s: &str, port_needed: bool| -> bool {
+            match s.rsplit_once(':') {
+                Some((h, p)) if local => h == "127.0.0.1" && p.parse::<u16>().is_ok_and(|p| p > 0),
+                _ if local => false,
+                Some((h, p)) => is_dns_name(h) && p.parse::<u16>().is_ok_and(|p| p > 0),
+                None => !port_needed && is_dns_name(s),
+            }
+        };
+        let mut stables = std::collections::BTreeSet::new();
+        for (component, stable) in &self.names {
+            ident("the component", component)?;
+            if !address(stable, false) || (!local && stable.contains(':')) {
+                return Err(format!(
+                    "the stable name of `{component}` is \"{}\", not {}",
+                    stable.escape_debug(),
+                    if local { "a port of 127.0.0.1 (127.0.0.1:PORT)" } else { "a DNS name" }
+                ));
+            }
+            if !stables.insert(stable.trim_end_matches('.').to_ascii_lowercase()) {
+                return Err(format!("the stable name \"{}\" is listed twice", stable.escape_debug()));
+            }
+        }
+        // What reaches a connection string: PostgreSQL's plain identifiers.
+        let pg_word = |s: &str| {
+            s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+        };
+        for (db, d) in &self.databases {
+            ident("the database", db)?;
+            if !self.names.contains_key(db) {
+                return Err(format!("it lists the database `{db}`, which has no stable name"));
+            }
+            if !pg_word(&d.name) || !pg_word(&d.user) || !(d.port.is_empty() || d.port.parse::<u16>().is_ok()) {
+                return Err(format!(
+                    "the connection of `{db}` (database \"{}\", user \"{}\", port \"{}\") is not made of names and a port",
+                    d.name.escape_debug(),
+                    d.user.escape_debug(),
+                    d.port.escape_debug()
+                ));
+            }
+        }
+        let mut numbers = std::collections::BTreeSet::new();
+        let mut runs = std::collections::BTreeSet::new();
+        for g in &self.generations {
+            if g.number == 0 || !numbers.insert(g.number) {
+                return Err(format!("its generation number {} is 0 or listed twice", g.number));
+            }
+            if !crate::sys::state::valid_run_id(&g.run_id) || !runs.insert(g.run_id.as_str()) {
+                return Err(format!(
+                    "generation {} names the run \"{}\", which is not a run id or is another generation's",
+                    g.number,
+                    g.run_id.escape_debug()
+                ));
+            }
+            // A run's every database and service has a target; only those with a stable
+            // name are ever pointed at.
+            for (component, to) in &g.targets {
+                ident("the component", component)?;
+                if let Some(bad) = to.iter().find(|t| !address(t, local)) {
+                    return Err(format!(
+                        "generation {} sends `{component}` to \"{}\", not {}",
+                        g.number,
+                        bad.escape_debug(),
+                        if local { "a port of 127.0.0.1" } else { "a DNS name or address" }
+                    ));
+                }
+            }
+            if let Some(b) = g.backups.iter().find(|b| KeyRule::Identifier.check(&b.database).is_err()) {
+                return Err(format!("generation {} lists a backup of \"{}\"", g.number, b.database.escape_debug()));
+            }
+        }
+        if let Some(c) = self.current.filter(|c| !numbers.contains(c)) {
+            return Err(format!("its current generation {c} is not one of its generations"));
+        }
+        Ok(())
+    }
+
     /// Marks generation `n` current and the one it replaces draining until `retire_at`.
     pub fn promote(&mut self, n: u64, now: DateTime<Utc>, retire_at: DateTime<Utc>) {
         if let Some(old) = self.current.and_then(|c| self.generation_mut(c)) {
@@ -269,18 +376,61 @@ pub enum UpdateError {
     Refused(String),
     #[error("the stage's record kept changing under this update ({0} attempts)")]
     Contended(u32),
+    /// A record rehearse could not have written (see [`StageRecord::check`]): nothing
+    /// is done with it.
+    #[error(
+        "refusing the stage's record {key}: {why}; rehearse never writes such a record (someone else did): inspect \
+         it and remove it with the store's own tools"
+    )]
+    NotRehearses { key: String, why: String },
 }
 
 /// The stage's record and its version, or `None` for a stage never built.
+/// The record is checked ([`StageRecord::check`]) against `stage`, the name asked for.
 pub async fn load(store: &dyn ObjectStore, stage: &str) -> Result<Option<(StageRecord, Etag)>, UpdateError> {
     let key = record_key(stage);
+    let named = || format!("{}/{key}", store.url().trim_end_matches('/'));
+    if let Err(e) = crate::description::decode::KeyRule::Identifier.check(stage) {
+        return Err(UpdateError::NotRehearses {
+            key: named(),
+            why: format!("`{}` is not a stage name: {e}", stage.escape_debug()),
+        });
+    }
     match retrying(|| store.get(&key)).await? {
         None => Ok(None),
         Some(o) => {
             let r: StageRecord = serde_json::from_slice(&o.body).map_err(|e| UpdateError::Damaged(e.to_string()))?;
+            r.check(stage).map_err(|why| UpdateError::NotRehearses { key: named(), why })?;
             Ok(Some((r, o.etag)))
         }
     }
+}
+
+/// Refuses a stage's record that disagrees with the description a rebuild was given:
+/// another provider, or a stable name for a database or service the description does
+/// not have (the description's names are the ones a rebuild builds names from).
+pub fn agrees_with(store: &dyn ObjectStore, record: &StageRecord, fresh: &StageRecord) -> Result<(), UpdateError> {
+    let named = || format!("{}/{}", store.url().trim_end_matches('/'), record_key(&fresh.stage));
+    if record.provider != fresh.provider {
+        return Err(UpdateError::NotRehearses {
+            key: named(),
+            why: format!(
+                "it is a stage of the {} provider, and the description's is {}",
+                record.provider, fresh.provider
+            ),
+        });
+    }
+    if let Some((component, stable)) = record.names.iter().find(|(c, _)| !fresh.names.contains_key(*c)) {
+        return Err(UpdateError::NotRehearses {
+            key: named(),
+            why: format!(
+                "it has a stable name for `{component}` ({stable}), which the description does not (if `{component}` \
+                 was removed from the description on purpose, `rehearse stage destroy {}` first)",
+                fresh.stage
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Reads the record, lets `change` edit it (or refuse), and writes it back only if
@@ -330,6 +480,12 @@ pub trait StableNames: Send + Sync {
     fn pointing_at(&self) -> NamesFuture<'_, Option<u64>>;
     /// Removes the names (and whatever serves them).
     fn remove(&self) -> NamesFuture<'_, ()>;
+    /// What is wrong with who answers the names now, one line per name (empty: each is
+    /// answered by what rehearse set up for it). Locally: a port another process holds
+    /// (a squatter would be handed every client's connection), or one nothing answers.
+    fn unanswered(&self) -> NamesFuture<'_, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Points the names where the record says, until the record holds still across a
@@ -414,5 +570,103 @@ mod tests {
         assert_eq!(r.current, Some(winner));
         assert_eq!(r.generations.iter().filter(|g| g.fate == Fate::Current).count(), 1);
         assert_eq!(r.generation(1).unwrap().fate, Fate::Draining);
+    }
+
+    /// A record as a rebuild writes it, for each provider.
+    fn written(provider: &str) -> StageRecord {
+        let (db, web, db_at, web_at) = if provider == "local" {
+            ("127.0.0.1:25432", "127.0.0.1:28080", "127.0.0.1:41234", "127.0.0.1:41235")
+        } else {
+            (
+                "db.staging.shop.internal",
+                "web.staging.shop.internal",
+                "rh-db.abc.eu-west-1.rds.amazonaws.com:5432",
+                "10.0.1.7:8080",
+            )
+        };
+        let names = BTreeMap::from([("db".to_string(), db.to_string()), ("web".to_string(), web.to_string())]);
+        let mut r = StageRecord::new("staging", "staging", provider, names);
+        if provider == "aws" {
+            r.zone = Some("Z0123456789ABCDEFGHIJ".into());
+        }
+        r.databases
+            .insert("db".into(), StableDatabase { name: "shop".into(), user: "app".into(), port: "25432".into() });
+        let mut g = generation(1);
+        g.targets = BTreeMap::from([
+            ("db".to_string(), vec![db_at.to_string()]),
+            ("web".to_string(), vec![web_at.to_string()]),
+        ]);
+        r.generations = vec![g, generation(2)];
+        r.promote(1, Utc::now(), Utc::now());
+        r
+    }
+
+    /// Every byte of a stage's record is a stranger's input: what a rebuild writes
+    /// passes, and each field that builds a path, a connection or a name is refused
+    /// without its grammar, or when it disagrees with the key it was read under.
+    #[test]
+    fn a_record_is_refused_unless_rehearse_could_have_written_it_for_that_stage() {
+        for provider in ["local", "aws"] {
+            assert_eq!(written(provider).check("staging"), Ok(()), "{provider}");
+        }
+        type Edit = fn(&mut StageRecord);
+        let refused: [(&str, &str, Edit); 12] = [
+            ("local", "its `stage` is \"../../victimdir\", not `staging`", |r| r.stage = "../../victimdir".into()),
+            ("local", "its provider \"gcp\"", |r| r.provider = "gcp".into()),
+            ("local", "not a port of 127.0.0.1", |r| {
+                r.names.insert("db".into(), "0.0.0.0:25432".into());
+            }),
+            ("local", "is not a name", |r| {
+                let v = r.names.remove("web").unwrap();
+                r.names.insert("../web".into(), v);
+            }),
+            ("local", "sends `db` to \"203.0.113.7:5432\"", |r| {
+                r.generations[0].targets.insert("db".into(), vec!["203.0.113.7:5432".into()]);
+            }),
+            ("local", "which is not a run id", |r| r.generations[1].run_id = "r-1/../../etc".into()),
+            ("local", "is not made of names and a port", |r| {
+                r.databases.get_mut("db").unwrap().name = "shop?host=evil".into()
+            }),
+            ("local", "is 0 or listed twice", |r| r.generations[1].number = 1),
+            ("local", "its current generation 9", |r| r.current = Some(9)),
+            ("aws", "not a DNS name", |r| {
+                r.names.insert("db".into(), "db.staging.shop.internal:5432".into());
+            }),
+            ("aws", "is not a Route 53 hosted zone id", |r| r.zone = Some("../Z1".into())),
+            ("aws", "a Route 53 zone", |r| {
+                r.provider = "local".into();
+                r.names.clear();
+                r.databases.clear();
+                r.generations.iter_mut().for_each(|g| g.targets.clear());
+            }),
+        ];
+        for (provider, why, edit) in refused {
+            let mut r = written(provider);
+            edit(&mut r);
+            let said = r.check("staging").expect_err(why);
+            assert!(said.contains(why), "{said:?} does not say {why:?}");
+        }
+        assert!(written("local").check("other").is_err(), "a record read under another stage's key");
+    }
+
+    /// A record that disagrees with the key it is read under is refused by `load`, with
+    /// the key named, and no update goes through it.
+    #[tokio::test]
+    async fn a_forged_record_is_refused_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let mut r = written("local");
+        r.stage = "../../victimdir".into();
+        store.put("stages/staging/stage.json", serde_json::to_vec(&r).unwrap(), Condition::Always).await.unwrap();
+        let e = load(&store, "staging").await.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "refusing the stage's record file://{}/stages/staging/stage.json: ",
+                dir.path().display()
+            )),
+            "{e}"
+        );
+        let e = update(&store, "staging", |r| Ok(r.unwrap())).await.unwrap_err();
+        assert!(matches!(e, UpdateError::NotRehearses { .. }), "{e}");
     }
 }

@@ -27,6 +27,10 @@ pub enum Left {
     Orphaned(Vec<Leftover>),
     /// What exists cannot be told (the journal cannot be read): nothing was removed.
     Unknown(String),
+    /// The run's resources would be this machine's, but this machine did not journal
+    /// the run (its journal came from a shared store): nothing here is provably the
+    /// run's, so nothing was touched — and no command is offered that would.
+    NotHere(String),
 }
 
 impl Left {
@@ -44,7 +48,7 @@ impl Left {
     pub fn leftovers(&self) -> &[Leftover] {
         match self {
             Left::Remaining(l) | Left::Orphaned(l) => l,
-            Left::Clear | Left::Unknown(_) => &[],
+            Left::Clear | Left::Unknown(_) | Left::NotHere(_) => &[],
         }
     }
 }
@@ -76,6 +80,14 @@ impl Outcome {
     pub fn unknown(&self) -> Option<&str> {
         match &self.left {
             Left::Unknown(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Why the run was left alone as another machine's, if it was.
+    pub fn not_here(&self) -> Option<&str> {
+        match &self.left {
+            Left::NotHere(why) => Some(why),
             _ => None,
         }
     }
@@ -121,6 +133,17 @@ pub async fn run<P: Provider>(
     let Some(meta) = state.meta.clone() else {
         return unknown(format!("the journal {} has no run record", journal.path().display()));
     };
+    if provider.acts_on_this_machine() {
+        let dir = journal.path().parent().unwrap_or(std::path::Path::new("."));
+        if let Err(why) = journal::journaled_here(dir, &meta.run_id) {
+            return Outcome {
+                left: Left::NotHere(why),
+                interrupted: false,
+                duration: started.elapsed(),
+                destroyed: Vec::new(),
+            };
+        }
+    }
     let mut leftovers = Vec::new();
     let mut interrupted = false;
     let mut destroyed = Vec::new();
@@ -277,7 +300,7 @@ mod tests {
 
     use super::*;
     use crate::engine::events::Silent;
-    use crate::engine::journal::{Entry, RunMeta};
+    use crate::engine::journal::{Entry, Record, RunMeta};
     use crate::engine::provider::{Ctx, DestroyErrorKind, Output, StepError};
     use crate::plan::Resource;
 
@@ -332,5 +355,56 @@ mod tests {
         let out = run(&p, &j, &Silent, &Signals::none(), 1, &Clock::new()).await;
         assert!(matches!(out.left, Left::Orphaned(ref l) if l[0].provider_id.is_none()), "{:?}", out.left);
         assert!(!out.complete());
+    }
+
+    /// A provider of this machine's resources that counts its removals.
+    struct Here(AtomicU32);
+
+    impl Provider for Here {
+        async fn create(&self, _: &Resource, _: &Ctx<'_>) -> Result<Output, StepError> {
+            Ok(Output::Nothing)
+        }
+        async fn destroy(&self, _: &Entry, _: &RunMeta) -> Result<(), DestroyError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn removal_command(&self, e: &Entry, _: &RunMeta) -> String {
+            format!("remove {}", e.id)
+        }
+        fn acts_on_this_machine(&self) -> bool {
+            true
+        }
+    }
+
+    /// A journal this machine did not create (fetched from a shared store) makes a
+    /// local teardown do nothing and offer nothing; one it created is torn down.
+    #[tokio::test]
+    async fn a_journal_this_machine_did_not_write_gets_nothing_here_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let meta = RunMeta::sample("r-20261127-000000-abcdef", "local", None);
+        let records = [
+            Record::Run(meta.clone()),
+            Record::Created {
+                id: "x".into(),
+                kind: Kind::LocalProcess,
+                handle: serde_json::json!({}),
+                at: chrono::Utc::now(),
+            },
+        ];
+        let text: String = records.iter().map(|r| format!("{}\n", serde_json::to_string(r).unwrap())).collect();
+        std::fs::write(&path, text).unwrap();
+        let p = Here(AtomicU32::new(0));
+        let out = run(&p, &Journal::open(&path).unwrap(), &Silent, &Signals::none(), 1, &Clock::new()).await;
+        assert_eq!(p.0.load(Ordering::SeqCst), 0, "something was removed");
+        assert!(out.not_here().is_some_and(|w| w.contains("this machine did not journal it")), "{:?}", out.left);
+        assert!(out.listed("rehearse down").is_empty() && !out.complete());
+
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(&dir.path().join("journal.jsonl"), &meta).unwrap();
+        j.created("x", Kind::LocalProcess, serde_json::json!({})).await.unwrap();
+        let out = run(&p, &j, &Silent, &Signals::none(), 1, &Clock::new()).await;
+        assert_eq!(p.0.load(Ordering::SeqCst), 1);
+        assert!(out.complete());
     }
 }

@@ -112,7 +112,8 @@ impl Provider for LocalProvider {
                 let handle: Option<ProcHandle> =
                     entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("process")?.clone()).ok());
                 if let Some(h) = handle {
-                    if !process::stop_group(&h, STOP_GRACE).await {
+                    // Only a group provably the run's is signalled, whatever the journal says.
+                    if !process::stop_run_group(&h, &meta.run_id, STOP_GRACE).await {
                         return Err(not_stopped(format!("process group {} did not stop", h.pgid)));
                     }
                 }
@@ -128,8 +129,11 @@ impl Provider for LocalProvider {
             Kind::LocalPostgres => {
                 let cluster: Option<Cluster> =
                     entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("cluster")?.clone()).ok());
-                let Some(cluster) = cluster else { return Ok(()) };
+                let Some(mut cluster) = cluster else { return Ok(()) };
                 let base = self.owned_path(&cluster.base, meta)?;
+                // Who runs the copy is this machine's fact, not the journal's: a server is
+                // stopped only as, and only if it runs as, the cluster user.
+                cluster.run_as = process::Users::cluster_only().ok().flatten();
                 let bin = PgBin::find().ok();
                 if !postgres::stop(bin.as_ref(), &cluster).await {
                     return Err(not_stopped(format!("PostgreSQL in {} did not stop", cluster.data().display())));
@@ -164,6 +168,11 @@ impl Provider for LocalProvider {
             }
         }
         Ok(pins)
+    }
+
+    /// Its resources are processes and directories of this machine.
+    fn acts_on_this_machine(&self) -> bool {
+        true
     }
 
     /// Processes (and install steps) first, then the cluster and the release they

@@ -132,6 +132,20 @@ pub(crate) fn host_name() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
 }
 
+/// What tells this machine from every other: `/etc/machine-id` (systemd's, also
+/// `/var/lib/dbus/machine-id`), else the kernel's host name. Unlike [`host_name`], no
+/// variable stands in for it: it says where a journal was written, not who claims to be
+/// which host.
+pub(crate) fn machine_id() -> String {
+    for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Some(id) = std::fs::read_to_string(path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+            return id;
+        }
+    }
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok());
+    format!("host:{}", host.unwrap_or_else(|| "unknown".into()))
+}
+
 /// A started long-running process, as journaled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProcHandle {
@@ -335,11 +349,83 @@ fn group_is_ours(h: &ProcHandle) -> bool {
     }
 }
 
+/// Whether process `pid` was started with `REHEARSE_RUN_ID=run_id` in its environment
+/// (as every process the local provider starts for a run is): its environment as it
+/// was exec'd, readable for this user's own processes and, as root, for all.
+pub(crate) fn carries_run_id(pid: i32, run_id: &str) -> bool {
+    let needle = format!("REHEARSE_RUN_ID={run_id}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+}
+
+/// Whether the group a journal's handle names is provably run `run_id`'s, not merely
+/// what the handle says: the handle has the shape rehearse records (the process leads
+/// its own group: `pgid == pid`, with its start time), and
+/// - its leader still runs with that start time, leads that group and carries the
+///   run's id in its environment; or
+/// - its leader has ended (or is a zombie with that start time), and a member of the
+///   group carries the run's id: the kernel keeps the leader's PID while the group has
+///   members, and nobody can move a stranger's process into a group.
+///
+/// A journal is data (it may have come from a shared store): a handle
+/// `{pid: 1, start_time: <init's>, pgid: <anyone>}` must never signal anyone.
+pub(crate) fn group_is_runs(h: &ProcHandle, run_id: &str) -> Result<(), String> {
+    if h.pid <= 0 || h.pgid != h.pid || h.start_time == 0 {
+        return Err(format!(
+            "the journal names process {} in group {} (start time {}), which is not a process group rehearse \
+             started (it records a group's leader, with its start time)",
+            h.pid, h.pgid, h.start_time
+        ));
+    }
+    let members_tagged = || {
+        let mine = self_and_ancestors();
+        group_members(h.pgid).into_iter().any(|m| !mine.contains(&m) && carries_run_id(m, run_id))
+    };
+    let ok = match state_and_group(h.pid) {
+        Some((state, group)) if state != 'Z' && state != 'X' => {
+            start_time(h.pid) == Some(h.start_time) && group == h.pid && carries_run_id(h.pid, run_id)
+        }
+        Some(_) => start_time(h.pid) == Some(h.start_time) && members_tagged(),
+        None => members_tagged(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "process group {} is not provably run {run_id}'s (its leader is gone or is another process, or \
+             nothing in it carries REHEARSE_RUN_ID={run_id})",
+            h.pgid
+        ))
+    }
+}
+
+/// Stops a process group of run `run_id` as [`stop_group`] does, and only if it is
+/// provably the run's ([`group_is_runs`]), checked again before each signal. Returns
+/// whether nothing of the run's group is left; a group that is not the run's is left
+/// alone (said in the log) and counts as nothing of the run's.
+pub(crate) async fn stop_run_group(h: &ProcHandle, run_id: &str, grace: Duration) -> bool {
+    stop_checked(h, grace, || match group_is_runs(h, run_id) {
+        Ok(()) => true,
+        Err(why) => {
+            if !group_members(h.pgid).is_empty() || is_alive(h) {
+                tracing::warn!("left alone: {why}");
+            }
+            false
+        }
+    })
+    .await
+}
+
 /// Stops a process group: SIGTERM, up to `grace` for it to exit, then SIGKILL.
 /// Returns whether nothing of the group is left. A group whose leader's PID now
 /// belongs to another process is not ours: it is never signalled.
 pub(crate) async fn stop_group(h: &ProcHandle, grace: Duration) -> bool {
-    if h.pgid <= 0 || !group_is_ours(h) {
+    stop_checked(h, grace, || group_is_ours(h)).await
+}
+
+/// SIGTERM, grace, SIGKILL to group `h.pgid`, each signal only while `ours` says so.
+async fn stop_checked(h: &ProcHandle, grace: Duration, mut ours: impl FnMut() -> bool) -> bool {
+    if h.pgid <= 0 || !ours() {
         return true;
     }
     // Best effort: the group may have gone meanwhile; whether it is gone is checked next.
@@ -348,7 +434,7 @@ pub(crate) async fn stop_group(h: &ProcHandle, grace: Duration) -> bool {
     if wait_group_gone(h.pgid, grace).await {
         return true;
     }
-    if !group_is_ours(h) {
+    if !ours() {
         return true;
     }
     // Best effort: the group may have gone meanwhile; whether it is gone is checked next.
@@ -499,6 +585,24 @@ pub(crate) fn group_holds_socket(pgid: i32, inode: u64) -> bool {
     })
 }
 
+/// Whether process `pid` itself holds the socket `inode` (its threads share its
+/// descriptors).
+pub(crate) fn process_holds_socket(pid: i32, inode: u64) -> bool {
+    let needle = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|rd| {
+        rd.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == needle.as_str()))
+    })
+}
+
+/// The processes holding the socket `inode` (those whose descriptors this user may
+/// read: all of them as root).
+pub(crate) fn socket_holders(inode: u64) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| process_holds_socket(*pid, inode))
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it soon after).
 pub(crate) fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -571,6 +675,38 @@ mod tests {
         text.push_str("\nsecond to last\nlast \u{1b}[1mline\u{1b}[0m\n");
         std::fs::write(&p, text).unwrap();
         assert_eq!(tail(&p, 2), vec!["second to last".to_string(), "last line".to_string()]);
+    }
+
+    /// A journal's handle is data: `{pid: a live process with its true start time,
+    /// pgid: a victim}` (the shape of a forged journal) never signals the victim, nor
+    /// does a well-formed handle of a group that does not carry the run's id.
+    #[tokio::test]
+    async fn only_a_group_that_carries_the_runs_id_is_the_runs() {
+        let spawn = |tag: Option<&str>| {
+            let mut c = tokio::process::Command::new("sleep");
+            c.arg("30").process_group(0).env_remove("REHEARSE_RUN_ID");
+            if let Some(t) = tag {
+                c.env("REHEARSE_RUN_ID", t);
+            }
+            c.spawn().unwrap()
+        };
+        let mut victim = spawn(None);
+        let mut ours = spawn(Some("r-20261127-000000-abcdef"));
+        let (v, o) = (victim.id().unwrap() as i32, ours.id().unwrap() as i32);
+        let me = std::process::id() as i32;
+        let forged = ProcHandle { pid: me, pgid: v, start_time: start_time(me).unwrap() };
+        assert!(group_is_runs(&forged, "r-20261127-000000-abcdef").is_err());
+        assert!(stop_run_group(&forged, "r-20261127-000000-abcdef", Duration::from_millis(100)).await);
+        let untagged = ProcHandle { pid: v, pgid: v, start_time: start_time(v).unwrap() };
+        assert!(group_is_runs(&untagged, "r-20261127-000000-abcdef").is_err());
+        assert!(stop_run_group(&untagged, "r-20261127-000000-abcdef", Duration::from_millis(100)).await);
+        assert!(victim.try_wait().unwrap().is_none(), "a group that is not the run's was signalled");
+        let tagged = ProcHandle { pid: o, pgid: o, start_time: start_time(o).unwrap() };
+        assert!(group_is_runs(&tagged, "r-20261127-000000-ffffff").is_err(), "another run's id");
+        assert_eq!(group_is_runs(&tagged, "r-20261127-000000-abcdef"), Ok(()));
+        assert!(stop_run_group(&tagged, "r-20261127-000000-abcdef", Duration::from_secs(2)).await);
+        ours.wait().await.unwrap();
+        victim.kill().await.unwrap();
     }
 
     #[tokio::test]

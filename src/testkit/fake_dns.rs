@@ -185,4 +185,12 @@ impl DnsApi for FakeDns {
         }
         Ok(self.lock().records.get(&key(name, kind)).cloned())
     }
+
+    /// The fake's one zone is `staging.shop.internal.`.
+    async fn apex(&self, _zone: &str) -> ApiResult<Option<String>> {
+        if let (Some(e), _) = self.enter("ListResourceRecordSets", false).await {
+            return Err(e);
+        }
+        Ok(Some("staging.shop.internal.".into()))
+    }
 }

@@ -828,7 +828,7 @@ impl Decoder {
 
 /// A DNS name as Route 53 takes it: dot-separated labels of letters, digits and `-`
 /// (not at either end), at most 63 characters each and 253 in all.
-fn is_dns_name(s: &str) -> bool {
+pub fn is_dns_name(s: &str) -> bool {
     let s = s.strip_suffix('.').unwrap_or(s);
     !s.is_empty()
         && s.len() <= 253
@@ -843,7 +843,7 @@ fn is_dns_name(s: &str) -> bool {
 
 /// A hosted zone id: capital letters and digits (AWS's start with `Z`; the
 /// `/hostedzone/` prefix the API sometimes adds is accepted).
-fn is_zone_id(s: &str) -> bool {
+pub fn is_zone_id(s: &str) -> bool {
     let s = s.strip_prefix("/hostedzone/").unwrap_or(s);
     (2..=32).contains(&s.len()) && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }

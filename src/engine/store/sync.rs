@@ -3,13 +3,14 @@
 //! on another machine fetch what they read into their own state directory first, and
 //! then work exactly as they do on the machine that ran it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::{connection_key, records, retrying, run_files, Condition, ObjectStore, StoreError};
+use crate::engine::journal::journaled_here;
 
 fn io(e: std::io::Error) -> StoreError {
     StoreError::Failed(e.to_string())
@@ -86,15 +87,26 @@ fn write_private(path: &Path, body: &[u8]) -> Result<(), StoreError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Brings a run's journal from the store into `run_dir/journal.jsonl`, unless the local
-/// copy already has as many records (it is then this machine's own, as complete). The
-/// number of records the store has (0: none).
+/// Brings a run's journal from the store into `run_dir/journal.jsonl`. The number of
+/// records the store has (0: none).
+///
+/// A run this machine journaled ([`journaled_here`]) keeps its own journal: it is never
+/// replaced by the store's. The store's records that it does not have — another
+/// machine's `down`, `extend` — are appended, except those that would make this machine
+/// act on something: `run`, `intent` and `created` records (a run's identity and what
+/// it made here are known only to the machine that made it), which are refused, each
+/// named by its key. Another machine's run is copied as the store has it, when the
+/// store has at least as many records.
 pub async fn pull_journal(store: &dyn ObjectStore, run_id: &str, run_dir: &Path) -> Result<usize, StoreError> {
     let remote = records::read(store, run_id).await?;
     if remote.is_empty() {
         return Ok(0);
     }
     let path = run_dir.join("journal.jsonl");
+    if journaled_here(run_dir, run_id).is_ok() {
+        merge_into_own(store, run_id, &path, &remote)?;
+        return Ok(remote.len());
+    }
     let local = std::fs::read_to_string(&path).map(|t| t.lines().filter(|l| !l.trim().is_empty()).count()).unwrap_or(0);
     if remote.len() >= local {
         let mut text = Vec::new();
@@ -107,6 +119,48 @@ pub async fn pull_journal(store: &dyn ObjectStore, run_id: &str, run_dir: &Path)
         write_private(&path, &text)?;
     }
     Ok(remote.len())
+}
+
+/// Appends to this machine's own journal of `run_id` the store's records it does not
+/// have, refusing those that could make it act on anything (see [`pull_journal`]).
+fn merge_into_own(store: &dyn ObjectStore, run_id: &str, path: &Path, remote: &[Vec<u8>]) -> Result<(), StoreError> {
+    use crate::engine::journal::Record;
+    let local = match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        read => read.map_err(io)?,
+    };
+    let have: HashSet<&[u8]> = local.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let mut add = Vec::new();
+    for (n, r) in remote.iter().enumerate() {
+        let line = r.strip_suffix(b"\n").unwrap_or(r);
+        if have.contains(line) {
+            continue;
+        }
+        let key = format!("{}/{}", store.url().trim_end_matches('/'), super::record_key(run_id, n as u64 + 1));
+        match serde_json::from_slice::<Record>(line) {
+            Ok(Record::Run(_) | Record::Intent { .. } | Record::Created { .. }) => tracing::warn!(
+                "refusing the record {key}: run {run_id} was journaled on this machine, and what it is and what it \
+                 made here only this machine's journal says"
+            ),
+            Ok(_) => {
+                add.extend_from_slice(line);
+                add.push(b'\n');
+            }
+            Err(e) => tracing::warn!("refusing the record {key}: it is not a journal record ({e})"),
+        }
+    }
+    if add.is_empty() {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(&add).map_err(io)?;
+    f.sync_data().map_err(io)
 }
 
 /// Brings a run's `report/` or `logs/` from the store into `run_dir`; the number of files.
@@ -163,4 +217,67 @@ pub async fn pull_lease(store: &dyn ObjectStore, run_id: &str, run_dir: &Path) -
 pub async fn remove_connection(store: &dyn ObjectStore, run_id: &str) -> Result<(), StoreError> {
     let key = connection_key(run_id);
     retrying(|| store.delete(&key, None)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::journal::{self, Journal, Record, RunMeta, State};
+    use crate::engine::store::records::RemoteJournal;
+    use crate::plan::Kind;
+
+    /// This machine's journal of its own run is never replaced by the store's: what
+    /// another writer appended there is taken only when it cannot make this machine act
+    /// on anything (`extended`), refused otherwise (`created`, a second `run`); another
+    /// machine's run is copied as the store has it.
+    #[tokio::test]
+    async fn the_store_cannot_add_to_what_this_machine_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn ObjectStore> = std::sync::Arc::new(crate::testkit::fake_s3::FakeS3::new(
+            1,
+            crate::testkit::fake_s3::S3Faults::realistic(),
+        ));
+        let run_id = "r-20261127-000000-abcdef";
+        let mine = dir.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        let meta = RunMeta::sample(run_id, "local", None);
+        let j = Journal::create(&mine.join("journal.jsonl"), &meta)
+            .unwrap()
+            .mirror_to(RemoteJournal::new(store.clone(), run_id))
+            .await
+            .unwrap();
+        j.created(
+            "service.web.0",
+            Kind::LocalProcess,
+            serde_json::json!({"process": {"pid": 7, "pgid": 7, "start_time": 1}}),
+        )
+        .await
+        .unwrap();
+        drop(j);
+        // Another writer, through the store alone.
+        let mut other = RemoteJournal::after(store.clone(), run_id, 2);
+        let at = chrono::Utc::now();
+        for r in [
+            Record::Created { id: "service.web.1".into(), kind: Kind::LocalProcess, handle: serde_json::json!({}), at },
+            Record::Run(RunMeta::sample(run_id, "local", Some("/"))),
+            Record::Extended { expires_at: at, at },
+        ] {
+            let mut line = serde_json::to_vec(&r).unwrap();
+            line.push(b'\n');
+            other.append(&line).await.unwrap();
+        }
+        for _ in 0..2 {
+            assert_eq!(pull_journal(store.as_ref(), run_id, &mine).await.unwrap(), 5);
+            let state = State::from_records(&journal::read(&mine.join("journal.jsonl")).unwrap());
+            let ids: Vec<&str> = state.entries.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, ["service.web.0"], "the store added what this machine made");
+            assert_eq!(state.meta.unwrap().work_dir, None, "the store replaced the run");
+            assert_eq!(state.extended_to, Some(at));
+        }
+        // Another machine's copy is the store's.
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        assert_eq!(pull_journal(store.as_ref(), run_id, &theirs).await.unwrap(), 5);
+        assert_eq!(journal::read(&theirs.join("journal.jsonl")).unwrap().len(), 5);
+    }
 }

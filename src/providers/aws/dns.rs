@@ -64,6 +64,8 @@ pub trait DnsApi: Send + Sync {
         name: &str,
         kind: RecordKind,
     ) -> impl Future<Output = ApiResult<Option<RecordSet>>> + Send;
+    /// The zone's own name, where its SOA record is (`None`: it has none to read).
+    fn apex(&self, zone: &str) -> impl Future<Output = ApiResult<Option<String>>> + Send;
 }
 
 /// One Route 53 shared by several users (tests inspect a fake while names use it).
@@ -86,6 +88,9 @@ impl<A: DnsApi> DnsApi for std::sync::Arc<A> {
         kind: RecordKind,
     ) -> impl Future<Output = ApiResult<Option<RecordSet>>> + Send {
         self.as_ref().record(zone, name, kind)
+    }
+    fn apex(&self, zone: &str) -> impl Future<Output = ApiResult<Option<String>>> + Send {
+        self.as_ref().apex(zone)
     }
 }
 
@@ -122,6 +127,28 @@ fn host(target: &str) -> &str {
 }
 
 impl<A: DnsApi> Route53Names<A> {
+    /// Refuses names that are not DNS names strictly inside the zone (by the zone's own
+    /// name, read from Route 53): what a stage's record lists is a stranger's input, and
+    /// these are the names that get upserted and deleted.
+    pub async fn check_in_zone(&self) -> Result<(), String> {
+        let apex = patiently(|| self.api.apex(&self.zone))
+            .await
+            .map_err(|e| format!("Route 53 zone {}: {e}", self.zone))?
+            .ok_or_else(|| format!("Route 53 zone {} has no SOA record to tell its name by", self.zone))?;
+        let apex = apex.trim_end_matches('.').to_ascii_lowercase();
+        for (component, name) in &self.names {
+            let n = name.trim_end_matches('.').to_ascii_lowercase();
+            if !crate::description::decode::is_dns_name(&n) || !n.ends_with(&format!(".{apex}")) {
+                return Err(format!(
+                    "the stable name of `{component}`, \"{}\", is not a DNS name inside the stage's zone {} ({apex})",
+                    name.escape_debug(),
+                    self.zone
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The TXT record that says which generation the names point at.
     fn marker(&self) -> Option<String> {
         self.names.values().next().map(|first| fqdn(&format!("_rehearse-generation.{}", first.trim_end_matches('.'))))
@@ -283,6 +310,39 @@ where
                 attempt += 1;
             }
             other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::fake_dns::{DnsFaults, FakeDns};
+
+    fn names(list: &[(&str, &str)]) -> Route53Names<FakeDns> {
+        Route53Names {
+            api: FakeDns::new(1, DnsFaults { latency: (Duration::ZERO, Duration::ZERO), ..DnsFaults::realistic() }),
+            zone: "Z0123456789ABCDEFGHIJ".into(),
+            ttl: 10,
+            names: list.iter().map(|(c, n)| (c.to_string(), n.to_string())).collect(),
+            databases: vec!["db".into()],
+        }
+    }
+
+    /// The names a record lists are upserted and deleted: each must be a DNS name
+    /// strictly inside the zone (the fake's is `staging.shop.internal`).
+    #[tokio::test(start_paused = true)]
+    async fn names_outside_the_stages_zone_are_refused() {
+        let ok = names(&[("db", "db.staging.shop.internal"), ("web", "WEB.staging.shop.internal.")]);
+        assert_eq!(ok.check_in_zone().await, Ok(()));
+        for bad in
+            ["api.prod.shop.internal", "staging.shop.internal", "xstaging.shop.internal", "db..staging.shop.internal"]
+        {
+            let e = names(&[("db", bad)]).check_in_zone().await.unwrap_err();
+            assert!(
+                e.contains("is not a DNS name inside the stage's zone Z0123456789ABCDEFGHIJ (staging.shop.internal)"),
+                "{bad}: {e}"
+            );
         }
     }
 }

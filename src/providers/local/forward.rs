@@ -1,5 +1,8 @@
 //! A local stage's stable names: a small TCP forwarder on fixed ports of 127.0.0.1
-//! that connects every new connection to the current generation.
+//! (and the same ports of ::1) that connects every new connection to the current
+//! generation. `stage env` and `stage status` check that each port is answered by the
+//! forwarder's own sockets alone ([`LocalNames::who_answers`]): while it is down (after
+//! a reboot), another user may have bound the port.
 //!
 //! The stage's directory (`STATE/stages/NAME/`, private to its owner) holds:
 //! - `listen.json`: the stable port of each database and service;
@@ -142,6 +145,39 @@ impl LocalNames {
     fn read_targets(&self) -> Option<Targets> {
         serde_json::from_slice(&std::fs::read(self.dir.join(TARGETS)).ok()?).ok()
     }
+
+    /// Each stable port that is not answered by the forwarder's own sockets alone, said
+    /// (as a service's health check must be answered by the service's own socket): a
+    /// port another process listens on (on any address: 127.0.0.1, ::1, 0.0.0.0 …),
+    /// or one nothing listens on.
+    pub(crate) fn who_answers(&self) -> Vec<String> {
+        let forwarder = self.running();
+        let mut out = Vec::new();
+        for (name, port) in &self.ports {
+            let sockets = process::listening_sockets(*port);
+            let strangers: Vec<u64> = sockets
+                .iter()
+                .copied()
+                .filter(|i| !forwarder.as_ref().is_some_and(|f| process::process_holds_socket(f.pid, *i)))
+                .collect();
+            if !strangers.is_empty() {
+                let mut who: Vec<String> = strangers
+                    .iter()
+                    .flat_map(|i| process::socket_holders(*i))
+                    .map(|pid| {
+                        let user = process::owner_uid(pid).map_or_else(|| "?".into(), process::user_name);
+                        format!("pid {pid} (user {user})")
+                    })
+                    .collect();
+                who.dedup();
+                let who = if who.is_empty() { "a process this user cannot see".to_string() } else { who.join(", ") };
+                out.push(format!("port {port} of `{name}` is answered by {who}, not by the stage's forwarder"));
+            } else if forwarder.is_none() || sockets.is_empty() {
+                out.push(format!("nothing answers port {port} of `{name}`: the stage's forwarder is not running"));
+            }
+        }
+        out
+    }
 }
 
 fn remove_if_there(path: &Path) -> Result<(), String> {
@@ -181,6 +217,32 @@ impl StableNames for LocalNames {
             crate::sys::state::remove_tree(&self.dir).map_err(|e| e.to_string())
         })
     }
+
+    fn unanswered(&self) -> NamesFuture<'_, Vec<String>> {
+        Box::pin(async move { Ok(self.who_answers()) })
+    }
+}
+
+/// Listens on `port` of both loopback addresses: 127.0.0.1, and ::1 — a client that
+/// resolves `localhost` to ::1 must reach the forwarder too, never another user who
+/// bound [::1]:PORT. A machine without IPv6 loopback (none can bind ::1 there) is said,
+/// not fatal.
+async fn bind_loopback(name: &str, port: u16) -> Result<Vec<tokio::net::TcpListener>, String> {
+    let v4 = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port} for `{name}`: {e}"))?;
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    match tokio::net::TcpListener::bind(v6).await {
+        Ok(l) => Ok(vec![v4, l]),
+        Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EADDRNOTAVAIL | nix::libc::EAFNOSUPPORT)) => {
+            eprintln!(
+                "rehearse forwarder: `{name}`: this machine has no IPv6 loopback ([::1]:{port}: {e}); listening on \
+                 127.0.0.1:{port} only (nobody can bind ::1 here either)"
+            );
+            Ok(vec![v4])
+        }
+        Err(e) => Err(format!("cannot listen on [::1]:{port} for `{name}`: {e}")),
+    }
 }
 
 /// `rehearse stage forward DIR`: the forwarder itself. Listens on every port of
@@ -190,12 +252,17 @@ pub(crate) async fn serve(dir: &Path) -> Result<(), String> {
         &std::fs::read(dir.join(LISTEN)).map_err(|e| format!("cannot read {}: {e}", dir.join(LISTEN).display()))?,
     )
     .map_err(|e| format!("{} is damaged: {e}", dir.join(LISTEN).display()))?;
+    // Started again (by its systemd unit) while it runs: nothing to do.
+    let already = LocalNames { dir: dir.to_path_buf(), ports: ports.clone() };
+    if let Some(f) = already.running().filter(|f| f.ports == ports) {
+        eprintln!("rehearse forwarder: already running as pid {} on {:?}", f.pid, f.ports);
+        return Ok(());
+    }
     let mut listeners = Vec::new();
     for (name, port) in &ports {
-        let l = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], *port)))
-            .await
-            .map_err(|e| format!("cannot listen on 127.0.0.1:{port} for `{name}`: {e}"))?;
-        listeners.push((name.clone(), l));
+        for l in bind_loopback(name, *port).await? {
+            listeners.push((name.clone(), l));
+        }
     }
     let me = std::process::id() as i32;
     let record = ForwarderProcess { pid: me, start_time: process::start_time(me).unwrap_or(0), ports: ports.clone() };

@@ -503,23 +503,33 @@ fn server_uid(cluster: &Cluster) -> u32 {
     cluster.run_as.map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid)
 }
 
-/// Servers of this cluster still running: the postmaster recorded when it started,
-/// if it is still that process; and, for a cluster whose start was never recorded (a
-/// crash), processes of the cluster's user started with exactly its data directory.
+/// Whether process `pid` is a server of the data directory `data` run by `uid`: a
+/// process of that user started with exactly `-D data`.
+fn serves(pid: i32, data: &Path, uid: u32) -> bool {
+    if process::owner_uid(pid) != Some(uid) {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let mut args = cmdline.split(|b| *b == 0);
+    args.any(|a| a == b"-D") && args.next() == Some(data.as_os_str().as_encoded_bytes())
+}
+
+/// Servers of this cluster still running: the postmaster recorded when it started, if
+/// it is still that process and still serves the cluster's data directory as the
+/// cluster's user (a journal is data: its handle alone never gets a process
+/// signalled); and, for a cluster whose start was never recorded (a crash), processes
+/// of the cluster's user started with exactly its data directory.
 fn servers(cluster: &Cluster) -> Vec<process::ProcHandle> {
-    let mut out: Vec<process::ProcHandle> =
-        cluster.postmaster.iter().filter(|h| process::is_alive(h)).cloned().collect();
     let data = cluster.data();
     let uid = server_uid(cluster);
+    let mut out: Vec<process::ProcHandle> =
+        cluster.postmaster.iter().filter(|h| process::is_alive(h) && serves(h.pid, &data, uid)).cloned().collect();
     let Ok(rd) = std::fs::read_dir("/proc") else { return out };
     for pid in rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        if out.iter().any(|h| h.pid == pid) || process::owner_uid(pid) != Some(uid) {
+        if out.iter().any(|h| h.pid == pid) {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let mut args = cmdline.split(|b| *b == 0);
-        let serves = args.any(|a| a == b"-D") && args.next() == Some(data.as_os_str().as_encoded_bytes());
-        if serves {
+        if serves(pid, &data, uid) {
             if let Some(start_time) = process::start_time(pid) {
                 let h = process::ProcHandle { pid, pgid: 0, start_time };
                 if process::is_alive(&h) {

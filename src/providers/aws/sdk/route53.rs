@@ -97,4 +97,17 @@ impl DnsApi for Route53 {
             values: s.resource_records().iter().map(|r| r.value().to_string()).collect(),
         }))
     }
+
+    async fn apex(&self, zone: &str) -> ApiResult<Option<String>> {
+        // A listing starts at the zone's apex (its NS and SOA records).
+        let out = self
+            .r53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone_id(zone))
+            .max_items(10)
+            .send()
+            .await
+            .map_err(super::err)?;
+        Ok(out.resource_record_sets().iter().find(|s| *s.r#type() == RrType::Soa).map(|s| s.name().to_string()))
+    }
 }
