@@ -204,7 +204,7 @@ pub async fn tidy(hand: &Stagehand<'_>, stage: &str) -> Result<(), RebuildError>
     // Names first: a rebuild that died between its promotion and its switch left them
     // behind the record.
     if record.current.is_some() {
-        st::converge(store, stage, names).await.map_err(RebuildError::Names)?;
+        st::converge_told(store, stage, names, reporter).await.map_err(RebuildError::Names)?;
     }
     for gen in record.generations.iter().filter(|g| g.fate == Fate::Building) {
         note(
@@ -395,7 +395,7 @@ async fn promote(
             }
         }
     };
-    st::converge(store, name, names).await.map_err(|e| {
+    st::converge_told(store, name, names, reporter).await.map_err(|e| {
         RebuildError::Names(format!(
             "generation {number} is the stage's current generation, but its stable names could not be switched: \
              {e}; the next rebuild points them again"

@@ -486,6 +486,27 @@ pub trait StableNames: Send + Sync {
     fn unanswered(&self) -> NamesFuture<'_, Vec<String>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    /// What a switch waits for before clients see it, and for how long at most (Route
+    /// 53's `INSYNC`); `None` when a switch takes effect at once (a local pointer swap).
+    fn switch_waits_for(&self) -> Option<(String, std::time::Duration)> {
+        None
+    }
+}
+
+/// [`converge`], saying what it waits for when that goes on beyond a few seconds.
+pub async fn converge_told(
+    store: &dyn ObjectStore,
+    stage: &str,
+    names: &dyn StableNames,
+    reporter: &dyn super::events::Reporter,
+) -> Result<Option<u64>, String> {
+    match names.switch_waits_for() {
+        Some((what, bound)) => {
+            let resource = format!("stage.{stage}");
+            super::events::announce_wait(reporter, &resource, &what, bound, converge(store, stage, names)).await
+        }
+        None => converge(store, stage, names).await,
+    }
 }
 
 /// Points the names where the record says, until the record holds still across a

@@ -249,6 +249,10 @@ impl<A: DnsApi> Route53Names<A> {
 }
 
 impl<A: DnsApi> StableNames for Route53Names<A> {
+    fn switch_waits_for(&self) -> Option<(String, Duration)> {
+        Some(("Route 53 to apply the change to the stage's records (INSYNC)".into(), SYNC_TIMEOUT))
+    }
+
     fn switch<'a>(&'a self, number: u64, targets: &'a BTreeMap<String, Vec<String>>) -> NamesFuture<'a, ()> {
         Box::pin(async move {
             let changes: Vec<(Action, RecordSet)> =
