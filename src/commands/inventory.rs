@@ -161,6 +161,9 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
                 State::default()
             }
         };
+        for r in &st.refused {
+            tracing::warn!("{}", r.describe(&name));
+        }
         let Some(meta) = st.meta.clone().filter(|m| m.run_id == name) else {
             // Not knowing what a run holds is worth showing: `down` finds it by tag.
             rows.push(RunRow {
@@ -314,6 +317,16 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
         eprintln!("error: the journal of {run_id} has no run record");
         return exit::USAGE;
     };
+    // A local run lives on the machine that journaled it, which takes nothing others
+    // append to its journal in a shared store (an extension from here would be lost).
+    let shared = matches!(super::store::url(g), Ok(Some(state::StateUrl::S3 { .. })));
+    if shared && meta.provider == "local" && !journal::journaled_here(&state::run_dir(&root, &run_id)) {
+        eprintln!(
+            "error: run {run_id} is a local run of {}: extend it there",
+            meta.host.as_deref().unwrap_or("another machine")
+        );
+        return exit::USAGE;
+    }
     if st.torn_down == Some(true) && st.remaining().is_empty() {
         eprintln!("error: run {run_id} is torn down already: there is nothing to extend");
         return exit::USAGE;

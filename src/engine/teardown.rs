@@ -121,6 +121,9 @@ pub async fn run<P: Provider>(
     let Some(meta) = state.meta.clone() else {
         return unknown(format!("the journal {} has no run record", journal.path().display()));
     };
+    for r in &state.refused {
+        reporter.event(Event::Note(format!("warning: {}", r.describe(&meta.run_id))));
+    }
     let mut leftovers = Vec::new();
     let mut interrupted = false;
     let mut destroyed = Vec::new();

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::{connection_key, records, retrying, run_files, Condition, ObjectStore, StoreError};
+use crate::engine::journal::{journaled_here, Record};
 
 fn io(e: std::io::Error) -> StoreError {
     StoreError::Failed(e.to_string())
@@ -89,13 +90,33 @@ fn write_private(path: &Path, body: &[u8]) -> Result<(), StoreError> {
 /// Brings a run's journal from the store into `run_dir/journal.jsonl`, unless the local
 /// copy already has as many records (it is then this machine's own, as complete). The
 /// number of records the store has (0: none).
+///
+/// A journal of the local provider that this machine created ([`journaled_here`]) is
+/// never replaced: such a run lives on this machine alone, which wrote every record
+/// that matters, so what others appended in the store (a `deleted` that would stop
+/// teardown of a cluster still running here, a `created` naming someone else's process)
+/// is not taken; it is named in a warning instead.
 pub async fn pull_journal(store: &dyn ObjectStore, run_id: &str, run_dir: &Path) -> Result<usize, StoreError> {
     let remote = records::read(store, run_id).await?;
     if remote.is_empty() {
         return Ok(0);
     }
     let path = run_dir.join("journal.jsonl");
-    let local = std::fs::read_to_string(&path).map(|t| t.lines().filter(|l| !l.trim().is_empty()).count()).unwrap_or(0);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let local = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if journaled_here(run_dir) && own_local_run(&text) {
+        if remote.len() > local {
+            tracing::warn!(
+                "the state store {} has {} record(s) of run {run_id} beyond the journal this machine wrote \
+                 ({} to {}); a local run is this machine's alone: they are not taken",
+                store.url(),
+                remote.len() - local,
+                super::record_key(run_id, local as u64 + 1),
+                super::record_key(run_id, remote.len() as u64)
+            );
+        }
+        return Ok(remote.len());
+    }
     if remote.len() >= local {
         let mut text = Vec::new();
         for r in &remote {
@@ -107,6 +128,12 @@ pub async fn pull_journal(store: &dyn ObjectStore, run_id: &str, run_dir: &Path)
         write_private(&path, &text)?;
     }
     Ok(remote.len())
+}
+
+/// Whether a journal's first record is a run of the local provider.
+fn own_local_run(text: &str) -> bool {
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    matches!(serde_json::from_str(first), Ok(Record::Run(m)) if m.provider == "local")
 }
 
 /// Brings a run's `report/` or `logs/` from the store into `run_dir`; the number of files.
@@ -163,4 +190,55 @@ pub async fn pull_lease(store: &dyn ObjectStore, run_id: &str, run_dir: &Path) -
 pub async fn remove_connection(store: &dyn ObjectStore, run_id: &str) -> Result<(), StoreError> {
     let key = connection_key(run_id);
     retrying(|| store.delete(&key, None)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::journal::{self, Journal, RunMeta, State};
+    use crate::engine::store::records::RemoteJournal;
+    use crate::plan::Kind;
+    use crate::testkit::fake_s3::{FakeS3, S3Faults};
+
+    /// A run journaled in `state/runs/RUN_ID` and mirrored to `store`, with a cluster;
+    /// then a stranger appends `deleted` for it in the store.
+    async fn run_with_forged_deletion(store: &std::sync::Arc<FakeS3>, state: &Path, provider: &str) -> PathBuf {
+        let dir = state.join("r-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let j = Journal::create(&dir.join("journal.jsonl"), &RunMeta::sample("r-1", provider, None)).unwrap();
+        let j = j.mirror_to(RemoteJournal::new(store.clone(), "r-1")).await.unwrap();
+        let kind = if provider == "local" { Kind::LocalPostgres } else { Kind::AwsDbInstance };
+        j.created("database.db", kind, serde_json::json!({"db_instance_id": "rh-1"})).await.unwrap();
+        drop(j);
+        let forged = serde_json::to_vec(&journal::Record::Deleted { id: "database.db".into(), at: chrono::Utc::now() });
+        let mut stranger = RemoteJournal::after(store.clone(), "r-1", 2);
+        stranger.append(&forged.unwrap()).await.unwrap();
+        dir
+    }
+
+    fn remaining(dir: &Path) -> Vec<String> {
+        let s = State::from_records(&journal::read(&dir.join("journal.jsonl")).unwrap());
+        s.remaining().iter().map(|e| e.id.clone()).collect()
+    }
+
+    /// issue 23 #6: a `deleted` from the store must not stop teardown of what this
+    /// machine journaled for a local run.
+    #[tokio::test(start_paused = true)]
+    async fn a_local_run_journaled_here_takes_nothing_a_stranger_appended_in_the_store() {
+        let state = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FakeS3::new(7, S3Faults::realistic()));
+        let dir = run_with_forged_deletion(&store, &state.path().join("here"), "local").await;
+        assert_eq!(pull_journal(store.as_ref(), "r-1", &dir).await.unwrap(), 3);
+        assert_eq!(remaining(&dir), ["database.db"], "the forged deletion was taken");
+        // Another machine (no journal of its own) sees the store's journal as it is,
+        // and an AWS run here takes what others appended (teardown confirms by tag).
+        let elsewhere = state.path().join("elsewhere/r-1");
+        assert_eq!(pull_journal(store.as_ref(), "r-1", &elsewhere).await.unwrap(), 3);
+        assert!(!journal::journaled_here(&elsewhere));
+        assert!(remaining(&elsewhere).is_empty());
+        let store = std::sync::Arc::new(FakeS3::new(8, S3Faults::realistic()));
+        let dir = run_with_forged_deletion(&store, &state.path().join("aws"), "aws").await;
+        pull_journal(store.as_ref(), "r-1", &dir).await.unwrap();
+        assert!(remaining(&dir).is_empty());
+    }
 }
