@@ -301,7 +301,8 @@ pub async fn run<P: Provider>(
         let out = teardown::run(provider, &journal, reporter, signals, stop_at.max(2), &clock).await;
         let status = match (&out.left, out.interrupted) {
             (_, true) => "interrupted",
-            (Left::Clear, _) => "complete",
+            (Left::Clear, _) if out.complete() => "complete",
+            (Left::Clear, _) => "incomplete",
             (Left::Unknown(_), _) => "unknown",
             (Left::Remaining(_) | Left::Orphaned(_), _) => "incomplete",
         };

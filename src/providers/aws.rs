@@ -97,6 +97,10 @@ pub struct AwsProvider<A> {
     runner: tokio::sync::watch::Sender<Option<String>>,
     /// The suites' files for the runner, packed once per run.
     bundle: tokio::sync::OnceCell<Result<Vec<u8>, String>>,
+    /// Provider ids established as the run's: created by this process (tagged at
+    /// creation), or found carrying the run's tag by the guard. Only these get a
+    /// removal command a person can paste; a journal's word is not enough.
+    owned: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
@@ -185,9 +189,16 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
         Some(self.suite_on_runner(job).await)
     }
 
+    /// The AWS CLI command for a resource established as the run's (see `owned`);
+    /// anything else is left to `rehearse down`, which goes through the guard.
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String {
         let region = meta.region.clone().unwrap_or_default();
-        let id = handle_id(entry).unwrap_or_else(|| "<id: see `rehearse down`>".into());
+        let down = format!("rehearse down {}", meta.run_id);
+        let id = match handle_id(entry) {
+            Some(id) if self.is_owned(&id) => id,
+            Some(_) => return down,
+            None => "<id: see `rehearse down`>".into(),
+        };
         match entry.kind {
             Kind::AwsInstance => format!("aws ec2 terminate-instances --region {region} --instance-ids {id}"),
             Kind::AwsSecurityGroup => format!("aws ec2 delete-security-group --region {region} --group-id {id}"),
@@ -202,11 +213,24 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
                 let h = entry.handle.as_ref();
                 match (h.and_then(|h| h.get("bucket")?.as_str()), h.and_then(|h| h.get("prefix")?.as_str())) {
                     (Some(b), Some(p)) => format!("aws s3 rm --recursive s3://{b}/{p}"),
-                    _ => format!("rehearse down {}", meta.run_id),
+                    _ => down,
                 }
             }
-            _ => format!("rehearse down {}", meta.run_id),
+            _ => down,
         }
+    }
+}
+
+impl<A> AwsProvider<A> {
+    /// Takes `id` as established to be the run's (created by it, or its tag checked).
+    pub(crate) fn mark_owned(&self, id: &str) {
+        if let Ok(mut o) = self.owned.lock() {
+            o.insert(id.to_string());
+        }
+    }
+
+    fn is_owned(&self, id: &str) -> bool {
+        self.owned.lock().is_ok_and(|o| o.contains(id))
     }
 }
 
