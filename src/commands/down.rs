@@ -110,6 +110,10 @@ pub(crate) fn down_run(g: &Global, run_id: &str, region: Option<&str>, stage_cur
                             return exit::USAGE;
                         };
                         let provider = super::aws_provider(region).await;
+                        let provider = match description_at_hand(&meta) {
+                            Some(loaded) => provider.with_runner_outputs_of(&loaded),
+                            None => provider,
+                        };
                         finish_down(g, &provider, &journal, run_id, reporter.as_ref(), &signals).await
                     } else {
                         finish_down(g, &LocalProvider::new(&work_root), &journal, run_id, reporter.as_ref(), &signals)
@@ -223,6 +227,22 @@ async fn finish_down<P: Provider>(
         );
         exit::LEFTOVERS
     }
+}
+
+/// The run's description, read again from this machine's disk, for what a journal
+/// must not decide (the runner's outputs bucket): only if it is there, no one but its
+/// owners could have written it (as for masking SQL), and it loads. The path is the
+/// journal's word, but what it names is a file this machine already trusts or nothing.
+fn description_at_hand(meta: &journal::RunMeta) -> Option<crate::description::Loaded> {
+    let path = Path::new(&meta.description);
+    if meta.description.is_empty() || !path.is_absolute() || !path.is_file() {
+        return None;
+    }
+    if let Err(e) = crate::sys::secure_fs::check_input(path) {
+        eprintln!("rehearse: not reading the run's description again: {e}");
+        return None;
+    }
+    crate::description::load(path, Some(&meta.release)).ok()
 }
 
 /// A journal reconstructed for a run whose journal was lost: the local work directory,

@@ -147,7 +147,9 @@ pub async fn run<P: Provider>(
         run_id: run_id.clone(),
         environment: d.name.clone(),
         provider: d.provider().as_str().into(),
-        description: loaded.path.display().to_string(),
+        // Absolute: `down` on this machine may read it again, from anywhere, for what
+        // a journal must not decide (the runner's outputs bucket).
+        description: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()).display().to_string(),
         release: opts.release.clone(),
         owner: d.owner.clone(),
         started_at,

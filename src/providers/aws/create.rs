@@ -18,6 +18,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             runner: tokio::sync::watch::Sender::new(None),
             bundle: tokio::sync::OnceCell::new(),
             owned: Mutex::default(),
+            runner_outputs: Mutex::default(),
         }
     }
 
