@@ -52,6 +52,10 @@ pub enum Record {
     TornDown { complete: bool, at: DateTime<Utc> },
     /// `rehearse extend` moved the expiry (within the run's `max_ttl`).
     Extended { expires_at: DateTime<Utc>, at: DateTime<Utc> },
+    /// Stands in, in a journal fetched from a shared store, for an object there that
+    /// is not a journal record (written by no rehearse): kept in its place, so that
+    /// every record keeps its number, and always refused when folded.
+    Unreadable { why: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -410,6 +414,7 @@ impl State {
                     first.provider
                 ))
             }
+            (Record::Unreadable { why }, None) => return Err(format!("it is not a journal record ({why})")),
             (_, None) => return Err("it comes before the run record".into()),
             (_, Some(m)) => m,
         };
@@ -420,6 +425,7 @@ impl State {
         };
         match r {
             Record::Run(_) => unreachable!("run records are folded above"),
+            Record::Unreadable { why } => return Err(format!("it is not a journal record ({why})")),
             Record::Intent { id, kind, key, at } => {
                 if !kind_belongs(*kind, &provider) {
                     return Err(foreign(id, *kind));

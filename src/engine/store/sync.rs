@@ -118,12 +118,16 @@ pub async fn pull_journal(store: &dyn ObjectStore, run_id: &str, run_dir: &Path)
         return Ok(remote.len());
     }
     if remote.len() >= local {
+        // One line per object, in the store's order: each record as rehearse writes it,
+        // and an object that is not one (a stranger's, or spread over several lines)
+        // as a record that says so, which the fold refuses under its own number.
         let mut text = Vec::new();
         for r in &remote {
-            text.extend_from_slice(r);
-            if !r.ends_with(b"\n") {
-                text.push(b'\n');
-            }
+            let rec = serde_json::from_slice::<Record>(r)
+                .unwrap_or_else(|e| Record::Unreadable { why: e.to_string().escape_debug().to_string() });
+            let line = serde_json::to_vec(&rec).map_err(|e| StoreError::Failed(e.to_string()))?;
+            text.extend_from_slice(&line);
+            text.push(b'\n');
         }
         write_private(&path, &text)?;
     }
@@ -240,5 +244,32 @@ mod tests {
         let dir = run_with_forged_deletion(&store, &state.path().join("aws"), "aws").await;
         pull_journal(store.as_ref(), "r-1", &dir).await.unwrap();
         assert!(remaining(&dir).is_empty());
+    }
+
+    /// A stranger's object among the records (not JSON, or JSON over several lines)
+    /// neither makes the fetched journal unreadable (`down` would then find nothing to
+    /// remove) nor moves the records after it: it is refused under its own number.
+    #[tokio::test(start_paused = true)]
+    async fn an_object_that_is_not_a_record_is_refused_in_its_place() {
+        let state = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FakeS3::new(9, S3Faults::realistic()));
+        let mut w = RemoteJournal::new(store.clone(), "r-1");
+        let run = serde_json::to_vec(&journal::Record::Run(RunMeta::sample("r-1", "aws", None))).unwrap();
+        w.append(&run).await.unwrap();
+        w.append(b"\x00 garbage\n{").await.unwrap();
+        let created = journal::Record::Created {
+            id: "database.db".into(),
+            kind: Kind::AwsDbInstance,
+            handle: serde_json::json!({"db_instance_id": "rh-1"}),
+            at: chrono::Utc::now(),
+        };
+        w.append(&serde_json::to_vec_pretty(&created).unwrap()).await.unwrap();
+        let dir = state.path().join("r-1");
+        assert_eq!(pull_journal(store.as_ref(), "r-1", &dir).await.unwrap(), 3);
+        let s = State::from_records(&journal::read(&dir.join("journal.jsonl")).unwrap());
+        assert_eq!(remaining(&dir), ["database.db"]);
+        assert_eq!(s.refused.len(), 1);
+        let said = s.refused[0].describe("r-1");
+        assert!(said.contains("runs/r-1/journal/0000000002.json") && said.contains("not a journal record"), "{said}");
     }
 }
