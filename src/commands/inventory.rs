@@ -320,7 +320,8 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     // A local run lives on the machine that journaled it, which takes nothing others
     // append to its journal in a shared store (an extension from here would be lost).
     let shared = matches!(super::store::url(g), Ok(Some(state::StateUrl::S3 { .. })));
-    if shared && meta.provider == "local" && !journal::journaled_here(&state::run_dir(&root, &run_id)) {
+    let elsewhere = meta.host.as_deref().is_some_and(|h| h != crate::sys::process::host_name());
+    if shared && meta.provider == "local" && elsewhere && !journal::journaled_here(&state::run_dir(&root, &run_id)) {
         eprintln!(
             "error: run {run_id} is a local run of {}: extend it there",
             meta.host.as_deref().unwrap_or("another machine")
