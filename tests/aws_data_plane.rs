@@ -492,12 +492,15 @@ fn seeded_kills_during_ssm_commands_leave_nothing_runner_and_keys_included() {
                     return Err(format!("seed {seed}: the run failed: {:?}", o.report.failure));
                 }
             }
-            // `rehearse down RUN_ID` from the journal, again while it reports leftovers.
+            // `rehearse down RUN_ID` from the journal, again while it reports leftovers;
+            // the runner's bucket from the description, as `down` reads it again (the
+            // journal keeps only the run's part of the prefix).
             let journal = Journal::open(&opts.state_root.join("runs").join(&run_id).join("journal.jsonl"))
                 .map_err(|e| format!("no journal: {e}"))?;
             let down = AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX)
                 .seeded(!seed)
-                .with_work_root(&state.join("work"));
+                .with_work_root(&state.join("work"))
+                .with_runner_outputs_of(&loaded);
             let mut complete = false;
             for _ in 0..6 {
                 let out = teardown::run(&down, &journal, &Printed, &Signals::none(), 1, &Clock::new()).await;

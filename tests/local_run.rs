@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -853,11 +852,24 @@ fn a_named_dry_run_is_extended_within_its_max_ttl_and_sweep_honours_the_new_expi
     assert!(String::from_utf8_lossy(&too_far.stderr).contains("max_ttl"), "{too_far:?}");
     assert_eq!(expires(&rows(&sb)), t1, "a refused extension changes nothing");
 
-    // Sweep goes by the journal's latest expiry: as if its time had run out, then extended.
+    // Sweep goes by the journal's latest expiry: as if its time had run out (an
+    // extension never shortens a run, so the run record's expiry and the extension
+    // above are moved back), then extended.
     let journal = sb.state().join("runs").join(&id).join("journal.jsonl");
     let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
-    let record = format!("{{\"type\":\"extended\",\"expires_at\":\"{past}\",\"at\":\"{past}\"}}\n");
-    std::fs::OpenOptions::new().append(true).open(&journal).unwrap().write_all(record.as_bytes()).unwrap();
+    let text: Vec<String> = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+            match r["type"].as_str() {
+                Some("run") | Some("extended") => r["expires_at"] = serde_json::json!(past),
+                _ => {}
+            }
+            format!("{r}\n")
+        })
+        .collect();
+    std::fs::write(&journal, text.concat()).unwrap();
     let sweep = sb.cmd().args(["sweep"]).output().unwrap();
     assert!(String::from_utf8_lossy(&sweep.stdout).contains(&format!("would remove {id}")), "{sweep:?}");
     let extend = sb.cmd().args(["extend", &id, "30m"]).output().unwrap();

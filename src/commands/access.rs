@@ -82,6 +82,19 @@ pub(super) fn print_connection_with(g: &Global, c: &Connection, extra: &[(&str, 
     let export = if g.format == Format::Dotenv { "" } else { "export " };
     let mut out = String::new();
     for (k, v) in vars {
+        // The output is evaluated (`eval "$(rehearse env RUN)"`): a name is a name, a
+        // value one quoted word on its line; anything else is refused, not printed.
+        if let Err(e) = crate::description::decode::KeyRule::EnvVar.check(&k) {
+            eprintln!("error: run {}: `{}` is not a variable name ({e}); nothing printed", c.run_id, k.escape_debug());
+            return exit::USAGE;
+        }
+        if v.chars().any(char::is_control) || (g.format == Format::Dotenv && v.contains('\'')) {
+            eprintln!(
+                "error: run {}: the value of {k} cannot be written as one quoted value; nothing printed",
+                c.run_id
+            );
+            return exit::USAGE;
+        }
         out.push_str(&format!("{export}{k}={}\n", quote(&v)));
     }
     print!("{out}");

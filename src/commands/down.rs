@@ -14,8 +14,10 @@ use crate::engine::teardown;
 use crate::exit;
 use crate::plan::Kind;
 use crate::providers::aws::api::tag_value;
-use crate::providers::aws::{by_evidence, Tagged, TAG_RESOURCE, TAG_RUN};
+use crate::providers::aws::sdk::Sdk;
+use crate::providers::aws::{by_evidence, AwsProvider, Guard, Tagged, TAG_RESOURCE, TAG_RUN, TEARDOWN_ORDER};
 use crate::providers::local::LocalProvider;
+use crate::report::model::Leftover;
 use crate::sys::signals::Signals;
 use crate::sys::state;
 
@@ -138,10 +140,15 @@ pub(crate) fn down_run(
                             return exit::USAGE;
                         };
                         let provider = super::aws_provider(region).await;
-                        finish_down(g, &provider, &journal, run_id, reporter.as_ref(), &signals).await
+                        let provider = match description_at_hand(&meta) {
+                            Some(loaded) => provider.with_runner_outputs_of(&loaded),
+                            None => provider,
+                        };
+                        let by_tags = Some((&provider, region));
+                        finish_down(g, &provider, &journal, run_id, reporter.as_ref(), &signals, by_tags).await
                     } else {
-                        finish_down(g, &LocalProvider::new(&work_root), &journal, run_id, reporter.as_ref(), &signals)
-                            .await
+                        let local = LocalProvider::new(&work_root);
+                        finish_down(g, &local, &journal, run_id, reporter.as_ref(), &signals, None).await
                     };
                 }
                 Ok(_) => eprintln!(
@@ -181,7 +188,7 @@ pub(crate) fn down_run(
                     return exit::BUILD_FAILED;
                 }
             };
-            return finish_down(g, &provider, &journal, run_id, reporter.as_ref(), &signals).await;
+            return finish_down(g, &provider, &journal, run_id, reporter.as_ref(), &signals, None).await;
         }
         // Locally, the run's tag is its work directory and every process carrying its id.
         let work = std::path::absolute(&work_root).unwrap_or_else(|_| work_root.clone()).join("runs").join(run_id);
@@ -195,7 +202,9 @@ pub(crate) fn down_run(
         }
         eprintln!("rehearse: no journal for {run_id}; removing what is tagged with it");
         match synthetic_journal(g, run_id, "local", None, Some(&work), &[]).await {
-            Ok(j) => finish_down(g, &LocalProvider::new(&work_root), &j, run_id, reporter.as_ref(), &signals).await,
+            Ok(j) => {
+                finish_down(g, &LocalProvider::new(&work_root), &j, run_id, reporter.as_ref(), &signals, None).await
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::BUILD_FAILED
@@ -204,6 +213,10 @@ pub(crate) fn down_run(
     })
 }
 
+/// Tears the run down from `journal`; on AWS (`by_tags`: the provider and region),
+/// then removes whatever still carries the run's tag, so that a journal that says
+/// something is gone (a `deleted` anyone with the store's policy could append) never
+/// makes "nothing left" true by saying it.
 async fn finish_down<P: Provider>(
     g: &Global,
     provider: &P,
@@ -211,13 +224,17 @@ async fn finish_down<P: Provider>(
     run_id: &str,
     reporter: &dyn Reporter,
     signals: &Signals,
+    by_tags: Option<(&AwsProvider<Sdk>, &str)>,
 ) -> i32 {
-    let out =
+    let mut out =
         teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new())
             .await;
     if let Some(why) = out.not_here() {
         eprintln!("rehearse: {run_id}: not this host's run: left alone ({why})");
         return exit::USAGE;
+    }
+    if let (Some((aws, region)), false) = (by_tags, out.interrupted) {
+        remove_still_tagged(aws, run_id, region, &mut out).await;
     }
     close_journal(journal, out.complete()).await;
     if out.complete() {
@@ -255,6 +272,76 @@ async fn finish_down<P: Provider>(
         );
         exit::LEFTOVERS
     }
+}
+
+/// After a teardown from the journal: what is still tagged with the run (and that
+/// rehearse demonstrably made, as `down --region` and `sweep` want) is removed through
+/// the guard, users before what they use; what cannot be listed or removed is left,
+/// said. The journal is trusted for what it says exists, never for what it says is gone.
+async fn remove_still_tagged(provider: &AwsProvider<Sdk>, run_id: &str, region: &str, out: &mut teardown::Outcome) {
+    let by_tag = format!("rehearse down {run_id} --region {region}");
+    let tagged = match provider.tagged().await {
+        Ok(all) => all.into_iter().filter(|t| tag_value(&t.tags, TAG_RUN) == Some(run_id)).collect::<Vec<_>>(),
+        Err(e) => {
+            out.add_leftovers(vec![Leftover {
+                id: "(unknown)".into(),
+                kind: "journal".into(),
+                provider_id: Some(format!("cannot list what is tagged {TAG_RUN}={run_id} in {region}: {e}")),
+                command: by_tag,
+            }]);
+            return;
+        }
+    };
+    let (found, doubtful) = by_evidence(tagged);
+    for (t, why) in &doubtful {
+        eprintln!("rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {why}", t.kind, t.id);
+    }
+    if found.is_empty() {
+        return;
+    }
+    eprintln!(
+        "rehearse: {} resource(s) still tagged {TAG_RUN}={run_id} after the teardown from its journal (which says \
+         they are gone, or does not name them): removing them",
+        found.len()
+    );
+    let guard = Guard { run_id: run_id.to_string() };
+    let mut left = Vec::new();
+    for kind in TEARDOWN_ORDER {
+        let wave: Vec<&Tagged> = found.iter().filter(|t| t.kind == kind).collect();
+        let results =
+            futures_util::future::join_all(wave.iter().map(|t| provider.destroy_id(t.kind, &t.id, &guard))).await;
+        for (t, r) in wave.into_iter().zip(results) {
+            match r {
+                Ok(()) => eprintln!("rehearse: removed {} {} (tagged {TAG_RUN}={run_id})", t.kind, t.id),
+                Err(e) => {
+                    eprintln!("rehearse: cannot remove {} {}: {e}", t.kind, t.id);
+                    left.push(Leftover {
+                        id: tag_value(&t.tags, TAG_RESOURCE).unwrap_or(&t.id).to_string(),
+                        kind: t.kind.to_string(),
+                        provider_id: Some(t.id.clone()),
+                        command: by_tag.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out.add_leftovers(left);
+}
+
+/// The run's description, read again from this machine's disk, for what a journal
+/// must not decide (the runner's outputs bucket): only if it is there, no one but its
+/// owners could have written it (as for masking SQL), and it loads. The path is the
+/// journal's word, but what it names is a file this machine already trusts or nothing.
+fn description_at_hand(meta: &journal::RunMeta) -> Option<crate::description::Loaded> {
+    let path = Path::new(&meta.description);
+    if meta.description.is_empty() || !path.is_absolute() || !path.is_file() {
+        return None;
+    }
+    if let Err(e) = crate::sys::secure_fs::check_input(path) {
+        eprintln!("rehearse: not reading the run's description again: {e}");
+        return None;
+    }
+    crate::description::load(path, Some(&meta.release)).ok()
 }
 
 /// A journal reconstructed for a run whose journal was lost: the local work directory,

@@ -90,17 +90,41 @@ impl RunRow {
 
 /// The run a person means by `arg`: a run id as it is, or the name of a live run of
 /// this state directory (`up --name`). `Err`: the exit code, said.
+///
+/// A name is a claim in a journal, and with a shared store anyone with the store's
+/// policy can write a journal claiming any name: so a name that more than one live run
+/// claims is refused, naming them all, rather than resolved to whichever sorts first.
+/// (`up --name` holds the lock `NAME` only while it claims the name; nothing in the
+/// store could prove a claim afterwards that a forger could not write as well.)
 pub(super) fn resolve_run(g: &Global, arg: &str) -> Result<String, i32> {
     if state::valid_run_id(arg) {
         return Ok(arg.to_string());
     }
     let rows = scan_runs(g)?;
-    match rows.into_iter().find(|r| r.live() && r.name.as_deref() == Some(arg)) {
-        Some(r) => Ok(r.run_id),
-        None => {
+    let named: Vec<RunRow> = rows.into_iter().filter(|r| r.live() && r.name.as_deref() == Some(arg)).collect();
+    match named.as_slice() {
+        [r] => Ok(r.run_id.clone()),
+        [] => {
             eprintln!(
                 "error: `{arg}` is neither a run id (r-20261125-164001-7f3a9c) nor the name of a live run; see `rehearse list`"
             );
+            Err(exit::USAGE)
+        }
+        several => {
+            eprintln!(
+                "error: the name `{arg}` is claimed by {} live runs; name the one you mean by its id:",
+                several.len()
+            );
+            for r in several {
+                eprintln!(
+                    "  {}  {} ({}), started {} by {}",
+                    r.run_id,
+                    r.environment,
+                    r.status,
+                    r.started_at.format("%Y-%m-%d %H:%M:%SZ"),
+                    r.user.as_deref().unwrap_or("?")
+                );
+            }
             Err(exit::USAGE)
         }
     }
@@ -141,6 +165,9 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
                 State::default()
             }
         };
+        for r in &st.refused {
+            tracing::warn!("{}", r.describe(&name));
+        }
         let Some(meta) = st.meta.clone().filter(|m| m.run_id == name) else {
             // Not knowing what a run holds is worth showing: `down` finds it by tag.
             rows.push(RunRow {
@@ -299,6 +326,21 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
         eprintln!("error: the journal of {run_id} has no run record");
         return exit::USAGE;
     };
+    // A local run lives on the machine that journaled it, which takes nothing others
+    // append to its journal in a shared store (an extension from here would be lost).
+    let shared = matches!(super::store::url(g), Ok(Some(state::StateUrl::S3 { .. })));
+    let elsewhere = meta.host.as_deref().is_some_and(|h| h != crate::sys::process::host_name());
+    if shared
+        && meta.provider == "local"
+        && elsewhere
+        && journal::journaled_here(&state::run_dir(&root, &run_id), &run_id).is_err()
+    {
+        eprintln!(
+            "error: run {run_id} is a local run of {}: extend it there",
+            meta.host.as_deref().unwrap_or("another machine")
+        );
+        return exit::USAGE;
+    }
     if st.torn_down == Some(true) && st.remaining().is_empty() {
         eprintln!("error: run {run_id} is torn down already: there is nothing to extend");
         return exit::USAGE;

@@ -35,6 +35,11 @@ pub enum ConnectionError {
         #[source]
         source: serde_json::Error,
     },
+    /// What they say cannot be the run's: names that become variable names, or
+    /// values that would not stay one value, refused whole (a shared store's
+    /// `runs/RUN_ID/connection.json` can be written by anyone with its policy).
+    #[error("the connection details of run {run_id} ({key}) are refused: {why}")]
+    Refused { run_id: String, key: String, why: String },
 }
 
 impl Connection {
@@ -55,7 +60,48 @@ impl Connection {
             }
             other => other?,
         };
-        serde_json::from_slice(&bytes).map_err(|source| ConnectionError::Damaged { run_id: run_id.to_string(), source })
+        let c: Connection = serde_json::from_slice(&bytes)
+            .map_err(|source| ConnectionError::Damaged { run_id: run_id.to_string(), source })?;
+        c.check(run_id).map_err(|why| ConnectionError::Refused {
+            run_id: run_id.to_string(),
+            key: crate::engine::store::connection_key(run_id),
+            why,
+        })?;
+        Ok(c)
+    }
+
+    /// Checks what was read as a stranger's input: the run it is for, the database and
+    /// service names (they become variable names, `REHEARSE_DB_<NAME>_URL`, in
+    /// `rehearse env`) against the description's grammar for names, and every value
+    /// free of control characters (a newline would end a line of `env`'s output).
+    fn check(&self, run_id: &str) -> Result<(), String> {
+        use crate::description::decode::KeyRule;
+        if self.run_id != run_id {
+            return Err(format!("they are for run `{}`", self.run_id.escape_debug()));
+        }
+        for (what, name) in
+            self.databases.keys().map(|n| ("database", n)).chain(self.services.keys().map(|n| ("service", n)))
+        {
+            KeyRule::Identifier
+                .check(name)
+                .map_err(|e| format!("the {what} name `{}` is not a name ({e})", name.escape_debug()))?;
+        }
+        let values = self.databases.iter().flat_map(|(n, d)| {
+            [&d.host, &d.port, &d.name, &d.user, &d.password, &d.url, &d.endpoint].map(move |v| (n, v))
+        });
+        let services = self.services.iter().flat_map(|(n, s)| {
+            [&s.address, &s.port, &s.url]
+                .into_iter()
+                .chain(s.addresses.iter())
+                .chain(s.urls.iter())
+                .map(move |v| (n, v))
+        });
+        for (name, v) in values.chain(services) {
+            if v.chars().any(char::is_control) {
+                return Err(format!("a value of `{name}` holds a control character"));
+            }
+        }
+        Ok(())
     }
 
     /// Forgets the details once the environment is gone (gone already is fine).

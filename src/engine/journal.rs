@@ -4,6 +4,14 @@
 //! it, so a run killed at any instant (even SIGKILL) leaves a file from which
 //! `rehearse down RUN_ID` can finish the job. A torn last line (a crash mid-write) is
 //! ignored when reading.
+//!
+//! With a shared store, records may come from any writer the store's policy lets in
+//! (another team's CI job, a compromised one), so folding them is a check, not a
+//! replay: the first `run` record is the run's and a later one is refused; a resource
+//! of a kind the run's provider never makes is refused; an extension beyond the run's
+//! bounds is refused. Each refusal names the record (and its key in a store), so a
+//! person can look at it; nothing is dropped silently. Which records this machine
+//! wrote itself is known by [`HERE`], which only this machine writes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -44,6 +52,10 @@ pub enum Record {
     TornDown { complete: bool, at: DateTime<Utc> },
     /// `rehearse extend` moved the expiry (within the run's `max_ttl`).
     Extended { expires_at: DateTime<Utc>, at: DateTime<Utc> },
+    /// Stands in, in a journal fetched from a shared store, for an object there that
+    /// is not a journal record (written by no rehearse): kept in its place, so that
+    /// every record keeps its number, and always refused when folded.
+    Unreadable { why: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -358,6 +370,43 @@ pub struct Entry {
     pub intent_at: Option<DateTime<Utc>>,
 }
 
+/// A record the fold did not believe, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefusedRecord {
+    /// Its place in the journal, from 1 (the number of its object in a store).
+    pub seq: usize,
+    pub why: String,
+}
+
+impl RefusedRecord {
+    /// One line for a person: the record, its key in a store, and why it was refused.
+    pub fn describe(&self, run_id: &str) -> String {
+        let key = crate::engine::store::record_key(run_id, self.seq as u64);
+        format!("record {} of the journal of {run_id} ({key} in a shared store) is refused: {}", self.seq, self.why)
+    }
+}
+
+/// Whether a resource of `kind` can be in a run of `provider`: each provider journals
+/// only its own kinds (and the engine's workspace, installs, suites and unpacked
+/// release, which either has).
+pub fn kind_belongs(kind: Kind, provider: &str) -> bool {
+    match kind {
+        Kind::AwsSecurityGroup
+        | Kind::AwsDbSubnetGroup
+        | Kind::AwsDbInstance
+        | Kind::AwsDbCluster
+        | Kind::AwsInstance
+        | Kind::AwsIngress
+        | Kind::AwsS3Prefix
+        | Kind::Mask => provider == "aws",
+        Kind::LocalPostgres | Kind::LocalProcess => provider == "local",
+        Kind::LocalRelease | Kind::Install | Kind::Suite | Kind::Workspace => true,
+    }
+}
+
+/// The providers a run record may name.
+const PROVIDERS: [&str; 2] = ["aws", "local"];
+
 /// The journal folded into the state of a run.
 #[derive(Clone, Debug, Default)]
 pub struct State {
@@ -368,36 +417,103 @@ pub struct State {
     pub torn_down: Option<bool>,
     /// The expiry set by the latest `rehearse extend`, if any.
     pub extended_to: Option<DateTime<Utc>>,
+    /// Records that were not believed (see the module doc), in journal order.
+    pub refused: Vec<RefusedRecord>,
 }
 
 impl State {
+    /// Folds `records` (in journal order) into the run's state, refusing what cannot
+    /// be the run's: a `run` record after the first, a run record whose id, provider or
+    /// name is not one rehearse writes, anything before the run record, a resource of
+    /// a kind the run's provider never makes, a second `finished`, and an extension
+    /// that shortens the run or goes past its `max_ttl`.
     pub fn from_records(records: &[Record]) -> State {
         let mut s = State::default();
-        for r in records {
-            match r {
-                Record::Run(m) => s.meta = Some(m.clone()),
-                Record::Intent { id, kind, key, at } => {
-                    if let Some(e) = s.entries.iter_mut().find(|e| &e.id == id) {
-                        e.deleted = false;
-                        e.key = key.clone().or(e.key.take());
-                        e.intent_at = Some(*at);
-                    } else {
-                        s.entries.push(Entry {
-                            id: id.clone(),
-                            kind: *kind,
-                            handle: None,
-                            key: key.clone(),
-                            deleted: false,
-                            intent_at: Some(*at),
-                        });
-                    }
+        for (i, r) in records.iter().enumerate() {
+            if let Err(why) = s.fold(r) {
+                s.refused.push(RefusedRecord { seq: i + 1, why });
+            }
+        }
+        s
+    }
+
+    fn fold(&mut self, r: &Record) -> Result<(), String> {
+        let meta = match (r, &self.meta) {
+            (Record::Run(m), None) => {
+                let mut m = m.clone();
+                if !crate::sys::state::valid_run_id(&m.run_id) {
+                    return Err(format!("a run record for `{}`, which is not a run id", m.run_id.escape_debug()));
                 }
-                Record::Created { id, kind, handle, .. } => match s.entries.iter_mut().find(|e| &e.id == id) {
+                if !PROVIDERS.contains(&m.provider.as_str()) {
+                    return Err(format!(
+                        "a run record of the provider `{}`, which rehearse does not have",
+                        m.provider.escape_debug()
+                    ));
+                }
+                let bad_name = m.name.as_deref().and_then(|n| {
+                    crate::description::decode::KeyRule::Identifier.check(n).err().map(|e| (n.to_string(), e))
+                });
+                self.meta = Some(m.clone());
+                if let Some((n, e)) = bad_name {
+                    // The run stands; only the name it claims is not believed.
+                    m.name = None;
+                    self.meta = Some(m);
+                    return Err(format!(
+                        "its name `{}` is not a name (`up --name` takes only {e}); the run goes by its id",
+                        n.escape_debug()
+                    ));
+                }
+                return Ok(());
+            }
+            (Record::Run(later), Some(first)) => {
+                return Err(format!(
+                    "a second run record (provider `{}`, started {}): the first one, provider `{}`, is the run's",
+                    later.provider.escape_debug(),
+                    later.started_at.format("%Y-%m-%d %H:%M:%SZ"),
+                    first.provider
+                ))
+            }
+            (Record::Unreadable { why }, None) => return Err(format!("it is not a journal record ({why})")),
+            (_, None) => return Err("it comes before the run record".into()),
+            (_, Some(m)) => m,
+        };
+        let provider = meta.provider.clone();
+        let (current, latest) = (self.extended_to.unwrap_or(meta.expires_at), meta.latest_expiry());
+        let foreign = |id: &str, kind: Kind| {
+            format!("`{}` is a {kind}, which a run of the {provider} provider never makes", id.escape_debug())
+        };
+        match r {
+            Record::Run(_) => unreachable!("run records are folded above"),
+            Record::Unreadable { why } => return Err(format!("it is not a journal record ({why})")),
+            Record::Intent { id, kind, key, at } => {
+                if !kind_belongs(*kind, &provider) {
+                    return Err(foreign(id, *kind));
+                }
+                if let Some(e) = self.entries.iter_mut().find(|e| &e.id == id) {
+                    e.deleted = false;
+                    e.key = key.clone().or(e.key.take());
+                    e.intent_at = Some(*at);
+                } else {
+                    self.entries.push(Entry {
+                        id: id.clone(),
+                        kind: *kind,
+                        handle: None,
+                        key: key.clone(),
+                        deleted: false,
+                        intent_at: Some(*at),
+                    });
+                }
+            }
+            Record::Created { id, kind, handle, .. } => {
+                if !kind_belongs(*kind, &provider) {
+                    return Err(foreign(id, *kind));
+                }
+                match self.entries.iter_mut().find(|e| &e.id == id) {
                     Some(e) => {
                         e.handle = Some(handle.clone());
                         e.deleted = false;
                     }
-                    None => s.entries.push(Entry {
+                    None => self.entries.push(Entry {
                         id: id.clone(),
                         kind: *kind,
                         handle: Some(handle.clone()),
@@ -405,20 +521,36 @@ impl State {
                         intent_at: None,
                         deleted: false,
                     }),
-                },
-                Record::Deleted { id, .. } => {
-                    if let Some(e) = s.entries.iter_mut().find(|e| &e.id == id) {
-                        e.deleted = true;
-                    }
                 }
-                Record::Finished { verdict, exit_code, kept, .. } => {
-                    s.finished = Some((verdict.clone(), *exit_code, *kept))
+            }
+            Record::Deleted { id, .. } => {
+                if let Some(e) = self.entries.iter_mut().find(|e| &e.id == id) {
+                    e.deleted = true;
                 }
-                Record::TornDown { complete, .. } => s.torn_down = Some(*complete),
-                Record::Extended { expires_at, .. } => s.extended_to = Some(*expires_at),
+            }
+            Record::Finished { verdict, exit_code, kept, .. } => {
+                if let Some((first, _, _)) = &self.finished {
+                    return Err(format!(
+                        "a second `finished` record (verdict {}): the run ended {first}",
+                        verdict.escape_debug()
+                    ));
+                }
+                self.finished = Some((verdict.clone(), *exit_code, *kept))
+            }
+            Record::TornDown { complete, .. } => self.torn_down = Some(*complete),
+            Record::Extended { expires_at, .. } => {
+                if *expires_at < current || *expires_at > latest {
+                    return Err(format!(
+                        "an extension to {}, outside [{}, {}] (the run's expiry and its `max_ttl` from its start)",
+                        expires_at.format("%Y-%m-%d %H:%M:%SZ"),
+                        current.format("%Y-%m-%d %H:%M:%SZ"),
+                        latest.format("%Y-%m-%d %H:%M:%SZ")
+                    ));
+                }
+                self.extended_to = Some(*expires_at)
             }
         }
-        s
+        Ok(())
     }
 
     /// When the run expires: its extension, else what it started with.
@@ -478,5 +610,79 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("{text}garbage\n{text}")).unwrap();
         assert_eq!(read(&path).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    fn created(id: &str, kind: Kind, handle: serde_json::Value) -> Record {
+        Record::Created { id: id.into(), kind, handle, at: Utc::now() }
+    }
+
+    /// issue 23 #6: records appended to a shared store by anyone with its policy.
+    #[test]
+    fn a_later_run_record_foreign_kinds_and_unbounded_extensions_are_refused_and_named() {
+        let mut first = RunMeta::sample("r-20261126-000000-abcdef", "aws", None);
+        first.max_ttl_secs = Some(7 * 86_400);
+        let mut second = first.clone();
+        second.provider = "local".into();
+        let latest = first.latest_expiry();
+        let records = vec![
+            Record::Run(first.clone()),
+            created("database.db", Kind::AwsDbInstance, serde_json::json!({"db_instance_id": "rh-1"})),
+            // A second run record claiming the local provider (whose teardown would
+            // skip every AWS resource).
+            Record::Run(second),
+            // A local process in an AWS run.
+            created("service.x.0", Kind::LocalProcess, serde_json::json!({"process": {"pid": 1, "pgid": 1}})),
+            // Extensions: one past max_ttl, one that shortens, one within bounds.
+            Record::Extended { expires_at: latest + chrono::Duration::days(300), at: Utc::now() },
+            Record::Extended { expires_at: first.expires_at - chrono::Duration::hours(1), at: Utc::now() },
+            Record::Extended { expires_at: latest, at: Utc::now() },
+            Record::Finished { verdict: "passed".into(), exit_code: 0, kept: true, at: Utc::now() },
+            Record::Finished { verdict: "failed".into(), exit_code: 1, kept: false, at: Utc::now() },
+        ];
+        let s = State::from_records(&records);
+        let m = s.meta.as_ref().unwrap();
+        assert_eq!(m.provider, "aws", "the first run record is the run's");
+        assert_eq!(s.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["database.db"]);
+        assert_eq!(s.expires_at(), Some(latest));
+        assert_eq!(s.finished, Some(("passed".into(), 0, true)));
+        let refused: Vec<usize> = s.refused.iter().map(|r| r.seq).collect();
+        assert_eq!(refused, [3, 4, 5, 6, 9]);
+        let said = s.refused[0].describe(&m.run_id);
+        assert!(
+            said.contains("record 3 of the journal of r-20261126-000000-abcdef")
+                && said.contains("runs/r-20261126-000000-abcdef/journal/0000000003.json")
+                && said.contains("second run record"),
+            "{said}"
+        );
+        assert!(
+            s.refused[1].why.contains("local.process") && s.refused[1].why.contains("aws provider"),
+            "{:?}",
+            s.refused[1]
+        );
+        // And the other way round: an AWS kind in a local run.
+        let local = State::from_records(&[
+            Record::Run(RunMeta::sample("r-2", "local", None)),
+            created("database.db", Kind::AwsDbInstance, serde_json::json!({"db_instance_id": "prod-db"})),
+            created("workspace", Kind::Workspace, serde_json::json!({"dir": "/w/runs/r-2"})),
+        ]);
+        assert_eq!(local.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["workspace"]);
+        assert_eq!(local.refused.len(), 1);
+    }
+
+    #[test]
+    fn a_run_record_with_a_bad_id_provider_or_name_is_not_believed() {
+        let mut named = RunMeta::sample("r-3", "local", None);
+        named.name = Some("shopdb;$(id)".into());
+        let s = State::from_records(&[Record::Run(named)]);
+        assert_eq!(s.meta.as_ref().unwrap().name, None, "the run stands, its name does not");
+        assert!(s.refused[0].why.contains("is not a name"), "{:?}", s.refused);
+        for (id, provider) in [("../../etc", "local"), ("r-4", "gcp")] {
+            let s = State::from_records(&[
+                Record::Run(RunMeta::sample(id, provider, None)),
+                created("workspace", Kind::Workspace, serde_json::json!({"dir": "/"})),
+            ]);
+            assert!(s.meta.is_none() && s.entries.is_empty(), "{id} {provider}");
+            assert_eq!(s.refused.len(), 2, "{:?}", s.refused);
+        }
     }
 }

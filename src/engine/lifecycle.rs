@@ -156,7 +156,9 @@ pub async fn run<P: Provider>(
         run_id: run_id.clone(),
         environment: d.name.clone(),
         provider: d.provider().as_str().into(),
-        description: loaded.path.display().to_string(),
+        // Absolute: `down` on this machine may read it again, from anywhere, for what
+        // a journal must not decide (the runner's outputs bucket).
+        description: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()).display().to_string(),
         release: opts.release.clone(),
         owner: d.owner.clone(),
         started_at,
@@ -320,7 +322,8 @@ pub async fn run<P: Provider>(
         let out = teardown::run(provider, &journal, reporter, signals, stop_at.max(2), &clock).await;
         let status = match (&out.left, out.interrupted) {
             (_, true) => "interrupted",
-            (Left::Clear, _) => "complete",
+            (Left::Clear, _) if out.complete() => "complete",
+            (Left::Clear, _) => "incomplete",
             (Left::Unknown(_) | Left::NotHere(_), _) => "unknown",
             (Left::Remaining(_) | Left::Orphaned(_), _) => "incomplete",
         };

@@ -2,12 +2,19 @@
 //! creation order, so dependants go before what they depend on). A resource already
 //! gone counts as deleted; a failure to delete is retried, then reported with the
 //! exact command that removes it — never reported as success.
+//!
+//! A removal command is printed only for what is established as the run's (the
+//! provider decides: the guard passed, the path lies in the run's directory). What the
+//! journal names but the provider refused as not the run's is listed as "not
+//! rehearse's: left alone", with why, and no command: a journal can be wrong or
+//! forged, and a person pasting `rm -rf -- /etc` because rehearse printed it is the
+//! attack.
 
 use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter};
 use super::journal::{self, Journal, State};
-use super::provider::{DestroyError, Provider};
+use super::provider::{DestroyError, DestroyErrorKind, Provider};
 use crate::plan::Kind;
 use crate::report::model::Leftover;
 use crate::sys::signals::Signals;
@@ -59,7 +66,24 @@ pub struct Outcome {
     pub duration: Duration,
     /// Every destroy attempted.
     pub destroyed: Vec<Destroyed>,
+    /// What the journal names but is not the run's (the provider refused it): never
+    /// removed, and no command printed that would remove it.
+    pub left_alone: Vec<LeftAlone>,
 }
+
+/// A journaled resource the provider refused as not the run's.
+#[derive(Clone, Debug)]
+pub struct LeftAlone {
+    pub id: String,
+    pub kind: Kind,
+    /// What the journal says it is (its handle).
+    pub provider_id: Option<String>,
+    pub why: String,
+}
+
+/// How a resource left alone reads where a removal command would stand (reports,
+/// JUnit): a shell comment, so that pasting the list removes nothing.
+pub const LEFT_ALONE: &str = "# not rehearse's: left alone";
 
 #[derive(Clone, Debug)]
 pub struct Destroyed {
@@ -71,9 +95,26 @@ pub struct Destroyed {
 }
 
 impl Outcome {
-    /// Nothing is left, as far as the journal can tell — and the journal could tell.
+    /// Nothing is left, as far as the journal can tell — and the journal could tell,
+    /// and named nothing that is not the run's.
     pub fn complete(&self) -> bool {
-        matches!(self.left, Left::Clear)
+        matches!(self.left, Left::Clear) && self.left_alone.is_empty()
+    }
+
+    /// Adds resources found left after the journal's teardown (by the run's tags).
+    pub fn add_leftovers(&mut self, more: Vec<Leftover>) {
+        if more.is_empty() {
+            return;
+        }
+        let left = std::mem::replace(&mut self.left, Left::Clear);
+        self.left = match left {
+            Left::Clear => Left::of(more),
+            Left::Remaining(mut l) | Left::Orphaned(mut l) => {
+                l.extend(more);
+                Left::of(l)
+            }
+            kept @ (Left::Unknown(_) | Left::NotHere(_)) => kept,
+        };
     }
 
     /// Why it is not known what exists, if it is not.
@@ -93,9 +134,10 @@ impl Outcome {
     }
 
     /// What is left, as listed to a person: the leftovers, or — when the journal could
-    /// not be read — one entry saying so, with `command` to find the rest by tag.
+    /// not be read — one entry saying so, with `command` to find the rest by tag; then
+    /// what was left alone as not the run's, with a comment where the command would be.
     pub fn listed(&self, command: &str) -> Vec<Leftover> {
-        match &self.left {
+        let mut out = match &self.left {
             Left::Unknown(why) => vec![Leftover {
                 id: "(unknown)".into(),
                 kind: "journal".into(),
@@ -103,8 +145,20 @@ impl Outcome {
                 command: command.to_string(),
             }],
             left => left.leftovers().to_vec(),
-        }
+        };
+        out.extend(self.left_alone.iter().map(|a| Leftover {
+            id: a.id.clone(),
+            kind: a.kind.to_string(),
+            provider_id: a.provider_id.clone(),
+            command: format!("{LEFT_ALONE} ({})", one_line(&a.why)),
+        }));
+        out
     }
+}
+
+/// `text` on one line (a reason inside a shell comment must not end the comment).
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// Destroys everything the journal says may exist. Stops early (listing the rest) when
@@ -124,6 +178,7 @@ pub async fn run<P: Provider>(
         interrupted: false,
         duration: started.elapsed(),
         destroyed: Vec::new(),
+        left_alone: Vec::new(),
     };
     let records = match journal::read(journal.path()) {
         Ok(r) => r,
@@ -141,10 +196,15 @@ pub async fn run<P: Provider>(
                 interrupted: false,
                 duration: started.elapsed(),
                 destroyed: Vec::new(),
+                left_alone: Vec::new(),
             };
         }
     }
+    for r in &state.refused {
+        reporter.event(Event::Note(format!("warning: {}", r.describe(&meta.run_id))));
+    }
     let mut leftovers = Vec::new();
+    let mut left_alone = Vec::new();
     let mut interrupted = false;
     let mut destroyed = Vec::new();
     let remaining: Vec<journal::Entry> = state.remaining().into_iter().cloned().collect();
@@ -172,6 +232,7 @@ pub async fn run<P: Provider>(
             Some(results) => {
                 for (batch, oks) in kinds.iter().zip(results) {
                     for (entry, d) in batch.iter().zip(oks) {
+                        let refused = d.error.as_ref().filter(|e| e.kind == DestroyErrorKind::NotOurs).cloned();
                         let ok = d.error.is_none();
                         destroyed.push(d);
                         if ok {
@@ -179,6 +240,13 @@ pub async fn run<P: Provider>(
                             if let Err(e) = journal.deleted(&entry.id).await {
                                 reporter.event(Event::Note(format!("{}: cannot record its removal: {e}", entry.id)));
                             }
+                        } else if let Some(e) = refused {
+                            left_alone.push(LeftAlone {
+                                id: entry.id.clone(),
+                                kind: entry.kind,
+                                provider_id: entry.handle.as_ref().map(|h| h.to_string()),
+                                why: e.to_string(),
+                            });
                         } else {
                             leftovers.push(leftover(provider, entry, &meta));
                         }
@@ -191,7 +259,7 @@ pub async fn run<P: Provider>(
             }
         }
     }
-    Outcome { left: Left::of(leftovers), interrupted, duration: started.elapsed(), destroyed }
+    Outcome { left: Left::of(leftovers), interrupted, duration: started.elapsed(), destroyed, left_alone }
 }
 
 /// The order of teardown: by the provider's rank of each kind when it knows every
@@ -276,10 +344,17 @@ fn leftover<P: Provider>(provider: &P, entry: &journal::Entry, meta: &journal::R
 }
 
 /// The lines printed when something is left: each resource and the command that
-/// removes it, then the one command that tries everything again.
+/// removes it, then the one command that tries everything again; and what was left
+/// alone as not the run's, with why and no command.
 pub fn leftover_text(run_id: &str, leftovers: &[Leftover]) -> String {
-    let mut out = format!("rehearse: teardown of {run_id} is INCOMPLETE; left behind:\n");
-    for l in leftovers {
+    let (alone, left): (Vec<&Leftover>, Vec<&Leftover>) =
+        leftovers.iter().partition(|l| l.command.starts_with(LEFT_ALONE));
+    let retry = !left.is_empty();
+    let mut out = String::new();
+    if !left.is_empty() {
+        out.push_str(&format!("rehearse: teardown of {run_id} is INCOMPLETE; left behind:\n"));
+    }
+    for l in left {
         if l.kind == "journal" {
             out.push_str(&format!(
                 "  unknown: {}\n    find and remove by tag with: {}\n",
@@ -290,7 +365,24 @@ pub fn leftover_text(run_id: &str, leftovers: &[Leftover]) -> String {
         }
         out.push_str(&format!("  {} ({})\n    remove with: {}\n", l.id, l.kind, l.command));
     }
-    out.push_str(&format!("  or retry everything: rehearse down {run_id}\n"));
+    if !alone.is_empty() {
+        out.push_str(&format!(
+            "rehearse: the journal of {run_id} names what is not the run's; not rehearse's: left alone:\n"
+        ));
+    }
+    for l in alone {
+        let why = l.command.trim_start_matches(LEFT_ALONE).trim();
+        let why = why.strip_prefix('(').and_then(|w| w.strip_suffix(')')).unwrap_or(why);
+        out.push_str(&format!(
+            "  {} ({}{}): not rehearse's: left alone\n    why: {why}\n",
+            l.id,
+            l.kind,
+            l.provider_id.as_deref().map(|p| format!(", journaled as {p}")).unwrap_or_default()
+        ));
+    }
+    if retry {
+        out.push_str(&format!("  or retry everything: rehearse down {run_id}\n"));
+    }
     out
 }
 
@@ -323,27 +415,47 @@ mod tests {
         }
     }
 
-    async fn attempts_and_left(kind: DestroyErrorKind) -> (u32, Left) {
+    async fn attempts_and_outcome(kind: DestroyErrorKind) -> (u32, Outcome) {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(&dir.path().join("journal.jsonl"), &RunMeta::sample("r-1", "local", None)).unwrap();
         j.created("x", Kind::LocalRelease, serde_json::json!({"dir": "/nowhere"})).await.unwrap();
         let p = Refusing { kind, attempts: AtomicU32::new(0) };
         let out = run(&p, &j, &Silent, &Signals::none(), 1, &Clock::new()).await;
-        (p.attempts.load(Ordering::SeqCst), out.left)
+        (p.attempts.load(Ordering::SeqCst), out)
     }
 
     #[tokio::test(start_paused = true)]
     async fn what_is_in_use_is_tried_again_what_is_denied_or_not_ours_is_not() {
         for kind in [DestroyErrorKind::InUse, DestroyErrorKind::Unavailable] {
-            let (n, left) = attempts_and_left(kind).await;
+            let (n, out) = attempts_and_outcome(kind).await;
             assert_eq!(n, 3, "{kind:?}: one attempt and two retries");
-            assert!(matches!(left, Left::Remaining(ref l) if l.len() == 1), "{kind:?}: {left:?}");
+            assert!(matches!(out.left, Left::Remaining(ref l) if l.len() == 1), "{kind:?}: {:?}", out.left);
         }
         for kind in [DestroyErrorKind::Denied, DestroyErrorKind::NotOurs, DestroyErrorKind::Failed] {
-            let (n, left) = attempts_and_left(kind).await;
+            let (n, out) = attempts_and_outcome(kind).await;
             assert_eq!(n, 1, "{kind:?}: asking again changes nothing");
-            assert!(matches!(left, Left::Remaining(_)), "{kind:?}: {left:?}");
+            assert!(!out.complete(), "{kind:?}");
+            let remaining = matches!(out.left, Left::Remaining(_));
+            assert_eq!(remaining, kind != DestroyErrorKind::NotOurs, "{kind:?}: {:?}", out.left);
         }
+    }
+
+    /// issue 23 #4: what the provider refused as not the run's gets no removal command,
+    /// in the text `down` prints or in the report's list.
+    #[tokio::test(start_paused = true)]
+    async fn what_is_not_the_runs_is_left_alone_with_no_removal_command() {
+        let (_, out) = attempts_and_outcome(DestroyErrorKind::NotOurs).await;
+        assert_eq!(out.left_alone.len(), 1);
+        let listed = out.listed("rehearse down r-1");
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].command.starts_with(LEFT_ALONE), "{:?}", listed[0]);
+        let text = leftover_text("r-1", &listed);
+        assert!(
+            text.contains("x (local.release, journaled as {\"dir\":\"/nowhere\"}): not rehearse's: left alone"),
+            "{text}"
+        );
+        assert!(text.contains("why: refused: NotOurs"), "{text}");
+        assert!(!text.contains("remove with") && !text.contains("remove x") && !text.contains("retry"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]

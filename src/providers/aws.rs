@@ -97,6 +97,14 @@ pub struct AwsProvider<A> {
     runner: tokio::sync::watch::Sender<Option<String>>,
     /// The suites' files for the runner, packed once per run.
     bundle: tokio::sync::OnceCell<Result<(std::path::PathBuf, Vec<u8>), String>>,
+    /// Provider ids established as the run's: created by this process (tagged at
+    /// creation), or found carrying the run's tag by the guard. Only these get a
+    /// removal command a person can paste; a journal's word is not enough.
+    owned: Mutex<std::collections::BTreeSet<String>>,
+    /// Where the runner's outputs go (bucket, and the prefix the run's id is added
+    /// to): from the description — the run's, or the one `down` reads again — never
+    /// from a journal, which anyone with the store's policy can write.
+    runner_outputs: Mutex<Option<(String, String)>>,
 }
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
@@ -185,9 +193,16 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
         Some(self.suite_on_runner(job).await)
     }
 
+    /// The AWS CLI command for a resource established as the run's (see `owned`);
+    /// anything else is left to `rehearse down`, which goes through the guard.
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String {
         let region = meta.region.clone().unwrap_or_default();
-        let id = handle_id(entry).unwrap_or_else(|| "<id: see `rehearse down`>".into());
+        let down = format!("rehearse down {}", meta.run_id);
+        let id = match handle_id(entry) {
+            Some(id) if self.is_owned(&id) => id,
+            Some(_) => return down,
+            None => "<id: see `rehearse down`>".into(),
+        };
         match entry.kind {
             Kind::AwsInstance => format!("aws ec2 terminate-instances --region {region} --instance-ids {id}"),
             Kind::AwsSecurityGroup => format!("aws ec2 delete-security-group --region {region} --group-id {id}"),
@@ -198,15 +213,42 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
                 format!("aws rds delete-db-cluster --region {region} --db-cluster-identifier {id} --skip-final-snapshot")
             }
             Kind::AwsDbSubnetGroup => format!("aws rds delete-db-subnet-group --region {region} --db-subnet-group-name {id}"),
-            Kind::AwsS3Prefix => {
-                let h = entry.handle.as_ref();
-                match (h.and_then(|h| h.get("bucket")?.as_str()), h.and_then(|h| h.get("prefix")?.as_str())) {
-                    (Some(b), Some(p)) => format!("aws s3 rm --recursive s3://{b}/{p}"),
-                    _ => format!("rehearse down {}", meta.run_id),
-                }
-            }
-            _ => format!("rehearse down {}", meta.run_id),
+            Kind::AwsS3Prefix => match self.runner_location(&meta.run_id) {
+                Some((b, p)) => format!("aws s3 rm --recursive s3://{b}/{p}"),
+                None => down,
+            },
+            _ => down,
         }
+    }
+}
+
+impl<A> AwsProvider<A> {
+    /// Takes `id` as established to be the run's (created by it, or its tag checked).
+    pub(crate) fn mark_owned(&self, id: &str) {
+        if let Ok(mut o) = self.owned.lock() {
+            o.insert(id.to_string());
+        }
+    }
+
+    fn is_owned(&self, id: &str) -> bool {
+        self.owned.lock().is_ok_and(|o| o.contains(id))
+    }
+
+    /// The runner's outputs as the description names them (`runner.ssm.outputs`): what
+    /// `down` must know to remove the run's keys there (the journal keeps only the
+    /// run's part of the prefix). `loaded` without a runner names none.
+    pub fn with_runner_outputs_of(self, loaded: &Loaded) -> Self {
+        let location = runner::configured(loaded).and_then(|r| runner::outputs_location(r).ok());
+        if let Ok(mut l) = self.runner_outputs.lock() {
+            *l = location;
+        }
+        self
+    }
+
+    /// The run's keys: the outputs bucket and `PREFIX/RUN_ID/`, when a description named them.
+    pub(crate) fn runner_location(&self, run_id: &str) -> Option<(String, String)> {
+        let (bucket, prefix) = self.runner_outputs.lock().ok()?.clone()?;
+        Some((bucket, runner::under(&prefix, run_id)))
     }
 }
 

@@ -186,24 +186,32 @@ impl Provider for LocalProvider {
         }
     }
 
+    /// The shell command that removes a resource established as the run's: a process
+    /// group whose leader carries the run's id, a directory in the run's own work
+    /// directory. Anything else a journal names is left to `rehearse down`, whose
+    /// checks refuse it; a journal's word alone never becomes `rm -rf` or `kill`.
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String {
+        let down = format!("rehearse down {}", meta.run_id);
+        let owned_dir = |d: &str| self.owned_path(Path::new(d), meta).is_ok();
         match entry.kind {
             Kind::LocalProcess => {
                 let pgid = entry.handle.as_ref().and_then(|h| h.get("process")?.get("pgid")?.as_i64());
                 match pgid {
-                    Some(g) => format!("kill -TERM -- -{g}"),
-                    None => format!("rehearse down {}", meta.run_id),
+                    Some(g) if g > 1 && tagged_processes(&meta.run_id).contains(&(g as i32)) => {
+                        format!("kill -TERM -- -{g}")
+                    }
+                    _ => down,
                 }
             }
             Kind::LocalPostgres => {
                 let base =
                     entry.handle.as_ref().and_then(|h| h.get("cluster")?.get("base")?.as_str().map(str::to_string));
                 match base {
-                    Some(b) => {
+                    Some(b) if owned_dir(&b) => {
                         let data = quote(&format!("{b}/data"));
                         format!("pg_ctl -D {data} -m fast stop; rm -rf -- {}", quote(&b))
                     }
-                    None => format!("rehearse down {}", meta.run_id),
+                    _ => down,
                 }
             }
             _ => {
@@ -213,8 +221,8 @@ impl Provider for LocalProvider {
                     .and_then(|h| h.get("dir")?.as_str().map(str::to_string))
                     .or_else(|| meta.work_dir.clone());
                 match dir {
-                    Some(d) => format!("rm -rf -- {}", quote(&d)),
-                    None => format!("rehearse down {}", meta.run_id),
+                    Some(d) if owned_dir(&d) => format!("rm -rf -- {}", quote(&d)),
+                    _ => down,
                 }
             }
         }
@@ -298,9 +306,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn removal_commands_quote_their_paths() {
-        let meta =
-            RunMeta::sample("r-20261126-000000-abcdef", "local", Some("/srv/my work/runs/r-20261126-000000-abcdef"));
+    fn removal_commands_quote_their_paths_and_name_only_what_lies_in_the_run() {
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("my work");
+        let run = work.join("runs/r-20261126-000000-abcdef");
+        std::fs::create_dir_all(&run).unwrap();
+        let meta = RunMeta::sample("r-20261126-000000-abcdef", "local", Some(run.to_str().unwrap()));
         let entry = |kind: Kind, handle: serde_json::Value| Entry {
             id: "x".into(),
             kind,
@@ -309,19 +320,29 @@ mod tests {
             deleted: false,
             intent_at: None,
         };
-        let p = LocalProvider::new(Path::new("/srv/my work"));
-        let cmd = p.removal_command(
-            &entry(Kind::LocalRelease, json!({"dir": "/srv/my work/runs/r-1/release; rm -rf ~"})),
-            &meta,
-        );
-        assert_eq!(cmd, "rm -rf -- '/srv/my work/runs/r-1/release; rm -rf ~'");
+        let p = LocalProvider::new(&work);
+        let odd = run.join("release; rm -rf ~");
+        let cmd = p.removal_command(&entry(Kind::LocalRelease, json!({ "dir": odd })), &meta);
+        assert_eq!(cmd, format!("rm -rf -- '{}'", odd.display()));
+        let db = run.join("db");
         let cmd = p.removal_command(
             &entry(
                 Kind::LocalPostgres,
-                json!({"cluster": {"base": "/srv/my work/db", "port": 0, "run_as": null, "postmaster": null}}),
+                json!({"cluster": {"base": db, "port": 0, "run_as": null, "postmaster": null}}),
             ),
             &meta,
         );
-        assert_eq!(cmd, "pg_ctl -D '/srv/my work/db/data' -m fast stop; rm -rf -- '/srv/my work/db'");
+        assert_eq!(cmd, format!("pg_ctl -D '{}/data' -m fast stop; rm -rf -- '{}'", db.display(), db.display()));
+        // What a journal names outside the run, or a process group not tagged with the
+        // run, gets no command of its own: `rehearse down` refuses it and says why.
+        for (kind, handle) in [
+            (Kind::LocalRelease, json!({"dir": "/etc"})),
+            (Kind::Workspace, json!({"dir": run.join("../../../victim")})),
+            (Kind::LocalPostgres, json!({"cluster": {"base": "/srv", "port": 0, "run_as": null, "postmaster": null}})),
+            (Kind::LocalProcess, json!({"process": {"pid": 1, "pgid": 1, "start_time": 1}})),
+        ] {
+            let cmd = p.removal_command(&entry(kind, handle.clone()), &meta);
+            assert_eq!(cmd, "rehearse down r-20261126-000000-abcdef", "{kind} {handle}");
+        }
     }
 }

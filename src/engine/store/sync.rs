@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::{connection_key, records, retrying, run_files, Condition, ObjectStore, StoreError};
-use crate::engine::journal::journaled_here;
+use crate::engine::journal::{journaled_here, Record};
 
 fn io(e: std::io::Error) -> StoreError {
     StoreError::Failed(e.to_string())
@@ -91,30 +91,50 @@ fn write_private(path: &Path, body: &[u8]) -> Result<(), StoreError> {
 /// records the store has (0: none).
 ///
 /// A run this machine journaled ([`journaled_here`]) keeps its own journal: it is never
-/// replaced by the store's. The store's records that it does not have — another
-/// machine's `down`, `extend` — are appended, except those that would make this machine
-/// act on something: `run`, `intent` and `created` records (a run's identity and what
-/// it made here are known only to the machine that made it), which are refused, each
-/// named by its key. Another machine's run is copied as the store has it, when the
-/// store has at least as many records.
+/// replaced by the store's. Of the local provider, it takes nothing from the store:
+/// such a run lives on this machine alone, which wrote every record that matters, so
+/// what others appended there (a `deleted` that would stop teardown of a cluster still
+/// running here, a `created` naming someone else's process) is named in a warning
+/// instead. Of another provider, the store's records it does not have — another
+/// machine's `down`, `extend` — are appended, except those that would make this
+/// machine act on something: `run`, `intent` and `created` records (a run's identity
+/// and what it made only the machine that made it knows), which are refused, each named
+/// by its key. Another machine's run is copied as the store has it, when the store has
+/// at least as many records.
 pub async fn pull_journal(store: &dyn ObjectStore, run_id: &str, run_dir: &Path) -> Result<usize, StoreError> {
     let remote = records::read(store, run_id).await?;
     if remote.is_empty() {
         return Ok(0);
     }
     let path = run_dir.join("journal.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let local = text.lines().filter(|l| !l.trim().is_empty()).count();
     if journaled_here(run_dir, run_id).is_ok() {
-        merge_into_own(store, run_id, &path, &remote)?;
+        if !own_local_run(&text) {
+            merge_into_own(store, run_id, &path, &remote)?;
+        } else if remote.len() > local {
+            tracing::warn!(
+                "the state store {} has {} record(s) of run {run_id} beyond the journal this machine wrote \
+                 ({} to {}); a local run is this machine's alone: they are not taken",
+                store.url(),
+                remote.len() - local,
+                super::record_key(run_id, local as u64 + 1),
+                super::record_key(run_id, remote.len() as u64)
+            );
+        }
         return Ok(remote.len());
     }
-    let local = std::fs::read_to_string(&path).map(|t| t.lines().filter(|l| !l.trim().is_empty()).count()).unwrap_or(0);
     if remote.len() >= local {
+        // One line per object, in the store's order: each record as rehearse writes it,
+        // and an object that is not one (a stranger's, or spread over several lines)
+        // as a record that says so, which the fold refuses under its own number.
         let mut text = Vec::new();
         for r in &remote {
-            text.extend_from_slice(r);
-            if !r.ends_with(b"\n") {
-                text.push(b'\n');
-            }
+            let rec = serde_json::from_slice::<Record>(r)
+                .unwrap_or_else(|e| Record::Unreadable { why: e.to_string().escape_debug().to_string() });
+            let line = serde_json::to_vec(&rec).map_err(|e| StoreError::Failed(e.to_string()))?;
+            text.extend_from_slice(&line);
+            text.push(b'\n');
         }
         write_private(&path, &text)?;
     }
@@ -124,7 +144,6 @@ pub async fn pull_journal(store: &dyn ObjectStore, run_id: &str, run_dir: &Path)
 /// Appends to this machine's own journal of `run_id` the store's records it does not
 /// have, refusing those that could make it act on anything (see [`pull_journal`]).
 fn merge_into_own(store: &dyn ObjectStore, run_id: &str, path: &Path, remote: &[Vec<u8>]) -> Result<(), StoreError> {
-    use crate::engine::journal::Record;
     let local = match std::fs::read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         read => read.map_err(io)?,
@@ -161,6 +180,12 @@ fn merge_into_own(store: &dyn ObjectStore, run_id: &str, path: &Path, remote: &[
         .map_err(io)?;
     f.write_all(&add).map_err(io)?;
     f.sync_data().map_err(io)
+}
+
+/// Whether a journal's first record is a run of the local provider.
+fn own_local_run(text: &str) -> bool {
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    matches!(serde_json::from_str(first), Ok(Record::Run(m)) if m.provider == "local")
 }
 
 /// Brings a run's `report/` or `logs/` from the store into `run_dir`; the number of files.
@@ -225,11 +250,11 @@ mod tests {
     use crate::engine::journal::{self, Journal, Record, RunMeta, State};
     use crate::engine::store::records::RemoteJournal;
     use crate::plan::Kind;
+    use crate::testkit::fake_s3::{FakeS3, S3Faults};
 
-    /// This machine's journal of its own run is never replaced by the store's: what
-    /// another writer appended there is taken only when it cannot make this machine act
-    /// on anything (`extended`), refused otherwise (`created`, a second `run`); another
-    /// machine's run is copied as the store has it.
+    /// This machine's journal of its own local run is never replaced by the store's,
+    /// nor added to (`created`, a second `run`, `extended`: a local run is this
+    /// machine's alone); another machine's run is copied as the store has it.
     #[tokio::test]
     async fn the_store_cannot_add_to_what_this_machine_made() {
         let dir = tempfile::tempdir().unwrap();
@@ -272,12 +297,81 @@ mod tests {
             let ids: Vec<&str> = state.entries.iter().map(|e| e.id.as_str()).collect();
             assert_eq!(ids, ["service.web.0"], "the store added what this machine made");
             assert_eq!(state.meta.unwrap().work_dir, None, "the store replaced the run");
-            assert_eq!(state.extended_to, Some(at));
+            assert_eq!(state.extended_to, None, "the store extended a local run of this machine's");
         }
         // Another machine's copy is the store's.
         let theirs = dir.path().join("theirs");
         std::fs::create_dir(&theirs).unwrap();
         assert_eq!(pull_journal(store.as_ref(), run_id, &theirs).await.unwrap(), 5);
         assert_eq!(journal::read(&theirs.join("journal.jsonl")).unwrap().len(), 5);
+    }
+
+    /// A run journaled in `state/runs/RUN_ID` and mirrored to `store`, with a cluster;
+    /// then a stranger appends `deleted` for it in the store.
+    async fn run_with_forged_deletion(store: &std::sync::Arc<FakeS3>, state: &Path, provider: &str) -> PathBuf {
+        let dir = state.join("r-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let j = Journal::create(&dir.join("journal.jsonl"), &RunMeta::sample("r-1", provider, None)).unwrap();
+        let j = j.mirror_to(RemoteJournal::new(store.clone(), "r-1")).await.unwrap();
+        let kind = if provider == "local" { Kind::LocalPostgres } else { Kind::AwsDbInstance };
+        j.created("database.db", kind, serde_json::json!({"db_instance_id": "rh-1"})).await.unwrap();
+        drop(j);
+        let forged = serde_json::to_vec(&journal::Record::Deleted { id: "database.db".into(), at: chrono::Utc::now() });
+        let mut stranger = RemoteJournal::after(store.clone(), "r-1", 2);
+        stranger.append(&forged.unwrap()).await.unwrap();
+        dir
+    }
+
+    fn remaining(dir: &Path) -> Vec<String> {
+        let s = State::from_records(&journal::read(&dir.join("journal.jsonl")).unwrap());
+        s.remaining().iter().map(|e| e.id.clone()).collect()
+    }
+
+    /// issue 23 #6: a `deleted` from the store must not stop teardown of what this
+    /// machine journaled for a local run.
+    #[tokio::test(start_paused = true)]
+    async fn a_local_run_journaled_here_takes_nothing_a_stranger_appended_in_the_store() {
+        let state = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FakeS3::new(7, S3Faults::realistic()));
+        let dir = run_with_forged_deletion(&store, &state.path().join("here"), "local").await;
+        assert_eq!(pull_journal(store.as_ref(), "r-1", &dir).await.unwrap(), 3);
+        assert_eq!(remaining(&dir), ["database.db"], "the forged deletion was taken");
+        // Another machine (no journal of its own) sees the store's journal as it is,
+        // and an AWS run here takes what others appended (teardown confirms by tag).
+        let elsewhere = state.path().join("elsewhere/r-1");
+        assert_eq!(pull_journal(store.as_ref(), "r-1", &elsewhere).await.unwrap(), 3);
+        assert!(journal::journaled_here(&elsewhere, "r-1").is_err());
+        assert!(remaining(&elsewhere).is_empty());
+        let store = std::sync::Arc::new(FakeS3::new(8, S3Faults::realistic()));
+        let dir = run_with_forged_deletion(&store, &state.path().join("aws"), "aws").await;
+        pull_journal(store.as_ref(), "r-1", &dir).await.unwrap();
+        assert!(remaining(&dir).is_empty());
+    }
+
+    /// A stranger's object among the records (not JSON, or JSON over several lines)
+    /// neither makes the fetched journal unreadable (`down` would then find nothing to
+    /// remove) nor moves the records after it: it is refused under its own number.
+    #[tokio::test(start_paused = true)]
+    async fn an_object_that_is_not_a_record_is_refused_in_its_place() {
+        let state = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FakeS3::new(9, S3Faults::realistic()));
+        let mut w = RemoteJournal::new(store.clone(), "r-1");
+        let run = serde_json::to_vec(&journal::Record::Run(RunMeta::sample("r-1", "aws", None))).unwrap();
+        w.append(&run).await.unwrap();
+        w.append(b"\x00 garbage\n{").await.unwrap();
+        let created = journal::Record::Created {
+            id: "database.db".into(),
+            kind: Kind::AwsDbInstance,
+            handle: serde_json::json!({"db_instance_id": "rh-1"}),
+            at: chrono::Utc::now(),
+        };
+        w.append(&serde_json::to_vec_pretty(&created).unwrap()).await.unwrap();
+        let dir = state.path().join("r-1");
+        assert_eq!(pull_journal(store.as_ref(), "r-1", &dir).await.unwrap(), 3);
+        let s = State::from_records(&journal::read(&dir.join("journal.jsonl")).unwrap());
+        assert_eq!(remaining(&dir), ["database.db"]);
+        assert_eq!(s.refused.len(), 1);
+        let said = s.refused[0].describe("r-1");
+        assert!(said.contains("runs/r-1/journal/0000000002.json") && said.contains("not a journal record"), "{said}");
     }
 }

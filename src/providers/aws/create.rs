@@ -17,7 +17,27 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             clusters: Poller::new(min_poll, max_poll),
             runner: tokio::sync::watch::Sender::new(None),
             bundle: tokio::sync::OnceCell::new(),
+            owned: Mutex::default(),
+            runner_outputs: Mutex::default(),
         }
+    }
+
+    /// Journals `res` as created with `handle`; the id in it is the run's own (this
+    /// process made it, tagged at creation).
+    pub(super) async fn created(
+        &self,
+        res: &Resource,
+        ctx: &Ctx<'_>,
+        handle: serde_json::Value,
+    ) -> Result<(), StepError> {
+        let handle = Handle::new(handle);
+        if let Some(id) = ["instance_id", "db_instance_id", "db_cluster_id", "group_id", "name"]
+            .iter()
+            .find_map(|k| handle.0.get(*k).and_then(|v| v.as_str()))
+        {
+            self.mark_owned(id);
+        }
+        ctx.created(res, handle).await
     }
 
     /// Runs whose work directories live under `work_root` (default: this machine's).
@@ -108,7 +128,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             )
             .await
             .map_err(|e| Self::create_failed(&e, format!("cannot create the run's security group in {vpc}: {e}")))?;
-        ctx.created(res, Handle::new(json!({"group_id": id}))).await?;
+        self.created(res, ctx, json!({"group_id": id})).await?;
         self.remember(&res.id, &id);
         // No ingress yet: the rules come per port, the copies' only once they are secured.
         ctx.step(res, "create", t, true, Some(id));
@@ -142,7 +162,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         self.api.authorize_ingress(&sg, &cidrs, &ports).await.map_err(|e| {
             StepError::build(format!("cannot open tcp {shown} of security group {sg} to {cidrs:?} and itself: {e}"))
         })?;
-        ctx.created(res, Handle::new(json!({"group_id": sg, "ports": ports}))).await?;
+        self.created(res, ctx, json!({"group_id": sg, "ports": ports})).await?;
         ctx.step(res, "authorize", t, true, Some(format!("tcp {shown} from {} and the group", cidrs.join(", "))));
         Ok(Output::Nothing)
     }
@@ -156,7 +176,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             .create_db_subnet_group(&name, &format!("rehearse run {}", ctx.run.run_id), &subnets, &Self::tags(ctx, res))
             .await
             .map_err(|e| Self::create_failed(&e, format!("cannot create the run's DB subnet group: {e}")))?;
-        ctx.created(res, Handle::new(json!({"name": g.name}))).await?;
+        self.created(res, ctx, json!({"name": g.name})).await?;
         self.remember(&res.id, &g.name);
         ctx.step(res, "create", t, true, Some(g.name));
         Ok(Output::Nothing)
@@ -288,7 +308,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     .create_cluster_instance(&id, &cluster_id, &class, &engine, &Self::tags(ctx, res))
                     .await
                     .map_err(|e| StepError::build(format!("cannot create an instance in cluster {cluster_id}: {e}")))?;
-                ctx.created(res, Handle::new(json!({"db_instance_id": inst.id}))).await?;
+                self.created(res, ctx, json!({"db_instance_id": inst.id})).await?;
                 ctx.step(res, "create-instance", t, true, None);
                 let backup = BackupUsed {
                     database: res.name.clone(),
@@ -357,7 +377,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     };
                     Self::create_failed(&e, format!("cannot restore {snapshot_id} into {id}: {e}{hint}"))
                 })?;
-                ctx.created(res, Handle::new(json!({"db_instance_id": inst.id}))).await?;
+                self.created(res, ctx, json!({"db_instance_id": inst.id})).await?;
                 ctx.step(res, "restore", t, true, Some(format!("{snapshot_id} → {id}")));
                 let backup = BackupUsed {
                     database: res.name.clone(),
@@ -460,7 +480,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             .and_then(|o| DatabaseOutputs::deserialize(o).ok())
             .ok_or_else(|| StepError::build(format!("database `{}` has no connection to mask through", res.name)))?;
         let timeout = db.timeout.unwrap_or(Duration::from_secs(30 * 60));
-        ctx.created(res, Handle::new(json!({}))).await?;
+        self.created(res, ctx, json!({})).await?;
         if super::runner::configured(ctx.loaded).is_some() {
             let t = ctx.started(res, "mask", Some("on the runner".into()));
             let r = self.mask_on_runner(res, ctx, &ctx.loaded.resolve(m), &outputs, timeout).await;
@@ -513,7 +533,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             .clone_db_cluster(&req)
             .await
             .map_err(|e| StepError::build(format!("cannot clone Aurora cluster {source}: {e}")))?;
-        ctx.created(res, Handle::new(json!({"db_cluster_id": c.id}))).await?;
+        self.created(res, ctx, json!({"db_cluster_id": c.id})).await?;
         self.remember(&res.id, &c.id);
         let deadline = Instant::now() + db.timeout.unwrap_or(Duration::from_secs(30 * 60));
         // The poller retries a failed describe at its next interval: no retry stacked on it.
@@ -580,7 +600,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             Self::create_failed(&e, msg)
         })?;
         let id = ids.first().cloned().ok_or_else(|| StepError::build("RunInstances returned no instance"))?;
-        ctx.created(res, Handle::new(json!({"instance_id": id}))).await?;
+        self.created(res, ctx, json!({"instance_id": id})).await?;
         ctx.step(res, "run-instance", t, true, Some(id.clone()));
         let t = ctx.started(res, "wait-running", None);
         let bound = s.health.as_ref().map(|h| h.timeout).unwrap_or(Duration::from_secs(600));

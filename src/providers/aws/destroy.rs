@@ -84,7 +84,10 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 Ok(Some(id)) => match found.iter().find(|i| &i.id == id) {
                     None => Ok(false),
                     Some(i) if i.state == "terminated" => Ok(false),
-                    Some(i) => guard.check("instance", id, &i.tags).map(|_| true).map_err(DestroyError::from),
+                    Some(i) => guard.check("instance", id, &i.tags).map_err(DestroyError::from).map(|()| {
+                        self.mark_owned(id);
+                        true
+                    }),
                 },
             })
             .collect();
@@ -199,6 +202,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     return Ok(());
                 }
                 guard.check("instance", id, &inst.tags)?;
+                self.mark_owned(id);
                 api.terminate_instances(&[id.to_string()]).await.map_err(api_failure)?;
                 self.wait_terminated(id, deadline).await
             }
@@ -206,6 +210,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 let find = || async move { one(api.describe_db_instances(&[id.to_string()]).await, |d| d.id == id) };
                 let Some(db) = find().await? else { return Ok(()) };
                 guard.check("DB instance", id, &db.tags)?;
+                self.mark_owned(id);
                 if db.status != "deleting" {
                     if db.deletion_protection {
                         api.secure_db_instance(id, None).await.map_err(api_failure)?;
@@ -221,6 +226,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 let find = || async move { one(api.describe_db_clusters(&[id.to_string()]).await, |c| c.id == id) };
                 let Some(c) = find().await? else { return Ok(()) };
                 guard.check("DB cluster", id, &c.tags)?;
+                self.mark_owned(id);
                 if c.status != "deleting" {
                     // A clone may carry the source's deletion protection (a run killed
                     // before its secure step): lift it, with a throwaway password.
@@ -238,6 +244,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             Kind::AwsDbSubnetGroup => {
                 let Some(tags) = api.db_subnet_group_tags(id).await.map_err(api_failure)? else { return Ok(()) };
                 guard.check("DB subnet group", id, &tags)?;
+                self.mark_owned(id);
                 retry_in_use(|| api.delete_db_subnet_group(id), never).await
             }
             Kind::AwsSecurityGroup => {
@@ -245,6 +252,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     || async move { one(api.describe_security_groups(&[id.to_string()]).await, |g| g.id == id) };
                 let Some(g) = find_patiently(describe, LISTING_PATIENCE).await? else { return Ok(()) };
                 guard.check("security group", id, &g.tags)?;
+                self.mark_owned(id);
                 retry_in_use(|| api.delete_security_group(id), never).await
             }
             _ => Ok(()),

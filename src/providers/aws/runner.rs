@@ -27,7 +27,7 @@ use super::ssm::{self, SendCommand, SsmApi};
 use super::AwsProvider;
 use crate::description::template::DatabaseOutputs;
 use crate::description::{Loaded, Runner, SsmRunner};
-use crate::engine::provider::{Ctx, Handle, Output, RunInfo, StepError, SuiteDone, SuiteJob};
+use crate::engine::provider::{Ctx, Output, RunInfo, StepError, SuiteDone, SuiteJob};
 use crate::plan::Resource;
 
 /// How often a job's command is asked about.
@@ -82,16 +82,28 @@ pub(super) fn configured(loaded: &Loaded) -> Option<&SsmRunner> {
     }
 }
 
-/// The run's keys: the outputs bucket, and `PREFIX/RUN_ID/`.
-pub(super) fn run_prefix(runner: &SsmRunner, run_id: &str) -> Result<(String, String), StepError> {
+/// The runner's outputs as the description names them: the bucket, and the prefix
+/// (without slashes at its ends) that runs' ids go under.
+pub(super) fn outputs_location(runner: &SsmRunner) -> Result<(String, String), StepError> {
     match crate::sys::state::StateUrl::parse(&runner.outputs) {
-        Ok(crate::sys::state::StateUrl::S3 { bucket, prefix }) => {
-            let prefix = prefix.trim_matches('/');
-            let base = if prefix.is_empty() { format!("{run_id}/") } else { format!("{prefix}/{run_id}/") };
-            Ok((bucket, base))
-        }
+        Ok(crate::sys::state::StateUrl::S3 { bucket, prefix }) => Ok((bucket, prefix.trim_matches('/').to_string())),
         _ => Err(StepError::build(format!("runner.ssm.outputs `{}` is not s3://BUCKET/PREFIX", runner.outputs))),
     }
+}
+
+/// `PREFIX/RUN_ID/`: a run's keys under the outputs prefix.
+pub(super) fn under(prefix: &str, run_id: &str) -> String {
+    if prefix.is_empty() {
+        format!("{run_id}/")
+    } else {
+        format!("{prefix}/{run_id}/")
+    }
+}
+
+/// The run's keys: the outputs bucket, and `PREFIX/RUN_ID/`.
+pub(super) fn run_prefix(runner: &SsmRunner, run_id: &str) -> Result<(String, String), StepError> {
+    let (bucket, prefix) = outputs_location(runner)?;
+    Ok((bucket, under(&prefix, run_id)))
 }
 
 /// A value as one shell word.
@@ -130,11 +142,15 @@ fn split_files(stdout: &str, marker: &str) -> (String, BTreeMap<String, Vec<u8>>
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// `runner.data`: the run's prefix in the outputs bucket, journaled before anything
-    /// is written under it.
+    /// is written under it. The journal keeps only the run's part of it (`RUN_ID/`):
+    /// the bucket and the prefix above come from the description at teardown too.
     pub(super) async fn runner_data(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let runner = configured(ctx.loaded).ok_or_else(|| StepError::build("no runner in the description"))?;
-        let (bucket, prefix) = run_prefix(runner, &ctx.run.run_id).map_err(StepError::nothing_created)?;
-        ctx.created(res, Handle::new(json!({"bucket": bucket, "prefix": prefix}))).await?;
+        let location = outputs_location(runner).map_err(StepError::nothing_created)?;
+        if let Ok(mut l) = self.runner_outputs.lock() {
+            *l = Some(location);
+        }
+        self.created(res, ctx, json!({"suffix": format!("{}/", ctx.run.run_id)})).await?;
         if let Some(existing) = &runner.instance {
             self.runner.send_replace(Some(existing.clone()));
         }
@@ -154,7 +170,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             )
         })?;
         let id = ids.first().cloned().ok_or_else(|| StepError::build("RunInstances returned no instance"))?;
-        ctx.created(res, Handle::new(json!({"instance_id": id}))).await?;
+        self.created(res, ctx, json!({"instance_id": id})).await?;
         ctx.step(res, "run-instance", t, true, Some(id.clone()));
         let t = ctx.started(res, "wait-running", None);
         let what = format!("the SSM runner {id} to be running");
@@ -366,7 +382,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// uploaded), unpacked, and the install run in it once with the copy's connection.
     pub(super) async fn install_on_runner(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let s = &ctx.loaded.desc.services[res.name.as_str()];
-        ctx.created(res, Handle::new(json!({}))).await?;
+        self.created(res, ctx, json!({})).await?;
         let Some(_) = &s.install else { return Ok(Output::Nothing) };
         let command = ctx.render(&format!("services.{}.install", res.name))?;
         let limit = crate::providers::install::INSTALL_TIMEOUT;
@@ -532,27 +548,53 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             .clone()
     }
 
-    /// Removes the run's keys from the outputs bucket (only a prefix that ends with
-    /// the run's id: never anything else of the bucket).
+    /// Removes the run's keys from the outputs bucket: `PREFIX/RUN_ID/` of the bucket
+    /// the description names, never a location the journal names. A journal from
+    /// before it kept only the run's part (`{"bucket", "prefix"}`) is honoured only
+    /// where it says exactly that; anything else is not the run's and is left alone.
+    /// Without a description at hand (`down` on a machine that does not have it) the
+    /// keys are left, said, for the outputs prefix's lifecycle rule.
     pub(super) async fn remove_runner_data(
         &self,
         entry: &crate::engine::journal::Entry,
         meta: &crate::engine::journal::RunMeta,
     ) -> Result<(), crate::engine::provider::DestroyError> {
         use crate::engine::provider::{DestroyError, DestroyErrorKind};
+        let run_id = meta.run_id.as_str();
         let h = entry.handle.as_ref();
-        let bucket = h.and_then(|h| h.get("bucket")?.as_str());
-        let prefix = h.and_then(|h| h.get("prefix")?.as_str());
-        let (Some(bucket), Some(prefix)) = (bucket, prefix) else { return Ok(()) };
-        let last = prefix.trim_end_matches('/').rsplit('/').next();
-        let well_formed = meta.run_id.starts_with("r-") && meta.run_id.len() > 2;
-        if !well_formed || last != Some(meta.run_id.as_str()) || !prefix.ends_with('/') || prefix.contains("..") {
-            return Err(DestroyError::new(
+        let field = |k: &str| h.and_then(|h| h.get(k)?.as_str());
+        let claimed = match (field("suffix"), field("bucket"), field("prefix")) {
+            (Some(suffix), None, None) => (suffix == format!("{run_id}/")).then(String::new),
+            (None, Some(bucket), Some(prefix)) => Some(format!("s3://{bucket}/{prefix}")),
+            (None, None, None) => return Ok(()),
+            _ => None,
+        };
+        let not_ours = |what: String| {
+            DestroyError::new(
                 DestroyErrorKind::NotOurs,
-                format!("s3://{bucket}/{prefix} is not this run's prefix; not removed"),
-            ));
+                format!("{what} is not the run's keys in the runner's outputs bucket the description names"),
+            )
+        };
+        if !crate::sys::state::valid_run_id(run_id) {
+            return Err(not_ours(format!("the keys of `{}`", run_id.escape_debug())));
         }
-        self.api.delete_prefix(bucket, prefix).await.map(|_| ()).map_err(|e| {
+        let Some((bucket, prefix)) = self.runner_location(run_id) else {
+            tracing::warn!(
+                "the runner's keys of {run_id} are left in its outputs bucket: no description at hand names the \
+                 bucket ({} cannot be read here, and a journal's word is not taken), so the outputs prefix's \
+                 lifecycle rule removes them; `rehearse down {run_id}` where the description is removes them now",
+                meta.description
+            );
+            return Ok(());
+        };
+        match claimed {
+            Some(c) if c.is_empty() || c == format!("s3://{bucket}/{prefix}") => {}
+            Some(c) => return Err(not_ours(c)),
+            None => {
+                return Err(not_ours(format!("the journaled handle {}", h.map(|h| h.to_string()).unwrap_or_default())))
+            }
+        }
+        self.api.delete_prefix(&bucket, &prefix).await.map(|_| ()).map_err(|e| {
             let kind = match e.kind {
                 ErrorKind::Denied => DestroyErrorKind::Denied,
                 ErrorKind::Throttled | ErrorKind::ServerError | ErrorKind::Unreachable => DestroyErrorKind::Unavailable,
