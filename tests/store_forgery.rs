@@ -375,7 +375,7 @@ fn a_directory_outside_the_run_gets_no_removal_command() {
         json!({"type": "created", "id": "release", "kind": "local.release", "handle": {"dir": victim}, "at": at()});
     let text: String = [record, created].iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(dir.join("journal.jsonl"), text).unwrap();
-    std::fs::write(dir.join("journaled-here"), "").unwrap();
+    rehearse::engine::journal::mark_here(&dir, id).unwrap();
     let (code, out, err) = run({
         let mut c = sb.cmd();
         c.args(["--state", &format!("file://{}", sb.state().display()), "down", id]);
