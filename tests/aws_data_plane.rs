@@ -132,6 +132,47 @@ fn a_failing_bootstrap_ends_the_run_within_one_console_poll_with_its_tail() {
     });
 }
 
+/// Attack 8 of issue 23: what an instance's console says (GetConsoleOutput: the boot's
+/// and the user-data's own output) reached the report and the terminal with its escape
+/// sequences — a title, the clipboard (OSC 52), a screen clear.
+#[test]
+fn a_console_tail_with_escape_sequences_reaches_the_report_printable() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = description(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let cloud = FakeCloud::new(15, Faults::none());
+        cloud.fail_bootstrap(
+            "service.worker.",
+            7,
+            &[
+                "starting \u{1b}]0;pwned\u{7}the worker\u{1b}]52;c;cm0gLXJmIH4=\u{7}",
+                "\u{1b}[2J\u{1b}[Hworker: \u{9b}31mcannot connect\u{9d}8;;http://x\u{9c} to the queue\rFAKE",
+            ],
+        );
+        let provider =
+            AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX).with_work_root(&dir.path().join("work"));
+        let outcome = lifecycle::run(&provider, &loaded, &options(dir.path(), "r-boot"), &Printed, &Signals::none())
+            .await
+            .expect("the run starts");
+        let failure = outcome.report.failure.clone().expect("a failure");
+        let inert = |s: &str| !s.chars().any(|c| c.is_control());
+        assert!(inert(&failure.message), "{:?}", failure.message);
+        assert!(failure.message.contains("worker: cannot connect to the queue FAKE"), "{:?}", failure.message);
+        assert!(failure.log_tail.iter().all(|l| inert(l)), "{:?}", failure.log_tail);
+        assert!(failure.log_tail.iter().any(|l| l.ends_with(": starting the worker")), "{:?}", failure.log_tail);
+        let at = |f: &str| dir.path().join(f);
+        let files = rehearse::report::ReportFiles {
+            json: at("report.json"),
+            junit: at("junit.xml"),
+            markdown: at("summary.md"),
+            html: at("report.html"),
+        };
+        let summary = rehearse::report::terminal_summary(&outcome.report, &files, false);
+        assert!(!summary.chars().any(|c| c.is_control() && c != '\n'), "{summary:?}");
+    });
+}
+
 /// A throwaway PostgreSQL server on 127.0.0.1 (trust authentication, user
 /// `postgres`, database `shop`): the "RDS copy" the fake cloud's restores point at, so
 /// that masking, the install and the suites, run by the fake's SSM on this machine,

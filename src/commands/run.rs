@@ -36,7 +36,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         Err(code) => return code,
     };
     let Some(release) = loaded.release_version(args.release.as_deref()) else {
-        eprintln!(
+        errln!(
             "error: no release version: pass `--release VERSION` or set `release.version` in {}",
             args.file.display()
         );
@@ -55,7 +55,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
     };
     if let Some(name) = &args.name {
         if let Err(why) = crate::description::decode::KeyRule::Identifier.check(name) {
-            eprintln!("error: --name `{name}`: {why}");
+            errln!("error: --name `{name}`: {why}");
             return exit::USAGE;
         }
     }
@@ -236,7 +236,7 @@ async fn finish<P: Provider>(
             let code = outcome.report.exit_code;
             // The report's files, written here: the engine only assembles the report.
             if let Err(e) = crate::report::write_all(&outcome.report, &outcome.report_dir) {
-                eprintln!("error: cannot write the report to {}: {e}", outcome.report_dir.display());
+                errln!("error: cannot write the report to {}: {e}", outcome.report_dir.display());
                 return if code == exit::PASSED { exit::BUILD_FAILED } else { code };
             }
             match g.format {
@@ -247,21 +247,20 @@ async fn finish<P: Provider>(
                 }
                 Format::Text | Format::Shell | Format::Dotenv => {
                     let files = crate::report::ReportFiles::in_dir(&outcome.report_dir);
-                    eprint!(
-                        "{}",
-                        crate::report::terminal_summary(&outcome.report, &files, crate::style::Styles::stderr(g.color))
-                    );
+                    let summary =
+                        crate::report::terminal_summary(&outcome.report, &files, crate::style::Styles::stderr(g.color));
+                    eprint!("{summary}"); // raw: colored; the summary makes its parts printable
                 }
             }
             code
         }
         Ok(Err(e)) => {
-            eprintln!("error: {}", crate::secrets::redact(&e.to_string()));
+            errln!("error: {}", crate::secrets::redact(&e.to_string()));
             // Whatever the journal says exists is removed.
             down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED)
         }
         Err(_) => {
-            eprintln!("error: rehearse crashed (a bug: please report it); tearing down from the journal");
+            errln!("error: rehearse crashed (a bug: please report it); tearing down from the journal");
             down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED)
         }
     }
@@ -286,7 +285,7 @@ async fn down_after_failure<P: Provider>(
     if out.complete() {
         Some(exit::BUILD_FAILED)
     } else {
-        eprint!("{}", teardown::leftover_text(&opts.run_id, &out.listed(&format!("rehearse down {}", opts.run_id))));
+        err!("{}", teardown::leftover_text(&opts.run_id, &out.listed(&format!("rehearse down {}", opts.run_id))));
         Some(exit::LEFTOVERS)
     }
 }

@@ -48,7 +48,7 @@ async fn open(g: &Global) -> Result<Opened, i32> {
 }
 
 fn store_error(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {what} in the state store {}: {e}", store.url());
+    errln!("error: {what} in the state store {}: {e}", store.url());
     exit::BUILD_FAILED
 }
 
@@ -63,7 +63,7 @@ async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Resu
                 match port {
                     Some(p) => ports.insert(name.clone(), p),
                     None => {
-                        eprintln!("error: the stage's record names `{stable}` for `{name}`, which is not a local port");
+                        errln!("error: the stage's record names `{stable}` for `{name}`, which is not a local port");
                         return Err(exit::BUILD_FAILED);
                     }
                 };
@@ -72,13 +72,13 @@ async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Resu
             crate::providers::local::forward::LocalNames::new(&dir, ports)
                 .map(|n| Box::new(n) as Box<dyn StableNames>)
                 .map_err(|e| {
-                    eprintln!("error: the stage's directory {}: {e}", dir.display());
+                    errln!("error: the stage's directory {}: {e}", dir.display());
                     exit::USAGE
                 })
         }
         "aws" => {
             let Some(zone) = record.zone.clone() else {
-                eprintln!("error: the stage `{}` names no Route 53 zone (`stage.zone`)", record.stage);
+                errln!("error: the stage `{}` names no Route 53 zone (`stage.zone`)", record.stage);
                 return Err(exit::USAGE);
             };
             Ok(Box::new(crate::providers::aws::dns::Route53Names {
@@ -90,7 +90,7 @@ async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Resu
             }))
         }
         other => {
-            eprintln!("error: the stage `{}` is on the unknown provider `{other}`", record.stage);
+            errln!("error: the stage `{}` is on the unknown provider `{other}`", record.stage);
             Err(exit::USAGE)
         }
     }
@@ -154,7 +154,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
         Err(code) => return code,
     };
     let Some(stage) = loaded.desc.stage.clone() else {
-        eprintln!(
+        errln!(
             "error: {} has no `stage:` section; a stage needs its name and a stable name per database and \
              service (see environments/staging.yaml)",
             args.file.display()
@@ -162,7 +162,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
         return exit::USAGE;
     };
     let Some(release) = loaded.release_version(args.release.as_deref()) else {
-        eprintln!(
+        errln!(
             "error: no release version: pass `--release VERSION` or set `release.version` in {}",
             args.file.display()
         );
@@ -173,7 +173,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
         Some(text) => match humantime::parse_duration(text) {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("error: --drain {text}: {e} (e.g. 0s, 30s, 5m)");
+                errln!("error: --drain {text}: {e} (e.g. 0s, 30s, 5m)");
                 return exit::USAGE;
             }
         },
@@ -227,7 +227,7 @@ async fn rebuild_locked(
     let hand = Stagehand { store, names: names.as_ref(), gens: &gens, reporter, now: &Utc::now };
     match engine_rebuild(&hand, plan, &password, signals).await {
         Ok(Outcome::Promoted { current, switched_in, interrupted, .. }) => {
-            eprintln!(
+            errln!(
                 "rehearse: stage `{name}` now on {}: every stable name switched {} ms after its acceptance passed",
                 current.describe(),
                 switched_in.as_millis()
@@ -239,7 +239,7 @@ async fn rebuild_locked(
             }
         }
         Ok(Outcome::NotPromoted { number, exit_code, still_on: current }) => {
-            eprintln!("rehearse: generation {number} was not promoted; {}", still_on(current.as_ref(), name));
+            errln!("rehearse: generation {number} was not promoted; {}", still_on(current.as_ref(), name));
             if exit_code == exit::PASSED {
                 exit::BUILD_FAILED
             } else {
@@ -247,7 +247,7 @@ async fn rebuild_locked(
             }
         }
         Err(e) => {
-            eprintln!("error: stage `{name}`: {e}");
+            errln!("error: stage `{name}`: {e}");
             match e {
                 RebuildError::TearDown(_) => exit::LEFTOVERS,
                 _ => exit::BUILD_FAILED,
@@ -361,7 +361,7 @@ pub(crate) fn stage(g: &Global, command: &StageCommand) -> i32 {
             match crate::providers::local::forward::serve(dir).await {
                 Ok(()) => exit::PASSED,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                     exit::BUILD_FAILED
                 }
             }
@@ -375,7 +375,7 @@ where
     F: std::future::Future<Output = i32>,
 {
     if let Err(why) = crate::description::decode::KeyRule::Identifier.check(stage) {
-        eprintln!("error: `{stage}` is not a stage name: {why}");
+        errln!("error: `{stage}` is not a stage name: {why}");
         return exit::USAGE;
     }
     runtime().block_on(async {
@@ -386,7 +386,7 @@ where
         match st::load(opened.store.as_ref(), stage).await {
             Ok(Some((record, _))) => f(opened, record).await,
             Ok(None) => {
-                eprintln!(
+                errln!(
                     "error: no stage `{stage}` in the state store {} (a stage begins with `rehearse rebuild FILE`; \
                      pass --state if its description names another store)",
                     opened.store.url()
@@ -413,36 +413,36 @@ async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
     let ago = |t: chrono::DateTime<Utc>| {
         format_duration(Duration::from_secs((now - t).to_std().unwrap_or_default().as_secs()))
     };
-    println!("stage {} ({} provider, environment {})", record.stage, record.provider, record.environment);
+    outln!("stage {} ({} provider, environment {})", record.stage, record.provider, record.environment);
     match record.current_generation() {
         Some(cur) => {
             let promoted =
                 cur.promoted_at.map(|t| format!(", promoted {} ({} ago)", t.format("%Y-%m-%d %H:%M UTC"), ago(t)));
-            println!("current: {}{}", cur.describe(), promoted.unwrap_or_default());
+            outln!("current: {}{}", cur.describe(), promoted.unwrap_or_default());
             for b in &cur.backups {
                 if let Some(t) = b.taken_at {
-                    println!("  backup of `{}` is {} old", b.database, ago(t));
+                    outln!("  backup of `{}` is {} old", b.database, ago(t));
                 }
             }
         }
-        None => println!("current: none (no generation has passed its acceptance yet)"),
+        None => outln!("current: none (no generation has passed its acceptance yet)"),
     }
-    println!("stable names:");
+    outln!("stable names:");
     let targets = record.current_generation().map(|c| c.targets.clone()).unwrap_or_default();
     for (component, stable) in &record.names {
         let to = targets.get(component).map(|t| t.join(", ")).unwrap_or_else(|| "nothing".into());
-        println!("  {component:<12} {stable} -> {to}");
+        outln!("  {component:<12} {stable} -> {to}");
     }
     match (pointing_at, record.current) {
-        (Some(p), Some(c)) if p == c => println!("  (they point at generation {p})"),
-        (p, c) => println!(
+        (Some(p), Some(c)) if p == c => outln!("  (they point at generation {p})"),
+        (p, c) => outln!(
             "  warning: the names point at {}, the stage's record says {}; `rehearse rebuild` or `rehearse stage \
              rollback` points them again",
             p.map_or("nothing".to_string(), |p| format!("generation {p}")),
             c.map_or("none".to_string(), |c| format!("generation {c}"))
         ),
     }
-    println!("generations:");
+    outln!("generations:");
     for gen in record.generations.iter().rev() {
         let when = match gen.fate {
             Fate::Draining => gen.retire_at.map(|t| format!("retired after {}", t.format("%Y-%m-%d %H:%M:%S UTC"))),
@@ -450,7 +450,7 @@ async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
             Fate::Current => gen.promoted_at.map(|t| format!("promoted {}", t.format("%Y-%m-%d %H:%M UTC"))),
             _ => gen.reason.clone(),
         };
-        println!(
+        outln!(
             "  {:>3}  {:<11} release {:<10} {}  {}",
             gen.number,
             gen.fate.as_str(),
@@ -466,7 +466,7 @@ async fn status(g: &Global, opened: Opened, record: StageRecord) -> i32 {
 async fn env(g: &Global, opened: Opened, record: StageRecord) -> i32 {
     let opened = &opened;
     let Some(cur) = record.current_generation() else {
-        eprintln!("error: stage `{}` has no current generation yet", record.stage);
+        errln!("error: stage `{}` has no current generation yet", record.stage);
         return exit::USAGE;
     };
     let password = match password(opened.store.as_ref(), &record.stage).await {
@@ -519,7 +519,7 @@ async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
     let store = opened.store.as_ref();
     let name = record.stage.clone();
     let (Some(current), Some(previous)) = (record.current, record.previous().map(|p| p.number)) else {
-        eprintln!(
+        errln!(
             "error: stage `{name}` has no generation to roll back to: the one before {} was retired (a rollback \
              is possible while the replaced generation drains: `rebuild --drain`)",
             record.current.map_or("the first".to_string(), |c| format!("generation {c}"))
@@ -549,17 +549,17 @@ async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
     let record = match rolled {
         Ok(r) => r,
         Err(st::UpdateError::Refused(why)) => {
-            eprintln!("error: cannot roll stage `{name}` back: {why}");
+            errln!("error: cannot roll stage `{name}` back: {why}");
             return exit::USAGE;
         }
         Err(e) => return store_error(store, "cannot roll back", e),
     };
     if let Err(e) = st::converge(store, &name, names.as_ref()).await {
-        eprintln!("error: rolled back in the stage's record, but the stable names could not be switched: {e}");
+        errln!("error: rolled back in the stage's record, but the stable names could not be switched: {e}");
         return exit::BUILD_FAILED;
     }
     let cur = record.current_generation().map(Generation::describe).unwrap_or_default();
-    println!(
+    outln!(
         "stage `{name}` rolled back to {cur}; generation {current} drains until {} and is retired by the next rebuild",
         retire_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
@@ -609,11 +609,11 @@ async fn destroy_locked(g: &Global, opened: &Opened, store: &dyn ObjectStore, na
     let hand = Stagehand { store, names: names.as_ref(), gens: &gens, reporter: reporter.as_ref(), now: &Utc::now };
     match engine_destroy(&hand, record).await {
         Ok(n) => {
-            println!("stage `{name}` destroyed: {n} generation(s) removed, its stable names and its record");
+            outln!("stage `{name}` destroyed: {n} generation(s) removed, its stable names and its record");
             exit::PASSED
         }
         Err(e) => {
-            eprintln!("error: stage `{name}`: {e}");
+            errln!("error: stage `{name}`: {e}");
             match e {
                 RebuildError::TearDown(_) | RebuildError::Names(_) => exit::LEFTOVERS,
                 _ => exit::BUILD_FAILED,

@@ -23,7 +23,7 @@ pub(crate) fn url(g: &Global) -> Result<Option<StateUrl>, i32> {
     match g.state.as_deref() {
         None => Ok(None),
         Some(u) => StateUrl::parse(u).map(Some).map_err(|e| {
-            eprintln!("error: --state {e}");
+            errln!("error: --state {e}");
             exit::USAGE
         }),
     }
@@ -91,13 +91,13 @@ pub(crate) fn lock_store_for(
     }
     let root = local_root_for(g, url);
     FileStore::open(&root).map(|s| Arc::new(s) as Arc<dyn ObjectStore>).map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         exit::USAGE
     })
 }
 
 fn said(store: &dyn ObjectStore, e: StoreError) -> i32 {
-    eprintln!("error: the state store {}: {e}", store.url());
+    errln!("error: the state store {}: {e}", store.url());
     exit::BUILD_FAILED
 }
 
@@ -113,11 +113,11 @@ pub(crate) enum Part {
 /// The checked local runs directory, created if needed.
 fn local_runs(g: &Global) -> Result<PathBuf, i32> {
     let root = state::private_dir(&local_root(g)).map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         exit::USAGE
     })?;
     state::private_dir(&state::runs_dir(&root)).map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         exit::USAGE
     })
 }
@@ -238,13 +238,13 @@ pub(crate) async fn publish(shared: Option<&dyn ObjectStore>, run_id: &str, run_
     for (what, redact) in [("report", false), ("logs", true)] {
         let prefix = crate::engine::store::run_files(run_id, what);
         if let Err(e) = sync::push_dir(store, &run_state.join(what), &prefix, redact, &mut seen).await {
-            eprintln!("rehearse: warning: cannot send the {what} to {}: {e}", store.url());
+            errln!("rehearse: warning: cannot send the {what} to {}: {e}", store.url());
         }
     }
     let conn = run_state.join("connection.json");
     if conn.is_file() {
         if let Err(e) = sync::push_file(store, &crate::engine::store::connection_key(run_id), &conn).await {
-            eprintln!("rehearse: warning: cannot send the connection details to {}: {e}", store.url());
+            errln!("rehearse: warning: cannot send the connection details to {}: {e}", store.url());
         }
     }
 }

@@ -117,7 +117,7 @@ pub struct Redacting<'a>(pub &'a dyn Reporter);
 
 impl Reporter for Redacting<'_> {
     fn event(&self, ev: Event) {
-        let clean = |s: String| crate::sys::process::printable(&crate::secrets::redact(&s));
+        let clean = |s: String| crate::secrets::redact(&crate::sys::process::printable(&s)).into_owned();
         self.0.event(match ev {
             Event::Started { resource, action, detail } => {
                 Event::Started { resource: clean(resource), action, detail: detail.map(clean) }

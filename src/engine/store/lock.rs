@@ -50,15 +50,17 @@ impl LockInfo {
         }
     }
 
-    /// "`staging` is locked by run r-… (alice, ci-7) since T, lease until T2".
+    /// "`staging` is locked by run r-… (alice, ci-7) since T, lease until T2". Each
+    /// part on one line, printable: a lock object is anyone's who may write the store.
     pub fn refusal(&self) -> String {
+        use crate::sys::process::printable as p;
         let who = match &self.run_id {
-            Some(r) => format!("run {r} ({}, {})", self.owner, self.host),
-            None => format!("{}@{} (pid {}, {})", self.owner, self.host, self.pid, self.purpose),
+            Some(r) => format!("run {} ({}, {})", p(r), p(&self.owner), p(&self.host)),
+            None => format!("{}@{} (pid {}, {})", p(&self.owner), p(&self.host), self.pid, p(&self.purpose)),
         };
         format!(
             "`{}` is locked by {who} since {}, lease until {}",
-            self.name,
+            p(&self.name),
             self.since.format("%Y-%m-%d %H:%M:%SZ"),
             self.lease_until.format("%Y-%m-%d %H:%M:%SZ")
         )

@@ -817,14 +817,17 @@ pub(crate) fn s3_location(url: &str) -> Option<(&str, &str)> {
     (!bucket.is_empty() && !key.is_empty()).then_some((bucket, key))
 }
 
-/// The exit status the bootstrap marker reports on a console, and the lines before it.
+/// The exit status the bootstrap marker reports on a console, and the lines before it,
+/// made printable: they end up in messages, the report and on the terminal, and a
+/// console carries whatever the instance's boot and user-data wrote (escape sequences
+/// included, as log tails do).
 pub(crate) fn bootstrap_status(console: &str) -> Option<(i32, Vec<String>)> {
     let lines: Vec<&str> = console.lines().collect();
     lines.iter().enumerate().rev().find_map(|(i, line)| {
         let at = line.find(BOOTSTRAP_MARKER)?;
         let digits: String = line[at + BOOTSTRAP_MARKER.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
         let code = digits.parse().ok()?;
-        Some((code, lines[..i].iter().map(|l| l.to_string()).collect()))
+        Some((code, lines[..i].iter().map(|l| crate::sys::process::printable(l)).collect()))
     })
 }
 

@@ -1,0 +1,403 @@
+//! The state store is a stranger's input (issue 23, part 2, attack 8): whoever may
+//! write it — every runner with the shipped IAM policy, a compromised CI job — writes
+//! objects here the way rehearse's own would look, and the real binary reads them back.
+//!
+//! - attack 8: escape sequences (window title, OSC 52 clipboard, OSC 8 links, screen
+//!   clear, 8-bit CSI/OSC, backspace and carriage-return overprinting, bidirectional
+//!   overrides) in a forged journal, report and log, in a `file://` store and in the
+//!   emulator's S3, read through `list`, `report`, `logs` and `logs -f` on a
+//!   pseudo-terminal (script(1)) and through a pipe: the bytes printed hold none, the
+//!   text around them is kept, and `--format json` stays valid JSON with the text escaped.
+
+mod common;
+#[path = "common/emulator.rs"]
+mod emulator;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use common::*;
+use emulator::*;
+use rehearse::engine::journal::{Record, RunMeta};
+use rehearse::report::model::*;
+
+const RUN: &str = "r-20260101-000000-0a0b0c";
+
+/// Every kind of sequence a terminal acts on, between words that must still show.
+const EVIL: &str = "[title\u{1b}]0;pwned\u{7}|clip\u{1b}]52;c;cm0gLXJmIH4=\u{7}|clear\u{1b}[2J\u{1b}[H|\
+    \u{1b}]8;;https://evil.example\u{1b}\\link\u{1b}]8;;\u{1b}\\|csi8\u{9b}31m|osc8\u{9d}0;t\u{9c}|\
+    dcs\u{1b}P+q\u{1b}\\|bs\u{8}\u{8}X|cr\rFAKE|bidi\u{202e}txt.exe]";
+
+/// What a terminal shows of EVIL once made printable (a carriage return is a line break:
+/// on one line, a space).
+const EVIL_SHOWN: &str = "[title|clip|clear|link|csi8|osc8|dcs|bsX|cr FAKE|biditxt.exe]";
+
+/// Fails if `out` holds anything a terminal acts on: a C0 control but the line feed and
+/// tab (a pseudo-terminal's `\r\n` counts as a line feed), DEL, a C1 control (U+0080 to
+/// U+009F, as UTF-8), a bidirectional override or isolate.
+fn assert_inert(what: &str, out: &[u8]) {
+    let text = String::from_utf8_lossy(out).replace("\r\n", "\n");
+    let bad: Vec<(usize, char)> = text
+        .char_indices()
+        .filter(|(_, c)| {
+            (c.is_control() && !matches!(c, '\n' | '\t'))
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: {} sequence characters reached the output, first at {:?}:\n{text:?}",
+        bad.len(),
+        bad[0]
+    );
+}
+
+/// The forged run: kept, with EVIL in every free-text field a person is shown.
+fn forged_meta() -> RunMeta {
+    let started = Utc::now() - chrono::Duration::minutes(5);
+    RunMeta {
+        run_id: RUN.into(),
+        environment: format!("shop{EVIL}"),
+        provider: "local".into(),
+        description: format!("shop.yaml{EVIL}"),
+        release: format!("v2{EVIL}"),
+        owner: format!("owner{EVIL}"),
+        started_at: started,
+        expires_at: started + chrono::Duration::hours(2),
+        destroy: "never".into(),
+        work_dir: None,
+        region: None,
+        pid: 999_999,
+        pid_start: 0,
+        name: Some(format!("evil{EVIL}")),
+        user: Some(format!("ci{EVIL}")),
+        max_ttl_secs: None,
+        host: Some(format!("runner{EVIL}")),
+        stage: None,
+    }
+}
+
+fn forged_records(meta: RunMeta) -> Vec<Record> {
+    vec![
+        Record::Run(meta),
+        Record::Finished { verdict: format!("passed{EVIL}"), exit_code: 0, kept: true, at: Utc::now() },
+    ]
+}
+
+fn forged_report() -> RunReport {
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut suite = SuiteResult::without_tests(&format!("smoke{EVIL}"), "./smoke.sh", SuiteStatus::Failed, None);
+    suite.reason = Some(format!("reason{EVIL}"));
+    RunReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        run_id: RUN.into(),
+        environment: format!("shop{EVIL}"),
+        provider: "local".into(),
+        description: "shop.yaml".into(),
+        release: format!("v2{EVIL}"),
+        artifact: "./releases/v2".into(),
+        started_at: t0,
+        finished_at: t0 + chrono::Duration::seconds(95),
+        verdict: Verdict::Failed,
+        exit_code: 1,
+        reason: Some(format!("why{EVIL}")),
+        failure: Some(Failure {
+            phase: format!("suites{EVIL}"),
+            resource: Some(format!("suite.smoke{EVIL}")),
+            message: format!("message{EVIL}"),
+            log_tail: vec![format!("tail one{EVIL}"), format!("tail two{EVIL}")],
+            log: Some(format!("/tmp/log{EVIL}")),
+        }),
+        backups: vec![],
+        phases: vec![],
+        steps: vec![],
+        suites: vec![suite],
+        resources: vec![],
+        teardown: Teardown {
+            policy: "never".into(),
+            status: "incomplete".into(),
+            duration_ms: 900,
+            leftovers: vec![Leftover {
+                id: format!("database.db{EVIL}"),
+                kind: format!("local.postgres{EVIL}"),
+                provider_id: None,
+                command: format!("rm -rf -- /nowhere{EVIL}"),
+            }],
+            expires_at: None,
+        },
+        total_ms: 95_000,
+        overhead_ms: 300,
+        access: Some(Access {
+            expires_at: t0,
+            logs_dir: format!("/logs{EVIL}"),
+            services: [(format!("web{EVIL}"), vec![format!("http://127.0.0.1:1{EVIL}")])].into(),
+            databases: [(
+                format!("db{EVIL}"),
+                DatabaseAccess {
+                    host: format!("127.0.0.1{EVIL}"),
+                    port: "5432".into(),
+                    name: format!("shop{EVIL}"),
+                    user: format!("app{EVIL}"),
+                },
+            )]
+            .into(),
+            commands: vec![format!("rehearse psql {RUN}{EVIL}")],
+        }),
+    }
+}
+
+fn forged_log() -> String {
+    format!("first line{EVIL}\nsecond\tline{EVIL}\n")
+}
+
+fn write_private(path: &Path, body: &[u8]) {
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(path, body).unwrap();
+}
+
+/// The forged run written into the `file://` store at `root` (the state directory
+/// itself): its journal, report and a service's log.
+fn forge_in_directory(root: &Path, meta: RunMeta) {
+    let run = root.join("runs").join(RUN);
+    let journal: String = forged_records(meta).iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    write_private(&run.join("journal.jsonl"), journal.as_bytes());
+    write_private(&run.join("report/report.json"), &serde_json::to_vec_pretty(&forged_report()).unwrap());
+    write_private(&run.join("logs/service.web.0.log"), forged_log().as_bytes());
+    for d in [root.to_path_buf(), root.join("runs"), run.clone(), run.join("report"), run.join("logs")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+}
+
+/// `cmd` with a pseudo-terminal for its stdout and stderr (script(1)): its exit code and
+/// every byte it wrote there.
+fn on_a_terminal(cmd: &Command) -> (i32, Vec<u8>) {
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| shlex::try_quote(&a.to_string_lossy()).unwrap().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut script = Command::new("script");
+    script.args(["-q", "-e", "-c", &line, "/dev/null"]).stdin(Stdio::null());
+    script_like(cmd, &mut script);
+    let out = script.output().unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout)
+}
+
+/// Gives `to` the environment and directory of `from`.
+fn script_like(from: &Command, to: &mut Command) {
+    for (k, v) in from.get_envs() {
+        match v {
+            Some(v) => to.env(k, v),
+            None => to.env_remove(k),
+        };
+    }
+    if let Some(d) = from.get_current_dir() {
+        to.current_dir(d);
+    }
+}
+
+/// The sandbox's binary with the `file://` store named on the command line.
+fn in_directory_store(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut c = sb.cmd();
+    c.arg("--state").arg(format!("file://{}", sb.state().display())).args(args);
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).replace("\r\n", "\n")
+}
+
+/// Attack 8, `file://`: `list`, `report` and `logs` of a forged run on a terminal.
+#[test]
+fn escape_sequences_in_a_directory_store_never_reach_a_terminal_through_list_report_and_logs() {
+    let sb = Sandbox::new();
+    forge_in_directory(&sb.state(), forged_meta());
+
+    let (code, out) = on_a_terminal(&in_directory_store(&sb, &["list"]));
+    assert_inert("list on a terminal", &out);
+    let shown = text(&out);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains(RUN) && shown.contains(&format!("evil{EVIL_SHOWN}")), "{shown}");
+
+    let (code, out) = on_a_terminal(&in_directory_store(&sb, &["report", RUN]));
+    assert_inert("report on a terminal", &out);
+    let shown = text(&out);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains(&format!("why{EVIL_SHOWN}")) && shown.contains(&format!("tail two{EVIL_SHOWN}")), "{shown}");
+
+    let (code, out) = on_a_terminal(&in_directory_store(&sb, &["logs", RUN, "web"]));
+    assert_inert("logs on a terminal", &out);
+    let shown = text(&out);
+    assert_eq!(code, 0, "{shown}");
+    // Lines and tabs are the log's own; a carriage return starts a line instead of
+    // overwriting one.
+    assert!(shown.contains("second\tline[title|clip|clear|link|csi8|osc8|dcs|bsX|cr\nFAKE|biditxt.exe]"), "{shown:?}");
+
+    // Colours asked for: the summary's own escapes only (SGR), none of the store's.
+    let (_, out) =
+        on_a_terminal(in_directory_store(&sb, &["report", RUN]).env_remove("NO_COLOR").arg("--color=always"));
+    let shown = text(&out);
+    let without_sgr = regex_lite_sgr(&shown);
+    assert_inert("report in colour, its own SGR removed", without_sgr.as_bytes());
+}
+
+/// `text` without SGR sequences (`ESC [ digits;… m`): the colours rehearse itself paints.
+fn regex_lite_sgr(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\u{1b}[") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let params = after.find(|c: char| !(c.is_ascii_digit() || c == ';')).unwrap_or(after.len());
+        if after[params..].starts_with('m') {
+            rest = &after[params + 1..];
+        } else {
+            out.push_str("\u{1b}[");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Attack 8, the same through a pipe (`| less -R`, `| tee`): sanitized too; and JSON
+/// stays JSON, with the stranger's text escaped but intact.
+#[test]
+fn escape_sequences_in_a_directory_store_never_reach_a_pipe_and_json_keeps_them_escaped() {
+    let sb = Sandbox::new();
+    forge_in_directory(&sb.state(), forged_meta());
+    for args in [&["list"][..], &["report", RUN], &["logs", RUN, "web"]] {
+        let out = in_directory_store(&sb, args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_inert(&format!("{args:?} into a pipe"), &out.stdout);
+        assert_inert(&format!("{args:?} stderr"), &out.stderr);
+    }
+    for args in [&["--format", "json", "list"][..], &["--format", "json", "report", RUN]] {
+        let out = in_directory_store(&sb, args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_inert(&format!("{args:?}"), &out.stdout);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let found = if args.contains(&"list") { v[0]["name"].clone() } else { v["reason"].clone() };
+        let want = if args.contains(&"list") { format!("evil{EVIL}") } else { format!("why{EVIL}") };
+        assert_eq!(found, serde_json::Value::String(want), "{args:?}: the raw text, escaped in the JSON");
+    }
+}
+
+/// Attack 8, `logs -f`: what is appended to a followed log is printable too.
+#[test]
+fn logs_follow_prints_what_is_appended_without_its_escape_sequences() {
+    let sb = Sandbox::new();
+    forge_in_directory(&sb.state(), forged_meta());
+    let log = sb.state().join("runs").join(RUN).join("logs/service.web.0.log");
+    let follow = in_directory_store(&sb, &["logs", RUN, "web", "-f"]);
+    let line = std::iter::once(follow.get_program())
+        .chain(follow.get_args())
+        .map(|a| shlex::try_quote(&a.to_string_lossy()).unwrap().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut script = Command::new("script");
+    script.args(["-q", "-f", "-c", &line, "/dev/null"]).stdin(Stdio::null()).stdout(Stdio::piped());
+    script_like(&follow, &mut script);
+    script.process_group(0);
+    let mut child = script.spawn().unwrap();
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut all = Vec::new();
+        loop {
+            let mut l = Vec::new();
+            match r.read_until(b'\n', &mut l) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    all.extend_from_slice(&l);
+                    if tx.send(all.clone()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let wait_for = |needle: &str| -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(all) if text(&all).contains(needle) => return all,
+                Ok(_) => {}
+                Err(_) => panic!("`logs -f` never printed {needle:?}"),
+            }
+        }
+    };
+    wait_for("second\tline");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writeln!(f, "appended{EVIL}").unwrap();
+    drop(f);
+    let all = wait_for("appended[title|clip|clear|link|csi8|osc8|dcs|bsX|cr\nFAKE|biditxt.exe]");
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    assert_inert("logs -f on a terminal", &all);
+}
+
+/// Attack 8: a lock holder's name, host and purpose, quoted when the lock is refused.
+#[test]
+fn a_forged_lock_holder_is_quoted_printable() {
+    let sb = Sandbox::new();
+    let holder = serde_json::json!({
+        "name": "staging", "owner": format!("ci{EVIL}"), "host": format!("runner{EVIL}"), "pid": 7,
+        "purpose": format!("rebuild{EVIL}"), "since": Utc::now(), "lease_until": Utc::now() + chrono::Duration::hours(1),
+        "token": "t",
+    });
+    write_private(&sb.state().join("locks/staging.json"), &serde_json::to_vec(&holder).unwrap());
+    std::fs::set_permissions(sb.state(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, out) = on_a_terminal(&in_directory_store(&sb, &["lock", "staging", "--", "true"]));
+    assert_inert("a refused lock on a terminal", &out);
+    let shown = text(&out);
+    assert_eq!(code, 5, "{shown}");
+    assert!(shown.contains(&format!("ci{EVIL_SHOWN}@runner{EVIL_SHOWN}")), "{shown}");
+}
+
+/// The forged run written into the emulator's S3 as the shipped policy lets anyone do:
+/// journal records (create-only), the report, a log.
+fn forge_in_s3(rt: &tokio::runtime::Runtime, s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str, meta: RunMeta) {
+    let put = |key: String, body: Vec<u8>| {
+        rt.block_on(s3.put_object().bucket(bucket).key(format!("{prefix}/{key}")).body(body.into()).send()).unwrap();
+    };
+    for (i, r) in forged_records(meta).iter().enumerate() {
+        put(format!("runs/{RUN}/journal/{:010}.json", i + 1), serde_json::to_vec(r).unwrap());
+    }
+    put(format!("runs/{RUN}/report/report.json"), serde_json::to_vec_pretty(&forged_report()).unwrap());
+    put(format!("runs/{RUN}/logs/service.web.0.log"), forged_log().into_bytes());
+}
+
+/// Attack 8 on S3: the same forgeries in the emulator's bucket, fetched by a machine
+/// that never saw the run.
+#[test]
+fn escape_sequences_in_an_s3_store_never_reach_a_terminal() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let s3 = emu.bucket(&rt, "team-state");
+    forge_in_s3(&rt, &s3, "team-state", "shop", forged_meta());
+    let sb = Sandbox::new();
+    let on = |args: &[&str]| {
+        let mut c = emu.rehearse(&sb);
+        c.args(["--state", "s3://team-state/shop"]).args(args);
+        c
+    };
+    let (code, out) = on_a_terminal(&on(&["list"]));
+    assert_inert("list (S3) on a terminal", &out);
+    assert!(code == 0 && text(&out).contains(&format!("evil{EVIL_SHOWN}")), "{}", text(&out));
+    let (code, out) = on_a_terminal(&on(&["report", RUN]));
+    assert_inert("report (S3) on a terminal", &out);
+    assert!(code == 0 && text(&out).contains(&format!("why{EVIL_SHOWN}")), "{}", text(&out));
+    let (code, out) = on_a_terminal(&on(&["logs", RUN, "web"]));
+    assert_inert("logs (S3) on a terminal", &out);
+    assert!(code == 0 && text(&out).contains("first line[title|clip"), "{}", text(&out));
+}
