@@ -1,4 +1,4 @@
-//! The state store is a stranger's input (issue 23, part 2, attack 8): whoever may
+//! The state store is a stranger's input (issue 23, part 2, attacks 8 and 9): whoever may
 //! write it — every runner with the shipped IAM policy, a compromised CI job — writes
 //! objects here the way rehearse's own would look, and the real binary reads them back.
 //!
@@ -7,7 +7,10 @@
 //!   overrides) in a forged journal, report and log, in a `file://` store and in the
 //!   emulator's S3, read through `list`, `report`, `logs` and `logs -f` on a
 //!   pseudo-terminal (script(1)) and through a pipe: the bytes printed hold none, the
-//!   text around them is kept, and `--format json` stays valid JSON with the text escaped.
+//!   text around them is kept, and `--format json` stays valid JSON with the text escaped;
+//! - attack 9: durations past the calendar (`--lease 300000y`, `REHEARSE_LEASE`,
+//!   `extend`, a journal's `max_ttl_secs`) refused at parse time or clamped, never a
+//!   panic; objects past their cap refused with the cap named.
 
 mod common;
 #[path = "common/emulator.rs"]
@@ -400,4 +403,181 @@ fn escape_sequences_in_an_s3_store_never_reach_a_terminal() {
     let (code, out) = on_a_terminal(&on(&["logs", RUN, "web"]));
     assert_inert("logs (S3) on a terminal", &out);
     assert!(code == 0 && text(&out).contains("first line[title|clip"), "{}", text(&out));
+}
+
+/// Attack 9: `rehearse lock x --lease 300000y -- true` panicked (date overflow); so did
+/// any lease from `$REHEARSE_LEASE` past the calendar, and `extend` by one.
+#[test]
+fn durations_past_the_calendar_are_refused_at_parse_time_with_exit_2() {
+    let sb = Sandbox::new();
+    let refused = |mut c: Command, want: &str| {
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{c:?}: {stderr}");
+        assert!(stderr.contains(want), "{c:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+    let mut c = sb.cmd();
+    c.args(["lock", "x", "--lease", "300000y", "--", "true"]);
+    refused(c, "error: --lease 300000y: out of range (a duration from 1s to 1d)");
+
+    // The environment's lease, read by `up --name` (which takes the name's lock).
+    let desc = sb.dir.path().join("tiny.yaml");
+    std::fs::write(
+        &desc,
+        "name: tiny\nprovider: local\nowner: t@example.com\nrelease:\n  version: v1\n  artifact: ./rel\n",
+    )
+    .unwrap();
+    let mut c = sb.cmd();
+    c.env("REHEARSE_LEASE", "300000y").args(["up"]).arg(&desc).args(["--name", "tiny"]);
+    refused(c, "error: REHEARSE_LEASE 300000y: out of range (a duration from 1s to 1d)");
+    assert!(sb.run_ids().is_empty(), "nothing was started");
+
+    forge_in_directory(&sb.state(), forged_meta());
+    let mut c = in_directory_store(&sb, &["extend", RUN, "300000y"]);
+    c.env_remove("REHEARSE_LEASE");
+    refused(c, "error: extend 300000y: out of range (a duration from 1s to 90d)");
+    refused(
+        in_directory_store(&sb, &["sweep", "--older-than", "300000y"]),
+        "error: --older-than 300000y: out of range",
+    );
+}
+
+/// Attack 9: a forged journal's `max_ttl_secs` past the calendar made `extend` panic;
+/// it is held to the longest `max_ttl` a description may set.
+#[test]
+fn a_journal_with_a_max_ttl_past_the_calendar_is_held_to_the_longest_allowed() {
+    let sb = Sandbox::new();
+    let mut meta = forged_meta();
+    meta.max_ttl_secs = Some(9_000_000_000_000_000_000);
+    forge_in_directory(&sb.state(), meta);
+    let out = in_directory_store(&sb, &["extend", RUN, "1h"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let out = in_directory_store(&sb, &["extend", RUN, "90d"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("may live until") && stderr.contains("at most"), "{stderr}");
+}
+
+/// Attack 9: objects were read whole, whatever their size. A journal record past its cap
+/// in S3 leaves its run out of `list` (said, with the cap) and fails `report`; a report
+/// past its cap in a `file://` store is refused with the cap named.
+#[test]
+fn objects_past_their_cap_are_refused_with_the_cap_named() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let s3 = emu.bucket(&rt, "team-state");
+    forge_in_s3(&rt, &s3, "team-state", "shop", forged_meta());
+    let big = format!("runs/{RUN}/journal/0000000003.json");
+    let body = vec![b' '; (4 << 20) + 1];
+    rt.block_on(s3.put_object().bucket("team-state").key(format!("shop/{big}")).body(body.into()).send()).unwrap();
+    let sb = Sandbox::new();
+    let out = emu.rehearse(&sb).args(["--state", "s3://team-state/shop", "list"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{big}: more than 4 MiB, the most rehearse reads; run {RUN} is left out")),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(RUN));
+    let out = emu.rehearse(&sb).args(["--state", "s3://team-state/shop", "report", RUN]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("{big}: more than 4 MiB, the most rehearse reads")), "{stderr}");
+
+    let sb = Sandbox::new();
+    forge_in_directory(&sb.state(), forged_meta());
+    let report = sb.state().join("runs").join(RUN).join("report/report.json");
+    std::fs::File::options().write(true).open(&report).unwrap().set_len((64 << 20) + 1).unwrap();
+    let out = in_directory_store(&sb, &["report", RUN]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("more than 64 MiB, the most rehearse reads"), "{stderr}");
+}
+
+/// Attack 9: the journal was read 1, 2, … until the first missing record, however many
+/// a stranger had written (here a hundred thousand and one, as the policy lets anyone
+/// create them, in the in-memory fake S3).
+#[test]
+fn a_journal_of_more_than_a_hundred_thousand_records_is_refused_with_the_cap_named() {
+    use rehearse::engine::store::{records, Condition, ObjectStore};
+    use rehearse::testkit::fake_s3::{FakeS3, S3Faults};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let faults = S3Faults { latency: (Duration::ZERO, Duration::ZERO), ..S3Faults::realistic() };
+        let store = FakeS3::new(1, faults);
+        for n in 1..=100_001u64 {
+            let key = format!("runs/{RUN}/journal/{n:010}.json");
+            store.put(&key, b"{}".to_vec(), Condition::Absent).await.unwrap();
+        }
+        let e = records::read(&store, RUN).await.expect_err("past the cap");
+        assert_eq!(e.to_string(), format!("runs/{RUN}/journal: more than 100,000 records, the most rehearse reads"));
+    });
+}
+
+/// A server on 127.0.0.1 that answers every request `200 OK` with a body of `len` bytes.
+fn answering(len: u64) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut s, &mut buf);
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(head.as_bytes());
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    if s.write_all(&chunk[..n]).is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Attack 9: the compare load replay (rehearse's own and the example tool
+/// environments/load/replay.py) read every answer whole, whatever its size: past 64 MiB
+/// it is an error of its request, never held whole.
+#[test]
+fn a_replayed_answer_past_64_mib_is_an_error_of_its_request() {
+    use rehearse::compare::load::{parse_requests, replay};
+    let (fine, big) = (answering(1 << 20), answering((64 << 20) + 1));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let errors = |port: u16| {
+        rt.block_on(async {
+            let requests = parse_requests("GET /big\n").unwrap();
+            let target = [("127.0.0.1".to_string(), port)];
+            replay(&requests, &target, 1.0, Duration::from_secs(1), Duration::from_secs(30)).await.remove(0).errors
+        })
+    };
+    assert_eq!(errors(fine)["GET /big"], vec![0.0], "a 1 MiB answer is an answer");
+    assert_eq!(errors(big)["GET /big"], vec![1.0], "an answer past 64 MiB is an error");
+
+    let dir = tempfile::tempdir().unwrap();
+    let requests = dir.path().join("requests.txt");
+    std::fs::write(&requests, "GET /big\n").unwrap();
+    for (port, ok) in [(fine, "1"), (big, "0")] {
+        let results = dir.path().join(format!("results-{port}"));
+        let out = Command::new("python3")
+            .arg(root().join("environments/load/replay.py"))
+            .arg(&requests)
+            .env("REHEARSE_URL", format!("http://127.0.0.1:{port}"))
+            .env("REHEARSE_RATE", "1")
+            .env("REHEARSE_DURATION", "1")
+            .env("REHEARSE_RESULTS", &results)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&results).unwrap();
+        let line = text.lines().nth(1).unwrap();
+        assert!(line.starts_with("GET /big,") && line.ends_with(&format!(",{ok}")), "port {port}: {text}");
+    }
 }

@@ -272,10 +272,13 @@ fn short(d: chrono::Duration) -> String {
 /// `rehearse extend RUN DURATION`: pushes a kept environment's expiry out by
 /// `duration`, up to its `max_ttl` from its start; `list` and `sweep` honour it.
 pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
-    let by = match humantime::parse_duration(duration).ok().and_then(|d| chrono::Duration::from_std(d).ok()) {
-        Some(d) if d > chrono::Duration::zero() => d,
-        _ => {
-            errln!("error: `{duration}` is not a duration (such as 1h or 2d)");
+    // At most the longest `max_ttl` a description may set: more could never be allowed.
+    let max = crate::description::MAX_MAX_TTL;
+    let by = match crate::description::bounded_duration("extend", duration, std::time::Duration::from_secs(1), max) {
+        // Whole seconds, as the journal and the tags keep them.
+        Ok(d) => chrono::Duration::seconds(d.as_secs() as i64),
+        Err(why) => {
+            errln!("error: {why}");
             return exit::USAGE;
         }
     };
@@ -308,7 +311,13 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     }
     let current = st.expires_at().unwrap_or(meta.expires_at);
     // Whole seconds: what the journal says and what the tags say are then the same.
-    let wanted = chrono::SubsecRound::trunc_subsecs(current.max(Utc::now()) + by, 0);
+    let wanted = match current.max(Utc::now()).checked_add_signed(by) {
+        Some(t) => chrono::SubsecRound::trunc_subsecs(t, 0),
+        None => {
+            errln!("error: the journal of {run_id} says it expires {current}: past any time rehearse can extend to");
+            return exit::USAGE;
+        }
+    };
     let latest = meta.latest_expiry();
     if wanted > latest {
         errln!(
@@ -358,6 +367,10 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     exit::PASSED
 }
 
+/// `sweep --older-than`: from nothing to ten years (older is older than rehearse).
+const MIN_AGE: std::time::Duration = std::time::Duration::ZERO;
+const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3650 * 86400);
+
 pub(crate) fn sweep(
     g: &Global,
     yes: bool,
@@ -365,11 +378,11 @@ pub(crate) fn sweep(
     environment: Option<&str>,
     region: Option<&str>,
 ) -> i32 {
-    let min_age = match older_than.map(humantime::parse_duration) {
+    let min_age = match older_than.map(|t| crate::description::bounded_duration("--older-than", t, MIN_AGE, MAX_AGE)) {
         None => None,
         Some(Ok(d)) => Some(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
-        Some(Err(e)) => {
-            errln!("error: --older-than `{}`: {e} (expected a duration such as 12h)", older_than.unwrap_or_default());
+        Some(Err(why)) => {
+            errln!("error: {why}");
             return exit::USAGE;
         }
     };

@@ -22,19 +22,12 @@ fn checked_name(name: &str) -> Result<(), i32> {
     })
 }
 
-/// The lease `--lease` asks for (at least a second).
+/// The lease `--lease` asks for: from [`lock::MIN_LEASE`] to [`lock::MAX_LEASE`].
 fn lease_of(text: &str) -> Result<Duration, i32> {
-    match humantime::parse_duration(text) {
-        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
-        Ok(_) => {
-            errln!("error: --lease {text}: a lease of less than a second would lapse between renewals");
-            Err(exit::USAGE)
-        }
-        Err(e) => {
-            errln!("error: --lease {text}: {e} (e.g. 30s, 5m)");
-            Err(exit::USAGE)
-        }
-    }
+    crate::description::bounded_duration("--lease", text, lock::MIN_LEASE, lock::MAX_LEASE).map_err(|why| {
+        errln!("error: {why}");
+        exit::USAGE
+    })
 }
 
 /// Takes `name` for this process, or says who holds it (`Err`: the exit code).

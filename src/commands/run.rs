@@ -66,7 +66,10 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             Ok(o) => o,
             Err(code) => return code,
         };
-        let lease = super::store::lease();
+        let lease = match super::store::lease() {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
         // A name is claimed under its lock: of two runs asking for the same name at
         // once, one waits for nothing and the other is told who has it.
         let name_lock = match &args.name {
@@ -141,7 +144,10 @@ pub(super) async fn rehearse(
     let run_id = &opts.run_id;
     let alive = match &opts.shared {
         Some(_) => {
-            let lease = super::store::lease();
+            let lease = match super::store::lease() {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
             match super::lock::take(locks, &crate::engine::store::run_lease(run_id), "run", Some(run_id), lease).await {
                 Ok(l) => Some(l),
                 Err(code) => return code,

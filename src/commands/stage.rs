@@ -84,7 +84,8 @@ async fn stable_names(g: &Global, opened: &Opened, record: &StageRecord) -> Resu
             Ok(Box::new(crate::providers::aws::dns::Route53Names {
                 api: crate::providers::aws::sdk::route53::Route53::new().await,
                 zone,
-                ttl: record.record_ttl_secs.max(1),
+                // The description allows 1 s to an hour; the record is anyone's.
+                ttl: record.record_ttl_secs.clamp(1, 3600),
                 names: record.names.clone(),
                 databases: record.databases.keys().cloned().collect(),
             }))
@@ -170,13 +171,19 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
     };
     let drain = match &args.drain {
         None => stage.drain,
-        Some(text) => match humantime::parse_duration(text) {
-            Ok(d) => d,
-            Err(e) => {
-                errln!("error: --drain {text}: {e} (e.g. 0s, 30s, 5m)");
-                return exit::USAGE;
+        Some(text) => {
+            match crate::description::bounded_duration("--drain", text, Duration::ZERO, crate::description::MAX_DRAIN) {
+                Ok(d) => d,
+                Err(why) => {
+                    errln!("error: {why}");
+                    return exit::USAGE;
+                }
             }
-        },
+        }
+    };
+    let lease = match super::store::lease() {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     let g = &super::run::described(g, &loaded);
     super::with_signals(g, async |reporter, signals| {
@@ -186,7 +193,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
         };
         let lock = st::lock_name(&stage.name);
         let purpose = format!("rehearse rebuild {} --release {release}", args.file.display());
-        let held = match super::lock::take(opened.store.clone(), &lock, &purpose, None, super::store::lease()).await {
+        let held = match super::lock::take(opened.store.clone(), &lock, &purpose, None, lease).await {
             Ok(l) => l,
             Err(code) => return code,
         };
@@ -531,8 +538,7 @@ async fn rollback(g: &Global, opened: Opened, record: StageRecord) -> i32 {
         Err(code) => return code,
     };
     let now = Utc::now();
-    let drain = Duration::from_secs(record.drain_secs);
-    let retire_at = now + chrono::Duration::from_std(drain).unwrap_or(chrono::Duration::MAX);
+    let retire_at = st::retire_at(now, Duration::from_secs(record.drain_secs));
     let rolled = st::update(store, &name, |r| {
         let mut r = r.ok_or("the stage has no record")?;
         if r.current != Some(current) {
@@ -572,18 +578,17 @@ async fn destroy(g: &Global, opened: Opened, record: StageRecord) -> i32 {
     let store = opened.store.as_ref();
     let name = record.stage.clone();
     let lock = st::lock_name(&name);
-    let held = match super::lock::take(
-        opened.store.clone(),
-        &lock,
-        &format!("rehearse stage destroy {name}"),
-        None,
-        super::store::lease(),
-    )
-    .await
-    {
+    let lease = match super::store::lease() {
         Ok(l) => l,
         Err(code) => return code,
     };
+    let held =
+        match super::lock::take(opened.store.clone(), &lock, &format!("rehearse stage destroy {name}"), None, lease)
+            .await
+        {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
     let code = destroy_locked(g, opened, store, &name, &record).await;
     super::lock::give_back(held, &lock).await;
     code

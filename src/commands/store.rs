@@ -158,8 +158,16 @@ pub(crate) async fn fetch_all(g: &Global) -> Result<(), i32> {
             sync::pull_lease(store.as_ref(), id, &dir).await
         }
     });
-    for r in futures_util::future::join_all(pulls).await {
-        r.map_err(|e| said(store.as_ref(), e))?;
+    for (id, r) in ids.iter().zip(futures_util::future::join_all(pulls).await) {
+        match r {
+            Ok(()) => {}
+            // One run's journal beyond what rehearse reads (anyone may write the store)
+            // is left out, said; the others are listed.
+            Err(e @ StoreError::TooLarge { .. }) => {
+                errln!("rehearse: warning: the state store {}: {e}; run {id} is left out", store.url())
+            }
+            Err(e) => return Err(said(store.as_ref(), e)),
+        }
     }
     Ok(())
 }
@@ -197,14 +205,18 @@ pub(crate) fn fetched<T>(g: &Global, run_id: Option<&str>, parts: &[Part], f: im
     Ok(f())
 }
 
-/// How long a lease runs without renewal: `$REHEARSE_LEASE` (a duration, at least a
-/// second; tests shorten it), else a minute.
-pub(crate) fn lease() -> std::time::Duration {
-    std::env::var("REHEARSE_LEASE")
-        .ok()
-        .and_then(|v| humantime::parse_duration(&v).ok())
-        .filter(|d| *d >= std::time::Duration::from_secs(1))
-        .unwrap_or(std::time::Duration::from_secs(60))
+/// How long a lease runs without renewal: `$REHEARSE_LEASE` (from a second to a day;
+/// tests shorten it), else a minute. `Err`: the exit code, said.
+pub(crate) fn lease() -> Result<std::time::Duration, i32> {
+    use crate::engine::store::lock::{MAX_LEASE, MIN_LEASE};
+    match std::env::var("REHEARSE_LEASE") {
+        Ok(v) if !v.is_empty() => crate::description::bounded_duration("REHEARSE_LEASE", &v, MIN_LEASE, MAX_LEASE)
+            .map_err(|why| {
+                errln!("error: {why}");
+                exit::USAGE
+            }),
+        _ => Ok(std::time::Duration::from_secs(60)),
+    }
 }
 
 /// How often a run's logs are sent to the shared store while it runs.

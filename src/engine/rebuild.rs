@@ -339,7 +339,7 @@ async fn promote(
         })
         .collect();
     let now = (hand.now)();
-    let retire_at = now + chrono::Duration::from_std(plan.drain).unwrap_or(chrono::Duration::MAX);
+    let retire_at = st::retire_at(now, plan.drain);
     let promoted = st::update(store, name, |r| {
         let mut r = r.ok_or("the stage has no record")?;
         if r.current != seen_current {

@@ -200,7 +200,13 @@ impl ObjectStore for FakeS3 {
             }
             let got = self.lock().objects.get(key).map(|o| Object { body: o.body.clone(), etag: o.etag.clone() });
             tokio::time::sleep(back).await;
-            Ok(got)
+            // As the real stores do: an object bigger than its key's cap is refused.
+            match got {
+                Some(o) if o.body.len() as u64 > crate::engine::store::object_cap(key) => {
+                    Err(crate::engine::store::too_large(key))
+                }
+                got => Ok(got),
+            }
         })
     }
 
@@ -271,8 +277,11 @@ impl ObjectStore for FakeS3 {
             if let Some(e) = failed(&fate) {
                 return Err(e);
             }
-            let keys = self.listed(prefix).into_iter().map(|k| k[prefix.len()..].to_string()).collect();
+            let keys: Vec<String> = self.listed(prefix).into_iter().map(|k| k[prefix.len()..].to_string()).collect();
             tokio::time::sleep(back).await;
+            if keys.len() > crate::engine::store::MAX_KEYS {
+                return Err(crate::engine::store::listing_too_long(prefix));
+            }
             Ok(keys)
         })
     }

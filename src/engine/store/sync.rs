@@ -43,15 +43,42 @@ pub async fn push_dir(
             if seen.get(&e.path()) == Some(&stamp) {
                 continue;
             }
-            let body = std::fs::read(e.path()).map_err(io)?;
-            let body = if redact { crate::secrets::redact_bytes(&body).into_owned() } else { body };
             let key = format!("{prefix}{rel}{name}");
+            let body = read_for_store(&e.path(), &key, redact)?;
+            let body = if redact { crate::secrets::redact_bytes(&body).into_owned() } else { body };
             retrying(|| store.put(&key, body.clone(), Condition::Always)).await?;
             seen.insert(e.path(), stamp);
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// A file to send as `key`, at most the store's cap for it (what a reader fetches): a
+/// log (`tail`) bigger than that is sent as its end, after a line that says so; any
+/// other file that big is refused.
+fn read_for_store(path: &Path, key: &str, tail: bool) -> Result<Vec<u8>, StoreError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let cap = super::object_cap(key);
+    if len <= cap {
+        let mut body = Vec::new();
+        f.take(cap).read_to_end(&mut body).map_err(io)?;
+        return Ok(body);
+    }
+    if !tail {
+        return Err(super::too_large(key));
+    }
+    let mut body = format!(
+        "[rehearse: the first bytes of this log are left out: the state store keeps its last {}]\n",
+        super::size_text(cap)
+    )
+    .into_bytes();
+    let keep = cap - body.len() as u64;
+    f.seek(SeekFrom::Start(len - keep)).map_err(io)?;
+    f.take(keep).read_to_end(&mut body).map_err(io)?;
+    Ok(body)
 }
 
 /// Uploads one file (the connection details) as it is.
@@ -118,13 +145,28 @@ pub async fn pull_files(
 ) -> Result<usize, StoreError> {
     let prefix = run_files(run_id, what);
     let keys = retrying(|| store.list(&prefix)).await?;
+    // Each file is at most its cap (`get`); all of them together at most these.
+    if keys.len() > super::MAX_PULL_FILES {
+        return Err(StoreError::TooLarge {
+            what: prefix.clone(),
+            limit: format!("{} files", super::count_text(super::MAX_PULL_FILES as u64)),
+        });
+    }
     let mut n = 0;
+    let mut bytes = 0u64;
     for rel in keys {
         if !super::valid_key(&rel) {
             continue;
         }
         let key = format!("{prefix}{rel}");
         if let Some(o) = retrying(|| store.get(&key)).await? {
+            bytes += o.body.len() as u64;
+            if bytes > super::MAX_PULL_BYTES {
+                return Err(StoreError::TooLarge {
+                    what: prefix.clone(),
+                    limit: format!("{} in all", super::size_text(super::MAX_PULL_BYTES)),
+                });
+            }
             write_private(&run_dir.join(what).join(&rel), &o.body)?;
             n += 1;
         }
