@@ -486,7 +486,7 @@ pub async fn destroy(hand: &Stagehand<'_>, record: &StageRecord) -> Result<usize
     }
     names.remove().await.map_err(RebuildError::Names)?;
     for key in [st::record_key(&record.stage), st::secret_key(&record.stage)] {
-        super::store::retrying(|| store.delete(&key, None)).await.map_err(st::UpdateError::from)?;
+        super::store::delete_current(store, &key).await.map_err(st::UpdateError::from)?;
     }
     Ok(removed)
 }

@@ -203,6 +203,40 @@ pub async fn put_checked(store: &dyn ObjectStore, key: &str, body: &[u8], cond: 
     }
 }
 
+/// Removes `key` as it is now: the version read is the version removed (`If-Match`), so
+/// a write that lands in between is never removed blindly — it is read, and removed, in
+/// turn. Gone already is fine. (Every delete rehearse makes is conditional: the shipped
+/// policy refuses any other.)
+pub async fn delete_current(store: &dyn ObjectStore, key: &str) -> Result<(), StoreError> {
+    for _ in 0..ATTEMPTS {
+        let Some(o) = retrying(|| store.get(key)).await? else { return Ok(()) };
+        match retrying(|| store.delete(key, Some(o.etag.clone()))).await {
+            Err(StoreError::PreconditionFailed) => continue,
+            other => return other,
+        }
+    }
+    Err(StoreError::Failed(format!("{key} changed on every attempt to remove it")))
+}
+
+/// Writes `body` under `key` whatever is there now, yet never blindly: created with
+/// `If-None-Match: *`, or replacing the version read with `If-Match` (read again if
+/// it changed meanwhile). For objects that are rehearse's to replace but must not be
+/// written unconditionally (connection details: the shipped policy refuses that).
+pub async fn put_over(store: &dyn ObjectStore, key: &str, body: &[u8]) -> Result<(), StoreError> {
+    for _ in 0..ATTEMPTS {
+        let cond = match retrying(|| store.get(key)).await? {
+            Some(o) if o.body == body => return Ok(()),
+            Some(o) => Condition::Matches(o.etag),
+            None => Condition::Absent,
+        };
+        match put_checked(store, key, body, cond).await {
+            Err(StoreError::PreconditionFailed) => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+    Err(StoreError::Failed(format!("{key} changed on every attempt to write it")))
+}
+
 /// A read or delete, sent again while the answer is lost (both are safe to repeat).
 pub async fn retrying<'a, T, F>(mut call: F) -> Result<T, StoreError>
 where

@@ -81,10 +81,11 @@ fn read_for_store(path: &Path, key: &str, tail: bool) -> Result<Vec<u8>, StoreEr
     Ok(body)
 }
 
-/// Uploads one file (the connection details) as it is.
+/// Uploads one file (the connection details) as it is: created if absent, else
+/// replacing the version there, never blindly ([`super::put_over`]).
 pub async fn push_file(store: &dyn ObjectStore, key: &str, path: &Path) -> Result<(), StoreError> {
-    let body = std::fs::read(path).map_err(io)?;
-    retrying(|| store.put(key, body.clone(), Condition::Always)).await.map(|_| ())
+    let body = read_for_store(path, key, false)?;
+    super::put_over(store, key, &body).await
 }
 
 /// The run ids the store has journals for (from a listing: a run started a moment ago
@@ -201,8 +202,38 @@ pub async fn pull_lease(store: &dyn ObjectStore, run_id: &str, run_dir: &Path) -
     }
 }
 
-/// Removes a torn-down run's connection details from the store.
+/// Removes a torn-down run's connection details from the store (the version read).
 pub async fn remove_connection(store: &dyn ObjectStore, run_id: &str) -> Result<(), StoreError> {
-    let key = connection_key(run_id);
-    retrying(|| store.delete(&key, None)).await
+    super::delete_current(store, &connection_key(run_id)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::fake_s3::{FakeS3, S3Faults};
+
+    /// Connection details are written and removed only with a condition (issue 23,
+    /// attack 10: the shipped policy now refuses any other), and still replace a copy
+    /// someone else left there.
+    #[tokio::test(start_paused = true)]
+    async fn connection_details_are_written_and_removed_only_conditionally() {
+        let store = FakeS3::new(3, S3Faults::chaos());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("connection.json");
+        std::fs::write(&file, b"{\"ours\":1}").unwrap();
+        let key = connection_key("r-1");
+        store.put(&key, b"{\"forged\":1}".to_vec(), Condition::Absent).await.ok();
+        let mut pushed = false;
+        for _ in 0..5 {
+            pushed |= push_file(&store, &key, &file).await.is_ok();
+        }
+        assert!(pushed);
+        assert_eq!(store.peek(&key).as_deref(), Some(&b"{\"ours\":1}"[..]));
+        let mut removed = false;
+        for _ in 0..5 {
+            removed |= remove_connection(&store, "r-1").await.is_ok();
+        }
+        assert!(removed && store.peek(&key).is_none());
+        assert_eq!(store.unconditional(), Vec::<String>::new());
+    }
 }
