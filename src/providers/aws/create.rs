@@ -260,6 +260,8 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     pub(super) async fn database(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let d = &ctx.loaded.desc;
         let db = &d.databases[res.name.as_str()];
+        // Before anything is restored: a masking SQL that cannot be trusted ends the run here.
+        trusted_masking(ctx, db)?;
         let timeout = db.timeout.unwrap_or(Duration::from_secs(30 * 60));
         let deadline = Instant::now() + timeout;
         let db_name = ctx.render(&format!("databases.{}.name", res.name))?;
@@ -448,7 +450,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// the runner), in one transaction; everything that uses the copy waits for it.
     pub(super) async fn mask(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let db = &ctx.loaded.desc.databases[res.name.as_str()];
-        let Some(m) = &db.masking else { return Ok(Output::Nothing) };
+        let Some(sql) = trusted_masking(ctx, db)? else { return Ok(Output::Nothing) };
         let outputs = ctx
             .tctx
             .get("databases")
@@ -459,7 +461,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         ctx.created(res, Handle::new(json!({}))).await?;
         if super::runner::configured(ctx.loaded).is_some() {
             let t = ctx.started(res, "mask", Some("on the runner".into()));
-            let r = self.mask_on_runner(res, ctx, &ctx.loaded.resolve(m), &outputs, timeout).await;
+            let r = self.mask_on_runner(res, ctx, &sql, &outputs, timeout).await;
             ctx.step(res, "mask", t, r.is_ok(), None);
             r?;
             return Ok(Output::Nothing);
@@ -471,7 +473,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         // command line, where every user of this machine could read it.
         let mut cmd = tokio::process::Command::new("psql");
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f"])
-            .arg(ctx.loaded.resolve(m))
+            .arg(&sql)
             .env_remove("PGSERVICE")
             .env_remove("PGOPTIONS")
             .envs(outputs.libpq_env())
@@ -492,6 +494,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
 
     pub(super) async fn cluster(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let db = &ctx.loaded.desc.databases[res.name.as_str()];
+        trusted_masking(ctx, db)?;
         let DatabaseSource::AuroraCluster(source) = &db.source else {
             return Err(StepError::build("a cluster clone needs an `aurora_cluster` source"));
         };
@@ -808,6 +811,21 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         let _ = std::fs::remove_dir_all(&dir);
         placed
     }
+}
+
+/// The masking SQL of `db`, if it has one, checked as the local provider checks it
+/// (`secure_fs::check_input`): it runs with the copy's master password — on a runner, as
+/// root there — so a file every user of this machine could write, or one under such a
+/// directory, is refused, with nothing created.
+pub(super) fn trusted_masking(
+    ctx: &Ctx<'_>,
+    db: &crate::description::Database,
+) -> Result<Option<std::path::PathBuf>, StepError> {
+    let Some(m) = &db.masking else { return Ok(None) };
+    let path = ctx.loaded.resolve(m);
+    crate::sys::secure_fs::check_input(&path)
+        .map_err(|e| StepError::build(format!("the masking SQL cannot be trusted: {e}")).nothing_created())?;
+    Ok(Some(path))
 }
 
 /// The bucket and key of an `s3://BUCKET/KEY` artifact.
