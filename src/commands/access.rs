@@ -238,7 +238,6 @@ pub(super) fn logs(g: &Global, run_id: &str, target: &[String], follow: bool) ->
                     // Made printable first, so that no sequence split a secret on the
                     // screen that redaction would not see whole.
                     let line = secrets::redact(&crate::sys::process::printable_text(line)).into_owned();
-                    // raw: the line is printable (above)
                     let written = if prefix { writeln!(out, "{name}| {line}") } else { writeln!(out, "{line}") };
                     if written.is_err() {
                         // The reader went away (`| head`): nothing more to show.
