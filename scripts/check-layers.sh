@@ -43,6 +43,20 @@ for low in sys secrets style diag exit; do
     forbid "$low" 'crate::(engine|providers|commands|report|suites|plan|description)' "$low is below everything that uses it"
 done
 
+# What the commands print quotes strangers (the state store, releases): it goes through
+# the terminal sanitizer (outln!/errln!/err!, see src/commands.rs). A raw print is for
+# exact output and says why with a `// raw:` comment on its line.
+raw=$(awk '
+    FNR == 1 { intest = 0 }
+    /^#\[cfg\(test\)\]/ { intest = 1 }
+    !intest && /(^|[^[:alnum:]_!])e?print(ln)?!\(/ && !/\/\/ raw:/ && $0 !~ /^[[:space:]]*\/\// { print FILENAME ":" FNR ": " $0 }
+' src/commands.rs $(find src/commands -name '*.rs'))
+if [ -n "$raw" ]; then
+    echo "terminal: a raw print in the commands (use outln!/errln!/err!, or mark exact output // raw: why)" >&2
+    echo "$raw" >&2
+    status=1
+fi
+
 # The fake cloud ships in no default build: its module is compiled for tests only.
 if ! grep -q '^#\[cfg(any(test, feature = "testkit"))\]$' src/lib.rs; then
     echo "layering: src/lib.rs must compile the testkit only for tests (cfg(any(test, feature = \"testkit\")))" >&2

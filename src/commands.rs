@@ -18,6 +18,36 @@ use crate::style::Styles;
 use crate::sys::{secure_fs, state};
 use store::Part;
 
+// What the commands print quotes what strangers wrote: run names, users, hosts and
+// releases from journals in a shared store, lock holders, stage records, resource ids,
+// error messages that carry them. Every line goes through the same sanitizer as log
+// tails on its way to the terminal (or a pipe: see `logs`), so none of it can retitle
+// the terminal, set its clipboard, plant a link or clear the screen. A raw `println!`
+// in the commands is for exact output only (`env`'s shell lines, JSON, the colored
+// summaries that sanitize their parts), marked `// raw:`; `scripts/check-layers.sh`
+// refuses any other.
+
+/// `println!` through [`crate::sys::process::printable_text`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        println!("{}", $crate::sys::process::printable_text(&format!($($arg)*))) // raw: sanitized
+    };
+}
+
+/// `eprintln!` through [`crate::sys::process::printable_text`].
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        eprintln!("{}", $crate::sys::process::printable_text(&format!($($arg)*))) // raw: sanitized
+    };
+}
+
+/// `eprint!` through [`crate::sys::process::printable_text`].
+macro_rules! err {
+    ($($arg:tt)*) => {
+        eprint!("{}", $crate::sys::process::printable_text(&format!($($arg)*))) // raw: sanitized
+    };
+}
+
 mod access;
 mod compare;
 mod down;
@@ -38,7 +68,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             Command::Env { .. } | Command::Stage { command: crate::cli::StageCommand::Env { .. } }
         )
     {
-        eprintln!("error: --format shell and --format dotenv are for `rehearse env`; elsewhere use text or json");
+        errln!("error: --format shell and --format dotenv are for `rehearse env`; elsewhere use text or json");
         return exit::USAGE;
     }
     match &cli.command {
@@ -54,13 +84,13 @@ pub fn dispatch(cli: Cli) -> i32 {
             let man = clap_mangen::Man::new(Cli::command());
             let mut out = Vec::new();
             if let Err(e) = man.render(&mut out) {
-                eprintln!("error: failed to render the man page: {e}");
+                errln!("error: failed to render the man page: {e}");
                 return exit::USAGE;
             }
             match std::io::stdout().write_all(&out) {
                 Ok(()) => exit::PASSED,
                 Err(e) => {
-                    eprintln!("error: cannot write the man page: {e}");
+                    errln!("error: cannot write the man page: {e}");
                     exit::USAGE
                 }
             }
@@ -119,7 +149,7 @@ fn validate(g: &crate::cli::Global, files: &[std::path::PathBuf], release: Optio
                     plural(d.suites.len()),
                 );
                 match g.format {
-                    Format::Text if !g.quiet => println!("{summary}"),
+                    Format::Text if !g.quiet => outln!("{summary}"),
                     Format::Json => json_items.push(serde_json::json!({"file": file, "valid": true, "problems": []})),
                     _ => {}
                 }
@@ -127,7 +157,7 @@ fn validate(g: &crate::cli::Global, files: &[std::path::PathBuf], release: Optio
             Err(diags) => {
                 failed = true;
                 match g.format {
-                    Format::Text | Format::Shell | Format::Dotenv => eprint!("{}", diags.render()),
+                    Format::Text | Format::Shell | Format::Dotenv => err!("{}", diags.render()),
                     Format::Json => {
                         let problems: Vec<_> = diags
                             .items
@@ -168,7 +198,7 @@ fn plural(n: usize) -> &'static str {
 /// Loads a description or prints its problems; `Err` carries the exit code.
 pub fn load_or_report(file: &std::path::Path, release: Option<&str>) -> Result<description::Loaded, i32> {
     description::load(file, release).map_err(|diags| {
-        eprint!("{}", diags.render());
+        err!("{}", diags.render());
         exit::USAGE
     })
 }
@@ -181,7 +211,7 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
     let mut plan = match plan::build(&loaded, release, None) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return exit::USAGE;
         }
     };
@@ -190,14 +220,14 @@ fn plan_cmd(g: &crate::cli::Global, file: &std::path::Path, release: Option<&str
         let resolved =
             runtime().block_on(async { aws_provider(&region).await.resolve_backups(&loaded, &mut plan).await });
         if let Err(e) = resolved {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return exit::BUILD_FAILED;
         }
     }
     match g.format {
         Format::Json => return print_json(&plan).map_or_else(|code| code, |()| exit::PASSED),
         Format::Text | Format::Shell | Format::Dotenv => {
-            print!("{}", plan::render::text(&plan, Styles::stdout(g.color)))
+            print!("{}", plan::render::text(&plan, Styles::stdout(g.color))) // raw: colored; the description's own text
         }
     }
     exit::PASSED
@@ -238,7 +268,7 @@ fn with_signals(g: &Global, body: impl AsyncFnOnce(&dyn Reporter, &crate::sys::s
 
 fn signals() -> Result<crate::sys::signals::Signals, i32> {
     crate::sys::signals::Signals::install().map_err(|e| {
-        eprintln!("error: cannot install signal handlers: {e}");
+        errln!("error: cannot install signal handlers: {e}");
         exit::BUILD_FAILED
     })
 }
@@ -248,11 +278,12 @@ fn signals() -> Result<crate::sys::signals::Signals, i32> {
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), i32> {
     match serde_json::to_string_pretty(value) {
         Ok(text) => {
-            println!("{text}");
+            // Strings keep their text, escaped: valid JSON that a terminal cannot act on.
+            println!("{}", crate::sys::process::terminal_safe_json(&text)); // raw: JSON, escaped
             Ok(())
         }
         Err(e) => {
-            eprintln!("error: cannot print JSON: {e} (a bug: please report it)");
+            errln!("error: cannot print JSON: {e} (a bug: please report it)");
             Err(exit::BUILD_FAILED)
         }
     }
@@ -292,7 +323,7 @@ fn checked_state(g: &Global) -> Result<Option<PathBuf>, i32> {
             Ok(true) => {}
             Ok(false) => return Ok(None),
             Err(e) => {
-                eprintln!("error: {e}; rehearse reads journals only from a directory no one else can write");
+                errln!("error: {e}; rehearse reads journals only from a directory no one else can write");
                 return Err(exit::USAGE);
             }
         }

@@ -205,6 +205,47 @@ fn a_wait_of_more_than_a_few_seconds_says_once_what_it_waits_for_and_until_when(
     });
 }
 
+/// Attack 8 of issue 23: what an instance's console says (GetConsoleOutput: the boot's
+/// and the user-data's own output) reached the report and the terminal with its escape
+/// sequences — a title, the clipboard (OSC 52), a screen clear.
+#[test]
+fn a_console_tail_with_escape_sequences_reaches_the_report_printable() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = description(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let cloud = FakeCloud::new(15, Faults::none());
+        cloud.fail_bootstrap(
+            "service.worker.",
+            7,
+            &[
+                "starting \u{1b}]0;pwned\u{7}the worker\u{1b}]52;c;cm0gLXJmIH4=\u{7}",
+                "\u{1b}[2J\u{1b}[Hworker: \u{9b}31mcannot connect\u{9d}8;;http://x\u{9c} to the queue\rFAKE",
+            ],
+        );
+        let provider =
+            AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX).with_work_root(&dir.path().join("work"));
+        let outcome = lifecycle::run(&provider, &loaded, &options(dir.path(), "r-boot"), &Printed, &Signals::none())
+            .await
+            .expect("the run starts");
+        let failure = outcome.report.failure.clone().expect("a failure");
+        let inert = |s: &str| !s.chars().any(|c| c.is_control());
+        assert!(inert(&failure.message), "{:?}", failure.message);
+        assert!(failure.message.contains("worker: cannot connect to the queue FAKE"), "{:?}", failure.message);
+        assert!(failure.log_tail.iter().all(|l| inert(l)), "{:?}", failure.log_tail);
+        assert!(failure.log_tail.iter().any(|l| l.ends_with(": starting the worker")), "{:?}", failure.log_tail);
+        let at = |f: &str| dir.path().join(f);
+        let files = rehearse::report::ReportFiles {
+            json: at("report.json"),
+            junit: at("junit.xml"),
+            markdown: at("summary.md"),
+            html: at("report.html"),
+        };
+        let summary = rehearse::report::terminal_summary(&outcome.report, &files, false);
+        assert!(!summary.chars().any(|c| c.is_control() && c != '\n'), "{summary:?}");
+    });
+}
+
 /// A throwaway PostgreSQL server on 127.0.0.1 (trust authentication, user
 /// `postgres`, database `shop`): the "RDS copy" the fake cloud's restores point at, so
 /// that masking, the install and the suites, run by the fake's SSM on this machine,
@@ -431,6 +472,56 @@ fn runner_ssm_masks_installs_and_runs_suites_inside_the_vpc_with_junit_beyond_24
         assert!(keys.is_empty(), "the run's keys are left: {keys:?}");
         assert!(cloud.violations().is_empty(), "{:?}", cloud.violations());
     });
+}
+
+/// The masking SQL runs with the copy's master password (on a runner, as root there):
+/// the local provider refused one that every user of this machine could write, the AWS
+/// provider used it. Now both paths — psql from here, and `runner: ssm` — refuse it
+/// before anything is restored, and the run ends with nothing left.
+#[test]
+fn a_masking_sql_anyone_could_write_is_refused_on_aws_before_any_restore() {
+    use std::os::unix::fs::PermissionsExt;
+    let open = |dir: &Path| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // From here: the shop with its masking in a directory every user may write.
+    let here = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("environments/shop-aws.yaml")).unwrap();
+    let text = rehearse::testkit::scenarios::unreachable_hosts_variant(&text, root, "").replace(
+        "    instance_class: db.t3.medium\n",
+        "    instance_class: db.t3.medium\n    masking: open/masking.sql\n",
+    );
+    std::fs::create_dir_all(here.path().join("open")).unwrap();
+    std::fs::write(here.path().join("open/masking.sql"), "SELECT 1;\n").unwrap();
+    open(&here.path().join("open"));
+    std::fs::write(here.path().join("shop.yaml"), text).unwrap();
+    let from_here =
+        description::load(&here.path().join("shop.yaml"), Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()));
+    // On the runner: the description's directory (the bundle, masking.sql in it) open to all.
+    let runner = tempfile::tempdir().unwrap();
+    let on_runner = ssm_description(runner.path(), 1);
+    open(&runner.path().join("desc"));
+    for (loaded, dir) in [(&from_here, here.path()), (&on_runner, runner.path())] {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let cloud = FakeCloud::new(16, Faults::none());
+            publish_release(&cloud).await;
+            let provider =
+                AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX).with_work_root(&dir.join("work"));
+            let outcome = lifecycle::run(&provider, loaded, &options(dir, "r-mask"), &Printed, &Signals::none())
+                .await
+                .expect("the run starts");
+            let failure = outcome.report.failure.clone().expect("a failure");
+            assert_eq!(outcome.report.exit_code, 3, "{failure:?}");
+            assert!(
+                failure.message.contains("the masking SQL cannot be trusted")
+                    && failure.message.contains("writable by every user of this machine"),
+                "{failure:?}"
+            );
+            assert!(cloud.restores().is_empty(), "a copy was restored: {:?}", cloud.restores());
+            assert!(cloud.ssm().sent().iter().all(|c| !c.commands.join("\n").contains("masking")), "masking was sent");
+            assert!(cloud.leftovers().is_empty(), "left: {:?}", cloud.leftovers());
+        });
+    }
 }
 
 /// Seeded runs with `runner: ssm` under the fake's faults, killed while SSM commands

@@ -4,9 +4,13 @@
 //! the call that creates a resource, production is only ever the source of a copy, and
 //! the policy grants exactly the calls `src/providers/aws/sdk.rs` (and `sdk/`) makes — a new call
 //! without a policy line, or a grant the code no longer needs, fails here. The state store
-//! on S3 (`--state s3://BUCKET/PREFIX`) is confined to its bucket and prefix, and journal
-//! records there can only be created, never overwritten or deleted. parliament
-//! (the IAM policy linter `make test-deps` installs) must find nothing in it.
+//! on S3 (`--state s3://BUCKET/PREFIX`) is confined to its bucket and prefix, journal
+//! records there can only be created, never overwritten or deleted, and locks, stage
+//! records and connection details are written and deleted only with a condition
+//! (`If-None-Match`/`If-Match`, evaluated here as IAM does). A launch uses only the
+//! network interface it creates, tagged; everything a create makes is tagged in the call
+//! by the code too. parliament (the IAM policy linter `make test-deps` installs) must find
+//! nothing in it.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -37,6 +41,8 @@ const SHELL_DOCUMENT: &str = "arn:aws:ssm:*:*:document/AWS-RunShellScript";
 const INSTANCE_ROLE: &str = "arn:aws:iam::*:role/REHEARSE_INSTANCE_ROLE";
 /// S3's condition key for the `If-None-Match` header of a write (`*`: create only).
 const IF_NONE_MATCH: &str = "s3:if-none-match";
+/// S3's condition key for the `If-Match` header of a write or delete (this version only).
+const IF_MATCH: &str = "s3:if-match";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -197,14 +203,15 @@ fn is_rehearse_name(resource: &str) -> bool {
 
 /// What an action only reads or attaches to what it creates, never changes: the
 /// production snapshot a copy is restored from, the parameter and option groups it is
-/// created with; the image and subnet of a launch (and the network interface a launch
-/// creates with the instance and deletes with it); the VPC a new security group goes into.
+/// created with; the image and subnet of a launch; the VPC a new security group goes
+/// into. (Not a launch's network interface: an existing one would bring its security
+/// groups along, so the one a launch may use is the one it creates, tagged: CREATED.)
 fn is_input(action: &str, resource: &str) -> bool {
     let (_, kind, _) = arn(resource);
     match (action, kind.as_str()) {
         ("rds:RestoreDBInstanceFromDBSnapshot", "snapshot") => true,
         (a, "og" | "pg" | "cluster-pg") => a.starts_with("rds:Restore") || a == "rds:CreateDBInstance",
-        ("ec2:RunInstances", "image" | "subnet" | "network-interface") => true,
+        ("ec2:RunInstances", "image" | "subnet") => true,
         ("ec2:CreateSecurityGroup", "vpc") => true,
         // The document it runs is AWS's shell script; the bucket is where output goes.
         ("ssm:SendCommand", "document") => resource == SHELL_DOCUMENT,
@@ -232,7 +239,7 @@ fn denied_without_run_tag(policy: &[Statement], action: &str, resource: &str) ->
 /// its first instant (`aws:RequestTag`). Everything else it names already exists.
 const CREATED: &[(&str, &[&str])] = &[
     ("ec2:CreateSecurityGroup", &["security-group"]),
-    ("ec2:RunInstances", &["instance", "volume"]),
+    ("ec2:RunInstances", &["instance", "volume", "network-interface"]),
     ("rds:CreateDBSubnetGroup", &["subgrp"]),
     ("rds:RestoreDBInstanceFromDBSnapshot", &["db"]),
     ("rds:RestoreDBInstanceToPointInTime", &["db"]),
@@ -676,39 +683,30 @@ fn journal_records_in_the_state_store_can_only_be_created() {
 #[test]
 fn the_state_store_allows_what_rehearse_does_there() {
     let policy = policy();
-    let writes = [
-        format!("{RUN}/report/report.html"),
-        format!("{RUN}/logs/app/output.log"),
+    // Written again as they grow, with no condition.
+    let rewritten = [format!("{RUN}/report/report.html"), format!("{RUN}/logs/app/output.log")];
+    // Created with If-None-Match, replaced with If-Match, deleted with If-Match.
+    let conditional = [
         format!("{RUN}/connection.json"),
         "locks/staging.json".to_string(),
         "locks/run.r-20261125-164001-7f3a9c.json".to_string(),
         "stages/staging/stage.json".to_string(),
         "stages/staging/secret.json".to_string(),
     ];
-    let deletes = [
-        format!("{RUN}/connection.json"),
-        "locks/staging.json".to_string(),
-        "stages/staging/stage.json".to_string(),
-        "stages/staging/secret.json".to_string(),
-    ];
-    for key in writes.iter().chain([&JOURNAL_RECORD.to_string()]) {
-        assert!(!covering(&policy, "Allow", "s3:GetObject", &state_object(key)).is_empty(), "{key} cannot be read");
+    for key in rewritten.iter().chain(&conditional).chain([&JOURNAL_RECORD.to_string()]) {
+        assert!(allowed(&policy, "s3:GetObject", &state_object(key), &[]), "{key} cannot be read");
     }
-    for key in &writes {
+    for key in &rewritten {
+        assert!(
+            allowed(&policy, "s3:PutObject", &state_object(key), &[]),
+            "{key} cannot be written (reports and logs are written again as they grow)"
+        );
+    }
+    for key in &conditional {
         let object = state_object(key);
-        assert!(
-            covering(&policy, "Allow", "s3:PutObject", &object).iter().any(|s| s.conditions.is_empty()),
-            "{key} cannot be written (reports and logs are written again, locks replaced with If-Match)"
-        );
-        let denies: Vec<&str> =
-            covering(&policy, "Deny", "s3:PutObject", &object).iter().map(|s| s.sid.as_str()).collect();
-        assert!(denies.is_empty(), "{denies:?} refuse writing {key}");
-    }
-    for key in &deletes {
-        assert!(
-            !covering(&policy, "Allow", "s3:DeleteObject", &state_object(key)).is_empty(),
-            "{key} cannot be deleted"
-        );
+        assert!(allowed(&policy, "s3:PutObject", &object, &[IF_NONE_MATCH]), "{key} cannot be created");
+        assert!(allowed(&policy, "s3:PutObject", &object, &[IF_MATCH]), "{key} cannot be replaced with If-Match");
+        assert!(allowed(&policy, "s3:DeleteObject", &object, &[IF_MATCH]), "{key} cannot be deleted with If-Match");
     }
     // `runs/` to find the runs (with delimiter `/`), a run's `report/` and `logs/` to fetch them.
     let listed = ["runs/".to_string(), format!("{RUN}/report/"), format!("{RUN}/logs/")];
@@ -722,6 +720,130 @@ fn the_state_store_allows_what_rehearse_does_there() {
                 })
         });
         assert!(allowed, "listing {full} is not allowed (s3:ListBucket with s3:prefix)");
+    }
+}
+
+/// IAM's decision on `action` on the S3 object `object` by a request carrying the
+/// condition keys `present` (the headers S3 maps to `s3:if-none-match`, `s3:if-match`):
+/// an explicit Deny wins, then any Allow. S3 object statements here condition only on
+/// `Null` (which this evaluates); anything else is a test to extend.
+fn allowed(policy: &[Statement], action: &str, object: &str, present: &[&str]) -> bool {
+    let applies = |s: &Statement| {
+        s.has_action(action)
+            && s.resources.iter().any(|r| glob(r, object))
+            && s.conditions.iter().all(|(op, key, values)| {
+                assert_eq!(op, "Null", "{}: evaluate {op} on {key} for {action} here", s.sid);
+                // `"Null": {key: "true"}` holds when the key is absent, `"false"` when present.
+                let absent = !present.iter().any(|p| p.eq_ignore_ascii_case(key));
+                values.len() == 1 && (values[0] == "true") == absent
+            })
+    };
+    let denied = policy.iter().any(|s| s.effect == "Deny" && applies(s));
+    !denied && policy.iter().any(|s| s.allows() && applies(s))
+}
+
+/// Attack 10 of issue 23: PutObject of `stages/*`, `locks/*` and `runs/*/connection.json`
+/// was unconditional — the policy document said records are "replaced only with
+/// If-Match", and nothing enforced it — and so was DeleteObject of them.
+#[test]
+fn locks_stages_and_connection_details_are_written_and_deleted_only_with_a_condition() {
+    let policy = policy();
+    for key in [
+        format!("{RUN}/connection.json"),
+        "locks/staging.json".to_string(),
+        "stages/staging/stage.json".to_string(),
+        "stages/staging/secret.json".to_string(),
+    ] {
+        let object = state_object(&key);
+        assert!(
+            !allowed(&policy, "s3:PutObject", &object, &[]),
+            "{key}: s3:PutObject without If-None-Match or If-Match is allowed: a blind overwrite"
+        );
+        assert!(
+            !allowed(&policy, "s3:DeleteObject", &object, &[]),
+            "{key}: s3:DeleteObject without If-Match is allowed: a blind delete"
+        );
+        assert!(
+            !allowed(&policy, "s3:DeleteObject", &object, &[IF_NONE_MATCH]),
+            "{key}: only If-Match makes a delete conditional"
+        );
+        // Refused by a Deny too, which holds whatever else is attached to the role.
+        for (action, headers) in [("s3:PutObject", vec![]), ("s3:DeleteObject", vec![IF_NONE_MATCH])] {
+            let denied = covering(&policy, "Deny", action, &object).iter().any(|d| {
+                d.conditions.iter().all(|(op, k, v)| {
+                    op == "Null" && v == &["true".to_string()] && !headers.iter().any(|h| h.eq_ignore_ascii_case(k))
+                })
+            });
+            assert!(denied, "{key}: no Deny of an unconditional {action}");
+        }
+    }
+    // The journal: created only, If-Match included.
+    let record = state_object(JOURNAL_RECORD);
+    assert!(allowed(&policy, "s3:PutObject", &record, &[IF_NONE_MATCH]));
+    assert!(!allowed(&policy, "s3:PutObject", &record, &[IF_MATCH]), "a journal record can be replaced");
+    assert!(!allowed(&policy, "s3:PutObject", &record, &[]));
+    assert!(!allowed(&policy, "s3:DeleteObject", &record, &[IF_MATCH]));
+}
+
+/// Attack 10 of issue 23: `RunInstances` on `network-interface/*` had no condition, and
+/// an instance launched onto an existing production interface joins its security
+/// groups. The interface a launch may use is the one it creates, with the run tag in
+/// the request; an existing one has no request tag and is refused.
+#[test]
+fn a_launch_onto_a_network_interface_without_the_run_tag_is_refused() {
+    let policy = policy();
+    let interface = "arn:aws:ec2:*:*:network-interface/*";
+    assert!(
+        denied_without(&policy, "ec2:RunInstances", interface, RUN_TAG_IN_REQUEST),
+        "no Deny of ec2:RunInstances on {interface} without {RUN_TAG_IN_REQUEST}"
+    );
+    assert!(
+        allows().iter().any(|s| s.has_action("ec2:CreateTags")
+            && s.resources.iter().any(|r| r == interface)
+            && s.requires("ec2:CreateAction")),
+        "the tags of the interface a launch creates (authorized as ec2:CreateTags) are not allowed"
+    );
+}
+
+/// What the policy requires to be tagged at creation, the code tags in the call: every
+/// kind `CREATED` lists for EC2 is in a `TagSpecifications` of the SDK adapter.
+#[test]
+fn everything_an_ec2_create_makes_is_tagged_in_the_call() {
+    let src = sdk_source();
+    for (action, kinds) in CREATED.iter().filter(|(a, _)| a.starts_with("ec2:")) {
+        for kind in *kinds {
+            let variant: String = kind.split('-').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+            assert!(
+                src.contains(&format!("ResourceType::{variant}")),
+                "{action} creates a {kind}, which the policy requires tagged in the request, but sdk/ never tags a \
+                 ResourceType::{variant}"
+            );
+        }
+    }
+}
+
+/// `ssm:GetCommandInvocation` and `ssm:CancelCommand` take no resource and no condition
+/// key of their own (the Service Authorization Reference lists none; parliament's copy
+/// agrees), so IAM cannot narrow them below `*`. What keeps them to rehearse's own
+/// commands: each names a command by its id, a UUID only `SendCommand` returns to its
+/// caller, and the role has nothing that lists or describes other commands.
+#[test]
+fn ssm_reads_and_cancels_stand_alone_and_nothing_reveals_other_commands() {
+    for s in allows() {
+        for action in ["ssm:GetCommandInvocation", "ssm:CancelCommand"] {
+            if s.has_action(action) {
+                assert_eq!(s.actions, [action], "{}: {action} shares its statement", s.sid);
+                assert_eq!(s.resources, ["*"], "{}: {action} takes no resource: \"*\" is what IAM evaluates", s.sid);
+            }
+        }
+        for action in &s.actions {
+            let name = action.strip_prefix("ssm:").unwrap_or_default();
+            assert!(
+                !(name.starts_with("List") || name.starts_with("Describe")),
+                "{}: {action} would let the role learn the ids of commands it did not send",
+                s.sid
+            );
+        }
     }
 }
 

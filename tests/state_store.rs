@@ -100,6 +100,8 @@ fn contend(seed: u64) -> (Vec<Holding>, usize) {
             }
         });
         futures_util::future::join_all(contenders).await;
+        // Every write and delete of a lock is conditional, as the shipped policy requires.
+        assert_eq!(store.unconditional(), Vec::<String>::new(), "seed {seed}");
         let h = holdings.lock().unwrap().clone();
         let t = *takeovers.lock().unwrap();
         (h, t)

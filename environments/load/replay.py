@@ -13,7 +13,8 @@ open-loop schedule: a request leaves at its time whether or not the last one ans
 (there are workers for every request that can be in flight). Its latency counts from
 when it is sent: Python threads sharing one interpreter add their own delays under
 load, and counting from the schedule would charge those to the slower environment. A
-5xx, a timeout (10 s) or no connection is an error, as in rehearse's own replay.
+5xx, a timeout (10 s), no connection or an answer of more than 64 MiB is an error, as
+in rehearse's own replay.
 """
 import concurrent.futures
 import os
@@ -37,13 +38,22 @@ with open(sys.argv[1]) as f:
             requests.append((parts[0].upper(), parts[1], parts[2] if len(parts) > 2 else None))
 
 
+# The most of one answer read, as in rehearse's own replay: a bigger answer is an error
+# of its request, and is never held whole in memory.
+MAX_ANSWER = 64 << 20
+
+
 def one(method, path, body):
     data = body.encode() if body is not None else None
     req = urllib.request.Request(url + path, data=data, method=method)
     sent = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
-            r.read()
+            total = 0
+            while chunk := r.read(64 * 1024):
+                total += len(chunk)
+                if total > MAX_ANSWER:
+                    raise ValueError(f"an answer of more than {MAX_ANSWER >> 20} MiB")
             ok = r.status < 500
     except urllib.error.HTTPError as e:
         ok = e.code < 500

@@ -2,6 +2,15 @@
 //! command that prints them), `psql` (a session on one of its copies, the connection in
 //! libpq's environment, never on a command line) and `logs` (a service's, an install's
 //! or a suite's log, printed or followed, with the run's secrets redacted).
+//!
+//! `logs` prints what a release wrote, or what anyone who can write the state store put
+//! there: every line goes through the terminal sanitizer, whether stdout is a terminal
+//! or not. A pipe is most often a terminal one step removed (`| less -R`, `| tee`,
+//! `| grep`, a CI log viewer that renders escapes), a file written now is `cat` on a
+//! terminal later, and rehearse cannot know which; the sanitizer keeps every line, tab
+//! and printable character, so `grep` finds what it would have found. The log as the
+//! release wrote it is the file in the run's state directory (`logs` with no target
+//! lists them).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -18,12 +27,12 @@ use crate::sys::state;
 /// The state directory of `run_id`, checked, or the exit code (said).
 fn run_state(g: &Global, run_id: &str) -> Result<PathBuf, i32> {
     if !state::valid_run_id(run_id) {
-        eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
+        errln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
         return Err(exit::USAGE);
     }
     let dir = checked_state(g)?.map(|root| state::run_dir(&root, run_id)).filter(|d| d.is_dir());
     dir.ok_or_else(|| {
-        eprintln!("error: no run {run_id} on this machine; see `rehearse list`");
+        errln!("error: no run {run_id} on this machine; see `rehearse list`");
         exit::USAGE
     })
 }
@@ -32,7 +41,7 @@ fn run_state(g: &Global, run_id: &str) -> Result<PathBuf, i32> {
 fn connection(g: &Global, run_id: &str) -> Result<Connection, i32> {
     let dir = run_state(g, run_id)?;
     Connection::read(&dir, run_id).map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         exit::USAGE
     })
 }
@@ -79,25 +88,36 @@ pub(super) fn print_connection_with(g: &Global, c: &Connection, extra: &[(&str, 
     // Each variable once (the standard set may carry libpq's already), first place kept.
     let mut seen = std::collections::BTreeSet::new();
     vars.retain(|(k, _)| seen.insert(k.clone()));
+    // These lines are for `eval` and `.env` files, so they are printed exactly: a
+    // value a terminal would act on (from a forged connection file in a shared store)
+    // is refused rather than changed.
+    if let Some((k, _)) = vars
+        .iter()
+        .find(|(k, v)| k.chars().chain(v.chars()).any(|c| c.is_control() || crate::sys::process::is_bidi_control(c)))
+    {
+        errln!(
+            "error: the connection details of {} hold a control character in {k}: refused (no connection \
+             rehearse writes has one)",
+            c.run_id
+        );
+        return exit::USAGE;
+    }
     let export = if g.format == Format::Dotenv { "" } else { "export " };
     let mut out = String::new();
     for (k, v) in vars {
         // The output is evaluated (`eval "$(rehearse env RUN)"`): a name is a name, a
         // value one quoted word on its line; anything else is refused, not printed.
         if let Err(e) = crate::description::decode::KeyRule::EnvVar.check(&k) {
-            eprintln!("error: run {}: `{}` is not a variable name ({e}); nothing printed", c.run_id, k.escape_debug());
+            errln!("error: run {}: `{}` is not a variable name ({e}); nothing printed", c.run_id, k.escape_debug());
             return exit::USAGE;
         }
         if v.chars().any(char::is_control) || (g.format == Format::Dotenv && v.contains('\'')) {
-            eprintln!(
-                "error: run {}: the value of {k} cannot be written as one quoted value; nothing printed",
-                c.run_id
-            );
+            errln!("error: run {}: the value of {k} cannot be written as one quoted value; nothing printed", c.run_id);
             return exit::USAGE;
         }
         out.push_str(&format!("{export}{k}={}\n", quote(&v)));
     }
-    print!("{out}");
+    print!("{out}"); // raw: exact shell words (checked above)
     exit::PASSED
 }
 
@@ -120,18 +140,18 @@ pub(super) fn psql(g: &Global, run_id: &str, database: Option<&str>, args: &[Str
             Some(d) => d,
             None => {
                 let known: Vec<&String> = c.databases.keys().collect();
-                eprintln!("error: run {run_id} has no database `{name}` (it has: {known:?})");
+                errln!("error: run {run_id} has no database `{name}` (it has: {known:?})");
                 return exit::USAGE;
             }
         },
         (None, 1) => c.databases.values().next().expect("one database"),
         (None, 0) => {
-            eprintln!("error: run {run_id} has no database");
+            errln!("error: run {run_id} has no database");
             return exit::USAGE;
         }
         (None, _) => {
             let known: Vec<&String> = c.databases.keys().collect();
-            eprintln!("error: run {run_id} has several databases: name one of {known:?}");
+            errln!("error: run {run_id} has several databases: name one of {known:?}");
             return exit::USAGE;
         }
     };
@@ -143,7 +163,7 @@ pub(super) fn psql(g: &Global, run_id: &str, database: Option<&str>, args: &[Str
     cmd.args(args).env_remove("PGSERVICE").env_remove("PGSERVICEFILE").envs(db.libpq_env());
     use std::os::unix::process::CommandExt;
     let e = cmd.exec();
-    eprintln!("error: cannot run {}: {e}", program.display());
+    errln!("error: cannot run {}: {e}", program.display());
     exit::BUILD_FAILED
 }
 
@@ -203,14 +223,14 @@ pub(super) fn logs(g: &Global, run_id: &str, target: &[String], follow: bool) ->
             .collect();
         all.sort();
         for f in all {
-            println!("{}", f.display());
+            outln!("{}", f.display());
         }
         return exit::PASSED;
     }
     let files = match log_files(&dir, target) {
         Ok(f) => f,
         Err(why) => {
-            eprintln!("error: {why}");
+            errln!("error: {why}");
             return exit::USAGE;
         }
     };
@@ -218,23 +238,31 @@ pub(super) fn logs(g: &Global, run_id: &str, target: &[String], follow: bool) ->
     let mut offsets = vec![0u64; files.len()];
     loop {
         for (f, offset) in files.iter().zip(offsets.iter_mut()) {
-            let name = f.file_stem().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            match read_from(f, *offset) {
-                Ok((text, end)) => {
-                    *offset = end;
-                    let mut out = std::io::stdout().lock();
-                    for line in text.lines() {
-                        let line = secrets::redact(line);
-                        let written = if prefix { writeln!(out, "{name}| {line}") } else { writeln!(out, "{line}") };
-                        if written.is_err() {
-                            // The reader went away (`| head`): nothing more to show.
-                            return exit::PASSED;
-                        }
+            let name = crate::sys::process::printable(f.file_stem().and_then(|n| n.to_str()).unwrap_or_default());
+            // A look reads at most LOG_CHUNK: a big log is printed in several, never
+            // held whole in memory.
+            loop {
+                let (text, end, more) = match read_from(f, *offset, LOG_CHUNK) {
+                    Ok(read) => read,
+                    Err(e) => {
+                        errln!("error: cannot read {}: {e}", f.display());
+                        return exit::BUILD_FAILED;
+                    }
+                };
+                *offset = end;
+                let mut out = std::io::stdout().lock();
+                for line in text.lines() {
+                    // Made printable first, so that no sequence split a secret on the
+                    // screen that redaction would not see whole.
+                    let line = secrets::redact(&crate::sys::process::printable_text(line)).into_owned();
+                    let written = if prefix { writeln!(out, "{name}| {line}") } else { writeln!(out, "{line}") };
+                    if written.is_err() {
+                        // The reader went away (`| head`): nothing more to show.
+                        return exit::PASSED;
                     }
                 }
-                Err(e) => {
-                    eprintln!("error: cannot read {}: {e}", f.display());
-                    return exit::BUILD_FAILED;
+                if !more {
+                    break;
                 }
             }
         }
@@ -245,16 +273,25 @@ pub(super) fn logs(g: &Global, run_id: &str, target: &[String], follow: bool) ->
     }
 }
 
-/// The complete lines of `path` from byte `offset` on, and where they end (a line
-/// still being written waits for the next look).
-fn read_from(path: &Path, offset: u64) -> std::io::Result<(String, u64)> {
+/// How much of a log `logs` reads at a time.
+const LOG_CHUNK: u64 = 1 << 20;
+
+/// The complete lines of `path` from byte `offset` on, at most `max` bytes of them, where
+/// they end, and whether there is more to read now (a line still being written waits for
+/// the next look; a line longer than `max` is printed in pieces).
+fn read_from(path: &Path, offset: u64, max: u64) -> std::io::Result<(String, u64, bool)> {
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     let start = if len < offset { 0 } else { offset };
     f.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)?;
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    f.take(max).read_to_end(&mut bytes)?;
+    let full = bytes.len() as u64 == max;
+    let complete = match bytes.iter().rposition(|b| *b == b'\n') {
+        Some(i) => i + 1,
+        None if full => bytes.len(),
+        None => 0,
+    };
     bytes.truncate(complete);
-    Ok((String::from_utf8_lossy(&bytes).into_owned(), start + complete as u64))
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), start + complete as u64, full))
 }

@@ -86,7 +86,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         Err(code) => return code,
     };
     let Some(spec) = loaded.desc.compare.clone() else {
-        eprintln!(
+        errln!(
             "error: {} has no `compare:` section: rehearse compare needs the load both environments get \
              (`compare: {{load: {{requests: FILE, target: SERVICE}}}}`)",
             args.file.display()
@@ -105,7 +105,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                 r[start..].iter().chain(&r[..start]).cloned().collect()
             }
             Err(e) => {
-                eprintln!("error: {}: {e}", loaded.resolve(file).display());
+                errln!("error: {}: {e}", loaded.resolve(file).display());
                 return exit::USAGE;
             }
         },
@@ -115,7 +115,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
     let tool_user = match crate::sys::process::Users::resolve(args.run_as.as_deref(), false) {
         Ok(u) => u.release,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return exit::USAGE;
         }
     };
@@ -130,16 +130,16 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         let (pins, golden) = match twins(&loaded, args.cold, &state::work_dir(), reporter, signals).await {
             Ok(t) => t,
             Err(e) if signals.count() > 0 => {
-                eprintln!("rehearse: interrupted before the twins were built ({e})");
+                errln!("rehearse: interrupted before the twins were built ({e})");
                 return exit::INTERRUPTED;
             }
             Err(e) => {
-                eprintln!("error: cannot fix the backup both environments restore: {e}");
+                errln!("error: cannot fix the backup both environments restore: {e}");
                 return exit::BUILD_FAILED;
             }
         };
         for (db, pin) in &pins {
-            eprintln!("compare: both environments restore `{db}` from {pin}");
+            errln!("compare: both environments restore `{db}` from {pin}");
         }
         for (db, d) in loaded.desc.databases.iter().filter(|(n, _)| !pins.contains_key(n.as_str())) {
             let why = match &d.source {
@@ -148,10 +148,10 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                 }
                 _ => "each side dumps the live source on its own (a live database cannot be pinned)",
             };
-            eprintln!("compare: `{db}` is not pinned: {why}; the twins differ by what it wrote in between");
+            errln!("compare: `{db}` is not pinned: {why}; the twins differ by what it wrote in between");
         }
         for line in golden {
-            eprintln!("compare: {line}");
+            errln!("compare: {line}");
         }
         let options = |release: &str| Options {
             run_id: state::new_run_id(),
@@ -201,12 +201,12 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         let id = format!("c-{}", state::new_run_id().trim_start_matches("r-"));
         let dir = state_root.join("compares").join(&id);
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            eprintln!("error: cannot create {}: {e}", dir.display());
+            errln!("error: cannot create {}: {e}", dir.display());
         }
         // Each database's size and statement counters before the load, both at once.
         let (sb, sc) = tokio::join!(db_stats(kb.as_ref()), db_stats(kc.as_ref()));
         if !targets.is_empty() && signals.count() == 0 {
-            eprintln!(
+            errln!(
                 "compare: {}{} requests a second for {} to {}",
                 spec.load.command.as_ref().map(|c| format!("`{c}`: ")).unwrap_or_default(),
                 spec.load.rate,
@@ -250,7 +250,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                 match m {
                     Ok(m) => side.measured = m,
                     Err(e) => {
-                        eprintln!("compare: the {label} was not measured: {e}");
+                        errln!("compare: the {label} was not measured: {e}");
                         side.load_error = Some(e);
                     }
                 }
@@ -263,7 +263,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         for o in [&ob, &oc] {
             if super::stage::down_generation(g, &o.run_id, None).await != exit::PASSED {
                 left += 1;
-                eprintln!("compare: run {} is not fully torn down: `rehearse down {}`", o.run_id, o.run_id);
+                errln!("compare: run {} is not fully torn down: `rehearse down {}`", o.run_id, o.run_id);
             }
         }
         let settings = Settings {
@@ -346,7 +346,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         match write(&dir, &comparison) {
             Ok(()) => {}
             Err(e) => {
-                eprintln!("error: cannot write the comparison to {}: {e}", dir.display());
+                errln!("error: cannot write the comparison to {}: {e}", dir.display());
                 return exit::BUILD_FAILED;
             }
         }
@@ -359,16 +359,19 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             (Outcome::Pass, _) => "PASSED",
             _ => "FAILED",
         };
-        println!(
+        outln!(
             "{mark}: {} {} against {}: {}",
-            comparison.environment, comparison.candidate.release, comparison.baseline.release, comparison.reason
+            comparison.environment,
+            comparison.candidate.release,
+            comparison.baseline.release,
+            comparison.reason
         );
         if !no_comparison {
             for v in comparison.verdicts.iter().filter(|v| v.classification != judge::Classification::Pass) {
-                println!("  {:<7} {}: {}", v.classification.as_str(), v.metric, v.reason);
+                outln!("  {:<7} {}: {}", v.classification.as_str(), v.metric, v.reason);
             }
         }
-        println!("open this: {}", dir.join("compare.html").display());
+        outln!("open this: {}", dir.join("compare.html").display());
         if signals.count() > 0 {
             return exit::INTERRUPTED;
         }

@@ -38,7 +38,7 @@ pub(crate) enum SyntheticError {
 /// fatal: teardown's own output already says what is left.
 pub(super) async fn close_journal(journal: &Journal, complete: bool) {
     if let Err(e) = journal.append(&Record::TornDown { complete, at: Utc::now() }).await {
-        eprintln!("rehearse: warning: cannot record the teardown in {}: {e}", journal.path().display());
+        errln!("rehearse: warning: cannot record the teardown in {}: {e}", journal.path().display());
     }
 }
 
@@ -56,7 +56,7 @@ pub(crate) fn down_run(
     generation: Option<&crate::engine::stage::StageRef>,
 ) -> i32 {
     if !state::valid_run_id(run_id) {
-        eprintln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
+        errln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
         return exit::USAGE;
     }
     let state_root = match super::checked_state(g) {
@@ -74,34 +74,34 @@ pub(crate) fn down_run(
             match journal::read(&path).map(|records| State::from_records(&records)) {
                 Ok(State { meta: Some(meta), finished, .. }) => {
                     if meta.run_id != run_id {
-                        eprintln!("error: the journal {} belongs to run {}, not {run_id}", path.display(), meta.run_id);
+                        errln!("error: the journal {} belongs to run {}, not {run_id}", path.display(), meta.run_id);
                         return exit::USAGE;
                     }
                     // A local run's processes and files are the machine's that journaled it;
                     // what a journal from the store names here is nobody's to remove.
                     if meta.provider != "aws" {
                         if let Err(why) = journal::journaled_here(path.parent().unwrap_or(Path::new(".")), run_id) {
-                            eprintln!("{}", not_here_text(run_id, &meta, &why));
+                            errln!("{}", not_here_text(run_id, &meta, &why));
                             return exit::USAGE;
                         }
                     }
                     if finished.is_none() && meta.pid != std::process::id() && run_alive(&meta, path.parent()) {
                         if let Some(lease) = other_host_lease(&meta, path.parent()) {
-                            eprintln!(
+                            errln!(
                                 "error: run {run_id} is still in progress on {} (its lease runs until {}); interrupt it there and it tears itself down",
                                 lease.host,
                                 lease.lease_until.format("%Y-%m-%d %H:%M:%SZ")
                             );
                             return exit::USAGE;
                         }
-                        eprintln!(
+                        errln!(
                             "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
                             meta.pid, meta.pid
                         );
                         return exit::USAGE;
                     }
                     if let Some(want) = generation.filter(|want| meta.stage.as_ref() != Some(*want)) {
-                        eprintln!(
+                        errln!(
                             "error: run {run_id} is not generation {} of stage `{}` (its journal says {}): left alone",
                             want.generation,
                             want.stage,
@@ -119,7 +119,7 @@ pub(crate) fn down_run(
                     };
                     {
                         if let Some(stage) = current {
-                            eprintln!(
+                            errln!(
                                 "error: run {run_id} is the current generation of stage `{stage}`, which serves through \
                                  its stable names; it goes when a later generation replaces it, or with \
                                  `rehearse stage destroy {stage}`"
@@ -130,13 +130,13 @@ pub(crate) fn down_run(
                     let journal = match super::store::open_journal(g, run_id, &path).await {
                         Ok(j) => j,
                         Err(e) => {
-                            eprintln!("error: cannot open the journal {}: {e}", path.display());
+                            errln!("error: cannot open the journal {}: {e}", path.display());
                             return exit::BUILD_FAILED;
                         }
                     };
                     return if meta.provider == "aws" {
                         let Some(region) = meta.region.as_deref().or(region) else {
-                            eprintln!("error: the journal of {run_id} names no region: pass --region REGION");
+                            errln!("error: the journal of {run_id} names no region: pass --region REGION");
                             return exit::USAGE;
                         };
                         let provider = super::aws_provider(region).await;
@@ -151,11 +151,11 @@ pub(crate) fn down_run(
                         finish_down(g, &local, &journal, run_id, reporter.as_ref(), &signals, None).await
                     };
                 }
-                Ok(_) => eprintln!(
+                Ok(_) => errln!(
                     "rehearse: the journal {} has no run record; looking for what is tagged with {run_id} instead",
                     path.display()
                 ),
-                Err(e) => eprintln!(
+                Err(e) => errln!(
                     "rehearse: the journal {} cannot be read ({e}); looking for what is tagged with {run_id} instead",
                     path.display()
                 ),
@@ -167,24 +167,24 @@ pub(crate) fn down_run(
             let tagged = match provider.tagged().await {
                 Ok(all) => all.into_iter().filter(|t| tag_value(&t.tags, TAG_RUN) == Some(run_id)).collect::<Vec<_>>(),
                 Err(e) => {
-                    eprintln!("error: cannot list rehearse's resources in {region}: {e}");
+                    errln!("error: cannot list rehearse's resources in {region}: {e}");
                     return exit::BUILD_FAILED;
                 }
             };
             // A tag is not enough: only what rehearse demonstrably made is removed.
             let (found, doubtful) = by_evidence(tagged);
             for (t, why) in &doubtful {
-                eprintln!("rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {why}", t.kind, t.id);
+                errln!("rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {why}", t.kind, t.id);
             }
             if found.is_empty() {
-                eprintln!("rehearse: no journal and nothing tagged {TAG_RUN}={run_id} in {region}: nothing to remove");
+                errln!("rehearse: no journal and nothing tagged {TAG_RUN}={run_id} in {region}: nothing to remove");
                 return exit::PASSED;
             }
-            eprintln!("rehearse: no journal for {run_id}; removing the {} resource(s) tagged with it in {region}", found.len());
+            errln!("rehearse: no journal for {run_id}; removing the {} resource(s) tagged with it in {region}", found.len());
             let journal = match synthetic_journal(g, run_id, "aws", Some(region), None, &found).await {
                 Ok(j) => j,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                     return exit::BUILD_FAILED;
                 }
             };
@@ -194,19 +194,19 @@ pub(crate) fn down_run(
         let work = std::path::absolute(&work_root).unwrap_or_else(|_| work_root.clone()).join("runs").join(run_id);
         let found = !crate::providers::local::tagged_processes(run_id).is_empty() || work.exists();
         if !found {
-            eprintln!(
+            errln!(
                 "rehearse: no journal and nothing tagged with {run_id} on this machine: nothing to remove \
                  (an AWS run? pass --region)"
             );
             return exit::PASSED;
         }
-        eprintln!("rehearse: no journal for {run_id}; removing what is tagged with it");
+        errln!("rehearse: no journal for {run_id}; removing what is tagged with it");
         match synthetic_journal(g, run_id, "local", None, Some(&work), &[]).await {
             Ok(j) => {
                 finish_down(g, &LocalProvider::new(&work_root), &j, run_id, reporter.as_ref(), &signals, None).await
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 exit::BUILD_FAILED
             }
         }
@@ -230,7 +230,7 @@ async fn finish_down<P: Provider>(
         teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new())
             .await;
     if let Some(why) = out.not_here() {
-        eprintln!("rehearse: {run_id}: not this host's run: left alone ({why})");
+        errln!("rehearse: {run_id}: not this host's run: left alone ({why})");
         return exit::USAGE;
     }
     if let (Some((aws, region)), false) = (by_tags, out.interrupted) {
@@ -241,12 +241,12 @@ async fn finish_down<P: Provider>(
         // Nothing left to connect to: its connection details (and their secrets) go too.
         if let Some(dir) = journal.path().parent() {
             if let Err(e) = crate::engine::connection::Connection::remove(dir) {
-                eprintln!("rehearse: warning: cannot remove the connection details in {}: {e}", dir.display());
+                errln!("rehearse: warning: cannot remove the connection details in {}: {e}", dir.display());
             }
         }
         if let Ok(Some(store)) = super::store::shared(g).await {
             if let Err(e) = crate::engine::store::sync::remove_connection(store.as_ref(), run_id).await {
-                eprintln!("rehearse: warning: cannot remove the connection details from {}: {e}", store.url());
+                errln!("rehearse: warning: cannot remove the connection details from {}: {e}", store.url());
             }
             // A runner killed outright leaves its lease behind: once it has run out,
             // it goes with the run (the version read is the version removed).
@@ -255,15 +255,15 @@ async fn finish_down<P: Provider>(
                 if info.lease_until <= Utc::now() {
                     let key = crate::engine::store::lock_key(&lease);
                     if let Err(e) = store.delete(&key, Some(etag)).await {
-                        eprintln!("rehearse: warning: cannot remove the run's lapsed lease from {}: {e}", store.url());
+                        errln!("rehearse: warning: cannot remove the run's lapsed lease from {}: {e}", store.url());
                     }
                 }
             }
         }
-        println!("{run_id}: torn down, nothing left");
+        outln!("{run_id}: torn down, nothing left");
         exit::PASSED
     } else {
-        eprint!(
+        err!(
             "{}",
             teardown::leftover_text(
                 run_id,
@@ -294,12 +294,12 @@ async fn remove_still_tagged(provider: &AwsProvider<Sdk>, run_id: &str, region: 
     };
     let (found, doubtful) = by_evidence(tagged);
     for (t, why) in &doubtful {
-        eprintln!("rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {why}", t.kind, t.id);
+        errln!("rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {why}", t.kind, t.id);
     }
     if found.is_empty() {
         return;
     }
-    eprintln!(
+    errln!(
         "rehearse: {} resource(s) still tagged {TAG_RUN}={run_id} after the teardown from its journal (which says \
          they are gone, or does not name them): removing them",
         found.len()
@@ -312,9 +312,9 @@ async fn remove_still_tagged(provider: &AwsProvider<Sdk>, run_id: &str, region: 
             futures_util::future::join_all(wave.iter().map(|t| provider.destroy_id(t.kind, &t.id, &guard))).await;
         for (t, r) in wave.into_iter().zip(results) {
             match r {
-                Ok(()) => eprintln!("rehearse: removed {} {} (tagged {TAG_RUN}={run_id})", t.kind, t.id),
+                Ok(()) => errln!("rehearse: removed {} {} (tagged {TAG_RUN}={run_id})", t.kind, t.id),
                 Err(e) => {
-                    eprintln!("rehearse: cannot remove {} {}: {e}", t.kind, t.id);
+                    errln!("rehearse: cannot remove {} {}: {e}", t.kind, t.id);
                     left.push(Leftover {
                         id: tag_value(&t.tags, TAG_RESOURCE).unwrap_or(&t.id).to_string(),
                         kind: t.kind.to_string(),
@@ -338,7 +338,7 @@ fn description_at_hand(meta: &journal::RunMeta) -> Option<crate::description::Lo
         return None;
     }
     if let Err(e) = crate::sys::secure_fs::check_input(path) {
-        eprintln!("rehearse: not reading the run's description again: {e}");
+        errln!("rehearse: not reading the run's description again: {e}");
         return None;
     }
     crate::description::load(path, Some(&meta.release)).ok()

@@ -105,18 +105,18 @@ pub(super) fn resolve_run(g: &Global, arg: &str) -> Result<String, i32> {
     match named.as_slice() {
         [r] => Ok(r.run_id.clone()),
         [] => {
-            eprintln!(
+            errln!(
                 "error: `{arg}` is neither a run id (r-20261125-164001-7f3a9c) nor the name of a live run; see `rehearse list`"
             );
             Err(exit::USAGE)
         }
         several => {
-            eprintln!(
+            errln!(
                 "error: the name `{arg}` is claimed by {} live runs; name the one you mean by its id:",
                 several.len()
             );
             for r in several {
-                eprintln!(
+                errln!(
                     "  {}  {} ({}), started {} by {}",
                     r.run_id,
                     r.environment,
@@ -133,13 +133,14 @@ pub(super) fn resolve_run(g: &Global, arg: &str) -> Result<String, i32> {
 /// Refuses a name already taken by a live run (`Err`: the exit code, said).
 pub(super) fn check_name_free(g: &Global, name: &str) -> Result<(), i32> {
     if let Err(why) = crate::description::decode::KeyRule::Identifier.check(name) {
-        eprintln!("error: --name `{name}`: {why}");
+        errln!("error: --name `{name}`: {why}");
         return Err(exit::USAGE);
     }
     if let Some(r) = scan_runs(g)?.into_iter().find(|r| r.live() && r.name.as_deref() == Some(name)) {
-        eprintln!(
+        errln!(
             "error: the name `{name}` is taken by the live run {} ({}); pick another or `rehearse down {name}`",
-            r.run_id, r.status
+            r.run_id,
+            r.status
         );
         return Err(exit::USAGE);
     }
@@ -237,16 +238,24 @@ pub(crate) fn list(g: &Global, all: bool, mine: bool) -> i32 {
         return super::print_json(&rows).map_or_else(|code| code, |()| exit::PASSED);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "no {}runs{}",
             if all { "" } else { "kept or unfinished " },
             if all { "" } else { " (--all shows finished ones)" }
         );
         return exit::PASSED;
     }
-    println!(
+    outln!(
         "{:<26} {:<12} {:<12} {:<10} {:<15} {:<10} {:<10} {:>6} {:>9}",
-        "RUN", "NAME", "ENVIRONMENT", "RELEASE", "STATUS", "VERDICT", "USER", "AGE", "TIME LEFT"
+        "RUN",
+        "NAME",
+        "ENVIRONMENT",
+        "RELEASE",
+        "STATUS",
+        "VERDICT",
+        "USER",
+        "AGE",
+        "TIME LEFT"
     );
     let now = Utc::now();
     for r in rows {
@@ -264,17 +273,20 @@ pub(crate) fn list(g: &Global, all: bool, mine: bool) -> i32 {
             (None, Some(s)) => format!("{}#{}", s.stage, s.generation),
             (None, None) => "-".into(),
         };
-        println!(
-            "{:<26} {:<12} {:<12} {:<10} {:<15} {:<10} {:<10} {:>6} {:>9}{hint}",
-            r.run_id,
-            name,
-            r.environment,
-            r.release,
+        // Each cell printable on its own, so that the columns line up as they will show.
+        let p = crate::sys::process::printable;
+        outln!(
+            "{:<26} {:<12} {:<12} {:<10} {:<15} {:<10} {:<10} {:>6} {:>9}{}",
+            p(&r.run_id),
+            p(&name),
+            p(&r.environment),
+            p(&r.release),
             r.status,
-            r.verdict.as_deref().unwrap_or("-"),
-            r.user.as_deref().unwrap_or("-"),
+            p(r.verdict.as_deref().unwrap_or("-")),
+            p(r.user.as_deref().unwrap_or("-")),
             short(now - r.started_at),
             left,
+            p(&hint),
         );
     }
     exit::PASSED
@@ -296,10 +308,13 @@ fn short(d: chrono::Duration) -> String {
 /// `rehearse extend RUN DURATION`: pushes a kept environment's expiry out by
 /// `duration`, up to its `max_ttl` from its start; `list` and `sweep` honour it.
 pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
-    let by = match humantime::parse_duration(duration).ok().and_then(|d| chrono::Duration::from_std(d).ok()) {
-        Some(d) if d > chrono::Duration::zero() => d,
-        _ => {
-            eprintln!("error: `{duration}` is not a duration (such as 1h or 2d)");
+    // At most the longest `max_ttl` a description may set: more could never be allowed.
+    let max = crate::description::MAX_MAX_TTL;
+    let by = match crate::description::bounded_duration("extend", duration, std::time::Duration::from_secs(1), max) {
+        // Whole seconds, as the journal and the tags keep them.
+        Ok(d) => chrono::Duration::seconds(d.as_secs() as i64),
+        Err(why) => {
+            errln!("error: {why}");
             return exit::USAGE;
         }
     };
@@ -311,19 +326,19 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
         Ok(r) => r,
         Err(code) => return code,
     }) else {
-        eprintln!("error: no run {run_id} on this machine; see `rehearse list`");
+        errln!("error: no run {run_id} on this machine; see `rehearse list`");
         return exit::USAGE;
     };
     let path = state::run_dir(&root, &run_id).join("journal.jsonl");
     let st = match journal::read(&path) {
         Ok(records) => State::from_records(&records),
         Err(e) => {
-            eprintln!("error: cannot read the journal of {run_id} ({}): {e}", path.display());
+            errln!("error: cannot read the journal of {run_id} ({}): {e}", path.display());
             return exit::USAGE;
         }
     };
     let Some(meta) = st.meta.clone() else {
-        eprintln!("error: the journal of {run_id} has no run record");
+        errln!("error: the journal of {run_id} has no run record");
         return exit::USAGE;
     };
     // A local run lives on the machine that journaled it, which takes nothing others
@@ -335,22 +350,28 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
         && elsewhere
         && journal::journaled_here(&state::run_dir(&root, &run_id), &run_id).is_err()
     {
-        eprintln!(
+        errln!(
             "error: run {run_id} is a local run of {}: extend it there",
             meta.host.as_deref().unwrap_or("another machine")
         );
         return exit::USAGE;
     }
     if st.torn_down == Some(true) && st.remaining().is_empty() {
-        eprintln!("error: run {run_id} is torn down already: there is nothing to extend");
+        errln!("error: run {run_id} is torn down already: there is nothing to extend");
         return exit::USAGE;
     }
     let current = st.expires_at().unwrap_or(meta.expires_at);
     // Whole seconds: what the journal says and what the tags say are then the same.
-    let wanted = chrono::SubsecRound::trunc_subsecs(current.max(Utc::now()) + by, 0);
+    let wanted = match current.max(Utc::now()).checked_add_signed(by) {
+        Some(t) => chrono::SubsecRound::trunc_subsecs(t, 0),
+        None => {
+            errln!("error: the journal of {run_id} says it expires {current}: past any time rehearse can extend to");
+            return exit::USAGE;
+        }
+    };
     let latest = meta.latest_expiry();
     if wanted > latest {
-        eprintln!(
+        errln!(
             "error: run {run_id} may live until {} at most (`max_ttl` {} from its start); it expires {} now",
             latest.format("%Y-%m-%d %H:%M UTC"),
             crate::description::format_duration(std::time::Duration::from_secs(
@@ -364,17 +385,17 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     // those move first, and only then the journal.
     if meta.provider == "aws" {
         let Some(region) = meta.region.clone() else {
-            eprintln!("error: the journal of {run_id} names no region: its tags cannot be found");
+            errln!("error: the journal of {run_id} names no region: its tags cannot be found");
             return exit::USAGE;
         };
         let retagged =
             runtime().block_on(async { super::aws_provider(&region).await.retag_expiry(&run_id, wanted).await });
         match retagged {
             Ok(n) => {
-                eprintln!("rehearse: moved the rehearse:expires-at tag of {n} resource(s) of {run_id} in {region}")
+                errln!("rehearse: moved the rehearse:expires-at tag of {n} resource(s) of {run_id} in {region}")
             }
             Err(e) => {
-                eprintln!("error: cannot move the expiry tags of {run_id} in {region}: {e}; its expiry is unchanged");
+                errln!("error: cannot move the expiry tags of {run_id} in {region}: {e}; its expiry is unchanged");
                 return exit::BUILD_FAILED;
             }
         }
@@ -386,16 +407,20 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
             .await
     });
     if let Err(e) = appended {
-        eprintln!("error: cannot write the journal {}: {e}", path.display());
+        errln!("error: cannot write the journal {}: {e}", path.display());
         return exit::BUILD_FAILED;
     }
-    println!(
+    outln!(
         "{run_id}: expires {} (was {})",
         wanted.format("%Y-%m-%d %H:%M:%S UTC"),
         current.format("%Y-%m-%d %H:%M:%S UTC")
     );
     exit::PASSED
 }
+
+/// `sweep --older-than`: from nothing to ten years (older is older than rehearse).
+const MIN_AGE: std::time::Duration = std::time::Duration::ZERO;
+const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3650 * 86400);
 
 pub(crate) fn sweep(
     g: &Global,
@@ -404,14 +429,11 @@ pub(crate) fn sweep(
     environment: Option<&str>,
     region: Option<&str>,
 ) -> i32 {
-    let min_age = match older_than.map(humantime::parse_duration) {
+    let min_age = match older_than.map(|t| crate::description::bounded_duration("--older-than", t, MIN_AGE, MAX_AGE)) {
         None => None,
         Some(Ok(d)) => Some(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
-        Some(Err(e)) => {
-            eprintln!(
-                "error: --older-than `{}`: {e} (expected a duration such as 12h)",
-                older_than.unwrap_or_default()
-            );
+        Some(Err(why)) => {
+            errln!("error: {why}");
             return exit::USAGE;
         }
     };
@@ -440,7 +462,7 @@ pub(crate) fn sweep(
                     .as_deref()
                     .map(|h| format!("; its journal says host `{}`", h.escape_debug()))
                     .unwrap_or_default();
-                println!("{}: not this host's run: left alone ({why}{claim})", r.run_id);
+                outln!("{}: not this host's run: left alone ({why}{claim})", r.run_id);
                 false
             }
             None => true,
@@ -454,7 +476,7 @@ pub(crate) fn sweep(
             let Some(stage) = &r.stage else { return true };
             match runtime().block_on(super::stage::current_generation_of(g, &r.run_id, stage)) {
                 Some(name) => {
-                    println!("keeping {}: the current generation of stage `{name}`", r.run_id);
+                    outln!("keeping {}: the current generation of stage `{name}`", r.run_id);
                     false
                 }
                 None => true,
@@ -462,11 +484,11 @@ pub(crate) fn sweep(
         })
         .collect();
     if candidates.is_empty() {
-        println!("nothing to sweep: no expired rehearse environment on this machine");
+        outln!("nothing to sweep: no expired rehearse environment on this machine");
         return exit::PASSED;
     }
     for r in &candidates {
-        println!(
+        outln!(
             "{} {} ({}, release {}, {}, expired {})",
             if yes { "removing" } else { "would remove" },
             r.run_id,
@@ -477,7 +499,7 @@ pub(crate) fn sweep(
         );
     }
     if !yes {
-        println!("dry run: {} environment(s); run `rehearse sweep --yes` to remove them", candidates.len());
+        outln!("dry run: {} environment(s); run `rehearse sweep --yes` to remove them", candidates.len());
         return exit::PASSED;
     }
     let mut code = exit::PASSED;
@@ -492,14 +514,14 @@ pub(crate) fn sweep(
 
 pub(crate) fn report(g: &Global, run_id: &str) -> i32 {
     if !state::valid_run_id(run_id) {
-        eprintln!("error: `{run_id}` is not a run id; see `rehearse list --all`");
+        errln!("error: `{run_id}` is not a run id; see `rehearse list --all`");
         return exit::USAGE;
     }
     let Some(root) = (match checked_state(g) {
         Ok(r) => r,
         Err(code) => return code,
     }) else {
-        eprintln!("error: no report for {run_id}: there are no runs yet (see `rehearse list --all`)");
+        errln!("error: no report for {run_id}: there are no runs yet (see `rehearse list --all`)");
         return exit::USAGE;
     };
     let dir = state::run_dir(&root, run_id).join("report");
@@ -511,19 +533,16 @@ pub(crate) fn report(g: &Global, run_id: &str) -> i32 {
                         return code;
                     }
                 }
-                Format::Text | Format::Shell | Format::Dotenv => print!(
-                    "{}",
-                    crate::report::terminal_summary(
-                        &r,
-                        &crate::report::ReportFiles::in_dir(&dir),
-                        crate::style::Styles::stdout(g.color)
-                    )
-                ),
+                Format::Text | Format::Shell | Format::Dotenv => {
+                    let files = crate::report::ReportFiles::in_dir(&dir);
+                    let summary = crate::report::terminal_summary(&r, &files, crate::style::Styles::stdout(g.color));
+                    print!("{summary}"); // raw: colored; the summary makes its parts printable
+                }
             }
             exit::PASSED
         }
         Err(e) => {
-            eprintln!("error: no report for {run_id}: {e}");
+            errln!("error: no report for {run_id}: {e}");
             exit::USAGE
         }
     }
@@ -545,7 +564,7 @@ async fn sweep_aws(
     let all = match provider.tagged().await {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: cannot list rehearse's resources in {region}: {e}");
+            errln!("error: cannot list rehearse's resources in {region}: {e}");
             return exit::BUILD_FAILED;
         }
     };
@@ -564,7 +583,7 @@ async fn sweep_aws(
         .into_iter()
         .filter(|t| match tag_value(&t.tags, TAG_RUN).and_then(|r| serving.get(r)).cloned().flatten() {
             Some(stage) => {
-                println!("keeping {} {}: the current generation of stage `{stage}`", t.kind, t.id);
+                outln!("keeping {} {}: the current generation of stage `{stage}`", t.kind, t.id);
                 false
             }
             None => true,
@@ -574,10 +593,10 @@ async fn sweep_aws(
     // no deletion protection) is swept; the rest is listed, never touched.
     let (expired, doubtful) = by_evidence(matching);
     for (t, why) in &doubtful {
-        println!("not sweeping {} {}: it carries rehearse's tags, but {why}", t.kind, t.id);
+        outln!("not sweeping {} {}: it carries rehearse's tags, but {why}", t.kind, t.id);
     }
     if expired.is_empty() {
-        println!("nothing to sweep: no expired rehearse resource in {region}");
+        outln!("nothing to sweep: no expired rehearse resource in {region}");
         return exit::PASSED;
     }
     let mut code = exit::PASSED;
@@ -585,19 +604,19 @@ async fn sweep_aws(
         let run = tag_value(&t.tags, TAG_RUN).unwrap_or_default().to_string();
         let expires = tag_value(&t.tags, TAG_EXPIRES).unwrap_or_default();
         if !yes {
-            println!("would remove {} {} (run {run}, expired {expires})", t.kind, t.id);
+            outln!("would remove {} {} (run {run}, expired {expires})", t.kind, t.id);
             continue;
         }
         match provider.destroy_id(t.kind, &t.id, &Guard { run_id: run.clone() }).await {
-            Ok(()) => println!("removed {} {} (run {run}, expired {expires})", t.kind, t.id),
+            Ok(()) => outln!("removed {} {} (run {run}, expired {expires})", t.kind, t.id),
             Err(e) => {
-                eprintln!("error: could not remove {} {}: {e}", t.kind, t.id);
+                errln!("error: could not remove {} {}: {e}", t.kind, t.id);
                 code = exit::LEFTOVERS;
             }
         }
     }
     if !yes {
-        println!("dry run: {} resource(s); run `rehearse sweep --region {region} --yes` to remove them", expired.len());
+        outln!("dry run: {} resource(s); run `rehearse sweep --region {region} --yes` to remove them", expired.len());
     }
     code
 }

@@ -17,24 +17,17 @@ use crate::exit;
 /// A lock name: what a description's names may be (letters, digits, `-`, `_`).
 fn checked_name(name: &str) -> Result<(), i32> {
     crate::description::decode::KeyRule::Identifier.check(name).map_err(|why| {
-        eprintln!("error: lock name `{name}`: {why}");
+        errln!("error: lock name `{name}`: {why}");
         exit::USAGE
     })
 }
 
-/// The lease `--lease` asks for (at least a second).
+/// The lease `--lease` asks for: from [`lock::MIN_LEASE`] to [`lock::MAX_LEASE`].
 fn lease_of(text: &str) -> Result<Duration, i32> {
-    match humantime::parse_duration(text) {
-        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
-        Ok(_) => {
-            eprintln!("error: --lease {text}: a lease of less than a second would lapse between renewals");
-            Err(exit::USAGE)
-        }
-        Err(e) => {
-            eprintln!("error: --lease {text}: {e} (e.g. 30s, 5m)");
-            Err(exit::USAGE)
-        }
-    }
+    crate::description::bounded_duration("--lease", text, lock::MIN_LEASE, lock::MAX_LEASE).map_err(|why| {
+        errln!("error: {why}");
+        exit::USAGE
+    })
 }
 
 /// Takes `name` for this process, or says who holds it (`Err`: the exit code).
@@ -49,7 +42,7 @@ pub(crate) async fn take(
     match lock::acquire(store.as_ref(), &me, lease, &Utc::now).await {
         Ok(Acquired::Held(held)) => {
             if let Some(stale) = &held.took_over {
-                eprintln!(
+                errln!(
                     "rehearse: took over the lock `{name}`: its lease ran out at {} ({})",
                     stale.lease_until.format("%Y-%m-%d %H:%M:%SZ"),
                     stale.refusal()
@@ -58,11 +51,11 @@ pub(crate) async fn take(
             Ok(Lease::keep(store, held, lease))
         }
         Ok(Acquired::Refused(holder)) => {
-            eprintln!("error: {}", holder.refusal());
+            errln!("error: {}", holder.refusal());
             Err(exit::LOCKED)
         }
         Err(e) => {
-            eprintln!("error: cannot take the lock `{name}` in {}: {e}", store.url());
+            errln!("error: cannot take the lock `{name}` in {}: {e}", store.url());
             Err(exit::BUILD_FAILED)
         }
     }
@@ -72,10 +65,10 @@ pub(crate) async fn take(
 pub(crate) async fn give_back(lease: Lease, name: &str) {
     match lease.release().await {
         Ok(true) => {}
-        Ok(false) => eprintln!("rehearse: warning: the lock `{name}` was no longer this process's when it ended"),
-        Err(e) => eprintln!(
-            "rehearse: warning: cannot release the lock `{name}` ({e}); it frees itself when its lease runs out"
-        ),
+        Ok(false) => errln!("rehearse: warning: the lock `{name}` was no longer this process's when it ended"),
+        Err(e) => {
+            errln!("rehearse: warning: cannot release the lock `{name}` ({e}); it frees itself when its lease runs out")
+        }
     }
 }
 
@@ -88,7 +81,7 @@ pub(crate) fn lock(g: &Global, name: &str, lease: &str, command: &[String]) -> i
         let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
             (Ok(i), Ok(t)) => (i, t),
             _ => {
-                eprintln!("error: cannot install signal handlers");
+                errln!("error: cannot install signal handlers");
                 return exit::BUILD_FAILED;
             }
         };
@@ -104,14 +97,14 @@ pub(crate) fn lock(g: &Global, name: &str, lease: &str, command: &[String]) -> i
         let mut child = match tokio::process::Command::new(&command[0]).args(&command[1..]).kill_on_drop(true).spawn() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("error: cannot start `{}`: {e}", command[0]);
+                errln!("error: cannot start `{}`: {e}", command[0]);
                 give_back(held, name).await;
                 return exit::USAGE;
             }
         };
         let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
         let stop = |why: &str| {
-            eprintln!("rehearse: {why}: stopping `{}`", command[0]);
+            errln!("rehearse: {why}: stopping `{}`", command[0]);
             if let Some(pid) = pid {
                 // Gone already is fine: it is stopping anyway.
                 #[allow(clippy::let_underscore_must_use)]
@@ -154,18 +147,18 @@ pub(crate) fn unlock(g: &Global, name: &str, force: bool) -> i32 {
             Err(code) => return code,
         };
         let fail = |e: lock::LockError| {
-            eprintln!("error: the lock `{name}` in {}: {e}", store.url());
+            errln!("error: the lock `{name}` in {}: {e}", store.url());
             exit::BUILD_FAILED
         };
         if !force {
             return match lock::holder(store.as_ref(), name).await {
                 Ok(None) => {
-                    println!("`{name}` is not locked");
+                    outln!("`{name}` is not locked");
                     exit::PASSED
                 }
                 Ok(Some((info, _))) => {
                     let stale = if info.lease_until <= Utc::now() { " (its lease has run out)" } else { "" };
-                    eprintln!(
+                    errln!(
                         "error: {}{stale}; `rehearse unlock {name} --force` removes it — only do that when its holder is dead",
                         info.refusal()
                     );
@@ -176,11 +169,11 @@ pub(crate) fn unlock(g: &Global, name: &str, force: bool) -> i32 {
         }
         match lock::force_unlock(store.as_ref(), name).await {
             Ok(None) => {
-                println!("`{name}` is not locked");
+                outln!("`{name}` is not locked");
                 exit::PASSED
             }
             Ok(Some(info)) => {
-                println!("removed the lock {}", info.refusal().trim_start_matches(&format!("`{name}` is locked ")));
+                outln!("removed the lock {}", info.refusal().trim_start_matches(&format!("`{name}` is locked ")));
                 exit::PASSED
             }
             Err(e) => fail(e),

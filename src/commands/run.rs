@@ -36,7 +36,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         Err(code) => return code,
     };
     let Some(release) = loaded.release_version(args.release.as_deref()) else {
-        eprintln!(
+        errln!(
             "error: no release version: pass `--release VERSION` or set `release.version` in {}",
             args.file.display()
         );
@@ -55,7 +55,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
     };
     if let Some(name) = &args.name {
         if let Err(why) = crate::description::decode::KeyRule::Identifier.check(name) {
-            eprintln!("error: --name `{name}`: {why}");
+            errln!("error: --name `{name}`: {why}");
             return exit::USAGE;
         }
     }
@@ -66,7 +66,10 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             Ok(o) => o,
             Err(code) => return code,
         };
-        let lease = super::store::lease();
+        let lease = match super::store::lease() {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
         // A name is claimed under its lock: of two runs asking for the same name at
         // once, one waits for nothing and the other is told who has it.
         let name_lock = match &args.name {
@@ -148,7 +151,10 @@ pub(super) async fn rehearse(
     let run_id = &opts.run_id;
     let alive = match &opts.shared {
         Some(_) => {
-            let lease = super::store::lease();
+            let lease = match super::store::lease() {
+                Ok(l) => l,
+                Err(code) => return Ended { code, error: Some("REHEARSE_LEASE is not a lease rehearse takes".into()) },
+            };
             match super::lock::take(locks, &crate::engine::store::run_lease(run_id), "run", Some(run_id), lease).await {
                 Ok(l) => Some(l),
                 Err(code) => {
@@ -247,7 +253,7 @@ async fn finish<P: Provider>(
             // The report's files, written here: the engine only assembles the report.
             if let Err(e) = crate::report::write_all(&outcome.report, &outcome.report_dir) {
                 let why = format!("cannot write the report to {}: {e}", outcome.report_dir.display());
-                eprintln!("error: {why}");
+                errln!("error: {why}");
                 let c = if verdict == exit::PASSED { exit::BUILD_FAILED } else { verdict };
                 return Ended { code: c, error: Some(why) };
             }
@@ -259,17 +265,16 @@ async fn finish<P: Provider>(
                 }
                 Format::Text | Format::Shell | Format::Dotenv => {
                     let files = crate::report::ReportFiles::in_dir(&outcome.report_dir);
-                    eprint!(
-                        "{}",
-                        crate::report::terminal_summary(&outcome.report, &files, crate::style::Styles::stderr(g.color))
-                    );
+                    let summary =
+                        crate::report::terminal_summary(&outcome.report, &files, crate::style::Styles::stderr(g.color));
+                    eprint!("{summary}"); // raw: colored; the summary makes its parts printable
                 }
             }
             code(verdict)
         }
         Ok(Err(e)) => {
             let why = crate::secrets::redact(&e.to_string()).into_owned();
-            eprintln!("error: {why}");
+            errln!("error: {why}");
             // Whatever the journal says exists is removed.
             let c = down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED);
             // Suites' files that cannot be handed over are the description's to fix:
@@ -282,7 +287,7 @@ async fn finish<P: Provider>(
         }
         Err(_) => {
             let why = "rehearse crashed (a bug: please report it); tearing down from the journal";
-            eprintln!("error: {why}");
+            errln!("error: {why}");
             let c = down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED);
             Ended { code: c, error: Some(why.into()) }
         }
@@ -308,7 +313,7 @@ async fn down_after_failure<P: Provider>(
     if out.complete() {
         Some(exit::BUILD_FAILED)
     } else {
-        eprint!("{}", teardown::leftover_text(&opts.run_id, &out.listed(&format!("rehearse down {}", opts.run_id))));
+        err!("{}", teardown::leftover_text(&opts.run_id, &out.listed(&format!("rehearse down {}", opts.run_id))));
         Some(exit::LEFTOVERS)
     }
 }

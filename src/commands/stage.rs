@@ -48,7 +48,7 @@ async fn open(g: &Global) -> Result<Opened, i32> {
 }
 
 fn store_error(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {what} in the state store {}: {e}", store.url());
+    errln!("error: {what} in the state store {}: {e}", store.url());
     exit::BUILD_FAILED
 }
 
@@ -62,7 +62,7 @@ async fn stable_names(
     record: &StageRecord,
 ) -> Result<Box<dyn StableNames>, i32> {
     if let Err(why) = record.check(stage) {
-        eprintln!("error: the stage `{stage}`: {why}");
+        errln!("error: the stage `{stage}`: {why}");
         return Err(exit::USAGE);
     }
     match record.provider.as_str() {
@@ -73,7 +73,7 @@ async fn stable_names(
                 match port {
                     Some(p) => ports.insert(name.clone(), p),
                     None => {
-                        eprintln!("error: the stage's record names `{stable}` for `{name}`, which is not a local port");
+                        errln!("error: the stage's record names `{stable}` for `{name}`, which is not a local port");
                         return Err(exit::BUILD_FAILED);
                     }
                 };
@@ -82,31 +82,32 @@ async fn stable_names(
             crate::providers::local::forward::LocalNames::new(&dir, ports)
                 .map(|n| Box::new(n) as Box<dyn StableNames>)
                 .map_err(|e| {
-                    eprintln!("error: the stage's directory {}: {e}", dir.display());
+                    errln!("error: the stage's directory {}: {e}", dir.display());
                     exit::USAGE
                 })
         }
         "aws" => {
             let Some(zone) = record.zone.clone() else {
-                eprintln!("error: the stage `{}` names no Route 53 zone (`stage.zone`)", record.stage);
+                errln!("error: the stage `{}` names no Route 53 zone (`stage.zone`)", record.stage);
                 return Err(exit::USAGE);
             };
             let names = crate::providers::aws::dns::Route53Names {
                 api: crate::providers::aws::sdk::route53::Route53::new().await,
                 zone,
-                ttl: record.record_ttl_secs.max(1),
+                // The description allows 1 s to an hour; the record is anyone's.
+                ttl: record.record_ttl_secs.clamp(1, 3600),
                 names: record.names.clone(),
                 databases: record.databases.keys().cloned().collect(),
             };
             // Every name it will upsert or delete must lie inside the zone.
             if let Err(why) = names.check_in_zone().await {
-                eprintln!("error: the stage `{stage}`: {why}");
+                errln!("error: the stage `{stage}`: {why}");
                 return Err(exit::USAGE);
             }
             Ok(Box::new(names))
         }
         other => {
-            eprintln!("error: the stage `{}` is on the unknown provider `{other}`", record.stage);
+            errln!("error: the stage `{}` is on the unknown provider `{other}`", record.stage);
             Err(exit::USAGE)
         }
     }
@@ -171,7 +172,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
         Err(code) => return code,
     };
     let Some(stage) = loaded.desc.stage.clone() else {
-        eprintln!(
+        errln!(
             "error: {} has no `stage:` section; a stage needs its name and a stable name per database and \
              service (see environments/staging.yaml)",
             args.file.display()
@@ -179,7 +180,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
         return exit::USAGE;
     };
     let Some(release) = loaded.release_version(args.release.as_deref()) else {
-        eprintln!(
+        errln!(
             "error: no release version: pass `--release VERSION` or set `release.version` in {}",
             args.file.display()
         );
@@ -187,13 +188,19 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
     };
     let drain = match &args.drain {
         None => stage.drain,
-        Some(text) => match humantime::parse_duration(text) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("error: --drain {text}: {e} (e.g. 0s, 30s, 5m)");
-                return exit::USAGE;
+        Some(text) => {
+            match crate::description::bounded_duration("--drain", text, Duration::ZERO, crate::description::MAX_DRAIN) {
+                Ok(d) => d,
+                Err(why) => {
+                    errln!("error: {why}");
+                    return exit::USAGE;
+                }
             }
-        },
+        }
+    };
+    let lease = match super::store::lease() {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     let g = &super::run::described(g, &loaded);
     super::with_signals(g, async |reporter, signals| {
@@ -203,7 +210,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
         };
         let lock = st::lock_name(&stage.name);
         let purpose = format!("rehearse rebuild {} --release {release}", args.file.display());
-        let held = match super::lock::take(opened.store.clone(), &lock, &purpose, None, super::store::lease()).await {
+        let held = match super::lock::take(opened.store.clone(), &lock, &purpose, None, lease).await {
             Ok(l) => l,
             Err(code) => return code,
         };
@@ -244,7 +251,7 @@ async fn rebuild_locked(
     let hand = Stagehand { store, names: names.as_ref(), gens: &gens, reporter, now: &Utc::now };
     match engine_rebuild(&hand, plan, &password, signals).await {
         Ok(Outcome::Promoted { current, switched_in, interrupted, .. }) => {
-            eprintln!(
+            errln!(
                 "rehearse: stage `{name}` now on {}: every stable name switched {} ms after its acceptance passed",
                 current.describe(),
                 switched_in.as_millis()
@@ -256,7 +263,7 @@ async fn rebuild_locked(
             }
         }
         Ok(Outcome::NotPromoted { number, exit_code, still_on: current }) => {
-            eprintln!("rehearse: generation {number} was not promoted; {}", still_on(current.as_ref(), name));
+            errln!("rehearse: generation {number} was not promoted; {}", still_on(current.as_ref(), name));
             if exit_code == exit::PASSED {
                 exit::BUILD_FAILED
             } else {
@@ -264,7 +271,7 @@ async fn rebuild_locked(
             }
         }
         Err(e) => {
-            eprintln!("error: stage `{name}`: {e}");
+            errln!("error: stage `{name}`: {e}");
             match e {
                 RebuildError::TearDown(_) => exit::LEFTOVERS,
                 _ => exit::BUILD_FAILED,
@@ -386,13 +393,13 @@ pub(crate) fn stage(g: &Global, command: &StageCommand) -> i32 {
                 _ => dir.clone(),
             };
             if let Err(e) = crate::sys::state::private_dir(&dir) {
-                eprintln!("error: the stage's directory: {e}");
+                errln!("error: the stage's directory: {e}");
                 return exit::USAGE;
             }
             match crate::providers::local::forward::serve(&dir).await {
                 Ok(()) => exit::PASSED,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                     exit::BUILD_FAILED
                 }
             }
@@ -406,7 +413,7 @@ where
     F: std::future::Future<Output = i32>,
 {
     if let Err(why) = crate::description::decode::KeyRule::Identifier.check(stage) {
-        eprintln!("error: `{stage}` is not a stage name: {why}");
+        errln!("error: `{stage}` is not a stage name: {why}");
         return exit::USAGE;
     }
     runtime().block_on(async {
@@ -417,7 +424,7 @@ where
         match st::load(opened.store.as_ref(), stage).await {
             Ok(Some((record, _))) => f(opened, record).await,
             Ok(None) => {
-                eprintln!(
+                errln!(
                     "error: no stage `{stage}` in the state store {} (a stage begins with `rehearse rebuild FILE`; \
                      pass --state if its description names another store)",
                     opened.store.url()
@@ -451,29 +458,29 @@ async fn status(g: &Global, opened: Opened, stage: &str, record: StageRecord) ->
     let ago = |t: chrono::DateTime<Utc>| {
         format_duration(Duration::from_secs((now - t).to_std().unwrap_or_default().as_secs()))
     };
-    println!("stage {} ({} provider, environment {})", record.stage, record.provider, record.environment);
+    outln!("stage {} ({} provider, environment {})", record.stage, record.provider, record.environment);
     match record.current_generation() {
         Some(cur) => {
             let promoted =
                 cur.promoted_at.map(|t| format!(", promoted {} ({} ago)", t.format("%Y-%m-%d %H:%M UTC"), ago(t)));
-            println!("current: {}{}", cur.describe(), promoted.unwrap_or_default());
+            outln!("current: {}{}", cur.describe(), promoted.unwrap_or_default());
             for b in &cur.backups {
                 if let Some(t) = b.taken_at {
-                    println!("  backup of `{}` is {} old", b.database, ago(t));
+                    outln!("  backup of `{}` is {} old", b.database, ago(t));
                 }
             }
         }
-        None => println!("current: none (no generation has passed its acceptance yet)"),
+        None => outln!("current: none (no generation has passed its acceptance yet)"),
     }
-    println!("stable names:");
+    outln!("stable names:");
     let targets = record.current_generation().map(|c| c.targets.clone()).unwrap_or_default();
     for (component, stable) in &record.names {
         let to = targets.get(component).map(|t| t.join(", ")).unwrap_or_else(|| "nothing".into());
-        println!("  {component:<12} {stable} -> {to}");
+        outln!("  {component:<12} {stable} -> {to}");
     }
     match (pointing_at, record.current) {
-        (Some(p), Some(c)) if p == c => println!("  (they point at generation {p})"),
-        (p, c) => println!(
+        (Some(p), Some(c)) if p == c => outln!("  (they point at generation {p})"),
+        (p, c) => outln!(
             "  warning: the names point at {}, the stage's record says {}; `rehearse rebuild` or `rehearse stage \
              rollback` points them again",
             p.map_or("nothing".to_string(), |p| format!("generation {p}")),
@@ -481,12 +488,12 @@ async fn status(g: &Global, opened: Opened, stage: &str, record: StageRecord) ->
         ),
     }
     for why in &unanswered {
-        println!("  error: {why}");
+        outln!("  error: {why}");
     }
     if !unanswered.is_empty() {
-        println!("  {}", unanswered_remedy(stage));
+        outln!("  {}", unanswered_remedy(stage));
     }
-    println!("generations:");
+    outln!("generations:");
     for gen in record.generations.iter().rev() {
         let when = match gen.fate {
             Fate::Draining => gen.retire_at.map(|t| format!("retired after {}", t.format("%Y-%m-%d %H:%M:%S UTC"))),
@@ -494,7 +501,7 @@ async fn status(g: &Global, opened: Opened, stage: &str, record: StageRecord) ->
             Fate::Current => gen.promoted_at.map(|t| format!("promoted {}", t.format("%Y-%m-%d %H:%M UTC"))),
             _ => gen.reason.clone(),
         };
-        println!(
+        outln!(
             "  {:>3}  {:<11} release {:<10} {}  {}",
             gen.number,
             gen.fate.as_str(),
@@ -519,7 +526,7 @@ fn unanswered_remedy(stage: &str) -> String {
 async fn env(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let opened = &opened;
     let Some(cur) = record.current_generation() else {
-        eprintln!("error: stage `{stage}` has no current generation yet");
+        errln!("error: stage `{stage}` has no current generation yet");
         return exit::USAGE;
     };
     // Handed out only while every name is answered by what rehearse set up for it.
@@ -530,9 +537,9 @@ async fn env(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i3
     let unanswered = names.unanswered().await.unwrap_or_else(|e| vec![format!("cannot tell who answers them: {e}")]);
     if !unanswered.is_empty() {
         for why in &unanswered {
-            eprintln!("error: stage `{stage}`: {why}");
+            errln!("error: stage `{stage}`: {why}");
         }
-        eprintln!("error: not handing out the stage's connection: {}", unanswered_remedy(stage));
+        errln!("error: not handing out the stage's connection: {}", unanswered_remedy(stage));
         return exit::BUILD_FAILED;
     }
     let password = match password(opened.store.as_ref(), stage).await {
@@ -610,7 +617,7 @@ async fn rollback(g: &Global, opened: Opened, stage: &str, record: StageRecord) 
     let store = opened.store.as_ref();
     let name = stage.to_string();
     let (Some(current), Some(previous)) = (record.current, record.previous().map(|p| p.number)) else {
-        eprintln!(
+        errln!(
             "error: stage `{name}` has no generation to roll back to: the one before {} was retired (a rollback \
              is possible while the replaced generation drains: `rebuild --drain`)",
             record.current.map_or("the first".to_string(), |c| format!("generation {c}"))
@@ -622,8 +629,7 @@ async fn rollback(g: &Global, opened: Opened, stage: &str, record: StageRecord) 
         Err(code) => return code,
     };
     let now = Utc::now();
-    let drain = Duration::from_secs(record.drain_secs);
-    let retire_at = now + chrono::Duration::from_std(drain).unwrap_or(chrono::Duration::MAX);
+    let retire_at = st::retire_at(now, Duration::from_secs(record.drain_secs));
     let rolled = st::update(store, &name, |r| {
         let mut r = r.ok_or("the stage has no record")?;
         if r.current != Some(current) {
@@ -640,17 +646,17 @@ async fn rollback(g: &Global, opened: Opened, stage: &str, record: StageRecord) 
     let record = match rolled {
         Ok(r) => r,
         Err(st::UpdateError::Refused(why)) => {
-            eprintln!("error: cannot roll stage `{name}` back: {why}");
+            errln!("error: cannot roll stage `{name}` back: {why}");
             return exit::USAGE;
         }
         Err(e) => return store_error(store, "cannot roll back", e),
     };
     if let Err(e) = st::converge(store, &name, names.as_ref()).await {
-        eprintln!("error: rolled back in the stage's record, but the stable names could not be switched: {e}");
+        errln!("error: rolled back in the stage's record, but the stable names could not be switched: {e}");
         return exit::BUILD_FAILED;
     }
     let cur = record.current_generation().map(Generation::describe).unwrap_or_default();
-    println!(
+    outln!(
         "stage `{name}` rolled back to {cur}; generation {current} drains until {} and is retired by the next rebuild",
         retire_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
@@ -663,18 +669,17 @@ async fn destroy(g: &Global, opened: Opened, stage: &str, record: StageRecord) -
     let store = opened.store.as_ref();
     let name = stage.to_string();
     let lock = st::lock_name(&name);
-    let held = match super::lock::take(
-        opened.store.clone(),
-        &lock,
-        &format!("rehearse stage destroy {name}"),
-        None,
-        super::store::lease(),
-    )
-    .await
-    {
+    let lease = match super::store::lease() {
         Ok(l) => l,
         Err(code) => return code,
     };
+    let held =
+        match super::lock::take(opened.store.clone(), &lock, &format!("rehearse stage destroy {name}"), None, lease)
+            .await
+        {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
     let code = destroy_locked(g, opened, store, &name, &record).await;
     super::lock::give_back(held, &lock).await;
     code
@@ -700,11 +705,11 @@ async fn destroy_locked(g: &Global, opened: &Opened, store: &dyn ObjectStore, na
     let hand = Stagehand { store, names: names.as_ref(), gens: &gens, reporter: reporter.as_ref(), now: &Utc::now };
     match engine_destroy(&hand, record).await {
         Ok(n) => {
-            println!("stage `{name}` destroyed: {n} generation(s) removed, its stable names and its record");
+            outln!("stage `{name}` destroyed: {n} generation(s) removed, its stable names and its record");
             exit::PASSED
         }
         Err(e) => {
-            eprintln!("error: stage `{name}`: {e}");
+            errln!("error: stage `{name}`: {e}");
             match e {
                 RebuildError::TearDown(_) | RebuildError::Names(_) => exit::LEFTOVERS,
                 _ => exit::BUILD_FAILED,

@@ -23,7 +23,7 @@ pub(crate) fn url(g: &Global) -> Result<Option<StateUrl>, i32> {
     match g.state.as_deref() {
         None => Ok(None),
         Some(u) => StateUrl::parse(u).map(Some).map_err(|e| {
-            eprintln!("error: --state {e}");
+            errln!("error: --state {e}");
             exit::USAGE
         }),
     }
@@ -91,13 +91,13 @@ pub(crate) fn lock_store_for(
     }
     let root = local_root_for(g, url);
     FileStore::open(&root).map(|s| Arc::new(s) as Arc<dyn ObjectStore>).map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         exit::USAGE
     })
 }
 
 fn said(store: &dyn ObjectStore, e: StoreError) -> i32 {
-    eprintln!("error: the state store {}: {e}", store.url());
+    errln!("error: the state store {}: {e}", store.url());
     exit::BUILD_FAILED
 }
 
@@ -113,11 +113,11 @@ pub(crate) enum Part {
 /// The checked local runs directory, created if needed.
 fn local_runs(g: &Global) -> Result<PathBuf, i32> {
     let root = state::private_dir(&local_root(g)).map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         exit::USAGE
     })?;
     state::private_dir(&state::runs_dir(&root)).map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         exit::USAGE
     })
 }
@@ -158,8 +158,16 @@ pub(crate) async fn fetch_all(g: &Global) -> Result<(), i32> {
             sync::pull_lease(store.as_ref(), id, &dir).await
         }
     });
-    for r in futures_util::future::join_all(pulls).await {
-        r.map_err(|e| said(store.as_ref(), e))?;
+    for (id, r) in ids.iter().zip(futures_util::future::join_all(pulls).await) {
+        match r {
+            Ok(()) => {}
+            // One run's journal beyond what rehearse reads (anyone may write the store)
+            // is left out, said; the others are listed.
+            Err(e @ StoreError::TooLarge { .. }) => {
+                errln!("rehearse: warning: the state store {}: {e}; run {id} is left out", store.url())
+            }
+            Err(e) => return Err(said(store.as_ref(), e)),
+        }
     }
     Ok(())
 }
@@ -197,14 +205,18 @@ pub(crate) fn fetched<T>(g: &Global, run_id: Option<&str>, parts: &[Part], f: im
     Ok(f())
 }
 
-/// How long a lease runs without renewal: `$REHEARSE_LEASE` (a duration, at least a
-/// second; tests shorten it), else a minute.
-pub(crate) fn lease() -> std::time::Duration {
-    std::env::var("REHEARSE_LEASE")
-        .ok()
-        .and_then(|v| humantime::parse_duration(&v).ok())
-        .filter(|d| *d >= std::time::Duration::from_secs(1))
-        .unwrap_or(std::time::Duration::from_secs(60))
+/// How long a lease runs without renewal: `$REHEARSE_LEASE` (from a second to a day;
+/// tests shorten it), else a minute. `Err`: the exit code, said.
+pub(crate) fn lease() -> Result<std::time::Duration, i32> {
+    use crate::engine::store::lock::{MAX_LEASE, MIN_LEASE};
+    match std::env::var("REHEARSE_LEASE") {
+        Ok(v) if !v.is_empty() => crate::description::bounded_duration("REHEARSE_LEASE", &v, MIN_LEASE, MAX_LEASE)
+            .map_err(|why| {
+                errln!("error: {why}");
+                exit::USAGE
+            }),
+        _ => Ok(std::time::Duration::from_secs(60)),
+    }
 }
 
 /// How often a run's logs are sent to the shared store while it runs.
@@ -238,13 +250,13 @@ pub(crate) async fn publish(shared: Option<&dyn ObjectStore>, run_id: &str, run_
     for (what, redact) in [("report", false), ("logs", true)] {
         let prefix = crate::engine::store::run_files(run_id, what);
         if let Err(e) = sync::push_dir(store, &run_state.join(what), &prefix, redact, &mut seen).await {
-            eprintln!("rehearse: warning: cannot send the {what} to {}: {e}", store.url());
+            errln!("rehearse: warning: cannot send the {what} to {}: {e}", store.url());
         }
     }
     let conn = run_state.join("connection.json");
     if conn.is_file() {
         if let Err(e) = sync::push_file(store, &crate::engine::store::connection_key(run_id), &conn).await {
-            eprintln!("rehearse: warning: cannot send the connection details to {}: {e}", store.url());
+            errln!("rehearse: warning: cannot send the connection details to {}: {e}", store.url());
         }
     }
 }

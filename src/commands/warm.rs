@@ -15,7 +15,7 @@ pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
         Err(code) => return code,
     };
     if loaded.desc.provider() != ProviderKind::Local {
-        eprintln!("error: {}: golden copies are for the local provider", file.display());
+        errln!("error: {}: golden copies are for the local provider", file.display());
         return exit::USAGE;
     }
     super::with_signals(g, async |reporter, signals| {
@@ -30,16 +30,16 @@ pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
         match refreshed {
             Ok(lines) => {
                 for l in lines {
-                    println!("{l}");
+                    outln!("{l}");
                 }
                 exit::PASSED
             }
             Err(e) if signals.count() > 0 => {
-                eprintln!("rehearse: interrupted; the half-made golden copy was removed ({e})");
+                errln!("rehearse: interrupted; the half-made golden copy was removed ({e})");
                 exit::INTERRUPTED
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 exit::BUILD_FAILED
             }
         }

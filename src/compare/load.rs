@@ -7,8 +7,9 @@
 //! once: an open loop, so a slow environment gets the same arrivals as a fast one
 //! instead of fewer (no coordinated omission). Each request is one HTTP/1.1 exchange on
 //! its own connection; its latency runs from the connect to the end of the answer. A
-//! status of 500 or more, no answer within the timeout, or a failed connection is an
-//! error. Endpoints are `METHOD PATH` without the query string.
+//! status of 500 or more, no answer within the timeout, an answer of more than
+//! [`MAX_ANSWER`] bytes (never held whole: only its status line is kept) or a failed
+//! connection is an error. Endpoints are `METHOD PATH` without the query string.
 //!
 //! An HTTP client crate would bring dozens of dependencies for a request line, a few
 //! headers and a body, as with the health checks (`sys::health`): this speaks HTTP/1.1
@@ -130,14 +131,36 @@ async fn exchange(host: &str, port: u16, req: &Request) -> std::io::Result<u16> 
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).await?;
     s.write_all(body.as_bytes()).await?;
-    // The whole answer (Connection: close): its end is the latency's end.
-    let mut answer = Vec::with_capacity(1024);
-    s.read_to_end(&mut answer).await?;
-    let line = String::from_utf8_lossy(&answer[..answer.len().min(256)]).into_owned();
+    // The whole answer (Connection: close): its end is the latency's end. Only its
+    // start is kept (the status line); the rest is counted, up to MAX_ANSWER.
+    let mut head = Vec::with_capacity(256);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > MAX_ANSWER {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, answer_too_long()));
+        }
+        let room = 256usize.saturating_sub(head.len());
+        head.extend_from_slice(&buf[..n.min(room)]);
+    }
+    let line = String::from_utf8_lossy(&head).into_owned();
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response"))
+}
+
+/// The most of one answer the replay reads: a bigger one is an error of its request
+/// (what a release answers is not rehearse's to trust with its memory or its time).
+pub const MAX_ANSWER: u64 = 64 << 20;
+
+fn answer_too_long() -> String {
+    format!("an answer of more than {} MiB, the most rehearse reads", MAX_ANSWER >> 20)
 }
 
 /// Sends `requests` to every target at `rate` a second for `duration`, on one schedule;

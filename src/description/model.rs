@@ -346,6 +346,32 @@ pub fn default_max_ttl() -> Duration {
     Duration::from_secs(7 * 86400)
 }
 
+/// The longest `max_ttl` a description may set: no run's expiry is ever pushed further
+/// from its start, whatever a journal says.
+pub const MAX_MAX_TTL: Duration = Duration::from_secs(90 * 86400);
+
+/// The longest a stage's previous generation may drain (`stage.drain`, `rebuild --drain`).
+pub const MAX_DRAIN: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration from the command line or the environment (`what` names where it came
+/// from, e.g. `--lease`), refused outside `min..=max` — before anything adds it to a time,
+/// where an unbounded one overflows.
+pub fn bounded_duration(what: &str, text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    // Bounds in the largest whole unit (`1d`, not humantime's `1day`; `90d`, not months).
+    let span = |d: Duration| match d.as_secs() {
+        s if s >= 86400 && s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        s if s >= 3600 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s >= 60 && s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format_duration(d),
+    };
+    let range = format!("from {} to {}", span(min), span(max));
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d < min || d > max => Err(format!("{what} {text}: out of range (a duration {range})")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{what} {text}: {e} (a duration such as 30s, 5m or 2h, {range})")),
+    }
+}
+
 impl Description {
     /// Where the copy is built.
     pub fn provider(&self) -> ProviderKind {
@@ -801,6 +827,20 @@ fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_from_the_command_line_are_bounded_before_use() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(86400));
+        assert_eq!(bounded_duration("--lease", "90s", min, max), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            bounded_duration("--lease", "300000y", min, max),
+            Err("--lease 300000y: out of range (a duration from 1s to 1d)".into())
+        );
+        assert!(bounded_duration("--lease", "0s", min, max).unwrap_err().contains("out of range"));
+        let e = bounded_duration("--lease", "99999999999999999999y", min, max).unwrap_err();
+        assert!(e.starts_with("--lease 99999999999999999999y: ") && e.ends_with("from 1s to 1d)"), "{e}");
+        assert!(bounded_duration("REHEARSE_LEASE", "soon", min, max).unwrap_err().contains("such as 30s"));
+    }
 
     #[test]
     fn urls_lose_every_password_they_carry() {

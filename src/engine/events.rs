@@ -60,6 +60,29 @@ fn waiting_line(resource: &str, what: &str, until: chrono::DateTime<chrono::Utc>
     )
 }
 
+impl Event {
+    /// The event with `f` applied to each of its texts (the resource, the detail, the note).
+    pub fn map_text(self, f: impl Fn(String) -> String) -> Event {
+        match self {
+            Event::Started { resource, action, detail } => {
+                Event::Started { resource: f(resource), action, detail: detail.map(&f) }
+            }
+            Event::Finished { resource, action, ok, elapsed, detail } => {
+                Event::Finished { resource: f(resource), action, ok, elapsed, detail: detail.map(&f) }
+            }
+            Event::Note(n) => Event::Note(f(n)),
+            Event::Waiting { resource, what, until } => Event::Waiting { resource: f(resource), what: f(what), until },
+        }
+    }
+
+    /// The event as a terminal may show it: its texts made printable. The terminal
+    /// reporters apply it themselves, whoever sends them events (the engine through
+    /// [`Redacting`], a stage's rebuild with names read from the store).
+    fn printable(self) -> Event {
+        self.map_text(|s| crate::sys::process::printable(&s))
+    }
+}
+
 pub trait Reporter: Send + Sync {
     fn event(&self, ev: Event);
 }
@@ -80,7 +103,7 @@ pub struct Lines {
 impl Reporter for Lines {
     fn event(&self, ev: Event) {
         let t = self.start.elapsed().as_secs_f64();
-        let line = match ev {
+        let line = match ev.printable() {
             Event::Started { .. } => return,
             Event::Finished { resource, action, ok, elapsed, detail } => format!(
                 "[{t:7.2}s] {} {resource} {action}{} ({:.2}s)",
@@ -114,7 +137,7 @@ impl Progress {
 impl Reporter for Progress {
     fn event(&self, ev: Event) {
         let Ok(mut bars) = self.bars.lock() else { return };
-        match ev {
+        match ev.printable() {
             Event::Started { resource, action, detail } => {
                 let pb = self.multi.add(ProgressBar::new_spinner());
                 pb.set_style(
@@ -164,25 +187,37 @@ pub struct Redacting<'a>(pub &'a dyn Reporter);
 
 impl Reporter for Redacting<'_> {
     fn event(&self, ev: Event) {
-        let clean = |s: String| crate::sys::process::printable(&crate::secrets::redact(&s));
-        self.0.event(match ev {
-            Event::Started { resource, action, detail } => {
-                Event::Started { resource: clean(resource), action, detail: detail.map(clean) }
-            }
-            Event::Finished { resource, action, ok, elapsed, detail } => {
-                Event::Finished { resource: clean(resource), action, ok, elapsed, detail: detail.map(clean) }
-            }
-            Event::Note(n) => Event::Note(clean(n)),
-            Event::Waiting { resource, what, until } => {
-                Event::Waiting { resource: clean(resource), what: clean(what), until }
-            }
-        })
+        self.0.event(ev.map_text(|s| crate::secrets::redact(&crate::sys::process::printable(&s)).into_owned()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Events may carry names read from a shared store (a stage's generations): the
+    /// terminal reporters show them printable, whoever sent them.
+    #[test]
+    fn a_terminal_reporter_shows_every_text_of_an_event_printable() {
+        let evil = "gen\u{1b}]0;pwned\u{7}\u{9b}2J r-1";
+        let ev = Event::Finished {
+            resource: evil.into(),
+            action: "retire".into(),
+            ok: true,
+            elapsed: Duration::ZERO,
+            detail: Some(evil.into()),
+        };
+        let Event::Finished { resource, detail, .. } = ev.printable() else { panic!("still a Finished") };
+        assert_eq!((resource.as_str(), detail.as_deref()), ("gen r-1", Some("gen r-1")));
+        let Event::Note(n) = Event::Note(evil.into()).printable() else { panic!("still a Note") };
+        assert_eq!(n, "gen r-1");
+        let Event::Waiting { what, .. } =
+            Event::Waiting { resource: "db".into(), what: evil.into(), until: chrono::Utc::now() }.printable()
+        else {
+            panic!("still a Waiting")
+        };
+        assert_eq!(what, "gen r-1");
+    }
 
     #[derive(Default)]
     struct Seen(Mutex<Vec<Event>>);

@@ -99,10 +99,14 @@ pub struct RunMeta {
 }
 
 impl RunMeta {
-    /// The latest expiry `rehearse extend` may set.
+    /// The latest expiry `rehearse extend` may set: `max_ttl` from the start, never more
+    /// than the longest `max_ttl` a description may set (a journal from a shared store
+    /// is anyone's, and a huge one would overflow the calendar).
     pub fn latest_expiry(&self) -> DateTime<Utc> {
         let max = self.max_ttl_secs.unwrap_or(crate::description::default_max_ttl().as_secs());
-        self.started_at + chrono::Duration::seconds(i64::try_from(max).unwrap_or(i64::MAX / 2_000))
+        let max = max.min(crate::description::MAX_MAX_TTL.as_secs());
+        let max = chrono::Duration::seconds(i64::try_from(max).unwrap_or_default());
+        self.started_at.checked_add_signed(max).unwrap_or(self.started_at)
     }
 }
 
@@ -331,13 +335,27 @@ fn store_error(url: &str, e: crate::engine::store::StoreError) -> std::io::Error
 /// unreadable line anywhere else is an error: the journal is damaged, and what it no
 /// longer says may still exist.
 pub fn read(path: &Path) -> std::io::Result<Vec<Record>> {
+    use crate::engine::store::{count_text, size_text, MAX_JOURNAL, MAX_RECORDS};
     let f = File::open(path)?;
+    // The same caps as a journal in a shared store (the local copy may be one fetched).
+    let refused = |limit: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: more than {limit}, the most rehearse reads", path.display()),
+        )
+    };
+    if f.metadata()?.len() > MAX_JOURNAL {
+        return Err(refused(size_text(MAX_JOURNAL)));
+    }
     let mut out = Vec::new();
     let mut torn: Option<(usize, serde_json::Error)> = None;
-    for (n, line) in BufReader::new(f).lines().enumerate() {
+    for (n, line) in BufReader::new(std::io::Read::take(f, MAX_JOURNAL)).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
+        }
+        if out.len() as u64 == MAX_RECORDS {
+            return Err(refused(format!("{} records", count_text(MAX_RECORDS))));
         }
         if let Some((at, e)) = torn.take() {
             return Err(std::io::Error::new(

@@ -345,7 +345,7 @@ async fn promote(
         })
         .collect();
     let now = (hand.now)();
-    let retire_at = now + chrono::Duration::from_std(plan.drain).unwrap_or(chrono::Duration::MAX);
+    let retire_at = st::retire_at(now, plan.drain);
     let promoted = st::update(store, name, |r| {
         let mut r = r.ok_or("the stage has no record")?;
         if r.current != seen_current {
@@ -492,7 +492,7 @@ pub async fn destroy(hand: &Stagehand<'_>, record: &StageRecord) -> Result<usize
     }
     names.remove().await.map_err(RebuildError::Names)?;
     for key in [st::record_key(&record.stage), st::secret_key(&record.stage)] {
-        super::store::retrying(|| store.delete(&key, None)).await.map_err(st::UpdateError::from)?;
+        super::store::delete_current(store, &key).await.map_err(st::UpdateError::from)?;
     }
     Ok(removed)
 }

@@ -433,6 +433,14 @@ pub fn agrees_with(store: &dyn ObjectStore, record: &StageRecord, fresh: &StageR
     Ok(())
 }
 
+/// When a generation replaced at `now` is retired: after `drain`, and never more than
+/// [`crate::description::MAX_DRAIN`] later — the drain may come from a stage's record,
+/// which anyone who may write the store can write.
+pub fn retire_at(now: DateTime<Utc>, drain: std::time::Duration) -> DateTime<Utc> {
+    let d = chrono::Duration::from_std(drain.min(crate::description::MAX_DRAIN)).unwrap_or_default();
+    now.checked_add_signed(d).unwrap_or(now)
+}
+
 /// Reads the record, lets `change` edit it (or refuse), and writes it back only if
 /// nobody wrote it meanwhile; on a lost race, reads again and asks `change` again, so
 /// its precondition is always checked on the version it replaces.

@@ -67,6 +67,11 @@ pub enum StoreError {
     /// Anything else (a missing bucket, a malformed key).
     #[error("{0}")]
     Failed(String),
+    /// More than rehearse reads: an object bigger than its key's cap ([`object_cap`]), a
+    /// journal with more records, a listing with more keys. Refused before it is read
+    /// whole: what is in the store is anyone's who may write there.
+    #[error("{what}: more than {limit}, the most rehearse reads")]
+    TooLarge { what: String, limit: String },
 }
 
 impl StoreError {
@@ -76,22 +81,88 @@ impl StoreError {
     }
 }
 
+/// The most rehearse reads of a run's report or log file in the store (a log bigger
+/// than this is sent as its last [`MAX_FILE`] bytes).
+pub const MAX_FILE: u64 = 64 << 20;
+/// The most rehearse reads of any other object: a journal record, a lock, a stage's
+/// record or password, connection details (a stage record of ten thousand generations
+/// is far below it).
+pub const MAX_RECORD: u64 = 4 << 20;
+/// The most records rehearse reads of one run's journal (a run of hundreds of
+/// resources writes a few thousand).
+pub const MAX_RECORDS: u64 = 100_000;
+/// The most bytes of one run's journal, all records together.
+pub const MAX_JOURNAL: u64 = 64 << 20;
+/// The most keys one listing returns.
+pub const MAX_KEYS: usize = 100_000;
+/// The most files, and bytes in all, one pull of a run's report or logs brings.
+pub const MAX_PULL_FILES: usize = 10_000;
+pub const MAX_PULL_BYTES: u64 = 1 << 30;
+
+/// The most rehearse reads of the object `key` (relative to the store's root).
+pub fn object_cap(key: &str) -> u64 {
+    let mut parts = key.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("runs"), Some(_), Some("report" | "logs")) => MAX_FILE,
+        _ => MAX_RECORD,
+    }
+}
+
+/// `n` bytes the way the caps are written: `64 MiB`, `4 MiB`, `1 GiB`.
+pub fn size_text(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n.is_multiple_of(1 << 30) => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n.is_multiple_of(1 << 20) => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n.is_multiple_of(1 << 10) => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// A count the way the caps are written: `100,000`.
+pub fn count_text(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The refusal of object `key`, bigger than its cap.
+pub fn too_large(key: &str) -> StoreError {
+    StoreError::TooLarge { what: key.to_string(), limit: size_text(object_cap(key)) }
+}
+
 /// Keys and bytes with conditional writes: a directory or an S3 bucket (or, in tests,
 /// a fake with lost answers and listings that lag).
 pub trait ObjectStore: Send + Sync {
     /// The store's URL, for messages (`s3://bucket/prefix`, `file:///home/me/...`).
     fn url(&self) -> String;
-    /// The object, or `None` when there is none.
+    /// The object, or `None` when there is none. One bigger than [`object_cap`] of its
+    /// key is refused ([`StoreError::TooLarge`]) without being read whole.
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Object>>;
     /// Writes `body` under `key` if `cond` holds; the new version's tag.
     fn put<'a>(&'a self, key: &'a str, body: Vec<u8>, cond: Condition) -> StoreFuture<'a, Etag>;
     /// Removes `key` (only if it is still `if_match`, when given); gone already is fine.
     fn delete<'a>(&'a self, key: &'a str, if_match: Option<Etag>) -> StoreFuture<'a, ()>;
     /// The keys below `prefix` (which ends with `/`), relative to it. Listings may lag
-    /// behind writes (eventual consistency): nothing that must be exact reads them.
+    /// behind writes (eventual consistency): nothing that must be exact reads them. More
+    /// than [`MAX_KEYS`] are refused ([`listing_too_long`]).
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
-    /// The names one level below `prefix` (`runs/` → run ids), from a delimited listing.
+    /// The names one level below `prefix` (`runs/` → run ids), from a delimited listing
+    /// (at most [`MAX_KEYS`] too).
     fn list_dirs<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
+}
+
+/// The refusal of a listing of `prefix` longer than [`MAX_KEYS`].
+pub fn listing_too_long(prefix: &str) -> StoreError {
+    StoreError::TooLarge {
+        what: format!("the listing of {prefix}"),
+        limit: format!("{} keys", count_text(MAX_KEYS as u64)),
+    }
 }
 
 /// How often and how long a transient failure is retried.
@@ -130,6 +201,40 @@ pub async fn put_checked(store: &dyn ObjectStore, key: &str, body: &[u8], cond: 
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Removes `key` as it is now: the version read is the version removed (`If-Match`), so
+/// a write that lands in between is never removed blindly — it is read, and removed, in
+/// turn. Gone already is fine. (Every delete rehearse makes is conditional: the shipped
+/// policy refuses any other.)
+pub async fn delete_current(store: &dyn ObjectStore, key: &str) -> Result<(), StoreError> {
+    for _ in 0..ATTEMPTS {
+        let Some(o) = retrying(|| store.get(key)).await? else { return Ok(()) };
+        match retrying(|| store.delete(key, Some(o.etag.clone()))).await {
+            Err(StoreError::PreconditionFailed) => continue,
+            other => return other,
+        }
+    }
+    Err(StoreError::Failed(format!("{key} changed on every attempt to remove it")))
+}
+
+/// Writes `body` under `key` whatever is there now, yet never blindly: created with
+/// `If-None-Match: *`, or replacing the version read with `If-Match` (read again if
+/// it changed meanwhile). For objects that are rehearse's to replace but must not be
+/// written unconditionally (connection details: the shipped policy refuses that).
+pub async fn put_over(store: &dyn ObjectStore, key: &str, body: &[u8]) -> Result<(), StoreError> {
+    for _ in 0..ATTEMPTS {
+        let cond = match retrying(|| store.get(key)).await? {
+            Some(o) if o.body == body => return Ok(()),
+            Some(o) => Condition::Matches(o.etag),
+            None => Condition::Absent,
+        };
+        match put_checked(store, key, body, cond).await {
+            Err(StoreError::PreconditionFailed) => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+    Err(StoreError::Failed(format!("{key} changed on every attempt to write it")))
 }
 
 /// A read or delete, sent again while the answer is lost (both are safe to repeat).

@@ -94,13 +94,16 @@ pub enum ReadReportError {
         path.display()
     )]
     Version { path: PathBuf, found: u64 },
+    #[error("read {}: more than {} MiB, the most rehearse reads", path.display(), MAX_REPORT_BYTES >> 20)]
+    TooLarge { path: PathBuf },
 }
 
 /// Reads `report.json` back from a run's report directory.
 pub fn read_report(dir: &Path) -> Result<RunReport, ReadReportError> {
     let path = dir.join(JSON_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
+    let text = match read_capped(&path) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(ReadReportError::TooLarge { path }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadReportError::Missing { path }),
         Err(source) => return Err(ReadReportError::Read { path, source }),
     };
@@ -116,6 +119,22 @@ pub fn read_report(dir: &Path) -> Result<RunReport, ReadReportError> {
         None => {}
     }
     serde_json::from_value(value).map_err(|source| ReadReportError::Parse { path, source })
+}
+
+/// The most of a `report.json` rehearse reads (a report may come from a shared store,
+/// whose cap for a run's files is the same).
+pub(crate) const MAX_REPORT_BYTES: u64 = 64 << 20;
+
+/// The text of `path`, or `None` when it is bigger than [`MAX_REPORT_BYTES`].
+fn read_capped(path: &Path) -> io::Result<Option<String>> {
+    use std::io::Read as _;
+    let f = fs::File::open(path)?;
+    if f.metadata()?.len() > MAX_REPORT_BYTES {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    f.take(MAX_REPORT_BYTES + 1).read_to_string(&mut text)?;
+    Ok((text.len() as u64 <= MAX_REPORT_BYTES).then_some(text))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, so readers

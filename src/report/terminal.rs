@@ -11,11 +11,49 @@ use super::files::ReportFiles;
 use super::model::{RunReport, SuiteStatus, Verdict};
 use super::text::{duration, one_line, plural, time};
 use crate::style::{paint, Styles};
+use crate::sys::process::printable;
 
 /// The end-of-run summary of `report`, whose files are `files`, painted with
 /// `styles` (a `bool` works too: `true` for colours, `false` for none).
+///
+/// Every string of the report is made printable on one line first: a report holds what
+/// the release printed (messages, log tails) and, read back from a shared store, what
+/// anyone who can write there put in it. Only the summary's own colours reach the
+/// terminal as escape sequences.
 pub fn terminal_summary(report: &RunReport, files: &ReportFiles, styles: impl Into<Styles>) -> String {
     let s: Styles = styles.into();
+    match printable_report(report) {
+        Some(clean) => summary(&clean, files, s),
+        // Never expected (the report's own types go to JSON and back): the whole text,
+        // uncoloured, through the sanitizer instead.
+        None => crate::sys::process::printable_text(&summary(report, files, Styles::plain())),
+    }
+}
+
+/// `report` with every string in it, map keys too, through [`printable`].
+fn printable_report(report: &RunReport) -> Option<RunReport> {
+    fn clean(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = printable(s),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            serde_json::Value::Object(map) => {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, mut v)| {
+                        clean(&mut v);
+                        (printable(&k), v)
+                    })
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(report).ok()?;
+    clean(&mut v);
+    serde_json::from_value(v).ok()
+}
+
+fn summary(report: &RunReport, files: &ReportFiles, s: Styles) -> String {
     let mut out = String::new();
 
     let (mark, word, tint) = match report.verdict {

@@ -517,43 +517,111 @@ pub(crate) fn tail(path: &Path, n: usize) -> Vec<String> {
     lines[lines.len().saturating_sub(n)..].iter().map(|l| printable(l).chars().take(400).collect()).collect()
 }
 
-/// `text` without terminal escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ...
-/// BEL/ST`, other `ESC x`) and other control characters (tabs become spaces): what
-/// a program printed cannot move the cursor, retitle or recolor the terminal it is
-/// shown on.
+/// `text` on one line, made safe for a terminal: escape and control sequences removed
+/// (see [`printable_text`]), line breaks and tabs as spaces. For log tails, table cells
+/// and messages that quote what a release printed or the state store holds.
 pub(crate) fn printable(text: &str) -> String {
+    clean(text, false)
+}
+
+/// `text` made safe for a terminal, its lines and tabs kept: what a program printed or
+/// a stranger wrote into the state store cannot retitle the terminal, set the
+/// clipboard (OSC 52), plant a hyperlink (OSC 8), clear or scroll the screen, move the
+/// cursor, recolor, or overwrite a line it is shown on. Removed: CSI sequences (`ESC [`
+/// or the 8-bit U+009B, up to the final byte), the string controls OSC, DCS, SOS, PM and
+/// APC (`ESC ] P X ^ _` or U+009D U+0090 U+0098 U+009E U+009F, up to BEL or ST — `ESC \`
+/// or U+009C — or the end of the line), every other `ESC` sequence, every other C0 and
+/// C1 control (backspace, DEL, …), and the bidirectional overrides and isolates
+/// (U+202A–U+202E, U+2066–U+2069) that make text read differently from what it is.
+/// A carriage return ends a line (`\r\n` is one line break): it never overwrites one.
+/// Ordinary Unicode is kept.
+pub(crate) fn printable_text(text: &str) -> String {
+    clean(text, true)
+}
+
+/// JSON text with what JSON leaves raw but a terminal acts on — DEL, the C1 controls
+/// U+0080–U+009F (U+009B is CSI, U+009D OSC on some terminals), the bidirectional
+/// controls — written as `\uXXXX` escapes: the same JSON value, inert on a terminal.
+/// (serde_json escapes the C0 controls, ESC among them, itself; valid JSON holds these
+/// characters only inside strings, where an escape means the same character.)
+pub(crate) fn terminal_safe_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if matches!(c, '\u{7f}'..='\u{9f}') || is_bidi_control(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `c` reorders the text around it (an embedding, override or isolate).
+pub(crate) fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn clean(text: &str, keep_lines: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
+    let line_break = if keep_lines { '\n' } else { ' ' };
+    // An escape that ended a string control and begins a sequence of its own.
+    let mut pending = None;
+    while let Some(c) = pending.take().or_else(|| chars.next()) {
         match c {
-            '\u{1b}' => match chars.next() {
+            '\u{1b}' => match chars.peek() {
                 Some('[') => {
-                    // Parameters and intermediates, up to a final byte @..~.
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
+                    chars.next();
+                    skip_csi(&mut chars);
                 }
-                Some(']') | Some('P') | Some('_') | Some('^') => {
-                    // Up to BEL or ESC \.
-                    while let Some(c) = chars.next() {
-                        if c == '\u{7}' || (c == '\u{1b}' && chars.peek() == Some(&'\\')) {
-                            if c == '\u{1b}' {
-                                chars.next();
-                            }
-                            break;
-                        }
-                    }
+                Some(']' | 'P' | 'X' | '^' | '_') => {
+                    chars.next();
+                    pending = skip_string(&mut chars);
                 }
-                _ => {}
+                // Another escape: its intermediates (SP to `/`), then its final character.
+                _ => {
+                    while chars.next_if(|c| matches!(c, ' '..='/')).is_some() {}
+                    chars.next_if(|c| !c.is_control());
+                }
             },
-            '\t' => out.push(' '),
-            c if c.is_control() => {}
+            '\u{9b}' => skip_csi(&mut chars),
+            '\u{9d}' | '\u{90}' | '\u{98}' | '\u{9e}' | '\u{9f}' => pending = skip_string(&mut chars),
+            '\n' => out.push(line_break),
+            // `\r\n` is one break; a lone `\r` would overwrite the line: a break too.
+            '\r' => {
+                if chars.peek() != Some(&'\n') {
+                    out.push(line_break);
+                }
+            }
+            '\t' => out.push(if keep_lines { '\t' } else { ' ' }),
+            c if c.is_control() || is_bidi_control(c) => {}
             c => out.push(c),
         }
     }
     out
+}
+
+/// Past a CSI's parameters and intermediates (`0`..`?`, SP..`/`) and its final byte
+/// (`@`..`~`); anything else ends it unconsumed (a terminal would abort it there too).
+fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while chars.next_if(|c| matches!(c, ' '..='?')).is_some() {}
+    chars.next_if(|c| matches!(c, '@'..='~'));
+}
+
+/// Past a string control's text, up to and with its terminator (BEL, `ESC \`, U+009C);
+/// a line break ends it too, unconsumed: with its introducer gone, what follows is
+/// text again, and one bad line does not swallow a whole log. An `ESC` that is not
+/// `ESC \` aborts the string (as in a terminal) and starts a sequence of its own: it is
+/// returned, to be read again.
+fn skip_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<char> {
+    while let Some(c) = chars.next_if(|c| !matches!(c, '\n' | '\r')) {
+        match c {
+            '\u{7}' | '\u{9c}' => return None,
+            '\u{1b}' => return chars.next_if_eq(&'\\').is_none().then_some('\u{1b}'),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The sockets (by inode) listening on TCP `port`, on any address, IPv4 and IPv6.
@@ -664,7 +732,58 @@ mod tests {
     #[test]
     fn printable_strips_escapes_and_controls() {
         let s = "a\u{1b}[31mred\u{1b}[0m b\u{1b}]0;title\u{7}c\u{8}\u{1b}]8;;http://x\u{1b}\\link\r\tend";
-        assert_eq!(printable(s), "ared bclink end");
+        assert_eq!(printable(s), "ared bclink  end");
+    }
+
+    #[test]
+    fn every_kind_of_terminal_sequence_is_removed_and_text_is_kept() {
+        let cases = [
+            // CSI: colours, screen clear, cursor moves, private modes; 7-bit and 8-bit.
+            ("\u{1b}[2J\u{1b}[H\u{1b}[?1049hx\u{1b}[1;31;4my", "xy"),
+            ("\u{9b}2J\u{9b}31mx", "x"),
+            // OSC ended by BEL, by ST, by the 8-bit ST; OSC 52 (clipboard) and OSC 8 (links).
+            ("a\u{1b}]0;pwned\u{7}b", "ab"),
+            ("a\u{1b}]52;c;ZWNobyBwd25lZA==\u{1b}\\b", "ab"),
+            ("\u{1b}]8;;https://evil.example\u{1b}\\click\u{1b}]8;;\u{1b}\\", "click"),
+            ("a\u{9d}0;title\u{9c}b", "ab"),
+            ("a\u{9d}52;c;AAAA\u{7}b", "ab"),
+            // DCS, SOS, PM, APC: 7-bit and 8-bit.
+            ("a\u{1b}P+q544e\u{1b}\\b\u{1b}Xsos\u{1b}\\c\u{1b}^pm\u{1b}\\d\u{1b}_apc\u{1b}\\e", "abcde"),
+            ("a\u{90}dcs\u{9c}b\u{98}sos\u{9c}c\u{9e}pm\u{9c}d\u{9f}apc\u{9c}e", "abcde"),
+            // An escape inside a string control aborts it and is a sequence of its own.
+            ("a\u{1b}]0;t\u{1b}[2Jb", "ab"),
+            // Other escapes: charset designations, reset, keypad, DECALN.
+            ("a\u{1b}(0b\u{1b}cc\u{1b}=d\u{1b}#8e", "abcde"),
+            // Backspace overprinting, DEL, bell, other C0 and C1 controls.
+            ("ok\u{8}\u{8}NO\u{7f}\u{7}\u{0}\u{85}\u{84}!", "okNO!"),
+            // Bidirectional overrides that would make `exe.txt` read as `txt.exe`.
+            ("evil\u{202e}txt.exe\u{2066}x\u{2069}", "eviltxt.exex"),
+            // Ordinary Unicode stays.
+            ("héllo wörld — ✔ 日本語 🚀", "héllo wörld — ✔ 日本語 🚀"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(printable(input), want, "{input:?}");
+            assert_eq!(printable_text(input), want, "{input:?}");
+        }
+        // An unterminated string control ends with its line, not with the log.
+        assert_eq!(printable_text("a\u{1b}]0;never ended\nnext line"), "a\nnext line");
+    }
+
+    #[test]
+    fn json_for_a_terminal_escapes_what_serde_leaves_raw_and_means_the_same() {
+        let value = serde_json::json!({"name": "a\u{1b}]52;c;AAAA\u{7}\u{9b}2J\u{9d}0;t\u{9c}\u{7f}\u{202e}b ✔"});
+        let text = terminal_safe_json(&serde_json::to_string_pretty(&value).unwrap());
+        assert!(text.chars().all(|c| !c.is_control() || c == '\n'), "{text:?}");
+        assert!(!text.chars().any(is_bidi_control), "{text:?}");
+        assert!(text.contains(r"\u001b]52") && text.contains(r"\u009b2J") && text.contains('✔'), "{text}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), value);
+    }
+
+    #[test]
+    fn line_breaks_and_tabs_are_kept_or_flattened_and_a_carriage_return_never_overwrites() {
+        let s = "one\ttwo\r\nthree\rFAKE\nfour";
+        assert_eq!(printable_text(s), "one\ttwo\nthree\nFAKE\nfour");
+        assert_eq!(printable(s), "one two three FAKE four");
     }
 
     #[test]

@@ -66,6 +66,8 @@ struct State {
     /// Deleted keys and when: listings may still show them for a while.
     deleted: BTreeMap<String, Instant>,
     calls: BTreeMap<&'static str, u64>,
+    /// Every write sent without a condition: `PutObject KEY`, `DeleteObject KEY`.
+    unconditional: Vec<String>,
 }
 
 pub struct FakeS3 {
@@ -93,6 +95,7 @@ impl FakeS3 {
                 objects: BTreeMap::new(),
                 deleted: BTreeMap::new(),
                 calls: BTreeMap::new(),
+                unconditional: Vec::new(),
             }),
             writes: tokio::sync::watch::Sender::new(0),
         }
@@ -106,6 +109,12 @@ impl FakeS3 {
     /// Calls made so far, per operation (`PutObject`, `GetObject`, ...).
     pub fn calls(&self) -> BTreeMap<&'static str, u64> {
         self.lock().calls.clone()
+    }
+
+    /// Every write sent without a condition (`If-None-Match`, `If-Match`) so far, as
+    /// `PutObject KEY` or `DeleteObject KEY`: what the shipped IAM policy must allow.
+    pub fn unconditional(&self) -> Vec<String> {
+        self.lock().unconditional.clone()
     }
 
     /// An object's body as stored now, without a call (no latency, no fault, not counted).
@@ -200,12 +209,21 @@ impl ObjectStore for FakeS3 {
             }
             let got = self.lock().objects.get(key).map(|o| Object { body: o.body.clone(), etag: o.etag.clone() });
             tokio::time::sleep(back).await;
-            Ok(got)
+            // As the real stores do: an object bigger than its key's cap is refused.
+            match got {
+                Some(o) if o.body.len() as u64 > crate::engine::store::object_cap(key) => {
+                    Err(crate::engine::store::too_large(key))
+                }
+                got => Ok(got),
+            }
         })
     }
 
     fn put<'a>(&'a self, key: &'a str, body: Vec<u8>, cond: Condition) -> StoreFuture<'a, Etag> {
         Box::pin(async move {
+            if cond == Condition::Always {
+                self.lock().unconditional.push(format!("PutObject {key}"));
+            }
             let (fate, back) = self.enter("PutObject", cond != Condition::Always, true).await;
             if let Some(e) = failed(&fate) {
                 return Err(e);
@@ -241,6 +259,9 @@ impl ObjectStore for FakeS3 {
 
     fn delete<'a>(&'a self, key: &'a str, if_match: Option<Etag>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            if if_match.is_none() {
+                self.lock().unconditional.push(format!("DeleteObject {key}"));
+            }
             let (fate, back) = self.enter("DeleteObject", if_match.is_some(), true).await;
             if let Some(e) = failed(&fate) {
                 return Err(e);
@@ -271,8 +292,11 @@ impl ObjectStore for FakeS3 {
             if let Some(e) = failed(&fate) {
                 return Err(e);
             }
-            let keys = self.listed(prefix).into_iter().map(|k| k[prefix.len()..].to_string()).collect();
+            let keys: Vec<String> = self.listed(prefix).into_iter().map(|k| k[prefix.len()..].to_string()).collect();
             tokio::time::sleep(back).await;
+            if keys.len() > crate::engine::store::MAX_KEYS {
+                return Err(crate::engine::store::listing_too_long(prefix));
+            }
             Ok(keys)
         })
     }

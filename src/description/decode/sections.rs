@@ -42,7 +42,7 @@ impl Decoder {
             None => Some(default_ttl()),
         };
         let max_ttl = match self.get(&mut obj, "max_ttl") {
-            Some(n) => self.duration("max_ttl", n, Duration::from_secs(300), Duration::from_secs(90 * 86400)),
+            Some(n) => self.duration("max_ttl", n, Duration::from_secs(300), crate::description::MAX_MAX_TTL),
             None => Some(default_max_ttl()),
         };
         if let (Some(t), Some(m)) = (ttl, max_ttl) {
@@ -350,7 +350,7 @@ impl Decoder {
             }
         }
         let drain = match self.get(&mut obj, "drain") {
-            Some(n) => self.duration("stage.drain", n, Duration::ZERO, Duration::from_secs(24 * 3600)),
+            Some(n) => self.duration("stage.drain", n, Duration::ZERO, crate::description::MAX_DRAIN),
             None => Some(default_drain()),
         };
         let zone = self.opt_string(&mut obj, "zone");

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use sha2::Digest;
 
-use super::{valid_key, Condition, Etag, Object, ObjectStore, StoreError, StoreFuture};
+use super::{
+    listing_too_long, object_cap, too_large, valid_key, Condition, Etag, Object, ObjectStore, StoreError, StoreFuture,
+    MAX_KEYS,
+};
 
 pub struct FileStore {
     root: PathBuf,
@@ -45,12 +48,24 @@ impl FileStore {
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| io(std::io::Error::from(e)))
     }
 
-    fn read(&self, path: &Path) -> Result<Option<Object>, StoreError> {
-        match std::fs::read(path) {
-            Ok(body) => Ok(Some(Object { etag: etag_of(&body), body })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(e)),
+    /// The object `key` at `path`, up to its cap: a bigger one is refused unread.
+    fn read(&self, key: &str, path: &Path) -> Result<Option<Object>, StoreError> {
+        use std::io::Read;
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let cap = object_cap(key);
+        if f.metadata().map_err(io)?.len() > cap {
+            return Err(too_large(key));
         }
+        let mut body = Vec::new();
+        f.take(cap + 1).read_to_end(&mut body).map_err(io)?;
+        if body.len() as u64 > cap {
+            return Err(too_large(key));
+        }
+        Ok(Some(Object { etag: etag_of(&body), body }))
     }
 
     fn write(&self, path: &Path, body: &[u8]) -> Result<(), StoreError> {
@@ -73,7 +88,7 @@ impl FileStore {
     fn put_now(&self, key: &str, body: &[u8], cond: &Condition) -> Result<Etag, StoreError> {
         let path = self.path(key)?;
         let _guard = self.exclusive()?;
-        let current = self.read(&path)?;
+        let current = self.read(key, &path)?;
         match (cond, &current) {
             (Condition::Absent, Some(_)) => return Err(StoreError::PreconditionFailed),
             (Condition::Matches(_), None) => return Err(StoreError::PreconditionFailed),
@@ -87,7 +102,7 @@ impl FileStore {
     fn delete_now(&self, key: &str, if_match: Option<&Etag>) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let _guard = self.exclusive()?;
-        match (if_match, self.read(&path)?) {
+        match (if_match, self.read(key, &path)?) {
             (_, None) => return Ok(()),
             (Some(want), Some(o)) if &o.etag != want => return Err(StoreError::PreconditionFailed),
             _ => {}
@@ -124,6 +139,9 @@ impl FileStore {
                     (false, true) => stack.push((e.path(), format!("{rel}{name}/"))),
                     (false, false) => out.push(format!("{rel}{name}")),
                 }
+                if out.len() > MAX_KEYS {
+                    return Err(listing_too_long(prefix));
+                }
             }
         }
         out.sort();
@@ -146,7 +164,7 @@ impl ObjectStore for FileStore {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Object>> {
-        Box::pin(async move { self.read(&self.path(key)?) })
+        Box::pin(async move { self.read(key, &self.path(key)?) })
     }
 
     fn put<'a>(&'a self, key: &'a str, body: Vec<u8>, cond: Condition) -> StoreFuture<'a, Etag> {
@@ -193,5 +211,30 @@ mod tests {
         assert_eq!(s.list_dirs("runs/").await.unwrap(), vec!["r-1", "r-2"]);
         assert_eq!(s.list("runs/r-2/").await.unwrap(), vec!["report/report.html"]);
         assert!(s.get("../etc/passwd").await.is_err());
+    }
+
+    /// Attack 9 of issue 23: a store object was read whole, whatever its size.
+    #[tokio::test]
+    async fn objects_past_their_keys_cap_are_refused_unread() {
+        use crate::engine::store::{MAX_FILE, MAX_RECORD};
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(&dir.path().join("store")).unwrap();
+        // Sparse files: the size is what counts, and nothing is read.
+        let sized = |key: &str, len: u64| {
+            let p = dir.path().join("store").join(key);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            File::create(&p).unwrap().set_len(len).unwrap();
+        };
+        sized("runs/r-1/journal/0000000001.json", MAX_RECORD + 1);
+        let e = s.get("runs/r-1/journal/0000000001.json").await.unwrap_err();
+        assert_eq!(e.to_string(), "runs/r-1/journal/0000000001.json: more than 4 MiB, the most rehearse reads");
+        sized("locks/staging.json", MAX_RECORD + 1);
+        assert!(matches!(s.get("locks/staging.json").await, Err(StoreError::TooLarge { .. })));
+        // A run's report and logs may be bigger, up to theirs.
+        sized("runs/r-1/logs/service.web.0.log", MAX_RECORD + 1);
+        assert_eq!(s.get("runs/r-1/logs/service.web.0.log").await.unwrap().unwrap().body.len() as u64, MAX_RECORD + 1);
+        sized("runs/r-1/report/report.json", MAX_FILE + 1);
+        let e = s.get("runs/r-1/report/report.json").await.unwrap_err();
+        assert_eq!(e.to_string(), "runs/r-1/report/report.json: more than 64 MiB, the most rehearse reads");
     }
 }

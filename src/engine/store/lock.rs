@@ -50,15 +50,17 @@ impl LockInfo {
         }
     }
 
-    /// "`staging` is locked by run r-… (alice, ci-7) since T, lease until T2".
+    /// "`staging` is locked by run r-… (alice, ci-7) since T, lease until T2". Each
+    /// part on one line, printable: a lock object is anyone's who may write the store.
     pub fn refusal(&self) -> String {
+        use crate::sys::process::printable as p;
         let who = match &self.run_id {
-            Some(r) => format!("run {r} ({}, {})", self.owner, self.host),
-            None => format!("{}@{} (pid {}, {})", self.owner, self.host, self.pid, self.purpose),
+            Some(r) => format!("run {} ({}, {})", p(r), p(&self.owner), p(&self.host)),
+            None => format!("{}@{} (pid {}, {})", p(&self.owner), p(&self.host), self.pid, p(&self.purpose)),
         };
         format!(
             "`{}` is locked by {who} since {}, lease until {}",
-            self.name,
+            p(&self.name),
             self.since.format("%Y-%m-%d %H:%M:%SZ"),
             self.lease_until.format("%Y-%m-%d %H:%M:%SZ")
         )
@@ -102,8 +104,18 @@ fn parse(key: &str, name: &str, body: &[u8]) -> Result<LockInfo, LockError> {
     })
 }
 
+/// The shortest lease: one of less than a second would lapse between renewals.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+/// The longest lease (`--lease`, `$REHEARSE_LEASE`): a holder killed outright blocks its
+/// lock for as long as its lease, and no lease may reach past the calendar.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
 fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
+    // Leases are bounded where they are parsed; this never panics whatever it is given.
+    chrono::Duration::from_std(lease.min(MAX_LEASE))
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Tries once to take `me.name`: free → held; held by someone whose lease runs →

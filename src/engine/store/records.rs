@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 
-use super::{put_checked, record_key, retrying, Condition, ObjectStore, StoreError};
+use super::{
+    count_text, put_checked, record_key, retrying, size_text, Condition, ObjectStore, StoreError, MAX_JOURNAL,
+    MAX_RECORDS,
+};
 
 /// A run's journal in the store, as one writer appends to it.
 pub struct RemoteJournal {
@@ -72,20 +75,42 @@ impl RemoteJournal {
 /// How many records are fetched at once.
 const BATCH: u64 = 16;
 
-/// Every record of a run's journal in the store, in order (empty: none there).
+/// Every record of a run's journal in the store, in order (empty: none there). Anyone
+/// who may write the store may add records, so the reading stops at [`MAX_RECORDS`]
+/// records and [`MAX_JOURNAL`] bytes, refused with the cap named, and each record is at
+/// most [`MAX_RECORD`](super::MAX_RECORD) ([`ObjectStore::get`]).
 pub async fn read(store: &dyn ObjectStore, run_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+    read_at_most(store, run_id, MAX_RECORDS, MAX_JOURNAL).await
+}
+
+/// [`read`], with other caps (tests).
+pub async fn read_at_most(
+    store: &dyn ObjectStore,
+    run_id: &str,
+    max_records: u64,
+    max_bytes: u64,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let refused = |limit: String| StoreError::TooLarge { what: format!("runs/{run_id}/journal"), limit };
     let mut out = Vec::new();
+    let mut bytes = 0u64;
     let mut from = 1;
     loop {
-        let keys: Vec<String> = (from..from + BATCH).map(|n| record_key(run_id, n)).collect();
+        // Never past the first record beyond the cap: finding it is enough to refuse.
+        let to = (from + BATCH).min(max_records + 2);
+        let keys: Vec<String> = (from..to).map(|n| record_key(run_id, n)).collect();
         let got = join_all(keys.iter().map(|k| retrying(|| store.get(k)))).await;
         for g in got {
-            match g? {
-                Some(o) => out.push(o.body),
-                None => return Ok(out),
+            let Some(o) = g? else { return Ok(out) };
+            if out.len() as u64 == max_records {
+                return Err(refused(format!("{} records", count_text(max_records))));
             }
+            bytes += o.body.len() as u64;
+            if bytes > max_bytes {
+                return Err(refused(format!("{} of records", size_text(max_bytes))));
+            }
+            out.push(o.body);
         }
-        from += BATCH;
+        from = to;
     }
 }
 
@@ -118,5 +143,22 @@ mod tests {
         }
         assert_eq!(read(store.as_ref(), "r-2").await.unwrap().len(), 40);
         assert!(read(store.as_ref(), "r-3").await.unwrap().is_empty());
+    }
+
+    /// Attack 9 of issue 23: the journal was read 1, 2, … until the first missing record,
+    /// however many a stranger had written.
+    #[tokio::test]
+    async fn a_journal_past_its_caps_is_refused_with_the_cap_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FileStore::open(&dir.path().join("s")).unwrap());
+        let mut j = RemoteJournal::new(store.clone(), "r-1");
+        for i in 0..41 {
+            j.append(format!("{{\"i\":{i:04}}}").as_bytes()).await.unwrap();
+        }
+        assert_eq!(read_at_most(store.as_ref(), "r-1", 41, 1 << 20).await.unwrap().len(), 41);
+        let e = read_at_most(store.as_ref(), "r-1", 40, 1 << 20).await.unwrap_err();
+        assert_eq!(e.to_string(), "runs/r-1/journal: more than 40 records, the most rehearse reads");
+        let e = read_at_most(store.as_ref(), "r-1", 100, 400).await.unwrap_err();
+        assert_eq!(e.to_string(), "runs/r-1/journal: more than 400 bytes of records, the most rehearse reads");
     }
 }

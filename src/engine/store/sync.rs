@@ -44,9 +44,9 @@ pub async fn push_dir(
             if seen.get(&e.path()) == Some(&stamp) {
                 continue;
             }
-            let body = std::fs::read(e.path()).map_err(io)?;
-            let body = if redact { crate::secrets::redact_bytes(&body).into_owned() } else { body };
             let key = format!("{prefix}{rel}{name}");
+            let body = read_for_store(&e.path(), &key, redact)?;
+            let body = if redact { crate::secrets::redact_bytes(&body).into_owned() } else { body };
             retrying(|| store.put(&key, body.clone(), Condition::Always)).await?;
             seen.insert(e.path(), stamp);
             n += 1;
@@ -55,10 +55,38 @@ pub async fn push_dir(
     Ok(n)
 }
 
-/// Uploads one file (the connection details) as it is.
+/// A file to send as `key`, at most the store's cap for it (what a reader fetches): a
+/// log (`tail`) bigger than that is sent as its end, after a line that says so; any
+/// other file that big is refused.
+fn read_for_store(path: &Path, key: &str, tail: bool) -> Result<Vec<u8>, StoreError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let cap = super::object_cap(key);
+    if len <= cap {
+        let mut body = Vec::new();
+        f.take(cap).read_to_end(&mut body).map_err(io)?;
+        return Ok(body);
+    }
+    if !tail {
+        return Err(super::too_large(key));
+    }
+    let mut body = format!(
+        "[rehearse: the first bytes of this log are left out: the state store keeps its last {}]\n",
+        super::size_text(cap)
+    )
+    .into_bytes();
+    let keep = cap - body.len() as u64;
+    f.seek(SeekFrom::Start(len - keep)).map_err(io)?;
+    f.take(keep).read_to_end(&mut body).map_err(io)?;
+    Ok(body)
+}
+
+/// Uploads one file (the connection details) as it is: created if absent, else
+/// replacing the version there, never blindly ([`super::put_over`]).
 pub async fn push_file(store: &dyn ObjectStore, key: &str, path: &Path) -> Result<(), StoreError> {
-    let body = std::fs::read(path).map_err(io)?;
-    retrying(|| store.put(key, body.clone(), Condition::Always)).await.map(|_| ())
+    let body = read_for_store(path, key, false)?;
+    super::put_over(store, key, &body).await
 }
 
 /// The run ids the store has journals for (from a listing: a run started a moment ago
@@ -197,13 +225,28 @@ pub async fn pull_files(
 ) -> Result<usize, StoreError> {
     let prefix = run_files(run_id, what);
     let keys = retrying(|| store.list(&prefix)).await?;
+    // Each file is at most its cap (`get`); all of them together at most these.
+    if keys.len() > super::MAX_PULL_FILES {
+        return Err(StoreError::TooLarge {
+            what: prefix.clone(),
+            limit: format!("{} files", super::count_text(super::MAX_PULL_FILES as u64)),
+        });
+    }
     let mut n = 0;
+    let mut bytes = 0u64;
     for rel in keys {
         if !super::valid_key(&rel) {
             continue;
         }
         let key = format!("{prefix}{rel}");
         if let Some(o) = retrying(|| store.get(&key)).await? {
+            bytes += o.body.len() as u64;
+            if bytes > super::MAX_PULL_BYTES {
+                return Err(StoreError::TooLarge {
+                    what: prefix.clone(),
+                    limit: format!("{} in all", super::size_text(super::MAX_PULL_BYTES)),
+                });
+            }
             write_private(&run_dir.join(what).join(&rel), &o.body)?;
             n += 1;
         }
@@ -238,19 +281,44 @@ pub async fn pull_lease(store: &dyn ObjectStore, run_id: &str, run_dir: &Path) -
     }
 }
 
-/// Removes a torn-down run's connection details from the store.
+/// Removes a torn-down run's connection details from the store (the version read).
 pub async fn remove_connection(store: &dyn ObjectStore, run_id: &str) -> Result<(), StoreError> {
-    let key = connection_key(run_id);
-    retrying(|| store.delete(&key, None)).await
+    super::delete_current(store, &connection_key(run_id)).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::fake_s3::{FakeS3, S3Faults};
+
+    /// Connection details are written and removed only with a condition (issue 23,
+    /// attack 10: the shipped policy now refuses any other), and still replace a copy
+    /// someone else left there.
+    #[tokio::test(start_paused = true)]
+    async fn connection_details_are_written_and_removed_only_conditionally() {
+        let store = FakeS3::new(3, S3Faults::chaos());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("connection.json");
+        std::fs::write(&file, b"{\"ours\":1}").unwrap();
+        let key = connection_key("r-1");
+        store.put(&key, b"{\"forged\":1}".to_vec(), Condition::Absent).await.ok();
+        let mut pushed = false;
+        for _ in 0..5 {
+            pushed |= push_file(&store, &key, &file).await.is_ok();
+        }
+        assert!(pushed);
+        assert_eq!(store.peek(&key).as_deref(), Some(&b"{\"ours\":1}"[..]));
+        let mut removed = false;
+        for _ in 0..5 {
+            removed |= remove_connection(&store, "r-1").await.is_ok();
+        }
+        assert!(removed && store.peek(&key).is_none());
+        assert_eq!(store.unconditional(), Vec::<String>::new());
+    }
+
     use crate::engine::journal::{self, Journal, Record, RunMeta, State};
     use crate::engine::store::records::RemoteJournal;
     use crate::plan::Kind;
-    use crate::testkit::fake_s3::{FakeS3, S3Faults};
 
     /// This machine's journal of its own local run is never replaced by the store's,
     /// nor added to (`created`, a second `run`, `extended`: a local run is this

@@ -280,6 +280,8 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     pub(super) async fn database(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let d = &ctx.loaded.desc;
         let db = &d.databases[res.name.as_str()];
+        // Before anything is restored: a masking SQL that cannot be trusted ends the run here.
+        trusted_masking(ctx, db)?;
         let timeout = db.timeout.unwrap_or(Duration::from_secs(30 * 60));
         let deadline = Instant::now() + timeout;
         let db_name = ctx.render(&format!("databases.{}.name", res.name))?;
@@ -472,7 +474,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// the runner), in one transaction; everything that uses the copy waits for it.
     pub(super) async fn mask(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let db = &ctx.loaded.desc.databases[res.name.as_str()];
-        let Some(m) = &db.masking else { return Ok(Output::Nothing) };
+        let Some(sql) = trusted_masking(ctx, db)? else { return Ok(Output::Nothing) };
         let outputs = ctx
             .tctx
             .get("databases")
@@ -483,7 +485,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         self.created(res, ctx, json!({})).await?;
         if super::runner::configured(ctx.loaded).is_some() {
             let t = ctx.started(res, "mask", Some("on the runner".into()));
-            let r = self.mask_on_runner(res, ctx, &ctx.loaded.resolve(m), &outputs, timeout).await;
+            let r = self.mask_on_runner(res, ctx, &sql, &outputs, timeout).await;
             ctx.step(res, "mask", t, r.is_ok(), None);
             r?;
             return Ok(Output::Nothing);
@@ -495,7 +497,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         // command line, where every user of this machine could read it.
         let mut cmd = tokio::process::Command::new("psql");
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f"])
-            .arg(ctx.loaded.resolve(m))
+            .arg(&sql)
             .env_remove("PGSERVICE")
             .env_remove("PGOPTIONS")
             .envs(outputs.libpq_env())
@@ -516,6 +518,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
 
     pub(super) async fn cluster(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let db = &ctx.loaded.desc.databases[res.name.as_str()];
+        trusted_masking(ctx, db)?;
         let DatabaseSource::AuroraCluster(source) = &db.source else {
             return Err(StepError::build("a cluster clone needs an `aurora_cluster` source"));
         };
@@ -847,6 +850,21 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     }
 }
 
+/// The masking SQL of `db`, if it has one, checked as the local provider checks it
+/// (`secure_fs::check_input`): it runs with the copy's master password — on a runner, as
+/// root there — so a file every user of this machine could write, or one under such a
+/// directory, is refused, with nothing created.
+pub(super) fn trusted_masking(
+    ctx: &Ctx<'_>,
+    db: &crate::description::Database,
+) -> Result<Option<std::path::PathBuf>, StepError> {
+    let Some(m) = &db.masking else { return Ok(None) };
+    let path = ctx.loaded.resolve(m);
+    crate::sys::secure_fs::check_input(&path)
+        .map_err(|e| StepError::build(format!("the masking SQL cannot be trusted: {e}")).nothing_created())?;
+    Ok(Some(path))
+}
+
 /// The bucket and key of an `s3://BUCKET/KEY` artifact.
 pub(crate) fn s3_location(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("s3://")?;
@@ -854,14 +872,17 @@ pub(crate) fn s3_location(url: &str) -> Option<(&str, &str)> {
     (!bucket.is_empty() && !key.is_empty()).then_some((bucket, key))
 }
 
-/// The exit status the bootstrap marker reports on a console, and the lines before it.
+/// The exit status the bootstrap marker reports on a console, and the lines before it,
+/// made printable: they end up in messages, the report and on the terminal, and a
+/// console carries whatever the instance's boot and user-data wrote (escape sequences
+/// included, as log tails do).
 pub(crate) fn bootstrap_status(console: &str) -> Option<(i32, Vec<String>)> {
     let lines: Vec<&str> = console.lines().collect();
     lines.iter().enumerate().rev().find_map(|(i, line)| {
         let at = line.find(BOOTSTRAP_MARKER)?;
         let digits: String = line[at + BOOTSTRAP_MARKER.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
         let code = digits.parse().ok()?;
-        Some((code, lines[..i].iter().map(|l| l.to_string()).collect()))
+        Some((code, lines[..i].iter().map(|l| crate::sys::process::printable(l)).collect()))
     })
 }
 

@@ -127,8 +127,12 @@ impl Ec2Api for Sdk {
                     spec.name(p).build()
                 }
             }))
+            // Everything the launch creates carries the run tag from its first instant:
+            // the policy refuses a launch whose network interface does not (an existing
+            // production interface, which would bring its security groups along).
             .tag_specifications(spec(ec2t::ResourceType::Instance, &req.tags))
             .tag_specifications(spec(ec2t::ResourceType::Volume, &req.tags))
+            .tag_specifications(spec(ec2t::ResourceType::NetworkInterface, &req.tags))
             .send()
             .await
             .map_err(err)?;

@@ -11,7 +11,9 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 
 use super::super::api::ErrorKind;
-use crate::engine::store::{Condition, Etag, Object, ObjectStore, StoreError, StoreFuture};
+use crate::engine::store::{
+    listing_too_long, object_cap, too_large, Condition, Etag, Object, ObjectStore, StoreError, StoreFuture, MAX_KEYS,
+};
 
 pub struct S3Store {
     s3: aws_sdk_s3::Client,
@@ -88,8 +90,21 @@ impl ObjectStore for S3Store {
                 Err(e) => return Err(store_err(e)),
             };
             let etag = Etag(out.e_tag().unwrap_or_default().to_string());
-            let body = out.body.collect().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            Ok(Some(Object { body: body.into_bytes().to_vec(), etag }))
+            // Refused by its announced length, and again while it streams in: never
+            // more than the cap in memory.
+            let cap = object_cap(key);
+            if out.content_length().is_some_and(|n| u64::try_from(n).unwrap_or(u64::MAX) > cap) {
+                return Err(too_large(key));
+            }
+            let mut stream = out.body;
+            let mut body = Vec::new();
+            while let Some(chunk) = stream.try_next().await.map_err(|e| StoreError::Unavailable(e.to_string()))? {
+                if (body.len() + chunk.len()) as u64 > cap {
+                    return Err(too_large(key));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Some(Object { body, etag }))
         })
     }
 
@@ -165,6 +180,9 @@ impl S3Store {
                         .filter_map(|k| k.strip_prefix(full.as_str()))
                         .map(str::to_string),
                 );
+            }
+            if out.len() > MAX_KEYS {
+                return Err(listing_too_long(prefix));
             }
             match page.next_continuation_token() {
                 Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
