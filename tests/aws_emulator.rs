@@ -35,29 +35,7 @@ fn seed(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, rds: &aws_sdk_r
         let images = ec2.describe_images().send().await.unwrap();
         let ami =
             images.images().iter().filter_map(|i| i.image_id()).next().expect("the emulator lists AMIs").to_string();
-        let vpc = ec2
-            .create_vpc()
-            .cidr_block("10.20.0.0/16")
-            .send()
-            .await
-            .unwrap()
-            .vpc()
-            .unwrap()
-            .vpc_id()
-            .unwrap()
-            .to_string();
-        let mut subnets = Vec::new();
-        for (i, az) in ["eu-west-1a", "eu-west-1b"].iter().enumerate() {
-            let s = ec2
-                .create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block(format!("10.20.{}.0/24", i + 1))
-                .availability_zone(*az)
-                .send()
-                .await
-                .unwrap();
-            subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
-        }
+        let (vpc, subnets) = production_network(ec2).await;
         let sg = ec2
             .create_security_group()
             .group_name("shop-prod")

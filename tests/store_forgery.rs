@@ -99,20 +99,7 @@ struct Prod {
 fn seed(rt: &tokio::runtime::Runtime, emu: &Emulator) -> Prod {
     let (ec2, rds) = emu.clients(rt);
     rt.block_on(async {
-        let vpc = ec2.create_vpc().cidr_block("10.20.0.0/16").send().await.unwrap();
-        let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
-        let mut subnets = Vec::new();
-        for (i, az) in ["eu-west-1a", "eu-west-1b"].iter().enumerate() {
-            let s = ec2
-                .create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block(format!("10.20.{}.0/24", i + 1))
-                .availability_zone(*az)
-                .send()
-                .await
-                .unwrap();
-            subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
-        }
+        let (vpc, subnets) = production_network(&ec2).await;
         rds.create_db_instance()
             .db_instance_identifier("shop-prod-db")
             .engine("postgres")

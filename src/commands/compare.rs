@@ -292,25 +292,19 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             .collect();
         // A candidate that did not get through its build or its suites fails, said as such.
         let broken = |s: &Side| s.verdict != "passed";
+        let did_not_pass = |label: &str, s: &Side, so: &str| {
+            let why = s.reason.as_deref().unwrap_or_default();
+            format!("the {label} {} did not pass its own rehearsal ({}){so}: {why}", s.release, s.verdict)
+        };
         let reason = if !unbuilt.is_empty() {
             score.outcome = Outcome::Fail;
             format!("nothing was compared: {}", unbuilt.join("; "))
         } else if broken(&baseline) {
             score.outcome = Outcome::Fail;
-            format!(
-                "the baseline {} did not pass its own rehearsal ({}), so there is nothing to compare against: {}",
-                baseline.release,
-                baseline.verdict,
-                baseline.reason.clone().unwrap_or_default()
-            )
+            did_not_pass("baseline", &baseline, ", so there is nothing to compare against")
         } else if broken(&candidate) {
             score.outcome = Outcome::Fail;
-            format!(
-                "the candidate {} did not pass its rehearsal ({}): {}",
-                candidate.release,
-                candidate.verdict,
-                candidate.reason.clone().unwrap_or_default()
-            )
+            did_not_pass("candidate", &candidate, "")
         } else if let Some((label, e)) = [("baseline", &baseline), ("candidate", &candidate)]
             .into_iter()
             .find_map(|(l, s)| s.load_error.as_ref().map(|e| (l, e)))

@@ -90,6 +90,26 @@ impl Drop for Emulator {
     }
 }
 
+/// Production's network on the emulator: a VPC (10.20.0.0/16) with a subnet in each of
+/// two zones; its id and the subnets'.
+pub async fn production_network(ec2: &aws_sdk_ec2::Client) -> (String, Vec<String>) {
+    let vpc = ec2.create_vpc().cidr_block("10.20.0.0/16").send().await.unwrap();
+    let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    let mut subnets = Vec::new();
+    for (i, az) in ["eu-west-1a", "eu-west-1b"].iter().enumerate() {
+        let s = ec2
+            .create_subnet()
+            .vpc_id(&vpc)
+            .cidr_block(format!("10.20.{}.0/24", i + 1))
+            .availability_zone(*az)
+            .send()
+            .await
+            .unwrap();
+        subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
+    }
+    (vpc, subnets)
+}
+
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
