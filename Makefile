@@ -7,7 +7,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build release deps test-deps demo test bench fmt lint clean
+.PHONY: all build release deps test-deps demo test test-full bench fmt lint clean
 
 all: build
 
@@ -29,6 +29,11 @@ demo: deps build
 
 test: test-deps
 	$(CARGO) test --locked --no-fail-fast
+
+# The same tests with their long statistical runs at full count (compare's twenty
+# seeded repetitions of one release against itself).
+test-full: test-deps
+	REHEARSE_TEST_FULL=1 $(CARGO) test --locked --no-fail-fast
 
 bench: test-deps release
 	@scripts/bench.sh

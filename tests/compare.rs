@@ -1,6 +1,7 @@
 //! `rehearse compare` on the demo (real PostgreSQL, the demo's releases, the request
 //! file in environments/load/ or the example tool environments/load/replay.py): the
-//! same release on both sides never raises an alarm over seeded repetitions; v2-slow
+//! same release on both sides never raises an alarm over seeded repetitions (twenty
+//! in `make test-full`); v2-slow
 //! fails on exactly the endpoint it slows; v3 fails at its migration and says so, the
 //! baseline still measured; both restore the one pinned backup; nothing is left.
 
@@ -44,13 +45,16 @@ fn nothing_left(sb: &Sandbox, json: &serde_json::Value) {
     }
 }
 
+/// Twenty seeded repetitions in `make test-full` (REHEARSE_TEST_FULL=1), three in
+/// `make test`: a statistical run belongs to the long suite.
 #[test]
-fn the_same_release_passes_twenty_seeded_repetitions() {
+fn the_same_release_passes_seeded_repetitions() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     demo_backups();
     let sb = Sandbox::new();
     let mut alarms = Vec::new();
-    for seed in 1..=20 {
+    let seeds = if std::env::var_os("REHEARSE_TEST_FULL").is_some() { 20 } else { 3 };
+    for seed in 1..=seeds {
         let (code, stdout, json) = compare(&sb, "v2", seed);
         if code != Some(0) {
             alarms.push(format!("seed {seed}: exit {code:?}: {stdout}"));
