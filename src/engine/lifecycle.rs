@@ -207,9 +207,12 @@ pub async fn run<P: Provider>(
             let owner = users.release.map(|u| (u.uid, u.gid));
             let copy = crate::sys::bundle::copy(listing, &work_dir, "bundle", owner)?;
             let (files, bytes) = (listing.items.len(), listing.bytes);
+            let listed = match &d.bundle {
+                Some(paths) => paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                None => ".".into(),
+            };
             reporter.event(Event::Note(format!(
-                "suites' files: {} ({files} entries, {} KiB) copied for the suites in {} ms",
-                listing.root.display(),
+                "suites' files (bundle: [{listed}]): {files} entries, {} KiB, copied for the suites in {} ms",
                 bytes.div_ceil(1024),
                 t.elapsed().as_millis()
             )));
