@@ -27,24 +27,24 @@ use store::Part;
 // summaries that sanitize their parts), marked `// raw:`; `scripts/check-layers.sh`
 // refuses any other.
 
-/// `println!` through [`crate::sys::process::printable_text`].
+/// `println!` through [`crate::sys::text::printable_text`].
 macro_rules! outln {
     ($($arg:tt)*) => {
-        println!("{}", $crate::sys::process::printable_text(&format!($($arg)*))) // raw: sanitized
+        println!("{}", $crate::sys::text::printable_text(&format!($($arg)*))) // raw: sanitized
     };
 }
 
-/// `eprintln!` through [`crate::sys::process::printable_text`].
+/// `eprintln!` through [`crate::sys::text::printable_text`].
 macro_rules! errln {
     ($($arg:tt)*) => {
-        eprintln!("{}", $crate::sys::process::printable_text(&format!($($arg)*))) // raw: sanitized
+        eprintln!("{}", $crate::sys::text::printable_text(&format!($($arg)*))) // raw: sanitized
     };
 }
 
-/// `eprint!` through [`crate::sys::process::printable_text`].
+/// `eprint!` through [`crate::sys::text::printable_text`].
 macro_rules! err {
     ($($arg:tt)*) => {
-        eprint!("{}", $crate::sys::process::printable_text(&format!($($arg)*))) // raw: sanitized
+        eprint!("{}", $crate::sys::text::printable_text(&format!($($arg)*))) // raw: sanitized
     };
 }
 
@@ -279,7 +279,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), i32> {
     match serde_json::to_string_pretty(value) {
         Ok(text) => {
             // Strings keep their text, escaped: valid JSON that a terminal cannot act on.
-            println!("{}", crate::sys::process::terminal_safe_json(&text)); // raw: JSON, escaped
+            println!("{}", crate::sys::text::terminal_safe_json(&text)); // raw: JSON, escaped
             Ok(())
         }
         Err(e) => {

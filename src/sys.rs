@@ -4,6 +4,7 @@
 //! - [`bundle`]: the suites' files, copied for the user the suites run as;
 //! - [`process`]: commands run as the right user, logged, timed, killed by group;
 //! - [`secure_fs`]: directories and files other local users can neither read nor steer;
+//! - [`text`]: what reaches a terminal, without its control sequences; log tails;
 //! - [`state`]: where runs keep their files (state and work directories, run ids);
 //! - [`signals`]: the first SIGINT/SIGTERM asks for teardown, the second stops it;
 //! - [`timing`]: the clock that tells the tool's own time from time spent waiting;
@@ -15,4 +16,5 @@ pub mod process;
 pub mod secure_fs;
 pub mod signals;
 pub mod state;
+pub mod text;
 pub mod timing;

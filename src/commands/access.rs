@@ -93,7 +93,7 @@ pub(super) fn print_connection_with(g: &Global, c: &Connection, extra: &[(&str, 
     // is refused rather than changed.
     if let Some((k, _)) = vars
         .iter()
-        .find(|(k, v)| k.chars().chain(v.chars()).any(|c| c.is_control() || crate::sys::process::is_bidi_control(c)))
+        .find(|(k, v)| k.chars().chain(v.chars()).any(|c| c.is_control() || crate::sys::text::is_bidi_control(c)))
     {
         errln!(
             "error: the connection details of {} hold a control character in {k}: refused (no connection \
@@ -238,7 +238,7 @@ pub(super) fn logs(g: &Global, run_id: &str, target: &[String], follow: bool) ->
     let mut offsets = vec![0u64; files.len()];
     loop {
         for (f, offset) in files.iter().zip(offsets.iter_mut()) {
-            let name = crate::sys::process::printable(f.file_stem().and_then(|n| n.to_str()).unwrap_or_default());
+            let name = crate::sys::text::printable(f.file_stem().and_then(|n| n.to_str()).unwrap_or_default());
             // A look reads at most LOG_CHUNK: a big log is printed in several, never
             // held whole in memory.
             loop {
@@ -254,7 +254,7 @@ pub(super) fn logs(g: &Global, run_id: &str, target: &[String], follow: bool) ->
                 for line in text.lines() {
                     // Made printable first, so that no sequence split a secret on the
                     // screen that redaction would not see whole.
-                    let line = secrets::redact(&crate::sys::process::printable_text(line)).into_owned();
+                    let line = secrets::redact(&crate::sys::text::printable_text(line)).into_owned();
                     let written = if prefix { writeln!(out, "{name}| {line}") } else { writeln!(out, "{line}") };
                     if written.is_err() {
                         // The reader went away (`| head`): nothing more to show.

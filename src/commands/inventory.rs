@@ -274,7 +274,7 @@ pub(crate) fn list(g: &Global, all: bool, mine: bool) -> i32 {
             (None, None) => "-".into(),
         };
         // Each cell printable on its own, so that the columns line up as they will show.
-        let p = crate::sys::process::printable;
+        let p = crate::sys::text::printable;
         outln!(
             "{:<26} {:<12} {:<12} {:<10} {:<15} {:<10} {:<10} {:>6} {:>9}{}",
             p(&r.run_id),

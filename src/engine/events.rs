@@ -79,7 +79,7 @@ impl Event {
     /// reporters apply it themselves, whoever sends them events (the engine through
     /// [`Redacting`], a stage's rebuild with names read from the store).
     fn printable(self) -> Event {
-        self.map_text(|s| crate::sys::process::printable(&s))
+        self.map_text(|s| crate::sys::text::printable(&s))
     }
 }
 
@@ -187,7 +187,7 @@ pub struct Redacting<'a>(pub &'a dyn Reporter);
 
 impl Reporter for Redacting<'_> {
     fn event(&self, ev: Event) {
-        self.0.event(ev.map_text(|s| crate::secrets::redact(&crate::sys::process::printable(&s)).into_owned()))
+        self.0.event(ev.map_text(|s| crate::secrets::redact(&crate::sys::text::printable(&s)).into_owned()))
     }
 }
 

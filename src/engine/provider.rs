@@ -281,7 +281,7 @@ impl StepError {
     }
 
     pub fn with_log(mut self, log: &std::path::Path, lines: usize) -> Self {
-        self.log_tail = crate::sys::process::tail(log, lines);
+        self.log_tail = crate::sys::text::tail(log, lines);
         self.log = Some(log.to_path_buf());
         self
     }

@@ -609,7 +609,7 @@ mod tests {
             (
                 "db.staging.shop.internal",
                 "web.staging.shop.internal",
-                "rh-db.abc.eu-west-1.rds.amazonaws.com:5432",
+                "rh-db.abc.eu-west-1.rds.example.invalid:5432",
                 "10.0.1.7:8080",
             )
         };

@@ -13,6 +13,7 @@ mod create;
 mod destroy;
 pub mod dns;
 mod guard;
+mod instances;
 mod naming;
 pub mod patient;
 pub mod poller;

@@ -11,7 +11,7 @@ use super::files::ReportFiles;
 use super::model::{RunReport, SuiteStatus, Verdict};
 use super::text::{duration, one_line, plural, time};
 use crate::style::{paint, Styles};
-use crate::sys::process::printable;
+use crate::sys::text::printable;
 
 /// The end-of-run summary of `report`, whose files are `files`, painted with
 /// `styles` (a `bool` works too: `true` for colours, `false` for none).
@@ -26,7 +26,7 @@ pub fn terminal_summary(report: &RunReport, files: &ReportFiles, styles: impl In
         Some(clean) => summary(&clean, files, s),
         // Never expected (the report's own types go to JSON and back): the whole text,
         // uncoloured, through the sanitizer instead.
-        None => crate::sys::process::printable_text(&summary(report, files, Styles::plain())),
+        None => crate::sys::text::printable_text(&summary(report, files, Styles::plain())),
     }
 }
 

@@ -53,7 +53,7 @@ impl LockInfo {
     /// "`staging` is locked by run r-… (alice, ci-7) since T, lease until T2". Each
     /// part on one line, printable: a lock object is anyone's who may write the store.
     pub fn refusal(&self) -> String {
-        use crate::sys::process::printable as p;
+        use crate::sys::text::printable as p;
         let who = match &self.run_id {
             Some(r) => format!("run {} ({}, {})", p(r), p(&self.owner), p(&self.host)),
             None => format!("{}@{} (pid {}, {})", p(&self.owner), p(&self.host), self.pid, p(&self.purpose)),
