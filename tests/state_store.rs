@@ -183,9 +183,7 @@ fn twenty_processes_one_lock_file_holder() {
 
 #[test]
 fn twenty_processes_one_lock_in_s3_and_a_killed_holder_is_taken_over_after_its_lease() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     let proxy = one_at_a_time(&emu.url);
     let sb = Sandbox::new();
     twenty_at_once(&sb, Some((&emu, &proxy.url)));
@@ -303,9 +301,7 @@ fn plant_records(
 /// `sweep` and `down` leave it alone and say so, with no command that would remove it.
 #[test]
 fn a_forged_journal_from_another_host_never_signals_a_process_here() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     let sb = Sandbox::new();
     // The run's work directory would be WORK/runs/RUN: its parents exist, and are ours.
     std::fs::create_dir_all(sb.work().join("runs")).unwrap();
@@ -379,9 +375,7 @@ fn a_forged_journal_from_another_host_never_signals_a_process_here() {
 /// named, the stranger's process lives, and the run is still removed completely.
 #[test]
 fn a_record_appended_in_the_store_to_this_machines_run_is_refused() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     let sb = Sandbox::new();
     let release = sb.dir.path().join("release");
     std::fs::create_dir_all(&release).unwrap();

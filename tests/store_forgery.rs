@@ -195,9 +195,7 @@ fn aws_up(emu: &Emulator, sb: &Sandbox, file: &Path, name: Option<&str>) -> Stri
 /// the test puts one there). It must be refused, the store key named, nothing printed.
 #[test]
 fn env_refuses_a_forged_connection_whose_names_carry_shell() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     let sb = Sandbox::new();
     let id = "r-20261127-101500-c0ffee";
     append(
@@ -249,9 +247,7 @@ fn env_refuses_a_forged_connection_whose_names_carry_shell() {
 /// A name two live runs claim is refused, naming both; the real run by its id still works.
 #[test]
 fn a_name_claimed_by_a_forged_run_is_refused_naming_both_runs() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     let prod = seed(&rt, &emu);
     let a = Sandbox::new();
     let real = aws_up(&emu, &a, &aws_description(&a, &prod, None), Some("shopdb"));
@@ -305,9 +301,7 @@ fn a_name_claimed_by_a_forged_run_is_refused_naming_both_runs() {
 /// removes it. It must say "not rehearse's: left alone" and print no such command.
 #[test]
 fn the_guard_refusing_production_prints_no_command_that_deletes_it() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     seed(&rt, &emu);
     let id = "r-20261127-102000-d00d00";
     append(
@@ -388,9 +382,7 @@ fn a_directory_outside_the_run_gets_no_removal_command() {
 /// that names exactly the description's location still has its keys removed.
 #[test]
 fn sweep_never_deletes_keys_of_a_bucket_the_description_does_not_name() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     emu.bucket(&rt, "prod-assets");
     emu.bucket(&rt, "rehearse-runner");
     let prod = seed(&rt, &emu);
@@ -465,9 +457,7 @@ fn sweep_never_deletes_keys_of_a_bucket_the_description_does_not_name() {
 /// teardown confirms by the run's tags, removing what still carries them.
 #[test]
 fn forged_run_deleted_and_extended_records_do_not_stop_an_aws_teardown() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     let prod = seed(&rt, &emu);
     let a = Sandbox::new();
     let id = aws_up(&emu, &a, &aws_description(&a, &prod, None), None);
@@ -517,9 +507,7 @@ fn forged_run_deleted_and_extended_records_do_not_stop_an_aws_teardown() {
 /// not replaced by what others appended.
 #[test]
 fn a_forged_deletion_in_the_store_does_not_stop_a_local_teardown() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     let sb = Sandbox::new();
     let backups = demo_backups();
     let file = write_description(

@@ -390,9 +390,7 @@ fn forge_in_s3(rt: &tokio::runtime::Runtime, s3: &aws_sdk_s3::Client, bucket: &s
 /// that never saw the run.
 #[test]
 fn escape_sequences_in_an_s3_store_never_reach_a_terminal() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     forge_in_s3(&rt, &s3, "team-state", "shop", forged_meta());
     let sb = Sandbox::new();
     let on = |args: &[&str]| {
@@ -471,9 +469,7 @@ fn a_journal_with_a_max_ttl_past_the_calendar_is_held_to_the_longest_allowed() {
 /// past its cap in a `file://` store is refused with the cap named.
 #[test]
 fn objects_past_their_cap_are_refused_with_the_cap_named() {
-    let emu = Emulator::start(false);
-    let rt = rt();
-    let s3 = emu.bucket(&rt, "team-state");
+    let (emu, rt, s3) = with_team_store();
     forge_in_s3(&rt, &s3, "team-state", "shop", forged_meta());
     let big = format!("runs/{RUN}/journal/0000000003.json");
     let body = vec![b' '; (4 << 20) + 1];

@@ -110,6 +110,15 @@ pub async fn production_network(ec2: &aws_sdk_ec2::Client) -> (String, Vec<Strin
     (vpc, subnets)
 }
 
+/// The emulator with a team's state store: the bucket `team-state`, a runtime for the
+/// test's own calls, and an S3 client for them.
+pub fn with_team_store() -> (Emulator, tokio::runtime::Runtime, aws_sdk_s3::Client) {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let s3 = emu.bucket(&rt, "team-state");
+    (emu, rt, s3)
+}
+
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
