@@ -1,16 +1,19 @@
-//! Building the plan's resource graph from a validated description.
+//! Building the plan's resource graph from a validated description: the plan's types
+//! and the builder each section (`graph/network.rs`, `databases.rs`, `services.rs`,
+//! `suites.rs`) adds its resources to, one function per section and provider.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use super::price;
 use crate::description::template::{self, Outputs, Scope, TemplateError};
-use crate::description::{
-    format_duration, DatabaseSource, DatabaseTarget, Loaded, ProviderKind, RestoreMode, ServiceTarget, SuiteResults,
-    Target,
-};
+use crate::description::{format_duration, Description, Loaded};
+
+mod databases;
+mod network;
+mod services;
+mod suites;
 
 /// Version of the JSON plan format (`rehearse plan --format json`); bumped on any
 /// incompatible change. Documented in README.md.
@@ -176,6 +179,10 @@ pub enum PlanError {
 }
 
 /// Compiles a loaded description into a plan for `release` (or its default version).
+///
+/// Each section adds its resources in creation order: the network, the SSM runner, the
+/// databases (then their ingress and masking), the services (then the installs every
+/// aws instance waits for), the suites.
 pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Result<Plan, PlanError> {
     let d = &loaded.desc;
     let version =
@@ -183,384 +190,32 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
     let run_id = run_id.unwrap_or(RUN_ID_PLACEHOLDER).to_string();
     let outputs = Outputs::placeholders(d, &version, &run_id);
     let static_ctx = template::context(d, None, &outputs, Scope::Static);
-    let render = |name: &str, ctx: &tera::Context| {
-        template::render(&loaded.tera, name, ctx)
-            .map_err(|source| PlanError::Template { name: name.to_string(), source })
-    };
-    let artifact = render("release.artifact", &static_ctx)?;
+    let artifact = render(loaded, "release.artifact", &static_ctx)?;
     let full_ctx = template::context(d, Some(&artifact), &outputs, Scope::Full);
-
-    let mut resources: Vec<Resource> = Vec::new();
-    let new = |id: String, kind: Kind, name: &str| Resource {
-        id,
-        kind,
-        name: name.to_string(),
-        depends_on: Vec::new(),
-        attributes: Map::new(),
-        source: None,
-        templates: BTreeMap::new(),
-        cost_per_hour_usd: None,
+    let mut b = Builder {
+        loaded,
+        static_ctx,
+        full_ctx,
+        run_id,
+        resources: Vec::new(),
+        db_ids: BTreeMap::new(),
+        svc_ids: BTreeMap::new(),
+        network_ids: Vec::new(),
+        runner: Vec::new(),
+        db_ingress: None,
+        service_ingress: None,
     };
 
-    // What each database / service resolves to in the graph.
-    let mut db_ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    let mut svc_ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    b.network();
+    b.runner();
+    b.databases()?;
+    b.database_ingress_and_masking();
+    b.service_ingress();
+    b.release(&artifact, &version);
+    b.services()?;
+    b.suites()?;
 
-    // The decoder builds every part of a description for its provider: an aws
-    // description's databases and services are aws ones.
-    let network_ids: Vec<String> = match &d.target {
-        Target::Aws(aws) => {
-            let net = &aws.network;
-            let mut sg = new("network.security-group".into(), Kind::AwsSecurityGroup, "security-group");
-            sg.attributes.insert("vpc_id".into(), json!(net.vpc));
-            sg.attributes.insert("ingress".into(), json!("none until opened below"));
-            sg.attributes.insert("egress".into(), json!("all"));
-            resources.push(sg);
-            let mut ids = vec!["network.security-group".to_string()];
-            if !d.databases.is_empty() {
-                let mut sng = new("network.db-subnet-group".into(), Kind::AwsDbSubnetGroup, "db-subnet-group");
-                sng.attributes.insert("subnet_ids".into(), json!(net.subnets));
-                resources.push(sng);
-                ids.push("network.db-subnet-group".into());
-            }
-            ids
-        }
-        Target::Local => Vec::new(),
-    };
-
-    // With `runner: ssm`, the commands that need the copy's network run on a runner
-    // instance in the run's group: its keys in the outputs bucket first, then (unless
-    // an existing instance is named) the runner itself.
-    let runner = match (&d.target, &d.runner) {
-        (Target::Aws(aws), Some(crate::description::Runner::Ssm(r))) => {
-            let mut data = new(RUNNER_DATA.into(), Kind::AwsS3Prefix, "runner");
-            data.attributes.insert("location".into(), json!(format!("{}/{run_id}/", r.outputs.trim_end_matches('/'))));
-            data.attributes.insert("holds".into(), json!("the runner's inputs and its commands' output"));
-            resources.push(data);
-            let mut ids = vec![RUNNER_DATA.to_string()];
-            match (&r.image, &r.instance) {
-                (Some(image), _) => {
-                    let mut inst = new(RUNNER.into(), Kind::AwsInstance, "runner");
-                    inst.depends_on = vec!["network.security-group".into(), RUNNER_DATA.into()];
-                    inst.attributes.insert("image_id".into(), json!(image));
-                    inst.attributes.insert("instance_type".into(), json!(r.instance_type));
-                    inst.attributes.insert("subnet_id".into(), json!(aws.network.subnets.first()));
-                    if let Some(p) = &r.instance_profile {
-                        inst.attributes.insert("instance_profile".into(), json!(p));
-                    }
-                    inst.attributes.insert("runs".into(), json!("masking, installs, health checks, suites (SSM)"));
-                    inst.cost_per_hour_usd = price::ec2_hourly(&r.instance_type, &aws.region);
-                    resources.push(inst);
-                    ids.push(RUNNER.into());
-                }
-                (None, Some(existing)) => {
-                    if let Some(data) = resources.last_mut() {
-                        data.attributes.insert("runner".into(), json!(existing));
-                    }
-                }
-                (None, None) => {}
-            }
-            ids
-        }
-        _ => Vec::new(),
-    };
-
-    for (name, db) in &d.databases {
-        let db_name = render(&format!("databases.{name}.name"), &static_ctx)?;
-        let source = Some(ProductionSource {
-            kind: db.source.key().to_string(),
-            identifier: match &db.source {
-                DatabaseSource::RdsInstance(s) | DatabaseSource::AuroraCluster(s) => s.clone(),
-                DatabaseSource::BackupDir(p) => loaded.resolve(p).display().to_string(),
-                DatabaseSource::Url(u) => crate::description::redact_url(u),
-            },
-            restore: db.restore.as_str().to_string(),
-            backup: None,
-        });
-        let timeout = db.timeout.unwrap_or(match d.provider() {
-            ProviderKind::Aws => std::time::Duration::from_secs(30 * 60),
-            ProviderKind::Local => std::time::Duration::from_secs(10 * 60),
-        });
-        let mut attrs = Map::new();
-        attrs.insert("engine".into(), json!("postgres"));
-        attrs.insert("database_name".into(), json!(db_name));
-        attrs.insert("restore".into(), json!(db.restore.as_str()));
-        attrs.insert("timeout".into(), json!(format_duration(timeout)));
-        if let Some(m) = &db.masking {
-            attrs.insert("masking".into(), json!(loaded.resolve(m).display().to_string()));
-        }
-        match (&d.target, &db.target) {
-            (Target::Aws(aws), DatabaseTarget::Aws(rds)) => {
-                let class = &rds.instance_class;
-                attrs.insert("instance_class".into(), json!(class));
-                attrs.insert("publicly_accessible".into(), json!(false));
-                attrs.insert("deletion_protection".into(), json!(false));
-                attrs.insert("skip_final_snapshot".into(), json!(true));
-                attrs.insert("master_password".into(), json!("(generated at run, never printed)"));
-                let cost = price::rds_hourly(class, &aws.region);
-                if db.restore == RestoreMode::AuroraClone {
-                    let cluster_id = format!("database.{name}.cluster");
-                    let mut cluster = new(cluster_id.clone(), Kind::AwsDbCluster, name);
-                    cluster.depends_on = network_ids.clone();
-                    cluster.source = source;
-                    cluster.attributes.insert("restore_type".into(), json!("copy-on-write"));
-                    cluster.attributes.insert("deletion_protection".into(), json!(false));
-                    cluster.attributes.insert("skip_final_snapshot".into(), json!(true));
-                    resources.push(cluster);
-                    let mut inst = new(format!("database.{name}"), Kind::AwsDbInstance, name);
-                    inst.depends_on = vec![cluster_id];
-                    inst.depends_on.extend(network_ids.iter().cloned());
-
-                    inst.attributes = attrs;
-                    inst.cost_per_hour_usd = cost;
-                    resources.push(inst);
-                } else {
-                    let mut inst = new(format!("database.{name}"), Kind::AwsDbInstance, name);
-                    inst.depends_on = network_ids.clone();
-
-                    inst.source = source;
-                    inst.attributes = attrs;
-                    inst.cost_per_hour_usd = cost;
-                    resources.push(inst);
-                }
-            }
-            _ => {
-                let mut pg = new(format!("database.{name}"), Kind::LocalPostgres, name);
-                pg.source = source;
-                attrs.insert("listen".into(), json!("127.0.0.1 and a unix socket in the run directory"));
-                attrs.insert("password".into(), json!("(generated at run, never printed)"));
-                pg.attributes = attrs;
-                resources.push(pg);
-            }
-        }
-        db_ids.insert(name, vec![format!("database.{name}")]);
-    }
-
-    // On AWS the run's group opens only TCP, only to what is needed, and the copies'
-    // port only once every copy has the run's own password: before that, a copy still
-    // has production's master password.
-    let ingress_from: Option<Vec<String>> = d.aws().map(|aws| {
-        let mut from = aws.network.allow_cidrs.clone();
-        from.push("self".into());
-        from
-    });
-    let db_ingress = ingress_from.as_ref().filter(|_| !d.databases.is_empty()).map(|ingress_from| {
-        let mut r = new(DB_INGRESS.into(), Kind::AwsIngress, "databases");
-        r.depends_on = vec!["network.security-group".into()];
-        r.depends_on.extend(db_ids.values().flatten().cloned());
-        r.attributes.insert("protocol".into(), json!("tcp"));
-        r.attributes.insert("ports".into(), json!("each copy's port, once its password is rotated"));
-        r.attributes.insert("from".into(), json!(ingress_from));
-        resources.push(r);
-        DB_INGRESS.to_string()
-    });
-    // On AWS a copy is masked once its port is open (from here or the runner), and
-    // whatever uses the copy waits for the masking.
-    if let Some(ingress) = &db_ingress {
-        for (name, db) in d.databases.iter().filter(|(_, db)| db.masking.is_some()) {
-            let id = format!("mask.{name}");
-            let mut m = new(id.clone(), Kind::Mask, name);
-            m.depends_on = vec![format!("database.{name}"), ingress.clone()];
-            m.depends_on.extend(runner.iter().cloned());
-            if let Some(sql) = &db.masking {
-                m.attributes.insert("sql".into(), json!(loaded.resolve(sql).display().to_string()));
-            }
-            let on = if runner.is_empty() { "this machine" } else { "the runner (SSM)" };
-            m.attributes.insert("on".into(), json!(format!("{on}, in one transaction")));
-            resources.push(m);
-            if let Some(ids) = db_ids.get_mut(name.as_str()) {
-                ids.push(id);
-            }
-        }
-    }
-    let service_ports: BTreeSet<u16> = d.services.values().filter_map(|s| s.port).collect();
-    let service_ingress = ingress_from.as_ref().filter(|_| !service_ports.is_empty()).map(|ingress_from| {
-        let mut r = new(SERVICE_INGRESS.into(), Kind::AwsIngress, "services");
-        r.depends_on = vec!["network.security-group".into()];
-        r.attributes.insert("protocol".into(), json!("tcp"));
-        r.attributes.insert("ports".into(), json!(service_ports));
-        r.attributes.insert("from".into(), json!(ingress_from));
-        resources.push(r);
-        SERVICE_INGRESS.to_string()
-    });
-
-    // The release is unpacked on this machine for the local provider's processes, and
-    // on aws for the installs (migrations) that run from here before the instances.
-    let installs_here = d.aws().is_some() && runner.is_empty() && d.services.values().any(|s| s.install.is_some());
-    if (matches!(d.target, Target::Local) && !d.services.is_empty()) || installs_here {
-        let mut rel = new("release".into(), Kind::LocalRelease, "release");
-        let shown = if artifact.contains("://") {
-            artifact.clone()
-        } else {
-            loaded.resolve(std::path::Path::new(&artifact)).display().to_string()
-        };
-        rel.attributes.insert("artifact".into(), json!(shown));
-        rel.attributes.insert("version".into(), json!(version));
-        if installs_here {
-            rel.attributes.insert("on".into(), json!("this machine, for the installs"));
-        }
-        resources.push(rel);
-    }
-
-    // Services in dependency order, so a service's ids exist before its dependants'.
-    for name in service_order(loaded) {
-        let s = &d.services[name.as_str()];
-        let deps_of = |ids: &BTreeMap<&str, Vec<String>>, out: &mut Vec<String>| {
-            for dep in loaded.deps.get(name.as_str()).into_iter().flatten() {
-                if let Some(v) = ids.get(dep.as_str()) {
-                    out.extend(v.iter().cloned());
-                }
-            }
-        };
-        let mut dep_ids: Vec<String> = Vec::new();
-        deps_of(&db_ids, &mut dep_ids);
-        deps_of(&svc_ids, &mut dep_ids);
-        let env: BTreeMap<String, String> = s
-            .env
-            .keys()
-            .map(|k| Ok((k.clone(), render(&format!("services.{name}.env.{k}"), &full_ctx)?)))
-            .collect::<Result<_, PlanError>>()?;
-        let mut ids = Vec::new();
-        match (&d.target, &s.target) {
-            (Target::Aws(aws), ServiceTarget::Aws(ec2)) => {
-                let user_data = match &ec2.user_data {
-                    Some(_) => Some(render(&format!("services.{name}.user_data"), &full_ctx)?),
-                    None => None,
-                };
-                // The install runs once, from here, against the copy; the instances
-                // start only after it passed.
-                if s.install.is_some() {
-                    let mut inst = new(format!("install.{name}"), Kind::Install, &name);
-                    // The copies it migrates, never other services: every
-                    // instance waits for every install (below).
-                    // From the release unpacked here, or fetched by the runner.
-                    inst.depends_on = if runner.is_empty() { vec!["release".into()] } else { runner.clone() };
-                    inst.depends_on.extend(
-                        dep_ids.iter().filter(|i| i.starts_with("database.") || i.starts_with("mask.")).cloned(),
-                    );
-                    if dep_ids.iter().any(|i| i.starts_with("database.")) {
-                        inst.depends_on.extend(db_ingress.iter().cloned());
-                    }
-                    inst.attributes
-                        .insert("command".into(), json!(render(&format!("services.{name}.install"), &full_ctx)?));
-                    let on = if runner.is_empty() { "this machine" } else { "the runner (SSM)" };
-                    inst.attributes.insert("on".into(), json!(format!("{on}, once, before the instances")));
-                    inst.attributes.insert("env".into(), json!(env));
-                    resources.push(inst);
-                }
-                for i in 0..s.count {
-                    let id = format!("service.{name}.{i}");
-                    let mut r = new(id.clone(), Kind::AwsInstance, &name);
-                    r.depends_on = network_ids.iter().filter(|n| n.ends_with("security-group")).cloned().collect();
-                    r.depends_on.extend(dep_ids.iter().cloned());
-                    // A service that uses a copy reaches it once its port is open; one
-                    // with a port is checked (and used by the suites) once that is.
-                    if dep_ids.iter().any(|i| i.starts_with("database.")) {
-                        r.depends_on.extend(db_ingress.iter().cloned());
-                    }
-                    if s.port.is_some() {
-                        r.depends_on.extend(service_ingress.iter().cloned());
-                    }
-                    // Its health check runs on the runner.
-                    if s.health.is_some() {
-                        r.depends_on.extend(runner.iter().cloned());
-                    }
-                    r.attributes.insert("image_id".into(), json!(ec2.image));
-                    r.attributes.insert("instance_type".into(), json!(ec2.instance_type));
-                    r.attributes.insert("subnet_id".into(), json!(aws.network.subnets.iter().cycle().nth(i as usize)));
-                    if let Some(p) = s.port {
-                        r.attributes.insert("port".into(), json!(p));
-                    }
-                    if let Some(h) = &s.health {
-                        r.attributes
-                            .insert("health".into(), json!({"path": h.path, "timeout": format_duration(h.timeout)}));
-                    }
-                    r.attributes.insert("env".into(), json!(env));
-                    if let Some(p) = &ec2.instance_profile {
-                        r.attributes.insert("instance_profile".into(), json!(p));
-                    }
-                    if let Some(u) = &user_data {
-                        r.templates.insert("user_data".into(), u.clone());
-                    }
-                    r.cost_per_hour_usd = price::ec2_hourly(&ec2.instance_type, &aws.region);
-                    resources.push(r);
-                    ids.push(id);
-                }
-            }
-            _ => {
-                let install_id = format!("install.{name}");
-                let mut inst = new(install_id.clone(), Kind::Install, &name);
-                inst.depends_on = vec!["release".into()];
-                inst.depends_on.extend(dep_ids.iter().cloned());
-                if s.install.is_some() {
-                    inst.attributes
-                        .insert("command".into(), json!(render(&format!("services.{name}.install"), &full_ctx)?));
-                }
-                let configs: Vec<Value> = s
-                    .templates
-                    .iter()
-                    .map(|t| json!({"source": loaded.resolve(&t.source).display().to_string(), "dest": t.dest.display().to_string()}))
-                    .collect();
-                if !configs.is_empty() {
-                    inst.attributes.insert("templates".into(), json!(configs));
-                }
-                inst.attributes.insert("env".into(), json!(env));
-                resources.push(inst);
-                let command = render(&format!("services.{name}.command"), &full_ctx)?;
-                for i in 0..s.count {
-                    let id = format!("service.{name}.{i}");
-                    let mut r = new(id.clone(), Kind::LocalProcess, &name);
-                    r.depends_on = vec![install_id.clone()];
-                    r.depends_on.extend(dep_ids.iter().cloned());
-                    r.attributes.insert("command".into(), json!(command));
-                    r.attributes.insert("port".into(), json!("(free port, in $PORT)"));
-                    if let Some(h) = &s.health {
-                        r.attributes
-                            .insert("health".into(), json!({"path": h.path, "timeout": format_duration(h.timeout)}));
-                    }
-                    r.attributes.insert("env".into(), json!(env));
-                    resources.push(r);
-                    ids.push(id);
-                }
-            }
-        }
-        svc_ids.insert(d.services.get_key_value(name.as_str()).map(|(k, _)| k.as_str()).unwrap_or_default(), ids);
-    }
-
-    // On aws an install migrates the copy every service shares: no instance of any
-    // service starts before every install passed.
-    let installs: Vec<String> =
-        resources.iter().filter(|r| r.kind == Kind::Install && d.aws().is_some()).map(|r| r.id.clone()).collect();
-    for r in resources.iter_mut().filter(|r| r.kind == Kind::AwsInstance && r.id != RUNNER) {
-        r.depends_on.extend(installs.iter().cloned());
-    }
-
-    for (name, s) in &d.suites {
-        let mut r = new(format!("suite.{name}"), Kind::Suite, name);
-        r.depends_on.extend(runner.iter().cloned());
-        for dep in loaded.deps.get(&format!("suite:{name}")).into_iter().flatten() {
-            if let Some(v) = svc_ids.get(dep.as_str()).or_else(|| db_ids.get(dep.as_str())) {
-                r.depends_on.extend(v.iter().cloned());
-            }
-        }
-        r.attributes.insert("command".into(), json!(render(&format!("suites.{name}.command"), &full_ctx)?));
-        r.attributes.insert("timeout".into(), json!(format_duration(s.timeout)));
-        r.attributes.insert(
-            "results".into(),
-            match &s.results {
-                SuiteResults::ExitCode => json!("exit-code"),
-                SuiteResults::Junit(p) => json!({"junit": p.display().to_string()}),
-            },
-        );
-        let env: BTreeMap<String, String> = s
-            .env
-            .keys()
-            .map(|k| Ok((k.clone(), render(&format!("suites.{name}.env.{k}"), &full_ctx)?)))
-            .collect::<Result<_, PlanError>>()?;
-        r.attributes.insert("env".into(), json!(env));
-        resources.push(r);
-    }
-
+    let Builder { mut resources, run_id, .. } = b;
     for r in &mut resources {
         let mut seen = BTreeSet::new();
         r.depends_on.retain(|d| seen.insert(d.clone()));
@@ -568,72 +223,112 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
     let known: Vec<f64> = resources.iter().filter_map(|r| r.cost_per_hour_usd).collect();
     let cost = (!known.is_empty()).then(|| (known.iter().sum::<f64>() * 10_000.0).round() / 10_000.0);
 
-    let mut tags = BTreeMap::new();
-    tags.insert("rehearse:run-id".to_string(), run_id.clone());
-    tags.insert("rehearse:environment".to_string(), d.name.clone());
-    tags.insert("rehearse:owner".to_string(), d.owner.clone());
-    tags.insert("rehearse:expires-at".to_string(), format!("(run start + {})", format_duration(d.ttl)));
-    for (k, v) in &d.tags {
-        tags.insert(k.clone(), v.clone());
-    }
-
     Ok(Plan {
         schema_version: PLAN_SCHEMA_VERSION,
         environment: d.name.clone(),
         provider: d.provider().as_str().to_string(),
         region: d.region().map(str::to_string),
         release: ReleasePlan { version, artifact },
+        tags: tags(d, &run_id),
         run_id,
         ttl: format_duration(d.ttl),
         destroy: d.destroy.as_str().to_string(),
-        tags,
         resources,
         estimated_cost_per_hour_usd: cost,
-        warnings: d
-            .network()
-            .into_iter()
-            .flat_map(|n| n.allow_cidrs.iter())
-            .filter(|c| c.parse::<ipnet::IpNet>().is_ok_and(|n| !crate::description::is_private_net(&n)))
-            .map(|c| {
-                format!(
-                    "{c} is not a private range: the copies' and the services' ports are open to it \
-                     (network.allow_public: true)"
-                )
-            })
-            .collect(),
+        warnings: warnings(d),
     })
 }
 
-/// Service names ordered so that dependencies come first (the description is
-/// validated acyclic). Ties keep alphabetical order, so plans are stable.
-fn service_order(loaded: &Loaded) -> Vec<String> {
-    let services: BTreeSet<&str> = loaded.desc.services.keys().map(String::as_str).collect();
-    let mut done: BTreeSet<&str> = BTreeSet::new();
-    let mut order = Vec::new();
-    while order.len() < services.len() {
-        let before = order.len();
-        for s in &services {
-            if done.contains(s) {
-                continue;
-            }
-            let ready = loaded
-                .deps
-                .get(*s)
-                .into_iter()
-                .flatten()
-                .filter(|d| services.contains(d.as_str()))
-                .all(|d| done.contains(d.as_str()));
-            if ready {
-                done.insert(s);
-                order.push(s.to_string());
-            }
-        }
-        if order.len() == before {
-            // Unreachable for a validated description; never loop forever.
-            order.extend(services.iter().filter(|s| !done.contains(*s)).map(|s| s.to_string()));
+/// Tags every resource carries.
+fn tags(d: &Description, run_id: &str) -> BTreeMap<String, String> {
+    let mut tags = BTreeMap::new();
+    tags.insert("rehearse:run-id".to_string(), run_id.to_string());
+    tags.insert("rehearse:environment".to_string(), d.name.clone());
+    tags.insert("rehearse:owner".to_string(), d.owner.clone());
+    tags.insert("rehearse:expires-at".to_string(), format!("(run start + {})", format_duration(d.ttl)));
+    for (k, v) in &d.tags {
+        tags.insert(k.clone(), v.clone());
+    }
+    tags
+}
+
+/// Public CIDRs the copies' and services' ports are open to.
+fn warnings(d: &Description) -> Vec<String> {
+    d.network()
+        .into_iter()
+        .flat_map(|n| n.allow_cidrs.iter())
+        .filter(|c| c.parse::<ipnet::IpNet>().is_ok_and(|n| !crate::description::is_private_net(&n)))
+        .map(|c| {
+            format!(
+                "{c} is not a private range: the copies' and the services' ports are open to it \
+                 (network.allow_public: true)"
+            )
+        })
+        .collect()
+}
+
+fn render(loaded: &Loaded, name: &str, ctx: &tera::Context) -> Result<String, PlanError> {
+    template::render(&loaded.tera, name, ctx).map_err(|source| PlanError::Template { name: name.to_string(), source })
+}
+
+/// The plan under construction: what each section has added so far, and the ids later
+/// sections depend on.
+struct Builder<'a> {
+    loaded: &'a Loaded,
+    /// Templates that may not use outputs (names) and those that may (commands, env).
+    static_ctx: tera::Context,
+    full_ctx: tera::Context,
+    run_id: String,
+    resources: Vec<Resource>,
+    /// What each database / service resolves to in the graph.
+    db_ids: BTreeMap<&'a str, Vec<String>>,
+    svc_ids: BTreeMap<&'a str, Vec<String>>,
+    /// The run's security group and db subnet group (aws).
+    network_ids: Vec<String>,
+    /// The SSM runner's data and instance, when the description has one.
+    runner: Vec<String>,
+    db_ingress: Option<String>,
+    service_ingress: Option<String>,
+}
+
+impl<'a> Builder<'a> {
+    fn desc(&self) -> &'a Description {
+        &self.loaded.desc
+    }
+
+    /// Renders a template whose scope is the description alone (names).
+    fn render_static(&self, name: &str) -> Result<String, PlanError> {
+        render(self.loaded, name, &self.static_ctx)
+    }
+
+    /// Renders a template that may use the release and the resources' outputs.
+    fn render_full(&self, name: &str) -> Result<String, PlanError> {
+        render(self.loaded, name, &self.full_ctx)
+    }
+
+    /// Where the commands that need the copy's network run, for the plan's `on`.
+    fn on(&self) -> &'static str {
+        if self.runner.is_empty() {
+            "this machine"
+        } else {
+            "the runner (SSM)"
         }
     }
-    order
+}
+
+impl Resource {
+    fn new(id: impl Into<String>, kind: Kind, name: &str) -> Resource {
+        Resource {
+            id: id.into(),
+            kind,
+            name: name.to_string(),
+            depends_on: Vec::new(),
+            attributes: Map::new(),
+            source: None,
+            templates: BTreeMap::new(),
+            cost_per_hour_usd: None,
+        }
+    }
 }
 
 impl Plan {
