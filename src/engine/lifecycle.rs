@@ -21,7 +21,7 @@ use super::connection::Connection;
 use super::events::{Event, Redacting, Reporter};
 use super::journal::{Journal, Record, RunMeta};
 use super::provider::{Blame, Provider, RunInfo};
-use super::steps::execute;
+use super::steps::{execute, GraphResult};
 use super::teardown::{self, Left};
 use crate::description::{format_duration, DestroyPolicy, Loaded, ProviderKind};
 use crate::plan::{self, Kind};
@@ -100,6 +100,10 @@ pub struct Outcome {
 
 /// Runs a whole rehearsal. Errors only for problems before anything exists (the state
 /// directory cannot be written, ...); everything after is in the outcome.
+///
+/// The phases: [`prepare`] (plan, directories, journal, workspace), the graph (up,
+/// install, health and suites, [`execute`]), the [`verdict`], [`down`] per the destroy
+/// policy, and the [`report`].
 pub async fn run<P: Provider>(
     provider: &P,
     loaded: &Loaded,
@@ -109,6 +113,71 @@ pub async fn run<P: Provider>(
 ) -> Result<Outcome, RunError> {
     let clock = Clock::new();
     let started_at = Utc::now();
+    let redacting = Redacting(reporter);
+    let reporter: &dyn Reporter = &redacting;
+    let run = prepare(provider, loaded, opts, reporter, started_at).await?;
+    let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
+
+    // Up, install, health and suites: the graph.
+    let graph = execute(provider, loaded, &run.plan, &run.info, &run.journal, &clock, reporter, &steps, signals).await;
+    let interrupted = graph.interrupted || signals.count() > 0;
+    let suite_results = suite_results(loaded, opts, &graph, interrupted);
+    let (verdict, reason) = verdict(opts, &graph, &suite_results, interrupted);
+
+    // Down: per the destroy policy; a build failure or an interrupt always tears down.
+    let keep = match verdict {
+        Verdict::Interrupted | Verdict::BuildFailed => false,
+        // A stage's generation that passed its acceptance is what the stage promotes.
+        Verdict::Passed => opts.destroy == DestroyPolicy::Never || opts.stage.is_some(),
+        Verdict::Failed => opts.destroy != DestroyPolicy::Always,
+    };
+    let down = down(provider, loaded, opts, &run, reporter, signals, &clock, verdict, keep).await;
+    let reason = down.reason(verdict, reason, &opts.run_id);
+
+    let exit_code = (opts.exit_code)(verdict, down.leftovers.len());
+    journaled(
+        reporter,
+        run.journal
+            .append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() })
+            .await,
+    );
+
+    // A step that panicked while holding the lock left the timings before it intact.
+    let steps = steps.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let judged = Judged { verdict, reason, exit_code, keep, suites: suite_results };
+    let report = report(loaded, opts, &run, &graph, &clock, steps, judged, down, reporter);
+    // Secrets stay out of what outlives the run: the logs (their writers have stopped,
+    // unless the environment is kept and its services still write theirs) and the
+    // report in all its formats.
+    if !keep {
+        redact_logs(&run.state_dir);
+    }
+    let report = redacted(report)?;
+    Ok(Outcome { report, report_dir: run.report_dir })
+}
+
+/// A run whose journal and workspace exist: what the later phases need of it.
+struct Prepared {
+    plan: plan::Plan,
+    started_at: chrono::DateTime<Utc>,
+    expires_at: chrono::DateTime<Utc>,
+    state_dir: PathBuf,
+    logs_dir: PathBuf,
+    report_dir: PathBuf,
+    journal: Journal,
+    info: RunInfo,
+}
+
+/// Everything before the first resource: the plan, the users, the suites' files, the
+/// state and work directories, the journal (mirrored to a shared store), the workspace
+/// and the suites' copy of their files.
+async fn prepare<P: Provider>(
+    provider: &P,
+    loaded: &Loaded,
+    opts: &Options,
+    reporter: &dyn Reporter,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<Prepared, RunError> {
     let d = &loaded.desc;
     let run_id = opts.run_id.clone();
     let mut plan = plan::build(loaded, Some(&opts.release), Some(&run_id))?;
@@ -121,8 +190,6 @@ pub async fn run<P: Provider>(
     // Who the copy and the release run as (rehearse as root): decided before anything
     // exists, and refused when the users are missing.
     let users = Users::resolve(opts.run_as.as_deref(), d.provider() == ProviderKind::Local).map_err(RunError::Users)?;
-    let redacting = Redacting(reporter);
-    let reporter: &dyn Reporter = &redacting;
     // The suites' files, listed and checked before anything exists; copied for the
     // suites' user once the run's work directory is there (on a runner elsewhere, the
     // provider packs its own).
@@ -152,37 +219,8 @@ pub async fn run<P: Provider>(
     let report_dir = run_state.join("report");
     create(&logs_dir)?;
     let work_dir = work_runs.join(&run_id);
-    let meta = RunMeta {
-        run_id: run_id.clone(),
-        environment: d.name.clone(),
-        provider: d.provider().as_str().into(),
-        // Absolute: `down` on this machine may read it again, from anywhere, for what
-        // a journal must not decide (the runner's outputs bucket).
-        description: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()).display().to_string(),
-        release: opts.release.clone(),
-        owner: d.owner.clone(),
-        started_at,
-        expires_at,
-        destroy: opts.destroy.as_str().into(),
-        work_dir: Some(work_dir.display().to_string()),
-        region: d.region().map(str::to_string),
-        pid: std::process::id(),
-        pid_start: process::start_time(std::process::id() as i32).unwrap_or(0),
-        name: opts.name.clone(),
-        user: Some(process::user_name(nix::unistd::geteuid().as_raw())),
-        max_ttl_secs: Some(d.max_ttl.as_secs()),
-        host: Some(process::host_name()),
-        stage: opts.stage.as_ref().map(|s| super::stage::StageRef { stage: s.stage.clone(), generation: s.generation }),
-    };
-    let journal = Journal::create(&run_state.join("journal.jsonl"), &meta).map_err(RunError::Journal)?;
-    // With a shared state store, the journal is there too before anything is created.
-    let journal = match &opts.shared {
-        Some(store) => journal
-            .mirror_to(crate::engine::store::records::RemoteJournal::new(store.clone(), &run_id))
-            .await
-            .map_err(RunError::Journal)?,
-        None => journal,
-    };
+    let meta = run_meta(loaded, opts, started_at, expires_at, &work_dir);
+    let journal = open_journal(opts, &run_state, &meta).await?;
     reporter.event(Event::Note(format!(
         "run {run_id}: rehearsing `{}` release {} on {}",
         d.name,
@@ -199,25 +237,8 @@ pub async fn run<P: Provider>(
     let home = work_dir.join("home");
     workspace(&work_runs, &run_id, users)?;
     journal.created("workspace", Kind::Workspace, json!({"dir": work_dir})).await.map_err(RunError::Journal)?;
-    // The suites run from the description's directory inside a copy of their own,
-    // owned by their user: they never need the operator's tree.
     let suites_dir = match &bundle {
-        Some(listing) => {
-            let t = Instant::now();
-            let owner = users.release.map(|u| (u.uid, u.gid));
-            let copy = crate::sys::bundle::copy(listing, &work_dir, "bundle", owner)?;
-            let (files, bytes) = (listing.items.len(), listing.bytes);
-            let listed = match &d.bundle {
-                Some(paths) => paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-                None => ".".into(),
-            };
-            reporter.event(Event::Note(format!(
-                "suites' files (bundle: [{listed}]): {files} entries, {} KiB, copied for the suites in {} ms",
-                bytes.div_ceil(1024),
-                t.elapsed().as_millis()
-            )));
-            crate::sys::bundle::inside(listing, &loaded.dir, &copy)?
-        }
+        Some(listing) => copy_bundle(loaded, listing, &work_dir, users, reporter)?,
         None => loaded.dir.clone(),
     };
 
@@ -237,31 +258,113 @@ pub async fn run<P: Provider>(
         pins: opts.pins.clone(),
         suites_dir,
     };
-    let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
+    Ok(Prepared { plan, started_at, expires_at, state_dir: run_state, logs_dir, report_dir, journal, info })
+}
 
-    // Up, install, health and suites: the graph.
-    let graph = execute(provider, loaded, &plan, &info, &journal, &clock, reporter, &steps, signals).await;
-    let interrupted = graph.interrupted || signals.count() > 0;
+/// What the journal's first record says of the run.
+fn run_meta(
+    loaded: &Loaded,
+    opts: &Options,
+    started_at: chrono::DateTime<Utc>,
+    expires_at: chrono::DateTime<Utc>,
+    work_dir: &std::path::Path,
+) -> RunMeta {
+    let d = &loaded.desc;
+    RunMeta {
+        run_id: opts.run_id.clone(),
+        environment: d.name.clone(),
+        provider: d.provider().as_str().into(),
+        // Absolute: `down` on this machine may read it again, from anywhere, for what
+        // a journal must not decide (the runner's outputs bucket).
+        description: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()).display().to_string(),
+        release: opts.release.clone(),
+        owner: d.owner.clone(),
+        started_at,
+        expires_at,
+        destroy: opts.destroy.as_str().into(),
+        work_dir: Some(work_dir.display().to_string()),
+        region: d.region().map(str::to_string),
+        pid: std::process::id(),
+        pid_start: process::start_time(std::process::id() as i32).unwrap_or(0),
+        name: opts.name.clone(),
+        user: Some(process::user_name(nix::unistd::geteuid().as_raw())),
+        max_ttl_secs: Some(d.max_ttl.as_secs()),
+        host: Some(process::host_name()),
+        stage: opts.stage.as_ref().map(|s| super::stage::StageRef { stage: s.stage.clone(), generation: s.generation }),
+    }
+}
 
+/// Creates the run's journal; with a shared state store, the journal is there too
+/// before anything is created.
+async fn open_journal(opts: &Options, run_state: &std::path::Path, meta: &RunMeta) -> Result<Journal, RunError> {
+    let journal = Journal::create(&run_state.join("journal.jsonl"), meta).map_err(RunError::Journal)?;
+    match &opts.shared {
+        Some(store) => journal
+            .mirror_to(crate::engine::store::records::RemoteJournal::new(store.clone(), &opts.run_id))
+            .await
+            .map_err(RunError::Journal),
+        None => Ok(journal),
+    }
+}
+
+/// The suites run from the description's directory inside a copy of their own, owned
+/// by their user: they never need the operator's tree. Returns where the description's
+/// directory is in the copy.
+fn copy_bundle(
+    loaded: &Loaded,
+    listing: &crate::sys::bundle::Listing,
+    work_dir: &std::path::Path,
+    users: Users,
+    reporter: &dyn Reporter,
+) -> Result<PathBuf, RunError> {
+    let t = Instant::now();
+    let owner = users.release.map(|u| (u.uid, u.gid));
+    let copy = crate::sys::bundle::copy(listing, work_dir, "bundle", owner)?;
+    let (files, bytes) = (listing.items.len(), listing.bytes);
+    let listed = match &loaded.desc.bundle {
+        Some(paths) => paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        None => ".".into(),
+    };
+    reporter.event(Event::Note(format!(
+        "suites' files (bundle: [{listed}]): {files} entries, {} KiB, copied for the suites in {} ms",
+        bytes.div_ceil(1024),
+        t.elapsed().as_millis()
+    )));
+    Ok(crate::sys::bundle::inside(listing, &loaded.dir, &copy)?)
+}
+
+/// Each suite's result, and why a suite that did not run did not.
+fn suite_results(loaded: &Loaded, opts: &Options, graph: &GraphResult, interrupted: bool) -> Vec<SuiteResult> {
     let mut suite_results: Vec<SuiteResult> = Vec::new();
-    if !opts.up_only {
-        for (name, s) in &d.suites {
-            match graph.suites.get(name) {
-                Some(r) => suite_results.push(r.clone()),
-                None => {
-                    let why = if interrupted {
-                        "interrupted before it could run".to_string()
-                    } else if let Some(f) = &graph.failure {
-                        f.1.message.clone()
-                    } else {
-                        "the environment never became ready".to_string()
-                    };
-                    suite_results.push(suites::not_run(name, s, &why));
-                }
+    if opts.up_only {
+        return suite_results;
+    }
+    for (name, s) in &loaded.desc.suites {
+        match graph.suites.get(name) {
+            Some(r) => suite_results.push(r.clone()),
+            None => {
+                let why = if interrupted {
+                    "interrupted before it could run".to_string()
+                } else if let Some(f) = &graph.failure {
+                    f.1.message.clone()
+                } else {
+                    "the environment never became ready".to_string()
+                };
+                suite_results.push(suites::not_run(name, s, &why));
             }
         }
     }
+    suite_results
+}
 
+/// The run's verdict and why. A stage's generation that did not pass leaves the stage
+/// as it was: its reason says what still serves.
+fn verdict(
+    opts: &Options,
+    graph: &GraphResult,
+    suite_results: &[SuiteResult],
+    interrupted: bool,
+) -> (Verdict, Option<String>) {
     let (verdict, reason) = if interrupted {
         (Verdict::Interrupted, Some("interrupted by a signal; the environment was torn down".to_string()))
     } else if let Some((_, e)) = &graph.failure {
@@ -283,9 +386,6 @@ pub async fn run<P: Provider>(
     } else {
         (Verdict::Passed, None)
     };
-
-    // A stage's generation that did not pass leaves the stage as it was: its report says
-    // what still serves.
     let reason = match (&opts.stage, verdict, reason) {
         (Some(s), v, Some(r)) if v != Verdict::Passed => Some(match &s.serving {
             Some(serving) => format!("{r}; stage `{}` still on {serving}", s.stage),
@@ -293,22 +393,64 @@ pub async fn run<P: Provider>(
         }),
         (_, _, r) => r,
     };
+    (verdict, reason)
+}
 
-    // Down: per the destroy policy; a build failure or an interrupt always tears down.
-    let keep = match verdict {
-        Verdict::Interrupted | Verdict::BuildFailed => false,
-        // A stage's generation that passed its acceptance is what the stage promotes.
-        Verdict::Passed => opts.destroy == DestroyPolicy::Never || opts.stage.is_some(),
-        Verdict::Failed => opts.destroy != DestroyPolicy::Always,
-    };
-    let down_start = Instant::now();
-    let mut destroy_steps: Vec<StepTiming> = Vec::new();
-    let down_command = match d.aws() {
+/// What the down phase did: kept the environment, or tore it down (and what it left).
+struct Down {
+    status: String,
+    leftovers: Vec<Leftover>,
+    duration_ms: u64,
+    steps: Vec<StepTiming>,
+    /// Teardown could not tell what exists: why.
+    unknown: Option<String>,
+    /// The down phase's timing, when it tore down.
+    phase: Option<PhaseTiming>,
+    command: String,
+}
+
+impl Down {
+    /// The run's reason, with what teardown could not do.
+    fn reason(&self, verdict: Verdict, reason: Option<String>, run_id: &str) -> Option<String> {
+        let down_command = &self.command;
+        match (verdict, self.leftovers.len()) {
+            (_, _) if self.unknown.is_some() => Some(format!(
+                "{}teardown could not tell what exists ({}): what the run created may still be there — find and \
+                 remove it by its tags with `{down_command}`",
+                reason.map(|r| format!("{r}; ")).unwrap_or_default(),
+                self.unknown.as_deref().unwrap_or_default()
+            )),
+            (Verdict::Interrupted, n) if n > 0 => Some(format!(
+                "interrupted by a signal; teardown was stopped by a second signal and left {n} resource(s) — remove them with `rehearse down {run_id}`"
+            )),
+            (_, n) if n > 0 => Some(format!(
+                "{}teardown left {n} resource(s) behind — remove them with `rehearse down {run_id}`",
+                reason.map(|r| format!("{r}; ")).unwrap_or_default()
+            )),
+            _ => reason,
+        }
+    }
+}
+
+/// Keeps the environment (saying until when), or tears it down from the journal.
+#[allow(clippy::too_many_arguments)]
+async fn down<P: Provider>(
+    provider: &P,
+    loaded: &Loaded,
+    opts: &Options,
+    run: &Prepared,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+    clock: &Clock,
+    verdict: Verdict,
+    keep: bool,
+) -> Down {
+    let run_id = &opts.run_id;
+    let command = match loaded.desc.aws() {
         Some(aws) => format!("rehearse down {run_id} --region {}", aws.region),
         None => format!("rehearse down {run_id}"),
     };
-    let mut unknown: Option<String> = None;
-    let (teardown_status, leftovers, teardown_ms) = if keep {
+    if keep {
         reporter.event(Event::Note(match (&opts.stage, verdict) {
             (Some(s), Verdict::Passed) => format!(
                 "keeping generation {} of stage `{}`: it passed its acceptance and is promoted next",
@@ -316,86 +458,171 @@ pub async fn run<P: Provider>(
             ),
             _ => format!(
                 "keeping the environment until {} (its TTL); remove it with `rehearse down {run_id}`",
-                expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                run.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
         }));
-        ("kept".to_string(), Vec::new(), 0)
-    } else {
-        let stop_at = signals.count() + 1;
-        let out = teardown::run(provider, &journal, reporter, signals, stop_at.max(2), &clock).await;
-        let status = match (&out.left, out.interrupted) {
-            (_, true) => "interrupted",
-            (Left::Clear, _) if out.complete() => "complete",
-            (Left::Clear, _) => "incomplete",
-            (Left::Unknown(_) | Left::NotHere(_), _) => "unknown",
-            (Left::Remaining(_) | Left::Orphaned(_), _) => "incomplete",
+        return Down {
+            status: "kept".to_string(),
+            leftovers: Vec::new(),
+            duration_ms: 0,
+            steps: Vec::new(),
+            unknown: None,
+            phase: None,
+            command,
         };
-        unknown = out.unknown().or(out.not_here()).map(str::to_string);
-        journaled(reporter, journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() }).await);
-        destroy_steps = out
-            .destroyed
-            .iter()
-            .map(|d| StepTiming {
-                resource: d.id.clone(),
-                kind: d.kind.to_string(),
-                action: "destroy".into(),
-                start_ms: clock.ms(d.started),
-                duration_ms: d.took.as_millis() as u64,
-                ok: d.error.is_none(),
-                detail: d.error.as_ref().map(ToString::to_string),
-            })
-            .collect();
-        (status.to_string(), out.listed(&down_command), out.duration.as_millis() as u64)
-    };
-    let down_end = Instant::now();
-    let reason = match (verdict, leftovers.len()) {
-        (_, _) if unknown.is_some() => Some(format!(
-            "{}teardown could not tell what exists ({}): what the run created may still be there — find and \
-             remove it by its tags with `{down_command}`",
-            reason.map(|r| format!("{r}; ")).unwrap_or_default(),
-            unknown.as_deref().unwrap_or_default()
-        )),
-        (Verdict::Interrupted, n) if n > 0 => Some(format!(
-            "interrupted by a signal; teardown was stopped by a second signal and left {n} resource(s) — remove them with `rehearse down {run_id}`"
-        )),
-        (_, n) if n > 0 => Some(format!(
-            "{}teardown left {n} resource(s) behind — remove them with `rehearse down {run_id}`",
-            reason.map(|r| format!("{r}; ")).unwrap_or_default()
-        )),
-        _ => reason,
-    };
-
-    let exit_code = (opts.exit_code)(verdict, leftovers.len());
-    journaled(
-        reporter,
-        journal
-            .append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() })
-            .await,
-    );
-
-    // A step that panicked while holding the lock left the timings before it intact.
-    let mut steps = steps.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut phases = phase_timings(&steps, graph.failure.as_ref().map(|f| f.0.as_str()));
-    if !keep {
-        phases.push(PhaseTiming {
-            phase: "down".into(),
-            start_ms: clock.ms(down_start),
-            duration_ms: (down_end - down_start).as_millis() as u64,
-            status: if leftovers.is_empty() { "ok".into() } else { "failed".into() },
-        });
     }
-    steps.extend(destroy_steps);
-    // What each resource is called by its provider, from the journal's handles. A
-    // journal that cannot be read here was reported by teardown already (the run is
-    // "unknown"); the report then names resources by the outputs the steps returned.
+    let down_start = Instant::now();
+    let stop_at = signals.count() + 1;
+    let out = teardown::run(provider, &run.journal, reporter, signals, stop_at.max(2), clock).await;
+    let status = match (&out.left, out.interrupted) {
+        (_, true) => "interrupted",
+        (Left::Clear, _) if out.complete() => "complete",
+        (Left::Clear, _) => "incomplete",
+        (Left::Unknown(_) | Left::NotHere(_), _) => "unknown",
+        (Left::Remaining(_) | Left::Orphaned(_), _) => "incomplete",
+    };
+    let unknown = out.unknown().or(out.not_here()).map(str::to_string);
+    journaled(reporter, run.journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() }).await);
+    let steps = out
+        .destroyed
+        .iter()
+        .map(|d| StepTiming {
+            resource: d.id.clone(),
+            kind: d.kind.to_string(),
+            action: "destroy".into(),
+            start_ms: clock.ms(d.started),
+            duration_ms: d.took.as_millis() as u64,
+            ok: d.error.is_none(),
+            detail: d.error.as_ref().map(ToString::to_string),
+        })
+        .collect();
+    let leftovers = out.listed(&command);
+    let down_end = Instant::now();
+    let phase = PhaseTiming {
+        phase: "down".into(),
+        start_ms: clock.ms(down_start),
+        duration_ms: (down_end - down_start).as_millis() as u64,
+        status: if leftovers.is_empty() { "ok".into() } else { "failed".into() },
+    };
+    Down {
+        status: status.to_string(),
+        leftovers,
+        duration_ms: out.duration.as_millis() as u64,
+        steps,
+        unknown,
+        phase: Some(phase),
+        command,
+    }
+}
+
+/// The run's judgement, decided before the report.
+struct Judged {
+    verdict: Verdict,
+    reason: Option<String>,
+    exit_code: i32,
+    keep: bool,
+    suites: Vec<SuiteResult>,
+}
+
+/// The run's report (not yet redacted); a kept environment's connection file is written
+/// next to it.
+#[allow(clippy::too_many_arguments)]
+fn report(
+    loaded: &Loaded,
+    opts: &Options,
+    run: &Prepared,
+    graph: &GraphResult,
+    clock: &Clock,
+    mut steps: Vec<StepTiming>,
+    judged: Judged,
+    down: Down,
+    reporter: &dyn Reporter,
+) -> RunReport {
+    let d = &loaded.desc;
+    let Judged { verdict, reason, exit_code, keep, suites } = judged;
+    let run_id = &opts.run_id;
+    let mut phases = phase_timings(&steps, graph.failure.as_ref().map(|f| f.0.as_str()));
+    phases.extend(down.phase);
+    steps.extend(down.steps);
+    let resources = resource_records(&run.plan, &run.journal, graph, &down.leftovers, keep);
+    let failure = graph.failure.as_ref().map(|(id, e)| Failure {
+        phase: phase_of(run.plan.resource(id).map(|r| r.kind), e),
+        resource: Some(id.clone()),
+        message: e.message.clone(),
+        log_tail: e.log_tail.clone(),
+        log: e.log.as_ref().map(|p| p.display().to_string()),
+    });
+    let total = clock.elapsed();
+    let report_phase_start = Instant::now();
+    let mut report = RunReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        run_id: run_id.clone(),
+        environment: d.name.clone(),
+        provider: d.provider().as_str().into(),
+        description: loaded.path.display().to_string(),
+        release: opts.release.clone(),
+        artifact: run.plan.release.artifact.clone(),
+        started_at: run.started_at,
+        finished_at: Utc::now(),
+        verdict,
+        exit_code,
+        reason,
+        failure,
+        backups: graph.backups.clone(),
+        phases,
+        steps,
+        suites,
+        resources,
+        teardown: Teardown {
+            policy: opts.destroy.as_str().into(),
+            status: down.status,
+            duration_ms: down.duration_ms,
+            leftovers: down.leftovers,
+            expires_at: keep.then_some(run.expires_at),
+        },
+        total_ms: total.as_millis() as u64,
+        overhead_ms: total.saturating_sub(clock.external_total()).as_millis() as u64,
+        access: None,
+    };
+    // A kept environment says how to reach it: addresses in the report, secrets only
+    // in the owner's private connection file.
+    if keep {
+        let connection = Connection {
+            run_id: run_id.clone(),
+            databases: graph.outputs.databases.clone(),
+            services: graph.outputs.services.clone(),
+        };
+        match connection.write(&run.state_dir) {
+            Ok(()) => report.access = Some(access(&connection, run_id, run.expires_at, &run.logs_dir)),
+            Err(e) => reporter.event(Event::Note(format!("warning: cannot keep the connection details: {e}"))),
+        }
+    }
+    report.phases.push(PhaseTiming {
+        phase: "report".into(),
+        start_ms: clock.ms(report_phase_start),
+        duration_ms: 0,
+        status: "ok".into(),
+    });
+    report
+}
+
+/// What became of each resource of the plan, named by its provider. A journal that
+/// cannot be read here was reported by teardown already (the run is "unknown"); the
+/// report then names resources by the outputs the steps returned.
+fn resource_records(
+    plan: &plan::Plan,
+    journal: &Journal,
+    graph: &GraphResult,
+    leftovers: &[Leftover],
+    keep: bool,
+) -> Vec<ResourceRecord> {
     let handles: BTreeMap<String, String> = super::journal::read(journal.path())
         .map(|records| super::journal::State::from_records(&records).entries)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|e| Some((e.id, provider_id(e.handle.as_ref()?)?)))
         .collect();
-    let resources = plan
-        .resources
+    plan.resources
         .iter()
         .filter(|r| !r.kind.is_suite())
         .map(|r| {
@@ -416,73 +643,7 @@ pub async fn run<P: Provider>(
                 status: status.into(),
             }
         })
-        .collect();
-    let failure = graph.failure.as_ref().map(|(id, e)| Failure {
-        phase: phase_of(plan.resource(id).map(|r| r.kind), e),
-        resource: Some(id.clone()),
-        message: e.message.clone(),
-        log_tail: e.log_tail.clone(),
-        log: e.log.as_ref().map(|p| p.display().to_string()),
-    });
-    let total = clock.elapsed();
-    let report_phase_start = Instant::now();
-    let mut report = RunReport {
-        schema_version: REPORT_SCHEMA_VERSION,
-        run_id: run_id.clone(),
-        environment: d.name.clone(),
-        provider: d.provider().as_str().into(),
-        description: loaded.path.display().to_string(),
-        release: opts.release.clone(),
-        artifact: plan.release.artifact.clone(),
-        started_at,
-        finished_at: Utc::now(),
-        verdict,
-        exit_code,
-        reason,
-        failure,
-        backups: graph.backups.clone(),
-        phases,
-        steps,
-        suites: suite_results,
-        resources,
-        teardown: Teardown {
-            policy: opts.destroy.as_str().into(),
-            status: teardown_status,
-            duration_ms: teardown_ms,
-            leftovers,
-            expires_at: keep.then_some(expires_at),
-        },
-        total_ms: total.as_millis() as u64,
-        overhead_ms: total.saturating_sub(clock.external_total()).as_millis() as u64,
-        access: None,
-    };
-    // A kept environment says how to reach it: addresses in the report, secrets only
-    // in the owner's private connection file.
-    if keep {
-        let connection = Connection {
-            run_id: run_id.clone(),
-            databases: graph.outputs.databases.clone(),
-            services: graph.outputs.services.clone(),
-        };
-        match connection.write(&run_state) {
-            Ok(()) => report.access = Some(access(&connection, &run_id, expires_at, &logs_dir)),
-            Err(e) => reporter.event(Event::Note(format!("warning: cannot keep the connection details: {e}"))),
-        }
-    }
-    report.phases.push(PhaseTiming {
-        phase: "report".into(),
-        start_ms: clock.ms(report_phase_start),
-        duration_ms: 0,
-        status: "ok".into(),
-    });
-    // Secrets stay out of what outlives the run: the logs (their writers have stopped,
-    // unless the environment is kept and its services still write theirs) and the
-    // report in all its formats.
-    if !keep {
-        redact_logs(&run_state);
-    }
-    let report = redacted(report)?;
-    Ok(Outcome { report, report_dir })
+        .collect()
 }
 
 /// How to reach a kept environment, without its secrets.
