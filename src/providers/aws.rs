@@ -9,7 +9,9 @@
 //! that ignore those parameters.
 
 pub mod api;
+mod backups;
 mod create;
+mod databases;
 mod destroy;
 pub mod dns;
 mod guard;

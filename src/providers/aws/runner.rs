@@ -351,7 +351,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         outputs: &DatabaseOutputs,
         timeout: Duration,
     ) -> Result<(), StepError> {
-        // Checked where it is read, as everywhere the SQL is used (`create::trusted_masking`).
+        // Checked where it is read, as everywhere the SQL is used (`databases::trusted_masking`).
         crate::sys::secure_fs::check_input(sql)
             .map_err(|e| StepError::build(format!("the masking SQL cannot be trusted: {e}")))?;
         let bytes = std::fs::read(sql).map_err(|e| StepError::build(format!("cannot read {}: {e}", sql.display())))?;
