@@ -5,6 +5,9 @@
 //! this model); nothing downstream (plan, engine, providers) ever sees raw YAML. They
 //! also derive the JSON Schema exported by `rehearse schema`, so an editor's completion
 //! matches exactly what the decoder accepts (a test keeps the two in step).
+//!
+//! This file holds the description's root and what every section shares (durations,
+//! policies); each section's types are in `model/` (re-exported here).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,9 +17,23 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 mod compare;
+mod databases;
+mod network;
 mod provider;
+mod runner;
+mod services;
+mod stage;
+mod suites;
+mod urls;
 pub use compare::*;
+pub use databases::*;
+pub use network::*;
 pub use provider::*;
+pub use runner::*;
+pub use services::*;
+pub use stage::*;
+pub use suites::*;
+pub use urls::*;
 
 /// A system to rehearse: where it runs, what production it copies, what release it
 /// installs, which suites judge it.
@@ -101,109 +118,6 @@ pub struct Description {
     pub bundle: Option<Vec<PathBuf>>,
 }
 
-/// Where the commands that need the copy's network run.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum Runner {
-    /// Inside the VPC, through SSM Run Command.
-    Ssm(SsmRunner),
-}
-
-/// A runner instance rehearse sends commands to through SSM Run Command.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(extend("oneOf" = [{"required": ["image"]}, {"required": ["instance"]}]))]
-pub struct SsmRunner {
-    /// AMI with the SSM agent, `bash`, `curl`, `tar` and `psql` (and whatever the
-    /// suites run), launched in the run's first subnet and security group and torn down
-    /// with the run. Example: `ami-0abcdef1234567890`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Instead of `image`: an existing instance with the SSM agent, in a subnet that
-    /// reaches the run's (rehearse adds it to no group: `allow_cidrs` must let it in).
-    /// Never torn down. Example: `i-0123456789abcdef0`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<String>,
-    /// The launched runner's instance type. Default `t3.small`.
-    #[serde(default = "default_runner_type")]
-    pub instance_type: String,
-    /// The launched runner's instance profile: SSM's managed-instance permissions and
-    /// `s3:PutObject` under `outputs` (docs/iam-policy.md). Example: `rehearse-runner`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_profile: Option<String>,
-    /// Where SSM writes each command's full output (`s3://BUCKET/PREFIX`), and where
-    /// rehearse puts the runner's inputs (suites' files, masking SQL); the run's keys
-    /// are removed at teardown. Example: `s3://acme-rehearse/runner`.
-    #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)"))]
-    pub outputs: String,
-    /// The directory whose files the suites need on the runner (their commands run
-    /// from the description's directory inside it). Default: the description's
-    /// `bundle`, else its directory. Example: `..`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bundle: Option<PathBuf>,
-}
-
-pub fn default_runner_type() -> String {
-    "t3.small".into()
-}
-
-/// A stage: the description rebuilt night after night as generations, each verified by
-/// the suites before every stable name moves to it at once.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Stage {
-    /// The stage's name, unique in the state store. Example: `staging`.
-    #[schemars(regex(pattern = r"^[a-z]([a-z0-9_-]{0,30}[a-z0-9])?$"))]
-    pub name: String,
-    /// How long the previous generation keeps serving the connections opened before
-    /// the switch, before it is retired. Example: `10m`. Default `5m`.
-    #[schemars(with = "DurationText")]
-    #[serde(default = "default_drain", serialize_with = "ser_duration")]
-    pub drain: Duration,
-    /// AWS: the id of the private Route 53 hosted zone that holds the stable names.
-    /// Example: `Z0123456789ABCDEFGHIJ`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
-    /// AWS: the TTL of the stable records; a switch is seen by resolvers within it.
-    /// Example: `30s`. Default `10s`.
-    #[schemars(with = "DurationText")]
-    #[serde(default = "default_record_ttl", serialize_with = "ser_duration")]
-    pub record_ttl: Duration,
-    /// One stable name per database and service: a port on 127.0.0.1 (local) or a DNS
-    /// name in `zone` (aws). Example: `{db: 25432, web: 28080}`.
-    pub names: BTreeMap<String, StableName>,
-}
-
-/// Where clients reach a database or service of the stage, whatever its generation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(untagged)]
-pub enum StableName {
-    /// Local: a TCP port on 127.0.0.1 that rehearse's forwarder listens on.
-    Port(#[schemars(range(min = 1024, max = 65535))] u16),
-    /// AWS: a DNS name in the stage's zone (a CNAME to the database, an A record to
-    /// the service's instances).
-    Record(String),
-}
-
-impl std::fmt::Display for StableName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StableName::Port(p) => write!(f, "127.0.0.1:{p}"),
-            StableName::Record(r) => f.write_str(r),
-        }
-    }
-}
-
-/// How long a stage's previous generation drains when `drain` is not set.
-pub fn default_drain() -> Duration {
-    Duration::from_secs(300)
-}
-
-/// The TTL of a stage's records when `record_ttl` is not set.
-pub fn default_record_ttl() -> Duration {
-    Duration::from_secs(10)
-}
-
 /// The TTL of a description that does not set one.
 pub fn default_ttl() -> Duration {
     Duration::from_secs(2 * 3600)
@@ -216,9 +130,6 @@ pub fn default_max_ttl() -> Duration {
 /// The longest `max_ttl` a description may set: no run's expiry is ever pushed further
 /// from its start, whatever a journal says.
 pub const MAX_MAX_TTL: Duration = Duration::from_secs(90 * 86400);
-
-/// The longest a stage's previous generation may drain (`stage.drain`, `rebuild --drain`).
-pub const MAX_DRAIN: Duration = Duration::from_secs(24 * 3600);
 
 /// A duration from the command line or the environment (`what` names where it came
 /// from, e.g. `--lease`), refused outside `min..=max` — before anything adds it to a time,
@@ -301,37 +212,6 @@ impl DestroyPolicy {
     }
 }
 
-/// Existing network to place the copy in (aws only). The copy gets its own security
-/// group; production's are never used or changed.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Network {
-    /// VPC id. Example: `vpc-0a1b2c3d4e5f60718`.
-    #[schemars(regex(pattern = r"^vpc-[0-9a-f]{8,17}$"))]
-    pub vpc: String,
-    /// Subnet ids (at least two in different zones for RDS). Example:
-    /// `[subnet-0a1b2c3d4e5f60001, subnet-0a1b2c3d4e5f60002]`.
-    pub subnets: Vec<String>,
-    /// CIDRs allowed into the copy's security group (besides the group itself), on the
-    /// copies' and the services' ports only. Private ranges only (10/8, 172.16/12,
-    /// 192.168/16, 100.64/10, fc00::/7) unless `allow_public` says otherwise;
-    /// `0.0.0.0/0` is always refused: a copy of production data is never open to the
-    /// world.
-    #[serde(default)]
-    pub allow_cidrs: Vec<String>,
-    /// Allow `allow_cidrs` outside the private ranges (an office's public address, say).
-    /// The plan warns about each. Default `false`.
-    #[serde(default)]
-    pub allow_public: bool,
-}
-
-/// Whether a network lies entirely inside a private range (RFC 1918, shared address
-/// space, IPv6 unique local addresses).
-pub fn is_private_net(net: &ipnet::IpNet) -> bool {
-    const PRIVATE: [&str; 5] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"];
-    PRIVATE.iter().filter_map(|p| p.parse::<ipnet::IpNet>().ok()).any(|p| p.contains(net))
-}
-
 /// The candidate release: its version and where its artifact is.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -343,307 +223,6 @@ pub struct Release {
     /// description). AWS: any URL the instances can fetch (passed to user-data).
     /// Example: `../demo/releases/{{ release.version }}`.
     pub artifact: String,
-}
-
-/// A database restored from production's latest backup.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Database {
-    /// Database engine. Only `postgres` today.
-    #[serde(default)]
-    pub engine: Engine,
-    /// Database name inside the server (a template). Example: `shop`.
-    pub name: String,
-    /// Where production's backups are.
-    pub source: DatabaseSource,
-    /// Which backup to restore: `newest-snapshot` (default; newest available snapshot or
-    /// newest local archive), `latest-restorable-time` (RDS point-in-time) or
-    /// `aurora-clone` (copy-on-write clone of an Aurora cluster).
-    #[serde(default)]
-    pub restore: RestoreMode,
-    /// What only the description's provider needs (aws: `instance_class`).
-    #[serde(flatten)]
-    pub target: DatabaseTarget,
-    /// SQL file run on the copy before anything else touches it (relative to the
-    /// description). Example: `masking.sql`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub masking: Option<PathBuf>,
-    /// How long to wait for the copy to be available. Default `30m` on aws, `10m` local.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_duration")]
-    #[schemars(with = "Option<DurationText>")]
-    pub timeout: Option<Duration>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    #[default]
-    Postgres,
-}
-
-/// Where production's backups are: exactly one of the keys.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DatabaseSource {
-    /// RDS instance identifier of production (aws). Example: `shop-prod-db`.
-    RdsInstance(String),
-    /// Aurora cluster identifier of production (aws, with `restore: aurora-clone`).
-    AuroraCluster(String),
-    /// Directory of `pg_dump` custom-format archives (local); the newest by the time
-    /// recorded in the archive is restored. Example: `../backups`.
-    BackupDir(PathBuf),
-    /// A `postgres://` URL to dump from (local, read-only use).
-    Url(String),
-}
-
-impl DatabaseSource {
-    /// The provider a source belongs to: RDS and Aurora on aws, archives and live
-    /// dumps locally.
-    pub fn provider(&self) -> ProviderKind {
-        match self {
-            DatabaseSource::RdsInstance(_) | DatabaseSource::AuroraCluster(_) => ProviderKind::Aws,
-            DatabaseSource::BackupDir(_) | DatabaseSource::Url(_) => ProviderKind::Local,
-        }
-    }
-
-    /// The keys naming a provider's sources in a description.
-    pub fn keys_of(provider: ProviderKind) -> &'static [&'static str] {
-        match provider {
-            ProviderKind::Aws => &["rds_instance", "aurora_cluster"],
-            ProviderKind::Local => &["backup_dir", "url"],
-        }
-    }
-
-    pub fn key(&self) -> &'static str {
-        match self {
-            DatabaseSource::RdsInstance(_) => "rds_instance",
-            DatabaseSource::AuroraCluster(_) => "aurora_cluster",
-            DatabaseSource::BackupDir(_) => "backup_dir",
-            DatabaseSource::Url(_) => "url",
-        }
-    }
-
-    /// A one-line description of the production source, for plans and reports. URLs
-    /// are shown without their password.
-    pub fn describe(&self) -> String {
-        match self {
-            DatabaseSource::RdsInstance(id) => format!("RDS instance {id}"),
-            DatabaseSource::AuroraCluster(id) => format!("Aurora cluster {id}"),
-            DatabaseSource::BackupDir(dir) => format!("pg_dump archives in {}", dir.display()),
-            DatabaseSource::Url(url) => format!("live dump of {}", redact_url(url)),
-        }
-    }
-}
-
-/// Query parameters of a PostgreSQL URL that carry a secret.
-const SECRET_PARAMS: [&str; 2] = ["password", "sslpassword"];
-
-/// A URL with its password (in the user info, or a `password` / `sslpassword`
-/// parameter) replaced by `***`. A URL that does not parse loses everything between
-/// `://` and its last `@`.
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut u) = url::Url::parse(url) else {
-        return match (url.split_once("://"), url.rsplit_once('@')) {
-            (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
-            _ => url.to_string(),
-        };
-    };
-    if u.password().is_some() {
-        // Best effort: a URL that cannot carry a password has none to hide.
-        #[allow(clippy::let_underscore_must_use)]
-        let _ = u.set_password(Some("***"));
-    }
-    if u.query_pairs().any(|(k, _)| SECRET_PARAMS.contains(&k.as_ref())) {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if SECRET_PARAMS.contains(&k.as_ref()) { "***".to_string() } else { v.into_owned() };
-                (k.into_owned(), v)
-            })
-            .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    u.to_string()
-}
-
-/// Why a URL's password cannot be taken out of it.
-#[derive(Debug, thiserror::Error)]
-pub enum SplitPasswordError {
-    #[error("does not parse: {0}")]
-    Parse(#[source] url::ParseError),
-    #[error("cannot carry a password")]
-    CannotCarryPassword,
-}
-
-/// A URL without its password, and the password (from the user info or a `password=`
-/// parameter), percent-decoded, for `PGPASSWORD`; or why the URL cannot be split.
-pub fn split_password(url: &str) -> Result<(String, Option<String>), SplitPasswordError> {
-    let mut u = url::Url::parse(url).map_err(SplitPasswordError::Parse)?;
-    let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
-    let mut password = u.password().map(decode);
-    if u.password().is_some() {
-        u.set_password(None).map_err(|()| SplitPasswordError::CannotCarryPassword)?;
-    }
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for (k, v) in u.query_pairs() {
-        if k == "password" {
-            password = Some(v.into_owned());
-        } else {
-            pairs.push((k.into_owned(), v.into_owned()));
-        }
-    }
-    if pairs.is_empty() {
-        u.set_query(None);
-    } else {
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    Ok((u.to_string(), password.filter(|p| !p.is_empty())))
-}
-
-/// The secrets a URL carries, as written and percent-decoded (both forms can end up
-/// in a log): the user info's password and `password` / `sslpassword` parameters.
-pub fn url_secrets(url: &str) -> Vec<String> {
-    let Ok(u) = url::Url::parse(url) else { return Vec::new() };
-    let mut out = Vec::new();
-    if let Some(p) = u.password() {
-        out.push(p.to_string());
-        out.push(percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned());
-    }
-    for (k, v) in u.query_pairs() {
-        if SECRET_PARAMS.contains(&k.as_ref()) {
-            out.push(v.into_owned());
-        }
-    }
-    if let Some(q) = u.query() {
-        for raw in q.split('&') {
-            if let Some((k, v)) = raw.split_once('=') {
-                if SECRET_PARAMS.contains(&k) {
-                    out.push(v.to_string());
-                }
-            }
-        }
-    }
-    out.retain(|s| !s.is_empty());
-    out.sort();
-    out.dedup();
-    out
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestoreMode {
-    #[default]
-    NewestSnapshot,
-    LatestRestorableTime,
-    AuroraClone,
-}
-
-impl RestoreMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestoreMode::NewestSnapshot => "newest-snapshot",
-            RestoreMode::LatestRestorableTime => "latest-restorable-time",
-            RestoreMode::AuroraClone => "aurora-clone",
-        }
-    }
-}
-
-/// A service running the release: EC2 instances (aws) or local processes.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Service {
-    /// How many instances or processes. Default 1, at most 20.
-    #[serde(default = "one")]
-    #[schemars(range(min = 1, max = 20))]
-    pub count: u32,
-    /// Databases and services this one needs first.
-    #[serde(default)]
-    pub depends_on: Vec<String>,
-    /// What only the description's provider needs (aws: `image`, `instance_type`,
-    /// `user_data`; local: `command`).
-    #[serde(flatten)]
-    pub target: ServiceTarget,
-    /// Install / migration command run once in the unpacked release against the copy
-    /// before the service starts. Example: `sh migrate.sh`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub install: Option<String>,
-    /// Config templates rendered into the unpacked release before install.
-    #[serde(default)]
-    pub templates: Vec<ConfigTemplate>,
-    /// Environment of the service (values are templates). Example:
-    /// `{DATABASE_URL: "{{ databases.db.url }}"}`.
-    #[serde(default)]
-    #[schemars(with = "BTreeMap<String, ScalarText>")]
-    pub env: BTreeMap<String, String>,
-    /// Port the service listens on (aws; local services get a free port in `PORT`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub port: Option<u16>,
-    /// HTTP health check.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<Health>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// A config file rendered from a tera template into the unpacked release.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigTemplate {
-    /// Template file, relative to the description. Example: `shop.conf.tera`.
-    pub source: PathBuf,
-    /// Destination, relative to the unpacked release. Example: `config/shop.conf`.
-    pub dest: PathBuf,
-}
-
-/// An HTTP health check: GET `path` until it answers 2xx, within `timeout`.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Health {
-    /// Path to GET. Example: `/health`.
-    pub path: String,
-    /// How long to wait at most. Default `60s`.
-    #[serde(default = "default_health_timeout", serialize_with = "ser_duration")]
-    #[schemars(with = "DurationText")]
-    pub timeout: Duration,
-}
-
-/// The timeout of a health check that does not set one.
-pub fn default_health_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// An automated suite: a command whose results judge the release.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Suite {
-    /// Command, run from the description's directory. Example:
-    /// `python3 suites/smoke.py`.
-    pub command: String,
-    /// Time limit; a suite that exceeds it fails. Example: `5m`.
-    #[serde(serialize_with = "ser_duration")]
-    #[schemars(with = "DurationText")]
-    pub timeout: Duration,
-    /// Services and databases the suite exercises (it starts after they are healthy).
-    /// Default: all services.
-    #[serde(default)]
-    pub uses: Vec<String>,
-    /// Where results appear: `exit-code`, or `{junit: PATH}` (the suite writes JUnit
-    /// XML to `$REHEARSE_JUNIT_PATH`; PATH names the file in the report).
-    pub results: SuiteResults,
-    /// Environment of the suite (values are templates).
-    #[serde(default)]
-    #[schemars(with = "BTreeMap<String, ScalarText>")]
-    pub env: BTreeMap<String, String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum SuiteResults {
-    ExitCode,
-    Junit(PathBuf),
 }
 
 /// A duration written as a number and a unit: `90s`, `5m`, `2h`, `1h30m`, `7d` (any
@@ -707,32 +286,5 @@ mod tests {
         let e = bounded_duration("--lease", "99999999999999999999y", min, max).unwrap_err();
         assert!(e.starts_with("--lease 99999999999999999999y: ") && e.ends_with("from 1s to 1d)"), "{e}");
         assert!(bounded_duration("REHEARSE_LEASE", "soon", min, max).unwrap_err().contains("such as 30s"));
-    }
-
-    #[test]
-    fn urls_lose_every_password_they_carry() {
-        let url = "postgres://reader:p%40ss@replica:5432/shop?sslmode=require&password=S3cr%40t&sslpassword=k3y";
-        let shown = redact_url(url);
-        assert!(!shown.contains("p%40ss") && !shown.contains("S3cr") && !shown.contains("k3y"), "{shown}");
-        assert!(shown.contains("reader:***@replica") && shown.contains("sslmode=require"), "{shown}");
-        let secrets = url_secrets(url);
-        for s in ["p%40ss", "p@ss", "S3cr%40t", "S3cr@t", "k3y"] {
-            assert!(secrets.iter().any(|x| x == s), "{s} not in {secrets:?}");
-        }
-        // Not a URL the parser takes: everything before the last `@` goes.
-        assert_eq!(redact_url("postgres://u:p@ss@h[/db"), "postgres://***@h[/db");
-    }
-
-    #[test]
-    fn a_password_leaves_the_url_for_the_environment() {
-        let (bare, p) = split_password("postgres://reader:p%40ss@replica:5432/shop?sslmode=require").unwrap();
-        assert_eq!(
-            (bare.as_str(), p.as_deref()),
-            ("postgres://reader@replica:5432/shop?sslmode=require", Some("p@ss"))
-        );
-        let (bare, p) = split_password("postgres://reader@replica/shop?password=S3cr%40t").unwrap();
-        assert_eq!((bare.as_str(), p.as_deref()), ("postgres://reader@replica/shop", Some("S3cr@t")));
-        assert_eq!(split_password("postgres://replica/shop").unwrap().1, None);
-        assert!(split_password("not a url").is_err());
     }
 }
