@@ -30,6 +30,19 @@ pub struct DatabaseOutputs {
 }
 
 impl DatabaseOutputs {
+    /// A copy's connection from its parts: its `url` and `endpoint` built from them.
+    pub fn new(host: String, port: String, name: String, user: String, password: String) -> DatabaseOutputs {
+        DatabaseOutputs {
+            url: super::postgres_url(&user, &password, &host, &port, &name),
+            endpoint: format!("{host}:{port}"),
+            host,
+            port,
+            name,
+            user,
+            password,
+        }
+    }
+
     /// libpq's environment for this database (`psql` and every libpq client read it),
     /// so that no password has to go on a command line.
     pub fn libpq_env(&self) -> Vec<(String, String)> {
@@ -51,6 +64,24 @@ pub struct ServiceOutputs {
     pub url: String,
     pub addresses: Vec<String>,
     pub urls: Vec<String>,
+}
+
+impl ServiceOutputs {
+    /// One instance's outputs: its address and `http://ADDRESS[:PORT]` (a service
+    /// without a port has none).
+    pub fn instance(address: String, port: Option<u16>) -> ServiceOutputs {
+        let url = match port {
+            Some(p) => format!("http://{address}:{p}"),
+            None => format!("http://{address}"),
+        };
+        ServiceOutputs {
+            address: address.clone(),
+            port: port.map(|p| p.to_string()).unwrap_or_default(),
+            url: url.clone(),
+            addresses: vec![address],
+            urls: vec![url],
+        }
+    }
 }
 
 /// Everything templates can read besides the description's own values.

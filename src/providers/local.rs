@@ -30,6 +30,7 @@ use crate::report::model::BackupUsed;
 use crate::secrets;
 use crate::sys::health;
 use crate::sys::process::{self, ProcHandle};
+use crate::sys::text::shell_quote;
 use crate::sys::{secure_fs, state};
 use postgres::{Cluster, PgBin};
 
@@ -208,8 +209,8 @@ impl Provider for LocalProvider {
                     entry.handle.as_ref().and_then(|h| h.get("cluster")?.get("base")?.as_str().map(str::to_string));
                 match base {
                     Some(b) if owned_dir(&b) => {
-                        let data = quote(&format!("{b}/data"));
-                        format!("pg_ctl -D {data} -m fast stop; rm -rf -- {}", quote(&b))
+                        let data = shell_quote(&format!("{b}/data"));
+                        format!("pg_ctl -D {data} -m fast stop; rm -rf -- {}", shell_quote(&b))
                     }
                     _ => down,
                 }
@@ -221,7 +222,7 @@ impl Provider for LocalProvider {
                     .and_then(|h| h.get("dir")?.as_str().map(str::to_string))
                     .or_else(|| meta.work_dir.clone());
                 match dir {
-                    Some(d) if owned_dir(&d) => format!("rm -rf -- {}", quote(&d)),
+                    Some(d) if owned_dir(&d) => format!("rm -rf -- {}", shell_quote(&d)),
                     _ => down,
                 }
             }
@@ -232,11 +233,6 @@ impl Provider for LocalProvider {
 /// A process or a server that did not stop when asked: another attempt may succeed.
 fn not_stopped(why: String) -> DestroyError {
     DestroyError::new(DestroyErrorKind::Unavailable, why)
-}
-
-/// A path as one shell word, for the removal commands printed to a person.
-fn quote(s: &str) -> String {
-    shlex::try_quote(s).map(|q| q.into_owned()).unwrap_or_else(|_| format!("'{}'", s.replace('\0', "")))
 }
 
 impl LocalProvider {

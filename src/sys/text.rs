@@ -2,12 +2,24 @@
 //! state store. Whatever its source, it is shown without the terminal's control
 //! sequences — no window title, clipboard write (OSC 52), hyperlink (OSC 8), screen
 //! clear, cursor move or colour of its own — and without bidirectional overrides; a
-//! log's tail is read from its end and redacted of the run's secrets.
+//! log's tail is read from its end and redacted of the run's secrets. Text that goes
+//! to a shell is quoted here too ([`shell_quote`]).
 
 use std::path::Path;
 
 /// How much of a log's end is read for its tail: enough for 20 long lines.
 const TAIL_BYTES: u64 = 64 * 1024;
+
+/// `s` as one shell word that `sh` takes literally (`shlex`'s quoting). A shell word
+/// cannot hold a NUL: NULs are dropped, so that quoting never fails.
+pub(crate) fn shell_quote(s: &str) -> String {
+    let text = s.replace('\0', "");
+    match shlex::try_quote(&text) {
+        Ok(q) => q.into_owned(),
+        // Unreachable without a NUL; quoted by hand all the same, never unquoted.
+        Err(_) => format!("'{}'", text.replace('\'', "'\\''")),
+    }
+}
 
 /// The last `n` non-empty lines of a log file, for error messages and reports, read
 /// from its end (a log may be gigabytes), each cut to 400 characters, with terminal
@@ -155,6 +167,15 @@ fn skip_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<c
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_quote_makes_one_literal_word_even_of_quotes_and_nuls() {
+        assert_eq!(shell_quote("plain"), "plain");
+        for s in ["a b", "it's", "$(rm -rf /)", "'; echo x '", "a\0b", ""] {
+            let q = shell_quote(s);
+            assert_eq!(shlex::split(&q), Some(vec![s.replace('\0', "")]), "{s:?} quoted as {q}");
+        }
+    }
 
     #[test]
     fn printable_strips_escapes_and_controls() {

@@ -4,6 +4,16 @@
 /// Query parameters of a PostgreSQL URL that carry a secret.
 const SECRET_PARAMS: [&str; 2] = ["password", "sslpassword"];
 
+/// `postgres://USER:PASSWORD@HOST:PORT/NAME`, the user, password and database name
+/// percent-encoded where a URL needs it (generated passwords need nothing).
+pub fn postgres_url(user: &str, password: &str, host: &str, port: &str, name: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    // Everything but RFC 3986's unreserved characters.
+    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    let enc = |s| utf8_percent_encode(s, COMPONENT);
+    format!("postgres://{}:{}@{host}:{port}/{}", enc(user), enc(password), enc(name))
+}
+
 /// A URL with its password (in the user info, or a `password` / `sslpassword`
 /// parameter) replaced by `***`. A URL that does not parse loses everything between
 /// `://` and its last `@`.
@@ -98,6 +108,18 @@ pub fn url_secrets(url: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_built_url_reads_back_as_its_parts() {
+        assert_eq!(
+            postgres_url("app", "Ab3xY", "127.0.0.1", "5432", "shop"),
+            "postgres://app:Ab3xY@127.0.0.1:5432/shop"
+        );
+        let url = postgres_url("app", "p@ss:/w?#%", "db.internal", "5433", "shop db");
+        let (bare, p) = split_password(&url).unwrap();
+        assert_eq!(p.as_deref(), Some("p@ss:/w?#%"));
+        assert_eq!(bare, "postgres://app@db.internal:5433/shop%20db");
+    }
 
     #[test]
     fn urls_lose_every_password_they_carry() {

@@ -347,15 +347,7 @@ fn database_outputs(ready: &DbInstance, password: String, db_name: String) -> Da
     let host = ready.address.clone().unwrap_or_default();
     let port = ready.port.unwrap_or(5432).to_string();
     let user = ready.master_username.clone().unwrap_or_else(|| "postgres".into());
-    DatabaseOutputs {
-        url: format!("postgres://{user}:{password}@{host}:{port}/{db_name}"),
-        endpoint: format!("{host}:{port}"),
-        host,
-        port,
-        name: db_name,
-        user,
-        password,
-    }
+    DatabaseOutputs::new(host, port, db_name, user, password)
 }
 
 /// The masking SQL of `db`, if it has one, checked as the local provider checks it

@@ -60,8 +60,8 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         ctx.step(res, "wait-running", t, r.is_ok(), None);
         let inst = r?;
         let address = inst.private_ip.clone().unwrap_or_default();
-        let port = s.port.map(|p| p.to_string()).unwrap_or_default();
-        let url = if port.is_empty() { format!("http://{address}") } else { format!("http://{address}:{port}") };
+        let outputs = ServiceOutputs::instance(address.clone(), s.port);
+        let url = &outputs.url;
         let who = format!("service `{}` (instance {index}, {id})", res.name);
         match (&s.health, s.port) {
             (Some(h), Some(p)) => {
@@ -106,17 +106,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 }
             }
         }
-        Ok(Output::Service {
-            name: res.name.clone(),
-            index,
-            outputs: ServiceOutputs {
-                address: address.clone(),
-                port,
-                url: url.clone(),
-                addresses: vec![address],
-                urls: vec![url],
-            },
-        })
+        Ok(Output::Service { name: res.name.clone(), index, outputs })
     }
 }
 

@@ -12,6 +12,12 @@
 //! come back inside it, base64 between markers no output can forge (a nonce). The
 //! run's keys are a journaled resource (`runner.data`), removed at teardown after the
 //! runner, which the run launched from `image` (and terminates) or was given.
+//!
+//! One file (about 630 lines with its tests) because it is one protocol: every job —
+//! masking, install, health check, suite — is a few lines over the same path
+//! (`on_runner`: inputs uploaded, command sent, waited for, output fetched, files split
+//! out by the nonce), and the runner's launch and its keys' removal are that path's two
+//! ends. Split by job, each part would carry half of the protocol it depends on.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +35,7 @@ use crate::description::template::DatabaseOutputs;
 use crate::description::{Loaded, Runner, SsmRunner};
 use crate::engine::provider::{Ctx, Output, RunInfo, StepError, SuiteDone, SuiteJob};
 use crate::plan::Resource;
+use crate::sys::text::shell_quote;
 
 /// How often a job's command is asked about.
 pub const RUNNER_POLL: Duration = Duration::from_secs(2);
@@ -104,11 +111,6 @@ pub(super) fn under(prefix: &str, run_id: &str) -> String {
 pub(super) fn run_prefix(runner: &SsmRunner, run_id: &str) -> Result<(String, String), StepError> {
     let (bucket, prefix) = outputs_location(runner)?;
     Ok((bucket, under(&prefix, run_id)))
-}
-
-/// A value as one shell word.
-fn quote(s: &str) -> String {
-    shlex::try_quote(s).map(|q| q.into_owned()).unwrap_or_else(|_| format!("'{}'", s.replace(['\0', '\''], "")))
 }
 
 /// A nonce for the markers around returned files.
@@ -247,7 +249,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         // they are fetched first thing, so they live a quarter of an hour (queueing on
         // the agent included), and the inputs are deleted when the job ends.
         let valid = INPUT_LINK_LIFETIME;
-        let env: String = job.env.iter().map(|(k, v)| format!("{k}={}\n", quote(v))).collect();
+        let env: String = job.env.iter().map(|(k, v)| format!("{k}={}\n", shell_quote(v))).collect();
         let mut fetches = Vec::new();
         let inputs = std::iter::once(Input::Bytes { name: "env.sh".into(), bytes: env.into_bytes() }).chain(job.inputs);
         for input in inputs {
@@ -264,7 +266,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     (name, url)
                 }
             };
-            fetches.push(format!("fetch {} {}", quote(&name), quote(&url)));
+            fetches.push(format!("fetch {} {}", shell_quote(&name), shell_quote(&url)));
         }
         let marker = format!("rehearse-file-{}", nonce());
         let mut script = vec![
@@ -287,7 +289,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         for f in &job.files_back {
             script.push(format!(
                 "if [ -f {q} ]; then printf '\\n%s %s\\n' {m}-begin {q}; base64 -w0 {q}; printf '\\n%s\\n' {m}-end; fi",
-                q = quote(f),
+                q = shell_quote(f),
                 m = marker
             ));
         }
@@ -461,7 +463,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
              if [ \"$(date +%s)\" -ge \"$end\" ]; then echo \"no 2xx from \"{u}\" within {secs}s\"; exit 1; fi\n\
              sleep 2\n\
              done",
-            u = quote(url),
+            u = shell_quote(url),
         );
         let job = Job {
             id: format!("health.{}", res.id.trim_start_matches("service.")),
@@ -501,9 +503,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         let mut body = String::from("mkdir results bundle && tar -xf bundle.tar.gz -C bundle || exit 125\n");
         body.push_str("export REHEARSE_SUITE_DIR=\"$work/results\"\n");
         if let Some(j) = &junit {
-            body.push_str(&format!("export REHEARSE_JUNIT_PATH=\"$work/results/\"{}\n", quote(j)));
+            body.push_str(&format!("export REHEARSE_JUNIT_PATH=\"$work/results/\"{}\n", shell_quote(j)));
         }
-        body.push_str(&format!("cd bundle/{} || exit 125\n", quote(&relative.display().to_string())));
+        body.push_str(&format!("cd bundle/{} || exit 125\n", shell_quote(&relative.display().to_string())));
         body.push_str(job.command);
         let remote = Job {
             id: format!("suite.{}", job.name),

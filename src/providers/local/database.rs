@@ -132,15 +132,7 @@ impl LocalProvider {
 
         let host = "127.0.0.1".to_string();
         let port = cluster.port.to_string();
-        let outputs = DatabaseOutputs {
-            url: format!("postgres://{}:{password}@{host}:{port}/{db_name}", postgres::APP_ROLE),
-            endpoint: format!("{host}:{port}"),
-            host,
-            port,
-            name: db_name,
-            user: postgres::APP_ROLE.into(),
-            password,
-        };
+        let outputs = DatabaseOutputs::new(host, port, db_name, postgres::APP_ROLE.into(), password);
         let backup_used = BackupUsed {
             database: res.name.clone(),
             source_kind: db.source.key().into(),

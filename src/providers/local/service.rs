@@ -64,18 +64,10 @@ impl LocalProvider {
         if let Ok(mut c) = self.children.lock() {
             c.insert(res.id.clone(), child);
         }
-        let address = "127.0.0.1".to_string();
-        let url = format!("http://{address}:{port}");
         Ok(Output::Service {
             name: res.name.clone(),
             index,
-            outputs: ServiceOutputs {
-                address: address.clone(),
-                port: port.to_string(),
-                url: url.clone(),
-                addresses: vec![address],
-                urls: vec![url],
-            },
+            outputs: ServiceOutputs::instance("127.0.0.1".to_string(), Some(port)),
         })
     }
 }
