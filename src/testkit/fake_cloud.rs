@@ -8,9 +8,11 @@
 //! `rehearse:run-id` tag.
 //!
 //! The services' calls are in [`ec2`] and [`rds`]; this file is the one state and fault
-//! model they share (about 600 lines with its tests: the faults, the resource table,
+//! model they share (about 780 lines with its tests: the faults, the resource table,
 //! the clock's view of each resource, the audit), kept whole because every fault is
-//! drawn from one seeded sequence and every call passes the same `enter`/`leave`.
+//! drawn from one seeded sequence and every call passes the same `enter`/`leave`:
+//! split, the parts would share one private state through a wider interface than the
+//! one the services see.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
