@@ -173,9 +173,13 @@ fn said(e: &DownError) -> i32 {
 
 /// What `down` did, said; its exit code. `region`: an AWS run's.
 fn render(downed: Result<Downed, DownError>, region: Option<&str>) -> i32 {
-    let d = match downed {
-        Ok(d) => d,
-        Err(e) => return said(&e),
+    let d = match (downed, region) {
+        (Ok(d), _) => d,
+        (Err(DownError::Discover(e)), Some(region)) => {
+            errln!("error: cannot list rehearse's resources in {region}: {}", e.message);
+            return exit::BUILD_FAILED;
+        }
+        (Err(e), _) => return said(&e),
     };
     let run_id = d.run_id.as_str();
     for m in &d.doubtful {
@@ -358,8 +362,8 @@ async fn sweep_region(edge: &Edge<'_>, region: &str, yes: bool, opts: &SweepOpti
     let remove = yes.then_some((&lost, edge.reporter, edge.signals));
     let (sel, swept) = match sweep::sweep_marked(&provider, opts, &stages, remove).await {
         Ok(done) => done,
-        Err(e) => {
-            errln!("error: {e} in {region}");
+        Err(sweep::SweepError::Discover(e)) => {
+            errln!("error: cannot list rehearse's resources in {region}: {}", e.message);
             return exit::BUILD_FAILED;
         }
     };

@@ -24,8 +24,7 @@ pub(super) fn resolve_run(g: &Global, arg: &str) -> Result<String, i32> {
         return Ok(arg.to_string());
     }
     let rows = scan_runs(g)?;
-    let named: Vec<RunRow> = rows.into_iter().filter(|r| r.live() && r.name.as_deref() == Some(arg)).collect();
-    match named.as_slice() {
+    match crate::engine::inventory::live_named(&rows, arg).as_slice() {
         [r] => Ok(r.run_id.clone()),
         [] => {
             errln!(
@@ -59,7 +58,7 @@ pub(super) fn check_name_free(g: &Global, name: &str) -> Result<(), i32> {
         errln!("error: --name `{name}`: {why}");
         return Err(exit::USAGE);
     }
-    if let Some(r) = scan_runs(g)?.into_iter().find(|r| r.live() && r.name.as_deref() == Some(name)) {
+    if let Some(r) = crate::engine::inventory::live_named(&scan_runs(g)?, name).first() {
         errln!(
             "error: the name `{name}` is taken by the live run {} ({}); pick another or `rehearse down {name}`",
             r.run_id,

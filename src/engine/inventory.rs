@@ -117,6 +117,13 @@ impl RunRow {
     }
 }
 
+/// The live runs of `rows` that go by `name` (`up --name`). A name is a claim in a
+/// journal, which anyone with a shared store's policy can write: more than one is
+/// for the caller to refuse, never to choose from.
+pub fn live_named<'a>(rows: &'a [RunRow], name: &str) -> Vec<&'a RunRow> {
+    rows.iter().filter(|r| r.live() && r.name.as_deref() == Some(name)).collect()
+}
+
 /// The runs in the state directory `root` (checked by the caller), by run id.
 pub fn scan(root: &Path) -> Vec<RunRow> {
     let mut rows = Vec::new();

@@ -246,3 +246,149 @@ pub async fn remove_marked<P: Provider>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The local sweep and the local `down` without a journal, through the engine,
+    //! with the local provider on a state directory and its directory store (where
+    //! stage records live).
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::engine::down::{self, DownOptions, Located, Source};
+    use crate::engine::events::Silent;
+    use crate::engine::journal::{Journal, RunMeta};
+    use crate::engine::stage::{Generation, StageRecord};
+    use crate::engine::store::file::FileStore;
+    use crate::plan::Kind;
+    use crate::providers::local::LocalProvider;
+
+    /// A run of `id` whose process died (crashed), expired, with a workspace holding a
+    /// file; `stage`: the generation it is; `here`: journaled by this machine.
+    async fn crashed(root: &Path, work: &Path, id: &str, stage: Option<StageRef>, here: bool) -> PathBuf {
+        let ws = work.join("runs").join(id);
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::write(ws.join("file"), "x").unwrap();
+        let dir = crate::sys::state::run_dir(root, id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut meta = RunMeta::sample(id, "local", Some(ws.to_str().unwrap()));
+        meta.pid = 999_999_999;
+        meta.expires_at = Utc::now() - chrono::Duration::hours(1);
+        meta.stage = stage;
+        let j = Journal::create(&dir.join("journal.jsonl"), &meta).unwrap();
+        j.created("workspace", Kind::Workspace, serde_json::json!({ "dir": ws })).await.unwrap();
+        if !here {
+            std::fs::remove_file(dir.join(crate::engine::journal::HERE)).unwrap();
+        }
+        ws
+    }
+
+    fn opts<'a>(
+        run_id: &'a str,
+        root: &'a Path,
+        work: &Path,
+        stages: &'a (dyn Fn() -> Option<Arc<dyn ObjectStore>> + Sync),
+        signals: &'a Signals,
+    ) -> DownOptions<'a> {
+        DownOptions {
+            run_id,
+            generation: None,
+            state_root: root,
+            shared: None,
+            stages,
+            lost: LostRun {
+                provider: "local".into(),
+                region: None,
+                work_dir: Some(std::path::absolute(work).unwrap().join("runs").join(run_id)),
+            },
+            by_marks: format!("rehearse down {run_id}"),
+            reporter: &Silent,
+            signals,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_sweep_removes_expired_runs_only_and_keeps_a_stages_current_generation_and_others_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, work) = (dir.path().join("state"), dir.path().join("work"));
+        let (a, b, c) = ("r-20261125-000000-00000a", "r-20261125-000000-00000b", "r-20261125-000000-00000c");
+        let serving = StageRef { stage: "staging".into(), generation: 2 };
+        let ws_a = crashed(&root, &work, a, None, true).await;
+        let ws_b = crashed(&root, &work, b, Some(serving.clone()), true).await;
+        let ws_c = crashed(&root, &work, c, None, false).await;
+        // The stage's record (in the directory store) says run b is its current generation.
+        let store = Arc::new(FileStore::open(&root).unwrap()) as Arc<dyn ObjectStore>;
+        let mut record = StageRecord::new("staging", "shop", "local", Default::default());
+        record.generations.push(Generation::building(2, b, "v2", Utc::now()));
+        record.current = Some(2);
+        let body = serde_json::to_vec(&record).unwrap();
+        store
+            .put(&crate::engine::stage::record_key("staging"), body, crate::engine::store::Condition::Always)
+            .await
+            .unwrap();
+        let stages = || Some(store.clone());
+
+        let sweep_opts = SweepOptions { min_age: None, environment: None, now: Utc::now() };
+        let rows = crate::engine::inventory::scan(&root);
+        assert!(rows.iter().all(|r| r.status == RunStatus::Crashed), "{rows:?}");
+        let sel = select_runs(rows, &sweep_opts, &stages).await;
+        let ids: Vec<&str> = sel.candidates.iter().map(Candidate::run_id).collect();
+        assert_eq!(ids, [a]);
+        assert!(
+            matches!(&sel.kept[..], [Kept::NotHere { run_id, .. }, Kept::CurrentGeneration { stage, .. }]
+                if run_id == c && stage == "staging"),
+            "{:?}",
+            sel.kept
+        );
+        // Older than asked for, or of another environment: nothing.
+        let older = SweepOptions { min_age: Some(chrono::Duration::days(1)), ..sweep_opts.clone() };
+        assert!(select_runs(crate::engine::inventory::scan(&root), &older, &stages).await.candidates.is_empty());
+        let other = SweepOptions { environment: Some("other".into()), ..sweep_opts.clone() };
+        assert!(select_runs(crate::engine::inventory::scan(&root), &other, &stages).await.candidates.is_empty());
+
+        // Each candidate goes through `down`, which refuses the others as well.
+        let provider = LocalProvider::new(&work);
+        let signals = Signals::none();
+        let located = down::locate(Some(&root), a).unwrap();
+        assert!(matches!(located, Located::Journal { .. }));
+        let done = down::down(&provider, located, &opts(a, &root, &work, &stages, &signals)).await.unwrap();
+        assert!(done.complete() && done.source == Source::Journal);
+        assert!(!ws_a.exists(), "the swept run's workspace is still there");
+        for (run, why) in [(b, "current generation"), (c, "not this host's run")] {
+            let located = down::locate(Some(&root), run).unwrap();
+            let refused = down::down(&provider, located, &opts(run, &root, &work, &stages, &signals)).await;
+            assert!(matches!(&refused, Err(e) if e.refused() && e.to_string().contains(why)), "{run}");
+        }
+        assert!(ws_b.exists() && ws_c.exists());
+        // A record that cannot be read protects the generation too.
+        let none = || None;
+        let sel = select_runs(crate::engine::inventory::scan(&root), &sweep_opts, &none).await;
+        assert!(sel
+            .kept
+            .iter()
+            .any(|k| matches!(k, Kept::CurrentGeneration { stage, .. } if stage.contains("cannot be read"))));
+    }
+
+    #[tokio::test]
+    async fn a_local_down_without_a_journal_removes_the_runs_workspace_found_by_its_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, work) = (dir.path().join("state"), dir.path().join("work"));
+        let id = "r-20261125-000000-00000d";
+        let ws = work.join("runs").join(id);
+        std::fs::create_dir_all(ws.join("db")).unwrap();
+        let provider = LocalProvider::new(&work);
+        let signals = Signals::none();
+        let stages = || None;
+        let located = down::locate(Some(&root), id).unwrap();
+        assert!(matches!(located, Located::Lost(None)));
+        let done = down::down(&provider, located, &opts(id, &root, &work, &stages, &signals)).await.unwrap();
+        assert_eq!(done.source, Source::Marks(1));
+        assert!(done.complete(), "{:?}", done.teardown.as_ref().map(|t| t.listed("")));
+        assert!(!ws.exists());
+        // The rebuilt journal says so; a second `down` has nothing left to find.
+        let located = down::locate(Some(&root), id).unwrap();
+        assert!(matches!(located, Located::Journal { .. }));
+        let again = down::down(&provider, Located::Lost(None), &opts(id, &root, &work, &stages, &signals)).await;
+        assert!(matches!(again, Ok(d) if d.source == Source::Nothing));
+    }
+}
