@@ -30,7 +30,7 @@ use crate::sys::timing::Clock;
 #[derive(Debug)]
 pub enum Located {
     /// The run's journal, with its run record: it names the provider.
-    Journal { path: PathBuf, meta: RunMeta, finished: bool },
+    Journal { path: PathBuf, meta: Box<RunMeta>, finished: bool },
     /// No journal to tear down from: the run's marks must find what it made.
     Lost(Option<Lost>),
 }
@@ -234,7 +234,7 @@ pub fn locate(state_root: Option<&Path>, run_id: &str) -> Result<Located, DownEr
             if meta.run_id != run_id {
                 return Err(DownError::AnotherRunsJournal { path, owner: meta.run_id, run_id: run_id.to_string() });
             }
-            Ok(Located::Journal { path, meta, finished: finished.is_some() })
+            Ok(Located::Journal { path, meta: Box::new(meta), finished: finished.is_some() })
         }
         Ok(_) => Ok(Located::Lost(Some(Lost::NoRunRecord(path)))),
         Err(source) => Ok(Located::Lost(Some(Lost::Unreadable { path, source }))),
