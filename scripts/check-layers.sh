@@ -43,6 +43,36 @@ for low in sys secrets style diag exit; do
     forbid "$low" 'crate::(engine|providers|commands|report|suites|plan|description)' "$low is below everything that uses it"
 done
 
+# No command imports another command: each module of src/commands/ parses, picks a
+# provider, calls the engine and renders; what they share is an edge helper, not a
+# command. Allowed: what src/commands.rs itself defines (`super::{reporter, runtime,
+# print_json, load_or_report, checked_state, aws_provider, ...}`) and the edge helper
+# modules named in `edge_helpers` (commands/store.rs: which state store, fetching from
+# it, opening journals mirrored to it). Every other file of src/commands/ is a command,
+# and naming it — `super::down`, `super::{reporter, stage}`, `crate::commands::run` —
+# from another file of src/commands/ is refused. (A `use super::{` list spread over
+# lines is read line by line: keep command imports, which are refused anyway, on one.)
+edge_helpers="store"
+commands=$(find src/commands -maxdepth 1 -name '*.rs' -printf '%f\n' | sed 's/\.rs$//' \
+    | grep -vxF -f <(tr ' ' '\n' <<<"$edge_helpers") | sort | paste -sd'|' -)
+if [ -n "$commands" ]; then
+    forbid_in() {
+        local pattern=$1 why=$2 hits
+        hits=$(awk -v pat="$pattern" '
+            FNR == 1 { intest = 0 }
+            /^#\[cfg\(test\)\]/ { intest = 1 }
+            !intest && $0 ~ pat && $0 !~ /^[[:space:]]*\/\// { print FILENAME ":" FNR ": " $0 }
+        ' $(find src/commands -name '*.rs' | grep -v '/tests\.rs$'))
+        if [ -n "$hits" ]; then
+            echo "layering: $why" >&2
+            echo "$hits" >&2
+            status=1
+        fi
+    }
+    forbid_in "(super|crate::commands)::([{]([^}]*[^[:alnum:]_])?)?($commands)([^[:alnum:]_]|\$)" \
+        "a command imports another command (share through src/commands.rs or an edge helper: $edge_helpers)"
+fi
+
 # What the commands print quotes strangers (the state store, releases): it goes through
 # the terminal sanitizer (outln!/errln!/err!, see src/commands.rs). A raw print is for
 # exact output and says why with a `// raw:` comment on its line.

@@ -104,7 +104,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             store::fetched(g, None, &[], || inventory::list(g, *all, *mine)).unwrap_or_else(|code| code)
         }
         Command::Sweep { yes, older_than, environment, region } => store::fetched(g, None, &[], || {
-            inventory::sweep(g, *yes, older_than.as_deref(), environment.as_deref(), region.as_deref())
+            down::sweep(g, *yes, older_than.as_deref(), environment.as_deref(), region.as_deref())
         })
         .unwrap_or_else(|code| code),
         Command::Report { run_id } => named(g, run_id, &[Part::Journal, Part::Report], |id| inventory::report(g, id)),

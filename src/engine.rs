@@ -10,11 +10,18 @@
 //!   engine writes it;
 //! - [`teardown`]: destroy from the journal in rank order, leftovers with commands;
 //! - [`events`]: progress as it happens, for a terminal or a log;
-//! - [`connection`]: how to reach a kept environment, secrets included, for its owner.
+//! - [`connection`]: how to reach a kept environment, secrets included, for its owner;
+//! - operations, one module each, typed outcome in, nothing printed: [`down`] (from the
+//!   journal or from discovery), [`discover`] (a run's resources by its marks),
+//!   [`inventory`] (the runs and their status; a stage's current generation protected),
+//!   [`sweep`] (what has expired, one candidate list, removed by rank).
 
 mod assemble;
 pub mod connection;
+pub mod discover;
+pub mod down;
 pub mod events;
+pub mod inventory;
 pub mod journal;
 pub mod lifecycle;
 pub mod provider;
@@ -22,4 +29,5 @@ pub mod rebuild;
 pub mod stage;
 mod steps;
 pub mod store;
+pub mod sweep;
 pub mod teardown;

@@ -1,44 +1,32 @@
-//! `rehearse down`: tear a run down from its journal — or, when the journal is lost,
-//! from what its tags find, removing only what rehearse demonstrably made.
+//! `rehearse down` and `rehearse sweep`: the command side of [`crate::engine::down`]
+//! and [`crate::engine::sweep`] — which provider, then what happened, said, and its
+//! exit code. A sweep of this machine's runs is `down` of each expired one, all in
+//! this process's one runtime.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::reporter;
+use super::{checked_state, reporter, runtime};
 use crate::cli::Global;
+use crate::engine::down::{self as op, DownError, DownOptions, Downed, Located, LostRun, Source};
 use crate::engine::events::Reporter;
-use crate::engine::journal::{self, Journal, Record, State};
-use crate::engine::provider::Provider;
+use crate::engine::journal::{Journal, RunMeta};
+use crate::engine::store::ObjectStore;
+use crate::engine::sweep::{self, Candidate, Kept, SweepOptions};
 use crate::engine::teardown;
 use crate::exit;
-use crate::plan::Kind;
-use crate::providers::aws::api::tag_value;
-use crate::providers::aws::sdk::Sdk;
-use crate::providers::aws::{by_evidence, AwsProvider, Guard, Tagged, TAG_RESOURCE, TAG_RUN, TEARDOWN_ORDER};
+use crate::providers::aws::TAG_RUN;
 use crate::providers::local::LocalProvider;
-use crate::report::model::Leftover;
 use crate::sys::signals::Signals;
 use crate::sys::state;
-
-/// Why a journal could not be rebuilt for a run whose journal was lost.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SyntheticError {
-    #[error(transparent)]
-    Directory(#[from] crate::sys::secure_fs::FsError),
-    #[error("cannot write {}: {source}", .path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// Records that teardown ran; a journal that cannot take the record is said, not
 /// fatal: teardown's own output already says what is left.
 pub(super) async fn close_journal(journal: &Journal, complete: bool) {
-    if let Err(e) = journal.append(&Record::TornDown { complete, at: Utc::now() }).await {
-        errln!("rehearse: warning: cannot record the teardown in {}: {e}", journal.path().display());
+    if let Err(e) = op::close_journal(journal, complete).await {
+        errln!("rehearse: warning: {e}");
     }
 }
 
@@ -59,280 +47,206 @@ pub(crate) fn down_run(
         errln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
         return exit::USAGE;
     }
-    let state_root = match super::checked_state(g) {
+    let state_root = match checked_state(g) {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let path = state_root.map(|r| state::run_dir(&r, run_id).join("journal.jsonl"));
-    let rt = super::runtime();
     let reporter = reporter(g);
-    let work_root = state::work_dir();
-    rt.block_on(async {
+    runtime().block_on(async {
         // Without signal handlers, `down` still works: it only cannot be stopped early.
         let signals = Signals::install().unwrap_or_else(|_| Signals::none());
-        if let Some(path) = path.filter(|p| p.is_file()) {
-            match journal::read(&path).map(|records| State::from_records(&records)) {
-                Ok(State { meta: Some(meta), finished, .. }) => {
-                    if meta.run_id != run_id {
-                        errln!("error: the journal {} belongs to run {}, not {run_id}", path.display(), meta.run_id);
-                        return exit::USAGE;
-                    }
-                    // A local run's processes and files are the machine's that journaled it;
-                    // what a journal from the store names here is nobody's to remove.
-                    if meta.provider != "aws" {
-                        if let Err(why) = journal::journaled_here(path.parent().unwrap_or(Path::new(".")), run_id) {
-                            errln!("{}", not_here_text(run_id, &meta, &why));
-                            return exit::USAGE;
-                        }
-                    }
-                    if finished.is_none() && meta.pid != std::process::id() && run_alive(&meta, path.parent()) {
-                        if let Some(lease) = other_host_lease(&meta, path.parent()) {
-                            errln!(
-                                "error: run {run_id} is still in progress on {} (its lease runs until {}); interrupt it there and it tears itself down",
-                                lease.host,
-                                lease.lease_until.format("%Y-%m-%d %H:%M:%SZ")
-                            );
-                            return exit::USAGE;
-                        }
-                        errln!(
-                            "error: run {run_id} is still in progress (pid {}); interrupt it (kill -INT {}) and it tears itself down",
-                            meta.pid, meta.pid
-                        );
-                        return exit::USAGE;
-                    }
-                    if let Some(want) = generation.filter(|want| meta.stage.as_ref() != Some(*want)) {
-                        errln!(
-                            "error: run {run_id} is not generation {} of stage `{}` (its journal says {}): left alone",
-                            want.generation,
-                            want.stage,
-                            meta.stage.as_ref().map_or("it is no stage's".to_string(), |s| format!(
-                                "generation {} of `{}`",
-                                s.generation,
-                                s.stage.escape_debug()
-                            ))
-                        );
-                        return exit::USAGE;
-                    }
-                    let current = match (&meta.stage, generation) {
-                        (Some(s), None) => super::stage::current_generation_of(g, run_id, s).await,
-                        _ => None,
-                    };
-                    {
-                        if let Some(stage) = current {
-                            errln!(
-                                "error: run {run_id} is the current generation of stage `{stage}`, which serves through \
-                                 its stable names; it goes when a later generation replaces it, or with \
-                                 `rehearse stage destroy {stage}`"
-                            );
-                            return exit::USAGE;
-                        }
-                    }
-                    let journal = match super::store::open_journal(g, run_id, &path).await {
-                        Ok(j) => j,
-                        Err(e) => {
-                            errln!("error: cannot open the journal {}: {e}", path.display());
-                            return exit::BUILD_FAILED;
-                        }
-                    };
-                    return if meta.provider == "aws" {
-                        let Some(region) = meta.region.as_deref().or(region) else {
-                            errln!("error: the journal of {run_id} names no region: pass --region REGION");
-                            return exit::USAGE;
-                        };
-                        let provider = super::aws_provider(region).await;
-                        let provider = match description_at_hand(&meta) {
-                            Some(loaded) => provider.with_runner_outputs_of(&loaded),
-                            None => provider,
-                        };
-                        let by_tags = Some((&provider, region));
-                        finish_down(g, &provider, &journal, run_id, reporter.as_ref(), &signals, by_tags).await
-                    } else {
-                        let local = LocalProvider::new(&work_root);
-                        finish_down(g, &local, &journal, run_id, reporter.as_ref(), &signals, None).await
-                    };
+        let Some(edge) = Edge::open(g, reporter.as_ref(), &signals).await else { return exit::USAGE };
+        edge.down(run_id, state_root.as_deref(), region, generation).await
+    })
+}
+
+/// What every `down` of a command shares: the state stores, the reporter, the signals.
+struct Edge<'a> {
+    g: &'a Global,
+    shared: Option<Arc<dyn ObjectStore>>,
+    url: Option<state::StateUrl>,
+    reporter: &'a dyn Reporter,
+    signals: &'a Signals,
+}
+
+/// Which provider a run's resources are found and removed by.
+enum Which {
+    Aws(String),
+    Local,
+}
+
+impl<'a> Edge<'a> {
+    async fn open(g: &'a Global, reporter: &'a dyn Reporter, signals: &'a Signals) -> Option<Edge<'a>> {
+        let url = super::store::url(g).ok()?;
+        let shared = super::store::shared_for(url.clone()).await.ok()?;
+        Some(Edge { g, shared, url, reporter, signals })
+    }
+
+    /// Where stage records live, opened when asked (`None`: it cannot be).
+    fn stages(&self) -> Option<Arc<dyn ObjectStore>> {
+        super::store::stage_store(self.g, self.url.as_ref(), self.shared.clone())
+    }
+
+    /// `down RUN_ID` with `region` for a run whose journal is lost, said; its exit code.
+    async fn down(
+        &self,
+        run_id: &str,
+        state_root: Option<&Path>,
+        region: Option<&str>,
+        generation: Option<&crate::engine::stage::StageRef>,
+    ) -> i32 {
+        let located = match op::locate(state_root, run_id) {
+            Ok(l) => l,
+            Err(e) => return said(&e),
+        };
+        let which = match &located {
+            Located::Journal { meta, .. } if meta.provider == "aws" => match meta.region.as_deref().or(region) {
+                Some(r) => Which::Aws(r.to_string()),
+                None => {
+                    errln!("error: the journal of {run_id} names no region: pass --region REGION");
+                    return exit::USAGE;
                 }
-                Ok(_) => errln!(
-                    "rehearse: the journal {} has no run record; looking for what is tagged with {run_id} instead",
-                    path.display()
-                ),
-                Err(e) => errln!(
-                    "rehearse: the journal {} cannot be read ({e}); looking for what is tagged with {run_id} instead",
-                    path.display()
-                ),
+            },
+            Located::Journal { .. } => Which::Local,
+            Located::Lost(lost) => {
+                if let Some(lost) = lost {
+                    errln!("rehearse: {lost}; looking for what is tagged with {run_id} instead");
+                }
+                match region {
+                    Some(r) => Which::Aws(r.to_string()),
+                    None => Which::Local,
+                }
+            }
+        };
+        let work_root = state::work_dir();
+        let stages = || self.stages();
+        let root = super::store::local_root_for(self.g, self.url.as_ref());
+        let mut opts = DownOptions {
+            run_id,
+            generation,
+            state_root: &root,
+            shared: self.shared.clone(),
+            stages: &stages,
+            lost: LostRun::default(),
+            by_marks: String::new(),
+            reporter: self.reporter,
+            signals: self.signals,
+        };
+        match which {
+            Which::Aws(region) => {
+                opts.lost = LostRun { provider: "aws".into(), region: Some(region.clone()), work_dir: None };
+                opts.by_marks = format!("rehearse down {run_id} --region {region}");
+                let provider = super::aws_provider(&region).await;
+                let provider = match &located {
+                    Located::Journal { meta, .. } => match description_at_hand(meta) {
+                        Some(loaded) => provider.with_runner_outputs_of(&loaded),
+                        None => provider,
+                    },
+                    Located::Lost(_) => provider,
+                };
+                render(op::down(&provider, located, &opts).await, Some(&region))
+            }
+            Which::Local => {
+                let work = std::path::absolute(&work_root).unwrap_or_else(|_| work_root.clone());
+                let work = work.join("runs").join(run_id);
+                opts.lost = LostRun { provider: "local".into(), region: None, work_dir: Some(work) };
+                opts.by_marks = format!("rehearse down {run_id}");
+                let provider = LocalProvider::new(&work_root);
+                render(op::down(&provider, located, &opts).await, None)
             }
         }
-        // The journal is gone: rebuild what the run's tags find.
-        if let Some(region) = region {
-            let provider = super::aws_provider(region).await;
-            let tagged = match provider.tagged().await {
-                Ok(all) => all.into_iter().filter(|t| tag_value(&t.tags, TAG_RUN) == Some(run_id)).collect::<Vec<_>>(),
-                Err(e) => {
-                    errln!("error: cannot list rehearse's resources in {region}: {e}");
-                    return exit::BUILD_FAILED;
-                }
-            };
-            // A tag is not enough: only what rehearse demonstrably made is removed.
-            let (found, doubtful) = by_evidence(tagged);
-            for (t, why) in &doubtful {
-                errln!("rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {why}", t.kind, t.id);
-            }
-            if found.is_empty() {
-                errln!("rehearse: no journal and nothing tagged {TAG_RUN}={run_id} in {region}: nothing to remove");
-                return exit::PASSED;
-            }
-            errln!("rehearse: no journal for {run_id}; removing the {} resource(s) tagged with it in {region}", found.len());
-            let journal = match synthetic_journal(g, run_id, "aws", Some(region), None, &found).await {
-                Ok(j) => j,
-                Err(e) => {
-                    errln!("error: {e}");
-                    return exit::BUILD_FAILED;
-                }
-            };
-            return finish_down(g, &provider, &journal, run_id, reporter.as_ref(), &signals, None).await;
+    }
+}
+
+/// A refusal or failure of `down`, said; its exit code.
+fn said(e: &DownError) -> i32 {
+    match e {
+        DownError::NotHere { .. } | DownError::NotHereAtTeardown { .. } => errln!("rehearse: {e}"),
+        _ => errln!("error: {e}"),
+    }
+    if e.refused() {
+        exit::USAGE
+    } else {
+        exit::BUILD_FAILED
+    }
+}
+
+/// What `down` did, said; its exit code. `region`: an AWS run's.
+fn render(downed: Result<Downed, DownError>, region: Option<&str>) -> i32 {
+    let d = match (downed, region) {
+        (Ok(d), _) => d,
+        (Err(DownError::Discover(e)), Some(region)) => {
+            errln!("error: cannot list rehearse's resources in {region}: {}", e.message);
+            return exit::BUILD_FAILED;
         }
-        // Locally, the run's tag is its work directory and every process carrying its id.
-        let work = std::path::absolute(&work_root).unwrap_or_else(|_| work_root.clone()).join("runs").join(run_id);
-        let found = !crate::providers::local::tagged_processes(run_id).is_empty() || work.exists();
-        if !found {
+        (Err(e), _) => return said(&e),
+    };
+    let run_id = d.run_id.as_str();
+    for m in &d.doubtful {
+        errln!(
+            "rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {}",
+            m.kind,
+            m.provider_id,
+            m.doubt.as_deref().unwrap_or_default()
+        );
+    }
+    match (d.source, region) {
+        (Source::Nothing, Some(region)) => {
+            errln!("rehearse: no journal and nothing tagged {TAG_RUN}={run_id} in {region}: nothing to remove");
+            return exit::PASSED;
+        }
+        (Source::Nothing, None) => {
             errln!(
                 "rehearse: no journal and nothing tagged with {run_id} on this machine: nothing to remove \
                  (an AWS run? pass --region)"
             );
             return exit::PASSED;
         }
-        errln!("rehearse: no journal for {run_id}; removing what is tagged with it");
-        match synthetic_journal(g, run_id, "local", None, Some(&work), &[]).await {
-            Ok(j) => {
-                finish_down(g, &LocalProvider::new(&work_root), &j, run_id, reporter.as_ref(), &signals, None).await
-            }
-            Err(e) => {
-                errln!("error: {e}");
-                exit::BUILD_FAILED
-            }
+        (Source::Marks(n), Some(region)) => {
+            errln!("rehearse: no journal for {run_id}; removing the {n} resource(s) tagged with it in {region}")
         }
-    })
-}
-
-/// Tears the run down from `journal`; on AWS (`by_tags`: the provider and region),
-/// then removes whatever still carries the run's tag, so that a journal that says
-/// something is gone (a `deleted` anyone with the store's policy could append) never
-/// makes "nothing left" true by saying it.
-async fn finish_down<P: Provider>(
-    g: &Global,
-    provider: &P,
-    journal: &Journal,
-    run_id: &str,
-    reporter: &dyn Reporter,
-    signals: &Signals,
-    by_tags: Option<(&AwsProvider<Sdk>, &str)>,
-) -> i32 {
-    let mut out =
-        teardown::run(provider, journal, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new())
-            .await;
-    if let Some(why) = out.not_here() {
-        errln!("rehearse: {run_id}: not this host's run: left alone ({why})");
-        return exit::USAGE;
+        (Source::Marks(_), None) => errln!("rehearse: no journal for {run_id}; removing what is tagged with it"),
+        (Source::Journal, _) => {}
     }
-    if let (Some((aws, region)), false) = (by_tags, out.interrupted) {
-        remove_still_tagged(aws, run_id, region, &mut out).await;
-    }
-    close_journal(journal, out.complete()).await;
-    if out.complete() {
-        // Nothing left to connect to: its connection details (and their secrets) go too.
-        if let Some(dir) = journal.path().parent() {
-            if let Err(e) = crate::engine::connection::Connection::remove(dir) {
-                errln!("rehearse: warning: cannot remove the connection details in {}: {e}", dir.display());
-            }
-        }
-        if let Ok(Some(store)) = super::store::shared(g).await {
-            if let Err(e) = crate::engine::store::sync::remove_connection(store.as_ref(), run_id).await {
-                errln!("rehearse: warning: cannot remove the connection details from {}: {e}", store.url());
-            }
-            // A runner killed outright leaves its lease behind: once it has run out,
-            // it goes with the run (the version read is the version removed).
-            let lease = crate::engine::store::run_lease(run_id);
-            if let Ok(Some((info, etag))) = crate::engine::store::lock::holder(store.as_ref(), &lease).await {
-                if info.lease_until <= Utc::now() {
-                    let key = crate::engine::store::lock_key(&lease);
-                    if let Err(e) = store.delete(&key, Some(etag)).await {
-                        errln!("rehearse: warning: cannot remove the run's lapsed lease from {}: {e}", store.url());
-                    }
-                }
-            }
-        }
-        outln!("{run_id}: torn down, nothing left");
-        exit::PASSED
-    } else {
-        err!(
-            "{}",
-            teardown::leftover_text(
-                run_id,
-                &out.listed(&format!("rehearse down {run_id} (--region REGION for an AWS run)"))
-            )
+    if !d.still_marked.is_empty() {
+        errln!(
+            "rehearse: {} resource(s) still tagged {TAG_RUN}={run_id} after the teardown from its journal (which \
+             says they are gone, or does not name them): removing them",
+            d.still_marked.len()
         );
-        exit::LEFTOVERS
     }
-}
-
-/// After a teardown from the journal: what is still tagged with the run (and that
-/// rehearse demonstrably made, as `down --region` and `sweep` want) is removed through
-/// the guard, users before what they use; what cannot be listed or removed is left,
-/// said. The journal is trusted for what it says exists, never for what it says is gone.
-async fn remove_still_tagged(provider: &AwsProvider<Sdk>, run_id: &str, region: &str, out: &mut teardown::Outcome) {
-    let by_tag = format!("rehearse down {run_id} --region {region}");
-    let tagged = match provider.tagged().await {
-        Ok(all) => all.into_iter().filter(|t| tag_value(&t.tags, TAG_RUN) == Some(run_id)).collect::<Vec<_>>(),
-        Err(e) => {
-            out.add_leftovers(vec![Leftover {
-                id: "(unknown)".into(),
-                kind: "journal".into(),
-                provider_id: Some(format!("cannot list what is tagged {TAG_RUN}={run_id} in {region}: {e}")),
-                command: by_tag,
-            }]);
-            return;
-        }
-    };
-    let (found, doubtful) = by_evidence(tagged);
-    for (t, why) in &doubtful {
-        errln!("rehearse: not removing {} {} although it is tagged {TAG_RUN}={run_id}: {why}", t.kind, t.id);
-    }
-    if found.is_empty() {
-        return;
-    }
-    errln!(
-        "rehearse: {} resource(s) still tagged {TAG_RUN}={run_id} after the teardown from its journal (which says \
-         they are gone, or does not name them): removing them",
-        found.len()
-    );
-    let guard = Guard { run_id: run_id.to_string() };
-    let mut left = Vec::new();
-    for kind in TEARDOWN_ORDER {
-        let wave: Vec<&Tagged> = found.iter().filter(|t| t.kind == kind).collect();
-        let results =
-            futures_util::future::join_all(wave.iter().map(|t| provider.destroy_id(t.kind, &t.id, &guard))).await;
-        for (t, r) in wave.into_iter().zip(results) {
-            match r {
-                Ok(()) => errln!("rehearse: removed {} {} (tagged {TAG_RUN}={run_id})", t.kind, t.id),
-                Err(e) => {
-                    errln!("rehearse: cannot remove {} {}: {e}", t.kind, t.id);
-                    left.push(Leftover {
-                        id: tag_value(&t.tags, TAG_RESOURCE).unwrap_or(&t.id).to_string(),
-                        kind: t.kind.to_string(),
-                        provider_id: Some(t.id.clone()),
-                        command: by_tag.clone(),
-                    });
-                }
-            }
+    for s in &d.still_marked {
+        match &s.error {
+            None => errln!("rehearse: removed {} {} (tagged {TAG_RUN}={run_id})", s.marked.kind, s.marked.provider_id),
+            Some(e) => errln!("rehearse: cannot remove {} {}: {e}", s.marked.kind, s.marked.provider_id),
         }
     }
-    out.add_leftovers(left);
+    for w in &d.warnings {
+        errln!("rehearse: warning: {w}");
+    }
+    match &d.teardown {
+        Some(out) if !out.complete() => {
+            err!(
+                "{}",
+                teardown::leftover_text(
+                    run_id,
+                    &out.listed(&format!("rehearse down {run_id} (--region REGION for an AWS run)"))
+                )
+            );
+            exit::LEFTOVERS
+        }
+        _ => {
+            outln!("{run_id}: torn down, nothing left");
+            exit::PASSED
+        }
+    }
 }
 
 /// The run's description, read again from this machine's disk, for what a journal
 /// must not decide (the runner's outputs bucket): only if it is there, no one but its
 /// owners could have written it (as for masking SQL), and it loads. The path is the
 /// journal's word, but what it names is a file this machine already trusts or nothing.
-fn description_at_hand(meta: &journal::RunMeta) -> Option<crate::description::Loaded> {
+fn description_at_hand(meta: &RunMeta) -> Option<crate::description::Loaded> {
     let path = Path::new(&meta.description);
     if meta.description.is_empty() || !path.is_absolute() || !path.is_file() {
         return None;
@@ -344,117 +258,158 @@ fn description_at_hand(meta: &journal::RunMeta) -> Option<crate::description::Lo
     crate::description::load(path, Some(&meta.release)).ok()
 }
 
-/// A journal reconstructed for a run whose journal was lost: the local work directory,
-/// or the AWS resources found by tag (listed in creation order, so teardown's reverse
-/// order removes users before what they use).
-async fn synthetic_journal(
+/// `sweep --older-than`: from nothing to ten years (older is older than rehearse).
+const MIN_AGE: std::time::Duration = std::time::Duration::ZERO;
+const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3650 * 86400);
+
+/// `rehearse sweep`: this machine's expired runs from their journals, or with
+/// `region`, the expired resources rehearse tagged there.
+pub(crate) fn sweep(
     g: &Global,
-    run_id: &str,
-    provider: &str,
+    yes: bool,
+    older_than: Option<&str>,
+    environment: Option<&str>,
     region: Option<&str>,
-    work: Option<&Path>,
-    found: &[Tagged],
-) -> Result<Journal, SyntheticError> {
-    let root = state::private_dir(&super::store::local_root(g))?;
-    let runs = state::private_dir(&state::runs_dir(&root))?;
-    let dir = runs.join(run_id);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(source) => return Err(SyntheticError::Io { path: dir, source }),
-    }
-    let meta = journal::RunMeta {
-        run_id: run_id.to_string(),
-        environment: "(unknown: journal lost)".into(),
-        provider: provider.into(),
-        description: String::new(),
-        release: String::new(),
-        owner: String::new(),
-        started_at: Utc::now(),
-        expires_at: Utc::now(),
-        destroy: "always".into(),
-        work_dir: work.map(|w| w.display().to_string()),
-        region: region.map(str::to_string),
-        pid: std::process::id(),
-        pid_start: crate::sys::process::start_time(std::process::id() as i32).unwrap_or(0),
-        name: None,
-        user: Some(crate::sys::process::user_name(nix::unistd::geteuid().as_raw())),
-        max_ttl_secs: None,
-        host: Some(crate::sys::process::host_name()),
-        stage: None,
-    };
-    let path = dir.join("journal.jsonl");
-    // An unreadable journal is kept beside, for a person to look at; if it cannot be
-    // moved, the new journal cannot be created either, and that error is the one said.
-    if path.exists() {
-        let kept = dir.join(format!("journal.damaged-{}.jsonl", Utc::now().format("%Y%m%d-%H%M%S")));
-        std::fs::rename(&path, &kept).map_err(|source| SyntheticError::Io { path: path.clone(), source })?;
-    }
-    let io = |source| SyntheticError::Io { path: path.clone(), source };
-    let j = Journal::create(&path, &meta).map_err(io)?;
-    // With a shared store, the rebuilt journal goes there too (after whatever it has).
-    let j = match super::store::shared(g).await {
-        Ok(Some(store)) => super::store::mirror(j, store, run_id).await.map_err(io)?,
-        _ => j,
-    };
-    if let Some(work) = work {
-        j.created("workspace", Kind::Workspace, serde_json::json!({"dir": work})).await.map_err(io)?;
-    }
-    for t in found.iter().rev() {
-        let id = tag_value(&t.tags, TAG_RESOURCE).map(str::to_string).unwrap_or_else(|| format!("{}:{}", t.kind, t.id));
-        let key = match t.kind {
-            Kind::AwsInstance => "instance_id",
-            Kind::AwsDbInstance => "db_instance_id",
-            Kind::AwsDbCluster => "db_cluster_id",
-            Kind::AwsSecurityGroup => "group_id",
-            _ => "name",
-        };
-        j.created(&id, t.kind, serde_json::json!({ key: t.id })).await.map_err(io)?;
-    }
-    Ok(j)
-}
-
-/// What `down` and `sweep` say of a local run this machine did not journal.
-pub(super) fn not_here_text(run_id: &str, meta: &journal::RunMeta, why: &str) -> String {
-    let claim =
-        meta.host.as_deref().map(|h| format!("; its journal says host `{}`", h.escape_debug())).unwrap_or_default();
-    format!(
-        "rehearse: {run_id}: not this host's run: left alone ({why}{claim}); a local run's processes and files are \
-         removed only on the machine that ran it, with `rehearse down {run_id}` there"
-    )
-}
-
-/// A run's lease as last fetched from the shared store, when the run is on another
-/// machine (`runs/RUN_ID/lease.json`).
-fn other_host_lease(meta: &journal::RunMeta, run_dir: Option<&Path>) -> Option<crate::engine::store::lock::LockInfo> {
-    let host = meta.host.as_deref()?;
-    if host == crate::sys::process::host_name() {
-        return None;
-    }
-    let text = std::fs::read(run_dir?.join("lease.json")).ok()?;
-    serde_json::from_slice(&text).ok()
-}
-
-/// Whether the process running a journal's run still lives: on this machine, its PID
-/// and start time; on another (a shared store), its lease has not run out.
-pub(super) fn run_alive(meta: &journal::RunMeta, run_dir: Option<&Path>) -> bool {
-    match meta.host.as_deref() {
-        Some(h) if h != crate::sys::process::host_name() => {
-            other_host_lease(meta, run_dir).is_some_and(|l| l.lease_until > Utc::now())
+) -> i32 {
+    let min_age = match older_than.map(|t| crate::description::bounded_duration("--older-than", t, MIN_AGE, MAX_AGE)) {
+        None => None,
+        Some(Ok(d)) => Some(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
+        Some(Err(why)) => {
+            errln!("error: {why}");
+            return exit::USAGE;
         }
-        _ => pid_alive(meta.pid, meta.pid_start),
-    }
+    };
+    let opts = SweepOptions { min_age, environment: environment.map(str::to_string), now: Utc::now() };
+    let state_root = match region {
+        Some(_) => None,
+        None => match checked_state(g) {
+            Ok(r) => r,
+            Err(code) => return code,
+        },
+    };
+    let reporter = reporter(g);
+    runtime().block_on(async {
+        let signals = Signals::install().unwrap_or_else(|_| Signals::none());
+        let Some(edge) = Edge::open(g, reporter.as_ref(), &signals).await else { return exit::USAGE };
+        match region {
+            Some(region) => sweep_region(&edge, region, yes, &opts).await,
+            None => sweep_here(&edge, state_root.as_deref(), yes, &opts).await,
+        }
+    })
 }
 
-/// Whether the rehearse process that ran a journal is still running: its PID *and*
-/// its start time (a journal from before start times were recorded falls back to the
-/// PID alone).
-pub(super) fn pid_alive(pid: u32, start_time: u64) -> bool {
-    use crate::sys::process::{is_alive, ProcHandle};
-    let pid = pid as i32;
-    if start_time == 0 {
-        return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-            && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+/// `sweep`: the expired runs of this machine's state directory, each `down` in turn.
+async fn sweep_here(edge: &Edge<'_>, state_root: Option<&Path>, yes: bool, opts: &SweepOptions) -> i32 {
+    let rows = state_root.map(crate::engine::inventory::scan).unwrap_or_default();
+    let stages = || edge.stages();
+    let sel = sweep::select_runs(rows, opts, &stages).await;
+    for k in &sel.kept {
+        match k {
+            Kept::NotHere { run_id, not_here } => {
+                outln!("{run_id}: not this host's run: left alone ({}{})", not_here.why, not_here.claim())
+            }
+            Kept::CurrentGeneration { candidate, stage } => {
+                outln!("keeping {}: the current generation of stage `{stage}`", candidate.run_id())
+            }
+            Kept::Doubtful(_) => {}
+        }
     }
-    is_alive(&ProcHandle { pid, pgid: 0, start_time })
+    let runs: Vec<_> = sel
+        .candidates
+        .iter()
+        .filter_map(|c| match c {
+            Candidate::Run(r) => Some(r),
+            Candidate::Marked(_) => None,
+        })
+        .collect();
+    if runs.is_empty() {
+        outln!("nothing to sweep: no expired rehearse environment on this machine");
+        return exit::PASSED;
+    }
+    for r in &runs {
+        outln!(
+            "{} {} ({}, release {}, {}, expired {})",
+            if yes { "removing" } else { "would remove" },
+            r.run_id,
+            r.environment,
+            r.release,
+            r.status,
+            r.expires_at.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
+    if !yes {
+        outln!("dry run: {} environment(s); run `rehearse sweep --yes` to remove them", runs.len());
+        return exit::PASSED;
+    }
+    let mut code = exit::PASSED;
+    for r in &runs {
+        let c = edge.down(&r.run_id, state_root, None, None).await;
+        if c != exit::PASSED {
+            code = c;
+        }
+    }
+    code
+}
+
+/// `sweep --region`: every resource tagged by rehearse in the region whose
+/// `rehearse:expires-at` has passed (and matching the filters); listed, and with
+/// `--yes` removed through the guard. Untagged resources are never considered, and an
+/// unexpired one (a run in progress, a kept environment within its TTL) never matches.
+async fn sweep_region(edge: &Edge<'_>, region: &str, yes: bool, opts: &SweepOptions) -> i32 {
+    let provider = super::aws_provider(region).await;
+    let stages = || edge.stages();
+    let lost = LostRun { provider: "aws".into(), region: Some(region.to_string()), work_dir: None };
+    let remove = yes.then_some((&lost, edge.reporter, edge.signals));
+    let (sel, swept) = match sweep::sweep_marked(&provider, opts, &stages, remove).await {
+        Ok(done) => done,
+        Err(sweep::SweepError::Discover(e)) => {
+            errln!("error: cannot list rehearse's resources in {region}: {}", e.message);
+            return exit::BUILD_FAILED;
+        }
+    };
+    for k in &sel.kept {
+        match k {
+            Kept::CurrentGeneration { candidate: Candidate::Marked(m), stage } => {
+                outln!("keeping {} {}: the current generation of stage `{stage}`", m.kind, m.provider_id)
+            }
+            Kept::Doubtful(m) => outln!(
+                "not sweeping {} {}: it carries rehearse's tags, but {}",
+                m.kind,
+                m.provider_id,
+                m.doubt.as_deref().unwrap_or_default()
+            ),
+            _ => {}
+        }
+    }
+    if sel.candidates.is_empty() {
+        outln!("nothing to sweep: no expired rehearse resource in {region}");
+        return exit::PASSED;
+    }
+    let expires = |m: &crate::engine::discover::Marked| {
+        m.expires_at.map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+    };
+    if !yes {
+        for c in &sel.candidates {
+            if let Candidate::Marked(m) = c {
+                outln!("would remove {} {} (run {}, expired {})", m.kind, m.provider_id, m.run_id, expires(m));
+            }
+        }
+        outln!(
+            "dry run: {} resource(s); run `rehearse sweep --region {region} --yes` to remove them",
+            sel.candidates.len()
+        );
+        return exit::PASSED;
+    }
+    let mut code = exit::PASSED;
+    for s in &swept {
+        let m = &s.marked;
+        match &s.error {
+            None => outln!("removed {} {} (run {}, expired {})", m.kind, m.provider_id, m.run_id, expires(m)),
+            Some(e) => {
+                errln!("error: could not remove {} {}: {e}", m.kind, m.provider_id);
+                code = exit::LEFTOVERS;
+            }
+        }
+    }
+    code
 }

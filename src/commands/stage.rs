@@ -717,17 +717,3 @@ async fn destroy_locked(g: &Global, opened: &Opened, store: &dyn ObjectStore, na
         }
     }
 }
-
-/// Whether the run is a stage's current generation (which `down` and `sweep` leave to
-/// `rehearse stage destroy`): the stage's name, when it is.
-/// A record that cannot be read counts as saying yes: removing a stage's serving
-/// generation by mistake is the worse error.
-pub(super) async fn current_generation_of(g: &Global, run_id: &str, stage: &st::StageRef) -> Option<String> {
-    let unknown = || Some(format!("{} (its record cannot be read now)", stage.stage));
-    let Ok(opened) = open(g).await else { return unknown() };
-    match st::load(opened.store.as_ref(), &stage.stage).await {
-        Ok(Some((record, _))) => record.is_current_run(run_id).then(|| stage.stage.clone()),
-        Ok(None) => None,
-        Err(_) => unknown(),
-    }
-}

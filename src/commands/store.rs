@@ -13,7 +13,6 @@ use std::sync::Arc;
 use crate::cli::Global;
 use crate::engine::journal::Journal;
 use crate::engine::store::file::FileStore;
-use crate::engine::store::records::{self, RemoteJournal};
 use crate::engine::store::{sync, ObjectStore, StoreError};
 use crate::exit;
 use crate::sys::state::{self, StateUrl};
@@ -94,6 +93,19 @@ pub(crate) fn lock_store_for(
         errln!("error: {e}");
         exit::USAGE
     })
+}
+
+/// Where stage records live (as [`lock_store_for`]), or `None` when it cannot be
+/// opened — said by whoever asks (a stage's record that cannot be read protects it).
+pub(crate) fn stage_store(
+    g: &Global,
+    url: Option<&StateUrl>,
+    shared: Option<Arc<dyn ObjectStore>>,
+) -> Option<Arc<dyn ObjectStore>> {
+    match shared {
+        Some(s) => Some(s),
+        None => FileStore::open(&local_root_for(g, url)).ok().map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+    }
 }
 
 fn said(store: &dyn ObjectStore, e: StoreError) -> i32 {
@@ -185,11 +197,7 @@ pub(crate) async fn open_journal(g: &Global, run_id: &str, path: &std::path::Pat
 
 /// Mirrors `j` to `store` after the records the store has of `run_id`.
 pub(crate) async fn mirror(j: Journal, store: Arc<dyn ObjectStore>, run_id: &str) -> std::io::Result<Journal> {
-    let have = records::read(store.as_ref(), run_id)
-        .await
-        .map_err(|e| std::io::Error::other(format!("the state store {}: {e}", store.url())))?
-        .len();
-    j.mirror_to(RemoteJournal::after(store, run_id, have)).await
+    crate::engine::down::mirror(j, store, run_id).await
 }
 
 /// Runs `f` inside a runtime with the shared store's copy fetched first.

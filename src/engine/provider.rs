@@ -445,6 +445,17 @@ pub trait Provider {
         None
     }
 
+    /// What carries the marks of run `run_id` (or of any run: `None`) that this
+    /// provider leaves on what it creates, found without a journal (see
+    /// [`super::discover`]). By default nothing is found.
+    async fn discover(
+        &self,
+        run_id: Option<&str>,
+    ) -> Result<Vec<super::discover::Marked>, super::discover::DiscoverError> {
+        let _ = run_id;
+        Ok(Vec::new())
+    }
+
     /// Fixes what each database of `loaded` would restore from now (its newest backup,
     /// snapshot or restorable time), for runs that must restore the same.
     async fn pin_sources(&self, loaded: &Loaded) -> Result<Pins, StepError> {

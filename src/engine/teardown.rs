@@ -203,14 +203,49 @@ pub async fn run<P: Provider>(
     for r in &state.refused {
         reporter.event(Event::Note(format!("warning: {}", r.describe(&meta.run_id))));
     }
+    let remaining: Vec<journal::Entry> = state.remaining().into_iter().cloned().collect();
+    let w =
+        destroy_in_waves(provider, &remaining, &meta, Some(journal), reporter, signals, stop_at_signal, clock).await;
+    Outcome {
+        left: Left::of(w.leftovers),
+        interrupted: w.interrupted,
+        duration: started.elapsed(),
+        destroyed: w.destroyed,
+        left_alone: w.left_alone,
+    }
+}
+
+/// What [`destroy_in_waves`] did: what it destroyed or tried to, what is left (with
+/// commands), what it left alone as not the run's, and whether a signal stopped it.
+pub struct Waves {
+    pub destroyed: Vec<Destroyed>,
+    pub leftovers: Vec<Leftover>,
+    pub left_alone: Vec<LeftAlone>,
+    pub interrupted: bool,
+}
+
+/// Destroys `entries` of the run `meta` in the provider's rank order (all of a rank
+/// together, each kind of a rank one batch), retrying what is worth it; each removal
+/// is recorded in `journal` when there is one (a sweep by marks has none). Stops early
+/// (listing the rest) at signal number `stop_at_signal`.
+#[allow(clippy::too_many_arguments)]
+pub async fn destroy_in_waves<P: Provider>(
+    provider: &P,
+    entries: &[journal::Entry],
+    meta: &journal::RunMeta,
+    journal: Option<&Journal>,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+    stop_at_signal: u32,
+    clock: &Clock,
+) -> Waves {
     let mut leftovers = Vec::new();
     let mut left_alone = Vec::new();
     let mut interrupted = false;
     let mut destroyed = Vec::new();
-    let remaining: Vec<journal::Entry> = state.remaining().into_iter().cloned().collect();
-    for wave in waves(provider, &remaining) {
+    for wave in waves(provider, entries) {
         if interrupted {
-            leftovers.extend(wave.iter().map(|e| leftover(provider, e, &meta)));
+            leftovers.extend(wave.iter().map(|e| leftover(provider, e, meta)));
             continue;
         }
         // Within a wave, each kind is one batch for the provider; kinds run together.
@@ -222,7 +257,7 @@ pub async fn run<P: Provider>(
             }
         }
         let all = futures_util::future::join_all(
-            kinds.iter().map(|batch| destroy_batch(provider, batch, &meta, reporter, clock)),
+            kinds.iter().map(|batch| destroy_batch(provider, batch, meta, reporter, clock)),
         );
         let results = tokio::select! {
             r = all => Some(r),
@@ -237,8 +272,11 @@ pub async fn run<P: Provider>(
                         destroyed.push(d);
                         if ok {
                             // Unrecorded, the next `down` tries again, and gone counts as done.
-                            if let Err(e) = journal.deleted(&entry.id).await {
-                                reporter.event(Event::Note(format!("{}: cannot record its removal: {e}", entry.id)));
+                            if let Some(j) = journal {
+                                if let Err(e) = j.deleted(&entry.id).await {
+                                    reporter
+                                        .event(Event::Note(format!("{}: cannot record its removal: {e}", entry.id)));
+                                }
                             }
                         } else if let Some(e) = refused {
                             left_alone.push(LeftAlone {
@@ -248,18 +286,18 @@ pub async fn run<P: Provider>(
                                 why: e.to_string(),
                             });
                         } else {
-                            leftovers.push(leftover(provider, entry, &meta));
+                            leftovers.push(leftover(provider, entry, meta));
                         }
                     }
                 }
             }
             None => {
                 interrupted = true;
-                leftovers.extend(wave.iter().map(|e| leftover(provider, e, &meta)));
+                leftovers.extend(wave.iter().map(|e| leftover(provider, e, meta)));
             }
         }
     }
-    Outcome { left: Left::of(leftovers), interrupted, duration: started.elapsed(), destroyed, left_alone }
+    Waves { destroyed, leftovers, left_alone, interrupted }
 }
 
 /// The order of teardown: by the provider's rank of each kind when it knows every

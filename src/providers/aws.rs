@@ -26,7 +26,6 @@ mod sweep;
 
 use destroy::handle_id;
 pub use guard::{by_evidence, Doubt, Guard, Refused, Tagged};
-pub use sweep::{expired, TEARDOWN_ORDER};
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -158,17 +157,17 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
         Self::create_key(res, run_id)
     }
 
-    /// Instances and databases first (they use the groups), then clusters, then the
-    /// subnet group and the security group, then the run's local workspace.
+    /// See [`destroy::rank`]: the one order, for the journal and for what is tagged.
     fn teardown_rank(&self, kind: Kind) -> Option<u8> {
-        match kind {
-            Kind::AwsInstance | Kind::AwsDbInstance | Kind::Install | Kind::Mask => Some(0),
-            // The runner's keys once the runner (whose agent writes them) is gone.
-            Kind::AwsDbCluster | Kind::AwsS3Prefix => Some(1),
-            Kind::AwsDbSubnetGroup | Kind::AwsSecurityGroup | Kind::AwsIngress | Kind::LocalRelease => Some(2),
-            Kind::Workspace => Some(3),
-            _ => None,
-        }
+        destroy::rank(kind)
+    }
+
+    /// What carries the run's tags (see [`AwsProvider::marked`]).
+    async fn discover(
+        &self,
+        run_id: Option<&str>,
+    ) -> Result<Vec<crate::engine::discover::Marked>, crate::engine::discover::DiscoverError> {
+        self.marked(run_id).await
     }
 
     /// Instances go in one batch: one describe guards them all, one call terminates

@@ -176,6 +176,32 @@ impl Provider for LocalProvider {
         true
     }
 
+    /// A run's mark here is its work directory and its id in its processes'
+    /// environment: both found, they are its workspace (whose removal stops them).
+    async fn discover(
+        &self,
+        run_id: Option<&str>,
+    ) -> Result<Vec<crate::engine::discover::Marked>, crate::engine::discover::DiscoverError> {
+        let Some(run_id) = run_id else { return Ok(Vec::new()) };
+        let root = std::path::absolute(&self.work_root).unwrap_or_else(|_| self.work_root.clone());
+        let work = root.join("runs").join(run_id);
+        if tagged_processes(run_id).is_empty() && !work.exists() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![crate::engine::discover::Marked {
+            run_id: run_id.to_string(),
+            id: "workspace".into(),
+            kind: Kind::Workspace,
+            handle: Handle::new(json!({ "dir": work })),
+            provider_id: work.display().to_string(),
+            expires_at: None,
+            created_at: None,
+            environment: None,
+            stage: None,
+            doubt: None,
+        }])
+    }
+
     /// Processes (and install steps) first, then the cluster and the release they
     /// used, then the work directory that held them.
     fn teardown_rank(&self, kind: Kind) -> Option<u8> {

@@ -395,3 +395,31 @@ pub(super) fn handle_id(entry: &Entry) -> Option<String> {
         .iter()
         .find_map(|k| h.get(*k).and_then(|v| v.as_str()).map(str::to_string))
 }
+
+/// The handle of a resource of `kind` known by its provider id `id`, shaped as its
+/// create journals it (what [`handle_id`] reads back).
+pub(super) fn handle_of(kind: Kind, id: &str) -> Handle {
+    let key = match kind {
+        Kind::AwsInstance => "instance_id",
+        Kind::AwsDbInstance => "db_instance_id",
+        Kind::AwsDbCluster => "db_cluster_id",
+        Kind::AwsSecurityGroup => "group_id",
+        _ => "name",
+    };
+    Handle::new(json!({ key: id }))
+}
+
+/// The teardown order of the AWS provider's kinds, users before what they use:
+/// instances and databases first (they use the groups), then clusters (and the
+/// runner's keys, once the runner whose agent writes them is gone), then the subnet
+/// group and the security group, then the run's local workspace. Teardown from a
+/// journal and the listing of what is tagged both follow it.
+pub(super) fn rank(kind: Kind) -> Option<u8> {
+    match kind {
+        Kind::AwsInstance | Kind::AwsDbInstance | Kind::Install | Kind::Mask => Some(0),
+        Kind::AwsDbCluster | Kind::AwsS3Prefix => Some(1),
+        Kind::AwsDbSubnetGroup | Kind::AwsSecurityGroup | Kind::AwsIngress | Kind::LocalRelease => Some(2),
+        Kind::Workspace => Some(3),
+        _ => None,
+    }
+}

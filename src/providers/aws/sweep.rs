@@ -1,11 +1,9 @@
 //! Everything rehearse tagged in a region — what `down` without a journal and `sweep`
-//! work from — and the read-only lookups `plan --resolve-backups` makes.
+//! work from ([`Provider::discover`]) — and the read-only lookups `plan
+//! --resolve-backups` makes.
 
 use super::*;
-
-/// The order tagged resources are removed in: users before what they use.
-pub const TEARDOWN_ORDER: [Kind; 5] =
-    [Kind::AwsInstance, Kind::AwsDbInstance, Kind::AwsDbCluster, Kind::AwsDbSubnetGroup, Kind::AwsSecurityGroup];
+use crate::engine::discover::{DiscoverError, Marked};
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// Every resource in the region carrying a `rehearse:run-id` tag, in teardown order.
@@ -62,8 +60,50 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 });
             }
         }
-        out.sort_by_key(|t| TEARDOWN_ORDER.iter().position(|k| *k == t.kind));
+        // In teardown order (users before what they use), the one order teardown uses.
+        out.sort_by_key(|t| destroy::rank(t.kind));
         Ok(out)
+    }
+
+    /// What carries the tags of run `run_id` (or of any run), as the engine discovers
+    /// it: each with the handle teardown removes it by, its tagged expiry, creation,
+    /// environment and stage, and — when rehearse's names or deletion protection say
+    /// it may not be rehearse's ([`Tagged::evidence`]) — why it is doubted.
+    pub(super) async fn marked(&self, run_id: Option<&str>) -> Result<Vec<Marked>, DiscoverError> {
+        let marks = match run_id {
+            Some(run) => format!("tagged {TAG_RUN}={run}"),
+            None => format!("tagged {TAG_RUN}"),
+        };
+        let tagged = self.tagged().await.map_err(|e| DiscoverError {
+            marks,
+            message: e.to_string(),
+            source: Some(std::sync::Arc::new(e)),
+        })?;
+        Ok(tagged
+            .into_iter()
+            .filter(|t| run_id.is_none_or(|r| tag_value(&t.tags, TAG_RUN) == Some(r)))
+            .map(|t| {
+                let run = tag_value(&t.tags, TAG_RUN).unwrap_or_default().to_string();
+                let stage = tag_value(&t.tags, TAG_STAGE).map(|stage| crate::engine::stage::StageRef {
+                    stage: stage.to_string(),
+                    generation: tag_value(&t.tags, TAG_GENERATION).and_then(|n| n.parse().ok()).unwrap_or(0),
+                });
+                Marked {
+                    id: tag_value(&t.tags, TAG_RESOURCE)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("{}:{}", t.kind, t.id)),
+                    kind: t.kind,
+                    handle: destroy::handle_of(t.kind, &t.id),
+                    provider_id: t.id.clone(),
+                    expires_at: tag_time(&t.tags, TAG_EXPIRES),
+                    created_at: tag_time(&t.tags, TAG_CREATED),
+                    environment: tag_value(&t.tags, TAG_ENV).map(str::to_string),
+                    stage,
+                    doubt: t.evidence().err().map(|d| d.to_string()),
+                    run_id: run,
+                }
+            })
+            .collect())
     }
 }
 
@@ -72,24 +112,6 @@ fn tag_time(tags: &[Tag], key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     tag_value(tags, key)
         .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
         .map(|d| d.with_timezone(&chrono::Utc))
-}
-
-/// Of `tagged`, those whose `rehearse:expires-at` has passed by `now`, created at least
-/// `min_age` ago, of `environment`: what `sweep` may remove. Untagged resources never
-/// get here, and an unexpired one (a run in progress, a kept environment within its
-/// TTL) never matches.
-pub fn expired(
-    tagged: Vec<Tagged>,
-    now: chrono::DateTime<chrono::Utc>,
-    min_age: Option<chrono::Duration>,
-    environment: Option<&str>,
-) -> Vec<Tagged> {
-    tagged
-        .into_iter()
-        .filter(|t| tag_time(&t.tags, TAG_EXPIRES).is_some_and(|e| e <= now))
-        .filter(|t| min_age.is_none_or(|age| tag_time(&t.tags, TAG_CREATED).is_some_and(|c| now - c >= age)))
-        .filter(|t| environment.is_none_or(|e| tag_value(&t.tags, TAG_ENV) == Some(e)))
-        .collect()
 }
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
