@@ -14,11 +14,13 @@
 
 mod assemble;
 pub mod connection;
+pub mod compare;
 pub mod events;
 pub mod journal;
 pub mod lifecycle;
 pub mod provider;
 pub mod rebuild;
+pub mod run;
 pub mod stage;
 mod steps;
 pub mod store;

@@ -24,16 +24,16 @@ const MAX_RESULTS: u64 = 4 << 30;
 const GRACE: Duration = Duration::from_secs(60);
 
 /// One environment the tool loads.
-pub(super) struct Side<'a> {
+pub(crate) struct Side<'a> {
     /// `baseline` or `candidate`.
-    pub(super) name: &'static str,
-    pub(super) services: &'a BTreeMap<String, ServiceOutputs>,
+    pub(crate) name: &'static str,
+    pub(crate) services: &'a BTreeMap<String, ServiceOutputs>,
 }
 
 /// Runs the load command against every side at once; what each measured, or why not.
 /// `scratch` holds a private directory per side (the tool's HOME and results), `logs`
 /// its output (`SIDE.load.log`).
-pub(super) async fn run_all(
+pub(crate) async fn run_all(
     load: &Load,
     loaded: &Loaded,
     sides: &[Side<'_>],
