@@ -194,53 +194,41 @@ fn render(g: &Global, outcome: &RunOutcome) -> i32 {
             stale.refusal()
         );
     }
-    let code = match &outcome.ended {
-        Ended_::Reported { report, report_dir, unwritten } => render_report(g, report, report_dir, unwritten.as_ref()),
+    let mut code = outcome_exit_code(outcome);
+    match &outcome.ended {
+        Ended_::Reported { report_dir, unwritten: Some(e), .. } => {
+            errln!("error: cannot write the report to {}: {e}", report_dir.display())
+        }
+        Ended_::Reported { report, report_dir, unwritten: None } => {
+            if g.format == Format::Json {
+                if let Err(c) = super::print_json(report) {
+                    code = if code == exit::PASSED { c } else { code };
+                }
+            } else {
+                render_report(g, report, report_dir);
+            }
+        }
         Ended_::Failed { error, teardown } => render_failure(&outcome.run_id, error, teardown),
-    };
+    }
     for e in &outcome.unpublished {
         errln!("rehearse: warning: {e}");
     }
     code
 }
 
-fn render_report(
-    g: &Global,
-    report: &crate::report::model::RunReport,
-    report_dir: &std::path::Path,
-    unwritten: Option<&std::io::Error>,
-) -> i32 {
-    let verdict = report.exit_code;
-    if let Some(e) = unwritten {
-        errln!("error: cannot write the report to {}: {e}", report_dir.display());
-        return if verdict == exit::PASSED { exit::BUILD_FAILED } else { verdict };
-    }
-    match g.format {
-        Format::Json => {
-            if let Err(c) = super::print_json(report) {
-                return if verdict == exit::PASSED { c } else { verdict };
-            }
-        }
-        Format::Text | Format::Shell | Format::Dotenv => {
-            let files = crate::report::ReportFiles::in_dir(report_dir);
-            let summary = crate::report::terminal_summary(report, &files, crate::style::Styles::stderr(g.color));
-            eprint!("{summary}"); // raw: colored; the summary makes its parts printable
-        }
-    }
-    verdict
+/// The report's summary, for a terminal.
+fn render_report(g: &Global, report: &crate::report::model::RunReport, report_dir: &std::path::Path) {
+    let files = crate::report::ReportFiles::in_dir(report_dir);
+    let summary = crate::report::terminal_summary(report, &files, crate::style::Styles::stderr(g.color));
+    eprint!("{summary}"); // raw: colored; the summary makes its parts printable
 }
 
-/// A run that ended before its report: why, what teardown from the journal did, and
-/// the exit code — leftovers (or a journal that could not be reopened) first.
-fn render_failure(run_id: &str, error: &RunFailure, teardown: &AfterFailure) -> i32 {
+/// A run that ended before its report: why, and what teardown from the journal did.
+fn render_failure(run_id: &str, error: &RunFailure, teardown: &AfterFailure) {
     match error {
-        RunFailure::LeaseHeld { .. } => {
+        RunFailure::LeaseHeld { .. } | RunFailure::Lease { .. } => {
             errln!("error: {error}");
-            return exit::LOCKED;
-        }
-        RunFailure::Lease { .. } => {
-            errln!("error: {error}");
-            return exit::BUILD_FAILED;
+            return;
         }
         RunFailure::Lifecycle(_) | RunFailure::Crashed => {
             errln!("error: {}", crate::secrets::redact(&error.to_string()));
@@ -259,6 +247,24 @@ fn render_failure(run_id: &str, error: &RunFailure, teardown: &AfterFailure) -> 
             errln!("error: {error}; nothing was torn down: what run {run_id} created may be left; `{command}` removes it")
         }
         AfterFailure::NothingStarted | AfterFailure::Complete { .. } => {}
+    }
+}
+
+/// The exit code of a run's outcome: its report's (a build failure when its files
+/// could not be written); for a run that ended before its report, leftovers — or a
+/// journal that could not be reopened — first.
+pub fn outcome_exit_code(outcome: &RunOutcome) -> i32 {
+    let (error, teardown) = match &outcome.ended {
+        Ended_::Reported { report, unwritten: Some(_), .. } if report.exit_code == exit::PASSED => {
+            return exit::BUILD_FAILED
+        }
+        Ended_::Reported { report, .. } => return report.exit_code,
+        Ended_::Failed { error, teardown } => (error, teardown),
+    };
+    match error {
+        RunFailure::LeaseHeld { .. } => return exit::LOCKED,
+        RunFailure::Lease { .. } => return exit::BUILD_FAILED,
+        RunFailure::Lifecycle(_) | RunFailure::Crashed => {}
     }
     if teardown.left() {
         return exit::LEFTOVERS;
