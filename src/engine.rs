@@ -13,8 +13,8 @@
 //! - [`connection`]: how to reach a kept environment, secrets included, for its owner.
 
 mod assemble;
-pub mod connection;
 pub mod compare;
+pub mod connection;
 pub mod events;
 pub mod journal;
 pub mod lifecycle;

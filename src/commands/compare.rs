@@ -166,11 +166,7 @@ impl Edge for Cli<'_> {
 
 /// PostgreSQL's own psql when this machine has its server binaries; else the PATH's.
 fn psql() -> Psql {
-    Psql(
-        crate::providers::local::postgres::PgBin::find()
-            .map(|b| b.dir.join("psql"))
-            .unwrap_or_else(|_| "psql".into()),
-    )
+    Psql(crate::providers::local::postgres::PgBin::find().map(|b| b.dir.join("psql")).unwrap_or_else(|_| "psql".into()))
 }
 
 /// Says the comparison's outcome (its mark and reason, the metrics that did not pass,

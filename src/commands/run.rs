@@ -244,7 +244,9 @@ fn render_failure(run_id: &str, error: &RunFailure, teardown: &AfterFailure) {
     match teardown {
         AfterFailure::Left { leftovers, .. } => err!("{}", teardown::leftover_text(run_id, leftovers)),
         AfterFailure::Unreopened { error, command } => {
-            errln!("error: {error}; nothing was torn down: what run {run_id} created may be left; `{command}` removes it")
+            errln!(
+                "error: {error}; nothing was torn down: what run {run_id} created may be left; `{command}` removes it"
+            )
         }
         AfterFailure::NothingStarted | AfterFailure::Complete { .. } => {}
     }

@@ -21,7 +21,7 @@ use crate::compare::database::Psql;
 use crate::compare::judge::{self, Direction, Metric, Outcome, Settings, Verdict};
 use crate::compare::load::{self, Measured};
 use crate::description::{Compare, DestroyPolicy, Loaded};
-use crate::report::model::{RunReport, Verdict as RunVerdict};
+use crate::report::model::RunReport;
 use crate::sys::process::RunAs;
 use crate::sys::signals::Signals;
 use crate::sys::state;
@@ -165,14 +165,21 @@ fn side(release: &str, o: &Options, outcome: &RunOutcome, code: i32) -> (Side, O
         load_error: None,
         databases: BTreeMap::new(),
     };
-    if report.is_none_or(|r| r.verdict != RunVerdict::Passed) {
-        return (side, None);
+    let kept = kept(&mut side, &o.state_root);
+    (side, kept)
+}
+
+/// The connection of a side that passed and stays up for the load; one that cannot be
+/// read is why the load could not measure the side.
+fn kept(side: &mut Side, state_root: &std::path::Path) -> Option<Connection> {
+    if side.broken() {
+        return None;
     }
-    match Connection::read(&state::run_dir(&o.state_root, &o.run_id), &o.run_id) {
-        Ok(c) => (side, Some(c)),
+    match Connection::read(&state::run_dir(state_root, &side.run_id), &side.run_id) {
+        Ok(c) => Some(c),
         Err(e) => {
             side.load_error = Some(format!("its connection details cannot be read: {e}"));
-            (side, None)
+            None
         }
     }
 }
@@ -236,7 +243,11 @@ impl<E: Edge> Load<'_, E> {
     }
 
     /// The description's own load command, once a side.
-    async fn command(&self, targets: &[(usize, String)], kept: [Option<&Connection>; 2]) -> Vec<Result<Measured, String>> {
+    async fn command(
+        &self,
+        targets: &[(usize, String)],
+        kept: [Option<&Connection>; 2],
+    ) -> Vec<Result<Measured, String>> {
         let sides: Vec<tool::Side> = targets
             .iter()
             .filter_map(|(i, _)| {
@@ -364,4 +375,69 @@ fn judge_all(b: &Side, c: &Side, critical: &[String], s: &Settings) -> Vec<Verdi
     }
     add("migration time".into(), if b.migration_ms.is_empty() { &empty } else { &b.migration_ms }, &c.migration_ms);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::run::{AfterFailure, Ended, RunFailure};
+
+    fn passed(release: &str) -> Side {
+        Side {
+            release: release.into(),
+            run_id: "r-20261126-000000-0a0a0a".into(),
+            verdict: "passed".into(),
+            exit_code: 0,
+            reason: None,
+            migration_ms: Vec::new(),
+            backups: Vec::new(),
+            measured: Measured::default(),
+            load_error: None,
+            databases: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_side_whose_connection_cannot_be_read_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut baseline = passed("v2");
+        assert!(kept(&mut baseline, dir.path()).is_none());
+        let why = baseline.load_error.clone().unwrap_or_default();
+        assert!(why.starts_with("its connection details cannot be read: "), "{why}");
+        let reason = why_no_verdict(&baseline, &passed("v3")).unwrap_or_default();
+        assert!(reason.starts_with("the load could not measure the baseline: its connection details"), "{reason}");
+    }
+
+    #[test]
+    fn a_side_without_a_report_says_why() {
+        let outcome = RunOutcome {
+            run_id: "r-20261126-000000-0b0b0b".into(),
+            took_over: None,
+            ended: Ended::Failed { error: RunFailure::Crashed, teardown: AfterFailure::NothingStarted },
+            unpublished: Vec::new(),
+        };
+        let o = Options {
+            run_id: outcome.run_id.clone(),
+            release: "v3".into(),
+            destroy: DestroyPolicy::Never,
+            cold: false,
+            up_only: false,
+            state_root: std::env::temp_dir(),
+            work_root: std::env::temp_dir(),
+            run_as: None,
+            exit_code: |_, _| 3,
+            name: None,
+            shared: None,
+            stage: None,
+            pins: Pins::default(),
+        };
+        let (candidate, kept) = side("v3", &o, &outcome, 3);
+        assert!(kept.is_none());
+        assert_eq!(candidate.verdict, "build-failed");
+        let reason = why_no_verdict(&passed("v2"), &candidate).unwrap_or_default();
+        assert!(
+            reason.contains("the candidate v3 could not be built (build-failed, exit 3): rehearse crashed"),
+            "{reason}"
+        );
+    }
 }
