@@ -235,6 +235,7 @@ impl<E: Edge> Load<'_, E> {
             match m {
                 Ok(m) => side.measured = m,
                 Err(e) => {
+                    let e = e.to_string();
                     self.edge.note(Note::NotMeasured { side: names[*i], error: &e });
                     side.load_error = Some(e);
                 }
@@ -247,7 +248,7 @@ impl<E: Edge> Load<'_, E> {
         &self,
         targets: &[(usize, String)],
         kept: [Option<&Connection>; 2],
-    ) -> Vec<Result<Measured, String>> {
+    ) -> Vec<Result<Measured, tool::ToolError>> {
         let sides: Vec<tool::Side> = targets
             .iter()
             .filter_map(|(i, _)| {
