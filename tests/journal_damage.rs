@@ -111,7 +111,8 @@ async fn a_journal_that_cannot_be_reopened_after_a_crash_is_exit_4_with_the_comm
     };
     let locks = std::sync::Arc::new(rehearse::engine::store::file::FileStore::open(dir.path()).unwrap());
     let lease = std::time::Duration::from_secs(60);
-    let outcome = Box::pin(run::run(&CrashingProvider, &loaded, &opts, locks, lease, &Silent, &Signals::none())).await;
+    let outcome =
+        Box::pin(run::run(&CrashingProvider, &loaded, &opts, locks, lease, &Silent, &Signals::none(), &|_| {})).await;
     assert_eq!(rehearse::commands::outcome_exit_code(&outcome), 4, "never 3: something may be left");
     let Ended::Failed { error, teardown } = &outcome.ended else { panic!("the run has no report") };
     assert!(matches!(error, RunFailure::Crashed), "{error}");

@@ -172,11 +172,11 @@ pub(super) async fn outcome(
     let outcome = match &loaded.desc.target {
         Target::Local => {
             let provider = LocalProvider::new(&opts.work_root);
-            engine_run::run(&provider, loaded, opts, locks, lease, reporter, signals).await
+            engine_run::run(&provider, loaded, opts, locks, lease, reporter, signals, &said_first).await
         }
         Target::Aws(aws) => {
             let provider = super::aws_provider(&aws.region).await;
-            engine_run::run(&provider, loaded, opts, locks, lease, reporter, signals).await
+            engine_run::run(&provider, loaded, opts, locks, lease, reporter, signals, &said_first).await
         }
     };
     let code = render(g, &outcome);
@@ -230,9 +230,8 @@ fn render_failure(run_id: &str, error: &RunFailure, teardown: &AfterFailure) {
             errln!("error: {error}");
             return;
         }
-        RunFailure::Lifecycle(_) | RunFailure::Crashed => {
-            errln!("error: {}", crate::secrets::redact(&error.to_string()));
-        }
+        // Said before the teardown began (see [`said_first`]).
+        RunFailure::Lifecycle(_) | RunFailure::Crashed => {}
     }
     let unrecorded = match teardown {
         AfterFailure::Complete { unrecorded } | AfterFailure::Left { unrecorded, .. } => unrecorded.as_ref(),
@@ -250,6 +249,12 @@ fn render_failure(run_id: &str, error: &RunFailure, teardown: &AfterFailure) {
         }
         AfterFailure::NothingStarted | AfterFailure::Complete { .. } => {}
     }
+}
+
+/// A run that failed after it started: the error said at once, before the teardown's
+/// progress.
+fn said_first(error: &RunFailure) {
+    errln!("error: {}", crate::secrets::redact(&error.to_string()));
 }
 
 /// The exit code of a run's outcome: its report's (a build failure when its files

@@ -136,9 +136,14 @@ pub struct PublishError {
     pub source: StoreError,
 }
 
+/// Told why a run ended before its report, before its teardown from the journal
+/// starts (a terminal says the error first, then the teardown's progress).
+pub type OnFailure<'a> = &'a (dyn Fn(&RunFailure) + Sync);
+
 /// Runs one rehearsal with `provider`. With a shared store (`opts.shared`), the run's
 /// lease (`lease` long, renewed) is taken in `locks` first, so that other machines
 /// know it lives.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<P: Provider>(
     provider: &P,
     loaded: &Loaded,
@@ -147,6 +152,7 @@ pub async fn run<P: Provider>(
     lease: Duration,
     reporter: &dyn Reporter,
     signals: &Signals,
+    on_failure: OnFailure<'_>,
 ) -> RunOutcome {
     let run_id = opts.run_id.clone();
     let lease_name = super::store::run_lease(&run_id);
@@ -187,6 +193,7 @@ pub async fn run<P: Provider>(
                 Caught::Error(e) => RunFailure::Lifecycle(e),
                 Caught::Crashed => RunFailure::Crashed,
             };
+            on_failure(&error);
             // Whatever the journal says exists is removed.
             let teardown = down_after_failure(opts, provider, reporter, signals).await;
             Ended::Failed { error, teardown }
