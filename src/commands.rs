@@ -58,7 +58,7 @@ mod stage;
 mod store;
 mod warm;
 
-pub use run::exit_code;
+pub use run::{exit_code, outcome_exit_code};
 
 pub fn dispatch(cli: Cli) -> i32 {
     let g = &cli.global;

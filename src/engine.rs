@@ -6,6 +6,10 @@
 //!   reports back (created with a handle, nothing created, or maybe created);
 //! - [`lifecycle`]: the run loop (graph-driven, concurrent, cancellable), returning the
 //!   run's report;
+//! - [`run`]: the run operation (`run`, `up`, a rebuild's generation): its lease, the
+//!   lifecycle, its report's files, teardown after a crash — a typed outcome;
+//! - [`compare`]: the compare operation: twins built at once, the same load, the
+//!   statistics and the judge — a typed outcome and compare.json;
 //! - [`journal`]: intent before every create, the identifier after it, fsynced; only the
 //!   engine writes it;
 //! - [`teardown`]: destroy from the journal in rank order, leftovers with commands;
@@ -17,6 +21,7 @@
 //!   [`sweep`] (what has expired, one candidate list, removed by rank).
 
 mod assemble;
+pub mod compare;
 pub mod connection;
 pub mod discover;
 pub mod down;
@@ -26,6 +31,7 @@ pub mod journal;
 pub mod lifecycle;
 pub mod provider;
 pub mod rebuild;
+pub mod run;
 pub mod stage;
 mod steps;
 pub mod store;

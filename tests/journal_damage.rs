@@ -63,3 +63,60 @@ async fn an_unreadable_journal_at_teardown_is_exit_4_never_complete() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].kind, "journal");
 }
+
+/// A provider whose first create leaves the journal unopenable (a directory where its
+/// file was) and then crashes: the run is torn down from a journal it cannot reopen.
+struct CrashingProvider;
+
+impl Provider for CrashingProvider {
+    async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
+        ctx.created(res, Handle::new(serde_json::json!({"name": res.id}))).await?;
+        let journal = ctx.run.state_dir.join("journal.jsonl");
+        std::fs::remove_file(&journal).unwrap();
+        std::fs::create_dir(&journal).unwrap();
+        panic!("the provider crashed after its create");
+    }
+
+    async fn destroy(&self, _: &Entry, _: &RunMeta) -> Result<(), DestroyError> {
+        Ok(())
+    }
+
+    fn removal_command(&self, _: &Entry, meta: &RunMeta) -> String {
+        format!("rehearse down {}", meta.run_id)
+    }
+}
+
+#[tokio::test]
+async fn a_journal_that_cannot_be_reopened_after_a_crash_is_exit_4_with_the_command() {
+    use rehearse::engine::run::{self, AfterFailure, Ended, RunFailure};
+    let dir = tempfile::Builder::new().prefix("rehearse-journal-").tempdir_in("/tmp").unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let loaded = description::load(&root.join("environments/demo.yaml"), Some("v2"))
+        .unwrap_or_else(|d| panic!("{}", d.render()));
+    let run_id = "r-20261126-000000-0e0e0e";
+    let opts = Options {
+        run_id: run_id.into(),
+        release: "v2".into(),
+        destroy: DestroyPolicy::Always,
+        cold: false,
+        up_only: true,
+        state_root: dir.path().join("state"),
+        work_root: dir.path().join("work"),
+        run_as: None,
+        exit_code: rehearse::commands::exit_code,
+        name: None,
+        shared: None,
+        stage: None,
+        pins: Default::default(),
+    };
+    let locks = std::sync::Arc::new(rehearse::engine::store::file::FileStore::open(dir.path()).unwrap());
+    let lease = std::time::Duration::from_secs(60);
+    let outcome =
+        Box::pin(run::run(&CrashingProvider, &loaded, &opts, locks, lease, &Silent, &Signals::none(), &|_| {})).await;
+    assert_eq!(rehearse::commands::outcome_exit_code(&outcome), 4, "never 3: something may be left");
+    let Ended::Failed { error, teardown } = &outcome.ended else { panic!("the run has no report") };
+    assert!(matches!(error, RunFailure::Crashed), "{error}");
+    let AfterFailure::Unreopened { error, command } = teardown else { panic!("the journal is not reopened") };
+    assert_eq!(command, &format!("rehearse down {run_id}"));
+    assert!(error.to_string().contains("cannot be reopened"), "{error}");
+}

@@ -1,15 +1,12 @@
 //! `rehearse run` and `rehearse up`: a rehearsal through the engine, its report
 //! written and its exit code decided here.
 
-use futures_util::FutureExt;
-
 use super::load_or_report;
 use crate::cli::{Destroy, Format, Global, RunArgs};
 use crate::description::{DestroyPolicy, Target};
 use crate::engine::events::Reporter;
-use crate::engine::journal::Journal;
 use crate::engine::lifecycle::{self, Options};
-use crate::engine::provider::Provider;
+use crate::engine::run::{self as engine_run, AfterFailure, Ended as Ended_, RunFailure, RunOutcome};
 use crate::engine::teardown;
 use crate::exit;
 use crate::providers::local::LocalProvider;
@@ -131,15 +128,14 @@ pub(super) fn described(g: &Global, loaded: &crate::description::Loaded) -> Glob
     }
 }
 
-/// How a rehearsal ended: its exit code and, when it ended before it had a report
-/// (its lease could not be taken, its directories or files were refused), why.
+/// How a rehearsal ended: its exit code (its outcome is said already; [`outcome`]
+/// returns the engine's outcome itself).
 pub(super) struct Ended {
     pub code: i32,
-    pub error: Option<String>,
 }
 
-/// A run with its options decided: its lease taken in a shared store (other machines
-/// then know it lives), its provider chosen, driven to its exit code.
+/// A run with its options decided: its provider chosen, driven by the engine to its
+/// outcome, rendered, and its exit code (see [`outcome`]).
 pub(super) async fn rehearse(
     g: &Global,
     loaded: &crate::description::Loaded,
@@ -148,172 +144,142 @@ pub(super) async fn rehearse(
     reporter: &dyn Reporter,
     signals: &Signals,
 ) -> Ended {
-    let run_id = &opts.run_id;
-    let alive = match &opts.shared {
-        Some(_) => {
-            let lease = match super::store::lease() {
-                Ok(l) => l,
-                Err(code) => return Ended { code, error: Some("REHEARSE_LEASE is not a lease rehearse takes".into()) },
-            };
-            match super::lock::take(locks, &crate::engine::store::run_lease(run_id), "run", Some(run_id), lease).await {
-                Ok(l) => Some(l),
-                Err(code) => {
-                    return Ended { code, error: Some(format!("the run's lease in the state store (exit {code})")) }
-                }
-            }
-        }
-        None => None,
+    // The run's lease is taken in a shared store only.
+    let lease = match &opts.shared {
+        Some(_) => match super::store::lease() {
+            Ok(l) => l,
+            Err(code) => return Ended { code },
+        },
+        None => NO_LEASE,
     };
-    let ended = match &loaded.desc.target {
-        Target::Local => drive(g, &LocalProvider::new(&opts.work_root), loaded, opts, reporter, signals).await,
-        Target::Aws(aws) => {
-            let provider = super::aws_provider(&aws.region).await;
-            drive(g, &provider, loaded, opts, reporter, signals).await
-        }
-    };
-    if let Some(l) = alive {
-        super::lock::give_back(l, &crate::engine::store::run_lease(run_id)).await;
-    }
-    ended
+    let (_, code) = outcome(g, loaded, opts, locks, lease, reporter, signals).await;
+    Ended { code }
 }
 
-/// What both twins of a comparison restore: every database's source pinned now (a
-/// backup landing in between changes neither). Locally, unless `cold`, the golden copy
-/// is then made from the pinned backup where it is not already: one restore, which
-/// both twins copy. Returns the pins and what was done to the golden copies.
-pub(super) async fn twins(
+/// The lease of a run without a shared store (none is taken).
+pub(super) const NO_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`rehearse`] with its lease decided, returning the engine's outcome and the exit code.
+pub(super) async fn outcome(
+    g: &Global,
     loaded: &crate::description::Loaded,
-    cold: bool,
-    work_root: &std::path::Path,
+    opts: &Options,
+    locks: std::sync::Arc<dyn crate::engine::store::ObjectStore>,
+    lease: std::time::Duration,
     reporter: &dyn Reporter,
     signals: &Signals,
-) -> Result<(crate::engine::provider::Pins, Vec<String>), String> {
-    match &loaded.desc.target {
+) -> (RunOutcome, i32) {
+    let outcome = match &loaded.desc.target {
         Target::Local => {
-            let pins = LocalProvider::new(work_root).pin_sources(loaded).await.map_err(|e| e.message)?;
-            // Nothing restored from a backup (no database, or live `url:` sources): no golden copy.
-            if cold || pins.is_empty() {
-                return Ok((pins, Vec::new()));
-            }
-            use crate::providers::local::golden::{refresh_all, Refresh};
-            let lines = refresh_all(loaded, work_root, Refresh::Stale(&pins), reporter, signals).await?;
-            Ok((pins, lines))
+            let provider = LocalProvider::new(&opts.work_root);
+            engine_run::run(&provider, loaded, opts, locks, lease, reporter, signals, &said_first).await
         }
         Target::Aws(aws) => {
             let provider = super::aws_provider(&aws.region).await;
-            Ok((provider.pin_sources(loaded).await.map_err(|e| e.message)?, Vec::new()))
+            engine_run::run(&provider, loaded, opts, locks, lease, reporter, signals, &said_first).await
         }
+    };
+    let code = render(g, &outcome);
+    (outcome, code)
+}
+
+/// Says how a run ended (its summary or JSON, its errors, what it left) and returns its
+/// exit code.
+fn render(g: &Global, outcome: &RunOutcome) -> i32 {
+    if let Some(stale) = &outcome.took_over {
+        errln!(
+            "rehearse: took over the lock `{}`: its lease ran out at {} ({})",
+            stale.name,
+            stale.lease_until.format("%Y-%m-%d %H:%M:%SZ"),
+            stale.refusal()
+        );
+    }
+    let mut code = outcome_exit_code(outcome);
+    match &outcome.ended {
+        Ended_::Reported { report_dir, unwritten: Some(e), .. } => {
+            errln!("error: cannot write the report to {}: {e}", report_dir.display())
+        }
+        Ended_::Reported { report, report_dir, unwritten: None } => {
+            if g.format == Format::Json {
+                if let Err(c) = super::print_json(report) {
+                    code = if code == exit::PASSED { c } else { code };
+                }
+            } else {
+                render_report(g, report, report_dir);
+            }
+        }
+        Ended_::Failed { error, teardown } => render_failure(&outcome.run_id, error, teardown),
+    }
+    for e in &outcome.unpublished {
+        errln!("rehearse: warning: {e}");
+    }
+    code
+}
+
+/// The report's summary, for a terminal.
+fn render_report(g: &Global, report: &crate::report::model::RunReport, report_dir: &std::path::Path) {
+    let files = crate::report::ReportFiles::in_dir(report_dir);
+    let summary = crate::report::terminal_summary(report, &files, crate::style::Styles::stderr(g.color));
+    eprint!("{summary}"); // raw: colored; the summary makes its parts printable
+}
+
+/// A run that ended before its report: why, and what teardown from the journal did.
+fn render_failure(run_id: &str, error: &RunFailure, teardown: &AfterFailure) {
+    match error {
+        RunFailure::LeaseHeld { .. } | RunFailure::Lease { .. } => {
+            errln!("error: {error}");
+            return;
+        }
+        // Said before the teardown began (see [`said_first`]).
+        RunFailure::Lifecycle(_) | RunFailure::Crashed => {}
+    }
+    let unrecorded = match teardown {
+        AfterFailure::Complete { unrecorded } | AfterFailure::Left { unrecorded, .. } => unrecorded.as_ref(),
+        _ => None,
+    };
+    if let Some(e) = unrecorded {
+        errln!("rehearse: warning: cannot record the teardown in the journal of {run_id}: {e}");
+    }
+    match teardown {
+        AfterFailure::Left { leftovers, .. } => err!("{}", teardown::leftover_text(run_id, leftovers)),
+        AfterFailure::Unreopened { error, command } => {
+            errln!(
+                "error: {error}; nothing was torn down: what run {run_id} created may be left; `{command}` removes it"
+            )
+        }
+        AfterFailure::NothingStarted | AfterFailure::Complete { .. } => {}
     }
 }
 
-/// Runs the lifecycle with a provider and turns the outcome into output and an exit
-/// code; a crash inside is caught and torn down from the journal.
-async fn drive<P: Provider>(
-    g: &Global,
-    provider: &P,
-    loaded: &crate::description::Loaded,
-    opts: &Options,
-    reporter: &dyn Reporter,
-    signals: &Signals,
-) -> Ended {
-    let run_state = state::run_dir(&opts.state_root, &opts.run_id);
-    let result = {
-        let run =
-            std::panic::AssertUnwindSafe(lifecycle::run(provider, loaded, opts, reporter, signals)).catch_unwind();
-        // Long runs show their logs in the shared store as they go.
-        let logs = super::store::publish_logs_periodically(opts.shared.clone(), &opts.run_id, &run_state);
-        tokio::pin!(logs);
-        tokio::select! {
-            r = run => r,
-            () = &mut logs => unreachable_publisher(),
+/// A run that failed after it started: the error said at once, before the teardown's
+/// progress.
+fn said_first(error: &RunFailure) {
+    errln!("error: {}", crate::secrets::redact(&error.to_string()));
+}
+
+/// The exit code of a run's outcome: its report's (a build failure when its files
+/// could not be written); for a run that ended before its report, leftovers — or a
+/// journal that could not be reopened — first.
+pub fn outcome_exit_code(outcome: &RunOutcome) -> i32 {
+    let (error, teardown) = match &outcome.ended {
+        Ended_::Reported { report, unwritten: Some(_), .. } if report.exit_code == exit::PASSED => {
+            return exit::BUILD_FAILED
         }
+        Ended_::Reported { report, .. } => return report.exit_code,
+        Ended_::Failed { error, teardown } => (error, teardown),
     };
-    let ended = finish(g, result, opts, provider, reporter, signals).await;
-    super::store::publish(opts.shared.as_deref(), &opts.run_id, &run_state).await;
-    ended
-}
-
-/// The periodic publisher never ends by itself; if it did, the run would be lost.
-fn unreachable_publisher() -> Result<Result<lifecycle::Outcome, lifecycle::RunError>, Box<dyn std::any::Any + Send>> {
-    Err(Box::new("the log publisher ended"))
-}
-
-async fn finish<P: Provider>(
-    g: &Global,
-    result: Result<Result<lifecycle::Outcome, lifecycle::RunError>, Box<dyn std::any::Any + Send>>,
-    opts: &Options,
-    provider: &P,
-    reporter: &dyn Reporter,
-    signals: &Signals,
-) -> Ended {
-    let code = |code: i32| Ended { code, error: None };
-    match result {
-        Ok(Ok(outcome)) => {
-            let verdict = outcome.report.exit_code;
-            // The report's files, written here: the engine only assembles the report.
-            if let Err(e) = crate::report::write_all(&outcome.report, &outcome.report_dir) {
-                let why = format!("cannot write the report to {}: {e}", outcome.report_dir.display());
-                errln!("error: {why}");
-                let c = if verdict == exit::PASSED { exit::BUILD_FAILED } else { verdict };
-                return Ended { code: c, error: Some(why) };
-            }
-            match g.format {
-                Format::Json => {
-                    if let Err(c) = super::print_json(&outcome.report) {
-                        return code(if verdict == exit::PASSED { c } else { verdict });
-                    }
-                }
-                Format::Text | Format::Shell | Format::Dotenv => {
-                    let files = crate::report::ReportFiles::in_dir(&outcome.report_dir);
-                    let summary =
-                        crate::report::terminal_summary(&outcome.report, &files, crate::style::Styles::stderr(g.color));
-                    eprint!("{summary}"); // raw: colored; the summary makes its parts printable
-                }
-            }
-            code(verdict)
-        }
-        Ok(Err(e)) => {
-            let why = crate::secrets::redact(&e.to_string()).into_owned();
-            errln!("error: {why}");
-            // Whatever the journal says exists is removed.
-            let c = down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED);
-            // Suites' files that cannot be handed over are the description's to fix:
-            // nothing of the copy was built.
-            let c = match (&e, c) {
-                (lifecycle::RunError::Bundle(_), exit::BUILD_FAILED) => exit::USAGE,
-                (_, c) => c,
-            };
-            Ended { code: c, error: Some(why) }
-        }
-        Err(_) => {
-            let why = "rehearse crashed (a bug: please report it); tearing down from the journal";
-            errln!("error: {why}");
-            let c = down_after_failure(opts, provider, reporter, signals).await.unwrap_or(exit::BUILD_FAILED);
-            Ended { code: c, error: Some(why.into()) }
-        }
+    match error {
+        RunFailure::LeaseHeld { .. } => return exit::LOCKED,
+        RunFailure::Lease { .. } => return exit::BUILD_FAILED,
+        RunFailure::Lifecycle(_) | RunFailure::Crashed => {}
     }
-}
-
-/// After an error outside the normal path: tear down whatever the run's journal lists.
-async fn down_after_failure<P: Provider>(
-    opts: &Options,
-    provider: &P,
-    reporter: &dyn Reporter,
-    signals: &Signals,
-) -> Option<i32> {
-    let path = state::run_dir(&opts.state_root, &opts.run_id).join("journal.jsonl");
-    let j = Journal::open(&path).ok()?;
-    let j = match &opts.shared {
-        Some(store) => super::store::mirror(j, store.clone(), &opts.run_id).await.ok()?,
-        None => j,
-    };
-    let out =
-        teardown::run(provider, &j, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new()).await;
-    super::down::close_journal(&j, out.complete()).await;
-    if out.complete() {
-        Some(exit::BUILD_FAILED)
-    } else {
-        err!("{}", teardown::leftover_text(&opts.run_id, &out.listed(&format!("rehearse down {}", opts.run_id))));
-        Some(exit::LEFTOVERS)
+    if teardown.left() {
+        return exit::LEFTOVERS;
+    }
+    // Suites' files that cannot be handed over are the description's to fix: nothing
+    // of the copy was built.
+    match error {
+        RunFailure::Lifecycle(lifecycle::RunError::Bundle(_)) => exit::USAGE,
+        _ => exit::BUILD_FAILED,
     }
 }

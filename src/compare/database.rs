@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::description::template::DatabaseOutputs;
+
 /// One statement's counters as `pg_stat_statements` has them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
@@ -83,6 +85,125 @@ pub fn side_by_side<'a>(
     );
     rows.truncate(limit);
     rows
+}
+
+/// Why a database's statistics could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StatsError {
+    #[error("psql took longer than 30 s")]
+    TimedOut,
+    #[error("cannot run psql: {0}")]
+    Spawn(String),
+    /// psql's first line of complaint.
+    #[error("{0}")]
+    Psql(String),
+    #[error("unexpected pg_stat_statements output: {0}")]
+    Output(String),
+    #[error("cannot query the copy from here: {0}")]
+    Unreachable(Box<StatsError>),
+    #[error("not read after the load")]
+    NotReadAfter,
+}
+
+/// A database's size before the load, and its statement counters with the database
+/// of its server they were read in, or why they could not be read.
+pub struct Before {
+    size_bytes: Option<u64>,
+    counters: Result<(String, Vec<Counters>), StatsError>,
+}
+
+/// `psql`, run with a database's libpq environment (the password never on a command
+/// line): the binary to run.
+#[derive(Clone, Debug)]
+pub struct Psql(pub std::path::PathBuf);
+
+impl Psql {
+    /// One query in `database` of `db`'s server; its output.
+    async fn query(&self, db: &DatabaseOutputs, database: &str, sql: &str) -> Result<String, StatsError> {
+        let mut cmd = tokio::process::Command::new(&self.0);
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .envs(db.libpq_env())
+            .env("PGDATABASE", database)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+            .await
+            .map_err(|_| StatsError::TimedOut)?
+            .map_err(|e| StatsError::Spawn(e.to_string()))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(StatsError::Psql(err.lines().next().unwrap_or("psql failed").trim().to_string()))
+        }
+    }
+
+    /// The release's role's statements in database `db` of the server, as
+    /// `pg_stat_statements` (in database `in_db`) counts them.
+    async fn counters(&self, db: &DatabaseOutputs, in_db: &str) -> Result<Vec<Counters>, StatsError> {
+        let sql = format!(
+            "SELECT coalesce(json_agg(json_build_object('query', s.query, 'calls', s.calls, \
+             'total_ms', s.total_exec_time)), '[]') FROM pg_stat_statements s \
+             JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '{}' \
+             AND s.userid = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+            db.name.replace('\'', "''")
+        );
+        let out = self.query(db, in_db, &sql).await?;
+        serde_json::from_str(out.trim()).map_err(|e| StatsError::Output(e.to_string()))
+    }
+
+    /// Before the load: every database's size and statement counters, over a kept
+    /// environment's connection (the release's role).
+    pub async fn before(&self, databases: Option<&BTreeMap<String, DatabaseOutputs>>) -> BTreeMap<String, Before> {
+        let Some(databases) = databases else { return BTreeMap::new() };
+        let mut out = BTreeMap::new();
+        for (name, db) in databases {
+            // Not reachable from here (an RDS copy inside its VPC): said once, not retried.
+            let size = match self.query(db, &db.name, "SELECT pg_database_size(current_database())").await {
+                Ok(s) => s.trim().parse().ok(),
+                Err(e) => {
+                    let counters = Err(StatsError::Unreachable(Box::new(e)));
+                    out.insert(name.clone(), Before { size_bytes: None, counters });
+                    continue;
+                }
+            };
+            // The cluster's `postgres` database, where rehearse creates the extension
+            // locally; else the copy's own, where one made on RDS usually is.
+            let mut found = self.counters(db, "postgres").await.map(|c| ("postgres".to_string(), c));
+            if found.is_err() {
+                found = self.counters(db, &db.name).await.map(|c| (db.name.clone(), c));
+            }
+            out.insert(name.clone(), Before { size_bytes: size, counters: found });
+        }
+        out
+    }
+
+    /// After the load: what it ran in each database, the counters now (read where they
+    /// were before) less those before.
+    pub async fn during(
+        &self,
+        databases: Option<&BTreeMap<String, DatabaseOutputs>>,
+        before: BTreeMap<String, Before>,
+    ) -> BTreeMap<String, Measured> {
+        let mut out = BTreeMap::new();
+        for (name, b) in before {
+            let statements = match (b.counters, databases.and_then(|d| d.get(&name))) {
+                (Ok((in_db, before)), Some(db)) => self.counters(db, &in_db).await.map(|after| during(&before, &after)),
+                (Ok(_), None) => Err(StatsError::NotReadAfter),
+                (Err(e), _) => Err(e),
+            };
+            let size_bytes = b.size_bytes;
+            let m = match statements {
+                Ok(statements) => Measured { size_bytes, statements, note: None },
+                Err(e) => {
+                    Measured { size_bytes, statements: Vec::new(), note: Some(format!("no per-statement times: {e}")) }
+                }
+            };
+            out.insert(name, m);
+        }
+        out
+    }
 }
 
 #[cfg(test)]

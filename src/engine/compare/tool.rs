@@ -23,17 +23,67 @@ const MAX_RESULTS: u64 = 4 << 30;
 /// A load command gets its duration and this much more to start and write its results.
 const GRACE: Duration = Duration::from_secs(60);
 
+/// Why the load command measured nothing of a side.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The suites' files cannot be listed or copied for the tool.
+    #[error(transparent)]
+    Bundle(#[from] std::sync::Arc<crate::sys::bundle::BundleError>),
+    #[error("no load command")]
+    NoCommand,
+    #[error("no service `{0}`")]
+    NoService(String),
+    #[error("cannot make the load command's directory in {}: {source}", .scratch.display())]
+    Directory {
+        scratch: PathBuf,
+        #[source]
+        source: crate::sys::secure_fs::FsError,
+    },
+    #[error("cannot run the load command: {0}")]
+    Run(#[source] std::io::Error),
+    #[error(
+        "the load command ran past {} (its duration + {} s) and was stopped; its output: {}",
+        crate::description::format_duration(*.limit),
+        GRACE.as_secs(),
+        .log.display()
+    )]
+    TimedOut { limit: Duration, log: PathBuf },
+    #[error(
+        "the load command (exit {}) wrote no readable results to $REHEARSE_RESULTS: {source}; its output: {}",
+        .status.map_or("by a signal".into(), |c| c.to_string()),
+        .log.display()
+    )]
+    NoResults {
+        status: Option<i32>,
+        log: PathBuf,
+        #[source]
+        source: crate::sys::secure_fs::FsError,
+    },
+    #[error("its results ($REHEARSE_RESULTS, format `{format}`) are not readable: {source}")]
+    Unreadable {
+        format: &'static str,
+        #[source]
+        source: crate::compare::tool::ResultsError,
+    },
+}
+
+impl From<crate::sys::bundle::BundleError> for ToolError {
+    fn from(e: crate::sys::bundle::BundleError) -> Self {
+        ToolError::Bundle(std::sync::Arc::new(e))
+    }
+}
+
 /// One environment the tool loads.
-pub(super) struct Side<'a> {
+pub(crate) struct Side<'a> {
     /// `baseline` or `candidate`.
-    pub(super) name: &'static str,
-    pub(super) services: &'a BTreeMap<String, ServiceOutputs>,
+    pub(crate) name: &'static str,
+    pub(crate) services: &'a BTreeMap<String, ServiceOutputs>,
 }
 
 /// Runs the load command against every side at once; what each measured, or why not.
 /// `scratch` holds a private directory per side (the tool's HOME and results), `logs`
 /// its output (`SIDE.load.log`).
-pub(super) async fn run_all(
+pub(crate) async fn run_all(
     load: &Load,
     loaded: &Loaded,
     sides: &[Side<'_>],
@@ -41,11 +91,14 @@ pub(super) async fn run_all(
     logs: &Path,
     user: Option<RunAs>,
     own: &[PathBuf],
-) -> Vec<Result<Measured, String>> {
+) -> Vec<Result<Measured, ToolError>> {
     let paths = loaded.desc.bundle.clone().unwrap_or_else(|| vec![PathBuf::new()]);
     let listing = match crate::sys::bundle::list(&loaded.dir, &paths, own) {
         Ok(l) => l,
-        Err(e) => return sides.iter().map(|_| Err(e.to_string())).collect(),
+        Err(e) => {
+            let e = std::sync::Arc::new(e);
+            return sides.iter().map(|_| Err(ToolError::Bundle(e.clone()))).collect();
+        }
     };
     let runs = sides.iter().map(|s| run_one(load, loaded, &listing, s, scratch, logs, user));
     futures_util::future::join_all(runs).await
@@ -59,17 +112,16 @@ async fn run_one(
     scratch: &Path,
     logs: &Path,
     user: Option<RunAs>,
-) -> Result<Measured, String> {
-    let command = load.command.as_deref().ok_or("no load command")?;
-    let url = &side.services.get(&load.target).ok_or_else(|| format!("no service `{}`", load.target))?.url;
+) -> Result<Measured, ToolError> {
+    let command = load.command.as_deref().ok_or(ToolError::NoCommand)?;
+    let url = &side.services.get(&load.target).ok_or_else(|| ToolError::NoService(load.target.clone()))?.url;
     let dir = private_dir(scratch, side.name, user)?;
     let results = dir.join("results");
     // The tool's own copy of the suites' files, beside its private directory (made
     // where only rehearse can write, then handed over).
     let owner = user.map(|u| (u.uid, u.gid));
-    let copy = crate::sys::bundle::copy(listing, scratch, &format!("{}.bundle", side.name), owner)
-        .map_err(|e| e.to_string())?;
-    let cwd = crate::sys::bundle::inside(listing, &loaded.dir, &copy).map_err(|e| e.to_string())?;
+    let copy = crate::sys::bundle::copy(listing, scratch, &format!("{}.bundle", side.name), owner)?;
+    let cwd = crate::sys::bundle::inside(listing, &loaded.dir, &copy)?;
     let mut cmd = process::shell(command, &cwd, user.map(|u| (u, dir.clone())));
     cmd.env("REHEARSE_URL", url)
         .env("REHEARSE_SIDE", side.name)
@@ -81,45 +133,31 @@ async fn run_one(
     }
     let log = logs.join(format!("{}.load.log", side.name));
     let limit = load.duration + GRACE;
-    let finished = process::run_logged(&mut cmd, &log, limit, &Clock::new())
-        .await
-        .map_err(|e| format!("cannot run the load command: {e}"))?;
+    let finished = process::run_logged(&mut cmd, &log, limit, &Clock::new()).await.map_err(ToolError::Run)?;
     if finished.timed_out {
-        return Err(format!(
-            "the load command ran past {} (its duration + {} s) and was stopped; its output: {}",
-            crate::description::format_duration(limit),
-            GRACE.as_secs(),
-            log.display()
-        ));
+        return Err(ToolError::TimedOut { limit, log });
     }
     // A tool may exit non-zero over its own thresholds (k6: 99) and still have
     // measured: its results decide, and are judged like any.
-    let (file, _) =
-        Dir::open(&dir).and_then(|d| d.open_file(std::ffi::OsStr::new("results"), MAX_RESULTS)).map_err(|e| {
-            format!(
-                "the load command (exit {}) wrote no readable results to $REHEARSE_RESULTS: {e}; its output: {}",
-                finished.status.map_or("by a signal".into(), |c| c.to_string()),
-                log.display()
-            )
-        })?;
+    let (file, _) = Dir::open(&dir)
+        .and_then(|d| d.open_file(std::ffi::OsStr::new("results"), MAX_RESULTS))
+        .map_err(|source| ToolError::NoResults { status: finished.status, log, source })?;
     use std::io::Read as _;
     let input = std::io::BufReader::new(file.take(MAX_RESULTS));
-    crate::compare::tool::parse(load.format, input).map_err(|e| {
-        format!("its results ($REHEARSE_RESULTS, format `{}`) are not readable: {e}", load.format.as_str())
-    })
+    crate::compare::tool::parse(load.format, input)
+        .map_err(|source| ToolError::Unreadable { format: load.format.as_str(), source })
 }
 
 /// `scratch/SIDE`, new, 0700, the tool's user's.
-fn private_dir(scratch: &Path, side: &str, user: Option<RunAs>) -> Result<PathBuf, String> {
-    let why =
-        |e: &dyn std::fmt::Display| format!("cannot make the load command's directory in {}: {e}", scratch.display());
+fn private_dir(scratch: &Path, side: &str, user: Option<RunAs>) -> Result<PathBuf, ToolError> {
+    let why = |source| ToolError::Directory { scratch: scratch.to_path_buf(), source };
     // Traversable, not listable: the tool's user reaches its own directory only.
     for d in [scratch.parent().unwrap_or(scratch), scratch] {
-        crate::sys::state::traversable_dir(d).map_err(|e| why(&e))?;
+        crate::sys::state::traversable_dir(d).map_err(why)?;
     }
-    let d = Dir::open(scratch).and_then(|d| d.create_dir(std::ffi::OsStr::new(side), 0o700)).map_err(|e| why(&e))?;
+    let d = Dir::open(scratch).and_then(|d| d.create_dir(std::ffi::OsStr::new(side), 0o700)).map_err(why)?;
     if let Some(u) = user {
-        d.chown(u.uid, u.gid).map_err(|e| why(&e))?;
+        d.chown(u.uid, u.gid).map_err(why)?;
     }
     Ok(scratch.join(side))
 }
