@@ -12,7 +12,7 @@ use super::{checked_state, reporter, runtime};
 use crate::cli::Global;
 use crate::engine::down::{self as op, DownError, DownOptions, Downed, Located, LostRun, Source};
 use crate::engine::events::Reporter;
-use crate::engine::journal::{Journal, RunMeta};
+use crate::engine::journal::RunMeta;
 use crate::engine::store::ObjectStore;
 use crate::engine::sweep::{self, Candidate, Kept, SweepOptions};
 use crate::engine::teardown;
@@ -21,14 +21,6 @@ use crate::providers::aws::TAG_RUN;
 use crate::providers::local::LocalProvider;
 use crate::sys::signals::Signals;
 use crate::sys::state;
-
-/// Records that teardown ran; a journal that cannot take the record is said, not
-/// fatal: teardown's own output already says what is left.
-pub(super) async fn close_journal(journal: &Journal, complete: bool) {
-    if let Err(e) = op::close_journal(journal, complete).await {
-        errln!("rehearse: warning: {e}");
-    }
-}
 
 pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
     down_run(g, run_id, region, None)
