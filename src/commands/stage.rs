@@ -15,8 +15,6 @@
 //! from other commands — a run, `down`, the store's locks, `env`'s printing — goes
 //! through one adapter each (at the end of the file).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,23 +22,26 @@ use chrono::Utc;
 
 use super::{load_or_report, print_json, reporter, runtime};
 use crate::cli::{Format, Global, RebuildArgs, StageCommand};
-use crate::description::{format_duration, DestroyPolicy, Loaded, Stage};
+use crate::description::{format_duration, Loaded, Stage};
 use crate::engine::connection::Connection;
 use crate::engine::events::Reporter;
 use crate::engine::lifecycle::Options;
 use crate::engine::rebuild::{
-    destroy as engine_destroy, fresh_record, rebuild as engine_rebuild, Built, Generations, LocalFuture, Outcome, Plan,
-    RebuildError, Spec, Stagehand, TearDownError,
+    destroy as engine_destroy, fresh_record, rebuild as engine_rebuild, Outcome, Plan, RebuildError, Stagehand,
 };
 use crate::engine::stage::connection::{self as stage_env, EnvError, NamesSeen};
 use crate::engine::stage::password::password;
 use crate::engine::stage::rollback::{Rollback, RollbackError};
-use crate::engine::stage::{self as st, Fate, Generation, GenerationBackup, RecordFault, StableNames, StageRecord};
+use crate::engine::stage::{self as st, Fate, Generation, StageRecord};
 use crate::engine::store::ObjectStore;
 use crate::exit;
-use crate::report::model::{RunReport, Verdict};
 use crate::sys::signals::Signals;
 use crate::sys::state::{self, StateUrl};
+use names::{libpq_takes_require_auth, stable_names};
+use runs::Runs;
+
+mod names;
+mod runs;
 
 /// The stage's store and names, opened for a command.
 struct Opened {
@@ -59,89 +60,6 @@ async fn open(g: &Global) -> Result<Opened, i32> {
 fn store_error(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -> i32 {
     errln!("error: {what} in the state store {}: {e}", store.url());
     exit::BUILD_FAILED
-}
-
-/// Why a stage's stable names cannot be reached from here.
-#[derive(Debug, thiserror::Error)]
-enum NamesOpenError {
-    #[error("the stage `{stage}`: {source}")]
-    Record {
-        stage: String,
-        #[source]
-        source: RecordFault,
-    },
-    #[error("the stage's record names `{stable}` for `{name}`, which is not a local port")]
-    NotAPort { name: String, stable: String },
-    #[error("the stage's directory {}: {why}", .dir.display())]
-    Directory { dir: PathBuf, why: String },
-    #[error("the stage `{0}` names no Route 53 zone (`stage.zone`)")]
-    NoZone(String),
-    #[error("the stage `{stage}`: {why}")]
-    OutsideZone { stage: String, why: String },
-    #[error("the stage `{stage}` is on the unknown provider `{provider}`")]
-    UnknownProvider { stage: String, provider: String },
-}
-
-impl NamesOpenError {
-    /// Said, and its exit code.
-    fn said(&self) -> i32 {
-        errln!("error: {self}");
-        match self {
-            NamesOpenError::NotAPort { .. } => exit::BUILD_FAILED,
-            _ => exit::USAGE,
-        }
-    }
-}
-
-/// The stage `stage`'s stable names as its record (checked against `stage` when it
-/// was loaded) or, for a rebuild, its description has them, on the record's provider.
-/// The stage's directory is built from `stage`, the name given on the command line or
-/// in the description.
-async fn stable_names(
-    g: &Global,
-    opened: &Opened,
-    stage: &str,
-    record: &StageRecord,
-) -> Result<Box<dyn StableNames>, NamesOpenError> {
-    record.check(stage).map_err(|source| NamesOpenError::Record { stage: stage.to_string(), source })?;
-    match record.provider.as_str() {
-        "local" => {
-            let mut ports = BTreeMap::new();
-            for (name, stable) in &record.names {
-                let port = stable.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-                let Some(p) = port else {
-                    return Err(NamesOpenError::NotAPort { name: name.clone(), stable: stable.clone() });
-                };
-                ports.insert(name.clone(), p);
-            }
-            let dir = super::store::local_root_for(g, opened.url.as_ref()).join("stages").join(stage);
-            match crate::providers::local::forward::LocalNames::new(&dir, ports) {
-                Ok(n) => Ok(Box::new(n)),
-                Err(why) => Err(NamesOpenError::Directory { dir, why }),
-            }
-        }
-        "aws" => {
-            let zone = record.zone.clone().ok_or_else(|| NamesOpenError::NoZone(record.stage.clone()))?;
-            let names = crate::providers::aws::dns::Route53Names {
-                api: crate::providers::aws::sdk::route53::Route53::new().await,
-                zone,
-                // The description allows 1 s to an hour; the record is anyone's.
-                ttl: record.record_ttl_secs.clamp(1, 3600),
-                names: record.names.clone(),
-                databases: record.databases.keys().cloned().collect(),
-            };
-            // Every name it will upsert or delete must lie inside the zone.
-            match names.check_in_zone().await {
-                Ok(()) => Ok(Box::new(names)),
-                Err(why) => Err(NamesOpenError::OutsideZone { stage: stage.to_string(), why }),
-            }
-        }
-        other => Err(NamesOpenError::UnknownProvider { stage: record.stage.clone(), provider: other.to_string() }),
-    }
-}
-
-fn read_report(state_root: &std::path::Path, run_id: &str) -> Option<RunReport> {
-    crate::report::read_report(&state::run_dir(state_root, run_id).join("report")).ok()
 }
 
 /// "still on generation 2 (release v1, backup …)", or that nothing serves yet.
@@ -264,130 +182,6 @@ async fn rebuild_locked(
             }
         }
     }
-}
-
-/// Generations as runs of the description on this machine's provider.
-struct Runs<'a> {
-    g: &'a Global,
-    /// The description and the command's arguments (a rebuild); none to tear down only.
-    build_from: Option<(&'a Loaded, &'a RebuildArgs)>,
-    release: &'a str,
-    opened: &'a Opened,
-    reporter: &'a dyn Reporter,
-    signals: &'a Signals,
-    stage: &'a str,
-    /// The exit code of the last run built: the rebuild's, when its generation is not
-    /// promoted.
-    last_code: std::cell::Cell<Option<i32>>,
-}
-
-impl<'a> Runs<'a> {
-    fn new(
-        g: &'a Global,
-        build_from: Option<(&'a Loaded, &'a RebuildArgs)>,
-        release: &'a str,
-        opened: &'a Opened,
-        reporter: &'a dyn Reporter,
-        signals: &'a Signals,
-        stage: &'a str,
-    ) -> Runs<'a> {
-        Runs { g, build_from, release, opened, reporter, signals, stage, last_code: Default::default() }
-    }
-
-    /// What a run of generation `spec` came to, from its exit code and its report.
-    fn built(&self, code: i32, state_root: &std::path::Path, run_id: &str) -> Built {
-        let report = read_report(state_root, run_id);
-        let backups = report
-            .as_ref()
-            .map(|r| {
-                r.backups
-                    .iter()
-                    .map(|b| GenerationBackup {
-                        database: b.database.clone(),
-                        backup: b.backup.clone(),
-                        taken_at: b.taken_at,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let verdict = report.as_ref().map_or(Verdict::BuildFailed, |r| r.verdict);
-        let connection = (code == exit::PASSED && verdict == Verdict::Passed)
-            .then(|| Connection::read(&state::run_dir(state_root, run_id), run_id))
-            .transpose();
-        match connection {
-            Ok(connection) => Built {
-                verdict,
-                kept: report.as_ref().is_some_and(|r| r.teardown.status == "kept"),
-                reason: report.and_then(|r| r.reason),
-                backups,
-                connection,
-            },
-            Err(e) => {
-                self.last_code.set(Some(exit::BUILD_FAILED));
-                Built {
-                    verdict: Verdict::BuildFailed,
-                    reason: Some(format!("its connection details cannot be read: {e}")),
-                    backups,
-                    connection: None,
-                    kept: false,
-                }
-            }
-        }
-    }
-}
-
-impl Generations for Runs<'_> {
-    fn build<'a>(&'a self, spec: &'a Spec) -> LocalFuture<'a, Built> {
-        let run_id = spec.run_id.as_str();
-        Box::pin(async move {
-            self.last_code.set(None);
-            let Some((loaded, args)) = self.build_from else {
-                return Built {
-                    verdict: Verdict::BuildFailed,
-                    reason: Some("no description to build from".into()),
-                    backups: Vec::new(),
-                    connection: None,
-                    kept: false,
-                };
-            };
-            let opts = Options {
-                run_id: run_id.to_string(),
-                release: self.release.to_string(),
-                destroy: if args.keep_failed { DestroyPolicy::Passing } else { DestroyPolicy::Always },
-                cold: args.cold,
-                up_only: false,
-                state_root: super::store::local_root_for(self.g, self.opened.url.as_ref()),
-                work_root: state::work_dir(),
-                run_as: args.run_as.clone(),
-                exit_code: super::run::exit_code,
-                name: None,
-                shared: self.opened.shared.clone(),
-                stage: Some(spec.run(self.stage)),
-                pins: Default::default(),
-            };
-            let code = run_generation(self, loaded, &opts).await;
-            self.last_code.set(Some(code));
-            self.built(code, &opts.state_root, run_id)
-        })
-    }
-
-    fn tear_down<'a>(&'a self, run_id: &'a str, number: u64) -> LocalFuture<'a, Result<(), TearDownError>> {
-        Box::pin(async move {
-            let generation = st::StageRef { stage: self.stage.to_string(), generation: number };
-            match down_generation(self.g, run_id, Some(generation)).await {
-                exit::PASSED => Ok(()),
-                code => Err(TearDownError::Failed(Box::new(DownExited { run_id: run_id.to_string(), code }))),
-            }
-        })
-    }
-}
-
-/// `rehearse down` of a generation ended with an exit code (it said why as it ran).
-#[derive(Debug, thiserror::Error)]
-#[error("`rehearse down {run_id}` exited with {code}")]
-struct DownExited {
-    run_id: String,
-    code: i32,
 }
 
 pub(crate) fn stage(g: &Global, command: &StageCommand) -> i32 {
@@ -572,25 +366,6 @@ async fn env(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i3
     }
 }
 
-/// Whether this machine's libpq takes `require_auth` (16 and later): asked of its
-/// `psql` itself, with a connection string that cannot connect anywhere — libpq 15 says
-/// "invalid connection option" before trying.
-fn libpq_takes_require_auth() -> bool {
-    let psql = crate::providers::local::postgres::PgBin::find()
-        .map(|b| b.dir.join("psql"))
-        .unwrap_or_else(|_| std::path::PathBuf::from("psql"));
-    let out = std::process::Command::new(psql)
-        .args(["-X", "-w", "-d", "host=/nonexistent/rehearse-probe require_auth=scram-sha-256", "-c", ""])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(std::process::Stdio::null())
-        .output();
-    out.is_ok_and(|o| {
-        let err = String::from_utf8_lossy(&o.stderr);
-        !err.is_empty() && !err.contains("require_auth")
-    })
-}
-
 async fn rollback(g: &Global, opened: Opened, stage: &str, record: StageRecord) -> i32 {
     let store = opened.store.as_ref();
     let said = |e: RollbackError| match e {
@@ -666,9 +441,11 @@ async fn destroy_locked(g: &Global, opened: &Opened, name: &str, record: &StageR
 // What this command still borrows from the others, one adapter each: a run of the
 // description, `down` of one generation, the store's locks, `env`'s printing.
 
-/// A generation built as `rehearse run` builds a run: its exit code.
-async fn run_generation(runs: &Runs<'_>, loaded: &Loaded, opts: &Options) -> i32 {
-    super::run::rehearse(runs.g, loaded, opts, runs.opened.store.clone(), runs.reporter, runs.signals).await.code
+/// A generation built as `rehearse run` builds a run (its verdict becoming its exit
+/// code as a run's does): its exit code.
+async fn run_generation(runs: &Runs<'_>, loaded: &Loaded, opts: Options) -> i32 {
+    let opts = Options { exit_code: super::run::exit_code, ..opts };
+    super::run::rehearse(runs.g, loaded, &opts, runs.opened.store.clone(), runs.reporter, runs.signals).await.code
 }
 
 /// `rehearse down RUN` from a blocking thread (it runs its own runtime); with
