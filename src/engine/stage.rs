@@ -13,6 +13,10 @@
 //! follow the record: [`converge`] points them at the current generation and checks
 //! that the record did not move meanwhile, so that two switchers racing end with the
 //! names where the record says.
+//!
+//! The operations on a stage, each taking the store and the names and returning a
+//! typed outcome (none prints): [`password`], [`promote`], [`rollback`] and the
+//! stage's [`connection`]; the rebuild itself is [`super::rebuild`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
