@@ -14,7 +14,7 @@ use rehearse::description::template::{DatabaseOutputs, ServiceOutputs};
 use rehearse::engine::connection::Connection;
 use rehearse::engine::events::Silent;
 use rehearse::engine::rebuild::{
-    fresh_record, rebuild, Built, Generations, LocalFuture, Outcome, Plan, Spec, Stagehand,
+    fresh_record, rebuild, Built, Generations, LocalFuture, Outcome, Plan, Spec, Stagehand, TearDownError,
 };
 use rehearse::engine::stage::{NamesFuture, StableNames};
 use rehearse::providers::aws::dns::Route53Names;
@@ -55,7 +55,6 @@ impl Generations for Instant_ {
             };
             Built {
                 verdict: Verdict::Passed,
-                exit_code: 0,
                 reason: None,
                 backups: Vec::new(),
                 connection: Some(connection),
@@ -64,7 +63,7 @@ impl Generations for Instant_ {
         })
     }
 
-    fn tear_down<'a>(&'a self, _run_id: &'a str, _number: u64) -> LocalFuture<'a, Result<(), String>> {
+    fn tear_down<'a>(&'a self, _run_id: &'a str, _number: u64) -> LocalFuture<'a, Result<(), TearDownError>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -444,7 +444,6 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
             };
             let failed = |verdict, reason: String| Built {
                 verdict,
-                exit_code: 1,
                 reason: Some(reason),
                 backups: Vec::new(),
                 connection: None,
@@ -466,7 +465,6 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
                     self.passed.borrow_mut().insert(run_id.to_string());
                     Built {
                         verdict: Verdict::Passed,
-                        exit_code: 0,
                         reason: None,
                         backups: Vec::new(),
                         connection: Some(c),
@@ -482,8 +480,8 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
         &'a self,
         run_id: &'a str,
         _number: u64,
-    ) -> rehearse::engine::rebuild::LocalFuture<'a, Result<(), String>> {
-        Box::pin(self.down(run_id))
+    ) -> rehearse::engine::rebuild::LocalFuture<'a, Result<(), rehearse::engine::rebuild::TearDownError>> {
+        Box::pin(async move { self.down(run_id).await.map_err(Into::into) })
     }
 }
 

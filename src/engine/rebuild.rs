@@ -22,18 +22,20 @@ use std::time::Duration;
 
 use super::connection::Connection;
 use super::events::{Event, Reporter};
-use super::stage::{self as st, Fate, Generation, GenerationBackup, StableDatabase, StableNames, StageRecord};
+use super::stage::promote::{self, Promotion};
+use super::stage::{
+    self as st, ConvergeError, Fate, Generation, GenerationBackup, NamesError, Refusal, StableDatabase, StableNames,
+    StageRecord,
+};
 use super::store::lock::Now;
 use super::store::ObjectStore;
-use crate::description::{format_duration, StableName, Stage};
+use crate::description::{format_duration, Stage};
 use crate::report::model::Verdict;
 use crate::sys::signals::Signals;
 
 /// What building and judging a generation came to.
 pub struct Built {
     pub verdict: Verdict,
-    /// The run's exit code (the command's, when the generation is not promoted).
-    pub exit_code: i32,
     pub reason: Option<String>,
     pub backups: Vec<GenerationBackup>,
     /// How to reach it: a generation that passed has it (without, it counts as failed).
@@ -51,7 +53,65 @@ pub trait Generations {
     fn build<'a>(&'a self, spec: &'a Spec) -> LocalFuture<'a, Built>;
     /// Tears down generation `number`, the run `run_id` (which must be that
     /// generation's: the record saying so is not enough).
-    fn tear_down<'a>(&'a self, run_id: &'a str, number: u64) -> LocalFuture<'a, Result<(), String>>;
+    fn tear_down<'a>(&'a self, run_id: &'a str, number: u64) -> LocalFuture<'a, Result<(), TearDownError>>;
+}
+
+/// Why a generation was not torn down (completely).
+#[derive(Debug, thiserror::Error)]
+pub enum TearDownError {
+    /// Teardown ran and left these behind.
+    #[error("left: {}", .0.join(", "))]
+    Left(Vec<String>),
+    /// The run is not one to tear down as that generation (its journal says another
+    /// stage's or generation's, it is still running elsewhere, ...): left alone.
+    #[error("{0}")]
+    Refused(String),
+    /// It could not be tried (the journal cannot be read, the provider answers no more).
+    #[error("{0}")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<String> for TearDownError {
+    fn from(why: String) -> TearDownError {
+        TearDownError::Failed(why.into())
+    }
+}
+
+/// When a generation's teardown failed: what the rebuild (or destroy) was doing.
+#[derive(Debug)]
+pub enum TearingDown {
+    /// A generation an ended rebuild left `building`.
+    LeftMidBuild,
+    /// A generation that did not pass.
+    NotPassed,
+    /// A generation that passed but could not be promoted.
+    NotPromoted(NotPromoted),
+    /// A generation retired after its drain.
+    Retiring,
+    /// A generation of a stage being destroyed.
+    Destroying { stage: String },
+}
+
+/// "generation 3 was not torn down completely (…); remove what is left with `rehearse down RUN`".
+fn tear_down_text(number: &u64, run_id: &str, when: &TearingDown, why: &TearDownError) -> String {
+    match when {
+        TearingDown::LeftMidBuild => format!(
+            "generation {number} was left mid-build and could not be torn down ({why}); remove it with `rehearse down \
+             {run_id}`"
+        ),
+        TearingDown::NotPassed => format!(
+            "generation {number} did not pass and was not torn down completely ({why}); remove what is left with \
+             `rehearse down {run_id}`"
+        ),
+        TearingDown::NotPromoted(not) => format!("{not}; tearing it down failed ({why}): `rehearse down {run_id}`"),
+        TearingDown::Retiring => format!(
+            "generation {number} was not torn down completely ({why}); remove what is left with `rehearse down {run_id}`"
+        ),
+        TearingDown::Destroying { stage } => format!(
+            "generation {number} was not removed ({why}); the stage's names and record are kept: run `rehearse stage \
+             destroy {stage}` again"
+        ),
+    }
 }
 
 /// What a rebuild works with: the state store (the stage's record), the stage's
@@ -106,7 +166,7 @@ pub enum Outcome {
     /// promotion written, the names' change applied and, on AWS, `INSYNC`).
     Promoted { current: Generation, switched_in: Duration, retired: Option<u64>, interrupted: bool },
     /// The generation failed (or was interrupted); the stage is as it was.
-    NotPromoted { number: u64, exit_code: i32, still_on: Option<Generation> },
+    NotPromoted { number: u64, verdict: Verdict, still_on: Option<Generation> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +174,79 @@ pub enum RebuildError {
     #[error("the stage's record: {0}")]
     Record(#[from] st::UpdateError),
     #[error("the stage's names: {0}")]
-    Names(String),
-    #[error("{0}")]
-    TearDown(String),
-    #[error("{0}")]
-    Promotion(String),
+    Names(#[source] ConvergeError),
+    /// The generation is current in the record; the names still point elsewhere.
+    #[error(
+        "the stage's names: generation {number} is the stage's current generation, but its stable names could not \
+         be switched: {source}; the next rebuild points them again"
+    )]
+    NotSwitched {
+        number: u64,
+        #[source]
+        source: ConvergeError,
+    },
+    /// A generation was not torn down (completely): what is left is said, with the
+    /// command that removes it.
+    #[error("{}", tear_down_text(.number, .run_id, .when, .source))]
+    TearDown {
+        number: u64,
+        run_id: String,
+        when: TearingDown,
+        #[source]
+        source: TearDownError,
+    },
+    /// The generation passed, was not promoted, and was torn down.
+    #[error("{0}; it was torn down")]
+    NotPromoted(#[source] NotPromoted),
+    /// The generation passed and was not promoted; it could not even be marked so.
+    #[error("{why}; it is left for the next rebuild to settle ({source})")]
+    NotPromotedLeft {
+        why: NotPromoted,
+        #[source]
+        source: st::UpdateError,
+    },
+    /// The promotion's answer was lost, and the record cannot be read to tell.
+    #[error(
+        "generation {number} passed, but whether it was promoted is unknown ({source}); the next rebuild settles it"
+    )]
+    PromotionUnknown {
+        number: u64,
+        #[source]
+        source: st::UpdateError,
+    },
+}
+
+/// Why a generation that passed is not current.
+#[derive(Debug, thiserror::Error)]
+pub enum NotPromoted {
+    /// The record moved while it was built.
+    #[error("generation {number} passed but was not promoted: {source}")]
+    Refused {
+        number: u64,
+        #[source]
+        source: Refusal,
+    },
+    #[error("generation {number} passed but the promotion failed ({source})")]
+    Failed {
+        number: u64,
+        #[source]
+        source: st::UpdateError,
+    },
+}
+
+impl NotPromoted {
+    pub fn number(&self) -> u64 {
+        match self {
+            NotPromoted::Refused { number, .. } | NotPromoted::Failed { number, .. } => *number,
+        }
+    }
+}
+
+impl RebuildError {
+    fn tear_down(number: u64, run_id: &str, when: TearingDown) -> impl FnOnce(TearDownError) -> RebuildError {
+        let run_id = run_id.to_string();
+        move |source| RebuildError::TearDown { number, run_id, when, source }
+    }
 }
 
 fn note(reporter: &dyn Reporter, text: String) {
@@ -133,13 +261,13 @@ pub async fn retire(hand: &Stagehand<'_>, stage: &str, n: u64) -> Result<(), Reb
     let Stagehand { store, gens, reporter, .. } = *hand;
     let mut run_id = String::new();
     let marked = st::update(store, stage, |r| {
-        let mut r = r.ok_or("the stage has no record")?;
+        let mut r = r.ok_or(Refusal::NoRecord)?;
         if r.current == Some(n) {
-            return Err(format!("generation {n} is current again (rolled back to)"));
+            return Err(Refusal::CurrentAgain(n));
         }
-        let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
+        let gen = r.generation_mut(n).ok_or(Refusal::NoGeneration(n))?;
         if gen.fate == Fate::Retired {
-            return Err(format!("generation {n} was retired already"));
+            return Err(Refusal::RetiredAlready(n));
         }
         gen.fate = Fate::Retiring;
         run_id = gen.run_id.clone();
@@ -155,11 +283,7 @@ pub async fn retire(hand: &Stagehand<'_>, stage: &str, n: u64) -> Result<(), Reb
         Err(e) => return Err(e.into()),
     }
     note(reporter, format!("retiring generation {n} ({run_id})"));
-    gens.tear_down(&run_id, n).await.map_err(|why| {
-        RebuildError::TearDown(format!(
-            "generation {n} was not torn down completely ({why}); remove what is left with `rehearse down {run_id}`"
-        ))
-    })?;
+    gens.tear_down(&run_id, n).await.map_err(RebuildError::tear_down(n, &run_id, TearingDown::Retiring))?;
     set_fate(hand, stage, n, &[Fate::Retiring], Fate::Retired, None).await
 }
 
@@ -174,10 +298,10 @@ async fn set_fate(
     reason: Option<String>,
 ) -> Result<(), RebuildError> {
     let changed = st::update(hand.store, stage, |r| {
-        let mut r = r.ok_or("the stage has no record")?;
-        let gen = r.generation_mut(n).ok_or(format!("no generation {n}"))?;
+        let mut r = r.ok_or(Refusal::NoRecord)?;
+        let gen = r.generation_mut(n).ok_or(Refusal::NoGeneration(n))?;
         if !from.contains(&gen.fate) {
-            return Err(format!("generation {n} is {} now", gen.fate.as_str()));
+            return Err(Refusal::Fate { number: n, fate: gen.fate });
         }
         gen.fate = to;
         if to == Fate::Retired {
@@ -214,12 +338,11 @@ pub async fn tidy(hand: &Stagehand<'_>, stage: &str) -> Result<(), RebuildError>
                 gen.number, gen.run_id
             ),
         );
-        gens.tear_down(&gen.run_id, gen.number).await.map_err(|why| {
-            RebuildError::TearDown(format!(
-                "generation {} was left mid-build and could not be torn down ({why}); remove it with `rehearse down {}`",
-                gen.number, gen.run_id
-            ))
-        })?;
+        gens.tear_down(&gen.run_id, gen.number).await.map_err(RebuildError::tear_down(
+            gen.number,
+            &gen.run_id,
+            TearingDown::LeftMidBuild,
+        ))?;
         let why = "its rebuild ended before the acceptance suites judged it".to_string();
         set_fate(hand, stage, gen.number, &[Fate::Building], Fate::Interrupted, Some(why)).await?;
     }
@@ -289,17 +412,15 @@ pub async fn rebuild(
         // Its run tore it down (unless kept for debugging); a teardown that left
         // something is tried again here, before the generation is marked.
         if !built.kept {
-            gens.tear_down(&plan.run_id, number).await.map_err(|why| {
-                RebuildError::TearDown(format!(
-                    "generation {number} did not pass and was not torn down completely ({why}); remove what is \
-                     left with `rehearse down {}`",
-                    plan.run_id
-                ))
-            })?;
+            gens.tear_down(&plan.run_id, number).await.map_err(RebuildError::tear_down(
+                number,
+                &plan.run_id,
+                TearingDown::NotPassed,
+            ))?;
         }
         let after = st::update(store, name, |r| {
-            let mut r = r.ok_or("the stage has no record")?;
-            let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
+            let mut r = r.ok_or(Refusal::NoRecord)?;
+            let gen = r.generation_mut(number).ok_or(Refusal::NoGeneration(number))?;
             gen.fate = fate;
             gen.reason = built.reason.clone();
             gen.backups = built.backups.clone();
@@ -308,7 +429,7 @@ pub async fn rebuild(
         .await?;
         return Ok(Outcome::NotPromoted {
             number,
-            exit_code: built.exit_code,
+            verdict: built.verdict,
             still_on: after.current_generation().cloned(),
         });
     }
@@ -333,74 +454,33 @@ async fn promote(
     let accepted = tokio::time::Instant::now();
     let name = plan.stage.name.as_str();
     let targets = st::targets(connection);
-    let databases: BTreeMap<String, StableDatabase> = connection
-        .databases
-        .iter()
-        .map(|(db, d)| {
-            let port = match plan.stage.names.get(db) {
-                Some(StableName::Port(p)) => p.to_string(),
-                _ => d.port.clone(),
-            };
-            (db.clone(), StableDatabase { name: d.name.clone(), user: d.user.clone(), port })
-        })
-        .collect();
+    let databases: BTreeMap<String, StableDatabase> = promote::stable_databases(connection, plan.stage);
     let now = (hand.now)();
     let retire_at = st::retire_at(now, plan.drain);
-    let promoted = st::update(store, name, |r| {
-        let mut r = r.ok_or("the stage has no record")?;
-        if r.current != seen_current {
-            return Err(format!(
-                "the stage moved to generation {} while generation {number} was built",
-                r.current.unwrap_or(0)
-            ));
-        }
-        let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
-        if gen.fate != Fate::Building {
-            return Err(format!("generation {number} is {} now", gen.fate.as_str()));
-        }
-        gen.targets = targets.clone();
-        gen.backups = backups.to_vec();
-        r.databases = databases.clone();
-        r.promote(number, now, retire_at);
-        Ok(r)
-    })
-    .await;
+    let promotion =
+        Promotion { number, seen_current, targets: &targets, backups, databases: &databases, now, retire_at };
+    let promoted = promote::promote(store, name, &promotion).await;
     let record = match promoted {
         Ok(r) => r,
-        Err(st::UpdateError::Refused(why)) => {
-            return Err(not_promoted(
-                hand,
-                plan,
-                number,
-                format!("generation {number} passed but was not promoted: {why}"),
-            )
-            .await)
+        Err(st::UpdateError::Refused(source)) => {
+            return Err(not_promoted(hand, plan, NotPromoted::Refused { number, source }).await)
         }
         Err(e) => {
             // No answer: the promotion may have landed. The record says.
             match st::load(store, name).await {
                 Ok(Some((r, _))) if r.current == Some(number) => r,
                 Ok(Some(_)) => {
-                    let why = format!("generation {number} passed but the promotion failed ({e})");
-                    return Err(not_promoted(hand, plan, number, why).await);
+                    return Err(not_promoted(hand, plan, NotPromoted::Failed { number, source: e }).await);
                 }
-                _ => {
-                    // Unknown either way: left as it is (`building` or current); the next
-                    // rebuild sees which and tidies accordingly.
-                    return Err(RebuildError::Promotion(format!(
-                        "generation {number} passed, but whether it was promoted is unknown ({e}); the next \
-                         rebuild settles it"
-                    )));
-                }
+                // Unknown either way: left as it is (`building` or current); the next
+                // rebuild sees which and tidies accordingly.
+                _ => return Err(RebuildError::PromotionUnknown { number, source: e }),
             }
         }
     };
-    st::converge_told(store, name, names, reporter).await.map_err(|e| {
-        RebuildError::Names(format!(
-            "generation {number} is the stage's current generation, but its stable names could not be switched: \
-             {e}; the next rebuild points them again"
-        ))
-    })?;
+    st::converge_told(store, name, names, reporter)
+        .await
+        .map_err(|source| RebuildError::NotSwitched { number, source })?;
     let switched_in = accepted.elapsed();
     let current = record.current_generation().cloned().expect("just promoted");
     note(reporter, format!("stage `{name}` now on {}: every stable name switched", current.describe()));
@@ -432,27 +512,15 @@ async fn promote(
 /// A generation that passed but is not current: marked failed first — a promotion
 /// still in flight then finds the record changed and cannot land — and only then torn
 /// down. When it cannot even be marked, it is left `building` for the next rebuild.
-async fn not_promoted(hand: &Stagehand<'_>, plan: &Plan<'_>, number: u64, why: String) -> RebuildError {
+async fn not_promoted(hand: &Stagehand<'_>, plan: &Plan<'_>, why: NotPromoted) -> RebuildError {
     let name = plan.stage.name.as_str();
-    let marked = st::update(hand.store, name, |r| {
-        let mut r = r.ok_or("the stage has no record")?;
-        if r.current == Some(number) {
-            return Err(format!("generation {number} is current after all"));
-        }
-        let gen = r.generation_mut(number).ok_or(format!("no generation {number}"))?;
-        gen.fate = Fate::Failed;
-        gen.reason = Some(why.clone());
-        Ok(r)
-    })
-    .await;
-    if let Err(e) = marked {
-        return RebuildError::Promotion(format!("{why}; it is left for the next rebuild to settle ({e})"));
+    let number = why.number();
+    if let Err(source) = promote::mark_not_promoted(hand.store, name, number, &why.to_string()).await {
+        return RebuildError::NotPromotedLeft { why, source };
     }
     match hand.gens.tear_down(&plan.run_id, number).await {
-        Ok(()) => RebuildError::Promotion(format!("{why}; it was torn down")),
-        Err(t) => {
-            RebuildError::TearDown(format!("{why}; tearing it down failed ({t}): `rehearse down {}`", plan.run_id))
-        }
+        Ok(()) => RebuildError::NotPromoted(why),
+        Err(t) => RebuildError::tear_down(number, &plan.run_id, TearingDown::NotPromoted(why))(t),
     }
 }
 
@@ -481,16 +549,15 @@ pub async fn destroy(hand: &Stagehand<'_>, record: &StageRecord) -> Result<usize
     let mut removed = 0;
     for gen in record.generations.iter().filter(|g| g.fate != Fate::Retired) {
         note(reporter, format!("removing generation {} ({}, {})", gen.number, gen.run_id, gen.fate.as_str()));
-        gens.tear_down(&gen.run_id, gen.number).await.map_err(|why| {
-            RebuildError::TearDown(format!(
-                "generation {} was not removed ({why}); the stage's names and record are kept: run `rehearse \
-                 stage destroy {}` again",
-                gen.number, record.stage
-            ))
-        })?;
+        let destroying = TearingDown::Destroying { stage: record.stage.clone() };
+        gens.tear_down(&gen.run_id, gen.number).await.map_err(RebuildError::tear_down(
+            gen.number,
+            &gen.run_id,
+            destroying,
+        ))?;
         removed += 1;
     }
-    names.remove().await.map_err(RebuildError::Names)?;
+    names.remove().await.map_err(|e: NamesError| RebuildError::Names(e.into()))?;
     for key in [st::record_key(&record.stage), st::secret_key(&record.stage)] {
         super::store::delete_current(store, &key).await.map_err(st::UpdateError::from)?;
     }

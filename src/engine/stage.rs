@@ -13,6 +13,10 @@
 //! follow the record: [`converge`] points them at the current generation and checks
 //! that the record did not move meanwhile, so that two switchers racing end with the
 //! names where the record says.
+//!
+//! The operations on a stage, each taking the store and the names and returning a
+//! typed outcome (none prints): [`password`], [`promote`], [`rollback`] and the
+//! stage's [`connection`]; the rebuild itself is [`super::rebuild`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,6 +26,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::store::{put_checked, retrying, Condition, Etag, ObjectStore, StoreError};
+
+mod check;
+pub mod connection;
+mod error;
+pub mod password;
+pub mod promote;
+pub mod rollback;
+
+pub use check::RecordFault;
+pub use error::{ConvergeError, NamesError, Refusal, UpdateError};
 
 /// The stage's record in the state store.
 pub fn record_key(stage: &str) -> String {
@@ -241,113 +255,6 @@ impl StageRecord {
         self.current_generation().is_some_and(|g| g.run_id == run_id)
     }
 
-    /// Refuses a record that rehearse could not have written for the stage `asked` (the
-    /// name its key was read under): every byte of it is a stranger's input. Its
-    /// `stage` must be `asked`; names, generation numbers, run ids and database names
-    /// must have their grammar; a local stage's names and targets must be ports of
-    /// 127.0.0.1, an AWS stage's DNS names (`host[:port]`), in a hosted zone with an id's
-    /// grammar. What a name builds — a path, a DNS name, a connection — then comes from
-    /// `asked` or from values checked here.
-    pub fn check(&self, asked: &str) -> Result<(), String> {
-        use crate::description::decode::{is_dns_name, is_zone_id, KeyRule};
-        let ident = |what: &str, s: &str| {
-            KeyRule::Identifier.check(s).map_err(|e| format!("{what} {:?} is not a name: {e}", s.escape_debug()))
-        };
-        if self.stage != asked {
-            return Err(format!("its `stage` is \"{}\", not `{asked}`", self.stage.escape_debug()));
-        }
-        ident("the stage", asked)?;
-        let local = match self.provider.as_str() {
-            "local" => true,
-            "aws" => false,
-            other => return Err(format!("its provider \"{}\" is neither `local` nor `aws`", other.escape_debug())),
-        };
-        match (&self.zone, local) {
-            (Some(z), true) => {
-                return Err(format!("it names a Route 53 zone \"{}\" for a local stage", z.escape_debug()))
-            }
-            (Some(z), false) if !is_zone_id(z) => {
-                return Err(format!("its zone \"{}\" is not a Route 53 hosted zone id", z.escape_debug()))
-            }
-            _ => {}
-        }
-        // `127.0.0.1:PORT` locally; `HOST` or `HOST:PORT` with a DNS name (or IPv4) on AWS.
-        let address = |s: &str, port_needed: bool| -> bool {
-            match s.rsplit_once(':') {
-                Some((h, p)) if local => h == "127.0.0.1" && p.parse::<u16>().is_ok_and(|p| p > 0),
-                _ if local => false,
-                Some((h, p)) => is_dns_name(h) && p.parse::<u16>().is_ok_and(|p| p > 0),
-                None => !port_needed && is_dns_name(s),
-            }
-        };
-        let mut stables = std::collections::BTreeSet::new();
-        for (component, stable) in &self.names {
-            ident("the component", component)?;
-            if !address(stable, false) || (!local && stable.contains(':')) {
-                return Err(format!(
-                    "the stable name of `{component}` is \"{}\", not {}",
-                    stable.escape_debug(),
-                    if local { "a port of 127.0.0.1 (127.0.0.1:PORT)" } else { "a DNS name" }
-                ));
-            }
-            if !stables.insert(stable.trim_end_matches('.').to_ascii_lowercase()) {
-                return Err(format!("the stable name \"{}\" is listed twice", stable.escape_debug()));
-            }
-        }
-        // What reaches a connection string: PostgreSQL's plain identifiers.
-        let pg_word = |s: &str| {
-            s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
-        };
-        for (db, d) in &self.databases {
-            ident("the database", db)?;
-            if !self.names.contains_key(db) {
-                return Err(format!("it lists the database `{db}`, which has no stable name"));
-            }
-            if !pg_word(&d.name) || !pg_word(&d.user) || !(d.port.is_empty() || d.port.parse::<u16>().is_ok()) {
-                return Err(format!(
-                    "the connection of `{db}` (database \"{}\", user \"{}\", port \"{}\") is not made of names and a port",
-                    d.name.escape_debug(),
-                    d.user.escape_debug(),
-                    d.port.escape_debug()
-                ));
-            }
-        }
-        let mut numbers = std::collections::BTreeSet::new();
-        let mut runs = std::collections::BTreeSet::new();
-        for g in &self.generations {
-            if g.number == 0 || !numbers.insert(g.number) {
-                return Err(format!("its generation number {} is 0 or listed twice", g.number));
-            }
-            if !crate::sys::state::valid_run_id(&g.run_id) || !runs.insert(g.run_id.as_str()) {
-                return Err(format!(
-                    "generation {} names the run \"{}\", which is not a run id or is another generation's",
-                    g.number,
-                    g.run_id.escape_debug()
-                ));
-            }
-            // A run's every database and service has a target; only those with a stable
-            // name are ever pointed at.
-            for (component, to) in &g.targets {
-                ident("the component", component)?;
-                if let Some(bad) = to.iter().find(|t| !address(t, local)) {
-                    return Err(format!(
-                        "generation {} sends `{component}` to \"{}\", not {}",
-                        g.number,
-                        bad.escape_debug(),
-                        if local { "a port of 127.0.0.1" } else { "a DNS name or address" }
-                    ));
-                }
-            }
-            if let Some(b) = g.backups.iter().find(|b| KeyRule::Identifier.check(&b.database).is_err()) {
-                return Err(format!("generation {} lists a backup of \"{}\"", g.number, b.database.escape_debug()));
-            }
-        }
-        if let Some(c) = self.current.filter(|c| !numbers.contains(c)) {
-            return Err(format!("its current generation {c} is not one of its generations"));
-        }
-        Ok(())
-    }
-
     /// Marks generation `n` current and the one it replaces draining until `retire_at`.
     pub fn promote(&mut self, n: u64, now: DateTime<Utc>, retire_at: DateTime<Utc>) {
         if let Some(old) = self.current.and_then(|c| self.generation_mut(c)) {
@@ -363,43 +270,21 @@ impl StageRecord {
     }
 }
 
-/// Why the stage's record could not be changed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpdateError {
-    #[error("the state store: {0}")]
-    Store(#[from] StoreError),
-    #[error("the stage's record is damaged: {0}")]
-    Damaged(String),
-    /// The change no longer applies to the record as it now is (someone else promoted,
-    /// the generation was retired, ...).
-    #[error("{0}")]
-    Refused(String),
-    #[error("the stage's record kept changing under this update ({0} attempts)")]
-    Contended(u32),
-    /// A record rehearse could not have written (see [`StageRecord::check`]): nothing
-    /// is done with it.
-    #[error(
-        "refusing the stage's record {key}: {why}; rehearse never writes such a record (someone else did): inspect \
-         it and remove it with the store's own tools"
-    )]
-    NotRehearses { key: String, why: String },
-}
-
 /// The stage's record and its version, or `None` for a stage never built.
 /// The record is checked ([`StageRecord::check`]) against `stage`, the name asked for.
 pub async fn load(store: &dyn ObjectStore, stage: &str) -> Result<Option<(StageRecord, Etag)>, UpdateError> {
     let key = record_key(stage);
     let named = || format!("{}/{key}", store.url().trim_end_matches('/'));
-    if let Err(e) = crate::description::decode::KeyRule::Identifier.check(stage) {
+    if let Err(source) = crate::description::decode::KeyRule::Identifier.check(stage) {
         return Err(UpdateError::NotRehearses {
             key: named(),
-            why: format!("`{}` is not a stage name: {e}", stage.escape_debug()),
+            why: RecordFault::NotAStageName { asked: stage.to_string(), source },
         });
     }
     match retrying(|| store.get(&key)).await? {
         None => Ok(None),
         Some(o) => {
-            let r: StageRecord = serde_json::from_slice(&o.body).map_err(|e| UpdateError::Damaged(e.to_string()))?;
+            let r: StageRecord = serde_json::from_slice(&o.body).map_err(UpdateError::Damaged)?;
             r.check(stage).map_err(|why| UpdateError::NotRehearses { key: named(), why })?;
             Ok(Some((r, o.etag)))
         }
@@ -414,20 +299,17 @@ pub fn agrees_with(store: &dyn ObjectStore, record: &StageRecord, fresh: &StageR
     if record.provider != fresh.provider {
         return Err(UpdateError::NotRehearses {
             key: named(),
-            why: format!(
-                "it is a stage of the {} provider, and the description's is {}",
-                record.provider, fresh.provider
-            ),
+            why: RecordFault::OtherProvider { found: record.provider.clone(), described: fresh.provider.clone() },
         });
     }
     if let Some((component, stable)) = record.names.iter().find(|(c, _)| !fresh.names.contains_key(*c)) {
         return Err(UpdateError::NotRehearses {
             key: named(),
-            why: format!(
-                "it has a stable name for `{component}` ({stable}), which the description does not (if `{component}` \
-                 was removed from the description on purpose, `rehearse stage destroy {}` first)",
-                fresh.stage
-            ),
+            why: RecordFault::NotDescribed {
+                component: component.clone(),
+                stable: stable.clone(),
+                stage: fresh.stage.clone(),
+            },
         });
     }
     Ok(())
@@ -447,7 +329,7 @@ pub fn retire_at(now: DateTime<Utc>, drain: std::time::Duration) -> DateTime<Utc
 pub async fn update(
     store: &dyn ObjectStore,
     stage: &str,
-    mut change: impl FnMut(Option<StageRecord>) -> Result<StageRecord, String>,
+    mut change: impl FnMut(Option<StageRecord>) -> Result<StageRecord, Refusal>,
 ) -> Result<StageRecord, UpdateError> {
     const ATTEMPTS: u32 = 20;
     let key = record_key(stage);
@@ -462,7 +344,7 @@ pub async fn update(
         new.revision = revision + 1;
         new.written_by = crate::secrets::generate();
         new.updated_at = Utc::now();
-        let body = serde_json::to_vec_pretty(&new).map_err(|e| UpdateError::Damaged(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(&new).map_err(UpdateError::Damaged)?;
         match put_checked(store, &key, &body, cond).await {
             Ok(_) => return Ok(new),
             Err(StoreError::PreconditionFailed) => {
@@ -476,7 +358,7 @@ pub async fn update(
 }
 
 /// A boxed future, so that stable names can be chosen at run time.
-pub type NamesFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+pub type NamesFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, NamesError>> + Send + 'a>>;
 
 /// The stable names of a stage: a forwarder's ports on this machine, or Route 53
 /// records.
@@ -507,7 +389,7 @@ pub async fn converge_told(
     stage: &str,
     names: &dyn StableNames,
     reporter: &dyn super::events::Reporter,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, ConvergeError> {
     match names.switch_waits_for() {
         Some((what, bound)) => {
             let resource = format!("stage.{stage}");
@@ -519,21 +401,25 @@ pub async fn converge_told(
 
 /// Points the names where the record says, until the record holds still across a
 /// switch; the generation they point at (`None`: the stage has no current generation).
-pub async fn converge(store: &dyn ObjectStore, stage: &str, names: &dyn StableNames) -> Result<Option<u64>, String> {
+pub async fn converge(
+    store: &dyn ObjectStore,
+    stage: &str,
+    names: &dyn StableNames,
+) -> Result<Option<u64>, ConvergeError> {
     for _ in 0..10 {
-        let Some((record, _)) = load(store, stage).await.map_err(|e| e.to_string())? else {
+        let Some((record, _)) = load(store, stage).await? else {
             return Ok(None);
         };
         let Some(current) = record.current_generation() else { return Ok(None) };
         if names.pointing_at().await? != Some(current.number) {
             names.switch(current.number, &current.targets).await?;
         }
-        let again = load(store, stage).await.map_err(|e| e.to_string())?.map(|(r, _)| r.current);
+        let again = load(store, stage).await?.map(|(r, _)| r.current);
         if again == Some(record.current) {
             return Ok(record.current);
         }
     }
-    Err("the stage's record kept moving while its names were switched".into())
+    Err(ConvergeError::KeptMoving)
 }
 
 /// Where each database and service of a kept run is reached (`host:port`), from its
@@ -581,9 +467,9 @@ mod tests {
             let store = store.clone();
             tokio::spawn(async move {
                 update(store.as_ref(), "staging", |r| {
-                    let mut r = r.ok_or("no record")?;
+                    let mut r = r.ok_or(Refusal::NoRecord)?;
                     if r.current != Some(1) {
-                        return Err(format!("generation {} was promoted meanwhile", r.current.unwrap_or(0)));
+                        return Err(Refusal::Moved(r.current));
                     }
                     r.promote(n, Utc::now(), Utc::now());
                     Ok(r)
@@ -672,7 +558,7 @@ mod tests {
         for (provider, why, edit) in refused {
             let mut r = written(provider);
             edit(&mut r);
-            let said = r.check("staging").expect_err(why);
+            let said = r.check("staging").expect_err(why).to_string();
             assert!(said.contains(why), "{said:?} does not say {why:?}");
         }
         assert!(written("local").check("other").is_err(), "a record read under another stage's key");

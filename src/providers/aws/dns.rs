@@ -12,7 +12,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::api::{ApiError, ApiResult};
-use crate::engine::stage::{NamesFuture, StableNames};
+use crate::engine::stage::{NamesError, NamesFuture, StableNames};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
@@ -259,12 +259,14 @@ impl<A: DnsApi> StableNames for Route53Names<A> {
                 self.records(number, targets)?.into_iter().map(|r| (Action::Upsert, r)).collect();
             self.apply(&changes, &format!("rehearse: stage names to generation {number}"))
                 .await
-                .map_err(|e| format!("Route 53 zone {}: {e}", self.zone))
+                .map_err(|e| NamesError::failed(format!("Route 53 zone {}", self.zone), e))
         })
     }
 
     fn pointing_at(&self) -> NamesFuture<'_, Option<u64>> {
-        Box::pin(async move { self.read_marker().await.map_err(|e| format!("Route 53 zone {}: {e}", self.zone)) })
+        Box::pin(async move {
+            self.read_marker().await.map_err(|e| NamesError::failed(format!("Route 53 zone {}", self.zone), e))
+        })
     }
 
     fn remove(&self) -> NamesFuture<'_, ()> {
@@ -275,7 +277,7 @@ impl<A: DnsApi> StableNames for Route53Names<A> {
                 .map(|(c, n)| (fqdn(n), if self.databases.contains(c) { RecordKind::Cname } else { RecordKind::A }))
                 .collect();
             wanted.extend(self.marker().map(|m| (m, RecordKind::Txt)));
-            self.delete_all(&wanted).await.map_err(|e| format!("Route 53 zone {}: {e}", self.zone))
+            self.delete_all(&wanted).await.map_err(|e| NamesError::failed(format!("Route 53 zone {}", self.zone), e))
         })
     }
 }

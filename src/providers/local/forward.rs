@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::stage::{NamesFuture, StableNames};
+use crate::engine::stage::{NamesError, NamesFuture, StableNames};
 use crate::sys::process::{self, ProcHandle};
 use crate::sys::secure_fs::Dir;
 
@@ -198,7 +198,7 @@ impl StableNames for LocalNames {
         Box::pin(async move {
             let t = Targets { generation: number, targets: targets.clone() };
             self.write(TARGETS, &serde_json::to_vec_pretty(&t).map_err(|e| e.to_string())?)?;
-            self.ensure_running().await.map(|_| ())
+            self.ensure_running().await.map(|_| ()).map_err(NamesError::from)
         })
     }
 
@@ -214,7 +214,7 @@ impl StableNames for LocalNames {
     fn remove(&self) -> NamesFuture<'_, ()> {
         Box::pin(async move {
             self.stop().await?;
-            crate::sys::state::remove_tree(&self.dir).map_err(|e| e.to_string())
+            crate::sys::state::remove_tree(&self.dir).map_err(|e| NamesError::from(e.to_string()))
         })
     }
 
