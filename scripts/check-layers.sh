@@ -48,11 +48,12 @@ done
 # command. Allowed: what src/commands.rs itself defines (`super::{reporter, runtime,
 # print_json, load_or_report, checked_state, aws_provider, ...}`) and the edge helper
 # modules named in `edge_helpers` (commands/store.rs: which state store, fetching from
-# it, opening journals mirrored to it). Every other file of src/commands/ is a command,
+# it, opening journals mirrored to it; commands/edge/: a run, a teardown, a lock and a
+# connection said as every command that needs one says it). Every other file of src/commands/ is a command,
 # and naming it — `super::down`, `super::{reporter, stage}`, `crate::commands::run` —
 # from another file of src/commands/ is refused. (A `use super::{` list spread over
 # lines is read line by line: keep command imports, which are refused anyway, on one.)
-edge_helpers="store"
+edge_helpers="store edge"
 commands=$(find src/commands -maxdepth 1 -name '*.rs' -printf '%f\n' | sed 's/\.rs$//' \
     | grep -vxF -f <(tr ' ' '\n' <<<"$edge_helpers") | sort | paste -sd'|' -)
 if [ -n "$commands" ]; then

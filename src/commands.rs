@@ -51,6 +51,7 @@ macro_rules! err {
 mod access;
 mod compare;
 mod down;
+mod edge;
 mod inventory;
 mod lock;
 mod run;
@@ -58,7 +59,7 @@ mod stage;
 mod store;
 mod warm;
 
-pub use run::{exit_code, outcome_exit_code};
+pub use edge::run::{exit_code, outcome_exit_code};
 
 pub fn dispatch(cli: Cli) -> i32 {
     let g = &cli.global;

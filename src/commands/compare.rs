@@ -19,8 +19,8 @@ use crate::providers::local::LocalProvider;
 use crate::sys::signals::Signals;
 use crate::sys::state;
 
+use super::edge::run::{described, exit_code};
 use super::load_or_report;
-use super::run::{described, exit_code};
 
 pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
     let loaded = match load_or_report(&args.file, Some(&args.baseline)) {
@@ -74,7 +74,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
                 Ok(l) => l,
                 Err(code) => return code,
             },
-            None => super::run::NO_LEASE,
+            None => super::edge::run::NO_LEASE,
         };
         // One point of production for both: pinned now, restored once.
         let (pins, golden) = match twins(&loaded, args.cold, &state::work_dir(), reporter, signals).await {
@@ -138,12 +138,20 @@ struct Cli<'a> {
 
 impl Edge for Cli<'_> {
     async fn rehearse(&self, opts: &Options) -> (RunOutcome, i32) {
-        super::run::outcome(self.g, self.loaded, opts, self.locks.clone(), self.lease, self.reporter, self.signals)
-            .await
+        super::edge::run::outcome(
+            self.g,
+            self.loaded,
+            opts,
+            self.locks.clone(),
+            self.lease,
+            self.reporter,
+            self.signals,
+        )
+        .await
     }
 
     async fn down(&self, run_id: &str) -> bool {
-        super::stage::down_generation(self.g, run_id, None).await == exit::PASSED
+        super::edge::down::down_fetched(self.g, run_id, None).await == exit::PASSED
     }
 
     fn note(&self, note: Note<'_>) {

@@ -52,23 +52,6 @@ pub(super) fn resolve_run(g: &Global, arg: &str) -> Result<String, i32> {
     }
 }
 
-/// Refuses a name already taken by a live run (`Err`: the exit code, said).
-pub(super) fn check_name_free(g: &Global, name: &str) -> Result<(), i32> {
-    if let Err(why) = crate::description::decode::KeyRule::Identifier.check(name) {
-        errln!("error: --name `{name}`: {why}");
-        return Err(exit::USAGE);
-    }
-    if let Some(r) = crate::engine::inventory::live_named(&scan_runs(g)?, name).first() {
-        errln!(
-            "error: the name `{name}` is taken by the live run {} ({}); pick another or `rehearse down {name}`",
-            r.run_id,
-            r.status
-        );
-        return Err(exit::USAGE);
-    }
-    Ok(())
-}
-
 /// The runs in the state directory (checked first: `Err` is the exit code).
 fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
     Ok(checked_state(g)?.map(|root| crate::engine::inventory::scan(&root)).unwrap_or_default())

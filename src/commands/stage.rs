@@ -116,7 +116,7 @@ pub(crate) fn rebuild(g: &Global, args: &RebuildArgs) -> i32 {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let g = &super::run::described(g, &asked.loaded);
+    let g = &super::edge::run::described(g, &asked.loaded);
     super::with_signals(g, async |reporter, signals| {
         let opened = match open(g).await {
             Ok(o) => o,
@@ -444,23 +444,13 @@ async fn destroy_locked(g: &Global, opened: &Opened, name: &str, record: &StageR
 /// A generation built as `rehearse run` builds a run (its verdict becoming its exit
 /// code as a run's does): its exit code.
 async fn run_generation(runs: &Runs<'_>, loaded: &Loaded, opts: Options) -> i32 {
-    let opts = Options { exit_code: super::run::exit_code, ..opts };
-    super::run::rehearse(runs.g, loaded, &opts, runs.opened.store.clone(), runs.reporter, runs.signals).await.code
+    let opts = Options { exit_code: super::edge::run::exit_code, ..opts };
+    super::edge::run::rehearse(runs.g, loaded, &opts, runs.opened.store.clone(), runs.reporter, runs.signals).await.code
 }
 
-/// `rehearse down RUN` from a blocking thread (it runs its own runtime); with
-/// `generation`, allowed to remove that generation of a stage — and only if the run's
-/// journal says it is that generation.
+/// `rehearse down RUN` of a generation (see [`super::edge::down::down_fetched`]).
 pub(super) async fn down_generation(g: &Global, run_id: &str, generation: Option<st::StageRef>) -> i32 {
-    let (g, run_id) = (g.clone(), run_id.to_string());
-    tokio::task::spawn_blocking(move || {
-        super::store::fetched(&g, Some(&run_id), &[super::store::Part::Journal, super::store::Part::Connection], || {
-            super::down::down_run(&g, &run_id, None, generation.as_ref())
-        })
-        .unwrap_or_else(|code| code)
-    })
-    .await
-    .unwrap_or(exit::BUILD_FAILED)
+    super::edge::down::down_fetched(g, run_id, generation.as_ref()).await
 }
 
 /// `body` under the stage's lock (taken for `purpose`, given back after): its exit
@@ -473,16 +463,16 @@ async fn locked(
     body: impl std::future::Future<Output = i32>,
 ) -> i32 {
     let lock = st::lock_name(stage);
-    let held = match super::lock::take(opened.store.clone(), &lock, purpose, None, lease).await {
+    let held = match super::edge::lock::take(opened.store.clone(), &lock, purpose, None, lease).await {
         Ok(l) => l,
         Err(code) => return code,
     };
     let code = body.await;
-    super::lock::give_back(held, &lock).await;
+    super::edge::lock::give_back(held, &lock).await;
     code
 }
 
 /// The stage's connection printed as `rehearse env` prints a run's.
 fn print_stage_connection(g: &Global, c: &Connection, extra: &[(&str, &str)]) -> i32 {
-    super::access::print_connection_with(g, c, extra)
+    super::edge::connection::print_connection_with(g, c, extra)
 }
