@@ -9,7 +9,7 @@ use super::reporter;
 use crate::cli::Global;
 use crate::engine::events::Reporter;
 use crate::engine::journal::{self, Journal, Record, State};
-use crate::engine::provider::Provider;
+use crate::engine::provider::{Handle, Provider, WorkspaceHandle};
 use crate::engine::teardown;
 use crate::exit;
 use crate::plan::Kind;
@@ -79,9 +79,9 @@ pub(crate) fn down_run(
                     }
                     // A local run's processes and files are the machine's that journaled it;
                     // what a journal from the store names here is nobody's to remove.
-                    if meta.provider != "aws" {
+                    if meta.provider.as_str() != "aws" {
                         if let Err(why) = journal::journaled_here(path.parent().unwrap_or(Path::new(".")), run_id) {
-                            errln!("{}", not_here_text(run_id, &meta, &why));
+                            errln!("{}", not_here_text(run_id, &meta, &why.to_string()));
                             return exit::USAGE;
                         }
                     }
@@ -134,7 +134,7 @@ pub(crate) fn down_run(
                             return exit::BUILD_FAILED;
                         }
                     };
-                    return if meta.provider == "aws" {
+                    return if meta.provider.as_str() == "aws" {
                         let Some(region) = meta.region.as_deref().or(region) else {
                             errln!("error: the journal of {run_id} names no region: pass --region REGION");
                             return exit::USAGE;
@@ -181,7 +181,7 @@ pub(crate) fn down_run(
                 return exit::PASSED;
             }
             errln!("rehearse: no journal for {run_id}; removing the {} resource(s) tagged with it in {region}", found.len());
-            let journal = match synthetic_journal(g, run_id, "aws", Some(region), None, &found).await {
+            let journal = match synthetic_journal(g, run_id, crate::description::ProviderKind::Aws, Some(region), None, &found).await {
                 Ok(j) => j,
                 Err(e) => {
                     errln!("error: {e}");
@@ -201,7 +201,7 @@ pub(crate) fn down_run(
             return exit::PASSED;
         }
         errln!("rehearse: no journal for {run_id}; removing what is tagged with it");
-        match synthetic_journal(g, run_id, "local", None, Some(&work), &[]).await {
+        match synthetic_journal(g, run_id, crate::description::ProviderKind::Local, None, Some(&work), &[]).await {
             Ok(j) => {
                 finish_down(g, &LocalProvider::new(&work_root), &j, run_id, reporter.as_ref(), &signals, None).await
             }
@@ -350,7 +350,7 @@ fn description_at_hand(meta: &journal::RunMeta) -> Option<crate::description::Lo
 async fn synthetic_journal(
     g: &Global,
     run_id: &str,
-    provider: &str,
+    provider: crate::description::ProviderKind,
     region: Option<&str>,
     work: Option<&Path>,
     found: &[Tagged],
@@ -366,13 +366,13 @@ async fn synthetic_journal(
     let meta = journal::RunMeta {
         run_id: run_id.to_string(),
         environment: "(unknown: journal lost)".into(),
-        provider: provider.into(),
+        provider,
         description: String::new(),
         release: String::new(),
         owner: String::new(),
         started_at: Utc::now(),
         expires_at: Utc::now(),
-        destroy: "always".into(),
+        destroy: crate::description::DestroyPolicy::Always,
         work_dir: work.map(|w| w.display().to_string()),
         region: region.map(str::to_string),
         pid: std::process::id(),
@@ -398,18 +398,13 @@ async fn synthetic_journal(
         _ => j,
     };
     if let Some(work) = work {
-        j.created("workspace", Kind::Workspace, serde_json::json!({"dir": work})).await.map_err(io)?;
+        let handle = Handle::of(&WorkspaceHandle { dir: work.to_path_buf() }).map_err(|e| io(e.into()))?;
+        j.created("workspace", Kind::Workspace, handle).await.map_err(io)?;
     }
     for t in found.iter().rev() {
         let id = tag_value(&t.tags, TAG_RESOURCE).map(str::to_string).unwrap_or_else(|| format!("{}:{}", t.kind, t.id));
-        let key = match t.kind {
-            Kind::AwsInstance => "instance_id",
-            Kind::AwsDbInstance => "db_instance_id",
-            Kind::AwsDbCluster => "db_cluster_id",
-            Kind::AwsSecurityGroup => "group_id",
-            _ => "name",
-        };
-        j.created(&id, t.kind, serde_json::json!({ key: t.id })).await.map_err(io)?;
+        let handle = Handle::of(&crate::providers::aws::AwsHandle::found(t.kind, &t.id)).map_err(|e| io(e.into()))?;
+        j.created(&id, t.kind, handle).await.map_err(io)?;
     }
     Ok(j)
 }

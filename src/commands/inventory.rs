@@ -189,8 +189,10 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
             });
             continue;
         };
-        let not_here = (meta.provider != "aws")
-            .then(|| journal::journaled_here(&e.path(), &meta.run_id).err().map(|why| (why, meta.host.clone())))
+        let not_here = (meta.provider.as_str() != "aws")
+            .then(|| {
+                journal::journaled_here(&e.path(), &meta.run_id).err().map(|why| (why.to_string(), meta.host.clone()))
+            })
             .flatten();
         let remaining = st.remaining().len();
         let status = match (&st.finished, st.torn_down) {
@@ -206,9 +208,9 @@ fn scan_runs(g: &Global) -> Result<Vec<RunRow>, i32> {
             run_id: meta.run_id,
             environment: meta.environment,
             release: meta.release,
-            provider: meta.provider,
+            provider: meta.provider.as_str().into(),
             status,
-            verdict: st.finished.map(|f| f.0),
+            verdict: st.finished.map(|f| f.0.as_str().into()),
             started_at: meta.started_at,
             expires_at,
             remaining,
@@ -346,7 +348,7 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     let shared = matches!(super::store::url(g), Ok(Some(state::StateUrl::S3 { .. })));
     let elsewhere = meta.host.as_deref().is_some_and(|h| h != crate::sys::process::host_name());
     if shared
-        && meta.provider == "local"
+        && meta.provider.as_str() == "local"
         && elsewhere
         && journal::journaled_here(&state::run_dir(&root, &run_id), &run_id).is_err()
     {
@@ -383,7 +385,7 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     }
     // On AWS the expiry is also in every resource's tag, which `sweep --region` reads:
     // those move first, and only then the journal.
-    if meta.provider == "aws" {
+    if meta.provider.as_str() == "aws" {
         let Some(region) = meta.region.clone() else {
             errln!("error: the journal of {run_id} names no region: its tags cannot be found");
             return exit::USAGE;

@@ -349,7 +349,7 @@ impl Generations for Runs<'_> {
                 Ok(connection) => Built {
                     verdict,
                     exit_code: code,
-                    kept: report.as_ref().is_some_and(|r| r.teardown.status == "kept"),
+                    kept: report.as_ref().is_some_and(|r| r.teardown.status.as_str() == "kept"),
                     reason: report.and_then(|r| r.reason),
                     backups,
                     connection,

@@ -14,13 +14,12 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use chrono::Utc;
-use serde_json::json;
 
-use super::assemble::{journaled, phase_of, phase_timings, provider_id, redact_logs, redacted};
+use super::assemble::{journaled, phase_of, phase_timings, redact_logs, redacted};
 use super::connection::Connection;
 use super::events::{Event, Redacting, Reporter};
 use super::journal::{Journal, Record, RunMeta};
-use super::provider::{Blame, Provider, RunInfo};
+use super::provider::{Blame, Handle, Provider, RunInfo, WorkspaceHandle};
 use super::steps::execute;
 use super::teardown::{self, Left};
 use crate::description::{format_duration, DestroyPolicy, Loaded, ProviderKind};
@@ -155,7 +154,7 @@ pub async fn run<P: Provider>(
     let meta = RunMeta {
         run_id: run_id.clone(),
         environment: d.name.clone(),
-        provider: d.provider().as_str().into(),
+        provider: d.provider(),
         // Absolute: `down` on this machine may read it again, from anywhere, for what
         // a journal must not decide (the runner's outputs bucket).
         description: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()).display().to_string(),
@@ -163,7 +162,7 @@ pub async fn run<P: Provider>(
         owner: d.owner.clone(),
         started_at,
         expires_at,
-        destroy: opts.destroy.as_str().into(),
+        destroy: opts.destroy,
         work_dir: Some(work_dir.display().to_string()),
         region: d.region().map(str::to_string),
         pid: std::process::id(),
@@ -198,7 +197,8 @@ pub async fn run<P: Provider>(
     journal.intent("workspace", Kind::Workspace, None).await.map_err(RunError::Journal)?;
     let home = work_dir.join("home");
     workspace(&work_runs, &run_id, users)?;
-    journal.created("workspace", Kind::Workspace, json!({"dir": work_dir})).await.map_err(RunError::Journal)?;
+    let workspace = Handle::of(&WorkspaceHandle { dir: work_dir.clone() }).map_err(|e| RunError::Journal(e.into()))?;
+    journal.created("workspace", Kind::Workspace, workspace).await.map_err(RunError::Journal)?;
     // The suites run from the description's directory inside a copy of their own,
     // owned by their user: they never need the operator's tree.
     let suites_dir = match &bundle {
@@ -319,16 +319,16 @@ pub async fn run<P: Provider>(
                 expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
         }));
-        ("kept".to_string(), Vec::new(), 0)
+        (TeardownStatus::Kept, Vec::new(), 0)
     } else {
         let stop_at = signals.count() + 1;
         let out = teardown::run(provider, &journal, reporter, signals, stop_at.max(2), &clock).await;
         let status = match (&out.left, out.interrupted) {
-            (_, true) => "interrupted",
-            (Left::Clear, _) if out.complete() => "complete",
-            (Left::Clear, _) => "incomplete",
-            (Left::Unknown(_) | Left::NotHere(_), _) => "unknown",
-            (Left::Remaining(_) | Left::Orphaned(_), _) => "incomplete",
+            (_, true) => TeardownStatus::Interrupted,
+            (Left::Clear, _) if out.complete() => TeardownStatus::Complete,
+            (Left::Clear, _) => TeardownStatus::Incomplete,
+            (Left::Unknown(_) | Left::NotHere(_), _) => TeardownStatus::Unknown,
+            (Left::Remaining(_) | Left::Orphaned(_), _) => TeardownStatus::Incomplete,
         };
         unknown = out.unknown().or(out.not_here()).map(str::to_string);
         journaled(reporter, journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() }).await);
@@ -345,7 +345,7 @@ pub async fn run<P: Provider>(
                 detail: d.error.as_ref().map(ToString::to_string),
             })
             .collect();
-        (status.to_string(), out.listed(&down_command), out.duration.as_millis() as u64)
+        (status, out.listed(&down_command), out.duration.as_millis() as u64)
     };
     let down_end = Instant::now();
     let reason = match (verdict, leftovers.len()) {
@@ -366,12 +366,7 @@ pub async fn run<P: Provider>(
     };
 
     let exit_code = (opts.exit_code)(verdict, leftovers.len());
-    journaled(
-        reporter,
-        journal
-            .append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() })
-            .await,
-    );
+    journaled(reporter, journal.append(&Record::Finished { verdict, exit_code, kept: keep, at: Utc::now() }).await);
 
     // A step that panicked while holding the lock left the timings before it intact.
     let mut steps = steps.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -381,7 +376,7 @@ pub async fn run<P: Provider>(
             phase: "down".into(),
             start_ms: clock.ms(down_start),
             duration_ms: (down_end - down_start).as_millis() as u64,
-            status: if leftovers.is_empty() { "ok".into() } else { "failed".into() },
+            status: if leftovers.is_empty() { PhaseStatus::Ok } else { PhaseStatus::Failed },
         });
     }
     steps.extend(destroy_steps);
@@ -392,7 +387,7 @@ pub async fn run<P: Provider>(
         .map(|records| super::journal::State::from_records(&records).entries)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|e| Some((e.id, provider_id(e.handle.as_ref()?)?)))
+        .filter_map(|e| Some((e.id.clone(), provider.provider_id(&e)?)))
         .collect();
     let resources = plan
         .resources
@@ -401,20 +396,15 @@ pub async fn run<P: Provider>(
         .map(|r| {
             let created = handles.get(&r.id).cloned().or_else(|| graph.created.get(&r.id).cloned());
             let status = if created.is_none() && graph.status_of(&r.id) == Some("pending") {
-                "never-created"
+                ResourceStatus::NeverCreated
             } else if leftovers.iter().any(|l| l.id == r.id) {
-                "left-behind"
+                ResourceStatus::LeftBehind
             } else if keep {
-                "kept"
+                ResourceStatus::Kept
             } else {
-                "destroyed"
+                ResourceStatus::Destroyed
             };
-            ResourceRecord {
-                id: r.id.clone(),
-                kind: r.kind.as_str().into(),
-                provider_id: created,
-                status: status.into(),
-            }
+            ResourceRecord { id: r.id.clone(), kind: r.kind.as_str().into(), provider_id: created, status }
         })
         .collect();
     let failure = graph.failure.as_ref().map(|(id, e)| Failure {
@@ -430,7 +420,7 @@ pub async fn run<P: Provider>(
         schema_version: REPORT_SCHEMA_VERSION,
         run_id: run_id.clone(),
         environment: d.name.clone(),
-        provider: d.provider().as_str().into(),
+        provider: d.provider(),
         description: loaded.path.display().to_string(),
         release: opts.release.clone(),
         artifact: plan.release.artifact.clone(),
@@ -446,7 +436,7 @@ pub async fn run<P: Provider>(
         suites: suite_results,
         resources,
         teardown: Teardown {
-            policy: opts.destroy.as_str().into(),
+            policy: opts.destroy,
             status: teardown_status,
             duration_ms: teardown_ms,
             leftovers,
@@ -473,7 +463,7 @@ pub async fn run<P: Provider>(
         phase: "report".into(),
         start_ms: clock.ms(report_phase_start),
         duration_ms: 0,
-        status: "ok".into(),
+        status: PhaseStatus::Ok,
     });
     // Secrets stay out of what outlives the run: the logs (their writers have stopped,
     // unless the environment is kept and its services still write theirs) and the

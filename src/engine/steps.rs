@@ -171,7 +171,7 @@ pub(super) async fn execute<P: Provider>(
                                 Some(Ok(done)) => {
                                     suites::judge_elsewhere(&spec, done.ran, &done.output, done.junit, &done.shown_at)
                                 }
-                                Some(Err(why)) => suites::not_run(name, s, &why),
+                                Some(Err(why)) => suites::not_run(name, s, &why.to_string()),
                             }
                         };
                         let what = format!("suite `{name}` to finish");

@@ -390,8 +390,6 @@ async fn never() -> Result<bool, DestroyError> {
 
 /// The provider id a journal handle holds.
 pub(super) fn handle_id(entry: &Entry) -> Option<String> {
-    let h = entry.handle.as_ref()?;
-    ["instance_id", "db_instance_id", "db_cluster_id", "group_id", "name"]
-        .iter()
-        .find_map(|k| h.get(*k).and_then(|v| v.as_str()).map(str::to_string))
+    let h: super::AwsHandle = entry.handle.as_ref()?.decode("AWS resource").ok()?;
+    h.id().map(str::to_string)
 }
