@@ -274,7 +274,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             )
             .await
             .map(|_| ())
-            .map_err(not_gone)
+            .map_err(|e| not_gone(e.to_string()))
     }
 }
 
@@ -338,7 +338,7 @@ where
         )
         .await
         .map(|_| ())
-        .map_err(not_gone)
+        .map_err(|e| not_gone(e.to_string()))
 }
 
 /// The one element of a describe whose id is `id`; "not found" is `None`.
