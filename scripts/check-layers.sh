@@ -110,4 +110,22 @@ PY
 then
     status=1
 fi
+# Typed handles: a resource's handle is its provider's type, and only that provider
+# reads it (`Handle::decode` into its own type). The engine journals handles and hands
+# them back, and never reads one: no JSON value, no key lookup, no decode under
+# src/engine/ outside test code. The Handle type itself holds the value (its lines say
+# so with `// handle:`).
+handles=$(awk '
+    FNR == 1 { intest = 0 }
+    /^#\[cfg\(test\)\]/ { intest = 1 }
+    !intest && $0 !~ /^[[:space:]]*\/\// && $0 !~ /\/\/ handle:/ \
+        && /serde_json::(Value|Map)|[^A-Za-z_]Value::|\.get\("|\.pointer\(|\.as_object\(|\.decode(::<[^>]*>)?\(|\["[A-Za-z_]+"\]/ {
+        print FILENAME ":" FNR ": " $0
+    }
+' src/engine.rs $(find src/engine -name '*.rs' ! -name tests.rs))
+if [ -n "$handles" ]; then
+    echo "layering: the engine reads a handle's fields (only its provider may: Handle::decode into the provider's type)" >&2
+    echo "$handles" >&2
+    status=1
+fi
 exit $status

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::description::{Suite, SuiteResults};
-use crate::report::model::{SuiteResult, SuiteStatus, TestCase};
+use crate::report::model::{CaseStatus, SuiteResult, SuiteStatus, TestCase};
 use crate::sys::process::{self, RunAs};
 use crate::sys::secure_fs::{Dir, FsError};
 use crate::sys::timing::Clock;
@@ -168,7 +168,7 @@ fn judge(
             result.cases.push(TestCase {
                 classname: None,
                 name: s.name.to_string(),
-                status: if ok { "passed".into() } else { "failed".into() },
+                status: if ok { CaseStatus::Passed } else { CaseStatus::Failed },
                 duration_ms: result.duration_ms,
                 message: (!ok)
                     .then(|| format!("exited with {}", finished.status.map_or("a signal".into(), |c| c.to_string()))),
@@ -226,7 +226,7 @@ fn read_junit(path: &Path, text: &str, result: &mut SuiteResult, exit: Option<i3
         for tc in &ts.test_cases {
             use quick_junit::{NonSuccessKind, TestCaseStatus};
             let (status, message) = match &tc.status {
-                TestCaseStatus::Success { .. } => ("passed", None),
+                TestCaseStatus::Success { .. } => (CaseStatus::Passed, None),
                 TestCaseStatus::NonSuccess { kind, message, description, .. } => {
                     let text = [message.as_ref().map(|m| m.to_string()), description.as_ref().map(|d| d.to_string())]
                         .into_iter()
@@ -237,24 +237,26 @@ fn read_junit(path: &Path, text: &str, result: &mut SuiteResult, exit: Option<i3
                         .join(": ");
                     let text: String = text.chars().take(2000).collect();
                     match kind {
-                        NonSuccessKind::Failure => ("failed", Some(text)),
-                        NonSuccessKind::Error => ("error", Some(text)),
+                        NonSuccessKind::Failure => (CaseStatus::Failed, Some(text)),
+                        NonSuccessKind::Error => (CaseStatus::Error, Some(text)),
                     }
                 }
-                TestCaseStatus::Skipped { message, .. } => ("skipped", message.as_ref().map(|m| m.to_string())),
+                TestCaseStatus::Skipped { message, .. } => {
+                    (CaseStatus::Skipped, message.as_ref().map(|m| m.to_string()))
+                }
             };
             match status {
-                "failed" => result.failures += 1,
-                "error" => result.errors += 1,
-                "skipped" => result.skipped += 1,
-                _ => {}
+                CaseStatus::Failed => result.failures += 1,
+                CaseStatus::Error => result.errors += 1,
+                CaseStatus::Skipped => result.skipped += 1,
+                CaseStatus::Passed => {}
             }
             result.tests += 1;
-            let passing = status == "passed";
+            let passing = status == CaseStatus::Passed;
             if result.cases.len() >= MAX_CASES {
                 result.cases_omitted += 1;
                 // Failures matter more than passes: one takes a passing case's place.
-                match result.cases.iter().rposition(|c| c.status == "passed").filter(|_| !passing) {
+                match result.cases.iter().rposition(|c| c.status == CaseStatus::Passed).filter(|_| !passing) {
                     Some(i) => {
                         result.cases.remove(i);
                     }
@@ -264,7 +266,7 @@ fn read_junit(path: &Path, text: &str, result: &mut SuiteResult, exit: Option<i3
             result.cases.push(TestCase {
                 classname: tc.classname.as_ref().map(|c| c.to_string()),
                 name: tc.name.to_string(),
-                status: status.into(),
+                status,
                 duration_ms: tc.time.map_or(0, |t| t.as_millis() as u64),
                 message: message.filter(|m| !m.is_empty()),
             });

@@ -105,7 +105,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
                 fired = true;
             }
             let outcome = outcome.map_err(|e| format!("the run did not start: {e}"))?;
-            if outcome.report.teardown.status == "complete" {
+            if outcome.report.teardown.status == rehearse::report::model::TeardownStatus::Complete {
                 // Deletions in progress finish in virtual time.
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 let left = cloud.leftovers();

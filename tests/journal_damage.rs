@@ -8,7 +8,7 @@ use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::Silent;
 use rehearse::engine::journal::{Entry, RunMeta};
 use rehearse::engine::lifecycle::{self, Options};
-use rehearse::engine::provider::{Ctx, DestroyError, Handle, Output, Provider, StepError};
+use rehearse::engine::provider::{Ctx, DestroyError, Output, Provider, StepError};
 use rehearse::plan::Resource;
 use rehearse::sys::signals::Signals;
 
@@ -18,7 +18,7 @@ struct DamagingProvider;
 
 impl Provider for DamagingProvider {
     async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
-        ctx.created(res, Handle::new(serde_json::json!({"name": res.id}))).await?;
+        ctx.created(res, &serde_json::json!({"name": res.id})).await?;
         std::fs::write(ctx.run.state_dir.join("journal.jsonl"), b"\0\0\0 not a journal \0\0\0\n\x7f garbage\n")
             .unwrap();
         Ok(Output::Nothing)
@@ -56,7 +56,7 @@ async fn an_unreadable_journal_at_teardown_is_exit_4_never_complete() {
     };
     let outcome = lifecycle::run(&DamagingProvider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
     assert_eq!(outcome.report.exit_code, 4, "{:?}", outcome.report.reason);
-    assert_eq!(outcome.report.teardown.status, "unknown");
+    assert_eq!(outcome.report.teardown.status, rehearse::report::model::TeardownStatus::Unknown);
     let reason = outcome.report.reason.unwrap_or_default();
     assert!(reason.contains("cannot be read") && reason.contains("rehearse down r-20261126-000000-0d0d0d"), "{reason}");
     let left = &outcome.report.teardown.leftovers;
@@ -70,7 +70,7 @@ struct CrashingProvider;
 
 impl Provider for CrashingProvider {
     async fn create(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
-        ctx.created(res, Handle::new(serde_json::json!({"name": res.id}))).await?;
+        ctx.created(res, &serde_json::json!({"name": res.id})).await?;
         let journal = ctx.run.state_dir.join("journal.jsonl");
         std::fs::remove_file(&journal).unwrap();
         std::fs::create_dir(&journal).unwrap();

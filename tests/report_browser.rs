@@ -66,7 +66,7 @@ fn realistic() -> RunReport {
             provider_id: Some(format!(
                 "arn:aws:rds:eu-west-1:123456789012:db:rehearse-shop-20260501-020000-q7w2-orders-shard-{i}-copy"
             )),
-            status: if i == 2 { "left-behind" } else { "destroyed" }.into(),
+            status: if i == 2 { ResourceStatus::LeftBehind } else { ResourceStatus::Destroyed },
         });
     }
     for i in 0..116u64 {
@@ -79,7 +79,7 @@ fn realistic() -> RunReport {
             id,
             kind: "ec2-instance".into(),
             provider_id: Some(format!("i-0{i:016x}")),
-            status: if i == 101 { "left-behind" } else { "destroyed" }.into(),
+            status: if i == 101 { ResourceStatus::LeftBehind } else { ResourceStatus::Destroyed },
         });
     }
     step("install.web", "install", "install", 470_000, 95_000, false);
@@ -88,13 +88,13 @@ fn realistic() -> RunReport {
         id: HOSTILE.into(),
         kind: "local-process".into(),
         provider_id: Some("pid 4242".into()),
-        status: "destroyed".into(),
+        status: ResourceStatus::Destroyed,
     });
 
-    let case = |name: &str, status: &str, message: Option<&str>| TestCase {
+    let case = |name: &str, status: CaseStatus, message: Option<&str>| TestCase {
         classname: Some("api".into()),
         name: name.into(),
-        status: status.into(),
+        status,
         duration_ms: 340,
         message: message.map(Into::into),
     };
@@ -112,7 +112,7 @@ fn realistic() -> RunReport {
             _ => Some(1),
         },
         tests: cases.len() as u32,
-        failures: cases.iter().filter(|c| c.status == "failed").count() as u32,
+        failures: cases.iter().filter(|c| c.status == CaseStatus::Failed).count() as u32,
         errors: 0,
         skipped: 0,
         cases,
@@ -124,7 +124,7 @@ fn realistic() -> RunReport {
         schema_version: REPORT_SCHEMA_VERSION,
         run_id: "shop-20260501-020000-q7w2".into(),
         environment: "shop".into(),
-        provider: "aws".into(),
+        provider: ProviderKind::Aws,
         description: "environments/shop-aws.yaml".into(),
         release: "v2.4.0-rc.1".into(),
         artifact: "s3://releases/shop/v2.4.0-rc.1/shop-v2.4.0-rc.1-linux-x86_64.tar.gz".into(),
@@ -159,32 +159,32 @@ fn realistic() -> RunReport {
             })
             .collect(),
         phases: [
-            ("up", 0, 420_000, "ok"),
-            ("prepare-data", 420_000, 40_000, "ok"),
-            ("install", 460_000, 110_000, "failed"),
-            ("health", 570_000, 0, "skipped"),
-            ("suites", 570_000, 300_000, "ok"),
-            ("report", 870_000, 500, "ok"),
-            ("down", 870_500, 329_500, "failed"),
+            ("up", 0, 420_000, PhaseStatus::Ok),
+            ("prepare-data", 420_000, 40_000, PhaseStatus::Ok),
+            ("install", 460_000, 110_000, PhaseStatus::Failed),
+            ("health", 570_000, 0, PhaseStatus::Skipped),
+            ("suites", 570_000, 300_000, PhaseStatus::Ok),
+            ("report", 870_000, 500, PhaseStatus::Ok),
+            ("down", 870_500, 329_500, PhaseStatus::Failed),
         ]
         .into_iter()
         .map(|(phase, start_ms, duration_ms, status)| PhaseTiming {
             phase: phase.into(),
             start_ms,
             duration_ms,
-            status: status.into(),
+            status,
         })
         .collect(),
         steps,
         suites: vec![
-            suite("smoke", SuiteStatus::Passed, vec![case("health", "passed", None), case("home", "passed", None)], None),
+            suite("smoke", SuiteStatus::Passed, vec![case("health", CaseStatus::Passed, None), case("home", CaseStatus::Passed, None)], None),
             suite(
                 "api",
                 SuiteStatus::Failed,
                 vec![
-                    case("orders_total_matches_line_items_for_every_order_in_the_backfill", "failed", Some(&format!("expected 1042.50, got 1040.00 for order {}", "8".repeat(120)))),
-                    case("<b>bold</b> & \"quoted\"", "failed", Some("<script>alert(1)</script>")),
-                    case("list_products", "passed", None),
+                    case("orders_total_matches_line_items_for_every_order_in_the_backfill", CaseStatus::Failed, Some(&format!("expected 1042.50, got 1040.00 for order {}", "8".repeat(120)))),
+                    case("<b>bold</b> & \"quoted\"", CaseStatus::Failed, Some("<script>alert(1)</script>")),
+                    case("list_products", CaseStatus::Passed, None),
                 ],
                 None,
             ),
@@ -193,8 +193,8 @@ fn realistic() -> RunReport {
         ],
         resources,
         teardown: Teardown {
-            policy: "always".into(),
-            status: "incomplete".into(),
+            policy: DestroyPolicy::Always,
+            status: TeardownStatus::Incomplete,
             duration_ms: 329_500,
             leftovers: vec![
                 Leftover {
@@ -559,7 +559,7 @@ fn desktop_width_shows_every_column_and_draws_marks_and_timeline() {
 
     // One mark per phase, suite, failed case, resource and step, and the teardown.
     let r = realistic();
-    let failed_cases = r.suites.iter().flat_map(|s| &s.cases).filter(|c| c.status == "failed").count();
+    let failed_cases = r.suites.iter().flat_map(|s| &s.cases).filter(|c| c.status == CaseStatus::Failed).count();
     let expected = r.phases.len() + r.suites.len() + failed_cases + r.resources.len() + r.steps.len() + 1;
     assert_eq!(m["status_cells"].as_u64().unwrap() as usize, expected);
     assert_eq!(strings(&m["status_without_mark"]), Vec::<String>::new(), "statuses without a drawn mark");

@@ -11,7 +11,7 @@ fn build_failed() -> RunReport {
         schema_version: REPORT_SCHEMA_VERSION,
         run_id: "shop-20260501-020000-q7w2".into(),
         environment: "shop".into(),
-        provider: "aws".into(),
+        provider: ProviderKind::Aws,
         description: "environments/shop-aws.yaml".into(),
         release: "v2.4.0".into(),
         artifact: "s3://releases/shop-v2.4.0.tar.gz".into(),
@@ -28,7 +28,7 @@ fn build_failed() -> RunReport {
             log: None,
         }),
         backups: vec![],
-        phases: vec![PhaseTiming { phase: "up".into(), start_ms: 0, duration_ms: 2_000, status: "failed".into() }],
+        phases: vec![PhaseTiming { phase: "up".into(), start_ms: 0, duration_ms: 2_000, status: PhaseStatus::Failed }],
         steps: vec![],
         suites: vec![SuiteResult::without_tests(
             "smoke",
@@ -38,8 +38,8 @@ fn build_failed() -> RunReport {
         )],
         resources: vec![],
         teardown: Teardown {
-            policy: "always".into(),
-            status: "complete".into(),
+            policy: DestroyPolicy::Always,
+            status: TeardownStatus::Complete,
             duration_ms: 900,
             leftovers: vec![],
             expires_at: None,

@@ -116,7 +116,11 @@ fn down_scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Resul
             state_root: &here,
             shared: None,
             stages: &no_stages,
-            lost: LostRun { provider: "aws".into(), region: Some("eu-west-1".into()), work_dir: None },
+            lost: LostRun {
+                provider: rehearse::description::ProviderKind::Aws,
+                region: Some("eu-west-1".into()),
+                work_dir: None,
+            },
             by_marks: format!("rehearse down {run_id} --region eu-west-1"),
             reporter: &Silent,
             signals: &signals,
@@ -216,7 +220,11 @@ fn sweep_scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Resu
         let before = cloud.leftovers();
         let p = provider(&cloud, !seed, state);
         let signals = Signals::none();
-        let lost = LostRun { provider: "aws".into(), region: Some("eu-west-1".into()), work_dir: None };
+        let lost = LostRun {
+            provider: rehearse::description::ProviderKind::Aws,
+            region: Some("eu-west-1".into()),
+            work_dir: None,
+        };
         let now = SweepOptions { min_age: None, environment: None, now: chrono::Utc::now() };
         // Within its TTL, nothing of it is a candidate (listing faults aside).
         if let Ok((sel, _)) = sweep::sweep_marked(&p, &now, &no_stages, None).await {

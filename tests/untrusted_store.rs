@@ -66,13 +66,13 @@ fn forged_meta() -> RunMeta {
     RunMeta {
         run_id: RUN.into(),
         environment: format!("shop{EVIL}"),
-        provider: "local".into(),
+        provider: ProviderKind::Local,
         description: format!("shop.yaml{EVIL}"),
         release: format!("v2{EVIL}"),
         owner: format!("owner{EVIL}"),
         started_at: started,
         expires_at: started + chrono::Duration::hours(2),
-        destroy: "never".into(),
+        destroy: DestroyPolicy::Never,
         work_dir: None,
         region: None,
         pid: 999_999,
@@ -88,7 +88,9 @@ fn forged_meta() -> RunMeta {
 fn forged_records(meta: RunMeta) -> Vec<Record> {
     vec![
         Record::Run(meta),
-        Record::Finished { verdict: format!("passed{EVIL}"), exit_code: 0, kept: true, at: Utc::now() },
+        // The verdict is one of rehearse's words, not free text: a stranger's other word
+        // makes the record unreadable (refused), so it carries nothing to print.
+        Record::Finished { verdict: Verdict::Passed, exit_code: 0, kept: true, at: Utc::now() },
     ]
 }
 
@@ -100,7 +102,7 @@ fn forged_report() -> RunReport {
         schema_version: REPORT_SCHEMA_VERSION,
         run_id: RUN.into(),
         environment: format!("shop{EVIL}"),
-        provider: "local".into(),
+        provider: ProviderKind::Local,
         description: "shop.yaml".into(),
         release: format!("v2{EVIL}"),
         artifact: "./releases/v2".into(),
@@ -122,8 +124,8 @@ fn forged_report() -> RunReport {
         suites: vec![suite],
         resources: vec![],
         teardown: Teardown {
-            policy: "never".into(),
-            status: "incomplete".into(),
+            policy: DestroyPolicy::Never,
+            status: TeardownStatus::Incomplete,
             duration_ms: 900,
             leftovers: vec![Leftover {
                 id: format!("database.db{EVIL}"),

@@ -124,7 +124,8 @@ async fn sweep_here(edge: &Edge<'_>, state_root: Option<&Path>, yes: bool, opts:
 async fn sweep_region(edge: &Edge<'_>, region: &str, yes: bool, opts: &SweepOptions) -> i32 {
     let provider = super::aws_provider(region).await;
     let stages = || edge.stages();
-    let lost = LostRun { provider: "aws".into(), region: Some(region.to_string()), work_dir: None };
+    let lost =
+        LostRun { provider: crate::description::ProviderKind::Aws, region: Some(region.to_string()), work_dir: None };
     let remove = yes.then_some((&lost, edge.reporter, edge.signals));
     let (sel, swept) = match sweep::sweep_marked(&provider, opts, &stages, remove).await {
         Ok(done) => done,

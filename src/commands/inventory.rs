@@ -116,7 +116,7 @@ pub(crate) fn list(g: &Global, all: bool, mine: bool) -> i32 {
             p(&r.environment),
             p(&r.release),
             r.status,
-            p(r.verdict.as_deref().unwrap_or("-")),
+            p(r.verdict.map_or("-", |v| v.as_str())),
             p(r.user.as_deref().unwrap_or("-")),
             short(now - r.started_at),
             left,
@@ -180,7 +180,7 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     let shared = matches!(super::store::url(g), Ok(Some(state::StateUrl::S3 { .. })));
     let elsewhere = meta.host.as_deref().is_some_and(|h| h != crate::sys::process::host_name());
     if shared
-        && meta.provider == "local"
+        && meta.provider == crate::description::ProviderKind::Local
         && elsewhere
         && journal::journaled_here(&state::run_dir(&root, &run_id), &run_id).is_err()
     {
@@ -217,7 +217,7 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     }
     // On AWS the expiry is also in every resource's tag, which `sweep --region` reads:
     // those move first, and only then the journal.
-    if meta.provider == "aws" {
+    if meta.provider == crate::description::ProviderKind::Aws {
         let Some(region) = meta.region.clone() else {
             errln!("error: the journal of {run_id} names no region: its tags cannot be found");
             return exit::USAGE;

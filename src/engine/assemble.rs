@@ -4,7 +4,7 @@
 use super::events::{Event, Reporter};
 use super::provider::{Blame, StepError};
 use crate::plan::Kind;
-use crate::report::model::{PhaseTiming, RunReport, StepTiming};
+use crate::report::model::{PhaseStatus, PhaseTiming, RunReport, StepTiming};
 use crate::secrets;
 
 /// A journal record that could not be written after teardown: said, not fatal — what
@@ -39,26 +39,6 @@ pub(super) fn redact_logs(run_state: &std::path::Path) {
     }
 }
 
-/// A short provider id from a journal handle: an instance or DB id, a group, a PID, a
-/// directory.
-pub(super) fn provider_id(h: &serde_json::Value) -> Option<String> {
-    for key in ["instance_id", "db_instance_id", "db_cluster_id", "group_id", "name", "dir"] {
-        if let Some(v) = h.get(key).and_then(|v| v.as_str()) {
-            return Some(v.to_string());
-        }
-    }
-    if let Some(pid) = h.get("process").and_then(|p| p.get("pid")).and_then(|p| p.as_i64()) {
-        let port = h.get("port").and_then(|p| p.as_u64()).map(|p| format!(" on 127.0.0.1:{p}")).unwrap_or_default();
-        return Some(format!("pid {pid}{port}"));
-    }
-    if let Some(c) = h.get("cluster") {
-        let base = c.get("base").and_then(|b| b.as_str()).unwrap_or_default();
-        let port = c.get("port").and_then(|p| p.as_u64()).unwrap_or(0);
-        return Some(format!("PostgreSQL on 127.0.0.1:{port} in {base}"));
-    }
-    None
-}
-
 /// The phase a step belongs to.
 pub(super) fn phase_for(kind: &str, action: &str) -> &'static str {
     match (kind, action) {
@@ -90,16 +70,21 @@ pub(super) fn phase_timings(steps: &[StepTiming], failed: Option<&str>) -> Vec<P
         .map(|phase| {
             let mine: Vec<&StepTiming> = steps.iter().filter(|s| phase_for(&s.kind, &s.action) == *phase).collect();
             if mine.is_empty() {
-                return PhaseTiming { phase: phase.to_string(), start_ms: 0, duration_ms: 0, status: "skipped".into() };
+                return PhaseTiming {
+                    phase: phase.to_string(),
+                    start_ms: 0,
+                    duration_ms: 0,
+                    status: PhaseStatus::Skipped,
+                };
             }
             let start = mine.iter().map(|s| s.start_ms).min().unwrap_or(0);
             let end = mine.iter().map(|s| s.start_ms + s.duration_ms).max().unwrap_or(start);
             let status = if failed_phase == Some(*phase) || mine.iter().any(|s| !s.ok && s.kind != "suite") {
-                "failed"
+                PhaseStatus::Failed
             } else {
-                "ok"
+                PhaseStatus::Ok
             };
-            PhaseTiming { phase: phase.to_string(), start_ms: start, duration_ms: end - start, status: status.into() }
+            PhaseTiming { phase: phase.to_string(), start_ms: start, duration_ms: end - start, status }
         })
         .collect()
 }

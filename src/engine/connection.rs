@@ -39,7 +39,18 @@ pub enum ConnectionError {
     /// values that would not stay one value, refused whole (a shared store's
     /// `runs/RUN_ID/connection.json` can be written by anyone with its policy).
     #[error("the connection details of run {run_id} ({key}) are refused: {why}")]
-    Refused { run_id: String, key: String, why: String },
+    Refused { run_id: String, key: String, why: Unbelieved },
+}
+
+/// What in a run's connection details cannot be the run's.
+#[derive(Debug, thiserror::Error)]
+pub enum Unbelieved {
+    #[error("they are for run `{}`", .0.escape_debug())]
+    OtherRun(String),
+    #[error("the {what} name `{}` is not a name ({rule})", .name.escape_debug())]
+    NotAName { what: &'static str, name: String, rule: String },
+    #[error("a value of `{0}` holds a control character")]
+    ControlCharacter(String),
 }
 
 impl Connection {
@@ -74,17 +85,19 @@ impl Connection {
     /// service names (they become variable names, `REHEARSE_DB_<NAME>_URL`, in
     /// `rehearse env`) against the description's grammar for names, and every value
     /// free of control characters (a newline would end a line of `env`'s output).
-    fn check(&self, run_id: &str) -> Result<(), String> {
+    fn check(&self, run_id: &str) -> Result<(), Unbelieved> {
         use crate::description::decode::KeyRule;
         if self.run_id != run_id {
-            return Err(format!("they are for run `{}`", self.run_id.escape_debug()));
+            return Err(Unbelieved::OtherRun(self.run_id.clone()));
         }
         for (what, name) in
             self.databases.keys().map(|n| ("database", n)).chain(self.services.keys().map(|n| ("service", n)))
         {
-            KeyRule::Identifier
-                .check(name)
-                .map_err(|e| format!("the {what} name `{}` is not a name ({e})", name.escape_debug()))?;
+            KeyRule::Identifier.check(name).map_err(|e| Unbelieved::NotAName {
+                what,
+                name: name.to_string(),
+                rule: e.to_string(),
+            })?;
         }
         let values = self.databases.iter().flat_map(|(n, d)| {
             [&d.host, &d.port, &d.name, &d.user, &d.password, &d.url, &d.endpoint].map(move |v| (n, v))
@@ -98,7 +111,7 @@ impl Connection {
         });
         for (name, v) in values.chain(services) {
             if v.chars().any(char::is_control) {
-                return Err(format!("a value of `{name}` holds a control character"));
+                return Err(Unbelieved::ControlCharacter(name.to_string()));
             }
         }
         Ok(())

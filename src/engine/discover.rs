@@ -44,7 +44,7 @@ impl Marked {
         Entry {
             id: self.id.clone(),
             kind: self.kind,
-            handle: Some(self.handle.0.clone()),
+            handle: Some(self.handle.clone()),
             key: None,
             deleted: false,
             intent_at: None,

@@ -125,9 +125,9 @@ pub enum RejournalError {
 
 /// How a run found by its marks is journaled again: the provider's name as journals
 /// name it, and its region or work directory.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LostRun {
-    pub provider: String,
+    pub provider: crate::description::ProviderKind,
     pub region: Option<String>,
     pub work_dir: Option<PathBuf>,
 }
@@ -265,7 +265,10 @@ async fn check_journaled<P: Provider>(
     // journal from the store names here is nobody's to remove.
     if provider.acts_on_this_machine() {
         if let Err(why) = journal::journaled_here(dir, &run_id) {
-            return Err(DownError::NotHere { run_id, not_here: NotHere { why, host: meta.host.clone() } });
+            return Err(DownError::NotHere {
+                run_id,
+                not_here: NotHere { why: why.to_string(), host: meta.host.clone() },
+            });
         }
     }
     if !finished && meta.pid != std::process::id() && run_alive(meta, Some(dir)) {
@@ -465,13 +468,13 @@ pub fn lost_meta(run_id: &str, lost: &LostRun) -> RunMeta {
     RunMeta {
         run_id: run_id.to_string(),
         environment: "(unknown: journal lost)".into(),
-        provider: lost.provider.clone(),
+        provider: lost.provider,
         description: String::new(),
         release: String::new(),
         owner: String::new(),
         started_at: Utc::now(),
         expires_at: Utc::now(),
-        destroy: "always".into(),
+        destroy: crate::description::DestroyPolicy::Always,
         work_dir: lost.work_dir.as_ref().map(|w| w.display().to_string()),
         region: lost.region.clone(),
         pid: std::process::id(),
@@ -513,7 +516,7 @@ async fn rejournal(opts: &DownOptions<'_>, found: &[Marked]) -> Result<Journal, 
         None => j,
     };
     for m in found.iter().rev() {
-        j.created(&m.id, m.kind, m.handle.0.clone()).await.map_err(io)?;
+        j.created(&m.id, m.kind, &m.handle).await.map_err(io)?;
     }
     Ok(j)
 }

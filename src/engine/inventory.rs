@@ -77,7 +77,7 @@ pub struct RunRow {
     pub release: String,
     pub provider: String,
     pub status: RunStatus,
-    pub verdict: Option<String>,
+    pub verdict: Option<crate::report::model::Verdict>,
     pub started_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub remaining: usize,
@@ -165,11 +165,11 @@ pub fn scan(root: &Path) -> Vec<RunRow> {
             });
             continue;
         };
-        let not_here = (meta.provider != "aws")
+        let not_here = (meta.provider != crate::description::ProviderKind::Aws)
             .then(|| {
                 journal::journaled_here(&e.path(), &meta.run_id)
                     .err()
-                    .map(|why| NotHere { why, host: meta.host.clone() })
+                    .map(|why| NotHere { why: why.to_string(), host: meta.host.clone() })
             })
             .flatten();
         let status = RunStatus::of(&st, &meta, &e.path());
@@ -179,7 +179,7 @@ pub fn scan(root: &Path) -> Vec<RunRow> {
             run_id: meta.run_id,
             environment: meta.environment,
             release: meta.release,
-            provider: meta.provider,
+            provider: meta.provider.as_str().to_string(),
             status,
             verdict: st.finished.map(|f| f.0),
             started_at: meta.started_at,

@@ -18,9 +18,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use chrono::Utc;
-use serde_json::json;
 
-use super::assemble::{journaled, phase_of, phase_timings, provider_id, redact_logs, redacted};
+use super::assemble::{journaled, phase_of, phase_timings, redact_logs, redacted};
 use super::connection::Connection;
 use super::events::{Event, Redacting, Reporter};
 use super::journal::{Journal, Record, RunMeta};
@@ -144,17 +143,12 @@ pub async fn run<P: Provider>(
     let reason = down.reason(verdict, reason, &opts.run_id);
 
     let exit_code = (opts.exit_code)(verdict, down.leftovers.len());
-    journaled(
-        reporter,
-        run.journal
-            .append(&Record::Finished { verdict: verdict.as_str().into(), exit_code, kept: keep, at: Utc::now() })
-            .await,
-    );
+    journaled(reporter, run.journal.append(&Record::Finished { verdict, exit_code, kept: keep, at: Utc::now() }).await);
 
     // A step that panicked while holding the lock left the timings before it intact.
     let steps = steps.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     let judged = Judged { verdict, reason, exit_code, keep, suites: suite_results };
-    let report = report(loaded, opts, &run, &graph, &clock, steps, judged, down, reporter);
+    let report = report(provider, loaded, opts, &run, &graph, &clock, steps, judged, down, reporter);
     // Secrets stay out of what outlives the run: the logs (their writers have stopped,
     // unless the environment is kept and its services still write theirs) and the
     // report in all its formats.
@@ -230,7 +224,7 @@ fn verdict(
 
 /// What the down phase did: kept the environment, or tore it down (and what it left).
 struct Down {
-    status: String,
+    status: TeardownStatus,
     leftovers: Vec<Leftover>,
     duration_ms: u64,
     steps: Vec<StepTiming>,
@@ -294,7 +288,7 @@ async fn down<P: Provider>(
             ),
         }));
         return Down {
-            status: "kept".to_string(),
+            status: TeardownStatus::Kept,
             leftovers: Vec::new(),
             duration_ms: 0,
             steps: Vec::new(),
@@ -307,11 +301,11 @@ async fn down<P: Provider>(
     let stop_at = signals.count() + 1;
     let out = teardown::run(provider, &run.journal, reporter, signals, stop_at.max(2), clock).await;
     let status = match (&out.left, out.interrupted) {
-        (_, true) => "interrupted",
-        (Left::Clear, _) if out.complete() => "complete",
-        (Left::Clear, _) => "incomplete",
-        (Left::Unknown(_) | Left::NotHere(_), _) => "unknown",
-        (Left::Remaining(_) | Left::Orphaned(_), _) => "incomplete",
+        (_, true) => TeardownStatus::Interrupted,
+        (Left::Clear, _) if out.complete() => TeardownStatus::Complete,
+        (Left::Clear, _) => TeardownStatus::Incomplete,
+        (Left::Unknown(_) | Left::NotHere(_), _) => TeardownStatus::Unknown,
+        (Left::Remaining(_) | Left::Orphaned(_), _) => TeardownStatus::Incomplete,
     };
     let unknown = out.unknown().or(out.not_here()).map(str::to_string);
     journaled(reporter, run.journal.append(&Record::TornDown { complete: out.complete(), at: Utc::now() }).await);
@@ -334,10 +328,10 @@ async fn down<P: Provider>(
         phase: "down".into(),
         start_ms: clock.ms(down_start),
         duration_ms: (down_end - down_start).as_millis() as u64,
-        status: if leftovers.is_empty() { "ok".into() } else { "failed".into() },
+        status: if leftovers.is_empty() { PhaseStatus::Ok } else { PhaseStatus::Failed },
     };
     Down {
-        status: status.to_string(),
+        status,
         leftovers,
         duration_ms: out.duration.as_millis() as u64,
         steps,

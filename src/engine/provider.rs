@@ -96,14 +96,63 @@ pub struct Ctx<'a> {
 }
 
 /// What finds and removes a created resource (an instance id, a cluster's directory
-/// and port, a process group), as the provider shapes it; the engine journals it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Handle(pub serde_json::Value);
+/// and port, a process group), in its provider's own type. The engine journals it and
+/// hands it back to that provider, and never reads it: only the provider that made it
+/// knows its shape ([`Handle::of`], [`Handle::decode`]). Serialized as the provider's
+/// type is (old journals read as they were written).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Handle(Shape);
+
+/// What a handle holds: its provider's type, serialized. Private to this module.
+type Shape = serde_json::Value; // handle: the one place the engine names a handle's shape
+
+/// A handle that is not of the type its provider asked for (a damaged or forged
+/// journal, or one of another kind).
+#[derive(Debug, thiserror::Error)]
+#[error("the journaled handle {handle} is not a {what}")]
+pub struct HandleError {
+    pub handle: String,
+    pub what: &'static str,
+    #[source]
+    pub source: serde_json::Error,
+}
 
 impl Handle {
-    pub fn new(value: serde_json::Value) -> Handle {
+    /// A provider's handle, as the engine journals it.
+    pub fn of<T: serde::Serialize>(handle: &T) -> Result<Handle, serde_json::Error> {
+        serde_json::to_value(handle).map(Handle)
+    }
+
+    /// The provider's handle of type `T` (named `what` in the error) back from the journal.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, what: &'static str) -> Result<T, HandleError> {
+        T::deserialize(&self.0).map_err(|source| HandleError { handle: self.to_string(), what, source })
+    }
+}
+
+/// A handle given as JSON (tests, and the fake providers in them).
+impl From<Shape> for Handle {
+    fn from(value: Shape) -> Handle {
         Handle(value)
     }
+}
+
+/// The handle's JSON text, for a person (a leftover's "journaled as").
+impl std::fmt::Display for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The handle of a resource that leaves nothing of its own to find (an install, a
+/// masking): journaled as `{}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NoHandle {}
+
+/// The handle of the run's workspace, which the engine makes itself: its directory.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkspaceHandle {
+    pub dir: PathBuf,
 }
 
 /// What a failed create leaves behind, as far as the provider can tell: together with
@@ -175,9 +224,10 @@ impl<'a> Ctx<'a> {
     /// Reports that `res` exists, with what is needed to remove it: the engine journals
     /// it (fsynced) before this returns. Reported again when the handle changes (a
     /// cluster that moved to another port).
-    pub async fn created(&self, res: &Resource, handle: Handle) -> Result<(), StepError> {
+    pub async fn created(&self, res: &Resource, handle: &impl serde::Serialize) -> Result<(), StepError> {
+        let handle = Handle::of(handle).map_err(|e| StepError::build(format!("cannot journal {}: {e}", res.id)))?;
         self.journal
-            .created(&res.id, res.kind, handle.0)
+            .created(&res.id, res.kind, handle)
             .await
             .map_err(|e| StepError::build(format!("cannot write the journal: {e}")))
     }
@@ -379,6 +429,27 @@ pub struct SuiteDone {
     pub shown_at: String,
 }
 
+/// Why a suite could not be run where its provider runs it (not packed, not fetched,
+/// the runner unreachable): one line for the report, and what caused it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SuiteRunError {
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SuiteRunError {
+    pub fn new(message: impl Into<String>) -> Self {
+        SuiteRunError { message: message.into(), source: None }
+    }
+
+    /// `source`, described by `message`.
+    pub fn caused(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SuiteRunError { message: message.into(), source: Some(Box::new(source)) }
+    }
+}
+
 /// A provider of resources. Implemented by the local provider here, the AWS
 /// provider, and the fault-injecting fake used in tests.
 #[allow(async_fn_in_trait)]
@@ -400,6 +471,13 @@ pub trait Provider {
 
     /// The exact shell command a person can run to remove a resource by hand.
     fn removal_command(&self, entry: &Entry, meta: &RunMeta) -> String;
+
+    /// What this provider calls a journaled resource, for a person: an instance or DB
+    /// id, a group, a PID and port, a directory. `None` when its handle does not say.
+    fn provider_id(&self, entry: &Entry) -> Option<String> {
+        let _ = entry;
+        None
+    }
 
     /// Whether its resources are this machine's processes and files: then teardown
     /// acts only on runs this machine journaled ([`super::journal::journaled_here`]); a
@@ -440,7 +518,7 @@ pub trait Provider {
 
     /// Runs a suite inside the copy's network, when this provider does; `None`: the
     /// suite runs here (the default). An error is the suite's failure to run.
-    async fn run_suite(&self, job: &SuiteJob<'_>) -> Option<Result<SuiteDone, String>> {
+    async fn run_suite(&self, job: &SuiteJob<'_>) -> Option<Result<SuiteDone, SuiteRunError>> {
         let _ = job;
         None
     }

@@ -408,7 +408,7 @@ impl<'a, P: Provider> Graph<'a, P> {
             match provider.run_suite(&job).await {
                 None => suites::run(spec, clock).await,
                 Some(Ok(done)) => suites::judge_elsewhere(&spec, done.ran, &done.output, done.junit, &done.shown_at),
-                Some(Err(why)) => suites::not_run(name, s, &why),
+                Some(Err(why)) => suites::not_run(name, s, &why.to_string()),
             }
         };
         let what = format!("suite `{name}` to finish");

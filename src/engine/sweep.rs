@@ -297,7 +297,7 @@ mod tests {
             shared: None,
             stages,
             lost: LostRun {
-                provider: "local".into(),
+                provider: crate::description::ProviderKind::Local,
                 region: None,
                 work_dir: Some(std::path::absolute(work).unwrap().join("runs").join(run_id)),
             },

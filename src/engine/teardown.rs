@@ -192,7 +192,7 @@ pub async fn run<P: Provider>(
         let dir = journal.path().parent().unwrap_or(std::path::Path::new("."));
         if let Err(why) = journal::journaled_here(dir, &meta.run_id) {
             return Outcome {
-                left: Left::NotHere(why),
+                left: Left::NotHere(why.to_string()),
                 interrupted: false,
                 duration: started.elapsed(),
                 destroyed: Vec::new(),
@@ -538,7 +538,7 @@ mod tests {
             Record::Created {
                 id: "x".into(),
                 kind: Kind::LocalProcess,
-                handle: serde_json::json!({}),
+                handle: serde_json::json!({}).into(),
                 at: chrono::Utc::now(),
             },
         ];

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::{DatabaseSource, Loaded, RestoreMode};
 use crate::engine::journal::{Entry, RunMeta};
-use crate::engine::provider::{Ctx, DestroyError, DestroyErrorKind, Handle, Output, Pin, Pins, Provider, StepError};
+use crate::engine::provider::{Ctx, DestroyError, DestroyErrorKind, Output, Pin, Pins, Provider, StepError};
 use crate::plan::{Kind, Resource};
 use crate::report::model::BackupUsed;
 use crate::secrets;
@@ -47,6 +47,57 @@ use api::*;
 use patient::Patient;
 use poller::Poller;
 use ssm::SsmApi;
+
+/// What the journal keeps of an AWS resource: the one id that finds it (by kind: an
+/// instance, a DB instance or cluster, a security group, a subnet group's name), an
+/// ingress rule's ports, the runner's keys. Serialized with only the fields it has, as
+/// journals have always had them.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AwsHandle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_cluster_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// An ingress rule's ports (it lives and dies with its group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+    /// The runner's keys: the run's part of the outputs prefix (`RUN_ID/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    /// The runner's keys as journals before `suffix` named them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+impl AwsHandle {
+    /// The handle of a resource found by its tags (`down` without a journal): its id
+    /// under the field its kind is journaled with.
+    pub fn found(kind: Kind, id: &str) -> AwsHandle {
+        let id = Some(id.to_string());
+        match kind {
+            Kind::AwsInstance => AwsHandle { instance_id: id, ..AwsHandle::default() },
+            Kind::AwsDbInstance => AwsHandle { db_instance_id: id, ..AwsHandle::default() },
+            Kind::AwsDbCluster => AwsHandle { db_cluster_id: id, ..AwsHandle::default() },
+            Kind::AwsSecurityGroup => AwsHandle { group_id: id, ..AwsHandle::default() },
+            _ => AwsHandle { name: id, ..AwsHandle::default() },
+        }
+    }
+
+    /// The provider id it holds, if any.
+    pub fn id(&self) -> Option<&str> {
+        [&self.instance_id, &self.db_instance_id, &self.db_cluster_id, &self.group_id, &self.name]
+            .into_iter()
+            .find_map(|v| v.as_deref())
+    }
+}
 
 pub const TAG_RUN: &str = "rehearse:run-id";
 pub const TAG_ENV: &str = "rehearse:environment";
@@ -143,8 +194,13 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
         if matches!(entry.kind, Kind::Workspace | Kind::LocalRelease) {
             // The run's corner of this machine (its suites' scratch directories), and
             // the release unpacked there for the installs.
-            let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(std::path::PathBuf::from));
-            if let Some(d) = dir {
+            let dir = entry
+                .handle
+                .as_ref()
+                .map(|h| h.decode::<crate::providers::release::ReleaseHandle>("directory"))
+                .transpose()
+                .map_err(|e| DestroyError::caused(DestroyErrorKind::Failed, e.to_string(), e))?;
+            if let Some(crate::providers::release::ReleaseHandle { dir: d }) = dir {
                 let run_id = &meta.run_id;
                 state::remove_tree(&state::confined_to_run(&d, run_id, meta.work_dir.as_deref(), &self.work_root)?)?;
             }
@@ -190,9 +246,21 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
     async fn run_suite(
         &self,
         job: &crate::engine::provider::SuiteJob<'_>,
-    ) -> Option<Result<crate::engine::provider::SuiteDone, String>> {
+    ) -> Option<Result<crate::engine::provider::SuiteDone, crate::engine::provider::SuiteRunError>> {
         runner::configured(job.loaded)?;
         Some(self.suite_on_runner(job).await)
+    }
+
+    /// An instance's, a database's or a group's id; the directory of the run's workspace.
+    fn provider_id(&self, entry: &Entry) -> Option<String> {
+        let h = entry.handle.as_ref()?;
+        match entry.kind {
+            Kind::Workspace | Kind::LocalRelease => h
+                .decode::<crate::providers::release::ReleaseHandle>("directory")
+                .ok()
+                .map(|h| h.dir.display().to_string()),
+            _ => handle_id(entry),
+        }
     }
 
     /// The AWS CLI command for a resource established as the run's (see `owned`);

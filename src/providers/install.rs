@@ -7,10 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::description::template::DatabaseOutputs;
-use crate::engine::provider::{Ctx, Handle, Output, StepError};
+use crate::engine::provider::{Ctx, NoHandle, Output, StepError};
 use crate::plan::Resource;
 use crate::sys::{process, secure_fs};
 
@@ -50,7 +49,7 @@ pub(crate) fn service_env(res: &Resource, ctx: &Ctx<'_>) -> Result<Vec<(String, 
 
 pub(crate) async fn install(res: &Resource, ctx: &Ctx<'_>, dir: &Path) -> Result<Output, StepError> {
     let s = &ctx.loaded.desc.services[res.name.as_str()];
-    ctx.created(res, Handle::new(json!({}))).await?;
+    ctx.created(res, &NoHandle {}).await?;
     if !s.templates.is_empty() {
         // The release's directory is its user's: written through descriptors that
         // follow no link, each file replaced by a rename, owned by that user, 0600.

@@ -19,13 +19,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::DatabaseSource;
 use crate::engine::journal::{Entry, RunMeta};
-use crate::engine::provider::{Ctx, DestroyError, DestroyErrorKind, Handle, Output, Pin, Pins, Provider, StepError};
+use crate::engine::provider::{
+    Ctx, DestroyError, DestroyErrorKind, Output, Pin, Pins, Provider, StepError, WorkspaceHandle,
+};
 use crate::plan::{Kind, Resource};
+use crate::providers::release::ReleaseHandle;
 use crate::report::model::BackupUsed;
 use crate::secrets;
 use crate::sys::health;
@@ -33,6 +35,32 @@ use crate::sys::process::{self, ProcHandle};
 use crate::sys::text::shell_quote;
 use crate::sys::{secure_fs, state};
 use postgres::{Cluster, PgBin};
+
+/// The handle of a local process: its process group, and the port it listens on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ProcessHandle {
+    pub(crate) process: ProcHandle,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) port: Option<u16>,
+}
+
+/// The handle of a throwaway PostgreSQL cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ClusterHandle {
+    pub(crate) cluster: Cluster,
+}
+
+/// What a journaled handle of `entry` says, as the type `T` its kind has (`what` names
+/// it): `Ok(None)` when the entry has none (its create was never confirmed); an
+/// error when it has one that does not read — never taken for "nothing there".
+fn handle_of<T: serde::de::DeserializeOwned>(entry: &Entry, what: &'static str) -> Result<Option<T>, DestroyError> {
+    entry
+        .handle
+        .as_ref()
+        .map(|h| h.decode(what))
+        .transpose()
+        .map_err(|e| DestroyError::caused(DestroyErrorKind::Failed, e.to_string(), e))
+}
 
 /// How long a stopped service gets between SIGTERM and SIGKILL.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -110,9 +138,8 @@ impl Provider for LocalProvider {
     async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError> {
         match entry.kind {
             Kind::LocalProcess => {
-                let handle: Option<ProcHandle> =
-                    entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("process")?.clone()).ok());
-                if let Some(h) = handle {
+                let handle = handle_of::<ProcessHandle>(entry, "local process")?;
+                if let Some(ProcessHandle { process: h, .. }) = handle {
                     // Only a group provably the run's is signalled, whatever the journal says.
                     if !process::stop_run_group(&h, &meta.run_id, STOP_GRACE).await {
                         return Err(not_stopped(format!("process group {} did not stop", h.pgid)));
@@ -128,9 +155,9 @@ impl Provider for LocalProvider {
                 Ok(())
             }
             Kind::LocalPostgres => {
-                let cluster: Option<Cluster> =
-                    entry.handle.as_ref().and_then(|h| serde_json::from_value(h.get("cluster")?.clone()).ok());
-                let Some(mut cluster) = cluster else { return Ok(()) };
+                let Some(ClusterHandle { mut cluster }) = handle_of(entry, "PostgreSQL cluster")? else {
+                    return Ok(());
+                };
                 let base = self.owned_path(&cluster.base, meta)?;
                 // Who runs the copy is this machine's fact, not the journal's: a server is
                 // stopped only as, and only if it runs as, the cluster user.
@@ -141,13 +168,10 @@ impl Provider for LocalProvider {
                 }
                 Ok(state::remove_tree(&base)?)
             }
-            Kind::LocalRelease => {
-                let dir = entry.handle.as_ref().and_then(|h| h.get("dir")?.as_str().map(PathBuf::from));
-                match dir {
-                    Some(d) => Ok(state::remove_tree(&self.owned_path(&d, meta)?)?),
-                    None => Ok(()),
-                }
-            }
+            Kind::LocalRelease => match handle_of::<ReleaseHandle>(entry, "release directory")? {
+                Some(ReleaseHandle { dir }) => Ok(state::remove_tree(&self.owned_path(&dir, meta)?)?),
+                None => Ok(()),
+            },
             Kind::Workspace => self.remove_workspace(entry, meta).await,
             // Install steps and suites leave nothing behind.
             _ => Ok(()),
@@ -192,7 +216,7 @@ impl Provider for LocalProvider {
             run_id: run_id.to_string(),
             id: "workspace".into(),
             kind: Kind::Workspace,
-            handle: Handle::new(json!({ "dir": work })),
+            handle: crate::engine::provider::Handle::from(serde_json::json!({ "dir": work })),
             provider_id: work.display().to_string(),
             expires_at: None,
             created_at: None,
@@ -213,6 +237,23 @@ impl Provider for LocalProvider {
         }
     }
 
+    /// A process's PID and port, a cluster's port and directory, a directory.
+    fn provider_id(&self, entry: &Entry) -> Option<String> {
+        match entry.kind {
+            Kind::LocalProcess => handle_of::<ProcessHandle>(entry, "local process").ok()?.map(|h| {
+                let port = h.port.map(|p| format!(" on 127.0.0.1:{p}")).unwrap_or_default();
+                format!("pid {}{port}", h.process.pid)
+            }),
+            Kind::LocalPostgres => handle_of::<ClusterHandle>(entry, "PostgreSQL cluster")
+                .ok()?
+                .map(|h| format!("PostgreSQL on 127.0.0.1:{} in {}", h.cluster.port, h.cluster.base.display())),
+            Kind::LocalRelease | Kind::Workspace => {
+                handle_of::<ReleaseHandle>(entry, "directory").ok()?.map(|h| h.dir.display().to_string())
+            }
+            _ => None,
+        }
+    }
+
     /// The shell command that removes a resource established as the run's: a process
     /// group whose leader carries the run's id, a directory in the run's own work
     /// directory. Anything else a journal names is left to `rehearse down`, whose
@@ -222,17 +263,19 @@ impl Provider for LocalProvider {
         let owned_dir = |d: &str| self.owned_path(Path::new(d), meta).is_ok();
         match entry.kind {
             Kind::LocalProcess => {
-                let pgid = entry.handle.as_ref().and_then(|h| h.get("process")?.get("pgid")?.as_i64());
+                let pgid = handle_of::<ProcessHandle>(entry, "local process").ok().flatten().map(|h| h.process.pgid);
                 match pgid {
-                    Some(g) if g > 1 && tagged_processes(&meta.run_id).contains(&(g as i32)) => {
+                    Some(g) if g > 1 && tagged_processes(&meta.run_id).contains(&g) => {
                         format!("kill -TERM -- -{g}")
                     }
                     _ => down,
                 }
             }
             Kind::LocalPostgres => {
-                let base =
-                    entry.handle.as_ref().and_then(|h| h.get("cluster")?.get("base")?.as_str().map(str::to_string));
+                let base = handle_of::<ClusterHandle>(entry, "PostgreSQL cluster")
+                    .ok()
+                    .flatten()
+                    .and_then(|h| h.cluster.base.to_str().map(str::to_string));
                 match base {
                     Some(b) if owned_dir(&b) => {
                         let data = shell_quote(&format!("{b}/data"));
@@ -242,10 +285,10 @@ impl Provider for LocalProvider {
                 }
             }
             _ => {
-                let dir = entry
-                    .handle
-                    .as_ref()
-                    .and_then(|h| h.get("dir")?.as_str().map(str::to_string))
+                let dir = handle_of::<ReleaseHandle>(entry, "directory")
+                    .ok()
+                    .flatten()
+                    .and_then(|h| h.dir.to_str().map(str::to_string))
                     .or_else(|| meta.work_dir.clone());
                 match dir {
                     Some(d) if owned_dir(&d) => format!("rm -rf -- {}", shell_quote(&d)),
@@ -273,10 +316,8 @@ impl LocalProvider {
                 process::signal_exact(&h, nix::sys::signal::Signal::SIGKILL);
             }
         }
-        let dir = entry
-            .handle
-            .as_ref()
-            .and_then(|h| h.get("dir")?.as_str().map(PathBuf::from))
+        let dir = handle_of::<WorkspaceHandle>(entry, "workspace directory")?
+            .map(|h| h.dir)
             .or_else(|| meta.work_dir.as_ref().map(PathBuf::from));
         if let Some(dir) = dir {
             let dir = self.owned_path(&dir, meta)?;
@@ -326,6 +367,40 @@ pub(crate) fn tagged_processes(run_id: &str) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::provider::Handle;
+    use serde_json::json;
+
+    /// issue 24: a process or a cluster whose journaled handle does not read is not
+    /// taken as gone: its removal fails (teardown lists it, with `rehearse down`).
+    #[tokio::test]
+    async fn a_handle_that_does_not_read_is_not_destroyed() {
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path().join("runs/r-20261126-000000-abcdef");
+        std::fs::create_dir_all(&run).unwrap();
+        let meta = RunMeta::sample("r-20261126-000000-abcdef", "local", Some(run.to_str().unwrap()));
+        let p = LocalProvider::new(root.path());
+        let down = "rehearse down r-20261126-000000-abcdef".to_string();
+        for (kind, handle, command) in [
+            (Kind::LocalProcess, json!({"process": {"pid": "one"}}), down.clone()),
+            (Kind::LocalProcess, json!({"pid": 1}), down.clone()),
+            (Kind::LocalPostgres, json!({"cluster": 7}), down.clone()),
+            // A directory: the run's own work directory, which holds it.
+            (Kind::LocalRelease, json!({"dir": ["/"]}), format!("rm -rf -- {}", run.display())),
+        ] {
+            let entry = Entry {
+                id: "x".into(),
+                kind,
+                handle: Some(Handle::of(&handle).unwrap()),
+                key: None,
+                deleted: false,
+                intent_at: None,
+            };
+            let e = p.destroy(&entry, &meta).await.unwrap_err();
+            assert_eq!(e.kind, DestroyErrorKind::Failed, "{kind} {handle}");
+            assert!(e.message.contains("is not a"), "{e}");
+            assert_eq!(p.removal_command(&entry, &meta), command, "{kind}");
+        }
+    }
 
     #[test]
     fn removal_commands_quote_their_paths_and_name_only_what_lies_in_the_run() {
@@ -337,7 +412,7 @@ mod tests {
         let entry = |kind: Kind, handle: serde_json::Value| Entry {
             id: "x".into(),
             kind,
-            handle: Some(handle),
+            handle: Some(Handle::of(&handle).unwrap()),
             key: None,
             deleted: false,
             intent_at: None,

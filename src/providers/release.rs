@@ -12,17 +12,21 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde_json::json;
-
-use crate::engine::provider::{Ctx, Handle, Output, StepError};
+use crate::engine::provider::{Ctx, Output, StepError};
 use crate::plan::Resource;
 use crate::sys::timing::Clock;
+
+/// The handle of a release unpacked on this machine: its directory.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ReleaseHandle {
+    pub(crate) dir: std::path::PathBuf,
+}
 
 /// The release step: `artifact` (a directory or an archive on this machine) unpacked
 /// into the run's work directory as `release/`, journaled before it is written.
 pub(crate) async fn place(res: &Resource, ctx: &Ctx<'_>, artifact: &Path) -> Result<Output, StepError> {
     let dest = ctx.run.work_dir.join("release");
-    ctx.created(res, Handle::new(json!({"dir": dest}))).await?;
+    ctx.created(res, &ReleaseHandle { dir: dest.clone() }).await?;
     let t = ctx.started(res, "unpack", Some(artifact.display().to_string()));
     // The release is private (whatever modes the artifact carried: no one else may
     // read or change it before it runs) and belongs to the user it runs as;
@@ -366,9 +370,9 @@ mod tests {
         h
     }
 
-    fn unpacked(dir: &Path, artifact: &Path) -> Result<(), String> {
+    fn unpacked(dir: &Path, artifact: &Path) -> Result<(), StepError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(unpack(artifact, &dir.join("out"), None, &Clock::new())).map_err(|e| e.message)
+        rt.block_on(unpack(artifact, &dir.join("out"), None, &Clock::new()))
     }
 
     #[test]
@@ -386,7 +390,7 @@ mod tests {
                 let mut h = header(tar::EntryType::Symlink, 0);
                 b.append_link(&mut h, at, target).unwrap();
             });
-            let e = unpacked(t.path(), &art).unwrap_err();
+            let e = unpacked(t.path(), &art).unwrap_err().message;
             assert!(e.contains(why), "{at} -> {target}: {e}");
             assert!(!t.path().join("out").exists());
         }
@@ -406,7 +410,7 @@ mod tests {
         let art = tarball(t.path(), |b| {
             b.append_data(&mut header(tar::EntryType::Fifo, 0), "app/fifo", &b""[..]).unwrap();
         });
-        assert!(unpacked(t.path(), &art).unwrap_err().contains("neither a file"));
+        assert!(unpacked(t.path(), &art).unwrap_err().message.contains("neither a file"));
         // Unwrapping the top directory would make `x/up -> ..` a link to the run's own
         // directory, one level above the release.
         let t = tempfile::tempdir().unwrap();
@@ -414,7 +418,7 @@ mod tests {
             b.append_data(&mut header(tar::EntryType::Regular, 2), "x/run.sh", &b"ok"[..]).unwrap();
             b.append_link(&mut header(tar::EntryType::Symlink, 0), "x/up", "..").unwrap();
         });
-        assert!(unpacked(t.path(), &art).unwrap_err().contains("top of the release"));
+        assert!(unpacked(t.path(), &art).unwrap_err().message.contains("top of the release"));
         // A link through another link: each looks inside on its own.
         let t = tempfile::tempdir().unwrap();
         let art = tarball(t.path(), |b| {
@@ -422,7 +426,7 @@ mod tests {
             b.append_link(&mut header(tar::EntryType::Symlink, 0), "r/a/b/l", "../..").unwrap();
             b.append_link(&mut header(tar::EntryType::Symlink, 0), "r/a/root", "b/l/../../../..").unwrap();
         });
-        assert!(unpacked(t.path(), &art).unwrap_err().contains("outside the release"));
+        assert!(unpacked(t.path(), &art).unwrap_err().message.contains("outside the release"));
         let mut tally = Tally { entries: MAX_ENTRIES, bytes: 0 };
         assert!(tally.add(Path::new("a"), 0).unwrap_err().message.contains("more than"));
         let mut tally = Tally::default();
@@ -468,7 +472,7 @@ mod tests {
                 h.set_cksum();
                 b.append(&h, &b"ok"[..]).unwrap();
             });
-            let e = unpacked(t.path(), &art).unwrap_err();
+            let e = unpacked(t.path(), &art).unwrap_err().message;
             assert!(e.contains(why), "{path}: {e}");
         }
         let t = tempfile::tempdir().unwrap();
@@ -478,7 +482,7 @@ mod tests {
             h.set_cksum();
             b.append(&h, &b"ok"[..]).unwrap();
         });
-        assert!(unpacked(t.path(), &art).unwrap_err().contains("not a path inside"), "a file named `./`");
+        assert!(unpacked(t.path(), &art).unwrap_err().message.contains("not a path inside"), "a file named `./`");
     }
 
     #[test]

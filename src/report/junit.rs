@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::model::{RunReport, SuiteResult, SuiteStatus, Verdict};
+use super::model::{CaseStatus, RunReport, SuiteResult, SuiteStatus, TeardownStatus, Verdict};
 
 /// Name of the testsuite holding the run's own failures.
 pub(crate) const RUN_SUITE: &str = "rehearse";
@@ -57,16 +57,13 @@ fn suite_of(report: &RunReport, s: &SuiteResult) -> TestSuite {
         suite.add_property(Property::new("rehearse.log", log.as_str()));
     }
     for c in &s.cases {
-        let status = match c.status.as_str() {
-            "passed" => TestCaseStatus::success(),
-            "skipped" => with_message(TestCaseStatus::skipped(), c.message.as_deref()),
-            "failed" => with_message(TestCaseStatus::non_success(NonSuccessKind::Failure), c.message.as_deref()),
-            "error" => with_message(TestCaseStatus::non_success(NonSuccessKind::Error), c.message.as_deref()),
-            // Fail closed: a status this code does not know is not a pass.
-            other => with_message(
-                TestCaseStatus::non_success(NonSuccessKind::Error),
-                Some(&format!("unknown test status `{other}`")),
-            ),
+        let status = match c.status {
+            CaseStatus::Passed => TestCaseStatus::success(),
+            CaseStatus::Skipped => with_message(TestCaseStatus::skipped(), c.message.as_deref()),
+            CaseStatus::Failed => {
+                with_message(TestCaseStatus::non_success(NonSuccessKind::Failure), c.message.as_deref())
+            }
+            CaseStatus::Error => with_message(TestCaseStatus::non_success(NonSuccessKind::Error), c.message.as_deref()),
         };
         let mut case = TestCase::new(c.name.as_str(), status);
         case.set_classname(c.classname.as_deref().unwrap_or(&s.name));
@@ -121,7 +118,7 @@ fn run_suite(report: &RunReport, suites_say_failed: bool) -> Option<TestSuite> {
     }
 
     let t = &report.teardown;
-    if t.status == "incomplete" || t.status == "interrupted" || !t.leftovers.is_empty() {
+    if matches!(t.status, TeardownStatus::Incomplete | TeardownStatus::Interrupted) || !t.leftovers.is_empty() {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
         let message = if t.leftovers.is_empty() {
             format!("teardown {}: finish it with `rehearse down {}`", t.status, report.run_id)

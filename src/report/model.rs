@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::description::{DestroyPolicy, ProviderKind};
+
 /// Version of `report.json`; bumped on any incompatible change.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
@@ -16,7 +18,7 @@ pub struct RunReport {
     pub schema_version: u32,
     pub run_id: String,
     pub environment: String,
-    pub provider: String,
+    pub provider: ProviderKind,
     /// Path of the description file.
     pub description: String,
     pub release: String,
@@ -136,8 +138,33 @@ pub struct PhaseTiming {
     /// Offset from the run's start, milliseconds.
     pub start_ms: u64,
     pub duration_ms: u64,
-    /// `ok`, `failed`, `skipped`, `interrupted`.
-    pub status: String,
+    pub status: PhaseStatus,
+}
+
+/// How a phase went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseStatus {
+    Ok,
+    Failed,
+    Skipped,
+    Interrupted,
+}
+
+impl PhaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseStatus::Ok => "ok",
+            PhaseStatus::Failed => "failed",
+            PhaseStatus::Skipped => "skipped",
+            PhaseStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether the phase did not fail (it went well, or had nothing to do).
+    pub fn is_ok(self) -> bool {
+        matches!(self, PhaseStatus::Ok | PhaseStatus::Skipped)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -227,11 +254,36 @@ impl SuiteStatus {
 pub struct TestCase {
     pub classname: Option<String>,
     pub name: String,
-    /// `passed`, `failed`, `error`, `skipped`.
-    pub status: String,
+    pub status: CaseStatus,
     pub duration_ms: u64,
     /// Failure or error message (and its text, trimmed).
     pub message: Option<String>,
+}
+
+/// What a test case's JUnit says of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaseStatus {
+    Passed,
+    Failed,
+    Error,
+    Skipped,
+}
+
+impl CaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseStatus::Passed => "passed",
+            CaseStatus::Failed => "failed",
+            CaseStatus::Error => "error",
+            CaseStatus::Skipped => "skipped",
+        }
+    }
+
+    /// Whether the case failed or erred (a skipped case did not fail).
+    pub fn failed(self) -> bool {
+        matches!(self, CaseStatus::Failed | CaseStatus::Error)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -240,20 +292,72 @@ pub struct ResourceRecord {
     pub kind: String,
     /// What the provider calls it: a PID, a data directory, an instance id.
     pub provider_id: Option<String>,
-    /// `destroyed`, `kept`, `left-behind`, `never-created`.
-    pub status: String,
+    pub status: ResourceStatus,
+}
+
+/// What became of a resource of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceStatus {
+    Destroyed,
+    Kept,
+    LeftBehind,
+    NeverCreated,
+}
+
+impl ResourceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceStatus::Destroyed => "destroyed",
+            ResourceStatus::Kept => "kept",
+            ResourceStatus::LeftBehind => "left-behind",
+            ResourceStatus::NeverCreated => "never-created",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Teardown {
-    /// `always`, `passing`, `never`.
-    pub policy: String,
-    /// `complete`, `kept`, `incomplete`, `interrupted`.
-    pub status: String,
+    pub policy: DestroyPolicy,
+    pub status: TeardownStatus,
     pub duration_ms: u64,
     pub leftovers: Vec<Leftover>,
     /// When the kept environment expires (its TTL), if kept.
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// How teardown ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeardownStatus {
+    /// Nothing is left.
+    Complete,
+    /// The environment stays up (its TTL, or a stage's generation).
+    Kept,
+    /// Something is left: the leftovers say what.
+    Incomplete,
+    /// A second signal stopped it.
+    Interrupted,
+    /// What exists could not be told (the journal or the provider could not say).
+    Unknown,
+}
+
+impl TeardownStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TeardownStatus::Complete => "complete",
+            TeardownStatus::Kept => "kept",
+            TeardownStatus::Incomplete => "incomplete",
+            TeardownStatus::Interrupted => "interrupted",
+            TeardownStatus::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for TeardownStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use super::files::ReportFiles;
-use super::model::{RunReport, SuiteStatus, Verdict};
+use super::model::{RunReport, SuiteStatus, TeardownStatus, Verdict};
 use super::text::{duration, one_line, plural, time};
 use crate::style::{paint, Styles};
 use crate::sys::text::printable;
@@ -134,11 +134,11 @@ fn summary(report: &RunReport, files: &ReportFiles, s: Styles) -> String {
     }
 
     let t = &report.teardown;
-    match t.status.as_str() {
-        "complete" => {
+    match t.status {
+        TeardownStatus::Complete => {
             let _ = writeln!(out, "  teardown: complete in {}", duration(t.duration_ms));
         }
-        "kept" => {
+        TeardownStatus::Kept => {
             let until = t.expires_at.map(time).unwrap_or_else(|| "its TTL".to_string());
             let _ = writeln!(
                 out,
@@ -148,7 +148,7 @@ fn summary(report: &RunReport, files: &ReportFiles, s: Styles) -> String {
             );
         }
         other => {
-            let what = if other == "interrupted" { "INTERRUPTED" } else { "INCOMPLETE" };
+            let what = if other == TeardownStatus::Interrupted { "INTERRUPTED" } else { "INCOMPLETE" };
             let _ = writeln!(
                 out,
                 "  teardown: {}: {} left behind{}",

@@ -13,22 +13,22 @@ fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 5, 1, h, m, s).unwrap()
 }
 
-fn case(name: &str, status: &str, message: Option<&str>) -> TestCase {
+fn case(name: &str, status: CaseStatus, message: Option<&str>) -> TestCase {
     TestCase {
         classname: Some("smoke".into()),
         name: name.into(),
-        status: status.into(),
+        status,
         duration_ms: 120,
         message: message.map(Into::into),
     }
 }
 
-fn phase(name: &str, start_ms: u64, duration_ms: u64, status: &str) -> PhaseTiming {
-    PhaseTiming { phase: name.into(), start_ms, duration_ms, status: status.into() }
+fn phase(name: &str, start_ms: u64, duration_ms: u64, status: PhaseStatus) -> PhaseTiming {
+    PhaseTiming { phase: name.into(), start_ms, duration_ms, status }
 }
 
 fn smoke(cases: Vec<TestCase>) -> SuiteResult {
-    let failures = cases.iter().filter(|c| c.status == "failed").count() as u32;
+    let failures = cases.iter().filter(|c| c.status == CaseStatus::Failed).count() as u32;
     SuiteResult {
         name: "smoke".into(),
         status: if failures == 0 { SuiteStatus::Passed } else { SuiteStatus::Failed },
@@ -52,7 +52,7 @@ pub(super) fn passed() -> RunReport {
         schema_version: REPORT_SCHEMA_VERSION,
         run_id: "demo-20260501-020000-k3x9".into(),
         environment: "demo".into(),
-        provider: "local".into(),
+        provider: ProviderKind::Local,
         description: "environments/demo.yaml".into(),
         release: "v2".into(),
         artifact: "demo/releases/v2".into(),
@@ -74,13 +74,13 @@ pub(super) fn passed() -> RunReport {
             restore_ms: 4_210,
         }],
         phases: vec![
-            phase("up", 0, 6_400, "ok"),
-            phase("prepare-data", 6_400, 310, "ok"),
-            phase("install", 6_710, 2_050, "ok"),
-            phase("health", 8_760, 640, "ok"),
-            phase("suites", 9_400, 2_100, "ok"),
-            phase("report", 11_500, 12, "ok"),
-            phase("down", 11_512, 7_488, "ok"),
+            phase("up", 0, 6_400, PhaseStatus::Ok),
+            phase("prepare-data", 6_400, 310, PhaseStatus::Ok),
+            phase("install", 6_710, 2_050, PhaseStatus::Ok),
+            phase("health", 8_760, 640, PhaseStatus::Ok),
+            phase("suites", 9_400, 2_100, PhaseStatus::Ok),
+            phase("report", 11_500, 12, PhaseStatus::Ok),
+            phase("down", 11_512, 7_488, PhaseStatus::Ok),
         ],
         steps: vec![
             StepTiming {
@@ -104,10 +104,10 @@ pub(super) fn passed() -> RunReport {
         ],
         suites: vec![
             smoke(vec![
-                case("health", "passed", None),
-                case("version", "passed", None),
-                case("products", "passed", None),
-                case("customers_count", "passed", None),
+                case("health", CaseStatus::Passed, None),
+                case("version", CaseStatus::Passed, None),
+                case("products", CaseStatus::Passed, None),
+                case("customers_count", CaseStatus::Passed, None),
             ]),
             SuiteResult {
                 name: "migrations".into(),
@@ -124,14 +124,14 @@ pub(super) fn passed() -> RunReport {
                     TestCase {
                         classname: Some("migrations".into()),
                         name: "all_recorded".into(),
-                        status: "passed".into(),
+                        status: CaseStatus::Passed,
                         duration_ms: 40,
                         message: None,
                     },
                     TestCase {
                         classname: Some("migrations".into()),
                         name: "data_kept".into(),
-                        status: "passed".into(),
+                        status: CaseStatus::Passed,
                         duration_ms: 70,
                         message: None,
                     },
@@ -145,18 +145,18 @@ pub(super) fn passed() -> RunReport {
                 id: "database.db".into(),
                 kind: "local-postgres".into(),
                 provider_id: Some("/tmp/rehearse-k3x9/db".into()),
-                status: "destroyed".into(),
+                status: ResourceStatus::Destroyed,
             },
             ResourceRecord {
                 id: "service.web.0".into(),
                 kind: "local-process".into(),
                 provider_id: Some("pid 4242".into()),
-                status: "destroyed".into(),
+                status: ResourceStatus::Destroyed,
             },
         ],
         teardown: Teardown {
-            policy: "always".into(),
-            status: "complete".into(),
+            policy: DestroyPolicy::Always,
+            status: TeardownStatus::Complete,
             duration_ms: 7_488,
             leftovers: vec![],
             expires_at: None,
@@ -194,13 +194,13 @@ fn failed_migration() -> RunReport {
         log: Some("/state/runs/r1/install.web.log".into()),
     });
     r.phases = vec![
-        phase("up", 0, 6_400, "ok"),
-        phase("prepare-data", 6_400, 310, "ok"),
-        phase("install", 6_710, 1_020, "failed"),
-        phase("health", 7_730, 0, "skipped"),
-        phase("suites", 7_730, 0, "skipped"),
-        phase("report", 7_730, 11, "ok"),
-        phase("down", 7_741, 7_259, "ok"),
+        phase("up", 0, 6_400, PhaseStatus::Ok),
+        phase("prepare-data", 6_400, 310, PhaseStatus::Ok),
+        phase("install", 6_710, 1_020, PhaseStatus::Failed),
+        phase("health", 7_730, 0, PhaseStatus::Skipped),
+        phase("suites", 7_730, 0, PhaseStatus::Skipped),
+        phase("report", 7_730, 11, PhaseStatus::Ok),
+        phase("down", 7_741, 7_259, PhaseStatus::Ok),
     ];
     for s in &mut r.suites {
         s.status = SuiteStatus::NotRun;
@@ -224,8 +224,8 @@ fn suite_error() -> RunReport {
     r.reason = Some("2 of 2 suites did not pass.".into());
     r.suites = vec![
         smoke(vec![
-            case("health", "passed", None),
-            case("<script>alert(1)</script>", "failed", Some("expected 200, got 500 <b>boom</b>")),
+            case("health", CaseStatus::Passed, None),
+            case("<script>alert(1)</script>", CaseStatus::Failed, Some("expected 200, got 500 <b>boom</b>")),
         ]),
         SuiteResult {
             duration_ms: 310,
@@ -340,14 +340,14 @@ fn junit_interrupted_run_with_green_suites_is_not_green() {
 }
 
 fn with_leftovers(mut r: RunReport) -> RunReport {
-    r.teardown.status = "incomplete".into();
+    r.teardown.status = TeardownStatus::Incomplete;
     r.teardown.leftovers = vec![Leftover {
         id: "database.db".into(),
         kind: "local-postgres".into(),
         provider_id: Some("/tmp/rehearse-k3x9/db".into()),
         command: "pg_ctl -D /tmp/rehearse-k3x9/db stop -m immediate && rm -rf /tmp/rehearse-k3x9".into(),
     }];
-    r.resources[0].status = "left-behind".into();
+    r.resources[0].status = ResourceStatus::LeftBehind;
     r.exit_code = 4;
     r
 }
@@ -401,8 +401,8 @@ fn markdown_lists_leftovers_with_their_commands() {
 #[test]
 fn markdown_kept_says_until_when_and_how_to_remove() {
     let mut r = passed();
-    r.teardown.status = "kept".into();
-    r.teardown.policy = "never".into();
+    r.teardown.status = TeardownStatus::Kept;
+    r.teardown.policy = DestroyPolicy::Never;
     r.teardown.expires_at = Some(at(4, 0, 0));
     let md = markdown::markdown(&r).unwrap();
     assert!(md.contains("Kept until 2026-05-01 04:00:00 UTC"), "{md}");
@@ -457,7 +457,7 @@ fn html_status_marks_are_drawn_svg_never_emoji() {
         assert_eq!(symbols(&html), Vec::<char>::new(), "{}", r.verdict.as_str());
         let statuses = html.matches(r#"class="status "#).count();
         // Phases, suites, failed cases, resources, steps and the teardown line.
-        let failed_cases = r.suites.iter().flat_map(|s| &s.cases).filter(|c| c.status == "failed").count();
+        let failed_cases = r.suites.iter().flat_map(|s| &s.cases).filter(|c| c.status == CaseStatus::Failed).count();
         assert_eq!(statuses, r.phases.len() + r.suites.len() + failed_cases + r.resources.len() + r.steps.len() + 1);
         for cell in html.split(r#"class="status "#).skip(1) {
             let mark = &cell[cell.find('>').unwrap() + 1..];

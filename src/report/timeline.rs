@@ -116,13 +116,13 @@ pub(crate) fn timeline(report: &RunReport) -> Option<Timeline> {
         .iter()
         .filter(|p| p.duration_ms > 0)
         .map(|p| {
-            let ok = p.status == "ok" || p.status == "skipped";
+            let ok = p.status.is_ok();
             let title = format!(
                 "phase {}: from +{} for {}, {}",
                 p.phase,
                 duration(p.start_ms),
                 duration(p.duration_ms),
-                p.status
+                p.status.as_str()
             );
             scale.bar(p.start_ms, p.duration_ms, ok, &p.phase, title)
         })

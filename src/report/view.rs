@@ -11,7 +11,7 @@ use std::io;
 use serde::Serialize;
 use tera::{Context, Tera};
 
-use super::model::{RunReport, SuiteStatus, Verdict};
+use super::model::{ResourceStatus, RunReport, SuiteStatus, TeardownStatus, Verdict};
 use super::text::{duration, time};
 use crate::description::template::error_chain;
 
@@ -88,7 +88,7 @@ struct BackupView<'a> {
 #[derive(Serialize)]
 struct PhaseView<'a> {
     phase: &'a str,
-    status: &'a str,
+    status: &'static str,
     ok: bool,
     start: String,
     duration: String,
@@ -126,7 +126,7 @@ struct SuiteView<'a> {
 struct CaseView<'a> {
     suite: &'a str,
     name: String,
-    status: &'a str,
+    status: &'static str,
     duration: String,
     message: Option<&'a str>,
 }
@@ -136,14 +136,14 @@ struct ResourceView<'a> {
     id: &'a str,
     kind: &'a str,
     provider_id: Option<&'a str>,
-    status: &'a str,
+    status: &'static str,
     ok: bool,
 }
 
 #[derive(Serialize)]
 struct TeardownView<'a> {
-    policy: &'a str,
-    status: &'a str,
+    policy: &'static str,
+    status: &'static str,
     ok: bool,
     duration: String,
     expires: Option<String>,
@@ -161,10 +161,6 @@ struct LeftoverView<'a> {
     command: &'a str,
 }
 
-fn case_failed(status: &str) -> bool {
-    status != "passed" && status != "skipped"
-}
-
 impl<'a> View<'a> {
     fn new(r: &'a RunReport) -> Self {
         let verdict_title = match r.verdict {
@@ -177,7 +173,7 @@ impl<'a> View<'a> {
             .suites
             .iter()
             .flat_map(|s| s.cases.iter().map(move |c| (s, c)))
-            .filter(|(_, c)| case_failed(&c.status))
+            .filter(|(_, c)| c.status.failed())
             .map(|(s, c)| CaseView {
                 suite: &s.name,
                 name: match &c.classname {
@@ -186,7 +182,7 @@ impl<'a> View<'a> {
                     }
                     _ => c.name.clone(),
                 },
-                status: &c.status,
+                status: c.status.as_str(),
                 duration: duration(c.duration_ms),
                 message: c.message.as_deref(),
             })
@@ -194,7 +190,7 @@ impl<'a> View<'a> {
         View {
             run_id: &r.run_id,
             environment: &r.environment,
-            provider: &r.provider,
+            provider: r.provider.as_str(),
             description: &r.description,
             release: &r.release,
             artifact: &r.artifact,
@@ -233,8 +229,8 @@ impl<'a> View<'a> {
                 .iter()
                 .map(|p| PhaseView {
                     phase: &p.phase,
-                    status: &p.status,
-                    ok: p.status == "ok" || p.status == "skipped",
+                    status: p.status.as_str(),
+                    ok: p.status.is_ok(),
                     start: format!("+{}", duration(p.start_ms)),
                     duration: duration(p.duration_ms),
                 })
@@ -266,8 +262,8 @@ impl<'a> View<'a> {
                     id: &x.id,
                     kind: &x.kind,
                     provider_id: x.provider_id.as_deref(),
-                    status: &x.status,
-                    ok: x.status != "left-behind",
+                    status: x.status.as_str(),
+                    ok: x.status != ResourceStatus::LeftBehind,
                 })
                 .collect(),
             teardown: TeardownView::new(r),
@@ -277,7 +273,7 @@ impl<'a> View<'a> {
 
 impl<'a> SuiteView<'a> {
     fn new(s: &'a super::model::SuiteResult) -> Self {
-        let has_failed_case = s.cases.iter().any(|c| case_failed(&c.status));
+        let has_failed_case = s.cases.iter().any(|c| c.status.failed());
         let why = match (s.status, &s.reason) {
             (SuiteStatus::Passed, _) => None,
             (_, Some(reason)) => Some(reason.clone()),
@@ -317,9 +313,9 @@ impl<'a> TeardownView<'a> {
             .collect::<Vec<_>>()
             .join("\n");
         TeardownView {
-            policy: &t.policy,
-            status: &t.status,
-            ok: t.status == "complete" || t.status == "kept",
+            policy: t.policy.as_str(),
+            status: t.status.as_str(),
+            ok: matches!(t.status, TeardownStatus::Complete | TeardownStatus::Kept),
             duration: duration(t.duration_ms),
             expires: t.expires_at.map(time),
             down_command: format!("rehearse down {}", r.run_id),

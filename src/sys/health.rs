@@ -21,8 +21,8 @@ pub(crate) enum HealthError {
     #[error("no answer within {0}ms")]
     NoAnswer(u128),
     /// The service's process ended (said by the caller's check).
-    #[error("{0}")]
-    Ended(String),
+    #[error(transparent)]
+    Ended(#[from] Ended),
     /// The deadline passed; `last` is the last attempt's answer or failure.
     #[error("not healthy after {secs:.1}s; last answer: {last}")]
     Unhealthy { secs: f64, last: String },
@@ -51,6 +51,13 @@ pub(crate) async fn get_status(host: &str, port: u16, path: &str, timeout: Durat
     tokio::time::timeout(timeout, attempt).await.map_err(|_| HealthError::NoAnswer(timeout.as_millis()))?
 }
 
+/// A checked service that is gone before it answered.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Ended {
+    #[error("exited with {0} before it was healthy")]
+    Exited(std::process::ExitStatus),
+}
+
 /// Polls until `GET path` answers 2xx, with backoff from 20 ms to 500 ms, until
 /// `deadline`. `still_running` is checked between attempts so a crashed service fails
 /// the check at once instead of at the deadline.
@@ -58,7 +65,7 @@ pub(crate) async fn wait_healthy(
     port: u16,
     path: &str,
     deadline: Instant,
-    still_running: impl FnMut() -> Result<(), String>,
+    still_running: impl FnMut() -> Result<(), Ended>,
 ) -> Result<Duration, HealthError> {
     wait_healthy_at("127.0.0.1", port, path, deadline, still_running).await
 }
@@ -70,12 +77,12 @@ pub(crate) async fn wait_healthy_at(
     port: u16,
     path: &str,
     deadline: Instant,
-    mut still_running: impl FnMut() -> Result<(), String>,
+    mut still_running: impl FnMut() -> Result<(), Ended>,
 ) -> Result<Duration, HealthError> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(20);
     loop {
-        still_running().map_err(HealthError::Ended)?;
+        still_running()?;
         let last = match get_status(host, port, path, Duration::from_secs(2)).await {
             Ok(code) if (200..300).contains(&code) => return Ok(start.elapsed()),
             Ok(code) => format!("HTTP {code}"),

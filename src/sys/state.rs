@@ -173,11 +173,24 @@ pub enum StateUrl {
     S3 { bucket: String, prefix: String },
 }
 
+/// Why a URL names no state store.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateUrlError {
+    #[error("`{0}`: a file:// state store needs an absolute path (file:///var/lib/...)")]
+    RelativePath(String),
+    #[error("`{url}`: `{bucket}` is not an S3 bucket name (3-63 of a-z, 0-9, `-`, `.`)")]
+    Bucket { url: String, bucket: String },
+    #[error("`{url}`: the prefix `{prefix}` has an empty, `.` or `..` segment")]
+    Prefix { url: String, prefix: String },
+    #[error("`{0}` is not a state store: use file:///DIR or s3://BUCKET/PREFIX")]
+    Scheme(String),
+}
+
 impl StateUrl {
-    pub fn parse(url: &str) -> Result<StateUrl, String> {
+    pub fn parse(url: &str) -> Result<StateUrl, StateUrlError> {
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err(format!("`{url}`: a file:// state store needs an absolute path (file:///var/lib/...)"));
+                return Err(StateUrlError::RelativePath(url.to_string()));
             }
             return Ok(StateUrl::File(PathBuf::from(path)));
         }
@@ -186,16 +199,16 @@ impl StateUrl {
             let ok = (3..=63).contains(&bucket.len())
                 && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
             if !ok {
-                return Err(format!("`{url}`: `{bucket}` is not an S3 bucket name (3-63 of a-z, 0-9, `-`, `.`)"));
+                return Err(StateUrlError::Bucket { url: url.to_string(), bucket: bucket.to_string() });
             }
             let prefix = prefix.trim_matches('/');
             let bad = |seg: &str| seg.is_empty() || seg == "." || seg == ".." || seg.chars().any(char::is_control);
             if !prefix.is_empty() && prefix.split('/').any(bad) {
-                return Err(format!("`{url}`: the prefix `{prefix}` has an empty, `.` or `..` segment"));
+                return Err(StateUrlError::Prefix { url: url.to_string(), prefix: prefix.to_string() });
             }
             return Ok(StateUrl::S3 { bucket: bucket.to_string(), prefix: prefix.to_string() });
         }
-        Err(format!("`{url}` is not a state store: use file:///DIR or s3://BUCKET/PREFIX"))
+        Err(StateUrlError::Scheme(url.to_string()))
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::cli::Global;
+use crate::description::ProviderKind;
 use crate::engine::down::{self as op, DownError, DownOptions, Downed, Located, LostRun, Source};
 use crate::engine::events::Reporter;
 use crate::engine::journal::RunMeta;
@@ -102,13 +103,15 @@ impl<'a> Edge<'a> {
             Err(e) => return said(&e),
         };
         let which = match &located {
-            Located::Journal { meta, .. } if meta.provider == "aws" => match meta.region.as_deref().or(region) {
-                Some(r) => Which::Aws(r.to_string()),
-                None => {
-                    errln!("error: the journal of {run_id} names no region: pass --region REGION");
-                    return exit::USAGE;
+            Located::Journal { meta, .. } if meta.provider == ProviderKind::Aws => {
+                match meta.region.as_deref().or(region) {
+                    Some(r) => Which::Aws(r.to_string()),
+                    None => {
+                        errln!("error: the journal of {run_id} names no region: pass --region REGION");
+                        return exit::USAGE;
+                    }
                 }
-            },
+            }
             Located::Journal { .. } => Which::Local,
             Located::Lost(lost) => {
                 if let Some(lost) = lost {
@@ -123,21 +126,25 @@ impl<'a> Edge<'a> {
         let work_root = state::work_dir();
         let stages = || self.stages();
         let root = crate::commands::store::local_root_for(self.g, self.url.as_ref());
-        let mut opts = DownOptions {
+        // What `down` knows of a run whose journal is lost, and the command that finds
+        // it by its marks again.
+        let opts = |lost: LostRun, by_marks: String| DownOptions {
             run_id,
             generation,
             state_root: &root,
             shared: self.shared.clone(),
             stages: &stages,
-            lost: LostRun::default(),
-            by_marks: String::new(),
+            lost,
+            by_marks,
             reporter: self.reporter,
             signals: self.signals,
         };
         match which {
             Which::Aws(region) => {
-                opts.lost = LostRun { provider: "aws".into(), region: Some(region.clone()), work_dir: None };
-                opts.by_marks = format!("rehearse down {run_id} --region {region}");
+                let opts = opts(
+                    LostRun { provider: ProviderKind::Aws, region: Some(region.clone()), work_dir: None },
+                    format!("rehearse down {run_id} --region {region}"),
+                );
                 let provider = crate::commands::aws_provider(&region).await;
                 let provider = match &located {
                     Located::Journal { meta, .. } => match description_at_hand(meta) {
@@ -151,8 +158,10 @@ impl<'a> Edge<'a> {
             Which::Local => {
                 let work = std::path::absolute(&work_root).unwrap_or_else(|_| work_root.clone());
                 let work = work.join("runs").join(run_id);
-                opts.lost = LostRun { provider: "local".into(), region: None, work_dir: Some(work) };
-                opts.by_marks = format!("rehearse down {run_id}");
+                let opts = opts(
+                    LostRun { provider: ProviderKind::Local, region: None, work_dir: Some(work) },
+                    format!("rehearse down {run_id}"),
+                );
                 let provider = LocalProvider::new(&work_root);
                 render(op::down(&provider, located, &opts).await, None)
             }

@@ -65,7 +65,7 @@ pub(super) async fn stable_names(
             let dir = super::super::store::local_root_for(g, opened.url.as_ref()).join("stages").join(stage);
             match crate::providers::local::forward::LocalNames::new(&dir, ports) {
                 Ok(n) => Ok(Box::new(n)),
-                Err(why) => Err(NamesOpenError::Directory { dir, why }),
+                Err(why) => Err(NamesOpenError::Directory { dir, why: why.to_string() }),
             }
         }
         "aws" => {
@@ -81,7 +81,7 @@ pub(super) async fn stable_names(
             // Every name it will upsert or delete must lie inside the zone.
             match names.check_in_zone().await {
                 Ok(()) => Ok(Box::new(names)),
-                Err(why) => Err(NamesOpenError::OutsideZone { stage: stage.to_string(), why }),
+                Err(why) => Err(NamesOpenError::OutsideZone { stage: stage.to_string(), why: why.to_string() }),
             }
         }
         other => Err(NamesOpenError::UnknownProvider { stage: record.stage.clone(), provider: other.to_string() }),

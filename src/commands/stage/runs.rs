@@ -71,7 +71,7 @@ impl<'a> Runs<'a> {
         match connection {
             Ok(connection) => Built {
                 verdict,
-                kept: report.as_ref().is_some_and(|r| r.teardown.status == "kept"),
+                kept: report.as_ref().is_some_and(|r| r.teardown.status == crate::report::model::TeardownStatus::Kept),
                 reason: report.and_then(|r| r.reason),
                 backups,
                 connection,

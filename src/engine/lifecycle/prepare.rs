@@ -2,6 +2,7 @@
 //! the suites' files, the state and work directories, the journal, the workspace.
 
 use super::*;
+use crate::engine::provider::{Handle, WorkspaceHandle};
 
 /// A run whose journal and workspace exist: what the later phases need of it.
 pub(super) struct Prepared {
@@ -83,7 +84,8 @@ pub(super) async fn prepare<P: Provider>(
     journal.intent("workspace", Kind::Workspace, None).await.map_err(RunError::Journal)?;
     let home = work_dir.join("home");
     workspace(&work_runs, &run_id, users)?;
-    journal.created("workspace", Kind::Workspace, json!({"dir": work_dir})).await.map_err(RunError::Journal)?;
+    let workspace = Handle::of(&WorkspaceHandle { dir: work_dir.clone() }).map_err(|e| RunError::Journal(e.into()))?;
+    journal.created("workspace", Kind::Workspace, workspace).await.map_err(RunError::Journal)?;
     let suites_dir = match &bundle {
         Some(listing) => copy_bundle(loaded, listing, &work_dir, users, reporter)?,
         None => loaded.dir.clone(),
@@ -120,7 +122,7 @@ fn run_meta(
     RunMeta {
         run_id: opts.run_id.clone(),
         environment: d.name.clone(),
-        provider: d.provider().as_str().into(),
+        provider: d.provider(),
         // Absolute: `down` on this machine may read it again, from anywhere, for what
         // a journal must not decide (the runner's outputs bucket).
         description: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()).display().to_string(),
@@ -128,7 +130,7 @@ fn run_meta(
         owner: d.owner.clone(),
         started_at,
         expires_at,
-        destroy: opts.destroy.as_str().into(),
+        destroy: opts.destroy,
         work_dir: Some(work_dir.display().to_string()),
         region: d.region().map(str::to_string),
         pid: std::process::id(),

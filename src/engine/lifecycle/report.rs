@@ -15,7 +15,8 @@ pub(super) struct Judged {
 /// The run's report (not yet redacted); a kept environment's connection file is written
 /// next to it.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn report(
+pub(super) fn report<P: Provider>(
+    provider: &P,
     loaded: &Loaded,
     opts: &Options,
     run: &Prepared,
@@ -32,7 +33,7 @@ pub(super) fn report(
     let mut phases = phase_timings(&steps, graph.failure.as_ref().map(|f| f.0.as_str()));
     phases.extend(down.phase);
     steps.extend(down.steps);
-    let resources = resource_records(&run.plan, &run.journal, graph, &down.leftovers, keep);
+    let resources = resource_records(provider, &run.plan, &run.journal, graph, &down.leftovers, keep);
     let failure = graph.failure.as_ref().map(|(id, e)| Failure {
         phase: phase_of(run.plan.resource(id).map(|r| r.kind), e),
         resource: Some(id.clone()),
@@ -46,7 +47,7 @@ pub(super) fn report(
         schema_version: REPORT_SCHEMA_VERSION,
         run_id: run_id.clone(),
         environment: d.name.clone(),
-        provider: d.provider().as_str().into(),
+        provider: d.provider(),
         description: loaded.path.display().to_string(),
         release: opts.release.clone(),
         artifact: run.plan.release.artifact.clone(),
@@ -62,7 +63,7 @@ pub(super) fn report(
         suites,
         resources,
         teardown: Teardown {
-            policy: opts.destroy.as_str().into(),
+            policy: opts.destroy,
             status: down.status,
             duration_ms: down.duration_ms,
             leftovers: down.leftovers,
@@ -89,7 +90,7 @@ pub(super) fn report(
         phase: "report".into(),
         start_ms: clock.ms(report_phase_start),
         duration_ms: 0,
-        status: "ok".into(),
+        status: PhaseStatus::Ok,
     });
     report
 }
@@ -97,7 +98,8 @@ pub(super) fn report(
 /// What became of each resource of the plan, named by its provider. A journal that
 /// cannot be read here was reported by teardown already (the run is "unknown"); the
 /// report then names resources by the outputs the steps returned.
-fn resource_records(
+fn resource_records<P: Provider>(
+    provider: &P,
     plan: &plan::Plan,
     journal: &Journal,
     graph: &GraphResult,
@@ -108,7 +110,7 @@ fn resource_records(
         .map(|records| crate::engine::journal::State::from_records(&records).entries)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|e| Some((e.id, provider_id(e.handle.as_ref()?)?)))
+        .filter_map(|e| Some((e.id.clone(), provider.provider_id(&e)?)))
         .collect();
     plan.resources
         .iter()
@@ -116,20 +118,15 @@ fn resource_records(
         .map(|r| {
             let created = handles.get(&r.id).cloned().or_else(|| graph.created.get(&r.id).cloned());
             let status = if created.is_none() && graph.status_of(&r.id) == Some("pending") {
-                "never-created"
+                ResourceStatus::NeverCreated
             } else if leftovers.iter().any(|l| l.id == r.id) {
-                "left-behind"
+                ResourceStatus::LeftBehind
             } else if keep {
-                "kept"
+                ResourceStatus::Kept
             } else {
-                "destroyed"
+                ResourceStatus::Destroyed
             };
-            ResourceRecord {
-                id: r.id.clone(),
-                kind: r.kind.as_str().into(),
-                provider_id: created,
-                status: status.into(),
-            }
+            ResourceRecord { id: r.id.clone(), kind: r.kind.as_str().into(), provider_id: created, status }
         })
         .collect()
 }

@@ -213,7 +213,7 @@ fn merge_into_own(store: &dyn ObjectStore, run_id: &str, path: &Path, remote: &[
 /// Whether a journal's first record is a run of the local provider.
 fn own_local_run(text: &str) -> bool {
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    matches!(serde_json::from_str(first), Ok(Record::Run(m)) if m.provider == "local")
+    matches!(serde_json::from_str(first), Ok(Record::Run(m)) if m.provider == crate::description::ProviderKind::Local)
 }
 
 /// Brings a run's `report/` or `logs/` from the store into `run_dir`; the number of files.
@@ -351,7 +351,12 @@ mod tests {
         let mut other = RemoteJournal::after(store.clone(), run_id, 2);
         let at = chrono::Utc::now();
         for r in [
-            Record::Created { id: "service.web.1".into(), kind: Kind::LocalProcess, handle: serde_json::json!({}), at },
+            Record::Created {
+                id: "service.web.1".into(),
+                kind: Kind::LocalProcess,
+                handle: serde_json::json!({}).into(),
+                at,
+            },
             Record::Run(RunMeta::sample(run_id, "local", Some("/"))),
             Record::Extended { expires_at: at, at },
         ] {
@@ -430,7 +435,7 @@ mod tests {
         let created = journal::Record::Created {
             id: "database.db".into(),
             kind: Kind::AwsDbInstance,
-            handle: serde_json::json!({"db_instance_id": "rh-1"}),
+            handle: serde_json::json!({"db_instance_id": "rh-1"}).into(),
             at: chrono::Utc::now(),
         };
         w.append(&serde_json::to_vec_pretty(&created).unwrap()).await.unwrap();

@@ -31,14 +31,12 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         ctx: &Ctx<'_>,
         handle: serde_json::Value,
     ) -> Result<(), StepError> {
-        let handle = Handle::new(handle);
-        if let Some(id) = ["instance_id", "db_instance_id", "db_cluster_id", "group_id", "name"]
-            .iter()
-            .find_map(|k| handle.0.get(*k).and_then(|v| v.as_str()))
-        {
+        let handle: super::AwsHandle =
+            serde_json::from_value(handle).map_err(|e| StepError::build(format!("cannot journal {}: {e}", res.id)))?;
+        if let Some(id) = handle.id() {
             self.mark_owned(id);
         }
-        ctx.created(res, handle).await
+        ctx.created(res, &handle).await
     }
 
     /// Runs whose work directories live under `work_root` (default: this machine's).

@@ -31,7 +31,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 deadline,
             )
             .await
-            .map_err(StepError::build)?
+            .map_err(|e| StepError::build(e.to_string()))?
             .ok_or_else(|| StepError::build(format!("DB instance {id} disappeared")))
     }
 
@@ -336,7 +336,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         );
         let r = ctx.waiting(res, &what, bound, wait).await;
         ctx.step(res, "clone", t, r.is_ok(), Some(c.id.clone()));
-        r.map_err(StepError::build)?;
+        r.map_err(|e| StepError::build(e.to_string()))?;
         Ok(Output::Nothing)
     }
 }

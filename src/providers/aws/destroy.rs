@@ -274,7 +274,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             )
             .await
             .map(|_| ())
-            .map_err(not_gone)
+            .map_err(|e| not_gone(e.to_string()))
     }
 }
 
@@ -338,7 +338,7 @@ where
         )
         .await
         .map(|_| ())
-        .map_err(not_gone)
+        .map_err(|e| not_gone(e.to_string()))
 }
 
 /// The one element of a describe whose id is `id`; "not found" is `None`.
@@ -390,15 +390,13 @@ async fn never() -> Result<bool, DestroyError> {
 
 /// The provider id a journal handle holds.
 pub(super) fn handle_id(entry: &Entry) -> Option<String> {
-    let h = entry.handle.as_ref()?;
-    ["instance_id", "db_instance_id", "db_cluster_id", "group_id", "name"]
-        .iter()
-        .find_map(|k| h.get(*k).and_then(|v| v.as_str()).map(str::to_string))
+    let h: super::AwsHandle = entry.handle.as_ref()?.decode("AWS resource").ok()?;
+    h.id().map(str::to_string)
 }
 
 /// The handle of a resource of `kind` known by its provider id `id`, shaped as its
 /// create journals it (what [`handle_id`] reads back).
-pub(super) fn handle_of(kind: Kind, id: &str) -> Handle {
+pub(super) fn handle_of(kind: Kind, id: &str) -> crate::engine::provider::Handle {
     let key = match kind {
         Kind::AwsInstance => "instance_id",
         Kind::AwsDbInstance => "db_instance_id",
@@ -406,7 +404,7 @@ pub(super) fn handle_of(kind: Kind, id: &str) -> Handle {
         Kind::AwsSecurityGroup => "group_id",
         _ => "name",
     };
-    Handle::new(json!({ key: id }))
+    crate::engine::provider::Handle::from(serde_json::json!({ key: id }))
 }
 
 /// The teardown order of the AWS provider's kinds, users before what they use:

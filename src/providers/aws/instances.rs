@@ -136,7 +136,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             deadline,
         );
         let r = tokio::select! {
-            r = wait => r,
+            r = wait => r.map_err(|e| e.to_string()),
             _ = cancelled => Err("cancelled: another step failed".to_string()),
         };
         r.map_err(StepError::build)?.ok_or_else(|| StepError::build(format!("{id} disappeared")))

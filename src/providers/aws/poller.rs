@@ -12,6 +12,21 @@ use tokio::time::Instant;
 
 use super::api::ApiResult;
 
+/// Why a wait for a resource ended without it getting where it should.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WaitError {
+    /// It never will: what the caller's check said.
+    #[error("{0}")]
+    Never(String),
+    /// The deadline passed; `last` is the last state seen, `failing` the latest
+    /// describe's failure, if it failed.
+    #[error(
+        "timed out waiting for {id}; last state: {last}{}",
+        .failing.as_ref().map(|e| format!(" (the latest describe failed: {e})")).unwrap_or_default()
+    )]
+    TimedOut { id: String, last: String, failing: Option<String> },
+}
+
 pub(crate) struct Poller<T> {
     waiting: Mutex<BTreeSet<String>>,
     /// The latest observation of each id (None: the describe did not return it).
@@ -53,7 +68,7 @@ impl<T: Clone> Poller<T> {
         done: impl Fn(Option<&T>) -> Result<bool, String>,
         state: impl Fn(Option<&T>) -> String,
         deadline: Instant,
-    ) -> Result<Option<T>, String>
+    ) -> Result<Option<T>, WaitError>
     where
         F: Fn(Vec<String>) -> Fut,
         Fut: Future<Output = ApiResult<Vec<T>>>,
@@ -75,7 +90,7 @@ impl<T: Clone> Poller<T> {
         done: &impl Fn(Option<&T>) -> Result<bool, String>,
         state: &impl Fn(Option<&T>) -> String,
         deadline: Instant,
-    ) -> Result<Option<T>, String>
+    ) -> Result<Option<T>, WaitError>
     where
         F: Fn(Vec<String>) -> Fut,
         Fut: Future<Output = ApiResult<Vec<T>>>,
@@ -85,16 +100,16 @@ impl<T: Clone> Poller<T> {
         loop {
             let latest = self.seen.lock().expect("poller lock").get(id).cloned();
             if let Some(obs) = &latest {
-                if done(obs.as_ref())? {
+                if done(obs.as_ref()).map_err(WaitError::Never)? {
                     return Ok(obs.clone());
                 }
             }
             if Instant::now() >= deadline {
-                let mut why = format!("timed out waiting for {id}; last state: {}", state(latest.flatten().as_ref()));
-                if let Some(e) = self.failing.lock().expect("poller lock").as_ref() {
-                    why.push_str(&format!(" (the latest describe failed: {e})"));
-                }
-                return Err(why);
+                return Err(WaitError::TimedOut {
+                    id: id.to_string(),
+                    last: state(latest.flatten().as_ref()),
+                    failing: self.failing.lock().expect("poller lock").clone(),
+                });
             }
             // One waiter leads a round; the others wait for its result.
             if let Ok(_lead) = self.leader.try_lock() {

@@ -33,7 +33,7 @@ use super::ssm::{self, SendCommand, SsmApi};
 use super::AwsProvider;
 use crate::description::template::DatabaseOutputs;
 use crate::description::{Loaded, Runner, SsmRunner};
-use crate::engine::provider::{Ctx, Output, RunInfo, StepError, SuiteDone, SuiteJob};
+use crate::engine::provider::{Ctx, Output, RunInfo, StepError, SuiteDone, SuiteJob, SuiteRunError};
 use crate::plan::Resource;
 use crate::sys::text::shell_quote;
 
@@ -484,8 +484,8 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
 
     /// A suite on the runner: the bundle (the suites' files) fetched and unpacked, the
     /// command run from the description's directory inside it; its JUnit file returned.
-    pub(super) async fn suite_on_runner(&self, job: &SuiteJob<'_>) -> Result<SuiteDone, String> {
-        let runner = configured(job.loaded).ok_or("no runner in the description")?;
+    pub(super) async fn suite_on_runner(&self, job: &SuiteJob<'_>) -> Result<SuiteDone, SuiteRunError> {
+        let runner = configured(job.loaded).ok_or_else(|| SuiteRunError::new("no runner in the description"))?;
         let paths = match (&runner.bundle, &job.loaded.desc.bundle) {
             (Some(dir), _) => vec![dir.clone()],
             (None, Some(paths)) => paths.clone(),
@@ -496,7 +496,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             .into_iter()
             .filter_map(|d| d.ancestors().nth(2).map(Path::to_path_buf))
             .collect::<Vec<_>>();
-        let (relative, bundle) = self.bundle(paths, job.cwd, own).await?;
+        let (relative, bundle) = self.bundle(paths, job.cwd, own).await.map_err(SuiteRunError::new)?;
         let junit = crate::suites::junit_name(job.suite).map(|n| n.to_string_lossy().into_owned());
         let mut env: Vec<(String, String)> = job.env.to_vec();
         env.push(("REHEARSE_SUITE".into(), job.name.to_string()));
@@ -515,9 +515,12 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             timeout: job.suite.timeout,
             files_back: junit.iter().map(|j| format!("results/{j}")).collect(),
         };
-        let done = self.on_runner(job.run, job.loaded, remote, job.cancel.clone()).await.map_err(|e| e.message)?;
+        let done = self
+            .on_runner(job.run, job.loaded, remote, job.cancel.clone())
+            .await
+            .map_err(|e| SuiteRunError::caused(e.message.clone(), e))?;
         if done.exit == 125 && done.output.contains("rehearse: the runner cannot fetch") {
-            return Err(format!("the runner {} could not fetch the suite's files", done.instance));
+            return Err(SuiteRunError::new(format!("the runner {} could not fetch the suite's files", done.instance)));
         }
         let junit_bytes = junit.as_ref().and_then(|j| done.files.get(&format!("results/{j}")).cloned());
         Ok(SuiteDone {
@@ -567,12 +570,15 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         use crate::engine::provider::{DestroyError, DestroyErrorKind};
         let run_id = meta.run_id.as_str();
         let h = entry.handle.as_ref();
-        let field = |k: &str| h.and_then(|h| h.get(k)?.as_str());
-        let claimed = match (field("suffix"), field("bucket"), field("prefix")) {
-            (Some(suffix), None, None) => (suffix == format!("{run_id}/")).then(String::new),
-            (None, Some(bucket), Some(prefix)) => Some(format!("s3://{bucket}/{prefix}")),
-            (None, None, None) => return Ok(()),
-            _ => None,
+        // A handle that does not read claims nothing the run's: it is refused below.
+        let parsed: Option<super::AwsHandle> = h.and_then(|h| h.decode("runner's keys").ok());
+        let claimed = match parsed.as_ref().map(|p| (p.suffix.as_deref(), p.bucket.as_deref(), p.prefix.as_deref())) {
+            None if h.is_some() => None,
+            None => return Ok(()),
+            Some((Some(suffix), None, None)) => (suffix == format!("{run_id}/")).then(String::new),
+            Some((None, Some(bucket), Some(prefix))) => Some(format!("s3://{bucket}/{prefix}")),
+            Some((None, None, None)) => return Ok(()),
+            Some(_) => None,
         };
         let not_ours = |what: String| {
             DestroyError::new(

@@ -33,7 +33,7 @@ fn instance_entry(id: &str, handle: Option<&str>) -> Entry {
     Entry {
         id: id.into(),
         kind: Kind::AwsInstance,
-        handle: handle.map(|h| json!({ "instance_id": h })),
+        handle: handle.map(|h| json!({ "instance_id": h }).into()),
         key: None,
         deleted: false,
         intent_at: None,
@@ -114,7 +114,7 @@ async fn the_workspace_is_removed_locally_in_a_batch_without_a_cloud_lookup() {
     let entry = Entry {
         id: "workspace".into(),
         kind: Kind::Workspace,
-        handle: Some(json!({ "dir": dir.to_str().unwrap() })),
+        handle: Some(json!({ "dir": dir.to_str().unwrap() }).into()),
         key: None,
         deleted: false,
         intent_at: None,

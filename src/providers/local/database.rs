@@ -70,7 +70,7 @@ impl LocalProvider {
             )));
         }
 
-        ctx.created(res, Handle::new(json!({"cluster": cluster}))).await?;
+        ctx.created(res, &super::ClusterHandle { cluster: cluster.clone() }).await?;
         let restore_started = Instant::now();
         if warm {
             let t = ctx.started(res, "copy-golden", None);
@@ -96,7 +96,7 @@ impl LocalProvider {
             let r = start_on_free_port(&bin, &mut cluster, &log, ctx, timeout, &tag).await;
             ctx.step(res, "start", t, r.is_ok(), Some(format!("127.0.0.1:{}", cluster.port)));
             r?;
-            ctx.created(res, Handle::new(json!({"cluster": cluster}))).await?;
+            ctx.created(res, &super::ClusterHandle { cluster: cluster.clone() }).await?;
             let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
             let t = ctx.started(res, "restore", Some(backup.path.display().to_string()));
             let restore = postgres::restore(&bin, &cluster, &db_name, &backup.path, jobs, &log, ctx.clock, timeout);
@@ -115,7 +115,7 @@ impl LocalProvider {
             }
             postgres::hand_over(&bin, &cluster, &db_name, ctx.clock).await?;
         }
-        ctx.created(res, Handle::new(json!({"cluster": cluster}))).await?;
+        ctx.created(res, &super::ClusterHandle { cluster: cluster.clone() }).await?;
         let restore_ms = restore_started.elapsed().as_millis() as u64;
 
         // A fresh secret for this copy; given on stdin, never on a command line, and

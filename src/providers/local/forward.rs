@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::stage::{NamesError, NamesFuture, StableNames};
 use crate::sys::process::{self, ProcHandle};
-use crate::sys::secure_fs::Dir;
+use crate::sys::secure_fs::{Dir, FsError};
 
 const LISTEN: &str = "listen.json";
 const TARGETS: &str = "targets.json";
@@ -50,6 +50,40 @@ pub(crate) struct ForwarderProcess {
     pub(crate) ports: BTreeMap<String, u16>,
 }
 
+/// Why a local stage's forwarder could not be set up, started, stopped or run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ForwardError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Remove(#[from] crate::sys::state::RemoveError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// `what` (an action on a file, a start) failed.
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{} is damaged: {source}", path.display())]
+    Damaged { path: PathBuf, source: serde_json::Error },
+    #[error("the stage's forwarder exited ({status}) before listening: {log}")]
+    Exited { status: std::process::ExitStatus, log: String },
+    #[error("the stage's forwarder did not listen within 10 s{}", .stopping.as_ref().map(|e| format!(" (and could not be stopped: {e})")).unwrap_or_default())]
+    NotListening { stopping: Option<std::io::Error> },
+    #[error("the stage's forwarder (pid {0}) did not stop")]
+    NotStopped(i32),
+}
+
+/// The stage's contract takes the forwarder's errors as its text (they say what failed).
+impl From<ForwardError> for NamesError {
+    fn from(e: ForwardError) -> NamesError {
+        NamesError::Refused(e.to_string())
+    }
+}
+
+/// `e`, said as `what` failing.
+fn io(what: String) -> impl FnOnce(std::io::Error) -> ForwardError {
+    move |source| ForwardError::Io { what, source }
+}
+
 /// A local stage's stable ports.
 pub(crate) struct LocalNames {
     dir: PathBuf,
@@ -58,18 +92,18 @@ pub(crate) struct LocalNames {
 
 impl LocalNames {
     /// The names of the stage whose directory is `dir` (created private if missing).
-    pub(crate) fn new(dir: &Path, ports: BTreeMap<String, u16>) -> Result<LocalNames, String> {
-        crate::sys::state::private_dir(dir).map_err(|e| e.to_string())?;
+    pub(crate) fn new(dir: &Path, ports: BTreeMap<String, u16>) -> Result<LocalNames, ForwardError> {
+        crate::sys::state::private_dir(dir)?;
         Ok(LocalNames { dir: dir.to_path_buf(), ports })
     }
 
-    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), ForwardError> {
         // Written beside and renamed over: a reader sees the old file or the new one.
-        let dir = Dir::open(&self.dir).map_err(|e| e.to_string())?;
+        let dir = Dir::open(&self.dir)?;
         let tmp = format!(".{name}.tmp");
-        dir.write_file(Path::new(&tmp), bytes, None).map_err(|e| e.to_string())?;
+        dir.write_file(Path::new(&tmp), bytes, None)?;
         std::fs::rename(self.dir.join(&tmp), self.dir.join(name))
-            .map_err(|e| format!("cannot replace {}: {e}", self.dir.join(name).display()))
+            .map_err(io(format!("cannot replace {}", self.dir.join(name).display())))
     }
 
     /// The forwarder, if it runs.
@@ -80,14 +114,14 @@ impl LocalNames {
 
     /// Starts the forwarder unless it runs on the right ports; returns once every port
     /// listens.
-    pub(crate) async fn ensure_running(&self) -> Result<ForwarderProcess, String> {
+    pub(crate) async fn ensure_running(&self) -> Result<ForwarderProcess, ForwardError> {
         if let Some(f) = self.running() {
             if f.ports == self.ports {
                 return Ok(f);
             }
             self.stop().await?;
         }
-        let listen = serde_json::to_vec_pretty(&self.ports).map_err(|e| e.to_string())?;
+        let listen = serde_json::to_vec_pretty(&self.ports)?;
         self.write(LISTEN, &listen)?;
         // Whatever an earlier forwarder recorded is stale now.
         remove_if_there(&self.dir.join(PIDFILE))?;
@@ -95,19 +129,19 @@ impl LocalNames {
             .create(true)
             .append(true)
             .open(self.dir.join(LOG))
-            .map_err(|e| format!("cannot open {}: {e}", self.dir.join(LOG).display()))?;
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find rehearse's own executable: {e}"))?;
+            .map_err(io(format!("cannot open {}", self.dir.join(LOG).display())))?;
+        let exe = std::env::current_exe().map_err(io("cannot find rehearse's own executable".into()))?;
         let mut cmd = std::process::Command::new(exe);
         cmd.args(["stage", "forward"])
             .arg(&self.dir)
             .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stdout(log.try_clone().map_err(io(format!("cannot open {}", self.dir.join(LOG).display())))?)
             .stderr(log)
             .env_remove("REHEARSE_RUN_ID");
         // Its own session: it outlives the rebuild that started it, and a terminal's
         // ^C to the rebuild does not reach it.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start the stage's forwarder: {e}"))?;
+        let mut child = cmd.spawn().map_err(io("cannot start the stage's forwarder".into()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(f) = self.running().filter(|f| f.pid == child.id() as i32) {
@@ -116,27 +150,24 @@ impl LocalNames {
                 return Ok(f);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "the stage's forwarder exited ({status}) before listening: {}",
-                    crate::secrets::redact(&tail(&self.dir.join(LOG)))
-                ));
+                return Err(ForwardError::Exited {
+                    status,
+                    log: crate::secrets::redact(&tail(&self.dir.join(LOG))).to_string(),
+                });
             }
             if tokio::time::Instant::now() > deadline {
                 let stopped = child.kill().and_then(|()| child.wait());
-                return Err(format!(
-                    "the stage's forwarder did not listen within 10 s{}",
-                    stopped.err().map(|e| format!(" (and could not be stopped: {e})")).unwrap_or_default()
-                ));
+                return Err(ForwardError::NotListening { stopping: stopped.err() });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    async fn stop(&self) -> Result<(), String> {
+    async fn stop(&self) -> Result<(), ForwardError> {
         if let Some(f) = self.running() {
             let h = ProcHandle { pid: f.pid, pgid: f.pid, start_time: f.start_time };
             if !process::stop_group(&h, Duration::from_secs(5)).await {
-                return Err(format!("the stage's forwarder (pid {}) did not stop", f.pid));
+                return Err(ForwardError::NotStopped(f.pid));
             }
         }
         remove_if_there(&self.dir.join(PIDFILE))
@@ -180,9 +211,9 @@ impl LocalNames {
     }
 }
 
-fn remove_if_there(path: &Path) -> Result<(), String> {
+fn remove_if_there(path: &Path) -> Result<(), ForwardError> {
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("cannot remove {}: {e}", path.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(format!("cannot remove {}", path.display()))(e)),
         _ => Ok(()),
     }
 }
@@ -197,7 +228,7 @@ impl StableNames for LocalNames {
     fn switch<'a>(&'a self, number: u64, targets: &'a BTreeMap<String, Vec<String>>) -> NamesFuture<'a, ()> {
         Box::pin(async move {
             let t = Targets { generation: number, targets: targets.clone() };
-            self.write(TARGETS, &serde_json::to_vec_pretty(&t).map_err(|e| e.to_string())?)?;
+            self.write(TARGETS, &serde_json::to_vec_pretty(&t).map_err(ForwardError::from)?)?;
             self.ensure_running().await.map(|_| ()).map_err(NamesError::from)
         })
     }
@@ -214,7 +245,8 @@ impl StableNames for LocalNames {
     fn remove(&self) -> NamesFuture<'_, ()> {
         Box::pin(async move {
             self.stop().await?;
-            crate::sys::state::remove_tree(&self.dir).map_err(|e| NamesError::from(e.to_string()))
+            crate::sys::state::remove_tree(&self.dir).map_err(ForwardError::from)?;
+            Ok(())
         })
     }
 
@@ -227,10 +259,10 @@ impl StableNames for LocalNames {
 /// resolves `localhost` to ::1 must reach the forwarder too, never another user who
 /// bound [::1]:PORT. A machine without IPv6 loopback (none can bind ::1 there) is said,
 /// not fatal.
-async fn bind_loopback(name: &str, port: u16) -> Result<Vec<tokio::net::TcpListener>, String> {
+async fn bind_loopback(name: &str, port: u16) -> Result<Vec<tokio::net::TcpListener>, ForwardError> {
     let v4 = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{port} for `{name}`: {e}"))?;
+        .map_err(io(format!("cannot listen on 127.0.0.1:{port} for `{name}`")))?;
     let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
     match tokio::net::TcpListener::bind(v6).await {
         Ok(l) => Ok(vec![v4, l]),
@@ -241,17 +273,17 @@ async fn bind_loopback(name: &str, port: u16) -> Result<Vec<tokio::net::TcpListe
             );
             Ok(vec![v4])
         }
-        Err(e) => Err(format!("cannot listen on [::1]:{port} for `{name}`: {e}")),
+        Err(e) => Err(io(format!("cannot listen on [::1]:{port} for `{name}`"))(e)),
     }
 }
 
 /// `rehearse stage forward DIR`: the forwarder itself. Listens on every port of
 /// `listen.json`, records itself in `forwarder.json`, and forwards until SIGTERM.
-pub(crate) async fn serve(dir: &Path) -> Result<(), String> {
+pub(crate) async fn serve(dir: &Path) -> Result<(), ForwardError> {
     let ports: BTreeMap<String, u16> = serde_json::from_slice(
-        &std::fs::read(dir.join(LISTEN)).map_err(|e| format!("cannot read {}: {e}", dir.join(LISTEN).display()))?,
+        &std::fs::read(dir.join(LISTEN)).map_err(io(format!("cannot read {}", dir.join(LISTEN).display())))?,
     )
-    .map_err(|e| format!("{} is damaged: {e}", dir.join(LISTEN).display()))?;
+    .map_err(|source| ForwardError::Damaged { path: dir.join(LISTEN), source })?;
     // Started again (by its systemd unit) while it runs: nothing to do.
     let already = LocalNames { dir: dir.to_path_buf(), ports: ports.clone() };
     if let Some(f) = already.running().filter(|f| f.ports == ports) {
@@ -267,7 +299,7 @@ pub(crate) async fn serve(dir: &Path) -> Result<(), String> {
     let me = std::process::id() as i32;
     let record = ForwarderProcess { pid: me, start_time: process::start_time(me).unwrap_or(0), ports: ports.clone() };
     let names = LocalNames { dir: dir.to_path_buf(), ports };
-    names.write(PIDFILE, &serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?)?;
+    names.write(PIDFILE, &serde_json::to_vec_pretty(&record)?)?;
     eprintln!("rehearse forwarder {me}: listening on {:?}", record.ports);
     let names = Arc::new(names);
     let mut tasks = tokio::task::JoinSet::new();
@@ -283,7 +315,7 @@ pub(crate) async fn serve(dir: &Path) -> Result<(), String> {
         });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        .map_err(io("cannot handle SIGTERM".into()))?;
     term.recv().await;
     tasks.abort_all();
     Ok(())

@@ -112,7 +112,7 @@ pub(crate) async fn refresh_all(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|(_, e)| format!("cannot lock {}: {e}", golden.display()))?;
-        discard(&bin, &staging, run_as).await?;
+        discard(&bin, &staging, run_as).await.map_err(|e| e.to_string())?;
         reporter.event(Event::Started {
             resource: format!("golden.{name}"),
             action: "restore".into(),
@@ -170,7 +170,7 @@ pub(crate) async fn refresh_all(
         // Best effort: the refresh succeeded; its log is only removed to save space.
         #[allow(clippy::let_underscore_must_use)]
         let _ = std::fs::remove_file(&log);
-        discard(&bin, &golden, run_as).await?;
+        discard(&bin, &golden, run_as).await.map_err(|e| e.to_string())?;
         std::fs::rename(&staging, &golden).map_err(|e| format!("cannot move the golden copy into place: {e}"))?;
         lines.push(format!(
             "{name}: golden copy refreshed from {} (taken {}) in {:.1}s: {}",
@@ -201,12 +201,20 @@ fn tail_text(tail: &[String]) -> String {
     }
 }
 
+/// A golden copy's directory that could not be removed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot remove {}: {source}", path.display())]
+struct NotDiscarded {
+    path: std::path::PathBuf,
+    source: std::io::Error,
+}
+
 /// Stops a cluster left in `base` (a crashed earlier refresh) and removes it.
-async fn discard(bin: &PgBin, base: &std::path::Path, run_as: Option<process::RunAs>) -> Result<(), String> {
+async fn discard(bin: &PgBin, base: &std::path::Path, run_as: Option<process::RunAs>) -> Result<(), NotDiscarded> {
     if std::fs::symlink_metadata(base).is_err() {
         return Ok(());
     }
     let c = Cluster { base: base.to_path_buf(), port: 0, run_as, postmaster: None };
     postgres::stop(Some(bin), &c).await;
-    std::fs::remove_dir_all(base).map_err(|e| format!("cannot remove {}: {e}", base.display()))
+    std::fs::remove_dir_all(base).map_err(|source| NotDiscarded { path: base.to_path_buf(), source })
 }

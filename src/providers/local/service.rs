@@ -29,14 +29,14 @@ impl LocalProvider {
         let (mut child, handle) = process::spawn_logged(&mut cmd, &log, false)
             .map_err(|e| StepError::release(format!("cannot start `{command}`: {e}")))?;
         // Journaled before anything else can fail or be interrupted.
-        ctx.created(res, Handle::new(json!({"process": handle, "port": port}))).await?;
+        ctx.created(res, &super::ProcessHandle { process: handle.clone(), port: Some(port) }).await?;
         ctx.step(res, "start", t, true, Some(format!("pid {} port {port}", handle.pid)));
         if let Some(h) = &s.health {
             let t = ctx.started(res, "health", Some(h.path.clone()));
             let deadline = Instant::now() + h.timeout;
             let _span = ctx.clock.external();
             let healthy = health::wait_healthy(port, &h.path, deadline, || match child.try_wait() {
-                Ok(Some(status)) => Err(format!("exited with {status} before it was healthy")),
+                Ok(Some(status)) => Err(health::Ended::Exited(status)),
                 _ => Ok(()),
             });
             let what = format!("GET http://127.0.0.1:{port}{} to answer 200", h.path);
