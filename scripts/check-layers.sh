@@ -114,11 +114,12 @@ fi
 # reads it (`Handle::decode` into its own type). The engine journals handles and hands
 # them back, and never reads one: no JSON value, no key lookup, no decode under
 # src/engine/ outside test code. The Handle type itself holds the value (its lines say
-# so with `// handle:`).
+# so with `// handle:`); JSON that is no handle (a load tool's own figures in
+# compare.json) says so with `// json:` and why.
 handles=$(awk '
     FNR == 1 { intest = 0 }
     /^#\[cfg\(test\)\]/ { intest = 1 }
-    !intest && $0 !~ /^[[:space:]]*\/\// && $0 !~ /\/\/ handle:/ \
+    !intest && $0 !~ /^[[:space:]]*\/\// && $0 !~ /\/\/ (handle|json):/ \
         && /serde_json::(Value|Map)|[^A-Za-z_]Value::|\.get\("|\.pointer\(|\.as_object\(|\.decode(::<[^>]*>)?\(|\["[A-Za-z_]+"\]/ {
         print FILENAME ":" FNR ": " $0
     }

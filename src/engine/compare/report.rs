@@ -53,7 +53,7 @@ pub struct Comparison {
     pub candidate: Side,
     /// What both restored, by database.
     pub restored_from: crate::engine::provider::Pins,
-    pub load: serde_json::Value,
+    pub load: serde_json::Value, // json: the load's settings as compare.json shows them
     pub settings: Settings,
     pub verdicts: Vec<Verdict>,
     pub score: judge::Score,
