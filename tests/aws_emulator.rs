@@ -3,9 +3,8 @@
 //! production left exactly as it was, sweep, and bad input. Every request goes to
 //! 127.0.0.1; credentials are dummies and no configuration file is read.
 
-mod common;
-#[path = "common/emulator.rs"]
-mod emulator;
+use crate::common;
+use crate::emulator;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
