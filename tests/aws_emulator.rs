@@ -1046,7 +1046,10 @@ fn shared_state_on_s3_serves_another_machine_and_outlives_a_killed_runner() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("is still in progress on machine-d (its lease runs until "), "{err}");
-    std::thread::sleep(Duration::from_secs(7));
+    // Until the lease it names has run out (printed to the second), not a fixed 7 s.
+    let until = err.split("its lease runs until ").nth(1).and_then(|t| t.get(..20)).unwrap_or_default();
+    let until = chrono::NaiveDateTime::parse_from_str(until, "%Y-%m-%d %H:%M:%SZ").expect(&err).and_utc();
+    std::thread::sleep((until + chrono::Duration::seconds(1) - chrono::Utc::now()).to_std().unwrap_or_default());
     let out = shared(&e, "machine-e").args(["down", &id]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
