@@ -31,7 +31,7 @@ demo: deps build
 	@scripts/demo.sh target/debug/rehearse
 
 # The test runner is cargo-nextest (.config/nextest.toml), not `cargo test`: every test
-# in a process of its own, two at a time, those that measure latency alone; JUnit in
+# in a process of its own, four at a time, those that measure latency alone; JUnit in
 # target/nextest/default/junit.xml. The integration tests are one binary (tests/all.rs).
 # The demo's backups are made once before the tests start (tests/common: demo_backups).
 # nextest runs no doc-tests: `cargo test --doc` runs them, when a doc comment has any.
