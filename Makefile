@@ -1,11 +1,14 @@
 # rehearse — the two commands:
 #   make demo   build the tool and rehearse the demo shop (v2 passes, v3 fails) locally
-#   make test   install what the tests need and run every test
+#   make test   install what the tests need and run every test (with cargo-nextest)
 #
 # Everything is installed by these targets, idempotently (see scripts/install-deps.sh).
 
 CARGO ?= cargo
 SHELL := /bin/bash
+# The venv's tools after the system's own: cargo-nextest, when scripts/install-deps.sh
+# installed it there.
+export PATH := $(PATH):$(CURDIR)/.venv/bin
 
 .PHONY: all build release deps test-deps demo test test-full bench fmt lint clean
 
@@ -27,13 +30,26 @@ release:
 demo: deps build
 	@scripts/demo.sh target/debug/rehearse
 
-test: test-deps
-	$(CARGO) test --locked --no-fail-fast
+# The test runner is cargo-nextest (.config/nextest.toml), not `cargo test`: every test
+# in a process of its own, four at a time, those that measure latency alone; JUnit in
+# target/nextest/default/junit.xml. The integration tests are one binary (tests/all.rs).
+# The demo's backups are made once before the tests start (tests/common: demo_backups).
+# nextest runs no doc-tests: `cargo test --doc` runs them, when a doc comment has any.
+define run-tests
+	sh demo/backup/generate.sh
+	REHEARSE_DEMO_BACKUPS_MADE=1 $(CARGO) nextest run --locked --no-fail-fast
+	if grep -rqE '^\s*//[/!]\s*```' src; then $(CARGO) test --locked --doc; fi
+endef
 
-# The same tests with their long statistical runs at full count (compare's twenty
-# seeded repetitions of one release against itself).
+test: test-deps
+	$(run-tests)
+
+# The same tests with their long statistical runs at full count: compare's twenty live
+# repetitions of one release against itself, and all the judge's seeded draws (a tenth
+# of them in `make test`).
+test-full: export REHEARSE_TEST_FULL = 1
 test-full: test-deps
-	REHEARSE_TEST_FULL=1 $(CARGO) test --locked --no-fail-fast
+	$(run-tests)
 
 bench: test-deps release
 	@scripts/bench.sh

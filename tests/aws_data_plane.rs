@@ -15,7 +15,7 @@ use rehearse::sys::signals::Signals;
 use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
 use tokio::time::Instant;
 
-mod common;
+use crate::common;
 use common::release_archive;
 
 /// environments/shop-aws.yaml on the fake, waiting for each instance's bootstrap

@@ -3,9 +3,8 @@
 //! production left exactly as it was, sweep, and bad input. Every request goes to
 //! 127.0.0.1; credentials are dummies and no configuration file is read.
 
-mod common;
-#[path = "common/emulator.rs"]
-mod emulator;
+use crate::common;
+use crate::emulator;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -106,7 +105,9 @@ fn seed(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, rds: &aws_sdk_r
                 .send()
                 .await
                 .unwrap();
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            // Apart in time: moto records a snapshot's creation to the microsecond and
+            // rehearse orders by it, so 50 ms do (not a second).
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Prod { ami, vpc, subnets, newest_snapshot: "shop-prod-db-2026-11-25".into() }
     })
@@ -1047,7 +1048,10 @@ fn shared_state_on_s3_serves_another_machine_and_outlives_a_killed_runner() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("is still in progress on machine-d (its lease runs until "), "{err}");
-    std::thread::sleep(Duration::from_secs(7));
+    // Until the lease it names has run out (printed to the second), not a fixed 7 s.
+    let until = err.split("its lease runs until ").nth(1).and_then(|t| t.get(..20)).unwrap_or_default();
+    let until = chrono::NaiveDateTime::parse_from_str(until, "%Y-%m-%d %H:%M:%SZ").expect(&err).and_utc();
+    std::thread::sleep((until + chrono::Duration::seconds(1) - chrono::Utc::now()).to_std().unwrap_or_default());
     let out = shared(&e, "machine-e").args(["down", &id]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let left = rehearse_leftovers(&rt, &ec2, &rds, &id);

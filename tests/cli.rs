@@ -1,6 +1,6 @@
 //! The command line as users meet it: validate, plan, schema, help.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -67,7 +67,10 @@ fn invalid_corpus_is_rejected_with_positions() {
         all.push_str(&stderr);
         all.push('\n');
     }
-    insta::assert_snapshot!("invalid_corpus", all);
+    // Named as when this file was a test binary of its own (tests/all.rs).
+    insta::with_settings!({ prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("cli__invalid_corpus", all);
+    });
 }
 
 #[test]

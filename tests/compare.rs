@@ -5,7 +5,7 @@
 //! fails on exactly the endpoint it slows; v3 fails at its migration and says so, the
 //! baseline still measured; both restore the one pinned backup; nothing is left.
 
-mod common;
+use crate::common;
 
 use common::*;
 
@@ -45,15 +45,17 @@ fn nothing_left(sb: &Sandbox, json: &serde_json::Value) {
     }
 }
 
-/// Twenty seeded repetitions in `make test-full` (REHEARSE_TEST_FULL=1), three in
-/// `make test`: a statistical run belongs to the long suite.
+/// Twenty seeded repetitions in `make test-full` (REHEARSE_TEST_FULL=1), one in
+/// `make test`: a statistical run belongs to the long suite. The judge's false-alarm
+/// rate is checked in `make test` on recorded and seeded samples instead
+/// (src/compare/judge.rs).
 #[test]
 fn the_same_release_passes_seeded_repetitions() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     demo_backups();
     let sb = Sandbox::new();
     let mut alarms = Vec::new();
-    let seeds = if std::env::var_os("REHEARSE_TEST_FULL").is_some() { 20 } else { 3 };
+    let seeds = if std::env::var_os("REHEARSE_TEST_FULL").is_some() { 20 } else { 1 };
     for seed in 1..=seeds {
         let (code, stdout, json) = compare(&sb, "v2", seed);
         if code != Some(0) {

@@ -7,7 +7,7 @@
 //! release user, who cannot enter a 0700 directory, and the `./` entry was refused as
 //! "not a path inside the release". Not root: each test says why and returns.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

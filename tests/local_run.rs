@@ -1,7 +1,7 @@
 //! Complete rehearsals on this machine: real PostgreSQL clusters, the demo shop's
 //! releases, real suites — and what is left afterwards on every exit path.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -9,9 +9,7 @@
 //! does not know. What it cannot show — running, late visibility, cut output — is
 //! tested against the fake in `src/providers/aws/ssm.rs`.
 
-mod common;
-#[path = "common/emulator.rs"]
-mod emulator;
+use crate::emulator;
 
 use std::time::Duration;
 

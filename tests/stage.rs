@@ -1,9 +1,8 @@
 //! A stage rebuilt as cattle (`rehearse rebuild`), on this machine: real PostgreSQL,
 //! the demo shop's releases, and clients that only know the stage's stable ports.
 
-mod common;
-#[path = "common/emulator.rs"]
-mod emulator;
+use crate::common;
+use crate::emulator;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -8,9 +8,8 @@
 //!   who holds it, with exit code 5; a holder killed outright (SIGKILL) holds the lock
 //!   until its lease runs out, and the next attempt then takes it over.
 
-mod common;
-#[path = "common/emulator.rs"]
-mod emulator;
+use crate::common;
+use crate::emulator;
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};

@@ -16,9 +16,8 @@
 //!   unbounded `extended` appended to a real AWS run's journal; `deleted` appended to a
 //!   real local run's journal.
 
-mod common;
-#[path = "common/emulator.rs"]
-mod emulator;
+use crate::common;
+use crate::emulator;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -12,9 +12,8 @@
 //!   `extend`, a journal's `max_ttl_secs`) refused at parse time or clamped, never a
 //!   panic; objects past their cap refused with the cap named.
 
-mod common;
-#[path = "common/emulator.rs"]
-mod emulator;
+use crate::common;
+use crate::emulator;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

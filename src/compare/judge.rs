@@ -354,4 +354,168 @@ mod tests {
         assert_eq!((sc.outcome, sc.score), (Outcome::Fail, Some(99.0)));
         assert!(sc.reason.contains("checkout"), "{}", sc.reason);
     }
+
+    // ---------------------------------------------------------------------------------
+    // The false-alarm rate: the same release on both sides must (almost) never fail.
+    // Checked here on recorded samples and on seeded draws, in milliseconds; the live
+    // comparison of one release with itself (tests/compare.rs) runs once in `make test`
+    // and twenty times in `make test-full`.
+
+    use rand::{RngExt, SeedableRng};
+    use std::collections::BTreeMap;
+
+    /// One side of a recorded comparison (compare.json's `measured` and
+    /// `migration_ms`).
+    #[derive(Deserialize)]
+    struct RecordedSide {
+        latencies: BTreeMap<String, Vec<f64>>,
+        errors: BTreeMap<String, Vec<f64>>,
+        migration_ms: Vec<f64>,
+    }
+
+    #[derive(Deserialize)]
+    struct Recorded {
+        seed: u64,
+        critical: Vec<String>,
+        baseline: RecordedSide,
+        candidate: RecordedSide,
+    }
+
+    /// Live comparisons of the demo's v2 with itself (testdata/README.md: how they were
+    /// recorded).
+    fn recorded() -> Vec<Recorded> {
+        serde_json::from_str(include_str!("testdata/same_release.json")).unwrap()
+    }
+
+    /// Every metric of a comparison, as `rehearse compare` builds them: latency and
+    /// errors per endpoint (an increase is bad), and the migration time.
+    fn judge_sides(b: &RecordedSide, c: &RecordedSide, critical: &[String], s: &Settings) -> (Vec<Verdict>, Score) {
+        let mut out = Vec::new();
+        let mut add = |name: String, base: &[f64], cand: &[f64]| {
+            let critical = critical.contains(&name);
+            let m = Metric { name: &name, baseline: base, candidate: cand, direction: Direction::Increase, critical };
+            out.push(classify(&m, s));
+        };
+        for (e, base) in &b.latencies {
+            add(format!("latency {e}"), base, c.latencies.get(e).map_or(&[][..], Vec::as_slice));
+            let errors = |side: &RecordedSide| side.errors.get(e).cloned().unwrap_or_default();
+            add(format!("errors {e}"), &errors(b), &errors(c));
+        }
+        add("migration time".into(), &b.migration_ms, &c.migration_ms);
+        let sc = score(&out, s);
+        (out, sc)
+    }
+
+    /// `make test-full` (REHEARSE_TEST_FULL=1), not `make test`.
+    fn full() -> bool {
+        std::env::var_os("REHEARSE_TEST_FULL").is_some()
+    }
+
+    /// How many draws the seeded checks make: a tenth of the full count in `make test`,
+    /// all of it in `make test-full`.
+    fn draws(all: usize) -> usize {
+        if full() {
+            all
+        } else {
+            all / 10
+        }
+    }
+
+    /// A latency (ms) from a log-normal distribution of median `median` (σ = 0.35 of
+    /// its log), with one request in fifty 3–8× slower: the shape of the demo's.
+    fn latency(rng: &mut rand::rngs::Xoshiro256PlusPlus, median: f64) -> f64 {
+        let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        let v = median * (0.35 * z).exp();
+        let v = if rng.random::<f64>() < 0.02 { v * rng.random_range(3.0..8.0) } else { v };
+        // Recorded to the microsecond, as the load measures them.
+        (v * 1000.0).round() / 1000.0
+    }
+
+    #[test]
+    fn recorded_same_release_pairs_raise_no_alarm() {
+        let s = Settings::default();
+        let pairs = recorded();
+        assert!(!pairs.is_empty());
+        for p in &pairs {
+            let (verdicts, sc) = judge_sides(&p.baseline, &p.candidate, &p.critical, &s);
+            assert!(sc.judged >= 6, "seed {}: every latency and error metric is judged: {verdicts:#?}", p.seed);
+            assert_eq!(sc.outcome, Outcome::Pass, "seed {}: {sc:?}\n{verdicts:#?}", p.seed);
+            // The same with the sides swapped: no metric is High either way.
+            let (_, swapped) = judge_sides(&p.candidate, &p.baseline, &p.critical, &s);
+            assert_eq!(swapped.outcome, Outcome::Pass, "seed {}, swapped: {swapped:?}", p.seed);
+        }
+    }
+
+    /// Both sides resampled (with replacement, seeded) from the pooled recorded samples
+    /// of one endpoint: two draws from one real distribution, its ties and its outliers
+    /// included. The rate of High is at most the interval's one-sided miss rate,
+    /// (1 − confidence) / 2 = 1 %; the tolerance makes it lower.
+    #[test]
+    fn resampled_recorded_latencies_raise_alarms_at_most_at_the_confidence_level() {
+        let s = Settings::default();
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(24);
+        let (mut judged, mut alarms) = (0usize, Vec::new());
+        let n = draws(200);
+        for p in recorded() {
+            for (e, base) in &p.baseline.latencies {
+                let pool: Vec<f64> =
+                    base.iter().chain(p.candidate.latencies.get(e).into_iter().flatten()).copied().collect();
+                let half = pool.len() / 2;
+                for i in 0..n {
+                    let mut draw = || (0..half).map(|_| pool[rng.random_range(0..pool.len())]).collect::<Vec<f64>>();
+                    let (b, c) = (draw(), draw());
+                    let v = classify(&metric(e, &b, &c, false), &s);
+                    judged += 1;
+                    if v.classification != Classification::Pass {
+                        alarms.push(format!("seed {} {e} draw {i}: {}", p.seed, v.reason));
+                    }
+                }
+            }
+        }
+        eprintln!("{} alarms in {judged} resampled same-release metrics", alarms.len());
+        let bound = (1.0 - s.confidence) / 2.0;
+        assert!(alarms.len() as f64 <= bound * judged as f64, "{} of {judged}: {alarms:#?}", alarms.len());
+    }
+
+    /// Whole comparisons of one release with itself, drawn from identical
+    /// distributions in the demo's shape (three endpoints, 60 requests each, errors
+    /// rare on both sides), and in `make test-full` at a larger scale too (300 requests
+    /// each): a comparison fails when any of its metrics does, so its rate is bounded by
+    /// the per-metric rate, (1 − confidence) / 2, times the number of judged metrics.
+    #[test]
+    fn seeded_same_release_comparisons_rarely_fail() {
+        let s = Settings::default();
+        let critical = vec!["errors GET /products".to_string()];
+        // (requests an endpoint, seed, comparisons in `make test-full`)
+        let scales: &[(usize, u64, usize)] = if full() { &[(60, 1, 1000), (300, 2, 100)] } else { &[(60, 1, 1000)] };
+        for &(requests, seed, all) in scales {
+            let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+            let endpoints = [("GET /products", 24.0), ("GET /customers/count", 9.0), ("GET /version", 2.5)];
+            let side = |rng: &mut rand::rngs::Xoshiro256PlusPlus| {
+                let mut sd = RecordedSide { latencies: BTreeMap::new(), errors: BTreeMap::new(), migration_ms: vec![] };
+                for (e, median) in endpoints {
+                    sd.latencies.insert(e.into(), (0..requests).map(|_| latency(rng, median)).collect());
+                    let errors = (0..requests).map(|_| if rng.random::<f64>() < 0.002 { 1.0 } else { 0.0 }).collect();
+                    sd.errors.insert(e.into(), errors);
+                }
+                sd.migration_ms = vec![latency(rng, 400.0)];
+                sd
+            };
+            let n = draws(all);
+            let (mut failed, mut judged) = (Vec::new(), 0);
+            for i in 0..n {
+                let (b, c) = (side(&mut rng), side(&mut rng));
+                let (verdicts, sc) = judge_sides(&b, &c, &critical, &s);
+                assert!(sc.judged >= 6, "{verdicts:#?}");
+                judged += sc.judged;
+                if sc.outcome != Outcome::Pass {
+                    failed.push(format!("{requests} requests, draw {i}: {:?}: {}", sc.failed, sc.reason));
+                }
+            }
+            eprintln!("{requests} requests an endpoint: {} of {n} same-release comparisons failed", failed.len());
+            let bound = (1.0 - s.confidence) / 2.0 * judged as f64 / n as f64;
+            assert!(failed.len() as f64 <= bound * n as f64, "{} of {n}: {failed:#?}", failed.len());
+        }
+    }
 }

@@ -82,11 +82,19 @@ impl Sandbox {
     }
 }
 
-/// Generates the demo's production backups once per test binary.
+/// Generates the demo's production backups once per test process, one process at a
+/// time (a lock file in the target directory); not at all when the runner made them before the tests
+/// (`make test` does, and sets REHEARSE_DEMO_BACKUPS_MADE): generate.sh rebuilds
+/// demo/build/releases, which a run of another test process may be copying.
 pub fn demo_backups() -> PathBuf {
     static DONE: OnceLock<PathBuf> = OnceLock::new();
     DONE.get_or_init(|| {
         let dir = root().join("demo/backups");
+        if std::env::var_os("REHEARSE_DEMO_BACKUPS_MADE").is_some() {
+            return dir;
+        }
+        let lock = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-backups.lock")).unwrap();
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
         let out = Command::new("sh").arg(root().join("demo/backup/generate.sh")).output().unwrap();
         assert!(out.status.success(), "generate.sh failed: {}", String::from_utf8_lossy(&out.stderr));
         dir
