@@ -31,6 +31,8 @@ mod journal_damage;
 mod local_run;
 mod report_browser;
 mod report_render;
+mod scenarios_down_sweep;
+mod scenarios_stage;
 mod schema;
 mod ssm_emulator;
 mod stage;
