@@ -57,11 +57,13 @@ bench: test-deps release
 fmt:
 	$(CARGO) fmt
 
-# Formatting, clippy with warnings as errors, and the direction of module dependencies.
+# Formatting, clippy with warnings as errors, the direction of module dependencies, and
+# the size of the code's units (functions up to 150 lines; files over 600 say why).
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	@scripts/check-layers.sh
+	@scripts/check-size.sh
 
 clean:
 	$(CARGO) clean
