@@ -197,12 +197,8 @@ pub(crate) fn check_name_free(g: &Global, name: &str) -> Result<(), i32> {
         errln!("error: --name `{name}`: {why}");
         return Err(exit::USAGE);
     }
-    if let Some(r) = crate::engine::inventory::live_named(
-        &&crate::commands::checked_state(g)?.map(|root| crate::engine::inventory::scan(&root)).unwrap_or_default(),
-        name,
-    )
-    .first()
-    {
+    let rows = crate::commands::checked_state(g)?.map(|root| crate::engine::inventory::scan(&root)).unwrap_or_default();
+    if let Some(r) = crate::engine::inventory::live_named(&rows, name).first() {
         errln!(
             "error: the name `{name}` is taken by the live run {} ({}); pick another or `rehearse down {name}`",
             r.run_id,
