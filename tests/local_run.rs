@@ -262,7 +262,7 @@ fn sigint_during_restore_tears_down_and_exits_130() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while !marker.exists() {
         assert!(Instant::now() < deadline, "restore never started");
         std::thread::sleep(Duration::from_millis(20));
