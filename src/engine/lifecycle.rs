@@ -277,16 +277,12 @@ async fn down<P: Provider>(
         None => format!("rehearse down {run_id}"),
     };
     if keep {
-        reporter.event(Event::Note(match (&opts.stage, verdict) {
-            (Some(s), Verdict::Passed) => format!(
-                "keeping generation {} of stage `{}`: it passed its acceptance and is promoted next",
-                s.generation, s.stage
-            ),
-            _ => format!(
-                "keeping the environment until {} (its TTL); remove it with `rehearse down {run_id}`",
-                run.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-        }));
+        reporter.event(match (&opts.stage, verdict) {
+            (Some(s), Verdict::Passed) => {
+                Event::GenerationKept { stage: s.stage.to_string(), generation: s.generation }
+            }
+            _ => Event::Kept { run_id: run_id.to_string(), until: run.expires_at },
+        });
         return Down {
             status: TeardownStatus::Kept,
             leftovers: Vec::new(),

@@ -323,14 +323,14 @@ impl<'a, P: Provider> Graph<'a, P> {
                 // so teardown does not look for what cannot exist.
                 if e.creation == Creation::Nothing {
                     if let Err(je) = self.journal.deleted(&r.id).await {
-                        self.reporter.event(Event::Note(format!("{}: cannot write the journal: {je}", r.id)));
+                        self.reporter.event(Event::JournalUnwritable { resource: r.id.clone(), error: je.to_string() });
                     }
                 }
                 if st.result.interrupted {
                     // Stopped by the interrupt, not a failure of its own.
                     return ControlFlow::Continue(());
                 }
-                self.reporter.event(Event::Note(format!("{} failed: {}", r.id, e.message)));
+                self.reporter.event(Event::StepFailed { resource: r.id.clone(), message: e.message.clone() });
                 if st.result.failure.is_none() {
                     st.result.failure = Some((r.id.clone(), e));
                 }
@@ -366,7 +366,7 @@ impl<'a, P: Provider> Graph<'a, P> {
             (Ok(c), Ok(e)) => (c, e),
             (Err(why), _) | (_, Err(why)) => {
                 let res = suites::not_run(name, s, &why);
-                reporter.event(Event::Note(format!("{}: {why}", r.id)));
+                reporter.event(Event::SuiteNotRun { resource: r.id.clone(), why });
                 return res;
             }
         };
