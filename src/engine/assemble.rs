@@ -11,7 +11,7 @@ use crate::secrets;
 /// exists was already decided by teardown, and the report still says it.
 pub(super) fn journaled(reporter: &dyn Reporter, written: std::io::Result<()>) {
     if let Err(e) = written {
-        reporter.event(Event::Note(format!("warning: cannot write the journal's closing record: {e}")));
+        reporter.event(Event::ClosingRecordUnwritable { error: e.to_string() });
     }
 }
 

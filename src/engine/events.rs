@@ -16,11 +16,44 @@ pub enum Event {
     Started { resource: String, action: String, detail: Option<String> },
     /// A step ended.
     Finished { resource: String, action: String, ok: bool, elapsed: Duration, detail: Option<String> },
-    /// A line for the person watching (phase changes, warnings, hints).
-    Note(String),
     /// A step has been waiting a while (see [`announce_wait`]): for what, and until
     /// when at most.
     Waiting { resource: String, what: String, until: chrono::DateTime<chrono::Utc> },
+    /// A run began: its id, the description's name, the release, the provider.
+    RunStarted { run_id: String, description: String, release: String, provider: String },
+    /// A warning from planning the run (the plan words it).
+    PlanWarning(String),
+    /// The suites' files were copied: the description's `bundle` paths, how many
+    /// entries and bytes, in how long.
+    BundleCopied { paths: Vec<String>, entries: usize, bytes: u64, elapsed: Duration },
+    /// A step failed: the first failure stops the run.
+    StepFailed { resource: String, message: String },
+    /// A suite could not be run (its command or environment did not render).
+    SuiteNotRun { resource: String, why: String },
+    /// The environment is kept until its TTL (`--keep`, or a failure kept for study).
+    Kept { run_id: String, until: chrono::DateTime<chrono::Utc> },
+    /// A stage's generation passed its acceptance: kept, to be promoted next.
+    GenerationKept { stage: String, generation: u64 },
+    /// A journal entry refused on reading (the journal's own wording of why).
+    JournalRefused(String),
+    /// The journal could not record that `resource` was never created.
+    JournalUnwritable { resource: String, error: String },
+    /// The journal could not record that `resource` was removed.
+    RemovalUnrecorded { resource: String, error: String },
+    /// The journal's closing record could not be written after teardown.
+    ClosingRecordUnwritable { error: String },
+    /// A kept environment's connection details could not be written.
+    ConnectionUnkept { error: String },
+    /// An instance's console output could not be read (said once per watch).
+    ConsoleUnreadable { resource: String, error: String },
+    /// A database's golden copy is being refreshed: this run restores cold.
+    GoldenRefreshing { database: String },
+    /// A database's golden copy no longer matches its backup or masking: this run
+    /// restores cold.
+    GoldenStale { database: String, description: String },
+    /// A stage rebuild's narration (retiring, switching, removing generations),
+    /// worded where the rebuild decides it.
+    Note(String),
 }
 
 /// How long a wait goes on before it is announced: shorter ones pass unsaid.
@@ -72,7 +105,79 @@ impl Event {
             }
             Event::Note(n) => Event::Note(f(n)),
             Event::Waiting { resource, what, until } => Event::Waiting { resource: f(resource), what: f(what), until },
+            Event::RunStarted { run_id, description, release, provider } => Event::RunStarted {
+                run_id: f(run_id),
+                description: f(description),
+                release: f(release),
+                provider: f(provider),
+            },
+            Event::PlanWarning(w) => Event::PlanWarning(f(w)),
+            Event::BundleCopied { paths, entries, bytes, elapsed } => {
+                Event::BundleCopied { paths: paths.into_iter().map(&f).collect(), entries, bytes, elapsed }
+            }
+            Event::StepFailed { resource, message } => Event::StepFailed { resource: f(resource), message: f(message) },
+            Event::SuiteNotRun { resource, why } => Event::SuiteNotRun { resource: f(resource), why: f(why) },
+            Event::Kept { run_id, until } => Event::Kept { run_id: f(run_id), until },
+            Event::GenerationKept { stage, generation } => Event::GenerationKept { stage: f(stage), generation },
+            Event::JournalRefused(why) => Event::JournalRefused(f(why)),
+            Event::JournalUnwritable { resource, error } => {
+                Event::JournalUnwritable { resource: f(resource), error: f(error) }
+            }
+            Event::RemovalUnrecorded { resource, error } => {
+                Event::RemovalUnrecorded { resource: f(resource), error: f(error) }
+            }
+            Event::ClosingRecordUnwritable { error } => Event::ClosingRecordUnwritable { error: f(error) },
+            Event::ConnectionUnkept { error } => Event::ConnectionUnkept { error: f(error) },
+            Event::ConsoleUnreadable { resource, error } => {
+                Event::ConsoleUnreadable { resource: f(resource), error: f(error) }
+            }
+            Event::GoldenRefreshing { database } => Event::GoldenRefreshing { database: f(database) },
+            Event::GoldenStale { database, description } => {
+                Event::GoldenStale { database: f(database), description: f(description) }
+            }
         }
+    }
+
+    /// The event's line for the person watching, worded here for every reporter; `None`
+    /// for a step's start and end, which each reporter draws its own way.
+    pub fn line(&self) -> Option<String> {
+        Some(match self {
+            Event::Started { .. } | Event::Finished { .. } => return None,
+            Event::Waiting { resource, what, until } => waiting_line(resource, what, *until),
+            Event::RunStarted { run_id, description, release, provider } => {
+                format!("run {run_id}: rehearsing `{description}` release {release} on {provider}")
+            }
+            Event::PlanWarning(w) | Event::JournalRefused(w) => format!("warning: {w}"),
+            Event::BundleCopied { paths, entries, bytes, elapsed } => format!(
+                "suites' files (bundle: [{}]): {entries} entries, {} KiB, copied for the suites in {} ms",
+                paths.join(", "),
+                bytes.div_ceil(1024),
+                elapsed.as_millis()
+            ),
+            Event::StepFailed { resource, message } => format!("{resource} failed: {message}"),
+            Event::SuiteNotRun { resource, why } => format!("{resource}: {why}"),
+            Event::Kept { run_id, until } => format!(
+                "keeping the environment until {} (its TTL); remove it with `rehearse down {run_id}`",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Event::GenerationKept { stage, generation } => format!(
+                "keeping generation {generation} of stage `{stage}`: it passed its acceptance and is promoted next"
+            ),
+            Event::JournalUnwritable { resource, error } => format!("{resource}: cannot write the journal: {error}"),
+            Event::RemovalUnrecorded { resource, error } => format!("{resource}: cannot record its removal: {error}"),
+            Event::ClosingRecordUnwritable { error } => {
+                format!("warning: cannot write the journal's closing record: {error}")
+            }
+            Event::ConnectionUnkept { error } => format!("warning: cannot keep the connection details: {error}"),
+            Event::ConsoleUnreadable { resource, error } => format!("{resource}: cannot read its console output: {error}"),
+            Event::GoldenRefreshing { database } => {
+                format!("golden copy of `{database}` is being refreshed (`rehearse warm`); restoring cold")
+            }
+            Event::GoldenStale { database, description } => format!(
+                "golden copy of `{database}` is stale (backup or masking changed); restoring cold — refresh it with `rehearse warm {description}`"
+            ),
+            Event::Note(n) => n.clone(),
+        })
     }
 
     /// The event as a terminal may show it: its texts made printable. The terminal
@@ -111,8 +216,10 @@ impl Reporter for Lines {
                 detail.map(|d| format!(": {d}")).unwrap_or_default(),
                 elapsed.as_secs_f64()
             ),
-            Event::Note(n) => format!("[{t:7.2}s] {n}"),
-            Event::Waiting { resource, what, until } => format!("[{t:7.2}s] {}", waiting_line(&resource, &what, until)),
+            other => match other.line() {
+                Some(l) => format!("[{t:7.2}s] {l}"),
+                None => return,
+            },
         };
         // Best effort: progress on a closed terminal: nowhere else to show it.
         #[allow(clippy::let_underscore_must_use)]
@@ -165,17 +272,12 @@ impl Reporter for Progress {
                     paint(s.dim, format_args!("{:.2}s", elapsed.as_secs_f64()))
                 ));
             }
-            Event::Note(n) => {
+            other => {
+                let Some(line) = other.line() else { return };
                 let at = paint(self.styles.dim, format_args!("[{:6.2}s]", self.start.elapsed().as_secs_f64()));
                 // Best effort: progress on a closed terminal: nowhere else to show it.
                 #[allow(clippy::let_underscore_must_use)]
-                let _ = self.multi.println(format!("{at} {n}"));
-            }
-            Event::Waiting { resource, what, until } => {
-                let at = paint(self.styles.dim, format_args!("[{:6.2}s]", self.start.elapsed().as_secs_f64()));
-                // Best effort: progress on a closed terminal: nowhere else to show it.
-                #[allow(clippy::let_underscore_must_use)]
-                let _ = self.multi.println(format!("{at} {}", waiting_line(&resource, &what, until)));
+                let _ = self.multi.println(format!("{at} {line}"));
             }
         }
     }
@@ -217,6 +319,33 @@ mod tests {
             panic!("still a Waiting")
         };
         assert_eq!(what, "gen r-1");
+    }
+
+    /// The facts' wording lives in [`Event::line`], the same for every reporter, and
+    /// every text a fact carries is made printable like a step's.
+    #[test]
+    fn a_fact_is_worded_once_and_its_texts_are_made_printable() {
+        let evil = "db\u{1b}[2J";
+        let until = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&chrono::Utc);
+        let kept = Event::Kept { run_id: evil.into(), until }.printable();
+        assert_eq!(
+            kept.line().as_deref(),
+            Some("keeping the environment until 2026-01-02T03:04:05Z (its TTL); remove it with `rehearse down db`")
+        );
+        let failed = Event::StepFailed { resource: "database.db".into(), message: evil.into() }.printable();
+        assert_eq!(failed.line().as_deref(), Some("database.db failed: db"));
+        let bundle = Event::BundleCopied {
+            paths: vec!["tests".into(), "fixtures".into()],
+            entries: 3,
+            bytes: 1025,
+            elapsed: Duration::from_millis(7),
+        };
+        assert_eq!(
+            bundle.line().as_deref(),
+            Some("suites' files (bundle: [tests, fixtures]): 3 entries, 2 KiB, copied for the suites in 7 ms")
+        );
+        let step = Event::Started { resource: "db".into(), action: "restore".into(), detail: None };
+        assert_eq!(step.line(), None, "a step's start and end are drawn by each reporter");
     }
 
     #[derive(Default)]

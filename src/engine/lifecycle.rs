@@ -24,7 +24,7 @@ use super::connection::Connection;
 use super::events::{Event, Redacting, Reporter};
 use super::journal::{Journal, Record, RunMeta};
 use super::provider::{Blame, Provider, RunInfo};
-use super::steps::{execute, GraphResult};
+use super::steps::{execute, CancelReason, GraphResult};
 use super::teardown::{self, Left};
 use crate::description::{format_duration, DestroyPolicy, Loaded, ProviderKind};
 use crate::plan::{self, Kind};
@@ -128,9 +128,9 @@ pub async fn run<P: Provider>(
 
     // Up, install, health and suites: the graph.
     let graph = execute(provider, loaded, &run.plan, &run.info, &run.journal, &clock, reporter, &steps, signals).await;
-    let interrupted = graph.interrupted || signals.count() > 0;
-    let suite_results = suite_results(loaded, opts, &graph, interrupted);
-    let (verdict, reason) = verdict(opts, &graph, &suite_results, interrupted);
+    let cancelled = CancelReason::of_run(graph.cancelled.as_ref(), signals.count());
+    let suite_results = suite_results(loaded, opts, &graph, cancelled.as_ref());
+    let (verdict, reason) = verdict(opts, &graph, &suite_results, cancelled.as_ref());
 
     // Down: per the destroy policy; a build failure or an interrupt always tears down.
     let keep = match verdict {
@@ -160,7 +160,12 @@ pub async fn run<P: Provider>(
 }
 
 /// Each suite's result, and why a suite that did not run did not.
-fn suite_results(loaded: &Loaded, opts: &Options, graph: &GraphResult, interrupted: bool) -> Vec<SuiteResult> {
+fn suite_results(
+    loaded: &Loaded,
+    opts: &Options,
+    graph: &GraphResult,
+    cancelled: Option<&CancelReason>,
+) -> Vec<SuiteResult> {
     let mut suite_results: Vec<SuiteResult> = Vec::new();
     if opts.up_only {
         return suite_results;
@@ -169,7 +174,7 @@ fn suite_results(loaded: &Loaded, opts: &Options, graph: &GraphResult, interrupt
         match graph.suites.get(name) {
             Some(r) => suite_results.push(r.clone()),
             None => {
-                let why = if interrupted {
+                let why = if cancelled.is_some_and(CancelReason::is_interrupt) {
                     "interrupted before it could run".to_string()
                 } else if let Some(f) = &graph.failure {
                     f.1.message.clone()
@@ -189,9 +194,9 @@ fn verdict(
     opts: &Options,
     graph: &GraphResult,
     suite_results: &[SuiteResult],
-    interrupted: bool,
+    cancelled: Option<&CancelReason>,
 ) -> (Verdict, Option<String>) {
-    let (verdict, reason) = if interrupted {
+    let (verdict, reason) = if cancelled.is_some_and(CancelReason::is_interrupt) {
         (Verdict::Interrupted, Some("interrupted by a signal; the environment was torn down".to_string()))
     } else if let Some((_, e)) = &graph.failure {
         match e.blame {
@@ -277,16 +282,12 @@ async fn down<P: Provider>(
         None => format!("rehearse down {run_id}"),
     };
     if keep {
-        reporter.event(Event::Note(match (&opts.stage, verdict) {
-            (Some(s), Verdict::Passed) => format!(
-                "keeping generation {} of stage `{}`: it passed its acceptance and is promoted next",
-                s.generation, s.stage
-            ),
-            _ => format!(
-                "keeping the environment until {} (its TTL); remove it with `rehearse down {run_id}`",
-                run.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-        }));
+        reporter.event(match (&opts.stage, verdict) {
+            (Some(s), Verdict::Passed) => {
+                Event::GenerationKept { stage: s.stage.to_string(), generation: s.generation }
+            }
+            _ => Event::Kept { run_id: run_id.to_string(), until: run.expires_at },
+        });
         return Down {
             status: TeardownStatus::Kept,
             leftovers: Vec::new(),

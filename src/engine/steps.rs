@@ -38,9 +38,40 @@ enum Done {
 
 type NodeFuture<'a> = Pin<Box<dyn Future<Output = (usize, Done)> + 'a>>;
 
+/// Why a run stopped before its work was done: the one answer the graph, the verdict
+/// and the suites that never ran all read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CancelReason {
+    /// A signal (Ctrl-C, SIGTERM): no new work, what is in flight gets its grace.
+    Interrupt,
+    /// A second signal: what is in flight is dropped at once.
+    SecondInterrupt,
+    /// A step failed (`resource`, its id): the others are stopped.
+    Failure { resource: String },
+}
+
+impl CancelReason {
+    /// Stopped by the person running it (one signal or two), not by a failure.
+    pub(crate) fn is_interrupt(&self) -> bool {
+        matches!(self, CancelReason::Interrupt | CancelReason::SecondInterrupt)
+    }
+
+    /// Why the run stopped, once the graph is done: the graph's own reason, unless a
+    /// signal came that the graph did not see (after its last step) — an interrupt then.
+    pub(crate) fn of_run(graph: Option<&CancelReason>, signals: u32) -> Option<CancelReason> {
+        match graph {
+            Some(r) if r.is_interrupt() => Some(r.clone()),
+            _ if signals > 1 => Some(CancelReason::SecondInterrupt),
+            _ if signals > 0 => Some(CancelReason::Interrupt),
+            r => r.cloned(),
+        }
+    }
+}
+
 pub(super) struct GraphResult {
     pub(super) failure: Option<(String, StepError)>,
-    pub(super) interrupted: bool,
+    /// Why the graph stopped before its work was done, if it did.
+    pub(super) cancelled: Option<CancelReason>,
     pub(super) suites: BTreeMap<String, SuiteResult>,
     pub(super) backups: Vec<BackupUsed>,
     /// Resource id → provider id (for the report).
@@ -72,7 +103,7 @@ pub(super) async fn execute<P: Provider>(
     let mut st = State::new(plan, info);
     let mut running: FuturesUnordered<NodeFuture<'_>> = FuturesUnordered::new();
     loop {
-        if st.result.failure.is_none() && !st.result.interrupted {
+        if st.result.cancelled.is_none() {
             g.start_ready(&mut st, &mut running).await;
         }
         if running.is_empty() {
@@ -81,11 +112,15 @@ pub(super) async fn execute<P: Provider>(
         let (i, done) = match g.next(&mut st, &mut running, signals).await {
             Next::Finished(Some(x)) => x,
             Next::Finished(None) | Next::Abandon => break,
+            Next::AbandonOnSignal => {
+                st.result.cancelled = Some(CancelReason::SecondInterrupt);
+                break;
+            }
             // No new work; what is in flight is told to stop at its next safe point and
             // gets the provider's grace period to get there — a create whose call is on
             // its way is answered and journaled, so that teardown removes what it made
             // instead of missing it. Suites stop at once.
-            Next::Interrupted => match st.stop(provider, true) {
+            Next::Interrupted => match st.stop(provider, CancelReason::Interrupt) {
                 ControlFlow::Continue(()) => continue,
                 ControlFlow::Break(()) => break,
             },
@@ -135,6 +170,8 @@ enum Next<T> {
     Finished(Option<T>),
     Interrupted,
     Abandon,
+    /// A second signal: drop what is in flight now.
+    AbandonOnSignal,
 }
 
 impl<'a> State<'a> {
@@ -155,7 +192,7 @@ impl<'a> State<'a> {
             instances: BTreeMap::new(),
             result: GraphResult {
                 failure: None,
-                interrupted: false,
+                cancelled: None,
                 suites: BTreeMap::new(),
                 backups: Vec::new(),
                 created: BTreeMap::new(),
@@ -171,9 +208,11 @@ impl<'a> State<'a> {
     /// No new work; what is in flight is told to stop at its next safe point and gets
     /// the provider's grace period to get there. Breaks when there is no grace period.
     /// An interrupt shortens a grace period already running; a failure does not.
-    fn stop<P: Provider>(&mut self, provider: &P, interrupt: bool) -> ControlFlow<()> {
-        if interrupt {
-            self.result.interrupted = true;
+    fn stop<P: Provider>(&mut self, provider: &P, reason: CancelReason) -> ControlFlow<()> {
+        let interrupt = reason.is_interrupt();
+        // An interrupt outweighs a failure before it; a failure leaves any reason as is.
+        if interrupt || self.result.cancelled.is_none() {
+            self.result.cancelled = Some(reason);
         }
         // (Sending fails only when no step is left to listen: nothing to stop.)
         #[allow(clippy::let_underscore_must_use)]
@@ -189,6 +228,10 @@ impl<'a> State<'a> {
             self.grace_until.get_or_insert(until);
         }
         ControlFlow::Continue(())
+    }
+
+    fn interrupted(&self) -> bool {
+        self.result.cancelled.as_ref().is_some_and(CancelReason::is_interrupt)
     }
 
     /// Merges what a created resource exposes into the outputs later templates see.
@@ -298,9 +341,9 @@ impl<'a, P: Provider> Graph<'a, P> {
         };
         tokio::select! {
             next = running.next() => Next::Finished(next),
-            _ = signals.nth(1), if !st.result.interrupted => Next::Interrupted,
+            _ = signals.nth(1), if !st.interrupted() => Next::Interrupted,
             // A second signal: the user will not wait for what is in flight.
-            _ = signals.nth(2), if st.result.interrupted => Next::Abandon,
+            _ = signals.nth(2), if st.interrupted() => Next::AbandonOnSignal,
             _ = grace => Next::Abandon,
         }
     }
@@ -323,18 +366,18 @@ impl<'a, P: Provider> Graph<'a, P> {
                 // so teardown does not look for what cannot exist.
                 if e.creation == Creation::Nothing {
                     if let Err(je) = self.journal.deleted(&r.id).await {
-                        self.reporter.event(Event::Note(format!("{}: cannot write the journal: {je}", r.id)));
+                        self.reporter.event(Event::JournalUnwritable { resource: r.id.clone(), error: je.to_string() });
                     }
                 }
-                if st.result.interrupted {
+                if st.interrupted() {
                     // Stopped by the interrupt, not a failure of its own.
                     return ControlFlow::Continue(());
                 }
-                self.reporter.event(Event::Note(format!("{} failed: {}", r.id, e.message)));
+                self.reporter.event(Event::StepFailed { resource: r.id.clone(), message: e.message.clone() });
                 if st.result.failure.is_none() {
                     st.result.failure = Some((r.id.clone(), e));
                 }
-                return st.stop(self.provider, false);
+                return st.stop(self.provider, CancelReason::Failure { resource: r.id.clone() });
             }
         }
         ControlFlow::Continue(())
@@ -366,7 +409,7 @@ impl<'a, P: Provider> Graph<'a, P> {
             (Ok(c), Ok(e)) => (c, e),
             (Err(why), _) | (_, Err(why)) => {
                 let res = suites::not_run(name, s, &why);
-                reporter.event(Event::Note(format!("{}: {why}", r.id)));
+                reporter.event(Event::SuiteNotRun { resource: r.id.clone(), why });
                 return res;
             }
         };
@@ -460,5 +503,27 @@ impl<'a, P: Provider> Graph<'a, P> {
                 detail,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CancelReason;
+
+    /// A signal the graph did not see still makes the run an interrupted one; a
+    /// failure stays the reason when no signal came.
+    #[test]
+    fn why_a_run_stopped_is_one_reason() {
+        let failed = CancelReason::Failure { resource: "database.db".into() };
+        assert_eq!(CancelReason::of_run(Some(&failed), 0), Some(failed.clone()));
+        assert_eq!(CancelReason::of_run(Some(&failed), 1), Some(CancelReason::Interrupt));
+        assert_eq!(CancelReason::of_run(None, 2), Some(CancelReason::SecondInterrupt));
+        assert_eq!(
+            CancelReason::of_run(Some(&CancelReason::Interrupt), 2),
+            Some(CancelReason::Interrupt),
+            "the graph's own reason when it saw the signal"
+        );
+        assert_eq!(CancelReason::of_run(None, 0), None);
+        assert!(!failed.is_interrupt());
     }
 }

@@ -201,7 +201,7 @@ pub async fn run<P: Provider>(
         }
     }
     for r in &state.refused {
-        reporter.event(Event::Note(format!("warning: {}", r.describe(&meta.run_id))));
+        reporter.event(Event::JournalRefused(r.describe(&meta.run_id)));
     }
     let remaining: Vec<journal::Entry> = state.remaining().into_iter().cloned().collect();
     let w =
@@ -274,8 +274,10 @@ pub async fn destroy_in_waves<P: Provider>(
                             // Unrecorded, the next `down` tries again, and gone counts as done.
                             if let Some(j) = journal {
                                 if let Err(e) = j.deleted(&entry.id).await {
-                                    reporter
-                                        .event(Event::Note(format!("{}: cannot record its removal: {e}", entry.id)));
+                                    reporter.event(Event::RemovalUnrecorded {
+                                        resource: entry.id.clone(),
+                                        error: e.to_string(),
+                                    });
                                 }
                             }
                         } else if let Some(e) = refused {

@@ -69,14 +69,14 @@ pub(super) async fn prepare<P: Provider>(
     let work_dir = work_runs.join(&run_id);
     let meta = run_meta(loaded, opts, started_at, expires_at, &work_dir);
     let journal = open_journal(opts, &run_state, &meta).await?;
-    reporter.event(Event::Note(format!(
-        "run {run_id}: rehearsing `{}` release {} on {}",
-        d.name,
-        opts.release,
-        d.provider().as_str()
-    )));
+    reporter.event(Event::RunStarted {
+        run_id: run_id.clone(),
+        description: d.name.to_string(),
+        release: opts.release.to_string(),
+        provider: d.provider().as_str().to_string(),
+    });
     for w in &plan.warnings {
-        reporter.event(Event::Note(format!("warning: {w}")));
+        reporter.event(Event::PlanWarning(w.to_string()));
     }
 
     // The run's own corner of the work directory: the local copy, the release, the
@@ -173,15 +173,11 @@ fn copy_bundle(
     let owner = users.release.map(|u| (u.uid, u.gid));
     let copy = crate::sys::bundle::copy(listing, work_dir, "bundle", owner)?;
     let (files, bytes) = (listing.items.len(), listing.bytes);
-    let listed = match &loaded.desc.bundle {
-        Some(paths) => paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-        None => ".".into(),
+    let paths = match &loaded.desc.bundle {
+        Some(paths) => paths.iter().map(|p| p.display().to_string()).collect(),
+        None => vec![".".into()],
     };
-    reporter.event(Event::Note(format!(
-        "suites' files (bundle: [{listed}]): {files} entries, {} KiB, copied for the suites in {} ms",
-        bytes.div_ceil(1024),
-        t.elapsed().as_millis()
-    )));
+    reporter.event(Event::BundleCopied { paths, entries: files, bytes, elapsed: t.elapsed() });
     Ok(crate::sys::bundle::inside(listing, &loaded.dir, &copy)?)
 }
 

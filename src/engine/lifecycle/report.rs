@@ -83,7 +83,7 @@ pub(super) fn report<P: Provider>(
         };
         match connection.write(&run.state_dir) {
             Ok(()) => report.access = Some(access(&connection, run_id, run.expires_at, &run.logs_dir)),
-            Err(e) => reporter.event(Event::Note(format!("warning: cannot keep the connection details: {e}"))),
+            Err(e) => reporter.event(Event::ConnectionUnkept { error: e.to_string() }),
         }
     }
     report.phases.push(PhaseTiming {

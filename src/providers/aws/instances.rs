@@ -218,7 +218,10 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 Err(e) => {
                     let why = format!("{who}: cannot read its console output: {e}");
                     if !told {
-                        ctx.reporter.event(crate::engine::events::Event::Note(why.clone()));
+                        ctx.reporter.event(crate::engine::events::Event::ConsoleUnreadable {
+                            resource: who.to_string(),
+                            error: e.to_string(),
+                        });
                         told = true;
                     }
                     match deadline {

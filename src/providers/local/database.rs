@@ -56,18 +56,14 @@ impl LocalProvider {
         // Copied under a shared lock; while `warm` replaces it, this run restores cold.
         let golden_lock = if fresh { golden::lock_for_copy(&golden) } else { None };
         if fresh && golden_lock.is_none() {
-            ctx.reporter.event(crate::engine::events::Event::Note(format!(
-                "golden copy of `{}` is being refreshed (`rehearse warm`); restoring cold",
-                res.name
-            )));
+            ctx.reporter.event(crate::engine::events::Event::GoldenRefreshing { database: res.name.clone() });
         }
         let warm = fresh && golden_lock.is_some();
         if !ctx.run.cold && golden_meta.is_some() && !fresh {
-            ctx.reporter.event(crate::engine::events::Event::Note(format!(
-                "golden copy of `{}` is stale (backup or masking changed); restoring cold — refresh it with `rehearse warm {}`",
-                res.name,
-                ctx.loaded.path.display()
-            )));
+            ctx.reporter.event(crate::engine::events::Event::GoldenStale {
+                database: res.name.clone(),
+                description: ctx.loaded.path.display().to_string(),
+            });
         }
 
         ctx.created(res, &super::ClusterHandle { cluster: cluster.clone() }).await?;
