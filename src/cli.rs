@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod value;
-pub use value::{Name, RunRef};
 use value::Said;
+pub use value::{Name, RunRef};
 
 #[derive(Debug, Parser)]
 #[command(
