@@ -153,7 +153,7 @@ pub(crate) fn extend(g: &Global, run_id: &str, duration: std::time::Duration) ->
         errln!("error: no run {run_id} on this machine; see `rehearse list`");
         return exit::USAGE;
     };
-    let path = state::run_dir(&root, &run_id).join("journal.jsonl");
+    let path = state::run_dir(&root, run_id).join("journal.jsonl");
     let st = match journal::read(&path) {
         Ok(records) => State::from_records(&records),
         Err(e) => {
@@ -172,7 +172,7 @@ pub(crate) fn extend(g: &Global, run_id: &str, duration: std::time::Duration) ->
     if shared
         && meta.provider == crate::description::ProviderKind::Local
         && elsewhere
-        && journal::journaled_here(&state::run_dir(&root, &run_id), &run_id).is_err()
+        && journal::journaled_here(&state::run_dir(&root, run_id), run_id).is_err()
     {
         errln!(
             "error: run {run_id} is a local run of {}: extend it there",
@@ -213,7 +213,7 @@ pub(crate) fn extend(g: &Global, run_id: &str, duration: std::time::Duration) ->
             return exit::USAGE;
         };
         let retagged =
-            runtime().block_on(async { super::aws_provider(&region).await.retag_expiry(&run_id, wanted).await });
+            runtime().block_on(async { super::aws_provider(&region).await.retag_expiry(run_id, wanted).await });
         match retagged {
             Ok(n) => {
                 errln!("rehearse: moved the rehearse:expires-at tag of {n} resource(s) of {run_id} in {region}")
@@ -225,7 +225,7 @@ pub(crate) fn extend(g: &Global, run_id: &str, duration: std::time::Duration) ->
         }
     }
     let appended = runtime().block_on(async {
-        super::store::open_journal(g, &run_id, &path)
+        super::store::open_journal(g, run_id, &path)
             .await?
             .append(&journal::Record::Extended { expires_at: wanted, at: Utc::now() })
             .await
