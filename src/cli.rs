@@ -2,8 +2,13 @@
 //! from these definitions.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub mod value;
+use value::Said;
+pub use value::{Name, RunRef};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,8 +108,8 @@ pub enum Command {
     Up(RunArgs),
     /// Tear down a run's environment, from its journal
     Down {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        #[arg(value_name = "RUN_ID", value_parser = Said(value::run_ref))]
+        run_id: RunRef,
         /// AWS region to search by tag when the run's journal is lost
         #[arg(long, value_name = "REGION")]
         region: Option<String>,
@@ -124,8 +129,8 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
         /// Only resources older than this (e.g. 12h)
-        #[arg(long, value_name = "DURATION")]
-        older_than: Option<String>,
+        #[arg(long, value_name = "DURATION", value_parser = Said(value::older_than))]
+        older_than: Option<Duration>,
         /// Only this environment's resources
         #[arg(long, value_name = "NAME")]
         environment: Option<String>,
@@ -135,27 +140,27 @@ pub enum Command {
     },
     /// Print a run's report again
     Report {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        #[arg(value_name = "RUN_ID", value_parser = Said(value::run_ref))]
+        run_id: RunRef,
     },
     /// Push a kept environment's expiry out (up to the description's max_ttl from its start)
     Extend {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        #[arg(value_name = "RUN_ID", value_parser = Said(value::run_ref))]
+        run_id: RunRef,
         /// How much longer, e.g. 1h or 2d
-        #[arg(value_name = "DURATION")]
-        duration: String,
+        #[arg(value_name = "DURATION", value_parser = Said(value::extension))]
+        duration: Duration,
     },
     /// Print a kept environment's connection details, secrets included (default: shell
     /// `export` lines; --format dotenv or json)
     Env {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        #[arg(value_name = "RUN_ID", value_parser = Said(value::run_ref))]
+        run_id: RunRef,
     },
     /// Run psql against a kept environment's database (the connection in PG* variables)
     Psql {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        #[arg(value_name = "RUN_ID", value_parser = Said(value::run_ref))]
+        run_id: RunRef,
         /// The database (may be left out when there is one)
         #[arg(value_name = "DB")]
         database: Option<String>,
@@ -166,8 +171,8 @@ pub enum Command {
     /// Print (or follow) a log of a kept environment: a service's, an install's or a suite's
     #[command(after_help = "TARGET: SERVICE, `install [SERVICE]` or `suite NAME`; none lists the logs.")]
     Logs {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        #[arg(value_name = "RUN_ID", value_parser = Said(value::run_ref))]
+        run_id: RunRef,
         #[arg(value_name = "TARGET")]
         target: Vec<String>,
         /// Keep printing what is appended, until interrupted
@@ -181,20 +186,20 @@ pub enum Command {
     },
     /// Hold a named lock in the state store while COMMAND runs (exit 5 if someone else holds it)
     Lock {
-        #[arg(value_name = "NAME")]
-        name: String,
+        #[arg(value_name = "NAME", value_parser = Said(value::lock_name))]
+        name: Name,
         /// How long the lock holds without renewal (it is renewed every third of it
         /// while COMMAND runs; a holder killed outright frees it after this)
-        #[arg(long, value_name = "DURATION", default_value = "60s")]
-        lease: String,
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = Said(value::lease))]
+        lease: Duration,
         /// The command, after `--`
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// Remove a named lock, whoever holds it (for a human, when its holder is known dead)
     Unlock {
-        #[arg(value_name = "NAME")]
-        name: String,
+        #[arg(value_name = "NAME", value_parser = Said(value::lock_name))]
+        name: Name,
         /// Really remove it (without: say who holds it)
         #[arg(long)]
         force: bool,
@@ -233,8 +238,8 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "destroy")]
     pub keep: bool,
     /// A name for the run, usable wherever a run id is (unique among live runs)
-    #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
+    #[arg(long, value_name = "NAME", value_parser = Said(value::run_name))]
+    pub name: Option<Name>,
     /// Don't use the warm golden copy even if one exists
     #[arg(long)]
     pub cold: bool,
@@ -276,8 +281,8 @@ pub struct RebuildArgs {
     pub release: Option<String>,
     /// How long the replaced generation keeps serving the connections opened before the
     /// switch, before it is retired (default: the stage's `drain`, else 5m)
-    #[arg(long, value_name = "DURATION")]
-    pub drain: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = Said(value::drain))]
+    pub drain: Option<Duration>,
     /// Keep a generation that failed its acceptance, for debugging (within its TTL)
     #[arg(long)]
     pub keep_failed: bool,
@@ -295,24 +300,24 @@ pub enum StageCommand {
     /// The current generation, its release and backup, the stable names and where they
     /// point, and every earlier generation's fate
     Status {
-        #[arg(value_name = "STAGE")]
-        stage: String,
+        #[arg(value_name = "STAGE", value_parser = Said(value::stage_name))]
+        stage: Name,
     },
     /// Point every stable name back at the previous generation, while it still drains
     Rollback {
-        #[arg(value_name = "STAGE")]
-        stage: String,
+        #[arg(value_name = "STAGE", value_parser = Said(value::stage_name))]
+        stage: Name,
     },
     /// Remove everything of the stage: every generation, the stable names, its record
     Destroy {
-        #[arg(value_name = "STAGE")]
-        stage: String,
+        #[arg(value_name = "STAGE", value_parser = Said(value::stage_name))]
+        stage: Name,
     },
     /// Print how to reach the stage through its stable names, its password included
     /// (default: shell `export` lines; --format dotenv or json)
     Env {
-        #[arg(value_name = "STAGE")]
-        stage: String,
+        #[arg(value_name = "STAGE", value_parser = Said(value::stage_name))]
+        stage: Name,
     },
     /// The local stable names' forwarder (started by `rebuild`)
     #[command(hide = true)]

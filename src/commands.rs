@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, Format, Global};
+use crate::cli::{Cli, Command, Format, Global, RunRef};
 use crate::description;
 use crate::engine::events::{Lines, Progress, Reporter, Silent};
 use crate::exit;
@@ -105,12 +105,12 @@ pub fn dispatch(cli: Cli) -> i32 {
             store::fetched(g, None, &[], || inventory::list(g, *all, *mine)).unwrap_or_else(|code| code)
         }
         Command::Sweep { yes, older_than, environment, region } => store::fetched(g, None, &[], || {
-            down::sweep(g, *yes, older_than.as_deref(), environment.as_deref(), region.as_deref())
+            down::sweep(g, *yes, *older_than, environment.as_deref(), region.as_deref())
         })
         .unwrap_or_else(|code| code),
         Command::Report { run_id } => named(g, run_id, &[Part::Journal, Part::Report], |id| inventory::report(g, id)),
         Command::Extend { run_id, duration } => {
-            named(g, run_id, &[Part::Journal], |id| inventory::extend(g, id, duration))
+            named(g, run_id, &[Part::Journal], |id| inventory::extend(g, id, *duration))
         }
         Command::Warm { file } => warm::warm(g, file),
         Command::Env { run_id } => named(g, run_id, &[Part::Journal, Part::Connection], |id| access::env(g, id)),
@@ -120,7 +120,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Logs { run_id, target, follow } => {
             named(g, run_id, &[Part::Journal, Part::Logs], |id| access::logs(g, id, target, *follow))
         }
-        Command::Lock { name, lease, command } => lock::lock(g, name, lease, command),
+        Command::Lock { name, lease, command } => lock::lock(g, name, *lease, command),
         Command::Unlock { name, force } => lock::unlock(g, name, *force),
         Command::Compare(args) => compare::compare(g, args),
         Command::Rebuild(args) => stage::rebuild(g, args),
@@ -241,11 +241,11 @@ fn schema() -> i32 {
 
 /// Runs `f` with the run id that `arg` names: a run id, or a live run's name; with a
 /// shared state store, the `parts` of that run are fetched from it first.
-fn named(g: &Global, arg: &str, parts: &[Part], f: impl FnOnce(&str) -> i32) -> i32 {
+fn named(g: &Global, arg: &RunRef, parts: &[Part], f: impl FnOnce(&str) -> i32) -> i32 {
     // A name is resolved among every run the store has; a run id needs no resolving.
-    let id = match state::valid_run_id(arg) {
-        true => Ok(Ok(arg.to_string())),
-        false => store::fetched(g, None, &[], || inventory::resolve_run(g, arg)),
+    let id = match arg {
+        RunRef::Id(id) => Ok(Ok(id.clone())),
+        RunRef::Name(name) => store::fetched(g, None, &[], || inventory::resolve_run(g, name)),
     };
     match id {
         Ok(Ok(id)) => store::fetched(g, Some(&id), parts, || f(&id)).unwrap_or_else(|code| code),

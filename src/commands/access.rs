@@ -25,12 +25,9 @@ use crate::exit;
 use crate::secrets;
 use crate::sys::state;
 
-/// The state directory of `run_id`, checked, or the exit code (said).
+/// The state directory of `run_id` (a run id: the command line's, or a name's,
+/// resolved by `named` in commands.rs), or the exit code (said).
 fn run_state(g: &Global, run_id: &str) -> Result<PathBuf, i32> {
-    if !state::valid_run_id(run_id) {
-        errln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
-        return Err(exit::USAGE);
-    }
     let dir = checked_state(g)?.map(|root| state::run_dir(&root, run_id)).filter(|d| d.is_dir());
     dir.ok_or_else(|| {
         errln!("error: no run {run_id} on this machine; see `rehearse list`");

@@ -24,27 +24,16 @@ pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
     })
 }
 
-/// `sweep --older-than`: from nothing to ten years (older is older than rehearse).
-const MIN_AGE: std::time::Duration = std::time::Duration::ZERO;
-const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3650 * 86400);
-
 /// `rehearse sweep`: this machine's expired runs from their journals, or with
 /// `region`, the expired resources rehearse tagged there.
 pub(crate) fn sweep(
     g: &Global,
     yes: bool,
-    older_than: Option<&str>,
+    older_than: Option<std::time::Duration>,
     environment: Option<&str>,
     region: Option<&str>,
 ) -> i32 {
-    let min_age = match older_than.map(|t| crate::description::bounded_duration("--older-than", t, MIN_AGE, MAX_AGE)) {
-        None => None,
-        Some(Ok(d)) => Some(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
-        Some(Err(why)) => {
-            errln!("error: {why}");
-            return exit::USAGE;
-        }
-    };
+    let min_age = older_than.map(|d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
     let opts = SweepOptions { min_age, environment: environment.map(str::to_string), now: Utc::now() };
     let state_root = match region {
         Some(_) => None,

@@ -141,21 +141,11 @@ fn short(d: chrono::Duration) -> String {
 
 /// `rehearse extend RUN DURATION`: pushes a kept environment's expiry out by
 /// `duration`, up to its `max_ttl` from its start; `list` and `sweep` honour it.
-pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
-    // At most the longest `max_ttl` a description may set: more could never be allowed.
-    let max = crate::description::MAX_MAX_TTL;
-    let by = match crate::description::bounded_duration("extend", duration, std::time::Duration::from_secs(1), max) {
-        // Whole seconds, as the journal and the tags keep them.
-        Ok(d) => chrono::Duration::seconds(d.as_secs() as i64),
-        Err(why) => {
-            errln!("error: {why}");
-            return exit::USAGE;
-        }
-    };
-    let run_id = match resolve_run(g, run) {
-        Ok(id) => id,
-        Err(code) => return code,
-    };
+/// `run_id` is resolved (see `named` in commands.rs); `duration` is within its bounds
+/// ([`crate::cli::value::extension`]).
+pub(crate) fn extend(g: &Global, run_id: &str, duration: std::time::Duration) -> i32 {
+    // Whole seconds, as the journal and the tags keep them.
+    let by = chrono::Duration::seconds(duration.as_secs() as i64);
     let Some(root) = (match checked_state(g) {
         Ok(r) => r,
         Err(code) => return code,
@@ -163,7 +153,7 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
         errln!("error: no run {run_id} on this machine; see `rehearse list`");
         return exit::USAGE;
     };
-    let path = state::run_dir(&root, &run_id).join("journal.jsonl");
+    let path = state::run_dir(&root, run_id).join("journal.jsonl");
     let st = match journal::read(&path) {
         Ok(records) => State::from_records(&records),
         Err(e) => {
@@ -182,7 +172,7 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     if shared
         && meta.provider == crate::description::ProviderKind::Local
         && elsewhere
-        && journal::journaled_here(&state::run_dir(&root, &run_id), &run_id).is_err()
+        && journal::journaled_here(&state::run_dir(&root, run_id), run_id).is_err()
     {
         errln!(
             "error: run {run_id} is a local run of {}: extend it there",
@@ -223,7 +213,7 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
             return exit::USAGE;
         };
         let retagged =
-            runtime().block_on(async { super::aws_provider(&region).await.retag_expiry(&run_id, wanted).await });
+            runtime().block_on(async { super::aws_provider(&region).await.retag_expiry(run_id, wanted).await });
         match retagged {
             Ok(n) => {
                 errln!("rehearse: moved the rehearse:expires-at tag of {n} resource(s) of {run_id} in {region}")
@@ -235,7 +225,7 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
         }
     }
     let appended = runtime().block_on(async {
-        super::store::open_journal(g, &run_id, &path)
+        super::store::open_journal(g, run_id, &path)
             .await?
             .append(&journal::Record::Extended { expires_at: wanted, at: Utc::now() })
             .await
@@ -252,11 +242,8 @@ pub(crate) fn extend(g: &Global, run: &str, duration: &str) -> i32 {
     exit::PASSED
 }
 
+/// `rehearse report RUN`: `run_id` is resolved (see `named` in commands.rs).
 pub(crate) fn report(g: &Global, run_id: &str) -> i32 {
-    if !state::valid_run_id(run_id) {
-        errln!("error: `{run_id}` is not a run id; see `rehearse list --all`");
-        return exit::USAGE;
-    }
     let Some(root) = (match checked_state(g) {
         Ok(r) => r,
         Err(code) => return code,

@@ -9,31 +9,13 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::edge::lock::{give_back, take};
 use super::store;
-use crate::cli::Global;
+use crate::cli::{Global, Name};
 use crate::engine::store::lock::{self};
 use crate::exit;
 
-/// A lock name: what a description's names may be (letters, digits, `-`, `_`).
-fn checked_name(name: &str) -> Result<(), i32> {
-    crate::description::decode::KeyRule::Identifier.check(name).map_err(|why| {
-        errln!("error: lock name `{name}`: {why}");
-        exit::USAGE
-    })
-}
-
-/// The lease `--lease` asks for: from [`lock::MIN_LEASE`] to [`lock::MAX_LEASE`].
-fn lease_of(text: &str) -> Result<Duration, i32> {
-    crate::description::bounded_duration("--lease", text, lock::MIN_LEASE, lock::MAX_LEASE).map_err(|why| {
-        errln!("error: {why}");
-        exit::USAGE
-    })
-}
-
-pub(crate) fn lock(g: &Global, name: &str, lease: &str, command: &[String]) -> i32 {
-    let lease = match checked_name(name).and_then(|()| lease_of(lease)) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+/// `rehearse lock NAME --lease DURATION -- COMMAND` (the name and lease checked by the
+/// command line's parsers, [`crate::cli::value`]).
+pub(crate) fn lock(g: &Global, name: &Name, lease: Duration, command: &[String]) -> i32 {
     super::runtime().block_on(async {
         let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
             (Ok(i), Ok(t)) => (i, t),
@@ -94,10 +76,7 @@ async fn wait_code(child: &mut tokio::process::Child) -> i32 {
     }
 }
 
-pub(crate) fn unlock(g: &Global, name: &str, force: bool) -> i32 {
-    if let Err(code) = checked_name(name) {
-        return code;
-    }
+pub(crate) fn unlock(g: &Global, name: &Name, force: bool) -> i32 {
     super::runtime().block_on(async {
         let store = match store::lock_store(g).await {
             Ok(s) => s,

@@ -32,12 +32,6 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             None => loaded.desc.destroy,
         }
     };
-    if let Some(name) = &args.name {
-        if let Err(why) = crate::description::decode::KeyRule::Identifier.check(name) {
-            errln!("error: --name `{name}`: {why}");
-            return exit::USAGE;
-        }
-    }
     let g = &described(g, &loaded);
     let run_id = state::new_run_id();
     super::with_signals(g, async |reporter, signals| {
@@ -88,7 +82,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             work_root: state::work_dir(),
             run_as: args.run_as.clone(),
             exit_code,
-            name: args.name.clone(),
+            name: args.name.as_ref().map(|n| n.to_string()),
             shared,
             stage: None,
             pins: Default::default(),

@@ -97,16 +97,7 @@ fn asked(args: &RebuildArgs) -> Result<Asked<'_>, i32> {
         );
         return Err(exit::USAGE);
     };
-    let drain = match &args.drain {
-        None => stage.drain,
-        Some(text) => {
-            crate::description::bounded_duration("--drain", text, Duration::ZERO, crate::description::MAX_DRAIN)
-                .map_err(|why| {
-                    errln!("error: {why}");
-                    exit::USAGE
-                })?
-        }
-    };
+    let drain = args.drain.unwrap_or(stage.drain);
     let lease = super::store::lease()?;
     Ok(Asked { loaded, stage, release, drain, lease, args })
 }
@@ -219,10 +210,6 @@ fn with_record<F>(g: &Global, stage: &str, f: impl FnOnce(Opened, StageRecord) -
 where
     F: std::future::Future<Output = i32>,
 {
-    if let Err(why) = crate::description::decode::KeyRule::Identifier.check(stage) {
-        errln!("error: `{stage}` is not a stage name: {why}");
-        return exit::USAGE;
-    }
     runtime().block_on(async {
         let opened = match open(g).await {
             Ok(o) => o,

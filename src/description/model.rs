@@ -131,10 +131,19 @@ pub fn default_max_ttl() -> Duration {
 /// from its start, whatever a journal says.
 pub const MAX_MAX_TTL: Duration = Duration::from_secs(90 * 86400);
 
+/// Why [`bounded_duration`] refused a duration: what it is (`what`) and the text, said.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{what} {text}: out of range (a duration {range})")]
+    OutOfRange { what: String, text: String, range: String },
+    #[error("{what} {text}: {why} (a duration such as 30s, 5m or 2h, {range})")]
+    Unreadable { what: String, text: String, why: humantime::DurationError, range: String },
+}
+
 /// A duration from the command line or the environment (`what` names where it came
 /// from, e.g. `--lease`), refused outside `min..=max` — before anything adds it to a time,
 /// where an unbounded one overflows.
-pub fn bounded_duration(what: &str, text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+pub fn bounded_duration(what: &str, text: &str, min: Duration, max: Duration) -> Result<Duration, DurationError> {
     // Bounds in the largest whole unit (`1d`, not humantime's `1day`; `90d`, not months).
     let span = |d: Duration| match d.as_secs() {
         s if s >= 86400 && s.is_multiple_of(86400) => format!("{}d", s / 86400),
@@ -143,10 +152,11 @@ pub fn bounded_duration(what: &str, text: &str, min: Duration, max: Duration) ->
         _ => format_duration(d),
     };
     let range = format!("from {} to {}", span(min), span(max));
+    let (what, text_) = (what.to_string(), text.to_string());
     match humantime::parse_duration(text.trim()) {
-        Ok(d) if d < min || d > max => Err(format!("{what} {text}: out of range (a duration {range})")),
+        Ok(d) if d < min || d > max => Err(DurationError::OutOfRange { what, text: text_, range }),
         Ok(d) => Ok(d),
-        Err(e) => Err(format!("{what} {text}: {e} (a duration such as 30s, 5m or 2h, {range})")),
+        Err(why) => Err(DurationError::Unreadable { what, text: text_, why, range }),
     }
 }
 
@@ -279,12 +289,12 @@ mod tests {
         let (min, max) = (Duration::from_secs(1), Duration::from_secs(86400));
         assert_eq!(bounded_duration("--lease", "90s", min, max), Ok(Duration::from_secs(90)));
         assert_eq!(
-            bounded_duration("--lease", "300000y", min, max),
-            Err("--lease 300000y: out of range (a duration from 1s to 1d)".into())
+            bounded_duration("--lease", "300000y", min, max).unwrap_err().to_string(),
+            "--lease 300000y: out of range (a duration from 1s to 1d)"
         );
-        assert!(bounded_duration("--lease", "0s", min, max).unwrap_err().contains("out of range"));
-        let e = bounded_duration("--lease", "99999999999999999999y", min, max).unwrap_err();
+        assert!(bounded_duration("--lease", "0s", min, max).unwrap_err().to_string().contains("out of range"));
+        let e = bounded_duration("--lease", "99999999999999999999y", min, max).unwrap_err().to_string();
         assert!(e.starts_with("--lease 99999999999999999999y: ") && e.ends_with("from 1s to 1d)"), "{e}");
-        assert!(bounded_duration("REHEARSE_LEASE", "soon", min, max).unwrap_err().contains("such as 30s"));
+        assert!(bounded_duration("REHEARSE_LEASE", "soon", min, max).unwrap_err().to_string().contains("such as 30s"));
     }
 }

@@ -81,7 +81,7 @@ pub enum RunError {
     #[error("ttl {0} is too long")]
     Ttl(String),
     #[error("{0}")]
-    Users(String),
+    Users(process::UsersError),
     #[error(transparent)]
     Directory(#[from] FsError),
     #[error("cannot create {}: {source}", .path.display())]

@@ -243,13 +243,9 @@ pub(crate) fn carries_run_id(pid: i32, run_id: &str) -> bool {
 ///
 /// A journal is data (it may have come from a shared store): a handle
 /// `{pid: 1, start_time: <init's>, pgid: <anyone>}` must never signal anyone.
-pub(crate) fn group_is_runs(h: &ProcHandle, run_id: &str) -> Result<(), String> {
+pub(crate) fn group_is_runs(h: &ProcHandle, run_id: &str) -> Result<(), NotRunsGroup> {
     if h.pid <= 0 || h.pgid != h.pid || h.start_time == 0 {
-        return Err(format!(
-            "the journal names process {} in group {} (start time {}), which is not a process group rehearse \
-             started (it records a group's leader, with its start time)",
-            h.pid, h.pgid, h.start_time
-        ));
+        return Err(NotRunsGroup::NotALeader(h.clone()));
     }
     let members_tagged = || {
         let mine = self_and_ancestors();
@@ -265,12 +261,24 @@ pub(crate) fn group_is_runs(h: &ProcHandle, run_id: &str) -> Result<(), String> 
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "process group {} is not provably run {run_id}'s (its leader is gone or is another process, or \
-             nothing in it carries REHEARSE_RUN_ID={run_id})",
-            h.pgid
-        ))
+        Err(NotRunsGroup::NotProven { pgid: h.pgid, run_id: run_id.to_string() })
     }
+}
+
+/// Why a journal's process group is not provably its run's ([`group_is_runs`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NotRunsGroup {
+    #[error(
+        "the journal names process {} in group {} (start time {}), which is not a process group rehearse \
+         started (it records a group's leader, with its start time)",
+        .0.pid, .0.pgid, .0.start_time
+    )]
+    NotALeader(ProcHandle),
+    #[error(
+        "process group {pgid} is not provably run {run_id}'s (its leader is gone or is another process, or \
+         nothing in it carries REHEARSE_RUN_ID={run_id})"
+    )]
+    NotProven { pgid: i32, run_id: String },
 }
 
 /// Stops a process group of run `run_id` as [`stop_group`] does, and only if it is

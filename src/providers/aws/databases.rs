@@ -23,7 +23,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 |d| match d.map(|d| d.status.as_str()) {
                     Some("available") => Ok(true),
                     Some(s @ ("failed" | "incompatible-restore" | "incompatible-parameters" | "restore-error")) => {
-                        Err(format!("DB instance {id} ended in state `{s}`"))
+                        Err(super::poller::Never(format!("DB instance {id} ended in state `{s}`")))
                     }
                     _ => Ok(false),
                 },
@@ -328,7 +328,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             |c| c.id.clone(),
             |c| match c.map(|c| c.status.as_str()) {
                 Some("available") => Ok(true),
-                Some("failed") => Err(format!("cluster {id} failed")),
+                Some("failed") => Err(super::poller::Never(format!("cluster {id} failed"))),
                 _ => Ok(false),
             },
             |c| c.map(|c| c.status.clone()).unwrap_or_else(|| "not visible yet".into()),

@@ -69,7 +69,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 let healthy = async {
                     if super::runner::configured(ctx.loaded).is_some() {
                         let url = format!("http://{address}:{p}{}", h.path);
-                        self.health_on_runner(res, ctx, &url, h.timeout).await
+                        self.health_on_runner(res, ctx, &url, h.timeout).await.map_err(|e| e.to_string())
                     } else {
                         let deadline = std::time::Instant::now() + h.timeout;
                         crate::sys::health::wait_healthy_at(&address, p, &h.path, deadline, || Ok(()))
@@ -128,7 +128,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             |i| i.id.clone(),
             |i| match i.map(|i| i.state.as_str()) {
                 Some("running") => Ok(true),
-                Some(s @ ("terminated" | "shutting-down" | "stopped")) => Err(format!("instance {id} is `{s}`")),
+                Some(s @ ("terminated" | "shutting-down" | "stopped")) => {
+                    Err(super::poller::Never(format!("instance {id} is `{s}`")))
+                }
                 // Right after RunInstances an instance may not be visible yet.
                 _ => Ok(false),
             },

@@ -16,8 +16,8 @@ use super::api::ApiResult;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WaitError {
     /// It never will: what the caller's check said.
-    #[error("{0}")]
-    Never(String),
+    #[error(transparent)]
+    Never(#[from] Never),
     /// The deadline passed; `last` is the last state seen, `failing` the latest
     /// describe's failure, if it failed.
     #[error(
@@ -26,6 +26,12 @@ pub(crate) enum WaitError {
     )]
     TimedOut { id: String, last: String, failing: Option<String> },
 }
+
+/// A wait's check saying the resource will never get where it should (a DB instance
+/// that failed, an instance terminated): why, in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Never(pub(crate) String);
 
 pub(crate) struct Poller<T> {
     waiting: Mutex<BTreeSet<String>>,
@@ -65,7 +71,7 @@ impl<T: Clone> Poller<T> {
         id: &str,
         describe: F,
         key: impl Fn(&T) -> String,
-        done: impl Fn(Option<&T>) -> Result<bool, String>,
+        done: impl Fn(Option<&T>) -> Result<bool, Never>,
         state: impl Fn(Option<&T>) -> String,
         deadline: Instant,
     ) -> Result<Option<T>, WaitError>
@@ -87,7 +93,7 @@ impl<T: Clone> Poller<T> {
         id: &str,
         describe: &F,
         key: &impl Fn(&T) -> String,
-        done: &impl Fn(Option<&T>) -> Result<bool, String>,
+        done: &impl Fn(Option<&T>) -> Result<bool, Never>,
         state: &impl Fn(Option<&T>) -> String,
         deadline: Instant,
     ) -> Result<Option<T>, WaitError>
@@ -100,7 +106,7 @@ impl<T: Clone> Poller<T> {
         loop {
             let latest = self.seen.lock().expect("poller lock").get(id).cloned();
             if let Some(obs) = &latest {
-                if done(obs.as_ref()).map_err(WaitError::Never)? {
+                if done(obs.as_ref())? {
                     return Ok(obs.clone());
                 }
             }

@@ -47,6 +47,17 @@ const INPUT_LINK_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// file at the most rehearse reads (base64).
 const OUTPUT_CAP: u64 = (64 << 20) + crate::suites::MAX_JUNIT_BYTES * 4 / 3 + 4096;
 
+/// Why a service was not healthy from the runner.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RunnerHealthError {
+    /// The check could not be run there: the runner's error.
+    #[error("{0}")]
+    Runner(String),
+    /// It ran and never got a 2xx: its last line of output.
+    #[error("was not healthy from the runner: {0}")]
+    Unhealthy(String),
+}
+
 /// One command on the runner.
 pub(super) struct Job {
     /// Names its keys and its log: `mask.db`, `install.web`, `health.web.0`, `suite.smoke`.
@@ -454,7 +465,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         ctx: &Ctx<'_>,
         url: &str,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunnerHealthError> {
         let secs = timeout.as_secs().max(1);
         // POSIX sh: the agent may run the script with dash.
         let body = format!(
@@ -473,12 +484,15 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             timeout: timeout + Duration::from_secs(30),
             files_back: Vec::new(),
         };
-        let done = self.on_runner(ctx.run, ctx.loaded, job, ctx.cancel.clone()).await.map_err(|e| e.message)?;
+        let done = self
+            .on_runner(ctx.run, ctx.loaded, job, ctx.cancel.clone())
+            .await
+            .map_err(|e| RunnerHealthError::Runner(e.message))?;
         if done.exit == 0 {
             Ok(())
         } else {
             let last = done.output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().to_string();
-            Err(format!("was not healthy from the runner: {last}"))
+            Err(RunnerHealthError::Unhealthy(last))
         }
     }
 

@@ -17,13 +17,42 @@ impl RunAs {
         cmd.uid(self.uid).gid(self.gid);
     }
 
-    fn lookup(name: &str) -> Result<Option<RunAs>, String> {
+    fn lookup(name: &str) -> Result<Option<RunAs>, UsersError> {
         match nix::unistd::User::from_name(name) {
             Ok(Some(u)) => Ok(Some(RunAs { uid: u.uid.as_raw(), gid: u.gid.as_raw() })),
             Ok(None) => Ok(None),
-            Err(e) => Err(format!("cannot look up the user `{name}`: {e}")),
+            Err(source) => Err(UsersError::Lookup { name: name.to_string(), source }),
         }
     }
+}
+
+/// Why the users a run's processes run as cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("cannot look up the user `{name}`: {source}")]
+    Lookup { name: String, source: nix::Error },
+    #[error("--run-as {0} needs root: only root can run the release as another user")]
+    NeedsRoot(String),
+    /// Rehearse runs as root and a user it runs something as does not exist: `what`
+    /// says what runs as whom.
+    #[error(
+        "rehearse runs as root, so it runs {what}; the user `{name}` does not exist — create it with `make deps` \
+         (scripts/install-deps.sh), or by hand: \
+         `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}`"
+    )]
+    NoSuchUser { name: String, what: String },
+    #[error("--run-as {0}: the release must not run as root")]
+    Root(String),
+    #[error(
+        "--run-as {0}: `nobody` is shared by other daemons, which could then read the release's files; \
+         use a user of rehearse's own (`{RELEASE_USER}`)"
+    )]
+    Nobody(String),
+    #[error(
+        "--run-as {0}: the release must not run as the PostgreSQL copies' user `{CLUSTER_USER}` \
+         (it could read every copy's files)"
+    )]
+    ClusterUser(String),
 }
 
 /// The user the PostgreSQL copies run as when rehearse runs as root (PostgreSQL
@@ -47,10 +76,10 @@ impl Users {
     /// user (`run_as`, else [`RELEASE_USER`]), two different unprivileged users, so the
     /// release can neither read the copy's files nor signal its server. Not root:
     /// nobody to switch to.
-    pub(crate) fn resolve(run_as: Option<&str>, with_cluster: bool) -> Result<Users, String> {
+    pub(crate) fn resolve(run_as: Option<&str>, with_cluster: bool) -> Result<Users, UsersError> {
         if !nix::unistd::geteuid().is_root() {
             if let Some(u) = run_as {
-                return Err(format!("--run-as {u} needs root: only root can run the release as another user"));
+                return Err(UsersError::NeedsRoot(u.to_string()));
             }
             return Ok(Users::default());
         }
@@ -68,19 +97,13 @@ impl Users {
         let name = run_as.unwrap_or(RELEASE_USER);
         let release = RunAs::lookup(name)?.ok_or_else(|| missing(name))?;
         if release.uid == 0 {
-            return Err(format!("--run-as {name}: the release must not run as root"));
+            return Err(UsersError::Root(name.to_string()));
         }
         if name == "nobody" || release.uid == 65534 {
-            return Err(format!(
-                "--run-as {name}: `nobody` is shared by other daemons, which could then read the release's files; \
-                 use a user of rehearse's own (`{RELEASE_USER}`)"
-            ));
+            return Err(UsersError::Nobody(name.to_string()));
         }
         if cluster.is_some_and(|c| c.uid == release.uid) {
-            return Err(format!(
-                "--run-as {name}: the release must not run as the PostgreSQL copies' user `{CLUSTER_USER}` \
-                 (it could read every copy's files)"
-            ));
+            return Err(UsersError::ClusterUser(name.to_string()));
         }
         Ok(Users { cluster, release: Some(release) })
     }
@@ -91,17 +114,14 @@ impl Users {
             return Ok(None);
         }
         let missing = || no_such_user(CLUSTER_USER, &format!("PostgreSQL as the unprivileged user `{CLUSTER_USER}`"));
-        RunAs::lookup(CLUSTER_USER)?.map(Some).ok_or_else(missing)
+        // Its callers say it as text.
+        RunAs::lookup(CLUSTER_USER).map_err(|e| e.to_string())?.map(Some).ok_or_else(|| missing().to_string())
     }
 }
 
 /// Why a run as root cannot start: `name`, a user it runs `what` as, does not exist.
-fn no_such_user(name: &str, what: &str) -> String {
-    format!(
-        "rehearse runs as root, so it runs {what}; the user `{name}` does not exist — create it with `make deps` \
-         (scripts/install-deps.sh), or by hand: \
-         `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}`"
-    )
+fn no_such_user(name: &str, what: &str) -> UsersError {
+    UsersError::NoSuchUser { name: name.to_string(), what: what.to_string() }
 }
 
 /// A user's name, for messages (the number when it has none).
