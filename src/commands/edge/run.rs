@@ -191,12 +191,10 @@ pub fn outcome_exit_code(outcome: &RunOutcome) -> i32 {
     }
 }
 
-/// Refuses a name already taken by a live run (`Err`: the exit code, said).
-pub(crate) fn check_name_free(g: &Global, name: &str) -> Result<(), i32> {
-    if let Err(why) = crate::description::decode::KeyRule::Identifier.check(name) {
-        errln!("error: --name `{name}`: {why}");
-        return Err(exit::USAGE);
-    }
+/// Refuses a name (checked by its grammar as the argument was parsed) already taken by
+/// a live run (`Err`: the exit code, said).
+pub(crate) fn check_name_free(g: &Global, name: &crate::cli::value::Name) -> Result<(), i32> {
+    let name = name.as_str();
     let rows = crate::commands::checked_state(g)?.map(|root| crate::engine::inventory::scan(&root)).unwrap_or_default();
     if let Some(r) = crate::engine::inventory::live_named(&rows, name).first() {
         errln!(
