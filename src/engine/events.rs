@@ -51,9 +51,79 @@ pub enum Event {
     /// A database's golden copy no longer matches its backup or masking: this run
     /// restores cold.
     GoldenStale { database: String, description: String },
-    /// A stage rebuild's narration (retiring, switching, removing generations),
-    /// worded where the rebuild decides it.
-    Note(String),
+    /// What a stage's rebuild or `stage destroy` does to its generations.
+    Stage(StageEvent),
+}
+
+/// What a stage's rebuild or `stage destroy` does to its generations, as it happens.
+/// Names and run ids may come from the store's record: the terminal shows them printable.
+#[derive(Clone, Debug)]
+pub enum StageEvent {
+    /// The generation cannot be retired now (the record refused the change): why.
+    NotRetiring { generation: u64, why: String },
+    /// The generation is being torn down after its drain.
+    Retiring { generation: u64, run_id: String },
+    /// A generation a rebuild that ended left mid-build is torn down.
+    LeftMidBuild { generation: u64, run_id: String },
+    /// A new generation is being built; `beside`: the one that serves meanwhile.
+    Building { stage: String, generation: u64, release: String, beside: Option<String> },
+    /// Every stable name now points at `current`.
+    Switched { stage: String, current: String },
+    /// The previous generation drains until `until`, then is retired.
+    Draining { generation: u64, until: chrono::DateTime<chrono::Utc>, drain: Duration },
+    /// Interrupted while the previous generation drained: the next rebuild retires it.
+    InterruptedDraining { generation: u64 },
+    /// `stage destroy` removes a generation.
+    Removing { generation: u64, run_id: String, fate: String },
+}
+
+impl StageEvent {
+    /// The event with `f` applied to each of its texts.
+    fn map_text(self, f: impl Fn(String) -> String) -> StageEvent {
+        use StageEvent::*;
+        match self {
+            NotRetiring { generation, why } => NotRetiring { generation, why: f(why) },
+            Retiring { generation, run_id } => Retiring { generation, run_id: f(run_id) },
+            LeftMidBuild { generation, run_id } => LeftMidBuild { generation, run_id: f(run_id) },
+            Building { stage, generation, release, beside } => {
+                Building { stage: f(stage), generation, release: f(release), beside: beside.map(&f) }
+            }
+            Switched { stage, current } => Switched { stage: f(stage), current: f(current) },
+            Draining { .. } | InterruptedDraining { .. } => self,
+            Removing { generation, run_id, fate } => Removing { generation, run_id: f(run_id), fate: f(fate) },
+        }
+    }
+
+    /// The line a person reads.
+    fn line(&self) -> String {
+        match self {
+            StageEvent::NotRetiring { generation, why } => format!("not retiring generation {generation}: {why}"),
+            StageEvent::Retiring { generation, run_id } => format!("retiring generation {generation} ({run_id})"),
+            StageEvent::LeftMidBuild { generation, run_id } => format!(
+                "generation {generation} ({run_id}) was left mid-build by a rebuild that ended; tearing it down"
+            ),
+            StageEvent::Building { stage, generation, release, beside: Some(cur) } => format!(
+                "stage `{stage}`: building generation {generation} (release {release}) beside {cur}, which serves meanwhile"
+            ),
+            StageEvent::Building { stage, generation, release, beside: None } => {
+                format!("stage `{stage}`: building generation {generation} (release {release})")
+            }
+            StageEvent::Switched { stage, current } => {
+                format!("stage `{stage}` now on {current}: every stable name switched")
+            }
+            StageEvent::Draining { generation, until, drain } => format!(
+                "generation {generation} drains until {} (drain {}), then is retired",
+                until.format("%Y-%m-%d %H:%M:%S UTC"),
+                crate::description::format_duration(*drain)
+            ),
+            StageEvent::InterruptedDraining { generation } => {
+                format!("interrupted while generation {generation} drains; the next rebuild retires it")
+            }
+            StageEvent::Removing { generation, run_id, fate } => {
+                format!("removing generation {generation} ({run_id}, {fate})")
+            }
+        }
+    }
 }
 
 /// How long a wait goes on before it is announced: shorter ones pass unsaid.
@@ -103,7 +173,7 @@ impl Event {
             Event::Finished { resource, action, ok, elapsed, detail } => {
                 Event::Finished { resource: f(resource), action, ok, elapsed, detail: detail.map(&f) }
             }
-            Event::Note(n) => Event::Note(f(n)),
+            Event::Stage(s) => Event::Stage(s.map_text(f)),
             Event::Waiting { resource, what, until } => Event::Waiting { resource: f(resource), what: f(what), until },
             Event::RunStarted { run_id, description, release, provider } => Event::RunStarted {
                 run_id: f(run_id),
@@ -176,7 +246,7 @@ impl Event {
             Event::GoldenStale { database, description } => format!(
                 "golden copy of `{database}` is stale (backup or masking changed); restoring cold — refresh it with `rehearse warm {description}`"
             ),
-            Event::Note(n) => n.clone(),
+            Event::Stage(s) => s.line(),
         })
     }
 
@@ -311,8 +381,10 @@ mod tests {
         };
         let Event::Finished { resource, detail, .. } = ev.printable() else { panic!("still a Finished") };
         assert_eq!((resource.as_str(), detail.as_deref()), ("gen r-1", Some("gen r-1")));
-        let Event::Note(n) = Event::Note(evil.into()).printable() else { panic!("still a Note") };
-        assert_eq!(n, "gen r-1");
+        let ev = Event::Stage(StageEvent::Retiring { generation: 3, run_id: evil.into() }).printable();
+        let Event::Stage(StageEvent::Retiring { run_id, .. }) = &ev else { panic!("still a Stage") };
+        assert_eq!(run_id, "gen r-1");
+        assert_eq!(ev.line().as_deref(), Some("retiring generation 3 (gen r-1)"));
         let Event::Waiting { what, .. } =
             Event::Waiting { resource: "db".into(), what: evil.into(), until: chrono::Utc::now() }.printable()
         else {

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::connection::Connection;
-use super::events::{Event, Reporter};
+use super::events::{Event, Reporter, StageEvent};
 use super::stage::promote::{self, Promotion};
 use super::stage::{
     self as st, ConvergeError, Fate, Generation, GenerationBackup, NamesError, Refusal, StableDatabase, StableNames,
@@ -29,7 +29,7 @@ use super::stage::{
 };
 use super::store::lock::Now;
 use super::store::ObjectStore;
-use crate::description::{format_duration, Stage};
+use crate::description::Stage;
 use crate::report::model::Verdict;
 use crate::sys::signals::Signals;
 
@@ -249,8 +249,8 @@ impl RebuildError {
     }
 }
 
-fn note(reporter: &dyn Reporter, text: String) {
-    reporter.event(Event::Note(text));
+fn note(reporter: &dyn Reporter, what: StageEvent) {
+    reporter.event(Event::Stage(what));
 }
 
 /// Retires generation `n`: marked `retiring` first (a rollback can no longer choose
@@ -277,12 +277,12 @@ pub async fn retire(hand: &Stagehand<'_>, stage: &str, n: u64) -> Result<(), Reb
     match marked {
         Ok(_) => {}
         Err(st::UpdateError::Refused(why)) => {
-            note(reporter, format!("not retiring generation {n}: {why}"));
+            note(reporter, StageEvent::NotRetiring { generation: n, why: why.to_string() });
             return Ok(());
         }
         Err(e) => return Err(e.into()),
     }
-    note(reporter, format!("retiring generation {n} ({run_id})"));
+    note(reporter, StageEvent::Retiring { generation: n, run_id: run_id.clone() });
     gens.tear_down(&run_id, n).await.map_err(RebuildError::tear_down(n, &run_id, TearingDown::Retiring))?;
     set_fate(hand, stage, n, &[Fate::Retiring], Fate::Retired, None).await
 }
@@ -331,13 +331,7 @@ pub async fn tidy(hand: &Stagehand<'_>, stage: &str) -> Result<(), RebuildError>
         st::converge_told(store, stage, names, reporter).await.map_err(RebuildError::Names)?;
     }
     for gen in record.generations.iter().filter(|g| g.fate == Fate::Building) {
-        note(
-            reporter,
-            format!(
-                "generation {} ({}) was left mid-build by a rebuild that ended; tearing it down",
-                gen.number, gen.run_id
-            ),
-        );
+        note(reporter, StageEvent::LeftMidBuild { generation: gen.number, run_id: gen.run_id.clone() });
         gens.tear_down(&gen.run_id, gen.number).await.map_err(RebuildError::tear_down(
             gen.number,
             &gen.run_id,
@@ -389,13 +383,11 @@ pub async fn rebuild(
     .await?;
     note(
         reporter,
-        match before.current_generation() {
-            Some(cur) => format!(
-                "stage `{name}`: building generation {number} (release {}) beside {}, which serves meanwhile",
-                plan.release,
-                cur.describe()
-            ),
-            None => format!("stage `{name}`: building generation {number} (release {})", plan.release),
+        StageEvent::Building {
+            stage: name.to_string(),
+            generation: number,
+            release: plan.release.clone(),
+            beside: before.current_generation().map(|cur| cur.describe()),
         },
     );
 
@@ -483,22 +475,15 @@ async fn promote(
         .map_err(|source| RebuildError::NotSwitched { number, source })?;
     let switched_in = accepted.elapsed();
     let current = record.current_generation().cloned().expect("just promoted");
-    note(reporter, format!("stage `{name}` now on {}: every stable name switched", current.describe()));
+    note(reporter, StageEvent::Switched { stage: name.to_string(), current: current.describe() });
     let Some(previous) = seen_current else {
         return Ok(Outcome::Promoted { current, switched_in, retired: None, interrupted: false });
     };
-    note(
-        reporter,
-        format!(
-            "generation {previous} drains until {} (drain {}), then is retired",
-            retire_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            format_duration(plan.drain)
-        ),
-    );
+    note(reporter, StageEvent::Draining { generation: previous, until: retire_at, drain: plan.drain });
     tokio::select! {
         () = tokio::time::sleep(plan.drain) => {}
         () = signals.nth(1) => {
-            note(reporter, format!("interrupted while generation {previous} drains; the next rebuild retires it"));
+            note(reporter, StageEvent::InterruptedDraining { generation: previous });
             return Ok(Outcome::Promoted { current, switched_in, retired: None, interrupted: true });
         }
     }
@@ -548,7 +533,10 @@ pub async fn destroy(hand: &Stagehand<'_>, record: &StageRecord) -> Result<usize
     let Stagehand { store, names, gens, reporter, .. } = *hand;
     let mut removed = 0;
     for gen in record.generations.iter().filter(|g| g.fate != Fate::Retired) {
-        note(reporter, format!("removing generation {} ({}, {})", gen.number, gen.run_id, gen.fate.as_str()));
+        note(
+            reporter,
+            StageEvent::Removing { generation: gen.number, run_id: gen.run_id.clone(), fate: gen.fate.as_str().into() },
+        );
         let destroying = TearingDown::Destroying { stage: record.stage.clone() };
         gens.tear_down(&gen.run_id, gen.number).await.map_err(RebuildError::tear_down(
             gen.number,
