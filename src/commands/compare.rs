@@ -151,7 +151,7 @@ impl Edge for Cli<'_> {
     }
 
     async fn down(&self, run_id: &str) -> bool {
-        super::edge::down::down_fetched(self.g, run_id, None).await == exit::PASSED
+        super::edge::down::down_fetched(self.g, run_id, None).await.code == exit::PASSED
     }
 
     fn note(&self, note: Note<'_>) {

@@ -98,7 +98,7 @@ async fn sweep_here(edge: &Edge<'_>, state_root: Option<&Path>, yes: bool, opts:
     }
     let mut code = exit::PASSED;
     for r in &runs {
-        let c = edge.down(&r.run_id, state_root, None, None).await;
+        let c = edge.down(&r.run_id, state_root, None, None).await.code;
         if c != exit::PASSED {
             code = c;
         }

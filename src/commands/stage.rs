@@ -435,8 +435,13 @@ async fn run_generation(runs: &Runs<'_>, loaded: &Loaded, opts: Options) -> i32 
     super::edge::run::rehearse(runs.g, loaded, &opts, runs.opened.store.clone(), runs.reporter, runs.signals).await.code
 }
 
-/// `rehearse down RUN` of a generation (see [`super::edge::down::down_fetched`]).
-pub(super) async fn down_generation(g: &Global, run_id: &str, generation: Option<st::StageRef>) -> i32 {
+/// `rehearse down RUN` of a generation (see [`super::edge::down::down_fetched`]): said,
+/// and what happened.
+pub(super) async fn down_generation(
+    g: &Global,
+    run_id: &str,
+    generation: Option<st::StageRef>,
+) -> super::edge::down::Down {
     super::edge::down::down_fetched(g, run_id, generation.as_ref()).await
 }
 

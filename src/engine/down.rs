@@ -346,8 +346,7 @@ async fn tear_down<P: Provider>(
     source: Source,
     opts: &DownOptions<'_>,
 ) -> Result<Downed, DownError> {
-    let signals = opts.signals;
-    let out = teardown::run(provider, journal, opts.reporter, signals, signals.count() + 1, &Clock::new()).await;
+    let out = from_open_journal(provider, journal, opts.reporter, opts.signals).await;
     if let Some(why) = out.not_here() {
         return Err(DownError::NotHereAtTeardown { run_id: opts.run_id.to_string(), why: why.to_string() });
     }
@@ -392,6 +391,19 @@ async fn finish(journal: &Journal, downed: &mut Downed, opts: &DownOptions<'_>) 
             }
         }
     }
+}
+
+/// Tears down what an open journal lists, in the provider's order (stopped early by a
+/// signal after the ones already counted): the journal path of `down`, and of a run
+/// torn down after its lifecycle failed or crashed ([`super::run`]). Recorded with
+/// [`close_journal`] once nothing more is to be removed.
+pub async fn from_open_journal<P: Provider>(
+    provider: &P,
+    journal: &Journal,
+    reporter: &dyn Reporter,
+    signals: &Signals,
+) -> Outcome {
+    teardown::run(provider, journal, reporter, signals, signals.count() + 1, &Clock::new()).await
 }
 
 /// Records that teardown ran (`complete`: nothing is left).

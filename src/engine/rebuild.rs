@@ -66,6 +66,10 @@ pub enum TearDownError {
     /// stage's or generation's, it is still running elsewhere, ...): left alone.
     #[error("{0}")]
     Refused(String),
+    /// `down` did not tear it down: it refused the run or could not reach what would
+    /// tell (its own words say which).
+    #[error("{0}")]
+    Down(#[source] super::down::DownError),
     /// It could not be tried (the journal cannot be read, the provider answers no more).
     #[error("{0}")]
     Failed(#[source] Box<dyn std::error::Error + Send + Sync>),

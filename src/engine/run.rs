@@ -11,14 +11,14 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::FutureExt;
 
+use super::down::{self, DownWarning};
 use super::events::Reporter;
-use super::journal::{Journal, Record};
+use super::journal::Journal;
 use super::lifecycle::{self, Options, RunError};
 use super::provider::Provider;
 use super::store::lock::{self, Acquired, Lease, LockError, LockInfo};
 use super::store::records::{self, RemoteJournal};
 use super::store::{sync, ObjectStore, StoreError};
-use super::teardown;
 use crate::description::Loaded;
 use crate::report::model::Leftover;
 use crate::report::model::RunReport;
@@ -255,9 +255,13 @@ async fn down_after_failure<P: Provider>(
         Ok(None) => return AfterFailure::NothingStarted,
         Err(error) => return AfterFailure::Unreopened { error, command },
     };
-    let out =
-        teardown::run(provider, &j, reporter, signals, signals.count() + 1, &crate::sys::timing::Clock::new()).await;
-    let unrecorded = j.append(&Record::TornDown { complete: out.complete(), at: Utc::now() }).await.err();
+    // `down`'s own teardown from the journal; nothing else of `down`'s (the run is this
+    // process's, and it is not over: its files and lease are the run's to settle).
+    let out = down::from_open_journal(provider, &j, reporter, signals).await;
+    let unrecorded = down::close_journal(&j, out.complete()).await.err().map(|w| match w {
+        DownWarning::RecordTeardown { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    });
     if out.complete() {
         AfterFailure::Complete { unrecorded }
     } else {

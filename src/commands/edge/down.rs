@@ -1,6 +1,8 @@
 //! A run torn down as `rehearse down` does it, for every command that tears one down
 //! (`down`, `sweep`, a stage's rebuild, `compare`'s twins): which provider, the engine's
-//! [`crate::engine::down`], and what happened said with its exit code.
+//! [`crate::engine::down`], and what happened said, with its exit code and — for a
+//! command that must say why in its own words (a rebuild) — the outcome itself
+//! ([`Down`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,27 +42,69 @@ pub(crate) async fn down(
         Err(code) => return code,
     };
     let Some(edge) = Edge::open(g, reporter, signals).await else { return exit::USAGE };
-    edge.down(run_id, state_root.as_deref(), region, generation).await
+    edge.down(run_id, state_root.as_deref(), region, generation).await.code
+}
+
+/// How a `down` asked for by another command ended: said already, with its exit code,
+/// and what happened, typed.
+pub(crate) struct Down {
+    pub(crate) code: i32,
+    pub(crate) end: DownEnd,
+}
+
+/// What a `down` came to: the engine's outcome, or the edge's refusal before it.
+pub(crate) enum DownEnd {
+    /// The engine's `down` ran (or refused the run).
+    Engine(Result<Downed, DownError>),
+    /// The edge did not get as far as the engine (said above).
+    Edge(EdgeRefusal),
+}
+
+/// Why the edge did not ask the engine to tear a run down.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct EdgeRefusal(String);
+
+impl Down {
+    fn edge(code: i32, why: impl Into<String>) -> Down {
+        Down { code, end: DownEnd::Edge(EdgeRefusal(why.into())) }
+    }
+
+    /// The engine's outcome, said; its exit code with it.
+    fn rendered(downed: Result<Downed, DownError>, region: Option<&str>) -> Down {
+        Down { code: render(&downed, region), end: DownEnd::Engine(downed) }
+    }
 }
 
 /// [`down`] as another command asks for it (a stage's rebuild or `destroy`, `compare`'s
 /// twins): the shared store's copy of the run fetched first, said with `down`'s own
 /// reporter and signal handlers.
-pub(crate) async fn down_fetched(g: &Global, run_id: &str, generation: Option<&StageRef>) -> i32 {
+pub(crate) async fn down_fetched(g: &Global, run_id: &str, generation: Option<&StageRef>) -> Down {
     use crate::commands::store::{self, Part};
     match store::url(g) {
         Ok(Some(state::StateUrl::S3 { .. })) => {
             if let Err(code) = store::fetch(g, run_id, &[Part::Journal, Part::Connection]).await {
-                return code;
+                return Down::edge(code, "its journal cannot be fetched from the state store");
             }
         }
         Ok(_) => {}
-        Err(code) => return code,
+        Err(code) => return Down::edge(code, "the state store's address is not usable"),
     }
+    if !state::valid_run_id(run_id) {
+        errln!("error: `{run_id}` is not a run id (they look like r-20261125-164001-7f3a9c); see `rehearse list`");
+        return Down::edge(exit::USAGE, format!("`{run_id}` is not a run id"));
+    }
+    let state_root = match crate::commands::checked_state(g) {
+        Ok(r) => r,
+        Err(code) => return Down::edge(code, "the state directory is not usable"),
+    };
     let reporter = crate::commands::reporter(g);
     // Without signal handlers, `down` still works: it only cannot be stopped early.
     let signals = Signals::install().unwrap_or_else(|_| Signals::none());
-    down(g, run_id, None, generation, reporter.as_ref(), &signals).await
+    let Some(edge) = Edge::open(g, reporter.as_ref(), &signals).await else {
+        return Down::edge(exit::USAGE, "the state store cannot be opened");
+    };
+    edge.down(run_id, state_root.as_deref(), None, generation).await
 }
 
 /// What every `down` of a command shares: the state stores, the reporter, the signals.
@@ -90,17 +134,18 @@ impl<'a> Edge<'a> {
         crate::commands::store::stage_store(self.g, self.url.as_ref(), self.shared.clone())
     }
 
-    /// `down RUN_ID` with `region` for a run whose journal is lost, said; its exit code.
+    /// `down RUN_ID` with `region` for a run whose journal is lost, said; its exit code
+    /// and outcome.
     pub(crate) async fn down(
         &self,
         run_id: &str,
         state_root: Option<&Path>,
         region: Option<&str>,
         generation: Option<&crate::engine::stage::StageRef>,
-    ) -> i32 {
+    ) -> Down {
         let located = match op::locate(state_root, run_id) {
             Ok(l) => l,
-            Err(e) => return said(&e),
+            Err(e) => return Down { code: said(&e), end: DownEnd::Engine(Err(e)) },
         };
         let which = match &located {
             Located::Journal { meta, .. } if meta.provider == ProviderKind::Aws => {
@@ -108,7 +153,7 @@ impl<'a> Edge<'a> {
                     Some(r) => Which::Aws(r.to_string()),
                     None => {
                         errln!("error: the journal of {run_id} names no region: pass --region REGION");
-                        return exit::USAGE;
+                        return Down::edge(exit::USAGE, format!("the journal of {run_id} names no region"));
                     }
                 }
             }
@@ -153,7 +198,7 @@ impl<'a> Edge<'a> {
                     },
                     Located::Lost(_) => provider,
                 };
-                render(op::down(&provider, located, &opts).await, Some(&region))
+                Down::rendered(op::down(&provider, located, &opts).await, Some(&region))
             }
             Which::Local => {
                 let work = std::path::absolute(&work_root).unwrap_or_else(|_| work_root.clone());
@@ -163,7 +208,7 @@ impl<'a> Edge<'a> {
                     format!("rehearse down {run_id}"),
                 );
                 let provider = LocalProvider::new(&work_root);
-                render(op::down(&provider, located, &opts).await, None)
+                Down::rendered(op::down(&provider, located, &opts).await, None)
             }
         }
     }
@@ -183,14 +228,14 @@ fn said(e: &DownError) -> i32 {
 }
 
 /// What `down` did, said; its exit code. `region`: an AWS run's.
-fn render(downed: Result<Downed, DownError>, region: Option<&str>) -> i32 {
+fn render(downed: &Result<Downed, DownError>, region: Option<&str>) -> i32 {
     let d = match (downed, region) {
         (Ok(d), _) => d,
         (Err(DownError::Discover(e)), Some(region)) => {
             errln!("error: cannot list rehearse's resources in {region}: {}", e.message);
             return exit::BUILD_FAILED;
         }
-        (Err(e), _) => return said(&e),
+        (Err(e), _) => return said(e),
     };
     let run_id = d.run_id.as_str();
     for m in &d.doubtful {

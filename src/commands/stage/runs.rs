@@ -10,11 +10,12 @@ use crate::engine::lifecycle::Options;
 use crate::engine::rebuild::{Built, Generations, LocalFuture, Spec, TearDownError};
 use crate::engine::stage::{self as st, GenerationBackup};
 use crate::exit;
-use crate::report::model::{RunReport, Verdict};
+use crate::report::model::{Leftover, RunReport, Verdict};
 use crate::sys::signals::Signals;
 use crate::sys::state;
 
 use super::{down_generation, run_generation, Opened};
+use crate::commands::edge::down::{Down, DownEnd};
 
 fn read_report(state_root: &std::path::Path, run_id: &str) -> Option<RunReport> {
     crate::report::read_report(&state::run_dir(state_root, run_id).join("report")).ok()
@@ -130,18 +131,69 @@ impl Generations for Runs<'_> {
     fn tear_down<'a>(&'a self, run_id: &'a str, number: u64) -> LocalFuture<'a, Result<(), TearDownError>> {
         Box::pin(async move {
             let generation = st::StageRef { stage: self.stage.to_string(), generation: number };
-            match down_generation(self.g, run_id, Some(generation)).await {
-                exit::PASSED => Ok(()),
-                code => Err(TearDownError::Failed(Box::new(DownExited { run_id: run_id.to_string(), code }))),
-            }
+            torn_down(run_id, down_generation(self.g, run_id, Some(generation)).await)
         })
     }
 }
 
-/// `rehearse down` of a generation ended with an exit code (it said why as it ran).
-#[derive(Debug, thiserror::Error)]
-#[error("`rehearse down {run_id}` exited with {code}")]
-struct DownExited {
-    run_id: String,
-    code: i32,
+/// A generation's `down` (said as it ran) as the rebuild takes it: why it did not tear
+/// the generation down completely — what it left, or the refusal or failure in its
+/// own words.
+fn torn_down(run_id: &str, down: Down) -> Result<(), TearDownError> {
+    match down.end {
+        DownEnd::Engine(Ok(_)) if down.code == exit::PASSED => Ok(()),
+        DownEnd::Engine(Ok(d)) => {
+            let command = format!("rehearse down {run_id}");
+            let left = d.teardown.map(|out| out.listed(&command)).unwrap_or_default();
+            Err(TearDownError::Left(left.iter().map(leftover_name).collect()))
+        }
+        DownEnd::Engine(Err(e)) => Err(TearDownError::Down(e)),
+        DownEnd::Edge(refusal) => Err(TearDownError::Failed(Box::new(refusal))),
+    }
+}
+
+/// "db (container)", "unknown (journal): cannot list ...".
+fn leftover_name(l: &Leftover) -> String {
+    match &l.provider_id {
+        Some(p) if l.kind == "journal" => format!("unknown: {p}"),
+        _ => format!("{} ({})", l.id, l.kind),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::down::DownError;
+    use crate::engine::rebuild::{RebuildError, TearingDown};
+
+    /// A rebuild whose old generation's teardown is refused says why, not an exit code.
+    #[test]
+    fn a_refused_teardown_reaches_the_rebuild_with_its_reason() {
+        let run_id = "r-20261125-164001-7f3a9c";
+        let refused = DownError::InProgress { run_id: run_id.to_string(), pid: 4242 };
+        let down = Down { code: exit::USAGE, end: DownEnd::Engine(Err(refused)) };
+        let source = torn_down(run_id, down).unwrap_err();
+        assert!(matches!(source, TearDownError::Down(DownError::InProgress { pid: 4242, .. })), "{source:?}");
+        let e = RebuildError::TearDown { number: 3, run_id: run_id.to_string(), when: TearingDown::Retiring, source };
+        let text = e.to_string();
+        assert!(text.contains("generation 3 was not torn down completely"), "{text}");
+        assert!(text.contains("still in progress (pid 4242)"), "{text}");
+        assert!(!text.contains("exited with"), "{text}");
+        let chain = std::error::Error::source(&e).and_then(std::error::Error::source);
+        assert!(chain.is_some_and(|s| s.to_string().contains("pid 4242")), "the engine's error is the source");
+    }
+
+    #[test]
+    fn leftovers_are_named() {
+        let l = |kind: &str, p: Option<&str>| Leftover {
+            id: "db".into(),
+            kind: kind.into(),
+            provider_id: p.map(str::to_string),
+            command: "rehearse down r".into(),
+        };
+        assert_eq!(leftover_name(&l("container", Some("abc"))), "db (container)");
+        assert_eq!(leftover_name(&l("journal", Some("cannot list"))), "unknown: cannot list");
+        let e = TearDownError::Left(vec![leftover_name(&l("container", None))]);
+        assert_eq!(e.to_string(), "left: db (container)");
+    }
 }
