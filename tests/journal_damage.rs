@@ -36,24 +36,7 @@ impl Provider for DamagingProvider {
 #[tokio::test]
 async fn an_unreadable_journal_at_teardown_is_exit_4_never_complete() {
     let dir = tempfile::Builder::new().prefix("rehearse-journal-").tempdir_in("/tmp").unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let loaded = description::load(&root.join("environments/demo.yaml"), Some("v2"))
-        .unwrap_or_else(|d| panic!("{}", d.render()));
-    let opts = Options {
-        run_id: "r-20261126-000000-0d0d0d".into(),
-        release: "v2".into(),
-        destroy: DestroyPolicy::Always,
-        cold: false,
-        up_only: true,
-        state_root: dir.path().join("state"),
-        work_root: dir.path().join("work"),
-        run_as: None,
-        exit_code: rehearse::commands::exit_code,
-        name: None,
-        shared: None,
-        stage: None,
-        pins: Default::default(),
-    };
+    let (loaded, opts) = demo_run(dir.path(), "r-20261126-000000-0d0d0d");
     let outcome = lifecycle::run(&DamagingProvider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
     assert_eq!(outcome.report.exit_code, 4, "{:?}", outcome.report.reason);
     assert_eq!(outcome.report.teardown.status, rehearse::report::model::TeardownStatus::Unknown);
@@ -90,25 +73,8 @@ impl Provider for CrashingProvider {
 async fn a_journal_that_cannot_be_reopened_after_a_crash_is_exit_4_with_the_command() {
     use rehearse::engine::run::{self, AfterFailure, Ended, RunFailure};
     let dir = tempfile::Builder::new().prefix("rehearse-journal-").tempdir_in("/tmp").unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let loaded = description::load(&root.join("environments/demo.yaml"), Some("v2"))
-        .unwrap_or_else(|d| panic!("{}", d.render()));
     let run_id = "r-20261126-000000-0e0e0e";
-    let opts = Options {
-        run_id: run_id.into(),
-        release: "v2".into(),
-        destroy: DestroyPolicy::Always,
-        cold: false,
-        up_only: true,
-        state_root: dir.path().join("state"),
-        work_root: dir.path().join("work"),
-        run_as: None,
-        exit_code: rehearse::commands::exit_code,
-        name: None,
-        shared: None,
-        stage: None,
-        pins: Default::default(),
-    };
+    let (loaded, opts) = demo_run(dir.path(), run_id);
     let locks = std::sync::Arc::new(rehearse::engine::store::file::FileStore::open(dir.path()).unwrap());
     let lease = std::time::Duration::from_secs(60);
     let outcome =
@@ -119,4 +85,28 @@ async fn a_journal_that_cannot_be_reopened_after_a_crash_is_exit_4_with_the_comm
     let AfterFailure::Unreopened { error, command } = teardown else { panic!("the journal is not reopened") };
     assert_eq!(command, &format!("rehearse down {run_id}"));
     assert!(error.to_string().contains("cannot be reopened"), "{error}");
+}
+
+/// The demo's description (release v2) and the options of run `run_id`, up only, its
+/// state and work under `dir`.
+fn demo_run(dir: &Path, run_id: &str) -> (description::Loaded, Options) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let loaded = description::load(&root.join("environments/demo.yaml"), Some("v2"))
+        .unwrap_or_else(|d| panic!("{}", d.render()));
+    let opts = Options {
+        run_id: run_id.into(),
+        release: "v2".into(),
+        destroy: DestroyPolicy::Always,
+        cold: false,
+        up_only: true,
+        state_root: dir.join("state"),
+        work_root: dir.join("work"),
+        run_as: None,
+        exit_code: rehearse::commands::exit_code,
+        name: None,
+        shared: None,
+        stage: None,
+        pins: Default::default(),
+    };
+    (loaded, opts)
 }
