@@ -10,7 +10,7 @@ SHELL := /bin/bash
 # installed it there.
 export PATH := $(PATH):$(CURDIR)/.venv/bin
 
-.PHONY: all build release deps test-deps demo test test-full bench fmt lint clean
+.PHONY: all build release deps test-deps demo test tests-only test-full bench fmt lint clean
 
 all: build
 
@@ -41,7 +41,14 @@ define run-tests
 	if grep -rqE '^\s*//[/!]\s*```' src; then $(CARGO) test --locked --doc; fi
 endef
 
-test: test-deps
+# `make test` is every check: the tests, and beside them the lint (fmt, clippy, the layer
+# and size checks). Both at once: clippy checks in target/lint while the tests build in
+# target/, and on two cores each leaves the other a core for much of the time. Each
+# one's output is printed whole when it ends.
+test:
+	$(MAKE) -j2 --output-sync=target lint tests-only
+
+tests-only: test-deps
 	$(run-tests)
 
 # The same tests with their long statistical runs at full count: compare's twenty live
@@ -60,8 +67,8 @@ fmt:
 # Formatting, clippy with warnings as errors, the direction of module dependencies, and
 # the size of the code's units (functions up to 150 lines; files over 600 say why).
 # Clippy checks in a target directory of its own (target/lint): a check's artifacts are
-# not a build's anyway, and so `make -j2 lint test` (CI) checks while the tests build
-# instead of waiting for cargo's lock on target/.
+# not a build's anyway, and so `make test` checks while the tests build instead of
+# waiting for cargo's lock on target/.
 lint:
 	$(CARGO) fmt --check
 	CARGO_TARGET_DIR=$(CURDIR)/target/lint $(CARGO) clippy --locked --all-targets -- -D warnings
