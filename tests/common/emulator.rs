@@ -70,6 +70,7 @@ impl Emulator {
     pub fn conf(&self, rt: &tokio::runtime::Runtime) -> aws_config::SdkConfig {
         rt.block_on(
             aws_config::defaults(BehaviorVersion::latest())
+                .http_client(rehearse::providers::aws::sdk::Sdk::http_client())
                 .endpoint_url(&self.url)
                 .region(Region::new(REGION))
                 .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))

@@ -41,9 +41,11 @@ impl Sdk {
     }
 
     /// The configuration rehearse uses: one attempt per call, bounded connect and
-    /// attempt times (a test shortens `attempt_timeout` and sets an endpoint).
+    /// attempt times (a test shortens `attempt_timeout` and sets an endpoint), and the
+    /// SDK's HTTPS client with rustls over ring (Cargo.toml says why not its default).
     pub(crate) fn loader(region: &str, attempt_timeout: Duration) -> aws_config::ConfigLoader {
         aws_config::defaults(BehaviorVersion::latest())
+            .http_client(Sdk::http_client())
             .region(Region::new(region.to_string()))
             .retry_config(RetryConfig::standard().with_max_attempts(1))
             .timeout_config(
@@ -53,6 +55,13 @@ impl Sdk {
                     .operation_timeout(attempt_timeout + Duration::from_secs(5))
                     .build(),
             )
+    }
+
+    /// The SDK's own hyper client, its TLS rustls over ring: the SDK is built without a
+    /// default client (Cargo.toml says why), so every configuration names this one.
+    pub fn http_client() -> aws_sdk_ec2::config::SharedHttpClient {
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+        aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
     }
 
     pub fn from_config(config: &aws_config::SdkConfig) -> Sdk {
