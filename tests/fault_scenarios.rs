@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common;
 use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::Silent;
 use rehearse::engine::journal::Journal;
@@ -203,17 +204,17 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
     })
 }
 
+/// Seeded rehearsals of the shop on the fake cloud with faults, killed at random or run
+/// to the end, then torn down (500 in `make test-full`, 125 in `make test`:
+/// `common::seeds`): nothing is left and production is never touched.
 #[test]
-fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production() {
+fn seeded_fault_scenarios_leave_nothing_and_never_touch_production() {
     // Journals on tmpfs when there is one: 500 runs fsync a few thousand records.
     let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
     let dir = tempfile::Builder::new().prefix("rehearse-faults-").tempdir_in(base).unwrap();
     // Even seeds restore the newest snapshot, odd seeds clone the Aurora cluster.
     let variants = [description(dir.path(), false), description(dir.path(), true)];
-    let seeds: Vec<u64> = match std::env::var("REHEARSE_SEED") {
-        Ok(s) => vec![s.parse().expect("REHEARSE_SEED is a number")],
-        Err(_) => (0..500).collect(),
-    };
+    let seeds = common::seeds(0..500);
     let n = seeds.len();
     let (mut failures, mut killed, mut faults, mut outages, mut surfaced, mut in_flight) = (Vec::new(), 0, 0, 0, 0, 0);
     for seed in seeds {
@@ -226,8 +227,9 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
                 surfaced += usize::from(seen.surfaced);
                 in_flight += usize::from(seen.interrupted_in_flight);
             }
-            Err(e) => failures
-                .push(format!("seed {seed}: {e} (rerun: REHEARSE_SEED={seed} cargo test --test fault_scenarios)")),
+            Err(e) => failures.push(format!(
+                "seed {seed}: {e} (rerun: REHEARSE_SEED={seed} cargo nextest run seeded_fault_scenarios)"
+            )),
         }
     }
     assert!(failures.is_empty(), "{} failing scenario(s):\n{}", failures.len(), failures.join("\n"));
@@ -237,7 +239,7 @@ fn five_hundred_seeded_fault_scenarios_leave_nothing_and_never_touch_production(
          could not absorb",
         n - killed - in_flight
     );
-    if n >= 100 {
+    if n >= 20 {
         // The scenarios really vary: many runs are killed, many are not, faults hit,
         // and some outages outlast the provider's patience (so its failure paths run).
         assert!(killed > n / 10 && killed < n * 9 / 10, "{killed} of {n} killed");
@@ -713,13 +715,14 @@ fn is_report_or_log_write(w: &str) -> bool {
     matches!(key.split('/').nth(1), Some("report" | "logs"))
 }
 
-/// 200 seeded nightly rebuilds of a stage on the fake cloud, Route 53 and S3 (all
+/// Seeded nightly rebuilds of a stage (200 in `make test-full`, 50 in `make test`:
+/// `common::seeds`) on the fake cloud, Route 53 and S3 (all
 /// with faults), killed at random instants and followed by `down` or the next
 /// rebuild: the stable names always point at one generation that passed its
 /// acceptance and still exists — never at none once they existed, never at two — and
 /// in the end only the current generation is left, then nothing.
 #[test]
-fn two_hundred_seeded_rebuilds_killed_at_random_keep_the_names_on_a_generation_that_passed() {
+fn seeded_rebuilds_killed_at_random_keep_the_names_on_a_generation_that_passed() {
     let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
     let dir = tempfile::Builder::new().prefix("rehearse-stages-").tempdir_in(base).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -728,10 +731,7 @@ fn two_hundred_seeded_rebuilds_killed_at_random_keep_the_names_on_a_generation_t
     let path = dir.path().join("staging-aws.yaml");
     std::fs::write(&path, text).unwrap();
     let loaded = description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()));
-    let seeds: Vec<u64> = match std::env::var("REHEARSE_SEED") {
-        Ok(s) => vec![s.parse().expect("REHEARSE_SEED is a number")],
-        Err(_) => (0..200).collect(),
-    };
+    let seeds = common::seeds(0..200);
     let n = seeds.len();
     let (mut failures, mut total) = (Vec::new(), StageSeen::default());
     for seed in seeds {
@@ -742,9 +742,8 @@ fn two_hundred_seeded_rebuilds_killed_at_random_keep_the_names_on_a_generation_t
                 total.failed += s.failed;
                 total.errors += s.errors;
             }
-            Err(e) => failures.push(format!(
-                "seed {seed}: {e} (rerun: REHEARSE_SEED={seed} cargo test --test fault_scenarios two_hundred)"
-            )),
+            Err(e) => failures
+                .push(format!("seed {seed}: {e} (rerun: REHEARSE_SEED={seed} cargo nextest run seeded_rebuilds)")),
         }
     }
     assert!(failures.is_empty(), "{} failing scenario(s):\n{}", failures.len(), failures.join("\n"));
@@ -752,7 +751,7 @@ fn two_hundred_seeded_rebuilds_killed_at_random_keep_the_names_on_a_generation_t
         "{n} stage scenarios: {} rebuilds killed, {} promoted, {} not promoted, {} ended on an error",
         total.kills, total.promotions, total.failed, total.errors
     );
-    if n >= 100 {
+    if n >= 20 {
         assert!(
             total.kills as usize > n / 2 && total.promotions as usize > n && total.failed as usize > n / 4,
             "too little variety"

@@ -228,3 +228,18 @@ pub fn release_archive(files: &[(&str, &str)]) -> Vec<u8> {
     }
     b.into_inner().unwrap().finish().unwrap()
 }
+
+/// The seeds of a seeded test: `REHEARSE_SEED=N` runs that one (to reproduce a failure);
+/// `make test-full` (REHEARSE_TEST_FULL=1) runs all of `full`, `make test` its first
+/// quarter (at least one), so that a clean-clone run stays within its minutes. The first
+/// quarter, not every fourth: a test may vary what it builds by the seed's parity.
+pub fn seeds(full: std::ops::Range<u64>) -> Vec<u64> {
+    if let Ok(s) = std::env::var("REHEARSE_SEED") {
+        return vec![s.parse().expect("REHEARSE_SEED is a number")];
+    }
+    if std::env::var_os("REHEARSE_TEST_FULL").is_some() {
+        return full.collect();
+    }
+    let quarter = ((full.end - full.start) / 4).max(1);
+    (full.start..full.start + quarter).collect()
+}
