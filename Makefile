@@ -10,7 +10,7 @@ SHELL := /bin/bash
 # installed it there.
 export PATH := $(PATH):$(CURDIR)/.venv/bin
 
-.PHONY: all build release deps test-deps demo test tests-only test-full bench fmt lint clean
+.PHONY: all build release deps test-deps test-build demo test tests-only test-full bench fmt lint clean
 
 all: build
 
@@ -41,21 +41,28 @@ define run-tests
 	if grep -rqE '^\s*//[/!]\s*```' src; then $(CARGO) test --locked --doc; fi
 endef
 
-# `make test` is every check: the tests, and beside them the lint (fmt, clippy, the layer
-# and size checks). Both at once: clippy checks in target/lint while the tests build in
-# target/, and on two cores each leaves the other a core for much of the time. Each
-# one's output is printed whole when it ends.
+# `make test` is every check: the lint (fmt, clippy, the layer and size checks) and the
+# tests. Three things at once first: clippy checks in target/lint while the tests build in
+# target/ (on two cores each leaves the other a core for much of the time), and what the
+# tests need beyond the build (PostgreSQL, Chromium, the emulator, nextest) is installed
+# meanwhile, mostly a wait on downloads. Each one's output is printed whole when it ends.
+# Then the tests, alone on the machine: some of them measure latency.
 test:
-	$(MAKE) -j2 --output-sync=target lint tests-only
+	$(MAKE) -j3 --output-sync=target lint test-deps test-build
+	$(MAKE) tests-only
 
-tests-only: test-deps
+tests-only: test-deps test-build
 	$(run-tests)
+
+# What `cargo nextest run` builds (the same profile and features, so it finds it fresh).
+test-build:
+	$(CARGO) test --locked --no-run
 
 # The same tests with their long statistical runs at full count: compare's twenty live
 # repetitions of one release against itself, and all the judge's seeded draws (a tenth
 # of them in `make test`).
 test-full: export REHEARSE_TEST_FULL = 1
-test-full: test-deps
+test-full: test-deps test-build
 	$(run-tests)
 
 bench: test-deps release
