@@ -10,7 +10,7 @@ SHELL := /bin/bash
 # installed it there.
 export PATH := $(PATH):$(CURDIR)/.venv/bin
 
-.PHONY: all build release deps test-deps test-build demo test tests-only test-full bench fmt lint clean
+.PHONY: all build release deps test-deps test-build demo test tests-only test-full bench fmt lint lint-source clean
 
 all: build
 
@@ -41,22 +41,28 @@ define run-tests
 	if grep -rqE '^\s*//[/!]\s*```' src; then $(CARGO) test --locked --doc; fi
 endef
 
-# `make test` is every check: the lint (fmt, clippy, the layer and size checks) and the
-# tests. Three things at once first: clippy checks in target/lint while the tests build in
-# target/ (on two cores each leaves the other a core for much of the time), and what the
-# tests need beyond the build (PostgreSQL, Chromium, the emulator, nextest) is installed
-# meanwhile, mostly a wait on downloads. Each one's output is printed whole when it ends.
-# Then the tests, alone on the machine: some of them measure latency.
+# `make test` is every check: the lint and the tests. The test build is also the lint:
+# this crate's own targets are compiled by clippy-driver (scripts/clippy-rustc), which
+# compiles as rustc does and lints as `cargo clippy --all-targets -- -D warnings` does,
+# so the dependencies (the AWS SDK's crates most of all) are compiled once, not checked
+# a second time by clippy. Three things at once first: that build, the lint of the
+# source (fmt, the layer and size checks), and what the tests need beyond the build
+# (PostgreSQL, Chromium, the emulator, nextest), mostly a wait on downloads. Each one's
+# output is printed whole when it ends. Then the tests, alone on the machine: some of
+# them measure latency.
 test:
-	$(MAKE) -j3 --output-sync=target lint test-deps test-build
+	$(MAKE) -j3 --output-sync=target lint-source test-deps test-build
 	$(MAKE) tests-only
 
 tests-only: test-deps test-build
 	$(run-tests)
 
-# What `cargo nextest run` builds (the same profile and features, so it finds it fresh).
+# The tests' build, every target of the crate (benches included, as clippy's
+# --all-targets), linted as it compiles. `cargo nextest run` then finds it fresh: the
+# same profile, features and wrapper, exported to the tests' targets.
+test-build tests-only test-full: export RUSTC_WORKSPACE_WRAPPER = $(CURDIR)/scripts/clippy-rustc
 test-build:
-	$(CARGO) test --locked --no-run
+	$(CARGO) test --locked --no-run --all-targets
 
 # The same tests with their long statistical runs at full count: compare's twenty live
 # repetitions of one release against itself, and all the judge's seeded draws (a tenth
@@ -74,11 +80,13 @@ fmt:
 # Formatting, clippy with warnings as errors, the direction of module dependencies, and
 # the size of the code's units (functions up to 150 lines; files over 600 say why).
 # Clippy checks in a target directory of its own (target/lint): a check's artifacts are
-# not a build's anyway, and so `make test` checks while the tests build instead of
-# waiting for cargo's lock on target/.
-lint:
-	$(CARGO) fmt --check
+# not a build's, and a lint does not wait for cargo's lock on target/. (`make test` lints
+# in its build instead: see `test`.)
+lint: lint-source
 	CARGO_TARGET_DIR=$(CURDIR)/target/lint $(CARGO) clippy --locked --all-targets -- -D warnings
+
+lint-source:
+	$(CARGO) fmt --check
 	@scripts/check-layers.sh
 	@scripts/check-size.sh
 
