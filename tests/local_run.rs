@@ -169,13 +169,26 @@ fn kept_environment_is_listed_and_removed_by_down() {
 
 /// Starts a run in the background and waits until `marker` exists.
 fn start_until(sb: &Sandbox, file: &Path, marker: &Path) -> Child {
-    let child = sb.cmd().arg("run").arg(file).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child = sb.cmd().arg("run").arg(file).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_marker(&mut child, marker, Duration::from_secs(60));
+    child
+}
+
+/// Waits until `marker` exists; a run that ends first fails the test with its exit
+/// code and what it said, instead of a wait for the marker until the limit.
+fn wait_for_marker(child: &mut Child, marker: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
     while !marker.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("rehearse ended ({status}) before {} appeared:\n{err}", marker.display());
+        }
         assert!(Instant::now() < deadline, "{} never appeared", marker.display());
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
 }
 
 /// Starts a run, waits until `marker` exists, sends `sig`, and waits for the exit:
@@ -228,10 +241,13 @@ fn wrapped_pg_path(sb: &Sandbox, tool: &str, script: &str) -> String {
 }
 
 /// A `pg_restore` that touches a marker and sleeps before restoring (`-l` listings,
-/// used to find the newest backup, stay fast).
+/// used to find the newest backup, stay fast). The listing is told by an argument that
+/// is `-l`, not by "-l" anywhere in the arguments: the sandbox's random directory name
+/// (`rehearse-test-lOOZpq`) has it one time in sixty-two, and the restore then ran at
+/// once and the run passed before the test could interrupt it.
 fn slow_pg_restore(sb: &Sandbox, marker: &Path) -> String {
     let script = format!(
-        "#!/bin/sh\ncase \"$*\" in *-l*) exec {{real}}/pg_restore \"$@\";; esac\ntouch {}\nsleep 60\nexec {{real}}/pg_restore \"$@\"\n",
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -l ] && exec {{real}}/pg_restore \"$@\"; done\ntouch {}\nsleep 60\nexec {{real}}/pg_restore \"$@\"\n",
         marker.display()
     );
     wrapped_pg_path(sb, "pg_restore", &script)
@@ -254,7 +270,7 @@ fn sigint_during_restore_tears_down_and_exits_130() {
     demo_backups();
     let marker = sb.dir.path().join("restore-started");
     let path = slow_pg_restore(&sb, &marker);
-    let child = sb
+    let mut child = sb
         .cmd()
         .env("PATH", path)
         .args(["run", "environments/demo.yaml", "--release", "v2"])
@@ -262,11 +278,7 @@ fn sigint_during_restore_tears_down_and_exits_130() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "restore never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_marker(&mut child, &marker, Duration::from_secs(180));
     let id = sb.run_ids().pop().unwrap();
     signal(&child, 2);
     let (code, stderr) = wait_exit(child, Duration::from_secs(30));
