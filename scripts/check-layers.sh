@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks that module dependencies point one way (part of `make lint`):
 #
-#   commands → engine ← providers        (the engine owns the provider contract)
+#   commands, server → engine ← providers   (the engine owns the provider contract)
 #   engine, providers → suites, report → plan → description → sys, secrets, style, diag, exit
 #
 # A layer may use what is below it, never what is above it or beside it where the
@@ -32,6 +32,7 @@ forbid() {
 
 forbid engine      'crate::(providers|commands|testkit)' "the engine never names a provider or a command"
 forbid providers   'crate::(commands|testkit)'           "providers do not use the commands"
+forbid server      'crate::(commands|testkit)'           "the server is beside the commands, not above them"
 forbid providers/aws 'providers::local|super::local'     "the AWS provider uses no local module"
 forbid providers/local 'providers::aws|super::aws'       "the local provider uses no AWS module"
 forbid suites      'crate::(engine|providers|commands)'  "suites are below the engine"

@@ -179,6 +179,18 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Serve the self-service API: rehearsals on request, queued, audited (see README, "Self-service")
+    Serve {
+        /// The server's configuration (YAML: environments, proxy, tokens, rules)
+        #[arg(long, value_name = "FILE", required_unless_present = "new_token")]
+        config: Option<PathBuf>,
+        /// Listen here instead of the configuration's `listen` (port 0: any free port)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Print a new API token for USER and the configuration entry that admits it
+        #[arg(long, value_name = "USER", conflicts_with_all = ["config", "listen"])]
+        new_token: Option<String>,
+    },
     /// Restore the latest backup once into a golden copy that later runs clone
     Warm {
         #[arg(value_name = "FILE")]

@@ -55,6 +55,7 @@ mod edge;
 mod inventory;
 mod lock;
 mod run;
+mod serve;
 mod stage;
 mod store;
 mod warm;
@@ -113,6 +114,9 @@ pub fn dispatch(cli: Cli) -> i32 {
             named(g, run_id, &[Part::Journal], |id| inventory::extend(g, id, *duration))
         }
         Command::Warm { file } => warm::warm(g, file),
+        Command::Serve { config, listen, new_token } => {
+            serve::serve(g, config.as_deref(), *listen, new_token.as_deref())
+        }
         Command::Env { run_id } => named(g, run_id, &[Part::Journal, Part::Connection], |id| access::env(g, id)),
         Command::Psql { run_id, database, args } => {
             named(g, run_id, &[Part::Journal, Part::Connection], |id| access::psql(g, id, database.as_deref(), args))

@@ -31,6 +31,7 @@ pub mod journal;
 pub mod lifecycle;
 pub mod provider;
 pub mod rebuild;
+pub mod requests;
 pub mod run;
 pub mod stage;
 mod steps;

@@ -36,6 +36,7 @@ pub mod plan;
 pub mod providers;
 pub mod report;
 pub(crate) mod secrets;
+pub(crate) mod server;
 pub(crate) mod style;
 pub(crate) mod suites;
 pub mod sys;

@@ -34,6 +34,7 @@ mod report_render;
 mod scenarios_down_sweep;
 mod scenarios_stage;
 mod schema;
+mod serve;
 mod ssm_emulator;
 mod stage;
 mod state_store;

@@ -95,6 +95,20 @@ impl Verdict {
             Verdict::Interrupted => "interrupted",
         }
     }
+
+    /// The exit code of a run with this verdict whose teardown left `leftovers`
+    /// resources (README, "Exit codes"): leftovers first.
+    pub fn exit_code(self, leftovers: usize) -> i32 {
+        if leftovers > 0 {
+            return crate::exit::LEFTOVERS;
+        }
+        match self {
+            Verdict::Passed => crate::exit::PASSED,
+            Verdict::Failed => crate::exit::SUITES_FAILED,
+            Verdict::BuildFailed => crate::exit::BUILD_FAILED,
+            Verdict::Interrupted => crate::exit::INTERRUPTED,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

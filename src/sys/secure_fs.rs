@@ -49,7 +49,7 @@ pub enum FsError {
 }
 
 impl FsError {
-    fn io(action: &'static str, path: &Path, source: impl Into<std::io::Error>) -> FsError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: impl Into<std::io::Error>) -> FsError {
         FsError::Io { action, path: path.to_path_buf(), source: source.into() }
     }
 

@@ -15,15 +15,7 @@ use crate::sys::signals::Signals;
 
 /// The exit code of a run: its verdict, unless teardown left something behind.
 pub fn exit_code(verdict: Verdict, leftovers: usize) -> i32 {
-    if leftovers > 0 {
-        return exit::LEFTOVERS;
-    }
-    match verdict {
-        Verdict::Passed => exit::PASSED,
-        Verdict::Failed => exit::SUITES_FAILED,
-        Verdict::BuildFailed => exit::BUILD_FAILED,
-        Verdict::Interrupted => exit::INTERRUPTED,
-    }
+    verdict.exit_code(leftovers)
 }
 
 /// The global options with the description's `state:` where the command line names no

@@ -1,0 +1,316 @@
+//! Requests to the self-service server (`rehearse serve`): what a user asked for,
+//! recorded in the state store before the server says it is accepted, so that a
+//! restart loses nothing; claimed by one server with a compare-and-swap on the record
+//! (two replicas on one store never both run it); finished with how the run ended.
+//!
+//! Keys: `requests/REQUEST_ID.json`, one object a request, rewritten only with
+//! `If-Match` on the version that was read. Everything read back is checked by grammar
+//! and size as the store's other records are: another server (or anyone who may write
+//! the store) may have written it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::store::{self, Condition, Etag, ObjectStore, StoreError};
+use crate::report::model::Verdict;
+
+/// Where the requests live in the store.
+pub const PREFIX: &str = "requests/";
+
+/// The most requests one listing reads (the store's listing cap is far above).
+pub const MAX_LISTED: usize = 10_000;
+
+/// What a user asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Ask {
+    /// A one-shot rehearsal of `release` (`rehearse run`).
+    Rehearse { release: String },
+}
+
+/// Where a request is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+pub enum State {
+    /// Recorded, waiting for a slot.
+    Queued,
+    /// Claimed by `server`, which runs it as `run_id`.
+    Running { run_id: String, server: String, since: DateTime<Utc> },
+    /// Ended: the run's verdict and exit code, or why it has none.
+    Finished {
+        run_id: Option<String>,
+        /// When its run started (`None`: it never did).
+        started_at: Option<DateTime<Utc>>,
+        verdict: Option<Verdict>,
+        exit_code: i32,
+        error: Option<String>,
+        ended_at: DateTime<Utc>,
+    },
+}
+
+/// One request, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub id: String,
+    /// Who asked (the proxy's identity or a token's owner).
+    pub user: String,
+    /// The description's name in the server's directory.
+    pub environment: String,
+    pub ask: Ask,
+    pub requested_at: DateTime<Utc>,
+    pub state: State,
+}
+
+/// A request read from the store, with the version a change must match.
+#[derive(Clone, Debug)]
+pub struct Read {
+    pub request: Request,
+    pub etag: Etag,
+}
+
+/// Why a request could not be read, recorded or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the state store {url}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+    /// The record is not one a server writes: refused, not believed.
+    #[error("the request record {key} in {url} is refused: {why}")]
+    Refused { key: String, url: String, why: String },
+    /// Another server changed the record first (it claimed or finished it).
+    #[error("the request {id} was changed by another server first")]
+    Lost { id: String },
+}
+
+impl Request {
+    /// A new request, queued, with a fresh id.
+    pub fn new(user: &str, environment: &str, ask: Ask) -> Request {
+        Request {
+            id: new_id(),
+            user: user.to_string(),
+            environment: environment.to_string(),
+            ask,
+            requested_at: Utc::now(),
+            state: State::Queued,
+        }
+    }
+
+    /// Whether it has ended.
+    pub fn finished(&self) -> bool {
+        matches!(self.state, State::Finished { .. })
+    }
+
+    /// Checks what a stranger may have written: the id, the user, the environment, the
+    /// release and the run id by their grammar.
+    fn check(&self, key_id: &str) -> Result<(), String> {
+        if self.id != key_id {
+            return Err(format!("it says it is request {:?}", crate::sys::text::printable(&self.id)));
+        }
+        if !valid_user(&self.user) {
+            return Err("its user is not a user name".into());
+        }
+        if !valid_environment(&self.environment) {
+            return Err("its environment is not an environment's name".into());
+        }
+        let Ask::Rehearse { release } = &self.ask;
+        if !valid_release(release) {
+            return Err("its release is not a release version".into());
+        }
+        let run_id = match &self.state {
+            State::Queued => None,
+            State::Running { run_id, server, .. } => {
+                if !valid_user(server) {
+                    return Err("its server is not a server's name".into());
+                }
+                Some(run_id)
+            }
+            State::Finished { run_id, error, .. } => {
+                if error.as_ref().is_some_and(|e| e.len() > 4096) {
+                    return Err("its error is longer than 4 KiB".into());
+                }
+                run_id.as_ref()
+            }
+        };
+        if run_id.is_some_and(|r| !crate::sys::state::valid_run_id(r)) {
+            return Err("its run id is not a run id".into());
+        }
+        Ok(())
+    }
+}
+
+/// A new request id: time-sortable and unique (`q-20261207-101500-3fa2c1d0`).
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 4];
+    if getrandom::fill(&mut bytes).is_err() {
+        let n = u64::from(std::process::id()) ^ u64::from(Utc::now().timestamp_subsec_nanos());
+        bytes = (n as u32).to_be_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("q-{}-{hex}", Utc::now().format("%Y%m%d-%H%M%S"))
+}
+
+/// Request ids are used in keys and URLs: the generated shape only.
+pub fn valid_id(id: &str) -> bool {
+    id.len() <= 64 && id.starts_with("q-") && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// A user's name as a proxy or a token gives it: letters, digits and `._@+-`, at most
+/// 128 (an e-mail address fits; a space, a quote or a control character does not).
+pub fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 128
+        && user.chars().all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c))
+        && !user.starts_with(['.', '-'])
+}
+
+/// An environment's name: its description's file name without `.yaml`.
+pub fn valid_environment(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && !name.starts_with(['-', '_'])
+}
+
+/// A release version, as `--release` takes it.
+pub fn valid_release(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+        && !v.starts_with(['.', '-'])
+}
+
+fn key(id: &str) -> String {
+    format!("{PREFIX}{id}.json")
+}
+
+fn store_error(store: &dyn ObjectStore, source: StoreError) -> RequestError {
+    RequestError::Store { url: store.url(), source }
+}
+
+/// Records a new request; it exists in the store when this returns `Ok`.
+pub async fn record(store: &dyn ObjectStore, request: &Request) -> Result<Etag, RequestError> {
+    let body = serde_json::to_vec_pretty(request).expect("a request serializes");
+    store::put_checked(store, &key(&request.id), &body, Condition::Absent).await.map_err(|e| store_error(store, e))
+}
+
+/// The request `id` and its version, `None` when there is none.
+pub async fn read(store: &dyn ObjectStore, id: &str) -> Result<Option<Read>, RequestError> {
+    let k = key(id);
+    let Some(object) = store::retrying(|| store.get(&k)).await.map_err(|e| store_error(store, e))? else {
+        return Ok(None);
+    };
+    let refused = |why: String| RequestError::Refused { key: k.clone(), url: store.url(), why };
+    let request: Request =
+        serde_json::from_slice(&object.body).map_err(|e| refused(format!("it is not a request record: {e}")))?;
+    request.check(id).map_err(refused)?;
+    Ok(Some(Read { request, etag: object.etag }))
+}
+
+/// Every request in the store, oldest first; records that are refused are returned
+/// apart, with why.
+pub async fn list(store: &dyn ObjectStore) -> Result<(Vec<Read>, Vec<RequestError>), RequestError> {
+    let keys = store::retrying(|| store.list(PREFIX)).await.map_err(|e| store_error(store, e))?;
+    let mut ids: Vec<&str> = keys.iter().filter_map(|k| k.strip_suffix(".json")).filter(|id| valid_id(id)).collect();
+    ids.sort_unstable();
+    if ids.len() > MAX_LISTED {
+        ids.drain(..ids.len() - MAX_LISTED);
+    }
+    let (mut found, mut refused) = (Vec::new(), Vec::new());
+    for id in ids {
+        match read(store, id).await {
+            Ok(Some(r)) => found.push(r),
+            Ok(None) => {}
+            Err(e @ RequestError::Refused { .. }) => refused.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((found, refused))
+}
+
+/// Moves a request to `state`, if it is still the version `read` (another server's
+/// change first is [`RequestError::Lost`]); the new version.
+pub async fn change(store: &dyn ObjectStore, read: &Read, state: State) -> Result<Read, RequestError> {
+    let request = Request { state, ..read.request.clone() };
+    let body = serde_json::to_vec_pretty(&request).expect("a request serializes");
+    match store::put_checked(store, &key(&request.id), &body, Condition::Matches(read.etag.clone())).await {
+        Ok(etag) => Ok(Read { request, etag }),
+        Err(StoreError::PreconditionFailed) => Err(RequestError::Lost { id: request.id }),
+        Err(e) => Err(store_error(store, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::store::file::FileStore;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn a_request_is_recorded_claimed_once_and_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        rt().block_on(async {
+            let r = Request::new("alice@example.com", "demo", Ask::Rehearse { release: "v2".into() });
+            record(&store, &r).await.unwrap();
+            // A second record under the same id is refused by the store.
+            assert!(record(&store, &r).await.is_err());
+            let read1 = read(&store, &r.id).await.unwrap().unwrap();
+            let running =
+                State::Running { run_id: "r-20261207-000000-abcdef".into(), server: "a".into(), since: Utc::now() };
+            let claimed = change(&store, &read1, running).await.unwrap();
+            // Another server that read the queued version loses.
+            let theirs =
+                State::Running { run_id: "r-20261207-000000-123456".into(), server: "b".into(), since: Utc::now() };
+            let lost = change(&store, &read1, theirs).await;
+            assert!(matches!(lost, Err(RequestError::Lost { .. })), "{lost:?}");
+            let done = State::Finished {
+                run_id: Some("r-20261207-000000-abcdef".into()),
+                started_at: Some(Utc::now()),
+                verdict: Some(Verdict::Passed),
+                exit_code: 0,
+                error: None,
+                ended_at: Utc::now(),
+            };
+            change(&store, &claimed, done).await.unwrap();
+            let (all, refused) = list(&store).await.unwrap();
+            assert!(refused.is_empty());
+            assert_eq!(all.len(), 1);
+            assert!(all[0].request.finished());
+        });
+    }
+
+    #[test]
+    fn a_forged_record_is_refused_with_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        rt().block_on(async {
+            let mut r = Request::new("bob", "demo", Ask::Rehearse { release: "v2".into() });
+            r.user = "bob; rm -rf /".into();
+            let body = serde_json::to_vec(&r).unwrap();
+            store.put(&key(&r.id), body, Condition::Absent).await.unwrap();
+            let e = read(&store, &r.id).await.unwrap_err();
+            assert!(e.to_string().contains("its user is not a user name"), "{e}");
+            let (found, refused) = list(&store).await.unwrap();
+            assert!(found.is_empty() && refused.len() == 1);
+        });
+    }
+
+    #[test]
+    fn names_by_grammar() {
+        assert!(valid_user("alice@example.com") && valid_user("ci-bot"));
+        for bad in ["", "a b", "x\u{1b}[2J", "-x", "a\"b"] {
+            assert!(!valid_user(bad), "{bad:?}");
+        }
+        assert!(valid_environment("demo") && valid_environment("shop-aws"));
+        assert!(!valid_environment("../x") && !valid_environment("Demo"));
+        assert!(valid_release("v2") && valid_release("1.2.3-rc1") && !valid_release("../v2"));
+        assert!(valid_id(&new_id()));
+    }
+}

@@ -1,0 +1,111 @@
+//! `rehearse serve`: the self-service server. It holds the credentials; its users hold
+//! none. A request (rehearse release R of environment E) is identified (the
+//! authenticating proxy's header from its addresses, or a personal API token), checked
+//! against the environment's rules, recorded in the state store, and only then
+//! accepted; a queue runs at most `max_running` at once, fair among users, through the
+//! engine's run operation; the run's events are streamed as they happen (Server-Sent
+//! Events). Every request and every decision, allowed or refused and why, goes to the
+//! audit log in the state store.
+//!
+//! Like the commands, the server only parses, calls the engine and renders: requests
+//! are `engine::requests`, a rehearsal is `engine::run`.
+
+pub mod config;
+
+mod api;
+mod audit;
+mod auth;
+mod queue;
+
+pub use auth::new_token;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::engine::store::file::FileStore;
+use crate::engine::store::ObjectStore;
+use crate::sys::signals::Signals;
+
+pub use config::Config;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the environments directory {}: {source}", .path.display())]
+    Environments {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server's state: {0}")]
+    State(#[from] crate::sys::secure_fs::FsError),
+    #[error("the server's state store: {0}")]
+    Store(#[from] crate::engine::store::StoreError),
+    #[error("the server stopped: {0}")]
+    Stopped(std::io::Error),
+}
+
+/// What the handlers share.
+pub(crate) struct Shared {
+    pub config: Config,
+    /// Requests and the audit log (the server's part of the state directory).
+    pub store: Arc<dyn ObjectStore>,
+    /// Where runs keep their journals and reports, and where they build.
+    pub state_root: PathBuf,
+    pub work_root: PathBuf,
+    /// The CSRF tokens' key: random, kept in the state directory (0600), so that a
+    /// restart does not log anyone out.
+    pub secret: Vec<u8>,
+    pub queue: queue::Queue,
+}
+
+/// Where the server runs and keeps its state.
+pub struct Place {
+    pub state_root: PathBuf,
+    pub work_root: PathBuf,
+}
+
+/// Serves until a signal: `on_listening` is told the address bound (port 0 picks one).
+pub async fn serve(
+    config: Config,
+    place: Place,
+    signals: Signals,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    std::fs::read_dir(&config.environments)
+        .map_err(|source| ServeError::Environments { path: config.environments.clone(), source })?;
+    let server_dir = place.state_root.join("server");
+    let server_dir = crate::sys::secure_fs::private_dir(&server_dir, 0o700)?;
+    let secret = auth::load_or_make_secret(&server_dir.join("secret"))?;
+    let store: Arc<dyn ObjectStore> = Arc::new(FileStore::open(&server_dir)?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let shared = Arc::new(Shared {
+        queue: queue::Queue::new(config.max_running),
+        config,
+        store,
+        state_root: place.state_root,
+        work_root: place.work_root,
+        secret,
+    });
+    queue::start(shared.clone(), signals.clone());
+    on_listening(addr);
+    let app = api::router(shared.clone());
+    let stop = signals.clone();
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { stop.nth(1).await })
+        .await
+        .map_err(ServeError::Stopped)?;
+    // The runs under way end on the same signal (each tears itself down); wait for them.
+    shared.queue.drained().await;
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! The HTTP API (JSON under `/api/v1/`): what the portal's pages and scripts call.
+//! Every answer carries a strict Content-Security-Policy and `no-store`; bodies are
+//! capped; every request but `/healthz` is identified, and every decision audited.
+//!
+//! - `GET  /api/v1/session`: who you are, and the CSRF token your changes send back;
+//! - `GET  /api/v1/environments`: the descriptions offered;
+//! - `POST /api/v1/rehearsals` `{"environment", "release"}`: 202 and the request;
+//! - `GET  /api/v1/requests`, `GET /api/v1/requests/ID`: the queue, one request;
+//! - `GET  /api/v1/requests/ID/events`: its run's events (Server-Sent Events), from
+//!   the first, then live, and `end` when it has ended;
+//! - `GET  /api/v1/audit?limit=N`: the newest audit entries (admins).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::Stream as FutStream;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::audit::{self, Decision, Entry};
+use super::auth::{self, Who};
+use super::queue::Line;
+use super::Shared;
+use crate::engine::requests::{self, Ask, Request};
+use tokio::sync::broadcast::error::RecvError;
+
+/// The most bytes of a request's body.
+pub(crate) const MAX_BODY: usize = 16 * 1024;
+
+/// Changes one user may ask for in a minute.
+const CHANGES_PER_MINUTE: usize = 30;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let app = App { shared, changes: Arc::default() };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/session", get(session))
+        .route("/api/v1/environments", get(environments))
+        .route("/api/v1/rehearsals", post(rehearse))
+        .route("/api/v1/requests", get(list))
+        .route("/api/v1/requests/{id}", get(one))
+        .route("/api/v1/requests/{id}/events", get(events))
+        .route("/api/v1/audit", get(audit_log))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(app)
+}
+
+#[derive(Clone)]
+struct App {
+    shared: Arc<Shared>,
+    /// User → when their recent changes were asked (the rate limit's window).
+    changes: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
+}
+
+/// What every answer carries: nothing of it is cached, framed or sniffed, and a page
+/// runs only the server's own scripts.
+async fn secure_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    res
+}
+
+/// A refusal: its status and why, as JSON.
+fn refusal(status: StatusCode, why: &str) -> Response {
+    (status, Json(json!({ "error": why }))).into_response()
+}
+
+/// What a handler knows of the request it answers, for the audit log.
+struct Asked {
+    peer: SocketAddr,
+    method: Method,
+    path: String,
+}
+
+impl App {
+    async fn audit(&self, asked: &Asked, user: Option<&str>, decision: Decision, why: &str) {
+        let entry = Entry {
+            at: chrono::Utc::now(),
+            user: user.map(str::to_string),
+            peer: asked.peer.to_string(),
+            method: asked.method.to_string(),
+            path: asked.path.chars().take(512).collect(),
+            decision,
+            why: why.chars().take(1024).collect(),
+        };
+        audit::record(self.shared.store.as_ref(), &entry).await;
+    }
+
+    /// Who asks, or the refusal (audited).
+    async fn identify(&self, asked: &Asked, headers: &HeaderMap) -> Result<Who, Response> {
+        match auth::identify(&self.shared.config, asked.peer, headers) {
+            Ok(who) => Ok(who),
+            Err(why) => {
+                self.audit(asked, None, Decision::Refused, &why).await;
+                Err(refusal(StatusCode::UNAUTHORIZED, &why))
+            }
+        }
+    }
+
+    /// Who asks for a change: identified, with the CSRF token a browser must send, and
+    /// within the rate limit; or the refusal (audited).
+    async fn identify_change(&self, asked: &Asked, headers: &HeaderMap) -> Result<Who, Response> {
+        let who = self.identify(asked, headers).await?;
+        if let Err(why) = auth::check_csrf(&self.shared.secret, &who, headers) {
+            self.audit(asked, Some(&who.user), Decision::Refused, &why).await;
+            return Err(refusal(StatusCode::FORBIDDEN, &why));
+        }
+        let limited = {
+            let mut changes = self.changes.lock().expect("not poisoned");
+            let recent = changes.entry(who.user.clone()).or_default();
+            recent.retain(|t| t.elapsed().as_secs() < 60);
+            recent.push(Instant::now());
+            recent.len() > CHANGES_PER_MINUTE
+        };
+        if limited {
+            let why = format!("more than {CHANGES_PER_MINUTE} changes in a minute: wait and ask again");
+            self.audit(asked, Some(&who.user), Decision::Refused, &why).await;
+            return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &why));
+        }
+        Ok(who)
+    }
+}
+
+fn asked(peer: SocketAddr, method: Method, uri: &Uri) -> Asked {
+    Asked { peer, method, path: uri.path().to_string() }
+}
+
+async fn session(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "session").await;
+    let admin = app.shared.config.admins.contains(&who.user);
+    Json(json!({ "user": who.user, "admin": admin, "csrf": auth::csrf_token(&app.shared.secret, &who.user) }))
+        .into_response()
+}
+
+/// The environments offered: `NAME.yaml` in the directory, by name's grammar.
+fn offered(shared: &Shared) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&shared.config.environments)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".yaml")).map(str::to_string))
+        .filter(|n| requests::valid_environment(n))
+        .collect();
+    names.sort();
+    names
+}
+
+async fn environments(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "list environments").await;
+    let list: Vec<serde_json::Value> = offered(&app.shared)
+        .into_iter()
+        .map(|name| {
+            let may = app.shared.config.rule(&name).may_rehearse(&who.user, &name).is_ok();
+            json!({ "name": name, "may_rehearse": may })
+        })
+        .collect();
+    Json(json!({ "environments": list })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RehearseBody {
+    environment: String,
+    release: String,
+}
+
+async fn rehearse(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Json<RehearseBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify_change(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let refuse = async |status, why: String| {
+        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
+        refusal(status, &why)
+    };
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
+    };
+    if !requests::valid_environment(&body.environment) || !offered(&app.shared).contains(&body.environment) {
+        return refuse(StatusCode::NOT_FOUND, "no such environment".into()).await;
+    }
+    if !requests::valid_release(&body.release) {
+        return refuse(StatusCode::BAD_REQUEST, "the release is not a release version".into()).await;
+    }
+    let rule = app.shared.config.rule(&body.environment);
+    if let Err(why) = rule.may_rehearse(&who.user, &body.environment) {
+        return refuse(StatusCode::FORBIDDEN, why).await;
+    }
+    if let Some(max) = rule.max_per_user {
+        let open = match requests::list(app.shared.store.as_ref()).await {
+            Ok((found, _)) => found.iter().filter(|r| r.request.user == who.user && !r.request.finished()).count(),
+            Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the queue: {e}")).await,
+        };
+        if open >= max {
+            let why = format!("{} has {open} requests queued or running; at most {max} (rules.max_per_user)", who.user);
+            return refuse(StatusCode::TOO_MANY_REQUESTS, why).await;
+        }
+    }
+    let request = Request::new(&who.user, &body.environment, Ask::Rehearse { release: body.release.clone() });
+    // Recorded before it is accepted: a restart loses nothing that was answered 202.
+    if let Err(e) = requests::record(app.shared.store.as_ref(), &request).await {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("cannot record the request: {e}")).await;
+    }
+    let why = format!("rehearse {} release {}: request {}", request.environment, body.release, request.id);
+    app.audit(&asked, Some(&who.user), Decision::Allowed, &why).await;
+    app.shared.queue.poke();
+    let url = format!("/api/v1/requests/{}", request.id);
+    (StatusCode::ACCEPTED, [(header::LOCATION, url)], Json(request)).into_response()
+}
+
+async fn list(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match requests::list(app.shared.store.as_ref()).await {
+        Ok((found, refused)) => {
+            app.audit(&asked, Some(&who.user), Decision::Allowed, "list requests").await;
+            let all: Vec<&Request> = found.iter().map(|r| &r.request).collect();
+            let refused: Vec<String> = refused.iter().map(|e| e.to_string()).collect();
+            Json(json!({ "requests": all, "refused": refused, "running": app.shared.queue.running_now() }))
+                .into_response()
+        }
+        Err(e) => refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn one(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !requests::valid_id(&id) {
+        return refusal(StatusCode::NOT_FOUND, "no such request");
+    }
+    match requests::read(app.shared.store.as_ref(), &id).await {
+        Ok(Some(r)) => {
+            app.audit(&asked, Some(&who.user), Decision::Allowed, "read request").await;
+            Json(r.request).into_response()
+        }
+        Ok(None) => refusal(StatusCode::NOT_FOUND, "no such request"),
+        Err(e) => refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn events(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !requests::valid_id(&id) {
+        return refusal(StatusCode::NOT_FOUND, "no such request");
+    }
+    // A request not started yet has no stream: wait for it (a watcher opens the page
+    // right after asking), as long as the request exists and is not finished.
+    let stream = loop {
+        if let Some(s) = app.shared.queue.stream(&id) {
+            break Some(s);
+        }
+        match requests::read(app.shared.store.as_ref(), &id).await {
+            Ok(Some(r)) if !r.request.finished() => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            Ok(Some(_)) => break None,
+            Ok(None) => return refusal(StatusCode::NOT_FOUND, "no such request"),
+            Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    };
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "watch request").await;
+    let end = || Ok(SseEvent::default().event("end").data("ended"));
+    let feed: std::pin::Pin<Box<dyn FutStream<Item = Result<SseEvent, Infallible>> + Send>> = match stream {
+        None => Box::pin(futures_util::stream::iter([end()])),
+        Some(s) => {
+            let (past, live) = s.watch();
+            let past = futures_util::stream::iter(past.into_iter().map(|l| Ok(SseEvent::default().data(l))));
+            let Some(live) = live else {
+                // The run had ended before this watcher came.
+                return Sse::new(futures_util::StreamExt::chain(past, futures_util::stream::iter([end()])))
+                    .into_response();
+            };
+            // The state is `None` once the end was sent.
+            let live = futures_util::stream::unfold(Some(live), move |rx| async move {
+                let mut rx = rx?;
+                Some(match rx.recv().await {
+                    Ok(Line::Text(t)) => (Ok(SseEvent::default().data(t)), Some(rx)),
+                    Ok(Line::End) | Err(RecvError::Closed) => (end(), None),
+                    Err(RecvError::Lagged(n)) => {
+                        (Ok(SseEvent::default().data(format!("({n} lines skipped)"))), Some(rx))
+                    }
+                })
+            });
+            Box::pin(futures_util::StreamExt::chain(past, live))
+        }
+    };
+    Sse::new(feed).keep_alive(KeepAlive::default()).into_response()
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn audit_log(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<Limit>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !app.shared.config.admins.contains(&who.user) {
+        let why = format!("{} is not an administrator (admins)", who.user);
+        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
+        return refusal(StatusCode::FORBIDDEN, &why);
+    }
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "read the audit log").await;
+    match audit::newest(app.shared.store.as_ref(), q.limit.unwrap_or(100).min(1000)).await {
+        Ok(entries) => Json(json!({ "entries": entries })).into_response(),
+        Err(e) => refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}

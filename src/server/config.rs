@@ -1,0 +1,232 @@
+//! The server's configuration file (`rehearse serve --config FILE`, YAML): where the
+//! descriptions are, how many rehearsals run at once, who is who (the authenticating
+//! proxy's header and its addresses, personal API tokens by their SHA-256) and who may
+//! do what on which environment.
+//!
+//! ```yaml
+//! listen: 127.0.0.1:8080          # the default
+//! environments: ../environments   # relative to this file
+//! max_running: 2                  # rehearsals at once; the rest wait in the queue
+//! proxy:
+//!   header: X-Forwarded-User      # oauth2-proxy's; an ALB's is X-Amzn-Oidc-Identity
+//!   trusted: [127.0.0.1]          # the header is believed from these addresses only
+//! tokens:                         # `rehearse serve --new-token USER` prints an entry
+//!   - user: ci
+//!     sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+//! admins: [alice]
+//! rules:                          # per environment; `"*"` is every environment
+//!   "*": { rehearse: ["*"], max_per_user: 3 }
+//!   shop-aws: { rehearse: [alice, ci] }
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::requests::{valid_environment, valid_user};
+
+/// The most bytes of a configuration file read.
+const MAX_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The directory of descriptions offered (`NAME.yaml` is the environment NAME).
+    pub environments: PathBuf,
+    #[serde(default = "default_max_running")]
+    pub max_running: usize,
+    #[serde(default)]
+    pub proxy: Option<Proxy>,
+    #[serde(default)]
+    pub tokens: Vec<Token>,
+    #[serde(default)]
+    pub admins: Vec<String>,
+    #[serde(default)]
+    pub rules: BTreeMap<String, Rule>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    pub header: String,
+    pub trusted: Vec<IpAddr>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    pub user: String,
+    /// The token's SHA-256, lowercase hex: the token itself is never stored.
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Who may rehearse a release here: user names, or `"*"` for everyone identified.
+    #[serde(default)]
+    pub rehearse: Option<Vec<String>>,
+    /// The most requests of one user queued or running at once.
+    #[serde(default)]
+    pub max_per_user: Option<usize>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_max_running() -> usize {
+    2
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: larger than 1 MiB, the most rehearse reads of a server's configuration", .path.display())]
+    TooLarge { path: PathBuf },
+    #[error("{}{}: {message}", .path.display(), .at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    Invalid { path: PathBuf, at: Option<(u64, u64)>, message: String },
+}
+
+impl Config {
+    /// Reads and checks `path`; `environments` becomes absolute (relative to the file).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read = |source| ConfigError::Read { path: path.to_path_buf(), source };
+        let file = std::fs::File::open(path).map_err(read)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_BYTES + 1), &mut text).map_err(read)?;
+        if text.len() as u64 > MAX_BYTES {
+            return Err(ConfigError::TooLarge { path: path.to_path_buf() });
+        }
+        let invalid = |at, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            at,
+            message: crate::sys::text::printable(&message),
+        };
+        let mut config: Config = serde_saphyr::from_str(&text).map_err(|e| {
+            use serde_saphyr::MessageFormatter;
+            let at = e.location().map(|l| (l.line(), l.column()));
+            // The message without its position (said once, as FILE:LINE:COLUMN).
+            let mut inner = &e;
+            while let serde_saphyr::Error::WithSnippet { error, .. } = inner {
+                inner = error;
+            }
+            let message = serde_saphyr::DefaultMessageFormatter.format_message(inner);
+            invalid(at, message.lines().next().unwrap_or_default().to_string())
+        })?;
+        config.check().map_err(|m| invalid(None, m))?;
+        if config.environments.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.environments = base.join(&config.environments);
+        }
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.max_running == 0 || self.max_running > 256 {
+            return Err(format!("max_running: {} is not between 1 and 256", self.max_running));
+        }
+        if let Some(p) = &self.proxy {
+            if axum::http::HeaderName::from_bytes(p.header.as_bytes()).is_err() {
+                return Err(format!("proxy.header: {:?} is not a header name", p.header));
+            }
+            if p.trusted.is_empty() {
+                return Err("proxy.trusted: name the proxy's addresses (the header is believed from them only)".into());
+            }
+        }
+        for t in &self.tokens {
+            if !valid_user(&t.user) {
+                return Err(format!("tokens: {:?} is not a user name", t.user));
+            }
+            if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+                return Err(format!("tokens: the sha256 of {} is not 64 lowercase hex digits", t.user));
+            }
+        }
+        for a in &self.admins {
+            if !valid_user(a) {
+                return Err(format!("admins: {a:?} is not a user name"));
+            }
+        }
+        for (env, rule) in &self.rules {
+            if env != "*" && !valid_environment(env) {
+                return Err(format!("rules: {env:?} is not an environment's name"));
+            }
+            for u in rule.rehearse.iter().flatten() {
+                if u != "*" && !valid_user(u) {
+                    return Err(format!("rules.{env}.rehearse: {u:?} is not a user name"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rule for `environment`: its own, else `"*"`'s, else nobody may.
+    pub fn rule(&self, environment: &str) -> Rule {
+        let own = self.rules.get(environment);
+        let any = self.rules.get("*");
+        Rule {
+            rehearse: own.and_then(|r| r.rehearse.clone()).or_else(|| any.and_then(|r| r.rehearse.clone())),
+            max_per_user: own.and_then(|r| r.max_per_user).or_else(|| any.and_then(|r| r.max_per_user)),
+        }
+    }
+}
+
+impl Rule {
+    /// Whether `user` may rehearse a release, and if not, why.
+    pub fn may_rehearse(&self, user: &str, environment: &str) -> Result<(), String> {
+        match &self.rehearse {
+            Some(users) if users.iter().any(|u| u == "*" || u == user) => Ok(()),
+            Some(_) => Err(format!("{user} may not rehearse on {environment} (rules.{environment}.rehearse)")),
+            None => Err(format!("nobody may rehearse on {environment}: no rule names it")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("serve.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        Config::load(&p)
+    }
+
+    #[test]
+    fn a_bad_configuration_says_where_and_why_once() {
+        let e = load("environments: envs\nmax_runing: 3\n").unwrap_err().to_string();
+        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, max_running, proxy, tokens, admins, rules"), "{e}");
+        let e = load("environments: envs\nproxy:\n  header: X-User\n  trusted: []\n").unwrap_err().to_string();
+        assert!(e.contains("proxy.trusted: name the proxy's addresses"), "{e}");
+        let e = load("environments: envs\nrules:\n  \"../x\": { rehearse: [\"*\"] }\n").unwrap_err().to_string();
+        assert!(e.contains("is not an environment's name"), "{e}");
+        let e = load("environments: envs\ntokens:\n  - user: ci\n    sha256: abc\n").unwrap_err().to_string();
+        assert!(e.contains("not 64 lowercase hex digits"), "{e}");
+    }
+
+    #[test]
+    fn rules_fall_back_to_the_star_and_nobody_may_without_one() {
+        let c = load("environments: envs\nrules:\n  \"*\": { rehearse: [\"*\"], max_per_user: 2 }\n  demo: { rehearse: [alice] }\n").unwrap();
+        assert!(c.rule("demo").may_rehearse("alice", "demo").is_ok());
+        assert!(c.rule("demo").may_rehearse("bob", "demo").is_err());
+        assert_eq!(c.rule("demo").max_per_user, Some(2));
+        assert!(c.rule("other").may_rehearse("bob", "other").is_ok());
+        let none = load("environments: envs\n").unwrap();
+        assert!(none.rule("demo").may_rehearse("alice", "demo").unwrap_err().contains("no rule names it"));
+        assert!(
+            none.environments.ends_with("envs") && none.environments.is_absolute()
+                || none.environments.starts_with("/")
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! The queue: at most `max_running` rehearsals at once; when a slot frees, the queued
+//! request of the user with the fewest running goes next (oldest first among equals),
+//! claimed by compare-and-swap on its record. Each run's events are kept (the last
+//! [`MAX_LINES`]) and streamed to whoever watches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{broadcast, Notify};
+
+use super::Shared;
+use crate::description::Target;
+use crate::engine::events::{Event, Reporter};
+use crate::engine::lifecycle::Options;
+use crate::engine::requests::{self, Ask, Read, State};
+use crate::engine::run::{self as engine_run, Ended};
+use crate::sys::signals::Signals;
+
+/// The most lines of a run's events kept for a watcher who arrives late.
+pub(crate) const MAX_LINES: usize = 5_000;
+
+/// How often the queue looks at the store without being told (another server's
+/// request, a slot freed by a crash).
+const POLL: Duration = Duration::from_secs(2);
+
+pub(crate) struct Queue {
+    max_running: usize,
+    /// Request id → its user, for the runs of this server under way.
+    running: Mutex<HashMap<String, String>>,
+    /// Request id → its events.
+    streams: Mutex<HashMap<String, Arc<Stream>>>,
+    wake: Notify,
+    idle: Notify,
+}
+
+/// One run's events: what was said so far (and whether the run has ended) and the live
+/// feed.
+pub(crate) struct Stream {
+    said: Mutex<Said>,
+    live: broadcast::Sender<Line>,
+    start: std::time::Instant,
+}
+
+#[derive(Default)]
+struct Said {
+    lines: std::collections::VecDeque<String>,
+    ended: bool,
+}
+
+/// One item of a run's feed.
+#[derive(Clone, Debug)]
+pub(crate) enum Line {
+    Text(String),
+    /// The run ended: the request's final state is in the store.
+    End,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        Stream { said: Mutex::default(), live: broadcast::channel(1024).0, start: std::time::Instant::now() }
+    }
+
+    fn say(&self, line: String) {
+        let mut said = self.said.lock().expect("not poisoned");
+        if said.lines.len() >= MAX_LINES {
+            said.lines.pop_front();
+        }
+        said.lines.push_back(line.clone());
+        // Nobody watching is fine.
+        #[allow(clippy::let_underscore_must_use)]
+        let _ = self.live.send(Line::Text(line));
+    }
+
+    fn end(&self) {
+        let mut said = self.said.lock().expect("not poisoned");
+        said.ended = true;
+        // Nobody watching is fine.
+        #[allow(clippy::let_underscore_must_use)]
+        let _ = self.live.send(Line::End);
+    }
+
+    /// What was said so far, and the feed from here on (`None` when the run has ended),
+    /// taken under one lock: no line is lost or said twice between the two.
+    pub(crate) fn watch(&self) -> (Vec<String>, Option<broadcast::Receiver<Line>>) {
+        let said = self.said.lock().expect("not poisoned");
+        let live = (!said.ended).then(|| self.live.subscribe());
+        (said.lines.iter().cloned().collect(), live)
+    }
+}
+
+impl Reporter for Stream {
+    fn event(&self, ev: Event) {
+        let t = self.start.elapsed().as_secs_f64();
+        let line = match ev {
+            Event::Started { resource, action, .. } => format!("[{t:7.2}s] start {resource} {action}"),
+            Event::Finished { resource, action, ok, elapsed, detail } => format!(
+                "[{t:7.2}s] {} {resource} {action}{} ({:.2}s)",
+                if ok { "ok  " } else { "FAIL" },
+                detail.map(|d| format!(": {d}")).unwrap_or_default(),
+                elapsed.as_secs_f64()
+            ),
+            other => match other.line() {
+                Some(l) => format!("[{t:7.2}s] {l}"),
+                None => return,
+            },
+        };
+        // What reaches a browser is printable and redacted, whoever wrote it.
+        self.say(crate::sys::text::printable(&crate::secrets::redact(&line)));
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(max_running: usize) -> Queue {
+        Queue {
+            max_running,
+            running: Mutex::default(),
+            streams: Mutex::default(),
+            wake: Notify::new(),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Tells the queue a request was recorded.
+    pub(crate) fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn stream(&self, id: &str) -> Option<Arc<Stream>> {
+        self.streams.lock().expect("not poisoned").get(id).cloned()
+    }
+
+    pub(crate) fn running_now(&self) -> usize {
+        self.running.lock().expect("not poisoned").len()
+    }
+
+    /// Resolves when no run of this server is under way.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.running_now() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// Starts the queue's loop: claims what fits, until a signal.
+pub(crate) fn start(shared: Arc<Shared>, signals: Signals) {
+    tokio::spawn(async move {
+        loop {
+            if signals.count() > 0 {
+                return;
+            }
+            fill(&shared, &signals).await;
+            tokio::select! {
+                () = shared.queue.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+                () = signals.nth(1) => return,
+            }
+        }
+    });
+}
+
+/// Claims queued requests while slots are free, fairest first.
+async fn fill(shared: &Arc<Shared>, signals: &Signals) {
+    let queued = match requests::list(shared.store.as_ref()).await {
+        Ok((found, _refused)) => found,
+        Err(e) => {
+            let line = format!("rehearse serve: warning: cannot read the queue: {e}");
+            eprintln!("{}", crate::sys::text::printable_text(&line)); // raw: sanitized
+            return;
+        }
+    };
+    let mut queued: Vec<Read> = queued.into_iter().filter(|r| r.request.state == State::Queued).collect();
+    while shared.queue.running_now() < shared.queue.max_running && !queued.is_empty() {
+        let per_user: BTreeMap<String, usize> =
+            shared.queue.running.lock().expect("not poisoned").values().fold(BTreeMap::new(), |mut m, u| {
+                *m.entry(u.clone()).or_default() += 1;
+                m
+            });
+        // Fewest running first, then the oldest (ids sort by time).
+        let next = (0..queued.len())
+            .min_by_key(|&i| {
+                (per_user.get(&queued[i].request.user).copied().unwrap_or(0), queued[i].request.id.clone())
+            })
+            .expect("not empty");
+        let read = queued.remove(next);
+        let run_id = crate::sys::state::new_run_id();
+        let running = State::Running { run_id: run_id.clone(), server: server_name(), since: Utc::now() };
+        let claimed = match requests::change(shared.store.as_ref(), &read, running).await {
+            Ok(c) => c,
+            // Another server took it, or the store failed: the next look decides.
+            Err(_) => continue,
+        };
+        let stream = Arc::new(Stream::new());
+        shared.queue.streams.lock().expect("not poisoned").insert(read.request.id.clone(), stream.clone());
+        shared.queue.running.lock().expect("not poisoned").insert(read.request.id.clone(), read.request.user.clone());
+        let (shared2, signals2) = (shared.clone(), signals.clone());
+        // A thread and a runtime of its own for each run: the engine's run is one task
+        // that drives its steps together (not `Send`), as in the CLI.
+        std::thread::spawn(move || {
+            let id = claimed.request.id.clone();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let state = match &rt {
+                Ok(rt) => rt.block_on(rehearse(&shared2, &claimed, &run_id, &stream, &signals2)),
+                Err(e) => State::Finished {
+                    run_id: None,
+                    started_at: None,
+                    verdict: None,
+                    exit_code: crate::exit::BUILD_FAILED,
+                    error: Some(format!("cannot start the run's runtime: {e}")),
+                    ended_at: Utc::now(),
+                },
+            };
+            if let Ok(rt) = &rt {
+                if let Err(e) = rt.block_on(requests::change(shared2.store.as_ref(), &claimed, state)) {
+                    stream.say(format!("warning: cannot record how the request ended: {e}"));
+                }
+            }
+            stream.end();
+            shared2.queue.running.lock().expect("not poisoned").remove(&id);
+            shared2.queue.idle.notify_waiters();
+            shared2.queue.poke();
+        });
+    }
+}
+
+/// This server's name in the records it claims: its host name.
+fn server_name() -> String {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    if requests::valid_user(&host) {
+        host
+    } else {
+        "server".into()
+    }
+}
+
+/// Runs the request through the engine; its final state.
+async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, signals: &Signals) -> State {
+    let started_at = Some(Utc::now());
+    let finished = |verdict, exit_code, error: Option<String>| State::Finished {
+        run_id: Some(run_id.to_string()),
+        started_at,
+        verdict,
+        exit_code,
+        error: error.map(|e| crate::sys::text::printable(&crate::secrets::redact(&e))),
+        ended_at: Utc::now(),
+    };
+    let Ask::Rehearse { release } = &read.request.ask;
+    let path = shared.config.environments.join(format!("{}.yaml", read.request.environment));
+    let loaded = match crate::description::load(&path, Some(release)) {
+        Ok(l) => l,
+        Err(d) => return finished(None, crate::exit::USAGE, Some(d.render())),
+    };
+    let opts = Options {
+        run_id: run_id.to_string(),
+        release: release.clone(),
+        destroy: loaded.desc.destroy,
+        cold: false,
+        up_only: false,
+        state_root: shared.state_root.clone(),
+        work_root: shared.work_root.clone(),
+        run_as: None,
+        exit_code: crate::report::model::Verdict::exit_code,
+        name: None,
+        shared: None,
+        stage: None,
+        pins: Default::default(),
+    };
+    let locks = shared.store.clone();
+    let lease = Duration::from_secs(60);
+    let quiet = |_: &engine_run::RunFailure| {};
+    let outcome = match &loaded.desc.target {
+        Target::Local => {
+            let provider = crate::providers::local::LocalProvider::new(&opts.work_root);
+            engine_run::run(&provider, &loaded, &opts, locks, lease, stream, signals, &quiet).await
+        }
+        Target::Aws(aws) => {
+            let sdk = crate::providers::aws::sdk::Sdk::new(&aws.region).await;
+            let provider = crate::providers::aws::AwsProvider::new(
+                sdk,
+                crate::providers::aws::POLL_FIRST,
+                crate::providers::aws::POLL_MAX,
+            );
+            engine_run::run(&provider, &loaded, &opts, locks, lease, stream, signals, &quiet).await
+        }
+    };
+    match &outcome.ended {
+        Ended::Reported { report, unwritten: None, .. } => {
+            stream.say(format!("verdict: {} (exit {})", report.verdict.as_str(), report.exit_code));
+            finished(Some(report.verdict), report.exit_code, None)
+        }
+        _ => {
+            let error = outcome.error_text().unwrap_or_else(|| "the run ended without a report".into());
+            stream.say(format!("error: {error}"));
+            finished(None, crate::exit::BUILD_FAILED, Some(error))
+        }
+    }
+}

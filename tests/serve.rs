@@ -1,0 +1,361 @@
+//! `rehearse serve`, the real binary on a free port of 127.0.0.1, asked over HTTP as a
+//! proxy, a browser behind it and a script would ask: who may do what is decided and
+//! audited, a request is recorded before it is accepted, runs are queued at most N at
+//! once, and a run's events arrive as Server-Sent Events while it runs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{self, Sandbox};
+
+/// A running server; stopped (SIGINT, then waited for) when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGINT);
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `rehearse serve` with `config` (YAML, `{envs}` replaced by the environments
+/// directory) and waits for the address it says it listens on.
+fn start(sb: &Sandbox, envs: &Path, config: &str) -> Server {
+    let file = sb.dir.path().join("serve.yaml");
+    std::fs::write(&file, config.replace("{envs}", &envs.display().to_string())).unwrap();
+    let mut child = sb
+        .cmd()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("rehearse serve: listening on http://")
+        .unwrap_or_else(|| panic!("the server said {line:?}"))
+        .parse()
+        .unwrap();
+    // The rest of what it says goes to the test's output.
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            eprintln!("serve: {l}");
+        }
+    });
+    Server { child, addr }
+}
+
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request over `stream`, read to its end.
+fn exchange(mut stream: TcpStream, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: rehearse\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(": ")).map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    Answer { status, headers, body: body.to_string() }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    exchange(TcpStream::connect(addr).unwrap(), method, path, headers, body)
+}
+
+/// The same from 127.0.0.2: an address that is not the proxy's.
+fn http_from_elsewhere(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let stream = rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        s.connect(addr).await.unwrap().into_std().unwrap()
+    });
+    stream.set_nonblocking(false).unwrap();
+    exchange(stream, method, path, headers, "")
+}
+
+/// The events of request `id` as a browser's EventSource reads them, until `end`.
+fn events(addr: SocketAddr, id: &str, user: &str) -> Vec<String> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(s, "GET /api/v1/requests/{id}/events HTTP/1.1\r\nHost: r\r\nX-Forwarded-User: {user}\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    let mut data = Vec::new();
+    for line in BufReader::new(s).lines() {
+        let line = line.unwrap();
+        if line == "event: end" {
+            return data;
+        }
+        if let Some(d) = line.strip_prefix("data: ") {
+            data.push(d.to_string());
+        }
+    }
+    panic!("the stream ended without `end`: {data:?}");
+}
+
+/// The environments directory: the demo as the repository has it, and `quick`, a
+/// rehearsal without a database whose one suite takes `suite_secs`.
+fn environments(sb: &Sandbox, suite_secs: f64) -> PathBuf {
+    common::demo_backups();
+    let demo = std::fs::read_to_string(common::root().join("environments/demo.yaml")).unwrap();
+    let path = common::write_description(sb, "demo.yaml", &common::from_repository(&demo));
+    let quick = format!(
+        "name: quick\nprovider: local\nowner: tests@example.com\nrelease:\n  version: v1\n  artifact: \"{{root}}/demo/build/releases/v2\"\nsuites:\n  wait:\n    command: \"sleep {suite_secs}\"\n    results: exit-code\n    timeout: 30s\n"
+    );
+    common::write_description(sb, "quick.yaml", &quick);
+    path.parent().unwrap().to_path_buf()
+}
+
+const CONFIG: &str = "environments: {envs}
+max_running: 2
+proxy:
+  header: X-Forwarded-User
+  trusted: [127.0.0.1]
+admins: [alice]
+rules:
+  \"*\": { rehearse: [\"*\"], max_per_user: 60 }
+  demo: { rehearse: [alice, ci] }
+";
+
+fn wait_finished(addr: SocketAddr, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let r = http(addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "alice")], "").json();
+        if r["state"]["state"] == "finished" {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "request {id} never finished: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_release_is_rehearsed_on_request_its_events_stream_and_every_decision_is_audited() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    // A token for a script, made as an operator makes one.
+    let out = sb.cmd().args(["serve", "--new-token", "ci"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let entry = String::from_utf8(out.stderr).unwrap().lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert!(entry.contains("sha256: ") && !entry.contains(&token), "{entry}");
+    let server = start(&sb, &envs, &format!("{CONFIG}tokens:\n{entry}\n"));
+    let addr = server.addr;
+    let ask = r#"{"environment":"demo","release":"v2"}"#;
+
+    // Refused, each with its reason and status.
+    let none = http(addr, "POST", "/api/v1/rehearsals", &[], ask);
+    assert_eq!(none.status, 401, "{}", none.body);
+    let forged = http_from_elsewhere(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "alice")]);
+    assert_eq!(forged.status, 401, "{}", forged.body);
+    assert!(forged.body.contains("not a trusted proxy"), "{}", forged.body);
+    let bad_token = http(addr, "POST", "/api/v1/rehearsals", &[("Authorization", "Bearer rht_0000")], ask);
+    assert_eq!(bad_token.status, 401, "{}", bad_token.body);
+    let no_csrf = http(addr, "POST", "/api/v1/rehearsals", &[("X-Forwarded-User", "alice")], ask);
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.body);
+    let bob_session = http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "bob")], "").json();
+    let bob_csrf = bob_session["csrf"].as_str().unwrap().to_string();
+    let not_bobs =
+        http(addr, "POST", "/api/v1/rehearsals", &[("X-Forwarded-User", "bob"), ("X-Rehearse-CSRF", &bob_csrf)], ask);
+    assert_eq!(not_bobs.status, 403, "{}", not_bobs.body);
+    assert!(not_bobs.json()["error"].as_str().unwrap().contains("bob may not rehearse on demo"), "{}", not_bobs.body);
+    let wrong_csrf =
+        http(addr, "POST", "/api/v1/rehearsals", &[("X-Forwarded-User", "alice"), ("X-Rehearse-CSRF", &bob_csrf)], ask);
+    assert_eq!(wrong_csrf.status, 403, "{}", wrong_csrf.body);
+    let unknown = http(
+        addr,
+        "POST",
+        "/api/v1/rehearsals",
+        &[("Authorization", &format!("Bearer {token}"))],
+        r#"{"environment":"nope","release":"v2"}"#,
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let too_big = http(
+        addr,
+        "POST",
+        "/api/v1/rehearsals",
+        &[("Authorization", &format!("Bearer {token}"))],
+        &format!(r#"{{"environment":"demo","release":"{}"}}"#, "v".repeat(20_000)),
+    );
+    assert_eq!(too_big.status, 413, "{}", too_big.body);
+
+    // Alice, through the proxy, with her CSRF token: accepted, recorded, run.
+    let session = http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "alice")], "");
+    assert_eq!(session.status, 200);
+    for (name, want) in
+        [("cache-control", "no-store"), ("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")]
+    {
+        assert_eq!(session.header(name), Some(want), "{name}");
+    }
+    let csp = session.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let csrf = session.json()["csrf"].as_str().unwrap().to_string();
+    let accepted =
+        http(addr, "POST", "/api/v1/rehearsals", &[("X-Forwarded-User", "alice"), ("X-Rehearse-CSRF", &csrf)], ask);
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let id = accepted.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(accepted.header("location"), Some(format!("/api/v1/requests/{id}").as_str()));
+    // Recorded in the state store before the answer.
+    let record = sb.state().join(format!("server/requests/{id}.json"));
+    assert!(record.is_file(), "{}", record.display());
+
+    // Bob watches it: the steps arrive as they happen, then the verdict, then `end`.
+    let seen = events(addr, &id, "bob");
+    let text = seen.join("\n");
+    for step in ["database.db restore", "install.web install", "suite.smoke suite", "verdict: passed (exit 0)"] {
+        assert!(text.contains(step), "no `{step}` in:\n{text}");
+    }
+    let done = wait_finished(addr, &id);
+    assert_eq!(done["state"]["verdict"], "passed", "{done}");
+    let run_id = done["state"]["run_id"].as_str().unwrap();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.report_dir(run_id).join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["verdict"], "passed");
+    common::assert_nothing_left(&sb, run_id);
+    // A watcher who comes after the end gets the whole run and the end.
+    assert_eq!(events(addr, &id, "alice"), seen);
+
+    // A script with its token needs no CSRF token.
+    let by_ci = http(
+        addr,
+        "POST",
+        "/api/v1/rehearsals",
+        &[("Authorization", &format!("Bearer {token}"))],
+        r#"{"environment":"quick","release":"v1"}"#,
+    );
+    assert_eq!(by_ci.status, 202, "{}", by_ci.body);
+    assert_eq!(wait_finished(addr, by_ci.json()["id"].as_str().unwrap())["state"]["verdict"], "passed");
+
+    // The audit log has every decision, refusals with why; only admins read it.
+    let not_admin = http(addr, "GET", "/api/v1/audit", &[("X-Forwarded-User", "bob")], "");
+    assert_eq!(not_admin.status, 403);
+    let log = http(addr, "GET", "/api/v1/audit?limit=1000", &[("X-Forwarded-User", "alice")], "").json();
+    let entries = log["entries"].as_array().unwrap();
+    let refused =
+        |why: &str| entries.iter().any(|e| e["decision"] == "refused" && e["why"].as_str().unwrap().contains(why));
+    for why in [
+        "no identity",
+        "not a trusted proxy",
+        "not one this server knows",
+        "no CSRF token",
+        "the CSRF token is not this user's",
+        "bob may not rehearse on demo",
+        "no such environment",
+        "bob is not an administrator",
+    ] {
+        assert!(refused(why), "no refusal `{why}` in the audit log: {log}");
+    }
+    assert!(entries.iter().any(|e| e["decision"] == "allowed"
+        && e["user"] == "alice"
+        && e["why"].as_str().unwrap().contains(&format!("request {id}"))));
+}
+
+/// Fifty requests at once against one server that runs two at a time: all accepted,
+/// never more than two running, each finished with its verdict, nothing left.
+#[test]
+fn fifty_requests_at_once_run_two_at_a_time_and_all_finish() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.3);
+    let server = start(&sb, &envs, CONFIG);
+    let addr = server.addr;
+    let session = http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "carol")], "").json();
+    let csrf = session["csrf"].as_str().unwrap().to_string();
+    let asked: Vec<std::thread::JoinHandle<Answer>> = (0..50)
+        .map(|i| {
+            let (csrf, user) = (csrf.clone(), if i % 2 == 0 { "carol" } else { "dave" });
+            let dave_csrf = if user == "dave" {
+                http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "dave")], "").json()["csrf"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            } else {
+                csrf
+            };
+            std::thread::spawn(move || {
+                http(
+                    addr,
+                    "POST",
+                    "/api/v1/rehearsals",
+                    &[("X-Forwarded-User", user), ("X-Rehearse-CSRF", &dave_csrf)],
+                    r#"{"environment":"quick","release":"v1"}"#,
+                )
+            })
+        })
+        .collect();
+    let ids: Vec<String> = asked
+        .into_iter()
+        .map(|h| {
+            let a = h.join().unwrap();
+            assert_eq!(a.status, 202, "{}", a.body);
+            a.json()["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // Watched while it runs: never more than two running.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut most = 0;
+    loop {
+        let all = http(addr, "GET", "/api/v1/requests", &[("X-Forwarded-User", "carol")], "").json();
+        let reqs = all["requests"].as_array().unwrap();
+        let running = reqs.iter().filter(|r| r["state"]["state"] == "running").count();
+        most = most.max(running);
+        if reqs.iter().filter(|r| r["state"]["state"] == "finished").count() == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all finished: {all}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(most <= 2, "{most} running at once");
+    // And by the runs' own times: no instant had more than two.
+    let mut spans = Vec::new();
+    for id in &ids {
+        let r = wait_finished(addr, id);
+        assert_eq!(r["state"]["verdict"], "passed", "{r}");
+        let at = |k: &str| chrono::DateTime::parse_from_rfc3339(r["state"][k].as_str().unwrap()).unwrap();
+        spans.push((at("started_at"), at("ended_at")));
+        common::assert_nothing_left(&sb, r["state"]["run_id"].as_str().unwrap());
+    }
+    for (s, _) in &spans {
+        let overlapping = spans.iter().filter(|(a, b)| a <= s && s < b).count();
+        assert!(overlapping <= 2, "{overlapping} runs at {s}");
+    }
+    assert!(most >= 1);
+}
