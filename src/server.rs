@@ -16,6 +16,7 @@ mod api;
 mod audit;
 mod auth;
 mod queue;
+mod recover;
 
 pub use auth::new_token;
 

@@ -129,8 +129,9 @@ fn events(addr: SocketAddr, id: &str, user: &str) -> Vec<String> {
     panic!("the stream ended without `end`: {data:?}");
 }
 
-/// The environments directory: the demo as the repository has it, and `quick`, a
-/// rehearsal without a database whose one suite takes `suite_secs`.
+/// The environments directory: the demo as the repository has it, `quick`, a
+/// rehearsal without a database whose one suite takes `suite_secs`, and `slow`, the same
+/// taking 20 s.
 fn environments(sb: &Sandbox, suite_secs: f64) -> PathBuf {
     common::demo_backups();
     let demo = std::fs::read_to_string(common::root().join("environments/demo.yaml")).unwrap();
@@ -139,6 +140,11 @@ fn environments(sb: &Sandbox, suite_secs: f64) -> PathBuf {
         "name: quick\nprovider: local\nowner: tests@example.com\nrelease:\n  version: v1\n  artifact: \"{{root}}/demo/build/releases/v2\"\nsuites:\n  wait:\n    command: \"sleep {suite_secs}\"\n    results: exit-code\n    timeout: 30s\n"
     );
     common::write_description(sb, "quick.yaml", &quick);
+    common::write_description(
+        sb,
+        "slow.yaml",
+        &quick.replace("name: quick", "name: slow").replace(&format!("sleep {suite_secs}"), "sleep 20"),
+    );
     path.parent().unwrap().to_path_buf()
 }
 
@@ -358,4 +364,88 @@ fn fifty_requests_at_once_run_two_at_a_time_and_all_finish() {
         assert!(overlapping <= 2, "{overlapping} runs at {s}");
     }
     assert!(most >= 1);
+}
+
+/// `kill -9` of the server while two rehearsals run and three wait: on its restart, the
+/// two are torn down from their journals and finished as interrupted (their processes
+/// gone), the three run and pass; each of the five ran once.
+#[test]
+fn a_server_killed_mid_run_tears_its_runs_down_on_restart_and_runs_the_queue() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    let server = start(&sb, &envs, CONFIG);
+    let addr = server.addr;
+    let csrf = http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "erin")], "").json()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Two slow ones first (the queue runs the oldest first), then three quick ones.
+    let ids: Vec<String> = ["slow", "slow", "quick", "quick", "quick"]
+        .into_iter()
+        .map(|env| {
+            let a = http(
+                addr,
+                "POST",
+                "/api/v1/rehearsals",
+                &[("X-Forwarded-User", "erin"), ("X-Rehearse-CSRF", &csrf)],
+                &format!(r#"{{"environment":"{env}","release":"v1"}}"#),
+            );
+            assert_eq!(a.status, 202, "{}", a.body);
+            a.json()["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // Two running their 20 s suite, three queued.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let running: Vec<(String, String)> = loop {
+        let all = http(addr, "GET", "/api/v1/requests", &[("X-Forwarded-User", "erin")], "").json();
+        let running: Vec<(String, String)> = all["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["state"]["state"] == "running")
+            .map(|r| (r["id"].as_str().unwrap().to_string(), r["state"]["run_id"].as_str().unwrap().to_string()))
+            .collect();
+        let suites_started = running.iter().all(|(_, run)| !common::tagged_processes(run).is_empty());
+        if running.len() == 2 && suites_started {
+            break running;
+        }
+        assert!(Instant::now() < deadline, "never two running: {all}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut server = server;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.child.id() as i32), nix::sys::signal::SIGKILL).unwrap();
+    server.child.wait().unwrap();
+    for (_, run) in &running {
+        assert!(!common::tagged_processes(run).is_empty(), "run {run}'s suite died with the server");
+    }
+    drop(server);
+
+    let server = start(&sb, &envs, CONFIG);
+    let addr = server.addr;
+    for (id, run) in &running {
+        let r = wait_finished(addr, id);
+        assert_eq!(r["state"]["verdict"], "interrupted", "{r}");
+        assert_eq!(r["state"]["run_id"], run.as_str());
+        assert!(r["state"]["error"].as_str().unwrap().contains("torn down, nothing left"), "{r}");
+        common::assert_nothing_left(&sb, run);
+    }
+    let mut runs = Vec::new();
+    for id in &ids {
+        let r = wait_finished(addr, id);
+        if !running.iter().any(|(i, _)| i == id) {
+            assert_eq!(r["state"]["verdict"], "passed", "{r}");
+        }
+        let run = r["state"]["run_id"].as_str().unwrap().to_string();
+        common::assert_nothing_left(&sb, &run);
+        runs.push(run);
+    }
+    // Five requests, five runs: none ran twice.
+    let mut on_disk: Vec<String> = std::fs::read_dir(sb.state().join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    runs.sort();
+    assert_eq!(on_disk, runs);
 }

@@ -62,7 +62,7 @@ impl Stream {
         Stream { said: Mutex::default(), live: broadcast::channel(1024).0, start: std::time::Instant::now() }
     }
 
-    fn say(&self, line: String) {
+    pub(crate) fn say(&self, line: String) {
         let mut said = self.said.lock().expect("not poisoned");
         if said.lines.len() >= MAX_LINES {
             said.lines.pop_front();
@@ -73,7 +73,7 @@ impl Stream {
         let _ = self.live.send(Line::Text(line));
     }
 
-    fn end(&self) {
+    pub(crate) fn end(&self) {
         let mut said = self.said.lock().expect("not poisoned");
         said.ended = true;
         // Nobody watching is fine.
@@ -127,6 +127,13 @@ impl Queue {
         self.wake.notify_one();
     }
 
+    /// A new stream for request `id` (its run starts, or its recovery).
+    pub(crate) fn open_stream(&self, id: &str) -> Arc<Stream> {
+        let stream = Arc::new(Stream::new());
+        self.streams.lock().expect("not poisoned").insert(id.to_string(), stream.clone());
+        stream
+    }
+
     pub(crate) fn stream(&self, id: &str) -> Option<Arc<Stream>> {
         self.streams.lock().expect("not poisoned").get(id).cloned()
     }
@@ -150,6 +157,8 @@ impl Queue {
 /// Starts the queue's loop: claims what fits, until a signal.
 pub(crate) fn start(shared: Arc<Shared>, signals: Signals) {
     tokio::spawn(async move {
+        // What a killed server left running first: torn down and finished.
+        super::recover::recover(&shared, &signals).await;
         loop {
             if signals.count() > 0 {
                 return;
@@ -195,8 +204,7 @@ async fn fill(shared: &Arc<Shared>, signals: &Signals) {
             // Another server took it, or the store failed: the next look decides.
             Err(_) => continue,
         };
-        let stream = Arc::new(Stream::new());
-        shared.queue.streams.lock().expect("not poisoned").insert(read.request.id.clone(), stream.clone());
+        let stream = shared.queue.open_stream(&read.request.id);
         shared.queue.running.lock().expect("not poisoned").insert(read.request.id.clone(), read.request.user.clone());
         let (shared2, signals2) = (shared.clone(), signals.clone());
         // A thread and a runtime of its own for each run: the engine's run is one task

@@ -1,0 +1,130 @@
+//! A server's start after it was killed: the requests it was running when it died have
+//! no process any more, but their copies may still stand (PostgreSQL, services, a
+//! release's children: nothing of them dies with the server). Each is torn down from
+//! its run's journal, as `rehearse down RUN_ID` does, and finished with what the
+//! teardown did; a run that had ended but was not recorded as ended gets its report's
+//! verdict. Queued requests stay queued: the queue runs them. None runs twice.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::queue::Stream;
+use super::Shared;
+use crate::description::{ProviderKind, Target};
+use crate::engine::down::{self, DownOptions, Located, LostRun};
+use crate::engine::requests::{self, Read, State};
+use crate::report::model::Verdict;
+use crate::sys::signals::Signals;
+
+/// Finishes every request left running by a server that died; how many.
+pub(crate) async fn recover(shared: &Arc<Shared>, signals: &Signals) -> usize {
+    let found = match requests::list(shared.store.as_ref()).await {
+        Ok((found, _)) => found,
+        Err(e) => {
+            let line = format!("rehearse serve: warning: cannot read the requests to recover: {e}");
+            eprintln!("{}", crate::sys::text::printable_text(&line)); // raw: sanitized
+            return 0;
+        }
+    };
+    let mut n = 0;
+    for read in found {
+        let State::Running { run_id, since, .. } = &read.request.state else { continue };
+        let stream = shared.queue.open_stream(&read.request.id);
+        stream.say(format!("the server stopped while run {run_id} ran; tearing it down from its journal"));
+        let state = finish(shared, &read, run_id, *since, &stream, signals).await;
+        if let Err(e) = requests::change(shared.store.as_ref(), &read, state).await {
+            stream.say(format!("warning: cannot record how the request ended: {e}"));
+        }
+        stream.end();
+        n += 1;
+    }
+    n
+}
+
+async fn finish(
+    shared: &Shared,
+    read: &Read,
+    run_id: &str,
+    since: chrono::DateTime<Utc>,
+    stream: &Stream,
+    signals: &Signals,
+) -> State {
+    let ended = |verdict: Option<Verdict>, exit_code: i32, error: Option<String>| State::Finished {
+        run_id: Some(run_id.to_string()),
+        started_at: Some(since),
+        verdict,
+        exit_code,
+        error,
+        ended_at: Utc::now(),
+    };
+    // A run that ended before the server died: its report says how.
+    let report = shared.state_root.join("runs").join(run_id).join("report");
+    if let Ok(r) = crate::report::read_report(&report) {
+        stream.say(format!("the run had ended: {}", r.verdict.as_str()));
+        return ended(Some(r.verdict), r.exit_code, None);
+    }
+    let located = match down::locate(Some(&shared.state_root), run_id) {
+        Ok(l) => l,
+        Err(e) => return ended(None, crate::exit::LEFTOVERS, Some(format!("cannot tear it down: {e}"))),
+    };
+    // The provider: the description's, or — without it — the journal's.
+    let path = shared.config.environments.join(format!("{}.yaml", read.request.environment));
+    let region = match crate::description::load(&path, None) {
+        Ok(l) => match &l.desc.target {
+            Target::Local => None,
+            Target::Aws(aws) => Some(aws.region.clone()),
+        },
+        Err(_) => match &located {
+            Located::Journal { meta, .. } if meta.provider == ProviderKind::Aws => meta.region.clone(),
+            _ => None,
+        },
+    };
+    let work = shared.work_root.join("runs").join(run_id);
+    let stages = || None;
+    let opts = |lost: LostRun| DownOptions {
+        run_id,
+        generation: None,
+        state_root: &shared.state_root,
+        shared: None,
+        stages: &stages,
+        lost,
+        by_marks: format!("rehearse down {run_id}"),
+        reporter: stream,
+        signals,
+    };
+    let downed = match &region {
+        None => {
+            let provider = crate::providers::local::LocalProvider::new(&shared.work_root);
+            let lost = LostRun { provider: ProviderKind::Local, region: None, work_dir: Some(work) };
+            down::down(&provider, located, &opts(lost)).await
+        }
+        Some(region) => {
+            let sdk = crate::providers::aws::sdk::Sdk::new(region).await;
+            let provider = crate::providers::aws::AwsProvider::new(
+                sdk,
+                crate::providers::aws::POLL_FIRST,
+                crate::providers::aws::POLL_MAX,
+            );
+            let lost = LostRun { provider: ProviderKind::Aws, region: Some(region.clone()), work_dir: None };
+            down::down(&provider, located, &opts(lost)).await
+        }
+    };
+    let why = "the server stopped while it ran";
+    match downed {
+        Ok(d) if d.complete() => {
+            stream.say("torn down: nothing is left".into());
+            ended(Some(Verdict::Interrupted), crate::exit::INTERRUPTED, Some(format!("{why}; torn down, nothing left")))
+        }
+        Ok(_) => {
+            let text = format!("{why}; its teardown left resources: `rehearse down {run_id}` removes them");
+            stream.say(text.clone());
+            ended(Some(Verdict::Interrupted), crate::exit::LEFTOVERS, Some(text))
+        }
+        Err(e) => {
+            let text = format!("{why}; cannot tear it down: {e}; `rehearse down {run_id}` removes what is left");
+            stream.say(text.clone());
+            ended(None, crate::exit::LEFTOVERS, Some(crate::sys::text::printable(&text)))
+        }
+    }
+}
