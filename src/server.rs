@@ -15,6 +15,7 @@ pub mod config;
 mod api;
 mod audit;
 mod auth;
+mod portal;
 mod queue;
 mod recover;
 

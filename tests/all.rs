@@ -29,6 +29,7 @@ mod fuzz_validate;
 mod iam_policy;
 mod journal_damage;
 mod local_run;
+mod portal_browser;
 mod report_browser;
 mod report_render;
 mod scenarios_down_sweep;

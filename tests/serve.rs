@@ -3,101 +3,16 @@
 //! audited, a request is recorded before it is accepted, runs are queued at most N at
 //! once, and a run's events arrive as Server-Sent Events while it runs.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::PathBuf;
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::http::{exchange, http, start_server as start, Answer};
 use crate::common::{self, Sandbox};
-
-/// A running server; stopped (SIGINT, then waited for) when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGINT);
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `rehearse serve` with `config` (YAML, `{envs}` replaced by the environments
-/// directory) and waits for the address it says it listens on.
-fn start(sb: &Sandbox, envs: &Path, config: &str) -> Server {
-    let file = sb.dir.path().join("serve.yaml");
-    std::fs::write(&file, config.replace("{envs}", &envs.display().to_string())).unwrap();
-    let mut child = sb
-        .cmd()
-        .args(["serve", "--config"])
-        .arg(&file)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("rehearse serve: listening on http://")
-        .unwrap_or_else(|| panic!("the server said {line:?}"))
-        .parse()
-        .unwrap();
-    // The rest of what it says goes to the test's output.
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            eprintln!("serve: {l}");
-        }
-    });
-    Server { child, addr }
-}
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP/1.1 request over `stream`, read to its end.
-fn exchange(mut stream: TcpStream, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: rehearse\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes()).unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines.filter_map(|l| l.split_once(": ")).map(|(n, v)| (n.to_string(), v.to_string())).collect();
-    Answer { status, headers, body: body.to_string() }
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-    exchange(TcpStream::connect(addr).unwrap(), method, path, headers, body)
-}
 
 /// The same from 127.0.0.2: an address that is not the proxy's.
 fn http_from_elsewhere(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
@@ -132,7 +47,7 @@ fn events(addr: SocketAddr, id: &str, user: &str) -> Vec<String> {
 /// The environments directory: the demo as the repository has it, `quick`, a
 /// rehearsal without a database whose one suite takes `suite_secs`, and `slow`, the same
 /// taking 20 s.
-fn environments(sb: &Sandbox, suite_secs: f64) -> PathBuf {
+pub(crate) fn environments(sb: &Sandbox, suite_secs: f64) -> PathBuf {
     common::demo_backups();
     let demo = std::fs::read_to_string(common::root().join("environments/demo.yaml")).unwrap();
     let path = common::write_description(sb, "demo.yaml", &common::from_repository(&demo));
@@ -148,7 +63,7 @@ fn environments(sb: &Sandbox, suite_secs: f64) -> PathBuf {
     path.parent().unwrap().to_path_buf()
 }
 
-const CONFIG: &str = "environments: {envs}
+pub(crate) const CONFIG: &str = "environments: {envs}
 max_running: 2
 proxy:
   header: X-Forwarded-User
@@ -159,7 +74,7 @@ rules:
   demo: { rehearse: [alice, ci] }
 ";
 
-fn wait_finished(addr: SocketAddr, id: &str) -> Value {
+pub(crate) fn wait_finished(addr: SocketAddr, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let r = http(addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "alice")], "").json();

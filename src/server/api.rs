@@ -50,14 +50,19 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/requests/{id}", get(one))
         .route("/api/v1/requests/{id}/events", get(events))
         .route("/api/v1/audit", get(audit_log))
+        .route("/", get(super::portal::index))
+        .route("/requests/{id}", get(super::portal::request))
+        .route("/runs/{run_id}/report.html", get(super::portal::report))
+        .route("/static/portal.js", get(super::portal::script))
+        .route("/static/portal.css", get(super::portal::style))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(app)
 }
 
 #[derive(Clone)]
-struct App {
-    shared: Arc<Shared>,
+pub(super) struct App {
+    pub(super) shared: Arc<Shared>,
     /// User → when their recent changes were asked (the rate limit's window).
     changes: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
 }
@@ -66,13 +71,11 @@ struct App {
 /// runs only the server's own scripts.
 async fn secure_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+    // A page with a policy of its own keeps it (a report: inline styles, no script).
+    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
              form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+    ));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -81,19 +84,19 @@ async fn secure_headers(mut res: Response) -> Response {
 }
 
 /// A refusal: its status and why, as JSON.
-fn refusal(status: StatusCode, why: &str) -> Response {
+pub(super) fn refusal(status: StatusCode, why: &str) -> Response {
     (status, Json(json!({ "error": why }))).into_response()
 }
 
 /// What a handler knows of the request it answers, for the audit log.
-struct Asked {
+pub(super) struct Asked {
     peer: SocketAddr,
     method: Method,
     path: String,
 }
 
 impl App {
-    async fn audit(&self, asked: &Asked, user: Option<&str>, decision: Decision, why: &str) {
+    pub(super) async fn audit(&self, asked: &Asked, user: Option<&str>, decision: Decision, why: &str) {
         let entry = Entry {
             at: chrono::Utc::now(),
             user: user.map(str::to_string),
@@ -107,7 +110,7 @@ impl App {
     }
 
     /// Who asks, or the refusal (audited).
-    async fn identify(&self, asked: &Asked, headers: &HeaderMap) -> Result<Who, Response> {
+    pub(super) async fn identify(&self, asked: &Asked, headers: &HeaderMap) -> Result<Who, Response> {
         match auth::identify(&self.shared.config, asked.peer, headers) {
             Ok(who) => Ok(who),
             Err(why) => {
@@ -141,7 +144,7 @@ impl App {
     }
 }
 
-fn asked(peer: SocketAddr, method: Method, uri: &Uri) -> Asked {
+pub(super) fn asked(peer: SocketAddr, method: Method, uri: &Uri) -> Asked {
     Asked { peer, method, path: uri.path().to_string() }
 }
 
@@ -164,7 +167,7 @@ async fn session(
 }
 
 /// The environments offered: `NAME.yaml` in the directory, by name's grammar.
-fn offered(shared: &Shared) -> Vec<String> {
+pub(super) fn offered(shared: &Shared) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(&shared.config.environments)
         .into_iter()
         .flatten()

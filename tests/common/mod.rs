@@ -2,6 +2,8 @@
 //! directories, and the demo's generated production backups.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,229 @@
+//! The portal's pages, rendered on the server (templates/portal/, tera with autoescaping:
+//! everything a user or the store wrote is text): the environments with their recent
+//! rehearsals and the form that asks for one; a request's page, which follows its
+//! run's events live (its one script, /static/portal.js, is served from here: no CDN);
+//! a run's report.html.
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tera::{Context, Tera};
+
+use super::api::{asked, offered, refusal, App};
+use super::audit::Decision;
+use crate::engine::requests::{self, Ask, Request, State as RequestState};
+
+static TEMPLATES: LazyLock<Tera> = LazyLock::new(|| {
+    let mut t = Tera::default();
+    t.add_raw_templates([
+        ("layout.html.tera", include_str!("../../templates/portal/layout.html.tera")),
+        ("index.html.tera", include_str!("../../templates/portal/index.html.tera")),
+        ("request.html.tera", include_str!("../../templates/portal/request.html.tera")),
+    ])
+    .expect("the portal's templates parse");
+    t.autoescape_on(vec![".html.tera"]);
+    t
+});
+
+const SCRIPT: &str = include_str!("../../templates/portal/portal.js");
+const STYLE: &str = include_str!("../../templates/portal/portal.css");
+
+/// The most rehearsals a page lists per environment.
+const RECENT: usize = 20;
+
+fn render(name: &str, ctx: &Context) -> Response {
+    match TEMPLATES.render(name, ctx) {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => refusal(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot render the page: {e}")),
+    }
+}
+
+/// A request as a table row says it.
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    asked: String,
+    user: String,
+    release: String,
+    state: String,
+    class: String,
+    took: String,
+}
+
+fn state_text(r: &Request) -> (String, String) {
+    match &r.state {
+        RequestState::Queued => ("queued".into(), "queued".into()),
+        RequestState::Running { .. } => ("running".into(), "running".into()),
+        RequestState::Finished { verdict: Some(v), exit_code, .. } => {
+            (format!("{} (exit {exit_code})", v.as_str()), v.as_str().into())
+        }
+        RequestState::Finished { exit_code, .. } => (format!("error (exit {exit_code})"), "error".into()),
+    }
+}
+
+fn took(r: &Request) -> String {
+    match &r.state {
+        RequestState::Finished { started_at: Some(s), ended_at, .. } => {
+            format!("{:.1} s", (*ended_at - *s).num_milliseconds() as f64 / 1000.0)
+        }
+        _ => String::new(),
+    }
+}
+
+fn when(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn release(r: &Request) -> &str {
+    let Ask::Rehearse { release } = &r.ask;
+    release
+}
+
+pub(super) async fn index(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let all = match requests::list(app.shared.store.as_ref()).await {
+        Ok((found, _)) => found,
+        Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "portal").await;
+    let envs: Vec<serde_json::Value> = offered(&app.shared)
+        .into_iter()
+        .map(|name| {
+            let may = app.shared.config.rule(&name).may_rehearse(&who.user, &name).is_ok();
+            let rows: Vec<Row> = all
+                .iter()
+                .rev()
+                .map(|r| &r.request)
+                .filter(|r| r.environment == name)
+                .take(RECENT)
+                .map(|r| {
+                    let (state, class) = state_text(r);
+                    Row {
+                        id: r.id.clone(),
+                        asked: when(&r.requested_at),
+                        user: r.user.clone(),
+                        release: release(r).to_string(),
+                        state,
+                        class,
+                        took: took(r),
+                    }
+                })
+                .collect();
+            serde_json::json!({ "name": name, "may": may, "requests": rows })
+        })
+        .collect();
+    let count = |s: fn(&RequestState) -> bool| all.iter().filter(|r| s(&r.request.state)).count();
+    let mut ctx = Context::new();
+    ctx.insert("user", &who.user);
+    ctx.insert("csrf", &super::auth::csrf_token(&app.shared.secret, &who.user));
+    ctx.insert("environments", &envs);
+    ctx.insert("running", &count(|s| matches!(s, RequestState::Running { .. })));
+    ctx.insert("queued", &count(|s| matches!(s, RequestState::Queued)));
+    render("index.html.tera", &ctx)
+}
+
+pub(super) async fn request(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !requests::valid_id(&id) {
+        return refusal(StatusCode::NOT_FOUND, "no such request");
+    }
+    let r = match requests::read(app.shared.store.as_ref(), &id).await {
+        Ok(Some(r)) => r.request,
+        Ok(None) => return refusal(StatusCode::NOT_FOUND, "no such request"),
+        Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "request page").await;
+    let (state_text, class) = state_text(&r);
+    let (run_id, error) = match &r.state {
+        RequestState::Running { run_id, .. } => (Some(run_id.clone()), None),
+        RequestState::Finished { run_id, error, .. } => (run_id.clone(), error.clone()),
+        RequestState::Queued => (None, None),
+    };
+    let lines = app.shared.queue.stream(&id).map(|s| s.watch().0).unwrap_or_default();
+    let finished = r.finished();
+    let mut ctx = Context::new();
+    ctx.insert("user", &who.user);
+    ctx.insert("csrf", &super::auth::csrf_token(&app.shared.secret, &who.user));
+    ctx.insert("id", &r.id);
+    ctx.insert("environment", &r.environment);
+    ctx.insert("release", release(&r));
+    ctx.insert("asked", &when(&r.requested_at));
+    ctx.insert("state", if finished { "finished" } else { "open" });
+    ctx.insert("state_text", &state_text);
+    ctx.insert("class", &class);
+    ctx.insert("error", &error.unwrap_or_default());
+    ctx.insert("run_id", &run_id);
+    ctx.insert("lines", &lines);
+    let report = run_id.filter(|_| finished).map(|id| format!("/runs/{id}/report.html"));
+    ctx.insert("report", &report.unwrap_or_default());
+    let mut res = render("request.html.tera", &ctx);
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// A run's report.html, as `rehearse report` writes it: its styles are inline and it
+/// has no script, so its policy allows inline styles and nothing else.
+pub(super) async fn report(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(run_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(peer, method, &uri);
+    let who = match app.identify(&asked, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !crate::sys::state::valid_run_id(&run_id) {
+        return refusal(StatusCode::NOT_FOUND, "no such run");
+    }
+    let path = crate::sys::state::run_dir(&app.shared.state_root, &run_id).join("report").join("report.html");
+    let Ok(html) = std::fs::read_to_string(&path) else {
+        return refusal(StatusCode::NOT_FOUND, "this run has no report");
+    };
+    app.audit(&asked, Some(&who.user), Decision::Allowed, &format!("report of {run_id}")).await;
+    let mut res = Html(html).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+        ),
+    );
+    res
+}
+
+pub(super) async fn script() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response()
+}
+
+pub(super) async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
