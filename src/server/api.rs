@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -120,11 +120,10 @@ impl App {
         }
     }
 
-    /// Who asks for a change: identified, with the CSRF token a browser must send, and
-    /// within the rate limit; or the refusal (audited).
-    async fn identify_change(&self, asked: &Asked, headers: &HeaderMap) -> Result<Who, Response> {
-        let who = self.identify(asked, headers).await?;
-        if let Err(why) = auth::check_csrf(&self.shared.secret, &who, headers) {
+    /// Whether `who` may ask for a change: the CSRF token a browser must send, and the
+    /// rate limit; the refusal (audited) when not.
+    async fn check_change(&self, asked: &Asked, who: &Who, headers: &HeaderMap) -> Result<(), Response> {
+        if let Err(why) = auth::check_csrf(&self.shared.secret, who, headers) {
             self.audit(asked, Some(&who.user), Decision::Refused, &why).await;
             return Err(refusal(StatusCode::FORBIDDEN, &why));
         }
@@ -140,26 +139,32 @@ impl App {
             self.audit(asked, Some(&who.user), Decision::Refused, &why).await;
             return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &why));
         }
-        Ok(who)
+        Ok(())
     }
 }
 
-pub(super) fn asked(peer: SocketAddr, method: Method, uri: &Uri) -> Asked {
-    Asked { peer, method, path: uri.path().to_string() }
+/// A request's caller, identified (the extractor every handler but `/healthz` and the
+/// static files takes): a request that says no one, or someone it may not, is refused
+/// here, and the refusal audited.
+pub(super) struct Caller {
+    pub who: Who,
+    pub asked: Asked,
 }
 
-async fn session(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+impl axum::extract::FromRequestParts<App> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &App) -> Result<Caller, Response> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+            return Err(refusal(StatusCode::INTERNAL_SERVER_ERROR, "no peer address (a bug: please report it)"));
+        };
+        let asked = Asked { peer, method: parts.method.clone(), path: parts.uri.path().to_string() };
+        let who = app.identify(&asked, &parts.headers).await?;
+        Ok(Caller { who, asked })
+    }
+}
+
+async fn session(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
     app.audit(&asked, Some(&who.user), Decision::Allowed, "session").await;
     let admin = app.shared.config.admins.contains(&who.user);
     Json(json!({ "user": who.user, "admin": admin, "csrf": auth::csrf_token(&app.shared.secret, &who.user) }))
@@ -179,18 +184,7 @@ pub(super) fn offered(shared: &Shared) -> Vec<String> {
     names
 }
 
-async fn environments(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn environments(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
     app.audit(&asked, Some(&who.user), Decision::Allowed, "list environments").await;
     let list: Vec<serde_json::Value> = offered(&app.shared)
         .into_iter()
@@ -211,17 +205,13 @@ struct RehearseBody {
 
 async fn rehearse(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
+    Caller { who, asked }: Caller,
     headers: HeaderMap,
     body: Result<Json<RehearseBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify_change(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+    if let Err(r) = app.check_change(&asked, &who, &headers).await {
+        return r;
+    }
     let refuse = async |status, why: String| {
         app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
         refusal(status, &why)
@@ -262,18 +252,7 @@ async fn rehearse(
     (StatusCode::ACCEPTED, [(header::LOCATION, url)], Json(request)).into_response()
 }
 
-async fn list(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn list(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
     match requests::list(app.shared.store.as_ref()).await {
         Ok((found, refused)) => {
             app.audit(&asked, Some(&who.user), Decision::Allowed, "list requests").await;
@@ -286,19 +265,7 @@ async fn list(
     }
 }
 
-async fn one(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn one(State(app): State<App>, Path(id): Path<String>, Caller { who, asked }: Caller) -> Response {
     if !requests::valid_id(&id) {
         return refusal(StatusCode::NOT_FOUND, "no such request");
     }
@@ -312,19 +279,7 @@ async fn one(
     }
 }
 
-async fn events(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn events(State(app): State<App>, Path(id): Path<String>, Caller { who, asked }: Caller) -> Response {
     if !requests::valid_id(&id) {
         return refusal(StatusCode::NOT_FOUND, "no such request");
     }
@@ -375,19 +330,7 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn audit_log(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<Limit>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn audit_log(State(app): State<App>, Query(q): Query<Limit>, Caller { who, asked }: Caller) -> Response {
     if !app.shared.config.admins.contains(&who.user) {
         let why = format!("{} is not an administrator (admins)", who.user);
         app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;

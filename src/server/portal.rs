@@ -4,17 +4,16 @@
 //! run's events live (its one script, /static/portal.js, is served from here: no CDN);
 //! a run's report.html.
 
-use std::net::SocketAddr;
 use std::sync::LazyLock;
 
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tera::{Context, Tera};
 
-use super::api::{asked, offered, refusal, App};
+use super::api::{offered, refusal, App, Caller};
 use super::audit::Decision;
 use crate::engine::requests::{self, Ask, Request, State as RequestState};
 
@@ -84,18 +83,7 @@ fn release(r: &Request) -> &str {
     release
 }
 
-pub(super) async fn index(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
     let all = match requests::list(app.shared.store.as_ref()).await {
         Ok((found, _)) => found,
         Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -137,19 +125,7 @@ pub(super) async fn index(
     render("index.html.tera", &ctx)
 }
 
-pub(super) async fn request(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+pub(super) async fn request(State(app): State<App>, Path(id): Path<String>, Caller { who, asked }: Caller) -> Response {
     if !requests::valid_id(&id) {
         return refusal(StatusCode::NOT_FOUND, "no such request");
     }
@@ -191,17 +167,9 @@ pub(super) async fn request(
 /// has no script, so its policy allows inline styles and nothing else.
 pub(super) async fn report(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(run_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    Caller { who, asked }: Caller,
 ) -> Response {
-    let asked = asked(peer, method, &uri);
-    let who = match app.identify(&asked, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     if !crate::sys::state::valid_run_id(&run_id) {
         return refusal(StatusCode::NOT_FOUND, "no such run");
     }
