@@ -22,6 +22,9 @@ target/bench/results.md. Stdlib only.
    switched — `cargo bench --bench stage_switch` (the fakes with Route 53's propagation
    times) and `rehearse rebuild` against the emulator's Route 53 and S3
    (scripts/bench_stage.py).
+7. serve: `rehearse serve`, a request's time from the POST to its run's first step on
+   the event stream beside `rehearse run`'s own, and the server's memory after 100
+   finished runs (scripts/bench_serve.py).
 """
 import json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -329,6 +332,10 @@ def section_stage():
     section_script("scripts/bench_stage.py", "stage switch")
 
 
+def section_serve():
+    section_script("scripts/bench_serve.py", "serve")
+
+
 def main():
     if not BIN.is_file():
         sys.exit("build first: cargo build --release")
@@ -339,7 +346,7 @@ def main():
         os.chmod(p, 0o711)
     say(f"# rehearse benchmarks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores")
     say()
-    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state", "stage"]
+    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state", "stage", "serve"]
     if "plan" in only:
         section_plan()
     if "fake" in only:
@@ -354,6 +361,8 @@ def main():
         section_state()
     if "stage" in only:
         section_stage()
+    if "serve" in only:
+        section_serve()
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     if failed:
         sys.exit(f"failed: {', '.join(failed)} (see target/bench/results.md)")

@@ -36,9 +36,6 @@ use tokio::sync::broadcast::error::RecvError;
 /// The most bytes of a request's body.
 pub(crate) const MAX_BODY: usize = 16 * 1024;
 
-/// Changes one user may ask for in a minute.
-const CHANGES_PER_MINUTE: usize = 30;
-
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let app = App { shared, changes: Arc::default() };
     Router::new()
@@ -132,10 +129,13 @@ impl App {
             let recent = changes.entry(who.user.clone()).or_default();
             recent.retain(|t| t.elapsed().as_secs() < 60);
             recent.push(Instant::now());
-            recent.len() > CHANGES_PER_MINUTE
+            recent.len() > self.shared.config.changes_per_minute
         };
         if limited {
-            let why = format!("more than {CHANGES_PER_MINUTE} changes in a minute: wait and ask again");
+            let why = format!(
+                "more than {} changes in a minute: wait and ask again (changes_per_minute)",
+                self.shared.config.changes_per_minute
+            );
             self.audit(asked, Some(&who.user), Decision::Refused, &why).await;
             return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &why));
         }
@@ -286,11 +286,20 @@ async fn events(State(app): State<App>, Path(id): Path<String>, Caller { who, as
     // A request not started yet has no stream: wait for it (a watcher opens the page
     // right after asking), as long as the request exists and is not finished.
     let stream = loop {
+        // Asked for before the look, so that a stream opened in between is not missed.
+        let opened = app.shared.queue.opened.notified();
         if let Some(s) = app.shared.queue.stream(&id) {
             break Some(s);
         }
         match requests::read(app.shared.store.as_ref(), &id).await {
-            Ok(Some(r)) if !r.request.finished() => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            Ok(Some(r)) if !r.request.finished() => {
+                // Another server's run, or a record changed behind this one: look again
+                // now and then too.
+                tokio::select! {
+                    () = opened => {}
+                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+            }
             Ok(Some(_)) => break None,
             Ok(None) => return refusal(StatusCode::NOT_FOUND, "no such request"),
             Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),

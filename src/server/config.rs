@@ -7,6 +7,7 @@
 //! listen: 127.0.0.1:8080          # the default
 //! environments: ../environments   # relative to this file
 //! max_running: 2                  # rehearsals at once; the rest wait in the queue
+//! changes_per_minute: 30          # requests one user may make in a minute
 //! proxy:
 //!   header: X-Forwarded-User      # oauth2-proxy's; an ALB's is X-Amzn-Oidc-Identity
 //!   trusted: [127.0.0.1]          # the header is believed from these addresses only
@@ -39,6 +40,9 @@ pub struct Config {
     pub environments: PathBuf,
     #[serde(default = "default_max_running")]
     pub max_running: usize,
+    /// The most changes (requests for a rehearsal) one user may ask for in a minute.
+    #[serde(default = "default_changes_per_minute")]
+    pub changes_per_minute: usize,
     #[serde(default)]
     pub proxy: Option<Proxy>,
     #[serde(default)]
@@ -81,6 +85,10 @@ fn default_listen() -> SocketAddr {
 
 fn default_max_running() -> usize {
     2
+}
+
+fn default_changes_per_minute() -> usize {
+    30
 }
 
 /// Why the configuration cannot be used.
@@ -206,7 +214,7 @@ mod tests {
     #[test]
     fn a_bad_configuration_says_where_and_why_once() {
         let e = load("environments: envs\nmax_runing: 3\n").unwrap_err().to_string();
-        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, max_running, proxy, tokens, admins, rules"), "{e}");
+        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, max_running, changes_per_minute, proxy, tokens, admins, rules"), "{e}");
         let e = load("environments: envs\nproxy:\n  header: X-User\n  trusted: []\n").unwrap_err().to_string();
         assert!(e.contains("proxy.trusted: name the proxy's addresses"), "{e}");
         let e = load("environments: envs\nrules:\n  \"../x\": { rehearse: [\"*\"] }\n").unwrap_err().to_string();

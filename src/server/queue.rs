@@ -21,6 +21,10 @@ use crate::sys::signals::Signals;
 /// The most lines of a run's events kept for a watcher who arrives late.
 pub(crate) const MAX_LINES: usize = 5_000;
 
+/// The finished runs whose events stay in memory (the newest): an older run's page shows
+/// its state and report, not its lines.
+pub(crate) const KEPT_FINISHED: usize = 100;
+
 /// How often the queue looks at the store without being told (another server's
 /// request, a slot freed by a crash).
 const POLL: Duration = Duration::from_secs(2);
@@ -31,8 +35,12 @@ pub(crate) struct Queue {
     running: Mutex<HashMap<String, String>>,
     /// Request id → its events.
     streams: Mutex<HashMap<String, Arc<Stream>>>,
+    /// The finished ones among them, oldest first.
+    finished: Mutex<std::collections::VecDeque<String>>,
     wake: Notify,
     idle: Notify,
+    /// Told when a stream opens (a watcher waits for its request's run to start).
+    pub(crate) opened: Notify,
 }
 
 /// One run's events: what was said so far (and whether the run has ended) and the live
@@ -117,8 +125,10 @@ impl Queue {
             max_running,
             running: Mutex::default(),
             streams: Mutex::default(),
+            finished: Mutex::default(),
             wake: Notify::new(),
             idle: Notify::new(),
+            opened: Notify::new(),
         }
     }
 
@@ -131,7 +141,20 @@ impl Queue {
     pub(crate) fn open_stream(&self, id: &str) -> Arc<Stream> {
         let stream = Arc::new(Stream::new());
         self.streams.lock().expect("not poisoned").insert(id.to_string(), stream.clone());
+        self.opened.notify_waiters();
         stream
+    }
+
+    /// Request `id`'s run has ended: its stream is kept among the newest
+    /// [`KEPT_FINISHED`], the oldest one beyond them forgotten.
+    pub(crate) fn ended(&self, id: &str) {
+        let mut finished = self.finished.lock().expect("not poisoned");
+        finished.push_back(id.to_string());
+        while finished.len() > KEPT_FINISHED {
+            if let Some(old) = finished.pop_front() {
+                self.streams.lock().expect("not poisoned").remove(&old);
+            }
+        }
     }
 
     pub(crate) fn stream(&self, id: &str) -> Option<Arc<Stream>> {
@@ -229,6 +252,7 @@ async fn fill(shared: &Arc<Shared>, signals: &Signals) {
                 }
             }
             stream.end();
+            shared2.queue.ended(&id);
             shared2.queue.running.lock().expect("not poisoned").remove(&id);
             shared2.queue.idle.notify_waiters();
             shared2.queue.poke();

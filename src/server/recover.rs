@@ -37,6 +37,7 @@ pub(crate) async fn recover(shared: &Arc<Shared>, signals: &Signals) -> usize {
             stream.say(format!("warning: cannot record how the request ended: {e}"));
         }
         stream.end();
+        shared.queue.ended(&read.request.id);
         n += 1;
     }
     n
