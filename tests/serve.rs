@@ -205,6 +205,11 @@ fn a_release_is_rehearsed_on_request_its_events_stream_and_every_decision_is_aud
     ] {
         assert!(refused(why), "no refusal `{why}` in the audit log: {log}");
     }
+    // The same as a page for admins, every text escaped.
+    let page = http(addr, "GET", "/audit", &[("X-Forwarded-User", "alice")], "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("not a trusted proxy") && page.body.contains("<td>refused</td>"), "{}", page.body);
+    assert_eq!(http(addr, "GET", "/audit", &[("X-Forwarded-User", "bob")], "").status, 403);
     assert!(entries.iter().any(|e| e["decision"] == "allowed"
         && e["user"] == "alice"
         && e["why"].as_str().unwrap().contains(&format!("request {id}"))));

@@ -49,6 +49,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/audit", get(audit_log))
         .route("/", get(super::portal::index))
         .route("/requests/{id}", get(super::portal::request))
+        .route("/audit", get(super::portal::audit))
         .route("/runs/{run_id}/report.html", get(super::portal::report))
         .route("/static/portal.js", get(super::portal::script))
         .route("/static/portal.css", get(super::portal::style))

@@ -23,6 +23,7 @@ static TEMPLATES: LazyLock<Tera> = LazyLock::new(|| {
         ("layout.html.tera", include_str!("../../templates/portal/layout.html.tera")),
         ("index.html.tera", include_str!("../../templates/portal/index.html.tera")),
         ("request.html.tera", include_str!("../../templates/portal/request.html.tera")),
+        ("audit.html.tera", include_str!("../../templates/portal/audit.html.tera")),
     ])
     .expect("the portal's templates parse");
     t.autoescape_on(vec![".html.tera"]);
@@ -34,6 +35,15 @@ const STYLE: &str = include_str!("../../templates/portal/portal.css");
 
 /// The most rehearsals a page lists per environment.
 const RECENT: usize = 20;
+
+/// What every page's layout needs: who, whether an admin, the CSRF token.
+fn page(app: &App, user: &str) -> Context {
+    let mut ctx = Context::new();
+    ctx.insert("user", user);
+    ctx.insert("admin", &app.shared.config.admins.iter().any(|a| a == user));
+    ctx.insert("csrf", &super::auth::csrf_token(&app.shared.secret, user));
+    ctx
+}
 
 fn render(name: &str, ctx: &Context) -> Response {
     match TEMPLATES.render(name, ctx) {
@@ -116,9 +126,7 @@ pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller)
         })
         .collect();
     let count = |s: fn(&RequestState) -> bool| all.iter().filter(|r| s(&r.request.state)).count();
-    let mut ctx = Context::new();
-    ctx.insert("user", &who.user);
-    ctx.insert("csrf", &super::auth::csrf_token(&app.shared.secret, &who.user));
+    let mut ctx = page(&app, &who.user);
     ctx.insert("environments", &envs);
     ctx.insert("running", &count(|s| matches!(s, RequestState::Running { .. })));
     ctx.insert("queued", &count(|s| matches!(s, RequestState::Queued)));
@@ -143,9 +151,7 @@ pub(super) async fn request(State(app): State<App>, Path(id): Path<String>, Call
     };
     let lines = app.shared.queue.stream(&id).map(|s| s.watch().0).unwrap_or_default();
     let finished = r.finished();
-    let mut ctx = Context::new();
-    ctx.insert("user", &who.user);
-    ctx.insert("csrf", &super::auth::csrf_token(&app.shared.secret, &who.user));
+    let mut ctx = page(&app, &who.user);
     ctx.insert("id", &r.id);
     ctx.insert("environment", &r.environment);
     ctx.insert("release", release(&r));
@@ -186,6 +192,23 @@ pub(super) async fn report(
         ),
     );
     res
+}
+
+/// The audit log, newest first (admins).
+pub(super) async fn audit(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
+    if !app.shared.config.admins.contains(&who.user) {
+        let why = format!("{} is not an administrator (admins)", who.user);
+        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
+        return refusal(StatusCode::FORBIDDEN, &why);
+    }
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "audit page").await;
+    let entries = match super::audit::newest(app.shared.store.as_ref(), 500).await {
+        Ok(e) => e,
+        Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let mut ctx = page(&app, &who.user);
+    ctx.insert("entries", &entries);
+    render("audit.html.tera", &ctx)
 }
 
 pub(super) async fn script() -> Response {
