@@ -172,6 +172,13 @@ fn a_release_is_rehearsed_on_request_its_events_stream_and_every_decision_is_aud
         serde_json::from_str(&std::fs::read_to_string(sb.report_dir(run_id).join("report.json")).unwrap()).unwrap();
     assert_eq!(report["verdict"], "passed");
     common::assert_nothing_left(&sb, run_id);
+    // The portal lists it with its restore's and migration's times, for the trend.
+    let index = http(addr, "GET", "/", &[("X-Forwarded-User", "bob")], "").body;
+    let restore = report["steps"].as_array().unwrap().iter().find(|s| s["action"] == "restore").unwrap()["duration_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(index.contains(&format!("value=\"{restore}\"></meter> {restore} ms")), "{index}");
+    assert!(index.contains("class=\"phase migration\"><meter"), "{index}");
     // A watcher who comes after the end gets the whole run and the end.
     assert_eq!(events(addr, &id, "alice"), seen);
 

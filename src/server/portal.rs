@@ -62,6 +62,29 @@ struct Row {
     state: String,
     class: String,
     took: String,
+    /// From the run's report: the restore (or golden copy) and the migration (the
+    /// installs), in ms, for the trend bars.
+    restore_ms: Option<u64>,
+    migration_ms: Option<u64>,
+}
+
+/// The restore's and the migration's time of a finished run, from its report.
+fn phases(app: &App, r: &Request) -> (Option<u64>, Option<u64>) {
+    let RequestState::Finished { run_id: Some(run_id), .. } = &r.state else {
+        return (None, None);
+    };
+    let dir = crate::sys::state::run_dir(&app.shared.state_root, run_id).join("report");
+    let Ok(report) = crate::report::read_report(&dir) else {
+        return (None, None);
+    };
+    let sum = |f: &dyn Fn(&crate::report::model::StepTiming) -> bool| {
+        let steps: Vec<u64> = report.steps.iter().filter(|s| f(s)).map(|s| s.duration_ms).collect();
+        (!steps.is_empty()).then(|| steps.iter().sum())
+    };
+    (
+        sum(&|s| s.resource.starts_with("database.") && matches!(s.action.as_str(), "restore" | "copy" | "clone")),
+        sum(&|s| s.action == "install"),
+    )
 }
 
 fn state_text(r: &Request) -> (String, String) {
@@ -111,6 +134,7 @@ pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller)
                 .take(RECENT)
                 .map(|r| {
                     let (state, class) = state_text(r);
+                    let (restore_ms, migration_ms) = phases(&app, r);
                     Row {
                         id: r.id.clone(),
                         asked: when(&r.requested_at),
@@ -119,10 +143,15 @@ pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller)
                         state,
                         class,
                         took: took(r),
+                        restore_ms,
+                        migration_ms,
                     }
                 })
                 .collect();
-            serde_json::json!({ "name": name, "may": may, "requests": rows })
+            // The bars' scale: the longest of the list.
+            let most = |f: fn(&Row) -> Option<u64>| rows.iter().filter_map(f).max().unwrap_or(0).max(1);
+            let scale = serde_json::json!({ "restore": most(|r| r.restore_ms), "migration": most(|r| r.migration_ms) });
+            serde_json::json!({ "name": name, "may": may, "requests": rows, "scale": scale })
         })
         .collect();
     let count = |s: fn(&RequestState) -> bool| all.iter().filter(|r| s(&r.request.state)).count();
