@@ -191,6 +191,18 @@ pub enum Command {
         #[arg(long, value_name = "USER", conflicts_with_all = ["config", "listen"])]
         new_token: Option<String>,
     },
+    /// Ask a rehearsal server for a rehearsal and follow it (token in $REHEARSE_TOKEN; exit: the run's)
+    Request {
+        /// The environment's name on the server
+        #[arg(value_name = "ENVIRONMENT")]
+        environment: String,
+        /// Release version
+        #[arg(long, value_name = "VERSION")]
+        release: String,
+        /// The server's URL (https://rehearse.example.com)
+        #[arg(long, value_name = "URL", env = "REHEARSE_SERVER")]
+        server: String,
+    },
     /// Restore the latest backup once into a golden copy that later runs clone
     Warm {
         #[arg(value_name = "FILE")]

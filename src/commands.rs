@@ -54,6 +54,7 @@ mod down;
 mod edge;
 mod inventory;
 mod lock;
+mod request;
 mod run;
 mod serve;
 mod stage;
@@ -114,6 +115,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             named(g, run_id, &[Part::Journal], |id| inventory::extend(g, id, *duration))
         }
         Command::Warm { file } => warm::warm(g, file),
+        Command::Request { environment, release, server } => request::request(environment, release, server),
         Command::Serve { config, listen, new_token } => {
             serve::serve(g, config.as_deref(), *listen, new_token.as_deref())
         }

@@ -10,6 +10,7 @@
 //! Like the commands, the server only parses, calls the engine and renders: requests
 //! are `engine::requests`, a rehearsal is `engine::run`.
 
+pub mod client;
 pub mod config;
 
 mod api;

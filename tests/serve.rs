@@ -376,3 +376,44 @@ fn a_server_killed_mid_run_tears_its_runs_down_on_restart_and_runs_the_queue() {
     runs.sort();
     assert_eq!(on_disk, runs);
 }
+
+/// `rehearse request` asks the server with a token (no cloud credentials), prints the
+/// run's events as they come and exits with the run's code; a bad token and an
+/// unreachable server are clear errors with their exit codes.
+#[test]
+fn the_cli_asks_a_server_with_a_token_and_ends_with_the_runs_exit_code() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    let out = sb.cmd().args(["serve", "--new-token", "ci"]).output().unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let entry = String::from_utf8(out.stderr).unwrap().lines().skip(1).collect::<Vec<_>>().join("\n");
+    let server = start(&sb, &envs, &format!("{CONFIG}tokens:\n{entry}\n"));
+    let url = format!("http://{}", server.addr);
+    let ask = |token: &str, env: &str, url: &str| {
+        sb.cmd()
+            .args(["request", env, "--release", "v2", "--server", url])
+            .env("REHEARSE_TOKEN", token)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .output()
+            .unwrap()
+    };
+    let ok = ask(&token, "demo", &url);
+    let err = String::from_utf8_lossy(&ok.stderr);
+    assert_eq!(ok.status.code(), Some(0), "{err}");
+    for line in ["accepted: demo release v2", "database.db restore", "suite.smoke suite", ": passed (exit 0)"] {
+        assert!(err.contains(line), "no `{line}` in:\n{err}");
+    }
+    let bad = ask("rht_nope", "demo", &url);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not one this server knows"));
+    let nowhere = ask(&token, "demo", "http://127.0.0.1:9");
+    assert_eq!(nowhere.status.code(), Some(3), "{}", String::from_utf8_lossy(&nowhere.stderr));
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("cannot reach http://127.0.0.1:9"));
+    let no_token = sb
+        .cmd()
+        .args(["request", "demo", "--release", "v2", "--server", &url])
+        .env_remove("REHEARSE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(no_token.status.code(), Some(2));
+}
