@@ -53,17 +53,26 @@ pub(crate) async fn record(store: &dyn ObjectStore, entry: &Entry) {
     }
 }
 
-/// The newest `limit` entries, newest first (the admins' page and the tests).
+/// The newest `limit` entries, newest first (the admins' page and the tests): day by
+/// day from the newest, so that a long log's listing stays one day's.
 pub(crate) async fn newest(store: &dyn ObjectStore, limit: usize) -> Result<Vec<Entry>, store::StoreError> {
-    let mut keys = store::retrying(|| store.list(PREFIX)).await?;
-    keys.sort_unstable();
+    let mut days = store::retrying(|| store.list_dirs(PREFIX)).await?;
+    days.sort_unstable();
     let mut out = Vec::new();
-    for k in keys.iter().rev().take(limit) {
-        let key = format!("{PREFIX}{k}");
-        if let Some(o) = store::retrying(|| store.get(&key)).await? {
-            // An entry that does not read is not shown: the log is the server's own.
-            if let Ok(e) = serde_json::from_slice::<Entry>(&o.body) {
-                out.push(e);
+    for day in days.iter().rev() {
+        let prefix = format!("{PREFIX}{day}/");
+        let mut keys = store::retrying(|| store.list(&prefix)).await?;
+        keys.sort_unstable();
+        for k in keys.iter().rev() {
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            let key = format!("{prefix}{k}");
+            if let Some(o) = store::retrying(|| store.get(&key)).await? {
+                // An entry that does not read is not shown: the log is the server's own.
+                if let Ok(e) = serde_json::from_slice::<Entry>(&o.body) {
+                    out.push(e);
+                }
             }
         }
     }
