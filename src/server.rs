@@ -53,6 +53,10 @@ pub enum ServeError {
     Store(#[from] crate::engine::store::StoreError),
     #[error("the server stopped: {0}")]
     Stopped(std::io::Error),
+    /// Another server uses this state directory: starting would take its running
+    /// requests for a dead server's and tear them down.
+    #[error("another rehearse serve uses the state directory {} (its lock {} is held): one server per state directory", .dir.display(), .lock.display())]
+    Busy { dir: PathBuf, lock: PathBuf },
 }
 
 /// What the handlers share.
@@ -86,6 +90,9 @@ pub async fn serve(
         .map_err(|source| ServeError::Environments { path: config.environments.clone(), source })?;
     let server_dir = place.state_root.join("server");
     let server_dir = crate::sys::secure_fs::private_dir(&server_dir, 0o700)?;
+    // Held for the server's life: a second server on this directory would recover the
+    // first one's running requests as a dead server's.
+    let _only_one = only_server(&server_dir)?;
     let secret = auth::load_or_make_secret(&server_dir.join("secret"))?;
     let store: Arc<dyn ObjectStore> = Arc::new(FileStore::open(&server_dir)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -111,4 +118,21 @@ pub async fn serve(
     // The runs under way end on the same signal (each tears itself down); wait for them.
     shared.queue.drained().await;
     Ok(())
+}
+
+/// The server's lock on its directory (an exclusive `flock`, released when the process
+/// ends, however it ends).
+fn only_server(server_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = server_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| crate::sys::secure_fs::FsError::io("open", &path, e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| ServeError::Busy { dir: server_dir.parent().unwrap_or(server_dir).to_path_buf(), lock: path })
 }

@@ -339,6 +339,21 @@ fn a_server_killed_mid_run_tears_its_runs_down_on_restart_and_runs_the_queue() {
         assert!(Instant::now() < deadline, "never two running: {all}");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // A second server on the same state directory is refused: it would take these two
+    // running requests for a dead server's and tear them down.
+    let second = sb
+        .cmd()
+        .args(["serve", "--config"])
+        .arg(sb.dir.path().join("serve.yaml"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("one server per state directory"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     let mut server = server;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.child.id() as i32), nix::sys::signal::SIGKILL).unwrap();
     server.child.wait().unwrap();
