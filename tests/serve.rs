@@ -74,6 +74,34 @@ rules:
   demo: { rehearse: [alice, ci] }
 ";
 
+/// Asks for a rehearsal (`body` is the JSON the portal's form sends).
+fn ask(addr: SocketAddr, headers: &[(&str, &str)], body: &str) -> Answer {
+    http(addr, "POST", "/api/v1/rehearsals", headers, body)
+}
+
+/// The server with a token for the script `ci`, made as an operator makes one
+/// (`rehearse serve --new-token ci`: the token on stdout, its configuration entry on
+/// stderr, the token itself nowhere in it); the token.
+fn start_with_token(sb: &Sandbox, envs: &std::path::Path) -> (crate::common::http::Server, String) {
+    let out = sb.cmd().args(["serve", "--new-token", "ci"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let entry = String::from_utf8(out.stderr).unwrap().lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert!(entry.contains("sha256: ") && !entry.contains(&token), "{entry}");
+    (start(sb, envs, &format!("{CONFIG}tokens:\n{entry}\n")), token)
+}
+
+/// The CSRF token the server gives `user`'s pages (from `/api/v1/session`).
+fn csrf_of(addr: SocketAddr, user: &str) -> String {
+    let session = http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", user)], "").json();
+    session["csrf"].as_str().unwrap_or_else(|| panic!("no CSRF token for {user}: {session}")).to_string()
+}
+
+/// Asks for a rehearsal as a script does: with its API token.
+fn ask_with_token(addr: SocketAddr, token: &str, body: &str) -> Answer {
+    ask(addr, &[("Authorization", &format!("Bearer {token}"))], body)
+}
+
 pub(crate) fn wait_finished(addr: SocketAddr, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
@@ -90,50 +118,30 @@ pub(crate) fn wait_finished(addr: SocketAddr, id: &str) -> Value {
 fn a_release_is_rehearsed_on_request_its_events_stream_and_every_decision_is_audited() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.1);
-    // A token for a script, made as an operator makes one.
-    let out = sb.cmd().args(["serve", "--new-token", "ci"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let entry = String::from_utf8(out.stderr).unwrap().lines().skip(1).collect::<Vec<_>>().join("\n");
-    assert!(entry.contains("sha256: ") && !entry.contains(&token), "{entry}");
-    let server = start(&sb, &envs, &format!("{CONFIG}tokens:\n{entry}\n"));
+    let (server, token) = start_with_token(&sb, &envs);
     let addr = server.addr;
-    let ask = r#"{"environment":"demo","release":"v2"}"#;
+    let demo_v2 = r#"{"environment":"demo","release":"v2"}"#;
 
     // Refused, each with its reason and status.
-    let none = http(addr, "POST", "/api/v1/rehearsals", &[], ask);
+    let none = ask(addr, &[], demo_v2);
     assert_eq!(none.status, 401, "{}", none.body);
     let forged = http_from_elsewhere(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "alice")]);
     assert_eq!(forged.status, 401, "{}", forged.body);
     assert!(forged.body.contains("not a trusted proxy"), "{}", forged.body);
-    let bad_token = http(addr, "POST", "/api/v1/rehearsals", &[("Authorization", "Bearer rht_0000")], ask);
+    let bad_token = ask(addr, &[("Authorization", "Bearer rht_0000")], demo_v2);
     assert_eq!(bad_token.status, 401, "{}", bad_token.body);
-    let no_csrf = http(addr, "POST", "/api/v1/rehearsals", &[("X-Forwarded-User", "alice")], ask);
+    let no_csrf = ask(addr, &[("X-Forwarded-User", "alice")], demo_v2);
     assert_eq!(no_csrf.status, 403, "{}", no_csrf.body);
-    let bob_session = http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "bob")], "").json();
-    let bob_csrf = bob_session["csrf"].as_str().unwrap().to_string();
-    let not_bobs =
-        http(addr, "POST", "/api/v1/rehearsals", &[("X-Forwarded-User", "bob"), ("X-Rehearse-CSRF", &bob_csrf)], ask);
+    let bob_csrf = csrf_of(addr, "bob");
+    let not_bobs = ask(addr, &[("X-Forwarded-User", "bob"), ("X-Rehearse-CSRF", &bob_csrf)], demo_v2);
     assert_eq!(not_bobs.status, 403, "{}", not_bobs.body);
     assert!(not_bobs.json()["error"].as_str().unwrap().contains("bob may not rehearse on demo"), "{}", not_bobs.body);
-    let wrong_csrf =
-        http(addr, "POST", "/api/v1/rehearsals", &[("X-Forwarded-User", "alice"), ("X-Rehearse-CSRF", &bob_csrf)], ask);
+    let wrong_csrf = ask(addr, &[("X-Forwarded-User", "alice"), ("X-Rehearse-CSRF", &bob_csrf)], demo_v2);
     assert_eq!(wrong_csrf.status, 403, "{}", wrong_csrf.body);
-    let unknown = http(
-        addr,
-        "POST",
-        "/api/v1/rehearsals",
-        &[("Authorization", &format!("Bearer {token}"))],
-        r#"{"environment":"nope","release":"v2"}"#,
-    );
+    let unknown = ask_with_token(addr, &token, r#"{"environment":"nope","release":"v2"}"#);
     assert_eq!(unknown.status, 404, "{}", unknown.body);
-    let too_big = http(
-        addr,
-        "POST",
-        "/api/v1/rehearsals",
-        &[("Authorization", &format!("Bearer {token}"))],
-        &format!(r#"{{"environment":"demo","release":"{}"}}"#, "v".repeat(20_000)),
-    );
+    let too_big =
+        ask_with_token(addr, &token, &format!(r#"{{"environment":"demo","release":"{}"}}"#, "v".repeat(20_000)));
     assert_eq!(too_big.status, 413, "{}", too_big.body);
 
     // Alice, through the proxy, with her CSRF token: accepted, recorded, run.
@@ -150,8 +158,7 @@ fn a_release_is_rehearsed_on_request_its_events_stream_and_every_decision_is_aud
         "{csp}"
     );
     let csrf = session.json()["csrf"].as_str().unwrap().to_string();
-    let accepted =
-        http(addr, "POST", "/api/v1/rehearsals", &[("X-Forwarded-User", "alice"), ("X-Rehearse-CSRF", &csrf)], ask);
+    let accepted = ask(addr, &[("X-Forwarded-User", "alice"), ("X-Rehearse-CSRF", &csrf)], demo_v2);
     assert_eq!(accepted.status, 202, "{}", accepted.body);
     let id = accepted.json()["id"].as_str().unwrap().to_string();
     assert_eq!(accepted.header("location"), Some(format!("/api/v1/requests/{id}").as_str()));
@@ -183,13 +190,7 @@ fn a_release_is_rehearsed_on_request_its_events_stream_and_every_decision_is_aud
     assert_eq!(events(addr, &id, "alice"), seen);
 
     // A script with its token needs no CSRF token.
-    let by_ci = http(
-        addr,
-        "POST",
-        "/api/v1/rehearsals",
-        &[("Authorization", &format!("Bearer {token}"))],
-        r#"{"environment":"quick","release":"v1"}"#,
-    );
+    let by_ci = ask_with_token(addr, &token, r#"{"environment":"quick","release":"v1"}"#);
     assert_eq!(by_ci.status, 202, "{}", by_ci.body);
     assert_eq!(wait_finished(addr, by_ci.json()["id"].as_str().unwrap())["state"]["verdict"], "passed");
 
@@ -230,25 +231,14 @@ fn fifty_requests_at_once_run_two_at_a_time_and_all_finish() {
     let envs = environments(&sb, 0.3);
     let server = start(&sb, &envs, CONFIG);
     let addr = server.addr;
-    let session = http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "carol")], "").json();
-    let csrf = session["csrf"].as_str().unwrap().to_string();
+    let csrf = [csrf_of(addr, "carol"), csrf_of(addr, "dave")];
     let asked: Vec<std::thread::JoinHandle<Answer>> = (0..50)
         .map(|i| {
-            let (csrf, user) = (csrf.clone(), if i % 2 == 0 { "carol" } else { "dave" });
-            let dave_csrf = if user == "dave" {
-                http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "dave")], "").json()["csrf"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            } else {
-                csrf
-            };
+            let (user, csrf) = (["carol", "dave"][i % 2], csrf[i % 2].clone());
             std::thread::spawn(move || {
-                http(
+                ask(
                     addr,
-                    "POST",
-                    "/api/v1/rehearsals",
-                    &[("X-Forwarded-User", user), ("X-Rehearse-CSRF", &dave_csrf)],
+                    &[("X-Forwarded-User", user), ("X-Rehearse-CSRF", &csrf)],
                     r#"{"environment":"quick","release":"v1"}"#,
                 )
             })
@@ -302,18 +292,13 @@ fn a_server_killed_mid_run_tears_its_runs_down_on_restart_and_runs_the_queue() {
     let envs = environments(&sb, 0.1);
     let server = start(&sb, &envs, CONFIG);
     let addr = server.addr;
-    let csrf = http(addr, "GET", "/api/v1/session", &[("X-Forwarded-User", "erin")], "").json()["csrf"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let csrf = csrf_of(addr, "erin");
     // Two slow ones first (the queue runs the oldest first), then three quick ones.
     let ids: Vec<String> = ["slow", "slow", "quick", "quick", "quick"]
         .into_iter()
         .map(|env| {
-            let a = http(
+            let a = ask(
                 addr,
-                "POST",
-                "/api/v1/rehearsals",
                 &[("X-Forwarded-User", "erin"), ("X-Rehearse-CSRF", &csrf)],
                 &format!(r#"{{"environment":"{env}","release":"v1"}}"#),
             );
@@ -399,10 +384,7 @@ fn a_server_killed_mid_run_tears_its_runs_down_on_restart_and_runs_the_queue() {
 fn the_cli_asks_a_server_with_a_token_and_ends_with_the_runs_exit_code() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.1);
-    let out = sb.cmd().args(["serve", "--new-token", "ci"]).output().unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let entry = String::from_utf8(out.stderr).unwrap().lines().skip(1).collect::<Vec<_>>().join("\n");
-    let server = start(&sb, &envs, &format!("{CONFIG}tokens:\n{entry}\n"));
+    let (server, token) = start_with_token(&sb, &envs);
     let url = format!("http://{}", server.addr);
     let ask = |token: &str, env: &str, url: &str| {
         sb.cmd()
