@@ -17,7 +17,7 @@
 //! - [`connection`]: how to reach a kept environment, secrets included, for its owner;
 //! - operations, one module each, typed outcome in, nothing printed: [`down`] (from the
 //!   journal or from discovery), [`discover`] (a run's resources by its marks),
-//!   [`inventory`] (the runs and their status; a stage's current generation protected),
+//!   [`extend`] (a kept environment's expiry moved), [`inventory`] (the runs and their status; a stage's current generation protected),
 //!   [`sweep`] (what has expired, one candidate list, removed by rank).
 
 mod assemble;
@@ -26,6 +26,7 @@ pub mod connection;
 pub mod discover;
 pub mod down;
 pub mod events;
+pub mod extend;
 pub mod inventory;
 pub mod journal;
 pub mod lifecycle;

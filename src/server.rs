@@ -16,6 +16,7 @@ pub mod config;
 mod api;
 mod audit;
 mod auth;
+mod kept;
 mod portal;
 mod queue;
 mod recover;
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     /// restart does not log anyone out.
     pub secret: Vec<u8>,
     pub queue: queue::Queue,
+    /// The server's signals: a teardown asked for over HTTP stops on them too.
+    pub signals: Signals,
 }
 
 /// Where the server runs and keeps its state.
@@ -106,6 +109,7 @@ pub async fn serve(
         state_root: place.state_root,
         work_root: place.work_root,
         secret,
+        signals: signals.clone(),
     });
     queue::start(shared.clone(), signals.clone());
     on_listening(addr);

@@ -71,7 +71,7 @@ proxy:
 admins: [alice]
 rules:
   \"*\": { rehearse: [\"*\"], max_per_user: 60 }
-  demo: { rehearse: [alice, ci] }
+  demo: { rehearse: [alice, ci], max_ttl: 3h }
 ";
 
 /// Asks for a rehearsal (`body` is the JSON the portal's form sends).
@@ -103,15 +103,112 @@ fn ask_with_token(addr: SocketAddr, token: &str, body: &str) -> Answer {
 }
 
 pub(crate) fn wait_finished(addr: SocketAddr, id: &str) -> Value {
+    wait_state(addr, id, "finished")
+}
+
+/// Request `id` once it is in `state` (`finished`, `kept`).
+pub(crate) fn wait_state(addr: SocketAddr, id: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let r = http(addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "alice")], "").json();
-        if r["state"]["state"] == "finished" {
+        if r["state"]["state"] == state {
             return r;
         }
-        assert!(Instant::now() < deadline, "request {id} never finished: {r}");
+        assert!(Instant::now() < deadline, "request {id} never {state}: {r}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `user`'s POST with their CSRF token, as the portal's script sends it.
+fn post_as(addr: SocketAddr, user: &str, path: &str, body: &str) -> Answer {
+    let csrf = csrf_of(addr, user);
+    http(addr, "POST", path, &[("X-Forwarded-User", user), ("X-Rehearse-CSRF", &csrf)], body)
+}
+
+/// A dry run is built and kept for the one who asked: its endpoints and secrets are
+/// hers alone (a deliberate, audited reveal), she extends it within the rule's
+/// `max_ttl`, and destroys it; a ttl over the maximum is refused with why.
+#[test]
+fn a_dry_run_is_kept_for_its_owner_alone_who_extends_and_destroys_it() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    let server = start(&sb, &envs, CONFIG);
+    let addr = server.addr;
+
+    let too_long = post_as(addr, "alice", "/api/v1/dry-runs", r#"{"environment":"demo","release":"v2","ttl":"8h"}"#);
+    assert_eq!(too_long.status, 403, "{}", too_long.body);
+    let why = too_long.json()["error"].as_str().unwrap().to_string();
+    assert!(why.contains("ttl 8h is over the maximum 3h for dry runs of demo (rules.demo.max_ttl)"), "{why}");
+    let bobs = post_as(addr, "bob", "/api/v1/dry-runs", r#"{"environment":"demo","release":"v2","ttl":"1h"}"#);
+    assert_eq!(bobs.status, 403, "{}", bobs.body);
+
+    let asked = post_as(addr, "alice", "/api/v1/dry-runs", r#"{"environment":"demo","release":"v2","ttl":"1h"}"#);
+    assert_eq!(asked.status, 202, "{}", asked.body);
+    let id = asked.json()["id"].as_str().unwrap().to_string();
+    let kept = wait_state(addr, &id, "kept");
+    assert_eq!(kept["state"]["verdict"], "passed", "{kept}");
+    let run_id = kept["state"]["run_id"].as_str().unwrap().to_string();
+    let expires = |r: &Value| chrono::DateTime::parse_from_rfc3339(r["state"]["expires_at"].as_str().unwrap()).unwrap();
+    let first = expires(&kept);
+    let left = first.signed_duration_since(chrono::Utc::now()).num_seconds();
+    assert!((3300..=3600).contains(&left), "expires in {left} s: {kept}");
+
+    // Its owner's page shows the endpoints and the buttons, never a secret; bob's
+    // shows neither.
+    let page = |user: &str| http(addr, "GET", &format!("/requests/{id}"), &[("X-Forwarded-User", user)], "");
+    let hers = page("alice");
+    assert_eq!(hers.header("cache-control"), Some("no-store"));
+    let secret = std::fs::read_to_string(sb.state().join(format!("runs/{run_id}/connection.json"))).unwrap();
+    let password =
+        serde_json::from_str::<Value>(&secret).unwrap()["databases"]["db"]["password"].as_str().unwrap().to_string();
+    assert!(password.len() >= 16);
+    assert!(hers.body.contains("id=\"endpoints\"") && hers.body.contains("id=\"destroy\""), "{}", hers.body);
+    assert!(!hers.body.contains(&password), "a secret on the page");
+    let his = page("bob");
+    assert!(his.body.contains("kept until") && !his.body.contains("id=\"endpoints\""), "{}", his.body);
+    assert!(!his.body.contains("id=\"destroy\"") && !his.body.contains(&password));
+
+    // Bob may neither reveal, extend nor destroy it.
+    for what in ["reveal", "extend", "destroy"] {
+        let body = if what == "extend" { r#"{"by":"1h"}"# } else { "{}" };
+        let r = post_as(addr, "bob", &format!("/api/v1/requests/{id}/{what}"), body);
+        assert_eq!(r.status, 403, "{what}: {}", r.body);
+        assert!(r.body.contains("only alice, who asked for it"), "{}", r.body);
+        assert!(!r.body.contains(&password));
+    }
+    // Alice reveals: the password, and a URL that reaches the copy.
+    let revealed = post_as(addr, "alice", &format!("/api/v1/requests/{id}/reveal"), "{}");
+    assert_eq!(revealed.status, 200, "{}", revealed.body);
+    assert_eq!(revealed.header("cache-control"), Some("no-store"));
+    let db = &revealed.json()["databases"]["db"];
+    assert_eq!(db["password"].as_str(), Some(password.as_str()));
+    let endpoint = db["endpoint"].as_str().unwrap();
+    TcpStream::connect(endpoint).unwrap_or_else(|e| panic!("the copy's database at {endpoint}: {e}"));
+
+    // Extended within the rule; past it, refused with why.
+    let more = post_as(addr, "alice", &format!("/api/v1/requests/{id}/extend"), r#"{"by":"1h"}"#);
+    assert_eq!(more.status, 200, "{}", more.body);
+    let now = wait_state(addr, &id, "kept");
+    let second = expires(&now);
+    assert!((second - first).num_seconds() >= 3599, "{first} → {second}");
+    let too_far = post_as(addr, "alice", &format!("/api/v1/requests/{id}/extend"), r#"{"by":"4h"}"#);
+    assert_eq!(too_far.status, 403, "{}", too_far.body);
+    assert!(too_far.body.contains("rules.max_ttl"), "{}", too_far.body);
+    let listed = sb.cmd().args(["list", "--format", "json"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&run_id));
+
+    // Destroyed: torn down from its journal, the request finished, nothing left.
+    let gone = post_as(addr, "alice", &format!("/api/v1/requests/{id}/destroy"), "{}");
+    assert_eq!(gone.status, 202, "{}", gone.body);
+    let done = wait_finished(addr, &id);
+    assert!(done["state"]["error"].as_str().unwrap().contains("destroyed by alice; torn down, nothing left"), "{done}");
+    common::assert_nothing_left(&sb, &run_id);
+    let log = http(addr, "GET", "/api/v1/audit?limit=1000", &[("X-Forwarded-User", "alice")], "").body;
+    for why in ["revealed the secrets of run", "only alice, who asked for it, may reveal", "ttl 8h is over the maximum"]
+    {
+        assert!(log.contains(why), "no `{why}` in the audit log");
+    }
+    assert!(!log.contains(&password), "a secret in the audit log");
 }
 
 #[test]

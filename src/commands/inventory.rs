@@ -7,7 +7,7 @@ use super::checked_state;
 use super::runtime;
 use crate::cli::{Format, Global};
 use crate::engine::inventory::{RunRow, RunStatus};
-use crate::engine::journal::{self, State};
+use crate::engine::journal;
 use crate::exit;
 use crate::sys::state;
 
@@ -144,6 +144,7 @@ fn short(d: chrono::Duration) -> String {
 /// `run_id` is resolved (see `named` in commands.rs); `duration` is within its bounds
 /// ([`crate::cli::value::extension`]).
 pub(crate) fn extend(g: &Global, run_id: &str, duration: std::time::Duration) -> i32 {
+    use crate::engine::extend::{self as engine_extend, ExtendError};
     // Whole seconds, as the journal and the tags keep them.
     let by = chrono::Duration::seconds(duration.as_secs() as i64);
     let Some(root) = (match checked_state(g) {
@@ -153,15 +154,14 @@ pub(crate) fn extend(g: &Global, run_id: &str, duration: std::time::Duration) ->
         errln!("error: no run {run_id} on this machine; see `rehearse list`");
         return exit::USAGE;
     };
-    let path = state::run_dir(&root, run_id).join("journal.jsonl");
-    let st = match journal::read(&path) {
-        Ok(records) => State::from_records(&records),
+    let meta = match engine_extend::read_state(&root, run_id) {
+        Ok(st) => st.meta,
         Err(e) => {
-            errln!("error: cannot read the journal of {run_id} ({}): {e}", path.display());
+            errln!("error: {e}");
             return exit::USAGE;
         }
     };
-    let Some(meta) = st.meta.clone() else {
+    let Some(meta) = meta else {
         errln!("error: the journal of {run_id} has no run record");
         return exit::USAGE;
     };
@@ -180,66 +180,48 @@ pub(crate) fn extend(g: &Global, run_id: &str, duration: std::time::Duration) ->
         );
         return exit::USAGE;
     }
-    if st.torn_down == Some(true) && st.remaining().is_empty() {
-        errln!("error: run {run_id} is torn down already: there is nothing to extend");
-        return exit::USAGE;
-    }
-    let current = st.expires_at().unwrap_or(meta.expires_at);
-    // Whole seconds: what the journal says and what the tags say are then the same.
-    let wanted = match current.max(Utc::now()).checked_add_signed(by) {
-        Some(t) => chrono::SubsecRound::trunc_subsecs(t, 0),
-        None => {
-            errln!("error: the journal of {run_id} says it expires {current}: past any time rehearse can extend to");
-            return exit::USAGE;
-        }
-    };
-    let latest = meta.latest_expiry();
-    if wanted > latest {
-        errln!(
-            "error: run {run_id} may live until {} at most (`max_ttl` {} from its start); it expires {} now",
-            latest.format("%Y-%m-%d %H:%M UTC"),
-            crate::description::format_duration(std::time::Duration::from_secs(
-                meta.max_ttl_secs.unwrap_or(crate::description::default_max_ttl().as_secs())
-            )),
-            current.format("%Y-%m-%d %H:%M UTC"),
-        );
-        return exit::USAGE;
-    }
-    // On AWS the expiry is also in every resource's tag, which `sweep --region` reads:
-    // those move first, and only then the journal.
-    if meta.provider == crate::description::ProviderKind::Aws {
-        let Some(region) = meta.region.clone() else {
-            errln!("error: the journal of {run_id} names no region: its tags cannot be found");
-            return exit::USAGE;
+    let extended = runtime().block_on(async {
+        let store = match super::store::shared(g).await {
+            Ok(s) => s,
+            Err(code) => return Err(Err(code)),
         };
-        let retagged =
-            runtime().block_on(async { super::aws_provider(&region).await.retag_expiry(run_id, wanted).await });
-        match retagged {
-            Ok(n) => {
-                errln!("rehearse: moved the rehearse:expires-at tag of {n} resource(s) of {run_id} in {region}")
+        let result = match meta.provider {
+            crate::description::ProviderKind::Aws => {
+                let Some(region) = meta.region.clone() else {
+                    errln!("error: the journal of {run_id} names no region: its tags cannot be found");
+                    return Err(Err(exit::USAGE));
+                };
+                let provider = super::aws_provider(&region).await;
+                engine_extend::extend(&provider, &root, run_id, by, None, store).await
             }
-            Err(e) => {
-                errln!("error: cannot move the expiry tags of {run_id} in {region}: {e}; its expiry is unchanged");
-                return exit::BUILD_FAILED;
+            crate::description::ProviderKind::Local => {
+                let provider = crate::providers::local::LocalProvider::new(&state::work_dir());
+                engine_extend::extend(&provider, &root, run_id, by, None, store).await
+            }
+        };
+        result.map_err(Ok)
+    });
+    match extended {
+        Ok(x) => {
+            if x.marks_moved > 0 {
+                errln!("rehearse: moved the rehearse:expires-at tag of {} resource(s) of {run_id}", x.marks_moved);
+            }
+            outln!(
+                "{run_id}: expires {} (was {})",
+                x.now.format("%Y-%m-%d %H:%M:%S UTC"),
+                x.was.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+            exit::PASSED
+        }
+        Err(Err(code)) => code,
+        Err(Ok(e)) => {
+            errln!("error: {e}");
+            match e {
+                ExtendError::Marks { .. } | ExtendError::Write { .. } => exit::BUILD_FAILED,
+                _ => exit::USAGE,
             }
         }
     }
-    let appended = runtime().block_on(async {
-        super::store::open_journal(g, run_id, &path)
-            .await?
-            .append(&journal::Record::Extended { expires_at: wanted, at: Utc::now() })
-            .await
-    });
-    if let Err(e) = appended {
-        errln!("error: cannot write the journal {}: {e}", path.display());
-        return exit::BUILD_FAILED;
-    }
-    outln!(
-        "{run_id}: expires {} (was {})",
-        wanted.format("%Y-%m-%d %H:%M:%S UTC"),
-        current.format("%Y-%m-%d %H:%M:%S UTC")
-    );
-    exit::PASSED
 }
 
 /// `rehearse report RUN`: `run_id` is resolved (see `named` in commands.rs).

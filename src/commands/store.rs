@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::cli::Global;
-use crate::engine::journal::Journal;
 use crate::engine::store::file::FileStore;
 use crate::engine::store::{sync, ObjectStore, StoreError};
 use crate::exit;
@@ -182,22 +181,6 @@ pub(crate) async fn fetch_all(g: &Global) -> Result<(), i32> {
         }
     }
     Ok(())
-}
-
-/// Opens a run's local journal for appending, mirrored to the shared store (if any)
-/// after the records the store already has.
-pub(crate) async fn open_journal(g: &Global, run_id: &str, path: &std::path::Path) -> std::io::Result<Journal> {
-    let j = Journal::open(path)?;
-    let store = shared(g).await.map_err(|_| std::io::Error::other("the state store cannot be opened"))?;
-    match store {
-        None => Ok(j),
-        Some(store) => mirror(j, store, run_id).await,
-    }
-}
-
-/// Mirrors `j` to `store` after the records the store has of `run_id`.
-pub(crate) async fn mirror(j: Journal, store: Arc<dyn ObjectStore>, run_id: &str) -> std::io::Result<Journal> {
-    crate::engine::down::mirror(j, store, run_id).await
 }
 
 /// Runs `f` inside a runtime with the shared store's copy fetched first.

@@ -534,6 +534,17 @@ pub trait Provider {
         Ok(Vec::new())
     }
 
+    /// Moves the expiry that run `run_id`'s resources carry (tags a sweep reads) to
+    /// `expires_at`; how many were moved. By default they carry none.
+    async fn move_expiry(
+        &self,
+        run_id: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let _ = (run_id, expires_at);
+        Ok(0)
+    }
+
     /// Fixes what each database of `loaded` would restore from now (its newest backup,
     /// snapshot or restorable time), for runs that must restore the same.
     async fn pin_sources(&self, loaded: &Loaded) -> Result<Pins, StepError> {

@@ -26,6 +26,26 @@ pub const MAX_LISTED: usize = 10_000;
 pub enum Ask {
     /// A one-shot rehearsal of `release` (`rehearse run`).
     Rehearse { release: String },
+    /// A dry run kept for the one who asked (`rehearse up`): built, `release` installed,
+    /// and kept `ttl_secs` from its start, until its owner destroys it or it expires.
+    DryRun { release: String, ttl_secs: u64 },
+}
+
+impl Ask {
+    /// The release it installs.
+    pub fn release(&self) -> &str {
+        match self {
+            Ask::Rehearse { release } | Ask::DryRun { release, .. } => release,
+        }
+    }
+
+    /// What it is, in a word (`rehearse`, `dry_run`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Ask::Rehearse { .. } => "rehearse",
+            Ask::DryRun { .. } => "dry_run",
+        }
+    }
 }
 
 /// Where a request is.
@@ -36,6 +56,9 @@ pub enum State {
     Queued,
     /// Claimed by `server`, which runs it as `run_id`.
     Running { run_id: String, server: String, since: DateTime<Utc> },
+    /// A dry run's environment, built and kept for its owner until `expires_at` (as
+    /// its journal says when extended), its destroy, or its expiry.
+    Kept { run_id: String, server: String, started_at: DateTime<Utc>, expires_at: DateTime<Utc>, verdict: Verdict },
     /// Ended: the run's verdict and exit code, or why it has none.
     Finished {
         run_id: Option<String>,
@@ -104,6 +127,15 @@ impl Request {
         matches!(self.state, State::Finished { .. })
     }
 
+    /// The run it started, if it did.
+    pub fn run_id(&self) -> Option<&str> {
+        match &self.state {
+            State::Queued => None,
+            State::Running { run_id, .. } | State::Kept { run_id, .. } => Some(run_id),
+            State::Finished { run_id, .. } => run_id.as_deref(),
+        }
+    }
+
     /// Checks what a stranger may have written: the id, the user, the environment, the
     /// release and the run id by their grammar.
     fn check(&self, key_id: &str) -> Result<(), String> {
@@ -116,13 +148,17 @@ impl Request {
         if !valid_environment(&self.environment) {
             return Err("its environment is not an environment's name".into());
         }
-        let Ask::Rehearse { release } = &self.ask;
-        if !valid_release(release) {
+        if !valid_release(self.ask.release()) {
             return Err("its release is not a release version".into());
+        }
+        if let Ask::DryRun { ttl_secs, .. } = &self.ask {
+            if *ttl_secs == 0 || *ttl_secs > crate::description::MAX_MAX_TTL.as_secs() {
+                return Err("its ttl is out of range".into());
+            }
         }
         let run_id = match &self.state {
             State::Queued => None,
-            State::Running { run_id, server, .. } => {
+            State::Running { run_id, server, .. } | State::Kept { run_id, server, .. } => {
                 if !valid_user(server) {
                     return Err("its server is not a server's name".into());
                 }

@@ -226,6 +226,15 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
         self.marked(run_id).await
     }
 
+    /// The `rehearse:expires-at` tags (see [`AwsProvider::retag_expiry`]).
+    async fn move_expiry(
+        &self,
+        run_id: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.retag_expiry(run_id, expires_at).await?)
+    }
+
     /// Instances go in one batch: one describe guards them all, one call terminates
     /// them, and their waits share the batched poller.
     async fn destroy_many(&self, entries: &[&Entry], meta: &RunMeta) -> Vec<Result<(), DestroyError>> {

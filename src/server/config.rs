@@ -17,7 +17,7 @@
 //! admins: [alice]
 //! rules:                          # per environment; `"*"` is every environment
 //!   "*": { rehearse: ["*"], max_per_user: 3 }
-//!   shop-aws: { rehearse: [alice, ci] }
+//!   shop-aws: { rehearse: [alice, ci], keep: [alice], max_ttl: 4h }
 //! ```
 
 use std::collections::BTreeMap;
@@ -74,9 +74,29 @@ pub struct Rule {
     /// Who may rehearse a release here: user names, or `"*"` for everyone identified.
     #[serde(default)]
     pub rehearse: Option<Vec<String>>,
-    /// The most requests of one user queued or running at once.
+    /// Who may keep a dry run here (default: who may rehearse).
+    #[serde(default)]
+    pub keep: Option<Vec<String>>,
+    /// The longest a dry run may be kept here, from its start, extensions included
+    /// (`2h`, `1d`; default: the description's `max_ttl`).
+    #[serde(default, deserialize_with = "some_duration")]
+    pub max_ttl: Option<std::time::Duration>,
+    /// The most environments of one user at once: requests queued or running, and dry
+    /// runs kept.
     #[serde(default)]
     pub max_per_user: Option<usize>,
+}
+
+fn some_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::description::bounded_duration(
+        "max_ttl",
+        &text,
+        std::time::Duration::from_secs(60),
+        crate::description::MAX_MAX_TTL,
+    )
+    .map(Some)
+    .map_err(serde::de::Error::custom)
 }
 
 fn default_listen() -> SocketAddr {
@@ -169,9 +189,11 @@ impl Config {
             if env != "*" && !valid_environment(env) {
                 return Err(format!("rules: {env:?} is not an environment's name"));
             }
-            for u in rule.rehearse.iter().flatten() {
-                if u != "*" && !valid_user(u) {
-                    return Err(format!("rules.{env}.rehearse: {u:?} is not a user name"));
+            for (what, users) in [("rehearse", &rule.rehearse), ("keep", &rule.keep)] {
+                for u in users.iter().flatten() {
+                    if u != "*" && !valid_user(u) {
+                        return Err(format!("rules.{env}.{what}: {u:?} is not a user name"));
+                    }
                 }
             }
         }
@@ -182,8 +204,11 @@ impl Config {
     pub fn rule(&self, environment: &str) -> Rule {
         let own = self.rules.get(environment);
         let any = self.rules.get("*");
+        let rehearse = own.and_then(|r| r.rehearse.clone()).or_else(|| any.and_then(|r| r.rehearse.clone()));
         Rule {
-            rehearse: own.and_then(|r| r.rehearse.clone()).or_else(|| any.and_then(|r| r.rehearse.clone())),
+            keep: own.and_then(|r| r.keep.clone()).or_else(|| any.and_then(|r| r.keep.clone())).or(rehearse.clone()),
+            rehearse,
+            max_ttl: own.and_then(|r| r.max_ttl).or_else(|| any.and_then(|r| r.max_ttl)),
             max_per_user: own.and_then(|r| r.max_per_user).or_else(|| any.and_then(|r| r.max_per_user)),
         }
     }
@@ -192,11 +217,21 @@ impl Config {
 impl Rule {
     /// Whether `user` may rehearse a release, and if not, why.
     pub fn may_rehearse(&self, user: &str, environment: &str) -> Result<(), String> {
-        match &self.rehearse {
-            Some(users) if users.iter().any(|u| u == "*" || u == user) => Ok(()),
-            Some(_) => Err(format!("{user} may not rehearse on {environment} (rules.{environment}.rehearse)")),
-            None => Err(format!("nobody may rehearse on {environment}: no rule names it")),
-        }
+        may(&self.rehearse, "rehearse", user, environment)
+    }
+
+    /// Whether `user` may keep a dry run, and if not, why.
+    pub fn may_keep(&self, user: &str, environment: &str) -> Result<(), String> {
+        may(&self.keep, "keep", user, environment)
+            .map_err(|why| why.replace("may not keep on", "may not keep a dry run on"))
+    }
+}
+
+fn may(users: &Option<Vec<String>>, what: &str, user: &str, environment: &str) -> Result<(), String> {
+    match users {
+        Some(users) if users.iter().any(|u| u == "*" || u == user) => Ok(()),
+        Some(_) => Err(format!("{user} may not {what} on {environment} (rules.{environment}.{what})")),
+        None => Err(format!("nobody may {what} on {environment}: no rule names it")),
     }
 }
 

@@ -91,6 +91,9 @@ fn state_text(r: &Request) -> (String, String) {
     match &r.state {
         RequestState::Queued => ("queued".into(), "queued".into()),
         RequestState::Running { .. } => ("running".into(), "running".into()),
+        RequestState::Kept { verdict, expires_at, .. } => {
+            (format!("{}, kept until {}", verdict.as_str(), when(expires_at)), "kept".into())
+        }
         RequestState::Finished { verdict: Some(v), exit_code, .. } => {
             (format!("{} (exit {exit_code})", v.as_str()), v.as_str().into())
         }
@@ -112,8 +115,33 @@ fn when(t: &DateTime<Utc>) -> String {
 }
 
 fn release(r: &Request) -> &str {
-    let Ask::Rehearse { release } = &r.ask;
-    release
+    r.ask.release()
+}
+
+/// What a kept dry run's owner sees of it (never its secrets: those come on a reveal).
+#[derive(Serialize)]
+struct Endpoint {
+    name: String,
+    kind: &'static str,
+    address: String,
+    detail: String,
+}
+
+fn endpoints(app: &App, run_id: &str) -> Result<Vec<Endpoint>, String> {
+    let c = super::kept::connection(&app.shared, run_id).map_err(|e| e.to_string())?;
+    let dbs = c.databases.iter().map(|(name, d)| Endpoint {
+        name: name.clone(),
+        kind: "database",
+        address: d.endpoint.clone(),
+        detail: format!("database {} as {}", d.name, d.user),
+    });
+    let services = c.services.iter().map(|(name, s)| Endpoint {
+        name: name.clone(),
+        kind: "service",
+        address: if s.url.is_empty() { s.address.clone() } else { s.url.clone() },
+        detail: s.addresses.join(" "),
+    });
+    Ok(dbs.chain(services).collect())
 }
 
 pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
@@ -174,7 +202,7 @@ pub(super) async fn request(State(app): State<App>, Path(id): Path<String>, Call
     app.audit(&asked, Some(&who.user), Decision::Allowed, "request page").await;
     let (state_text, class) = state_text(&r);
     let (run_id, error) = match &r.state {
-        RequestState::Running { run_id, .. } => (Some(run_id.clone()), None),
+        RequestState::Running { run_id, .. } | RequestState::Kept { run_id, .. } => (Some(run_id.clone()), None),
         RequestState::Finished { run_id, error, .. } => (run_id.clone(), error.clone()),
         RequestState::Queued => (None, None),
     };
@@ -185,13 +213,35 @@ pub(super) async fn request(State(app): State<App>, Path(id): Path<String>, Call
     ctx.insert("environment", &r.environment);
     ctx.insert("release", release(&r));
     ctx.insert("asked", &when(&r.requested_at));
-    ctx.insert("state", if finished { "finished" } else { "open" });
+    let kept = matches!(r.state, RequestState::Kept { .. });
+    ctx.insert(
+        "state",
+        if finished {
+            "finished"
+        } else if kept {
+            "kept"
+        } else {
+            "open"
+        },
+    );
+    ctx.insert("dry_run", &matches!(r.ask, Ask::DryRun { .. }));
+    ctx.insert("owner", &(r.user == who.user));
+    ctx.insert("user_asked", &r.user);
+    // A kept dry run's endpoints and buttons: for its owner alone.
+    if let (RequestState::Kept { run_id, expires_at, .. }, true) = (&r.state, r.user == who.user) {
+        ctx.insert("expires_at", &expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        ctx.insert("expires_text", &when(expires_at));
+        match endpoints(&app, run_id) {
+            Ok(e) => ctx.insert("endpoints", &e),
+            Err(e) => ctx.insert("endpoints_error", &e),
+        }
+    }
     ctx.insert("state_text", &state_text);
     ctx.insert("class", &class);
     ctx.insert("error", &error.unwrap_or_default());
     ctx.insert("run_id", &run_id);
     ctx.insert("lines", &lines);
-    let report = run_id.filter(|_| finished).map(|id| format!("/runs/{id}/report.html"));
+    let report = run_id.filter(|_| finished || kept).map(|id| format!("/runs/{id}/report.html"));
     ctx.insert("report", &report.unwrap_or_default());
     let mut res = render("request.html.tera", &ctx);
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -37,6 +37,8 @@ pub(crate) struct Queue {
     streams: Mutex<HashMap<String, Arc<Stream>>>,
     /// The finished ones among them, oldest first.
     finished: Mutex<std::collections::VecDeque<String>>,
+    /// The kept dry runs being torn down (a second destroy waits for nothing).
+    pub(crate) tearing: Mutex<std::collections::HashSet<String>>,
     wake: Notify,
     idle: Notify,
     /// Told when a stream opens (a watcher waits for its request's run to start).
@@ -126,6 +128,7 @@ impl Queue {
             running: Mutex::default(),
             streams: Mutex::default(),
             finished: Mutex::default(),
+            tearing: Mutex::default(),
             wake: Notify::new(),
             idle: Notify::new(),
             opened: Notify::new(),
@@ -154,6 +157,19 @@ impl Queue {
             if let Some(old) = finished.pop_front() {
                 self.streams.lock().expect("not poisoned").remove(&old);
             }
+        }
+    }
+
+    /// Request `id`'s stream, said on again (a kept dry run's teardown follows its
+    /// build's lines), or a new one if it was forgotten.
+    pub(crate) fn stream_to_resume(&self, id: &str) -> Arc<Stream> {
+        match self.stream(id) {
+            Some(s) => {
+                s.said.lock().expect("not poisoned").ended = false;
+                self.opened.notify_waiters();
+                s
+            }
+            None => self.open_stream(id),
         }
     }
 
@@ -206,6 +222,7 @@ async fn fill(shared: &Arc<Shared>, signals: &Signals) {
             return;
         }
     };
+    super::kept::expire(shared, &queued, signals);
     let mut queued: Vec<Read> = queued.into_iter().filter(|r| r.request.state == State::Queued).collect();
     while shared.queue.running_now() < shared.queue.max_running && !queued.is_empty() {
         let per_user: BTreeMap<String, usize> =
@@ -261,7 +278,7 @@ async fn fill(shared: &Arc<Shared>, signals: &Signals) {
 }
 
 /// This server's name in the records it claims: its host name.
-fn server_name() -> String {
+pub(crate) fn server_name() -> String {
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
     if requests::valid_user(&host) {
         host
@@ -272,7 +289,8 @@ fn server_name() -> String {
 
 /// Runs the request through the engine; its final state.
 async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, signals: &Signals) -> State {
-    let started_at = Some(Utc::now());
+    let started = Utc::now();
+    let started_at = Some(started);
     let finished = |verdict, exit_code, error: Option<String>| State::Finished {
         run_id: Some(run_id.to_string()),
         started_at,
@@ -281,18 +299,26 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         error: error.map(|e| crate::sys::text::printable(&crate::secrets::redact(&e))),
         ended_at: Utc::now(),
     };
-    let Ask::Rehearse { release } = &read.request.ask;
+    let release = read.request.ask.release();
     let path = shared.config.environments.join(format!("{}.yaml", read.request.environment));
-    let loaded = match crate::description::load(&path, Some(release)) {
+    let mut loaded = match crate::description::load(&path, Some(release)) {
         Ok(l) => l,
         Err(d) => return finished(None, crate::exit::USAGE, Some(d.render())),
     };
+    // A dry run is `up`: built, the release installed, kept for its ttl.
+    let dry_run = match &read.request.ask {
+        Ask::Rehearse { .. } => false,
+        Ask::DryRun { ttl_secs, .. } => {
+            loaded.desc.ttl = Duration::from_secs(*ttl_secs);
+            true
+        }
+    };
     let opts = Options {
         run_id: run_id.to_string(),
-        release: release.clone(),
-        destroy: loaded.desc.destroy,
+        release: release.to_string(),
+        destroy: if dry_run { crate::description::DestroyPolicy::Never } else { loaded.desc.destroy },
         cold: false,
-        up_only: false,
+        up_only: dry_run,
         state_root: shared.state_root.clone(),
         work_root: shared.work_root.clone(),
         run_as: None,
@@ -321,6 +347,26 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         }
     };
     match &outcome.ended {
+        Ended::Reported { report, unwritten: None, .. }
+            if report.teardown.status == crate::report::model::TeardownStatus::Kept =>
+        {
+            let expires_at = crate::engine::extend::read_state(&shared.state_root, run_id)
+                .ok()
+                .and_then(|st| st.expires_at())
+                .unwrap_or_else(|| Utc::now() + chrono::Duration::seconds(loaded.desc.ttl.as_secs() as i64));
+            stream.say(format!(
+                "verdict: {} — kept until {}",
+                report.verdict.as_str(),
+                expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+            State::Kept {
+                run_id: run_id.to_string(),
+                server: server_name(),
+                started_at: started,
+                expires_at,
+                verdict: report.verdict,
+            }
+        }
         Ended::Reported { report, unwritten: None, .. } => {
             stream.say(format!("verdict: {} (exit {})", report.verdict.as_str(), report.exit_code));
             finished(Some(report.verdict), report.exit_code, None)

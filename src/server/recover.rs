@@ -11,8 +11,6 @@ use chrono::Utc;
 
 use super::queue::Stream;
 use super::Shared;
-use crate::description::{ProviderKind, Target};
-use crate::engine::down::{self, DownOptions, Located, LostRun};
 use crate::engine::requests::{self, Read, State};
 use crate::report::model::Verdict;
 use crate::sys::signals::Signals;
@@ -65,52 +63,7 @@ async fn finish(
         stream.say(format!("the run had ended: {}", r.verdict.as_str()));
         return ended(Some(r.verdict), r.exit_code, None);
     }
-    let located = match down::locate(Some(&shared.state_root), run_id) {
-        Ok(l) => l,
-        Err(e) => return ended(None, crate::exit::LEFTOVERS, Some(format!("cannot tear it down: {e}"))),
-    };
-    // The provider: the description's, or — without it — the journal's.
-    let path = shared.config.environments.join(format!("{}.yaml", read.request.environment));
-    let region = match crate::description::load(&path, None) {
-        Ok(l) => match &l.desc.target {
-            Target::Local => None,
-            Target::Aws(aws) => Some(aws.region.clone()),
-        },
-        Err(_) => match &located {
-            Located::Journal { meta, .. } if meta.provider == ProviderKind::Aws => meta.region.clone(),
-            _ => None,
-        },
-    };
-    let work = shared.work_root.join("runs").join(run_id);
-    let stages = || None;
-    let opts = |lost: LostRun| DownOptions {
-        run_id,
-        generation: None,
-        state_root: &shared.state_root,
-        shared: None,
-        stages: &stages,
-        lost,
-        by_marks: format!("rehearse down {run_id}"),
-        reporter: stream,
-        signals,
-    };
-    let downed = match &region {
-        None => {
-            let provider = crate::providers::local::LocalProvider::new(&shared.work_root);
-            let lost = LostRun { provider: ProviderKind::Local, region: None, work_dir: Some(work) };
-            down::down(&provider, located, &opts(lost)).await
-        }
-        Some(region) => {
-            let sdk = crate::providers::aws::sdk::Sdk::new(region).await;
-            let provider = crate::providers::aws::AwsProvider::new(
-                sdk,
-                crate::providers::aws::POLL_FIRST,
-                crate::providers::aws::POLL_MAX,
-            );
-            let lost = LostRun { provider: ProviderKind::Aws, region: Some(region.clone()), work_dir: None };
-            down::down(&provider, located, &opts(lost)).await
-        }
-    };
+    let downed = super::kept::tear_down(shared, &read.request.environment, run_id, stream, signals).await;
     let why = "the server stopped while it ran";
     match downed {
         Ok(d) if d.complete() => {

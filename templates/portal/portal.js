@@ -1,8 +1,19 @@
 // The portal's one script, served by rehearse itself (/static/portal.js): the form
-// asks the API with the user's CSRF token; a run page follows its run's events.
+// asks the API with the user's CSRF token; a run page follows its run's events; a kept
+// dry run's owner reveals its secrets, extends and destroys it, its expiry counting down.
 "use strict";
 (function () {
   const csrf = document.querySelector('meta[name="csrf"]').content;
+
+  async function post(path, body) {
+    const res = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-Rehearse-CSRF": csrf },
+      body: JSON.stringify(body || {}),
+    });
+    const answer = await res.json().catch(() => ({}));
+    return { status: res.status, answer: answer };
+  }
 
   const form = document.getElementById("rehearse");
   if (form) {
@@ -10,32 +21,31 @@
       ev.preventDefault();
       const error = document.getElementById("form-error");
       error.textContent = "";
+      const dryRun = ev.submitter && ev.submitter.value === "dry_run";
       const body = { environment: form.environment.value, release: form.release.value.trim() };
-      const res = await fetch("/api/v1/rehearsals", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", "X-Rehearse-CSRF": csrf },
-        body: JSON.stringify(body),
-      });
-      const answer = await res.json().catch(() => ({}));
-      if (res.status === 202) {
+      if (dryRun) body.ttl = form.ttl.value.trim();
+      const { status, answer } = await post(dryRun ? "/api/v1/dry-runs" : "/api/v1/rehearsals", body);
+      if (status === 202) {
         window.location.assign("/requests/" + encodeURIComponent(answer.id));
       } else {
-        error.textContent = answer.error || "refused (" + res.status + ")";
+        error.textContent = answer.error || "refused (" + status + ")";
       }
     });
   }
 
   const run = document.getElementById("run");
-  if (run && run.dataset.state !== "finished") {
-    const id = run.dataset.request;
-    const log = document.getElementById("log");
-    const state = document.getElementById("state");
+  if (!run) return;
+  const id = run.dataset.request;
+  const api = "/api/v1/requests/" + encodeURIComponent(id);
+  const log = document.getElementById("log");
+  const state = document.getElementById("state");
+
+  // Follows the run's events from the stream's first line, skipping what the page shows.
+  function follow() {
     const seen = log.children.length;
     let n = 0;
-    const events = new EventSource("/api/v1/requests/" + encodeURIComponent(id) + "/events");
-    state.textContent = "running";
+    const events = new EventSource(api + "/events");
     events.onmessage = (m) => {
-      // The stream starts from the run's first line: skip what the page showed.
       n += 1;
       if (n <= seen) return;
       const li = document.createElement("li");
@@ -45,9 +55,14 @@
     };
     events.addEventListener("end", async () => {
       events.close();
-      const res = await fetch("/api/v1/requests/" + encodeURIComponent(id));
+      const res = await fetch(api);
       const r = await res.json();
       const s = r.state;
+      if (s.state === "kept") {
+        // Built and kept: the page shows its owner the endpoints and buttons.
+        window.location.reload();
+        return;
+      }
       const verdict = s.verdict || "error";
       state.textContent = verdict + " (exit " + s.exit_code + ")";
       state.className = verdict;
@@ -57,6 +72,78 @@
         document.getElementById("report").href = "/runs/" + encodeURIComponent(s.run_id) + "/report.html";
         document.getElementById("links").hidden = false;
       }
+      const kept = document.getElementById("kept");
+      if (kept) kept.remove();
     });
   }
+
+  if (run.dataset.state === "open") {
+    state.textContent = "running";
+    follow();
+  }
+
+  const kept = document.getElementById("kept");
+  if (!kept) return;
+  const problem = document.getElementById("kept-error");
+  const countdown = document.getElementById("countdown");
+  function tick() {
+    const left = Math.round((Date.parse(kept.dataset.expires) - Date.now()) / 1000);
+    if (left <= 0) {
+      countdown.textContent = "expired";
+      return;
+    }
+    const h = Math.floor(left / 3600), m = Math.floor((left % 3600) / 60), s = left % 60;
+    countdown.textContent = "in " + (h ? h + "h " : "") + (h || m ? m + "m " : "") + s + "s";
+  }
+  tick();
+  setInterval(tick, 1000);
+
+  document.getElementById("reveal").addEventListener("click", async () => {
+    problem.textContent = "";
+    const { status, answer } = await post(api + "/reveal");
+    if (status !== 200) {
+      problem.textContent = answer.error || "refused (" + status + ")";
+      return;
+    }
+    const dl = document.getElementById("secrets");
+    dl.replaceChildren();
+    for (const [name, db] of Object.entries(answer.databases || {})) {
+      for (const [k, v] of [["password", db.password], ["url", db.url]]) {
+        const dt = document.createElement("dt");
+        dt.textContent = name + " " + k;
+        const dd = document.createElement("dd");
+        dd.textContent = v;
+        dd.className = "secret-" + k;
+        dl.append(dt, dd);
+      }
+    }
+    dl.hidden = false;
+  });
+
+  document.getElementById("extend").addEventListener("click", async () => {
+    problem.textContent = "";
+    const by = document.getElementById("extend-by").value;
+    const { status, answer } = await post(api + "/extend", { by: by });
+    if (status !== 200) {
+      problem.textContent = answer.error || "refused (" + status + ")";
+      return;
+    }
+    kept.dataset.expires = answer.expires_at;
+    const at = document.getElementById("expires-at");
+    at.dateTime = answer.expires_at;
+    at.textContent = answer.expires_at.replace("T", " ").replace("Z", " UTC");
+    tick();
+  });
+
+  document.getElementById("destroy").addEventListener("click", async () => {
+    problem.textContent = "";
+    const { status, answer } = await post(api + "/destroy");
+    if (status !== 202) {
+      problem.textContent = answer.error || "refused (" + status + ")";
+      return;
+    }
+    for (const b of kept.querySelectorAll("button")) b.disabled = true;
+    state.textContent = "being destroyed";
+    follow();
+  });
 })();
