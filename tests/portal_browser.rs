@@ -164,7 +164,7 @@ fn out_dir() -> PathBuf {
 }
 
 #[test]
-fn a_click_rehearses_the_demo_the_run_page_follows_it_live_and_others_see_it_without_its_buttons() {
+fn a_click_rehearses_the_demo_a_dry_run_is_kept_extended_and_destroyed_and_others_see_neither_secrets_nor_buttons() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.1);
     let server = start_server(&sb, &envs, CONFIG);
@@ -197,6 +197,47 @@ fn a_click_rehearses_the_demo_the_run_page_follows_it_live_and_others_see_it_wit
     assert!(alice.text("body").to_lowercase().contains("passed"), "{}", alice.text("body"));
     alice.screenshot("3-report");
 
+    // A dry run: first asked for longer than the rule allows (refused, with why), then
+    // for an hour; its page shows her its endpoints and the expiry counting down.
+    alice.open(&format!("{base}/"));
+    alice.script("document.getElementById('environment').value = 'demo';");
+    alice.type_into("#release", "v2");
+    alice.type_into("#ttl", "8h");
+    alice.click("#keep");
+    alice.wait_for("document.getElementById('form-error').textContent.length > 0", "the ttl's refusal");
+    let refused = alice.text("#form-error");
+    assert!(refused.contains("ttl 8h is over the maximum 3h for dry runs of demo"), "{refused}");
+    alice.screenshot("4-ttl-refused");
+    alice.type_into("#ttl", "1h");
+    alice.click("#keep");
+    alice.wait_for("location.pathname.startsWith('/requests/')", "the dry run's page");
+    alice.wait_for("document.getElementById('endpoints') !== null", "the dry run's endpoints");
+    let dry_run_url = alice.script("return location.href;").as_str().unwrap().to_string();
+    let endpoints = alice.text("#endpoints");
+    assert!(endpoints.contains("db") && endpoints.contains("127.0.0.1:"), "{endpoints}");
+    alice.wait_for("/^in (59m|1h)/.test(document.getElementById('countdown').textContent)", "the countdown");
+    let before = alice.text("#countdown");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_ne!(alice.text("#countdown"), before, "the expiry does not count down");
+    alice.screenshot("5-dry-run-kept");
+    // The password: on the page only after a deliberate reveal.
+    let run_id = alice.text(".meta").rsplit("run ").next().unwrap().trim().to_string();
+    let connection = std::fs::read_to_string(sb.state().join(format!("runs/{run_id}/connection.json"))).unwrap();
+    let password = serde_json::from_str::<Value>(&connection).unwrap()["databases"]["db"]["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!alice.text("body").contains(&password), "the password before the reveal");
+    alice.click("#reveal");
+    alice.wait_for("!document.getElementById('secrets').hidden", "the secrets");
+    assert_eq!(alice.text("#secrets .secret-password"), password);
+    alice.screenshot("6-secrets-revealed");
+    let expires = alice.text("#expires-at");
+    alice.click("#extend");
+    alice.wait_for(&format!("document.getElementById('expires-at').textContent !== {expires:?}"), "the extension");
+    alice.wait_for("/^in 1h 5\\dm/.test(document.getElementById('countdown').textContent)", "two hours left");
+    alice.screenshot("7-extended");
+
     // Bob sees Alice's run in the list, may open it, and may not rehearse on demo: the
     // refusal says why.
     let bob = Browser::new(&driver, "bob");
@@ -209,6 +250,13 @@ fn a_click_rehearses_the_demo_the_run_page_follows_it_live_and_others_see_it_wit
     bob.open(&request_url);
     assert!(bob.text("#state").starts_with("passed"), "{}", bob.text("#state"));
     assert_eq!(bob.script("return document.querySelectorAll('button').length;"), json!(0));
+    // Alice's dry run: its state, but neither its endpoints, its secrets nor its buttons.
+    bob.open(&dry_run_url);
+    assert!(bob.text("#state").contains("kept until"), "{}", bob.text("#state"));
+    assert_eq!(bob.script("return document.getElementById('kept');"), Value::Null);
+    assert_eq!(bob.script("return document.querySelectorAll('button').length;"), json!(0));
+    assert!(!bob.text("body").contains(&password));
+    bob.screenshot("8-others-dry-run");
     bob.open(&format!("{base}/"));
     // A request the rules refuse: asked as the page asks, its reason shown.
     bob.script("const s = document.getElementById('environment'); const o = document.createElement('option'); o.value = 'demo'; s.appendChild(o); s.value = 'demo';");
@@ -216,7 +264,17 @@ fn a_click_rehearses_the_demo_the_run_page_follows_it_live_and_others_see_it_wit
     bob.click("#go");
     bob.wait_for("document.getElementById('form-error').textContent.length > 0", "the refusal");
     assert!(bob.text("#form-error").contains("bob may not rehearse on demo"), "{}", bob.text("#form-error"));
-    bob.screenshot("4-refused");
+    bob.screenshot("9-refused");
+
+    // Alice destroys her dry run: the page follows the teardown to its end.
+    alice.open(&dry_run_url);
+    alice.click("#destroy");
+    alice.wait_for("document.getElementById('run').dataset.state === 'finished'", "the teardown's end");
+    assert!(alice.text("#state").starts_with("passed"), "{}", alice.text("#state"));
+    assert!(alice.text("#error").contains("destroyed by alice; torn down, nothing left"), "{}", alice.text("#error"));
+    assert!(alice.text("#log").contains("torn down: nothing is left"), "{}", alice.text("#log"));
+    alice.screenshot("10-destroyed");
+    crate::common::assert_nothing_left(&sb, &run_id);
 
     // The pages asked for nothing outside the server: no CDN, no inline script.
     let csp = http(server.addr, "GET", "/", &[("X-Forwarded-User", "bob")], "")

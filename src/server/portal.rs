@@ -167,7 +167,10 @@ pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller)
                         id: r.id.clone(),
                         asked: when(&r.requested_at),
                         user: r.user.clone(),
-                        release: release(r).to_string(),
+                        release: match r.ask {
+                            Ask::DryRun { .. } => format!("{} (dry run)", release(r)),
+                            Ask::Rehearse { .. } => release(r).to_string(),
+                        },
                         state,
                         class,
                         took: took(r),
