@@ -30,6 +30,7 @@ use std::sync::Arc;
 use crate::engine::store::file::FileStore;
 use crate::engine::store::ObjectStore;
 use crate::sys::signals::Signals;
+use crate::sys::state::StateUrl;
 
 pub use config::Config;
 
@@ -63,8 +64,17 @@ pub enum ServeError {
 /// What the handlers share.
 pub(crate) struct Shared {
     pub config: Config,
-    /// Requests and the audit log (the server's part of the state directory).
+    /// Requests and the audit log (the server's part of the state directory, or the
+    /// store its replicas share).
     pub store: Arc<dyn ObjectStore>,
+    /// The store replicas share (`store:`), where runs keep their journals and leases;
+    /// `None`: one server, its own state directory.
+    pub replicated: Option<Arc<dyn ObjectStore>>,
+    /// A run's lease in the shared store.
+    pub lease: std::time::Duration,
+    /// This server's name in the requests it claims: its host and process, unique
+    /// among replicas.
+    pub name: String,
     /// Where runs keep their journals and reports, and where they build.
     pub state_root: PathBuf,
     pub work_root: PathBuf,
@@ -96,8 +106,21 @@ pub async fn serve(
     // Held for the server's life: a second server on this directory would recover the
     // first one's running requests as a dead server's.
     let _only_one = only_server(&server_dir)?;
-    let secret = auth::load_or_make_secret(&server_dir.join("secret"))?;
-    let store: Arc<dyn ObjectStore> = Arc::new(FileStore::open(&server_dir)?);
+    let secret = match &config.csrf_key_file {
+        Some(key) => auth::read_key_file(key)?,
+        None => auth::load_or_make_secret(&server_dir.join("secret"))?,
+    };
+    let replicated: Option<Arc<dyn ObjectStore>> = match config.store.as_deref().map(StateUrl::parse) {
+        Some(Ok(StateUrl::S3 { bucket, prefix })) => {
+            Some(Arc::new(crate::providers::aws::sdk::s3::S3Store::new(&bucket, &prefix).await))
+        }
+        _ => None,
+    };
+    let store: Arc<dyn ObjectStore> = match &replicated {
+        Some(s) => s.clone(),
+        None => Arc::new(FileStore::open(&server_dir)?),
+    };
+    let shared_lease = config.lease.unwrap_or(std::time::Duration::from_secs(60));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
@@ -110,6 +133,9 @@ pub async fn serve(
         work_root: place.work_root,
         secret,
         signals: signals.clone(),
+        replicated,
+        lease: shared_lease,
+        name: server_name(),
     });
     queue::start(shared.clone(), signals.clone());
     on_listening(addr);
@@ -139,4 +165,12 @@ fn only_server(server_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs
         .map_err(|e| crate::sys::secure_fs::FsError::io("open", &path, e))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| ServeError::Busy { dir: server_dir.parent().unwrap_or(server_dir).to_path_buf(), lock: path })
+}
+
+/// This server's name in the records it claims: its host name and process id (replicas
+/// on one host differ), by the grammar the records' readers check.
+fn server_name() -> String {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let host = if crate::engine::requests::valid_user(&host) && host.len() <= 100 { host } else { "server".into() };
+    format!("{host}-{}", std::process::id())
 }

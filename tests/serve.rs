@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::http::{exchange, http, start_server as start, Answer};
+use crate::common::http::{exchange, http, start_server as start, start_server_as, Answer};
 use crate::common::{self, Sandbox};
 
 /// The same from 127.0.0.2: an address that is not the proxy's.
@@ -510,4 +510,76 @@ fn the_cli_asks_a_server_with_a_token_and_ends_with_the_runs_exit_code() {
         .output()
         .unwrap();
     assert_eq!(no_token.status.code(), Some(2));
+}
+
+/// Two replicas of the server on one S3 store (the emulator's), twenty requests asked
+/// of them at once: each runs exactly once, by one of them, and both take their share.
+/// The emulator's conditional writes are not atomic: a claim is read back, and the
+/// replica whose version did not stay backs off.
+#[test]
+fn two_replicas_on_one_s3_store_run_twenty_queued_requests_each_exactly_once() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.3);
+    let (emu, rt, s3) = crate::emulator::with_team_store();
+    let key = sb.dir.path().join("csrf.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let config = format!("{CONFIG}store: s3://team-state/serve\nlease: 5s\ncsrf_key_file: {}\n", key.display());
+    let replica = |name: &str| {
+        let mut cmd = emu.rehearse(&sb);
+        cmd.env("REHEARSE_STATE_DIR", sb.dir.path().join(format!("state-{name}")))
+            .env("REHEARSE_WORK_DIR", sb.dir.path().join(format!("work-{name}")));
+        start_server_as(cmd, &sb.dir.path().join(format!("serve-{name}.yaml")), &envs, &config)
+    };
+    let (a, b) = (replica("a"), replica("b"));
+    // One key: a page of one replica is accepted by the other.
+    let csrf = csrf_of(a.addr, "carol");
+    assert_eq!(csrf, csrf_of(b.addr, "carol"));
+    let asked: Vec<std::thread::JoinHandle<Answer>> = (0..20)
+        .map(|i| {
+            let (addr, csrf) = ([a.addr, b.addr][i % 2], csrf.clone());
+            std::thread::spawn(move || {
+                ask(
+                    addr,
+                    &[("X-Forwarded-User", "carol"), ("X-Rehearse-CSRF", &csrf)],
+                    r#"{"environment":"quick","release":"v1"}"#,
+                )
+            })
+        })
+        .collect();
+    let ids: Vec<String> = asked
+        .into_iter()
+        .map(|h| {
+            let r = h.join().unwrap();
+            assert_eq!(r.status, 202, "{}", r.body);
+            r.json()["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for id in &ids {
+        // Either replica answers for any request: the store is theirs.
+        let r = wait_finished([a.addr, b.addr][runs.len() % 2], id);
+        assert_eq!(r["state"]["verdict"], "passed", "{r}");
+        runs.push(r["state"]["run_id"].as_str().unwrap().to_string());
+    }
+    // Exactly once: twenty runs, one per request, each on one replica.
+    let ran_on = |name: &str| -> Vec<String> {
+        std::fs::read_dir(sb.dir.path().join(format!("state-{name}/runs")))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    let (on_a, on_b) = (ran_on("a"), ran_on("b"));
+    assert!(!on_a.is_empty() && !on_b.is_empty(), "one replica ran all: a {on_a:?}, b {on_b:?}");
+    let mut all: Vec<String> = on_a.iter().chain(&on_b).cloned().collect();
+    all.sort();
+    runs.sort();
+    assert_eq!(all, runs, "runs on disk are not the requests' runs");
+    runs.dedup();
+    assert_eq!(runs.len(), 20);
+    // The runs' journals are in the shared store, as the requests are.
+    let keys = emu.keys(&rt, &s3, "team-state", "serve/");
+    for run in &runs {
+        assert!(keys.iter().any(|k| k.starts_with(&format!("serve/runs/{run}/"))), "no {run} in the store: {keys:?}");
+    }
+    assert_eq!(keys.iter().filter(|k| k.starts_with("serve/requests/")).count(), 20);
 }

@@ -279,6 +279,19 @@ pub async fn change(store: &dyn ObjectStore, read: &Read, state: State) -> Resul
     }
 }
 
+/// Claims a queued request for a server: the compare-and-swap of [`change`], then the
+/// record read back, which must be the version written. On S3 the conditional write is
+/// atomic and the read changes nothing; on a store whose conditional writes are not
+/// (an emulator's), two claims that both "succeeded" leave one version, and the server
+/// whose version is not it backs off ([`RequestError::Lost`]).
+pub async fn claim(store: &dyn ObjectStore, read: &Read, running: State) -> Result<Read, RequestError> {
+    let mine = change(store, read, running).await?;
+    match self::read(store, &mine.request.id).await? {
+        Some(now) if now.etag == mine.etag && now.request == mine.request => Ok(now),
+        _ => Err(RequestError::Lost { id: mine.request.id }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

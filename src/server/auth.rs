@@ -92,6 +92,22 @@ pub(crate) fn check_csrf(secret: &[u8], who: &Who, headers: &HeaderMap) -> Resul
 }
 
 /// The server's secret: read from `path`, or made (32 random bytes, mode 0600).
+/// The CSRF key the operator gives every replica (`csrf_key_file`): at least 32 bytes
+/// (at most 4 KiB read), readable by its owner alone.
+pub(crate) fn read_key_file(path: &Path) -> Result<Vec<u8>, FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| FsError::io("read", path, e))?;
+    let refuse = |why: &str| FsError::io("use", path, std::io::Error::other(why.to_string()));
+    if meta.mode() & 0o077 != 0 {
+        return Err(refuse("the CSRF key file is readable by others than its owner (chmod 0600 it)"));
+    }
+    let bytes = std::fs::read(path).map_err(|e| FsError::io("read", path, e))?;
+    if bytes.len() < 32 || bytes.len() > 4096 {
+        return Err(refuse("a CSRF key file holds 32 to 4096 bytes (`head -c 32 /dev/urandom`)"));
+    }
+    Ok(bytes)
+}
+
 pub(crate) fn load_or_make_secret(path: &Path) -> Result<Vec<u8>, FsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

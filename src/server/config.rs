@@ -15,6 +15,9 @@
 //!   - user: ci
 //!     sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 //! admins: [alice]
+//! store: s3://team-state/rehearse  # replicas share it (else the state directory)
+//! lease: 60s                      # a dead replica's runs are taken over after it
+//! csrf_key_file: /etc/rehearse/csrf.key  # replicas share it (else made in the state dir)
 //! rules:                          # per environment; `"*"` is every environment
 //!   "*": { rehearse: ["*"], max_per_user: 3 }
 //!   shop-aws: { rehearse: [alice, ci], keep: [alice], max_ttl: 4h }
@@ -51,6 +54,28 @@ pub struct Config {
     pub admins: Vec<String>,
     #[serde(default)]
     pub rules: BTreeMap<String, Rule>,
+    /// A state store the server's replicas share (`s3://BUCKET/PREFIX`): requests, the
+    /// audit log, the runs' journals and leases. Without it, the server's own state
+    /// directory (one server).
+    #[serde(default)]
+    pub store: Option<String>,
+    /// How long a run's lease in the shared store lasts unrenewed: a replica that dies
+    /// has its runs torn down by another this long after (default 60s).
+    #[serde(default, deserialize_with = "some_lease")]
+    pub lease: Option<std::time::Duration>,
+    /// The key of the CSRF tokens, a file of at least 32 random bytes (mode 0600), the
+    /// same for every replica so that a page from one is accepted by another. Without
+    /// it, a key made in the state directory (one server).
+    #[serde(default)]
+    pub csrf_key_file: Option<PathBuf>,
+}
+
+fn some_lease<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    use crate::engine::store::lock::{MAX_LEASE, MIN_LEASE};
+    let text = String::deserialize(d)?;
+    crate::description::bounded_duration("lease", &text, MIN_LEASE, MAX_LEASE)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -153,9 +178,12 @@ impl Config {
             invalid(at, message.lines().next().unwrap_or_default().to_string())
         })?;
         config.check().map_err(|m| invalid(None, m))?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if config.environments.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             config.environments = base.join(&config.environments);
+        }
+        if let Some(key) = config.csrf_key_file.as_mut().filter(|k| k.is_relative()) {
+            *key = base.join(&*key);
         }
         Ok(config)
     }
@@ -178,6 +206,22 @@ impl Config {
             }
             if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
                 return Err(format!("tokens: the sha256 of {} is not 64 lowercase hex digits", t.user));
+            }
+        }
+        if let Some(url) = &self.store {
+            match crate::sys::state::StateUrl::parse(url) {
+                Ok(crate::sys::state::StateUrl::S3 { .. }) if self.csrf_key_file.is_none() => {
+                    return Err(
+                        "store: replicas share their CSRF key: name a csrf_key_file (`head -c 32 /dev/urandom`, mode 0600) \
+                         that every replica reads"
+                            .into(),
+                    )
+                }
+                Ok(crate::sys::state::StateUrl::S3 { .. }) => {}
+                Ok(_) => {
+                    return Err(format!("store: {url:?}: replicas share an s3:// store; without one, leave it out"))
+                }
+                Err(e) => return Err(format!("store: {e}")),
             }
         }
         for a in &self.admins {
@@ -249,7 +293,7 @@ mod tests {
     #[test]
     fn a_bad_configuration_says_where_and_why_once() {
         let e = load("environments: envs\nmax_runing: 3\n").unwrap_err().to_string();
-        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, max_running, changes_per_minute, proxy, tokens, admins, rules"), "{e}");
+        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, max_running, changes_per_minute, proxy, tokens, admins, rules, store, lease, csrf_key_file"), "{e}");
         let e = load("environments: envs\nproxy:\n  header: X-User\n  trusted: []\n").unwrap_err().to_string();
         assert!(e.contains("proxy.trusted: name the proxy's addresses"), "{e}");
         let e = load("environments: envs\nrules:\n  \"../x\": { rehearse: [\"*\"] }\n").unwrap_err().to_string();

@@ -57,6 +57,13 @@ pub(crate) async fn tear_down(
     stream: &Stream,
     signals: &Signals,
 ) -> Result<Downed, DownError> {
+    // Another replica's run: its journal is in the shared store.
+    if let Some(store) = &shared.replicated {
+        let run_dir = crate::sys::state::run_dir(&shared.state_root, run_id);
+        if let Err(e) = crate::engine::store::sync::pull_journal(store.as_ref(), run_id, &run_dir).await {
+            stream.say(format!("warning: cannot fetch the journal of {run_id} from {}: {e}", store.url()));
+        }
+    }
     let located = down::locate(Some(&shared.state_root), run_id)?;
     let region = region_of(shared, environment, Some(&located));
     let work = shared.work_root.join("runs").join(run_id);
@@ -65,7 +72,7 @@ pub(crate) async fn tear_down(
         run_id,
         generation: None,
         state_root: &shared.state_root,
-        shared: None,
+        shared: shared.replicated.clone(),
         stages: &stages,
         lost,
         by_marks: format!("rehearse down {run_id}"),
@@ -199,8 +206,9 @@ pub(crate) fn destroy(shared: &Arc<Shared>, read: Read, why: String, signals: &S
 pub(crate) fn expire(shared: &Arc<Shared>, found: &[Read], signals: &Signals) {
     let now = Utc::now();
     for read in found {
-        let State::Kept { run_id, expires_at, .. } = &read.request.state else { continue };
-        if *expires_at > now {
+        let State::Kept { run_id, expires_at, server, .. } = &read.request.state else { continue };
+        // Replicas each expire their own (a restarted server, alone, all).
+        if *expires_at > now || (shared.replicated.is_some() && *server != shared.name) {
             continue;
         }
         // The journal's expiry is the truth: an extension lands there first.

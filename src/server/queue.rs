@@ -223,6 +223,8 @@ async fn fill(shared: &Arc<Shared>, signals: &Signals) {
         }
     };
     super::kept::expire(shared, &queued, signals);
+    // A dead replica's runs: torn down here once their leases lapse.
+    super::recover::orphans(shared, &queued, signals).await;
     let mut queued: Vec<Read> = queued.into_iter().filter(|r| r.request.state == State::Queued).collect();
     while shared.queue.running_now() < shared.queue.max_running && !queued.is_empty() {
         let per_user: BTreeMap<String, usize> =
@@ -238,8 +240,8 @@ async fn fill(shared: &Arc<Shared>, signals: &Signals) {
             .expect("not empty");
         let read = queued.remove(next);
         let run_id = crate::sys::state::new_run_id();
-        let running = State::Running { run_id: run_id.clone(), server: server_name(), since: Utc::now() };
-        let claimed = match requests::change(shared.store.as_ref(), &read, running).await {
+        let running = State::Running { run_id: run_id.clone(), server: shared.name.clone(), since: Utc::now() };
+        let claimed = match requests::claim(shared.store.as_ref(), &read, running).await {
             Ok(c) => c,
             // Another server took it, or the store failed: the next look decides.
             Err(_) => continue,
@@ -274,16 +276,6 @@ async fn fill(shared: &Arc<Shared>, signals: &Signals) {
             shared2.queue.idle.notify_waiters();
             shared2.queue.poke();
         });
-    }
-}
-
-/// This server's name in the records it claims: its host name.
-pub(crate) fn server_name() -> String {
-    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-    if requests::valid_user(&host) {
-        host
-    } else {
-        "server".into()
     }
 }
 
@@ -324,12 +316,12 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         run_as: None,
         exit_code: crate::report::model::Verdict::exit_code,
         name: None,
-        shared: None,
+        shared: shared.replicated.clone(),
         stage: None,
         pins: Default::default(),
     };
     let locks = shared.store.clone();
-    let lease = Duration::from_secs(60);
+    let lease = shared.lease;
     let quiet = |_: &engine_run::RunFailure| {};
     let outcome = match &loaded.desc.target {
         Target::Local => {
@@ -361,7 +353,7 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
             ));
             State::Kept {
                 run_id: run_id.to_string(),
-                server: server_name(),
+                server: shared.name.clone(),
                 started_at: started,
                 expires_at,
                 verdict: report.verdict,

@@ -25,6 +25,10 @@ pub(crate) async fn recover(shared: &Arc<Shared>, signals: &Signals) -> usize {
             return 0;
         }
     };
+    // Replicas: only the runs whose server died (their leases lapsed) are orphans.
+    if shared.replicated.is_some() {
+        return orphans(shared, &found, signals).await;
+    }
     let mut n = 0;
     for read in found {
         let State::Running { run_id, since, .. } = &read.request.state else { continue };
@@ -81,4 +85,42 @@ async fn finish(
             ended(None, crate::exit::LEFTOVERS, Some(crate::sys::text::printable(&text)))
         }
     }
+}
+
+/// Among replicas on a shared store: the running requests of servers that died, found
+/// by their runs' leases (no holder, or a lease run out), each claimed by this server
+/// (compare-and-swap: one replica recovers it), torn down from its journal in the store
+/// and finished; how many. A claim younger than two leases is left to its server, which
+/// may not have taken its run's lease yet.
+pub(crate) async fn orphans(shared: &Arc<Shared>, found: &[Read], signals: &Signals) -> usize {
+    let Some(store) = shared.replicated.clone() else { return 0 };
+    let grace = chrono::Duration::from_std(shared.lease * 2).unwrap_or(chrono::Duration::minutes(2));
+    let mut n = 0;
+    for read in found {
+        let State::Running { run_id, server, since } = &read.request.state else { continue };
+        if *server == shared.name || Utc::now() - *since < grace {
+            continue;
+        }
+        let lease = crate::engine::store::run_lease(run_id);
+        match crate::engine::store::lock::holder(store.as_ref(), &lease).await {
+            Ok(Some((info, _))) if info.lease_until > Utc::now() => continue,
+            Ok(_) => {}
+            // Unknown: left for the next look.
+            Err(_) => continue,
+        }
+        let mine = State::Running { run_id: run_id.clone(), server: shared.name.clone(), since: *since };
+        let Ok(claimed) = requests::claim(store.as_ref(), read, mine).await else { continue };
+        let stream = shared.queue.open_stream(&read.request.id);
+        stream.say(format!(
+            "its server {server} stopped while run {run_id} ran (its lease lapsed); tearing it down from its journal"
+        ));
+        let state = finish(shared, &claimed, run_id, *since, &stream, signals).await;
+        if let Err(e) = requests::change(store.as_ref(), &claimed, state).await {
+            stream.say(format!("warning: cannot record how the request ended: {e}"));
+        }
+        stream.end();
+        shared.queue.ended(&read.request.id);
+        n += 1;
+    }
+    n
 }

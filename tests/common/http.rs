@@ -27,11 +27,16 @@ impl Drop for Server {
 /// directory) and waits for the address it says it listens on.
 pub fn start_server(sb: &Sandbox, envs: &Path, config: &str) -> Server {
     let file = sb.dir.path().join("serve.yaml");
-    std::fs::write(&file, config.replace("{envs}", &envs.display().to_string())).unwrap();
-    let mut child = sb
-        .cmd()
+    start_server_as(sb.cmd(), &file, envs, config)
+}
+
+/// The same with `cmd` (its environment: a replica's state directory, an emulator's
+/// endpoint), the configuration written to `file`.
+pub fn start_server_as(mut cmd: std::process::Command, file: &Path, envs: &Path, config: &str) -> Server {
+    std::fs::write(file, config.replace("{envs}", &envs.display().to_string())).unwrap();
+    let mut child = cmd
         .args(["serve", "--config"])
-        .arg(&file)
+        .arg(file)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
