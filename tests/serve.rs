@@ -583,3 +583,75 @@ fn two_replicas_on_one_s3_store_run_twenty_queued_requests_each_exactly_once() {
     }
     assert_eq!(keys.iter().filter(|k| k.starts_with("serve/requests/")).count(), 20);
 }
+
+/// A replica killed while it runs a rehearsal: once the run's lease has lapsed, the
+/// other replica takes the request over and tears the run down from its journal in the
+/// shared store. A local run is the machine's that journaled it (a journal from a store
+/// may be forged: its processes are not killed on a stranger's word), so the request is
+/// finished as interrupted with the command that removes it there; run there, nothing
+/// is left.
+#[test]
+fn a_dead_replicas_run_is_taken_over_by_the_other_after_its_lease() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    let (emu, _rt, _s3) = crate::emulator::with_team_store();
+    let key = sb.dir.path().join("csrf.key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let config = format!("{CONFIG}store: s3://team-state/serve\nlease: 2s\ncsrf_key_file: {}\n", key.display());
+    let replica = |name: &str| {
+        let mut cmd = emu.rehearse(&sb);
+        cmd.env("REHEARSE_STATE_DIR", sb.dir.path().join(format!("state-{name}")))
+            .env("REHEARSE_WORK_DIR", sb.dir.path().join(format!("work-{name}")));
+        start_server_as(cmd, &sb.dir.path().join(format!("serve-{name}.yaml")), &envs, &config)
+    };
+    let mut servers = vec![replica("a"), replica("b")];
+    let csrf = csrf_of(servers[0].addr, "erin");
+    let asked = ask(
+        servers[0].addr,
+        &[("X-Forwarded-User", "erin"), ("X-Rehearse-CSRF", &csrf)],
+        r#"{"environment":"slow","release":"v1"}"#,
+    );
+    assert_eq!(asked.status, 202, "{}", asked.body);
+    let id = asked.json()["id"].as_str().unwrap().to_string();
+    // Running, its suite started, on one of the two.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (run, server) = loop {
+        let r = http(servers[1].addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "erin")], "")
+            .json();
+        if r["state"]["state"] == "running" {
+            let run = r["state"]["run_id"].as_str().unwrap().to_string();
+            if !common::tagged_processes(&run).is_empty() {
+                break (run, r["state"]["server"].as_str().unwrap().to_string());
+            }
+        }
+        assert!(Instant::now() < deadline, "never running: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let dead = servers.iter().position(|s| server.ends_with(&format!("-{}", s.child.id()))).expect("its server");
+    let mut killed = servers.remove(dead);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(killed.child.id() as i32), nix::sys::signal::SIGKILL).unwrap();
+    killed.child.wait().unwrap();
+    assert!(!common::tagged_processes(&run).is_empty(), "the suite died with its server");
+    let done = wait_finished(servers[0].addr, &id);
+    assert_eq!(done["state"]["verdict"], "interrupted", "{done}");
+    assert_eq!(done["state"]["exit_code"], 4, "{done}");
+    let error = done["state"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("not this host's run") && error.contains(&format!("`rehearse down {run}` there")),
+        "{done}"
+    );
+    // The command it names, on the dead replica's machine (its state directory).
+    let name = ["a", "b"][dead];
+    let down = emu
+        .rehearse(&sb)
+        .env("REHEARSE_STATE_DIR", sb.dir.path().join(format!("state-{name}")))
+        .env("REHEARSE_WORK_DIR", sb.dir.path().join(format!("work-{name}")))
+        .args(["down", &run])
+        .output()
+        .unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(common::tagged_processes(&run).is_empty(), "processes of {run} left");
+    let work = sb.dir.path().join(format!("work-{name}/runs/{run}"));
+    assert!(!work.exists(), "{} left", work.display());
+}

@@ -82,7 +82,7 @@ async fn finish(
         Err(e) => {
             let text = format!("{why}; cannot tear it down: {e}; `rehearse down {run_id}` removes what is left");
             stream.say(text.clone());
-            ended(None, crate::exit::LEFTOVERS, Some(crate::sys::text::printable(&text)))
+            ended(Some(Verdict::Interrupted), crate::exit::LEFTOVERS, Some(crate::sys::text::printable(&text)))
         }
     }
 }
