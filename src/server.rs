@@ -16,6 +16,7 @@ pub mod config;
 mod api;
 mod audit;
 mod auth;
+mod comparison;
 mod kept;
 mod portal;
 mod queue;

@@ -617,8 +617,8 @@ fn a_dead_replicas_run_is_taken_over_by_the_other_after_its_lease() {
     // Running, its suite started, on one of the two.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (run, server) = loop {
-        let r = http(servers[1].addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "erin")], "")
-            .json();
+        let r =
+            http(servers[1].addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "erin")], "").json();
         if r["state"]["state"] == "running" {
             let run = r["state"]["run_id"].as_str().unwrap().to_string();
             if !common::tagged_processes(&run).is_empty() {
@@ -637,10 +637,7 @@ fn a_dead_replicas_run_is_taken_over_by_the_other_after_its_lease() {
     assert_eq!(done["state"]["verdict"], "interrupted", "{done}");
     assert_eq!(done["state"]["exit_code"], 4, "{done}");
     let error = done["state"]["error"].as_str().unwrap();
-    assert!(
-        error.contains("not this host's run") && error.contains(&format!("`rehearse down {run}` there")),
-        "{done}"
-    );
+    assert!(error.contains("not this host's run") && error.contains(&format!("`rehearse down {run}` there")), "{done}");
     // The command it names, on the dead replica's machine (its state directory).
     let name = ["a", "b"][dead];
     let down = emu
@@ -654,4 +651,46 @@ fn a_dead_replicas_run_is_taken_over_by_the_other_after_its_lease() {
     assert!(common::tagged_processes(&run).is_empty(), "processes of {run} left");
     let work = sb.dir.path().join(format!("work-{name}/runs/{run}"));
     assert!(!work.exists(), "{} left", work.display());
+}
+
+/// A comparison asked of the server: both releases built on twin copies, the same
+/// load, the judge's verdict on the request (v2-slow's slowed endpoint fails it), its
+/// compare.html served under the portal's policy, both sides torn down.
+#[test]
+fn a_comparison_asked_of_the_server_is_judged_and_its_page_served() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    let server = start(&sb, &envs, CONFIG);
+    let addr = server.addr;
+    let body = r#"{"environment":"demo","baseline":"v2","candidate":"v2-slow"}"#;
+    let bobs = post_as(addr, "bob", "/api/v1/comparisons", body);
+    assert_eq!(bobs.status, 403, "{}", bobs.body);
+    assert!(bobs.body.contains("bob may not compare on demo"), "{}", bobs.body);
+    let asked = post_as(addr, "alice", "/api/v1/comparisons", body);
+    assert_eq!(asked.status, 202, "{}", asked.body);
+    let id = asked.json()["id"].as_str().unwrap().to_string();
+    let seen = events(addr, &id, "alice").join("\n");
+    assert!(seen.contains("requests a second for 12s to the baseline and the candidate"), "{seen}");
+    let done = wait_finished(addr, &id);
+    assert_eq!(done["state"]["verdict"], "failed", "{done}");
+    assert_eq!(done["state"]["exit_code"], 1, "{done}");
+    let comparison = done["state"]["comparison"].as_str().unwrap().to_string();
+    let page = http(addr, "GET", &format!("/compares/{comparison}/compare.html"), &[("X-Forwarded-User", "bob")], "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("v2-slow"), "{}", page.body);
+    assert!(page.header("content-security-policy").unwrap().contains("default-src 'none'"));
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(sb.state().join(format!("compares/{comparison}/compare.json"))).unwrap(),
+    )
+    .unwrap();
+    for side in ["baseline", "candidate"] {
+        common::assert_nothing_left(&sb, json[side]["run_id"].as_str().unwrap());
+    }
+    let request_page = http(addr, "GET", &format!("/requests/{id}"), &[("X-Forwarded-User", "alice")], "").body;
+    // Its link (autoescaped: `/` is `&#x2F;` in the attribute, as a browser reads it).
+    assert!(
+        request_page.contains("<p id=\"compare-links\"><a id=\"compare\" href=\"&#x2F;compares&#x2F;")
+            && request_page.contains(&format!("{comparison}&#x2F;compare.html")),
+        "{request_page}"
+    );
 }

@@ -5,17 +5,14 @@
 use std::sync::Arc;
 
 use crate::cli::{CompareArgs, Global};
-use crate::compare::database::Psql;
 use crate::compare::judge::{self, Outcome};
-use crate::compare::load;
-use crate::description::{Loaded, Target};
+use crate::description::Loaded;
 use crate::engine::compare::{self as engine_compare, CompareOptions, CompareOutcome, Edge, Note};
 use crate::engine::events::Reporter;
 use crate::engine::lifecycle::Options;
 use crate::engine::run::RunOutcome;
 use crate::engine::store::ObjectStore;
 use crate::exit;
-use crate::providers::local::LocalProvider;
 use crate::sys::signals::Signals;
 use crate::sys::state;
 
@@ -35,23 +32,12 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         );
         return exit::USAGE;
     };
-    let requests: Vec<load::Request> = match &spec.load.requests {
-        Some(file) => match std::fs::read_to_string(loaded.resolve(file))
-            .map_err(|e| e.to_string())
-            .and_then(|t| load::parse_requests(&t).map_err(|e| e.to_string()))
-        {
-            // A seed turns where in the request file each side's schedule starts (the
-            // same start for both): seeded repetitions replay different stretches.
-            Ok(r) => {
-                let start = args.seed.unwrap_or(0) as usize % r.len();
-                r[start..].iter().chain(&r[..start]).cloned().collect()
-            }
-            Err(e) => {
-                errln!("error: {}: {e}", loaded.resolve(file).display());
-                return exit::USAGE;
-            }
-        },
-        None => Vec::new(),
+    let requests = match engine_compare::schedule(&loaded, &spec, args.seed) {
+        Ok(r) => r,
+        Err(e) => {
+            errln!("error: {e}");
+            return exit::USAGE;
+        }
     };
     // The load command runs as the release's user when rehearse runs as root.
     let tool_user = match crate::sys::process::Users::resolve(args.run_as.as_deref(), false) {
@@ -77,17 +63,18 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             None => super::edge::run::NO_LEASE,
         };
         // One point of production for both: pinned now, restored once.
-        let (pins, golden) = match twins(&loaded, args.cold, &state::work_dir(), reporter, signals).await {
-            Ok(t) => t,
-            Err(e) if signals.count() > 0 => {
-                errln!("rehearse: interrupted before the twins were built ({e})");
-                return exit::INTERRUPTED;
-            }
-            Err(e) => {
-                errln!("error: cannot fix the backup both environments restore: {e}");
-                return exit::BUILD_FAILED;
-            }
-        };
+        let (pins, golden) =
+            match crate::providers::pin_twins(&loaded, args.cold, &state::work_dir(), reporter, signals).await {
+                Ok(t) => t,
+                Err(e) if signals.count() > 0 => {
+                    errln!("rehearse: interrupted before the twins were built ({e})");
+                    return exit::INTERRUPTED;
+                }
+                Err(e) => {
+                    errln!("error: cannot fix the backup both environments restore: {e}");
+                    return exit::BUILD_FAILED;
+                }
+            };
         for (db, pin) in &pins {
             errln!("compare: both environments restore `{db}` from {pin}");
         }
@@ -115,7 +102,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             work_root: state::work_dir(),
             shared,
             pins,
-            psql: psql(),
+            psql: crate::providers::psql(),
             exit_code,
         };
         let edge = Cli { g, loaded: &loaded, locks, lease, reporter, signals };
@@ -172,11 +159,6 @@ impl Edge for Cli<'_> {
     }
 }
 
-/// PostgreSQL's own psql when this machine has its server binaries; else the PATH's.
-fn psql() -> Psql {
-    Psql(crate::providers::local::postgres::PgBin::find().map(|b| b.dir.join("psql")).unwrap_or_else(|_| "psql".into()))
-}
-
 /// Says the comparison's outcome (its mark and reason, the metrics that did not pass,
 /// its page) and returns the exit code.
 fn said(outcome: &CompareOutcome, signals: &Signals) -> i32 {
@@ -204,47 +186,5 @@ fn said(outcome: &CompareOutcome, signals: &Signals) -> i32 {
         }
     }
     outln!("open this: {}", outcome.dir.join("compare.html").display());
-    if signals.count() > 0 {
-        return exit::INTERRUPTED;
-    }
-    // Exit 1 is a verdict on the candidate: both sides built, and the judge (or the
-    // candidate's own rehearsal) failed it. A side never built, or a baseline that
-    // failed its own rehearsal, is no such verdict: exit 3. As for a run: what teardown
-    // left behind comes first.
-    match comparison.score.outcome {
-        _ if outcome.left > 0 => exit::LEFTOVERS,
-        _ if no_comparison => exit::BUILD_FAILED,
-        Outcome::Pass => exit::PASSED,
-        _ => exit::SUITES_FAILED,
-    }
-}
-
-/// What both twins of a comparison restore: every database's source pinned now (a
-/// backup landing in between changes neither). Locally, unless `cold`, the golden copy
-/// is then made from the pinned backup where it is not already: one restore, which
-/// both twins copy. Returns the pins and what was done to the golden copies.
-async fn twins(
-    loaded: &Loaded,
-    cold: bool,
-    work_root: &std::path::Path,
-    reporter: &dyn Reporter,
-    signals: &Signals,
-) -> Result<(crate::engine::provider::Pins, Vec<String>), String> {
-    use crate::engine::provider::Provider;
-    match &loaded.desc.target {
-        Target::Local => {
-            let pins = LocalProvider::new(work_root).pin_sources(loaded).await.map_err(|e| e.message)?;
-            // Nothing restored from a backup (no database, or live `url:` sources): no golden copy.
-            if cold || pins.is_empty() {
-                return Ok((pins, Vec::new()));
-            }
-            use crate::providers::local::golden::{refresh_all, Refresh};
-            let lines = refresh_all(loaded, work_root, Refresh::Stale(&pins), reporter, signals).await?;
-            Ok((pins, lines))
-        }
-        Target::Aws(aws) => {
-            let provider = super::aws_provider(&aws.region).await;
-            Ok((provider.pin_sources(loaded).await.map_err(|e| e.message)?, Vec::new()))
-        }
-    }
+    outcome.exit_code(signals.count() > 0)
 }

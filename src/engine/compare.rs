@@ -89,6 +89,59 @@ pub struct CompareOutcome {
     pub no_comparison: bool,
 }
 
+impl CompareOutcome {
+    /// The comparison's exit code (README, "Exit codes"). Exit 1 is a verdict on the
+    /// candidate: both sides built, and the judge (or the candidate's own rehearsal)
+    /// failed it. A side never built, or a baseline that failed its own rehearsal, is no
+    /// such verdict: exit 3. As for a run: what teardown left behind comes first.
+    pub fn exit_code(&self, interrupted: bool) -> i32 {
+        use crate::compare::judge::Outcome;
+        if interrupted {
+            return crate::exit::INTERRUPTED;
+        }
+        match self.comparison.score.outcome {
+            _ if self.left > 0 => crate::exit::LEFTOVERS,
+            _ if self.no_comparison => crate::exit::BUILD_FAILED,
+            Outcome::Pass => crate::exit::PASSED,
+            _ => crate::exit::SUITES_FAILED,
+        }
+    }
+
+    /// The comparison's verdict on the candidate, as a run's.
+    pub fn verdict(&self) -> crate::report::model::Verdict {
+        use crate::report::model::Verdict;
+        match (self.comparison.score.outcome, self.no_comparison) {
+            (_, true) => Verdict::BuildFailed,
+            (crate::compare::judge::Outcome::Pass, _) => Verdict::Passed,
+            _ => Verdict::Failed,
+        }
+    }
+}
+
+/// Why a comparison's load schedule cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {why}", .path.display())]
+pub struct ScheduleError {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+/// The requests both sides get: the description's request file, turned by `seed` to
+/// where both schedules start (seeded repetitions replay different stretches); none
+/// when the load is a command of its own.
+pub fn schedule(loaded: &Loaded, spec: &Compare, seed: Option<u64>) -> Result<Vec<load::Request>, ScheduleError> {
+    let Some(file) = &spec.load.requests else { return Ok(Vec::new()) };
+    let path = loaded.resolve(file);
+    let err = |why: String| ScheduleError { path: path.clone(), why };
+    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    let r = load::parse_requests(&text).map_err(|e| err(e.to_string()))?;
+    if r.is_empty() {
+        return Ok(r);
+    }
+    let start = seed.unwrap_or(0) as usize % r.len();
+    Ok(r[start..].iter().chain(&r[..start]).cloned().collect())
+}
+
 /// Runs a comparison of `loaded` under `spec`.
 pub async fn compare(
     loaded: &Loaded,

@@ -29,6 +29,8 @@ pub enum Ask {
     /// A dry run kept for the one who asked (`rehearse up`): built, `release` installed,
     /// and kept `ttl_secs` from its start, until its owner destroys it or it expires.
     DryRun { release: String, ttl_secs: u64 },
+    /// Baseline against candidate on twin copies (`rehearse compare`).
+    Compare { baseline: String, candidate: String },
 }
 
 impl Ask {
@@ -36,6 +38,7 @@ impl Ask {
     pub fn release(&self) -> &str {
         match self {
             Ask::Rehearse { release } | Ask::DryRun { release, .. } => release,
+            Ask::Compare { candidate, .. } => candidate,
         }
     }
 
@@ -44,6 +47,7 @@ impl Ask {
         match self {
             Ask::Rehearse { .. } => "rehearse",
             Ask::DryRun { .. } => "dry_run",
+            Ask::Compare { .. } => "compare",
         }
     }
 }
@@ -68,6 +72,9 @@ pub enum State {
         exit_code: i32,
         error: Option<String>,
         ended_at: DateTime<Utc>,
+        /// A comparison's id (its compare.html), for a comparison.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comparison: Option<String>,
     },
 }
 
@@ -151,6 +158,11 @@ impl Request {
         if !valid_release(self.ask.release()) {
             return Err("its release is not a release version".into());
         }
+        if let Ask::Compare { baseline, .. } = &self.ask {
+            if !valid_release(baseline) {
+                return Err("its baseline is not a release version".into());
+            }
+        }
         if let Ask::DryRun { ttl_secs, .. } = &self.ask {
             if *ttl_secs == 0 || *ttl_secs > crate::description::MAX_MAX_TTL.as_secs() {
                 return Err("its ttl is out of range".into());
@@ -164,9 +176,12 @@ impl Request {
                 }
                 Some(run_id)
             }
-            State::Finished { run_id, error, .. } => {
+            State::Finished { run_id, error, comparison, .. } => {
                 if error.as_ref().is_some_and(|e| e.len() > 4096) {
                     return Err("its error is longer than 4 KiB".into());
+                }
+                if comparison.as_ref().is_some_and(|c| !valid_comparison_id(c)) {
+                    return Err("its comparison is not a comparison's id".into());
                 }
                 run_id.as_ref()
             }
@@ -192,6 +207,11 @@ pub fn new_id() -> String {
 /// Request ids are used in keys and URLs: the generated shape only.
 pub fn valid_id(id: &str) -> bool {
     id.len() <= 64 && id.starts_with("q-") && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// A comparison's id (`c-20261207-101500-3fa2c1`): a run id's shape after `c-`.
+pub fn valid_comparison_id(id: &str) -> bool {
+    id.strip_prefix("c-").is_some_and(|rest| crate::sys::state::valid_run_id(&format!("r-{rest}")))
 }
 
 /// A user's name as a proxy or a token gives it: letters, digits and `._@+-`, at most
@@ -326,6 +346,7 @@ mod tests {
                 exit_code: 0,
                 error: None,
                 ended_at: Utc::now(),
+                comparison: None,
             };
             change(&store, &claimed, done).await.unwrap();
             let (all, refused) = list(&store).await.unwrap();

@@ -8,6 +8,8 @@
 //! - `POST /api/v1/dry-runs` `{"environment", "release", "ttl"?}`: 202 and the request;
 //!   its run is kept for its owner (`ttl` within the rule's and the description's
 //!   `max_ttl`);
+//! - `POST /api/v1/comparisons` `{"environment", "baseline", "candidate"}`: 202 and
+//!   the request; its compare.html at `/compares/ID/compare.html` when finished;
 //! - `GET  /api/v1/requests`, `GET /api/v1/requests/ID`: the queue, one request;
 //! - `POST /api/v1/requests/ID/reveal`: a kept dry run's connection, secrets included
 //!   (its owner);
@@ -51,6 +53,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/environments", get(environments))
         .route("/api/v1/rehearsals", post(rehearse))
         .route("/api/v1/dry-runs", post(dry_run))
+        .route("/api/v1/comparisons", post(comparison))
         .route("/api/v1/requests", get(list))
         .route("/api/v1/requests/{id}/reveal", post(reveal))
         .route("/api/v1/requests/{id}/extend", post(extend))
@@ -62,6 +65,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/requests/{id}", get(super::portal::request))
         .route("/audit", get(super::portal::audit))
         .route("/runs/{run_id}/report.html", get(super::portal::report))
+        .route("/compares/{id}/compare.html", get(super::portal::compare_page))
         .route("/static/portal.js", get(super::portal::script))
         .route("/static/portal.css", get(super::portal::style))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -318,6 +322,45 @@ async fn dry_run(
     accept(&app, &asked, &who, env, ask).await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareBody {
+    environment: String,
+    baseline: String,
+    candidate: String,
+}
+
+async fn comparison(
+    State(app): State<App>,
+    Caller { who, asked }: Caller,
+    headers: HeaderMap,
+    body: Result<Json<CompareBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = app.check_change(&asked, &who, &headers).await {
+        return r;
+    }
+    let refuse = async |status, why: String| {
+        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
+        refusal(status, &why)
+    };
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
+    };
+    let env = &body.environment;
+    if !requests::valid_environment(env) || !offered(&app.shared).contains(env) {
+        return refuse(StatusCode::NOT_FOUND, "no such environment".into()).await;
+    }
+    if !requests::valid_release(&body.baseline) || !requests::valid_release(&body.candidate) {
+        return refuse(StatusCode::BAD_REQUEST, "the baseline or the candidate is not a release version".into()).await;
+    }
+    if let Err(why) = app.shared.config.rule(env).may_compare(&who.user, env) {
+        return refuse(StatusCode::FORBIDDEN, why).await;
+    }
+    let ask = Ask::Compare { baseline: body.baseline.clone(), candidate: body.candidate.clone() };
+    accept(&app, &asked, &who, env, ask).await
+}
+
 /// Records an allowed request (within the user's limit) and answers 202 with it.
 async fn accept(app: &App, asked: &Asked, who: &Who, environment: &str, ask: Ask) -> Response {
     let refuse = async |status, why: String| {
@@ -343,6 +386,9 @@ async fn accept(app: &App, asked: &Asked, who: &Who, environment: &str, ask: Ask
     }
     let what = match &request.ask {
         Ask::Rehearse { release } => format!("rehearse {} release {release}", request.environment),
+        Ask::Compare { baseline, candidate } => {
+            format!("compare {} release {candidate} against {baseline}", request.environment)
+        }
         Ask::DryRun { release, ttl_secs } => format!(
             "dry run of {} release {release} for {}",
             request.environment,

@@ -20,7 +20,7 @@
 //! csrf_key_file: /etc/rehearse/csrf.key  # replicas share it (else made in the state dir)
 //! rules:                          # per environment; `"*"` is every environment
 //!   "*": { rehearse: ["*"], max_per_user: 3 }
-//!   shop-aws: { rehearse: [alice, ci], keep: [alice], max_ttl: 4h }
+//!   shop-aws: { rehearse: [alice, ci], keep: [alice], compare: [alice], max_ttl: 4h }
 //! ```
 
 use std::collections::BTreeMap;
@@ -102,6 +102,9 @@ pub struct Rule {
     /// Who may keep a dry run here (default: who may rehearse).
     #[serde(default)]
     pub keep: Option<Vec<String>>,
+    /// Who may compare two releases here (default: who may rehearse).
+    #[serde(default)]
+    pub compare: Option<Vec<String>>,
     /// The longest a dry run may be kept here, from its start, extensions included
     /// (`2h`, `1d`; default: the description's `max_ttl`).
     #[serde(default, deserialize_with = "some_duration")]
@@ -233,7 +236,7 @@ impl Config {
             if env != "*" && !valid_environment(env) {
                 return Err(format!("rules: {env:?} is not an environment's name"));
             }
-            for (what, users) in [("rehearse", &rule.rehearse), ("keep", &rule.keep)] {
+            for (what, users) in [("rehearse", &rule.rehearse), ("keep", &rule.keep), ("compare", &rule.compare)] {
                 for u in users.iter().flatten() {
                     if u != "*" && !valid_user(u) {
                         return Err(format!("rules.{env}.{what}: {u:?} is not a user name"));
@@ -251,6 +254,10 @@ impl Config {
         let rehearse = own.and_then(|r| r.rehearse.clone()).or_else(|| any.and_then(|r| r.rehearse.clone()));
         Rule {
             keep: own.and_then(|r| r.keep.clone()).or_else(|| any.and_then(|r| r.keep.clone())).or(rehearse.clone()),
+            compare: own
+                .and_then(|r| r.compare.clone())
+                .or_else(|| any.and_then(|r| r.compare.clone()))
+                .or(rehearse.clone()),
             rehearse,
             max_ttl: own.and_then(|r| r.max_ttl).or_else(|| any.and_then(|r| r.max_ttl)),
             max_per_user: own.and_then(|r| r.max_per_user).or_else(|| any.and_then(|r| r.max_per_user)),
@@ -268,6 +275,13 @@ impl Rule {
     pub fn may_keep(&self, user: &str, environment: &str) -> Result<(), String> {
         may(&self.keep, "keep", user, environment)
             .map_err(|why| why.replace("may not keep on", "may not keep a dry run on"))
+    }
+}
+
+impl Rule {
+    /// Whether `user` may compare two releases, and if not, why.
+    pub fn may_compare(&self, user: &str, environment: &str) -> Result<(), String> {
+        may(&self.compare, "compare", user, environment)
     }
 }
 

@@ -178,6 +178,7 @@ pub(crate) fn destroy(shared: &Arc<Shared>, read: Read, why: String, signals: &S
             exit_code,
             error: Some(error.unwrap_or_else(|| format!("{why}; torn down, nothing left"))),
             ended_at: Utc::now(),
+            comparison: None,
         };
         // The record may have moved (an extension) since it was read: the newest.
         let mut current = read;

@@ -167,8 +167,9 @@ pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller)
                         id: r.id.clone(),
                         asked: when(&r.requested_at),
                         user: r.user.clone(),
-                        release: match r.ask {
+                        release: match &r.ask {
                             Ask::DryRun { .. } => format!("{} (dry run)", release(r)),
+                            Ask::Compare { baseline, candidate } => format!("{candidate} against {baseline}"),
                             Ask::Rehearse { .. } => release(r).to_string(),
                         },
                         state,
@@ -204,11 +205,12 @@ pub(super) async fn request(State(app): State<App>, Path(id): Path<String>, Call
     };
     app.audit(&asked, Some(&who.user), Decision::Allowed, "request page").await;
     let (state_text, class) = state_text(&r);
-    let (run_id, error) = match &r.state {
-        RequestState::Running { run_id, .. } | RequestState::Kept { run_id, .. } => (Some(run_id.clone()), None),
-        RequestState::Finished { run_id, error, .. } => (run_id.clone(), error.clone()),
-        RequestState::Queued => (None, None),
+    let (run_id, error, comparison) = match &r.state {
+        RequestState::Running { run_id, .. } | RequestState::Kept { run_id, .. } => (Some(run_id.clone()), None, None),
+        RequestState::Finished { run_id, error, comparison, .. } => (run_id.clone(), error.clone(), comparison.clone()),
+        RequestState::Queued => (None, None, None),
     };
+    let compare_url = comparison.map(|c| format!("/compares/{c}/compare.html")).unwrap_or_default();
     let lines = app.shared.queue.stream(&id).map(|s| s.watch().0).unwrap_or_default();
     let finished = r.finished();
     let mut ctx = page(&app, &who.user);
@@ -246,6 +248,8 @@ pub(super) async fn request(State(app): State<App>, Path(id): Path<String>, Call
     ctx.insert("lines", &lines);
     let report = run_id.filter(|_| finished || kept).map(|id| format!("/runs/{id}/report.html"));
     ctx.insert("report", &report.unwrap_or_default());
+    ctx.insert("compare", &compare_url);
+    ctx.insert("comparison", &matches!(r.ask, Ask::Compare { .. }));
     let mut res = render("request.html.tera", &ctx);
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
@@ -266,6 +270,31 @@ pub(super) async fn report(
         return refusal(StatusCode::NOT_FOUND, "this run has no report");
     };
     app.audit(&asked, Some(&who.user), Decision::Allowed, &format!("report of {run_id}")).await;
+    let mut res = Html(html).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+        ),
+    );
+    res
+}
+
+/// A comparison's compare.html, as `rehearse compare` writes it (no script: the same
+/// policy as a report's).
+pub(super) async fn compare_page(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Caller { who, asked }: Caller,
+) -> Response {
+    if !requests::valid_comparison_id(&id) {
+        return refusal(StatusCode::NOT_FOUND, "no such comparison");
+    }
+    let path = app.shared.state_root.join("compares").join(&id).join("compare.html");
+    let Ok(html) = std::fs::read_to_string(&path) else {
+        return refusal(StatusCode::NOT_FOUND, "no such comparison");
+    };
+    app.audit(&asked, Some(&who.user), Decision::Allowed, &format!("comparison {id}")).await;
     let mut res = Html(html).into_response();
     res.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,

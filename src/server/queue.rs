@@ -263,6 +263,7 @@ async fn fill(shared: &Arc<Shared>, signals: &Signals) {
                     exit_code: crate::exit::BUILD_FAILED,
                     error: Some(format!("cannot start the run's runtime: {e}")),
                     ended_at: Utc::now(),
+                    comparison: None,
                 },
             };
             if let Ok(rt) = &rt {
@@ -279,6 +280,34 @@ async fn fill(shared: &Arc<Shared>, signals: &Signals) {
     }
 }
 
+/// One run of `loaded` through the engine's run operation, with its description's
+/// provider; its lease in the server's store.
+pub(crate) async fn run_with_provider(
+    shared: &Shared,
+    loaded: &crate::description::Loaded,
+    opts: &Options,
+    stream: &Stream,
+    signals: &Signals,
+) -> engine_run::RunOutcome {
+    let (locks, lease) = (shared.store.clone(), shared.lease);
+    let quiet = |_: &engine_run::RunFailure| {};
+    match &loaded.desc.target {
+        Target::Local => {
+            let provider = crate::providers::local::LocalProvider::new(&opts.work_root);
+            engine_run::run(&provider, loaded, opts, locks, lease, stream, signals, &quiet).await
+        }
+        Target::Aws(aws) => {
+            let sdk = crate::providers::aws::sdk::Sdk::new(&aws.region).await;
+            let provider = crate::providers::aws::AwsProvider::new(
+                sdk,
+                crate::providers::aws::POLL_FIRST,
+                crate::providers::aws::POLL_MAX,
+            );
+            engine_run::run(&provider, loaded, opts, locks, lease, stream, signals, &quiet).await
+        }
+    }
+}
+
 /// Runs the request through the engine; its final state.
 async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, signals: &Signals) -> State {
     let started = Utc::now();
@@ -290,15 +319,24 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         exit_code,
         error: error.map(|e| crate::sys::text::printable(&crate::secrets::redact(&e))),
         ended_at: Utc::now(),
+        comparison: None,
     };
     let release = read.request.ask.release();
+    // A comparison loads its description with the baseline, as `rehearse compare` does.
+    let loaded_with = match &read.request.ask {
+        Ask::Compare { baseline, .. } => baseline,
+        _ => release,
+    };
     let path = shared.config.environments.join(format!("{}.yaml", read.request.environment));
-    let mut loaded = match crate::description::load(&path, Some(release)) {
+    let mut loaded = match crate::description::load(&path, Some(loaded_with)) {
         Ok(l) => l,
         Err(d) => return finished(None, crate::exit::USAGE, Some(d.render())),
     };
     // A dry run is `up`: built, the release installed, kept for its ttl.
     let dry_run = match &read.request.ask {
+        Ask::Compare { baseline, candidate } => {
+            return super::comparison::compare(shared, &loaded, baseline, candidate, stream, signals).await
+        }
         Ask::Rehearse { .. } => false,
         Ask::DryRun { ttl_secs, .. } => {
             loaded.desc.ttl = Duration::from_secs(*ttl_secs);
@@ -320,24 +358,7 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         stage: None,
         pins: Default::default(),
     };
-    let locks = shared.store.clone();
-    let lease = shared.lease;
-    let quiet = |_: &engine_run::RunFailure| {};
-    let outcome = match &loaded.desc.target {
-        Target::Local => {
-            let provider = crate::providers::local::LocalProvider::new(&opts.work_root);
-            engine_run::run(&provider, &loaded, &opts, locks, lease, stream, signals, &quiet).await
-        }
-        Target::Aws(aws) => {
-            let sdk = crate::providers::aws::sdk::Sdk::new(&aws.region).await;
-            let provider = crate::providers::aws::AwsProvider::new(
-                sdk,
-                crate::providers::aws::POLL_FIRST,
-                crate::providers::aws::POLL_MAX,
-            );
-            engine_run::run(&provider, &loaded, &opts, locks, lease, stream, signals, &quiet).await
-        }
-    };
+    let outcome = run_with_provider(shared, &loaded, &opts, stream, signals).await;
     match &outcome.ended {
         Ended::Reported { report, unwritten: None, .. }
             if report.teardown.status == crate::report::model::TeardownStatus::Kept =>

@@ -60,6 +60,7 @@ async fn finish(
         exit_code,
         error,
         ended_at: Utc::now(),
+        comparison: None,
     };
     // A run that ended before the server died: its report says how.
     let report = shared.state_root.join("runs").join(run_id).join("report");

@@ -21,10 +21,18 @@
       ev.preventDefault();
       const error = document.getElementById("form-error");
       error.textContent = "";
-      const dryRun = ev.submitter && ev.submitter.value === "dry_run";
-      const body = { environment: form.environment.value, release: form.release.value.trim() };
-      if (dryRun) body.ttl = form.ttl.value.trim();
-      const { status, answer } = await post(dryRun ? "/api/v1/dry-runs" : "/api/v1/rehearsals", body);
+      const kind = ev.submitter ? ev.submitter.value : "rehearse";
+      const release = form.release.value.trim();
+      let path = "/api/v1/rehearsals";
+      let body = { environment: form.environment.value, release: release };
+      if (kind === "dry_run") {
+        path = "/api/v1/dry-runs";
+        body.ttl = form.ttl.value.trim();
+      } else if (kind === "compare") {
+        path = "/api/v1/comparisons";
+        body = { environment: form.environment.value, baseline: form.baseline.value.trim(), candidate: release };
+      }
+      const { status, answer } = await post(path, body);
       if (status === 202) {
         window.location.assign("/requests/" + encodeURIComponent(answer.id));
       } else {
@@ -68,6 +76,10 @@
       state.className = verdict;
       run.dataset.state = "finished";
       if (s.error) document.getElementById("error").textContent = s.error;
+      if (s.comparison) {
+        document.getElementById("compare").href = "/compares/" + encodeURIComponent(s.comparison) + "/compare.html";
+        document.getElementById("compare-links").hidden = false;
+      }
       if (s.run_id) {
         document.getElementById("report").href = "/runs/" + encodeURIComponent(s.run_id) + "/report.html";
         document.getElementById("links").hidden = false;
