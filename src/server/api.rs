@@ -39,8 +39,11 @@ use super::audit::{self, Decision, Entry};
 use super::auth::{self, Who};
 use super::queue::Line;
 use super::Shared;
-use crate::engine::requests::{self, Ask, Request};
+use crate::engine::requests::{self, Request};
 use tokio::sync::broadcast::error::RecvError;
+
+mod ask;
+mod owner;
 
 /// The most bytes of a request's body.
 pub(crate) const MAX_BODY: usize = 16 * 1024;
@@ -51,13 +54,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/session", get(session))
         .route("/api/v1/environments", get(environments))
-        .route("/api/v1/rehearsals", post(rehearse))
-        .route("/api/v1/dry-runs", post(dry_run))
-        .route("/api/v1/comparisons", post(comparison))
+        .route("/api/v1/rehearsals", post(ask::rehearse))
+        .route("/api/v1/dry-runs", post(ask::dry_run))
+        .route("/api/v1/comparisons", post(ask::comparison))
         .route("/api/v1/requests", get(list))
-        .route("/api/v1/requests/{id}/reveal", post(reveal))
-        .route("/api/v1/requests/{id}/extend", post(extend))
-        .route("/api/v1/requests/{id}/destroy", post(destroy))
+        .route("/api/v1/requests/{id}/reveal", post(owner::reveal))
+        .route("/api/v1/requests/{id}/extend", post(owner::extend))
+        .route("/api/v1/requests/{id}/destroy", post(owner::destroy))
         .route("/api/v1/requests/{id}", get(one))
         .route("/api/v1/requests/{id}/events", get(events))
         .route("/api/v1/audit", get(audit_log))
@@ -212,196 +215,6 @@ async fn environments(State(app): State<App>, Caller { who, asked }: Caller) -> 
     Json(json!({ "environments": list })).into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RehearseBody {
-    environment: String,
-    release: String,
-}
-
-async fn rehearse(
-    State(app): State<App>,
-    Caller { who, asked }: Caller,
-    headers: HeaderMap,
-    body: Result<Json<RehearseBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let refuse = async |status, why: String| {
-        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
-    };
-    if !requests::valid_environment(&body.environment) || !offered(&app.shared).contains(&body.environment) {
-        return refuse(StatusCode::NOT_FOUND, "no such environment".into()).await;
-    }
-    if !requests::valid_release(&body.release) {
-        return refuse(StatusCode::BAD_REQUEST, "the release is not a release version".into()).await;
-    }
-    let rule = app.shared.config.rule(&body.environment);
-    if let Err(why) = rule.may_rehearse(&who.user, &body.environment) {
-        return refuse(StatusCode::FORBIDDEN, why).await;
-    }
-    let ask = Ask::Rehearse { release: body.release.clone() };
-    accept(&app, &asked, &who, &body.environment, ask).await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DryRunBody {
-    environment: String,
-    release: String,
-    /// How long to keep it (`2h`; default: the description's `ttl`).
-    #[serde(default)]
-    ttl: Option<String>,
-}
-
-async fn dry_run(
-    State(app): State<App>,
-    Caller { who, asked }: Caller,
-    headers: HeaderMap,
-    body: Result<Json<DryRunBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let refuse = async |status, why: String| {
-        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
-    };
-    let env = &body.environment;
-    if !requests::valid_environment(env) || !offered(&app.shared).contains(env) {
-        return refuse(StatusCode::NOT_FOUND, "no such environment".into()).await;
-    }
-    if !requests::valid_release(&body.release) {
-        return refuse(StatusCode::BAD_REQUEST, "the release is not a release version".into()).await;
-    }
-    let rule = app.shared.config.rule(env);
-    if let Err(why) = rule.may_keep(&who.user, env) {
-        return refuse(StatusCode::FORBIDDEN, why).await;
-    }
-    // The description's ttl and max_ttl: the default, and a bound the rule cannot raise.
-    let path = app.shared.config.environments.join(format!("{env}.yaml"));
-    let desc = match crate::description::load(&path, Some(&body.release)) {
-        Ok(l) => l.desc,
-        Err(d) => {
-            let why = format!("the description of {env} does not load: {}", d.render());
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, crate::sys::text::printable(&why)).await;
-        }
-    };
-    let ttl = match &body.ttl {
-        None => desc.ttl,
-        Some(text) => match crate::description::bounded_duration(
-            "ttl",
-            text,
-            std::time::Duration::from_secs(60),
-            crate::description::MAX_MAX_TTL,
-        ) {
-            Ok(d) => d,
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, crate::sys::text::printable(&e.to_string())).await,
-        },
-    };
-    let fmt = crate::description::format_duration;
-    let (max, whose) = match rule.max_ttl {
-        Some(m) if m < desc.max_ttl => (m, format!("rules.{env}.max_ttl")),
-        _ => (desc.max_ttl, "the description's max_ttl".to_string()),
-    };
-    if ttl > max {
-        let why = format!("ttl {} is over the maximum {} for dry runs of {env} ({whose})", fmt(ttl), fmt(max));
-        return refuse(StatusCode::FORBIDDEN, why).await;
-    }
-    let ask = Ask::DryRun { release: body.release.clone(), ttl_secs: ttl.as_secs() };
-    accept(&app, &asked, &who, env, ask).await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompareBody {
-    environment: String,
-    baseline: String,
-    candidate: String,
-}
-
-async fn comparison(
-    State(app): State<App>,
-    Caller { who, asked }: Caller,
-    headers: HeaderMap,
-    body: Result<Json<CompareBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let refuse = async |status, why: String| {
-        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
-    };
-    let env = &body.environment;
-    if !requests::valid_environment(env) || !offered(&app.shared).contains(env) {
-        return refuse(StatusCode::NOT_FOUND, "no such environment".into()).await;
-    }
-    if !requests::valid_release(&body.baseline) || !requests::valid_release(&body.candidate) {
-        return refuse(StatusCode::BAD_REQUEST, "the baseline or the candidate is not a release version".into()).await;
-    }
-    if let Err(why) = app.shared.config.rule(env).may_compare(&who.user, env) {
-        return refuse(StatusCode::FORBIDDEN, why).await;
-    }
-    let ask = Ask::Compare { baseline: body.baseline.clone(), candidate: body.candidate.clone() };
-    accept(&app, &asked, &who, env, ask).await
-}
-
-/// Records an allowed request (within the user's limit) and answers 202 with it.
-async fn accept(app: &App, asked: &Asked, who: &Who, environment: &str, ask: Ask) -> Response {
-    let refuse = async |status, why: String| {
-        app.audit(asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
-    let rule = app.shared.config.rule(environment);
-    if let Some(max) = rule.max_per_user {
-        let open = match requests::list(app.shared.store.as_ref()).await {
-            Ok((found, _)) => found.iter().filter(|r| r.request.user == who.user && !r.request.finished()).count(),
-            Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the queue: {e}")).await,
-        };
-        if open >= max {
-            let why =
-                format!("{} has {open} requests queued, running or kept; at most {max} (rules.max_per_user)", who.user);
-            return refuse(StatusCode::TOO_MANY_REQUESTS, why).await;
-        }
-    }
-    let request = Request::new(&who.user, environment, ask);
-    // Recorded before it is accepted: a restart loses nothing that was answered 202.
-    if let Err(e) = requests::record(app.shared.store.as_ref(), &request).await {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("cannot record the request: {e}")).await;
-    }
-    let what = match &request.ask {
-        Ask::Rehearse { release } => format!("rehearse {} release {release}", request.environment),
-        Ask::Compare { baseline, candidate } => {
-            format!("compare {} release {candidate} against {baseline}", request.environment)
-        }
-        Ask::DryRun { release, ttl_secs } => format!(
-            "dry run of {} release {release} for {}",
-            request.environment,
-            crate::description::format_duration(std::time::Duration::from_secs(*ttl_secs))
-        ),
-    };
-    let why = format!("{what}: request {}", request.id);
-    app.audit(asked, Some(&who.user), Decision::Allowed, &why).await;
-    app.shared.queue.poke();
-    let url = format!("/api/v1/requests/{}", request.id);
-    (StatusCode::ACCEPTED, [(header::LOCATION, url)], Json(request)).into_response()
-}
-
 async fn list(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
     match requests::list(app.shared.store.as_ref()).await {
         Ok((found, refused)) => {
@@ -500,131 +313,4 @@ async fn audit_log(State(app): State<App>, Query(q): Query<Limit>, Caller { who,
         Ok(entries) => Json(json!({ "entries": entries })).into_response(),
         Err(e) => refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
-}
-
-/// A kept dry run of `id`, and only for its owner: the refusal (audited) otherwise.
-async fn owned(app: &App, asked: &Asked, who: &Who, id: &str, doing: &str) -> Result<requests::Read, Response> {
-    if !requests::valid_id(id) {
-        return Err(refusal(StatusCode::NOT_FOUND, "no such request"));
-    }
-    let read = match requests::read(app.shared.store.as_ref(), id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(refusal(StatusCode::NOT_FOUND, "no such request")),
-        Err(e) => return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
-    };
-    let refuse = async |status, why: String| {
-        app.audit(asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
-    if read.request.user != who.user {
-        let why = format!("only {}, who asked for it, may {doing} request {id}", read.request.user);
-        return Err(refuse(StatusCode::FORBIDDEN, why).await);
-    }
-    if !matches!(read.request.state, requests::State::Kept { .. }) {
-        return Err(refuse(StatusCode::CONFLICT, format!("request {id} is not a kept dry run")).await);
-    }
-    Ok(read)
-}
-
-/// A kept dry run's connection details, secrets included: its owner's deliberate ask
-/// (a POST: CSRF-checked, audited, never in a URL or a cache).
-async fn reveal(
-    State(app): State<App>,
-    Path(id): Path<String>,
-    Caller { who, asked }: Caller,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let read = match owned(&app, &asked, &who, &id, "reveal the secrets of").await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let Some(run_id) = read.request.run_id() else {
-        return refusal(StatusCode::CONFLICT, "no run");
-    };
-    match super::kept::connection(&app.shared, run_id) {
-        Ok(c) => {
-            app.audit(&asked, Some(&who.user), Decision::Allowed, &format!("revealed the secrets of run {run_id}"))
-                .await;
-            Json(json!({ "run_id": run_id, "databases": c.databases, "services": c.services })).into_response()
-        }
-        Err(e) => refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExtendBody {
-    /// How much longer (`1h`).
-    by: String,
-}
-
-async fn extend(
-    State(app): State<App>,
-    Path(id): Path<String>,
-    Caller { who, asked }: Caller,
-    headers: HeaderMap,
-    body: Result<Json<ExtendBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let refuse = async |status, why: String| {
-        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
-    };
-    let by = match crate::description::bounded_duration(
-        "by",
-        &body.by,
-        std::time::Duration::from_secs(60),
-        crate::description::MAX_MAX_TTL,
-    ) {
-        Ok(d) => d,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, crate::sys::text::printable(&e.to_string())).await,
-    };
-    let read = match owned(&app, &asked, &who, &id, "extend").await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    match super::kept::extend(&app.shared, &read, by).await {
-        Ok(now) => {
-            let requests::State::Kept { expires_at, run_id, .. } = &now.request.state else {
-                return refusal(StatusCode::CONFLICT, "no longer kept");
-            };
-            let why = format!("extended run {run_id} to {}", expires_at.format("%Y-%m-%d %H:%M:%S UTC"));
-            app.audit(&asked, Some(&who.user), Decision::Allowed, &why).await;
-            Json(json!({ "expires_at": expires_at })).into_response()
-        }
-        Err(super::kept::KeptError::Extend(e @ crate::engine::extend::ExtendError::OverMax { .. })) => {
-            refuse(StatusCode::FORBIDDEN, e.to_string()).await
-        }
-        Err(e) => refuse(StatusCode::CONFLICT, crate::sys::text::printable(&e.to_string())).await,
-    }
-}
-
-async fn destroy(
-    State(app): State<App>,
-    Path(id): Path<String>,
-    Caller { who, asked }: Caller,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let read = match owned(&app, &asked, &who, &id, "destroy").await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let run_id = read.request.run_id().unwrap_or_default().to_string();
-    if !super::kept::destroy(&app.shared, read, format!("destroyed by {}", who.user), &app.shared.signals) {
-        return refusal(StatusCode::CONFLICT, "it is being destroyed already");
-    }
-    app.audit(&asked, Some(&who.user), Decision::Allowed, &format!("destroy run {run_id}")).await;
-    (StatusCode::ACCEPTED, Json(json!({ "destroying": run_id }))).into_response()
 }
