@@ -21,6 +21,7 @@ mod kept;
 mod portal;
 mod queue;
 mod recover;
+mod stages;
 
 pub use auth::new_token;
 

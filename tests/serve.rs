@@ -694,3 +694,37 @@ fn a_comparison_asked_of_the_server_is_judged_and_its_page_served() {
         "{request_page}"
     );
 }
+
+/// The stages of the environments offered, as `rehearse stage status` has them: a
+/// stage rebuilt on this machine shows its current generation, where its stable names
+/// point and each generation's fate, in the API and on the portal.
+#[test]
+fn the_stages_of_the_environments_offered_are_shown() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (db, web) = (free(), free());
+    let text =
+        common::from_repository(&std::fs::read_to_string(common::root().join("environments/staging.yaml")).unwrap())
+            .replace("db: 25432", &format!("db: {db}"))
+            .replace("web: 28080", &format!("web: {web}"));
+    let file = common::write_description(&sb, "staging.yaml", &text);
+    let server = start(&sb, &envs, CONFIG);
+    let before = http(server.addr, "GET", "/api/v1/stages", &[("X-Forwarded-User", "bob")], "").json();
+    assert_eq!(before["stages"][0]["stage"], "staging", "{before}");
+    assert!(before["stages"][0]["record"].is_null(), "{before}");
+
+    let out = sb.cmd().arg("rebuild").arg(&file).args(["--release", "v1", "--drain", "0s"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = http(server.addr, "GET", "/api/v1/stages", &[("X-Forwarded-User", "bob")], "").json();
+    let record = &after["stages"][0]["record"];
+    assert_eq!(record["current"], 1, "{after}");
+    assert_eq!(record["generations"][0]["fate"], "current", "{after}");
+    assert_eq!(record["generations"][0]["release"], "v1", "{after}");
+    let page = http(server.addr, "GET", "/", &[("X-Forwarded-User", "bob")], "").body;
+    assert!(page.contains("id=\"stage-staging\"") && page.contains("generation 1 (release v1"), "{page}");
+    assert!(page.contains(&format!("127.0.0.1:{db}")), "{page}");
+
+    let out = sb.cmd().args(["stage", "destroy", "staging"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -17,6 +17,7 @@
 //!   (202): its owner's;
 //! - `GET  /api/v1/requests/ID/events`: its run's events (Server-Sent Events), from
 //!   the first, then live, and `end` when it has ended;
+//! - `GET  /api/v1/stages`: the offered environments' stages, as `stage status` has them;
 //! - `GET  /api/v1/audit?limit=N`: the newest audit entries (admins).
 
 use std::collections::HashMap;
@@ -64,6 +65,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/requests/{id}", get(one))
         .route("/api/v1/requests/{id}/events", get(events))
         .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/stages", get(stages))
         .route("/", get(super::portal::index))
         .route("/requests/{id}", get(super::portal::request))
         .route("/audit", get(super::portal::audit))
@@ -295,6 +297,12 @@ async fn events(State(app): State<App>, Path(id): Path<String>, Caller { who, as
         }
     };
     Sse::new(feed).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn stages(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "list stages").await;
+    let shown = super::stages::all(&app.shared, &offered(&app.shared)).await;
+    Json(json!({ "stages": shown })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -186,9 +186,37 @@ pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller)
             serde_json::json!({ "name": name, "may": may, "requests": rows, "scale": scale })
         })
         .collect();
+    let stages: Vec<serde_json::Value> = super::stages::all(&app.shared, &offered(&app.shared))
+        .await
+        .into_iter()
+        .map(|s| {
+            let generations: Vec<serde_json::Value> = s
+                .record
+                .iter()
+                .flat_map(|r| r.generations.iter().rev())
+                .take(RECENT)
+                .map(|g| {
+                    serde_json::json!({
+                        "number": g.number, "release": g.release, "fate": g.fate.as_str(),
+                        "started": when(&g.started_at), "run_id": g.run_id,
+                        "reason": g.reason.clone().unwrap_or_default(),
+                    })
+                })
+                .collect();
+            let current = s.record.as_ref().and_then(|r| r.current_generation()).map(|g| g.describe());
+            let names: Vec<String> =
+                s.record.iter().flat_map(|r| r.names.iter().map(|(k, v)| format!("{k} → {v}"))).collect();
+            serde_json::json!({
+                "environment": s.environment, "stage": s.stage, "current": current,
+                "names": names, "generations": generations, "error": s.error,
+                "built": s.record.is_some(),
+            })
+        })
+        .collect();
     let count = |s: fn(&RequestState) -> bool| all.iter().filter(|r| s(&r.request.state)).count();
     let mut ctx = page(&app, &who.user);
     ctx.insert("environments", &envs);
+    ctx.insert("stages", &stages);
     ctx.insert("running", &count(|s| matches!(s, RequestState::Running { .. })));
     ctx.insert("queued", &count(|s| matches!(s, RequestState::Queued)));
     render("index.html.tera", &ctx)
