@@ -48,6 +48,11 @@ pub struct Global {
     /// s3://BUCKET/PREFIX (shared: any machine pointed at it can list, report and tear down)
     #[arg(long, global = true, env = "REHEARSE_STATE", value_name = "URL")]
     pub state: Option<String>,
+    /// A rehearse server to ask instead of acting here (`run`, `up`, `compare`, `down`,
+    /// `extend`, `env`, `list`, `request`), with the token in $REHEARSE_TOKEN: no cloud
+    /// credentials needed
+    #[arg(long, global = true, env = "REHEARSE_SERVER", value_name = "URL")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -199,9 +204,6 @@ pub enum Command {
         /// Release version
         #[arg(long, value_name = "VERSION")]
         release: String,
-        /// The server's URL (https://rehearse.example.com)
-        #[arg(long, value_name = "URL", env = "REHEARSE_SERVER")]
-        server: String,
     },
     /// Restore the latest backup once into a golden copy that later runs clone
     Warm {

@@ -54,7 +54,7 @@ mod down;
 mod edge;
 mod inventory;
 mod lock;
-mod request;
+mod remote;
 mod run;
 mod serve;
 mod stage;
@@ -73,6 +73,9 @@ pub fn dispatch(cli: Cli) -> i32 {
     {
         errln!("error: --format shell and --format dotenv are for `rehearse env`; elsewhere use text or json");
         return exit::USAGE;
+    }
+    if let Some(code) = remote::through(g, &cli.command) {
+        return code;
     }
     match &cli.command {
         Command::Validate { files, release } => validate(g, files, release.as_deref()),
@@ -115,7 +118,8 @@ pub fn dispatch(cli: Cli) -> i32 {
             named(g, run_id, &[Part::Journal], |id| inventory::extend(g, id, *duration))
         }
         Command::Warm { file } => warm::warm(g, file),
-        Command::Request { environment, release, server } => request::request(environment, release, server),
+        // Only through a server (above).
+        Command::Request { .. } => exit::USAGE,
         Command::Serve { config, listen, new_token } => {
             serve::serve(g, config.as_deref(), *listen, new_token.as_deref())
         }

@@ -478,7 +478,7 @@ fn a_server_killed_mid_run_tears_its_runs_down_on_restart_and_runs_the_queue() {
 /// run's events as they come and exits with the run's code; a bad token and an
 /// unreachable server are clear errors with their exit codes.
 #[test]
-fn the_cli_asks_a_server_with_a_token_and_ends_with_the_runs_exit_code() {
+fn the_cli_pointed_at_a_server_rehearses_keeps_extends_and_destroys_with_a_token() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.1);
     let (server, token) = start_with_token(&sb, &envs);
@@ -503,13 +503,51 @@ fn the_cli_asks_a_server_with_a_token_and_ends_with_the_runs_exit_code() {
     let nowhere = ask(&token, "demo", "http://127.0.0.1:9");
     assert_eq!(nowhere.status.code(), Some(3), "{}", String::from_utf8_lossy(&nowhere.stderr));
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("cannot reach http://127.0.0.1:9"));
-    let no_token = sb
-        .cmd()
-        .args(["request", "demo", "--release", "v2", "--server", &url])
-        .env_remove("REHEARSE_TOKEN")
-        .output()
-        .unwrap();
+    let no_token = sb.cmd().args(["request", "demo", "--release", "v2", "--server", &url]).output().unwrap();
     assert_eq!(no_token.status.code(), Some(2));
+
+    // The everyday commands, pointed at the server ($REHEARSE_SERVER): a dry run kept,
+    // its connection, an extension, the list, its destruction.
+    let remote = |args: &[&str]| {
+        sb.cmd()
+            .args(args)
+            .env("REHEARSE_SERVER", &url)
+            .env("REHEARSE_TOKEN", &token)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .output()
+            .unwrap()
+    };
+    let up = remote(&["up", "environments/demo.yaml", "--release", "v2"]);
+    let err = String::from_utf8_lossy(&up.stderr).into_owned();
+    assert_eq!(up.status.code(), Some(0), "{err}");
+    assert!(err.contains("accepted: a dry run of demo release v2") && err.contains("passed, kept until"), "{err}");
+    let id = err.split_whitespace().find(|w| w.starts_with("q-")).unwrap().trim_end_matches(':').to_string();
+    let env = remote(&["env", &id, "--format", "json"]);
+    assert_eq!(env.status.code(), Some(0), "{}", String::from_utf8_lossy(&env.stderr));
+    let env: Value = serde_json::from_slice(&env.stdout).unwrap();
+    let dump = env.to_string();
+    assert!(dump.contains("postgres://"), "{dump}");
+    let more = remote(&["extend", &id, "30m"]);
+    assert_eq!(more.status.code(), Some(0), "{}", String::from_utf8_lossy(&more.stderr));
+    assert!(String::from_utf8_lossy(&more.stdout).contains(&format!("{id}: expires ")));
+    let listed = remote(&["list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains(&id) && listed.contains("v2 (dry run)") && listed.contains("kept (passed)"), "{listed}");
+    let refused = remote(&["sweep"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not done through a server"));
+    let by_run_id = remote(&["down", "r-20261207-000000-abcdef"]);
+    assert_eq!(by_run_id.status.code(), Some(2));
+    let down = remote(&["down", &id]);
+    let err = String::from_utf8_lossy(&down.stderr).into_owned();
+    assert_eq!(down.status.code(), Some(0), "{err}");
+    assert!(err.contains("torn down, nothing left"), "{err}");
+    let run_id = http(server.addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "alice")], "")
+        .json()["state"]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    common::assert_nothing_left(&sb, &run_id);
 }
 
 /// Two replicas of the server on one S3 store (the emulator's), twenty requests asked

@@ -85,7 +85,7 @@ impl Connection {
     /// service names (they become variable names, `REHEARSE_DB_<NAME>_URL`, in
     /// `rehearse env`) against the description's grammar for names, and every value
     /// free of control characters (a newline would end a line of `env`'s output).
-    fn check(&self, run_id: &str) -> Result<(), Unbelieved> {
+    pub fn check(&self, run_id: &str) -> Result<(), Unbelieved> {
         use crate::description::decode::KeyRule;
         if self.run_id != run_id {
             return Err(Unbelieved::OtherRun(self.run_id.clone()));

@@ -1,7 +1,8 @@
-//! The server's API from the other side: `rehearse request ENVIRONMENT --release V
-//! --server URL` asks a server for a rehearsal with a personal token
-//! (`$REHEARSE_TOKEN`: never in a URL or an argument), follows its events and ends with
-//! the run's exit code. The caller holds no cloud credentials.
+//! The server's API from the other side: the CLI pointed at a server (`--server URL`,
+//! `$REHEARSE_SERVER`) asks it with a personal token (`$REHEARSE_TOKEN`: never in a URL
+//! or an argument) for a rehearsal, a dry run or a comparison, follows its events and
+//! ends with the run's exit code; a dry run's owner reveals, extends and destroys it.
+//! The caller holds no cloud credentials.
 
 use axum::body::Bytes;
 use axum::http::{header, Method, Request, StatusCode};
@@ -32,87 +33,134 @@ pub enum ClientError {
     Garbled(String),
 }
 
-/// How a requested rehearsal ended.
+/// How a request ended (or, a dry run, was kept).
 pub struct Requested {
     pub id: String,
     pub exit_code: i32,
     pub verdict: Option<String>,
     pub error: Option<String>,
+    /// A kept dry run's expiry.
+    pub kept_until: Option<String>,
+    /// A comparison's id (its page: `/compares/ID/compare.html`).
+    pub comparison: Option<String>,
+}
+
+impl Requested {
+    /// From the request's record as the server sends it.
+    fn of(id: &str, record: &serde_json::Value) -> Requested {
+        let state = &record["state"];
+        let text = |k: &str| state[k].as_str().map(crate::sys::text::printable);
+        let verdict = text("verdict");
+        let kept_until = (state["state"] == "kept").then(|| text("expires_at")).flatten();
+        let exit_code = match state["exit_code"].as_i64() {
+            Some(c) => i32::try_from(c).unwrap_or(crate::exit::BUILD_FAILED),
+            // Kept: its build's verdict.
+            None if verdict.as_deref() == Some("passed") => crate::exit::PASSED,
+            None if kept_until.is_some() => crate::exit::SUITES_FAILED,
+            None => crate::exit::BUILD_FAILED,
+        };
+        Requested {
+            id: id.to_string(),
+            exit_code,
+            verdict,
+            error: text("error"),
+            kept_until,
+            comparison: text("comparison").filter(|c| crate::engine::requests::valid_comparison_id(c)),
+        }
+    }
 }
 
 type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
-fn client() -> Result<Client<Https, Full<Bytes>>, ClientError> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| ClientError::Unreachable { url: "(TLS roots)".into(), source: Box::new(e) })?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(https))
+/// A server, asked with a personal token.
+pub struct Remote {
+    base: String,
+    token: String,
+    client: Client<Https, Full<Bytes>>,
 }
 
-/// Asks `server` for a rehearsal of `release` on `environment`, says each event line
-/// through `say` as it arrives, and returns how it ended.
-pub async fn rehearse(
-    server: &str,
-    token: &str,
-    environment: &str,
-    release: &str,
-    say: &mut dyn FnMut(&str),
-) -> Result<Requested, ClientError> {
-    let base = server.trim_end_matches('/');
-    if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(ClientError::Url(crate::sys::text::printable(server)));
+impl Remote {
+    pub fn new(server: &str, token: &str) -> Result<Remote, ClientError> {
+        let base = server.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Url(crate::sys::text::printable(server)));
+        }
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| ClientError::Unreachable { url: "(TLS roots)".into(), source: Box::new(e) })?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        Ok(Remote { base: base.to_string(), token: token.to_string(), client })
     }
-    let client = client()?;
-    let body = serde_json::json!({ "environment": environment, "release": release }).to_string();
-    let asked = call(&client, base, Method::POST, "/api/v1/rehearsals", token, Some(body)).await?;
-    let id = asked["id"]
-        .as_str()
-        .filter(|i| crate::engine::requests::valid_id(i))
-        .ok_or_else(|| ClientError::Garbled("no request id in the answer".into()))?;
-    say(&format!("request {id} accepted: {environment} release {release}"));
-    // The events, line by line, until `end`.
-    let url = format!("{base}/api/v1/requests/{id}/events");
-    let req = Request::get(&url)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(header::ACCEPT, "text/event-stream")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| ClientError::Url(e.to_string()))?;
-    let res =
-        client.request(req).await.map_err(|e| ClientError::Unreachable { url: url.clone(), source: Box::new(e) })?;
-    if !res.status().is_success() {
-        return Err(ClientError::Refused { status: res.status(), why: "the event stream".into() });
+
+    /// The server's URL, as given.
+    pub fn url(&self) -> &str {
+        &self.base
     }
-    let mut body = res.into_body();
-    let mut pending: Vec<u8> = Vec::new();
-    'stream: while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ClientError::Unreachable { url: url.clone(), source: Box::new(e) })?;
-        let Some(data) = frame.data_ref() else { continue };
-        pending.extend_from_slice(data);
-        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            if line == "event: end" {
-                break 'stream;
+
+    /// A GET of `path`'s JSON.
+    pub async fn get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        call(&self.client, &self.base, Method::GET, path, &self.token, None).await
+    }
+
+    /// A POST of `body` to `path`; the answer's JSON.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        call(&self.client, &self.base, Method::POST, path, &self.token, Some(body.to_string())).await
+    }
+
+    /// Asks for a request (`path`: `/api/v1/rehearsals`, `/api/v1/dry-runs`,
+    /// `/api/v1/comparisons`); its id.
+    pub async fn ask(&self, path: &str, body: &serde_json::Value) -> Result<String, ClientError> {
+        let asked = self.post(path, body).await?;
+        asked["id"]
+            .as_str()
+            .filter(|i| crate::engine::requests::valid_id(i))
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Garbled("no request id in the answer".into()))
+    }
+
+    /// Follows request `id`'s events, each line said through `say` as it arrives, until
+    /// its run ends (or, a dry run, is kept); how it ended.
+    pub async fn follow(&self, id: &str, say: &mut dyn FnMut(&str)) -> Result<Requested, ClientError> {
+        let url = format!("{}/api/v1/requests/{id}/events", self.base);
+        let req = Request::get(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::ACCEPT, "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        let res = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), source: Box::new(e) })?;
+        if !res.status().is_success() {
+            return Err(ClientError::Refused { status: res.status(), why: "the event stream".into() });
+        }
+        let mut body = res.into_body();
+        let mut pending: Vec<u8> = Vec::new();
+        'stream: while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Unreachable { url: url.clone(), source: Box::new(e) })?;
+            let Some(data) = frame.data_ref() else { continue };
+            pending.extend_from_slice(data);
+            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                if line == "event: end" {
+                    break 'stream;
+                }
+                if let Some(d) = line.strip_prefix("data: ") {
+                    say(&crate::sys::text::printable(d));
+                }
             }
-            if let Some(d) = line.strip_prefix("data: ") {
-                say(&crate::sys::text::printable(d));
+            if pending.len() > MAX_LINE {
+                pending.clear();
             }
         }
-        if pending.len() > MAX_LINE {
-            pending.clear();
-        }
+        let record = self.get(&format!("/api/v1/requests/{id}")).await?;
+        Ok(Requested::of(id, &record))
     }
-    let record = call(&client, base, Method::GET, &format!("/api/v1/requests/{id}"), token, None).await?;
-    let state = &record["state"];
-    Ok(Requested {
-        id: id.to_string(),
-        exit_code: state["exit_code"].as_i64().map(|c| c as i32).unwrap_or(crate::exit::BUILD_FAILED),
-        verdict: state["verdict"].as_str().map(crate::sys::text::printable),
-        error: state["error"].as_str().map(crate::sys::text::printable),
-    })
 }
 
 async fn call(

@@ -61,6 +61,8 @@ impl Sandbox {
             .env_remove("REHEARSE_LOG")
             .env_remove("REHEARSE_STATE")
             .env_remove("REHEARSE_LEASE")
+            .env_remove("REHEARSE_SERVER")
+            .env_remove("REHEARSE_TOKEN")
             .env_remove("REHEARSE_HOST");
         c
     }
