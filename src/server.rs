@@ -17,6 +17,7 @@ mod api;
 mod audit;
 mod auth;
 mod comparison;
+mod git;
 mod kept;
 mod portal;
 mod queue;
@@ -55,6 +56,8 @@ pub enum ServeError {
     State(#[from] crate::sys::secure_fs::FsError),
     #[error("the server's state store: {0}")]
     Store(#[from] crate::engine::store::StoreError),
+    #[error("the descriptions' checkout: {0}")]
+    Git(#[from] git::GitError),
     #[error("the server stopped: {0}")]
     Stopped(std::io::Error),
     /// Another server uses this state directory: starting would take its running
@@ -101,13 +104,24 @@ pub async fn serve(
     signals: Signals,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    std::fs::read_dir(&config.environments)
-        .map_err(|source| ServeError::Environments { path: config.environments.clone(), source })?;
+    let mut config = config;
     let server_dir = place.state_root.join("server");
     let server_dir = crate::sys::secure_fs::private_dir(&server_dir, 0o700)?;
     // Held for the server's life: a second server on this directory would recover the
     // first one's running requests as a dead server's.
     let _only_one = only_server(&server_dir)?;
+    // The descriptions from a checkout the server keeps.
+    if let Some(g) = config.git.clone() {
+        let dir = server_dir.join("checkout");
+        let g2 = g.clone();
+        let top = tokio::task::spawn_blocking(move || git::checkout(&g2, &dir))
+            .await
+            .map_err(|e| ServeError::Stopped(std::io::Error::other(e.to_string())))??;
+        config.environments = top.join(&config.environments);
+        git::keep_pulling(g, top, signals.clone());
+    }
+    std::fs::read_dir(&config.environments)
+        .map_err(|source| ServeError::Environments { path: config.environments.clone(), source })?;
     let secret = match &config.csrf_key_file {
         Some(key) => auth::read_key_file(key)?,
         None => auth::load_or_make_secret(&server_dir.join("secret"))?,

@@ -189,6 +189,9 @@ fn a_click_rehearses_the_demo_a_dry_run_is_kept_extended_and_destroyed_and_other
     for step in ["database.db restore", "suite.smoke suite", "verdict: passed"] {
         assert!(log.contains(step), "no `{step}` on the page: {log}");
     }
+    // The current step's log tail, as the page shows it (the run's newest log).
+    alice.wait_for("document.getElementById('tail').textContent.length > 0", "the log tail");
+    assert!(alice.text("#tail-file").ends_with(".log"), "{}", alice.text("#tail-file"));
     alice.screenshot("2-run-passed");
     let request_url = alice.script("return location.href;").as_str().unwrap().to_string();
     // Its report.

@@ -285,6 +285,10 @@ fn a_release_is_rehearsed_on_request_its_events_stream_and_every_decision_is_aud
     assert!(index.contains("class=\"phase migration\"><meter"), "{index}");
     // A watcher who comes after the end gets the whole run and the end.
     assert_eq!(events(addr, &id, "alice"), seen);
+    // The run's newest log's end, redacted, for the run page's tail.
+    let tail = http(addr, "GET", &format!("/api/v1/requests/{id}/log"), &[("X-Forwarded-User", "bob")], "").json();
+    assert!(tail["file"].as_str().unwrap().ends_with(".log"), "{tail}");
+    assert!(!tail["lines"].as_array().unwrap().is_empty(), "{tail}");
 
     // A script with its token needs no CSRF token.
     let by_ci = ask_with_token(addr, &token, r#"{"environment":"quick","release":"v1"}"#);
@@ -765,4 +769,71 @@ fn the_stages_of_the_environments_offered_are_shown() {
 
     let out = sb.cmd().args(["stage", "destroy", "staging"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The descriptions from a Git repository the server keeps a checkout of: offered at
+/// start, a description merged later offered without a restart, and rehearsed from the
+/// checkout.
+#[test]
+fn descriptions_from_a_git_checkout_are_offered_and_pulled() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    let repo = sb.dir.path().join("descriptions");
+    std::fs::create_dir_all(repo.join("environments")).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.name=tests", "-c", "user.email=tests@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "--quiet", "--initial-branch", "main"]);
+    std::fs::copy(envs.join("quick.yaml"), repo.join("environments/quick.yaml")).unwrap();
+    git(&["add", "."]);
+    git(&["commit", "--quiet", "-m", "quick"]);
+    let config = CONFIG.replace(
+        "environments: {envs}",
+        &format!("git: {{ url: \"file://{}\", branch: main, every: 1s }}\nenvironments: environments", repo.display()),
+    );
+    let server = start(&sb, &envs, &config);
+    let offered = |addr| {
+        let e = http(addr, "GET", "/api/v1/environments", &[("X-Forwarded-User", "carol")], "").json();
+        e["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offered(server.addr), ["quick"]);
+    // Merged later: offered within a pull or two, without a restart.
+    std::fs::copy(envs.join("slow.yaml"), repo.join("environments/slow.yaml")).unwrap();
+    git(&["add", "."]);
+    git(&["commit", "--quiet", "-m", "slow"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while offered(server.addr) != ["quick", "slow"] {
+        assert!(Instant::now() < deadline, "never pulled: {:?}", offered(server.addr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let asked = post_as(server.addr, "carol", "/api/v1/rehearsals", r#"{"environment":"quick","release":"v1"}"#);
+    assert_eq!(asked.status, 202, "{}", asked.body);
+    let done = wait_finished(server.addr, asked.json()["id"].as_str().unwrap());
+    assert_eq!(done["state"]["verdict"], "passed", "{done}");
+    // A repository that cannot be cloned: the server does not start, and says why.
+    let bad = CONFIG.replace("environments: {envs}", "git: { url: \"file:///nonexistent/repo.git\" }");
+    std::fs::write(sb.dir.path().join("bad.yaml"), bad).unwrap();
+    let out = sb
+        .cmd()
+        .env("REHEARSE_STATE_DIR", sb.dir.path().join("state-bad"))
+        .args(["serve", "--config"])
+        .arg(sb.dir.path().join("bad.yaml"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("git clone of file:///nonexistent/repo.git (main) failed"), "{err}");
 }

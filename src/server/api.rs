@@ -17,6 +17,7 @@
 //!   (202): its owner's;
 //! - `GET  /api/v1/requests/ID/events`: its run's events (Server-Sent Events), from
 //!   the first, then live, and `end` when it has ended;
+//! - `GET  /api/v1/requests/ID/log`: the end of its run's newest log (redacted);
 //! - `GET  /api/v1/stages`: the offered environments' stages, as `stage status` has them;
 //! - `GET  /api/v1/audit?limit=N`: the newest audit entries (admins).
 
@@ -64,6 +65,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/requests/{id}/destroy", post(owner::destroy))
         .route("/api/v1/requests/{id}", get(one))
         .route("/api/v1/requests/{id}/events", get(events))
+        .route("/api/v1/requests/{id}/log", get(log_tail))
         .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/stages", get(stages))
         .route("/", get(super::portal::index))
@@ -297,6 +299,67 @@ async fn events(State(app): State<App>, Path(id): Path<String>, Caller { who, as
         }
     };
     Sse::new(feed).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// The lines of a log's end the run page shows.
+const TAIL_LINES: usize = 40;
+/// The most bytes of a log's end read.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The current step's log tail: the end of the run's most recently written log (a
+/// database's, an install's, a service's or a suite's), printable and redacted.
+async fn log_tail(State(app): State<App>, Path(id): Path<String>, Caller { who, asked }: Caller) -> Response {
+    if !requests::valid_id(&id) {
+        return refusal(StatusCode::NOT_FOUND, "no such request");
+    }
+    let read = match requests::read(app.shared.store.as_ref(), &id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return refusal(StatusCode::NOT_FOUND, "no such request"),
+        Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "log tail").await;
+    let Some(run_id) = read.request.run_id() else {
+        return Json(json!({ "file": null, "lines": [] })).into_response();
+    };
+    let dir = crate::sys::state::run_dir(&app.shared.state_root, run_id);
+    // A kept dry run's password never reaches a page through a service's log.
+    if let Ok(c) = crate::engine::connection::Connection::read(&dir, run_id) {
+        for d in c.databases.values() {
+            crate::secrets::register(&d.password);
+        }
+    }
+    let suites = std::fs::read_dir(dir.join("suites")).into_iter().flatten().flatten().map(|e| e.path());
+    let newest = std::iter::once(dir.join("logs"))
+        .chain(suites)
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()) && e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max();
+    let Some((_, path)) = newest else {
+        return Json(json!({ "file": null, "lines": [] })).into_response();
+    };
+    let lines = tail(&path).unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Json(json!({ "file": crate::sys::text::printable(&name), "lines": lines })).into_response()
+}
+
+/// The last [`TAIL_LINES`] of `path` (its last [`TAIL_BYTES`] read, through a
+/// descriptor that follows no link), each printable, redacted and at most 512
+/// characters.
+fn tail(path: &std::path::Path) -> std::io::Result<Vec<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
+    let mut bytes = Vec::new();
+    f.take(TAIL_BYTES).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    Ok(all[all.len().saturating_sub(TAIL_LINES)..]
+        .iter()
+        .map(|l| crate::sys::text::printable(&crate::secrets::redact(l)).chars().take(512).collect())
+        .collect())
 }
 
 async fn stages(State(app): State<App>, Caller { who, asked }: Caller) -> Response {

@@ -6,6 +6,8 @@
 //! ```yaml
 //! listen: 127.0.0.1:8080          # the default
 //! environments: ../environments   # relative to this file
+//! # or a checkout the server keeps, `environments` then a directory in it:
+//! # git: { url: https://git.example.com/ops/descriptions.git, branch: main, every: 5m }
 //! max_running: 2                  # rehearsals at once; the rest wait in the queue
 //! changes_per_minute: 30          # requests one user may make in a minute
 //! proxy:
@@ -39,8 +41,14 @@ const MAX_BYTES: u64 = 1 << 20;
 pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The directory of descriptions offered (`NAME.yaml` is the environment NAME).
+    /// The directory of descriptions offered (`NAME.yaml` is the environment NAME); with
+    /// `git`, the directory in its checkout (default: its top).
+    #[serde(default)]
     pub environments: PathBuf,
+    /// A Git repository whose checkout the server keeps (cloned at start, pulled every
+    /// `every`) and offers the descriptions of, instead of a directory of its own.
+    #[serde(default)]
+    pub git: Option<Git>,
     #[serde(default = "default_max_running")]
     pub max_running: usize,
     /// The most changes (requests for a rehearsal) one user may ask for in a minute.
@@ -76,6 +84,34 @@ fn some_lease<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time
     crate::description::bounded_duration("lease", &text, MIN_LEASE, MAX_LEASE)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Git {
+    /// What `git clone` takes (`https://…`, `git@…:…`, `file:///…`).
+    pub url: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// How often it is pulled (default 5m).
+    #[serde(default, deserialize_with = "some_every")]
+    pub every: Option<std::time::Duration>,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+
+fn some_every<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::description::bounded_duration(
+        "git.every",
+        &text,
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(86400),
+    )
+    .map(Some)
+    .map_err(serde::de::Error::custom)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -182,7 +218,8 @@ impl Config {
         })?;
         config.check().map_err(|m| invalid(None, m))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        if config.environments.is_relative() {
+        // With `git`, `environments` is a path in the checkout (made absolute at start).
+        if config.git.is_none() && config.environments.is_relative() {
             config.environments = base.join(&config.environments);
         }
         if let Some(key) = config.csrf_key_file.as_mut().filter(|k| k.is_relative()) {
@@ -192,6 +229,28 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        match &self.git {
+            None if self.environments.as_os_str().is_empty() => {
+                return Err("environments: name the directory of descriptions offered (or a `git:` repository)".into())
+            }
+            Some(g) => {
+                if g.url.is_empty() || g.url.starts_with('-') || g.url.chars().any(char::is_control) {
+                    return Err(format!("git.url: {:?} is not a repository's URL", g.url));
+                }
+                let ok = |c: char| c.is_ascii_alphanumeric() || "._/-".contains(c);
+                if g.branch.is_empty() || g.branch.starts_with('-') || !g.branch.chars().all(ok) {
+                    return Err(format!("git.branch: {:?} is not a branch name", g.branch));
+                }
+                if self.environments.is_absolute()
+                    || self.environments.components().any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(
+                        "environments: with `git`, a directory inside the checkout (like `environments`)".into()
+                    );
+                }
+            }
+            None => {}
+        }
         if self.max_running == 0 || self.max_running > 256 {
             return Err(format!("max_running: {} is not between 1 and 256", self.max_running));
         }
@@ -307,7 +366,7 @@ mod tests {
     #[test]
     fn a_bad_configuration_says_where_and_why_once() {
         let e = load("environments: envs\nmax_runing: 3\n").unwrap_err().to_string();
-        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, max_running, changes_per_minute, proxy, tokens, admins, rules, store, lease, csrf_key_file"), "{e}");
+        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, git, max_running, changes_per_minute, proxy, tokens, admins, rules, store, lease, csrf_key_file"), "{e}");
         let e = load("environments: envs\nproxy:\n  header: X-User\n  trusted: []\n").unwrap_err().to_string();
         assert!(e.contains("proxy.trusted: name the proxy's addresses"), "{e}");
         let e = load("environments: envs\nrules:\n  \"../x\": { rehearse: [\"*\"] }\n").unwrap_err().to_string();

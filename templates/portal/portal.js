@@ -89,6 +89,20 @@
     });
   }
 
+  // The current step's log tail, while the run is open (and once more at its end).
+  async function tail() {
+    const res = await fetch(api + "/log");
+    if (!res.ok) return;
+    const t = await res.json();
+    document.getElementById("tail-file").textContent = t.file || "";
+    document.getElementById("tail").textContent = (t.lines || []).join("\n");
+  }
+  tail();
+  const tailing = setInterval(() => {
+    tail();
+    if (run.dataset.state !== "open") clearInterval(tailing);
+  }, 2000);
+
   if (run.dataset.state === "open") {
     state.textContent = "running";
     follow();
