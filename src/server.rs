@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     pub queue: queue::Queue,
     /// The server's signals: a teardown asked for over HTTP stops on them too.
     pub signals: Signals,
+    /// The finished requests read so far (never read twice).
+    pub finished: crate::engine::requests::Finished,
 }
 
 /// Where the server runs and keeps its state.
@@ -149,6 +151,7 @@ pub async fn serve(
         work_root: place.work_root,
         secret,
         signals: signals.clone(),
+        finished: Default::default(),
         replicated,
         lease: shared_lease,
         name: server_name(),

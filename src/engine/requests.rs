@@ -266,9 +266,48 @@ pub async fn read(store: &dyn ObjectStore, id: &str) -> Result<Option<Read>, Req
     Ok(Some(Read { request, etag: object.etag }))
 }
 
+/// The finished requests already read: a finished request's record is never changed
+/// again, so a server that lists the requests often reads each of them once (a listing
+/// then costs the store one LIST and a GET per open request, not one per request ever
+/// made).
+#[derive(Default)]
+pub struct Finished {
+    read: std::sync::Mutex<std::collections::HashMap<String, Read>>,
+}
+
+impl Finished {
+    fn get(&self, id: &str) -> Option<Read> {
+        self.read.lock().expect("not poisoned").get(id).cloned()
+    }
+
+    fn keep(&self, r: &Read) {
+        if r.request.finished() {
+            self.read.lock().expect("not poisoned").insert(r.request.id.clone(), r.clone());
+        }
+    }
+
+    /// How many are held.
+    pub fn len(&self) -> usize {
+        self.read.lock().expect("not poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Every request in the store, oldest first; records that are refused are returned
 /// apart, with why.
 pub async fn list(store: &dyn ObjectStore) -> Result<(Vec<Read>, Vec<RequestError>), RequestError> {
+    list_known(store, &Finished::default()).await
+}
+
+/// As [`list`], the finished requests `known` holds taken from it, and those newly
+/// read finished kept in it.
+pub async fn list_known(
+    store: &dyn ObjectStore,
+    known: &Finished,
+) -> Result<(Vec<Read>, Vec<RequestError>), RequestError> {
     let keys = store::retrying(|| store.list(PREFIX)).await.map_err(|e| store_error(store, e))?;
     let mut ids: Vec<&str> = keys.iter().filter_map(|k| k.strip_suffix(".json")).filter(|id| valid_id(id)).collect();
     ids.sort_unstable();
@@ -276,9 +315,18 @@ pub async fn list(store: &dyn ObjectStore) -> Result<(Vec<Read>, Vec<RequestErro
         ids.drain(..ids.len() - MAX_LISTED);
     }
     let (mut found, mut refused) = (Vec::new(), Vec::new());
+    // Forgotten when gone from the store (their ids are not listed any more).
+    known.read.lock().expect("not poisoned").retain(|id, _| ids.binary_search(&id.as_str()).is_ok());
     for id in ids {
+        if let Some(r) = known.get(id) {
+            found.push(r);
+            continue;
+        }
         match read(store, id).await {
-            Ok(Some(r)) => found.push(r),
+            Ok(Some(r)) => {
+                known.keep(&r);
+                found.push(r)
+            }
             Ok(None) => {}
             Err(e @ RequestError::Refused { .. }) => refused.push(e),
             Err(e) => return Err(e),
@@ -353,6 +401,47 @@ mod tests {
             assert!(refused.is_empty());
             assert_eq!(all.len(), 1);
             assert!(all[0].request.finished());
+        });
+    }
+
+    #[test]
+    fn a_finished_request_is_read_once_an_open_one_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        rt().block_on(async {
+            let open = Request::new("alice", "demo", Ask::Rehearse { release: "v2".into() });
+            let mut done = Request::new("bob", "demo", Ask::Rehearse { release: "v1".into() });
+            done.id = format!("{}0", done.id);
+            done.state = State::Finished {
+                run_id: None,
+                started_at: None,
+                verdict: Some(Verdict::Passed),
+                exit_code: 0,
+                error: None,
+                ended_at: Utc::now(),
+                comparison: None,
+            };
+            record(&store, &open).await.unwrap();
+            record(&store, &done).await.unwrap();
+            let known = Finished::default();
+            assert_eq!(list_known(&store, &known).await.unwrap().0.len(), 2);
+            assert_eq!(known.len(), 1);
+            // Both records changed behind the server's back: the open one is read again,
+            // the finished one is not.
+            let etag = read(&store, &open.id).await.unwrap().unwrap().etag;
+            let moved =
+                State::Running { run_id: "r-20261207-000000-abcdef".into(), server: "b".into(), since: Utc::now() };
+            change(&store, &Read { request: open.clone(), etag }, moved).await.unwrap();
+            std::fs::write(dir.path().join(key(&done.id)), b"garbage").unwrap();
+            let (found, refused) = list_known(&store, &known).await.unwrap();
+            assert!(refused.is_empty(), "{refused:?}");
+            assert!(
+                matches!(found[0].request.state, State::Running { .. })
+                    || matches!(found[1].request.state, State::Running { .. })
+            );
+            assert!(found.iter().any(|r| r.request.id == done.id && r.request.finished()));
+            // Read afresh, the damaged record is refused: the cache is what kept it.
+            assert_eq!(list(&store).await.unwrap().1.len(), 1);
         });
     }
 

@@ -220,7 +220,7 @@ async fn environments(State(app): State<App>, Caller { who, asked }: Caller) -> 
 }
 
 async fn list(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
-    match requests::list(app.shared.store.as_ref()).await {
+    match requests::list_known(app.shared.store.as_ref(), &app.shared.finished).await {
         Ok((found, refused)) => {
             app.audit(&asked, Some(&who.user), Decision::Allowed, "list requests").await;
             let all: Vec<&Request> = found.iter().map(|r| &r.request).collect();

@@ -145,7 +145,7 @@ fn endpoints(app: &App, run_id: &str) -> Result<Vec<Endpoint>, String> {
 }
 
 pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
-    let all = match requests::list(app.shared.store.as_ref()).await {
+    let all = match requests::list_known(app.shared.store.as_ref(), &app.shared.finished).await {
         Ok((found, _)) => found,
         Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };

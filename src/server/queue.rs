@@ -214,7 +214,7 @@ pub(crate) fn start(shared: Arc<Shared>, signals: Signals) {
 
 /// Claims queued requests while slots are free, fairest first.
 async fn fill(shared: &Arc<Shared>, signals: &Signals) {
-    let queued = match requests::list(shared.store.as_ref()).await {
+    let queued = match requests::list_known(shared.store.as_ref(), &shared.finished).await {
         Ok((found, _refused)) => found,
         Err(e) => {
             let line = format!("rehearse serve: warning: cannot read the queue: {e}");

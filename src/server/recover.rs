@@ -17,7 +17,7 @@ use crate::sys::signals::Signals;
 
 /// Finishes every request left running by a server that died; how many.
 pub(crate) async fn recover(shared: &Arc<Shared>, signals: &Signals) -> usize {
-    let found = match requests::list(shared.store.as_ref()).await {
+    let found = match requests::list_known(shared.store.as_ref(), &shared.finished).await {
         Ok((found, _)) => found,
         Err(e) => {
             let line = format!("rehearse serve: warning: cannot read the requests to recover: {e}");

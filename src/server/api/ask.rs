@@ -170,7 +170,7 @@ async fn accept(app: &App, asked: &Asked, who: &Who, environment: &str, ask: Ask
     };
     let rule = app.shared.config.rule(environment);
     if let Some(max) = rule.max_per_user {
-        let open = match requests::list(app.shared.store.as_ref()).await {
+        let open = match requests::list_known(app.shared.store.as_ref(), &app.shared.finished).await {
             Ok((found, _)) => found.iter().filter(|r| r.request.user == who.user && !r.request.finished()).count(),
             Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the queue: {e}")).await,
         };
