@@ -285,6 +285,15 @@ fn a_release_is_rehearsed_on_request_its_events_stream_and_every_decision_is_aud
     assert!(index.contains("class=\"phase migration\"><meter"), "{index}");
     // A watcher who comes after the end gets the whole run and the end.
     assert_eq!(events(addr, &id, "alice"), seen);
+    // The API's schema describes the records it sends: this one validates.
+    let schema = http(addr, "GET", "/api/v1/schema", &[("X-Forwarded-User", "bob")], "").json();
+    let record = http(addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "bob")], "").json();
+    let validator = jsonschema::validator_for(&schema["request"]).unwrap();
+    assert!(validator.is_valid(&record), "{record} against {}", schema["request"]);
+    let mut forged = record.clone();
+    forged["state"]["state"] = "exploded".into();
+    assert!(!validator.is_valid(&forged));
+    assert!(schema["bodies"]["POST /api/v1/dry-runs"]["properties"]["ttl"].is_object(), "{schema}");
     // The run's newest log's end, redacted, for the run page's tail.
     let tail = http(addr, "GET", &format!("/api/v1/requests/{id}/log"), &[("X-Forwarded-User", "bob")], "").json();
     assert!(tail["file"].as_str().unwrap().ends_with(".log"), "{tail}");

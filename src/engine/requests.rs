@@ -21,7 +21,7 @@ pub const PREFIX: &str = "requests/";
 pub const MAX_LISTED: usize = 10_000;
 
 /// What a user asked for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Ask {
     /// A one-shot rehearsal of `release` (`rehearse run`).
@@ -53,7 +53,7 @@ impl Ask {
 }
 
 /// Where a request is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
 pub enum State {
     /// Recorded, waiting for a slot.
@@ -79,7 +79,7 @@ pub enum State {
 }
 
 /// One request, as recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
     pub id: String,

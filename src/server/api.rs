@@ -19,7 +19,8 @@
 //!   the first, then live, and `end` when it has ended;
 //! - `GET  /api/v1/requests/ID/log`: the end of its run's newest log (redacted);
 //! - `GET  /api/v1/stages`: the offered environments' stages, as `stage status` has them;
-//! - `GET  /api/v1/audit?limit=N`: the newest audit entries (admins).
+//! - `GET  /api/v1/audit?limit=N`: the newest audit entries (admins);
+//! - `GET  /api/v1/schema`: the JSON Schema of a request's record and of each body.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -68,6 +69,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/requests/{id}/log", get(log_tail))
         .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/stages", get(stages))
+        .route("/api/v1/schema", get(schema))
         .route("/", get(super::portal::index))
         .route("/requests/{id}", get(super::portal::request))
         .route("/audit", get(super::portal::audit))
@@ -360,6 +362,23 @@ fn tail(path: &std::path::Path) -> std::io::Result<Vec<String>> {
         .iter()
         .map(|l| crate::sys::text::printable(&crate::secrets::redact(l)).chars().take(512).collect())
         .collect())
+}
+
+/// The API's JSON, described: a request's record (what `/api/v1/requests` lists) and
+/// the body of each POST (JSON Schema, from the types the server reads and writes).
+async fn schema(State(app): State<App>, Caller { who, asked }: Caller) -> Response {
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "schema").await;
+    Json(json!({
+        "request": schemars::schema_for!(Request),
+        "bodies": {
+            "POST /api/v1/rehearsals": schemars::schema_for!(ask::RehearseBody),
+            "POST /api/v1/dry-runs": schemars::schema_for!(ask::DryRunBody),
+            "POST /api/v1/comparisons": schemars::schema_for!(ask::CompareBody),
+            "POST /api/v1/requests/ID/extend": schemars::schema_for!(owner::ExtendBody),
+        },
+        "refusal": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+    }))
+    .into_response()
 }
 
 async fn stages(State(app): State<App>, Caller { who, asked }: Caller) -> Response {

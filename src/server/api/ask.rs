@@ -13,7 +13,7 @@ use crate::engine::requests::{self, Ask, Request};
 use crate::server::audit::Decision;
 use crate::server::auth::Who;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RehearseBody {
     environment: String,
@@ -51,7 +51,7 @@ pub(super) async fn rehearse(
     accept(&app, &asked, &who, &body.environment, ask).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DryRunBody {
     environment: String,
@@ -123,7 +123,7 @@ pub(super) async fn dry_run(
     accept(&app, &asked, &who, env, ask).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CompareBody {
     environment: String,

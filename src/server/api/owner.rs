@@ -65,7 +65,7 @@ pub(super) async fn reveal(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ExtendBody {
     /// How much longer (`1h`).
