@@ -633,6 +633,10 @@ fn two_replicas_on_one_s3_store_run_twenty_queued_requests_each_exactly_once() {
         assert!(keys.iter().any(|k| k.starts_with(&format!("serve/runs/{run}/"))), "no {run} in the store: {keys:?}");
     }
     assert_eq!(keys.iter().filter(|k| k.starts_with("serve/requests/")).count(), 20);
+    // Either replica's portal shows the other's report (from the store).
+    let report = http(a.addr, "GET", &format!("/runs/{}/report.html", on_b[0]), &[("X-Forwarded-User", "carol")], "");
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(report.body.contains("passed"), "{}", report.body);
 }
 
 /// A replica killed while it runs a rehearsal: once the run's lease has lapsed, the

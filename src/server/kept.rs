@@ -94,9 +94,28 @@ pub(crate) async fn tear_down(
 }
 
 /// How to reach a kept dry run, secrets included (the caller shows them to its owner
-/// alone).
-pub(crate) fn connection(shared: &Shared, run_id: &str) -> Result<Connection, ConnectionError> {
-    Connection::read(&crate::sys::state::run_dir(&shared.state_root, run_id), run_id)
+/// alone); another replica's run's from the shared store (checked as it is read).
+pub(crate) async fn connection(shared: &Shared, run_id: &str) -> Result<Connection, ConnectionError> {
+    let dir = crate::sys::state::run_dir(&shared.state_root, run_id);
+    match Connection::read(&dir, run_id) {
+        Err(ConnectionError::Missing(_)) if shared.replicated.is_some() => {
+            if let Some(store) = &shared.replicated {
+                // Missing stays missing when the store has none either.
+                let _pulled = crate::engine::store::sync::pull_connection(store.as_ref(), run_id, &dir).await;
+            }
+            Connection::read(&dir, run_id)
+        }
+        other => other,
+    }
+}
+
+/// Another replica's run: its journal from the shared store, before reading it here.
+pub(crate) async fn fetch_journal(shared: &Shared, run_id: &str) {
+    if let Some(store) = &shared.replicated {
+        let run_dir = crate::sys::state::run_dir(&shared.state_root, run_id);
+        // Unfetched, the local copy (if any) is what there is; the caller says what fails.
+        let _pulled = crate::engine::store::sync::pull_journal(store.as_ref(), run_id, &run_dir).await;
+    }
 }
 
 /// The latest a dry run of `environment` started at `started_at` may live, by the
@@ -122,13 +141,16 @@ pub(crate) async fn extend(shared: &Shared, read: &Read, by: std::time::Duration
     };
     let by = chrono::Duration::seconds(by.as_secs() as i64);
     let limit = rule_limit(shared, &read.request.environment, *started_at);
+    fetch_journal(shared, run_id).await;
     let root = &shared.state_root;
     let extended = match region_of(shared, &read.request.environment, None) {
         None => {
             let provider = crate::providers::local::LocalProvider::new(&shared.work_root);
-            engine_extend::extend(&provider, root, run_id, by, limit, None).await?
+            engine_extend::extend(&provider, root, run_id, by, limit, shared.replicated.clone()).await?
         }
-        Some(region) => engine_extend::extend(&aws(&region).await, root, run_id, by, limit, None).await?,
+        Some(region) => {
+            engine_extend::extend(&aws(&region).await, root, run_id, by, limit, shared.replicated.clone()).await?
+        }
     };
     let mut state = read.request.state.clone();
     if let State::Kept { expires_at, .. } = &mut state {

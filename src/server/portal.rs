@@ -127,8 +127,8 @@ struct Endpoint {
     detail: String,
 }
 
-fn endpoints(app: &App, run_id: &str) -> Result<Vec<Endpoint>, String> {
-    let c = super::kept::connection(&app.shared, run_id).map_err(|e| e.to_string())?;
+async fn endpoints(app: &App, run_id: &str) -> Result<Vec<Endpoint>, String> {
+    let c = super::kept::connection(&app.shared, run_id).await.map_err(|e| e.to_string())?;
     let dbs = c.databases.iter().map(|(name, d)| Endpoint {
         name: name.clone(),
         kind: "database",
@@ -264,7 +264,7 @@ pub(super) async fn request(State(app): State<App>, Path(id): Path<String>, Call
     if let (RequestState::Kept { run_id, expires_at, .. }, true) = (&r.state, r.user == who.user) {
         ctx.insert("expires_at", &expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         ctx.insert("expires_text", &when(expires_at));
-        match endpoints(&app, run_id) {
+        match endpoints(&app, run_id).await {
             Ok(e) => ctx.insert("endpoints", &e),
             Err(e) => ctx.insert("endpoints_error", &e),
         }
@@ -293,7 +293,15 @@ pub(super) async fn report(
     if !crate::sys::state::valid_run_id(&run_id) {
         return refusal(StatusCode::NOT_FOUND, "no such run");
     }
-    let path = crate::sys::state::run_dir(&app.shared.state_root, &run_id).join("report").join("report.html");
+    let run_dir = crate::sys::state::run_dir(&app.shared.state_root, &run_id);
+    let path = run_dir.join("report").join("report.html");
+    // Another replica's run: its report from the shared store.
+    if !path.exists() {
+        if let Some(store) = &app.shared.replicated {
+            // Not there either: the 404 below says so.
+            let _pulled = crate::engine::store::sync::pull_files(store.as_ref(), &run_id, "report", &run_dir).await;
+        }
+    }
     let Ok(html) = std::fs::read_to_string(&path) else {
         return refusal(StatusCode::NOT_FOUND, "this run has no report");
     };

@@ -55,7 +55,7 @@ pub(super) async fn reveal(
     let Some(run_id) = read.request.run_id() else {
         return refusal(StatusCode::CONFLICT, "no run");
     };
-    match crate::server::kept::connection(&app.shared, run_id) {
+    match crate::server::kept::connection(&app.shared, run_id).await {
         Ok(c) => {
             app.audit(&asked, Some(&who.user), Decision::Allowed, &format!("revealed the secrets of run {run_id}"))
                 .await;
