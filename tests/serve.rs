@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::http::{exchange, http, start_server as start, start_server_as, Answer};
+use crate::common::http::{exchange, http, start_server as start, start_server_as, Answer, Server};
 use crate::common::{self, Sandbox};
 
 /// The same from 127.0.0.2: an address that is not the proxy's.
@@ -563,6 +563,22 @@ fn the_cli_pointed_at_a_server_rehearses_keeps_extends_and_destroys_with_a_token
     common::assert_nothing_left(&sb, &run_id);
 }
 
+/// Two replicas of the server, `a` and `b`, on the emulator's S3 store (`team-state`),
+/// each with a state and work directory of its own, sharing a CSRF key; runs' leases
+/// last `lease`.
+fn replicas(sb: &Sandbox, emu: &crate::emulator::Emulator, envs: &std::path::Path, lease: &str) -> [Server; 2] {
+    let key = sb.dir.path().join("csrf.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let config = format!("{CONFIG}store: s3://team-state/serve\nlease: {lease}\ncsrf_key_file: {}\n", key.display());
+    ["a", "b"].map(|name| {
+        let mut cmd = emu.rehearse(sb);
+        cmd.env("REHEARSE_STATE_DIR", sb.dir.path().join(format!("state-{name}")))
+            .env("REHEARSE_WORK_DIR", sb.dir.path().join(format!("work-{name}")));
+        start_server_as(cmd, &sb.dir.path().join(format!("serve-{name}.yaml")), envs, &config)
+    })
+}
+
 /// Two replicas of the server on one S3 store (the emulator's), twenty requests asked
 /// of them at once: each runs exactly once, by one of them, and both take their share.
 /// The emulator's conditional writes are not atomic: a claim is read back, and the
@@ -572,17 +588,7 @@ fn two_replicas_on_one_s3_store_run_twenty_queued_requests_each_exactly_once() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.3);
     let (emu, rt, s3) = crate::emulator::with_team_store();
-    let key = sb.dir.path().join("csrf.key");
-    std::fs::write(&key, [7u8; 32]).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let config = format!("{CONFIG}store: s3://team-state/serve\nlease: 5s\ncsrf_key_file: {}\n", key.display());
-    let replica = |name: &str| {
-        let mut cmd = emu.rehearse(&sb);
-        cmd.env("REHEARSE_STATE_DIR", sb.dir.path().join(format!("state-{name}")))
-            .env("REHEARSE_WORK_DIR", sb.dir.path().join(format!("work-{name}")));
-        start_server_as(cmd, &sb.dir.path().join(format!("serve-{name}.yaml")), &envs, &config)
-    };
-    let (a, b) = (replica("a"), replica("b"));
+    let [a, b] = replicas(&sb, &emu, &envs, "5s");
     // One key: a page of one replica is accepted by the other.
     let csrf = csrf_of(a.addr, "carol");
     assert_eq!(csrf, csrf_of(b.addr, "carol"));
@@ -650,17 +656,7 @@ fn a_dead_replicas_run_is_taken_over_by_the_other_after_its_lease() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.1);
     let (emu, _rt, _s3) = crate::emulator::with_team_store();
-    let key = sb.dir.path().join("csrf.key");
-    std::fs::write(&key, [9u8; 32]).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let config = format!("{CONFIG}store: s3://team-state/serve\nlease: 2s\ncsrf_key_file: {}\n", key.display());
-    let replica = |name: &str| {
-        let mut cmd = emu.rehearse(&sb);
-        cmd.env("REHEARSE_STATE_DIR", sb.dir.path().join(format!("state-{name}")))
-            .env("REHEARSE_WORK_DIR", sb.dir.path().join(format!("work-{name}")));
-        start_server_as(cmd, &sb.dir.path().join(format!("serve-{name}.yaml")), &envs, &config)
-    };
-    let mut servers = vec![replica("a"), replica("b")];
+    let mut servers = Vec::from(replicas(&sb, &emu, &envs, "2s"));
     let csrf = csrf_of(servers[0].addr, "erin");
     let asked = ask(
         servers[0].addr,

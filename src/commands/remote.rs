@@ -112,6 +112,13 @@ fn token() -> Result<String, i32> {
     }
 }
 
+/// The server, asked with the token in `$REHEARSE_TOKEN`; the exit code, said, when it
+/// cannot be.
+fn connect(server: &str) -> Result<Remote, i32> {
+    let token = token()?;
+    Remote::new(server, &token).map_err(|e| failed(&e))
+}
+
 fn failed(e: &ClientError) -> i32 {
     errln!("error: {e}");
     match e {
@@ -122,15 +129,11 @@ fn failed(e: &ClientError) -> i32 {
 }
 
 fn ask(server: &str, what: Ask<'_>) -> i32 {
-    let token = match token() {
-        Ok(t) => t,
+    let remote = match connect(server) {
+        Ok(r) => r,
         Err(code) => return code,
     };
     super::runtime().block_on(async {
-        let remote = match Remote::new(server, &token) {
-            Ok(r) => r,
-            Err(e) => return failed(&e),
-        };
         let (path, body, said) = match what {
             Ask::Rehearse(env, release) => (
                 "/api/v1/rehearsals",
@@ -199,30 +202,20 @@ where
             return exit::USAGE;
         }
     };
-    let token = match token() {
-        Ok(t) => t,
+    let remote = match connect(server) {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    super::runtime().block_on(async {
-        let remote = match Remote::new(server, &token) {
-            Ok(r) => r,
-            Err(e) => return failed(&e),
-        };
-        act(remote, id).await.unwrap_or_else(|e| failed(&e))
-    })
+    super::runtime().block_on(async { act(remote, id).await.unwrap_or_else(|e| failed(&e)) })
 }
 
 /// `list` through a server: its requests, newest first.
 fn list(g: &Global, server: &str) -> i32 {
-    let token = match token() {
-        Ok(t) => t,
+    let remote = match connect(server) {
+        Ok(r) => r,
         Err(code) => return code,
     };
     super::runtime().block_on(async {
-        let remote = match Remote::new(server, &token) {
-            Ok(r) => r,
-            Err(e) => return failed(&e),
-        };
         let all = match remote.get("/api/v1/requests").await {
             Ok(a) => a,
             Err(e) => return failed(&e),

@@ -142,9 +142,31 @@ impl App {
         }
     }
 
+    /// A refusal of `who`'s request, audited with why.
+    pub(super) async fn refuse(&self, asked: &Asked, who: &Who, status: StatusCode, why: String) -> Response {
+        self.audit(asked, Some(&who.user), Decision::Refused, &why).await;
+        refusal(status, &why)
+    }
+
+    /// A change's body, once `who` may ask for a change ([`App::check_change`]) and the
+    /// body is one; the refusal (audited) otherwise.
+    pub(super) async fn change_body<T>(
+        &self,
+        asked: &Asked,
+        who: &Who,
+        headers: &HeaderMap,
+        body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    ) -> Result<T, Response> {
+        self.check_change(asked, who, headers).await?;
+        match body {
+            Ok(Json(b)) => Ok(b),
+            Err(e) => Err(self.refuse(asked, who, e.status(), crate::sys::text::printable(&e.body_text())).await),
+        }
+    }
+
     /// Whether `who` may ask for a change: the CSRF token a browser must send, and the
     /// rate limit; the refusal (audited) when not.
-    async fn check_change(&self, asked: &Asked, who: &Who, headers: &HeaderMap) -> Result<(), Response> {
+    pub(super) async fn check_change(&self, asked: &Asked, who: &Who, headers: &HeaderMap) -> Result<(), Response> {
         if let Err(why) = auth::check_csrf(&self.shared.secret, who, headers) {
             self.audit(asked, Some(&who.user), Decision::Refused, &why).await;
             return Err(refusal(StatusCode::FORBIDDEN, &why));

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{offered, refusal, App, Asked, Caller};
+use super::{offered, App, Asked, Caller};
 use crate::engine::requests::{self, Ask, Request};
 use crate::server::audit::Decision;
 use crate::server::auth::Who;
@@ -26,22 +26,13 @@ pub(super) async fn rehearse(
     headers: HeaderMap,
     body: Result<Json<RehearseBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let refuse = async |status, why: String| {
-        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
-    let Json(body) = match body {
+    let body = match app.change_body(&asked, &who, &headers, body).await {
         Ok(b) => b,
-        Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
+        Err(r) => return r,
     };
-    if !requests::valid_environment(&body.environment) || !offered(&app.shared).contains(&body.environment) {
-        return refuse(StatusCode::NOT_FOUND, "no such environment".into()).await;
-    }
-    if !requests::valid_release(&body.release) {
-        return refuse(StatusCode::BAD_REQUEST, "the release is not a release version".into()).await;
+    let refuse = async |status, why: String| app.refuse(&asked, &who, status, why).await;
+    if let Err((status, why)) = offered_with(&app, &body.environment, &[&body.release]) {
+        return refuse(status, why).await;
     }
     let rule = app.shared.config.rule(&body.environment);
     if let Err(why) = rule.may_rehearse(&who.user, &body.environment) {
@@ -67,23 +58,14 @@ pub(super) async fn dry_run(
     headers: HeaderMap,
     body: Result<Json<DryRunBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let refuse = async |status, why: String| {
-        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
-    let Json(body) = match body {
+    let body = match app.change_body(&asked, &who, &headers, body).await {
         Ok(b) => b,
-        Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
+        Err(r) => return r,
     };
+    let refuse = async |status, why: String| app.refuse(&asked, &who, status, why).await;
     let env = &body.environment;
-    if !requests::valid_environment(env) || !offered(&app.shared).contains(env) {
-        return refuse(StatusCode::NOT_FOUND, "no such environment".into()).await;
-    }
-    if !requests::valid_release(&body.release) {
-        return refuse(StatusCode::BAD_REQUEST, "the release is not a release version".into()).await;
+    if let Err((status, why)) = offered_with(&app, env, &[&body.release]) {
+        return refuse(status, why).await;
     }
     let rule = app.shared.config.rule(env);
     if let Err(why) = rule.may_keep(&who.user, env) {
@@ -137,23 +119,14 @@ pub(super) async fn comparison(
     headers: HeaderMap,
     body: Result<Json<CompareBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let refuse = async |status, why: String| {
-        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
-    let Json(body) = match body {
+    let body = match app.change_body(&asked, &who, &headers, body).await {
         Ok(b) => b,
-        Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
+        Err(r) => return r,
     };
+    let refuse = async |status, why: String| app.refuse(&asked, &who, status, why).await;
     let env = &body.environment;
-    if !requests::valid_environment(env) || !offered(&app.shared).contains(env) {
-        return refuse(StatusCode::NOT_FOUND, "no such environment".into()).await;
-    }
-    if !requests::valid_release(&body.baseline) || !requests::valid_release(&body.candidate) {
-        return refuse(StatusCode::BAD_REQUEST, "the baseline or the candidate is not a release version".into()).await;
+    if let Err((status, why)) = offered_with(&app, env, &[&body.baseline, &body.candidate]) {
+        return refuse(status, why).await;
     }
     if let Err(why) = app.shared.config.rule(env).may_compare(&who.user, env) {
         return refuse(StatusCode::FORBIDDEN, why).await;
@@ -162,12 +135,23 @@ pub(super) async fn comparison(
     accept(&app, &asked, &who, env, ask).await
 }
 
+/// Whether `environment` is offered and each of `releases` a release version; the
+/// refusal's status and why when not.
+fn offered_with(app: &App, environment: &str, releases: &[&str]) -> Result<(), (StatusCode, String)> {
+    if !requests::valid_environment(environment) || !offered(&app.shared).iter().any(|e| e == environment) {
+        return Err((StatusCode::NOT_FOUND, "no such environment".into()));
+    }
+    match releases.iter().find(|r| !requests::valid_release(r)) {
+        Some(r) => {
+            Err((StatusCode::BAD_REQUEST, format!("{:?} is not a release version", crate::sys::text::printable(r))))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Records an allowed request (within the user's limit) and answers 202 with it.
 async fn accept(app: &App, asked: &Asked, who: &Who, environment: &str, ask: Ask) -> Response {
-    let refuse = async |status, why: String| {
-        app.audit(asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
+    let refuse = async |status, why: String| app.refuse(asked, who, status, why).await;
     let rule = app.shared.config.rule(environment);
     if let Some(max) = rule.max_per_user {
         let open = match requests::list_known(app.shared.store.as_ref(), &app.shared.finished).await {

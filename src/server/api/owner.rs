@@ -13,8 +13,17 @@ use crate::engine::requests;
 use crate::server::audit::Decision;
 use crate::server::auth::Who;
 
-/// A kept dry run of `id`, and only for its owner: the refusal (audited) otherwise.
-async fn owned(app: &App, asked: &Asked, who: &Who, id: &str, doing: &str) -> Result<requests::Read, Response> {
+/// A kept dry run of `id`, and only for its owner who may ask for a change (CSRF, rate):
+/// the refusal (audited) otherwise.
+async fn owned(
+    app: &App,
+    asked: &Asked,
+    who: &Who,
+    headers: &HeaderMap,
+    id: &str,
+    doing: &str,
+) -> Result<requests::Read, Response> {
+    app.check_change(asked, who, headers).await?;
     if !requests::valid_id(id) {
         return Err(refusal(StatusCode::NOT_FOUND, "no such request"));
     }
@@ -23,10 +32,7 @@ async fn owned(app: &App, asked: &Asked, who: &Who, id: &str, doing: &str) -> Re
         Ok(None) => return Err(refusal(StatusCode::NOT_FOUND, "no such request")),
         Err(e) => return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
     };
-    let refuse = async |status, why: String| {
-        app.audit(asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
-    };
+    let refuse = async |status, why: String| app.refuse(asked, who, status, why).await;
     if read.request.user != who.user {
         let why = format!("only {}, who asked for it, may {doing} request {id}", read.request.user);
         return Err(refuse(StatusCode::FORBIDDEN, why).await);
@@ -45,10 +51,7 @@ pub(super) async fn reveal(
     Caller { who, asked }: Caller,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let read = match owned(&app, &asked, &who, &id, "reveal the secrets of").await {
+    let read = match owned(&app, &asked, &who, &headers, &id, "reveal the secrets of").await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -79,15 +82,14 @@ pub(super) async fn extend(
     headers: HeaderMap,
     body: Result<Json<ExtendBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let refuse = async |status, why: String| {
-        app.audit(&asked, Some(&who.user), Decision::Refused, &why).await;
-        refusal(status, &why)
+    // The owner's change (CSRF, rate, theirs) first, then what they ask.
+    let read = match owned(&app, &asked, &who, &headers, &id, "extend").await {
+        Ok(r) => r,
+        Err(r) => return r,
     };
-    let Json(body) = match body {
-        Ok(b) => b,
+    let refuse = async |status, why: String| app.refuse(&asked, &who, status, why).await;
+    let body = match body {
+        Ok(Json(b)) => b,
         Err(e) => return refuse(e.status(), crate::sys::text::printable(&e.body_text())).await,
     };
     let by = match crate::description::bounded_duration(
@@ -98,10 +100,6 @@ pub(super) async fn extend(
     ) {
         Ok(d) => d,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, crate::sys::text::printable(&e.to_string())).await,
-    };
-    let read = match owned(&app, &asked, &who, &id, "extend").await {
-        Ok(r) => r,
-        Err(r) => return r,
     };
     match crate::server::kept::extend(&app.shared, &read, by).await {
         Ok(now) => {
@@ -125,10 +123,7 @@ pub(super) async fn destroy(
     Caller { who, asked }: Caller,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = app.check_change(&asked, &who, &headers).await {
-        return r;
-    }
-    let read = match owned(&app, &asked, &who, &id, "destroy").await {
+    let read = match owned(&app, &asked, &who, &headers, &id, "destroy").await {
         Ok(r) => r,
         Err(r) => return r,
     };
