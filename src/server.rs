@@ -18,7 +18,10 @@ mod audit;
 mod auth;
 mod comparison;
 mod git;
+mod hooks;
 mod kept;
+mod notify;
+mod outbound;
 mod portal;
 mod queue;
 mod recover;
@@ -91,6 +94,12 @@ pub(crate) struct Shared {
     pub signals: Signals,
     /// The finished requests read so far (never read twice).
     pub finished: crate::engine::requests::Finished,
+    /// Each generic hook's secret, by its name.
+    pub hook_secrets: std::collections::HashMap<String, Vec<u8>>,
+    /// The one client of every call to another service.
+    pub outbound: outbound::Outbound,
+    /// The server's address as its users reach it, for links (`public_url`).
+    pub public_url: String,
 }
 
 /// Where the server runs and keeps its state.
@@ -139,10 +148,16 @@ pub async fn serve(
         None => Arc::new(FileStore::open(&server_dir)?),
     };
     let shared_lease = config.lease.unwrap_or(std::time::Duration::from_secs(60));
+    let mut hook_secrets = std::collections::HashMap::new();
+    for h in &config.hooks {
+        hook_secrets.insert(h.name.clone(), auth::read_key_file(&h.secret_file)?);
+    }
+    let outbound = outbound::Outbound::new().map_err(ServeError::Stopped)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let shared = Arc::new(Shared {
         queue: queue::Queue::new(config.max_running),
         config,
@@ -152,11 +167,15 @@ pub async fn serve(
         secret,
         signals: signals.clone(),
         finished: Default::default(),
+        hook_secrets,
+        outbound,
+        public_url,
         replicated,
         lease: shared_lease,
         name: server_name(),
     });
     queue::start(shared.clone(), signals.clone());
+    notify::start(shared.clone(), signals.clone());
     on_listening(addr);
     let app = api::router(shared.clone());
     let stop = signals.clone();

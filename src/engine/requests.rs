@@ -78,6 +78,65 @@ pub enum State {
     },
 }
 
+/// Where a request's outcome is told, besides its page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Notify {
+    /// A webhook's callback: the verdict and the links POSTed to `url` when the run
+    /// ends (or its dry run is kept), signed with the hook `hook`'s secret.
+    Callback { hook: String, url: String },
+}
+
+/// The change a request rehearses, when it is known (from a pull request's event, the
+/// API request, or the command line): who shipped what.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The change's page (the pull request's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl Change {
+    /// What a stranger may have written, checked: a commit is hex, an author a user
+    /// name, a title and a URL printable and short, a URL http(s).
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .commit
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 64 || !c.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err("its change's commit is not a commit id".into());
+        }
+        if self.author.as_ref().is_some_and(|a| !valid_user(a)) {
+            return Err("its change's author is not a user name".into());
+        }
+        if self.title.as_ref().is_some_and(|t| t.len() > 256 || t.chars().any(char::is_control)) {
+            return Err("its change's title is longer than 256 bytes or holds a control character".into());
+        }
+        if self.url.as_ref().is_some_and(|u| !valid_url(u)) {
+            return Err("its change's URL is not an http(s) URL".into());
+        }
+        Ok(())
+    }
+}
+
+/// An http(s) URL a server may call or link: at most 2 KiB, no control character, no
+/// space.
+pub fn valid_url(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://"))
+        && u.len() <= 2048
+        && !u.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
 /// One request, as recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +149,12 @@ pub struct Request {
     pub ask: Ask,
     pub requested_at: DateTime<Utc>,
     pub state: State,
+    /// Where its outcome is told, besides its page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Notify>,
+    /// The change it rehearses, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
 }
 
 /// A request read from the store, with the version a change must match.
@@ -126,6 +191,8 @@ impl Request {
             ask,
             requested_at: Utc::now(),
             state: State::Queued,
+            notify: Vec::new(),
+            change: None,
         }
     }
 
@@ -157,6 +224,18 @@ impl Request {
         }
         if !valid_release(self.ask.release()) {
             return Err("its release is not a release version".into());
+        }
+        if let Some(c) = &self.change {
+            c.check()?;
+        }
+        if self.notify.len() > 8 {
+            return Err("it names more than 8 places to tell".into());
+        }
+        for n in &self.notify {
+            let Notify::Callback { hook, url } = n;
+            if !valid_environment(hook) || !valid_url(url) {
+                return Err("its callback is not a hook's name and an http(s) URL".into());
+            }
         }
         if let Ask::Compare { baseline, .. } = &self.ask {
             if !valid_release(baseline) {

@@ -45,7 +45,7 @@ use super::Shared;
 use crate::engine::requests::{self, Request};
 use tokio::sync::broadcast::error::RecvError;
 
-mod ask;
+pub(crate) mod ask;
 mod owner;
 
 /// The most bytes of a request's body.
@@ -55,6 +55,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let app = App { shared, changes: Arc::default() };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/hooks/{name}", post(super::hooks::generic))
         .route("/api/v1/session", get(session))
         .route("/api/v1/environments", get(environments))
         .route("/api/v1/rehearsals", post(ask::rehearse))
@@ -83,8 +84,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 #[derive(Clone)]
-pub(super) struct App {
-    pub(super) shared: Arc<Shared>,
+pub(crate) struct App {
+    pub(crate) shared: Arc<Shared>,
     /// User → when their recent changes were asked (the rate limit's window).
     changes: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
 }
@@ -111,14 +112,14 @@ pub(super) fn refusal(status: StatusCode, why: &str) -> Response {
 }
 
 /// What a handler knows of the request it answers, for the audit log.
-pub(super) struct Asked {
-    peer: SocketAddr,
-    method: Method,
-    path: String,
+pub(crate) struct Asked {
+    pub(crate) peer: SocketAddr,
+    pub(crate) method: Method,
+    pub(crate) path: String,
 }
 
 impl App {
-    pub(super) async fn audit(&self, asked: &Asked, user: Option<&str>, decision: Decision, why: &str) {
+    pub(crate) async fn audit(&self, asked: &Asked, user: Option<&str>, decision: Decision, why: &str) {
         let entry = Entry {
             at: chrono::Utc::now(),
             user: user.map(str::to_string),
@@ -143,7 +144,7 @@ impl App {
     }
 
     /// A refusal of `who`'s request, audited with why.
-    pub(super) async fn refuse(&self, asked: &Asked, who: &Who, status: StatusCode, why: String) -> Response {
+    pub(crate) async fn refuse(&self, asked: &Asked, who: &Who, status: StatusCode, why: String) -> Response {
         self.audit(asked, Some(&who.user), Decision::Refused, &why).await;
         refusal(status, &why)
     }

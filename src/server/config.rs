@@ -76,6 +76,40 @@ pub struct Config {
     /// it, a key made in the state directory (one server).
     #[serde(default)]
     pub csrf_key_file: Option<PathBuf>,
+    /// The server's address as its users reach it (through the proxy): the links in
+    /// callbacks, comments and messages (default: `http://` and `listen`).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Generic webhooks: `POST /hooks/NAME`, signed with the hook's secret.
+    #[serde(default)]
+    pub hooks: Vec<Hook>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// Its name: its URL is `/hooks/NAME`.
+    pub name: String,
+    /// A file of the hook's secret (at least 32 bytes, mode 0600; relative to this
+    /// file): the HMAC-SHA256 key of its deliveries' signatures and its callbacks'.
+    pub secret_file: PathBuf,
+    /// Whose rules its requests follow (the audit log names it).
+    pub user: String,
+    /// How far a delivery's timestamp may be from now (default 5m).
+    #[serde(default, deserialize_with = "some_tolerance")]
+    pub tolerance: Option<std::time::Duration>,
+}
+
+fn some_tolerance<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::description::bounded_duration(
+        "tolerance",
+        &text,
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    )
+    .map(Some)
+    .map_err(serde::de::Error::custom)
 }
 
 fn some_lease<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
@@ -225,6 +259,11 @@ impl Config {
         if let Some(key) = config.csrf_key_file.as_mut().filter(|k| k.is_relative()) {
             *key = base.join(&*key);
         }
+        for h in &mut config.hooks {
+            if h.secret_file.is_relative() {
+                h.secret_file = base.join(&h.secret_file);
+            }
+        }
         Ok(config)
     }
 
@@ -284,6 +323,25 @@ impl Config {
                     return Err(format!("store: {url:?}: replicas share an s3:// store; without one, leave it out"))
                 }
                 Err(e) => return Err(format!("store: {e}")),
+            }
+        }
+        if let Some(u) = &self.public_url {
+            if !crate::engine::requests::valid_url(u) {
+                return Err(format!("public_url: {u:?} is not an http(s) URL"));
+            }
+        }
+        for (i, h) in self.hooks.iter().enumerate() {
+            if !valid_environment(&h.name) || h.name == "github" || h.name == "slack" {
+                return Err(format!(
+                    "hooks[{i}].name: {:?} is not a hook's name (a-z, 0-9, - and _; not github or slack)",
+                    h.name
+                ));
+            }
+            if !valid_user(&h.user) {
+                return Err(format!("hooks[{i}].user: {:?} is not a user name", h.user));
+            }
+            if self.hooks[..i].iter().any(|o| o.name == h.name) {
+                return Err(format!("hooks[{i}].name: {} is named twice", h.name));
             }
         }
         for a in &self.admins {
@@ -366,7 +424,7 @@ mod tests {
     #[test]
     fn a_bad_configuration_says_where_and_why_once() {
         let e = load("environments: envs\nmax_runing: 3\n").unwrap_err().to_string();
-        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, git, max_running, changes_per_minute, proxy, tokens, admins, rules, store, lease, csrf_key_file"), "{e}");
+        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, git, max_running, changes_per_minute, proxy, tokens, admins, rules, store, lease, csrf_key_file, public_url, hooks"), "{e}");
         let e = load("environments: envs\nproxy:\n  header: X-User\n  trusted: []\n").unwrap_err().to_string();
         assert!(e.contains("proxy.trusted: name the proxy's addresses"), "{e}");
         let e = load("environments: envs\nrules:\n  \"../x\": { rehearse: [\"*\"] }\n").unwrap_err().to_string();

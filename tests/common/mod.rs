@@ -2,6 +2,7 @@
 //! directories, and the demo's generated production backups.
 #![allow(dead_code)]
 
+pub mod fake;
 pub mod http;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,7 @@
 //! The API's asks: a rehearsal, a dry run, a comparison — each checked (CSRF, rate,
 //! the environment's rules, the user's limit), recorded in the store, then accepted
-//! (202 and the request).
+//! (202 and the request). What decides an ask ([`decide`]) is the same for a webhook's
+//! delivery (src/server/hooks.rs), which is authenticated by its signature instead.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -13,33 +14,81 @@ use crate::engine::requests::{self, Ask, Request};
 use crate::server::audit::Decision;
 use crate::server::auth::Who;
 
+/// What is asked, before it is checked: the operation and its releases.
+pub(crate) enum Wanted<'a> {
+    Rehearse { release: &'a str },
+    DryRun { release: &'a str, ttl: Option<&'a str> },
+    Compare { baseline: &'a str, candidate: &'a str },
+}
+
+/// Decides whether `user` may have `wanted` on `environment`: the environment offered,
+/// the releases by grammar, the environment's rule for the operation, a dry run's ttl
+/// within the rule's and the description's `max_ttl`. The ask, or the refusal's status
+/// and why.
+pub(crate) fn decide(
+    app: &App,
+    user: &str,
+    environment: &str,
+    wanted: Wanted<'_>,
+) -> Result<Ask, (StatusCode, String)> {
+    let releases: Vec<&str> = match &wanted {
+        Wanted::Rehearse { release } | Wanted::DryRun { release, .. } => vec![release],
+        Wanted::Compare { baseline, candidate } => vec![baseline, candidate],
+    };
+    offered_with(app, environment, &releases)?;
+    let rule = app.shared.config.rule(environment);
+    let forbidden = |why: String| (StatusCode::FORBIDDEN, why);
+    match wanted {
+        Wanted::Rehearse { release } => {
+            rule.may_rehearse(user, environment).map_err(forbidden)?;
+            Ok(Ask::Rehearse { release: release.to_string() })
+        }
+        Wanted::Compare { baseline, candidate } => {
+            rule.may_compare(user, environment).map_err(forbidden)?;
+            Ok(Ask::Compare { baseline: baseline.to_string(), candidate: candidate.to_string() })
+        }
+        Wanted::DryRun { release, ttl } => {
+            rule.may_keep(user, environment).map_err(forbidden)?;
+            // The description's ttl and max_ttl: the default, and a bound the rule cannot raise.
+            let path = app.shared.config.environments.join(format!("{environment}.yaml"));
+            let desc = crate::description::load(&path, Some(release)).map_err(|d| {
+                let why = format!("the description of {environment} does not load: {}", d.render());
+                (StatusCode::INTERNAL_SERVER_ERROR, crate::sys::text::printable(&why))
+            })?;
+            let desc = desc.desc;
+            let ttl = match ttl {
+                None => desc.ttl,
+                Some(text) => crate::description::bounded_duration(
+                    "ttl",
+                    text,
+                    std::time::Duration::from_secs(60),
+                    crate::description::MAX_MAX_TTL,
+                )
+                .map_err(|e| (StatusCode::BAD_REQUEST, crate::sys::text::printable(&e.to_string())))?,
+            };
+            let fmt = crate::description::format_duration;
+            let (max, whose) = match rule.max_ttl {
+                Some(m) if m < desc.max_ttl => (m, format!("rules.{environment}.max_ttl")),
+                _ => (desc.max_ttl, "the description's max_ttl".to_string()),
+            };
+            if ttl > max {
+                let why = format!(
+                    "ttl {} is over the maximum {} for dry runs of {environment} ({whose})",
+                    fmt(ttl),
+                    fmt(max)
+                );
+                return Err(forbidden(why));
+            }
+            Ok(Ask::DryRun { release: release.to_string(), ttl_secs: ttl.as_secs() })
+        }
+    }
+}
+
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RehearseBody {
     environment: String,
     release: String,
-}
-
-pub(super) async fn rehearse(
-    State(app): State<App>,
-    Caller { who, asked }: Caller,
-    headers: HeaderMap,
-    body: Result<Json<RehearseBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let body = match app.change_body(&asked, &who, &headers, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let refuse = async |status, why: String| app.refuse(&asked, &who, status, why).await;
-    if let Err((status, why)) = offered_with(&app, &body.environment, &[&body.release]) {
-        return refuse(status, why).await;
-    }
-    let rule = app.shared.config.rule(&body.environment);
-    if let Err(why) = rule.may_rehearse(&who.user, &body.environment) {
-        return refuse(StatusCode::FORBIDDEN, why).await;
-    }
-    let ask = Ask::Rehearse { release: body.release.clone() };
-    accept(&app, &asked, &who, &body.environment, ask).await
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -52,59 +101,6 @@ pub(super) struct DryRunBody {
     ttl: Option<String>,
 }
 
-pub(super) async fn dry_run(
-    State(app): State<App>,
-    Caller { who, asked }: Caller,
-    headers: HeaderMap,
-    body: Result<Json<DryRunBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let body = match app.change_body(&asked, &who, &headers, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let refuse = async |status, why: String| app.refuse(&asked, &who, status, why).await;
-    let env = &body.environment;
-    if let Err((status, why)) = offered_with(&app, env, &[&body.release]) {
-        return refuse(status, why).await;
-    }
-    let rule = app.shared.config.rule(env);
-    if let Err(why) = rule.may_keep(&who.user, env) {
-        return refuse(StatusCode::FORBIDDEN, why).await;
-    }
-    // The description's ttl and max_ttl: the default, and a bound the rule cannot raise.
-    let path = app.shared.config.environments.join(format!("{env}.yaml"));
-    let desc = match crate::description::load(&path, Some(&body.release)) {
-        Ok(l) => l.desc,
-        Err(d) => {
-            let why = format!("the description of {env} does not load: {}", d.render());
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, crate::sys::text::printable(&why)).await;
-        }
-    };
-    let ttl = match &body.ttl {
-        None => desc.ttl,
-        Some(text) => match crate::description::bounded_duration(
-            "ttl",
-            text,
-            std::time::Duration::from_secs(60),
-            crate::description::MAX_MAX_TTL,
-        ) {
-            Ok(d) => d,
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, crate::sys::text::printable(&e.to_string())).await,
-        },
-    };
-    let fmt = crate::description::format_duration;
-    let (max, whose) = match rule.max_ttl {
-        Some(m) if m < desc.max_ttl => (m, format!("rules.{env}.max_ttl")),
-        _ => (desc.max_ttl, "the description's max_ttl".to_string()),
-    };
-    if ttl > max {
-        let why = format!("ttl {} is over the maximum {} for dry runs of {env} ({whose})", fmt(ttl), fmt(max));
-        return refuse(StatusCode::FORBIDDEN, why).await;
-    }
-    let ask = Ask::DryRun { release: body.release.clone(), ttl_secs: ttl.as_secs() };
-    accept(&app, &asked, &who, env, ask).await
-}
-
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CompareBody {
@@ -113,26 +109,57 @@ pub(super) struct CompareBody {
     candidate: String,
 }
 
-pub(super) async fn comparison(
-    State(app): State<App>,
-    Caller { who, asked }: Caller,
-    headers: HeaderMap,
-    body: Result<Json<CompareBody>, axum::extract::rejection::JsonRejection>,
+/// A change asked through the API: its body, its decision, then [`accept`].
+async fn asked<T>(
+    app: &App,
+    asked: &Asked,
+    who: &Who,
+    headers: &HeaderMap,
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    wanted: impl FnOnce(&T) -> (String, Wanted<'_>),
 ) -> Response {
-    let body = match app.change_body(&asked, &who, &headers, body).await {
+    let body = match app.change_body(asked, who, headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let refuse = async |status, why: String| app.refuse(&asked, &who, status, why).await;
-    let env = &body.environment;
-    if let Err((status, why)) = offered_with(&app, env, &[&body.baseline, &body.candidate]) {
-        return refuse(status, why).await;
+    let (environment, w) = wanted(&body);
+    match decide(app, &who.user, &environment, w) {
+        Ok(ask) => accept(app, asked, who, Request::new(&who.user, &environment, ask), false).await,
+        Err((status, why)) => app.refuse(asked, who, status, why).await,
     }
-    if let Err(why) = app.shared.config.rule(env).may_compare(&who.user, env) {
-        return refuse(StatusCode::FORBIDDEN, why).await;
-    }
-    let ask = Ask::Compare { baseline: body.baseline.clone(), candidate: body.candidate.clone() };
-    accept(&app, &asked, &who, env, ask).await
+}
+
+pub(super) async fn rehearse(
+    State(app): State<App>,
+    Caller { who, asked: a }: Caller,
+    headers: HeaderMap,
+    body: Result<Json<RehearseBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    asked(&app, &a, &who, &headers, body, |b| (b.environment.clone(), Wanted::Rehearse { release: &b.release })).await
+}
+
+pub(super) async fn dry_run(
+    State(app): State<App>,
+    Caller { who, asked: a }: Caller,
+    headers: HeaderMap,
+    body: Result<Json<DryRunBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    asked(&app, &a, &who, &headers, body, |b| {
+        (b.environment.clone(), Wanted::DryRun { release: &b.release, ttl: b.ttl.as_deref() })
+    })
+    .await
+}
+
+pub(super) async fn comparison(
+    State(app): State<App>,
+    Caller { who, asked: a }: Caller,
+    headers: HeaderMap,
+    body: Result<Json<CompareBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    asked(&app, &a, &who, &headers, body, |b| {
+        (b.environment.clone(), Wanted::Compare { baseline: &b.baseline, candidate: &b.candidate })
+    })
+    .await
 }
 
 /// Whether `environment` is offered and each of `releases` a release version; the
@@ -149,25 +176,38 @@ fn offered_with(app: &App, environment: &str, releases: &[&str]) -> Result<(), (
     }
 }
 
-/// Records an allowed request (within the user's limit) and answers 202 with it.
-async fn accept(app: &App, asked: &Asked, who: &Who, environment: &str, ask: Ask) -> Response {
-    let refuse = async |status, why: String| app.refuse(asked, who, status, why).await;
-    let rule = app.shared.config.rule(environment);
-    if let Some(max) = rule.max_per_user {
-        let open = match requests::list_known(app.shared.store.as_ref(), &app.shared.finished).await {
-            Ok((found, _)) => found.iter().filter(|r| r.request.user == who.user && !r.request.finished()).count(),
-            Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the queue: {e}")).await,
-        };
-        if open >= max {
-            let why =
-                format!("{} has {open} requests queued, running or kept; at most {max} (rules.max_per_user)", who.user);
-            return refuse(StatusCode::TOO_MANY_REQUESTS, why).await;
+/// Whether `who` may have one more environment (`max_per_user`); the refusal when not.
+pub(crate) async fn within_limit(app: &App, asked: &Asked, who: &Who, environment: &str) -> Result<(), Response> {
+    let Some(max) = app.shared.config.rule(environment).max_per_user else { return Ok(()) };
+    let open = match requests::list_known(app.shared.store.as_ref(), &app.shared.finished).await {
+        Ok((found, _)) => found.iter().filter(|r| r.request.user == who.user && !r.request.finished()).count(),
+        Err(e) => {
+            return Err(app
+                .refuse(asked, who, StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the queue: {e}"))
+                .await)
+        }
+    };
+    if open >= max {
+        let why =
+            format!("{} has {open} requests queued, running or kept; at most {max} (rules.max_per_user)", who.user);
+        return Err(app.refuse(asked, who, StatusCode::TOO_MANY_REQUESTS, why).await);
+    }
+    Ok(())
+}
+
+/// Records an allowed `request` (within its user's limit, unless `limit_checked` says that was
+/// done) and answers 202 with it.
+pub(crate) async fn accept(app: &App, asked: &Asked, who: &Who, request: Request, limit_checked: bool) -> Response {
+    if !limit_checked {
+        if let Err(r) = within_limit(app, asked, who, &request.environment).await {
+            return r;
         }
     }
-    let request = Request::new(&who.user, environment, ask);
     // Recorded before it is accepted: a restart loses nothing that was answered 202.
     if let Err(e) = requests::record(app.shared.store.as_ref(), &request).await {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("cannot record the request: {e}")).await;
+        return app
+            .refuse(asked, who, StatusCode::SERVICE_UNAVAILABLE, format!("cannot record the request: {e}"))
+            .await;
     }
     let what = match &request.ask {
         Ask::Rehearse { release } => format!("rehearse {} release {release}", request.environment),
