@@ -18,6 +18,7 @@ mod audit;
 mod auth;
 mod comparison;
 mod git;
+mod github;
 mod hooks;
 mod kept;
 mod notify;
@@ -61,6 +62,8 @@ pub enum ServeError {
     Store(#[from] crate::engine::store::StoreError),
     #[error("the descriptions' checkout: {0}")]
     Git(#[from] git::GitError),
+    #[error("the github: section: {0}")]
+    GitHub(#[from] github::GitHubError),
     #[error("the server stopped: {0}")]
     Stopped(std::io::Error),
     /// Another server uses this state directory: starting would take its running
@@ -100,6 +103,8 @@ pub(crate) struct Shared {
     pub outbound: outbound::Outbound,
     /// The server's address as its users reach it, for links (`public_url`).
     pub public_url: String,
+    /// GitHub, when configured.
+    pub github: Option<github::GitHub>,
 }
 
 /// Where the server runs and keeps its state.
@@ -153,6 +158,7 @@ pub async fn serve(
         hook_secrets.insert(h.name.clone(), auth::read_key_file(&h.secret_file)?);
     }
     let outbound = outbound::Outbound::new().map_err(ServeError::Stopped)?;
+    let github = config.github.as_ref().map(github::GitHub::load).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
@@ -170,6 +176,7 @@ pub async fn serve(
         hook_secrets,
         outbound,
         public_url,
+        github,
         replicated,
         lease: shared_lease,
         name: server_name(),

@@ -85,6 +85,17 @@ pub enum Notify {
     /// A webhook's callback: the verdict and the links POSTed to `url` when the run
     /// ends (or its dry run is kept), signed with the hook `hook`'s secret.
     Callback { hook: String, url: String },
+    /// A pull request: a check run on `head_sha` and the one comment rehearse keeps on
+    /// the pull request, each brought up to date as the request moves.
+    #[serde(rename = "github")]
+    GitHub {
+        repo: String,
+        pull_request: u64,
+        head_sha: String,
+        /// The GitHub App's installation the event came from (an App's token is its).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        installation: Option<u64>,
+    },
 }
 
 /// The change a request rehearses, when it is known (from a pull request's event, the
@@ -232,9 +243,26 @@ impl Request {
             return Err("it names more than 8 places to tell".into());
         }
         for n in &self.notify {
-            let Notify::Callback { hook, url } = n;
-            if !valid_environment(hook) || !valid_url(url) {
-                return Err("its callback is not a hook's name and an http(s) URL".into());
+            match n {
+                Notify::Callback { hook, url } => {
+                    if !valid_environment(hook) || !valid_url(url) {
+                        return Err("its callback is not a hook's name and an http(s) URL".into());
+                    }
+                }
+                Notify::GitHub { repo, head_sha, .. } => {
+                    let owner_name = repo.split_once('/');
+                    let part = |p: &str| {
+                        !p.is_empty()
+                            && p.len() <= 100
+                            && p.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                    };
+                    if !owner_name.is_some_and(|(o, n)| part(o) && part(n) && !n.contains('/'))
+                        || head_sha.len() != 40
+                        || !head_sha.chars().all(|c| c.is_ascii_hexdigit())
+                    {
+                        return Err("its pull request is not OWNER/NAME and a commit".into());
+                    }
+                }
             }
         }
         if let Ask::Compare { baseline, .. } = &self.ask {

@@ -55,6 +55,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let app = App { shared, changes: Arc::default() };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/hooks/github", post(super::github::hook))
         .route("/hooks/{name}", post(super::hooks::generic))
         .route("/api/v1/session", get(session))
         .route("/api/v1/environments", get(environments))

@@ -92,18 +92,24 @@ pub(crate) fn check_csrf(secret: &[u8], who: &Who, headers: &HeaderMap) -> Resul
 }
 
 /// The server's secret: read from `path`, or made (32 random bytes, mode 0600).
-/// The CSRF key the operator gives every replica (`csrf_key_file`): at least 32 bytes
-/// (at most 4 KiB read), readable by its owner alone.
+/// The CSRF key the operator gives every replica (`csrf_key_file`), or a hook's secret:
+/// at least 32 bytes.
 pub(crate) fn read_key_file(path: &Path) -> Result<Vec<u8>, FsError> {
+    read_secret_file(path, 32)
+}
+
+/// A secret the operator gives in a file (a key, a token, a private key): readable by
+/// its owner alone, `min` bytes to 16 KiB.
+pub(crate) fn read_secret_file(path: &Path, min: usize) -> Result<Vec<u8>, FsError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| FsError::io("read", path, e))?;
-    let refuse = |why: &str| FsError::io("use", path, std::io::Error::other(why.to_string()));
+    let refuse = |why: String| FsError::io("use", path, std::io::Error::other(why));
     if meta.mode() & 0o077 != 0 {
-        return Err(refuse("the CSRF key file is readable by others than its owner (chmod 0600 it)"));
+        return Err(refuse("a secret's file is readable by others than its owner (chmod 0600 it)".into()));
     }
     let bytes = std::fs::read(path).map_err(|e| FsError::io("read", path, e))?;
-    if bytes.len() < 32 || bytes.len() > 4096 {
-        return Err(refuse("a CSRF key file holds 32 to 4096 bytes (`head -c 32 /dev/urandom`)"));
+    if bytes.len() < min || bytes.len() > 16 * 1024 {
+        return Err(refuse(format!("a secret's file here holds {min} bytes to 16 KiB (`head -c 32 /dev/urandom`)")));
     }
     Ok(bytes)
 }

@@ -83,6 +83,70 @@ pub struct Config {
     /// Generic webhooks: `POST /hooks/NAME`, signed with the hook's secret.
     #[serde(default)]
     pub hooks: Vec<Hook>,
+    /// Pull requests: GitHub's webhook at `POST /hooks/github`, and the API it reports
+    /// back through.
+    #[serde(default)]
+    pub github: Option<GitHub>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHub {
+    /// The REST API's base (GitHub Enterprise: `https://HOST/api/v3`).
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    /// The webhook's secret (`X-Hub-Signature-256`), a file (0600).
+    pub webhook_secret_file: PathBuf,
+    /// A token's file (a fine-grained personal or bot token), or else `app`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// A GitHub App: its id and private key (PEM, 0600); the installation from the
+    /// event, unless named.
+    #[serde(default)]
+    pub app: Option<GitHubApp>,
+    /// `OWNER/NAME` → what its pull requests rehearse.
+    pub repositories: BTreeMap<String, Repository>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubApp {
+    pub id: u64,
+    pub private_key_file: PathBuf,
+    #[serde(default)]
+    pub installation_id: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// The environment its pull requests rehearse.
+    pub environment: String,
+    /// The label that asks for a rehearsal (default `rehearse`).
+    #[serde(default = "default_label")]
+    pub label: String,
+    /// The release a pull request is: `{head_ref}` (its branch, the default),
+    /// `{head_sha}`, `{number}`, or text around them (`pr-{number}`).
+    #[serde(default = "default_release_template")]
+    pub release: String,
+    /// What `/rehearse compare` compares against, unless the comment names it.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Who may ask, by login or team (`@ORG/TEAM`); the environment's rules apply too.
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+
+fn default_label() -> String {
+    "rehearse".into()
+}
+
+fn default_release_template() -> String {
+    "{head_ref}".into()
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -259,6 +323,20 @@ impl Config {
         if let Some(key) = config.csrf_key_file.as_mut().filter(|k| k.is_relative()) {
             *key = base.join(&*key);
         }
+        if let Some(g) = config.github.as_mut() {
+            for f in [
+                Some(&mut g.webhook_secret_file),
+                g.token_file.as_mut(),
+                g.app.as_mut().map(|a| &mut a.private_key_file),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if f.is_relative() {
+                    *f = base.join(&*f);
+                }
+            }
+        }
         for h in &mut config.hooks {
             if h.secret_file.is_relative() {
                 h.secret_file = base.join(&h.secret_file);
@@ -344,6 +422,35 @@ impl Config {
                 return Err(format!("hooks[{i}].name: {} is named twice", h.name));
             }
         }
+        if let Some(g) = &self.github {
+            if !crate::engine::requests::valid_url(&g.api_url) {
+                return Err(format!("github.api_url: {:?} is not an http(s) URL", g.api_url));
+            }
+            if g.token_file.is_some() == g.app.is_some() {
+                return Err("github: name either a token_file or an app (id, private_key_file)".into());
+            }
+            for (repo, r) in &g.repositories {
+                if !super::github::valid_repo(repo) {
+                    return Err(format!("github.repositories: {repo:?} is not OWNER/NAME"));
+                }
+                if !valid_environment(&r.environment) {
+                    return Err(format!(
+                        "github.repositories.{repo}.environment: {:?} is not an environment's name",
+                        r.environment
+                    ));
+                }
+                for u in &r.users {
+                    let team = u.strip_prefix('@').and_then(|t| t.split_once('/'));
+                    let ok = match team {
+                        Some((org, slug)) => valid_user(org) && valid_user(slug),
+                        None => valid_user(u),
+                    };
+                    if !ok {
+                        return Err(format!("github.repositories.{repo}.users: {u:?} is not a login or @ORG/TEAM"));
+                    }
+                }
+            }
+        }
         for a in &self.admins {
             if !valid_user(a) {
                 return Err(format!("admins: {a:?} is not a user name"));
@@ -424,7 +531,7 @@ mod tests {
     #[test]
     fn a_bad_configuration_says_where_and_why_once() {
         let e = load("environments: envs\nmax_runing: 3\n").unwrap_err().to_string();
-        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, git, max_running, changes_per_minute, proxy, tokens, admins, rules, store, lease, csrf_key_file, public_url, hooks"), "{e}");
+        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, git, max_running, changes_per_minute, proxy, tokens, admins, rules, store, lease, csrf_key_file, public_url, hooks, github"), "{e}");
         let e = load("environments: envs\nproxy:\n  header: X-User\n  trusted: []\n").unwrap_err().to_string();
         assert!(e.contains("proxy.trusted: name the proxy's addresses"), "{e}");
         let e = load("environments: envs\nrules:\n  \"../x\": { rehearse: [\"*\"] }\n").unwrap_err().to_string();

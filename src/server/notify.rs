@@ -34,12 +34,53 @@ struct Told {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Telling {
-    /// The state told (`finished`, `kept`).
+    /// The state told (`queued`, `running`, `kept`, `finished`).
     state: String,
     at: DateTime<Utc>,
     /// The answer's status; `None` while unanswered.
     status: Option<u16>,
     refused: bool,
+    /// A pull request's check run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    check_run: Option<u64>,
+}
+
+/// The states a request goes through, in order.
+const STATES: [&str; 4] = ["queued", "running", "kept", "finished"];
+
+fn state_name(r: &Request) -> &'static str {
+    match r.state {
+        State::Queued => "queued",
+        State::Running { .. } => "running",
+        State::Kept { .. } => "kept",
+        State::Finished { .. } => "finished",
+    }
+}
+
+/// The next state `target` is to be told of `r`, if any: a callback, the end only; a
+/// pull request, every state in order (a state passed between two looks is still told).
+fn next_state(r: &Request, target: &Notify, told: Option<&Telling>) -> Option<&'static str> {
+    if told.is_some_and(|t| t.refused) {
+        return None;
+    }
+    let at = |s: &str| STATES.iter().position(|x| *x == s);
+    let told_at = told.filter(|t| t.status.is_some()).and_then(|t| at(&t.state));
+    match target {
+        Notify::Callback { .. } => {
+            let end = final_state(r)?;
+            (told_at < at(end)).then_some(end)
+        }
+        Notify::GitHub { .. } => {
+            let now = state_name(r);
+            let now_at = at(now)?;
+            let mut next = told_at.map_or(0, |i| i + 1);
+            // A request that was never kept skips `kept`.
+            if next == 2 && now != "kept" {
+                next = 3;
+            }
+            (next <= now_at).then(|| STATES[next])
+        }
+    }
 }
 
 fn key(id: &str) -> String {
@@ -87,38 +128,43 @@ async fn look(shared: &Arc<Shared>, memory: &mut Memory) {
         if r.notify.is_empty() || memory.done.contains(&r.id) {
             continue;
         }
-        let Some(state) = final_state(r) else { continue };
+        // A callback waits for the end; a pull request is told every state.
+        if final_state(r).is_none() && r.notify.iter().all(|n| matches!(n, Notify::Callback { .. })) {
+            continue;
+        }
         let (mut told, etag) = match load(shared, &r.id).await {
             Some(t) => t,
             None => continue,
         };
         let mut changed = false;
         for (i, target) in r.notify.iter().enumerate() {
-            let already = told.targets.get(&i).is_some_and(|t| t.state == state && (t.status.is_some() || t.refused));
-            if already {
-                continue;
-            }
             let slot = (r.id.clone(), i);
-            if memory.next.get(&slot).is_some_and(|(_, at)| Instant::now() < *at) {
-                continue;
-            }
-            match tell(shared, &read, target, state).await {
-                Ok((status, refused)) => {
-                    told.targets
-                        .insert(i, Telling { state: state.into(), at: Utc::now(), status: Some(status), refused });
-                    memory.next.remove(&slot);
-                    changed = true;
+            // Each state in order, as far as the request has gone.
+            while let Some(state) = next_state(r, target, told.targets.get(&i)) {
+                if memory.next.get(&slot).is_some_and(|(_, at)| Instant::now() < *at) {
+                    break;
                 }
-                Err(after) => {
-                    let failures = memory.next.get(&slot).map_or(0, |(n, _)| *n) + 1;
-                    memory.next.insert(slot, (failures, Instant::now() + backoff(failures, after)));
+                let check_run = told.targets.get(&i).and_then(|t| t.check_run);
+                match tell(shared, &read, target, state, check_run).await {
+                    Ok((status, refused, check_run)) => {
+                        let t =
+                            Telling { state: state.into(), at: Utc::now(), status: Some(status), refused, check_run };
+                        told.targets.insert(i, t);
+                        memory.next.remove(&slot);
+                        changed = true;
+                    }
+                    Err(after) => {
+                        let failures = memory.next.get(&slot).map_or(0, |(n, _)| *n) + 1;
+                        memory.next.insert(slot.clone(), (failures, Instant::now() + backoff(failures, after)));
+                        break;
+                    }
                 }
             }
         }
         if changed && !save(shared, &r.id, &told, etag).await {
             continue;
         }
-        let all = (0..r.notify.len()).all(|i| told.targets.get(&i).is_some_and(|t| t.state == "finished"));
+        let all = (0..r.notify.len()).all(|i| told.targets.get(&i).is_some_and(|t| t.state == "finished" || t.refused));
         if all {
             memory.done.insert(r.id.clone());
         }
@@ -146,13 +192,32 @@ async fn save(shared: &Shared, id: &str, told: &Told, etag: Option<Etag>) -> boo
     store::put_checked(shared.store.as_ref(), &key(id), &body, condition).await.is_ok()
 }
 
-/// Tells `target` that `read`'s request reached `state`: the answer's status and
-/// whether it refused, or when to try again.
-async fn tell(shared: &Shared, read: &Read, target: &Notify, state: &str) -> Result<(u16, bool), Duration> {
-    let Notify::Callback { hook, url } = target;
+/// Tells `target` that `read`'s request reached `state`: the answer's status, whether
+/// it refused, and a pull request's check run; or when to try again.
+async fn tell(
+    shared: &Shared,
+    read: &Read,
+    target: &Notify,
+    state: &str,
+    check_run: Option<u64>,
+) -> Result<(u16, bool, Option<u64>), Duration> {
+    let (hook, url) = match target {
+        Notify::Callback { hook, url } => (hook, url),
+        Notify::GitHub { .. } => {
+            return match super::github::tell(shared, read, target, state, check_run).await {
+                Ok(id) => Ok((200, false, id)),
+                Err(super::github::Failed::Refused(status)) => Ok((status.as_u16(), true, check_run)),
+                Err(super::github::Failed::Later(after, why)) => {
+                    let line = format!("rehearse serve: GitHub, request {}: {why}; again later", read.request.id);
+                    eprintln!("{}", crate::sys::text::printable_text(&line)); // raw: sanitized
+                    Err(after)
+                }
+            };
+        }
+    };
     let Some(secret) = shared.hook_secrets.get(hook) else {
         // The hook is gone from the configuration: nothing can sign it.
-        return Ok((0, true));
+        return Ok((0, true, None));
     };
     let body = serde_json::to_vec(&outcome(shared, &read.request, state)).expect("an outcome serializes");
     let signature = super::hooks::signature::sign(secret, Utc::now().timestamp(), &body);
@@ -170,10 +235,27 @@ async fn tell(shared: &Shared, read: &Read, target: &Notify, state: &str) -> Res
         what: &format!("callback of hook {hook} for request {}", read.request.id),
     };
     match shared.outbound.send(shared.store.as_ref(), &call).await {
-        Outcome::Done { status, .. } => Ok((status.as_u16(), false)),
-        Outcome::Refused { status, .. } => Ok((status.as_u16(), true)),
+        Outcome::Done { status, .. } => Ok((status.as_u16(), false, None)),
+        Outcome::Refused { status, .. } => Ok((status.as_u16(), true, None)),
         Outcome::Later { after, .. } => Err(after),
     }
+}
+
+/// The report of `r`'s run, when it has one here.
+pub(crate) fn report_json(shared: &Shared, r: &Request) -> Option<crate::report::model::RunReport> {
+    let run = r.run_id()?;
+    crate::report::read_report(&crate::sys::state::run_dir(&shared.state_root, run).join("report")).ok()
+}
+
+/// `r`'s report page and its summary.md, when its run has a report.
+pub(crate) fn report_of(shared: &Shared, r: &Request) -> Option<(String, Option<String>)> {
+    let run = r.run_id()?;
+    let dir = crate::sys::state::run_dir(&shared.state_root, run).join("report");
+    if !dir.join("report.json").is_file() {
+        return None;
+    }
+    let summary = std::fs::read_to_string(dir.join("summary.md")).ok().map(|s| crate::sys::text::printable_text(&s));
+    Some((format!("{}/runs/{run}/report.html", shared.public_url.trim_end_matches('/')), summary))
 }
 
 /// What a callback says of a request: its state, verdict and exit code, the change, and

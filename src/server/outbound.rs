@@ -41,7 +41,6 @@ pub(crate) struct Call<'a> {
 
 /// How a call ended.
 #[derive(Debug)]
-#[allow(dead_code)] // the bodies: the GitHub hook's (being built)
 pub(crate) enum Outcome {
     /// Answered 2xx: its status and body.
     Done { status: StatusCode, body: Bytes },
@@ -72,7 +71,11 @@ impl Outbound {
             let outcome = self.once(call).await;
             let said = match &outcome {
                 Outcome::Done { status, .. } => format!("{}: {status}", call.what),
-                Outcome::Refused { status, .. } => format!("{}: refused, {status}", call.what),
+                Outcome::Refused { status, body } => format!(
+                    "{}: refused, {status}: {}",
+                    call.what,
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                ),
                 Outcome::Later { after, why } => {
                     format!("{}: {why}; again in {} s", call.what, after.as_secs_f64().ceil())
                 }

@@ -1,0 +1,677 @@
+//! Pull requests on GitHub: its webhook (`POST /hooks/github`, `X-Hub-Signature-256`)
+//! for `pull_request` (a labelled pull request is rehearsed, again on each push while
+//! labelled; closing it tears its dry run down) and `issue_comment` (`/rehearse
+//! [RELEASE]`, `/rehearse compare [BASELINE]`, `/rehearse up [RELEASE]`, `/rehearse
+//! down`), from the logins and teams a repository's rule names. What happens goes back
+//! through the REST API: a check run on the head commit (queued → in progress →
+//! completed, the report's summary as its output) and one comment per pull request,
+//! edited in place as the request moves. It authenticates with a token or as a GitHub
+//! App (a JWT signed with the App's key, exchanged for an installation token).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::api::ask::{self, Wanted};
+use super::api::{refusal, App, Asked};
+use super::audit::Decision;
+use super::auth::{Via, Who};
+use super::config::{GitHub as Config, Repository};
+use super::outbound::{Call, Outcome};
+use super::Shared;
+use crate::engine::requests::{self, Change, Notify, Read, Request, State as RequestState};
+use crate::engine::store::{self, Condition};
+
+/// `OWNER/NAME` by GitHub's grammar.
+pub(crate) fn valid_repo(repo: &str) -> bool {
+    let part =
+        |p: &str| !p.is_empty() && p.len() <= 100 && p.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    repo.split_once('/')
+        .is_some_and(|(o, n)| part(o) && part(n) && !n.contains('/') && o != "." && o != ".." && n != "." && n != "..")
+}
+
+/// How the server authenticates to GitHub.
+enum Auth {
+    Token(String),
+    App { id: u64, key: jsonwebtoken::EncodingKey, installation: Option<u64> },
+}
+
+/// GitHub, configured and authenticated.
+pub(crate) struct GitHub {
+    pub(crate) config: Config,
+    webhook_secret: Vec<u8>,
+    auth: Auth,
+    /// An App's installation tokens, until a little before they expire.
+    tokens: Mutex<HashMap<u64, (String, Instant)>>,
+}
+
+/// Why the GitHub section cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GitHubError {
+    #[error("{0}")]
+    File(#[from] crate::sys::secure_fs::FsError),
+    #[error("the GitHub App's private key {}: {why}", .path.display())]
+    Key { path: std::path::PathBuf, why: String },
+}
+
+impl GitHub {
+    pub(crate) fn load(config: &Config) -> Result<GitHub, GitHubError> {
+        let webhook_secret = super::auth::read_secret_file(&config.webhook_secret_file, 16)?;
+        let auth = match (&config.token_file, &config.app) {
+            (Some(t), _) => {
+                let token = super::auth::read_secret_file(t, 8)?;
+                Auth::Token(String::from_utf8_lossy(&token).trim().to_string())
+            }
+            (None, Some(app)) => {
+                let pem = super::auth::read_secret_file(&app.private_key_file, 64)?;
+                let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
+                    .map_err(|e| GitHubError::Key { path: app.private_key_file.clone(), why: e.to_string() })?;
+                Auth::App { id: app.id, key, installation: app.installation_id }
+            }
+            (None, None) => unreachable!("the configuration's check names one"),
+        };
+        Ok(GitHub { config: config.clone(), webhook_secret, auth, tokens: Mutex::default() })
+    }
+
+    /// The `Authorization` header's value for the installation `installation`.
+    async fn authorization(&self, shared: &Shared, installation: Option<u64>) -> Result<String, String> {
+        let (id, key, configured) = match &self.auth {
+            Auth::Token(t) => return Ok(format!("Bearer {t}")),
+            Auth::App { id, key, installation } => (*id, key, *installation),
+        };
+        let Some(inst) = configured.or(installation) else {
+            return Err("no installation: the event names none and github.app.installation_id is not set".into());
+        };
+        if let Some((t, until)) = self.tokens.lock().expect("not poisoned").get(&inst) {
+            if Instant::now() < *until {
+                return Ok(format!("Bearer {t}"));
+            }
+        }
+        // The App's JWT: issued a minute back (clock drift), valid nine minutes.
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({ "iat": now - 60, "exp": now + 540, "iss": id.to_string() });
+        let jwt = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, key)
+            .map_err(|e| format!("cannot sign the App's JWT: {e}"))?;
+        let call = self.call(
+            Method::POST,
+            &format!("/app/installations/{inst}/access_tokens"),
+            None,
+            &format!("Bearer {jwt}"),
+            "github: an installation token",
+        );
+        match shared.outbound.send(shared.store.as_ref(), &call).await {
+            Outcome::Done { body, .. } => {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let Some(token) = v["token"].as_str().filter(|t| !t.is_empty() && t.len() < 1024) else {
+                    return Err("GitHub's answer has no installation token".into());
+                };
+                // An hour, as GitHub gives them; renewed five minutes early.
+                let until = Instant::now() + Duration::from_secs(55 * 60);
+                self.tokens.lock().expect("not poisoned").insert(inst, (token.to_string(), until));
+                Ok(format!("Bearer {token}"))
+            }
+            Outcome::Refused { status, .. } => Err(format!("GitHub refused the installation token ({status})")),
+            Outcome::Later { why, .. } => Err(format!("no installation token now: {why}")),
+        }
+    }
+
+    fn call<'a>(&self, method: Method, path: &str, body: Option<&Value>, auth: &str, what: &'a str) -> Call<'a> {
+        let value = |v: &str| HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("-"));
+        let mut headers = vec![
+            (header::ACCEPT, HeaderValue::from_static("application/vnd.github+json")),
+            (HeaderName::from_static("x-github-api-version"), HeaderValue::from_static("2022-11-28")),
+            (header::AUTHORIZATION, value(auth)),
+        ];
+        if body.is_some() {
+            headers.push((header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        }
+        Call {
+            method,
+            url: format!("{}{path}", self.config.api_url.trim_end_matches('/')),
+            headers,
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            what,
+        }
+    }
+
+    /// One API call, authenticated.
+    async fn api(
+        &self,
+        shared: &Shared,
+        installation: Option<u64>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Value, Failed> {
+        let auth = self
+            .authorization(shared, installation)
+            .await
+            .map_err(|why| Failed::Later(Duration::from_secs(30), why))?;
+        match shared.outbound.send(shared.store.as_ref(), &self.call(method, path, body, &auth, what)).await {
+            Outcome::Done { body, .. } => Ok(serde_json::from_slice(&body).unwrap_or(Value::Null)),
+            Outcome::Refused { status, .. } => Err(Failed::Refused(status)),
+            Outcome::Later { after, why } => Err(Failed::Later(after, why)),
+        }
+    }
+}
+
+/// Why an API call did not do its work.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// Try again after this.
+    Later(Duration, String),
+    /// GitHub refused it (a 4xx): not worth trying again.
+    Refused(StatusCode),
+}
+
+/// A pull request, as an event or the API gives it.
+struct PullRequest {
+    number: u64,
+    head_sha: String,
+    head_ref: String,
+    title: String,
+    url: String,
+    author: String,
+}
+
+fn pull_request(v: &Value) -> Option<PullRequest> {
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    let head_sha = s("/head/sha").filter(|h| h.len() == 40 && h.chars().all(|c| c.is_ascii_hexdigit()))?;
+    Some(PullRequest {
+        number: v["number"].as_u64()?,
+        head_sha,
+        head_ref: s("/head/ref").unwrap_or_default(),
+        title: s("/title").unwrap_or_default().chars().filter(|c| !c.is_control()).take(256).collect(),
+        url: s("/html_url").filter(|u| requests::valid_url(u)).unwrap_or_default(),
+        author: s("/user/login").filter(|u| requests::valid_user(u)).unwrap_or_default(),
+    })
+}
+
+/// The release a pull request is, by the repository's template.
+fn release_of(template: &str, pr: &PullRequest) -> String {
+    template
+        .replace("{head_ref}", &pr.head_ref)
+        .replace("{head_sha}", &pr.head_sha)
+        .replace("{number}", &pr.number.to_string())
+}
+
+/// What a comment asks.
+#[derive(Debug, PartialEq)]
+enum Command {
+    Rehearse(Option<String>),
+    Compare(Option<String>),
+    Up(Option<String>),
+    Down,
+}
+
+/// `/rehearse …` on the comment's first line; `None` when the comment is not one, the
+/// reason when it is one rehearse does not take.
+fn command(body: &str) -> Option<Result<Command, String>> {
+    let line = body.lines().next()?.trim();
+    let rest = line.strip_prefix("/rehearse")?;
+    if !rest.is_empty() && !rest.starts_with(' ') {
+        return None;
+    }
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let version = |w: Option<&&str>| -> Result<Option<String>, String> {
+        match w {
+            None => Ok(None),
+            Some(v) if requests::valid_release(v) => Ok(Some(v.to_string())),
+            Some(v) => Err(format!(
+                "`{}` is not a release version (letters, digits and `._-+`, at most 64)",
+                v.chars().filter(|c| !c.is_control() && *c != '`').take(80).collect::<String>()
+            )),
+        }
+    };
+    let too_many = |n: usize| words.len() > n;
+    Some(match words.first().copied() {
+        None => Ok(Command::Rehearse(None)),
+        Some("compare") if !too_many(2) => version(words.get(1)).map(Command::Compare),
+        Some("up") if !too_many(2) => version(words.get(1)).map(Command::Up),
+        Some("down") if !too_many(1) => Ok(Command::Down),
+        Some(_) if !too_many(1) => version(words.first()).map(Command::Rehearse),
+        Some(_) => Err("it takes `/rehearse [RELEASE]`, `/rehearse compare [BASELINE]`, `/rehearse up [RELEASE]` or `/rehearse down`".into()),
+    })
+}
+
+/// Whether `login` may ask in `repo`: named, or a member of a team named.
+async fn allowed(shared: &Shared, gh: &GitHub, repo: &Repository, login: &str, installation: Option<u64>) -> bool {
+    if repo.users.iter().any(|u| u == login) {
+        return true;
+    }
+    for team in repo.users.iter().filter_map(|u| u.strip_prefix('@')) {
+        let Some((org, slug)) = team.split_once('/') else { continue };
+        let path = format!("/orgs/{org}/teams/{slug}/memberships/{login}");
+        if let Ok(v) =
+            gh.api(shared, installation, Method::GET, &path, None, &format!("github: is {login} in {team}")).await
+        {
+            if v["state"] == "active" {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// `POST /hooks/github`.
+pub(crate) async fn hook(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let asked = Asked { peer, method: Method::POST, path: "/hooks/github".into() };
+    let Some(gh) = app.shared.github.as_ref() else {
+        app.audit(&asked, None, Decision::Refused, "no github: section").await;
+        return refusal(StatusCode::NOT_FOUND, "this server takes no GitHub webhook");
+    };
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(e) = super::hooks::signature::verify_github(&gh.webhook_secret, text("x-hub-signature-256"), &body) {
+        app.audit(&asked, None, Decision::Refused, &format!("github: {e}")).await;
+        return refusal(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    let event = text("x-github-event").unwrap_or_default().to_string();
+    let Some(delivery) = text("x-github-delivery").filter(|d| super::hooks::valid_delivery(d)).map(str::to_string)
+    else {
+        return refusal(StatusCode::BAD_REQUEST, "no X-GitHub-Delivery");
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return refusal(StatusCode::BAD_REQUEST, "the body is not JSON");
+    };
+    if event == "ping" {
+        return Json(json!({ "pong": true })).into_response();
+    }
+    let repo_name = v.pointer("/repository/full_name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let Some(repo) = gh.config.repositories.get(&repo_name).filter(|_| valid_repo(&repo_name)) else {
+        app.audit(&asked, None, Decision::Refused, "github: not a repository this server rehearses").await;
+        return (StatusCode::ACCEPTED, Json(json!({ "ignored": "not a repository this server rehearses" })))
+            .into_response();
+    };
+    let sender = v
+        .pointer("/sender/login")
+        .and_then(Value::as_str)
+        .filter(|s| requests::valid_user(s))
+        .unwrap_or_default()
+        .to_string();
+    let installation = v.pointer("/installation/id").and_then(Value::as_u64);
+    let action = v["action"].as_str().unwrap_or_default().to_string();
+    let ctx = Ctx {
+        app: &app,
+        gh,
+        repo,
+        repo_name: &repo_name,
+        asked: &asked,
+        sender: &sender,
+        installation,
+        delivery: &delivery,
+    };
+    match (event.as_str(), action.as_str()) {
+        ("pull_request", "closed") => {
+            let Some(pr) = pull_request(&v["pull_request"]) else {
+                return refusal(StatusCode::BAD_REQUEST, "no pull request");
+            };
+            ctx.tear_down(pr.number).await
+        }
+        ("pull_request", "labeled" | "synchronize" | "opened" | "reopened") => {
+            let Some(pr) = pull_request(&v["pull_request"]) else {
+                return refusal(StatusCode::BAD_REQUEST, "no pull request");
+            };
+            let labelled = v
+                .pointer("/pull_request/labels")
+                .and_then(Value::as_array)
+                .is_some_and(|ls| ls.iter().any(|l| l["name"] == repo.label.as_str()));
+            let this_label =
+                action != "labeled" || v.pointer("/label/name").and_then(Value::as_str) == Some(repo.label.as_str());
+            if !labelled || !this_label {
+                return (StatusCode::ACCEPTED, Json(json!({ "ignored": "not labelled for a rehearsal" })))
+                    .into_response();
+            }
+            let release = release_of(&repo.release, &pr);
+            ctx.ask(&pr, Command::Rehearse(Some(release)), "the label").await
+        }
+        ("issue_comment", "created") => {
+            if v.pointer("/issue/pull_request").is_none() {
+                return (StatusCode::ACCEPTED, Json(json!({ "ignored": "not a pull request's comment" })))
+                    .into_response();
+            }
+            let Some(number) = v.pointer("/issue/number").and_then(Value::as_u64) else {
+                return refusal(StatusCode::BAD_REQUEST, "no issue number");
+            };
+            let body = v.pointer("/comment/body").and_then(Value::as_str).unwrap_or_default();
+            let cmd = match command(body) {
+                None => {
+                    return (StatusCode::ACCEPTED, Json(json!({ "ignored": "not a /rehearse command" })))
+                        .into_response()
+                }
+                Some(Err(why)) => return ctx.refuse_replying(number, StatusCode::BAD_REQUEST, &why).await,
+                Some(Ok(c)) => c,
+            };
+            if cmd == Command::Down {
+                if !allowed(&app.shared, gh, repo, &sender, installation).await {
+                    let why = format!(
+                        "@{sender} may not `/rehearse down` in {repo_name} (github.repositories.{repo_name}.users)"
+                    );
+                    return ctx.refuse_replying(number, StatusCode::FORBIDDEN, &why).await;
+                }
+                return ctx.tear_down(number).await;
+            }
+            // The pull request's head, from the API (a comment's event does not carry it).
+            let path = format!("/repos/{repo_name}/pulls/{number}");
+            let pr = match gh
+                .api(&app.shared, installation, Method::GET, &path, None, &format!("github: {repo_name}#{number}"))
+                .await
+            {
+                Ok(v) => pull_request(&v),
+                Err(_) => None,
+            };
+            let Some(pr) = pr else {
+                return ctx
+                    .refuse_replying(
+                        number,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot read the pull request from GitHub",
+                    )
+                    .await;
+            };
+            ctx.ask(&pr, cmd, "a comment").await
+        }
+        _ => (StatusCode::ACCEPTED, Json(json!({ "ignored": format!("{event} {action}") }))).into_response(),
+    }
+}
+
+/// One delivery's context.
+struct Ctx<'a> {
+    app: &'a App,
+    gh: &'a GitHub,
+    repo: &'a Repository,
+    repo_name: &'a str,
+    asked: &'a Asked,
+    sender: &'a str,
+    installation: Option<u64>,
+    delivery: &'a str,
+}
+
+impl Ctx<'_> {
+    /// Refuses (audited) and says why on the pull request.
+    async fn refuse_replying(&self, number: u64, status: StatusCode, why: &str) -> Response {
+        let who = Who {
+            user: if self.sender.is_empty() { "github".into() } else { self.sender.to_string() },
+            via: Via::Token,
+        };
+        let text = format!("rehearse: {why}");
+        let path = format!("/repos/{}/issues/{number}/comments", self.repo_name);
+        let body = json!({ "body": text });
+        // Told or not, the refusal stands; the audit log has both.
+        let _replied = self
+            .gh
+            .api(
+                &self.app.shared,
+                self.installation,
+                Method::POST,
+                &path,
+                Some(&body),
+                &format!("github: a reply on {}#{number}", self.repo_name),
+            )
+            .await;
+        self.app.refuse(self.asked, &who, status, format!("github: {why}")).await
+    }
+
+    async fn ask(&self, pr: &PullRequest, cmd: Command, by: &str) -> Response {
+        let (app, repo) = (self.app, self.repo);
+        if !allowed(&app.shared, self.gh, repo, self.sender, self.installation).await {
+            let what = match &cmd {
+                Command::Rehearse(_) => "rehearse",
+                Command::Compare(_) => "`/rehearse compare`",
+                Command::Up(_) => "`/rehearse up`",
+                Command::Down => "`/rehearse down`",
+            };
+            let why = format!(
+                "@{} may not ask for {what} in {} (github.repositories.{}.users)",
+                self.sender, self.repo_name, self.repo_name
+            );
+            return self.refuse_replying(pr.number, StatusCode::FORBIDDEN, &why).await;
+        }
+        let head = release_of(&repo.release, pr);
+        let baseline_default = repo.baseline.clone();
+        let (wanted_release, wanted_baseline, keep) = match cmd {
+            Command::Rehearse(r) => (r.unwrap_or(head), None, false),
+            Command::Up(r) => (r.unwrap_or(head), None, true),
+            Command::Compare(b) => match b.or(baseline_default) {
+                Some(b) => (head, Some(b), false),
+                None => {
+                    let why = "`/rehearse compare` needs a baseline: `/rehearse compare RELEASE`, or `baseline:` in the repository's rule";
+                    return self.refuse_replying(pr.number, StatusCode::BAD_REQUEST, why).await;
+                }
+            },
+            Command::Down => unreachable!("handled before"),
+        };
+        let wanted = match (&wanted_baseline, keep) {
+            (Some(b), _) => Wanted::Compare { baseline: b, candidate: &wanted_release },
+            (None, true) => Wanted::DryRun { release: &wanted_release, ttl: None },
+            (None, false) => Wanted::Rehearse { release: &wanted_release },
+        };
+        let ask = match ask::decide(app, self.sender, &repo.environment, wanted) {
+            Ok(a) => a,
+            Err((status, why)) => return self.refuse_replying(pr.number, status, &why).await,
+        };
+        let who = Who { user: self.sender.to_string(), via: Via::Token };
+        let mut request = Request::new(self.sender, &repo.environment, ask);
+        request.notify.push(Notify::GitHub {
+            repo: self.repo_name.to_string(),
+            pull_request: pr.number,
+            head_sha: pr.head_sha.clone(),
+            installation: self.installation,
+        });
+        request.change = Some(Change {
+            commit: Some(pr.head_sha.clone()),
+            author: Some(pr.author.clone()).filter(|a| !a.is_empty()),
+            pull_request: Some(pr.number),
+            title: Some(pr.title.clone()).filter(|t| !t.is_empty()),
+            url: Some(pr.url.clone()).filter(|u| !u.is_empty()),
+        });
+        if let Err(r) = ask::within_limit(app, self.asked, &who, &request.environment).await {
+            return r;
+        }
+        if let Err(earlier) = super::hooks::first_delivery(app, "github", self.delivery, &request.id).await {
+            let why =
+                format!("delivery {} was received before: request {}", self.delivery, earlier.unwrap_or_default());
+            app.audit(self.asked, Some(&who.user), Decision::Refused, &format!("github: {why}")).await;
+            return (StatusCode::CONFLICT, Json(json!({ "error": why }))).into_response();
+        }
+        app.audit(
+            self.asked,
+            Some(&who.user),
+            Decision::Allowed,
+            &format!("github: {}#{} by {by}", self.repo_name, pr.number),
+        )
+        .await;
+        ask::accept(app, self.asked, &who, request, true).await
+    }
+
+    /// Tears down the pull request's kept dry runs (it was closed, or `/rehearse down`).
+    async fn tear_down(&self, number: u64) -> Response {
+        let app = self.app;
+        let Ok((found, _)) = requests::list_known(app.shared.store.as_ref(), &app.shared.finished).await else {
+            return refusal(StatusCode::SERVICE_UNAVAILABLE, "cannot read the requests");
+        };
+        let mut destroyed = Vec::new();
+        for read in found {
+            let ours = read.request.notify.iter().any(|n| {
+                matches!(n, Notify::GitHub { repo, pull_request, .. } if repo == self.repo_name && *pull_request == number)
+            });
+            if ours && matches!(read.request.state, RequestState::Kept { .. }) {
+                let id = read.request.id.clone();
+                let why = format!("{}#{number} closed or `/rehearse down`", self.repo_name);
+                if super::kept::destroy(&app.shared, read, why, &app.shared.signals) {
+                    destroyed.push(id);
+                }
+            }
+        }
+        app.audit(
+            self.asked,
+            Some(self.sender).filter(|s| !s.is_empty()),
+            Decision::Allowed,
+            &format!("github: tear down the dry runs of {}#{number}: {destroyed:?}", self.repo_name),
+        )
+        .await;
+        (StatusCode::ACCEPTED, Json(json!({ "destroying": destroyed }))).into_response()
+    }
+}
+
+/// Where one pull request's comment is (`github/OWNER/NAME/PR.json`).
+fn comment_key(repo: &str, number: u64) -> String {
+    format!("github/{repo}/{number}.json")
+}
+
+/// Brings the request's check run and the pull request's comment to `state`; the check
+/// run's id, or why not now.
+pub(crate) async fn tell(
+    shared: &Shared,
+    read: &Read,
+    target: &Notify,
+    state: &str,
+    check_run: Option<u64>,
+) -> Result<Option<u64>, Failed> {
+    let Notify::GitHub { repo, pull_request, head_sha, installation } = target else { return Ok(check_run) };
+    let Some(gh) = shared.github.as_ref() else { return Err(Failed::Refused(StatusCode::NOT_FOUND)) };
+    let r = &read.request;
+    let base = shared.public_url.trim_end_matches('/');
+    let page = format!("{base}/requests/{}", r.id);
+    let report = crate::server::notify::report_of(shared, r);
+    // The check run.
+    let (status, conclusion) = match (&r.state, state) {
+        (_, "queued") => ("queued", None),
+        (_, "running") => ("in_progress", None),
+        (RequestState::Kept { verdict, .. }, _) | (RequestState::Finished { verdict: Some(verdict), .. }, _) => {
+            ("completed", Some(if *verdict == crate::report::model::Verdict::Passed { "success" } else { "failure" }))
+        }
+        _ => ("completed", Some("failure")),
+    };
+    let details = report.as_ref().map(|(url, _)| url.clone()).unwrap_or_else(|| page.clone());
+    let mut body = json!({ "name": "rehearse", "head_sha": head_sha, "status": status, "details_url": details, "external_id": r.id });
+    if let Some(c) = conclusion {
+        body["conclusion"] = json!(c);
+        body["completed_at"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let summary = report.as_ref().and_then(|(_, s)| s.clone()).unwrap_or_else(|| comment(shared, r, state));
+        let title = headline(r);
+        body["output"] = json!({ "title": title, "summary": summary.chars().take(60_000).collect::<String>() });
+    }
+    let what = format!("github: check run of request {} on {repo}", r.id);
+    let check_run = match check_run {
+        None => {
+            let v = gh
+                .api(shared, *installation, Method::POST, &format!("/repos/{repo}/check-runs"), Some(&body), &what)
+                .await?;
+            v["id"].as_u64()
+        }
+        Some(id) => {
+            gh.api(shared, *installation, Method::PATCH, &format!("/repos/{repo}/check-runs/{id}"), Some(&body), &what)
+                .await?;
+            Some(id)
+        }
+    };
+    // The one comment of the pull request, edited in place.
+    let text = comment(shared, r, state);
+    let key = comment_key(repo, *pull_request);
+    let known = store::retrying(|| shared.store.get(&key)).await.ok().flatten();
+    let comment_id =
+        known.as_ref().and_then(|o| serde_json::from_slice::<Value>(&o.body).ok()).and_then(|v| v["comment"].as_u64());
+    let what = format!("github: the comment on {repo}#{pull_request}");
+    match comment_id {
+        Some(id) => {
+            gh.api(
+                shared,
+                *installation,
+                Method::PATCH,
+                &format!("/repos/{repo}/issues/comments/{id}"),
+                Some(&json!({ "body": text })),
+                &what,
+            )
+            .await?;
+        }
+        None => {
+            let v = gh
+                .api(
+                    shared,
+                    *installation,
+                    Method::POST,
+                    &format!("/repos/{repo}/issues/{pull_request}/comments"),
+                    Some(&json!({ "body": text })),
+                    &what,
+                )
+                .await?;
+            if let Some(id) = v["id"].as_u64() {
+                let record = serde_json::to_vec(&json!({ "comment": id })).expect("serializes");
+                // Two posts at once: the second's comment is edited from now on by nobody.
+                let _kept = store::put_checked(shared.store.as_ref(), &key, &record, Condition::Absent).await;
+            }
+        }
+    }
+    Ok(check_run)
+}
+
+/// "demo · v3 — failed".
+fn headline(r: &Request) -> String {
+    let what = match &r.ask {
+        requests::Ask::Compare { baseline, candidate } => format!("{} · {candidate} against {baseline}", r.environment),
+        requests::Ask::DryRun { release, .. } => format!("{} · {release} (dry run)", r.environment),
+        requests::Ask::Rehearse { release } => format!("{} · {release}", r.environment),
+    };
+    let state = match &r.state {
+        RequestState::Queued => "queued".to_string(),
+        RequestState::Running { .. } => "building…".to_string(),
+        RequestState::Kept { verdict, .. } => format!("{}, kept", verdict.as_str()),
+        RequestState::Finished { verdict: Some(v), .. } => v.as_str().to_string(),
+        RequestState::Finished { .. } => "error".to_string(),
+    };
+    format!("{what} — {state}")
+}
+
+/// The pull request's comment for `r` at `state`.
+fn comment(shared: &Shared, r: &Request, state: &str) -> String {
+    let base = shared.public_url.trim_end_matches('/');
+    let mut out = format!("### rehearse: {}\n\n", headline(r));
+    out.push_str(&format!("Request [{}]({base}/requests/{})", r.id, r.id));
+    if let Some(c) = r.change.as_ref().and_then(|c| c.commit.as_ref()) {
+        out.push_str(&format!(" · commit `{}`", &c[..c.len().min(12)]));
+    }
+    out.push('\n');
+    if state == "queued" || state == "running" {
+        out.push_str("\nBuilding a copy of production and rehearsing the release…\n");
+        return out;
+    }
+    if let Some(report) = crate::server::notify::report_json(shared, r) {
+        if let Some(f) = &report.failure {
+            out.push_str(&format!("\n**Failed:** {} — {}\n", f.resource.as_deref().unwrap_or(&f.phase), f.message));
+        } else if let Some(reason) = &report.reason {
+            out.push_str(&format!("\n**Why:** {reason}\n"));
+        }
+        let migration: u64 = report.steps.iter().filter(|s| s.action == "install").map(|s| s.duration_ms).sum();
+        if migration > 0 {
+            out.push_str(&format!("\n**Migration on production's data:** {migration} ms\n"));
+        }
+        out.push_str(&format!("\n[report]({base}/runs/{}/report.html)\n", report.run_id));
+    } else if let RequestState::Finished { error: Some(e), .. } = &r.state {
+        out.push_str(&format!("\n**Why:** {e}\n"));
+    }
+    if let RequestState::Finished { comparison: Some(c), .. } = &r.state {
+        out.push_str(&format!("\n**Compare:** [{base}/compares/{c}/compare.html]({base}/compares/{c}/compare.html)\n"));
+    }
+    if let RequestState::Kept { expires_at, .. } = &r.state {
+        out.push_str(&format!(
+            "\nKept until {} for @{}; closing the pull request (or `/rehearse down`) destroys it.\n",
+            expires_at.format("%Y-%m-%d %H:%M UTC"),
+            r.user
+        ));
+    }
+    out
+}
