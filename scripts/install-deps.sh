@@ -90,6 +90,10 @@ if [ "$want_emulator" -eq 1 ]; then
     echo "install-deps: installing Chromium (Debian package chromium) for the report's browser test"
     apt_install chromium
   fi
+  if ! command -v openssl >/dev/null 2>&1; then
+    echo "install-deps: installing openssl (Debian package openssl): the GitHub App tests' RSA keys"
+    apt_install openssl
+  fi
   if ! command -v git >/dev/null 2>&1; then
     echo "install-deps: installing git (Debian package git): the server's descriptions from a checkout"
     apt_install git

@@ -26,6 +26,7 @@ mod compare;
 mod fault_scenarios;
 mod first_run;
 mod fuzz_validate;
+mod github;
 mod hooks;
 mod iam_policy;
 mod journal_damage;

@@ -8,14 +8,17 @@
 //! edited in place as the request moves. It authenticates with a token or as a GitHub
 //! App (a JWT signed with the App's key, exchanged for an installation token).
 
-use std::collections::HashMap;
+mod client;
+mod report;
+
+pub(crate) use client::{Failed, GitHub, GitHubError};
+pub(crate) use report::tell;
+
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -24,11 +27,9 @@ use super::api::ask::{self, Wanted};
 use super::api::{refusal, App, Asked};
 use super::audit::Decision;
 use super::auth::{Via, Who};
-use super::config::{GitHub as Config, Repository};
-use super::outbound::{Call, Outcome};
+use super::config::Repository;
 use super::Shared;
-use crate::engine::requests::{self, Change, Notify, Read, Request, State as RequestState};
-use crate::engine::store::{self, Condition};
+use crate::engine::requests::{self, Change, Notify, Request, State as RequestState};
 
 /// `OWNER/NAME` by GitHub's grammar.
 pub(crate) fn valid_repo(repo: &str) -> bool {
@@ -36,141 +37,6 @@ pub(crate) fn valid_repo(repo: &str) -> bool {
         |p: &str| !p.is_empty() && p.len() <= 100 && p.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     repo.split_once('/')
         .is_some_and(|(o, n)| part(o) && part(n) && !n.contains('/') && o != "." && o != ".." && n != "." && n != "..")
-}
-
-/// How the server authenticates to GitHub.
-enum Auth {
-    Token(String),
-    App { id: u64, key: jsonwebtoken::EncodingKey, installation: Option<u64> },
-}
-
-/// GitHub, configured and authenticated.
-pub(crate) struct GitHub {
-    pub(crate) config: Config,
-    webhook_secret: Vec<u8>,
-    auth: Auth,
-    /// An App's installation tokens, until a little before they expire.
-    tokens: Mutex<HashMap<u64, (String, Instant)>>,
-}
-
-/// Why the GitHub section cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum GitHubError {
-    #[error("{0}")]
-    File(#[from] crate::sys::secure_fs::FsError),
-    #[error("the GitHub App's private key {}: {why}", .path.display())]
-    Key { path: std::path::PathBuf, why: String },
-}
-
-impl GitHub {
-    pub(crate) fn load(config: &Config) -> Result<GitHub, GitHubError> {
-        let webhook_secret = super::auth::read_secret_file(&config.webhook_secret_file, 16)?;
-        let auth = match (&config.token_file, &config.app) {
-            (Some(t), _) => {
-                let token = super::auth::read_secret_file(t, 8)?;
-                Auth::Token(String::from_utf8_lossy(&token).trim().to_string())
-            }
-            (None, Some(app)) => {
-                let pem = super::auth::read_secret_file(&app.private_key_file, 64)?;
-                let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
-                    .map_err(|e| GitHubError::Key { path: app.private_key_file.clone(), why: e.to_string() })?;
-                Auth::App { id: app.id, key, installation: app.installation_id }
-            }
-            (None, None) => unreachable!("the configuration's check names one"),
-        };
-        Ok(GitHub { config: config.clone(), webhook_secret, auth, tokens: Mutex::default() })
-    }
-
-    /// The `Authorization` header's value for the installation `installation`.
-    async fn authorization(&self, shared: &Shared, installation: Option<u64>) -> Result<String, String> {
-        let (id, key, configured) = match &self.auth {
-            Auth::Token(t) => return Ok(format!("Bearer {t}")),
-            Auth::App { id, key, installation } => (*id, key, *installation),
-        };
-        let Some(inst) = configured.or(installation) else {
-            return Err("no installation: the event names none and github.app.installation_id is not set".into());
-        };
-        if let Some((t, until)) = self.tokens.lock().expect("not poisoned").get(&inst) {
-            if Instant::now() < *until {
-                return Ok(format!("Bearer {t}"));
-            }
-        }
-        // The App's JWT: issued a minute back (clock drift), valid nine minutes.
-        let now = chrono::Utc::now().timestamp();
-        let claims = json!({ "iat": now - 60, "exp": now + 540, "iss": id.to_string() });
-        let jwt = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, key)
-            .map_err(|e| format!("cannot sign the App's JWT: {e}"))?;
-        let call = self.call(
-            Method::POST,
-            &format!("/app/installations/{inst}/access_tokens"),
-            None,
-            &format!("Bearer {jwt}"),
-            "github: an installation token",
-        );
-        match shared.outbound.send(shared.store.as_ref(), &call).await {
-            Outcome::Done { body, .. } => {
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let Some(token) = v["token"].as_str().filter(|t| !t.is_empty() && t.len() < 1024) else {
-                    return Err("GitHub's answer has no installation token".into());
-                };
-                // An hour, as GitHub gives them; renewed five minutes early.
-                let until = Instant::now() + Duration::from_secs(55 * 60);
-                self.tokens.lock().expect("not poisoned").insert(inst, (token.to_string(), until));
-                Ok(format!("Bearer {token}"))
-            }
-            Outcome::Refused { status, .. } => Err(format!("GitHub refused the installation token ({status})")),
-            Outcome::Later { why, .. } => Err(format!("no installation token now: {why}")),
-        }
-    }
-
-    fn call<'a>(&self, method: Method, path: &str, body: Option<&Value>, auth: &str, what: &'a str) -> Call<'a> {
-        let value = |v: &str| HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("-"));
-        let mut headers = vec![
-            (header::ACCEPT, HeaderValue::from_static("application/vnd.github+json")),
-            (HeaderName::from_static("x-github-api-version"), HeaderValue::from_static("2022-11-28")),
-            (header::AUTHORIZATION, value(auth)),
-        ];
-        if body.is_some() {
-            headers.push((header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
-        }
-        Call {
-            method,
-            url: format!("{}{path}", self.config.api_url.trim_end_matches('/')),
-            headers,
-            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
-            what,
-        }
-    }
-
-    /// One API call, authenticated.
-    async fn api(
-        &self,
-        shared: &Shared,
-        installation: Option<u64>,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        what: &str,
-    ) -> Result<Value, Failed> {
-        let auth = self
-            .authorization(shared, installation)
-            .await
-            .map_err(|why| Failed::Later(Duration::from_secs(30), why))?;
-        match shared.outbound.send(shared.store.as_ref(), &self.call(method, path, body, &auth, what)).await {
-            Outcome::Done { body, .. } => Ok(serde_json::from_slice(&body).unwrap_or(Value::Null)),
-            Outcome::Refused { status, .. } => Err(Failed::Refused(status)),
-            Outcome::Later { after, why } => Err(Failed::Later(after, why)),
-        }
-    }
-}
-
-/// Why an API call did not do its work.
-#[derive(Debug)]
-pub(crate) enum Failed {
-    /// Try again after this.
-    Later(Duration, String),
-    /// GitHub refused it (a 4xx): not worth trying again.
-    Refused(StatusCode),
 }
 
 /// A pull request, as an event or the API gives it.
@@ -525,153 +391,4 @@ impl Ctx<'_> {
         .await;
         (StatusCode::ACCEPTED, Json(json!({ "destroying": destroyed }))).into_response()
     }
-}
-
-/// Where one pull request's comment is (`github/OWNER/NAME/PR.json`).
-fn comment_key(repo: &str, number: u64) -> String {
-    format!("github/{repo}/{number}.json")
-}
-
-/// Brings the request's check run and the pull request's comment to `state`; the check
-/// run's id, or why not now.
-pub(crate) async fn tell(
-    shared: &Shared,
-    read: &Read,
-    target: &Notify,
-    state: &str,
-    check_run: Option<u64>,
-) -> Result<Option<u64>, Failed> {
-    let Notify::GitHub { repo, pull_request, head_sha, installation } = target else { return Ok(check_run) };
-    let Some(gh) = shared.github.as_ref() else { return Err(Failed::Refused(StatusCode::NOT_FOUND)) };
-    let r = &read.request;
-    let base = shared.public_url.trim_end_matches('/');
-    let page = format!("{base}/requests/{}", r.id);
-    let report = crate::server::notify::report_of(shared, r);
-    // The check run.
-    let (status, conclusion) = match (&r.state, state) {
-        (_, "queued") => ("queued", None),
-        (_, "running") => ("in_progress", None),
-        (RequestState::Kept { verdict, .. }, _) | (RequestState::Finished { verdict: Some(verdict), .. }, _) => {
-            ("completed", Some(if *verdict == crate::report::model::Verdict::Passed { "success" } else { "failure" }))
-        }
-        _ => ("completed", Some("failure")),
-    };
-    let details = report.as_ref().map(|(url, _)| url.clone()).unwrap_or_else(|| page.clone());
-    let mut body = json!({ "name": "rehearse", "head_sha": head_sha, "status": status, "details_url": details, "external_id": r.id });
-    if let Some(c) = conclusion {
-        body["conclusion"] = json!(c);
-        body["completed_at"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        let summary = report.as_ref().and_then(|(_, s)| s.clone()).unwrap_or_else(|| comment(shared, r, state));
-        let title = headline(r);
-        body["output"] = json!({ "title": title, "summary": summary.chars().take(60_000).collect::<String>() });
-    }
-    let what = format!("github: check run of request {} on {repo}", r.id);
-    let check_run = match check_run {
-        None => {
-            let v = gh
-                .api(shared, *installation, Method::POST, &format!("/repos/{repo}/check-runs"), Some(&body), &what)
-                .await?;
-            v["id"].as_u64()
-        }
-        Some(id) => {
-            gh.api(shared, *installation, Method::PATCH, &format!("/repos/{repo}/check-runs/{id}"), Some(&body), &what)
-                .await?;
-            Some(id)
-        }
-    };
-    // The one comment of the pull request, edited in place.
-    let text = comment(shared, r, state);
-    let key = comment_key(repo, *pull_request);
-    let known = store::retrying(|| shared.store.get(&key)).await.ok().flatten();
-    let comment_id =
-        known.as_ref().and_then(|o| serde_json::from_slice::<Value>(&o.body).ok()).and_then(|v| v["comment"].as_u64());
-    let what = format!("github: the comment on {repo}#{pull_request}");
-    match comment_id {
-        Some(id) => {
-            gh.api(
-                shared,
-                *installation,
-                Method::PATCH,
-                &format!("/repos/{repo}/issues/comments/{id}"),
-                Some(&json!({ "body": text })),
-                &what,
-            )
-            .await?;
-        }
-        None => {
-            let v = gh
-                .api(
-                    shared,
-                    *installation,
-                    Method::POST,
-                    &format!("/repos/{repo}/issues/{pull_request}/comments"),
-                    Some(&json!({ "body": text })),
-                    &what,
-                )
-                .await?;
-            if let Some(id) = v["id"].as_u64() {
-                let record = serde_json::to_vec(&json!({ "comment": id })).expect("serializes");
-                // Two posts at once: the second's comment is edited from now on by nobody.
-                let _kept = store::put_checked(shared.store.as_ref(), &key, &record, Condition::Absent).await;
-            }
-        }
-    }
-    Ok(check_run)
-}
-
-/// "demo · v3 — failed".
-fn headline(r: &Request) -> String {
-    let what = match &r.ask {
-        requests::Ask::Compare { baseline, candidate } => format!("{} · {candidate} against {baseline}", r.environment),
-        requests::Ask::DryRun { release, .. } => format!("{} · {release} (dry run)", r.environment),
-        requests::Ask::Rehearse { release } => format!("{} · {release}", r.environment),
-    };
-    let state = match &r.state {
-        RequestState::Queued => "queued".to_string(),
-        RequestState::Running { .. } => "building…".to_string(),
-        RequestState::Kept { verdict, .. } => format!("{}, kept", verdict.as_str()),
-        RequestState::Finished { verdict: Some(v), .. } => v.as_str().to_string(),
-        RequestState::Finished { .. } => "error".to_string(),
-    };
-    format!("{what} — {state}")
-}
-
-/// The pull request's comment for `r` at `state`.
-fn comment(shared: &Shared, r: &Request, state: &str) -> String {
-    let base = shared.public_url.trim_end_matches('/');
-    let mut out = format!("### rehearse: {}\n\n", headline(r));
-    out.push_str(&format!("Request [{}]({base}/requests/{})", r.id, r.id));
-    if let Some(c) = r.change.as_ref().and_then(|c| c.commit.as_ref()) {
-        out.push_str(&format!(" · commit `{}`", &c[..c.len().min(12)]));
-    }
-    out.push('\n');
-    if state == "queued" || state == "running" {
-        out.push_str("\nBuilding a copy of production and rehearsing the release…\n");
-        return out;
-    }
-    if let Some(report) = crate::server::notify::report_json(shared, r) {
-        if let Some(f) = &report.failure {
-            out.push_str(&format!("\n**Failed:** {} — {}\n", f.resource.as_deref().unwrap_or(&f.phase), f.message));
-        } else if let Some(reason) = &report.reason {
-            out.push_str(&format!("\n**Why:** {reason}\n"));
-        }
-        let migration: u64 = report.steps.iter().filter(|s| s.action == "install").map(|s| s.duration_ms).sum();
-        if migration > 0 {
-            out.push_str(&format!("\n**Migration on production's data:** {migration} ms\n"));
-        }
-        out.push_str(&format!("\n[report]({base}/runs/{}/report.html)\n", report.run_id));
-    } else if let RequestState::Finished { error: Some(e), .. } = &r.state {
-        out.push_str(&format!("\n**Why:** {e}\n"));
-    }
-    if let RequestState::Finished { comparison: Some(c), .. } = &r.state {
-        out.push_str(&format!("\n**Compare:** [{base}/compares/{c}/compare.html]({base}/compares/{c}/compare.html)\n"));
-    }
-    if let RequestState::Kept { expires_at, .. } = &r.state {
-        out.push_str(&format!(
-            "\nKept until {} for @{}; closing the pull request (or `/rehearse down`) destroys it.\n",
-            expires_at.format("%Y-%m-%d %H:%M UTC"),
-            r.user
-        ));
-    }
-    out
 }
