@@ -51,6 +51,7 @@ fn options(
         shared,
         stage: None,
         pins: Default::default(),
+        change: None,
     }
 }
 

@@ -20,6 +20,7 @@ mod view;
 
 pub use files::{read_report, write_all, ReadReportError, ReportFiles};
 pub use terminal::terminal_summary;
+pub use view::change_line;
 
 #[cfg(test)]
 mod tests;

@@ -45,6 +45,7 @@ fn options(dir: &Path, run_id: &str) -> Options {
         shared: None,
         stage: None,
         pins: Default::default(),
+        change: None,
     }
 }
 

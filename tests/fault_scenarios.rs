@@ -84,6 +84,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             shared: Some(s3.clone()),
             stage: None,
             pins: Default::default(),
+            change: None,
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -322,6 +323,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             shared: None,
             stage: None,
             pins: Default::default(),
+            change: None,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -443,6 +445,7 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
                 shared: Some(self.s3.clone()),
                 stage: Some(spec.run("staging")),
                 pins: Default::default(),
+                change: None,
             };
             let failed = |verdict, reason: String| Built {
                 verdict,

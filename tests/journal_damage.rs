@@ -107,6 +107,7 @@ fn demo_run(dir: &Path, run_id: &str) -> (description::Loaded, Options) {
         shared: None,
         stage: None,
         pins: Default::default(),
+        change: None,
     };
     (loaded, opts)
 }

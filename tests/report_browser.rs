@@ -215,6 +215,7 @@ fn realistic() -> RunReport {
         total_ms: 1_200_000,
         overhead_ms: 2_300,
         access: None,
+        change: None,
     }
 }
 

@@ -47,6 +47,7 @@ fn build_failed() -> RunReport {
         total_ms: 95_000,
         overhead_ms: 300,
         access: None,
+        change: None,
     }
 }
 

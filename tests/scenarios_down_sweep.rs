@@ -62,6 +62,7 @@ async fn killed_run(cloud: &FakeCloud, seed: u64, loaded: &description::Loaded, 
         shared: None,
         stage: None,
         pins: Default::default(),
+        change: None,
     };
     let signals = Signals::none();
     let run = Box::pin(lifecycle::run(&p, loaded, &opts, &Silent, &signals));

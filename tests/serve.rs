@@ -504,9 +504,31 @@ fn the_cli_pointed_at_a_server_rehearses_keeps_extends_and_destroys_with_a_token
             .output()
             .unwrap()
     };
-    let ok = ask(&token, "demo", &url);
+    // As a GitHub Actions job asks it: the change from its variables goes with it.
+    let ok = sb
+        .cmd()
+        .args(["request", "demo", "--release", "v2", "--server", &url])
+        .env("REHEARSE_TOKEN", &token)
+        .env("GITHUB_SHA", "9fceb02d0ae598e95dc970b74767f19372d61af8")
+        .env("GITHUB_ACTOR", "alice")
+        .env("GITHUB_REF", "refs/pull/12/merge")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&ok.stderr);
     assert_eq!(ok.status.code(), Some(0), "{err}");
+    let id = err.split_whitespace().find(|w| w.starts_with("q-")).unwrap().trim_end_matches(':').to_string();
+    let record =
+        http(server.addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "alice")], "").json();
+    assert_eq!(record["change"]["pull_request"], 12, "{record}");
+    let run = record["state"]["run_id"].as_str().unwrap();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.report_dir(run).join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["change"]["commit"], "9fceb02d0ae598e95dc970b74767f19372d61af8", "{report}");
+    let summary = std::fs::read_to_string(sb.report_dir(run).join("summary.md")).unwrap();
+    assert!(summary.contains("Change: #12 · commit 9fceb02d0ae5 by alice"), "{summary}");
+    let page = http(server.addr, "GET", &format!("/requests/{id}"), &[("X-Forwarded-User", "bob")], "").body;
+    assert!(page.contains("Change: #12 · commit 9fceb02d0ae5 by alice"), "{page}");
     for line in ["accepted: demo release v2", "database.db restore", "suite.smoke suite", ": passed (exit 0)"] {
         assert!(err.contains(line), "no `{line}` in:\n{err}");
     }

@@ -136,6 +136,7 @@ fn forged_report() -> RunReport {
         },
         total_ms: 95_000,
         overhead_ms: 300,
+        change: None,
         access: Some(Access {
             expires_at: t0,
             logs_dir: format!("/logs{EVIL}"),

@@ -104,6 +104,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             pins,
             psql: crate::providers::psql(),
             exit_code,
+            change: super::edge::run::change_from_ci(),
         };
         let edge = Cli { g, loaded: &loaded, locks, lease, reporter, signals };
         let outcome = engine_compare::compare(&loaded, &spec, &opts, &edge, signals).await;

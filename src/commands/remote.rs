@@ -151,6 +151,11 @@ fn ask(server: &str, what: Ask<'_>) -> i32 {
                 format!("{env}: {candidate} against {baseline}"),
             ),
         };
+        // The change CI says it is, for the run's pages and report.
+        let mut body = body;
+        if let Some(change) = super::edge::run::change_from_ci() {
+            body["change"] = serde_json::to_value(change).unwrap_or_default();
+        }
         let id = match remote.ask(path, &body).await {
             Ok(id) => id,
             Err(e) => return failed(&e),

@@ -48,6 +48,8 @@ pub struct CompareOptions {
     pub psql: Psql,
     /// A run's exit code for its verdict and leftovers (see [`Options::exit_code`]).
     pub exit_code: fn(crate::report::model::Verdict, usize) -> i32,
+    /// The change compared (the candidate's), when known: recorded in compare.json.
+    pub change: Option<crate::report::model::Change>,
 }
 
 /// What the caller does for the comparison: what needs a provider (one a side: a
@@ -165,6 +167,7 @@ pub async fn compare(
         shared: opts.shared.clone(),
         stage: None,
         pins: opts.pins.clone(),
+        change: opts.change.clone(),
     };
     let (ob, oc) = (options(&opts.baseline), options(&opts.candidate));
     let ((rb, cb), (rc, cc)) = tokio::join!(edge.rehearse(&ob), edge.rehearse(&oc));
@@ -370,6 +373,7 @@ fn judged(
         verdicts,
         score,
         reason,
+        change: opts.change.clone(),
     }
 }
 
@@ -484,6 +488,7 @@ mod tests {
             shared: None,
             stage: None,
             pins: Pins::default(),
+            change: None,
         };
         let (candidate, kept) = side("v3", &o, &outcome, 3);
         assert!(kept.is_none());

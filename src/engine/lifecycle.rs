@@ -69,6 +69,8 @@ pub struct Options {
     /// What each database restores from, fixed by the caller (`compare` pins both twins
     /// to one backup); a database not named here restores from its newest.
     pub pins: super::provider::Pins,
+    /// The change rehearsed, when known: recorded in the report.
+    pub change: Option<crate::report::model::Change>,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the

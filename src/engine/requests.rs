@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::store::{self, Condition, Etag, ObjectStore, StoreError};
+pub use crate::report::model::Change;
 use crate::report::model::Verdict;
+pub use crate::sys::text::{valid_url, valid_user};
 
 /// Where the requests live in the store.
 pub const PREFIX: &str = "requests/";
@@ -96,56 +98,6 @@ pub enum Notify {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         installation: Option<u64>,
     },
-}
-
-/// The change a request rehearses, when it is known (from a pull request's event, the
-/// API request, or the command line): who shipped what.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Change {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub author: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pull_request: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    /// The change's page (the pull request's URL).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-}
-
-impl Change {
-    /// What a stranger may have written, checked: a commit is hex, an author a user
-    /// name, a title and a URL printable and short, a URL http(s).
-    pub fn check(&self) -> Result<(), String> {
-        if self
-            .commit
-            .as_ref()
-            .is_some_and(|c| c.is_empty() || c.len() > 64 || !c.chars().all(|c| c.is_ascii_hexdigit()))
-        {
-            return Err("its change's commit is not a commit id".into());
-        }
-        if self.author.as_ref().is_some_and(|a| !valid_user(a)) {
-            return Err("its change's author is not a user name".into());
-        }
-        if self.title.as_ref().is_some_and(|t| t.len() > 256 || t.chars().any(char::is_control)) {
-            return Err("its change's title is longer than 256 bytes or holds a control character".into());
-        }
-        if self.url.as_ref().is_some_and(|u| !valid_url(u)) {
-            return Err("its change's URL is not an http(s) URL".into());
-        }
-        Ok(())
-    }
-}
-
-/// An http(s) URL a server may call or link: at most 2 KiB, no control character, no
-/// space.
-pub fn valid_url(u: &str) -> bool {
-    (u.starts_with("https://") || u.starts_with("http://"))
-        && u.len() <= 2048
-        && !u.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
 /// One request, as recorded.
@@ -319,15 +271,6 @@ pub fn valid_id(id: &str) -> bool {
 /// A comparison's id (`c-20261207-101500-3fa2c1`): a run id's shape after `c-`.
 pub fn valid_comparison_id(id: &str) -> bool {
     id.strip_prefix("c-").is_some_and(|rest| crate::sys::state::valid_run_id(&format!("r-{rest}")))
-}
-
-/// A user's name as a proxy or a token gives it: letters, digits and `._@+-`, at most
-/// 128 (an e-mail address fits; a space, a quote or a control character does not).
-pub fn valid_user(user: &str) -> bool {
-    !user.is_empty()
-        && user.len() <= 128
-        && user.chars().all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c))
-        && !user.starts_with(['.', '-'])
 }
 
 /// An environment's name: its description's file name without `.yaml`.

@@ -49,6 +49,9 @@ pub struct RunReport {
     /// How to reach a kept environment (no secret in it: `rehearse env` has those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<Access>,
+    /// The change rehearsed (commit, author, pull request, title), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
 }
 
 /// How to reach a kept environment: its services, its databases (without their
@@ -381,4 +384,46 @@ pub struct Leftover {
     pub provider_id: Option<String>,
     /// The exact command that removes it.
     pub command: String,
+}
+
+/// The change a request rehearses, when it is known (from a pull request's event, the
+/// API request, or the command line): who shipped what.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The change's page (the pull request's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl Change {
+    /// What a stranger may have written, checked: a commit is hex, an author a user
+    /// name, a title and a URL printable and short, a URL http(s).
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .commit
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 64 || !c.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err("its change's commit is not a commit id".into());
+        }
+        if self.author.as_ref().is_some_and(|a| !crate::sys::text::valid_user(a)) {
+            return Err("its change's author is not a user name".into());
+        }
+        if self.title.as_ref().is_some_and(|t| t.len() > 256 || t.chars().any(char::is_control)) {
+            return Err("its change's title is longer than 256 bytes or holds a control character".into());
+        }
+        if self.url.as_ref().is_some_and(|u| !crate::sys::text::valid_url(u)) {
+            return Err("its change's URL is not an http(s) URL".into());
+        }
+        Ok(())
+    }
 }

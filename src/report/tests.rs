@@ -164,6 +164,7 @@ pub(super) fn passed() -> RunReport {
         total_ms: 19_000,
         overhead_ms: 420,
         access: None,
+        change: None,
     }
 }
 

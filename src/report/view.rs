@@ -33,6 +33,8 @@ pub(super) fn context(report: &RunReport) -> tera::Result<Context> {
 
 #[derive(Serialize)]
 struct View<'a> {
+    /// The change rehearsed, one line ("commit 9fceb02 by alice · #12 Faster checkout").
+    change: Option<String>,
     run_id: &'a str,
     environment: &'a str,
     provider: &'a str,
@@ -188,6 +190,7 @@ impl<'a> View<'a> {
             })
             .collect();
         View {
+            change: r.change.as_ref().map(change_line),
             run_id: &r.run_id,
             environment: &r.environment,
             provider: r.provider.as_str(),
@@ -332,4 +335,24 @@ impl<'a> TeardownView<'a> {
             script,
         }
     }
+}
+
+/// A change in one line: "#12 Faster checkout · commit 9fceb02d0ae5 by alice".
+pub fn change_line(c: &crate::report::model::Change) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = c.pull_request {
+        parts.push(match &c.title {
+            Some(t) => format!("#{n} {t}"),
+            None => format!("#{n}"),
+        });
+    } else if let Some(t) = &c.title {
+        parts.push(t.clone());
+    }
+    match (&c.commit, &c.author) {
+        (Some(sha), Some(a)) => parts.push(format!("commit {} by {a}", &sha[..sha.len().min(12)])),
+        (Some(sha), None) => parts.push(format!("commit {}", &sha[..sha.len().min(12)])),
+        (None, Some(a)) => parts.push(format!("by {a}")),
+        (None, None) => {}
+    }
+    crate::sys::text::printable(&parts.join(" · "))
 }

@@ -65,9 +65,11 @@ pub(crate) async fn compare(
     loaded: &Loaded,
     baseline: &str,
     candidate: &str,
+    change: Option<&crate::report::model::Change>,
     stream: &Stream,
     signals: &Signals,
 ) -> State {
+    let change = change.cloned();
     let started_at = Some(Utc::now());
     let finished =
         |verdict: Option<Verdict>, exit_code: i32, error: Option<String>, comparison: Option<String>| State::Finished {
@@ -118,6 +120,7 @@ pub(crate) async fn compare(
         pins,
         psql: crate::providers::psql(),
         exit_code: Verdict::exit_code,
+        change: change.clone(),
     };
     let edge = ServerEdge { shared, loaded, stream, signals };
     let outcome = engine_compare::compare(loaded, &spec, &opts, &edge, signals).await;

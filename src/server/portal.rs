@@ -260,6 +260,8 @@ pub(super) async fn request(State(app): State<App>, Path(id): Path<String>, Call
     ctx.insert("dry_run", &matches!(r.ask, Ask::DryRun { .. }));
     ctx.insert("owner", &(r.user == who.user));
     ctx.insert("user_asked", &r.user);
+    ctx.insert("change", &r.change.as_ref().map(crate::report::change_line));
+    ctx.insert("change_url", &r.change.as_ref().and_then(|c| c.url.clone()).unwrap_or_default());
     // A kept dry run's endpoints and buttons: for its owner alone.
     if let (RequestState::Kept { run_id, expires_at, .. }, true) = (&r.state, r.user == who.user) {
         ctx.insert("expires_at", &expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));

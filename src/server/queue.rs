@@ -335,7 +335,16 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
     // A dry run is `up`: built, the release installed, kept for its ttl.
     let dry_run = match &read.request.ask {
         Ask::Compare { baseline, candidate } => {
-            return super::comparison::compare(shared, &loaded, baseline, candidate, stream, signals).await
+            return super::comparison::compare(
+                shared,
+                &loaded,
+                baseline,
+                candidate,
+                read.request.change.as_ref(),
+                stream,
+                signals,
+            )
+            .await
         }
         Ask::Rehearse { .. } => false,
         Ask::DryRun { ttl_secs, .. } => {
@@ -357,6 +366,7 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         shared: shared.replicated.clone(),
         stage: None,
         pins: Default::default(),
+        change: read.request.change.clone(),
     };
     let outcome = run_with_provider(shared, &loaded, &opts, stream, signals).await;
     match &outcome.ended {

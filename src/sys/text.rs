@@ -164,6 +164,23 @@ fn skip_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<c
     None
 }
 
+/// A user's name as a proxy or a token gives it: letters, digits and `._@+-`, at most
+/// 128 (an e-mail address fits; a space, a quote or a control character does not).
+pub fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 128
+        && user.chars().all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c))
+        && !user.starts_with(['.', '-'])
+}
+
+/// An http(s) URL a server may call or link: at most 2 KiB, no control character, no
+/// space.
+pub fn valid_url(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://"))
+        && u.len() <= 2048
+        && !u.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,7 @@ pub async fn concurrent_runs(
             shared: None,
             stage: None,
             pins: Default::default(),
+            change: None,
         };
         let signals = crate::sys::signals::Signals::none();
         let events = crate::engine::events::Silent;

@@ -198,3 +198,39 @@ pub(crate) fn check_name_free(g: &Global, name: &crate::cli::value::Name) -> Res
     }
     Ok(())
 }
+
+/// The change rehearsed, from the CI that runs rehearse, when it says: GitHub Actions
+/// (`GITHUB_SHA`, `GITHUB_ACTOR`, `GITHUB_REF` = `refs/pull/N/merge`) or GitLab CI
+/// (`CI_COMMIT_SHA`, `GITLAB_USER_LOGIN`, `CI_MERGE_REQUEST_IID`,
+/// `CI_MERGE_REQUEST_TITLE`); or `REHEARSE_CHANGE_COMMIT`, `_AUTHOR`, `_PR`, `_TITLE` and
+/// `_URL` set by hand. What does not fit its grammar is left out.
+pub(crate) fn change_from_ci() -> Option<crate::report::model::Change> {
+    let var = |names: &[&str]| names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()));
+    let pr = var(&["REHEARSE_CHANGE_PR", "CI_MERGE_REQUEST_IID"]).or_else(|| {
+        var(&["GITHUB_REF"])
+            .and_then(|r| r.strip_prefix("refs/pull/").and_then(|r| r.split('/').next()).map(str::to_string))
+    });
+    let change = crate::report::model::Change {
+        commit: var(&["REHEARSE_CHANGE_COMMIT", "GITHUB_SHA", "CI_COMMIT_SHA"]),
+        author: var(&["REHEARSE_CHANGE_AUTHOR", "GITHUB_ACTOR", "GITLAB_USER_LOGIN"]),
+        pull_request: pr.and_then(|p| p.trim().parse().ok()),
+        title: var(&["REHEARSE_CHANGE_TITLE", "CI_MERGE_REQUEST_TITLE"]),
+        url: var(&["REHEARSE_CHANGE_URL"]),
+    };
+    // Field by field: one bad value drops itself, not the rest.
+    let keep = |c: crate::report::model::Change| c.check().is_ok();
+    let c = crate::report::model::Change {
+        commit: change
+            .commit
+            .filter(|v| keep(crate::report::model::Change { commit: Some(v.clone()), ..Default::default() })),
+        author: change
+            .author
+            .filter(|v| keep(crate::report::model::Change { author: Some(v.clone()), ..Default::default() })),
+        pull_request: change.pull_request,
+        title: change
+            .title
+            .filter(|v| keep(crate::report::model::Change { title: Some(v.clone()), ..Default::default() })),
+        url: change.url.filter(|v| keep(crate::report::model::Change { url: Some(v.clone()), ..Default::default() })),
+    };
+    (c != crate::report::model::Change::default()).then_some(c)
+}

@@ -59,6 +59,9 @@ pub struct Comparison {
     pub score: judge::Score,
     /// One line: the outcome, naming the metrics that failed.
     pub reason: String,
+    /// The change compared (the candidate's), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<crate::report::model::Change>,
 }
 
 /// Why the comparison's files could not be written.

@@ -44,6 +44,7 @@ pub(super) fn report<P: Provider>(
     let total = clock.elapsed();
     let report_phase_start = Instant::now();
     let mut report = RunReport {
+        change: opts.change.clone(),
         schema_version: REPORT_SCHEMA_VERSION,
         run_id: run_id.clone(),
         environment: d.name.clone(),

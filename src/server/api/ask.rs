@@ -89,6 +89,9 @@ pub(crate) fn decide(
 pub(super) struct RehearseBody {
     environment: String,
     release: String,
+    /// The change it rehearses (commit, author, pull request, title, URL).
+    #[serde(default)]
+    change: Option<requests::Change>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -99,6 +102,9 @@ pub(super) struct DryRunBody {
     /// How long to keep it (`2h`; default: the description's `ttl`).
     #[serde(default)]
     ttl: Option<String>,
+    /// The change it rehearses (commit, author, pull request, title, URL).
+    #[serde(default)]
+    change: Option<requests::Change>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -107,6 +113,9 @@ pub(super) struct CompareBody {
     environment: String,
     baseline: String,
     candidate: String,
+    /// The change it rehearses (commit, author, pull request, title, URL).
+    #[serde(default)]
+    change: Option<requests::Change>,
 }
 
 /// A change asked through the API: its body, its decision, then [`accept`].
@@ -116,15 +125,22 @@ async fn asked<T>(
     who: &Who,
     headers: &HeaderMap,
     body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
-    wanted: impl FnOnce(&T) -> (String, Wanted<'_>),
+    wanted: impl FnOnce(&T) -> (String, Wanted<'_>, Option<requests::Change>),
 ) -> Response {
     let body = match app.change_body(asked, who, headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let (environment, w) = wanted(&body);
+    let (environment, w, change) = wanted(&body);
+    if let Some(Err(why)) = change.as_ref().map(requests::Change::check) {
+        return app.refuse(asked, who, StatusCode::BAD_REQUEST, why.replace("its change's", "the change's")).await;
+    }
     match decide(app, &who.user, &environment, w) {
-        Ok(ask) => accept(app, asked, who, Request::new(&who.user, &environment, ask), false).await,
+        Ok(ask) => {
+            let mut request = Request::new(&who.user, &environment, ask);
+            request.change = change;
+            accept(app, asked, who, request, false).await
+        }
         Err((status, why)) => app.refuse(asked, who, status, why).await,
     }
 }
@@ -135,7 +151,10 @@ pub(super) async fn rehearse(
     headers: HeaderMap,
     body: Result<Json<RehearseBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    asked(&app, &a, &who, &headers, body, |b| (b.environment.clone(), Wanted::Rehearse { release: &b.release })).await
+    asked(&app, &a, &who, &headers, body, |b| {
+        (b.environment.clone(), Wanted::Rehearse { release: &b.release }, b.change.clone())
+    })
+    .await
 }
 
 pub(super) async fn dry_run(
@@ -145,7 +164,7 @@ pub(super) async fn dry_run(
     body: Result<Json<DryRunBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     asked(&app, &a, &who, &headers, body, |b| {
-        (b.environment.clone(), Wanted::DryRun { release: &b.release, ttl: b.ttl.as_deref() })
+        (b.environment.clone(), Wanted::DryRun { release: &b.release, ttl: b.ttl.as_deref() }, b.change.clone())
     })
     .await
 }
@@ -157,7 +176,7 @@ pub(super) async fn comparison(
     body: Result<Json<CompareBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     asked(&app, &a, &who, &headers, body, |b| {
-        (b.environment.clone(), Wanted::Compare { baseline: &b.baseline, candidate: &b.candidate })
+        (b.environment.clone(), Wanted::Compare { baseline: &b.baseline, candidate: &b.candidate }, b.change.clone())
     })
     .await
 }
