@@ -26,6 +26,7 @@ mod outbound;
 mod portal;
 mod queue;
 mod recover;
+mod slack;
 mod stages;
 
 pub use auth::new_token;
@@ -105,6 +106,8 @@ pub(crate) struct Shared {
     pub public_url: String,
     /// GitHub, when configured.
     pub github: Option<github::GitHub>,
+    /// Slack, when configured.
+    pub slack: Option<slack::Slack>,
 }
 
 /// Where the server runs and keeps its state.
@@ -159,6 +162,7 @@ pub async fn serve(
     }
     let outbound = outbound::Outbound::new().map_err(ServeError::Stopped)?;
     let github = config.github.as_ref().map(github::GitHub::load).transpose()?;
+    let slack = config.slack.as_ref().map(slack::Slack::load).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
@@ -177,6 +181,7 @@ pub async fn serve(
         outbound,
         public_url,
         github,
+        slack,
         replicated,
         lease: shared_lease,
         name: server_name(),

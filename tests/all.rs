@@ -38,6 +38,7 @@ mod scenarios_down_sweep;
 mod scenarios_stage;
 mod schema;
 mod serve;
+mod slack;
 mod ssm_emulator;
 mod stage;
 mod state_store;

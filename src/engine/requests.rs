@@ -98,6 +98,9 @@ pub enum Notify {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         installation: Option<u64>,
     },
+    /// A Slack command: its message (through `response_url`) replaced as the request
+    /// moves, for the channel to see.
+    Slack { response_url: String },
 }
 
 /// One request, as recorded.
@@ -199,6 +202,11 @@ impl Request {
                 Notify::Callback { hook, url } => {
                     if !valid_environment(hook) || !valid_url(url) {
                         return Err("its callback is not a hook's name and an http(s) URL".into());
+                    }
+                }
+                Notify::Slack { response_url } => {
+                    if !valid_url(response_url) {
+                        return Err("its Slack response URL is not an http(s) URL".into());
                     }
                 }
                 Notify::GitHub { repo, head_sha, .. } => {

@@ -56,6 +56,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/hooks/github", post(super::github::hook))
+        .route("/hooks/slack", post(super::slack::command))
+        .route("/hooks/slack/actions", post(super::slack::action))
         .route("/hooks/{name}", post(super::hooks::generic))
         .route("/api/v1/session", get(session))
         .route("/api/v1/environments", get(environments))

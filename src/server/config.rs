@@ -87,6 +87,26 @@ pub struct Config {
     /// back through.
     #[serde(default)]
     pub github: Option<GitHub>,
+    /// Chat: Slack's slash command at `POST /hooks/slack`, its buttons at
+    /// `POST /hooks/slack/actions`.
+    #[serde(default)]
+    pub slack: Option<Slack>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slack {
+    /// The app's signing secret (its requests' `v0` signatures), a file (0600).
+    pub signing_secret_file: PathBuf,
+    /// Slack user id → the rehearse user whose rules apply; anyone else is refused.
+    pub users: BTreeMap<String, String>,
+    /// Where a command's `response_url` may point (default `https://hooks.slack.com/`).
+    #[serde(default = "default_slack_responses")]
+    pub response_urls: String,
+}
+
+fn default_slack_responses() -> String {
+    "https://hooks.slack.com/".into()
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -337,6 +357,11 @@ impl Config {
                 }
             }
         }
+        if let Some(sl) = config.slack.as_mut() {
+            if sl.signing_secret_file.is_relative() {
+                sl.signing_secret_file = base.join(&sl.signing_secret_file);
+            }
+        }
         for h in &mut config.hooks {
             if h.secret_file.is_relative() {
                 h.secret_file = base.join(&h.secret_file);
@@ -451,6 +476,16 @@ impl Config {
                 }
             }
         }
+        if let Some(sl) = &self.slack {
+            if !crate::engine::requests::valid_url(&sl.response_urls) || !sl.response_urls.ends_with('/') {
+                return Err(format!("slack.response_urls: {:?} is not an http(s) URL ending in /", sl.response_urls));
+            }
+            for (id, user) in &sl.users {
+                if !super::slack::valid_slack_id(id) || !valid_user(user) {
+                    return Err(format!("slack.users: {id:?}: {user:?} is not a Slack user id and a user name"));
+                }
+            }
+        }
         for a in &self.admins {
             if !valid_user(a) {
                 return Err(format!("admins: {a:?} is not a user name"));
@@ -531,7 +566,7 @@ mod tests {
     #[test]
     fn a_bad_configuration_says_where_and_why_once() {
         let e = load("environments: envs\nmax_runing: 3\n").unwrap_err().to_string();
-        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, git, max_running, changes_per_minute, proxy, tokens, admins, rules, store, lease, csrf_key_file, public_url, hooks, github"), "{e}");
+        assert!(e.ends_with("serve.yaml:2:1: unknown field `max_runing`, expected one of listen, environments, git, max_running, changes_per_minute, proxy, tokens, admins, rules, store, lease, csrf_key_file, public_url, hooks, github, slack"), "{e}");
         let e = load("environments: envs\nproxy:\n  header: X-User\n  trusted: []\n").unwrap_err().to_string();
         assert!(e.contains("proxy.trusted: name the proxy's addresses"), "{e}");
         let e = load("environments: envs\nrules:\n  \"../x\": { rehearse: [\"*\"] }\n").unwrap_err().to_string();

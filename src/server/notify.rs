@@ -70,7 +70,7 @@ fn next_state(r: &Request, target: &Notify, told: Option<&Telling>) -> Option<&'
             let end = final_state(r)?;
             (told_at < at(end)).then_some(end)
         }
-        Notify::GitHub { .. } => {
+        Notify::GitHub { .. } | Notify::Slack { .. } => {
             let now = state_name(r);
             let now_at = at(now)?;
             let mut next = told_at.map_or(0, |i| i + 1);
@@ -203,6 +203,12 @@ async fn tell(
 ) -> Result<(u16, bool, Option<u64>), Duration> {
     let (hook, url) = match target {
         Notify::Callback { hook, url } => (hook, url),
+        Notify::Slack { .. } => {
+            return match super::slack::tell(shared, read, target, state).await {
+                Ok(status) => Ok((status, !(200..300).contains(&status), None)),
+                Err(after) => Err(after),
+            }
+        }
         Notify::GitHub { .. } => {
             return match super::github::tell(shared, read, target, state, check_run).await {
                 Ok(id) => Ok((200, false, id)),

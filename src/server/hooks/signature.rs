@@ -91,7 +91,6 @@ pub(crate) fn sign_github(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// Checks Slack's version-0 signature on `body` sent at `timestamp`, at `now`.
-#[allow(dead_code)] // the Slack hook's (being built)
 pub(crate) fn verify_slack(
     secret: &[u8],
     signature: Option<&str>,
