@@ -512,6 +512,7 @@ fn the_cli_pointed_at_a_server_rehearses_keeps_extends_and_destroys_with_a_token
         .env("GITHUB_SHA", "9fceb02d0ae598e95dc970b74767f19372d61af8")
         .env("GITHUB_ACTOR", "alice")
         .env("GITHUB_REF", "refs/pull/12/merge")
+        .env("GITHUB_STEP_SUMMARY", sb.dir.path().join("step-summary.md"))
         .env_remove("AWS_ACCESS_KEY_ID")
         .output()
         .unwrap();
@@ -527,6 +528,9 @@ fn the_cli_pointed_at_a_server_rehearses_keeps_extends_and_destroys_with_a_token
     assert_eq!(report["change"]["commit"], "9fceb02d0ae598e95dc970b74767f19372d61af8", "{report}");
     let summary = std::fs::read_to_string(sb.report_dir(run).join("summary.md")).unwrap();
     assert!(summary.contains("Change: #12 · commit 9fceb02d0ae5 by alice"), "{summary}");
+    // The job's step summary: the run's summary.md and its links.
+    let step = std::fs::read_to_string(sb.dir.path().join("step-summary.md")).unwrap();
+    assert!(step.contains("Change: #12") && step.contains("[The report](") && step.contains("/report.html"), "{step}");
     let page = http(server.addr, "GET", &format!("/requests/{id}"), &[("X-Forwarded-User", "bob")], "").body;
     assert!(page.contains("Change: #12 · commit 9fceb02d0ae5 by alice"), "{page}");
     for line in ["accepted: demo release v2", "database.db restore", "suite.smoke suite", ": passed (exit 0)"] {

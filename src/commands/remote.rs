@@ -163,10 +163,33 @@ fn ask(server: &str, what: Ask<'_>) -> i32 {
         errln!("request {id} accepted: {said}");
         let mut say = |line: &str| errln!("{line}");
         match remote.follow(&id, &mut say).await {
-            Ok(done) => ended(&remote, &done),
+            Ok(done) => {
+                step_summary(&remote, &id).await;
+                ended(&remote, &done)
+            }
             Err(e) => failed(&e),
         }
     })
+}
+
+/// In a GitHub Actions job (`$GITHUB_STEP_SUMMARY` names its file), the request's
+/// summary (its run's summary.md) appended to the job's step summary.
+async fn step_summary(remote: &Remote, id: &str) {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else { return };
+    match remote.get_text(&format!("/api/v1/requests/{id}/summary")).await {
+        Ok(md) => {
+            use std::io::Write;
+            let written = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(crate::sys::text::printable_text(&md).as_bytes()));
+            if let Err(e) = written {
+                errln!("warning: cannot append the summary to {}: {e}", std::path::Path::new(&path).display());
+            }
+        }
+        Err(e) => errln!("warning: no summary from the server: {e}"),
+    }
 }
 
 /// Says how a request ended; its exit code.

@@ -17,6 +17,7 @@
 //!   (202): its owner's;
 //! - `GET  /api/v1/requests/ID/events`: its run's events (Server-Sent Events), from
 //!   the first, then live, and `end` when it has ended;
+//! - `GET  /api/v1/requests/ID/summary`: its summary in Markdown (a CI step summary);
 //! - `GET  /api/v1/requests/ID/log`: the end of its run's newest log (redacted);
 //! - `GET  /api/v1/stages`: the offered environments' stages, as `stage status` has them;
 //! - `GET  /api/v1/audit?limit=N`: the newest audit entries (admins);
@@ -71,6 +72,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/requests/{id}", get(one))
         .route("/api/v1/requests/{id}/events", get(events))
         .route("/api/v1/requests/{id}/log", get(log_tail))
+        .route("/api/v1/requests/{id}/summary", get(summary))
         .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/stages", get(stages))
         .route("/api/v1/schema", get(schema))
@@ -327,6 +329,34 @@ async fn events(State(app): State<App>, Path(id): Path<String>, Caller { who, as
         }
     };
     Sse::new(feed).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// A finished request's summary in Markdown, for a CI job's step summary: its run's
+/// summary.md, or for a comparison its outcome and page.
+async fn summary(State(app): State<App>, Path(id): Path<String>, Caller { who, asked }: Caller) -> Response {
+    if !requests::valid_id(&id) {
+        return refusal(StatusCode::NOT_FOUND, "no such request");
+    }
+    let r = match requests::read(app.shared.store.as_ref(), &id).await {
+        Ok(Some(r)) => r.request,
+        Ok(None) => return refusal(StatusCode::NOT_FOUND, "no such request"),
+        Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    app.audit(&asked, Some(&who.user), Decision::Allowed, "summary").await;
+    let base = app.shared.public_url.trim_end_matches('/');
+    let text = match (&r.state, super::notify::report_of(&app.shared, &r)) {
+        (_, Some((url, Some(md)))) => format!("{md}\n[The report]({url}) · [the request]({base}/requests/{id})\n"),
+        (requests::State::Finished { comparison: Some(c), verdict, error, .. }, _) => format!(
+            "## rehearse compare: {}\n\n{}\n\n[The comparison]({base}/compares/{c}/compare.html)\n",
+            verdict.map(|v| v.as_str()).unwrap_or("error"),
+            error.as_deref().unwrap_or("")
+        ),
+        (state, _) => format!(
+            "## rehearse: request {id} is {}\n",
+            serde_json::to_value(state).ok().and_then(|v| v["state"].as_str().map(str::to_string)).unwrap_or_default()
+        ),
+    };
+    ([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], text).into_response()
 }
 
 /// The lines of a log's end the run page shows.

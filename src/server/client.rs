@@ -105,6 +105,30 @@ impl Remote {
         call(&self.client, &self.base, Method::GET, path, &self.token, None).await
     }
 
+    /// A GET of `path`'s text (at most 1 MiB).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let req = Request::get(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        let res = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), source: Box::new(e) })?;
+        let status = res.status();
+        let bytes = http_body_util::Limited::new(res.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Garbled(format!("the answer to {path}: {e}")))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(ClientError::Refused { status, why: path.to_string() });
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// A POST of `body` to `path`; the answer's JSON.
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
         call(&self.client, &self.base, Method::POST, path, &self.token, Some(body.to_string())).await
