@@ -147,7 +147,13 @@ fn app_key(sb: &Sandbox) -> (std::path::PathBuf, Vec<u8>) {
     (private, public.stdout)
 }
 
+/// GitHub as an App with the private key `key`.
 fn config(sb: &Sandbox, api: &str, key: &std::path::Path) -> String {
+    config_with(sb, api, &format!("app: {{ id: {APP_ID}, private_key_file: {} }}", key.display()))
+}
+
+/// GitHub with `auth` (an `app:` or a `token_file:` line).
+fn config_with(sb: &Sandbox, api: &str, auth: &str) -> String {
     let webhook = secret_file(sb, "github-webhook.key", WEBHOOK_SECRET);
     format!(
         "environments: {{envs}}
@@ -161,12 +167,11 @@ rules:
 github:
   api_url: {api}
   webhook_secret_file: {}
-  app: {{ id: {APP_ID}, private_key_file: {} }}
+  {auth}
   repositories:
     ops/shop: {{ environment: demo, users: [alice, \"@ops/deployers\"], baseline: v2 }}
 ",
         webhook.display(),
-        key.display()
     )
 }
 
@@ -282,7 +287,7 @@ fn a_labelled_pull_request_is_rehearsed_and_its_check_run_and_one_comment_follow
     assert!(!log.contains("ghs_installation"), "a token in the audit log");
 }
 
-/// Comment commands: `/rehearse compare` from a team member posts the compare page's
+/// With a token instead of an App. Comment commands: `/rehearse compare` from a team member posts the compare page's
 /// link; from someone the rules do not name it is refused, audited and answered; a
 /// release with shell metacharacters is refused with why; `/rehearse up` keeps a dry run
 /// that closing the pull request tears down, leaving nothing.
@@ -290,9 +295,11 @@ fn a_labelled_pull_request_is_rehearsed_and_its_check_run_and_one_comment_follow
 fn comment_commands_are_checked_and_a_closed_pull_request_tears_its_dry_run_down() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.1);
-    let (key, public) = app_key(&sb);
-    let gh = fake_github(public, Vec::new());
-    let server = start_server(&sb, &envs, &config(&sb, &gh.fake.url(""), &key));
+    // Authenticated with a token this time (the fake takes the installation's).
+    let gh = fake_github(Vec::new(), Vec::new());
+    let token = secret_file(&sb, "github-token", b"ghs_installation\n");
+    let server =
+        start_server(&sb, &envs, &config_with(&sb, &gh.fake.url(""), &format!("token_file: {}", token.display())));
     let addr = server.addr;
     let replies = |n: u64| -> Vec<String> {
         calls(&gh, "POST", &format!("/repos/ops/shop/issues/{n}/comments"))
