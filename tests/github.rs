@@ -5,14 +5,14 @@
 //! fake fails for a while (502, then 403 rate-limited) where a test says so.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use serde_json::{json, Value};
 
 use crate::common::fake::{Fake, Got, Reply};
 use crate::common::http::{http, start_server, Answer};
-use crate::common::Sandbox;
+use crate::common::{secret_file, wait_for, Sandbox};
 use crate::serve::{environments, wait_finished};
 
 const WEBHOOK_SECRET: &[u8] = b"the webhook's secret, long enough";
@@ -126,14 +126,6 @@ fn pr_json(number: u64, head_ref: &str) -> Value {
     })
 }
 
-/// Writes a secret file (0600) in the sandbox.
-fn secret_file(sb: &Sandbox, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let p = sb.dir.path().join(name);
-    std::fs::write(&p, bytes).unwrap();
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    p
-}
-
 /// An RSA key pair for the App (openssl, as `make test-deps` installs it): the private
 /// PEM's path and the public PEM.
 fn app_key(sb: &Sandbox) -> (std::path::PathBuf, Vec<u8>) {
@@ -207,14 +199,6 @@ fn comment(number: u64, sender: &str, text: &str) -> Value {
         "repository": { "full_name": "ops/shop" }, "sender": { "login": sender },
         "installation": { "id": INSTALLATION },
     })
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: never");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn calls(gh: &FakeGitHub, method: &str, prefix: &str) -> Vec<Got> {

@@ -4,14 +4,14 @@
 //! to the callback — signed, retried past a receiver's failures and a server restart,
 //! told once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use serde_json::{json, Value};
 
 use crate::common::fake::{Fake, Reply};
 use crate::common::http::{http, start_server, Answer};
-use crate::common::Sandbox;
+use crate::common::{secret_file, wait_for, Sandbox};
 use crate::serve::{environments, wait_finished, CONFIG};
 
 const SECRET: &[u8] = b"a hook's secret of at least thirty-two bytes";
@@ -30,9 +30,7 @@ fn sign(secret: &[u8], t: i64, body: &str) -> String {
 /// The configuration with the hook `deploy` (its user `deploy-bot`, whom the `*` rule
 /// lets rehearse), its secret in a 0600 file.
 fn config(sb: &Sandbox) -> String {
-    let key = sb.dir.path().join("deploy.key");
-    std::fs::write(&key, SECRET).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key = secret_file(sb, "deploy.key", SECRET);
     format!("{CONFIG}hooks:\n  - name: deploy\n    secret_file: {}\n    user: deploy-bot\n", key.display())
 }
 
@@ -57,14 +55,6 @@ fn signed_by_the_hook(g: &crate::common::fake::Got) -> bool {
         return false;
     };
     (now() - t).abs() < 300 && sign(SECRET, t, &String::from_utf8_lossy(&g.body)) == h
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: never");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -93,7 +83,7 @@ fn a_signed_delivery_rehearses_and_its_signed_callback_arrives_once_past_the_rec
     let done = wait_finished(addr, &id);
     assert_eq!(done["state"]["verdict"], "passed", "{done}");
 
-    wait_for("the callback taken", || receiver.got().iter().any(|g| g.status == 200));
+    wait_for("the callback taken", 60, || receiver.got().iter().any(|g| g.status == 200));
     std::thread::sleep(Duration::from_secs(3));
     let got = receiver.got();
     assert!(got.len() >= 3, "{got:?}");
@@ -171,7 +161,7 @@ fn a_callback_is_told_after_a_server_restart() {
     assert_eq!(accepted.status, 202, "{}", accepted.body);
     let id = accepted.json()["id"].as_str().unwrap().to_string();
     wait_finished(server.addr, &id);
-    wait_for("a first try", || !receiver.got().is_empty());
+    wait_for("a first try", 60, || !receiver.got().is_empty());
     let mut server = server;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.child.id() as i32), nix::sys::signal::SIGKILL).unwrap();
     server.child.wait().unwrap();
@@ -179,7 +169,7 @@ fn a_callback_is_told_after_a_server_restart() {
     assert!(receiver.got().iter().all(|g| g.status == 503));
     up.store(true, std::sync::atomic::Ordering::SeqCst);
     let _server = start_server(&sb, &envs, &cfg);
-    wait_for("the callback taken after the restart", || receiver.got().iter().any(|g| g.status == 200));
+    wait_for("the callback taken after the restart", 60, || receiver.got().iter().any(|g| g.status == 200));
     std::thread::sleep(Duration::from_secs(2));
     let taken: Vec<Value> = receiver.got().iter().filter(|g| g.status == 200).map(|g| g.json()).collect();
     assert_eq!(taken.len(), 1, "{taken:?}");

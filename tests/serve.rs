@@ -593,9 +593,7 @@ fn the_cli_pointed_at_a_server_rehearses_keeps_extends_and_destroys_with_a_token
 /// each with a state and work directory of its own, sharing a CSRF key; runs' leases
 /// last `lease`.
 fn replicas(sb: &Sandbox, emu: &crate::emulator::Emulator, envs: &std::path::Path, lease: &str) -> [Server; 2] {
-    let key = sb.dir.path().join("csrf.key");
-    std::fs::write(&key, [7u8; 32]).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key = common::secret_file(sb, "csrf.key", &[7u8; 32]);
     let config = format!("{CONFIG}store: s3://team-state/serve\nlease: {lease}\ncsrf_key_file: {}\n", key.display());
     ["a", "b"].map(|name| {
         let mut cmd = emu.rehearse(sb);

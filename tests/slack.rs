@@ -4,22 +4,18 @@
 //! moves, to the verdict and the links; a kept dry run's secrets go, on a click, to the
 //! one who asked for it, ephemerally, and to nobody else.
 
-use std::time::{Duration, Instant};
-
 use hmac::{KeyInit, Mac};
 use serde_json::json;
 
 use crate::common::fake::{Fake, Got, Reply};
 use crate::common::http::{http, start_server, Answer};
-use crate::common::Sandbox;
+use crate::common::{secret_file, wait_for, Sandbox};
 use crate::serve::{environments, wait_finished, wait_state, CONFIG};
 
 const SIGNING_SECRET: &[u8] = b"8f742231b10e8888abcd99yyyzzz85a5";
 
 fn config(sb: &Sandbox, responses: &str) -> String {
-    let key = sb.dir.path().join("slack.key");
-    std::fs::write(&key, SIGNING_SECRET).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key = secret_file(sb, "slack.key", SIGNING_SECRET);
     format!(
         "{CONFIG}slack:\n  signing_secret_file: {}\n  users: {{ UALICE1: alice, UBOB22: bob }}\n  response_urls: {responses}\n",
         key.display()
@@ -52,14 +48,6 @@ fn command(user: &str, text: &str, response_url: &str, trigger: &str) -> String 
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: never");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -99,7 +87,9 @@ fn a_slash_command_is_answered_at_once_followed_to_its_verdict_and_a_dry_runs_se
             .map(|g| g.json()["text"].as_str().unwrap_or("").to_string())
             .collect()
     };
-    wait_for("the verdict in the channel", || updates("/commands/T1/1/abc").iter().any(|t| t.starts_with("passed")));
+    wait_for("the verdict in the channel", 60, || {
+        updates("/commands/T1/1/abc").iter().any(|t| t.starts_with("passed"))
+    });
     let seen = updates("/commands/T1/1/abc");
     assert!(seen[0].starts_with("Queued") && seen.iter().any(|t| t.starts_with("Building")), "{seen:?}");
     assert!(seen.last().unwrap().contains("report.html|report>"), "{seen:?}");
@@ -115,7 +105,7 @@ fn a_slash_command_is_answered_at_once_followed_to_its_verdict_and_a_dry_runs_se
         up.json()["text"].as_str().unwrap().split(['|', '>', '/']).find(|w| w.starts_with("q-")).unwrap().to_string();
     let kept = wait_state(addr, &id2, "kept");
     let run = kept["state"]["run_id"].as_str().unwrap().to_string();
-    wait_for("the kept message", || {
+    wait_for("the kept message", 60, || {
         responses
             .got()
             .iter()

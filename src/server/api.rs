@@ -331,16 +331,25 @@ async fn events(State(app): State<App>, Path(id): Path<String>, Caller { who, as
     Sse::new(feed).keep_alive(KeepAlive::default()).into_response()
 }
 
+/// Request `id` (from a path), or the answer that says it is not there: 404 for an id
+/// that is not one or no such request, 503 when the store does not answer.
+pub(super) async fn request_of(app: &App, id: &str) -> Result<requests::Request, Response> {
+    if !requests::valid_id(id) {
+        return Err(refusal(StatusCode::NOT_FOUND, "no such request"));
+    }
+    match requests::read(app.shared.store.as_ref(), id).await {
+        Ok(Some(r)) => Ok(r.request),
+        Ok(None) => Err(refusal(StatusCode::NOT_FOUND, "no such request")),
+        Err(e) => Err(refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+    }
+}
+
 /// A finished request's summary in Markdown, for a CI job's step summary: its run's
 /// summary.md, or for a comparison its outcome and page.
 async fn summary(State(app): State<App>, Path(id): Path<String>, Caller { who, asked }: Caller) -> Response {
-    if !requests::valid_id(&id) {
-        return refusal(StatusCode::NOT_FOUND, "no such request");
-    }
-    let r = match requests::read(app.shared.store.as_ref(), &id).await {
-        Ok(Some(r)) => r.request,
-        Ok(None) => return refusal(StatusCode::NOT_FOUND, "no such request"),
-        Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    let r = match request_of(&app, &id).await {
+        Ok(r) => r,
+        Err(res) => return res,
     };
     app.audit(&asked, Some(&who.user), Decision::Allowed, "summary").await;
     let base = app.shared.public_url.trim_end_matches('/');
@@ -367,16 +376,12 @@ const TAIL_BYTES: u64 = 64 * 1024;
 /// The current step's log tail: the end of the run's most recently written log (a
 /// database's, an install's, a service's or a suite's), printable and redacted.
 async fn log_tail(State(app): State<App>, Path(id): Path<String>, Caller { who, asked }: Caller) -> Response {
-    if !requests::valid_id(&id) {
-        return refusal(StatusCode::NOT_FOUND, "no such request");
-    }
-    let read = match requests::read(app.shared.store.as_ref(), &id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return refusal(StatusCode::NOT_FOUND, "no such request"),
-        Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    let request = match request_of(&app, &id).await {
+        Ok(r) => r,
+        Err(res) => return res,
     };
     app.audit(&asked, Some(&who.user), Decision::Allowed, "log tail").await;
-    let Some(run_id) = read.request.run_id() else {
+    let Some(run_id) = request.run_id() else {
         return Json(json!({ "file": null, "lines": [] })).into_response();
     };
     let dir = crate::sys::state::run_dir(&app.shared.state_root, run_id);

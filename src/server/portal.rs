@@ -223,13 +223,9 @@ pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller)
 }
 
 pub(super) async fn request(State(app): State<App>, Path(id): Path<String>, Caller { who, asked }: Caller) -> Response {
-    if !requests::valid_id(&id) {
-        return refusal(StatusCode::NOT_FOUND, "no such request");
-    }
-    let r = match requests::read(app.shared.store.as_ref(), &id).await {
-        Ok(Some(r)) => r.request,
-        Ok(None) => return refusal(StatusCode::NOT_FOUND, "no such request"),
-        Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    let r = match super::api::request_of(&app, &id).await {
+        Ok(r) => r,
+        Err(res) => return res,
     };
     app.audit(&asked, Some(&who.user), Decision::Allowed, "request page").await;
     let (state_text, class) = state_text(&r);

@@ -248,3 +248,20 @@ pub fn seeds(full: std::ops::Range<u64>) -> Vec<u64> {
     let quarter = ((full.end - full.start) / 4).max(1);
     (full.start..full.start + quarter).collect()
 }
+
+/// Waits (up to `secs`) until `ok`; fails naming `what`.
+pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "{what}: never");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A secret's file in the sandbox, as an operator writes one: mode 0600.
+pub fn secret_file(sb: &Sandbox, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = sb.dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
