@@ -53,6 +53,11 @@ pub struct Global {
     /// credentials needed
     #[arg(long, global = true, env = "REHEARSE_SERVER", value_name = "URL")]
     pub server: Option<String>,
+    /// The change rehearsed, a field at a time: commit=SHA, author=LOGIN, pr=N,
+    /// title=TEXT, url=URL (recorded in the report and shown on its pages; CI's
+    /// variables fill what is not given)
+    #[arg(long = "change", global = true, value_name = "KEY=VALUE", value_parser = Said(value::change_field))]
+    pub change: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

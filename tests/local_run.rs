@@ -54,10 +54,20 @@ fn v2_passes_on_the_copy_of_production_and_leaves_nothing() {
 #[test]
 fn v3_fails_at_its_migration_and_the_summary_says_why() {
     let sb = Sandbox::new();
-    let (code, _, stderr) = run_demo(&sb, "v3", &[]);
+    // Named: the change it is, as a developer gives it on the command line.
+    let change = ["--change", "pr=12", "--change", "title=Unique customer emails", "--change", "author=alice"];
+    let (code, _, stderr) = run_demo(&sb, "v3", &change);
     assert_eq!(code, 1, "{stderr}");
     let ids = sb.run_ids();
     let summary = std::fs::read_to_string(sb.report_dir(&ids[0]).join("summary.md")).unwrap();
+    assert!(summary.contains("Change: #12 Unique customer emails · by alice"), "{summary}");
+    let html = std::fs::read_to_string(sb.report_dir(&ids[0]).join("report.html")).unwrap();
+    assert!(html.contains("Change: #12 Unique customer emails · by alice"), "{html}");
+    // A field that is not one is refused before anything runs.
+    let (code, _, stderr) = run_demo(&sb, "v3", &["--change", "pr=twelve"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--change pr=twelve: pr is a pull request's number"), "{stderr}");
+    assert_eq!(sb.run_ids().len(), 1);
     assert!(summary.contains("0003_unique_customer_email.sql"), "{summary}");
     assert!(summary.contains("could not create unique index"), "{summary}");
     let report = sb.report(&ids[0]);

@@ -136,6 +136,29 @@ pub fn drain(text: &str) -> Result<Duration, DurationError> {
     bounded_duration("--drain", text, Duration::ZERO, MAX_DRAIN)
 }
 
+/// Why `--change` was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("--change {0}: {1}")]
+pub struct ChangeFieldError(String, String);
+
+/// `--change KEY=VALUE`: one field of the change rehearsed, checked by its grammar.
+pub fn change_field(text: &str) -> Result<(String, String), ChangeFieldError> {
+    use crate::report::model::Change;
+    let err = |why: &str| ChangeFieldError(text.to_string(), why.to_string());
+    let (k, v) = text.split_once('=').ok_or_else(|| err("not KEY=VALUE (commit, author, pr, title or url)"))?;
+    let mut c = Change::default();
+    match k {
+        "commit" => c.commit = Some(v.to_string()),
+        "author" => c.author = Some(v.to_string()),
+        "pr" => c.pull_request = Some(v.parse().map_err(|_| err("pr is a pull request's number"))?),
+        "title" => c.title = Some(v.to_string()),
+        "url" => c.url = Some(v.to_string()),
+        _ => return Err(err("the keys are commit, author, pr, title and url")),
+    }
+    c.check().map_err(|why| err(&why.replace("its change's ", "the ")))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

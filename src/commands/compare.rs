@@ -104,7 +104,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             pins,
             psql: crate::providers::psql(),
             exit_code,
-            change: super::edge::run::change_from_ci(),
+            change: super::edge::run::change_of(g),
         };
         let edge = Cli { g, loaded: &loaded, locks, lease, reporter, signals };
         let outcome = engine_compare::compare(&loaded, &spec, &opts, &edge, signals).await;

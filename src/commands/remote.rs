@@ -27,7 +27,7 @@ pub(crate) fn through(g: &Global, command: &Command) -> Option<i32> {
         (_, Some(s)) => s,
     };
     Some(match command {
-        Command::Request { environment, release } => ask(server, Ask::Rehearse(environment, release)),
+        Command::Request { environment, release } => ask(g, server, Ask::Rehearse(environment, release)),
         Command::Run(args) | Command::Up(args) => {
             let up = matches!(command, Command::Up(_));
             if args.name.is_some() || args.cold || args.destroy.is_some() || (args.keep && !up) {
@@ -42,14 +42,14 @@ pub(crate) fn through(g: &Global, command: &Command) -> Option<i32> {
                 return Some(exit::USAGE);
             };
             let env = name(&args.file);
-            ask(server, if up { Ask::DryRun(&env, release) } else { Ask::Rehearse(&env, release) })
+            ask(g, server, if up { Ask::DryRun(&env, release) } else { Ask::Rehearse(&env, release) })
         }
         Command::Compare(args) => {
             if args.seed.is_some() || args.cold {
                 errln!("error: --seed and --cold are the server's to decide through a server");
                 return Some(exit::USAGE);
             }
-            ask(server, Ask::Compare(&name(&args.file), &args.baseline, &args.candidate))
+            ask(g, server, Ask::Compare(&name(&args.file), &args.baseline, &args.candidate))
         }
         Command::Down { run_id, .. } => owner(server, run_id, "destroy", |remote, id| async move {
             remote.post(&format!("/api/v1/requests/{id}/destroy"), &json!({})).await?;
@@ -128,7 +128,7 @@ fn failed(e: &ClientError) -> i32 {
     }
 }
 
-fn ask(server: &str, what: Ask<'_>) -> i32 {
+fn ask(g: &Global, server: &str, what: Ask<'_>) -> i32 {
     let remote = match connect(server) {
         Ok(r) => r,
         Err(code) => return code,
@@ -153,7 +153,7 @@ fn ask(server: &str, what: Ask<'_>) -> i32 {
         };
         // The change CI says it is, for the run's pages and report.
         let mut body = body;
-        if let Some(change) = super::edge::run::change_from_ci() {
+        if let Some(change) = super::edge::run::change_of(g) {
             body["change"] = serde_json::to_value(change).unwrap_or_default();
         }
         let id = match remote.ask(path, &body).await {

@@ -86,7 +86,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             shared,
             stage: None,
             pins: Default::default(),
-            change: super::edge::run::change_from_ci(),
+            change: super::edge::run::change_of(g),
         };
         let code = rehearse(g, &loaded, &opts, locks, reporter, signals).await.code;
         if let Some((l, name)) = name_lock {

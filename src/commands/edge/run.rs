@@ -199,12 +199,31 @@ pub(crate) fn check_name_free(g: &Global, name: &crate::cli::value::Name) -> Res
     Ok(())
 }
 
-/// The change rehearsed, from the CI that runs rehearse, when it says: GitHub Actions
+/// The change rehearsed: `--change` fields, over what the CI that runs rehearse says
+/// (below).
+///
+/// From CI: GitHub Actions
 /// (`GITHUB_SHA`, `GITHUB_ACTOR`, `GITHUB_REF` = `refs/pull/N/merge`) or GitLab CI
 /// (`CI_COMMIT_SHA`, `GITLAB_USER_LOGIN`, `CI_MERGE_REQUEST_IID`,
 /// `CI_MERGE_REQUEST_TITLE`); or `REHEARSE_CHANGE_COMMIT`, `_AUTHOR`, `_PR`, `_TITLE` and
 /// `_URL` set by hand. What does not fit its grammar is left out.
-pub(crate) fn change_from_ci() -> Option<crate::report::model::Change> {
+pub(crate) fn change_of(g: &Global) -> Option<crate::report::model::Change> {
+    let mut c = change_from_ci().unwrap_or_default();
+    // `--change` fields, checked as they were parsed, over what CI says.
+    for (k, v) in &g.change {
+        match k.as_str() {
+            "commit" => c.commit = Some(v.clone()),
+            "author" => c.author = Some(v.clone()),
+            "pr" => c.pull_request = v.parse().ok(),
+            "title" => c.title = Some(v.clone()),
+            "url" => c.url = Some(v.clone()),
+            _ => {}
+        }
+    }
+    (c != crate::report::model::Change::default()).then_some(c)
+}
+
+fn change_from_ci() -> Option<crate::report::model::Change> {
     let var = |names: &[&str]| names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()));
     let pr = var(&["REHEARSE_CHANGE_PR", "CI_MERGE_REQUEST_IID"]).or_else(|| {
         var(&["GITHUB_REF"])

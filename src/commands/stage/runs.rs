@@ -120,7 +120,7 @@ impl Generations for Runs<'_> {
                 shared: self.opened.shared.clone(),
                 stage: Some(spec.run(self.stage)),
                 pins: Default::default(),
-                change: super::super::edge::run::change_from_ci(),
+                change: super::super::edge::run::change_of(self.g),
             };
             let state_root = opts.state_root.clone();
             let code = run_generation(self, loaded, opts).await;
