@@ -369,15 +369,23 @@ fn warm_golden_copy_is_used_and_matches_the_backup() {
     let warm = sb.cmd().args(["warm", "environments/demo.yaml"]).output().unwrap();
     assert_eq!(warm.status.code(), Some(0), "{}", String::from_utf8_lossy(&warm.stderr));
     assert!(String::from_utf8_lossy(&warm.stdout).contains("golden copy refreshed"));
+    // The run a command made: the id not seen before it (two runs in one second sort by
+    // their random part, not by time).
+    let mut seen: Vec<String> = Vec::new();
+    let mut newest = |sb: &Sandbox| {
+        let id = sb.run_ids().into_iter().find(|i| !seen.contains(i)).expect("a new run");
+        seen.push(id.clone());
+        id
+    };
     let (code, _, stderr) = run_demo(&sb, "v2", &[]);
     assert_eq!(code, 0, "{stderr}");
-    let id = sb.run_ids().pop().unwrap();
+    let id = newest(&sb);
     let report = sb.report(&id);
     assert_eq!(report["backups"][0]["method"], "warm", "{}", report["backups"]);
     // --cold ignores it.
     let (code, _, _) = run_demo(&sb, "v2", &["--cold"]);
     assert_eq!(code, 0);
-    let id = sb.run_ids().pop().unwrap();
+    let id = newest(&sb);
     assert_eq!(sb.report(&id)["backups"][0]["method"], "cold");
     assert_nothing_left(&sb, &id);
     // The golden copy itself is stopped: no server runs from it.
