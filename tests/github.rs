@@ -233,8 +233,12 @@ fn a_labelled_pull_request_is_rehearsed_and_its_check_run_and_one_comment_follow
     let id = accepted.json()["id"].as_str().unwrap().to_string();
     assert_eq!(accepted.json()["change"]["pull_request"], 12);
     assert_eq!(accepted.json()["ask"]["release"], "v3");
-    // The same delivery again: answered, not run.
+    // The same delivery again, or its signed body under another delivery id: answered,
+    // not run.
     assert_eq!(deliver(addr, "pull_request", "g-1", &labeled(12, "alice"), Some(WEBHOOK_SECRET)).status, 409);
+    assert_eq!(deliver(addr, "pull_request", "g-1b", &labeled(12, "alice"), Some(WEBHOOK_SECRET)).status, 409);
+    // GitHub's logins are a namespace of their own.
+    assert_eq!(accepted.json()["user"], "alice@github");
 
     let done = wait_finished(addr, &id);
     assert_eq!(done["state"]["verdict"], "failed", "{done}");
@@ -269,6 +273,14 @@ fn a_labelled_pull_request_is_rehearsed_and_its_check_run_and_one_comment_follow
     let log = http(addr, "GET", "/api/v1/audit?limit=2000", &[("X-Forwarded-User", "alice")], "").body;
     assert!(log.contains("github: check run of request") && log.contains("rate-limited"), "{log}");
     assert!(!log.contains("ghs_installation"), "a token in the audit log");
+    // A title of many bytes (CJK: three each) is cut to what a record holds, and taken.
+    let mut long = labeled(13, "alice");
+    long["pull_request"]["title"] = "変更".repeat(100).into();
+    let taken = deliver(addr, "pull_request", "g-2", &long, Some(WEBHOOK_SECRET));
+    assert_eq!(taken.status, 202, "{}", taken.body);
+    assert!(taken.json()["change"]["title"].as_str().unwrap().len() <= 256);
+    let id13 = taken.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_finished(addr, &id13)["state"]["state"], "finished");
 }
 
 /// With a token instead of an App. Comment commands: `/rehearse compare` from a team member posts the compare page's

@@ -104,6 +104,31 @@ fn a_signed_delivery_rehearses_and_its_signed_callback_arrives_once_past_the_rec
     let again = deliver(addr, "deploy", "d-1", &body, Some((SECRET, now())));
     assert_eq!(again.status, 409, "{}", again.body);
     assert_eq!(again.json()["request"], id.as_str());
+    // The same signed delivery under another delivery id (a replay from a log): caught by
+    // its signature, answered, not run.
+    let t = now() - 5;
+    let sig = sign(SECRET, t, &body);
+    let first = http(
+        addr,
+        "POST",
+        "/hooks/deploy",
+        &[("X-Rehearse-Delivery", "d-9"), ("X-Rehearse-Signature", &sig), ("Content-Type", "application/json")],
+        &body,
+    );
+    assert_eq!(first.status, 202, "{}", first.body);
+    let replayed = http(
+        addr,
+        "POST",
+        "/hooks/deploy",
+        &[("X-Rehearse-Delivery", "d-10"), ("X-Rehearse-Signature", &sig), ("Content-Type", "application/json")],
+        &body,
+    );
+    assert_eq!(replayed.status, 409, "{}", replayed.body);
+    assert_eq!(replayed.json()["request"], first.json()["id"]);
+    // Where a request is told is a capability: nobody else sees its callback's URL.
+    let seen = http(addr, "GET", &format!("/api/v1/requests/{id}"), &[("X-Forwarded-User", "bob")], "").json();
+    assert_eq!(seen["notify"][0]["kind"], "callback", "{seen}");
+    assert!(!seen.to_string().contains("/rehearsed"), "{seen}");
     // Unsigned, mis-signed, stale: 401, and nothing runs.
     assert_eq!(deliver(addr, "deploy", "d-2", &body, None).status, 401);
     assert_eq!(
@@ -122,7 +147,7 @@ fn a_signed_delivery_rehearses_and_its_signed_callback_arrives_once_past_the_rec
     assert!(refused.body.contains("is not a release version"), "{}", refused.body);
     assert_eq!(deliver(addr, "nope", "d-7", &body, Some((SECRET, now()))).status, 404);
     let all = http(addr, "GET", "/api/v1/requests", &[("X-Forwarded-User", "alice")], "").json();
-    assert_eq!(all["requests"].as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all["requests"].as_array().unwrap().len(), 2, "{all}");
     // Every refusal is in the audit log, with why; the callbacks' calls too.
     let log = http(addr, "GET", "/api/v1/audit?limit=1000", &[("X-Forwarded-User", "alice")], "").body;
     for why in [
@@ -137,6 +162,8 @@ fn a_signed_delivery_rehearses_and_its_signed_callback_arrives_once_past_the_rec
         assert!(log.contains(why), "no `{why}` in the audit log");
     }
     assert!(!log.contains(std::str::from_utf8(SECRET).unwrap()));
+    // The callback's calls are audited by origin only (a path can be a capability).
+    assert!(!log.contains("/rehearsed"), "a callback's path in the audit log");
 }
 
 /// The run ends while the receiver is down and the server is then killed: started

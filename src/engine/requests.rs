@@ -162,6 +162,12 @@ impl Request {
         }
     }
 
+    /// Whether it would be read back: what [`read`] checks of a stranger's record, checked
+    /// before it is recorded (a record the server could not read would never run).
+    pub fn valid(&self) -> Result<(), String> {
+        self.check(&self.id)
+    }
+
     /// Whether it has ended.
     pub fn finished(&self) -> bool {
         matches!(self.state, State::Finished { .. })

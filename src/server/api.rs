@@ -253,7 +253,7 @@ async fn list(State(app): State<App>, Caller { who, asked }: Caller) -> Response
     match requests::list_known(app.shared.store.as_ref(), &app.shared.finished).await {
         Ok((found, refused)) => {
             app.audit(&asked, Some(&who.user), Decision::Allowed, "list requests").await;
-            let all: Vec<&Request> = found.iter().map(|r| &r.request).collect();
+            let all: Vec<serde_json::Value> = found.iter().map(|r| public(&r.request)).collect();
             let refused: Vec<String> = refused.iter().map(|e| e.to_string()).collect();
             Json(json!({ "requests": all, "refused": refused, "running": app.shared.queue.running_now() }))
                 .into_response()
@@ -269,7 +269,7 @@ async fn one(State(app): State<App>, Path(id): Path<String>, Caller { who, asked
     match requests::read(app.shared.store.as_ref(), &id).await {
         Ok(Some(r)) => {
             app.audit(&asked, Some(&who.user), Decision::Allowed, "read request").await;
-            Json(r.request).into_response()
+            Json(public(&r.request)).into_response()
         }
         Ok(None) => refusal(StatusCode::NOT_FOUND, "no such request"),
         Err(e) => refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -329,6 +329,20 @@ async fn events(State(app): State<App>, Path(id): Path<String>, Caller { who, as
         }
     };
     Sse::new(feed).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// A request as anyone identified may see it: where it is told (a callback's URL, a
+/// Slack message's response URL: capabilities) is said by kind only.
+pub(super) fn public(r: &Request) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(n) = v.get_mut("notify").and_then(|n| n.as_array_mut()) {
+        for t in n.iter_mut() {
+            if let Some(o) = t.as_object_mut() {
+                o.retain(|k, _| matches!(k.as_str(), "kind" | "repo" | "pull_request"));
+            }
+        }
+    }
+    v
 }
 
 /// Request `id` (from a path), or the answer that says it is not there: 404 for an id

@@ -56,7 +56,17 @@ fn pull_request(v: &Value) -> Option<PullRequest> {
         number: v["number"].as_u64()?,
         head_sha,
         head_ref: s("/head/ref").unwrap_or_default(),
-        title: s("/title").unwrap_or_default().chars().filter(|c| !c.is_control()).take(256).collect(),
+        title: {
+            // At most 256 bytes, cut at a character's boundary.
+            let mut t = String::new();
+            for c in s("/title").unwrap_or_default().chars().filter(|c| !c.is_control()) {
+                if t.len() + c.len_utf8() > 256 {
+                    break;
+                }
+                t.push(c);
+            }
+            t
+        },
         url: s("/html_url").filter(|u| requests::valid_url(u)).unwrap_or_default(),
         author: s("/user/login").filter(|u| requests::valid_user(u)).unwrap_or_default(),
     })
@@ -179,6 +189,7 @@ pub(crate) async fn hook(
         sender: &sender,
         installation,
         delivery: &delivery,
+        body: &body,
     };
     match (event.as_str(), action.as_str()) {
         ("pull_request", "closed") => {
@@ -264,6 +275,8 @@ struct Ctx<'a> {
     sender: &'a str,
     installation: Option<u64>,
     delivery: &'a str,
+    /// The delivery's signed body (its replays are known by it).
+    body: &'a [u8],
 }
 
 impl Ctx<'_> {
@@ -325,12 +338,14 @@ impl Ctx<'_> {
             (None, true) => Wanted::DryRun { release: &wanted_release, ttl: None },
             (None, false) => Wanted::Rehearse { release: &wanted_release },
         };
-        let ask = match ask::decide(app, self.sender, &repo.environment, wanted) {
+        // GitHub's logins are their own namespace: `alice@github` is not the portal's alice.
+        let user = format!("{}@github", self.sender);
+        let ask = match ask::decide(app, &user, &repo.environment, wanted) {
             Ok(a) => a,
             Err((status, why)) => return self.refuse_replying(pr.number, status, &why).await,
         };
-        let who = Who { user: self.sender.to_string(), via: Via::Token };
-        let mut request = Request::new(self.sender, &repo.environment, ask);
+        let who = Who { user: user.clone(), via: Via::Token };
+        let mut request = Request::new(&user, &repo.environment, ask);
         request.notify.push(Notify::GitHub {
             repo: self.repo_name.to_string(),
             pull_request: pr.number,
@@ -347,12 +362,6 @@ impl Ctx<'_> {
         if let Err(r) = ask::within_limit(app, self.asked, &who, &request.environment).await {
             return r;
         }
-        if let Err(earlier) = super::hooks::first_delivery(app, "github", self.delivery, &request.id).await {
-            let why =
-                format!("delivery {} was received before: request {}", self.delivery, earlier.unwrap_or_default());
-            app.audit(self.asked, Some(&who.user), Decision::Refused, &format!("github: {why}")).await;
-            return (StatusCode::CONFLICT, Json(json!({ "error": why }))).into_response();
-        }
         app.audit(
             self.asked,
             Some(&who.user),
@@ -360,7 +369,9 @@ impl Ctx<'_> {
             &format!("github: {}#{} by {by}", self.repo_name, pr.number),
         )
         .await;
-        ask::accept(app, self.asked, &who, request, true).await
+        // GitHub signs no timestamp: its signed body (unique ids and times in it) is the key.
+        let signed = super::hooks::replay_key(self.body);
+        super::hooks::take(app, self.asked, &who, "github", self.delivery, &signed, request).await
     }
 
     /// Tears down the pull request's kept dry runs (it was closed, or `/rehearse down`).

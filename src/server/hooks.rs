@@ -61,24 +61,102 @@ pub(crate) fn valid_delivery(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-/// Records delivery `id` of hook `hook` as having made `request`, before the request is
-/// recorded: `Err` with the request an earlier delivery of the same id made.
-pub(crate) async fn first_delivery(app: &App, hook: &str, id: &str, request: &str) -> Result<(), Option<String>> {
-    let key = format!("deliveries/{hook}/{id}.json");
-    let body = serde_json::to_vec(&Delivery { request: request.to_string(), at: chrono::Utc::now() })
+/// Why a delivery is not taken.
+pub(crate) enum Seen {
+    /// Its id, or its signed body (a replay under a new id), came before: the request it
+    /// made, when that can be read.
+    Before(Option<String>),
+    /// The store did not answer: the sender should try again.
+    Unknown(String),
+}
+
+/// What a replayer cannot change without the secret, as a key: the hex of `signed`'s
+/// SHA-256 (a signature, or a signed body), 48 digits.
+pub(crate) fn replay_key(signed: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(signed).iter().take(24).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Records the delivery of `hook` as having made `request`, before the request is
+/// recorded — by `signed` ([`replay_key`]: a replay under a new delivery id is caught)
+/// and by its delivery id, each create-only; the keys written. Either seen before is
+/// [`Seen::Before`].
+pub(crate) async fn first_delivery(
+    app: &App,
+    hook: &str,
+    id: &str,
+    signed: &str,
+    request: &str,
+) -> Result<Vec<String>, Seen> {
+    let digest = signed;
+    let record = serde_json::to_vec(&Delivery { request: request.to_string(), at: chrono::Utc::now() })
         .expect("a delivery serializes");
-    match store::put_checked(app.shared.store.as_ref(), &key, &body, Condition::Absent).await {
-        Ok(_) => Ok(()),
-        Err(store::StoreError::PreconditionFailed) => {
-            let earlier = store::retrying(|| app.shared.store.get(&key)).await.ok().flatten();
-            let request = earlier
-                .and_then(|o| serde_json::from_slice::<Delivery>(&o.body).ok())
-                .map(|d| d.request)
-                .filter(|r| requests::valid_id(r));
-            Err(request)
+    let mut written = Vec::new();
+    for key in [format!("deliveries/{hook}/signed-{digest}.json"), format!("deliveries/{hook}/{id}.json")] {
+        match store::put_checked(app.shared.store.as_ref(), &key, &record, Condition::Absent).await {
+            Ok(_) => written.push(key),
+            Err(store::StoreError::PreconditionFailed) => {
+                let earlier = store::retrying(|| app.shared.store.get(&key)).await.ok().flatten();
+                let request = earlier
+                    .and_then(|o| serde_json::from_slice::<Delivery>(&o.body).ok())
+                    .map(|d| d.request)
+                    .filter(|r| requests::valid_id(r));
+                forget_delivery(app, &written).await;
+                return Err(Seen::Before(request));
+            }
+            Err(e) => {
+                forget_delivery(app, &written).await;
+                return Err(Seen::Unknown(e.to_string()));
+            }
         }
-        Err(_) => Err(None),
     }
+    Ok(written)
+}
+
+/// Forgets a delivery whose request could not be recorded (best effort), so that the
+/// sender's retry is taken.
+pub(crate) async fn forget_delivery(app: &App, keys: &[String]) {
+    for k in keys {
+        // Left behind, it answers the retry 409: said in the server's log.
+        if let Err(e) = store::delete_current(app.shared.store.as_ref(), k).await {
+            let line = format!("rehearse serve: warning: cannot forget the delivery record {k}: {e}");
+            eprintln!("{}", crate::sys::text::printable_text(&line)); // raw: sanitized
+        }
+    }
+}
+
+/// Takes a delivery to `source` (a hook's name, `github`, `slack`): its records, then
+/// the request (recorded and answered 202); a replay answered 409 with the request it
+/// made, a store that does not answer 503.
+pub(crate) async fn take(
+    app: &App,
+    asked: &Asked,
+    who: &Who,
+    source: &str,
+    id: &str,
+    signed: &str,
+    request: Request,
+) -> Response {
+    let keys = match first_delivery(app, source, id, signed, &request.id).await {
+        Ok(k) => k,
+        Err(Seen::Before(earlier)) => {
+            let why = match &earlier {
+                Some(r) => format!("delivery {id} was received before: request {r}"),
+                None => format!("delivery {id} was received before"),
+            };
+            app.audit(asked, Some(&who.user), Decision::Refused, &format!("{source}: {why}")).await;
+            return (StatusCode::CONFLICT, Json(json!({ "error": why, "request": earlier }))).into_response();
+        }
+        Err(Seen::Unknown(e)) => {
+            let why = format!("{source}: cannot record the delivery: {e}");
+            return app.refuse(asked, who, StatusCode::SERVICE_UNAVAILABLE, why).await;
+        }
+    };
+    let answer = ask::accept(app, asked, who, request, true).await;
+    if answer.status() != StatusCode::ACCEPTED {
+        forget_delivery(app, &keys).await;
+    }
+    answer
 }
 
 /// `POST /hooks/NAME`: a generic hook's delivery.
@@ -150,13 +228,7 @@ pub(crate) async fn generic(
         return r;
     }
     // Seen before: answered with what it made, never run twice.
-    if let Err(earlier) = first_delivery(&app, &hook.name, delivery, &request.id).await {
-        let why = match &earlier {
-            Some(r) => format!("delivery {delivery} was received before: request {r}"),
-            None => format!("delivery {delivery} was received before"),
-        };
-        app.audit(&asked, Some(&who.user), Decision::Refused, &format!("hook {name}: {why}")).await;
-        return (StatusCode::CONFLICT, Json(json!({ "error": why, "request": earlier }))).into_response();
-    }
-    ask::accept(&app, &asked, &who, request, true).await
+    // A delivery's signature is its own (it covers its timestamp): a replay repeats it.
+    let signed = replay_key(text("x-rehearse-signature").unwrap_or_default().as_bytes());
+    take(&app, &asked, &who, &hook.name, delivery, &signed, request).await
 }

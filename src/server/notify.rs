@@ -21,6 +21,10 @@ use crate::engine::requests::{self, Notify, Read, Request, State};
 use crate::engine::store::{self, Condition, Etag};
 use crate::sys::signals::Signals;
 
+/// Tries of one target before it is given up (backoff reaches five minutes at the
+/// ninth: about two hours in all).
+const MAX_TRIES: u32 = 32;
+
 /// How often the outbox is looked at without being told.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -153,8 +157,36 @@ async fn look(shared: &Arc<Shared>, memory: &mut Memory) {
                         memory.next.remove(&slot);
                         changed = true;
                     }
-                    Err(after) => {
+                    Err((after, made)) => {
+                        // A check run made before the failure is kept: the retry edits it.
+                        if let Some(id) = made {
+                            let t = told.targets.entry(i).or_insert_with(|| Telling {
+                                state: String::new(),
+                                at: Utc::now(),
+                                status: None,
+                                refused: false,
+                                check_run: None,
+                            });
+                            if t.check_run != Some(id) {
+                                t.check_run = Some(id);
+                                changed = true;
+                            }
+                        }
                         let failures = memory.next.get(&slot).map_or(0, |(n, _)| *n) + 1;
+                        if failures > MAX_TRIES {
+                            // Given up (about two hours of tries): recorded as refused.
+                            let t = Telling {
+                                state: state.into(),
+                                at: Utc::now(),
+                                status: Some(0),
+                                refused: true,
+                                check_run: made,
+                            };
+                            told.targets.insert(i, t);
+                            memory.next.remove(&slot);
+                            changed = true;
+                            break;
+                        }
                         memory.next.insert(slot.clone(), (failures, Instant::now() + backoff(failures, after)));
                         break;
                     }
@@ -200,23 +232,23 @@ async fn tell(
     target: &Notify,
     state: &str,
     check_run: Option<u64>,
-) -> Result<(u16, bool, Option<u64>), Duration> {
+) -> Result<(u16, bool, Option<u64>), (Duration, Option<u64>)> {
     let (hook, url) = match target {
         Notify::Callback { hook, url } => (hook, url),
         Notify::Slack { .. } => {
             return match super::slack::tell(shared, read, target, state).await {
                 Ok(status) => Ok((status, !(200..300).contains(&status), None)),
-                Err(after) => Err(after),
+                Err(after) => Err((after, None)),
             }
         }
         Notify::GitHub { .. } => {
             return match super::github::tell(shared, read, target, state, check_run).await {
                 Ok(id) => Ok((200, false, id)),
-                Err(super::github::Failed::Refused(status)) => Ok((status.as_u16(), true, check_run)),
-                Err(super::github::Failed::Later(after, why)) => {
+                Err((made, super::github::Failed::Refused(status))) => Ok((status.as_u16(), true, made)),
+                Err((made, super::github::Failed::Later(after, why))) => {
                     let line = format!("rehearse serve: GitHub, request {}: {why}; again later", read.request.id);
                     eprintln!("{}", crate::sys::text::printable_text(&line)); // raw: sanitized
-                    Err(after)
+                    Err((after, made))
                 }
             };
         }
@@ -243,7 +275,7 @@ async fn tell(
     match shared.outbound.send(shared.store.as_ref(), &call).await {
         Outcome::Done { status, .. } => Ok((status.as_u16(), false, None)),
         Outcome::Refused { status, .. } => Ok((status.as_u16(), true, None)),
-        Outcome::Later { after, .. } => Err(after),
+        Outcome::Later { after, .. } => Err((after, None)),
     }
 }
 

@@ -86,8 +86,9 @@ impl Outbound {
                 user: Some("rehearse".into()),
                 peer: "outbound".into(),
                 method: call.method.to_string(),
-                // The URL without its query (which may carry a token).
-                path: call.url.split('?').next().unwrap_or_default().chars().take(512).collect(),
+                // The URL's scheme and host only: a path or a query may be a capability
+                // (Slack's response URLs are), and user info a password.
+                path: origin(&call.url),
                 decision,
                 why: crate::sys::text::printable(&said).chars().take(1024).collect(),
             };
@@ -167,4 +168,12 @@ impl Outbound {
 pub(crate) fn backoff(failures: u32, after: Duration) -> Duration {
     let doubling = Duration::from_secs(1u64 << failures.min(8));
     after.max(doubling).min(Duration::from_secs(300))
+}
+
+/// `https://host[:port]` of `url`, without user info, path or query.
+fn origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    crate::sys::text::printable(&format!("{scheme}://{host}")).chars().take(256).collect()
 }

@@ -146,11 +146,12 @@ pub(crate) async fn command(
             String::from_utf8_lossy(&axum::body::to_bytes(r.into_body(), 4096).await.unwrap_or_default()).into_owned();
         return say(true, &format!("rehearse: {why}"));
     }
-    if super::hooks::first_delivery(&app, "slack", &cmd.trigger_id, &request.id).await.is_err() {
-        return refuse(format!("the command {} was received before", cmd.trigger_id)).await;
-    }
     let id = request.id.clone();
-    let accepted = ask::accept(&app, &asked, &who, request, true).await;
+    let signed = super::hooks::replay_key(&body);
+    let accepted = super::hooks::take(&app, &asked, &who, "slack", &cmd.trigger_id, &signed, request).await;
+    if accepted.status() == StatusCode::CONFLICT {
+        return say(true, &format!("rehearse: the command {} was received before", cmd.trigger_id));
+    }
     if accepted.status() != StatusCode::ACCEPTED {
         return say(true, "rehearse: the request could not be recorded; try again");
     }
@@ -268,6 +269,11 @@ pub(crate) async fn tell(
     state: &str,
 ) -> Result<u16, std::time::Duration> {
     let Notify::Slack { response_url } = target else { return Ok(0) };
+    // What the store says is checked against the configuration: Slack's URLs only.
+    let prefix = shared.config.slack.as_ref().map(|s| s.response_urls.as_str()).unwrap_or("https://hooks.slack.com/");
+    if !requests::valid_url(response_url) || !response_url.starts_with(prefix) {
+        return Ok(403);
+    }
     let r = &read.request;
     let base = shared.public_url.trim_end_matches('/');
     let what = match &r.ask {

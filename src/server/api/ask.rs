@@ -222,6 +222,10 @@ pub(crate) async fn accept(app: &App, asked: &Asked, who: &Who, request: Request
             return r;
         }
     }
+    if let Err(why) = request.valid() {
+        let why = why.replace("its ", "the request's ");
+        return app.refuse(asked, who, StatusCode::BAD_REQUEST, why).await;
+    }
     // Recorded before it is accepted: a restart loses nothing that was answered 202.
     if let Err(e) = requests::record(app.shared.store.as_ref(), &request).await {
         return app

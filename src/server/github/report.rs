@@ -18,16 +18,21 @@ fn comment_key(repo: &str, number: u64) -> String {
 }
 
 /// Brings the request's check run and the pull request's comment to `state`; the check
-/// run's id, or why not now.
+/// run's id, or why not now (with the check run's id, when it was made: a retry edits it,
+/// never makes another).
 pub(crate) async fn tell(
     shared: &Shared,
     read: &Read,
     target: &Notify,
     state: &str,
     check_run: Option<u64>,
-) -> Result<Option<u64>, Failed> {
+) -> Result<Option<u64>, (Option<u64>, Failed)> {
     let Notify::GitHub { repo, pull_request, head_sha, installation } = target else { return Ok(check_run) };
-    let Some(gh) = shared.github.as_ref() else { return Err(Failed::Refused(StatusCode::NOT_FOUND)) };
+    let Some(gh) = shared.github.as_ref() else { return Err((check_run, Failed::Refused(StatusCode::NOT_FOUND))) };
+    // What the store says is checked against the configuration: only its repositories.
+    if !super::valid_repo(repo) || !gh.config.repositories.contains_key(repo) {
+        return Err((check_run, Failed::Refused(StatusCode::FORBIDDEN)));
+    }
     let r = &read.request;
     let base = shared.public_url.trim_end_matches('/');
     let page = format!("{base}/requests/{}", r.id);
@@ -55,39 +60,66 @@ pub(crate) async fn tell(
         None => {
             let v = gh
                 .api(shared, *installation, Method::POST, &format!("/repos/{repo}/check-runs"), Some(&body), &what)
-                .await?;
+                .await
+                .map_err(|f| (None, f))?;
             v["id"].as_u64()
         }
         Some(id) => {
             gh.api(shared, *installation, Method::PATCH, &format!("/repos/{repo}/check-runs/{id}"), Some(&body), &what)
-                .await?;
+                .await
+                .map_err(|f| (Some(id), f))?;
             Some(id)
         }
     };
+    comment_on(shared, gh, r, repo, *pull_request, *installation, state).await.map_err(|f| (check_run, f))?;
+    Ok(check_run)
+}
+
+/// The pull request's one comment, brought to `state`: edited in place, or posted (and
+/// its id kept) when there is none yet or it was deleted.
+async fn comment_on(
+    shared: &Shared,
+    gh: &super::GitHub,
+    r: &Request,
+    repo: &str,
+    pull_request: u64,
+    installation: Option<u64>,
+    state: &str,
+) -> Result<(), Failed> {
     // The one comment of the pull request, edited in place.
     let text = comment(shared, r, state);
-    let key = comment_key(repo, *pull_request);
+    let key = comment_key(repo, pull_request);
     let known = store::retrying(|| shared.store.get(&key)).await.ok().flatten();
     let comment_id =
         known.as_ref().and_then(|o| serde_json::from_slice::<Value>(&o.body).ok()).and_then(|v| v["comment"].as_u64());
     let what = format!("github: the comment on {repo}#{pull_request}");
     match comment_id {
         Some(id) => {
-            gh.api(
-                shared,
-                *installation,
-                Method::PATCH,
-                &format!("/repos/{repo}/issues/comments/{id}"),
-                Some(&json!({ "body": text })),
-                &what,
-            )
-            .await?;
+            let edited = gh
+                .api(
+                    shared,
+                    installation,
+                    Method::PATCH,
+                    &format!("/repos/{repo}/issues/comments/{id}"),
+                    Some(&json!({ "body": text })),
+                    &what,
+                )
+                .await;
+            match edited {
+                Ok(_) => {}
+                // Deleted by someone: forgotten, and posted anew next time.
+                Err(Failed::Refused(StatusCode::NOT_FOUND)) => {
+                    let _forgotten = store::delete_current(shared.store.as_ref(), &key).await;
+                    return Err(Failed::Later(std::time::Duration::from_secs(1), "the comment was deleted".into()));
+                }
+                Err(f) => return Err(f),
+            }
         }
         None => {
             let v = gh
                 .api(
                     shared,
-                    *installation,
+                    installation,
                     Method::POST,
                     &format!("/repos/{repo}/issues/{pull_request}/comments"),
                     Some(&json!({ "body": text })),
@@ -101,7 +133,7 @@ pub(crate) async fn tell(
             }
         }
     }
-    Ok(check_run)
+    Ok(())
 }
 
 /// "demo · v3 — failed".
