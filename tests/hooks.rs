@@ -27,6 +27,12 @@ fn sign(secret: &[u8], t: i64, body: &str) -> String {
     format!("t={t},v1={}", hex(&m.finalize().into_bytes()))
 }
 
+/// The hook `deploy`'s configuration entry, its secret in a 0600 file.
+fn hook_entry(sb: &Sandbox) -> String {
+    let key = secret_file(sb, "deploy.key", SECRET);
+    format!("hooks:\n  - name: deploy\n    secret_file: {}\n    user: deploy-bot\n", key.display())
+}
+
 /// The configuration with the hook `deploy` (its user `deploy-bot`, whom the `*` rule
 /// lets rehearse), its secret in a 0600 file.
 fn config(sb: &Sandbox) -> String {
@@ -202,4 +208,37 @@ fn a_callback_is_told_after_a_server_restart() {
     assert_eq!(taken.len(), 1, "{taken:?}");
     assert_eq!(taken[0]["request"], id.as_str());
     assert_eq!(taken[0]["verdict"], "passed");
+}
+
+/// Two replicas on one store, each running its outbox: every request's callback is
+/// told once, by one of them (a claim by compare-and-swap before the call).
+#[test]
+fn two_replicas_tell_each_callback_once() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    let (emu, _rt, _s3) = crate::emulator::with_team_store();
+    let receiver = Fake::start(|_| Reply::json(200, json!({})));
+    let servers = crate::serve::replicas(&sb, &emu, &envs, "5s", &hook_entry(&sb));
+    let ids: Vec<String> = (0..6)
+        .map(|i| {
+            // Bodies differ: one body signed at one second is one delivery, whatever its id.
+            let body = json!({ "environment": "quick", "release": "v1", "callback_url": receiver.url("/told"),
+                               "change": { "title": format!("change {i}") } })
+            .to_string();
+            let a = deliver(servers[i % 2].addr, "deploy", &format!("rep-{i}"), &body, Some((SECRET, now())));
+            assert_eq!(a.status, 202, "{}", a.body);
+            a.json()["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for id in &ids {
+        wait_finished(servers[0].addr, id);
+    }
+    wait_for("every callback", 60, || receiver.got().len() >= ids.len());
+    // Both outboxes look every second: give a second teller time to show itself.
+    std::thread::sleep(Duration::from_secs(3));
+    let got = receiver.got();
+    for id in &ids {
+        let n = got.iter().filter(|g| g.json()["request"] == id.as_str()).count();
+        assert_eq!(n, 1, "request {id} told {n} times");
+    }
 }

@@ -592,9 +592,16 @@ fn the_cli_pointed_at_a_server_rehearses_keeps_extends_and_destroys_with_a_token
 /// Two replicas of the server, `a` and `b`, on the emulator's S3 store (`team-state`),
 /// each with a state and work directory of its own, sharing a CSRF key; runs' leases
 /// last `lease`.
-fn replicas(sb: &Sandbox, emu: &crate::emulator::Emulator, envs: &std::path::Path, lease: &str) -> [Server; 2] {
+pub(crate) fn replicas(
+    sb: &Sandbox,
+    emu: &crate::emulator::Emulator,
+    envs: &std::path::Path,
+    lease: &str,
+    extra: &str,
+) -> [Server; 2] {
     let key = common::secret_file(sb, "csrf.key", &[7u8; 32]);
-    let config = format!("{CONFIG}store: s3://team-state/serve\nlease: {lease}\ncsrf_key_file: {}\n", key.display());
+    let config =
+        format!("{CONFIG}store: s3://team-state/serve\nlease: {lease}\ncsrf_key_file: {}\n{extra}", key.display());
     ["a", "b"].map(|name| {
         let mut cmd = emu.rehearse(sb);
         cmd.env("REHEARSE_STATE_DIR", sb.dir.path().join(format!("state-{name}")))
@@ -612,7 +619,7 @@ fn two_replicas_on_one_s3_store_run_twenty_queued_requests_each_exactly_once() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.3);
     let (emu, rt, s3) = crate::emulator::with_team_store();
-    let [a, b] = replicas(&sb, &emu, &envs, "5s");
+    let [a, b] = replicas(&sb, &emu, &envs, "5s", "");
     // One key: a page of one replica is accepted by the other.
     let csrf = csrf_of(a.addr, "carol");
     assert_eq!(csrf, csrf_of(b.addr, "carol"));
@@ -680,7 +687,7 @@ fn a_dead_replicas_run_is_taken_over_by_the_other_after_its_lease() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.1);
     let (emu, _rt, _s3) = crate::emulator::with_team_store();
-    let mut servers = Vec::from(replicas(&sb, &emu, &envs, "2s"));
+    let mut servers = Vec::from(replicas(&sb, &emu, &envs, "2s", ""));
     let csrf = csrf_of(servers[0].addr, "erin");
     let asked = ask(
         servers[0].addr,

@@ -4,7 +4,9 @@
 //! restart between the run's end and the telling still tells, and never twice: a
 //! target that answered is not called again. A target that cannot be reached now is
 //! tried again with backoff (doubling from a second, at most five minutes, or what its
-//! `Retry-After` says); one that refuses (a 4xx) is recorded as refused.
+//! `Retry-After` says); one that refuses (a 4xx) is recorded as refused. Replicas on one
+//! store claim a request's telling first (compare-and-swap on its record, two minutes):
+//! one tells, the others read what it told.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,7 +35,21 @@ const POLL: Duration = Duration::from_secs(1);
 #[serde(deny_unknown_fields)]
 struct Told {
     targets: HashMap<usize, Telling>,
+    /// The server telling now (replicas: one tells, the others wait for its record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claim: Option<Claim>,
 }
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Claim {
+    by: String,
+    /// Past this, the claim is a dead server's: another may tell.
+    until: DateTime<Utc>,
+}
+
+/// How long a claim to tell lasts (a call takes at most its timeout, 20 s, a few times).
+const CLAIM: chrono::Duration = chrono::Duration::seconds(120);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,7 +156,28 @@ async fn look(shared: &Arc<Shared>, memory: &mut Memory) {
             Some(t) => t,
             None => continue,
         };
-        let mut changed = false;
+        // Another replica is telling it: its record will say what it told. (One server
+        // alone claims nothing: a claim left by its killed predecessor is its own.)
+        let now = Utc::now();
+        let replicated = shared.replicated.is_some();
+        if replicated && told.claim.as_ref().is_some_and(|c| c.by != shared.name && c.until > now) {
+            continue;
+        }
+        let waiting = |i: usize| memory.next.get(&(r.id.clone(), i)).is_some_and(|(_, at)| Instant::now() < *at);
+        let pending =
+            r.notify.iter().enumerate().any(|(i, t)| !waiting(i) && next_state(r, t, told.targets.get(&i)).is_some());
+        let etag = if pending && replicated {
+            // Claimed first (compare-and-swap): of two replicas, one tells.
+            told.claim = Some(Claim { by: shared.name.clone(), until: now + CLAIM });
+            match save(shared, &r.id, &told, etag).await {
+                Some(e) => Some(e),
+                None => continue,
+            }
+        } else {
+            etag
+        };
+        told.claim = None;
+        let mut changed = pending;
         for (i, target) in r.notify.iter().enumerate() {
             let slot = (r.id.clone(), i);
             // Each state in order, as far as the request has gone.
@@ -193,7 +230,7 @@ async fn look(shared: &Arc<Shared>, memory: &mut Memory) {
                 }
             }
         }
-        if changed && !save(shared, &r.id, &told, etag).await {
+        if changed && save(shared, &r.id, &told, etag).await.is_none() {
             continue;
         }
         let all = (0..r.notify.len()).all(|i| told.targets.get(&i).is_some_and(|t| t.state == "finished" || t.refused));
@@ -213,15 +250,15 @@ async fn load(shared: &Shared, id: &str) -> Option<(Told, Option<Etag>)> {
     }
 }
 
-/// Records what was told; `false` when another replica recorded first (it told too:
-/// the next look reads its record).
-async fn save(shared: &Shared, id: &str, told: &Told, etag: Option<Etag>) -> bool {
+/// Records what was told (or a claim to tell), if the record is still the version
+/// read; its new version, `None` when another replica wrote first.
+async fn save(shared: &Shared, id: &str, told: &Told, etag: Option<Etag>) -> Option<Etag> {
     let body = serde_json::to_vec(told).expect("a record serializes");
     let condition = match etag {
         Some(e) => Condition::Matches(e),
         None => Condition::Absent,
     };
-    store::put_checked(shared.store.as_ref(), &key(id), &body, condition).await.is_ok()
+    store::put_checked(shared.store.as_ref(), &key(id), &body, condition).await.ok()
 }
 
 /// Tells `target` that `read`'s request reached `state`: the answer's status, whether
