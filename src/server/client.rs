@@ -105,18 +105,25 @@ impl Remote {
         call(&self.client, &self.base, Method::GET, path, &self.token, None).await
     }
 
+    /// A GET of `path` with the token (and `accept`): its URL and the answer to come.
+    fn get_raw(
+        &self,
+        path: &str,
+        accept: Option<&'static str>,
+    ) -> Result<(String, hyper_util::client::legacy::ResponseFuture), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = Request::get(&url).header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT, a);
+        }
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| ClientError::Url(e.to_string()))?;
+        Ok((url, self.client.request(req)))
+    }
+
     /// A GET of `path`'s text (at most 1 MiB).
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let req = Request::get(&url)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Url(e.to_string()))?;
-        let res = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| ClientError::Unreachable { url: url.clone(), source: Box::new(e) })?;
+        let (url, answer) = self.get_raw(path, None)?;
+        let res = answer.await.map_err(|e| ClientError::Unreachable { url, source: Box::new(e) })?;
         let status = res.status();
         let bytes = http_body_util::Limited::new(res.into_body(), MAX_ANSWER)
             .collect()
@@ -148,17 +155,8 @@ impl Remote {
     /// Follows request `id`'s events, each line said through `say` as it arrives, until
     /// its run ends (or, a dry run, is kept); how it ended.
     pub async fn follow(&self, id: &str, say: &mut dyn FnMut(&str)) -> Result<Requested, ClientError> {
-        let url = format!("{}/api/v1/requests/{id}/events", self.base);
-        let req = Request::get(&url)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(header::ACCEPT, "text/event-stream")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Url(e.to_string()))?;
-        let res = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| ClientError::Unreachable { url: url.clone(), source: Box::new(e) })?;
+        let (url, answer) = self.get_raw(&format!("/api/v1/requests/{id}/events"), Some("text/event-stream"))?;
+        let res = answer.await.map_err(|e| ClientError::Unreachable { url: url.clone(), source: Box::new(e) })?;
         if !res.status().is_success() {
             return Err(ClientError::Refused { status: res.status(), why: "the event stream".into() });
         }
