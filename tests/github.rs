@@ -147,16 +147,12 @@ fn config(sb: &Sandbox, api: &str, key: &std::path::Path) -> String {
 /// GitHub with `auth` (an `app:` or a `token_file:` line).
 fn config_with(sb: &Sandbox, api: &str, auth: &str) -> String {
     let webhook = secret_file(sb, "github-webhook.key", WEBHOOK_SECRET);
+    // The server's test configuration, everyone allowed by the environment's rules (the
+    // repository's `users` decide), and GitHub.
+    let head = crate::serve::CONFIG.replace("  demo: { rehearse: [alice, ci], max_ttl: 3h }\n", "");
+    assert!(!head.contains("demo:"), "the demo rule moved: {head}");
     format!(
-        "environments: {{envs}}
-max_running: 2
-proxy:
-  header: X-Forwarded-User
-  trusted: [127.0.0.1]
-admins: [alice]
-rules:
-  \"*\": {{ rehearse: [\"*\"], max_per_user: 60 }}
-github:
+        "{head}github:
   api_url: {api}
   webhook_secret_file: {}
   {auth}

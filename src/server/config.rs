@@ -28,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -69,7 +70,7 @@ pub struct Config {
     pub store: Option<String>,
     /// How long a run's lease in the shared store lasts unrenewed: a replica that dies
     /// has its runs torn down by another this long after (default 60s).
-    #[serde(default, deserialize_with = "some_lease")]
+    #[serde(default, deserialize_with = "lease")]
     pub lease: Option<std::time::Duration>,
     /// The key of the CSRF tokens, a file of at least 32 random bytes (mode 0600), the
     /// same for every replica so that a page from one is accepted by another. Without
@@ -180,28 +181,8 @@ pub struct Hook {
     /// Whose rules its requests follow (the audit log names it).
     pub user: String,
     /// How far a delivery's timestamp may be from now (default 5m).
-    #[serde(default, deserialize_with = "some_tolerance")]
+    #[serde(default, deserialize_with = "tolerance")]
     pub tolerance: Option<std::time::Duration>,
-}
-
-fn some_tolerance<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    crate::description::bounded_duration(
-        "tolerance",
-        &text,
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(3600),
-    )
-    .map(Some)
-    .map_err(serde::de::Error::custom)
-}
-
-fn some_lease<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
-    use crate::engine::store::lock::{MAX_LEASE, MIN_LEASE};
-    let text = String::deserialize(d)?;
-    crate::description::bounded_duration("lease", &text, MIN_LEASE, MAX_LEASE)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -212,24 +193,12 @@ pub struct Git {
     #[serde(default = "default_branch")]
     pub branch: String,
     /// How often it is pulled (default 5m).
-    #[serde(default, deserialize_with = "some_every")]
+    #[serde(default, deserialize_with = "every")]
     pub every: Option<std::time::Duration>,
 }
 
 fn default_branch() -> String {
     "main".into()
-}
-
-fn some_every<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    crate::description::bounded_duration(
-        "git.every",
-        &text,
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(86400),
-    )
-    .map(Some)
-    .map_err(serde::de::Error::custom)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -261,7 +230,7 @@ pub struct Rule {
     pub compare: Option<Vec<String>>,
     /// The longest a dry run may be kept here, from its start, extensions included
     /// (`2h`, `1d`; default: the description's `max_ttl`).
-    #[serde(default, deserialize_with = "some_duration")]
+    #[serde(default, deserialize_with = "max_ttl")]
     pub max_ttl: Option<std::time::Duration>,
     /// The most environments of one user at once: requests queued or running, and dry
     /// runs kept.
@@ -269,16 +238,32 @@ pub struct Rule {
     pub max_per_user: Option<usize>,
 }
 
-fn some_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+/// A duration of the file (`2h`, `5m`) within its bounds, refused with them named.
+fn bounded<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    what: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
-    crate::description::bounded_duration(
-        "max_ttl",
-        &text,
-        std::time::Duration::from_secs(60),
-        crate::description::MAX_MAX_TTL,
-    )
-    .map(Some)
-    .map_err(serde::de::Error::custom)
+    crate::description::bounded_duration(what, &text, min, max).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn tolerance<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    bounded(d, "tolerance", Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+fn lease<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    use crate::engine::store::lock::{MAX_LEASE, MIN_LEASE};
+    bounded(d, "lease", MIN_LEASE, MAX_LEASE)
+}
+
+fn every<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    bounded(d, "git.every", Duration::from_secs(1), Duration::from_secs(86400))
+}
+
+fn max_ttl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    bounded(d, "max_ttl", Duration::from_secs(60), crate::description::MAX_MAX_TTL)
 }
 
 fn default_listen() -> SocketAddr {
@@ -571,6 +556,8 @@ mod tests {
         assert!(e.contains("proxy.trusted: name the proxy's addresses"), "{e}");
         let e = load("environments: envs\nrules:\n  \"../x\": { rehearse: [\"*\"] }\n").unwrap_err().to_string();
         assert!(e.contains("is not an environment's name"), "{e}");
+        let e = load("environments: envs\nlease: 0s\n").unwrap_err().to_string();
+        assert!(e.contains("serve.yaml:2:8: lease 0s: out of range"), "{e}");
         let e = load("environments: envs\ntokens:\n  - user: ci\n    sha256: abc\n").unwrap_err().to_string();
         assert!(e.contains("not 64 lowercase hex digits"), "{e}");
     }
