@@ -25,6 +25,8 @@ target/bench/results.md. Stdlib only.
 7. serve: `rehearse serve`, a request's time from the POST to its run's first step on
    the event stream beside `rehearse run`'s own, and the server's memory after 100
    finished runs (scripts/bench_serve.py).
+8. cow: copy-on-write copies against full copies of the same golden copy, at about
+   1 GB and 10 GB (scripts/bench_cow.py; as root).
 """
 import json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -266,20 +268,13 @@ def section_restore():
     say(f"| raw initdb + start + createdb + `pg_restore -j2` | {median(raw_whole):.2f} s | 1.00 |")
     say(f"| rehearse cold: whole copy ready (find backup, initdb, start, restore, password) | {median(cold_ready):.2f} s | {median(cold_ready) / median(raw_whole):.2f} × raw whole |")
     warm_rows(desc, OUT / "work", fs)
-    reflink = os.environ.get("BENCH_REFLINK_DIR")
-    if reflink:
-        work = Path(reflink) / "work"
-        work.mkdir(parents=True, exist_ok=True)
-        os.chmod(Path(reflink), 0o711)
-        os.chmod(work, 0o711)
-        fs2 = run(["stat", "-f", "-c", "%T", str(work)]).stdout.strip()
-        warm_rows(desc, work, fs2, reflink=True)
     say()
 
 
 def warm_rows(desc, work, fs, reflink=False):
-    """rehearse warm runs beside raw copies of the same golden data directory."""
-    w = rehearse("warm", str(desc), work=work)
+    """rehearse warm runs (full copies: the copy-on-write generations are the `cow`
+    section's) beside raw copies of the same golden data directory."""
+    w = rehearse("warm", str(desc), "--method", "copy", work=work)
     if w.returncode != 0:
         sys.exit(f"rehearse warm failed: {w.stderr}")
     golden = work / "golden" / "bench" / "db" / "data"
@@ -346,7 +341,7 @@ def main():
         os.chmod(p, 0o711)
     say(f"# rehearse benchmarks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores")
     say()
-    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state", "stage", "serve"]
+    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state", "stage", "serve", "cow"]
     if "plan" in only:
         section_plan()
     if "fake" in only:
@@ -363,6 +358,8 @@ def main():
         section_stage()
     if "serve" in only:
         section_serve()
+    if "cow" in only:
+        section_script("scripts/bench_cow.py", "copy-on-write")
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     if failed:
         sys.exit(f"failed: {', '.join(failed)} (see target/bench/results.md)")

@@ -60,6 +60,17 @@ if ! command -v setpriv >/dev/null 2>&1; then
   apt_install util-linux
 fi
 
+# Copy-on-write golden copies (as root): an XFS file system in an image file under the
+# work directory, made by Debian's xfsprogs (README, "Copies in constant time").
+if ! command -v mkfs.xfs >/dev/null 2>&1 && [ ! -x /usr/sbin/mkfs.xfs ] && [ ! -x /sbin/mkfs.xfs ]; then
+  if [ "$SUDO" = "__none__" ]; then
+    echo "install-deps: not root: skipping xfsprogs (copy-on-write golden copies need root)" >&2
+  else
+    echo "install-deps: installing xfsprogs (mkfs.xfs: copy-on-write golden copies)"
+    apt_install xfsprogs
+  fi
+fi
+
 # When rehearse runs as root it runs nothing it restores or installs as root: the
 # PostgreSQL copies run as `rehearse-db`, the release, its services and the suites as
 # `rehearse` (README, "Security model"). Two system users without a login or a home.

@@ -77,6 +77,17 @@ pub enum ColorChoice {
     Never,
 }
 
+/// How `rehearse warm` keeps a golden copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CopyMethod {
+    /// Copy-on-write where this machine allows it (root, loop devices, mkfs.xfs), else full
+    Auto,
+    /// Copy-on-write generations, or an error saying why not
+    CopyOnWrite,
+    /// A directory each run copies whole
+    Copy,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Destroy {
     /// Tear down after every run (default)
@@ -214,6 +225,9 @@ pub enum Command {
     Warm {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// How runs copy it: copy-on-write copies take the same time at any size
+        #[arg(long, value_enum, default_value = "auto")]
+        method: CopyMethod,
     },
     /// Hold a named lock in the state store while COMMAND runs (exit 5 if someone else holds it)
     Lock {

@@ -117,7 +117,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Extend { run_id, duration } => {
             named(g, run_id, &[Part::Journal], |id| inventory::extend(g, id, *duration))
         }
-        Command::Warm { file } => warm::warm(g, file),
+        Command::Warm { file, method } => warm::warm(g, file, *method),
         // Only through a server (above).
         Command::Request { .. } => exit::USAGE,
         Command::Serve { config, listen, new_token } => {

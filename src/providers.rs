@@ -38,9 +38,10 @@ pub async fn pin_twins(
             if cold || pins.is_empty() {
                 return Ok((pins, Vec::new()));
             }
-            use local::golden::{refresh_all, Refresh};
-            let lines =
-                refresh_all(loaded, work_root, Refresh::Stale(&pins), reporter, signals).await.map_err(TwinsError)?;
+            use local::golden::{refresh_all, Method, Refresh};
+            let lines = refresh_all(loaded, work_root, Refresh::Stale(&pins), Method::Auto, reporter, signals)
+                .await
+                .map_err(TwinsError)?;
             Ok((pins, lines))
         }
         crate::description::Target::Aws(aws) => {

@@ -362,9 +362,10 @@ fn others_bits(work: &Path, paths: &[(PathBuf, std::fs::Metadata)]) -> Vec<Strin
         let parts: Vec<&OsStr> = rel.iter().collect();
         match parts.as_slice() {
             [] => true,
+            [golden, ..] if *golden == "golden" => true,
             [runs] | [runs, _] => *runs == "runs",
             [runs, _, suites] => *runs == "runs" && *suites == "suites",
-            [golden, ..] => *golden == "golden",
+            _ => false,
         }
     };
     paths
@@ -1052,6 +1053,50 @@ fn another_user_cannot_read_a_kept_run_or_connect_to_its_copy() {
         failures.push(format!("after down: {f}"));
     }
     report_failures("another user could read or reach a kept run", &failures);
+}
+
+/// The same for a copy-on-write copy: the generation's image, its frozen cluster and
+/// the copy inside its mounted file system are closed to another user too, and the
+/// copy's socket refuses them.
+#[test]
+fn another_user_cannot_read_a_copy_on_write_generation_or_its_copy() {
+    if !root_or_skip("another_user_cannot_read_a_copy_on_write_generation_or_its_copy") {
+        return;
+    }
+    attacker_is_unprivileged();
+    let sb = Sandbox::new();
+    demo_backups();
+    let (code, out, err) = output({
+        let mut c = sb.cmd();
+        c.args(["warm", "environments/demo.yaml", "--method", "copy-on-write"]);
+        c
+    });
+    assert_eq!(code, 0, "warm: {out}{err}");
+    let kept = keep_demo(&sb, &["up", "environments/demo.yaml", "--release", "v2"]);
+    let (base, port) = cluster_of(&kept.journal());
+    assert!(base.starts_with(sb.work().join("golden/demo/db.cow")), "not a copy-on-write copy: {}", base.display());
+    let paths = walk(&sb.work());
+    let frozen =
+        paths.iter().filter(|(p, _)| p.components().any(|c| c.as_os_str() == "golden") && p.ends_with("PG_VERSION"));
+    assert!(frozen.count() >= 2, "the walk should see the frozen cluster and the copy");
+    assert!(paths.iter().any(|(p, _)| p.extension().is_some_and(|e| e == "img")), "no image found");
+    let mut failures = attacker_probe(&paths);
+    failures.extend(others_bits(&sb.work(), &paths));
+    let (code, out, err) = output(attacker(
+        "psql -X -w -h \"$1\" -p \"$2\" -U rehearse -d postgres -c 'select current_user'",
+        &[os(&base), os(&port.to_string())],
+    ));
+    if code == 0 || !err.contains("Permission denied") {
+        failures.push(format!("the attacker's psql over the copy's socket was not refused (exit {code}): {out}{err}"));
+    }
+    let (code, _, err) = output({
+        let mut c = sb.cmd();
+        c.args(["down", &kept.id]);
+        c
+    });
+    assert_eq!(code, 0, "down: {err}");
+    assert_nothing_left(&sb, &kept.id);
+    report_failures("another user could read or reach a copy-on-write copy", &failures);
 }
 
 // =================================================================================

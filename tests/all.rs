@@ -23,6 +23,7 @@ mod aws_data_plane;
 mod aws_emulator;
 mod cli;
 mod compare;
+mod cow;
 mod fault_scenarios;
 mod first_run;
 mod fuzz_validate;

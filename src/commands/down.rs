@@ -14,6 +14,7 @@ use crate::engine::down::LostRun;
 use crate::engine::sweep::{self, Candidate, Kept, SweepOptions};
 use crate::exit;
 use crate::sys::signals::Signals;
+use crate::sys::state;
 
 pub(crate) fn down(g: &Global, run_id: &str, region: Option<&str>) -> i32 {
     let reporter = reporter(g);
@@ -77,8 +78,17 @@ async fn sweep_here(edge: &Edge<'_>, state_root: Option<&Path>, yes: bool, opts:
             Candidate::Marked(_) => None,
         })
         .collect();
+    // Copy-on-write generations left mounted, or old and unused.
+    let journaled = |run_id: &str| state_root.is_some_and(|s| state::run_dir(s, run_id).exists());
+    let golden = state::work_dir().join("golden");
+    let generations = crate::providers::local::cow::sweep(&golden, &journaled, yes).await;
+    for l in &generations {
+        outln!("{l}");
+    }
     if runs.is_empty() {
-        outln!("nothing to sweep: no expired rehearse environment on this machine");
+        if generations.is_empty() {
+            outln!("nothing to sweep: no expired rehearse environment on this machine");
+        }
         return exit::PASSED;
     }
     for r in &runs {

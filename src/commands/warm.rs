@@ -4,12 +4,13 @@
 use std::path::Path;
 
 use super::load_or_report;
-use crate::cli::Global;
+use crate::cli::{CopyMethod, Global};
 use crate::description::ProviderKind;
 use crate::exit;
+use crate::providers::local::golden::{self, Method};
 use crate::sys::state;
 
-pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
+pub(crate) fn warm(g: &Global, file: &Path, method: CopyMethod) -> i32 {
     let loaded = match load_or_report(file, None) {
         Ok(l) => l,
         Err(code) => return code,
@@ -19,14 +20,13 @@ pub(crate) fn warm(g: &Global, file: &Path) -> i32 {
         return exit::USAGE;
     }
     super::with_signals(g, async |reporter, signals| {
-        let refreshed = crate::providers::local::golden::refresh_all(
-            &loaded,
-            &state::work_dir(),
-            crate::providers::local::golden::Refresh::All,
-            reporter,
-            signals,
-        )
-        .await;
+        let method = match method {
+            CopyMethod::Auto => Method::Auto,
+            CopyMethod::CopyOnWrite => Method::CopyOnWrite,
+            CopyMethod::Copy => Method::Copy,
+        };
+        let refreshed =
+            golden::refresh_all(&loaded, &state::work_dir(), golden::Refresh::All, method, reporter, signals).await;
         match refreshed {
             Ok(lines) => {
                 for l in lines {

@@ -7,6 +7,7 @@
 //! environment — the local equivalent of a tag — so `rehearse down` finds what a
 //! crashed run left even without its journal.
 
+pub(crate) mod cow;
 mod database;
 pub(crate) mod forward;
 pub(crate) mod golden;
@@ -48,6 +49,9 @@ pub(crate) struct ProcessHandle {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ClusterHandle {
     pub(crate) cluster: Cluster,
+    /// The copy-on-write generation the copy lies in ([`cow`]), when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) generation: Option<PathBuf>,
 }
 
 /// What a journaled handle of `entry` says, as the type `T` its kind has (`what` names
@@ -89,8 +93,9 @@ pub(crate) struct GoldenMeta {
     pub(crate) layout: u32,
 }
 
-/// Golden copies hold the release's role ([`postgres::APP_ROLE`]) owning the data.
-pub(crate) const GOLDEN_LAYOUT: u32 = 2;
+/// Golden copies hold the release's role ([`postgres::APP_ROLE`]) owning the data, and
+/// are frozen (`VACUUM (FREEZE, ANALYZE)` before they are stopped).
+pub(crate) const GOLDEN_LAYOUT: u32 = 3;
 
 /// The text of a database's masking SQL, if it has one. It runs as a superuser in the
 /// copy, so it must be trusted like any input (`secure_fs::check_input`).
@@ -155,14 +160,19 @@ impl Provider for LocalProvider {
                 Ok(())
             }
             Kind::LocalPostgres => {
-                let Some(ClusterHandle { mut cluster }) = handle_of(entry, "PostgreSQL cluster")? else {
+                let Some(ClusterHandle { mut cluster, generation }) = handle_of(entry, "PostgreSQL cluster")? else {
                     return Ok(());
                 };
-                let base = self.owned_path(&cluster.base, meta)?;
                 // Who runs the copy is this machine's fact, not the journal's: a server is
                 // stopped only as, and only if it runs as, the cluster user.
                 cluster.run_as = process::Users::cluster_only().ok().flatten();
                 let bin = PgBin::find().ok();
+                if let Some(g) = generation {
+                    // A copy inside a generation: where rehearse makes them, and only the run's own.
+                    let g = cow::Generation::confined(&g, &self.work_root).map_err(cow_failed)?;
+                    return self.release_copy(&g, cluster, &meta.run_id, bin.as_ref()).await;
+                }
+                let base = self.owned_path(&cluster.base, meta)?;
                 if !postgres::stop(bin.as_ref(), &cluster).await {
                     return Err(not_stopped(format!("PostgreSQL in {} did not stop", cluster.data().display())));
                 }
@@ -209,7 +219,8 @@ impl Provider for LocalProvider {
         let Some(run_id) = run_id else { return Ok(Vec::new()) };
         let root = std::path::absolute(&self.work_root).unwrap_or_else(|_| self.work_root.clone());
         let work = root.join("runs").join(run_id);
-        if tagged_processes(run_id).is_empty() && !work.exists() {
+        let copies = cow::used_by(&root.join("golden"), run_id);
+        if tagged_processes(run_id).is_empty() && !work.exists() && copies.is_empty() {
             return Ok(Vec::new());
         }
         Ok(vec![crate::engine::discover::Marked {
@@ -304,9 +315,39 @@ fn not_stopped(why: String) -> DestroyError {
     DestroyError::new(DestroyErrorKind::Unavailable, why)
 }
 
+fn cow_failed(e: cow::CowError) -> DestroyError {
+    let kind = match e {
+        cow::CowError::NotOurs(_) | cow::CowError::Fs(_) => DestroyErrorKind::NotOurs,
+        cow::CowError::Io { .. } => DestroyErrorKind::Failed,
+        _ => DestroyErrorKind::Unavailable,
+    };
+    DestroyError::new(kind, e.to_string())
+}
+
 impl LocalProvider {
+    /// Removes the run's copy in a generation (the server stopped first), and lets the
+    /// generation go when nothing else uses it.
+    async fn release_copy(
+        &self,
+        g: &cow::Generation,
+        mut cluster: Cluster,
+        run_id: &str,
+        bin: Option<&PgBin>,
+    ) -> Result<(), DestroyError> {
+        let stop = |base: PathBuf| async move {
+            cluster.base = base;
+            if postgres::stop(bin, &cluster).await {
+                Ok(())
+            } else {
+                Err(format!("PostgreSQL in {} did not stop", cluster.data().display()))
+            }
+        };
+        g.release(run_id, stop).await.map_err(cow_failed)
+    }
+
     /// Last: whatever a crashed run left that the journal does not name — processes
-    /// tagged with the run id, clusters in the work directory — then the directory.
+    /// tagged with the run id, clusters in the work directory and its copies in
+    /// generations — then the directory.
     async fn remove_workspace(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError> {
         for pid in tagged_processes(&meta.run_id) {
             let Some(start_time) = process::start_time(pid) else { continue };
@@ -333,6 +374,13 @@ impl LocalProvider {
                 }
             }
             state::remove_tree(&dir)?;
+        }
+        // Its copies in copy-on-write generations, found by their markers.
+        let bin = PgBin::find().ok();
+        let run_as = process::Users::cluster_only().ok().flatten();
+        for g in cow::used_by(&self.work_root.join("golden"), &meta.run_id) {
+            let c = Cluster { base: g.copy_of(&meta.run_id), port: 0, run_as, postmaster: None };
+            self.release_copy(&g, c, &meta.run_id, bin.as_ref()).await?;
         }
         let left = tagged_processes(&meta.run_id);
         if !left.is_empty() {

@@ -144,7 +144,9 @@ pub struct BackupUsed {
     pub taken_at: Option<DateTime<Utc>>,
     /// `newest-snapshot`, `latest-restorable-time`, `aurora-clone`.
     pub restore: String,
-    /// `cold` (pg_restore / RDS restore) or `warm` (copy of the golden copy).
+    /// `cold` (pg_restore / RDS restore), `copy-on-write` (a reflink copy of the golden
+    /// copy's generation: constant time) or `full-copy` (the golden copy copied whole:
+    /// where copy-on-write cannot be; the copy step's detail says why).
     pub method: String,
     pub restore_ms: u64,
 }

@@ -87,6 +87,43 @@ impl Sandbox {
     }
 }
 
+/// A sandbox's copy-on-write generations may be mounted when a test fails half-way:
+/// unmounted before its directory goes (their loop devices with them).
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for m in mounts_under(self.dir.path()) {
+            // Best effort: the directory's removal says what is left.
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+    }
+}
+
+/// Mount points under `dir` (from /proc/self/mountinfo, its octal escapes undone).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| {
+            let mut out = Vec::new();
+            let b = m.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'\\' && i + 3 < b.len() {
+                    if let Ok(v) = u8::from_str_radix(&m[i + 1..i + 4], 8) {
+                        out.push(v);
+                        i += 4;
+                        continue;
+                    }
+                }
+                out.push(b[i]);
+                i += 1;
+            }
+            PathBuf::from(String::from_utf8_lossy(&out).into_owned())
+        })
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
 /// Generates the demo's production backups once per test process, one process at a
 /// time (a lock file in the target directory); not at all when the runner made them before the tests
 /// (`make test` does, and sets REHEARSE_DEMO_BACKUPS_MADE): generate.sh rebuilds
@@ -145,6 +182,9 @@ pub fn assert_nothing_left(sb: &Sandbox, run_id: &str) {
     assert!(pg.is_empty(), "PostgreSQL still running under {}: {pg:?}", sb.work().display());
     let work = sb.work().join("runs").join(run_id);
     assert!(!work.exists(), "run directory {} still exists", work.display());
+    // A copy-on-write generation is mounted only while a copy uses it.
+    let mounted = mounts_under(&sb.work());
+    assert!(mounted.is_empty(), "still mounted under {}: {mounted:?}", sb.work().display());
 }
 
 /// Writes a description into the sandbox's project (`project/environments/NAME`),

@@ -41,40 +41,39 @@ impl LocalProvider {
             run_as: ctx.run.users.cluster,
             postmaster: None,
         };
-        let masking_sql = masking_sql(ctx.loaded, db).map_err(StepError::build)?;
-        let golden = golden_dir(&ctx.run.golden_root, &d.name, &res.name);
-        let golden_meta = golden::current(&golden);
-        let wanted = GoldenMeta {
-            backup: backup.clone(),
-            database_name: db_name.clone(),
-            masking: masking_sql.clone(),
-            pg_bin: bin.dir.clone(),
-            cluster_uid: cluster.run_as.map(|u| u.uid),
-            layout: GOLDEN_LAYOUT,
-        };
-        let fresh = !ctx.run.cold && golden_meta.as_ref() == Some(&wanted);
-        // Copied under a shared lock; while `warm` replaces it, this run restores cold.
-        let golden_lock = if fresh { golden::lock_for_copy(&golden) } else { None };
-        if fresh && golden_lock.is_none() {
-            ctx.reporter.event(crate::engine::events::Event::GoldenRefreshing { database: res.name.clone() });
-        }
-        let warm = fresh && golden_lock.is_some();
-        if !ctx.run.cold && golden_meta.is_some() && !fresh {
-            ctx.reporter.event(crate::engine::events::Event::GoldenStale {
-                database: res.name.clone(),
-                description: ctx.loaded.path.display().to_string(),
-            });
-        }
+        let GoldenSource { generation, golden, lock: golden_lock } =
+            golden_source(ctx, res, &bin, &backup, &db_name, cluster.run_as)?;
+        let warm = golden_lock.is_some();
 
-        ctx.created(res, &super::ClusterHandle { cluster: cluster.clone() }).await?;
+        let handle = |c: &Cluster| super::ClusterHandle {
+            cluster: c.clone(),
+            generation: generation.as_ref().map(|g| g.path.clone()),
+        };
+        if let Some(g) = &generation {
+            cluster.base = g.copy_of(&ctx.run.run_id);
+        }
+        ctx.created(res, &handle(&cluster)).await?;
         let restore_started = Instant::now();
-        if warm {
+        if let Some(g) = &generation {
+            let t = ctx.started(res, "copy-golden", None);
+            let r = {
+                let _span = ctx.clock.external();
+                g.copy_for(&ctx.run.run_id, cluster.run_as).await
+            };
+            ctx.step(res, "copy-golden", t, r.is_ok(), Some(format!("copy-on-write of generation {}", g.id())));
+            r?;
+            let t = ctx.started(res, "start", None);
+            let r = start_on_free_port(&bin, &mut cluster, &log, ctx, timeout, &tag).await;
+            ctx.step(res, "start", t, r.is_ok(), Some(format!("127.0.0.1:{}", cluster.port)));
+            r?;
+        } else if warm {
             let t = ctx.started(res, "copy-golden", None);
             // Copied while the directory is still rehearse's (nothing the cluster's user
             // could have placed in it is followed), then handed over.
             postgres::prepare_base(&cluster.base, None)?;
             let r = copy_golden(&golden.join("data"), &cluster.data(), ctx).await;
-            ctx.step(res, "copy-golden", t, r.is_ok(), Some(golden.display().to_string()));
+            let why = cow::unavailable().unwrap_or_else(|| "the golden copy was made as a full copy".into());
+            ctx.step(res, "copy-golden", t, r.is_ok(), Some(format!("full copy of {} ({why})", golden.display())));
             r?;
             drop(golden_lock);
             postgres::hand_base(&cluster.base, cluster.run_as)?;
@@ -92,7 +91,7 @@ impl LocalProvider {
             let r = start_on_free_port(&bin, &mut cluster, &log, ctx, timeout, &tag).await;
             ctx.step(res, "start", t, r.is_ok(), Some(format!("127.0.0.1:{}", cluster.port)));
             r?;
-            ctx.created(res, &super::ClusterHandle { cluster: cluster.clone() }).await?;
+            ctx.created(res, &handle(&cluster)).await?;
             let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
             let t = ctx.started(res, "restore", Some(backup.path.display().to_string()));
             let restore = postgres::restore(&bin, &cluster, &db_name, &backup.path, jobs, &log, ctx.clock, timeout);
@@ -111,7 +110,7 @@ impl LocalProvider {
             }
             postgres::hand_over(&bin, &cluster, &db_name, ctx.clock).await?;
         }
-        ctx.created(res, &super::ClusterHandle { cluster: cluster.clone() }).await?;
+        ctx.created(res, &handle(&cluster)).await?;
         let restore_ms = restore_started.elapsed().as_millis() as u64;
 
         // A fresh secret for this copy; given on stdin, never on a command line, and
@@ -137,11 +136,66 @@ impl LocalProvider {
             arn: None,
             taken_at: Some(backup.taken_at),
             restore: db.restore.as_str().into(),
-            method: if warm { "warm".into() } else { "cold".into() },
+            method: match (&generation, warm) {
+                (Some(_), _) => "copy-on-write".into(),
+                (None, true) => "full-copy".into(),
+                (None, false) => "cold".into(),
+            },
             restore_ms,
         };
         Ok(Output::Database { outputs, backup: backup_used })
     }
+}
+
+/// Where a run's copy comes from: a copy-on-write generation, a golden copy to copy
+/// whole (under its shared lock), or neither (a cold restore).
+struct GoldenSource {
+    generation: Option<cow::Generation>,
+    golden: PathBuf,
+    lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// A current generation of this backup and masking first, then a current golden copy
+/// not being refreshed; says when one exists but is stale, or is being refreshed.
+fn golden_source(
+    ctx: &Ctx<'_>,
+    res: &Resource,
+    bin: &PgBin,
+    backup: &postgres::Backup,
+    db_name: &str,
+    run_as: Option<process::RunAs>,
+) -> Result<GoldenSource, StepError> {
+    let d = &ctx.loaded.desc;
+    let db = &d.databases[res.name.as_str()];
+    let masking_sql = masking_sql(ctx.loaded, db).map_err(StepError::build)?;
+    let golden = golden_dir(&ctx.run.golden_root, &d.name, &res.name);
+    let golden_meta = golden::current(&golden);
+    let wanted = GoldenMeta {
+        backup: backup.clone(),
+        database_name: db_name.to_string(),
+        masking: masking_sql,
+        pg_bin: bin.dir.clone(),
+        cluster_uid: run_as.map(|u| u.uid),
+        layout: GOLDEN_LAYOUT,
+    };
+    // A copy-on-write generation first, then a golden copy to copy whole.
+    let generations = cow::generations_dir(&ctx.run.golden_root, &d.name, &res.name);
+    let current_generation = if ctx.run.cold { None } else { cow::current(&generations) };
+    let generation = current_generation.as_ref().filter(|(_, m)| m == &wanted).map(|(g, _)| g.clone());
+    let fresh = generation.is_none() && !ctx.run.cold && golden_meta.as_ref() == Some(&wanted);
+    // Copied under a shared lock; while `warm` replaces it, this run restores cold.
+    let golden_lock = if fresh { golden::lock_for_copy(&golden) } else { None };
+    if fresh && golden_lock.is_none() {
+        ctx.reporter.event(crate::engine::events::Event::GoldenRefreshing { database: res.name.clone() });
+    }
+    let made = golden_meta.is_some() || current_generation.is_some();
+    if !ctx.run.cold && made && !fresh && generation.is_none() {
+        ctx.reporter.event(crate::engine::events::Event::GoldenStale {
+            database: res.name.clone(),
+            description: ctx.loaded.path.display().to_string(),
+        });
+    }
+    Ok(GoldenSource { generation, golden, lock: golden_lock })
 }
 
 async fn start_on_free_port(

@@ -1,6 +1,8 @@
-//! Warm golden copies: the latest backup restored (and masked) once into a stopped
-//! cluster, which runs then copy instead of restoring — with a reflink copy where the
-//! filesystem has one, in well under a second for any size. A golden copy is used only
+//! Warm golden copies: the latest backup restored (and masked, and frozen) once into a
+//! stopped cluster, which runs then copy instead of restoring: a copy-on-write
+//! generation ([`super::cow`]) where this machine allows it, in well under a second for
+//! any size; else a directory copied whole (with a reflink where its file system has
+//! one). A golden copy is used only
 //! while it matches the newest backup and the current masking SQL; otherwise runs
 //! restore cold and say so. The nightly job refreshes it with `rehearse warm`.
 //!
@@ -11,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::cow::{self, Generation};
 use super::postgres::{self, Cluster, PgBin};
 use super::{golden_dir, GoldenMeta, GOLDEN_LAYOUT};
 use crate::description::template::{self, Outputs, Scope};
@@ -52,12 +55,25 @@ pub(crate) enum Refresh<'a> {
     Stale(&'a Pins),
 }
 
+/// How a refresh keeps a golden copy for runs to copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// Copy-on-write where this machine allows it ([`cow::unavailable`]), else a full
+    /// copy.
+    Auto,
+    /// Copy-on-write, or an error saying why it cannot be.
+    CopyOnWrite,
+    /// A plain directory that runs copy whole.
+    Copy,
+}
+
 /// Refreshes the golden copy of every database restored from a backup directory; the
 /// first of `signals` stops it (and removes what it made).
 pub(crate) async fn refresh_all(
     loaded: &Loaded,
     work_root: &std::path::Path,
     refresh: Refresh<'_>,
+    method: Method,
     reporter: &dyn Reporter,
     signals: &Signals,
 ) -> Result<Vec<String>, String> {
@@ -69,6 +85,14 @@ pub(crate) async fn refresh_all(
     let ctx = template::context(d, None, &outputs, Scope::Static);
     let run_as = process::Users::cluster_only()?;
     let root = work_root.join("golden");
+    let cow_refused = match method {
+        Method::Copy => Some("full copies asked for (--method copy)".to_string()),
+        Method::Auto => cow::unavailable(),
+        Method::CopyOnWrite => match cow::unavailable() {
+            Some(why) => return Err(why),
+            None => None,
+        },
+    };
     let mut lines = Vec::new();
     for (name, db) in &d.databases {
         let DatabaseSource::BackupDir(dir) = &db.source else {
@@ -89,6 +113,7 @@ pub(crate) async fn refresh_all(
             template::render(&loaded.tera, &format!("databases.{name}.name"), &ctx).map_err(|e| e.to_string())?;
         let masking = super::masking_sql(loaded, db)?;
         let golden = golden_dir(&root, &d.name, name);
+        let generations = cow::generations_dir(&root, &d.name, name);
         let meta = GoldenMeta {
             backup: backup.clone(),
             database_name: db_name,
@@ -97,7 +122,9 @@ pub(crate) async fn refresh_all(
             cluster_uid: run_as.map(|u| u.uid),
             layout: GOLDEN_LAYOUT,
         };
-        if matches!(refresh, Refresh::Stale(_)) && current(&golden).as_ref() == Some(&meta) {
+        let made =
+            current(&golden).as_ref() == Some(&meta) || cow::current(&generations).is_some_and(|(_, m)| m == meta);
+        if matches!(refresh, Refresh::Stale(_)) && made {
             lines.push(format!("{name}: golden copy is current ({})", backup.path.display()));
             continue;
         }
@@ -113,20 +140,22 @@ pub(crate) async fn refresh_all(
             .map_err(|e| e.to_string())?
             .map_err(|(_, e)| format!("cannot lock {}: {e}", golden.display()))?;
         discard(&bin, &staging, run_as).await.map_err(|e| e.to_string())?;
+        // Copy-on-write: the cluster is built in a new generation's file system.
+        let generation = match cow_refused {
+            None => Some(Generation::create(&generations).await.map_err(|e| format!("golden copy of `{name}`: {e}"))?),
+            Some(_) => None,
+        };
+        let base = generation.as_ref().map_or_else(|| staging.clone(), |(g, _)| g.golden());
         reporter.event(Event::Started {
             resource: format!("golden.{name}"),
             action: "restore".into(),
             detail: Some(backup.path.display().to_string()),
         });
-        let mut cluster = Cluster {
-            base: staging.clone(),
-            port: process::free_port().map_err(|e| e.to_string())?,
-            run_as,
-            postmaster: None,
-        };
+        let mut cluster =
+            Cluster { base, port: process::free_port().map_err(|e| e.to_string())?, run_as, postmaster: None };
         let tag = [("REHEARSE_RUN_ID", "golden")];
         let timeout = db.timeout.unwrap_or(Duration::from_secs(3600));
-        let log = staging.with_extension("log");
+        let log = parent.join(format!("{name}.log"));
         let built = async {
             postgres::prepare_base(&cluster.base, run_as)?;
             postgres::initdb(&bin, &cluster, &log, &clock, &tag).await?;
@@ -137,6 +166,7 @@ pub(crate) async fn refresh_all(
                 postgres::mask(&bin, &cluster, &meta.database_name, &loaded.resolve(m), &log, &clock, timeout).await?;
             }
             postgres::hand_over(&bin, &cluster, &meta.database_name, &clock).await?;
+            freeze(&bin, &cluster, &meta.database_name, &log, &clock, timeout).await?;
             Ok::<(), crate::engine::provider::StepError>(())
         };
         // Interrupted: the steps in flight are dropped (their commands killed), and the
@@ -153,34 +183,90 @@ pub(crate) async fn refresh_all(
             elapsed: started.elapsed(),
             detail: None,
         });
-        if let Err(e) = result {
-            // Best effort: the refresh's own error is the one returned; the staging directory is replaced next time.
+        if result.is_err() || !stopped {
+            // Best effort: the refresh's own error is the one returned; what is left is replaced next time.
             #[allow(clippy::let_underscore_must_use)]
-            let _ = discard(&bin, &staging, run_as).await;
-            return Err(format!("golden copy of `{name}`: {}{}", e.message, tail_text(&e.log_tail)));
+            let _ = match generation {
+                Some((g, lock)) => g.abandon(lock).await.map_err(|e| e.to_string()),
+                None => discard(&bin, &staging, run_as).await.map_err(|e| e.to_string()),
+            };
+            return Err(match result {
+                Err(e) => format!("golden copy of `{name}`: {}{}", e.message, tail_text(&e.log_tail)),
+                Ok(()) => format!("golden copy of `{name}`: the cluster in {} did not stop", cluster.base.display()),
+            });
         }
-        if !stopped {
-            return Err(format!("golden copy of `{name}`: the cluster in {} did not stop", staging.display()));
-        }
-        // The directory is the cluster user's: written without following a link.
-        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
-        crate::sys::secure_fs::Dir::open(&staging)
-            .and_then(|d| d.write_file(std::path::Path::new("meta.json"), &bytes, None))
-            .map_err(|e| e.to_string())?;
+        let place = put_in_place(generation, &meta, &bin, &golden, &staging, &generations, run_as)
+            .await
+            .map_err(|e| format!("golden copy of `{name}`: {e}"))?;
         // Best effort: the refresh succeeded; its log is only removed to save space.
         #[allow(clippy::let_underscore_must_use)]
         let _ = std::fs::remove_file(&log);
-        discard(&bin, &golden, run_as).await.map_err(|e| e.to_string())?;
-        std::fs::rename(&staging, &golden).map_err(|e| format!("cannot move the golden copy into place: {e}"))?;
+        let how = match &cow_refused {
+            None => place,
+            Some(why) => format!("{place} (copied whole by runs: {why})"),
+        };
         lines.push(format!(
-            "{name}: golden copy refreshed from {} (taken {}) in {:.1}s: {}",
+            "{name}: golden copy refreshed from {} (taken {}) in {:.1}s: {how}",
             backup.path.display(),
             backup.taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
             started.elapsed().as_secs_f64(),
-            golden.display()
         ));
     }
     Ok(lines)
+}
+
+/// Puts a golden copy just built (its cluster stopped) in place: a generation sealed
+/// and made current (a full copy made before removed), or the staging directory moved
+/// over the full copy (generations made before retired, each once unused). Says where
+/// it is.
+async fn put_in_place(
+    generation: Option<(Generation, Flock<std::fs::File>)>,
+    meta: &GoldenMeta,
+    bin: &PgBin,
+    golden: &std::path::Path,
+    staging: &std::path::Path,
+    generations: &std::path::Path,
+    run_as: Option<process::RunAs>,
+) -> Result<String, String> {
+    if let Some((g, lock)) = generation {
+        let id = g.id().to_string();
+        g.seal(lock, meta).await.map_err(|e| e.to_string())?;
+        discard(bin, golden, run_as).await.map_err(|e| e.to_string())?;
+        return Ok(format!("copy-on-write generation {id} in {}", generations.display()));
+    }
+    // The directory is the cluster user's: written without following a link.
+    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
+    crate::sys::secure_fs::Dir::open(staging)
+        .and_then(|d| d.write_file(std::path::Path::new("meta.json"), &bytes, None))
+        .map_err(|e| e.to_string())?;
+    discard(bin, golden, run_as).await.map_err(|e| e.to_string())?;
+    std::fs::rename(staging, golden).map_err(|e| format!("cannot move the golden copy into place: {e}"))?;
+    cow::retire(generations).await.map_err(|e| e.to_string())?;
+    Ok(golden.display().to_string())
+}
+
+/// Freezes a golden copy before it is stopped for good: every row frozen, every page
+/// all-visible, the statistics fresh, all written out — so that reading its copies
+/// later sets no hint bit and writes nothing (a copy-on-write copy then shares every
+/// page it only reads).
+async fn freeze(
+    bin: &PgBin,
+    cluster: &Cluster,
+    db: &str,
+    log: &std::path::Path,
+    clock: &Clock,
+    timeout: Duration,
+) -> Result<(), crate::engine::provider::StepError> {
+    let mut cmd = cluster.client(bin, "psql", db);
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "VACUUM (FREEZE, ANALYZE)", "-c", "CHECKPOINT"]);
+    let f = process::run_logged(&mut cmd, log, timeout, clock)
+        .await
+        .map_err(|e| crate::engine::provider::StepError::build(format!("cannot run psql: {e}")))?;
+    if !f.success() {
+        return Err(crate::engine::provider::StepError::build("VACUUM (FREEZE, ANALYZE) of the golden copy failed")
+            .with_log(log, 15));
+    }
+    Ok(())
 }
 
 /// The metadata of the golden copy in `golden`, when it holds a cluster (read without
