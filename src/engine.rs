@@ -30,6 +30,7 @@ pub mod extend;
 pub mod inventory;
 pub mod journal;
 pub mod lifecycle;
+pub mod pool;
 pub mod provider;
 pub mod rebuild;
 pub mod requests;

@@ -79,7 +79,8 @@ async fn sweep_here(edge: &Edge<'_>, state_root: Option<&Path>, yes: bool, opts:
         })
         .collect();
     // Copy-on-write generations left mounted, or old and unused.
-    let journaled = |run_id: &str| state_root.is_some_and(|s| state::run_dir(s, run_id).exists());
+    // With no state directory here, no copy is said to have lost its journal.
+    let journaled = |run_id: &str| state_root.is_none_or(|s| state::run_dir(s, run_id).exists());
     let golden = state::work_dir().join("golden");
     let generations = crate::providers::local::cow::sweep(&golden, &journaled, yes).await;
     for l in &generations {

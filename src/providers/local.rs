@@ -124,6 +124,15 @@ impl LocalProvider {
         state::confined_to_run(dir, &meta.run_id, meta.work_dir.as_deref(), &self.work_root)
     }
 
+    /// The work root the run used (`WORK` of its journaled `WORK/runs/RUN_ID`, checked
+    /// as [`state::confined_to_run`] checks it), else this process's.
+    fn work_root_of(&self, meta: &RunMeta) -> PathBuf {
+        let journaled = meta.work_dir.as_deref().map(Path::new);
+        let checked = journaled
+            .filter(|w| state::confined_to_run(w, &meta.run_id, meta.work_dir.as_deref(), &self.work_root).is_ok());
+        checked.and_then(|w| w.parent()?.parent()).map_or_else(|| self.work_root.clone(), Path::to_path_buf)
+    }
+
     fn tag<'a>(ctx: &'a Ctx<'_>) -> [(&'static str, &'a str); 1] {
         [("REHEARSE_RUN_ID", ctx.run.run_id.as_str())]
     }
@@ -168,8 +177,9 @@ impl Provider for LocalProvider {
                 cluster.run_as = process::Users::cluster_only().ok().flatten();
                 let bin = PgBin::find().ok();
                 if let Some(g) = generation {
-                    // A copy inside a generation: where rehearse makes them, and only the run's own.
-                    let g = cow::Generation::confined(&g, &self.work_root).map_err(cow_failed)?;
+                    // A copy inside a generation: where rehearse makes them (in the run's
+                    // own work root), and only the run's own.
+                    let g = cow::Generation::confined(&g, &self.work_root_of(meta)).map_err(cow_failed)?;
                     return self.release_copy(&g, cluster, &meta.run_id, bin.as_ref()).await;
                 }
                 let base = self.owned_path(&cluster.base, meta)?;
@@ -316,10 +326,13 @@ fn not_stopped(why: String) -> DestroyError {
 }
 
 fn cow_failed(e: cow::CowError) -> DestroyError {
-    let kind = match e {
-        cow::CowError::NotOurs(_) | cow::CowError::Fs(_) => DestroyErrorKind::NotOurs,
-        cow::CowError::Io { .. } => DestroyErrorKind::Failed,
-        _ => DestroyErrorKind::Unavailable,
+    use cow::CowError as E;
+    let kind = match &e {
+        E::NotOurs(..) | E::NotOurImage(_) | E::NotARun(_) => DestroyErrorKind::NotOurs,
+        E::Fs(secure_fs::FsError::Unsafe { .. }) => DestroyErrorKind::NotOurs,
+        E::Fs(_) | E::Io { .. } => DestroyErrorKind::Failed,
+        E::Busy(_) => DestroyErrorKind::InUse,
+        E::Command { .. } => DestroyErrorKind::Unavailable,
     };
     DestroyError::new(kind, e.to_string())
 }
@@ -378,7 +391,7 @@ impl LocalProvider {
         // Its copies in copy-on-write generations, found by their markers.
         let bin = PgBin::find().ok();
         let run_as = process::Users::cluster_only().ok().flatten();
-        for g in cow::used_by(&self.work_root.join("golden"), &meta.run_id) {
+        for g in cow::used_by(&self.work_root_of(meta).join("golden"), &meta.run_id) {
             let c = Cluster { base: g.copy_of(&meta.run_id), port: 0, run_as, postmaster: None };
             self.release_copy(&g, c, &meta.run_id, bin.as_ref()).await?;
         }

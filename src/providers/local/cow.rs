@@ -37,6 +37,9 @@ use crate::engine::provider::StepError;
 use crate::sys::process::RunAs;
 use crate::sys::{secure_fs, state};
 
+mod find;
+pub(crate) use find::{retire, settle_all, sweep, used_by};
+
 /// The directory of a database's generations.
 pub(crate) fn generations_dir(golden_root: &Path, env: &str, db: &str) -> PathBuf {
     golden_root.join(env).join(format!("{db}.cow"))
@@ -85,8 +88,14 @@ pub(crate) enum CowError {
     Fs(#[from] secure_fs::FsError),
     #[error("cannot {action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("{} is not a generation of a golden copy", .0.display())]
-    NotOurs(PathBuf),
+    #[error("{} is not a generation of a golden copy (they lie in {})", .0.display(), .1.display())]
+    NotOurs(PathBuf, PathBuf),
+    #[error("{} is not the image rehearse made (root's regular file, mode 0600); refusing to mount it", .0.display())]
+    NotOurImage(PathBuf),
+    #[error("`{0}` is not a run id")]
+    NotARun(String),
+    #[error("generation {0} is in use (its lock is held)")]
+    Busy(String),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CowError + 'a {
@@ -134,7 +143,7 @@ impl Generation {
     /// `WORK/golden/ENV/DB.cow/ID`, each part a plain name, `WORK` this machine's.
     pub(crate) fn confined(path: &Path, work_root: &Path) -> Result<Generation, CowError> {
         let root = std::path::absolute(work_root).unwrap_or_else(|_| work_root.to_path_buf()).join("golden");
-        let not_ours = || CowError::NotOurs(path.to_path_buf());
+        let not_ours = || CowError::NotOurs(path.to_path_buf(), root.join("ENV/DB.cow/ID"));
         let rel = path.strip_prefix(&root).map_err(|_| not_ours())?;
         let parts: Vec<&OsStr> = rel.iter().collect();
         let [env, db, id] = parts.as_slice() else { return Err(not_ours()) };
@@ -167,6 +176,22 @@ impl Generation {
             .map_err(|(_, e)| CowError::Io { action: "lock", path, source: e.into() })
     }
 
+    /// Its lock if no one holds it now (for a sweep, which must not wait on a refresh
+    /// building it).
+    fn try_lock(&self) -> Result<Flock<std::fs::File>, CowError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.beside("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| CowError::Busy(self.id().to_string()))
+    }
+
     /// Whether its image is mounted: its mount point is on another device than its
     /// directory.
     pub(crate) fn mounted(&self) -> bool {
@@ -184,7 +209,7 @@ impl Generation {
         // The image must be root's regular file, not a link to something else.
         let m = std::fs::symlink_metadata(&img).map_err(io("inspect", &img))?;
         if !m.file_type().is_file() || m.uid() != 0 || m.mode() & 0o077 != 0 {
-            return Err(CowError::NotOurs(img));
+            return Err(CowError::NotOurImage(img));
         }
         match std::fs::symlink_metadata(&self.path) {
             Ok(m) if m.is_dir() => {}
@@ -209,8 +234,14 @@ impl Generation {
         run("umount", cmd).await
     }
 
+    /// The runs with a copy in it (a listing that fails counts as used: never removed
+    /// on a guess).
     fn user_count(&self) -> usize {
-        std::fs::read_dir(self.users()).map(|r| r.flatten().count()).unwrap_or(0)
+        match std::fs::read_dir(self.users()) {
+            Ok(r) => r.flatten().filter(|e| e.file_name().to_str().is_some_and(state::valid_run_id)).count(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(_) => usize::MAX,
+        }
     }
 
     fn is_current(&self) -> bool {
@@ -223,6 +254,13 @@ impl Generation {
         if self.user_count() > 0 {
             return Ok(());
         }
+        if self.mounted() && self.golden().join("data/postmaster.pid").exists() {
+            // A refresh killed outright left its server running: stopped first.
+            let bin = postgres::PgBin::find().ok();
+            let run_as = crate::sys::process::Users::cluster_only().ok().flatten();
+            let c = postgres::Cluster { base: self.golden(), port: 0, run_as, postmaster: None };
+            postgres::stop(bin.as_ref(), &c).await;
+        }
         self.unmount().await?;
         if !self.is_current() {
             self.remove_files()?;
@@ -231,6 +269,9 @@ impl Generation {
     }
 
     fn remove_files(&self) -> Result<(), CowError> {
+        if self.mounted() {
+            return Err(CowError::Busy(self.id().to_string()));
+        }
         for p in [self.image(), self.beside("json")] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
@@ -239,10 +280,7 @@ impl Generation {
             }
         }
         for d in [self.users(), self.path.clone()] {
-            if !self.mounted() {
-                state::remove_tree(&d)
-                    .map_err(|e| CowError::Command { what: "removal".into(), detail: e.to_string() })?;
-            }
+            state::remove_tree(&d).map_err(|e| CowError::Command { what: "removal".into(), detail: e.to_string() })?;
         }
         // Last, the lock: one waiting on it finds no image and says so.
         match std::fs::remove_file(self.beside("lock")) {
@@ -257,15 +295,9 @@ impl Generation {
     /// lock held until the returned guard is dropped.
     pub(crate) async fn create(dir: &Path) -> Result<(Generation, Flock<std::fs::File>), CowError> {
         state::traversable_dir(dir)?;
-        let mut bytes = [0u8; 4];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| CowError::Command { what: "randomness".into(), detail: e.to_string() })?;
-        let id = format!("g{:02x}{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2], bytes[3]);
-        let g = Generation { path: dir.join(&id) };
-        let lock = g.lock().await?;
+        let (g, lock) = Self::new_id(dir)?;
         let made = async {
             let img = g.image();
-            let size = image_size(dir);
             {
                 use std::os::unix::fs::OpenOptionsExt;
                 let f = std::fs::OpenOptions::new()
@@ -275,24 +307,67 @@ impl Generation {
                     .custom_flags(nix::libc::O_NOFOLLOW)
                     .open(&img)
                     .map_err(io("create", &img))?;
-                f.set_len(size).map_err(io("size", &img))?;
+                f.set_len(image_size(dir)).map_err(io("size", &img))?;
             }
             let mut mkfs = tokio::process::Command::new(mkfs_xfs().unwrap_or_else(|| "mkfs.xfs".into()));
             mkfs.args(["-q", "-K", "-m", "reflink=1"]).arg(&img);
             run("mkfs.xfs", mkfs).await?;
-            secure_fs::Dir::open(dir)?.create_dir(OsStr::new(&format!("{id}.users")), 0o700)?;
+            secure_fs::Dir::open(dir)?.create_dir(OsStr::new(&format!("{}.users", g.id())), 0o700)?;
             g.mount().await
         };
         match made.await {
             Ok(()) => Ok((g, lock)),
-            Err(e) => {
-                // Best effort: the creation's own error is the one returned.
-                #[allow(clippy::let_underscore_must_use)]
-                let _ = g.unmount().await;
-                #[allow(clippy::let_underscore_must_use)]
-                let _ = g.remove_files();
-                Err(e)
+            Err(e) => Err(g.undo(e).await),
+        }
+    }
+
+    /// A fresh id in `dir`: its lock file created (never an existing one) and held.
+    fn new_id(dir: &Path) -> Result<(Generation, Flock<std::fs::File>), CowError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        for _ in 0..8 {
+            let mut bytes = [0u8; 4];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| CowError::Command { what: "randomness".into(), detail: e.to_string() })?;
+            let id = format!("g{:02x}{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2], bytes[3]);
+            let g = Generation { path: dir.join(&id) };
+            let path = g.beside("lock");
+            let f = match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io("create", &path)(e)),
+            };
+            let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| CowError::Busy(id.clone()))?;
+            // Left by a removal that stopped half-way: another id.
+            if std::fs::symlink_metadata(g.image()).is_ok() || std::fs::symlink_metadata(&g.path).is_ok() {
+                continue;
             }
+            return Ok((g, lock));
+        }
+        Err(CowError::Command { what: "choosing a generation id".into(), detail: "eight ids were taken".into() })
+    }
+
+    /// Removes what a generation that failed to be made or sealed left (unmounted
+    /// first); `e` is the failure, with what could not be removed added to it.
+    async fn undo(&self, e: CowError) -> CowError {
+        let undone = async {
+            self.unmount().await?;
+            self.remove_files()
+        };
+        match undone.await {
+            Ok(()) => e,
+            Err(left) => CowError::Command {
+                what: e.to_string(),
+                detail: format!(
+                    "and {} could not be removed ({left}): `rehearse sweep --yes` removes it",
+                    self.path.display()
+                ),
+            },
         }
     }
 
@@ -300,21 +375,30 @@ impl Generation {
     /// root's alone, `meta` written beside it, its pages on disk, unmounted, and made
     /// current; then older generations nothing uses are removed.
     pub(crate) async fn seal(self, lock: Flock<std::fs::File>, meta: &GoldenMeta) -> Result<(), CowError> {
-        {
-            let golden = secure_fs::Dir::open(&self.golden())?;
-            golden.chown(0, 0)?;
-            golden.chmod(0o700)?;
+        let sealed = async {
+            {
+                let golden = secure_fs::Dir::open(&self.golden())?;
+                golden.chown(0, 0)?;
+                golden.chmod(0o700)?;
+            }
+            let bytes = serde_json::to_vec_pretty(meta)
+                .map_err(|e| CowError::Command { what: "writing the metadata".into(), detail: e.to_string() })?;
+            secure_fs::Dir::open(self.dir())?.write_file(Path::new(&format!("{}.json", self.id())), &bytes, None)?;
+            self.unmount().await
+        };
+        if let Err(e) = sealed.await {
+            return Err(self.undo(e).await);
         }
-        let bytes = serde_json::to_vec_pretty(meta)
-            .map_err(|e| CowError::Command { what: "writing the metadata".into(), detail: e.to_string() })?;
-        secure_fs::Dir::open(self.dir())?.write_file(Path::new(&format!("{}.json", self.id())), &bytes, None)?;
-        self.unmount().await?;
         let tmp = self.dir().join(format!("current.{}", self.id()));
         std::fs::write(&tmp, self.id()).map_err(io("write", &tmp))?;
         let current = self.dir().join("current");
         std::fs::rename(&tmp, &current).map_err(io("replace", &current))?;
         drop(lock);
-        settle_all(self.dir()).await
+        // The refresh stands whatever older generations say; one in use stays.
+        if let Err(e) = settle_all(self.dir()).await {
+            tracing::warn!("older generations in {} not settled: {e}", self.dir().display());
+        }
+        Ok(())
     }
 
     /// Removes a generation whose building failed or was interrupted.
@@ -330,7 +414,7 @@ impl Generation {
     /// `run_as`). Returns the copy's directory.
     pub(crate) async fn copy_for(&self, run_id: &str, run_as: Option<RunAs>) -> Result<PathBuf, CowError> {
         if !state::valid_run_id(run_id) {
-            return Err(CowError::NotOurs(self.copy_of(run_id)));
+            return Err(CowError::NotARun(run_id.to_string()));
         }
         let _lock = self.lock().await?;
         if std::fs::symlink_metadata(self.image()).is_err() {
@@ -376,7 +460,11 @@ impl Generation {
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         if !state::valid_run_id(run_id) {
-            return Err(CowError::NotOurs(self.copy_of(run_id)));
+            return Err(CowError::NotARun(run_id.to_string()));
+        }
+        // Its directory gone (someone removed the golden copies): nothing is left of it.
+        if std::fs::symlink_metadata(self.dir()).is_err() {
+            return Ok(());
         }
         let _lock = self.lock().await?;
         let marker = self.users().join(run_id);
@@ -417,113 +505,6 @@ fn read_current(dir: &Path) -> Option<String> {
     let b = secure_fs::Dir::open(dir).and_then(|d| d.read_file(OsStr::new("current"), 64)).ok()?;
     let id = String::from_utf8(b).ok()?.trim().to_string();
     valid_id(&id).then_some(id)
-}
-
-/// Makes no generation of `dir` current (a refresh by full copy replaced them); each
-/// is removed once nothing uses it.
-pub(crate) async fn retire(dir: &Path) -> Result<(), CowError> {
-    if std::fs::symlink_metadata(dir).is_err() {
-        return Ok(());
-    }
-    match std::fs::remove_file(dir.join("current")) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("remove", &dir.join("current"))(e)),
-    }
-    settle_all(dir).await
-}
-
-/// Every generation in `dir`.
-fn generations(dir: &Path) -> Vec<Generation> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut ids: Vec<String> = rd
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter_map(|n| n.strip_suffix(".lock").map(str::to_string))
-        .filter(|id| valid_id(id))
-        .collect();
-    ids.sort();
-    ids.into_iter().map(|id| Generation { path: dir.join(id) }).collect()
-}
-
-/// Settles every generation of `dir`: unmounts those nothing uses (a crash between a
-/// copy's removal and the unmount leaves one mounted), removes those neither current
-/// nor used.
-pub(crate) async fn settle_all(dir: &Path) -> Result<(), CowError> {
-    for g in generations(dir) {
-        let _lock = g.lock().await?;
-        g.settle().await?;
-    }
-    Ok(())
-}
-
-/// What a sweep finds among the generations under `golden_root`: mounted ones nothing
-/// uses (a crash between a copy's removal and the unmount), ones neither current nor
-/// used, and copies of runs whose journal is gone (for `rehearse down RUN`). With
-/// `remove`, the first two are unmounted and removed. One line each.
-pub(crate) async fn sweep(golden_root: &Path, journaled: &dyn Fn(&str) -> bool, remove: bool) -> Vec<String> {
-    let mut lines = Vec::new();
-    for g in all_dirs(golden_root).iter().flat_map(|d| generations(d)) {
-        let users: Vec<String> = std::fs::read_dir(g.users())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .collect();
-        for run_id in users.iter().filter(|r| state::valid_run_id(r) && !journaled(r)) {
-            lines.push(format!(
-                "{}: a copy of run {run_id}, whose journal is gone: remove it with `rehearse down {run_id}`",
-                g.path.display()
-            ));
-        }
-        let unused_mount = users.is_empty() && g.mounted();
-        let stale = users.is_empty() && !g.is_current();
-        if !unused_mount && !stale {
-            continue;
-        }
-        let (what, verb, done) = if stale {
-            ("an old generation nothing uses", "remove", "removed")
-        } else {
-            ("mounted, nothing uses it", "unmount", "unmounted")
-        };
-        if !remove {
-            lines.push(format!("would {verb} {}: {what}", g.path.display()));
-            continue;
-        }
-        let settled = match g.lock().await {
-            Ok(_lock) => g.settle().await,
-            Err(e) => Err(e),
-        };
-        lines.push(match settled {
-            Ok(()) => format!("{done} {}: {what}", g.path.display()),
-            Err(e) => format!("could not {verb} {}: {e}", g.path.display()),
-        });
-    }
-    lines
-}
-
-/// Every generation-holding directory under the golden root (`ENV/DB.cow`).
-pub(crate) fn all_dirs(golden_root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for env in std::fs::read_dir(golden_root).into_iter().flatten().flatten() {
-        for db in std::fs::read_dir(env.path()).into_iter().flatten().flatten() {
-            let is_cow = db.file_name().to_str().is_some_and(|n| n.ends_with(".cow"));
-            if is_cow && db.file_type().is_ok_and(|t| t.is_dir()) {
-                out.push(db.path());
-            }
-        }
-    }
-    out
-}
-
-/// The generations holding a copy of `run_id` (by their markers: found without
-/// mounting anything, so a run whose journal is lost is found too).
-pub(crate) fn used_by(golden_root: &Path, run_id: &str) -> Vec<Generation> {
-    all_dirs(golden_root)
-        .iter()
-        .flat_map(|d| generations(d))
-        .filter(|g| std::fs::symlink_metadata(g.users().join(run_id)).is_ok())
-        .collect()
 }
 
 /// The sparse image's size: the free space of the file system it lies on (it can
@@ -568,7 +549,7 @@ mod tests {
             "/elsewhere/golden/demo/db.cow/g0a1b2c3d",
         ] {
             assert!(
-                matches!(Generation::confined(Path::new(bad), work), Err(CowError::NotOurs(_))),
+                matches!(Generation::confined(Path::new(bad), work), Err(CowError::NotOurs(..))),
                 "{bad} was taken for a generation"
             );
         }

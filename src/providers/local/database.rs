@@ -182,6 +182,16 @@ fn golden_source(
     let generations = cow::generations_dir(&ctx.run.golden_root, &d.name, &res.name);
     let current_generation = if ctx.run.cold { None } else { cow::current(&generations) };
     let generation = current_generation.as_ref().filter(|(_, m)| m == &wanted).map(|(g, _)| g.clone());
+    // The copy's socket lies in its directory: a path over the 107 bytes a unix
+    // socket's may have cannot be a copy there (a full copy or a restore instead).
+    let generation = generation.filter(|g| {
+        let socket = g.copy_of(&ctx.run.run_id).join(".s.PGSQL.65535");
+        let fits = socket.as_os_str().len() <= 107;
+        if !fits {
+            tracing::warn!("not copying generation {}: the socket path {} is too long", g.id(), socket.display());
+        }
+        fits
+    });
     let fresh = generation.is_none() && !ctx.run.cold && golden_meta.as_ref() == Some(&wanted);
     // Copied under a shared lock; while `warm` replaces it, this run restores cold.
     let golden_lock = if fresh { golden::lock_for_copy(&golden) } else { None };

@@ -140,6 +140,7 @@ pub(crate) async fn refresh_all(
             .map_err(|e| e.to_string())?
             .map_err(|(_, e)| format!("cannot lock {}: {e}", golden.display()))?;
         discard(&bin, &staging, run_as).await.map_err(|e| e.to_string())?;
+        let port = process::free_port().map_err(|e| e.to_string())?;
         // Copy-on-write: the cluster is built in a new generation's file system.
         let generation = match cow_refused {
             None => Some(Generation::create(&generations).await.map_err(|e| format!("golden copy of `{name}`: {e}"))?),
@@ -151,8 +152,7 @@ pub(crate) async fn refresh_all(
             action: "restore".into(),
             detail: Some(backup.path.display().to_string()),
         });
-        let mut cluster =
-            Cluster { base, port: process::free_port().map_err(|e| e.to_string())?, run_as, postmaster: None };
+        let mut cluster = Cluster { base, port, run_as, postmaster: None };
         let tag = [("REHEARSE_RUN_ID", "golden")];
         let timeout = db.timeout.unwrap_or(Duration::from_secs(3600));
         let log = parent.join(format!("{name}.log"));
@@ -184,16 +184,17 @@ pub(crate) async fn refresh_all(
             detail: None,
         });
         if result.is_err() || !stopped {
-            // Best effort: the refresh's own error is the one returned; what is left is replaced next time.
-            #[allow(clippy::let_underscore_must_use)]
-            let _ = match generation {
+            // The refresh's own error is the one returned; what could not be removed is said with it.
+            let left = match generation {
                 Some((g, lock)) => g.abandon(lock).await.map_err(|e| e.to_string()),
                 None => discard(&bin, &staging, run_as).await.map_err(|e| e.to_string()),
             };
+            let left =
+                left.err().map(|e| format!("\n  (and what it made is left: {e}; `rehearse sweep --yes` removes it)"));
             return Err(match result {
                 Err(e) => format!("golden copy of `{name}`: {}{}", e.message, tail_text(&e.log_tail)),
                 Ok(()) => format!("golden copy of `{name}`: the cluster in {} did not stop", cluster.base.display()),
-            });
+            } + &left.unwrap_or_default());
         }
         let place = put_in_place(generation, &meta, &bin, &golden, &staging, &generations, run_as)
             .await
