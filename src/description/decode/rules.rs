@@ -155,6 +155,7 @@ impl Decoder {
         source: &DatabaseSource,
         restore: RestoreMode,
         instance_class: Option<String>,
+        pool: Option<Pool>,
     ) -> DatabaseTarget {
         let p = format!("databases.{name}");
         let aws_source = source.provider() == ProviderKind::Aws;
@@ -184,7 +185,13 @@ impl Decoder {
                         c
                     }
                 };
-                DatabaseTarget::Aws(AwsDatabase { instance_class })
+                if pool.is_some() && !(restore == RestoreMode::NewestSnapshot && matches!(source, DatabaseSource::RdsInstance(_))) {
+                    self.rule_key_err(
+                        &format!("{p}.pool"),
+                        "a pool holds copies of a snapshot: it needs an `rds_instance` source restored from its `newest-snapshot`",
+                    );
+                }
+                DatabaseTarget::Aws(AwsDatabase { instance_class, pool })
             }
             ProviderKind::Local => {
                 if aws_source {
@@ -196,6 +203,10 @@ impl Decoder {
                 }
                 if instance_class.is_some() {
                     self.rule_key_err(&format!("{p}.instance_class"), "`instance_class` is for the aws provider");
+                }
+                if pool.is_some() {
+                    self.rule_key_err(&format!("{p}.pool"), "`pool` is for the aws provider").help =
+                        Some("locally, `rehearse warm` keeps a golden copy that runs copy in constant time".into());
                 }
                 DatabaseTarget::Local
             }

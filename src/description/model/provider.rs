@@ -102,6 +102,35 @@ pub enum DatabaseTarget {
 pub struct AwsDatabase {
     /// RDS instance class (aws only). Example: `db.t3.medium`.
     pub instance_class: String,
+    /// A warm pool of copies restored and masked ahead of time (`rehearse pool fill`):
+    /// a run that claims one skips the restore and the masking (aws only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
+}
+
+/// A database's warm pool on AWS.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// How many ready members `rehearse pool fill` keeps (1 to 20).
+    pub size: u32,
+    /// The members' instance class (default the database's). Example: `db.t3.medium`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_class: Option<String>,
+    /// How old a member may get before it is replaced (default `24h`, 1h to 7d); one
+    /// older than the newest backup is replaced too.
+    #[serde(serialize_with = "super::ser_duration")]
+    #[schemars(with = "super::DurationText")]
+    pub max_age: std::time::Duration,
+}
+
+impl Pool {
+    pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    /// The members' instance class.
+    pub fn class<'a>(&'a self, db: &'a AwsDatabase) -> &'a str {
+        self.instance_class.as_deref().unwrap_or(&db.instance_class)
+    }
 }
 
 impl Service {
@@ -139,6 +168,11 @@ impl Database {
     /// The RDS instance class; `None` on the local provider.
     pub fn instance_class(&self) -> Option<&str> {
         self.aws().map(|a| a.instance_class.as_str())
+    }
+
+    /// Its warm pool, if it has one (aws).
+    pub fn pool(&self) -> Option<&Pool> {
+        self.aws().and_then(|a| a.pool.as_ref())
     }
 }
 
