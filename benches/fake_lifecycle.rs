@@ -52,6 +52,7 @@ fn options(
         stage: None,
         pins: Default::default(),
         change: None,
+        member: None,
     }
 }
 

@@ -77,6 +77,17 @@ pub enum ColorChoice {
     Never,
 }
 
+/// What `rehearse pool` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolAction {
+    /// Restore and mask members until the pool has its size (replacing stale ones)
+    Fill,
+    /// Each member: its instance, snapshot, age and state; the pool's cost per hour
+    Status,
+    /// Remove every member no run has claimed
+    Drain,
+}
+
 /// How `rehearse warm` keeps a golden copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CopyMethod {
@@ -228,6 +239,13 @@ pub enum Command {
         /// How runs copy it: copy-on-write copies take the same time at any size
         #[arg(long, value_enum, default_value = "auto")]
         method: CopyMethod,
+    },
+    /// A database's warm pool on AWS: fill it, show it, or empty it
+    Pool {
+        #[arg(value_enum)]
+        action: PoolAction,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
     /// Hold a named lock in the state store while COMMAND runs (exit 5 if someone else holds it)
     Lock {

@@ -54,6 +54,7 @@ mod down;
 mod edge;
 mod inventory;
 mod lock;
+mod pool;
 mod remote;
 mod run;
 mod serve;
@@ -130,6 +131,15 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Logs { run_id, target, follow } => {
             named(g, run_id, &[Part::Journal, Part::Logs], |id| access::logs(g, id, target, *follow))
         }
+        Command::Pool { action, file } => pool::pool(
+            g,
+            match action {
+                crate::cli::PoolAction::Fill => pool::Action::Fill,
+                crate::cli::PoolAction::Status => pool::Action::Status,
+                crate::cli::PoolAction::Drain => pool::Action::Drain,
+            },
+            file,
+        ),
         Command::Lock { name, lease, command } => lock::lock(g, name, *lease, command),
         Command::Unlock { name, force } => lock::unlock(g, name, *force),
         Command::Compare(args) => compare::compare(g, args),

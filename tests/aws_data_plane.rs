@@ -46,6 +46,7 @@ fn options(dir: &Path, run_id: &str) -> Options {
         stage: None,
         pins: Default::default(),
         change: None,
+        member: None,
     }
 }
 

@@ -1500,6 +1500,7 @@ fn twins_restore_the_pinned_snapshot_or_time_over_the_sdk() {
             stage: None,
             pins: pins.clone(),
             change: None,
+            member: None,
         };
         let (a, b) = (options(format!("r-twin-{n}-a")), options(format!("r-twin-{n}-b")));
         let reporter = rehearse::engine::events::Silent;
@@ -1534,4 +1535,64 @@ fn twins_restore_the_pinned_snapshot_or_time_over_the_sdk() {
     let after: Vec<String> =
         production_state(&rt, &ec2, &rds).into_iter().filter(|s| !s.contains("shop-prod-db-landed-")).collect();
     assert_eq!(before, after, "production changed");
+}
+
+/// `rehearse pool fill|status|drain` on the emulator: each member a run of the database
+/// alone (its own group and subnet group, the restored copy), tagged as the pool's,
+/// recorded in the state store; a second fill finds the pool full; drain removes
+/// everything of every member and production is untouched.
+#[test]
+fn a_pool_is_filled_shown_and_drained_and_production_is_untouched() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+    let sb = Sandbox::new();
+    let file = shop_description(&sb, &prod);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = text
+        .replace("    instance_class: db.t3.medium\n", "    instance_class: db.t3.medium\n    pool:\n      size: 2\n");
+    assert!(text.contains("pool:"), "{text}");
+    std::fs::write(&file, text).unwrap();
+    let pool = |action: &str| {
+        let out = emu.rehearse(&sb).args(["pool", action, file.to_str().unwrap()]).output().unwrap();
+        let (so, se) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "pool {action}:\n{so}\n{se}");
+        so
+    };
+    let filled = pool("fill");
+    let members: Vec<String> = filled
+        .lines()
+        .filter_map(|l| l.split_once(": ready").map(|(m, _)| m.to_string()))
+        .filter(|m| m.starts_with("r-"))
+        .collect();
+    assert_eq!(members.len(), 2, "{filled}");
+    // Each member: its copy restored from the newest snapshot, tagged as the pool's.
+    for m in &members {
+        let left = rehearse_leftovers(&rt, &ec2, &rds, m);
+        assert!(left.iter().any(|r| r.starts_with("db ")), "{m}: {left:?}");
+        let id = format!("rh-{}-db", m.trim_start_matches("r-").replace('-', ""));
+        let d = rt.block_on(rds.describe_db_instances().db_instance_identifier(&id).send()).unwrap();
+        let tags: Vec<(String, String)> = d.db_instances()[0]
+            .tag_list()
+            .iter()
+            .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+            .collect();
+        assert!(tags.contains(&("rehearse:pool".into(), "shop/db".into())), "{tags:?}");
+        assert!(tags.contains(&("rehearse:pool-member".into(), m.clone())), "{tags:?}");
+    }
+    let status = pool("status");
+    assert!(status.contains("shop/db: 2 of 2 ready"), "{status}");
+    assert!(status.contains(&prod.newest_snapshot), "{status}");
+    assert!(status.contains("cost: ~$"), "{status}");
+    assert!(pool("fill").contains("the pool is full (2 of 2)"));
+    let drained = pool("drain");
+    assert!(drained.contains("shop/db: drained"), "{drained}");
+    for m in &members {
+        let left = rehearse_leftovers(&rt, &ec2, &rds, m);
+        assert!(left.is_empty(), "{m} left {left:?}");
+    }
+    assert!(pool("status").contains("shop/db: 0 of 2 ready"));
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
 }

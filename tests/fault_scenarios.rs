@@ -85,6 +85,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             stage: None,
             pins: Default::default(),
             change: None,
+            member: None,
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -324,6 +325,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             stage: None,
             pins: Default::default(),
             change: None,
+            member: None,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -446,6 +448,7 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
                 stage: Some(spec.run("staging")),
                 pins: Default::default(),
                 change: None,
+                member: None,
             };
             let failed = |verdict, reason: String| Built {
                 verdict,

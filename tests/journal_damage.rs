@@ -108,6 +108,7 @@ fn demo_run(dir: &Path, run_id: &str) -> (description::Loaded, Options) {
         stage: None,
         pins: Default::default(),
         change: None,
+        member: None,
     };
     (loaded, opts)
 }

@@ -87,6 +87,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             stage: None,
             pins: Default::default(),
             change: super::edge::run::change_of(g),
+            member: None,
         };
         let code = rehearse(g, &loaded, &opts, locks, reporter, signals).await.code;
         if let Some((l, name)) = name_lock {

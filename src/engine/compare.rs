@@ -168,6 +168,7 @@ pub async fn compare(
         stage: None,
         pins: opts.pins.clone(),
         change: opts.change.clone(),
+        member: None,
     };
     let (ob, oc) = (options(&opts.baseline), options(&opts.candidate));
     let ((rb, cb), (rc, cc)) = tokio::join!(edge.rehearse(&ob), edge.rehearse(&oc));
@@ -489,6 +490,7 @@ mod tests {
             stage: None,
             pins: Pins::default(),
             change: None,
+            member: None,
         };
         let (candidate, kept) = side("v3", &o, &outcome, 3);
         assert!(kept.is_none());

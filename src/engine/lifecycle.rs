@@ -71,6 +71,8 @@ pub struct Options {
     pub pins: super::provider::Pins,
     /// The change rehearsed, when known: recorded in the report.
     pub change: Option<crate::report::model::Change>,
+    /// A pool member being made (`rehearse pool fill`), not a rehearsal.
+    pub member: Option<super::pool::MemberRun>,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the

@@ -28,8 +28,23 @@ use crate::sys::state::valid_run_id;
 /// the journal record take seconds; a run killed in between leaves its claim.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(15 * 60);
 
-/// The most members a pool may have (the description's bound too).
-pub const MAX_SIZE: u32 = 20;
+/// The most members a pool may have (the description's bound).
+pub const MAX_SIZE: u32 = crate::description::Pool::MAX_SIZE;
+
+/// The tag every resource of a pool member carries at its creation: the pool's
+/// `ENVIRONMENT/DATABASE`.
+pub const TAG_POOL: &str = "rehearse:pool";
+/// And the member's own id (its run id when made): after a run claimed it and took
+/// the `rehearse:run-id` tag, this still says which member's name it bears.
+pub const TAG_MEMBER: &str = "rehearse:pool-member";
+
+/// A run that makes a pool member (`rehearse pool fill`): only the database and what
+/// its masking needs, kept for `keep_for`, tagged as the pool's.
+#[derive(Clone, Debug)]
+pub struct MemberRun {
+    pub database: String,
+    pub keep_for: Duration,
+}
 
 /// One member of a pool, as its record says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -336,6 +336,25 @@ impl Plan {
         self.resources.iter().find(|r| r.id == id)
     }
 
+    /// Keeps only `id` and what it depends on, directly or not (a pool member is the
+    /// database, its masking and what those need; nothing of the release).
+    pub fn keep_only(&mut self, id: &str) {
+        let mut keep: BTreeSet<String> = BTreeSet::new();
+        let mut todo = vec![id.to_string()];
+        while let Some(next) = todo.pop() {
+            if !keep.insert(next.clone()) {
+                continue;
+            }
+            if let Some(r) = self.resource(&next) {
+                todo.extend(r.depends_on.iter().cloned());
+            }
+        }
+        self.resources.retain(|r| keep.contains(&r.id));
+        let known: Vec<f64> = self.resources.iter().filter_map(|r| r.cost_per_hour_usd).collect();
+        self.estimated_cost_per_hour_usd =
+            (!known.is_empty()).then(|| (known.iter().sum::<f64>() * 10_000.0).round() / 10_000.0);
+    }
+
     /// Ids of resources (not suites) that depend on `id`.
     pub fn dependants(&self, id: &str) -> Vec<&Resource> {
         self.resources.iter().filter(|r| r.depends_on.iter().any(|d| d == id)).collect()

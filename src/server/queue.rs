@@ -367,6 +367,7 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         stage: None,
         pins: Default::default(),
         change: read.request.change.clone(),
+        member: None,
     };
     let outcome = run_with_provider(shared, &loaded, &opts, stream, signals).await;
     match &outcome.ended {

@@ -70,6 +70,7 @@ pub async fn concurrent_runs(
             stage: None,
             pins: Default::default(),
             change: None,
+            member: None,
         };
         let signals = crate::sys::signals::Signals::none();
         let events = crate::engine::events::Silent;

@@ -121,6 +121,7 @@ impl Generations for Runs<'_> {
                 stage: Some(spec.run(self.stage)),
                 pins: Default::default(),
                 change: super::super::edge::run::change_of(self.g),
+                member: None,
             };
             let state_root = opts.state_root.clone();
             let code = run_generation(self, loaded, opts).await;

@@ -29,7 +29,7 @@ pub(super) struct ServiceKeys {
 }
 
 impl Decoder {
-    fn rule_err(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
+    pub(super) fn rule_err(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
         let pos = self.positions.get(path);
         self.held_back.push(Diagnostic::new(pos, message));
         self.held_back.last_mut().expect("just pushed")
@@ -185,7 +185,9 @@ impl Decoder {
                         c
                     }
                 };
-                if pool.is_some() && !(restore == RestoreMode::NewestSnapshot && matches!(source, DatabaseSource::RdsInstance(_))) {
+                if pool.is_some()
+                    && !(restore == RestoreMode::NewestSnapshot && matches!(source, DatabaseSource::RdsInstance(_)))
+                {
                     self.rule_key_err(
                         &format!("{p}.pool"),
                         "a pool holds copies of a snapshot: it needs an `rds_instance` source restored from its `newest-snapshot`",

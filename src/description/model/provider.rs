@@ -126,6 +126,8 @@ pub struct Pool {
 
 impl Pool {
     pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    /// The most members a pool may have.
+    pub const MAX_SIZE: u32 = 20;
 
     /// The members' instance class.
     pub fn class<'a>(&'a self, db: &'a AwsDatabase) -> &'a str {

@@ -32,7 +32,17 @@ pub(super) async fn prepare<P: Provider>(
     if opts.up_only {
         plan.resources.retain(|r| !r.kind.is_suite());
     }
-    let ttl = chrono::Duration::from_std(d.ttl).map_err(|_| RunError::Ttl(format_duration(d.ttl)))?;
+    let mut ttl = d.ttl;
+    if let Some(m) = &opts.member {
+        // The database and its masking (when it has one), and what they need.
+        let masked = format!("mask.{}", m.database);
+        let last = if plan.resource(&masked).is_some() { masked } else { format!("database.{}", m.database) };
+        plan.keep_only(&last);
+        plan.tags.insert(super::super::pool::TAG_POOL.into(), format!("{}/{}", d.name, m.database));
+        plan.tags.insert(super::super::pool::TAG_MEMBER.into(), run_id.clone());
+        ttl = m.keep_for;
+    }
+    let ttl = chrono::Duration::from_std(ttl).map_err(|_| RunError::Ttl(format_duration(ttl)))?;
     // Whole seconds, as the AWS tags carry it: journal and tags say the same instant.
     let expires_at = chrono::SubsecRound::trunc_subsecs(started_at + ttl, 0);
     // Who the copy and the release run as (rehearse as root): decided before anything

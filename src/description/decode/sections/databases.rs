@@ -60,17 +60,22 @@ impl Decoder {
         let mut obj = self.obj(path, node, "a mapping with `size`, and optionally `instance_class`, `max_age`")?;
         let size = self
             .require(&mut obj, "size", "how many ready copies to keep, e.g. `size: 3`")
-            .and_then(|n| self.integer(&format!("{path}.size"), n, 1, i64::from(crate::engine::pool::MAX_SIZE)));
+            .and_then(|n| self.integer(&format!("{path}.size"), n, 1, i64::from(Pool::MAX_SIZE)));
         let instance_class = self.opt_string(&mut obj, "instance_class");
         let max_age = match self.get(&mut obj, "max_age") {
-            Some(n) => self.duration(&format!("{path}.max_age"), n, Duration::from_secs(3600), Duration::from_secs(7 * 24 * 3600)),
+            Some(n) => self.duration(
+                &format!("{path}.max_age"),
+                n,
+                Duration::from_secs(3600),
+                Duration::from_secs(7 * 24 * 3600),
+            ),
             None => Some(Pool::DEFAULT_MAX_AGE),
         };
         self.finish(obj);
         if let Some(c) = &instance_class {
             if !c.strip_prefix("db.").is_some_and(super::super::rules::is_instance_type) {
-                self.rule_err(&format!("{path}.instance_class"), format!("`{c}` is not an RDS instance class")).expected =
-                    Some("`db.` FAMILY.SIZE, e.g. `db.t3.medium`".into());
+                self.rule_err(&format!("{path}.instance_class"), format!("`{c}` is not an RDS instance class"))
+                    .expected = Some("`db.` FAMILY.SIZE, e.g. `db.t3.medium`".into());
             }
         }
         Some(Pool { size: size? as u32, instance_class, max_age: max_age? })

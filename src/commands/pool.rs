@@ -1,0 +1,349 @@
+//! `rehearse pool fill|status|drain FILE`: the warm pools of a description's databases
+//! on AWS (`pool:` of a database). A member is made as a run of its own — the database
+//! alone, restored from the newest snapshot and masked, kept for the pool's `max_age` —
+//! and recorded in the state store ([`crate::engine::pool`]).
+
+use std::path::Path;
+
+use chrono::Utc;
+use sha2::Digest;
+
+use super::edge::run::{described, outcome, NO_LEASE};
+use super::load_or_report;
+use crate::cli::Global;
+use crate::description::{DatabaseSource, Loaded, Pool, Target};
+use crate::engine::lifecycle::Options;
+use crate::engine::pool::{self as members, Member, MemberRun, State};
+use crate::engine::provider::{Pin, Pins, Provider};
+use crate::engine::run::Ended;
+use crate::engine::store::ObjectStore;
+use crate::exit;
+use crate::report::model::Verdict;
+use crate::sys::signals::Signals;
+use crate::sys::state;
+
+/// What `rehearse pool` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    Fill,
+    Status,
+    Drain,
+}
+
+pub(crate) fn pool(g: &Global, action: Action, file: &Path) -> i32 {
+    let loaded = match load_or_report(file, None) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Target::Aws(aws) = &loaded.desc.target else {
+        errln!(
+            "error: {}: pools are for the aws provider (locally, `rehearse warm` keeps a golden copy)",
+            file.display()
+        );
+        return exit::USAGE;
+    };
+    let pools: Vec<(String, Pool)> =
+        loaded.desc.databases.iter().filter_map(|(n, d)| d.pool().map(|p| (n.clone(), p.clone()))).collect();
+    if pools.is_empty() {
+        errln!("error: {}: no database has a `pool:`", file.display());
+        return exit::USAGE;
+    }
+    let g = &described(g, &loaded);
+    let region = aws.region.clone();
+    super::with_signals(g, async |reporter, signals| {
+        let super::store::Opened { shared, locks, local_root } = match super::store::open_for_runs(g).await {
+            Ok(o) => o,
+            Err(code) => return code,
+        };
+        let provider = super::aws_provider(&region).await;
+        let pins = match provider.pin_sources(&loaded).await {
+            Ok(p) => p,
+            Err(e) => {
+                errln!("error: cannot find the newest snapshots: {}", e.message);
+                return exit::BUILD_FAILED;
+            }
+        };
+        let mut code = exit::PASSED;
+        for (name, pool) in &pools {
+            let Some(Pin::Snapshot(snapshot)) = pins.get(name.as_str()).cloned() else {
+                errln!("error: database `{name}`: no snapshot to fill its pool from");
+                code = exit::BUILD_FAILED;
+                continue;
+            };
+            let wanted = match wanted(&loaded, name, pool, &snapshot) {
+                Ok(w) => w,
+                Err(e) => {
+                    errln!("error: database `{name}`: {e}");
+                    code = exit::BUILD_FAILED;
+                    continue;
+                }
+            };
+            let env = loaded.desc.name.to_string();
+            let read = members::members(locks.as_ref(), &env, name).await;
+            let (all, forged) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    errln!("error: {e}");
+                    code = exit::BUILD_FAILED;
+                    continue;
+                }
+            };
+            for f in &forged {
+                errln!("warning: {f}");
+            }
+            let here =
+                Here { g, loaded: &loaded, locks: locks.clone(), shared: shared.clone(), local_root: &local_root };
+            let c = match action {
+                Action::Status => status(&env, name, pool, &wanted, &all, &region),
+                Action::Fill => here.fill(name, pool, &wanted, &all, &pins, reporter, signals).await,
+                Action::Drain => here.drain(name, &all, reporter, signals).await,
+            };
+            if c != exit::PASSED {
+                code = c;
+            }
+        }
+        code
+    })
+}
+
+/// What a member of `name`'s pool must be made from now.
+fn wanted(loaded: &Loaded, name: &str, pool: &Pool, snapshot: &str) -> Result<members::Wanted, String> {
+    let db = &loaded.desc.databases[name];
+    if !matches!(db.source, DatabaseSource::RdsInstance(_)) {
+        return Err("a pool needs an `rds_instance` source".into());
+    }
+    let masking = match &db.masking {
+        Some(m) => {
+            let path = loaded.resolve(m);
+            crate::sys::secure_fs::check_input(&path).map_err(|e| format!("the masking SQL cannot be trusted: {e}"))?;
+            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Some(sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+        }
+        None => None,
+    };
+    Ok(members::Wanted { snapshot: snapshot.to_string(), masking, max_age: pool.max_age })
+}
+
+fn status(env: &str, name: &str, pool: &Pool, wanted: &members::Wanted, all: &[members::Read], region: &str) -> i32 {
+    let now = Utc::now();
+    let ready =
+        all.iter().filter(|r| matches!(r.member.state, State::Ready { .. }) && wanted.misfit(&r.member, now).is_none());
+    let class = all.first().map_or("", |r| r.member.class.as_str());
+    outln!("{env}/{name}: {} of {} ready (newest snapshot {})", ready.count(), pool.size, wanted.snapshot);
+    for r in all {
+        let m = &r.member;
+        let age = crate::description::format_duration((now - m.made_at).to_std().unwrap_or_default());
+        let state = match &m.state {
+            State::Restoring => "restoring".to_string(),
+            State::Ready { .. } => match wanted.misfit(m, now) {
+                None => "ready".into(),
+                Some(why) => format!("stale: {why}"),
+            },
+            State::Claimed { run_id, .. } => format!("claimed by {run_id}"),
+        };
+        outln!("  {}  {}  {}  {age} old  {state}", m.member, m.instance, m.snapshot);
+    }
+    if let Some(h) = crate::plan::price::rds_hourly(class, region) {
+        let running = all.iter().filter(|r| !matches!(r.member.state, State::Claimed { .. })).count();
+        outln!(
+            "  cost: ~${:.2}/hour for {running} instance(s) of {class} in {region} (on-demand list price)",
+            h * running as f64
+        );
+    }
+    exit::PASSED
+}
+
+/// Where this command's runs go.
+struct Here<'a> {
+    g: &'a Global,
+    loaded: &'a Loaded,
+    locks: std::sync::Arc<dyn ObjectStore>,
+    shared: Option<std::sync::Arc<dyn ObjectStore>>,
+    local_root: &'a Path,
+}
+
+impl Here<'_> {
+    /// Makes members until the pool has `size` that are restoring or fit, retiring the
+    /// unfit ready ones first. The members are made at once, each a run of its own.
+    #[allow(clippy::too_many_arguments)] // each is a distinct fact of the fill
+    async fn fill(
+        &self,
+        name: &str,
+        pool: &Pool,
+        wanted: &members::Wanted,
+        all: &[members::Read],
+        pins: &Pins,
+        reporter: &dyn crate::engine::events::Reporter,
+        signals: &Signals,
+    ) -> i32 {
+        let now = Utc::now();
+        let mut code = exit::PASSED;
+        let unfit: Vec<&members::Read> = all
+            .iter()
+            .filter(|r| matches!(r.member.state, State::Ready { .. }) && wanted.misfit(&r.member, now).is_some())
+            .collect();
+        for r in &unfit {
+            outln!("{}: retiring ({})", r.member.member, wanted.misfit(&r.member, now).unwrap_or_default());
+            if self.retire(r, reporter, signals).await != exit::PASSED {
+                code = exit::LEFTOVERS;
+            }
+        }
+        let live = all.len() - unfit.len();
+        let missing = (pool.size as usize).saturating_sub(live);
+        if missing == 0 {
+            outln!("{}/{name}: the pool is full ({} of {})", self.loaded.desc.name, live, pool.size);
+            return code;
+        }
+        let mut pins = pins.clone();
+        pins.retain(|k, _| k == name);
+        let makes = (0..missing).map(|_| self.make(name, pool, wanted, &pins, reporter, signals));
+        for c in futures_util::future::join_all(makes).await {
+            if c != exit::PASSED {
+                code = c;
+            }
+        }
+        code
+    }
+
+    /// One new member: its record (the intent) first, then its run; ready when the
+    /// run passed, else its record removed (the run tore down what it made).
+    async fn make(
+        &self,
+        name: &str,
+        pool: &Pool,
+        wanted: &members::Wanted,
+        pins: &Pins,
+        reporter: &dyn crate::engine::events::Reporter,
+        signals: &Signals,
+    ) -> i32 {
+        let env = self.loaded.desc.name.to_string();
+        let id = state::new_run_id();
+        let db = &self.loaded.desc.databases[name];
+        let class = db.aws().map(|a| pool.class(a).to_string()).unwrap_or_default();
+        let record = Member {
+            member: id.clone(),
+            instance: crate::providers::aws::AwsProvider::<()>::rds_id(&id, name),
+            snapshot: wanted.snapshot.clone(),
+            taken_at: None,
+            masking: wanted.masking.clone(),
+            class,
+            made_at: Utc::now(),
+            state: State::Restoring,
+        };
+        let key = members::key(&env, name, &id);
+        let etag = match members::write(self.locks.as_ref(), &key, &record, None).await {
+            Ok(e) => e,
+            Err(e) => {
+                errln!("error: {e}");
+                return exit::BUILD_FAILED;
+            }
+        };
+        let opts = self.options(&id, pins, Some(MemberRun { database: name.to_string(), keep_for: pool.max_age }));
+        let (out, code) = outcome(self.g, self.loaded, &opts, self.locks.clone(), NO_LEASE, reporter, signals).await;
+        let passed = matches!(&out.ended, Ended::Reported { report, .. } if report.verdict == Verdict::Passed);
+        let read = members::Read { key: key.clone(), member: record.clone(), etag };
+        if passed {
+            let mut ready = record;
+            ready.state = State::Ready { ready_at: Utc::now() };
+            return match members::write(self.locks.as_ref(), &key, &ready, Some(read.etag)).await {
+                Ok(_) => {
+                    outln!("{id}: ready ({})", ready.instance);
+                    exit::PASSED
+                }
+                Err(e) => {
+                    errln!("error: {e}; the member is kept: remove it with `rehearse down {id}`");
+                    exit::BUILD_FAILED
+                }
+            };
+        }
+        // The run failed: what it kept goes, then its record.
+        let c = self.down(&id, reporter, signals).await;
+        if let Err(e) = members::remove(self.locks.as_ref(), &read).await {
+            errln!("error: {e}");
+        }
+        if code == exit::PASSED {
+            c
+        } else {
+            code
+        }
+    }
+
+    /// Takes a member out of the pool: its run torn down, then its record.
+    async fn retire(
+        &self,
+        r: &members::Read,
+        reporter: &dyn crate::engine::events::Reporter,
+        signals: &Signals,
+    ) -> i32 {
+        // Claimed first (by the member itself), so that no run claims it meanwhile.
+        let mut mine = r.member.clone();
+        mine.state = State::Claimed { run_id: r.member.member.clone(), at: Utc::now() };
+        let etag = match members::write(self.locks.as_ref(), &r.key, &mine, Some(r.etag.clone())).await {
+            Ok(e) => e,
+            Err(e) => {
+                errln!("{}: not retired: {e}", r.member.member);
+                return exit::PASSED;
+            }
+        };
+        let code = self.down(&r.member.member, reporter, signals).await;
+        if code == exit::PASSED {
+            let read = members::Read { key: r.key.clone(), member: mine, etag };
+            if let Err(e) = members::remove(self.locks.as_ref(), &read).await {
+                errln!("error: {e}");
+                return exit::BUILD_FAILED;
+            }
+        }
+        code
+    }
+
+    async fn drain(
+        &self,
+        name: &str,
+        all: &[members::Read],
+        reporter: &dyn crate::engine::events::Reporter,
+        signals: &Signals,
+    ) -> i32 {
+        let mut code = exit::PASSED;
+        for r in all {
+            if let State::Claimed { run_id, .. } = &r.member.state {
+                outln!("{}: claimed by {run_id}: left to that run", r.member.member);
+                continue;
+            }
+            outln!("{}: removing", r.member.member);
+            let c = self.retire(r, reporter, signals).await;
+            if c != exit::PASSED {
+                code = c;
+            }
+        }
+        outln!("{}/{name}: drained", self.loaded.desc.name);
+        code
+    }
+
+    async fn down(&self, run_id: &str, reporter: &dyn crate::engine::events::Reporter, signals: &Signals) -> i32 {
+        let edge = match super::edge::down::Edge::open(self.g, reporter, signals).await {
+            Some(e) => e,
+            None => return exit::USAGE,
+        };
+        edge.down(run_id, Some(self.local_root), None, None).await.code
+    }
+
+    fn options(&self, run_id: &str, pins: &Pins, member: Option<MemberRun>) -> Options {
+        Options {
+            run_id: run_id.to_string(),
+            release: self.loaded.release_version(None).unwrap_or_else(|| "pool".into()),
+            destroy: crate::description::DestroyPolicy::Never,
+            cold: false,
+            up_only: true,
+            state_root: self.local_root.to_path_buf(),
+            work_root: state::work_dir(),
+            run_as: None,
+            exit_code: super::edge::run::exit_code,
+            name: None,
+            shared: self.shared.clone(),
+            stage: None,
+            pins: pins.clone(),
+            change: None,
+            member,
+        }
+    }
+}
