@@ -1587,6 +1587,29 @@ fn a_pool_is_filled_shown_and_drained_and_production_is_untouched() {
     assert!(status.contains(&prod.newest_snapshot), "{status}");
     assert!(status.contains("cost: ~$"), "{status}");
     assert!(pool("fill").contains("the pool is full (2 of 2)"));
+
+    // A run claims a member: no restore, no masking of its own; the member is the run's
+    // and goes with it.
+    let out = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = sb.run_ids().into_iter().find(|i| !members.contains(i)).expect("the run");
+    let report = sb.report(&run);
+    assert_eq!(report["backups"][0]["method"], "pool", "{}", report["backups"]);
+    assert_eq!(report["backups"][0]["backup"], prod.newest_snapshot.as_str());
+    let steps = report["steps"].as_array().unwrap();
+    let detail = |action: &str| {
+        steps.iter().find(|s| s["action"] == action).and_then(|s| s["detail"].as_str()).unwrap_or_default().to_string()
+    };
+    assert!(!steps.iter().any(|s| s["action"] == "restore"), "{steps:?}");
+    let claimed = detail("pool");
+    let member = members.iter().find(|m| claimed.contains(m.as_str())).expect("the pool step names its member").clone();
+    assert!(rehearse_leftovers(&rt, &ec2, &rds, &run).is_empty(), "the run left something");
+    assert!(pool("status").contains("shop/db: 1 of 2 ready"));
+    // The claimed member's own run: its groups go; the instance was the run's.
+    let out = emu.rehearse(&sb).args(["down", &member]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rehearse_leftovers(&rt, &ec2, &rds, &member).is_empty());
+
     let drained = pool("drain");
     assert!(drained.contains("shop/db: drained"), "{drained}");
     for m in &members {

@@ -19,6 +19,7 @@ mod instances;
 mod naming;
 pub mod patient;
 pub mod poller;
+mod pool;
 mod runner;
 pub mod sdk;
 pub mod ssm;
@@ -158,6 +159,11 @@ pub struct AwsProvider<A> {
     /// to): from the description — the run's, or the one `down` reads again — never
     /// from a journal, which anyone with the store's policy can write.
     runner_outputs: Mutex<Option<(String, String)>>,
+    /// Where the databases' warm pools are recorded (the state store), when runs may
+    /// claim from them ([`pool`]).
+    pool_store: Option<std::sync::Arc<dyn crate::engine::store::ObjectStore>>,
+    /// The databases whose copy came from a pool: already masked.
+    pooled: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {

@@ -74,7 +74,7 @@ pub(crate) async fn outcome(
             engine_run::run(&provider, loaded, opts, locks, lease, reporter, signals, &said_first).await
         }
         Target::Aws(aws) => {
-            let provider = crate::commands::aws_provider(&aws.region).await;
+            let provider = crate::commands::aws_provider(&aws.region).await.with_pool_store(locks.clone());
             engine_run::run(&provider, loaded, opts, locks, lease, reporter, signals, &said_first).await
         }
     };

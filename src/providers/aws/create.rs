@@ -20,7 +20,14 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             bundle: tokio::sync::OnceCell::new(),
             owned: Mutex::default(),
             runner_outputs: Mutex::default(),
+            pool_store: None,
+            pooled: Mutex::default(),
         }
+    }
+
+    /// Runs claim pool members recorded in `store` (see [`super::pool`]).
+    pub fn with_pool_store(self, store: std::sync::Arc<dyn crate::engine::store::ObjectStore>) -> Self {
+        AwsProvider { pool_store: Some(store), ..self }
     }
 
     /// Journals `res` as created with `handle`; the id in it is the run's own (this

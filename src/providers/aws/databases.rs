@@ -141,6 +141,24 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         // No backup, no restore: nothing of this database was created.
         let (snapshot_id, arn, taken_at) = found.map_err(StepError::nothing_created)?;
         ctx.step(res, "find-backup", t, true, Some(snapshot_id.clone()));
+        let used = |method: &str| BackupUsed {
+            database: res.name.clone(),
+            source_kind: "rds_instance".into(),
+            source: source.to_string(),
+            backup: snapshot_id.clone(),
+            arn: arn.clone(),
+            taken_at,
+            restore: mode.as_str().into(),
+            method: method.into(),
+            restore_ms: 0,
+        };
+        if !pitr {
+            if let Some((inst, _member)) =
+                self.claim_from_pool(res, ctx, &snapshot_id, &placement.security_group_id).await?
+            {
+                return Ok((inst, used("pool")));
+            }
+        }
         let t = ctx.started(res, "restore", Some(snapshot_id.clone()));
         let req = RestoreDb {
             instance_id: id.to_string(),
@@ -162,18 +180,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         })?;
         self.created(res, ctx, json!({"db_instance_id": inst.id})).await?;
         ctx.step(res, "restore", t, true, Some(format!("{snapshot_id} → {id}")));
-        let backup = BackupUsed {
-            database: res.name.clone(),
-            source_kind: "rds_instance".into(),
-            source: source.to_string(),
-            backup: snapshot_id,
-            arn,
-            taken_at,
-            restore: mode.as_str().into(),
-            method: "cold".into(),
-            restore_ms: 0,
-        };
-        Ok((inst, backup))
+        Ok((inst, used("cold")))
     }
 
     /// Waits for RDS to make the new instance available.
@@ -254,6 +261,12 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     pub(super) async fn mask(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let db = &ctx.loaded.desc.databases[res.name.as_str()];
         let Some(sql) = trusted_masking(ctx, db)? else { return Ok(Output::Nothing) };
+        if let Some(member) = self.pooled(&res.name) {
+            self.created(res, ctx, json!({})).await?;
+            let t = ctx.started(res, "mask", None);
+            ctx.step(res, "mask", t, true, Some(format!("masked in the pool (member {member})")));
+            return Ok(Output::Nothing);
+        }
         let outputs = ctx
             .tctx
             .get("databases")

@@ -209,6 +209,14 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             Kind::AwsDbInstance => {
                 let find = || async move { one(api.describe_db_instances(&[id.to_string()]).await, |d| d.id == id) };
                 let Some(db) = find().await? else { return Ok(()) };
+                // A pool member this run made and a run since claimed: that run's now.
+                let member = tag_value(&db.tags, crate::engine::pool::TAG_MEMBER);
+                let owner = tag_value(&db.tags, TAG_RUN);
+                if member == Some(guard.run_id.as_str())
+                    && owner.is_some_and(|o| o != guard.run_id && crate::sys::state::valid_run_id(o))
+                {
+                    return Ok(());
+                }
                 guard.check("DB instance", id, &db.tags)?;
                 self.mark_owned(id);
                 if db.status != "deleting" {

@@ -92,7 +92,11 @@ impl Tagged {
             Kind::AwsDbSubnetGroup | Kind::AwsSecurityGroup => P::group_name(run),
             other => return Err(Doubt::Kind(other)),
         };
-        if self.name == expected {
+        // A pool member claimed by a run keeps the name its member's id gave it.
+        let member = tag_value(&self.tags, crate::engine::pool::TAG_MEMBER)
+            .filter(|m| crate::sys::state::valid_run_id(m) && self.kind == Kind::AwsDbInstance)
+            .map(|m| P::rds_id(m, res.strip_prefix("database.").unwrap_or(res)));
+        if self.name == expected || member.as_deref() == Some(self.name.as_str()) {
             Ok(())
         } else {
             Err(Doubt::Name { name: self.name.clone(), expected })

@@ -387,6 +387,10 @@ impl<A: RdsApi> RdsApi for Patient<A> {
         self.repeatable("ModifyDBInstance", || self.inner.secure_db_instance(id, password)).await
     }
 
+    async fn move_db_instance(&self, id: &str, security_group: &str) -> ApiResult<()> {
+        self.repeatable("ModifyDBInstance", || self.inner.move_db_instance(id, security_group)).await
+    }
+
     async fn secure_db_cluster(&self, id: &str, password: &str) -> ApiResult<()> {
         self.repeatable("ModifyDBCluster", || self.inner.secure_db_cluster(id, password)).await
     }

@@ -138,6 +138,15 @@ impl RdsApi for FakeCloud {
         self.answer(&call, &[instance_id.to_string()], Self::db(instance_id, &d)).await
     }
 
+    async fn move_db_instance(&self, id: &str, _security_group: &str) -> ApiResult<()> {
+        let call = self.enter("ModifyDBInstance", id, true)?;
+        self.audit("ModifyDBInstance", id);
+        if !self.state.lock().expect("fake lock").res.contains_key(id) {
+            return Err(fail("DBInstanceNotFound", ErrorKind::NotFound));
+        }
+        self.leave(&call, ())
+    }
+
     async fn secure_db_instance(&self, id: &str, password: Option<&str>) -> ApiResult<()> {
         let call = self.enter("ModifyDBInstance", id, true)?;
         self.audit("ModifyDBInstance", id);

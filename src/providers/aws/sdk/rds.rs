@@ -268,6 +268,18 @@ impl RdsApi for Sdk {
         Ok(())
     }
 
+    async fn move_db_instance(&self, id: &str, security_group: &str) -> ApiResult<()> {
+        self.rds
+            .modify_db_instance()
+            .db_instance_identifier(id)
+            .vpc_security_group_ids(security_group)
+            .apply_immediately(true)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
     async fn secure_db_cluster(&self, id: &str, password: &str) -> ApiResult<()> {
         self.rds
             .modify_db_cluster()

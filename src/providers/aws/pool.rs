@@ -1,0 +1,116 @@
+//! A run's copy from a database's warm pool ([`crate::engine::pool`]): a ready member
+//! of the newest snapshot and the current masking is claimed by compare-and-swap in
+//! the state store, checked to be what its record says (the pool's, its own, not yet
+//! handed over, available), journaled as the run's, retagged to the run (`run-id`,
+//! `expires-at`: the two tags a policy lets rehearse move), put in the run's security
+//! group, and its record removed: the member is the run's now, and its masking is
+//! not run again. The member's own run keeps its group and subnet group until it
+//! expires (the instance, handed over, is not its to remove).
+//!
+//! Anything that does not fit is said and the run restores as it would without a pool.
+
+use super::databases::trusted_masking;
+use super::*;
+use crate::engine::pool::{self as members, Claim, TAG_MEMBER, TAG_POOL};
+use sha2::Digest;
+
+impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
+    /// The copy of `res` from its pool, if one could be had; `None` (said in the
+    /// `pool` step) when the run restores instead.
+    pub(super) async fn claim_from_pool(
+        &self,
+        res: &Resource,
+        ctx: &Ctx<'_>,
+        snapshot: &str,
+        security_group: &str,
+    ) -> Result<Option<(DbInstance, String)>, StepError> {
+        let db = &ctx.loaded.desc.databases[res.name.as_str()];
+        let (Some(pool), Some(store)) = (db.pool(), self.pool_store.as_ref()) else { return Ok(None) };
+        // A member being made restores; it never takes another member.
+        if ctx.plan.tags.contains_key(TAG_MEMBER) {
+            return Ok(None);
+        }
+        let t = ctx.started(res, "pool", None);
+        let said = |why: String| {
+            ctx.step(res, "pool", t, true, Some(format!("restoring: {why}")));
+            Ok(None)
+        };
+        if ctx.run.cold {
+            return said("--cold".into());
+        }
+        let masking = match trusted_masking(ctx, db)? {
+            Some(path) => {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| StepError::build(format!("cannot read {}: {e}", path.display())))?;
+                Some(sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+            }
+            None => None,
+        };
+        let wanted = members::Wanted { snapshot: snapshot.to_string(), masking, max_age: pool.max_age };
+        let env = ctx.loaded.desc.name.to_string();
+        let now = chrono::Utc::now();
+        let won = match members::claim(store.as_ref(), &env, &res.name, &wanted, &ctx.run.run_id, now).await {
+            Ok(Claim::Won(r)) => r,
+            Ok(Claim::None(why)) => return said(why),
+            Err(e) => return said(format!("the pool could not be read: {e}")),
+        };
+        let member = won.member.member.clone();
+        let id = won.member.instance.clone();
+        // What the record says, checked on the instance itself.
+        let found = self
+            .api
+            .describe_db_instances(std::slice::from_ref(&id))
+            .await
+            .map_err(|e| StepError::build(format!("cannot look up pool member {id}: {e}")))?
+            .into_iter()
+            .find(|d| d.id == id);
+        let pool_tag = format!("{env}/{}", res.name);
+        let fits = found.as_ref().is_some_and(|d| {
+            tag_value(&d.tags, TAG_POOL) == Some(pool_tag.as_str())
+                && tag_value(&d.tags, TAG_MEMBER) == Some(member.as_str())
+                && tag_value(&d.tags, TAG_RUN) == Some(member.as_str())
+                && d.status == "available"
+        });
+        let Some(inst) = found.filter(|_| fits) else {
+            // Not the member its record says (gone, or someone else's): out of the pool.
+            // Best effort: a record left is settled by the next `pool fill`.
+            #[allow(clippy::let_underscore_must_use)]
+            let _ = members::remove(store.as_ref(), &won).await;
+            return said(format!("member {member}'s instance {id} is gone or not the pool's"));
+        };
+        // Journaled first: from here a teardown of this run removes it.
+        self.created(res, ctx, json!({"db_instance_id": id})).await?;
+        let tags = [
+            Tag { key: TAG_RUN.into(), value: ctx.run.run_id.clone() },
+            Tag {
+                key: TAG_EXPIRES.into(),
+                value: ctx.run.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            },
+        ];
+        let arn =
+            inst.arn.clone().ok_or_else(|| StepError::build(format!("pool member {id} was listed without its ARN")))?;
+        self.api
+            .add_tags(&arn, &tags)
+            .await
+            .map_err(|e| StepError::build(format!("cannot take pool member {id} for the run: {e}")))?;
+        self.mark_owned(&id);
+        self.api
+            .move_db_instance(&id, security_group)
+            .await
+            .map_err(|e| StepError::build(format!("cannot put pool member {id} in the run's group: {e}")))?;
+        if let Err(e) = members::remove(store.as_ref(), &won).await {
+            tracing::warn!("pool member {member} stays recorded as claimed: {e}");
+        }
+        if let Ok(mut p) = self.pooled.lock() {
+            p.insert(res.name.clone(), member.clone());
+        }
+        let age = crate::description::format_duration((now - won.member.made_at).to_std().unwrap_or_default());
+        ctx.step(res, "pool", t, true, Some(format!("member {member} ({id}, made {age} ago)")));
+        Ok(Some((inst, member)))
+    }
+
+    /// The pool member the copy of `name` is, when it came from a pool (masked already).
+    pub(super) fn pooled(&self, name: &str) -> Option<String> {
+        self.pooled.lock().ok().and_then(|p| p.get(name).cloned())
+    }
+}
