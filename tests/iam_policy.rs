@@ -692,6 +692,7 @@ fn the_state_store_allows_what_rehearse_does_there() {
         "locks/run.r-20261125-164001-7f3a9c.json".to_string(),
         "stages/staging/stage.json".to_string(),
         "stages/staging/secret.json".to_string(),
+        "pool/shop/db/r-20261125-164001-7f3a9c.json".to_string(),
     ];
     for key in rewritten.iter().chain(&conditional).chain([&JOURNAL_RECORD.to_string()]) {
         assert!(allowed(&policy, "s3:GetObject", &state_object(key), &[]), "{key} cannot be read");
@@ -709,7 +710,7 @@ fn the_state_store_allows_what_rehearse_does_there() {
         assert!(allowed(&policy, "s3:DeleteObject", &object, &[IF_MATCH]), "{key} cannot be deleted with If-Match");
     }
     // `runs/` to find the runs (with delimiter `/`), a run's `report/` and `logs/` to fetch them.
-    let listed = ["runs/".to_string(), format!("{RUN}/report/"), format!("{RUN}/logs/")];
+    let listed = ["runs/".to_string(), format!("{RUN}/report/"), format!("{RUN}/logs/"), "pool/shop/db/".to_string()];
     for prefix in listed {
         let full = format!("{STATE_PREFIX}{prefix}");
         let allowed = policy.iter().any(|s| {
@@ -753,6 +754,7 @@ fn locks_stages_and_connection_details_are_written_and_deleted_only_with_a_condi
         "locks/staging.json".to_string(),
         "stages/staging/stage.json".to_string(),
         "stages/staging/secret.json".to_string(),
+        "pool/shop/db/r-20261125-164001-7f3a9c.json".to_string(),
     ] {
         let object = state_object(&key);
         assert!(

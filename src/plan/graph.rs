@@ -49,6 +49,22 @@ pub struct Plan {
     /// What the description allows that deserves a second look (public CIDRs).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The databases' warm pools (`rehearse pool fill`): what keeping them costs, and
+    /// what a run that claims a member skips.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolPlan>,
+}
+
+/// A database's warm pool, as the plan shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolPlan {
+    pub database: String,
+    pub size: u32,
+    pub instance_class: String,
+    /// `size` instances of `instance_class` at on-demand list prices; `null` when the
+    /// class is not in the price table.
+    pub cost_per_hour_usd: Option<f64>,
+    pub max_age: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -236,6 +252,22 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
         resources,
         estimated_cost_per_hour_usd: cost,
         warnings: warnings(d),
+        pools: d
+            .databases
+            .iter()
+            .filter_map(|(name, db)| {
+                let (aws, pool) = (db.aws()?, db.pool()?);
+                let class = pool.class(aws).to_string();
+                let hourly = d.region().and_then(|r| super::price::rds_hourly(&class, r));
+                Some(PoolPlan {
+                    database: name.clone(),
+                    size: pool.size,
+                    cost_per_hour_usd: hourly.map(|h| (h * f64::from(pool.size) * 10_000.0).round() / 10_000.0),
+                    instance_class: class,
+                    max_age: format_duration(pool.max_age),
+                })
+            })
+            .collect(),
     })
 }
 

@@ -52,6 +52,14 @@ pub fn text(plan: &Plan, styles: Styles) -> String {
         if created == 1 { "" } else { "s" },
         if suites == 1 { "" } else { "s" },
     );
+    for p in &plan.pools {
+        let cost = p.cost_per_hour_usd.map(|c| format!(" ~${c:.2}/hour while full,")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "Pool of `{}`: {} × {}{cost} each member at most {} old (`rehearse pool fill`); a run that claims one skips the restore and the masking (on RDS, 10–40 minutes) and waits only for its own password.",
+            p.database, p.size, p.instance_class, p.max_age
+        );
+    }
     let sources: Vec<String> =
         plan.resources.iter().filter_map(|r| r.source.as_ref()).map(|s| s.identifier.clone()).collect();
     if !sources.is_empty() {

@@ -302,7 +302,8 @@ pub(crate) async fn run_with_provider(
                 sdk,
                 crate::providers::aws::POLL_FIRST,
                 crate::providers::aws::POLL_MAX,
-            );
+            )
+            .with_pool_store(locks.clone());
             engine_run::run(&provider, loaded, opts, locks, lease, stream, signals, &quiet).await
         }
     }

@@ -119,13 +119,17 @@ pub struct Pool {
     pub instance_class: Option<String>,
     /// How old a member may get before it is replaced (default `24h`, 1h to 7d); one
     /// older than the newest backup is replaced too.
-    #[serde(serialize_with = "super::ser_duration")]
+    #[serde(serialize_with = "super::ser_duration", default = "Pool::default_max_age")]
     #[schemars(with = "super::DurationText")]
     pub max_age: std::time::Duration,
 }
 
 impl Pool {
     pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    fn default_max_age() -> std::time::Duration {
+        Self::DEFAULT_MAX_AGE
+    }
+
     /// The most members a pool may have.
     pub const MAX_SIZE: u32 = 20;
 
