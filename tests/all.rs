@@ -32,6 +32,7 @@ mod hooks;
 mod iam_policy;
 mod journal_damage;
 mod local_run;
+mod pool;
 mod portal_browser;
 mod report_browser;
 mod report_render;

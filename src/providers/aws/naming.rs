@@ -11,7 +11,7 @@ impl<A> AwsProvider<A> {
     /// digits and single hyphens, ≤ 63 characters, unique per run and name. A name that
     /// had to be changed to fit (`a_b` and `a-b` would both become `a-b`; a long one is
     /// cut) gets a hash of the original, so two names never share an identifier.
-    pub(crate) fn rds_id(run_id: &str, name: &str) -> String {
+    pub fn rds_id(run_id: &str, name: &str) -> String {
         let suffix = run_id.trim_start_matches("r-").replace('-', "");
         let raw = format!("rh-{suffix}-{name}");
         let mut id = String::new();
