@@ -186,3 +186,135 @@ fn twenty_runs_at_once_claim_from_a_pool_of_five_never_the_same_member_twice() {
         assert_eq!(cloud.production(), production);
     });
 }
+
+/// Makes `n` members of the pool as runs of their own, records them ready, and lets
+/// the fake's listings catch up. Their ids.
+async fn filled(
+    cloud: &FakeCloud,
+    store: &Arc<dyn ObjectStore>,
+    loaded: &description::Loaded,
+    dir: &Path,
+    n: usize,
+    tag: u64,
+) -> Vec<String> {
+    let p = provider(cloud, 0, dir);
+    let Some(Pin::Snapshot(snapshot)) = p.pin_sources(loaded).await.unwrap().get("db").cloned() else {
+        panic!("no snapshot")
+    };
+    let ids: Vec<String> = (0..n).map(|i| format!("r-20261207-04{tag:04x}-{i:06x}")).collect();
+    for id in &ids {
+        let p = provider(cloud, 100, dir);
+        let member = MemberRun { database: "db".into(), keep_for: Duration::from_secs(24 * 3600) };
+        let opts = options(id, dir, DestroyPolicy::Never, Some(member));
+        let made = lifecycle::run(&p, loaded, &opts, &Silent, &Signals::none()).await.expect("starts");
+        assert_eq!(made.report.verdict, rehearse::report::model::Verdict::Passed, "{id}");
+        let record = Member {
+            member: id.clone(),
+            instance: AwsProvider::<()>::rds_id(id, "db"),
+            snapshot: snapshot.clone(),
+            taken_at: None,
+            masking: None,
+            class: "db.t3.medium".into(),
+            made_at: chrono::Utc::now(),
+            state: State::Ready { ready_at: chrono::Utc::now() },
+        };
+        members::write(store.as_ref(), &members::key("shop-db", "db", id), &record, None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    ids
+}
+
+/// Tears a run down from its journal (a fresh provider, as `rehearse down` would be),
+/// up to six times while the fake's faults refuse.
+async fn down(cloud: &FakeCloud, dir: &Path, run_id: &str) -> bool {
+    let path = dir.join(format!("state-{run_id}")).join("runs").join(run_id).join("journal.jsonl");
+    let Ok(journal) = rehearse::engine::journal::Journal::open(&path) else { return true };
+    let p = provider(cloud, 200, dir);
+    let clock = rehearse::sys::timing::Clock::new();
+    for _ in 0..6 {
+        if rehearse::engine::teardown::run(&p, &journal, &Silent, &Signals::none(), 1, &clock).await.complete() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    false
+}
+
+/// A run claiming from the pool, killed at a random virtual instant (seeded: its first
+/// 2.5 s, where the claim, the retag and the group change happen on the fake), then torn
+/// down from its journal; the pool settled after the claim's lease: no record is left
+/// claimed, a member that was never handed over is back in the pool and still the
+/// pool's, one that was is gone with the run; nothing leaks once the members' own runs
+/// are torn down, and production is never touched. `REHEARSE_SEED=N` reruns one seed.
+#[test]
+fn runs_killed_while_claiming_leave_no_claim_and_nothing_behind() {
+    let seeds: Vec<u64> = match std::env::var("REHEARSE_SEED") {
+        Ok(s) => vec![s.parse().expect("REHEARSE_SEED is a number")],
+        Err(_) if std::env::var_os("REHEARSE_TEST_FULL").is_some() => (0..200).collect(),
+        Err(_) => (0..50).collect(),
+    };
+    let (mut handed_back, mut killed_runs) = (0, 0);
+    for seed in seeds {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = description(dir.path());
+        let loaded = &loaded;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        let (back, killed) = rt.block_on(async {
+            let cloud = FakeCloud::new(seed, Faults::none());
+            let store: Arc<dyn ObjectStore> = Arc::new(FakeS3::new(seed, S3Faults::chaos()));
+            let production = cloud.production();
+            let ids = filled(&cloud, &store, loaded, dir.path(), 2, seed).await;
+            let run_id = format!("r-20261207-050000-{seed:06x}");
+            let p = provider(&cloud, seed, dir.path()).with_pool_store(store.clone());
+            let opts = options(&run_id, dir.path(), DestroyPolicy::Never, None);
+            let kill_at = Duration::from_millis(seed.wrapping_mul(2_654_435_761) % 2_500);
+            let killed =
+                tokio::time::timeout(kill_at, lifecycle::run(&p, loaded, &opts, &Silent, &Signals::none())).await;
+            drop(p);
+            // What was in flight lands; then `rehearse down` from the journal.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert!(down(&cloud, dir.path(), &run_id).await, "seed {seed}: the run's teardown left something");
+            // After the claim's lease, the pool settled as `pool fill` settles it.
+            let later = chrono::Utc::now() + chrono::Duration::minutes(16);
+            let (all, forged) = members::members(store.as_ref(), "shop-db", "db").await.unwrap();
+            assert!(forged.is_empty());
+            let settler = provider(&cloud, 300, dir.path());
+            let live = settler.settle_pool(store.as_ref(), all, later).await.unwrap();
+            let mut back = 0;
+            for r in &live {
+                assert!(
+                    matches!(r.member.state, State::Ready { .. }),
+                    "seed {seed} (killed at {kill_at:?}, finished: {}): {} is {:?}",
+                    killed.is_ok(),
+                    r.member.member,
+                    r.member.state
+                );
+                back += 1;
+            }
+            // A member in the pool is its own still: its run's tag, not the killed run's.
+            for r in &live {
+                let left = cloud.leftovers_by_run();
+                let theirs = left.get(&r.member.member).cloned().unwrap_or_default();
+                assert!(
+                    theirs.iter().any(|l| l.contains(&r.member.instance)),
+                    "seed {seed}: {} {left:?}",
+                    r.member.member
+                );
+            }
+            for id in &ids {
+                assert!(down(&cloud, dir.path(), id).await, "seed {seed}: member {id}'s teardown left something");
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            assert_eq!(cloud.leftovers(), Vec::<String>::new(), "seed {seed} (killed at {kill_at:?})");
+            assert_eq!(cloud.violations(), Vec::<String>::new(), "seed {seed}");
+            assert_eq!(cloud.production(), production, "seed {seed}");
+            (usize::from(back == 2), usize::from(killed.is_err()))
+        });
+        handed_back += back;
+        killed_runs += killed;
+    }
+    eprintln!("{killed_runs} runs killed before they finished; {handed_back} left both members in the pool");
+    // Some kills come before any claim: both members are still in the pool then.
+    assert!(handed_back > 0, "no seed killed the run before its claim");
+    assert!(killed_runs > handed_back, "no seed killed the run after its claim");
+}

@@ -91,7 +91,7 @@ pub(crate) fn pool(g: &Global, action: Action, file: &Path) -> i32 {
             for f in &forged {
                 errln!("warning: {f}");
             }
-            let all = match settle(&provider, locks.as_ref(), all).await {
+            let all = match provider.settle_pool(locks.as_ref(), all, Utc::now()).await {
                 Ok(a) => a,
                 Err(e) => {
                     errln!("error: {e}");
@@ -112,51 +112,6 @@ pub(crate) fn pool(g: &Global, action: Action, file: &Path) -> i32 {
         }
         code
     })
-}
-
-/// The members as they are: a claim past its lease settled by what its instance's tags
-/// say ([`members::Dead`]), and a record whose instance is gone (swept at its expiry,
-/// or removed by hand) removed; the rest returned.
-async fn settle<A: crate::providers::aws::api::RdsApi>(
-    provider: &crate::providers::aws::AwsProvider<A>,
-    store: &dyn ObjectStore,
-    all: Vec<members::Read>,
-) -> Result<Vec<members::Read>, members::PoolError> {
-    use crate::providers::aws::api::RdsApi;
-    let now = Utc::now();
-    let ids: Vec<String> = all.iter().map(|r| r.member.instance.clone()).collect();
-    let Ok(found) = provider.api.describe_db_instances(&ids).await else {
-        // Nothing is settled on a guess: the records stay as they are.
-        return Ok(all);
-    };
-    let mut live = Vec::new();
-    for r in all {
-        let inst = found.iter().find(|d| d.id == r.member.instance);
-        let tag = |k: &str| inst.and_then(|d| d.tags.iter().find(|t| t.key == k).map(|t| t.value.clone()));
-        if members::dead_claim(&r, now) {
-            let dead = match tag(crate::providers::aws::TAG_RUN) {
-                None => members::Dead::Gone,
-                Some(run) if run == r.member.member => members::Dead::NotHandedOver,
-                Some(_) => members::Dead::HandedOver,
-            };
-            outln!("{}: a claim past its lease ({dead:?}): settled", r.member.member);
-            members::settle_dead(store, &r, dead, now).await?;
-            if dead == members::Dead::NotHandedOver {
-                if let Some(back) = members::read(store, &r.key).await? {
-                    live.push(back);
-                }
-            }
-            continue;
-        }
-        let restoring = matches!(r.member.state, State::Restoring);
-        if inst.is_none() && !restoring {
-            outln!("{}: its instance {} is gone: out of the pool", r.member.member, r.member.instance);
-            members::remove(store, &r).await?;
-            continue;
-        }
-        live.push(r);
-    }
-    Ok(live)
 }
 
 /// What a member of `name`'s pool must be made from now.

@@ -109,6 +109,50 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         Ok(Some((inst, member)))
     }
 
+    /// The members as they are: a claim past its lease settled by what its instance's tags
+    /// say ([`members::Dead`]), and a record whose instance is gone (swept at its expiry,
+    /// or removed by hand) removed; the rest returned.
+    pub async fn settle_pool(
+        &self,
+        store: &dyn crate::engine::store::ObjectStore,
+        all: Vec<members::Read>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<members::Read>, members::PoolError> {
+        let ids: Vec<String> = all.iter().map(|r| r.member.instance.clone()).collect();
+        let Ok(found) = self.api.describe_db_instances(&ids).await else {
+            // Nothing is settled on a guess: the records stay as they are.
+            return Ok(all);
+        };
+        let mut live = Vec::new();
+        for r in all {
+            let inst = found.iter().find(|d| d.id == r.member.instance);
+            let tag = |k: &str| inst.and_then(|d| d.tags.iter().find(|t| t.key == k).map(|t| t.value.clone()));
+            if members::dead_claim(&r, now) {
+                let dead = match tag(TAG_RUN) {
+                    None => members::Dead::Gone,
+                    Some(run) if run == r.member.member => members::Dead::NotHandedOver,
+                    Some(_) => members::Dead::HandedOver,
+                };
+                tracing::info!("{}: a claim past its lease ({dead:?}): settled", r.member.member);
+                members::settle_dead(store, &r, dead, now).await?;
+                if dead == members::Dead::NotHandedOver {
+                    if let Some(back) = members::read(store, &r.key).await? {
+                        live.push(back);
+                    }
+                }
+                continue;
+            }
+            let restoring = matches!(r.member.state, members::State::Restoring);
+            if inst.is_none() && !restoring {
+                tracing::info!("{}: its instance {} is gone: out of the pool", r.member.member, r.member.instance);
+                members::remove(store, &r).await?;
+                continue;
+            }
+            live.push(r);
+        }
+        Ok(live)
+    }
+
     /// The pool member the copy of `name` is, when it came from a pool (masked already).
     pub(super) fn pooled(&self, name: &str) -> Option<String> {
         self.pooled.lock().ok().and_then(|p| p.get(name).cloned())
