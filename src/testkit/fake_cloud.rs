@@ -59,6 +59,9 @@ pub struct Faults {
     pub clone: (Duration, Duration),
     pub cluster_instance: (Duration, Duration),
     pub delete: (Duration, Duration),
+    /// A DB instance's modification (private, new password, security group): status
+    /// `modifying` meanwhile (on RDS, about a minute).
+    pub modify: (Duration, Duration),
 }
 
 impl Faults {
@@ -81,6 +84,9 @@ impl Faults {
             clone: (Duration::from_secs(240), Duration::from_secs(360)),
             cluster_instance: (Duration::from_secs(300), Duration::from_secs(600)),
             delete: (Duration::from_secs(30), Duration::from_secs(90)),
+            // At once here (the scenarios' seeds were drawn so); the pool's tests draw
+            // AWS's minute.
+            modify: (Duration::ZERO, Duration::ZERO),
         }
     }
 
@@ -136,6 +142,8 @@ struct Res {
     profile: Option<String>,
     /// Where a restored database answers (a real server in a test), if not nowhere.
     endpoint: Option<(String, u16)>,
+    /// A DB instance is being modified until then.
+    modifying_until: Option<Instant>,
 }
 
 struct State {
@@ -209,6 +217,7 @@ impl FakeCloud {
             user_data: None,
             profile: None,
             endpoint: None,
+            modifying_until: None,
         };
         res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
         res.insert("sg-prod".into(), Res { kind: "sg", name: "shop-prod".into(), ..base.clone() });
@@ -583,6 +592,7 @@ impl FakeCloud {
                 user_data: None,
                 profile: None,
                 endpoint: None,
+                modifying_until: None,
             },
         );
     }
@@ -688,6 +698,7 @@ impl FakeCloud {
         match r.gone_at {
             Some(_) => "deleting",
             None if r.failed && r.ready_at <= now => "failed",
+            None if r.ready_at <= now && r.modifying_until.is_some_and(|m| m > now) => "modifying",
             None if r.ready_at <= now => "available",
             None => "creating",
         }

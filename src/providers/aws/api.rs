@@ -275,11 +275,15 @@ pub trait RdsApi: Send + Sync {
         tags: &[Tag],
     ) -> impl Future<Output = ApiResult<DbInstance>> + Send;
     /// Makes the copy private and not deletion protected, and gives it a new password
-    /// (None for an Aurora instance, whose password belongs to its cluster).
-    fn secure_db_instance(&self, id: &str, password: Option<&str>) -> impl Future<Output = ApiResult<()>> + Send;
-    /// Puts an instance in `security_group` alone (a pool member claimed by a run goes
-    /// into the run's group).
-    fn move_db_instance(&self, id: &str, security_group: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    /// (None for an Aurora instance, whose password belongs to its cluster) and, when
+    /// given, `security_group` alone (a pool member a run claimed goes into the run's):
+    /// one modification, so one wait.
+    fn secure_db_instance(
+        &self,
+        id: &str,
+        password: Option<&str>,
+        security_group: Option<&str>,
+    ) -> impl Future<Output = ApiResult<()>> + Send;
     /// Gives an Aurora clone a new master password and no deletion protection.
     fn secure_db_cluster(&self, id: &str, password: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_instance(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;

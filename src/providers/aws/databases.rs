@@ -153,9 +153,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             restore_ms: 0,
         };
         if !pitr {
-            if let Some((inst, _member)) =
-                self.claim_from_pool(res, ctx, &snapshot_id, &placement.security_group_id).await?
-            {
+            if let Some((inst, _member)) = self.claim_from_pool(res, ctx, &snapshot_id).await? {
                 return Ok((inst, used("pool")));
             }
         }
@@ -232,16 +230,24 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     .await
                     .map_err(|e| StepError::build(format!("cannot secure cluster {cluster} (new password): {e}")))?;
                 self.api
-                    .secure_db_instance(&ready.id, None)
+                    .secure_db_instance(&ready.id, None, None)
                     .await
                     .map_err(|e| StepError::build(format!("cannot make {} private: {e}", ready.id)))?;
             }
-            None => self.api.secure_db_instance(&ready.id, Some(password)).await.map_err(|e| {
-                StepError::build(format!(
-                    "cannot secure {} (private, no deletion protection, new password): {e}",
-                    ready.id
-                ))
-            })?,
+            None => {
+                // A pool member goes into the run's group in the same change.
+                let group = match self.pooled(&res.name) {
+                    Some(_) => Some(self.id_of("network.security-group")?),
+                    None => None,
+                };
+                self.api.secure_db_instance(&ready.id, Some(password), group.as_deref()).await.map_err(|e| {
+                    StepError::build(format!(
+                        "cannot secure {} (private, no deletion protection, new password{}): {e}",
+                        ready.id,
+                        if group.is_some() { ", the run's security group" } else { "" }
+                    ))
+                })?
+            }
         }
         let what = format!("RDS to apply the changes to DB instance {}", ready.id);
         let bound = deadline.saturating_duration_since(Instant::now());

@@ -221,7 +221,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 self.mark_owned(id);
                 if db.status != "deleting" {
                     if db.deletion_protection {
-                        api.secure_db_instance(id, None).await.map_err(api_failure)?;
+                        api.secure_db_instance(id, None, None).await.map_err(api_failure)?;
                     }
                     let deleting = || async { Ok(find().await?.is_none_or(|d| d.status == "deleting")) };
                     retry_in_use(|| api.delete_db_instance(id), deleting).await?;

@@ -383,12 +383,13 @@ impl<A: RdsApi> RdsApi for Patient<A> {
         self.create_or_adopt("CreateDBInstance", tags, create, || self.db_instance_named(instance_id)).await
     }
 
-    async fn secure_db_instance(&self, id: &str, password: Option<&str>) -> ApiResult<()> {
-        self.repeatable("ModifyDBInstance", || self.inner.secure_db_instance(id, password)).await
-    }
-
-    async fn move_db_instance(&self, id: &str, security_group: &str) -> ApiResult<()> {
-        self.repeatable("ModifyDBInstance", || self.inner.move_db_instance(id, security_group)).await
+    async fn secure_db_instance(
+        &self,
+        id: &str,
+        password: Option<&str>,
+        security_group: Option<&str>,
+    ) -> ApiResult<()> {
+        self.repeatable("ModifyDBInstance", || self.inner.secure_db_instance(id, password, security_group)).await
     }
 
     async fn secure_db_cluster(&self, id: &str, password: &str) -> ApiResult<()> {

@@ -2,8 +2,8 @@
 //! of the newest snapshot and the current masking is claimed by compare-and-swap in
 //! the state store, checked to be what its record says (the pool's, its own, not yet
 //! handed over, available), journaled as the run's, retagged to the run (`run-id`,
-//! `expires-at`: the two tags a policy lets rehearse move), put in the run's security
-//! group, and its record removed: the member is the run's now, and its masking is
+//! `expires-at`: the two tags a policy lets rehearse move), its record removed, and put
+//! in the run's security group with its new password (one modification): the member is the run's now, and its masking is
 //! not run again. The member's own run keeps its group and subnet group until it
 //! expires (the instance, handed over, is not its to remove).
 //!
@@ -22,7 +22,6 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         res: &Resource,
         ctx: &Ctx<'_>,
         snapshot: &str,
-        security_group: &str,
     ) -> Result<Option<(DbInstance, String)>, StepError> {
         let db = &ctx.loaded.desc.databases[res.name.as_str()];
         let (Some(pool), Some(store)) = (db.pool(), self.pool_store.as_ref()) else { return Ok(None) };
@@ -94,10 +93,6 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             .await
             .map_err(|e| StepError::build(format!("cannot take pool member {id} for the run: {e}")))?;
         self.mark_owned(&id);
-        self.api
-            .move_db_instance(&id, security_group)
-            .await
-            .map_err(|e| StepError::build(format!("cannot put pool member {id} in the run's group: {e}")))?;
         if let Err(e) = members::remove(store.as_ref(), &won).await {
             tracing::warn!("pool member {member} stays recorded as claimed: {e}");
         }

@@ -138,25 +138,28 @@ impl RdsApi for FakeCloud {
         self.answer(&call, &[instance_id.to_string()], Self::db(instance_id, &d)).await
     }
 
-    async fn move_db_instance(&self, id: &str, _security_group: &str) -> ApiResult<()> {
-        let call = self.enter("ModifyDBInstance", id, true)?;
-        self.audit("ModifyDBInstance", id);
-        if !self.state.lock().expect("fake lock").res.contains_key(id) {
-            return Err(fail("DBInstanceNotFound", ErrorKind::NotFound));
-        }
-        self.leave(&call, ())
-    }
-
-    async fn secure_db_instance(&self, id: &str, password: Option<&str>) -> ApiResult<()> {
+    async fn secure_db_instance(
+        &self,
+        id: &str,
+        password: Option<&str>,
+        _security_group: Option<&str>,
+    ) -> ApiResult<()> {
         let call = self.enter("ModifyDBInstance", id, true)?;
         self.audit("ModifyDBInstance", id);
         {
             let mut st = self.state.lock().expect("fake lock");
+            // Drawn from the instance's id, not the scenario's generator: the other
+            // draws of a seed stay what they were.
+            let (a, b) = self.faults.modify;
+            let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3));
+            let took = a + b.saturating_sub(a).mul_f64((h >> 11) as f64 / (1u64 << 53) as f64);
             match st.res.get_mut(id) {
                 Some(r) => {
                     r.protected = false;
                     r.private = true;
                     r.rotated |= password.is_some();
+                    let start = r.ready_at.max(tokio::time::Instant::now());
+                    r.modifying_until = Some(start + took);
                 }
                 None => return Err(fail("DBInstanceNotFound", ErrorKind::NotFound)),
             }

@@ -254,25 +254,19 @@ impl RdsApi for Sdk {
         })
     }
 
-    async fn secure_db_instance(&self, id: &str, password: Option<&str>) -> ApiResult<()> {
+    async fn secure_db_instance(
+        &self,
+        id: &str,
+        password: Option<&str>,
+        security_group: Option<&str>,
+    ) -> ApiResult<()> {
         self.rds
             .modify_db_instance()
             .db_instance_identifier(id)
             .set_master_user_password(password.map(str::to_string))
+            .set_vpc_security_group_ids(security_group.map(|g| vec![g.to_string()]))
             .publicly_accessible(false)
             .deletion_protection(false)
-            .apply_immediately(true)
-            .send()
-            .await
-            .map_err(err)?;
-        Ok(())
-    }
-
-    async fn move_db_instance(&self, id: &str, security_group: &str) -> ApiResult<()> {
-        self.rds
-            .modify_db_instance()
-            .db_instance_identifier(id)
-            .vpc_security_group_ids(security_group)
             .apply_immediately(true)
             .send()
             .await
