@@ -1591,8 +1591,11 @@ fn a_pool_is_filled_shown_and_drained_and_production_is_untouched() {
     // A run claims a member: no restore, no masking of its own; the member is the run's
     // and goes with it.
     let out = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let run = sb.run_ids().into_iter().find(|i| !members.contains(i)).expect("the run");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // "… (run r-…)" in its summary.
+    let run = stderr.split("(run ").nth(1).and_then(|r| r.split(')').next()).expect("the run's id").to_string();
+    assert!(stderr.contains("refilling the pool in the background"), "{stderr}");
     let report = sb.report(&run);
     assert_eq!(report["backups"][0]["method"], "pool", "{}", report["backups"]);
     assert_eq!(report["backups"][0]["backup"], prod.newest_snapshot.as_str());
@@ -1604,7 +1607,12 @@ fn a_pool_is_filled_shown_and_drained_and_production_is_untouched() {
     let claimed = detail("pool");
     let member = members.iter().find(|m| claimed.contains(m.as_str())).expect("the pool step names its member").clone();
     assert!(rehearse_leftovers(&rt, &ec2, &rds, &run).is_empty(), "the run left something");
-    assert!(pool("status").contains("shop/db: 1 of 2 ready"));
+    // The pool refilled behind the run: two ready again, one of them new.
+    wait_for("the pool refilled behind the run", 90, || pool("status").contains("shop/db: 2 of 2 ready"));
+    let log = std::fs::read_to_string(sb.state().join("pool-fill.log")).unwrap_or_default();
+    let new: Vec<String> = log.lines().filter_map(|l| l.split_once(": ready (").map(|(m, _)| m.to_string())).collect();
+    assert_eq!(new.len(), 1, "{log}");
+    let members: Vec<String> = members.iter().chain(&new).cloned().collect();
     // The claimed member's own run: its groups go; the instance was the run's.
     let out = emu.rehearse(&sb).args(["down", &member]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

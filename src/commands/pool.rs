@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use chrono::Utc;
 use sha2::Digest;
 
@@ -114,6 +116,38 @@ pub(crate) fn pool(g: &Global, action: Action, file: &Path) -> i32 {
     })
 }
 
+/// After a run that took a member from a pool: `rehearse pool fill FILE` started in the
+/// background (its own process group, its output in `STATE/pool-fill.log`), so the pool
+/// is refilled while the run's copy is used. Fills take the pool's lock: of several at
+/// once, one fills.
+pub(crate) fn refill_after(g: &Global, file: &Path, state_root: &Path, run_id: &str) {
+    let report = state_root.join("runs").join(run_id).join("report").join("report.json");
+    let claimed = std::fs::read(&report)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::report::model::RunReport>(&b).ok())
+        .is_some_and(|r| r.backups.iter().any(|b| b.method == "pool"));
+    if !claimed {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let log = state_root.join("pool-fill.log");
+    let Ok(out) = std::fs::OpenOptions::new().create(true).append(true).open(&log) else { return };
+    let Ok(err) = out.try_clone() else { return };
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(s) = &g.state {
+        cmd.arg("--state").arg(s);
+    }
+    if let Some(d) = &g.state_dir {
+        cmd.arg("--state-dir").arg(d);
+    }
+    cmd.args(["pool", "fill"]).arg(file).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    match cmd.spawn() {
+        Ok(child) => errln!("rehearse: refilling the pool in the background (pid {}; {})", child.id(), log.display()),
+        Err(e) => errln!("rehearse: warning: cannot start `rehearse pool fill` to refill the pool: {e}"),
+    }
+}
+
 /// What a member of `name`'s pool must be made from now.
 fn wanted(loaded: &Loaded, name: &str, pool: &Pool, snapshot: &str) -> Result<members::Wanted, String> {
     let db = &loaded.desc.databases[name];
@@ -175,6 +209,34 @@ impl Here<'_> {
     /// unfit ready ones first. The members are made at once, each a run of its own.
     #[allow(clippy::too_many_arguments)] // each is a distinct fact of the fill
     async fn fill(
+        &self,
+        name: &str,
+        pool: &Pool,
+        wanted: &members::Wanted,
+        all: &[members::Read],
+        pins: &Pins,
+        reporter: &dyn crate::engine::events::Reporter,
+        signals: &Signals,
+    ) -> i32 {
+        // One fill of a pool at a time: two would both make what is missing.
+        let lock = format!("pool-{}-{name}", self.loaded.desc.name);
+        let purpose = format!("rehearse pool fill ({name})");
+        let held =
+            match super::edge::lock::take(self.locks.clone(), &lock, &purpose, None, Duration::from_secs(60)).await {
+                Ok(l) => l,
+                Err(exit::LOCKED) => {
+                    outln!("{}/{name}: another `rehearse pool fill` is filling it", self.loaded.desc.name);
+                    return exit::PASSED;
+                }
+                Err(code) => return code,
+            };
+        let code = self.fill_held(name, pool, wanted, all, pins, reporter, signals).await;
+        super::edge::lock::give_back(held, &lock).await;
+        code
+    }
+
+    #[allow(clippy::too_many_arguments)] // each is a distinct fact of the fill
+    async fn fill_held(
         &self,
         name: &str,
         pool: &Pool,
