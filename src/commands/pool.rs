@@ -116,38 +116,6 @@ pub(crate) fn pool(g: &Global, action: Action, file: &Path) -> i32 {
     })
 }
 
-/// After a run that took a member from a pool: `rehearse pool fill FILE` started in the
-/// background (its own process group, its output in `STATE/pool-fill.log`), so the pool
-/// is refilled while the run's copy is used. Fills take the pool's lock: of several at
-/// once, one fills.
-pub(crate) fn refill_after(g: &Global, file: &Path, state_root: &Path, run_id: &str) {
-    let report = state_root.join("runs").join(run_id).join("report").join("report.json");
-    let claimed = std::fs::read(&report)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::report::model::RunReport>(&b).ok())
-        .is_some_and(|r| r.backups.iter().any(|b| b.method == "pool"));
-    if !claimed {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    let log = state_root.join("pool-fill.log");
-    let Ok(out) = std::fs::OpenOptions::new().create(true).append(true).open(&log) else { return };
-    let Ok(err) = out.try_clone() else { return };
-    let mut cmd = std::process::Command::new(exe);
-    if let Some(s) = &g.state {
-        cmd.arg("--state").arg(s);
-    }
-    if let Some(d) = &g.state_dir {
-        cmd.arg("--state-dir").arg(d);
-    }
-    cmd.args(["pool", "fill"]).arg(file).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    match cmd.spawn() {
-        Ok(child) => errln!("rehearse: refilling the pool in the background (pid {}; {})", child.id(), log.display()),
-        Err(e) => errln!("rehearse: warning: cannot start `rehearse pool fill` to refill the pool: {e}"),
-    }
-}
-
 /// What a member of `name`'s pool must be made from now.
 fn wanted(loaded: &Loaded, name: &str, pool: &Pool, snapshot: &str) -> Result<members::Wanted, String> {
     let db = &loaded.desc.databases[name];
