@@ -110,6 +110,13 @@ def section_fake():
         if l.strip() and not l.startswith(("running", "test result")):
             say(f"- {l}")
     say()
+    say("### a dry run's time to ready with a warm pool member, against the restore path (virtual time)")
+    say()
+    r = cargo_bench("pool")
+    for l in (r.stdout.splitlines() if r else []):
+        if l.strip() and not l.startswith(("running", "test result")):
+            say(f"- {l}")
+    say()
 
 
 def cpu_clock(pid):
