@@ -7,65 +7,15 @@
 //! from the run's start to its copy's `secure` step ending (private, its own password).
 //! Run with `cargo bench --bench pool` (part of `make bench`).
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use rehearse::description::{self, DestroyPolicy};
-use rehearse::engine::events::{Event, Reporter, Silent};
-use rehearse::engine::lifecycle::{self, Options};
-use rehearse::engine::pool::{self as members, Member, MemberRun, State};
-use rehearse::engine::provider::{Pin, Provider};
+use rehearse::description::DestroyPolicy;
+use rehearse::engine::lifecycle;
 use rehearse::engine::store::ObjectStore;
-use rehearse::providers::aws::{self, AwsProvider};
 use rehearse::sys::signals::Signals;
-use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
+use rehearse::testkit::fake_cloud::FakeCloud;
 use rehearse::testkit::fake_s3::{FakeS3, S3Faults};
-
-fn description(dir: &Path) -> description::Loaded {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("environments/shop-db-aws.yaml")).unwrap();
-    let text = rehearse::testkit::scenarios::unreachable_hosts_variant(&text, root, "");
-    let path = dir.join("shop-db-aws.yaml");
-    std::fs::write(&path, text).unwrap();
-    description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
-}
-
-fn options(run_id: &str, dir: &Path, destroy: DestroyPolicy, member: Option<MemberRun>) -> Options {
-    Options {
-        run_id: run_id.to_string(),
-        release: "v2".into(),
-        destroy,
-        cold: false,
-        up_only: true,
-        state_root: dir.join(format!("state-{run_id}")),
-        work_root: dir.join("work"),
-        run_as: None,
-        exit_code: rehearse::commands::exit_code,
-        name: None,
-        shared: None,
-        stage: None,
-        pins: Default::default(),
-        change: None,
-        member,
-    }
-}
-
-/// When the copy was ready: its `secure` step ended.
-struct Ready {
-    start: tokio::time::Instant,
-    at: Mutex<Option<Duration>>,
-}
-
-impl Reporter for Ready {
-    fn event(&self, ev: Event) {
-        if let Event::Finished { resource, action, ok: true, .. } = ev {
-            if resource == "database.db" && action == "secure" {
-                *self.at.lock().unwrap() = Some(self.start.elapsed());
-            }
-        }
-    }
-}
+use rehearse::testkit::pool::{fill, options, provider, realistic, shop_db, Ready};
 
 fn stats(xs: &mut [f64]) -> (f64, f64, f64) {
     xs.sort_by(f64::total_cmp);
@@ -77,43 +27,18 @@ fn main() {
     let (mut pooled, mut restored) = (Vec::new(), Vec::new());
     for seed in 0..seeds {
         let dir = tempfile::tempdir().unwrap();
-        let loaded = description(dir.path());
+        let loaded = shop_db(dir.path());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         let (p, r) = rt.block_on(async {
-            let faults = Faults { modify: (Duration::from_secs(20), Duration::from_secs(60)), ..Faults::none() };
-            let cloud = FakeCloud::new(seed, faults);
+            let cloud = FakeCloud::new(seed, realistic());
             let store: Arc<dyn ObjectStore> = Arc::new(FakeS3::new(seed, S3Faults::realistic()));
-            let provider = |s: u64| {
-                AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX)
-                    .seeded(s)
-                    .with_work_root(&dir.path().join("work"))
-                    .with_pool_store(store.clone())
-            };
-            let Some(Pin::Snapshot(snapshot)) = provider(0).pin_sources(&loaded).await.unwrap().get("db").cloned()
-            else {
-                panic!("no snapshot")
-            };
-            let member = format!("r-20261207-040000-{seed:06x}");
-            let made = MemberRun { database: "db".into(), keep_for: Duration::from_secs(24 * 3600) };
-            let opts = options(&member, dir.path(), DestroyPolicy::Never, Some(made));
-            lifecycle::run(&provider(1), &loaded, &opts, &Silent, &Signals::none()).await.expect("starts");
-            let record = Member {
-                member: member.clone(),
-                instance: AwsProvider::<()>::rds_id(&member, "db"),
-                snapshot,
-                taken_at: None,
-                masking: None,
-                class: "db.t3.medium".into(),
-                made_at: chrono::Utc::now(),
-                state: State::Ready { ready_at: chrono::Utc::now() },
-            };
-            members::write(store.as_ref(), &members::key("shop-db", "db", &member), &record, None).await.unwrap();
+            fill(&cloud, &store, &loaded, dir.path(), &[format!("r-20261207-040000-{seed:06x}")]).await;
             let mut ready = Vec::new();
             for (i, method) in ["pool", "cold"].iter().enumerate() {
                 let run = format!("r-20261207-05000{i}-{seed:06x}");
-                let r = Ready { start: tokio::time::Instant::now(), at: Mutex::new(None) };
+                let r = Ready::now();
                 let o = lifecycle::run(
-                    &provider(2 + i as u64),
+                    &provider(&cloud, 2 + i as u64, dir.path()).with_pool_store(store.clone()),
                     &loaded,
                     &options(&run, dir.path(), DestroyPolicy::Always, None),
                     &r,

@@ -203,16 +203,9 @@ pub async fn serve(
 /// The server's lock on its directory (an exclusive `flock`, released when the process
 /// ends, however it ends).
 fn only_server(server_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServeError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = server_dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| crate::sys::secure_fs::FsError::io("open", &path, e))?;
+    let file =
+        crate::sys::secure_fs::lock_file(&path).map_err(|e| crate::sys::secure_fs::FsError::io("open", &path, e))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| ServeError::Busy { dir: server_dir.parent().unwrap_or(server_dir).to_path_buf(), lock: path })
 }

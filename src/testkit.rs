@@ -6,12 +6,14 @@
 //! - [`fake_cloud`]: a fault-injecting fake of EC2 and RDS on tokio's pausable clock;
 //! - [`fake_ssm`]: SSM Run Command that really runs the commands here, with seeded
 //!   visibility delays, run times and throttling;
-//! - [`scenarios`]: descriptions made runnable against it, and many runs at once.
+//! - [`scenarios`]: descriptions made runnable against it, and many runs at once;
+//! - [`pool`]: a warm pool on it, for the pool's tests and benchmark.
 
 pub mod fake_cloud;
 pub mod fake_dns;
 pub mod fake_s3;
 pub mod fake_ssm;
+pub mod pool;
 pub mod scenarios;
 
 /// A uniform draw in [0, 1) from a seeded state (SplitMix64: small, reproducible).

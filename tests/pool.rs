@@ -9,119 +9,36 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rehearse::description::{self, DestroyPolicy};
+use rehearse::description::DestroyPolicy;
 use rehearse::engine::events::Silent;
-use rehearse::engine::lifecycle::{self, Options};
-use rehearse::engine::pool::{self as members, Member, MemberRun, State};
-use rehearse::engine::provider::{Pin, Provider};
+use rehearse::engine::lifecycle;
+use rehearse::engine::pool::{self as members, State};
 use rehearse::engine::store::ObjectStore;
-use rehearse::providers::aws::{self, AwsProvider};
 use rehearse::sys::signals::Signals;
-use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
+use rehearse::testkit::fake_cloud::FakeCloud;
 use rehearse::testkit::fake_s3::{FakeS3, S3Faults};
-
-fn description(dir: &Path) -> description::Loaded {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("environments/shop-db-aws.yaml")).unwrap();
-    let text = rehearse::testkit::scenarios::unreachable_hosts_variant(&text, root, "");
-    assert!(text.contains("pool:") && !text.contains("masking:"));
-    let path = dir.join("shop-db-aws.yaml");
-    std::fs::write(&path, text).unwrap();
-    description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()))
-}
-
-fn options(run_id: &str, dir: &Path, destroy: DestroyPolicy, member: Option<MemberRun>) -> Options {
-    Options {
-        run_id: run_id.to_string(),
-        release: "v2".into(),
-        destroy,
-        cold: false,
-        up_only: true,
-        state_root: dir.join(format!("state-{run_id}")),
-        work_root: dir.join("work"),
-        run_as: None,
-        exit_code: rehearse::commands::exit_code,
-        name: None,
-        shared: None,
-        stage: None,
-        pins: Default::default(),
-        change: None,
-        member,
-    }
-}
-
-/// The virtual instant the run's copy was ready (its `secure` step ended: private, its
-/// own password), from the start of the runs.
-struct Ready {
-    start: tokio::time::Instant,
-    at: std::sync::Mutex<Option<Duration>>,
-}
-
-impl rehearse::engine::events::Reporter for Ready {
-    fn event(&self, ev: rehearse::engine::events::Event) {
-        if let rehearse::engine::events::Event::Finished { resource, action, ok: true, .. } = ev {
-            if resource == "database.db" && action == "secure" {
-                *self.at.lock().unwrap() = Some(self.start.elapsed());
-            }
-        }
-    }
-}
-
-/// The fake's realistic timings, with a modification (the new password, the run's
-/// group) taking 20 to 60 s as on RDS.
-fn realistic() -> Faults {
-    Faults { modify: (Duration::from_secs(20), Duration::from_secs(60)), ..Faults::none() }
-}
-
-fn provider(cloud: &FakeCloud, seed: u64, dir: &Path) -> AwsProvider<FakeCloud> {
-    AwsProvider::new(cloud.clone(), aws::POLL_FIRST, aws::POLL_MAX).seeded(seed).with_work_root(&dir.join("work"))
-}
+use rehearse::testkit::pool::{fill, options, provider, realistic, shop_db, Ready};
 
 #[test]
 fn twenty_runs_at_once_claim_from_a_pool_of_five_never_the_same_member_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let loaded = description(dir.path());
+    let loaded = shop_db(dir.path());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
     let loaded = &loaded;
     rt.block_on(async {
         let cloud = FakeCloud::new(7, realistic());
         let store: Arc<dyn ObjectStore> = Arc::new(FakeS3::new(7, S3Faults::chaos()));
         let production = cloud.production();
-        let p = provider(&cloud, 0, dir.path());
-        let Some(Pin::Snapshot(snapshot)) = p.pin_sources(loaded).await.unwrap().get("db").cloned() else {
-            panic!("no snapshot")
-        };
-
         // Five members, made at once, each a run of the database alone, recorded ready.
         let ids: Vec<String> = (0..5).map(|i| format!("r-20261207-040000-{i:06x}")).collect();
-        let makes = ids.iter().map(|id| {
-            let p = provider(&cloud, 100, dir.path());
-            let member = MemberRun { database: "db".into(), keep_for: Duration::from_secs(24 * 3600) };
-            let opts = options(id, dir.path(), DestroyPolicy::Never, Some(member));
-            async move { lifecycle::run(&p, loaded, &opts, &Silent, &Signals::none()).await.expect("starts") }
-        });
-        let made = futures_util::future::join_all(makes).await;
-        for (id, m) in ids.iter().zip(&made) {
-            assert_eq!(m.report.verdict, rehearse::report::model::Verdict::Passed, "{id}");
+        for (id, made) in ids.iter().zip(fill(&cloud, &store, loaded, dir.path(), &ids).await) {
             // The member is the database alone: no release, no service.
-            let kinds: Vec<&str> = m.report.resources.iter().map(|r| r.id.as_str()).collect();
-            assert!(kinds.contains(&"database.db") && !kinds.iter().any(|k| k.starts_with("service.")), "{kinds:?}");
-            let record = Member {
-                member: id.clone(),
-                instance: AwsProvider::<()>::rds_id(id, "db"),
-                snapshot: snapshot.clone(),
-                taken_at: None,
-                masking: None,
-                class: "db.t3.medium".into(),
-                made_at: chrono::Utc::now(),
-                state: State::Ready { ready_at: chrono::Utc::now() },
-            };
-            members::write(store.as_ref(), &members::key("shop-db", "db", id), &record, None).await.unwrap();
+            let kinds: Vec<&str> = made.report.resources.iter().map(|r| r.id.as_str()).collect();
+            assert!(
+                kinds.contains(&"database.db") && !kinds.iter().any(|k| k.starts_with("service.")),
+                "{id}: {kinds:?}"
+            );
         }
-
-        // (The fake's listings lag a few seconds behind its writes; a fill is long done
-        // when runs claim.)
-        tokio::time::sleep(Duration::from_secs(10)).await;
         // Twenty runs at once, each claiming from the pool.
         let started = tokio::time::Instant::now();
         let runs = (0..20u64).map(|i| {
@@ -194,43 +111,6 @@ fn twenty_runs_at_once_claim_from_a_pool_of_five_never_the_same_member_twice() {
     });
 }
 
-/// Makes `n` members of the pool as runs of their own, records them ready, and lets
-/// the fake's listings catch up. Their ids.
-async fn filled(
-    cloud: &FakeCloud,
-    store: &Arc<dyn ObjectStore>,
-    loaded: &description::Loaded,
-    dir: &Path,
-    n: usize,
-    tag: u64,
-) -> Vec<String> {
-    let p = provider(cloud, 0, dir);
-    let Some(Pin::Snapshot(snapshot)) = p.pin_sources(loaded).await.unwrap().get("db").cloned() else {
-        panic!("no snapshot")
-    };
-    let ids: Vec<String> = (0..n).map(|i| format!("r-20261207-04{tag:04x}-{i:06x}")).collect();
-    for id in &ids {
-        let p = provider(cloud, 100, dir);
-        let member = MemberRun { database: "db".into(), keep_for: Duration::from_secs(24 * 3600) };
-        let opts = options(id, dir, DestroyPolicy::Never, Some(member));
-        let made = lifecycle::run(&p, loaded, &opts, &Silent, &Signals::none()).await.expect("starts");
-        assert_eq!(made.report.verdict, rehearse::report::model::Verdict::Passed, "{id}");
-        let record = Member {
-            member: id.clone(),
-            instance: AwsProvider::<()>::rds_id(id, "db"),
-            snapshot: snapshot.clone(),
-            taken_at: None,
-            masking: None,
-            class: "db.t3.medium".into(),
-            made_at: chrono::Utc::now(),
-            state: State::Ready { ready_at: chrono::Utc::now() },
-        };
-        members::write(store.as_ref(), &members::key("shop-db", "db", id), &record, None).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    ids
-}
-
 /// Tears a run down from its journal (a fresh provider, as `rehearse down` would be),
 /// up to six times while the fake's faults refuse.
 async fn down(cloud: &FakeCloud, dir: &Path, run_id: &str) -> bool {
@@ -263,14 +143,15 @@ fn runs_killed_while_claiming_leave_no_claim_and_nothing_behind() {
     let (mut handed_back, mut killed_runs) = (0, 0);
     for seed in seeds {
         let dir = tempfile::tempdir().unwrap();
-        let loaded = description(dir.path());
+        let loaded = shop_db(dir.path());
         let loaded = &loaded;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         let (back, killed) = rt.block_on(async {
             let cloud = FakeCloud::new(seed, realistic());
             let store: Arc<dyn ObjectStore> = Arc::new(FakeS3::new(seed, S3Faults::chaos()));
             let production = cloud.production();
-            let ids = filled(&cloud, &store, loaded, dir.path(), 2, seed).await;
+            let ids: Vec<String> = (0..2).map(|i| format!("r-20261207-04{seed:04x}-{i:06x}")).collect();
+            fill(&cloud, &store, loaded, dir.path(), &ids).await;
             let run_id = format!("r-20261207-050000-{seed:06x}");
             let p = provider(&cloud, seed, dir.path()).with_pool_store(store.clone());
             let opts = options(&run_id, dir.path(), DestroyPolicy::Never, None);

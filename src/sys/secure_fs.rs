@@ -265,6 +265,19 @@ fn one_component(name: &OsStr) -> bool {
     !b.is_empty() && b.len() <= NAME_MAX && b != b"." && b != b".." && !b.contains(&b'/')
 }
 
+/// Opens (or creates, 0600) the file a `flock` is taken on, never through a symbolic
+/// link: rehearse's own lock files (a golden copy's, a generation's, the server's).
+pub(crate) fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// An opened directory; everything done through it is relative to the descriptor and
 /// never follows a symbolic link.
 pub(crate) struct Dir {

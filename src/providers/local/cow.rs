@@ -160,16 +160,8 @@ impl Generation {
 
     /// The lock its users, mounts and removal are changed under (held until dropped).
     async fn lock(&self) -> Result<Flock<std::fs::File>, CowError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.beside("lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io("open", &path))?;
+        let f = secure_fs::lock_file(&path).map_err(io("open", &path))?;
         tokio::task::spawn_blocking(move || Flock::lock(f, FlockArg::LockExclusive))
             .await
             .map_err(|e| CowError::Command { what: "locking a generation".into(), detail: e.to_string() })?
@@ -179,16 +171,8 @@ impl Generation {
     /// Its lock if no one holds it now (for a sweep, which must not wait on a refresh
     /// building it).
     fn try_lock(&self) -> Result<Flock<std::fs::File>, CowError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.beside("lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io("open", &path))?;
+        let f = secure_fs::lock_file(&path).map_err(io("open", &path))?;
         Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| CowError::Busy(self.id().to_string()))
     }
 

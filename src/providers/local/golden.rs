@@ -29,14 +29,7 @@ use nix::fcntl::{Flock, FlockArg};
 /// The lock a golden copy is refreshed and copied under (beside it, in rehearse's own
 /// directory).
 fn lock_file(golden: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(golden.with_extension("lock"))
+    crate::sys::secure_fs::lock_file(&golden.with_extension("lock"))
 }
 
 /// A shared lock on a golden copy for a run that copies it, or `None` when a refresh
