@@ -217,6 +217,11 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 {
                     return Ok(());
                 }
+                // A pool member this run journaled claiming it, but never took (it still
+                // carries its own run id): the pool's, left to it.
+                if member.is_some_and(|m| m != guard.run_id && crate::sys::state::valid_run_id(m)) && owner == member {
+                    return Ok(());
+                }
                 guard.check("DB instance", id, &db.tags)?;
                 self.mark_owned(id);
                 if db.status != "deleting" {

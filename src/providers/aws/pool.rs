@@ -88,10 +88,16 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         ];
         let arn =
             inst.arn.clone().ok_or_else(|| StepError::build(format!("pool member {id} was listed without its ARN")))?;
-        self.api
-            .add_tags(&arn, &tags)
-            .await
-            .map_err(|e| StepError::build(format!("cannot take pool member {id} for the run: {e}")))?;
+        if let Err(e) = self.api.add_tags(&arn, &tags).await {
+            // Not taken: the member goes back to the pool (the run's teardown leaves an
+            // instance that still carries its member's own run id).
+            let mut back = won.member.clone();
+            back.state = members::State::Ready { ready_at: now };
+            // Best effort: a record left claimed is settled by the next `pool fill`.
+            #[allow(clippy::let_underscore_must_use)]
+            let _ = members::write(store.as_ref(), &won.key, &back, Some(won.etag.clone())).await;
+            return Err(StepError::build(format!("cannot take pool member {id} for the run: {e}")));
+        }
         self.mark_owned(&id);
         if let Err(e) = members::remove(store.as_ref(), &won).await {
             tracing::warn!("pool member {member} stays recorded as claimed: {e}");
