@@ -1618,6 +1618,24 @@ fn a_pool_is_filled_shown_and_drained_and_production_is_untouched() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(rehearse_leftovers(&rt, &ec2, &rds, &member).is_empty());
 
+    // A forged record naming another run (anyone who can write the store can write one):
+    // fill retires it as unfit, but only drops the record; the run is untouched.
+    let out = emu.rehearse(&sb).args(["up", file.to_str().unwrap(), "--release", "v2", "--cold"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let victim = stderr.split("(run ").nth(1).and_then(|r| r.split(')').next()).expect("the run's id").to_string();
+    let forged = serde_json::json!({
+        "member": victim, "instance": format!("rh-{}-db", victim.trim_start_matches("r-").replace('-', "")),
+        "snapshot": "rds:shop-prod-db-old", "taken_at": null, "masking": null, "class": "db.t3.medium",
+        "made_at": "2026-12-07T00:00:00Z", "state": "ready", "ready_at": "2026-12-07T00:00:00Z",
+    });
+    std::fs::write(sb.state().join(format!("pool/shop/db/{victim}.json")), forged.to_string()).unwrap();
+    let refilled = pool("fill");
+    assert!(refilled.contains("record dropped, nothing torn down"), "{refilled}");
+    assert!(!rehearse_leftovers(&rt, &ec2, &rds, &victim).is_empty(), "the forged record tore another run down");
+    let out = emu.rehearse(&sb).args(["down", &victim]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
     let drained = pool("drain");
     assert!(drained.contains("shop/db: drained"), "{drained}");
     for m in &members {

@@ -101,8 +101,14 @@ pub(crate) fn pool(g: &Global, action: Action, file: &Path) -> i32 {
                     continue;
                 }
             };
-            let here =
-                Here { g, loaded: &loaded, locks: locks.clone(), shared: shared.clone(), local_root: &local_root };
+            let here = Here {
+                g,
+                loaded: &loaded,
+                locks: locks.clone(),
+                shared: shared.clone(),
+                local_root: &local_root,
+                verified: provider.verified_members(&format!("{env}/{name}"), &all).await,
+            };
             let c = match action {
                 Action::Status => status(&env, name, pool, &wanted, &all, &region),
                 Action::Fill => here.fill(name, pool, &wanted, &all, &pins, reporter, signals).await,
@@ -170,6 +176,9 @@ struct Here<'a> {
     locks: std::sync::Arc<dyn ObjectStore>,
     shared: Option<std::sync::Arc<dyn ObjectStore>>,
     local_root: &'a Path,
+    /// Members whose instance is verifiably the member its record says: only their runs
+    /// are torn down here (a forged record only loses its record).
+    verified: std::collections::BTreeSet<String>,
 }
 
 impl Here<'_> {
@@ -276,7 +285,10 @@ impl Here<'_> {
                 return exit::BUILD_FAILED;
             }
         };
-        let opts = self.options(&id, pins, Some(MemberRun { database: name.to_string(), keep_for: pool.max_age }));
+        // Kept past its max_age by a claim's lease: a member claimed at the end of its
+        // age is not swept from under the run taking it.
+        let keep_for = pool.max_age + members::CLAIM_LEASE;
+        let opts = self.options(&id, pins, Some(MemberRun { database: name.to_string(), keep_for }));
         let (out, code) = outcome(self.g, self.loaded, &opts, self.locks.clone(), NO_LEASE, reporter, signals).await;
         let passed = matches!(&out.ended, Ended::Reported { report, .. } if report.verdict == Verdict::Passed);
         let read = members::Read { key: key.clone(), member: record.clone(), etag };
@@ -323,7 +335,16 @@ impl Here<'_> {
                 return exit::PASSED;
             }
         };
-        let code = self.down(&r.member.member, reporter, signals).await;
+        let code = if self.verified.contains(&r.member.member) {
+            self.down(&r.member.member, reporter, signals).await
+        } else {
+            outln!(
+                "{}: its instance {} is not this pool's member (or not there yet): record dropped, nothing torn down",
+                r.member.member,
+                r.member.instance
+            );
+            exit::PASSED
+        };
         if code == exit::PASSED {
             let read = members::Read { key: r.key.clone(), member: mine, etag };
             if let Err(e) = members::remove(self.locks.as_ref(), &read).await {

@@ -93,8 +93,9 @@ impl Tagged {
             other => return Err(Doubt::Kind(other)),
         };
         // A pool member claimed by a run keeps the name its member's id gave it.
+        let pooled = tag_value(&self.tags, crate::engine::pool::TAG_POOL).is_some();
         let member = tag_value(&self.tags, crate::engine::pool::TAG_MEMBER)
-            .filter(|m| crate::sys::state::valid_run_id(m) && self.kind == Kind::AwsDbInstance)
+            .filter(|m| pooled && *m != run && crate::sys::state::valid_run_id(m) && self.kind == Kind::AwsDbInstance)
             .map(|m| P::rds_id(m, res.strip_prefix("database.").unwrap_or(res)));
         if self.name == expected || member.as_deref() == Some(self.name.as_str()) {
             Ok(())

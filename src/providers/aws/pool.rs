@@ -86,9 +86,11 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 value: ctx.run.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             },
         ];
-        let arn =
-            inst.arn.clone().ok_or_else(|| StepError::build(format!("pool member {id} was listed without its ARN")))?;
-        if let Err(e) = self.api.add_tags(&arn, &tags).await {
+        let tagged = match inst.arn.clone() {
+            Some(arn) => self.api.add_tags(&arn, &tags).await.map_err(|e| e.to_string()),
+            None => Err("it was listed without its ARN".to_string()),
+        };
+        if let Err(e) = tagged {
             // Not taken: the member goes back to the pool (the run's teardown leaves an
             // instance that still carries its member's own run id).
             let mut back = won.member.clone();
@@ -152,6 +154,29 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             live.push(r);
         }
         Ok(live)
+    }
+
+    /// The members among `records` whose instance is what its record says: the pool's
+    /// (`pool`, `ENV/DB`), named for its member and still carrying its member's own run
+    /// id. Only those are torn down by `pool fill` or `pool drain`: a forged record never
+    /// turns into the teardown of another run.
+    pub async fn verified_members(&self, pool: &str, records: &[members::Read]) -> std::collections::BTreeSet<String> {
+        let ids: Vec<String> = records.iter().map(|r| r.member.instance.clone()).collect();
+        let Ok(found) = self.api.describe_db_instances(&ids).await else { return Default::default() };
+        records
+            .iter()
+            .filter(|r| {
+                let m = r.member.member.as_str();
+                r.member.instance == Self::rds_id(m, r.key.rsplit('/').nth(1).unwrap_or_default())
+                    && found.iter().any(|d| {
+                        d.id == r.member.instance
+                            && tag_value(&d.tags, TAG_POOL) == Some(pool)
+                            && tag_value(&d.tags, TAG_MEMBER) == Some(m)
+                            && tag_value(&d.tags, TAG_RUN) == Some(m)
+                    })
+            })
+            .map(|r| r.member.member.clone())
+            .collect()
     }
 
     /// The pool member the copy of `name` is, when it came from a pool (masked already).
