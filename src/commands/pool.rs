@@ -111,8 +111,10 @@ pub(crate) fn pool(g: &Global, action: Action, file: &Path) -> i32 {
             };
             let c = match action {
                 Action::Status => status(&env, name, pool, &wanted, &all, &region),
-                Action::Fill => here.fill(name, pool, &wanted, &all, &pins, reporter, signals).await,
-                Action::Drain => here.drain(name, &all, reporter, signals).await,
+                Action::Fill => {
+                    here.locked(name, "fill", here.fill(name, pool, &wanted, &all, &pins, reporter, signals)).await
+                }
+                Action::Drain => here.locked(name, "drain", here.drain(name, &all, reporter, signals)).await,
             };
             if c != exit::PASSED {
                 code = c;
@@ -182,38 +184,29 @@ struct Here<'a> {
 }
 
 impl Here<'_> {
-    /// Makes members until the pool has `size` that are restoring or fit, retiring the
-    /// unfit ready ones first. The members are made at once, each a run of its own.
-    #[allow(clippy::too_many_arguments)] // each is a distinct fact of the fill
-    async fn fill(
-        &self,
-        name: &str,
-        pool: &Pool,
-        wanted: &members::Wanted,
-        all: &[members::Read],
-        pins: &Pins,
-        reporter: &dyn crate::engine::events::Reporter,
-        signals: &Signals,
-    ) -> i32 {
-        // One fill of a pool at a time: two would both make what is missing.
+    /// `work` under the pool's lock: of two fills (or a fill and a drain) at once, one
+    /// changes the pool and the other says so.
+    async fn locked(&self, name: &str, what: &str, work: impl std::future::Future<Output = i32>) -> i32 {
         let lock = format!("pool-{}-{name}", self.loaded.desc.name);
-        let purpose = format!("rehearse pool fill ({name})");
+        let purpose = format!("rehearse pool {what} ({name})");
         let held =
             match super::edge::lock::take(self.locks.clone(), &lock, &purpose, None, Duration::from_secs(60)).await {
                 Ok(l) => l,
                 Err(exit::LOCKED) => {
-                    outln!("{}/{name}: another `rehearse pool fill` is filling it", self.loaded.desc.name);
+                    outln!("{}/{name}: another `rehearse pool` is changing it", self.loaded.desc.name);
                     return exit::PASSED;
                 }
                 Err(code) => return code,
             };
-        let code = self.fill_held(name, pool, wanted, all, pins, reporter, signals).await;
+        let code = work.await;
         super::edge::lock::give_back(held, &lock).await;
         code
     }
 
+    /// Makes members until the pool has `size` that are restoring or fit, retiring the
+    /// unfit ready ones first. The members are made at once, each a run of its own.
     #[allow(clippy::too_many_arguments)] // each is a distinct fact of the fill
-    async fn fill_held(
+    async fn fill(
         &self,
         name: &str,
         pool: &Pool,
