@@ -21,9 +21,14 @@ with `sync` before each, min / median / max:
   superuser (skipped where the disk could not hold the rewrite);
 - a read-only suite: 2,000 point selects (`pgbench -S -t 2000`: index and heap pages
   read at random), on a fresh copy;
-- a full scan of pgbench_accounts (every page read once) on the same copy: where a
-  full copy's pages are still in memory from the copy itself, a copy-on-write copy
-  reads them through the image's loop device;
+- the same suite after every file of the copy was read once (every page in memory for
+  both methods), and once more after dropping the caches (`/proc/sys/vm/drop_caches`: every
+  page from the disk for both): a fresh full copy starts with its pages in memory (it
+  has just written them), a fresh copy-on-write copy does not, so the first row alone
+  compares different work;
+- a full scan of pgbench_accounts (every page read once) on the same copy, the caches
+  dropped first: both read from the disk, the copy-on-write copy through the image's
+  loop device;
 - the space the reads un-shared in the generation's file system (`df` of the image's
   mount before and after, a CHECKPOINT between).
 """
@@ -141,6 +146,13 @@ def superuser(rep):
     return ["-h", d, "-p", port, "-U", "rehearse", "-d", "bench"], d
 
 
+def drop_caches():
+    """Every clean page out of memory, so that the next reads come from the disk."""
+    subprocess.run(["sync"], check=False)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    time.sleep(1)
+
+
 def timed(cmd):
     t = time.monotonic()
     run(cmd)
@@ -174,7 +186,7 @@ def section(scale):
     warm_cow = time.monotonic() - t
     data = g.aside / "data"
     size = int(run(["du", "-sb", str(data)]).stdout.split()[0])
-    rows = {k: {"full": [], "cow": []} for k in ("up", "copy", "write", "suite", "scan")}
+    rows = {k: {"full": [], "cow": []} for k in ("up", "copy", "write", "suite", "suite_warm", "suite_cold", "scan")}
     unshared = []
     skipped_free = float("inf")
     for i in range(REPS):
@@ -191,8 +203,17 @@ def section(scale):
             psql = [pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *conn]
             before = used_bytes(base) if method == "cow" else 0
             settle()
-            rows["suite"][method].append(timed([pg_bin("pgbench"), *conn, "-n", "-S", "-t", "2000"]))
+            suite = [pg_bin("pgbench"), *conn, "-n", "-S", "-t", "2000"]
+            rows["suite"][method].append(timed(suite))
+            # Every file of the copy read once, then the suite: both copies' pages in memory.
+            data_dir = run(psql + ["-At", "-c", "SHOW data_directory"]).stdout.strip()
+            run(["sh", "-c", 'find "$1" -type f -exec cat {} + > /dev/null', "sh", data_dir])
             settle()
+            rows["suite_warm"][method].append(timed(suite))
+            # And from the disk for both: every cache dropped first.
+            drop_caches()
+            rows["suite_cold"][method].append(timed(suite))
+            drop_caches()
             rows["scan"][method].append(timed(psql + ["-c", "SELECT sum(abalance) FROM pgbench_accounts"]))
             if method == "cow":
                 run(psql + ["-c", "CHECKPOINT"])
@@ -219,8 +240,10 @@ def section(scale):
         "up": "`rehearse up` to a copy accepting connections (whole process)",
         "copy": "its copy step (`copy-golden`)",
         "write": "first write to the largest table: `ALTER TABLE pgbench_accounts ADD COLUMN noise float8 DEFAULT random()`",
-        "suite": "read-only suite: `pgbench -S -t 2000` (point selects)",
-        "scan": "a full scan of pgbench_accounts (`SELECT sum(abalance)`)",
+        "suite": "read-only suite: `pgbench -S -t 2000` (point selects), on a fresh copy",
+        "suite_warm": "the same suite after every file of the copy was read once (`cat`: both copies' pages in memory)",
+        "suite_cold": "the same suite after `echo 3 > /proc/sys/vm/drop_caches` (both read from the disk)",
+        "scan": "a full scan of pgbench_accounts (`SELECT sum(abalance)`), caches dropped first",
     }
     for k, label in labels.items():
         f, c = rows[k]["full"], rows[k]["cow"]

@@ -1551,8 +1551,10 @@ fn a_pool_is_filled_shown_and_drained_and_production_is_untouched() {
     let sb = Sandbox::new();
     let file = shop_description(&sb, &prod);
     let text = std::fs::read_to_string(&file).unwrap();
-    let text = text
-        .replace("    instance_class: db.t3.medium\n", "    instance_class: db.t3.medium\n    pool:\n      size: 2\n");
+    let text = text.replace(
+        "    instance_class: db.t3.medium\n",
+        "    instance_class: db.t3.medium\n    pool:\n      size: 2\n      keep: stopped\n",
+    );
     assert!(text.contains("pool:"), "{text}");
     std::fs::write(&file, text).unwrap();
     let pool = |action: &str| {
@@ -1581,9 +1583,12 @@ fn a_pool_is_filled_shown_and_drained_and_production_is_untouched() {
             .collect();
         assert!(tags.contains(&("rehearse:pool".into(), "shop/db".into())), "{tags:?}");
         assert!(tags.contains(&("rehearse:pool-member".into(), m.clone())), "{tags:?}");
+        // Kept stopped (`keep: stopped`) until a claim.
+        assert_eq!(d.db_instances()[0].db_instance_status(), Some("stopped"), "{m}");
     }
     let status = pool("status");
     assert!(status.contains("shop/db: 2 of 2 ready"), "{status}");
+    assert!(status.contains("ready (stopped)") && status.contains("2 stopped: storage only"), "{status}");
     assert!(status.contains(&prod.newest_snapshot), "{status}");
     assert!(status.contains("cost: ~$"), "{status}");
     assert!(pool("fill").contains("the pool is full (2 of 2)"));
@@ -1606,6 +1611,7 @@ fn a_pool_is_filled_shown_and_drained_and_production_is_untouched() {
     assert!(!steps.iter().any(|s| s["action"] == "restore"), "{steps:?}");
     let claimed = detail("pool");
     let member = members.iter().find(|m| claimed.contains(m.as_str())).expect("the pool step names its member").clone();
+    assert!(claimed.ends_with("kept stopped: started"), "{claimed}");
     assert!(rehearse_leftovers(&rt, &ec2, &rds, &run).is_empty(), "the run left something");
     // The pool refilled behind the run: two ready again, one of them new.
     wait_for("the pool refilled behind the run", 90, || pool("status").contains("shop/db: 2 of 2 ready"));

@@ -206,3 +206,104 @@ fn runs_killed_while_claiming_leave_no_claim_and_nothing_behind() {
     assert!(handed_back > 0, "no seed killed the run before its claim");
     assert!(killed_runs > handed_back, "no seed killed the run after its claim");
 }
+
+/// A pool kept stopped (`keep: stopped`): `pool fill`'s stop leaves its member stopped
+/// (only an instance that is verifiably the member); a run claims it, starts it (the
+/// minutes RDS takes, drawn by the fake) and its copy is ready once started and
+/// secured; the refill is asked for at the claim, once, long before the run ends.
+/// Nothing leaks, production is never touched.
+#[test]
+fn a_member_kept_stopped_is_started_by_its_claim_and_the_refill_starts_at_the_claim() {
+    use rehearse::providers::aws::api::RdsApi;
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = shop_db(dir.path());
+    let loaded = &loaded;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let stop_start = (Duration::from_secs(120), Duration::from_secs(480));
+        let cloud = FakeCloud::new(11, rehearse::testkit::fake_cloud::Faults { stop_start, ..realistic() });
+        let store: Arc<dyn ObjectStore> = Arc::new(FakeS3::new(11, S3Faults::realistic()));
+        let production = cloud.production();
+        let member = "r-20261207-040000-00000a".to_string();
+        fill(&cloud, &store, loaded, dir.path(), std::slice::from_ref(&member)).await;
+        let instance = rehearse::providers::aws::AwsProvider::<()>::rds_id(&member, "db");
+        let status = |id: &str| {
+            let cloud = cloud.clone();
+            let ids = vec![id.to_string()];
+            async move { cloud.describe_db_instances(&ids).await.unwrap().first().map(|d| d.status.clone()) }
+        };
+        // As `pool fill` stops a member of a pool kept stopped.
+        let p = provider(&cloud, 1, dir.path());
+        p.stop_member("shop-db/db", &member, &instance).await.expect("the member stops");
+        assert_eq!(status(&instance).await.as_deref(), Some("stopped"));
+        // Never anything that is not the member: production's instance is refused.
+        let refused = p.stop_member("shop-db/db", &member, "shop-prod-db").await.unwrap_err();
+        assert!(refused.contains("is not pool shop-db/db's member"), "{refused}");
+
+        let run_id = "r-20261207-050000-00000b";
+        let started = tokio::time::Instant::now();
+        let ready = Ready { start: started, at: std::sync::Mutex::new(None) };
+        let refills = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let asked = refills.clone();
+        let refill = members::RefillOnClaim::new(&ready, move || asked.lock().unwrap().push(started.elapsed()));
+        let p = provider(&cloud, 2, dir.path()).with_pool_store(store.clone());
+        let opts = options(run_id, dir.path(), DestroyPolicy::Always, None);
+        let o = lifecycle::run(&p, loaded, &opts, &refill, &Signals::none()).await.expect("starts");
+        let ended = started.elapsed();
+        let r = &o.report;
+        assert_eq!(r.verdict, rehearse::report::model::Verdict::Passed);
+        assert_eq!(r.backups[0].method, "pool");
+        let step = r.steps.iter().find(|s| s.resource == "database.db" && s.action == "pool").unwrap();
+        let detail = step.detail.clone().unwrap_or_default();
+        assert!(detail.contains(&member) && detail.ends_with("kept stopped: started"), "{detail}");
+        let starts: Vec<_> =
+            cloud.calls().into_iter().filter(|c| c.op == "StartDBInstance" && c.target == instance).collect();
+        assert_eq!(starts.len(), 1, "one start of the member");
+        // Ready once started (2 to 8 minutes) and secured; the refill asked for at the
+        // claim, before any of that.
+        let at = ready.at.lock().unwrap().expect("the copy was made ready");
+        let refills = refills.lock().unwrap().clone();
+        assert_eq!(refills.len(), 1, "the refill is asked for once: {refills:?}");
+        assert!(at >= stop_start.0 && at <= stop_start.1 + Duration::from_secs(90), "ready after {at:?}");
+        assert!(refills[0] < Duration::from_secs(10) && refills[0] < at && at < ended, "{refills:?} {at:?} {ended:?}");
+        println!("kept stopped: ready after {} s (virtual); refill asked at {:?}", at.as_secs(), refills[0]);
+
+        // The member's own run torn down: nothing is left, production untouched.
+        assert!(down(&cloud, dir.path(), &member).await);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(cloud.leftovers(), Vec::<String>::new());
+        assert_eq!(cloud.violations(), Vec::<String>::new());
+        assert_eq!(cloud.production(), production);
+    });
+}
+
+/// A member of a description with two databases is the one database alone: the
+/// copies' ingress waits for every database, but the member's plan leaves the other
+/// database and its masking out (and no dependency on them is left dangling).
+#[test]
+fn a_member_of_one_of_two_databases_plans_that_database_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = shop_db(dir.path());
+    let text = std::fs::read_to_string(&loaded.path).unwrap();
+    let (head, db) = text.split_once("databases:\n").unwrap();
+    // Both masked (what needs the copies' ingress and the runner).
+    std::fs::write(dir.path().join("masking.sql"), "UPDATE customers SET email = 'x';\n").unwrap();
+    let db = db.replace("    name: shop\n", "    name: shop\n    masking: masking.sql\n");
+    let orders = db.replacen("  db:\n", "  orders:\n", 1).replace("name: shop\n", "name: orders\n");
+    let two = format!("{head}databases:\n{db}{orders}");
+    let path = dir.path().join("two.yaml");
+    std::fs::write(&path, two).unwrap();
+    let loaded = rehearse::description::load(&path, Some("v2")).unwrap_or_else(|d| panic!("{}", d.render()));
+    let mut plan = rehearse::plan::build(&loaded, Some("v2"), Some("r-20261207-060000-000001")).unwrap();
+    let all: Vec<String> = plan.resources.iter().map(|r| r.id.clone()).collect();
+    assert!(all.iter().any(|id| id == "database.orders") && all.iter().any(|id| id == "mask.orders"), "{all:?}");
+    plan.keep_only_database("db");
+    let ids: Vec<&str> = plan.resources.iter().map(|r| r.id.as_str()).collect();
+    assert!(ids.contains(&"mask.db") && ids.contains(&"network.ingress.databases"), "{ids:?}");
+    assert!(!ids.iter().any(|id| id.contains("orders")), "the other database is kept: {ids:?}");
+    for r in &plan.resources {
+        for d in &r.depends_on {
+            assert!(ids.contains(&d.as_str()), "{} waits for {d}, which is not in the plan", r.id);
+        }
+    }
+}

@@ -13,7 +13,7 @@ use sha2::Digest;
 use super::edge::run::{described, outcome, NO_LEASE};
 use super::load_or_report;
 use crate::cli::Global;
-use crate::description::{DatabaseSource, Loaded, Pool, Target};
+use crate::description::{DatabaseSource, Loaded, Pool, PoolKeep, Target};
 use crate::engine::lifecycle::Options;
 use crate::engine::pool::{self as members, Member, MemberRun, State};
 use crate::engine::provider::{Pin, Pins, Provider};
@@ -80,41 +80,41 @@ pub(crate) fn pool(g: &Global, action: Action, file: &Path) -> i32 {
                     continue;
                 }
             };
-            let env = loaded.desc.name.to_string();
-            let read = members::members(locks.as_ref(), &env, name).await;
-            let (all, forged) = match read {
-                Ok(r) => r,
-                Err(e) => {
-                    errln!("error: {e}");
-                    code = exit::BUILD_FAILED;
-                    continue;
-                }
-            };
-            for f in &forged {
-                errln!("warning: {f}");
-            }
-            let all = match provider.settle_pool(locks.as_ref(), all, Utc::now()).await {
-                Ok(a) => a,
-                Err(e) => {
-                    errln!("error: {e}");
-                    code = exit::BUILD_FAILED;
-                    continue;
-                }
-            };
             let here = Here {
                 g,
                 loaded: &loaded,
+                provider: &provider,
                 locks: locks.clone(),
                 shared: shared.clone(),
                 local_root: &local_root,
-                verified: provider.verified_members(&format!("{env}/{name}"), &all).await,
             };
+            // A fill or a drain reads the pool under its lock: what it read is what it
+            // changes, and a member still `restoring` then is a dead fill's.
             let c = match action {
-                Action::Status => status(&env, name, pool, &wanted, &all, &region),
+                Action::Status => match here.current(name).await {
+                    Ok((all, _)) => status(&loaded.desc.name, name, pool, &wanted, &all, &region),
+                    Err(c) => c,
+                },
                 Action::Fill => {
-                    here.locked(name, "fill", here.fill(name, pool, &wanted, &all, &pins, reporter, signals)).await
+                    here.locked(name, "fill", async {
+                        match here.current(name).await {
+                            Ok((all, verified)) => {
+                                here.fill(name, pool, &wanted, &all, &verified, &pins, reporter, signals).await
+                            }
+                            Err(c) => c,
+                        }
+                    })
+                    .await
                 }
-                Action::Drain => here.locked(name, "drain", here.drain(name, &all, reporter, signals)).await,
+                Action::Drain => {
+                    here.locked(name, "drain", async {
+                        match here.current(name).await {
+                            Ok((all, verified)) => here.drain(name, &all, &verified, reporter, signals).await,
+                            Err(c) => c,
+                        }
+                    })
+                    .await
+                }
             };
             if c != exit::PASSED {
                 code = c;
@@ -139,7 +139,8 @@ fn wanted(loaded: &Loaded, name: &str, pool: &Pool, snapshot: &str) -> Result<me
         }
         None => None,
     };
-    Ok(members::Wanted { snapshot: snapshot.to_string(), masking, max_age: pool.max_age })
+    let class = db.aws().map(|a| pool.class(a).to_string()).unwrap_or_default();
+    Ok(members::Wanted { snapshot: snapshot.to_string(), masking, max_age: pool.max_age, class })
 }
 
 fn status(env: &str, name: &str, pool: &Pool, wanted: &members::Wanted, all: &[members::Read], region: &str) -> i32 {
@@ -154,6 +155,7 @@ fn status(env: &str, name: &str, pool: &Pool, wanted: &members::Wanted, all: &[m
         let state = match &m.state {
             State::Restoring => "restoring".to_string(),
             State::Ready { .. } => match wanted.misfit(m, now) {
+                None if m.stopped => "ready (stopped)".into(),
                 None => "ready".into(),
                 Some(why) => format!("stale: {why}"),
             },
@@ -162,9 +164,12 @@ fn status(env: &str, name: &str, pool: &Pool, wanted: &members::Wanted, all: &[m
         outln!("  {}  {}  {}  {age} old  {state}", m.member, m.instance, m.snapshot);
     }
     if let Some(h) = crate::plan::price::rds_hourly(class, region) {
-        let running = all.iter().filter(|r| !matches!(r.member.state, State::Claimed { .. })).count();
+        let running =
+            all.iter().filter(|r| !matches!(r.member.state, State::Claimed { .. }) && !r.member.stopped).count();
+        let stopped = all.iter().filter(|r| r.member.stopped).count();
+        let also = if stopped > 0 { format!("; {stopped} stopped: storage only") } else { String::new() };
         outln!(
-            "  cost: ~${:.2}/hour for {running} instance(s) of {class} in {region} (on-demand list price)",
+            "  cost: ~${:.2}/hour for {running} running instance(s) of {class} in {region} (on-demand list price{also})",
             h * running as f64
         );
     }
@@ -175,15 +180,37 @@ fn status(env: &str, name: &str, pool: &Pool, wanted: &members::Wanted, all: &[m
 struct Here<'a> {
     g: &'a Global,
     loaded: &'a Loaded,
+    provider: &'a crate::providers::aws::AwsProvider<crate::providers::aws::sdk::Sdk>,
     locks: std::sync::Arc<dyn ObjectStore>,
     shared: Option<std::sync::Arc<dyn ObjectStore>>,
     local_root: &'a Path,
-    /// Members whose instance is verifiably the member its record says: only their runs
-    /// are torn down here (a forged record only loses its record).
-    verified: std::collections::BTreeSet<String>,
 }
 
+/// Members whose instance is verifiably the member its record says: only their runs
+/// are torn down here (a forged record only loses its record).
+type Verified = std::collections::BTreeSet<String>;
+
 impl Here<'_> {
+    /// The pool's members as they are now (records read, forged ones said, dead claims
+    /// and records of gone instances settled), and which of them are verifiably the
+    /// pool's.
+    async fn current(&self, name: &str) -> Result<(Vec<members::Read>, Verified), i32> {
+        let env = self.loaded.desc.name.to_string();
+        let (all, forged) = members::members(self.locks.as_ref(), &env, name).await.map_err(|e| {
+            errln!("error: {e}");
+            exit::BUILD_FAILED
+        })?;
+        for f in &forged {
+            errln!("warning: {f}");
+        }
+        let all = self.provider.settle_pool(self.locks.as_ref(), all, Utc::now()).await.map_err(|e| {
+            errln!("error: {e}");
+            exit::BUILD_FAILED
+        })?;
+        let verified = self.provider.verified_members(&format!("{env}/{name}"), &all).await;
+        Ok((all, verified))
+    }
+
     /// `work` under the pool's lock: of two fills (or a fill and a drain) at once, one
     /// changes the pool and the other says so.
     async fn locked(&self, name: &str, what: &str, work: impl std::future::Future<Output = i32>) -> i32 {
@@ -203,8 +230,11 @@ impl Here<'_> {
         code
     }
 
-    /// Makes members until the pool has `size` that are restoring or fit, retiring the
-    /// unfit ready ones first. The members are made at once, each a run of its own.
+    /// Makes members until the pool has `size` that fit, retiring the unfit ready ones
+    /// first, and those still `restoring`: under the pool's lock, a member still being
+    /// made is a fill's that died (its run is torn down if its instance is verifiably
+    /// the member, else only its record goes). The members are made at once, each a run
+    /// of its own.
     #[allow(clippy::too_many_arguments)] // each is a distinct fact of the fill
     async fn fill(
         &self,
@@ -212,19 +242,22 @@ impl Here<'_> {
         pool: &Pool,
         wanted: &members::Wanted,
         all: &[members::Read],
+        verified: &Verified,
         pins: &Pins,
         reporter: &dyn crate::engine::events::Reporter,
         signals: &Signals,
     ) -> i32 {
         let now = Utc::now();
         let mut code = exit::PASSED;
-        let unfit: Vec<&members::Read> = all
-            .iter()
-            .filter(|r| matches!(r.member.state, State::Ready { .. }) && wanted.misfit(&r.member, now).is_some())
-            .collect();
-        for r in &unfit {
-            outln!("{}: retiring ({})", r.member.member, wanted.misfit(&r.member, now).unwrap_or_default());
-            if self.retire(r, reporter, signals).await != exit::PASSED {
+        let why_unfit = |r: &members::Read| match r.member.state {
+            State::Restoring => Some("left restoring by a fill that ended".to_string()),
+            State::Ready { .. } => wanted.misfit(&r.member, now),
+            State::Claimed { .. } => None,
+        };
+        let unfit: Vec<(&members::Read, String)> = all.iter().filter_map(|r| why_unfit(r).map(|w| (r, w))).collect();
+        for (r, why) in &unfit {
+            outln!("{}: retiring ({why})", r.member.member);
+            if self.retire(r, verified, reporter, signals).await != exit::PASSED {
                 code = exit::LEFTOVERS;
             }
         }
@@ -258,16 +291,15 @@ impl Here<'_> {
     ) -> i32 {
         let env = self.loaded.desc.name.to_string();
         let id = state::new_run_id();
-        let db = &self.loaded.desc.databases[name];
-        let class = db.aws().map(|a| pool.class(a).to_string()).unwrap_or_default();
         let record = Member {
             member: id.clone(),
             instance: crate::providers::aws::AwsProvider::<()>::rds_id(&id, name),
             snapshot: wanted.snapshot.clone(),
             taken_at: None,
             masking: wanted.masking.clone(),
-            class,
+            class: wanted.class.clone(),
             made_at: Utc::now(),
+            stopped: false,
             state: State::Restoring,
         };
         let key = members::key(&env, name, &id);
@@ -287,10 +319,20 @@ impl Here<'_> {
         let read = members::Read { key: key.clone(), member: record.clone(), etag };
         if passed {
             let mut ready = record;
+            if pool.keep == PoolKeep::Stopped {
+                // Stopped before it is offered: a claim starts it. One that does not stop
+                // is offered running.
+                let pool_tag = format!("{env}/{name}");
+                match self.provider.stop_member(&pool_tag, &id, &ready.instance).await {
+                    Ok(()) => ready.stopped = true,
+                    Err(e) => errln!("warning: {id}: kept running, not stopped: {e}"),
+                }
+            }
             ready.state = State::Ready { ready_at: Utc::now() };
             return match members::write(self.locks.as_ref(), &key, &ready, Some(read.etag)).await {
                 Ok(_) => {
-                    outln!("{id}: ready ({})", ready.instance);
+                    let stopped = if ready.stopped { ", stopped" } else { "" };
+                    outln!("{id}: ready ({}{stopped})", ready.instance);
                     exit::PASSED
                 }
                 Err(e) => {
@@ -315,6 +357,7 @@ impl Here<'_> {
     async fn retire(
         &self,
         r: &members::Read,
+        verified: &Verified,
         reporter: &dyn crate::engine::events::Reporter,
         signals: &Signals,
     ) -> i32 {
@@ -328,7 +371,7 @@ impl Here<'_> {
                 return exit::PASSED;
             }
         };
-        let code = if self.verified.contains(&r.member.member) {
+        let code = if verified.contains(&r.member.member) {
             self.down(&r.member.member, reporter, signals).await
         } else {
             outln!(
@@ -352,6 +395,7 @@ impl Here<'_> {
         &self,
         name: &str,
         all: &[members::Read],
+        verified: &Verified,
         reporter: &dyn crate::engine::events::Reporter,
         signals: &Signals,
     ) -> i32 {
@@ -362,7 +406,7 @@ impl Here<'_> {
                 continue;
             }
             outln!("{}: removing", r.member.member);
-            let c = self.retire(r, reporter, signals).await;
+            let c = self.retire(r, verified, reporter, signals).await;
             if c != exit::PASSED {
                 code = c;
             }

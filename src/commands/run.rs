@@ -90,7 +90,6 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             member: None,
         };
         let code = rehearse(g, &loaded, &opts, locks, reporter, signals).await.code;
-        super::edge::run::refill_pools_after(g, &args.file, &opts.state_root, &run_id);
         if let Some((l, name)) = name_lock {
             super::edge::lock::give_back(l, &name).await;
         }

@@ -51,6 +51,9 @@ pub enum Event {
     /// A database's golden copy no longer matches its backup or masking: this run
     /// restores cold.
     GoldenStale { database: String, description: String },
+    /// The copy of `database` is a member of its warm pool, taken for this run: the
+    /// pool is one short from now (what refills it listens for this).
+    PoolClaimed { database: String, member: String },
     /// What a stage's rebuild or `stage destroy` does to its generations.
     Stage(StageEvent),
 }
@@ -205,6 +208,7 @@ impl Event {
             Event::GoldenStale { database, description } => {
                 Event::GoldenStale { database: f(database), description: f(description) }
             }
+            Event::PoolClaimed { database, member } => Event::PoolClaimed { database: f(database), member: f(member) },
         }
     }
 
@@ -246,6 +250,9 @@ impl Event {
             Event::GoldenStale { database, description } => format!(
                 "golden copy of `{database}` is stale (backup or masking changed); restoring cold — refresh it with `rehearse warm {description}`"
             ),
+            Event::PoolClaimed { database, member } => {
+                format!("`{database}`: pool member {member} taken for this run; restore and masking skipped")
+            }
             Event::Stage(s) => s.line(),
         })
     }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::events::{Event, Reporter};
 use super::store::{self, Condition, Etag, ObjectStore, StoreError};
 use crate::sys::state::valid_run_id;
 
@@ -46,6 +47,31 @@ pub struct MemberRun {
     pub keep_for: Duration,
 }
 
+/// Passes every event on, and calls `refill` once, the first time the run takes a
+/// member of a pool ([`Event::PoolClaimed`]): the pool is one short from that moment,
+/// not from the run's end.
+pub struct RefillOnClaim<'a, F> {
+    inner: &'a dyn Reporter,
+    refill: F,
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl<'a, F: Fn() + Send + Sync> RefillOnClaim<'a, F> {
+    pub fn new(inner: &'a dyn Reporter, refill: F) -> Self {
+        RefillOnClaim { inner, refill, started: Default::default() }
+    }
+}
+
+impl<F: Fn() + Send + Sync> Reporter for RefillOnClaim<'_, F> {
+    fn event(&self, ev: Event) {
+        let claimed = matches!(ev, Event::PoolClaimed { .. });
+        self.inner.event(ev);
+        if claimed && !self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            (self.refill)();
+        }
+    }
+}
+
 /// One member of a pool, as its record says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -63,6 +89,10 @@ pub struct Member {
     pub class: String,
     /// When its restore was asked for.
     pub made_at: DateTime<Utc>,
+    /// Stopped while it waits for a claim (`keep: stopped`): a claim starts it. What
+    /// its instance's status says decides; this is what `pool status` shows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
     #[serde(flatten)]
     pub state: State,
 }
@@ -221,6 +251,8 @@ pub struct Wanted {
     pub snapshot: String,
     pub masking: Option<String>,
     pub max_age: Duration,
+    /// The instance class the pool's members are made with now.
+    pub class: String,
 }
 
 impl Wanted {
@@ -231,6 +263,9 @@ impl Wanted {
         }
         if m.masking != self.masking {
             return Some("masked with another masking SQL".into());
+        }
+        if m.class != self.class {
+            return Some(format!("a {}, the pool's members are now {}", m.class, self.class));
         }
         let age = (now - m.made_at).to_std().unwrap_or_default();
         if age > self.max_age {
@@ -352,12 +387,14 @@ mod tests {
             masking: None,
             class: "db.t3.micro".into(),
             made_at,
+            stopped: false,
             state: State::Ready { ready_at: made_at },
         }
     }
 
     fn wanted(snapshot: &str) -> Wanted {
-        Wanted { snapshot: snapshot.into(), masking: None, max_age: Duration::from_secs(24 * 3600) }
+        let class = "db.t3.micro".into();
+        Wanted { snapshot: snapshot.into(), masking: None, max_age: Duration::from_secs(24 * 3600), class }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -65,6 +65,9 @@ pub struct PoolPlan {
     /// class is not in the price table.
     pub cost_per_hour_usd: Option<f64>,
     pub max_age: String,
+    /// `running` or `stopped` (the cost is then storage only, and a claim waits for
+    /// its member's start).
+    pub keep: crate::description::PoolKeep,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -258,13 +261,18 @@ pub fn build(loaded: &Loaded, release: Option<&str>, run_id: Option<&str>) -> Re
             .filter_map(|(name, db)| {
                 let (aws, pool) = (db.aws()?, db.pool()?);
                 let class = pool.class(aws).to_string();
-                let hourly = d.region().and_then(|r| super::price::rds_hourly(&class, r));
+                // Stopped members cost their storage only (not in the price table).
+                let hourly = d
+                    .region()
+                    .and_then(|r| super::price::rds_hourly(&class, r))
+                    .filter(|_| pool.keep == crate::description::PoolKeep::Running);
                 Some(PoolPlan {
                     database: name.clone(),
                     size: pool.size,
                     cost_per_hour_usd: hourly.map(|h| (h * f64::from(pool.size) * 10_000.0).round() / 10_000.0),
                     instance_class: class,
                     max_age: format_duration(pool.max_age),
+                    keep: pool.keep,
                 })
             })
             .collect(),
@@ -368,13 +376,21 @@ impl Plan {
         self.resources.iter().find(|r| r.id == id)
     }
 
-    /// Keeps only `id` and what it depends on, directly or not (a pool member is the
-    /// database, its masking and what those need; nothing of the release).
-    pub fn keep_only(&mut self, id: &str) {
+    /// Keeps only the copy of database `name`, its masking (when it has one) and what
+    /// those need, directly or not: a pool member, nothing of the release. The other
+    /// databases stay out though the copies' ingress waits for them all (it opens the
+    /// ports of the copies there are): a dependency left out is dropped.
+    pub fn keep_only_database(&mut self, name: &str) {
+        let another = |id: &str| {
+            let rest = id.strip_prefix("database.").or_else(|| id.strip_prefix("mask."));
+            rest.is_some_and(|r| r.split('.').next() != Some(name))
+        };
+        let mask = format!("mask.{name}");
+        let first = if self.resource(&mask).is_some() { mask } else { format!("database.{name}") };
         let mut keep: BTreeSet<String> = BTreeSet::new();
-        let mut todo = vec![id.to_string()];
+        let mut todo = vec![first];
         while let Some(next) = todo.pop() {
-            if !keep.insert(next.clone()) {
+            if another(&next) || !keep.insert(next.clone()) {
                 continue;
             }
             if let Some(r) = self.resource(&next) {
@@ -382,6 +398,9 @@ impl Plan {
             }
         }
         self.resources.retain(|r| keep.contains(&r.id));
+        for r in &mut self.resources {
+            r.depends_on.retain(|d| keep.contains(d));
+        }
         let known: Vec<f64> = self.resources.iter().filter_map(|r| r.cost_per_hour_usd).collect();
         self.estimated_cost_per_hour_usd =
             (!known.is_empty()).then(|| (known.iter().sum::<f64>() * 10_000.0).round() / 10_000.0);

@@ -53,10 +53,19 @@ pub fn text(plan: &Plan, styles: Styles) -> String {
         if suites == 1 { "" } else { "s" },
     );
     for p in &plan.pools {
-        let cost = p.cost_per_hour_usd.map(|c| format!(" ~${c:.2}/hour while full,")).unwrap_or_default();
+        let (cost, waits) = match p.keep {
+            crate::description::PoolKeep::Running => (
+                p.cost_per_hour_usd.map(|c| format!(" ~${c:.2}/hour while full,")).unwrap_or_default(),
+                "waits only for its own password",
+            ),
+            crate::description::PoolKeep::Stopped => (
+                " kept stopped (storage only),".to_string(),
+                "waits for its member's start (minutes) and its own password",
+            ),
+        };
         let _ = writeln!(
             out,
-            "Pool of `{}`: {} × {}{cost} each member at most {} old (`rehearse pool fill`); a run that claims one skips the restore and the masking (on RDS, 10–40 minutes) and waits only for its own password.",
+            "Pool of `{}`: {} × {}{cost} each member at most {} old (`rehearse pool fill`); a run that claims one skips the restore and the masking (on RDS, 10–40 minutes) and {waits}.",
             p.database, p.size, p.instance_class, p.max_age
         );
     }

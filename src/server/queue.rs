@@ -291,6 +291,17 @@ pub(crate) async fn run_with_provider(
 ) -> engine_run::RunOutcome {
     let (locks, lease) = (shared.store.clone(), shared.lease);
     let quiet = |_: &engine_run::RunFailure| {};
+    // A pool one short after a claim is refilled at once, by a `rehearse pool fill` of
+    // the same description and store.
+    let (store, state_root) = (shared.config.store.clone(), shared.state_root.clone());
+    let (file, log) = (loaded.path.clone(), shared.state_root.join("pool-fill.log"));
+    let refill = crate::engine::pool::RefillOnClaim::new(stream, move || {
+        match crate::sys::process::refill_pools(store.as_deref(), Some(&state_root), &file, &log) {
+            Ok(pid) => tracing::info!("refilling the pool of {} (pid {pid}; {})", file.display(), log.display()),
+            Err(e) => tracing::warn!("cannot start `rehearse pool fill {}` to refill its pool: {e}", file.display()),
+        }
+    });
+    let stream = &refill;
     match &loaded.desc.target {
         Target::Local => {
             let provider = crate::providers::local::LocalProvider::new(&opts.work_root);

@@ -66,6 +66,46 @@ pub(crate) fn spawn_logged(
     Ok((child, handle))
 }
 
+/// `rehearse [--state STATE] [--state-dir DIR] pool fill FILE` started in the background
+/// ([`respawn_detached`], its output appended to `log`): a pool one short after a claim
+/// is refilled while the claiming run goes on. Its pid.
+pub(crate) fn refill_pools(
+    state: Option<&str>,
+    state_dir: Option<&Path>,
+    file: &Path,
+    log: &Path,
+) -> std::io::Result<u32> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(s) = state {
+        args.extend(["--state".into(), s.into()]);
+    }
+    if let Some(d) = state_dir {
+        args.extend(["--state-dir".into(), d.into()]);
+    }
+    args.extend(["pool".into(), "fill".into(), file.into()]);
+    respawn_detached(&args, log)
+}
+
+/// Starts this program again with `args`, detached: its own process group, no input,
+/// its output appended to `log`, outliving the caller (a pool's refill after a claim).
+/// Its pid. Waited for by a task of the runtime, so a server that starts many leaves no
+/// zombie.
+pub(crate) fn respawn_detached(args: &[std::ffi::OsString], log: &Path) -> std::io::Result<u32> {
+    let exe = std::env::current_exe()?;
+    let out = open_log(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(false);
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    tokio::spawn(async move {
+        // Its exit status is in its log; nothing waits on it here but the reaping.
+        #[allow(clippy::let_underscore_must_use)]
+        let _ = child.wait().await;
+    });
+    Ok(pid)
+}
+
 /// Runs a command to completion with a timeout, output appended to `log` with every
 /// registered secret redacted on the way (stdout and stderr share one pipe, so their
 /// order is kept); on timeout (or when the future is dropped) the whole process group

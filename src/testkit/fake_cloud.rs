@@ -62,6 +62,9 @@ pub struct Faults {
     /// A DB instance's modification (private, new password, security group): status
     /// `modifying` meanwhile (on RDS, about a minute).
     pub modify: (Duration, Duration),
+    /// A DB instance's stop, and its start again: `stopping` / `starting` meanwhile
+    /// (on RDS, minutes each).
+    pub stop_start: (Duration, Duration),
 }
 
 impl Faults {
@@ -87,6 +90,7 @@ impl Faults {
             // At once here (the scenarios' seeds were drawn so); the pool's tests draw
             // AWS's minute.
             modify: (Duration::ZERO, Duration::ZERO),
+            stop_start: (Duration::ZERO, Duration::ZERO),
         }
     }
 
@@ -144,6 +148,10 @@ struct Res {
     endpoint: Option<(String, u16)>,
     /// A DB instance is being modified until then.
     modifying_until: Option<Instant>,
+    /// A DB instance is stopping until then, stopped after.
+    stopped_from: Option<Instant>,
+    /// A DB instance is starting (again) until then.
+    starting_until: Option<Instant>,
 }
 
 struct State {
@@ -218,6 +226,8 @@ impl FakeCloud {
             profile: None,
             endpoint: None,
             modifying_until: None,
+            stopped_from: None,
+            starting_until: None,
         };
         res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
         res.insert("sg-prod".into(), Res { kind: "sg", name: "shop-prod".into(), ..base.clone() });
@@ -593,6 +603,8 @@ impl FakeCloud {
                 profile: None,
                 endpoint: None,
                 modifying_until: None,
+                stopped_from: None,
+                starting_until: None,
             },
         );
     }
@@ -698,6 +710,9 @@ impl FakeCloud {
         match r.gone_at {
             Some(_) => "deleting",
             None if r.failed && r.ready_at <= now => "failed",
+            None if r.stopped_from.is_some_and(|s| s > now) => "stopping",
+            None if r.stopped_from.is_some() => "stopped",
+            None if r.starting_until.is_some_and(|s| s > now) => "starting",
             None if r.ready_at <= now && r.modifying_until.is_some_and(|m| m > now) => "modifying",
             None if r.ready_at <= now => "available",
             None => "creating",

@@ -117,6 +117,7 @@ pub async fn fill(
             masking: None,
             class: "db.t3.medium".into(),
             made_at: chrono::Utc::now(),
+            stopped: false,
             state: State::Ready { ready_at: chrono::Utc::now() },
         };
         let key = members::key(&loaded.desc.name, "db", id);

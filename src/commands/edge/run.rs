@@ -68,6 +68,8 @@ pub(crate) async fn outcome(
     reporter: &dyn Reporter,
     signals: &Signals,
 ) -> (RunOutcome, i32) {
+    let refill = crate::engine::pool::RefillOnClaim::new(reporter, pool_refill(g, &loaded.path, &opts.state_root));
+    let reporter: &dyn Reporter = &refill;
     let outcome = match &loaded.desc.target {
         Target::Local => {
             let provider = LocalProvider::new(&opts.work_root);
@@ -254,34 +256,15 @@ fn change_from_ci() -> Option<crate::report::model::Change> {
     (c != crate::report::model::Change::default()).then_some(c)
 }
 
-/// After a run that took a member from a pool: `rehearse pool fill FILE` started in the
-/// background (its own process group, its output in `STATE/pool-fill.log`), so the pool
-/// is refilled while the run's copy is used. Fills take the pool's lock: of several at
-/// once, one fills.
-pub(crate) fn refill_pools_after(g: &Global, file: &std::path::Path, state_root: &std::path::Path, run_id: &str) {
-    let report = state_root.join("runs").join(run_id).join("report").join("report.json");
-    let claimed = std::fs::read(&report)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::report::model::RunReport>(&b).ok())
-        .is_some_and(|r| r.backups.iter().any(|b| b.method == "pool"));
-    if !claimed {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
+/// What refills a description's pools once a run took a member: `rehearse pool fill
+/// FILE` started in the background (its own process group, its output in
+/// `STATE/pool-fill.log`), so the pool is refilled while the run's copy is used. Fills
+/// take the pool's lock: of several at once, one fills.
+pub(crate) fn pool_refill(g: &Global, file: &std::path::Path, state_root: &std::path::Path) -> impl Fn() + Send + Sync {
+    let (state, state_dir, file) = (g.state.clone(), g.state_dir.clone(), file.to_path_buf());
     let log = state_root.join("pool-fill.log");
-    let Ok(out) = std::fs::OpenOptions::new().create(true).append(true).open(&log) else { return };
-    let Ok(err) = out.try_clone() else { return };
-    let mut cmd = std::process::Command::new(exe);
-    if let Some(s) = &g.state {
-        cmd.arg("--state").arg(s);
-    }
-    if let Some(d) = &g.state_dir {
-        cmd.arg("--state-dir").arg(d);
-    }
-    cmd.args(["pool", "fill"]).arg(file).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    match cmd.spawn() {
-        Ok(child) => errln!("rehearse: refilling the pool in the background (pid {}; {})", child.id(), log.display()),
+    move || match crate::sys::process::refill_pools(state.as_deref(), state_dir.as_deref(), &file, &log) {
+        Ok(pid) => errln!("rehearse: refilling the pool in the background (pid {pid}; {})", log.display()),
         Err(e) => errln!("rehearse: warning: cannot start `rehearse pool fill` to refill the pool: {e}"),
     }
 }

@@ -122,6 +122,20 @@ pub struct Pool {
     #[serde(serialize_with = "super::ser_duration", default = "Pool::default_max_age")]
     #[schemars(with = "super::DurationText")]
     pub max_age: std::time::Duration,
+    /// Whether ready members are kept `running` (default: a claim waits only for the
+    /// run's own password and security group) or `stopped` (storage is all they cost;
+    /// a claim starts its member first, which takes RDS minutes).
+    #[serde(default)]
+    pub keep: PoolKeep,
+}
+
+/// How a pool's ready members wait for a claim.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKeep {
+    #[default]
+    Running,
+    Stopped,
 }
 
 impl Pool {

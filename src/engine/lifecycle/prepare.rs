@@ -35,9 +35,7 @@ pub(super) async fn prepare<P: Provider>(
     let mut ttl = d.ttl;
     if let Some(m) = &opts.member {
         // The database and its masking (when it has one), and what they need.
-        let masked = format!("mask.{}", m.database);
-        let last = if plan.resource(&masked).is_some() { masked } else { format!("database.{}", m.database) };
-        plan.keep_only(&last);
+        plan.keep_only_database(&m.database);
         plan.tags.insert(super::super::pool::TAG_POOL.into(), format!("{}/{}", d.name, m.database));
         plan.tags.insert(super::super::pool::TAG_MEMBER.into(), run_id.clone());
         ttl = m.keep_for;

@@ -287,6 +287,11 @@ pub trait RdsApi: Send + Sync {
     /// Gives an Aurora clone a new master password and no deletion protection.
     fn secure_db_cluster(&self, id: &str, password: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_instance(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Stops an available DB instance (a pool member kept `stopped`): storage is all it
+    /// costs until started. RDS starts it again by itself after seven days.
+    fn stop_db_instance(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Starts a stopped DB instance (a pool member claimed).
+    fn start_db_instance(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_cluster(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
     /// Sets `tags` on the RDS resource `arn` (a key it carries is overwritten).
     fn add_tags(&self, arn: &str, tags: &[Tag]) -> impl Future<Output = ApiResult<()>> + Send;

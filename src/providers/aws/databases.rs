@@ -13,6 +13,12 @@ struct Placement {
 
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     async fn wait_db(&self, id: &str, deadline: Instant) -> Result<DbInstance, StepError> {
+        self.wait_db_in(id, "available", deadline).await
+    }
+
+    /// Waits for the DB instance `id` to be in `status` (`available`; `stopped` for a
+    /// pool member kept stopped).
+    pub(super) async fn wait_db_in(&self, id: &str, status: &str, deadline: Instant) -> Result<DbInstance, StepError> {
         // The poller retries a failed describe at its next interval: no retry stacked on it.
         let api = &self.api.inner;
         self.databases
@@ -21,7 +27,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 |ids| async move { api.describe_db_instances(&ids).await },
                 |d| d.id.clone(),
                 |d| match d.map(|d| d.status.as_str()) {
-                    Some("available") => Ok(true),
+                    Some(s) if s == status => Ok(true),
                     Some(s @ ("failed" | "incompatible-restore" | "incompatible-parameters" | "restore-error")) => {
                         Err(super::poller::Never(format!("DB instance {id} ended in state `{s}`")))
                     }

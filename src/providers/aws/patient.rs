@@ -400,6 +400,14 @@ impl<A: RdsApi> RdsApi for Patient<A> {
         self.retrying("DeleteDBInstance", || self.inner.delete_db_instance(id)).await
     }
 
+    async fn stop_db_instance(&self, id: &str) -> ApiResult<()> {
+        self.repeatable("StopDBInstance", || self.inner.stop_db_instance(id)).await
+    }
+
+    async fn start_db_instance(&self, id: &str) -> ApiResult<()> {
+        self.repeatable("StartDBInstance", || self.inner.start_db_instance(id)).await
+    }
+
     async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
         self.retrying("DeleteDBCluster", || self.inner.delete_db_cluster(id)).await
     }

@@ -14,6 +14,9 @@ use super::*;
 use crate::engine::pool::{self as members, Claim, TAG_MEMBER, TAG_POOL};
 use sha2::Digest;
 
+/// How long a member's stop (or start) may take: RDS takes minutes.
+const STOP_START_BOUND: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// The copy of `res` from its pool, if one could be had; `None` (said in the
     /// `pool` step) when the run restores instead.
@@ -45,7 +48,8 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             }
             None => None,
         };
-        let wanted = members::Wanted { snapshot: snapshot.to_string(), masking, max_age: pool.max_age };
+        let class = db.aws().map(|a| pool.class(a).to_string()).unwrap_or_default();
+        let wanted = members::Wanted { snapshot: snapshot.to_string(), masking, max_age: pool.max_age, class };
         let env = ctx.loaded.desc.name.to_string();
         let now = chrono::Utc::now();
         let won = match members::claim(store.as_ref(), &env, &res.name, &wanted, &ctx.run.run_id, now).await {
@@ -68,7 +72,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             tag_value(&d.tags, TAG_POOL) == Some(pool_tag.as_str())
                 && tag_value(&d.tags, TAG_MEMBER) == Some(member.as_str())
                 && tag_value(&d.tags, TAG_RUN) == Some(member.as_str())
-                && d.status == "available"
+                && (d.status == "available" || d.status == "stopped")
         });
         let Some(inst) = found.filter(|_| fits) else {
             // Not the member its record says (gone, or someone else's): out of the pool.
@@ -108,8 +112,63 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             p.insert(res.name.clone(), member.clone());
         }
         let age = crate::description::format_duration((now - won.member.made_at).to_std().unwrap_or_default());
-        ctx.step(res, "pool", t, true, Some(format!("member {member} ({id}, made {age} ago)")));
+        let mut detail = format!("member {member} ({id}, made {age} ago)");
+        if inst.status == "stopped" {
+            // Kept stopped: started now (the run waits for it to be available next).
+            // Journaled and retagged already: a failure here tears it down with the run.
+            self.start_member(&id)
+                .await
+                .map_err(|e| StepError::build(format!("cannot start pool member {id}: {e}")))?;
+            detail.push_str(", kept stopped: started");
+        }
+        ctx.step(res, "pool", t, true, Some(detail));
+        ctx.reporter
+            .event(crate::engine::events::Event::PoolClaimed { database: res.name.clone(), member: member.clone() });
         Ok(Some((inst, member)))
+    }
+
+    /// Stops the member `member` of `pool` (`keep: stopped`) and waits until it is
+    /// stopped: only an instance that is verifiably that member (its pool, its name,
+    /// still its own run id) and available. A stop whose answer was lost is taken by
+    /// what the instance's status then says.
+    pub async fn stop_member(&self, pool: &str, member: &str, id: &str) -> Result<(), String> {
+        let ids = [id.to_string()];
+        let found = self.api.describe_db_instances(&ids).await.map_err(|e| e.to_string())?;
+        let Some(d) = found.into_iter().find(|d| d.id == id) else { return Err(format!("{id} is gone")) };
+        if tag_value(&d.tags, TAG_POOL) != Some(pool)
+            || tag_value(&d.tags, TAG_MEMBER) != Some(member)
+            || tag_value(&d.tags, TAG_RUN) != Some(member)
+        {
+            return Err(format!("{id} is not pool {pool}'s member {member}"));
+        }
+        if d.status != "stopped" {
+            if let Err(e) = self.api.stop_db_instance(id).await {
+                let now = self.status_of(id).await;
+                if !matches!(now.as_deref(), Some("stopping" | "stopped")) {
+                    return Err(format!("cannot stop {id}: {e}"));
+                }
+            }
+        }
+        let deadline = Instant::now() + STOP_START_BOUND;
+        self.wait_db_in(id, "stopped", deadline).await.map(|_| ()).map_err(|e| e.message)
+    }
+
+    /// Starts a claimed member kept stopped. A start whose answer was lost is taken by
+    /// what the instance's status then says.
+    async fn start_member(&self, id: &str) -> Result<(), String> {
+        if let Err(e) = self.api.start_db_instance(id).await {
+            let now = self.status_of(id).await;
+            if !matches!(now.as_deref(), Some("starting" | "available")) {
+                return Err(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    async fn status_of(&self, id: &str) -> Option<String> {
+        let ids = [id.to_string()];
+        let found = self.api.describe_db_instances(&ids).await.ok()?;
+        found.into_iter().find(|d| d.id == id).map(|d| d.status)
     }
 
     /// The members as they are: a claim past its lease settled by what its instance's tags

@@ -148,11 +148,11 @@ impl RdsApi for FakeCloud {
         self.audit("ModifyDBInstance", id);
         {
             let mut st = self.state.lock().expect("fake lock");
-            // Drawn from the instance's id, not the scenario's generator: the other
-            // draws of a seed stay what they were.
-            let (a, b) = self.faults.modify;
-            let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3));
-            let took = a + b.saturating_sub(a).mul_f64((h >> 11) as f64 / (1u64 << 53) as f64);
+            // RDS modifies no instance that is stopped, stopping or starting.
+            if st.res.get(id).is_some_and(|r| matches!(Self::rds_status(r), "stopped" | "stopping" | "starting")) {
+                return Err(fail("InvalidDBInstanceState", ErrorKind::InUse));
+            }
+            let took = Self::drawn(id, self.faults.modify);
             match st.res.get_mut(id) {
                 Some(r) => {
                     r.protected = false;
@@ -187,6 +187,41 @@ impl RdsApi for FakeCloud {
         self.leave(&call, ())
     }
 
+    async fn stop_db_instance(&self, id: &str) -> ApiResult<()> {
+        let call = self.enter("StopDBInstance", id, true)?;
+        self.audit("StopDBInstance", id);
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            let took = Self::drawn(id, self.faults.stop_start);
+            match st.res.get_mut(id) {
+                Some(r) if r.kind == "db" && Self::rds_status(r) == "available" => {
+                    r.stopped_from = Some(Instant::now() + took);
+                }
+                Some(r) if r.kind == "db" => return Err(fail("InvalidDBInstanceState", ErrorKind::InUse)),
+                _ => return Err(fail("DBInstanceNotFound", ErrorKind::NotFound)),
+            }
+        }
+        self.leave(&call, ())
+    }
+
+    async fn start_db_instance(&self, id: &str) -> ApiResult<()> {
+        let call = self.enter("StartDBInstance", id, true)?;
+        self.audit("StartDBInstance", id);
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            let took = Self::drawn(id, self.faults.stop_start);
+            match st.res.get_mut(id) {
+                Some(r) if r.kind == "db" && Self::rds_status(r) == "stopped" => {
+                    r.stopped_from = None;
+                    r.starting_until = Some(Instant::now() + took);
+                }
+                Some(r) if r.kind == "db" => return Err(fail("InvalidDBInstanceState", ErrorKind::InUse)),
+                _ => return Err(fail("DBInstanceNotFound", ErrorKind::NotFound)),
+            }
+        }
+        self.leave(&call, ())
+    }
+
     async fn add_tags(&self, arn: &str, tags: &[Tag]) -> ApiResult<()> {
         let call = self.enter("AddTagsToResource", arn, true)?;
         let id = arn.rsplit(':').next().unwrap_or(arn).to_string();
@@ -213,6 +248,13 @@ impl RdsApi for FakeCloud {
 }
 
 impl FakeCloud {
+    /// A duration in `range` drawn from the instance's id, not the scenario's
+    /// generator: the other draws of a seed stay what they were.
+    fn drawn(id: &str, (a, b): (Duration, Duration)) -> Duration {
+        let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3));
+        a + b.saturating_sub(a).mul_f64((h >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
     fn snapshots(&self) -> Vec<Snapshot> {
         self.live("snapshot")
             .into_iter()

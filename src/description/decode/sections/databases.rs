@@ -55,9 +55,10 @@ impl Decoder {
         Some(Database { engine: engine?, name: db_name?, source, restore, target, masking, timeout })
     }
 
-    /// `pool:` of a database: `size`, and optionally `instance_class` and `max_age`.
+    /// `pool:` of a database: `size`, and optionally `instance_class`, `max_age`, `keep`.
     fn pool(&mut self, path: &str, node: &Node) -> Option<Pool> {
-        let mut obj = self.obj(path, node, "a mapping with `size`, and optionally `instance_class`, `max_age`")?;
+        let mut obj =
+            self.obj(path, node, "a mapping with `size`, and optionally `instance_class`, `max_age`, `keep`")?;
         let size = self
             .require(&mut obj, "size", "how many ready copies to keep, e.g. `size: 3`")
             .and_then(|n| self.integer(&format!("{path}.size"), n, 1, i64::from(Pool::MAX_SIZE)));
@@ -71,6 +72,14 @@ impl Decoder {
             ),
             None => Some(Pool::DEFAULT_MAX_AGE),
         };
+        let keep = match self.get(&mut obj, "keep") {
+            Some(n) => self.enum_value(
+                &format!("{path}.keep"),
+                n,
+                &[("running", PoolKeep::Running), ("stopped", PoolKeep::Stopped)],
+            ),
+            None => Some(PoolKeep::Running),
+        };
         self.finish(obj);
         if let Some(c) = &instance_class {
             if !c.strip_prefix("db.").is_some_and(super::super::rules::is_instance_type) {
@@ -78,7 +87,7 @@ impl Decoder {
                     .expected = Some("`db.` FAMILY.SIZE, e.g. `db.t3.medium`".into());
             }
         }
-        Some(Pool { size: size? as u32, instance_class, max_age: max_age? })
+        Some(Pool { size: size? as u32, instance_class, max_age: max_age?, keep: keep? })
     }
 
     fn database_source(&mut self, path: &str, node: &Node) -> Option<DatabaseSource> {

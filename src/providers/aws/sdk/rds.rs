@@ -299,6 +299,16 @@ impl RdsApi for Sdk {
         Ok(())
     }
 
+    async fn stop_db_instance(&self, id: &str) -> ApiResult<()> {
+        self.rds.stop_db_instance().db_instance_identifier(id).send().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn start_db_instance(&self, id: &str) -> ApiResult<()> {
+        self.rds.start_db_instance().db_instance_identifier(id).send().await.map_err(err)?;
+        Ok(())
+    }
+
     async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
         self.rds.delete_db_cluster().db_cluster_identifier(id).skip_final_snapshot(true).send().await.map_err(err)?;
         Ok(())
