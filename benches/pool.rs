@@ -1,10 +1,12 @@
 //! A dry run's time to a ready copy with a warm pool against without, on the fake cloud
 //! with realistic timings (RDS restore 10–25 min, a modification 20–60 s: the new
-//! password and, for a member, the run's group), on tokio's paused clock: for each
-//! seed, one member made as a run of its own and recorded in a fake S3; then two
-//! `up`s of environments/shop-db-aws.yaml, the first claiming the member, the second
-//! finding the pool empty and restoring. The same calls but for the claim; the time is
-//! from the run's start to its copy's `secure` step ending (private, its own password).
+//! password and, for a member, the run's group; a stopped instance's start 2–8 min), on
+//! tokio's paused clock: for each seed, a member made as a run of its own and recorded
+//! in a fake S3, and an `up` of environments/shop-db-aws.yaml claiming it; then a
+//! member stopped as `keep: stopped` stops it, and an `up` claiming (and starting) it;
+//! then an `up` finding the pool empty and restoring. The same calls but for the claim
+//! (and the start); the time is from the run's start to its copy's `secure` step ending
+//! (private, its own password).
 //! Run with `cargo bench --bench pool` (part of `make bench`).
 
 use std::sync::Arc;
@@ -24,17 +26,25 @@ fn stats(xs: &mut [f64]) -> (f64, f64, f64) {
 
 fn main() {
     let seeds = 20u64;
-    let (mut pooled, mut restored) = (Vec::new(), Vec::new());
+    let (mut pooled, mut stopped, mut restored) = (Vec::new(), Vec::new(), Vec::new());
     for seed in 0..seeds {
         let dir = tempfile::tempdir().unwrap();
         let loaded = shop_db(dir.path());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
-        let (p, r) = rt.block_on(async {
+        let (p, s, r) = rt.block_on(async {
             let cloud = FakeCloud::new(seed, realistic());
             let store: Arc<dyn ObjectStore> = Arc::new(FakeS3::new(seed, S3Faults::realistic()));
-            fill(&cloud, &store, &loaded, dir.path(), &[format!("r-20261207-040000-{seed:06x}")]).await;
             let mut ready = Vec::new();
-            for (i, method) in ["pool", "cold"].iter().enumerate() {
+            for (i, method) in ["pool", "pool", "cold"].iter().enumerate() {
+                if i < 2 {
+                    let member = format!("r-20261207-04000{i}-{seed:06x}");
+                    fill(&cloud, &store, &loaded, dir.path(), std::slice::from_ref(&member)).await;
+                    if i == 1 {
+                        let instance = rehearse::providers::aws::AwsProvider::<()>::rds_id(&member, "db");
+                        let p = provider(&cloud, 1, dir.path());
+                        p.stop_member("shop-db/db", &member, &instance).await.expect("the member stops");
+                    }
+                }
                 let run = format!("r-20261207-05000{i}-{seed:06x}");
                 let r = Ready::now();
                 let o = lifecycle::run(
@@ -49,15 +59,18 @@ fn main() {
                 assert_eq!(o.report.backups[0].method, *method, "seed {seed}");
                 ready.push(r.at.lock().unwrap().expect("ready").as_secs_f64());
             }
-            (ready[0], ready[1])
+            (ready[0], ready[1], ready[2])
         });
         pooled.push(p);
+        stopped.push(s);
         restored.push(r);
     }
     let (pmin, pmed, pmax) = stats(&mut pooled);
+    let (smin, smed, smax) = stats(&mut stopped);
     let (rmin, rmed, rmax) = stats(&mut restored);
     println!("{seeds} seeds, virtual seconds from the run's start to its copy ready (min / median / max):");
-    println!("  `up` claiming a pool member: {pmin:.0} / {pmed:.0} / {pmax:.0} s");
+    println!("  `up` claiming a pool member kept running: {pmin:.0} / {pmed:.0} / {pmax:.0} s");
+    println!("  `up` claiming a pool member kept stopped (started by the claim): {smin:.0} / {smed:.0} / {smax:.0} s");
     println!("  `up` restoring (the pool empty): {rmin:.0} / {rmed:.0} / {rmax:.0} s");
-    println!("  ratio of medians (pool / restore): {:.3}", pmed / rmed);
+    println!("  ratio of medians (pool / restore): {:.3} running, {:.3} stopped", pmed / rmed, smed / rmed);
 }

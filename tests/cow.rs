@@ -114,6 +114,14 @@ fn a_copys_writes_never_reach_the_generation() {
     let golden = generation.join("golden/data");
     let before = checksums(&golden);
     assert!(before.len() > 100, "the frozen cluster's files: {}", before.len());
+    // What the image takes on the host's disk (it is sparse).
+    let image = generation.with_extension("img");
+    let allocated = || {
+        // Written through the loop device to the image's own pages first: synced, counted.
+        assert!(std::process::Command::new("sync").status().unwrap().success());
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&image).unwrap()) * 512
+    };
+    let at_rest = allocated();
 
     // A migration on the copy that writes every page of the largest table, checkpointed.
     superuser_sql(
@@ -122,11 +130,15 @@ fn a_copys_writes_never_reach_the_generation() {
         &[
             "ALTER TABLE order_items ADD COLUMN noise float8 DEFAULT random()",
             "UPDATE customers SET name = upper(name)",
+            // And a table larger than the whole generation (its room comes from the host).
+            "CREATE TABLE scratch AS SELECT repeat('x', 1000) AS pad FROM generate_series(1, 200000)",
             "CHECKPOINT",
         ],
     );
     assert_eq!(superuser_sql(&sb, &a, &["SELECT count(*) FROM order_items WHERE noise IS NULL"]).trim(), "0");
     assert_eq!(checksums(&golden), before, "the copy's writes reached the generation");
+    let written = allocated();
+    assert!(written > at_rest + (100 << 20), "the copy's writes took no room: {at_rest} → {written}");
 
     // A second copy is the generation's, not the first copy's.
     let b = up(&sb);
@@ -137,8 +149,14 @@ fn a_copys_writes_never_reach_the_generation() {
     down(&sb, &a);
     down(&sb, &b);
     assert_nothing_left(&sb, &b);
-    // The generation stays, unmounted, for the next run.
-    assert!(generation.with_extension("img").is_file());
+    // The generation stays, unmounted, for the next run; the room its copies took is
+    // the host's again (the image does not grow with every copy).
+    assert!(image.is_file());
+    let after = allocated();
+    assert!(
+        after < written - (written - at_rest) / 2,
+        "the copies' writes stay in the image: {at_rest} → {written} → {after}"
+    );
 }
 
 #[test]

@@ -41,12 +41,18 @@ fn twenty_runs_at_once_claim_from_a_pool_of_five_never_the_same_member_twice() {
         }
         // Twenty runs at once, each claiming from the pool.
         let started = tokio::time::Instant::now();
+        // What `run`, `up` and the server do on a claim: a refill asked for, once a run.
+        let refills = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let runs = (0..20u64).map(|i| {
             let p = provider(&cloud, i, dir.path()).with_pool_store(store.clone());
             let opts = options(&format!("r-20261207-050000-{i:06x}"), dir.path(), DestroyPolicy::Always, None);
+            let refills = refills.clone();
             async move {
                 let ready = Ready { start: started, at: std::sync::Mutex::new(None) };
-                let o = lifecycle::run(&p, loaded, &opts, &ready, &Signals::none()).await.expect("starts");
+                let refill = members::RefillOnClaim::new(&ready, move || {
+                    refills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+                let o = lifecycle::run(&p, loaded, &opts, &refill, &Signals::none()).await.expect("starts");
                 let at = ready.at.lock().unwrap().expect("the copy was made ready");
                 (o, at)
             }
@@ -78,6 +84,7 @@ fn twenty_runs_at_once_claim_from_a_pool_of_five_never_the_same_member_twice() {
         let n = claimed.len();
         claimed.dedup();
         assert_eq!((n, claimed.len(), restored_ready.len()), (5, 5, 15), "a member claimed twice, or not five claims");
+        assert_eq!(refills.load(std::sync::atomic::Ordering::SeqCst), 5, "a refill asked for at each claim");
         // A copy from the pool is ready in the time its group change and password take
         // (the modification's minute, and the poll that sees it end: at most 10 s).
         let max_pooled = *pooled_ready.iter().max().unwrap();
@@ -220,8 +227,8 @@ fn a_member_kept_stopped_is_started_by_its_claim_and_the_refill_starts_at_the_cl
     let loaded = &loaded;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
     rt.block_on(async {
-        let stop_start = (Duration::from_secs(120), Duration::from_secs(480));
-        let cloud = FakeCloud::new(11, rehearse::testkit::fake_cloud::Faults { stop_start, ..realistic() });
+        let stop_start = realistic().stop_start;
+        let cloud = FakeCloud::new(11, realistic());
         let store: Arc<dyn ObjectStore> = Arc::new(FakeS3::new(11, S3Faults::realistic()));
         let production = cloud.production();
         let member = "r-20261207-040000-00000a".to_string();

@@ -27,9 +27,14 @@ pub fn shop_db(dir: &Path) -> description::Loaded {
 }
 
 /// The fake's realistic timings, with a modification (the new password, the run's
-/// group) taking 20 to 60 s as on RDS.
+/// group) taking 20 to 60 s as on RDS, and a stopped instance's stop or start 2 to 8
+/// minutes (AWS gives no figure for either; minutes is what they take in practice).
 pub fn realistic() -> Faults {
-    Faults { modify: (Duration::from_secs(20), Duration::from_secs(60)), ..Faults::none() }
+    Faults {
+        modify: (Duration::from_secs(20), Duration::from_secs(60)),
+        stop_start: (Duration::from_secs(120), Duration::from_secs(480)),
+        ..Faults::none()
+    }
 }
 
 /// An `up` of v2 (`member`: one that makes a pool member), its state in `dir`.

@@ -202,7 +202,10 @@ impl Generation {
             }
         }
         let mut cmd = tokio::process::Command::new("mount");
-        cmd.args(["-t", "xfs", "-o", "loop,nodev,nosuid,noexec"]).arg(&img).arg(&self.path);
+        // `discard`: the blocks a removed copy wrote are given back to the host (the loop
+        // device punches holes in the sparse image), so the image does not keep growing
+        // with every copy's writes.
+        cmd.args(["-t", "xfs", "-o", "loop,nodev,nosuid,noexec,discard"]).arg(&img).arg(&self.path);
         run("mount", cmd).await?;
         // The root of the file system: traversable by the cluster user to its copy.
         secure_fs::Dir::open(&self.path)?.chmod(state::TRAVERSABLE)?;
