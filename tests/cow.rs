@@ -111,6 +111,10 @@ fn a_copys_writes_never_reach_the_generation() {
     assert_eq!(method_of(&sb, &a), "copy-on-write");
     let generation = generations(&sb).join(current(&sb));
     assert_eq!(mounts_under(&sb.work()), vec![generation.clone()]);
+    // Its loop device reads the image with direct I/O (no second copy of every page).
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&generation).unwrap());
+    let dio = format!("/sys/dev/block/{}:{}/loop/dio", dev >> 8 & 0xfff, (dev & 0xff) | (dev >> 12 & 0xfff00));
+    assert_eq!(std::fs::read_to_string(&dio).unwrap().trim(), "1", "{dio}");
     let golden = generation.join("golden/data");
     let before = checksums(&golden);
     assert!(before.len() > 100, "the frozen cluster's files: {}", before.len());
