@@ -207,7 +207,10 @@ impl Here<'_> {
             errln!("error: {e}");
             exit::BUILD_FAILED
         })?;
-        let verified = self.provider.verified_members(&format!("{env}/{name}"), &all).await;
+        let verified = self.provider.verified_members(&format!("{env}/{name}"), &all).await.map_err(|e| {
+            errln!("error: cannot check the pool's members against their instances: {e}");
+            exit::BUILD_FAILED
+        })?;
         Ok((all, verified))
     }
 
@@ -231,10 +234,10 @@ impl Here<'_> {
     }
 
     /// Makes members until the pool has `size` that fit, retiring the unfit ready ones
-    /// first, and those still `restoring`: under the pool's lock, a member still being
-    /// made is a fill's that died (its run is torn down if its instance is verifiably
-    /// the member, else only its record goes). The members are made at once, each a run
-    /// of its own.
+    /// first, those whose retirement did not finish, and those still `restoring` past
+    /// [`members::RESTORING_BOUND`]: under the pool's lock, such a member is a dead
+    /// fill's (its run is torn down if its instance is verifiably the member, else only
+    /// its record goes). The members are made at once, each a run of its own.
     #[allow(clippy::too_many_arguments)] // each is a distinct fact of the fill
     async fn fill(
         &self,
@@ -250,8 +253,12 @@ impl Here<'_> {
         let now = Utc::now();
         let mut code = exit::PASSED;
         let why_unfit = |r: &members::Read| match r.member.state {
-            State::Restoring => Some("left restoring by a fill that ended".to_string()),
+            State::Restoring => (now - r.member.made_at)
+                .to_std()
+                .is_ok_and(|age| age > members::RESTORING_BOUND)
+                .then(|| "left restoring by a fill that ended".to_string()),
             State::Ready { .. } => wanted.misfit(&r.member, now),
+            State::Claimed { .. } if members::retiring(r) => Some("its retirement did not finish".into()),
             State::Claimed { .. } => None,
         };
         let unfit: Vec<(&members::Read, String)> = all.iter().filter_map(|r| why_unfit(r).map(|w| (r, w))).collect();
@@ -402,8 +409,10 @@ impl Here<'_> {
         let mut code = exit::PASSED;
         for r in all {
             if let State::Claimed { run_id, .. } = &r.member.state {
-                outln!("{}: claimed by {run_id}: left to that run", r.member.member);
-                continue;
+                if !members::retiring(r) {
+                    outln!("{}: claimed by {run_id}: left to that run", r.member.member);
+                    continue;
+                }
             }
             outln!("{}: removing", r.member.member);
             let c = self.retire(r, verified, reporter, signals).await;

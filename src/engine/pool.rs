@@ -47,13 +47,14 @@ pub struct MemberRun {
     pub keep_for: Duration,
 }
 
-/// Passes every event on, and calls `refill` once, the first time the run takes a
-/// member of a pool ([`Event::PoolClaimed`]): the pool is one short from that moment,
-/// not from the run's end.
+/// Passes every event on, and calls `refill` the first time the run takes a member of
+/// each database's pool ([`Event::PoolClaimed`]): the pool is one short from that
+/// moment, not from the run's end. (A fill fills every pool of the description: a
+/// second database's claim asks again, in case the first fill read it before.)
 pub struct RefillOnClaim<'a, F> {
     inner: &'a dyn Reporter,
     refill: F,
-    started: std::sync::atomic::AtomicBool,
+    started: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl<'a, F: Fn() + Send + Sync> RefillOnClaim<'a, F> {
@@ -64,9 +65,14 @@ impl<'a, F: Fn() + Send + Sync> RefillOnClaim<'a, F> {
 
 impl<F: Fn() + Send + Sync> Reporter for RefillOnClaim<'_, F> {
     fn event(&self, ev: Event) {
-        let claimed = matches!(ev, Event::PoolClaimed { .. });
+        let claimed = match &ev {
+            Event::PoolClaimed { database, .. } => {
+                self.started.lock().map(|mut s| s.insert(database.clone())).unwrap_or(false)
+            }
+            _ => false,
+        };
         self.inner.event(ev);
-        if claimed && !self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if claimed {
             (self.refill)();
         }
     }
@@ -357,8 +363,20 @@ pub enum Dead {
 
 /// Whether `r` is a claim past its lease at `now`.
 pub fn dead_claim(r: &Read, now: DateTime<Utc>) -> bool {
-    matches!(&r.member.state, State::Claimed { at, .. } if (now - *at).to_std().is_ok_and(|d| d > CLAIM_LEASE))
+    !retiring(r)
+        && matches!(&r.member.state, State::Claimed { at, .. } if (now - *at).to_std().is_ok_and(|d| d > CLAIM_LEASE))
 }
+
+/// Claimed by the member itself: `pool fill` or `drain` is retiring it (or was, and did
+/// not finish). Never back to the pool: the next fill or drain retires it again.
+pub fn retiring(r: &Read) -> bool {
+    matches!(&r.member.state, State::Claimed { run_id, .. } if *run_id == r.member.member)
+}
+
+/// How long a member may stay `restoring` before a fill holding the pool's lock takes
+/// it for a dead fill's: longer than any restore, its masking and its stop, so that a
+/// fill that lost the lock without knowing it never has a member torn down under it.
+pub const RESTORING_BOUND: Duration = Duration::from_secs(3 * 3600);
 
 /// Settles a dead claim as its instance's tags say ([`Dead`]): the record back to
 /// ready, or removed.
@@ -395,6 +413,32 @@ mod tests {
     fn wanted(snapshot: &str) -> Wanted {
         let class = "db.t3.micro".into();
         Wanted { snapshot: snapshot.into(), masking: None, max_age: Duration::from_secs(24 * 3600), class }
+    }
+
+    #[test]
+    fn a_member_being_retired_is_never_a_dead_claim_to_give_back() {
+        let long_ago = Utc::now() - chrono::Duration::hours(2);
+        let id = "r-20261207-050000-aaaaaa";
+        let mut m = member(id, "snap-1", long_ago);
+        let read = |m: &Member| Read { key: key("shop", "db", id), member: m.clone(), etag: Etag("1".into()) };
+        // Claimed by itself (a fill retiring it) and past the lease: still retiring.
+        m.state = State::Claimed { run_id: id.into(), at: long_ago };
+        assert!(retiring(&read(&m)) && !dead_claim(&read(&m), Utc::now()));
+        // Claimed by a run that died: a dead claim, to be settled by the instance's tags.
+        m.state = State::Claimed { run_id: "r-20261207-060000-bbbbbb".into(), at: long_ago };
+        assert!(!retiring(&read(&m)) && dead_claim(&read(&m), Utc::now()));
+    }
+
+    #[test]
+    fn a_refill_is_asked_once_per_pool_a_run_takes_from() {
+        let asked = std::sync::Mutex::new(Vec::new());
+        let refill = RefillOnClaim::new(&crate::engine::events::Silent, || asked.lock().unwrap().push(()));
+        let claimed = |db: &str| Event::PoolClaimed { database: db.into(), member: "r-20261207-050000-aaaaaa".into() };
+        refill.event(Event::PlanWarning("nothing".into()));
+        refill.event(claimed("db"));
+        refill.event(claimed("db"));
+        refill.event(claimed("orders"));
+        assert_eq!(asked.lock().unwrap().len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

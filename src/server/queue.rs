@@ -293,7 +293,13 @@ pub(crate) async fn run_with_provider(
     let quiet = |_: &engine_run::RunFailure| {};
     // A pool one short after a claim is refilled at once, by a `rehearse pool fill` of
     // the same description and store.
-    let (store, state_root) = (shared.config.store.clone(), shared.state_root.clone());
+    // Without a shared store, the pool's records are in the server's own (`STATE/server`):
+    // the fill's state directory is that one.
+    let store = shared.config.store.clone();
+    let state_root = match &store {
+        Some(_) => shared.state_root.clone(),
+        None => shared.state_root.join("server"),
+    };
     let (file, log) = (loaded.path.clone(), shared.state_root.join("pool-fill.log"));
     let refill = crate::engine::pool::RefillOnClaim::new(stream, move || {
         match crate::sys::process::refill_pools(store.as_deref(), Some(&state_root), &file, &log) {

@@ -79,6 +79,10 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             // Best effort: a record left is settled by the next `pool fill`.
             #[allow(clippy::let_underscore_must_use)]
             let _ = members::remove(store.as_ref(), &won).await;
+            // One short as well: its record is gone.
+            let claimed =
+                crate::engine::events::Event::PoolClaimed { database: res.name.clone(), member: member.clone() };
+            ctx.reporter.event(claimed);
             return said(format!("member {member}'s instance {id} is gone or not the pool's"));
         };
         // Journaled first: from here a teardown of this run removes it.
@@ -108,6 +112,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
         if let Err(e) = members::remove(store.as_ref(), &won).await {
             tracing::warn!("pool member {member} stays recorded as claimed: {e}");
         }
+        // The pool is one short from here, whatever happens to the run.
+        ctx.reporter
+            .event(crate::engine::events::Event::PoolClaimed { database: res.name.clone(), member: member.clone() });
         if let Ok(mut p) = self.pooled.lock() {
             p.insert(res.name.clone(), member.clone());
         }
@@ -122,8 +129,6 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             detail.push_str(", kept stopped: started");
         }
         ctx.step(res, "pool", t, true, Some(detail));
-        ctx.reporter
-            .event(crate::engine::events::Event::PoolClaimed { database: res.name.clone(), member: member.clone() });
         Ok(Some((inst, member)))
     }
 
@@ -219,10 +224,15 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     /// (`pool`, `ENV/DB`), named for its member and still carrying its member's own run
     /// id. Only those are torn down by `pool fill` or `pool drain`: a forged record never
     /// turns into the teardown of another run.
-    pub async fn verified_members(&self, pool: &str, records: &[members::Read]) -> std::collections::BTreeSet<String> {
+    /// An error when the instances cannot be listed: nothing is retired on a guess.
+    pub async fn verified_members(
+        &self,
+        pool: &str,
+        records: &[members::Read],
+    ) -> Result<std::collections::BTreeSet<String>, ApiError> {
         let ids: Vec<String> = records.iter().map(|r| r.member.instance.clone()).collect();
-        let Ok(found) = self.api.describe_db_instances(&ids).await else { return Default::default() };
-        records
+        let found = if ids.is_empty() { Vec::new() } else { self.api.describe_db_instances(&ids).await? };
+        Ok(records
             .iter()
             .filter(|r| {
                 let m = r.member.member.as_str();
@@ -235,7 +245,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                     })
             })
             .map(|r| r.member.member.clone())
-            .collect()
+            .collect())
     }
 
     /// The pool member the copy of `name` is, when it came from a pool (masked already).

@@ -220,15 +220,23 @@ impl Generation {
     /// direct I/O, the device stays as it was (said in the log): slower, not wrong.
     async fn direct_io(&self) {
         let Ok(m) = std::fs::metadata(&self.path) else { return };
-        let (dev, minor) = (m.dev(), nix::sys::stat::minor(m.dev()));
-        let sys = format!("/sys/dev/block/{}:{minor}/loop/backing_file", nix::sys::stat::major(dev));
+        let dev = m.dev();
+        let sys =
+            PathBuf::from(format!("/sys/dev/block/{}:{}", nix::sys::stat::major(dev), nix::sys::stat::minor(dev)));
         // Only the loop device whose backing file is this image, by its node's number.
         let image = std::fs::canonicalize(self.image()).unwrap_or_else(|_| self.image());
-        let ours = std::fs::read_to_string(&sys).is_ok_and(|b| Path::new(b.trim()) == image);
-        let node = PathBuf::from(format!("/dev/loop{minor}"));
-        if !ours || std::fs::metadata(&node).map(|n| n.rdev()).ok() != Some(dev) {
-            return;
-        }
+        let ours = std::fs::read_to_string(sys.join("loop/backing_file")).is_ok_and(|b| Path::new(b.trim()) == image);
+        let name = std::fs::read_to_string(sys.join("uevent"))
+            .ok()
+            .and_then(|u| u.lines().find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string)));
+        let node = name.map(|n| PathBuf::from("/dev").join(n));
+        let node = match node {
+            Some(n) if ours && std::fs::metadata(&n).map(|m| m.rdev()).ok() == Some(dev) => n,
+            _ => {
+                tracing::warn!("{}: its loop device was not found; reads stay buffered twice", self.path.display());
+                return;
+            }
+        };
         let mut cmd = tokio::process::Command::new("losetup");
         cmd.arg("--direct-io=on").arg(&node);
         if let Err(e) = run("losetup --direct-io=on", cmd).await {
