@@ -24,6 +24,10 @@ use crate::report::model::Verdict;
 use crate::sys::signals::Signals;
 use crate::sys::state;
 
+/// How many times one fill reads the pool again after making members (claims made
+/// meanwhile had their own refills turned away by its lock).
+const REFILL_ROUNDS: usize = 3;
+
 /// What `rehearse pool` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -97,12 +101,22 @@ pub(crate) fn pool(g: &Global, action: Action, file: &Path) -> i32 {
                 },
                 Action::Fill => {
                     here.locked(name, "fill", async {
-                        match here.current(name).await {
-                            Ok((all, verified)) => {
-                                here.fill(name, pool, &wanted, &all, &verified, &pins, reporter, signals).await
+                        // Read again after making members: a run that claimed meanwhile had
+                        // its own refill turned away by this fill's lock.
+                        let mut code = exit::PASSED;
+                        for _ in 0..REFILL_ROUNDS {
+                            let (c, made) = match here.current(name).await {
+                                Ok((all, verified)) => {
+                                    here.fill(name, pool, &wanted, &all, &verified, &pins, reporter, signals).await
+                                }
+                                Err(c) => (c, 0),
+                            };
+                            code = c;
+                            if c != exit::PASSED || made == 0 || signals.count() > 0 {
+                                break;
                             }
-                            Err(c) => c,
                         }
+                        code
                     })
                     .await
                 }
@@ -224,7 +238,9 @@ impl Here<'_> {
                 Ok(l) => l,
                 Err(exit::LOCKED) => {
                     outln!("{}/{name}: another `rehearse pool` is changing it", self.loaded.desc.name);
-                    return exit::PASSED;
+                    // A fill that finds another at work leaves the pool to it (that one
+                    // reads the pool again when done); a drain that could not drain fails.
+                    return if what == "drain" { exit::LOCKED } else { exit::PASSED };
                 }
                 Err(code) => return code,
             };
@@ -237,7 +253,8 @@ impl Here<'_> {
     /// first, those whose retirement did not finish, and those still `restoring` past
     /// [`members::RESTORING_BOUND`]: under the pool's lock, such a member is a dead
     /// fill's (its run is torn down if its instance is verifiably the member, else only
-    /// its record goes). The members are made at once, each a run of its own.
+    /// its record goes). The members are made at once, each a run of its own. Its exit
+    /// code and how many it made.
     #[allow(clippy::too_many_arguments)] // each is a distinct fact of the fill
     async fn fill(
         &self,
@@ -249,7 +266,7 @@ impl Here<'_> {
         pins: &Pins,
         reporter: &dyn crate::engine::events::Reporter,
         signals: &Signals,
-    ) -> i32 {
+    ) -> (i32, usize) {
         let now = Utc::now();
         let mut code = exit::PASSED;
         let why_unfit = |r: &members::Read| match r.member.state {
@@ -272,7 +289,7 @@ impl Here<'_> {
         let missing = (pool.size as usize).saturating_sub(live);
         if missing == 0 {
             outln!("{}/{name}: the pool is full ({} of {})", self.loaded.desc.name, live, pool.size);
-            return code;
+            return (code, 0);
         }
         let mut pins = pins.clone();
         pins.retain(|k, _| k == name);
@@ -282,7 +299,7 @@ impl Here<'_> {
                 code = c;
             }
         }
-        code
+        (code, missing)
     }
 
     /// One new member: its record (the intent) first, then its run; ready when the
