@@ -275,6 +275,24 @@ fn a_member_kept_stopped_is_started_by_its_claim_and_the_refill_starts_at_the_cl
         assert!(refills[0] < Duration::from_secs(10) && refills[0] < at && at < ended, "{refills:?} {at:?} {ended:?}");
         println!("kept stopped: ready after {} s (virtual); refill asked at {:?}", at.as_secs(), refills[0]);
 
+        // A second member kept stopped, claimed by a run killed while its member starts:
+        // the run's teardown waits out the start (RDS deletes nothing starting) and
+        // removes it.
+        let second = "r-20261207-040000-00000c".to_string();
+        fill(&cloud, &store, loaded, dir.path(), std::slice::from_ref(&second)).await;
+        let instance2 = rehearse::providers::aws::AwsProvider::<()>::rds_id(&second, "db");
+        provider(&cloud, 3, dir.path()).stop_member("shop-db/db", &second, &instance2).await.expect("stops");
+        let killed_run = "r-20261207-050000-00000d";
+        let p = provider(&cloud, 4, dir.path()).with_pool_store(store.clone());
+        let opts = options(killed_run, dir.path(), DestroyPolicy::Always, None);
+        let signals = Signals::none();
+        let run = lifecycle::run(&p, loaded, &opts, &Silent, &signals);
+        assert!(tokio::time::timeout(Duration::from_secs(60), run).await.is_err(), "the run ended before its kill");
+        drop(p);
+        assert_eq!(status(&instance2).await.as_deref(), Some("starting"));
+        assert!(down(&cloud, dir.path(), killed_run).await, "the killed run's teardown left something");
+        assert!(down(&cloud, dir.path(), &second).await);
+
         // The member's own run torn down: nothing is left, production untouched.
         assert!(down(&cloud, dir.path(), &member).await);
         tokio::time::sleep(Duration::from_secs(3600)).await;

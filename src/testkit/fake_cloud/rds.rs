@@ -183,6 +183,14 @@ impl RdsApi for FakeCloud {
     async fn delete_db_instance(&self, id: &str) -> ApiResult<()> {
         let call = self.enter("DeleteDBInstance", id, true)?;
         self.audit("DeleteDBInstance", id);
+        // RDS deletes no instance while it stops or starts.
+        let moving = {
+            let st = self.state.lock().expect("fake lock");
+            st.res.get(id).is_some_and(|r| matches!(Self::rds_status(r), "stopping" | "starting"))
+        };
+        if moving {
+            return Err(fail("InvalidDBInstanceState", ErrorKind::InUse));
+        }
         self.delete(id, "db")?;
         self.leave(&call, ())
     }
