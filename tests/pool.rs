@@ -332,3 +332,45 @@ fn a_member_of_one_of_two_databases_plans_that_database_alone() {
         }
     }
 }
+
+/// A member caught between states (stopping: a fill that gave up waiting for its stop)
+/// is left in the pool, not taken and not dropped: the run restores and says why, and
+/// the member is claimed once it has stopped.
+#[test]
+fn a_member_caught_stopping_is_left_in_the_pool() {
+    use rehearse::providers::aws::api::RdsApi;
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = shop_db(dir.path());
+    let loaded = &loaded;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let cloud = FakeCloud::new(13, realistic());
+        let store: Arc<dyn ObjectStore> = Arc::new(FakeS3::new(13, S3Faults::realistic()));
+        let production = cloud.production();
+        let member = "r-20261207-040000-0000e1".to_string();
+        fill(&cloud, &store, loaded, dir.path(), std::slice::from_ref(&member)).await;
+        let instance = rehearse::providers::aws::AwsProvider::<()>::rds_id(&member, "db");
+        cloud.stop_db_instance(&instance).await.expect("stopping");
+        let run = |run_id: &'static str, seed: u64| {
+            let p = provider(&cloud, seed, dir.path()).with_pool_store(store.clone());
+            let opts = options(run_id, dir.path(), DestroyPolicy::Always, None);
+            async move { lifecycle::run(&p, loaded, &opts, &Silent, &Signals::none()).await.expect("starts") }
+        };
+        let o = run("r-20261207-050000-0000e2", 5).await;
+        let step = o.report.steps.iter().find(|s| s.action == "pool").and_then(|s| s.detail.clone()).unwrap();
+        assert_eq!(o.report.backups[0].method, "cold", "{step}");
+        assert!(step.ends_with("is stopping; left in the pool"), "{step}");
+        let (left, _) = members::members(store.as_ref(), "shop-db", "db").await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(matches!(left[0].member.state, State::Ready { .. }), "{:?}", left[0].member.state);
+        // Stopped by now (the restore took its minutes): the next run takes it.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let o = run("r-20261207-050000-0000e3", 6).await;
+        assert_eq!(o.report.backups[0].method, "pool");
+        assert!(down(&cloud, dir.path(), &member).await);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(cloud.leftovers(), Vec::<String>::new());
+        assert_eq!(cloud.violations(), Vec::<String>::new());
+        assert_eq!(cloud.production(), production);
+    });
+}

@@ -68,12 +68,24 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             .into_iter()
             .find(|d| d.id == id);
         let pool_tag = format!("{env}/{}", res.name);
-        let fits = found.as_ref().is_some_and(|d| {
+        let ours = |d: &DbInstance| {
             tag_value(&d.tags, TAG_POOL) == Some(pool_tag.as_str())
                 && tag_value(&d.tags, TAG_MEMBER) == Some(member.as_str())
                 && tag_value(&d.tags, TAG_RUN) == Some(member.as_str())
-                && (d.status == "available" || d.status == "stopped")
-        });
+        };
+        let passing = |s: &str| matches!(s, "stopping" | "starting" | "modifying" | "rebooting" | "backing-up");
+        if let Some(d) = found.as_ref().filter(|d| ours(d) && passing(&d.status)) {
+            // The pool's member, passing between states (stopping or starting: a fill that
+            // gave up waiting for its stop, or RDS starting it by itself after seven days):
+            // back to the pool, not taken now. (Deleting, failed: out of it, below.)
+            let mut back = won.member.clone();
+            back.state = members::State::Ready { ready_at: now };
+            // Best effort: a record left claimed is settled by the next `pool fill`.
+            #[allow(clippy::let_underscore_must_use)]
+            let _ = members::write(store.as_ref(), &won.key, &back, Some(won.etag.clone())).await;
+            return said(format!("member {member}'s instance {id} is {}; left in the pool", d.status));
+        }
+        let fits = found.as_ref().is_some_and(|d| ours(d) && (d.status == "available" || d.status == "stopped"));
         let Some(inst) = found.filter(|_| fits) else {
             // Not the member its record says (gone, or someone else's): out of the pool.
             // Best effort: a record left is settled by the next `pool fill`.
