@@ -55,22 +55,12 @@ pub async fn concurrent_runs(
         .collect();
     let start = Instant::now();
     let runs = providers.iter().zip(0..n).map(|(provider, i)| async move {
+        // The pool's `up` of v2, run whole here, each run's state apart.
+        let run_id = format!("{prefix}-{i:06x}");
         let opts = Options {
-            run_id: format!("{prefix}-{i:06x}"),
-            release: "v2".into(),
-            destroy: crate::description::DestroyPolicy::Always,
-            cold: false,
             up_only: false,
             state_root: dir.join(format!("run-{i}")),
-            work_root: dir.join("work"),
-            run_as: None,
-            exit_code: crate::commands::exit_code,
-            name: None,
-            shared: None,
-            stage: None,
-            pins: Default::default(),
-            change: None,
-            member: None,
+            ..super::pool::options(&run_id, dir, crate::description::DestroyPolicy::Always, None)
         };
         let signals = crate::sys::signals::Signals::none();
         let events = crate::engine::events::Silent;
