@@ -24,6 +24,7 @@ mod aws_emulator;
 mod cli;
 mod compare;
 mod cow;
+mod deploy;
 mod fault_scenarios;
 mod first_run;
 mod fuzz_validate;
