@@ -181,16 +181,7 @@ pub async fn replay(
         let req = requests[i % requests.len()].clone();
         for (t, (host, port)) in targets.iter().enumerate() {
             let (req, host, port) = (req.clone(), host.clone(), *port);
-            tasks.spawn(async move {
-                let begun = Instant::now();
-                let r = tokio::time::timeout(timeout, exchange(&host, port, &req)).await;
-                let latency_ms = begun.elapsed().as_secs_f64() * 1000.0;
-                let (status, error) = match r {
-                    Ok(Ok(code)) => (Some(code), code >= 500),
-                    Ok(Err(_)) | Err(_) => (None, true),
-                };
-                (t, i, Sample { endpoint: req.endpoint(), latency_ms, status, error })
-            });
+            tasks.spawn(async move { (t, i, one(&req, &host, port, timeout).await) });
         }
     }
     let mut done: Vec<(usize, usize, Sample)> = Vec::with_capacity(total * targets.len());
@@ -206,6 +197,83 @@ pub async fn replay(
         out[*t].add(s);
     }
     out
+}
+
+/// One request sent and what it came to.
+async fn one(req: &Request, host: &str, port: u16, timeout: Duration) -> Sample {
+    let begun = Instant::now();
+    let r = tokio::time::timeout(timeout, exchange(host, port, req)).await;
+    let latency_ms = begun.elapsed().as_secs_f64() * 1000.0;
+    let (status, error) = match r {
+        Ok(Ok(code)) => (Some(code), code >= 500),
+        Ok(Err(_)) | Err(_) => (None, true),
+    };
+    Sample { endpoint: req.endpoint(), latency_ms, status, error }
+}
+
+/// A request of a load that runs until it is stopped: when it was sent, ms from the
+/// load's start, and what it came to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timed {
+    pub sent_ms: u64,
+    #[serde(flatten)]
+    pub sample: Sample,
+}
+
+/// The most requests a load that runs until stopped keeps (an hour at 50 a second);
+/// later ones are still sent.
+pub const MAX_TIMED: usize = 180_000;
+
+/// Sends `requests` at `rate` a second, on the same open-loop schedule as [`replay`],
+/// until `stop` turns true, each to where `target` points when it leaves (a deploy
+/// moves the load from the old release's instance to the new one's, as a load
+/// balancer would); then waits for the answers still due. In the order sent.
+pub async fn replay_until(
+    requests: &[Request],
+    target: tokio::sync::watch::Receiver<(String, u16)>,
+    rate: f64,
+    timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Timed> {
+    let period = Duration::from_secs_f64(1.0 / rate.max(f64::MIN_POSITIVE));
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut i: usize = 0;
+    while !*stop.borrow() && !requests.is_empty() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(start + period.mul_f64(i as f64)) => {}
+            r = stop.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                continue;
+            }
+        }
+        let req = requests[i % requests.len()].clone();
+        let (host, port) = target.borrow().clone();
+        let sent_ms = start.elapsed().as_millis() as u64;
+        tasks.spawn(async move { (i, Timed { sent_ms, sample: one(&req, &host, port, timeout).await }) });
+        i += 1;
+    }
+    let mut done: Vec<(usize, Timed)> = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(x) = r {
+            if done.len() < MAX_TIMED {
+                done.push(x);
+            }
+        }
+    }
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, t)| t).collect()
+}
+
+/// The requests sent in `[from_ms, to_ms)`, by endpoint.
+pub fn window(timed: &[Timed], from_ms: u64, to_ms: u64) -> Measured {
+    let mut m = Measured::default();
+    for t in timed.iter().filter(|t| t.sent_ms >= from_ms && t.sent_ms < to_ms) {
+        m.add(&t.sample);
+    }
+    m
 }
 
 #[cfg(test)]
@@ -247,6 +315,37 @@ mod tests {
             }
         });
         port
+    }
+
+    #[tokio::test]
+    async fn a_load_until_stopped_follows_its_target_and_keeps_when_each_request_left() {
+        let (a, b) = (server(Duration::from_millis(1)).await, server(Duration::from_millis(1)).await);
+        let requests = parse_requests("GET /fast\nPOST /boom {}\n").unwrap();
+        let (to, target) = tokio::sync::watch::channel(("127.0.0.1".to_string(), a));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let load =
+            tokio::spawn(async move { replay_until(&requests, target, 50.0, Duration::from_secs(5), stopped).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Moved to the second server; then to a port nothing listens on.
+        to.send(("127.0.0.1".to_string(), b)).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap().port();
+        drop(closed);
+        to.send(("127.0.0.1".to_string(), dead)).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.send(true).unwrap();
+        let timed = load.await.unwrap();
+        assert!((40..=50).contains(&timed.len()), "50 a second for 0.9 s: {}", timed.len());
+        assert!(timed.windows(2).all(|w| w[0].sent_ms <= w[1].sent_ms), "in the order sent");
+        let early = window(&timed, 0, 250);
+        assert_eq!(early.errors["GET /fast"].iter().sum::<f64>(), 0.0);
+        assert!(early.errors["POST /boom"].iter().all(|e| *e == 1.0), "a 500 is an error");
+        // Nothing answers on the last port: every request sent there failed.
+        let late = window(&timed, 650, u64::MAX);
+        assert!(late.requests() >= 8 && late.errors.values().flatten().all(|e| *e == 1.0), "{late:?}");
+        let middle = window(&timed, 350, 550);
+        assert!(middle.errors["GET /fast"].iter().all(|e| *e == 0.0), "{middle:?}");
     }
 
     #[tokio::test]
