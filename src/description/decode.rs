@@ -9,6 +9,7 @@
 //!   per-provider parts.
 
 mod compare;
+mod deploy;
 mod reader;
 mod rules;
 mod sections;

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 mod compare;
 mod databases;
+mod deploy;
 mod network;
 mod provider;
 mod runner;
@@ -27,6 +28,7 @@ mod suites;
 mod urls;
 pub use compare::*;
 pub use databases::*;
+pub use deploy::*;
 pub use network::*;
 pub use provider::*;
 pub use runner::*;
@@ -108,6 +110,12 @@ pub struct Description {
     /// 30s}}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<Compare>,
+    /// How `rehearse run --from OLD` rehearses the deploy itself: the old release
+    /// serving the load while the new one's migration runs, then the switch, judged by
+    /// explicit limits. Example: `{steady: 5s, settle: 10s, max_lock_wait: 500ms,
+    /// max_error_rate: 1}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deploy>,
     /// The files and directories the suites and a load command need (relative to the
     /// description's directory): copied for the user they run as, each at the same
     /// place relative to the description's directory, from which the commands run

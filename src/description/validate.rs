@@ -153,6 +153,12 @@ impl<'a> Validator<'a> {
                 check(self, "compare.load.requests".into(), r, "request file");
             }
         }
+        // A deploy's own load (one taken from `compare` is checked there).
+        if let Some(r) = d.deploy.as_ref().and_then(|x| x.load.as_ref()).and_then(|l| l.requests.as_ref()) {
+            if d.compare.as_ref().and_then(|c| c.load.requests.as_ref()) != Some(r) {
+                check(self, "deploy.load.requests".into(), r, "request file");
+            }
+        }
         for (i, p) in d.bundle.iter().flatten().enumerate() {
             let full = crate::description::clean_path(&self.dir.join(p));
             if !full.exists() {

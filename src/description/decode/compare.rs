@@ -17,7 +17,7 @@ impl Decoder {
             self.require(&mut obj, "load", "the load both environments get: `{requests: FILE, target: SERVICE}`");
         let judge = self.get(&mut obj, "judge");
         self.finish(obj);
-        let load = self.load(load?, services);
+        let load = self.load("compare.load", load?, services);
         let judge = match judge {
             Some(n) => self.judge(n),
             None => Some(JudgeSettings::default()),
@@ -25,13 +25,19 @@ impl Decoder {
         Some(Compare { load: load?, judge: judge? })
     }
 
-    fn load(&mut self, node: &Node, services: Option<&BTreeMap<String, Service>>) -> Option<Load> {
-        let mut obj = self.obj("compare.load", node, "a mapping with `requests` (or `command`) and `target`")?;
+    /// A load (`compare.load`, `deploy.load`) at `path`.
+    pub(super) fn load(
+        &mut self,
+        path: &str,
+        node: &Node,
+        services: Option<&BTreeMap<String, Service>>,
+    ) -> Option<Load> {
+        let mut obj = self.obj(path, node, "a mapping with `requests` (or `command`) and `target`")?;
         let requests = self.opt_string(&mut obj, "requests").map(PathBuf::from);
         let command = self.opt_string(&mut obj, "command");
         let format = match self.get(&mut obj, "format") {
             Some(n) => self.enum_value(
-                "compare.load.format",
+                &format!("{path}.format"),
                 n,
                 &[("samples", LoadFormat::Samples), ("k6", LoadFormat::K6), ("vegeta", LoadFormat::Vegeta)],
             ),
@@ -39,40 +45,45 @@ impl Decoder {
         };
         let target = self.req_string(&mut obj, "target", "the service the requests go to, e.g. `web`");
         let rate = match self.get(&mut obj, "rate") {
-            Some(n) => self.number("compare.load.rate", n, 0.1, 1000.0),
+            Some(n) => self.number(&format!("{path}.rate"), n, 0.1, 1000.0),
             None => Some(default_load_rate()),
         };
         let duration = match self.get(&mut obj, "duration") {
-            Some(n) => self.duration("compare.load.duration", n, Duration::from_secs(1), Duration::from_secs(3600)),
+            Some(n) => self.duration(&format!("{path}.duration"), n, Duration::from_secs(1), Duration::from_secs(3600)),
             None => Some(default_load_duration()),
         };
         let timeout = match self.get(&mut obj, "timeout") {
-            Some(n) => self.duration("compare.load.timeout", n, Duration::from_millis(100), Duration::from_secs(300)),
+            Some(n) => {
+                self.duration(&format!("{path}.timeout"), n, Duration::from_millis(100), Duration::from_secs(300))
+            }
             None => Some(default_load_timeout()),
         };
         self.finish(obj);
         // A key's position, or (not there) the section's.
-        let pos = |d: &Self, key: &str| d.positions.get(&format!("compare.load.{key}"));
+        let pos = |d: &Self, key: &str| d.positions.get(&format!("{path}.{key}"));
         match (&requests, &command) {
             (Some(_), Some(_)) => {
                 let p = pos(self, "command");
-                self.err(p, "`compare.load` has both `requests` and `command`: the load is one or the other").help =
+                self.err(p, format!("`{path}` has both `requests` and `command`: the load is one or the other")).help =
                     Some("keep `requests` to have rehearse replay the file, or `command` to run your own tool".into());
             }
             (None, None) => {
-                let p = self.positions.get("compare.load");
-                self.err(p, "`compare.load` needs `requests` (a request file) or `command` (your load tool)");
+                let p = self.positions.get(path);
+                self.err(p, format!("`{path}` needs `requests` (a request file) or `command` (your load tool)"));
             }
             _ => {}
         }
         if requests.is_some() && format.is_some_and(|f| f != LoadFormat::Samples) {
             let p = pos(self, "format");
-            self.err(p, "`compare.load.format` is for a `command`'s results; a request file is replayed by rehearse");
+            self.err(
+                p,
+                format!("`{path}.format` is for a `command`'s results; a request file is replayed by rehearse"),
+            );
         }
         if let (Some(t), Some(services)) = (&target, services) {
             if !services.contains_key(t) {
-                let pos = self.positions.get("compare.load.target");
-                let d = self.err(pos, format!("`compare.load.target` names `{t}`, which is no service"));
+                let pos = self.positions.get(&format!("{path}.target"));
+                let d = self.err(pos, format!("`{path}.target` names `{t}`, which is no service"));
                 if let Some(m) = did_you_mean(t, services.keys().map(String::as_str)) {
                     d.help = Some(format!("did you mean `{m}`?"));
                 }

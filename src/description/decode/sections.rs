@@ -20,7 +20,7 @@ mod suites;
 
 const TOP_KEYS_HELP: &str = "`name`, `provider`, `owner`, `release` and optionally `region`, \
                              `ttl`, `max_ttl`, `tags`, `network`, `variables`, `databases`, `services`, \
-                             `suites`, `destroy`, `state`, `stage`, `runner`, `compare`, `bundle`";
+                             `suites`, `destroy`, `state`, `stage`, `runner`, `compare`, `deploy`, `bundle`";
 
 impl Decoder {
     /// The whole description, or `None` when a part it cannot do without is missing
@@ -113,6 +113,10 @@ impl Decoder {
             Some(n) => self.compare(n, services.as_ref()),
             None => None,
         };
+        let deploy = match self.get(&mut obj, "deploy") {
+            Some(n) => self.deploy(n, services.as_ref(), compare.as_ref()),
+            None => None,
+        };
         let bundle = self
             .get(&mut obj, "bundle")
             .map(|n| self.string_list("bundle", n).into_iter().map(PathBuf::from).collect::<Vec<_>>());
@@ -135,6 +139,7 @@ impl Decoder {
             stage,
             runner,
             compare,
+            deploy,
             bundle,
         })
     }
