@@ -37,6 +37,7 @@ demo: deps build
 # nextest runs no doc-tests: `cargo test --doc` runs them, when a doc comment has any.
 define run-tests
 	sh demo/backup/generate.sh
+	sh demo/backup/generate-deploy.sh
 	REHEARSE_DEMO_BACKUPS_MADE=1 $(CARGO) nextest run --locked --no-fail-fast
 	if grep -rqE '^\s*//[/!]\s*```' src; then $(CARGO) test --locked --doc; fi
 endef
@@ -92,4 +93,4 @@ lint-source:
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv demo/backups demo/build
+	rm -rf .venv demo/backups demo/backups-deploy demo/build

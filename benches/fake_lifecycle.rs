@@ -53,6 +53,7 @@ fn options(
         pins: Default::default(),
         change: None,
         member: None,
+        from: None,
     }
 }
 

@@ -310,6 +310,10 @@ pub struct RunArgs {
     /// services and the suites run as [default: rehearse]
     #[arg(long, env = "REHEARSE_RUN_AS", value_name = "USER")]
     pub run_as: Option<String>,
+    /// Rehearse the deploy itself: build the copy with this release serving the
+    /// description's load, then run --release's migration under it and switch (`run` only)
+    #[arg(long, value_name = "VERSION")]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -23,6 +23,7 @@
 mod assemble;
 pub mod compare;
 pub mod connection;
+pub mod deploy;
 pub mod discover;
 pub mod down;
 pub mod events;

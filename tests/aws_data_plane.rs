@@ -47,6 +47,7 @@ fn options(dir: &Path, run_id: &str) -> Options {
         pins: Default::default(),
         change: None,
         member: None,
+        from: None,
     }
 }
 

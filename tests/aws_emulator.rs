@@ -1501,6 +1501,7 @@ fn twins_restore_the_pinned_snapshot_or_time_over_the_sdk() {
             pins: pins.clone(),
             change: None,
             member: None,
+            from: None,
         };
         let (a, b) = (options(format!("r-twin-{n}-a")), options(format!("r-twin-{n}-b")));
         let reporter = rehearse::engine::events::Silent;

@@ -1,8 +1,12 @@
-//! A deploy rehearsed under load: the lock sampler on a real copy (`rehearse up` of the
-//! demo's database, real PostgreSQL). An index built without `CONCURRENTLY` while
-//! writers insert is traced to its migration file with its lock, the table and the
-//! writers it made wait; the same index built `CONCURRENTLY` makes no writer wait; the
-//! sampler itself never holds a lock on a relation of the application.
+//! A deploy rehearsed under load (`rehearse run environments/deploy.yaml --from v2
+//! --release R`, real PostgreSQL, the demo shop): the release whose migration builds an
+//! index without `CONCURRENTLY` fails naming its file, the lock, the table and the
+//! requests that waited; the one that builds it `CONCURRENTLY` passes; a release without
+//! migrations has an empty during-window and passes; through a restart switch the load
+//! goes on and its errors are the switch's, not the migration's; a baseline that cannot
+//! be built exits 3 and leaves nothing. And the lock sampler alone on a real copy: a
+//! blocking index build traced to its file, a concurrent one blocking no writer, the
+//! sampler never holding a lock on a relation of the application.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +16,7 @@ use std::time::Duration;
 use rehearse::compare::locks::{self, MigrationFile, Sampler};
 use rehearse::description::template::DatabaseOutputs;
 
-use super::common::{assert_nothing_left, demo_backups, Sandbox};
+use super::common::{assert_nothing_left, demo_backups, write_description, Sandbox};
 
 const DESCRIPTION: &str = "\
 name: locks
@@ -178,5 +182,134 @@ fn the_sampler_traces_a_blocking_index_build_to_its_file_and_not_a_concurrent_on
 
     let out = sb.cmd().args(["down", &id]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_nothing_left(&sb, &id);
+}
+
+/// `rehearse run FILE --from v2 --release RELEASE`: its exit code, report and stderr.
+fn deploy(sb: &Sandbox, file: &str, release: &str) -> (Option<i32>, serde_json::Value, String) {
+    demo_backups();
+    let before = sb.run_ids();
+    let out = sb.cmd().args(["-q", "run", file, "--from", "v2", "--release", release]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let id = sb.run_ids().into_iter().find(|i| !before.contains(i)).unwrap_or_else(|| panic!("a run: {stderr}"));
+    let report = sb.report(&id);
+    assert_nothing_left(sb, &id);
+    (out.status.code(), report, stderr)
+}
+
+fn limit<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["deploy"]["limits"].as_array().unwrap().iter().find(|l| l["name"] == name).unwrap()
+}
+
+fn window(report: &serde_json::Value, name: &str) -> (u64, u64) {
+    let w = report["deploy"]["traffic"]["windows"].as_array().unwrap().iter().find(|w| w["name"] == name).unwrap();
+    let sum = |k: &str| w["endpoints"].as_array().unwrap().iter().map(|e| e[k].as_u64().unwrap()).sum();
+    (sum("requests"), sum("errors"))
+}
+
+#[test]
+fn a_blocking_index_fails_naming_its_file_lock_table_and_the_requests_that_waited() {
+    let sb = Sandbox::new();
+    let (code, r, err) = deploy(&sb, "environments/deploy.yaml", "v4-blocking");
+    assert_eq!(code, Some(1), "{err}\n{r:#}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("0004_order_events_kind_at_index.sql held ShareLock on order_events"),
+        "the reason names the file, the lock and the table: {reason}"
+    );
+    let l = limit(&r, "max_lock_wait");
+    assert_eq!(l["passed"], false, "{l}");
+    let d = &r["deploy"];
+    assert_eq!((d["from"].as_str(), d["to"].as_str()), (Some("v2"), Some("v4-blocking")));
+    let waits = d["waits"].as_array().unwrap();
+    assert!(!waits.is_empty() && waits.len() as u64 <= d["waits_total"].as_u64().unwrap());
+    let w = &waits[0];
+    assert_eq!(
+        (w["app"].as_str(), w["target"].as_str(), w["by_migration"].as_bool()),
+        (Some("shop"), Some("order_events"), Some(true)),
+        "{w}"
+    );
+    assert!(w["query"].as_str().unwrap().contains("insert into order_events"), "{w}");
+    assert!(w["waited_ms"].as_u64().unwrap() > 300, "{w}");
+    let f = &d["files"][0];
+    assert_eq!(f["file"], "migrations/0004_order_events_kind_at_index.sql");
+    assert!(f["wal_bytes"].as_u64().unwrap() > 1_000_000, "WAL as production writes it: {f}");
+    // The requests sent meanwhile saw it; the suites ran on the new release afterwards.
+    let during = &d["traffic"]["windows"][1];
+    let post = during["endpoints"].as_array().unwrap().iter().find(|e| e["endpoint"] == "POST /events").unwrap();
+    assert!(post["p99_ms"].as_f64().unwrap() > 300.0, "{post}");
+    assert_eq!(r["suites"][0]["status"], "passed", "{r:#}");
+    let summary = std::fs::read_to_string(sb.report_dir(r["run_id"].as_str().unwrap()).join("summary.md")).unwrap();
+    assert!(summary.contains("held ShareLock on order_events"), "{summary}");
+}
+
+#[test]
+fn the_same_index_built_concurrently_passes_and_a_release_without_migrations_too() {
+    let sb = Sandbox::new();
+    let (code, r, err) = deploy(&sb, "environments/deploy.yaml", "v4-concurrent");
+    assert_eq!(code, Some(0), "{err}\n{:#}", r["deploy"]);
+    let d = &r["deploy"];
+    assert!(d["waits"].as_array().unwrap().iter().all(|w| w["by_migration"] == false), "{d:#}");
+    assert!(d["limits"].as_array().unwrap().iter().all(|l| l["passed"] == true), "{d:#}");
+    let f = &d["files"][0];
+    assert!(f["locks"].as_array().unwrap().iter().any(|l| l["mode"] == "ShareUpdateExclusiveLock"), "{f}");
+    assert_eq!(window(&r, "during").1, 0, "{d:#}");
+
+    // v2-slow ships v2's migrations: nothing new to run, nothing waits.
+    let (code, r, err) = deploy(&sb, "environments/deploy.yaml", "v2-slow");
+    assert_eq!(code, Some(0), "{err}\n{:#}", r["deploy"]);
+    let d = &r["deploy"];
+    assert_eq!(d["migration_files"].as_array().unwrap().len(), 0, "{d:#}");
+    assert_eq!((d["files"].as_array().unwrap().len(), d["waits_total"].as_u64()), (0, Some(0)), "{d:#}");
+    let m = &d["marks"];
+    let during = m["migration_end_ms"].as_u64().unwrap() - m["migration_start_ms"].as_u64().unwrap();
+    assert!(during < 1000, "an install with nothing to apply: {m}");
+    assert!(limit(&r, "max_lock_wait")["reason"].as_str().unwrap().contains("no request waited"));
+}
+
+#[test]
+fn the_load_goes_on_through_a_restart_and_its_errors_are_the_switchs() {
+    let sb = Sandbox::new();
+    let text = std::fs::read_to_string(super::common::root().join("environments/deploy.yaml"))
+        .unwrap()
+        .replace("switch: rolling", "switch: restart")
+        .replace("../demo/", "{root}/demo/")
+        .replace("load/deploy.requests", "{root}/environments/load/deploy.requests");
+    let file = write_description(&sb, "deploy-restart.yaml", &text);
+    let (code, r, err) = deploy(&sb, file.to_str().unwrap(), "v4-concurrent");
+    assert_eq!(code, Some(0), "{err}\n{:#}", r["deploy"]);
+    assert_eq!(r["deploy"]["switch"], "restart");
+    let (switch, switch_errors) = window(&r, "switch");
+    let (after, after_errors) = window(&r, "after");
+    assert!(switch > 0 && switch_errors > 0, "the gap of a restart fails requests: {:#}", r["deploy"]["traffic"]);
+    assert_eq!(window(&r, "during").1, 0, "none of them counted against the migration");
+    assert!(after > 20 && after_errors == 0, "the load went on on the new release: {after} {after_errors}");
+    assert_eq!(limit(&r, "max_error_rate")["passed"], true);
+}
+
+#[test]
+fn a_baseline_that_cannot_be_built_exits_3_and_leaves_nothing() {
+    let sb = Sandbox::new();
+    demo_backups();
+    let run = |args: &[&str]| {
+        let out = sb.cmd().args(["-q", "run", "environments/deploy.yaml"]).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&["--from", "v9", "--release", "v4-concurrent"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("the baseline could not be built") && err.contains("v9"), "{err}");
+    let (code, err) = run(&["--from", "v4-concurrent", "--release", "v4-concurrent"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("is the release being deployed"), "{err}");
+    assert!(sb.run_ids().is_empty(), "refused before anything existed");
+    let out = sb.cmd().args(["-q", "up", "environments/deploy.yaml", "--from", "v2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // v3's own migration fails on production's data: the baseline is not built.
+    let (code, err) = run(&["--from", "v3", "--release", "v4-concurrent"]);
+    assert_eq!(code, Some(3), "{err}");
+    let id = sb.run_ids().pop().unwrap();
+    let r = sb.report(&id);
+    assert!(r["reason"].as_str().unwrap().contains("the baseline release v3 could not be built"), "{r:#}");
+    assert!(r.get("deploy").is_none(), "no deploy without a baseline");
     assert_nothing_left(&sb, &id);
 }

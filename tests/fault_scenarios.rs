@@ -86,6 +86,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             pins: Default::default(),
             change: None,
             member: None,
+            from: None,
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -326,6 +327,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             pins: Default::default(),
             change: None,
             member: None,
+            from: None,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -449,6 +451,7 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
                 pins: Default::default(),
                 change: None,
                 member: None,
+                from: None,
             };
             let failed = |verdict, reason: String| Built {
                 verdict,

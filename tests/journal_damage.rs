@@ -109,6 +109,7 @@ fn demo_run(dir: &Path, run_id: &str) -> (description::Loaded, Options) {
         pins: Default::default(),
         change: None,
         member: None,
+        from: None,
     };
     (loaded, opts)
 }

@@ -216,6 +216,7 @@ fn realistic() -> RunReport {
         overhead_ms: 2_300,
         access: None,
         change: None,
+        deploy: None,
     }
 }
 

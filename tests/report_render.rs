@@ -48,6 +48,7 @@ fn build_failed() -> RunReport {
         overhead_ms: 300,
         access: None,
         change: None,
+        deploy: None,
     }
 }
 

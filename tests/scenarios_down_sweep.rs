@@ -64,6 +64,7 @@ async fn killed_run(cloud: &FakeCloud, seed: u64, loaded: &description::Loaded, 
         pins: Default::default(),
         change: None,
         member: None,
+        from: None,
     };
     let signals = Signals::none();
     let run = Box::pin(lifecycle::run(&p, loaded, &opts, &Silent, &signals));

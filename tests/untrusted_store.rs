@@ -137,6 +137,7 @@ fn forged_report() -> RunReport {
         total_ms: 95_000,
         overhead_ms: 300,
         change: None,
+        deploy: None,
         access: Some(Access {
             expires_at: t0,
             logs_dir: format!("/logs{EVIL}"),

@@ -22,6 +22,9 @@
 #   SHOP_FILLER_KB   KiB of incompressible text appended to each product description
 #                    (default 0 when SHOP_SCALE=1, else 20: SHOP_SCALE=300 gives an
 #                    archive of about 1 GB)
+#   SHOP_EVENTS      rows of order_events, the shop's event log (default 0): a table
+#                    large enough (2000000: about a second to index) that a migration which
+#                    locks it makes the traffic wait, for a rehearsed deploy
 #   SHOP_BACKUP_DIR  output directory (default: demo/backups next to this script)
 #   PG_BINDIR        PostgreSQL server binaries (default: `pg_config --bindir`)
 #
@@ -48,7 +51,11 @@ esac
 older="$out/shop-zz-older.dump"
 nightly="$out/shop-2026-nightly.dump"
 stamp="$out/.generated"
-settings="scale=$scale filler_kb=$filler_kb"
+events=${SHOP_EVENTS:-0}
+case $events in
+    '' | *[!0-9]*) echo "generate: SHOP_EVENTS must be a whole number, not '$events'" >&2; exit 2 ;;
+esac
+settings="scale=$scale filler_kb=$filler_kb events=$events"
 
 if [ -f "$older" ] && [ -f "$nightly" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$settings" ] &&
     [ -z "$(find "$here/generate.sh" "$demo/shop" "$demo/migrations/0001_init.sql" \( -newer "$older" -o -newer "$nightly" \) -print)" ]; then
@@ -228,6 +235,16 @@ dump() {
 }
 
 add_orders 1 "$n_older" >/dev/null
+# The event log: one row a second from the first order on, cycling over the orders.
+run_psql -v n_events="$events" -v n_orders="$n_orders" <<'SQL' >/dev/null
+insert into order_events (order_id, kind, at)
+select 1 + e % :n_orders,
+       (array['viewed', 'paid', 'packed', 'shipped'])[1 + e % 4],
+       timestamptz '2025-06-01 00:00:00+00' + e * interval '1 second'
+from generate_series(1::bigint, :n_events) e;
+select setval(pg_get_serial_sequence('order_events', 'id'), greatest(1, (select max(id) from order_events)));
+analyze order_events;
+SQL
 dump "$older"
 sleep 1    # archive times have one-second resolution
 add_orders $((n_older + 1)) "$n_orders" >/dev/null

@@ -22,6 +22,9 @@ Endpoints (GET):
   /version          the release version, as plain text
   /products         JSON list of {id, sku, name, price_cents}
   /customers/count  JSON {"count": N}
+and POST:
+  /events           logs {"order_id": N, "kind": "viewed"|"paid"|"packed"|"shipped"}
+                    in order_events: 201 {"logged": true}, 400 for anything else
 
 Requests are logged to stderr. SIGTERM or SIGINT stops the server promptly with
 exit status 0.
@@ -112,12 +115,39 @@ def customers_count():
     return 200, "application/json", json.dumps({"count": count}) + "\n"
 
 
+EVENT_KINDS = ("viewed", "paid", "packed", "shipped")
+
+
+def log_event(body):
+    """POST /events: one row of the event log (values checked, so none reaches SQL as text)."""
+    try:
+        event = json.loads(body or b"{}")
+        order_id, kind = int(event["order_id"]), event["kind"]
+    except (ValueError, KeyError, TypeError):
+        return 400, "application/json", '{"error": "expected {\\"order_id\\": N, \\"kind\\": K}"}\n'
+    if kind not in EVENT_KINDS or not 0 < order_id < 2**62:
+        return 400, "application/json", '{"error": "unknown kind or order"}\n'
+    query(f"insert into order_events (order_id, kind) values ({order_id}, '{kind}')")
+    return 201, "application/json", '{"logged": true}\n'
+
+
+POST_ROUTES = {
+    "/events": log_event,
+}
+
 ROUTES = {
     "/health": health,
     "/version": version,
     "/products": products,
     "/customers/count": customers_count,
 }
+
+
+class Server(ThreadingHTTPServer):
+    # A listen backlog a real server would have (the standard library's default is 5:
+    # a burst of requests while the database is slow would be refused at the door).
+    request_queue_size = 128
+    daemon_threads = True
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -140,6 +170,24 @@ class Handler(BaseHTTPRequestHandler):
             self.log_message("internal error: %r", err)
             status, content_type, body = 500, "application/json", '{"error": "internal error"}\n'
         self.reply(status, content_type, body)
+
+    def do_POST(self):
+        path = self.path.split("?", 1)[0]
+        route = POST_ROUTES.get(path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(min(length, 1 << 16)) if length > 0 else b""
+        if route is None:
+            self.reply(404, "application/json", '{"error": "not found"}\n')
+            return
+        try:
+            status, content_type, reply = route(body)
+        except DatabaseError as err:
+            self.log_message("database error: %s", err)
+            status, content_type, reply = 503, "application/json", '{"error": "database unavailable"}\n'
+        except Exception as err:  # keep serving; report the bug in the log
+            self.log_message("internal error: %r", err)
+            status, content_type, reply = 500, "application/json", '{"error": "internal error"}\n'
+        self.reply(status, content_type, reply)
 
     def reply(self, status, content_type, body):
         data = body.encode("utf-8")
@@ -164,7 +212,7 @@ def main():
     host = os.environ.get("HOST", "127.0.0.1")
     try:
         port = int(os.environ.get("PORT", "8080"))
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = Server((host, port), Handler)
     except (ValueError, OSError) as err:
         print(f"shop: cannot listen on {host}:{os.environ.get('PORT', '8080')}: {err}",
               file=sys.stderr)

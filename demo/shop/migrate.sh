@@ -4,7 +4,9 @@
 # Runs migrations/NNNN_name.sql in file-name order, skipping the ones already recorded
 # in schema_migrations(version, applied_at) where version is the file name without
 # ".sql". Each file runs in its own transaction together with the insert that records
-# it, so a failed migration leaves neither a half-applied schema nor a record.
+# it, so a failed migration leaves neither a half-applied schema nor a record — except
+# a file with a line `-- migrate: no-transaction` (what CREATE INDEX CONCURRENTLY
+# needs): it runs statement by statement, and is recorded once it has passed.
 #
 # Environment:
 #   PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE
@@ -44,9 +46,11 @@ for file in migrations/*.sql; do
         continue
     fi
     echo "applying $file"
+    single="--single-transaction"
+    if grep -qx -- '-- migrate: no-transaction' "$file"; then single=""; fi
     # "-f -" reads the recording insert from stdin, where psql interpolates :'version'.
     if ! echo "insert into schema_migrations (version) values (:'version');" |
-            run_psql --single-transaction -v version="$version" -f "$file" -f - \
+            run_psql $single -v version="$version" -f "$file" -f - \
                 >/dev/null 2>"$errors"; then
         echo "migration $file failed:" >&2
         cat "$errors" >&2

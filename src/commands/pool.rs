@@ -466,6 +466,7 @@ impl Here<'_> {
             pins: pins.clone(),
             change: None,
             member,
+            from: None,
         }
     }
 }

@@ -124,10 +124,31 @@ pub fn traffic(timed: &[Timed], marks: &Marks) -> Traffic {
         ("switch", marks.switch_start_ms, marks.switch_end_ms),
         ("after", marks.switch_end_ms, marks.end_ms.max(marks.switch_end_ms)),
     ];
+    // A request is the window's it was sent in; a failure is charged to the window it
+    // happened in (a request sent during the migration and cut off when a restart
+    // stopped its instance is the switch's).
+    let of = |ms: u64| bounds.iter().position(|(_, from, to)| ms >= *from && ms < *to);
+    let mut per_window: Vec<load::Measured> = vec![load::Measured::default(); bounds.len()];
+    for t in timed {
+        let sent = of(t.sent_ms);
+        let ended = of(t.sent_ms + t.sample.latency_ms as u64);
+        let w = match (sent, ended) {
+            (Some(s), Some(e)) if t.sample.error && e > s => Some(e),
+            (s, _) => s,
+        };
+        if let Some(w) = w {
+            per_window[w].latencies.entry(t.sample.endpoint.clone()).or_default().push(t.sample.latency_ms);
+            per_window[w]
+                .errors
+                .entry(t.sample.endpoint.clone())
+                .or_default()
+                .push(f64::from(u8::from(t.sample.error)));
+        }
+    }
     let windows = bounds
         .iter()
-        .map(|(name, from, to)| {
-            let m = load::window(timed, *from, *to);
+        .zip(per_window)
+        .map(|((name, from, to), m)| {
             let endpoints = m.latencies.iter().map(|(e, l)| stats(e, l, &m.errors[e])).collect();
             Window { name: name.to_string(), from_ms: *from, to_ms: *to, endpoints }
         })
@@ -370,6 +391,12 @@ mod tests {
         );
         // The switch's error is the switch's: not counted against the migration.
         assert_eq!(l[2].measured, "1800 ms");
+        // A request sent during the migration that failed during the switch (its
+        // instance stopped under it) is the switch's.
+        let mut cut = timed.clone();
+        cut.push(t(2900, "POST /orders", 250.0, true));
+        let tr = traffic(&cut, &marks());
+        assert_eq!((tr.window("during").unwrap().errors(), tr.window("switch").unwrap().errors()), (1, 2));
     }
 
     #[test]

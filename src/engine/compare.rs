@@ -169,6 +169,7 @@ pub async fn compare(
         pins: opts.pins.clone(),
         change: opts.change.clone(),
         member: None,
+        from: None,
     };
     let (ob, oc) = (options(&opts.baseline), options(&opts.candidate));
     let ((rb, cb), (rc, cc)) = tokio::join!(edge.rehearse(&ob), edge.rehearse(&oc));
@@ -491,6 +492,7 @@ mod tests {
             pins: Pins::default(),
             change: None,
             member: None,
+            from: None,
         };
         let (candidate, kept) = side("v3", &o, &outcome, 3);
         assert!(kept.is_none());

@@ -73,6 +73,9 @@ pub struct Options {
     pub change: Option<crate::report::model::Change>,
     /// A pool member being made (`rehearse pool fill`), not a rehearsal.
     pub member: Option<super::pool::MemberRun>,
+    /// A rehearsed deploy (`run --from OLD`): the release that serves first; `release`
+    /// is deployed over it under the description's load ([`super::deploy`]).
+    pub from: Option<String>,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the
@@ -131,10 +134,35 @@ pub async fn run<P: Provider>(
     let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
 
     // Up, install, health and suites: the graph.
-    let graph = execute(provider, loaded, &run.plan, &run.info, &run.journal, &clock, reporter, &steps, signals).await;
+    let mut graph =
+        execute(provider, loaded, &run.plan, &run.info, &run.journal, &clock, reporter, &steps, signals, None).await;
+    // A rehearsed deploy: the new release over the old one under load, then the suites.
+    let deploy = match &opts.from {
+        // Boxed: its state (the load, the sampler, the new release's steps) stays off
+        // the stack of the thread that polls the run (the server's are small).
+        Some(from) => {
+            Box::pin(deploy_phase(provider, loaded, opts, &run, &clock, reporter, &steps, signals, from, &mut graph))
+                .await
+        }
+        None => None,
+    };
     let cancelled = CancelReason::of_run(graph.cancelled.as_ref(), signals.count());
     let suite_results = suite_results(loaded, opts, &graph, cancelled.as_ref());
     let (verdict, reason) = verdict(opts, &graph, &suite_results, cancelled.as_ref());
+    let (verdict, reason) = match &deploy {
+        Some(d) if verdict == Verdict::Passed && !d.passed() => {
+            let failed: Vec<&str> = d.limits.iter().filter(|l| !l.passed).map(|l| l.reason.as_str()).collect();
+            (Verdict::Failed, Some(format!("the deploy failed its limits: {}", failed.join("; "))))
+        }
+        Some(d) if verdict == Verdict::Failed && !d.passed() => {
+            let failed: Vec<&str> = d.limits.iter().filter(|l| !l.passed).map(|l| l.reason.as_str()).collect();
+            (
+                verdict,
+                Some(format!("the deploy failed its limits: {}; {}", failed.join("; "), reason.unwrap_or_default())),
+            )
+        }
+        _ => (verdict, reason),
+    };
 
     // Down: per the destroy policy; a build failure or an interrupt always tears down.
     let keep = match verdict {
@@ -151,7 +179,7 @@ pub async fn run<P: Provider>(
 
     // A step that panicked while holding the lock left the timings before it intact.
     let steps = steps.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let judged = Judged { verdict, reason, exit_code, keep, suites: suite_results };
+    let judged = Judged { verdict, reason, exit_code, keep, suites: suite_results, deploy };
     let report = report(provider, loaded, opts, &run, &graph, &clock, steps, judged, down, reporter);
     // Secrets stay out of what outlives the run: the logs (their writers have stopped,
     // unless the environment is kept and its services still write theirs) and the
@@ -161,6 +189,62 @@ pub async fn run<P: Provider>(
     }
     let report = redacted(report)?;
     Ok(Outcome { report, report_dir: run.report_dir })
+}
+
+/// A rehearsed deploy over the environment the graph built with the old release
+/// (`from`): a baseline that could not be built is the build's failure (exit 3); the
+/// deploy's own failure (the new release's install) is the release's; the held suites
+/// run against the new release once the deploy is done.
+#[allow(clippy::too_many_arguments)]
+async fn deploy_phase<P: Provider>(
+    provider: &P,
+    loaded: &Loaded,
+    opts: &Options,
+    run: &Prepared,
+    clock: &Clock,
+    reporter: &dyn Reporter,
+    steps: &Mutex<Vec<StepTiming>>,
+    signals: &Signals,
+    from: &str,
+    graph: &mut GraphResult,
+) -> Option<DeployReport> {
+    if let Some((_, e)) = &mut graph.failure {
+        e.blame = Blame::Build;
+        e.message = format!("the baseline release {from} could not be built: {}", e.message);
+        return None;
+    }
+    if graph.cancelled.is_some() || signals.count() > 0 {
+        return None;
+    }
+    let env = super::deploy::Env {
+        provider,
+        loaded,
+        info: &run.info,
+        plan: &run.plan,
+        journal: &run.journal,
+        clock,
+        reporter,
+        steps,
+        signals,
+    };
+    let d = super::deploy::rehearse(&env, &opts.release, &graph.outputs).await;
+    graph.outputs = d.outputs.clone();
+    if let Some(f) = d.failure {
+        graph.failure = Some(f);
+    }
+    if graph.failure.is_none() && !d.interrupted && !run.held_suites.resources.is_empty() {
+        let info = RunInfo { release_version: opts.release.clone(), ..run.info.clone() };
+        let outputs = Some(graph.outputs.clone());
+        let s =
+            execute(provider, loaded, &run.held_suites, &info, &run.journal, clock, reporter, steps, signals, outputs)
+                .await;
+        graph.suites.extend(s.suites);
+        graph.status.extend(s.status);
+        if graph.cancelled.is_none() {
+            graph.cancelled = s.cancelled;
+        }
+    }
+    Some(d.report)
 }
 
 /// Each suite's result, and why a suite that did not run did not.

@@ -77,6 +77,9 @@ pub struct RunInfo {
     /// Where suites run here start: the description's directory inside the run's copy
     /// of the suites' files (`WORK/runs/RUN_ID/bundle/…`).
     pub suites_dir: PathBuf,
+    /// A rehearsed deploy measures the WAL its migration writes: the copy writes WAL as
+    /// production does (`wal_level=replica`, full-page writes), not the restore's least.
+    pub wal_as_production: bool,
 }
 
 /// What a step works with: the run, the description, the plan, and the template context
@@ -93,6 +96,9 @@ pub struct Ctx<'a> {
     pub cancel: tokio::sync::watch::Receiver<bool>,
     journal: &'a Journal,
     steps: &'a std::sync::Mutex<Vec<StepTiming>>,
+    /// Where the release is unpacked and runs from on this machine: `WORK/release`, or
+    /// `WORK/release-next` for the new release of a rehearsed deploy.
+    release_dir: PathBuf,
 }
 
 /// What finds and removes a created resource (an instance id, a cluster's directory
@@ -218,7 +224,19 @@ impl<'a> Ctx<'a> {
         tctx: tera::Context,
         cancel: tokio::sync::watch::Receiver<bool>,
     ) -> Ctx<'a> {
-        Ctx { run, loaded, plan, clock, reporter, tctx, cancel, journal, steps }
+        let release_dir = run.work_dir.join("release");
+        Ctx { run, loaded, plan, clock, reporter, tctx, cancel, journal, steps, release_dir }
+    }
+
+    /// The same step context for the release unpacked in `dir` instead.
+    pub(in crate::engine) fn with_release_dir(mut self, dir: PathBuf) -> Ctx<'a> {
+        self.release_dir = dir;
+        self
+    }
+
+    /// Where the release is unpacked and runs from on this machine.
+    pub fn release_dir(&self) -> &std::path::Path {
+        &self.release_dir
     }
 
     /// Reports that `res` exists, with what is needed to remove it: the engine journals

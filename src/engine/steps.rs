@@ -98,9 +98,14 @@ pub(super) async fn execute<P: Provider>(
     reporter: &dyn Reporter,
     steps: &Mutex<Vec<StepTiming>>,
     signals: &Signals,
+    outputs: Option<Outputs>,
 ) -> GraphResult {
     let g = Graph { provider, loaded, plan, info, journal, clock, reporter, steps };
     let mut st = State::new(plan, info);
+    // What exists already (the suites of a rehearsed deploy run after it).
+    if let Some(o) = outputs {
+        st.outputs = o;
+    }
     let mut running: FuturesUnordered<NodeFuture<'_>> = FuturesUnordered::new();
     loop {
         if st.result.cancelled.is_none() {

@@ -184,7 +184,7 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
             Kind::AwsIngress => self.ingress(res, ctx).await,
             Kind::LocalRelease => self.release(res, ctx).await,
             Kind::Install if runner::configured(ctx.loaded).is_some() => self.install_on_runner(res, ctx).await,
-            Kind::Install => crate::providers::install::install(res, ctx, &ctx.run.work_dir.join("release")).await,
+            Kind::Install => crate::providers::install::install(res, ctx, ctx.release_dir()).await,
             other => Err(StepError::build(format!("the aws provider cannot create `{}`", other.as_str()))),
         }
     }

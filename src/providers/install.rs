@@ -70,6 +70,9 @@ pub(crate) async fn install(res: &Resource, ctx: &Ctx<'_>, dir: &Path) -> Result
     let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
     let mut cmd = process::shell(&command, dir, ctx.run.release_user());
     cmd.envs(service_env(res, ctx)?);
+    // Its connections known as the migration's (libpq takes PGAPPNAME): what a rehearsed
+    // deploy's lock sampler tells apart from the traffic.
+    cmd.env("PGAPPNAME", crate::compare::locks::MIGRATION_APP);
     let t = ctx.started(res, "install", Some(command.clone()));
     let what = format!("the install `{command}` to finish");
     let f =

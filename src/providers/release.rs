@@ -25,7 +25,7 @@ pub(crate) struct ReleaseHandle {
 /// The release step: `artifact` (a directory or an archive on this machine) unpacked
 /// into the run's work directory as `release/`, journaled before it is written.
 pub(crate) async fn place(res: &Resource, ctx: &Ctx<'_>, artifact: &Path) -> Result<Output, StepError> {
-    let dest = ctx.run.work_dir.join("release");
+    let dest = ctx.release_dir().to_path_buf();
     ctx.created(res, &ReleaseHandle { dir: dest.clone() }).await?;
     let t = ctx.started(res, "unpack", Some(artifact.display().to_string()));
     // The release is private (whatever modes the artifact carried: no one else may

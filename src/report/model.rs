@@ -52,6 +52,57 @@ pub struct RunReport {
     /// The change rehearsed (commit, author, pull request, title), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<Change>,
+    /// A rehearsed deploy (`run --from OLD`): what the migration and the switch did to
+    /// the traffic, and the limits judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployReport>,
+}
+
+/// A rehearsed deploy: the old release serving the load while the new one's migration
+/// ran, then the switch; what the database and the traffic saw.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeployReport {
+    /// The release that served first.
+    pub from: String,
+    /// The release deployed.
+    pub to: String,
+    /// `rolling` or `restart`.
+    pub switch: String,
+    /// The new release's migration files (those the old one does not have as they are).
+    pub migration_files: Vec<String>,
+    /// When the migration and the switch began and ended, ms from the load's start.
+    pub marks: crate::compare::deploy::Marks,
+    pub traffic: crate::compare::deploy::Traffic,
+    /// The description's limits, checked.
+    pub limits: Vec<crate::compare::deploy::Limit>,
+    /// The judge's verdicts, during the migration against before it.
+    pub verdicts: Vec<crate::compare::judge::Verdict>,
+    /// What each migration file did, as the lock sampler saw it.
+    pub files: Vec<crate::compare::locks::FileRun>,
+    /// The traffic's waits on locks, the longest first (at most 50).
+    pub waits: Vec<crate::compare::locks::Wait>,
+    /// How many waits there were in all.
+    pub waits_total: usize,
+    /// The migration's own waits (on older transactions, or on the traffic).
+    pub migration_waits: usize,
+    /// The lock sampler: its samples, their interval, and why it stopped early if it did.
+    pub samples: usize,
+    pub interval_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler_error: Option<String>,
+    /// One line a release manager reads first: the worst wait and what it cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<String>,
+    /// Why the deploy stopped before the switch (its install failed), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+impl DeployReport {
+    /// Whether every limit held.
+    pub fn passed(&self) -> bool {
+        self.limits.iter().all(|l| l.passed)
+    }
 }
 
 /// How to reach a kept environment: its services, its databases (without their

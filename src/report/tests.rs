@@ -165,6 +165,7 @@ pub(super) fn passed() -> RunReport {
         overhead_ms: 420,
         access: None,
         change: None,
+        deploy: None,
     }
 }
 

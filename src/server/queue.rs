@@ -386,6 +386,7 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         pins: Default::default(),
         change: read.request.change.clone(),
         member: None,
+        from: None,
     };
     let outcome = run_with_provider(shared, &loaded, &opts, stream, signals).await;
     match &outcome.ended {

@@ -55,6 +55,7 @@ pub fn options(run_id: &str, dir: &Path, destroy: DestroyPolicy, member: Option<
         pins: Default::default(),
         change: None,
         member,
+        from: None,
     }
 }
 

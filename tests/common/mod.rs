@@ -137,8 +137,10 @@ pub fn demo_backups() -> PathBuf {
         }
         let lock = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-backups.lock")).unwrap();
         let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
-        let out = Command::new("sh").arg(root().join("demo/backup/generate.sh")).output().unwrap();
-        assert!(out.status.success(), "generate.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        for script in ["generate.sh", "generate-deploy.sh"] {
+            let out = Command::new("sh").arg(root().join("demo/backup").join(script)).output().unwrap();
+            assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
         dir
     })
     .clone()

@@ -122,6 +122,7 @@ impl Generations for Runs<'_> {
                 pins: Default::default(),
                 change: super::super::edge::run::change_of(self.g),
                 member: None,
+                from: None,
             };
             let state_root = opts.state_root.clone();
             let code = run_generation(self, loaded, opts).await;

@@ -14,6 +14,8 @@ pub(super) struct Prepared {
     pub(super) report_dir: PathBuf,
     pub(super) journal: Journal,
     pub(super) info: RunInfo,
+    /// A rehearsed deploy's suites: they run once the deploy is done, not in the graph.
+    pub(super) held_suites: plan::Plan,
 }
 
 /// Everything before the first resource: the plan, the users, the suites' files, the
@@ -28,9 +30,23 @@ pub(super) async fn prepare<P: Provider>(
 ) -> Result<Prepared, RunError> {
     let d = &loaded.desc;
     let run_id = opts.run_id.clone();
-    let mut plan = plan::build(loaded, Some(&opts.release), Some(&run_id))?;
+    // A rehearsed deploy builds the old release first; its suites wait for the deploy.
+    let first = opts.from.as_deref().unwrap_or(&opts.release);
+    let mut plan = plan::build(loaded, Some(first), Some(&run_id))?;
+    let mut held_suites = plan.clone();
+    held_suites.resources.clear();
     if opts.up_only {
         plan.resources.retain(|r| !r.kind.is_suite());
+    } else if opts.from.is_some() {
+        let (suites, rest): (Vec<_>, Vec<_>) = plan.resources.drain(..).partition(|r| r.kind.is_suite());
+        plan.resources = rest;
+        held_suites.resources = suites
+            .into_iter()
+            .map(|mut r| {
+                r.depends_on.clear();
+                r
+            })
+            .collect();
     }
     let mut ttl = d.ttl;
     if let Some(m) = &opts.member {
@@ -105,7 +121,7 @@ pub(super) async fn prepare<P: Provider>(
         logs_dir: logs_dir.clone(),
         work_dir: work_dir.clone(),
         golden_root: work_root.join("golden"),
-        release_version: opts.release.clone(),
+        release_version: first.to_string(),
         expires_at,
         users,
         home,
@@ -114,8 +130,19 @@ pub(super) async fn prepare<P: Provider>(
         stage: meta.stage.clone(),
         pins: opts.pins.clone(),
         suites_dir,
+        wal_as_production: opts.from.is_some(),
     };
-    Ok(Prepared { plan, started_at, expires_at, state_dir: run_state, logs_dir, report_dir, journal, info })
+    Ok(Prepared {
+        plan,
+        started_at,
+        expires_at,
+        state_dir: run_state,
+        logs_dir,
+        report_dir,
+        journal,
+        info,
+        held_suites,
+    })
 }
 
 /// What the journal's first record says of the run.

@@ -10,6 +10,7 @@ pub(super) struct Judged {
     pub(super) exit_code: i32,
     pub(super) keep: bool,
     pub(super) suites: Vec<SuiteResult>,
+    pub(super) deploy: Option<DeployReport>,
 }
 
 /// The run's report (not yet redacted); a kept environment's connection file is written
@@ -28,7 +29,7 @@ pub(super) fn report<P: Provider>(
     reporter: &dyn Reporter,
 ) -> RunReport {
     let d = &loaded.desc;
-    let Judged { verdict, reason, exit_code, keep, suites } = judged;
+    let Judged { verdict, reason, exit_code, keep, suites, deploy } = judged;
     let run_id = &opts.run_id;
     let mut phases = phase_timings(&steps, graph.failure.as_ref().map(|f| f.0.as_str()));
     phases.extend(down.phase);
@@ -73,6 +74,7 @@ pub(super) fn report<P: Provider>(
         total_ms: total.as_millis() as u64,
         overhead_ms: total.saturating_sub(clock.external_total()).as_millis() as u64,
         access: None,
+        deploy,
     };
     // A kept environment says how to reach it: addresses in the report, secrets only
     // in the owner's private connection file.

@@ -219,7 +219,7 @@ async fn start_on_free_port(
     // The port was free a moment ago; if another process took it meanwhile, try anew.
     let mut last = None;
     for _ in 0..3 {
-        match postgres::start(bin, cluster, log, ctx.clock, timeout, tag).await {
+        match postgres::start(bin, cluster, log, ctx.clock, timeout, tag, ctx.run.wal_as_production).await {
             Ok(()) => return Ok(()),
             // Someone took the port between its choice and the server's bind.
             Err(e) if process::port_taken(cluster.port) => {

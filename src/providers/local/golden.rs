@@ -152,7 +152,7 @@ pub(crate) async fn refresh_all(
         let built = async {
             postgres::prepare_base(&cluster.base, run_as)?;
             postgres::initdb(&bin, &cluster, &log, &clock, &tag).await?;
-            postgres::start(&bin, &mut cluster, &log, &clock, timeout, &tag).await?;
+            postgres::start(&bin, &mut cluster, &log, &clock, timeout, &tag, false).await?;
             let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
             postgres::restore(&bin, &cluster, &meta.database_name, &backup.path, jobs, &log, &clock, timeout).await?;
             if let Some(m) = &db.masking {

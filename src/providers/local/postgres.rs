@@ -316,11 +316,17 @@ pub(crate) async fn start(
     clock: &Clock,
     timeout: Duration,
     tag: &[(&str, &str)],
+    wal_as_production: bool,
 ) -> Result<(), StepError> {
+    // The least WAL, unless a rehearsed deploy measures a migration's (as production's).
+    let wal = match wal_as_production {
+        true => "-c full_page_writes=on -c wal_level=replica -c max_wal_senders=0",
+        false => "-c full_page_writes=off -c wal_level=minimal -c max_wal_senders=0",
+    };
     let mut opts = format!(
         "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='{}' -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB -c checkpoint_timeout=30min \
-         -c maintenance_work_mem=256MB -c wal_level=minimal -c max_wal_senders=0 -c logging_collector=off",
+         -c synchronous_commit=off {wal} -c max_wal_size=4GB -c checkpoint_timeout=30min \
+         -c maintenance_work_mem=256MB -c logging_collector=off",
         cluster.port,
         cluster.base.display()
     );

@@ -10,13 +10,13 @@ impl LocalProvider {
     }
 
     pub(super) async fn install(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
-        crate::providers::install::install(res, ctx, &ctx.run.work_dir.join("release")).await
+        crate::providers::install::install(res, ctx, ctx.release_dir()).await
     }
 
     pub(super) async fn service(&self, res: &Resource, ctx: &Ctx<'_>) -> Result<Output, StepError> {
         let s = &ctx.loaded.desc.services[res.name.as_str()];
         let index: u32 = res.id.rsplit('.').next().and_then(|i| i.parse().ok()).unwrap_or(0);
-        let dir = ctx.run.work_dir.join("release");
+        let dir = ctx.release_dir().to_path_buf();
         let command = ctx.render(&format!("services.{}.command", res.name))?;
         let port = process::free_port().map_err(|e| StepError::build(format!("no free port: {e}")))?;
         let log = ctx.run.logs_dir.join(format!("{}.log", res.id));
