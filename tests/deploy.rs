@@ -239,8 +239,17 @@ fn a_blocking_index_fails_naming_its_file_lock_table_and_the_requests_that_waite
     let post = during["endpoints"].as_array().unwrap().iter().find(|e| e["endpoint"] == "POST /events").unwrap();
     assert!(post["p99_ms"].as_f64().unwrap() > 300.0, "{post}");
     assert_eq!(r["suites"][0]["status"], "passed", "{r:#}");
-    let summary = std::fs::read_to_string(sb.report_dir(r["run_id"].as_str().unwrap()).join("summary.md")).unwrap();
-    assert!(summary.contains("held ShareLock on order_events"), "{summary}");
+    let dir = sb.report_dir(r["run_id"].as_str().unwrap());
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(summary.contains("**migrations/0004_order_events_kind_at_index.sql held ShareLock"), "{summary}");
+    // JUnit: a case per limit, the broken one failing with the reason.
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(junit.contains(r#"<testsuite name="deploy" tests="2""#) && junit.contains(r#"failures="1""#), "{junit}");
+    assert!(junit.contains(r#"<testcase name="max_lock_wait ≤ 300ms" classname="deploy">"#), "{junit}");
+    // The page: the timeline with the migration's band and the waits as bars.
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains(r#"id="deploy-timeline""#) && html.contains(r#"class="wait""#), "{html}");
+    assert!(html.contains("0004_order_events_kind_at_index.sql"), "{html}");
 }
 
 #[test]

@@ -89,6 +89,8 @@ fn the_demo_passes_as_root_in_a_checkout_under_a_private_home() {
     assert!(stdout.contains("release v3: FAILED (exit 1)"), "{stdout}");
     assert!(stdout.contains("v2-slow against v2: FAILED (exit 1)"), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("  High") && l.contains("latency GET /products")), "{stdout}");
+    assert!(stdout.contains("deploy of v4-blocking over v2: FAILED (exit 1)"), "{stdout}");
+    assert!(said.contains("held ShareLock on order_events"), "{said}");
     // Nothing of any run is left on the machine.
     let runs = std::fs::read_dir(clone.join("target/demo-state/runs")).unwrap();
     for run in runs.flatten() {

@@ -35,11 +35,45 @@ pub(crate) fn build(report: &RunReport) -> Report {
     for suite in &report.suites {
         junit.add_test_suite(suite_of(report, suite));
     }
+    if let Some(d) = &report.deploy {
+        junit.add_test_suite(deploy_suite(report, d));
+    }
     if let Some(run) = run_suite(report, junit.failures + junit.errors > 0) {
         junit.add_test_suite(run);
     }
     junit
 }
+
+/// A rehearsed deploy: one case per limit of the description (a limit broken fails its
+/// case with the reason), and one for the deploy itself when it stopped before the switch.
+fn deploy_suite(report: &RunReport, d: &super::model::DeployReport) -> TestSuite {
+    let mut suite = TestSuite::new(DEPLOY_SUITE);
+    suite.set_timestamp(report.started_at);
+    suite.add_property(Property::new("rehearse.from", d.from.as_str()));
+    suite.add_property(Property::new("rehearse.to", d.to.as_str()));
+    if let Some(h) = &d.headline {
+        suite.add_property(Property::new("rehearse.headline", h.as_str()));
+    }
+    for l in &d.limits {
+        let status = match l.passed {
+            true => TestCaseStatus::success(),
+            false => with_message(TestCaseStatus::non_success(NonSuccessKind::Failure), Some(l.reason.as_str())),
+        };
+        let mut case = TestCase::new(format!("{} ≤ {}", l.name, l.limit), status);
+        case.set_classname(DEPLOY_SUITE);
+        suite.add_test_case(case);
+    }
+    if let Some(why) = &d.stopped {
+        let status = with_message(TestCaseStatus::non_success(NonSuccessKind::Error), Some(why.as_str()));
+        let mut case = TestCase::new(format!("deploy {} over {}", d.to, d.from), status);
+        case.set_classname(DEPLOY_SUITE);
+        suite.add_test_case(case);
+    }
+    suite
+}
+
+/// Name of the testsuite of a rehearsed deploy's limits.
+pub(crate) const DEPLOY_SUITE: &str = "deploy";
 
 fn suite_of(report: &RunReport, s: &SuiteResult) -> TestSuite {
     let mut suite = TestSuite::new(s.name.as_str());

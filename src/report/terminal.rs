@@ -85,6 +85,23 @@ fn summary(report: &RunReport, files: &ReportFiles, s: Styles) -> String {
             let _ = writeln!(out, "    {}", paint(s.dim, format_args!("full log: {log}")));
         }
     }
+    if let Some(d) = &report.deploy {
+        let broken = d.limits.iter().filter(|l| !l.passed).count();
+        let _ = writeln!(
+            out,
+            "  deploy: {} over {} ({}), {} of {} limit(s) broken",
+            d.to,
+            d.from,
+            d.switch,
+            broken,
+            d.limits.len()
+        );
+        for l in &d.limits {
+            let (mark, tint) = if l.passed { ("✔", s.pass) } else { ("✘", s.fail) };
+            let line = format!("{} ≤ {}: {}", l.name, l.limit, l.measured);
+            let _ = writeln!(out, "    {} {line} — {}", paint(tint, mark), one_line(&l.reason));
+        }
+    }
     for b in &report.backups {
         let taken = b.taken_at.map(|t| format!(", taken {}", time(t))).unwrap_or_default();
         let _ = writeln!(

@@ -63,6 +63,8 @@ struct View<'a> {
     failed_cases_more: usize,
     resources: Vec<ResourceView<'a>>,
     teardown: TeardownView<'a>,
+    /// A rehearsed deploy: what the migration and the switch did to the traffic.
+    deploy: Option<super::deploy::DeployView>,
 }
 
 #[derive(Serialize)]
@@ -270,6 +272,7 @@ impl<'a> View<'a> {
                 })
                 .collect(),
             teardown: TeardownView::new(r),
+            deploy: r.deploy.as_ref().map(super::deploy::DeployView::new),
         }
     }
 }
