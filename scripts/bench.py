@@ -119,6 +119,16 @@ def section_fake():
     say()
 
 
+def section_sampler():
+    say("## the lock sampler of a rehearsed deploy under the demo's load")
+    say()
+    r = cargo_bench("lock_sampler")
+    for l in (r.stdout.splitlines() if r else []):
+        if l.strip() and not l.startswith(("running", "test result")):
+            say(l)
+    say()
+
+
 def cpu_clock(pid):
     """The clock id of a process's CPU time (Linux's MAKE_PROCESS_CPUCLOCK(pid,
     CPUCLOCK_SCHED)): every thread of the process, never its children; nanoseconds."""
@@ -348,7 +358,7 @@ def main():
         os.chmod(p, 0o711)
     say(f"# rehearse benchmarks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores")
     say()
-    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state", "stage", "serve", "cow"]
+    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state", "stage", "serve", "cow", "sampler"]
     if "plan" in only:
         section_plan()
     if "fake" in only:
@@ -367,6 +377,8 @@ def main():
         section_serve()
     if "cow" in only:
         section_script("scripts/bench_cow.py", "copy-on-write")
+    if "sampler" in only:
+        section_sampler()
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     if failed:
         sys.exit(f"failed: {', '.join(failed)} (see target/bench/results.md)")

@@ -40,40 +40,52 @@ pub const MAX_SAMPLES: usize = 30_000;
 /// The most of a statement's text kept per backend and sample.
 const QUERY_CHARS: i32 = 2048;
 
-/// One read of the server's locks and the migration's connections.
+/// One read of the server's locks and the migration's connections. The backends that
+/// matter (waiting on a lock, or the migration's) are read from `pg_stat_activity`
+/// first; the lock table (`pg_locks`, the costlier read) is read once, and only when
+/// there is one.
 const SAMPLE_SQL: &str = r"
+WITH a AS MATERIALIZED (
+  SELECT pid, application_name AS app, state, wait_event_type, left(query, $2) AS query
+  FROM pg_stat_activity
+  WHERE pid <> pg_backend_pid() AND (wait_event_type = 'Lock' OR application_name = $1)
+), l AS MATERIALIZED (
+  SELECT pid, locktype, mode, granted, database, relation, transactionid, virtualxid
+  FROM pg_locks
+  WHERE EXISTS (SELECT 1 FROM a)
+)
 SELECT json_build_object(
   'wal', pg_current_wal_lsn()::text,
   'waits', coalesce((
     SELECT json_agg(json_build_object(
-      'pid', a.pid, 'app', a.application_name, 'query', left(a.query, $2),
-      'mode', l.mode, 'target', coalesce(c.relname, l.relation::text, l.locktype),
+      'pid', a.pid, 'app', a.app, 'query', a.query,
+      'mode', w.mode, 'target', coalesce(c.relname, w.relation::text, w.locktype),
       'blockers', pg_blocking_pids(a.pid),
       'held', coalesce((
         SELECT json_agg(json_build_object('pid', h.pid, 'mode', h.mode))
-        FROM pg_locks h
-        WHERE h.granted AND h.pid = ANY (pg_blocking_pids(a.pid)) AND h.locktype = l.locktype
-          AND h.database IS NOT DISTINCT FROM l.database AND h.relation IS NOT DISTINCT FROM l.relation
-          AND h.transactionid IS NOT DISTINCT FROM l.transactionid
-          AND h.virtualxid IS NOT DISTINCT FROM l.virtualxid), '[]'::json)))
-    FROM pg_stat_activity a
-    JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted
-    LEFT JOIN pg_class c ON c.oid = l.relation
-    WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()), '[]'::json),
+        FROM l h
+        WHERE h.granted AND h.pid = ANY (pg_blocking_pids(a.pid)) AND h.locktype = w.locktype
+          AND h.database IS NOT DISTINCT FROM w.database AND h.relation IS NOT DISTINCT FROM w.relation
+          AND h.transactionid IS NOT DISTINCT FROM w.transactionid
+          AND h.virtualxid IS NOT DISTINCT FROM w.virtualxid), '[]'::json)))
+    FROM a
+    JOIN l w ON w.pid = a.pid AND NOT w.granted
+    LEFT JOIN pg_class c ON c.oid = w.relation
+    WHERE a.wait_event_type = 'Lock'), '[]'::json),
   'migration', coalesce((
     SELECT json_agg(json_build_object(
-      'pid', a.pid, 'state', a.state, 'query', left(a.query, $2),
+      'pid', a.pid, 'state', a.state, 'query', a.query,
       'locks', coalesce((
-        SELECT json_agg(json_build_object('mode', l.mode, 'target', coalesce(c.relname, l.relation::text)))
-        FROM pg_locks l
-        LEFT JOIN pg_class c ON c.oid = l.relation
+        SELECT json_agg(json_build_object('mode', m.mode, 'target', coalesce(c.relname, m.relation::text)))
+        FROM l m
+        LEFT JOIN pg_class c ON c.oid = m.relation
         LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
-          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        WHERE m.pid = a.pid AND m.granted AND m.locktype = 'relation'
+          AND m.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND coalesce(n.nspname, '') NOT IN ('pg_catalog', 'information_schema')
           AND coalesce(n.nspname, '') NOT LIKE 'pg_toast%'), '[]'::json)))
-    FROM pg_stat_activity a
-    WHERE a.application_name = $1 AND a.pid <> pg_backend_pid()), '[]'::json)
+    FROM a
+    WHERE a.app = $1), '[]'::json)
 )::text";
 
 /// A backend waiting for a heavyweight lock, as one sample saw it.
