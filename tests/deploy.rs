@@ -185,6 +185,26 @@ fn the_sampler_traces_a_blocking_index_build_to_its_file_and_not_a_concurrent_on
     assert_nothing_left(&sb, &id);
 }
 
+/// environments/deploy.yaml in the sandbox's project, switching by `switch`, with a
+/// second less of steady load and two less of settling (the tests run alone: every
+/// second counts); its path.
+fn description(sb: &Sandbox, switch: &str) -> String {
+    let text = std::fs::read_to_string(super::common::root().join("environments/deploy.yaml"))
+        .unwrap()
+        .replace("switch: rolling", &format!("switch: {switch}"))
+        .replace("steady: 3s", "steady: 2s")
+        .replace("settle: 3s", "settle: 1s")
+        // What rehearse reads itself, from the repository; the suites and the load's
+        // file from the project's copies (the release's user reads the suites: a
+        // checkout under root's home is not theirs to enter).
+        .replace("../demo/build/", "{root}/demo/build/")
+        .replace("../demo/backups-deploy", "{root}/demo/backups-deploy")
+        .replace("../demo/masking.sql", "{root}/demo/masking.sql");
+    assert!(text.contains("steady: 2s") && text.contains("settle: 1s"), "{text}");
+    let file = write_description(sb, &format!("deploy-{switch}.yaml"), &text);
+    file.to_str().unwrap().to_string()
+}
+
 /// `rehearse run FILE --from v2 --release RELEASE`: its exit code, report and stderr.
 fn deploy(sb: &Sandbox, file: &str, release: &str) -> (Option<i32>, serde_json::Value, String) {
     demo_backups();
@@ -210,7 +230,8 @@ fn window(report: &serde_json::Value, name: &str) -> (u64, u64) {
 #[test]
 fn a_blocking_index_fails_naming_its_file_lock_table_and_the_requests_that_waited() {
     let sb = Sandbox::new();
-    let (code, r, err) = deploy(&sb, "environments/deploy.yaml", "v4-blocking");
+    let file = description(&sb, "rolling");
+    let (code, r, err) = deploy(&sb, &file, "v4-blocking");
     assert_eq!(code, Some(1), "{err}\n{r:#}");
     let reason = r["reason"].as_str().unwrap();
     assert!(
@@ -255,7 +276,8 @@ fn a_blocking_index_fails_naming_its_file_lock_table_and_the_requests_that_waite
 #[test]
 fn the_same_index_built_concurrently_passes_and_a_release_without_migrations_too() {
     let sb = Sandbox::new();
-    let (code, r, err) = deploy(&sb, "environments/deploy.yaml", "v4-concurrent");
+    let file = description(&sb, "rolling");
+    let (code, r, err) = deploy(&sb, &file, "v4-concurrent");
     assert_eq!(code, Some(0), "{err}\n{:#}", r["deploy"]);
     let d = &r["deploy"];
     assert!(d["waits"].as_array().unwrap().iter().all(|w| w["by_migration"] == false), "{d:#}");
@@ -265,7 +287,7 @@ fn the_same_index_built_concurrently_passes_and_a_release_without_migrations_too
     assert_eq!(window(&r, "during").1, 0, "{d:#}");
 
     // v2-slow ships v2's migrations: nothing new to run, nothing waits.
-    let (code, r, err) = deploy(&sb, "environments/deploy.yaml", "v2-slow");
+    let (code, r, err) = deploy(&sb, &file, "v2-slow");
     assert_eq!(code, Some(0), "{err}\n{:#}", r["deploy"]);
     let d = &r["deploy"];
     assert_eq!(d["migration_files"].as_array().unwrap().len(), 0, "{d:#}");
@@ -279,20 +301,15 @@ fn the_same_index_built_concurrently_passes_and_a_release_without_migrations_too
 #[test]
 fn the_load_goes_on_through_a_restart_and_its_errors_are_the_switchs() {
     let sb = Sandbox::new();
-    let text = std::fs::read_to_string(super::common::root().join("environments/deploy.yaml"))
-        .unwrap()
-        .replace("switch: rolling", "switch: restart")
-        .replace("../demo/", "{root}/demo/")
-        .replace("load/deploy.requests", "{root}/environments/load/deploy.requests");
-    let file = write_description(&sb, "deploy-restart.yaml", &text);
-    let (code, r, err) = deploy(&sb, file.to_str().unwrap(), "v4-concurrent");
+    let file = description(&sb, "restart");
+    let (code, r, err) = deploy(&sb, &file, "v4-concurrent");
     assert_eq!(code, Some(0), "{err}\n{:#}", r["deploy"]);
     assert_eq!(r["deploy"]["switch"], "restart");
     let (switch, switch_errors) = window(&r, "switch");
     let (after, after_errors) = window(&r, "after");
     assert!(switch > 0 && switch_errors > 0, "the gap of a restart fails requests: {:#}", r["deploy"]["traffic"]);
     assert_eq!(window(&r, "during").1, 0, "none of them counted against the migration");
-    assert!(after > 20 && after_errors == 0, "the load went on on the new release: {after} {after_errors}");
+    assert!(after >= 10 && after_errors == 0, "the load went on on the new release: {after} {after_errors}");
     assert_eq!(limit(&r, "max_error_rate")["passed"], true);
 }
 

@@ -157,12 +157,21 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == SLOW_PATH:
             time.sleep(SLOW_SECONDS)
-        route = ROUTES.get(path)
+        self.answer(ROUTES.get(path), ())
+
+    def do_POST(self):
+        path = self.path.split("?", 1)[0]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(min(length, 1 << 16)) if length > 0 else b""
+        self.answer(POST_ROUTES.get(path), (body,))
+
+    def answer(self, route, args):
+        """Runs `route` (None: 404) and replies with what it returns, or 503/500."""
         if route is None:
             self.reply(404, "application/json", '{"error": "not found"}\n')
             return
         try:
-            status, content_type, body = route()
+            status, content_type, body = route(*args)
         except DatabaseError as err:
             self.log_message("database error: %s", err)
             status, content_type, body = 503, "application/json", '{"error": "database unavailable"}\n'
@@ -170,24 +179,6 @@ class Handler(BaseHTTPRequestHandler):
             self.log_message("internal error: %r", err)
             status, content_type, body = 500, "application/json", '{"error": "internal error"}\n'
         self.reply(status, content_type, body)
-
-    def do_POST(self):
-        path = self.path.split("?", 1)[0]
-        route = POST_ROUTES.get(path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(min(length, 1 << 16)) if length > 0 else b""
-        if route is None:
-            self.reply(404, "application/json", '{"error": "not found"}\n')
-            return
-        try:
-            status, content_type, reply = route(body)
-        except DatabaseError as err:
-            self.log_message("database error: %s", err)
-            status, content_type, reply = 503, "application/json", '{"error": "database unavailable"}\n'
-        except Exception as err:  # keep serving; report the bug in the log
-            self.log_message("internal error: %r", err)
-            status, content_type, reply = 500, "application/json", '{"error": "internal error"}\n'
-        self.reply(status, content_type, reply)
 
     def reply(self, status, content_type, body):
         data = body.encode("utf-8")

@@ -52,8 +52,13 @@ pub fn settings(loaded: &Loaded) -> Option<Deploy> {
     }
     let load = d.compare.as_ref()?.load.clone();
     load.requests.as_ref()?;
-    Some(Deploy {
-        load: Some(load),
+    Some(defaults(Some(load)))
+}
+
+/// The settings of a `deploy:` section that says nothing but its load.
+fn defaults(load: Option<crate::description::Load>) -> Deploy {
+    Deploy {
+        load,
         steady: crate::description::default_steady(),
         settle: crate::description::default_settle(),
         switch: Switch::Rolling,
@@ -61,7 +66,7 @@ pub fn settings(loaded: &Loaded) -> Option<Deploy> {
         max_lock_wait: None,
         max_error_rate: None,
         latency: BTreeMap::new(),
-    })
+    }
 }
 
 /// What the deploy phase works with: the run as the graph left it.
@@ -97,16 +102,8 @@ fn next_of(old: &Resource) -> Resource {
 
 /// Rehearses the deploy of release `to` over the running environment (`outputs`).
 pub(super) async fn rehearse<P: Provider>(env: &Env<'_, P>, to: &str, outputs: &Outputs) -> Deployed {
-    let settings = settings(env.loaded).unwrap_or_else(|| Deploy {
-        load: None,
-        steady: crate::description::default_steady(),
-        settle: crate::description::default_settle(),
-        switch: Switch::Rolling,
-        migrations: crate::description::default_migrations(),
-        max_lock_wait: None,
-        max_error_rate: None,
-        latency: BTreeMap::new(),
-    });
+    // (The command refuses `--from` without a load: none here fails at the load.)
+    let settings = settings(env.loaded).unwrap_or_else(|| defaults(None));
     // Waiting on the load, the release's install and its services: not rehearse's own time.
     let _external = env.clock.external();
     let mut d = Deploying {
