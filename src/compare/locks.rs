@@ -40,11 +40,12 @@ pub const MAX_SAMPLES: usize = 30_000;
 /// The most of a statement's text kept per backend and sample.
 const QUERY_CHARS: i32 = 2048;
 
-/// One read of the server's locks and the migration's connections. The backends that
+/// One read of the server's locks and the migration's connections (`$1` the migration's
+/// `application_name`, `$2` the most of a statement kept). The backends that
 /// matter (waiting on a lock, or the migration's) are read from `pg_stat_activity`
 /// first; the lock table (`pg_locks`, the costlier read) is read once, and only when
 /// there is one.
-const SAMPLE_SQL: &str = r"
+pub const SAMPLE_SQL: &str = r"
 WITH a AS MATERIALIZED (
   SELECT pid, application_name AS app, state, wait_event_type, left(query, $2) AS query
   FROM pg_stat_activity
