@@ -115,6 +115,27 @@ fn stats(xs: &[f64]) -> String {
     format!("{:.2} / {:.2} / {:.2}", v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
+/// The kept copy's `rehearse down`, when dropped.
+struct Down<'a> {
+    dirs: &'a (tempfile::TempDir, tempfile::TempDir),
+    id: String,
+}
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(env!("CARGO_BIN_EXE_rehearse"))
+            .args(["-q", "down", &self.id])
+            .current_dir(root)
+            .env("REHEARSE_STATE_DIR", self.dirs.0.path())
+            .env("REHEARSE_WORK_DIR", self.dirs.1.path())
+            .output();
+        if !out.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!("lock_sampler: `rehearse down {}` failed: {out:?}", self.id);
+        }
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -131,6 +152,8 @@ fn main() {
     rehearse(&dirs, &["-q", "up", "environments/deploy.yaml", "--release", "v2"]);
     let id = std::fs::read_dir(dirs.0.path().join("runs")).unwrap().flatten().next().unwrap().file_name();
     let id = id.to_string_lossy().into_owned();
+    // Torn down however the benchmark ends (a failed assertion unwinds through here).
+    let _down = Down { dirs: &dirs, id: id.clone() };
     let env = rehearse(&dirs, &["env", &id, "--format", "json"]);
     let conn: serde_json::Value = serde_json::from_slice(&env.stdout).unwrap();
     let db: DatabaseOutputs = serde_json::from_value(conn["databases"]["db"].clone()).unwrap();
@@ -239,7 +262,6 @@ fn main() {
         }
         (rows, seen_locks, app_locks, samples)
     });
-    rehearse(&dirs, &["-q", "down", &id]);
     let (rows, seen_locks, app_locks, samples) = result;
     println!("the lock sampler under the demo's load ({rounds} rounds of {secs} s each way, interleaved; min / median / max)");
     println!();
