@@ -102,31 +102,29 @@ def section_plan():
     say()
 
 
+def bench_lines(name, bullet="- "):
+    """`cargo bench --bench NAME`'s own lines (not the harness's), each said, then a blank line."""
+    r = cargo_bench(name)
+    for l in (r.stdout.splitlines() if r else []):
+        if l.strip() and not l.startswith(("running", "test result")):
+            say(f"{bullet}{l}")
+    say()
+
+
 def section_fake():
     say("## the AWS lifecycle against the fake cloud (virtual time)")
     say()
-    r = cargo_bench("fake_lifecycle")
-    for l in (r.stdout.splitlines() if r else []):
-        if l.strip() and not l.startswith(("running", "test result")):
-            say(f"- {l}")
-    say()
+    bench_lines("fake_lifecycle")
     say("### a dry run's time to ready with a warm pool member, against the restore path (virtual time)")
     say()
-    r = cargo_bench("pool")
-    for l in (r.stdout.splitlines() if r else []):
-        if l.strip() and not l.startswith(("running", "test result")):
-            say(f"- {l}")
-    say()
+    bench_lines("pool")
 
 
 def section_sampler():
     say("## the lock sampler of a rehearsed deploy under the demo's load")
     say()
-    r = cargo_bench("lock_sampler")
-    for l in (r.stdout.splitlines() if r else []):
-        if l.strip() and not l.startswith(("running", "test result")):
-            say(l)
-    say()
+    # Its lines are a Markdown table: said as they are.
+    bench_lines("lock_sampler", bullet="")
 
 
 def cpu_clock(pid):
