@@ -54,6 +54,7 @@ fn options(
         change: None,
         member: None,
         from: None,
+        twin: None,
     }
 }
 

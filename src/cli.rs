@@ -330,6 +330,11 @@ pub struct CompareArgs {
     /// Where in the request file the load starts (repetitions replay other stretches)
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Rehearse the candidate's deploy over the baseline: both copies start with the
+    /// baseline; the candidate's migration and switch run under the load while the
+    /// baseline's twin gets the same load without them (as `run --from`)
+    #[arg(long)]
+    pub deploy: bool,
     /// Don't use the warm golden copy even if one exists
     #[arg(long)]
     pub cold: bool,

@@ -15,6 +15,7 @@
 pub mod database;
 pub mod deploy;
 pub mod judge;
+pub mod lint;
 pub mod load;
 pub mod locks;
 pub mod page;

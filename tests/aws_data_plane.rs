@@ -48,6 +48,7 @@ fn options(dir: &Path, run_id: &str) -> Options {
         change: None,
         member: None,
         from: None,
+        twin: None,
     }
 }
 

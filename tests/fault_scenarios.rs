@@ -87,6 +87,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             change: None,
             member: None,
             from: None,
+            twin: None,
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -328,6 +329,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             change: None,
             member: None,
             from: None,
+            twin: None,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -452,6 +454,7 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
                 change: None,
                 member: None,
                 from: None,
+                twin: None,
             };
             let failed = |verdict, reason: String| Built {
                 verdict,

@@ -110,6 +110,7 @@ fn demo_run(dir: &Path, run_id: &str) -> (description::Loaded, Options) {
         change: None,
         member: None,
         from: None,
+        twin: None,
     };
     (loaded, opts)
 }

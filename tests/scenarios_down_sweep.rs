@@ -65,6 +65,7 @@ async fn killed_run(cloud: &FakeCloud, seed: u64, loaded: &description::Loaded, 
         change: None,
         member: None,
         from: None,
+        twin: None,
     };
     let signals = Signals::none();
     let run = Box::pin(lifecycle::run(&p, loaded, &opts, &Silent, &signals));

@@ -777,6 +777,43 @@ fn a_comparison_asked_of_the_server_is_judged_and_its_page_served() {
     );
 }
 
+/// A deploy asked of the server (`"from"`, as `run --from`): refused with why when its
+/// baseline cannot be built (422) or the environment has no load for it (400), else
+/// rehearsed under load, its report saying so, nothing left.
+#[test]
+fn a_deploy_asked_of_the_server_is_rehearsed_under_load_and_a_bad_baseline_refused() {
+    let sb = Sandbox::new();
+    let envs = environments(&sb, 0.1);
+    crate::deploy::description_named(&sb, "rolling", "deploy.yaml");
+    let server = start(&sb, &envs, CONFIG);
+    let addr = server.addr;
+    let refused = |body: &str, status: u16, why: &str| {
+        let a = post_as(addr, "alice", "/api/v1/rehearsals", body);
+        assert_eq!(a.status, status, "{body}: {}", a.body);
+        assert!(a.body.contains(why), "{body}: {}", a.body);
+    };
+    refused(r#"{"environment":"deploy","release":"v2","from":"v2"}"#, 422, "is the release being deployed");
+    refused(r#"{"environment":"deploy","release":"v2-slow","from":"v9"}"#, 422, "the baseline could not be built");
+    refused(r#"{"environment":"quick","release":"v1","from":"v2"}"#, 400, "needs a load to rehearse the deploy under");
+    let body = r#"{"environment":"deploy","release":"v2-slow","from":"v2"}"#;
+    let asked = post_as(addr, "alice", "/api/v1/rehearsals", body);
+    assert_eq!(asked.status, 202, "{}", asked.body);
+    assert_eq!(asked.json()["ask"]["from"], "v2", "{}", asked.body);
+    let id = asked.json()["id"].as_str().unwrap().to_string();
+    let done = wait_finished(addr, &id);
+    assert_eq!(
+        (done["state"]["verdict"].as_str(), done["state"]["exit_code"].as_i64()),
+        (Some("passed"), Some(0)),
+        "{done}"
+    );
+    let run_id = done["state"]["run_id"].as_str().unwrap();
+    let d = sb.report(run_id)["deploy"].clone();
+    assert_eq!((d["from"].as_str(), d["to"].as_str()), (Some("v2"), Some("v2-slow")), "{d:#}");
+    let after = d["traffic"]["windows"].as_array().unwrap().iter().find(|w| w["name"] == "after").unwrap().clone();
+    assert!(after["endpoints"].as_array().unwrap().iter().any(|e| e["requests"].as_u64() > Some(0)), "{after}");
+    common::assert_nothing_left(&sb, run_id);
+}
+
 /// The stages of the environments offered, as `rehearse stage status` has them: a
 /// stage rebuilt on this machine shows its current generation, where its stable names
 /// point and each generation's fate, in the API and on the portal.

@@ -32,6 +32,12 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
         );
         return exit::USAGE;
     };
+    if args.deploy {
+        if let Err((code, why)) = crate::engine::deploy::refusal(&loaded, &args.baseline, &args.candidate) {
+            errln!("error: {why}");
+            return code;
+        }
+    }
     let requests = match engine_compare::schedule(&loaded, &spec, args.seed) {
         Ok(r) => r,
         Err(e) => {
@@ -105,6 +111,7 @@ pub(crate) fn compare(g: &Global, args: &CompareArgs) -> i32 {
             psql: crate::providers::psql(),
             exit_code,
             change: super::edge::run::change_of(g),
+            deploy: args.deploy,
         };
         let edge = Cli { g, loaded: &loaded, locks, lease, reporter, signals };
         let outcome = engine_compare::compare(&loaded, &spec, &opts, &edge, signals).await;

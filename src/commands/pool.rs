@@ -467,6 +467,7 @@ impl Here<'_> {
             change: None,
             member,
             from: None,
+            twin: None,
         }
     }
 }

@@ -22,7 +22,11 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         return exit::USAGE;
     };
     if let Some(from) = &args.from {
-        if let Err((code, why)) = deploy_refusal(&loaded, from, &release, up_only) {
+        let refused = match up_only {
+            true => Err((exit::USAGE, "`--from` rehearses a deploy: it belongs to `rehearse run`, not `up`".into())),
+            false => crate::engine::deploy::refusal(&loaded, from, &release),
+        };
+        if let Err((code, why)) = refused {
             errln!("error: {why}");
             return code;
         }
@@ -95,6 +99,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             change: super::edge::run::change_of(g),
             member: None,
             from: args.from.clone(),
+            twin: None,
         };
         let code = rehearse(g, &loaded, &opts, locks, reporter, signals).await.code;
         if let Some((l, name)) = name_lock {
@@ -102,57 +107,4 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         }
         code
     })
-}
-
-/// Why `--from OLD` cannot rehearse the deploy of `release`, with the exit code: a
-/// baseline that cannot be built (missing, the candidate itself) exits 3, a description
-/// or command that cannot rehearse a deploy exits 2 — before anything exists.
-fn deploy_refusal(
-    loaded: &crate::description::Loaded,
-    from: &str,
-    release: &str,
-    up_only: bool,
-) -> Result<(), (i32, String)> {
-    if up_only {
-        return Err((exit::USAGE, "`--from` rehearses a deploy: it belongs to `rehearse run`, not `up`".into()));
-    }
-    if loaded.desc.provider() != crate::description::ProviderKind::Local {
-        return Err((
-            exit::USAGE,
-            "a deploy is rehearsed on the local provider only, for now: `--from` needs `provider: local`".into(),
-        ));
-    }
-    if crate::engine::deploy::settings(loaded).is_none() {
-        return Err((
-            exit::USAGE,
-            format!(
-                "`--from` needs a load to rehearse the deploy under: add `deploy:` (with its `load`) or \
-                 `compare.load` with a request file to {}",
-                loaded.path.display()
-            ),
-        ));
-    }
-    if from == release {
-        return Err((
-            exit::BUILD_FAILED,
-            format!(
-                "the baseline could not be built: `--from {from}` is the release being deployed; a deploy \
-                 rehearsal needs the release serving now (`--from`) and another one (`--release`)"
-            ),
-        ));
-    }
-    for (which, version) in [("baseline", from), ("release", release)] {
-        let plan = crate::plan::build(loaded, Some(version), None)
-            .map_err(|e| (exit::BUILD_FAILED, format!("the {which} {version} could not be planned: {e}")))?;
-        let artifact = loaded.resolve(std::path::Path::new(&plan.release.artifact));
-        if !artifact.exists() {
-            let what =
-                if which == "baseline" { "the baseline could not be built" } else { "the release cannot be deployed" };
-            return Err((
-                exit::BUILD_FAILED,
-                format!("{what}: release {version}'s artifact {} does not exist", artifact.display()),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -118,33 +118,8 @@ fn stats(endpoint: &str, latencies: &[f64], errors: &[f64]) -> EndpointStats {
 
 /// The load's requests cut into the deploy's windows and seconds.
 pub fn traffic(timed: &[Timed], marks: &Marks) -> Traffic {
-    let bounds = [
-        ("before", 0, marks.migration_start_ms),
-        ("during", marks.migration_start_ms, marks.migration_end_ms),
-        ("switch", marks.switch_start_ms, marks.switch_end_ms),
-        ("after", marks.switch_end_ms, marks.end_ms.max(marks.switch_end_ms)),
-    ];
-    // A request is the window's it was sent in; a failure is charged to the window it
-    // happened in (a request sent during the migration and cut off when a restart
-    // stopped its instance is the switch's).
-    let of = |ms: u64| bounds.iter().position(|(_, from, to)| ms >= *from && ms < *to);
-    let mut per_window: Vec<load::Measured> = vec![load::Measured::default(); bounds.len()];
-    for t in timed {
-        let sent = of(t.sent_ms);
-        let ended = of(t.sent_ms + t.sample.latency_ms as u64);
-        let w = match (sent, ended) {
-            (Some(s), Some(e)) if t.sample.error && e > s => Some(e),
-            (s, _) => s,
-        };
-        if let Some(w) = w {
-            per_window[w].latencies.entry(t.sample.endpoint.clone()).or_default().push(t.sample.latency_ms);
-            per_window[w]
-                .errors
-                .entry(t.sample.endpoint.clone())
-                .or_default()
-                .push(f64::from(u8::from(t.sample.error)));
-        }
-    }
+    let bounds = bounds(marks);
+    let per_window = charged(timed, marks);
     let windows = bounds
         .iter()
         .zip(per_window)
@@ -263,18 +238,73 @@ pub fn limits(deploy: &Deploy, locks: &Analysis, traffic: &Traffic) -> Vec<Limit
     out
 }
 
+/// The windows: before, during (the migration), switch and after, ms from the load's start.
+fn bounds(marks: &Marks) -> [(&'static str, u64, u64); 4] {
+    [
+        ("before", 0, marks.migration_start_ms),
+        ("during", marks.migration_start_ms, marks.migration_end_ms),
+        ("switch", marks.switch_start_ms, marks.switch_end_ms),
+        ("after", marks.switch_end_ms, marks.end_ms.max(marks.switch_end_ms)),
+    ]
+}
+
+/// Each window's requests, as [`bounds`] orders them. A request is the window's it was
+/// sent in; a failure is charged to the window it happened in (a request sent during
+/// the migration and cut off when a restart stopped its instance is the switch's).
+fn charged(timed: &[Timed], marks: &Marks) -> Vec<load::Measured> {
+    let bounds = bounds(marks);
+    let of = |ms: u64| bounds.iter().position(|(_, from, to)| ms >= *from && ms < *to);
+    let mut per_window: Vec<load::Measured> = vec![load::Measured::default(); bounds.len()];
+    for t in timed {
+        let sent = of(t.sent_ms);
+        let ended = of(t.sent_ms + t.sample.latency_ms as u64);
+        let w = match (sent, ended) {
+            (Some(s), Some(e)) if t.sample.error && e > s => Some(e),
+            (s, _) => s,
+        };
+        if let Some(w) = w {
+            per_window[w].latencies.entry(t.sample.endpoint.clone()).or_default().push(t.sample.latency_ms);
+            per_window[w]
+                .errors
+                .entry(t.sample.endpoint.clone())
+                .or_default()
+                .push(f64::from(u8::from(t.sample.error)));
+        }
+    }
+    per_window
+}
+
 /// The judge's verdicts: each endpoint's latency and errors during the migration
 /// against before it (too few requests during a short migration: NoData, never a
 /// failure by itself — the limits decide).
 pub fn judge(timed: &[Timed], marks: &Marks, settings: &judge::Settings) -> Vec<judge::Verdict> {
-    let before = load::window(timed, 0, marks.migration_start_ms);
-    let during = load::window(timed, marks.migration_start_ms, marks.migration_end_ms);
+    let w = charged(timed, marks);
+    judge_windows(&w[0], &w[1], "", settings)
+}
+
+/// The judge's verdicts in a compared deploy: each endpoint's latency and errors during
+/// the migration against the baseline twin's over the same span (the same requests at
+/// the same rate, sent at the same time, without the migration).
+pub fn judge_against_twin(timed: &[Timed], twin: &[Timed], marks: &Marks, s: &judge::Settings) -> Vec<judge::Verdict> {
+    let (twin, during) = (charged(twin, marks).swap_remove(1), charged(timed, marks).swap_remove(1));
+    judge_windows(&twin, &during, " during the migration", s)
+}
+
+/// Latency and errors of each endpoint of `base`, `cand` against it; names end with `suffix`.
+fn judge_windows(
+    base: &load::Measured,
+    cand: &load::Measured,
+    suffix: &str,
+    s: &judge::Settings,
+) -> Vec<judge::Verdict> {
     let mut out = Vec::new();
-    for (endpoint, base) in &before.latencies {
-        let empty = Vec::new();
-        let cand = during.latencies.get(endpoint).unwrap_or(&empty);
-        let (be, ce) = (&before.errors[endpoint], during.errors.get(endpoint).unwrap_or(&empty));
-        for (name, b, c) in [(format!("latency {endpoint}"), base, cand), (format!("errors {endpoint}"), be, ce)] {
+    let empty = Vec::new();
+    for (endpoint, b) in &base.latencies {
+        let c = cand.latencies.get(endpoint).unwrap_or(&empty);
+        let (be, ce) = (base.errors.get(endpoint).unwrap_or(&empty), cand.errors.get(endpoint).unwrap_or(&empty));
+        for (name, b, c) in
+            [(format!("latency {endpoint}{suffix}"), b, c), (format!("errors {endpoint}{suffix}"), be, ce)]
+        {
             let m = judge::Metric {
                 name: &name,
                 baseline: b,
@@ -282,10 +312,23 @@ pub fn judge(timed: &[Timed], marks: &Marks, settings: &judge::Settings) -> Vec<
                 direction: judge::Direction::Increase,
                 critical: false,
             };
-            out.push(judge::classify(&m, settings));
+            out.push(judge::classify(&m, s));
         }
     }
     out
+}
+
+/// The baseline twin of a compared deploy: its traffic cut by the deploy's marks, and
+/// the judge's verdicts on the deploy's traffic during the migration against it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TwinReport {
+    /// The release it kept serving.
+    pub release: String,
+    pub traffic: Traffic,
+    pub verdicts: Vec<judge::Verdict>,
+    /// Why it got no load (it never came up), when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone: Option<String>,
 }
 
 #[cfg(test)]

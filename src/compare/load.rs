@@ -267,18 +267,18 @@ pub async fn replay_until(
     done.into_iter().map(|(_, t)| t).collect()
 }
 
-/// The requests sent in `[from_ms, to_ms)`, by endpoint.
-pub fn window(timed: &[Timed], from_ms: u64, to_ms: u64) -> Measured {
-    let mut m = Measured::default();
-    for t in timed.iter().filter(|t| t.sent_ms >= from_ms && t.sent_ms < to_ms) {
-        m.add(&t.sample);
-    }
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The requests sent in `[from_ms, to_ms)`, by endpoint.
+    fn window(timed: &[Timed], from_ms: u64, to_ms: u64) -> Measured {
+        let mut m = Measured::default();
+        for t in timed.iter().filter(|t| t.sent_ms >= from_ms && t.sent_ms < to_ms) {
+            m.add(&t.sample);
+        }
+        m
+    }
 
     #[test]
     fn request_files_are_read_and_refused_with_their_line() {

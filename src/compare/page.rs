@@ -56,6 +56,42 @@ fn databases(c: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// A compared deploy's rows: each endpoint during the migration on the candidate's copy
+/// and on the baseline twin, over the same span (`null` when not a deploy).
+fn deploy(d: &Value) -> Value {
+    if d.is_null() {
+        return Value::Null;
+    }
+    let during = |traffic: &Value| -> serde_json::Map<String, Value> {
+        let w = traffic["windows"].as_array().and_then(|ws| ws.iter().find(|w| w["name"] == "during"));
+        w.and_then(|w| w["endpoints"].as_array())
+            .map(|es| es.iter().filter_map(|e| Some((e["endpoint"].as_str()?.to_string(), e.clone()))).collect())
+            .unwrap_or_default()
+    };
+    let (cand, twin) = (during(&d["traffic"]), during(&d["twin"]["traffic"]));
+    let mut endpoints: Vec<&String> = cand.keys().chain(twin.keys()).collect();
+    endpoints.sort();
+    endpoints.dedup();
+    let cell = |m: &serde_json::Map<String, Value>, e: &str| {
+        let x = m.get(e).cloned().unwrap_or(Value::Null);
+        let ms = |k: &str| x[k].as_f64().map(|v| format!("{v:.0} ms")).unwrap_or_else(|| "–".into());
+        json!({ "requests": x["requests"], "errors": x["errors"], "p99": ms("p99_ms") })
+    };
+    let rows: Vec<Value> = endpoints
+        .iter()
+        .map(|e| json!({ "endpoint": e, "candidate": cell(&cand, e), "twin": cell(&twin, e) }))
+        .collect();
+    let marks = &d["marks"];
+    let span = match (marks["migration_start_ms"].as_u64(), marks["migration_end_ms"].as_u64()) {
+        (Some(a), Some(b)) => format!("{:.1}–{:.1} s", a as f64 / 1000.0, b as f64 / 1000.0),
+        _ => String::new(),
+    };
+    json!({
+        "from": d["from"], "to": d["to"], "headline": d["headline"], "span": span, "rows": rows,
+        "gone": d["twin"]["gone"], "twin": !d["twin"].is_null(),
+    })
+}
+
 /// The page for a comparison (compare.json's value).
 pub fn render(c: &Value) -> String {
     let empty = json!({});
@@ -111,6 +147,7 @@ pub fn render(c: &Value) -> String {
     ctx.insert("sides", &[side("baseline", "Baseline"), side("candidate", "Candidate")]);
     ctx.insert("latency", &latency);
     ctx.insert("databases", &databases(c));
+    ctx.insert("deploy", &deploy(&c["candidate"]["deploy"]));
     let mut tera = tera::Tera::default();
     tera.autoescape_on(vec![".html"]);
     tera.add_raw_template("compare.html", TEMPLATE).and_then(|()| tera.render("compare.html", &ctx)).unwrap_or_else(

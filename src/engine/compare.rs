@@ -50,6 +50,10 @@ pub struct CompareOptions {
     pub exit_code: fn(crate::report::model::Verdict, usize) -> i32,
     /// The change compared (the candidate's), when known: recorded in compare.json.
     pub change: Option<crate::report::model::Change>,
+    /// A compared deploy (`--deploy`): both twins built with the baseline; the
+    /// candidate deployed over it under load ([`super::deploy`]) while the baseline twin
+    /// gets the same load without the migration.
+    pub deploy: bool,
 }
 
 /// What the caller does for the comparison: what needs a provider (one a side: a
@@ -170,10 +174,26 @@ pub async fn compare(
         change: opts.change.clone(),
         member: None,
         from: None,
+        twin: None,
     };
-    let (ob, oc) = (options(&opts.baseline), options(&opts.candidate));
-    let ((rb, cb), (rc, cc)) = tokio::join!(edge.rehearse(&ob), edge.rehearse(&oc));
-    let (mut baseline, kb) = side(&opts.baseline, &ob, &rb, cb);
+    let (ob, mut oc) = (options(&opts.baseline), options(&opts.candidate));
+    // A compared deploy: the candidate's copy starts with the baseline and waits, its
+    // load ready, for the baseline twin to be up.
+    let ready = opts.deploy.then(|| {
+        let (ready, twin) = super::deploy::Twin::new();
+        (oc.from, oc.twin) = (Some(opts.baseline.clone()), Some(twin));
+        ready
+    });
+    let baseline_run = async {
+        let (rb, cb) = edge.rehearse(&ob).await;
+        let (b, kb) = side(&opts.baseline, &ob, &rb, cb);
+        if let Some(ready) = &ready {
+            ready.say(twin_state(loaded, &b, kb.as_ref()));
+        }
+        (b, kb)
+    };
+    let ((mut baseline, kb), (rc, cc)) = tokio::join!(baseline_run, edge.rehearse(&oc));
+    drop(ready);
     let (mut candidate, kc) = side(&opts.candidate, &oc, &rc, cc);
     let id = format!("c-{}", state::new_run_id().trim_start_matches("r-"));
     let dir = opts.state_root.join("compares").join(&id);
@@ -205,6 +225,19 @@ fn databases(c: Option<&Connection>) -> Option<&BTreeMap<String, crate::descript
     c.map(|c| &c.databases)
 }
 
+/// What the deploy's load finds of the baseline twin: its address, or why there is none.
+fn twin_state(loaded: &Loaded, b: &Side, kept: Option<&Connection>) -> super::deploy::TwinState {
+    use super::deploy::TwinState;
+    let target = super::deploy::settings(loaded).and_then(|s| s.load).map(|l| l.target).unwrap_or_default();
+    match kept.and_then(|c| c.services.get(&target)).and_then(|s| load::target(&s.url)) {
+        Some((host, port)) => TwinState::Serving(host, port),
+        None if b.broken() => {
+            TwinState::Gone(format!("the baseline {} did not pass its own rehearsal ({})", b.release, b.verdict))
+        }
+        None => TwinState::Gone(format!("the baseline's `{target}` has no address for the load")),
+    }
+}
+
 /// One side as its run left it, and its connection when it passed and stays up for
 /// the load. What cannot be read is the side's reason, never dropped.
 fn side(release: &str, o: &Options, outcome: &RunOutcome, code: i32) -> (Side, Option<Connection>) {
@@ -222,6 +255,7 @@ fn side(release: &str, o: &Options, outcome: &RunOutcome, code: i32) -> (Side, O
         measured: Measured::default(),
         load_error: None,
         databases: BTreeMap::new(),
+        deploy: report.and_then(|r| r.deploy.clone()),
     };
     let kept = kept(&mut side, &o.state_root);
     (side, kept)
@@ -344,7 +378,11 @@ fn judged(
         pass: spec.judge.pass,
         marginal: spec.judge.marginal,
     };
-    let verdicts = judge_all(&baseline, &candidate, &spec.judge.critical, &settings);
+    let mut verdicts = judge_all(&baseline, &candidate, &spec.judge.critical, &settings);
+    // A compared deploy: the traffic during the migration against the baseline twin's.
+    if let Some(twin) = candidate.deploy.as_ref().and_then(|d| d.twin.as_ref()) {
+        verdicts.extend(twin.verdicts.iter().cloned());
+    }
     let mut score = judge::score(&verdicts, &settings);
     let reason = match why_no_verdict(&baseline, &candidate) {
         Some(why) => {
@@ -454,6 +492,7 @@ mod tests {
             measured: Measured::default(),
             load_error: None,
             databases: BTreeMap::new(),
+            deploy: None,
         }
     }
 
@@ -493,6 +532,7 @@ mod tests {
             change: None,
             member: None,
             from: None,
+            twin: None,
         };
         let (candidate, kept) = side("v3", &o, &outcome, 3);
         assert!(kept.is_none());

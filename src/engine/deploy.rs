@@ -32,6 +32,12 @@ use crate::report::model::{DeployReport, StepTiming};
 use crate::sys::signals::Signals;
 use crate::sys::timing::Clock;
 
+mod settings;
+mod twin;
+use settings::defaults;
+pub use settings::{refusal, settings};
+pub use twin::{Twin, TwinReady, TwinState};
+
 /// The most a request file may hold.
 const MAX_REQUEST_FILE: u64 = 16 << 20;
 /// The most of one migration file read, and the most files.
@@ -43,35 +49,11 @@ const MAX_WAITS: usize = 50;
 /// it (a rolling switch), before it is stopped.
 const ROLLING_DRAIN: Duration = Duration::from_secs(2);
 
-/// The deploy settings of a description: its `deploy:` section, or the defaults with
-/// the comparison's load. `None` when it has neither (the command refuses `--from`).
-pub fn settings(loaded: &Loaded) -> Option<Deploy> {
-    let d = &loaded.desc;
-    if let Some(dep) = &d.deploy {
-        return Some(dep.clone());
-    }
-    let load = d.compare.as_ref()?.load.clone();
-    load.requests.as_ref()?;
-    Some(defaults(Some(load)))
-}
-
-/// The settings of a `deploy:` section that says nothing but its load.
-fn defaults(load: Option<crate::description::Load>) -> Deploy {
-    Deploy {
-        load,
-        steady: crate::description::default_steady(),
-        settle: crate::description::default_settle(),
-        switch: Switch::Rolling,
-        migrations: crate::description::default_migrations(),
-        max_lock_wait: None,
-        max_error_rate: None,
-        latency: BTreeMap::new(),
-    }
-}
-
 /// What the deploy phase works with: the run as the graph left it.
 pub(super) struct Env<'a, P: Provider> {
     pub provider: &'a P,
+    /// The baseline twin that gets the same load, in a compared deploy.
+    pub twin: Option<&'a Twin>,
     pub loaded: &'a Loaded,
     /// The run as the old release runs it.
     pub info: &'a RunInfo,
@@ -127,7 +109,7 @@ pub(super) async fn rehearse<P: Provider>(env: &Env<'_, P>, to: &str, outputs: &
         Ok(p) => p,
         Err(e) => {
             d.fail("release", StepError::build(format!("cannot plan release {to}: {e}")));
-            return d.end(env, &settings, Vec::new());
+            return d.end(env, &settings, Vec::new(), None);
         }
     };
     let next_dir = env.info.work_dir.join("release-next");
@@ -145,21 +127,43 @@ pub(super) async fn rehearse<P: Provider>(env: &Env<'_, P>, to: &str, outputs: &
         Ok(x) => x,
         Err(e) => {
             d.fail("deploy", StepError::build(e));
-            return d.end(env, &settings, Vec::new());
+            return d.end(env, &settings, Vec::new(), None);
         }
     };
     let Some(target) = outputs.services.get(&load_spec.target).and_then(|s| load::target(&s.url)) else {
         let e = format!("the load's target `{}` has no address to send requests to", load_spec.target);
         d.fail("deploy", StepError::build(e));
-        return d.end(env, &settings, Vec::new());
+        return d.end(env, &settings, Vec::new(), None);
+    };
+    // In a compared deploy, the twin's load starts with this one, the same requests at
+    // the same rate.
+    let twin = match env.twin {
+        Some(t) => match t.wait(env.signals).await {
+            Some(TwinState::Serving(host, port)) => Some((host, port)),
+            Some(TwinState::Gone(why)) => {
+                d.report.twin =
+                    Some(judged::TwinReport { release: d.report.from.clone(), gone: Some(why), ..Default::default() });
+                None
+            }
+            None => {
+                d.interrupted = true;
+                return d.end(env, &settings, Vec::new(), None);
+            }
+        },
+        None => None,
     };
     let (to_target, target_rx) = tokio::sync::watch::channel(target);
     let (stop_load, stop_rx) = tokio::sync::watch::channel(false);
     d.started = Instant::now();
-    let load_task = tokio::spawn({
-        let (rate, timeout) = (load_spec.rate, load_spec.timeout);
-        async move { load::replay_until(&requests, target_rx, rate, timeout, stop_rx).await }
-    });
+    let (rate, timeout) = (load_spec.rate, load_spec.timeout);
+    let replay = |target_rx: tokio::sync::watch::Receiver<(String, u16)>| {
+        let (requests, stop_rx) = (requests.clone(), stop_rx.clone());
+        tokio::spawn(async move { load::replay_until(&requests, target_rx, rate, timeout, stop_rx).await })
+    };
+    let load_task = replay(target_rx);
+    // (The twin's address never changes: its sender lives as long as the replay.)
+    let twin_target = twin.map(tokio::sync::watch::channel);
+    let twin_task = twin_target.as_ref().map(|(_, rx)| replay(rx.clone()));
 
     // Steady, migrated, switched, settled: each part only after the one before it went
     // through; a signal during a wait ends the deploy there.
@@ -172,7 +176,11 @@ pub(super) async fn rehearse<P: Provider>(env: &Env<'_, P>, to: &str, outputs: &
     }
     stop_load.send_replace(true);
     let timed = load_task.await.unwrap_or_default();
-    d.end(env, &settings, timed)
+    let twin_timed = match twin_task {
+        Some(t) => Some(t.await.unwrap_or_default()),
+        None => None,
+    };
+    d.end(env, &settings, timed, twin_timed)
 }
 
 /// The new release's side of the deploy.
@@ -235,6 +243,12 @@ impl Deploying {
         }
         let files = migration_files(&env.info.work_dir.join("release"), &next.dir, &settings.migrations);
         self.report.migration_files = files.iter().map(|f| f.name.clone()).collect();
+        // The linter reads the files while the migration runs them: its findings are
+        // shown beside what was measured.
+        let lint = crate::compare::lint::find().filter(|_| !files.is_empty()).map(|tool| {
+            let (dir, files) = (next.dir.clone(), files.clone());
+            tokio::spawn(async move { crate::compare::lint::squawk(&tool, &dir, &files).await })
+        });
         let database = watched_database(env.loaded, target);
         let sampler_start = self.at();
         let sampler = match database.and_then(|d| self.outputs.databases.get(d)) {
@@ -265,6 +279,9 @@ impl Deploying {
             }
         }
         self.marks.migration_end_ms = self.at();
+        if let Some(task) = lint {
+            self.report.lint = task.await.ok();
+        }
         if let Some(s) = sampler {
             let (samples, error) = s.stop().await;
             if let Some(e) = error {
@@ -340,7 +357,13 @@ impl Deploying {
     }
 
     /// The report: the traffic cut by the marks, the limits, the judge's verdicts.
-    fn end<P: Provider>(mut self, env: &Env<'_, P>, settings: &Deploy, timed: Vec<load::Timed>) -> Deployed {
+    fn end<P: Provider>(
+        mut self,
+        env: &Env<'_, P>,
+        settings: &Deploy,
+        timed: Vec<load::Timed>,
+        twin: Option<Vec<load::Timed>>,
+    ) -> Deployed {
         let mut marks = self.marks;
         marks.end_ms = self.at();
         if marks.migration_end_ms == 0 {
@@ -377,6 +400,14 @@ impl Deploying {
             marginal: judge.marginal,
         };
         report.verdicts = judged::judge(&timed, &marks, &s);
+        if let Some(twin) = twin {
+            report.twin = Some(judged::TwinReport {
+                release: report.from.clone(),
+                traffic: judged::traffic(&twin, &marks),
+                verdicts: judged::judge_against_twin(&timed, &twin, &marks, &s),
+                gone: None,
+            });
+        }
         report.marks = marks;
         report.traffic = traffic;
         Deployed { report: self.report, failure: self.failure, outputs: self.outputs, interrupted: self.interrupted }

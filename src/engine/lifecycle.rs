@@ -76,6 +76,8 @@ pub struct Options {
     /// A rehearsed deploy (`run --from OLD`): the release that serves first; `release`
     /// is deployed over it under the description's load ([`super::deploy`]).
     pub from: Option<String>,
+    /// In a compared deploy, the baseline twin that gets the same load meanwhile.
+    pub twin: Option<super::deploy::Twin>,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the
@@ -218,6 +220,7 @@ async fn deploy_phase<P: Provider>(
     }
     let env = super::deploy::Env {
         provider,
+        twin: opts.twin.as_ref(),
         loaded,
         info: &run.info,
         plan: &run.plan,

@@ -26,20 +26,31 @@ pub const MAX_LISTED: usize = 10_000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Ask {
-    /// A one-shot rehearsal of `release` (`rehearse run`).
-    Rehearse { release: String },
+    /// A one-shot rehearsal of `release` (`rehearse run`); with `from`, its deploy over
+    /// the release `from` rehearsed under the description's load (`run --from`).
+    Rehearse {
+        release: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+    },
     /// A dry run kept for the one who asked (`rehearse up`): built, `release` installed,
     /// and kept `ttl_secs` from its start, until its owner destroys it or it expires.
     DryRun { release: String, ttl_secs: u64 },
-    /// Baseline against candidate on twin copies (`rehearse compare`).
-    Compare { baseline: String, candidate: String },
+    /// Baseline against candidate on twin copies (`rehearse compare`); with `deploy`,
+    /// the candidate deployed over the baseline under the load (`compare --deploy`).
+    Compare {
+        baseline: String,
+        candidate: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deploy: bool,
+    },
 }
 
 impl Ask {
     /// The release it installs.
     pub fn release(&self) -> &str {
         match self {
-            Ask::Rehearse { release } | Ask::DryRun { release, .. } => release,
+            Ask::Rehearse { release, .. } | Ask::DryRun { release, .. } => release,
             Ask::Compare { candidate, .. } => candidate,
         }
     }
@@ -438,7 +449,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         rt().block_on(async {
-            let r = Request::new("alice@example.com", "demo", Ask::Rehearse { release: "v2".into() });
+            let r = Request::new("alice@example.com", "demo", Ask::Rehearse { release: "v2".into(), from: None });
             record(&store, &r).await.unwrap();
             // A second record under the same id is refused by the store.
             assert!(record(&store, &r).await.is_err());
@@ -473,8 +484,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         rt().block_on(async {
-            let open = Request::new("alice", "demo", Ask::Rehearse { release: "v2".into() });
-            let mut done = Request::new("bob", "demo", Ask::Rehearse { release: "v1".into() });
+            let open = Request::new("alice", "demo", Ask::Rehearse { release: "v2".into(), from: None });
+            let mut done = Request::new("bob", "demo", Ask::Rehearse { release: "v1".into(), from: None });
             done.id = format!("{}0", done.id);
             done.state = State::Finished {
                 run_id: None,
@@ -514,7 +525,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         rt().block_on(async {
-            let mut r = Request::new("bob", "demo", Ask::Rehearse { release: "v2".into() });
+            let mut r = Request::new("bob", "demo", Ask::Rehearse { release: "v2".into(), from: None });
             r.user = "bob; rm -rf /".into();
             let body = serde_json::to_vec(&r).unwrap();
             store.put(&key(&r.id), body, Condition::Absent).await.unwrap();

@@ -39,9 +39,26 @@ pub(crate) struct DeployView {
     limits: Vec<LimitRow>,
     windows: Vec<WindowRow>,
     files: Vec<FileRow>,
+    /// A static linter's findings, when one is installed.
+    lint: Option<LintView>,
     waits: Vec<WaitRow>,
     waits_more: usize,
     chart: Chart,
+}
+
+#[derive(Serialize)]
+struct LintView {
+    tool: String,
+    findings: Vec<LintRow>,
+    errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct LintRow {
+    file: String,
+    at: String,
+    rule: String,
+    message: String,
 }
 
 #[derive(Serialize)]
@@ -74,6 +91,8 @@ struct FileRow {
     wal: String,
     blocked: usize,
     longest_wait: String,
+    /// The static linter's rules found in it.
+    lint: String,
 }
 
 #[derive(Serialize)]
@@ -215,6 +234,7 @@ impl DeployView {
                 wal: bytes(f.wal_bytes),
                 blocked: f.blocked,
                 longest_wait: secs(f.longest_wait_ms),
+                lint: d.lint.as_ref().map(|l| l.rules_of(&f.file).join(", ")).unwrap_or_default(),
             })
             .collect();
         let waits = d
@@ -251,6 +271,23 @@ impl DeployView {
             limits,
             windows,
             files,
+            lint: d.lint.as_ref().map(|l| LintView {
+                tool: l.tool.clone(),
+                findings: l
+                    .findings
+                    .iter()
+                    .map(|f| LintRow {
+                        file: f.file.clone(),
+                        at: format!("{}:{}", f.line, f.column),
+                        rule: f.rule.clone(),
+                        message: match &f.help {
+                            Some(h) => format!("{} {h}", f.message),
+                            None => f.message.clone(),
+                        },
+                    })
+                    .collect(),
+                errors: l.errors.clone(),
+            }),
             waits,
             waits_more: d.waits_total.saturating_sub(MAX_WAIT_ROWS),
             chart: chart(d),

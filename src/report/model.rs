@@ -96,6 +96,14 @@ pub struct DeployReport {
     /// Why the deploy stopped before the switch (its install failed), if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// A static linter's findings for the migration files, when one is installed:
+    /// shown beside what was measured, no part of the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lint: Option<crate::compare::lint::Lint>,
+    /// In a compared deploy (`compare --deploy`), the baseline twin that got the same
+    /// load without the migration, and the verdicts against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<crate::compare::deploy::TwinReport>,
 }
 
 impl DeployReport {

@@ -63,8 +63,7 @@ impl Edge for ServerEdge<'_> {
 pub(crate) async fn compare(
     shared: &Shared,
     loaded: &Loaded,
-    baseline: &str,
-    candidate: &str,
+    (baseline, candidate, deploy): (&str, &str, bool),
     change: Option<&crate::report::model::Change>,
     stream: &Stream,
     signals: &Signals,
@@ -121,6 +120,7 @@ pub(crate) async fn compare(
         psql: crate::providers::psql(),
         exit_code: Verdict::exit_code,
         change: change.clone(),
+        deploy,
     };
     let edge = ServerEdge { shared, loaded, stream, signals };
     let outcome = engine_compare::compare(loaded, &spec, &opts, &edge, signals).await;

@@ -203,9 +203,9 @@ pub(crate) async fn generic(
         (Some(_), true) => {
             return refuse(StatusCode::BAD_REQUEST, "a comparison is not kept: baseline or keep".into()).await
         }
-        (Some(baseline), false) => Wanted::Compare { baseline, candidate: &body.release },
+        (Some(baseline), false) => Wanted::Compare { baseline, candidate: &body.release, deploy: false },
         (None, true) => Wanted::DryRun { release: &body.release, ttl: body.ttl.as_deref() },
-        (None, false) => Wanted::Rehearse { release: &body.release },
+        (None, false) => Wanted::Rehearse { release: &body.release, from: None },
     };
     let ask = match ask::decide(&app, &who.user, &body.environment, wanted) {
         Ok(a) => a,

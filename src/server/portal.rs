@@ -169,7 +169,7 @@ pub(super) async fn index(State(app): State<App>, Caller { who, asked }: Caller)
                         user: r.user.clone(),
                         release: match &r.ask {
                             Ask::DryRun { .. } => format!("{} (dry run)", release(r)),
-                            Ask::Compare { baseline, candidate } => format!("{candidate} against {baseline}"),
+                            Ask::Compare { baseline, candidate, .. } => format!("{candidate} against {baseline}"),
                             Ask::Rehearse { .. } => release(r).to_string(),
                         },
                         state,

@@ -352,12 +352,11 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
     };
     // A dry run is `up`: built, the release installed, kept for its ttl.
     let dry_run = match &read.request.ask {
-        Ask::Compare { baseline, candidate } => {
+        Ask::Compare { baseline, candidate, deploy } => {
             return super::comparison::compare(
                 shared,
                 &loaded,
-                baseline,
-                candidate,
+                (baseline, candidate, *deploy),
                 read.request.change.as_ref(),
                 stream,
                 signals,
@@ -386,7 +385,11 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         pins: Default::default(),
         change: read.request.change.clone(),
         member: None,
-        from: None,
+        from: match &read.request.ask {
+            Ask::Rehearse { from, .. } => from.clone(),
+            _ => None,
+        },
+        twin: None,
     };
     let outcome = run_with_provider(shared, &loaded, &opts, stream, signals).await;
     match &outcome.ended {

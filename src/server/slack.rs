@@ -122,9 +122,9 @@ pub(crate) async fn command(
     };
     let usage = "usage: `/rehearse [run|up] ENVIRONMENT RELEASE` or `/rehearse compare ENVIRONMENT CANDIDATE BASELINE`";
     let wanted = match (op, rest) {
-        ("run", [env, release]) => (env, Wanted::Rehearse { release }),
+        ("run", [env, release]) => (env, Wanted::Rehearse { release, from: None }),
         ("up", [env, release]) => (env, Wanted::DryRun { release, ttl: None }),
-        ("compare", [env, candidate, baseline]) => (env, Wanted::Compare { baseline, candidate }),
+        ("compare", [env, candidate, baseline]) => (env, Wanted::Compare { baseline, candidate, deploy: false }),
         _ => return refuse(usage.into()).await,
     };
     let response_prefix = app.shared.config.slack.as_ref().map(|s| s.response_urls.clone()).unwrap_or_default();
@@ -277,9 +277,11 @@ pub(crate) async fn tell(
     let r = &read.request;
     let base = shared.public_url.trim_end_matches('/');
     let what = match &r.ask {
-        requests::Ask::Rehearse { release } => format!("{} {release}", r.environment),
+        requests::Ask::Rehearse { release, .. } => format!("{} {release}", r.environment),
         requests::Ask::DryRun { release, .. } => format!("a dry run of {} {release}", r.environment),
-        requests::Ask::Compare { baseline, candidate } => format!("{} {candidate} against {baseline}", r.environment),
+        requests::Ask::Compare { baseline, candidate, .. } => {
+            format!("{} {candidate} against {baseline}", r.environment)
+        }
     };
     let mut text = match (&r.state, state) {
         (_, "queued") => format!("Queued: {what} for {} — <{base}/requests/{}|request {}>", r.user, r.id, r.id),

@@ -56,6 +56,7 @@ pub fn options(run_id: &str, dir: &Path, destroy: DestroyPolicy, member: Option<
         change: None,
         member,
         from: None,
+        twin: None,
     }
 }
 

@@ -123,6 +123,7 @@ impl Generations for Runs<'_> {
                 change: super::super::edge::run::change_of(self.g),
                 member: None,
                 from: None,
+                twin: None,
             };
             let state_root = opts.state_root.clone();
             let code = run_generation(self, loaded, opts).await;

@@ -29,6 +29,10 @@ pub struct Side {
     /// Per database: its size after the migration and the suites, and the statements
     /// the load ran (`pg_stat_statements`).
     pub databases: BTreeMap<String, crate::compare::database::Measured>,
+    /// A compared deploy (`compare --deploy`), on the candidate: its deploy over the
+    /// baseline under load, with the verdicts against the baseline twin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<crate::report::model::DeployReport>,
 }
 
 impl Side {

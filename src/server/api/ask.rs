@@ -16,9 +16,9 @@ use crate::server::auth::Who;
 
 /// What is asked, before it is checked: the operation and its releases.
 pub(crate) enum Wanted<'a> {
-    Rehearse { release: &'a str },
+    Rehearse { release: &'a str, from: Option<&'a str> },
     DryRun { release: &'a str, ttl: Option<&'a str> },
-    Compare { baseline: &'a str, candidate: &'a str },
+    Compare { baseline: &'a str, candidate: &'a str, deploy: bool },
 }
 
 /// Decides whether `user` may have `wanted` on `environment`: the environment offered,
@@ -32,20 +32,27 @@ pub(crate) fn decide(
     wanted: Wanted<'_>,
 ) -> Result<Ask, (StatusCode, String)> {
     let releases: Vec<&str> = match &wanted {
-        Wanted::Rehearse { release } | Wanted::DryRun { release, .. } => vec![release],
-        Wanted::Compare { baseline, candidate } => vec![baseline, candidate],
+        Wanted::Rehearse { release, from: None } | Wanted::DryRun { release, .. } => vec![release],
+        Wanted::Rehearse { release, from: Some(from) } => vec![from, release],
+        Wanted::Compare { baseline, candidate, .. } => vec![baseline, candidate],
     };
     offered_with(app, environment, &releases)?;
     let rule = app.shared.config.rule(environment);
     let forbidden = |why: String| (StatusCode::FORBIDDEN, why);
     match wanted {
-        Wanted::Rehearse { release } => {
+        Wanted::Rehearse { release, from } => {
             rule.may_rehearse(user, environment).map_err(forbidden)?;
-            Ok(Ask::Rehearse { release: release.to_string() })
+            if let Some(from) = from {
+                deployable(app, environment, from, release)?;
+            }
+            Ok(Ask::Rehearse { release: release.to_string(), from: from.map(str::to_string) })
         }
-        Wanted::Compare { baseline, candidate } => {
+        Wanted::Compare { baseline, candidate, deploy } => {
             rule.may_compare(user, environment).map_err(forbidden)?;
-            Ok(Ask::Compare { baseline: baseline.to_string(), candidate: candidate.to_string() })
+            if deploy {
+                deployable(app, environment, baseline, candidate)?;
+            }
+            Ok(Ask::Compare { baseline: baseline.to_string(), candidate: candidate.to_string(), deploy })
         }
         Wanted::DryRun { release, ttl } => {
             rule.may_keep(user, environment).map_err(forbidden)?;
@@ -89,6 +96,10 @@ pub(crate) fn decide(
 pub(super) struct RehearseBody {
     environment: String,
     release: String,
+    /// Rehearse the deploy of `release` over this release, under the description's
+    /// load (`rehearse run --from`).
+    #[serde(default)]
+    from: Option<String>,
     /// The change it rehearses (commit, author, pull request, title, URL).
     #[serde(default)]
     change: Option<requests::Change>,
@@ -113,6 +124,10 @@ pub(super) struct CompareBody {
     environment: String,
     baseline: String,
     candidate: String,
+    /// Rehearse the candidate's deploy over the baseline, the baseline's twin getting
+    /// the same load without it (`rehearse compare --deploy`).
+    #[serde(default)]
+    deploy: bool,
     /// The change it rehearses (commit, author, pull request, title, URL).
     #[serde(default)]
     change: Option<requests::Change>,
@@ -152,7 +167,7 @@ pub(super) async fn rehearse(
     body: Result<Json<RehearseBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     asked(&app, &a, &who, &headers, body, |b| {
-        (b.environment.clone(), Wanted::Rehearse { release: &b.release }, b.change.clone())
+        (b.environment.clone(), Wanted::Rehearse { release: &b.release, from: b.from.as_deref() }, b.change.clone())
     })
     .await
 }
@@ -176,9 +191,26 @@ pub(super) async fn comparison(
     body: Result<Json<CompareBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     asked(&app, &a, &who, &headers, body, |b| {
-        (b.environment.clone(), Wanted::Compare { baseline: &b.baseline, candidate: &b.candidate }, b.change.clone())
+        let wanted = Wanted::Compare { baseline: &b.baseline, candidate: &b.candidate, deploy: b.deploy };
+        (b.environment.clone(), wanted, b.change.clone())
     })
     .await
+}
+
+/// Whether the deploy of `release` over `from` can be rehearsed on `environment` (as
+/// `run --from` checks): 400 when the description cannot rehearse a deploy, 422 when
+/// the release serving first cannot be built (missing, the release itself).
+fn deployable(app: &App, environment: &str, from: &str, release: &str) -> Result<(), (StatusCode, String)> {
+    let path = app.shared.config.environments.join(format!("{environment}.yaml"));
+    let loaded = crate::description::load(&path, Some(from)).map_err(|d| {
+        let why = format!("the description of {environment} does not load: {}", d.render());
+        (StatusCode::INTERNAL_SERVER_ERROR, crate::sys::text::printable(&why))
+    })?;
+    crate::engine::deploy::refusal(&loaded, from, release).map_err(|(code, why)| {
+        let status =
+            if code == crate::exit::BUILD_FAILED { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+        (status, crate::sys::text::printable(&why))
+    })
 }
 
 /// Whether `environment` is offered and each of `releases` a release version; the
@@ -233,9 +265,13 @@ pub(crate) async fn accept(app: &App, asked: &Asked, who: &Who, request: Request
             .await;
     }
     let what = match &request.ask {
-        Ask::Rehearse { release } => format!("rehearse {} release {release}", request.environment),
-        Ask::Compare { baseline, candidate } => {
-            format!("compare {} release {candidate} against {baseline}", request.environment)
+        Ask::Rehearse { release, from: None } => format!("rehearse {} release {release}", request.environment),
+        Ask::Rehearse { release, from: Some(from) } => {
+            format!("rehearse {} release {release} deployed over {from}", request.environment)
+        }
+        Ask::Compare { baseline, candidate, deploy } => {
+            let how = if *deploy { " (its deploy under load)" } else { "" };
+            format!("compare {} release {candidate} against {baseline}{how}", request.environment)
         }
         Ask::DryRun { release, ttl_secs } => format!(
             "dry run of {} release {release} for {}",

@@ -139,9 +139,11 @@ async fn comment_on(
 /// "demo · v3 — failed".
 fn headline(r: &Request) -> String {
     let what = match &r.ask {
-        requests::Ask::Compare { baseline, candidate } => format!("{} · {candidate} against {baseline}", r.environment),
+        requests::Ask::Compare { baseline, candidate, .. } => {
+            format!("{} · {candidate} against {baseline}", r.environment)
+        }
         requests::Ask::DryRun { release, .. } => format!("{} · {release} (dry run)", r.environment),
-        requests::Ask::Rehearse { release } => format!("{} · {release}", r.environment),
+        requests::Ask::Rehearse { release, .. } => format!("{} · {release}", r.environment),
     };
     let state = match &r.state {
         RequestState::Queued => "queued".to_string(),
