@@ -779,7 +779,8 @@ fn a_comparison_asked_of_the_server_is_judged_and_its_page_served() {
 
 /// A deploy asked of the server (`"from"`, as `run --from`): refused with why when its
 /// baseline cannot be built (422) or the environment has no load for it (400), else
-/// rehearsed under load, its report saying so, nothing left.
+/// rehearsed under load, its report saying so, nothing left. The release deployed,
+/// v2-slow, has no migration of its own: an empty during window, and it passes.
 #[test]
 fn a_deploy_asked_of_the_server_is_rehearsed_under_load_and_a_bad_baseline_refused() {
     let sb = Sandbox::new();
@@ -809,6 +810,14 @@ fn a_deploy_asked_of_the_server_is_rehearsed_under_load_and_a_bad_baseline_refus
     let run_id = done["state"]["run_id"].as_str().unwrap();
     let d = sb.report(run_id)["deploy"].clone();
     assert_eq!((d["from"].as_str(), d["to"].as_str()), (Some("v2"), Some("v2-slow")), "{d:#}");
+    // v2-slow ships v2's migrations: nothing new to run, nothing waits, a during window
+    // as short as an install with nothing to apply.
+    assert_eq!(d["migration_files"].as_array().unwrap().len(), 0, "{d:#}");
+    assert_eq!((d["files"].as_array().unwrap().len(), d["waits_total"].as_u64()), (0, Some(0)), "{d:#}");
+    let m = &d["marks"];
+    assert!(m["migration_end_ms"].as_u64().unwrap() - m["migration_start_ms"].as_u64().unwrap() < 1000, "{m}");
+    let lock_wait = d["limits"].as_array().unwrap().iter().find(|l| l["name"] == "max_lock_wait").unwrap().clone();
+    assert!(lock_wait["reason"].as_str().unwrap().contains("no request waited"), "{lock_wait}");
     let after = d["traffic"]["windows"].as_array().unwrap().iter().find(|w| w["name"] == "after").unwrap().clone();
     assert!(after["endpoints"].as_array().unwrap().iter().any(|e| e["requests"].as_u64() > Some(0)), "{after}");
     common::assert_nothing_left(&sb, run_id);
