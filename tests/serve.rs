@@ -780,13 +780,14 @@ fn a_comparison_asked_of_the_server_is_judged_and_its_page_served() {
 /// A deploy asked of the server (`"from"`, as `run --from`): refused with why when its
 /// baseline cannot be built (422) or the environment has no load for it (400), else
 /// rehearsed under load, its report saying so, nothing left. The release deployed,
-/// v2-slow, has no migration of its own: an empty during window, and it passes.
+/// v2-slow, has no migration of its own: an empty during window, and it passes; its
+/// services restart (`switch: restart`): the load goes on, the gap's errors the switch's.
 #[test]
 fn a_deploy_asked_of_the_server_is_rehearsed_under_load_and_a_bad_baseline_refused() {
     let sb = Sandbox::new();
     let envs = environments(&sb, 0.1);
-    crate::deploy::description_named(&sb, "rolling", "deploy.yaml");
-    let server = start(&sb, &envs, CONFIG);
+    let file = crate::deploy::description_named(&sb, "restart", "deploy.yaml");
+    let (server, token) = start_with_token(&sb, &envs);
     let addr = server.addr;
     let refused = |body: &str, status: u16, why: &str| {
         let a = post_as(addr, "alice", "/api/v1/rehearsals", body);
@@ -796,12 +797,21 @@ fn a_deploy_asked_of_the_server_is_rehearsed_under_load_and_a_bad_baseline_refus
     refused(r#"{"environment":"deploy","release":"v2","from":"v2"}"#, 422, "is the release being deployed");
     refused(r#"{"environment":"deploy","release":"v2-slow","from":"v9"}"#, 422, "the baseline could not be built");
     refused(r#"{"environment":"quick","release":"v1","from":"v2"}"#, 400, "needs a load to rehearse the deploy under");
-    let body = r#"{"environment":"deploy","release":"v2-slow","from":"v2"}"#;
-    let asked = post_as(addr, "alice", "/api/v1/rehearsals", body);
-    assert_eq!(asked.status, 202, "{}", asked.body);
-    assert_eq!(asked.json()["ask"]["from"], "v2", "{}", asked.body);
-    let id = asked.json()["id"].as_str().unwrap().to_string();
+    // As CI asks it: `rehearse run FILE --from v2 --release v2-slow --server URL`.
+    let url = format!("http://{addr}");
+    let out = sb
+        .cmd()
+        .args(["run", &file, "--from", "v2", "--release", "v2-slow", "--server", &url])
+        .env("REHEARSE_TOKEN", &token)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("accepted: deploy release v2-slow deployed over v2"), "{err}");
+    let id = err.split_whitespace().find(|w| w.starts_with("q-")).unwrap().trim_end_matches(':').to_string();
     let done = wait_finished(addr, &id);
+    assert_eq!(done["ask"]["from"], "v2", "{done}");
     assert_eq!(
         (done["state"]["verdict"].as_str(), done["state"]["exit_code"].as_i64()),
         (Some("passed"), Some(0)),
@@ -818,8 +828,18 @@ fn a_deploy_asked_of_the_server_is_rehearsed_under_load_and_a_bad_baseline_refus
     assert!(m["migration_end_ms"].as_u64().unwrap() - m["migration_start_ms"].as_u64().unwrap() < 1000, "{m}");
     let lock_wait = d["limits"].as_array().unwrap().iter().find(|l| l["name"] == "max_lock_wait").unwrap().clone();
     assert!(lock_wait["reason"].as_str().unwrap().contains("no request waited"), "{lock_wait}");
-    let after = d["traffic"]["windows"].as_array().unwrap().iter().find(|w| w["name"] == "after").unwrap().clone();
-    assert!(after["endpoints"].as_array().unwrap().iter().any(|e| e["requests"].as_u64() > Some(0)), "{after}");
+    // Through the restart the load went on: the gap's failures are the switch's, none
+    // of them the migration's, and the new release served the rest.
+    assert_eq!(d["switch"], "restart");
+    let window = |name: &str| {
+        let w = d["traffic"]["windows"].as_array().unwrap().iter().find(|w| w["name"] == name).unwrap().clone();
+        let sum = |k: &str| w["endpoints"].as_array().unwrap().iter().map(|e| e[k].as_u64().unwrap()).sum::<u64>();
+        (sum("requests"), sum("errors"))
+    };
+    let ((switch, switch_errors), (after, after_errors)) = (window("switch"), window("after"));
+    assert!(switch > 0 && switch_errors > 0, "the gap of a restart fails requests: {:#}", d["traffic"]["windows"]);
+    assert_eq!(window("during").1, 0, "none of them counted against the migration");
+    assert!(after >= 10 && after_errors == 0, "the load went on on the new release: {after} {after_errors}");
     common::assert_nothing_left(&sb, run_id);
 }
 

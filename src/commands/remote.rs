@@ -27,7 +27,7 @@ pub(crate) fn through(g: &Global, command: &Command) -> Option<i32> {
         (_, Some(s)) => s,
     };
     Some(match command {
-        Command::Request { environment, release } => ask(g, server, Ask::Rehearse(environment, release)),
+        Command::Request { environment, release } => ask(g, server, Ask::Rehearse(environment, release, None)),
         Command::Run(args) | Command::Up(args) => {
             let up = matches!(command, Command::Up(_));
             if args.name.is_some() || args.cold || args.destroy.is_some() || (args.keep && !up) {
@@ -41,15 +41,20 @@ pub(crate) fn through(g: &Global, command: &Command) -> Option<i32> {
                 errln!("error: through a server, name the release: --release VERSION");
                 return Some(exit::USAGE);
             };
+            if up && args.from.is_some() {
+                errln!("error: `--from` rehearses a deploy: it belongs to `rehearse run`, not `up`");
+                return Some(exit::USAGE);
+            }
             let env = name(&args.file);
-            ask(g, server, if up { Ask::DryRun(&env, release) } else { Ask::Rehearse(&env, release) })
+            let from = args.from.as_deref();
+            ask(g, server, if up { Ask::DryRun(&env, release) } else { Ask::Rehearse(&env, release, from) })
         }
         Command::Compare(args) => {
             if args.seed.is_some() || args.cold {
                 errln!("error: --seed and --cold are the server's to decide through a server");
                 return Some(exit::USAGE);
             }
-            ask(g, server, Ask::Compare(&name(&args.file), &args.baseline, &args.candidate))
+            ask(g, server, Ask::Compare(&name(&args.file), &args.baseline, &args.candidate, args.deploy))
         }
         Command::Down { run_id, .. } => owner(server, run_id, "destroy", |remote, id| async move {
             remote.post(&format!("/api/v1/requests/{id}/destroy"), &json!({})).await?;
@@ -95,9 +100,11 @@ pub(crate) fn through(g: &Global, command: &Command) -> Option<i32> {
 
 /// What is asked of the server.
 enum Ask<'a> {
-    Rehearse(&'a str, &'a str),
+    /// Environment, release, and the release it is deployed over (`--from`).
+    Rehearse(&'a str, &'a str, Option<&'a str>),
     DryRun(&'a str, &'a str),
-    Compare(&'a str, &'a str, &'a str),
+    /// Environment, baseline, candidate, and whether its deploy is rehearsed (`--deploy`).
+    Compare(&'a str, &'a str, &'a str, bool),
 }
 
 fn token() -> Result<String, i32> {
@@ -135,20 +142,25 @@ fn ask(g: &Global, server: &str, what: Ask<'_>) -> i32 {
     };
     super::runtime().block_on(async {
         let (path, body, said) = match what {
-            Ask::Rehearse(env, release) => (
+            Ask::Rehearse(env, release, None) => (
                 "/api/v1/rehearsals",
                 json!({ "environment": env, "release": release }),
                 format!("{env} release {release}"),
+            ),
+            Ask::Rehearse(env, release, Some(from)) => (
+                "/api/v1/rehearsals",
+                json!({ "environment": env, "release": release, "from": from }),
+                format!("{env} release {release} deployed over {from}"),
             ),
             Ask::DryRun(env, release) => (
                 "/api/v1/dry-runs",
                 json!({ "environment": env, "release": release }),
                 format!("a dry run of {env} release {release}"),
             ),
-            Ask::Compare(env, baseline, candidate) => (
+            Ask::Compare(env, baseline, candidate, deploy) => (
                 "/api/v1/comparisons",
-                json!({ "environment": env, "baseline": baseline, "candidate": candidate }),
-                format!("{env}: {candidate} against {baseline}"),
+                json!({ "environment": env, "baseline": baseline, "candidate": candidate, "deploy": deploy }),
+                format!("{env}: {candidate} against {baseline}{}", if deploy { ", its deploy under load" } else { "" }),
             ),
         };
         // The change CI says it is, for the run's pages and report.

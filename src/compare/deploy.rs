@@ -403,6 +403,30 @@ mod tests {
     }
 
     #[test]
+    fn against_the_twin_the_writes_that_waited_are_high_and_a_restarts_failures_are_not_the_migrations() {
+        let s = judge::Settings { confidence: 0.98, tolerance: 0.25, min_samples: 5, pass: 95.0, marginal: 75.0 };
+        // The same twelve requests sent during the migration (1–3 s) to both copies: the
+        // deploy's waited on its lock; two more of the deploy's were cut off by its
+        // restart, in the switch.
+        let mut mine: Vec<Timed> =
+            (0..12).map(|i| t(1000 + i * 150, "POST /orders", 900.0 + i as f64, false)).collect();
+        let twin: Vec<Timed> = (0..12).map(|i| t(1000 + i * 150, "POST /orders", 20.0 + i as f64, false)).collect();
+        mine.extend([t(2900, "POST /orders", 400.0, true), t(2950, "POST /orders", 300.0, true)]);
+        let v = judge_against_twin(&mine, &twin, &marks(), &s);
+        let names: Vec<(&str, judge::Classification)> =
+            v.iter().map(|v| (v.metric.as_str(), v.classification)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("latency POST /orders during the migration", judge::Classification::High),
+                ("errors POST /orders during the migration", judge::Classification::Pass),
+            ],
+            "{v:#?}"
+        );
+        assert_eq!((v[0].baseline_samples, v[0].candidate_samples), (12, 12));
+    }
+
+    #[test]
     fn the_windows_split_the_requests_and_the_limits_name_the_file_lock_and_table() {
         let timed = vec![
             t(100, "POST /orders", 10.0, false),
