@@ -55,6 +55,7 @@ fn options(
         member: None,
         from: None,
         twin: None,
+        deploy_twin: false,
     }
 }
 

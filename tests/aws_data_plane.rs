@@ -49,6 +49,7 @@ fn options(dir: &Path, run_id: &str) -> Options {
         member: None,
         from: None,
         twin: None,
+        deploy_twin: false,
     }
 }
 

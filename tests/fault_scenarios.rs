@@ -88,6 +88,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             member: None,
             from: None,
             twin: None,
+            deploy_twin: false,
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -330,6 +331,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             member: None,
             from: None,
             twin: None,
+            deploy_twin: false,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -455,6 +457,7 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
                 member: None,
                 from: None,
                 twin: None,
+                deploy_twin: false,
             };
             let failed = |verdict, reason: String| Built {
                 verdict,

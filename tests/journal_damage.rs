@@ -111,6 +111,7 @@ fn demo_run(dir: &Path, run_id: &str) -> (description::Loaded, Options) {
         member: None,
         from: None,
         twin: None,
+        deploy_twin: false,
     };
     (loaded, opts)
 }

@@ -66,6 +66,7 @@ async fn killed_run(cloud: &FakeCloud, seed: u64, loaded: &description::Loaded, 
         member: None,
         from: None,
         twin: None,
+        deploy_twin: false,
     };
     let signals = Signals::none();
     let run = Box::pin(lifecycle::run(&p, loaded, &opts, &Silent, &signals));

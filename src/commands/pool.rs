@@ -468,6 +468,7 @@ impl Here<'_> {
             member,
             from: None,
             twin: None,
+            deploy_twin: false,
         }
     }
 }

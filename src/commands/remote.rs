@@ -130,6 +130,8 @@ fn failed(e: &ClientError) -> i32 {
     errln!("error: {e}");
     match e {
         ClientError::Url(_) => exit::USAGE,
+        // A baseline that cannot be built, as `run --from` says it locally.
+        ClientError::Refused { status, .. } if status.as_u16() == 422 => exit::BUILD_FAILED,
         ClientError::Refused { status, .. } if status.is_client_error() => exit::USAGE,
         _ => exit::BUILD_FAILED,
     }
@@ -159,7 +161,11 @@ fn ask(g: &Global, server: &str, what: Ask<'_>) -> i32 {
             ),
             Ask::Compare(env, baseline, candidate, deploy) => (
                 "/api/v1/comparisons",
-                json!({ "environment": env, "baseline": baseline, "candidate": candidate, "deploy": deploy }),
+                // `deploy` only when asked: a server from before it refuses the field.
+                match deploy {
+                    true => json!({ "environment": env, "baseline": baseline, "candidate": candidate, "deploy": true }),
+                    false => json!({ "environment": env, "baseline": baseline, "candidate": candidate }),
+                },
                 format!("{env}: {candidate} against {baseline}{}", if deploy { ", its deploy under load" } else { "" }),
             ),
         };

@@ -100,6 +100,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             member: None,
             from: args.from.clone(),
             twin: None,
+            deploy_twin: false,
         };
         let code = rehearse(g, &loaded, &opts, locks, reporter, signals).await.code;
         if let Some((l, name)) = name_lock {

@@ -175,8 +175,10 @@ pub async fn compare(
         member: None,
         from: None,
         twin: None,
+        deploy_twin: false,
     };
-    let (ob, mut oc) = (options(&opts.baseline), options(&opts.candidate));
+    let (mut ob, mut oc) = (options(&opts.baseline), options(&opts.candidate));
+    ob.deploy_twin = opts.deploy;
     // A compared deploy: the candidate's copy starts with the baseline and waits, its
     // load ready, for the baseline twin to be up.
     let ready = opts.deploy.then(|| {
@@ -533,6 +535,7 @@ mod tests {
             member: None,
             from: None,
             twin: None,
+            deploy_twin: false,
         };
         let (candidate, kept) = side("v3", &o, &outcome, 3);
         assert!(kept.is_none());

@@ -102,6 +102,7 @@ pub(super) async fn rehearse<P: Provider>(env: &Env<'_, P>, to: &str, outputs: &
         analysis: locks::Analysis::default(),
         outputs: outputs.clone(),
         started: Instant::now(),
+        lint: None,
     };
     // The new release's plan: its artifact, its installs and services as they render
     // for it.
@@ -176,6 +177,9 @@ pub(super) async fn rehearse<P: Provider>(env: &Env<'_, P>, to: &str, outputs: &
     }
     stop_load.send_replace(true);
     let timed = load_task.await.unwrap_or_default();
+    if let Some(task) = d.lint.take() {
+        d.report.lint = linted(task, env.signals).await;
+    }
     let twin_timed = match twin_task {
         Some(t) => Some(t.await.unwrap_or_default()),
         None => None,
@@ -212,6 +216,8 @@ struct Deploying {
     outputs: Outputs,
     /// When the load started: every mark counts from it.
     started: Instant,
+    /// The linter, reading the migration files meanwhile: waited for after the load.
+    lint: Option<tokio::task::JoinHandle<crate::compare::lint::Lint>>,
 }
 
 impl Deploying {
@@ -279,9 +285,7 @@ impl Deploying {
             }
         }
         self.marks.migration_end_ms = self.at();
-        if let Some(task) = lint {
-            self.report.lint = task.await.ok();
-        }
+        self.lint = lint;
         if let Some(s) = sampler {
             let (samples, error) = s.stop().await;
             if let Some(e) = error {
@@ -364,6 +368,9 @@ impl Deploying {
         timed: Vec<load::Timed>,
         twin: Option<Vec<load::Timed>>,
     ) -> Deployed {
+        if let Some(task) = self.lint.take() {
+            task.abort();
+        }
         let mut marks = self.marks;
         marks.end_ms = self.at();
         if marks.migration_end_ms == 0 {
@@ -412,6 +419,21 @@ impl Deploying {
         report.traffic = traffic;
         Deployed { report: self.report, failure: self.failure, outputs: self.outputs, interrupted: self.interrupted }
     }
+}
+
+/// The linter's findings once it is done: not waited for past a signal or a minute
+/// (it is stopped then, its child killed).
+async fn linted(
+    mut task: tokio::task::JoinHandle<crate::compare::lint::Lint>,
+    signals: &Signals,
+) -> Option<crate::compare::lint::Lint> {
+    let found = tokio::select! {
+        r = &mut task => r.ok(),
+        _ = signals.nth(1) => None,
+        _ = tokio::time::sleep(Duration::from_secs(60)) => None,
+    };
+    task.abort();
+    found
 }
 
 /// Creates `res` with the provider, its intent journaled first.

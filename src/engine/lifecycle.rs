@@ -78,6 +78,9 @@ pub struct Options {
     pub from: Option<String>,
     /// In a compared deploy, the baseline twin that gets the same load meanwhile.
     pub twin: Option<super::deploy::Twin>,
+    /// This run is the baseline twin of a compared deploy: its copy is made as the
+    /// deploy's is (WAL written as production writes it).
+    pub deploy_twin: bool,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the

@@ -208,6 +208,15 @@ impl Request {
         if !valid_release(self.ask.release()) {
             return Err("its release is not a release version".into());
         }
+        // The release a deploy starts from, a comparison's baseline: release versions too.
+        let other = match &self.ask {
+            Ask::Rehearse { from, .. } => from.as_deref(),
+            Ask::Compare { baseline, .. } => Some(baseline.as_str()),
+            Ask::DryRun { .. } => None,
+        };
+        if other.is_some_and(|r| !valid_release(r)) {
+            return Err("its baseline is not a release version".into());
+        }
         if let Some(c) = &self.change {
             c.check()?;
         }
@@ -533,6 +542,11 @@ mod tests {
             assert!(e.to_string().contains("its user is not a user name"), "{e}");
             let (found, refused) = list(&store).await.unwrap();
             assert!(found.is_empty() && refused.len() == 1);
+            // A deploy's baseline builds paths and commands too: by grammar as well.
+            let forged = Request::new("bob", "demo", Ask::Rehearse { release: "v2".into(), from: Some("../x".into()) });
+            store.put(&key(&forged.id), serde_json::to_vec(&forged).unwrap(), Condition::Absent).await.unwrap();
+            let e = read(&store, &forged.id).await.unwrap_err();
+            assert!(e.to_string().contains("its baseline is not a release version"), "{e}");
         });
     }
 

@@ -57,6 +57,7 @@ pub fn options(run_id: &str, dir: &Path, destroy: DestroyPolicy, member: Option<
         member,
         from: None,
         twin: None,
+        deploy_twin: false,
     }
 }
 

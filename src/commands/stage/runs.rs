@@ -124,6 +124,7 @@ impl Generations for Runs<'_> {
                 member: None,
                 from: None,
                 twin: None,
+                deploy_twin: false,
             };
             let state_root = opts.state_root.clone();
             let code = run_generation(self, loaded, opts).await;

@@ -16,15 +16,17 @@ pub fn refusal(loaded: &Loaded, from: &str, release: &str) -> Result<(), (i32, S
     if loaded.desc.provider() != crate::description::ProviderKind::Local {
         return Err((
             exit::USAGE,
-            "a deploy is rehearsed on the local provider only, for now: `--from` needs `provider: local`".into(),
+            "a deploy is rehearsed on the local provider only, for now: `run --from` and `compare --deploy` need \
+             `provider: local`"
+                .into(),
         ));
     }
     if settings(loaded).is_none() {
         return Err((
             exit::USAGE,
             format!(
-                "`--from` needs a load to rehearse the deploy under: add `deploy:` (with its `load`) or \
-                 `compare.load` with a request file to {}",
+                "a deploy rehearsal (`run --from`, `compare --deploy`) needs a load to rehearse the deploy \
+                 under: add `deploy:` (with its `load`) or `compare.load` with a request file to {}",
                 loaded.path.display()
             ),
         ));

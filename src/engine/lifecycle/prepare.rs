@@ -130,7 +130,8 @@ pub(super) async fn prepare<P: Provider>(
         stage: meta.stage.clone(),
         pins: opts.pins.clone(),
         suites_dir,
-        wal_as_production: opts.from.is_some(),
+        // A deploy's copy, and its baseline twin in a compared deploy.
+        wal_as_production: opts.from.is_some() || opts.deploy_twin,
     };
     Ok(Prepared {
         plan,
