@@ -14,8 +14,15 @@
 //! backend after every statement of its own: every relation lock it was seen holding
 //! is counted, and those on relations outside `pg_catalog` (the watcher's own backend's
 //! CPU is taken out of the server's). As during a deploy, a connection of the
-//! migration's is open throughout, so that every sample reads the lock table. Prints a
-//! Markdown table.
+//! migration's is open throughout, so that every sample reads the lock table.
+//!
+//! Then the sampler where it runs, during the demo's migrations: in each round the load
+//! runs 3 s, then the index of `demo/migrations/deploy/{blocking,concurrent}` is built
+//! over a connection named as the migration's (the blocking one in a transaction, as
+//! `migrate.sh` runs it), with the sampler running from just before the build to just
+//! after it, as a deploy runs it, or without; then the index is dropped. Per round: the
+//! sampler's backend's share of the server's CPU time over that span, the build's
+//! duration, and the load's p99 over the requests sent during it. Prints Markdown tables.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -260,9 +267,10 @@ fn main() {
                 }
             }
         }
-        (rows, seen_locks, app_locks, samples)
+        let migrating = migration_rounds(&db, &url, &requests, postmaster, rounds).await;
+        (rows, seen_locks, app_locks, samples, migrating)
     });
-    let (rows, seen_locks, app_locks, samples) = result;
+    let (rows, seen_locks, app_locks, samples, migrating) = result;
     println!("the lock sampler under the demo's load ({rounds} rounds of {secs} s each way, interleaved; min / median / max)");
     println!();
     println!("| what | with the sampler | without |");
@@ -290,7 +298,107 @@ fn main() {
     println!(
         "{samples} samples; the sampler's relation locks seen by the watcher: {seen_locks}, of which on a relation outside pg_catalog: {app_locks}"
     );
+    println!();
+    println!(
+        "the lock sampler during the demo's migrations, under the same load ({rounds} rounds a release each way, \
+         interleaved; min / median / max)"
+    );
+    println!();
+    println!("| release | what | with the sampler | without |");
+    println!("|---|---|--:|--:|");
+    for (release, rows) in &migrating {
+        let row = |what: &str, with: &str, without: &str| {
+            let cell = |k: &str| rows.get(k).map(|v| stats(v)).unwrap_or_default();
+            println!("| {release} | {what} | {} | {} |", cell(with), cell(without));
+        };
+        row("**the sampler's backend's share of the server's CPU time**, %", "cpu_share", "");
+        row("the sampler's backend's CPU time, s", "cpu_sampler", "");
+        row("the server's CPU time over the build, s", "cpu_with", "cpu_without");
+        row("samples taken", "samples", "");
+        row("the build's duration, s", "build_with", "build_without");
+        row("requests sent during the build", "sent_with", "sent_without");
+        row("their p99 latency, ms", "p99_with", "p99_without");
+    }
     assert_eq!(app_locks, 0, "the sampler held a lock on a relation of the application");
     // The target (≤ 2% of the database's time) is judged in BENCHMARKS.md from both
     // shares above; the run fails only on a lock the sampler must never hold.
+}
+
+/// The demo's two migrations (`demo/migrations/deploy`), each built under the load
+/// `rounds` times with the sampler and as many without, interleaved; by release, the
+/// figures of each round.
+async fn migration_rounds(
+    db: &DatabaseOutputs,
+    url: &str,
+    requests: &[load::Request],
+    postmaster: i32,
+    rounds: u64,
+) -> Vec<(&'static str, BTreeMap<&'static str, Vec<f64>>)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let migration = client(db, &db.name, locks::MIGRATION_APP).await;
+    let admin = client(db, &db.name, "bench-admin").await;
+    let mut out = Vec::new();
+    for (release, dir, in_transaction) in [("v4-blocking", "blocking", true), ("v4-concurrent", "concurrent", false)] {
+        let sql = std::fs::read_to_string(
+            root.join("demo/migrations/deploy").join(dir).join("0004_order_events_kind_at_index.sql"),
+        )
+        .unwrap();
+        let sql = if in_transaction { format!("BEGIN;\n{sql}\nCOMMIT;") } else { sql };
+        let mut rows: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for _ in 0..rounds {
+            for with in [true, false] {
+                let (_to, target) = tokio::sync::watch::channel(load::target(url).unwrap());
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let reqs = requests.to_vec();
+                let load_start = tokio::time::Instant::now();
+                let run = tokio::spawn(async move {
+                    load::replay_until(&reqs, target, 20.0, Duration::from_secs(30), stopped).await
+                });
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let cpu_before = server_cpu(postmaster);
+                let sampler = if with {
+                    Some(Sampler::start(db, locks::MIGRATION_APP, locks::INTERVAL).await.unwrap())
+                } else {
+                    None
+                };
+                let begun = load_start.elapsed();
+                migration.batch_execute(&sql).await.expect("the migration");
+                let ended = load_start.elapsed();
+                let (sampler_cpu, taken) = match sampler {
+                    Some(s) => {
+                        let own = cpu(s.pid, false);
+                        let (taken, error) = s.stop().await;
+                        assert!(error.is_none(), "{error:?}");
+                        (own, taken.len())
+                    }
+                    None => (0.0, 0),
+                };
+                let cpu_all = server_cpu(postmaster) - cpu_before;
+                stop.send_replace(true);
+                let timed = run.await.unwrap();
+                admin.batch_execute("DROP INDEX order_events_kind_at_idx").await.expect("drop the index");
+                let (from, to) = (begun.as_millis() as u64, ended.as_millis() as u64);
+                let mut during: Vec<f64> = timed
+                    .iter()
+                    .filter(|t| t.sent_ms >= from && t.sent_ms <= to)
+                    .map(|t| t.sample.latency_ms)
+                    .collect();
+                let sent = during.len() as f64;
+                let p99 = if during.is_empty() { 0.0 } else { quantile(&mut during, 0.99) };
+                let build = (ended - begun).as_secs_f64();
+                let key = |w: &'static str, wo: &'static str| if with { w } else { wo };
+                rows.entry(key("cpu_with", "cpu_without")).or_default().push(cpu_all);
+                rows.entry(key("build_with", "build_without")).or_default().push(build);
+                rows.entry(key("sent_with", "sent_without")).or_default().push(sent);
+                rows.entry(key("p99_with", "p99_without")).or_default().push(p99);
+                if with {
+                    rows.entry("cpu_share").or_default().push(100.0 * sampler_cpu / cpu_all.max(0.01));
+                    rows.entry("cpu_sampler").or_default().push(sampler_cpu);
+                    rows.entry("samples").or_default().push(taken as f64);
+                }
+            }
+        }
+        out.push((release, rows));
+    }
+    out
 }

@@ -44,7 +44,8 @@ const QUERY_CHARS: i32 = 2048;
 /// `application_name`, `$2` the most of a statement kept). The backends that
 /// matter (waiting on a lock, or the migration's) are read from `pg_stat_activity`
 /// first; the lock table (`pg_locks`, the costlier read) is read once, and only when
-/// there is one.
+/// there is one; each waiter's blockers (`pg_blocking_pids`, which reads the lock table
+/// again) once per waiter, not once per lock compared.
 pub const SAMPLE_SQL: &str = r"
 WITH a AS MATERIALIZED (
   SELECT pid, application_name AS app, state, wait_event_type, left(query, $2) AS query
@@ -54,25 +55,29 @@ WITH a AS MATERIALIZED (
   SELECT pid, locktype, mode, granted, database, relation, transactionid, virtualxid
   FROM pg_locks
   WHERE EXISTS (SELECT 1 FROM a)
+), w AS MATERIALIZED (
+  SELECT a.pid, a.app, a.query, x.mode, x.locktype, x.database, x.relation, x.transactionid, x.virtualxid,
+    pg_blocking_pids(a.pid) AS blockers
+  FROM a
+  JOIN l x ON x.pid = a.pid AND NOT x.granted
+  WHERE a.wait_event_type = 'Lock'
 )
 SELECT json_build_object(
   'wal', pg_current_wal_lsn()::text,
   'waits', coalesce((
     SELECT json_agg(json_build_object(
-      'pid', a.pid, 'app', a.app, 'query', a.query,
+      'pid', w.pid, 'app', w.app, 'query', w.query,
       'mode', w.mode, 'target', coalesce(c.relname, w.relation::text, w.locktype),
-      'blockers', pg_blocking_pids(a.pid),
+      'blockers', w.blockers,
       'held', coalesce((
         SELECT json_agg(json_build_object('pid', h.pid, 'mode', h.mode))
         FROM l h
-        WHERE h.granted AND h.pid = ANY (pg_blocking_pids(a.pid)) AND h.locktype = w.locktype
+        WHERE h.granted AND h.pid = ANY (w.blockers) AND h.locktype = w.locktype
           AND h.database IS NOT DISTINCT FROM w.database AND h.relation IS NOT DISTINCT FROM w.relation
           AND h.transactionid IS NOT DISTINCT FROM w.transactionid
           AND h.virtualxid IS NOT DISTINCT FROM w.virtualxid), '[]'::json)))
-    FROM a
-    JOIN l w ON w.pid = a.pid AND NOT w.granted
-    LEFT JOIN pg_class c ON c.oid = w.relation
-    WHERE a.wait_event_type = 'Lock'), '[]'::json),
+    FROM w
+    LEFT JOIN pg_class c ON c.oid = w.relation), '[]'::json),
   'migration', coalesce((
     SELECT json_agg(json_build_object(
       'pid', a.pid, 'state', a.state, 'query', a.query,
