@@ -13,7 +13,8 @@
 //! and without the sampler (the same requests at the same rate). Throughout, a watcher reads `pg_locks` for the sampler's
 //! backend after every statement of its own: every relation lock it was seen holding
 //! is counted, and those on relations outside `pg_catalog` (the watcher's own backend's
-//! CPU is taken out of the server's). As during a deploy, a connection of the
+//! CPU is taken out of the server's; it runs in the rounds without the sampler too, on
+//! no backend, so that both carry its work). As during a deploy, a connection of the
 //! migration's is open throughout, so that every sample reads the lock table.
 //!
 //! Then the sampler where it runs, during the demo's migrations: in each round the load
@@ -190,9 +191,12 @@ fn main() {
                     None
                 };
                 // The watcher: the sampler's locks, read after each statement of its own.
+                // It runs in the rounds without a sampler too (reading the locks of no
+                // backend, pid 0), so that both kinds of round carry the same work
+                // besides the sampler's.
                 let stop_watch = Arc::new(AtomicBool::new(false));
-                let watcher = sampler.as_ref().map(|s| {
-                    let (db, stop, pid) = (db.clone(), stop_watch.clone(), s.pid);
+                let watcher = {
+                    let (db, stop, pid) = (db.clone(), stop_watch.clone(), sampler.as_ref().map_or(0, |s| s.pid));
                     tokio::spawn(async move {
                         let c = client(&db, &db.name, "bench-watcher").await;
                         let me: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
@@ -219,7 +223,7 @@ fn main() {
                         // Its own backend's CPU, read before it ends: not the server's work.
                         (all, app, cpu(me, false))
                     })
-                });
+                };
                 let (_to, target) = tokio::sync::watch::channel(load::target(&url).unwrap());
                 let (stop, stopped) = tokio::sync::watch::channel(false);
                 let reqs = requests.clone();
@@ -231,13 +235,9 @@ fn main() {
                 let timed = run.await.unwrap();
                 let sampler_cpu = sampler.as_ref().map(|s| cpu(s.pid, false)).unwrap_or(0.0);
                 stop_watch.store(true, Ordering::Relaxed);
-                let mut watcher_cpu = 0.0;
-                if let Some(w) = watcher {
-                    let (all, app, own) = w.await.unwrap();
-                    seen_locks += all;
-                    app_locks += app;
-                    watcher_cpu = own;
-                }
+                let (all, app, watcher_cpu) = watcher.await.unwrap();
+                seen_locks += all;
+                app_locks += app;
                 let cpu_all = server_cpu(postmaster) - cpu_before - watcher_cpu;
                 if let Some(s) = sampler {
                     let (taken, error) = s.stop().await;
