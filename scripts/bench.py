@@ -127,6 +127,12 @@ def section_sampler():
     bench_lines("lock_sampler", bullet="")
 
 
+def section_proxy():
+    say("## the fault proxy's own cost with no fault, on loopback")
+    say()
+    bench_lines("fault_proxy", bullet="")
+
+
 def cpu_clock(pid):
     """The clock id of a process's CPU time (Linux's MAKE_PROCESS_CPUCLOCK(pid,
     CPUCLOCK_SCHED)): every thread of the process, never its children; nanoseconds."""
@@ -356,7 +362,7 @@ def main():
         os.chmod(p, 0o711)
     say(f"# rehearse benchmarks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores")
     say()
-    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state", "stage", "serve", "cow", "sampler"]
+    only = sys.argv[1:] or ["plan", "fake", "demo", "restore", "aws", "state", "stage", "serve", "cow", "sampler", "proxy"]
     if "plan" in only:
         section_plan()
     if "fake" in only:
@@ -377,6 +383,8 @@ def main():
         section_script("scripts/bench_cow.py", "copy-on-write")
     if "sampler" in only:
         section_sampler()
+    if "proxy" in only:
+        section_proxy()
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     if failed:
         sys.exit(f"failed: {', '.join(failed)} (see target/bench/results.md)")

@@ -8,9 +8,12 @@
 //! - [`state`]: where runs keep their files (state and work directories, run ids);
 //! - [`signals`]: the first SIGINT/SIGTERM asks for teardown, the second stops it;
 //! - [`timing`]: the clock that tells the tool's own time from time spent waiting;
-//! - [`health`]: HTTP health checks of a service, on this machine or across a network.
+//! - [`health`]: HTTP health checks of a service, on this machine or across a network;
+//! - [`fault_proxy`]: a TCP proxy on loopback that adds latency, limits bandwidth,
+//!   resets or blackholes the path it carries (a game day's network faults).
 
 pub mod bundle;
+pub mod fault_proxy;
 pub mod health;
 pub mod process;
 pub mod secure_fs;

@@ -1,0 +1,280 @@
+//! A TCP proxy on loopback that carries a path's traffic (a service's to its database, a
+//! client's to a service) and hurts it on demand: added latency with jitter, a bandwidth
+//! limit, connection resets, a blackhole. Put in the path from the start of a run, it
+//! needs no root and no traffic control; with no fault it only copies.
+//!
+//! How each fault behaves, on open connections and new ones alike (a fault set applies
+//! at the next chunk each way):
+//! - [`Fault::Latency`]: every chunk read is written `delay` ± `jitter` later, in order
+//!   (a delay line: a bulk transfer keeps its throughput, a request and its answer each
+//!   wait);
+//! - [`Fault::Bandwidth`]: each direction writes at most `bytes_per_sec`;
+//! - [`Fault::Reset`]: every connection is reset (RST to both ends), and new ones as
+//!   they come;
+//! - [`Fault::Blackhole`]: nothing moves: the proxy stops reading and writing (what was
+//!   sent waits in the kernel's buffers, as it would in a path that drops packets and
+//!   retransmits), new connections are accepted but not connected upstream; when the
+//!   fault ends, the traffic resumes where it stopped.
+//!
+//! One task per connection; within it the four halves (each end's reads and writes)
+//! run together over borrowed halves of the two sockets, so that a reset can still set
+//! `SO_LINGER` to zero on both before they close. Jitter is drawn from a seeded
+//! generator: a game day's faults are the same on every run of the same seed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// What the proxy does to the traffic it carries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Fault {
+    /// Nothing: it copies.
+    #[default]
+    None,
+    /// Every chunk `delay` later, plus a uniform draw in `[0, jitter]`.
+    Latency { delay: Duration, jitter: Duration },
+    /// At most this many bytes a second each way.
+    Bandwidth { bytes_per_sec: u64 },
+    /// Every connection reset, open and new.
+    Reset,
+    /// Nothing moves until the fault ends.
+    Blackhole,
+}
+
+/// The most bytes one read takes (and one chunk carries).
+const CHUNK: usize = 64 * 1024;
+/// Chunks in flight each way: a full delay line stops reading, as a full window would.
+const IN_FLIGHT: usize = 64;
+
+/// A running proxy: connections to [`FaultProxy::addr`] go to its upstream. Dropped or
+/// [`stop`](FaultProxy::stop)ped, it closes its listener and every connection.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    fault: watch::Sender<Fault>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Listens on a free port of 127.0.0.1 and carries each connection to `upstream`;
+    /// `seed` draws the jitter.
+    pub async fn start(upstream: SocketAddr, seed: u64) -> std::io::Result<FaultProxy> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let (fault, watching) = watch::channel(Fault::None);
+        let task = tokio::spawn(accept(listener, upstream, watching, seed));
+        Ok(FaultProxy { addr, fault, task })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Applies `fault` from now on (`Fault::None` ends the one before).
+    pub fn set(&self, fault: Fault) {
+        self.fault.send_replace(fault);
+    }
+
+    /// The fault in force.
+    pub fn fault(&self) -> Fault {
+        self.fault.borrow().clone()
+    }
+
+    /// Closes the listener and every connection.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept(listener: TcpListener, upstream: SocketAddr, fault: watch::Receiver<Fault>, seed: u64) {
+    // The connections die with this task (an aborted JoinSet aborts its tasks).
+    let mut connections = tokio::task::JoinSet::new();
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((client, _)) = accepted else {
+                    // Out of descriptors, say: a pause, not a spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                n += 1;
+                let seed = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                connections.spawn(connection(client, upstream, fault.clone(), seed));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Why a half stopped early: the connection is to be reset.
+struct Reset;
+
+async fn connection(mut client: TcpStream, upstream: SocketAddr, mut fault: watch::Receiver<Fault>, seed: u64) {
+    // A blackhole holds a new connection unanswered; a reset refuses it.
+    match past_blackhole(&mut fault).await {
+        Err(Reset) => return reset(&client, None),
+        Ok(None) => return,
+        Ok(Some(_)) => {}
+    }
+    let Ok(mut server) = TcpStream::connect(upstream).await else { return reset(&client, None) };
+    // Small writes (a protocol's messages) leave at once, as they would unproxied.
+    client.set_nodelay(true).ok();
+    server.set_nodelay(true).ok();
+    let outcome = {
+        let (client_r, client_w) = client.split();
+        let (server_r, server_w) = server.split();
+        let (to_server, for_server) = mpsc::channel(IN_FLIGHT);
+        let (to_client, for_client) = mpsc::channel(IN_FLIGHT);
+        let rng = |k: u64| rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed ^ k);
+        tokio::try_join!(
+            read_half(client_r, to_server, fault.clone(), rng(1)),
+            write_half(server_w, for_server, fault.clone()),
+            read_half(server_r, to_client, fault.clone(), rng(2)),
+            write_half(client_w, for_client, fault.clone()),
+        )
+    };
+    if outcome.is_err() {
+        reset(&client, Some(&server));
+    }
+}
+
+/// Waits out a blackhole: then the fault in force (`None` when the proxy is gone), or
+/// `Err` for a reset.
+async fn past_blackhole(fault: &mut watch::Receiver<Fault>) -> Result<Option<Fault>, Reset> {
+    loop {
+        let now = fault.borrow_and_update().clone();
+        match now {
+            Fault::Reset => return Err(Reset),
+            Fault::Blackhole => {
+                if fault.changed().await.is_err() {
+                    return Ok(None);
+                }
+            }
+            other => return Ok(Some(other)),
+        }
+    }
+}
+
+/// Resets `a` (and `b`): `SO_LINGER` zero, then closed (by the caller's drop).
+fn reset(a: &TcpStream, b: Option<&TcpStream>) {
+    a.set_zero_linger().ok();
+    if let Some(b) = b {
+        b.set_zero_linger().ok();
+    }
+}
+
+/// Reads one end and queues what it read, stamped with when it is due at the other.
+async fn read_half<R: tokio::io::AsyncRead + Unpin>(
+    mut from: R,
+    to: mpsc::Sender<(Instant, Vec<u8>)>,
+    mut fault: watch::Receiver<Fault>,
+    mut rng: rand::rngs::Xoshiro256PlusPlus,
+) -> Result<(), Reset> {
+    let mut last_due = Instant::now();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let Some(now) = past_blackhole(&mut fault).await? else { return Ok(()) };
+        let n = tokio::select! {
+            // A fault set while waiting for bytes: looked at before the next read.
+            changed = fault.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            read = from.read(&mut buf) => match read {
+                Ok(n) => n,
+                // A broken end: the other side is closed as it would be unproxied.
+                Err(_) => return Err(Reset),
+            },
+        };
+        if n == 0 {
+            // End of stream: the writer shuts its side down once the queue is empty.
+            return Ok(());
+        }
+        let delay = match now {
+            Fault::Latency { delay, jitter } if jitter.is_zero() => delay,
+            Fault::Latency { delay, jitter } => delay + jitter.mul_f64(rng.random::<f64>()),
+            _ => Duration::ZERO,
+        };
+        // Never before the chunk ahead of it: a delay line keeps the order.
+        last_due = (Instant::now() + delay).max(last_due);
+        if to.send((last_due, buf[..n].to_vec())).await.is_err() {
+            return Err(Reset);
+        }
+    }
+}
+
+/// Writes what its reader queued, when due, at the bandwidth allowed; shuts its side
+/// down when the reader has ended.
+async fn write_half<W: tokio::io::AsyncWrite + Unpin>(
+    mut to: W,
+    mut from: mpsc::Receiver<(Instant, Vec<u8>)>,
+    mut fault: watch::Receiver<Fault>,
+) -> Result<(), Reset> {
+    loop {
+        let next = tokio::select! {
+            next = from.recv() => next,
+            changed = fault.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                if *fault.borrow() == Fault::Reset {
+                    return Err(Reset);
+                }
+                continue;
+            }
+        };
+        let Some((due, bytes)) = next else {
+            to.shutdown().await.ok();
+            return Ok(());
+        };
+        // Only when due later: a timer, even one already past, fires at the timer's next
+        // tick (a millisecond), which would add that to every chunk.
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        // A blackhole holds what is in flight; a reset drops it.
+        if past_blackhole(&mut fault).await?.is_none() {
+            return Ok(());
+        }
+        let limit = match *fault.borrow() {
+            Fault::Bandwidth { bytes_per_sec } => Some(bytes_per_sec.max(1)),
+            _ => None,
+        };
+        match limit {
+            None => {
+                if to.write_all(&bytes).await.is_err() {
+                    return Err(Reset);
+                }
+            }
+            Some(rate) => {
+                // A tenth of a second's worth at a time, each followed by its time.
+                let slice = (rate / 10).clamp(1, CHUNK as u64) as usize;
+                for part in bytes.chunks(slice) {
+                    let began = Instant::now();
+                    if to.write_all(part).await.is_err() {
+                        return Err(Reset);
+                    }
+                    let spent = Duration::from_secs_f64(part.len() as f64 / rate as f64);
+                    tokio::time::sleep_until(began + spent).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! The proxy between a client and an echo server on loopback, on tokio's paused clock:
+//! the delays it adds are read from the clock, not waited for.
+
+use super::*;
+
+/// An echo server on a free port of 127.0.0.1: what it reads it writes back, and it
+/// ends its side when the client ends its own.
+async fn echo() -> SocketAddr {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await.ok();
+                w.shutdown().await.ok();
+            });
+        }
+    });
+    addr
+}
+
+async fn proxied() -> FaultProxy {
+    FaultProxy::start(echo().await, 7).await.unwrap()
+}
+
+/// Sends `msg` and reads its echo.
+async fn ping(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).await?;
+    Ok(back)
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_fault_it_copies_both_ways_and_passes_the_end_on() {
+    let proxy = proxied().await;
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    // A megabyte each way, in pieces of every size, back in order.
+    let sent: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let begun = Instant::now();
+    let (mut r, mut w) = s.split();
+    let writing = async {
+        for piece in sent.chunks(7_919) {
+            w.write_all(piece).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let reading = r.read_to_end(&mut got);
+    let ((), read) = tokio::join!(writing, reading);
+    // The server's end came back through the proxy as the end of the stream.
+    assert_eq!(read.unwrap(), sent.len());
+    assert!(got == sent, "the bytes came back changed");
+    assert!(begun.elapsed() < Duration::from_millis(1), "no time added: {:?}", begun.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_delays_each_way_with_its_jitter_and_keeps_the_order() {
+    let proxy = proxied().await;
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(ping(&mut s, b"before").await.unwrap(), b"before");
+    let (delay, jitter) = (Duration::from_millis(100), Duration::from_millis(20));
+    proxy.set(Fault::Latency { delay, jitter });
+    // The fault reaches an open connection at its next chunk: one exchange to see it.
+    let mut times = Vec::new();
+    for i in 0..20u8 {
+        let begun = Instant::now();
+        assert_eq!(ping(&mut s, &[i; 10]).await.unwrap(), vec![i; 10]);
+        times.push(begun.elapsed());
+    }
+    for t in &times {
+        // Once each way: 200 ms, and at most 40 ms of jitter on top.
+        assert!(*t >= 2 * delay && *t <= 2 * (delay + jitter) + Duration::from_millis(1), "{t:?}");
+    }
+    assert!(times.iter().any(|t| *t > 2 * delay + Duration::from_millis(5)), "no jitter drawn: {times:?}");
+    // Many chunks in flight come back in the order sent.
+    let sent: Vec<u8> = (0..200u8).collect();
+    for b in &sent {
+        s.write_all(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut back = vec![0u8; sent.len()];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, sent);
+    // Ended: no time added.
+    proxy.set(Fault::None);
+    let begun = Instant::now();
+    ping(&mut s, b"after").await.unwrap();
+    ping(&mut s, b"after").await.unwrap();
+    assert!(begun.elapsed() < Duration::from_millis(1), "{:?}", begun.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_resets_open_connections_and_new_ones_until_it_ends() {
+    let proxy = proxied().await;
+    let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(ping(&mut open, b"hello").await.unwrap(), b"hello");
+    proxy.set(Fault::Reset);
+    let mut buf = [0u8; 8];
+    let err = open.read(&mut buf).await.expect_err("the open connection is reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    // A new connection is accepted, then reset.
+    let mut new = TcpStream::connect(proxy.addr()).await.unwrap();
+    let r = new.read(&mut buf).await;
+    assert!(r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{r:?}");
+    proxy.set(Fault::None);
+    let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(ping(&mut again, b"again").await.unwrap(), b"again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blackhole_holds_the_traffic_and_it_resumes_where_it_stopped() {
+    let proxy = proxied().await;
+    let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(ping(&mut open, b"one").await.unwrap(), b"one");
+    proxy.set(Fault::Blackhole);
+    open.write_all(b"two").await.unwrap();
+    let mut held = TcpStream::connect(proxy.addr()).await.unwrap();
+    held.write_all(b"three").await.unwrap();
+    // Nothing comes back for a minute.
+    let mut buf = [0u8; 5];
+    let begun = Instant::now();
+    assert!(tokio::time::timeout(Duration::from_secs(60), open.read(&mut buf)).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_secs(1), held.read(&mut buf)).await.is_err());
+    assert!(begun.elapsed() >= Duration::from_secs(61));
+    // Lifted: what waited arrives, on the open connection and the one held unanswered.
+    proxy.set(Fault::None);
+    let mut two = [0u8; 3];
+    open.read_exact(&mut two).await.unwrap();
+    assert_eq!(&two, b"two");
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"three");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bandwidth_limit_paces_each_way() {
+    let proxy = proxied().await;
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    proxy.set(Fault::Bandwidth { bytes_per_sec: 50_000 });
+    let begun = Instant::now();
+    let sent = vec![5u8; 100_000];
+    let (mut r, mut w) = s.split();
+    let writing = async {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let ((), read) = tokio::join!(writing, r.read_to_end(&mut got));
+    assert_eq!(read.unwrap(), sent.len());
+    // 100 kB at 50 kB/s each way, the two ways overlapping: about 2 s, not 4.
+    let took = begun.elapsed();
+    assert!(took >= Duration::from_millis(1_900) && took <= Duration::from_millis(2_500), "{took:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_refuses_resets_the_client_and_a_stopped_proxy_refuses() {
+    // A port nothing listens on (bound, then closed).
+    let gone = TcpListener::bind(("127.0.0.1", 0)).await.unwrap().local_addr().unwrap();
+    let proxy = FaultProxy::start(gone, 1).await.unwrap();
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut buf = [0u8; 1];
+    let r = s.read(&mut buf).await;
+    assert!(r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{r:?}");
+    let addr = proxy.addr();
+    proxy.stop();
+    // The abort lands when the runtime next runs the task.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(TcpStream::connect(addr).await.is_err(), "a stopped proxy still listens");
+}
