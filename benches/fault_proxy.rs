@@ -14,6 +14,9 @@
 //! client on a third, as they would be three processes; the machine's cores are shared
 //! by all three either way. Prints a Markdown table.
 
+mod common;
+use common::quantile;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -90,15 +93,8 @@ fn proxy(upstream: SocketAddr) -> SocketAddr {
     })
 }
 
-fn quantile(xs: &mut [f64], q: f64) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1]
-}
-
 fn stats(xs: &[f64]) -> String {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    format!("{:.3} / {:.3} / {:.3}", v[0], v[v.len() / 2], v[v.len() - 1])
+    common::spread(xs, 3)
 }
 
 /// (p50, p99) of `n` requests' times, ms.

@@ -25,6 +25,9 @@
 //! sampler's backend's share of the server's CPU time over that span, the build's
 //! duration, and the load's p99 over the requests sent during it. Prints Markdown tables.
 
+mod common;
+use common::quantile;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,15 +115,8 @@ fn server_cpu(postmaster: i32) -> f64 {
     cpu(postmaster, true) + live
 }
 
-fn quantile(xs: &mut [f64], q: f64) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1]
-}
-
 fn stats(xs: &[f64]) -> String {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    format!("{:.2} / {:.2} / {:.2}", v[0], v[v.len() / 2], v[v.len() - 1])
+    common::spread(xs, 2)
 }
 
 /// The kept copy's `rehearse down`, when dropped.

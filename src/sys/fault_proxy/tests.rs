@@ -20,8 +20,11 @@ async fn echo() -> SocketAddr {
     addr
 }
 
-async fn proxied() -> FaultProxy {
-    FaultProxy::start(echo().await, 7).await.unwrap()
+/// A proxy in front of an echo server, and a connection through it.
+async fn connected() -> (FaultProxy, TcpStream) {
+    let proxy = FaultProxy::start(echo().await, 7).await.unwrap();
+    let s = TcpStream::connect(proxy.addr()).await.unwrap();
+    (proxy, s)
 }
 
 /// Sends `msg` and reads its echo.
@@ -32,33 +35,38 @@ async fn ping(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(back)
 }
 
-#[tokio::test(start_paused = true)]
-async fn without_a_fault_it_copies_both_ways_and_passes_the_end_on() {
-    let proxy = proxied().await;
-    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
-    // A megabyte each way, in pieces of every size, back in order.
-    let sent: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    let begun = Instant::now();
+/// Writes `sent` in pieces of `piece` bytes, ends its side, and reads everything that
+/// comes back until the other end ends too, at the same time.
+async fn send_and_read_back(s: &mut TcpStream, sent: &[u8], piece: usize) -> Vec<u8> {
     let (mut r, mut w) = s.split();
     let writing = async {
-        for piece in sent.chunks(7_919) {
-            w.write_all(piece).await.unwrap();
+        for part in sent.chunks(piece) {
+            w.write_all(part).await.unwrap();
         }
         w.shutdown().await.unwrap();
     };
     let mut got = Vec::new();
-    let reading = r.read_to_end(&mut got);
-    let ((), read) = tokio::join!(writing, reading);
+    let ((), read) = tokio::join!(writing, r.read_to_end(&mut got));
+    read.unwrap();
+    got
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_fault_it_copies_both_ways_and_passes_the_end_on() {
+    let (_proxy, mut s) = connected().await;
+    // A megabyte each way, in pieces of every size, back in order.
+    let sent: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let begun = Instant::now();
+    let got = send_and_read_back(&mut s, &sent, 7_919).await;
     // The server's end came back through the proxy as the end of the stream.
-    assert_eq!(read.unwrap(), sent.len());
+    assert_eq!(got.len(), sent.len());
     assert!(got == sent, "the bytes came back changed");
     assert!(begun.elapsed() < Duration::from_millis(1), "no time added: {:?}", begun.elapsed());
 }
 
 #[tokio::test(start_paused = true)]
 async fn latency_delays_each_way_with_its_jitter_and_keeps_the_order() {
-    let proxy = proxied().await;
-    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (proxy, mut s) = connected().await;
     assert_eq!(ping(&mut s, b"before").await.unwrap(), b"before");
     let (delay, jitter) = (Duration::from_millis(100), Duration::from_millis(20));
     proxy.set(Fault::Latency { delay, jitter });
@@ -93,8 +101,7 @@ async fn latency_delays_each_way_with_its_jitter_and_keeps_the_order() {
 
 #[tokio::test(start_paused = true)]
 async fn a_reset_resets_open_connections_and_new_ones_until_it_ends() {
-    let proxy = proxied().await;
-    let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (proxy, mut open) = connected().await;
     assert_eq!(ping(&mut open, b"hello").await.unwrap(), b"hello");
     proxy.set(Fault::Reset);
     let mut buf = [0u8; 8];
@@ -111,8 +118,7 @@ async fn a_reset_resets_open_connections_and_new_ones_until_it_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn a_blackhole_holds_the_traffic_and_it_resumes_where_it_stopped() {
-    let proxy = proxied().await;
-    let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (proxy, mut open) = connected().await;
     assert_eq!(ping(&mut open, b"one").await.unwrap(), b"one");
     proxy.set(Fault::Blackhole);
     open.write_all(b"two").await.unwrap();
@@ -135,19 +141,11 @@ async fn a_blackhole_holds_the_traffic_and_it_resumes_where_it_stopped() {
 
 #[tokio::test(start_paused = true)]
 async fn a_bandwidth_limit_paces_each_way() {
-    let proxy = proxied().await;
-    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (proxy, mut s) = connected().await;
     proxy.set(Fault::Bandwidth { bytes_per_sec: 50_000 });
     let begun = Instant::now();
     let sent = vec![5u8; 100_000];
-    let (mut r, mut w) = s.split();
-    let writing = async {
-        w.write_all(&sent).await.unwrap();
-        w.shutdown().await.unwrap();
-    };
-    let mut got = Vec::new();
-    let ((), read) = tokio::join!(writing, r.read_to_end(&mut got));
-    assert_eq!(read.unwrap(), sent.len());
+    assert_eq!(send_and_read_back(&mut s, &sent, sent.len()).await, sent);
     // 100 kB at 50 kB/s each way, the two ways overlapping: about 2 s, not 4.
     let took = begun.elapsed();
     assert!(took >= Duration::from_millis(1_900) && took <= Duration::from_millis(2_500), "{took:?}");
