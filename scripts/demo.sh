@@ -50,15 +50,25 @@ fi
 banner "rehearse run environments/deploy.yaml --from v2 --release v4-blocking"
 "$bin" run environments/deploy.yaml --from v2 --release v4-blocking
 blocking=$?
-# It must fail on the traffic's lock waits, not anywhere else.
+# It must fail on the traffic's lock waits, not anywhere else. On a slow machine the
+# index takes longer than the shop's 10 s query timeout and the requests that waited
+# fail too: the error rate may break beside the lock waits, nothing else may.
 if [ "$blocking" -eq 1 ]; then
   last=$(ls -t "$REHEARSE_STATE_DIR/runs" | head -n 1)
   if ! python3 -c 'import json, sys
-d = json.load(open(sys.argv[1])).get("deploy") or {}
-broken = [l["name"] for l in d.get("limits", []) if not l["passed"]]
-sys.exit(0 if broken == ["max_lock_wait"] else 1)' \
+r = json.load(open(sys.argv[1]))
+d = r.get("deploy") or {}
+broken = [l for l in d.get("limits", []) if not l["passed"]]
+names = {l["name"] for l in broken}
+if "max_lock_wait" in names and names <= {"max_lock_wait", "max_error_rate"}:
+    sys.exit(0)
+for l in broken:
+    print("demo:   broken: %s: %s" % (l["name"], l["reason"]), file=sys.stderr)
+if r.get("failure"):
+    print("demo:   failure: %s" % r["failure"].get("message", ""), file=sys.stderr)
+sys.exit(1)' \
       "$REHEARSE_STATE_DIR/runs/$last/report/report.json"; then
-    echo "demo: v4-blocking failed, but not on its lock waits" >&2
+    echo "demo: v4-blocking failed, but not on its lock waits (run $last)" >&2
     blocking=wrong
   fi
 fi
