@@ -121,6 +121,14 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, fault: watch::Recei
 /// Why a half stopped early: the connection is to be reset.
 struct Reset;
 
+/// How a stretch of a direction's copying ended.
+enum End {
+    /// The end of the stream was read (or the proxy is gone): shut the other side down.
+    Eof,
+    /// The fault changed so that the other way of copying applies.
+    Switch,
+}
+
 async fn connection(mut client: TcpStream, upstream: SocketAddr, mut fault: watch::Receiver<Fault>, seed: u64) {
     // A blackhole holds a new connection unanswered; a reset refuses it.
     match past_blackhole(&mut fault).await {
@@ -135,18 +143,140 @@ async fn connection(mut client: TcpStream, upstream: SocketAddr, mut fault: watc
     let outcome = {
         let (client_r, client_w) = client.split();
         let (server_r, server_w) = server.split();
-        let (to_server, for_server) = mpsc::channel(IN_FLIGHT);
-        let (to_client, for_client) = mpsc::channel(IN_FLIGHT);
         let rng = |k: u64| rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed ^ k);
         tokio::try_join!(
-            read_half(client_r, to_server, fault.clone(), rng(1)),
-            write_half(server_w, for_server, fault.clone()),
-            read_half(server_r, to_client, fault.clone(), rng(2)),
-            write_half(client_w, for_client, fault.clone()),
+            direction(client_r, server_w, fault.clone(), rng(1)),
+            direction(server_r, client_w, fault.clone(), rng(2)),
         )
     };
     if outcome.is_err() {
         reset(&client, Some(&server));
+    }
+}
+
+/// One way of a connection, until its end: with no fault set the bytes go from socket
+/// to socket through a pipe and never reach this process ([`spliced`]); under a fault,
+/// or where no pipe can be had, they are read, delayed or paced, and written
+/// ([`read_half`], [`write_half`]). A change of fault drains what is on its way before
+/// the other way takes over, so the order is kept.
+async fn direction(
+    mut from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+    mut fault: watch::Receiver<Fault>,
+    mut rng: rand::rngs::Xoshiro256PlusPlus,
+) -> Result<(), Reset> {
+    let pipe = Pipe::new();
+    loop {
+        let Some(now) = past_blackhole(&mut fault).await? else { return Ok(()) };
+        let end = match (&pipe, now) {
+            (Some(pipe), Fault::None) => spliced(from.as_ref(), to.as_ref(), pipe, &mut fault).await?,
+            _ => {
+                let (tx, rx) = mpsc::channel(IN_FLIGHT);
+                let until_clear = pipe.is_some();
+                let (end, ()) = tokio::try_join!(
+                    read_half(&mut from, tx, fault.clone(), &mut rng, until_clear),
+                    write_half(&mut to, rx, fault.clone()),
+                )?;
+                end
+            }
+        };
+        if let End::Eof = end {
+            to.shutdown().await.ok();
+            return Ok(());
+        }
+    }
+}
+
+/// A pipe for [`spliced`], both ends non-blocking; `None` where none can be had (out of
+/// descriptors, say): then the bytes are copied.
+struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+    /// What it holds: the most one splice moves.
+    size: usize,
+}
+
+impl Pipe {
+    fn new() -> Option<Pipe> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
+        // Larger than the default 64 KiB, for fewer calls in a bulk transfer; the default
+        // where the system refuses (a user's pipe quota).
+        let size = fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
+            .or_else(|_| fcntl(&write, FcntlArg::F_GETPIPE_SZ))
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0)?;
+        Some(Pipe { read, write, size })
+    }
+}
+
+/// What [`Pipe::new`] asks of the system.
+const PIPE_SIZE: usize = 256 * 1024;
+
+/// Moves bytes from `from` to `to` through `pipe` with `splice(2)` while no fault is
+/// set: the kernel's pages handed on, none copied into this process. The pipe is
+/// emptied before each read from the socket, so a would-block always means the socket
+/// (never the pipe) is not ready. Ends at the end of the stream, or when a fault is set
+/// (what the pipe holds written first; a reset drops it).
+async fn spliced(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &Pipe,
+    fault: &mut watch::Receiver<Fault>,
+) -> Result<End, Reset> {
+    use nix::fcntl::{splice, SpliceFFlags};
+    use std::io::ErrorKind::WouldBlock;
+    use tokio::io::Interest;
+    let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    loop {
+        if *fault.borrow_and_update() != Fault::None {
+            return Ok(End::Switch);
+        }
+        tokio::select! {
+            changed = fault.changed() => {
+                if changed.is_err() {
+                    return Ok(End::Eof);
+                }
+                continue;
+            }
+            ready = from.readable() => if ready.is_err() {
+                return Err(Reset);
+            },
+        }
+        let moved = from.try_io(Interest::READABLE, || {
+            splice(from, None, &pipe.write, None, pipe.size, flags).map_err(std::io::Error::from)
+        });
+        let mut left = match moved {
+            Ok(0) => return Ok(End::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == WouldBlock => continue,
+            Err(_) => return Err(Reset),
+        };
+        while left > 0 {
+            tokio::select! {
+                changed = fault.changed() => {
+                    if changed.is_err() {
+                        return Ok(End::Eof);
+                    }
+                    if *fault.borrow() == Fault::Reset {
+                        return Err(Reset);
+                    }
+                    continue;
+                }
+                ready = to.writable() => if ready.is_err() {
+                    return Err(Reset);
+                },
+            }
+            let moved = to.try_io(Interest::WRITABLE, || {
+                splice(&pipe.read, None, to, None, left, flags).map_err(std::io::Error::from)
+            });
+            match moved {
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == WouldBlock => {}
+                Err(_) => return Err(Reset),
+            }
+        }
     }
 }
 
@@ -175,22 +305,28 @@ fn reset(a: &TcpStream, b: Option<&TcpStream>) {
     }
 }
 
-/// Reads one end and queues what it read, stamped with when it is due at the other.
+/// Reads one end and queues what it read, stamped with when it is due at the other;
+/// with `until_clear`, only while a fault is set.
 async fn read_half<R: tokio::io::AsyncRead + Unpin>(
     mut from: R,
     to: mpsc::Sender<(Instant, Vec<u8>)>,
     mut fault: watch::Receiver<Fault>,
-    mut rng: rand::rngs::Xoshiro256PlusPlus,
-) -> Result<(), Reset> {
+    rng: &mut rand::rngs::Xoshiro256PlusPlus,
+    until_clear: bool,
+) -> Result<End, Reset> {
     let mut last_due = Instant::now();
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let Some(now) = past_blackhole(&mut fault).await? else { return Ok(()) };
+        let Some(now) = past_blackhole(&mut fault).await? else { return Ok(End::Eof) };
+        if until_clear && now == Fault::None {
+            // The writer empties the queue, then the pipe takes over.
+            return Ok(End::Switch);
+        }
         let n = tokio::select! {
             // A fault set while waiting for bytes: looked at before the next read.
             changed = fault.changed() => {
                 if changed.is_err() {
-                    return Ok(());
+                    return Ok(End::Eof);
                 }
                 continue;
             }
@@ -201,8 +337,8 @@ async fn read_half<R: tokio::io::AsyncRead + Unpin>(
             },
         };
         if n == 0 {
-            // End of stream: the writer shuts its side down once the queue is empty.
-            return Ok(());
+            // End of stream: the other side is shut down once the queue is written.
+            return Ok(End::Eof);
         }
         let delay = match now {
             Fault::Latency { delay, jitter } if jitter.is_zero() => delay,
@@ -217,8 +353,8 @@ async fn read_half<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// Writes what its reader queued, when due, at the bandwidth allowed; shuts its side
-/// down when the reader has ended.
+/// Writes what its reader queued, when due, at the bandwidth allowed, until the reader
+/// has ended and the queue is empty.
 async fn write_half<W: tokio::io::AsyncWrite + Unpin>(
     mut to: W,
     mut from: mpsc::Receiver<(Instant, Vec<u8>)>,
@@ -237,10 +373,7 @@ async fn write_half<W: tokio::io::AsyncWrite + Unpin>(
                 continue;
             }
         };
-        let Some((due, bytes)) = next else {
-            to.shutdown().await.ok();
-            return Ok(());
-        };
+        let Some((due, bytes)) = next else { return Ok(()) };
         // Only when due later: a timer, even one already past, fires at the timer's next
         // tick (a millisecond), which would add that to every chunk.
         if due > Instant::now() {
