@@ -8,6 +8,7 @@
 //!   and what each provider requires or refuses, which gives the model its typed
 //!   per-provider parts.
 
+mod chaos;
 mod compare;
 mod deploy;
 mod reader;

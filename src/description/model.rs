@@ -16,6 +16,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+mod chaos;
 mod compare;
 mod databases;
 mod deploy;
@@ -26,6 +27,7 @@ mod services;
 mod stage;
 mod suites;
 mod urls;
+pub use chaos::*;
 pub use compare::*;
 pub use databases::*;
 pub use deploy::*;
@@ -116,6 +118,12 @@ pub struct Description {
     /// max_error_rate: 1}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Deploy>,
+    /// A game day on the copy (`rehearse run --chaos`): faults injected on purpose
+    /// while a load runs, and what must hold during and after them. Example:
+    /// `{faults: {db-restart: {database: db, kind: restart, at: 5s}}, expect:
+    /// {max_error_rate: 5, recover_within: 10s}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<Chaos>,
     /// The files and directories the suites and a load command need (relative to the
     /// description's directory): copied for the user they run as, each at the same
     /// place relative to the description's directory, from which the commands run

@@ -19,7 +19,7 @@ use schemars::generate::SchemaSettings;
 use schemars::Schema;
 use serde_json::{json, Map, Value};
 
-use super::model::{DatabaseSource, Description, ProviderKeys, ProviderKind};
+use super::model::{DatabaseSource, Description, ProviderKeys, ProviderKind, KIND_SHAPES};
 
 /// The JSON Schema (draft 2020-12) of a description.
 pub fn schema() -> Value {
@@ -71,6 +71,20 @@ fn provider_rule(provider: ProviderKind, generator: &mut schemars::SchemaGenerat
     let mut top = refused(|k| &k.root);
     top.insert("services".into(), json!({ "additionalProperties": service }));
     top.insert("databases".into(), json!({ "additionalProperties": database }));
+    // A fault of a kind only another provider has.
+    let foreign: Vec<Value> = KIND_SHAPES
+        .iter()
+        .filter(|s| !s.providers.contains(&provider))
+        .map(
+            |s| json!({ "required": [s.target.key(), "kind"], "properties": { "kind": { "const": s.kind.as_str() } } }),
+        )
+        .collect();
+    if !foreign.is_empty() {
+        top.insert(
+            "chaos".into(),
+            json!({ "properties": { "faults": { "additionalProperties": { "not": { "anyOf": foreign } } } } }),
+        );
+    }
     json!({
         "if": { "properties": { "provider": { "const": provider.as_str() } }, "required": ["provider"] },
         "then": requiring(&mine.root, top),

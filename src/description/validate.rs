@@ -46,6 +46,7 @@ impl<'a> Validator<'a> {
 
     pub fn run(mut self, release_version: &str) -> (Option<Checked>, Vec<Diagnostic>) {
         self.names();
+        self.chaos();
         self.files();
         let (tera, implicit, sources) = self.templates(release_version);
         let deps = self.dependencies(implicit);
@@ -81,6 +82,74 @@ impl<'a> Validator<'a> {
                     self.dangling(&p, used, &known, "a database or service");
                 }
             }
+        }
+    }
+
+    /// What a game day's faults name: services (and their instances), databases, the
+    /// two ends of a path, the suite a fault starts after.
+    fn chaos(&mut self) {
+        let d = self.desc;
+        let Some(chaos) = &d.chaos else { return };
+        let services: Vec<&str> = d.services.keys().map(String::as_str).collect();
+        let databases: Vec<&str> = d.databases.keys().map(String::as_str).collect();
+        let suites: Vec<&str> = d.suites.keys().map(String::as_str).collect();
+        for (name, f) in &chaos.faults {
+            let at = format!("chaos.faults.{name}");
+            if let Some(s) = &f.service {
+                match d.services.get(s) {
+                    None => self.unknown(&format!("{at}.service"), s, &services, "service"),
+                    Some(svc) => {
+                        if let Some(i) = f.instance.filter(|i| *i >= svc.count) {
+                            self.err(
+                                &format!("{at}.instance"),
+                                format!("`{at}.instance` is {i}, but service `{s}` runs {} instance(s)", svc.count),
+                            )
+                            .expected = Some(format!("an instance from 0 to {}", svc.count.saturating_sub(1)));
+                        }
+                    }
+                }
+            }
+            if let Some(db) = &f.database {
+                if !d.databases.contains_key(db) {
+                    self.unknown(&format!("{at}.database"), db, &databases, "database");
+                }
+            }
+            if let Some((from, to)) = f.path_ends() {
+                let p = format!("{at}.path");
+                if from == "client" {
+                    if !d.services.contains_key(to) {
+                        self.unknown(&p, to, &services, "service (the client's path goes to one)");
+                    }
+                } else if !d.services.contains_key(from) {
+                    self.unknown(&p, from, &services, "service, or `client`");
+                } else if !d.databases.contains_key(to) {
+                    self.unknown(&p, to, &databases, "database (a service's path goes to one)");
+                } else if !d.services[from].depends_on.iter().any(|x| x == to) {
+                    self.err(&p, format!("`{from} -> {to}`: service `{from}` does not depend on database `{to}`"))
+                        .help = Some(format!(
+                        "the fault sits where `{from}` reaches `{to}`: add `{to}` to `services.{from}.depends_on`"
+                    ));
+                }
+            }
+            if let Some(suite) = f.after.strip_prefix("suite.") {
+                if !d.suites.contains_key(suite) {
+                    self.unknown(&format!("{at}.after"), suite, &suites, "suite");
+                }
+            }
+        }
+    }
+
+    /// `name` at `path` names no `what` of `known`.
+    fn unknown(&mut self, path: &str, name: &str, known: &[&str], what: &str) {
+        let list = if known.is_empty() {
+            "none is defined".to_string()
+        } else {
+            known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        };
+        let d = self.err(path, format!("`{name}` is not a defined {}", what.split([',', ' ']).next().unwrap_or(what)));
+        d.expected = Some(format!("a {what}: {list}"));
+        if let Some(m) = did_you_mean(name, known.iter().copied()) {
+            d.help = Some(format!("did you mean `{m}`?"));
         }
     }
 

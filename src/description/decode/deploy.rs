@@ -51,7 +51,7 @@ impl Decoder {
         });
         let max_error_rate = max_error_rate.and_then(|n| self.number("deploy.max_error_rate", n, 0.0, 100.0));
         let latency = match latency {
-            Some(n) => self.latency_limits(n),
+            Some(n) => self.latency_limits("deploy.latency", n),
             None => BTreeMap::new(),
         };
         // The load: its own, or the comparison's; one rehearse replays (a load tool's
@@ -91,11 +91,11 @@ impl Decoder {
         })
     }
 
-    /// `deploy.latency`: `METHOD PATH` → the most its p99 may be.
-    fn latency_limits(&mut self, node: &Node) -> BTreeMap<String, Duration> {
+    /// `deploy.latency`, `chaos.expect.latency` (`at`): `METHOD PATH` → the most its
+    /// p99 may be.
+    pub(super) fn latency_limits(&mut self, at: &str, node: &Node) -> BTreeMap<String, Duration> {
         let mut out = BTreeMap::new();
-        let Some(obj) = self.obj("deploy.latency", node, "a mapping of endpoints (`GET /products`) to durations")
-        else {
+        let Some(obj) = self.obj(at, node, "a mapping of endpoints (`GET /products`) to durations") else {
             return out;
         };
         for (k, v) in obj.entries {
@@ -104,11 +104,11 @@ impl Decoder {
                 !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) && p.starts_with('/') && !p.contains('?')
             });
             if !ok {
-                self.err(k.pos, format!("`deploy.latency` has `{}`, which is no endpoint", k.name)).expected =
+                self.err(k.pos, format!("`{at}` has `{}`, which is no endpoint", k.name)).expected =
                     Some("`METHOD PATH` without a query, as the load groups requests: `GET /products`".into());
                 continue;
             }
-            let path = format!("deploy.latency.{endpoint}");
+            let path = format!("{at}.{endpoint}");
             if let Some(d) = self.duration(&path, v, Duration::from_millis(1), Duration::from_secs(3600)) {
                 out.insert(endpoint.to_string(), d);
             }

@@ -20,7 +20,7 @@ mod suites;
 
 const TOP_KEYS_HELP: &str = "`name`, `provider`, `owner`, `release` and optionally `region`, \
                              `ttl`, `max_ttl`, `tags`, `network`, `variables`, `databases`, `services`, \
-                             `suites`, `destroy`, `state`, `stage`, `runner`, `compare`, `deploy`, `bundle`";
+                             `suites`, `destroy`, `state`, `stage`, `runner`, `compare`, `deploy`, `chaos`, `bundle`";
 
 impl Decoder {
     /// The whole description, or `None` when a part it cannot do without is missing
@@ -117,6 +117,10 @@ impl Decoder {
             Some(n) => self.deploy(n, services.as_ref(), compare.as_ref()),
             None => None,
         };
+        let chaos = match self.get(&mut obj, "chaos") {
+            Some(n) => self.chaos(n, provider, services.as_ref(), compare.as_ref()),
+            None => None,
+        };
         let bundle = self
             .get(&mut obj, "bundle")
             .map(|n| self.string_list("bundle", n).into_iter().map(PathBuf::from).collect::<Vec<_>>());
@@ -140,6 +144,7 @@ impl Decoder {
             runner,
             compare,
             deploy,
+            chaos,
             bundle,
         })
     }

@@ -54,7 +54,7 @@ pub struct Deploy {
     pub latency: BTreeMap<String, Duration>,
 }
 
-fn ser_durations<S: serde::Serializer>(m: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn ser_durations<S: serde::Serializer>(m: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut map = s.serialize_map(Some(m.len()))?;
     for (k, d) in m {
