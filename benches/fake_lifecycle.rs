@@ -56,6 +56,7 @@ fn options(
         from: None,
         twin: None,
         deploy_twin: false,
+        chaos: None,
     }
 }
 

@@ -314,6 +314,11 @@ pub struct RunArgs {
     /// description's load, then run --release's migration under it and switch (`run` only)
     #[arg(long, value_name = "VERSION")]
     pub from: Option<String>,
+    /// A game day: run the description's `chaos:` faults (these, or all of them) on
+    /// their schedule under its load, then the suites, and judge its expectations
+    /// (`run` only)
+    #[arg(long, value_name = "NAME", num_args = 0.., value_delimiter = ',')]
+    pub chaos: Option<Vec<String>>,
 }
 
 #[derive(Debug, Args, Clone)]

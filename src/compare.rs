@@ -12,6 +12,7 @@
 //! - [`tool`]: the results of a load tool of your own (k6, vegeta, samples);
 //! - [`page`]: `compare.html`, the two side by side.
 
+pub mod chaos;
 pub mod database;
 pub mod deploy;
 pub mod judge;

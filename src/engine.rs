@@ -21,6 +21,7 @@
 //!   [`sweep`] (what has expired, one candidate list, removed by rank).
 
 mod assemble;
+pub mod chaos;
 pub mod compare;
 pub mod connection;
 pub mod deploy;

@@ -21,6 +21,7 @@ mod emulator;
 mod adversary;
 mod aws_data_plane;
 mod aws_emulator;
+mod chaos;
 mod cli;
 mod compare;
 mod cow;

@@ -50,6 +50,7 @@ fn options(dir: &Path, run_id: &str) -> Options {
         from: None,
         twin: None,
         deploy_twin: false,
+        chaos: None,
     }
 }
 

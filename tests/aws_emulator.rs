@@ -1504,6 +1504,7 @@ fn twins_restore_the_pinned_snapshot_or_time_over_the_sdk() {
             from: None,
             twin: None,
             deploy_twin: false,
+            chaos: None,
         };
         let (a, b) = (options(format!("r-twin-{n}-a")), options(format!("r-twin-{n}-b")));
         let reporter = rehearse::engine::events::Silent;

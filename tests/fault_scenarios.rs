@@ -89,6 +89,7 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
             from: None,
             twin: None,
             deploy_twin: false,
+            chaos: None,
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -332,6 +333,7 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             from: None,
             twin: None,
             deploy_twin: false,
+            chaos: None,
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -458,6 +460,7 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
                 from: None,
                 twin: None,
                 deploy_twin: false,
+                chaos: None,
             };
             let failed = |verdict, reason: String| Built {
                 verdict,

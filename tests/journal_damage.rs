@@ -112,6 +112,7 @@ fn demo_run(dir: &Path, run_id: &str) -> (description::Loaded, Options) {
         from: None,
         twin: None,
         deploy_twin: false,
+        chaos: None,
     };
     (loaded, opts)
 }

@@ -217,6 +217,7 @@ fn realistic() -> RunReport {
         access: None,
         change: None,
         deploy: None,
+        chaos: None,
     }
 }
 

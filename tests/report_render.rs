@@ -49,6 +49,7 @@ fn build_failed() -> RunReport {
         access: None,
         change: None,
         deploy: None,
+        chaos: None,
     }
 }
 

@@ -67,6 +67,7 @@ async fn killed_run(cloud: &FakeCloud, seed: u64, loaded: &description::Loaded, 
         from: None,
         twin: None,
         deploy_twin: false,
+        chaos: None,
     };
     let signals = Signals::none();
     let run = Box::pin(lifecycle::run(&p, loaded, &opts, &Silent, &signals));

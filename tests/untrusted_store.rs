@@ -138,6 +138,7 @@ fn forged_report() -> RunReport {
         overhead_ms: 300,
         change: None,
         deploy: None,
+        chaos: None,
         access: Some(Access {
             expires_at: t0,
             logs_dir: format!("/logs{EVIL}"),

@@ -469,6 +469,7 @@ impl Here<'_> {
             from: None,
             twin: None,
             deploy_twin: false,
+            chaos: None,
         }
     }
 }

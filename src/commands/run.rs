@@ -21,6 +21,12 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
         );
         return exit::USAGE;
     };
+    if let Some(names) = &args.chaos {
+        if let Err((code, why)) = crate::engine::chaos::refusal(&loaded, names, args.from.is_some(), up_only) {
+            errln!("error: {why}");
+            return code;
+        }
+    }
     if let Some(from) = &args.from {
         let refused = match up_only {
             true => Err((exit::USAGE, "`--from` rehearses a deploy: it belongs to `rehearse run`, not `up`".into())),
@@ -101,6 +107,7 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             from: args.from.clone(),
             twin: None,
             deploy_twin: false,
+            chaos: args.chaos.clone(),
         };
         let code = rehearse(g, &loaded, &opts, locks, reporter, signals).await.code;
         if let Some((l, name)) = name_lock {

@@ -95,7 +95,7 @@ pub struct Limit {
 }
 
 /// The `q` quantile of sorted values (nearest rank).
-fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -128,19 +128,7 @@ pub fn traffic(timed: &[Timed], marks: &Marks) -> Traffic {
             Window { name: name.to_string(), from_ms: *from, to_ms: *to, endpoints }
         })
         .collect();
-    let mut per: BTreeMap<(u64, String), (Vec<f64>, usize)> = BTreeMap::new();
-    for t in timed {
-        let e = per.entry((t.sent_ms / 1000, t.sample.endpoint.clone())).or_default();
-        e.0.push(t.sample.latency_ms);
-        e.1 += usize::from(t.sample.error);
-    }
-    let seconds = per
-        .into_iter()
-        .map(|((second, endpoint), (mut l, errors))| {
-            l.sort_by(f64::total_cmp);
-            Second { second, endpoint, requests: l.len(), errors, p99_ms: quantile(&l, 0.99).unwrap_or(0.0) }
-        })
-        .collect();
+    let seconds = seconds(timed);
     let longest_during_ms = timed
         .iter()
         .filter(|t| t.sent_ms >= marks.migration_start_ms && t.sent_ms < marks.migration_end_ms)
@@ -149,11 +137,27 @@ pub fn traffic(timed: &[Timed], marks: &Marks) -> Traffic {
     Traffic { windows, seconds, requests: timed.len(), longest_during_ms }
 }
 
-fn secs(ms: u64) -> String {
+/// Per second of the load (by send time) and endpoint: requests, errors, p99.
+pub(crate) fn seconds(timed: &[Timed]) -> Vec<Second> {
+    let mut per: BTreeMap<(u64, String), (Vec<f64>, usize)> = BTreeMap::new();
+    for t in timed {
+        let e = per.entry((t.sent_ms / 1000, t.sample.endpoint.clone())).or_default();
+        e.0.push(t.sample.latency_ms);
+        e.1 += usize::from(t.sample.error);
+    }
+    per.into_iter()
+        .map(|((second, endpoint), (mut l, errors))| {
+            l.sort_by(f64::total_cmp);
+            Second { second, endpoint, requests: l.len(), errors, p99_ms: quantile(&l, 0.99).unwrap_or(0.0) }
+        })
+        .collect()
+}
+
+pub(crate) fn secs(ms: u64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
 }
 
-fn ms_text(d: Duration) -> String {
+pub(crate) fn ms_text(d: Duration) -> String {
     crate::description::format_duration(d)
 }
 

@@ -176,6 +176,7 @@ pub async fn compare(
         from: None,
         twin: None,
         deploy_twin: false,
+        chaos: None,
     };
     let (mut ob, mut oc) = (options(&opts.baseline), options(&opts.candidate));
     ob.deploy_twin = opts.deploy;
@@ -536,6 +537,7 @@ mod tests {
             from: None,
             twin: None,
             deploy_twin: false,
+            chaos: None,
         };
         let (candidate, kept) = side("v3", &o, &outcome, 3);
         assert!(kept.is_none());

@@ -81,6 +81,9 @@ pub struct Options {
     /// This run is the baseline twin of a compared deploy: its copy is made as the
     /// deploy's is (WAL written as production writes it).
     pub deploy_twin: bool,
+    /// A game day (`run --chaos [NAME…]`): these faults of the description's `chaos:`
+    /// (all of them when empty) under its load, then the suites ([`super::chaos`]).
+    pub chaos: Option<Vec<String>>,
 }
 
 /// Why a run could not start, or could not assemble its report: nothing of the
@@ -138,9 +141,31 @@ pub async fn run<P: Provider>(
     let run = prepare(provider, loaded, opts, reporter, started_at).await?;
     let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
 
+    // A game day's faults, and the proxies on their paths from the start.
+    let faults = match &opts.chaos {
+        // (The command refused names the description does not have.)
+        Some(names) => super::chaos::selected(loaded, names).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let seed =
+        opts.run_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let paths = opts.chaos.as_ref().map(|_| super::chaos::Paths::of(&faults, seed));
+
     // Up, install, health and suites: the graph.
-    let mut graph =
-        execute(provider, loaded, &run.plan, &run.info, &run.journal, &clock, reporter, &steps, signals, None).await;
+    let mut graph = execute(
+        provider,
+        loaded,
+        &run.plan,
+        &run.info,
+        &run.journal,
+        &clock,
+        reporter,
+        &steps,
+        signals,
+        None,
+        paths.as_ref(),
+    )
+    .await;
     // A rehearsed deploy: the new release over the old one under load, then the suites.
     let deploy = match &opts.from {
         // Boxed: its state (the load, the sampler, the new release's steps) stays off
@@ -151,9 +176,22 @@ pub async fn run<P: Provider>(
         }
         None => None,
     };
+    // A game day: the faults under the load, then the suites.
+    let chaos = match &paths {
+        Some(paths) => {
+            Box::pin(chaos_phase(provider, loaded, &run, &clock, reporter, &steps, signals, paths, &faults, &mut graph))
+                .await
+        }
+        None => None,
+    };
     let cancelled = CancelReason::of_run(graph.cancelled.as_ref(), signals.count());
     let suite_results = suite_results(loaded, opts, &graph, cancelled.as_ref());
-    let (verdict, reason) = verdict(opts, &graph, &suite_results, cancelled.as_ref());
+    // A game day that does not expect the suites to pass judges by its expectations.
+    let judged_suites = match &chaos {
+        Some(c) if !c.suites_judged => &[][..],
+        _ => &suite_results[..],
+    };
+    let (verdict, reason) = verdict(opts, &graph, judged_suites, cancelled.as_ref());
     let (verdict, reason) = match &deploy {
         Some(d) if verdict == Verdict::Passed && !d.passed() => {
             let failed: Vec<&str> = d.limits.iter().filter(|l| !l.passed).map(|l| l.reason.as_str()).collect();
@@ -165,6 +203,16 @@ pub async fn run<P: Provider>(
                 verdict,
                 Some(format!("the deploy failed its limits: {}; {}", failed.join("; "), reason.unwrap_or_default())),
             )
+        }
+        _ => (verdict, reason),
+    };
+    let (verdict, reason) = match &chaos {
+        Some(c) if matches!(verdict, Verdict::Passed | Verdict::Failed) && !c.passed() => {
+            let broken = format!("the game day failed its expectations: {}", c.broken().join("; "));
+            match (verdict, reason) {
+                (Verdict::Failed, Some(r)) => (Verdict::Failed, Some(format!("{broken}; {r}"))),
+                _ => (Verdict::Failed, Some(broken)),
+            }
         }
         _ => (verdict, reason),
     };
@@ -184,7 +232,7 @@ pub async fn run<P: Provider>(
 
     // A step that panicked while holding the lock left the timings before it intact.
     let steps = steps.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let judged = Judged { verdict, reason, exit_code, keep, suites: suite_results, deploy };
+    let judged = Judged { verdict, reason, exit_code, keep, suites: suite_results, deploy, chaos };
     let report = report(provider, loaded, opts, &run, &graph, &clock, steps, judged, down, reporter);
     // Secrets stay out of what outlives the run: the logs (their writers have stopped,
     // unless the environment is kept and its services still write theirs) and the
@@ -241,9 +289,20 @@ async fn deploy_phase<P: Provider>(
     if graph.failure.is_none() && !d.interrupted && !run.held_suites.resources.is_empty() {
         let info = RunInfo { release_version: opts.release.clone(), ..run.info.clone() };
         let outputs = Some(graph.outputs.clone());
-        let s =
-            execute(provider, loaded, &run.held_suites, &info, &run.journal, clock, reporter, steps, signals, outputs)
-                .await;
+        let s = execute(
+            provider,
+            loaded,
+            &run.held_suites,
+            &info,
+            &run.journal,
+            clock,
+            reporter,
+            steps,
+            signals,
+            outputs,
+            None,
+        )
+        .await;
         graph.suites.extend(s.suites);
         graph.status.extend(s.status);
         if graph.cancelled.is_none() {
@@ -251,6 +310,55 @@ async fn deploy_phase<P: Provider>(
         }
     }
     Some(d.report)
+}
+
+/// A game day over the environment the graph built: nothing when the graph failed or
+/// was interrupted (the build's failure stands); else the faults under the load, then
+/// the held suites while the load goes on.
+#[allow(clippy::too_many_arguments)]
+async fn chaos_phase<P: Provider>(
+    provider: &P,
+    loaded: &Loaded,
+    run: &Prepared,
+    clock: &Clock,
+    reporter: &dyn Reporter,
+    steps: &Mutex<Vec<StepTiming>>,
+    signals: &Signals,
+    paths: &super::chaos::Paths,
+    faults: &[(String, crate::description::ChaosFault)],
+    graph: &mut GraphResult,
+) -> Option<crate::compare::chaos::ChaosReport> {
+    if graph.failure.is_some() || graph.cancelled.is_some() || signals.count() > 0 {
+        return None;
+    }
+    let outputs = graph.outputs.clone();
+    let env = super::chaos::Env { loaded, outputs: &outputs, paths, reporter, signals };
+    let held = outputs.clone();
+    let suites = || async {
+        execute(
+            provider,
+            loaded,
+            &run.held_suites,
+            &run.info,
+            &run.journal,
+            clock,
+            reporter,
+            steps,
+            signals,
+            Some(held),
+            None,
+        )
+        .await
+    };
+    let played = super::chaos::rehearse(&env, faults, suites).await;
+    if let Some(s) = played.suites {
+        graph.suites.extend(s.suites);
+        graph.status.extend(s.status);
+        if graph.cancelled.is_none() {
+            graph.cancelled = s.cancelled;
+        }
+    }
+    Some(played.report)
 }
 
 /// Each suite's result, and why a suite that did not run did not.
@@ -299,7 +407,7 @@ fn verdict(
                 (Verdict::Failed, Some(format!("the release failed on the copy of production: {}", e.message)))
             }
         }
-    } else if !opts.up_only && suite_results.is_empty() {
+    } else if !opts.up_only && suite_results.is_empty() && opts.chaos.is_none() {
         (Verdict::Failed, Some("the description has no suites: nothing judged the release".to_string()))
     } else if let Some(bad) = suite_results.iter().find(|s| s.status != SuiteStatus::Passed) {
         let n = suite_results.iter().filter(|s| s.status != SuiteStatus::Passed).count();

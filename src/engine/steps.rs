@@ -17,7 +17,7 @@ use super::journal::Journal;
 use super::provider::{Creation, Ctx, Output, Provider, RunInfo, StepError, SuiteJob};
 use crate::description::template::{self, Outputs, Scope, ServiceOutputs};
 use crate::description::Loaded;
-use crate::plan::{Plan, Resource};
+use crate::plan::{Kind, Plan, Resource};
 use crate::report::model::{BackupUsed, StepTiming, SuiteResult, SuiteStatus};
 use crate::suites;
 use crate::sys::signals::Signals;
@@ -99,8 +99,9 @@ pub(super) async fn execute<P: Provider>(
     steps: &Mutex<Vec<StepTiming>>,
     signals: &Signals,
     outputs: Option<Outputs>,
+    paths: Option<&super::chaos::Paths>,
 ) -> GraphResult {
-    let g = Graph { provider, loaded, plan, info, journal, clock, reporter, steps };
+    let g = Graph { provider, loaded, plan, info, journal, clock, reporter, steps, paths };
     let mut st = State::new(plan, info);
     // What exists already (the suites of a rehearsed deploy run after it).
     if let Some(o) = outputs {
@@ -148,6 +149,8 @@ struct Graph<'a, P> {
     clock: &'a Clock,
     reporter: &'a dyn Reporter,
     steps: &'a Mutex<Vec<StepTiming>>,
+    /// A game day's fault proxies: a service's databases, as it sees them, are theirs.
+    paths: Option<&'a super::chaos::Paths>,
 }
 
 impl<P> Clone for Graph<'_, P> {
@@ -304,7 +307,24 @@ impl<'a, P: Provider> Graph<'a, P> {
                 continue;
             }
             st.status[i] = Status::Running;
-            let tctx = template::context(d, Some(&self.plan.release.artifact), &st.outputs, Scope::Full);
+            // A service's processes reach their databases through a game day's proxies.
+            let proxied = match self.paths {
+                Some(paths) if r.kind == Kind::LocalProcess => match paths.outputs_for(&r.name, &st.outputs).await {
+                    Ok(o) => Some(o),
+                    Err(e) => {
+                        st.status[i] = Status::Failed;
+                        st.result.failure = Some((r.id.clone(), StepError::build(e)));
+                        return;
+                    }
+                },
+                _ => None,
+            };
+            let tctx = template::context(
+                d,
+                Some(&self.plan.release.artifact),
+                proxied.as_ref().unwrap_or(&st.outputs),
+                Scope::Full,
+            );
             if r.kind.is_suite() {
                 let outputs = st.outputs.clone();
                 let cancelled = st.cancel_rx.clone();

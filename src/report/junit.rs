@@ -38,6 +38,9 @@ pub(crate) fn build(report: &RunReport) -> Report {
     if let Some(d) = &report.deploy {
         junit.add_test_suite(deploy_suite(report, d));
     }
+    if let Some(c) = &report.chaos {
+        junit.add_test_suite(chaos_suite(report, c));
+    }
     if let Some(run) = run_suite(report, junit.failures + junit.errors > 0) {
         junit.add_test_suite(run);
     }
@@ -71,6 +74,38 @@ fn deploy_suite(report: &RunReport, d: &super::model::DeployReport) -> TestSuite
     }
     suite
 }
+
+/// A game day: one case per fault, failed with its broken expectations (an error when
+/// it did not run).
+fn chaos_suite(report: &RunReport, c: &crate::compare::chaos::ChaosReport) -> TestSuite {
+    let mut suite = TestSuite::new(CHAOS_SUITE);
+    suite.set_timestamp(report.started_at);
+    for f in &c.faults {
+        let broken: Vec<String> = f
+            .expectations
+            .iter()
+            .filter(|l| !l.passed)
+            .map(|l| format!("{} ≤ {}: {}", l.name, l.limit, l.reason))
+            .collect();
+        let status = match (&f.skipped, broken.is_empty()) {
+            (Some(why), _) => with_message(TestCaseStatus::non_success(NonSuccessKind::Error), Some(why.as_str())),
+            (None, true) => TestCaseStatus::success(),
+            (None, false) => {
+                with_message(TestCaseStatus::non_success(NonSuccessKind::Failure), Some(broken.join("; ").as_str()))
+            }
+        };
+        let mut case = TestCase::new(format!("{} ({} on {})", f.name, f.kind, f.target), status);
+        case.set_classname(CHAOS_SUITE);
+        if let (Some(a), Some(b)) = (f.started_ms, f.ended_ms) {
+            case.set_time(Duration::from_millis(b.saturating_sub(a)));
+        }
+        suite.add_test_case(case);
+    }
+    suite
+}
+
+/// Name of the testsuite of a game day's faults.
+pub(crate) const CHAOS_SUITE: &str = "chaos";
 
 /// Name of the testsuite of a rehearsed deploy's limits.
 pub(crate) const DEPLOY_SUITE: &str = "deploy";

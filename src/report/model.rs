@@ -56,6 +56,10 @@ pub struct RunReport {
     /// the traffic, and the limits judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployReport>,
+    /// A game day (`run --chaos`): each fault, its expectations judged, and the load's
+    /// timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<crate::compare::chaos::ChaosReport>,
 }
 
 /// A rehearsed deploy: the old release serving the load while the new one's migration

@@ -102,6 +102,9 @@ fn summary(report: &RunReport, files: &ReportFiles, s: Styles) -> String {
             let _ = writeln!(out, "    {} {line} — {}", paint(tint, mark), one_line(&l.reason));
         }
     }
+    if let Some(c) = &report.chaos {
+        game_day(&mut out, c, &s);
+    }
     for b in &report.backups {
         let taken = b.taken_at.map(|t| format!(", taken {}", time(t))).unwrap_or_default();
         let _ = writeln!(
@@ -206,5 +209,28 @@ fn access(out: &mut String, a: &crate::report::model::Access, s: &Styles) {
     let _ = writeln!(out, "    expires: {}", time(a.expires_at));
     for c in &a.commands {
         let _ = writeln!(out, "    {}", paint(s.dim, format_args!("$ {c}")));
+    }
+}
+
+/// A game day's faults, each with its expectations.
+fn game_day(out: &mut String, c: &crate::compare::chaos::ChaosReport, s: &Styles) {
+    let broken = c.faults.iter().filter(|f| !f.passed()).count();
+    let load = if c.load { format!("{} request(s) sent", c.requests) } else { "no load".to_string() };
+    let _ = writeln!(out, "  game day: {} fault(s), {broken} failed its expectations; {load}", c.faults.len());
+    for f in &c.faults {
+        let (mark, tint) = if f.passed() { ("✔", s.pass) } else { ("✘", s.fail) };
+        let when = match (f.started_ms, f.ended_ms) {
+            (Some(a), Some(b)) => format!(" from {:.1} s to {:.1} s", a as f64 / 1e3, b as f64 / 1e3),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "    {} {} ({} on {}: {}){when}", paint(tint, mark), f.name, f.kind, f.target, f.detail);
+        if let Some(why) = &f.skipped {
+            let _ = writeln!(out, "      did not run: {}", one_line(why));
+        }
+        for l in &f.expectations {
+            let (mark, tint) = if l.passed { ("✔", s.pass) } else { ("✘", s.fail) };
+            let line = format!("{} ≤ {}: {}", l.name, l.limit, l.measured);
+            let _ = writeln!(out, "      {} {line} — {}", paint(tint, mark), one_line(&l.reason));
+        }
     }
 }

@@ -166,6 +166,7 @@ pub(super) fn passed() -> RunReport {
         access: None,
         change: None,
         deploy: None,
+        chaos: None,
     }
 }
 

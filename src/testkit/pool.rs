@@ -58,6 +58,7 @@ pub fn options(run_id: &str, dir: &Path, destroy: DestroyPolicy, member: Option<
         from: None,
         twin: None,
         deploy_twin: false,
+        chaos: None,
     }
 }
 

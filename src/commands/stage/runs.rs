@@ -125,6 +125,7 @@ impl Generations for Runs<'_> {
                 from: None,
                 twin: None,
                 deploy_twin: false,
+                chaos: None,
             };
             let state_root = opts.state_root.clone();
             let code = run_generation(self, loaded, opts).await;

@@ -37,7 +37,7 @@ pub(super) async fn prepare<P: Provider>(
     held_suites.resources.clear();
     if opts.up_only {
         plan.resources.retain(|r| !r.kind.is_suite());
-    } else if opts.from.is_some() {
+    } else if opts.from.is_some() || opts.chaos.is_some() {
         let (suites, rest): (Vec<_>, Vec<_>) = plan.resources.drain(..).partition(|r| r.kind.is_suite());
         plan.resources = rest;
         held_suites.resources = suites

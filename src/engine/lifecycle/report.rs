@@ -11,6 +11,7 @@ pub(super) struct Judged {
     pub(super) keep: bool,
     pub(super) suites: Vec<SuiteResult>,
     pub(super) deploy: Option<DeployReport>,
+    pub(super) chaos: Option<crate::compare::chaos::ChaosReport>,
 }
 
 /// The run's report (not yet redacted); a kept environment's connection file is written
@@ -29,7 +30,7 @@ pub(super) fn report<P: Provider>(
     reporter: &dyn Reporter,
 ) -> RunReport {
     let d = &loaded.desc;
-    let Judged { verdict, reason, exit_code, keep, suites, deploy } = judged;
+    let Judged { verdict, reason, exit_code, keep, suites, deploy, chaos } = judged;
     let run_id = &opts.run_id;
     let mut phases = phase_timings(&steps, graph.failure.as_ref().map(|f| f.0.as_str()));
     phases.extend(down.phase);
@@ -75,6 +76,7 @@ pub(super) fn report<P: Provider>(
         overhead_ms: total.saturating_sub(clock.external_total()).as_millis() as u64,
         access: None,
         deploy,
+        chaos,
     };
     // A kept environment says how to reach it: addresses in the report, secrets only
     // in the owner's private connection file.

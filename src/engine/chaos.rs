@@ -1,0 +1,442 @@
+//! A game day on the copy (`rehearse run FILE --release R --chaos [NAME…]`): once the
+//! copy serves the release, the description's load starts against it; after the steady
+//! window the faults start on their schedule (`after: load`, each `at` from then), each
+//! reverted when its `duration` ends; once they all ended and the settling passed, the
+//! suites run while the load goes on, with the faults that start `after: suite.NAME`
+//! (from the suites' start; they all start at once). Then the load stops and each
+//! fault's expectations are judged ([`crate::compare::chaos`]).
+//!
+//! The path faults go through fault proxies ([`crate::sys::fault_proxy`]) that are in
+//! the path from the run's start: a service's connection to a database it depends on
+//! is pointed at a proxy when the service starts ([`Paths::outputs_for`]), the load's
+//! connections to a service at one when the load starts. With no fault set a proxy
+//! only copies. A fault is reverted on every exit path (its end, a signal, the phase
+//! ending early): the proxies are cleared before the phase returns, and they die with
+//! the process.
+//!
+//! Run so far: the path faults (`latency`, `bandwidth`, `reset`, `blackhole`) on the
+//! local provider. The others are refused by [`refusal`] before anything is built.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::events::{Event, Reporter};
+use crate::compare::chaos::{self as judged, ChaosReport, FaultReport};
+use crate::compare::load::{self, Request, Timed};
+use crate::description::template::{DatabaseOutputs, Outputs};
+use crate::description::{Chaos, ChaosFault, FaultKind, FaultTargetKind, Loaded, ProviderKind};
+use crate::exit;
+use crate::sys::fault_proxy::{Fault, FaultProxy};
+use crate::sys::signals::Signals;
+
+/// The most a request file may hold.
+const MAX_REQUEST_FILE: u64 = 16 << 20;
+
+/// The faults `names` pick (all when empty), in name order.
+pub fn selected(loaded: &Loaded, names: &[String]) -> Result<Vec<(String, ChaosFault)>, String> {
+    let Some(chaos) = &loaded.desc.chaos else {
+        return Err(format!(
+            "`--chaos` runs a game day, but {} has no `chaos:` section to say its faults",
+            loaded.path.display()
+        ));
+    };
+    if names.is_empty() {
+        return Ok(chaos.faults.iter().map(|(n, f)| (n.clone(), f.clone())).collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        match chaos.faults.get(n) {
+            Some(f) => out.push((n.clone(), f.clone())),
+            None => {
+                let known = chaos.faults.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                return Err(format!("`--chaos {n}`: `chaos.faults` has no fault `{n}` (it has {known})"));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|a, b| a.0 == b.0);
+    Ok(out)
+}
+
+/// Why `--chaos names` cannot run, before anything is built: the exit code and the
+/// message.
+pub fn refusal(loaded: &Loaded, names: &[String], from: bool, up_only: bool) -> Result<(), (i32, String)> {
+    if up_only {
+        return Err((exit::USAGE, "`--chaos` runs a game day: it belongs to `rehearse run`, not `up`".into()));
+    }
+    if from {
+        return Err((
+            exit::USAGE,
+            "`--chaos` and `--from` are two rehearsals: run the deploy and the game day apart".into(),
+        ));
+    }
+    let faults = selected(loaded, names).map_err(|e| (exit::USAGE, e))?;
+    if loaded.desc.provider() != ProviderKind::Local {
+        return Err((
+            exit::USAGE,
+            "`--chaos` runs on the local provider for now: on aws the faults on instances and databases, and the \
+             proxies on their paths, are not built yet"
+                .into(),
+        ));
+    }
+    for (name, f) in &faults {
+        if f.target_kind() != Some(FaultTargetKind::Path) {
+            return Err((
+                exit::USAGE,
+                format!(
+                    "`--chaos {name}`: a `{}` fault is not run yet — only the faults on a path (`latency`, \
+                     `bandwidth`, `reset`, `blackhole`) are; pick others with `--chaos NAME…`",
+                    f.kind.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The fault proxies of a game day's paths, by `(FROM, TO)`: started when `FROM` first
+/// connects (a service when it starts, the load's client when the load does).
+pub struct Paths {
+    wanted: Vec<(String, String)>,
+    proxies: tokio::sync::Mutex<BTreeMap<(String, String), FaultProxy>>,
+    seed: u64,
+}
+
+impl Paths {
+    /// The paths the selected faults hurt.
+    pub fn of(faults: &[(String, ChaosFault)], seed: u64) -> Paths {
+        let mut wanted: Vec<(String, String)> =
+            faults.iter().filter_map(|(_, f)| f.path_ends()).map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        wanted.sort();
+        wanted.dedup();
+        Paths { wanted, proxies: tokio::sync::Mutex::new(BTreeMap::new()), seed }
+    }
+
+    /// `outputs` as service `service` sees them: each database it reaches through a
+    /// proxy pointed at the proxy.
+    pub async fn outputs_for(&self, service: &str, outputs: &Outputs) -> Result<Outputs, String> {
+        let mut mine = outputs.clone();
+        for (from, to) in self.wanted.iter().filter(|(f, _)| f == service) {
+            let Some(db) = outputs.databases.get(to) else { continue };
+            let upstream = address(&db.host, &db.port)
+                .ok_or_else(|| format!("database `{to}` is at `{}`, which the proxy cannot reach", db.endpoint))?;
+            let at = self.proxy(from, to, upstream).await?;
+            let proxied = DatabaseOutputs::new(
+                at.ip().to_string(),
+                at.port().to_string(),
+                db.name.clone(),
+                db.user.clone(),
+                db.password.clone(),
+            );
+            mine.databases.insert(to.clone(), proxied);
+        }
+        Ok(mine)
+    }
+
+    /// Where the load's client reaches `target` at `upstream`: through a proxy when a
+    /// fault is on that path.
+    pub async fn client_target(&self, target: &str, upstream: (String, u16)) -> Result<(String, u16), String> {
+        let path = ("client".to_string(), target.to_string());
+        if !self.wanted.contains(&path) {
+            return Ok(upstream);
+        }
+        let addr = address(&upstream.0, &upstream.1.to_string())
+            .ok_or_else(|| format!("service `{target}` is at `{}`, which the proxy cannot reach", upstream.0))?;
+        let at = self.proxy(&path.0, &path.1, addr).await?;
+        Ok((at.ip().to_string(), at.port()))
+    }
+
+    async fn proxy(&self, from: &str, to: &str, upstream: SocketAddr) -> Result<SocketAddr, String> {
+        let mut proxies = self.proxies.lock().await;
+        let key = (from.to_string(), to.to_string());
+        if let Some(p) = proxies.get(&key) {
+            return Ok(p.addr());
+        }
+        let p = FaultProxy::start(upstream, self.seed ^ proxies.len() as u64)
+            .await
+            .map_err(|e| format!("cannot start the fault proxy of `{from} -> {to}`: {e}"))?;
+        let at = p.addr();
+        proxies.insert(key, p);
+        Ok(at)
+    }
+
+    /// Sets `fault` on the path `from -> to`; false when it has no proxy (its `FROM`
+    /// never connected).
+    async fn set(&self, from: &str, to: &str, fault: Fault) -> bool {
+        let proxies = self.proxies.lock().await;
+        match proxies.get(&(from.to_string(), to.to_string())) {
+            Some(p) => {
+                p.set(fault);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every fault cleared.
+    async fn clear(&self) {
+        for p in self.proxies.lock().await.values() {
+            p.set(Fault::None);
+        }
+    }
+}
+
+/// `HOST:PORT` of a loopback or literal address.
+fn address(host: &str, port: &str) -> Option<SocketAddr> {
+    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    format!("{host}:{port}").parse().ok().or_else(|| format!("[{host}]:{port}").parse().ok())
+}
+
+/// What the game day works with: the run as the graph left it.
+pub(super) struct Env<'a> {
+    pub loaded: &'a Loaded,
+    pub outputs: &'a Outputs,
+    pub paths: &'a Paths,
+    pub reporter: &'a dyn Reporter,
+    pub signals: &'a Signals,
+}
+
+/// How the game day ended.
+pub(super) struct Played<T> {
+    pub report: ChaosReport,
+    /// What the suites came to, when they ran (not after a signal: the run's verdict
+    /// says it was interrupted).
+    pub suites: Option<T>,
+}
+
+/// Runs the game day of `faults`, then `suites` under the load.
+pub(super) async fn rehearse<T, F: Future<Output = T>>(
+    env: &Env<'_>,
+    faults: &[(String, ChaosFault)],
+    suites: impl FnOnce() -> F,
+) -> Played<T> {
+    let chaos = env.loaded.desc.chaos.clone().unwrap_or_else(|| Chaos {
+        load: None,
+        steady: Duration::ZERO,
+        settle: Duration::from_secs(1),
+        faults: BTreeMap::new(),
+        expect: Default::default(),
+    });
+    let mut report = ChaosReport { suites_judged: chaos.expect.suites_pass, ..ChaosReport::default() };
+    // The load, when there is one: its own or the comparison's, to its target's first
+    // instance (through the client's proxy when a fault is on that path).
+    let load = match load_requests(env, &chaos).await {
+        Ok(l) => l,
+        Err(why) => {
+            report.faults = faults.iter().map(|(n, f)| skipped(n, f, &why)).collect();
+            return Played { report, suites: None };
+        }
+    };
+    report.load = load.is_some();
+    let (stop_load, stop_rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let load_task = load.map(|(requests, target, rate, timeout)| {
+        let (_keep, target_rx) = tokio::sync::watch::channel(target);
+        tokio::spawn(async move {
+            let _keep = _keep;
+            load::replay_until(&requests, target_rx, rate, timeout, stop_rx).await
+        })
+    });
+
+    let (on_load, on_suites): (Vec<_>, Vec<_>) = faults.iter().partition(|(_, f)| f.after == "load");
+    let mut runs: Vec<FaultReport> = Vec::new();
+    let mut interrupted = wait_or_signal(env.signals, chaos.steady).await;
+    if !interrupted {
+        let (done, stopped) = play(env, &on_load, started).await;
+        runs.extend(done);
+        interrupted = stopped || wait_or_signal(env.signals, chaos.settle).await;
+    }
+    let mut suites_done = None;
+    if !interrupted {
+        let suites_run = suites();
+        let faults_run = async {
+            let played = play(env, &on_suites, started).await;
+            let settled = on_suites.is_empty() || played.1 || wait_or_signal(env.signals, chaos.settle).await;
+            (played, settled)
+        };
+        let (s, ((done, stopped), settled_by_signal)) = tokio::join!(suites_run, faults_run);
+        runs.extend(done);
+        suites_done = Some(s);
+        interrupted = stopped || settled_by_signal || env.signals.count() > 0;
+    }
+    // Reverted on every path: whatever a fault left set is cleared.
+    env.paths.clear().await;
+    stop_load.send_replace(true);
+    let timed: Vec<Timed> = match load_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    report.requests = timed.len();
+    report.seconds = judged::timeline(&timed);
+    for (name, f) in faults {
+        let ran = runs.iter().find(|r| &r.name == name).cloned();
+        let mut r = ran.unwrap_or_else(|| {
+            let why = if interrupted { "interrupted before it started" } else { "never started" };
+            skipped(name, f, why)
+        });
+        if let (Some(s), Some(e), None) = (r.started_ms, r.ended_ms, &r.skipped) {
+            let (recovered, limits) = judged::expectations(&chaos.expect, s, e, &timed, report.load);
+            r.recovery_ms = recovered;
+            r.expectations = limits;
+        }
+        report.faults.push(r);
+    }
+    Played { report, suites: suites_done }
+}
+
+/// The load's requests, its target's address and its rate and timeout; `None` when
+/// the description has none.
+async fn load_requests(
+    env: &Env<'_>,
+    chaos: &Chaos,
+) -> Result<Option<(Vec<Request>, (String, u16), f64, Duration)>, String> {
+    let spec = match chaos.load.clone().or_else(|| env.loaded.desc.compare.as_ref().map(|c| c.load.clone())) {
+        Some(s) => s,
+        None => return Ok(None),
+    };
+    let file = spec.requests.as_ref().ok_or("a game day's load is a request file (`requests`)")?;
+    let path = env.loaded.resolve(file);
+    let text = read_capped(&path, MAX_REQUEST_FILE)
+        .map_err(|e| format!("cannot read the request file {}: {e}", path.display()))?;
+    let requests = load::parse_requests(&text).map_err(|e| format!("the request file {}: {e}", path.display()))?;
+    let target = env
+        .outputs
+        .services
+        .get(&spec.target)
+        .and_then(|s| load::target(&s.url))
+        .ok_or_else(|| format!("the load's target `{}` has no address to send requests to", spec.target))?;
+    let target = env.paths.client_target(&spec.target, target).await?;
+    Ok(Some((requests, target, spec.rate, spec.timeout)))
+}
+
+fn read_capped(path: &std::path::Path, cap: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(cap + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        return Err(std::io::Error::other(format!("larger than {} MiB", cap >> 20)));
+    }
+    Ok(text)
+}
+
+/// Runs `faults`, each from its `at` after now: their reports, and whether a signal
+/// stopped them.
+async fn play(env: &Env<'_>, faults: &[&(String, ChaosFault)], load_start: Instant) -> (Vec<FaultReport>, bool) {
+    let anchor = Instant::now();
+    let runs = faults.iter().map(|(name, f)| one(env, name, f, anchor, load_start));
+    let done: Vec<(FaultReport, bool)> = futures_util::future::join_all(runs).await;
+    let stopped = done.iter().any(|(_, s)| *s);
+    (done.into_iter().map(|(r, _)| r).collect(), stopped)
+}
+
+/// One fault: waits for its start, sets it, waits out its duration, clears it.
+async fn one(env: &Env<'_>, name: &str, f: &ChaosFault, anchor: Instant, load_start: Instant) -> (FaultReport, bool) {
+    let mut r = skipped(name, f, "");
+    r.skipped = None;
+    if wait_until_or_signal(env.signals, anchor + f.at).await {
+        r.skipped = Some("interrupted before it started".into());
+        return (r, true);
+    }
+    let Some((from, to)) = f.path_ends() else {
+        r.skipped = Some(format!("a `{}` fault is not run yet", f.kind.as_str()));
+        return (r, false);
+    };
+    let fault = match f.kind {
+        FaultKind::Latency => {
+            Fault::Latency { delay: f.delay.unwrap_or_default(), jitter: f.jitter.unwrap_or_default() }
+        }
+        FaultKind::Bandwidth => Fault::Bandwidth { bytes_per_sec: f.bytes_per_second.unwrap_or(1) },
+        FaultKind::Reset => Fault::Reset,
+        FaultKind::Blackhole => Fault::Blackhole,
+        other => {
+            r.skipped = Some(format!("a `{}` fault on a path is not a thing", other.as_str()));
+            return (r, false);
+        }
+    };
+    let resource = format!("chaos.{name}");
+    env.reporter.event(Event::Started {
+        resource: resource.clone(),
+        action: f.kind.as_str().into(),
+        detail: Some(format!("{}: {}", r.target, r.detail)),
+    });
+    let began = Instant::now();
+    if !env.paths.set(from, to, fault).await {
+        r.skipped = Some(format!("`{from}` never connected to `{to}` through its proxy"));
+        env.reporter.event(Event::Finished {
+            resource,
+            action: f.kind.as_str().into(),
+            ok: false,
+            elapsed: began.elapsed(),
+            detail: r.skipped.clone(),
+        });
+        return (r, false);
+    }
+    r.started_ms = Some(began.duration_since(load_start).as_millis() as u64);
+    let stopped = wait_or_signal(env.signals, f.duration.unwrap_or_default()).await;
+    env.paths.set(from, to, Fault::None).await;
+    r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
+    env.reporter.event(Event::Finished {
+        resource,
+        action: f.kind.as_str().into(),
+        ok: true,
+        elapsed: began.elapsed(),
+        detail: Some(if stopped { "cleared early: a signal".into() } else { "cleared".into() }),
+    });
+    (r, stopped)
+}
+
+/// A fault's report before (or instead of) running: `why` it did not.
+fn skipped(name: &str, f: &ChaosFault, why: &str) -> FaultReport {
+    let target = match (&f.service, &f.database, f.path_ends()) {
+        (Some(s), _, _) => match f.instance {
+            Some(i) => format!("service {s}.{i}"),
+            None => format!("service {s}"),
+        },
+        (_, Some(d), _) => format!("database {d}"),
+        (_, _, Some((a, b))) => format!("path {a} -> {b}"),
+        _ => "nothing".into(),
+    };
+    let fmt = crate::description::format_duration;
+    let detail = match f.kind {
+        FaultKind::Latency => match f.jitter.filter(|j| !j.is_zero()) {
+            Some(j) => format!("{} ± {} each way", fmt(f.delay.unwrap_or_default()), fmt(j)),
+            None => format!("{} each way", fmt(f.delay.unwrap_or_default())),
+        },
+        FaultKind::Bandwidth => format!("{} bytes a second each way", f.bytes_per_second.unwrap_or(0)),
+        FaultKind::Reset => "every connection reset".into(),
+        FaultKind::Blackhole => "nothing moves".into(),
+        FaultKind::Restart => format!("`{}` stop", f.mode.unwrap_or_default().as_str()),
+        other => other.as_str().into(),
+    };
+    let detail = match f.duration {
+        Some(d) => format!("{detail}, for {}", fmt(d)),
+        None => detail,
+    };
+    FaultReport {
+        name: name.to_string(),
+        kind: f.kind.as_str().to_string(),
+        target,
+        detail,
+        skipped: Some(why.to_string()),
+        ..FaultReport::default()
+    }
+}
+
+/// Waits `d`; true when a signal came first.
+async fn wait_or_signal(signals: &Signals, d: Duration) -> bool {
+    wait_until_or_signal(signals, Instant::now() + d).await
+}
+
+async fn wait_until_or_signal(signals: &Signals, until: Instant) -> bool {
+    if signals.count() > 0 {
+        return true;
+    }
+    tokio::select! {
+        () = tokio::time::sleep_until(until) => false,
+        () = signals.nth(1) => true,
+    }
+}

@@ -1,0 +1,115 @@
+//! A game day on the demo shop (`rehearse run environments/gameday.yaml --chaos NAME`,
+//! real PostgreSQL, the shop's two web instances): 300 ms each way on the shop's path to
+//! its database fails the latency expectation and names the fault, in the verdict, the
+//! report and JUnit; the same description without a load fails its expectations closed;
+//! the faults not run yet, and names the description does not have, are refused before
+//! anything is built.
+
+use super::common::{assert_nothing_left, demo_backups, from_repository, root, write_description, Sandbox};
+
+/// environments/gameday.yaml in the sandbox's project, shortened, with `edit` applied.
+fn gameday(sb: &Sandbox, name: &str, edit: impl Fn(String) -> String) -> String {
+    let text = std::fs::read_to_string(root().join("environments/gameday.yaml"))
+        .unwrap()
+        .replace("steady: 3s", "steady: 1s")
+        .replace("settle: 5s", "settle: 1s")
+        .replace("      duration: 10s\n", "      duration: 4s\n");
+    assert!(text.contains("steady: 1s") && text.contains("duration: 4s"), "{text}");
+    let file = write_description(sb, name, &edit(from_repository(&text)));
+    file.to_str().unwrap().to_string()
+}
+
+/// `rehearse run FILE --chaos NAME`: its exit code, report and stderr.
+fn chaos(sb: &Sandbox, file: &str, name: &str) -> (Option<i32>, serde_json::Value, String) {
+    demo_backups();
+    let before = sb.run_ids();
+    let out = sb.cmd().args(["-q", "run", file, "--chaos", name]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let id = sb.run_ids().into_iter().find(|i| !before.contains(i)).unwrap_or_else(|| panic!("a run: {stderr}"));
+    let report = sb.report(&id);
+    assert_nothing_left(sb, &id);
+    (out.status.code(), report, stderr)
+}
+
+fn expectation<'a>(fault: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    fault["expectations"].as_array().unwrap().iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("{fault:#}"))
+}
+
+#[test]
+fn latency_on_the_shops_path_to_its_database_fails_the_latency_expectation_and_names_the_fault() {
+    let sb = Sandbox::new();
+    let file = gameday(&sb, "gameday.yaml", |t| t);
+    let (code, r, err) = chaos(&sb, &file, "slow-db");
+    assert_eq!(code, Some(1), "{err}\n{r:#}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "the game day failed its expectations: slow-db (latency on path web -> db): `GET /products` p99"
+        ),
+        "the verdict names the fault, its path and the expectation: {reason}"
+    );
+    let c = &r["chaos"];
+    assert_eq!(c["faults"].as_array().unwrap().len(), 1, "only the fault asked for: {c:#}");
+    let f = &c["faults"][0];
+    assert_eq!((f["name"].as_str(), f["target"].as_str()), (Some("slow-db"), Some("path web -> db")));
+    let (start, end) = (f["started_ms"].as_u64().unwrap(), f["ended_ms"].as_u64().unwrap());
+    assert!(end - start >= 4000 && end - start < 5000, "it lasted its 4 s: {f}");
+    // Each of the shop's queries crosses the path several times: far over 250 ms.
+    let l = expectation(f, "latency GET /products");
+    assert_eq!(l["passed"], false, "{l}");
+    assert!(l["measured"].as_str().unwrap().trim_end_matches(" ms").parse::<f64>().unwrap() > 600.0, "{l}");
+    // Cleared, the path copies again: the traffic is back at once, and the suites,
+    // run after it under the load, pass.
+    assert_eq!(expectation(f, "recover_within")["passed"], true, "{f:#}");
+    assert_eq!(r["suites"][0]["status"], "passed", "{r:#}");
+    // The timeline covers the load, before the fault to after it.
+    let seconds = c["seconds"].as_array().unwrap();
+    assert!(seconds.first().unwrap()["second"].as_u64().unwrap() * 1000 < start, "{seconds:?}");
+    assert!(seconds.last().unwrap()["second"].as_u64().unwrap() * 1000 > end, "{seconds:?}");
+    // JUnit: a case per fault, failing with what broke.
+    let dir = sb.report_dir(r["run_id"].as_str().unwrap());
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(junit.contains(r#"<testsuite name="chaos" tests="1""#) && junit.contains(r#"failures="1""#), "{junit}");
+    assert!(junit.contains(r#"<testcase name="slow-db (latency on path web -&gt; db)" classname="chaos""#), "{junit}");
+}
+
+#[test]
+fn without_a_load_the_expectations_fail_closed_and_bad_asks_are_refused() {
+    let sb = Sandbox::new();
+    let file = gameday(&sb, "quiet.yaml", |t| {
+        let (head, tail) = t.split_once("chaos:\n  load:\n").unwrap();
+        let rest = tail.split_once("  steady:").unwrap().1;
+        format!("{head}chaos:\n  steady:{rest}")
+    });
+    let (code, r, err) = chaos(&sb, &file, "slow-db");
+    assert_eq!(code, Some(1), "{err}\n{r:#}");
+    let f = &r["chaos"]["faults"][0];
+    assert_eq!(r["chaos"]["load"], false);
+    for name in ["max_error_rate", "latency GET /products", "recover_within"] {
+        let l = expectation(f, name);
+        assert_eq!(l["passed"], false, "{l}");
+        assert!(l["reason"].as_str().unwrap().starts_with("cannot be checked: no load ran"), "{l}");
+    }
+    // Refused before anything is built (exit 2, no run): a fault the description does
+    // not have, a kind not run yet, a game day in a description without one.
+    let before = sb.run_ids();
+    for (args, said) in [
+        (vec!["--chaos", "nope"], "`chaos.faults` has no fault `nope` (it has `db-restart`, `slow-db`, `web-kill`)"),
+        (vec!["--chaos", "web-kill"], "a `kill` fault is not run yet"),
+        (vec!["--chaos", "slow-db", "--from", "v1"], "`--chaos` and `--from` are two rehearsals"),
+    ] {
+        let out = sb.cmd().args(["run", &file]).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
+    let plain = write_description(
+        &sb,
+        "plain.yaml",
+        &from_repository(&std::fs::read_to_string(root().join("environments/demo.yaml")).unwrap()),
+    );
+    let out = sb.cmd().args(["run", plain.to_str().unwrap(), "--chaos"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no `chaos:` section"), "{out:?}");
+    assert_eq!(sb.run_ids(), before, "nothing was run");
+}
