@@ -3,11 +3,11 @@
 //! whole load. Pure functions of the measurements; the engine runs the faults.
 //!
 //! For each fault, from its start `s` to its end `e` (for an instant fault, `e = s`):
-//! - *recovery*: from `e` to the send time of the last request after `e` that failed or
-//!   answered slower than its endpoint's `latency` limit; zero when none did. When no
-//!   request was sent after `e`, or the last one sent was still bad, the traffic never
-//!   came back while the load ran;
-//! - the *judged window* is `[s, e + recovery]` (to the load's end when it never came
+//! - *recovery*: from `e` to the first request sent after `e` that starts a run of
+//!   [`BACK`] good ones (none failed, none slower than its endpoint's `latency` limit):
+//!   the traffic is back when it stays good, and one slow request later does not undo
+//!   it. Without such a run before the load ended, it never came back;
+//! - the *judged window* is `[s, e + recovery)` (to the load's end when it never came
 //!   back): the error rate and each endpoint's p99 are taken over the requests sent in
 //!   it;
 //! - with no load, an expectation on the traffic cannot be checked and fails.
@@ -87,14 +87,20 @@ fn bad(t: &Timed, latency: &BTreeMap<String, Duration>) -> bool {
     t.sample.error || latency.get(&t.sample.endpoint).is_some_and(|max| t.sample.latency_ms > max.as_secs_f64() * 1e3)
 }
 
+/// Good requests in a row that say the traffic is back.
+pub const BACK: usize = 5;
+
 /// Ms from `end` until the traffic was back, `None` when it never was.
 pub fn recovery(timed: &[Timed], end_ms: u64, latency: &BTreeMap<String, Duration>) -> Option<u64> {
     let after: Vec<&Timed> = timed.iter().filter(|t| t.sent_ms >= end_ms).collect();
-    let last = after.last()?;
-    if bad(last, latency) {
-        return None;
+    let mut run = 0;
+    for (i, t) in after.iter().enumerate() {
+        run = if bad(t, latency) { 0 } else { run + 1 };
+        if run == BACK {
+            return Some(after[i + 1 - BACK].sent_ms - end_ms);
+        }
     }
-    Some(after.iter().filter(|t| bad(t, latency)).map(|t| t.sent_ms - end_ms).max().unwrap_or(0))
+    None
 }
 
 /// One fault's expectations, judged over its window of `timed` (`load`: whether a
@@ -129,8 +135,7 @@ pub fn expectations(
     }
     let recovered = recovery(timed, end_ms, &expect.latency);
     let window_end = match recovered {
-        // The last bad request included.
-        Some(r) => end_ms + r + 1,
+        Some(r) => end_ms + r,
         None => timed.last().map(|t| t.sent_ms + 1).unwrap_or(end_ms),
     };
     // At least the fault itself, and a request's worth after an instant one.

@@ -45,7 +45,7 @@ fn a_latency_fault_fails_the_latency_expectation_and_recovers_at_once() {
     assert!(!by["latency GET /products"].passed);
     assert_eq!(by["latency GET /products"].measured, "620 ms");
     assert!(
-        by["latency GET /products"].reason.contains("51 request(s) sent from 3.0 s to 8.0 s"),
+        by["latency GET /products"].reason.contains("50 request(s) sent from 3.0 s to 8.0 s"),
         "{}",
         by["latency GET /products"].reason
     );
@@ -57,15 +57,31 @@ fn a_restart_is_judged_until_the_traffic_is_back() {
     // Down from 3 s to 5 s; the first requests after it still fail for 1.5 s.
     let timed = load(12, |t| if (3000..6500).contains(&t) { (5.0, true) } else { (20.0, false) });
     let (recovered, limits) = expectations(&expect(50.0, 250, 2), 3000, 5000, &timed, true);
-    // The last bad request was sent at 6.4 s: 1.4 s after the fault's end.
-    assert_eq!(recovered, Some(1400));
+    // Good again from 6.5 s on: 1.5 s after the fault's end.
+    assert_eq!(recovered, Some(1500));
     let by: BTreeMap<&str, &Limit> = limits.iter().map(|l| (l.name.as_str(), l)).collect();
     assert!(by["recover_within"].passed, "{:?}", by["recover_within"]);
-    // The window runs to 6.4 s: 35 requests, all failed.
+    // The window runs to 6.5 s: 35 requests, all failed.
     assert!(by["max_error_rate"].reason.starts_with("35 of 35 requests"), "{}", by["max_error_rate"].reason);
     assert!(!by["max_error_rate"].passed);
     let (_, limits) = expectations(&expect(100.0, 250, 1), 3000, 5000, &timed, true);
     assert!(!limits.iter().find(|l| l.name == "recover_within").unwrap().passed);
+}
+
+#[test]
+fn one_slow_request_after_the_traffic_is_back_does_not_undo_it() {
+    let timed = load(12, |t| match t {
+        3000..5000 => (5.0, true),
+        9000 => (900.0, false),
+        _ => (20.0, false),
+    });
+    assert_eq!(recovery(&timed, 5000, &expect(5.0, 250, 10).latency), Some(0));
+    // Four good ones between two bad ones are not back yet.
+    let timed = load(12, |t| match t {
+        5000 | 5500 => (5.0, true),
+        _ => (20.0, false),
+    });
+    assert_eq!(recovery(&timed, 5000, &BTreeMap::new()), Some(600));
 }
 
 #[test]
