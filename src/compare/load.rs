@@ -163,6 +163,23 @@ fn answer_too_long() -> String {
     format!("an answer of more than {} MiB, the most rehearse reads", MAX_ANSWER >> 20)
 }
 
+/// The most a request file may hold.
+pub const MAX_REQUEST_FILE: u64 = 16 << 20;
+
+/// A request file's requests, read (at most [`MAX_REQUEST_FILE`]) and parsed.
+pub fn read_request_file(path: &std::path::Path) -> Result<Vec<Request>, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(MAX_REQUEST_FILE + 1).read_to_string(&mut text));
+    if let Err(e) = read {
+        return Err(format!("cannot read the request file {}: {e}", path.display()));
+    }
+    if text.len() as u64 > MAX_REQUEST_FILE {
+        return Err(format!("the request file {} is larger than {} MiB", path.display(), MAX_REQUEST_FILE >> 20));
+    }
+    parse_requests(&text).map_err(|e| format!("the request file {}: {e}", path.display()))
+}
+
 /// Sends `requests` to every target at `rate` a second for `duration`, on one schedule;
 /// what each target was measured at, in the targets' order.
 pub async fn replay(

@@ -33,9 +33,6 @@ use crate::exit;
 use crate::sys::fault_proxy::{Fault, FaultProxy};
 use crate::sys::signals::Signals;
 
-/// The most a request file may hold.
-const MAX_REQUEST_FILE: u64 = 16 << 20;
-
 /// The faults `names` pick (all when empty), in name order.
 pub fn selected(loaded: &Loaded, names: &[String]) -> Result<Vec<(String, ChaosFault)>, String> {
     let Some(chaos) = &loaded.desc.chaos else {
@@ -244,18 +241,18 @@ pub(super) async fn rehearse<T, F: Future<Output = T>>(
 
     let (on_load, on_suites): (Vec<_>, Vec<_>) = faults.iter().partition(|(_, f)| f.after == "load");
     let mut runs: Vec<FaultReport> = Vec::new();
-    let mut interrupted = wait_or_signal(env.signals, chaos.steady).await;
+    let mut interrupted = env.signals.sleep(chaos.steady).await;
     if !interrupted {
         let (done, stopped) = play(env, &on_load, started).await;
         runs.extend(done);
-        interrupted = stopped || wait_or_signal(env.signals, chaos.settle).await;
+        interrupted = stopped || env.signals.sleep(chaos.settle).await;
     }
     let mut suites_done = None;
     if !interrupted {
         let suites_run = suites();
         let faults_run = async {
             let played = play(env, &on_suites, started).await;
-            let settled = on_suites.is_empty() || played.1 || wait_or_signal(env.signals, chaos.settle).await;
+            let settled = on_suites.is_empty() || played.1 || env.signals.sleep(chaos.settle).await;
             (played, settled)
         };
         let (s, ((done, stopped), settled_by_signal)) = tokio::join!(suites_run, faults_run);
@@ -299,10 +296,7 @@ async fn load_requests(
         None => return Ok(None),
     };
     let file = spec.requests.as_ref().ok_or("a game day's load is a request file (`requests`)")?;
-    let path = env.loaded.resolve(file);
-    let text = read_capped(&path, MAX_REQUEST_FILE)
-        .map_err(|e| format!("cannot read the request file {}: {e}", path.display()))?;
-    let requests = load::parse_requests(&text).map_err(|e| format!("the request file {}: {e}", path.display()))?;
+    let requests = load::read_request_file(&env.loaded.resolve(file))?;
     let target = env
         .outputs
         .services
@@ -311,16 +305,6 @@ async fn load_requests(
         .ok_or_else(|| format!("the load's target `{}` has no address to send requests to", spec.target))?;
     let target = env.paths.client_target(&spec.target, target).await?;
     Ok(Some((requests, target, spec.rate, spec.timeout)))
-}
-
-fn read_capped(path: &std::path::Path, cap: u64) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?.take(cap + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > cap {
-        return Err(std::io::Error::other(format!("larger than {} MiB", cap >> 20)));
-    }
-    Ok(text)
 }
 
 /// Runs `faults`, each from its `at` after now: their reports, and whether a signal
@@ -337,7 +321,7 @@ async fn play(env: &Env<'_>, faults: &[&(String, ChaosFault)], load_start: Insta
 async fn one(env: &Env<'_>, name: &str, f: &ChaosFault, anchor: Instant, load_start: Instant) -> (FaultReport, bool) {
     let mut r = skipped(name, f, "");
     r.skipped = None;
-    if wait_until_or_signal(env.signals, anchor + f.at).await {
+    if env.signals.sleep_until(anchor + f.at).await {
         r.skipped = Some("interrupted before it started".into());
         return (r, true);
     }
@@ -376,7 +360,7 @@ async fn one(env: &Env<'_>, name: &str, f: &ChaosFault, anchor: Instant, load_st
         return (r, false);
     }
     r.started_ms = Some(began.duration_since(load_start).as_millis() as u64);
-    let stopped = wait_or_signal(env.signals, f.duration.unwrap_or_default()).await;
+    let stopped = env.signals.sleep(f.duration.unwrap_or_default()).await;
     env.paths.set(from, to, Fault::None).await;
     r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
     env.reporter.event(Event::Finished {
@@ -423,20 +407,5 @@ fn skipped(name: &str, f: &ChaosFault, why: &str) -> FaultReport {
         detail,
         skipped: Some(why.to_string()),
         ..FaultReport::default()
-    }
-}
-
-/// Waits `d`; true when a signal came first.
-async fn wait_or_signal(signals: &Signals, d: Duration) -> bool {
-    wait_until_or_signal(signals, Instant::now() + d).await
-}
-
-async fn wait_until_or_signal(signals: &Signals, until: Instant) -> bool {
-    if signals.count() > 0 {
-        return true;
-    }
-    tokio::select! {
-        () = tokio::time::sleep_until(until) => false,
-        () = signals.nth(1) => true,
     }
 }

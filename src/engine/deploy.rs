@@ -38,8 +38,6 @@ use settings::defaults;
 pub use settings::{refusal, settings};
 pub use twin::{Twin, TwinReady, TwinState};
 
-/// The most a request file may hold.
-const MAX_REQUEST_FILE: u64 = 16 << 20;
 /// The most of one migration file read, and the most files.
 const MAX_MIGRATION_FILE: u64 = 4 << 20;
 const MAX_MIGRATION_FILES: usize = 2000;
@@ -168,10 +166,10 @@ pub(super) async fn rehearse<P: Provider>(env: &Env<'_, P>, to: &str, outputs: &
 
     // Steady, migrated, switched, settled: each part only after the one before it went
     // through; a signal during a wait ends the deploy there.
-    let settled = !wait_or_signal(env.signals, settings.steady).await
+    let settled = !env.signals.sleep(settings.steady).await
         && d.migrate(env, &next, &settings, &load_spec.target).await
         && d.switch(env, &next, &settings, &load_spec.target, &to_target).await
-        && !wait_or_signal(env.signals, settings.settle).await;
+        && !env.signals.sleep(settings.settle).await;
     if !settled && d.failure.is_none() {
         d.interrupted = env.signals.count() > 0 || d.interrupted;
     }
@@ -346,7 +344,7 @@ impl Deploying {
             if settings.switch == Switch::Rolling {
                 // As a load balancer deregisters a target: the requests it has in
                 // flight finish before it stops.
-                if wait_or_signal(env.signals, ROLLING_DRAIN).await {
+                if env.signals.sleep(ROLLING_DRAIN).await {
                     self.interrupted = true;
                     return false;
                 }
@@ -461,26 +459,11 @@ async fn stop_old<P: Provider>(env: &Env<'_, P>, id: &str) -> Result<(), StepErr
     env.journal.deleted(id).await.map_err(|e| StepError::build(format!("cannot write the journal: {e}")))
 }
 
-/// Sleeps `d`; true when a signal came first.
-async fn wait_or_signal(signals: &Signals, d: Duration) -> bool {
-    if signals.count() > 0 {
-        return true;
-    }
-    tokio::select! {
-        () = tokio::time::sleep(d) => false,
-        () = signals.nth(1) => true,
-    }
-}
-
 /// The load's requests and settings.
 fn load_requests(loaded: &Loaded, settings: &Deploy) -> Result<(Vec<Request>, crate::description::Load), String> {
     let spec = settings.load.clone().ok_or("the description has no load for a deploy (`deploy.load`)")?;
     let file = spec.requests.as_ref().ok_or("a deploy's load is a request file (`requests`)")?;
-    let path = loaded.resolve(file);
-    let text = read_capped(&path, MAX_REQUEST_FILE)
-        .map_err(|e| format!("cannot read the request file {}: {e}", path.display()))?;
-    let requests = load::parse_requests(&text).map_err(|e| format!("the request file {}: {e}", path.display()))?;
-    Ok((requests, spec))
+    Ok((load::read_request_file(&loaded.resolve(file))?, spec))
 }
 
 fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {

@@ -89,6 +89,22 @@ impl Signals {
         *self.rx.borrow()
     }
 
+    /// Sleeps until `until`; true when a signal came first (or had come already).
+    pub async fn sleep_until(&self, until: tokio::time::Instant) -> bool {
+        if self.count() > 0 {
+            return true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => false,
+            () = self.nth(1) => true,
+        }
+    }
+
+    /// Sleeps `d`; true when a signal came first (or had come already).
+    pub async fn sleep(&self, d: std::time::Duration) -> bool {
+        self.sleep_until(tokio::time::Instant::now() + d).await
+    }
+
     /// Resolves once at least `n` signals have arrived.
     pub async fn nth(&self, n: u32) {
         let mut rx = self.rx.clone();
