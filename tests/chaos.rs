@@ -1,7 +1,9 @@
 //! A game day on the demo shop (`rehearse run environments/gameday.yaml --chaos NAME`,
 //! real PostgreSQL, the shop's two web instances): 300 ms each way on the shop's path to
 //! its database fails the latency expectation and names the fault, in the verdict, the
-//! report and JUnit; the same description without a load fails its expectations closed;
+//! report and JUnit; the database stopped as by a crash and started again under the load
+//! is recovered from within the fault's stated time, and the run passes; the same
+//! description without a load fails its expectations closed;
 //! the faults not run yet, and names the description does not have, are refused before
 //! anything is built.
 
@@ -71,6 +73,43 @@ fn latency_on_the_shops_path_to_its_database_fails_the_latency_expectation_and_n
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
     assert!(junit.contains(r#"<testsuite name="chaos" tests="1""#) && junit.contains(r#"failures="1""#), "{junit}");
     assert!(junit.contains(r#"<testcase name="slow-db (latency on path web -&gt; db)" classname="chaos""#), "{junit}");
+}
+
+#[test]
+fn a_database_restart_under_the_load_is_recovered_from_within_its_time_and_passes() {
+    let sb = Sandbox::new();
+    // Stopped as by a crash: the next start recovers from the WAL.
+    let file = gameday(&sb, "gameday.yaml", |t| t.replace("      mode: fast\n", "      mode: immediate\n"));
+    let (code, r, err) = chaos(&sb, &file, "db-restart");
+    assert_eq!(code, Some(0), "{err}\n{r:#}");
+    let f = &r["chaos"]["faults"][0];
+    assert_eq!((f["name"].as_str(), f["target"].as_str()), (Some("db-restart"), Some("database db")), "{f:#}");
+    let (start, end) = (f["started_ms"].as_u64().unwrap(), f["ended_ms"].as_u64().unwrap());
+    assert!(end - start >= 2000, "down for its 2 s: {f}");
+    // Its own expectation (the recovery) instead of the section's error rate.
+    let names: Vec<&str> = f["expectations"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["recover_within"], "{f:#}");
+    assert_eq!(expectation(f, "recover_within")["passed"], true, "{f:#}");
+    // The requests sent while it was down failed; the suites, after it, passed.
+    let seconds = r["chaos"]["seconds"].as_array().unwrap();
+    let failed: u64 = seconds
+        .iter()
+        .filter(|s| (start / 1000..=end / 1000).contains(&s["second"].as_u64().unwrap()))
+        .map(|s| s["errors"].as_u64().unwrap())
+        .sum();
+    assert!(failed > 0, "the restart was felt: {seconds:?}");
+    assert_eq!(r["suites"][0]["status"], "passed", "{r:#}");
+    // The server started again is journaled (teardown found it and left nothing).
+    let journal =
+        std::fs::read_to_string(sb.state().join("runs").join(r["run_id"].as_str().unwrap()).join("journal.jsonl"))
+            .unwrap();
+    let postmasters: Vec<u64> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["type"] == "created" && r["id"] == "database.db")
+        .filter_map(|r| r["handle"]["cluster"]["postmaster"]["pid"].as_u64())
+        .collect();
+    assert!(postmasters.len() >= 2 && postmasters.first() != postmasters.last(), "{journal}");
 }
 
 #[test]

@@ -14,8 +14,13 @@
 //! ending early): the proxies are cleared before the phase returns, and they die with
 //! the process.
 //!
-//! Run so far: the path faults (`latency`, `bandwidth`, `reset`, `blackhole`) on the
-//! local provider. The others are refused by [`refusal`] before anything is built.
+//! A database's `restart` stops its server (`pg_ctl stop -m fast|immediate`) and starts
+//! it again after `duration`, as the run started it, journaling the new server (teardown
+//! finds it by its data directory either way); it is started again on every way out.
+//!
+//! Run so far: the path faults (`latency`, `bandwidth`, `reset`, `blackhole`) and a
+//! database's `restart`, on the local provider. The others are refused by [`refusal`]
+//! before anything is built.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,13 +30,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::events::{Event, Reporter};
+use super::journal::{self, Journal, State};
+use super::provider::{Injected, Provider, RunInfo};
 use crate::compare::chaos::{self as judged, ChaosReport, FaultReport};
 use crate::compare::load::{self, Request, Timed};
 use crate::description::template::{DatabaseOutputs, Outputs};
+use crate::description::RestartMode;
 use crate::description::{Chaos, ChaosFault, FaultKind, FaultTargetKind, Loaded, ProviderKind};
 use crate::exit;
 use crate::sys::fault_proxy::{Fault, FaultProxy};
 use crate::sys::signals::Signals;
+use crate::sys::timing::Clock;
 
 /// The faults `names` pick (all when empty), in name order.
 pub fn selected(loaded: &Loaded, names: &[String]) -> Result<Vec<(String, ChaosFault)>, String> {
@@ -81,12 +90,17 @@ pub fn refusal(loaded: &Loaded, names: &[String], from: bool, up_only: bool) -> 
         ));
     }
     for (name, f) in &faults {
-        if f.target_kind() != Some(FaultTargetKind::Path) {
+        let runs = match f.target_kind() {
+            Some(FaultTargetKind::Path) => true,
+            Some(FaultTargetKind::Database) => f.kind == FaultKind::Restart,
+            _ => false,
+        };
+        if !runs {
             return Err((
                 exit::USAGE,
                 format!(
-                    "`--chaos {name}`: a `{}` fault is not run yet — only the faults on a path (`latency`, \
-                     `bandwidth`, `reset`, `blackhole`) are; pick others with `--chaos NAME…`",
+                    "`--chaos {name}`: a `{}` fault is not run yet — only a database's `restart` and the faults \
+                     on a path (`latency`, `bandwidth`, `reset`, `blackhole`) are; pick others with `--chaos NAME…`",
                     f.kind.as_str()
                 ),
             ));
@@ -189,7 +203,11 @@ fn address(host: &str, port: &str) -> Option<SocketAddr> {
 }
 
 /// What the game day works with: the run as the graph left it.
-pub(super) struct Env<'a> {
+pub(super) struct Env<'a, P: Provider> {
+    pub provider: &'a P,
+    pub journal: &'a Journal,
+    pub info: &'a RunInfo,
+    pub clock: &'a Clock,
     pub loaded: &'a Loaded,
     pub outputs: &'a Outputs,
     pub paths: &'a Paths,
@@ -206,8 +224,8 @@ pub(super) struct Played<T> {
 }
 
 /// Runs the game day of `faults`, then `suites` under the load.
-pub(super) async fn rehearse<T, F: Future<Output = T>>(
-    env: &Env<'_>,
+pub(super) async fn rehearse<P: Provider, T, F: Future<Output = T>>(
+    env: &Env<'_, P>,
     faults: &[(String, ChaosFault)],
     suites: impl FnOnce() -> F,
 ) -> Played<T> {
@@ -276,7 +294,7 @@ pub(super) async fn rehearse<T, F: Future<Output = T>>(
             skipped(name, f, why)
         });
         if let (Some(s), Some(e), None) = (r.started_ms, r.ended_ms, &r.skipped) {
-            let (recovered, limits) = judged::expectations(&chaos.expect, s, e, &timed, report.load);
+            let (recovered, limits) = judged::expectations(&f.expectations(&chaos.expect), s, e, &timed, report.load);
             r.recovery_ms = recovered;
             r.expectations = limits;
         }
@@ -287,8 +305,8 @@ pub(super) async fn rehearse<T, F: Future<Output = T>>(
 
 /// The load's requests, its target's address and its rate and timeout; `None` when
 /// the description has none.
-async fn load_requests(
-    env: &Env<'_>,
+async fn load_requests<P: Provider>(
+    env: &Env<'_, P>,
     chaos: &Chaos,
 ) -> Result<Option<(Vec<Request>, (String, u16), f64, Duration)>, String> {
     let spec = match chaos.load.clone().or_else(|| env.loaded.desc.compare.as_ref().map(|c| c.load.clone())) {
@@ -309,7 +327,11 @@ async fn load_requests(
 
 /// Runs `faults`, each from its `at` after now: their reports, and whether a signal
 /// stopped them.
-async fn play(env: &Env<'_>, faults: &[&(String, ChaosFault)], load_start: Instant) -> (Vec<FaultReport>, bool) {
+async fn play<P: Provider>(
+    env: &Env<'_, P>,
+    faults: &[&(String, ChaosFault)],
+    load_start: Instant,
+) -> (Vec<FaultReport>, bool) {
     let anchor = Instant::now();
     let runs = faults.iter().map(|(name, f)| one(env, name, f, anchor, load_start));
     let done: Vec<(FaultReport, bool)> = futures_util::future::join_all(runs).await;
@@ -318,12 +340,22 @@ async fn play(env: &Env<'_>, faults: &[&(String, ChaosFault)], load_start: Insta
 }
 
 /// One fault: waits for its start, sets it, waits out its duration, clears it.
-async fn one(env: &Env<'_>, name: &str, f: &ChaosFault, anchor: Instant, load_start: Instant) -> (FaultReport, bool) {
+async fn one<P: Provider>(
+    env: &Env<'_, P>,
+    name: &str,
+    f: &ChaosFault,
+    anchor: Instant,
+    load_start: Instant,
+) -> (FaultReport, bool) {
     let mut r = skipped(name, f, "");
     r.skipped = None;
     if env.signals.sleep_until(anchor + f.at).await {
         r.skipped = Some("interrupted before it started".into());
         return (r, true);
+    }
+    if let (Some(db), FaultKind::Restart) = (&f.database, f.kind) {
+        let stopped = restart(env, name, db, f, &mut r, load_start).await;
+        return (r, stopped);
     }
     let Some((from, to)) = f.path_ends() else {
         r.skipped = Some(format!("a `{}` fault is not run yet", f.kind.as_str()));
@@ -371,6 +403,63 @@ async fn one(env: &Env<'_>, name: &str, f: &ChaosFault, anchor: Instant, load_st
         detail: Some(if stopped { "cleared early: a signal".into() } else { "cleared".into() }),
     });
     (r, stopped)
+}
+
+/// A database stopped (`mode`), down for `duration`, started again as the run started
+/// it and journaled anew (the server is another process); started again on every way
+/// out, a signal too. Whether a signal cut the downtime short.
+async fn restart<P: Provider>(
+    env: &Env<'_, P>,
+    name: &str,
+    db: &str,
+    f: &ChaosFault,
+    r: &mut FaultReport,
+    load_start: Instant,
+) -> bool {
+    let id = format!("database.{db}");
+    let records = journal::read(env.journal.path()).unwrap_or_default();
+    let Some(entry) = State::from_records(&records).remaining().into_iter().find(|e| e.id == id).cloned() else {
+        r.skipped = Some(format!("the run's journal has no `{id}` to stop"));
+        return false;
+    };
+    let (resource, action) = (format!("chaos.{name}"), f.kind.as_str().to_string());
+    env.reporter.event(Event::Started {
+        resource: resource.clone(),
+        action: action.clone(),
+        detail: Some(format!("{}: {}", r.target, r.detail)),
+    });
+    let began = Instant::now();
+    let immediate = f.mode == Some(RestartMode::Immediate);
+    if let Err(e) = env.provider.inject(&entry, Injected::StopDatabase { immediate }, env.info, env.clock).await {
+        r.skipped = Some(format!("cannot stop `{db}`: {e}"));
+        let detail = r.skipped.clone();
+        env.reporter.event(Event::Finished { resource, action, ok: false, elapsed: began.elapsed(), detail });
+        return false;
+    }
+    r.started_ms = Some(began.duration_since(load_start).as_millis() as u64);
+    let stopped = env.signals.sleep(f.duration.unwrap_or_default()).await;
+    let started = env.provider.inject(&entry, Injected::StartDatabase, env.info, env.clock).await;
+    r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
+    let outcome = match started {
+        Ok(Some(handle)) => env
+            .journal
+            .created(&id, entry.kind, handle)
+            .await
+            .map_err(|e| format!("`{db}` started again, but the journal could not record its server: {e}")),
+        Ok(None) => Ok(()),
+        Err(e) => Err(format!("`{db}` did not start again: {e}")),
+    };
+    if let Err(e) = &outcome {
+        // The fault ran; what it left is the run's failure to judge.
+        r.skipped = Some(e.clone());
+    }
+    let detail = Some(match (&outcome, stopped) {
+        (Err(e), _) => e.clone(),
+        (Ok(()), true) => "started again early: a signal".into(),
+        (Ok(()), false) => "started again".into(),
+    });
+    env.reporter.event(Event::Finished { resource, action, ok: outcome.is_ok(), elapsed: began.elapsed(), detail });
+    stopped
 }
 
 /// A fault's report before (or instead of) running: `why` it did not.

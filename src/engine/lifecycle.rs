@@ -332,7 +332,17 @@ async fn chaos_phase<P: Provider>(
         return None;
     }
     let outputs = graph.outputs.clone();
-    let env = super::chaos::Env { loaded, outputs: &outputs, paths, reporter, signals };
+    let env = super::chaos::Env {
+        provider,
+        journal: &run.journal,
+        info: &run.info,
+        clock,
+        loaded,
+        outputs: &outputs,
+        paths,
+        reporter,
+        signals,
+    };
     let held = outputs.clone();
     let suites = || async {
         execute(

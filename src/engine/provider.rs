@@ -468,6 +468,16 @@ impl SuiteRunError {
     }
 }
 
+/// A game day's fault on one of the run's resources ([`super::chaos`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injected {
+    /// A database's server stopped: `fast` (sessions ended cleanly) or, `immediate`,
+    /// as a crash.
+    StopDatabase { immediate: bool },
+    /// The same server started again, as the run started it.
+    StartDatabase,
+}
+
 /// A provider of resources. Implemented by the local provider here, the AWS
 /// provider, and the fault-injecting fake used in tests.
 #[allow(async_fn_in_trait)]
@@ -482,6 +492,20 @@ pub trait Provider {
     fn idempotency_key(&self, res: &Resource, run_id: &str) -> Option<String> {
         let _ = (res, run_id);
         None
+    }
+
+    /// Injects a game day's fault into a journaled resource of this run; the handle to
+    /// journal anew when the fault changed it (a restarted server is another process).
+    /// `Err`: this provider does not do it, or it failed.
+    async fn inject(
+        &self,
+        entry: &Entry,
+        what: Injected,
+        info: &RunInfo,
+        clock: &Clock,
+    ) -> Result<Option<Handle>, String> {
+        let _ = (entry, what, info, clock);
+        Err("this provider injects no fault into its resources".into())
     }
 
     /// Removes a journaled resource. A resource that is already gone is success.

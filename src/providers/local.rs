@@ -25,7 +25,8 @@ use crate::description::template::{DatabaseOutputs, ServiceOutputs};
 use crate::description::DatabaseSource;
 use crate::engine::journal::{Entry, RunMeta};
 use crate::engine::provider::{
-    Ctx, DestroyError, DestroyErrorKind, Output, Pin, Pins, Provider, StepError, WorkspaceHandle,
+    Ctx, DestroyError, DestroyErrorKind, Handle, Injected, Output, Pin, Pins, Provider, RunInfo, StepError,
+    WorkspaceHandle,
 };
 use crate::plan::{Kind, Resource};
 use crate::providers::release::ReleaseHandle;
@@ -34,6 +35,7 @@ use crate::secrets;
 use crate::sys::health;
 use crate::sys::process::{self, ProcHandle};
 use crate::sys::text::shell_quote;
+use crate::sys::timing::Clock;
 use crate::sys::{secure_fs, state};
 use postgres::{Cluster, PgBin};
 
@@ -146,6 +148,42 @@ impl Provider for LocalProvider {
             Kind::Install => self.install(res, ctx).await,
             Kind::LocalProcess => self.service(res, ctx).await,
             other => Err(StepError::build(format!("the local provider cannot create `{}`", other.as_str()))),
+        }
+    }
+
+    async fn inject(
+        &self,
+        entry: &Entry,
+        what: Injected,
+        info: &RunInfo,
+        clock: &Clock,
+    ) -> Result<Option<Handle>, String> {
+        if entry.kind != Kind::LocalPostgres {
+            return Err(format!("`{}` is no database this provider can stop", entry.id));
+        }
+        let Some(ClusterHandle { mut cluster, generation }) =
+            handle_of(entry, "PostgreSQL cluster").map_err(|e| e.to_string())?
+        else {
+            return Err(format!("`{}` has no journaled cluster", entry.id));
+        };
+        // As teardown does: who runs the copy is this machine's fact, not the journal's.
+        cluster.run_as = process::Users::cluster_only().ok().flatten();
+        let bin = PgBin::find().map_err(|e| e.message)?;
+        match what {
+            Injected::StopDatabase { immediate } => {
+                let mode = if immediate { "immediate" } else { "fast" };
+                postgres::stop_mode(&bin, &cluster, mode).await.map_err(|e| e.message)?;
+                Ok(None)
+            }
+            Injected::StartDatabase => {
+                let log = info.logs_dir.join(format!("{}.log", entry.id));
+                let tag = [("REHEARSE_RUN_ID", info.run_id.as_str())];
+                let timeout = Duration::from_secs(60);
+                postgres::start(&bin, &mut cluster, &log, clock, timeout, &tag, info.wal_as_production)
+                    .await
+                    .map_err(|e| e.message)?;
+                Handle::of(&ClusterHandle { cluster, generation }).map(Some).map_err(|e| e.to_string())
+            }
         }
     }
 

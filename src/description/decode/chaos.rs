@@ -12,7 +12,7 @@ use crate::description::model::*;
 use crate::description::yaml::{Node, Value};
 
 /// Every key a fault may have, whatever its kind.
-const FAULT_KEYS: [&str; 13] = [
+const FAULT_KEYS: [&str; 14] = [
     "service",
     "instance",
     "database",
@@ -26,10 +26,11 @@ const FAULT_KEYS: [&str; 13] = [
     "after",
     "at",
     "duration",
+    "expect",
 ];
 
 /// The keys every fault may have besides its target and its kind's own.
-const COMMON_KEYS: [&str; 3] = ["kind", "after", "at"];
+const COMMON_KEYS: [&str; 4] = ["kind", "after", "at", "expect"];
 
 impl Decoder {
     /// `chaos:` — `load` (default `compare.load`), `steady`, `settle`, `faults`, `expect`.
@@ -58,7 +59,7 @@ impl Decoder {
         };
         let faults = faults.and_then(|n| self.faults(n, provider));
         let expect = match expect {
-            Some(n) => self.expect(n),
+            Some(n) => self.expect("chaos.expect", n, true),
             None => Some(Expect::default()),
         };
         // The load: its own, or the comparison's; none is allowed (the expectations on
@@ -173,6 +174,20 @@ impl Decoder {
         let at = dur(self, "at", Duration::ZERO);
         let min_duration = if kind == FaultKind::Restart { Duration::ZERO } else { Duration::from_millis(100) };
         let duration = dur(self, "duration", min_duration);
+        let expect = match get("expect") {
+            Some(n) => match self.expect(&format!("{path}.expect"), n, false) {
+                Some(e) => Some(FaultExpect {
+                    max_error_rate: e.max_error_rate,
+                    latency: e.latency,
+                    recover_within: e.recover_within,
+                }),
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
         let bytes_per_second = get("bytes_per_second")
             .and_then(|n| self.integer(&format!("{path}.bytes_per_second"), n, 1, 1 << 40))
             .map(|n| n as u64);
@@ -220,6 +235,7 @@ impl Decoder {
             after: after?,
             at: at.unwrap_or_default(),
             duration,
+            expect,
         })
     }
 
@@ -295,7 +311,7 @@ impl Decoder {
         };
         for key in found.keys().filter(|k| !allowed(k)) {
             let pos = self.positions.key(&format!("{path}.{key}"));
-            let mut own: Vec<&str> = vec![shape.target.key(), "kind", "after", "at"];
+            let mut own: Vec<&str> = vec![shape.target.key(), "kind", "after", "at", "expect"];
             own.extend(shape.keys.iter().copied());
             if shape.lasts {
                 own.push("duration");
@@ -315,24 +331,25 @@ impl Decoder {
         Some((shape, ok))
     }
 
-    fn expect(&mut self, node: &Node) -> Option<Expect> {
-        let mut obj = self.obj("chaos.expect", node, "a mapping of what must hold during and after the faults")?;
+    /// `chaos.expect` (`suites`: it may say `suites_pass`), or a fault's own at `at`.
+    fn expect(&mut self, at: &str, node: &Node, suites: bool) -> Option<Expect> {
+        let mut obj = self.obj(at, node, "a mapping of what must hold during and after the faults")?;
         let max_error_rate = self.get(&mut obj, "max_error_rate");
         let latency = self.get(&mut obj, "latency");
         let recover_within = self.get(&mut obj, "recover_within");
-        let suites_pass = self.get(&mut obj, "suites_pass");
+        let suites_pass = if suites { self.get(&mut obj, "suites_pass") } else { None };
         self.finish(obj);
         let max_error_rate = match max_error_rate {
-            Some(n) => Some(self.number("chaos.expect.max_error_rate", n, 0.0, 100.0)?),
+            Some(n) => Some(self.number(&format!("{at}.max_error_rate"), n, 0.0, 100.0)?),
             None => None,
         };
         let latency = match latency {
-            Some(n) => self.latency_limits("chaos.expect.latency", n),
+            Some(n) => self.latency_limits(&format!("{at}.latency"), n),
             None => BTreeMap::new(),
         };
         let recover_within = match recover_within {
             Some(n) => Some(self.duration(
-                "chaos.expect.recover_within",
+                &format!("{at}.recover_within"),
                 n,
                 Duration::from_millis(1),
                 Duration::from_secs(3600),
@@ -344,7 +361,7 @@ impl Decoder {
                 Value::Bool(b) => b,
                 _ => {
                     let kind = n.value.kind();
-                    self.err(n.pos, format!("`chaos.expect.suites_pass` must be true or false, found {kind}"));
+                    self.err(n.pos, format!("`{at}.suites_pass` must be true or false, found {kind}"));
                     return None;
                 }
             },

@@ -88,6 +88,43 @@ pub struct ChaosFault {
     /// (`kill`, `reboot`, `terminate`, `failover`) take none.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_duration")]
     pub duration: Option<Duration>,
+    /// This fault's own expectations on the traffic, instead of `chaos.expect`'s (a
+    /// restart fails every request while the database is down: its expectation is the
+    /// recovery). Example: `{recover_within: 10s}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<FaultExpect>,
+}
+
+/// A fault's own expectations on the traffic (`chaos.faults.NAME.expect`).
+#[derive(Clone, Debug, Default, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultExpect {
+    /// As `chaos.expect.max_error_rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// As `chaos.expect.latency`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", serialize_with = "super::deploy::ser_durations")]
+    #[schemars(with = "BTreeMap<String, DurationText>")]
+    pub latency: BTreeMap<String, Duration>,
+    /// As `chaos.expect.recover_within`.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_duration")]
+    #[schemars(with = "Option<DurationText>")]
+    pub recover_within: Option<Duration>,
+}
+
+impl ChaosFault {
+    /// What this fault's traffic is judged by: its own expectations, else the section's.
+    pub fn expectations(&self, section: &Expect) -> Expect {
+        match &self.expect {
+            Some(e) => Expect {
+                max_error_rate: e.max_error_rate,
+                latency: e.latency.clone(),
+                recover_within: e.recover_within,
+                suites_pass: section.suites_pass,
+            },
+            None => section.clone(),
+        }
+    }
 }
 
 /// What a fault does.
@@ -379,6 +416,7 @@ impl JsonSchema for ChaosFault {
     fn json_schema(g: &mut SchemaGenerator) -> Schema {
         let duration = g.subschema_for::<DurationText>().to_value();
         let mode = g.subschema_for::<RestartMode>().to_value();
+        let expect = g.subschema_for::<FaultExpect>().to_value();
         let branches: Vec<serde_json::Value> = KIND_SHAPES
             .iter()
             .map(|s| {
@@ -393,6 +431,7 @@ impl JsonSchema for ChaosFault {
                 props.insert("kind".into(), serde_json::json!({ "const": s.kind.as_str() }));
                 props.insert("after".into(), serde_json::json!({ "type": "string", "pattern": AFTER_PATTERN }));
                 props.insert("at".into(), duration.clone());
+                props.insert("expect".into(), expect.clone());
                 if s.lasts {
                     props.insert("duration".into(), duration.clone());
                 }

@@ -56,6 +56,22 @@ fn a_game_day_takes_its_faults_expectations_and_defaults() {
 }
 
 #[test]
+fn a_fault_of_its_own_expectations_is_judged_by_them() {
+    let c = chaos(
+        "chaos:\n  faults:\n    r:\n      database: db\n      kind: restart\n      expect:\n        recover_within: 5s\n\
+         \x20   l:\n      path: web -> db\n      kind: reset\n      duration: 1s\n  expect:\n    max_error_rate: 1\n",
+    );
+    let r = c.faults["r"].expectations(&c.expect);
+    assert_eq!((r.max_error_rate, r.recover_within), (None, Some(Duration::from_secs(5))));
+    let l = c.faults["l"].expectations(&c.expect);
+    assert_eq!((l.max_error_rate, l.recover_within), (Some(1.0), None));
+    let msg = refused(
+        "chaos:\n  faults:\n    r:\n      database: db\n      kind: restart\n      expect:\n        suites_pass: false\n",
+    );
+    assert!(msg.contains("unknown key `suites_pass` in `chaos.faults.r.expect`"), "{msg}");
+}
+
+#[test]
 fn a_game_day_without_a_load_is_accepted_its_traffic_expectations_to_fail_closed() {
     let c =
         chaos("chaos:\n  faults:\n    r:\n      database: db\n      kind: restart\n  expect:\n    max_error_rate: 1\n");
