@@ -136,6 +136,7 @@ fn without_a_load_the_expectations_fail_closed_and_bad_asks_are_refused() {
         (vec!["--chaos", "nope"], "`chaos.faults` has no fault `nope` (it has `db-restart`, `slow-db`, `web-kill`)"),
         (vec!["--chaos", "web-kill"], "a `kill` fault is not run yet"),
         (vec!["--chaos", "slow-db", "--from", "v1"], "`--chaos` and `--from` are two rehearsals"),
+        (vec!["--chaos", "slow-db", "--keep"], "a game day (`--chaos`) is always torn down"),
     ] {
         let out = sb.cmd().args(["run", &file]).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -48,6 +48,21 @@ pub(crate) fn run(g: &Global, args: &RunArgs, up_only: bool) -> i32 {
             None => loaded.desc.destroy,
         }
     };
+    // A game day's services reach their databases through proxies that end with the
+    // run: what it built is no use kept.
+    let destroy = match (&args.chaos, destroy) {
+        (None, d) => d,
+        (Some(_), DestroyPolicy::Always) => DestroyPolicy::Always,
+        (Some(_), _) if args.keep || args.destroy.is_some() => {
+            errln!(
+                "error: a game day (`--chaos`) is always torn down: its services reach their databases through fault \
+                 proxies that end with the run; leave out `--keep`/`--destroy`"
+            );
+            return exit::USAGE;
+        }
+        // The description's `destroy: passing|never` is for its ordinary runs.
+        (Some(_), _) => DestroyPolicy::Always,
+    };
     let g = &described(g, &loaded);
     let run_id = state::new_run_id();
     super::with_signals(g, async |reporter, signals| {
