@@ -18,9 +18,14 @@
 //! it again after `duration`, as the run started it, journaling the new server (teardown
 //! finds it by its data directory either way); it is started again on every way out.
 //!
-//! Run so far: the path faults (`latency`, `bandwidth`, `reset`, `blackhole`) and a
-//! database's `restart`, on the local provider. The others are refused by [`refusal`]
-//! before anything is built.
+//! A service's `kill` kills an instance's whole process group at once; the load, spread
+//! over the service's instances by a balancing proxy (as a load balancer would), goes
+//! around it. With `restart: on-failure` the instance is started again a second later,
+//! as the run started it, healthy before the balancer sends to it ([`kill`]).
+//!
+//! Run so far: the path faults (`latency`, `bandwidth`, `reset`, `blackhole`), a
+//! database's `restart` and a service's `kill`, on the local provider. The others are
+//! refused by [`refusal`] before anything is built.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,6 +33,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+mod kill;
 
 use super::events::{Event, Reporter};
 use super::journal::{self, Journal, State};
@@ -38,6 +45,8 @@ use crate::description::template::{DatabaseOutputs, Outputs};
 use crate::description::RestartMode;
 use crate::description::{Chaos, ChaosFault, FaultKind, FaultTargetKind, Loaded, ProviderKind};
 use crate::exit;
+use crate::plan::Plan;
+use crate::report::model::StepTiming;
 use crate::sys::fault_proxy::{Fault, FaultProxy};
 use crate::sys::signals::Signals;
 use crate::sys::timing::Clock;
@@ -93,14 +102,16 @@ pub fn refusal(loaded: &Loaded, names: &[String], from: bool, up_only: bool) -> 
         let runs = match f.target_kind() {
             Some(FaultTargetKind::Path) => true,
             Some(FaultTargetKind::Database) => f.kind == FaultKind::Restart,
+            Some(FaultTargetKind::Service) => f.kind == FaultKind::Kill,
             _ => false,
         };
         if !runs {
             return Err((
                 exit::USAGE,
                 format!(
-                    "`--chaos {name}`: a `{}` fault is not run yet — only a database's `restart` and the faults \
-                     on a path (`latency`, `bandwidth`, `reset`, `blackhole`) are; pick others with `--chaos NAME…`",
+                    "`--chaos {name}`: a `{}` fault is not run yet — only a service's `kill`, a database's \
+                     `restart` and the faults on a path (`latency`, `bandwidth`, `reset`, `blackhole`) are; pick \
+                     others with `--chaos NAME…`",
                     f.kind.as_str()
                 ),
             ));
@@ -135,7 +146,7 @@ impl Paths {
             let Some(db) = outputs.databases.get(to) else { continue };
             let upstream = address(&db.host, &db.port)
                 .ok_or_else(|| format!("database `{to}` is at `{}`, which the proxy cannot reach", db.endpoint))?;
-            let at = self.proxy(from, to, upstream).await?;
+            let at = self.proxy(from, to, vec![upstream]).await?;
             let proxied = DatabaseOutputs::new(
                 at.ip().to_string(),
                 at.port().to_string(),
@@ -148,26 +159,47 @@ impl Paths {
         Ok(mine)
     }
 
-    /// Where the load's client reaches `target` at `upstream`: through a proxy when a
-    /// fault is on that path.
-    pub async fn client_target(&self, target: &str, upstream: (String, u16)) -> Result<(String, u16), String> {
+    /// Where the load's client reaches `target`, whose instances are at `instances`:
+    /// through a proxy when a fault is on that path or the service has several
+    /// instances (the proxy spreads the connections over them, as a load balancer
+    /// would, and goes around one that is down).
+    pub async fn client_target(&self, target: &str, instances: Vec<(String, u16)>) -> Result<(String, u16), String> {
         let path = ("client".to_string(), target.to_string());
-        if !self.wanted.contains(&path) {
-            return Ok(upstream);
+        let Some(first) = instances.first().cloned() else {
+            return Err(format!("the load's target `{target}` has no instance to send requests to"));
+        };
+        if !self.wanted.contains(&path) && instances.len() == 1 {
+            return Ok(first);
         }
-        let addr = address(&upstream.0, &upstream.1.to_string())
-            .ok_or_else(|| format!("service `{target}` is at `{}`, which the proxy cannot reach", upstream.0))?;
-        let at = self.proxy(&path.0, &path.1, addr).await?;
+        let mut addrs = Vec::new();
+        for (host, port) in &instances {
+            addrs.push(
+                address(host, &port.to_string())
+                    .ok_or_else(|| format!("service `{target}` is at `{host}`, which the proxy cannot reach"))?,
+            );
+        }
+        let at = self.proxy(&path.0, &path.1, addrs).await?;
         Ok((at.ip().to_string(), at.port()))
     }
 
-    async fn proxy(&self, from: &str, to: &str, upstream: SocketAddr) -> Result<SocketAddr, String> {
+    /// The load's new connections to `target` go to `instances` from now on (one of
+    /// them started again elsewhere); nothing when the load reaches it unproxied.
+    async fn retarget(&self, target: &str, instances: &[String]) {
+        let proxies = self.proxies.lock().await;
+        if let Some(p) = proxies.get(&("client".to_string(), target.to_string())) {
+            let addrs =
+                instances.iter().filter_map(|u| load::target(u)).filter_map(|(h, p)| address(&h, &p.to_string()));
+            p.set_upstreams(addrs.collect());
+        }
+    }
+
+    async fn proxy(&self, from: &str, to: &str, upstream: Vec<SocketAddr>) -> Result<SocketAddr, String> {
         let mut proxies = self.proxies.lock().await;
         let key = (from.to_string(), to.to_string());
         if let Some(p) = proxies.get(&key) {
             return Ok(p.addr());
         }
-        let p = FaultProxy::start(upstream, self.seed ^ proxies.len() as u64)
+        let p = FaultProxy::start_balanced(upstream, self.seed ^ proxies.len() as u64)
             .await
             .map_err(|e| format!("cannot start the fault proxy of `{from} -> {to}`: {e}"))?;
         let at = p.addr();
@@ -209,10 +241,20 @@ pub(super) struct Env<'a, P: Provider> {
     pub info: &'a RunInfo,
     pub clock: &'a Clock,
     pub loaded: &'a Loaded,
-    pub outputs: &'a Outputs,
+    pub plan: &'a Plan,
+    pub steps: &'a std::sync::Mutex<Vec<StepTiming>>,
+    /// The run's outputs as they are now: an instance started again moves.
+    pub outputs: std::sync::Mutex<Outputs>,
     pub paths: &'a Paths,
     pub reporter: &'a dyn Reporter,
     pub signals: &'a Signals,
+}
+
+impl<P: Provider> Env<'_, P> {
+    /// The run's outputs now.
+    pub fn outputs(&self) -> Outputs {
+        self.outputs.lock().map(|o| o.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
 }
 
 /// How the game day ended.
@@ -223,11 +265,12 @@ pub(super) struct Played<T> {
     pub suites: Option<T>,
 }
 
-/// Runs the game day of `faults`, then `suites` under the load.
+/// Runs the game day of `faults`, then `suites` under the load (with the run's
+/// outputs as they are then).
 pub(super) async fn rehearse<P: Provider, T, F: Future<Output = T>>(
     env: &Env<'_, P>,
     faults: &[(String, ChaosFault)],
-    suites: impl FnOnce() -> F,
+    suites: impl FnOnce(Outputs) -> F,
 ) -> Played<T> {
     let chaos = env.loaded.desc.chaos.clone().unwrap_or_else(|| Chaos {
         load: None,
@@ -267,7 +310,7 @@ pub(super) async fn rehearse<P: Provider, T, F: Future<Output = T>>(
     }
     let mut suites_done = None;
     if !interrupted {
-        let suites_run = suites();
+        let suites_run = suites(env.outputs());
         let faults_run = async {
             let played = play(env, &on_suites, started).await;
             let settled = on_suites.is_empty() || played.1 || env.signals.sleep(chaos.settle).await;
@@ -315,13 +358,13 @@ async fn load_requests<P: Provider>(
     };
     let file = spec.requests.as_ref().ok_or("a game day's load is a request file (`requests`)")?;
     let requests = load::read_request_file(&env.loaded.resolve(file))?;
-    let target = env
-        .outputs
+    let instances: Vec<(String, u16)> = env
+        .outputs()
         .services
         .get(&spec.target)
-        .and_then(|s| load::target(&s.url))
-        .ok_or_else(|| format!("the load's target `{}` has no address to send requests to", spec.target))?;
-    let target = env.paths.client_target(&spec.target, target).await?;
+        .map(|s| s.urls.iter().filter_map(|u| load::target(u)).collect())
+        .unwrap_or_default();
+    let target = env.paths.client_target(&spec.target, instances).await?;
     Ok(Some((requests, target, spec.rate, spec.timeout)))
 }
 
@@ -355,6 +398,10 @@ async fn one<P: Provider>(
     }
     if let (Some(db), FaultKind::Restart) = (&f.database, f.kind) {
         let stopped = restart(env, name, db, f, &mut r, load_start).await;
+        return (r, stopped);
+    }
+    if let (Some(service), FaultKind::Kill) = (&f.service, f.kind) {
+        let stopped = kill::kill(env, name, service, f, &mut r, load_start).await;
         return (r, stopped);
     }
     let Some((from, to)) = f.path_ends() else {
@@ -483,6 +530,7 @@ fn skipped(name: &str, f: &ChaosFault, why: &str) -> FaultReport {
         FaultKind::Reset => "every connection reset".into(),
         FaultKind::Blackhole => "nothing moves".into(),
         FaultKind::Restart => format!("`{}` stop", f.mode.unwrap_or_default().as_str()),
+        FaultKind::Kill => "its process group killed (SIGKILL)".into(),
         other => other.as_str().into(),
     };
     let detail = match f.duration {

@@ -338,13 +338,14 @@ async fn chaos_phase<P: Provider>(
         info: &run.info,
         clock,
         loaded,
-        outputs: &outputs,
+        plan: &run.plan,
+        steps,
+        outputs: Mutex::new(outputs),
         paths,
         reporter,
         signals,
     };
-    let held = outputs.clone();
-    let suites = || async {
+    let suites = |held| async {
         execute(
             provider,
             loaded,

@@ -476,6 +476,8 @@ pub enum Injected {
     StopDatabase { immediate: bool },
     /// The same server started again, as the run started it.
     StartDatabase,
+    /// A service instance's whole process group killed (`SIGKILL`), as a crash.
+    KillProcess,
 }
 
 /// A provider of resources. Implemented by the local provider here, the AWS

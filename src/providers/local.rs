@@ -158,6 +158,9 @@ impl Provider for LocalProvider {
         info: &RunInfo,
         clock: &Clock,
     ) -> Result<Option<Handle>, String> {
+        if what == Injected::KillProcess {
+            return self.kill(entry, info).await.map(|()| None);
+        }
         if entry.kind != Kind::LocalPostgres {
             return Err(format!("`{}` is no database this provider can stop", entry.id));
         }
@@ -175,6 +178,7 @@ impl Provider for LocalProvider {
                 postgres::stop_mode(&bin, &cluster, mode).await.map_err(|e| e.message)?;
                 Ok(None)
             }
+            Injected::KillProcess => Ok(None),
             Injected::StartDatabase => {
                 let log = info.logs_dir.join(format!("{}.log", entry.id));
                 let tag = [("REHEARSE_RUN_ID", info.run_id.as_str())];

@@ -16,6 +16,11 @@
 //!   retransmits), new connections are accepted but not connected upstream; when the
 //!   fault ends, the traffic resumes where it stopped.
 //!
+//! A proxy may carry a service's several instances ([`FaultProxy::start_balanced`]): each
+//! new connection goes to the next instance in turn, and to the one after it when that
+//! one refuses (as a load balancer stops sending to a target that is down); the set of
+//! instances can change while it runs ([`FaultProxy::set_upstreams`]).
+//!
 //! One task per connection; within it the four halves (each end's reads and writes)
 //! run together over borrowed halves of the two sockets, so that a reset can still set
 //! `SO_LINGER` to zero on both before they close. Jitter is drawn from a seeded
@@ -56,6 +61,7 @@ const IN_FLIGHT: usize = 64;
 pub struct FaultProxy {
     addr: SocketAddr,
     fault: watch::Sender<Fault>,
+    upstreams: watch::Sender<Vec<SocketAddr>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,11 +69,28 @@ impl FaultProxy {
     /// Listens on a free port of 127.0.0.1 and carries each connection to `upstream`;
     /// `seed` draws the jitter.
     pub async fn start(upstream: SocketAddr, seed: u64) -> std::io::Result<FaultProxy> {
+        FaultProxy::start_balanced(vec![upstream], seed).await
+    }
+
+    /// Listens on a free port of 127.0.0.1 and carries each new connection to the next
+    /// of `upstreams` in turn, or to the first after it that accepts.
+    pub async fn start_balanced(upstreams: Vec<SocketAddr>, seed: u64) -> std::io::Result<FaultProxy> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let (fault, watching) = watch::channel(Fault::None);
-        let task = tokio::spawn(accept(listener, upstream, watching, seed));
-        Ok(FaultProxy { addr, fault, task })
+        let (upstreams, targets) = watch::channel(upstreams);
+        let task = tokio::spawn(accept(listener, targets, watching, seed));
+        Ok(FaultProxy { addr, fault, upstreams, task })
+    }
+
+    /// New connections go to `upstreams` from now on (open ones stay where they are).
+    pub fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
+        self.upstreams.send_replace(upstreams);
+    }
+
+    /// Where new connections go.
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        self.upstreams.borrow().clone()
     }
 
     /// Where clients connect.
@@ -97,7 +120,12 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept(listener: TcpListener, upstream: SocketAddr, fault: watch::Receiver<Fault>, seed: u64) {
+async fn accept(
+    listener: TcpListener,
+    upstreams: watch::Receiver<Vec<SocketAddr>>,
+    fault: watch::Receiver<Fault>,
+    seed: u64,
+) {
     // The connections die with this task (an aborted JoinSet aborts its tasks).
     let mut connections = tokio::task::JoinSet::new();
     let mut n: u64 = 0;
@@ -109,9 +137,15 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, fault: watch::Recei
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                // In turn, from the one after the last connection's.
+                let mut turn = upstreams.borrow().clone();
+                if !turn.is_empty() {
+                    let first = (n as usize) % turn.len();
+                    turn.rotate_left(first);
+                }
                 n += 1;
                 let seed = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                connections.spawn(connection(client, upstream, fault.clone(), seed));
+                connections.spawn(connection(client, turn, fault.clone(), seed));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -129,14 +163,14 @@ enum End {
     Switch,
 }
 
-async fn connection(mut client: TcpStream, upstream: SocketAddr, mut fault: watch::Receiver<Fault>, seed: u64) {
+async fn connection(mut client: TcpStream, turn: Vec<SocketAddr>, mut fault: watch::Receiver<Fault>, seed: u64) {
     // A blackhole holds a new connection unanswered; a reset refuses it.
     match past_blackhole(&mut fault).await {
         Err(Reset) => return reset(&client, None),
         Ok(None) => return,
         Ok(Some(_)) => {}
     }
-    let Ok(mut server) = TcpStream::connect(upstream).await else { return reset(&client, None) };
+    let Some(mut server) = first_to_answer(&turn).await else { return reset(&client, None) };
     // Small writes (a protocol's messages) leave at once, as they would unproxied.
     client.set_nodelay(true).ok();
     server.set_nodelay(true).ok();
@@ -152,6 +186,16 @@ async fn connection(mut client: TcpStream, upstream: SocketAddr, mut fault: watc
     if outcome.is_err() {
         reset(&client, Some(&server));
     }
+}
+
+/// A connection to the first of `turn` that accepts one; `None` when none does.
+async fn first_to_answer(turn: &[SocketAddr]) -> Option<TcpStream> {
+    for upstream in turn {
+        if let Ok(s) = TcpStream::connect(upstream).await {
+            return Some(s);
+        }
+    }
+    None
 }
 
 /// One way of a connection, until its end: with no fault set the bytes go from socket

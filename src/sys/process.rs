@@ -338,6 +338,22 @@ pub(crate) async fn stop_run_group(h: &ProcHandle, run_id: &str, grace: Duration
     .await
 }
 
+/// Kills group `h.pgid` at once (`SIGKILL`, a crash), only if it is provably run
+/// `run_id`'s: whether nothing of it is left.
+pub(crate) async fn kill_run_group(h: &ProcHandle, run_id: &str) -> bool {
+    if h.pgid <= 0 {
+        return true;
+    }
+    if group_is_runs(h, run_id).is_err() {
+        // Not signalled: gone already, or not the run's.
+        return group_members(h.pgid).is_empty() && !is_alive(h);
+    }
+    // Best effort: the group may have gone meanwhile; whether it is gone is checked next.
+    #[allow(clippy::let_underscore_must_use)]
+    let _ = killpg(Pid::from_raw(h.pgid), Signal::SIGKILL);
+    wait_group_gone(h.pgid, Duration::from_secs(5)).await
+}
+
 /// Stops a process group: SIGTERM, up to `grace` for it to exit, then SIGKILL.
 /// Returns whether nothing of the group is left. A group whose leader's PID now
 /// belongs to another process is not ours: it is never signalled.

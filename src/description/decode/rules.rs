@@ -24,6 +24,7 @@ pub(super) struct ServiceKeys {
     pub instance_profile: Option<String>,
     pub bootstrap_timeout: Option<std::time::Duration>,
     pub command: Option<String>,
+    pub restart: Option<RestartPolicy>,
     pub has_health: bool,
     pub port: Option<u16>,
 }
@@ -108,6 +109,10 @@ impl Decoder {
                     self.rule_key_err(&format!("{p}.command"), "`command` is for the local provider").help =
                         Some("on aws the instance starts the service from its `user_data`".into());
                 }
+                if keys.restart.is_some() {
+                    self.rule_key_err(&format!("{p}.restart"), "`restart` is for the local provider").help =
+                        Some("on aws the instance's own init (its `user_data`) restarts its service".into());
+                }
                 if keys.has_health && keys.port.is_none() {
                     self.rule_key_err(
                         &format!("{p}.health"),
@@ -141,7 +146,7 @@ impl Decoder {
                             Some("on the local provider a service runs `command` in the unpacked release".into());
                     }
                 }
-                ServiceTarget::Local(LocalService { command })
+                ServiceTarget::Local(LocalService { command, restart: keys.restart.unwrap_or_default() })
             }
         }
     }

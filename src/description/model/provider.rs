@@ -87,6 +87,29 @@ pub struct LocalService {
     /// Command that starts the service (local), run in the unpacked release with `PORT`
     /// set to a free port. Example: `python3 app.py`.
     pub command: String,
+    /// What rehearse does when one of the service's processes ends by itself while it
+    /// watches the run's traffic (a game day's load and suites): `no` (the default: it
+    /// stays down) or `on-failure` (started again a second later, as the run started
+    /// it, and healthy before the traffic reaches it again).
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_no")]
+    pub restart: RestartPolicy,
+}
+
+/// A local service's restart policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// A process that ended stays down.
+    #[default]
+    No,
+    /// A process that ended by itself (a crash, a kill) is started again.
+    OnFailure,
+}
+
+impl RestartPolicy {
+    pub fn is_no(&self) -> bool {
+        *self == RestartPolicy::No
+    }
 }
 
 /// What a database copy is restored into: an RDS instance, or the local cluster.
@@ -159,6 +182,14 @@ impl Service {
         match &self.target {
             ServiceTarget::Aws(a) => Some(a),
             ServiceTarget::Local(_) => None,
+        }
+    }
+
+    /// Its restart policy (`no` on aws: an instance's own init restarts its service).
+    pub fn restart(&self) -> RestartPolicy {
+        match &self.target {
+            ServiceTarget::Local(l) => l.restart,
+            ServiceTarget::Aws(_) => RestartPolicy::No,
         }
     }
 

@@ -71,3 +71,28 @@ impl LocalProvider {
         })
     }
 }
+
+impl LocalProvider {
+    /// A game day's `kill`: the instance `entry` names, its whole process group, at once
+    /// (only a group provably the run's), and our own child reaped.
+    pub(super) async fn kill(&self, entry: &Entry, info: &RunInfo) -> Result<(), String> {
+        if entry.kind != Kind::LocalProcess {
+            return Err(format!("`{}` is no process this provider can kill", entry.id));
+        }
+        let Some(ProcessHandle { process: h, .. }) =
+            handle_of::<ProcessHandle>(entry, "local process").map_err(|e| e.to_string())?
+        else {
+            return Err(format!("`{}` has no journaled process", entry.id));
+        };
+        if !process::kill_run_group(&h, &info.run_id).await {
+            return Err(format!("process group {} of `{}` is still there", h.pgid, entry.id));
+        }
+        let child = self.children.lock().ok().and_then(|mut c| c.remove(&entry.id));
+        if let Some(mut c) = child {
+            // Best effort: reaping our own child, killed; its status is not wanted.
+            #[allow(clippy::let_underscore_must_use)]
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.wait()).await;
+        }
+        Ok(())
+    }
+}

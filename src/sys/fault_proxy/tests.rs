@@ -203,3 +203,56 @@ async fn an_upstream_that_refuses_resets_the_client_and_a_stopped_proxy_refuses(
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert!(TcpStream::connect(addr).await.is_err(), "a stopped proxy still listens");
 }
+
+/// A server on a free port of 127.0.0.1 that answers each connection with `name` and
+/// closes it.
+async fn named(name: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            s.write_all(name).await.ok();
+            s.shutdown().await.ok();
+        }
+    });
+    (addr, task)
+}
+
+/// Who answered a new connection through `proxy`: empty when the proxy refused it.
+async fn answered(proxy: &FaultProxy) -> Vec<u8> {
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.ok();
+    got
+}
+
+#[tokio::test]
+async fn balanced_connections_go_in_turn_and_around_an_instance_that_is_down() {
+    let (a, _a) = named(b"a").await;
+    let (b, b_task) = named(b"b").await;
+    let proxy = FaultProxy::start_balanced(vec![a, b], 3).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(answered(&proxy).await);
+    }
+    assert_eq!(seen, [b"a".to_vec(), b"b".to_vec(), b"a".to_vec(), b"b".to_vec()], "in turn");
+    // `b` down (its port refuses): every connection reaches `a`.
+    b_task.abort();
+    assert!(b_task.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..4 {
+        assert_eq!(answered(&proxy).await, b"a", "around the instance that is down");
+    }
+    // Another instance in its place: in turn again.
+    let (c, _c) = named(b"c").await;
+    proxy.set_upstreams(vec![a, c]);
+    assert_eq!(proxy.upstreams(), [a, c]);
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..4 {
+        seen.push(answered(&proxy).await);
+    }
+    assert_eq!(seen.iter().filter(|s| s.as_slice() == b"c").count(), 2, "{seen:?}");
+    // None up: the connection is refused (reset), not held.
+    proxy.set_upstreams(vec![b]);
+    assert!(answered(&proxy).await.is_empty());
+}

@@ -64,6 +64,13 @@ impl Decoder {
             None => None,
         };
         let command = self.opt_string(&mut obj, "command");
+        let restart = self.get(&mut obj, "restart").and_then(|n| {
+            self.enum_value(
+                &format!("{path}.restart"),
+                n,
+                &[("no", RestartPolicy::No), ("on-failure", RestartPolicy::OnFailure)],
+            )
+        });
         let install = self.opt_string(&mut obj, "install");
         let templates = match self.get(&mut obj, "templates") {
             Some(n) => self.config_templates(&format!("{path}.templates"), n),
@@ -89,6 +96,7 @@ impl Decoder {
             instance_profile,
             bootstrap_timeout,
             command,
+            restart,
             has_health: health.is_some(),
             port,
         };
