@@ -8,6 +8,7 @@
 //! The templates are compiled into the binary so it renders the same from any
 //! working directory.
 
+mod chaos;
 mod deploy;
 pub mod files;
 pub mod html;

@@ -5,7 +5,7 @@
 //! is recovered from within the fault's stated time, and the run passes; the same
 //! description without a load fails its expectations closed; one of the two web
 //! instances killed under the load (spread over both) is gone around and started again
-//! by its restart policy, and the run passes; names the description does not have, and
+//! by its restart policy, and the run passes (asked of a server, as CI asks it); names the description does not have, and
 //! a game day asked with what it cannot go with, are refused before anything is built.
 
 use super::common::{assert_nothing_left, demo_backups, from_repository, root, write_description, Sandbox};
@@ -74,6 +74,17 @@ fn latency_on_the_shops_path_to_its_database_fails_the_latency_expectation_and_n
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
     assert!(junit.contains(r#"<testsuite name="chaos" tests="1""#) && junit.contains(r#"failures="1""#), "{junit}");
     assert!(junit.contains(r#"<testcase name="slow-db (latency on path web -&gt; db)" classname="chaos""#), "{junit}");
+    // The page: the fault's broken expectation in its table, the fault a band on the
+    // timeline over the load's seconds.
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let table = html.split(r#"<table id="chaos-faults">"#).nth(1).unwrap().split("</table>").next().unwrap();
+    assert!(table.contains("latency GET &#x2F;products") && table.contains("broken"), "{table}");
+    let svg = html.split(r#"<svg class="tl" id="chaos-timeline""#).nth(1).unwrap().split("</svg>").next().unwrap();
+    assert!(
+        svg.contains(r#"<rect class="fault""#) && svg.contains("<title>slow-db (latency on path web -&gt; db"),
+        "{svg}"
+    );
+    assert!(svg.contains(r#"<polyline class="p99""#) && !svg.contains("lock waits"), "{svg}");
 }
 
 #[test]
@@ -113,12 +124,42 @@ fn a_database_restart_under_the_load_is_recovered_from_within_its_time_and_passe
     assert!(postmasters.len() >= 2 && postmasters.first() != postmasters.last(), "{journal}");
 }
 
+/// As CI asks a game day of a server: `rehearse run gameday --release v2 --chaos
+/// web-kill --server URL`, with its token; what the server cannot run is refused before
+/// anything is recorded.
 #[test]
 fn killing_one_of_two_web_instances_passes_when_its_expectation_allows_the_recovery() {
     let sb = Sandbox::new();
+    let envs = super::serve::environments(&sb, 0.1);
     let file = gameday(&sb, "gameday.yaml", |t| t);
-    let (code, r, err) = chaos(&sb, &file, "web-kill");
-    assert_eq!(code, Some(0), "{err}\n{r:#}");
+    let (server, token) = super::serve::start_with_token(&sb, &envs);
+    let addr = server.addr;
+    for (body, why) in [
+        (r#"{"environment":"gameday","release":"v2","chaos":["nope"]}"#, "has no fault `nope`"),
+        (r#"{"environment":"gameday","release":"v2","chaos":["web-kill"],"from":"v1"}"#, "two rehearsals"),
+        (r#"{"environment":"gameday","release":"v2","chaos":["../x"]}"#, "is not a fault's name"),
+        (r#"{"environment":"demo","release":"v2","chaos":[]}"#, "has no `chaos:` section"),
+    ] {
+        let a = super::serve::post_as(addr, "alice", "/api/v1/rehearsals", body);
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+        assert!(a.body.contains(why), "{body}: {}", a.body);
+    }
+    let before = sb.run_ids();
+    let out = sb
+        .cmd()
+        .args(["run", &file, "--release", "v2", "--chaos", "web-kill", "--server", &format!("http://{addr}")])
+        .env("REHEARSE_TOKEN", &token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("accepted: a game day of gameday release v2"), "{err}");
+    let id = err.split_whitespace().find(|w| w.starts_with("q-")).unwrap().trim_end_matches(':').to_string();
+    let done = super::serve::wait_finished(addr, &id);
+    assert_eq!(done["ask"]["chaos"], serde_json::json!(["web-kill"]), "{done}");
+    let run_id = done["state"]["run_id"].as_str().unwrap().to_string();
+    assert!(!before.contains(&run_id));
+    let r = sb.report(&run_id);
     let f = &r["chaos"]["faults"][0];
     assert_eq!((f["name"].as_str(), f["target"].as_str()), (Some("web-kill"), Some("service web.0")), "{f:#}");
     // Its own expectations, both held: the error rate allows the requests the killed
@@ -138,9 +179,7 @@ fn killing_one_of_two_web_instances_passes_when_its_expectation_allows_the_recov
     assert_eq!(r["suites"][0]["status"], "passed", "{r:#}");
     // Killed and journaled gone, then started again (another process), journaled
     // before it existed; teardown left nothing.
-    let journal =
-        std::fs::read_to_string(sb.state().join("runs").join(r["run_id"].as_str().unwrap()).join("journal.jsonl"))
-            .unwrap();
+    let journal = std::fs::read_to_string(sb.state().join("runs").join(&run_id).join("journal.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = journal.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let web0: Vec<(&str, Option<u64>)> = records
         .iter()
@@ -152,6 +191,7 @@ fn killing_one_of_two_web_instances_passes_when_its_expectation_allows_the_recov
     let kinds: Vec<&str> = web0.iter().map(|(k, _)| *k).collect();
     assert_eq!(kinds[..5], ["intent", "created", "deleted", "intent", "created"], "{web0:?}");
     assert!(!pids.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()), "{pids:?}");
+    assert_nothing_left(&sb, &run_id);
 }
 
 #[test]

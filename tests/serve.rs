@@ -82,7 +82,7 @@ fn ask(addr: SocketAddr, headers: &[(&str, &str)], body: &str) -> Answer {
 /// The server with a token for the script `ci`, made as an operator makes one
 /// (`rehearse serve --new-token ci`: the token on stdout, its configuration entry on
 /// stderr, the token itself nowhere in it); the token.
-fn start_with_token(sb: &Sandbox, envs: &std::path::Path) -> (crate::common::http::Server, String) {
+pub(crate) fn start_with_token(sb: &Sandbox, envs: &std::path::Path) -> (crate::common::http::Server, String) {
     let out = sb.cmd().args(["serve", "--new-token", "ci"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
@@ -120,7 +120,7 @@ pub(crate) fn wait_state(addr: SocketAddr, id: &str, state: &str) -> Value {
 }
 
 /// `user`'s POST with their CSRF token, as the portal's script sends it.
-fn post_as(addr: SocketAddr, user: &str, path: &str, body: &str) -> Answer {
+pub(crate) fn post_as(addr: SocketAddr, user: &str, path: &str, body: &str) -> Answer {
     let csrf = csrf_of(addr, user);
     http(addr, "POST", path, &[("X-Forwarded-User", user), ("X-Rehearse-CSRF", &csrf)], body)
 }

@@ -27,7 +27,7 @@ pub(crate) fn through(g: &Global, command: &Command) -> Option<i32> {
         (_, Some(s)) => s,
     };
     Some(match command {
-        Command::Request { environment, release } => ask(g, server, Ask::Rehearse(environment, release, None)),
+        Command::Request { environment, release } => ask(g, server, Ask::Rehearse(environment, release, None, None)),
         Command::Run(args) | Command::Up(args) => {
             let up = matches!(command, Command::Up(_));
             if args.name.is_some() || args.cold || args.destroy.is_some() || (args.keep && !up) {
@@ -45,9 +45,13 @@ pub(crate) fn through(g: &Global, command: &Command) -> Option<i32> {
                 errln!("error: `--from` rehearses a deploy: it belongs to `rehearse run`, not `up`");
                 return Some(exit::USAGE);
             }
+            if up && args.chaos.is_some() {
+                errln!("error: `--chaos` runs a game day: it belongs to `rehearse run`, not `up`");
+                return Some(exit::USAGE);
+            }
             let env = name(&args.file);
-            let from = args.from.as_deref();
-            ask(g, server, if up { Ask::DryRun(&env, release) } else { Ask::Rehearse(&env, release, from) })
+            let (from, chaos) = (args.from.as_deref(), args.chaos.as_deref());
+            ask(g, server, if up { Ask::DryRun(&env, release) } else { Ask::Rehearse(&env, release, from, chaos) })
         }
         Command::Compare(args) => {
             if args.seed.is_some() || args.cold {
@@ -100,8 +104,9 @@ pub(crate) fn through(g: &Global, command: &Command) -> Option<i32> {
 
 /// What is asked of the server.
 enum Ask<'a> {
-    /// Environment, release, and the release it is deployed over (`--from`).
-    Rehearse(&'a str, &'a str, Option<&'a str>),
+    /// Environment, release, the release it is deployed over (`--from`), and a game
+    /// day's faults (`--chaos`).
+    Rehearse(&'a str, &'a str, Option<&'a str>, Option<&'a [String]>),
     DryRun(&'a str, &'a str),
     /// Environment, baseline, candidate, and whether its deploy is rehearsed (`--deploy`).
     Compare(&'a str, &'a str, &'a str, bool),
@@ -144,12 +149,21 @@ fn ask(g: &Global, server: &str, what: Ask<'_>) -> i32 {
     };
     super::runtime().block_on(async {
         let (path, body, said) = match what {
-            Ask::Rehearse(env, release, None) => (
+            Ask::Rehearse(env, release, None, None) => (
                 "/api/v1/rehearsals",
                 json!({ "environment": env, "release": release }),
                 format!("{env} release {release}"),
             ),
-            Ask::Rehearse(env, release, Some(from)) => (
+            // `chaos` only when asked: a server from before it refuses the field.
+            Ask::Rehearse(env, release, from, Some(chaos)) => (
+                "/api/v1/rehearsals",
+                match from {
+                    Some(from) => json!({ "environment": env, "release": release, "from": from, "chaos": chaos }),
+                    None => json!({ "environment": env, "release": release, "chaos": chaos }),
+                },
+                format!("a game day of {env} release {release}"),
+            ),
+            Ask::Rehearse(env, release, Some(from), None) => (
                 "/api/v1/rehearsals",
                 json!({ "environment": env, "release": release, "from": from }),
                 format!("{env} release {release} deployed over {from}"),

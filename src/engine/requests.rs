@@ -19,6 +19,14 @@ pub use crate::sys::text::{valid_url, valid_user};
 /// Where the requests live in the store.
 pub const PREFIX: &str = "requests/";
 
+/// The most faults a game day asked of a server names.
+pub const MAX_FAULTS: usize = 32;
+
+/// A fault's name as a description has it (`chaos.faults.NAME`).
+pub fn valid_fault(name: &str) -> bool {
+    crate::description::decode::KeyRule::Identifier.check(name).is_ok()
+}
+
 /// The most requests one listing reads (the store's listing cap is far above).
 pub const MAX_LISTED: usize = 10_000;
 
@@ -32,6 +40,10 @@ pub enum Ask {
         release: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<String>,
+        /// A game day (`run --chaos`): the description's faults by name, all of them
+        /// when empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chaos: Option<Vec<String>>,
     },
     /// A dry run kept for the one who asked (`rehearse up`): built, `release` installed,
     /// and kept `ttl_secs` from its start, until its owner destroys it or it expires.
@@ -216,6 +228,12 @@ impl Request {
         };
         if other.is_some_and(|r| !valid_release(r)) {
             return Err("its baseline is not a release version".into());
+        }
+        // A game day's faults: names from a description, a few.
+        if let Ask::Rehearse { chaos: Some(names), .. } = &self.ask {
+            if names.len() > MAX_FAULTS || names.iter().any(|n| !valid_fault(n)) {
+                return Err(format!("its game day names more than {MAX_FAULTS} faults, or one that is not a name"));
+            }
         }
         if let Some(c) = &self.change {
             c.check()?;
@@ -458,7 +476,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         rt().block_on(async {
-            let r = Request::new("alice@example.com", "demo", Ask::Rehearse { release: "v2".into(), from: None });
+            let r = Request::new(
+                "alice@example.com",
+                "demo",
+                Ask::Rehearse { release: "v2".into(), from: None, chaos: None },
+            );
             record(&store, &r).await.unwrap();
             // A second record under the same id is refused by the store.
             assert!(record(&store, &r).await.is_err());
@@ -493,8 +515,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         rt().block_on(async {
-            let open = Request::new("alice", "demo", Ask::Rehearse { release: "v2".into(), from: None });
-            let mut done = Request::new("bob", "demo", Ask::Rehearse { release: "v1".into(), from: None });
+            let open = Request::new("alice", "demo", Ask::Rehearse { release: "v2".into(), from: None, chaos: None });
+            let mut done = Request::new("bob", "demo", Ask::Rehearse { release: "v1".into(), from: None, chaos: None });
             done.id = format!("{}0", done.id);
             done.state = State::Finished {
                 run_id: None,
@@ -534,7 +556,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         rt().block_on(async {
-            let mut r = Request::new("bob", "demo", Ask::Rehearse { release: "v2".into(), from: None });
+            let mut r = Request::new("bob", "demo", Ask::Rehearse { release: "v2".into(), from: None, chaos: None });
             r.user = "bob; rm -rf /".into();
             let body = serde_json::to_vec(&r).unwrap();
             store.put(&key(&r.id), body, Condition::Absent).await.unwrap();
@@ -543,7 +565,11 @@ mod tests {
             let (found, refused) = list(&store).await.unwrap();
             assert!(found.is_empty() && refused.len() == 1);
             // A deploy's baseline builds paths and commands too: by grammar as well.
-            let forged = Request::new("bob", "demo", Ask::Rehearse { release: "v2".into(), from: Some("../x".into()) });
+            let forged = Request::new(
+                "bob",
+                "demo",
+                Ask::Rehearse { release: "v2".into(), from: Some("../x".into()), chaos: None },
+            );
             store.put(&key(&forged.id), serde_json::to_vec(&forged).unwrap(), Condition::Absent).await.unwrap();
             let e = read(&store, &forged.id).await.unwrap_err();
             assert!(e.to_string().contains("its baseline is not a release version"), "{e}");

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::model::DeployReport;
+use crate::compare::deploy::Second;
 
 /// Width of the drawing; the page scales it to its column.
 const WIDTH: f64 = 960.0;
@@ -107,63 +108,63 @@ struct WaitRow {
 }
 
 #[derive(Serialize)]
-struct Chart {
-    width: f64,
-    height: f64,
-    plot_x: f64,
-    axis_y: f64,
-    ticks: Vec<Tick>,
-    bands: Vec<Band>,
-    waits_y: f64,
-    waits_height: f64,
-    waits: Vec<Bar>,
-    lanes: Vec<Lane>,
-    caption: String,
+pub(super) struct Chart {
+    pub(super) width: f64,
+    pub(super) height: f64,
+    pub(super) plot_x: f64,
+    pub(super) axis_y: f64,
+    pub(super) ticks: Vec<Tick>,
+    pub(super) bands: Vec<Band>,
+    pub(super) waits_y: f64,
+    pub(super) waits_height: f64,
+    pub(super) waits: Vec<Bar>,
+    pub(super) lanes: Vec<Lane>,
+    pub(super) caption: String,
 }
 
 #[derive(Serialize)]
-struct Tick {
-    x: f64,
-    label: String,
+pub(super) struct Tick {
+    pub(super) x: f64,
+    pub(super) label: String,
 }
 
 #[derive(Serialize)]
-struct Band {
-    x: f64,
-    width: f64,
-    label: String,
-    title: String,
+pub(super) struct Band {
+    pub(super) x: f64,
+    pub(super) width: f64,
+    pub(super) label: String,
+    pub(super) title: String,
     /// `migration` or `switch`.
-    kind: &'static str,
+    pub(super) kind: &'static str,
     /// Where its label sits: a migration's at the foot, the switch's at the head (they
     /// meet when the switch follows the migration at once).
-    label_y: f64,
+    pub(super) label_y: f64,
 }
 
 #[derive(Serialize)]
-struct Bar {
-    x: f64,
-    y: f64,
-    width: f64,
-    title: String,
+pub(super) struct Bar {
+    pub(super) x: f64,
+    pub(super) y: f64,
+    pub(super) width: f64,
+    pub(super) title: String,
 }
 
 #[derive(Serialize)]
-struct Lane {
-    label: String,
-    y: f64,
-    height: f64,
+pub(super) struct Lane {
+    pub(super) label: String,
+    pub(super) y: f64,
+    pub(super) height: f64,
     /// `x,y x,y …`: the p99 per second.
-    points: String,
-    errors: Vec<Dot>,
-    top: String,
+    pub(super) points: String,
+    pub(super) errors: Vec<Dot>,
+    pub(super) top: String,
 }
 
 #[derive(Serialize)]
-struct Dot {
-    x: f64,
-    y: f64,
-    title: String,
+pub(super) struct Dot {
+    pub(super) x: f64,
+    pub(super) y: f64,
+    pub(super) title: String,
 }
 
 fn secs(ms: u64) -> String {
@@ -296,18 +297,94 @@ impl DeployView {
 }
 
 /// The timeline's geometry.
-fn chart(d: &DeployReport) -> Chart {
-    let end = d.marks.end_ms.max(1) as f64;
-    let x = |ms: f64| round(PLOT_X + (PLOT_RIGHT - PLOT_X) * (ms / end).clamp(0.0, 1.0));
+/// Where `ms` (of `end` ms drawn) falls on the drawing.
+pub(super) fn x_of(ms: f64, end: f64) -> f64 {
+    round(PLOT_X + (PLOT_RIGHT - PLOT_X) * (ms / end.max(1.0)).clamp(0.0, 1.0))
+}
+
+/// The seconds' ticks over `end` ms: at most a dozen.
+pub(super) fn ticks(end: f64) -> Vec<Tick> {
     let step = [1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]
         .into_iter()
         .find(|s| end / 1000.0 / s <= 12.0)
         .unwrap_or(1200.0);
-    let ticks = (0..)
+    (0..)
         .map(|i| i as f64 * step)
         .take_while(|s| s * 1000.0 <= end)
-        .map(|s| Tick { x: x(s * 1000.0), label: format!("{s:.0}s") })
+        .map(|s| Tick { x: x_of(s * 1000.0, end), label: format!("{s:.0}s") })
+        .collect()
+}
+
+/// A band from `from_ms` to `to_ms` (at least 2 units wide).
+pub(super) fn band(from_ms: u64, to_ms: u64, end: f64, label: String, title: String, kind: &'static str) -> Band {
+    let x = x_of(from_ms as f64, end);
+    Band { x, width: round((x_of(to_ms as f64, end) - x).max(2.0)), label, title, kind, label_y: 0.0 }
+}
+
+/// Each endpoint's p99 per second, on its own scale, in lanes from `y`: the lanes and
+/// where the drawing ends below them.
+pub(super) fn lanes(seconds: &[Second], end: f64, mut y: f64) -> (Vec<Lane>, f64) {
+    let x = |ms: f64| x_of(ms, end);
+    let mut per: BTreeMap<&str, Vec<(u64, f64, usize)>> = BTreeMap::new();
+    for s in seconds {
+        per.entry(s.endpoint.as_str()).or_default().push((s.second, s.p99_ms, s.errors));
+    }
+    let lanes = per
+        .into_iter()
+        .take(MAX_ENDPOINTS)
+        .map(|(endpoint, points)| {
+            let top = points.iter().map(|p| p.1).fold(1.0, f64::max);
+            let py = |v: f64| round(y + CHART_HEIGHT - CHART_HEIGHT * (v / top));
+            let mid = |s: u64| ((s as f64 + 0.5) * 1000.0).min(end);
+            let line =
+                points.iter().map(|(s, v, _)| format!("{},{}", x(mid(*s)), py(*v))).collect::<Vec<_>>().join(" ");
+            let errors = points
+                .iter()
+                .filter(|p| p.2 > 0)
+                .map(|(s, v, e)| Dot { x: x(mid(*s)), y: py(*v), title: format!("second {s}: {e} error(s)") })
+                .collect();
+            let lane = Lane {
+                label: endpoint.to_string(),
+                y: round(y),
+                height: CHART_HEIGHT,
+                points: line,
+                errors,
+                top: format!("{top:.0} ms"),
+            };
+            y += CHART_HEIGHT + GAP;
+            lane
+        })
         .collect();
+    (lanes, round(y))
+}
+
+/// A chart of `bands` over the seconds, with no lane of lock waits (a game day's).
+pub(super) fn chart_of(end_ms: u64, mut bands: Vec<Band>, seconds: &[Second], caption: String) -> Chart {
+    let end = end_ms.max(1) as f64;
+    let (lanes, height) = lanes(seconds, end, BAND_TOP);
+    // Labels at the foot, stepped up in turn: bands that start together stay legible.
+    for (i, b) in bands.iter_mut().filter(|b| !b.label.is_empty()).enumerate() {
+        b.label_y = height - 2.0 - 11.0 * (i % 4) as f64;
+    }
+    Chart {
+        width: WIDTH,
+        height,
+        plot_x: PLOT_X,
+        axis_y: AXIS_Y,
+        ticks: ticks(end),
+        bands,
+        waits_y: BAND_TOP,
+        waits_height: 0.0,
+        waits: Vec::new(),
+        lanes,
+        caption,
+    }
+}
+
+fn chart(d: &DeployReport) -> Chart {
+    let end = d.marks.end_ms.max(1) as f64;
+    let x = |ms: f64| x_of(ms, end);
+    let ticks = ticks(end);
     let mut bands: Vec<Band> = d
         .files
         .iter()
@@ -350,39 +427,7 @@ fn chart(d: &DeployReport) -> Chart {
             title: format!("{} waited {} for {} on {}", w.app, secs(w.waited_ms), w.mode, w.target),
         })
         .collect();
-    // Each endpoint's p99 per second, on its own scale.
-    let mut per: BTreeMap<&str, Vec<(u64, f64, usize)>> = BTreeMap::new();
-    for s in &d.traffic.seconds {
-        per.entry(s.endpoint.as_str()).or_default().push((s.second, s.p99_ms, s.errors));
-    }
-    let mut y = waits_y + WAITS_HEIGHT + GAP;
-    let lanes = per
-        .into_iter()
-        .take(MAX_ENDPOINTS)
-        .map(|(endpoint, points)| {
-            let top = points.iter().map(|p| p.1).fold(1.0, f64::max);
-            let py = |v: f64| round(y + CHART_HEIGHT - CHART_HEIGHT * (v / top));
-            let mid = |s: u64| ((s as f64 + 0.5) * 1000.0).min(end);
-            let line =
-                points.iter().map(|(s, v, _)| format!("{},{}", x(mid(*s)), py(*v))).collect::<Vec<_>>().join(" ");
-            let errors = points
-                .iter()
-                .filter(|p| p.2 > 0)
-                .map(|(s, v, e)| Dot { x: x(mid(*s)), y: py(*v), title: format!("second {s}: {e} error(s)") })
-                .collect();
-            let lane = Lane {
-                label: endpoint.to_string(),
-                y: round(y),
-                height: CHART_HEIGHT,
-                points: line,
-                errors,
-                top: format!("{top:.0} ms"),
-            };
-            y += CHART_HEIGHT + GAP;
-            lane
-        })
-        .collect();
-    let height = round(y);
+    let (lanes, height) = lanes(&d.traffic.seconds, end, waits_y + WAITS_HEIGHT + GAP);
     for b in bands.iter_mut().filter(|b| b.kind == "migration") {
         b.label_y = height - 2.0;
     }

@@ -65,6 +65,8 @@ struct View<'a> {
     teardown: TeardownView<'a>,
     /// A rehearsed deploy: what the migration and the switch did to the traffic.
     deploy: Option<super::deploy::DeployView>,
+    /// A game day: each fault, its expectations, and the timeline.
+    chaos: Option<super::chaos::ChaosView>,
 }
 
 #[derive(Serialize)]
@@ -273,6 +275,7 @@ impl<'a> View<'a> {
                 .collect(),
             teardown: TeardownView::new(r),
             deploy: r.deploy.as_ref().map(super::deploy::DeployView::new),
+            chaos: r.chaos.as_ref().map(super::chaos::ChaosView::new),
         }
     }
 }

@@ -336,7 +336,7 @@ impl Ctx<'_> {
         let wanted = match (&wanted_baseline, keep) {
             (Some(b), _) => Wanted::Compare { baseline: b, candidate: &wanted_release, deploy: false },
             (None, true) => Wanted::DryRun { release: &wanted_release, ttl: None },
-            (None, false) => Wanted::Rehearse { release: &wanted_release, from: None },
+            (None, false) => Wanted::Rehearse { release: &wanted_release, from: None, chaos: None },
         };
         // GitHub's logins are their own namespace: `alice@github` is not the portal's alice.
         let user = format!("{}@github", self.sender);

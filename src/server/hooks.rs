@@ -205,7 +205,7 @@ pub(crate) async fn generic(
         }
         (Some(baseline), false) => Wanted::Compare { baseline, candidate: &body.release, deploy: false },
         (None, true) => Wanted::DryRun { release: &body.release, ttl: body.ttl.as_deref() },
-        (None, false) => Wanted::Rehearse { release: &body.release, from: None },
+        (None, false) => Wanted::Rehearse { release: &body.release, from: None, chaos: None },
     };
     let ask = match ask::decide(&app, &who.user, &body.environment, wanted) {
         Ok(a) => a,

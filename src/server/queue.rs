@@ -391,7 +391,10 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         },
         twin: None,
         deploy_twin: false,
-        chaos: None,
+        chaos: match &read.request.ask {
+            Ask::Rehearse { chaos, .. } => chaos.clone(),
+            _ => None,
+        },
     };
     let outcome = run_with_provider(shared, &loaded, &opts, stream, signals).await;
     match &outcome.ended {

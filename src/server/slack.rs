@@ -122,7 +122,7 @@ pub(crate) async fn command(
     };
     let usage = "usage: `/rehearse [run|up] ENVIRONMENT RELEASE` or `/rehearse compare ENVIRONMENT CANDIDATE BASELINE`";
     let wanted = match (op, rest) {
-        ("run", [env, release]) => (env, Wanted::Rehearse { release, from: None }),
+        ("run", [env, release]) => (env, Wanted::Rehearse { release, from: None, chaos: None }),
         ("up", [env, release]) => (env, Wanted::DryRun { release, ttl: None }),
         ("compare", [env, candidate, baseline]) => (env, Wanted::Compare { baseline, candidate, deploy: false }),
         _ => return refuse(usage.into()).await,

@@ -16,7 +16,7 @@ use crate::server::auth::Who;
 
 /// What is asked, before it is checked: the operation and its releases.
 pub(crate) enum Wanted<'a> {
-    Rehearse { release: &'a str, from: Option<&'a str> },
+    Rehearse { release: &'a str, from: Option<&'a str>, chaos: Option<&'a [String]> },
     DryRun { release: &'a str, ttl: Option<&'a str> },
     Compare { baseline: &'a str, candidate: &'a str, deploy: bool },
 }
@@ -32,20 +32,24 @@ pub(crate) fn decide(
     wanted: Wanted<'_>,
 ) -> Result<Ask, (StatusCode, String)> {
     let releases: Vec<&str> = match &wanted {
-        Wanted::Rehearse { release, from: None } | Wanted::DryRun { release, .. } => vec![release],
-        Wanted::Rehearse { release, from: Some(from) } => vec![from, release],
+        Wanted::Rehearse { release, from: None, .. } | Wanted::DryRun { release, .. } => vec![release],
+        Wanted::Rehearse { release, from: Some(from), .. } => vec![from, release],
         Wanted::Compare { baseline, candidate, .. } => vec![baseline, candidate],
     };
     offered_with(app, environment, &releases)?;
     let rule = app.shared.config.rule(environment);
     let forbidden = |why: String| (StatusCode::FORBIDDEN, why);
     match wanted {
-        Wanted::Rehearse { release, from } => {
+        Wanted::Rehearse { release, from, chaos } => {
             rule.may_rehearse(user, environment).map_err(forbidden)?;
+            if let Some(names) = chaos {
+                playable(app, environment, release, names, from.is_some())?;
+            }
             if let Some(from) = from {
                 deployable(app, environment, from, release)?;
             }
-            Ok(Ask::Rehearse { release: release.to_string(), from: from.map(str::to_string) })
+            let chaos = chaos.map(<[String]>::to_vec);
+            Ok(Ask::Rehearse { release: release.to_string(), from: from.map(str::to_string), chaos })
         }
         Wanted::Compare { baseline, candidate, deploy } => {
             rule.may_compare(user, environment).map_err(forbidden)?;
@@ -100,6 +104,10 @@ pub(super) struct RehearseBody {
     /// load (`rehearse run --from`).
     #[serde(default)]
     from: Option<String>,
+    /// A game day (`rehearse run --chaos`): the description's faults by name, every
+    /// one of them when empty.
+    #[serde(default)]
+    chaos: Option<Vec<String>>,
     /// The change it rehearses (commit, author, pull request, title, URL).
     #[serde(default)]
     change: Option<requests::Change>,
@@ -167,7 +175,8 @@ pub(super) async fn rehearse(
     body: Result<Json<RehearseBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     asked(&app, &a, &who, &headers, body, |b| {
-        (b.environment.clone(), Wanted::Rehearse { release: &b.release, from: b.from.as_deref() }, b.change.clone())
+        let wanted = Wanted::Rehearse { release: &b.release, from: b.from.as_deref(), chaos: b.chaos.as_deref() };
+        (b.environment.clone(), wanted, b.change.clone())
     })
     .await
 }
@@ -211,6 +220,32 @@ fn deployable(app: &App, environment: &str, from: &str, release: &str) -> Result
             if code == crate::exit::BUILD_FAILED { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
         (status, crate::sys::text::printable(&why))
     })
+}
+
+/// Whether a game day of `names` (all when empty) can be run on `environment` (as
+/// `run --chaos` decides it before anything is built): 400 for a fault that is not a
+/// name, too many, or what `run --chaos` refuses (no `chaos:`, a fault it lacks, with
+/// `--from`, a kind or provider not run yet).
+fn playable(
+    app: &App,
+    environment: &str,
+    release: &str,
+    names: &[String],
+    from: bool,
+) -> Result<(), (StatusCode, String)> {
+    if names.len() > requests::MAX_FAULTS {
+        return Err((StatusCode::BAD_REQUEST, format!("a game day names at most {} faults", requests::MAX_FAULTS)));
+    }
+    if let Some(n) = names.iter().find(|n| !requests::valid_fault(n)) {
+        return Err((StatusCode::BAD_REQUEST, format!("{:?} is not a fault's name", crate::sys::text::printable(n))));
+    }
+    let path = app.shared.config.environments.join(format!("{environment}.yaml"));
+    let loaded = crate::description::load(&path, Some(release)).map_err(|d| {
+        let why = format!("the description of {environment} does not load: {}", d.render());
+        (StatusCode::INTERNAL_SERVER_ERROR, crate::sys::text::printable(&why))
+    })?;
+    crate::engine::chaos::refusal(&loaded, names, from, false)
+        .map_err(|(_, why)| (StatusCode::BAD_REQUEST, crate::sys::text::printable(&why)))
 }
 
 /// Whether `environment` is offered and each of `releases` a release version; the
@@ -265,9 +300,15 @@ pub(crate) async fn accept(app: &App, asked: &Asked, who: &Who, request: Request
             .await;
     }
     let what = match &request.ask {
-        Ask::Rehearse { release, from: None } => format!("rehearse {} release {release}", request.environment),
-        Ask::Rehearse { release, from: Some(from) } => {
+        Ask::Rehearse { release, from: None, chaos: None } => {
+            format!("rehearse {} release {release}", request.environment)
+        }
+        Ask::Rehearse { release, from: Some(from), .. } => {
             format!("rehearse {} release {release} deployed over {from}", request.environment)
+        }
+        Ask::Rehearse { release, from: None, chaos: Some(names) } => {
+            let which = if names.is_empty() { "every fault".to_string() } else { names.join(", ") };
+            format!("rehearse {} release {release} on a game day ({which})", request.environment)
         }
         Ask::Compare { baseline, candidate, deploy } => {
             let how = if *deploy { " (its deploy under load)" } else { "" };
