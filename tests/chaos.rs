@@ -6,7 +6,9 @@
 //! description without a load fails its expectations closed; one of the two web
 //! instances killed under the load (spread over both) is gone around and started again
 //! by its restart policy, and the run passes (asked of a server, as CI asks it); names the description does not have, and
-//! a game day asked with what it cannot go with, are refused before anything is built.
+//! a game day asked with what it cannot go with, are refused before anything is built;
+//! each fault is journaled before it starts: an interrupt during one reverts it, a
+//! crash leaves it for `down`.
 
 use super::common::{assert_nothing_left, demo_backups, from_repository, root, write_description, Sandbox};
 
@@ -233,4 +235,74 @@ fn without_a_load_the_expectations_fail_closed_and_bad_asks_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no `chaos:` section"), "{out:?}");
     assert_eq!(sb.run_ids(), before, "nothing was run");
+}
+
+/// The journal's records of `id` in run `run_id`: each record's type.
+fn journaled(sb: &Sandbox, run_id: &str, id: &str) -> Vec<String> {
+    let path = sb.state().join("runs").join(run_id).join("journal.jsonl");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["id"] == id)
+        .map(|r| r["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// `rehearse run FILE --chaos db-restart` started, and its run id once the fault is
+/// journaled (the database is down from then on).
+// The child is the caller's to wait for.
+#[allow(clippy::zombie_processes)]
+fn during_the_restart(sb: &Sandbox, file: &str) -> (std::process::Child, String) {
+    demo_backups();
+    let before = sb.run_ids();
+    let mut child = sb
+        .cmd()
+        .args(["-q", "run", file, "--chaos", "db-restart"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("the fault never started");
+        }
+        if let Some(id) = sb.run_ids().into_iter().find(|i| !before.contains(i)) {
+            if journaled(sb, &id, "chaos.db-restart").contains(&"created".to_string()) {
+                return (child, id);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_interrupt_during_a_fault_reverts_it_and_a_crash_leaves_it_for_down() {
+    let sb = Sandbox::new();
+    // Down for a minute: whatever ends the run ends it during the fault.
+    let file = gameday(&sb, "long.yaml", |t| t.replace("      duration: 2s\n", "      duration: 60s\n"));
+    // Ctrl-C: the database is started again, the fault journaled reverted, the run
+    // torn down, exit 130.
+    let (child, id) = during_the_restart(&sb, &file);
+    std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(journaled(&sb, &id, "chaos.db-restart"), ["intent", "created", "deleted"]);
+    // Started again (a new server journaled) once the fault began, before the teardown.
+    let text = std::fs::read_to_string(sb.state().join("runs").join(&id).join("journal.jsonl")).unwrap();
+    let after: Vec<&str> = text.lines().skip_while(|l| !l.contains(r#""id":"chaos.db-restart""#)).collect();
+    assert!(after.iter().any(|l| l.contains(r#""type":"created""#) && l.contains(r#""id":"database.db""#)), "{text}");
+    assert_nothing_left(&sb, &id);
+    // Killed outright: the fault stays journaled, and `down` takes it with the rest.
+    let (mut child, id) = during_the_restart(&sb, &file);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(journaled(&sb, &id, "chaos.db-restart"), ["intent", "created"]);
+    let down = sb.cmd().args(["down", &id]).output().unwrap();
+    let said = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(down.status.code(), Some(0), "{said}");
+    assert!(said.contains("chaos.db-restart"), "{said}");
+    assert_nothing_left(&sb, &id);
 }

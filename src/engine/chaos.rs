@@ -45,7 +45,7 @@ use crate::description::template::{DatabaseOutputs, Outputs};
 use crate::description::RestartMode;
 use crate::description::{Chaos, ChaosFault, FaultKind, FaultTargetKind, Loaded, ProviderKind};
 use crate::exit;
-use crate::plan::Plan;
+use crate::plan::{Kind, Plan};
 use crate::report::model::StepTiming;
 use crate::sys::fault_proxy::{Fault, FaultProxy};
 use crate::sys::signals::Signals;
@@ -427,7 +427,20 @@ async fn one<P: Provider>(
         detail: Some(format!("{}: {}", r.target, r.detail)),
     });
     let began = Instant::now();
+    if let Err(e) = journal_start(env, name, &r).await {
+        r.skipped = Some(e);
+        let detail = r.skipped.clone();
+        env.reporter.event(Event::Finished {
+            resource,
+            action: f.kind.as_str().into(),
+            ok: false,
+            elapsed: began.elapsed(),
+            detail,
+        });
+        return (r, false);
+    }
     if !env.paths.set(from, to, fault).await {
+        journal_reverted(env, name).await;
         r.skipped = Some(format!("`{from}` never connected to `{to}` through its proxy"));
         env.reporter.event(Event::Finished {
             resource,
@@ -441,6 +454,7 @@ async fn one<P: Provider>(
     r.started_ms = Some(began.duration_since(load_start).as_millis() as u64);
     let stopped = env.signals.sleep(f.duration.unwrap_or_default()).await;
     env.paths.set(from, to, Fault::None).await;
+    journal_reverted(env, name).await;
     r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
     env.reporter.event(Event::Finished {
         resource,
@@ -476,8 +490,15 @@ async fn restart<P: Provider>(
         detail: Some(format!("{}: {}", r.target, r.detail)),
     });
     let began = Instant::now();
+    if let Err(e) = journal_start(env, name, r).await {
+        r.skipped = Some(e);
+        let detail = r.skipped.clone();
+        env.reporter.event(Event::Finished { resource, action, ok: false, elapsed: began.elapsed(), detail });
+        return false;
+    }
     let immediate = f.mode == Some(RestartMode::Immediate);
     if let Err(e) = env.provider.inject(&entry, Injected::StopDatabase { immediate }, env.info, env.clock).await {
+        journal_reverted(env, name).await;
         r.skipped = Some(format!("cannot stop `{db}`: {e}"));
         let detail = r.skipped.clone();
         env.reporter.event(Event::Finished { resource, action, ok: false, elapsed: began.elapsed(), detail });
@@ -496,9 +517,11 @@ async fn restart<P: Provider>(
         Ok(None) => Ok(()),
         Err(e) => Err(format!("`{db}` did not start again: {e}")),
     };
-    if let Err(e) = &outcome {
-        // The fault ran; what it left is the run's failure to judge.
-        r.skipped = Some(e.clone());
+    match &outcome {
+        // The fault ran; what it left is the run's failure to judge (its teardown
+        // removes the cluster either way).
+        Err(e) => r.skipped = Some(e.clone()),
+        Ok(()) => journal_reverted(env, name).await,
     }
     let detail = Some(match (&outcome, stopped) {
         (Err(e), _) => e.clone(),
@@ -507,6 +530,32 @@ async fn restart<P: Provider>(
     });
     env.reporter.event(Event::Finished { resource, action, ok: outcome.is_ok(), elapsed: began.elapsed(), detail });
     stopped
+}
+
+/// What the journal says of a fault while it lasts (`chaos.NAME`).
+#[derive(serde::Serialize)]
+struct FaultHandle<'a> {
+    kind: &'a str,
+    target: &'a str,
+    detail: &'a str,
+}
+
+/// Fault `name` journaled before it starts: a run stopped while it lasts lists it.
+async fn journal_start<P: Provider>(env: &Env<'_, P>, name: &str, r: &FaultReport) -> Result<(), String> {
+    let id = format!("chaos.{name}");
+    let handle = FaultHandle { kind: &r.kind, target: &r.target, detail: &r.detail };
+    let journaled = async {
+        env.journal.intent(&id, Kind::Fault, None).await?;
+        env.journal.created(&id, Kind::Fault, &handle).await
+    };
+    journaled.await.map_err(|e| format!("not started: the journal could not record it: {e}"))
+}
+
+/// Fault `name` journaled reverted.
+async fn journal_reverted<P: Provider>(env: &Env<'_, P>, name: &str) {
+    if let Err(e) = env.journal.deleted(&format!("chaos.{name}")).await {
+        tracing::warn!("the journal could not record that fault {name} was reverted: {e}");
+    }
 }
 
 /// A fault's report before (or instead of) running: `why` it did not.

@@ -139,6 +139,12 @@ pub enum Kind {
     /// before any resource, never part of a plan.
     #[serde(rename = "local.workspace")]
     Workspace,
+    /// A game day's fault while it lasts: journaled by the engine before it starts,
+    /// gone once reverted; never part of a plan. What it did is undone by the
+    /// teardown of what it hit (a proxy ends with the run, a stopped server's cluster
+    /// is removed).
+    #[serde(rename = "chaos.fault")]
+    Fault,
 }
 
 impl Kind {
@@ -158,6 +164,7 @@ impl Kind {
             Kind::LocalProcess => "local.process",
             Kind::Suite => "suite",
             Kind::Workspace => "local.workspace",
+            Kind::Fault => "chaos.fault",
         }
     }
 

@@ -235,7 +235,10 @@ impl Provider for LocalProvider {
                 None => Ok(()),
             },
             Kind::Workspace => self.remove_workspace(entry, meta).await,
-            // Install steps and suites leave nothing behind.
+            // A fault left journaled (the run stopped while it lasted) is undone by the
+            // teardown of what it hit: its proxy ended with the run, a server it stopped
+            // goes with its cluster, a process it killed is gone. Install steps and
+            // suites leave nothing behind.
             _ => Ok(()),
         }
     }
@@ -293,7 +296,7 @@ impl Provider for LocalProvider {
     /// used, then the work directory that held them.
     fn teardown_rank(&self, kind: Kind) -> Option<u8> {
         match kind {
-            Kind::LocalProcess | Kind::Install => Some(0),
+            Kind::Fault | Kind::LocalProcess | Kind::Install => Some(0),
             Kind::LocalPostgres | Kind::LocalRelease => Some(1),
             Kind::Workspace => Some(2),
             _ => None,

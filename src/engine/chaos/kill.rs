@@ -50,18 +50,29 @@ pub(super) async fn kill<P: Provider>(
         let (resource, action) = (resource.clone(), action.clone());
         env.reporter.event(Event::Finished { resource, action, ok, elapsed: began.elapsed(), detail: Some(detail) });
     };
+    if let Err(e) = super::journal_start(env, name, r).await {
+        r.skipped = Some(e.clone());
+        finish(false, e);
+        return false;
+    }
     if let Err(e) = kill_each(env, service, &instances).await {
+        // What it did kill is journaled gone.
+        super::journal_reverted(env, name).await;
         r.skipped = Some(e.clone());
         finish(false, e);
         return false;
     }
     r.started_ms = Some(began.duration_since(load_start).as_millis() as u64);
     if s.restart() == RestartPolicy::No {
+        // Done: what it killed stays down, journaled gone.
+        super::journal_reverted(env, name).await;
         r.ended_ms = r.started_ms;
         finish(true, "killed; it stays down (`restart: no`)".into());
         return false;
     }
     if env.signals.sleep(RESTART_DELAY).await {
+        // The run ends: what was killed is journaled gone, nothing to start again.
+        super::journal_reverted(env, name).await;
         r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
         finish(true, "killed; not started again: a signal".into());
         return true;
@@ -79,6 +90,7 @@ pub(super) async fn kill<P: Provider>(
             }
         }
     }
+    super::journal_reverted(env, name).await;
     r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
     finish(true, format!("killed; started again (`restart: on-failure`) at {}", urls.join(", ")));
     false
