@@ -420,35 +420,21 @@ async fn one<P: Provider>(
             return (r, false);
         }
     };
-    let resource = format!("chaos.{name}");
-    env.reporter.event(Event::Started {
-        resource: resource.clone(),
-        action: f.kind.as_str().into(),
-        detail: Some(format!("{}: {}", r.target, r.detail)),
-    });
+    let (resource, action) = announce(env, name, f, &r);
     let began = Instant::now();
+    let finished = |ok: bool, detail: Option<String>| {
+        let (resource, action) = (resource.clone(), action.clone());
+        env.reporter.event(Event::Finished { resource, action, ok, elapsed: began.elapsed(), detail });
+    };
     if let Err(e) = journal_start(env, name, &r).await {
         r.skipped = Some(e);
-        let detail = r.skipped.clone();
-        env.reporter.event(Event::Finished {
-            resource,
-            action: f.kind.as_str().into(),
-            ok: false,
-            elapsed: began.elapsed(),
-            detail,
-        });
+        finished(false, r.skipped.clone());
         return (r, false);
     }
     if !env.paths.set(from, to, fault).await {
         journal_reverted(env, name).await;
         r.skipped = Some(format!("`{from}` never connected to `{to}` through its proxy"));
-        env.reporter.event(Event::Finished {
-            resource,
-            action: f.kind.as_str().into(),
-            ok: false,
-            elapsed: began.elapsed(),
-            detail: r.skipped.clone(),
-        });
+        finished(false, r.skipped.clone());
         return (r, false);
     }
     r.started_ms = Some(began.duration_since(load_start).as_millis() as u64);
@@ -456,13 +442,7 @@ async fn one<P: Provider>(
     env.paths.set(from, to, Fault::None).await;
     journal_reverted(env, name).await;
     r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
-    env.reporter.event(Event::Finished {
-        resource,
-        action: f.kind.as_str().into(),
-        ok: true,
-        elapsed: began.elapsed(),
-        detail: Some(if stopped { "cleared early: a signal".into() } else { "cleared".into() }),
-    });
+    finished(true, Some(if stopped { "cleared early: a signal".into() } else { "cleared".into() }));
     (r, stopped)
 }
 
@@ -483,12 +463,7 @@ async fn restart<P: Provider>(
         r.skipped = Some(format!("the run's journal has no `{id}` to stop"));
         return false;
     };
-    let (resource, action) = (format!("chaos.{name}"), f.kind.as_str().to_string());
-    env.reporter.event(Event::Started {
-        resource: resource.clone(),
-        action: action.clone(),
-        detail: Some(format!("{}: {}", r.target, r.detail)),
-    });
+    let (resource, action) = announce(env, name, f, r);
     let began = Instant::now();
     if let Err(e) = journal_start(env, name, r).await {
         r.skipped = Some(e);
@@ -530,6 +505,14 @@ async fn restart<P: Provider>(
     });
     env.reporter.event(Event::Finished { resource, action, ok: outcome.is_ok(), elapsed: began.elapsed(), detail });
     stopped
+}
+
+/// Says fault `name` starts: its resource and action, for the event that says it ended.
+fn announce<P: Provider>(env: &Env<'_, P>, name: &str, f: &ChaosFault, r: &FaultReport) -> (String, String) {
+    let (resource, action) = (format!("chaos.{name}"), f.kind.as_str().to_string());
+    let detail = Some(format!("{}: {}", r.target, r.detail));
+    env.reporter.event(Event::Started { resource: resource.clone(), action: action.clone(), detail });
+    (resource, action)
 }
 
 /// What the journal says of a fault while it lasts (`chaos.NAME`).

@@ -39,12 +39,7 @@ pub(super) async fn kill<P: Provider>(
         Some(i) => vec![i],
         None => (0..s.count).collect(),
     };
-    let (resource, action) = (format!("chaos.{name}"), f.kind.as_str().to_string());
-    env.reporter.event(Event::Started {
-        resource: resource.clone(),
-        action: action.clone(),
-        detail: Some(format!("{}: {}", r.target, r.detail)),
-    });
+    let (resource, action) = super::announce(env, name, f, r);
     let began = Instant::now();
     let finish = |ok: bool, detail: String| {
         let (resource, action) = (resource.clone(), action.clone());
