@@ -255,11 +255,13 @@ fn journaled(sb: &Sandbox, run_id: &str, id: &str) -> Vec<String> {
 fn during_the_restart(sb: &Sandbox, file: &str) -> (std::process::Child, String) {
     demo_backups();
     let before = sb.run_ids();
+    // What it says goes to a file: a pipe nobody reads could stop it.
+    let said = std::fs::File::create(sb.shared().join("said.txt")).unwrap();
     let mut child = sb
         .cmd()
         .args(["-q", "run", file, "--chaos", "db-restart"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(said)
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -267,7 +269,8 @@ fn during_the_restart(sb: &Sandbox, file: &str) -> (std::process::Child, String)
         if std::time::Instant::now() > deadline {
             child.kill().ok();
             child.wait().ok();
-            panic!("the fault never started");
+            let said = std::fs::read_to_string(sb.shared().join("said.txt")).unwrap_or_default();
+            panic!("the fault never started: {said}");
         }
         if let Some(id) = sb.run_ids().into_iter().find(|i| !before.contains(i)) {
             if journaled(sb, &id, "chaos.db-restart").contains(&"created".to_string()) {
@@ -285,10 +288,11 @@ fn an_interrupt_during_a_fault_reverts_it_and_a_crash_leaves_it_for_down() {
     let file = gameday(&sb, "long.yaml", |t| t.replace("      duration: 2s\n", "      duration: 60s\n"));
     // Ctrl-C: the database is started again, the fault journaled reverted, the run
     // torn down, exit 130.
-    let (child, id) = during_the_restart(&sb, &file);
+    let (mut child, id) = during_the_restart(&sb, &file);
     std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = child.wait().unwrap();
+    let said = std::fs::read_to_string(sb.shared().join("said.txt")).unwrap_or_default();
+    assert_eq!(status.code(), Some(130), "{said}");
     assert_eq!(journaled(&sb, &id, "chaos.db-restart"), ["intent", "created", "deleted"]);
     // Started again (a new server journaled) once the fault began, before the teardown.
     let text = std::fs::read_to_string(sb.state().join("runs").join(&id).join("journal.jsonl")).unwrap();

@@ -124,6 +124,9 @@ pub fn refusal(loaded: &Loaded, names: &[String], from: bool, up_only: bool) -> 
 /// connects (a service when it starts, the load's client when the load does).
 pub struct Paths {
     wanted: Vec<(String, String)>,
+    /// Services a selected `kill` hits: the load reaches them through a proxy even with
+    /// one instance, so that it follows one started again elsewhere.
+    killed: Vec<String>,
     proxies: tokio::sync::Mutex<BTreeMap<(String, String), FaultProxy>>,
     seed: u64,
 }
@@ -135,7 +138,9 @@ impl Paths {
             faults.iter().filter_map(|(_, f)| f.path_ends()).map(|(a, b)| (a.to_string(), b.to_string())).collect();
         wanted.sort();
         wanted.dedup();
-        Paths { wanted, proxies: tokio::sync::Mutex::new(BTreeMap::new()), seed }
+        let killed = faults.iter().filter(|(_, f)| f.kind == FaultKind::Kill).filter_map(|(_, f)| f.service.clone());
+        let killed = killed.collect();
+        Paths { wanted, killed, proxies: tokio::sync::Mutex::new(BTreeMap::new()), seed }
     }
 
     /// `outputs` as service `service` sees them: each database it reaches through a
@@ -168,7 +173,7 @@ impl Paths {
         let Some(first) = instances.first().cloned() else {
             return Err(format!("the load's target `{target}` has no instance to send requests to"));
         };
-        if !self.wanted.contains(&path) && instances.len() == 1 {
+        if !self.wanted.contains(&path) && instances.len() == 1 && !self.killed.contains(&path.1) {
             return Ok(first);
         }
         let mut addrs = Vec::new();

@@ -508,6 +508,27 @@ mod tests {
     }
 
     #[test]
+    fn a_resource_made_again_after_it_was_gone_has_no_handle_until_created() {
+        // A game day's killed instance, started again: between the intent and the
+        // created, the old (dead) handle must not stand for it.
+        let at = Utc::now();
+        let intent = || Record::Intent { id: "service.web.0".into(), kind: Kind::LocalProcess, key: None, at };
+        let records = [
+            Record::Run(RunMeta::sample("r-5", "local", None)),
+            intent(),
+            created("service.web.0", Kind::LocalProcess, serde_json::json!({"process": {"pid": 7}})),
+            Record::Deleted { id: "service.web.0".into(), at },
+            intent(),
+        ];
+        let s = State::from_records(&records);
+        let e = &s.remaining()[0];
+        assert!(e.handle.is_none() && !e.deleted, "{e:?}");
+        // An intent again without a deletion (a retried create) keeps what it knew.
+        let s = State::from_records(&records[..3].iter().cloned().chain([intent()]).collect::<Vec<_>>());
+        assert!(s.remaining()[0].handle.is_some());
+    }
+
+    #[test]
     fn a_run_record_with_a_bad_id_provider_or_name_is_not_believed() {
         let mut named = RunMeta::sample("r-3", "local", None);
         named.name = Some("shopdb;$(id)".into());

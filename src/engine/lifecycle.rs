@@ -112,6 +112,9 @@ pub enum RunError {
     Bundle(#[from] crate::sys::bundle::BundleError),
     #[error("cannot serialize the report: {0}")]
     Report(#[from] serde_json::Error),
+    /// A game day asked of faults the description does not have: nothing is built.
+    #[error("{0}")]
+    Chaos(String),
 }
 
 /// A finished run: its report (redacted), and where its files belong — the command
@@ -138,15 +141,16 @@ pub async fn run<P: Provider>(
     let started_at = Utc::now();
     let redacting = Redacting(reporter);
     let reporter: &dyn Reporter = &redacting;
+    // A game day's faults (the proxies on their paths from the start, below).
+    let faults = match &opts.chaos {
+        // Its callers refused names the description does not have, before anything
+        // was built; a game day is never run without the faults it was asked.
+        Some(names) => super::chaos::selected(loaded, names).map_err(RunError::Chaos)?,
+        None => Vec::new(),
+    };
     let run = prepare(provider, loaded, opts, reporter, started_at).await?;
     let steps: Mutex<Vec<StepTiming>> = Mutex::new(Vec::new());
 
-    // A game day's faults, and the proxies on their paths from the start.
-    let faults = match &opts.chaos {
-        // (The command refused names the description does not have.)
-        Some(names) => super::chaos::selected(loaded, names).unwrap_or_default(),
-        None => Vec::new(),
-    };
     let seed =
         opts.run_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     let paths = opts.chaos.as_ref().map(|_| super::chaos::Paths::of(&faults, seed));
@@ -362,6 +366,8 @@ async fn chaos_phase<P: Provider>(
         .await
     };
     let played = super::chaos::rehearse(&env, faults, suites).await;
+    // The services as the game day left them (an instance started again moved).
+    graph.outputs = env.outputs();
     if let Some(s) = played.suites {
         graph.suites.extend(s.suites);
         graph.status.extend(s.status);

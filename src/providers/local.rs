@@ -350,6 +350,8 @@ impl Provider for LocalProvider {
                     _ => down,
                 }
             }
+            // A fault left journaled goes with what it hit: `down` records it undone.
+            Kind::Fault => down,
             _ => {
                 let dir = handle_of::<ReleaseHandle>(entry, "directory")
                     .ok()

@@ -56,9 +56,9 @@ impl ChaosView {
                     (Some(a), Some(b)) => format!("{} to {}", secs(a), secs(b)),
                     _ => "did not run".into(),
                 },
-                recovery: match (f.ended_ms, f.recovery_ms) {
-                    (Some(_), Some(r)) => secs(r),
-                    (Some(_), None) => "never back".into(),
+                recovery: match (c.load, f.ended_ms, f.recovery_ms) {
+                    (true, Some(_), Some(r)) => secs(r),
+                    (true, Some(_), None) => "never back".into(),
                     _ => String::new(),
                 },
                 passed: f.passed(),
@@ -89,6 +89,10 @@ fn chart(c: &ChaosReport) -> Chart {
         let (Some(a), Some(b)) = (f.started_ms, f.ended_ms) else { continue };
         let title = format!("{} ({} on {}: {}) from {} to {}", f.name, f.kind, f.target, f.detail, secs(a), secs(b));
         bands.push(band(a, b, end as f64, f.name.clone(), title, "fault"));
+        if !c.load {
+            // No request tells when the traffic was back.
+            continue;
+        }
         match f.recovery_ms {
             Some(r) if r > 0 => {
                 let title = format!("{}: the traffic was back {} after it ended", f.name, secs(r));

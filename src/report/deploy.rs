@@ -362,6 +362,8 @@ pub(super) fn lanes(seconds: &[Second], end: f64, mut y: f64) -> (Vec<Lane>, f64
 pub(super) fn chart_of(end_ms: u64, mut bands: Vec<Band>, seconds: &[Second], caption: String) -> Chart {
     let end = end_ms.max(1) as f64;
     let (lanes, height) = lanes(seconds, end, BAND_TOP);
+    // Room for the stepped labels even with no lane (no load ran).
+    let height = height.max(BAND_TOP + 4.0 * 11.0 + 4.0);
     // Labels at the foot, stepped up in turn: bands that start together stay legible.
     for (i, b) in bands.iter_mut().filter(|b| !b.label.is_empty()).enumerate() {
         b.label_y = height - 2.0 - 11.0 * (i % 4) as f64;

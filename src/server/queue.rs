@@ -350,6 +350,17 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         Ok(l) => l,
         Err(d) => return finished(None, crate::exit::USAGE, Some(d.render())),
     };
+    // A game day, checked again as it runs: the description may have changed since it
+    // was asked, and the record comes from the store.
+    let chaos = match &read.request.ask {
+        Ask::Rehearse { chaos: Some(names), from, .. } => {
+            if let Err((code, why)) = crate::engine::chaos::refusal(&loaded, names, from.is_some(), false) {
+                return finished(None, code, Some(why));
+            }
+            Some(names.clone())
+        }
+        _ => None,
+    };
     // A dry run is `up`: built, the release installed, kept for its ttl.
     let dry_run = match &read.request.ask {
         Ask::Compare { baseline, candidate, deploy } => {
@@ -372,7 +383,13 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
     let opts = Options {
         run_id: run_id.to_string(),
         release: release.to_string(),
-        destroy: if dry_run { crate::description::DestroyPolicy::Never } else { loaded.desc.destroy },
+        // A game day is always torn down: its services reach their databases through
+        // proxies that end with the run.
+        destroy: match (dry_run, &chaos) {
+            (_, Some(_)) => crate::description::DestroyPolicy::Always,
+            (true, None) => crate::description::DestroyPolicy::Never,
+            (false, None) => loaded.desc.destroy,
+        },
         cold: false,
         up_only: dry_run,
         state_root: shared.state_root.clone(),
@@ -391,10 +408,7 @@ async fn rehearse(shared: &Shared, read: &Read, run_id: &str, stream: &Stream, s
         },
         twin: None,
         deploy_twin: false,
-        chaos: match &read.request.ask {
-            Ask::Rehearse { chaos, .. } => chaos.clone(),
-            _ => None,
-        },
+        chaos,
     };
     let outcome = run_with_provider(shared, &loaded, &opts, stream, signals).await;
     match &outcome.ended {

@@ -180,7 +180,7 @@ pub fn outcome_exit_code(outcome: &RunOutcome) -> i32 {
     // Suites' files that cannot be handed over are the description's to fix: nothing
     // of the copy was built.
     match error {
-        RunFailure::Lifecycle(lifecycle::RunError::Bundle(_)) => exit::USAGE,
+        RunFailure::Lifecycle(lifecycle::RunError::Bundle(_) | lifecycle::RunError::Chaos(_)) => exit::USAGE,
         _ => exit::BUILD_FAILED,
     }
 }

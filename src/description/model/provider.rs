@@ -87,10 +87,10 @@ pub struct LocalService {
     /// Command that starts the service (local), run in the unpacked release with `PORT`
     /// set to a free port. Example: `python3 app.py`.
     pub command: String,
-    /// What rehearse does when one of the service's processes ends by itself while it
-    /// watches the run's traffic (a game day's load and suites): `no` (the default: it
-    /// stays down) or `on-failure` (started again a second later, as the run started
-    /// it, and healthy before the traffic reaches it again).
+    /// What rehearse does when a game day's `kill` ends one of the service's
+    /// processes: `no` (the default: it stays down) or `on-failure` (started again a
+    /// second later, as the run started it, and healthy before the traffic reaches it
+    /// again).
     #[serde(default, skip_serializing_if = "RestartPolicy::is_no")]
     pub restart: RestartPolicy,
 }
@@ -102,7 +102,7 @@ pub enum RestartPolicy {
     /// A process that ended stays down.
     #[default]
     No,
-    /// A process that ended by itself (a crash, a kill) is started again.
+    /// A process a game day killed is started again.
     OnFailure,
 }
 

@@ -50,19 +50,24 @@ pub(super) async fn kill<P: Provider>(
         finish(false, e);
         return false;
     }
-    if let Err(e) = kill_each(env, service, &instances).await {
-        // What it did kill is journaled gone.
+    let mut killed = Vec::new();
+    let failed = kill_each(env, service, &instances, &mut killed).await.err();
+    if killed.is_empty() {
         super::journal_reverted(env, name).await;
+        let e = failed.unwrap_or_else(|| "nothing to kill".into());
         r.skipped = Some(e.clone());
         finish(false, e);
         return false;
     }
+    // What it did kill is journaled gone; with a restart policy it is started again
+    // even when another instance could not be killed (that failure is the fault's).
+    r.skipped = failed.clone();
     r.started_ms = Some(began.duration_since(load_start).as_millis() as u64);
     if s.restart() == RestartPolicy::No {
         // Done: what it killed stays down, journaled gone.
         super::journal_reverted(env, name).await;
         r.ended_ms = r.started_ms;
-        finish(true, "killed; it stays down (`restart: no`)".into());
+        finish(failed.is_none(), "killed; it stays down (`restart: no`)".into());
         return false;
     }
     if env.signals.sleep(RESTART_DELAY).await {
@@ -72,27 +77,34 @@ pub(super) async fn kill<P: Provider>(
         finish(true, "killed; not started again: a signal".into());
         return true;
     }
-    let mut urls = Vec::new();
-    for i in &instances {
+    let (mut urls, mut not_started) = (Vec::new(), Vec::new());
+    for i in &killed {
+        // Each one tried, whatever became of the one before.
         match start_again(env, service, *i).await {
             Ok(url) => urls.push(url),
-            Err(e) => {
-                // The fault ran; what it left is the run's failure to judge.
-                r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
-                r.skipped = Some(e.clone());
-                finish(false, e);
-                return false;
-            }
+            Err(e) => not_started.push(e),
         }
     }
     super::journal_reverted(env, name).await;
     r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
-    finish(true, format!("killed; started again (`restart: on-failure`) at {}", urls.join(", ")));
+    // The fault ran; what it left is the run's failure to judge.
+    let problems: Vec<String> = failed.into_iter().chain(not_started).collect();
+    if problems.is_empty() {
+        finish(true, format!("killed; started again (`restart: on-failure`) at {}", urls.join(", ")));
+    } else {
+        r.skipped = Some(problems.join("; "));
+        finish(false, problems.join("; "));
+    }
     false
 }
 
-/// Each of `instances` killed and journaled gone.
-async fn kill_each<P: Provider>(env: &Env<'_, P>, service: &str, instances: &[u32]) -> Result<(), String> {
+/// Each of `instances` killed and journaled gone (each one in `killed` once it is).
+async fn kill_each<P: Provider>(
+    env: &Env<'_, P>,
+    service: &str,
+    instances: &[u32],
+    killed: &mut Vec<u32>,
+) -> Result<(), String> {
     let records = journal::read(env.journal.path()).map_err(|e| format!("cannot read the run's journal: {e}"))?;
     let state = State::from_records(&records);
     for i in instances {
@@ -104,6 +116,7 @@ async fn kill_each<P: Provider>(env: &Env<'_, P>, service: &str, instances: &[u3
             .inject(&entry, Injected::KillProcess, env.info, env.clock)
             .await
             .map_err(|e| format!("cannot kill `{id}`: {e}"))?;
+        killed.push(*i);
         // Gone: nothing of it is left for teardown to stop.
         env.journal
             .deleted(&id)

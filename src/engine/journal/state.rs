@@ -154,6 +154,10 @@ impl State {
                     return Err(foreign(id, *kind));
                 }
                 if let Some(e) = self.entries.iter_mut().find(|e| &e.id == id) {
+                    if e.deleted {
+                        // Made again after it was gone: the old handle names nothing.
+                        e.handle = None;
+                    }
                     e.deleted = false;
                     e.key = key.clone().or(e.key.take());
                     e.intent_at = Some(*at);
