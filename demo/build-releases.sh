@@ -1,6 +1,6 @@
 #!/bin/sh
 # Assembles the demo shop's release artifacts into demo/build/releases/VERSION/:
-# the service (shop/app.py), its migration runner (shop/migrate.sh), the first N
+# the service (shop/app.py and its database client shop/pg.py), its migration runner (shop/migrate.sh), the first N
 # migrations from migrations/ (N from releases.txt) and a named extra one (`+FILE`), a
 # VERSION file and, for a release with a deliberate slowdown, a SLOW file (PATH
 # MILLISECONDS). Idempotent and
@@ -15,7 +15,7 @@ grep -v '^#' "$here/releases.txt" | while read -r version count slow_path slow_m
     tmp="$out/.$version.tmp"
     rm -rf "$tmp"
     mkdir -p "$tmp/migrations"
-    cp "$here/shop/app.py" "$here/shop/migrate.sh" "$tmp/"
+    cp "$here/shop/app.py" "$here/shop/pg.py" "$here/shop/migrate.sh" "$tmp/"
     printf '%s\n' "$version" > "$tmp/VERSION"
     ls "$here/migrations/"*.sql | sort | head -n "$count" | while read -r m; do cp "$m" "$tmp/migrations/"; done
     case "${slow_path:-}" in

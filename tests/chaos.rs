@@ -59,10 +59,11 @@ fn latency_on_the_shops_path_to_its_database_fails_the_latency_expectation_and_n
     assert_eq!((f["name"].as_str(), f["target"].as_str()), (Some("slow-db"), Some("path web -> db")));
     let (start, end) = (f["started_ms"].as_u64().unwrap(), f["ended_ms"].as_u64().unwrap());
     assert!(end - start >= 4000 && end - start < 5000, "it lasted its 4 s: {f}");
-    // Each of the shop's queries crosses the path several times: far over 250 ms.
+    // Each of the shop's queries crosses the path there and back, 300 ± 20 ms each way
+    // (a new connection's startup, several times): far over 250 ms.
     let l = expectation(f, "latency GET /products");
     assert_eq!(l["passed"], false, "{l}");
-    assert!(l["measured"].as_str().unwrap().trim_end_matches(" ms").parse::<f64>().unwrap() > 600.0, "{l}");
+    assert!(l["measured"].as_str().unwrap().trim_end_matches(" ms").parse::<f64>().unwrap() >= 560.0, "{l}");
     // Cleared, the path copies again: the traffic is back at once, and the suites,
     // run after it under the load, pass.
     assert_eq!(expectation(f, "recover_within")["passed"], true, "{f:#}");

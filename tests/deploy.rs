@@ -267,9 +267,25 @@ fn a_blocking_index_fails_naming_its_file_lock_table_and_the_requests_that_waite
     let dir = sb.report_dir(r["run_id"].as_str().unwrap());
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(summary.contains("**migrations/0004_order_events_kind_at_index.sql held ShareLock"), "{summary}");
-    // JUnit: a case per limit, the broken one failing with the reason.
+    // The error rate breaks too only when the lock outlasted the shop's 10 s statement
+    // timeout (a slow machine's index build: 18 s seen on a loaded CI machine), so that
+    // requests waiting on it failed — the same cause; nothing else breaks.
+    let longest = waits.iter().map(|w| w["waited_ms"].as_u64().unwrap()).max().unwrap();
+    let broken: Vec<&str> = d["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["passed"] == false)
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        broken == ["max_lock_wait"] || (longest >= 10_000 && broken == ["max_lock_wait", "max_error_rate"]),
+        "longest wait {longest} ms: {broken:?}"
+    );
+    // JUnit: a case per limit, the broken ones failing with their reasons.
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
-    assert!(junit.contains(r#"<testsuite name="deploy" tests="2""#) && junit.contains(r#"failures="1""#), "{junit}");
+    let failures = format!(r#"failures="{}""#, broken.len());
+    assert!(junit.contains(r#"<testsuite name="deploy" tests="2""#) && junit.contains(&failures), "{junit}");
     assert!(junit.contains(r#"<testcase name="max_lock_wait ≤ 300ms" classname="deploy">"#), "{junit}");
     // The page: the timeline with the migration's band and the waits as bars.
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """The demo shop: a tiny HTTP service backed by PostgreSQL.
 
-Standard library only. It reaches the database through the `psql` client found on
-PATH, so the demo needs no driver package. Each release directory under
+Standard library only. It reaches the database through pg.py beside it (the
+protocol in the standard library, connections kept open between requests), so the
+demo needs no driver package. Each release directory under
 demo/releases/ carries its own copy of this file, because a release is installed
 from its directory alone.
 
 Environment:
   PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE
-                libpq's connection settings for the shop database (required; psql
-                reads them, so no password ever appears on a command line)
+                libpq's connection settings for the shop database (required; pg.py
+                reads them as libpq does; PGSSLMODE, PGREQUIREAUTH, PGAPPNAME and
+                PGCONNECT_TIMEOUT too)
   PORT          TCP port to listen on (default 8080)
   HOST          address to bind (default 127.0.0.1)
   SHOP_RELEASE  reported by /version only when no VERSION file sits next to this file
@@ -33,20 +35,22 @@ exit status 0.
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-QUERY_TIMEOUT_SECONDS = 10
+import pg
 
-# psql inherits the environment; bound the connection attempt so that /health
-# answers 503 quickly when the database is unreachable instead of hanging.
-PSQL_ENV = dict(os.environ)
-PSQL_ENV.setdefault("PGCONNECT_TIMEOUT", "5")
-PSQL_ENV.setdefault("PGAPPNAME", "shop")
+HERE = Path(__file__).resolve().parent
+# A statement that runs (or waits on a lock) longer than this fails, and so does the
+# request; the server cancels it (statement_timeout).
+QUERY_TIMEOUT_MS = 10_000
+
+# Bound the connection attempt so that /health answers 503 quickly when the database
+# is unreachable instead of hanging.
+SETTINGS = pg.settings_from_env({"PGCONNECT_TIMEOUT": "5", "PGAPPNAME": "shop", **os.environ})
+POOL = pg.Pool(SETTINGS, QUERY_TIMEOUT_MS)
 
 
 def read_release():
@@ -76,18 +80,13 @@ class DatabaseError(Exception):
 
 
 def query(sql):
-    """Run one SQL statement; return psql's unaligned, tuples-only output."""
-    command = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]
+    """Run one SQL statement on a pooled connection; the first column of its first row
+    as text ("" when it returns none)."""
     try:
-        proc = subprocess.run(command, capture_output=True, text=True,
-                              env=PSQL_ENV, timeout=QUERY_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        raise DatabaseError(f"query timed out after {QUERY_TIMEOUT_SECONDS}s") from None
-    except OSError as err:
-        raise DatabaseError(f"cannot run psql: {err}") from None
-    if proc.returncode != 0:
-        raise DatabaseError(proc.stderr.strip() or f"psql exited with {proc.returncode}")
-    return proc.stdout.strip()
+        rows = POOL.query(sql)
+    except (pg.Error, pg.ConnectionLost) as err:
+        raise DatabaseError(str(err)) from None
+    return rows[0][0] if rows and rows[0] and rows[0][0] is not None else ""
 
 
 def health():
