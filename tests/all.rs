@@ -22,6 +22,7 @@ mod adversary;
 mod aws_data_plane;
 mod aws_emulator;
 mod chaos;
+mod chaos_cloud;
 mod cli;
 mod compare;
 mod cow;

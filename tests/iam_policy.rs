@@ -468,7 +468,9 @@ fn changes_to_existing_resources_need_the_run_tag_on_them() {
             let name = action.split_once(':').map_or(action.as_str(), |(_, n)| n);
             // S3 objects carry no run tag: the state store has its own test below.
             if action.starts_with("s3:")
-                || !["Modify", "Delete", "Terminate", "Authorize"].iter().any(|verb| name.starts_with(verb))
+                || !["Modify", "Delete", "Terminate", "Authorize", "Stop", "Start", "Reboot", "Failover"]
+                    .iter()
+                    .any(|verb| name.starts_with(verb))
             {
                 continue;
             }

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+mod cloud;
 mod kill;
 
 use super::events::{Event, Reporter};
@@ -90,31 +91,35 @@ pub fn refusal(loaded: &Loaded, names: &[String], from: bool, up_only: bool) -> 
         ));
     }
     let faults = selected(loaded, names).map_err(|e| (exit::USAGE, e))?;
-    if loaded.desc.provider() != ProviderKind::Local {
-        return Err((
-            exit::USAGE,
-            "`--chaos` runs on the local provider for now: on aws the faults on instances and databases, and the \
-             proxies on their paths, are not built yet"
-                .into(),
-        ));
-    }
+    let aws = loaded.desc.provider() == ProviderKind::Aws;
     for (name, f) in &faults {
-        let runs = match f.target_kind() {
-            Some(FaultTargetKind::Path) => true,
-            Some(FaultTargetKind::Database) => f.kind == FaultKind::Restart,
-            Some(FaultTargetKind::Service) => f.kind == FaultKind::Kill,
-            _ => false,
+        let refused = match (f.target_kind(), aws) {
+            (Some(FaultTargetKind::Path), true) => Some(
+                "on aws the faults on a path are not built yet (their proxy would run on the runner or the \
+                 instances); the instances' and databases' faults are"
+                    .to_string(),
+            ),
+            (Some(FaultTargetKind::Database), true) if f.failover == Some(true) => Some(
+                "rehearse's RDS copies are single-AZ, and RDS refuses a failover on those; an Aurora copy fails \
+                 over with `kind: failover`"
+                    .to_string(),
+            ),
+            (Some(FaultTargetKind::Database), true) if f.kind == FaultKind::Failover => {
+                let aurora = f
+                    .database
+                    .as_ref()
+                    .and_then(|d| loaded.desc.databases.get(d))
+                    .is_some_and(|d| matches!(d.source, crate::description::DatabaseSource::AuroraCluster(_)));
+                (!aurora).then(|| {
+                    "only an Aurora copy (`source: {aurora_cluster: …}`) has a cluster to fail over; an RDS \
+                     instance is `reboot`ed"
+                        .to_string()
+                })
+            }
+            _ => None,
         };
-        if !runs {
-            return Err((
-                exit::USAGE,
-                format!(
-                    "`--chaos {name}`: a `{}` fault is not run yet — only a service's `kill`, a database's \
-                     `restart` and the faults on a path (`latency`, `bandwidth`, `reset`, `blackhole`) are; pick \
-                     others with `--chaos NAME…`",
-                    f.kind.as_str()
-                ),
-            ));
+        if let Some(why) = refused {
+            return Err((exit::USAGE, format!("`--chaos {name}`: {why}")));
         }
     }
     Ok(())
@@ -409,6 +414,10 @@ async fn one<P: Provider>(
         let stopped = kill::kill(env, name, service, f, &mut r, load_start).await;
         return (r, stopped);
     }
+    if matches!(f.kind, FaultKind::Stop | FaultKind::Reboot | FaultKind::Terminate | FaultKind::Failover) {
+        let stopped = cloud::cloud(env, name, f, &mut r, load_start).await;
+        return (r, stopped);
+    }
     let Some((from, to)) = f.path_ends() else {
         r.skipped = Some(format!("a `{}` fault is not run yet", f.kind.as_str()));
         return (r, false);
@@ -568,7 +577,11 @@ fn skipped(name: &str, f: &ChaosFault, why: &str) -> FaultReport {
         FaultKind::Blackhole => "nothing moves".into(),
         FaultKind::Restart => format!("`{}` stop", f.mode.unwrap_or_default().as_str()),
         FaultKind::Kill => "its process group killed (SIGKILL)".into(),
-        other => other.as_str().into(),
+        FaultKind::Stop => "stopped, then started again".into(),
+        FaultKind::Reboot if f.failover == Some(true) => "rebooted, failing over to its standby".into(),
+        FaultKind::Reboot => "rebooted".into(),
+        FaultKind::Terminate => "terminated".into(),
+        FaultKind::Failover => "its Aurora cluster failed over".into(),
     };
     let detail = match f.duration {
         Some(d) => format!("{detail}, for {}", fmt(d)),

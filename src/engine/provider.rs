@@ -4,6 +4,9 @@
 //! create one resource of a kind it supports — and says what came of it — and how to
 //! destroy one from its journal entry (or, when the entry has no handle because the run
 //! died mid-create, from the run's tag). Creation and destruction are paired per kind.
+//!
+//! Kept whole: it is the one contract every provider (local, aws, the fakes) implements,
+//! read in one place; split, a provider's author would have to assemble it.
 
 use std::path::PathBuf;
 
@@ -471,13 +474,25 @@ impl SuiteRunError {
 /// A game day's fault on one of the run's resources ([`super::chaos`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Injected {
-    /// A database's server stopped: `fast` (sessions ended cleanly) or, `immediate`,
-    /// as a crash.
-    StopDatabase { immediate: bool },
+    /// A database's server stopped: `fast` (sessions ended cleanly) or as a crash.
+    StopDatabase {
+        immediate: bool,
+    },
     /// The same server started again, as the run started it.
     StartDatabase,
     /// A service instance's whole process group killed (`SIGKILL`), as a crash.
     KillProcess,
+    /// A cloud instance stopped, started, rebooted or terminated (until it settled).
+    StopInstance,
+    StartInstance,
+    RebootInstance,
+    TerminateInstance,
+    /// A DB instance rebooted (`failover`: to its standby), an Aurora cluster failed
+    /// over, until available again.
+    RebootDatabase {
+        failover: bool,
+    },
+    FailoverCluster,
 }
 
 /// A provider of resources. Implemented by the local provider here, the AWS

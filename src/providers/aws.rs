@@ -14,6 +14,7 @@ mod create;
 mod databases;
 mod destroy;
 pub mod dns;
+mod faults;
 mod guard;
 mod instances;
 mod naming;
@@ -190,8 +191,9 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
     }
 
     async fn destroy(&self, entry: &Entry, meta: &RunMeta) -> Result<(), DestroyError> {
-        if matches!(entry.kind, Kind::Install | Kind::Mask) {
-            // An install or a masking leaves nothing of its own behind.
+        if matches!(entry.kind, Kind::Install | Kind::Mask | Kind::Fault) {
+            // An install, a masking or a game day's fault leaves nothing of its own
+            // behind (a fault's resource is torn down as the run's).
             return Ok(());
         }
         if entry.kind == Kind::AwsS3Prefix {
@@ -217,6 +219,17 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> Provider for AwsProvider<A> {
 
     fn idempotency_key(&self, res: &Resource, run_id: &str) -> Option<String> {
         Self::create_key(res, run_id)
+    }
+
+    /// See [`faults`]: a game day's fault on one of the run's instances or databases.
+    async fn inject(
+        &self,
+        entry: &Entry,
+        what: crate::engine::provider::Injected,
+        info: &crate::engine::provider::RunInfo,
+        _clock: &crate::sys::timing::Clock,
+    ) -> Result<Option<crate::engine::provider::Handle>, String> {
+        self.inject_fault(entry, what, info).await
     }
 
     /// See [`destroy::rank`]: the one order, for the journal and for what is tagged.

@@ -158,8 +158,10 @@ impl Provider for LocalProvider {
         info: &RunInfo,
         clock: &Clock,
     ) -> Result<Option<Handle>, String> {
-        if what == Injected::KillProcess {
-            return self.kill(entry, info).await.map(|()| None);
+        match what {
+            Injected::KillProcess => return self.kill(entry, info).await.map(|()| None),
+            Injected::StopDatabase { .. } | Injected::StartDatabase => {}
+            other => return Err(format!("the local provider does not {other:?}: it is a cloud's fault")),
         }
         if entry.kind != Kind::LocalPostgres {
             return Err(format!("`{}` is no database this provider can stop", entry.id));
@@ -178,7 +180,6 @@ impl Provider for LocalProvider {
                 postgres::stop_mode(&bin, &cluster, mode).await.map_err(|e| e.message)?;
                 Ok(None)
             }
-            Injected::KillProcess => Ok(None),
             Injected::StartDatabase => {
                 let log = info.logs_dir.join(format!("{}.log", entry.id));
                 let tag = [("REHEARSE_RUN_ID", info.run_id.as_str())];
@@ -188,6 +189,7 @@ impl Provider for LocalProvider {
                     .map_err(|e| e.message)?;
                 Handle::of(&ClusterHandle { cluster, generation }).map(Some).map_err(|e| e.to_string())
             }
+            _ => Ok(None),
         }
     }
 

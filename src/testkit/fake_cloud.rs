@@ -65,6 +65,10 @@ pub struct Faults {
     /// A DB instance's stop, and its start again: `stopping` / `starting` meanwhile
     /// (on RDS, minutes each).
     pub stop_start: (Duration, Duration),
+    /// A game day's reboot of a DB instance or failover of a cluster (`rebooting`,
+    /// `failing-over` meanwhile), and an EC2 instance's stop (`stopping`; its start
+    /// takes `boot`).
+    pub reboot: (Duration, Duration),
 }
 
 impl Faults {
@@ -91,6 +95,7 @@ impl Faults {
             // AWS's minute.
             modify: (Duration::ZERO, Duration::ZERO),
             stop_start: (Duration::ZERO, Duration::ZERO),
+            reboot: (Duration::from_secs(30), Duration::from_secs(120)),
         }
     }
 
@@ -150,8 +155,11 @@ struct Res {
     modifying_until: Option<Instant>,
     /// A DB instance is stopping until then, stopped after.
     stopped_from: Option<Instant>,
-    /// A DB instance is starting (again) until then.
+    /// A DB instance (or an EC2 instance) is starting (again) until then.
     starting_until: Option<Instant>,
+    /// A DB instance is rebooting, a cluster failing over, an instance rebooting
+    /// (still `running` to EC2) until then.
+    rebooting_until: Option<Instant>,
 }
 
 struct State {
@@ -228,6 +236,7 @@ impl FakeCloud {
             modifying_until: None,
             stopped_from: None,
             starting_until: None,
+            rebooting_until: None,
         };
         res.insert("i-prod".into(), Res { kind: "instance", ..base.clone() });
         res.insert("sg-prod".into(), Res { kind: "sg", name: "shop-prod".into(), ..base.clone() });
@@ -504,6 +513,7 @@ impl FakeCloud {
                 modifying_until: None,
                 stopped_from: None,
                 starting_until: None,
+                rebooting_until: None,
             },
         );
     }
@@ -585,6 +595,9 @@ impl FakeCloud {
         let state = match r.gone_at {
             Some(g) if g <= now => "terminated",
             Some(_) => "shutting-down",
+            None if r.stopped_from.is_some_and(|s| s > now) => "stopping",
+            None if r.stopped_from.is_some() => "stopped",
+            None if r.starting_until.is_some_and(|s| s > now) => "pending",
             None if r.ready_at <= now => "running",
             None => "pending",
         };
@@ -612,6 +625,8 @@ impl FakeCloud {
             None if r.stopped_from.is_some_and(|s| s > now) => "stopping",
             None if r.stopped_from.is_some() => "stopped",
             None if r.starting_until.is_some_and(|s| s > now) => "starting",
+            None if r.kind == "cluster" && r.rebooting_until.is_some_and(|s| s > now) => "failing-over",
+            None if r.rebooting_until.is_some_and(|s| s > now) => "rebooting",
             None if r.ready_at <= now && r.modifying_until.is_some_and(|m| m > now) => "modifying",
             None if r.ready_at <= now => "available",
             None => "creating",

@@ -77,8 +77,8 @@ pub fn kind_belongs(kind: Kind, provider: ProviderKind) -> bool {
         | Kind::AwsIngress
         | Kind::AwsS3Prefix
         | Kind::Mask => provider == ProviderKind::Aws,
-        Kind::LocalPostgres | Kind::LocalProcess | Kind::Fault => provider == ProviderKind::Local,
-        Kind::LocalRelease | Kind::Install | Kind::Suite | Kind::Workspace => true,
+        Kind::LocalPostgres | Kind::LocalProcess => provider == ProviderKind::Local,
+        Kind::LocalRelease | Kind::Install | Kind::Suite | Kind::Workspace | Kind::Fault => true,
     }
 }
 

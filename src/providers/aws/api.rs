@@ -184,6 +184,25 @@ pub struct CloneCluster {
     pub tags: Vec<Tag>,
 }
 
+/// What [`Ec2Api::instance_action`] does to instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceAction {
+    Stop,
+    Start,
+    Reboot,
+}
+
+impl InstanceAction {
+    /// The API operation's name.
+    pub fn operation(self) -> &'static str {
+        match self {
+            InstanceAction::Stop => "StopInstances",
+            InstanceAction::Start => "StartInstances",
+            InstanceAction::Reboot => "RebootInstances",
+        }
+    }
+}
+
 /// EC2, as rehearse uses it.
 pub trait Ec2Api: Send + Sync {
     fn create_security_group(
@@ -209,6 +228,8 @@ pub trait Ec2Api: Send + Sync {
     fn describe_instances(&self, ids: &[String]) -> impl Future<Output = ApiResult<Vec<Instance>>> + Send;
     fn instances_tagged(&self, tag_key: &str) -> impl Future<Output = ApiResult<Vec<Instance>>> + Send;
     fn terminate_instances(&self, ids: &[String]) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Stops, starts or reboots instances (a game day's faults and their reverts).
+    fn instance_action(&self, ids: &[String], action: InstanceAction) -> impl Future<Output = ApiResult<()>> + Send;
     /// Sets `tags` on existing instances or security groups (a key they carry is
     /// overwritten): how `extend` moves a run's expiry.
     fn create_tags(&self, ids: &[String], tags: &[Tag]) -> impl Future<Output = ApiResult<()>> + Send;
@@ -293,6 +314,11 @@ pub trait RdsApi: Send + Sync {
     /// Starts a stopped DB instance (a pool member claimed).
     fn start_db_instance(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_db_cluster(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Reboots a DB instance, failing over to its standby with `failover` (Multi-AZ
+    /// only): a game day's fault.
+    fn reboot_db_instance(&self, id: &str, failover: bool) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Fails an Aurora cluster over to one of its replicas: a game day's fault.
+    fn failover_db_cluster(&self, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
     /// Sets `tags` on the RDS resource `arn` (a key it carries is overwritten).
     fn add_tags(&self, arn: &str, tags: &[Tag]) -> impl Future<Output = ApiResult<()>> + Send;
 }

@@ -427,7 +427,9 @@ pub(super) fn handle_of(kind: Kind, id: &str) -> crate::engine::provider::Handle
 /// journal and the listing of what is tagged both follow it.
 pub(super) fn rank(kind: Kind) -> Option<u8> {
     match kind {
-        Kind::AwsInstance | Kind::AwsDbInstance | Kind::Install | Kind::Mask => Some(0),
+        // A game day's fault left journaled goes with the first rank: what it hit is
+        // removed there too.
+        Kind::AwsInstance | Kind::AwsDbInstance | Kind::Install | Kind::Mask | Kind::Fault => Some(0),
         Kind::AwsDbCluster | Kind::AwsS3Prefix => Some(1),
         Kind::AwsDbSubnetGroup | Kind::AwsSecurityGroup | Kind::AwsIngress | Kind::LocalRelease => Some(2),
         Kind::Workspace => Some(3),

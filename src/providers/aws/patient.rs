@@ -100,6 +100,16 @@ impl<A> Patient<A> {
         self.send(op, true, call).await
     }
 
+    /// A call a repeat would do twice (a reboot): throttling waited out, a lost answer
+    /// not sent again.
+    async fn once<T, F, Fut>(&self, op: &str, call: F) -> ApiResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ApiResult<T>>,
+    {
+        self.send(op, false, call).await
+    }
+
     async fn send<T, F, Fut>(&self, op: &str, repeat_lost: bool, mut call: F) -> ApiResult<T>
     where
         F: FnMut() -> Fut,
@@ -259,6 +269,12 @@ impl<A: Ec2Api> Ec2Api for Patient<A> {
         self.retrying("TerminateInstances", || self.inner.terminate_instances(ids)).await
     }
 
+    // Stopping what is stopping, starting what is starting: the same; a reboot sent
+    // again is another reboot, which a game day's reboot survives as the first.
+    async fn instance_action(&self, ids: &[String], action: InstanceAction) -> ApiResult<()> {
+        self.repeatable(action.operation(), || self.inner.instance_action(ids, action)).await
+    }
+
     // Setting a tag twice sets it once: a repeat is harmless.
     async fn create_tags(&self, ids: &[String], tags: &[Tag]) -> ApiResult<()> {
         self.retrying("CreateTags", || self.inner.create_tags(ids, tags)).await
@@ -410,6 +426,16 @@ impl<A: RdsApi> RdsApi for Patient<A> {
 
     async fn delete_db_cluster(&self, id: &str) -> ApiResult<()> {
         self.retrying("DeleteDBCluster", || self.inner.delete_db_cluster(id)).await
+    }
+
+    // Not sent again after a lost answer: it may have run, and a second one is refused
+    // while the first goes on (the fault's report says so).
+    async fn reboot_db_instance(&self, id: &str, failover: bool) -> ApiResult<()> {
+        self.once("RebootDBInstance", || self.inner.reboot_db_instance(id, failover)).await
+    }
+
+    async fn failover_db_cluster(&self, id: &str) -> ApiResult<()> {
+        self.once("FailoverDBCluster", || self.inner.failover_db_cluster(id)).await
     }
 
     async fn add_tags(&self, arn: &str, tags: &[Tag]) -> ApiResult<()> {

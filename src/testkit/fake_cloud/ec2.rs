@@ -146,6 +146,49 @@ impl Ec2Api for FakeCloud {
         self.leave(&call, ())
     }
 
+    /// As EC2: a stop of a stopped or stopping instance and a start of a running or
+    /// pending one change nothing; anything else not in the state the action needs is
+    /// `IncorrectInstanceState`.
+    async fn instance_action(&self, ids: &[String], action: InstanceAction) -> ApiResult<()> {
+        let op = action.operation();
+        let call = self.enter(op, &ids.join(","), true)?;
+        for id in ids {
+            self.audit(op, id);
+        }
+        let now = Instant::now();
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            for id in ids {
+                let Some(r) = st.res.get(id).filter(|r| r.kind == "instance" && r.visible_at <= now) else {
+                    return Err(fail("InvalidInstanceID.NotFound", ErrorKind::NotFound));
+                };
+                let state = Self::instance(id, r).state;
+                let allowed = match action {
+                    InstanceAction::Stop => matches!(state.as_str(), "running" | "stopping" | "stopped"),
+                    InstanceAction::Start => matches!(state.as_str(), "stopped" | "pending" | "running"),
+                    InstanceAction::Reboot => state == "running",
+                };
+                if !allowed {
+                    return Err(fail("IncorrectInstanceState", ErrorKind::Refused));
+                }
+            }
+            for id in ids {
+                let (stop, boot) = (Self::drawn(id, self.faults.reboot), Self::drawn(id, self.faults.boot));
+                let Some(r) = st.res.get_mut(id) else { continue };
+                match action {
+                    InstanceAction::Stop if r.stopped_from.is_none() => r.stopped_from = Some(now + stop),
+                    InstanceAction::Start if r.stopped_from.is_some_and(|s| s <= now) => {
+                        r.stopped_from = None;
+                        r.starting_until = Some(now + boot);
+                    }
+                    InstanceAction::Reboot => r.rebooting_until = Some(now + stop),
+                    _ => {}
+                }
+            }
+        }
+        self.leave(&call, ())
+    }
+
     async fn terminate_instances(&self, ids: &[String]) -> ApiResult<()> {
         let call = self.enter("TerminateInstances", &ids.join(","), true)?;
         for id in ids {

@@ -230,6 +230,47 @@ impl RdsApi for FakeCloud {
         self.leave(&call, ())
     }
 
+    /// As RDS: only an `available` instance reboots; rehearse's copies are never
+    /// Multi-AZ, so a failover is refused as RDS refuses it on a single-AZ instance.
+    async fn reboot_db_instance(&self, id: &str, failover: bool) -> ApiResult<()> {
+        let call = self.enter("RebootDBInstance", id, true)?;
+        self.audit("RebootDBInstance", id);
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            let took = Self::drawn(id, self.faults.reboot);
+            match st.res.get_mut(id) {
+                Some(r) if r.kind == "db" && failover => {
+                    return Err(fail("InvalidParameterCombination", ErrorKind::Refused))
+                }
+                Some(r) if r.kind == "db" && Self::rds_status(r) == "available" => {
+                    r.rebooting_until = Some(Instant::now() + took);
+                }
+                Some(r) if r.kind == "db" => return Err(fail("InvalidDBInstanceState", ErrorKind::InUse)),
+                _ => return Err(fail("DBInstanceNotFound", ErrorKind::NotFound)),
+            }
+        }
+        self.leave(&call, ())
+    }
+
+    /// An `available` cluster fails over (`failing-over` meanwhile); with no replica,
+    /// as Aurora does, its writer restarts.
+    async fn failover_db_cluster(&self, id: &str) -> ApiResult<()> {
+        let call = self.enter("FailoverDBCluster", id, true)?;
+        self.audit("FailoverDBCluster", id);
+        {
+            let mut st = self.state.lock().expect("fake lock");
+            let took = Self::drawn(id, self.faults.reboot);
+            match st.res.get_mut(id) {
+                Some(r) if r.kind == "cluster" && Self::rds_status(r) == "available" => {
+                    r.rebooting_until = Some(Instant::now() + took);
+                }
+                Some(r) if r.kind == "cluster" => return Err(fail("InvalidDBClusterStateFault", ErrorKind::InUse)),
+                _ => return Err(fail("DBClusterNotFoundFault", ErrorKind::NotFound)),
+            }
+        }
+        self.leave(&call, ())
+    }
+
     async fn add_tags(&self, arn: &str, tags: &[Tag]) -> ApiResult<()> {
         let call = self.enter("AddTagsToResource", arn, true)?;
         let id = arn.rsplit(':').next().unwrap_or(arn).to_string();
@@ -258,7 +299,7 @@ impl RdsApi for FakeCloud {
 impl FakeCloud {
     /// A duration in `range` drawn from the instance's id, not the scenario's
     /// generator: the other draws of a seed stay what they were.
-    fn drawn(id: &str, (a, b): (Duration, Duration)) -> Duration {
+    pub(super) fn drawn(id: &str, (a, b): (Duration, Duration)) -> Duration {
         let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3));
         a + b.saturating_sub(a).mul_f64((h >> 11) as f64 / (1u64 << 53) as f64)
     }

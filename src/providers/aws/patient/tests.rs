@@ -77,6 +77,9 @@ impl Ec2Api for Scripted {
     async fn terminate_instances(&self, _: &[String]) -> ApiResult<()> {
         unreachable!()
     }
+    async fn instance_action(&self, _: &[String], _: InstanceAction) -> ApiResult<()> {
+        unreachable!()
+    }
     async fn create_tags(&self, _: &[String], _: &[Tag]) -> ApiResult<()> {
         unreachable!()
     }

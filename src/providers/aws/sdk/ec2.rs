@@ -168,6 +168,22 @@ impl Ec2Api for Sdk {
         Ok(())
     }
 
+    async fn instance_action(&self, ids: &[String], action: InstanceAction) -> ApiResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = Some(ids.to_vec());
+        match action {
+            InstanceAction::Stop => self.ec2.stop_instances().set_instance_ids(ids).send().await.map(drop).map_err(err),
+            InstanceAction::Start => {
+                self.ec2.start_instances().set_instance_ids(ids).send().await.map(drop).map_err(err)
+            }
+            InstanceAction::Reboot => {
+                self.ec2.reboot_instances().set_instance_ids(ids).send().await.map(drop).map_err(err)
+            }
+        }
+    }
+
     async fn create_tags(&self, ids: &[String], tags: &[Tag]) -> ApiResult<()> {
         self.ec2
             .create_tags()

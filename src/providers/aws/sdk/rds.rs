@@ -314,6 +314,19 @@ impl RdsApi for Sdk {
         Ok(())
     }
 
+    async fn reboot_db_instance(&self, id: &str, failover: bool) -> ApiResult<()> {
+        let call = self.rds.reboot_db_instance().db_instance_identifier(id);
+        // ForceFailover only when asked: RDS refuses it on an instance that is not Multi-AZ.
+        let call = if failover { call.force_failover(true) } else { call };
+        call.send().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn failover_db_cluster(&self, id: &str) -> ApiResult<()> {
+        self.rds.failover_db_cluster().db_cluster_identifier(id).send().await.map_err(err)?;
+        Ok(())
+    }
+
     async fn add_tags(&self, arn: &str, tags: &[Tag]) -> ApiResult<()> {
         self.rds.add_tags_to_resource().resource_name(arn).set_tags(Some(rds_tags(tags))).send().await.map_err(err)?;
         Ok(())
