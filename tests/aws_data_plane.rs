@@ -32,25 +32,9 @@ fn description(dir: &Path) -> description::Loaded {
 
 fn options(dir: &Path, run_id: &str) -> Options {
     Options {
-        run_id: run_id.into(),
-        release: "v2".into(),
-        destroy: DestroyPolicy::Always,
-        cold: false,
         up_only: false,
         state_root: dir.join("state"),
-        work_root: dir.join("work"),
-        run_as: None,
-        exit_code: rehearse::commands::exit_code,
-        name: None,
-        shared: None,
-        stage: None,
-        pins: Default::default(),
-        change: None,
-        member: None,
-        from: None,
-        twin: None,
-        deploy_twin: false,
-        chaos: None,
+        ..rehearse::testkit::pool::options(run_id, dir, DestroyPolicy::Always, None)
     }
 }
 

@@ -113,25 +113,10 @@ fn scenario(seed: u64, dir: &Path) -> Result<Seen, String> {
         let run_id = format!("r-20261208-000000-{seed:06x}");
         let journal_path = state.join("runs").join(&run_id).join("journal.jsonl");
         let opts = Options {
-            run_id: run_id.clone(),
-            release: "v2".into(),
-            destroy: DestroyPolicy::Always,
-            cold: false,
             up_only: false,
             state_root: state.clone(),
-            work_root: state.join("work"),
-            run_as: None,
-            exit_code: rehearse::commands::exit_code,
-            name: None,
-            shared: None,
-            stage: None,
-            pins: Default::default(),
-            change: None,
-            member: None,
-            from: None,
-            twin: None,
-            deploy_twin: false,
             chaos: Some(Vec::new()),
+            ..rehearse::testkit::pool::options(&run_id, &state, DestroyPolicy::Always, None)
         };
         let (signals, trigger) = Signals::manual();
         let mode = seed % 3;

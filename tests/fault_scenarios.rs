@@ -71,25 +71,10 @@ fn scenario(seed: u64, loaded: &description::Loaded, state: &Path) -> Result<See
         let run_id = format!("r-20261125-000000-{seed:06x}");
         let s3 = Arc::new(FakeS3::new(seed, S3Faults::chaos()));
         let opts = Options {
-            run_id: run_id.clone(),
-            release: "v2".into(),
-            destroy: DestroyPolicy::Always,
-            cold: false,
             up_only: false,
             state_root: state.to_path_buf(),
-            work_root: state.join("work"),
-            run_as: None,
-            exit_code: rehearse::commands::exit_code,
-            name: None,
             shared: Some(s3.clone()),
-            stage: None,
-            pins: Default::default(),
-            change: None,
-            member: None,
-            from: None,
-            twin: None,
-            deploy_twin: false,
-            chaos: None,
+            ..rehearse::testkit::pool::options(&run_id, state, DestroyPolicy::Always, None)
         };
         let (signals, trigger) = Signals::manual();
         let run = lifecycle::run(&provider, loaded, &opts, &Silent, &signals);
@@ -315,25 +300,9 @@ fn an_outage_longer_than_patience_fails_the_run_by_name_and_down_cleans_up() {
             AwsProvider::new(cloud.clone(), rehearse::providers::aws::POLL_FIRST, rehearse::providers::aws::POLL_MAX)
                 .with_work_root(&dir.path().join("work"));
         let opts = Options {
-            run_id: "r-20261125-000003-000000".into(),
-            release: "v2".into(),
-            destroy: DestroyPolicy::Always,
-            cold: false,
             up_only: false,
             state_root: dir.path().join("state"),
-            work_root: dir.path().join("work"),
-            run_as: None,
-            exit_code: rehearse::commands::exit_code,
-            name: None,
-            shared: None,
-            stage: None,
-            pins: Default::default(),
-            change: None,
-            member: None,
-            from: None,
-            twin: None,
-            deploy_twin: false,
-            chaos: None,
+            ..rehearse::testkit::pool::options("r-20261125-000003-000000", dir.path(), DestroyPolicy::Always, None)
         };
         let outcome = lifecycle::run(&provider, &loaded, &opts, &Silent, &Signals::none()).await.unwrap();
         // The database never became visible as available, and the timeout says why.
@@ -442,25 +411,10 @@ impl rehearse::engine::rebuild::Generations for FakeGenerations<'_> {
         Box::pin(async move {
             let provider = self.provider(number);
             let opts = Options {
-                run_id: run_id.to_string(),
-                release: "v2".into(),
-                destroy: DestroyPolicy::Always,
-                cold: false,
-                up_only: true,
                 state_root: self.state.clone(),
-                work_root: self.state.join("work"),
-                run_as: None,
-                exit_code: rehearse::commands::exit_code,
-                name: None,
                 shared: Some(self.s3.clone()),
                 stage: Some(spec.run("staging")),
-                pins: Default::default(),
-                change: None,
-                member: None,
-                from: None,
-                twin: None,
-                deploy_twin: false,
-                chaos: None,
+                ..rehearse::testkit::pool::options(run_id, &self.state, DestroyPolicy::Always, None)
             };
             let failed = |verdict, reason: String| Built {
                 verdict,

@@ -434,29 +434,20 @@ async fn one<P: Provider>(
             return (r, false);
         }
     };
-    let (resource, action) = announce(env, name, f, &r);
-    let began = Instant::now();
-    let finished = |ok: bool, detail: Option<String>| {
-        let (resource, action) = (resource.clone(), action.clone());
-        env.reporter.event(Event::Finished { resource, action, ok, elapsed: began.elapsed(), detail });
-    };
-    if let Err(e) = journal_start(env, name, &r).await {
-        r.skipped = Some(e);
-        finished(false, r.skipped.clone());
-        return (r, false);
-    }
+    let Some(said) = begin(env, name, f, &mut r).await else { return (r, false) };
     if !env.paths.set(from, to, fault).await {
         journal_reverted(env, name).await;
-        r.skipped = Some(format!("`{from}` never connected to `{to}` through its proxy"));
-        finished(false, r.skipped.clone());
+        let why = format!("`{from}` never connected to `{to}` through its proxy");
+        r.skipped = Some(why.clone());
+        said.finished(false, why);
         return (r, false);
     }
-    r.started_ms = Some(began.duration_since(load_start).as_millis() as u64);
+    r.started_ms = Some(said.began.duration_since(load_start).as_millis() as u64);
     let stopped = env.signals.sleep(f.duration.unwrap_or_default()).await;
     env.paths.set(from, to, Fault::None).await;
     journal_reverted(env, name).await;
     r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
-    finished(true, Some(if stopped { "cleared early: a signal".into() } else { "cleared".into() }));
+    said.finished(true, if stopped { "cleared early: a signal" } else { "cleared" });
     (r, stopped)
 }
 
@@ -477,23 +468,16 @@ async fn restart<P: Provider>(
         r.skipped = Some(format!("the run's journal has no `{id}` to stop"));
         return false;
     };
-    let (resource, action) = announce(env, name, f, r);
-    let began = Instant::now();
-    if let Err(e) = journal_start(env, name, r).await {
-        r.skipped = Some(e);
-        let detail = r.skipped.clone();
-        env.reporter.event(Event::Finished { resource, action, ok: false, elapsed: began.elapsed(), detail });
-        return false;
-    }
+    let Some(said) = begin(env, name, f, r).await else { return false };
     let immediate = f.mode == Some(RestartMode::Immediate);
     if let Err(e) = env.provider.inject(&entry, Injected::StopDatabase { immediate }, env.info, env.clock).await {
         journal_reverted(env, name).await;
-        r.skipped = Some(format!("cannot stop `{db}`: {e}"));
-        let detail = r.skipped.clone();
-        env.reporter.event(Event::Finished { resource, action, ok: false, elapsed: began.elapsed(), detail });
+        let why = format!("cannot stop `{db}`: {e}");
+        r.skipped = Some(why.clone());
+        said.finished(false, why);
         return false;
     }
-    r.started_ms = Some(began.duration_since(load_start).as_millis() as u64);
+    r.started_ms = Some(said.began.duration_since(load_start).as_millis() as u64);
     let stopped = env.signals.sleep(f.duration.unwrap_or_default()).await;
     let started = env.provider.inject(&entry, Injected::StartDatabase, env.info, env.clock).await;
     r.ended_ms = Some(load_start.elapsed().as_millis() as u64);
@@ -512,21 +496,48 @@ async fn restart<P: Provider>(
         Err(e) => r.skipped = Some(e.clone()),
         Ok(()) => journal_reverted(env, name).await,
     }
-    let detail = Some(match (&outcome, stopped) {
+    let detail = match (&outcome, stopped) {
         (Err(e), _) => e.clone(),
         (Ok(()), true) => "started again early: a signal".into(),
         (Ok(()), false) => "started again".into(),
-    });
-    env.reporter.event(Event::Finished { resource, action, ok: outcome.is_ok(), elapsed: began.elapsed(), detail });
+    };
+    said.finished(outcome.is_ok(), detail);
     stopped
 }
 
-/// Says fault `name` starts: its resource and action, for the event that says it ended.
-fn announce<P: Provider>(env: &Env<'_, P>, name: &str, f: &ChaosFault, r: &FaultReport) -> (String, String) {
+/// A fault said to have started: says how it finished.
+struct Said<'e> {
+    reporter: &'e dyn Reporter,
+    resource: String,
+    action: String,
+    began: Instant,
+}
+
+impl Said<'_> {
+    fn finished(&self, ok: bool, detail: impl Into<String>) {
+        let (resource, action, elapsed) = (self.resource.clone(), self.action.clone(), self.began.elapsed());
+        self.reporter.event(Event::Finished { resource, action, ok, elapsed, detail: Some(detail.into()) });
+    }
+}
+
+/// Says fault `name` starts and journals it; `None` when the journal could not record
+/// it (then it does not start: said, and in `r.skipped`).
+async fn begin<'e, P: Provider>(
+    env: &'e Env<'_, P>,
+    name: &str,
+    f: &ChaosFault,
+    r: &mut FaultReport,
+) -> Option<Said<'e>> {
     let (resource, action) = (format!("chaos.{name}"), f.kind.as_str().to_string());
     let detail = Some(format!("{}: {}", r.target, r.detail));
     env.reporter.event(Event::Started { resource: resource.clone(), action: action.clone(), detail });
-    (resource, action)
+    let said = Said { reporter: env.reporter, resource, action, began: Instant::now() };
+    if let Err(e) = journal_start(env, name, r).await {
+        r.skipped = Some(e.clone());
+        said.finished(false, e);
+        return None;
+    }
+    Some(said)
 }
 
 /// What the journal says of a fault while it lasts (`chaos.NAME`).

@@ -17,7 +17,6 @@ use tokio::time::Instant;
 
 use super::{Env, FaultReport};
 use crate::description::{ChaosFault, FaultKind};
-use crate::engine::events::Event;
 use crate::engine::journal::{self, Entry, State};
 use crate::engine::provider::{Injected, Provider};
 
@@ -40,17 +39,9 @@ pub(super) async fn cloud<P: Provider>(
             return false;
         }
     };
-    let (resource, action) = super::announce(env, name, f, r);
-    let began = Instant::now();
-    let finish = |ok: bool, detail: String| {
-        let (resource, action) = (resource.clone(), action.clone());
-        env.reporter.event(Event::Finished { resource, action, ok, elapsed: began.elapsed(), detail: Some(detail) });
-    };
-    if let Err(e) = super::journal_start(env, name, r).await {
-        r.skipped = Some(e.clone());
-        finish(false, e);
-        return false;
-    }
+    let Some(said) = super::begin(env, name, f, r).await else { return false };
+    let finish = |ok: bool, detail: String| said.finished(ok, detail);
+    let began = said.began;
     let what = match f.kind {
         FaultKind::Stop => Injected::StopInstance,
         FaultKind::Terminate => Injected::TerminateInstance,

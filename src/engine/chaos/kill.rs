@@ -13,7 +13,6 @@ use super::Env;
 use crate::compare::chaos::FaultReport;
 use crate::description::template::{self, Scope};
 use crate::description::{ChaosFault, RestartPolicy};
-use crate::engine::events::Event;
 use crate::engine::journal::{self, State};
 use crate::engine::provider::{Ctx, Injected, Output, Provider};
 
@@ -39,17 +38,9 @@ pub(super) async fn kill<P: Provider>(
         Some(i) => vec![i],
         None => (0..s.count).collect(),
     };
-    let (resource, action) = super::announce(env, name, f, r);
-    let began = Instant::now();
-    let finish = |ok: bool, detail: String| {
-        let (resource, action) = (resource.clone(), action.clone());
-        env.reporter.event(Event::Finished { resource, action, ok, elapsed: began.elapsed(), detail: Some(detail) });
-    };
-    if let Err(e) = super::journal_start(env, name, r).await {
-        r.skipped = Some(e.clone());
-        finish(false, e);
-        return false;
-    }
+    let Some(said) = super::begin(env, name, f, r).await else { return false };
+    let finish = |ok: bool, detail: String| said.finished(ok, detail);
+    let began = said.began;
     let mut killed = Vec::new();
     let failed = kill_each(env, service, &instances, &mut killed).await.err();
     if killed.is_empty() {
