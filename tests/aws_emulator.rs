@@ -1655,3 +1655,51 @@ fn a_pool_is_filled_shown_and_drained_and_production_is_untouched() {
     assert!(pool("status").contains("shop/db: 0 of 2 ready"));
     assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
 }
+
+/// A game day through the SDK against the emulator: one web instance stopped for two
+/// seconds and started again, the worker rebooted, the other web instance terminated —
+/// each call on the run's own instance (the guard describes it first), production
+/// untouched, nothing left. (The database's reboot and an Aurora failover are the fake
+/// cloud's to show, in tests/chaos_cloud.rs: the emulator's RDS never leaves
+/// `available` for them.)
+#[test]
+fn a_game_day_stops_reboots_and_terminates_the_runs_own_instances_only() {
+    let emu = Emulator::start(false);
+    let rt = rt();
+    let (ec2, rds) = emu.clients(&rt);
+    let prod = seed(&rt, &ec2, &rds);
+    let before = production_state(&rt, &ec2, &rds);
+    let sb = Sandbox::new();
+    let file = shop_description(&sb, &prod);
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(
+        "\nchaos:\n  steady: 0s\n  settle: 1s\n  faults:\n    \
+         web-stop: {service: web, instance: 1, kind: stop, at: 0s, duration: 2s, expect: {}}\n    \
+         worker-reboot: {service: worker, kind: reboot, at: 0s, expect: {}}\n    \
+         web-terminate: {service: web, instance: 0, kind: terminate, at: 1s, expect: {}}\n",
+    );
+    let file = write_description(&sb, "gameday-aws.yaml", &text);
+    let out = emu.rehearse(&sb).args(["run", file.to_str().unwrap(), "--release", "v2", "--chaos"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let id = sb.run_ids().pop().unwrap();
+    let report = sb.report(&id);
+    let faults = report["chaos"]["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 3, "{report:#}");
+    for f in faults {
+        assert!(f["skipped"].is_null() && f["ended_ms"].is_u64(), "{f:#}");
+    }
+    // Journaled before it started, reverted after; the terminated instance journaled gone
+    // by the fault itself.
+    let journal = std::fs::read_to_string(sb.state().join("runs").join(&id).join("journal.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = journal.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |id: &str| -> Vec<String> {
+        records.iter().filter(|r| r["id"] == id).map(|r| r["type"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(of("chaos.web-stop"), ["intent", "created", "deleted"]);
+    let web0 = of("service.web.0");
+    assert_eq!(web0.iter().filter(|t| *t == "deleted").count(), 1, "{web0:?}");
+    let left = rehearse_leftovers(&rt, &ec2, &rds, &id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(before, production_state(&rt, &ec2, &rds), "production changed");
+}
