@@ -23,9 +23,8 @@
 //! around it. With `restart: on-failure` the instance is started again a second later,
 //! as the run started it, healthy before the balancer sends to it ([`kill`]).
 //!
-//! Run so far: the path faults (`latency`, `bandwidth`, `reset`, `blackhole`), a
-//! database's `restart` and a service's `kill`, on the local provider. The others are
-//! refused by [`refusal`] before anything is built.
+//! On aws the instances' and databases' faults ([`cloud`]); a path fault there, and a
+//! failover RDS would refuse, are refused by [`refusal`] before anything is built.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,9 +34,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod cloud;
+mod journaled;
 mod kill;
 
-use super::events::{Event, Reporter};
+use journaled::{begin, journal_reverted};
+
+use super::events::Reporter;
 use super::journal::{self, Journal, State};
 use super::provider::{Injected, Provider, RunInfo};
 use crate::compare::chaos::{self as judged, ChaosReport, FaultReport};
@@ -46,7 +48,7 @@ use crate::description::template::{DatabaseOutputs, Outputs};
 use crate::description::RestartMode;
 use crate::description::{Chaos, ChaosFault, FaultKind, FaultTargetKind, Loaded, ProviderKind};
 use crate::exit;
-use crate::plan::{Kind, Plan};
+use crate::plan::Plan;
 use crate::report::model::StepTiming;
 use crate::sys::fault_proxy::{Fault, FaultProxy};
 use crate::sys::signals::Signals;
@@ -503,67 +505,6 @@ async fn restart<P: Provider>(
     };
     said.finished(outcome.is_ok(), detail);
     stopped
-}
-
-/// A fault said to have started: says how it finished.
-struct Said<'e> {
-    reporter: &'e dyn Reporter,
-    resource: String,
-    action: String,
-    began: Instant,
-}
-
-impl Said<'_> {
-    fn finished(&self, ok: bool, detail: impl Into<String>) {
-        let (resource, action, elapsed) = (self.resource.clone(), self.action.clone(), self.began.elapsed());
-        self.reporter.event(Event::Finished { resource, action, ok, elapsed, detail: Some(detail.into()) });
-    }
-}
-
-/// Says fault `name` starts and journals it; `None` when the journal could not record
-/// it (then it does not start: said, and in `r.skipped`).
-async fn begin<'e, P: Provider>(
-    env: &'e Env<'_, P>,
-    name: &str,
-    f: &ChaosFault,
-    r: &mut FaultReport,
-) -> Option<Said<'e>> {
-    let (resource, action) = (format!("chaos.{name}"), f.kind.as_str().to_string());
-    let detail = Some(format!("{}: {}", r.target, r.detail));
-    env.reporter.event(Event::Started { resource: resource.clone(), action: action.clone(), detail });
-    let said = Said { reporter: env.reporter, resource, action, began: Instant::now() };
-    if let Err(e) = journal_start(env, name, r).await {
-        r.skipped = Some(e.clone());
-        said.finished(false, e);
-        return None;
-    }
-    Some(said)
-}
-
-/// What the journal says of a fault while it lasts (`chaos.NAME`).
-#[derive(serde::Serialize)]
-struct FaultHandle<'a> {
-    kind: &'a str,
-    target: &'a str,
-    detail: &'a str,
-}
-
-/// Fault `name` journaled before it starts: a run stopped while it lasts lists it.
-async fn journal_start<P: Provider>(env: &Env<'_, P>, name: &str, r: &FaultReport) -> Result<(), String> {
-    let id = format!("chaos.{name}");
-    let handle = FaultHandle { kind: &r.kind, target: &r.target, detail: &r.detail };
-    let journaled = async {
-        env.journal.intent(&id, Kind::Fault, None).await?;
-        env.journal.created(&id, Kind::Fault, &handle).await
-    };
-    journaled.await.map_err(|e| format!("not started: the journal could not record it: {e}"))
-}
-
-/// Fault `name` journaled reverted.
-async fn journal_reverted<P: Provider>(env: &Env<'_, P>, name: &str) {
-    if let Err(e) = env.journal.deleted(&format!("chaos.{name}")).await {
-        tracing::warn!("the journal could not record that fault {name} was reverted: {e}");
-    }
 }
 
 /// A fault's report before (or instead of) running: `why` it did not.
