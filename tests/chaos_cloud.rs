@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common;
+use common::Draw;
 use rehearse::description::{self, DestroyPolicy};
 use rehearse::engine::events::Silent;
 use rehearse::engine::journal::{self, Journal, Record};
@@ -22,23 +23,6 @@ use rehearse::providers::aws::AwsProvider;
 use rehearse::sys::signals::Signals;
 use rehearse::sys::timing::Clock;
 use rehearse::testkit::fake_cloud::{FakeCloud, Faults};
-
-/// SplitMix64: the scenario's draws from its seed.
-struct Draw(u64);
-
-impl Draw {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// environments/shop-aws.yaml without what needs reachable hosts, with a game day whose
 /// faults start at the seed's instants (Aurora for odd seeds).

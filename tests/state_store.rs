@@ -21,23 +21,6 @@ use emulator::*;
 use rehearse::engine::store::lock::{self, Acquired, LockInfo, RenewError};
 use rehearse::testkit::fake_s3::{FakeS3, S3Faults};
 
-/// A small seeded generator for the contenders' choices (splitmix64).
-struct Draw(u64);
-
-impl Draw {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn millis(&mut self, max: u64) -> Duration {
-        Duration::from_millis(self.next() % max.max(1))
-    }
-}
-
 /// One holding: who, from the moment it heard it had the lock until the moment it
 /// stopped believing so (its release, or the end of the lease it last wrote).
 type Holding = (usize, DateTime<Utc>, DateTime<Utc>);

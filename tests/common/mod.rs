@@ -276,6 +276,29 @@ pub fn release_archive(files: &[(&str, &str)]) -> Vec<u8> {
     b.into_inner().unwrap().finish().unwrap()
 }
 
+/// A small seeded generator for a test's choices (SplitMix64): a seed reproduces them.
+pub struct Draw(pub u64);
+
+impl Draw {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// Up to `max` milliseconds.
+    pub fn millis(&mut self, max: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(self.below(max))
+    }
+}
+
 /// The seeds of a seeded test: `REHEARSE_SEED=N` runs that one (to reproduce a failure);
 /// `make test-full` (REHEARSE_TEST_FULL=1) runs all of `full`, `make test` its first
 /// quarter (at least one), so that a clean-clone run stays within its minutes. The first

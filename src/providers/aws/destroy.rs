@@ -273,7 +273,20 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
     }
 
     /// Waits (through the batched poller) until an instance is terminated or gone.
-    async fn wait_terminated(&self, id: &str, deadline: Instant) -> Result<(), DestroyError> {
+    pub(super) async fn wait_terminated(&self, id: &str, deadline: Instant) -> Result<(), DestroyError> {
+        self.wait_instance(id, |i| Ok(i.is_none_or(|i| i.state == "terminated")), deadline)
+            .await
+            .map(|_| ())
+            .map_err(|e| not_gone(e.to_string()))
+    }
+
+    /// Waits (the batched poller) until `done` says instance `id` is where it should be.
+    pub(super) async fn wait_instance(
+        &self,
+        id: &str,
+        done: impl Fn(Option<&Instance>) -> Result<bool, super::poller::Never>,
+        deadline: Instant,
+    ) -> Result<Option<Instance>, super::poller::WaitError> {
         // The poller retries a failed describe at its next interval: no retry stacked on it.
         let api = &self.api.inner;
         self.instances
@@ -281,13 +294,11 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
                 id,
                 |ids| async move { api.describe_instances(&ids).await },
                 |i| i.id.clone(),
-                |i| Ok(i.is_none_or(|i| i.state == "terminated")),
+                done,
                 |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "gone".into()),
                 deadline,
             )
             .await
-            .map(|_| ())
-            .map_err(|e| not_gone(e.to_string()))
     }
 }
 

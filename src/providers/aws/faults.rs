@@ -78,29 +78,19 @@ impl<A: Ec2Api + RdsApi + S3Api + SsmApi> AwsProvider<A> {
             }
             None => self.api.terminate_instances(&ids).await.map_err(|e| format!("TerminateInstances {id}: {e}"))?,
         }
-        if until.is_empty() {
+        match until {
             // A reboot: EC2 keeps saying `running` throughout.
-            return Ok(());
+            "" => return Ok(()),
+            "terminated" => return self.wait_terminated(id, deadline).await.map_err(|e| e.to_string()),
+            _ => {}
         }
-        // The poller retries a failed describe at its next interval: no retry stacked on it.
-        let api = &self.api.inner;
-        self.instances
-            .wait(
-                id,
-                |ids| async move { api.describe_instances(&ids).await },
-                |i| i.id.clone(),
-                |i| match i.map(|i| i.state.as_str()) {
-                    Some(s) if s == until => Ok(true),
-                    None if until == "terminated" => Ok(true),
-                    Some(s @ ("terminated" | "shutting-down")) => Err(Never(format!("instance {id} is `{s}`"))),
-                    _ => Ok(false),
-                },
-                |i| i.map(|i| i.state.clone()).unwrap_or_else(|| "gone".into()),
-                deadline,
-            )
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        let settled = |i: Option<&Instance>| match i.map(|i| i.state.as_str()) {
+            Some(s) if s == until => Ok(true),
+            Some(s @ ("terminated" | "shutting-down")) => Err(Never(format!("instance {id} is `{s}`"))),
+            None => Err(Never(format!("instance {id} is gone"))),
+            _ => Ok(false),
+        };
+        self.wait_instance(id, settled, deadline).await.map(drop).map_err(|e| e.to_string())
     }
 
     /// A DB instance (or, `cluster`, a cluster) seen leaving `available` (or not within
